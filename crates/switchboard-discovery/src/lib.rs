@@ -1,0 +1,1 @@
+//! switchboard-discovery (work in progress).

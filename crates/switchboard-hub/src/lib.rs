@@ -1,0 +1,1 @@
+//! switchboard-hub (work in progress).

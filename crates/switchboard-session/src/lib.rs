@@ -1,0 +1,1 @@
+//! switchboard-session (work in progress).

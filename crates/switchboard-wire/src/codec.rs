@@ -1,0 +1,219 @@
+//! Length-prefixed framing of [`Frame`]s.
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::Message;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::Frame;
+
+/// Default largest frame, in bytes of protobuf (the 4-byte prefix excluded),
+/// for both directions: 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Length of the big-endian length prefix before every frame.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Which way a frame was travelling when a limit was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A frame being received.
+    Inbound,
+    /// A frame being sent.
+    Outbound,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+/// Errors of framing and decoding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// A frame is larger than the configured limit. For inbound frames this is
+    /// detected from the length prefix alone, before anything is allocated.
+    #[error("{direction} frame of {len} bytes exceeds the limit of {limit} bytes; raise the limit or send smaller payloads")]
+    FrameTooLarge {
+        /// Inbound or outbound.
+        direction: Direction,
+        /// Length announced by the prefix (inbound) or encoded length
+        /// (outbound).
+        len: u64,
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// The frame's bytes are not a valid protobuf `Frame`.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the partial frame that had arrived.
+        buffered: usize,
+    },
+    /// The underlying transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl WireError {
+    /// The protocol error code a peer should be told for this error.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } => crate::ErrorCode::LimitExceeded,
+            WireError::Decode(_) | WireError::Truncated { .. } => crate::ErrorCode::BadFrame,
+            WireError::Io(_) => crate::ErrorCode::Internal,
+        }
+    }
+}
+
+/// tokio-util codec for length-prefixed [`Frame`]s.
+///
+/// Each frame is a 4-byte big-endian length `n` followed by `n` bytes of
+/// protobuf. The decoder checks `n` against [`FrameCodec::max_inbound`]
+/// before reserving any memory, so a hostile prefix such as `0xFFFF_FFFF`
+/// costs nothing; it never buffers more than one maximum-size frame.
+///
+/// After an error the connection's byte stream is no longer in a known state:
+/// close the connection.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_inbound: usize,
+    max_outbound: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameCodec {
+    /// A codec with [`DEFAULT_MAX_FRAME`] in both directions.
+    pub fn new() -> Self {
+        Self {
+            max_inbound: DEFAULT_MAX_FRAME,
+            max_outbound: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// A codec with the same limit in both directions.
+    pub fn with_max_frame(max: usize) -> Self {
+        Self {
+            max_inbound: max,
+            max_outbound: max,
+        }
+    }
+
+    /// Sets the largest frame accepted from the peer.
+    pub fn max_inbound(mut self, max: usize) -> Self {
+        self.max_inbound = max;
+        self
+    }
+
+    /// Sets the largest frame this side may send.
+    pub fn max_outbound(mut self, max: usize) -> Self {
+        self.max_outbound = max;
+        self
+    }
+
+    /// Changes the inbound limit on a codec already in use (for example to
+    /// lift the small pre-handshake limit once a peer has authenticated).
+    pub fn set_max_inbound(&mut self, max: usize) {
+        self.max_inbound = max;
+    }
+
+    /// Changes the outbound limit on a codec already in use.
+    pub fn set_max_outbound(&mut self, max: usize) {
+        self.max_outbound = max;
+    }
+
+    /// The largest frame accepted from the peer.
+    pub fn inbound_limit(&self) -> usize {
+        self.max_inbound
+    }
+
+    /// The largest frame this side may send.
+    pub fn outbound_limit(&self) -> usize {
+        self.max_outbound
+    }
+
+    fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let len = frame.encoded_len();
+        if len > self.max_outbound || len > u32::MAX as usize {
+            return Err(WireError::FrameTooLarge {
+                direction: Direction::Outbound,
+                len: len as u64,
+                limit: self.max_outbound,
+            });
+        }
+        dst.reserve(LENGTH_PREFIX_LEN + len);
+        dst.put_u32(len as u32);
+        // Cannot fail: capacity was reserved above.
+        frame
+            .encode(dst)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        if src.len() < LENGTH_PREFIX_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_inbound {
+            return Err(WireError::FrameTooLarge {
+                direction: Direction::Inbound,
+                len: len as u64,
+                limit: self.max_inbound,
+            });
+        }
+        let total = LENGTH_PREFIX_LEN + len;
+        if src.len() < total {
+            // Bounded by the limit checked above.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX_LEN);
+        // Freezing lets prost slice `bytes` fields out of the buffer without
+        // copying them.
+        let body = src.split_to(len).freeze();
+        Ok(Some(Frame::decode(body)?))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(WireError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_ref(&frame, dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_ref(frame, dst)
+    }
+}

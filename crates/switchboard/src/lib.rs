@@ -1,0 +1,1 @@
+//! switchboard facade (work in progress).

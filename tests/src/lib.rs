@@ -1,0 +1,1 @@
+//! Shared helpers for switchboard's workspace-level integration tests.
