@@ -1,1 +1,2 @@
+//! Criterion benchmarks of the frame codec (filled in with the wire tests).
 fn main() {}
