@@ -11,18 +11,18 @@ macro_rules! frame_kinds {
         $(
             impl From<proto::$ty> for Frame {
                 fn from(msg: proto::$ty) -> Frame {
-                    Frame { seq: 0, kind: Some(Kind::$variant(msg)) }
+                    // `.into()` boxes the kinds prost stores boxed.
+                    Frame { seq: 0, kind: Some(Kind::$variant(msg.into())) }
                 }
             }
         )*
 
         /// Every frame kind's name, in `.proto` order (for metrics tables).
-        pub const KIND_NAMES: &[&str] = &[$($name,)* "change"];
+        pub const KIND_NAMES: &[&str] = &[$($name,)*];
 
         fn kind_name_of(kind: &Kind) -> &'static str {
             match kind {
                 $(Kind::$variant(_) => $name,)*
-                Kind::Change(_) => "change",
             }
         }
     };
@@ -64,19 +64,11 @@ frame_kinds! {
     Session: Session => "session",
     ReplHello: ReplHello => "repl_hello",
     Snapshot: Snapshot => "snapshot",
+    Change: Change => "change",
     ReplAck: ReplAck => "repl_ack",
     Heartbeat: Heartbeat => "heartbeat",
     StatusRequest: StatusRequest => "status_request",
     Status: Status => "status",
-}
-
-impl From<proto::Change> for Frame {
-    fn from(msg: proto::Change) -> Frame {
-        Frame {
-            seq: 0,
-            kind: Some(Kind::Change(Box::new(msg))),
-        }
-    }
 }
 
 impl From<Kind> for Frame {
