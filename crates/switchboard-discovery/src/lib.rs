@@ -52,16 +52,23 @@
 //! ```
 
 mod bind;
+mod discover;
 mod hint;
 mod probe;
 pub mod proof;
+mod scan;
 mod secret;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use bind::{
     bind, bind_std, BindOptions, PortChoice, DEFAULT_BIND_ATTEMPTS, DEFAULT_BIND_RANGE,
+};
+pub use discover::{
+    discover, DiscoverError, DiscoverOptions, Tried, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE,
+    DEFAULT_PROBE_TIMEOUT, DEFAULT_SCAN_RANGE,
 };
 pub use hint::{
     new_instance_id, now_ms, validate_service, Hint, HintGuard, HINT_SUFFIX, MAX_HINT_FILE,

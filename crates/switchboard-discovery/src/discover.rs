@@ -1,0 +1,498 @@
+//! Finding the hubs of a service: hint files, then the listening table,
+//! then a connect scan; every candidate verified by a probe.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::net::TcpStream;
+
+use crate::probe::probe_connected;
+use crate::scan::{self, ScanJob};
+use crate::table;
+use crate::{
+    runtime_dir, validate_service, DiscoveryError, FoundHub, Hint, ProbeError, Secret, SecretError,
+    Via, DEFAULT_BIND_RANGE,
+};
+
+/// Default scan range: every non-privileged port.
+pub const DEFAULT_SCAN_RANGE: RangeInclusive<u16> = 1025..=65535;
+/// Default number of connects and probes in flight.
+pub const DEFAULT_CONCURRENCY: usize = 512;
+/// Default time one probe (connect and reply) may take.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Default limit on a whole discovery.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How [`discover`] searches.
+#[derive(Debug, Clone)]
+pub struct DiscoverOptions {
+    /// Directories holding hint files. Empty: the runtime directory
+    /// ([`runtime_dir`]).
+    pub hint_dirs: Vec<PathBuf>,
+    /// Addresses to look for hubs on (table and scan): `127.0.0.1` by
+    /// default; `::1`, both, or another host's address (scan only) work too.
+    pub ips: Vec<IpAddr>,
+    /// Ports to scan.
+    pub range: RangeInclusive<u16>,
+    /// Connects and probes in flight at once.
+    pub concurrency: usize,
+    /// Time one probe may take, connect and reply included.
+    pub probe_timeout: Duration,
+    /// Time the whole discovery may take.
+    pub deadline: Duration,
+    /// Scan worker threads (Unix); 0 picks one per core, at most 4.
+    pub scan_threads: usize,
+    /// List every hub found (all paths run) instead of returning the first.
+    pub all: bool,
+    /// Try hint files.
+    pub use_hints: bool,
+    /// Try the operating system's table of listening sockets.
+    pub use_table: bool,
+    /// Try the connect scan.
+    pub use_scan: bool,
+    /// The secret that hubs must prove; `None` loads the per-user secret
+    /// file (creating it if missing).
+    pub secret: Option<Secret>,
+}
+
+impl Default for DiscoverOptions {
+    fn default() -> Self {
+        DiscoverOptions {
+            hint_dirs: Vec::new(),
+            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            range: DEFAULT_SCAN_RANGE,
+            concurrency: DEFAULT_CONCURRENCY,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            scan_threads: 0,
+            all: false,
+            use_hints: true,
+            use_table: true,
+            use_scan: true,
+            secret: None,
+        }
+    }
+}
+
+impl DiscoverOptions {
+    /// Looks on both `127.0.0.1` and `::1`.
+    pub fn both_loopbacks(mut self) -> Self {
+        self.ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        self
+    }
+}
+
+/// Why discovery failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoverError {
+    /// The service name is not valid.
+    #[error(transparent)]
+    InvalidService(DiscoveryError),
+    /// The secret could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// No verified hub was found; the report says what was tried.
+    #[error("no hub of service {service:?} found: {tried}")]
+    NotFound {
+        /// The service looked for.
+        service: String,
+        /// What was tried.
+        tried: Tried,
+    },
+}
+
+/// What a discovery tried, for the "not found" message.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    /// Hint directories read, or `None` if hints were disabled.
+    pub hint_dirs: Option<Vec<PathBuf>>,
+    /// Hints found.
+    pub hints: usize,
+    /// Hints whose address did not answer as a verified hub.
+    pub stale_hints: usize,
+    /// Hint files that could not be read or parsed.
+    pub bad_hints: usize,
+    /// Listeners of the current user probed from the table, or why the
+    /// table was not used.
+    pub table: Result<usize, String>,
+    /// Ports scanned (`None`: the scan did not run).
+    pub scanned: Option<(RangeInclusive<u16>, usize)>,
+    /// Addresses that answered as hubs but whose proof did not verify.
+    pub unverified: Vec<SocketAddr>,
+    /// Whether the overall deadline cut the search short.
+    pub deadline_hit: bool,
+    /// Time spent.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Tried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.hint_dirs {
+            None => f.write_str("hints disabled")?,
+            Some(dirs) => {
+                let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                if self.hints == 0 {
+                    write!(f, "no hint in {}", dirs.join(", "))?;
+                } else {
+                    write!(
+                        f,
+                        "{} hint(s) in {}, {} stale",
+                        self.hints,
+                        dirs.join(", "),
+                        self.stale_hints
+                    )?;
+                }
+                if self.bad_hints > 0 {
+                    write!(f, ", {} unreadable", self.bad_hints)?;
+                }
+            }
+        }
+        match &self.table {
+            Ok(n) => write!(f, "; {n} listener(s) from the listening table probed")?,
+            Err(why) => write!(f, "; listening table not used ({why})")?,
+        }
+        match &self.scanned {
+            Some((range, n)) => write!(
+                f,
+                "; scanned {n} of ports {}-{}",
+                range.start(),
+                range.end()
+            )?,
+            None => f.write_str("; no scan")?,
+        }
+        write!(f, "; took {} ms", self.elapsed.as_millis())?;
+        if self.deadline_hit {
+            f.write_str(" (deadline reached; raise it to search longer)")?;
+        }
+        if let Some(first) = self.unverified.first() {
+            write!(
+                f,
+                "; a hub answered at {first}{} but could not be verified (wrong secret? check the token or the secret file)",
+                if self.unverified.len() > 1 {
+                    format!(" and {} other address(es)", self.unverified.len() - 1)
+                } else {
+                    String::new()
+                }
+            )?;
+        } else {
+            f.write_str("; start the hub or check the service name")?;
+        }
+        Ok(())
+    }
+}
+
+struct Search<'a> {
+    service: &'a str,
+    secret: Secret,
+    opts: &'a DiscoverOptions,
+    start: Instant,
+    deadline: Instant,
+    probed: HashSet<SocketAddr>,
+    found: Vec<FoundHub>,
+    instances: HashSet<String>,
+    tried: Tried,
+}
+
+impl Search<'_> {
+    fn done(&self) -> bool {
+        (!self.opts.all && !self.found.is_empty()) || Instant::now() >= self.deadline
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        self.opts
+            .probe_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn record(
+        &mut self,
+        via: Via,
+        addr: SocketAddr,
+        r: Result<crate::proto::HubIdentity, ProbeError>,
+    ) -> bool {
+        match r {
+            Ok(identity) => {
+                if self.instances.insert(identity.instance_id.clone()) {
+                    self.found.push(FoundHub {
+                        addr,
+                        identity,
+                        via,
+                    });
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "candidate rejected");
+                if e.is_unverified() {
+                    self.tried.unverified.push(addr);
+                }
+                false
+            }
+        }
+    }
+
+    /// Probes `addrs` with bounded concurrency; returns how many were
+    /// accepted. Stops early in "first" mode.
+    async fn probe_all(&mut self, via: Via, addrs: Vec<SocketAddr>) -> usize {
+        let timeout = self.probe_timeout();
+        let limit = self.opts.concurrency.max(1);
+        let service = self.service.to_owned();
+        let secret = self.secret.clone();
+        let mut queue = addrs
+            .into_iter()
+            .filter(|a| self.probed.insert(*a))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut inflight = FuturesUnordered::new();
+        let mut accepted = 0;
+        loop {
+            while inflight.len() < limit {
+                let Some(addr) = queue.next() else { break };
+                let (service, secret) = (service.clone(), secret.clone());
+                inflight.push(async move {
+                    let r = tokio::time::timeout(timeout, async {
+                        let s = TcpStream::connect(addr)
+                            .await
+                            .map_err(|source| ProbeError::Connect { addr, source })?;
+                        probe_connected(s, addr, &service, &secret).await
+                    })
+                    .await
+                    .unwrap_or(Err(ProbeError::Timeout {
+                        addr,
+                        after: timeout,
+                    }));
+                    (addr, r)
+                });
+            }
+            let Some((addr, r)) = inflight.next().await else {
+                break;
+            };
+            if self.record(via, addr, r) {
+                accepted += 1;
+            }
+            if self.done() {
+                break;
+            }
+        }
+        accepted
+    }
+
+    async fn hints(&mut self) {
+        let dirs = if self.opts.hint_dirs.is_empty() {
+            match runtime_dir() {
+                Ok(d) => vec![d],
+                Err(e) => {
+                    tracing::debug!(error = %e, "no runtime directory for hints");
+                    self.tried.hint_dirs = Some(Vec::new());
+                    return;
+                }
+            }
+        } else {
+            self.opts.hint_dirs.clone()
+        };
+        let mut addrs = Vec::new();
+        for dir in &dirs {
+            for h in Hint::read_all(dir, self.service) {
+                match h {
+                    Ok(h) => addrs.push(h.connect_addr()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "unusable hint");
+                        self.tried.bad_hints += 1;
+                    }
+                }
+            }
+        }
+        self.tried.hint_dirs = Some(dirs);
+        self.tried.hints = addrs.len();
+        let accepted = self.probe_all(Via::Hint, addrs).await;
+        self.tried.stale_hints = self.tried.hints.saturating_sub(accepted);
+    }
+
+    async fn table(&mut self) -> bool {
+        let table = match table::listening() {
+            Ok(t) => t,
+            Err(e) => {
+                self.tried.table = Err(e.to_string());
+                return false;
+            }
+        };
+        let uid = crate::current_uid();
+        let mut addrs = Vec::new();
+        let mut seen = HashSet::new();
+        for ip in &self.opts.ips {
+            for l in &table.listeners {
+                if l.uid == uid && table::reachable(l.addr.ip(), *ip) {
+                    let a = SocketAddr::new(*ip, l.addr.port());
+                    if seen.insert(a) && !self.probed.contains(&a) {
+                        addrs.push(a);
+                    }
+                }
+            }
+        }
+        // Ports in the hubs' default random range first.
+        addrs.sort_by_key(|a| !DEFAULT_BIND_RANGE.contains(&a.port()));
+        let n = addrs.len();
+        self.probe_all(Via::Table, addrs).await;
+        self.tried.table = Ok(n);
+        true
+    }
+
+    async fn scan(&mut self) {
+        let range = self.opts.range.clone();
+        // The hubs' default random range first, so "first" mode ends early.
+        let (hot, cold): (Vec<u16>, Vec<u16>) =
+            range.clone().partition(|p| DEFAULT_BIND_RANGE.contains(p));
+        let mut targets = Vec::with_capacity((hot.len() + cold.len()) * self.opts.ips.len());
+        for port in hot.into_iter().chain(cold) {
+            for ip in &self.opts.ips {
+                let a = SocketAddr::new(*ip, port);
+                if !self.probed.contains(&a) {
+                    targets.push(a);
+                }
+            }
+        }
+        let threads = if self.opts.scan_threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4)
+        } else {
+            self.opts.scan_threads
+        };
+        let limit = self.opts.concurrency.max(1);
+        let total = targets.len();
+        let mut handle = scan::start(
+            ScanJob {
+                targets: Arc::new(targets),
+                threads,
+                max_pending: limit,
+                connect_timeout: self.probe_timeout(),
+                deadline: self.deadline,
+            },
+            limit,
+        );
+        let service = self.service.to_owned();
+        let secret = self.secret.clone();
+        let timeout = self.opts.probe_timeout;
+        let mut inflight = FuturesUnordered::new();
+        let mut open = true;
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        loop {
+            if !open && inflight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                got = handle.rx.recv(), if open && inflight.len() < limit => {
+                    match got {
+                        Some((addr, std)) => {
+                            if !self.probed.insert(addr) {
+                                continue;
+                            }
+                            let (service, secret) = (service.clone(), secret.clone());
+                            inflight.push(async move {
+                                let r = tokio::time::timeout(timeout, async {
+                                    let s = TcpStream::from_std(std).map_err(|source| ProbeError::Io { addr, source })?;
+                                    probe_connected(s, addr, &service, &secret).await
+                                })
+                                .await
+                                .unwrap_or(Err(ProbeError::Timeout { addr, after: timeout }));
+                                (addr, r)
+                            });
+                        }
+                        None => open = false,
+                    }
+                }
+                Some((addr, r)) = inflight.next(), if !inflight.is_empty() => {
+                    self.record(Via::Scan, addr, r);
+                    if self.done() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        handle.stop();
+        let scanned = handle.tried.load(std::sync::atomic::Ordering::Relaxed);
+        // Workers add their count when they finish; one still running was
+        // cut short by the deadline or by an early result.
+        self.tried.scanned = Some((range, scanned.min(total)));
+    }
+}
+
+/// Finds the verified hubs of `service`, fastest path first: hint files,
+/// then the listening table, then the connect scan.
+///
+/// Each candidate address receives exactly one probe; only hubs whose
+/// proof verifies with the secret are returned. In "first" mode (the
+/// default) discovery returns as soon as one hub is verified; with
+/// [`DiscoverOptions::all`] every enabled path runs and every instance is
+/// listed (once, by instance id) in the order found.
+pub async fn discover(
+    service: &str,
+    opts: &DiscoverOptions,
+) -> Result<Vec<FoundHub>, DiscoverError> {
+    validate_service(service).map_err(DiscoverError::InvalidService)?;
+    let secret = match &opts.secret {
+        Some(s) => s.clone(),
+        None => tokio::task::spawn_blocking(Secret::load_default)
+            .await
+            .unwrap_or_else(|e| {
+                Err(SecretError::Io {
+                    path: PathBuf::from("<runtime dir>/secret"),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?,
+    };
+    let start = Instant::now();
+    let mut s = Search {
+        service,
+        secret,
+        opts,
+        start,
+        deadline: start + opts.deadline,
+        probed: HashSet::new(),
+        found: Vec::new(),
+        instances: HashSet::new(),
+        tried: Tried {
+            hint_dirs: None,
+            hints: 0,
+            stale_hints: 0,
+            bad_hints: 0,
+            table: Err("disabled".into()),
+            scanned: None,
+            unverified: Vec::new(),
+            deadline_hit: false,
+            elapsed: Duration::ZERO,
+        },
+    };
+    if opts.use_hints {
+        s.hints().await;
+    }
+    if opts.use_table && !s.done() {
+        s.table().await;
+    } else if opts.use_table {
+        s.tried.table = Err("not needed".into());
+    }
+    if opts.use_scan && !s.done() {
+        s.scan().await;
+    }
+    s.tried.elapsed = s.start.elapsed();
+    s.tried.deadline_hit = Instant::now() >= s.deadline;
+    if s.found.is_empty() {
+        return Err(DiscoverError::NotFound {
+            service: service.to_owned(),
+            tried: s.tried,
+        });
+    }
+    Ok(s.found)
+}
