@@ -1,0 +1,463 @@
+//! The subcommands that act as a client (and `hub`).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::json;
+use switchboard::{Bytes, Client, ClientError, IncomingRequest, Message, MessageKind};
+
+use super::Global;
+
+/// The payload argument, or standard input for `-`.
+fn payload(arg: &str) -> anyhow::Result<Bytes> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read the payload from standard input")?;
+        Ok(buf.into())
+    } else {
+        Ok(Bytes::copy_from_slice(arg.as_bytes()))
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Prints a line to standard output and flushes it, so readers of a pipe
+/// see it at once.
+fn out(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Tells the user on standard error that a long-running command is ready.
+fn ready(g: &Global, what: &str, client: &Client) -> anyhow::Result<()> {
+    if g.json {
+        eprintln!(
+            "{}",
+            json!({"event": "ready", "what": what, "id": client.id(),
+                   "hub": client.hub_addr().map(|a| a.to_string())})
+        );
+    } else {
+        eprintln!("{what} as {} (ctrl-c to stop)", client.id());
+    }
+    Ok(())
+}
+
+fn cli_id() -> String {
+    format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+pub async fn hub(g: &Global, listen: Option<String>) -> anyhow::Result<()> {
+    let mut b = switchboard::Hub::builder().service(&g.service);
+    if let Some(listen) = listen {
+        b = b.listen(&listen);
+    }
+    if let Some(token) = &g.token {
+        b = b.token(token);
+    }
+    let hub = b.start().await?;
+    let addr = hub.local_addr().to_string();
+    if g.json {
+        out(json!({"event": "ready", "service": g.service, "addr": addr,
+                   "pid": std::process::id()}))?;
+    } else {
+        out(format!(
+            "switchboard hub ready: service {} on {addr} (pid {})",
+            g.service,
+            std::process::id()
+        ))?;
+    }
+    shutdown_signal().await;
+    hub.shutdown().await;
+    if !g.json {
+        eprintln!("hub stopped");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn discover(g: &Global, name: Option<String>, all: bool) -> anyhow::Result<()> {
+    let service = name.unwrap_or_else(|| g.service.clone());
+    let hubs = switchboard::discover(&service, &g.secret()?, all, Duration::from_secs(2)).await?;
+    for hub in hubs {
+        if g.json {
+            out(
+                json!({"service": hub.identity.service, "addr": hub.addr.to_string(),
+                       "instance_id": hub.identity.instance_id, "pid": hub.identity.pid,
+                       "via": hub.via.to_string()}),
+            )?;
+        } else {
+            out(hub.addr)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn send(g: &Global, to: &str, arg: &str) -> anyhow::Result<()> {
+    let payload = payload(arg)?;
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.send(to, payload).await;
+    client.close().await;
+    result?;
+    if g.json {
+        out(json!({"sent": true, "to": to}))?;
+    }
+    Ok(())
+}
+
+pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::Result<()> {
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
+        anyhow::bail!("--timeout must be between 0 and 86400 seconds, got {timeout}");
+    }
+    let payload = payload(arg)?;
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client
+        .request_with(to, "", payload, Duration::from_secs_f64(timeout))
+        .await;
+    client.close().await;
+    let reply = result?;
+    if g.json {
+        out(json!({"from": to, "reply": text(&reply)}))?;
+    } else {
+        out(text(&reply))?;
+    }
+    Ok(())
+}
+
+pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> anyhow::Result<()> {
+    let client = g.connect(id, true).await?;
+    let mut requests = client.requests();
+    ready(g, "serving", &client)?;
+    let json_out = g.json;
+    loop {
+        tokio::select! {
+            req = requests.next() => {
+                let Some(req) = req else { break };
+                let exec = exec.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(req, echo, exec, json_out).await {
+                        eprintln!("switchboard: error: cannot reply: {e}");
+                    }
+                });
+            }
+            _ = shutdown_signal() => break,
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn answer(
+    req: IncomingRequest,
+    echo: bool,
+    exec: Option<String>,
+    json_out: bool,
+) -> Result<(), ClientError> {
+    let payload = req.payload().clone();
+    if json_out {
+        let _ = out(json!({"event": "request", "from": req.from(), "payload": text(&payload)}));
+    }
+    if echo {
+        return req.reply(payload).await;
+    }
+    let Some(cmd) = exec else {
+        return req.reply_error("no handler configured").await;
+    };
+    match run_exec(&cmd, &payload).await {
+        Ok(out) => req.reply(out).await,
+        Err(e) => req.reply_error(e).await,
+    }
+}
+
+async fn run_exec(cmd: &str, input: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("command {cmd:?} failed: {e}"))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        let err = text(&output.stderr);
+        Err(format!(
+            "command exited with {}: {}",
+            output.status,
+            err.trim()
+        ))
+    }
+}
+
+fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
+    let kind = match m.kind {
+        MessageKind::Direct => "direct",
+        MessageKind::Broadcast => "broadcast",
+        MessageKind::Publish => "publish",
+    };
+    if json_out {
+        let mut v = json!({"kind": kind, "from": m.from, "payload": text(&m.payload)});
+        if m.kind == MessageKind::Publish {
+            v["topic"] = json!(m.topic);
+        }
+        out(v)
+    } else if m.kind == MessageKind::Publish {
+        out(format!("{} {}", m.topic, text(&m.payload)))
+    } else {
+        out(format!("{} {}", m.from, text(&m.payload)))
+    }
+}
+
+pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<()> {
+    let client = g.connect(id, true).await?;
+    let mut messages = client.messages();
+    ready(g, "listening", &client)?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        tokio::select! {
+            m = messages.next() => {
+                let Some(m) = m else { break };
+                print_message(g.json, &m)?;
+                seen += 1;
+            }
+            _ = shutdown_signal() => break,
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+pub async fn publish(g: &Global, topic: &str, arg: &str) -> anyhow::Result<()> {
+    let payload = payload(arg)?;
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.publish(topic, payload).await;
+    client.close().await;
+    result?;
+    if g.json {
+        out(json!({"published": true, "topic": topic}))?;
+    }
+    Ok(())
+}
+
+pub async fn sub(
+    g: &Global,
+    pattern: &str,
+    count: Option<u64>,
+    group: Option<String>,
+) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), true).await?;
+    let mut sub = client
+        .subscribe_group(pattern, group.as_deref().unwrap_or(""))
+        .await?;
+    ready(g, "subscribed", &client)?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        tokio::select! {
+            m = sub.next() => {
+                let Some(m) = m else { break };
+                print_message(g.json, &m)?;
+                seen += 1;
+            }
+            _ = shutdown_signal() => break,
+        }
+    }
+    drop(sub);
+    client.close().await;
+    Ok(())
+}
+
+pub async fn kv_get(g: &Global, key: &str) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.kv().get(key).await;
+    client.close().await;
+    match result? {
+        Some(e) => {
+            if g.json {
+                out(
+                    json!({"key": e.key, "value": text(&e.value), "version": e.version, "found": true}),
+                )?;
+            } else {
+                out(text(&e.value))?;
+            }
+            Ok(())
+        }
+        None => {
+            if g.json {
+                out(json!({"key": key, "found": false}))?;
+            }
+            anyhow::bail!("key {key:?} not found; set it with `switchboard kv set {key} VALUE`")
+        }
+    }
+}
+
+pub async fn kv_set(g: &Global, key: &str, arg: &str) -> anyhow::Result<()> {
+    let value = payload(arg)?;
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.kv().set(key, value).await;
+    client.close().await;
+    let version = result?;
+    if g.json {
+        out(json!({"key": key, "version": version}))?;
+    } else {
+        out(format!("version {version}"))?;
+    }
+    Ok(())
+}
+
+pub async fn kv_del(g: &Global, key: &str) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.kv().delete(key).await;
+    client.close().await;
+    let existed = result?;
+    if g.json {
+        out(json!({"key": key, "deleted": existed}))?;
+    } else if existed {
+        out("deleted")?;
+    } else {
+        out("not found")?;
+    }
+    Ok(())
+}
+
+pub async fn kv_watch(
+    g: &Global,
+    key: &str,
+    count: Option<u64>,
+    prefix: bool,
+) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), true).await?;
+    let kv = client.kv();
+    let mut watch = if prefix {
+        kv.watch_prefix(key).await?
+    } else {
+        kv.watch(key).await?
+    };
+    ready(g, "watching", &client)?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        tokio::select! {
+            ev = watch.next() => {
+                let Some(ev) = ev else { break };
+                if g.json {
+                    out(json!({"key": ev.key, "value": text(&ev.value), "version": ev.version,
+                               "deleted": ev.deleted, "by": ev.by}))?;
+                } else if ev.deleted {
+                    out(format!("{} deleted (version {})", ev.key, ev.version))?;
+                } else {
+                    out(format!("{} = {} (version {})", ev.key, text(&ev.value), ev.version))?;
+                }
+                seen += 1;
+            }
+            _ = shutdown_signal() => break,
+        }
+    }
+    drop(watch);
+    client.close().await;
+    Ok(())
+}
+
+pub async fn clients(g: &Global) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), false).await?;
+    let me = client.id().to_string();
+    let result = client.clients().await;
+    client.close().await;
+    for c in result?.into_iter().filter(|c| c.client_id != me) {
+        if g.json {
+            out(
+                json!({"id": c.client_id, "transport": c.transport, "addr": c.addr,
+                       "agent": c.agent, "connected_at_ms": c.connected_at_ms}),
+            )?;
+        } else {
+            out(format!(
+                "{}\t{}\t{}\t{}",
+                c.client_id, c.transport, c.addr, c.agent
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(g: &Global) -> anyhow::Result<()> {
+    let client = g.connect(&cli_id(), false).await?;
+    let result = client.status().await;
+    client.close().await;
+    let s = result?;
+    let id = s.identity.clone().unwrap_or_default();
+    if g.json {
+        out(json!({
+            "service": id.service, "instance_id": id.instance_id, "pid": id.pid,
+            "port": id.port, "epoch": id.epoch, "uptime_s": s.uptime_s,
+            "clients": s.clients, "subscriptions": s.subscriptions,
+            "msgs_in": s.msgs_in, "msgs_out": s.msgs_out,
+            "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
+            "dropped": s.dropped, "queue_depth": s.queue_depth,
+            "pending_requests": s.pending_requests, "kv_keys": s.kv_keys,
+            "counters": s.counters,
+        }))?;
+    } else {
+        out(format!("service:          {}", id.service))?;
+        out(format!(
+            "instance:         {} (pid {}, port {})",
+            id.instance_id, id.pid, id.port
+        ))?;
+        out(format!("uptime:           {} s", s.uptime_s))?;
+        out(format!("clients:          {}", s.clients))?;
+        out(format!("subscriptions:    {}", s.subscriptions))?;
+        out(format!("messages in/out:  {} / {}", s.msgs_in, s.msgs_out))?;
+        out(format!(
+            "bytes in/out:     {} / {}",
+            s.bytes_in, s.bytes_out
+        ))?;
+        out(format!("dropped:          {}", s.dropped))?;
+        out(format!("queue depth:      {}", s.queue_depth))?;
+        out(format!("pending requests: {}", s.pending_requests))?;
+        out(format!("kv keys:          {}", s.kv_keys))?;
+        for (name, value) in &s.counters {
+            out(format!("{name}: {value}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Command-line interface.
+
+mod commands;
+mod demo;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard::{Client, ClientError, Secret};
+
+/// Exit codes, shown in `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  usage error, hub or key not found, or another failure
+  3  timeout (no reply in time)
+  4  no such client (the target id is not connected)
+  5  authentication failure (wrong token or secret, or an unverified hub)";
+
+/// Message hub and client for cooperating processes.
+///
+/// A hub binds a random free port; the other commands find it by service
+/// name (or take --addr), prove the shared secret (the per-user secret file,
+/// or --token / SWITCHBOARD_TOKEN), and act as a client.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Service name of the hub.
+    #[arg(long, global = true, default_value = switchboard::DEFAULT_SERVICE, value_name = "NAME")]
+    pub service: String,
+    /// Connect to this hub address instead of discovering it.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// Output one JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Shared token instead of the per-user secret file.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a hub until SIGINT or SIGTERM; prints one ready line with its address.
+    Hub {
+        /// Address to listen on, e.g. 127.0.0.1:0 (default: a random free
+        /// loopback port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Find hubs of a service and print their addresses.
+    Discover {
+        /// Service name (default: --service).
+        name: Option<String>,
+        /// List every hub found, not just the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send a one-way message to a client.
+    Send {
+        /// Target client id.
+        #[arg(long, value_name = "ID")]
+        to: String,
+        /// Payload, or - to read standard input.
+        payload: String,
+    },
+    /// Send a request to a client and print its reply.
+    Request {
+        /// Target client id.
+        #[arg(long, value_name = "ID")]
+        to: String,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+        timeout: f64,
+        /// Payload, or - to read standard input.
+        payload: String,
+    },
+    /// Answer requests sent to an id.
+    Serve {
+        /// Client id to serve as.
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// Reply with the request's payload.
+        #[arg(long, conflicts_with = "exec", required_unless_present = "exec")]
+        echo: bool,
+        /// Run this shell command per request: the payload on its standard
+        /// input, its standard output as the reply (a non-zero exit is an
+        /// error reply).
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+    },
+    /// Print messages sent to an id (direct and broadcast).
+    Listen {
+        /// Client id to listen as.
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Publish a message to a topic.
+    Pub {
+        /// Topic, e.g. orders.eu.created.
+        topic: String,
+        /// Payload, or - to read standard input.
+        payload: String,
+    },
+    /// Print messages published to topics matching a pattern.
+    Sub {
+        /// Pattern: `*` matches one segment, a final `>` the rest.
+        pattern: String,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Join this queue group (each message goes to one member).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Read and change the shared key/value state.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// List the connected clients.
+    Clients,
+    /// Print the hub's status and counters.
+    Status,
+    /// Start a hub and clients in this process and show every pattern.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Print a key's value (exit 1 if missing).
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Set a key; prints the new version.
+    Set {
+        /// Key.
+        key: String,
+        /// Value, or - to read standard input.
+        value: String,
+    },
+    /// Delete a key.
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// Print a key's value and every change.
+    Watch {
+        /// Key.
+        key: String,
+        /// Exit after this many updates (the current value counts).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+/// Exit code for an error.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            return match e {
+                ClientError::Timeout(_) => 3,
+                ClientError::NoSuchClient(_) => 4,
+                ClientError::AuthFailed(_) | ClientError::HubUnverified { .. } => 5,
+                _ => 1,
+            };
+        }
+    }
+    1
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("switchboard: error: {msg}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Hub { listen } => commands::hub(&g, listen).await,
+        Command::Discover { name, all } => commands::discover(&g, name, all).await,
+        Command::Send { to, payload } => commands::send(&g, &to, &payload).await,
+        Command::Request {
+            to,
+            timeout,
+            payload,
+        } => commands::request(&g, &to, timeout, &payload).await,
+        Command::Serve { id, echo, exec } => commands::serve(&g, &id, echo, exec).await,
+        Command::Listen { id, count } => commands::listen(&g, &id, count).await,
+        Command::Pub { topic, payload } => commands::publish(&g, &topic, &payload).await,
+        Command::Sub {
+            pattern,
+            count,
+            group,
+        } => commands::sub(&g, &pattern, count, group).await,
+        Command::Kv { command } => match command {
+            KvCommand::Get { key } => commands::kv_get(&g, &key).await,
+            KvCommand::Set { key, value } => commands::kv_set(&g, &key, &value).await,
+            KvCommand::Del { key } => commands::kv_del(&g, &key).await,
+            KvCommand::Watch { key, count, prefix } => {
+                commands::kv_watch(&g, &key, count, prefix).await
+            }
+        },
+        Command::Clients => commands::clients(&g).await,
+        Command::Status => commands::status(&g).await,
+        Command::Demo => demo::run(g.json).await,
+    }
+}
+
+impl Global {
+    /// The secret: the token if given, else the per-user secret file.
+    pub fn secret(&self) -> anyhow::Result<Secret> {
+        match &self.token {
+            Some(t) => Ok(Secret::from_token(t)),
+            None => Secret::load_default()
+                .map_err(|e| anyhow::Error::new(ClientError::Secret(e.to_string()))),
+        }
+    }
+
+    /// Connects a client as `id`.
+    pub async fn connect(&self, id: &str, long_running: bool) -> anyhow::Result<Client> {
+        let mut b = Client::builder(id)
+            .secret(self.secret()?)
+            .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .reconnect(long_running);
+        b = match &self.addr {
+            Some(addr) => b.addr(addr),
+            None => b.service(&self.service),
+        };
+        Ok(b.connect().await?)
+    }
+}

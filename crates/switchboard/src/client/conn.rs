@@ -1,0 +1,658 @@
+//! The connection: handshake, reader, batching writer, and the supervisor
+//! that reconnects.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use rand::Rng;
+use switchboard_discovery as discovery;
+use switchboard_wire::{proto, ErrorCode, Frame, FrameCodec, Kind, PROTOCOL_VERSION};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+
+use super::streams::IncomingRequest;
+use super::types::{ConnectionState, Message, MessageKind, PresenceEvent};
+use super::{ConnTx, Shared, Target};
+use crate::ClientError;
+
+/// Largest frame accepted from a hub before it has proven itself.
+const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+
+/// Largest batch the writer collects before one write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// An authenticated connection, not yet driven.
+pub(crate) struct Connected {
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    writer: OwnedWriteHalf,
+    welcome: proto::Welcome,
+    addr: SocketAddr,
+    instance_id: String,
+}
+
+/// Why a driven connection ended.
+enum End {
+    Lost(String),
+    TakenOver,
+    Closed,
+}
+
+/// Makes one connection: to `preferred` first if given, else (or when it
+/// fails) to the configured address or a discovered hub.
+pub(crate) async fn connect_once(
+    shared: &Shared,
+    preferred: Option<SocketAddr>,
+) -> Result<Connected, ClientError> {
+    let cfg = &shared.cfg;
+    let mut last_err = None;
+    if let Some(addr) = preferred {
+        match connect_addr(shared, addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let candidates = match &cfg.target {
+        Target::Addr(addr) => tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?
+            .collect::<Vec<_>>(),
+        Target::Service(service) => {
+            crate::discover::find(service, &shared.secret, false, cfg.connect_timeout).await?
+        }
+    };
+    for addr in candidates {
+        if Some(addr) == preferred {
+            continue;
+        }
+        match connect_addr(shared, addr).await {
+            Ok(c) => return Ok(c),
+            // A hub that refused our proof will keep refusing it.
+            Err(e @ ClientError::AuthFailed(_)) => return Err(e),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| match &cfg.target {
+        Target::Service(service) => ClientError::NotFound {
+            service: service.clone(),
+            detail: "discovery returned no address".to_string(),
+        },
+        Target::Addr(addr) => ClientError::Connect {
+            addr: addr.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "address resolved to nothing",
+            ),
+        },
+    }))
+}
+
+async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
+    let timeout = shared.cfg.connect_timeout;
+    match tokio::time::timeout(timeout, handshake(shared, addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout(format!(
+            "connecting to {addr} took longer than {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
+    let mut reader = FramedRead::new(r, codec.clone());
+    let mut writer = FramedWrite::new(w, codec);
+
+    let client_nonce = discovery::nonce();
+    let id = shared.cfg.id.clone();
+    send(
+        &mut writer,
+        proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: id.clone(),
+            client_nonce: client_nonce.to_vec().into(),
+            agent: shared.cfg.agent.clone(),
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await?;
+
+    let challenge = match recv(&mut reader, addr).await? {
+        Kind::Challenge(c) => c,
+        Kind::Error(e) => return Err(handshake_error(e)),
+        other => return Err(bad_kind("challenge", other)),
+    };
+    let identity = challenge.identity.unwrap_or_default();
+    if !discovery::verify_hub_proof(
+        &shared.secret,
+        &client_nonce,
+        &challenge.hub_nonce,
+        &identity,
+        &challenge.proof,
+    ) {
+        return Err(ClientError::HubUnverified {
+            addr: addr.to_string(),
+        });
+    }
+    let proof = discovery::client_proof(&shared.secret, &challenge.hub_nonce, &client_nonce, &id);
+    send(
+        &mut writer,
+        proto::Auth {
+            proof: proof.to_vec().into(),
+        }
+        .into(),
+    )
+    .await?;
+    let welcome = match recv(&mut reader, addr).await? {
+        Kind::Welcome(w) => w,
+        Kind::Error(e) => return Err(handshake_error(e)),
+        other => return Err(bad_kind("welcome", other)),
+    };
+    let max_in = switchboard_wire::DEFAULT_MAX_FRAME;
+    reader.decoder_mut().set_max_inbound(max_in);
+    Ok(Connected {
+        reader,
+        writer: writer.into_inner(),
+        welcome,
+        addr,
+        instance_id: identity.instance_id,
+    })
+}
+
+async fn send(
+    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
+    frame: Frame,
+) -> Result<(), ClientError> {
+    futures::SinkExt::send(writer, frame).await?;
+    Ok(())
+}
+
+async fn recv(
+    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    addr: SocketAddr,
+) -> Result<Kind, ClientError> {
+    match reader.next().await {
+        Some(Ok(Frame { kind: Some(kind), .. })) => Ok(kind),
+        Some(Ok(_)) => Err(ClientError::Protocol(format!(
+            "the hub at {addr} sent a frame of an unknown kind during the handshake"
+        ))),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ClientError::Protocol(format!(
+            "the peer at {addr} closed the connection during the handshake; is it a switchboard hub?"
+        ))),
+    }
+}
+
+fn handshake_error(e: proto::Error) -> ClientError {
+    ClientError::from_hub(e.code, e.message)
+}
+
+fn bad_kind(wanted: &str, got: Kind) -> ClientError {
+    let f = Frame::from(got);
+    ClientError::Protocol(format!(
+        "expected {wanted} during the handshake, got {}",
+        f.kind_name()
+    ))
+}
+
+/// Drives connections until the client is closed, reconnecting with
+/// backoff after each loss.
+pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
+    let mut conn = first;
+    let mut generation = 1u64;
+    let mut close = shared.close.subscribe();
+    loop {
+        let last_addr = conn.addr;
+        let end = drive(&shared, conn, generation).await;
+        let reason = match end {
+            End::Closed => {
+                set_closed(&shared, "closed by the application");
+                return;
+            }
+            End::TakenOver => {
+                set_closed(&shared, "another connection took over the client id");
+                return;
+            }
+            End::Lost(reason) => reason,
+        };
+        tracing::debug!(client = %shared.cfg.id, %reason, "connection lost");
+        if !shared.cfg.reconnect {
+            set_closed(&shared, &format!("connection lost: {reason}"));
+            return;
+        }
+        let mut attempt = 0u32;
+        conn = loop {
+            attempt += 1;
+            if shared
+                .cfg
+                .max_reconnect_attempts
+                .is_some_and(|max| attempt > max)
+            {
+                set_closed(
+                    &shared,
+                    &format!(
+                        "gave up reconnecting after {} attempts: {reason}",
+                        attempt - 1
+                    ),
+                );
+                return;
+            }
+            shared.state.send_replace(ConnectionState::Reconnecting {
+                attempt,
+                reason: reason.clone(),
+            });
+            let wait = backoff(&shared, attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = close.wait_for(|c| *c) => {
+                    set_closed(&shared, "closed by the application");
+                    return;
+                }
+            }
+            let attempt_fut = connect_once(&shared, Some(last_addr));
+            tokio::select! {
+                r = attempt_fut => match r {
+                    Ok(c) => break c,
+                    Err(e) => tracing::debug!(client = %shared.cfg.id, error = %e, attempt, "reconnect failed"),
+                },
+                _ = close.wait_for(|c| *c) => {
+                    set_closed(&shared, "closed by the application");
+                    return;
+                }
+            }
+        };
+        generation += 1;
+    }
+}
+
+fn set_closed(shared: &Shared, reason: &str) {
+    let mut reg = shared.reg.lock();
+    reg.conn = None;
+    reg.pending.clear();
+    // End every stream: nothing will arrive on them any more.
+    reg.subs.clear();
+    reg.watches.clear();
+    reg.presence.clear();
+    reg.messages = None;
+    reg.requests = None;
+    reg.sessions.clear();
+    reg.session_any = None;
+    drop(reg);
+    shared.state.send_replace(ConnectionState::Closed {
+        reason: reason.to_string(),
+    });
+}
+
+fn backoff(shared: &Shared, attempt: u32) -> Duration {
+    let min = shared.cfg.backoff_min;
+    let max = shared.cfg.backoff_max;
+    let step = min.saturating_mul(1u32 << (attempt - 1).min(20)).min(max);
+    let lo = step / 2;
+    let jitter =
+        rand::rng().random_range(0..=step.as_micros().saturating_sub(lo.as_micros()) as u64);
+    lo + Duration::from_micros(jitter)
+}
+
+/// Runs one authenticated connection until it ends.
+async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
+    let (tx, rx) = mpsc::channel(shared.cfg.send_queue);
+    let max_frame = if conn.welcome.max_frame == 0 {
+        switchboard_wire::DEFAULT_MAX_FRAME
+    } else {
+        conn.welcome.max_frame as usize
+    };
+    let mut writer = tokio::spawn(write_loop(rx, conn.writer, max_frame));
+    let mut reader = tokio::spawn(read_loop(shared.clone(), conn.reader, tx.clone()));
+    shared.reg.lock().conn = Some(ConnTx {
+        tx: tx.clone(),
+        max_frame,
+    });
+    let mut close = shared.close.subscribe();
+    let resync = resync(shared, generation > 1);
+    tokio::pin!(resync);
+    let mut synced = false;
+    let end = loop {
+        tokio::select! {
+            _ = &mut resync, if !synced => {
+                synced = true;
+                shared.state.send_replace(ConnectionState::Connected {
+                    addr: conn.addr,
+                    instance_id: conn.instance_id.clone(),
+                    generation,
+                });
+            }
+            r = &mut reader => break r.unwrap_or_else(|e| End::Lost(format!("reader failed: {e}"))),
+            w = &mut writer => break End::Lost(match w {
+                Ok(Ok(())) => "writer stopped".to_string(),
+                Ok(Err(e)) => format!("write failed: {e}"),
+                Err(e) => format!("writer failed: {e}"),
+            }),
+            _ = close.wait_for(|c| *c) => break End::Closed,
+        }
+    };
+    {
+        let mut reg = shared.reg.lock();
+        reg.conn = None;
+        // Dropping the senders fails every command in flight.
+        reg.pending.clear();
+    }
+    reader.abort();
+    if matches!(end, End::Closed) {
+        let _ = tx.try_send(Frame::goodbye(ErrorCode::Unspecified, "client closing"));
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+    }
+    writer.abort();
+    end
+}
+
+/// Restores subscriptions, watches and the presence watch on a new
+/// connection.
+async fn resync(shared: &Arc<Shared>, again: bool) {
+    if !again {
+        return;
+    }
+    let (subs, watches, presence) = {
+        let reg = shared.reg.lock();
+        let subs: Vec<(u64, String, String)> = reg
+            .subs
+            .iter()
+            .map(|(id, s)| (*id, s.pattern.clone(), s.group.clone()))
+            .collect();
+        let watches: Vec<(u64, String, bool)> = reg
+            .watches
+            .iter()
+            .map(|(id, w)| (*id, w.key.clone(), w.prefix))
+            .collect();
+        (subs, watches, !reg.presence.is_empty())
+    };
+    let mut jobs = Vec::new();
+    for (sub_id, pattern, queue_group) in subs {
+        jobs.push(futures::future::Either::Left(shared.command_ok(
+            move |id| {
+                proto::Subscribe {
+                    id,
+                    sub_id,
+                    pattern,
+                    queue_group,
+                }
+                .into()
+            },
+        )));
+    }
+    for (watch_id, key, prefix) in watches {
+        jobs.push(futures::future::Either::Right(shared.command_ok(
+            move |id| {
+                proto::KvWatch {
+                    id,
+                    watch_id,
+                    key,
+                    prefix,
+                }
+                .into()
+            },
+        )));
+    }
+    for r in futures::future::join_all(jobs).await {
+        if let Err(e) = r {
+            tracing::warn!(client = %shared.cfg.id, error = %e, "could not restore a subscription or watch");
+        }
+    }
+    if presence {
+        match shared
+            .command(shared.cfg.request_timeout, |id| {
+                proto::PresenceWatch { id, stop: false }.into()
+            })
+            .await
+        {
+            Ok(Frame {
+                kind: Some(Kind::ClientList(list)),
+                ..
+            }) => super::streams::presence_resync(shared, list.clients),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(client = %shared.cfg.id, error = %e, "could not restore the presence watch")
+            }
+        }
+    }
+}
+
+/// Writes queued frames, draining everything queued into one write.
+async fn write_loop(
+    mut rx: mpsc::Receiver<Frame>,
+    mut w: OwnedWriteHalf,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let mut codec = FrameCodec::with_max_frame(max_frame);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while let Some(frame) = rx.recv().await {
+        encode(&mut codec, frame, &mut buf);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => encode(&mut codec, frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        w.write_all(&buf).await?;
+        buf.clear();
+    }
+    let _ = w.shutdown().await;
+    Ok(())
+}
+
+fn encode(codec: &mut FrameCodec, frame: Frame, buf: &mut BytesMut) {
+    if let Err(e) = codec.encode(frame, buf) {
+        // Sizes are checked before queueing; this is a last guard.
+        tracing::warn!(error = %e, "dropping a frame that cannot be encoded");
+    }
+}
+
+/// Reads frames from the hub and routes them.
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    tx: mpsc::Sender<Frame>,
+) -> End {
+    let mut goodbye: Option<proto::Goodbye> = None;
+    loop {
+        let frame = match reader.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return End::Lost(format!("bad frame from the hub: {e}")),
+            None => {
+                return match goodbye {
+                    Some(g) if g.code == ErrorCode::IdTakenOver as i32 => End::TakenOver,
+                    Some(g) => End::Lost(format!("hub said goodbye: {}", g.message)),
+                    None => End::Lost("the hub closed the connection".to_string()),
+                }
+            }
+        };
+        match frame.kind {
+            Some(Kind::Goodbye(g)) => {
+                if g.code == ErrorCode::IdTakenOver as i32 {
+                    return End::TakenOver;
+                }
+                goodbye = Some(g);
+            }
+            Some(Kind::Error(e)) if e.id == 0 => {
+                tracing::warn!(client = %shared.cfg.id, code = e.code, message = %e.message, "hub reported a connection error");
+            }
+            Some(kind) => dispatch(&shared, kind, &tx),
+            None => {
+                tracing::debug!(client = %shared.cfg.id, "ignoring a frame of an unknown kind");
+            }
+        }
+    }
+}
+
+fn count_drop(shared: &Shared, n: u64) {
+    shared.dropped.fetch_add(n, Ordering::Relaxed);
+}
+
+fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
+    let mut reg = shared.reg.lock();
+    match kind {
+        Kind::Ok(m) => answer(&mut reg, m.id, Kind::Ok(m)),
+        Kind::Error(m) => answer(&mut reg, m.id, Kind::Error(m)),
+        Kind::Reply(m) => answer(&mut reg, m.id, Kind::Reply(m)),
+        Kind::KvValue(m) => answer(&mut reg, m.id, Kind::KvValue(m)),
+        Kind::ClientList(m) => answer(&mut reg, m.id, Kind::ClientList(m)),
+        Kind::Status(m) => answer(&mut reg, m.id, Kind::Status(m)),
+        Kind::Deliver(d) => {
+            if let Some(sub) = reg.subs.get(&d.sub_id) {
+                let msg = Message {
+                    kind: MessageKind::Publish,
+                    from: d.from,
+                    topic: d.topic,
+                    reply_to: d.reply_to,
+                    payload: d.payload,
+                };
+                if sub.tx.try_send(msg).is_err() {
+                    count_drop(shared, 1);
+                }
+            }
+        }
+        Kind::Direct(d) => {
+            let msg = Message {
+                kind: MessageKind::Direct,
+                from: d.from,
+                topic: String::new(),
+                reply_to: String::new(),
+                payload: d.payload,
+            };
+            deliver_message(shared, &mut reg, msg);
+        }
+        Kind::Broadcast(b) => {
+            let msg = Message {
+                kind: MessageKind::Broadcast,
+                from: b.from,
+                topic: String::new(),
+                reply_to: String::new(),
+                payload: b.payload,
+            };
+            deliver_message(shared, &mut reg, msg);
+        }
+        Kind::Request(r) => {
+            let (id, from) = (r.id, r.from.clone());
+            let Some(requests) = reg.requests.clone() else {
+                drop(reg);
+                let _ = tx.try_send(error_reply(
+                    id,
+                    from,
+                    format!("client {:?} does not serve requests", shared.cfg.id),
+                ));
+                return;
+            };
+            drop(reg);
+            let req = IncomingRequest::new(shared, r);
+            if let Err(e) = requests.try_send(req) {
+                // The application is not keeping up: answer at once rather
+                // than leaving the requester waiting.
+                let mut req = match e {
+                    mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+                };
+                req.disarm();
+                let _ = tx.try_send(error_reply(
+                    id,
+                    from,
+                    format!("client {:?} is overloaded; retry later", shared.cfg.id),
+                ));
+            }
+        }
+        Kind::KvUpdate(u) => {
+            if let Some(w) = reg.watches.get(&u.watch_id) {
+                if w.tx.try_send(u.into()).is_err() {
+                    count_drop(shared, 1);
+                }
+            }
+        }
+        Kind::Presence(p) => {
+            let client = p.client.unwrap_or_default();
+            let event = if p.kind == proto::PresenceKind::Left as i32 {
+                reg.known_clients.remove(&client.client_id);
+                PresenceEvent::Left {
+                    client,
+                    reason: p.reason,
+                }
+            } else {
+                reg.known_clients
+                    .insert(client.client_id.clone(), client.clone());
+                PresenceEvent::Joined(client)
+            };
+            for tx in reg.presence.values() {
+                if tx.try_send(event.clone()).is_err() {
+                    count_drop(shared, 1);
+                }
+            }
+        }
+        Kind::Flow(f) => count_drop(shared, f.dropped),
+        Kind::Session(s) => {
+            let target = reg
+                .sessions
+                .get(&s.peer)
+                .or(reg.session_any.as_ref())
+                .cloned();
+            drop(reg);
+            if let Some(target) = target {
+                if target.try_send(s).is_err() {
+                    count_drop(shared, 1);
+                }
+            }
+        }
+        Kind::Ping(p) => {
+            drop(reg);
+            let _ = tx.try_send(proto::Pong { nonce: p.nonce }.into());
+        }
+        Kind::Pong(_) | Kind::Ack(_) => {}
+        other => {
+            drop(reg);
+            let f = Frame::from(other);
+            tracing::debug!(client = %shared.cfg.id, kind = f.kind_name(), "ignoring an unexpected frame");
+        }
+    }
+}
+
+fn answer(reg: &mut super::Registry, id: u64, kind: Kind) {
+    if let Some(waiter) = reg.pending.remove(&id) {
+        let _ = waiter.send(Frame::from(kind));
+    }
+}
+
+fn deliver_message(shared: &Shared, reg: &mut super::Registry, msg: Message) {
+    match &reg.messages {
+        Some(tx) => {
+            if tx.try_send(msg).is_err() {
+                count_drop(shared, 1);
+            }
+        }
+        None => count_drop(shared, 1),
+    }
+}
+
+pub(crate) fn error_reply(id: u64, to: String, message: String) -> Frame {
+    proto::Reply {
+        id,
+        to,
+        payload: message.into_bytes().into(),
+        is_error: true,
+        ..Default::default()
+    }
+    .into()
+}

@@ -1,0 +1,223 @@
+//! The shared key/value store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use switchboard_wire::{proto, Frame, Kind};
+use tokio::sync::mpsc;
+
+use super::types::{KvEntry, KvEvent};
+use super::{unexpected, Shared, WatchEntry};
+use crate::ClientError;
+
+/// The hub's key/value store, from [`Client::kv`](crate::Client::kv).
+///
+/// Every key has a version: 1 on creation, one more on each change, never
+/// reused. Watches deliver the current value first, then every change in
+/// order.
+#[derive(Clone)]
+pub struct Kv {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").finish_non_exhaustive()
+    }
+}
+
+impl Kv {
+    pub(crate) fn new(shared: Arc<Shared>) -> Kv {
+        Kv { shared }
+    }
+
+    async fn value(&self, make: impl FnOnce(u64) -> Frame) -> Result<proto::KvValue, ClientError> {
+        match self
+            .shared
+            .command(self.shared.cfg.request_timeout, make)
+            .await?
+            .kind
+        {
+            Some(Kind::KvValue(v)) => Ok(v),
+            other => Err(unexpected("kv value", other)),
+        }
+    }
+
+    /// Reads `key`; `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<KvEntry>, ClientError> {
+        let v = self
+            .value(|id| {
+                proto::KvGet {
+                    id,
+                    key: key.to_string(),
+                }
+                .into()
+            })
+            .await;
+        match v {
+            Ok(v) if v.found => Ok(Some(KvEntry {
+                key: v.key,
+                value: v.value,
+                version: v.version,
+            })),
+            Ok(_) | Err(ClientError::Missing(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets `key` to `value` unconditionally; returns the new version.
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, ClientError> {
+        self.set_inner(key, value.into(), None).await
+    }
+
+    /// Sets `key` only if its version is `expect_version` (0: only if the
+    /// key does not exist); returns the new version, or
+    /// [`ClientError::VersionMismatch`].
+    pub async fn cas(
+        &self,
+        key: &str,
+        expect_version: u64,
+        value: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        self.set_inner(key, value.into(), Some(expect_version))
+            .await
+    }
+
+    async fn set_inner(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect_version: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let v = self
+            .value(|id| {
+                proto::KvSet {
+                    id,
+                    key: key.to_string(),
+                    value,
+                    expect_version,
+                }
+                .into()
+            })
+            .await?;
+        Ok(v.version)
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let result = self
+            .value(|id| {
+                proto::KvDelete {
+                    id,
+                    key: key.to_string(),
+                    expect_version: None,
+                }
+                .into()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(ClientError::Missing(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Watches `key`: the stream yields its current value (when it exists),
+    /// then every change in order. Dropping the stream stops the watch; it is
+    /// restored (starting again with the current value) after a reconnect.
+    pub async fn watch(&self, key: &str) -> Result<KvWatch, ClientError> {
+        KvWatch::start(self.shared.clone(), key, false).await
+    }
+
+    /// Watches every key starting with `prefix`.
+    pub async fn watch_prefix(&self, prefix: &str) -> Result<KvWatch, ClientError> {
+        KvWatch::start(self.shared.clone(), prefix, true).await
+    }
+}
+
+/// Changes to a watched key or prefix; a [`Stream`] of [`KvEvent`].
+pub struct KvWatch {
+    shared: Arc<Shared>,
+    watch_id: u64,
+    rx: mpsc::Receiver<KvEvent>,
+}
+
+impl std::fmt::Debug for KvWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvWatch")
+            .field("watch_id", &self.watch_id)
+            .finish()
+    }
+}
+
+impl KvWatch {
+    async fn start(shared: Arc<Shared>, key: &str, prefix: bool) -> Result<KvWatch, ClientError> {
+        let watch_id = shared.next_id();
+        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
+        shared.reg.lock().watches.insert(
+            watch_id,
+            WatchEntry {
+                key: key.to_string(),
+                prefix,
+                tx,
+            },
+        );
+        let r = shared
+            .command_ok(|id| {
+                proto::KvWatch {
+                    id,
+                    watch_id,
+                    key: key.to_string(),
+                    prefix,
+                }
+                .into()
+            })
+            .await;
+        if let Err(e) = r {
+            shared.reg.lock().watches.remove(&watch_id);
+            return Err(e);
+        }
+        Ok(KvWatch {
+            shared,
+            watch_id,
+            rx,
+        })
+    }
+
+    /// Receives the next change; `None` once the client is closed.
+    pub async fn recv(&mut self) -> Option<KvEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for KvWatch {
+    type Item = KvEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<KvEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for KvWatch {
+    fn drop(&mut self) {
+        let removed = self
+            .shared
+            .reg
+            .lock()
+            .watches
+            .remove(&self.watch_id)
+            .is_some();
+        if removed {
+            let id = self.shared.next_id();
+            self.shared.post_now(
+                proto::KvUnwatch {
+                    id,
+                    watch_id: self.watch_id,
+                }
+                .into(),
+            );
+        }
+    }
+}

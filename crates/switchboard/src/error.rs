@@ -1,0 +1,149 @@
+//! The client's error type.
+
+use switchboard_wire::{ErrorCode, WireError};
+
+/// Everything a [`Client`](crate::Client) operation can fail with.
+///
+/// Errors the hub reports for one command (an unknown target, a timeout, a
+/// failed compare-and-set...) map to their own variants so callers can match
+/// on them; [`ClientError::code`] gives the protocol code where one applies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Discovery found no hub serving the service.
+    #[error("no hub found for service {service:?} ({detail}); start one with `switchboard hub --service {service}` or give its address")]
+    NotFound {
+        /// The service name that was looked up.
+        service: String,
+        /// What discovery tried.
+        detail: String,
+    },
+    /// Discovery itself failed (for example the secret could not be read).
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+    /// The secret or token could not be loaded.
+    #[error("cannot load the secret: {0}")]
+    Secret(String),
+    /// A TCP connection to the hub could not be made.
+    #[error("cannot connect to {addr}: {source}; check that a hub is running there")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hub refused this client's proof: the secret or token differs.
+    #[error("authentication failed: {0}; use the same token or secret as the hub")]
+    AuthFailed(String),
+    /// The peer did not prove that it knows the secret: it is not a genuine
+    /// hub for this secret, and nothing was sent to it beyond the hello.
+    #[error("the hub at {addr} failed to prove it knows the secret; refusing to use it (wrong token, or an impostor)")]
+    HubUnverified {
+        /// Address of the refused peer.
+        addr: String,
+    },
+    /// The hub does not speak this client's protocol version.
+    #[error("protocol version not supported by the hub: {0}; upgrade the older side")]
+    UnsupportedVersion(String),
+    /// No answer arrived in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The target client id is not connected to the hub.
+    #[error("{0}")]
+    NoSuchClient(String),
+    /// The target left while a request to it was outstanding.
+    #[error("{0}")]
+    TargetGone(String),
+    /// The target's queue stayed full for the whole timeout.
+    #[error("{0}")]
+    QueueFull(String),
+    /// A compare-and-set found a different version.
+    #[error("{0}")]
+    VersionMismatch(String),
+    /// A pattern, key, id or size is not acceptable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A hub limit (subscriptions, watches, sizes...) was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The key or object does not exist.
+    #[error("{0}")]
+    Missing(String),
+    /// The replier's application answered with an error.
+    #[error("the replier failed: {0}")]
+    Remote(String),
+    /// The hub reported another error.
+    #[error("hub error {code:?}: {message}")]
+    Hub {
+        /// Protocol error code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The connection to the hub is down (a reconnect may be under way);
+    /// commands in flight when it dropped fail with this.
+    #[error(
+        "not connected to the hub; wait for the connection state to become connected and retry"
+    )]
+    Disconnected,
+    /// Another connection took over this client id.
+    #[error("another connection took over the client id {0:?}")]
+    TakenOver(String),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// The hub broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Framing failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// I/O failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The protocol error code this error corresponds to, if any.
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            ClientError::AuthFailed(_) | ClientError::HubUnverified { .. } => ErrorCode::AuthFailed,
+            ClientError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            ClientError::Timeout(_) => ErrorCode::Timeout,
+            ClientError::NoSuchClient(_) => ErrorCode::NoSuchClient,
+            ClientError::TargetGone(_) => ErrorCode::TargetGone,
+            ClientError::QueueFull(_) => ErrorCode::QueueFull,
+            ClientError::VersionMismatch(_) => ErrorCode::VersionMismatch,
+            ClientError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            ClientError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            ClientError::Missing(_) => ErrorCode::NotFound,
+            ClientError::TakenOver(_) => ErrorCode::IdTakenOver,
+            ClientError::Hub { code, .. } => *code,
+            _ => return None,
+        })
+    }
+
+    /// Whether the error means the hub (or a hub) could not be found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::NotFound { .. })
+    }
+
+    /// Maps an `Error` frame from the hub to a typed error.
+    pub(crate) fn from_hub(code: i32, message: String) -> ClientError {
+        match ErrorCode::from_wire(code) {
+            ErrorCode::AuthFailed => ClientError::AuthFailed(message),
+            ErrorCode::UnsupportedVersion => ClientError::UnsupportedVersion(message),
+            ErrorCode::Timeout => ClientError::Timeout(message),
+            ErrorCode::NoSuchClient => ClientError::NoSuchClient(message),
+            ErrorCode::TargetGone => ClientError::TargetGone(message),
+            ErrorCode::QueueFull => ClientError::QueueFull(message),
+            ErrorCode::VersionMismatch => ClientError::VersionMismatch(message),
+            ErrorCode::InvalidArgument => ClientError::InvalidArgument(message),
+            ErrorCode::LimitExceeded => ClientError::LimitExceeded(message),
+            ErrorCode::NotFound => ClientError::Missing(message),
+            ErrorCode::IdTakenOver => ClientError::TakenOver(message),
+            code => ClientError::Hub { code, message },
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Running a hub inside this process.
+
+use std::net::SocketAddr;
+
+use switchboard_discovery::{BindOptions, PortChoice, Secret};
+use switchboard_hub::{HubConfig, HubError, HubHandle, Limits};
+
+/// Starts a hub in this process; see [`Hub::builder`].
+///
+/// The hub answers discovery probes and client connections on one listener.
+/// By default it binds a random free loopback port, writes the rendezvous
+/// hint for its service (removed again on shutdown) and uses the per-user
+/// secret file.
+#[derive(Debug)]
+pub struct Hub;
+
+impl Hub {
+    /// A builder with the defaults: service
+    /// [`DEFAULT_SERVICE`](crate::DEFAULT_SERVICE), random free loopback
+    /// port, per-user secret, hint file written.
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            service: crate::DEFAULT_SERVICE.to_string(),
+            listen: None,
+            secret: None,
+            write_hint: true,
+            limits: None,
+        }
+    }
+}
+
+/// Settings of an in-process hub.
+#[derive(Debug, Clone)]
+pub struct HubBuilder {
+    service: String,
+    listen: Option<String>,
+    secret: Option<Secret>,
+    write_hint: bool,
+    limits: Option<Limits>,
+}
+
+impl HubBuilder {
+    /// Service name clients discover the hub by.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = name.into();
+        self
+    }
+
+    /// Listen on `addr` (`ip:port`; port 0 lets the OS choose) instead of
+    /// a random free loopback port. Parsed when the hub starts.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The secret clients must prove (default: the per-user secret file).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Shorthand for [`secret`](Self::secret) with a shared token.
+    pub fn token(self, token: &str) -> Self {
+        self.secret(Secret::from_token(token))
+    }
+
+    /// Whether to write the rendezvous hint file (default: yes). Without
+    /// it, clients find the hub only through the socket table or a scan, or
+    /// by address.
+    pub fn write_hint(mut self, on: bool) -> Self {
+        self.write_hint = on;
+        self
+    }
+
+    /// Replaces the hub's limits (queue sizes, frame sizes, timeouts).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Binds, writes the hint and starts serving; returns a handle with the
+    /// bound address and a `shutdown` method.
+    pub async fn start(self) -> Result<HubHandle, HubError> {
+        let secret = match self.secret {
+            Some(s) => s,
+            None => Secret::load_default()?,
+        };
+        let mut config = HubConfig::with_secret(&self.service, secret);
+        if let Some(listen) = &self.listen {
+            let addr: SocketAddr = listen.parse().map_err(|e| {
+                HubError::Config(format!(
+                    "invalid listen address {listen:?}: {e}; use IP:PORT such as 127.0.0.1:0"
+                ))
+            })?;
+            config.bind = BindOptions {
+                ip: addr.ip(),
+                port: if addr.port() == 0 {
+                    PortChoice::Os
+                } else {
+                    PortChoice::Fixed(addr.port())
+                },
+                ..BindOptions::default()
+            };
+        }
+        config.write_hint = self.write_hint;
+        if let Some(limits) = self.limits {
+            config.limits = limits;
+        }
+        switchboard_hub::Hub::start(config).await
+    }
+}
