@@ -13,7 +13,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpStream;
 
 use crate::probe::probe_connected;
-use crate::scan::{self, ScanJob};
+use crate::scan::{self, ProbeJob};
 use crate::table;
 use crate::{
     runtime_dir, validate_service, DiscoveryError, FoundHub, Hint, ProbeError, Secret, SecretError,
@@ -342,9 +342,68 @@ impl Search<'_> {
         // Ports in the hubs' default random range first.
         addrs.sort_by_key(|a| !DEFAULT_BIND_RANGE.contains(&a.port()));
         let n = addrs.len();
-        self.probe_all(Via::Table, addrs).await;
+        // The table is short and finite: probe it all at once when the
+        // limit on open files allows, so silent listeners cannot hold up
+        // the real hub for a probe timeout.
+        let room = scan::fd_limit().map_or(self.opts.concurrency, |l| l / 2);
+        let limit = self.opts.concurrency.max(n.min(room));
+        self.run_job(Via::Table, addrs, limit).await;
         self.tried.table = Ok(n);
         true
+    }
+
+    fn threads(&self) -> usize {
+        if self.opts.scan_threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4)
+        } else {
+            self.opts.scan_threads
+        }
+    }
+
+    /// Probes `targets` on the worker threads; returns how many addresses
+    /// were tried.
+    async fn run_job(&mut self, via: Via, targets: Vec<SocketAddr>, max_inflight: usize) -> usize {
+        for a in &targets {
+            self.probed.insert(*a);
+        }
+        let total = targets.len();
+        if total == 0 {
+            return 0;
+        }
+        let mut handle = scan::start(ProbeJob {
+            targets: Arc::new(targets),
+            threads: self.threads(),
+            max_inflight: max_inflight.max(1),
+            timeout: self.probe_timeout(),
+            deadline: self.deadline,
+            service: self.service.to_owned(),
+            secret: self.secret.clone(),
+        });
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        loop {
+            tokio::select! {
+                got = handle.rx.recv() => match got {
+                    Some((addr, r)) => {
+                        self.record(via, addr, r);
+                        if self.done() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        handle.stop();
+        // Workers add their counts when they finish; one still running was
+        // cut short by the deadline or an early result.
+        handle
+            .tried
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(total)
     }
 
     async fn scan(&mut self) {
@@ -361,71 +420,9 @@ impl Search<'_> {
                 }
             }
         }
-        let threads = if self.opts.scan_threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(4)
-        } else {
-            self.opts.scan_threads
-        };
-        let limit = self.opts.concurrency.max(1);
-        let total = targets.len();
-        let mut handle = scan::start(
-            ScanJob {
-                targets: Arc::new(targets),
-                threads,
-                max_pending: limit,
-                connect_timeout: self.probe_timeout(),
-                deadline: self.deadline,
-            },
-            limit,
-        );
-        let service = self.service.to_owned();
-        let secret = self.secret.clone();
-        let timeout = self.opts.probe_timeout;
-        let mut inflight = FuturesUnordered::new();
-        let mut open = true;
-        let deadline = tokio::time::Instant::from_std(self.deadline);
-        loop {
-            if !open && inflight.is_empty() {
-                break;
-            }
-            tokio::select! {
-                got = handle.rx.recv(), if open && inflight.len() < limit => {
-                    match got {
-                        Some((addr, std)) => {
-                            if !self.probed.insert(addr) {
-                                continue;
-                            }
-                            let (service, secret) = (service.clone(), secret.clone());
-                            inflight.push(async move {
-                                let r = tokio::time::timeout(timeout, async {
-                                    let s = TcpStream::from_std(std).map_err(|source| ProbeError::Io { addr, source })?;
-                                    probe_connected(s, addr, &service, &secret).await
-                                })
-                                .await
-                                .unwrap_or(Err(ProbeError::Timeout { addr, after: timeout }));
-                                (addr, r)
-                            });
-                        }
-                        None => open = false,
-                    }
-                }
-                Some((addr, r)) = inflight.next(), if !inflight.is_empty() => {
-                    self.record(Via::Scan, addr, r);
-                    if self.done() {
-                        break;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        handle.stop();
-        let scanned = handle.tried.load(std::sync::atomic::Ordering::Relaxed);
-        // Workers add their count when they finish; one still running was
-        // cut short by the deadline or by an early result.
-        self.tried.scanned = Some((range, scanned.min(total)));
+        let limit = self.opts.concurrency;
+        let n = self.run_job(Via::Scan, targets, limit).await;
+        self.tried.scanned = Some((range, n));
     }
 }
 

@@ -4,49 +4,114 @@
 //! # Hub side
 //!
 //! * [`bind`] a listener on a free port ([`PortChoice::Random`] from a
-//!   range with retry on conflict, the OS's port 0, or a fixed port).
+//!   range with retry on conflict, the OS's port 0, or a fixed port) on
+//!   `127.0.0.1` by default (`::1`, `0.0.0.0`, `::` on request).
 //! * Write a rendezvous [`Hint`] into the per-user [`runtime_dir`]; the
 //!   returned [`HintGuard`] removes it on shutdown.
-//! * Answer probes on the normal listener: when the first frame of a
-//!   connection is a `Probe`, reply with [`answer_probe`] (or close
-//!   silently when it returns `None`).
+//! * Answer probes on the normal listener (no second port): when the first
+//!   frame of a connection is a `Probe` rather than a `Hello`, reply with
+//!   [`answer_probe`], or close silently when it returns `None`.
+//!
+//! # Client side
+//!
+//! [`discover`] returns the verified hubs of a service, fastest path first:
+//!
+//! 1. the hint files `<runtime dir>/<service>.*.hint`;
+//! 2. the operating system's table of listening sockets (Linux: netlink
+//!    `sock_diag`, or `/proc/net/tcp{,6}`), LISTEN entries of the current
+//!    user reachable on the asked address, probed all at once;
+//! 3. a bounded-concurrency connect scan over 1025-65535 (configurable),
+//!    driven by a few threads on non-blocking sockets (see the `scan`
+//!    module source for the technique).
+//!
+//! Each candidate gets exactly one probe, and is accepted only if its
+//! reply's proof verifies; in "first" mode (the default) discovery stops at
+//! the first verified hub. [`probe`] checks a single address.
+//!
+//! # Probe handshake
+//!
+//! ```text
+//! client                                         candidate
+//!   │ ── u32 len ‖ Frame{Probe{magic "SBD1", version,  │
+//!   │          service, 16-byte nonce}}  (≤ 128 bytes) ▶│
+//!   │ ◀─ u32 len ‖ Frame{ProbeReply{identity, hub_nonce,│
+//!   │          proof}}  (read with a 1 KiB limit)       │
+//!   │  check: a ProbeReply, 16-byte hub nonce, proof    │
+//!   │  verifies (constant time), identity.service and   │
+//!   │  identity.port match what was asked and dialled   │
+//! ```
+//!
+//! A dead port is refused at connect; a silent peer times out
+//! ([`DEFAULT_PROBE_TIMEOUT`]); junk or an oversized length prefix fails
+//! framing at once; an echo arrives as a `Probe`, not a `ProbeReply`; an
+//! impostor's proof does not verify. The same hub proof appears in the
+//! connection handshake's `Challenge`.
 //!
 //! # The secret
 //!
 //! Every proof is keyed by a [`Secret`]: the 32 bytes of the per-user file
 //! `<runtime dir>/secret` (mode 0600, created race-free by whichever side
 //! needs it first, refused if group or others can read it or another user
-//! owns it), or the SHA-256 of a token given by the user.
+//! owns it), or the SHA-256 of a token given by the user (for hubs reached
+//! from other machines).
 //!
 //! # Proofs
 //!
 //! See [`proof`] for the exact layout of the HMAC-SHA256 hub and client
-//! proofs.
+//! proofs, and [`Hint`] for the hint file format.
 //!
 //! # Example
 //!
-//! ```
-//! use switchboard_discovery::{answer_probe, bind, BindOptions, Secret};
-//! use switchboard_wire::proto;
+//! A hub binds a random port, answers probes and writes its hint; a client
+//! discovers it by name.
 //!
-//! # #[tokio::main(flavor = "current_thread")]
+//! ```
+//! use futures::{SinkExt, StreamExt};
+//! use switchboard_discovery::{
+//!     answer_probe, bind, discover, new_instance_id, proto, BindOptions, DiscoverOptions,
+//!     Hint, Secret, Via,
+//! };
+//! use switchboard_wire::{Frame, FrameCodec, Kind};
+//! use tokio_util::codec::Framed;
+//!
+//! # #[tokio::main]
 //! # async fn main() -> anyhow::Result<()> {
+//! let runtime_dir = tempfile::tempdir()?; // normally `runtime_dir()`
+//! let secret = Secret::from_token("example"); // normally `Secret::load_default()?`
+//!
+//! // Hub side.
 //! let listener = bind(&BindOptions::default()).await?;
-//! let port = listener.local_addr()?.port();
-//! let secret = Secret::from_token("example");
+//! let addr = listener.local_addr()?;
 //! let identity = proto::HubIdentity {
 //!     service: "demo".into(),
-//!     port: port.into(),
+//!     instance_id: new_instance_id(),
+//!     pid: std::process::id(),
+//!     port: addr.port().into(),
 //!     ..Default::default()
 //! };
-//! let probe = proto::Probe {
-//!     magic: switchboard_wire::PROBE_MAGIC,
-//!     version: switchboard_wire::PROTOCOL_VERSION,
-//!     service: "demo".into(),
-//!     nonce: switchboard_discovery::nonce().to_vec().into(),
+//! let _hint = Hint::new("demo", addr, &identity.instance_id).write_in(runtime_dir.path())?;
+//! let (id, key) = (identity.clone(), secret.clone());
+//! tokio::spawn(async move {
+//!     while let Ok((stream, _)) = listener.accept().await {
+//!         let mut frames = Framed::new(stream, FrameCodec::with_max_frame(4096));
+//!         if let Some(Ok(Frame { kind: Some(Kind::Probe(p)), .. })) = frames.next().await {
+//!             if let Some(reply) = answer_probe(&p, &id, &key) {
+//!                 let _ = frames.send(Frame::from(reply)).await;
+//!             }
+//!         }
+//!     }
+//! });
+//!
+//! // Client side.
+//! let opts = DiscoverOptions {
+//!     hint_dirs: vec![runtime_dir.path().to_owned()],
+//!     secret: Some(secret),
+//!     ..Default::default()
 //! };
-//! let reply = answer_probe(&probe, &identity, &secret).expect("a probe for this hub");
-//! assert_eq!(reply.identity.unwrap().port, u32::from(port));
+//! let hubs = discover("demo", &opts).await?;
+//! assert_eq!(hubs[0].addr, addr);
+//! assert_eq!(hubs[0].via, Via::Hint);
+//! assert_eq!(hubs[0].identity, identity);
 //! # Ok(())
 //! # }
 //! ```

@@ -1,93 +1,137 @@
-//! The connect scan: which of many addresses accept a TCP connection.
+//! Probing many addresses at once: the listening-table candidates and the
+//! connect scan.
 //!
-//! On Unix, a few plain threads drive non-blocking sockets directly: each
-//! port costs two `connect` calls on one socket (the first starts the
-//! connection, the second reports the result, which on loopback is already
-//! known), and a socket refused by one port is reused for the next, so no
-//! socket is created or closed per closed port and no task is spawned per
-//! port. Connections still in progress wait in a bounded set polled with
-//! `poll(2)`. Connected sockets go to the async side, which probes them.
+//! On Unix a few plain threads drive non-blocking sockets directly, with no
+//! task or future per address:
 //!
-//! Elsewhere a bounded set of tokio connects does the same job, more
-//! slowly.
+//! * each address costs two `connect` calls on one socket: the first
+//!   starts the connection, the second reports the result, which on
+//!   loopback is already known (refused, or connected);
+//! * a socket refused by one port is reused for the next, so no socket is
+//!   created or closed per closed port;
+//! * a connected socket is sent the one probe at once and then waits, with
+//!   the connections still in progress, in a bounded set polled with
+//!   `poll(2)`; replies are read into a buffer bounded by
+//!   [`MAX_REPLY_LEN`](crate::MAX_REPLY_LEN) and checked with the sans-IO
+//!   [`check_reply`](crate::check_reply).
+//!
+//! Elsewhere a bounded set of tokio probes does the same job, more slowly.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_wire::proto;
 use tokio::sync::mpsc;
 
-/// What to scan and how hard.
+use crate::{ProbeError, Secret};
+
+/// What to probe and how hard.
 #[derive(Debug, Clone)]
-pub(crate) struct ScanJob {
+pub(crate) struct ProbeJob {
     /// Addresses to try, in order.
     pub targets: Arc<Vec<SocketAddr>>,
     /// Worker threads (Unix).
     pub threads: usize,
-    /// Connections in progress at once, over all workers.
-    pub max_pending: usize,
-    /// How long one connect may take.
-    pub connect_timeout: Duration,
+    /// Connections in progress or awaiting a reply, over all workers.
+    pub max_inflight: usize,
+    /// Time one probe may take, connect and reply included.
+    pub timeout: Duration,
     /// When to give up.
     pub deadline: Instant,
+    /// Service asked for.
+    pub service: String,
+    /// Secret the proof must verify with.
+    pub secret: Secret,
 }
 
-/// A running scan; dropping it stops the workers.
-pub(crate) struct ScanHandle {
-    /// Connected sockets, with the address they reached.
-    pub rx: mpsc::Receiver<(SocketAddr, std::net::TcpStream)>,
+/// Result for one address that accepted a connection.
+pub(crate) type Outcome = (SocketAddr, Result<proto::HubIdentity, ProbeError>);
+
+/// A running job; dropping it stops the workers.
+pub(crate) struct ProbeHandle {
+    /// Results of the addresses that accepted a connection.
+    pub rx: mpsc::UnboundedReceiver<Outcome>,
     stop: Arc<AtomicBool>,
-    /// Addresses tried so far.
+    /// Addresses tried, added by each worker when it finishes.
     pub tried: Arc<AtomicUsize>,
 }
 
-impl ScanHandle {
-    /// Stops the workers.
+impl ProbeHandle {
+    /// Asks the workers to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-impl Drop for ScanHandle {
+impl Drop for ProbeHandle {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// Starts scanning `job.targets`.
-pub(crate) fn start(job: ScanJob, channel: usize) -> ScanHandle {
-    let (tx, rx) = mpsc::channel(channel.max(1));
+/// Starts probing `job.targets`.
+pub(crate) fn start(job: ProbeJob) -> ProbeHandle {
+    // Unbounded but small: one message per address that accepted a
+    // connection, and workers stop when the receiver is gone.
+    let (tx, rx) = mpsc::unbounded_channel();
     let stop = Arc::new(AtomicBool::new(false));
     let tried = Arc::new(AtomicUsize::new(0));
     imp::spawn(job, tx, stop.clone(), tried.clone());
-    ScanHandle { rx, stop, tried }
+    ProbeHandle { rx, stop, tried }
+}
+
+/// The soft limit on open files, if known.
+pub(crate) fn fd_limit() -> Option<usize> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            return Some(usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX));
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 #[cfg(unix)]
 mod imp {
     use super::*;
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::io;
+    use crate::probe::{check_reply, encode_probe, MAX_REPLY_LEN};
+    use crate::proof::nonce;
+    use bytes::BytesMut;
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io::{self, Read};
     use std::os::fd::AsRawFd;
+    use switchboard_wire::{FrameCodec, NONCE_LEN};
+    use tokio_util::codec::Decoder;
 
-    type Tx = mpsc::Sender<(SocketAddr, std::net::TcpStream)>;
+    type Tx = mpsc::UnboundedSender<Outcome>;
 
-    pub(super) fn spawn(job: ScanJob, tx: Tx, stop: Arc<AtomicBool>, tried: Arc<AtomicUsize>) {
+    pub(super) fn spawn(job: ProbeJob, tx: Tx, stop: Arc<AtomicBool>, tried: Arc<AtomicUsize>) {
         let threads = job.threads.clamp(1, 16).min(job.targets.len().max(1));
-        let per_thread_pending = (job.max_pending / threads).max(1);
+        let per_thread = (job.max_inflight / threads).max(1);
+        let job = Arc::new(job);
         for idx in 0..threads {
             let job = job.clone();
             let (tx, stop, tried) = (tx.clone(), stop.clone(), tried.clone());
             let spawned = std::thread::Builder::new()
-                .name(format!("switchboard-scan-{idx}"))
+                .name(format!("switchboard-probe-{idx}"))
                 .spawn(move || {
                     let mut w = Worker {
                         job: &job,
                         tx,
                         stop: &stop,
-                        pending: Vec::new(),
-                        max_pending: per_thread_pending,
+                        conns: Vec::new(),
+                        max_inflight: per_thread,
                         reuse: true,
                         spare_v4: None,
                         spare_v6: None,
@@ -96,18 +140,28 @@ mod imp {
                     tried.fetch_add(n, Ordering::Relaxed);
                 });
             if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start a scan thread");
+                tracing::warn!(error = %e, "cannot start a probe thread");
             }
         }
     }
 
-    struct Pending {
+    enum State {
+        Connecting,
+        Awaiting {
+            nonce: [u8; NONCE_LEN],
+            buf: BytesMut,
+            codec: FrameCodec,
+        },
+    }
+
+    struct Conn {
         sock: Socket,
         addr: SocketAddr,
         since: Instant,
+        state: State,
     }
 
-    enum Outcome {
+    enum Connect {
         Open(Socket),
         Refused(Socket),
         Pending(Socket),
@@ -115,44 +169,48 @@ mod imp {
     }
 
     struct Worker<'a> {
-        job: &'a ScanJob,
+        job: &'a ProbeJob,
         tx: Tx,
         stop: &'a AtomicBool,
-        pending: Vec<Pending>,
-        max_pending: usize,
+        conns: Vec<Conn>,
+        max_inflight: usize,
         reuse: bool,
         spare_v4: Option<Socket>,
         spare_v6: Option<Socket>,
     }
 
-    /// The receiver is gone or the scan was stopped.
+    /// The receiver is gone or the job was stopped.
     struct Stopped;
 
     impl Worker<'_> {
         fn run(&mut self, first: usize, stride: usize) -> usize {
+            let targets = &self.job.targets;
             let mut done = 0usize;
-            let mut i = first;
-            while i < self.job.targets.len() {
-                if done % 32 == 0
-                    && (self.stop.load(Ordering::Relaxed) || Instant::now() >= self.job.deadline)
-                {
-                    return done;
-                }
-                let addr = self.job.targets[i];
-                i += stride;
-                done += 1;
-                if self.try_addr(addr).is_err() {
-                    return done;
-                }
-                if self.pending.len() >= self.max_pending && self.poll_pending(true).is_err() {
-                    return done;
-                }
-            }
-            while !self.pending.is_empty() {
+            let mut next = first;
+            loop {
                 if self.stop.load(Ordering::Relaxed) || Instant::now() >= self.job.deadline {
                     break;
                 }
-                if self.poll_pending(true).is_err() {
+                // Start up to 32 connects, then look at what is in flight.
+                let mut started = 0;
+                while next < targets.len() && self.conns.len() < self.max_inflight && started < 32 {
+                    let addr = targets[next];
+                    next += stride;
+                    done += 1;
+                    started += 1;
+                    if self.start(addr).is_err() {
+                        return done;
+                    }
+                }
+                let more = next < targets.len();
+                if !more && self.conns.is_empty() {
+                    break;
+                }
+                if self.conns.is_empty() {
+                    continue;
+                }
+                let block = !more || self.conns.len() >= self.max_inflight;
+                if self.poll(block).is_err() {
                     break;
                 }
             }
@@ -167,8 +225,8 @@ mod imp {
             }
         }
 
-        fn try_addr(&mut self, addr: SocketAddr) -> Result<(), Stopped> {
-            let mut retried = false;
+        fn start(&mut self, addr: SocketAddr) -> Result<(), Stopped> {
+            let mut fresh_retry = false;
             loop {
                 let reused = self.spare(addr).take();
                 let was_reused = reused.is_some();
@@ -176,71 +234,64 @@ mod imp {
                     Some(s) => s,
                     None => match new_socket(addr) {
                         Ok(s) => s,
-                        Err(e) => return self.resource_error(addr, e, &mut retried),
+                        Err(e) => return self.out_of_resources(addr, e, &mut fresh_retry),
                     },
                 };
                 match connect(sock, addr) {
-                    Ok(Outcome::Open(s)) => return self.deliver(addr, s),
-                    Ok(Outcome::Failed) => return Ok(()),
-                    Ok(Outcome::Refused(s)) => {
+                    Ok(Connect::Open(s)) => return self.send_probe(s, addr),
+                    Ok(Connect::Refused(s)) => {
                         if self.reuse {
                             *self.spare(addr) = Some(s);
                         }
                         return Ok(());
                     }
-                    Ok(Outcome::Pending(s)) => {
-                        self.pending.push(Pending {
+                    Ok(Connect::Pending(s)) => {
+                        self.conns.push(Conn {
                             sock: s,
                             addr,
                             since: Instant::now(),
+                            state: State::Connecting,
                         });
                         return Ok(());
                     }
+                    Ok(Connect::Failed) => return Ok(()),
                     Err(e) if was_reused && !is_transient(&e) => {
-                        // This system does not allow connecting a socket
-                        // again after a refusal: use fresh sockets.
+                        // This system does not let a socket connect again
+                        // after a refusal: use fresh sockets from now on.
                         self.reuse = false;
-                        continue;
                     }
-                    Err(e) => return self.resource_error(addr, e, &mut retried),
+                    Err(e) => return self.out_of_resources(addr, e, &mut fresh_retry),
                 }
             }
         }
 
-        /// Out of sockets or local ports: let pending connects finish and
-        /// try once more; otherwise the address is skipped.
-        fn resource_error(
+        /// Out of sockets or local ports: let the connections in flight
+        /// finish, then try the address once more; otherwise skip it.
+        fn out_of_resources(
             &mut self,
             addr: SocketAddr,
             e: io::Error,
             retried: &mut bool,
         ) -> Result<(), Stopped> {
-            if is_transient(&e) && !*retried {
-                *retried = true;
-                while !self.pending.is_empty() {
-                    self.poll_pending(true)?;
-                    if Instant::now() >= self.job.deadline {
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(1));
-                return self.try_addr_once(addr);
+            if !is_transient(&e) || *retried {
+                tracing::debug!(%addr, error = %e, "probe skipped an address");
+                return Ok(());
             }
-            tracing::debug!(%addr, error = %e, "scan skipped an address");
-            Ok(())
-        }
-
-        fn try_addr_once(&mut self, addr: SocketAddr) -> Result<(), Stopped> {
+            *retried = true;
+            while !self.conns.is_empty() && Instant::now() < self.job.deadline {
+                self.poll(true)?;
+            }
             let Ok(sock) = new_socket(addr) else {
                 return Ok(());
             };
             match connect(sock, addr) {
-                Ok(Outcome::Open(s)) => self.deliver(addr, s),
-                Ok(Outcome::Pending(s)) => {
-                    self.pending.push(Pending {
+                Ok(Connect::Open(s)) => self.send_probe(s, addr),
+                Ok(Connect::Pending(s)) => {
+                    self.conns.push(Conn {
                         sock: s,
                         addr,
                         since: Instant::now(),
+                        state: State::Connecting,
                     });
                     Ok(())
                 }
@@ -248,51 +299,155 @@ mod imp {
             }
         }
 
-        fn deliver(&mut self, addr: SocketAddr, sock: Socket) -> Result<(), Stopped> {
-            let stream: std::net::TcpStream = sock.into();
-            self.tx.blocking_send((addr, stream)).map_err(|_| Stopped)
+        fn report(
+            &self,
+            addr: SocketAddr,
+            r: Result<proto::HubIdentity, ProbeError>,
+        ) -> Result<(), Stopped> {
+            self.tx.send((addr, r)).map_err(|_| Stopped)
         }
 
-        /// Waits (up to 5 ms when `block`) for pending connects, delivers
-        /// the ones that connected and drops the refused and the expired.
-        fn poll_pending(&mut self, block: bool) -> Result<(), Stopped> {
-            let now = Instant::now();
-            let timeout = self.job.connect_timeout;
-            self.pending
-                .retain(|p| now.duration_since(p.since) < timeout);
-            if self.pending.is_empty() {
-                return Ok(());
+        /// Sends the one probe on a connected socket and waits for the reply.
+        fn send_probe(&mut self, sock: Socket, addr: SocketAddr) -> Result<(), Stopped> {
+            let n = nonce();
+            let wire = match encode_probe(&self.job.service, &n) {
+                Ok(w) => w,
+                Err(e) => return self.report(addr, Err(e)),
+            };
+            // A fresh connection's send buffer always has room for 128
+            // bytes; anything short of a full write is an error.
+            match sock.send(&wire) {
+                Ok(k) if k == wire.len() => {}
+                Ok(_) => {
+                    let source =
+                        io::Error::new(io::ErrorKind::WriteZero, "short write of the probe");
+                    return self.report(addr, Err(ProbeError::Io { addr, source }));
+                }
+                Err(source) => {
+                    let e = match source.kind() {
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                            ProbeError::Closed { addr }
+                        }
+                        _ => ProbeError::Io { addr, source },
+                    };
+                    return self.report(addr, Err(e));
+                }
             }
+            self.conns.push(Conn {
+                sock,
+                addr,
+                since: Instant::now(),
+                state: State::Awaiting {
+                    nonce: n,
+                    buf: BytesMut::new(),
+                    codec: FrameCodec::new().max_inbound(MAX_REPLY_LEN),
+                },
+            });
+            Ok(())
+        }
+
+        /// Polls the connections in flight (waiting up to 5 ms when
+        /// `block`), advances the ready ones and expires the late ones.
+        fn poll(&mut self, block: bool) -> Result<(), Stopped> {
             let mut fds: Vec<libc::pollfd> = self
-                .pending
+                .conns
                 .iter()
-                .map(|p| libc::pollfd {
-                    fd: p.sock.as_raw_fd(),
-                    events: libc::POLLOUT,
+                .map(|c| libc::pollfd {
+                    fd: c.sock.as_raw_fd(),
+                    events: match c.state {
+                        State::Connecting => libc::POLLOUT,
+                        State::Awaiting { .. } => libc::POLLIN,
+                    },
                     revents: 0,
                 })
                 .collect();
             let wait_ms = if block { 5 } else { 0 };
             // SAFETY: `fds` is a valid, initialised array of `fds.len()`
-            // pollfd structures that lives across the call.
+            // pollfd structures that outlives the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
-            if n <= 0 {
-                return Ok(());
-            }
-            let mut ready = Vec::new();
-            for (i, fd) in fds.iter().enumerate().rev() {
-                if fd.revents != 0 {
-                    ready.push(self.pending.swap_remove(i));
-                }
-            }
-            for p in ready {
-                let connected =
-                    matches!(p.sock.take_error(), Ok(None)) && p.sock.peer_addr().is_ok();
-                if connected {
-                    self.deliver(p.addr, p.sock)?;
+            let now = Instant::now();
+            // Walk backwards so swap_remove keeps the indexes in `fds` valid.
+            for i in (0..self.conns.len()).rev() {
+                let ready = n > 0 && fds[i].revents != 0;
+                if ready {
+                    let conn = self.conns.swap_remove(i);
+                    if let Some(conn) = self.advance(conn)? {
+                        self.conns.push(conn);
+                        // Pushed to the end: it is not looked at again in
+                        // this pass (indexes below `i` are unaffected).
+                    }
+                } else if now.duration_since(self.conns[i].since) >= self.job.timeout {
+                    let conn = self.conns.swap_remove(i);
+                    if let State::Awaiting { .. } = conn.state {
+                        self.report(
+                            conn.addr,
+                            Err(ProbeError::Timeout {
+                                addr: conn.addr,
+                                after: self.job.timeout,
+                            }),
+                        )?;
+                    }
                 }
             }
             Ok(())
+        }
+
+        /// Moves a ready connection on; `Some` if it stays in flight.
+        fn advance(&mut self, mut conn: Conn) -> Result<Option<Conn>, Stopped> {
+            let addr = conn.addr;
+            match &mut conn.state {
+                State::Connecting => {
+                    let connected =
+                        matches!(conn.sock.take_error(), Ok(None)) && conn.sock.peer_addr().is_ok();
+                    if connected {
+                        self.send_probe(conn.sock, addr)?;
+                    }
+                    Ok(None)
+                }
+                State::Awaiting { nonce, buf, codec } => {
+                    let mut chunk = [0u8; 2048];
+                    let n = match (&conn.sock).read(&mut chunk) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(conn)),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(conn)),
+                        Err(source) => {
+                            let e = match source.kind() {
+                                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                                    ProbeError::Closed { addr }
+                                }
+                                _ => ProbeError::Io { addr, source },
+                            };
+                            self.report(addr, Err(e))?;
+                            return Ok(None);
+                        }
+                    };
+                    let wire = |source| ProbeError::Wire { addr, source };
+                    let decoded = if n == 0 {
+                        match codec.decode_eof(buf) {
+                            Ok(Some(f)) => Ok(f),
+                            Ok(None) => Err(ProbeError::Closed { addr }),
+                            Err(e) => Err(wire(e)),
+                        }
+                    } else {
+                        // At most one bounded frame is ever buffered: the
+                        // codec checks the announced length first, and the
+                        // connection is dropped as soon as a frame or an
+                        // error comes out.
+                        buf.extend_from_slice(&chunk[..n]);
+                        match codec.decode(buf) {
+                            Ok(Some(f)) => Ok(f),
+                            Ok(None) if buf.len() <= MAX_REPLY_LEN + 4 => return Ok(Some(conn)),
+                            Ok(None) => Err(ProbeError::Closed { addr }),
+                            Err(e) => Err(wire(e)),
+                        }
+                    };
+                    let r = decoded.and_then(|frame| {
+                        check_reply(frame, addr, &self.job.service, &self.job.secret, nonce)
+                    });
+                    self.report(addr, r)?;
+                    Ok(None)
+                }
+            }
         }
     }
 
@@ -309,12 +464,12 @@ mod imp {
         Ok(sock)
     }
 
-    fn connect(sock: Socket, addr: SocketAddr) -> io::Result<Outcome> {
-        let sa = socket2::SockAddr::from(addr);
+    fn connect(sock: Socket, addr: SocketAddr) -> io::Result<Connect> {
+        let sa = SockAddr::from(addr);
         match sock.connect(&sa) {
-            Ok(()) => return Ok(Outcome::Open(sock)),
+            Ok(()) => return Ok(Connect::Open(sock)),
             Err(e) => match e.raw_os_error() {
-                Some(libc::ECONNREFUSED) => return Ok(Outcome::Refused(sock)),
+                Some(libc::ECONNREFUSED) => return Ok(Connect::Refused(sock)),
                 Some(libc::EINPROGRESS) => {}
                 _ => return Err(e),
             },
@@ -322,13 +477,13 @@ mod imp {
         // On loopback the answer to the SYN has usually been processed by
         // now; asking again reports it without waiting.
         match sock.connect(&sa) {
-            Ok(()) => Ok(Outcome::Open(sock)),
+            Ok(()) => Ok(Connect::Open(sock)),
             Err(e) => match e.raw_os_error() {
-                Some(libc::EISCONN) => Ok(Outcome::Open(sock)),
-                Some(libc::ECONNREFUSED) => Ok(Outcome::Refused(sock)),
-                Some(libc::EALREADY | libc::EINPROGRESS) => Ok(Outcome::Pending(sock)),
+                Some(libc::EISCONN) => Ok(Connect::Open(sock)),
+                Some(libc::ECONNREFUSED) => Ok(Connect::Refused(sock)),
+                Some(libc::EALREADY | libc::EINPROGRESS) => Ok(Connect::Pending(sock)),
                 // Unreachable, reset, ...: nothing to probe at this address.
-                _ => Ok(Outcome::Failed),
+                _ => Ok(Connect::Failed),
             },
         }
     }
@@ -337,35 +492,50 @@ mod imp {
 #[cfg(not(unix))]
 mod imp {
     use super::*;
+    use crate::probe::probe_connected;
     use futures::StreamExt;
 
-    type Tx = mpsc::Sender<(SocketAddr, std::net::TcpStream)>;
+    type Tx = mpsc::UnboundedSender<Outcome>;
 
-    pub(super) fn spawn(job: ScanJob, tx: Tx, stop: Arc<AtomicBool>, tried: Arc<AtomicUsize>) {
+    pub(super) fn spawn(job: ProbeJob, tx: Tx, stop: Arc<AtomicBool>, tried: Arc<AtomicUsize>) {
         tokio::spawn(async move {
-            let timeout = job.connect_timeout;
+            let job = Arc::new(job);
             let targets = job.targets.clone();
-            let mut conns = futures::stream::iter(targets.iter().copied())
-                .map(|addr| async move {
-                    let r =
-                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
-                    (addr, r)
+            let mut probes = futures::stream::iter(targets.iter().copied())
+                .map(|addr| {
+                    let job = job.clone();
+                    async move {
+                        let r = tokio::time::timeout(job.timeout, async {
+                            match tokio::net::TcpStream::connect(addr).await {
+                                Ok(s) => {
+                                    Some(probe_connected(s, addr, &job.service, &job.secret).await)
+                                }
+                                Err(_) => None,
+                            }
+                        })
+                        .await
+                        .unwrap_or(Some(Err(ProbeError::Timeout {
+                            addr,
+                            after: job.timeout,
+                        })));
+                        (addr, r)
+                    }
                 })
-                .buffer_unordered(job.max_pending.max(1));
+                .buffer_unordered(job.max_inflight.max(1));
             let deadline = tokio::time::Instant::from_std(job.deadline);
-            while let Ok(Some((addr, r))) = tokio::time::timeout_at(deadline, conns.next()).await {
-                tried.fetch_add(1, Ordering::Relaxed);
+            let mut n = 0;
+            while let Ok(Some((addr, r))) = tokio::time::timeout_at(deadline, probes.next()).await {
+                n += 1;
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Ok(Ok(s)) = r {
-                    if let Ok(std) = s.into_std() {
-                        if tx.send((addr, std)).await.is_err() {
-                            break;
-                        }
+                if let Some(r) = r {
+                    if tx.send((addr, r)).is_err() {
+                        break;
                     }
                 }
             }
+            tried.fetch_add(n, Ordering::Relaxed);
         });
     }
 }
