@@ -56,7 +56,7 @@ pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, ClientInfo, ConnectionState, HubStatus, IncomingRequest, Kv, KvEntry,
     KvEvent, KvWatch, Message, MessageKind, Messages, Presence, PresenceEvent, Requests,
-    ServeHandle, Subscription, DEFAULT_REQUEST_TIMEOUT, MAX_CLIENT_ID_LEN,
+    ServeHandle, SessionLink, Subscription, DEFAULT_REQUEST_TIMEOUT, MAX_CLIENT_ID_LEN,
 };
 pub use discover::discover;
 pub use error::ClientError;

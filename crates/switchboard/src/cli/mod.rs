@@ -2,6 +2,7 @@
 
 mod commands;
 mod demo;
+mod demo_session;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -351,8 +351,11 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     {
         let mut reg = shared.reg.lock();
         reg.conn = None;
-        // Dropping the senders fails every command in flight.
+        // Dropping the senders fails every command in flight and ends the
+        // session links of this connection.
         reg.pending.clear();
+        reg.sessions.clear();
+        reg.session_any = None;
     }
     reader.abort();
     if matches!(end, End::Closed) {
@@ -608,7 +611,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                 .sessions
                 .get(&s.peer)
                 .or(reg.session_any.as_ref())
-                .cloned();
+                .map(|(_, tx)| tx.clone());
             drop(reg);
             if let Some(target) = target {
                 if target.try_send(s).is_err() {

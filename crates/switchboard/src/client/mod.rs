@@ -2,6 +2,7 @@
 
 mod conn;
 mod kv;
+mod session;
 mod streams;
 mod types;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::ClientError;
 
 pub use kv::{Kv, KvWatch};
+pub use session::SessionLink;
 pub use streams::{IncomingRequest, Messages, Presence, Requests, ServeHandle, Subscription};
 pub use types::{
     ClientInfo, ConnectionState, HubStatus, KvEntry, KvEvent, Message, MessageKind, PresenceEvent,
@@ -235,8 +237,8 @@ pub(crate) struct Registry {
     pub known_clients: BTreeMap<String, ClientInfo>,
     pub messages: Option<mpsc::Sender<Message>>,
     pub requests: Option<mpsc::Sender<IncomingRequest>>,
-    pub sessions: HashMap<String, mpsc::Sender<proto::Session>>,
-    pub session_any: Option<mpsc::Sender<proto::Session>>,
+    pub sessions: HashMap<String, (u64, mpsc::Sender<proto::Session>)>,
+    pub session_any: Option<(u64, mpsc::Sender<proto::Session>)>,
 }
 
 /// State shared by the client handles, its streams and its tasks.

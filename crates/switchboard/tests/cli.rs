@@ -1,0 +1,334 @@
+//! The `switchboard` binary as separate processes: a real `switchboard hub`
+//! and clients as processes, found through a private runtime directory and
+//! a shared token.
+//!
+//! These tests live in the `switchboard` package (not in the workspace
+//! `tests/` package) because Cargo gives the binary's path,
+//! `CARGO_BIN_EXE_switchboard`, only to the integration tests of the package
+//! that defines it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const TOKEN: &str = "cli-test-token";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A child process killed when dropped, with its output lines on channels.
+struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+        rx.recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no {what} line within {WAIT:?}"))
+    }
+    fn stdout_line(&self) -> String {
+        Self::line(&self.stdout, "stdout")
+    }
+    fn stderr_line(&self) -> String {
+        Self::line(&self.stderr, "stderr")
+    }
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY-free: `kill` the command, as a user would.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_timeout(&mut self.child)
+    }
+    fn wait(mut self) -> std::process::ExitStatus {
+        wait_timeout(&mut self.child)
+    }
+}
+
+fn wait_timeout(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Private runtime directory and the environment every process gets.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                .expect("chmod 700");
+        }
+        Env { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("SWITCHBOARD_RUNTIME_DIR", self.path())
+            .env("SWITCHBOARD_TOKEN", TOKEN)
+            .env_remove("SWITCHBOARD_LOG");
+        c
+    }
+
+    fn spawn(&self, args: &[&str]) -> Proc {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn switchboard");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn switchboard");
+        wait_timeout(&mut child);
+        child.wait_with_output().expect("output")
+    }
+
+    fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn switchboard");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        wait_timeout(&mut child);
+        child.wait_with_output().expect("output")
+    }
+
+    /// Starts `switchboard hub --json` and returns it with its address.
+    fn hub(&self, service: &str) -> (Proc, String) {
+        let hub = self.spawn(&["hub", "--json", "--service", service]);
+        let ready: serde_json::Value =
+            serde_json::from_str(&hub.stdout_line()).expect("a JSON ready line");
+        assert_eq!(ready["service"], service);
+        let addr = ready["addr"].as_str().expect("addr").to_string();
+        (hub, addr)
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim_end().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim_end().to_string()
+}
+
+#[test]
+fn hub_and_clients_as_processes() {
+    let env = Env::new();
+    let (hub, addr) = env.hub("switchboard");
+
+    // Discovery through the hint in the private runtime directory.
+    let o = env.run(&["discover"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), addr);
+
+    // Request/reply through a serving process.
+    let echo = env.spawn(&["serve", "--id", "echo", "--echo"]);
+    assert!(echo.stderr_line().contains("serving as echo"));
+    let o = env.run(&["request", "--to", "echo", "hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello");
+
+    // --exec, payload from stdin, global options after the subcommand.
+    let upper = env.spawn(&["serve", "--id", "upper", "--exec", "tr a-z A-Z"]);
+    assert!(upper.stderr_line().contains("serving as upper"));
+    let o = env.run_stdin(
+        &["request", "--to", "upper", "-", "--json", "--addr", &addr],
+        b"quiet",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["reply"], "QUIET");
+
+    // Exit codes: no such client 4, timeout 3, authentication 5.
+    let o = env.run(&["request", "--to", "nobody", "x"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).lines().count(),
+        1,
+        "one error line: {}",
+        stderr(&o)
+    );
+    let sleepy = env.spawn(&["serve", "--id", "sleepy", "--exec", "sleep 5"]);
+    assert!(sleepy.stderr_line().contains("serving as sleepy"));
+    let o = env.run(&["request", "--to", "sleepy", "--timeout", "0.3", "x"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let o = env.run(&[
+        "--token", "wrong", "--addr", &addr, "request", "--to", "echo", "x",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let o = env.run(&["--token", "wrong", "request", "--to", "echo", "x"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+
+    // Direct messages to a listening process.
+    let listener = env.spawn(&["listen", "--id", "inbox", "--count", "1"]);
+    assert!(listener.stderr_line().contains("listening as inbox"));
+    let o = env.run(&["send", "--to", "inbox", "ping"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = listener.stdout_line();
+    assert!(line.ends_with(" ping"), "{line}");
+    assert!(listener.wait().success());
+
+    // Pub/sub fan-out to two subscriber processes.
+    let s1 = env.spawn(&["sub", "orders.>", "--count", "1"]);
+    let s2 = env.spawn(&["sub", "orders.*.created", "--count", "1", "--json"]);
+    assert!(s1.stderr_line().contains("subscribed"));
+    assert!(s2.stderr_line().contains("ready"));
+    let o = env.run(&["pub", "orders.eu.created", "o-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s1.stdout_line(), "orders.eu.created o-1");
+    let v: serde_json::Value = serde_json::from_str(&s2.stdout_line()).expect("json");
+    assert_eq!(
+        (v["topic"].as_str(), v["payload"].as_str()),
+        (Some("orders.eu.created"), Some("o-1"))
+    );
+    assert!(s1.wait().success());
+    assert!(s2.wait().success());
+    let o = env.run(&["sub", "bad..pattern"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    // Key/value: set, get, watch (current value first, then the change).
+    let o = env.run(&["kv", "set", "login.token", "t-1"]);
+    assert_eq!(stdout(&o), "version 1", "{}", stderr(&o));
+    let watcher = env.spawn(&["kv", "watch", "login.token", "--count", "2"]);
+    assert_eq!(watcher.stdout_line(), "login.token = t-1 (version 1)");
+    let o = env.run(&["kv", "set", "login.token", "t-2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(watcher.stdout_line(), "login.token = t-2 (version 2)");
+    assert!(watcher.wait().success());
+    let o = env.run(&["kv", "get", "login.token"]);
+    assert_eq!(stdout(&o), "t-2");
+    let o = env.run(&["kv", "del", "login.token"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.run(&["kv", "get", "login.token"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // Clients and status.
+    let o = env.run(&["clients", "--json"]);
+    let ids: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ids.contains(&"echo".to_string()) && ids.contains(&"upper".to_string()),
+        "{ids:?}"
+    );
+    let o = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert!(v["clients"].as_u64().unwrap_or(0) >= 3, "{v}");
+
+    // SIGTERM stops the hub cleanly and removes its hint.
+    drop((echo, upper, sleepy));
+    assert!(hub.terminate().success());
+    let hints = std::fs::read_dir(env.path())
+        .expect("runtime dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".hint"))
+        .count();
+    assert_eq!(hints, 0);
+    let o = env.run(&["discover"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no hub"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_lists_exit_codes() {
+    let env = Env::new();
+    let o = env.run(&["bogus"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = env.run(&["request", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = env.run(&["serve", "--id", "x"]);
+    assert_eq!(o.status.code(), Some(1), "serve needs --echo or --exec");
+    let o = env.run(&["--help"]);
+    assert!(o.status.success());
+    let help = stdout(&o);
+    assert!(
+        help.contains("Exit codes") && help.contains("no such client"),
+        "{help}"
+    );
+}
+
+#[test]
+fn demo_runs_and_exits_0() {
+    let env = Env::new();
+    let o = env.run(&["demo"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for part in ["discover", "request/reply", "pub/sub", "key/value", "session", "in order"] {
+        assert!(
+            out.to_lowercase().contains(part),
+            "demo output lacks {part}: {out}"
+        );
+    }
+}
