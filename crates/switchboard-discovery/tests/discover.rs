@@ -358,3 +358,27 @@ async fn invalid_service_names_are_refused() {
         ));
     }
 }
+
+#[tokio::test]
+async fn deadline_cuts_a_long_search_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = DiscoverOptions {
+        use_hints: false,
+        use_table: false,
+        all: true,
+        deadline: Duration::from_millis(100),
+        ..opts(dir.path(), &Secret::random())
+    };
+    let t = Instant::now();
+    let err = discover("svc-nobody", &o).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let msg = err.to_string();
+    assert!(msg.contains("deadline reached"), "{msg}");
+    match err {
+        DiscoverError::NotFound { tried, .. } => {
+            let (_, n) = tried.scanned.unwrap();
+            assert!(n < 64511, "{n}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
