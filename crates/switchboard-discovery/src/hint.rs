@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::secret::{hex_lower, private_create_new};
+use crate::secret::{hex_lower, open_nofollow, private_create_new};
 use crate::{runtime_dir, DiscoveryError};
 
 /// Suffix of hint file names.
@@ -177,7 +177,13 @@ impl Hint {
             path: path.to_owned(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = open_nofollow(path).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(DiscoveryError::BadHint {
+                path: path.to_owned(),
+                reason: "not a regular file".into(),
+            });
+        }
         let mut buf = Vec::new();
         file.take(MAX_HINT_FILE + 1)
             .read_to_end(&mut buf)
@@ -396,6 +402,19 @@ mod tests {
             Hint::read(&path),
             Err(DiscoveryError::BadHint { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifo_hint_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.abc.hint");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let all = Hint::read_all(dir.path(), "svc");
+        assert_eq!(all.len(), 1);
+        assert!(matches!(all[0], Err(DiscoveryError::BadHint { .. })));
     }
 
     #[test]

@@ -134,7 +134,19 @@ impl Secret {
             path: path.to_owned(),
             source,
         };
-        let meta = std::fs::symlink_metadata(path).map_err(io)?;
+        // Open first, then inspect the opened file, so that what is checked
+        // is what is read. Symbolic links are not followed; a FIFO does not
+        // block the open.
+        let file = open_nofollow(path).map_err(|e| {
+            if is_symlink_error(&e) {
+                SecretError::NotAFile {
+                    path: path.to_owned(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+        let meta = file.metadata().map_err(io)?;
         if !meta.file_type().is_file() {
             return Err(SecretError::NotAFile {
                 path: path.to_owned(),
@@ -147,9 +159,8 @@ impl Secret {
                 len: meta.len(),
             });
         }
-        let mut file = std::fs::File::open(path).map_err(io)?;
         let mut key = [0u8; SECRET_LEN];
-        file.read_exact(&mut key).map_err(io)?;
+        (&file).read_exact(&mut key).map_err(io)?;
         Ok(Secret {
             key,
             origin: Origin::File,
@@ -225,6 +236,31 @@ fn create_file(path: &Path) -> Result<(), SecretError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// Opens `path` for reading without following a final symbolic link and
+/// without blocking on a FIFO.
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    opts.open(path)
+}
+
+fn is_symlink_error(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -413,6 +449,18 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o644
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        Secret::load_or_create(&real).unwrap();
+        let link = dir.path().join("secret");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = Secret::load_or_create(&link).unwrap_err();
+        assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
     }
 
     #[test]
