@@ -142,7 +142,7 @@ async fn stale_hint_to_reused_port_is_rejected_and_hub_found_elsewhere() {
     let found = discover("svc-stale", &o).await.unwrap();
     assert_eq!(found[0].addr, hub.addr);
     assert_eq!(found[0].via, Via::Scan);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The squatter got the probe and nothing else.
     let probes = squatter.probes_for("svc-stale");
     assert_eq!(probes.len(), 1);
@@ -371,7 +371,7 @@ async fn deadline_cuts_a_long_search_short() {
     };
     let t = Instant::now();
     let err = discover("svc-nobody", &o).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let msg = err.to_string();
     assert!(msg.contains("deadline reached"), "{msg}");
     match err {
