@@ -1,0 +1,218 @@
+//! Session engine figures (a bounded bench binary, not criterion):
+//!
+//! 1. tasks per second through the agent state machine in-process;
+//! 2. RPCs per second over one loopback TCP connection, the manager pushing
+//!    without waiting (pipelined), results checked in order;
+//! 3. push-to-result latency (p50/p99) of one RPC at a time, strict TR-069.
+//!
+//! Run: `cargo bench -p switchboard-session --bench session`
+//! (`SESSION_BENCH_RPCS` sets the count of figure 2, default 400 000).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use bytes::Bytes;
+use switchboard_session::driver::{
+    spawn_agent, spawn_manager, AgentOptions, LinkKind, ManagerOptions,
+};
+use switchboard_session::{Agent, AgentConfig, AgentEvent, Event, ManagerConfig};
+use switchboard_wire::proto::{self, session::Body};
+use switchboard_wire::FrameCodec;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+fn agent_core(tasks: u64) -> f64 {
+    let mut cfg = AgentConfig::new("bench");
+    cfg.max_rpcs_per_session = u32::MAX;
+    cfg.max_queue = 4096;
+    let t0 = Instant::now();
+    let mut agent = Agent::new(cfg, 1);
+    agent.connected(t0);
+    agent
+        .add_event(t0, Event::new(Event::BOOT))
+        .expect("room for an event");
+    while agent.poll_transmit().is_some() {}
+    let sid = agent.session_id();
+    agent.handle_message(
+        t0,
+        proto::Session {
+            peer: String::new(),
+            session_id: sid,
+            body: Some(Body::InformResponse(proto::InformResponse {
+                max_envelopes: 1,
+            })),
+        },
+    );
+    while agent.poll_transmit().is_some() {}
+    while agent.poll_event().is_some() {}
+    let payload = Bytes::from_static(&[0u8; 64]);
+    let mut answered = 0u64;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < tasks {
+        // A burst of pushes, then run them: the queue + single worker.
+        for _ in 0..256 {
+            n += 1;
+            agent.handle_message(
+                start,
+                proto::Session {
+                    peer: String::new(),
+                    session_id: sid,
+                    body: Some(Body::Rpc(proto::Rpc {
+                        id: n.to_string(),
+                        method: "Get".to_owned(),
+                        payload: payload.clone(),
+                        hold_requests: false,
+                    })),
+                },
+            );
+        }
+        loop {
+            let mut moved = false;
+            while let Some(ev) = agent.poll_event() {
+                if let AgentEvent::RunTask { task, payload, .. } = ev {
+                    agent.task_done(start, task, Ok(payload));
+                    moved = true;
+                }
+            }
+            while let Some(m) = agent.poll_transmit() {
+                if matches!(m.body, Some(Body::RpcResult(_))) {
+                    answered += 1;
+                }
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(answered, n, "every task answered");
+    n as f64 / secs
+}
+
+async fn loopback_pair(
+    max_in_flight: usize,
+) -> anyhow::Result<(
+    switchboard_session::driver::ManagerHandle,
+    switchboard_session::driver::AgentHandle,
+)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let manager = spawn_manager(ManagerOptions {
+        config: ManagerConfig {
+            max_in_flight,
+            max_rpcs_per_session: u32::MAX,
+            max_queue: 1_000_000,
+            ..ManagerConfig::default()
+        },
+        link_queue: 1 << 16,
+        ..ManagerOptions::default()
+    });
+    let m = manager.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            if m.attach(Framed::new(s, FrameCodec::default()), LinkKind::Direct)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut cfg = AgentConfig::new("bench-agent");
+    cfg.max_rpcs_per_session = u32::MAX;
+    cfg.max_queue = max_in_flight.max(16) * 2;
+    let agent = spawn_agent(
+        AgentOptions::new(cfg),
+        move || async move {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Framed::new(s, FrameCodec::default()))
+        },
+        |_m: String, p: Bytes| async move { Ok(p) },
+    );
+    // Warm up: the first session opens with the boot event.
+    manager.rpc("bench-agent", "Echo", Bytes::new()).await?;
+    Ok((manager, agent))
+}
+
+async fn pipelined(rpcs: u64) -> anyhow::Result<f64> {
+    let (manager, agent) = loopback_pair(1024).await?;
+    let start = Instant::now();
+    let m = manager.clone();
+    let pusher = tokio::spawn(async move {
+        let mut pending = std::collections::VecDeque::with_capacity(rpcs as usize);
+        for n in 0..rpcs {
+            pending.push_back((
+                n,
+                m.push(
+                    "bench-agent",
+                    "Echo",
+                    Bytes::copy_from_slice(&n.to_be_bytes()),
+                )
+                .await?,
+            ));
+        }
+        Ok::<_, anyhow::Error>(pending)
+    });
+    let pending = pusher.await??;
+    for (n, p) in pending {
+        let r = p.await?;
+        ensure!(
+            r.payload.as_ref() == n.to_be_bytes(),
+            "result {n} out of order"
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    agent.shutdown().await?;
+    manager.shutdown().await;
+    Ok(rpcs as f64 / secs)
+}
+
+async fn latency(rounds: usize) -> anyhow::Result<(Duration, Duration)> {
+    let (manager, agent) = loopback_pair(1).await?;
+    let mut samples = Vec::with_capacity(rounds);
+    for n in 0..rounds {
+        let t = Instant::now();
+        let r = manager
+            .rpc(
+                "bench-agent",
+                "Echo",
+                Bytes::copy_from_slice(&(n as u64).to_be_bytes()),
+            )
+            .await?;
+        samples.push(t.elapsed());
+        ensure!(r.payload.len() == 8);
+    }
+    samples.sort();
+    agent.shutdown().await?;
+    manager.shutdown().await;
+    Ok((samples[rounds / 2], samples[rounds * 99 / 100]))
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is parsed.
+    let rpcs: u64 = std::env::var("SESSION_BENCH_RPCS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("SESSION_BENCH_RPCS must be a number")?
+        .unwrap_or(400_000);
+    for run in 1..=2 {
+        let rate = agent_core(2_000_000);
+        println!("agent core, in-process (run {run}): {:.0} tasks/s", rate);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for run in 1..=2 {
+        let rate = rt.block_on(pipelined(rpcs))?;
+        println!("one loopback connection, pipelined (run {run}, {rpcs} rpcs, in order): {rate:.0} rpcs/s");
+    }
+    let (p50, p99) = rt.block_on(latency(20_000))?;
+    println!("push-to-result latency, one at a time: p50 {p50:?}, p99 {p99:?}");
+    Ok(())
+}

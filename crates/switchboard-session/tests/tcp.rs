@@ -1,0 +1,478 @@
+//! The tokio drivers over real TCP on loopback.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use bytes::Bytes;
+use futures::{Sink, Stream};
+use rand::Rng;
+use switchboard_session::driver::{
+    spawn_agent, spawn_manager, AgentOptions, LinkKind, ManagerHandle, ManagerOptions, Methods,
+    SessionError,
+};
+use switchboard_session::{
+    fault, AgentConfig, AgentEvent, Event, ManagerConfig, ManagerEvent, RetryPolicy,
+};
+use switchboard_wire::{proto, Frame, FrameCodec, Kind, WireError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+type Tcp = Framed<TcpStream, FrameCodec>;
+
+/// Records, per connection, the ids of the results the manager receives.
+struct Tap {
+    inner: Tcp,
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Stream for Tap {
+    type Item = Result<Frame, WireError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let r = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(Frame {
+            kind: Some(Kind::Session(s)),
+            ..
+        }))) = &r
+        {
+            if let Some(proto::session::Body::RpcResult(res)) = &s.body {
+                if let Ok(id) = res.id.parse() {
+                    self.seen.lock().unwrap().push(id);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl Sink<Frame> for Tap {
+    type Error = WireError;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_ready(Pin::new(&mut self.inner), cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), WireError> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_flush(Pin::new(&mut self.inner), cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_close(Pin::new(&mut self.inner), cx)
+    }
+}
+
+async fn manager_on_loopback(
+    config: ManagerConfig,
+) -> anyhow::Result<(
+    ManagerHandle,
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<Arc<Mutex<Vec<u64>>>>>>,
+)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let manager = spawn_manager(ManagerOptions {
+        config,
+        ..ManagerOptions::default()
+    });
+    let taps = Arc::new(Mutex::new(Vec::new()));
+    let (m, t) = (manager.clone(), taps.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            t.lock().unwrap().push(seen.clone());
+            let tap = Tap {
+                inner: Framed::new(stream, FrameCodec::default()),
+                seen,
+            };
+            if m.attach(tap, LinkKind::Direct).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((manager, addr, taps))
+}
+
+fn connector(
+    addr: std::net::SocketAddr,
+) -> impl FnMut() -> futures::future::BoxFuture<'static, std::io::Result<Tcp>> {
+    move || {
+        Box::pin(async move {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Framed::new(s, FrameCodec::default()))
+        })
+    }
+}
+
+fn fast_retry(device: &str) -> AgentConfig {
+    let mut c = AgentConfig::new(device);
+    c.retry = RetryPolicy {
+        min_wait: Duration::from_millis(20),
+        multiplier: 2000,
+    };
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_agents_thousand_rpcs_each_in_order() -> anyhow::Result<()> {
+    const AGENTS: usize = 100;
+    const RPCS: u64 = 1000;
+    let config = ManagerConfig {
+        max_in_flight: 16,
+        ..ManagerConfig::default()
+    };
+    let (manager, addr, taps) = manager_on_loopback(config).await?;
+
+    let mut logs = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let log = Arc::new(Mutex::new(Vec::<u64>::with_capacity(RPCS as usize)));
+        logs.push(log.clone());
+        let handler = move |_method: String, payload: Bytes| {
+            let log = log.clone();
+            async move {
+                let n = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                log.lock().unwrap().push(n);
+                Ok(payload)
+            }
+        };
+        agents.push(spawn_agent(
+            AgentOptions::new(fast_retry(&format!("agent-{i}"))),
+            connector(addr),
+            handler,
+        ));
+    }
+
+    let started = std::time::Instant::now();
+    let mut pushers = Vec::new();
+    for i in 0..AGENTS {
+        let m = manager.clone();
+        pushers.push(tokio::spawn(async move {
+            let name = format!("agent-{i}");
+            let mut pending = Vec::with_capacity(RPCS as usize);
+            for n in 0..RPCS {
+                // Pushes at random moments: now and then a short pause.
+                let pause = {
+                    let mut rng = rand::rng();
+                    (rng.random_range(0..100u32) == 0)
+                        .then(|| Duration::from_micros(rng.random_range(0..2000)))
+                };
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
+                pending.push(
+                    m.push(
+                        name.clone(),
+                        "Echo",
+                        Bytes::copy_from_slice(&n.to_be_bytes()),
+                    )
+                    .await?,
+                );
+            }
+            for (n, p) in pending.into_iter().enumerate() {
+                let r = p.await?;
+                ensure!(
+                    r.payload.as_ref() == (n as u64).to_be_bytes(),
+                    "agent-{i}: result {n} carries another payload"
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for p in pushers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .context("pushers did not finish in time")???;
+    }
+    let elapsed = started.elapsed();
+
+    // Every agent ran its RPCs exactly once, in push order.
+    for (i, log) in logs.iter().enumerate() {
+        let log = log.lock().unwrap();
+        ensure!(
+            log.len() == RPCS as usize,
+            "agent-{i} ran {} rpcs",
+            log.len()
+        );
+        ensure!(
+            log.iter().copied().eq(0..RPCS),
+            "agent-{i} ran rpcs out of order"
+        );
+    }
+    // Results arrived at the manager in order on every connection.
+    let taps: Vec<_> = taps.lock().unwrap().clone();
+    let mut total = 0;
+    for seen in taps.iter() {
+        let seen = seen.lock().unwrap();
+        ensure!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "results out of order on a connection"
+        );
+        total += seen.len();
+    }
+    ensure!(
+        total == AGENTS * RPCS as usize,
+        "{total} results seen on the wire"
+    );
+    eprintln!(
+        "{} rpcs over {AGENTS} connections in {elapsed:?}",
+        AGENTS as u64 * RPCS
+    );
+    for a in agents {
+        a.shutdown().await?;
+    }
+    manager.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn handler_faults_and_panics_keep_the_queue_going() -> anyhow::Result<()> {
+    let (manager, addr, _taps) = manager_on_loopback(ManagerConfig {
+        max_in_flight: 4,
+        ..ManagerConfig::default()
+    })
+    .await?;
+    let methods = Methods::new()
+        .add("Echo", |p| async move { Ok(p) })
+        .add("Fail", |_| async move {
+            Err(fault("", 9003, "no space left: free some"))
+        })
+        .add("Panic", |_| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(Bytes::new())
+        });
+    let agent = spawn_agent(
+        AgentOptions::new(fast_retry("cpe-faults")),
+        connector(addr),
+        methods,
+    );
+    let mut pending = Vec::new();
+    for m in ["Echo", "Nope", "Fail", "Panic", "Echo"] {
+        pending.push(
+            manager
+                .push("cpe-faults", m, Bytes::from_static(b"x"))
+                .await?,
+        );
+    }
+    let mut out = Vec::new();
+    for p in pending {
+        out.push(tokio::time::timeout(Duration::from_secs(10), p).await?);
+    }
+    assert_eq!(out[0].as_ref().unwrap().payload, Bytes::from_static(b"x"));
+    assert!(
+        matches!(&out[1], Err(SessionError::Fault { code: 8000, message }) if message.contains("Nope")),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(&out[2], Err(SessionError::Fault { code: 9003, .. })),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(&out[3], Err(SessionError::Fault { code: 8002, .. })),
+        "{:?}",
+        out[3]
+    );
+    assert_eq!(out[4].as_ref().unwrap().payload, Bytes::from_static(b"x"));
+    agent.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconnect_after_lost_connection_loses_nothing() -> anyhow::Result<()> {
+    // A manager whose first connection is cut in the middle of a session.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let manager = spawn_manager(ManagerOptions {
+        config: ManagerConfig {
+            max_in_flight: 8,
+            ..ManagerConfig::default()
+        },
+        ..ManagerOptions::default()
+    });
+    let m = manager.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((stream, _)) = listener.accept().await {
+            let framed = Framed::new(stream, FrameCodec::default());
+            if first {
+                first = false;
+                // Serve it briefly, then drop it mid-session.
+                let cut = CutAfter {
+                    inner: framed,
+                    left: 6,
+                };
+                if m.attach(cut, LinkKind::Direct).await.is_err() {
+                    return;
+                }
+            } else if m.attach(framed, LinkKind::Direct).await.is_err() {
+                return;
+            }
+        }
+    });
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r = ran.clone();
+    let handler = move |_m: String, p: Bytes| {
+        let r = r.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            r.lock().unwrap().push(p.clone());
+            Ok(p)
+        }
+    };
+    let agent = spawn_agent(
+        AgentOptions::new(fast_retry("cpe-cut")),
+        connector(addr),
+        handler,
+    );
+    let mut events = agent.subscribe();
+    let mut pending = Vec::new();
+    for n in 0..20u8 {
+        pending.push(
+            manager
+                .push("cpe-cut", "Echo", Bytes::from(vec![n]))
+                .await?,
+        );
+    }
+    for (n, p) in pending.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(10), p).await??;
+        assert_eq!(r.payload.as_ref(), [n as u8]);
+    }
+    let ran = ran.lock().unwrap().clone();
+    assert_eq!(
+        ran,
+        (0..20u8).map(|n| Bytes::from(vec![n])).collect::<Vec<_>>(),
+        "each rpc ran once, in order"
+    );
+    // The cut counted as a failed session, retried per the table.
+    let mut failed = None;
+    while let Ok(ev) = events.try_recv() {
+        if let AgentEvent::SessionFailed { retry, wait, .. } = ev {
+            failed = Some((retry, wait));
+        }
+    }
+    let (retry, wait) = failed.expect("a failed session");
+    assert_eq!(retry, 1);
+    assert!(wait >= Duration::from_millis(20) && wait <= Duration::from_millis(40));
+    agent.shutdown().await?;
+    Ok(())
+}
+
+/// Passes `left` inbound frames, then reports the connection as ended.
+struct CutAfter {
+    inner: Tcp,
+    left: usize,
+}
+
+impl Stream for CutAfter {
+    type Item = Result<Frame, WireError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let r = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(_)) = &r {
+            self.left -= 1;
+        }
+        r
+    }
+}
+
+impl Sink<Frame> for CutAfter {
+    type Error = WireError;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_ready(Pin::new(&mut self.inner), cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), WireError> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_flush(Pin::new(&mut self.inner), cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Sink::<Frame>::poll_close(Pin::new(&mut self.inner), cx)
+    }
+}
+
+#[tokio::test]
+async fn journal_keeps_persistent_events_across_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.json");
+    // No manager listening: sessions fail, events stay.
+    let dead = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = dead.local_addr()?;
+    drop(dead);
+    let mut opts = AgentOptions::new(fast_retry("cpe-journal"));
+    opts.journal = Some(path.clone());
+    opts.boot_event = false;
+    let agent = spawn_agent(opts.clone(), connector(addr), Methods::new());
+    agent
+        .add_event(Event::with_key("M Download", "dl-1"))
+        .await?;
+    agent.add_event(Event::new(Event::BOOT)).await?;
+    agent.shutdown().await?;
+    let saved: Vec<Event> = serde_json::from_slice(&std::fs::read(&path)?)?;
+    assert_eq!(saved, vec![Event::with_key("M Download", "dl-1")]);
+
+    // Restart against a live manager: the journalled event is delivered and
+    // the journal emptied; "1 BOOT" did not survive the restart.
+    let (manager, addr, _taps) = manager_on_loopback(ManagerConfig::default()).await?;
+    let mut mevents = manager.subscribe();
+    let agent = spawn_agent(opts, connector(addr), Methods::new());
+    agent.add_event(Event::new(Event::VALUE_CHANGE)).await?;
+    let mut delivered: Vec<Event> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !delivered.iter().any(|e| e.code == "M Download") {
+        let (_, ev) = tokio::time::timeout_at(deadline, mevents.recv()).await??;
+        if let ManagerEvent::SessionStarted { inform, .. } = ev {
+            delivered.extend(inform.events.into_iter().map(Event::from));
+        }
+    }
+    assert!(!delivered.iter().any(|e| e.code == Event::BOOT));
+    // Wait for the journal to be rewritten after the InformResponse.
+    for _ in 0..200 {
+        let saved: Vec<Event> = serde_json::from_slice(&std::fs::read(&path)?)?;
+        if saved.is_empty() {
+            agent.shutdown().await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("journal not emptied after delivery")
+}
+
+#[tokio::test]
+async fn manager_rejects_non_inform_first_on_a_direct_link() -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let (_manager, addr, _taps) = manager_on_loopback(ManagerConfig::default()).await?;
+    let mut conn = Framed::new(TcpStream::connect(addr).await?, FrameCodec::default());
+    conn.send(Frame::from(proto::Session {
+        peer: String::new(),
+        session_id: 1,
+        body: Some(proto::session::Body::Rpc(proto::Rpc {
+            id: "r1".into(),
+            method: "TransferComplete".into(),
+            ..Default::default()
+        })),
+    }))
+    .await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), conn.next())
+        .await?
+        .context("connection closed")??;
+    let Some(Kind::Session(s)) = reply.kind else {
+        anyhow::bail!("not a session frame")
+    };
+    let Some(proto::session::Body::Fault(f)) = s.body else {
+        anyhow::bail!("not a fault")
+    };
+    assert_eq!(f.id, "r1");
+    assert_eq!(f.code, 8001);
+    assert!(f.message.contains("inform"));
+    Ok(())
+}
