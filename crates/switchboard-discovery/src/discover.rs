@@ -139,6 +139,9 @@ impl fmt::Display for Tried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.hint_dirs {
             None => f.write_str("hints disabled")?,
+            Some(dirs) if dirs.is_empty() => {
+                f.write_str("no hint read (the runtime directory is unusable)")?
+            }
             Some(dirs) => {
                 let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
                 if self.hints == 0 {
@@ -492,4 +495,62 @@ pub async fn discover(
         });
     }
     Ok(s.found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tried() -> Tried {
+        Tried {
+            hint_dirs: Some(vec![PathBuf::from("/run/user/1000/switchboard")]),
+            hints: 2,
+            stale_hints: 2,
+            bad_hints: 1,
+            table: Ok(17),
+            scanned: Some((1025..=65535, 64511)),
+            unverified: Vec::new(),
+            deadline_hit: false,
+            elapsed: Duration::from_millis(812),
+        }
+    }
+
+    #[test]
+    fn not_found_says_what_was_tried() {
+        let msg = tried().to_string();
+        for part in [
+            "2 hint(s) in /run/user/1000/switchboard, 2 stale",
+            "1 unreadable",
+            "17 listener(s) from the listening table probed",
+            "scanned 64511 of ports 1025-65535",
+            "took 812 ms",
+            "start the hub",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
+        }
+        assert!(!msg.contains("verified"));
+    }
+
+    #[test]
+    fn not_found_names_unverified_hubs_and_the_deadline() {
+        let mut t = tried();
+        t.hint_dirs = None;
+        t.table = Err("disabled".into());
+        t.scanned = None;
+        t.deadline_hit = true;
+        t.unverified = vec![
+            "127.0.0.1:5000".parse().unwrap(),
+            "[::1]:5000".parse().unwrap(),
+        ];
+        let msg = t.to_string();
+        for part in [
+            "hints disabled",
+            "listening table not used (disabled)",
+            "no scan",
+            "deadline reached",
+            "a hub answered at 127.0.0.1:5000 and 1 other address(es) but could not be verified (wrong secret?",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
+        }
+    }
 }
