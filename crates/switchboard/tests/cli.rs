@@ -325,7 +325,14 @@ fn demo_runs_and_exits_0() {
     let o = env.run(&["demo"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    for part in ["discover", "request/reply", "pub/sub", "key/value", "session", "in order"] {
+    for part in [
+        "discover",
+        "request/reply",
+        "pub/sub",
+        "key/value",
+        "session",
+        "in order",
+    ] {
         assert!(
             out.to_lowercase().contains(part),
             "demo output lacks {part}: {out}"
