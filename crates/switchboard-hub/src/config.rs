@@ -1,0 +1,86 @@
+//! Hub configuration and start-up errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchboard_discovery::{BindOptions, DiscoveryError, Secret, SecretError};
+
+use crate::Limits;
+
+/// Default time a new connection has to complete the handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to run a hub. Start from [`HubConfig::new`] (per-user secret file) or
+/// [`HubConfig::with_secret`], then change fields.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Service name clients discover the hub by (1 to 64 ASCII letters,
+    /// digits, `.`, `_` or `-`).
+    pub service: String,
+    /// Where to listen (default: loopback, a random free port).
+    pub bind: BindOptions,
+    /// Key of every proof; clients must hold the same secret.
+    pub secret: Secret,
+    /// Write a rendezvous hint for discovery (default true); it is removed
+    /// on shutdown.
+    pub write_hint: bool,
+    /// Directory for the hint (default: the per-user runtime directory).
+    pub hint_dir: Option<PathBuf>,
+    /// Time a connection has to complete the whole handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Limits and queue sizes.
+    pub limits: Limits,
+    /// When set, clients are asked (in `Welcome.keepalive_ms`) to send
+    /// traffic or a `Ping` at least this often, and a client silent for three
+    /// intervals is disconnected. Default: none.
+    pub keepalive: Option<Duration>,
+    /// Primary epoch announced in the identity (default 1).
+    pub epoch: u64,
+}
+
+impl HubConfig {
+    /// A configuration with defaults and the per-user secret file
+    /// (created if missing).
+    pub fn new(service: impl Into<String>) -> Result<HubConfig, HubError> {
+        let secret = Secret::load_default()?;
+        Ok(HubConfig::with_secret(service, secret))
+    }
+
+    /// A configuration with defaults and the given secret.
+    pub fn with_secret(service: impl Into<String>, secret: Secret) -> HubConfig {
+        HubConfig {
+            service: service.into(),
+            bind: BindOptions::default(),
+            secret,
+            write_hint: true,
+            hint_dir: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            limits: Limits::default(),
+            keepalive: None,
+            epoch: 1,
+        }
+    }
+}
+
+/// Why a hub could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The secret file could not be loaded or created.
+    #[error("cannot load the hub secret: {0}")]
+    Secret(#[from] SecretError),
+    /// The service name is not valid, or the hint could not be written.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// No listener could be bound.
+    #[error("cannot listen on {addr}: {source}; choose another address or port")]
+    Bind {
+        /// What was asked for.
+        addr: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A configuration value is unusable.
+    #[error("invalid hub configuration: {0}")]
+    Config(String),
+}

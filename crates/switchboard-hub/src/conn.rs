@@ -1,0 +1,465 @@
+//! The TCP transport: handshake, then a reader and a writer per connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use prost::Message;
+use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof, Secret};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{
+    Direction, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN, NONCE_LEN,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{flow_notice, Outbox, Taken};
+use crate::router::{HubStats, Input};
+use crate::{ConnId, Limits};
+
+/// Longest client id, bytes.
+pub(crate) const MAX_CLIENT_ID: usize = 256;
+
+/// Frames at least this large are decoded in place from the read buffer;
+/// smaller ones are copied out, so a small payload retained in a slow
+/// client's queue never pins a large read buffer.
+const ZERO_COPY_MIN: usize = 32 * 1024;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Most frames handed to the router in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// How long a rejected connection may take to accept its error frame.
+const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every connection needs to know.
+pub(crate) struct Shared {
+    pub identity: proto::HubIdentity,
+    pub secret: Secret,
+    pub limits: Limits,
+    pub handshake_timeout: Duration,
+    pub inbox: mpsc::Sender<Input>,
+    pub stats: Arc<HubStats>,
+    pub shutdown: CancellationToken,
+}
+
+/// Checks a client id: 1 to 256 bytes of UTF-8 without control characters.
+pub(crate) fn validate_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("client id is empty; choose a name of 1 to 256 bytes".into());
+    }
+    if id.len() > MAX_CLIENT_ID {
+        return Err(format!(
+            "client id is {} bytes, more than {MAX_CLIENT_ID}; choose a shorter name",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("client id contains a control character; use printable text".into());
+    }
+    Ok(())
+}
+
+enum Handshake {
+    /// Authenticated: register this client.
+    Accepted(proto::Hello),
+    /// Answered a probe, or refused: close (after writing `frame`, if any).
+    Close(Option<Frame>),
+}
+
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    codec: &mut FrameCodec,
+) -> Result<Option<Frame>, WireError> {
+    loop {
+        if let Some(frame) = codec.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            return codec.decode_eof(buf);
+        }
+    }
+}
+
+fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
+    let message = match e {
+        WireError::FrameTooLarge { len, limit, .. } => format!(
+            "frame of {len} bytes exceeds the {stage} limit of {limit} bytes; send smaller frames"
+        ),
+        WireError::Decode(_) => {
+            format!("malformed frame {stage}; speak the switchboard protocol version {PROTOCOL_VERSION}")
+        }
+        WireError::Truncated { .. } => "connection closed in the middle of a frame".into(),
+        other => format!("connection error: {other}"),
+    };
+    Frame::error(0, e.code(), message)
+}
+
+async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    codec: &mut FrameCodec,
+    shared: &Shared,
+) -> Handshake {
+    let first = match read_frame(stream, buf, codec).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Handshake::Close(None),
+        Err(WireError::Io(_)) => return Handshake::Close(None),
+        Err(e) => return Handshake::Close(Some(wire_error_frame(&e, "before authentication"))),
+    };
+    let hello = match first.kind {
+        Some(Kind::Probe(probe)) => {
+            let reply = answer_probe(&probe, &shared.identity, &shared.secret);
+            return Handshake::Close(reply.map(Frame::from));
+        }
+        Some(Kind::Hello(hello)) => hello,
+        _ => return Handshake::Close(Some(Frame::error(
+            0,
+            ErrorCode::BadFrame,
+            "the first frame must be Hello (or a discovery Probe); speak the switchboard protocol",
+        ))),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Handshake::Close(Some(Frame::error(
+            0,
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported; this hub speaks version {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        )));
+    }
+    if let Err(msg) = validate_client_id(&hello.client_id) {
+        return Handshake::Close(Some(Frame::error(0, ErrorCode::InvalidArgument, msg)));
+    }
+    if hello.client_nonce.len() != NONCE_LEN {
+        return Handshake::Close(Some(Frame::error(
+            0,
+            ErrorCode::InvalidArgument,
+            format!(
+                "client nonce is {} bytes; send a fresh random nonce of {NONCE_LEN} bytes",
+                hello.client_nonce.len()
+            ),
+        )));
+    }
+    if hello.role == proto::Role::Standby as i32 {
+        return Handshake::Close(Some(Frame::error(
+            0,
+            ErrorCode::Unsupported,
+            "this hub does not accept standby replication links; connect as a client",
+        )));
+    }
+    let hub_nonce = nonce();
+    let challenge = proto::Challenge {
+        identity: Some(shared.identity.clone()),
+        hub_nonce: hub_nonce.to_vec().into(),
+        proof: hub_proof(
+            &shared.secret,
+            &hello.client_nonce,
+            &hub_nonce,
+            &shared.identity,
+        )
+        .to_vec()
+        .into(),
+    };
+    if write_frame(stream, &Frame::from(challenge)).await.is_err() {
+        return Handshake::Close(None);
+    }
+    let auth = match read_frame(stream, buf, codec).await {
+        Ok(Some(Frame {
+            kind: Some(Kind::Auth(auth)),
+            ..
+        })) => auth,
+        Ok(Some(_)) => {
+            return Handshake::Close(Some(Frame::error(
+                0,
+                ErrorCode::BadFrame,
+                "expected Auth after Challenge; complete the handshake first",
+            )))
+        }
+        Ok(None) | Err(WireError::Io(_)) => return Handshake::Close(None),
+        Err(e) => return Handshake::Close(Some(wire_error_frame(&e, "before authentication"))),
+    };
+    if !verify_client_proof(
+        &shared.secret,
+        &hub_nonce,
+        &hello.client_nonce,
+        &hello.client_id,
+        &auth.proof,
+    ) {
+        tracing::info!(client = %hello.client_id, "authentication failed");
+        return Handshake::Close(Some(Frame::error(
+            0,
+            ErrorCode::AuthFailed,
+            "authentication failed: the proof does not match this hub's secret; use the same secret file or token as the hub",
+        )));
+    }
+    Handshake::Accepted(hello)
+}
+
+async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), WireError> {
+    let mut out = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut out)?;
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+async fn reject(mut stream: TcpStream, frame: Option<Frame>) {
+    if let Some(frame) = frame {
+        let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, async {
+            let _ = write_frame(&mut stream, &frame).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut codec = FrameCodec::new().max_inbound(shared.limits.pre_auth_max_frame);
+    let mut buf = BytesMut::with_capacity(1024);
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(
+            shared.handshake_timeout,
+            handshake(&mut stream, &mut buf, &mut codec, &shared),
+        ) => r,
+        _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
+    };
+    drop(permit);
+    let hello = match outcome {
+        Ok(Handshake::Accepted(hello)) => hello,
+        Ok(Handshake::Close(frame)) => return reject(stream, frame).await,
+        Err(_elapsed) => {
+            tracing::debug!("handshake timed out");
+            let ms = shared.handshake_timeout.as_millis();
+            let frame = Frame::error(
+                0,
+                ErrorCode::HandshakeTimeout,
+                format!("handshake not completed within {ms} ms; send Hello and Auth promptly"),
+            );
+            return reject(stream, Some(frame)).await;
+        }
+    };
+    tracing::debug!(client = %hello.client_id, "authenticated");
+    let outbox = Outbox::new(conn);
+    let agent: String = hello.agent.chars().take(256).collect();
+    let info = proto::ClientInfo {
+        client_id: hello.client_id,
+        transport: "tcp".into(),
+        addr: peer.to_string(),
+        connected_at_ms: switchboard_discovery::now_ms(),
+        agent,
+    };
+    shared.stats.track(&outbox);
+    let connect = Input::Connect {
+        conn,
+        info,
+        outbox: outbox.clone(),
+    };
+    if shared.inbox.send(connect).await.is_err() {
+        shared.stats.untrack(conn);
+        return;
+    }
+    let (rd, wr) = stream.into_split();
+    let writer = tokio::spawn(write_loop(
+        wr,
+        outbox.clone(),
+        conn,
+        shared.inbox.clone(),
+        shared.stats.clone(),
+        shared.limits.write_batch_bytes,
+    ));
+    read_loop(rd, buf, conn, &outbox, &shared).await;
+    let _ = writer.await;
+    shared.stats.untrack(conn);
+}
+
+/// Decodes one frame from `buf`, if a whole one is there.
+fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError> {
+    if buf.len() < LENGTH_PREFIX_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(WireError::FrameTooLarge {
+            direction: Direction::Inbound,
+            len: len as u64,
+            limit: max,
+        });
+    }
+    let total = LENGTH_PREFIX_LEN + len;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let frame = if len >= ZERO_COPY_MIN {
+        buf.advance(LENGTH_PREFIX_LEN);
+        Frame::decode(buf.split_to(len).freeze())?
+    } else {
+        let frame = Frame::decode(&buf[LENGTH_PREFIX_LEN..total])?;
+        buf.advance(total);
+        frame
+    };
+    Ok(Some(frame))
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    conn: ConnId,
+    outbox: &Outbox,
+    shared: &Shared,
+) {
+    let max = shared.limits.max_frame;
+    let cancel = outbox.cancelled().clone();
+    let (notice, reason) = 'conn: loop {
+        let mut frames = Vec::new();
+        let mut failure = None;
+        loop {
+            match decode_one(&mut buf, max) {
+                Ok(Some(frame)) => {
+                    frames.push(frame);
+                    if frames.len() >= MAX_BATCH {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let full_batch = frames.len() >= MAX_BATCH;
+        if !frames.is_empty() {
+            tokio::select! {
+                r = shared.inbox.send(Input::Frames { conn, frames }) => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+            }
+        }
+        if let Some(e) = failure {
+            tracing::debug!(error = %e, "protocol error");
+            break 'conn (
+                Some(wire_error_frame(&e, "after authentication")),
+                e.to_string(),
+            );
+        }
+        if full_batch {
+            continue;
+        }
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) if buf.is_empty() => break 'conn (None, "disconnected".to_owned()),
+                Ok(0) => {
+                    let e = WireError::Truncated { buffered: buf.len() };
+                    break 'conn (Some(wire_error_frame(&e, "")), e.to_string());
+                }
+                Ok(n) => {
+                    shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => break 'conn (None, format!("read error: {e}")),
+            },
+            // Killed by the router, or the writer failed.
+            _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+        }
+    };
+    let _ = shared
+        .inbox
+        .send(Input::Disconnected {
+            conn,
+            notice,
+            reason,
+        })
+        .await;
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    conn: ConnId,
+    inbox: mpsc::Sender<Input>,
+    stats: Arc<HubStats>,
+    batch_bytes: usize,
+) {
+    let cancel = outbox.cancelled().clone();
+    let mut taken = Taken::default();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        outbox.take(batch_bytes, &mut taken);
+        if taken.killed {
+            if let Some(last) = outbox.take_last_words() {
+                buf.clear();
+                crate::Out::from(last).encode(&mut buf);
+                let _ = wr.try_write(&buf);
+            }
+            break;
+        }
+        if taken.want_drained {
+            let _ = inbox.try_send(Input::Drained { conn });
+        }
+        if taken.frames.is_empty() && taken.dropped == 0 {
+            if taken.close {
+                break;
+            }
+            tokio::select! {
+                _ = outbox.notified() => {}
+                _ = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        buf.clear();
+        let mut n = taken.frames.len() as u64;
+        if taken.dropped > 0 {
+            flow_notice(taken.dropped, taken.remaining).encode(&mut buf);
+            n += 1;
+        }
+        for out in taken.frames.drain(..) {
+            out.encode(&mut buf);
+        }
+        tokio::select! {
+            r = wr.write_all(&buf) => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            // Killed mid-write: the stream is no longer at a frame boundary.
+            _ = cancel.cancelled() => break,
+        }
+        stats.msgs_out.fetch_add(n, Ordering::Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if taken.close {
+            break;
+        }
+        if buf.capacity() > 4 * READ_CHUNK {
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(100), wr.shutdown()).await;
+    // Stops the reader too.
+    cancel.cancel();
+}

@@ -1,0 +1,569 @@
+//! Per-client outbound queues, shared between the router (which fills them)
+//! and a transport writer (which drains them).
+//!
+//! The router never waits on an [`Outbox`]: pushing takes a short,
+//! uncontended lock and wakes the writer only when the queue goes from
+//! empty to non-empty. The writer takes a whole batch under one lock,
+//! encodes it into one buffer and writes it with one system call.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::Message;
+use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ConnId;
+
+/// Field number of `Frame.deliver`.
+const FRAME_DELIVER_FIELD: u32 = 47;
+
+/// One frame waiting in an outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// Any frame (boxed: frames are large and rarely queued in bulk).
+    Frame(Box<Frame>),
+    /// A pub/sub delivery, pre-encoded: the fields shared by every
+    /// subscriber (topic, publisher, reply-to) are encoded once per publish
+    /// into `head`; the payload is shared, never copied.
+    Deliver {
+        /// The subscriber's subscription id.
+        sub_id: u64,
+        /// Encoded `Deliver` fields 2, 3 and 5.
+        head: Bytes,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+impl From<Frame> for Out {
+    fn from(frame: Frame) -> Out {
+        Out::Frame(Box::new(frame))
+    }
+}
+
+/// Encodes the fields of a `Deliver` that every subscriber shares.
+pub fn encode_deliver_head(topic: &str, from: &str, reply_to: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(topic.len() + from.len() + reply_to.len() + 12);
+    for (tag, s) in [(2, topic), (3, from), (5, reply_to)] {
+        if !s.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, &mut buf);
+            encode_varint(s.len() as u64, &mut buf);
+            buf.put_slice(s.as_bytes());
+        }
+    }
+    buf.freeze()
+}
+
+impl Out {
+    fn deliver_body_len(sub_id: u64, head: &Bytes, payload: &Bytes) -> usize {
+        let mut len = head.len();
+        if sub_id != 0 {
+            len += 1 + encoded_len_varint(sub_id);
+        }
+        if !payload.is_empty() {
+            len += 1 + encoded_len_varint(payload.len() as u64) + payload.len();
+        }
+        len
+    }
+
+    /// Length of the protobuf encoding (without the length prefix).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Out::Frame(f) => f.encoded_len(),
+            Out::Deliver {
+                sub_id,
+                head,
+                payload,
+            } => {
+                let body = Self::deliver_body_len(*sub_id, head, payload);
+                2 + encoded_len_varint(body as u64) + body
+            }
+        }
+    }
+
+    /// Appends the length prefix and the protobuf encoding to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let len = self.encoded_len();
+        buf.reserve(LENGTH_PREFIX_LEN + len);
+        buf.put_u32(len as u32);
+        self.encode_body(buf);
+    }
+
+    /// Appends only the protobuf encoding (no length prefix), e.g. for a
+    /// WebSocket message.
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        match self {
+            Out::Frame(f) => {
+                // Cannot fail: `BytesMut` grows as needed.
+                let _ = f.encode(buf);
+            }
+            Out::Deliver {
+                sub_id,
+                head,
+                payload,
+            } => {
+                let body = Self::deliver_body_len(*sub_id, head, payload);
+                encode_key(FRAME_DELIVER_FIELD, WireType::LengthDelimited, buf);
+                encode_varint(body as u64, buf);
+                if *sub_id != 0 {
+                    encode_key(1, WireType::Varint, buf);
+                    encode_varint(*sub_id, buf);
+                }
+                buf.put_slice(head);
+                if !payload.is_empty() {
+                    encode_key(4, WireType::LengthDelimited, buf);
+                    encode_varint(payload.len() as u64, buf);
+                    buf.put_slice(payload);
+                }
+            }
+        }
+    }
+
+    /// The frame this entry stands for (decodes a pre-encoded delivery).
+    pub fn into_frame(self) -> Frame {
+        match self {
+            Out::Frame(f) => *f,
+            deliver => {
+                let mut buf = BytesMut::new();
+                deliver.encode_body(&mut buf);
+                Frame::decode(buf.freeze()).unwrap_or_else(|e| {
+                    Frame::error(0, switchboard_wire::ErrorCode::Internal, e.to_string())
+                })
+            }
+        }
+    }
+}
+
+/// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+    pub hard_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    out: Out,
+    len: usize,
+    droppable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Deliver what is queued, then close.
+    Closing,
+    /// Close now; the queue is cleared.
+    Killed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Entry>,
+    bytes: usize,
+    droppable: usize,
+    dropped_unreported: u64,
+    dropped_total: u64,
+    state: State,
+    want_drained: bool,
+    /// Frame to write when killed, if the stream is at a frame boundary.
+    last_words: Option<Frame>,
+}
+
+/// Outcome of pushing a frame that must not be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued, but the queue is now above the hard limit: disconnect.
+    OverHardLimit,
+    /// The outbox is closed; nothing was queued.
+    Closed,
+}
+
+/// What a writer got from [`Outbox::take`].
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Frames to write, in order.
+    pub frames: Vec<Out>,
+    /// Pub/sub deliveries dropped since the last take; the writer tells the
+    /// client with a `Flow` notice.
+    pub dropped: u64,
+    /// Frames still queued after this take.
+    pub remaining: usize,
+    /// The router asked to hear when the queue has room (a message is
+    /// waiting for it); the transport sends `Input::Drained`.
+    pub want_drained: bool,
+    /// The outbox is closing and this take emptied it: close the
+    /// connection after writing.
+    pub close: bool,
+    /// The outbox was killed: stop writing now.
+    pub killed: bool,
+}
+
+/// The outbound queue of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    conn: ConnId,
+    inner: Mutex<Inner>,
+    depth: AtomicUsize,
+    notify: Notify,
+    cancel: CancellationToken,
+}
+
+impl Outbox {
+    /// A new, empty, open outbox for connection `conn`.
+    pub fn new(conn: ConnId) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            conn,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                droppable: 0,
+                dropped_unreported: 0,
+                dropped_total: 0,
+                state: State::Open,
+                want_drained: false,
+                last_words: None,
+            }),
+            depth: AtomicUsize::new(0),
+            notify: Notify::new(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// The connection this outbox belongs to.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Frames queued right now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Pub/sub deliveries dropped for this client so far.
+    pub fn dropped_total(&self) -> u64 {
+        self.inner.lock().dropped_total
+    }
+
+    /// Cancelled when the outbox is killed (slow consumer, shutdown of a
+    /// stuck connection): transports stop reading and writing at once.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Waits until something may have been queued (or the outbox closed).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    fn wake_if(&self, was_empty: bool) {
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    fn append(inner: &mut Inner, out: Out, droppable: bool) {
+        let len = LENGTH_PREFIX_LEN + out.encoded_len();
+        inner.bytes += len;
+        inner.droppable += usize::from(droppable);
+        inner.queue.push_back(Entry {
+            out,
+            len,
+            droppable,
+        });
+    }
+
+    fn full(inner: &Inner, limits: &QueueLimits) -> bool {
+        !inner.queue.is_empty()
+            && (inner.queue.len() >= limits.frames || inner.bytes >= limits.bytes)
+    }
+
+    /// Queues a frame that must not be dropped (answers, key/value updates,
+    /// presence, replies).
+    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return Pushed::Closed;
+        }
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, out, false);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        let over = inner.bytes > limits.hard_bytes;
+        drop(inner);
+        self.wake_if(was_empty);
+        if over {
+            Pushed::OverHardLimit
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Queues a pub/sub delivery. When the queue is full, this client's
+    /// oldest deliveries are dropped to make room (or, when nothing queued
+    /// may be dropped, the new one). Returns how many were dropped.
+    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits) -> u64 {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return 0;
+        }
+        let mut dropped = 0;
+        while Self::full(&inner, limits) {
+            if inner.droppable == 0 {
+                inner.dropped_unreported += 1;
+                inner.dropped_total += 1;
+                return 1;
+            }
+            let pos = inner
+                .queue
+                .iter()
+                .position(|e| e.droppable)
+                .unwrap_or_default();
+            if let Some(e) = inner.queue.remove(pos) {
+                inner.bytes -= e.len;
+                inner.droppable -= 1;
+                dropped += 1;
+            }
+        }
+        inner.dropped_unreported += dropped;
+        inner.dropped_total += dropped;
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, out, true);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wake_if(was_empty);
+        dropped
+    }
+
+    /// Queues a frame that may wait (direct message, request, session
+    /// frame) if there is room; otherwise hands it back and asks the writer
+    /// to report when the queue drains.
+    pub(crate) fn try_push_waitable(&self, out: Out, limits: &QueueLimits) -> Result<(), Out> {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            // Dropped with the connection; the router fails the sender when
+            // it processes the disconnect.
+            return Ok(());
+        }
+        if Self::full(&inner, limits) {
+            inner.want_drained = true;
+            return Err(out);
+        }
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, out, false);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wake_if(was_empty);
+        Ok(())
+    }
+
+    /// Whether a waitable frame would have to wait.
+    pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
+        Self::full(&self.inner.lock(), limits)
+    }
+
+    /// Asks the writer to report when the queue drains.
+    pub(crate) fn request_drained(&self) {
+        self.inner.lock().want_drained = true;
+    }
+
+    /// Whether the outbox still accepts frames.
+    pub fn is_open(&self) -> bool {
+        self.inner.lock().state == State::Open
+    }
+
+    /// Closes after everything queued (and `last`, if given) is written.
+    pub fn close(&self, last: Option<Frame>) {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return;
+        }
+        if let Some(frame) = last {
+            Self::append(&mut inner, Out::from(frame), false);
+        }
+        inner.state = State::Closing;
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Closes now, discarding the queue; `last` is written if the writer is
+    /// between frames and the socket has room.
+    pub fn kill(&self, last: Option<Frame>) {
+        let mut inner = self.inner.lock();
+        if inner.state == State::Killed {
+            return;
+        }
+        inner.state = State::Killed;
+        inner.queue.clear();
+        inner.bytes = 0;
+        inner.droppable = 0;
+        inner.last_words = last;
+        self.depth.store(0, Ordering::Relaxed);
+        drop(inner);
+        self.cancel.cancel();
+        self.notify.notify_one();
+    }
+
+    /// The frame left for a killed outbox's writer to try, once.
+    pub fn take_last_words(&self) -> Option<Frame> {
+        self.inner.lock().last_words.take()
+    }
+
+    /// Takes queued frames, at least one and up to about `max_bytes`, into
+    /// `taken.frames` (which is cleared first).
+    pub fn take(&self, max_bytes: usize, taken: &mut Taken) {
+        taken.frames.clear();
+        let mut inner = self.inner.lock();
+        let mut bytes = 0;
+        while let Some(e) = inner.queue.pop_front() {
+            bytes += e.len;
+            inner.bytes -= e.len;
+            inner.droppable -= usize::from(e.droppable);
+            taken.frames.push(e.out);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        taken.dropped = std::mem::take(&mut inner.dropped_unreported);
+        taken.remaining = inner.queue.len();
+        taken.want_drained = std::mem::take(&mut inner.want_drained) && bytes > 0;
+        taken.killed = inner.state == State::Killed;
+        taken.close = inner.state == State::Closing && inner.queue.is_empty();
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+    }
+}
+
+/// Encodes a `Flow` notice about `dropped` deliveries.
+pub(crate) fn flow_notice(dropped: u64, depth: usize) -> Out {
+    Out::from(Frame::from(proto::Flow {
+        dropped,
+        queue_depth: depth as u64,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        frames: 4,
+        bytes: 1 << 20,
+        hard_bytes: 1 << 21,
+    };
+
+    fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
+        Out::Deliver {
+            sub_id,
+            head: encode_deliver_head("a.b", "pub", "inbox.1"),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn pre_encoded_delivery_matches_prost() {
+        for (sub_id, payload) in [(7, &b"hello"[..]), (0, b""), (u64::MAX, &[0u8; 300][..])] {
+            let out = Out::Deliver {
+                sub_id,
+                head: encode_deliver_head("orders.eu", "alice", ""),
+                payload: Bytes::copy_from_slice(payload),
+            };
+            let expected = Frame::from(proto::Deliver {
+                sub_id,
+                topic: "orders.eu".into(),
+                from: "alice".into(),
+                payload: Bytes::copy_from_slice(payload),
+                reply_to: String::new(),
+            });
+            assert_eq!(out.encoded_len(), expected.encoded_len());
+            let mut buf = BytesMut::new();
+            out.encode(&mut buf);
+            assert_eq!(buf.len(), expected.wire_len());
+            assert_eq!(out.into_frame(), expected);
+        }
+    }
+
+    #[test]
+    fn drops_oldest_deliveries_only() {
+        let outbox = Outbox::new(ConnId(1));
+        assert_eq!(
+            outbox.push_control(Out::from(Frame::ok(1)), &LIMITS),
+            Pushed::Queued
+        );
+        for i in 1..=3 {
+            assert_eq!(outbox.push_droppable(deliver(i, b"x"), &LIMITS), 0);
+        }
+        // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
+        assert_eq!(outbox.push_droppable(deliver(4, b"x"), &LIMITS), 1);
+        assert!(outbox
+            .try_push_waitable(Out::from(Frame::ok(9)), &LIMITS)
+            .is_err());
+        let mut taken = Taken::default();
+        outbox.take(usize::MAX, &mut taken);
+        let ids: Vec<u64> = taken
+            .frames
+            .drain(..)
+            .map(|o| match o.into_frame().kind {
+                Some(proto::frame::Kind::Deliver(d)) => d.sub_id,
+                Some(proto::frame::Kind::Ok(o)) => 100 + o.id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![101, 2, 3, 4]);
+        assert_eq!(taken.dropped, 1);
+        assert!(taken.want_drained);
+        assert_eq!(outbox.dropped_total(), 1);
+    }
+
+    #[test]
+    fn control_frames_never_dropped_and_hard_limit_reported() {
+        let limits = QueueLimits {
+            frames: 1,
+            bytes: 10,
+            hard_bytes: 100,
+        };
+        let outbox = Outbox::new(ConnId(1));
+        let mut over = false;
+        for i in 0..20 {
+            if outbox.push_control(Out::from(Frame::ok(i + 1)), &limits) == Pushed::OverHardLimit {
+                over = true;
+                break;
+            }
+        }
+        assert!(over);
+        // With no delivery to drop, the new delivery is the one dropped.
+        assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits), 1);
+        outbox.kill(Some(Frame::ok(0)));
+        assert_eq!(outbox.depth(), 0);
+        assert!(outbox.cancelled().is_cancelled());
+        assert_eq!(
+            outbox.push_control(Out::from(Frame::ok(5)), &limits),
+            Pushed::Closed
+        );
+    }
+
+    #[test]
+    fn take_respects_batch_bytes_and_close() {
+        let outbox = Outbox::new(ConnId(1));
+        for i in 0..3 {
+            outbox.push_control(Out::from(Frame::ok(i + 1)), &LIMITS);
+        }
+        outbox.close(Some(Frame::ok(99)));
+        let mut taken = Taken::default();
+        outbox.take(1, &mut taken);
+        assert_eq!(taken.frames.len(), 1);
+        assert_eq!(taken.remaining, 3);
+        assert!(!taken.close);
+        outbox.take(usize::MAX, &mut taken);
+        assert_eq!(taken.frames.len(), 3);
+        assert!(taken.close);
+    }
+}

@@ -1,0 +1,1637 @@
+//! The routing core: a sans-IO state machine that owns every piece of hub
+//! state and turns [`Input`]s into frames pushed onto clients' [`Outbox`]es.
+//!
+//! It never touches sockets, spawns tasks or reads clocks: the caller passes
+//! the current time into [`Router::handle`]. One task owns the router (see
+//! the crate docs); tests drive it directly with a simulated clock, and a
+//! standby can rebuild the same state by replaying the same inputs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, Frame};
+
+use crate::kv::{KvError, KvStore};
+use crate::limits::Limits;
+use crate::outbox::{encode_deliver_head, Out, Outbox, Pushed, QueueLimits};
+use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
+use crate::ConnId;
+
+/// How long a closing connection may take to write its last frames before
+/// it is cut.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the router retries messages waiting for room in a full queue
+/// when no drain notice arrives.
+const PARK_RETRY: Duration = Duration::from_millis(5);
+
+/// How often idle clients are looked for, when a keepalive is configured.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A cheap hasher for the router's integer keys (connection ids are
+/// assigned by the hub, not chosen by clients).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// Counters shared between the router, the transports and
+/// [`HubHandle::status`](crate::HubHandle::status).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Bytes received from clients (counted by transports).
+    pub bytes_in: AtomicU64,
+    /// Frames written to clients (counted by transports).
+    pub msgs_out: AtomicU64,
+    /// Bytes written to clients (counted by transports).
+    pub bytes_out: AtomicU64,
+    msgs_in: AtomicU64,
+    clients: AtomicU64,
+    subscriptions: AtomicU64,
+    pending: AtomicU64,
+    kv_keys: AtomicU64,
+    dropped: AtomicU64,
+    outboxes: Mutex<IdMap<ConnId, Arc<Outbox>>>,
+}
+
+impl HubStats {
+    /// Registers a connection's outbox so its depth counts in the status.
+    pub fn track(&self, outbox: &Arc<Outbox>) {
+        self.outboxes.lock().insert(outbox.conn(), outbox.clone());
+    }
+
+    /// Forgets a connection's outbox.
+    pub fn untrack(&self, conn: ConnId) {
+        self.outboxes.lock().remove(&conn);
+    }
+
+    /// Sum of all tracked outboxes' depths, frames.
+    pub fn queue_depth(&self) -> u64 {
+        self.outboxes
+            .lock()
+            .values()
+            .map(|o| o.depth() as u64)
+            .sum()
+    }
+
+    /// A status from the shared counters (as last published by the router).
+    pub fn status(&self, identity: &proto::HubIdentity, uptime: Duration) -> proto::Status {
+        proto::Status {
+            id: 0,
+            identity: Some(identity.clone()),
+            uptime_s: uptime.as_secs(),
+            clients: self.clients.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            msgs_in: self.msgs_in.load(Ordering::Relaxed),
+            msgs_out: self.msgs_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            queue_depth: self.queue_depth(),
+            pending_requests: self.pending.load(Ordering::Relaxed),
+            kv_keys: self.kv_keys.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the router is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection finished its handshake and wants to be registered as
+    /// `info.client_id`. The router answers with `Welcome` on `outbox` (or
+    /// closes it when the hub is full or shutting down).
+    Connect {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is; `client_id` must already be validated.
+        info: proto::ClientInfo,
+        /// Its outbound queue.
+        outbox: Arc<Outbox>,
+    },
+    /// Frames received from a registered connection, in order.
+    Frames {
+        /// The connection.
+        conn: ConnId,
+        /// The frames.
+        frames: Vec<Frame>,
+    },
+    /// The connection ended or broke the protocol. `notice` (e.g. an
+    /// `Error` frame) is queued before the outbox closes.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Last frame to send, if any.
+        notice: Option<Frame>,
+        /// Why, for presence events and logs.
+        reason: String,
+    },
+    /// The connection's outbox has room again.
+    Drained {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time passed: expire timeouts and retry waiting messages.
+    Tick,
+    /// Tell every client goodbye and stop accepting registrations.
+    Shutdown,
+}
+
+/// Fixed facts the router needs.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Who the hub is (sent in `Welcome` and `Status`).
+    pub identity: proto::HubIdentity,
+    /// Limits.
+    pub limits: Limits,
+    /// When set, clients are told to send traffic at least this often and
+    /// are disconnected after three silent intervals.
+    pub keepalive: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    pattern: String,
+    group: Option<(String, GroupId)>,
+}
+
+#[derive(Debug)]
+struct Group {
+    members: Vec<(ConnId, u64, Arc<Outbox>)>,
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitKind {
+    Direct,
+    Request,
+    Session,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    sender: ConnId,
+    corr: u64,
+    deadline: Instant,
+    kind: WaitKind,
+}
+
+#[derive(Debug)]
+struct Parked {
+    out: Out,
+    len: usize,
+    waiter: Waiter,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: String,
+    info: proto::ClientInfo,
+    outbox: Arc<Outbox>,
+    subs: IdMap<u64, Sub>,
+    watches: IdMap<u64, (String, bool)>,
+    presence: bool,
+    /// Request ids outstanding from this client.
+    outgoing: IdSet<u64>,
+    /// Requests outstanding to this client, `(requester, id)`.
+    incoming: IdSet<(ConnId, u64)>,
+    parked: VecDeque<Parked>,
+    parked_bytes: usize,
+    last_seen: Instant,
+    /// Encoded delivery head of this client's last publish.
+    last_head: Option<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    target: ConnId,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    msgs_in: u64,
+    dropped: u64,
+    subscriptions: u64,
+    undeliverable: u64,
+    replies_dropped: u64,
+    timeouts: u64,
+    queue_full: u64,
+    slow_consumers: u64,
+    takeovers: u64,
+    unsupported: u64,
+    parked_total: u64,
+}
+
+/// The hub's routing core. See the module docs.
+#[derive(Debug)]
+pub struct Router {
+    identity: proto::HubIdentity,
+    limits: Limits,
+    q: QueueLimits,
+    keepalive: Option<Duration>,
+    stats: Arc<HubStats>,
+    started: Option<Instant>,
+    last_now: Option<Instant>,
+    clients: IdMap<ConnId, Client>,
+    by_id: HashMap<String, ConnId>,
+    index: SubIndex,
+    groups: IdMap<GroupId, Group>,
+    group_ids: HashMap<(String, String), GroupId>,
+    next_group: GroupId,
+    pending: IdMap<(ConnId, u64), Pending>,
+    timeouts: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
+    kv: KvStore,
+    watch_exact: HashMap<String, Vec<(ConnId, u64)>>,
+    watch_prefix: Vec<(String, ConnId, u64)>,
+    presence: IdSet<ConnId>,
+    parked_clients: IdSet<ConnId>,
+    closing: VecDeque<(Instant, Arc<Outbox>)>,
+    to_kill: Vec<ConnId>,
+    next_idle_check: Option<Instant>,
+    shutting_down: bool,
+    counters: Counters,
+}
+
+fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::error(id, code, message)
+}
+
+fn validate_client_key(key: &str, max: usize, allow_empty: bool) -> Result<(), String> {
+    if key.is_empty() && !allow_empty {
+        return Err("key is empty; use a non-empty key".into());
+    }
+    if key.len() > max {
+        return Err(format!(
+            "key is {} bytes, more than the limit of {max}; use a shorter key",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains a control character; use printable text".into());
+    }
+    Ok(())
+}
+
+/// Cuts a client-supplied name for use in an error message.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(64).filter(|c| !c.is_control()).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+impl Router {
+    /// A router with no clients and an empty store.
+    pub fn new(config: RouterConfig, stats: Arc<HubStats>) -> Router {
+        let q = QueueLimits {
+            frames: config.limits.queue_frames.max(1),
+            bytes: config.limits.queue_bytes.max(1),
+            hard_bytes: config.limits.queue_hard_bytes,
+        };
+        Router {
+            identity: config.identity,
+            limits: config.limits,
+            q,
+            keepalive: config.keepalive,
+            stats,
+            started: None,
+            last_now: None,
+            clients: IdMap::default(),
+            by_id: HashMap::new(),
+            index: SubIndex::default(),
+            groups: IdMap::default(),
+            group_ids: HashMap::new(),
+            next_group: 1,
+            pending: IdMap::default(),
+            timeouts: BinaryHeap::new(),
+            kv: KvStore::default(),
+            watch_exact: HashMap::new(),
+            watch_prefix: Vec::new(),
+            presence: IdSet::default(),
+            parked_clients: IdSet::default(),
+            closing: VecDeque::new(),
+            to_kill: Vec::new(),
+            next_idle_check: None,
+            shutting_down: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The hub identity the router announces.
+    pub fn identity(&self) -> &proto::HubIdentity {
+        &self.identity
+    }
+
+    /// Registered clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Requests outstanding.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Processes one input at time `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.started.get_or_insert(now);
+        self.last_now = Some(now);
+        match input {
+            Input::Connect { conn, info, outbox } => self.on_connect(now, conn, info, outbox),
+            Input::Frames { conn, frames } => {
+                for frame in frames {
+                    if !self.clients.contains_key(&conn) {
+                        break;
+                    }
+                    self.on_frame(now, conn, frame);
+                    self.apply_kills();
+                }
+            }
+            Input::Disconnected {
+                conn,
+                notice,
+                reason,
+            } => {
+                if let Some(client) = self.clients.get(&conn) {
+                    let outbox = client.outbox.clone();
+                    outbox.close(notice);
+                    self.closing.push_back((now + CLOSE_GRACE, outbox));
+                    self.leave(conn, &reason);
+                }
+            }
+            Input::Drained { conn } => self.retry_parked(now, conn),
+            Input::Tick => self.tick(now),
+            Input::Shutdown => self.shutdown(now),
+        }
+        self.apply_kills();
+    }
+
+    /// When the router next needs an [`Input::Tick`], if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.timeouts.peek().map(|Reverse((t, _, _))| *t);
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if let Some((t, _)) = self.closing.front() {
+            consider(*t);
+        }
+        if !self.parked_clients.is_empty() {
+            if let Some(now) = self.last_now {
+                consider(now + PARK_RETRY);
+            }
+        }
+        if let Some(t) = self.next_idle_check {
+            consider(t);
+        }
+        next
+    }
+
+    /// Copies the router's gauges into the shared [`HubStats`].
+    pub fn publish_stats(&self) {
+        let s = &self.stats;
+        s.msgs_in.store(self.counters.msgs_in, Ordering::Relaxed);
+        s.clients
+            .store(self.clients.len() as u64, Ordering::Relaxed);
+        s.subscriptions
+            .store(self.counters.subscriptions, Ordering::Relaxed);
+        s.pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        s.kv_keys
+            .store(self.kv.live_keys() as u64, Ordering::Relaxed);
+        s.dropped.store(self.counters.dropped, Ordering::Relaxed);
+    }
+
+    /// The hub's status and counters at `now`.
+    pub fn status(&self, now: Instant, id: u64) -> proto::Status {
+        let uptime = self.started.map_or(Duration::ZERO, |s| now - s);
+        let c = &self.counters;
+        let counters = [
+            ("undeliverable", c.undeliverable),
+            ("replies_dropped", c.replies_dropped),
+            ("requests_timed_out", c.timeouts),
+            ("queue_full", c.queue_full),
+            ("slow_consumer_disconnects", c.slow_consumers),
+            ("takeovers", c.takeovers),
+            ("unsupported_frames", c.unsupported),
+            ("parked_total", c.parked_total),
+            (
+                "parked_now",
+                self.clients.values().map(|c| c.parked.len() as u64).sum(),
+            ),
+            ("kv_tombstones", self.kv.tombstones() as u64),
+            (
+                "kv_watches",
+                self.clients.values().map(|c| c.watches.len() as u64).sum(),
+            ),
+            ("presence_watchers", self.presence.len() as u64),
+            ("queue_groups", self.groups.len() as u64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        proto::Status {
+            id,
+            identity: Some(self.identity.clone()),
+            uptime_s: uptime.as_secs(),
+            clients: self.clients.len() as u64,
+            subscriptions: c.subscriptions,
+            msgs_in: c.msgs_in,
+            msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
+            bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.stats.bytes_out.load(Ordering::Relaxed),
+            dropped: c.dropped,
+            queue_depth: self.clients.values().map(|c| c.outbox.depth() as u64).sum(),
+            pending_requests: self.pending.len() as u64,
+            kv_keys: self.kv.live_keys() as u64,
+            counters,
+            ..Default::default()
+        }
+    }
+
+    /// The replicable state: registry, subscriptions, watches and the
+    /// key/value store (deletion markers included).
+    pub fn snapshot(&self) -> proto::Snapshot {
+        let mut clients: Vec<proto::ClientState> = self
+            .clients
+            .values()
+            .map(|c| {
+                let mut subscriptions: Vec<proto::Subscribe> = c
+                    .subs
+                    .iter()
+                    .map(|(sub_id, s)| proto::Subscribe {
+                        id: 0,
+                        sub_id: *sub_id,
+                        pattern: s.pattern.clone(),
+                        queue_group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                subscriptions.sort_by_key(|s| s.sub_id);
+                let mut watches: Vec<proto::KvWatch> = c
+                    .watches
+                    .iter()
+                    .map(|(watch_id, (key, prefix))| proto::KvWatch {
+                        id: 0,
+                        watch_id: *watch_id,
+                        key: key.clone(),
+                        prefix: *prefix,
+                    })
+                    .collect();
+                watches.sort_by_key(|w| w.watch_id);
+                proto::ClientState {
+                    info: Some(c.info.clone()),
+                    subscriptions,
+                    watches,
+                    presence_watch: c.presence,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        clients.sort_by(|a, b| {
+            let id = |c: &proto::ClientState| c.info.as_ref().map(|i| i.client_id.clone());
+            id(a).cmp(&id(b))
+        });
+        let l = &self.limits;
+        let config = [
+            ("max_frame", l.max_frame as u64),
+            ("queue_frames", l.queue_frames as u64),
+            ("queue_bytes", l.queue_bytes as u64),
+            ("queue_hard_bytes", l.queue_hard_bytes as u64),
+            (
+                "default_request_timeout_ms",
+                l.default_request_timeout.as_millis() as u64,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_string()))
+        .collect();
+        proto::Snapshot {
+            epoch: self.identity.epoch,
+            repl_seq: 0,
+            clients,
+            kv: self.kv.entries(),
+            config,
+            addr: String::new(),
+            service: self.identity.service.clone(),
+        }
+    }
+
+    // ---- sending ----
+
+    fn send(&mut self, conn: ConnId, frame: Frame) {
+        if let Some(c) = self.clients.get(&conn) {
+            let outbox = c.outbox.clone();
+            self.send_out(conn, &outbox, Out::from(frame));
+        }
+    }
+
+    fn send_out(&mut self, conn: ConnId, outbox: &Outbox, out: Out) {
+        if outbox.push_control(out, &self.q) == Pushed::OverHardLimit {
+            self.to_kill.push(conn);
+        }
+    }
+
+    fn send_droppable(&mut self, outbox: &Outbox, out: Out) {
+        let dropped = outbox.push_droppable(out, &self.q);
+        self.counters.dropped += dropped;
+    }
+
+    fn apply_kills(&mut self) {
+        while let Some(conn) = self.to_kill.pop() {
+            if let Some(c) = self.clients.get(&conn) {
+                let outbox = c.outbox.clone();
+                let limit = self.limits.queue_hard_bytes;
+                tracing::warn!(client = %c.id, limit, "disconnecting slow consumer");
+                outbox.kill(Some(Frame::goodbye(
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "outbound queue exceeded {limit} bytes because frames were not read; read faster or subscribe to less"
+                    ),
+                )));
+                self.counters.slow_consumers += 1;
+                self.leave(conn, "slow consumer");
+            }
+        }
+    }
+
+    /// Delivers a frame that may wait for room; answers or fails the waiter.
+    fn deliver_waitable(&mut self, now: Instant, target: ConnId, out: Out, waiter: Waiter) {
+        let Some(t) = self.clients.get_mut(&target) else {
+            return self.fail_waiter(waiter, ErrorCode::TargetGone, "the target left");
+        };
+        let out = if t.parked.is_empty() {
+            match t.outbox.try_push_waitable(out, &self.q) {
+                Ok(()) => return self.waiter_done(waiter),
+                Err(out) => out,
+            }
+        } else {
+            out
+        };
+        let len = out.encoded_len();
+        if t.parked.len() >= self.limits.max_parked_frames
+            || t.parked_bytes + len > self.limits.max_parked_bytes
+        {
+            let id = shown(&t.id);
+            return self.fail_waiter(
+                waiter,
+                ErrorCode::QueueFull,
+                &format!("client '{id}' is not reading and too many messages already wait for it; retry later"),
+            );
+        }
+        t.parked_bytes += len;
+        t.parked.push_back(Parked { out, len, waiter });
+        t.outbox.request_drained();
+        self.parked_clients.insert(target);
+        self.counters.parked_total += 1;
+        let _ = now;
+    }
+
+    fn waiter_done(&mut self, waiter: Waiter) {
+        if waiter.kind == WaitKind::Direct && waiter.corr != 0 {
+            self.send(waiter.sender, Frame::ok(waiter.corr));
+        }
+    }
+
+    fn fail_waiter(&mut self, waiter: Waiter, code: ErrorCode, why: &str) {
+        if code == ErrorCode::QueueFull {
+            self.counters.queue_full += 1;
+        }
+        match waiter.kind {
+            WaitKind::Request => {
+                if self.pending.remove(&(waiter.sender, waiter.corr)).is_none() {
+                    return;
+                }
+                self.forget_request(waiter.sender, waiter.corr, None);
+                self.send(waiter.sender, err(waiter.corr, code, why));
+            }
+            WaitKind::Direct if waiter.corr != 0 => {
+                self.send(waiter.sender, err(waiter.corr, code, why));
+            }
+            WaitKind::Direct => self.counters.undeliverable += 1,
+            WaitKind::Session => {
+                self.send(
+                    waiter.sender,
+                    err(0, code, format!("session frame not delivered: {why}")),
+                );
+            }
+        }
+    }
+
+    /// Removes the bookkeeping of request `(requester, id)` (already removed
+    /// from `pending`).
+    fn forget_request(&mut self, requester: ConnId, id: u64, target: Option<ConnId>) {
+        if let Some(r) = self.clients.get_mut(&requester) {
+            r.outgoing.remove(&id);
+        }
+        if let Some(t) = target {
+            if let Some(t) = self.clients.get_mut(&t) {
+                t.incoming.remove(&(requester, id));
+            }
+        } else {
+            for c in self.clients.values_mut() {
+                if c.incoming.remove(&(requester, id)) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn retry_parked(&mut self, now: Instant, conn: ConnId) {
+        let mut done = Vec::new();
+        let mut expired = Vec::new();
+        let Some(t) = self.clients.get_mut(&conn) else {
+            self.parked_clients.remove(&conn);
+            return;
+        };
+        while !t.parked.is_empty() && !t.outbox.is_full(&self.q) {
+            let Some(p) = t.parked.pop_front() else { break };
+            t.parked_bytes -= p.len;
+            if t.outbox.try_push_waitable(p.out, &self.q).is_ok() {
+                done.push(p.waiter);
+            }
+        }
+        if !t.parked.is_empty() {
+            let mut kept = VecDeque::with_capacity(t.parked.len());
+            for p in t.parked.drain(..) {
+                if p.waiter.deadline <= now {
+                    t.parked_bytes -= p.len;
+                    expired.push(p.waiter);
+                } else {
+                    kept.push_back(p);
+                }
+            }
+            t.parked = kept;
+        }
+        if t.parked.is_empty() {
+            self.parked_clients.remove(&conn);
+        } else {
+            t.outbox.request_drained();
+        }
+        let target = shown(&t.id);
+        for w in done {
+            self.waiter_done(w);
+        }
+        let why =
+            format!("client '{target}' did not read its queue within the timeout; retry later");
+        for w in expired {
+            self.fail_waiter(w, ErrorCode::QueueFull, &why);
+        }
+    }
+
+    // ---- lifecycle ----
+
+    fn on_connect(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        info: proto::ClientInfo,
+        outbox: Arc<Outbox>,
+    ) {
+        if self.shutting_down {
+            outbox.close(Some(Frame::goodbye(
+                ErrorCode::ShuttingDown,
+                "the hub is shutting down; reconnect later",
+            )));
+            self.closing.push_back((now + CLOSE_GRACE, outbox));
+            return;
+        }
+        let id = info.client_id.clone();
+        if let Some(&old) = self.by_id.get(&id) {
+            if let Some(c) = self.clients.get(&old) {
+                let old_outbox = c.outbox.clone();
+                tracing::info!(client = %id, "client id taken over by a new connection");
+                old_outbox.close(Some(Frame::goodbye(
+                    ErrorCode::IdTakenOver,
+                    format!(
+                        "client id '{}' was registered by a newer connection; give each process its own id",
+                        shown(&id)
+                    ),
+                )));
+                self.closing.push_back((now + CLOSE_GRACE, old_outbox));
+                self.counters.takeovers += 1;
+                self.leave(old, "taken over by a new connection");
+            }
+        } else if self.clients.len() >= self.limits.max_clients {
+            outbox.close(Some(err(
+                0,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the hub already serves {} clients, its limit; try again later or raise the limit",
+                    self.clients.len()
+                ),
+            )));
+            self.closing.push_back((now + CLOSE_GRACE, outbox));
+            return;
+        }
+        let welcome = proto::Welcome {
+            client_id: id.clone(),
+            features: Vec::new(),
+            epoch: self.identity.epoch,
+            last_received: 0,
+            max_frame: u32::try_from(self.limits.max_frame).unwrap_or(u32::MAX),
+            keepalive_ms: self
+                .keepalive
+                .map_or(0, |k| u32::try_from(k.as_millis()).unwrap_or(u32::MAX)),
+            identity: Some(self.identity.clone()),
+        };
+        self.send_out(conn, &outbox, Out::from(Frame::from(welcome)));
+        self.clients.insert(
+            conn,
+            Client {
+                id: id.clone(),
+                info: info.clone(),
+                outbox,
+                subs: IdMap::default(),
+                watches: IdMap::default(),
+                presence: false,
+                outgoing: IdSet::default(),
+                incoming: IdSet::default(),
+                parked: VecDeque::new(),
+                parked_bytes: 0,
+                last_seen: now,
+                last_head: None,
+            },
+        );
+        self.by_id.insert(id, conn);
+        if let Some(k) = self.keepalive {
+            self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
+        }
+        self.presence_event(conn, info, proto::PresenceKind::Joined, "");
+    }
+
+    fn presence_event(
+        &mut self,
+        about: ConnId,
+        info: proto::ClientInfo,
+        kind: proto::PresenceKind,
+        reason: &str,
+    ) {
+        if self.presence.is_empty() {
+            return;
+        }
+        let frame = Frame::from(proto::Presence {
+            client: Some(info),
+            kind: kind as i32,
+            reason: reason.to_owned(),
+        });
+        let watchers: Vec<ConnId> = self
+            .presence
+            .iter()
+            .copied()
+            .filter(|c| *c != about)
+            .collect();
+        for w in watchers {
+            self.send(w, frame.clone());
+        }
+    }
+
+    /// Unregisters `conn` and cleans up everything it owned. Its outbox must
+    /// already be closed or killed by the caller.
+    fn leave(&mut self, conn: ConnId, reason: &str) {
+        let Some(client) = self.clients.remove(&conn) else {
+            return;
+        };
+        if self.by_id.get(&client.id) == Some(&conn) {
+            self.by_id.remove(&client.id);
+        }
+        for (sub_id, sub) in &client.subs {
+            self.remove_sub_entry(conn, *sub_id, sub);
+        }
+        self.counters.subscriptions -= client.subs.len() as u64;
+        for (watch_id, (key, prefix)) in &client.watches {
+            self.remove_watch_entry(conn, *watch_id, key, *prefix);
+        }
+        self.presence.remove(&conn);
+        self.parked_clients.remove(&conn);
+        // Requests this client made: forget them (answers have nobody to go to).
+        for id in &client.outgoing {
+            if let Some(p) = self.pending.remove(&(conn, *id)) {
+                if let Some(t) = self.clients.get_mut(&p.target) {
+                    t.incoming.remove(&(conn, *id));
+                }
+            }
+        }
+        if !client.outgoing.is_empty() {
+            for t in self.parked_clients.clone() {
+                if let Some(t) = self.clients.get_mut(&t) {
+                    t.parked
+                        .retain(|p| p.waiter.kind != WaitKind::Request || p.waiter.sender != conn);
+                    t.parked_bytes = t.parked.iter().map(|p| p.len).sum();
+                }
+            }
+        }
+        // Requests to this client: their requesters learn it left.
+        let gone = format!(
+            "client '{}' left before answering ({reason}); retry when it is back",
+            shown(&client.id)
+        );
+        let mut incoming: Vec<(ConnId, u64)> = client.incoming.iter().copied().collect();
+        incoming.sort_unstable();
+        for (requester, id) in incoming {
+            if self.pending.remove(&(requester, id)).is_some() {
+                if let Some(r) = self.clients.get_mut(&requester) {
+                    r.outgoing.remove(&id);
+                }
+                self.send(requester, err(id, ErrorCode::TargetGone, gone.clone()));
+            }
+        }
+        // Other messages waiting for it.
+        for p in client.parked {
+            if p.waiter.kind != WaitKind::Request {
+                self.fail_waiter(p.waiter, ErrorCode::TargetGone, &gone);
+            }
+        }
+        tracing::debug!(client = %client.id, reason, "client left");
+        self.presence_event(conn, client.info, proto::PresenceKind::Left, reason);
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        for c in self.clients.values() {
+            c.outbox.close(Some(Frame::goodbye(
+                ErrorCode::ShuttingDown,
+                "the hub is shutting down; reconnect later",
+            )));
+            self.closing
+                .push_back((now + CLOSE_GRACE, c.outbox.clone()));
+        }
+        self.clients.clear();
+        self.by_id.clear();
+        self.pending.clear();
+        self.timeouts.clear();
+        self.presence.clear();
+        self.parked_clients.clear();
+        self.watch_exact.clear();
+        self.watch_prefix.clear();
+        self.index = SubIndex::default();
+        self.groups.clear();
+        self.group_ids.clear();
+        self.counters.subscriptions = 0;
+    }
+
+    fn tick(&mut self, now: Instant) {
+        while let Some(Reverse((deadline, requester, id))) = self.timeouts.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.timeouts.pop();
+            // Waiting in a full queue until now: that is the clearer error.
+            if let Some(p) = self.pending.get(&(requester, id)) {
+                if p.deadline == deadline && self.parked_clients.contains(&p.target) {
+                    let target = p.target;
+                    self.retry_parked(now, target);
+                }
+            }
+            match self.pending.get(&(requester, id)) {
+                Some(p) if p.deadline == deadline => {
+                    let p = *p;
+                    self.pending.remove(&(requester, id));
+                    self.forget_request(requester, id, Some(p.target));
+                    self.counters.timeouts += 1;
+                    let target = self
+                        .clients
+                        .get(&p.target)
+                        .map(|c| shown(&c.id))
+                        .unwrap_or_default();
+                    self.send(
+                        requester,
+                        err(
+                            id,
+                            ErrorCode::Timeout,
+                            format!("no reply from '{target}' within the request timeout; retry or raise timeout_ms"),
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let parked: Vec<ConnId> = self.parked_clients.iter().copied().collect();
+        for conn in parked {
+            self.retry_parked(now, conn);
+        }
+        while let Some((deadline, _)) = self.closing.front() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, outbox)) = self.closing.pop_front() {
+                // Harmless if the writer already finished.
+                outbox.kill(None);
+            }
+        }
+        if let (Some(k), Some(t)) = (self.keepalive, self.next_idle_check) {
+            if t <= now {
+                let limit = k * 3;
+                let idle: Vec<ConnId> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| now.saturating_duration_since(c.last_seen) > limit)
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                for conn in idle {
+                    if let Some(c) = self.clients.get(&conn) {
+                        let outbox = c.outbox.clone();
+                        outbox.close(Some(Frame::goodbye(
+                            ErrorCode::Timeout,
+                            format!(
+                                "no traffic for {} ms; send a Ping at least every {} ms",
+                                limit.as_millis(),
+                                k.as_millis()
+                            ),
+                        )));
+                        self.closing.push_back((now + CLOSE_GRACE, outbox));
+                        self.leave(conn, "idle");
+                    }
+                }
+                self.next_idle_check = if self.clients.is_empty() {
+                    None
+                } else {
+                    Some(now + k.min(IDLE_CHECK))
+                };
+            }
+        }
+    }
+
+    // ---- frames ----
+
+    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
+        self.counters.msgs_in += 1;
+        if let Some(c) = self.clients.get_mut(&conn) {
+            c.last_seen = now;
+        }
+        let Some(kind) = frame.kind else {
+            self.counters.unsupported += 1;
+            return self.send(
+                conn,
+                err(
+                    0,
+                    ErrorCode::Unsupported,
+                    "frame kind unknown to this hub (protocol version 1); it was ignored",
+                ),
+            );
+        };
+        match kind {
+            Kind::Publish(p) => self.on_publish(conn, p),
+            Kind::Direct(d) => self.on_direct(now, conn, d),
+            Kind::Request(r) => self.on_request(now, conn, r),
+            Kind::Reply(r) => self.on_reply(conn, r),
+            Kind::Broadcast(b) => self.on_broadcast(conn, b),
+            Kind::Subscribe(s) => self.on_subscribe(conn, s),
+            Kind::Unsubscribe(u) => self.on_unsubscribe(conn, u),
+            Kind::KvSet(s) => self.on_kv_set(conn, s),
+            Kind::KvGet(g) => {
+                let cur = self.kv.get(&g.key);
+                self.send(
+                    conn,
+                    proto::KvValue {
+                        id: g.id,
+                        key: g.key,
+                        value: cur.value,
+                        version: cur.version,
+                        found: cur.found,
+                    }
+                    .into(),
+                );
+            }
+            Kind::KvDelete(d) => self.on_kv_delete(conn, d),
+            Kind::KvWatch(w) => self.on_kv_watch(conn, w),
+            Kind::KvUnwatch(u) => {
+                let found = self
+                    .clients
+                    .get_mut(&conn)
+                    .and_then(|c| c.watches.remove(&u.watch_id));
+                match found {
+                    Some((key, prefix)) => {
+                        self.remove_watch_entry(conn, u.watch_id, &key, prefix);
+                        self.send(conn, Frame::ok(u.id));
+                    }
+                    None => self.send(
+                        conn,
+                        err(
+                            u.id,
+                            ErrorCode::NotFound,
+                            format!("no watch with id {} on this connection", u.watch_id),
+                        ),
+                    ),
+                }
+            }
+            Kind::PresenceWatch(p) => {
+                if p.stop {
+                    self.presence.remove(&conn);
+                    if let Some(c) = self.clients.get_mut(&conn) {
+                        c.presence = false;
+                    }
+                    self.send(conn, Frame::ok(p.id));
+                } else {
+                    self.presence.insert(conn);
+                    if let Some(c) = self.clients.get_mut(&conn) {
+                        c.presence = true;
+                    }
+                    let list = self.client_list(p.id);
+                    self.send(conn, list);
+                }
+            }
+            Kind::ListClients(l) => {
+                let list = self.client_list(l.id);
+                self.send(conn, list);
+            }
+            Kind::StatusRequest(s) => {
+                let status = self.status(now, s.id);
+                self.send(conn, status.into());
+            }
+            Kind::Session(s) => self.on_session(now, conn, s),
+            Kind::Ping(p) => self.send(conn, proto::Pong { nonce: p.nonce }.into()),
+            Kind::Pong(_) => {}
+            Kind::Goodbye(_) => {
+                if let Some(c) = self.clients.get(&conn) {
+                    let outbox = c.outbox.clone();
+                    outbox.close(None);
+                    self.closing.push_back((now + CLOSE_GRACE, outbox));
+                    self.leave(conn, "said goodbye");
+                }
+            }
+            other => {
+                self.counters.unsupported += 1;
+                let name = Frame::from(other).kind_name();
+                self.send(
+                    conn,
+                    err(
+                        0,
+                        ErrorCode::Unsupported,
+                        format!("a client may not send '{name}' frames to the hub; it was ignored"),
+                    ),
+                );
+            }
+        }
+    }
+
+    fn client_list(&self, id: u64) -> Frame {
+        let mut clients: Vec<proto::ClientInfo> =
+            self.clients.values().map(|c| c.info.clone()).collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        proto::ClientList { id, clients }.into()
+    }
+
+    fn sender_id(&self, conn: ConnId) -> String {
+        self.clients
+            .get(&conn)
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+
+    fn on_publish(&mut self, conn: ConnId, p: proto::Publish) {
+        let matches = if let Err(e) = validate_topic(&p.topic, self.limits.max_subject) {
+            let msg = format!(
+                "invalid topic '{}': it {e}; use '.'-separated segments without spaces or wildcards",
+                shown(&p.topic)
+            );
+            return self.send(conn, err(p.id, ErrorCode::InvalidArgument, msg));
+        } else {
+            self.index.matches(&p.topic)
+        };
+        if !matches.is_empty() {
+            let Some(client) = self.clients.get_mut(&conn) else {
+                return;
+            };
+            let head = match &client.last_head {
+                Some((topic, head)) if p.reply_to.is_empty() && *topic == p.topic => head.clone(),
+                _ => {
+                    let head = encode_deliver_head(&p.topic, &client.id, &p.reply_to);
+                    if p.reply_to.is_empty() {
+                        client.last_head = Some((p.topic.clone(), head.clone()));
+                    }
+                    head
+                }
+            };
+            for target in matches.iter() {
+                match target {
+                    Target::Sub { sub_id, outbox, .. } => {
+                        let out = Out::Deliver {
+                            sub_id: *sub_id,
+                            head: head.clone(),
+                            payload: p.payload.clone(),
+                        };
+                        self.send_droppable(outbox, out);
+                    }
+                    Target::Group(gid) => {
+                        let Some(group) = self.groups.get_mut(gid) else {
+                            continue;
+                        };
+                        let n = group.members.len();
+                        if n == 0 {
+                            continue;
+                        }
+                        // Round-robin, skipping members whose queue is full
+                        // when another has room.
+                        let mut pick = group.next % n;
+                        for i in 0..n {
+                            let cand = (group.next + i) % n;
+                            if !group.members[cand].2.is_full(&self.q) {
+                                pick = cand;
+                                break;
+                            }
+                        }
+                        group.next = pick + 1;
+                        let (_, sub_id, outbox) = &group.members[pick];
+                        let (sub_id, outbox) = (*sub_id, outbox.clone());
+                        let out = Out::Deliver {
+                            sub_id,
+                            head: head.clone(),
+                            payload: p.payload.clone(),
+                        };
+                        self.send_droppable(&outbox, out);
+                    }
+                }
+            }
+        }
+        if p.id != 0 {
+            self.send(conn, Frame::ok(p.id));
+        }
+    }
+
+    fn on_direct(&mut self, now: Instant, conn: ConnId, mut d: proto::Direct) {
+        let Some(&target) = self.by_id.get(&d.to) else {
+            if d.id != 0 {
+                let msg = format!(
+                    "no client named '{}' is connected; check the id or wait for it to join",
+                    shown(&d.to)
+                );
+                self.send(conn, err(d.id, ErrorCode::NoSuchClient, msg));
+            } else {
+                self.counters.undeliverable += 1;
+            }
+            return;
+        };
+        let waiter = Waiter {
+            sender: conn,
+            corr: d.id,
+            deadline: now + self.limits.default_request_timeout,
+            kind: WaitKind::Direct,
+        };
+        d.from = self.sender_id(conn);
+        d.id = 0;
+        self.deliver_waitable(now, target, Out::from(Frame::from(d)), waiter);
+    }
+
+    fn on_request(&mut self, now: Instant, conn: ConnId, mut r: proto::Request) {
+        if r.id == 0 {
+            return self.send(
+                conn,
+                err(
+                    0,
+                    ErrorCode::InvalidArgument,
+                    "request id 0 is reserved; number requests from 1",
+                ),
+            );
+        }
+        let Some(&target) = self.by_id.get(&r.to) else {
+            let msg = format!(
+                "no client named '{}' is connected; check the id or wait for it to join",
+                shown(&r.to)
+            );
+            return self.send(conn, err(r.id, ErrorCode::NoSuchClient, msg));
+        };
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.outgoing.contains(&r.id) {
+            let msg = format!(
+                "request id {} is already outstanding on this connection; use a fresh id",
+                r.id
+            );
+            return self.send(conn, err(r.id, ErrorCode::InvalidArgument, msg));
+        }
+        if client.outgoing.len() >= self.limits.max_pending_requests {
+            let msg = format!(
+                "{} requests are already outstanding, the limit; wait for answers before sending more",
+                client.outgoing.len()
+            );
+            return self.send(conn, err(r.id, ErrorCode::LimitExceeded, msg));
+        }
+        let timeout = if r.timeout_ms == 0 {
+            self.limits.default_request_timeout
+        } else {
+            Duration::from_millis(u64::from(r.timeout_ms))
+        };
+        let deadline = now + timeout;
+        client.outgoing.insert(r.id);
+        r.from = client.id.clone();
+        if let Some(t) = self.clients.get_mut(&target) {
+            t.incoming.insert((conn, r.id));
+        }
+        self.pending
+            .insert((conn, r.id), Pending { target, deadline });
+        self.timeouts.push(Reverse((deadline, conn, r.id)));
+        let waiter = Waiter {
+            sender: conn,
+            corr: r.id,
+            deadline,
+            kind: WaitKind::Request,
+        };
+        self.deliver_waitable(now, target, Out::from(Frame::from(r)), waiter);
+    }
+
+    fn on_reply(&mut self, conn: ConnId, mut r: proto::Reply) {
+        let Some(&requester) = self.by_id.get(&r.to) else {
+            self.counters.replies_dropped += 1;
+            return;
+        };
+        match self.pending.get(&(requester, r.id)) {
+            Some(p) if p.target == conn => {}
+            _ => {
+                // Late (timed out), duplicate or not asked for.
+                self.counters.replies_dropped += 1;
+                return;
+            }
+        }
+        self.pending.remove(&(requester, r.id));
+        self.forget_request(requester, r.id, Some(conn));
+        r.from = self.sender_id(conn);
+        self.send(requester, r.into());
+    }
+
+    fn on_broadcast(&mut self, conn: ConnId, b: proto::Broadcast) {
+        let frame = Frame::from(proto::Broadcast {
+            id: 0,
+            from: self.sender_id(conn),
+            payload: b.payload,
+        });
+        let targets: Vec<Arc<Outbox>> = self
+            .clients
+            .iter()
+            .filter(|(c, _)| **c != conn)
+            .map(|(_, c)| c.outbox.clone())
+            .collect();
+        for outbox in targets {
+            self.send_droppable(&outbox, Out::from(frame.clone()));
+        }
+        if b.id != 0 {
+            self.send(conn, Frame::ok(b.id));
+        }
+    }
+
+    fn on_session(&mut self, now: Instant, conn: ConnId, mut s: proto::Session) {
+        let Some(&target) = self.by_id.get(&s.peer) else {
+            let msg = format!(
+                "no client named '{}' is connected; the session frame was not delivered",
+                shown(&s.peer)
+            );
+            return self.send(conn, err(0, ErrorCode::NoSuchClient, msg));
+        };
+        s.peer = self.sender_id(conn);
+        let waiter = Waiter {
+            sender: conn,
+            corr: 0,
+            deadline: now + self.limits.default_request_timeout,
+            kind: WaitKind::Session,
+        };
+        self.deliver_waitable(now, target, Out::from(Frame::from(s)), waiter);
+    }
+
+    fn on_subscribe(&mut self, conn: ConnId, s: proto::Subscribe) {
+        if let Err(e) = validate_pattern(&s.pattern, self.limits.max_subject) {
+            let msg = format!(
+                "invalid pattern '{}': it {e}; use '.'-separated segments, '*' for one segment, '>' as the last for the rest",
+                shown(&s.pattern)
+            );
+            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
+        }
+        if s.queue_group.len() > self.limits.max_subject
+            || s.queue_group
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            let msg = "invalid queue group: use a short name without spaces or control characters";
+            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
+        }
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.subs.contains_key(&s.sub_id) {
+            let msg = format!(
+                "subscription id {} is already in use on this connection; pick another id or unsubscribe first",
+                s.sub_id
+            );
+            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
+        }
+        if client.subs.len() >= self.limits.max_subscriptions {
+            let msg = format!(
+                "this connection already has {} subscriptions, the limit; unsubscribe some first",
+                client.subs.len()
+            );
+            return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
+        }
+        let outbox = client.outbox.clone();
+        let group = if s.queue_group.is_empty() {
+            self.index.insert(
+                &s.pattern,
+                Target::Sub {
+                    conn,
+                    sub_id: s.sub_id,
+                    outbox,
+                },
+            );
+            None
+        } else {
+            let key = (s.pattern.clone(), s.queue_group.clone());
+            let gid = match self.group_ids.get(&key) {
+                Some(g) => *g,
+                None => {
+                    let g = self.next_group;
+                    self.next_group += 1;
+                    self.group_ids.insert(key, g);
+                    self.groups.insert(
+                        g,
+                        Group {
+                            members: Vec::new(),
+                            next: 0,
+                        },
+                    );
+                    self.index.insert(&s.pattern, Target::Group(g));
+                    g
+                }
+            };
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.members.push((conn, s.sub_id, outbox));
+            }
+            Some((s.queue_group.clone(), gid))
+        };
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.subs.insert(
+                s.sub_id,
+                Sub {
+                    pattern: s.pattern,
+                    group,
+                },
+            );
+        }
+        self.counters.subscriptions += 1;
+        self.send(conn, Frame::ok(s.id));
+    }
+
+    fn remove_sub_entry(&mut self, conn: ConnId, sub_id: u64, sub: &Sub) {
+        match &sub.group {
+            None => self.index.remove_sub(&sub.pattern, conn, sub_id),
+            Some((name, gid)) => {
+                let empty = match self.groups.get_mut(gid) {
+                    Some(g) => {
+                        g.members.retain(|(c, s, _)| !(*c == conn && *s == sub_id));
+                        g.members.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.groups.remove(gid);
+                    self.group_ids.remove(&(sub.pattern.clone(), name.clone()));
+                    self.index.remove_group(&sub.pattern, *gid);
+                }
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, conn: ConnId, u: proto::Unsubscribe) {
+        let sub = self
+            .clients
+            .get_mut(&conn)
+            .and_then(|c| c.subs.remove(&u.sub_id));
+        match sub {
+            Some(sub) => {
+                self.remove_sub_entry(conn, u.sub_id, &sub);
+                self.counters.subscriptions -= 1;
+                self.send(conn, Frame::ok(u.id));
+            }
+            None => {
+                let msg = format!("no subscription with id {} on this connection", u.sub_id);
+                self.send(conn, err(u.id, ErrorCode::NotFound, msg));
+            }
+        }
+    }
+
+    // ---- key/value ----
+
+    fn kv_changed(&mut self, key: &str, value: Bytes, version: u64, deleted: bool, by: &str) {
+        let mut targets: Vec<(ConnId, u64)> =
+            self.watch_exact.get(key).cloned().unwrap_or_default();
+        targets.extend(
+            self.watch_prefix
+                .iter()
+                .filter(|(p, _, _)| key.starts_with(p.as_str()))
+                .map(|(_, c, w)| (*c, *w)),
+        );
+        for (conn, watch_id) in targets {
+            let frame = proto::KvUpdate {
+                watch_id,
+                key: key.to_owned(),
+                value: value.clone(),
+                version,
+                deleted,
+                by: by.to_owned(),
+            };
+            self.send(conn, frame.into());
+        }
+    }
+
+    fn version_mismatch(key: &str, expect: u64, current: u64, found: bool) -> String {
+        let key = shown(key);
+        match (found, expect) {
+            (true, 0) => {
+                format!("key '{key}' already exists at version {current}; read it and retry")
+            }
+            (true, _) => {
+                format!("key '{key}' is at version {current}, not {expect}; read it and retry")
+            }
+            (false, _) => {
+                format!("key '{key}' does not exist (expected version {expect}); read it and retry")
+            }
+        }
+    }
+
+    fn on_kv_set(&mut self, conn: ConnId, s: proto::KvSet) {
+        if let Err(e) = validate_client_key(&s.key, self.limits.kv_max_key, false) {
+            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, e));
+        }
+        if s.value.len() > self.limits.kv_max_value {
+            let msg = format!(
+                "value of {} bytes exceeds the limit of {} bytes; store something smaller",
+                s.value.len(),
+                self.limits.kv_max_value
+            );
+            return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
+        }
+        match self.kv.set(
+            &s.key,
+            s.value.clone(),
+            s.expect_version,
+            self.limits.kv_max_keys,
+        ) {
+            Ok(version) => {
+                let by = self.sender_id(conn);
+                self.send(
+                    conn,
+                    proto::KvValue {
+                        id: s.id,
+                        key: s.key.clone(),
+                        value: Bytes::new(),
+                        version,
+                        found: true,
+                    }
+                    .into(),
+                );
+                self.kv_changed(&s.key, s.value, version, false, &by);
+            }
+            Err(KvError::VersionMismatch { current, found }) => {
+                let msg =
+                    Self::version_mismatch(&s.key, s.expect_version.unwrap_or(0), current, found);
+                self.send(conn, err(s.id, ErrorCode::VersionMismatch, msg));
+            }
+            Err(KvError::TooManyKeys) => {
+                let msg = format!(
+                    "the store holds {} keys, its limit; delete some first",
+                    self.kv.live_keys()
+                );
+                self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
+            }
+            Err(KvError::NotFound) => {
+                self.send(conn, err(s.id, ErrorCode::NotFound, "key does not exist"));
+            }
+        }
+    }
+
+    fn on_kv_delete(&mut self, conn: ConnId, d: proto::KvDelete) {
+        match self
+            .kv
+            .delete(&d.key, d.expect_version, self.limits.kv_max_tombstones)
+        {
+            Ok(version) => {
+                let by = self.sender_id(conn);
+                self.send(
+                    conn,
+                    proto::KvValue {
+                        id: d.id,
+                        key: d.key.clone(),
+                        value: Bytes::new(),
+                        version,
+                        found: false,
+                    }
+                    .into(),
+                );
+                self.kv_changed(&d.key, Bytes::new(), version, true, &by);
+            }
+            Err(KvError::NotFound) => {
+                let msg = format!(
+                    "key '{}' does not exist; nothing was deleted",
+                    shown(&d.key)
+                );
+                self.send(conn, err(d.id, ErrorCode::NotFound, msg));
+            }
+            Err(KvError::VersionMismatch { current, found }) => {
+                let msg =
+                    Self::version_mismatch(&d.key, d.expect_version.unwrap_or(0), current, found);
+                self.send(conn, err(d.id, ErrorCode::VersionMismatch, msg));
+            }
+            Err(KvError::TooManyKeys) => {}
+        }
+    }
+
+    fn on_kv_watch(&mut self, conn: ConnId, w: proto::KvWatch) {
+        if let Err(e) = validate_client_key(&w.key, self.limits.kv_max_key, w.prefix) {
+            return self.send(conn, err(w.id, ErrorCode::InvalidArgument, e));
+        }
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.watches.contains_key(&w.watch_id) {
+            let msg = format!(
+                "watch id {} is already in use on this connection; pick another id or unwatch first",
+                w.watch_id
+            );
+            return self.send(conn, err(w.id, ErrorCode::InvalidArgument, msg));
+        }
+        if client.watches.len() >= self.limits.max_watches {
+            let msg = format!(
+                "this connection already has {} watches, the limit; unwatch some first",
+                client.watches.len()
+            );
+            return self.send(conn, err(w.id, ErrorCode::LimitExceeded, msg));
+        }
+        client.watches.insert(w.watch_id, (w.key.clone(), w.prefix));
+        let outbox = client.outbox.clone();
+        self.send_out(conn, &outbox, Out::from(Frame::ok(w.id)));
+        let initial: Vec<proto::KvUpdate> = if w.prefix {
+            self.kv
+                .prefixed(&w.key)
+                .map(|(k, v, version)| proto::KvUpdate {
+                    watch_id: w.watch_id,
+                    key: k.to_owned(),
+                    value: v.clone(),
+                    version,
+                    deleted: false,
+                    by: String::new(),
+                })
+                .collect()
+        } else {
+            let cur = self.kv.get(&w.key);
+            if cur.found {
+                vec![proto::KvUpdate {
+                    watch_id: w.watch_id,
+                    key: w.key.clone(),
+                    value: cur.value,
+                    version: cur.version,
+                    deleted: false,
+                    by: String::new(),
+                }]
+            } else {
+                Vec::new()
+            }
+        };
+        for update in initial {
+            self.send_out(conn, &outbox, Out::from(Frame::from(update)));
+        }
+        if w.prefix {
+            self.watch_prefix.push((w.key, conn, w.watch_id));
+        } else {
+            self.watch_exact
+                .entry(w.key)
+                .or_default()
+                .push((conn, w.watch_id));
+        }
+    }
+
+    fn remove_watch_entry(&mut self, conn: ConnId, watch_id: u64, key: &str, prefix: bool) {
+        if prefix {
+            self.watch_prefix
+                .retain(|(k, c, w)| !(*c == conn && *w == watch_id && k == key));
+        } else if let Some(list) = self.watch_exact.get_mut(key) {
+            list.retain(|(c, w)| !(*c == conn && *w == watch_id));
+            if list.is_empty() {
+                self.watch_exact.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

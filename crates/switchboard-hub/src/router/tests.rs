@@ -1,0 +1,1059 @@
+//! Deterministic tests of the routing core: a simulated clock, no sockets.
+
+use super::*;
+use crate::outbox::Taken;
+
+struct Sim {
+    router: Router,
+    now: Instant,
+    outboxes: HashMap<ConnId, Arc<Outbox>>,
+    next: u64,
+}
+
+fn frame(kind: impl Into<Frame>) -> Frame {
+    kind.into()
+}
+
+fn code_of(f: &Frame) -> Option<(u64, ErrorCode)> {
+    match &f.kind {
+        Some(Kind::Error(e)) => Some((e.id, ErrorCode::from_wire(e.code))),
+        _ => None,
+    }
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with(Limits::default(), None)
+    }
+
+    fn with(limits: Limits, keepalive: Option<Duration>) -> Sim {
+        let identity = proto::HubIdentity {
+            service: "test".into(),
+            instance_id: "i1".into(),
+            epoch: 1,
+            ..Default::default()
+        };
+        let router = Router::new(
+            RouterConfig {
+                identity,
+                limits,
+                keepalive,
+            },
+            Arc::new(HubStats::default()),
+        );
+        Sim {
+            router,
+            now: Instant::now(),
+            outboxes: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    fn connect_raw(&mut self, id: &str) -> ConnId {
+        self.next += 1;
+        let conn = ConnId(self.next);
+        let outbox = Outbox::new(conn);
+        self.outboxes.insert(conn, outbox.clone());
+        let info = proto::ClientInfo {
+            client_id: id.into(),
+            transport: "tcp".into(),
+            ..Default::default()
+        };
+        self.router
+            .handle(self.now, Input::Connect { conn, info, outbox });
+        conn
+    }
+
+    /// Connects and consumes the Welcome.
+    fn connect(&mut self, id: &str) -> ConnId {
+        let conn = self.connect_raw(id);
+        let got = self.recv(conn);
+        assert!(
+            matches!(got.first().and_then(|f| f.kind.as_ref()), Some(Kind::Welcome(w)) if w.client_id == id),
+            "{got:?}"
+        );
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, f: impl Into<Frame>) {
+        self.router.handle(
+            self.now,
+            Input::Frames {
+                conn,
+                frames: vec![f.into()],
+            },
+        );
+    }
+
+    fn recv(&mut self, conn: ConnId) -> Vec<Frame> {
+        let mut taken = Taken::default();
+        self.outboxes[&conn].take(usize::MAX, &mut taken);
+        taken.frames.drain(..).map(Out::into_frame).collect()
+    }
+
+    fn recv_one(&mut self, conn: ConnId) -> Frame {
+        let mut got = self.recv(conn);
+        assert_eq!(got.len(), 1, "expected one frame, got {got:?}");
+        got.remove(0)
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.router.handle(self.now, Input::Tick);
+    }
+
+    fn subscribe(&mut self, conn: ConnId, sub_id: u64, pattern: &str, group: &str) {
+        self.send(
+            conn,
+            proto::Subscribe {
+                id: 1000 + sub_id,
+                sub_id,
+                pattern: pattern.into(),
+                queue_group: group.into(),
+            },
+        );
+        assert_eq!(self.recv_one(conn), Frame::ok(1000 + sub_id));
+    }
+}
+
+fn deliveries(frames: &[Frame]) -> Vec<(u64, String, Bytes)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(Kind::Deliver(d)) => Some((d.sub_id, d.topic.clone(), d.payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn welcome_presence_and_client_list() {
+    let mut sim = Sim::new();
+    let watcher = sim.connect("watcher");
+    sim.send(watcher, proto::PresenceWatch { id: 5, stop: false });
+    match sim.recv_one(watcher).kind {
+        Some(Kind::ClientList(l)) => {
+            assert_eq!(l.id, 5);
+            assert_eq!(l.clients.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = sim.connect("bob");
+    let a = sim.connect("alice");
+    let events: Vec<(String, i32)> = sim
+        .recv(watcher)
+        .into_iter()
+        .map(|f| match f.kind {
+            Some(Kind::Presence(p)) => (p.client.unwrap().client_id, p.kind),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let joined = proto::PresenceKind::Joined as i32;
+    assert_eq!(
+        events,
+        vec![("bob".into(), joined), ("alice".into(), joined)]
+    );
+
+    sim.send(a, proto::ListClients { id: 9 });
+    match sim.recv_one(a).kind {
+        Some(Kind::ClientList(l)) => {
+            let ids: Vec<_> = l.clients.iter().map(|c| c.client_id.as_str()).collect();
+            assert_eq!(ids, vec!["alice", "bob", "watcher"], "sorted by id");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: b,
+            notice: None,
+            reason: "disconnected".into(),
+        },
+    );
+    match sim.recv_one(watcher).kind {
+        Some(Kind::Presence(p)) => {
+            assert_eq!(p.kind, proto::PresenceKind::Left as i32);
+            assert_eq!(p.client.unwrap().client_id, "bob");
+            assert_eq!(p.reason, "disconnected");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.send(watcher, proto::PresenceWatch { id: 6, stop: true });
+    assert_eq!(sim.recv_one(watcher), Frame::ok(6));
+    sim.connect("carol");
+    assert!(sim.recv(watcher).is_empty(), "no events after stop");
+}
+
+#[test]
+fn direct_messages() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    sim.send(
+        a,
+        proto::Direct {
+            id: 7,
+            to: "b".into(),
+            from: "forged".into(),
+            payload: "hi".into(),
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(7));
+    match sim.recv_one(b).kind {
+        Some(Kind::Direct(d)) => {
+            assert_eq!(d.from, "a", "hub fills in the sender");
+            assert_eq!(d.payload, Bytes::from("hi"));
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.send(a, Frame::direct("nobody", "x"));
+    assert!(
+        sim.recv(a).is_empty(),
+        "fire-and-forget to nobody is silent"
+    );
+    sim.send(
+        a,
+        proto::Direct {
+            id: 8,
+            to: "nobody".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((8, ErrorCode::NoSuchClient))
+    );
+}
+
+#[test]
+fn request_reply_timeout_and_target_gone() {
+    let mut sim = Sim::new();
+    let req = sim.connect("req");
+    let srv = sim.connect("srv");
+
+    // Unknown target: immediate error.
+    sim.send(req, Frame::request(1, "ghost", "x"));
+    assert_eq!(
+        code_of(&sim.recv_one(req)),
+        Some((1, ErrorCode::NoSuchClient))
+    );
+
+    // Round trip.
+    sim.send(req, Frame::request(2, "srv", "ping"));
+    let fwd = sim.recv_one(srv);
+    match &fwd.kind {
+        Some(Kind::Request(r)) => {
+            assert_eq!((r.id, r.from.as_str()), (2, "req"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A reply from someone else is not accepted.
+    let other = sim.connect("other");
+    sim.send(other, Frame::reply(2, "req", "fake"));
+    assert!(sim.recv(req).is_empty());
+    sim.send(srv, Frame::reply(2, "req", "pong"));
+    match sim.recv_one(req).kind {
+        Some(Kind::Reply(r)) => {
+            assert_eq!((r.id, r.from.as_str()), (2, "srv"));
+            assert_eq!(r.payload, Bytes::from("pong"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A duplicate reply is dropped.
+    sim.send(srv, Frame::reply(2, "req", "again"));
+    assert!(sim.recv(req).is_empty());
+    assert_eq!(sim.router.pending_requests(), 0);
+
+    // Timeout: nothing before the deadline, TIMEOUT at it, late reply dropped.
+    sim.send(
+        req,
+        proto::Request {
+            id: 3,
+            to: "srv".into(),
+            timeout_ms: 100,
+            ..Default::default()
+        },
+    );
+    sim.recv(srv);
+    assert_eq!(
+        sim.router.next_deadline(),
+        Some(sim.now + Duration::from_millis(100))
+    );
+    sim.advance(Duration::from_millis(99));
+    assert!(sim.recv(req).is_empty());
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(code_of(&sim.recv_one(req)), Some((3, ErrorCode::Timeout)));
+    sim.send(srv, Frame::reply(3, "req", "late"));
+    assert!(sim.recv(req).is_empty());
+
+    // Duplicate outstanding id.
+    sim.send(req, Frame::request(4, "srv", "x"));
+    sim.send(req, Frame::request(4, "srv", "x"));
+    assert_eq!(
+        code_of(&sim.recv_one(req)),
+        Some((4, ErrorCode::InvalidArgument))
+    );
+
+    // Target leaves while outstanding.
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: srv,
+            notice: None,
+            reason: "disconnected".into(),
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(req)),
+        Some((4, ErrorCode::TargetGone))
+    );
+    assert_eq!(sim.router.pending_requests(), 0);
+    sim.advance(Duration::from_secs(60));
+    assert!(sim.recv(req).is_empty(), "no timeout after TARGET_GONE");
+}
+
+#[test]
+fn default_request_timeout_applies() {
+    let limits = Limits {
+        default_request_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let req = sim.connect("req");
+    sim.connect("srv");
+    sim.send(req, Frame::request(1, "srv", "x"));
+    sim.advance(Duration::from_millis(1999));
+    assert!(sim.recv(req).is_empty());
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(code_of(&sim.recv_one(req)), Some((1, ErrorCode::Timeout)));
+}
+
+#[test]
+fn broadcast_reaches_everyone_but_the_sender() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let c = sim.connect("c");
+    sim.send(
+        a,
+        proto::Broadcast {
+            id: 3,
+            from: String::new(),
+            payload: "all".into(),
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(3));
+    for conn in [b, c] {
+        match sim.recv_one(conn).kind {
+            Some(Kind::Broadcast(m)) => {
+                assert_eq!((m.from.as_str(), m.payload.as_ref()), ("a", &b"all"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn pubsub_wildcards_and_validation() {
+    let mut sim = Sim::new();
+    let p = sim.connect("pub");
+    let s = sim.connect("sub");
+    sim.subscribe(s, 1, "orders.*.created", "");
+    sim.subscribe(s, 2, "orders.>", "");
+    sim.subscribe(s, 3, "orders.eu.created", "");
+    sim.send(p, Frame::publish("orders.eu.created", "1"));
+    let mut got = deliveries(&sim.recv(s));
+    got.sort();
+    assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(got.iter().all(|d| d.1 == "orders.eu.created" && d.2 == "1"));
+
+    sim.send(p, Frame::publish("orders.us.shipped.late", "2"));
+    assert_eq!(
+        deliveries(&sim.recv(s))
+            .iter()
+            .map(|d| d.0)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    sim.send(p, Frame::publish("orders", "3"));
+    assert!(
+        sim.recv(s).is_empty(),
+        "'>' needs at least one more segment"
+    );
+
+    // Deliver carries the publisher and reply-to.
+    sim.send(
+        p,
+        proto::Publish {
+            id: 4,
+            topic: "orders.x.created".into(),
+            reply_to: "inbox.pub".into(),
+            payload: "4".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(p), Frame::ok(4));
+    for f in sim.recv(s) {
+        match f.kind {
+            Some(Kind::Deliver(d)) => {
+                assert_eq!((d.from.as_str(), d.reply_to.as_str()), ("pub", "inbox.pub"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    for bad in ["orders.>.x", "a..b", "or*ders", ""] {
+        sim.send(
+            s,
+            proto::Subscribe {
+                id: 50,
+                sub_id: 50,
+                pattern: bad.into(),
+                queue_group: String::new(),
+            },
+        );
+        assert_eq!(
+            code_of(&sim.recv_one(s)),
+            Some((50, ErrorCode::InvalidArgument)),
+            "{bad}"
+        );
+    }
+    sim.send(
+        p,
+        proto::Publish {
+            id: 51,
+            topic: "orders.*".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(p)),
+        Some((51, ErrorCode::InvalidArgument))
+    );
+    // Same sub id twice.
+    sim.send(
+        s,
+        proto::Subscribe {
+            id: 52,
+            sub_id: 1,
+            pattern: "x".into(),
+            queue_group: String::new(),
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(s)),
+        Some((52, ErrorCode::InvalidArgument))
+    );
+
+    sim.send(s, proto::Unsubscribe { id: 60, sub_id: 2 });
+    assert_eq!(sim.recv_one(s), Frame::ok(60));
+    sim.send(s, proto::Unsubscribe { id: 61, sub_id: 2 });
+    assert_eq!(code_of(&sim.recv_one(s)), Some((61, ErrorCode::NotFound)));
+    sim.send(p, Frame::publish("orders.us.shipped.late", "5"));
+    assert!(sim.recv(s).is_empty());
+    assert_eq!(sim.router.status(sim.now, 0).subscriptions, 2);
+}
+
+#[test]
+fn queue_groups_share_round_robin() {
+    let mut sim = Sim::new();
+    let p = sim.connect("pub");
+    let w: Vec<ConnId> = (0..3).map(|i| sim.connect(&format!("w{i}"))).collect();
+    for (i, conn) in w.iter().enumerate() {
+        sim.subscribe(*conn, i as u64 + 1, "jobs.>", "workers");
+    }
+    let plain = sim.connect("plain");
+    sim.subscribe(plain, 9, "jobs.>", "");
+    let other_group = sim.connect("other");
+    sim.subscribe(other_group, 10, "jobs.>", "auditors");
+    for i in 0..9 {
+        sim.send(p, Frame::publish("jobs.run", format!("{i}")));
+    }
+    let counts: Vec<usize> = w.iter().map(|c| deliveries(&sim.recv(*c)).len()).collect();
+    assert_eq!(counts, vec![3, 3, 3], "each message to exactly one member");
+    assert_eq!(deliveries(&sim.recv(plain)).len(), 9);
+    assert_eq!(
+        deliveries(&sim.recv(other_group)).len(),
+        9,
+        "every group gets each message"
+    );
+    // A member leaves; the rest share.
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: w[0],
+            notice: None,
+            reason: "gone".into(),
+        },
+    );
+    for i in 0..4 {
+        sim.send(p, Frame::publish("jobs.run", format!("{i}")));
+    }
+    let counts: Vec<usize> = w[1..]
+        .iter()
+        .map(|c| deliveries(&sim.recv(*c)).len())
+        .collect();
+    assert_eq!(counts, vec![2, 2]);
+}
+
+#[test]
+fn kv_set_get_delete_cas() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let kv_value = |f: Frame| match f.kind {
+        Some(Kind::KvValue(v)) => (v.id, v.version, v.found, v.value),
+        other => panic!("{other:?}"),
+    };
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 1,
+            key: "token".into(),
+            value: "t1".into(),
+            expect_version: Some(0),
+        },
+    );
+    assert_eq!(kv_value(sim.recv_one(a)), (1, 1, true, Bytes::new()));
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 2,
+            key: "token".into(),
+            value: "t2".into(),
+            expect_version: Some(0),
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((2, ErrorCode::VersionMismatch))
+    );
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 3,
+            key: "token".into(),
+            value: "t2".into(),
+            expect_version: Some(1),
+        },
+    );
+    assert_eq!(kv_value(sim.recv_one(a)).1, 2);
+    sim.send(
+        a,
+        proto::KvGet {
+            id: 4,
+            key: "token".into(),
+        },
+    );
+    assert_eq!(kv_value(sim.recv_one(a)), (4, 2, true, Bytes::from("t2")));
+    sim.send(
+        a,
+        proto::KvDelete {
+            id: 5,
+            key: "token".into(),
+            expect_version: None,
+        },
+    );
+    assert_eq!(kv_value(sim.recv_one(a)), (5, 3, false, Bytes::new()));
+    sim.send(
+        a,
+        proto::KvDelete {
+            id: 6,
+            key: "token".into(),
+            expect_version: None,
+        },
+    );
+    assert_eq!(code_of(&sim.recv_one(a)), Some((6, ErrorCode::NotFound)));
+    sim.send(
+        a,
+        proto::KvGet {
+            id: 7,
+            key: "token".into(),
+        },
+    );
+    assert_eq!(kv_value(sim.recv_one(a)), (7, 3, false, Bytes::new()));
+    // Limits and validation.
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 8,
+            key: String::new(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((8, ErrorCode::InvalidArgument))
+    );
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 9,
+            key: "big".into(),
+            value: vec![0u8; Limits::default().kv_max_value + 1].into(),
+            expect_version: None,
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((9, ErrorCode::LimitExceeded))
+    );
+}
+
+#[test]
+fn kv_watch_key_and_prefix_in_order() {
+    let mut sim = Sim::new();
+    let setter = sim.connect("login");
+    let watcher = sim.connect("ui");
+    let set = |sim: &mut Sim, id: u64, key: &str, value: &str| {
+        sim.send(
+            setter,
+            proto::KvSet {
+                id,
+                key: key.into(),
+                value: value.to_owned().into(),
+                expect_version: None,
+            },
+        );
+        sim.recv(setter);
+    };
+    set(&mut sim, 1, "session.token", "abc");
+    set(&mut sim, 2, "session.user", "ann");
+    set(&mut sim, 3, "other", "x");
+    sim.send(
+        watcher,
+        proto::KvWatch {
+            id: 10,
+            watch_id: 1,
+            key: "session.token".into(),
+            prefix: false,
+        },
+    );
+    sim.send(
+        watcher,
+        proto::KvWatch {
+            id: 11,
+            watch_id: 2,
+            key: "session.".into(),
+            prefix: true,
+        },
+    );
+    let got = sim.recv(watcher);
+    let summary: Vec<String> = got
+        .iter()
+        .map(|f| match &f.kind {
+            Some(Kind::Ok(o)) => format!("ok {}", o.id),
+            Some(Kind::KvUpdate(u)) => format!(
+                "w{} {}={:?}@{} by '{}'",
+                u.watch_id, u.key, u.value, u.version, u.by
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            "ok 10",
+            "w1 session.token=b\"abc\"@1 by ''",
+            "ok 11",
+            "w2 session.token=b\"abc\"@1 by ''",
+            "w2 session.user=b\"ann\"@1 by ''",
+        ]
+    );
+    // The login token changes: both watches see every change, in order.
+    set(&mut sim, 4, "session.token", "def");
+    sim.send(
+        setter,
+        proto::KvDelete {
+            id: 5,
+            key: "session.token".into(),
+            expect_version: None,
+        },
+    );
+    set(&mut sim, 6, "other", "y");
+    let got: Vec<(u64, u64, bool, String)> = sim
+        .recv(watcher)
+        .into_iter()
+        .map(|f| match f.kind {
+            Some(Kind::KvUpdate(u)) => (u.watch_id, u.version, u.deleted, u.by),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 2, false, "login".into()),
+            (2, 2, false, "login".into()),
+            (1, 3, true, "login".into()),
+            (2, 3, true, "login".into()),
+        ]
+    );
+    sim.send(
+        watcher,
+        proto::KvUnwatch {
+            id: 20,
+            watch_id: 1,
+        },
+    );
+    assert_eq!(sim.recv_one(watcher), Frame::ok(20));
+    set(&mut sim, 7, "session.token", "ghi");
+    let got = sim.recv(watcher);
+    assert_eq!(got.len(), 1, "only the prefix watch remains: {got:?}");
+    let snap = sim.router.snapshot();
+    let ui = snap
+        .clients
+        .iter()
+        .find(|c| c.info.as_ref().unwrap().client_id == "ui")
+        .unwrap();
+    assert_eq!(ui.watches.len(), 1);
+    assert_eq!(snap.kv.len(), 3);
+}
+
+#[test]
+fn slow_subscriber_loses_only_its_own_oldest_deliveries() {
+    let limits = Limits {
+        queue_frames: 8,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let p = sim.connect("pub");
+    let slow = sim.connect("slow");
+    let fast = sim.connect("fast");
+    sim.subscribe(slow, 1, "t", "");
+    sim.subscribe(fast, 1, "t", "");
+    let mut fast_got = Vec::new();
+    for i in 0..100u32 {
+        sim.send(p, Frame::publish("t", i.to_be_bytes().to_vec()));
+        fast_got.extend(deliveries(&sim.recv(fast)));
+    }
+    assert_eq!(fast_got.len(), 100, "the fast subscriber gets everything");
+    let mut taken = Taken::default();
+    sim.outboxes[&slow].take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 8, "bounded");
+    assert_eq!(taken.dropped, 92);
+    let kept: Vec<u32> = taken
+        .frames
+        .drain(..)
+        .map(|o| match o.into_frame().kind {
+            Some(Kind::Deliver(d)) => u32::from_be_bytes(d.payload[..].try_into().unwrap()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kept, (92..100).collect::<Vec<_>>(), "the newest are kept");
+    assert_eq!(sim.router.status(sim.now, 0).dropped, 92);
+}
+
+#[test]
+fn direct_to_full_queue_waits_then_succeeds_or_fails() {
+    let limits = Limits {
+        queue_frames: 2,
+        default_request_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    for id in 1..=4 {
+        sim.send(
+            a,
+            proto::Direct {
+                id,
+                to: "b".into(),
+                payload: "x".into(),
+                ..Default::default()
+            },
+        );
+    }
+    assert_eq!(
+        sim.recv(a),
+        vec![Frame::ok(1), Frame::ok(2)],
+        "two fit, two wait"
+    );
+    // The writer drains and reports; the waiting ones move in, in order.
+    let mut taken = Taken::default();
+    sim.outboxes[&b].take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 2);
+    assert!(taken.want_drained);
+    sim.router.handle(sim.now, Input::Drained { conn: b });
+    assert_eq!(sim.recv(a), vec![Frame::ok(3), Frame::ok(4)]);
+    assert_eq!(sim.recv(b).len(), 2);
+
+    // Now b stops reading: the queue fills, and a waiting message fails
+    // with QUEUE_FULL at the sender's deadline.
+    for id in 10..=12 {
+        sim.send(
+            a,
+            proto::Direct {
+                id,
+                to: "b".into(),
+                payload: "x".into(),
+                ..Default::default()
+            },
+        );
+    }
+    sim.send(
+        a,
+        proto::Request {
+            id: 13,
+            to: "b".into(),
+            timeout_ms: 500,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv(a), vec![Frame::ok(10), Frame::ok(11)]);
+    sim.advance(Duration::from_millis(500));
+    assert_eq!(code_of(&sim.recv_one(a)), Some((13, ErrorCode::QueueFull)));
+    sim.advance(Duration::from_millis(500));
+    assert_eq!(code_of(&sim.recv_one(a)), Some((12, ErrorCode::QueueFull)));
+    assert_eq!(sim.router.pending_requests(), 0);
+}
+
+#[test]
+fn hard_limit_disconnects_slow_consumer() {
+    let limits = Limits {
+        queue_hard_bytes: 2_000,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let watcher = sim.connect("watcher");
+    let other = sim.connect("other");
+    let setter = sim.connect("setter");
+    for (conn, id) in [(watcher, 1), (other, 2)] {
+        sim.send(
+            conn,
+            proto::KvWatch {
+                id,
+                watch_id: 1,
+                key: "k".into(),
+                prefix: false,
+            },
+        );
+    }
+    sim.recv(watcher);
+    for i in 0..40u64 {
+        sim.send(
+            setter,
+            proto::KvSet {
+                id: i + 1,
+                key: "k".into(),
+                value: vec![b'v'; 100].into(),
+                expect_version: None,
+            },
+        );
+        sim.recv(other);
+        sim.recv(setter);
+    }
+    assert!(sim.outboxes[&watcher].cancelled().is_cancelled(), "killed");
+    match sim.outboxes[&watcher].take_last_words().map(|f| f.kind) {
+        Some(Some(Kind::Goodbye(g))) => assert_eq!(g.code, ErrorCode::SlowConsumer as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.router.client_count(), 2);
+    assert_eq!(
+        sim.router.status(sim.now, 0).counters["slow_consumer_disconnects"],
+        1
+    );
+}
+
+#[test]
+fn id_takeover_closes_the_old_connection() {
+    let mut sim = Sim::new();
+    let req = sim.connect("req");
+    let old = sim.connect("svc");
+    sim.send(req, Frame::request(1, "svc", "x"));
+    sim.recv(old);
+    let new = sim.connect("svc");
+    let got = sim.recv(old);
+    match got.last().and_then(|f| f.kind.clone()) {
+        Some(Kind::Goodbye(g)) => assert_eq!(g.code, ErrorCode::IdTakenOver as i32),
+        other => panic!("{other:?}"),
+    }
+    assert!(!sim.outboxes[&old].is_open());
+    assert_eq!(
+        code_of(&sim.recv_one(req)),
+        Some((1, ErrorCode::TargetGone))
+    );
+    // The id now routes to the new connection.
+    sim.send(req, Frame::direct("svc", "hello"));
+    assert_eq!(sim.recv(new).len(), 1);
+    // The old connection's later disconnect does not unregister the new one.
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: old,
+            notice: None,
+            reason: "closed".into(),
+        },
+    );
+    assert_eq!(sim.router.client_count(), 2);
+}
+
+#[test]
+fn session_frames_are_routed_by_peer() {
+    let mut sim = Sim::new();
+    let agent = sim.connect("agent");
+    let manager = sim.connect("manager");
+    sim.send(
+        agent,
+        proto::Session {
+            peer: "manager".into(),
+            session_id: 1,
+            body: Some(proto::session::Body::Empty(proto::Empty {})),
+        },
+    );
+    match sim.recv_one(manager).kind {
+        Some(Kind::Session(s)) => assert_eq!((s.peer.as_str(), s.session_id), ("agent", 1)),
+        other => panic!("{other:?}"),
+    }
+    sim.send(
+        agent,
+        proto::Session {
+            peer: "nobody".into(),
+            ..Default::default()
+        },
+    );
+    let f = sim.recv_one(agent);
+    assert_eq!(code_of(&f), Some((0, ErrorCode::NoSuchClient)));
+    match f.kind {
+        Some(Kind::Error(e)) => assert!(e.message.contains("nobody"), "{}", e.message),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn unknown_and_forbidden_kinds_are_refused_and_the_connection_continues() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    sim.send(a, Frame { seq: 0, kind: None });
+    assert_eq!(code_of(&sim.recv_one(a)), Some((0, ErrorCode::Unsupported)));
+    sim.send(a, frame(proto::Welcome::default()));
+    assert_eq!(code_of(&sim.recv_one(a)), Some((0, ErrorCode::Unsupported)));
+    sim.send(a, frame(proto::Deliver::default()));
+    assert_eq!(code_of(&sim.recv_one(a)), Some((0, ErrorCode::Unsupported)));
+    sim.send(a, proto::Ping { nonce: 42 });
+    assert_eq!(sim.recv_one(a), frame(proto::Pong { nonce: 42 }));
+}
+
+#[test]
+fn limits_are_enforced_per_client() {
+    let limits = Limits {
+        max_subscriptions: 2,
+        max_clients: 2,
+        max_watches: 1,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect("a");
+    sim.subscribe(a, 1, "x", "");
+    sim.subscribe(a, 2, "y", "");
+    sim.send(
+        a,
+        proto::Subscribe {
+            id: 3,
+            sub_id: 3,
+            pattern: "z".into(),
+            queue_group: String::new(),
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((3, ErrorCode::LimitExceeded))
+    );
+    for id in 1..=2 {
+        sim.send(
+            a,
+            proto::KvWatch {
+                id,
+                watch_id: id,
+                key: "k".into(),
+                prefix: false,
+            },
+        );
+    }
+    let got = sim.recv(a);
+    assert_eq!(got[0], Frame::ok(1));
+    assert_eq!(code_of(&got[1]), Some((2, ErrorCode::LimitExceeded)));
+    sim.connect("b");
+    let c = sim.connect_raw("c");
+    let got = sim.recv(c);
+    assert_eq!(code_of(&got[0]), Some((0, ErrorCode::LimitExceeded)));
+    assert!(!sim.outboxes[&c].is_open());
+    assert_eq!(sim.router.client_count(), 2);
+}
+
+#[test]
+fn shutdown_says_goodbye_to_everyone() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    sim.router.handle(sim.now, Input::Shutdown);
+    for conn in [a, b] {
+        match sim.recv_one(conn).kind {
+            Some(Kind::Goodbye(g)) => assert_eq!(g.code, ErrorCode::ShuttingDown as i32),
+            other => panic!("{other:?}"),
+        }
+        assert!(!sim.outboxes[&conn].is_open());
+    }
+    let late = sim.connect_raw("late");
+    match sim.recv_one(late).kind {
+        Some(Kind::Goodbye(g)) => assert_eq!(g.code, ErrorCode::ShuttingDown as i32),
+        other => panic!("{other:?}"),
+    }
+    // Writers that do not finish are cut after the grace period.
+    assert_eq!(sim.router.next_deadline(), Some(sim.now + CLOSE_GRACE));
+    sim.advance(CLOSE_GRACE);
+    assert!(sim.outboxes[&a].cancelled().is_cancelled());
+}
+
+#[test]
+fn idle_clients_are_disconnected_when_keepalive_is_set() {
+    let mut sim = Sim::with(Limits::default(), Some(Duration::from_secs(1)));
+    let quiet = sim.connect("quiet");
+    let chatty = sim.connect("chatty");
+    for _ in 0..4 {
+        sim.advance(Duration::from_secs(1));
+        sim.send(chatty, proto::Ping { nonce: 1 });
+        sim.recv(chatty);
+    }
+    match sim.recv(quiet).last().and_then(|f| f.kind.clone()) {
+        Some(Kind::Goodbye(g)) => assert_eq!(g.code, ErrorCode::Timeout as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.router.client_count(), 1);
+}
+
+#[test]
+fn status_counts() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    sim.subscribe(a, 1, "t", "");
+    sim.send(a, Frame::publish("t", "x"));
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 2,
+            key: "k".into(),
+            value: "v".into(),
+            expect_version: None,
+        },
+    );
+    sim.send(a, proto::StatusRequest { id: 77 });
+    let status = match sim.recv(a).pop().and_then(|f| f.kind) {
+        Some(Kind::Status(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status.id, 77);
+    assert_eq!(status.clients, 1);
+    assert_eq!(status.subscriptions, 1);
+    assert_eq!(status.kv_keys, 1);
+    assert_eq!(status.msgs_in, 4);
+    assert_eq!(status.identity.unwrap().service, "test");
+    sim.router.publish_stats();
+    let shared = sim
+        .router
+        .stats
+        .status(sim.router.identity(), Duration::ZERO);
+    assert_eq!(
+        (shared.clients, shared.subscriptions, shared.kv_keys),
+        (1, 1, 1)
+    );
+}
