@@ -1,6 +1,7 @@
 //! Running a hub inside this process.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
 use switchboard_hub::{HubConfig, HubError, HubHandle, Limits};
@@ -25,6 +26,7 @@ impl Hub {
             secret: None,
             write_hint: true,
             limits: None,
+            keepalive: None,
         }
     }
 }
@@ -37,6 +39,7 @@ pub struct HubBuilder {
     secret: Option<Secret>,
     write_hint: bool,
     limits: Option<Limits>,
+    keepalive: Option<Duration>,
 }
 
 impl HubBuilder {
@@ -78,6 +81,13 @@ impl HubBuilder {
         self
     }
 
+    /// Asks clients to send traffic or a ping at least every `interval`,
+    /// and disconnects clients silent for three intervals (default: off).
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = Some(interval);
+        self
+    }
+
     /// Binds, writes the hint and starts serving; returns a handle with the
     /// bound address and a `shutdown` method.
     pub async fn start(self) -> Result<HubHandle, HubError> {
@@ -103,6 +113,7 @@ impl HubBuilder {
             };
         }
         config.write_hint = self.write_hint;
+        config.keepalive = self.keepalive;
         if let Some(limits) = self.limits {
             config.limits = limits;
         }

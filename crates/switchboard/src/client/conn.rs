@@ -2,7 +2,7 @@
 //! that reconnects.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,7 +320,25 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
         conn.welcome.max_frame as usize
     };
     let mut writer = tokio::spawn(write_loop(rx, conn.writer, max_frame));
-    let mut reader = tokio::spawn(read_loop(shared.clone(), conn.reader, tx.clone()));
+    let base = tokio::time::Instant::now();
+    let last_rx = Arc::new(AtomicU64::new(0));
+    let mut reader = tokio::spawn(read_loop(
+        shared.clone(),
+        conn.reader,
+        tx.clone(),
+        base,
+        last_rx.clone(),
+    ));
+    // Ping at least this often: half the hub's keepalive, or the client's.
+    let mut interval = shared.cfg.keepalive;
+    if conn.welcome.keepalive_ms > 0 {
+        interval = interval.min(Duration::from_millis(
+            u64::from(conn.welcome.keepalive_ms) / 2,
+        ));
+    }
+    let interval = interval.max(Duration::from_millis(10));
+    let mut ticker = tokio::time::interval_at(base + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     shared.reg.lock().conn = Some(ConnTx {
         tx: tx.clone(),
         max_frame,
@@ -346,6 +364,17 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
                 Err(e) => format!("writer failed: {e}"),
             }),
             _ = close.wait_for(|c| *c) => break End::Closed,
+            now = ticker.tick() => {
+                let now_ms = now.duration_since(base).as_millis() as u64;
+                let silent = now_ms.saturating_sub(last_rx.load(Ordering::Relaxed));
+                if Duration::from_millis(silent) > interval * 3 {
+                    break End::Lost(format!(
+                        "the hub sent nothing for {} ms; assuming it is gone",
+                        silent
+                    ));
+                }
+                let _ = tx.try_send(proto::Ping { nonce: silent }.into());
+            }
         }
     };
     {
@@ -473,11 +502,16 @@ async fn read_loop(
     shared: Arc<Shared>,
     mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
     tx: mpsc::Sender<Frame>,
+    base: tokio::time::Instant,
+    last_rx: Arc<AtomicU64>,
 ) -> End {
     let mut goodbye: Option<proto::Goodbye> = None;
     loop {
         let frame = match reader.next().await {
-            Some(Ok(f)) => f,
+            Some(Ok(f)) => {
+                last_rx.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                f
+            }
             Some(Err(e)) => return End::Lost(format!("bad frame from the hub: {e}")),
             None => {
                 return match goodbye {

@@ -49,6 +49,7 @@ pub(crate) struct Config {
     pub agent: String,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    pub keepalive: Duration,
     pub reconnect: bool,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -84,6 +85,7 @@ impl ClientBuilder {
                 agent: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 connect_timeout: Duration::from_secs(5),
+                keepalive: Duration::from_secs(10),
                 reconnect: true,
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(5),
@@ -135,6 +137,14 @@ impl ClientBuilder {
     /// Timeout of one connection attempt, handshake included (5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.connect_timeout = timeout;
+        self
+    }
+
+    /// How often to ping the hub (10 s, or half the hub's keepalive if
+    /// shorter). A hub silent for three intervals is taken as gone and the
+    /// connection is re-made.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.cfg.keepalive = interval.max(Duration::from_millis(10));
         self
     }
 

@@ -1,0 +1,115 @@
+//! The client side of the handshake and keepalive against scripted peers:
+//! an impostor that cannot prove the secret, a hub that goes silent, and a
+//! real hub that expects pings.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use switchboard::discovery::{hub_proof, nonce, Secret};
+use switchboard::wire::{proto, Frame, FrameCodec, Kind};
+use switchboard::{Client, ClientError, ConnectionState, Hub};
+use switchboard_tests::{within, TOKEN};
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+
+/// A peer that answers the handshake; `prove` decides whether its proof is
+/// made with the right secret. After `Welcome` it stays silent.
+async fn scripted_hub(prove: bool) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut framed = Framed::new(stream, FrameCodec::new());
+                let Some(Ok(Frame {
+                    kind: Some(Kind::Hello(hello)),
+                    ..
+                })) = framed.next().await
+                else {
+                    return;
+                };
+                let identity = proto::HubIdentity {
+                    service: "switchboard".into(),
+                    port: u32::from(addr.port()),
+                    ..Default::default()
+                };
+                let secret = Secret::from_token(if prove { TOKEN } else { "not the token" });
+                let hub_nonce = nonce();
+                let proof = hub_proof(&secret, &hello.client_nonce, &hub_nonce, &identity);
+                let challenge = proto::Challenge {
+                    identity: Some(identity.clone()),
+                    hub_nonce: hub_nonce.to_vec().into(),
+                    proof: proof.to_vec().into(),
+                };
+                if framed.send(Frame::from(challenge)).await.is_err() {
+                    return;
+                }
+                // Record whether the client sent its proof at all.
+                if let Some(Ok(Frame {
+                    kind: Some(Kind::Auth(_)),
+                    ..
+                })) = framed.next().await
+                {
+                    let welcome = proto::Welcome {
+                        client_id: hello.client_id,
+                        identity: Some(identity),
+                        ..Default::default()
+                    };
+                    let _ = framed.send(Frame::from(welcome)).await;
+                    // Silent from here on, but keep the connection open.
+                    while framed.next().await.is_some() {}
+                }
+            });
+        }
+    });
+    Ok(addr.to_string())
+}
+
+#[tokio::test]
+async fn an_impostor_hub_is_refused() -> anyhow::Result<()> {
+    let addr = scripted_hub(false).await?;
+    match within(Client::builder("c").addr(&addr).token(TOKEN).connect()).await? {
+        Err(ClientError::HubUnverified { addr: a }) => assert_eq!(a, addr),
+        other => panic!("expected HubUnverified, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_hub_is_detected_by_keepalive() -> anyhow::Result<()> {
+    let addr = scripted_hub(true).await?;
+    let client = Client::builder("c")
+        .addr(&addr)
+        .token(TOKEN)
+        .keepalive(Duration::from_millis(50))
+        .connect()
+        .await?;
+    let mut state = client.state();
+    within(state.wait_for(|s| matches!(s, ConnectionState::Reconnecting { reason, .. } if reason.contains("sent nothing")))).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_ping_a_hub_that_expects_keepalive() -> anyhow::Result<()> {
+    let hub = Hub::builder()
+        .token(TOKEN)
+        .listen("127.0.0.1:0")
+        .write_hint(false)
+        .keepalive(Duration::from_millis(60))
+        .start()
+        .await?;
+    let client = Client::builder("idle")
+        .addr(hub.local_addr().to_string())
+        .token(TOKEN)
+        .connect()
+        .await?;
+    // Idle for well over three keepalive intervals: the pings keep the
+    // connection, so it is still the first one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(
+        &*client.state().borrow(),
+        ConnectionState::Connected { generation: 1, .. }
+    ));
+    assert_eq!(hub.status().clients, 1);
+    Ok(())
+}
