@@ -33,7 +33,7 @@ pub(crate) const MAX_CLIENT_ID: usize = 256;
 const ZERO_COPY_MIN: usize = 32 * 1024;
 
 /// Read buffer growth step.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 128 * 1024;
 
 /// Most frames handed to the router in one batch.
 const MAX_BATCH: usize = 1024;
@@ -331,7 +331,8 @@ async fn read_loop(
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
     let (notice, reason) = 'conn: loop {
-        let mut frames = Vec::new();
+        // Sized for the buffered bytes so the batch rarely reallocates.
+        let mut frames = Vec::with_capacity((buf.len() / 64).clamp(1, MAX_BATCH));
         let mut failure = None;
         loop {
             match decode_one(&mut buf, max) {
@@ -353,6 +354,8 @@ async fn read_loop(
             tokio::select! {
                 r = shared.inbox.send(Input::Frames { conn, frames }) => {
                     if r.is_err() {
+                        // The router is gone: nobody will close the outbox.
+                        outbox.kill(None);
                         return;
                     }
                 }

@@ -1103,14 +1103,19 @@ impl Router {
     }
 
     fn on_publish(&mut self, conn: ConnId, p: proto::Publish) {
-        let matches = if let Err(e) = validate_topic(&p.topic, self.limits.max_subject) {
-            let msg = format!(
-                "invalid topic '{}': it {e}; use '.'-separated segments without spaces or wildcards",
-                shown(&p.topic)
-            );
-            return self.send(conn, err(p.id, ErrorCode::InvalidArgument, msg));
-        } else {
-            self.index.matches(&p.topic)
+        // Only valid topics are cached, so a hit needs no validation.
+        let matches = match self.index.cached_matches(&p.topic) {
+            Some(m) => m,
+            None => {
+                if let Err(e) = validate_topic(&p.topic, self.limits.max_subject) {
+                    let msg = format!(
+                        "invalid topic '{}': it {e}; use '.'-separated segments without spaces or wildcards",
+                        shown(&p.topic)
+                    );
+                    return self.send(conn, err(p.id, ErrorCode::InvalidArgument, msg));
+                }
+                self.index.matches(&p.topic)
+            }
         };
         if !matches.is_empty() {
             let Some(client) = self.clients.get_mut(&conn) else {

@@ -233,6 +233,12 @@ impl SubIndex {
         out
     }
 
+    /// The cached result for `topic`, if any (only valid topics are
+    /// cached).
+    pub(crate) fn cached_matches(&self, topic: &str) -> Option<Arc<[Target]>> {
+        self.cache.get(topic).cloned()
+    }
+
     /// Whether the cache already knows `topic` (for tests).
     #[cfg(test)]
     pub(crate) fn cached(&self, topic: &str) -> bool {
