@@ -6,7 +6,9 @@
 //! 3. push-to-result latency (p50/p99) of one RPC at a time, strict TR-069.
 //!
 //! Run: `cargo bench -p switchboard-session --bench session`
-//! (`SESSION_BENCH_RPCS` sets the count of figure 2, default 400 000).
+//! (`SESSION_BENCH_RPCS` sets the count of figure 2, default 400 000;
+//! `SESSION_BENCH_ONLY=core|pipelined|latency` runs one figure;
+//! `SESSION_BENCH_THREADS=1` uses a current-thread runtime).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ use switchboard_wire::FrameCodec;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
-fn agent_core(tasks: u64) -> f64 {
+fn agent_core(tasks: u64) -> (f64, f64) {
     let mut cfg = AgentConfig::new("bench");
     cfg.max_rpcs_per_session = u32::MAX;
     cfg.max_queue = 4096;
@@ -48,6 +50,7 @@ fn agent_core(tasks: u64) -> f64 {
     let payload = Bytes::from_static(&[0u8; 64]);
     let mut answered = 0u64;
     let start = Instant::now();
+    let cpu0 = cpu_time();
     let mut n = 0u64;
     while n < tasks {
         // A burst of pushes, then run them: the queue + single worker.
@@ -87,8 +90,9 @@ fn agent_core(tasks: u64) -> f64 {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
     assert_eq!(answered, n, "every task answered");
-    n as f64 / secs
+    (n as f64 / secs, n as f64 / cpu)
 }
 
 async fn loopback_pair(
@@ -138,9 +142,24 @@ async fn loopback_pair(
     Ok((manager, agent))
 }
 
-async fn pipelined(rpcs: u64) -> anyhow::Result<f64> {
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+async fn pipelined(rpcs: u64) -> anyhow::Result<(f64, f64)> {
     let (manager, agent) = loopback_pair(1024).await?;
     let start = Instant::now();
+    let cpu0 = cpu_time();
     let m = manager.clone();
     let pusher = tokio::spawn(async move {
         let mut pending = std::collections::VecDeque::with_capacity(rpcs as usize);
@@ -166,9 +185,10 @@ async fn pipelined(rpcs: u64) -> anyhow::Result<f64> {
         );
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
     agent.shutdown().await?;
     manager.shutdown().await;
-    Ok(rpcs as f64 / secs)
+    Ok((rpcs as f64 / secs, rpcs as f64 / cpu))
 }
 
 async fn latency(rounds: usize) -> anyhow::Result<(Duration, Duration)> {
@@ -200,17 +220,43 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("SESSION_BENCH_RPCS must be a number")?
         .unwrap_or(400_000);
+    let only = std::env::var("SESSION_BENCH_ONLY").unwrap_or_default();
     for run in 1..=2 {
-        let rate = agent_core(2_000_000);
-        println!("agent core, in-process (run {run}): {:.0} tasks/s", rate);
+        if !only.is_empty() && only != "core" {
+            break;
+        }
+        let (rate, per_cpu) = agent_core(2_000_000);
+        println!("agent core, in-process (run {run}): {rate:.0} tasks/s wall, {per_cpu:.0} tasks per cpu-second");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // SESSION_BENCH_THREADS=1: one current-thread runtime (no cross-thread
+    // wake-ups); default: 2 worker threads.
+    let threads: usize = std::env::var("SESSION_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    println!("tokio runtime: {threads} thread(s)");
     for run in 1..=2 {
-        let rate = rt.block_on(pipelined(rpcs))?;
-        println!("one loopback connection, pipelined (run {run}, {rpcs} rpcs, in order): {rate:.0} rpcs/s");
+        if !only.is_empty() && only != "pipelined" {
+            break;
+        }
+        let (rate, per_cpu) = rt.block_on(pipelined(rpcs))?;
+        println!(
+            "one loopback connection, pipelined (run {run}, {rpcs} rpcs, in order): {rate:.0} rpcs/s wall, \
+             {per_cpu:.0} rpcs per cpu-second (both sides in this process)"
+        );
+    }
+    if !only.is_empty() && only != "latency" {
+        return Ok(());
     }
     let (p50, p99) = rt.block_on(latency(20_000))?;
     println!("push-to-result latency, one at a time: p50 {p50:?}, p99 {p99:?}");

@@ -230,10 +230,10 @@ pub struct Agent {
     pushes_this_session: u32,
     /// Answers sent in the open session (the newest `max_queue`): if the
     /// session fails they may not have arrived.
-    sent: VecDeque<(String, Body)>,
+    sent: VecDeque<Body>,
     /// Answers of failed sessions the manager may not have received; sent
     /// again at the start of each RPC phase until a session succeeds.
-    replay: VecDeque<(String, Body)>,
+    replay: VecDeque<Body>,
     /// Since a failed session and until a session succeeds, ids answered
     /// recently: the manager sends outstanding RPCs again after a failure,
     /// and those must not run twice.
@@ -690,7 +690,7 @@ impl Agent {
             if !self.request_outstanding {
                 self.send(Body::Empty(proto::Empty {}));
                 self.phase = Phase::Rpcs;
-                let replay: Vec<Body> = self.replay.iter().map(|(_, b)| b.clone()).collect();
+                let replay: Vec<Body> = self.replay.iter().cloned().collect();
                 if !replay.is_empty() {
                     self.out_events.push_back(AgentEvent::AnswersResent {
                         count: replay.len(),
@@ -727,24 +727,24 @@ impl Agent {
                     let TaskState::Done(result) = t.state else {
                         unreachable!("checked above")
                     };
+                    if self.recovering && self.answered.len() < 4 * self.config.max_queue {
+                        self.answered.insert(t.id.clone());
+                    }
                     let body = match result {
                         Ok(payload) => Body::RpcResult(proto::RpcResult {
-                            id: t.id.clone(),
+                            id: t.id,
                             method: t.method,
                             payload,
                         }),
                         Err(mut f) => {
-                            f.id.clone_from(&t.id);
+                            f.id = t.id;
                             Body::Fault(f)
                         }
                     };
                     if self.sent.len() >= self.config.max_queue {
                         self.sent.pop_front();
                     }
-                    if self.recovering && self.answered.len() < 4 * self.config.max_queue {
-                        self.answered.insert(t.id.clone());
-                    }
-                    self.sent.push_back((t.id, body.clone()));
+                    self.sent.push_back(body.clone());
                     self.send(body);
                     if let Some(n) = self.end_after.as_mut() {
                         *n = n.saturating_sub(1);
@@ -820,7 +820,12 @@ impl Agent {
             self.replay.pop_front();
         }
         self.recovering = true;
-        for (id, _) in &self.replay {
+        for body in &self.replay {
+            let id = match body {
+                Body::RpcResult(r) => &r.id,
+                Body::Fault(f) => &f.id,
+                _ => continue,
+            };
             if self.answered.len() < 4 * self.config.max_queue {
                 self.answered.insert(id.clone());
             }

@@ -394,7 +394,7 @@ fn check(ops: Vec<Op>, max_in_flight: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn strict_tr069(ops in proptest::collection::vec(op(), 1..120)) {

@@ -379,6 +379,9 @@ async fn run(
         }
 
         // Events: start tasks, answer request waiters, journal, publish.
+        // A task that finishes on its first poll is reported at once, so a
+        // burst of quick tasks costs one pass and one flush.
+        let mut inline = 0;
         while let Some(ev) = agent.poll_event() {
             match ev {
                 AgentEvent::RunTask {
@@ -403,7 +406,16 @@ async fn run(
                             ))
                         })
                     };
-                    task = Some((id, fut.boxed()));
+                    let mut fut = fut.boxed();
+                    inline += 1;
+                    match if inline <= BATCH {
+                        (&mut fut).now_or_never()
+                    } else {
+                        None
+                    } {
+                        Some(out) => agent.task_done(now_std(), id, out),
+                        None => task = Some((id, fut)),
+                    }
                 }
                 AgentEvent::RequestCompleted { id, result } => {
                     if let Some(w) = requests.remove(&id) {

@@ -2,7 +2,7 @@
 //! agent; one task per attached transport moves frames.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -67,9 +67,9 @@ enum Input {
         tx: mpsc::Sender<Frame>,
         id: oneshot::Sender<u64>,
     },
-    Frame {
+    Frames {
         link: u64,
-        msg: proto::Session,
+        msgs: Vec<proto::Session>,
     },
     Closed {
         link: u64,
@@ -221,13 +221,12 @@ async fn link_task(
                 let mut next = Some(f);
                 let mut n = 0;
                 let mut done = false;
+                let mut msgs = Vec::new();
                 while let Some(f) = next.take() {
                     match f {
                         Some(Ok(frame)) => {
                             if let Some(msg) = session_of(frame) {
-                                if tx.send(Input::Frame { link, msg }).await.is_err() {
-                                    return;
-                                }
+                                msgs.push(msg);
                             }
                         }
                         Some(Err(e)) => {
@@ -240,6 +239,9 @@ async fn link_task(
                     if !done && n < BATCH {
                         next = io.next().now_or_never();
                     }
+                }
+                if !msgs.is_empty() && tx.send(Input::Frames { link, msgs }).await.is_err() {
+                    return;
                 }
                 if done {
                     break;
@@ -269,7 +271,9 @@ async fn link_task(
 struct Slot {
     core: Manager,
     link: Option<u64>,
-    waiters: HashMap<RpcId, Reply>,
+    /// Callers waiting for answers, in queueing order (answers come in
+    /// order, so the front is almost always the one).
+    waiters: VecDeque<(RpcId, Reply)>,
     /// Earliest timer entry in the heap for this agent.
     armed: Option<Instant>,
 }
@@ -355,7 +359,7 @@ impl Central {
                 Slot {
                     core: Manager::new(self.opts.config.clone()),
                     link: None,
-                    waiters: HashMap::new(),
+                    waiters: VecDeque::new(),
                     armed: None,
                 },
             );
@@ -380,7 +384,7 @@ impl Central {
                 };
                 match slot.core.queue_rpc(now_std(), method, payload) {
                     Ok(id) => {
-                        slot.waiters.insert(id, reply);
+                        slot.waiters.push_back((id, reply));
                     }
                     Err(q) => {
                         let _ = reply.send(Err(SessionError::QueueFull { limit: q.limit }));
@@ -409,7 +413,11 @@ impl Central {
                 );
                 let _ = id.send(link);
             }
-            Input::Frame { link, msg } => self.frame(link, msg),
+            Input::Frames { link, msgs } => {
+                for msg in msgs {
+                    self.frame(link, msg);
+                }
+            }
             Input::Closed { link } => self.close_link(link),
             Input::Shutdown => {}
         }
@@ -480,6 +488,13 @@ impl Central {
             }
             let slot = self.agents.get_mut(&agent).expect("exists");
             slot.link = Some(link);
+            if matches!(msg.body, Some(proto::session::Body::Inform(_))) {
+                // The agent is opening a session: no connection request.
+                slot.core.handle_message(now, msg);
+                slot.core.connected(now);
+                self.after(&agent);
+                return;
+            }
             slot.core.connected(now);
         }
         let slot = self.agents.get_mut(&agent).expect("exists");
@@ -517,7 +532,12 @@ impl Central {
             while let Some(ev) = slot.core.poll_event() {
                 match ev {
                     ManagerEvent::RpcCompleted { id, result } => {
-                        if let Some(w) = slot.waiters.remove(&id) {
+                        let pos = if slot.waiters.front().is_some_and(|(w, _)| *w == id) {
+                            Some(0)
+                        } else {
+                            slot.waiters.iter().position(|(w, _)| *w == id)
+                        };
+                        if let Some((_, w)) = pos.and_then(|p| slot.waiters.remove(p)) {
                             let _ = w.send(result.map_err(SessionError::from));
                         }
                     }

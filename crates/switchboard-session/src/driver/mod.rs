@@ -4,7 +4,7 @@
 //! A driver owns a transport (any `Stream<Item = Result<Frame, E>> +
 //! Sink<Frame>`, such as `Framed<TcpStream, FrameCodec>` or an adapter over a
 //! hub client), the timers, and the application's callbacks. It takes only
-//! [`Kind::Session`](switchboard_wire::Kind::Session) frames and ignores the
+//! `Kind::Session` frames and ignores the
 //! rest, so the same engine runs over a direct TCP connection or a hub.
 //!
 //! - [`spawn_agent`] runs an agent: it connects with a caller-given
