@@ -476,3 +476,163 @@ async fn manager_rejects_non_inform_first_on_a_direct_link() -> anyhow::Result<(
     assert!(f.message.contains("inform"));
     Ok(())
 }
+
+/// A stream half and a sink half joined into one transport.
+struct Duplex<S, K> {
+    stream: S,
+    sink: K,
+}
+
+impl<S: Stream + Unpin, K: Unpin> Stream for Duplex<S, K> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.stream).poll_next(cx)
+    }
+}
+
+impl<S: Unpin, K: Sink<Frame> + Unpin> Sink<Frame> for Duplex<S, K> {
+    type Error = K::Error;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), K::Error>> {
+        Pin::new(&mut self.sink).poll_ready(cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), K::Error> {
+        Pin::new(&mut self.sink).start_send(item)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), K::Error>> {
+        Pin::new(&mut self.sink).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), K::Error>> {
+        Pin::new(&mut self.sink).poll_close(cx)
+    }
+}
+
+type ChanStream = futures::stream::Map<
+    futures::channel::mpsc::Receiver<Frame>,
+    fn(Frame) -> Result<Frame, std::io::Error>,
+>;
+type Chan = Duplex<ChanStream, futures::channel::mpsc::Sender<Frame>>;
+
+fn chan_pair() -> (Chan, Chan) {
+    use futures::StreamExt;
+    let (atx, arx) = futures::channel::mpsc::channel(256);
+    let (btx, brx) = futures::channel::mpsc::channel(256);
+    let ok: fn(Frame) -> Result<Frame, std::io::Error> = Ok;
+    (
+        Duplex {
+            stream: arx.map(ok),
+            sink: btx,
+        },
+        Duplex {
+            stream: brx.map(ok),
+            sink: atx,
+        },
+    )
+}
+
+/// One manager serving two agents over a single hub-like link, told apart
+/// by `Session.peer` (a tiny router stands in for the hub: it stamps the
+/// sender's name on the way in and routes by `peer` on the way out).
+#[tokio::test]
+async fn hub_link_demultiplexes_agents_by_peer() -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let manager = spawn_manager(ManagerOptions::default());
+    let (mgr_side, mut hub_to_mgr) = chan_pair();
+    manager.attach(mgr_side, LinkKind::Hub).await?;
+
+    let mut agent_links = Vec::new();
+    let mut agents = Vec::new();
+    for name in ["cpe-a", "cpe-b"] {
+        let (agent_side, hub_side) = chan_pair();
+        let slot = Arc::new(Mutex::new(Some(agent_side)));
+        let mut opts = AgentOptions::new(fast_retry(name));
+        opts.peer = Some("acs".into());
+        let tag = name.as_bytes().to_vec();
+        agents.push(spawn_agent(
+            opts,
+            move || {
+                let t = slot.lock().unwrap().take();
+                async move { t.ok_or_else(|| std::io::Error::other("used")) }
+            },
+            move |_m: String, p: Bytes| {
+                let tag = tag.clone();
+                async move { Ok(Bytes::from([&tag[..], b":", &p[..]].concat())) }
+            },
+        ));
+        agent_links.push((name.to_string(), hub_side));
+    }
+    // The router.
+    let (a_name, mut a_link) = agent_links.remove(0);
+    let (b_name, mut b_link) = agent_links.remove(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(Ok(mut f)) = a_link.next() => {
+                    if let Some(Kind::Session(s)) = f.kind.as_mut() { assert_eq!(s.peer, "acs"); s.peer = a_name.clone(); }
+                    if hub_to_mgr.send(f).await.is_err() { return; }
+                }
+                Some(Ok(mut f)) = b_link.next() => {
+                    if let Some(Kind::Session(s)) = f.kind.as_mut() { assert_eq!(s.peer, "acs"); s.peer = b_name.clone(); }
+                    if hub_to_mgr.send(f).await.is_err() { return; }
+                }
+                Some(Ok(mut f)) = hub_to_mgr.next() => {
+                    let Some(Kind::Session(s)) = f.kind.as_mut() else { continue };
+                    let to = std::mem::replace(&mut s.peer, "acs".into());
+                    let link = if to == a_name { &mut a_link } else { &mut b_link };
+                    if link.send(f).await.is_err() { return; }
+                }
+                else => return,
+            }
+        }
+    });
+    let mut pending = Vec::new();
+    for i in 0..10u8 {
+        let agent = if i % 2 == 0 { "cpe-a" } else { "cpe-b" };
+        pending.push((
+            agent,
+            i,
+            manager
+                .push(agent, "Tag", Bytes::from(vec![b'0' + i]))
+                .await?,
+        ));
+    }
+    for (agent, i, p) in pending {
+        let r = tokio::time::timeout(Duration::from_secs(10), p).await??;
+        assert_eq!(
+            r.payload,
+            Bytes::from(format!("{agent}:{}", (b'0' + i) as char))
+        );
+    }
+    for a in agents {
+        a.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A peer that accepts and hangs up at once must not make the agent spin.
+#[tokio::test]
+async fn reconnects_back_off_when_the_peer_hangs_up() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let connects = Arc::new(AtomicUsize::new(0));
+    let c = connects.clone();
+    let agent = spawn_agent(
+        AgentOptions::new(fast_retry("cpe-spin")),
+        move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            connector(addr)()
+        },
+        Methods::new(),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let n = connects.load(Ordering::SeqCst);
+    // 50 ms doubling: about 5 attempts in 800 ms; a spinning agent makes thousands.
+    assert!((2..=12).contains(&n), "{n} connection attempts in 800 ms");
+    agent.shutdown().await?;
+    Ok(())
+}

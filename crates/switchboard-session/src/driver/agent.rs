@@ -326,8 +326,10 @@ async fn run(
                 connecting = None;
                 match res {
                     Ok(t) => {
+                        // The back-off resets only once a session gets
+                        // through, so a peer that accepts and hangs up at
+                        // once cannot make the agent spin.
                         io = Some(t);
-                        backoff = opts.reconnect_min;
                         agent.connected(now_std());
                     }
                     Err(e) => {
@@ -355,11 +357,11 @@ async fn run(
                         }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "session agent: connection failed");
-                            lost(&mut io, &mut agent, &mut connecting, &mut connect);
+                            lost(&mut io, &mut agent, &mut reconnect_at, &mut backoff, opts.reconnect_max);
                             break;
                         }
                         None => {
-                            lost(&mut io, &mut agent, &mut connecting, &mut connect);
+                            lost(&mut io, &mut agent, &mut reconnect_at, &mut backoff, opts.reconnect_max);
                             break;
                         }
                     }
@@ -434,6 +436,9 @@ async fn run(
                     let _ = events.send(AgentEvent::JournalChanged);
                 }
                 other => {
+                    if matches!(other, AgentEvent::InformAccepted { .. }) {
+                        backoff = opts.reconnect_min;
+                    }
                     let _ = events.send(other);
                 }
             }
@@ -467,7 +472,13 @@ async fn run(
             while agent.poll_transmit().is_some() {}
         }
         if failed {
-            lost(&mut io, &mut agent, &mut connecting, &mut connect);
+            lost(
+                &mut io,
+                &mut agent,
+                &mut reconnect_at,
+                &mut backoff,
+                opts.reconnect_max,
+            );
         }
     }
 }
@@ -475,10 +486,12 @@ async fn run(
 fn lost(
     io: &mut Option<Box<dyn FrameIo>>,
     agent: &mut Agent,
-    connecting: &mut Option<BoxFuture<'static, std::io::Result<Box<dyn FrameIo>>>>,
-    connect: &mut Connect,
+    reconnect_at: &mut Option<Instant>,
+    backoff: &mut Duration,
+    max: Duration,
 ) {
     *io = None;
     agent.disconnected(now_std());
-    *connecting = Some(connect());
+    *reconnect_at = Some(Instant::now() + *backoff);
+    *backoff = (*backoff * 2).min(max);
 }
