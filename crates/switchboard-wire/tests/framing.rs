@@ -742,6 +742,11 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
     #[test]
     fn mutated_valid_frames_never_panic(
         frame in common::frame(),

@@ -224,7 +224,8 @@ fn kv_entry() -> impl Strategy<Value = proto::KvEntry> + Clone {
 
 // ---- session bodies -----------------------------------------------------
 
-fn session_body() -> impl Strategy<Value = session::Body> {
+/// Arbitrary session-engine message bodies, every variant equally likely.
+pub fn session_body() -> impl Strategy<Value = session::Body> {
     let event = (text(), text()).prop_map(|(code, command_key)| proto::Event { code, command_key });
     let inform = (
         text(),
