@@ -247,7 +247,8 @@ impl Search<'_> {
     /// Probes `addrs` with bounded concurrency; returns how many were
     /// accepted. Stops early in "first" mode.
     async fn probe_all(&mut self, via: Via, addrs: Vec<SocketAddr>) -> usize {
-        let timeout = self.probe_timeout();
+        let probe_timeout = self.opts.probe_timeout;
+        let deadline = self.deadline;
         let limit = self.opts.concurrency.max(1);
         let service = self.service.to_owned();
         let secret = self.secret.clone();
@@ -259,9 +260,12 @@ impl Search<'_> {
         let mut inflight = FuturesUnordered::new();
         let mut accepted = 0;
         loop {
-            while inflight.len() < limit {
+            while inflight.len() < limit && Instant::now() < deadline {
                 let Some(addr) = queue.next() else { break };
                 let (service, secret) = (service.clone(), secret.clone());
+                // Each probe ends at its own timeout or at the overall
+                // deadline, whichever comes first.
+                let timeout = probe_timeout.min(deadline.saturating_duration_since(Instant::now()));
                 inflight.push(async move {
                     let r = tokio::time::timeout(timeout, async {
                         let s = TcpStream::connect(addr)
@@ -306,8 +310,13 @@ impl Search<'_> {
         let mut addrs = Vec::new();
         for dir in &dirs {
             for h in Hint::read_all(dir, self.service) {
-                match h {
-                    Ok(h) => addrs.push(h.connect_addr()),
+                let target = h.map_err(|e| e.to_string()).and_then(|h| {
+                    let target = hint_target(&h, &self.opts.ips);
+                    target.map_err(|why| format!("hint for {}: {why}", h.addr))
+                });
+                match target {
+                    Ok(a) if addrs.len() < MAX_HINTS => addrs.push(a),
+                    Ok(_) => self.tried.bad_hints += 1,
                     Err(e) => {
                         tracing::debug!(error = %e, "unusable hint");
                         self.tried.bad_hints += 1;
@@ -429,6 +438,28 @@ impl Search<'_> {
     }
 }
 
+/// Most hint files probed per discovery; more are counted as unreadable.
+const MAX_HINTS: usize = 256;
+
+/// Where to probe for a hint, or why not. Only a loopback address (an
+/// unspecified one counts as loopback) or one of the asked addresses is
+/// ever dialled, so a planted hint cannot send probes to another host.
+fn hint_target(h: &Hint, ips: &[IpAddr]) -> Result<SocketAddr, String> {
+    let listen: SocketAddr = h
+        .addr
+        .parse()
+        .map_err(|_| "not an ip:port address".to_string())?;
+    let a = h.connect_addr();
+    if a.ip().is_loopback() || ips.contains(&listen.ip()) {
+        Ok(a)
+    } else {
+        Err(format!(
+            "{} is neither loopback nor an asked address; add it to the addresses to search",
+            listen.ip()
+        ))
+    }
+}
+
 /// Finds the verified hubs of `service`, fastest path first: hint files,
 /// then the listening table, then the connect scan.
 ///
@@ -513,6 +544,39 @@ mod tests {
             deadline_hit: false,
             elapsed: Duration::from_millis(812),
         }
+    }
+
+    #[test]
+    fn hints_to_other_hosts_are_not_dialled() {
+        let v4 = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let hint = |addr: &str| Hint {
+            service: "svc".into(),
+            addr: addr.into(),
+            port: 5000,
+            pid: 1,
+            instance_id: "0123456789abcdef".into(),
+            started_at_ms: 0,
+        };
+        let ok = |addr: &str, ips: &[IpAddr]| hint_target(&hint(addr), ips).unwrap();
+        assert_eq!(ok("127.0.0.1:5000", &v4), "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(ok("[::1]:5000", &v4), "[::1]:5000".parse().unwrap());
+        assert_eq!(ok("0.0.0.0:5000", &v4), "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(ok("[::]:5000", &v4), "[::1]:5000".parse().unwrap());
+        for far in [
+            "192.0.2.7:5000",
+            "[2001:db8::1]:5000",
+            "[::ffff:192.0.2.7]:5000",
+        ] {
+            let err = hint_target(&hint(far), &v4).unwrap_err();
+            assert!(err.contains("neither loopback"), "{err}");
+        }
+        // An address the caller asked for is fine.
+        let asked = vec!["192.0.2.7".parse().unwrap()];
+        assert_eq!(
+            ok("192.0.2.7:5000", &asked),
+            "192.0.2.7:5000".parse().unwrap()
+        );
+        assert!(hint_target(&hint("garbage"), &v4).is_err());
     }
 
     #[test]

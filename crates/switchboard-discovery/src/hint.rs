@@ -172,17 +172,45 @@ impl Hint {
     }
 
     /// Reads one hint file (at most [`MAX_HINT_FILE`] bytes of JSON).
+    ///
+    /// Refused as [`DiscoveryError::BadHint`]: anything but a regular file
+    /// (a symbolic link is not followed, a FIFO does not block), a file of
+    /// another user or one that group or others may write (Unix), a file
+    /// over the size limit (never read whole), malformed JSON, an invalid
+    /// service name or instance id, and an `addr` that is not `ip:port`
+    /// or disagrees with `port`.
     pub fn read(path: &Path) -> Result<Hint, DiscoveryError> {
         let io = |source| DiscoveryError::Io {
             path: path.to_owned(),
             source,
         };
+        let bad = |reason: String| DiscoveryError::BadHint {
+            path: path.to_owned(),
+            reason,
+        };
         let file = open_nofollow(path).map_err(io)?;
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(DiscoveryError::BadHint {
-                path: path.to_owned(),
-                reason: "not a regular file".into(),
-            });
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        // Only a hint of this user's, that nobody else may have rewritten,
+        // is a candidate at all.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let uid = crate::current_uid();
+            if meta.uid() != uid {
+                return Err(bad(format!(
+                    "owned by uid {}, not by you (uid {uid})",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(bad(format!(
+                    "mode {:03o} lets group or others write it",
+                    meta.mode() & 0o777
+                )));
+            }
         }
         let mut buf = Vec::new();
         file.take(MAX_HINT_FILE + 1)
@@ -198,10 +226,18 @@ impl Hint {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        validate_service(&hint.service).map_err(|e| DiscoveryError::BadHint {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        validate_service(&hint.service).map_err(|e| bad(e.to_string()))?;
+        validate_name("instance id", &hint.instance_id, false).map_err(|e| bad(e.to_string()))?;
+        match hint.addr.parse::<SocketAddr>() {
+            Ok(a) if a.port() == hint.port && a.port() != 0 => {}
+            Ok(a) => {
+                return Err(bad(format!(
+                    "address {a} does not match port {}",
+                    hint.port
+                )))
+            }
+            Err(_) => return Err(bad(format!("address {:?} is not ip:port", hint.addr))),
+        }
         Ok(hint)
     }
 

@@ -238,7 +238,7 @@ mod imp {
                     },
                 };
                 match connect(sock, addr) {
-                    Ok(Connect::Open(s)) => return self.send_probe(s, addr),
+                    Ok(Connect::Open(s)) => return self.send_probe(s, addr, Instant::now()),
                     Ok(Connect::Refused(s)) => {
                         if self.reuse {
                             *self.spare(addr) = Some(s);
@@ -285,7 +285,7 @@ mod imp {
                 return Ok(());
             };
             match connect(sock, addr) {
-                Ok(Connect::Open(s)) => self.send_probe(s, addr),
+                Ok(Connect::Open(s)) => self.send_probe(s, addr, Instant::now()),
                 Ok(Connect::Pending(s)) => {
                     self.conns.push(Conn {
                         sock: s,
@@ -308,7 +308,12 @@ mod imp {
         }
 
         /// Sends the one probe on a connected socket and waits for the reply.
-        fn send_probe(&mut self, sock: Socket, addr: SocketAddr) -> Result<(), Stopped> {
+        fn send_probe(
+            &mut self,
+            sock: Socket,
+            addr: SocketAddr,
+            since: Instant,
+        ) -> Result<(), Stopped> {
             let n = nonce();
             let wire = match encode_probe(&self.job.service, &n) {
                 Ok(w) => w,
@@ -336,7 +341,7 @@ mod imp {
             self.conns.push(Conn {
                 sock,
                 addr,
-                since: Instant::now(),
+                since,
                 state: State::Awaiting {
                     nonce: n,
                     buf: BytesMut::new(),
@@ -366,27 +371,40 @@ mod imp {
             // pollfd structures that outlives the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
             let now = Instant::now();
+            let timeout = self.job.timeout;
+            let late = |c: &Conn| now.duration_since(c.since) >= timeout;
             // Walk backwards so swap_remove keeps the indexes in `fds` valid.
             for i in (0..self.conns.len()).rev() {
                 let ready = n > 0 && fds[i].revents != 0;
-                if ready {
+                let conn = if ready {
                     let conn = self.conns.swap_remove(i);
-                    if let Some(conn) = self.advance(conn)? {
-                        self.conns.push(conn);
-                        // Pushed to the end: it is not looked at again in
-                        // this pass (indexes below `i` are unaffected).
+                    // A reply already here is still taken; a peer that is
+                    // still trickling bytes at the timeout is cut off like
+                    // a silent one.
+                    match self.advance(conn)? {
+                        Some(conn) if late(&conn) => conn,
+                        Some(conn) => {
+                            // Pushed to the end: it is not looked at again
+                            // in this pass (indexes below `i` are
+                            // unaffected).
+                            self.conns.push(conn);
+                            continue;
+                        }
+                        None => continue,
                     }
-                } else if now.duration_since(self.conns[i].since) >= self.job.timeout {
-                    let conn = self.conns.swap_remove(i);
-                    if let State::Awaiting { .. } = conn.state {
-                        self.report(
-                            conn.addr,
-                            Err(ProbeError::Timeout {
-                                addr: conn.addr,
-                                after: self.job.timeout,
-                            }),
-                        )?;
-                    }
+                } else if late(&self.conns[i]) {
+                    self.conns.swap_remove(i)
+                } else {
+                    continue;
+                };
+                if let State::Awaiting { .. } = conn.state {
+                    self.report(
+                        conn.addr,
+                        Err(ProbeError::Timeout {
+                            addr: conn.addr,
+                            after: timeout,
+                        }),
+                    )?;
                 }
             }
             Ok(())
@@ -400,7 +418,8 @@ mod imp {
                     let connected =
                         matches!(conn.sock.take_error(), Ok(None)) && conn.sock.peer_addr().is_ok();
                     if connected {
-                        self.send_probe(conn.sock, addr)?;
+                        // The probe timeout covers connect and reply.
+                        self.send_probe(conn.sock, addr, conn.since)?;
                     }
                     Ok(None)
                 }
