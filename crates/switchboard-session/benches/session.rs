@@ -8,7 +8,8 @@
 //! Run: `cargo bench -p switchboard-session --bench session`
 //! (`SESSION_BENCH_RPCS` sets the count of figure 2, default 400 000;
 //! `SESSION_BENCH_ONLY=core|pipelined|latency` runs one figure;
-//! `SESSION_BENCH_THREADS=1` uses a current-thread runtime).
+//! `SESSION_BENCH_THREADS=1` runs both sides on one current-thread runtime,
+//! `SESSION_BENCH_THREADS=split` the agent on a thread of its own).
 
 use std::time::{Duration, Instant};
 
@@ -95,12 +96,53 @@ fn agent_core(tasks: u64) -> (f64, f64) {
     (n as f64 / secs, n as f64 / cpu)
 }
 
+/// The agent driver: on the bench's runtime, or alone on its own thread
+/// with a current-thread runtime (as if in another process).
+enum AgentSide {
+    Shared(switchboard_session::driver::AgentHandle),
+    Thread(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+}
+
+impl AgentSide {
+    async fn shutdown(self) -> anyhow::Result<()> {
+        match self {
+            AgentSide::Shared(a) => a.shutdown().await?,
+            AgentSide::Thread(stop, join) => {
+                let _ = stop.send(());
+                tokio::task::spawn_blocking(move || join.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("agent thread panicked"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spawn_bench_agent(
+    addr: std::net::SocketAddr,
+    max_in_flight: usize,
+) -> switchboard_session::driver::AgentHandle {
+    let mut cfg = AgentConfig::new("bench-agent");
+    cfg.max_rpcs_per_session = u32::MAX;
+    cfg.max_queue = max_in_flight.max(16) * 2;
+    spawn_agent(
+        AgentOptions::new(cfg),
+        move || async move {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Framed::new(s, FrameCodec::default()))
+        },
+        |_m: String, p: Bytes| async move { Ok(p) },
+    )
+}
+
 async fn loopback_pair(
     max_in_flight: usize,
-) -> anyhow::Result<(
-    switchboard_session::driver::ManagerHandle,
-    switchboard_session::driver::AgentHandle,
-)> {
+    split: bool,
+) -> anyhow::Result<(switchboard_session::driver::ManagerHandle, AgentSide)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let manager = spawn_manager(ManagerOptions {
@@ -125,21 +167,47 @@ async fn loopback_pair(
             }
         }
     });
-    let mut cfg = AgentConfig::new("bench-agent");
-    cfg.max_rpcs_per_session = u32::MAX;
-    cfg.max_queue = max_in_flight.max(16) * 2;
-    let agent = spawn_agent(
-        AgentOptions::new(cfg),
-        move || async move {
-            let s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            Ok(Framed::new(s, FrameCodec::default()))
-        },
-        |_m: String, p: Bytes| async move { Ok(p) },
-    );
+    let agent = if split {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let join = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("agent runtime");
+            rt.block_on(async move {
+                let agent = spawn_bench_agent(addr, max_in_flight);
+                let _ = stopped.await;
+                let _ = agent.shutdown().await;
+            });
+            AGENT_THREAD_CPU_US.store(
+                thread_cpu_time().as_micros() as u64,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        });
+        AgentSide::Thread(stop, join)
+    } else {
+        AgentSide::Shared(spawn_bench_agent(addr, max_in_flight))
+    };
     // Warm up: the first session opens with the boot event.
     manager.rpc("bench-agent", "Echo", Bytes::new()).await?;
     Ok((manager, agent))
+}
+
+/// CPU time of the agent's own thread in split mode, set when it stops.
+static AGENT_THREAD_CPU_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// CPU time (user + system) this process has used so far.
@@ -156,8 +224,8 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-async fn pipelined(rpcs: u64) -> anyhow::Result<(f64, f64)> {
-    let (manager, agent) = loopback_pair(1024).await?;
+async fn pipelined(rpcs: u64, split: bool) -> anyhow::Result<(f64, f64)> {
+    let (manager, agent) = loopback_pair(1024, split).await?;
     let start = Instant::now();
     let cpu0 = cpu_time();
     let m = manager.clone();
@@ -191,8 +259,8 @@ async fn pipelined(rpcs: u64) -> anyhow::Result<(f64, f64)> {
     Ok((rpcs as f64 / secs, rpcs as f64 / cpu))
 }
 
-async fn latency(rounds: usize) -> anyhow::Result<(Duration, Duration)> {
-    let (manager, agent) = loopback_pair(1).await?;
+async fn latency(rounds: usize, split: bool) -> anyhow::Result<(Duration, Duration)> {
+    let (manager, agent) = loopback_pair(1, split).await?;
     let mut samples = Vec::with_capacity(rounds);
     for n in 0..rounds {
         let t = Instant::now();
@@ -228,12 +296,13 @@ fn main() -> anyhow::Result<()> {
         let (rate, per_cpu) = agent_core(2_000_000);
         println!("agent core, in-process (run {run}): {rate:.0} tasks/s wall, {per_cpu:.0} tasks per cpu-second");
     }
-    // SESSION_BENCH_THREADS=1: one current-thread runtime (no cross-thread
-    // wake-ups); default: 2 worker threads.
-    let threads: usize = std::env::var("SESSION_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    // SESSION_BENCH_THREADS=1: one current-thread runtime for both sides (no
+    // cross-thread wake-ups); =split: the manager on one current-thread
+    // runtime, the agent on another thread (like two processes); default:
+    // 2 worker threads shared by both sides.
+    let mode = std::env::var("SESSION_BENCH_THREADS").unwrap_or_default();
+    let split = mode == "split";
+    let threads: usize = if split { 1 } else { mode.parse().unwrap_or(2) };
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -244,12 +313,23 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    println!("tokio runtime: {threads} thread(s)");
+    if split {
+        println!("tokio runtimes: manager and agent on one thread each");
+    } else {
+        println!("tokio runtime: {threads} thread(s) shared by both sides");
+    }
     for run in 1..=2 {
         if !only.is_empty() && only != "pipelined" {
             break;
         }
-        let (rate, per_cpu) = rt.block_on(pipelined(rpcs))?;
+        let (rate, per_cpu) = rt.block_on(pipelined(rpcs, split))?;
+        if split {
+            let agent_us = AGENT_THREAD_CPU_US.load(std::sync::atomic::Ordering::SeqCst) as f64;
+            println!(
+                "  agent thread: {:.2} us of cpu per rpc (whole life of the thread, warm-up included)",
+                agent_us / rpcs as f64
+            );
+        }
         println!(
             "one loopback connection, pipelined (run {run}, {rpcs} rpcs, in order): {rate:.0} rpcs/s wall, \
              {per_cpu:.0} rpcs per cpu-second (both sides in this process)"
@@ -258,7 +338,7 @@ fn main() -> anyhow::Result<()> {
     if !only.is_empty() && only != "latency" {
         return Ok(());
     }
-    let (p50, p99) = rt.block_on(latency(20_000))?;
+    let (p50, p99) = rt.block_on(latency(20_000, split))?;
     println!("push-to-result latency, one at a time: p50 {p50:?}, p99 {p99:?}");
     Ok(())
 }

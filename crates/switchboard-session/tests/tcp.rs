@@ -636,3 +636,37 @@ async fn reconnects_back_off_when_the_peer_hangs_up() -> anyhow::Result<()> {
     agent.shutdown().await?;
     Ok(())
 }
+
+/// The agent's own request (e.g. TransferComplete) goes out before its
+/// Empty; the manager driver acknowledges it and reports it.
+#[tokio::test]
+async fn agent_request_is_answered_and_reported() -> anyhow::Result<()> {
+    let (manager, addr, _taps) = manager_on_loopback(ManagerConfig::default()).await?;
+    let mut events = manager.subscribe();
+    let agent = spawn_agent(
+        AgentOptions::new(fast_retry("cpe-tc")),
+        connector(addr),
+        Methods::new(),
+    );
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        agent.request("TransferComplete", Bytes::from_static(b"dl-1")),
+    )
+    .await??;
+    assert!(answer.payload.is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (who, ev) = tokio::time::timeout_at(deadline, events.recv()).await??;
+        if let ManagerEvent::AgentRequest {
+            method, payload, ..
+        } = ev
+        {
+            assert_eq!(who, "cpe-tc");
+            assert_eq!(method, "TransferComplete");
+            assert_eq!(payload, Bytes::from_static(b"dl-1"));
+            break;
+        }
+    }
+    agent.shutdown().await?;
+    Ok(())
+}

@@ -18,7 +18,10 @@ use crate::{fault, fault_code, Manager, ManagerConfig, ManagerEvent, RpcId};
 pub enum LinkKind {
     /// A direct connection to one agent, named by the `device_id` of its
     /// first `Inform`. Anything before that `Inform` is answered with a
-    /// fault.
+    /// fault. The engine does not authenticate the agent: a later
+    /// connection naming the same `device_id` takes the agent over, so
+    /// accept direct connections only from trusted peers (or run over the
+    /// hub, which authenticates every client).
     Direct,
     /// A hub connection carrying many agents, named by `Session.peer`
     /// (which the hub sets to the sender's client id); outgoing messages
@@ -196,8 +199,10 @@ impl ManagerHandle {
     }
 
     /// A stream of `(agent, event)` pairs (all events but `RpcCompleted`,
-    /// which goes to the caller of [`ManagerHandle::rpc`]). Bounded: a
-    /// receiver that falls more than 4096 events behind skips the oldest.
+    /// which goes to the caller of [`ManagerHandle::rpc`]). Agent requests
+    /// (`AgentRequest`) are answered by the driver with an empty result and
+    /// reported here. Bounded: a receiver that falls more than 4096 events
+    /// behind skips the oldest.
     pub fn subscribe(&self) -> broadcast::Receiver<(String, ManagerEvent)> {
         self.events.subscribe()
     }
