@@ -670,3 +670,73 @@ async fn agent_request_is_answered_and_reported() -> anyhow::Result<()> {
     agent.shutdown().await?;
     Ok(())
 }
+
+/// A handler that never finishes is abandoned after the task timeout with
+/// fault 8002; the queue continues.
+#[tokio::test]
+async fn hung_handler_times_out_and_the_queue_continues() -> anyhow::Result<()> {
+    let (manager, addr, _taps) = manager_on_loopback(ManagerConfig {
+        max_in_flight: 2,
+        ..ManagerConfig::default()
+    })
+    .await?;
+    let methods = Methods::new()
+        .add("Hang", |_| {
+            futures::future::pending::<Result<Bytes, proto::Fault>>()
+        })
+        .add("Echo", |p| async move { Ok(p) });
+    let mut opts = AgentOptions::new(fast_retry("cpe-hang"));
+    opts.task_timeout = Duration::from_millis(100);
+    let agent = spawn_agent(opts, connector(addr), methods);
+    let hang = manager.push("cpe-hang", "Hang", Bytes::new()).await?;
+    let echo = manager
+        .push("cpe-hang", "Echo", Bytes::from_static(b"after"))
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(10), hang).await? {
+        Err(SessionError::Fault {
+            code: 8002,
+            message,
+        }) => assert!(message.contains("did not finish"), "{message}"),
+        other => panic!("expected fault 8002, got {other:?}"),
+    }
+    let r = tokio::time::timeout(Duration::from_secs(10), echo).await??;
+    assert_eq!(r.payload, Bytes::from_static(b"after"));
+    agent.shutdown().await?;
+    Ok(())
+}
+
+/// A frame of an unknown kind gets Error{UNSUPPORTED}; the link carries on.
+#[tokio::test]
+async fn unknown_frame_kind_is_answered_and_the_link_carries_on() -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let (_manager, addr, _taps) = manager_on_loopback(ManagerConfig::default()).await?;
+    let mut conn = Framed::new(TcpStream::connect(addr).await?, FrameCodec::default());
+    conn.send(Frame { seq: 0, kind: None }).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), conn.next())
+        .await?
+        .context("closed")??;
+    let Some(Kind::Error(e)) = reply.kind else {
+        anyhow::bail!("expected an error frame, got {reply:?}")
+    };
+    assert_eq!(e.code, switchboard_wire::ErrorCode::Unsupported as i32);
+    conn.send(Frame::from(proto::Session {
+        peer: String::new(),
+        session_id: 1,
+        body: Some(proto::session::Body::Inform(proto::Inform {
+            device_id: "cpe-raw".into(),
+            ..Default::default()
+        })),
+    }))
+    .await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), conn.next())
+        .await?
+        .context("closed")??;
+    let Some(Kind::Session(s)) = reply.kind else {
+        anyhow::bail!("expected a session frame")
+    };
+    assert!(
+        matches!(s.body, Some(proto::session::Body::InformResponse(_))),
+        "{s:?}"
+    );
+    Ok(())
+}

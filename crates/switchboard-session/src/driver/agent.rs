@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{boxed, session_of, BoxError, FrameIo, SessionError, BATCH};
+use super::{boxed, session_of, unknown_kind_reply, BoxError, FrameIo, SessionError, BATCH};
 use crate::{fault, fault_code, Agent, AgentConfig, AgentEvent, Event, TaskId};
 
 /// The application side of an agent: runs one pushed RPC.
@@ -120,6 +120,10 @@ pub struct AgentOptions {
     pub reconnect_max: Duration,
     /// Seed of the retry jitter; `None` draws one at start.
     pub seed: Option<u64>,
+    /// Longest a handler may run (25 s, under the manager's default
+    /// response timeout of 30 s); a handler still running then is abandoned
+    /// and answered with fault 8002, and the queue continues.
+    pub task_timeout: Duration,
     /// Report `"1 BOOT"` at start (true). The first session then opens as
     /// soon as the connection is up, which is also how a manager on a direct
     /// link learns which agent is on the other end.
@@ -136,6 +140,7 @@ impl AgentOptions {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             seed: None,
+            task_timeout: Duration::from_secs(25),
             boot_event: true,
         }
     }
@@ -305,6 +310,7 @@ async fn run(
     let mut requests: HashMap<String, oneshot::Sender<Result<proto::RpcResult, SessionError>>> =
         HashMap::new();
     let peer = opts.peer.clone();
+    let mut replies: Vec<Frame> = Vec::new();
 
     loop {
         let timer = agent.poll_timeout().map(Instant::from_std);
@@ -349,6 +355,9 @@ async fn run(
                 while let Some(f) = next.take() {
                     match f {
                         Some(Ok(frame)) => {
+                            if let Some(reply) = unknown_kind_reply(&frame) {
+                                replies.push(reply);
+                            }
                             if let Some(s) = session_of(frame) {
                                 if peer.as_deref().is_none_or(|p| p == s.peer) {
                                     agent.handle_message(now_std(), s);
@@ -393,11 +402,25 @@ async fn run(
                     ..
                 } => {
                     let h = handler.clone();
+                    let limit = opts.task_timeout;
                     let fut = async move {
                         let called =
                             std::panic::catch_unwind(AssertUnwindSafe(|| h.call(method, payload)));
                         let out = match called {
-                            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                            Ok(fut) => {
+                                match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+                                    Ok(out) => out,
+                                    Err(_) => {
+                                        return Err(fault(
+                                            "",
+                                            fault_code::INTERNAL_ERROR,
+                                            format!(
+                                                "internal error: the rpc handler did not finish within {limit:?}"
+                                            ),
+                                        ))
+                                    }
+                                }
+                            }
                             Err(p) => Err(p),
                         };
                         out.unwrap_or_else(|_| {
@@ -448,6 +471,13 @@ async fn run(
         let mut wrote = false;
         let mut failed = false;
         if let Some(t) = io.as_mut() {
+            for r in replies.drain(..) {
+                if t.feed(r).await.is_err() {
+                    failed = true;
+                    break;
+                }
+                wrote = true;
+            }
             while let Some(mut m) = agent.poll_transmit() {
                 if let Some(p) = &peer {
                     m.peer.clone_from(p);
@@ -469,6 +499,7 @@ async fn run(
             }
         } else {
             // Messages produced while disconnected cannot be delivered.
+            replies.clear();
             while agent.poll_transmit().is_some() {}
         }
         if failed {

@@ -10,7 +10,7 @@ use switchboard_wire::{proto, Frame, Kind};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{boxed, session_of, BoxError, FrameIo, SessionError, BATCH};
+use super::{boxed, session_of, unknown_kind_reply, BoxError, FrameIo, SessionError, BATCH};
 use crate::{fault, fault_code, Manager, ManagerConfig, ManagerEvent, RpcId};
 
 /// How agents are told apart on an attached transport.
@@ -227,9 +227,13 @@ async fn link_task(
                 let mut n = 0;
                 let mut done = false;
                 let mut msgs = Vec::new();
+                let mut replies = Vec::new();
                 while let Some(f) = next.take() {
                     match f {
                         Some(Ok(frame)) => {
+                            if let Some(reply) = unknown_kind_reply(&frame) {
+                                replies.push(reply);
+                            }
                             if let Some(msg) = session_of(frame) {
                                 msgs.push(msg);
                             }
@@ -247,6 +251,15 @@ async fn link_task(
                 }
                 if !msgs.is_empty() && tx.send(Input::Frames { link, msgs }).await.is_err() {
                     return;
+                }
+                if !replies.is_empty() {
+                    let mut ok = true;
+                    for r in replies {
+                        ok = ok && io.feed(r).await.is_ok();
+                    }
+                    if !ok || io.flush().await.is_err() {
+                        break;
+                    }
                 }
                 if done {
                     break;

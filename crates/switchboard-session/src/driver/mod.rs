@@ -147,5 +147,17 @@ fn session_of(frame: Frame) -> Option<proto::Session> {
     }
 }
 
+/// The answer to a frame of a kind this version does not know (it decodes
+/// without a kind): `Error{UNSUPPORTED}`, and the connection carries on.
+fn unknown_kind_reply(frame: &Frame) -> Option<Frame> {
+    frame.kind.is_none().then(|| {
+        Frame::error(
+            0,
+            switchboard_wire::ErrorCode::Unsupported,
+            "unknown frame kind: this peer understands session frames only",
+        )
+    })
+}
+
 /// Most frames handled per wake-up before yielding to other work.
 const BATCH: usize = 256;
