@@ -10,6 +10,8 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,12 +24,15 @@ use switchboard_wire::{Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, Encoder};
 
 const TOKEN: &str = "bench";
 const PAYLOAD: usize = 64;
 /// A receiver that hears nothing for this long stops counting.
 const IDLE: Duration = Duration::from_secs(2);
+/// Messages a flow-controlled publisher may be ahead of its receivers.
+const WINDOW: u64 = 16_384;
 
 fn hub_config() -> HubConfig {
     let mut config = HubConfig::with_secret("bench", Secret::from_token(TOKEN));
@@ -40,11 +45,21 @@ fn hub_config() -> HubConfig {
     config
 }
 
+/// Receivers' progress, for the flow-controlled runs.
+#[derive(Default)]
+struct Progress {
+    /// Deliveries received plus drops reported, over all receivers.
+    seen: AtomicU64,
+    changed: Notify,
+}
+
 struct Conn {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     buf: BytesMut,
     codec: FrameCodec,
+    /// Deliveries the hub reported dropped (`Flow` notices).
+    flow_dropped: u64,
 }
 
 impl Conn {
@@ -57,6 +72,7 @@ impl Conn {
             wr,
             buf: BytesMut::with_capacity(256 * 1024),
             codec: FrameCodec::new(),
+            flow_dropped: 0,
         };
         let secret = Secret::from_token(TOKEN);
         let client_nonce = nonce();
@@ -116,23 +132,44 @@ impl Conn {
     }
 
     /// Counts deliveries until `expect` arrived or the stream is idle.
-    async fn count_deliveries(mut self, expect: u64) -> Result<(u64, Instant)> {
+    /// With `light`, frames are recognised by their kind tag without being
+    /// decoded (measures the hub rather than the receiver's decoding).
+    async fn count_deliveries(
+        mut self,
+        expect: u64,
+        light: bool,
+        progress: Arc<Progress>,
+    ) -> Result<(u64, Instant, u64)> {
         let mut got = 0u64;
+        let mut reported = 0u64;
         let mut last = Instant::now();
-        while got < expect {
+        while got + self.flow_dropped < expect {
             // Decode every frame fully, as a client library would.
             while self.buf.len() >= 4 {
                 let len = u32::from_be_bytes(self.buf[..4].try_into()?) as usize;
                 if self.buf.len() < 4 + len {
                     break;
                 }
-                let frame = Frame::decode(&self.buf[4..4 + len])?;
-                self.buf.advance(4 + len);
-                if let Some(Kind::Deliver(_)) = frame.kind {
+                let body = &self.buf[4..4 + len];
+                // `Frame.deliver` is field 47, length-delimited: key 0xFA 0x02.
+                if light && body.starts_with(&[0xFA, 0x02]) {
                     got += 1;
+                } else {
+                    match Frame::decode(body)?.kind {
+                        Some(Kind::Deliver(_)) => got += 1,
+                        Some(Kind::Flow(f)) => self.flow_dropped += f.dropped,
+                        other => bail!("unexpected frame {other:?}"),
+                    }
                 }
+                self.buf.advance(4 + len);
             }
-            if got >= expect {
+            let now_seen = got + self.flow_dropped;
+            progress
+                .seen
+                .fetch_add(now_seen - reported, Ordering::Relaxed);
+            reported = now_seen;
+            progress.changed.notify_one();
+            if got + self.flow_dropped >= expect {
                 break;
             }
             self.buf.reserve(256 * 1024);
@@ -142,12 +179,18 @@ impl Conn {
                 Ok(Err(e)) => return Err(e.into()),
             }
         }
-        Ok((got, last))
+        Ok((got, last, self.flow_dropped))
     }
 }
 
-/// Publishes `n` pre-encoded 64-byte messages as fast as TCP takes them.
-async fn publish(mut c: Conn, topic: String, n: u64) -> Result<Conn> {
+/// Publishes `n` pre-encoded 64-byte messages as fast as TCP takes them;
+/// with a window, never more than `window` ahead of the receivers.
+async fn publish(
+    mut c: Conn,
+    topic: String,
+    n: u64,
+    window: Option<(u64, u64, Arc<Progress>)>,
+) -> Result<Conn> {
     let mut one = BytesMut::new();
     FrameCodec::new().encode(Frame::publish(topic, vec![0xab; PAYLOAD]), &mut one)?;
     let per_write = (64 * 1024 / one.len()).max(1) as u64;
@@ -157,6 +200,11 @@ async fn publish(mut c: Conn, topic: String, n: u64) -> Result<Conn> {
     }
     let mut sent = 0;
     while sent < n {
+        if let Some((window, receivers, progress)) = &window {
+            while sent * receivers > progress.seen.load(Ordering::Relaxed) + window * receivers {
+                progress.changed.notified().await;
+            }
+        }
         let k = per_write.min(n - sent);
         c.wr.write_all(&chunk[..k as usize * one.len()]).await?;
         sent += k;
@@ -164,26 +212,41 @@ async fn publish(mut c: Conn, topic: String, n: u64) -> Result<Conn> {
     Ok(c)
 }
 
-async fn pubsub(addr: SocketAddr, subscribers: usize, n: u64) -> Result<()> {
-    let topic = format!("bench.fanout{subscribers}");
+async fn pubsub(
+    addr: SocketAddr,
+    subscribers: usize,
+    n: u64,
+    light: bool,
+    window: Option<u64>,
+) -> Result<()> {
+    let tag = format!("{subscribers}-{light}-{}", window.unwrap_or(0));
+    let topic = format!("bench.{tag}");
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut s = Conn::connect(addr, &format!("sub{subscribers}-{i}")).await?;
+        let mut s = Conn::connect(addr, &format!("sub{tag}-{i}")).await?;
         s.subscribe(&topic).await?;
         subs.push(s);
     }
-    let p = Conn::connect(addr, &format!("pub{subscribers}")).await?;
+    let p = Conn::connect(addr, &format!("pub{tag}")).await?;
+    let progress = Arc::new(Progress::default());
     let counters: Vec<_> = subs
         .into_iter()
-        .map(|s| tokio::spawn(s.count_deliveries(n)))
+        .map(|s| tokio::spawn(s.count_deliveries(n, light, progress.clone())))
         .collect();
     let start = Instant::now();
-    let publisher = tokio::spawn(publish(p, topic.clone(), n));
+    let publisher = tokio::spawn(publish(
+        p,
+        topic.clone(),
+        n,
+        window.map(|w| (w, subscribers as u64, progress.clone())),
+    ));
     let mut delivered = 0;
+    let mut reported = 0;
     let mut end = start;
     for c in counters {
-        let (got, last) = c.await??;
+        let (got, last, dropped) = c.await??;
         delivered += got;
+        reported += dropped;
         end = end.max(last);
     }
     let sent_done = publisher.await??;
@@ -191,7 +254,12 @@ async fn pubsub(addr: SocketAddr, subscribers: usize, n: u64) -> Result<()> {
     let secs = end.duration_since(start).as_secs_f64();
     let sent = n * subscribers as u64;
     println!(
-        "pub/sub 1->{subscribers}: {:>10.0} msgs/s delivered ({delivered}/{sent} delivered/sent, {:.1}%), {secs:.3} s",
+        "pub/sub 1->{subscribers} ({}, {}): {:>10.0} msgs/s delivered ({delivered}/{sent} delivered/sent, {:.1}%, {reported} reported dropped), {secs:.3} s",
+        if light { "receivers check the kind tag" } else { "receivers decode" },
+        match window {
+            Some(w) => format!("publisher at most {w} ahead"),
+            None => "open loop".to_owned(),
+        },
         delivered as f64 / secs,
         100.0 * delivered as f64 / sent as f64
     );
@@ -300,8 +368,10 @@ fn main() -> Result<()> {
                 "in a separate process"
             }
         );
-        pubsub(addr, 1, n).await?;
-        pubsub(addr, 10, n / 10).await?;
+        for (light, window) in [(false, None), (false, Some(WINDOW)), (true, Some(WINDOW))] {
+            pubsub(addr, 1, n, light, window).await?;
+            pubsub(addr, 10, n / 10, light, window).await?;
+        }
         request_reply(addr, 20_000).await?;
         if let Some(hub) = handle {
             hub.shutdown().await;

@@ -1131,13 +1131,22 @@ impl Router {
                     head
                 }
             };
-            for target in matches.iter() {
+            let mut payload = p.payload;
+            let last = matches.len() - 1;
+            for (i, target) in matches.iter().enumerate() {
+                // The last target takes the payload itself: a single
+                // subscriber costs no reference-count traffic at all.
+                let payload = if i == last {
+                    std::mem::take(&mut payload)
+                } else {
+                    payload.clone()
+                };
                 match target {
                     Target::Sub { sub_id, outbox, .. } => {
                         let out = Out::Deliver {
                             sub_id: *sub_id,
                             head: head.clone(),
-                            payload: p.payload.clone(),
+                            payload,
                         };
                         self.send_droppable(outbox, out);
                     }
@@ -1165,7 +1174,7 @@ impl Router {
                         let out = Out::Deliver {
                             sub_id,
                             head: head.clone(),
-                            payload: p.payload.clone(),
+                            payload,
                         };
                         self.send_droppable(&outbox, out);
                     }
