@@ -95,7 +95,7 @@ async fn read_frame(
 fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
     let message = match e {
         WireError::FrameTooLarge { len, limit, .. } => format!(
-            "frame of {len} bytes exceeds the {stage} limit of {limit} bytes; send smaller frames"
+            "frame of {len} bytes exceeds the limit of {limit} bytes {stage}; send smaller frames"
         ),
         WireError::Decode(_) => {
             format!("malformed frame {stage}; speak the switchboard protocol version {PROTOCOL_VERSION}")

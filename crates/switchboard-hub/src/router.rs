@@ -1258,6 +1258,16 @@ impl Router {
         }
         self.pending
             .insert((conn, r.id), Pending { target, deadline });
+        // Answered requests leave their heap entries behind until their
+        // deadline; rebuild when those dominate so memory follows the
+        // outstanding requests, not the request rate.
+        if self.timeouts.len() > 2 * self.pending.len() + 4_096 {
+            self.timeouts = self
+                .pending
+                .iter()
+                .map(|((c, id), p)| Reverse((p.deadline, *c, *id)))
+                .collect();
+        }
         self.timeouts.push(Reverse((deadline, conn, r.id)));
         let waiter = Waiter {
             sender: conn,

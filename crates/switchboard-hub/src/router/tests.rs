@@ -1057,3 +1057,24 @@ fn status_counts() {
         (1, 1, 1)
     );
 }
+
+#[test]
+fn answered_requests_do_not_accumulate_timers() {
+    let mut sim = Sim::new();
+    let req = sim.connect("req");
+    let srv = sim.connect("srv");
+    for id in 1..=20_000u64 {
+        sim.send(req, Frame::request(id, "srv", "x"));
+        sim.send(srv, Frame::reply(id, "req", "y"));
+        if id % 1000 == 0 {
+            sim.recv(req);
+            sim.recv(srv);
+        }
+    }
+    assert_eq!(sim.router.pending_requests(), 0);
+    assert!(
+        sim.router.timeouts.len() <= 4_097,
+        "{}",
+        sim.router.timeouts.len()
+    );
+}
