@@ -44,6 +44,9 @@ pub(crate) struct ProbeJob {
     pub service: String,
     /// Secret the proof must verify with.
     pub secret: Secret,
+    /// Skip loopback ports that nothing listens on without connecting
+    /// (Linux; a `bind` test, see the worker).
+    pub prefilter: bool,
 }
 
 /// Result for one address that accepted a connection.
@@ -135,6 +138,9 @@ mod imp {
                         reuse: true,
                         spare_v4: None,
                         spare_v6: None,
+                        prefilter: job.prefilter,
+                        bind_v4: None,
+                        bind_v6: None,
                     };
                     let n = w.run(idx, threads);
                     tried.fetch_add(n, Ordering::Relaxed);
@@ -177,6 +183,10 @@ mod imp {
         reuse: bool,
         spare_v4: Option<Socket>,
         spare_v6: Option<Socket>,
+        /// Skip loopback ports that can be bound (see `nothing_listens`).
+        prefilter: bool,
+        bind_v4: Option<Socket>,
+        bind_v6: Option<Socket>,
     }
 
     /// The receiver is gone or the job was stopped.
@@ -226,6 +236,9 @@ mod imp {
         }
 
         fn start(&mut self, addr: SocketAddr) -> Result<(), Stopped> {
+            if self.nothing_listens(addr) {
+                return Ok(());
+            }
             let mut fresh_retry = false;
             loop {
                 let reused = self.spare(addr).take();
@@ -262,6 +275,49 @@ mod imp {
                     }
                     Err(e) => return self.out_of_resources(addr, e, &mut fresh_retry),
                 }
+            }
+        }
+
+        /// True if `addr` is a loopback address that nothing can be
+        /// listening on, because binding it succeeds (Linux).
+        ///
+        /// A socket listening on the address, or on the wildcard of a
+        /// compatible family, always makes `bind` fail with `EADDRINUSE`,
+        /// and so does any other socket holding the port; only then is a
+        /// connect (and a probe) needed. A bind is a lookup in the kernel's
+        /// port table, far cheaper than the SYN and RST of a refused
+        /// connect. Any other outcome (no permission, no such address,
+        /// out of sockets) falls back to the connect.
+        fn nothing_listens(&mut self, addr: SocketAddr) -> bool {
+            if !cfg!(target_os = "linux") || !self.prefilter || !addr.ip().is_loopback() {
+                return false;
+            }
+            let spare = if addr.is_ipv4() {
+                &mut self.bind_v4
+            } else {
+                &mut self.bind_v6
+            };
+            let sock = match spare.take() {
+                Some(s) => s,
+                // SO_REUSEADDR: a hub binding the same port at this very
+                // moment (hubs set it too) is not disturbed; a listener
+                // still conflicts.
+                None => match Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                    .and_then(|s| s.set_reuse_address(true).map(|()| s))
+                {
+                    Ok(s) => s,
+                    Err(_) => return false,
+                },
+            };
+            match sock.bind(&SockAddr::from(addr)) {
+                // Bound: the socket is spent, and the port is free.
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                    // Still unbound: keep it for the next port.
+                    *spare = Some(sock);
+                    false
+                }
+                Err(_) => false,
             }
         }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -538,4 +538,52 @@ async fn scan_finds_the_hub_despite_hostile_hints() {
     };
     let found = discover("svc-after", &o).await.unwrap();
     assert_eq!(found[0].via, Via::Scan);
+}
+
+#[tokio::test]
+async fn bind_check_finds_what_connecting_finds() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let secret = Secret::random();
+    let (base, mut ls) = cluster(5).await;
+    // Rebind two of the ports on wildcard addresses (dual-stack `::` where
+    // the host has IPv6), which also serve 127.0.0.1.
+    let wild_v6 = ls.pop().unwrap();
+    let wild_v4 = ls.pop().unwrap();
+    let (p6, p4) = (
+        wild_v6.local_addr().unwrap().port(),
+        wild_v4.local_addr().unwrap().port(),
+    );
+    drop((wild_v6, wild_v4));
+    let mut hubs = vec![
+        hub_on(
+            "svc-bindcheck",
+            &secret,
+            listener(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PortChoice::Fixed(p4))
+                .await
+                .unwrap(),
+        ),
+        hub_on("svc-bindcheck", &secret, ls.pop().unwrap()),
+    ];
+    if let Ok(l) = listener(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PortChoice::Fixed(p6)).await {
+        hubs.push(hub_on("svc-bindcheck", &secret, l));
+    }
+    let _silent = foreign(Foreign::Silent, ls.pop().unwrap()).await;
+    let _closes = foreign(Foreign::Closes, ls.pop().unwrap()).await;
+    let mut expected: Vec<u16> = hubs.iter().map(|h| h.addr.port()).collect();
+    expected.sort();
+    for bind_check in [true, false] {
+        let o = DiscoverOptions {
+            all: true,
+            bind_check,
+            probe_timeout: Duration::from_millis(300),
+            ..scan_only(&secret, &[base.saturating_sub(20), base + 25])
+        };
+        let found = discover("svc-bindcheck", &o).await.unwrap();
+        let mut ports: Vec<u16> = found.iter().map(|f| f.addr.port()).collect();
+        ports.sort();
+        assert_eq!(ports, expected, "bind_check {bind_check}");
+        assert!(found
+            .iter()
+            .all(|f| f.addr.ip() == V4 && f.via == Via::Scan));
+    }
 }
