@@ -339,3 +339,33 @@ fn demo_runs_and_exits_0() {
         );
     }
 }
+
+#[test]
+fn bench_reports_every_run() {
+    let env = Env::new();
+    let o = env.run(&[
+        "bench",
+        "--json",
+        "--messages",
+        "2000",
+        "--fanout",
+        "2",
+        "--requests",
+        "200",
+        "--concurrency",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for run in &runs[..2] {
+        let sent = run["sent"].as_u64().expect("sent") * run["subscribers"].as_u64().expect("subs");
+        let delivered = run["delivered"].as_u64().expect("delivered");
+        let dropped = run["dropped"].as_u64().expect("dropped");
+        assert!(delivered > 0 && delivered + dropped >= sent, "{run}");
+    }
+    assert_eq!(runs[2]["requests"], 200);
+}

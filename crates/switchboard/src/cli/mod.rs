@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod bench;
 mod commands;
 mod demo;
 mod demo_session;
@@ -144,6 +145,25 @@ enum Command {
     Status,
     /// Start a hub and clients in this process and show every pattern.
     Demo,
+    /// Measure pub/sub and request/reply through the client API (an
+    /// in-process hub, or the hub given by --addr and --token).
+    Bench {
+        /// Messages to publish for pub/sub 1->1 (1->N publishes this / N).
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Subscribers for the fan-out run.
+        #[arg(long, default_value_t = 10)]
+        fanout: u64,
+        /// Requests for the request/reply runs.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Requests in flight for the concurrent request/reply run.
+        #[arg(long, default_value_t = 32)]
+        concurrency: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +279,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clients => commands::clients(&g).await,
         Command::Status => commands::status(&g).await,
         Command::Demo => demo::run(g.json).await,
+        Command::Bench {
+            messages,
+            size,
+            fanout,
+            requests,
+            concurrency,
+        } => {
+            bench::run(
+                &g,
+                bench::BenchArgs {
+                    messages,
+                    size,
+                    fanout,
+                    requests,
+                    concurrency,
+                },
+            )
+            .await
+        }
     }
 }
 

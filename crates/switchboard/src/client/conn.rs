@@ -117,7 +117,7 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
-    let mut reader = FramedRead::new(r, codec.clone());
+    let mut reader = FramedRead::with_capacity(r, codec.clone(), 64 * 1024);
     let mut writer = FramedWrite::new(w, codec);
 
     let client_nonce = discovery::nonce();
