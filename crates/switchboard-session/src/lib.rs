@@ -84,6 +84,12 @@
 //!   [`EventClass`].
 //! - Limits: RPCs per session, queue lengths, duplicate ids ignored while the
 //!   original is queued or running.
+//! - A failed session loses nothing accepted: the agent keeps its queue and
+//!   re-sends the answers it gave in the failed session; the manager re-sends
+//!   its unanswered RPCs with the same ids; an id runs at most once.
+//!
+//! The drivers in [`driver`] put this on tokio; `examples/agent_manager.rs`
+//! shows an agent and a manager talking over loopback TCP.
 //!
 //! # Pipelining
 //!

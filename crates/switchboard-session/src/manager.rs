@@ -24,7 +24,9 @@ pub struct ManagerConfig {
     /// Most RPCs outstanding at once within a session. 1 (the default) is
     /// strict TR-069: the next RPC goes only after the previous answer.
     /// Larger values pipeline RPCs; the agent still runs them one at a time
-    /// and answers in order.
+    /// and answers in order. Keep it at or below the agent's
+    /// `AgentConfig::max_queue` (1024 by default): pushes beyond the agent's
+    /// queue are refused with fault 8004.
     pub max_in_flight: usize,
     /// Most RPCs sent per session when the agent's `Inform` does not say
     /// (255); the agent's own `max_rpcs` wins when set.

@@ -394,7 +394,12 @@ fn check(ops: Vec<Op>, max_in_flight: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for a longer search (default 200).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn strict_tr069(ops in proptest::collection::vec(op(), 1..120)) {
