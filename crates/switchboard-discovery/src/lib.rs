@@ -21,8 +21,15 @@
 //!    `sock_diag`, or `/proc/net/tcp{,6}`), LISTEN entries of the current
 //!    user reachable on the asked address, probed all at once;
 //! 3. a bounded-concurrency connect scan over 1025-65535 (configurable),
-//!    driven by a few threads on non-blocking sockets (see the `scan`
-//!    module source for the technique).
+//!    driven by a few threads on non-blocking sockets, with a `bind` test
+//!    that skips free loopback ports without sending them anything (see
+//!    the `scan` module source for the technique).
+//!
+//! A hint is only believed after its hub verifies, and only read at all if
+//! it is a regular file of the current user that group and others cannot
+//! write, at most 4 KiB, with an `addr` matching its `port`; it is only
+//! dialled on a loopback address or one of the asked addresses, so a
+//! planted hint cannot send probes to another host.
 //!
 //! Each candidate gets exactly one probe, and is accepted only if its
 //! reply's proof verifies; in "first" mode (the default) discovery stops at

@@ -4,14 +4,21 @@
 //! On Unix a few plain threads drive non-blocking sockets directly, with no
 //! task or future per address:
 //!
-//! * each address costs two `connect` calls on one socket: the first
+//! * a loopback port is first tested with `bind` (Linux): a port that
+//!   binds has no listener, so it gets no SYN at all; only ports in use
+//!   are connected to. A bind costs a socket's creation and close (about
+//!   4.6 µs here) against about 6.5 µs for a refused connect, and nothing
+//!   crosses the loopback device;
+//! * each address connected to costs two `connect` calls on one socket: the first
 //!   starts the connection, the second reports the result, which on
 //!   loopback is already known (refused, or connected);
 //! * a socket refused by one port is reused for the next, so no socket is
 //!   created or closed per closed port;
 //! * a connected socket is sent the one probe at once and then waits, with
 //!   the connections still in progress, in a bounded set polled with
-//!   `poll(2)`; replies are read into a buffer bounded by
+//!   `poll(2)`; the probe timeout covers connect and reply, and a peer
+//!   still trickling bytes when it expires is cut off like a silent one;
+//!   replies are read into a buffer bounded by
 //!   [`MAX_REPLY_LEN`](crate::MAX_REPLY_LEN) and checked with the sans-IO
 //!   [`check_reply`](crate::check_reply).
 //!

@@ -226,7 +226,8 @@ fn create_file(path: &Path) -> Result<(), SecretError> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
+        // Name the secret file the user asked for, not the temporary one.
+        return Err(io(path)(e));
     }
     // `hard_link` never replaces an existing file: exactly one racing
     // process wins, the others read the winner's file.
@@ -461,6 +462,44 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let err = Secret::load_or_create(&link).unwrap_err();
         assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn uncreatable_secret_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("secret");
+        let err = Secret::load_or_create(&path).unwrap_err();
+        assert!(matches!(err, SecretError::Io { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(!msg.contains(".secret."), "{msg}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn foreign_secret_and_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        Secret::load_or_create(&path).unwrap();
+        // A directory where the file should be.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(matches!(
+            Secret::load_or_create(&sub),
+            Err(SecretError::NotAFile { .. })
+        ));
+        // Owned by another user: only root can arrange that.
+        if current_uid() == 0 {
+            std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+            let err = Secret::load_or_create(&path).unwrap_err();
+            assert!(
+                matches!(err, SecretError::Owner { owner: 4242, .. }),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("remove it"), "{msg}");
+        }
     }
 
     #[test]
