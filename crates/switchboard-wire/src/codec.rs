@@ -56,6 +56,15 @@ pub enum WireError {
         /// Bytes of the partial frame that had arrived.
         buffered: usize,
     },
+    /// The frame was refused before decoding: a kind this side does not
+    /// accept from the peer, or a malformed field layout.
+    #[error("{kind} frame refused: {reason}")]
+    Rejected {
+        /// Name of the frame's kind (`"unknown"` when it could not be told).
+        kind: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The underlying transport failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -67,6 +76,7 @@ impl WireError {
         match self {
             WireError::FrameTooLarge { .. } => crate::ErrorCode::LimitExceeded,
             WireError::Decode(_) | WireError::Truncated { .. } => crate::ErrorCode::BadFrame,
+            WireError::Rejected { .. } => crate::ErrorCode::Unsupported,
             WireError::Io(_) => crate::ErrorCode::Internal,
         }
     }

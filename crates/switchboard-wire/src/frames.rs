@@ -7,7 +7,7 @@ use crate::proto::{self, frame::Kind};
 use crate::{ErrorCode, Frame, WireError};
 
 macro_rules! frame_kinds {
-    ($($variant:ident: $ty:ident => $name:literal,)*) => {
+    ($($variant:ident: $ty:ident = $tag:literal => $name:literal,)*) => {
         $(
             impl From<proto::$ty> for Frame {
                 fn from(msg: proto::$ty) -> Frame {
@@ -20,6 +20,24 @@ macro_rules! frame_kinds {
         /// Every frame kind's name, in `.proto` order (for metrics tables).
         pub const KIND_NAMES: &[&str] = &[$($name,)*];
 
+        /// Name of the kind with `Frame` field number `tag`, or `"unknown"`.
+        pub(crate) fn tag_name(tag: u32) -> &'static str {
+            match tag {
+                $($tag => $name,)*
+                _ => "unknown",
+            }
+        }
+
+        /// Whether `tag` is the field number of a kind this version knows.
+        pub(crate) fn is_known_tag(tag: u32) -> bool {
+            matches!(tag, $($tag)|*)
+        }
+
+        #[cfg(test)]
+        pub(crate) fn all_kinds_with_tags() -> Vec<(Frame, u32)> {
+            vec![$((Frame::from(proto::$ty::default()), $tag),)*]
+        }
+
         fn kind_name_of(kind: &Kind) -> &'static str {
             match kind {
                 $(Kind::$variant(_) => $name,)*
@@ -29,46 +47,46 @@ macro_rules! frame_kinds {
 }
 
 frame_kinds! {
-    Probe: Probe => "probe",
-    ProbeReply: ProbeReply => "probe_reply",
-    Hello: Hello => "hello",
-    Challenge: Challenge => "challenge",
-    Auth: Auth => "auth",
-    Welcome: Welcome => "welcome",
-    Goodbye: Goodbye => "goodbye",
-    Error: Error => "error",
-    Ping: Ping => "ping",
-    Pong: Pong => "pong",
-    Ack: Ack => "ack",
-    Flow: Flow => "flow",
-    Ok: Ok => "ok",
-    Direct: Direct => "direct",
-    Request: Request => "request",
-    Reply: Reply => "reply",
-    Broadcast: Broadcast => "broadcast",
-    Publish: Publish => "publish",
-    Subscribe: Subscribe => "subscribe",
-    Unsubscribe: Unsubscribe => "unsubscribe",
-    Deliver: Deliver => "deliver",
-    KvSet: KvSet => "kv_set",
-    KvGet: KvGet => "kv_get",
-    KvDelete: KvDelete => "kv_delete",
-    KvWatch: KvWatch => "kv_watch",
-    KvUnwatch: KvUnwatch => "kv_unwatch",
-    KvValue: KvValue => "kv_value",
-    KvUpdate: KvUpdate => "kv_update",
-    PresenceWatch: PresenceWatch => "presence_watch",
-    Presence: Presence => "presence",
-    ListClients: ListClients => "list_clients",
-    ClientList: ClientList => "client_list",
-    Session: Session => "session",
-    ReplHello: ReplHello => "repl_hello",
-    Snapshot: Snapshot => "snapshot",
-    Change: Change => "change",
-    ReplAck: ReplAck => "repl_ack",
-    Heartbeat: Heartbeat => "heartbeat",
-    StatusRequest: StatusRequest => "status_request",
-    Status: Status => "status",
+    Probe: Probe = 10 => "probe",
+    ProbeReply: ProbeReply = 11 => "probe_reply",
+    Hello: Hello = 20 => "hello",
+    Challenge: Challenge = 21 => "challenge",
+    Auth: Auth = 22 => "auth",
+    Welcome: Welcome = 23 => "welcome",
+    Goodbye: Goodbye = 24 => "goodbye",
+    Error: Error = 25 => "error",
+    Ping: Ping = 26 => "ping",
+    Pong: Pong = 27 => "pong",
+    Ack: Ack = 28 => "ack",
+    Flow: Flow = 29 => "flow",
+    Ok: Ok = 30 => "ok",
+    Direct: Direct = 40 => "direct",
+    Request: Request = 41 => "request",
+    Reply: Reply = 42 => "reply",
+    Broadcast: Broadcast = 43 => "broadcast",
+    Publish: Publish = 44 => "publish",
+    Subscribe: Subscribe = 45 => "subscribe",
+    Unsubscribe: Unsubscribe = 46 => "unsubscribe",
+    Deliver: Deliver = 47 => "deliver",
+    KvSet: KvSet = 60 => "kv_set",
+    KvGet: KvGet = 61 => "kv_get",
+    KvDelete: KvDelete = 62 => "kv_delete",
+    KvWatch: KvWatch = 63 => "kv_watch",
+    KvUnwatch: KvUnwatch = 64 => "kv_unwatch",
+    KvValue: KvValue = 65 => "kv_value",
+    KvUpdate: KvUpdate = 66 => "kv_update",
+    PresenceWatch: PresenceWatch = 70 => "presence_watch",
+    Presence: Presence = 71 => "presence",
+    ListClients: ListClients = 72 => "list_clients",
+    ClientList: ClientList = 73 => "client_list",
+    Session: Session = 80 => "session",
+    ReplHello: ReplHello = 90 => "repl_hello",
+    Snapshot: Snapshot = 91 => "snapshot",
+    Change: Change = 92 => "change",
+    ReplAck: ReplAck = 93 => "repl_ack",
+    Heartbeat: Heartbeat = 94 => "heartbeat",
+    StatusRequest: StatusRequest = 100 => "status_request",
+    Status: Status = 101 => "status",
 }
 
 impl From<Kind> for Frame {
@@ -238,4 +256,19 @@ pub fn decode_frame(body: Bytes, max: usize) -> Result<Frame, WireError> {
         });
     }
     Ok(Frame::decode(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn tags_match_the_generated_code() {
+        for (frame, tag) in super::all_kinds_with_tags() {
+            let body = frame.encode_to_vec();
+            let peeked = crate::peek::peek_kind(&body).unwrap();
+            assert_eq!(peeked.tag, tag, "{}", frame.kind_name());
+            assert_eq!(super::tag_name(tag), frame.kind_name());
+        }
+    }
 }

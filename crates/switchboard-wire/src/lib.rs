@@ -40,6 +40,7 @@
 
 mod codec;
 mod frames;
+pub mod peek;
 
 /// Messages generated from `proto/switchboard/v1/switchboard.proto`.
 ///
@@ -53,6 +54,7 @@ pub mod proto {
 
 pub use codec::{Direction, FrameCodec, WireError, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
 pub use frames::{decode_frame, encode_frame, FrameExt, KIND_NAMES};
+pub use peek::check_client_frame;
 pub use proto::frame::Kind;
 pub use proto::{ErrorCode, Frame};
 

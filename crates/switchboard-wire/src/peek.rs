@@ -1,0 +1,232 @@
+//! Cheap checks on an encoded frame body before it is decoded.
+//!
+//! Protobuf decoding can cost far more memory than the bytes it reads: an
+//! empty entry of a repeated message field is 2 bytes on the wire but a whole
+//! struct in memory, so a frame of kinds that carry lists (`Snapshot`,
+//! `ClientList`, ...) can grow about 200-fold when decoded. A hub therefore
+//! looks at the *kind* of a frame from a client before decoding it and only
+//! decodes the kinds clients may send, each within a per-kind size limit.
+//! [`check_client_frame`] does that by walking the frame's top-level fields
+//! (a few varints) without allocating.
+
+use crate::{Direction, WireError};
+
+/// Field number of `Frame.seq`.
+const SEQ_TAG: u32 = 1;
+
+/// Kinds of frames a client may send to a hub, by `Frame` field number, with
+/// the largest kind body accepted for each (`usize::MAX`: only the connection's
+/// frame limit applies). Kinds that carry repeated messages are either absent
+/// (hub-to-client only) or capped.
+const CLIENT_KINDS: &[(u32, &str, usize)] = &[
+    (10, "probe", 1024),
+    (20, "hello", 4096),
+    (22, "auth", 1024),
+    (24, "goodbye", 4096),
+    (25, "error", 64 * 1024),
+    (26, "ping", 64),
+    (27, "pong", 64),
+    (28, "ack", 64),
+    (40, "direct", usize::MAX),
+    (41, "request", usize::MAX),
+    (42, "reply", usize::MAX),
+    (43, "broadcast", usize::MAX),
+    (44, "publish", usize::MAX),
+    (45, "subscribe", 64 * 1024),
+    (46, "unsubscribe", 64),
+    (60, "kv_set", usize::MAX),
+    (61, "kv_get", 64 * 1024),
+    (62, "kv_delete", 64 * 1024),
+    (63, "kv_watch", 64 * 1024),
+    (64, "kv_unwatch", 64),
+    (70, "presence_watch", 64),
+    (72, "list_clients", 64),
+    // Inform carries repeated events and a parameter map: capped.
+    (80, "session", 1024 * 1024),
+    (90, "repl_hello", 4096),
+    (93, "repl_ack", 64),
+    (94, "heartbeat", 256),
+    (100, "status_request", 64),
+];
+
+/// The kind of an encoded frame body, found without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeekedKind {
+    /// Field number of the kind in `Frame` (e.g. 44 for `publish`), or 0 for
+    /// a frame without a kind.
+    pub tag: u32,
+    /// Length of the kind's encoded body in bytes.
+    pub len: usize,
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos).ok_or_else(|| malformed("truncated varint"))?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(malformed("varint longer than 10 bytes"))
+}
+
+fn malformed(reason: &'static str) -> WireError {
+    WireError::Rejected {
+        kind: "unknown",
+        reason,
+    }
+}
+
+fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
+    let end = (*pos as u64)
+        .checked_add(n)
+        .ok_or_else(|| malformed("field length overflows"))?;
+    if end > buf.len() as u64 {
+        return Err(malformed("field runs past the end of the frame"));
+    }
+    *pos = end as usize;
+    Ok(())
+}
+
+/// Walks the top-level fields of an encoded `Frame` body and returns its kind.
+///
+/// Fails on malformed field headers, on deprecated group encodings and on a
+/// frame that carries more than one kind field (a correct encoder writes the
+/// `oneof` once).
+pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
+    let mut pos = 0;
+    let mut found = PeekedKind { tag: 0, len: 0 };
+    while pos < body.len() {
+        let key = read_varint(body, &mut pos)?;
+        let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
+        let start = pos;
+        match key & 7 {
+            0 => {
+                read_varint(body, &mut pos)?;
+            }
+            1 => skip(body, &mut pos, 8)?,
+            2 => {
+                let len = read_varint(body, &mut pos)?;
+                skip(body, &mut pos, len)?;
+            }
+            5 => skip(body, &mut pos, 4)?,
+            _ => return Err(malformed("unsupported protobuf wire type")),
+        }
+        if tag == SEQ_TAG {
+            continue;
+        }
+        if found.tag != 0 {
+            return Err(malformed("frame carries more than one kind"));
+        }
+        found = PeekedKind {
+            tag,
+            len: pos - start,
+        };
+    }
+    Ok(found)
+}
+
+/// Checks an encoded frame body received by a hub from a client, before it
+/// is decoded: the kind must be one clients may send, within its size limit.
+///
+/// Kinds unknown to this version are allowed through (they decode to a frame
+/// without a kind, at no memory cost, and the hub answers `UNSUPPORTED`);
+/// known hub-to-client kinds (`Snapshot`, `ClientList`, `Deliver`, ...) are
+/// refused with [`WireError::Rejected`].
+pub fn check_client_frame(body: &[u8]) -> Result<(), WireError> {
+    let peeked = peek_kind(body)?;
+    if peeked.tag == 0 {
+        return Ok(());
+    }
+    match CLIENT_KINDS.iter().find(|(tag, _, _)| *tag == peeked.tag) {
+        Some((_, _, max)) if peeked.len > *max => Err(WireError::FrameTooLarge {
+            direction: Direction::Inbound,
+            len: peeked.len as u64,
+            limit: *max,
+        }),
+        Some(_) => Ok(()),
+        None if crate::frames::is_known_tag(peeked.tag) => Err(WireError::Rejected {
+            kind: crate::frames::tag_name(peeked.tag),
+            reason: "clients may not send this kind of frame",
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{proto, Frame};
+    use prost::Message;
+
+    #[test]
+    fn client_kind_table_matches_the_proto() {
+        for (tag, name, _) in CLIENT_KINDS {
+            assert_eq!(crate::frames::tag_name(*tag), *name, "tag {tag}");
+        }
+    }
+
+    #[test]
+    fn peeks_kind_and_length_without_decoding() {
+        let frame = Frame::publish("a.b", vec![7u8; 100]).with_seq(9);
+        let body = frame.encode_to_vec();
+        let peeked = peek_kind(&body).unwrap();
+        assert_eq!(crate::frames::tag_name(peeked.tag), "publish");
+        assert!(peeked.len > 100);
+        check_client_frame(&body).unwrap();
+    }
+
+    #[test]
+    fn refuses_hub_only_kinds_from_clients() {
+        let list = Frame::from(proto::ClientList {
+            id: 1,
+            clients: vec![proto::ClientInfo::default(); 1000],
+        });
+        let err = check_client_frame(&list.encode_to_vec()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::Rejected {
+                    kind: "client_list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let snapshot = Frame::from(proto::Snapshot::default());
+        assert!(check_client_frame(&snapshot.encode_to_vec()).is_err());
+    }
+
+    #[test]
+    fn caps_session_frames() {
+        let inform = proto::Session {
+            body: Some(proto::session::Body::Inform(proto::Inform {
+                events: vec![proto::Event::default(); 600_000],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let err = check_client_frame(&Frame::from(inform).encode_to_vec()).unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_two_kinds_and_garbage() {
+        let mut body = Frame::ok(1).encode_to_vec();
+        body.extend(Frame::ok(2).encode_to_vec());
+        assert!(peek_kind(&body).is_err());
+        assert!(peek_kind(&[0xff; 11]).is_err());
+        assert!(peek_kind(&[0x0a, 0x05, 1]).is_err());
+        assert!(peek_kind(&[0x0b]).is_err(), "group wire type");
+    }
+
+    #[test]
+    fn unknown_kinds_pass_and_decode_to_no_kind() {
+        // Field 500, length-delimited, 3 bytes.
+        let body = [0xa2, 0x1f, 0x03, 1, 2, 3];
+        check_client_frame(&body).unwrap();
+        assert_eq!(Frame::decode(&body[..]).unwrap().kind, None);
+    }
+}
