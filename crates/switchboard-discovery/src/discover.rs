@@ -430,9 +430,16 @@ impl Search<'_> {
         // The hubs' default random range first, so "first" mode ends early.
         let (hot, cold): (Vec<u16>, Vec<u16>) =
             range.clone().partition(|p| DEFAULT_BIND_RANGE.contains(p));
-        let mut targets = Vec::with_capacity((hot.len() + cold.len()) * self.opts.ips.len());
+        // Each address once, even if the caller listed an ip twice.
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for ip in &self.opts.ips {
+            if !ips.contains(ip) {
+                ips.push(*ip);
+            }
+        }
+        let mut targets = Vec::with_capacity((hot.len() + cold.len()) * ips.len());
         for port in hot.into_iter().chain(cold) {
-            for ip in &self.opts.ips {
+            for ip in &ips {
                 let a = SocketAddr::new(*ip, port);
                 if !self.probed.contains(&a) {
                     targets.push(a);

@@ -53,6 +53,7 @@ pub(crate) struct ProbeJob {
     pub secret: Secret,
     /// Skip loopback ports that nothing listens on without connecting
     /// (Linux; a `bind` test, see the worker).
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub prefilter: bool,
 }
 

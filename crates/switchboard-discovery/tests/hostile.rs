@@ -587,3 +587,27 @@ async fn bind_check_finds_what_connecting_finds() {
             .all(|f| f.addr.ip() == V4 && f.via == Via::Scan));
     }
 }
+
+#[tokio::test]
+async fn an_address_listed_twice_is_probed_once() {
+    let secret = Secret::random();
+    let silent = foreign(Foreign::Silent, os_listener().await).await;
+    let port = silent.addr.port();
+    let o = DiscoverOptions {
+        ips: vec![V4, V4],
+        probe_timeout: Duration::from_millis(200),
+        all: true,
+        ..scan_only(&secret, &[port])
+    };
+    assert!(discover("svc-twice-a", &o).await.is_err());
+    // Table and scan together, with the address listed twice.
+    let o = DiscoverOptions {
+        use_table: true,
+        ..o
+    };
+    assert!(discover("svc-twice-b", &o).await.is_err());
+    // Give the listener's tasks a moment to log what they read.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(silent.probes_for("svc-twice-a").len(), 1);
+    assert_eq!(silent.probes_for("svc-twice-b").len(), 1);
+}
