@@ -15,6 +15,9 @@ async fn request_reply_and_error_replies() -> anyhow::Result<()> {
         if req.payload().as_ref() == b"fail" {
             return Err("refusing to shout".to_string());
         }
+        if req.payload().as_ref() == b"panic" {
+            panic!("handler bug");
+        }
         Ok(String::from_utf8_lossy(req.payload()).to_uppercase().into())
     });
     let asker = client(&hub, "asker").await?;
@@ -25,6 +28,15 @@ async fn request_reply_and_error_replies() -> anyhow::Result<()> {
         Err(ClientError::Remote(msg)) => assert!(msg.contains("refusing"), "{msg}"),
         other => panic!("expected a remote error, got {other:?}"),
     }
+    match within(asker.request("upper", "panic")).await? {
+        Err(ClientError::Remote(msg)) => assert!(msg.contains("panicked"), "{msg}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    // The server keeps serving after a panicking handler.
+    assert_eq!(
+        &within(asker.request("upper", "again")).await??[..],
+        b"AGAIN"
+    );
     Ok(())
 }
 
@@ -390,5 +402,42 @@ async fn hub_builder_runs_with_defaults_for_a_private_service() -> anyhow::Resul
         .await?;
     assert_eq!(hub.identity().service, "api-builder-test");
     assert!(hub.local_addr().ip().is_loopback());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_stalls_no_one() -> anyhow::Result<()> {
+    let hub = hub().await?;
+    let addr = hub.local_addr().to_string();
+    let lazy = Client::builder("lazy")
+        .addr(&addr)
+        .token(TOKEN)
+        .stream_capacity(16)
+        .connect()
+        .await?;
+    let _never_read = lazy.subscribe("flood").await?;
+    let eager = client(&hub, "eager").await?;
+    let mut eager_sub = eager.subscribe("flood").await?;
+    let echo = client(&hub, "echo").await?;
+    let _serving = echo.serve(|req| async move { Ok::<_, String>(req.payload().clone()) });
+    let publisher = client(&hub, "publisher").await?;
+
+    for i in 0..1000u32 {
+        publisher
+            .publish_nowait("flood", i.to_be_bytes().to_vec())
+            .await?;
+    }
+    // The reading subscriber gets everything, in order.
+    within(async {
+        for i in 0..1000u32 {
+            let m = eager_sub.next().await.expect("delivery");
+            assert_eq!(&m.payload[..], &i.to_be_bytes());
+        }
+    })
+    .await?;
+    // The lazy client's full stream costs it messages, not its replies.
+    let reply = within(lazy.request("echo", "still here")).await??;
+    assert_eq!(&reply[..], b"still here");
+    assert!(lazy.dropped() >= 1000 - 16, "dropped {}", lazy.dropped());
     Ok(())
 }

@@ -18,7 +18,12 @@
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // A hub on a free loopback port, with a shared token.
-//! let hub = Hub::builder().token("s3cret").listen("127.0.0.1:0").start().await?;
+//! let hub = Hub::builder()
+//!     .token("s3cret")
+//!     .listen("127.0.0.1:0")
+//!     .write_hint(false) // clients below connect by address
+//!     .start()
+//!     .await?;
 //! let addr = hub.local_addr().to_string();
 //!
 //! // One client answers requests...

@@ -615,7 +615,8 @@ impl Client {
 
     /// Answers every incoming request with `handler`, each in its own task.
     /// `Ok(bytes)` becomes the reply; `Err(e)` an error reply carrying
-    /// `e.to_string()`. Serving stops when the returned handle is dropped.
+    /// `e.to_string()`; a panicking handler an error reply too. At most 1024
+    /// requests run at once; more wait in the stream. Serving stops when the returned handle is dropped.
     pub fn serve<F, Fut, E>(&self, handler: F) -> ServeHandle
     where
         F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,

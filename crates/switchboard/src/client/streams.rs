@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use switchboard_wire::{proto, Frame, Kind};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -303,10 +303,19 @@ impl ServeHandle {
                     };
                     let mut req = req;
                     req.armed = false;
-                    let result = handler(req).await;
+                    let result = std::panic::AssertUnwindSafe(handler(req))
+                        .catch_unwind()
+                        .await;
                     let frame = match result {
-                        Ok(payload) => Frame::reply(replier.id, replier.to, payload),
-                        Err(e) => super::conn::error_reply(replier.id, replier.to, e.to_string()),
+                        Ok(Ok(payload)) => Frame::reply(replier.id, replier.to, payload),
+                        Ok(Err(e)) => {
+                            super::conn::error_reply(replier.id, replier.to, e.to_string())
+                        }
+                        Err(_) => super::conn::error_reply(
+                            replier.id,
+                            replier.to,
+                            "the request handler panicked".to_string(),
+                        ),
                     };
                     if let Some(shared) = replier.shared.upgrade() {
                         let _ = shared.post(frame).await;
