@@ -12,9 +12,19 @@ use switchboard_tests::{within, TOKEN};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
-/// A peer that answers the handshake; `prove` decides whether its proof is
-/// made with the right secret. After `Welcome` it stays silent.
-async fn scripted_hub(prove: bool) -> anyhow::Result<String> {
+/// How the scripted peer behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Proves itself with the wrong secret.
+    Impostor,
+    /// Proves itself, welcomes the client, then says nothing more.
+    Silent,
+    /// Proves itself, then refuses the client's proof.
+    Reject,
+}
+
+/// A peer that answers the handshake as `mode` says.
+async fn scripted_hub(mode: Mode) -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -33,7 +43,11 @@ async fn scripted_hub(prove: bool) -> anyhow::Result<String> {
                     port: u32::from(addr.port()),
                     ..Default::default()
                 };
-                let secret = Secret::from_token(if prove { TOKEN } else { "not the token" });
+                let secret = Secret::from_token(if mode == Mode::Impostor {
+                    "not the token"
+                } else {
+                    TOKEN
+                });
                 let hub_nonce = nonce();
                 let proof = hub_proof(&secret, &hello.client_nonce, &hub_nonce, &identity);
                 let challenge = proto::Challenge {
@@ -50,6 +64,15 @@ async fn scripted_hub(prove: bool) -> anyhow::Result<String> {
                     ..
                 })) = framed.next().await
                 {
+                    if mode == Mode::Reject {
+                        let refusal = Frame::error(
+                            0,
+                            switchboard::wire::ErrorCode::AuthFailed,
+                            "wrong proof",
+                        );
+                        let _ = framed.send(refusal).await;
+                        return;
+                    }
                     let welcome = proto::Welcome {
                         client_id: hello.client_id,
                         identity: Some(identity),
@@ -67,7 +90,7 @@ async fn scripted_hub(prove: bool) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn an_impostor_hub_is_refused() -> anyhow::Result<()> {
-    let addr = scripted_hub(false).await?;
+    let addr = scripted_hub(Mode::Impostor).await?;
     match within(Client::builder("c").addr(&addr).token(TOKEN).connect()).await? {
         Err(ClientError::HubUnverified { addr: a }) => assert_eq!(a, addr),
         other => panic!("expected HubUnverified, got {other:?}"),
@@ -76,8 +99,18 @@ async fn an_impostor_hub_is_refused() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_refused_proof_is_an_auth_error() -> anyhow::Result<()> {
+    let addr = scripted_hub(Mode::Reject).await?;
+    match within(Client::builder("c").addr(&addr).token(TOKEN).connect()).await? {
+        Err(ClientError::AuthFailed(msg)) => assert!(msg.contains("wrong proof"), "{msg}"),
+        other => panic!("expected AuthFailed, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_silent_hub_is_detected_by_keepalive() -> anyhow::Result<()> {
-    let addr = scripted_hub(true).await?;
+    let addr = scripted_hub(Mode::Silent).await?;
     let client = Client::builder("c")
         .addr(&addr)
         .token(TOKEN)
