@@ -59,7 +59,9 @@ pub struct DiscoverOptions {
     /// Before connecting to a loopback port (table and scan, Linux), test
     /// whether it can be bound: a port that binds has no listener, so no
     /// SYN is sent to it. Several times cheaper than a refused connect;
-    /// `false` connects to every port.
+    /// `false` connects to every port. Turn it off if loopback ports are
+    /// redirected by packet filter rules (DNAT or REDIRECT to a container,
+    /// for example), since no local socket then holds the port.
     pub bind_check: bool,
     /// The secret that hubs must prove; `None` loads the per-user secret
     /// file (creating it if missing).
