@@ -10,14 +10,14 @@ use prost::Message;
 use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof, Secret};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
-    Direction, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN, NONCE_LEN,
-    PROTOCOL_VERSION,
+    check_client_frame, Direction, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN,
+    NONCE_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{flow_notice, Outbox, Taken};
@@ -79,15 +79,23 @@ enum Handshake {
 async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    codec: &mut FrameCodec,
+    max: usize,
 ) -> Result<Option<Frame>, WireError> {
     loop {
-        if let Some(frame) = codec.decode(buf)? {
-            return Ok(Some(frame));
+        match decode_one(buf, max)? {
+            Some(Decoded::Frame(frame)) => return Ok(Some(frame)),
+            // Not a handshake frame: reported like any other wrong frame.
+            Some(Decoded::Refused(_)) => return Ok(Some(Frame::default())),
+            None => {}
         }
         buf.reserve(1024);
         if stream.read_buf(buf).await? == 0 {
-            return codec.decode_eof(buf);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(WireError::Truncated {
+                buffered: buf.len(),
+            });
         }
     }
 }
@@ -106,13 +114,8 @@ fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
     Frame::error(0, e.code(), message)
 }
 
-async fn handshake(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    codec: &mut FrameCodec,
-    shared: &Shared,
-) -> Handshake {
-    let first = match read_frame(stream, buf, codec).await {
+async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> Handshake {
+    let first = match read_frame(stream, buf, shared.limits.pre_auth_max_frame).await {
         Ok(Some(f)) => f,
         Ok(None) => return Handshake::Close(None),
         Err(WireError::Io(_)) => return Handshake::Close(None),
@@ -176,7 +179,7 @@ async fn handshake(
     if write_frame(stream, &Frame::from(challenge)).await.is_err() {
         return Handshake::Close(None);
     }
-    let auth = match read_frame(stream, buf, codec).await {
+    let auth = match read_frame(stream, buf, shared.limits.pre_auth_max_frame).await {
         Ok(Some(Frame {
             kind: Some(Kind::Auth(auth)),
             ..
@@ -234,12 +237,11 @@ pub(crate) async fn serve(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut codec = FrameCodec::new().max_inbound(shared.limits.pre_auth_max_frame);
     let mut buf = BytesMut::with_capacity(1024);
     let outcome = tokio::select! {
         r = tokio::time::timeout(
             shared.handshake_timeout,
-            handshake(&mut stream, &mut buf, &mut codec, &shared),
+            handshake(&mut stream, &mut buf, &shared),
         ) => r,
         _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
     };
@@ -292,8 +294,20 @@ pub(crate) async fn serve(
     shared.stats.untrack(conn);
 }
 
-/// Decodes one frame from `buf`, if a whole one is there.
-fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError> {
+/// One frame taken from the read buffer.
+enum Decoded {
+    /// A decoded frame.
+    Frame(Frame),
+    /// A whole frame refused without decoding (a kind clients may not send,
+    /// or over its kind's size cap); the notice tells the client why.
+    Refused(Frame),
+}
+
+/// Takes one frame from `buf`, if a whole one is there. The frame's kind is
+/// checked before it is decoded, so kinds that only the hub sends (which
+/// carry lists and decode to far more memory than their bytes) are never
+/// decoded from a client.
+fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireError> {
     if buf.len() < LENGTH_PREFIX_LEN {
         return Ok(None);
     }
@@ -310,6 +324,25 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError
         buf.reserve(total - buf.len());
         return Ok(None);
     }
+    let refusal = match check_client_frame(&buf[LENGTH_PREFIX_LEN..total]) {
+        Ok(()) => None,
+        Err(WireError::Rejected { kind, .. }) if kind != "unknown" => Some(Frame::error(
+            0,
+            ErrorCode::Unsupported,
+            format!("a client may not send '{kind}' frames to the hub; it was ignored"),
+        )),
+        Err(WireError::FrameTooLarge { len, limit, .. }) => Some(Frame::error(
+            0,
+            ErrorCode::LimitExceeded,
+            format!("frame body of {len} bytes exceeds the limit of {limit} bytes for its kind; it was ignored"),
+        )),
+        // A malformed layout: decoding fails below with a precise error.
+        Err(_) => None,
+    };
+    if let Some(notice) = refusal {
+        buf.advance(total);
+        return Ok(Some(Decoded::Refused(notice)));
+    }
     let frame = if len >= ZERO_COPY_MIN {
         buf.advance(LENGTH_PREFIX_LEN);
         Frame::decode(buf.split_to(len).freeze())?
@@ -318,7 +351,7 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError
         buf.advance(total);
         frame
     };
-    Ok(Some(frame))
+    Ok(Some(Decoded::Frame(frame)))
 }
 
 async fn read_loop(
@@ -334,13 +367,18 @@ async fn read_loop(
         // Sized for the buffered bytes so the batch rarely reallocates.
         let mut frames = Vec::with_capacity((buf.len() / 64).clamp(1, MAX_BATCH));
         let mut failure = None;
+        let mut refused = None;
         loop {
             match decode_one(&mut buf, max) {
-                Ok(Some(frame)) => {
+                Ok(Some(Decoded::Frame(frame))) => {
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH {
                         break;
                     }
+                }
+                Ok(Some(Decoded::Refused(notice))) => {
+                    refused = Some(notice);
+                    break;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -349,12 +387,24 @@ async fn read_loop(
                 }
             }
         }
-        let full_batch = frames.len() >= MAX_BATCH;
+        // More may be buffered after a full batch or a refusal.
+        let more = frames.len() >= MAX_BATCH || refused.is_some();
         if !frames.is_empty() {
             tokio::select! {
                 r = shared.inbox.send(Input::Frames { conn, frames }) => {
                     if r.is_err() {
                         // The router is gone: nobody will close the outbox.
+                        outbox.kill(None);
+                        return;
+                    }
+                }
+                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+            }
+        }
+        if let Some(notice) = refused {
+            tokio::select! {
+                r = shared.inbox.send(Input::Refused { conn, notice }) => {
+                    if r.is_err() {
                         outbox.kill(None);
                         return;
                     }
@@ -369,7 +419,7 @@ async fn read_loop(
                 e.to_string(),
             );
         }
-        if full_batch {
+        if more {
             continue;
         }
         buf.reserve(READ_CHUNK);

@@ -435,7 +435,12 @@ impl Outbox {
         }
         taken.dropped = std::mem::take(&mut inner.dropped_unreported);
         taken.remaining = inner.queue.len();
-        taken.want_drained = std::mem::take(&mut inner.want_drained) && bytes > 0;
+        // Reported only when this take made room; otherwise kept for the
+        // next take.
+        taken.want_drained = inner.want_drained && bytes > 0;
+        if taken.want_drained {
+            inner.want_drained = false;
+        }
         taken.killed = inner.state == State::Killed;
         taken.close = inner.state == State::Closing && inner.queue.is_empty();
         self.depth.store(inner.queue.len(), Ordering::Relaxed);

@@ -151,6 +151,15 @@ pub enum Input {
         /// Why, for presence events and logs.
         reason: String,
     },
+    /// A whole frame from the connection was refused before decoding (a
+    /// kind clients may not send, or over its kind's size cap): `notice`
+    /// goes to the client, in order with the answers to its other frames.
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// The `Error` frame to send.
+        notice: Frame,
+    },
     /// The connection's outbox has room again.
     Drained {
         /// The connection.
@@ -384,6 +393,14 @@ impl Router {
                     outbox.close(notice);
                     self.closing.push_back((now + CLOSE_GRACE, outbox));
                     self.leave(conn, &reason);
+                }
+            }
+            Input::Refused { conn, notice } => {
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.last_seen = now;
+                    self.counters.msgs_in += 1;
+                    self.counters.unsupported += 1;
+                    self.send(conn, notice);
                 }
             }
             Input::Drained { conn } => self.retry_parked(now, conn),

@@ -794,3 +794,40 @@ async fn a_thousand_clients_exchange_requests() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_only_kinds_are_refused_without_decoding() -> Result<()> {
+    let hub = start().await;
+    let mut c = TestClient::connect(hub.local_addr(), "hostile").await?;
+    // 200,000 empty list entries: 400 KB on the wire, far more decoded.
+    let list = Frame::from(proto::ClientList {
+        id: 1,
+        clients: vec![proto::ClientInfo::default(); 200_000],
+    });
+    c.send(list).await?;
+    let msg = c.expect_error(0, ErrorCode::Unsupported).await?;
+    assert!(msg.contains("client_list"), "{msg}");
+    // A session frame over its kind's cap is skipped too; the connection
+    // continues.
+    let inform = proto::Session {
+        peer: "x".into(),
+        body: Some(proto::session::Body::Inform(proto::Inform {
+            events: vec![proto::Event::default(); 600_000],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    c.send(inform).await?;
+    c.expect_error(0, ErrorCode::LimitExceeded).await?;
+    c.sync().await?;
+    // Before authentication such a frame is simply not a Hello.
+    let mut raw = TestClient::connect_raw(hub.local_addr()).await?;
+    raw.send(proto::ClientList {
+        id: 1,
+        clients: vec![proto::ClientInfo::default(); 1000],
+    })
+    .await?;
+    raw.expect_error(0, ErrorCode::BadFrame).await?;
+    hub.shutdown().await;
+    Ok(())
+}
