@@ -441,3 +441,18 @@ async fn a_subscriber_that_never_reads_stalls_no_one() -> anyhow::Result<()> {
     assert!(lazy.dropped() >= 1000 - 16, "dropped {}", lazy.dropped());
     Ok(())
 }
+
+#[tokio::test]
+async fn oversized_payloads_are_refused_locally() -> anyhow::Result<()> {
+    let hub = hub().await?;
+    let a = client(&hub, "big-a").await?;
+    let _b = client(&hub, "big-b").await?;
+    let huge = vec![0u8; switchboard::wire::DEFAULT_MAX_FRAME + 1];
+    match a.send("big-b", huge).await {
+        Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("limit"), "{msg}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    // The connection is unharmed.
+    a.send("big-b", "small").await?;
+    Ok(())
+}

@@ -70,3 +70,56 @@ async fn pushed_rpcs_run_one_at_a_time_in_order() -> anyhow::Result<()> {
     manager.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sessions_continue_after_a_hub_restart() -> anyhow::Result<()> {
+    use switchboard::{Client, Hub};
+    use switchboard_tests::{wait_generation, TOKEN};
+
+    let start_hub = |addr: String| async move {
+        let mut last = None;
+        for _ in 0..50 {
+            match Hub::builder()
+                .token(TOKEN)
+                .listen(&addr)
+                .write_hint(false)
+                .start()
+                .await
+            {
+                Ok(h) => return Ok(h),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow::anyhow!("hub did not start: {last:?}"))
+    };
+    let hub = start_hub("127.0.0.1:0".to_string()).await?;
+    let addr = hub.local_addr().to_string();
+    let connect = |id: &'static str| {
+        Client::builder(id)
+            .addr(addr.clone())
+            .token(TOKEN)
+            .backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .connect()
+    };
+    let acs = connect("acs").await?;
+    let cpe = connect("cpe-9").await?;
+    let manager = acs.session_manager(ManagerOptions::default());
+    let methods = Methods::new().add("Echo", |p: Bytes| async move { Ok(p) });
+    // A short retry wait keeps the test quick (TR-069's minimum is 5 s).
+    let mut config = AgentConfig::new("cpe-9");
+    config.retry.min_wait = Duration::from_millis(50);
+    let agent = cpe.session_agent("acs", config, methods);
+    let r = within(manager.rpc("cpe-9", "Echo", Bytes::from("before"))).await??;
+    assert_eq!(r.payload, Bytes::from("before"));
+
+    hub.shutdown().await;
+    let _hub2 = start_hub(addr.clone()).await?;
+    wait_generation(&acs, 2).await?;
+    wait_generation(&cpe, 2).await?;
+    let r = within(manager.rpc("cpe-9", "Echo", Bytes::from("after"))).await??;
+    assert_eq!(r.payload, Bytes::from("after"));
+    let _ = agent.shutdown().await;
+    manager.shutdown().await;
+    Ok(())
+}
