@@ -458,22 +458,29 @@ impl Search<'_> {
 const MAX_HINTS: usize = 256;
 
 /// Where to probe for a hint, or why not. Only a loopback address (an
-/// unspecified one counts as loopback) or one of the asked addresses is
-/// ever dialled, so a planted hint cannot send probes to another host.
+/// unspecified one counts as loopback), an address of this machine, or
+/// one of the asked addresses is ever dialled, so a planted hint cannot
+/// send probes to another host.
 fn hint_target(h: &Hint, ips: &[IpAddr]) -> Result<SocketAddr, String> {
     let listen: SocketAddr = h
         .addr
         .parse()
         .map_err(|_| "not an ip:port address".to_string())?;
     let a = h.connect_addr();
-    if a.ip().is_loopback() || ips.contains(&listen.ip()) {
+    if a.ip().is_loopback() || ips.contains(&listen.ip()) || is_local_address(a.ip()) {
         Ok(a)
     } else {
         Err(format!(
-            "{} is neither loopback nor an asked address; add it to the addresses to search",
+            "{} is not an address of this machine; add it to the addresses to search",
             listen.ip()
         ))
     }
+}
+
+/// True if `ip` belongs to this machine: a UDP socket can be bound to it
+/// (nothing is sent).
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Finds the verified hubs of `service`, fastest path first: hint files,
@@ -579,20 +586,35 @@ mod tests {
         assert_eq!(ok("0.0.0.0:5000", &v4), "127.0.0.1:5000".parse().unwrap());
         assert_eq!(ok("[::]:5000", &v4), "[::1]:5000".parse().unwrap());
         for far in [
-            "192.0.2.7:5000",
+            "198.51.100.7:5000",
             "[2001:db8::1]:5000",
-            "[::ffff:192.0.2.7]:5000",
+            "[::ffff:198.51.100.7]:5000",
         ] {
             let err = hint_target(&hint(far), &v4).unwrap_err();
-            assert!(err.contains("neither loopback"), "{err}");
+            assert!(err.contains("not an address of this machine"), "{err}");
         }
         // An address the caller asked for is fine.
-        let asked = vec!["192.0.2.7".parse().unwrap()];
+        let asked = vec!["198.51.100.7".parse().unwrap()];
         assert_eq!(
-            ok("192.0.2.7:5000", &asked),
-            "192.0.2.7:5000".parse().unwrap()
+            ok("198.51.100.7:5000", &asked),
+            "198.51.100.7:5000".parse().unwrap()
         );
         assert!(hint_target(&hint("garbage"), &v4).is_err());
+        // An address of one of this machine's interfaces stays on it.
+        if let Some(own) = own_non_loopback_address() {
+            let addr = SocketAddr::new(own, 5000);
+            assert_eq!(ok(&addr.to_string(), &v4), addr);
+        }
+    }
+
+    /// A non-loopback address of this machine, if it has one: the local
+    /// end of a UDP socket "connected" towards a documentation address
+    /// (connecting a UDP socket sends nothing; it only picks a route).
+    fn own_non_loopback_address() -> Option<IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect("198.51.100.1:9").ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
     }
 
     #[test]

@@ -28,8 +28,9 @@
 //! A hint is only believed after its hub verifies, and only read at all if
 //! it is a regular file of the current user that group and others cannot
 //! write, at most 4 KiB, with an `addr` matching its `port`; it is only
-//! dialled on a loopback address or one of the asked addresses, so a
-//! planted hint cannot send probes to another host.
+//! dialled on a loopback address, an address of this machine, or one of
+//! the asked addresses, so a planted hint cannot send probes to another
+//! host.
 //!
 //! Each candidate gets exactly one probe, and is accepted only if its
 //! reply's proof verifies; in "first" mode (the default) discovery stops at
