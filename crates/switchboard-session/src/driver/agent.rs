@@ -352,6 +352,7 @@ async fn run(
             frame = async { io.as_mut().expect("guarded").next().await }, if io.is_some() => {
                 let mut next = Some(frame);
                 let mut n = 0;
+                let now = now_std();
                 while let Some(f) = next.take() {
                     match f {
                         Some(Ok(frame)) => {
@@ -360,7 +361,7 @@ async fn run(
                             }
                             if let Some(s) = session_of(frame) {
                                 if peer.as_deref().is_none_or(|p| p == s.peer) {
-                                    agent.handle_message(now_std(), s);
+                                    agent.handle_message(now, s);
                                 }
                             }
                         }
@@ -393,6 +394,7 @@ async fn run(
         // A task that finishes on its first poll is reported at once, so a
         // burst of quick tasks costs one pass and one flush.
         let mut inline = 0;
+        let now = now_std();
         while let Some(ev) = agent.poll_event() {
             match ev {
                 AgentEvent::RunTask {
@@ -438,7 +440,7 @@ async fn run(
                     } else {
                         None
                     } {
-                        Some(out) => agent.task_done(now_std(), id, out),
+                        Some(out) => agent.task_done(now, id, out),
                         None => task = Some((id, fut)),
                     }
                 }

@@ -300,7 +300,7 @@ struct Link {
     kind: LinkKind,
     tx: mpsc::Sender<Frame>,
     /// Direct links: the agent bound by its first Inform.
-    agent: Option<String>,
+    agent: Option<std::sync::Arc<str>>,
 }
 
 struct Central {
@@ -310,6 +310,8 @@ struct Central {
     next_link: u64,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     events: broadcast::Sender<(String, ManagerEvent)>,
+    /// The time of the batch being handled (one clock read per batch).
+    now: std::time::Instant,
 }
 
 fn now_std() -> std::time::Instant {
@@ -328,6 +330,7 @@ async fn central(
         next_link: 1,
         timers: BinaryHeap::new(),
         events,
+        now: now_std(),
     };
     let mut inputs = Vec::with_capacity(BATCH);
     loop {
@@ -337,6 +340,7 @@ async fn central(
                 if n == 0 {
                     return;
                 }
+                c.now = now_std();
                 for input in inputs.drain(..) {
                     if matches!(input, Input::Shutdown) {
                         return;
@@ -346,6 +350,7 @@ async fn central(
             }
             _ = async { tokio::time::sleep_until(next_timer.expect("guarded")).await }, if next_timer.is_some() => {
                 let now = Instant::now();
+                c.now = now.into_std();
                 while let Some(Reverse((t, _))) = c.timers.peek() {
                     if *t > now {
                         break;
@@ -356,7 +361,7 @@ async fn central(
                         continue; // superseded by an earlier entry
                     }
                     slot.armed = None;
-                    slot.core.handle_timeout(now_std());
+                    slot.core.handle_timeout(c.now);
                     c.after(&agent);
                 }
             }
@@ -393,6 +398,7 @@ impl Central {
                 payload,
                 reply,
             } => {
+                let now = self.now;
                 let slot = match self.slot(&agent) {
                     Ok(s) => s,
                     Err(e) => {
@@ -400,7 +406,7 @@ impl Central {
                         return;
                     }
                 };
-                match slot.core.queue_rpc(now_std(), method, payload) {
+                match slot.core.queue_rpc(now, method, payload) {
                     Ok(id) => {
                         slot.waiters.push_back((id, reply));
                     }
@@ -412,7 +418,7 @@ impl Central {
             }
             Input::ConnectionRequest { agent, reply } => {
                 let sent = match self.agents.get_mut(&agent) {
-                    Some(slot) => slot.core.request_connection(now_std()).is_some(),
+                    Some(slot) => slot.core.request_connection(self.now).is_some(),
                     None => false,
                 };
                 let _ = reply.send(Ok(sent));
@@ -453,7 +459,7 @@ impl Central {
                 msg.peer.clone()
             }
             LinkKind::Direct => match &l.agent {
-                Some(a) => a.clone(),
+                Some(a) => a.to_string(),
                 None => match &msg.body {
                     Some(proto::session::Body::Inform(i)) if !i.device_id.is_empty() => {
                         i.device_id.clone()
@@ -478,7 +484,7 @@ impl Central {
                 },
             },
         };
-        let now = now_std();
+        let now = self.now;
         let old_link = match self.slot(&agent) {
             Ok(slot) => slot.link,
             Err(e) => {
@@ -501,7 +507,7 @@ impl Central {
             }
             if let Some(l) = self.links.get_mut(&link) {
                 if l.kind == LinkKind::Direct {
-                    l.agent = Some(agent.clone());
+                    l.agent = Some(agent.as_str().into());
                 }
             }
             let slot = self.agents.get_mut(&agent).expect("exists");
@@ -533,7 +539,7 @@ impl Central {
         for name in names {
             let slot = self.agents.get_mut(&name).expect("listed");
             slot.link = None;
-            slot.core.disconnected(now_std());
+            slot.core.disconnected(self.now);
             self.after(&name);
         }
     }
@@ -566,7 +572,7 @@ impl Central {
                     } => {
                         // Agent requests are acknowledged with an empty
                         // result and reported to subscribers.
-                        slot.core.respond(now_std(), &id, Ok(Bytes::new()));
+                        slot.core.respond(self.now, &id, Ok(Bytes::new()));
                         again = true;
                         let _ = self.events.send((
                             agent.to_owned(),
