@@ -212,6 +212,8 @@ struct Search<'a> {
     found: Vec<FoundHub>,
     instances: HashSet<String>,
     tried: Tried,
+    /// The listening table, read once when a scan result needs checking.
+    table: Option<Result<table::Table, ()>>,
 }
 
 impl Search<'_> {
@@ -225,12 +227,53 @@ impl Search<'_> {
             .min(self.deadline.saturating_duration_since(Instant::now()))
     }
 
+    /// For a hub found by the scan on a loopback address (Linux): the
+    /// owner of the listener serving `addr` when the listening table shows
+    /// only listeners of other users there. A hub of this user's secret is
+    /// this user's; another user's listener that answers with a valid
+    /// proof is relaying to the real hub (from the other loopback family
+    /// on the same port number, for example). `None` when it is fine or
+    /// cannot be told.
+    fn foreign_owner(&mut self, addr: SocketAddr) -> Option<u32> {
+        if !cfg!(target_os = "linux") || !addr.ip().is_loopback() {
+            return None;
+        }
+        let table = self
+            .table
+            .get_or_insert_with(|| table::listening().map_err(|_| ()))
+            .as_ref()
+            .ok()?;
+        let uid = crate::current_uid();
+        let mut others = None;
+        for l in &table.listeners {
+            if l.addr.port() == addr.port() && table::reachable(l.addr.ip(), addr.ip()) {
+                if l.uid == uid {
+                    return None;
+                }
+                others = Some(l.uid);
+            }
+        }
+        others
+    }
+
     fn record(
         &mut self,
         via: Via,
         addr: SocketAddr,
         r: Result<crate::proto::HubIdentity, ProbeError>,
     ) -> bool {
+        let r = match r {
+            Ok(_) if via == Via::Scan => match self.foreign_owner(addr) {
+                Some(owner) => Err(ProbeError::Mismatch {
+                    addr,
+                    reason: format!(
+                        "a listener of another user (uid {owner}), which relays to a hub"
+                    ),
+                }),
+                None => r,
+            },
+            r => r,
+        };
         match r {
             Ok(identity) => {
                 if self.instances.insert(identity.instance_id.clone()) {
@@ -528,6 +571,7 @@ pub async fn discover(
             deadline_hit: false,
             elapsed: Duration::ZERO,
         },
+        table: None,
     };
     if opts.use_hints {
         s.hints().await;

@@ -30,7 +30,9 @@
 //! write, at most 4 KiB, with an `addr` matching its `port`; it is only
 //! dialled on a loopback address, an address of this machine, or one of
 //! the asked addresses, so a planted hint cannot send probes to another
-//! host.
+//! host. A hub the scan verifies on a loopback address is dropped (Linux)
+//! when the listening table shows only other users' listeners there: that
+//! is a relay, for example from `::1` to `127.0.0.1` on the same port.
 //!
 //! Each candidate gets exactly one probe, and is accepted only if its
 //! reply's proof verifies; in "first" mode (the default) discovery stops at

@@ -611,3 +611,68 @@ async fn an_address_listed_twice_is_probed_once() {
     assert_eq!(silent.probes_for("svc-twice-a").len(), 1);
     assert_eq!(silent.probes_for("svc-twice-b").len(), 1);
 }
+
+/// A listener owned by another user, made by creating the socket in a
+/// thread whose filesystem uid is `uid` (Linux, needs root).
+#[cfg(target_os = "linux")]
+fn listener_of_uid(addr: SocketAddr, uid: u32) -> std::io::Result<TcpListener> {
+    let l = std::thread::spawn(move || {
+        // SAFETY: setfsuid only changes this thread's filesystem uid.
+        let before = unsafe { libc::setfsuid(uid) };
+        let l = std::net::TcpListener::bind(addr);
+        // SAFETY: as above, restoring the previous value.
+        unsafe { libc::setfsuid(before as libc::uid_t) };
+        l
+    })
+    .join()
+    .unwrap()?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn relay_of_another_user_on_the_other_loopback_is_rejected() {
+    use std::net::Ipv6Addr;
+    if switchboard_discovery::current_uid() != 0 {
+        eprintln!("skipped: needs root to own a socket as another user");
+        return;
+    }
+    let secret = Secret::random();
+    let hub = hub("svc-xrelay", &secret, V4).await;
+    let port = hub.addr.port();
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let Ok(l) = listener_of_uid(v6, 4242) else {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    };
+    let table = switchboard_discovery::table::listening().unwrap();
+    assert!(
+        table
+            .listeners
+            .iter()
+            .any(|x| x.addr == v6 && x.uid == 4242),
+        "the relay's listener is not owned by uid 4242"
+    );
+    let _relay = relay(l, hub.addr, None);
+    // The relay passes the probe's own checks: same port number, genuine
+    // proof...
+    let direct = probe(v6, "svc-xrelay", &secret, Duration::from_secs(2)).await;
+    assert!(direct.is_ok(), "{direct:?}");
+    // ...but the scan sees whose listener it is.
+    let o = DiscoverOptions {
+        ips: vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        all: true,
+        ..scan_only(&secret, &[port])
+    };
+    let err = discover("svc-xrelay", &o).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::NotFound { .. }), "{err}");
+    // The real hub is still found on its own address.
+    let o = DiscoverOptions {
+        ips: vec![V4, IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        ..o
+    };
+    let found = discover("svc-xrelay", &o).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].addr, hub.addr);
+}
