@@ -47,6 +47,11 @@ impl Hub {
                 "frame limits are too small; allow at least 64 bytes before and 1 KiB after authentication".into(),
             ));
         }
+        if config.limits.queue_hard_bytes < config.limits.queue_bytes {
+            return Err(HubError::Config(
+                "queue_hard_bytes is below queue_bytes; the hard limit must be at least the soft one".into(),
+            ));
+        }
         let listener = bind(&config.bind).await.map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
             source,

@@ -831,3 +831,16 @@ async fn hub_only_kinds_are_refused_without_decoding() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_configurations_are_refused() {
+    let mut cfg = common::config();
+    cfg.limits.queue_hard_bytes = cfg.limits.queue_bytes - 1;
+    assert!(matches!(
+        Hub::start(cfg).await,
+        Err(switchboard_hub::HubError::Config(_))
+    ));
+    let mut cfg = common::config();
+    cfg.service = "not a service name".into();
+    assert!(Hub::start(cfg).await.is_err());
+}
