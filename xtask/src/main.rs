@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask codegen [--check]`.
+//! Project automation: `cargo xtask codegen [--check]` and
+//! `cargo xtask bench [--quick] [args]`.
 //!
 //! `codegen` compiles every `.proto` file under `proto/` with protox (pure
 //! Rust, no system `protoc`), generates Rust with prost-build into a temporary
@@ -25,11 +26,43 @@ fn main() -> Result<()> {
             };
             codegen(check)
         }
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask codegen [--check]");
+            eprintln!("usage: cargo xtask codegen [--check] | cargo xtask bench [--quick] [args]");
             std::process::exit(2);
         }
     }
+}
+
+/// Builds the `switchboard` CLI (the hub under test) and runs the
+/// comparison benchmark, both in release mode, passing `args` through.
+fn bench(args: &[String]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let run = |extra: &[&str], pass: &[String]| -> Result<()> {
+        let status = std::process::Command::new(&cargo)
+            .current_dir(root())
+            .args(extra)
+            .args(pass)
+            .env("SWITCHBOARD_BENCH_VIA_XTASK", "1")
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!("`cargo {}` failed ({status})", extra.join(" "));
+        }
+        Ok(())
+    };
+    run(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "switchboard",
+            "--bin",
+            "switchboard",
+        ],
+        &[],
+    )?;
+    run(&["run", "--release", "-p", "switchboard-bench", "--"], args)
 }
 
 fn root() -> PathBuf {

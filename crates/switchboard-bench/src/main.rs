@@ -1,0 +1,870 @@
+//! `switchboard-bench`: switchboard side by side with nats-server, mosquitto,
+//! redis pub/sub and a raw TCP baseline, in one run on one machine.
+//!
+//! Run it with `cargo xtask bench` (full: median of 3 runs, writes
+//! `docs/BENCHMARKS.md`, `docs/bench.json` and `docs/bench.svg`) or
+//! `cargo xtask bench --quick` (seconds, small counts, one run, writes
+//! nothing unless `--write`). Every server is started on a free loopback
+//! port and stopped by PID at the end, also on error and on Ctrl-C.
+
+mod chart;
+mod drivers;
+mod idle;
+mod procs;
+mod raw;
+mod report;
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use drivers::{Mqtt, Nats, Redis, Switchboard};
+use procs::ProcGuard;
+use report::{Figure, Machine, Report, NATS, RAW};
+use stats::{percentile_us, Summary};
+use workload::{Latencies, Limits, PubSubSpec, Throughput};
+
+/// Command-line options.
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchboard-bench",
+    about = "Benchmark switchboard side by side with nats-server, mosquitto, redis and raw TCP"
+)]
+struct Cli {
+    /// Seconds instead of minutes: small counts, one run, peers skipped when
+    /// not installed, no files written unless --write.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (the median is reported); default 3, or 1 with --quick.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Install missing peers with apt-get (needs root).
+    #[arg(long)]
+    install: bool,
+    /// Write docs/BENCHMARKS.md, docs/bench.json and docs/bench.svg (the
+    /// default for full runs).
+    #[arg(long)]
+    write: bool,
+    /// Do not write the docs files in a full run.
+    #[arg(long, conflicts_with = "write")]
+    no_write: bool,
+    /// Directory of the docs files.
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// Comma-separated systems to run: switchboard,nats,mosquitto,redis,raw.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The `switchboard` CLI binary that runs the hub (default: next to this
+    /// binary; without one the hub runs in a child process of this binary).
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// Comma-separated workload ids to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The raw TCP baseline server (started by the benchmark itself).
+    #[command(hide = true)]
+    RawServer,
+    /// A switchboard hub through the library (used when the `switchboard`
+    /// binary is not built).
+    #[command(hide = true)]
+    SbHub {
+        /// Shared token.
+        #[arg(long)]
+        token: String,
+    },
+}
+
+/// A system under test with its client driver.
+#[derive(Clone)]
+enum Sys {
+    Switchboard(Switchboard),
+    Nats(Nats),
+    Mqtt(Mqtt),
+    Redis(Redis),
+    Raw(std::net::SocketAddr),
+}
+
+impl Sys {
+    fn name(&self) -> &'static str {
+        match self {
+            Sys::Switchboard(_) => "switchboard",
+            Sys::Nats(_) => NATS,
+            Sys::Mqtt(_) => "mosquitto",
+            Sys::Redis(_) => "redis",
+            Sys::Raw(_) => RAW,
+        }
+    }
+
+    fn key(&self) -> &'static str {
+        match self {
+            Sys::Switchboard(_) => "switchboard",
+            Sys::Nats(_) => "nats",
+            Sys::Mqtt(_) => "mosquitto",
+            Sys::Redis(_) => "redis",
+            Sys::Raw(_) => "raw",
+        }
+    }
+}
+
+/// The workloads, in report order.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    PubSub(PubSubSpec),
+    ReqSeq { count: u64 },
+    ReqWindow { count: u64, window: usize },
+}
+
+struct Workload {
+    id: &'static str,
+    title: String,
+    kind: Kind,
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let q = |full: u64, small: u64| if quick { small } else { full };
+    let ps = |pubs, subs, payload, per_pub| {
+        Kind::PubSub(PubSubSpec {
+            pubs,
+            subs_per_topic: subs,
+            payload,
+            per_pub,
+        })
+    };
+    vec![
+        Workload {
+            id: "pubsub-1x1-64",
+            title: format!("pub/sub 1→1, 64 B, {} msgs", q(1_000_000, 20_000)),
+            kind: ps(1, 1, 64, q(1_000_000, 20_000)),
+        },
+        Workload {
+            id: "pubsub-1x1-1k",
+            title: format!("pub/sub 1→1, 1 KiB, {} msgs", q(200_000, 5_000)),
+            kind: ps(1, 1, 1024, q(200_000, 5_000)),
+        },
+        Workload {
+            id: "pubsub-1x1-64k",
+            title: format!("pub/sub 1→1, 64 KiB, {} msgs", q(5_000, 200)),
+            kind: ps(1, 1, 64 << 10, q(5_000, 200)),
+        },
+        Workload {
+            id: "fanout-1x10",
+            title: format!("fan-out 1→10, 64 B, {} msgs published", q(100_000, 2_000)),
+            kind: ps(1, 10, 64, q(100_000, 2_000)),
+        },
+        Workload {
+            id: "fanout-1x100",
+            title: format!("fan-out 1→100, 64 B, {} msgs published", q(10_000, 200)),
+            kind: ps(1, 100, 64, q(10_000, 200)),
+        },
+        Workload {
+            id: "pubsub-10x10",
+            title: format!(
+                "10 publishers → 10 subscribers, distinct topics, 64 B, {} msgs each",
+                q(100_000, 2_000)
+            ),
+            kind: ps(10, 1, 64, q(100_000, 2_000)),
+        },
+        Workload {
+            id: "reqrep-seq",
+            title: format!(
+                "request/reply sequential, 64 B, {} requests",
+                q(20_000, 500)
+            ),
+            kind: Kind::ReqSeq {
+                count: q(20_000, 500),
+            },
+        },
+        Workload {
+            id: "reqrep-16",
+            title: format!(
+                "request/reply, 16 in flight, 64 B, {} requests",
+                q(100_000, 2_000)
+            ),
+            kind: Kind::ReqWindow {
+                count: q(100_000, 2_000),
+                window: 16,
+            },
+        },
+    ]
+}
+
+fn supports(sys: &Sys, kind: &Kind) -> bool {
+    match (sys, kind) {
+        (Sys::Raw(_), Kind::PubSub(s)) => s.pubs == 1 && s.subs_per_topic == 1,
+        _ => true,
+    }
+}
+
+fn note(sys: &Sys, kind: &Kind) -> Option<String> {
+    let req = matches!(kind, Kind::ReqSeq { .. } | Kind::ReqWindow { .. });
+    match sys {
+        Sys::Mqtt(_) if req => Some("emulated: echo over two QoS 0 topics".into()),
+        Sys::Redis(_) if req => Some("emulated: PUBLISH/SUBSCRIBE on two channels".into()),
+        Sys::Mqtt(_) => Some("rumqttc: one syscall per message; mosquitto single-threaded".into()),
+        Sys::Redis(_) => Some("PUBLISH pipelined ×1000".into()),
+        Sys::Nats(_) if !req => Some("subscription capacity raised".into()),
+        Sys::Raw(_) if req => Some("length-prefixed echo, separate process".into()),
+        Sys::Raw(_) => Some("length-prefixed stream, separate process".into()),
+        _ => None,
+    }
+}
+
+enum Outcome {
+    Rate(Throughput),
+    Lat(Latencies),
+}
+
+async fn exec(sys: &Sys, kind: Kind, tag: &str, limits: Limits) -> Result<Outcome> {
+    use workload::{pubsub, reqrep_emulated, reqrep_native};
+    Ok(match (sys, kind) {
+        (Sys::Raw(addr), Kind::PubSub(s)) => {
+            Outcome::Rate(raw::stream(*addr, s.payload, s.per_pub, limits.total).await?)
+        }
+        (Sys::Raw(addr), Kind::ReqSeq { count }) => {
+            Outcome::Lat(raw::echo(*addr, count, 1, limits.total).await?)
+        }
+        (Sys::Raw(addr), Kind::ReqWindow { count, window }) => Outcome::Rate(
+            raw::echo(*addr, count, window, limits.total)
+                .await?
+                .throughput,
+        ),
+        (Sys::Switchboard(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
+        (Sys::Switchboard(d), Kind::ReqSeq { count }) => {
+            Outcome::Lat(reqrep_native(d, count, 1, tag, limits).await?)
+        }
+        (Sys::Switchboard(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
+            reqrep_native(d, count, window, tag, limits)
+                .await?
+                .throughput,
+        ),
+        (Sys::Nats(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
+        (Sys::Mqtt(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
+        (Sys::Redis(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
+        (Sys::Nats(d), Kind::ReqSeq { count }) => {
+            Outcome::Lat(reqrep_native(d, count, 1, tag, limits).await?)
+        }
+        (Sys::Nats(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
+            reqrep_native(d, count, window, tag, limits)
+                .await?
+                .throughput,
+        ),
+        (Sys::Mqtt(d), Kind::ReqSeq { count }) => {
+            Outcome::Lat(reqrep_emulated(d, count, 1, tag, limits).await?)
+        }
+        (Sys::Mqtt(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
+            reqrep_emulated(d, count, window, tag, limits)
+                .await?
+                .throughput,
+        ),
+        (Sys::Redis(d), Kind::ReqSeq { count }) => {
+            Outcome::Lat(reqrep_emulated(d, count, 1, tag, limits).await?)
+        }
+        (Sys::Redis(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
+            reqrep_emulated(d, count, window, tag, limits)
+                .await?
+                .throughput,
+        ),
+    })
+}
+
+/// The servers this run started; dropping it stops them all by PID.
+#[derive(Default)]
+struct Servers {
+    guards: Vec<ProcGuard>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+struct Setup {
+    /// Directory for server logs and config files.
+    dir: PathBuf,
+    /// Token of the switchboard hubs this run starts.
+    token: String,
+    /// Peer server binaries found, by key.
+    bins: Vec<(&'static str, PathBuf)>,
+    hub_mode: String,
+    systems: Vec<Sys>,
+    versions: Vec<(String, String)>,
+    notes: Vec<String>,
+}
+
+fn wanted(cli: &Cli, key: &str) -> bool {
+    cli.only.is_empty() || cli.only.iter().any(|o| o.eq_ignore_ascii_case(key))
+}
+
+fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
+    let dir = tempfile::Builder::new()
+        .prefix("switchboard-bench")
+        .tempdir()?;
+    let path = dir.path().to_path_buf();
+    servers._dir = Some(dir);
+    let token = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut setup = Setup {
+        dir: path.clone(),
+        token: token.clone(),
+        bins: Vec::new(),
+        hub_mode: "not run".into(),
+        systems: Vec::new(),
+        versions: Vec::new(),
+        notes: Vec::new(),
+    };
+    let ready = Duration::from_secs(10);
+    if wanted(cli, "switchboard") {
+        match start_hub(cli, &token, ready) {
+            Ok((guard, mode)) => {
+                setup
+                    .systems
+                    .push(Sys::Switchboard(Switchboard::new(guard.addr(), &token)));
+                setup.versions.push((
+                    "switchboard".into(),
+                    format!("{} (this workspace)", env!("CARGO_PKG_VERSION")),
+                ));
+                setup.hub_mode = mode;
+                servers.guards.push(guard);
+            }
+            Err(e) => {
+                eprintln!("switchboard hub: {e:#}; rows skipped");
+                setup
+                    .versions
+                    .push(("switchboard".into(), format!("hub failed to start: {e}")));
+            }
+        }
+    }
+    let peers = [
+        ("nats", "nats-server"),
+        ("mosquitto", "mosquitto"),
+        ("redis", "redis-server"),
+    ];
+    let missing: Vec<_> = peers
+        .iter()
+        .filter(|(k, bin)| wanted(cli, k) && procs::find_binary(bin).is_none())
+        .collect();
+    if !missing.is_empty() && cli.install {
+        if let Err(e) = procs::install_peers() {
+            eprintln!("{e:#}");
+        }
+    }
+    for (key, bin) in peers {
+        if !wanted(cli, key) {
+            continue;
+        }
+        let Some(exe) = procs::find_binary(bin) else {
+            let msg = format!(
+                "not installed, rows skipped; install with `{}` or pass --install",
+                procs::INSTALL_COMMAND
+            );
+            eprintln!("{bin}: {msg}");
+            setup.versions.push((bin.to_string(), msg));
+            continue;
+        };
+        let version = procs::version_line(
+            &exe,
+            if key == "mosquitto" {
+                &["-h"]
+            } else {
+                &["--version"]
+            },
+        );
+        match spawn_peer(key, &exe, &path, ready) {
+            Ok(guard) => {
+                let addr = guard.addr();
+                setup.versions.push((bin.to_string(), version));
+                setup.bins.push((key, exe));
+                let sys = match key {
+                    "nats" => Sys::Nats(Nats::new(addr)),
+                    "mosquitto" => Sys::Mqtt(Mqtt::new(addr)),
+                    _ => Sys::Redis(Redis::new(addr)?),
+                };
+                servers.guards.push(guard);
+                setup.systems.push(sys);
+            }
+            Err(e) => {
+                eprintln!("{bin}: {e:#}; rows skipped");
+                setup
+                    .versions
+                    .push((bin.to_string(), format!("failed to start: {e}")));
+            }
+        }
+    }
+    if wanted(cli, "raw") {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("raw-server");
+        let (guard, _) = procs::spawn_with_ready_line("raw-server", cmd, "READY", ready)?;
+        setup.systems.push(Sys::Raw(guard.addr()));
+        servers.guards.push(guard);
+    }
+    setup.notes.push(
+        "mosquitto is driven by rumqttc at QoS 0: rumqttc writes one system call per message and mosquitto is single-threaded, so the MQTT figures are bounded by both.".into(),
+    );
+    setup.notes.push(
+        "async-nats subscribers buffer 64Ki messages by default and drop the excess silently; the benchmark raises the subscription capacity to the expected count.".into(),
+    );
+    setup.notes.push(
+        "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline 1000 PUBLISH commands.".into(),
+    );
+    setup.notes.push(
+        "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.".into(),
+    );
+    setup.notes.push(
+        "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`).".into(),
+    );
+    Ok(setup)
+}
+
+/// Starts a peer server (`key`: nats, mosquitto or redis) on a free
+/// loopback port, with its files in `dir`.
+fn spawn_peer(
+    key: &str,
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    ready: Duration,
+) -> Result<ProcGuard> {
+    let port = procs::free_port()?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let log = dir.join(format!("{key}-{port}.log"));
+    let mut c = Command::new(exe);
+    match key {
+        "nats" => {
+            c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        }
+        "mosquitto" => {
+            let conf = dir.join(format!("mosquitto-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            )?;
+            c.arg("-c").arg(&conf);
+        }
+        _ => {
+            c.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--client-output-buffer-limit",
+                "pubsub 0 0 0",
+                "--maxclients",
+                "20000",
+            ]);
+            c.current_dir(dir);
+        }
+    }
+    procs::spawn_and_wait(key, c, addr, &log, ready)
+}
+
+/// Starts the hub as its own process: the `switchboard` CLI when it is
+/// built, else this binary's hidden `sb-hub` subcommand.
+fn start_hub(cli: &Cli, token: &str, ready: Duration) -> Result<(ProcGuard, String)> {
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("switchboard");
+    let bin = cli
+        .hub_bin
+        .clone()
+        .or_else(|| sibling.is_file().then_some(sibling));
+    if let Some(bin) = bin {
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--service",
+            "switchboard-bench",
+            "--json",
+            "hub",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("SWITCHBOARD_TOKEN", token);
+        let (guard, _) = procs::spawn_with_ready_line("switchboard hub", cmd, "{", ready)?;
+        let mode = format!(
+            "separate process: `switchboard --service switchboard-bench --json hub --listen 127.0.0.1:0` with a token ({}), pid {}",
+            bin.display(),
+            guard.pid()
+        );
+        Ok((guard, mode))
+    } else {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["sb-hub", "--token", token]);
+        let (guard, _) = procs::spawn_with_ready_line("switchboard hub", cmd, "READY", ready)?;
+        let mode = format!(
+            "separate process: `switchboard-bench sb-hub` (the `switchboard::Hub` builder; the `switchboard` binary was not built), pid {}",
+            guard.pid()
+        );
+        Ok((guard, mode))
+    }
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("SWITCHBOARD_BENCH_VIA_XTASK").is_some() {
+        format!("cargo xtask bench {}", args.join(" "))
+            .trim_end()
+            .to_string()
+    } else {
+        format!("switchboard-bench {}", args.join(" "))
+            .trim_end()
+            .to_string()
+    }
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
+    let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 3 }).max(1);
+    let limits = if cli.quick {
+        Limits {
+            first: Duration::from_secs(3),
+            idle: Duration::from_secs(1),
+            total: Duration::from_secs(10),
+        }
+    } else {
+        Limits {
+            first: Duration::from_secs(10),
+            idle: Duration::from_secs(3),
+            total: Duration::from_secs(120),
+        }
+    };
+    let all = workloads(cli.quick);
+    let chosen: Vec<&Workload> = all
+        .iter()
+        .filter(|w| cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == w.id))
+        .collect();
+    let idle_steps = if cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == "idle") {
+        setup
+            .systems
+            .iter()
+            .filter(|s| !matches!(s, Sys::Raw(_)))
+            .count() as u64
+    } else {
+        0
+    };
+    let steps: u64 = idle_steps
+        + chosen
+            .iter()
+            .map(|w| {
+                setup
+                    .systems
+                    .iter()
+                    .filter(|s| supports(s, &w.kind))
+                    .count() as u64
+                    * runs as u64
+            })
+            .sum::<u64>();
+    let pb = ProgressBar::new(steps);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}] {msg}")
+            .map_err(|e| anyhow!("progress bar template: {e}"))?,
+    );
+    let mut figures: Vec<Figure> = Vec::new();
+    for w in &chosen {
+        let systems: Vec<&Sys> = setup
+            .systems
+            .iter()
+            .filter(|s| supports(s, &w.kind))
+            .collect();
+        let is_lat = matches!(w.kind, Kind::ReqSeq { .. });
+        let metrics: Vec<(&str, bool)> = if is_lat {
+            vec![("p50 µs", true), ("p99 µs", true), ("p999 µs", true)]
+        } else if matches!(w.kind, Kind::PubSub(_)) {
+            vec![("msgs/s", false)]
+        } else {
+            vec![("requests/s", false)]
+        };
+        // per system, per metric: values of each run
+        let mut values = vec![vec![Vec::<f64>::new(); metrics.len()]; systems.len()];
+        let mut counts = vec![(0u64, 0u64, 0u64); systems.len()];
+        let mut errors: Vec<Option<String>> = vec![None; systems.len()];
+        for r in 0..runs {
+            for (i, sys) in systems.iter().enumerate() {
+                pb.set_message(format!("{} · {} · run {}/{runs}", w.id, sys.name(), r + 1));
+                let tag = format!("{}.{}.{r}", w.id, sys.key());
+                match exec(sys, w.kind, &tag, limits).await {
+                    Ok(Outcome::Rate(t)) => {
+                        values[i][0].push(t.rate());
+                        counts[i].0 += t.sent;
+                        counts[i].1 += t.expected;
+                        counts[i].2 += t.delivered;
+                    }
+                    Ok(Outcome::Lat(mut l)) => {
+                        for (m, q) in [0.5, 0.99, 0.999].iter().enumerate() {
+                            if let Some(v) = percentile_us(&mut l.samples, *q) {
+                                values[i][m].push(v);
+                            }
+                        }
+                        counts[i].0 += l.throughput.sent;
+                        counts[i].1 += l.throughput.expected;
+                        counts[i].2 += l.throughput.delivered;
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        pb.suspend(|| {
+                            eprintln!("{} · {}: run {} failed: {msg}", w.id, sys.name(), r + 1)
+                        });
+                        errors[i].get_or_insert(msg);
+                    }
+                }
+                pb.inc(1);
+            }
+        }
+        for (i, sys) in systems.iter().enumerate() {
+            for (m, (metric, lower)) in metrics.iter().enumerate() {
+                figures.push(Figure {
+                    workload: w.id.to_string(),
+                    title: w.title.clone(),
+                    metric: metric.to_string(),
+                    lower_is_better: *lower,
+                    system: sys.name().to_string(),
+                    summary: Summary::of(&values[i][m]),
+                    runs: values[i][m].clone(),
+                    sent: counts[i].0,
+                    expected: counts[i].1,
+                    delivered: counts[i].2,
+                    error: errors[i].clone(),
+                    note: note(sys, &w.kind),
+                });
+            }
+        }
+        let mut report_so_far = String::new();
+        for f in figures.iter().filter(|f| f.workload == w.id) {
+            let nats = figures
+                .iter()
+                .find(|g| g.workload == f.workload && g.metric == f.metric && g.system == NATS);
+            let raw = figures
+                .iter()
+                .find(|g| g.workload == f.workload && g.metric == f.metric && g.system == RAW);
+            let med = f.summary.map_or_else(
+                || "failed".to_string(),
+                |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
+            );
+            report_so_far.push_str(&format!(
+                "  {:<12} {:<11} {med}  delivered {}/{}{}  vs nats {}  vs raw {}\n",
+                f.system,
+                f.metric,
+                f.delivered,
+                f.expected,
+                if f.lost() { " LOST" } else { "" },
+                nats.and_then(|n| f.ratio_to(n))
+                    .map_or("–".into(), |r| format!("{r:.2}×")),
+                raw.and_then(|n| f.ratio_to(n))
+                    .map_or("–".into(), |r| format!("{r:.2}×")),
+            ));
+        }
+        pb.suspend(|| println!("{}\n{report_so_far}", w.title));
+    }
+    let idle_chosen = cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == "idle");
+    if idle_chosen {
+        idle_rows(cli, setup, &pb, &mut figures).await;
+    }
+    pb.finish_and_clear();
+    Ok(Report {
+        command: command_line(),
+        date: utc_now(),
+        quick: cli.quick,
+        runs,
+        machine: Machine::detect(),
+        versions: setup.versions.clone(),
+        hub_mode: setup.hub_mode.clone(),
+        figures,
+        notes: setup.notes.clone(),
+    })
+}
+
+/// The idle-connection rows: each system gets a fresh server, `n` idle
+/// clients, and its RSS growth per client (one run).
+async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec<Figure>) {
+    let n = if cli.quick { 200 } else { 10_000 };
+    let limit = Duration::from_secs(if cli.quick { 20 } else { 180 });
+    let ready = Duration::from_secs(10);
+    let title = format!("{n} idle connected clients, fresh server, 1 run");
+    let mut lines = String::new();
+    for sys in &setup.systems {
+        let key = sys.key();
+        if matches!(sys, Sys::Raw(_)) {
+            continue;
+        }
+        pb.set_message(format!("idle · {} · {n} clients", sys.name()));
+        let started = tokio::task::block_in_place(|| match sys {
+            Sys::Switchboard(_) => start_hub(cli, &setup.token, ready).map(|(g, _)| g),
+            _ => match setup.bins.iter().find(|(k, _)| *k == key) {
+                Some((_, exe)) => spawn_peer(key, exe, &setup.dir, ready),
+                None => Err(anyhow!("no {key} binary")),
+            },
+        });
+        let result = match started {
+            Ok(guard) => {
+                let proto = match sys {
+                    Sys::Switchboard(_) => {
+                        idle::Proto::Switchboard(Switchboard::new(guard.addr(), &setup.token))
+                    }
+                    Sys::Nats(_) => idle::Proto::Nats,
+                    Sys::Mqtt(_) => idle::Proto::Mqtt,
+                    _ => idle::Proto::Redis,
+                };
+                let r = idle::run(proto, guard.addr(), guard.pid(), n, limit).await;
+                tokio::task::block_in_place(|| drop(guard));
+                r
+            }
+            Err(e) => Err(e),
+        };
+        pb.inc(1);
+        let mut fig = Figure {
+            workload: "idle".into(),
+            title: title.clone(),
+            metric: "KiB per client".into(),
+            lower_is_better: true,
+            system: sys.name().to_string(),
+            runs: Vec::new(),
+            summary: None,
+            sent: n as u64,
+            expected: n as u64,
+            delivered: 0,
+            error: None,
+            note: None,
+        };
+        match result {
+            Ok(r) => {
+                fig.runs = vec![r.kib_per_client()];
+                fig.summary = Summary::of(&fig.runs);
+                fig.delivered = r.connected;
+                fig.note = Some(format!("server RSS {} → {} KiB", r.before_kib, r.after_kib));
+                lines.push_str(&format!(
+                    "  {:<12} {:>8.1} KiB per client (RSS {} → {} KiB, {} clients)\n",
+                    sys.name(),
+                    r.kib_per_client(),
+                    r.before_kib,
+                    r.after_kib,
+                    r.connected
+                ));
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                lines.push_str(&format!("  {:<12} failed: {msg}\n", sys.name()));
+                fig.error = Some(msg);
+            }
+        }
+        figures.push(fig);
+    }
+    pb.suspend(|| println!("{title}\n{lines}"));
+}
+
+fn docs_dir(cli: &Cli) -> PathBuf {
+    cli.docs
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs"))
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    if let Some(Cmd::RawServer) = cli.cmd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("READY {}", listener.local_addr()?);
+            raw::serve(listener).await
+        });
+    }
+    if let Some(Cmd::SbHub { token }) = &cli.cmd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(async {
+            let hub = switchboard::Hub::builder()
+                .service("switchboard-bench")
+                .token(token)
+                .listen("127.0.0.1:0")
+                .write_hint(false)
+                .start()
+                .await?;
+            println!("READY {}", hub.local_addr());
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            hub.shutdown().await;
+            Ok(())
+        });
+    }
+    let machine = Machine::detect();
+    println!(
+        "switchboard-bench: {} cores, {}; {}",
+        machine.cores,
+        machine.cpu,
+        if cli.quick { "quick mode" } else { "full mode" }
+    );
+    let mut servers = Servers::default();
+    let setup = start_servers(&cli, &mut servers)?;
+    for (name, v) in &setup.versions {
+        println!("  {name}: {v}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run(&cli, &setup) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; stopping the servers")),
+        }
+    });
+    // stop client connections before the servers
+    rt.shutdown_timeout(Duration::from_secs(2));
+    drop(servers);
+    let report = result?;
+    let write = cli.write || (!cli.quick && !cli.no_write);
+    if write {
+        let docs = docs_dir(&cli);
+        report::write_docs(&docs, &report)
+            .with_context(|| format!("writing into {}", docs.display()))?;
+        println!(
+            "wrote {0}/BENCHMARKS.md, {0}/bench.json, {0}/bench.svg",
+            docs.display()
+        );
+    }
+    println!("command: {}", report.command);
+    Ok(())
+}
