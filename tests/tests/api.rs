@@ -456,3 +456,29 @@ async fn oversized_payloads_are_refused_locally() -> anyhow::Result<()> {
     a.send("big-b", "small").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dropped_request_stream_or_request_answers_at_once() -> anyhow::Result<()> {
+    let hub = hub().await?;
+    let server = client(&hub, "fickle").await?;
+    let asker = client(&hub, "asker").await?;
+
+    // A request taken from the stream and dropped unanswered.
+    let mut requests = server.requests();
+    let dropper = tokio::spawn(async move {
+        let req = requests.next().await;
+        drop(req);
+        requests
+    });
+    match within(asker.request("fickle", "x")).await? {
+        Err(ClientError::Remote(msg)) => assert!(msg.contains("without a reply"), "{msg}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    // The stream itself dropped: later requests are refused at once.
+    drop(within(dropper).await??);
+    match within(asker.request("fickle", "y")).await? {
+        Err(ClientError::Remote(msg)) => assert!(msg.contains("does not serve"), "{msg}"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    Ok(())
+}

@@ -239,6 +239,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
             return;
         }
         let mut attempt = 0u32;
+        let mut last_error = String::new();
         conn = loop {
             attempt += 1;
             if shared
@@ -249,7 +250,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
                 set_closed(
                     &shared,
                     &format!(
-                        "gave up reconnecting after {} attempts: {reason}",
+                        "gave up reconnecting after {} attempts: {reason}{last_error}",
                         attempt - 1
                     ),
                 );
@@ -257,7 +258,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
             }
             shared.state.send_replace(ConnectionState::Reconnecting {
                 attempt,
-                reason: reason.clone(),
+                reason: format!("{reason}{last_error}"),
             });
             let wait = backoff(&shared, attempt);
             tokio::select! {
@@ -271,7 +272,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
             tokio::select! {
                 r = attempt_fut => match r {
                     Ok(c) => break c,
-                    Err(e) => tracing::debug!(client = %shared.cfg.id, error = %e, attempt, "reconnect failed"),
+                    Err(e) => {
+                        tracing::debug!(client = %shared.cfg.id, error = %e, attempt, "reconnect failed");
+                        last_error = format!("; last attempt: {e}");
+                    }
                 },
                 _ = close.wait_for(|c| *c) => {
                     set_closed(&shared, "closed by the application");
@@ -600,17 +604,29 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
             drop(reg);
             let req = IncomingRequest::new(shared, r);
             if let Err(e) = requests.try_send(req) {
-                // The application is not keeping up: answer at once rather
-                // than leaving the requester waiting.
-                let mut req = match e {
-                    mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+                // Answer at once rather than leaving the requester waiting.
+                let (mut req, why) = match e {
+                    mpsc::error::TrySendError::Full(r) => (
+                        r,
+                        format!("client {:?} is overloaded; retry later", shared.cfg.id),
+                    ),
+                    mpsc::error::TrySendError::Closed(r) => {
+                        let mut reg = shared.reg.lock();
+                        if reg
+                            .requests
+                            .as_ref()
+                            .is_some_and(|t| t.same_channel(&requests))
+                        {
+                            reg.requests = None;
+                        }
+                        (
+                            r,
+                            format!("client {:?} does not serve requests", shared.cfg.id),
+                        )
+                    }
                 };
                 req.disarm();
-                let _ = tx.try_send(error_reply(
-                    id,
-                    from,
-                    format!("client {:?} is overloaded; retry later", shared.cfg.id),
-                ));
+                let _ = tx.try_send(error_reply(id, from, why));
             }
         }
         Kind::KvUpdate(u) => {
