@@ -25,6 +25,10 @@ use crate::ClientError;
 /// Largest frame accepted from a hub before it has proven itself.
 const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 
+/// Most clients remembered for presence resync after a reconnect; beyond
+/// it, joins still reach the streams but are not remembered.
+const MAX_KNOWN_CLIENTS: usize = 100_000;
+
 /// Largest batch the writer collects before one write.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -645,8 +649,10 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                     reason: p.reason,
                 }
             } else {
-                reg.known_clients
-                    .insert(client.client_id.clone(), client.clone());
+                if reg.known_clients.len() < MAX_KNOWN_CLIENTS {
+                    reg.known_clients
+                        .insert(client.client_id.clone(), client.clone());
+                }
                 PresenceEvent::Joined(client)
             };
             for tx in reg.presence.values() {
