@@ -310,6 +310,9 @@ fn usage_errors_exit_1_and_help_lists_exit_codes() {
     assert_eq!(o.status.code(), Some(1));
     let o = env.run(&["serve", "--id", "x"]);
     assert_eq!(o.status.code(), Some(1), "serve needs --echo or --exec");
+    let o = env.run(&["--token", "", "clients"]);
+    assert_eq!(o.status.code(), Some(1), "an empty token is refused");
+    assert!(stderr(&o).contains("token is empty"), "{}", stderr(&o));
     let o = env.run(&["--help"]);
     assert!(o.status.success());
     let help = stdout(&o);

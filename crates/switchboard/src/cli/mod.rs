@@ -305,6 +305,9 @@ impl Global {
     /// The secret: the token if given, else the per-user secret file.
     pub fn secret(&self) -> anyhow::Result<Secret> {
         match &self.token {
+            Some(t) if t.is_empty() => Err(anyhow::anyhow!(
+                "the token is empty; pass a non-empty --token, or unset SWITCHBOARD_TOKEN to use the per-user secret file"
+            )),
             Some(t) => Ok(Secret::from_token(t)),
             None => Secret::load_default()
                 .map_err(|e| anyhow::Error::new(ClientError::Secret(e.to_string()))),
