@@ -197,17 +197,71 @@ impl KvStore {
             .map(|(k, e)| (k.as_str(), &e.value, e.version))
     }
 
-    /// Every entry, markers included, for a snapshot.
+    /// Every entry, markers included, for a snapshot: live entries in key
+    /// order, then the deletion markers in the order they were made (the
+    /// order in which they are forgotten, so a restored store forgets the
+    /// same ones).
     pub(crate) fn entries(&self) -> Vec<proto::KvEntry> {
-        self.map
+        let mut out: Vec<proto::KvEntry> = self
+            .map
             .iter()
+            .filter(|(_, e)| !e.deleted)
             .map(|(k, e)| proto::KvEntry {
                 key: k.clone(),
                 value: e.value.clone(),
                 version: e.version,
-                deleted: e.deleted,
+                deleted: false,
             })
-            .collect()
+            .collect();
+        out.extend(
+            self.deletions
+                .iter()
+                .filter(|(k, v)| matches!(self.map.get(k), Some(e) if e.deleted && e.version == *v))
+                .map(|(k, v)| proto::KvEntry {
+                    key: k.clone(),
+                    value: Bytes::new(),
+                    version: *v,
+                    deleted: true,
+                }),
+        );
+        out
+    }
+
+    /// The highest version of a forgotten deletion marker; new keys start
+    /// above it.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Rebuilds a store from [`KvStore::entries`] and [`KvStore::floor`].
+    pub(crate) fn restore(entries: &[proto::KvEntry], floor: u64) -> Result<KvStore, String> {
+        let mut kv = KvStore {
+            floor,
+            ..KvStore::default()
+        };
+        for e in entries {
+            if e.version == 0 {
+                return Err(format!("key/value entry '{}' has version 0", e.key));
+            }
+            if e.deleted && !e.value.is_empty() {
+                return Err(format!("deletion marker '{}' carries a value", e.key));
+            }
+            let entry = Entry {
+                value: e.value.clone(),
+                version: e.version,
+                deleted: e.deleted,
+            };
+            if kv.map.insert(e.key.clone(), entry).is_some() {
+                return Err(format!("key/value entry '{}' appears twice", e.key));
+            }
+            if e.deleted {
+                kv.tombstones += 1;
+                kv.deletions.push_back((e.key.clone(), e.version));
+            } else {
+                kv.live += 1;
+            }
+        }
+        Ok(kv)
     }
 }
 

@@ -285,6 +285,8 @@ pub struct Router {
     next_idle_check: Option<Instant>,
     shutting_down: bool,
     counters: Counters,
+    /// Replication change log (see [`replica`]).
+    journal: replica::Journal,
 }
 
 fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -350,6 +352,7 @@ impl Router {
             next_idle_check: None,
             shutting_down: false,
             counters: Counters::default(),
+            journal: replica::Journal::default(),
         }
     }
 
@@ -379,6 +382,7 @@ impl Router {
                     if !self.clients.contains_key(&conn) {
                         break;
                     }
+                    self.journal_frame(conn, &frame);
                     self.on_frame(now, conn, frame);
                     self.apply_kills();
                 }
@@ -542,13 +546,23 @@ impl Router {
                 "default_request_timeout_ms",
                 l.default_request_timeout.as_millis() as u64,
             ),
+            ("max_subscriptions", l.max_subscriptions as u64),
+            ("max_watches", l.max_watches as u64),
+            ("max_pending_requests", l.max_pending_requests as u64),
+            ("max_clients", l.max_clients as u64),
+            ("max_subject", l.max_subject as u64),
+            ("kv_max_value", l.kv_max_value as u64),
+            ("kv_max_key", l.kv_max_key as u64),
+            ("kv_max_keys", l.kv_max_keys as u64),
+            ("kv_max_tombstones", l.kv_max_tombstones as u64),
+            (replica::KV_FLOOR_KEY, self.kv.floor()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_string()))
         .collect();
         proto::Snapshot {
             epoch: self.identity.epoch,
-            repl_seq: 0,
+            repl_seq: self.journal.repl_seq(),
             clients,
             kv: self.kv.entries(),
             config,
@@ -794,6 +808,7 @@ impl Router {
             },
         );
         self.by_id.insert(id, conn);
+        self.journal_join(&info);
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
@@ -835,6 +850,7 @@ impl Router {
         if self.by_id.get(&client.id) == Some(&conn) {
             self.by_id.remove(&client.id);
         }
+        self.journal_leave(&client.id);
         for (sub_id, sub) in &client.subs {
             self.remove_sub_entry(conn, *sub_id, sub);
         }
@@ -962,12 +978,16 @@ impl Router {
         if let (Some(k), Some(t)) = (self.keepalive, self.next_idle_check) {
             if t <= now {
                 let limit = k * 3;
-                let idle: Vec<ConnId> = self
+                let mut idle: Vec<(&str, ConnId)> = self
                     .clients
                     .iter()
                     .filter(|(_, c)| now.saturating_duration_since(c.last_seen) > limit)
-                    .map(|(conn, _)| *conn)
+                    .map(|(conn, c)| (c.id.as_str(), *conn))
                     .collect();
+                // In client id order, not connection order: the departures
+                // (and the change log) must not depend on connection ids.
+                idle.sort_unstable();
+                let idle: Vec<ConnId> = idle.into_iter().map(|(_, conn)| conn).collect();
                 for conn in idle {
                     if let Some(c) = self.clients.get(&conn) {
                         let outbox = c.outbox.clone();
@@ -1673,6 +1693,9 @@ impl Router {
         }
     }
 }
+
+mod replica;
+pub use replica::{ChangeLogLimits, ChangeLogOverflow, Replica, ReplicaError, GHOST_CONN_BASE};
 
 #[cfg(test)]
 mod tests;

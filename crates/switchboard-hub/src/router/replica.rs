@@ -1,0 +1,563 @@
+//! Replication of the router's state: snapshot, restore, change log and
+//! replica. This is the groundwork of the hot standby; the replication
+//! link, takeover and client resume are not built yet (see the project's
+//! `ARCHITECTURE.md`, "Hot standby (design)").
+//!
+//! # State-machine replication
+//!
+//! The standby does not receive hand-written diffs of the primary's state.
+//! It receives the primary's *inputs*, in the order the primary handled
+//! them, and runs them through its own [`Router`], so the routing logic
+//! exists once. Each input becomes a [`proto::Change`] with consecutive
+//! `repl_seq` numbers:
+//!
+//! * `client_joined`: a connection registered a client id (logged after
+//!   the router accepted it; refused connections are not logged);
+//! * `client_frame`: a frame the router processed for a registered client,
+//!   for every kind that can change state or carries a client's message
+//!   (publish, direct, request, reply, broadcast, session, subscribe,
+//!   unsubscribe, key/value set, delete, watch, unwatch, presence watch);
+//!   read-only kinds (ping, key/value get, status, client list) are not
+//!   logged, nor is `Goodbye` (its `client_left` follows);
+//! * `client_left`: a client's registration ended, whatever the cause
+//!   (disconnect, goodbye, id takeover, slow consumer, idle timeout).
+//!
+//! # Determinism rules
+//!
+//! Replaying the log reproduces the replicated state (what
+//! [`Router::snapshot`] shows: registry, subscriptions, queue groups,
+//! watches, presence watchers, key/value entries with versions, deletion
+//! markers and the version floor) because:
+//!
+//! * the router reads no clock: time only enters as `now`, and only
+//!   decides deadlines and idleness, which are not replicated;
+//! * nothing depends on randomness; maps keyed by client-chosen strings use
+//!   randomly seeded hashing but are never iterated, and every iteration
+//!   over connection-keyed maps either sorts (snapshot, client list, idle
+//!   departures, departures' `TARGET_GONE` errors) or only decides the order
+//!   of frames across *different* clients;
+//! * the one hidden input, how full a client's outbox is (which the writer
+//!   drains at socket speed), only decides dropped deliveries, parked
+//!   messages, the queue-group member chosen and slow-consumer disconnects.
+//!   The first three affect neither the replicated state nor later
+//!   decisions about it; a slow-consumer disconnect is logged as
+//!   `client_left`, and a replica never disconnects anyone on its own (its
+//!   clients are *ghosts* whose outboxes discard everything);
+//! * connection ids differ between primary and replica: changes name
+//!   clients by client id, and ghosts get ids from [`GHOST_CONN_BASE`] up,
+//!   so they never collide with the ids a hub assigns to sockets;
+//! * the replica must run with the primary's limits: [`Router::restore`]
+//!   refuses a snapshot whose limits differ from its own.
+//!
+//! Frames the router sends to clients are not reproduced exactly (counters
+//! in `Status`, flow control, timeouts are local). Hub-to-client sequence
+//! numbers and unacknowledged frames will be replicated explicitly with the
+//! `sent` and `client_ack` changes, which this module does not apply yet.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use switchboard_wire::proto::{self, change::Op, frame::Kind};
+use switchboard_wire::Frame;
+
+use super::{HubStats, Input, Router, RouterConfig};
+use crate::kv::KvStore;
+use crate::outbox::Outbox;
+use crate::ConnId;
+
+/// Connection ids of ghost clients (restored from a snapshot or joined
+/// through the change log) start here; hubs number sockets from 1.
+pub const GHOST_CONN_BASE: u64 = 1 << 63;
+
+/// Snapshot `config` key holding the key/value version floor.
+pub(crate) const KV_FLOOR_KEY: &str = "kv_version_floor";
+
+/// Longest client id a replicated `ClientInfo` may carry, bytes.
+const MAX_CLIENT_ID: usize = 256;
+
+/// Bounds of the change log a primary buffers between two
+/// [`Router::take_changes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeLogLimits {
+    /// Most changes buffered.
+    pub max_changes: usize,
+    /// Most bytes buffered (encoded size of the changes).
+    pub max_bytes: usize,
+}
+
+impl Default for ChangeLogLimits {
+    fn default() -> Self {
+        ChangeLogLimits {
+            max_changes: 65_536,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Changes were discarded because they were not taken in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the change log overflowed and {lost} changes were discarded; send the standby a fresh snapshot")]
+pub struct ChangeLogOverflow {
+    /// How many changes were discarded.
+    pub lost: u64,
+}
+
+/// Why a snapshot could not be restored or a change not applied. After an
+/// error from [`Replica::apply`] the replica refuses further changes: it
+/// needs a fresh snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// A change was skipped.
+    #[error(
+        "change {got} arrived but {expected} was expected; resynchronise from a fresh snapshot"
+    )]
+    Gap {
+        /// The sequence number due.
+        expected: u64,
+        /// The one received.
+        got: u64,
+    },
+    /// A change names a client the replica does not hold.
+    #[error("a change names client '{0}', which this replica does not hold; resynchronise from a fresh snapshot")]
+    UnknownClient(String),
+    /// Malformed replication data.
+    #[error("invalid replication data: {0}; resynchronise from a fresh snapshot")]
+    Invalid(String),
+    /// The primary runs with other limits.
+    #[error("limit '{key}' is {theirs} on the primary but {ours} here; start the standby with the primary's limits")]
+    ConfigMismatch {
+        /// The limit's name.
+        key: String,
+        /// This router's value.
+        ours: String,
+        /// The primary's value.
+        theirs: String,
+    },
+    /// The snapshot belongs to another service.
+    #[error("the snapshot is of service '{theirs}' but this hub serves '{ours}'; pair hubs of the same service")]
+    ServiceMismatch {
+        /// This hub's service.
+        ours: String,
+        /// The snapshot's service.
+        theirs: String,
+    },
+    /// The data uses a part of replication not built yet.
+    #[error("{0} cannot be replicated yet; run without a standby")]
+    Unsupported(&'static str),
+    /// Replaying did not reproduce the primary's state.
+    #[error(
+        "the replica's state differs from the primary's: {0}; resynchronise from a fresh snapshot"
+    )]
+    Diverged(String),
+    /// An earlier error stopped the replica.
+    #[error("this replica stopped after an earlier error; resynchronise from a fresh snapshot")]
+    Stopped,
+}
+
+/// The primary's side of the change log, kept in the router.
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    /// `Some` while changes are logged.
+    limits: Option<ChangeLogLimits>,
+    /// Sequence number of the last change (or the snapshot restored).
+    seq: u64,
+    changes: Vec<proto::Change>,
+    bytes: usize,
+    /// Changes discarded since the last take.
+    lost: u64,
+}
+
+impl Journal {
+    pub(crate) fn repl_seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn push(&mut self, op: Op) {
+        let Some(limits) = self.limits else { return };
+        self.seq += 1;
+        if self.lost > 0 {
+            self.lost += 1;
+            return;
+        }
+        let change = proto::Change {
+            repl_seq: self.seq,
+            op: Some(op),
+        };
+        let len = change.encoded_len();
+        if self.changes.len() >= limits.max_changes || self.bytes + len > limits.max_bytes {
+            self.lost = self.changes.len() as u64 + 1;
+            self.changes = Vec::new();
+            self.bytes = 0;
+            return;
+        }
+        self.bytes += len;
+        self.changes.push(change);
+    }
+}
+
+/// Whether frames of this kind go into the change log.
+fn logged_kind(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Publish(_)
+            | Kind::Direct(_)
+            | Kind::Request(_)
+            | Kind::Reply(_)
+            | Kind::Broadcast(_)
+            | Kind::Session(_)
+            | Kind::Subscribe(_)
+            | Kind::Unsubscribe(_)
+            | Kind::KvSet(_)
+            | Kind::KvDelete(_)
+            | Kind::KvWatch(_)
+            | Kind::KvUnwatch(_)
+            | Kind::PresenceWatch(_)
+    )
+}
+
+/// An outbox that discards everything pushed to it: a ghost never fills,
+/// so it never parks, drops or gets disconnected for being slow.
+fn ghost_outbox(conn: ConnId) -> Arc<Outbox> {
+    let outbox = Outbox::new(conn);
+    outbox.kill(None);
+    outbox
+}
+
+fn validate_client_id(id: &str) -> Result<(), ReplicaError> {
+    if id.is_empty() || id.len() > MAX_CLIENT_ID || id.chars().any(char::is_control) {
+        return Err(ReplicaError::Invalid(format!(
+            "client id '{}' is empty, too long or holds a control character",
+            super::shown(id)
+        )));
+    }
+    Ok(())
+}
+
+fn sorted_clients(snapshot: &proto::Snapshot) -> Vec<proto::ClientState> {
+    let mut clients = snapshot.clients.clone();
+    clients.sort_by(|a, b| {
+        let id = |c: &proto::ClientState| c.info.as_ref().map(|i| i.client_id.clone());
+        id(a).cmp(&id(b))
+    });
+    clients
+}
+
+impl Router {
+    /// Starts logging changes (see the module docs); they are numbered on
+    /// from [`Router::repl_seq`]. Already logging: only the limits change.
+    pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
+        self.journal.limits = Some(limits);
+    }
+
+    /// Stops logging changes and discards the ones not taken.
+    pub fn disable_change_log(&mut self) {
+        self.journal.limits = None;
+        self.journal.changes = Vec::new();
+        self.journal.bytes = 0;
+        self.journal.lost = 0;
+    }
+
+    /// Sequence number of the last change logged (or of the snapshot this
+    /// router was restored from); [`Router::snapshot`] reports it.
+    pub fn repl_seq(&self) -> u64 {
+        self.journal.repl_seq()
+    }
+
+    /// Moves the changes logged since the last call onto `out`, in order.
+    /// When more piled up than the [`ChangeLogLimits`] allow, they were
+    /// discarded and this says how many: the standby must start again from
+    /// a fresh snapshot (logging goes on).
+    pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
+        let j = &mut self.journal;
+        j.bytes = 0;
+        if j.lost > 0 {
+            let lost = std::mem::take(&mut j.lost);
+            return Err(ChangeLogOverflow { lost });
+        }
+        out.append(&mut j.changes);
+        Ok(())
+    }
+
+    pub(super) fn journal_frame(&mut self, conn: ConnId, frame: &Frame) {
+        if self.journal.limits.is_none() || !frame.kind.as_ref().is_some_and(logged_kind) {
+            return;
+        }
+        if let Some(c) = self.clients.get(&conn) {
+            let op = Op::ClientFrame(Box::new(proto::ClientFrame {
+                client_id: c.id.clone(),
+                frame: Some(Box::new(frame.clone())),
+            }));
+            self.journal.push(op);
+        }
+    }
+
+    pub(super) fn journal_join(&mut self, info: &proto::ClientInfo) {
+        if self.journal.limits.is_some() {
+            self.journal.push(Op::ClientJoined(info.clone()));
+        }
+    }
+
+    pub(super) fn journal_leave(&mut self, id: &str) {
+        if self.journal.limits.is_some() {
+            self.journal.push(Op::ClientLeft(id.to_owned()));
+        }
+    }
+
+    /// Rebuilds a router from a [`Router::snapshot`] of another (or the
+    /// same) router: registry, subscriptions and queue groups, watches,
+    /// presence watchers, the key/value store with versions, deletion
+    /// markers and version floor, the epoch and the replication sequence
+    /// number. The snapshot's clients become ghosts: registered, with no
+    /// socket, and outboxes that discard what they are sent. A client that
+    /// connects with a ghost's id takes it over as usual.
+    ///
+    /// `config` must carry the same limits as the snapshot's router
+    /// ([`ReplicaError::ConfigMismatch`] otherwise). Snapshots with
+    /// per-client sequence numbers or unacknowledged frames are refused
+    /// ([`ReplicaError::Unsupported`]): the router does not number frames
+    /// yet.
+    pub fn restore(
+        now: Instant,
+        snapshot: &proto::Snapshot,
+        config: RouterConfig,
+        stats: Arc<HubStats>,
+    ) -> Result<Router, ReplicaError> {
+        let mut r = Router::new(config, stats);
+        if snapshot.service != r.identity.service {
+            return Err(ReplicaError::ServiceMismatch {
+                ours: r.identity.service.clone(),
+                theirs: snapshot.service.clone(),
+            });
+        }
+        let ours = r.snapshot().config;
+        for (key, theirs) in &snapshot.config {
+            if key == KV_FLOOR_KEY {
+                continue;
+            }
+            if let Some(ours) = ours.get(key) {
+                if ours != theirs {
+                    return Err(ReplicaError::ConfigMismatch {
+                        key: key.clone(),
+                        ours: ours.clone(),
+                        theirs: theirs.clone(),
+                    });
+                }
+            }
+        }
+        let floor = match snapshot.config.get(KV_FLOOR_KEY) {
+            None => 0,
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                ReplicaError::Invalid(format!(
+                    "{KV_FLOOR_KEY} '{}' is not a number",
+                    super::shown(v)
+                ))
+            })?,
+        };
+        r.kv = KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?;
+        r.identity.epoch = snapshot.epoch;
+        for (i, cs) in snapshot.clients.iter().enumerate() {
+            if cs.last_received != 0 || cs.next_send != 0 || !cs.unacked.is_empty() {
+                return Err(ReplicaError::Unsupported("per-client sequence state"));
+            }
+            let info = cs.info.clone().ok_or_else(|| {
+                ReplicaError::Invalid("a client state without client info".into())
+            })?;
+            validate_client_id(&info.client_id)?;
+            if r.by_id.contains_key(&info.client_id) {
+                return Err(ReplicaError::Invalid(format!(
+                    "client '{}' appears twice",
+                    super::shown(&info.client_id)
+                )));
+            }
+            let conn = ConnId(GHOST_CONN_BASE + i as u64);
+            let id = info.client_id.clone();
+            r.on_connect(now, conn, info, ghost_outbox(conn));
+            if r.by_id.get(&id) != Some(&conn) {
+                return Err(ReplicaError::Diverged(format!(
+                    "client '{}' could not be registered",
+                    super::shown(&id)
+                )));
+            }
+            for s in &cs.subscriptions {
+                let s = proto::Subscribe { id: 0, ..s.clone() };
+                r.on_subscribe(conn, s);
+            }
+            for w in &cs.watches {
+                let w = proto::KvWatch { id: 0, ..w.clone() };
+                r.on_kv_watch(conn, w);
+            }
+            if cs.presence_watch {
+                r.presence.insert(conn);
+                if let Some(c) = r.clients.get_mut(&conn) {
+                    c.presence = true;
+                }
+            }
+        }
+        r.journal.seq = snapshot.repl_seq;
+        // Whatever the router refused (an invalid pattern, a duplicate
+        // id, a limit) shows up as a difference here.
+        let got = r.snapshot();
+        if got.clients != sorted_clients(snapshot) {
+            return Err(ReplicaError::Diverged(
+                "the restored clients, subscriptions or watches differ from the snapshot's".into(),
+            ));
+        }
+        if got.kv != snapshot.kv {
+            return Err(ReplicaError::Diverged(
+                "the restored key/value entries differ from the snapshot's".into(),
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// A standby's copy of the primary's router: restored from a snapshot,
+/// then kept current by applying the primary's changes in order.
+#[derive(Debug)]
+pub struct Replica {
+    router: Router,
+    next_ghost: u64,
+    stopped: bool,
+}
+
+impl Replica {
+    /// A replica starting from `snapshot` (see [`Router::restore`]). The
+    /// replica never disconnects idle clients, so `config.keepalive` is
+    /// ignored here.
+    pub fn new(
+        now: Instant,
+        snapshot: &proto::Snapshot,
+        mut config: RouterConfig,
+        stats: Arc<HubStats>,
+    ) -> Result<Replica, ReplicaError> {
+        config.keepalive = None;
+        let router = Router::restore(now, snapshot, config, stats)?;
+        Ok(Replica {
+            router,
+            next_ghost: GHOST_CONN_BASE + snapshot.clients.len() as u64,
+            stopped: false,
+        })
+    }
+
+    /// Sequence number of the last change applied.
+    pub fn repl_seq(&self) -> u64 {
+        self.router.repl_seq()
+    }
+
+    /// The primary's epoch, as of the snapshot.
+    pub fn epoch(&self) -> u64 {
+        self.router.identity.epoch
+    }
+
+    /// The replicated state, as [`Router::snapshot`] of the primary at the
+    /// same `repl_seq` shows it.
+    pub fn snapshot(&self) -> proto::Snapshot {
+        self.router.snapshot()
+    }
+
+    /// The router the replica maintains.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Applies the primary's next change at time `now`. Returns `false` for
+    /// a change already held (its `repl_seq` is not above
+    /// [`Replica::repl_seq`]), `true` when applied. Any error stops the
+    /// replica.
+    pub fn apply(&mut self, now: Instant, change: proto::Change) -> Result<bool, ReplicaError> {
+        if self.stopped {
+            return Err(ReplicaError::Stopped);
+        }
+        let held = self.router.repl_seq();
+        if change.repl_seq <= held {
+            return Ok(false);
+        }
+        let result = self.apply_op(now, change.repl_seq, held, change.op);
+        if result.is_err() {
+            self.stopped = true;
+        }
+        result.map(|()| true)
+    }
+
+    fn apply_op(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        held: u64,
+        op: Option<Op>,
+    ) -> Result<(), ReplicaError> {
+        if seq != held + 1 {
+            return Err(ReplicaError::Gap {
+                expected: held + 1,
+                got: seq,
+            });
+        }
+        let r = &mut self.router;
+        match op {
+            None => {
+                return Err(ReplicaError::Invalid(
+                    "a change without an operation".into(),
+                ))
+            }
+            Some(Op::ClientFrame(cf)) => {
+                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+                };
+                let frame = cf
+                    .frame
+                    .filter(|f| f.kind.as_ref().is_some_and(logged_kind))
+                    .ok_or_else(|| {
+                        ReplicaError::Invalid(
+                            "a client frame of a kind that is not replicated".into(),
+                        )
+                    })?;
+                r.handle(
+                    now,
+                    Input::Frames {
+                        conn,
+                        frames: vec![*frame],
+                    },
+                );
+            }
+            Some(Op::ClientJoined(info)) => {
+                validate_client_id(&info.client_id)?;
+                let conn = ConnId(self.next_ghost);
+                self.next_ghost += 1;
+                let id = info.client_id.clone();
+                let outbox = ghost_outbox(conn);
+                r.handle(now, Input::Connect { conn, info, outbox });
+                if r.by_id.get(&id) != Some(&conn) {
+                    return Err(ReplicaError::Diverged(format!(
+                        "client '{}' could not be registered",
+                        super::shown(&id)
+                    )));
+                }
+            }
+            Some(Op::ClientLeft(id)) => {
+                let Some(&conn) = r.by_id.get(&id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&id)));
+                };
+                r.handle(
+                    now,
+                    Input::Disconnected {
+                        conn,
+                        notice: None,
+                        reason: "left the primary".into(),
+                    },
+                );
+            }
+            Some(Op::Sent(_)) => return Err(ReplicaError::Unsupported("a sent frame")),
+            Some(Op::ClientAck(_)) => {
+                return Err(ReplicaError::Unsupported("a client acknowledgement"))
+            }
+            Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
+        }
+        r.journal.seq = seq;
+        // Local timers only: request timeouts and closing ghosts.
+        if r.next_deadline().is_some_and(|t| t <= now) {
+            r.handle(now, Input::Tick);
+        }
+        Ok(())
+    }
+}
