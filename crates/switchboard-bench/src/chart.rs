@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{groups, Figure, Report, NATS};
+use crate::report::{groups, Figure, Report, NATS, RAW};
 
 const WIDTH: f64 = 960.0;
-const LABEL_W: f64 = 250.0;
+const LABEL_W: f64 = 170.0;
 const BAR_W: f64 = 600.0;
 const BAR_H: f64 = 12.0;
 
@@ -106,6 +106,7 @@ fn throughput_rows(report: &Report) -> Vec<Row> {
         };
         let bars: Vec<_> = g
             .iter()
+            .filter(|f| f.system != RAW)
             .filter_map(|f| {
                 f.ratio_to(nats)
                     .map(|r| (f.system.clone(), r, format!("{r:.2}×")))
@@ -113,7 +114,7 @@ fn throughput_rows(report: &Report) -> Vec<Row> {
             .collect();
         if !bars.is_empty() {
             rows.push(Row {
-                label: g[0].title.clone(),
+                label: g[0].workload.clone(),
                 bars,
             });
         }
@@ -136,7 +137,7 @@ fn latency_rows(report: &Report) -> Vec<Row> {
             .collect();
         if !bars.is_empty() {
             rows.push(Row {
-                label: format!("{} {}", g[0].title, g[0].metric.trim_end_matches(" µs")),
+                label: format!("{} {}", g[0].workload, g[0].metric.trim_end_matches(" µs")),
                 bars,
             });
         }
@@ -173,7 +174,7 @@ pub fn svg(report: &Report) -> String {
         y = panel(
             &mut body,
             y,
-            "Throughput relative to nats-server (median, higher is better)",
+            "Throughput relative to nats-server (median, higher is better; raw TCP off scale, see tables)",
             &t,
             Some(1.0),
         );

@@ -40,6 +40,12 @@ pub trait Driver: Clone + Send + Sync + 'static {
     /// The next message payload; `None` when the connection has ended.
     fn next(sub: &mut Self::Sub) -> impl Future<Output = Result<Option<Bytes>>> + Send;
 
+    /// Messages the client knows were dropped for this subscription
+    /// (by the server's slow-consumer policy or a full client buffer).
+    fn dropped(_sub: &Self::Sub) -> u64 {
+        0
+    }
+
     /// A new publishing connection.
     fn publisher(&self) -> impl Future<Output = Result<Self::Pub>> + Send;
 
@@ -457,6 +463,10 @@ impl Driver for Switchboard {
 
     async fn next(sub: &mut Self::Sub) -> Result<Option<Bytes>> {
         Ok(sub.1.recv().await.map(|m| m.payload))
+    }
+
+    fn dropped(sub: &Self::Sub) -> u64 {
+        sub.0.dropped()
     }
 
     async fn publisher(&self) -> Result<Self::Pub> {

@@ -73,6 +73,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Rewrites the docs files from a `bench.json` of an earlier run.
+    Render {
+        /// The JSON file (default: docs/bench.json).
+        json: Option<PathBuf>,
+    },
     /// The raw TCP baseline server (started by the benchmark itself).
     #[command(hide = true)]
     RawServer,
@@ -411,22 +416,23 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
         setup.systems.push(Sys::Raw(guard.addr()));
         servers.guards.push(guard);
     }
-    setup.notes.push(
-        "mosquitto is driven by rumqttc at QoS 0: rumqttc writes one system call per message and mosquitto is single-threaded, so the MQTT figures are bounded by both.".into(),
-    );
-    setup.notes.push(
-        "async-nats subscribers buffer 64Ki messages by default and drop the excess silently; the benchmark raises the subscription capacity to the expected count.".into(),
-    );
-    setup.notes.push(
-        "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline 1000 PUBLISH commands.".into(),
-    );
-    setup.notes.push(
-        "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.".into(),
-    );
-    setup.notes.push(
-        "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`).".into(),
-    );
+    setup.notes = static_notes();
     Ok(setup)
+}
+
+/// The notes printed under the tables.
+fn static_notes() -> Vec<String> {
+    [
+        "switchboard subscribers' client streams hold more than the message count, so a **lost** switchboard row is the hub's documented slow-consumer policy: once a subscriber's hub queue holds 64Ki frames or 8 MiB, its oldest deliveries are dropped (and the client is told with `Flow`); nats-server instead buffers up to 64 MiB per client, redis runs here without a pub/sub buffer limit. A rate with losses counts only what arrived.",
+        "mosquitto is driven by rumqttc at QoS 0: rumqttc writes one system call per message and mosquitto is single-threaded, so the MQTT figures are bounded by both.",
+        "async-nats subscribers buffer 64Ki messages by default and drop the excess silently; the benchmark raises the subscription capacity to the expected count.",
+        "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline 1000 PUBLISH commands.",
+        "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.",
+        "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`). The chart leaves it out of the throughput panel (it is 10–90× off the scale); the tables give its ratios.",
+        "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Starts a peer server (`key`: nats, mosquitto or redis) on a free
@@ -600,6 +606,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         // per system, per metric: values of each run
         let mut values = vec![vec![Vec::<f64>::new(); metrics.len()]; systems.len()];
         let mut counts = vec![(0u64, 0u64, 0u64); systems.len()];
+        let mut drops = vec![0u64; systems.len()];
         let mut errors: Vec<Option<String>> = vec![None; systems.len()];
         for r in 0..runs {
             for (i, sys) in systems.iter().enumerate() {
@@ -611,6 +618,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
                         counts[i].0 += t.sent;
                         counts[i].1 += t.expected;
                         counts[i].2 += t.delivered;
+                        drops[i] += t.reported_drops;
                     }
                     Ok(Outcome::Lat(mut l)) => {
                         for (m, q) in [0.5, 0.99, 0.999].iter().enumerate() {
@@ -647,7 +655,13 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
                     expected: counts[i].1,
                     delivered: counts[i].2,
                     error: errors[i].clone(),
-                    note: note(sys, &w.kind),
+                    note: match (note(sys, &w.kind), drops[i]) {
+                        (n, 0) => n,
+                        (n, d) => Some(format!(
+                            "{}{d} reported dropped by the server's slow-consumer policy",
+                            n.map(|n| n + "; ").unwrap_or_default()
+                        )),
+                    },
                 });
             }
         }
@@ -806,6 +820,22 @@ fn main() -> Result<()> {
             println!("READY {}", listener.local_addr()?);
             raw::serve(listener).await
         });
+    }
+    if let Some(Cmd::Render { json }) = &cli.cmd {
+        let docs = docs_dir(&cli);
+        let path = json.clone().unwrap_or_else(|| docs.join("bench.json"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut report: Report =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        report.notes = static_notes();
+        report::write_docs(&docs, &report)?;
+        println!(
+            "rewrote the docs in {} from {}",
+            docs.display(),
+            path.display()
+        );
+        return Ok(());
     }
     if let Some(Cmd::SbHub { token }) = &cli.cmd {
         let rt = tokio::runtime::Builder::new_multi_thread()

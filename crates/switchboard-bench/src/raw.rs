@@ -168,6 +168,7 @@ pub async fn stream(
         expected: count,
         delivered,
         secs: nanos as f64 / 1e9,
+        reported_drops: 0,
     })
 }
 
@@ -233,6 +234,7 @@ pub async fn echo(
                 expected: count,
                 delivered: samples.len() as u64,
                 secs: started.elapsed().as_secs_f64(),
+                reported_drops: 0,
             },
             samples,
         })

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::Summary;
 
@@ -21,7 +21,7 @@ pub const NATS: &str = "nats-server";
 pub const RAW: &str = "raw TCP";
 
 /// One figure of one system in one workload, over all runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     /// Workload id, e.g. `pubsub-1x1-64`.
     pub workload: String,
@@ -68,7 +68,7 @@ impl Figure {
 }
 
 /// Everything one invocation measured, plus its context.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The exact command.
     pub command: String,
@@ -91,7 +91,7 @@ pub struct Report {
 }
 
 /// The machine the run happened on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// Logical cores available.
     pub cores: usize,

@@ -58,6 +58,8 @@ pub struct Throughput {
     pub delivered: u64,
     /// Seconds from the first to the last counted message.
     pub secs: f64,
+    /// Messages the receivers' clients were told were dropped.
+    pub reported_drops: u64,
 }
 
 impl Throughput {
@@ -90,6 +92,7 @@ struct Count {
     first: Option<Instant>,
     last: Option<Instant>,
     error: Option<String>,
+    dropped: u64,
 }
 
 async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limits) -> Count {
@@ -98,6 +101,7 @@ async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limit
         first: None,
         last: None,
         error: None,
+        dropped: 0,
     };
     let deadline = tokio::time::Instant::now() + limits.total;
     while c.n < expected {
@@ -121,6 +125,7 @@ async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limit
             Err(_) => break,
         }
     }
+    c.dropped = D::dropped(&sub);
     c
 }
 
@@ -173,6 +178,7 @@ pub async fn pubsub<D: Driver>(
     for c in counters {
         let c = c.await?;
         out.delivered += c.n;
+        out.reported_drops += c.dropped;
         if let Some(f) = c.first {
             first = Some(first.map_or(f, |x| x.min(f)));
         }
@@ -256,6 +262,7 @@ pub async fn reqrep_native<R: ReqRep>(
             expected: count,
             delivered: samples.len() as u64,
             secs,
+            reported_drops: 0,
         },
         samples,
     })
@@ -336,6 +343,7 @@ pub async fn reqrep_emulated<D: Driver>(
             expected: count,
             delivered: samples.len() as u64,
             secs,
+            reported_drops: 0,
         },
         samples,
     })
