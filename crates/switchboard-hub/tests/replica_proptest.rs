@@ -27,7 +27,7 @@ fn limits() -> Limits {
         // forgotten deletion markers all happen.
         queue_frames: 16,
         queue_bytes: 4 * 1024,
-        queue_hard_bytes: 16 * 1024,
+        queue_hard_bytes: 4 * 1024,
         kv_max_keys: 4,
         kv_max_tombstones: 2,
         max_subscriptions: 3,
@@ -38,6 +38,10 @@ fn limits() -> Limits {
 }
 
 fn config() -> RouterConfig {
+    config_with(2)
+}
+
+fn config_with(kv_max_tombstones: usize) -> RouterConfig {
     RouterConfig {
         identity: proto::HubIdentity {
             service: "repl".into(),
@@ -45,7 +49,10 @@ fn config() -> RouterConfig {
             epoch: 4,
             ..Default::default()
         },
-        limits: limits(),
+        limits: Limits {
+            kv_max_tombstones,
+            ..limits()
+        },
         keepalive: Some(Duration::from_millis(300)),
     }
 }
@@ -84,9 +91,9 @@ fn frame_strategy() -> impl Strategy<Value = F> {
         3 => (0..4u64, 0..PATTERNS.len(), any::<bool>()).prop_map(|(s, p, g)| F::Sub(s, p, g)),
         1 => (0..4u64).prop_map(F::Unsub),
         3 => (0..TOPICS.len(), 0..2000usize).prop_map(|(t, n)| F::Publish(t, n)),
-        3 => (0..KEYS.len(), proptest::option::of(0..4u64), 0..64usize)
+        4 => (0..KEYS.len(), proptest::option::of(0..4u64), 0..3000usize)
             .prop_map(|(k, e, n)| F::Set(k, e, n)),
-        2 => (0..KEYS.len(), proptest::option::of(0..4u64)).prop_map(|(k, e)| F::Delete(k, e)),
+        3 => (0..KEYS.len(), proptest::option::of(0..4u64)).prop_map(|(k, e)| F::Delete(k, e)),
         2 => (0..3u64, 0..WATCH_KEYS.len()).prop_map(|(w, k)| F::Watch(w, k)),
         1 => (0..3u64).prop_map(F::Unwatch),
         1 => any::<bool>().prop_map(F::Presence),
@@ -200,7 +207,11 @@ struct Primary {
 
 impl Primary {
     fn new() -> Primary {
-        let mut router = Router::new(config(), Arc::new(HubStats::default()));
+        Primary::with(config())
+    }
+
+    fn with(config: RouterConfig) -> Primary {
+        let mut router = Router::new(config, Arc::new(HubStats::default()));
         router.enable_change_log(ChangeLogLimits::default());
         Primary {
             router,
@@ -287,8 +298,16 @@ proptest! {
         ops in proptest::collection::vec(op_strategy(), 1..160),
         cut in 0.0f64..1.0,
         replica_offset_ms in 0..10_000u64,
+        start_clients in prop_oneof![1 => Just(0usize), 4 => Just(3usize)],
     ) {
-        let mut primary = Primary::new();
+        // One deletion marker at most: forgotten markers raise the version
+        // floor often.
+        let config = || config_with(1);
+        let mut primary = Primary::with(config());
+        // Most runs start with clients present (three of four ids fit).
+        for i in 0..start_clients {
+            primary.step(&Op::Connect(i));
+        }
         let cut = ((ops.len() as f64) * cut) as usize;
         let mut snapshot = None;
         for (n, op) in ops.iter().enumerate() {
@@ -614,4 +633,81 @@ fn restored_markers_are_forgotten_in_deletion_order() {
         .collect();
     assert_eq!(markers, ["k.a", "k.c"]);
     assert_eq!(replica.snapshot(), want);
+}
+
+#[test]
+fn a_claimed_ghost_keeps_its_subscriptions_and_gets_deliveries() {
+    let mut p = Primary::new();
+    p.step(&Op::Connect(0));
+    p.step(&Op::Connect(1));
+    p.step(&Op::Send(0, F::Sub(1, 1, false)));
+    p.step(&Op::Send(0, F::Sub(2, 0, true)));
+    p.step(&Op::Send(0, F::Watch(0, 1)));
+    let snap = p.router.snapshot();
+    let now = p.now;
+    let mut r = Router::restore(now, &snap, config(), stats()).expect("restores");
+    assert_eq!(r.ghost_conn("gamma"), None, "not held at all");
+    let ghost = r.ghost_conn("alpha").expect("alpha is a ghost");
+    let outbox = Outbox::new(ghost);
+    assert_eq!(r.claim(now, "alpha", outbox.clone()), Some(ghost));
+    assert_eq!(r.ghost_conn("alpha"), None, "claimed once only");
+    assert_eq!(r.claim(now, "alpha", Outbox::new(ghost)), None);
+    assert_eq!(r.snapshot(), snap, "claiming changes no replicated state");
+    let got = frames_of(&outbox);
+    assert!(
+        matches!(got.first().and_then(|f| f.kind.as_ref()), Some(Kind::Welcome(w)) if w.client_id == "alpha"),
+        "{got:?}"
+    );
+    // "beta" (still a ghost) publishes: alpha's plain subscription (t.*)
+    // and its queue group (t.a) both deliver to the new outbox; a key
+    // change reaches its watch.
+    let beta = r.ghost_conn("beta").expect("beta is a ghost");
+    let set: Frame = proto::KvSet {
+        id: 1,
+        key: "k.b".into(),
+        value: Bytes::from_static(b"v"),
+        expect_version: None,
+    }
+    .into();
+    r.handle(
+        now,
+        Input::Frames {
+            conn: beta,
+            frames: vec![Frame::publish("t.a", b"x".to_vec()), set],
+        },
+    );
+    let got = frames_of(&outbox);
+    let subs: Vec<u64> = got
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(Kind::Deliver(d)) => Some(d.sub_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(subs.len(), 2, "{got:?}");
+    assert!(subs.contains(&1) && subs.contains(&2), "{subs:?}");
+    assert!(
+        got.iter().any(
+            |f| matches!(&f.kind, Some(Kind::KvUpdate(u)) if u.key == "k.b" && u.watch_id == 0)
+        ),
+        "{got:?}"
+    );
+    // A second connection takes a claimed id over the usual way.
+    let conn = ConnId(5);
+    let second = Outbox::new(conn);
+    let info = proto::ClientInfo {
+        client_id: "alpha".into(),
+        ..Default::default()
+    };
+    assert_eq!(r.claim(now, "beta", Outbox::new(beta)), Some(beta));
+    r.handle(
+        now,
+        Input::Connect {
+            conn,
+            info,
+            outbox: second,
+        },
+    );
+    assert_eq!(r.ghost_conn("alpha"), None);
+    assert!(!outbox.is_open(), "the claimed connection was taken over");
 }

@@ -412,6 +412,79 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The connection id of `client_id` if a ghost holds it (a client
+    /// restored from a snapshot or replicated, with no socket yet).
+    pub fn ghost_conn(&self, client_id: &str) -> Option<ConnId> {
+        let conn = *self.by_id.get(client_id)?;
+        // A ghost's outbox was never open; a claimed one is.
+        let ghost = conn.0 >= GHOST_CONN_BASE && !self.clients.get(&conn)?.outbox.is_open();
+        ghost.then_some(conn)
+    }
+
+    /// Gives a ghost a real connection: `outbox` (created for the id
+    /// [`Router::ghost_conn`] returned, which the transport then uses in
+    /// its inputs) replaces the ghost's, keeping the client's
+    /// subscriptions, queue-group memberships, watches, presence watch and
+    /// requests. The client gets a `Welcome`; presence watchers see no
+    /// change. Returns the connection id, or `None` when `client_id` is not
+    /// held by a ghost (a normal `Input::Connect` takes it over then).
+    pub fn claim(&mut self, now: Instant, client_id: &str, outbox: Arc<Outbox>) -> Option<ConnId> {
+        let conn = self.ghost_conn(client_id)?;
+        let client = self.clients.get_mut(&conn)?;
+        client.outbox = outbox.clone();
+        client.last_seen = now;
+        client.last_head = None;
+        let subs: Vec<(u64, String, Option<super::GroupId>)> = client
+            .subs
+            .iter()
+            .map(|(id, s)| (*id, s.pattern.clone(), s.group.as_ref().map(|g| g.1)))
+            .collect();
+        for (sub_id, pattern, group) in subs {
+            match group {
+                None => {
+                    self.index.remove_sub(&pattern, conn, sub_id);
+                    self.index.insert(
+                        &pattern,
+                        super::Target::Sub {
+                            conn,
+                            sub_id,
+                            outbox: outbox.clone(),
+                        },
+                    );
+                }
+                Some(gid) => {
+                    if let Some(g) = self.groups.get_mut(&gid) {
+                        for m in &mut g.members {
+                            if m.0 == conn && m.1 == sub_id {
+                                m.2 = outbox.clone();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(k) = self.keepalive {
+            self.next_idle_check
+                .get_or_insert(now + k.min(super::IDLE_CHECK));
+        }
+        let welcome = proto::Welcome {
+            client_id: client_id.to_owned(),
+            features: Vec::new(),
+            epoch: self.identity.epoch,
+            last_received: 0,
+            max_frame: u32::try_from(self.limits.max_frame).unwrap_or(u32::MAX),
+            keepalive_ms: self
+                .keepalive
+                .map_or(0, |k| u32::try_from(k.as_millis()).unwrap_or(u32::MAX)),
+            identity: Some(self.identity.clone()),
+        };
+        self.send(conn, Frame::from(welcome));
+        self.apply_kills();
+        Some(conn)
+    }
+}
+
 /// A standby's copy of the primary's router: restored from a snapshot,
 /// then kept current by applying the primary's changes in order.
 #[derive(Debug)]
