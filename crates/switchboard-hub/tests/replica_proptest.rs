@@ -711,3 +711,36 @@ fn a_claimed_ghost_keeps_its_subscriptions_and_gets_deliveries() {
     assert_eq!(r.ghost_conn("alpha"), None);
     assert!(!outbox.is_open(), "the claimed connection was taken over");
 }
+
+#[test]
+fn restore_refuses_key_value_state_over_the_limits() {
+    use switchboard_hub::router::ReplicaError;
+    let mut snap = Router::new(config(), stats()).snapshot();
+    snap.kv = (0..5)
+        .map(|i| proto::KvEntry {
+            key: format!("k{i}"),
+            value: Bytes::from_static(b"v"),
+            version: 1,
+            deleted: false,
+        })
+        .collect();
+    match Router::restore(Instant::now(), &snap, config(), stats()) {
+        Err(ReplicaError::Invalid(why)) => assert!(why.contains("5 keys"), "{why}"),
+        other => panic!("expected too many keys, got {other:?}"),
+    }
+    snap.kv.truncate(1);
+    snap.kv[0].version = 0;
+    assert!(matches!(
+        Router::restore(Instant::now(), &snap, config(), stats()),
+        Err(ReplicaError::Invalid(_))
+    ));
+    snap.kv[0].version = 2;
+    snap.kv[0].key = String::new();
+    assert!(matches!(
+        Router::restore(Instant::now(), &snap, config(), stats()),
+        Err(ReplicaError::Invalid(_))
+    ));
+    snap.kv[0].key = "ok".into();
+    let r = Router::restore(Instant::now(), &snap, config(), stats()).expect("restores");
+    assert_eq!(r.snapshot().kv, snap.kv);
+}

@@ -22,6 +22,10 @@
 //! * `client_left`: a client's registration ended, whatever the cause
 //!   (disconnect, goodbye, id takeover, slow consumer, idle timeout).
 //!
+//! `Shutdown` is not logged: a primary shutting down ends replication.
+//! [`Router::claim`] is not logged either: which socket serves a client is
+//! not replicated state.
+//!
 //! # Determinism rules
 //!
 //! Replaying the log reproduces the replicated state (what
@@ -279,6 +283,29 @@ impl Router {
         Ok(())
     }
 
+    /// Refuses key/value entries this router's limits would never have
+    /// let in.
+    fn check_kv_entries(&self, entries: &[proto::KvEntry]) -> Result<(), ReplicaError> {
+        let l = &self.limits;
+        let markers = entries.iter().filter(|e| e.deleted).count();
+        let live = entries.len() - markers;
+        if live > l.kv_max_keys || markers > l.kv_max_tombstones {
+            return Err(ReplicaError::Invalid(format!(
+                "{live} keys and {markers} deletion markers exceed the limits of {} and {}",
+                l.kv_max_keys, l.kv_max_tombstones
+            )));
+        }
+        for e in entries {
+            if e.key.is_empty() || e.key.len() > l.kv_max_key || e.value.len() > l.kv_max_value {
+                return Err(ReplicaError::Invalid(format!(
+                    "key/value entry '{}' is empty or over the key or value size limit",
+                    super::shown(&e.key)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn journal_frame(&mut self, conn: ConnId, frame: &Frame) {
         if self.journal.limits.is_none() || !frame.kind.as_ref().is_some_and(logged_kind) {
             return;
@@ -354,6 +381,7 @@ impl Router {
                 ))
             })?,
         };
+        r.check_kv_entries(&snapshot.kv)?;
         r.kv = KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?;
         r.identity.epoch = snapshot.epoch;
         for (i, cs) in snapshot.clients.iter().enumerate() {
