@@ -1,0 +1,356 @@
+//! Overload against a real hub on loopback: a connection flood with half the
+//! connections never completing the handshake, a storm of requests to ids
+//! that do not exist, and one client pushing every per-client limit
+//! (subscriptions, watches, outstanding requests). Established clients keep
+//! getting service without loss throughout.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use bytes::BytesMut;
+use common::*;
+use switchboard_hub::{Hub, Limits};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, Frame, FrameCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Writes `frames` (built lazily, `n` of them) as fast as the socket takes
+/// them while reading every answer; returns the answers.
+async fn pipeline(
+    c: &mut TestClient,
+    n: u64,
+    make: impl Fn(u64) -> Frame,
+    expect: usize,
+) -> Result<Vec<Frame>> {
+    let (mut rd, mut wr) = c.stream.split();
+    let write = async {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        for i in 0..n {
+            codec.encode(make(i), &mut buf)?;
+            if buf.len() > 64 * 1024 {
+                wr.write_all(&buf).await?;
+                buf.clear();
+            }
+        }
+        wr.write_all(&buf).await?;
+        anyhow::Ok(())
+    };
+    let read = async {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::with_capacity(expect);
+        while got.len() < expect {
+            while let Some(f) = codec.decode(&mut buf)? {
+                got.push(f);
+            }
+            if got.len() >= expect {
+                break;
+            }
+            buf.reserve(256 * 1024);
+            if rd.read_buf(&mut buf).await? == 0 {
+                bail!("closed after {} of {expect} answers", got.len());
+            }
+        }
+        Ok(got)
+    };
+    let (w, r) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(write, read) }).await?;
+    w?;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> Result<()> {
+    const N: u64 = 100_000;
+    let hub = start().await;
+    let mut c = TestClient::connect(hub.local_addr(), "stormer").await?;
+    let mut other = TestClient::connect(hub.local_addr(), "other").await?;
+    let started = Instant::now();
+    let answers = pipeline(
+        &mut c,
+        N,
+        |i| Frame::request(i + 1, format!("nobody-{i}"), "x"),
+        N as usize,
+    )
+    .await?;
+    let took = started.elapsed();
+    let mut seen = HashSet::new();
+    for f in answers {
+        match f.kind {
+            Some(Kind::Error(e)) if e.code == ErrorCode::NoSuchClient as i32 => {
+                ensure!(seen.insert(e.id), "request {} answered twice", e.id);
+            }
+            other => bail!("expected NO_SUCH_CLIENT, got {other:?}"),
+        }
+    }
+    assert_eq!(seen.len() as u64, N);
+    assert!((1..=N).all(|i| seen.contains(&i)));
+    let status = hub.status();
+    assert_eq!(status.pending_requests, 0);
+    println!("{N} requests to missing ids answered in {took:?}");
+    // The hub still routes.
+    other.send(Frame::direct("stormer", "after")).await?;
+    match c.expect().await?.kind {
+        Some(Kind::Direct(d)) => assert_eq!(d.payload, "after"),
+        other => bail!("{other:?}"),
+    }
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Result<()> {
+    const SUBS: u64 = 200_000;
+    let hub = start().await;
+    let addr = hub.local_addr();
+    let limits = Limits::default();
+    let mut greedy = TestClient::connect(addr, "greedy").await?;
+    let mut sub = TestClient::connect(addr, "sub").await?;
+    sub.subscribe(1, "news", "").await?;
+
+    // Subscriptions: the first `max_subscriptions` succeed, the rest get
+    // LIMIT_EXCEEDED, each answered once.
+    let answers = pipeline(
+        &mut greedy,
+        SUBS,
+        |i| {
+            proto::Subscribe {
+                id: i + 1,
+                sub_id: i + 1,
+                pattern: format!("t.{i}"),
+                queue_group: String::new(),
+            }
+            .into()
+        },
+        SUBS as usize,
+    )
+    .await?;
+    let (mut oks, mut refused) = (0usize, 0usize);
+    for (i, f) in answers.into_iter().enumerate() {
+        match f.kind {
+            Some(Kind::Ok(o)) if o.id == i as u64 + 1 => oks += 1,
+            Some(Kind::Error(e))
+                if e.id == i as u64 + 1 && e.code == ErrorCode::LimitExceeded as i32 =>
+            {
+                refused += 1
+            }
+            other => bail!("subscribe {}: {other:?}", i + 1),
+        }
+    }
+    assert_eq!(oks, limits.max_subscriptions);
+    assert_eq!(refused, SUBS as usize - limits.max_subscriptions);
+    assert_eq!(
+        hub.status().subscriptions,
+        limits.max_subscriptions as u64 + 1
+    );
+
+    // Watches.
+    let n = limits.max_watches as u64 + 10;
+    let answers = pipeline(
+        &mut greedy,
+        n,
+        |i| {
+            proto::KvWatch {
+                id: i + 1,
+                watch_id: i + 1,
+                key: format!("k/{i}"),
+                prefix: i % 2 == 0,
+            }
+            .into()
+        },
+        n as usize,
+    )
+    .await?;
+    let refused = answers
+        .iter()
+        .filter(|f| matches!(&f.kind, Some(Kind::Error(e)) if e.code == ErrorCode::LimitExceeded as i32))
+        .count();
+    assert_eq!(refused, 10);
+
+    // Outstanding requests to a client that never answers.
+    let _mute = TestClient::connect(addr, "mute").await?;
+    let n = limits.max_pending_requests as u64 + 5;
+    let answers = pipeline(
+        &mut greedy,
+        n,
+        |i| {
+            let mut f = Frame::request(i + 1, "mute", "?");
+            if let Some(Kind::Request(r)) = f.kind.as_mut() {
+                r.timeout_ms = 60_000;
+            }
+            f
+        },
+        5,
+    )
+    .await?;
+    for f in &answers {
+        match &f.kind {
+            Some(Kind::Error(e)) if e.code == ErrorCode::LimitExceeded as i32 => {
+                assert!(e.id > limits.max_pending_requests as u64, "{}", e.id)
+            }
+            other => bail!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        hub.status().pending_requests,
+        limits.max_pending_requests as u64
+    );
+
+    // Meanwhile nothing changed for anyone else.
+    let mut publisher = TestClient::connect(addr, "publisher").await?;
+    for i in 0..100u32 {
+        publisher
+            .send(Frame::publish("news", i.to_be_bytes().to_vec()))
+            .await?;
+    }
+    for i in 0..100u32 {
+        match sub.expect().await?.kind {
+            Some(Kind::Deliver(d)) => assert_eq!(d.payload.as_ref(), i.to_be_bytes()),
+            other => bail!("{other:?}"),
+        }
+    }
+    // The greedy client's state goes away with it.
+    drop(greedy);
+    tokio::time::timeout(WAIT, async {
+        while hub.status().subscriptions != 1 || hub.status().pending_requests != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Opens `n` connections as fast as possible; even ones stay silent, odd
+/// ones complete the handshake. Established clients exchange checked round
+/// trips throughout; every silent connection must be closed within the
+/// handshake timeout (plus scheduling slack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> Result<()> {
+    let n: usize = std::env::var("SWITCHBOARD_FLOOD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let timeout = Duration::from_secs(1);
+    let mut config = config();
+    config.handshake_timeout = timeout;
+    let hub = Hub::start(config).await?;
+    let addr = hub.local_addr();
+    let mut ping = TestClient::connect(addr, "ping").await?;
+    let mut pong = TestClient::connect(addr, "pong").await?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let service = {
+        let stop = stop.clone();
+        let rounds = rounds.clone();
+        tokio::spawn(async move {
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                ping.send(Frame::request(id, "pong", id.to_be_bytes().to_vec()))
+                    .await?;
+                let r = match pong.expect().await?.kind {
+                    Some(Kind::Request(r)) => r,
+                    other => bail!("{other:?}"),
+                };
+                pong.send(Frame::reply(r.id, r.from, r.payload)).await?;
+                match ping.expect().await?.kind {
+                    Some(Kind::Reply(r))
+                        if r.id == id && r.payload.as_ref() == id.to_be_bytes() => {}
+                    other => bail!("round {id}: {other:?}"),
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(id)
+        })
+    };
+
+    let welcomed = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut silent = Vec::new();
+    let mut joiners = Vec::new();
+    let flood_started = Instant::now();
+    for i in 0..n {
+        if i % 2 == 0 {
+            let mut s = TcpStream::connect(addr).await?;
+            let at = Instant::now();
+            // Each silent connection is watched from its own connect.
+            silent.push(tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                let r = tokio::time::timeout(timeout * 10, async {
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                r.ok().map(|_| at.elapsed())
+            }));
+        } else {
+            let welcomed = welcomed.clone();
+            let refused = refused.clone();
+            joiners.push(tokio::spawn(async move {
+                match TestClient::connect(addr, &format!("flood-{i}")).await {
+                    Ok(c) => {
+                        welcomed.fetch_add(1, Ordering::Relaxed);
+                        Some(c)
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
+            }));
+        }
+    }
+    let opened = flood_started.elapsed();
+    // Every silent connection ends within the handshake timeout of its
+    // connect (refused at accept, or HANDSHAKE_TIMEOUT).
+    let mut worst = Duration::ZERO;
+    for watch in silent {
+        match watch.await? {
+            Some(took) => worst = worst.max(took),
+            None => bail!("a silent connection outlived {:?}", timeout * 10),
+        }
+    }
+    let mut kept = Vec::new();
+    for j in joiners {
+        if let Some(c) = j.await? {
+            kept.push(c);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let last = service.await??;
+    let rounds = rounds.load(Ordering::Relaxed);
+    assert_eq!(last, rounds);
+    assert!(rounds > 0, "no service during the flood");
+    let welcomed = welcomed.load(Ordering::Relaxed);
+    let refused = refused.load(Ordering::Relaxed);
+    println!(
+        "flood of {n}: opened in {opened:?}; silent shed at most {worst:?} after connect; \
+         {welcomed} handshakes completed, {refused} refused; {rounds} checked round trips meanwhile"
+    );
+    assert!(
+        worst < timeout * 4,
+        "silent connections held for {worst:?} (handshake timeout {timeout:?})"
+    );
+    assert_eq!(welcomed + refused, (n / 2) as u64);
+    assert_eq!(hub.status().clients, 2 + welcomed);
+    // After the flood anyone may join again.
+    let mut late = TestClient::connect(addr, "late").await?;
+    late.sync().await?;
+    drop(kept);
+    hub.shutdown().await;
+    Ok(())
+}
