@@ -592,7 +592,15 @@ impl Router {
     }
 
     fn apply_kills(&mut self) {
-        while let Some(conn) = self.to_kill.pop() {
+        while !self.to_kill.is_empty() {
+            // In client id order, not connection order, so the departures
+            // (and the replication log) do not depend on connection ids.
+            let clients = &self.clients;
+            let id = |c: &ConnId| clients.get(c).map(|c| c.id.as_str());
+            self.to_kill.sort_unstable_by(|a, b| id(b).cmp(&id(a)));
+            let Some(conn) = self.to_kill.pop() else {
+                break;
+            };
             if let Some(c) = self.clients.get(&conn) {
                 let outbox = c.outbox.clone();
                 let limit = self.limits.queue_hard_bytes;

@@ -203,6 +203,8 @@ struct Primary {
     next_conn: u64,
     conns: HashMap<usize, (ConnId, Arc<Outbox>)>,
     changes: Vec<proto::Change>,
+    /// Number connections in a scrambled order instead of 1, 2, 3...
+    scramble: bool,
 }
 
 impl Primary {
@@ -219,6 +221,7 @@ impl Primary {
             next_conn: 0,
             conns: HashMap::new(),
             changes: Vec::new(),
+            scramble: false,
         }
     }
 
@@ -232,7 +235,12 @@ impl Primary {
         match op {
             Op::Connect(i) => {
                 self.next_conn += 1;
-                let conn = ConnId(self.next_conn);
+                let conn = if self.scramble {
+                    // A bijection on the low 62 bits: distinct, unordered.
+                    ConnId(self.next_conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) & ((1 << 62) - 1))
+                } else {
+                    ConnId(self.next_conn)
+                };
                 let outbox = Outbox::new(conn);
                 self.conns.insert(*i, (conn, outbox.clone()));
                 let info = proto::ClientInfo {
@@ -339,6 +347,36 @@ proptest! {
         // And the final state restores to itself as well.
         let again = Router::restore(now, &want, config(), stats()).expect("restores");
         prop_assert_eq!(again.snapshot(), want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
+
+    /// The change log is a function of the inputs alone: connection ids
+    /// (which differ between hubs) do not change it.
+    #[test]
+    fn change_log_does_not_depend_on_connection_ids(
+        ops in proptest::collection::vec(op_strategy(), 1..160),
+    ) {
+        let run = |scramble: bool| {
+            let mut p = Primary::with(config_with(1));
+            p.scramble = scramble;
+            for i in 0..3 {
+                p.step(&Op::Connect(i));
+            }
+            for op in &ops {
+                p.step(op);
+            }
+            (p.changes, p.router.snapshot())
+        };
+        let (log_a, snap_a) = run(false);
+        let (log_b, snap_b) = run(true);
+        prop_assert_eq!(log_a, log_b);
+        prop_assert_eq!(snap_a, snap_b);
     }
 }
 
@@ -743,4 +781,43 @@ fn restore_refuses_key_value_state_over_the_limits() {
     snap.kv[0].key = "ok".into();
     let r = Router::restore(Instant::now(), &snap, config(), stats()).expect("restores");
     assert_eq!(r.snapshot().kv, snap.kv);
+}
+
+#[test]
+fn simultaneous_slow_consumer_disconnects_are_logged_in_client_id_order() {
+    let run = |scramble: bool, watchers: [usize; 2]| {
+        let mut p = Primary::new();
+        p.scramble = scramble;
+        for i in watchers {
+            p.step(&Op::Connect(i));
+            p.step(&Op::Send(i, F::Presence(false)));
+            p.step(&Op::Send(i, F::Watch(0, 1)));
+        }
+        p.step(&Op::Connect(2));
+        for i in watchers {
+            p.step(&Op::Drain(i));
+        }
+        // Each watcher now gets an update just under the 4 KiB hard limit;
+        // the next presence event takes both over it at once.
+        p.step(&Op::Send(2, F::Set(0, None, 4060)));
+        let from = p.changes.len();
+        p.step(&Op::Disconnect(2));
+        let left: Vec<String> = p.changes[from..]
+            .iter()
+            .filter_map(|c| match &c.op {
+                Some(proto::change::Op::ClientLeft(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        left
+    };
+    let want: Vec<String> = ["gamma", "alpha", "beta"].map(String::from).to_vec();
+    for watchers in [[0, 1], [1, 0]] {
+        assert_eq!(run(false, watchers), want, "watchers {watchers:?}");
+        assert_eq!(
+            run(true, watchers),
+            want,
+            "watchers {watchers:?}, scrambled ids"
+        );
+    }
 }

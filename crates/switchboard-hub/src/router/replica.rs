@@ -37,9 +37,10 @@
 //!   decides deadlines and idleness, which are not replicated;
 //! * nothing depends on randomness; maps keyed by client-chosen strings use
 //!   randomly seeded hashing but are never iterated, and every iteration
-//!   over connection-keyed maps either sorts (snapshot, client list, idle
-//!   departures, departures' `TARGET_GONE` errors) or only decides the order
-//!   of frames across *different* clients;
+//!   over connection-keyed maps either sorts (snapshot, client list; idle
+//!   and slow-consumer departures go in client id order) or only decides
+//!   the order of frames across *different* clients; so the change log
+//!   itself does not depend on connection ids;
 //! * the one hidden input, how full a client's outbox is (which the writer
 //!   drains at socket speed), only decides dropped deliveries, parked
 //!   messages, the queue-group member chosen and slow-consumer disconnects.
