@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, DiscoveryError, Secret, SecretError};
 
-use crate::Limits;
+use crate::{HttpConfig, Limits};
 
 /// Default time a new connection has to complete the handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +36,9 @@ pub struct HubConfig {
     pub keepalive: Option<Duration>,
     /// Primary epoch announced in the identity (default 1).
     pub epoch: u64,
+    /// When set, an HTTP listener for the long-poll gateway, the
+    /// WebSocket transport, metrics and the dashboard (default: none).
+    pub http: Option<HttpConfig>,
 }
 
 impl HubConfig {
@@ -58,6 +61,7 @@ impl HubConfig {
             limits: Limits::default(),
             keepalive: None,
             epoch: 1,
+            http: None,
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The TCP transport: handshake, then a reader and a writer per connection.
+//! The stream transports (TCP, and WebSocket through a bridge): handshake,
+//! then a reader and a writer per connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use switchboard_wire::{
     check_client_frame, Direction, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN,
     NONCE_LEN, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf,
+};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -50,6 +53,51 @@ pub(crate) struct Shared {
     pub inbox: mpsc::Sender<Input>,
     pub stats: Arc<HubStats>,
     pub shutdown: CancellationToken,
+    /// Last connection id handed out (ids are shared by all transports).
+    pub next_conn: AtomicU64,
+}
+
+impl Shared {
+    /// A fresh connection id.
+    pub fn alloc_conn(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// A byte stream carrying length-prefixed frames: a TCP socket, or the
+/// in-memory side of a WebSocket bridge.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The writing half.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Splits the stream for the reader and writer tasks.
+    fn halves(self) -> (Self::Read, Self::Write);
+    /// Writes what fits without waiting (a closing connection's last words).
+    fn try_write(w: &mut Self::Write, buf: &[u8]);
+}
+
+impl Stream for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    fn halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+    fn try_write(w: &mut OwnedWriteHalf, buf: &[u8]) {
+        let _ = w.try_write(buf);
+    }
+}
+
+impl Stream for DuplexStream {
+    type Read = ReadHalf<DuplexStream>;
+    type Write = WriteHalf<DuplexStream>;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+    fn try_write(w: &mut Self::Write, buf: &[u8]) {
+        use futures::FutureExt;
+        let _ = w.write(buf).now_or_never();
+    }
 }
 
 /// Checks a client id: 1 to 256 bytes of UTF-8 without control characters.
@@ -76,14 +124,14 @@ enum Handshake {
     Close(Option<Frame>),
 }
 
-async fn read_frame(
-    stream: &mut TcpStream,
+async fn read_frame<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Frame>, WireError> {
     loop {
         match decode_one(buf, max)? {
-            Some(Decoded::Frame(frame)) => return Ok(Some(frame)),
+            Some(Decoded::Frame(frame, _)) => return Ok(Some(frame)),
             // Not a handshake frame: reported like any other wrong frame.
             Some(Decoded::Refused(_)) => return Ok(Some(Frame::default())),
             None => {}
@@ -114,7 +162,7 @@ fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
     Frame::error(0, e.code(), message)
 }
 
-async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> Handshake {
+async fn handshake<S: Stream>(stream: &mut S, buf: &mut BytesMut, shared: &Shared) -> Handshake {
     let first = match read_frame(stream, buf, shared.limits.pre_auth_max_frame).await {
         Ok(Some(f)) => f,
         Ok(None) => return Handshake::Close(None),
@@ -211,14 +259,14 @@ async fn handshake(stream: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) 
     Handshake::Accepted(hello)
 }
 
-async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), WireError> {
+async fn write_frame<S: Stream>(stream: &mut S, frame: &Frame) -> Result<(), WireError> {
     let mut out = BytesMut::new();
     FrameCodec::new().encode(frame, &mut out)?;
     stream.write_all(&out).await?;
     Ok(())
 }
 
-async fn reject(mut stream: TcpStream, frame: Option<Frame>) {
+async fn reject<S: Stream>(mut stream: S, frame: Option<Frame>) {
     if let Some(frame) = frame {
         let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, async {
             let _ = write_frame(&mut stream, &frame).await;
@@ -228,15 +276,16 @@ async fn reject(mut stream: TcpStream, frame: Option<Frame>) {
     }
 }
 
-/// Serves one accepted connection to its end.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+/// Serves one accepted connection to its end; `transport` names it in the
+/// registry (`tcp`, `ws`).
+pub(crate) async fn serve<S: Stream>(
+    mut stream: S,
     peer: SocketAddr,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    transport: &'static str,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let outcome = tokio::select! {
         r = tokio::time::timeout(
@@ -265,7 +314,7 @@ pub(crate) async fn serve(
     let agent: String = hello.agent.chars().take(256).collect();
     let info = proto::ClientInfo {
         client_id: hello.client_id,
-        transport: "tcp".into(),
+        transport: transport.into(),
         addr: peer.to_string(),
         connected_at_ms: switchboard_discovery::now_ms(),
         agent,
@@ -280,8 +329,8 @@ pub(crate) async fn serve(
         shared.stats.untrack(conn);
         return;
     }
-    let (rd, wr) = stream.into_split();
-    let writer = tokio::spawn(write_loop(
+    let (rd, wr) = stream.halves();
+    let writer = tokio::spawn(write_loop::<S>(
         wr,
         outbox.clone(),
         conn,
@@ -296,8 +345,8 @@ pub(crate) async fn serve(
 
 /// One frame taken from the read buffer.
 enum Decoded {
-    /// A decoded frame.
-    Frame(Frame),
+    /// A decoded frame, and its length on the wire.
+    Frame(Frame, usize),
     /// A whole frame refused without decoding (a kind clients may not send,
     /// or over its kind's size cap); the notice tells the client why.
     Refused(Frame),
@@ -351,11 +400,11 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireErr
         buf.advance(total);
         frame
     };
-    Ok(Some(Decoded::Frame(frame)))
+    Ok(Some(Decoded::Frame(frame, total)))
 }
 
-async fn read_loop(
-    mut rd: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     conn: ConnId,
     outbox: &Outbox,
@@ -370,7 +419,8 @@ async fn read_loop(
         let mut refused = None;
         loop {
             match decode_one(&mut buf, max) {
-                Ok(Some(Decoded::Frame(frame))) => {
+                Ok(Some(Decoded::Frame(frame, len))) => {
+                    shared.stats.metrics.frame_in(&frame, len);
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH {
                         break;
@@ -449,8 +499,8 @@ async fn read_loop(
         .await;
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<S: Stream>(
+    mut wr: S::Write,
     outbox: Arc<Outbox>,
     conn: ConnId,
     inbox: mpsc::Sender<Input>,
@@ -466,7 +516,7 @@ async fn write_loop(
             if let Some(last) = outbox.take_last_words() {
                 buf.clear();
                 crate::Out::from(last).encode(&mut buf);
-                let _ = wr.try_write(&buf);
+                S::try_write(&mut wr, &buf);
             }
             break;
         }
@@ -490,7 +540,13 @@ async fn write_loop(
             n += 1;
         }
         for out in taken.frames.drain(..) {
+            let before = buf.len();
             out.encode(&mut buf);
+            let kind = match &out {
+                crate::Out::Frame(f) => f.kind_name(),
+                crate::Out::Deliver { .. } => "deliver",
+            };
+            stats.metrics.frame_out(kind, buf.len() - before);
         }
         tokio::select! {
             r = wr.write_all(&buf) => {

@@ -15,7 +15,6 @@ use tracing::Instrument;
 use crate::config::{HubConfig, HubError};
 use crate::conn::{serve, Shared};
 use crate::router::{HubStats, Input, Router, RouterConfig};
-use crate::ConnId;
 
 /// Most inputs the router task takes from its inbox per wake-up.
 const ROUTER_BATCH: usize = 64;
@@ -29,6 +28,8 @@ pub struct Hub;
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    http_token: String,
     identity: proto::HubIdentity,
     stats: Arc<HubStats>,
     started: Instant,
@@ -94,13 +95,18 @@ impl Hub {
         let hint = Arc::new(Mutex::new(hint));
         let shared = Arc::new(Shared {
             identity: identity.clone(),
-            secret: config.secret,
+            secret: config.secret.clone(),
             handshake_timeout: config.handshake_timeout,
             inbox: inbox_tx,
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             limits: config.limits,
+            next_conn: std::sync::atomic::AtomicU64::new(0),
         });
+        let http_addr = match config.http {
+            Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
+            None => None,
+        };
         let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
         tracing::info!(parent: &span, instance = %identity.instance_id, "hub listening");
         tokio::spawn(
@@ -110,6 +116,8 @@ impl Hub {
         tokio::spawn(accept_loop(listener, shared).instrument(span));
         Ok(HubHandle {
             local_addr,
+            http_addr,
+            http_token: crate::http_token(&config.secret),
             identity,
             stats,
             started: Instant::now(),
@@ -124,6 +132,17 @@ impl HubHandle {
     /// The address the hub listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the HTTP/WebSocket gateway, when
+    /// [`HubConfig::http`](crate::HubConfig::http) asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The bearer token of the HTTP gateway (see [`http_token`](crate::http_token)).
+    pub fn http_token(&self) -> String {
+        self.http_token.clone()
     }
 
     /// The hub's identity (as sent in probe replies and handshakes).
@@ -166,7 +185,6 @@ impl Drop for HubHandle {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes.max(1)));
-    let mut next_conn = 0u64;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -179,10 +197,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     drop(stream);
                     continue;
                 };
-                next_conn += 1;
-                let conn = ConnId(next_conn);
+                let _ = stream.set_nodelay(true);
+                let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
-                tokio::spawn(serve(stream, peer, conn, shared.clone(), permit).instrument(span));
+                tokio::spawn(
+                    serve(stream, peer, conn, shared.clone(), permit, "tcp").instrument(span),
+                );
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly.

@@ -65,6 +65,7 @@
 
 mod config;
 mod conn;
+pub mod gateway;
 mod hub;
 mod kv;
 pub mod limits;
@@ -73,6 +74,7 @@ pub mod router;
 pub mod subject;
 
 pub use config::{HubConfig, HubError};
+pub use gateway::{http_token, HttpConfig};
 pub use hub::{Hub, HubHandle};
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};

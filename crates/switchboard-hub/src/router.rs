@@ -77,6 +77,9 @@ pub struct HubStats {
     kv_keys: AtomicU64,
     dropped: AtomicU64,
     outboxes: Mutex<IdMap<ConnId, Arc<Outbox>>>,
+    /// Counters by frame kind and the request latency histogram (for
+    /// `/metrics`).
+    pub metrics: crate::gateway::metrics::Metrics,
 }
 
 impl HubStats {
@@ -169,7 +172,39 @@ pub enum Input {
     Tick,
     /// Tell every client goodbye and stop accepting registrations.
     Shutdown,
+    /// Send the router's current view (for the status endpoints and the
+    /// dashboard); a dropped receiver is ignored.
+    Inspect(tokio::sync::oneshot::Sender<Inspection>),
 }
+
+/// The router's view for operators, answered to [`Input::Inspect`].
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// Status and counters.
+    pub status: proto::Status,
+    /// Registered clients, sorted by id.
+    pub clients: Vec<proto::ClientInfo>,
+    /// Subscription patterns with their subscriber counts, sorted.
+    pub topics: Vec<(String, u64)>,
+    /// The latest presence events, oldest first.
+    pub presence: Vec<PresenceEvent>,
+}
+
+/// One presence event remembered for [`Inspection::presence`].
+#[derive(Debug, Clone)]
+pub struct PresenceEvent {
+    /// Number of the event since the hub started.
+    pub seq: u64,
+    /// Joined (true) or left.
+    pub joined: bool,
+    /// The client.
+    pub client: proto::ClientInfo,
+    /// Why it left.
+    pub reason: String,
+}
+
+/// Presence events kept for [`Inspection::presence`].
+const RECENT_PRESENCE: usize = 50;
 
 /// Fixed facts the router needs.
 #[derive(Debug, Clone)]
@@ -240,6 +275,7 @@ struct Client {
 struct Pending {
     target: ConnId,
     deadline: Instant,
+    started: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +321,8 @@ pub struct Router {
     next_idle_check: Option<Instant>,
     shutting_down: bool,
     counters: Counters,
+    recent_presence: VecDeque<PresenceEvent>,
+    presence_seq: u64,
     /// Replication change log (see [`replica`]).
     journal: replica::Journal,
 }
@@ -352,6 +390,8 @@ impl Router {
             next_idle_check: None,
             shutting_down: false,
             counters: Counters::default(),
+            recent_presence: VecDeque::new(),
+            presence_seq: 0,
             journal: replica::Journal::default(),
         }
     }
@@ -410,6 +450,9 @@ impl Router {
             Input::Drained { conn } => self.retry_parked(now, conn),
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
+            Input::Inspect(reply) => {
+                let _ = reply.send(self.inspect(now));
+            }
         }
         self.apply_kills();
     }
@@ -830,6 +873,16 @@ impl Router {
         kind: proto::PresenceKind,
         reason: &str,
     ) {
+        self.presence_seq += 1;
+        if self.recent_presence.len() >= RECENT_PRESENCE {
+            self.recent_presence.pop_front();
+        }
+        self.recent_presence.push_back(PresenceEvent {
+            seq: self.presence_seq,
+            joined: kind == proto::PresenceKind::Joined,
+            client: info.clone(),
+            reason: reason.to_owned(),
+        });
         if self.presence.is_empty() {
             return;
         }
@@ -1133,6 +1186,28 @@ impl Router {
         }
     }
 
+    /// The operators' view at `now`.
+    pub fn inspect(&self, now: Instant) -> Inspection {
+        let mut clients: Vec<proto::ClientInfo> =
+            self.clients.values().map(|c| c.info.clone()).collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut topics: HashMap<&str, u64> = HashMap::new();
+        for c in self.clients.values() {
+            for sub in c.subs.values() {
+                *topics.entry(sub.pattern.as_str()).or_default() += 1;
+            }
+        }
+        let mut topics: Vec<(String, u64)> =
+            topics.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        topics.sort();
+        Inspection {
+            status: self.status(now, 0),
+            clients,
+            topics,
+            presence: self.recent_presence.iter().cloned().collect(),
+        }
+    }
+
     fn client_list(&self, id: u64) -> Frame {
         let mut clients: Vec<proto::ClientInfo> =
             self.clients.values().map(|c| c.info.clone()).collect();
@@ -1301,8 +1376,14 @@ impl Router {
         if let Some(t) = self.clients.get_mut(&target) {
             t.incoming.insert((conn, r.id));
         }
-        self.pending
-            .insert((conn, r.id), Pending { target, deadline });
+        self.pending.insert(
+            (conn, r.id),
+            Pending {
+                target,
+                deadline,
+                started: now,
+            },
+        );
         // Answered requests leave their heap entries behind until their
         // deadline; rebuild when those dominate so memory follows the
         // outstanding requests, not the request rate.
@@ -1336,7 +1417,12 @@ impl Router {
                 return;
             }
         }
-        self.pending.remove(&(requester, r.id));
+        if let (Some(p), Some(now)) = (self.pending.remove(&(requester, r.id)), self.last_now) {
+            self.stats
+                .metrics
+                .request_latency
+                .observe(now.saturating_duration_since(p.started));
+        }
         self.forget_request(requester, r.id, Some(conn));
         r.from = self.sender_id(conn);
         self.send(requester, r.into());

@@ -1,0 +1,112 @@
+//! The dashboard page (assets compiled into the binary) and its live feed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::http::{client_json, inspect, status_json, Gateway};
+use crate::router::Inspection;
+
+const PAGE: &str = include_str!("../../assets/dashboard.html");
+const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+const STYLE: &str = include_str!("../../assets/dashboard.css");
+
+/// How often the feed sends a fresh view.
+const FEED_EVERY: Duration = Duration::from_millis(500);
+
+fn asset(body: &'static str, mime: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(mime)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`.
+pub(crate) async fn page() -> Response {
+    asset(PAGE, "text/html; charset=utf-8")
+}
+
+/// `GET /dashboard.js`.
+pub(crate) async fn script() -> Response {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// `GET /dashboard.css`.
+pub(crate) async fn style() -> Response {
+    asset(STYLE, "text/css; charset=utf-8")
+}
+
+/// The dashboard's view of the hub, as JSON.
+pub(crate) fn view_json(i: &Inspection) -> Value {
+    let clients: Vec<Value> = i.clients.iter().map(client_json).collect();
+    let topics: Vec<Value> = i
+        .topics
+        .iter()
+        .map(|(pattern, n)| json!({ "pattern": pattern, "subscribers": n }))
+        .collect();
+    let presence: Vec<Value> = i
+        .presence
+        .iter()
+        .map(|p| {
+            json!({
+                "seq": p.seq,
+                "event": if p.joined { "joined" } else { "left" },
+                "client": client_json(&p.client),
+                "reason": p.reason,
+            })
+        })
+        .collect();
+    json!({
+        "status": status_json(i),
+        "clients": clients,
+        "topics": topics,
+        "presence": presence,
+        "time_ms": switchboard_discovery::now_ms(),
+    })
+}
+
+/// `GET /v1/feed`: a WebSocket sending the view as JSON text twice a second.
+pub(crate) async fn feed(State(gw): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(4096)
+        .on_upgrade(move |socket| run_feed(gw, socket))
+        .into_response()
+}
+
+async fn run_feed(gw: Arc<Gateway>, mut socket: WebSocket) {
+    let mut tick = tokio::time::interval(FEED_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+            _ = gw.shared.shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        }
+        let Ok(view) = inspect(&gw).await else {
+            return;
+        };
+        let text = view_json(&view).to_string();
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
+}

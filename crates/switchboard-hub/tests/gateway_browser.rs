@@ -1,0 +1,232 @@
+//! The dashboard in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver) loads the page from a running hub, and a client
+//! connecting must appear on it.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them). Without them the test prints a notice and passes, unless `CI` is
+//! set, where it fails. `SWITCHBOARD_SCREENSHOT=1` saves the page to
+//! `docs/dashboard.png`.
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::TestClient;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+use switchboard_discovery::Secret;
+use switchboard_hub::{http_token, HttpConfig, Hub};
+use switchboard_wire::proto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+fn find(names: &[&str], env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in names {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts chromedriver on a free loopback port and waits until it answers.
+async fn chromedriver(bin: &PathBuf) -> Result<(Child, u16)> {
+    for _ in 0..5 {
+        let port = free_port()?;
+        let mut child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start chromedriver")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let req = format!(
+                    "GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+                );
+                if s.write_all(req.as_bytes()).await.is_ok() {
+                    let mut out = Vec::new();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+                    if String::from_utf8_lossy(&out).contains("\"ready\"") {
+                        return Ok((child, port));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill().await;
+    }
+    bail!("chromedriver did not start")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_clients_live_in_chromium() -> Result<()> {
+    let chromium = find(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "CHROMIUM",
+    );
+    let driver = find(&["chromedriver"], "CHROMEDRIVER");
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        if std::env::var_os("CI").is_some() {
+            bail!("chromium and chromedriver are required in CI; install the Debian packages chromium and chromium-driver");
+        }
+        eprintln!("notice: skipping the browser test: chromium or chromedriver not found (install chromium and chromium-driver)");
+        return Ok(());
+    };
+
+    let mut config = common::config();
+    config.http = Some(HttpConfig::new("127.0.0.1:0".parse()?));
+    let hub = Hub::start(config).await?;
+    let http_addr = hub.http_addr().context("gateway")?;
+    let token = http_token(&Secret::from_token(common::TOKEN));
+    assert_eq!(token, hub.http_token());
+
+    let (_driver, port) = chromedriver(&driver).await?;
+    let profile = tempfile::tempdir()?;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,820",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .context("cannot open a chromium session")?;
+    let result = drive(&browser, &hub, http_addr, &token).await;
+    let _ = browser.close().await;
+    hub.shutdown().await;
+    result
+}
+
+/// Polls `check` on the page until it holds (at most 15 s).
+async fn wait_for(
+    browser: &fantoccini::Client,
+    what: &str,
+    css: &str,
+    want: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(el) = browser.find(Locator::Css(css)).await {
+            if let Ok(text) = el.text().await {
+                if want(&text) {
+                    return Ok(text);
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the page never showed {what} (last text of {css}: {last:?})")
+}
+
+async fn drive(
+    browser: &fantoccini::Client,
+    hub: &switchboard_hub::HubHandle,
+    http_addr: std::net::SocketAddr,
+    token: &str,
+) -> Result<()> {
+    browser
+        .goto(&format!("http://{http_addr}/#token={token}"))
+        .await?;
+    wait_for(browser, "a live feed", "#feed-state", |t| t == "live").await?;
+    wait_for(browser, "no clients", "#n-clients", |t| t == "0").await?;
+
+    // A client connecting appears, with its transport.
+    let mut ui = TestClient::connect(hub.local_addr(), "ui").await?;
+    let row = wait_for(browser, "the new client", "tr[data-client=\"ui\"]", |t| {
+        t.contains("tcp")
+    })
+    .await?;
+    assert!(row.starts_with("ui"), "row: {row}");
+    wait_for(browser, "one client", "#n-clients", |t| t == "1").await?;
+
+    // More of the hub for the picture: workers, an HTTP client, topics,
+    // and someone who left.
+    let mut workers = Vec::new();
+    for id in ["worker-1", "worker-2"] {
+        let mut w = TestClient::connect(hub.local_addr(), id).await?;
+        w.subscribe(1, "jobs.*", "workers").await?;
+        workers.push(w);
+    }
+    ui.subscribe(1, "events.>", "").await?;
+    {
+        let temp = TestClient::connect(hub.local_addr(), "probe-cli").await?;
+        drop(temp);
+    }
+    let body = json!({ "client": "http-agent", "pattern": "events.>" }).to_string();
+    let mut s = tokio::net::TcpStream::connect(http_addr).await?;
+    let req = format!(
+        "POST /v1/subscribe HTTP/1.1\r\nHost: {http_addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    for i in 0..200u32 {
+        ui.send(proto::Publish {
+            topic: "jobs.resize".into(),
+            payload: i.to_be_bytes().to_vec().into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    wait_for(
+        browser,
+        "the HTTP client",
+        "tr[data-client=\"http-agent\"]",
+        |t| t.contains("http"),
+    )
+    .await?;
+    wait_for(browser, "the topic", "tr[data-topic=\"jobs.*\"]", |t| {
+        t.ends_with('2')
+    })
+    .await?;
+    wait_for(browser, "a departure", "#presence", |t| {
+        t.contains("probe-cli left")
+    })
+    .await?;
+
+    if std::env::var_os("SWITCHBOARD_SCREENSHOT").is_some() {
+        let png = browser.screenshot().await?;
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png");
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("screenshot saved to {}", path.display());
+    }
+    drop(workers);
+    Ok(())
+}

@@ -1,0 +1,758 @@
+//! The HTTP long-poll gateway against its real listener, with native TCP
+//! clients on the other side (seed 002's listen / hold / answer flow).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use common::{TestClient, WAIT};
+use serde_json::{json, Value};
+use switchboard_discovery::Secret;
+use switchboard_hub::{http_token, HttpConfig, Hub, HubHandle};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start_with(tune: impl FnOnce(&mut HttpConfig)) -> HubHandle {
+    let mut config = common::config();
+    let mut http = HttpConfig::new("127.0.0.1:0".parse().unwrap());
+    tune(&mut http);
+    config.http = Some(http);
+    Hub::start(config).await.expect("hub starts")
+}
+
+fn token() -> String {
+    http_token(&Secret::from_token(common::TOKEN))
+}
+
+/// A plain HTTP/1.1 exchange on a fresh connection (what curl does).
+struct Http {
+    addr: SocketAddr,
+    token: Option<String>,
+    host: Option<String>,
+    origin: Option<String>,
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+}
+
+impl Http {
+    fn new(hub: &HubHandle) -> Http {
+        Http {
+            addr: hub.http_addr().expect("gateway runs"),
+            token: Some(token()),
+            host: None,
+            origin: None,
+        }
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
+        let mut s = TcpStream::connect(self.addr).await?;
+        let host = self.host.clone().unwrap_or_else(|| self.addr.to_string());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(o) = &self.origin {
+            head.push_str(&format!("Origin: {o}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await?;
+        // A refused body may close the connection early; the answer counts.
+        let _ = s.write_all(body).await;
+        let mut raw = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+            .await
+            .context("http answer timed out")??;
+        parse_answer(&raw)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Answer> {
+        self.raw("POST", path, body.to_string().as_bytes()).await
+    }
+
+    async fn get(&self, path: &str) -> Result<Answer> {
+        self.raw("GET", path, b"").await
+    }
+}
+
+fn parse_answer(raw: &[u8]) -> Result<Answer> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (len, after) = rest.split_once("\r\n").context("bad chunk")?;
+            let len = usize::from_str_radix(len.trim(), 16)?;
+            if len == 0 {
+                break;
+            }
+            out.push_str(&after[..len]);
+            rest = &after[len + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Ok(Answer { status, body })
+}
+
+/// Polls until a message arrives (bounded).
+async fn listen_one(http: &Http, client: &str) -> Result<Value> {
+    for _ in 0..20 {
+        let a = http
+            .post(
+                "/v1/listen",
+                json!({ "client": client, "timeout_ms": 2000 }),
+            )
+            .await?;
+        if a.status != 200 {
+            bail!("listen failed: {} {}", a.status, a.body);
+        }
+        let v = a.json()?;
+        if let Some(m) = v["messages"].as_array().and_then(|m| m.first()) {
+            return Ok(m.clone());
+        }
+    }
+    bail!("no message arrived")
+}
+
+/// Registers `client` over HTTP with a poll that returns at once.
+async fn register(http: &Http, client: &str) -> Result<()> {
+    let a = http
+        .post("/v1/listen", json!({ "client": client, "timeout_ms": 0 }))
+        .await?;
+    if a.status != 200 {
+        bail!("register failed: {} {}", a.status, a.body);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn seed_flow_tcp_requests_an_http_listener() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    register(&http, "worker").await?;
+    let mut asker = TestClient::connect(hub.local_addr(), "asker").await?;
+    // The listener's poll is held, then the request arrives through it.
+    let poll = {
+        let http = Http::new(&hub);
+        tokio::spawn(async move { listen_one(&http, "worker").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    asker
+        .send(proto::Request {
+            id: 7,
+            to: "worker".into(),
+            timeout_ms: 5000,
+            payload: "2+2".into(),
+            method: "add".into(),
+            ..Default::default()
+        })
+        .await?;
+    let m = poll.await??;
+    assert_eq!(m["kind"], "request");
+    assert_eq!(m["from"], "asker");
+    assert_eq!(m["method"], "add");
+    assert_eq!(m["payload"], "2+2");
+    let id = m["id"].as_u64().context("request id")?;
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "worker", "id": id, "payload": "4" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    match asker.expect().await?.kind {
+        Some(Kind::Reply(r)) => {
+            assert_eq!(r.id, 7);
+            assert_eq!(r.from, "worker");
+            assert_eq!(&r.payload[..], b"4");
+        }
+        other => bail!("expected the reply, got {other:?}"),
+    }
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn seed_flow_http_requests_a_tcp_server_and_errors_map_to_statuses() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let mut server = TestClient::connect(hub.local_addr(), "server").await?;
+    let call = {
+        let http = Http::new(&hub);
+        tokio::spawn(async move {
+            http.post(
+                "/v1/request",
+                json!({ "client": "web", "to": "server", "payload_b64": "AAEC", "timeout_ms": 5000 }),
+            )
+            .await
+        })
+    };
+    let req = match server.expect().await?.kind {
+        Some(Kind::Request(r)) => r,
+        other => bail!("expected a request, got {other:?}"),
+    };
+    assert_eq!(req.from, "web");
+    assert_eq!(&req.payload[..], &[0u8, 1, 2]);
+    server
+        .send(proto::Reply {
+            id: req.id,
+            to: req.from.clone(),
+            payload: vec![0xff, 0xfe].into(),
+            ..Default::default()
+        })
+        .await?;
+    let a = call.await??;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json()?;
+    assert_eq!(v["from"], "server");
+    assert_eq!(v["payload_b64"], "//4=");
+
+    // Unknown target: 404 at once.
+    let a = http
+        .post(
+            "/v1/request",
+            json!({ "client": "web", "to": "nobody", "payload": "x" }),
+        )
+        .await?;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.json()?["error"], "no_such_client");
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "web", "to": "nobody", "payload": "x" }),
+        )
+        .await?;
+    assert_eq!(a.status, 404, "{}", a.body);
+
+    // A target that never answers: 504 at the request's timeout.
+    let started = std::time::Instant::now();
+    let a = http
+        .post(
+            "/v1/request",
+            json!({ "client": "web", "to": "server", "payload": "x", "timeout_ms": 200 }),
+        )
+        .await?;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_to_http_and_tcp_to_tcp_request_reply() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    register(&http, "h-server").await?;
+    let call = {
+        let http = Http::new(&hub);
+        tokio::spawn(async move {
+            http.post(
+                "/v1/request",
+                json!({ "client": "h-client", "to": "h-server", "payload": "ping" }),
+            )
+            .await
+        })
+    };
+    let m = listen_one(&http, "h-server").await?;
+    assert_eq!(m["from"], "h-client");
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "h-server", "id": m["id"], "payload": "pong" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200);
+    let a = call.await??;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["payload"], "pong");
+
+    // Replying to a request that does not exist says so.
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "h-server", "id": 999_999, "payload": "x" }),
+        )
+        .await?;
+    assert_eq!(a.status, 404);
+
+    let mut t1 = TestClient::connect(hub.local_addr(), "t1").await?;
+    let mut t2 = TestClient::connect(hub.local_addr(), "t2").await?;
+    t1.send(proto::Request {
+        id: 1,
+        to: "t2".into(),
+        payload: "q".into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Request(r)) = t2.expect().await?.kind else {
+        bail!("t2 expected a request");
+    };
+    t2.send(proto::Reply {
+        id: r.id,
+        to: r.from,
+        payload: "a".into(),
+        ..Default::default()
+    })
+    .await?;
+    assert!(matches!(t1.expect().await?.kind, Some(Kind::Reply(r)) if &r.payload[..] == b"a"));
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_between_polls_wait_in_order_and_http_clients_are_full_citizens() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let mut watcher = TestClient::connect(hub.local_addr(), "watcher").await?;
+    watcher
+        .send(proto::PresenceWatch { id: 1, stop: false })
+        .await?;
+    assert!(matches!(
+        watcher.expect().await?.kind,
+        Some(Kind::ClientList(_))
+    ));
+    register(&http, "inbox").await?;
+    match watcher.expect().await?.kind {
+        Some(Kind::Presence(p)) => {
+            let c = p.client.context("presence names the client")?;
+            assert_eq!(c.client_id, "inbox");
+            assert_eq!(c.transport, "http");
+            assert_eq!(p.kind, proto::PresenceKind::Joined as i32);
+        }
+        other => bail!("expected presence, got {other:?}"),
+    }
+    let a = http
+        .post(
+            "/v1/subscribe",
+            json!({ "client": "inbox", "pattern": "news.>" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Nobody polls while these arrive.
+    for i in 0..5 {
+        watcher
+            .send(proto::Direct {
+                to: "inbox".into(),
+                payload: format!("m{i}").into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    watcher
+        .send(proto::Publish {
+            topic: "news.today".into(),
+            payload: "headline".into(),
+            ..Default::default()
+        })
+        .await?;
+    watcher.sync().await?;
+    let a = http
+        .post(
+            "/v1/listen",
+            json!({ "client": "inbox", "timeout_ms": 1000 }),
+        )
+        .await?;
+    let v = a.json()?;
+    let msgs = v["messages"].as_array().context("messages")?;
+    let got: Vec<&str> = msgs.iter().filter_map(|m| m["payload"].as_str()).collect();
+    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4", "headline"]);
+    assert_eq!(msgs[5]["kind"], "deliver");
+    assert_eq!(msgs[5]["topic"], "news.today");
+    let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+
+    // Acknowledged mode: messages stay until acknowledged.
+    watcher
+        .send(proto::Direct {
+            to: "inbox".into(),
+            payload: "kept".into(),
+            ..Default::default()
+        })
+        .await?;
+    watcher.sync().await?;
+    let first = http
+        .post(
+            "/v1/listen",
+            json!({ "client": "inbox", "ack": v["ack"], "timeout_ms": 1000 }),
+        )
+        .await?
+        .json()?;
+    assert_eq!(first["messages"][0]["payload"], "kept");
+    let again = http
+        .post(
+            "/v1/listen",
+            json!({ "client": "inbox", "ack": v["ack"], "timeout_ms": 0 }),
+        )
+        .await?
+        .json()?;
+    assert_eq!(
+        again["messages"][0]["payload"], "kept",
+        "not acknowledged yet"
+    );
+    let done = http
+        .post(
+            "/v1/listen",
+            json!({ "client": "inbox", "ack": first["ack"], "timeout_ms": 0 }),
+        )
+        .await?
+        .json()?;
+    assert_eq!(done["messages"].as_array().map(Vec::len), Some(0));
+
+    // Publish and key/value from HTTP reach TCP clients.
+    watcher.subscribe(9, "alerts", "").await?;
+    let a = http
+        .post(
+            "/v1/publish",
+            json!({ "client": "inbox", "topic": "alerts", "payload": "fire" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let f = watcher
+        .expect_where(|f| matches!(f.kind, Some(Kind::Deliver(_))))
+        .await?;
+    assert!(
+        matches!(f.kind, Some(Kind::Deliver(d)) if d.from == "inbox" && &d.payload[..] == b"fire")
+    );
+    let a = http
+        .post(
+            "/v1/kv/set",
+            json!({ "client": "inbox", "key": "login", "value": "tok" }),
+        )
+        .await?;
+    assert_eq!(a.json()?["version"], 1);
+    let a = http
+        .post(
+            "/v1/kv/set",
+            json!({ "client": "inbox", "key": "login", "value": "x", "expect_version": 7 }),
+        )
+        .await?;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = http
+        .post("/v1/kv/get", json!({ "client": "inbox", "key": "login" }))
+        .await?;
+    let v = a.json()?;
+    assert_eq!(
+        (v["found"].as_bool(), v["value"].as_str()),
+        (Some(true), Some("tok"))
+    );
+
+    let v = http.get("/v1/clients").await?.json()?;
+    let list = v["clients"].as_array().context("clients")?;
+    assert!(list
+        .iter()
+        .any(|c| c["client_id"] == "inbox" && c["transport"] == "http"));
+    assert!(list
+        .iter()
+        .any(|c| c["client_id"] == "watcher" && c["transport"] == "tcp"));
+    let v = http.get("/v1/status").await?.json()?;
+    assert_eq!(v["clients"], 2);
+    assert_eq!(v["subscriptions"], 2);
+
+    // Leaving deregisters at once.
+    let a = http.post("/v1/leave", json!({ "client": "inbox" })).await?;
+    assert_eq!(a.status, 200);
+    let f = watcher
+        .expect_where(|f| matches!(f.kind, Some(Kind::Presence(_))))
+        .await?;
+    assert!(
+        matches!(f.kind, Some(Kind::Presence(p)) if p.kind == proto::PresenceKind::Left as i32)
+    );
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_http_clients_are_deregistered() -> Result<()> {
+    let hub = start_with(|h| h.idle_timeout = Duration::from_millis(300)).await;
+    let http = Http::new(&hub);
+    let mut watcher = TestClient::connect(hub.local_addr(), "watcher").await?;
+    watcher
+        .send(proto::PresenceWatch { id: 1, stop: false })
+        .await?;
+    watcher.expect().await?;
+    register(&http, "sleepy").await?;
+    let started = std::time::Instant::now();
+    let mut left = None;
+    for _ in 0..10 {
+        if let Some(Kind::Presence(p)) = watcher.expect().await?.kind {
+            if p.kind == proto::PresenceKind::Left as i32 {
+                left = Some(p);
+                break;
+            }
+        }
+    }
+    let p = left.context("the idle client left")?;
+    assert_eq!(p.reason, "idle");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Coming back registers it again.
+    register(&http, "sleepy").await?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_http_input_is_refused_with_clear_statuses() -> Result<()> {
+    let hub = start_with(|h| {
+        h.max_body = 64 * 1024;
+        h.max_polls_per_client = 2;
+        h.poll_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let http = Http::new(&hub);
+
+    let a = http.raw("POST", "/v1/listen", b"{not json").await?;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()?["error"], "invalid_argument");
+    let a = http
+        .post("/v1/send", json!({ "client": "a", "to": "b", "bogus": 1 }))
+        .await?;
+    assert_eq!(a.status, 400, "unknown fields are refused");
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "a", "to": "b", "payload": "x", "payload_b64": "eA==" }),
+        )
+        .await?;
+    assert_eq!(a.status, 400);
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "a", "to": "b", "payload_b64": "***" }),
+        )
+        .await?;
+    assert_eq!(a.status, 400);
+    let a = http.post("/v1/listen", json!({ "client": "" })).await?;
+    assert_eq!(a.status, 400, "empty client id");
+
+    let huge = json!({ "client": "a", "to": "b", "payload": "x".repeat(200 * 1024) });
+    let a = http.post("/v1/send", huge).await?;
+    assert_eq!(a.status, 413, "{}", a.body);
+
+    let mut anonymous = Http::new(&hub);
+    anonymous.token = None;
+    assert_eq!(anonymous.get("/v1/status").await?.status, 401);
+    anonymous.token = Some("0".repeat(64));
+    assert_eq!(anonymous.get("/v1/status").await?.status, 401);
+    assert_eq!(anonymous.get("/metrics").await?.status, 401);
+    // Liveness and the document need no token.
+    assert_eq!(anonymous.get("/healthz").await?.status, 200);
+    assert_eq!(anonymous.get("/openapi.json").await?.status, 200);
+
+    let mut rebinding = Http::new(&hub);
+    rebinding.host = Some("attacker.example:80".into());
+    assert_eq!(rebinding.get("/v1/status").await?.status, 403);
+    assert_eq!(rebinding.get("/").await?.status, 403);
+    let mut cross = Http::new(&hub);
+    cross.origin = Some("http://attacker.example".into());
+    assert_eq!(cross.get("/v1/status").await?.status, 403);
+    let mut local = Http::new(&hub);
+    local.host = Some(format!("localhost:{}", hub.http_addr().unwrap().port()));
+    local.origin = Some("http://127.0.0.1:1234".into());
+    assert_eq!(local.get("/v1/status").await?.status, 200);
+
+    // Two held polls are allowed for one client, a third is refused.
+    register(&http, "p").await?;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let http = Http::new(&hub);
+            tokio::spawn(async move {
+                http.post("/v1/listen", json!({ "client": "p", "timeout_ms": 1500 }))
+                    .await
+            })
+        })
+        .collect();
+    wait_metric(&http, "switchboard_http_polls_held", 2).await?;
+    let a = http
+        .post("/v1/listen", json!({ "client": "p", "timeout_ms": 10 }))
+        .await?;
+    assert_eq!(a.status, 429, "{}", a.body);
+    for h in held {
+        assert_eq!(h.await??.status, 200);
+    }
+
+    // A poller that disconnects mid-poll leaks nothing: its slot comes back
+    // by the poll timeout at the latest.
+    {
+        let mut s = TcpStream::connect(http.addr).await?;
+        let body = json!({ "client": "p" }).to_string();
+        let req = format!(
+            "POST /v1/listen HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+            http.addr,
+            token(),
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        wait_metric(&http, "switchboard_http_polls_held", 1).await?;
+    }
+    wait_metric(&http, "switchboard_http_polls_held", 0).await?;
+    let a = http
+        .post("/v1/listen", json!({ "client": "p", "timeout_ms": 10 }))
+        .await?;
+    assert_eq!(a.status, 200);
+    hub.shutdown().await;
+    Ok(())
+}
+
+async fn metric(http: &Http, name: &str) -> Result<u64> {
+    let text = http.get("/metrics").await?.body;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .with_context(|| format!("no metric {name}"))?;
+    Ok(line[name.len() + 1..].trim().parse()?)
+}
+
+async fn wait_metric(http: &Http, name: &str, want: u64) -> Result<()> {
+    let mut last = 0;
+    for _ in 0..200 {
+        last = metric(http, name).await?;
+        if last == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{name} stayed at {last}, wanted {want}")
+}
+
+#[tokio::test]
+async fn metrics_count_kinds_transports_and_request_latency() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let mut a = TestClient::connect(hub.local_addr(), "a").await?;
+    let mut b = TestClient::connect(hub.local_addr(), "b").await?;
+    register(&http, "h").await?;
+    a.send(proto::Request {
+        id: 1,
+        to: "b".into(),
+        payload: "x".into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Request(r)) = b.expect().await?.kind else {
+        bail!("b expected a request")
+    };
+    b.send(proto::Reply {
+        id: r.id,
+        to: r.from,
+        ..Default::default()
+    })
+    .await?;
+    a.expect().await?;
+    let res = http.get("/metrics").await?;
+    assert_eq!(res.status, 200);
+    let text = res.body;
+    for line in [
+        "switchboard_clients 3",
+        "switchboard_clients_tcp 2",
+        "switchboard_clients_http 1",
+        "switchboard_messages_in_total{kind=\"request\"} 1",
+        "switchboard_messages_in_total{kind=\"reply\"} 1",
+        "switchboard_request_latency_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing '{line}' in\n{text}"
+        );
+    }
+    assert!(text.contains("# TYPE switchboard_request_latency_seconds histogram"));
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn openapi_document_lists_exactly_the_served_routes() -> Result<()> {
+    let doc: Value = serde_json::from_str(switchboard_hub::gateway::OPENAPI)?;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for method in item.as_object().context("path item")?.keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = switchboard_hub::gateway::routes()
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    // And every listed route is really served (none answers 404/405).
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let served = http.get("/openapi.json").await?;
+    assert_eq!(serde_json::from_str::<Value>(&served.body)?, doc);
+    for (method, path) in switchboard_hub::gateway::routes() {
+        let a = match *method {
+            "get" => http.get(path).await?,
+            _ => http.raw("POST", path, b"{}").await?,
+        };
+        assert!(
+            a.status != 404 && a.status != 405,
+            "{method} {path} answered {}",
+            a.status
+        );
+    }
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_id_taken_over_by_tcp_and_back() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    register(&http, "dual").await?;
+    let poll = {
+        let http = Http::new(&hub);
+        tokio::spawn(async move {
+            http.post(
+                "/v1/listen",
+                json!({ "client": "dual", "timeout_ms": 5000 }),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut tcp = TestClient::connect(hub.local_addr(), "dual").await?;
+    // The held poll ends: its client was taken over.
+    let a = poll.await??;
+    assert_eq!(a.status, 410, "{}", a.body);
+    // An HTTP call takes the id back; the TCP connection hears why.
+    register(&http, "dual").await?;
+    let frames = tcp.expect_closed().await?;
+    assert!(frames.iter().any(|f| matches!(&f.kind,
+        Some(Kind::Goodbye(g)) if g.code == ErrorCode::IdTakenOver as i32)));
+    let _ = Frame::default();
+    hub.shutdown().await;
+    Ok(())
+}

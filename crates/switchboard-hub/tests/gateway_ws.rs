@@ -1,0 +1,265 @@
+//! WebSocket clients: native frames as binary messages, the same handshake,
+//! interoperating with TCP clients.
+
+mod common;
+
+use anyhow::{bail, Context, Result};
+use common::{TestClient, TOKEN, WAIT};
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use switchboard_discovery::{client_proof, nonce, verify_hub_proof, Secret};
+use switchboard_hub::{HttpConfig, Hub, HubHandle};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, Frame, PROTOCOL_VERSION};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start() -> HubHandle {
+    let mut config = common::config();
+    config.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap()));
+    Hub::start(config).await.expect("hub starts")
+}
+
+async fn open(hub: &HubHandle) -> Result<Ws> {
+    let url = format!("ws://{}/v1/ws", hub.http_addr().context("gateway")?);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    Ok(ws)
+}
+
+async fn send(ws: &mut Ws, frame: impl Into<Frame>) -> Result<()> {
+    ws.send(Message::Binary(frame.into().encode_to_vec().into()))
+        .await?;
+    Ok(())
+}
+
+/// Next frame; `None` when the socket closed.
+async fn recv(ws: &mut Ws) -> Result<Option<Frame>> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("timed out waiting for a frame")?;
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Ok(Some(Frame::decode(b)?)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
+            Some(Ok(other)) => bail!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn handshake(ws: &mut Ws, id: &str) -> Result<Option<Frame>> {
+    let secret = Secret::from_token(TOKEN);
+    let client_nonce = nonce();
+    send(
+        ws,
+        proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: id.into(),
+            client_nonce: client_nonce.to_vec().into(),
+            agent: "ws test".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let challenge = match recv(ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Challenge(c)) => c,
+        other => return Ok(other.map(Frame::from)),
+    };
+    let identity = challenge.identity.clone().context("identity")?;
+    if !verify_hub_proof(
+        &secret,
+        &client_nonce,
+        &challenge.hub_nonce,
+        &identity,
+        &challenge.proof,
+    ) {
+        bail!("hub proof does not verify");
+    }
+    let proof = client_proof(&secret, &challenge.hub_nonce, &client_nonce, id);
+    send(
+        ws,
+        proto::Auth {
+            proof: proof.to_vec().into(),
+        },
+    )
+    .await?;
+    match recv(ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Welcome(_)) => Ok(None),
+        other => Ok(Some(other.map(Frame::from).unwrap_or_default())),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_client_is_a_full_client() -> Result<()> {
+    let hub = start().await;
+    let mut ws = open(&hub).await?;
+    assert!(handshake(&mut ws, "browser").await?.is_none());
+    let mut tcp = TestClient::connect(hub.local_addr(), "native").await?;
+
+    // TCP → WS request/reply.
+    tcp.send(proto::Request {
+        id: 5,
+        to: "browser".into(),
+        payload: "hi".into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Request(r)) = recv(&mut ws).await?.and_then(|f| f.kind) else {
+        bail!("ws expected a request");
+    };
+    assert_eq!(r.from, "native");
+    send(
+        &mut ws,
+        proto::Reply {
+            id: r.id,
+            to: r.from,
+            payload: "hello".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(
+        matches!(tcp.expect().await?.kind, Some(Kind::Reply(r)) if r.id == 5 && &r.payload[..] == b"hello")
+    );
+
+    // WS → TCP, and pub/sub across transports.
+    send(
+        &mut ws,
+        proto::Request {
+            id: 1,
+            to: "native".into(),
+            payload: "q".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let Some(Kind::Request(r)) = tcp.expect().await?.kind else {
+        bail!("tcp expected a request");
+    };
+    tcp.send(proto::Reply {
+        id: r.id,
+        to: r.from,
+        payload: "a".into(),
+        ..Default::default()
+    })
+    .await?;
+    assert!(matches!(recv(&mut ws).await?.and_then(|f| f.kind), Some(Kind::Reply(r)) if r.id == 1));
+    send(
+        &mut ws,
+        proto::Subscribe {
+            id: 2,
+            sub_id: 3,
+            pattern: "t.*".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(recv(&mut ws).await?, Some(Frame::ok(2)));
+    tcp.send(proto::Publish {
+        topic: "t.x".into(),
+        payload: "p".into(),
+        ..Default::default()
+    })
+    .await?;
+    assert!(
+        matches!(recv(&mut ws).await?.and_then(|f| f.kind), Some(Kind::Deliver(d)) if d.sub_id == 3)
+    );
+
+    // The registry names the transport.
+    tcp.send(proto::ListClients { id: 9 }).await?;
+    let Some(Kind::ClientList(list)) = tcp.expect().await?.kind else {
+        bail!("expected the client list");
+    };
+    assert!(list
+        .clients
+        .iter()
+        .any(|c| c.client_id == "browser" && c.transport == "ws"));
+
+    // Kinds only the hub sends are refused before decoding; the socket lives.
+    send(&mut ws, proto::ClientList::default()).await?;
+    match recv(&mut ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::Unsupported as i32),
+        other => bail!("expected an error, got {other:?}"),
+    }
+    send(&mut ws, proto::Ping { nonce: 4 }).await?;
+    assert!(
+        matches!(recv(&mut ws).await?.and_then(|f| f.kind), Some(Kind::Pong(p)) if p.nonce == 4)
+    );
+
+    // A text message is not a frame: the connection ends.
+    ws.send(Message::Text("hello".into())).await?;
+    let mut closed = false;
+    for _ in 0..10 {
+        if recv(&mut ws).await?.is_none() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed);
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_handshake_refusals_match_tcp() -> Result<()> {
+    let hub = start().await;
+    // Wrong secret.
+    let mut ws = open(&hub).await?;
+    let client_nonce = nonce();
+    send(
+        &mut ws,
+        proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: "x".into(),
+            client_nonce: client_nonce.to_vec().into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let Some(Kind::Challenge(c)) = recv(&mut ws).await?.and_then(|f| f.kind) else {
+        bail!("expected a challenge");
+    };
+    let wrong = client_proof(
+        &Secret::from_token("wrong"),
+        &c.hub_nonce,
+        &client_nonce,
+        "x",
+    );
+    send(
+        &mut ws,
+        proto::Auth {
+            proof: wrong.to_vec().into(),
+        },
+    )
+    .await?;
+    match recv(&mut ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::AuthFailed as i32),
+        other => bail!("expected AUTH_FAILED, got {other:?}"),
+    }
+    assert!(recv(&mut ws).await?.is_none());
+
+    // A first message over the pre-authentication limit.
+    let mut ws = open(&hub).await?;
+    ws.send(Message::Binary(vec![0u8; 10_000].into())).await?;
+    match recv(&mut ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::LimitExceeded as i32),
+        other => bail!("expected LIMIT_EXCEEDED, got {other:?}"),
+    }
+
+    // A page of a foreign origin cannot open the socket.
+    let mut req = format!("ws://{}/v1/ws", hub.http_addr().unwrap()).into_client_request()?;
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse()?);
+    let refused = tokio_tungstenite::connect_async(req).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => bail!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    hub.shutdown().await;
+    Ok(())
+}
