@@ -654,3 +654,74 @@ async fn kv_values_at_and_over_the_size_limit() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_the_hub_sends_or_prints_contains_its_secret() -> Result<()> {
+    let key = *b"0123456789abcdef0123456789ABCDEF";
+    let mut config = config();
+    config.secret = Secret::from_bytes(key);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    let hub = Hub::start(config).await?;
+    let addr = hub.local_addr();
+    let mut seen: Vec<Frame> = Vec::new();
+
+    // A probe.
+    let mut c = TestClient::connect_raw(addr).await?;
+    c.send(proto::Probe {
+        magic: switchboard_wire::PROBE_MAGIC,
+        version: PROTOCOL_VERSION,
+        service: "hubtest".into(),
+        nonce: nonce().to_vec().into(),
+    })
+    .await?;
+    seen.extend(c.expect_closed().await?);
+    // A wrong secret (the test token), then the right one.
+    let mut c = TestClient::connect_raw(addr).await?;
+    let client_nonce = nonce();
+    c.send(hello("wrong", &client_nonce)).await?;
+    let challenge = c.expect().await?;
+    let Some(Kind::Challenge(ch)) = &challenge.kind else {
+        bail!("{challenge:?}")
+    };
+    let proof = client_proof(
+        &Secret::from_token(TOKEN),
+        &ch.hub_nonce,
+        &client_nonce,
+        "wrong",
+    );
+    seen.push(challenge);
+    c.send(proto::Auth {
+        proof: proof.to_vec().into(),
+    })
+    .await?;
+    seen.extend(c.expect_closed().await?);
+    let mut c = TestClient::connect_raw(addr).await?;
+    assert!(c
+        .handshake("right", &Secret::from_bytes(key))
+        .await?
+        .is_none());
+    seen.push(Frame::from(c.welcome.clone().unwrap()));
+    c.send(proto::StatusRequest { id: 1 }).await?;
+    seen.push(c.expect().await?);
+    c.send_bytes(&[0, 0, 0, 2, 0xff, 0xff]).await?;
+    seen.extend(c.expect_closed().await?);
+    assert!(seen.len() >= 5, "{seen:?}");
+    assert!(seen
+        .iter()
+        .any(|f| matches!(&f.kind, Some(Kind::ProbeReply(_)))));
+    assert!(seen.iter().any(
+        |f| matches!(&f.kind, Some(Kind::Error(e)) if e.code == ErrorCode::AuthFailed as i32)
+    ));
+    for f in &seen {
+        let bytes = prost::Message::encode_to_vec(f);
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key)
+                && !bytes.windows(8).any(|w| w == &key[..8])
+                && !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{f:?}"
+        );
+    }
+    hub.shutdown().await;
+    Ok(())
+}
