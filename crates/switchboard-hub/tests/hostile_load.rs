@@ -21,6 +21,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
+/// Peak resident memory of this test process (hub and clients), for the
+/// record; Linux only.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Writes `frames` (built lazily, `n` of them) as fast as the socket takes
 /// them while reading every answer; returns the answers.
 async fn pipeline(
@@ -95,7 +107,10 @@ async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> 
     assert!((1..=N).all(|i| seen.contains(&i)));
     let status = hub.status();
     assert_eq!(status.pending_requests, 0);
-    println!("{N} requests to missing ids answered in {took:?}");
+    println!(
+        "{N} requests to missing ids answered in {took:?}; peak rss {:.1} MiB",
+        peak_rss_mib()
+    );
     // The hub still routes.
     other.send(Frame::direct("stormer", "after")).await?;
     match c.expect().await?.kind {
@@ -270,7 +285,8 @@ async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> 
                 }
                 rounds.fetch_add(1, Ordering::Relaxed);
             }
-            anyhow::Ok(id)
+            // The clients stay connected until the test ends.
+            anyhow::Ok((id, ping, pong))
         })
     };
 
@@ -331,7 +347,7 @@ async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> 
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let last = service.await??;
+    let (last, _ping, _pong) = service.await??;
     let rounds = rounds.load(Ordering::Relaxed);
     assert_eq!(last, rounds);
     assert!(rounds > 0, "no service during the flood");
@@ -339,7 +355,9 @@ async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> 
     let refused = refused.load(Ordering::Relaxed);
     println!(
         "flood of {n}: opened in {opened:?}; silent shed at most {worst:?} after connect; \
-         {welcomed} handshakes completed, {refused} refused; {rounds} checked round trips meanwhile"
+         {welcomed} handshakes completed, {refused} refused; {rounds} checked round trips meanwhile; \
+         peak rss {:.1} MiB",
+        peak_rss_mib()
     );
     assert!(
         worst < timeout * 4,
