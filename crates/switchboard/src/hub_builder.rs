@@ -27,6 +27,7 @@ impl Hub {
             write_hint: true,
             limits: None,
             keepalive: None,
+            http: None,
         }
     }
 }
@@ -40,6 +41,7 @@ pub struct HubBuilder {
     write_hint: bool,
     limits: Option<Limits>,
     keepalive: Option<Duration>,
+    http: Option<String>,
 }
 
 impl HubBuilder {
@@ -88,6 +90,14 @@ impl HubBuilder {
         self
     }
 
+    /// Also serve the HTTP long-poll gateway, WebSocket clients (`/v1/ws`),
+    /// metrics and the dashboard on `addr` (`ip:port`, port 0 for a free
+    /// one); see `HubHandle::http_addr` and `HubHandle::http_token`.
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
     /// Binds, writes the hint and starts serving; returns a handle with the
     /// bound address and a `shutdown` method.
     pub async fn start(self) -> Result<HubHandle, HubError> {
@@ -111,6 +121,14 @@ impl HubBuilder {
                 },
                 ..BindOptions::default()
             };
+        }
+        if let Some(http) = &self.http {
+            let addr: SocketAddr = http.parse().map_err(|e| {
+                HubError::Config(format!(
+                    "invalid http address {http:?}: {e}; use IP:PORT such as 127.0.0.1:0"
+                ))
+            })?;
+            config.http = Some(switchboard_hub::HttpConfig::new(addr));
         }
         config.write_hint = self.write_hint;
         config.keepalive = self.keepalive;

@@ -54,22 +54,29 @@ fn cli_id() -> String {
     format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-pub async fn hub(g: &Global, listen: Option<String>) -> anyhow::Result<()> {
+pub async fn hub(g: &Global, listen: Option<String>, http: Option<String>) -> anyhow::Result<()> {
     let mut b = switchboard::Hub::builder().service(&g.service);
     if let Some(listen) = listen {
         b = b.listen(&listen);
+    }
+    if let Some(http) = http {
+        b = b.http(&http);
     }
     if let Some(token) = &g.token {
         b = b.token(token);
     }
     let hub = b.start().await?;
     let addr = hub.local_addr().to_string();
+    let http = hub.http_addr().map(|a| a.to_string());
     if g.json {
         out(json!({"event": "ready", "service": g.service, "addr": addr,
-                   "pid": std::process::id()}))?;
+                   "http": http, "pid": std::process::id()}))?;
     } else {
+        let gateway = http
+            .map(|h| format!(", http and ws on {h} (dashboard http://{h}/)"))
+            .unwrap_or_default();
         out(format!(
-            "switchboard hub ready: service {} on {addr} (pid {})",
+            "switchboard hub ready: service {} on {addr}{gateway} (pid {})",
             g.service,
             std::process::id()
         ))?;
@@ -80,6 +87,20 @@ pub async fn hub(g: &Global, listen: Option<String>) -> anyhow::Result<()> {
         eprintln!("hub stopped");
     }
     Ok(())
+}
+
+/// Prints the HTTP gateway's bearer token for the configured secret.
+pub fn token(g: &Global) -> anyhow::Result<()> {
+    let secret = match &g.token {
+        Some(t) => switchboard_discovery::Secret::from_token(t),
+        None => switchboard_discovery::Secret::load_default()?,
+    };
+    let token = switchboard_hub::http_token(&secret);
+    if g.json {
+        out(json!({ "token": token }))
+    } else {
+        out(token)
+    }
 }
 
 async fn shutdown_signal() {

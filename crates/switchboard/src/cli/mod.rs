@@ -65,7 +65,18 @@ enum Command {
         /// loopback port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Also serve HTTP clients (long poll), WebSocket clients at /v1/ws,
+        /// /metrics and the dashboard on this address, e.g. 127.0.0.1:0.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// Serve WebSocket clients (on the --http listener; without --http,
+        /// on a free loopback port).
+        #[arg(long)]
+        ws: bool,
     },
+    /// Print the bearer token of the HTTP gateway for this secret (or
+    /// --token).
+    Token,
     /// Find hubs of a service and print their addresses.
     Discover {
         /// Service name (default: --service).
@@ -252,7 +263,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Hub { listen } => commands::hub(&g, listen).await,
+        Command::Hub { listen, http, ws } => {
+            let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
+            commands::hub(&g, listen, http).await
+        }
+        Command::Token => commands::token(&g),
         Command::Discover { name, all } => commands::discover(&g, name, all).await,
         Command::Send { to, payload } => commands::send(&g, &to, &payload).await,
         Command::Request {
