@@ -459,7 +459,7 @@ async fn a_client_that_never_reads_does_not_slow_a_hundred_readers() -> Result<(
         status.dropped
     );
     assert!(status.dropped > 0, "the stuck client never overflowed");
-    // Generous for a shared 2-core machine: measured ratios 0.86 to 2.61
+    // Generous for a shared 2-core machine: measured ratios 0.66 to 2.61
     // under load from other builds, typically near 1.
     assert!(
         with_stuck < alone * 4 + Duration::from_secs(1),
