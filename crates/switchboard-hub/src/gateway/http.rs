@@ -954,7 +954,7 @@ async fn listen(
         let notified = client.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(v) = take_mail(&client, req.ack, max) {
+        if let Some(v) = take_mail(&client, req.ack, max, false) {
             return ok_json(v);
         }
         tokio::select! {
@@ -965,13 +965,15 @@ async fn listen(
         }
     }
     client.touch();
-    let next = client.state.lock().next_seq;
-    ok_json(json!({ "messages": [], "dropped": 0, "ack": next }))
+    // Checked once more under the same lock that fixes `ack`, so a message
+    // arriving at the timeout is returned, never acknowledged unseen.
+    ok_json(take_mail(&client, req.ack, max, true).unwrap_or(Value::Null))
 }
 
 /// Takes (or, in acknowledged mode, shows) waiting messages; `None` when
-/// there is nothing to report.
-fn take_mail(client: &HttpClient, ack: Option<u64>, max: usize) -> Option<Value> {
+/// there is nothing to report, unless `always` (then an empty answer whose
+/// `ack` covers every message delivered so far).
+fn take_mail(client: &HttpClient, ack: Option<u64>, max: usize, always: bool) -> Option<Value> {
     let mut st = client.state.lock();
     if let Some(ack) = ack {
         while st.mailbox.front().is_some_and(|m| m.seq <= ack) {
@@ -981,7 +983,8 @@ fn take_mail(client: &HttpClient, ack: Option<u64>, max: usize) -> Option<Value>
         }
     }
     if st.mailbox.is_empty() && st.dropped == 0 {
-        return None;
+        // Everything up to `next_seq` has left the mailbox.
+        return always.then(|| json!({ "messages": [], "dropped": 0, "ack": st.next_seq }));
     }
     let n = st.mailbox.len().min(max);
     let mut messages = Vec::with_capacity(n);
