@@ -24,6 +24,12 @@
 //!   `QUEUE_FULL`, and a client whose queue passes the hard limit is
 //!   disconnected with `Goodbye{SLOW_CONSUMER}`. Nobody else waits.
 //!
+//! * **Other transports**: with [`HubConfig::http`] set, a second listener
+//!   serves WebSocket clients (the same frames and handshake, through the
+//!   same connection code), HTTP long-poll clients registered as virtual
+//!   connections, `/metrics`, a JSON status and a live dashboard; see
+//!   [`gateway`].
+//!
 //! The handshake, the limits and the concurrency design are described in
 //! the project's `ARCHITECTURE.md`; every limit and its default is on
 //! [`Limits`].
