@@ -21,6 +21,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
+/// A hub run as a separate process, to measure its own memory:
+/// `SWITCHBOARD_HOSTILE_HUB=<addr>` of `switchboard hub --token "test token"`
+/// (handshake timeout 5 s). Used by the storm and flood tests only; one test
+/// per fresh hub, as client ids repeat.
+fn external_hub() -> Option<std::net::SocketAddr> {
+    std::env::var("SWITCHBOARD_HOSTILE_HUB").ok()?.parse().ok()
+}
+
 /// Peak resident memory of this test process (hub and clients), for the
 /// record; Linux only.
 fn peak_rss_mib() -> f64 {
@@ -82,9 +90,13 @@ async fn pipeline(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> Result<()> {
     const N: u64 = 100_000;
-    let hub = start().await;
-    let mut c = TestClient::connect(hub.local_addr(), "stormer").await?;
-    let mut other = TestClient::connect(hub.local_addr(), "other").await?;
+    let hub = match external_hub() {
+        Some(_) => None,
+        None => Some(start().await),
+    };
+    let addr = external_hub().unwrap_or_else(|| hub.as_ref().unwrap().local_addr());
+    let mut c = TestClient::connect(addr, "stormer").await?;
+    let mut other = TestClient::connect(addr, "other").await?;
     let started = Instant::now();
     let answers = pipeline(
         &mut c,
@@ -105,8 +117,9 @@ async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> 
     }
     assert_eq!(seen.len() as u64, N);
     assert!((1..=N).all(|i| seen.contains(&i)));
-    let status = hub.status();
-    assert_eq!(status.pending_requests, 0);
+    if let Some(hub) = &hub {
+        assert_eq!(hub.status().pending_requests, 0);
+    }
     println!(
         "{N} requests to missing ids answered in {took:?}; peak rss {:.1} MiB",
         peak_rss_mib()
@@ -117,7 +130,9 @@ async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> 
         Some(Kind::Direct(d)) => assert_eq!(d.payload, "after"),
         other => bail!("{other:?}"),
     }
-    hub.shutdown().await;
+    if let Some(hub) = hub {
+        hub.shutdown().await;
+    }
     Ok(())
 }
 
@@ -254,11 +269,24 @@ async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> 
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    let timeout = Duration::from_secs(1);
+    let external = external_hub();
+    let timeout = match external {
+        Some(_) => {
+            switchboard_hub::HubConfig::with_secret(
+                "x",
+                switchboard_discovery::Secret::from_token("x"),
+            )
+            .handshake_timeout
+        }
+        None => Duration::from_secs(1),
+    };
     let mut config = config();
     config.handshake_timeout = timeout;
-    let hub = Hub::start(config).await?;
-    let addr = hub.local_addr();
+    let hub = match external {
+        Some(_) => None,
+        None => Some(Hub::start(config).await?),
+    };
+    let addr = external.unwrap_or_else(|| hub.as_ref().unwrap().local_addr());
     let mut ping = TestClient::connect(addr, "ping").await?;
     let mut pong = TestClient::connect(addr, "pong").await?;
 
@@ -364,12 +392,16 @@ async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> 
         "silent connections held for {worst:?} (handshake timeout {timeout:?})"
     );
     assert_eq!(welcomed + refused, (n / 2) as u64);
-    assert_eq!(hub.status().clients, 2 + welcomed);
+    if let Some(hub) = &hub {
+        assert_eq!(hub.status().clients, 2 + welcomed);
+    }
     // After the flood anyone may join again.
     let mut late = TestClient::connect(addr, "late").await?;
     late.sync().await?;
     drop(kept);
-    hub.shutdown().await;
+    if let Some(hub) = hub {
+        hub.shutdown().await;
+    }
     Ok(())
 }
 
