@@ -255,10 +255,14 @@ async fn unknown_fields_and_enum_values_are_tolerated() -> Result<()> {
     let client_nonce = nonce();
     let mut h = hello("future-client", &client_nonce);
     h.role = 77;
-    let mut body = prost::Message::encode_to_vec(&Frame::from(h));
-    // Frame field 20 (Hello) is the only field: re-wrap its body with an
-    // extra unknown field inside, then add one outside.
-    body.extend_from_slice(&[0x98, 0x06, 0x2a]); // frame field 99 = 42
+    // The Hello with an unknown field 99 (varint) inside, wrapped as
+    // frame field 20 by hand, then an unknown field 99 in the frame too.
+    let mut hello_body = prost::Message::encode_to_vec(&h);
+    hello_body.extend_from_slice(&[0x98, 0x06, 0x2a]);
+    let mut body = vec![0xA2, 0x01];
+    prost::encoding::encode_varint(hello_body.len() as u64, &mut body);
+    body.extend_from_slice(&hello_body);
+    body.extend_from_slice(&[0x98, 0x06, 0x2a]);
     let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&body);
     c.send_bytes(&bytes).await?;
@@ -294,7 +298,7 @@ async fn unknown_fields_and_enum_values_are_tolerated() -> Result<()> {
         }
         other => bail!("{other:?}"),
     }
-    // An unknown error code in a client's Error frame, an unknown kind.
+    // A frame of a kind this version does not know.
     let mut unknown_kind = vec![0xC2, 0x0C, 0x00]; // field 200, empty
     let mut bytes = (unknown_kind.len() as u32).to_be_bytes().to_vec();
     bytes.append(&mut unknown_kind);
