@@ -32,8 +32,12 @@ fuzz_target!(|data: &[u8]| {
     let client_nonce = [3u8; 16];
     match mode % 3 {
         0 => {
-            let Ok(frame) = Frame::decode(rest) else { return };
-            let Some(Kind::Probe(probe)) = frame.kind else { return };
+            let Ok(frame) = Frame::decode(rest) else {
+                return;
+            };
+            let Some(Kind::Probe(probe)) = frame.kind else {
+                return;
+            };
             let reply = answer_probe(&probe, &identity, &secret);
             let well_formed = probe.magic == PROBE_MAGIC
                 && probe.version == PROTOCOL_VERSION
@@ -49,7 +53,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let Ok(frame) = Frame::decode(rest) else { return };
+            let Ok(frame) = Frame::decode(rest) else {
+                return;
+            };
             assert!(
                 check_reply(frame, addr, "svc", &secret, &client_nonce).is_err(),
                 "an arbitrary frame passed as a verified reply"
@@ -74,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            let Ok(frame) = Frame::decode(bytes.as_slice()) else { return };
+            let Ok(frame) = Frame::decode(bytes.as_slice()) else {
+                return;
+            };
             let same = matches!(&frame.kind, Some(Kind::ProbeReply(r))
                 if r.identity == reply.identity && r.hub_nonce == reply.hub_nonce && r.proof == reply.proof);
             let ok = check_reply(frame, addr, "svc", &secret, &client_nonce).is_ok();

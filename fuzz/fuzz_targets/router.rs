@@ -89,7 +89,8 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
     let sel = c.byte()?;
     let id = conn.next_id;
     conn.next_id += 1;
-    let payload = Bytes::copy_from_slice(c.bytes(usize::from(c.0.first().copied().unwrap_or(0) % 96)));
+    let payload =
+        Bytes::copy_from_slice(c.bytes(usize::from(c.0.first().copied().unwrap_or(0) % 96)));
     let frame: Frame = match sel % 16 {
         0 => proto::Direct {
             id: u64::from(c.byte()? % 2) * id,
@@ -321,9 +322,8 @@ fuzz_target!(|data: &[u8]| {
                         let len = usize::from(c.byte().unwrap_or(0));
                         let body = c.bytes(len).to_vec();
                         match check_client_frame(&body) {
-                            Err(WireError::Rejected { .. }) | Err(WireError::FrameTooLarge { .. }) => {
-                                continue
-                            }
+                            Err(WireError::Rejected { .. })
+                            | Err(WireError::FrameTooLarge { .. }) => continue,
                             _ => {}
                         }
                         match Frame::decode(body.as_slice()) {
@@ -358,7 +358,12 @@ fuzz_target!(|data: &[u8]| {
                 let i = pick % conns.len();
                 let max = usize::from(c.byte().unwrap_or(0)) * 16;
                 drain(&mut conns[i], max);
-                router.handle(now, Input::Drained { conn: conns[i].conn });
+                router.handle(
+                    now,
+                    Input::Drained {
+                        conn: conns[i].conn,
+                    },
+                );
             }
             7 => {
                 now += Duration::from_millis(u64::from(c.byte().unwrap_or(0)) * 8);

@@ -150,7 +150,11 @@ fuzz_target!(|data: &[u8]| {
         usize::from(expect),
         "pattern {pattern:?} topic {topic:?}: {delivered:?}"
     );
-    if let Some(Frame { kind: Some(Kind::Deliver(d)), .. }) = delivered.first() {
+    if let Some(Frame {
+        kind: Some(Kind::Deliver(d)),
+        ..
+    }) = delivered.first()
+    {
         assert_eq!((d.sub_id, d.topic.as_str()), (7, topic));
     }
 });
