@@ -372,3 +372,50 @@ fn bench_reports_every_run() {
     }
     assert_eq!(runs[2]["requests"], 200);
 }
+
+/// Sends one HTTP/1.1 request over a plain socket and returns the status
+/// code and body.
+fn http(addr: &str, method: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {resp:?}"));
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn hub_with_http_gateway_and_token_command() {
+    let env = Env::new();
+    let hub = env.spawn(&["hub", "--json", "--service", "gw", "--http", "127.0.0.1:0"]);
+    let ready: serde_json::Value =
+        serde_json::from_str(&hub.stdout_line()).expect("a JSON ready line");
+    let http_addr = ready["http"]
+        .as_str()
+        .expect("http address in the ready line");
+
+    let o = env.run(&["token", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let token = v["token"].as_str().expect("token").to_string();
+    assert!(!token.is_empty());
+
+    let (code, _) = http(http_addr, "GET", "/v1/status", "wrong");
+    assert_eq!(code, 401, "a wrong bearer token is refused");
+    let (code, body) = http(http_addr, "GET", "/v1/status", &token);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("gw"), "status names the service: {body}");
+    let (code, _) = http(http_addr, "GET", "/healthz", "");
+    assert_eq!(code, 200);
+}

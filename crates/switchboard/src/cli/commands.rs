@@ -91,11 +91,7 @@ pub async fn hub(g: &Global, listen: Option<String>, http: Option<String>) -> an
 
 /// Prints the HTTP gateway's bearer token for the configured secret.
 pub fn token(g: &Global) -> anyhow::Result<()> {
-    let secret = match &g.token {
-        Some(t) => switchboard_discovery::Secret::from_token(t),
-        None => switchboard_discovery::Secret::load_default()?,
-    };
-    let token = switchboard_hub::http_token(&secret);
+    let token = switchboard_hub::http_token(&g.secret()?);
     if g.json {
         out(json!({ "token": token }))
     } else {
