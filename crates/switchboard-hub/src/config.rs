@@ -32,7 +32,9 @@ pub struct HubConfig {
     pub limits: Limits,
     /// When set, clients are asked (in `Welcome.keepalive_ms`) to send
     /// traffic or a `Ping` at least this often, and a client silent for three
-    /// intervals is disconnected. Default: none.
+    /// intervals (only whole frames count) is disconnected with
+    /// `Goodbye{TIMEOUT}`. Default: [`DEFAULT_KEEPALIVE`] (30 s), so a
+    /// vanished or dribbling peer is shed within 90 s; `None` turns it off.
     pub keepalive: Option<Duration>,
     /// Primary epoch announced in the identity (default 1).
     pub epoch: u64,
@@ -40,6 +42,9 @@ pub struct HubConfig {
     /// WebSocket transport, metrics and the dashboard (default: none).
     pub http: Option<HttpConfig>,
 }
+
+/// Default keepalive interval a hub asks of its clients.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 
 impl HubConfig {
     /// A configuration with defaults and the per-user secret file
@@ -59,7 +64,7 @@ impl HubConfig {
             hint_dir: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             limits: Limits::default(),
-            keepalive: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
             epoch: 1,
             http: None,
         }

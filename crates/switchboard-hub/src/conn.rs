@@ -370,7 +370,9 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireErr
     }
     let total = LENGTH_PREFIX_LEN + len;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Grow with the bytes actually arriving, one read chunk at a time,
+        // never by the whole announced length up front.
+        buf.reserve((total - buf.len()).min(READ_CHUNK));
         return Ok(None);
     }
     let refusal = match check_client_frame(&buf[LENGTH_PREFIX_LEN..total]) {

@@ -79,7 +79,7 @@ pub mod outbox;
 pub mod router;
 pub mod subject;
 
-pub use config::{HubConfig, HubError};
+pub use config::{HubConfig, HubError, DEFAULT_KEEPALIVE};
 pub use gateway::{http_token, HttpConfig};
 pub use hub::{Hub, HubHandle};
 pub use limits::Limits;

@@ -131,7 +131,9 @@ impl HubBuilder {
             config.http = Some(switchboard_hub::HttpConfig::new(addr));
         }
         config.write_hint = self.write_hint;
-        config.keepalive = self.keepalive;
+        if let Some(interval) = self.keepalive {
+            config.keepalive = Some(interval);
+        }
         if let Some(limits) = self.limits {
             config.limits = limits;
         }
