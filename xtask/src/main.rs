@@ -35,7 +35,9 @@ fn main() -> Result<()> {
 }
 
 /// Builds the `switchboard` CLI (the hub under test) and runs the
-/// comparison benchmark, both in release mode, passing `args` through.
+/// comparison benchmark, passing `args` through. Both are built in release
+/// mode, except with `--quick` (the CI smoke run, whose numbers mean
+/// nothing), which reuses the debug build the tests already made.
 fn bench(args: &[String]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let run = |extra: &[&str], pass: &[String]| -> Result<()> {
@@ -51,18 +53,17 @@ fn bench(args: &[String]) -> Result<()> {
         }
         Ok(())
     };
-    run(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "switchboard",
-            "--bin",
-            "switchboard",
-        ],
-        &[],
-    )?;
-    run(&["run", "--release", "-p", "switchboard-bench", "--"], args)
+    let quick = args.iter().any(|a| a == "--quick");
+    let profile: &[&str] = if quick { &[] } else { &["--release"] };
+    let build = [
+        &["build"][..],
+        profile,
+        &["-p", "switchboard", "--bin", "switchboard"],
+    ]
+    .concat();
+    run(&build, &[])?;
+    let bench = [&["run"][..], profile, &["-p", "switchboard-bench", "--"]].concat();
+    run(&bench, args)
 }
 
 fn root() -> PathBuf {
