@@ -37,9 +37,11 @@ fn narrow(o: DiscoverOptions, around: u16, width: u16) -> DiscoverOptions {
 async fn found_via_hint() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Secret::random();
-    let hub = hub("svc", &secret, V4).await;
+    // A service name of its own: other tests scan nearby ports for "svc",
+    // and their probes would count here.
+    let hub = hub("svc-hint", &secret, V4).await;
     let _g = hub.hint(dir.path());
-    let found = discover("svc", &only_hints(opts(dir.path(), &secret)))
+    let found = discover("svc-hint", &only_hints(opts(dir.path(), &secret)))
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
@@ -328,13 +330,15 @@ async fn ipv6_only_hub_is_found() {
 #[tokio::test]
 async fn wrong_secret_says_a_hub_answered_but_was_not_verified() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub("svc", &Secret::random(), V4).await;
+    // A service name of its own: other tests scan nearby ports for "svc",
+    // and their probes would count here.
+    let hub = hub("svc-wrong-secret", &Secret::random(), V4).await;
     let _g = hub.hint(dir.path());
     let o = DiscoverOptions {
         use_table: false,
         ..narrow(opts(dir.path(), &Secret::random()), hub.addr.port(), 10)
     };
-    let err = discover("svc", &o).await.unwrap_err();
+    let err = discover("svc-wrong-secret", &o).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("could not be verified"), "{msg}");
     assert!(msg.contains("wrong secret"), "{msg}");
