@@ -621,6 +621,10 @@ pub struct ClientInfo {
     /// Its `Hello.agent`.
     #[prost(string, tag = "5")]
     pub agent: ::prost::alloc::string::String,
+    /// Whether it asked for reliable delivery (`Hello.features` holds
+    /// "reliable"): its frames carry sequence numbers both ways.
+    #[prost(bool, tag = "6")]
+    pub reliable: bool,
 }
 /// Ask for the list of connected clients.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
