@@ -36,6 +36,8 @@ pub struct HubHandle {
     closed: watch::Receiver<bool>,
     hint: Arc<Mutex<Option<HintGuard>>>,
     fenced: Arc<AtomicBool>,
+    /// Weak: a handle must not keep the router's inbox open.
+    inbox: mpsc::WeakSender<crate::router::Input>,
 }
 
 impl Hub {
@@ -139,7 +141,7 @@ pub(crate) async fn serve(
         identity: identity.clone(),
         secret: config.secret.clone(),
         handshake_timeout: config.handshake_timeout,
-        inbox: inbox_tx,
+        inbox: inbox_tx.clone(),
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         limits: config.limits.clone(),
@@ -179,6 +181,7 @@ pub(crate) async fn serve(
         closed: closed_rx,
         hint,
         fenced,
+        inbox: inbox_tx.downgrade(),
     })
 }
 
@@ -217,6 +220,16 @@ impl HubHandle {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.closed().await;
+    }
+
+    /// The hub's replicable state as a standby would receive it
+    /// (registry, subscriptions, watches, key/value entries, per-client
+    /// sequence state); `None` once the hub has stopped.
+    pub async fn snapshot(&self) -> Option<proto::Snapshot> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inbox = self.inbox.upgrade()?;
+        inbox.send(crate::router::Input::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     /// Path of the hint file while the hub runs and keeps one.

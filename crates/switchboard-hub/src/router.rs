@@ -228,6 +228,9 @@ pub enum Input {
     /// Send the router's current view (for the status endpoints and the
     /// dashboard); a dropped receiver is ignored.
     Inspect(tokio::sync::oneshot::Sender<Inspection>),
+    /// Send [`Router::snapshot`] (for tests and operators comparing a
+    /// primary with its standby); a dropped receiver is ignored.
+    Snapshot(tokio::sync::oneshot::Sender<proto::Snapshot>),
 }
 
 /// The router's view for operators, answered to [`Input::Inspect`].
@@ -606,6 +609,9 @@ impl Router {
             Input::Shutdown => self.shutdown(now),
             Input::Inspect(reply) => {
                 let _ = reply.send(self.inspect(now));
+            }
+            Input::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
             }
         }
         self.apply_kills();

@@ -528,6 +528,7 @@ pub enum StandbyState {
 #[derive(Debug)]
 pub struct StandbyHandle {
     state: watch::Receiver<StandbyState>,
+    snapshots: mpsc::Sender<oneshot::Sender<proto::Snapshot>>,
     promoted: Mutex<Option<oneshot::Receiver<Result<HubHandle, HubError>>>>,
     shutdown: CancellationToken,
     stats: Arc<HubStats>,
@@ -567,6 +568,15 @@ impl StandbyHandle {
         status
     }
 
+    /// The replicated state the standby holds (as of its last commit
+    /// point), to compare with the primary's
+    /// [`HubHandle::snapshot`]; `None` while it follows no primary.
+    pub async fn snapshot(&self) -> Option<proto::Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.snapshots.send(tx).await.ok()?;
+        rx.await.ok()
+    }
+
     /// Waits until the standby has taken over and returns the serving
     /// hub; `None` if already taken, or if the standby stopped first.
     pub async fn promoted(&self) -> Option<Result<HubHandle, HubError>> {
@@ -593,7 +603,9 @@ pub(crate) fn start(config: HubConfig, primary: Option<SocketAddr>) -> StandbyHa
     let shutdown = CancellationToken::new();
     let stats = Arc::new(HubStats::default());
     let instance_id = new_instance_id();
+    let (snap_tx, snap_rx) = mpsc::channel(4);
     let s = Standby {
+        snapshots: tokio::sync::Mutex::new(snap_rx),
         config,
         primary,
         instance_id: instance_id.clone(),
@@ -613,6 +625,7 @@ pub(crate) fn start(config: HubConfig, primary: Option<SocketAddr>) -> StandbyHa
     ));
     StandbyHandle {
         state: state_rx,
+        snapshots: snap_tx,
         promoted: Mutex::new(Some(promoted_rx)),
         shutdown,
         stats,
@@ -621,6 +634,7 @@ pub(crate) fn start(config: HubConfig, primary: Option<SocketAddr>) -> StandbyHa
 }
 
 struct Standby {
+    snapshots: tokio::sync::Mutex<mpsc::Receiver<oneshot::Sender<proto::Snapshot>>>,
     config: HubConfig,
     primary: Option<SocketAddr>,
     instance_id: String,
@@ -870,8 +884,13 @@ impl Standby {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
+        let mut snapshots = self.snapshots.lock().await;
         loop {
             let next = tokio::select! {
+                Some(reply) = snapshots.recv() => {
+                    let _ = reply.send(replica.snapshot());
+                    continue;
+                }
                 r = tokio::time::timeout(silence, conn.reader.next()) => r,
                 _ = ticker.tick() => {
                     out.clear();

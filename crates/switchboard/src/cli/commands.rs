@@ -519,6 +519,13 @@ pub async fn clients(g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn role_name(role: i32) -> &'static str {
+    match switchboard::wire::proto::Role::try_from(role) {
+        Ok(switchboard::wire::proto::Role::Standby) => "standby",
+        _ => "primary",
+    }
+}
+
 pub async fn status(g: &Global) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
     let result = client.status().await;
@@ -534,6 +541,8 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
             "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
             "dropped": s.dropped, "queue_depth": s.queue_depth,
             "pending_requests": s.pending_requests, "kv_keys": s.kv_keys,
+            "role": role_name(id.role), "standby_addr": s.standby_addr,
+            "repl_lag_changes": s.repl_lag_changes, "repl_lag_bytes": s.repl_lag_bytes,
             "counters": s.counters,
         }))?;
     } else {
@@ -542,6 +551,19 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
             "instance:         {} (pid {}, port {})",
             id.instance_id, id.pid, id.port
         ))?;
+        out(format!(
+            "role:             {} (epoch {})",
+            role_name(id.role),
+            id.epoch
+        ))?;
+        if s.standby_addr.is_empty() {
+            out("standby:          none".to_string())?;
+        } else {
+            out(format!(
+                "standby:          {} (lag {} changes, {} bytes)",
+                s.standby_addr, s.repl_lag_changes, s.repl_lag_bytes
+            ))?;
+        }
         out(format!("uptime:           {} s", s.uptime_s))?;
         out(format!("clients:          {}", s.clients))?;
         out(format!("subscriptions:    {}", s.subscriptions))?;
