@@ -429,7 +429,7 @@ async fn a_resumed_session_resends_what_the_hub_lacks_and_keeps_commands_waiting
 
     let h = hub.accept(1).await?;
     assert_eq!(h.hello.features, ["reliable"]);
-    let resume = h.hello.resume.clone().expect("the client asks to resume");
+    let resume = h.hello.resume.expect("the client asks to resume");
     assert_eq!(resume.last_received, 1);
     assert_eq!(resume.epoch, 1);
     let mut conn = h.welcome(&["reliable", "resumed"], 2).await?;
@@ -736,5 +736,40 @@ async fn a_full_retention_buffer_holds_senders_back() -> anyhow::Result<()> {
     assert_eq!((f.seq, publish_payload(&f)), (4, vec![5]));
     conn.send(Frame::ok(command_id(&f)).with_seq(4)).await?;
     within(p).await???;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscription_dropped_while_reconnecting_is_ended_on_the_resumed_session(
+) -> anyhow::Result<()> {
+    let hub = FakeHub::new().await?;
+    let (client, mut conn) = connect(&hub, builder(&hub, "dropper"), &["reliable"]).await?;
+    let c = client.clone();
+    let sub = tokio::spawn(async move { c.subscribe("news.>").await });
+    let f = conn.recv().await?;
+    let Some(Kind::Subscribe(s)) = &f.kind else {
+        panic!("expected subscribe")
+    };
+    let sub_id = s.sub_id;
+    conn.send(Frame::ok(s.id).with_seq(1)).await?;
+    conn.send(Frame::ack(1)).await?;
+    let sub = within(sub).await???;
+    conn.wait_ack(1).await?;
+    drop(conn);
+    wait_state(&client, |s| !s.is_connected()).await?;
+    // Dropped while disconnected: its unsubscribe waits for the session.
+    drop(sub);
+    assert_eq!(client.unacknowledged().0, 1);
+    let mut conn = hub
+        .accept(1)
+        .await?
+        .welcome(&["reliable", "resumed"], 1)
+        .await?;
+    let f = conn.recv().await?;
+    match &f.kind {
+        Some(Kind::Unsubscribe(u)) => assert_eq!(u.sub_id, sub_id),
+        _ => panic!("expected unsubscribe, got {}", f.kind_name()),
+    }
+    assert_eq!(f.seq, 2);
     Ok(())
 }

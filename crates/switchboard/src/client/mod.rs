@@ -9,6 +9,7 @@ mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_discovery::Secret;
 use switchboard_wire::{proto, Frame, Kind};
+use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -170,8 +172,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds of the exponential reconnect backoff (50 ms to 5 s); each wait
-    /// is drawn at random from the upper half of the current step.
+    /// Bounds of the reconnect backoff (50 ms to 5 s). After a lost
+    /// connection the first attempt is made at once (a failover to a
+    /// standby then costs no wait); the next three wait `min`, later ones
+    /// twice as long as the one before, up to `max`. Each wait is drawn at
+    /// random from the upper quarter of its step. Every attempt tries the
+    /// last hub's address first, then discovers the hub again by service
+    /// name (highest epoch first).
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.cfg.backoff_min = min.max(Duration::from_millis(1));
         self.cfg.backoff_max = max.max(self.cfg.backoff_min);
@@ -360,6 +367,13 @@ pub(crate) struct Registry {
     pub losses: u64,
 }
 
+/// What a sending call waits for.
+#[derive(Clone, Copy)]
+enum Wait {
+    Connection,
+    Retention,
+}
+
 /// Whether a frame may be sequenced when the connection is reliable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Delivery {
@@ -436,10 +450,11 @@ impl Shared {
         let len = prost::Message::encoded_len(&frame);
         let logged = delivery == Delivery::Reliable
             && frame.kind.as_ref().is_some_and(reliable::logged_kind);
+        // Armed (registered with `wake`) before the conditions are checked
+        // again, so no wake-up between check and wait is lost; only made
+        // when a wait is needed, so the common path costs no registration.
+        let mut woken: Option<Pin<Box<Notified<'_>>>> = None;
         loop {
-            let woken = self.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
             let found = {
                 let reg = self.reg.lock();
                 match &reg.conn {
@@ -453,59 +468,63 @@ impl Shared {
                     None => Err(Some(self.down_error())),
                 }
             };
-            let conn = match found {
-                Ok(conn) => conn,
+            let why = match found {
+                Ok(conn) => {
+                    Self::check_size(len, &conn)?;
+                    let reserved = tokio::time::timeout_at(deadline, conn.tx.reserve()).await;
+                    match reserved {
+                        Ok(Ok(permit)) => {
+                            let mut reg = self.reg.lock();
+                            if reg.conn.as_ref().map(|c| c.generation) != Some(conn.generation) {
+                                // Reconnected meanwhile: start over on the
+                                // new connection.
+                                continue;
+                            }
+                            let sequenced = logged && conn.reliable;
+                            if !sequenced || reg.out.has_room(len) {
+                                if sequenced {
+                                    reg.out.push(&mut frame, len);
+                                }
+                                if let Some((id, tx)) = waiter.take() {
+                                    reg.pending.insert(id, Pending { tx, sequenced });
+                                }
+                                permit.send(frame);
+                                return Ok(());
+                            }
+                            Wait::Retention
+                        }
+                        // The connection's writer is gone; wait until the
+                        // supervisor has noticed.
+                        Ok(Err(_)) => Wait::Connection,
+                        Err(_) => {
+                            return Err(ClientError::Timeout(
+                                "the send queue stayed full; the hub is not reading".to_string(),
+                            ))
+                        }
+                    }
+                }
                 Err(Some(e)) => return Err(e),
-                Err(None) => {
-                    // Within the resume window: wait for the next connection.
-                    if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                        return Err(ClientError::Disconnected);
-                    }
-                    continue;
-                }
+                // Within the resume window: wait for the next connection.
+                Err(None) => Wait::Connection,
             };
-            Self::check_size(len, &conn)?;
-            let permit = match tokio::time::timeout_at(deadline, conn.tx.reserve()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => {
-                    // The connection's writer is gone; wait until the
-                    // supervisor has noticed.
-                    if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                        return Err(ClientError::Disconnected);
+            match woken.take() {
+                None => {
+                    let mut armed = Box::pin(self.wake.notified());
+                    armed.as_mut().enable();
+                    woken = Some(armed);
+                }
+                Some(armed) => {
+                    if tokio::time::timeout_at(deadline, armed).await.is_err() {
+                        return Err(match why {
+                            Wait::Connection => ClientError::Disconnected,
+                            Wait::Retention => ClientError::Timeout(format!(
+                                "the retention buffer stayed full ({} frames or {} bytes \
+                                 not acknowledged by the hub)",
+                                self.cfg.retain_frames, self.cfg.retain_bytes
+                            )),
+                        });
                     }
-                    continue;
                 }
-                Err(_) => {
-                    return Err(ClientError::Timeout(
-                        "the send queue stayed full; the hub is not reading".to_string(),
-                    ))
-                }
-            };
-            {
-                let mut reg = self.reg.lock();
-                if reg.conn.as_ref().map(|c| c.generation) != Some(conn.generation) {
-                    // Reconnected meanwhile: start over on the new connection.
-                    continue;
-                }
-                let sequenced = logged && conn.reliable;
-                if !sequenced || reg.out.has_room(len) {
-                    if sequenced {
-                        reg.out.push(&mut frame, len);
-                    }
-                    if let Some((id, tx)) = waiter.take() {
-                        reg.pending.insert(id, Pending { tx, sequenced });
-                    }
-                    permit.send(frame);
-                    return Ok(());
-                }
-            }
-            // The retention buffer is full: wait for acknowledgements.
-            drop(permit);
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                return Err(ClientError::Timeout(format!(
-                    "the retention buffer stayed full ({} frames, {} bytes unacknowledged by the hub)",
-                    self.cfg.retain_frames, self.cfg.retain_bytes
-                )));
             }
         }
     }
@@ -527,13 +546,22 @@ impl Shared {
     }
 
     /// Queues a frame without waiting (sequenced when reliable); drops it
-    /// when not connected or when the send queue or the retention buffer is
-    /// full (used from `Drop` impls and the reader).
+    /// when the send queue or the retention buffer is full (used from
+    /// `Drop` impls and the reader). While disconnected, a frame of a
+    /// logged kind is kept for the next connection if the session may be
+    /// resumed, else dropped.
     pub fn post_now(&self, mut frame: Frame) {
         let len = prost::Message::encoded_len(&frame);
         let logged = frame.kind.as_ref().is_some_and(reliable::logged_kind);
         let mut reg = self.reg.lock();
-        let Some(conn) = reg.conn.clone() else { return };
+        let Some(conn) = reg.conn.clone() else {
+            // Sent with the kept frames if the session resumes; forgotten
+            // with them if it does not.
+            if logged && reg.resumable && reg.out.has_room(len) {
+                reg.out.push(&mut frame, len);
+            }
+            return;
+        };
         if len > conn.max_frame {
             return;
         }
@@ -620,11 +648,26 @@ impl Drop for ClientInner {
 /// when [`close`](Client::close) is called or the last clone is dropped.
 /// While connected, a background task reads from the hub and routes answers
 /// to waiting calls and incoming messages to their streams; another writes
-/// queued frames in batches. When the connection drops, calls in flight fail
-/// with [`ClientError::Disconnected`] and the client reconnects with
-/// exponential backoff and jitter (re-discovering the hub when found by
-/// service name), then restores its subscriptions, watches and presence
-/// watch before reporting [`ConnectionState::Connected`] again.
+/// queued frames in batches. When the connection drops, the client
+/// reconnects with backoff and jitter (the first attempt at once; the last
+/// address first, then re-discovering the hub when found by service name).
+///
+/// With [reliable delivery](ClientBuilder::reliable) (the default, when the
+/// hub offers it) the client asks to resume its session: frames the hub did
+/// not get are sent again, duplicates are dropped on both sides, and calls
+/// in flight keep waiting for their answers, for up to
+/// [`resume_wait`](ClientBuilder::resume_wait). If the hub resumes the
+/// session, subscriptions and watches simply continue
+/// ([`ConnectionState::Connected`] with `resumed: true`). Otherwise, and
+/// always without reliable delivery, calls in flight fail with
+/// [`ClientError::Disconnected`] and the client restores its subscriptions,
+/// watches and presence watch before reporting
+/// [`ConnectionState::Connected`] again.
+///
+/// The client remembers the highest hub epoch it has seen and never uses a
+/// hub of a lower one (an old primary that a standby replaced): such a hub
+/// fails the attempt with [`ClientError::Fenced`] and the client looks
+/// further.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
