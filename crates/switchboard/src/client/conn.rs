@@ -37,6 +37,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// the send queue full.
 const ACK_RETRY: Duration = Duration::from_millis(10);
 
+/// Discovery deadline of the first reconnect attempts.
+const EARLY_DISCOVERY: Duration = Duration::from_millis(250);
+
 /// Attempts after the first (immediate) one that wait the minimum backoff
 /// before the waits start doubling.
 const FLAT_ATTEMPTS: u32 = 3;
@@ -76,6 +79,7 @@ impl End {
 pub(crate) async fn connect_once(
     shared: &Shared,
     preferred: Option<SocketAddr>,
+    discovery_deadline: Duration,
 ) -> Result<Connected, ClientError> {
     let cfg = &shared.cfg;
     let mut last_err = None;
@@ -93,12 +97,14 @@ pub(crate) async fn connect_once(
                 source,
             })?
             .collect::<Vec<_>>(),
-        Target::Service(service) => match discover_current(shared, service).await {
-            Ok(found) => found,
-            // Say why the known hub was refused rather than that no
-            // other one answered.
-            Err(e) => return Err(last_err.filter(|l| l.is_fenced()).unwrap_or(e)),
-        },
+        Target::Service(service) => {
+            match discover_current(shared, service, discovery_deadline).await {
+                Ok(found) => found,
+                // Say why the known hub was refused rather than that no
+                // other one answered.
+                Err(e) => return Err(last_err.filter(|l| l.is_fenced()).unwrap_or(e)),
+            }
+        }
     };
     for addr in candidates {
         if Some(addr) == preferred {
@@ -129,8 +135,11 @@ pub(crate) async fn connect_once(
 /// Hubs of `service`, highest epoch first. When the first hub found has an
 /// epoch below the highest seen (an old primary still running), looks for
 /// all of them.
-async fn discover_current(shared: &Shared, service: &str) -> Result<Vec<SocketAddr>, ClientError> {
-    let timeout = shared.cfg.connect_timeout;
+async fn discover_current(
+    shared: &Shared,
+    service: &str,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, ClientError> {
     let seen = shared.max_epoch.load(Ordering::Relaxed);
     let mut found = crate::discover::discover(service, &shared.secret, false, timeout).await?;
     if found.iter().all(|h| h.identity.epoch < seen) {
@@ -345,7 +354,15 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
                     }
                 }
             }
-            let attempt_fut = connect_once(&shared, Some(last_addr));
+            // Early attempts keep discovery short, so the last address is
+            // tried again soon (a standby takes it over); later ones search
+            // as long as a first connection does.
+            let deadline = if attempt <= FLAT_ATTEMPTS + 1 {
+                shared.cfg.connect_timeout.min(EARLY_DISCOVERY)
+            } else {
+                shared.cfg.connect_timeout
+            };
+            let attempt_fut = connect_once(&shared, Some(last_addr), deadline);
             tokio::select! {
                 r = attempt_fut => match r {
                     Ok(c) => break c,

@@ -299,7 +299,7 @@ impl ClientBuilder {
             max_epoch: AtomicU64::new(0),
             wake: Notify::new(),
         });
-        let first = conn::connect_once(&shared, None).await?;
+        let first = conn::connect_once(&shared, None, shared.cfg.connect_timeout).await?;
         let mut state = shared.state.subscribe();
         tokio::spawn(conn::supervise(shared.clone(), first));
         let _ = state
