@@ -915,3 +915,28 @@ async fn a_request_in_flight_across_a_cut_is_served_once_and_answered() -> anyho
     proxy.release_hub_sides();
     Ok(())
 }
+
+#[tokio::test]
+async fn the_first_reconnect_attempt_is_made_at_once() -> anyhow::Result<()> {
+    let hub = hub_with_epoch(1).await?;
+    let proxy = Proxy::start(hub.local_addr()).await?;
+    // A long minimum backoff: only an immediate first attempt reconnects
+    // well within it.
+    let client = via(&proxy, "quick")
+        .backoff(Duration::from_secs(3), Duration::from_secs(6))
+        .connect()
+        .await?;
+    let cut = tokio::time::Instant::now();
+    proxy.cut();
+    wait_state(&client, |s| {
+        matches!(s, ConnectionState::Connected { generation: 2, .. })
+    })
+    .await?;
+    let took = cut.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "reconnected after {took:?}"
+    );
+    client.publish("t", "x").await?;
+    Ok(())
+}
