@@ -591,7 +591,7 @@ impl Gateway {
                     let c = Arc::new(HttpClient {
                         id: id.to_owned(),
                         conn,
-                        outbox: Outbox::new(conn),
+                        outbox: Outbox::gated(conn, self.shared.gate.clone()),
                         registered: OnceCell::new(),
                         welcome: Mutex::new(None),
                         state: Mutex::new(ClientState::default()),
@@ -642,6 +642,7 @@ impl Gateway {
             addr: peer.to_string(),
             connected_at_ms: switchboard_discovery::now_ms(),
             agent,
+            reliable: false,
         };
         let connect = Input::Connect {
             conn: client.conn,
@@ -790,6 +791,9 @@ async fn pump(gw: Arc<Gateway>, client: Arc<HttpClient>) {
         if taken.frames.is_empty() {
             if taken.close {
                 break;
+            }
+            if taken.held != 0 && !outbox.gate().wait(&outbox, taken.held) {
+                continue;
             }
             tokio::select! {
                 _ = outbox.notified() => {}
