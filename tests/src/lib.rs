@@ -7,6 +7,10 @@
 //! the whole test binary. The CLI run as separate processes is tested in
 //! `crates/switchboard/tests/cli.rs`, where Cargo provides the binary's path.
 
+pub mod proxy;
+
+pub use proxy::Proxy;
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;

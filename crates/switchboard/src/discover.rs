@@ -1,6 +1,5 @@
 //! Finding hubs by service name.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchboard_discovery::{self as discovery, DiscoverError, DiscoverOptions, FoundHub, Secret};
@@ -44,18 +43,4 @@ pub async fn discover(
         Err(DiscoverError::InvalidService(e)) => Err(ClientError::InvalidArgument(e.to_string())),
         Err(e) => Err(ClientError::Discovery(e.to_string())),
     }
-}
-
-/// Addresses of the hubs serving `service`, best first.
-pub(crate) async fn find(
-    service: &str,
-    secret: &Secret,
-    all: bool,
-    deadline: Duration,
-) -> Result<Vec<SocketAddr>, ClientError> {
-    Ok(discover(service, secret, all, deadline)
-        .await?
-        .into_iter()
-        .map(|h| h.addr)
-        .collect())
 }

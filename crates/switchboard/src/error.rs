@@ -43,6 +43,12 @@ pub enum ClientError {
         /// Address of the refused peer.
         addr: String,
     },
+    /// The hub's epoch is below the highest this client has seen (it is an
+    /// old primary that a standby replaced), or the hub found this client's
+    /// epoch above its own and refused it. The client does not use such a
+    /// hub; while reconnecting it keeps looking for the current one.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The hub does not speak this client's protocol version.
     #[error("protocol version not supported by the hub: {0}; upgrade the older side")]
     UnsupportedVersion(String),
@@ -119,6 +125,7 @@ impl ClientError {
             ClientError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             ClientError::Missing(_) => ErrorCode::NotFound,
             ClientError::TakenOver(_) => ErrorCode::IdTakenOver,
+            ClientError::Fenced(_) => ErrorCode::Fenced,
             ClientError::Hub { code, .. } => *code,
             _ => return None,
         })
@@ -127,6 +134,12 @@ impl ClientError {
     /// Whether the error means the hub (or a hub) could not be found.
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::NotFound { .. })
+    }
+
+    /// Whether the error is [`ClientError::Fenced`]: a hub of an older
+    /// epoch than one already seen.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ClientError::Fenced(_))
     }
 
     /// Maps an `Error` frame from the hub to a typed error.
@@ -143,6 +156,7 @@ impl ClientError {
             ErrorCode::LimitExceeded => ClientError::LimitExceeded(message),
             ErrorCode::NotFound => ClientError::Missing(message),
             ErrorCode::IdTakenOver => ClientError::TakenOver(message),
+            ErrorCode::Fenced => ClientError::Fenced(message),
             code => ClientError::Hub { code, message },
         }
     }

@@ -61,7 +61,8 @@ pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, ClientInfo, ConnectionState, HubStatus, IncomingRequest, Kv, KvEntry,
     KvEvent, KvWatch, Message, MessageKind, Messages, Presence, PresenceEvent, Requests,
-    ServeHandle, SessionLink, Subscription, DEFAULT_REQUEST_TIMEOUT, MAX_CLIENT_ID_LEN,
+    ServeHandle, SessionLink, Subscription, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESUME_WAIT,
+    DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES, MAX_CLIENT_ID_LEN,
 };
 pub use discover::discover;
 pub use error::ClientError;

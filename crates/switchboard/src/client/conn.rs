@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use switchboard_discovery as discovery;
 use switchboard_wire::{proto, ErrorCode, Frame, FrameCodec, Kind, PROTOCOL_VERSION};
@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
+use super::reliable::{Inbound, FEATURE_RELIABLE, FEATURE_RESUMED};
 use super::streams::IncomingRequest;
 use super::types::{ConnectionState, Message, MessageKind, PresenceEvent};
 use super::{ConnTx, Shared, Target};
@@ -32,6 +33,17 @@ const MAX_KNOWN_CLIENTS: usize = 100_000;
 /// Largest batch the writer collects before one write.
 const WRITE_BATCH: usize = 256 * 1024;
 
+/// How soon the reader tries again to queue an acknowledgement that found
+/// the send queue full.
+const ACK_RETRY: Duration = Duration::from_millis(10);
+
+/// Discovery deadline of the first reconnect attempts.
+const EARLY_DISCOVERY: Duration = Duration::from_millis(250);
+
+/// Attempts after the first (immediate) one that wait the minimum backoff
+/// before the waits start doubling.
+const FLAT_ATTEMPTS: u32 = 3;
+
 /// An authenticated connection, not yet driven.
 pub(crate) struct Connected {
     reader: FramedRead<OwnedReadHalf, FrameCodec>,
@@ -43,9 +55,23 @@ pub(crate) struct Connected {
 
 /// Why a driven connection ended.
 enum End {
-    Lost(String),
+    /// The connection dropped; `shutting_down` when the hub said so in its
+    /// goodbye.
+    Lost {
+        reason: String,
+        shutting_down: bool,
+    },
     TakenOver,
     Closed,
+}
+
+impl End {
+    fn lost(reason: impl Into<String>) -> End {
+        End::Lost {
+            reason: reason.into(),
+            shutting_down: false,
+        }
+    }
 }
 
 /// Makes one connection: to `preferred` first if given, else (or when it
@@ -53,6 +79,7 @@ enum End {
 pub(crate) async fn connect_once(
     shared: &Shared,
     preferred: Option<SocketAddr>,
+    discovery_deadline: Duration,
 ) -> Result<Connected, ClientError> {
     let cfg = &shared.cfg;
     let mut last_err = None;
@@ -71,7 +98,12 @@ pub(crate) async fn connect_once(
             })?
             .collect::<Vec<_>>(),
         Target::Service(service) => {
-            crate::discover::find(service, &shared.secret, false, cfg.connect_timeout).await?
+            match discover_current(shared, service, discovery_deadline).await {
+                Ok(found) => found,
+                // Say why the known hub was refused rather than that no
+                // other one answered.
+                Err(e) => return Err(last_err.filter(|l| l.is_fenced()).unwrap_or(e)),
+            }
         }
     };
     for addr in candidates {
@@ -100,6 +132,25 @@ pub(crate) async fn connect_once(
     }))
 }
 
+/// Hubs of `service`, highest epoch first. When the first hub found has an
+/// epoch below the highest seen (an old primary still running), looks for
+/// all of them.
+async fn discover_current(
+    shared: &Shared,
+    service: &str,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, ClientError> {
+    let seen = shared.max_epoch.load(Ordering::Relaxed);
+    let mut found = crate::discover::discover(service, &shared.secret, false, timeout).await?;
+    if found.iter().all(|h| h.identity.epoch < seen) {
+        if let Ok(all) = crate::discover::discover(service, &shared.secret, true, timeout).await {
+            found = all;
+        }
+    }
+    found.sort_by_key(|h| std::cmp::Reverse(h.identity.epoch));
+    Ok(found.into_iter().map(|h| h.addr).collect())
+}
+
 async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
     let timeout = shared.cfg.connect_timeout;
     match tokio::time::timeout(timeout, handshake(shared, addr)).await {
@@ -126,6 +177,16 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
 
     let client_nonce = discovery::nonce();
     let id = shared.cfg.id.clone();
+    let seen = shared.max_epoch.load(Ordering::Relaxed);
+    let (features, resume) = if shared.cfg.reliable {
+        let resume = shared.reg.lock().resumable.then(|| proto::Resume {
+            last_received: shared.in_last.load(Ordering::Relaxed),
+            epoch: seen,
+        });
+        (vec![FEATURE_RELIABLE.to_string()], resume)
+    } else {
+        (Vec::new(), None)
+    };
     send(
         &mut writer,
         proto::Hello {
@@ -133,6 +194,8 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
             client_id: id.clone(),
             client_nonce: client_nonce.to_vec().into(),
             agent: shared.cfg.agent.clone(),
+            features,
+            resume,
             ..Default::default()
         }
         .into(),
@@ -156,6 +219,7 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
             addr: addr.to_string(),
         });
     }
+    check_epoch(addr, identity.epoch, seen)?;
     let proof = discovery::client_proof(&shared.secret, &challenge.hub_nonce, &client_nonce, &id);
     send(
         &mut writer,
@@ -170,6 +234,10 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
         Kind::Error(e) => return Err(handshake_error(e)),
         other => return Err(bad_kind("welcome", other)),
     };
+    check_epoch(addr, welcome.epoch, seen)?;
+    shared
+        .max_epoch
+        .fetch_max(identity.epoch.max(welcome.epoch), Ordering::Relaxed);
     let max_in = switchboard_wire::DEFAULT_MAX_FRAME;
     reader.decoder_mut().set_max_inbound(max_in);
     Ok(Connected {
@@ -205,6 +273,18 @@ async fn recv(
     }
 }
 
+/// Refuses a hub whose epoch is below one already seen: an old primary that
+/// a standby has replaced.
+fn check_epoch(addr: SocketAddr, epoch: u64, seen: u64) -> Result<(), ClientError> {
+    if epoch < seen {
+        return Err(ClientError::Fenced(format!(
+            "the hub at {addr} has epoch {epoch}, below epoch {seen} already seen: \
+             it is an old primary that was replaced; refusing it"
+        )));
+    }
+    Ok(())
+}
+
 fn handshake_error(e: proto::Error) -> ClientError {
     ClientError::from_hub(e.code, e.message)
 }
@@ -235,7 +315,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
                 set_closed(&shared, "another connection took over the client id");
                 return;
             }
-            End::Lost(reason) => reason,
+            End::Lost { reason, .. } => reason,
         };
         tracing::debug!(client = %shared.cfg.id, %reason, "connection lost");
         if !shared.cfg.reconnect {
@@ -265,14 +345,24 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
                 reason: format!("{reason}{last_error}"),
             });
             let wait = backoff(&shared, attempt);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = close.wait_for(|c| *c) => {
-                    set_closed(&shared, "closed by the application");
-                    return;
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = close.wait_for(|c| *c) => {
+                        set_closed(&shared, "closed by the application");
+                        return;
+                    }
                 }
             }
-            let attempt_fut = connect_once(&shared, Some(last_addr));
+            // Early attempts keep discovery short, so the last address is
+            // tried again soon (a standby takes it over); later ones search
+            // as long as a first connection does.
+            let deadline = if attempt <= FLAT_ATTEMPTS + 1 {
+                shared.cfg.connect_timeout.min(EARLY_DISCOVERY)
+            } else {
+                shared.cfg.connect_timeout
+            };
+            let attempt_fut = connect_once(&shared, Some(last_addr), deadline);
             tokio::select! {
                 r = attempt_fut => match r {
                     Ok(c) => break c,
@@ -295,6 +385,9 @@ fn set_closed(shared: &Shared, reason: &str) {
     let mut reg = shared.reg.lock();
     reg.conn = None;
     reg.pending.clear();
+    reg.out.clear();
+    reg.holding = false;
+    reg.resumable = false;
     // End every stream: nothing will arrive on them any more.
     reg.subs.clear();
     reg.watches.clear();
@@ -307,16 +400,30 @@ fn set_closed(shared: &Shared, reason: &str) {
     shared.state.send_replace(ConnectionState::Closed {
         reason: reason.to_string(),
     });
+    shared.wake.notify_waiters();
 }
 
+/// Wait before reconnect attempt `attempt` (1 for the first after a loss):
+/// none for the first, so a failover costs no backoff; the minimum for the
+/// next [`FLAT_ATTEMPTS`]; then doubling up to the maximum. Each wait is
+/// drawn from the upper quarter of its step, so clients spread out without
+/// adding much delay.
 fn backoff(shared: &Shared, attempt: u32) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
     let min = shared.cfg.backoff_min;
     let max = shared.cfg.backoff_max;
-    let step = min.saturating_mul(1u32 << (attempt - 1).min(20)).min(max);
-    let lo = step / 2;
+    let doublings = attempt.saturating_sub(FLAT_ATTEMPTS + 1).min(20);
+    let step = min.saturating_mul(1u32 << doublings).min(max);
+    let lo = step * 3 / 4;
     let jitter =
         rand::rng().random_range(0..=step.as_micros().saturating_sub(lo.as_micros()) as u64);
     lo + Duration::from_micros(jitter)
+}
+
+fn has_feature(welcome: &proto::Welcome, feature: &str) -> bool {
+    welcome.features.iter().any(|f| f == feature)
 }
 
 /// Runs one authenticated connection until it ends.
@@ -327,7 +434,37 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     } else {
         conn.welcome.max_frame as usize
     };
-    let mut writer = tokio::spawn(write_loop(rx, conn.writer, max_frame));
+    let reliable = shared.cfg.reliable && has_feature(&conn.welcome, FEATURE_RELIABLE);
+    let (replay, resumed) = {
+        let mut reg = shared.reg.lock();
+        let resumed = reliable && reg.resumable && has_feature(&conn.welcome, FEATURE_RESUMED);
+        let replay = if resumed {
+            // The hub holds everything up to its `last_received`; the rest
+            // goes out again, in order, before any new frame.
+            reg.out.replay_after(conn.welcome.last_received)
+        } else {
+            // A fresh session: the outcome of whatever was kept or waited
+            // for across the gap is unknown.
+            reg.pending.clear();
+            reg.out.clear();
+            shared.in_last.store(0, Ordering::Relaxed);
+            Vec::new()
+        };
+        reg.resumable = reliable;
+        reg.holding = false;
+        reg.conn = Some(ConnTx {
+            tx: tx.clone(),
+            max_frame,
+            generation,
+            reliable,
+        });
+        (replay, resumed)
+    };
+    shared.wake.notify_waiters();
+    if resumed {
+        tracing::debug!(client = %shared.cfg.id, resent = replay.len(), "session resumed");
+    }
+    let mut writer = tokio::spawn(write_loop(replay, rx, conn.writer, max_frame));
     let base = tokio::time::Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
     let mut reader = tokio::spawn(read_loop(
@@ -347,12 +484,8 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     let interval = interval.max(Duration::from_millis(10));
     let mut ticker = tokio::time::interval_at(base + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    shared.reg.lock().conn = Some(ConnTx {
-        tx: tx.clone(),
-        max_frame,
-    });
     let mut close = shared.close.subscribe();
-    let resync = resync(shared, generation > 1);
+    let resync = resync(shared, generation > 1 && !resumed);
     tokio::pin!(resync);
     let mut synced = false;
     let end = loop {
@@ -363,10 +496,11 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
                     addr: conn.addr,
                     instance_id: conn.instance_id.clone(),
                     generation,
+                    resumed,
                 });
             }
-            r = &mut reader => break r.unwrap_or_else(|e| End::Lost(format!("reader failed: {e}"))),
-            w = &mut writer => break End::Lost(match w {
+            r = &mut reader => break r.unwrap_or_else(|e| End::lost(format!("reader failed: {e}"))),
+            w = &mut writer => break End::lost(match w {
                 Ok(Ok(())) => "writer stopped".to_string(),
                 Ok(Err(e)) => format!("write failed: {e}"),
                 Err(e) => format!("writer failed: {e}"),
@@ -376,7 +510,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
                 let now_ms = now.duration_since(base).as_millis() as u64;
                 let silent = now_ms.saturating_sub(last_rx.load(Ordering::Relaxed));
                 if Duration::from_millis(silent) > interval * 3 {
-                    break End::Lost(format!(
+                    break End::lost(format!(
                         "the hub sent nothing for {} ms; assuming it is gone",
                         silent
                     ));
@@ -385,16 +519,35 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
             }
         }
     };
+    reader.abort();
     {
         let mut reg = shared.reg.lock();
         reg.conn = None;
-        // Dropping the senders fails every command in flight and ends the
-        // session links of this connection.
-        reg.pending.clear();
+        reg.losses += 1;
+        // Session links end with their connection (the session engine
+        // retries on a new one).
         reg.sessions.clear();
         reg.session_any = None;
+        match &end {
+            End::Lost { shutting_down, .. } if reliable && shared.cfg.reconnect => {
+                if *shutting_down {
+                    // The hub said it is going away: nothing to wait for
+                    // (kept frames are still resent if a standby resumes
+                    // the session).
+                    reg.pending.clear();
+                } else {
+                    // Only sequenced commands can be answered through a
+                    // resumed session; the others fail now.
+                    reg.pending.retain(|_, p| p.sequenced);
+                    reg.holding = true;
+                    spawn_resume_timer(shared, reg.losses);
+                }
+            }
+            // Dropping the senders fails every command in flight.
+            _ => reg.pending.clear(),
+        }
     }
-    reader.abort();
+    shared.wake.notify_waiters();
     if matches!(end, End::Closed) {
         let _ = tx.try_send(Frame::goodbye(ErrorCode::Unspecified, "client closing"));
         drop(tx);
@@ -402,6 +555,30 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     }
     writer.abort();
     end
+}
+
+/// Ends the resume window of loss number `loss` after `resume_wait`:
+/// commands still waiting fail, new calls fail at once.
+fn spawn_resume_timer(shared: &Arc<Shared>, loss: u64) {
+    let weak = Arc::downgrade(shared);
+    let wait = shared.cfg.resume_wait;
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let Some(shared) = weak.upgrade() else { return };
+        let expired = {
+            let mut reg = shared.reg.lock();
+            if reg.holding && reg.losses == loss {
+                reg.holding = false;
+                reg.pending.clear();
+                true
+            } else {
+                false
+            }
+        };
+        if expired {
+            shared.wake.notify_waiters();
+        }
+    });
 }
 
 /// Restores subscriptions, watches and the presence watch on a new
@@ -475,14 +652,27 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
     }
 }
 
-/// Writes queued frames, draining everything queued into one write.
+/// Writes `replay` (frames of a resumed session the hub has not received),
+/// then queued frames, draining everything queued into one write.
 async fn write_loop(
+    replay: Vec<Frame>,
     mut rx: mpsc::Receiver<Frame>,
     mut w: OwnedWriteHalf,
     max_frame: usize,
 ) -> std::io::Result<()> {
     let mut codec = FrameCodec::with_max_frame(max_frame);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    for frame in replay {
+        encode(&mut codec, frame, &mut buf);
+        if buf.len() >= WRITE_BATCH {
+            w.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        w.write_all(&buf).await?;
+        buf.clear();
+    }
     while let Some(frame) = rx.recv().await {
         encode(&mut codec, frame, &mut buf);
         while buf.len() < WRITE_BATCH {
@@ -505,7 +695,21 @@ fn encode(codec: &mut FrameCodec, frame: Frame, buf: &mut BytesMut) {
     }
 }
 
-/// Reads frames from the hub and routes them.
+/// Queues the acknowledgement `inbound` owes, if any; it stays owed when
+/// the send queue is full.
+fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
+    if let Some(up_to) = inbound.owed_ack() {
+        if tx.try_send(Frame::ack(up_to)).is_ok() {
+            inbound.acked(up_to);
+        }
+    }
+}
+
+/// Reads frames from the hub and routes them. Sequenced frames already
+/// taken are dropped; what was taken is acknowledged when the frames
+/// buffered so far are handled (and every [`ACK_EVERY`] frames).
+///
+/// [`ACK_EVERY`]: super::reliable::ACK_EVERY
 async fn read_loop(
     shared: Arc<Shared>,
     mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
@@ -514,21 +718,52 @@ async fn read_loop(
     last_rx: Arc<AtomicU64>,
 ) -> End {
     let mut goodbye: Option<proto::Goodbye> = None;
+    let mut inbound = Inbound::starting_at(shared.in_last.load(Ordering::Relaxed));
     loop {
-        let frame = match reader.next().await {
+        let next = match reader.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                // Nothing more buffered: the batch is done.
+                send_ack(&mut inbound, &tx);
+                if inbound.owed_ack().is_some() {
+                    tokio::select! {
+                        next = reader.next() => next,
+                        _ = tokio::time::sleep(ACK_RETRY) => continue,
+                    }
+                } else {
+                    reader.next().await
+                }
+            }
+        };
+        let frame = match next {
             Some(Ok(f)) => {
                 last_rx.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
                 f
             }
-            Some(Err(e)) => return End::Lost(format!("bad frame from the hub: {e}")),
+            Some(Err(e)) => return End::lost(format!("bad frame from the hub: {e}")),
             None => {
                 return match goodbye {
                     Some(g) if g.code == ErrorCode::IdTakenOver as i32 => End::TakenOver,
-                    Some(g) => End::Lost(format!("hub said goodbye: {}", g.message)),
-                    None => End::Lost("the hub closed the connection".to_string()),
+                    Some(g) => End::Lost {
+                        reason: format!("hub said goodbye: {}", g.message),
+                        shutting_down: g.code == ErrorCode::ShuttingDown as i32,
+                    },
+                    None => End::lost("the hub closed the connection"),
                 }
             }
         };
+        if !inbound.accept(frame.seq) {
+            // Sent again after a resume; already handled.
+            continue;
+        }
+        if frame.seq != 0 {
+            shared
+                .in_last
+                .store(inbound.last_received(), Ordering::Relaxed);
+            if inbound.ack_due() {
+                send_ack(&mut inbound, &tx);
+            }
+        }
         match frame.kind {
             Some(Kind::Goodbye(g)) => {
                 if g.code == ErrorCode::IdTakenOver as i32 {
@@ -539,6 +774,7 @@ async fn read_loop(
             Some(Kind::Error(e)) if e.id == 0 => {
                 tracing::warn!(client = %shared.cfg.id, code = e.code, message = %e.message, "hub reported a connection error");
             }
+            Some(Kind::Ack(a)) => shared.acknowledged(a.up_to),
             Some(kind) => dispatch(&shared, kind, &tx),
             None => {
                 tracing::debug!(client = %shared.cfg.id, "ignoring a frame of an unknown kind");
@@ -598,7 +834,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
             let (id, from) = (r.id, r.from.clone());
             let Some(requests) = reg.requests.clone() else {
                 drop(reg);
-                let _ = tx.try_send(error_reply(
+                shared.post_now(error_reply(
                     id,
                     from,
                     format!("client {:?} does not serve requests", shared.cfg.id),
@@ -630,7 +866,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                     }
                 };
                 req.disarm();
-                let _ = tx.try_send(error_reply(id, from, why));
+                shared.post_now(error_reply(id, from, why));
             }
         }
         Kind::KvUpdate(u) => {
@@ -679,7 +915,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
             drop(reg);
             let _ = tx.try_send(proto::Pong { nonce: p.nonce }.into());
         }
-        Kind::Pong(_) | Kind::Ack(_) => {}
+        Kind::Pong(_) => {}
         other => {
             drop(reg);
             let f = Frame::from(other);
@@ -690,7 +926,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
 
 fn answer(reg: &mut super::Registry, id: u64, kind: Kind) {
     if let Some(waiter) = reg.pending.remove(&id) {
-        let _ = waiter.send(Frame::from(kind));
+        let _ = waiter.tx.send(Frame::from(kind));
     }
 }
 

@@ -2,12 +2,14 @@
 
 mod conn;
 mod kv;
+mod reliable;
 mod session;
 mod streams;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_discovery::Secret;
 use switchboard_wire::{proto, Frame, Kind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 
 use crate::ClientError;
 
@@ -29,6 +33,11 @@ pub use types::{
 
 /// Default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default of [`ClientBuilder::resume_wait`].
+pub const DEFAULT_RESUME_WAIT: Duration = Duration::from_secs(5);
+
+pub use reliable::{DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES};
 
 /// Largest client id, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 256;
@@ -56,6 +65,10 @@ pub(crate) struct Config {
     pub max_reconnect_attempts: Option<u32>,
     pub stream_capacity: usize,
     pub send_queue: usize,
+    pub reliable: bool,
+    pub resume_wait: Duration,
+    pub retain_frames: usize,
+    pub retain_bytes: usize,
 }
 
 /// Builds a [`Client`]: where the hub is, which secret to prove, and how to
@@ -92,6 +105,10 @@ impl ClientBuilder {
                 max_reconnect_attempts: None,
                 stream_capacity: 4096,
                 send_queue: 1024,
+                reliable: true,
+                resume_wait: DEFAULT_RESUME_WAIT,
+                retain_frames: reliable::DEFAULT_RETAIN_FRAMES,
+                retain_bytes: reliable::DEFAULT_RETAIN_BYTES,
             },
         }
     }
@@ -155,8 +172,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds of the exponential reconnect backoff (50 ms to 5 s); each wait
-    /// is drawn at random from the upper half of the current step.
+    /// Bounds of the reconnect backoff (50 ms to 5 s). After a lost
+    /// connection the first attempt is made at once (a failover to a
+    /// standby then costs no wait); the next three wait `min`, later ones
+    /// twice as long as the one before, up to `max`. Each wait is drawn at
+    /// random from the upper quarter of its step. Every attempt tries the
+    /// last hub's address first, then discovers the hub again by service
+    /// name (highest epoch first).
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.cfg.backoff_min = min.max(Duration::from_millis(1));
         self.cfg.backoff_max = max.max(self.cfg.backoff_min);
@@ -178,6 +200,71 @@ impl ClientBuilder {
         self
     }
 
+    /// Asks for reliable delivery (default: on). When the hub supports it
+    /// too (its `Welcome` lists `"reliable"`), both directions are
+    /// sequenced:
+    ///
+    /// * every frame of a state-changing or message kind this client sends
+    ///   (publish, direct, request, reply, broadcast, subscribe,
+    ///   unsubscribe, key/value set, delete, watch and unwatch, presence
+    ///   watch) is numbered and kept until the hub acknowledges it; after a
+    ///   lost connection it is sent again, and the hub drops what it already
+    ///   has, so each is handled once;
+    /// * frames from the hub are numbered too; duplicates are dropped before
+    ///   they reach the application, and what was taken is acknowledged in
+    ///   batches.
+    ///
+    /// After a lost connection the client asks the hub (the same one, or a
+    /// standby that took over) to **resume** the session. A resumed session
+    /// keeps subscriptions, watches and commands waiting for an answer as
+    /// they were: nothing is lost or delivered twice, and no resubscription
+    /// happens. A hub that holds no state for the client starts a fresh
+    /// session instead, and the client behaves as without reliable
+    /// delivery: waiting commands fail with [`ClientError::Disconnected`]
+    /// (their outcome is unknown), then subscriptions and watches are
+    /// restored. See [`resume_wait`](Self::resume_wait) for how long calls
+    /// wait across a lost connection.
+    ///
+    /// Not covered: the `*_nowait` calls ([`Client::send_nowait`],
+    /// [`Client::publish_nowait`]) stay at-most-once, and frames of a
+    /// [`SessionLink`] are not retransmitted (a link ends with its
+    /// connection; the session engine retries instead). With a hub that
+    /// does not offer the feature, the client works as with `false`.
+    pub fn reliable(mut self, on: bool) -> Self {
+        self.cfg.reliable = on;
+        self
+    }
+
+    /// With reliable delivery: how long after a lost connection calls wait
+    /// for the session to be resumed (default 5 s). Commands waiting for an
+    /// answer stay waiting (their frames are sent again on the resumed
+    /// connection), and new calls wait for the connection instead of
+    /// failing, each also within its own timeout. Past this time, or when
+    /// the hub said it is shutting down, waiting commands fail with
+    /// [`ClientError::Disconnected`] and new calls fail at once until the
+    /// client is connected again; kept frames are still sent again if the
+    /// session is later resumed. Commands that change nothing (key/value
+    /// reads, client lists, status) fail at once when the connection drops,
+    /// as they are not retransmitted.
+    pub fn resume_wait(mut self, wait: Duration) -> Self {
+        self.cfg.resume_wait = wait;
+        self
+    }
+
+    /// With reliable delivery: the most frames and bytes (encoded) kept
+    /// until the hub acknowledges them (default
+    /// [`DEFAULT_RETAIN_FRAMES`] = 65,536 and [`DEFAULT_RETAIN_BYTES`] =
+    /// 64 MiB). When the buffer is full, sending calls wait for
+    /// acknowledgements (within their timeout, then
+    /// [`ClientError::Timeout`]); calls that cannot wait (the unsubscribe
+    /// sent when a [`Subscription`] is dropped, the error reply of a dropped
+    /// [`IncomingRequest`]) are dropped, as when the send queue is full.
+    pub fn retention(mut self, frames: usize, bytes: usize) -> Self {
+        self.cfg.retain_frames = frames.max(1);
+        self.cfg.retain_bytes = bytes.max(1);
+        self
+    }
+
     /// Connects, authenticates and returns the client. Fails without
     /// retrying when no hub is found, the connection is refused or the
     /// authentication fails; after that, a dropped connection is re-made in
@@ -194,6 +281,7 @@ impl ClientBuilder {
             Some(s) => s.clone(),
             None => Secret::load_default().map_err(|e| ClientError::Secret(e.to_string()))?,
         };
+        let (cfg_frames, cfg_bytes) = (cfg.retain_frames, cfg.retain_bytes);
         let (state_tx, _) = watch::channel(ConnectionState::Connecting);
         let (close_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -202,10 +290,16 @@ impl ClientBuilder {
             next_id: AtomicU64::new(1),
             state: state_tx,
             close: close_tx,
-            reg: Mutex::new(Registry::default()),
+            reg: Mutex::new(Registry {
+                out: reliable::Outbound::new(cfg_frames, cfg_bytes),
+                ..Registry::default()
+            }),
             dropped: AtomicU64::new(0),
+            in_last: AtomicU64::new(0),
+            max_epoch: AtomicU64::new(0),
+            wake: Notify::new(),
         });
-        let first = conn::connect_once(&shared, None).await?;
+        let first = conn::connect_once(&shared, None, shared.cfg.connect_timeout).await?;
         let mut state = shared.state.subscribe();
         tokio::spawn(conn::supervise(shared.clone(), first));
         let _ = state
@@ -222,6 +316,10 @@ impl ClientBuilder {
 pub(crate) struct ConnTx {
     pub tx: mpsc::Sender<Frame>,
     pub max_frame: usize,
+    /// Which connection this is (one more per connection made).
+    pub generation: u64,
+    /// Whether both sides agreed on reliable delivery.
+    pub reliable: bool,
 }
 
 pub(crate) struct SubEntry {
@@ -236,11 +334,19 @@ pub(crate) struct WatchEntry {
     pub tx: mpsc::Sender<KvEvent>,
 }
 
+/// A command waiting for its answer.
+pub(crate) struct Pending {
+    pub tx: oneshot::Sender<Frame>,
+    /// Whether its frame was sequenced (kept for retransmission): only those
+    /// can wait across a lost connection.
+    pub sequenced: bool,
+}
+
 /// Everything the reader routes to, under one lock.
 #[derive(Default)]
 pub(crate) struct Registry {
     pub conn: Option<ConnTx>,
-    pub pending: HashMap<u64, oneshot::Sender<Frame>>,
+    pub pending: HashMap<u64, Pending>,
     pub subs: HashMap<u64, SubEntry>,
     pub watches: HashMap<u64, WatchEntry>,
     pub presence: HashMap<u64, mpsc::Sender<PresenceEvent>>,
@@ -249,6 +355,33 @@ pub(crate) struct Registry {
     pub requests: Option<mpsc::Sender<IncomingRequest>>,
     pub sessions: HashMap<String, (u64, mpsc::Sender<proto::Session>)>,
     pub session_any: Option<(u64, mpsc::Sender<proto::Session>)>,
+    /// Sequence counter and frames kept until the hub acknowledges them.
+    pub out: reliable::Outbound,
+    /// The last connection was reliable: the next `Hello` asks to resume.
+    pub resumable: bool,
+    /// A reliable connection was lost less than `resume_wait` ago: calls
+    /// wait for the next connection instead of failing.
+    pub holding: bool,
+    /// Connections lost so far (tells a resume timer whether its loss is
+    /// still the current one).
+    pub losses: u64,
+}
+
+/// What a sending call waits for.
+#[derive(Clone, Copy)]
+enum Wait {
+    Connection,
+    Retention,
+}
+
+/// Whether a frame may be sequenced when the connection is reliable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Sequenced and retransmitted when its kind is logged.
+    Reliable,
+    /// Sent with `seq = 0`, never retransmitted; fails at once while
+    /// disconnected.
+    AtMostOnce,
 }
 
 /// State shared by the client handles, its streams and its tasks.
@@ -260,17 +393,20 @@ pub(crate) struct Shared {
     pub close: watch::Sender<bool>,
     pub reg: Mutex<Registry>,
     pub dropped: AtomicU64,
+    /// Highest hub → client sequence number taken (the reader of the
+    /// current connection updates it).
+    pub in_last: AtomicU64,
+    /// Highest hub epoch seen.
+    pub max_epoch: AtomicU64,
+    /// Woken when the connection changes, the resume window ends, the
+    /// client closes or acknowledgements free retention space.
+    pub wake: Notify,
 }
 
 impl Shared {
     /// A fresh correlation, subscription or watch id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn conn(&self) -> Result<ConnTx, ClientError> {
-        let reg = self.reg.lock();
-        reg.conn.clone().ok_or_else(|| self.down_error())
     }
 
     fn down_error(&self) -> ClientError {
@@ -287,8 +423,7 @@ impl Shared {
         }
     }
 
-    fn check_size(frame: &Frame, conn: &ConnTx) -> Result<(), ClientError> {
-        let len = prost::Message::encoded_len(frame);
+    fn check_size(len: usize, conn: &ConnTx) -> Result<(), ClientError> {
         if len > conn.max_frame {
             return Err(ClientError::InvalidArgument(format!(
                 "message of {len} bytes exceeds the hub's limit of {} bytes; send a smaller payload",
@@ -298,21 +433,155 @@ impl Shared {
         Ok(())
     }
 
-    /// Queues a frame that expects no answer.
-    pub async fn post(&self, frame: Frame) -> Result<(), ClientError> {
-        let conn = self.conn()?;
-        Self::check_size(&frame, &conn)?;
-        conn.tx
-            .send(frame)
-            .await
-            .map_err(|_| ClientError::Disconnected)
+    /// Queues `frame` on the current connection, numbering and keeping it
+    /// when the connection is reliable, its kind is logged and `delivery`
+    /// allows it; registers `waiter` for its answer in the same step.
+    ///
+    /// Waits (until `deadline`) for room in the send queue, for room in the
+    /// retention buffer, and, within the resume window of a lost reliable
+    /// connection, for the next connection.
+    async fn enqueue(
+        &self,
+        mut frame: Frame,
+        mut waiter: Option<(u64, oneshot::Sender<Frame>)>,
+        delivery: Delivery,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        let len = prost::Message::encoded_len(&frame);
+        let logged = delivery == Delivery::Reliable
+            && frame.kind.as_ref().is_some_and(reliable::logged_kind);
+        // Armed (registered with `wake`) before the conditions are checked
+        // again, so no wake-up between check and wait is lost; only made
+        // when a wait is needed, so the common path costs no registration.
+        let mut woken: Option<Pin<Box<Notified<'_>>>> = None;
+        loop {
+            let found = {
+                let reg = self.reg.lock();
+                match &reg.conn {
+                    Some(c) => Ok(c.clone()),
+                    None if reg.holding
+                        && delivery == Delivery::Reliable
+                        && !*self.close.borrow() =>
+                    {
+                        Err(None)
+                    }
+                    None => Err(Some(self.down_error())),
+                }
+            };
+            let why = match found {
+                Ok(conn) => {
+                    Self::check_size(len, &conn)?;
+                    let reserved = tokio::time::timeout_at(deadline, conn.tx.reserve()).await;
+                    match reserved {
+                        Ok(Ok(permit)) => {
+                            let mut reg = self.reg.lock();
+                            if reg.conn.as_ref().map(|c| c.generation) != Some(conn.generation) {
+                                // Reconnected meanwhile: start over on the
+                                // new connection.
+                                continue;
+                            }
+                            let sequenced = logged && conn.reliable;
+                            if !sequenced || reg.out.has_room(len) {
+                                if sequenced {
+                                    reg.out.push(&mut frame, len);
+                                }
+                                if let Some((id, tx)) = waiter.take() {
+                                    reg.pending.insert(id, Pending { tx, sequenced });
+                                }
+                                permit.send(frame);
+                                return Ok(());
+                            }
+                            Wait::Retention
+                        }
+                        // The connection's writer is gone; wait until the
+                        // supervisor has noticed.
+                        Ok(Err(_)) => Wait::Connection,
+                        Err(_) => {
+                            return Err(ClientError::Timeout(
+                                "the send queue stayed full; the hub is not reading".to_string(),
+                            ))
+                        }
+                    }
+                }
+                Err(Some(e)) => return Err(e),
+                // Within the resume window: wait for the next connection.
+                Err(None) => Wait::Connection,
+            };
+            match woken.take() {
+                None => {
+                    let mut armed = Box::pin(self.wake.notified());
+                    armed.as_mut().enable();
+                    woken = Some(armed);
+                }
+                Some(armed) => {
+                    if tokio::time::timeout_at(deadline, armed).await.is_err() {
+                        return Err(match why {
+                            Wait::Connection => ClientError::Disconnected,
+                            Wait::Retention => ClientError::Timeout(format!(
+                                "the retention buffer stayed full ({} frames or {} bytes \
+                                 not acknowledged by the hub)",
+                                self.cfg.retain_frames, self.cfg.retain_bytes
+                            )),
+                        });
+                    }
+                }
+            }
+        }
     }
 
-    /// Queues a frame without waiting; drops it when not connected or when
-    /// the queue is full (used from `Drop` impls).
-    pub fn post_now(&self, frame: Frame) {
-        if let Some(conn) = self.reg.lock().conn.clone() {
-            let _ = conn.tx.try_send(frame);
+    /// Queues a frame that expects no answer, sequenced when reliable
+    /// (waits as [`enqueue`](Self::enqueue), up to the request timeout).
+    pub async fn post(&self, frame: Frame) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.enqueue(frame, None, Delivery::Reliable, deadline)
+            .await
+    }
+
+    /// Queues a frame at most once: never sequenced, fails at once while
+    /// disconnected.
+    pub async fn post_at_most_once(&self, frame: Frame) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.enqueue(frame, None, Delivery::AtMostOnce, deadline)
+            .await
+    }
+
+    /// Queues a frame without waiting (sequenced when reliable); drops it
+    /// when the send queue or the retention buffer is full (used from
+    /// `Drop` impls and the reader). While disconnected, a frame of a
+    /// logged kind is kept for the next connection if the session may be
+    /// resumed, else dropped.
+    pub fn post_now(&self, mut frame: Frame) {
+        let len = prost::Message::encoded_len(&frame);
+        let logged = frame.kind.as_ref().is_some_and(reliable::logged_kind);
+        let mut reg = self.reg.lock();
+        let Some(conn) = reg.conn.clone() else {
+            // Sent with the kept frames if the session resumes; forgotten
+            // with them if it does not.
+            if logged && reg.resumable && reg.out.has_room(len) {
+                reg.out.push(&mut frame, len);
+            }
+            return;
+        };
+        if len > conn.max_frame {
+            return;
+        }
+        let Ok(permit) = conn.tx.try_reserve() else {
+            return;
+        };
+        if logged && conn.reliable {
+            if !reg.out.has_room(len) {
+                return;
+            }
+            reg.out.push(&mut frame, len);
+        }
+        permit.send(frame);
+    }
+
+    /// The hub acknowledged every sequenced frame up to `up_to`.
+    pub fn acknowledged(&self, up_to: u64) {
+        let freed = self.reg.lock().out.ack(up_to);
+        if freed > 0 {
+            self.wake.notify_waiters();
         }
     }
 
@@ -323,24 +592,13 @@ impl Shared {
         timeout: Duration,
         make: impl FnOnce(u64) -> Frame,
     ) -> Result<Frame, ClientError> {
+        let deadline = Instant::now() + timeout;
         let id = self.next_id();
         let frame = make(id);
         let (tx, rx) = oneshot::channel();
-        let conn = {
-            let mut reg = self.reg.lock();
-            let Some(conn) = reg.conn.clone() else {
-                drop(reg);
-                return Err(self.down_error());
-            };
-            Self::check_size(&frame, &conn)?;
-            reg.pending.insert(id, tx);
-            conn
-        };
-        if conn.tx.send(frame).await.is_err() {
-            self.reg.lock().pending.remove(&id);
-            return Err(ClientError::Disconnected);
-        }
-        let answer = match tokio::time::timeout(timeout, rx).await {
+        self.enqueue(frame, Some((id, tx)), Delivery::Reliable, deadline)
+            .await?;
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => return Err(self.down_error()),
             Err(_) => {
@@ -390,11 +648,26 @@ impl Drop for ClientInner {
 /// when [`close`](Client::close) is called or the last clone is dropped.
 /// While connected, a background task reads from the hub and routes answers
 /// to waiting calls and incoming messages to their streams; another writes
-/// queued frames in batches. When the connection drops, calls in flight fail
-/// with [`ClientError::Disconnected`] and the client reconnects with
-/// exponential backoff and jitter (re-discovering the hub when found by
-/// service name), then restores its subscriptions, watches and presence
-/// watch before reporting [`ConnectionState::Connected`] again.
+/// queued frames in batches. When the connection drops, the client
+/// reconnects with backoff and jitter (the first attempt at once; the last
+/// address first, then re-discovering the hub when found by service name).
+///
+/// With [reliable delivery](ClientBuilder::reliable) (the default, when the
+/// hub offers it) the client asks to resume its session: frames the hub did
+/// not get are sent again, duplicates are dropped on both sides, and calls
+/// in flight keep waiting for their answers, for up to
+/// [`resume_wait`](ClientBuilder::resume_wait). If the hub resumes the
+/// session, subscriptions and watches simply continue
+/// ([`ConnectionState::Connected`] with `resumed: true`). Otherwise, and
+/// always without reliable delivery, calls in flight fail with
+/// [`ClientError::Disconnected`] and the client restores its subscriptions,
+/// watches and presence watch before reporting
+/// [`ConnectionState::Connected`] again.
+///
+/// The client remembers the highest hub epoch it has seen and never uses a
+/// hub of a lower one (an old primary that a standby replaced): such a hub
+/// fails the attempt with [`ClientError::Fenced`] and the client looks
+/// further.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
@@ -446,6 +719,26 @@ impl Client {
         self.shared().dropped.load(Ordering::Relaxed)
     }
 
+    /// With reliable delivery: how many frames this client has sent that
+    /// the hub has not acknowledged yet, and their encoded size in bytes
+    /// (kept for sending again after a lost connection). Always `(0, 0)`
+    /// on a connection without reliable delivery.
+    pub fn unacknowledged(&self) -> (usize, usize) {
+        let reg = self.shared().reg.lock();
+        (reg.out.len(), reg.out.bytes())
+    }
+
+    /// Whether the current (or, while reconnecting, the last) connection
+    /// uses reliable delivery: this client asked for it and the hub
+    /// offered it.
+    pub fn is_reliable(&self) -> bool {
+        let reg = self.shared().reg.lock();
+        match &reg.conn {
+            Some(c) => c.reliable,
+            None => reg.resumable,
+        }
+    }
+
     /// Sends `payload` to client `to` and waits until the hub has queued it
     /// for the target. Fails with [`ClientError::NoSuchClient`] when the
     /// target is not connected.
@@ -471,7 +764,9 @@ impl Client {
         to: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        self.shared().post(Frame::direct(to, payload.into())).await
+        self.shared()
+            .post_at_most_once(Frame::direct(to, payload.into()))
+            .await
     }
 
     /// Sends a request to client `to` and waits for its reply, up to the
@@ -576,7 +871,7 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
         self.shared()
-            .post(Frame::publish(topic, payload.into()))
+            .post_at_most_once(Frame::publish(topic, payload.into()))
             .await
     }
 

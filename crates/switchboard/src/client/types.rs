@@ -18,6 +18,12 @@ pub enum ConnectionState {
         /// How many times the client has connected so far (1 for the first
         /// connection).
         generation: u64,
+        /// Whether this connection resumed the previous one's reliable
+        /// session (subscriptions, watches and waiting commands kept, lost
+        /// frames sent again); `false` for the first connection and for a
+        /// fresh session, after which subscriptions and watches were
+        /// restored.
+        resumed: bool,
     },
     /// The connection dropped; reconnecting with backoff.
     Reconnecting {

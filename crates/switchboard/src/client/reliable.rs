@@ -1,0 +1,379 @@
+//! Sequencing state of reliable delivery, without I/O.
+//!
+//! [`Outbound`] numbers the frames of logged kinds this client sends and
+//! keeps them until the hub acknowledges them; [`Inbound`] tracks the
+//! highest sequence number taken from the hub, drops duplicates and decides
+//! when to acknowledge. Both outlive a connection: a resumed connection
+//! continues where the previous one stopped.
+
+use std::collections::VecDeque;
+
+use switchboard_wire::{Frame, Kind};
+
+/// The feature a client lists in `Hello.features` (and a hub in
+/// `Welcome.features`) to sequence both directions.
+pub const FEATURE_RELIABLE: &str = "reliable";
+
+/// The feature a hub lists in `Welcome.features` when it continued the
+/// client's previous session.
+pub const FEATURE_RESUMED: &str = "resumed";
+
+/// Default most frames kept for retransmission.
+pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;
+
+/// Default most bytes (encoded) kept for retransmission.
+pub const DEFAULT_RETAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// Acknowledge at least every this many frames within one long read batch.
+pub(crate) const ACK_EVERY: u32 = 64;
+
+/// Whether frames of this kind are sequenced (and thus retransmitted and
+/// deduplicated) on a reliable connection: the kinds the hub logs for its
+/// standby. Everything else (pings, gets, lists, status, acks, goodbyes)
+/// travels with `seq = 0`.
+pub(crate) fn logged_kind(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Publish(_)
+            | Kind::Direct(_)
+            | Kind::Request(_)
+            | Kind::Reply(_)
+            | Kind::Broadcast(_)
+            | Kind::Session(_)
+            | Kind::Subscribe(_)
+            | Kind::Unsubscribe(_)
+            | Kind::KvSet(_)
+            | Kind::KvDelete(_)
+            | Kind::KvWatch(_)
+            | Kind::KvUnwatch(_)
+            | Kind::PresenceWatch(_)
+    )
+}
+
+struct Kept {
+    seq: u64,
+    bytes: usize,
+    frame: Frame,
+}
+
+/// Client → hub: the sequence counter and the retention buffer.
+pub(crate) struct Outbound {
+    next_seq: u64,
+    kept: VecDeque<Kept>,
+    kept_bytes: usize,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbound {
+    /// An empty buffer holding at most `max_frames` frames and `max_bytes`
+    /// bytes (a single frame larger than `max_bytes` still fits into an
+    /// empty buffer, so nothing is refused for good).
+    pub fn new(max_frames: usize, max_bytes: usize) -> Outbound {
+        Outbound {
+            next_seq: 1,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            max_frames: max_frames.max(1),
+            max_bytes,
+        }
+    }
+
+    /// Whether a frame of `bytes` bytes fits now.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.kept.is_empty()
+            || (self.kept.len() < self.max_frames
+                && self.kept_bytes.saturating_add(bytes) <= self.max_bytes)
+    }
+
+    /// Numbers `frame` with the next sequence number and keeps a copy.
+    /// The caller checked [`has_room`](Self::has_room) and sends the frame
+    /// before anything else can be numbered (under the same lock), so
+    /// sequence order is wire order.
+    pub fn push(&mut self, frame: &mut Frame, bytes: usize) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        frame.seq = seq;
+        self.kept.push_back(Kept {
+            seq,
+            bytes,
+            frame: frame.clone(),
+        });
+        self.kept_bytes += bytes;
+        seq
+    }
+
+    /// Forgets every kept frame with `seq <= up_to`; returns how many.
+    pub fn ack(&mut self, up_to: u64) -> usize {
+        let mut n = 0;
+        while self.kept.front().is_some_and(|k| k.seq <= up_to) {
+            if let Some(k) = self.kept.pop_front() {
+                self.kept_bytes -= k.bytes;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// For a resumed connection: forgets what the hub holds (`seq <=
+    /// last_received`) and returns copies of the rest, in order, to be sent
+    /// before any new frame.
+    pub fn replay_after(&mut self, last_received: u64) -> Vec<Frame> {
+        self.ack(last_received);
+        self.kept.iter().map(|k| k.frame.clone()).collect()
+    }
+
+    /// Forgets every kept frame (a fresh session: their outcome is
+    /// unknown). The counter continues.
+    pub fn clear(&mut self) {
+        self.kept.clear();
+        self.kept_bytes = 0;
+    }
+
+    /// Frames kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.kept_bytes
+    }
+
+    /// The sequence number the next frame gets.
+    #[cfg(test)]
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+impl Default for Outbound {
+    fn default() -> Outbound {
+        Outbound::new(DEFAULT_RETAIN_FRAMES, DEFAULT_RETAIN_BYTES)
+    }
+}
+
+/// Hub → client: the highest sequence number taken, and what was
+/// acknowledged.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Inbound {
+    last_received: u64,
+    acked: u64,
+    since_ack: u32,
+}
+
+impl Inbound {
+    /// Starts from `last_received` (0 for a fresh session), with
+    /// everything up to it taken as acknowledged.
+    pub fn starting_at(last_received: u64) -> Inbound {
+        Inbound {
+            last_received,
+            acked: last_received,
+            since_ack: 0,
+        }
+    }
+
+    /// Whether a frame with `seq` is to be handled: `false` for a duplicate
+    /// (`0 < seq <= last_received`). Unsequenced frames (`seq = 0`) are
+    /// always handled; gaps are allowed.
+    pub fn accept(&mut self, seq: u64) -> bool {
+        if seq == 0 {
+            return true;
+        }
+        if seq <= self.last_received {
+            return false;
+        }
+        self.last_received = seq;
+        self.since_ack += 1;
+        true
+    }
+
+    /// Whether a long batch has gone [`ACK_EVERY`] frames without an
+    /// acknowledgement.
+    pub fn ack_due(&self) -> bool {
+        self.since_ack >= ACK_EVERY
+    }
+
+    /// The `Ack.up_to` owed now, if the last acknowledgement sent does not
+    /// cover everything taken. Call [`acked`](Self::acked) once it is
+    /// queued.
+    pub fn owed_ack(&self) -> Option<u64> {
+        (self.last_received > self.acked).then_some(self.last_received)
+    }
+
+    /// Records that `Ack{up_to}` was queued.
+    pub fn acked(&mut self, up_to: u64) {
+        self.acked = self.acked.max(up_to);
+        self.since_ack = 0;
+    }
+
+    /// Highest sequence number taken.
+    pub fn last_received(&self) -> u64 {
+        self.last_received
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_wire::proto;
+
+    fn publish(n: u8) -> Frame {
+        Frame::publish("t", vec![n])
+    }
+
+    fn payload(f: &Frame) -> u8 {
+        match &f.kind {
+            Some(Kind::Publish(p)) => p.payload[0],
+            _ => panic!("not a publish"),
+        }
+    }
+
+    #[test]
+    fn numbers_from_one_and_keeps_copies_until_acknowledged() {
+        let mut out = Outbound::new(16, 1 << 20);
+        for n in 0..5u8 {
+            let mut f = publish(n);
+            let seq = out.push(&mut f, 10);
+            assert_eq!(seq, u64::from(n) + 1);
+            assert_eq!(f.seq, seq, "the sent frame carries its number");
+        }
+        assert_eq!((out.len(), out.bytes()), (5, 50));
+        assert_eq!(out.ack(3), 3);
+        assert_eq!((out.len(), out.bytes()), (2, 20));
+        // Acknowledgements are cumulative; an older one changes nothing.
+        assert_eq!(out.ack(2), 0);
+        assert_eq!(out.ack(5), 2);
+        assert_eq!((out.len(), out.bytes()), (0, 0));
+        assert_eq!(out.next_seq(), 6);
+    }
+
+    #[test]
+    fn replay_skips_what_the_hub_holds_and_keeps_order() {
+        let mut out = Outbound::new(16, 1 << 20);
+        for n in 0..6u8 {
+            out.push(&mut publish(n), 1);
+        }
+        out.ack(1);
+        let replay = out.replay_after(3);
+        let seqs: Vec<u64> = replay.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [4, 5, 6]);
+        let payloads: Vec<u8> = replay.iter().map(payload).collect();
+        assert_eq!(payloads, [3, 4, 5]);
+        // The replayed frames stay kept until acknowledged.
+        assert_eq!(out.len(), 3);
+        // A hub holding less than the last ack resends from there.
+        assert_eq!(out.replay_after(0).len(), 3);
+    }
+
+    #[test]
+    fn a_fresh_session_forgets_kept_frames_but_not_the_counter() {
+        let mut out = Outbound::new(16, 1 << 20);
+        out.push(&mut publish(0), 7);
+        out.push(&mut publish(1), 7);
+        out.clear();
+        assert_eq!((out.len(), out.bytes()), (0, 0));
+        assert_eq!(out.push(&mut publish(2), 7), 3);
+    }
+
+    #[test]
+    fn room_is_bounded_by_frames_and_bytes() {
+        let mut out = Outbound::new(3, 100);
+        assert!(out.has_room(1000), "an empty buffer takes any frame");
+        out.push(&mut publish(0), 60);
+        assert!(out.has_room(40));
+        assert!(!out.has_room(41), "bytes bound");
+        out.push(&mut publish(1), 10);
+        out.push(&mut publish(2), 10);
+        assert!(!out.has_room(1), "frame bound");
+        out.ack(1);
+        assert!(out.has_room(80));
+        assert!(!out.has_room(81));
+    }
+
+    #[test]
+    fn inbound_drops_duplicates_and_allows_gaps() {
+        let mut inb = Inbound::starting_at(0);
+        assert!(inb.accept(1));
+        assert!(inb.accept(2));
+        assert!(!inb.accept(2), "duplicate");
+        assert!(!inb.accept(1), "older duplicate");
+        assert!(inb.accept(0), "unsequenced frames always pass");
+        assert!(inb.accept(0));
+        assert!(inb.accept(5), "a gap (dropped deliveries) is allowed");
+        assert!(!inb.accept(4), "below the highest taken");
+        assert_eq!(inb.last_received(), 5);
+    }
+
+    #[test]
+    fn acks_are_cumulative_and_only_when_something_is_new() {
+        let mut inb = Inbound::starting_at(10);
+        assert_eq!(inb.owed_ack(), None, "a resumed stream starts acknowledged");
+        assert!(!inb.accept(10));
+        assert_eq!(inb.owed_ack(), None);
+        inb.accept(11);
+        inb.accept(12);
+        assert_eq!(inb.owed_ack(), Some(12));
+        inb.acked(12);
+        assert_eq!(inb.owed_ack(), None);
+        inb.accept(13);
+        assert_eq!(inb.owed_ack(), Some(13));
+        assert_eq!(inb.owed_ack(), Some(13), "owed until queued");
+        inb.acked(13);
+        assert_eq!(inb.owed_ack(), None);
+    }
+
+    #[test]
+    fn acks_are_due_every_64_frames_in_a_long_batch() {
+        let mut inb = Inbound::starting_at(0);
+        for seq in 1..ACK_EVERY as u64 {
+            inb.accept(seq);
+            assert!(!inb.ack_due());
+        }
+        inb.accept(ACK_EVERY as u64);
+        assert!(inb.ack_due());
+        assert_eq!(inb.owed_ack(), Some(ACK_EVERY as u64));
+        inb.acked(ACK_EVERY as u64);
+        assert!(!inb.ack_due());
+        // Duplicates and unsequenced frames do not count.
+        for _ in 0..100 {
+            inb.accept(0);
+            inb.accept(1);
+        }
+        assert!(!inb.ack_due());
+    }
+
+    #[test]
+    fn logged_kinds_match_the_contract() {
+        let logged: Vec<Frame> = vec![
+            Frame::publish("t", "x"),
+            Frame::direct("c", "x"),
+            Frame::request(1, "c", "x"),
+            Frame::reply(1, "c", "x"),
+            proto::Broadcast::default().into(),
+            proto::Session::default().into(),
+            proto::Subscribe::default().into(),
+            proto::Unsubscribe::default().into(),
+            proto::KvSet::default().into(),
+            proto::KvDelete::default().into(),
+            proto::KvWatch::default().into(),
+            proto::KvUnwatch::default().into(),
+            proto::PresenceWatch::default().into(),
+        ];
+        for f in &logged {
+            assert!(logged_kind(f.kind.as_ref().unwrap()), "{}", f.kind_name());
+        }
+        let unlogged: Vec<Frame> = vec![
+            proto::Ping::default().into(),
+            proto::Pong::default().into(),
+            proto::KvGet::default().into(),
+            proto::ListClients::default().into(),
+            proto::StatusRequest::default().into(),
+            Frame::ack(3),
+            Frame::goodbye(switchboard_wire::ErrorCode::Unspecified, "bye"),
+        ];
+        for f in &unlogged {
+            assert!(!logged_kind(f.kind.as_ref().unwrap()), "{}", f.kind_name());
+        }
+    }
+}
