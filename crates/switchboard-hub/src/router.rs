@@ -453,6 +453,9 @@ pub struct Router {
     alias: IdMap<ConnId, ConnId>,
     /// Clients waiting to resume.
     detached: IdSet<ConnId>,
+    /// At shutdown a standby takes over: connections close without a
+    /// goodbye, so reliable clients resume on it.
+    handover: bool,
 }
 
 fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -525,7 +528,14 @@ impl Router {
             replaying: false,
             alias: IdMap::default(),
             detached: IdSet::default(),
+            handover: false,
         }
+    }
+
+    /// Whether a standby will take over when this router shuts down (see
+    /// [`Input::Shutdown`]): clients are then not told goodbye.
+    pub fn set_handover(&mut self, on: bool) {
+        self.handover = on;
     }
 
     /// The hub identity the router announces.
@@ -1370,10 +1380,12 @@ impl Router {
     fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
         for c in self.clients.values() {
-            c.outbox.close(Some(Frame::goodbye(
-                ErrorCode::ShuttingDown,
-                "the hub is shutting down; reconnect later",
-            )));
+            c.outbox.close((!self.handover).then(|| {
+                Frame::goodbye(
+                    ErrorCode::ShuttingDown,
+                    "the hub is shutting down; reconnect later",
+                )
+            }));
             self.closing
                 .push_back((now + CLOSE_GRACE, c.outbox.clone()));
         }

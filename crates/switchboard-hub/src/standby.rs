@@ -167,6 +167,7 @@ impl RouterTask {
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     tracing::info!("hub shutting down");
+                    self.router.set_handover(link.is_some());
                     self.router.handle(Instant::now(), Input::Shutdown);
                     if let Some(guard) = self.hint.lock().take() {
                         if let Err(e) = guard.remove() {
@@ -553,8 +554,10 @@ impl StandbyHandle {
 
     /// Replication counters: the primary followed, the last change held.
     pub fn status(&self) -> proto::Status {
-        let mut status = proto::Status::default();
-        status.standby_addr = self.stats.repl.peer.lock().clone();
+        let mut status = proto::Status {
+            standby_addr: self.stats.repl.peer.lock().clone(),
+            ..Default::default()
+        };
         status.counters.insert(
             "repl_seq".into(),
             self.stats.repl.seq.load(Ordering::Relaxed),
@@ -875,6 +878,9 @@ impl Standby {
         };
         tracing::info!(%primary, epoch = snapshot.epoch, repl_seq = snapshot.repl_seq, clients = snapshot.clients.len(), "following the primary");
         *self.stats.repl.peer.lock() = primary.to_string();
+        if let Err(e) = self.held(&mut conn, &replica, primary).await {
+            return Followed::Retry(e);
+        }
         let lost = |replica: Replica| Followed::Lost {
             replica: Box::new(replica),
             primary,
@@ -931,23 +937,12 @@ impl Standby {
                             return Followed::Retry(e.to_string());
                         }
                     }
-                    let seq = replica.repl_seq();
-                    self.stats.repl.seq.store(seq, Ordering::Relaxed);
-                    self.state.send_replace(StandbyState::Following {
-                        primary,
-                        epoch: replica.epoch(),
-                        repl_seq: seq,
-                    });
-                    out.clear();
-                    put_frame(&Frame::from(proto::ReplAck { repl_seq: seq }), &mut out);
-                    if conn.writer.write_all(&out).await.is_err() {
+                    if self.held(&mut conn, &replica, primary).await.is_err() {
                         return lost(replica);
                     }
                 }
-                Some(Kind::Heartbeat(h)) => {
-                    if h.epoch > replica.epoch() {
-                        return Followed::Retry("the primary's epoch changed".into());
-                    }
+                Some(Kind::Heartbeat(h)) if h.epoch > replica.epoch() => {
+                    return Followed::Retry("the primary's epoch changed".into());
                 }
                 Some(Kind::Snapshot(s)) => {
                     pending.clear();
@@ -964,6 +959,28 @@ impl Standby {
                 _ => {}
             }
         }
+    }
+
+    /// Acknowledges everything the replica holds and says so.
+    async fn held(
+        &self,
+        conn: &mut LinkConn,
+        replica: &Replica,
+        primary: SocketAddr,
+    ) -> Result<(), String> {
+        let seq = replica.repl_seq();
+        self.stats.repl.seq.store(seq, Ordering::Relaxed);
+        self.state.send_replace(StandbyState::Following {
+            primary,
+            epoch: replica.epoch(),
+            repl_seq: seq,
+        });
+        let mut out = BytesMut::new();
+        put_frame(&Frame::from(proto::ReplAck { repl_seq: seq }), &mut out);
+        conn.writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {e}"))
     }
 
     fn restore(&self, snapshot: &proto::Snapshot) -> Result<Replica, String> {
