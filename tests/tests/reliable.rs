@@ -940,7 +940,6 @@ async fn the_first_reconnect_attempt_is_made_at_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "the in-process standby does not reach Following here yet (hub side)"]
 async fn a_standby_takes_over_and_the_session_resumes_on_it() -> anyhow::Result<()> {
     let primary = hub_with_epoch(1).await?;
     let mut config =
