@@ -891,6 +891,7 @@ impl Standby {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
         let mut snapshots = self.snapshots.lock().await;
+        let mut last_rx = Instant::now();
         loop {
             let next = tokio::select! {
                 Some(reply) = snapshots.recv() => {
@@ -899,6 +900,10 @@ impl Standby {
                 }
                 r = tokio::time::timeout(silence, conn.reader.next()) => r,
                 _ = ticker.tick() => {
+                    if last_rx.elapsed() > silence {
+                        tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
+                        return lost(replica);
+                    }
                     out.clear();
                     put_frame(&heartbeat(replica.epoch(), 0, proto::Role::Standby), &mut out);
                     if conn.writer.write_all(&out).await.is_err() {
@@ -918,7 +923,10 @@ impl Standby {
                     tracing::warn!(error = %e, "replication link broke");
                     return lost(replica);
                 }
-                Ok(Some(Ok(f))) => f,
+                Ok(Some(Ok(f))) => {
+                    last_rx = Instant::now();
+                    f
+                }
             };
             match frame.kind {
                 Some(Kind::Change(c)) => {

@@ -42,7 +42,7 @@ impl HubProc {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start switchboard hub");
         let (tx, rx) = mpsc::channel();
