@@ -233,25 +233,26 @@ impl RouterTask {
             }
             match &link {
                 Some(l) if !l.alive.is_cancelled() => {
-                    changes.clear();
-                    let resync = self.router.take_changes(&mut changes).is_err();
-                    let bytes = if resync {
-                        tracing::warn!(
-                            "change log overflowed; sending the standby a fresh snapshot"
-                        );
-                        Some(self.snapshot_bytes(false))
-                    } else if !changes.is_empty() {
-                        let mut buf = BytesMut::new();
-                        for c in changes.drain(..) {
-                            put_frame(&Frame::from(c), &mut buf);
+                    let mut buf = BytesMut::new();
+                    let bytes = match self.router.take_encoded(&mut buf) {
+                        Err(_) => {
+                            tracing::warn!(
+                                "change log overflowed; sending the standby a fresh snapshot"
+                            );
+                            Some(self.snapshot_bytes(false))
                         }
-                        put_frame(
-                            &heartbeat(self.epoch(), self.router.repl_seq(), proto::Role::Primary),
-                            &mut buf,
-                        );
-                        Some(buf.freeze())
-                    } else {
-                        None
+                        Ok(0) => None,
+                        Ok(_) => {
+                            put_frame(
+                                &heartbeat(
+                                    self.epoch(),
+                                    self.router.repl_seq(),
+                                    proto::Role::Primary,
+                                ),
+                                &mut buf,
+                            );
+                            Some(buf.freeze())
+                        }
                     };
                     if let Some(bytes) = bytes {
                         self.ship(l, bytes).await;
