@@ -414,7 +414,8 @@ pub(crate) async fn serve_link<S: Stream>(
     let (mut rd, mut wr) = stream.halves();
     let epoch = shared.identity.epoch;
     let writer = async {
-        let mut ticker = tokio::time::interval(interval);
+        // The first frames are the router's ReplHello and snapshot.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wrote = false;
         loop {
@@ -844,7 +845,16 @@ impl Standby {
         let silence = self.config.heartbeat_interval * self.config.heartbeat_misses;
         // The opening: ReplHello, then a snapshot.
         let first = tokio::time::timeout(self.config.handshake_timeout, async {
-            let hello = match conn.reader.next().await {
+            let mut next = conn.reader.next().await;
+            // Liveness heartbeats may come first.
+            while let Some(Ok(Frame {
+                kind: Some(Kind::Heartbeat(_)),
+                ..
+            })) = &next
+            {
+                next = conn.reader.next().await;
+            }
+            let hello = match next {
                 Some(Ok(Frame {
                     kind: Some(Kind::ReplHello(h)),
                     ..

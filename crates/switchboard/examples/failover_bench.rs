@@ -41,10 +41,19 @@ impl HubProc {
         }
         let mut child = cmd
             .env("SWITCHBOARD_RUNTIME_DIR", dir)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var("BENCH_HUB_LOG") {
+                // Hub logs appended to this file, for looking into a run.
+                Ok(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let (tx, rx) = mpsc::channel();
