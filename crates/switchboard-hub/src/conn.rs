@@ -318,6 +318,7 @@ pub(crate) async fn serve<S: Stream>(
         addr: peer.to_string(),
         connected_at_ms: switchboard_discovery::now_ms(),
         agent,
+        reliable: false,
     };
     shared.stats.track(&outbox);
     let connect = Input::Connect {

@@ -642,6 +642,7 @@ impl Gateway {
             addr: peer.to_string(),
             connected_at_ms: switchboard_discovery::now_ms(),
             agent,
+            reliable: false,
         };
         let connect = Input::Connect {
             conn: client.conn,
