@@ -23,8 +23,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// A hub run as a separate process, to measure its own memory:
 /// `SWITCHBOARD_HOSTILE_HUB=<addr>` of `switchboard hub --token "test token"`
-/// (handshake timeout 5 s). Used by the storm and flood tests only; one test
-/// per fresh hub, as client ids repeat.
+/// (handshake timeout 5 s, default limits). Used by the storm, limit and
+/// flood tests only; one test per fresh hub, as client ids repeat.
 fn external_hub() -> Option<std::net::SocketAddr> {
     std::env::var("SWITCHBOARD_HOSTILE_HUB").ok()?.parse().ok()
 }
@@ -138,9 +138,19 @@ async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Result<()> {
-    const SUBS: u64 = 200_000;
-    let hub = start().await;
-    let addr = hub.local_addr();
+    // The issue's storm is 1,000,000 subscriptions; 200,000 keeps the debug
+    // test short and passes the limit (10,000) twenty times over.
+    let subs: u64 = std::env::var("SWITCHBOARD_STORM_SUBSCRIPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let hub = match external_hub() {
+        Some(_) => None,
+        None => Some(start().await),
+    };
+    let addr = external_hub().unwrap_or_else(|| hub.as_ref().unwrap().local_addr());
+    let subscriptions = || hub.as_ref().map(|h| h.status().subscriptions);
+    let pending = || hub.as_ref().map(|h| h.status().pending_requests);
     let limits = Limits::default();
     let mut greedy = TestClient::connect(addr, "greedy").await?;
     let mut sub = TestClient::connect(addr, "sub").await?;
@@ -148,9 +158,10 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
 
     // Subscriptions: the first `max_subscriptions` succeed, the rest get
     // LIMIT_EXCEEDED, each answered once.
+    let started = Instant::now();
     let answers = pipeline(
         &mut greedy,
-        SUBS,
+        subs,
         |i| {
             proto::Subscribe {
                 id: i + 1,
@@ -160,9 +171,10 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
             }
             .into()
         },
-        SUBS as usize,
+        subs as usize,
     )
     .await?;
+    let took = started.elapsed();
     let (mut oks, mut refused) = (0usize, 0usize);
     for (i, f) in answers.into_iter().enumerate() {
         match f.kind {
@@ -176,10 +188,14 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
         }
     }
     assert_eq!(oks, limits.max_subscriptions);
-    assert_eq!(refused, SUBS as usize - limits.max_subscriptions);
-    assert_eq!(
-        hub.status().subscriptions,
-        limits.max_subscriptions as u64 + 1
+    assert_eq!(refused, subs as usize - limits.max_subscriptions);
+    if let Some(n) = subscriptions() {
+        assert_eq!(n, limits.max_subscriptions as u64 + 1);
+    }
+    println!(
+        "{subs} subscriptions from one client answered in {took:?}: {oks} accepted, \
+         {refused} LIMIT_EXCEEDED; peak rss {:.1} MiB",
+        peak_rss_mib()
     );
 
     // Watches.
@@ -229,10 +245,9 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
             other => bail!("{other:?}"),
         }
     }
-    assert_eq!(
-        hub.status().pending_requests,
-        limits.max_pending_requests as u64
-    );
+    if let Some(n) = pending() {
+        assert_eq!(n, limits.max_pending_requests as u64);
+    }
 
     // Meanwhile nothing changed for anyone else.
     let mut publisher = TestClient::connect(addr, "publisher").await?;
@@ -249,13 +264,15 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
     }
     // The greedy client's state goes away with it.
     drop(greedy);
-    tokio::time::timeout(WAIT, async {
-        while hub.status().subscriptions != 1 || hub.status().pending_requests != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
-    hub.shutdown().await;
+    if let Some(hub) = hub {
+        tokio::time::timeout(WAIT, async {
+            while hub.status().subscriptions != 1 || hub.status().pending_requests != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+        hub.shutdown().await;
+    }
     Ok(())
 }
 
