@@ -876,3 +876,106 @@ async fn check_body_answers_what_the_handlers_answer_and_messages_stay_short() -
     hub.shutdown().await;
     Ok(())
 }
+
+/// Polls `client` (no wait) until `total` messages have been either
+/// returned or reported dropped; returns the payloads and the drop count.
+/// Each poll returns at most `cap` messages.
+async fn drain_mailbox(
+    http: &Http,
+    client: &str,
+    total: u64,
+    cap: usize,
+) -> Result<(Vec<String>, u64)> {
+    let (mut got, mut dropped) = (Vec::new(), 0u64);
+    for _ in 0..200 {
+        if got.len() as u64 + dropped >= total {
+            return Ok((got, dropped));
+        }
+        let a = http
+            .post(
+                "/v1/listen",
+                json!({ "client": client, "timeout_ms": 200, "max": 1000 }),
+            )
+            .await?;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.json()?;
+        let messages = v["messages"].as_array().cloned().unwrap_or_default();
+        assert!(
+            messages.len() <= cap,
+            "a poll returned {} messages",
+            messages.len()
+        );
+        dropped += v["dropped"].as_u64().unwrap_or(0);
+        for m in messages {
+            got.push(m["payload"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    bail!(
+        "{} of {total} messages accounted for",
+        got.len() as u64 + dropped
+    )
+}
+
+/// An HTTP client that never polls holds a bounded mailbox: past its
+/// message or byte limit the oldest pub/sub deliveries are dropped (and
+/// counted on the next poll), and once only direct messages wait it is
+/// disconnected as a slow consumer.
+#[tokio::test]
+async fn an_http_client_that_never_polls_holds_a_bounded_mailbox() -> Result<()> {
+    let hub = start_with(|h| {
+        h.mailbox_messages = 8;
+        h.mailbox_bytes = 40 * 1024;
+    })
+    .await;
+    let http = Http::new(&hub);
+    for topic in ["small", "big"] {
+        let a = http
+            .post(
+                "/v1/subscribe",
+                json!({ "client": "lazy", "pattern": topic }),
+            )
+            .await?;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let mut publisher = TestClient::connect(hub.local_addr(), "publisher").await?;
+
+    // Message limit: 100 small deliveries, at most 8 held.
+    for i in 0..100u32 {
+        publisher
+            .send(Frame::publish("small", i.to_string()))
+            .await?;
+    }
+    publisher.sync().await?;
+    wait_metric(&http, "switchboard_queue_depth", 0).await?;
+    let (got, dropped) = drain_mailbox(&http, "lazy", 100, 8).await?;
+    assert!(dropped >= 100 - 16, "only {dropped} dropped");
+    let seqs: Vec<u32> = got.iter().map(|p| p.parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs.last(), Some(&99), "the newest is kept");
+
+    // Byte limit: 20 deliveries of 10 KiB, at most 4 held (40 KiB).
+    for i in 0..20u32 {
+        let mut payload = format!("{i:02}");
+        payload.push_str(&"x".repeat(10 * 1024 - 2));
+        publisher.send(Frame::publish("big", payload)).await?;
+    }
+    publisher.sync().await?;
+    wait_metric(&http, "switchboard_queue_depth", 0).await?;
+    let (got, dropped) = drain_mailbox(&http, "lazy", 20, 4).await?;
+    assert!(dropped >= 20 - 8, "only {dropped} dropped");
+    assert_eq!(got.last().map(|p| &p[..2]), Some("19"));
+
+    // Direct messages are never dropped: with 8 waiting and a 9th coming,
+    // the client is disconnected, and its state goes with it.
+    for i in 0..12u32 {
+        publisher.send(Frame::direct("lazy", i.to_string())).await?;
+    }
+    wait_metric(&http, "switchboard_clients_http", 0).await?;
+    let a = http
+        .post("/v1/listen", json!({ "client": "lazy", "timeout_ms": 0 }))
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["messages"], json!([]), "a fresh registration");
+    hub.shutdown().await;
+    Ok(())
+}
