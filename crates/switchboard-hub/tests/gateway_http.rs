@@ -979,3 +979,66 @@ async fn an_http_client_that_never_polls_holds_a_bounded_mailbox() -> Result<()>
     hub.shutdown().await;
     Ok(())
 }
+
+/// Two requesters may use the same request id (ids are per connection). A
+/// reply without `to` must not guess: the gateway refuses it (409, give
+/// `to`) rather than send one requester's answer to the other; with `to`
+/// each gets its own.
+#[tokio::test]
+async fn a_reply_without_to_never_goes_to_the_wrong_requester() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    register(&http, "worker").await?;
+    let mut askers = Vec::new();
+    for name in ["alice", "bob"] {
+        let mut c = TestClient::connect(hub.local_addr(), name).await?;
+        c.send(proto::Request {
+            id: 7,
+            to: "worker".into(),
+            timeout_ms: 10_000,
+            payload: name.into(),
+            ..Default::default()
+        })
+        .await?;
+        askers.push(c);
+    }
+    let mut from = Vec::new();
+    while from.len() < 2 {
+        let m = listen_one(&http, "worker").await?;
+        assert_eq!(
+            (m["kind"].as_str(), m["id"].as_u64()),
+            (Some("request"), Some(7))
+        );
+        from.push(m["from"].as_str().unwrap_or_default().to_owned());
+    }
+    from.sort();
+    assert_eq!(from, ["alice", "bob"]);
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "worker", "id": 7, "payload": "?" }),
+        )
+        .await?;
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("'to'"), "{}", a.body);
+    for (c, name) in askers.iter_mut().zip(["alice", "bob"]) {
+        let a = http
+            .post(
+                "/v1/reply",
+                json!({ "client": "worker", "id": 7, "to": name, "payload": format!("for {name}") }),
+            )
+            .await?;
+        assert_eq!(a.status, 200, "{}", a.body);
+        match c.expect().await?.kind {
+            Some(Kind::Reply(r)) => {
+                assert_eq!(
+                    (r.id, r.payload.as_ref()),
+                    (7, format!("for {name}").as_bytes())
+                )
+            }
+            other => bail!("{name} expected its reply, got {other:?}"),
+        }
+    }
+    hub.shutdown().await;
+    Ok(())
+}

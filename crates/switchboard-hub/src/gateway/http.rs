@@ -109,8 +109,10 @@ struct ClientState {
     next_seq: u64,
     dropped: u64,
     waiters: HashMap<u64, oneshot::Sender<Frame>>,
-    /// Request id → requester, for replies that do not name `to`.
-    requests: HashMap<u64, String>,
+    /// Request id → requester, for replies that do not name `to`; `None`
+    /// when requests from more than one requester carry the id (ids are
+    /// per connection), so such a reply must name `to`.
+    requests: HashMap<u64, Option<String>>,
 }
 
 struct Mail {
@@ -425,17 +427,33 @@ impl RequestReq {
 }
 
 impl ReplyReq {
-    /// The reply; `remembered` is the requester of request `id`, if known.
-    fn frame(self, from: &str, remembered: Option<String>) -> Result<Frame, ApiError> {
-        let Some(to) = self.to.or(remembered) else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no request {} is waiting for client '{}'; reply to the id of a request you received, and give 'to' if it came long ago",
-                    self.id, from
-                ),
-            ));
+    /// The reply; `remembered` is what the gateway remembers of request
+    /// `id`: nothing, its requester, or `None` when several requesters used
+    /// the id.
+    fn frame(self, from: &str, remembered: Option<Option<String>>) -> Result<Frame, ApiError> {
+        let to = match (self.to, remembered) {
+            (Some(to), _) => to,
+            (None, Some(Some(to))) => to,
+            (None, Some(None)) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "ambiguous",
+                    format!(
+                        "requests from more than one client carry id {}; give 'to' (the request's 'from')",
+                        self.id
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no request {} is waiting for client '{}'; reply to the id of a request you received, and give 'to' if it came long ago",
+                        self.id, from
+                    ),
+                ))
+            }
         };
         Ok(Frame::from(proto::Reply {
             id: self.id,
@@ -980,8 +998,18 @@ impl HttpClient {
         let bytes = mail_bytes(&frame);
         let mut st = self.state.lock();
         if let Some(Kind::Request(r)) = &frame.kind {
-            if st.requests.len() < MAX_REMEMBERED_REQUESTS {
-                st.requests.insert(r.id, r.from.clone());
+            let room = st.requests.len() < MAX_REMEMBERED_REQUESTS;
+            match st.requests.entry(r.id) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if e.get().as_deref() != Some(r.from.as_str()) {
+                        e.insert(None);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    if room {
+                        e.insert(Some(r.from.clone()));
+                    }
+                }
             }
         }
         while st.mailbox.len() >= cfg.mailbox_messages.max(1)
@@ -1455,7 +1483,16 @@ async fn reply(
 ) -> ApiResult {
     let req: ReplyReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
-    let remembered = client.state.lock().requests.remove(&req.id);
+    let remembered = {
+        let mut st = client.state.lock();
+        match (&req.to, st.requests.get(&req.id)) {
+            // Answered: forget it. An ambiguous id stays so until the
+            // remembered set is dropped with the client.
+            (None, Some(Some(_))) => st.requests.remove(&req.id),
+            (Some(to), Some(Some(known))) if to == known => st.requests.remove(&req.id),
+            (_, known) => known.cloned(),
+        }
+    };
     let frame = req.frame(&client.id, remembered)?;
     // Replies have no answer; a ping behind it tells when the router took it.
     let nonce = client.next_id();
