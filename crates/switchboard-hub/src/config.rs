@@ -41,7 +41,18 @@ pub struct HubConfig {
     /// When set, an HTTP listener for the long-poll gateway, the
     /// WebSocket transport, metrics and the dashboard (default: none).
     pub http: Option<HttpConfig>,
+    /// Replication link heartbeat interval, both ways (default 50 ms).
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeat intervals after which the peer of a replication
+    /// link is taken as dead (default 4: 200 ms). A killed peer's socket
+    /// closes at once, which counts too.
+    pub heartbeat_misses: u32,
 }
+
+/// Default replication heartbeat interval.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// Default missed heartbeats before a replication peer is taken as dead.
+pub const DEFAULT_HEARTBEAT_MISSES: u32 = 4;
 
 /// Default keepalive interval a hub asks of its clients.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -67,6 +78,8 @@ impl HubConfig {
             keepalive: Some(DEFAULT_KEEPALIVE),
             epoch: 1,
             http: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
         }
     }
 }

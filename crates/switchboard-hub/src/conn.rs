@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{flow_notice, Outbox, Taken};
+use crate::outbox::{flow_notice, Gate, Outbox, Taken};
 use crate::router::{HubStats, Input};
 use crate::{ConnId, Limits};
 
@@ -55,6 +55,15 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Last connection id handed out (ids are shared by all transports).
     pub next_conn: AtomicU64,
+    /// Holds frames back until the standby holds their changes.
+    pub gate: Arc<Gate>,
+    /// Where standby replication links are handed to the router task.
+    pub standby: mpsc::Sender<crate::standby::Attach>,
+    /// Told when a client shows an epoch above this hub's (this hub may
+    /// be an old primary).
+    pub higher_epoch: Arc<tokio::sync::Notify>,
+    /// Replication heartbeat interval and misses.
+    pub heartbeat: (Duration, u32),
 }
 
 impl Shared {
@@ -204,12 +213,18 @@ async fn handshake<S: Stream>(stream: &mut S, buf: &mut BytesMut, shared: &Share
             ),
         )));
     }
-    if hello.role == proto::Role::Standby as i32 {
-        return Handshake::Close(Some(Frame::error(
-            0,
-            ErrorCode::Unsupported,
-            "this hub does not accept standby replication links; connect as a client",
-        )));
+    if let Some(resume) = &hello.resume {
+        if resume.epoch > shared.identity.epoch {
+            shared.higher_epoch.notify_one();
+            return Handshake::Close(Some(Frame::error(
+                0,
+                ErrorCode::Fenced,
+                format!(
+                    "this hub's epoch {} is below the epoch {} the client has seen: it is an old primary; reconnect to the current one",
+                    shared.identity.epoch, resume.epoch
+                ),
+            )));
+        }
     }
     let hub_nonce = nonce();
     let challenge = proto::Challenge {
@@ -310,21 +325,36 @@ pub(crate) async fn serve<S: Stream>(
         }
     };
     tracing::debug!(client = %hello.client_id, "authenticated");
-    let outbox = Outbox::new(conn);
+    if hello.role == proto::Role::Standby as i32 {
+        return crate::standby::serve_link(stream, buf, peer, hello, shared).await;
+    }
+    let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
+    let reliable = hello
+        .features
+        .iter()
+        .any(|f| f == crate::router::FEATURE_RELIABLE);
     let info = proto::ClientInfo {
         client_id: hello.client_id,
         transport: transport.into(),
         addr: peer.to_string(),
         connected_at_ms: switchboard_discovery::now_ms(),
         agent,
-        reliable: false,
+        reliable,
     };
     shared.stats.track(&outbox);
-    let connect = Input::Connect {
-        conn,
-        info,
-        outbox: outbox.clone(),
+    let connect = match hello.resume {
+        Some(resume) if reliable => Input::Resume {
+            conn,
+            info,
+            outbox: outbox.clone(),
+            resume,
+        },
+        _ => Input::Connect {
+            conn,
+            info,
+            outbox: outbox.clone(),
+        },
     };
     if shared.inbox.send(connect).await.is_err() {
         shared.stats.untrack(conn);
@@ -529,6 +559,10 @@ async fn write_loop<S: Stream>(
         if taken.frames.is_empty() && taken.dropped == 0 {
             if taken.close {
                 break;
+            }
+            if taken.held != 0 && !outbox.gate().wait(&outbox, taken.held) {
+                // Released meanwhile: take again.
+                continue;
             }
             tokio::select! {
                 _ = outbox.notified() => {}

@@ -5,19 +5,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use std::sync::atomic::AtomicBool;
 use switchboard_discovery::{bind, new_instance_id, now_ms, validate_service, Hint, HintGuard};
 use switchboard_wire::proto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{HubConfig, HubError};
-use crate::conn::{serve, Shared};
-use crate::router::{HubStats, Input, Router, RouterConfig};
-
-/// Most inputs the router task takes from its inbox per wake-up.
-const ROUTER_BATCH: usize = 64;
+use crate::conn::{serve as serve_conn, Shared};
+use crate::outbox::Gate;
+use crate::router::{HubStats, Router, RouterConfig};
 
 /// Entry point: [`Hub::start`].
 #[derive(Debug)]
@@ -36,23 +35,14 @@ pub struct HubHandle {
     shutdown: CancellationToken,
     closed: watch::Receiver<bool>,
     hint: Arc<Mutex<Option<HintGuard>>>,
+    fenced: Arc<AtomicBool>,
 }
 
 impl Hub {
     /// Binds the listener, writes the hint (if configured) and starts
     /// serving on the current tokio runtime.
     pub async fn start(config: HubConfig) -> Result<HubHandle, HubError> {
-        validate_service(&config.service)?;
-        if config.limits.pre_auth_max_frame < 64 || config.limits.max_frame < 1024 {
-            return Err(HubError::Config(
-                "frame limits are too small; allow at least 64 bytes before and 1 KiB after authentication".into(),
-            ));
-        }
-        if config.limits.queue_hard_bytes < config.limits.queue_bytes {
-            return Err(HubError::Config(
-                "queue_hard_bytes is below queue_bytes; the hard limit must be at least the soft one".into(),
-            ));
-        }
+        check_config(&config)?;
         let listener = bind(&config.bind).await.map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
             source,
@@ -70,16 +60,6 @@ impl Hub {
             started_at_ms: now_ms(),
             role: proto::Role::Primary as i32,
         };
-        let hint = if config.write_hint {
-            let mut hint = Hint::new(&config.service, local_addr, &identity.instance_id);
-            hint.started_at_ms = identity.started_at_ms;
-            Some(match &config.hint_dir {
-                Some(dir) => hint.write_in(dir)?,
-                None => hint.write()?,
-            })
-        } else {
-            None
-        };
         let stats = Arc::new(HubStats::default());
         let router = Router::new(
             RouterConfig {
@@ -89,43 +69,117 @@ impl Hub {
             },
             stats.clone(),
         );
-        let (inbox_tx, inbox_rx) = mpsc::channel(config.limits.router_inbox.max(1));
-        let shutdown = CancellationToken::new();
-        let (closed_tx, closed_rx) = watch::channel(false);
-        let hint = Arc::new(Mutex::new(hint));
-        let shared = Arc::new(Shared {
-            identity: identity.clone(),
-            secret: config.secret.clone(),
-            handshake_timeout: config.handshake_timeout,
-            inbox: inbox_tx,
-            stats: stats.clone(),
-            shutdown: shutdown.clone(),
-            limits: config.limits,
-            next_conn: std::sync::atomic::AtomicU64::new(0),
-        });
-        let http_addr = match config.http {
-            Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
-            None => None,
-        };
-        let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
-        tracing::info!(parent: &span, instance = %identity.instance_id, "hub listening");
-        tokio::spawn(
-            run_router(router, inbox_rx, shutdown.clone(), hint.clone(), closed_tx)
-                .instrument(span.clone()),
-        );
-        tokio::spawn(accept_loop(listener, shared).instrument(span));
-        Ok(HubHandle {
-            local_addr,
-            http_addr,
-            http_token: crate::http_token(&config.secret),
-            identity,
-            stats,
-            started: Instant::now(),
-            shutdown,
-            closed: closed_rx,
-            hint,
-        })
+        serve(config, listener, identity, router, stats).await
     }
+
+    /// Starts a hot standby of `config.service`: it finds the primary
+    /// (at `primary` when given, else by discovery, waiting until one
+    /// appears), mirrors it, and takes over its address when it fails.
+    /// See [`StandbyHandle`](crate::StandbyHandle).
+    pub async fn standby(
+        config: HubConfig,
+        primary: Option<SocketAddr>,
+    ) -> Result<crate::StandbyHandle, HubError> {
+        check_config(&config)?;
+        Ok(crate::standby::start(config, primary))
+    }
+}
+
+fn check_config(config: &HubConfig) -> Result<(), HubError> {
+    validate_service(&config.service)?;
+    if config.limits.pre_auth_max_frame < 64 || config.limits.max_frame < 1024 {
+        return Err(HubError::Config(
+            "frame limits are too small; allow at least 64 bytes before and 1 KiB after authentication".into(),
+        ));
+    }
+    if config.limits.queue_hard_bytes < config.limits.queue_bytes {
+        return Err(HubError::Config(
+            "queue_hard_bytes is below queue_bytes; the hard limit must be at least the soft one"
+                .into(),
+        ));
+    }
+    if config.heartbeat_interval.is_zero() || config.heartbeat_misses == 0 {
+        return Err(HubError::Config(
+            "heartbeat_interval and heartbeat_misses must be above zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Serves `router` on `listener` as a primary with `identity`: writes the
+/// hint, starts the gateway, the router task and the accept loop.
+pub(crate) async fn serve(
+    config: HubConfig,
+    listener: TcpListener,
+    identity: proto::HubIdentity,
+    router: Router,
+    stats: Arc<HubStats>,
+) -> Result<HubHandle, HubError> {
+    let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
+        addr: format!("{}", config.bind.ip),
+        source,
+    })?;
+    let hint = if config.write_hint {
+        let mut hint = Hint::new(&config.service, local_addr, &identity.instance_id);
+        hint.started_at_ms = identity.started_at_ms;
+        Some(match &config.hint_dir {
+            Some(dir) => hint.write_in(dir)?,
+            None => hint.write()?,
+        })
+    } else {
+        None
+    };
+    let (inbox_tx, inbox_rx) = mpsc::channel(config.limits.router_inbox.max(1));
+    let (standby_tx, standby_rx) = mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let hint = Arc::new(Mutex::new(hint));
+    let fenced = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        identity: identity.clone(),
+        secret: config.secret.clone(),
+        handshake_timeout: config.handshake_timeout,
+        inbox: inbox_tx,
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        limits: config.limits.clone(),
+        next_conn: std::sync::atomic::AtomicU64::new(0),
+        gate: Gate::open(),
+        standby: standby_tx,
+        higher_epoch: Arc::new(Notify::new()),
+        heartbeat: (config.heartbeat_interval, config.heartbeat_misses),
+    });
+    let http_addr = match config.http.clone() {
+        Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
+        None => None,
+    };
+    let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
+    tracing::info!(parent: &span, instance = %identity.instance_id, epoch = identity.epoch, "hub listening");
+    let task = crate::standby::RouterTask {
+        router,
+        inbox: inbox_rx,
+        standby: standby_rx,
+        shared: crate::standby::TaskShared::of(&shared),
+        hint: hint.clone(),
+        closed: closed_tx,
+        local_addr,
+        hint_dir: config.hint_dir.clone(),
+        fenced: fenced.clone(),
+    };
+    tokio::spawn(task.run().instrument(span.clone()));
+    tokio::spawn(accept_loop(listener, shared).instrument(span));
+    Ok(HubHandle {
+        local_addr,
+        http_addr,
+        http_token: crate::http_token(&config.secret),
+        identity,
+        stats,
+        started: Instant::now(),
+        shutdown,
+        closed: closed_rx,
+        hint,
+        fenced,
+    })
 }
 
 impl HubHandle {
@@ -170,6 +224,13 @@ impl HubHandle {
         self.hint.lock().as_ref().map(|g| g.path().to_owned())
     }
 
+    /// Whether the hub stopped because it found a primary of its service
+    /// with a higher epoch: it was an old primary, and must not serve (run
+    /// it as a standby instead).
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Waits until the hub has stopped.
     pub async fn closed(&self) {
         let mut rx = self.closed.clone();
@@ -201,7 +262,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
                 tokio::spawn(
-                    serve(stream, peer, conn, shared.clone(), permit, "tcp").instrument(span),
+                    serve_conn(stream, peer, conn, shared.clone(), permit, "tcp").instrument(span),
                 );
             }
             Err(e) => {
@@ -212,63 +273,4 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
     }
     tracing::debug!("listener closed");
-}
-
-async fn run_router(
-    mut router: Router,
-    mut inbox: mpsc::Receiver<Input>,
-    shutdown: CancellationToken,
-    hint: Arc<Mutex<Option<HintGuard>>>,
-    closed: watch::Sender<bool>,
-) {
-    let mut batch = Vec::with_capacity(ROUTER_BATCH);
-    let mut shutting_down = false;
-    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
-    let sleep = tokio::time::sleep_until(far());
-    tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
-    loop {
-        let deadline = router.next_deadline();
-        if deadline != armed {
-            armed = deadline;
-            sleep
-                .as_mut()
-                .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                tracing::info!("hub shutting down");
-                router.handle(Instant::now(), Input::Shutdown);
-                if let Some(guard) = hint.lock().take() {
-                    if let Err(e) = guard.remove() {
-                        tracing::warn!(error = %e, "could not remove the hint");
-                    }
-                }
-            }
-            n = inbox.recv_many(&mut batch, ROUTER_BATCH) => {
-                if n == 0 {
-                    break;
-                }
-                let now = Instant::now();
-                for input in batch.drain(..) {
-                    router.handle(now, input);
-                }
-                if router.next_deadline().is_some_and(|d| d <= now) {
-                    router.handle(now, Input::Tick);
-                }
-            }
-            _ = &mut sleep, if armed.is_some() => {
-                armed = None;
-                router.handle(Instant::now(), Input::Tick);
-            }
-        }
-        router.publish_stats();
-    }
-    if let Some(guard) = hint.lock().take() {
-        let _ = guard.remove();
-    }
-    tracing::info!("hub stopped");
-    let _ = closed.send(true);
 }

@@ -77,13 +77,17 @@ mod kv;
 pub mod limits;
 pub mod outbox;
 pub mod router;
+mod standby;
 pub mod subject;
 
-pub use config::{HubConfig, HubError, DEFAULT_KEEPALIVE};
+pub use config::{
+    HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
+};
 pub use gateway::{http_token, HttpConfig};
 pub use hub::{Hub, HubHandle};
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
+pub use standby::{StandbyHandle, StandbyState};
 
 /// Identifies one connection to the hub (assigned by the hub, never reused
 /// while the hub runs).

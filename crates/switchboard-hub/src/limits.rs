@@ -68,6 +68,11 @@ pub struct Limits {
     /// Connection readers wait when it is full, which pushes back on the
     /// senders through TCP.
     pub router_inbox: usize,
+    /// How long a reliable client that lost its connection (or a client
+    /// of a hub that took over from a failed primary) keeps its
+    /// registration, subscriptions and queued frames while it reconnects
+    /// and resumes (default 30 s). It leaves when the window ends.
+    pub resume_window: Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +98,7 @@ impl Default for Limits {
             max_subject: 1_024,
             default_request_timeout: Duration::from_secs(30),
             router_inbox: 1_024,
+            resume_window: Duration::from_secs(30),
         }
     }
 }

@@ -7,13 +7,14 @@
 //! encodes it into one buffer and writes it with one system call.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
+use switchboard_wire::proto::frame::Kind;
 use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,8 @@ pub enum Out {
     /// subscriber (topic, publisher, reply-to) are encoded once per publish
     /// into `head`; the payload is shared, never copied.
     Deliver {
+        /// `Frame.seq` (0: not sequenced).
+        seq: u64,
         /// The subscriber's subscription id.
         sub_id: u64,
         /// Encoded `Deliver` fields 2, 3 and 5.
@@ -61,6 +64,40 @@ pub fn encode_deliver_head(topic: &str, from: &str, reply_to: &str) -> Bytes {
 }
 
 impl Out {
+    /// Sets `Frame.seq`.
+    pub fn set_seq(&mut self, seq: u64) {
+        match self {
+            Out::Frame(f) => f.seq = seq,
+            Out::Deliver { seq: s, .. } => *s = seq,
+        }
+    }
+
+    /// `Frame.seq`.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Out::Frame(f) => f.seq,
+            Out::Deliver { seq, .. } => *seq,
+        }
+    }
+
+    /// Whether frames like this one are numbered for a reliable client:
+    /// everything but the connection-level kinds.
+    pub fn is_sequenced(&self) -> bool {
+        match self {
+            Out::Deliver { .. } => true,
+            Out::Frame(f) => !matches!(
+                f.kind,
+                Some(
+                    Kind::Welcome(_)
+                        | Kind::Goodbye(_)
+                        | Kind::Ack(_)
+                        | Kind::Pong(_)
+                        | Kind::Flow(_)
+                )
+            ),
+        }
+    }
+
     fn deliver_body_len(sub_id: u64, head: &Bytes, payload: &Bytes) -> usize {
         let mut len = head.len();
         if sub_id != 0 {
@@ -77,12 +114,18 @@ impl Out {
         match self {
             Out::Frame(f) => f.encoded_len(),
             Out::Deliver {
+                seq,
                 sub_id,
                 head,
                 payload,
             } => {
                 let body = Self::deliver_body_len(*sub_id, head, payload);
-                2 + encoded_len_varint(body as u64) + body
+                let seq_len = if *seq != 0 {
+                    1 + encoded_len_varint(*seq)
+                } else {
+                    0
+                };
+                seq_len + 2 + encoded_len_varint(body as u64) + body
             }
         }
     }
@@ -104,11 +147,16 @@ impl Out {
                 let _ = f.encode(buf);
             }
             Out::Deliver {
+                seq,
                 sub_id,
                 head,
                 payload,
             } => {
                 let body = Self::deliver_body_len(*sub_id, head, payload);
+                if *seq != 0 {
+                    encode_key(1, WireType::Varint, buf);
+                    encode_varint(*seq, buf);
+                }
                 encode_key(FRAME_DELIVER_FIELD, WireType::LengthDelimited, buf);
                 encode_varint(body as u64, buf);
                 if *sub_id != 0 {
@@ -153,6 +201,9 @@ struct Entry {
     out: Out,
     len: usize,
     droppable: bool,
+    /// Replication sequence number the standby must hold before this
+    /// frame may leave (0: none).
+    tag: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +257,9 @@ pub struct Taken {
     pub close: bool,
     /// The outbox was killed: stop writing now.
     pub killed: bool,
+    /// Non-zero: the next frame waits until the standby holds change
+    /// `held` (see [`Gate`]); wait with [`Gate::wait`].
+    pub held: u64,
 }
 
 /// The outbound queue of one connection.
@@ -216,12 +270,21 @@ pub struct Outbox {
     depth: AtomicUsize,
     notify: Notify,
     cancel: CancellationToken,
+    gate: Arc<Gate>,
+    /// Tag the writer waits for (see [`Gate::wait`]).
+    held: AtomicU64,
 }
 
 impl Outbox {
     /// A new, empty, open outbox for connection `conn`.
     pub fn new(conn: ConnId) -> Arc<Outbox> {
+        Outbox::gated(conn, Gate::open())
+    }
+
+    /// An outbox whose frames leave only as `gate` releases them.
+    pub fn gated(conn: ConnId, gate: Arc<Gate>) -> Arc<Outbox> {
         Arc::new(Outbox {
+            gate,
             conn,
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
@@ -236,7 +299,17 @@ impl Outbox {
             depth: AtomicUsize::new(0),
             notify: Notify::new(),
             cancel: CancellationToken::new(),
+            held: AtomicU64::new(0),
         })
+    }
+
+    fn held_tag(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The gate this outbox's frames pass.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// The connection this outbox belongs to.
@@ -271,7 +344,7 @@ impl Outbox {
         }
     }
 
-    fn append(inner: &mut Inner, out: Out, droppable: bool) {
+    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64) {
         let len = LENGTH_PREFIX_LEN + out.encoded_len();
         inner.bytes += len;
         inner.droppable += usize::from(droppable);
@@ -279,6 +352,7 @@ impl Outbox {
             out,
             len,
             droppable,
+            tag,
         });
     }
 
@@ -289,13 +363,13 @@ impl Outbox {
 
     /// Queues a frame that must not be dropped (answers, key/value updates,
     /// presence, replies).
-    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits) -> Pushed {
+    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits, tag: u64) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return Pushed::Closed;
         }
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, false);
+        Self::append(&mut inner, out, false, tag);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         let over = inner.bytes > limits.hard_bytes;
         drop(inner);
@@ -310,7 +384,7 @@ impl Outbox {
     /// Queues a pub/sub delivery. When the queue is full, this client's
     /// oldest deliveries are dropped to make room (or, when nothing queued
     /// may be dropped, the new one). Returns how many were dropped.
-    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits) -> u64 {
+    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits, tag: u64) -> u64 {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return 0;
@@ -336,33 +410,11 @@ impl Outbox {
         inner.dropped_unreported += dropped;
         inner.dropped_total += dropped;
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, true);
+        Self::append(&mut inner, out, true, tag);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty);
         dropped
-    }
-
-    /// Queues a frame that may wait (direct message, request, session
-    /// frame) if there is room; otherwise hands it back and asks the writer
-    /// to report when the queue drains.
-    pub(crate) fn try_push_waitable(&self, out: Out, limits: &QueueLimits) -> Result<(), Out> {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Open {
-            // Dropped with the connection; the router fails the sender when
-            // it processes the disconnect.
-            return Ok(());
-        }
-        if Self::full(&inner, limits) {
-            inner.want_drained = true;
-            return Err(out);
-        }
-        let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, false);
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
-        drop(inner);
-        self.wake_if(was_empty);
-        Ok(())
     }
 
     /// Whether a waitable frame would have to wait.
@@ -387,7 +439,7 @@ impl Outbox {
             return;
         }
         if let Some(frame) = last {
-            Self::append(&mut inner, Out::from(frame), false);
+            Self::append(&mut inner, Out::from(frame), false, 0);
         }
         inner.state = State::Closing;
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
@@ -424,7 +476,14 @@ impl Outbox {
         taken.frames.clear();
         let mut inner = self.inner.lock();
         let mut bytes = 0;
+        let released = self.gate.released();
+        taken.held = 0;
         while let Some(e) = inner.queue.pop_front() {
+            if e.tag > released {
+                taken.held = e.tag;
+                inner.queue.push_front(e);
+                break;
+            }
             bytes += e.len;
             inner.bytes -= e.len;
             inner.droppable -= usize::from(e.droppable);
@@ -448,6 +507,76 @@ impl Outbox {
 }
 
 /// Encodes a `Flow` notice about `dropped` deliveries.
+/// Holds back frames until the standby holds the changes that produced
+/// them. The router tags each frame it queues with the replication
+/// sequence number of its last change (0 when no standby is attached);
+/// a writer takes a frame only once [`Gate::released`] reached its tag.
+#[derive(Debug)]
+pub struct Gate {
+    released: AtomicU64,
+    waiting: Mutex<Vec<Arc<Outbox>>>,
+}
+
+impl Gate {
+    /// A gate that holds nothing back.
+    pub fn open() -> Arc<Gate> {
+        Arc::new(Gate {
+            released: AtomicU64::new(u64::MAX),
+            waiting: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Highest change the standby holds: frames tagged up to it may leave.
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Starts holding frames tagged above `seq` (a standby attaches).
+    pub fn close_at(&self, seq: u64) {
+        self.released.store(seq, Ordering::Release);
+    }
+
+    /// The standby holds every change up to `seq`: wakes the writers
+    /// waiting for it.
+    pub fn release(&self, seq: u64) {
+        let before = self.released.fetch_max(seq, Ordering::AcqRel);
+        if seq <= before {
+            return;
+        }
+        let waiting: Vec<Arc<Outbox>> = {
+            let mut w = self.waiting.lock();
+            if w.is_empty() {
+                return;
+            }
+            let (ready, still): (Vec<_>, Vec<_>) = w.drain(..).partition(|o| o.held_tag() <= seq);
+            *w = still;
+            ready
+        };
+        for outbox in waiting {
+            outbox.notify.notify_one();
+        }
+    }
+
+    /// Lets every frame go (the standby is gone).
+    pub fn open_all(&self) {
+        self.release(u64::MAX);
+    }
+
+    /// Registers `outbox` to be woken once change `tag` is released;
+    /// `false` when it already is (take again at once).
+    pub fn wait(&self, outbox: &Arc<Outbox>, tag: u64) -> bool {
+        let mut w = self.waiting.lock();
+        if self.released() >= tag {
+            return false;
+        }
+        outbox.held.store(tag, Ordering::Relaxed);
+        if !w.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+            w.push(outbox.clone());
+        }
+        true
+    }
+}
+
 pub(crate) fn flow_notice(dropped: u64, depth: usize) -> Out {
     Out::from(Frame::from(proto::Flow {
         dropped,
@@ -467,6 +596,7 @@ mod tests {
 
     fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
         Out::Deliver {
+            seq: 0,
             sub_id,
             head: encode_deliver_head("a.b", "pub", "inbox.1"),
             payload: Bytes::from_static(payload),
@@ -477,6 +607,7 @@ mod tests {
     fn pre_encoded_delivery_matches_prost() {
         for (sub_id, payload) in [(7, &b"hello"[..]), (0, b""), (u64::MAX, &[0u8; 300][..])] {
             let out = Out::Deliver {
+                seq: 0,
                 sub_id,
                 head: encode_deliver_head("orders.eu", "alice", ""),
                 payload: Bytes::copy_from_slice(payload),
@@ -497,20 +628,65 @@ mod tests {
     }
 
     #[test]
+    fn sequenced_delivery_matches_prost() {
+        for seq in [1, 300, u64::MAX] {
+            let mut out = deliver(7, b"hi");
+            out.set_seq(seq);
+            let mut expected = deliver(7, b"hi").into_frame();
+            expected.seq = seq;
+            assert_eq!(out.encoded_len(), expected.encoded_len());
+            assert_eq!(out.seq(), seq);
+            assert_eq!(out.into_frame(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn gate_holds_frames_until_released() {
+        let gate = Gate::open();
+        gate.close_at(10);
+        let outbox = Outbox::gated(ConnId(1), gate.clone());
+        outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 10);
+        outbox.push_control(Out::from(Frame::ok(2)), &LIMITS, 12);
+        outbox.push_control(Out::from(Frame::ok(3)), &LIMITS, 11);
+        // The first push left a wake-up.
+        outbox.notified().await;
+        let mut taken = Taken::default();
+        outbox.take(usize::MAX, &mut taken);
+        assert_eq!(taken.frames.len(), 1);
+        assert_eq!(taken.held, 12);
+        assert!(gate.wait(&outbox, taken.held));
+        gate.release(11);
+        // Not yet: the writer waits for 12.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), outbox.notified())
+                .await
+                .is_err()
+        );
+        gate.release(12);
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.notified())
+            .await
+            .expect("woken on release");
+        outbox.take(usize::MAX, &mut taken);
+        // Frames leave in queue order, the one tagged 11 after the one tagged 12.
+        assert_eq!(taken.frames.len(), 2);
+        assert_eq!(taken.held, 0);
+        assert!(!gate.wait(&outbox, 12));
+    }
+
+    #[test]
     fn drops_oldest_deliveries_only() {
         let outbox = Outbox::new(ConnId(1));
         assert_eq!(
-            outbox.push_control(Out::from(Frame::ok(1)), &LIMITS),
+            outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 0),
             Pushed::Queued
         );
         for i in 1..=3 {
-            assert_eq!(outbox.push_droppable(deliver(i, b"x"), &LIMITS), 0);
+            assert_eq!(outbox.push_droppable(deliver(i, b"x"), &LIMITS, 0), 0);
         }
         // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
-        assert_eq!(outbox.push_droppable(deliver(4, b"x"), &LIMITS), 1);
-        assert!(outbox
-            .try_push_waitable(Out::from(Frame::ok(9)), &LIMITS)
-            .is_err());
+        assert_eq!(outbox.push_droppable(deliver(4, b"x"), &LIMITS, 0), 1);
+        assert!(outbox.is_full(&LIMITS));
+        outbox.request_drained();
         let mut taken = Taken::default();
         outbox.take(usize::MAX, &mut taken);
         let ids: Vec<u64> = taken
@@ -538,19 +714,20 @@ mod tests {
         let outbox = Outbox::new(ConnId(1));
         let mut over = false;
         for i in 0..20 {
-            if outbox.push_control(Out::from(Frame::ok(i + 1)), &limits) == Pushed::OverHardLimit {
+            if outbox.push_control(Out::from(Frame::ok(i + 1)), &limits, 0) == Pushed::OverHardLimit
+            {
                 over = true;
                 break;
             }
         }
         assert!(over);
         // With no delivery to drop, the new delivery is the one dropped.
-        assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits), 1);
+        assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0), 1);
         outbox.kill(Some(Frame::ok(0)));
         assert_eq!(outbox.depth(), 0);
         assert!(outbox.cancelled().is_cancelled());
         assert_eq!(
-            outbox.push_control(Out::from(Frame::ok(5)), &limits),
+            outbox.push_control(Out::from(Frame::ok(5)), &limits, 0),
             Pushed::Closed
         );
     }
@@ -559,7 +736,7 @@ mod tests {
     fn take_respects_batch_bytes_and_close() {
         let outbox = Outbox::new(ConnId(1));
         for i in 0..3 {
-            outbox.push_control(Out::from(Frame::ok(i + 1)), &LIMITS);
+            outbox.push_control(Out::from(Frame::ok(i + 1)), &LIMITS, 0);
         }
         outbox.close(Some(Frame::ok(99)));
         let mut taken = Taken::default();

@@ -77,6 +77,8 @@ pub struct HubStats {
     kv_keys: AtomicU64,
     dropped: AtomicU64,
     outboxes: Mutex<IdMap<ConnId, Arc<Outbox>>>,
+    /// Replication: the attached standby, lag, role.
+    pub repl: ReplStats,
     /// Counters by frame kind and the request latency histogram (for
     /// `/metrics`).
     pub metrics: crate::gateway::metrics::Metrics,
@@ -104,7 +106,7 @@ impl HubStats {
 
     /// A status from the shared counters (as last published by the router).
     pub fn status(&self, identity: &proto::HubIdentity, uptime: Duration) -> proto::Status {
-        proto::Status {
+        let mut status = proto::Status {
             id: 0,
             identity: Some(identity.clone()),
             uptime_s: uptime.as_secs(),
@@ -119,7 +121,43 @@ impl HubStats {
             pending_requests: self.pending.load(Ordering::Relaxed),
             kv_keys: self.kv_keys.load(Ordering::Relaxed),
             ..Default::default()
+        };
+        self.repl.fill(&mut status);
+        status
+    }
+}
+
+/// Replication figures, set by the hub's replication link.
+#[derive(Debug, Default)]
+pub struct ReplStats {
+    /// Address of the attached standby ("" when none); on a standby, the
+    /// primary it follows.
+    pub peer: Mutex<String>,
+    /// Last change logged (primary) or applied (standby).
+    pub seq: AtomicU64,
+    /// Last change the standby acknowledged.
+    pub acked: AtomicU64,
+    /// Bytes of changes sent to the standby.
+    pub bytes_sent: AtomicU64,
+    /// Bytes of changes the standby acknowledged.
+    pub bytes_acked: AtomicU64,
+}
+
+impl ReplStats {
+    fn fill(&self, status: &mut proto::Status) {
+        status.standby_addr = self.peer.lock().clone();
+        if !status.standby_addr.is_empty() {
+            let seq = self.seq.load(Ordering::Relaxed);
+            let acked = self.acked.load(Ordering::Relaxed);
+            status.repl_lag_changes = seq.saturating_sub(acked);
+            status.repl_lag_bytes = self
+                .bytes_sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.bytes_acked.load(Ordering::Relaxed));
         }
+        status
+            .counters
+            .insert("repl_seq".into(), self.seq.load(Ordering::Relaxed));
     }
 }
 
@@ -136,6 +174,21 @@ pub enum Input {
         info: proto::ClientInfo,
         /// Its outbound queue.
         outbox: Arc<Outbox>,
+    },
+    /// Like [`Input::Connect`], for a reliable client that reconnects and
+    /// wants to continue where it stopped (`Hello.resume`). When the
+    /// router holds the client's state it attaches the connection to it
+    /// and resends what the client has not received; otherwise this is a
+    /// plain registration.
+    Resume {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is (`reliable` set).
+        info: proto::ClientInfo,
+        /// Its outbound queue.
+        outbox: Arc<Outbox>,
+        /// Where the client stands.
+        resume: proto::Resume,
     },
     /// Frames received from a registered connection, in order.
     Frames {
@@ -203,6 +256,12 @@ pub struct PresenceEvent {
     pub reason: String,
 }
 
+/// `Hello.features` / `Welcome.features` entry asking for reliable delivery.
+pub const FEATURE_RELIABLE: &str = "reliable";
+/// `Welcome.features` entry: the connection continues the client's earlier
+/// state (see [`Input::Resume`]).
+pub const FEATURE_RESUMED: &str = "resumed";
+
 /// Presence events kept for [`Inspection::presence`].
 const RECENT_PRESENCE: usize = 50;
 
@@ -269,6 +328,59 @@ struct Client {
     last_seen: Instant,
     /// Encoded delivery head of this client's last publish.
     last_head: Option<(String, Bytes)>,
+    /// Reliable delivery: frames are numbered both ways.
+    reliable: bool,
+    /// Highest client-to-hub seq taken (reliable clients).
+    last_received: u64,
+    /// Next hub-to-client seq to assign (reliable clients; from 1).
+    next_send: u64,
+    /// Sequenced frames sent and not yet acknowledged, with their encoded
+    /// lengths, in seq order.
+    unacked: VecDeque<(usize, Out)>,
+    unacked_bytes: usize,
+    /// An `Ack` is due after the current batch.
+    ack_due: bool,
+    /// Lost its connection (or its hub took over): leaves at this time
+    /// unless it resumes.
+    detached_until: Option<Instant>,
+}
+
+impl Client {
+    fn new(id: String, info: proto::ClientInfo, outbox: Arc<Outbox>, now: Instant) -> Client {
+        Client {
+            id,
+            reliable: info.reliable,
+            info,
+            outbox,
+            subs: IdMap::default(),
+            watches: IdMap::default(),
+            presence: false,
+            outgoing: IdSet::default(),
+            incoming: IdSet::default(),
+            parked: VecDeque::new(),
+            parked_bytes: 0,
+            last_seen: now,
+            last_head: None,
+            last_received: 0,
+            next_send: 1,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            ack_due: false,
+            detached_until: None,
+        }
+    }
+
+    /// Forgets retransmit-buffer frames up to `up_to`; whether any went.
+    fn acked(&mut self, up_to: u64) -> bool {
+        let mut any = false;
+        while self.unacked.front().is_some_and(|(_, o)| o.seq() <= up_to) {
+            if let Some((len, _)) = self.unacked.pop_front() {
+                self.unacked_bytes -= len;
+                any = true;
+            }
+        }
+        any
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,6 +403,9 @@ struct Counters {
     takeovers: u64,
     unsupported: u64,
     parked_total: u64,
+    duplicates: u64,
+    resumes: u64,
+    resume_expired: u64,
 }
 
 /// The hub's routing core. See the module docs.
@@ -325,6 +440,16 @@ pub struct Router {
     presence_seq: u64,
     /// Replication change log (see [`replica`]).
     journal: replica::Journal,
+    /// A standby is attached: frames are tagged for the [`Gate`](crate::outbox::Gate).
+    gating: bool,
+    /// A standby's replica: frames are not numbered here (the primary's
+    /// numbering arrives as `sent` changes).
+    replaying: bool,
+    /// Connections attached to a client registered under another
+    /// connection id (resumed clients), transport id → registry id.
+    alias: IdMap<ConnId, ConnId>,
+    /// Clients waiting to resume.
+    detached: IdSet<ConnId>,
 }
 
 fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -393,6 +518,10 @@ impl Router {
             recent_presence: VecDeque::new(),
             presence_seq: 0,
             journal: replica::Journal::default(),
+            gating: false,
+            replaying: false,
+            alias: IdMap::default(),
+            detached: IdSet::default(),
         }
     }
 
@@ -417,37 +546,62 @@ impl Router {
         self.last_now = Some(now);
         match input {
             Input::Connect { conn, info, outbox } => self.on_connect(now, conn, info, outbox),
+            Input::Resume {
+                conn,
+                info,
+                outbox,
+                resume,
+            } => self.on_resume(now, conn, info, outbox, resume),
             Input::Frames { conn, frames } => {
+                let Some(key) = self.resolve(conn) else {
+                    return;
+                };
                 for frame in frames {
-                    if !self.clients.contains_key(&conn) {
+                    let Some(c) = self.clients.get_mut(&key) else {
                         break;
+                    };
+                    if frame.seq != 0
+                        && c.reliable
+                        && frame.kind.as_ref().is_some_and(replica::logged_kind)
+                    {
+                        if frame.seq <= c.last_received {
+                            // Resent after a resume: already taken.
+                            self.counters.duplicates += 1;
+                            continue;
+                        }
+                        c.last_received = frame.seq;
+                        c.ack_due = true;
                     }
-                    self.journal_frame(conn, &frame);
-                    self.on_frame(now, conn, frame);
+                    self.journal_frame(key, &frame);
+                    self.on_frame(now, key, frame);
                     self.apply_kills();
                 }
+                self.flush_ack(key);
             }
             Input::Disconnected {
                 conn,
                 notice,
                 reason,
             } => {
-                if let Some(client) = self.clients.get(&conn) {
-                    let outbox = client.outbox.clone();
-                    outbox.close(notice);
-                    self.closing.push_back((now + CLOSE_GRACE, outbox));
-                    self.leave(conn, &reason);
+                if let Some(key) = self.resolve(conn) {
+                    self.disconnected(now, key, notice, &reason);
                 }
             }
             Input::Refused { conn, notice } => {
-                if let Some(c) = self.clients.get_mut(&conn) {
-                    c.last_seen = now;
-                    self.counters.msgs_in += 1;
-                    self.counters.unsupported += 1;
-                    self.send(conn, notice);
+                if let Some(key) = self.resolve(conn) {
+                    if let Some(c) = self.clients.get_mut(&key) {
+                        c.last_seen = now;
+                        self.counters.msgs_in += 1;
+                        self.counters.unsupported += 1;
+                        self.send(key, notice);
+                    }
                 }
             }
-            Input::Drained { conn } => self.retry_parked(now, conn),
+            Input::Drained { conn } => {
+                if let Some(key) = self.resolve(conn) {
+                    self.retry_parked(now, key);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
             Input::Inspect(reply) => {
@@ -455,6 +609,92 @@ impl Router {
             }
         }
         self.apply_kills();
+    }
+
+    /// The registry id of the client a transport's input is about, if that
+    /// transport is still the one attached to it (inputs of a replaced
+    /// connection are ignored).
+    fn resolve(&self, conn: ConnId) -> Option<ConnId> {
+        let key = self.alias.get(&conn).copied().unwrap_or(conn);
+        let c = self.clients.get(&key)?;
+        (c.outbox.conn() == conn).then_some(key)
+    }
+
+    fn disconnected(&mut self, now: Instant, key: ConnId, notice: Option<Frame>, reason: &str) {
+        let Some(client) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let outbox = client.outbox.clone();
+        outbox.close(notice);
+        self.closing.push_back((now + CLOSE_GRACE, outbox));
+        if client.reliable && !self.replaying {
+            // Kept while it reconnects: frames for it are numbered and
+            // kept in its retransmit buffer (the closed outbox discards
+            // them), and it leaves when the resume window ends.
+            client.detached_until = Some(now + self.limits.resume_window);
+            self.detached.insert(key);
+            tracing::debug!(client = %client.id, reason, "reliable client detached; waiting for it to resume");
+        } else {
+            self.leave(key, reason);
+        }
+    }
+
+    /// Sends the `Ack` due to a reliable client after a batch.
+    fn flush_ack(&mut self, key: ConnId) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
+        };
+        if !std::mem::take(&mut c.ack_due) || self.replaying {
+            return;
+        }
+        let ack = Frame::from(proto::Ack {
+            up_to: c.last_received,
+        });
+        self.send(key, ack);
+    }
+
+    /// The release tag for frames queued now (see [`Gate`](crate::outbox::Gate)).
+    fn tag(&self) -> u64 {
+        if self.gating {
+            self.journal.repl_seq()
+        } else {
+            0
+        }
+    }
+
+    /// Numbers `out` for a reliable client `key`, logs it for the standby
+    /// and keeps it until the client acknowledges it; returns the tag to
+    /// queue it with.
+    fn stamp(&mut self, key: ConnId, out: &mut Out) -> u64 {
+        if !self.replaying && out.is_sequenced() {
+            if let Some(c) = self.clients.get_mut(&key) {
+                if c.reliable {
+                    let seq = c.next_send;
+                    c.next_send += 1;
+                    out.set_seq(seq);
+                    let len = out.encoded_len();
+                    c.unacked.push_back((len, out.clone()));
+                    c.unacked_bytes += len;
+                    if c.unacked_bytes > self.limits.queue_hard_bytes {
+                        self.to_kill.push(key);
+                    }
+                    if self.journal.is_on() {
+                        let change = proto::ClientFrame {
+                            client_id: c.id.clone(),
+                            frame: Some(Box::new(out.clone().into_frame())),
+                        };
+                        self.journal.push_sent(change);
+                    }
+                }
+            }
+        }
+        self.tag()
+    }
+
+    /// Starts (or stops) holding every frame until the standby holds the
+    /// changes that produced it.
+    pub fn set_gating(&mut self, on: bool) {
+        self.gating = on;
     }
 
     /// When the router next needs an [`Input::Tick`], if ever.
@@ -472,12 +712,18 @@ impl Router {
         if let Some(t) = self.next_idle_check {
             consider(t);
         }
+        for key in &self.detached {
+            if let Some(t) = self.clients.get(key).and_then(|c| c.detached_until) {
+                consider(t);
+            }
+        }
         next
     }
 
     /// Copies the router's gauges into the shared [`HubStats`].
     pub fn publish_stats(&self) {
         let s = &self.stats;
+        s.repl.seq.store(self.journal.repl_seq(), Ordering::Relaxed);
         s.msgs_in.store(self.counters.msgs_in, Ordering::Relaxed);
         s.clients
             .store(self.clients.len() as u64, Ordering::Relaxed);
@@ -503,6 +749,13 @@ impl Router {
             ("takeovers", c.takeovers),
             ("unsupported_frames", c.unsupported),
             ("parked_total", c.parked_total),
+            ("duplicates_dropped", c.duplicates),
+            ("resumes", c.resumes),
+            ("resume_expired", c.resume_expired),
+            (
+                "unacked_frames",
+                self.clients.values().map(|c| c.unacked.len() as u64).sum(),
+            ),
             (
                 "parked_now",
                 self.clients.values().map(|c| c.parked.len() as u64).sum(),
@@ -518,7 +771,7 @@ impl Router {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        proto::Status {
+        let mut status = proto::Status {
             id,
             identity: Some(self.identity.clone()),
             uptime_s: uptime.as_secs(),
@@ -534,7 +787,9 @@ impl Router {
             kv_keys: self.kv.live_keys() as u64,
             counters,
             ..Default::default()
-        }
+        };
+        self.stats.repl.fill(&mut status);
+        status
     }
 
     /// The replicable state: registry, subscriptions, watches and the
@@ -571,7 +826,13 @@ impl Router {
                     subscriptions,
                     watches,
                     presence_watch: c.presence,
-                    ..Default::default()
+                    last_received: c.last_received,
+                    next_send: if c.reliable { c.next_send } else { 0 },
+                    unacked: c
+                        .unacked
+                        .iter()
+                        .map(|(_, o)| o.clone().into_frame())
+                        .collect(),
                 }
             })
             .collect();
@@ -623,14 +884,16 @@ impl Router {
         }
     }
 
-    fn send_out(&mut self, conn: ConnId, outbox: &Outbox, out: Out) {
-        if outbox.push_control(out, &self.q) == Pushed::OverHardLimit {
+    fn send_out(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+        let tag = self.stamp(conn, &mut out);
+        if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
             self.to_kill.push(conn);
         }
     }
 
-    fn send_droppable(&mut self, outbox: &Outbox, out: Out) {
-        let dropped = outbox.push_droppable(out, &self.q);
+    fn send_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+        let tag = self.stamp(conn, &mut out);
+        let dropped = outbox.push_droppable(out, &self.q, tag);
         self.counters.dropped += dropped;
     }
 
@@ -661,18 +924,18 @@ impl Router {
     }
 
     /// Delivers a frame that may wait for room; answers or fails the waiter.
-    fn deliver_waitable(&mut self, now: Instant, target: ConnId, out: Out, waiter: Waiter) {
+    fn deliver_waitable(&mut self, now: Instant, target: ConnId, mut out: Out, waiter: Waiter) {
         let Some(t) = self.clients.get_mut(&target) else {
             return self.fail_waiter(waiter, ErrorCode::TargetGone, "the target left");
         };
-        let out = if t.parked.is_empty() {
-            match t.outbox.try_push_waitable(out, &self.q) {
-                Ok(()) => return self.waiter_done(waiter),
-                Err(out) => out,
+        if t.parked.is_empty() && !t.outbox.is_full(&self.q) {
+            let outbox = t.outbox.clone();
+            let tag = self.stamp(target, &mut out);
+            if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
+                self.to_kill.push(target);
             }
-        } else {
-            out
-        };
+            return self.waiter_done(waiter);
+        }
         let len = out.encoded_len();
         if t.parked.len() >= self.limits.max_parked_frames
             || t.parked_bytes + len > self.limits.max_parked_bytes
@@ -743,17 +1006,19 @@ impl Router {
     }
 
     fn retry_parked(&mut self, now: Instant, conn: ConnId) {
-        let mut done = Vec::new();
+        let mut ready = Vec::new();
         let mut expired = Vec::new();
         let Some(t) = self.clients.get_mut(&conn) else {
             self.parked_clients.remove(&conn);
             return;
         };
-        while !t.parked.is_empty() && !t.outbox.is_full(&self.q) {
-            let Some(p) = t.parked.pop_front() else { break };
-            t.parked_bytes -= p.len;
-            if t.outbox.try_push_waitable(p.out, &self.q).is_ok() {
-                done.push(p.waiter);
+        let room = self.q.frames.saturating_sub(t.outbox.depth());
+        let outbox = t.outbox.clone();
+        if !outbox.is_full(&self.q) {
+            while ready.len() < room.max(1) {
+                let Some(p) = t.parked.pop_front() else { break };
+                t.parked_bytes -= p.len;
+                ready.push(p);
             }
         }
         if !t.parked.is_empty() {
@@ -774,8 +1039,12 @@ impl Router {
             t.outbox.request_drained();
         }
         let target = shown(&t.id);
-        for w in done {
-            self.waiter_done(w);
+        for mut p in ready {
+            let tag = self.stamp(conn, &mut p.out);
+            if outbox.push_control(p.out, &self.q, tag) == Pushed::OverHardLimit {
+                self.to_kill.push(conn);
+            }
+            self.waiter_done(p.waiter);
         }
         let why =
             format!("client '{target}' did not read its queue within the timeout; retry later");
@@ -829,41 +1098,168 @@ impl Router {
             self.closing.push_back((now + CLOSE_GRACE, outbox));
             return;
         }
-        let welcome = proto::Welcome {
-            client_id: id.clone(),
-            features: Vec::new(),
+        self.journal_join(&info);
+        let welcome = self.welcome(&id, info.reliable, false, 0);
+        self.clients.insert(
+            conn,
+            Client::new(id.clone(), info.clone(), outbox.clone(), now),
+        );
+        self.send_out(conn, &outbox, Out::from(welcome));
+        self.by_id.insert(id, conn);
+        if let Some(k) = self.keepalive {
+            self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
+        }
+        self.presence_event(conn, info, proto::PresenceKind::Joined, "");
+    }
+
+    fn welcome(&self, id: &str, reliable: bool, resumed: bool, last_received: u64) -> Frame {
+        let mut features = Vec::new();
+        if reliable {
+            features.push(FEATURE_RELIABLE.to_owned());
+        }
+        if resumed {
+            features.push(FEATURE_RESUMED.to_owned());
+        }
+        Frame::from(proto::Welcome {
+            client_id: id.to_owned(),
+            features,
             epoch: self.identity.epoch,
-            last_received: 0,
+            last_received,
             max_frame: u32::try_from(self.limits.max_frame).unwrap_or(u32::MAX),
             keepalive_ms: self
                 .keepalive
                 .map_or(0, |k| u32::try_from(k.as_millis()).unwrap_or(u32::MAX)),
             identity: Some(self.identity.clone()),
+        })
+    }
+
+    fn on_resume(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        info: proto::ClientInfo,
+        outbox: Arc<Outbox>,
+        resume: proto::Resume,
+    ) {
+        let key = self.by_id.get(&info.client_id).copied();
+        match key {
+            Some(key)
+                if info.reliable
+                    && !self.shutting_down
+                    && self.clients.get(&key).is_some_and(|c| c.reliable) =>
+            {
+                self.reattach(now, key, conn, info, outbox, resume.last_received);
+            }
+            _ => self.on_connect(now, conn, info, outbox),
+        }
+    }
+
+    /// Attaches a new connection (`conn`, `outbox`) to the registered
+    /// client `key`: everything it holds is kept, what it has not
+    /// received (above `received`) is sent again, and presence watchers
+    /// see no change.
+    fn reattach(
+        &mut self,
+        now: Instant,
+        key: ConnId,
+        conn: ConnId,
+        info: proto::ClientInfo,
+        outbox: Arc<Outbox>,
+        received: u64,
+    ) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
         };
-        self.send_out(conn, &outbox, Out::from(Frame::from(welcome)));
-        self.clients.insert(
-            conn,
-            Client {
-                id: id.clone(),
-                info: info.clone(),
-                outbox,
-                subs: IdMap::default(),
-                watches: IdMap::default(),
-                presence: false,
-                outgoing: IdSet::default(),
-                incoming: IdSet::default(),
-                parked: VecDeque::new(),
-                parked_bytes: 0,
-                last_seen: now,
-                last_head: None,
-            },
-        );
-        self.by_id.insert(id, conn);
-        self.journal_join(&info);
+        let old = std::mem::replace(&mut c.outbox, outbox.clone());
+        // An older connection of the same client, if still open, is
+        // replaced without a word (the client itself moved on).
+        old.kill(None);
+        self.alias.remove(&old.conn());
+        if conn != key {
+            self.alias.insert(conn, key);
+        }
+        c.info = proto::ClientInfo {
+            reliable: true,
+            ..info
+        };
+        c.last_seen = now;
+        c.last_head = None;
+        c.detached_until = None;
+        c.ack_due = false;
+        let acked = c.acked(received);
+        let id = c.id.clone();
+        let last_received = c.last_received;
+        let resend: Vec<Out> = c.unacked.iter().map(|(_, o)| o.clone()).collect();
+        self.detached.remove(&key);
+        if acked {
+            self.journal_client_ack(&id, received);
+        }
+        self.rewire(key, &outbox);
+        self.counters.resumes += 1;
+        let tag = self.tag();
+        let welcome = self.welcome(&id, true, true, last_received);
+        let mut over =
+            outbox.push_control(Out::from(welcome), &self.q, tag) == Pushed::OverHardLimit;
+        for out in resend {
+            over |= outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit;
+        }
+        if over {
+            self.to_kill.push(key);
+        }
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
-        self.presence_event(conn, info, proto::PresenceKind::Joined, "");
+        tracing::debug!(client = %id, received, "client resumed");
+        if self.parked_clients.contains(&key) {
+            self.retry_parked(now, key);
+        }
+    }
+
+    /// Points the subscription index and queue groups of client `key` at
+    /// `outbox`.
+    fn rewire(&mut self, key: ConnId, outbox: &Arc<Outbox>) {
+        let Some(client) = self.clients.get(&key) else {
+            return;
+        };
+        let subs: Vec<(u64, String, Option<GroupId>)> = client
+            .subs
+            .iter()
+            .map(|(id, s)| (*id, s.pattern.clone(), s.group.as_ref().map(|g| g.1)))
+            .collect();
+        for (sub_id, pattern, group) in subs {
+            match group {
+                None => {
+                    self.index.remove_sub(&pattern, key, sub_id);
+                    self.index.insert(
+                        &pattern,
+                        Target::Sub {
+                            conn: key,
+                            sub_id,
+                            outbox: outbox.clone(),
+                        },
+                    );
+                }
+                Some(gid) => {
+                    if let Some(g) = self.groups.get_mut(&gid) {
+                        for m in &mut g.members {
+                            if m.0 == key && m.1 == sub_id {
+                                m.2 = outbox.clone();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_client_ack(&mut self, key: ConnId, up_to: u64) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
+        };
+        if c.reliable && c.acked(up_to) {
+            let id = c.id.clone();
+            self.journal_client_ack(&id, up_to);
+        }
     }
 
     fn presence_event(
@@ -911,6 +1307,8 @@ impl Router {
         if self.by_id.get(&client.id) == Some(&conn) {
             self.by_id.remove(&client.id);
         }
+        self.alias.remove(&client.outbox.conn());
+        self.detached.remove(&conn);
         self.journal_leave(&client.id);
         for (sub_id, sub) in &client.subs {
             self.remove_sub_entry(conn, *sub_id, sub);
@@ -1036,13 +1434,34 @@ impl Router {
                 outbox.kill(None);
             }
         }
+        if !self.detached.is_empty() {
+            let mut expired: Vec<(&str, ConnId)> = self
+                .detached
+                .iter()
+                .filter_map(|k| {
+                    let c = self.clients.get(k)?;
+                    c.detached_until
+                        .is_some_and(|t| t <= now)
+                        .then_some((c.id.as_str(), *k))
+                })
+                .collect();
+            expired.sort_unstable();
+            let expired: Vec<ConnId> = expired.into_iter().map(|(_, k)| k).collect();
+            for key in expired {
+                self.counters.resume_expired += 1;
+                self.leave(key, "did not resume");
+            }
+        }
         if let (Some(k), Some(t)) = (self.keepalive, self.next_idle_check) {
             if t <= now {
                 let limit = k * 3;
                 let mut idle: Vec<(&str, ConnId)> = self
                     .clients
                     .iter()
-                    .filter(|(_, c)| now.saturating_duration_since(c.last_seen) > limit)
+                    .filter(|(_, c)| {
+                        c.detached_until.is_none()
+                            && now.saturating_duration_since(c.last_seen) > limit
+                    })
                     .map(|(conn, c)| (c.id.as_str(), *conn))
                     .collect();
                 // In client id order, not connection order: the departures
@@ -1163,6 +1582,7 @@ impl Router {
             Kind::Session(s) => self.on_session(now, conn, s),
             Kind::Ping(p) => self.send(conn, proto::Pong { nonce: p.nonce }.into()),
             Kind::Pong(_) => {}
+            Kind::Ack(a) => self.on_client_ack(conn, a.up_to),
             Kind::Goodbye(_) => {
                 if let Some(c) = self.clients.get(&conn) {
                     let outbox = c.outbox.clone();
@@ -1262,13 +1682,18 @@ impl Router {
                     payload.clone()
                 };
                 match target {
-                    Target::Sub { sub_id, outbox, .. } => {
+                    Target::Sub {
+                        conn: target,
+                        sub_id,
+                        outbox,
+                    } => {
                         let out = Out::Deliver {
+                            seq: 0,
                             sub_id: *sub_id,
                             head: head.clone(),
                             payload,
                         };
-                        self.send_droppable(outbox, out);
+                        self.send_droppable(*target, outbox, out);
                     }
                     Target::Group(gid) => {
                         let Some(group) = self.groups.get_mut(gid) else {
@@ -1289,14 +1714,15 @@ impl Router {
                             }
                         }
                         group.next = pick + 1;
-                        let (_, sub_id, outbox) = &group.members[pick];
-                        let (sub_id, outbox) = (*sub_id, outbox.clone());
+                        let (member, sub_id, outbox) = &group.members[pick];
+                        let (member, sub_id, outbox) = (*member, *sub_id, outbox.clone());
                         let out = Out::Deliver {
+                            seq: 0,
                             sub_id,
                             head: head.clone(),
                             payload,
                         };
-                        self.send_droppable(&outbox, out);
+                        self.send_droppable(member, &outbox, out);
                     }
                 }
             }
@@ -1434,14 +1860,14 @@ impl Router {
             from: self.sender_id(conn),
             payload: b.payload,
         });
-        let targets: Vec<Arc<Outbox>> = self
+        let targets: Vec<(ConnId, Arc<Outbox>)> = self
             .clients
             .iter()
             .filter(|(c, _)| **c != conn)
-            .map(|(_, c)| c.outbox.clone())
+            .map(|(c, client)| (*c, client.outbox.clone()))
             .collect();
-        for outbox in targets {
-            self.send_droppable(&outbox, Out::from(frame.clone()));
+        for (target, outbox) in targets {
+            self.send_droppable(target, &outbox, Out::from(frame.clone()));
         }
         if b.id != 0 {
             self.send(conn, Frame::ok(b.id));

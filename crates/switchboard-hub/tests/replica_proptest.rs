@@ -66,6 +66,12 @@ enum Op {
     Batch(usize, F, F),
     Drain(usize),
     Advance(u64),
+    /// A reliable client sends its last sequenced frame again.
+    Resend(usize),
+    /// A client acknowledges hub-to-client frames up to this seq.
+    Ack(usize, u64),
+    /// A client reconnects and resumes from this seq.
+    Resume(usize, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -113,8 +119,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => who.clone().prop_map(Op::Disconnect),
         12 => (who.clone(), frame_strategy()).prop_map(|(c, f)| Op::Send(c, f)),
         2 => (who.clone(), frame_strategy(), frame_strategy()).prop_map(|(c, a, b)| Op::Batch(c, a, b)),
-        2 => who.prop_map(Op::Drain),
+        2 => who.clone().prop_map(Op::Drain),
         2 => (0..500u64).prop_map(Op::Advance),
+        1 => who.clone().prop_map(Op::Resend),
+        2 => (who.clone(), 0..40u64).prop_map(|(c, n)| Op::Ack(c, n)),
+        1 => (who, 0..40u64).prop_map(|(c, n)| Op::Resume(c, n)),
     ]
 }
 
@@ -205,6 +214,23 @@ struct Primary {
     changes: Vec<proto::Change>,
     /// Number connections in a scrambled order instead of 1, 2, 3...
     scramble: bool,
+    /// Client-to-hub seq counters and last sequenced frame of the
+    /// reliable clients (even indexes).
+    seqs: HashMap<usize, (u64, Option<Frame>)>,
+    /// No client asks for reliable delivery.
+    plain: bool,
+}
+
+/// Whether client `i` asks for reliable delivery.
+fn reliable(i: usize) -> bool {
+    i % 2 == 0
+}
+
+fn logged(f: &Frame) -> bool {
+    !matches!(
+        f.kind,
+        Some(Kind::Ping(_)) | Some(Kind::Goodbye(_)) | Some(Kind::Ack(_)) | None
+    )
 }
 
 impl Primary {
@@ -222,6 +248,8 @@ impl Primary {
             conns: HashMap::new(),
             changes: Vec::new(),
             scramble: false,
+            seqs: HashMap::new(),
+            plain: false,
         }
     }
 
@@ -233,7 +261,7 @@ impl Primary {
 
     fn step(&mut self, op: &Op) {
         match op {
-            Op::Connect(i) => {
+            Op::Connect(i) | Op::Resume(i, _) => {
                 self.next_conn += 1;
                 let conn = if self.scramble {
                     // A bijection on the low 62 bits: distinct, unordered.
@@ -246,11 +274,29 @@ impl Primary {
                 let info = proto::ClientInfo {
                     client_id: IDS[*i].into(),
                     transport: "tcp".into(),
+                    reliable: reliable(*i) && !self.plain,
                     ..Default::default()
                 };
-                self.router
-                    .handle(self.now, Input::Connect { conn, info, outbox });
+                let input = match op {
+                    Op::Resume(_, n) => Input::Resume {
+                        conn,
+                        info,
+                        outbox,
+                        resume: proto::Resume {
+                            last_received: *n,
+                            epoch: 4,
+                        },
+                    },
+                    _ => Input::Connect { conn, info, outbox },
+                };
+                self.router.handle(self.now, input);
             }
+            Op::Resend(i) => {
+                if let Some(f) = self.seqs.get(i).and_then(|(_, f)| f.clone()) {
+                    self.send_raw(*i, vec![f]);
+                }
+            }
+            Op::Ack(i, n) => self.send_raw(*i, vec![proto::Ack { up_to: *n }.into()]),
             Op::Disconnect(i) => {
                 if let Some((conn, _)) = self.conns.remove(i) {
                     self.router.handle(
@@ -283,7 +329,21 @@ impl Primary {
         self.collect();
     }
 
-    fn send(&mut self, i: usize, frames: Vec<Frame>) {
+    fn send(&mut self, i: usize, mut frames: Vec<Frame>) {
+        if reliable(i) && !self.plain {
+            let (n, last) = self.seqs.entry(i).or_default();
+            for f in &mut frames {
+                if logged(f) {
+                    *n += 1;
+                    f.seq = *n;
+                    *last = Some(f.clone());
+                }
+            }
+        }
+        self.send_raw(i, frames);
+    }
+
+    fn send_raw(&mut self, i: usize, frames: Vec<Frame>) {
         if let Some((conn, _)) = self.conns.get(&i) {
             let conn = *conn;
             self.router.handle(self.now, Input::Frames { conn, frames });
@@ -561,14 +621,36 @@ fn replica_refuses_unknown_clients_and_other_limits() {
         Err(ReplicaError::UnknownClient("nobody".into()))
     );
 
-    // Sequence state is not restorable yet, and says so.
+    // Unacknowledged frames of a client that is not reliable, or out of
+    // order, are refused.
     let mut p = Primary::new();
     p.step(&Op::Connect(1));
     let mut snap = p.router.snapshot();
-    snap.clients[0].next_send = 5;
+    snap.clients[0].unacked = vec![Frame {
+        seq: 1,
+        ..Frame::ok(1)
+    }];
     match Router::restore(p.now, &snap, config(), stats()) {
-        Err(ReplicaError::Unsupported(_)) => {}
-        other => panic!("expected unsupported, got {other:?}"),
+        Err(ReplicaError::Invalid(_)) => {}
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    let mut p = Primary::new();
+    p.step(&Op::Connect(0));
+    let mut snap = p.router.snapshot();
+    snap.clients[0].next_send = 3;
+    snap.clients[0].unacked = vec![
+        Frame {
+            seq: 2,
+            ..Frame::ok(1)
+        },
+        Frame {
+            seq: 1,
+            ..Frame::ok(2)
+        },
+    ];
+    match Router::restore(p.now, &snap, config(), stats()) {
+        Err(ReplicaError::Invalid(_)) => {}
+        other => panic!("expected invalid, got {other:?}"),
     }
 }
 
@@ -788,6 +870,7 @@ fn simultaneous_slow_consumer_disconnects_are_logged_in_client_id_order() {
     let run = |scramble: bool, watchers: [usize; 2]| {
         let mut p = Primary::new();
         p.scramble = scramble;
+        p.plain = true;
         for i in watchers {
             p.step(&Op::Connect(i));
             p.step(&Op::Send(i, F::Presence(false)));

@@ -28,6 +28,7 @@ impl Hub {
             limits: None,
             keepalive: None,
             http: None,
+            heartbeat: None,
         }
     }
 }
@@ -42,6 +43,7 @@ pub struct HubBuilder {
     limits: Option<Limits>,
     keepalive: Option<Duration>,
     http: Option<String>,
+    heartbeat: Option<(Duration, u32)>,
 }
 
 impl HubBuilder {
@@ -98,9 +100,37 @@ impl HubBuilder {
         self
     }
 
+    /// Heartbeats on the replication link between a primary and its
+    /// standby: one every `interval`, and the peer is taken as dead after
+    /// `misses` silent intervals (default 50 ms × 4). A killed peer's
+    /// socket closes at once, which is noticed sooner.
+    pub fn heartbeat(mut self, interval: Duration, misses: u32) -> Self {
+        self.heartbeat = Some((interval, misses));
+        self
+    }
+
     /// Binds, writes the hint and starts serving; returns a handle with the
-    /// bound address and a `shutdown` method.
+    /// bound address and a `shutdown` method. A hot standby may attach to
+    /// it at any time (see [`start_standby`](Self::start_standby)).
     pub async fn start(self) -> Result<HubHandle, HubError> {
+        switchboard_hub::Hub::start(self.config()?).await
+    }
+
+    /// Starts a hot standby of this builder's service instead of a hub: it
+    /// finds the primary (at `primary`, else by discovery, waiting until
+    /// one appears), mirrors its state, and when the primary dies takes
+    /// over its address with a higher epoch. Clients reconnect and resume
+    /// with nothing acknowledged lost. The listen address applies only if
+    /// the primary's port cannot be bound at takeover.
+    pub async fn start_standby(
+        self,
+        primary: Option<SocketAddr>,
+    ) -> Result<switchboard_hub::StandbyHandle, HubError> {
+        switchboard_hub::Hub::standby(self.config()?, primary).await
+    }
+
+    /// The hub configuration this builder describes.
+    pub fn config(self) -> Result<HubConfig, HubError> {
         let secret = match self.secret {
             Some(s) => s,
             None => Secret::load_default()?,
@@ -137,6 +167,10 @@ impl HubBuilder {
         if let Some(limits) = self.limits {
             config.limits = limits;
         }
-        switchboard_hub::Hub::start(config).await
+        if let Some((interval, misses)) = self.heartbeat {
+            config.heartbeat_interval = interval;
+            config.heartbeat_misses = misses;
+        }
+        Ok(config)
     }
 }

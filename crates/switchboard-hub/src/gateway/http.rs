@@ -872,7 +872,7 @@ impl Gateway {
                     let c = Arc::new(HttpClient {
                         id: id.to_owned(),
                         conn,
-                        outbox: Outbox::new(conn),
+                        outbox: Outbox::gated(conn, self.shared.gate.clone()),
                         registered: OnceCell::new(),
                         welcome: Mutex::new(None),
                         state: Mutex::new(ClientState::default()),
@@ -1082,6 +1082,9 @@ async fn pump(gw: Arc<Gateway>, client: Arc<HttpClient>) {
         if taken.frames.is_empty() {
             if taken.close {
                 break;
+            }
+            if taken.held != 0 && !outbox.gate().wait(&outbox, taken.held) {
+                continue;
             }
             tokio::select! {
                 _ = outbox.notified() => {}

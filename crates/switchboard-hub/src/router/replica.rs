@@ -68,7 +68,7 @@ use switchboard_wire::Frame;
 
 use super::{HubStats, Input, Router, RouterConfig};
 use crate::kv::KvStore;
-use crate::outbox::Outbox;
+use crate::outbox::{Out, Outbox};
 use crate::ConnId;
 
 /// Connection ids of ghost clients (restored from a snapshot or joined
@@ -178,6 +178,14 @@ impl Journal {
         self.seq
     }
 
+    pub(crate) fn is_on(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    pub(crate) fn push_sent(&mut self, sent: proto::ClientFrame) {
+        self.push(Op::Sent(Box::new(sent)));
+    }
+
     fn push(&mut self, op: Op) {
         let Some(limits) = self.limits else { return };
         self.seq += 1;
@@ -202,7 +210,7 @@ impl Journal {
 }
 
 /// Whether frames of this kind go into the change log.
-fn logged_kind(kind: &Kind) -> bool {
+pub(super) fn logged_kind(kind: &Kind) -> bool {
     matches!(
         kind,
         Kind::Publish(_)
@@ -326,6 +334,15 @@ impl Router {
         }
     }
 
+    pub(super) fn journal_client_ack(&mut self, id: &str, up_to: u64) {
+        if self.journal.limits.is_some() {
+            self.journal.push(Op::ClientAck(proto::ClientAck {
+                client_id: id.to_owned(),
+                up_to,
+            }));
+        }
+    }
+
     pub(super) fn journal_leave(&mut self, id: &str) {
         if self.journal.limits.is_some() {
             self.journal.push(Op::ClientLeft(id.to_owned()));
@@ -385,10 +402,10 @@ impl Router {
         r.check_kv_entries(&snapshot.kv)?;
         r.kv = KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?;
         r.identity.epoch = snapshot.epoch;
+        // What the rebuilding sends is not numbered: the numbering comes
+        // from the snapshot.
+        r.replaying = true;
         for (i, cs) in snapshot.clients.iter().enumerate() {
-            if cs.last_received != 0 || cs.next_send != 0 || !cs.unacked.is_empty() {
-                return Err(ReplicaError::Unsupported("per-client sequence state"));
-            }
             let info = cs.info.clone().ok_or_else(|| {
                 ReplicaError::Invalid("a client state without client info".into())
             })?;
@@ -422,8 +439,27 @@ impl Router {
                     c.presence = true;
                 }
             }
+            if let Some(c) = r.clients.get_mut(&conn) {
+                c.last_received = cs.last_received;
+                c.next_send = cs.next_send.max(1);
+                let mut last = 0;
+                for f in &cs.unacked {
+                    if !c.reliable || f.seq <= last || f.seq >= c.next_send {
+                        return Err(ReplicaError::Invalid(format!(
+                            "client '{}' has unacknowledged frames out of order or beyond its next seq",
+                            super::shown(&id)
+                        )));
+                    }
+                    last = f.seq;
+                    let out = Out::from(f.clone());
+                    let len = out.encoded_len();
+                    c.unacked_bytes += len;
+                    c.unacked.push_back((len, out));
+                }
+            }
         }
         r.journal.seq = snapshot.repl_seq;
+        r.replaying = false;
         // Whatever the router refused (an invalid pattern, a duplicate
         // id, a limit) shows up as a difference here.
         let got = r.snapshot();
@@ -464,51 +500,16 @@ impl Router {
         client.outbox = outbox.clone();
         client.last_seen = now;
         client.last_head = None;
-        let subs: Vec<(u64, String, Option<super::GroupId>)> = client
-            .subs
-            .iter()
-            .map(|(id, s)| (*id, s.pattern.clone(), s.group.as_ref().map(|g| g.1)))
-            .collect();
-        for (sub_id, pattern, group) in subs {
-            match group {
-                None => {
-                    self.index.remove_sub(&pattern, conn, sub_id);
-                    self.index.insert(
-                        &pattern,
-                        super::Target::Sub {
-                            conn,
-                            sub_id,
-                            outbox: outbox.clone(),
-                        },
-                    );
-                }
-                Some(gid) => {
-                    if let Some(g) = self.groups.get_mut(&gid) {
-                        for m in &mut g.members {
-                            if m.0 == conn && m.1 == sub_id {
-                                m.2 = outbox.clone();
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        client.detached_until = None;
+        let reliable = client.reliable;
+        self.detached.remove(&conn);
+        self.rewire(conn, &outbox);
         if let Some(k) = self.keepalive {
             self.next_idle_check
                 .get_or_insert(now + k.min(super::IDLE_CHECK));
         }
-        let welcome = proto::Welcome {
-            client_id: client_id.to_owned(),
-            features: Vec::new(),
-            epoch: self.identity.epoch,
-            last_received: 0,
-            max_frame: u32::try_from(self.limits.max_frame).unwrap_or(u32::MAX),
-            keepalive_ms: self
-                .keepalive
-                .map_or(0, |k| u32::try_from(k.as_millis()).unwrap_or(u32::MAX)),
-            identity: Some(self.identity.clone()),
-        };
-        self.send(conn, Frame::from(welcome));
+        let welcome = self.welcome(client_id, reliable, false, 0);
+        self.send(conn, welcome);
         self.apply_kills();
         Some(conn)
     }
@@ -534,7 +535,8 @@ impl Replica {
         stats: Arc<HubStats>,
     ) -> Result<Replica, ReplicaError> {
         config.keepalive = None;
-        let router = Router::restore(now, snapshot, config, stats)?;
+        let mut router = Router::restore(now, snapshot, config, stats)?;
+        router.replaying = true;
         Ok(Replica {
             router,
             next_ghost: GHOST_CONN_BASE + snapshot.clients.len() as u64,
@@ -561,6 +563,36 @@ impl Replica {
     /// The router the replica maintains.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Turns the replica into the serving router of a hub taking over at
+    /// `now`: `identity` (with the raised epoch) replaces the primary's,
+    /// frames are numbered from where the primary stopped, and every
+    /// client waits (a ghost with its queues) until it resumes or the
+    /// resume window ends.
+    pub fn into_router(
+        self,
+        now: Instant,
+        identity: proto::HubIdentity,
+        keepalive: Option<std::time::Duration>,
+    ) -> Router {
+        let mut r = self.router;
+        r.replaying = false;
+        r.identity = identity;
+        r.keepalive = keepalive;
+        let until = now + r.limits.resume_window;
+        let keys: Vec<ConnId> = r.clients.keys().copied().collect();
+        for key in keys {
+            if let Some(c) = r.clients.get_mut(&key) {
+                c.detached_until = Some(until);
+                c.last_seen = now;
+            }
+            r.detached.insert(key);
+        }
+        if let Some(k) = keepalive {
+            r.next_idle_check = Some(now + k.min(super::IDLE_CHECK));
+        }
+        r
     }
 
     /// Applies the primary's next change at time `now`. Returns `false` for
@@ -649,9 +681,37 @@ impl Replica {
                     },
                 );
             }
-            Some(Op::Sent(_)) => return Err(ReplicaError::Unsupported("a sent frame")),
-            Some(Op::ClientAck(_)) => {
-                return Err(ReplicaError::Unsupported("a client acknowledgement"))
+            Some(Op::Sent(cf)) => {
+                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+                };
+                let Some(c) = r.clients.get_mut(&conn) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+                };
+                let frame = cf
+                    .frame
+                    .ok_or_else(|| ReplicaError::Invalid("a sent change without a frame".into()))?;
+                if !c.reliable || frame.seq < c.next_send {
+                    return Err(ReplicaError::Invalid(format!(
+                        "frame {} sent to client '{}' is not reliable or not above its last ({})",
+                        frame.seq,
+                        super::shown(&c.id),
+                        c.next_send.saturating_sub(1)
+                    )));
+                }
+                c.next_send = frame.seq + 1;
+                let out = Out::from(*frame);
+                let len = out.encoded_len();
+                c.unacked_bytes += len;
+                c.unacked.push_back((len, out));
+            }
+            Some(Op::ClientAck(a)) => {
+                let Some(&conn) = r.by_id.get(&a.client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&a.client_id)));
+                };
+                if let Some(c) = r.clients.get_mut(&conn) {
+                    c.acked(a.up_to);
+                }
             }
             Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
         }

@@ -54,39 +54,121 @@ fn cli_id() -> String {
     format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-pub async fn hub(g: &Global, listen: Option<String>, http: Option<String>) -> anyhow::Result<()> {
+/// Options of `switchboard hub`.
+pub struct HubOpts {
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub standby: bool,
+    pub primary: Option<String>,
+    pub heartbeat: (std::time::Duration, u32),
+}
+
+pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     let mut b = switchboard::Hub::builder().service(&g.service);
-    if let Some(listen) = listen {
-        b = b.listen(&listen);
+    if let Some(listen) = &opts.listen {
+        b = b.listen(listen);
     }
-    if let Some(http) = http {
-        b = b.http(&http);
+    if let Some(http) = &opts.http {
+        b = b.http(http);
     }
     if let Some(token) = &g.token {
         b = b.token(token);
     }
-    let hub = b.start().await?;
-    let addr = hub.local_addr().to_string();
-    let http = hub.http_addr().map(|a| a.to_string());
-    if g.json {
-        out(json!({"event": "ready", "service": g.service, "addr": addr,
-                   "http": http, "pid": std::process::id()}))?;
-    } else {
-        let gateway = http
-            .map(|h| format!(", http and ws on {h} (dashboard http://{h}/)"))
-            .unwrap_or_default();
-        out(format!(
-            "switchboard hub ready: service {} on {addr}{gateway} (pid {})",
-            g.service,
-            std::process::id()
-        ))?;
+    b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
+    let primary: Option<std::net::SocketAddr> = match &opts.primary {
+        Some(p) => Some(
+            p.parse()
+                .map_err(|e| anyhow::anyhow!("invalid --primary {p:?}: {e}; use IP:PORT"))?,
+        ),
+        None => None,
+    };
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut standby = opts.standby;
+    loop {
+        let hub = if standby {
+            let handle = b.clone().start_standby(primary).await?;
+            let mut state = handle.watch();
+            let mut announced = false;
+            let promoted = handle.promoted();
+            tokio::pin!(promoted);
+            let hub = loop {
+                tokio::select! {
+                    r = &mut promoted => match r {
+                        Some(r) => break r?,
+                        None => anyhow::bail!("the standby stopped: {:?}", handle.state()),
+                    },
+                    _ = state.changed() => {
+                        let s = state.borrow_and_update().clone();
+                        if let switchboard::hub::StandbyState::Following { primary, epoch, .. } = s {
+                            if !announced {
+                                announced = true;
+                                if g.json {
+                                    out(json!({"event": "standby", "service": g.service,
+                                               "primary": primary.to_string(), "epoch": epoch,
+                                               "pid": std::process::id()}))?;
+                                } else {
+                                    out(format!(
+                                        "switchboard standby ready: service {} following {primary} (epoch {epoch}, pid {})",
+                                        g.service,
+                                        std::process::id()
+                                    ))?;
+                                }
+                            }
+                        }
+                    }
+                    _ = &mut signal => {
+                        handle.shutdown();
+                        if !g.json {
+                            eprintln!("standby stopped");
+                        }
+                        return Ok(());
+                    }
+                }
+            };
+            hub
+        } else {
+            b.clone().start().await?
+        };
+        let addr = hub.local_addr().to_string();
+        let http = hub.http_addr().map(|a| a.to_string());
+        let epoch = hub.identity().epoch;
+        if g.json {
+            out(json!({"event": "ready", "service": g.service, "addr": addr,
+                       "http": http, "pid": std::process::id(), "epoch": epoch,
+                       "took_over": standby}))?;
+        } else {
+            let gateway = http
+                .map(|h| format!(", http and ws on {h} (dashboard http://{h}/)"))
+                .unwrap_or_default();
+            let how = if standby { ", took over" } else { "" };
+            out(format!(
+                "switchboard hub ready: service {} on {addr}{gateway} (pid {}, epoch {epoch}{how})",
+                g.service,
+                std::process::id()
+            ))?;
+        }
+        tokio::select! {
+            _ = &mut signal => {
+                hub.shutdown().await;
+                if !g.json {
+                    eprintln!("hub stopped");
+                }
+                return Ok(());
+            }
+            _ = hub.closed() => {}
+        }
+        if !hub.fenced() {
+            return Ok(());
+        }
+        // An old primary: a newer one serves the service; follow it.
+        if g.json {
+            out(json!({"event": "fenced", "service": g.service, "pid": std::process::id()}))?;
+        } else {
+            eprintln!("a newer primary serves {}; becoming its standby", g.service);
+        }
+        standby = true;
     }
-    shutdown_signal().await;
-    hub.shutdown().await;
-    if !g.json {
-        eprintln!("hub stopped");
-    }
-    Ok(())
 }
 
 /// Prints the HTTP gateway's bearer token for the configured secret.

@@ -73,6 +73,22 @@ enum Command {
         /// on a free loopback port).
         #[arg(long)]
         ws: bool,
+        /// Run as the hot standby of the service's primary: mirror it and
+        /// take over its address when it dies (waits for a primary to
+        /// appear). A hub that finds a newer primary of its service also
+        /// turns itself into its standby.
+        #[arg(long)]
+        standby: bool,
+        /// The primary's address (with --standby), instead of discovery.
+        #[arg(long, value_name = "ADDR", requires = "standby")]
+        primary: Option<String>,
+        /// Replication heartbeat interval, milliseconds (default 50).
+        #[arg(long, value_name = "MS", default_value_t = 50)]
+        heartbeat_ms: u64,
+        /// Missed heartbeats before the replication peer counts as dead
+        /// (default 4).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        heartbeat_misses: u32,
     },
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
@@ -263,9 +279,27 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Hub { listen, http, ws } => {
+        Command::Hub {
+            listen,
+            http,
+            ws,
+            standby,
+            primary,
+            heartbeat_ms,
+            heartbeat_misses,
+        } => {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
-            commands::hub(&g, listen, http).await
+            let opts = commands::HubOpts {
+                listen,
+                http,
+                standby,
+                primary,
+                heartbeat: (
+                    std::time::Duration::from_millis(heartbeat_ms),
+                    heartbeat_misses,
+                ),
+            };
+            commands::hub(&g, opts).await
         }
         Command::Token => commands::token(&g),
         Command::Discover { name, all } => commands::discover(&g, name, all).await,

@@ -1,0 +1,1030 @@
+//! Hot standby: the primary's router task (which ships the change log
+//! to an attached standby and holds every outgoing frame until the
+//! standby holds what produced it), the primary's end of the replication
+//! link, fencing, and the standby itself (mirror, failure detection,
+//! takeover). The design and the protocol are in the project's
+//! `ARCHITECTURE.md`, "Hot standby".
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use prost::Message;
+use switchboard_discovery::{
+    bind, client_proof, discover, new_instance_id, nonce, now_ms, probe, runtime_dir,
+    verify_hub_proof, BindOptions, DiscoverOptions, HintGuard, PortChoice,
+};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HubConfig, HubError};
+use crate::conn::{Shared, Stream};
+use crate::router::{ChangeLogLimits, HubStats, Input, Replica, Router, RouterConfig};
+use crate::HubHandle;
+
+/// Most inputs the router task takes from its inbox per wake-up.
+const ROUTER_BATCH: usize = 64;
+
+/// Encoded batches queued for the link's writer.
+const LINK_QUEUE: usize = 256;
+
+/// Largest frame a standby accepts from its (authenticated) primary: a
+/// snapshot holds the whole state.
+const LINK_MAX_FRAME: usize = 1 << 30;
+
+/// Largest frame a primary accepts from its standby (acks, heartbeats).
+const STANDBY_MAX_FRAME: usize = 64 * 1024;
+
+/// Changes a standby buffers before their commit point arrives.
+const MAX_PENDING_CHANGES: usize = 1 << 20;
+
+/// How long a standby tries to bind the failed primary's port.
+const BIND_RETRY: Duration = Duration::from_millis(250);
+
+/// How long a standby waits for a verified answer from a primary whose
+/// link broke before it takes over.
+const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long a primary that lost its standby looks for a newer primary.
+const FENCE_CHECK: Duration = Duration::from_millis(500);
+
+/// A standby link handed to the router task by the connection that
+/// authenticated it.
+pub(crate) struct Attach {
+    addr: String,
+    out: mpsc::Sender<Bytes>,
+    alive: CancellationToken,
+    commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
+}
+
+struct Link {
+    out: mpsc::Sender<Bytes>,
+    alive: CancellationToken,
+    commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
+}
+
+fn put_frame(frame: &Frame, buf: &mut BytesMut) {
+    let len = frame.encoded_len();
+    buf.reserve(4 + len);
+    buf.put_u32(len as u32);
+    // Cannot fail: `BytesMut` grows.
+    let _ = frame.encode(buf);
+}
+
+fn heartbeat(epoch: u64, repl_seq: u64, role: proto::Role) -> Frame {
+    Frame::from(proto::Heartbeat {
+        epoch,
+        repl_seq,
+        time_ms: now_ms(),
+        role: role as i32,
+    })
+}
+
+/// The parts of [`Shared`] the router task uses.
+pub(crate) struct TaskShared {
+    pub shutdown: CancellationToken,
+    pub stats: Arc<HubStats>,
+    pub gate: Arc<crate::outbox::Gate>,
+    pub higher_epoch: Arc<tokio::sync::Notify>,
+    pub secret: switchboard_discovery::Secret,
+}
+
+impl TaskShared {
+    pub(crate) fn of(shared: &Shared) -> TaskShared {
+        TaskShared {
+            shutdown: shared.shutdown.clone(),
+            stats: shared.stats.clone(),
+            gate: shared.gate.clone(),
+            higher_epoch: shared.higher_epoch.clone(),
+            secret: shared.secret.clone(),
+        }
+    }
+}
+
+/// The task that owns a primary's router.
+pub(crate) struct RouterTask {
+    pub router: Router,
+    pub inbox: mpsc::Receiver<Input>,
+    pub standby: mpsc::Receiver<Attach>,
+    /// What the router task needs of the hub's shared state (not the
+    /// whole [`Shared`]: its inbox sender would keep the inbox open).
+    pub shared: TaskShared,
+    pub hint: Arc<Mutex<Option<HintGuard>>>,
+    pub closed: watch::Sender<bool>,
+    pub local_addr: SocketAddr,
+    pub hint_dir: Option<PathBuf>,
+    pub fenced: Arc<AtomicBool>,
+}
+
+impl RouterTask {
+    pub(crate) async fn run(mut self) {
+        let mut batch = Vec::with_capacity(ROUTER_BATCH);
+        let mut shutting_down = false;
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        let mut link: Option<Link> = None;
+        let mut changes = Vec::new();
+        let mut check: Option<oneshot::Receiver<bool>> = None;
+        // Outputs are held while a check after a lost standby runs.
+        let mut holding = false;
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            let deadline = self.router.next_deadline();
+            if deadline != armed {
+                armed = deadline;
+                sleep
+                    .as_mut()
+                    .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
+            }
+            let lost = async {
+                match &link {
+                    Some(l) => l.alive.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let checking = check.is_some();
+            let checked = async {
+                match check.as_mut() {
+                    Some(rx) => rx.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    tracing::info!("hub shutting down");
+                    self.router.handle(Instant::now(), Input::Shutdown);
+                    if let Some(guard) = self.hint.lock().take() {
+                        if let Err(e) = guard.remove() {
+                            tracing::warn!(error = %e, "could not remove the hint");
+                        }
+                    }
+                }
+                n = self.inbox.recv_many(&mut batch, ROUTER_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    for input in batch.drain(..) {
+                        self.router.handle(now, input);
+                    }
+                    if self.router.next_deadline().is_some_and(|d| d <= now) {
+                        self.router.handle(now, Input::Tick);
+                    }
+                }
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.router.handle(Instant::now(), Input::Tick);
+                }
+                Some(attach) = self.standby.recv() => {
+                    if link.is_some() || holding || shutting_down {
+                        let mut buf = BytesMut::new();
+                        put_frame(&Frame::error(
+                            0,
+                            ErrorCode::Unsupported,
+                            "this hub already has a standby (or is checking its epoch); one standby per primary",
+                        ), &mut buf);
+                        let _ = attach.out.try_send(buf.freeze());
+                        drop(attach);
+                    } else {
+                        link = self.attach(attach).await;
+                    }
+                }
+                _ = lost => {
+                    link = None;
+                    *self.shared.stats.repl.peer.lock() = String::new();
+                    tracing::warn!("standby lost; checking for a newer primary before going on alone");
+                    holding = true;
+                    check = Some(self.start_fence_check());
+                }
+                fenced = checked => {
+                    check = None;
+                    if fenced {
+                        self.step_down();
+                    } else {
+                        if holding {
+                            tracing::info!("no newer primary; serving without a standby");
+                        }
+                        holding = false;
+                        self.router.disable_change_log();
+                        self.router.set_gating(false);
+                        self.shared.gate.open_all();
+                    }
+                }
+                _ = self.shared.higher_epoch.notified(), if !checking && !shutting_down => {
+                    tracing::warn!("a client has seen a higher epoch; checking for a newer primary");
+                    check = Some(self.start_fence_check());
+                }
+            }
+            match &link {
+                Some(l) if !l.alive.is_cancelled() => {
+                    changes.clear();
+                    let resync = self.router.take_changes(&mut changes).is_err();
+                    let bytes = if resync {
+                        tracing::warn!(
+                            "change log overflowed; sending the standby a fresh snapshot"
+                        );
+                        Some(self.snapshot_bytes(false))
+                    } else if !changes.is_empty() {
+                        let mut buf = BytesMut::new();
+                        for c in changes.drain(..) {
+                            put_frame(&Frame::from(c), &mut buf);
+                        }
+                        put_frame(
+                            &heartbeat(self.epoch(), self.router.repl_seq(), proto::Role::Primary),
+                            &mut buf,
+                        );
+                        Some(buf.freeze())
+                    } else {
+                        None
+                    };
+                    if let Some(bytes) = bytes {
+                        self.ship(l, bytes).await;
+                    }
+                }
+                _ if holding => {
+                    // No standby to take them: keep the log short.
+                    changes.clear();
+                    let _ = self.router.take_changes(&mut changes);
+                    changes.clear();
+                }
+                _ => {}
+            }
+            self.router.publish_stats();
+        }
+        if let Some(guard) = self.hint.lock().take() {
+            let _ = guard.remove();
+        }
+        tracing::info!("hub stopped");
+        let _ = self.closed.send(true);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.router.identity().epoch
+    }
+
+    async fn ship(&self, link: &Link, bytes: Bytes) {
+        let repl = &self.shared.stats.repl;
+        let total = repl
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed)
+            + bytes.len() as u64;
+        link.commits
+            .lock()
+            .push_back((self.router.repl_seq(), total));
+        tokio::select! {
+            _ = link.out.send(bytes) => {}
+            _ = link.alive.cancelled() => {}
+        }
+    }
+
+    fn snapshot_bytes(&self, hello: bool) -> Bytes {
+        let mut buf = BytesMut::new();
+        if hello {
+            put_frame(
+                &Frame::from(proto::ReplHello {
+                    instance_id: self.router.identity().instance_id.clone(),
+                    epoch: self.epoch(),
+                    addr: self.local_addr.to_string(),
+                }),
+                &mut buf,
+            );
+        }
+        let mut snap = self.router.snapshot();
+        snap.addr = self.local_addr.to_string();
+        put_frame(&Frame::from(snap), &mut buf);
+        put_frame(
+            &heartbeat(self.epoch(), self.router.repl_seq(), proto::Role::Primary),
+            &mut buf,
+        );
+        buf.freeze()
+    }
+
+    async fn attach(&mut self, attach: Attach) -> Option<Link> {
+        tracing::info!(standby = %attach.addr, "standby attached; sending a snapshot");
+        self.router.enable_change_log(ChangeLogLimits::default());
+        // Changes before the snapshot are in it.
+        let mut stale = Vec::new();
+        let _ = self.router.take_changes(&mut stale);
+        let bytes = self.snapshot_bytes(true);
+        let repl = &self.shared.stats.repl;
+        repl.acked.store(0, Ordering::Relaxed);
+        repl.bytes_acked
+            .store(repl.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        *repl.peer.lock() = attach.addr.clone();
+        let link = Link {
+            out: attach.out,
+            alive: attach.alive,
+            commits: attach.commits,
+        };
+        self.shared.gate.close_at(self.router.repl_seq());
+        self.router.set_gating(true);
+        self.ship(&link, bytes).await;
+        Some(link)
+    }
+
+    fn start_fence_check(&self) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        let identity = self.router.identity().clone();
+        let secret = self.shared.secret.clone();
+        let hint_dir = self.hint_dir.clone();
+        tokio::spawn(async move {
+            let newer = newer_primary(&identity, &secret, hint_dir).await;
+            if let Some(hub) = &newer {
+                tracing::warn!(addr = %hub.addr, epoch = hub.identity.epoch, "a primary with a higher epoch serves this service");
+            }
+            let _ = tx.send(newer.is_some());
+        });
+        rx
+    }
+
+    /// An old primary: stop serving for good (outputs stay held, so
+    /// nothing more is acknowledged); the owner may restart it as a
+    /// standby.
+    fn step_down(&mut self) {
+        tracing::error!("fenced: a newer primary serves this service; this hub stops serving");
+        self.fenced.store(true, Ordering::Release);
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// A hub of `identity.service` other than `identity` with a higher epoch,
+/// found through the hint files and the listening table.
+async fn newer_primary(
+    identity: &proto::HubIdentity,
+    secret: &switchboard_discovery::Secret,
+    hint_dir: Option<PathBuf>,
+) -> Option<switchboard_discovery::FoundHub> {
+    let opts = DiscoverOptions {
+        hint_dirs: hint_dir.into_iter().collect(),
+        all: true,
+        use_scan: false,
+        deadline: FENCE_CHECK,
+        probe_timeout: Duration::from_millis(200),
+        secret: Some(secret.clone()),
+        ..DiscoverOptions::default()
+    };
+    let found = discover(&identity.service, &opts).await.ok()?;
+    found.into_iter().find(|h| {
+        h.identity.instance_id != identity.instance_id
+            && h.identity.epoch > identity.epoch
+            && h.identity.role == proto::Role::Primary as i32
+    })
+}
+
+/// The primary's end of a replication link, after the standby
+/// authenticated with `Hello{role: STANDBY}`.
+pub(crate) async fn serve_link<S: Stream>(
+    stream: S,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    hello: proto::Hello,
+    shared: Arc<Shared>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let alive = CancellationToken::new();
+    let commits = Arc::new(Mutex::new(VecDeque::new()));
+    let attach = Attach {
+        addr: peer.to_string(),
+        out: tx,
+        alive: alive.clone(),
+        commits: commits.clone(),
+    };
+    tracing::info!(standby = %hello.client_id, %peer, "standby connected");
+    if shared.standby.send(attach).await.is_err() {
+        return;
+    }
+    let (interval, misses) = shared.heartbeat;
+    let (mut rd, mut wr) = stream.halves();
+    let epoch = shared.identity.epoch;
+    let writer = async {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wrote = false;
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(bytes) = m else { break };
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                    wrote = true;
+                }
+                _ = ticker.tick() => {
+                    if !std::mem::take(&mut wrote) {
+                        // Liveness only: repl_seq 0 is no commit point.
+                        let mut b = BytesMut::new();
+                        put_frame(&heartbeat(epoch, 0, proto::Role::Primary), &mut b);
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let repl = &shared.stats.repl;
+    let gate = &shared.gate;
+    let reader = async {
+        let mut codec = FrameCodec::new().max_inbound(STANDBY_MAX_FRAME);
+        let silence = interval * misses;
+        loop {
+            let frame = loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad frame from the standby");
+                        break None;
+                    }
+                }
+                buf.reserve(4096);
+                match tokio::time::timeout(silence, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => break None,
+                    Err(_) => {
+                        tracing::warn!(
+                            ms = silence.as_millis() as u64,
+                            "standby silent; dropping it"
+                        );
+                        break None;
+                    }
+                }
+            };
+            let Some(frame) = frame else { break };
+            match frame.kind {
+                Some(Kind::ReplAck(a)) => {
+                    repl.acked.fetch_max(a.repl_seq, Ordering::Relaxed);
+                    let mut c = commits.lock();
+                    while c.front().is_some_and(|(seq, _)| *seq <= a.repl_seq) {
+                        if let Some((_, bytes)) = c.pop_front() {
+                            repl.bytes_acked.store(bytes, Ordering::Relaxed);
+                        }
+                    }
+                    drop(c);
+                    gate.release(a.repl_seq);
+                }
+                Some(Kind::Heartbeat(_)) => {}
+                Some(Kind::Error(e)) => {
+                    tracing::warn!(message = %e.message, "the standby reported an error");
+                    break;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = alive.cancelled() => {}
+        _ = shared.shutdown.cancelled() => {}
+    }
+    alive.cancel();
+    tracing::info!(%peer, "standby link closed");
+}
+
+/// What a standby is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StandbyState {
+    /// Looking for the primary.
+    Searching,
+    /// Mirroring the primary at `primary` (epoch `epoch`), holding every
+    /// change up to `repl_seq`.
+    Following {
+        /// The primary's listening address.
+        primary: SocketAddr,
+        /// The primary's epoch.
+        epoch: u64,
+        /// Last change held.
+        repl_seq: u64,
+    },
+    /// Took over: serving as the primary on `addr` with `epoch`.
+    Primary {
+        /// Listening address.
+        addr: SocketAddr,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Stopped (shut down, or the takeover failed: the reason).
+    Stopped(String),
+}
+
+/// A running standby (see [`Hub::standby`](crate::Hub::standby)).
+#[derive(Debug)]
+pub struct StandbyHandle {
+    state: watch::Receiver<StandbyState>,
+    promoted: Mutex<Option<oneshot::Receiver<Result<HubHandle, HubError>>>>,
+    shutdown: CancellationToken,
+    stats: Arc<HubStats>,
+    instance_id: String,
+}
+
+impl StandbyHandle {
+    /// What the standby is doing now.
+    pub fn state(&self) -> StandbyState {
+        self.state.borrow().clone()
+    }
+
+    /// Watches the standby's state.
+    pub fn watch(&self) -> watch::Receiver<StandbyState> {
+        self.state.clone()
+    }
+
+    /// The standby's instance id (it keeps it when it takes over).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Replication counters: the primary followed, the last change held.
+    pub fn status(&self) -> proto::Status {
+        let mut status = proto::Status::default();
+        status.standby_addr = self.stats.repl.peer.lock().clone();
+        status.counters.insert(
+            "repl_seq".into(),
+            self.stats.repl.seq.load(Ordering::Relaxed),
+        );
+        status.identity = Some(proto::HubIdentity {
+            instance_id: self.instance_id.clone(),
+            role: proto::Role::Standby as i32,
+            pid: std::process::id(),
+            ..Default::default()
+        });
+        status
+    }
+
+    /// Waits until the standby has taken over and returns the serving
+    /// hub; `None` if already taken, or if the standby stopped first.
+    pub async fn promoted(&self) -> Option<Result<HubHandle, HubError>> {
+        let rx = self.promoted.lock().take()?;
+        rx.await.ok()
+    }
+
+    /// Stops the standby (before a takeover; a promoted hub is stopped
+    /// through its [`HubHandle`]).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for StandbyHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub(crate) fn start(config: HubConfig, primary: Option<SocketAddr>) -> StandbyHandle {
+    let (state_tx, state_rx) = watch::channel(StandbyState::Searching);
+    let (promoted_tx, promoted_rx) = oneshot::channel();
+    let shutdown = CancellationToken::new();
+    let stats = Arc::new(HubStats::default());
+    let instance_id = new_instance_id();
+    let s = Standby {
+        config,
+        primary,
+        instance_id: instance_id.clone(),
+        stats: stats.clone(),
+        state: state_tx,
+        shutdown: shutdown.clone(),
+    };
+    let span = tracing::info_span!("standby", service = %s.config.service, instance = %instance_id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let outcome = s.run().await;
+            if let Some(r) = outcome {
+                let _ = promoted_tx.send(r);
+            }
+        },
+        span,
+    ));
+    StandbyHandle {
+        state: state_rx,
+        promoted: Mutex::new(Some(promoted_rx)),
+        shutdown,
+        stats,
+        instance_id,
+    }
+}
+
+struct Standby {
+    config: HubConfig,
+    primary: Option<SocketAddr>,
+    instance_id: String,
+    stats: Arc<HubStats>,
+    state: watch::Sender<StandbyState>,
+    shutdown: CancellationToken,
+}
+
+/// How following a primary ended.
+enum Followed {
+    Shutdown,
+    /// Try again (the reason is logged).
+    Retry(String),
+    /// The link broke: the primary may be dead.
+    Lost {
+        replica: Box<Replica>,
+        primary: SocketAddr,
+        instance_id: String,
+    },
+}
+
+struct LinkConn {
+    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Standby {
+    async fn run(self) -> Option<Result<HubHandle, HubError>> {
+        let mut last: Option<(Replica, SocketAddr, String)> = None;
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.state
+                    .send_replace(StandbyState::Stopped("shut down".into()));
+                return None;
+            }
+            if let Some((replica, addr, instance)) = last.take() {
+                // Is the primary really gone, or did only the link break?
+                let alive = probe(
+                    addr,
+                    &self.config.service,
+                    &self.config.secret,
+                    PEER_PROBE_TIMEOUT,
+                )
+                .await
+                .is_ok_and(|h| h.identity.instance_id == instance);
+                if !alive {
+                    return Some(self.take_over(replica, addr, &instance).await);
+                }
+                tracing::info!(%addr, "the primary still answers; reconnecting to it");
+            }
+            self.state.send_replace(StandbyState::Searching);
+            let Some(target) = self.find_primary().await else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+                continue;
+            };
+            let conn = match self.connect(target).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(addr = %target, error = %e, "cannot open the replication link");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match self.follow(conn, target).await {
+                Followed::Shutdown => {
+                    self.state
+                        .send_replace(StandbyState::Stopped("shut down".into()));
+                    return None;
+                }
+                Followed::Retry(why) => {
+                    tracing::warn!(reason = %why, "replication stopped; starting again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                }
+                Followed::Lost {
+                    replica,
+                    primary,
+                    instance_id,
+                } => {
+                    tracing::warn!(%primary, "replication link to the primary lost");
+                    last = Some((*replica, primary, instance_id));
+                }
+            }
+        }
+    }
+
+    async fn find_primary(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.primary {
+            return Some(addr);
+        }
+        let opts = DiscoverOptions {
+            hint_dirs: self.config.hint_dir.clone().into_iter().collect(),
+            all: true,
+            use_scan: false,
+            deadline: Duration::from_secs(1),
+            secret: Some(self.config.secret.clone()),
+            ..DiscoverOptions::default()
+        };
+        let found = discover(&self.config.service, &opts).await.ok()?;
+        found
+            .into_iter()
+            .filter(|h| {
+                h.identity.role == proto::Role::Primary as i32
+                    && h.identity.instance_id != self.instance_id
+            })
+            .max_by_key(|h| h.identity.epoch)
+            .map(|h| h.addr)
+    }
+
+    /// Connects and authenticates as a standby.
+    async fn connect(&self, addr: SocketAddr) -> Result<LinkConn, String> {
+        let timeout = self.config.handshake_timeout;
+        let work = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (rd, mut wr) = stream.into_split();
+            let mut reader = FramedRead::new(rd, FrameCodec::new().max_inbound(LINK_MAX_FRAME));
+            let client_nonce = nonce();
+            let hello = Frame::from(proto::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                features: Vec::new(),
+                client_id: self.instance_id.clone(),
+                client_nonce: client_nonce.to_vec().into(),
+                agent: format!("switchboard-hub {} standby", env!("CARGO_PKG_VERSION")),
+                transport: String::new(),
+                resume: None,
+                role: proto::Role::Standby as i32,
+            });
+            let mut buf = BytesMut::new();
+            put_frame(&hello, &mut buf);
+            wr.write_all(&buf)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let challenge = match reader.next().await {
+                Some(Ok(Frame {
+                    kind: Some(Kind::Challenge(c)),
+                    ..
+                })) => c,
+                Some(Ok(Frame {
+                    kind: Some(Kind::Error(e)),
+                    ..
+                })) => return Err(format!("refused: {}", e.message)),
+                other => return Err(format!("unexpected answer to Hello: {other:?}")),
+            };
+            let identity = challenge.identity.clone().unwrap_or_default();
+            if identity.service != self.config.service
+                || !verify_hub_proof(
+                    &self.config.secret,
+                    &client_nonce,
+                    &challenge.hub_nonce,
+                    &identity,
+                    &challenge.proof,
+                )
+            {
+                return Err("the hub could not prove it holds the secret of this service".into());
+            }
+            let auth = Frame::from(proto::Auth {
+                proof: client_proof(
+                    &self.config.secret,
+                    &challenge.hub_nonce,
+                    &client_nonce,
+                    &self.instance_id,
+                )
+                .to_vec()
+                .into(),
+            });
+            buf.clear();
+            put_frame(&auth, &mut buf);
+            wr.write_all(&buf)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            Ok(LinkConn { reader, writer: wr })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| format!("no handshake within {} ms", timeout.as_millis()))?
+    }
+
+    fn router_config(&self, epoch: u64) -> RouterConfig {
+        RouterConfig {
+            identity: proto::HubIdentity {
+                service: self.config.service.clone(),
+                instance_id: self.instance_id.clone(),
+                pid: std::process::id(),
+                port: 0,
+                epoch,
+                started_at_ms: now_ms(),
+                role: proto::Role::Standby as i32,
+            },
+            limits: self.config.limits.clone(),
+            keepalive: self.config.keepalive,
+        }
+    }
+
+    async fn follow(&self, mut conn: LinkConn, target: SocketAddr) -> Followed {
+        let silence = self.config.heartbeat_interval * self.config.heartbeat_misses;
+        // The opening: ReplHello, then a snapshot.
+        let first = tokio::time::timeout(self.config.handshake_timeout, async {
+            let hello = match conn.reader.next().await {
+                Some(Ok(Frame {
+                    kind: Some(Kind::ReplHello(h)),
+                    ..
+                })) => h,
+                Some(Ok(Frame {
+                    kind: Some(Kind::Error(e)),
+                    ..
+                })) => return Err(format!("the primary refused: {}", e.message)),
+                other => return Err(format!("expected ReplHello, got {other:?}")),
+            };
+            match conn.reader.next().await {
+                Some(Ok(Frame {
+                    kind: Some(Kind::Snapshot(s)),
+                    ..
+                })) => Ok((hello, s)),
+                other => Err(format!(
+                    "expected a snapshot, got {:?}",
+                    other.map(|r| r.map(|f| f.kind_name()))
+                )),
+            }
+        })
+        .await;
+        let (hello, snapshot) = match first {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Followed::Retry(e),
+            Err(_) => return Followed::Retry("no snapshot in time".into()),
+        };
+        let primary: SocketAddr = snapshot.addr.parse().unwrap_or(target);
+        let mut replica = match self.restore(&snapshot) {
+            Ok(r) => r,
+            Err(e) => return Followed::Retry(e),
+        };
+        tracing::info!(%primary, epoch = snapshot.epoch, repl_seq = snapshot.repl_seq, clients = snapshot.clients.len(), "following the primary");
+        *self.stats.repl.peer.lock() = primary.to_string();
+        let lost = |replica: Replica| Followed::Lost {
+            replica: Box::new(replica),
+            primary,
+            instance_id: hello.instance_id.clone(),
+        };
+        let mut pending: Vec<proto::Change> = Vec::new();
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = BytesMut::new();
+        loop {
+            let next = tokio::select! {
+                r = tokio::time::timeout(silence, conn.reader.next()) => r,
+                _ = ticker.tick() => {
+                    out.clear();
+                    put_frame(&heartbeat(replica.epoch(), 0, proto::Role::Standby), &mut out);
+                    if conn.writer.write_all(&out).await.is_err() {
+                        return lost(replica);
+                    }
+                    continue;
+                }
+                _ = self.shutdown.cancelled() => return Followed::Shutdown,
+            };
+            let frame = match next {
+                Err(_) => {
+                    tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
+                    return lost(replica);
+                }
+                Ok(None) => return lost(replica),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "replication link broke");
+                    return lost(replica);
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            match frame.kind {
+                Some(Kind::Change(c)) => {
+                    if pending.len() >= MAX_PENDING_CHANGES {
+                        return Followed::Retry("too many changes without a commit point".into());
+                    }
+                    pending.push(*c);
+                }
+                Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
+                    let now = Instant::now();
+                    for c in pending.drain(..) {
+                        if c.repl_seq > h.repl_seq {
+                            return Followed::Retry("a change beyond its commit point".into());
+                        }
+                        if let Err(e) = replica.apply(now, c) {
+                            return Followed::Retry(e.to_string());
+                        }
+                    }
+                    let seq = replica.repl_seq();
+                    self.stats.repl.seq.store(seq, Ordering::Relaxed);
+                    self.state.send_replace(StandbyState::Following {
+                        primary,
+                        epoch: replica.epoch(),
+                        repl_seq: seq,
+                    });
+                    out.clear();
+                    put_frame(&Frame::from(proto::ReplAck { repl_seq: seq }), &mut out);
+                    if conn.writer.write_all(&out).await.is_err() {
+                        return lost(replica);
+                    }
+                }
+                Some(Kind::Heartbeat(h)) => {
+                    if h.epoch > replica.epoch() {
+                        return Followed::Retry("the primary's epoch changed".into());
+                    }
+                }
+                Some(Kind::Snapshot(s)) => {
+                    pending.clear();
+                    replica = match self.restore(&s) {
+                        Ok(r) => r,
+                        Err(e) => return Followed::Retry(e),
+                    };
+                    tracing::info!(
+                        repl_seq = s.repl_seq,
+                        "resynchronised from a fresh snapshot"
+                    );
+                }
+                Some(Kind::Error(e)) => return Followed::Retry(e.message),
+                _ => {}
+            }
+        }
+    }
+
+    fn restore(&self, snapshot: &proto::Snapshot) -> Result<Replica, String> {
+        let config = self.router_config(snapshot.epoch);
+        Replica::new(Instant::now(), snapshot, config, self.stats.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn take_over(
+        &self,
+        replica: Replica,
+        primary: SocketAddr,
+        old_instance: &str,
+    ) -> Result<HubHandle, HubError> {
+        let started = Instant::now();
+        let epoch = replica.epoch() + 1;
+        let listener = bind_taken_port(primary, &self.config.bind).await?;
+        let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
+            addr: primary.to_string(),
+            source,
+        })?;
+        // The failed primary's hint names its instance; ours replaces it.
+        let dir = self.config.hint_dir.clone().or_else(|| runtime_dir().ok());
+        if let Some(dir) = dir {
+            let name =
+                switchboard_discovery::Hint::new(&self.config.service, primary, old_instance)
+                    .file_name();
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        let identity = proto::HubIdentity {
+            service: self.config.service.clone(),
+            instance_id: self.instance_id.clone(),
+            pid: std::process::id(),
+            port: u32::from(local_addr.port()),
+            epoch,
+            started_at_ms: now_ms(),
+            role: proto::Role::Primary as i32,
+        };
+        let clients = replica.router().client_count();
+        let router = replica.into_router(Instant::now(), identity.clone(), self.config.keepalive);
+        let mut config = self.config.clone();
+        config.epoch = epoch;
+        *self.stats.repl.peer.lock() = String::new();
+        let handle =
+            crate::hub::serve(config, listener, identity, router, self.stats.clone()).await?;
+        tracing::warn!(addr = %local_addr, epoch, clients, ms = started.elapsed().as_millis() as u64, "took over from the failed primary");
+        self.state.send_replace(StandbyState::Primary {
+            addr: local_addr,
+            epoch,
+        });
+        Ok(handle)
+    }
+}
+
+/// Binds the failed primary's address, retrying briefly while its socket
+/// lingers; else a port as `fallback` says.
+async fn bind_taken_port(
+    primary: SocketAddr,
+    fallback: &BindOptions,
+) -> Result<tokio::net::TcpListener, HubError> {
+    let opts = BindOptions {
+        ip: primary.ip(),
+        port: PortChoice::Fixed(primary.port()),
+        attempts: 1,
+    };
+    let until = Instant::now() + BIND_RETRY;
+    loop {
+        match bind(&opts).await {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() < until => {
+                tracing::debug!(error = %e, "the primary's port is still taken; retrying");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, addr = %primary, "cannot bind the primary's port (is the old primary alive?); binding another");
+                return bind(fallback).await.map_err(|source| HubError::Bind {
+                    addr: format!("{}", fallback.ip),
+                    source,
+                });
+            }
+        }
+    }
+}
