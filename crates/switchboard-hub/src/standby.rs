@@ -552,8 +552,10 @@ impl StandbyHandle {
 
     /// Replication counters: the primary followed, the last change held.
     pub fn status(&self) -> proto::Status {
-        let mut status = proto::Status::default();
-        status.standby_addr = self.stats.repl.peer.lock().clone();
+        let mut status = proto::Status {
+            standby_addr: self.stats.repl.peer.lock().clone(),
+            ..Default::default()
+        };
         status.counters.insert(
             "repl_seq".into(),
             self.stats.repl.seq.load(Ordering::Relaxed),
@@ -925,10 +927,8 @@ impl Standby {
                         return lost(replica);
                     }
                 }
-                Some(Kind::Heartbeat(h)) => {
-                    if h.epoch > replica.epoch() {
-                        return Followed::Retry("the primary's epoch changed".into());
-                    }
+                Some(Kind::Heartbeat(h)) if h.epoch > replica.epoch() => {
+                    return Followed::Retry("the primary's epoch changed".into());
                 }
                 Some(Kind::Snapshot(s)) => {
                     pending.clear();
