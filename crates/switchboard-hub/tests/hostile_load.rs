@@ -50,7 +50,7 @@ async fn pipeline(
     expect: usize,
 ) -> Result<Vec<Frame>> {
     let mut got = Vec::with_capacity(expect);
-    pipeline_each(c, n, make, expect, |f| {
+    pipeline_each(c, n, make, expect, u64::MAX, |f| {
         got.push(f);
         Ok(())
     })
@@ -59,19 +59,39 @@ async fn pipeline(
 }
 
 /// [`pipeline`], handing each answer to `each` as it arrives instead of
-/// keeping them (a million answers would take hundreds of MiB).
+/// keeping them (a million answers would take hundreds of MiB), and with at
+/// most `window` frames sent ahead of the answers read (each frame must be
+/// answered once). A client that sends a million frames without reading
+/// falls behind on a loaded machine, and the hub rightly cuts it as a slow
+/// consumer when its answers pass the queue's hard limit (64 MiB).
 async fn pipeline_each(
     c: &mut TestClient,
     n: u64,
     make: impl Fn(u64) -> Frame,
     expect: usize,
+    window: u64,
     mut each: impl FnMut(Frame) -> Result<()>,
 ) -> Result<()> {
     let (mut rd, mut wr) = c.stream.split();
+    let answered = AtomicU64::new(0);
+    let progress = tokio::sync::Notify::new();
     let write = async {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::new();
         for i in 0..n {
+            loop {
+                let more = progress.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                if i.saturating_sub(answered.load(Ordering::Acquire)) < window {
+                    break;
+                }
+                if !buf.is_empty() {
+                    wr.write_all(&buf).await?;
+                    buf.clear();
+                }
+                more.await;
+            }
             codec.encode(make(i), &mut buf)?;
             if buf.len() > 64 * 1024 {
                 wr.write_all(&buf).await?;
@@ -90,6 +110,8 @@ async fn pipeline_each(
                 each(f)?;
                 got += 1;
             }
+            answered.store(got as u64, Ordering::Release);
+            progress.notify_waiters();
             if got >= expect {
                 break;
             }
@@ -100,8 +122,10 @@ async fn pipeline_each(
         }
         Ok(())
     };
-    let (w, r) =
-        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(write, read) }).await?;
+    let (w, r) = tokio::time::timeout(Duration::from_secs(180), async {
+        tokio::join!(write, read)
+    })
+    .await?;
     w?;
     r
 }
@@ -192,6 +216,7 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
             .into()
         },
         subs as usize,
+        100_000,
         |f| {
             // Answered once each, in order.
             match f.kind {
