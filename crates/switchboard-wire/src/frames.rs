@@ -98,6 +98,30 @@ impl From<Kind> for Frame {
     }
 }
 
+/// Whether frames of this kind change a hub's state or carry a client's
+/// message: the kinds a hub logs for its standby, and the kinds a
+/// reliable client numbers (`Frame.seq`), keeps until acknowledged and
+/// resends after a resume. Everything else (pings, gets, client lists,
+/// status, acks, goodbyes) travels with `seq = 0`.
+pub fn is_logged_kind(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Publish(_)
+            | Kind::Direct(_)
+            | Kind::Request(_)
+            | Kind::Reply(_)
+            | Kind::Broadcast(_)
+            | Kind::Session(_)
+            | Kind::Subscribe(_)
+            | Kind::Unsubscribe(_)
+            | Kind::KvSet(_)
+            | Kind::KvDelete(_)
+            | Kind::KvWatch(_)
+            | Kind::KvUnwatch(_)
+            | Kind::PresenceWatch(_)
+    )
+}
+
 impl Frame {
     /// A frame carrying `kind`, unsequenced.
     pub fn new(kind: impl Into<Frame>) -> Frame {

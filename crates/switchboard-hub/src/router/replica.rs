@@ -64,7 +64,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use switchboard_wire::proto::{self, change::Op, frame::Kind};
+use switchboard_wire::proto::{self, change::Op};
 use switchboard_wire::Frame;
 
 use super::{HubStats, Input, Router, RouterConfig};
@@ -321,25 +321,7 @@ impl Journal {
     }
 }
 
-/// Whether frames of this kind go into the change log.
-pub(super) fn logged_kind(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Publish(_)
-            | Kind::Direct(_)
-            | Kind::Request(_)
-            | Kind::Reply(_)
-            | Kind::Broadcast(_)
-            | Kind::Session(_)
-            | Kind::Subscribe(_)
-            | Kind::Unsubscribe(_)
-            | Kind::KvSet(_)
-            | Kind::KvDelete(_)
-            | Kind::KvWatch(_)
-            | Kind::KvUnwatch(_)
-            | Kind::PresenceWatch(_)
-    )
-}
+pub(super) use switchboard_wire::is_logged_kind as logged_kind;
 
 /// An outbox that discards everything pushed to it: a ghost never fills,
 /// so it never parks, drops or gets disconnected for being slow.

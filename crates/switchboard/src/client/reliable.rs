@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use switchboard_wire::{Frame, Kind};
+use switchboard_wire::Frame;
 
 /// The feature a client lists in `Hello.features` (and a hub in
 /// `Welcome.features`) to sequence both directions.
@@ -27,28 +27,7 @@ pub const DEFAULT_RETAIN_BYTES: usize = 64 * 1024 * 1024;
 /// Acknowledge at least every this many frames within one long read batch.
 pub(crate) const ACK_EVERY: u32 = 64;
 
-/// Whether frames of this kind are sequenced (and thus retransmitted and
-/// deduplicated) on a reliable connection: the kinds the hub logs for its
-/// standby. Everything else (pings, gets, lists, status, acks, goodbyes)
-/// travels with `seq = 0`.
-pub(crate) fn logged_kind(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Publish(_)
-            | Kind::Direct(_)
-            | Kind::Request(_)
-            | Kind::Reply(_)
-            | Kind::Broadcast(_)
-            | Kind::Session(_)
-            | Kind::Subscribe(_)
-            | Kind::Unsubscribe(_)
-            | Kind::KvSet(_)
-            | Kind::KvDelete(_)
-            | Kind::KvWatch(_)
-            | Kind::KvUnwatch(_)
-            | Kind::PresenceWatch(_)
-    )
-}
+pub(crate) use switchboard_wire::is_logged_kind as logged_kind;
 
 struct Kept {
     seq: u64,
@@ -216,7 +195,7 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_wire::proto;
+    use switchboard_wire::{proto, Kind};
 
     fn publish(n: u8) -> Frame {
         Frame::publish("t", vec![n])
