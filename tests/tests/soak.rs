@@ -1,20 +1,23 @@
 //! A mixed soak run through the `Client` API against an in-process hub:
 //! request/reply, confirmed direct messages, pub/sub fan-out, key/value
-//! watches, clients joining and leaving at random, and a subscriber that
+//! watches, sessions (a session manager pushing RPCs to two agents over
+//! the hub), clients joining and leaving at random, and a subscriber that
 //! never reads. Reliable flows are sequence-checked (zero loss, zero
-//! duplicates); the process's resident memory is sampled once a second and
+//! duplicates; each agent runs its RPCs one at a time, in order, once); the process's resident memory is sampled once a second and
 //! its open file descriptors are counted before and after.
 //!
 //! Duration: `SWITCHBOARD_SOAK_SECS` (default 10). Run the long version with
 //! `SWITCHBOARD_SOAK_SECS=600 cargo test -p switchboard-tests --release
 //! --test soak -- --nocapture`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use bytes::Bytes;
+use switchboard::session::driver::{ManagerOptions, Methods};
+use switchboard::session::AgentConfig;
 use switchboard::{Client, MessageKind};
 use switchboard_tests::{client, hub, within};
 
@@ -54,6 +57,20 @@ struct Counts {
     kv_sets: AtomicU64,
     kv_events: AtomicU64,
     joins: AtomicU64,
+    session_rpcs: AtomicU64,
+}
+
+/// What one session agent ran, checked as it runs (a log of every task
+/// would grow the memory the soak measures): how many tasks, how many did
+/// not carry the next sequence number, how often a task started while
+/// another was running.
+#[derive(Default)]
+struct AgentLog {
+    next: Mutex<u64>,
+    ran: AtomicU64,
+    out_of_order: AtomicU64,
+    running: AtomicUsize,
+    overlaps: AtomicUsize,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,6 +261,69 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
         })
     };
 
+    // Sessions: a manager pushes batches of 4 RPCs to each of two agents
+    // and checks every result; the agents log what they ran.
+    let acs = client(&hub, "acs").await?;
+    let mut opts = ManagerOptions::default();
+    opts.config.max_in_flight = 8;
+    let manager = acs.session_manager(opts);
+    let mut agents = Vec::new();
+    let mut logs = Vec::new();
+    for a in 0..2u64 {
+        let id = format!("cpe-{a}");
+        let cpe = client(&hub, &id).await?;
+        let log = Arc::new(AgentLog::default());
+        let l = log.clone();
+        let methods = Methods::new().add("Step", move |p: Bytes| {
+            let l = l.clone();
+            async move {
+                if l.running.fetch_add(1, Ordering::SeqCst) > 0 {
+                    l.overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let seq = parse(&p).map_or(0, |(_, seq)| seq);
+                {
+                    let mut next = l.next.lock().expect("log lock");
+                    if seq != *next + 1 {
+                        l.out_of_order.fetch_add(1, Ordering::SeqCst);
+                    }
+                    *next = seq;
+                }
+                l.ran.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                l.running.fetch_sub(1, Ordering::SeqCst);
+                Ok(p)
+            }
+        });
+        let agent = cpe.session_agent("acs", AgentConfig::new(id), methods);
+        agents.push((cpe, agent));
+        logs.push(log);
+    }
+    let pushed = {
+        let (stop, counts, manager) = (stop.clone(), counts.clone(), manager.clone());
+        tokio::spawn(async move {
+            let mut seqs = [0u64; 2];
+            while !stop.load(Ordering::Relaxed) {
+                for (a, seq) in seqs.iter_mut().enumerate() {
+                    let mut pending = Vec::new();
+                    for _ in 0..4 {
+                        *seq += 1;
+                        let payload = seq_payload(a as u64, *seq);
+                        let p = manager
+                            .push(format!("cpe-{a}"), "Step", payload.clone())
+                            .await?;
+                        pending.push((payload, p));
+                    }
+                    for (payload, p) in pending {
+                        let r = within(p).await??;
+                        ensure!(r.payload == payload, "agent {a}: a result differs");
+                        counts.session_rpcs.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(seqs)
+        })
+    };
+
     // Churn: clients join, ask once, leave.
     {
         let (stop, counts) = (stop.clone(), counts.clone());
@@ -294,6 +374,20 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
         kept.push(within(s).await???);
     }
     within(sink_check).await???;
+    let seqs = within(pushed).await???;
+    for (a, log) in logs.iter().enumerate() {
+        let ran = log.ran.load(Ordering::SeqCst);
+        let out_of_order = log.out_of_order.load(Ordering::SeqCst);
+        ensure!(
+            ran == seqs[a] && out_of_order == 0,
+            "agent {a} ran {ran} tasks for {} RPCs, {out_of_order} out of order",
+            seqs[a]
+        );
+        ensure!(
+            log.overlaps.load(Ordering::SeqCst) == 0,
+            "agent {a}: tasks overlapped"
+        );
+    }
     let last_version = within(watch_check).await???;
     publisher
         .publish("fan.end", seq_payload(0, u64::MAX))
@@ -317,7 +411,8 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
     let c = &counts;
     println!(
         "soak {secs} s: {} requests, {} confirmed directs ({} checked), {} published x3 readers ({} delivered), \
-         {} kv sets ({} watch events), {} clients joined and left, lazy subscriber dropped {} (hub dropped {})",
+         {} kv sets ({} watch events), {} session RPCs ({} and {} run by the agents, in order), \
+         {} clients joined and left, lazy subscriber dropped {} (hub dropped {})",
         c.requests.load(Ordering::Relaxed),
         c.directs.load(Ordering::Relaxed),
         sink_done.load(Ordering::Relaxed),
@@ -325,6 +420,9 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
         c.delivered.load(Ordering::Relaxed),
         c.kv_sets.load(Ordering::Relaxed),
         c.kv_events.load(Ordering::Relaxed),
+        c.session_rpcs.load(Ordering::Relaxed),
+        seqs[0],
+        seqs[1],
         c.joins.load(Ordering::Relaxed),
         lazy.dropped(),
         status.dropped,
@@ -336,6 +434,10 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
         .collect();
     println!("rss MiB: {}", curve_text.join(" "));
     ensure!(c.requests.load(Ordering::Relaxed) > 0 && c.joins.load(Ordering::Relaxed) > 0);
+    ensure!(
+        c.session_rpcs.load(Ordering::Relaxed) > 0,
+        "no session RPCs ran"
+    );
     ensure!(
         published <= 16 || lazy.dropped() > 0,
         "the lazy subscriber never overflowed"
@@ -357,6 +459,12 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
     );
 
     // Everything closes; the descriptors come back.
+    for (cpe, agent) in agents {
+        let _ = agent.shutdown().await;
+        cpe.close().await;
+    }
+    manager.shutdown().await;
+    acs.close().await;
     for c in kept.into_iter().chain(reader_clients) {
         c.close().await;
     }

@@ -695,11 +695,7 @@ impl Router {
                         self.to_kill.push(key);
                     }
                     if self.journal.is_on() {
-                        let change = proto::ClientFrame {
-                            client_id: c.id.clone(),
-                            frame: Some(Box::new(out.clone().into_frame())),
-                        };
-                        self.journal.push_sent(change);
+                        self.journal.push_sent(&c.id, out.clone());
                     }
                 }
             }

@@ -233,25 +233,26 @@ impl RouterTask {
             }
             match &link {
                 Some(l) if !l.alive.is_cancelled() => {
-                    changes.clear();
-                    let resync = self.router.take_changes(&mut changes).is_err();
-                    let bytes = if resync {
-                        tracing::warn!(
-                            "change log overflowed; sending the standby a fresh snapshot"
-                        );
-                        Some(self.snapshot_bytes(false))
-                    } else if !changes.is_empty() {
-                        let mut buf = BytesMut::new();
-                        for c in changes.drain(..) {
-                            put_frame(&Frame::from(c), &mut buf);
+                    let mut buf = BytesMut::new();
+                    let bytes = match self.router.take_encoded(&mut buf) {
+                        Err(_) => {
+                            tracing::warn!(
+                                "change log overflowed; sending the standby a fresh snapshot"
+                            );
+                            Some(self.snapshot_bytes(false))
                         }
-                        put_frame(
-                            &heartbeat(self.epoch(), self.router.repl_seq(), proto::Role::Primary),
-                            &mut buf,
-                        );
-                        Some(buf.freeze())
-                    } else {
-                        None
+                        Ok(0) => None,
+                        Ok(_) => {
+                            put_frame(
+                                &heartbeat(
+                                    self.epoch(),
+                                    self.router.repl_seq(),
+                                    proto::Role::Primary,
+                                ),
+                                &mut buf,
+                            );
+                            Some(buf.freeze())
+                        }
                     };
                     if let Some(bytes) = bytes {
                         self.ship(l, bytes).await;
@@ -413,7 +414,8 @@ pub(crate) async fn serve_link<S: Stream>(
     let (mut rd, mut wr) = stream.halves();
     let epoch = shared.identity.epoch;
     let writer = async {
-        let mut ticker = tokio::time::interval(interval);
+        // The first frames are the router's ReplHello and snapshot.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wrote = false;
         loop {
@@ -843,7 +845,16 @@ impl Standby {
         let silence = self.config.heartbeat_interval * self.config.heartbeat_misses;
         // The opening: ReplHello, then a snapshot.
         let first = tokio::time::timeout(self.config.handshake_timeout, async {
-            let hello = match conn.reader.next().await {
+            let mut next = conn.reader.next().await;
+            // Liveness heartbeats may come first.
+            while let Some(Ok(Frame {
+                kind: Some(Kind::Heartbeat(_)),
+                ..
+            })) = &next
+            {
+                next = conn.reader.next().await;
+            }
+            let hello = match next {
                 Some(Ok(Frame {
                     kind: Some(Kind::ReplHello(h)),
                     ..

@@ -263,3 +263,28 @@ async fn websocket_handshake_refusals_match_tcp() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+/// A WebSocket that opens and then says nothing is cut at the handshake
+/// timeout, like a TCP one, with `HANDSHAKE_TIMEOUT`.
+#[tokio::test]
+async fn a_silent_websocket_is_cut_at_the_handshake_timeout() -> Result<()> {
+    let mut config = common::config();
+    config.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap()));
+    config.handshake_timeout = std::time::Duration::from_millis(300);
+    let hub = Hub::start(config).await?;
+    let mut ws = open(&hub).await?;
+    let opened = std::time::Instant::now();
+    match recv(&mut ws).await?.and_then(|f| f.kind) {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::HandshakeTimeout as i32),
+        other => bail!("expected HANDSHAKE_TIMEOUT, got {other:?}"),
+    }
+    assert!(recv(&mut ws).await?.is_none(), "closed after the notice");
+    let took = opened.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(250) && took < WAIT,
+        "cut after {took:?}"
+    );
+    assert_eq!(hub.status().clients, 0);
+    hub.shutdown().await;
+    Ok(())
+}

@@ -23,8 +23,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// A hub run as a separate process, to measure its own memory:
 /// `SWITCHBOARD_HOSTILE_HUB=<addr>` of `switchboard hub --token "test token"`
-/// (handshake timeout 5 s). Used by the storm and flood tests only; one test
-/// per fresh hub, as client ids repeat.
+/// (handshake timeout 5 s, default limits). Used by the storm, limit and
+/// flood tests only; one test per fresh hub, as client ids repeat.
 fn external_hub() -> Option<std::net::SocketAddr> {
     std::env::var("SWITCHBOARD_HOSTILE_HUB").ok()?.parse().ok()
 }
@@ -49,11 +49,49 @@ async fn pipeline(
     make: impl Fn(u64) -> Frame,
     expect: usize,
 ) -> Result<Vec<Frame>> {
+    let mut got = Vec::with_capacity(expect);
+    pipeline_each(c, n, make, expect, u64::MAX, |f| {
+        got.push(f);
+        Ok(())
+    })
+    .await?;
+    Ok(got)
+}
+
+/// [`pipeline`], handing each answer to `each` as it arrives instead of
+/// keeping them (a million answers would take hundreds of MiB), and with at
+/// most `window` frames sent ahead of the answers read (each frame must be
+/// answered once). A client that sends a million frames without reading
+/// falls behind on a loaded machine, and the hub rightly cuts it as a slow
+/// consumer when its answers pass the queue's hard limit (64 MiB).
+async fn pipeline_each(
+    c: &mut TestClient,
+    n: u64,
+    make: impl Fn(u64) -> Frame,
+    expect: usize,
+    window: u64,
+    mut each: impl FnMut(Frame) -> Result<()>,
+) -> Result<()> {
     let (mut rd, mut wr) = c.stream.split();
+    let answered = AtomicU64::new(0);
+    let progress = tokio::sync::Notify::new();
     let write = async {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::new();
         for i in 0..n {
+            loop {
+                let more = progress.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                if i.saturating_sub(answered.load(Ordering::Acquire)) < window {
+                    break;
+                }
+                if !buf.is_empty() {
+                    wr.write_all(&buf).await?;
+                    buf.clear();
+                }
+                more.await;
+            }
             codec.encode(make(i), &mut buf)?;
             if buf.len() > 64 * 1024 {
                 wr.write_all(&buf).await?;
@@ -66,23 +104,28 @@ async fn pipeline(
     let read = async {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::new();
-        let mut got = Vec::with_capacity(expect);
-        while got.len() < expect {
+        let mut got = 0;
+        while got < expect {
             while let Some(f) = codec.decode(&mut buf)? {
-                got.push(f);
+                each(f)?;
+                got += 1;
             }
-            if got.len() >= expect {
+            answered.store(got as u64, Ordering::Release);
+            progress.notify_waiters();
+            if got >= expect {
                 break;
             }
             buf.reserve(256 * 1024);
             if rd.read_buf(&mut buf).await? == 0 {
-                bail!("closed after {} of {expect} answers", got.len());
+                bail!("closed after {got} of {expect} answers");
             }
         }
-        Ok(got)
+        Ok(())
     };
-    let (w, r) =
-        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(write, read) }).await?;
+    let (w, r) = tokio::time::timeout(Duration::from_secs(180), async {
+        tokio::join!(write, read)
+    })
+    .await?;
     w?;
     r
 }
@@ -138,9 +181,19 @@ async fn a_storm_of_requests_to_missing_ids_answers_each_and_holds_nothing() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Result<()> {
-    const SUBS: u64 = 200_000;
-    let hub = start().await;
-    let addr = hub.local_addr();
+    // The issue's storm: 1,000,000 subscriptions from one client, 100 times
+    // the limit (about 6 s in a debug build on an idle 2-core machine).
+    let subs: u64 = std::env::var("SWITCHBOARD_STORM_SUBSCRIPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let hub = match external_hub() {
+        Some(_) => None,
+        None => Some(start().await),
+    };
+    let addr = external_hub().unwrap_or_else(|| hub.as_ref().unwrap().local_addr());
+    let subscriptions = || hub.as_ref().map(|h| h.status().subscriptions);
+    let pending = || hub.as_ref().map(|h| h.status().pending_requests);
     let limits = Limits::default();
     let mut greedy = TestClient::connect(addr, "greedy").await?;
     let mut sub = TestClient::connect(addr, "sub").await?;
@@ -148,9 +201,11 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
 
     // Subscriptions: the first `max_subscriptions` succeed, the rest get
     // LIMIT_EXCEEDED, each answered once.
-    let answers = pipeline(
+    let started = Instant::now();
+    let (mut oks, mut refused, mut next) = (0usize, 0usize, 1u64);
+    pipeline_each(
         &mut greedy,
-        SUBS,
+        subs,
         |i| {
             proto::Subscribe {
                 id: i + 1,
@@ -160,26 +215,34 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
             }
             .into()
         },
-        SUBS as usize,
+        subs as usize,
+        100_000,
+        |f| {
+            // Answered once each, in order.
+            match f.kind {
+                Some(Kind::Ok(o)) if o.id == next => oks += 1,
+                Some(Kind::Error(e))
+                    if e.id == next && e.code == ErrorCode::LimitExceeded as i32 =>
+                {
+                    refused += 1
+                }
+                other => bail!("subscribe {next}: {other:?}"),
+            }
+            next += 1;
+            Ok(())
+        },
     )
     .await?;
-    let (mut oks, mut refused) = (0usize, 0usize);
-    for (i, f) in answers.into_iter().enumerate() {
-        match f.kind {
-            Some(Kind::Ok(o)) if o.id == i as u64 + 1 => oks += 1,
-            Some(Kind::Error(e))
-                if e.id == i as u64 + 1 && e.code == ErrorCode::LimitExceeded as i32 =>
-            {
-                refused += 1
-            }
-            other => bail!("subscribe {}: {other:?}", i + 1),
-        }
-    }
+    let took = started.elapsed();
     assert_eq!(oks, limits.max_subscriptions);
-    assert_eq!(refused, SUBS as usize - limits.max_subscriptions);
-    assert_eq!(
-        hub.status().subscriptions,
-        limits.max_subscriptions as u64 + 1
+    assert_eq!(refused, subs as usize - limits.max_subscriptions);
+    if let Some(n) = subscriptions() {
+        assert_eq!(n, limits.max_subscriptions as u64 + 1);
+    }
+    println!(
+        "{subs} subscriptions from one client answered in {took:?}: {oks} accepted, \
+         {refused} LIMIT_EXCEEDED; peak rss {:.1} MiB",
+        peak_rss_mib()
     );
 
     // Watches.
@@ -229,10 +292,9 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
             other => bail!("{other:?}"),
         }
     }
-    assert_eq!(
-        hub.status().pending_requests,
-        limits.max_pending_requests as u64
-    );
+    if let Some(n) = pending() {
+        assert_eq!(n, limits.max_pending_requests as u64);
+    }
 
     // Meanwhile nothing changed for anyone else.
     let mut publisher = TestClient::connect(addr, "publisher").await?;
@@ -249,27 +311,49 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
     }
     // The greedy client's state goes away with it.
     drop(greedy);
-    tokio::time::timeout(WAIT, async {
-        while hub.status().subscriptions != 1 || hub.status().pending_requests != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await?;
-    hub.shutdown().await;
+    if let Some(hub) = hub {
+        tokio::time::timeout(WAIT, async {
+            while hub.status().subscriptions != 1 || hub.status().pending_requests != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+        hub.shutdown().await;
+    }
     Ok(())
 }
 
-/// Opens `n` connections as fast as possible; even ones stay silent, odd
-/// ones complete the handshake. Established clients exchange checked round
-/// trips throughout; every silent connection must be closed within the
-/// handshake timeout (plus scheduling slack).
+/// The soft limit on open files of this process (Linux; `None` elsewhere).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Opens `n` connections as fast as possible (the issue's 10,000 by
+/// default); even ones stay silent, odd ones try the handshake.
+/// Established clients exchange checked round trips throughout; every
+/// silent connection must be closed within the handshake timeout (plus
+/// scheduling slack); every handshake either completes (the hub then counts
+/// the client) or is refused with a close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_is_shed_while_established_clients_keep_service() -> Result<()> {
-    let n: usize = std::env::var("SWITCHBOARD_FLOOD_CONNECTIONS")
+    let mut n: usize = std::env::var("SWITCHBOARD_FLOOD_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(10_000);
     let external = external_hub();
+    // In process, both ends of every welcomed connection (up to n) and of
+    // the silent ones the hub still holds (at most `max_handshakes`, 1,024)
+    // are open at once.
+    if let Some(limit) = open_files_limit() {
+        let room = limit.saturating_sub(2 * 1024 + 512);
+        let room = if external.is_some() { room * 2 } else { room };
+        if n > room {
+            println!("RLIMIT_NOFILE {limit}: flood of {room} connections instead of {n}");
+            n = room;
+        }
+    }
     let timeout = match external {
         Some(_) => {
             switchboard_hub::HubConfig::with_secret(

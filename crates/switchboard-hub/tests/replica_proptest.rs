@@ -260,6 +260,12 @@ impl Primary {
     }
 
     fn step(&mut self, op: &Op) {
+        self.step_only(op);
+        self.collect();
+    }
+
+    /// [`Primary::step`] without taking the changes.
+    fn step_only(&mut self, op: &Op) {
         match op {
             Op::Connect(i) | Op::Resume(i, _) => {
                 self.next_conn += 1;
@@ -326,7 +332,6 @@ impl Primary {
                 self.router.handle(self.now, Input::Tick);
             }
         }
-        self.collect();
     }
 
     fn send(&mut self, i: usize, mut frames: Vec<Frame>) {
@@ -902,5 +907,44 @@ fn simultaneous_slow_consumer_disconnects_are_logged_in_client_id_order() {
             want,
             "watchers {watchers:?}, scrambled ids"
         );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        ..ProptestConfig::default()
+    })]
+
+    /// The link's encoding of the log (numbered frames encoded straight
+    /// from the queue) decodes to exactly the changes `take_changes` gives.
+    #[test]
+    fn encoded_changes_decode_to_the_logged_ones(
+        ops in proptest::collection::vec(op_strategy(), 1..120),
+    ) {
+        use tokio_util::codec::Decoder;
+        let mut a = Primary::with(config_with(1));
+        let mut b = Primary::with(config_with(1));
+        let mut encoded = bytes::BytesMut::new();
+        for i in 0..3 {
+            a.step(&Op::Connect(i));
+            b.step_only(&Op::Connect(i));
+            b.router.take_encoded(&mut encoded).expect("no overflow");
+        }
+        for op in &ops {
+            a.step(op);
+            b.step_only(op);
+            b.router.take_encoded(&mut encoded).expect("no overflow");
+        }
+        let mut codec = switchboard_wire::FrameCodec::new();
+        let mut decoded = Vec::new();
+        while let Some(f) = codec.decode(&mut encoded).expect("decodes") {
+            match f.kind {
+                Some(Kind::Change(c)) => decoded.push(*c),
+                other => panic!("not a change: {other:?}"),
+            }
+        }
+        prop_assert!(encoded.is_empty());
+        prop_assert_eq!(decoded, a.changes);
     }
 }

@@ -109,7 +109,7 @@ fn strategy_nests_frames_and_leaves_some_without_kind() {
     let mut runner = TestRunner::deterministic();
     let strategy = common::frame();
     let (mut kindless, mut in_snapshot, mut in_change) = (0, 0, 0);
-    for _ in 0..600 {
+    for _ in 0..2000 {
         match strategy.new_tree(&mut runner).unwrap().current().kind {
             None => kindless += 1,
             Some(Kind::Snapshot(s)) if s.clients.iter().any(|c| !c.unacked.is_empty()) => {

@@ -414,3 +414,69 @@ async fn a_stopped_primary_that_comes_back_is_fenced() {
     let status = c.status().await.expect("status");
     assert_eq!(status.identity.unwrap_or_default().epoch, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_progress_at_the_kill_continues_and_loses_nothing() {
+    use std::sync::Mutex;
+    use switchboard::session::driver::{ManagerOptions, Methods};
+    use switchboard::session::{AgentConfig, RetryPolicy};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut primary, standby, addr) = pair(dir.path(), "fo-session");
+    let acs = client("acs", addr).await;
+    let cpe = client("cpe-1", addr).await;
+    let mut opts = ManagerOptions::default();
+    opts.config.max_in_flight = 8;
+    let manager = acs.session_manager(opts);
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r = ran.clone();
+    let methods = Methods::new().add("Step", move |p: Bytes| {
+        let r = r.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            r.lock().expect("lock").push(number(&p));
+            Ok(p)
+        }
+    });
+    let mut config = AgentConfig::new("cpe-1");
+    // The TR-069 wait table with a short minimum, so the retry after the
+    // failed session comes within the test's patience.
+    config.retry = RetryPolicy {
+        min_wait: Duration::from_millis(100),
+        multiplier: 2000,
+    };
+    let agent = cpe.session_agent("acs", config, methods);
+    let total = 300u64;
+    let mut results = Vec::new();
+    for i in 0..total {
+        results.push(
+            manager
+                .push("cpe-1", "Step", count(i))
+                .await
+                .expect("queued"),
+        );
+    }
+    // Kill while the queue runs.
+    let deadline = Instant::now() + WAIT;
+    while ran.lock().expect("lock").len() < (total / 3) as usize {
+        assert!(Instant::now() < deadline, "the agent did not start");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    primary.kill9();
+    standby.event("ready");
+    for (i, r) in results.into_iter().enumerate() {
+        let r = tokio::time::timeout(WAIT * 2, r)
+            .await
+            .unwrap_or_else(|_| panic!("RPC {i} neither completed nor failed"))
+            .unwrap_or_else(|e| panic!("RPC {i} failed: {e}"));
+        assert_eq!(number(&r.payload), i as u64, "RPC {i}'s own result");
+    }
+    let ran = ran.lock().expect("lock").clone();
+    assert_eq!(
+        ran,
+        (0..total).collect::<Vec<_>>(),
+        "each RPC ran once, in order"
+    );
+    let _ = agent.shutdown().await;
+    manager.shutdown().await;
+}

@@ -109,8 +109,10 @@ struct ClientState {
     next_seq: u64,
     dropped: u64,
     waiters: HashMap<u64, oneshot::Sender<Frame>>,
-    /// Request id → requester, for replies that do not name `to`.
-    requests: HashMap<u64, String>,
+    /// Request id → requester, for replies that do not name `to`; `None`
+    /// when requests from more than one requester carry the id (ids are
+    /// per connection), so such a reply must name `to`.
+    requests: HashMap<u64, Option<String>>,
 }
 
 struct Mail {
@@ -221,8 +223,27 @@ fn parse<T: serde::de::DeserializeOwned>(
             )
         }
     })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad(format!("malformed JSON body: {e}; see /openapi.json")))
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "malformed JSON body: {}; see /openapi.json",
+            clipped(&e.to_string())
+        ))
+    })
+}
+
+/// Cuts text that may quote the client's input (serde quotes unknown field
+/// names and mistyped strings whole) for an error message: at most about
+/// 300 characters, keeping the end, where serde says where the error is.
+fn clipped(s: &str) -> String {
+    const HEAD: usize = 240;
+    const TAIL: usize = 48;
+    let n = s.chars().count();
+    if n <= HEAD + TAIL {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(HEAD).collect();
+    let tail: String = s.chars().skip(n - TAIL).collect();
+    format!("{head} … {tail}")
 }
 
 /// A payload given as UTF-8 text or as base64.
@@ -358,6 +379,266 @@ struct KvSetReq {
 #[serde(deny_unknown_fields)]
 struct LeaveReq {
     client: String,
+}
+
+// What each body turns into, shared by the handlers and `check_body`.
+
+impl ListenReq {
+    /// How long to hold the poll and how many messages to return at most.
+    fn bounds(&self, cfg: &HttpConfig) -> (Duration, usize) {
+        let wait = self
+            .timeout_ms
+            .map_or(cfg.poll_timeout, Duration::from_millis)
+            .min(cfg.max_poll_timeout);
+        let max = self.max.unwrap_or(DEFAULT_POLL_MAX).clamp(1, 10_000);
+        (wait, max)
+    }
+}
+
+impl SendReq {
+    fn frame(self, id: u64, from: &str) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::Direct {
+            id,
+            to: self.to,
+            from: from.to_owned(),
+            payload: self.payload.bytes()?,
+        }))
+    }
+}
+
+impl RequestReq {
+    /// The request frame and its timeout in milliseconds.
+    fn frame(self, id: u64, from: &str, cfg: &HttpConfig) -> Result<(Frame, u64), ApiError> {
+        let max_ms = cfg.max_request_timeout.as_millis() as u64;
+        let timeout_ms = self
+            .timeout_ms
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
+            .clamp(1, max_ms.max(1));
+        let frame = Frame::from(proto::Request {
+            id,
+            to: self.to,
+            from: from.to_owned(),
+            timeout_ms: u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+            payload: self.payload.bytes()?,
+            method: self.method.unwrap_or_default(),
+        });
+        Ok((frame, timeout_ms))
+    }
+}
+
+impl ReplyReq {
+    /// The reply; `remembered` is what the gateway remembers of request
+    /// `id`: nothing, its requester, or `None` when several requesters used
+    /// the id.
+    fn frame(self, from: &str, remembered: Option<Option<String>>) -> Result<Frame, ApiError> {
+        let to = match (self.to, remembered) {
+            (Some(to), _) => to,
+            (None, Some(Some(to))) => to,
+            (None, Some(None)) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "ambiguous",
+                    format!(
+                        "requests from more than one client carry id {}; give 'to' (the request's 'from')",
+                        self.id
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "no request {} is waiting for client '{}'; reply to the id of a request you received, and give 'to' if it came long ago",
+                        self.id, from
+                    ),
+                ))
+            }
+        };
+        Ok(Frame::from(proto::Reply {
+            id: self.id,
+            to,
+            from: from.to_owned(),
+            payload: self.payload.bytes()?,
+            is_error: self.is_error,
+        }))
+    }
+}
+
+impl BroadcastReq {
+    fn frame(self, id: u64, from: &str) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::Broadcast {
+            id,
+            from: from.to_owned(),
+            payload: self.payload.bytes()?,
+        }))
+    }
+}
+
+impl PublishReq {
+    fn frame(self, id: u64, from: &str) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::Publish {
+            id,
+            topic: self.topic,
+            from: from.to_owned(),
+            payload: self.payload.bytes()?,
+            reply_to: self.reply_to.unwrap_or_default(),
+        }))
+    }
+}
+
+impl SubscribeReq {
+    fn frame(self, id: u64) -> Frame {
+        Frame::from(proto::Subscribe {
+            id,
+            sub_id: id,
+            pattern: self.pattern,
+            queue_group: self.queue_group.unwrap_or_default(),
+        })
+    }
+}
+
+impl UnsubscribeReq {
+    fn frame(&self, id: u64) -> Frame {
+        Frame::from(proto::Unsubscribe {
+            id,
+            sub_id: self.sub_id,
+        })
+    }
+}
+
+impl KvGetReq {
+    fn frame(self, id: u64) -> Frame {
+        Frame::from(proto::KvGet { id, key: self.key })
+    }
+}
+
+impl KvSetReq {
+    /// Takes the value out (checked before the client is registered).
+    fn value(&mut self) -> Result<bytes::Bytes, ApiError> {
+        PayloadIn {
+            payload: self.value.take(),
+            payload_b64: self.value_b64.take(),
+        }
+        .bytes()
+        .map_err(|e| ApiError::bad(e.message.replace("payload", "value")))
+    }
+
+    fn frame(self, id: u64, value: bytes::Bytes) -> Frame {
+        Frame::from(proto::KvSet {
+            id,
+            key: self.key,
+            value,
+            expect_version: self.expect_version,
+        })
+    }
+}
+
+/// What one POST body becomes before anything reaches the router: the
+/// result of [`check_body`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CheckedBody {
+    /// The client id the call acts for.
+    pub client: String,
+    /// The frames the handler hands the router, in order, with correlation
+    /// id 1 (a reply also sends a ping with nonce 1).
+    pub frames: Vec<Frame>,
+    /// Whether the handler waits for an answer with correlation id 1.
+    pub awaits_answer: bool,
+    /// For a listen: how long the poll is held and the most messages it
+    /// returns.
+    pub poll: Option<(Duration, usize)>,
+}
+
+/// Parses and checks a POST body for `path` (e.g. `/v1/send`) exactly as
+/// its handler does before it talks to the router (JSON shape, client id,
+/// payload encodings, clamped timeouts), without a hub. An error gives the
+/// status, error code and message the handler would answer. For the fuzz
+/// target `gateway_body`; not a stable API.
+#[doc(hidden)]
+pub fn check_body(
+    path: &str,
+    body: &[u8],
+    cfg: &HttpConfig,
+) -> Result<CheckedBody, (u16, &'static str, String)> {
+    let body = Ok(Bytes::copy_from_slice(body));
+    let checked = |client: &str| validate_client_id(client).map_err(ApiError::bad);
+    let out = |client: String, frames: Vec<Frame>, awaits_answer: bool| CheckedBody {
+        client,
+        frames,
+        awaits_answer,
+        poll: None,
+    };
+    let r = match path {
+        "/v1/listen" => parse::<ListenReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let poll = Some(req.bounds(cfg));
+            Ok(CheckedBody {
+                poll,
+                ..out(req.client, Vec::new(), false)
+            })
+        }),
+        "/v1/send" => parse::<SendReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            let frame = req.frame(1, &client)?;
+            Ok(out(client, vec![frame], true))
+        }),
+        "/v1/request" => parse::<RequestReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            let (frame, _) = req.frame(1, &client, cfg)?;
+            Ok(out(client, vec![frame], true))
+        }),
+        "/v1/reply" => parse::<ReplyReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            let frame = req.frame(&client, None)?;
+            let ping = Frame::from(proto::Ping { nonce: 1 });
+            Ok(out(client, vec![frame, ping], false))
+        }),
+        "/v1/broadcast" => parse::<BroadcastReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            let frame = req.frame(1, &client)?;
+            Ok(out(client, vec![frame], true))
+        }),
+        "/v1/publish" => parse::<PublishReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            let frame = req.frame(1, &client)?;
+            Ok(out(client, vec![frame], true))
+        }),
+        "/v1/subscribe" => parse::<SubscribeReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            Ok(out(client, vec![req.frame(1)], true))
+        }),
+        "/v1/unsubscribe" => parse::<UnsubscribeReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let frame = req.frame(1);
+            Ok(out(req.client, vec![frame], true))
+        }),
+        "/v1/kv/get" => parse::<KvGetReq>(body).and_then(|req| {
+            checked(&req.client)?;
+            let client = req.client.clone();
+            Ok(out(client, vec![req.frame(1)], true))
+        }),
+        "/v1/kv/set" => parse::<KvSetReq>(body).and_then(|mut req| {
+            let value = req.value()?;
+            checked(&req.client)?;
+            let client = req.client.clone();
+            Ok(out(client, vec![req.frame(1, value)], true))
+        }),
+        "/v1/leave" => parse::<LeaveReq>(body).map(|req| out(req.client, Vec::new(), false)),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such POST route",
+        )),
+    };
+    r.map_err(|e| (e.status.as_u16(), e.code, e.message))
 }
 
 // ---- start ----
@@ -717,8 +998,18 @@ impl HttpClient {
         let bytes = mail_bytes(&frame);
         let mut st = self.state.lock();
         if let Some(Kind::Request(r)) = &frame.kind {
-            if st.requests.len() < MAX_REMEMBERED_REQUESTS {
-                st.requests.insert(r.id, r.from.clone());
+            let room = st.requests.len() < MAX_REMEMBERED_REQUESTS;
+            match st.requests.entry(r.id) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if e.get().as_deref() != Some(r.from.as_str()) {
+                        e.insert(None);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    if room {
+                        e.insert(Some(r.from.clone()));
+                    }
+                }
             }
         }
         while st.mailbox.len() >= cfg.mailbox_messages.max(1)
@@ -948,11 +1239,7 @@ async fn listen(
     let req: ListenReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let _slot = PollSlot::take(&gw, &client)?;
-    let wait = req
-        .timeout_ms
-        .map_or(gw.cfg.poll_timeout, Duration::from_millis)
-        .min(gw.cfg.max_poll_timeout);
-    let max = req.max.unwrap_or(DEFAULT_POLL_MAX).clamp(1, 10_000);
+    let (wait, max) = req.bounds(&gw.cfg);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notified = client.notify.notified();
@@ -1157,12 +1444,7 @@ async fn send(
     let req: SendReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::Direct {
-        id,
-        to: req.to,
-        from: client.id.clone(),
-        payload: req.payload.bytes()?,
-    });
+    let frame = req.frame(id, &client.id)?;
     let wait = gw.shared.limits.default_request_timeout + ANSWER_TIMEOUT;
     call(&gw, &client, id, frame, wait).await?;
     ok_json(json!({ "queued": true }))
@@ -1177,19 +1459,7 @@ async fn request(
     let req: RequestReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let max_ms = gw.cfg.max_request_timeout.as_millis() as u64;
-    let timeout_ms = req
-        .timeout_ms
-        .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
-        .clamp(1, max_ms.max(1));
-    let frame = Frame::from(proto::Request {
-        id,
-        to: req.to,
-        from: client.id.clone(),
-        timeout_ms: u32::try_from(timeout_ms).unwrap_or(u32::MAX),
-        payload: req.payload.bytes()?,
-        method: req.method.unwrap_or_default(),
-    });
+    let (frame, timeout_ms) = req.frame(id, &client.id, &gw.cfg)?;
     // The hub answers TIMEOUT itself at the deadline; the slack covers a
     // busy hub.
     let wait = Duration::from_millis(timeout_ms) + ANSWER_TIMEOUT;
@@ -1216,24 +1486,17 @@ async fn reply(
 ) -> ApiResult {
     let req: ReplyReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
-    let remembered = client.state.lock().requests.remove(&req.id);
-    let Some(to) = req.to.or(remembered) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "no request {} is waiting for client '{}'; reply to the id of a request you received, and give 'to' if it came long ago",
-                req.id, client.id
-            ),
-        ));
+    let remembered = {
+        let mut st = client.state.lock();
+        match (&req.to, st.requests.get(&req.id)) {
+            // Answered: forget it. An ambiguous id stays so until the
+            // remembered set is dropped with the client.
+            (None, Some(Some(_))) => st.requests.remove(&req.id),
+            (Some(to), Some(Some(known))) if to == known => st.requests.remove(&req.id),
+            (_, known) => known.cloned(),
+        }
     };
-    let frame = Frame::from(proto::Reply {
-        id: req.id,
-        to,
-        from: client.id.clone(),
-        payload: req.payload.bytes()?,
-        is_error: req.is_error,
-    });
+    let frame = req.frame(&client.id, remembered)?;
     // Replies have no answer; a ping behind it tells when the router took it.
     let nonce = client.next_id();
     let frames = vec![frame, Frame::from(proto::Ping { nonce })];
@@ -1265,11 +1528,7 @@ async fn broadcast(
     let req: BroadcastReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::Broadcast {
-        id,
-        from: client.id.clone(),
-        payload: req.payload.bytes()?,
-    });
+    let frame = req.frame(id, &client.id)?;
     call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     ok_json(json!({ "sent": true }))
 }
@@ -1283,13 +1542,7 @@ async fn publish(
     let req: PublishReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::Publish {
-        id,
-        topic: req.topic,
-        from: client.id.clone(),
-        payload: req.payload.bytes()?,
-        reply_to: req.reply_to.unwrap_or_default(),
-    });
+    let frame = req.frame(id, &client.id)?;
     call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     ok_json(json!({ "published": true }))
 }
@@ -1303,12 +1556,7 @@ async fn subscribe(
     let req: SubscribeReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::Subscribe {
-        id,
-        sub_id: id,
-        pattern: req.pattern,
-        queue_group: req.queue_group.unwrap_or_default(),
-    });
+    let frame = req.frame(id);
     call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     ok_json(json!({ "sub_id": id }))
 }
@@ -1322,10 +1570,7 @@ async fn unsubscribe(
     let req: UnsubscribeReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::Unsubscribe {
-        id,
-        sub_id: req.sub_id,
-    });
+    let frame = req.frame(id);
     call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     ok_json(json!({ "unsubscribed": true }))
 }
@@ -1339,7 +1584,7 @@ async fn kv_get(
     let req: KvGetReq = parse(body)?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::KvGet { id, key: req.key });
+    let frame = req.frame(id);
     let answer = call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     let Some(Kind::KvValue(v)) = answer.kind else {
         return Err(ApiError::new(
@@ -1364,21 +1609,11 @@ async fn kv_set(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let req: KvSetReq = parse(body)?;
-    let value = PayloadIn {
-        payload: req.value,
-        payload_b64: req.value_b64,
-    }
-    .bytes()
-    .map_err(|e| ApiError::bad(e.message.replace("payload", "value")))?;
+    let mut req: KvSetReq = parse(body)?;
+    let value = req.value()?;
     let client = gw.client(&req.client, peer, &headers).await?;
     let id = client.next_id();
-    let frame = Frame::from(proto::KvSet {
-        id,
-        key: req.key,
-        value,
-        expect_version: req.expect_version,
-    });
+    let frame = req.frame(id, value);
     let answer = call(&gw, &client, id, frame, ANSWER_TIMEOUT).await?;
     let Some(Kind::KvValue(v)) = answer.kind else {
         return Err(ApiError::new(
@@ -1401,7 +1636,7 @@ async fn leave(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejectio
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no HTTP client '{}' is registered", req.client),
+            format!("no HTTP client '{}' is registered", clipped(&req.client)),
         )),
     }
 }

@@ -84,6 +84,8 @@ impl HttpConfig {
 }
 
 pub(crate) use http::start;
+#[doc(hidden)]
+pub use http::{check_body, CheckedBody};
 
 /// Every route the gateway serves, as `(method, path)`; the OpenAPI
 /// document lists exactly these (checked by a test).

@@ -62,6 +62,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{BufMut, BytesMut};
 use prost::Message;
 use switchboard_wire::proto::{self, change::Op, frame::Kind};
 use switchboard_wire::Frame;
@@ -160,6 +161,104 @@ pub enum ReplicaError {
     Stopped,
 }
 
+/// One logged change. A `sent` frame is kept as the queued [`Out`] and
+/// encoded straight onto the link, never decoded into a `Frame`.
+#[derive(Debug)]
+enum Logged {
+    Change(proto::Change),
+    Sent {
+        repl_seq: u64,
+        client_id: String,
+        out: Out,
+    },
+}
+
+/// Field numbers used to encode a `sent` change by hand.
+const FRAME_CHANGE_FIELD: u32 = 92;
+const CHANGE_SENT_FIELD: u32 = 13;
+
+impl Logged {
+    fn into_change(self) -> proto::Change {
+        match self {
+            Logged::Change(c) => c,
+            Logged::Sent {
+                repl_seq,
+                client_id,
+                out,
+            } => proto::Change {
+                repl_seq,
+                op: Some(Op::Sent(Box::new(proto::ClientFrame {
+                    client_id,
+                    frame: Some(Box::new(out.into_frame())),
+                }))),
+            },
+        }
+    }
+
+    /// Length of the whole link frame: the `Frame{change}` body.
+    fn sent_lens(repl_seq: u64, client_id: &str, out: &Out) -> (usize, usize, usize, usize) {
+        use prost::encoding::encoded_len_varint as v;
+        let inner = out.encoded_len();
+        let id = if client_id.is_empty() {
+            0
+        } else {
+            1 + v(client_id.len() as u64) + client_id.len()
+        };
+        let cf = id + 1 + v(inner as u64) + inner;
+        let change = 1 + v(repl_seq) + 1 + v(cf as u64) + cf;
+        let frame = 2 + v(change as u64) + change;
+        (frame, change, cf, inner)
+    }
+
+    /// Appends the length-prefixed link frame carrying this change.
+    fn encode(&self, buf: &mut BytesMut) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        match self {
+            Logged::Change(c) => {
+                let frame = Frame::from(c.clone());
+                let len = frame.encoded_len();
+                buf.reserve(4 + len);
+                buf.put_u32(len as u32);
+                let _ = frame.encode(buf);
+            }
+            Logged::Sent {
+                repl_seq,
+                client_id,
+                out,
+            } => {
+                let (frame, change, cf, inner) = Self::sent_lens(*repl_seq, client_id, out);
+                buf.reserve(4 + frame);
+                buf.put_u32(frame as u32);
+                encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, buf);
+                encode_varint(change as u64, buf);
+                encode_key(1, WireType::Varint, buf);
+                encode_varint(*repl_seq, buf);
+                encode_key(CHANGE_SENT_FIELD, WireType::LengthDelimited, buf);
+                encode_varint(cf as u64, buf);
+                if !client_id.is_empty() {
+                    encode_key(1, WireType::LengthDelimited, buf);
+                    encode_varint(client_id.len() as u64, buf);
+                    buf.put_slice(client_id.as_bytes());
+                }
+                encode_key(2, WireType::LengthDelimited, buf);
+                encode_varint(inner as u64, buf);
+                out.encode_body(buf);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Logged::Change(c) => c.encoded_len(),
+            Logged::Sent {
+                repl_seq,
+                client_id,
+                out,
+            } => Self::sent_lens(*repl_seq, client_id, out).0,
+        }
+    }
+}
+
 /// The primary's side of the change log, kept in the router.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
@@ -167,7 +266,7 @@ pub(crate) struct Journal {
     limits: Option<ChangeLogLimits>,
     /// Sequence number of the last change (or the snapshot restored).
     seq: u64,
-    changes: Vec<proto::Change>,
+    changes: Vec<Logged>,
     bytes: usize,
     /// Changes discarded since the last take.
     lost: u64,
@@ -182,22 +281,35 @@ impl Journal {
         self.limits.is_some()
     }
 
-    pub(crate) fn push_sent(&mut self, sent: proto::ClientFrame) {
-        self.push(Op::Sent(Box::new(sent)));
+    pub(crate) fn push_sent(&mut self, client_id: &str, out: Out) {
+        if self.limits.is_none() {
+            return;
+        }
+        self.push_logged(Logged::Sent {
+            repl_seq: self.seq + 1,
+            client_id: client_id.to_owned(),
+            out,
+        });
     }
 
     fn push(&mut self, op: Op) {
+        if self.limits.is_none() {
+            return;
+        }
+        self.push_logged(Logged::Change(proto::Change {
+            repl_seq: self.seq + 1,
+            op: Some(op),
+        }));
+    }
+
+    fn push_logged(&mut self, change: Logged) {
         let Some(limits) = self.limits else { return };
         self.seq += 1;
         if self.lost > 0 {
             self.lost += 1;
             return;
         }
-        let change = proto::Change {
-            repl_seq: self.seq,
-            op: Some(op),
-        };
-        let len = change.encoded_len();
+        let len = change.len();
         if self.changes.len() >= limits.max_changes || self.bytes + len > limits.max_bytes {
             self.lost = self.changes.len() as u64 + 1;
             self.changes = Vec::new();
@@ -288,8 +400,26 @@ impl Router {
             let lost = std::mem::take(&mut j.lost);
             return Err(ChangeLogOverflow { lost });
         }
-        out.append(&mut j.changes);
+        out.extend(j.changes.drain(..).map(Logged::into_change));
         Ok(())
+    }
+
+    /// Like [`Router::take_changes`], but appends the changes to `buf` as
+    /// length-prefixed `Frame{change}`s, ready for the replication link;
+    /// returns how many.
+    pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
+        let j = &mut self.journal;
+        j.bytes = 0;
+        if j.lost > 0 {
+            let lost = std::mem::take(&mut j.lost);
+            j.changes.clear();
+            return Err(ChangeLogOverflow { lost });
+        }
+        let n = j.changes.len();
+        for c in j.changes.drain(..) {
+            c.encode(buf);
+        }
+        Ok(n)
     }
 
     /// Refuses key/value entries this router's limits would never have

@@ -72,7 +72,8 @@ impl TestClient {
         }
     }
 
-    /// Runs the handshake; returns the hub's refusal frame, if any.
+    /// Runs the handshake; returns the hub's refusal frame (an empty frame
+    /// when the hub closed without one), `None` once welcomed.
     pub async fn handshake(&mut self, id: &str, secret: &Secret) -> Result<Option<Frame>> {
         let client_nonce = nonce();
         self.send(proto::Hello {
@@ -85,7 +86,9 @@ impl TestClient {
         .await?;
         let challenge = match self.recv().await?.and_then(|f| f.kind) {
             Some(Kind::Challenge(c)) => c,
-            other => return Ok(other.map(Frame::from)),
+            // A close without a frame (refused at accept) is a refusal too,
+            // never a success.
+            other => return Ok(Some(other.map(Frame::from).unwrap_or_default())),
         };
         let identity = challenge
             .identity

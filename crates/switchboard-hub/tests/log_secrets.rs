@@ -1,0 +1,197 @@
+//! No secret, token or proof reaches the hub's logs: every `tracing` event
+//! and span of a run with failed and successful handshakes, wrong and right
+//! HTTP tokens (header and query), a probe and a protocol error is recorded
+//! at every level and searched for the key, the token text, the HTTP bearer
+//! token and the proofs exchanged.
+//!
+//! Its own test binary, as it installs a global subscriber.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Result};
+use common::{config, TestClient, WAIT};
+use switchboard_discovery::{client_proof, nonce, Secret};
+use switchboard_hub::{http_token, HttpConfig, Hub};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{PROBE_MAGIC, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+/// Records every field of every span and event as text.
+struct Recorder {
+    text: Arc<Mutex<String>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+        self.0.push_str(&String::from_utf8_lossy(value));
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut t = self.text.lock().unwrap();
+        t.push_str(span.metadata().name());
+        span.record(&mut Fields(&mut t));
+        t.push('\n');
+        Id::from_u64(
+            self.next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .max(1),
+        )
+    }
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        let mut t = self.text.lock().unwrap();
+        values.record(&mut Fields(&mut t));
+        t.push('\n');
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut t = self.text.lock().unwrap();
+        t.push_str(event.metadata().level().as_str());
+        event.record(&mut Fields(&mut t));
+        t.push('\n');
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+async fn http(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = auth {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await??;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_token_or_proof_is_logged() -> Result<()> {
+    let text = Arc::new(Mutex::new(String::new()));
+    tracing::subscriber::set_global_default(Recorder {
+        text: text.clone(),
+        next: 1.into(),
+    })?;
+
+    let key = *b"0123456789abcdef0123456789ABCDEF";
+    let secret = Secret::from_bytes(key);
+    let bearer = http_token(&secret);
+    let mut cfg = config();
+    cfg.secret = Secret::from_bytes(key);
+    cfg.http = Some(HttpConfig::new("127.0.0.1:0".parse()?));
+    let hub = Hub::start(cfg).await?;
+    let addr = hub.local_addr();
+    let http_addr = hub.http_addr().expect("gateway runs");
+    let mut proofs: Vec<Vec<u8>> = Vec::new();
+
+    // A probe, a wrong secret, the right one, then a protocol error.
+    let mut c = TestClient::connect_raw(addr).await?;
+    c.send(proto::Probe {
+        magic: PROBE_MAGIC,
+        version: PROTOCOL_VERSION,
+        service: "hubtest".into(),
+        nonce: nonce().to_vec().into(),
+    })
+    .await?;
+    for f in c.expect_closed().await? {
+        if let Some(Kind::ProbeReply(r)) = f.kind {
+            proofs.push(r.proof.to_vec());
+        }
+    }
+    let mut c = TestClient::connect_raw(addr).await?;
+    let client_nonce = nonce();
+    c.send(proto::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: "wrong".into(),
+        client_nonce: client_nonce.to_vec().into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Challenge(ch)) = c.expect().await?.kind else {
+        bail!("no challenge")
+    };
+    proofs.push(ch.proof.to_vec());
+    let wrong = client_proof(
+        &Secret::from_token("not the secret"),
+        &ch.hub_nonce,
+        &client_nonce,
+        "wrong",
+    );
+    proofs.push(wrong.to_vec());
+    c.send(proto::Auth {
+        proof: wrong.to_vec().into(),
+    })
+    .await?;
+    c.expect_closed().await?;
+    let mut c = TestClient::connect_raw(addr).await?;
+    assert!(c.handshake("right", &secret).await?.is_none());
+    c.send_bytes(&[0, 0, 0, 2, 0xff, 0xff]).await?;
+    c.expect_closed().await?;
+
+    // HTTP: no token, a wrong one, the right one in the header and in the
+    // query string.
+    let wrong_bearer = "f".repeat(64);
+    assert!(http(http_addr, "/v1/status", None).await?.contains(" 401 "));
+    let a = http(http_addr, "/v1/status", Some(&wrong_bearer)).await?;
+    assert!(a.contains(" 401 ") && !a.contains(&wrong_bearer), "{a}");
+    assert!(http(http_addr, "/v1/status", Some(&bearer))
+        .await?
+        .contains(" 200 "));
+    assert!(http(http_addr, &format!("/v1/status?token={bearer}"), None)
+        .await?
+        .contains(" 200 "));
+    hub.shutdown().await;
+
+    let logged = text.lock().unwrap().clone();
+    assert!(
+        logged.lines().count() >= 3,
+        "the recorder saw the run: {logged}"
+    );
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut needles = vec![
+        String::from_utf8_lossy(&key).into_owned(),
+        String::from_utf8_lossy(&key[..8]).into_owned(),
+        hex(&key),
+        format!("{:?}", &key[..8]).trim_end_matches(']').to_owned(),
+        common::TOKEN.to_owned(),
+        bearer.clone(),
+        wrong_bearer,
+    ];
+    for p in &proofs {
+        needles.push(hex(p));
+        needles.push(format!("{:?}", &p[..8]).trim_end_matches(']').to_owned());
+    }
+    for n in &needles {
+        assert!(
+            !logged.contains(n.as_str()),
+            "the log holds {n:?}:\n{logged}"
+        );
+    }
+    Ok(())
+}
