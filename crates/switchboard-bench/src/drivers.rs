@@ -407,6 +407,10 @@ pub struct Switchboard {
     addr: String,
     token: String,
     ids: Arc<AtomicU64>,
+    /// Reliable delivery (the client's default): every frame numbered and
+    /// kept until acknowledged, both ways. Off: at most once, like the
+    /// peers.
+    reliable: bool,
 }
 
 impl Switchboard {
@@ -416,7 +420,19 @@ impl Switchboard {
             addr: addr.to_string(),
             token: token.to_string(),
             ids: Arc::new(AtomicU64::new(0)),
+            reliable: true,
         }
+    }
+
+    /// The same hub with clients that do not ask for reliable delivery.
+    pub fn at_most_once(mut self) -> Switchboard {
+        self.reliable = false;
+        self
+    }
+
+    /// Whether clients ask for reliable delivery.
+    pub fn is_reliable(&self) -> bool {
+        self.reliable
     }
 
     /// A new client id unique within this run.
@@ -434,6 +450,7 @@ impl Switchboard {
             .addr(&self.addr)
             .token(&self.token)
             .reconnect(false)
+            .reliable(self.reliable)
             .stream_capacity(capacity)
             .request_timeout(Duration::from_secs(10))
             .connect_timeout(SETUP_TIMEOUT);

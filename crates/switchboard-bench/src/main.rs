@@ -57,7 +57,10 @@ struct Cli {
     /// Directory of the docs files.
     #[arg(long)]
     docs: Option<PathBuf>,
-    /// Comma-separated systems to run: switchboard,nats,mosquitto,redis,raw.
+    /// Comma-separated systems to run:
+    /// switchboard,switchboard-amo,nats,mosquitto,redis,raw
+    /// (`switchboard` clients use reliable delivery, the client's default;
+    /// `switchboard-amo` clients turn it off).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The `switchboard` CLI binary that runs the hub (default: next to this
@@ -104,7 +107,8 @@ enum Sys {
 impl Sys {
     fn name(&self) -> &'static str {
         match self {
-            Sys::Switchboard(_) => "switchboard",
+            Sys::Switchboard(d) if d.is_reliable() => "switchboard",
+            Sys::Switchboard(_) => SB_AMO,
             Sys::Nats(_) => NATS,
             Sys::Mqtt(_) => "mosquitto",
             Sys::Redis(_) => "redis",
@@ -114,7 +118,8 @@ impl Sys {
 
     fn key(&self) -> &'static str {
         match self {
-            Sys::Switchboard(_) => "switchboard",
+            Sys::Switchboard(d) if d.is_reliable() => "switchboard",
+            Sys::Switchboard(_) => "switchboard-amo",
             Sys::Nats(_) => "nats",
             Sys::Mqtt(_) => "mosquitto",
             Sys::Redis(_) => "redis",
@@ -218,7 +223,7 @@ fn note(sys: &Sys, kind: &Kind) -> Option<String> {
         Sys::Mqtt(_) if req => Some("emulated: echo over two QoS 0 topics".into()),
         Sys::Redis(_) if req => Some("emulated: PUBLISH/SUBSCRIBE on two channels".into()),
         Sys::Mqtt(_) => Some("rumqttc: one syscall per message; mosquitto single-threaded".into()),
-        Sys::Redis(_) => Some("PUBLISH pipelined ×1000".into()),
+        Sys::Redis(_) => Some("PUBLISH pipelined ×≤1000".into()),
         Sys::Nats(_) if !req => Some("subscription capacity raised".into()),
         Sys::Raw(_) if req => Some("length-prefixed echo, separate process".into()),
         Sys::Raw(_) => Some("length-prefixed stream, separate process".into()),
@@ -331,12 +336,17 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
         notes: Vec::new(),
     };
     let ready = Duration::from_secs(10);
-    if wanted(cli, "switchboard") {
+    let (sb, sb_amo) = (wanted(cli, "switchboard"), wanted(cli, "switchboard-amo"));
+    if sb || sb_amo {
         match start_hub(cli, &token, ready) {
             Ok((guard, mode)) => {
-                setup
-                    .systems
-                    .push(Sys::Switchboard(Switchboard::new(guard.addr(), &token)));
+                let d = Switchboard::new(guard.addr(), &token);
+                if sb {
+                    setup.systems.push(Sys::Switchboard(d.clone()));
+                }
+                if sb_amo {
+                    setup.systems.push(Sys::Switchboard(d.at_most_once()));
+                }
                 setup.versions.push((
                     "switchboard".into(),
                     format!("{} (this workspace)", env!("CARGO_PKG_VERSION")),
@@ -420,13 +430,19 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
     Ok(setup)
 }
 
+/// Name of the switchboard rows whose clients do not ask for reliable
+/// delivery.
+const SB_AMO: &str = "switchboard at-most-once";
+
 /// The notes printed under the tables.
 fn static_notes() -> Vec<String> {
     [
+        "pub/sub publishers are flow-controlled, the same way for every system: a publisher publishes in chunks of at most 1000 messages and waits (1 ms sleeps) while it would be more than 16,384 messages or 4 MiB of payload ahead of the slowest subscriber of its topic, as counted by the benchmark's receivers. An open-loop publisher only measures how much a server buffers before it drops or disconnects. A publisher whose slowest subscriber counts nothing for 500 ms stops waiting, and the losses are reported. The raw TCP stream is not windowed (it cannot lose anything).",
+        "`switchboard` rows use the client's default, reliable delivery (the hub numbers every delivery and keeps it until the subscriber's batched `Ack`; publishers use `publish_nowait`, which is never numbered); `switchboard at-most-once` rows connect the same clients with `reliable(false)`, the peers' guarantee (QoS 0, core NATS, redis pub/sub).",
         "switchboard subscribers' client streams hold more than the message count, so a **lost** switchboard row is the hub's documented slow-consumer policy: once a subscriber's hub queue holds 64Ki frames or 8 MiB, its oldest deliveries are dropped (and the client is told with `Flow`); nats-server instead buffers up to 64 MiB per client, redis runs here without a pub/sub buffer limit. A rate with losses counts only what arrived.",
         "mosquitto is driven by rumqttc at QoS 0: rumqttc writes one system call per message and mosquitto is single-threaded, so the MQTT figures are bounded by both.",
         "async-nats subscribers buffer 64Ki messages by default and drop the excess silently; the benchmark raises the subscription capacity to the expected count.",
-        "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline 1000 PUBLISH commands.",
+        "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline up to 1000 PUBLISH commands (one flow-control chunk; 16 for 64 KiB payloads).",
         "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.",
         "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`). The chart leaves it out of the throughput panel (it is 10–90× off the scale); the tables give its ratios.",
         "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
@@ -566,7 +582,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         setup
             .systems
             .iter()
-            .filter(|s| !matches!(s, Sys::Raw(_)))
+            .filter(|s| !matches!(s, Sys::Raw(_)) && s.key() != "switchboard-amo")
             .count() as u64
     } else {
         0
@@ -720,7 +736,9 @@ async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec
     let mut lines = String::new();
     for sys in &setup.systems {
         let key = sys.key();
-        if matches!(sys, Sys::Raw(_)) {
+        // One switchboard idle row: an idle client costs the hub the same
+        // either way.
+        if matches!(sys, Sys::Raw(_)) || key == "switchboard-amo" {
             continue;
         }
         pb.set_message(format!("idle · {} · {n} clients", sys.name()));

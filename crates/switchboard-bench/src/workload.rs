@@ -4,6 +4,8 @@
 //! time from the first arrival (at any receiver) to the last.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -82,6 +84,55 @@ pub struct Latencies {
     pub throughput: Throughput,
 }
 
+/// Most messages a publisher may be ahead of the slowest subscriber of its
+/// topic (flow control, the same for every system): an open-loop publisher
+/// that outruns its subscribers only measures how much a server buffers or
+/// drops. The hub's load bench uses the same window.
+pub const WINDOW_MSGS: u64 = 16_384;
+
+/// Most payload bytes a publisher may be ahead (bounds the window for large
+/// payloads: 64 messages of 64 KiB).
+pub const WINDOW_BYTES: u64 = 4 << 20;
+
+/// Most messages published in one `publish_many` call between two window
+/// checks (redis pipelines this many).
+const CHUNK: u64 = 1000;
+
+/// A publisher stops waiting for its window once its slowest subscriber
+/// counted nothing new for this long (messages were lost: the run goes on
+/// open loop and reports the losses).
+const WINDOW_STALL: Duration = Duration::from_millis(500);
+
+/// The window and chunk for `payload`-byte messages.
+pub fn window(payload: usize) -> (u64, u64) {
+    let window = (WINDOW_BYTES / payload.max(1) as u64).clamp(4, WINDOW_MSGS);
+    (window, (window / 4).clamp(1, CHUNK))
+}
+
+/// Waits until the slowest counter in `received` is at most `window`
+/// behind `sent`; `false` when it stalled (stop waiting from then on).
+async fn wait_window(received: &[Arc<AtomicU64>], sent: u64, window: u64) -> bool {
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        let min = received
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        if sent <= min.saturating_add(window) {
+            return true;
+        }
+        if last != Some(min) {
+            last = Some(min);
+            since = Instant::now();
+        } else if since.elapsed() > WINDOW_STALL {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A payload of `size` bytes (a repeating pattern, not all zeroes).
 pub fn payload(size: usize) -> Bytes {
     Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
@@ -95,7 +146,12 @@ struct Count {
     dropped: u64,
 }
 
-async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limits) -> Count {
+async fn count_messages<D: Driver>(
+    mut sub: D::Sub,
+    expected: u64,
+    limits: Limits,
+    progress: Arc<AtomicU64>,
+) -> Count {
     let mut c = Count {
         n: 0,
         first: None,
@@ -113,6 +169,7 @@ async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limit
                 c.first.get_or_insert(now);
                 c.last = Some(now);
                 c.n += 1;
+                progress.store(c.n, Ordering::Relaxed);
             }
             Ok(Ok(None)) => {
                 c.error = Some("subscription ended".into());
@@ -130,7 +187,8 @@ async fn count_messages<D: Driver>(mut sub: D::Sub, expected: u64, limits: Limit
 }
 
 /// Runs one pub/sub workload: subscribes everything first, then starts all
-/// publishers at once, then waits for the receivers.
+/// publishers at once, then waits for the receivers. Each publisher stays
+/// within [`window`] of the slowest subscriber of its topic.
 pub async fn pubsub<D: Driver>(
     d: &D,
     spec: PubSubSpec,
@@ -139,23 +197,44 @@ pub async fn pubsub<D: Driver>(
 ) -> Result<Throughput> {
     let body = payload(spec.payload);
     let mut counters = Vec::new();
+    let mut progress: Vec<Vec<Arc<AtomicU64>>> = Vec::new();
     for p in 0..spec.pubs {
         let topic = format!("bench.{tag}.{p}");
+        let mut mine = Vec::new();
         for _ in 0..spec.subs_per_topic {
             let sub = d.subscribe(topic.clone(), spec.per_pub).await?;
-            counters.push(tokio::spawn(count_messages::<D>(sub, spec.per_pub, limits)));
+            let count = Arc::new(AtomicU64::new(0));
+            mine.push(count.clone());
+            counters.push(tokio::spawn(count_messages::<D>(
+                sub,
+                spec.per_pub,
+                limits,
+                count,
+            )));
         }
+        progress.push(mine);
     }
+    let (window, chunk) = window(spec.payload);
     let mut publishers = Vec::new();
     for _ in 0..spec.pubs {
         publishers.push(d.publisher().await?);
     }
     let mut pub_tasks = Vec::new();
-    for (p, mut publisher) in publishers.into_iter().enumerate() {
+    for ((p, mut publisher), received) in publishers.into_iter().enumerate().zip(progress) {
         let topic = format!("bench.{tag}.{p}");
         let body = body.clone();
         pub_tasks.push(tokio::spawn(async move {
-            let r = D::publish_many(&mut publisher, &topic, body, spec.per_pub).await;
+            let mut sent = 0;
+            let mut gated = true;
+            let mut r = Ok(());
+            while sent < spec.per_pub && r.is_ok() {
+                let n = chunk.min(spec.per_pub - sent);
+                if gated {
+                    gated = wait_window(&received, sent + n, window).await;
+                }
+                r = D::publish_many(&mut publisher, &topic, body.clone(), n).await;
+                sent += n;
+            }
             (publisher, r)
         }));
     }

@@ -35,8 +35,15 @@ pub(crate) const MAX_CLIENT_ID: usize = 256;
 /// client's queue never pins a large read buffer.
 const ZERO_COPY_MIN: usize = 32 * 1024;
 
-/// Read buffer growth step.
+/// Largest read: the read buffer grows up to this while reads fill it.
 const READ_CHUNK: usize = 128 * 1024;
+
+/// Smallest read, and the step a light connection reads with.
+const MIN_READ_CHUNK: usize = 8 * 1024;
+
+/// A write batch smaller than this gives its buffer back afterwards, so an
+/// idle connection holds no write buffer.
+const WRITE_KEEP: usize = 16 * 1024;
 
 /// Most frames handed to the router in one batch.
 const MAX_BATCH: usize = 1024;
@@ -84,6 +91,10 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn halves(self) -> (Self::Read, Self::Write);
     /// Writes what fits without waiting (a closing connection's last words).
     fn try_write(w: &mut Self::Write, buf: &[u8]);
+    /// Waits until the reading half has bytes (or an error or the end) to
+    /// read, so an idle connection needs no read buffer while it waits;
+    /// returns at once where the stream cannot tell.
+    fn readable(r: &Self::Read) -> impl std::future::Future<Output = ()> + Send;
 }
 
 impl Stream for TcpStream {
@@ -94,6 +105,10 @@ impl Stream for TcpStream {
     }
     fn try_write(w: &mut OwnedWriteHalf, buf: &[u8]) {
         let _ = w.try_write(buf);
+    }
+    async fn readable(r: &OwnedReadHalf) {
+        // An error shows again in the read that follows.
+        let _ = r.readable().await;
     }
 }
 
@@ -107,6 +122,7 @@ impl Stream for DuplexStream {
         use futures::FutureExt;
         let _ = w.write(buf).now_or_never();
     }
+    async fn readable(_: &Self::Read) {}
 }
 
 /// Checks a client id: 1 to 256 bytes of UTF-8 without control characters.
@@ -369,7 +385,7 @@ pub(crate) async fn serve<S: Stream>(
         shared.stats.clone(),
         shared.limits.write_batch_bytes,
     ));
-    read_loop(rd, buf, conn, &outbox, &shared).await;
+    read_loop::<S>(rd, buf, conn, &outbox, &shared).await;
     let _ = writer.await;
     shared.stats.untrack(conn);
 }
@@ -436,8 +452,8 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireErr
     Ok(Some(Decoded::Frame(frame, total)))
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: R,
+async fn read_loop<S: Stream>(
+    mut rd: S::Read,
     mut buf: BytesMut,
     conn: ConnId,
     outbox: &Outbox,
@@ -445,6 +461,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
+    // Bytes the next read asks for: doubled while reads fill it, halved
+    // while they use less than a quarter.
+    let mut chunk = MIN_READ_CHUNK;
     let (notice, reason) = 'conn: loop {
         // Sized for the buffered bytes so the batch rarely reallocates.
         let mut frames = Vec::with_capacity((buf.len() / 64).clamp(1, MAX_BATCH));
@@ -505,7 +524,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if more {
             continue;
         }
-        buf.reserve(READ_CHUNK);
+        if buf.is_empty() && chunk == MIN_READ_CHUNK {
+            // A light or idle connection holds no read buffer while it
+            // waits (a busy one keeps its large buffer).
+            if buf.capacity() > 0 {
+                buf = BytesMut::new();
+            }
+            tokio::select! {
+                _ = S::readable(&rd) => {}
+                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+            }
+        }
+        buf.reserve(chunk);
+        let spare = buf.capacity() - buf.len();
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) if buf.is_empty() => break 'conn (None, "disconnected".to_owned()),
@@ -514,6 +545,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     break 'conn (Some(wire_error_frame(&e, "")), e.to_string());
                 }
                 Ok(n) => {
+                    if n >= spare {
+                        chunk = (chunk * 2).min(READ_CHUNK);
+                    } else if n < chunk / 4 {
+                        chunk = (chunk / 2).max(MIN_READ_CHUNK);
+                    }
                     shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => break 'conn (None, format!("read error: {e}")),
@@ -542,7 +578,8 @@ async fn write_loop<S: Stream>(
 ) {
     let cancel = outbox.cancelled().clone();
     let mut taken = Taken::default();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Allocated with the first batch; given back after small batches.
+    let mut buf = BytesMut::new();
     loop {
         outbox.take(batch_bytes, &mut taken);
         if taken.killed {
@@ -576,15 +613,20 @@ async fn write_loop<S: Stream>(
             flow_notice(taken.dropped, taken.remaining).encode(&mut buf);
             n += 1;
         }
+        // Deliveries are counted once per batch.
+        let (mut delivers, mut deliver_bytes) = (0u64, 0usize);
         for out in taken.frames.drain(..) {
             let before = buf.len();
             out.encode(&mut buf);
-            let kind = match &out {
-                crate::Out::Frame(f) => f.kind_name(),
-                crate::Out::Deliver { .. } => "deliver",
-            };
-            stats.metrics.frame_out(kind, buf.len() - before);
+            match &out {
+                crate::Out::Frame(f) => stats.metrics.frame_out(f.kind_name(), buf.len() - before),
+                crate::Out::Deliver { .. } => {
+                    delivers += 1;
+                    deliver_bytes += buf.len() - before;
+                }
+            }
         }
+        stats.metrics.delivers_out(delivers, deliver_bytes as u64);
         tokio::select! {
             r = wr.write_all(&buf) => {
                 if r.is_err() {
@@ -601,8 +643,8 @@ async fn write_loop<S: Stream>(
         if taken.close {
             break;
         }
-        if buf.capacity() > 4 * READ_CHUNK {
-            buf = BytesMut::with_capacity(READ_CHUNK);
+        if buf.len() < WRITE_KEEP || buf.capacity() > 4 * READ_CHUNK {
+            buf = BytesMut::new();
         }
     }
     let _ = tokio::time::timeout(Duration::from_millis(100), wr.shutdown()).await;

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use switchboard_wire::proto::frame::Kind;
-use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
+use switchboard_wire::{proto, FastBuf, Frame, LENGTH_PREFIX_LEN};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -132,10 +132,21 @@ impl Out {
 
     /// Appends the length prefix and the protobuf encoding to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
-        let len = self.encoded_len();
-        buf.reserve(LENGTH_PREFIX_LEN + len);
-        buf.put_u32(len as u32);
-        self.encode_body(buf);
+        match self {
+            Out::Frame(f) => {
+                let len = f.encoded_len();
+                buf.reserve(LENGTH_PREFIX_LEN + len);
+                buf.put_u32(len as u32);
+                // Cannot fail: `BytesMut` grows as needed.
+                let _ = f.encode(&mut FastBuf(buf));
+            }
+            Out::Deliver {
+                seq,
+                sub_id,
+                head,
+                payload,
+            } => Self::encode_deliver(*seq, *sub_id, head, payload, true, buf),
+        }
     }
 
     /// Appends only the protobuf encoding (no length prefix), e.g. for a
@@ -144,32 +155,65 @@ impl Out {
         match self {
             Out::Frame(f) => {
                 // Cannot fail: `BytesMut` grows as needed.
-                let _ = f.encode(buf);
+                let _ = f.encode(&mut FastBuf(buf));
             }
             Out::Deliver {
                 seq,
                 sub_id,
                 head,
                 payload,
-            } => {
-                let body = Self::deliver_body_len(*sub_id, head, payload);
-                if *seq != 0 {
-                    encode_key(1, WireType::Varint, buf);
-                    encode_varint(*seq, buf);
-                }
-                encode_key(FRAME_DELIVER_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(body as u64, buf);
-                if *sub_id != 0 {
-                    encode_key(1, WireType::Varint, buf);
-                    encode_varint(*sub_id, buf);
-                }
-                buf.put_slice(head);
-                if !payload.is_empty() {
-                    encode_key(4, WireType::LengthDelimited, buf);
-                    encode_varint(payload.len() as u64, buf);
-                    buf.put_slice(payload);
-                }
-            }
+            } => Self::encode_deliver(*seq, *sub_id, head, payload, false, buf),
+        }
+    }
+
+    /// Encodes a pre-encoded delivery: the fixed fields go through a
+    /// stack buffer, so the whole frame costs four `put_slice` calls (the
+    /// varints written byte by byte into the `BytesMut` cost more than
+    /// everything else in the hub's write path).
+    fn encode_deliver(
+        seq: u64,
+        sub_id: u64,
+        head: &Bytes,
+        payload: &Bytes,
+        prefix: bool,
+        buf: &mut BytesMut,
+    ) {
+        let body = Self::deliver_body_len(sub_id, head, payload);
+        // prefix 4 + seq 11 + Frame.deliver key 2 + body length 10 + sub_id 11
+        let mut fixed = [0u8; 38];
+        let mut n = 0;
+        let mut total = 0;
+        if seq != 0 {
+            total += 1 + encoded_len_varint(seq);
+        }
+        total += 2 + encoded_len_varint(body as u64) + body;
+        if prefix {
+            fixed[..4].copy_from_slice(&(total as u32).to_be_bytes());
+            n = 4;
+        }
+        if seq != 0 {
+            fixed[n] = 0x08; // field 1, varint
+            n = put_varint(&mut fixed, n + 1, seq);
+        }
+        n = put_varint(
+            &mut fixed,
+            n,
+            u64::from(FRAME_DELIVER_FIELD << 3 | WireType::LengthDelimited as u32),
+        );
+        n = put_varint(&mut fixed, n, body as u64);
+        if sub_id != 0 {
+            fixed[n] = 0x08; // Deliver.sub_id, varint
+            n = put_varint(&mut fixed, n + 1, sub_id);
+        }
+        buf.reserve(usize::from(prefix) * LENGTH_PREFIX_LEN + total);
+        buf.put_slice(&fixed[..n]);
+        buf.put_slice(head);
+        if !payload.is_empty() {
+            let mut key = [0u8; 11];
+            key[0] = 0x22; // Deliver.payload, length-delimited
+            let k = put_varint(&mut key, 1, payload.len() as u64);
+            buf.put_slice(&key[..k]);
+            buf.put_slice(payload);
         }
     }
 
@@ -186,6 +230,19 @@ impl Out {
             }
         }
     }
+}
+
+/// Writes `v` as a protobuf varint into `buf` at `at`; returns the
+/// position after it.
+#[inline]
+fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
@@ -623,6 +680,9 @@ mod tests {
             let mut buf = BytesMut::new();
             out.encode(&mut buf);
             assert_eq!(buf.len(), expected.wire_len());
+            let mut want = BytesMut::new();
+            Out::from(expected.clone()).encode(&mut want);
+            assert_eq!(buf, want, "same bytes as prost, prefix included");
             assert_eq!(out.into_frame(), expected);
         }
     }
@@ -636,6 +696,15 @@ mod tests {
             expected.seq = seq;
             assert_eq!(out.encoded_len(), expected.encoded_len());
             assert_eq!(out.seq(), seq);
+            // The pre-encoded head puts `reply_to` before the payload, so
+            // compare decoded frames, not bytes.
+            let mut got = BytesMut::new();
+            out.encode(&mut got);
+            assert_eq!(got.len(), expected.wire_len());
+            assert_eq!(
+                Frame::decode(&got[LENGTH_PREFIX_LEN..]).ok(),
+                Some(expected.clone())
+            );
             assert_eq!(out.into_frame(), expected);
         }
     }

@@ -166,9 +166,65 @@ impl FrameCodec {
         dst.put_u32(len as u32);
         // Cannot fail: capacity was reserved above.
         frame
-            .encode(dst)
+            .encode(&mut FastBuf(dst))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// A [`BytesMut`] for prost to encode into, writing single bytes (every
+/// varint and field key) straight into reserved capacity. `BytesMut` takes
+/// each of them through `put_slice` (a capacity check and a `memcpy` call
+/// per byte), which made the varints the largest cost of encoding a small
+/// frame. Reserve the encoded length first: then no byte write reallocates.
+pub struct FastBuf<'a>(pub &'a mut BytesMut);
+
+// SAFETY: every method forwards to `BytesMut`'s own implementation, except
+// `put_u8`, which writes one byte within the capacity checked right before
+// and only then extends the length over it.
+unsafe impl BufMut for FastBuf<'_> {
+    #[inline]
+    fn remaining_mut(&self) -> usize {
+        self.0.remaining_mut()
+    }
+
+    #[inline]
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: forwarded; the caller upholds `BytesMut`'s contract.
+        unsafe { self.0.advance_mut(cnt) }
+    }
+
+    #[inline]
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.0.chunk_mut()
+    }
+
+    #[inline]
+    fn put_slice(&mut self, src: &[u8]) {
+        self.0.extend_from_slice(src);
+    }
+
+    #[inline]
+    fn put<T: bytes::Buf>(&mut self, src: T)
+    where
+        Self: Sized,
+    {
+        self.0.put(src);
+    }
+
+    #[inline]
+    fn put_u8(&mut self, n: u8) {
+        let len = self.0.len();
+        if len < self.0.capacity() {
+            // SAFETY: `len < capacity`, so the byte at `len` is within the
+            // allocation; it is written before the length covers it.
+            unsafe {
+                self.0.as_mut_ptr().add(len).write(n);
+                self.0.set_len(len + 1);
+            }
+        } else {
+            self.0.extend_from_slice(&[n]);
+        }
     }
 }
 
@@ -225,5 +281,24 @@ impl Encoder<&Frame> for FrameCodec {
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         self.encode_ref(frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_buf_writes_what_prost_writes() {
+        let frame = Frame::publish("orders.eu", vec![7u8; 300]);
+        let want = frame.encode_to_vec();
+        // Without reserved room (every byte grows the buffer) and with it.
+        for room in [0, want.len()] {
+            let mut buf = BytesMut::with_capacity(room);
+            buf.extend_from_slice(b"xy");
+            frame.encode(&mut FastBuf(&mut buf)).expect("encodes");
+            assert_eq!(&buf[..2], b"xy");
+            assert_eq!(&buf[2..], &want[..]);
+        }
     }
 }

@@ -52,7 +52,7 @@ pub mod proto {
     include!("generated/switchboard.v1.rs");
 }
 
-pub use codec::{Direction, FrameCodec, WireError, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
+pub use codec::{Direction, FastBuf, FrameCodec, WireError, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use peek::check_client_frame;
 pub use proto::frame::Kind;

@@ -454,6 +454,28 @@ impl Shared {
         // again, so no wake-up between check and wait is lost; only made
         // when a wait is needed, so the common path costs no registration.
         let mut woken: Option<Pin<Box<Notified<'_>>>> = None;
+        // The common case: connected with room in the send queue. One lock,
+        // no timer and no clone of the connection's sender.
+        {
+            let mut guard = self.reg.lock();
+            let reg = &mut *guard;
+            if let Some(conn) = &reg.conn {
+                Self::check_size(len, conn)?;
+                let sequenced = logged && conn.reliable;
+                if !sequenced || reg.out.has_room(len) {
+                    if let Ok(permit) = conn.tx.try_reserve() {
+                        if sequenced {
+                            reg.out.push(&mut frame, len);
+                        }
+                        if let Some((id, tx)) = waiter.take() {
+                            reg.pending.insert(id, Pending { tx, sequenced });
+                        }
+                        permit.send(frame);
+                        return Ok(());
+                    }
+                }
+            }
+        }
         loop {
             let found = {
                 let reg = self.reg.lock();
