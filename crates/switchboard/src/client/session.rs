@@ -190,8 +190,23 @@ impl Client {
         let weak = Arc::downgrade(&client.inner);
         drop(client);
         let mut state = self.state();
+        // Registered now, not in the task: session frames that arrive
+        // before the task runs (an agent's first Inform) wait in the link
+        // instead of finding no link and being dropped.
+        let first = match &*state.borrow() {
+            ConnectionState::Connected { generation, .. } => {
+                self.session_link(None).ok().map(|l| (*generation, l))
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
             let mut attached = 0u64;
+            if let Some((generation, link)) = first {
+                if h.attach(link, LinkKind::Hub).await.is_err() {
+                    return;
+                }
+                attached = generation;
+            }
             loop {
                 let generation = {
                     let s = state
