@@ -136,7 +136,6 @@ impl RouterTask {
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         let mut link: Option<Link> = None;
-        let mut changes = Vec::new();
         let mut check: Option<oneshot::Receiver<bool>> = None;
         // Outputs are held while a check after a lost standby runs.
         let mut holding = false;
@@ -260,9 +259,7 @@ impl RouterTask {
                 }
                 _ if holding => {
                     // No standby to take them: keep the log short.
-                    changes.clear();
-                    let _ = self.router.take_changes(&mut changes);
-                    changes.clear();
+                    self.router.discard_changes();
                 }
                 _ => {}
             }
@@ -320,8 +317,7 @@ impl RouterTask {
         tracing::info!(standby = %attach.addr, "standby attached; sending a snapshot");
         self.router.enable_change_log(ChangeLogLimits::default());
         // Changes before the snapshot are in it.
-        let mut stale = Vec::new();
-        let _ = self.router.take_changes(&mut stale);
+        self.router.discard_changes();
         let bytes = self.snapshot_bytes(true);
         let repl = &self.shared.stats.repl;
         repl.acked.store(0, Ordering::Relaxed);

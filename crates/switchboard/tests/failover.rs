@@ -409,7 +409,7 @@ async fn a_stopped_primary_that_comes_back_is_fenced() {
     let ev = primary.event("standby");
     assert_eq!(ev["primary"], new_addr.to_string());
     assert_eq!(ev["epoch"], 2);
-    // Clients that try the old address are refused by epoch, not served.
+    // Clients are served by the new primary, at the new epoch.
     let c = client("fenced-check", new_addr).await;
     let status = c.status().await.expect("status");
     assert_eq!(status.identity.unwrap_or_default().epoch, 2);

@@ -386,6 +386,16 @@ impl Router {
         Ok(())
     }
 
+    /// Drops the changes logged since the last take without converting
+    /// them (they are in a snapshot, or nobody will receive them); logging
+    /// goes on.
+    pub fn discard_changes(&mut self) {
+        let j = &mut self.journal;
+        j.changes.clear();
+        j.bytes = 0;
+        j.lost = 0;
+    }
+
     /// Like [`Router::take_changes`], but appends the changes to `buf` as
     /// length-prefixed `Frame{change}`s, ready for the replication link;
     /// returns how many.
