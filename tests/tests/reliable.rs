@@ -39,6 +39,8 @@ struct FakeConn {
     hello: proto::Hello,
     /// Highest `Ack.up_to` the client sent on this connection.
     max_ack: u64,
+    /// Highest `Frame.acked` the client's frames carried.
+    max_carried: u64,
     /// Frames read while waiting for an ack, returned by `recv` first.
     backlog: VecDeque<Frame>,
 }
@@ -122,6 +124,7 @@ impl Handshaking {
             writer: self.writer,
             hello: self.hello,
             max_ack: 0,
+            max_carried: 0,
             backlog: VecDeque::new(),
         })
     }
@@ -144,7 +147,10 @@ impl FakeConn {
     async fn read(&mut self) -> anyhow::Result<Frame> {
         loop {
             match within(self.reader.next()).await? {
-                Some(Ok(f)) => match &f.kind {
+                Some(Ok(f)) => {
+                    assert!(f.acked >= self.max_carried, "carried acks never go back");
+                    self.max_carried = f.acked;
+                    match &f.kind {
                     Some(Kind::Ack(a)) => {
                         assert_eq!(f.seq, 0, "acks are not sequenced");
                         assert!(a.up_to >= self.max_ack, "acks never go back");
@@ -153,7 +159,8 @@ impl FakeConn {
                     }
                     Some(Kind::Ping(_)) => continue,
                     _ => return Ok(f),
-                },
+                    }
+                }
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("the client closed the connection"),
             }
@@ -173,9 +180,10 @@ impl FakeConn {
         }
     }
 
-    /// Reads until the client has acknowledged `up_to`.
+    /// Reads until the client has acknowledged `up_to` (by an `Ack` or a
+    /// frame's `acked`).
     async fn wait_ack(&mut self, up_to: u64) -> anyhow::Result<()> {
-        while self.max_ack < up_to {
+        while self.max_ack.max(self.max_carried) < up_to {
             let f = self.read().await?;
             if !matches!(f.kind, Some(Kind::Ack(_))) {
                 self.backlog.push_back(f);
@@ -702,6 +710,50 @@ async fn without_the_hubs_consent_nothing_is_sequenced() -> anyhow::Result<()> {
     let (client, conn) = connect(&hub, builder(&hub, "off").reliable(false), &["reliable"]).await?;
     assert!(conn.hello.features.is_empty());
     assert!(!client.is_reliable());
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledgements_ride_on_frames_both_ways() -> anyhow::Result<()> {
+    let hub = FakeHub::new().await?;
+    let (client, mut conn) = connect(&hub, builder(&hub, "rider"), &["reliable"]).await?;
+    // The hub's answer carries the acknowledgement of the publish: the
+    // client forgets its copy without an `Ack` frame.
+    let c = client.clone();
+    let p = tokio::spawn(async move { c.publish("t", "x").await });
+    let f = conn.recv().await?;
+    assert_eq!((f.seq, f.acked), (1, 0), "nothing taken from the hub yet");
+    let mut ok = Frame::ok(command_id(&f)).with_seq(1);
+    ok.acked = 1;
+    conn.send(ok).await?;
+    within(p).await???;
+    assert_eq!(client.unacknowledged().0, 0, "the answer's `acked` freed the copy");
+    // The client's next frame acknowledges the hub's seq 1.
+    let c = client.clone();
+    let p = tokio::spawn(async move { c.publish("t", "y").await });
+    let f = conn.recv().await?;
+    assert_eq!((f.seq, f.acked), (2, 1));
+    let ok = Frame::ok(command_id(&f)).with_seq(2);
+    conn.send(ok).await?;
+    within(p).await???;
+    assert_eq!(client.unacknowledged().0, 1, "no acknowledgement came for seq 2");
+    // The client sends nothing more: a separate Ack for seq 2 follows
+    // after the acknowledgement delay.
+    let f = conn.read().await?;
+    match f.kind {
+        Some(Kind::Ack(a)) => assert_eq!(a.up_to, 2),
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+    // An unsequenced frame from the hub may carry an acknowledgement too.
+    let mut pong = Frame::from(proto::Pong { nonce: 0 });
+    pong.acked = 2;
+    conn.send(pong).await?;
+    within(async {
+        while client.unacknowledged().0 != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
     Ok(())
 }
 

@@ -175,6 +175,7 @@ pub fn check_reply(
         other => {
             let kind = Frame {
                 seq: 0,
+                acked: 0,
                 kind: other,
             }
             .kind_name();

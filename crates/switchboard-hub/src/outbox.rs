@@ -35,6 +35,8 @@ pub enum Out {
     Deliver {
         /// `Frame.seq` (0: not sequenced).
         seq: u64,
+        /// `Frame.acked` (0: acknowledges nothing).
+        acked: u64,
         /// The subscriber's subscription id.
         sub_id: u64,
         /// Encoded `Deliver` fields 2, 3 and 5.
@@ -72,6 +74,14 @@ impl Out {
         }
     }
 
+    /// Sets `Frame.acked`: the cumulative acknowledgement it carries.
+    pub fn set_acked(&mut self, up_to: u64) {
+        match self {
+            Out::Frame(f) => f.acked = up_to,
+            Out::Deliver { acked, .. } => *acked = up_to,
+        }
+    }
+
     /// `Frame.seq`.
     pub fn seq(&self) -> u64 {
         match self {
@@ -98,6 +108,18 @@ impl Out {
         }
     }
 
+    /// Encoded length of `Frame.seq` and `Frame.acked`.
+    fn envelope_len(seq: u64, acked: u64) -> usize {
+        let mut len = 0;
+        if seq != 0 {
+            len += 1 + encoded_len_varint(seq);
+        }
+        if acked != 0 {
+            len += 1 + encoded_len_varint(acked);
+        }
+        len
+    }
+
     fn deliver_body_len(sub_id: u64, head: &Bytes, payload: &Bytes) -> usize {
         let mut len = head.len();
         if sub_id != 0 {
@@ -115,17 +137,13 @@ impl Out {
             Out::Frame(f) => f.encoded_len(),
             Out::Deliver {
                 seq,
+                acked,
                 sub_id,
                 head,
                 payload,
             } => {
                 let body = Self::deliver_body_len(*sub_id, head, payload);
-                let seq_len = if *seq != 0 {
-                    1 + encoded_len_varint(*seq)
-                } else {
-                    0
-                };
-                seq_len + 2 + encoded_len_varint(body as u64) + body
+                Self::envelope_len(*seq, *acked) + 2 + encoded_len_varint(body as u64) + body
             }
         }
     }
@@ -142,10 +160,11 @@ impl Out {
             }
             Out::Deliver {
                 seq,
+                acked,
                 sub_id,
                 head,
                 payload,
-            } => Self::encode_deliver(*seq, *sub_id, head, payload, true, buf),
+            } => Self::encode_deliver([*seq, *acked], *sub_id, head, payload, true, buf),
         }
     }
 
@@ -159,10 +178,11 @@ impl Out {
             }
             Out::Deliver {
                 seq,
+                acked,
                 sub_id,
                 head,
                 payload,
-            } => Self::encode_deliver(*seq, *sub_id, head, payload, false, buf),
+            } => Self::encode_deliver([*seq, *acked], *sub_id, head, payload, false, buf),
         }
     }
 
@@ -171,7 +191,7 @@ impl Out {
     /// varints written byte by byte into the `BytesMut` cost more than
     /// everything else in the hub's write path).
     fn encode_deliver(
-        seq: u64,
+        [seq, acked]: [u64; 2],
         sub_id: u64,
         head: &Bytes,
         payload: &Bytes,
@@ -179,21 +199,22 @@ impl Out {
         buf: &mut BytesMut,
     ) {
         let body = Self::deliver_body_len(sub_id, head, payload);
-        // prefix 4 + seq 11 + Frame.deliver key 2 + body length 10 + sub_id 11
-        let mut fixed = [0u8; 38];
+        // prefix 4 + seq 11 + acked 11 + Frame.deliver key 2 + body length
+        // 10 + sub_id 11
+        let mut fixed = [0u8; 49];
         let mut n = 0;
-        let mut total = 0;
-        if seq != 0 {
-            total += 1 + encoded_len_varint(seq);
-        }
-        total += 2 + encoded_len_varint(body as u64) + body;
+        let total = Self::envelope_len(seq, acked) + 2 + encoded_len_varint(body as u64) + body;
         if prefix {
             fixed[..4].copy_from_slice(&(total as u32).to_be_bytes());
             n = 4;
         }
         if seq != 0 {
-            fixed[n] = 0x08; // field 1, varint
+            fixed[n] = 0x08; // Frame.seq, varint
             n = put_varint(&mut fixed, n + 1, seq);
+        }
+        if acked != 0 {
+            fixed[n] = 0x10; // Frame.acked, varint
+            n = put_varint(&mut fixed, n + 1, acked);
         }
         n = put_varint(
             &mut fixed,
@@ -654,6 +675,7 @@ mod tests {
     fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
         Out::Deliver {
             seq: 0,
+            acked: 0,
             sub_id,
             head: encode_deliver_head("a.b", "pub", "inbox.1"),
             payload: Bytes::from_static(payload),
@@ -665,6 +687,7 @@ mod tests {
         for (sub_id, payload) in [(7, &b"hello"[..]), (0, b""), (u64::MAX, &[0u8; 300][..])] {
             let out = Out::Deliver {
                 seq: 0,
+                acked: 0,
                 sub_id,
                 head: encode_deliver_head("orders.eu", "alice", ""),
                 payload: Bytes::copy_from_slice(payload),
@@ -689,11 +712,13 @@ mod tests {
 
     #[test]
     fn sequenced_delivery_matches_prost() {
-        for seq in [1, 300, u64::MAX] {
+        for (seq, acked) in [(1, 0), (300, 1), (u64::MAX, u64::MAX), (0, 70_000)] {
             let mut out = deliver(7, b"hi");
             out.set_seq(seq);
+            out.set_acked(acked);
             let mut expected = deliver(7, b"hi").into_frame();
             expected.seq = seq;
+            expected.acked = acked;
             assert_eq!(out.encoded_len(), expected.encoded_len());
             assert_eq!(out.seq(), seq);
             // The pre-encoded head puts `reply_to` before the payload, so

@@ -35,6 +35,15 @@ const PARK_RETRY: Duration = Duration::from_millis(5);
 /// How often idle clients are looked for, when a keepalive is configured.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// How long a reliable client's frames may go unacknowledged when no frame
+/// to it carries the acknowledgement (`Frame.acked`); then a separate
+/// `Ack` goes out.
+pub const ACK_DELAY: Duration = Duration::from_millis(10);
+
+/// A separate `Ack` goes out at once after a batch when this many frames
+/// (by seq) are unacknowledged.
+pub const ACK_EVERY: u64 = 64;
+
 /// A cheap hasher for the router's integer keys (connection ids are
 /// assigned by the hub, not chosen by clients).
 #[derive(Default, Clone, Copy)]
@@ -341,8 +350,13 @@ struct Client {
     /// lengths, in seq order.
     unacked: VecDeque<(usize, Out)>,
     unacked_bytes: usize,
-    /// An `Ack` is due after the current batch.
+    /// Took sequenced frames in the current batch.
     ack_due: bool,
+    /// Highest `last_received` carried to the client (by `Frame.acked` or
+    /// an `Ack`).
+    ack_sent: u64,
+    /// Waits in the router's `ack_timers`.
+    ack_timer: bool,
     /// Lost its connection (or its hub took over): leaves at this time
     /// unless it resumes.
     detached_until: Option<Instant>,
@@ -369,6 +383,8 @@ impl Client {
             unacked: VecDeque::new(),
             unacked_bytes: 0,
             ack_due: false,
+            ack_sent: 0,
+            ack_timer: false,
             detached_until: None,
         }
     }
@@ -453,6 +469,9 @@ pub struct Router {
     alias: IdMap<ConnId, ConnId>,
     /// Clients waiting to resume.
     detached: IdSet<ConnId>,
+    /// Reliable clients owed an `Ack` at these times (in time order: the
+    /// delay is constant), unless a frame to them carries it first.
+    ack_timers: VecDeque<(Instant, ConnId)>,
     /// At shutdown a standby takes over: connections close without a
     /// goodbye, so reliable clients resume on it.
     handover: bool,
@@ -528,6 +547,7 @@ impl Router {
             replaying: false,
             alias: IdMap::default(),
             detached: IdSet::default(),
+            ack_timers: VecDeque::new(),
             handover: false,
         }
     }
@@ -570,9 +590,19 @@ impl Router {
                     return;
                 };
                 for frame in frames {
-                    let Some(c) = self.clients.get_mut(&key) else {
+                    let Some(mut c) = self.clients.get_mut(&key) else {
                         break;
                     };
+                    if frame.acked != 0 && c.reliable && c.acked(frame.acked) {
+                        let id = self.journal.is_on().then(|| c.id.clone());
+                        if let Some(id) = id {
+                            self.journal_client_ack(&id, frame.acked);
+                        }
+                        let Some(again) = self.clients.get_mut(&key) else {
+                            break;
+                        };
+                        c = again;
+                    }
                     if frame.seq != 0
                         && c.reliable
                         && frame.kind.as_ref().is_some_and(replica::logged_kind)
@@ -589,7 +619,7 @@ impl Router {
                     self.on_frame(now, key, frame);
                     self.apply_kills();
                 }
-                self.flush_ack(key);
+                self.flush_ack(now, key);
             }
             Input::Disconnected {
                 conn,
@@ -655,14 +685,31 @@ impl Router {
         }
     }
 
-    /// Sends the `Ack` due to a reliable client after a batch.
-    fn flush_ack(&mut self, key: ConnId) {
+    /// After a batch from a reliable client: nothing when a frame to it
+    /// carried the acknowledgement; an `Ack` now when [`ACK_EVERY`] frames
+    /// wait for one; else an `Ack` in [`ACK_DELAY`] unless a frame carries
+    /// it first.
+    fn flush_ack(&mut self, now: Instant, key: ConnId) {
         let Some(c) = self.clients.get_mut(&key) else {
             return;
         };
-        if !std::mem::take(&mut c.ack_due) || self.replaying {
+        if !std::mem::take(&mut c.ack_due) || self.replaying || c.ack_sent >= c.last_received {
             return;
         }
+        if c.last_received - c.ack_sent >= ACK_EVERY {
+            self.send_ack(key);
+        } else if !c.ack_timer {
+            c.ack_timer = true;
+            self.ack_timers.push_back((now + ACK_DELAY, key));
+        }
+    }
+
+    /// Sends a separate `Ack` for everything taken from `key`.
+    fn send_ack(&mut self, key: ConnId) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
+        };
+        c.ack_sent = c.last_received;
         let ack = Frame::from(proto::Ack {
             up_to: c.last_received,
         });
@@ -688,6 +735,11 @@ impl Router {
                     let seq = c.next_send;
                     c.next_send += 1;
                     out.set_seq(seq);
+                    // Every frame carries the acknowledgement (not only a
+                    // new one): a dropped delivery never takes the only
+                    // copy with it, the newer frames kept carry as much.
+                    out.set_acked(c.last_received);
+                    c.ack_sent = c.last_received;
                     let len = out.encoded_len();
                     c.unacked.push_back((len, out.clone()));
                     c.unacked_bytes += len;
@@ -723,6 +775,9 @@ impl Router {
         }
         if let Some(t) = self.next_idle_check {
             consider(t);
+        }
+        if let Some((t, _)) = self.ack_timers.front() {
+            consider(*t);
         }
         for key in &self.detached {
             if let Some(t) = self.clients.get(key).and_then(|c| c.detached_until) {
@@ -1198,6 +1253,7 @@ impl Router {
         c.last_head = None;
         c.detached_until = None;
         c.ack_due = false;
+        c.ack_sent = c.last_received;
         let acked = c.acked(received);
         let id = c.id.clone();
         let last_received = c.last_received;
@@ -1400,6 +1456,18 @@ impl Router {
     }
 
     fn tick(&mut self, now: Instant) {
+        while let Some(&(deadline, key)) = self.ack_timers.front() {
+            if deadline > now {
+                break;
+            }
+            self.ack_timers.pop_front();
+            if let Some(c) = self.clients.get_mut(&key) {
+                c.ack_timer = false;
+                if c.last_received > c.ack_sent && c.detached_until.is_none() {
+                    self.send_ack(key);
+                }
+            }
+        }
         while let Some(Reverse((deadline, requester, id))) = self.timeouts.peek().copied() {
             if deadline > now {
                 break;
@@ -1703,6 +1771,7 @@ impl Router {
                     } => {
                         let out = Out::Deliver {
                             seq: 0,
+                            acked: 0,
                             sub_id: *sub_id,
                             head: head.clone(),
                             payload,
@@ -1732,6 +1801,7 @@ impl Router {
                         let (member, sub_id, outbox) = (*member, *sub_id, outbox.clone());
                         let out = Out::Deliver {
                             seq: 0,
+                            acked: 0,
                             sub_id,
                             head: head.clone(),
                             payload,

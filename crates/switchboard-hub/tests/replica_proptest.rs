@@ -68,8 +68,9 @@ enum Op {
     Advance(u64),
     /// A reliable client sends its last sequenced frame again.
     Resend(usize),
-    /// A client acknowledges hub-to-client frames up to this seq.
-    Ack(usize, u64),
+    /// A client acknowledges hub-to-client frames up to this seq, with an
+    /// `Ack` or (`true`) in another frame's `acked`.
+    Ack(usize, u64, bool),
     /// A client reconnects and resumes from this seq.
     Resume(usize, u64),
 }
@@ -122,7 +123,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => who.clone().prop_map(Op::Drain),
         2 => (0..500u64).prop_map(Op::Advance),
         1 => who.clone().prop_map(Op::Resend),
-        2 => (who.clone(), 0..40u64).prop_map(|(c, n)| Op::Ack(c, n)),
+        2 => (who.clone(), 0..40u64, any::<bool>()).prop_map(|(c, n, carried)| Op::Ack(c, n, carried)),
         1 => (who, 0..40u64).prop_map(|(c, n)| Op::Resume(c, n)),
     ]
 }
@@ -302,7 +303,12 @@ impl Primary {
                     self.send_raw(*i, vec![f]);
                 }
             }
-            Op::Ack(i, n) => self.send_raw(*i, vec![proto::Ack { up_to: *n }.into()]),
+            Op::Ack(i, n, false) => self.send_raw(*i, vec![proto::Ack { up_to: *n }.into()]),
+            Op::Ack(i, n, true) => {
+                let mut ping = Frame::from(proto::Ping { nonce: 0 });
+                ping.acked = *n;
+                self.send_raw(*i, vec![ping]);
+            }
             Op::Disconnect(i) => {
                 if let Some((conn, _)) = self.conns.remove(i) {
                     self.router.handle(

@@ -12,7 +12,7 @@ macro_rules! frame_kinds {
             impl From<proto::$ty> for Frame {
                 fn from(msg: proto::$ty) -> Frame {
                     // `.into()` boxes the kinds prost stores boxed.
-                    Frame { seq: 0, kind: Some(Kind::$variant(msg.into())) }
+                    Frame { seq: 0, acked: 0, kind: Some(Kind::$variant(msg.into())) }
                 }
             }
         )*
@@ -93,6 +93,7 @@ impl From<Kind> for Frame {
     fn from(kind: Kind) -> Frame {
         Frame {
             seq: 0,
+            acked: 0,
             kind: Some(kind),
         }
     }

@@ -14,6 +14,9 @@ use crate::{Direction, WireError};
 /// Field number of `Frame.seq`.
 const SEQ_TAG: u32 = 1;
 
+/// Field number of `Frame.acked`.
+const ACKED_TAG: u32 = 2;
+
 /// Kinds of frames a client may send to a hub, by `Frame` field number, with
 /// the largest kind body accepted for each (`usize::MAX`: only the connection's
 /// frame limit applies). Kinds that carry repeated messages are either absent
@@ -114,7 +117,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
             5 => skip(body, &mut pos, 4)?,
             _ => return Err(malformed("unsupported protobuf wire type")),
         }
-        if tag == SEQ_TAG {
+        if tag == SEQ_TAG || tag == ACKED_TAG {
             continue;
         }
         if found.tag != 0 {
@@ -170,7 +173,8 @@ mod tests {
 
     #[test]
     fn peeks_kind_and_length_without_decoding() {
-        let frame = Frame::publish("a.b", vec![7u8; 100]).with_seq(9);
+        let mut frame = Frame::publish("a.b", vec![7u8; 100]).with_seq(9);
+        frame.acked = 300;
         let body = frame.encode_to_vec();
         let peeked = peek_kind(&body).unwrap();
         assert_eq!(crate::frames::tag_name(peeked.tag), "publish");

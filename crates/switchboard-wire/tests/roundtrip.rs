@@ -158,6 +158,7 @@ fn session_strategy_produces_every_body() {
 fn kind_field_number(frame: &Frame) -> u64 {
     let encoded = Frame {
         seq: 0,
+        acked: 0,
         kind: frame.kind.clone(),
     }
     .encode_to_vec();

@@ -595,10 +595,7 @@ impl Central {
                     m.peer = agent.to_owned();
                 }
                 if l.tx
-                    .try_send(Frame {
-                        seq: 0,
-                        kind: Some(Kind::Session(m)),
-                    })
+                    .try_send(Frame::from(Kind::Session(m)))
                     .is_err()
                 {
                     tracing::warn!(agent, "session manager: link too slow or gone; closing it");

@@ -9,6 +9,14 @@ pub struct Frame {
     /// (see `Ack` and `Resume`). 0 means "not sequenced" (at-most-once).
     #[prost(uint64, tag = "1")]
     pub seq: u64,
+    /// Cumulative acknowledgement carried by any frame on a reliable
+    /// connection: every frame of the opposite direction with `seq <= acked`
+    /// is taken over, exactly as `Ack{up_to: acked}` would say. 0 means the
+    /// frame acknowledges nothing. A side sends a separate `Ack` only when no
+    /// frame of its own carries the acknowledgement soon enough (after 64
+    /// frames or about 10 ms).
+    #[prost(uint64, tag = "2")]
+    pub acked: u64,
     /// What the frame carries. A frame without a kind is a protocol violation.
     #[prost(
         oneof = "frame::Kind",
@@ -303,7 +311,8 @@ pub struct Pong {
 }
 /// Cumulative acknowledgement of sequenced frames: every frame with `seq <=
 /// up_to` in the opposite direction has been durably taken over (by the hub:
-/// also by its standby when one is attached).
+/// also by its standby when one is attached). Sent alone when no other frame
+/// carries the same acknowledgement in `Frame.acked`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {
     /// Highest sequence number acknowledged.

@@ -302,8 +302,8 @@ pub fn frame_at_depth(depth: u32) -> BoxedStrategy<Frame> {
         40 => kind_at_depth(depth).prop_map(Some),
         1 => Just(None),
     ];
-    (any::<u64>(), kind)
-        .prop_map(|(seq, kind)| Frame { seq, kind })
+    (any::<u64>(), any::<u64>(), kind)
+        .prop_map(|(seq, acked, kind)| Frame { seq, acked, kind })
         .boxed()
 }
 

@@ -37,6 +37,11 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// the send queue full.
 const ACK_RETRY: Duration = Duration::from_millis(10);
 
+/// How long frames from the hub may wait for an acknowledgement when no
+/// frame this client sends carries one (`Frame.acked`); then a separate
+/// `Ack` goes out.
+const ACK_DELAY: Duration = Duration::from_millis(10);
+
 /// Discovery deadline of the first reconnect attempts.
 const EARLY_DISCOVERY: Duration = Duration::from_millis(250);
 
@@ -464,7 +469,16 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     if resumed {
         tracing::debug!(client = %shared.cfg.id, resent = replay.len(), "session resumed");
     }
-    let mut writer = tokio::spawn(write_loop(replay, rx, conn.writer, max_frame));
+    // What this connection's frames acknowledged so far (`Frame.acked`),
+    // written by the writer, read by the reader to skip separate Acks.
+    let carried = reliable.then(|| Arc::new(AtomicU64::new(shared.in_last.load(Ordering::Relaxed))));
+    let mut writer = tokio::spawn(write_loop(
+        replay,
+        rx,
+        conn.writer,
+        max_frame,
+        carried.clone().map(|c| (shared.clone(), c)),
+    ));
     let base = tokio::time::Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
     let mut reader = tokio::spawn(read_loop(
@@ -473,6 +487,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
         tx.clone(),
         base,
         last_rx.clone(),
+        carried.unwrap_or_default(),
     ));
     // Ping at least this often: half the hub's keepalive, or the client's.
     let mut interval = shared.cfg.keepalive;
@@ -653,17 +668,38 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
 }
 
 /// Writes `replay` (frames of a resumed session the hub has not received),
-/// then queued frames, draining everything queued into one write.
+/// then queued frames, draining everything queued into one write. On a
+/// reliable connection (`acks`) every frame carries the acknowledgement of
+/// what the reader took (`Frame.acked`), and the highest one written is
+/// published for the reader.
 async fn write_loop(
     replay: Vec<Frame>,
     mut rx: mpsc::Receiver<Frame>,
     mut w: OwnedWriteHalf,
     max_frame: usize,
+    acks: Option<(Arc<Shared>, Arc<AtomicU64>)>,
 ) -> std::io::Result<()> {
     let mut codec = FrameCodec::with_max_frame(max_frame);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    for frame in replay {
+    let stamp = |frame: &mut Frame| -> u64 {
+        match &acks {
+            Some((shared, _)) => {
+                let up_to = shared.in_last.load(Ordering::Relaxed);
+                frame.acked = up_to;
+                up_to
+            }
+            None => 0,
+        }
+    };
+    let carried = |up_to: u64| {
+        if let Some((_, carried)) = &acks {
+            carried.fetch_max(up_to, Ordering::Relaxed);
+        }
+    };
+    for mut frame in replay {
+        let up_to = stamp(&mut frame);
         encode(&mut codec, frame, &mut buf);
+        carried(up_to);
         if buf.len() >= WRITE_BATCH {
             w.write_all(&buf).await?;
             buf.clear();
@@ -673,16 +709,23 @@ async fn write_loop(
         w.write_all(&buf).await?;
         buf.clear();
     }
-    while let Some(frame) = rx.recv().await {
+    while let Some(mut frame) = rx.recv().await {
+        let mut up_to = stamp(&mut frame);
         encode(&mut codec, frame, &mut buf);
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(frame) => encode(&mut codec, frame, &mut buf),
+                Ok(mut frame) => {
+                    up_to = stamp(&mut frame);
+                    encode(&mut codec, frame, &mut buf);
+                }
                 Err(_) => break,
             }
         }
         w.write_all(&buf).await?;
         buf.clear();
+        // Published once written: a frame still in the buffer carries
+        // nothing yet.
+        carried(up_to);
     }
     let _ = w.shutdown().await;
     Ok(())
@@ -706,8 +749,10 @@ fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
 }
 
 /// Reads frames from the hub and routes them. Sequenced frames already
-/// taken are dropped; what was taken is acknowledged when the frames
-/// buffered so far are handled (and every [`ACK_EVERY`] frames).
+/// taken are dropped. What was taken is acknowledged by the next frames
+/// this client sends (`Frame.acked`, see [`write_loop`]); a separate `Ack`
+/// goes out every [`ACK_EVERY`] frames, or [`ACK_DELAY`] after a batch
+/// when nothing sent meanwhile carried the acknowledgement.
 ///
 /// [`ACK_EVERY`]: super::reliable::ACK_EVERY
 async fn read_loop(
@@ -716,21 +761,50 @@ async fn read_loop(
     tx: mpsc::Sender<Frame>,
     base: tokio::time::Instant,
     last_rx: Arc<AtomicU64>,
+    carried: Arc<AtomicU64>,
 ) -> End {
     let mut goodbye: Option<proto::Goodbye> = None;
     let mut inbound = Inbound::starting_at(shared.in_last.load(Ordering::Relaxed));
+    // Highest acknowledgement of ours the hub sent (its frames' `acked`).
+    let mut peer_acked = 0u64;
+    // Armed while an acknowledgement is owed and not carried.
+    let ack_timer = tokio::time::sleep(ACK_DELAY);
+    tokio::pin!(ack_timer);
+    let mut armed = false;
     loop {
         let next = match reader.next().now_or_never() {
             Some(next) => next,
             None => {
                 // Nothing more buffered: the batch is done.
-                send_ack(&mut inbound, &tx);
+                inbound.acked(carried.load(Ordering::Relaxed));
+                if inbound.ack_due() {
+                    send_ack(&mut inbound, &tx);
+                }
                 if inbound.owed_ack().is_some() {
+                    if !armed {
+                        armed = true;
+                        ack_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + ACK_DELAY);
+                    }
                     tokio::select! {
                         next = reader.next() => next,
-                        _ = tokio::time::sleep(ACK_RETRY) => continue,
+                        _ = &mut ack_timer => {
+                            armed = false;
+                            inbound.acked(carried.load(Ordering::Relaxed));
+                            send_ack(&mut inbound, &tx);
+                            if inbound.owed_ack().is_some() {
+                                // The send queue is full: try again soon.
+                                armed = true;
+                                ack_timer
+                                    .as_mut()
+                                    .reset(tokio::time::Instant::now() + ACK_RETRY);
+                            }
+                            continue;
+                        }
                     }
                 } else {
+                    armed = false;
                     reader.next().await
                 }
             }
@@ -752,6 +826,10 @@ async fn read_loop(
                 }
             }
         };
+        if frame.acked > peer_acked {
+            peer_acked = frame.acked;
+            shared.acknowledged(frame.acked);
+        }
         if !inbound.accept(frame.seq) {
             // Sent again after a resume; already handled.
             continue;

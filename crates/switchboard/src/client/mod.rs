@@ -633,7 +633,11 @@ impl Shared {
         };
         match answer.kind {
             Some(Kind::Error(e)) => Err(ClientError::from_hub(e.code, e.message)),
-            kind => Ok(Frame { seq: 0, kind }),
+            kind => Ok(Frame {
+                seq: 0,
+                acked: 0,
+                kind,
+            }),
         }
     }
 
@@ -647,7 +651,7 @@ impl Shared {
 }
 
 pub(crate) fn unexpected(wanted: &str, got: Option<Kind>) -> ClientError {
-    let got = Frame { seq: 0, kind: got };
+    let got = Frame { seq: 0, acked: 0, kind: got };
     ClientError::Protocol(format!(
         "expected {wanted} but the hub answered {}",
         got.kind_name()

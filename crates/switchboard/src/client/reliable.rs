@@ -138,7 +138,6 @@ impl Default for Outbound {
 pub(crate) struct Inbound {
     last_received: u64,
     acked: u64,
-    since_ack: u32,
 }
 
 impl Inbound {
@@ -148,7 +147,6 @@ impl Inbound {
         Inbound {
             last_received,
             acked: last_received,
-            since_ack: 0,
         }
     }
 
@@ -163,14 +161,14 @@ impl Inbound {
             return false;
         }
         self.last_received = seq;
-        self.since_ack += 1;
         true
     }
 
-    /// Whether a long batch has gone [`ACK_EVERY`] frames without an
-    /// acknowledgement.
+    /// Whether [`ACK_EVERY`] sequence numbers went by without an
+    /// acknowledgement (gaps count: the hub dropped those deliveries, and
+    /// acknowledging early costs little).
     pub fn ack_due(&self) -> bool {
-        self.since_ack >= ACK_EVERY
+        self.last_received - self.acked >= u64::from(ACK_EVERY)
     }
 
     /// The `Ack.up_to` owed now, if the last acknowledgement sent does not
@@ -180,10 +178,10 @@ impl Inbound {
         (self.last_received > self.acked).then_some(self.last_received)
     }
 
-    /// Records that `Ack{up_to}` was queued.
+    /// Records that `Ack{up_to}` was queued, or that a frame carrying
+    /// `acked = up_to` was written.
     pub fn acked(&mut self, up_to: u64) {
         self.acked = self.acked.max(up_to);
-        self.since_ack = 0;
     }
 
     /// Highest sequence number taken.
@@ -320,6 +318,13 @@ mod tests {
             inb.accept(1);
         }
         assert!(!inb.ack_due());
+        // A gap counts as the frames it skipped.
+        inb.accept(2 * ACK_EVERY as u64);
+        assert!(inb.ack_due());
+        // A carried acknowledgement (a frame's `acked`) counts like an Ack.
+        inb.acked(2 * ACK_EVERY as u64 - 1);
+        assert!(!inb.ack_due());
+        assert_eq!(inb.owed_ack(), Some(2 * ACK_EVERY as u64));
     }
 
     #[test]
