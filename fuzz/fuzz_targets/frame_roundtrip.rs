@@ -1,5 +1,7 @@
 //! Decodes arbitrary bytes as a frame body; whatever decodes must re-encode
-//! and decode to the same frame, through prost and through the codec.
+//! and decode to the same frame, through prost and through the codec. The
+//! crate's decoder (which decodes deliveries by hand) must agree with prost
+//! on every input, accepted or refused.
 
 #![no_main]
 
@@ -10,7 +12,10 @@ use switchboard_wire::{decode_frame, encode_frame, Frame, FrameCodec, LENGTH_PRE
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(frame) = decode_frame(Bytes::copy_from_slice(data), usize::MAX) else {
+    let ours = decode_frame(Bytes::copy_from_slice(data), usize::MAX);
+    let prost = Frame::decode(Bytes::copy_from_slice(data));
+    assert_eq!(ours.as_ref().ok(), prost.as_ref().ok(), "hand decoder differs from prost");
+    let Ok(frame) = ours else {
         return;
     };
     let _ = frame.kind_name();

@@ -254,6 +254,9 @@ impl Decoder for FrameCodec {
         // Freezing lets prost slice `bytes` fields out of the buffer without
         // copying them.
         let body = src.split_to(len).freeze();
+        if let Some(frame) = crate::fast::decode_deliver(&body) {
+            return Ok(Some(frame));
+        }
         Ok(Some(Frame::decode(body)?))
     }
 

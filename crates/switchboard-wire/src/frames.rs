@@ -280,6 +280,9 @@ pub fn decode_frame(body: Bytes, max: usize) -> Result<Frame, WireError> {
             limit: max,
         });
     }
+    if let Some(frame) = crate::fast::decode_deliver(&body) {
+        return Ok(frame);
+    }
     Ok(Frame::decode(body)?)
 }
 

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod fast;
 mod frames;
 pub mod peek;
 

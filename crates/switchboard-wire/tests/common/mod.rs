@@ -190,6 +190,20 @@ fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
     )
 }
 
+/// Arbitrary `Deliver` bodies.
+#[allow(dead_code)]
+pub fn deliver() -> impl Strategy<Value = proto::Deliver> + Clone {
+    (any::<u64>(), text(), text(), payload(), text()).prop_map(
+        |(sub_id, topic, from, payload, reply_to)| proto::Deliver {
+            sub_id,
+            topic,
+            from,
+            payload,
+            reply_to,
+        },
+    )
+}
+
 fn subscribe() -> impl Strategy<Value = proto::Subscribe> + Clone {
     (any::<u64>(), any::<u64>(), text(), text()).prop_map(|(id, sub_id, pattern, queue_group)| {
         proto::Subscribe {
@@ -537,17 +551,7 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(id, sub_id)| Kind::Unsubscribe(proto::Unsubscribe { id, sub_id }))
             .boxed(),
-        (any::<u64>(), text(), text(), payload(), text())
-            .prop_map(|(sub_id, topic, from, payload, reply_to)| {
-                Kind::Deliver(proto::Deliver {
-                    sub_id,
-                    topic,
-                    from,
-                    payload,
-                    reply_to,
-                })
-            })
-            .boxed(),
+        deliver().prop_map(Kind::Deliver).boxed(),
         // ---- key/value ----
         (
             any::<u64>(),
