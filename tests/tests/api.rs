@@ -140,7 +140,7 @@ async fn direct_and_broadcast_messages() -> anyhow::Result<()> {
     a.send("b", "to b").await?;
     let m = within(b_msgs.next()).await?.expect("a message");
     assert_eq!(
-        (m.kind, m.from.as_str(), &m.payload[..]),
+        (m.kind, &*m.from, &m.payload[..]),
         (MessageKind::Direct, "a", &b"to b"[..])
     );
 
@@ -177,7 +177,7 @@ async fn pubsub_wildcards_fan_out_and_queue_groups() -> anyhow::Result<()> {
     publisher.publish("orders.us.shipped", "o2").await?;
     let m = within(star.next()).await?.expect("delivery");
     assert_eq!(
-        (m.topic.as_str(), &m.payload[..], m.from.as_str()),
+        (&*m.topic, &m.payload[..], &*m.from),
         ("orders.eu.created", &b"o1"[..], "pub")
     );
     let got: Vec<_> = within(async {

@@ -151,14 +151,14 @@ impl FakeConn {
                     assert!(f.acked >= self.max_carried, "carried acks never go back");
                     self.max_carried = f.acked;
                     match &f.kind {
-                    Some(Kind::Ack(a)) => {
-                        assert_eq!(f.seq, 0, "acks are not sequenced");
-                        assert!(a.up_to >= self.max_ack, "acks never go back");
-                        self.max_ack = a.up_to;
-                        return Ok(f);
-                    }
-                    Some(Kind::Ping(_)) => continue,
-                    _ => return Ok(f),
+                        Some(Kind::Ack(a)) => {
+                            assert_eq!(f.seq, 0, "acks are not sequenced");
+                            assert!(a.up_to >= self.max_ack, "acks never go back");
+                            self.max_ack = a.up_to;
+                            return Ok(f);
+                        }
+                        Some(Kind::Ping(_)) => continue,
+                        _ => return Ok(f),
                     }
                 }
                 Some(Err(e)) => return Err(e.into()),
@@ -727,7 +727,11 @@ async fn acknowledgements_ride_on_frames_both_ways() -> anyhow::Result<()> {
     ok.acked = 1;
     conn.send(ok).await?;
     within(p).await???;
-    assert_eq!(client.unacknowledged().0, 0, "the answer's `acked` freed the copy");
+    assert_eq!(
+        client.unacknowledged().0,
+        0,
+        "the answer's `acked` freed the copy"
+    );
     // The client's next frame acknowledges the hub's seq 1.
     let c = client.clone();
     let p = tokio::spawn(async move { c.publish("t", "y").await });
@@ -736,7 +740,11 @@ async fn acknowledgements_ride_on_frames_both_ways() -> anyhow::Result<()> {
     let ok = Frame::ok(command_id(&f)).with_seq(2);
     conn.send(ok).await?;
     within(p).await???;
-    assert_eq!(client.unacknowledged().0, 1, "no acknowledgement came for seq 2");
+    assert_eq!(
+        client.unacknowledged().0,
+        1,
+        "no acknowledgement came for seq 2"
+    );
     // The client sends nothing more: a separate Ack for seq 2 follows
     // after the acknowledgement delay.
     let f = conn.read().await?;

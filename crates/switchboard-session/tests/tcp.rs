@@ -711,7 +711,12 @@ async fn unknown_frame_kind_is_answered_and_the_link_carries_on() -> anyhow::Res
     use futures::{SinkExt, StreamExt};
     let (_manager, addr, _taps) = manager_on_loopback(ManagerConfig::default()).await?;
     let mut conn = Framed::new(TcpStream::connect(addr).await?, FrameCodec::default());
-    conn.send(Frame { seq: 0, acked: 0, kind: None }).await?;
+    conn.send(Frame {
+        seq: 0,
+        acked: 0,
+        kind: None,
+    })
+    .await?;
     let reply = tokio::time::timeout(Duration::from_secs(5), conn.next())
         .await?
         .context("closed")??;

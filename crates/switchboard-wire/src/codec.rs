@@ -1,9 +1,10 @@
 //! Length-prefixed framing of [`Frame`]s.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::fast::Delivery;
 use crate::Frame;
 
 /// Default largest frame, in bytes of protobuf (the 4-byte prefix excluded),
@@ -153,6 +154,32 @@ impl FrameCodec {
         self.max_outbound
     }
 
+    /// Takes the next whole frame body (length prefix removed) out of
+    /// `src`, checking the announced length against the inbound limit.
+    fn next_body(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        if src.len() < LENGTH_PREFIX_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_inbound {
+            return Err(WireError::FrameTooLarge {
+                direction: Direction::Inbound,
+                len: len as u64,
+                limit: self.max_inbound,
+            });
+        }
+        let total = LENGTH_PREFIX_LEN + len;
+        if src.len() < total {
+            // Bounded by the limit checked above.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX_LEN);
+        // Freezing lets the decoders slice `bytes` and string fields out of
+        // the buffer without copying them.
+        Ok(Some(src.split_to(len).freeze()))
+    }
+
     fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         let len = frame.encoded_len();
         if len > self.max_outbound || len > u32::MAX as usize {
@@ -233,27 +260,9 @@ impl Decoder for FrameCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        if src.len() < LENGTH_PREFIX_LEN {
+        let Some(body) = self.next_body(src)? else {
             return Ok(None);
-        }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > self.max_inbound {
-            return Err(WireError::FrameTooLarge {
-                direction: Direction::Inbound,
-                len: len as u64,
-                limit: self.max_inbound,
-            });
-        }
-        let total = LENGTH_PREFIX_LEN + len;
-        if src.len() < total {
-            // Bounded by the limit checked above.
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(LENGTH_PREFIX_LEN);
-        // Freezing lets prost slice `bytes` fields out of the buffer without
-        // copying them.
-        let body = src.split_to(len).freeze();
+        };
         if let Some(frame) = crate::fast::decode_deliver(&body) {
             return Ok(Some(frame));
         }
@@ -263,6 +272,55 @@ impl Decoder for FrameCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(WireError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+/// What [`IncomingCodec`] yields: a delivery decoded without copying, or
+/// any other frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A `Deliver` in the layout a hub writes.
+    Delivery(Delivery),
+    /// Anything else, decoded by prost.
+    Frame(Frame),
+}
+
+/// A [`FrameCodec`] for a client's receiving side: deliveries come out as
+/// [`Delivery`] values whose strings share the receive buffer (no
+/// allocation per message), everything else as [`Frame`]s. Wrap a codec
+/// with [`FrameCodec::incoming`] (or `FramedRead::map_decoder`).
+#[derive(Debug, Clone)]
+pub struct IncomingCodec(pub FrameCodec);
+
+impl FrameCodec {
+    /// This codec as an [`IncomingCodec`].
+    pub fn incoming(self) -> IncomingCodec {
+        IncomingCodec(self)
+    }
+}
+
+impl Decoder for IncomingCodec {
+    type Item = Incoming;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, WireError> {
+        let Some(body) = self.0.next_body(src)? else {
+            return Ok(None);
+        };
+        if let Some(d) = crate::fast::decode_delivery(&body) {
+            return Ok(Some(Incoming::Delivery(d)));
+        }
+        Ok(Some(Incoming::Frame(Frame::decode(body)?)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, WireError> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
             None if src.is_empty() => Ok(None),
             None => Err(WireError::Truncated {
                 buffered: src.len(),

@@ -39,7 +39,7 @@
 #![warn(missing_docs)]
 
 mod codec;
-mod fast;
+pub mod fast;
 mod frames;
 pub mod peek;
 
@@ -53,7 +53,11 @@ pub mod proto {
     include!("generated/switchboard.v1.rs");
 }
 
-pub use codec::{Direction, FastBuf, FrameCodec, WireError, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
+pub use codec::{
+    Direction, FastBuf, FrameCodec, Incoming, IncomingCodec, WireError, DEFAULT_MAX_FRAME,
+    LENGTH_PREFIX_LEN,
+};
+pub use fast::{decode_delivery, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use peek::check_client_frame;
 pub use proto::frame::Kind;

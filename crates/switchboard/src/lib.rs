@@ -58,6 +58,7 @@ pub use switchboard_session as session;
 pub use switchboard_wire as wire;
 
 pub use bytes::Bytes;
+pub use bytestring::ByteString;
 pub use client::{
     Client, ClientBuilder, ClientInfo, ConnectionState, HubStatus, IncomingRequest, Kv, KvEntry,
     KvEvent, KvWatch, Message, MessageKind, Messages, Presence, PresenceEvent, Requests,

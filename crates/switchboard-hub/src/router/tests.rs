@@ -923,7 +923,14 @@ fn session_frames_are_routed_by_peer() {
 fn unknown_and_forbidden_kinds_are_refused_and_the_connection_continues() {
     let mut sim = Sim::new();
     let a = sim.connect("a");
-    sim.send(a, Frame { seq: 0, acked: 0, kind: None });
+    sim.send(
+        a,
+        Frame {
+            seq: 0,
+            acked: 0,
+            kind: None,
+        },
+    );
     assert_eq!(code_of(&sim.recv_one(a)), Some((0, ErrorCode::Unsupported)));
     sim.send(a, frame(proto::Welcome::default()));
     assert_eq!(code_of(&sim.recv_one(a)), Some((0, ErrorCode::Unsupported)));
@@ -1096,7 +1103,10 @@ impl Sim {
             .handle(self.now, Input::Connect { conn, info, outbox });
         let got = self.recv(conn);
         assert!(
-            matches!(got.first().and_then(|f| f.kind.as_ref()), Some(Kind::Welcome(_))),
+            matches!(
+                got.first().and_then(|f| f.kind.as_ref()),
+                Some(Kind::Welcome(_))
+            ),
             "{got:?}"
         );
         conn
@@ -1104,10 +1114,7 @@ impl Sim {
 
     fn unacked_frames(&self) -> u64 {
         let s = self.router.status(self.now, 0);
-        s.counters
-            .get("unacked_frames")
-            .copied()
-            .unwrap_or(0)
+        s.counters.get("unacked_frames").copied().unwrap_or(0)
     }
 }
 
@@ -1125,13 +1132,28 @@ fn acks(frames: &[Frame]) -> Vec<u64> {
 fn answers_carry_the_acknowledgement_and_no_separate_ack_goes_out() {
     let mut sim = Sim::new();
     let a = sim.connect_reliable("a");
-    sim.send(a, Frame::from(proto::Publish { id: 7, topic: "t".into(), ..Default::default() }).with_seq(1));
+    sim.send(
+        a,
+        Frame::from(proto::Publish {
+            id: 7,
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
     let got = sim.recv(a);
     assert_eq!(got.len(), 1, "only the answer: {got:?}");
     assert_eq!(got[0].kind, Frame::ok(7).kind);
-    assert_eq!((got[0].seq, got[0].acked), (1, 1), "numbered, and acknowledges seq 1");
+    assert_eq!(
+        (got[0].seq, got[0].acked),
+        (1, 1),
+        "numbered, and acknowledges seq 1"
+    );
     sim.advance(ACK_DELAY * 2);
-    assert!(sim.recv(a).is_empty(), "the answer carried it: no Ack later either");
+    assert!(
+        sim.recv(a).is_empty(),
+        "the answer carried it: no Ack later either"
+    );
 }
 
 #[test]
@@ -1144,7 +1166,10 @@ fn an_unanswered_frame_is_acknowledged_after_the_delay() {
     let to_b = sim.recv(b);
     assert_eq!(to_b.len(), 1, "{to_b:?}");
     assert_eq!(to_b[0].acked, 0, "b sent nothing yet");
-    assert!(sim.recv(a).is_empty(), "the reply will carry a's acknowledgement");
+    assert!(
+        sim.recv(a).is_empty(),
+        "the reply will carry a's acknowledgement"
+    );
     sim.send(b, Frame::reply(5, "a", "r").with_seq(1));
     let to_a = sim.recv(a);
     assert_eq!(to_a.len(), 1, "{to_a:?}");
@@ -1188,7 +1213,8 @@ fn a_long_unanswered_batch_is_acknowledged_at_once() {
     let frames: Vec<Frame> = (1..=ACK_EVERY)
         .map(|seq| Frame::reply(seq, "nobody", "r").with_seq(seq))
         .collect();
-    sim.router.handle(sim.now, Input::Frames { conn: a, frames });
+    sim.router
+        .handle(sim.now, Input::Frames { conn: a, frames });
     assert_eq!(acks(&sim.recv(a)), [ACK_EVERY]);
 }
 
@@ -1211,7 +1237,10 @@ fn acknowledgements_carried_by_client_frames_free_the_retransmit_buffer() {
     }
     let got = sim.recv(a);
     assert_eq!(got.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 3, 4]);
-    assert!(got.iter().all(|f| f.acked == 1), "every frame carries it: {got:?}");
+    assert!(
+        got.iter().all(|f| f.acked == 1),
+        "every frame carries it: {got:?}"
+    );
     assert_eq!(sim.unacked_frames(), 4, "the Ok and three deliveries");
     // Any frame from a may carry the acknowledgement, numbered or not.
     let mut ping = Frame::from(proto::Ping { nonce: 1 });

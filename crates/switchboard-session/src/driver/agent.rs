@@ -484,10 +484,7 @@ async fn run(
                 if let Some(p) = &peer {
                     m.peer.clone_from(p);
                 }
-                if t.feed(Frame::from(Kind::Session(m)))
-                .await
-                .is_err()
-                {
+                if t.feed(Frame::from(Kind::Session(m))).await.is_err() {
                     failed = true;
                     break;
                 }

@@ -594,10 +594,7 @@ impl Central {
                 if l.kind == LinkKind::Hub {
                     m.peer = agent.to_owned();
                 }
-                if l.tx
-                    .try_send(Frame::from(Kind::Session(m)))
-                    .is_err()
-                {
+                if l.tx.try_send(Frame::from(Kind::Session(m))).is_err() {
                     tracing::warn!(agent, "session manager: link too slow or gone; closing it");
                     close = Some(lid);
                     break;

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use bytestring::ByteString;
 use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use switchboard_discovery as discovery;
-use switchboard_wire::{proto, ErrorCode, Frame, FrameCodec, Kind, PROTOCOL_VERSION};
+use switchboard_wire::{
+    proto, Delivery, ErrorCode, Frame, FrameCodec, Incoming, IncomingCodec, Kind, PROTOCOL_VERSION,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -471,7 +474,8 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     }
     // What this connection's frames acknowledged so far (`Frame.acked`),
     // written by the writer, read by the reader to skip separate Acks.
-    let carried = reliable.then(|| Arc::new(AtomicU64::new(shared.in_last.load(Ordering::Relaxed))));
+    let carried =
+        reliable.then(|| Arc::new(AtomicU64::new(shared.in_last.load(Ordering::Relaxed))));
     let mut writer = tokio::spawn(write_loop(
         replay,
         rx,
@@ -483,7 +487,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     let last_rx = Arc::new(AtomicU64::new(0));
     let mut reader = tokio::spawn(read_loop(
         shared.clone(),
-        conn.reader,
+        conn.reader.map_decoder(FrameCodec::incoming),
         tx.clone(),
         base,
         last_rx.clone(),
@@ -757,7 +761,7 @@ fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
 /// [`ACK_EVERY`]: super::reliable::ACK_EVERY
 async fn read_loop(
     shared: Arc<Shared>,
-    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<OwnedReadHalf, IncomingCodec>,
     tx: mpsc::Sender<Frame>,
     base: tokio::time::Instant,
     last_rx: Arc<AtomicU64>,
@@ -826,15 +830,19 @@ async fn read_loop(
                 }
             }
         };
-        if frame.acked > peer_acked {
-            peer_acked = frame.acked;
-            shared.acknowledged(frame.acked);
+        let (seq, acked) = match &frame {
+            Incoming::Delivery(d) => (d.seq, d.acked),
+            Incoming::Frame(f) => (f.seq, f.acked),
+        };
+        if acked > peer_acked {
+            peer_acked = acked;
+            shared.acknowledged(acked);
         }
-        if !inbound.accept(frame.seq) {
+        if !inbound.accept(seq) {
             // Sent again after a resume; already handled.
             continue;
         }
-        if frame.seq != 0 {
+        if seq != 0 {
             shared
                 .in_last
                 .store(inbound.last_received(), Ordering::Relaxed);
@@ -842,7 +850,14 @@ async fn read_loop(
                 send_ack(&mut inbound, &tx);
             }
         }
-        match frame.kind {
+        let kind = match frame {
+            Incoming::Delivery(d) => {
+                deliver(&shared, d);
+                continue;
+            }
+            Incoming::Frame(f) => f.kind,
+        };
+        match kind {
             Some(Kind::Goodbye(g)) => {
                 if g.code == ErrorCode::IdTakenOver as i32 {
                     return End::TakenOver;
@@ -865,6 +880,24 @@ fn count_drop(shared: &Shared, n: u64) {
     shared.dropped.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Hands a delivery to its subscription's stream (dropped and counted
+/// when the stream is full; ignored when the subscription is gone).
+fn deliver(shared: &Shared, d: Delivery) {
+    let reg = shared.reg.lock();
+    if let Some(sub) = reg.subs.get(&d.sub_id) {
+        let msg = Message {
+            kind: MessageKind::Publish,
+            from: d.from,
+            topic: d.topic,
+            reply_to: d.reply_to,
+            payload: d.payload,
+        };
+        if sub.tx.try_send(msg).is_err() {
+            count_drop(shared, 1);
+        }
+    }
+}
+
 fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
     let mut reg = shared.reg.lock();
     match kind {
@@ -878,9 +911,9 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
             if let Some(sub) = reg.subs.get(&d.sub_id) {
                 let msg = Message {
                     kind: MessageKind::Publish,
-                    from: d.from,
-                    topic: d.topic,
-                    reply_to: d.reply_to,
+                    from: d.from.into(),
+                    topic: d.topic.into(),
+                    reply_to: d.reply_to.into(),
                     payload: d.payload,
                 };
                 if sub.tx.try_send(msg).is_err() {
@@ -891,9 +924,9 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
         Kind::Direct(d) => {
             let msg = Message {
                 kind: MessageKind::Direct,
-                from: d.from,
-                topic: String::new(),
-                reply_to: String::new(),
+                from: d.from.into(),
+                topic: ByteString::new(),
+                reply_to: ByteString::new(),
                 payload: d.payload,
             };
             deliver_message(shared, &mut reg, msg);
@@ -901,9 +934,9 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
         Kind::Broadcast(b) => {
             let msg = Message {
                 kind: MessageKind::Broadcast,
-                from: b.from,
-                topic: String::new(),
-                reply_to: String::new(),
+                from: b.from.into(),
+                topic: ByteString::new(),
+                reply_to: ByteString::new(),
                 payload: b.payload,
             };
             deliver_message(shared, &mut reg, msg);

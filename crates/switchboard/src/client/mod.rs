@@ -651,7 +651,11 @@ impl Shared {
 }
 
 pub(crate) fn unexpected(wanted: &str, got: Option<Kind>) -> ClientError {
-    let got = Frame { seq: 0, acked: 0, kind: got };
+    let got = Frame {
+        seq: 0,
+        acked: 0,
+        kind: got,
+    };
     ClientError::Protocol(format!(
         "expected {wanted} but the hub answered {}",
         got.kind_name()

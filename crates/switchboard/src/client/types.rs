@@ -1,6 +1,7 @@
 //! Plain data types handed to applications.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use switchboard_wire::proto;
 
 /// State of a client's connection to its hub, observed through
@@ -59,16 +60,23 @@ pub enum MessageKind {
 }
 
 /// A message received by this client.
+///
+/// The strings are [`ByteString`]s (a `str` that shares its buffer): a
+/// delivery's topic, sender and reply topic point into the bytes received,
+/// like its payload, so receiving costs no allocation per message. They
+/// deref to `&str` and compare with `&str` and `String`
+/// (`msg.topic == "orders.eu"`); `String::from(msg.topic)` makes an owned
+/// copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// How it arrived.
     pub kind: MessageKind,
     /// Sender's client id.
-    pub from: String,
+    pub from: ByteString,
     /// Topic, for published messages; empty otherwise.
-    pub topic: String,
+    pub topic: ByteString,
     /// The publisher's reply topic, if it gave one; empty otherwise.
-    pub reply_to: String,
+    pub reply_to: ByteString,
     /// The payload.
     pub payload: Bytes,
 }
