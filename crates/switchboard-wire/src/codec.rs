@@ -181,6 +181,9 @@ impl FrameCodec {
     }
 
     fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        if let Some(crate::Kind::Publish(p)) = &frame.kind {
+            return self.encode_publish(frame.seq, frame.acked, p, dst);
+        }
         let len = frame.encoded_len();
         if len > self.max_outbound || len > u32::MAX as usize {
             return Err(WireError::FrameTooLarge {
@@ -197,6 +200,89 @@ impl FrameCodec {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
     }
+
+    /// Encodes a `Publish` frame by hand, byte for byte what prost writes
+    /// (fields in tag order, defaults left out): the fixed fields go
+    /// through a stack buffer, the strings and the payload are copied once.
+    /// prost's generic encoder cost a publisher ~730 instructions per
+    /// 64-byte publish.
+    fn encode_publish(
+        &self,
+        seq: u64,
+        acked: u64,
+        p: &crate::proto::Publish,
+        dst: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        use prost::encoding::encoded_len_varint as vl;
+        let field = |n: usize| if n == 0 { 0 } else { 1 + vl(n as u64) + n };
+        let inner = if p.id == 0 { 0 } else { 1 + vl(p.id) }
+            + field(p.topic.len())
+            + field(p.from.len())
+            + field(p.payload.len())
+            + field(p.reply_to.len());
+        let len = if seq == 0 { 0 } else { 1 + vl(seq) }
+            + if acked == 0 { 0 } else { 1 + vl(acked) }
+            + 2
+            + vl(inner as u64)
+            + inner;
+        if len > self.max_outbound || len > u32::MAX as usize {
+            return Err(WireError::FrameTooLarge {
+                direction: Direction::Outbound,
+                len: len as u64,
+                limit: self.max_outbound,
+            });
+        }
+        dst.reserve(LENGTH_PREFIX_LEN + len);
+        // prefix 4 + seq 11 + acked 11 + kind key 2 + length 10 + id 11
+        let mut fixed = [0u8; 49];
+        fixed[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        let mut n = 4;
+        if seq != 0 {
+            fixed[n] = 0x08;
+            n = put_varint(&mut fixed, n + 1, seq);
+        }
+        if acked != 0 {
+            fixed[n] = 0x10;
+            n = put_varint(&mut fixed, n + 1, acked);
+        }
+        // Frame.publish = 44, length-delimited: key 354 as a varint.
+        fixed[n] = 0xe2;
+        fixed[n + 1] = 0x02;
+        n = put_varint(&mut fixed, n + 2, inner as u64);
+        if p.id != 0 {
+            fixed[n] = 0x08;
+            n = put_varint(&mut fixed, n + 1, p.id);
+        }
+        dst.put_slice(&fixed[..n]);
+        for (key, bytes) in [
+            (0x12, p.topic.as_bytes()),
+            (0x1a, p.from.as_bytes()),
+            (0x22, &p.payload[..]),
+            (0x2a, p.reply_to.as_bytes()),
+        ] {
+            if !bytes.is_empty() {
+                let mut head = [0u8; 11];
+                head[0] = key;
+                let k = put_varint(&mut head, 1, bytes.len() as u64);
+                dst.put_slice(&head[..k]);
+                dst.put_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `v` as a protobuf varint into `buf` at `at`; returns the
+/// position after it.
+#[inline]
+fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 /// A [`BytesMut`] for prost to encode into, writing single bytes (every
