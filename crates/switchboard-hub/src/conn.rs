@@ -441,11 +441,21 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireErr
         buf.advance(total);
         return Ok(Some(Decoded::Refused(notice)));
     }
+    // Publishes, the bulk of client traffic, are decoded by hand (the same
+    // frame prost would decode; anything unusual goes to prost).
     let frame = if len >= ZERO_COPY_MIN {
         buf.advance(LENGTH_PREFIX_LEN);
-        Frame::decode(buf.split_to(len).freeze())?
+        let body = buf.split_to(len).freeze();
+        match switchboard_wire::decode_publish(&body, Some(&body)) {
+            Some(frame) => frame,
+            None => Frame::decode(body)?,
+        }
     } else {
-        let frame = Frame::decode(&buf[LENGTH_PREFIX_LEN..total])?;
+        let body = &buf[LENGTH_PREFIX_LEN..total];
+        let frame = match switchboard_wire::decode_publish(body, None) {
+            Some(frame) => frame,
+            None => Frame::decode(body)?,
+        };
         buf.advance(total);
         frame
     };

@@ -349,7 +349,7 @@ impl Decoder for FrameCodec {
         let Some(body) = self.next_body(src)? else {
             return Ok(None);
         };
-        if let Some(frame) = crate::fast::decode_deliver(&body) {
+        if let Some(frame) = crate::fast::decode(&body) {
             return Ok(Some(frame));
         }
         Ok(Some(Frame::decode(body)?))

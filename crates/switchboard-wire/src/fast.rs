@@ -1,4 +1,5 @@
-//! Hand-written decoding of the frame a client receives most: a `Deliver`.
+//! Hand-written decoding of the frames sent most: `Deliver` (what a
+//! client receives) and `Publish` (what a hub receives).
 //!
 //! prost decodes every field through a generic merge loop and copies every
 //! string into its own allocation, which cost a subscriber about 1,700
@@ -11,6 +12,8 @@
 //! UTF-8) returns `None` and the caller decodes with prost. Whenever it
 //! returns a delivery, it is the frame prost would decode from the same
 //! bytes.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -59,6 +62,8 @@ const KEY_SEQ: u64 = 1 << 3;
 const KEY_ACKED: u64 = 2 << 3;
 /// `Frame.deliver`, length-delimited.
 const KEY_DELIVER: u64 = 47 << 3 | 2;
+/// `Frame.publish`, length-delimited.
+const KEY_PUBLISH: u64 = 44 << 3 | 2;
 
 /// Reads a varint of at most 9 bytes (values below 2^63) at `*pos`.
 #[inline]
@@ -77,7 +82,7 @@ fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 
 /// Reads a length and returns the range it covers, within `end`.
 #[inline]
-fn span(b: &[u8], pos: &mut usize, end: usize) -> Option<std::ops::Range<usize>> {
+fn span(b: &[u8], pos: &mut usize, end: usize) -> Option<Range<usize>> {
     let len = usize::try_from(varint(b, pos)?).ok()?;
     let start = *pos;
     let stop = start.checked_add(len)?;
@@ -89,39 +94,37 @@ fn span(b: &[u8], pos: &mut usize, end: usize) -> Option<std::ops::Range<usize>>
 }
 
 #[inline]
-fn text(body: &Bytes, range: std::ops::Range<usize>) -> Option<ByteString> {
+fn text(body: &Bytes, range: Range<usize>) -> Option<ByteString> {
+    if range.is_empty() {
+        return Some(ByteString::new());
+    }
     ByteString::try_from(body.slice(range)).ok()
 }
 
-/// Decodes `body` (a frame without its length prefix) if it is a plain
-/// `Deliver`; `None` means "use prost".
-pub(crate) fn decode_deliver(body: &Bytes) -> Option<Frame> {
-    decode_delivery(body).map(Frame::from)
-}
-
-/// Decodes `body` (a frame body without its length prefix) if it is a
-/// `Deliver` in the layout a hub writes; `None` means "decode it with
-/// prost" (which gives the same frame when this returns one).
-pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
-    let b = &body[..];
+/// The envelope of a frame whose kind is the length-delimited field
+/// `kind_key`: `(seq, acked, range of the kind's body)`.
+fn envelope(b: &[u8], kind_key: u64) -> Option<(u64, u64, Range<usize>)> {
     let mut pos = 0;
     let (mut seq, mut acked, mut kind) = (None, None, None);
     while pos < b.len() {
         match varint(b, &mut pos)? {
             KEY_SEQ if seq.is_none() => seq = Some(varint(b, &mut pos)?),
             KEY_ACKED if acked.is_none() => acked = Some(varint(b, &mut pos)?),
-            KEY_DELIVER if kind.is_none() => kind = Some(span(b, &mut pos, b.len())?),
+            key if key == kind_key && kind.is_none() => kind = Some(span(b, &mut pos, b.len())?),
             _ => return None,
         }
     }
-    let range = kind?;
+    Some((seq.unwrap_or(0), acked.unwrap_or(0), kind?))
+}
+
+/// The fields of a `Deliver` or a `Publish` body in `b[range]` (the two
+/// share their layout: 1 a varint, 2–5 strings and bytes), each at most
+/// once: the varint and the ranges of fields 2–5 (empty when absent).
+fn fields(b: &[u8], range: Range<usize>) -> Option<(u64, [Range<usize>; 4])> {
     let end = range.end;
     let mut pos = range.start;
-    let mut d = Delivery {
-        seq: seq.unwrap_or(0),
-        acked: acked.unwrap_or(0),
-        ..Delivery::default()
-    };
+    let mut first = 0;
+    let mut spans: [Range<usize>; 4] = [0..0, 0..0, 0..0, 0..0];
     let mut seen = 0u8;
     while pos < end {
         let key = varint(b, &mut pos)?;
@@ -135,19 +138,73 @@ pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
         seen |= 1 << field;
         match key {
             0x08 => {
-                d.sub_id = varint(b, &mut pos)?;
+                first = varint(b, &mut pos)?;
                 if pos > end {
                     return None;
                 }
             }
-            0x12 => d.topic = text(body, span(b, &mut pos, end)?)?,
-            0x1a => d.from = text(body, span(b, &mut pos, end)?)?,
-            0x22 => d.payload = body.slice(span(b, &mut pos, end)?),
-            0x2a => d.reply_to = text(body, span(b, &mut pos, end)?)?,
+            0x12 | 0x1a | 0x22 | 0x2a => spans[field as usize - 2] = span(b, &mut pos, end)?,
             _ => return None,
         }
     }
-    Some(d)
+    Some((first, spans))
+}
+
+/// Decodes `body` (a frame without its length prefix) if it is a plain
+/// `Deliver` or `Publish`; `None` means "use prost".
+pub(crate) fn decode(body: &Bytes) -> Option<Frame> {
+    decode_delivery(body)
+        .map(Frame::from)
+        .or_else(|| decode_publish(body, Some(body)))
+}
+
+/// Decodes `body` (a frame body without its length prefix) if it is a
+/// `Deliver` in the layout a hub writes; `None` means "decode it with
+/// prost" (which gives the same frame when this returns one).
+pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
+    let (seq, acked, range) = envelope(body, KEY_DELIVER)?;
+    let (sub_id, [topic, from, payload, reply_to]) = fields(body, range)?;
+    Some(Delivery {
+        seq,
+        acked,
+        sub_id,
+        topic: text(body, topic)?,
+        from: text(body, from)?,
+        payload: body.slice(payload),
+        reply_to: text(body, reply_to)?,
+    })
+}
+
+/// Decodes `b` (a frame body without its length prefix) if it is a
+/// `Publish` with each field at most once; `None` means "decode it with
+/// prost" (which gives the same frame when this returns one). The payload
+/// is sliced out of `shared` when given (`b` must be its contents), else
+/// copied.
+pub fn decode_publish(b: &[u8], shared: Option<&Bytes>) -> Option<Frame> {
+    let (seq, acked, range) = envelope(b, KEY_PUBLISH)?;
+    let (id, [topic, from, payload, reply_to]) = fields(b, range)?;
+    let owned = |r: Range<usize>| -> Option<String> {
+        if r.is_empty() {
+            Some(String::new())
+        } else {
+            std::str::from_utf8(&b[r]).ok().map(str::to_owned)
+        }
+    };
+    let payload = match shared {
+        Some(body) => body.slice(payload),
+        None => Bytes::copy_from_slice(&b[payload]),
+    };
+    Some(Frame {
+        seq,
+        acked,
+        kind: Some(Kind::Publish(proto::Publish {
+            id,
+            topic: owned(topic)?,
+            from: owned(from)?,
+            payload,
+            reply_to: owned(reply_to)?,
+        })),
+    })
 }
 
 #[cfg(test)]
@@ -172,10 +229,10 @@ mod tests {
     fn decodes_what_prost_decodes() {
         let f = deliver();
         let body = Bytes::from(f.encode_to_vec());
-        assert_eq!(decode_deliver(&body), Some(f));
+        assert_eq!(decode(&body), Some(f));
         let empty = Frame::from(proto::Deliver::default());
         let body = Bytes::from(empty.encode_to_vec());
-        assert_eq!(decode_deliver(&body), Some(empty));
+        assert_eq!(decode(&body), Some(empty));
     }
 
     #[test]
@@ -199,11 +256,19 @@ mod tests {
 
     #[test]
     fn leaves_everything_else_to_prost() {
-        let publish = Frame::publish("t", "x").encode_to_vec();
-        assert_eq!(decode_deliver(&Bytes::from(publish)), None);
+        let ping = Frame::from(proto::Ping { nonce: 3 }).encode_to_vec();
+        assert_eq!(decode(&Bytes::from(ping)), None);
+        let publish = Frame::publish("t", "x");
+        let body = Bytes::from(publish.encode_to_vec());
+        assert_eq!(
+            decode(&body),
+            Some(publish.clone()),
+            "publishes are decoded too"
+        );
+        assert_eq!(decode_publish(&body, None), Some(publish));
         let mut twice = deliver().encode_to_vec();
         twice.extend_from_slice(&Frame::from(proto::Deliver::default()).encode_to_vec());
-        assert_eq!(decode_deliver(&Bytes::from(twice)), None, "merged by prost");
+        assert_eq!(decode(&Bytes::from(twice)), None, "merged by prost");
         let mut bad = Frame::from(proto::Deliver {
             topic: "ab".into(),
             ..Default::default()
@@ -211,12 +276,12 @@ mod tests {
         .encode_to_vec();
         let n = bad.len();
         bad[n - 1] = 0xff;
-        assert_eq!(decode_deliver(&Bytes::from(bad.clone())), None);
+        assert_eq!(decode(&Bytes::from(bad.clone())), None);
         assert!(Frame::decode(&bad[..]).is_err(), "invalid UTF-8");
         let truncated = deliver().encode_to_vec();
         for cut in 0..truncated.len() {
             let body = Bytes::copy_from_slice(&truncated[..cut]);
-            if let Some(f) = decode_deliver(&body) {
+            if let Some(f) = decode(&body) {
                 assert_eq!(Frame::decode(body).ok(), Some(f), "cut at {cut}");
             }
         }

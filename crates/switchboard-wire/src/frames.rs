@@ -280,7 +280,7 @@ pub fn decode_frame(body: Bytes, max: usize) -> Result<Frame, WireError> {
             limit: max,
         });
     }
-    if let Some(frame) = crate::fast::decode_deliver(&body) {
+    if let Some(frame) = crate::fast::decode(&body) {
         return Ok(frame);
     }
     Ok(Frame::decode(body)?)

@@ -57,7 +57,7 @@ pub use codec::{
     Direction, FastBuf, FrameCodec, Incoming, IncomingCodec, WireError, DEFAULT_MAX_FRAME,
     LENGTH_PREFIX_LEN,
 };
-pub use fast::{decode_delivery, Delivery};
+pub use fast::{decode_delivery, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use peek::check_client_frame;
 pub use proto::frame::Kind;

@@ -190,6 +190,20 @@ fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
     )
 }
 
+/// Arbitrary `Publish` bodies.
+#[allow(dead_code)]
+pub fn publish() -> impl Strategy<Value = proto::Publish> + Clone {
+    (any::<u64>(), text(), text(), payload(), text()).prop_map(
+        |(id, topic, from, payload, reply_to)| proto::Publish {
+            id,
+            topic,
+            from,
+            payload,
+            reply_to,
+        },
+    )
+}
+
 /// Arbitrary `Deliver` bodies.
 #[allow(dead_code)]
 pub fn deliver() -> impl Strategy<Value = proto::Deliver> + Clone {
