@@ -83,13 +83,14 @@ proptest! {
         }
         let prost = Frame::decode(&body[..]).ok();
         let shared = Bytes::from(body.clone());
-        for ours in [
+        for f in [
             switchboard_wire::decode_publish(&body, None),
             switchboard_wire::decode_publish(&shared, Some(&shared)),
-        ] {
-            if let Some(f) = ours {
-                prop_assert_eq!(Some(f), prost.clone());
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            prop_assert_eq!(Some(f), prost.clone());
         }
         prop_assert_eq!(decode_frame(shared, usize::MAX).ok(), prost.clone());
         // Varints of 10 bytes (values from 2^63) are left to prost.
