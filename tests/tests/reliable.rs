@@ -1048,3 +1048,40 @@ async fn a_standby_takes_over_and_the_session_resumes_on_it() -> anyhow::Result<
     assert_eq!(promoted.status().subscriptions, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_real_hub_acknowledges_through_answers_and_after_the_delay() -> anyhow::Result<()> {
+    let hub = hub_with_epoch(1).await?;
+    let connect = |id: &'static str| {
+        Client::builder(id)
+            .addr(hub.local_addr().to_string())
+            .token(TOKEN)
+            .connect()
+    };
+    let server = connect("acked-server").await?;
+    let requester = connect("acked-requester").await?;
+    let mut requests = server.requests();
+    for round in 0..20u32 {
+        let r = requester.clone();
+        let asked = tokio::spawn(async move {
+            r.request("acked-server", round.to_be_bytes().to_vec())
+                .await
+        });
+        let req = within(requests.next()).await?.expect("a request");
+        let payload = req.payload().clone();
+        within(req.reply(payload)).await??;
+        assert_eq!(&within(asked).await???[..], round.to_be_bytes());
+        // The reply acknowledged the request: nothing of the requester's
+        // waits for an acknowledgement.
+        assert_eq!(requester.unacknowledged().0, 0, "round {round}");
+    }
+    // The server's replies get no answer; the hub acknowledges them by
+    // the next request it delivers, and the last one after its delay.
+    within(async {
+        while server.unacknowledged().0 != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    Ok(())
+}
