@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use switchboard_wire::proto::frame::Kind;
-use switchboard_wire::{proto, FastBuf, Frame, LENGTH_PREFIX_LEN};
+use switchboard_wire::{proto, put_varint, FastBuf, Frame, LENGTH_PREFIX_LEN};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -251,19 +251,6 @@ impl Out {
             }
         }
     }
-}
-
-/// Writes `v` as a protobuf varint into `buf` at `at`; returns the
-/// position after it.
-#[inline]
-fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
-    while v >= 0x80 {
-        buf[at] = (v as u8) | 0x80;
-        v >>= 7;
-        at += 1;
-    }
-    buf[at] = v as u8;
-    at + 1
 }
 
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).

@@ -180,11 +180,8 @@ impl FrameCodec {
         Ok(Some(src.split_to(len).freeze()))
     }
 
-    fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        if let Some(crate::Kind::Publish(p)) = &frame.kind {
-            return self.encode_publish(frame.seq, frame.acked, p, dst);
-        }
-        let len = frame.encoded_len();
+    /// Refuses a frame body of `len` bytes over the outbound limit.
+    fn check_outbound(&self, len: usize) -> Result<(), WireError> {
         if len > self.max_outbound || len > u32::MAX as usize {
             return Err(WireError::FrameTooLarge {
                 direction: Direction::Outbound,
@@ -192,6 +189,15 @@ impl FrameCodec {
                 limit: self.max_outbound,
             });
         }
+        Ok(())
+    }
+
+    fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        if let Some(crate::Kind::Publish(p)) = &frame.kind {
+            return self.encode_publish(frame.seq, frame.acked, p, dst);
+        }
+        let len = frame.encoded_len();
+        self.check_outbound(len)?;
         dst.reserve(LENGTH_PREFIX_LEN + len);
         dst.put_u32(len as u32);
         // Cannot fail: capacity was reserved above.
@@ -225,13 +231,7 @@ impl FrameCodec {
             + 2
             + vl(inner as u64)
             + inner;
-        if len > self.max_outbound || len > u32::MAX as usize {
-            return Err(WireError::FrameTooLarge {
-                direction: Direction::Outbound,
-                len: len as u64,
-                limit: self.max_outbound,
-            });
-        }
+        self.check_outbound(len)?;
         dst.reserve(LENGTH_PREFIX_LEN + len);
         // prefix 4 + seq 11 + acked 11 + kind key 2 + length 10 + id 11
         let mut fixed = [0u8; 49];
@@ -273,9 +273,10 @@ impl FrameCodec {
 }
 
 /// Writes `v` as a protobuf varint into `buf` at `at`; returns the
-/// position after it.
+/// position after it. For encoders that assemble a frame's fixed fields in
+/// a stack buffer (`buf` must have room for 10 bytes at `at`).
 #[inline]
-fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
+pub fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
     while v >= 0x80 {
         buf[at] = (v as u8) | 0x80;
         v >>= 7;

@@ -54,8 +54,8 @@ pub mod proto {
 }
 
 pub use codec::{
-    Direction, FastBuf, FrameCodec, Incoming, IncomingCodec, WireError, DEFAULT_MAX_FRAME,
-    LENGTH_PREFIX_LEN,
+    put_varint, Direction, FastBuf, FrameCodec, Incoming, IncomingCodec, WireError,
+    DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN,
 };
 pub use fast::{decode_delivery, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};

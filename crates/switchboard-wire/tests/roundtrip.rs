@@ -73,14 +73,7 @@ proptest! {
         truncate in any::<bool>(),
     ) {
         let frame = Frame { seq, acked, kind: Some(Kind::Publish(p)) };
-        let mut body = frame.encode_to_vec();
-        for (at, byte) in &damage {
-            let i = at.index(body.len());
-            body[i] = *byte;
-        }
-        if truncate {
-            body.truncate(cut.index(body.len() + 1));
-        }
+        let body = damaged(&frame, &damage, truncate.then_some(cut));
         let prost = Frame::decode(&body[..]).ok();
         let shared = Bytes::from(body.clone());
         for f in [
@@ -143,15 +136,7 @@ proptest! {
         truncate in any::<bool>(),
     ) {
         let frame = Frame { seq, acked, kind: Some(Kind::Deliver(d)) };
-        let mut body = frame.encode_to_vec();
-        for (at, byte) in &damage {
-            let i = at.index(body.len());
-            body[i] = *byte;
-        }
-        if truncate {
-            body.truncate(cut.index(body.len() + 1));
-        }
-        let body = Bytes::from(body);
+        let body = Bytes::from(damaged(&frame, &damage, truncate.then_some(cut)));
         let ours = decode_frame(body.clone(), usize::MAX);
         let prost = Frame::decode(body.clone());
         match (ours, prost) {
@@ -258,6 +243,23 @@ fn session_strategy_produces_every_body() {
         bodies.insert(key >> 3);
     }
     assert_eq!(bodies, (10..=17).collect(), "session bodies seen");
+}
+
+/// `frame` encoded, with bytes overwritten at `damage` and cut at `cut`.
+fn damaged(
+    frame: &Frame,
+    damage: &[(prop::sample::Index, u8)],
+    cut: Option<prop::sample::Index>,
+) -> Vec<u8> {
+    let mut body = frame.encode_to_vec();
+    for (at, byte) in damage {
+        let i = at.index(body.len());
+        body[i] = *byte;
+    }
+    if let Some(cut) = cut {
+        body.truncate(cut.index(body.len() + 1));
+    }
+    body
 }
 
 /// Field number of a frame's kind, read from its encoding.
