@@ -125,7 +125,10 @@ fn throughput_rows(report: &Report) -> Vec<Row> {
 fn latency_rows(report: &Report) -> Vec<Row> {
     let mut rows = Vec::new();
     for g in groups(&report.figures) {
-        if !g[0].lower_is_better || !g[0].metric.contains("µs") {
+        // Comparisons only: the switchboard-only rows (`sb-*`) stay in the
+        // tables.
+        if !g[0].lower_is_better || !g[0].metric.contains("µs") || g[0].workload.starts_with("sb-")
+        {
             continue;
         }
         let bars: Vec<_> = g

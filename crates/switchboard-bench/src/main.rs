@@ -9,6 +9,9 @@
 
 mod chart;
 mod drivers;
+mod extras;
+mod failover;
+mod gateways;
 mod idle;
 mod procs;
 mod raw;
@@ -80,6 +83,23 @@ enum Cmd {
     Render {
         /// The JSON file (default: docs/bench.json).
         json: Option<PathBuf>,
+    },
+    /// Hot-standby figures on their own: failover times over KILLS kills of
+    /// the primary, then publishing throughput with and without a standby.
+    Failover {
+        /// Kills of the primary.
+        #[arg(default_value_t = 20)]
+        kills: usize,
+        /// Messages per throughput run.
+        #[arg(default_value_t = 200_000)]
+        messages: u64,
+    },
+    /// Request/reply round trips over native TCP, WebSocket and the HTTP
+    /// gateway of one in-process hub, as a markdown table.
+    Gateways {
+        /// Round trips per transport.
+        #[arg(default_value_t = 5000)]
+        rounds: usize,
     },
     /// The raw TCP baseline server (started by the benchmark itself).
     #[command(hide = true)]
@@ -496,16 +516,20 @@ fn spawn_peer(
     procs::spawn_and_wait(key, c, addr, &log, ready)
 }
 
+/// The `switchboard` CLI binary: `--hub-bin`, else the one next to this
+/// binary, if built.
+fn hub_bin(cli: &Cli) -> Option<PathBuf> {
+    let sibling = std::env::current_exe().ok()?.with_file_name("switchboard");
+    cli.hub_bin
+        .clone()
+        .or_else(|| sibling.is_file().then_some(sibling))
+}
+
 /// Starts the hub as its own process: the `switchboard` CLI when it is
 /// built, else this binary's hidden `sb-hub` subcommand.
 fn start_hub(cli: &Cli, token: &str, ready: Duration) -> Result<(ProcGuard, String)> {
     let exe = std::env::current_exe()?;
-    let sibling = exe.with_file_name("switchboard");
-    let bin = cli
-        .hub_bin
-        .clone()
-        .or_else(|| sibling.is_file().then_some(sibling));
-    if let Some(bin) = bin {
+    if let Some(bin) = hub_bin(cli) {
         let mut cmd = Command::new(&bin);
         cmd.args([
             "--service",
@@ -587,7 +611,16 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     } else {
         0
     };
+    let extra_rows: Vec<extras::Extra> = if setup.systems.iter().any(|s| s.key() == "switchboard") {
+        extras::extras(cli.quick)
+            .into_iter()
+            .filter(|e| cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == e.id))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let steps: u64 = idle_steps
+        + (extra_rows.len() * runs) as u64
         + chosen
             .iter()
             .map(|w| {
@@ -712,6 +745,16 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     if idle_chosen {
         idle_rows(cli, setup, &pb, &mut figures).await;
     }
+    extras::rows(
+        &extra_rows,
+        runs,
+        hub_bin(cli).as_deref(),
+        &setup.token,
+        &setup.dir,
+        &pb,
+        &mut figures,
+    )
+    .await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
@@ -838,6 +881,22 @@ fn main() -> Result<()> {
             println!("READY {}", listener.local_addr()?);
             raw::serve(listener).await
         });
+    }
+    if let Some(Cmd::Failover { kills, messages }) = &cli.cmd {
+        let bin = hub_bin(&cli).context(
+            "the `switchboard` binary is not built: `cargo build --release -p switchboard --bins`",
+        )?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(failover::main(&bin, *kills, *messages));
+    }
+    if let Some(Cmd::Gateways { rounds }) = &cli.cmd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(gateways::main(*rounds));
     }
     if let Some(Cmd::Render { json }) = &cli.cmd {
         let docs = docs_dir(&cli);

@@ -1,10 +1,15 @@
 //! Request/reply round trips through each transport of one hub: native TCP,
 //! WebSocket, and the HTTP long-poll gateway (requester and responder on the
-//! same transport, one request outstanding at a time).
+//! same transport, one request outstanding at a time). Clients speak the
+//! protocol directly (handshake with proofs, frames), so the figures are the
+//! hub's, not a client library's.
 //!
 //! ```text
-//! cargo run --release -p switchboard-hub --example gateway_bench [-- ROUNDS]
+//! cargo run --release -p switchboard-bench -- gateways [ROUNDS]
 //! ```
+//!
+//! The comparison run (`cargo xtask bench`) reports the WebSocket and HTTP
+//! round trips as switchboard-only rows, against a hub process.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,10 +19,10 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde_json::{json, Value};
-use switchboard_discovery::{client_proof, nonce, BindOptions, PortChoice, Secret};
-use switchboard_hub::{HttpConfig, Hub, HubHandle};
-use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{Frame, FrameCodec, PROTOCOL_VERSION};
+use switchboard::discovery::{client_proof, nonce, BindOptions, PortChoice, Secret};
+use switchboard::hub::{HttpConfig, Hub};
+use switchboard::wire::proto::{self, frame::Kind};
+use switchboard::wire::{Frame, FrameCodec, PROTOCOL_VERSION};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,7 +31,7 @@ use tokio_util::codec::{Decoder, Encoder};
 const TOKEN: &str = "bench token";
 
 /// A native frame connection over TCP or WebSocket.
-enum Conn {
+pub enum Conn {
     Tcp(TcpStream, BytesMut),
     Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
 }
@@ -68,8 +73,8 @@ impl Conn {
         }
     }
 
-    async fn handshake(mut self, id: &str) -> Result<Conn> {
-        let secret = Secret::from_token(TOKEN);
+    async fn handshake(mut self, id: &str, token: &str) -> Result<Conn> {
+        let secret = Secret::from_token(token);
         let n = nonce();
         self.send(proto::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -93,22 +98,25 @@ impl Conn {
     }
 }
 
-async fn tcp(hub: &HubHandle, id: &str) -> Result<Conn> {
-    let s = TcpStream::connect(hub.local_addr()).await?;
+/// A native connection to the hub at `addr` as client `id`.
+pub async fn tcp(addr: SocketAddr, id: &str, token: &str) -> Result<Conn> {
+    let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Conn::Tcp(s, BytesMut::with_capacity(64 * 1024))
-        .handshake(id)
+        .handshake(id, token)
         .await
 }
 
-async fn ws(hub: &HubHandle, id: &str) -> Result<Conn> {
-    let url = format!("ws://{}/v1/ws", hub.http_addr().context("gateway")?);
+/// A WebSocket connection to the gateway at `http` as client `id`.
+pub async fn ws(http: SocketAddr, id: &str, token: &str) -> Result<Conn> {
+    let url = format!("ws://{http}/v1/ws");
     let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-    Conn::Ws(Box::new(ws)).handshake(id).await
+    Conn::Ws(Box::new(ws)).handshake(id, token).await
 }
 
-/// Round trips between two native-frame connections; latencies in µs.
-async fn native(mut a: Conn, mut b: Conn, rounds: usize) -> Result<Vec<u64>> {
+/// Round trips from `a` to client "b" on connection `b`, 64-byte
+/// payloads; latencies in µs.
+pub async fn native(mut a: Conn, mut b: Conn, rounds: usize) -> Result<Vec<u64>> {
     let responder = tokio::spawn(async move {
         for _ in 0..rounds {
             let Some(Kind::Request(r)) = b.recv().await?.kind else {
@@ -195,10 +203,10 @@ impl Http {
     }
 }
 
-async fn http(hub: &HubHandle, rounds: usize) -> Result<Vec<u64>> {
-    let addr = hub.http_addr().context("gateway")?;
-    let token = hub.http_token();
-    let mut listener = Http::new(addr, &token).await?;
+/// Round trips from HTTP client "ha" to HTTP client "hb" (which long-polls
+/// and replies) through the gateway at `addr`; latencies in µs.
+pub async fn http(addr: SocketAddr, token: &str, rounds: usize) -> Result<Vec<u64>> {
+    let mut listener = Http::new(addr, token).await?;
     listener
         .post("/v1/listen", &json!({ "client": "hb", "timeout_ms": 0 }))
         .await?;
@@ -221,7 +229,7 @@ async fn http(hub: &HubHandle, rounds: usize) -> Result<Vec<u64>> {
         }
         anyhow::Ok(())
     });
-    let mut requester = Http::new(addr, &token).await?;
+    let mut requester = Http::new(addr, token).await?;
     let payload = "x".repeat(64);
     let mut lat = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -250,14 +258,10 @@ fn report(name: &str, mut lat: Vec<u64>, total: Duration) {
     );
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5000);
-    let mut config = switchboard_hub::HubConfig::with_secret("gwbench", Secret::from_token(TOKEN));
+/// The `gateways` subcommand: `rounds` round trips per transport through
+/// an in-process hub, as a markdown table.
+pub async fn main(rounds: usize) -> Result<()> {
+    let mut config = switchboard::hub::HubConfig::with_secret("gwbench", Secret::from_token(TOKEN));
     config.bind = BindOptions {
         ip: "127.0.0.1".parse()?,
         port: PortChoice::Os,
@@ -268,16 +272,21 @@ async fn main() -> Result<()> {
     let hub = Hub::start(config).await?;
     println!("| transport | round trips | round trips/s | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|---:|");
-    let (a, b) = (tcp(&hub, "a").await?, tcp(&hub, "b").await?);
+    let addr = hub.local_addr();
+    let http_addr = hub.http_addr().context("gateway")?;
+    let (a, b) = (tcp(addr, "a", TOKEN).await?, tcp(addr, "b", TOKEN).await?);
     let t = Instant::now();
     let lat = native(a, b, rounds).await?;
     report("native TCP", lat, t.elapsed());
-    let (a, b) = (ws(&hub, "a").await?, ws(&hub, "b").await?);
+    let (a, b) = (
+        ws(http_addr, "a", TOKEN).await?,
+        ws(http_addr, "b", TOKEN).await?,
+    );
     let t = Instant::now();
     let lat = native(a, b, rounds).await?;
     report("WebSocket", lat, t.elapsed());
     let t = Instant::now();
-    let lat = http(&hub, rounds).await?;
+    let lat = http(http_addr, &hub.http_token(), rounds).await?;
     report("HTTP long-poll", lat, t.elapsed());
     hub.shutdown().await;
     Ok(())

@@ -4,17 +4,17 @@
 //! attached as a ratio of throughput without one.
 //!
 //! ```sh
-//! cargo build --release -p switchboard --bins --examples
-//! target/release/examples/failover_bench [KILLS] [MESSAGES]
+//! cargo build --release -p switchboard --bins -p switchboard-bench
+//! target/release/switchboard-bench failover [KILLS] [MESSAGES]
 //! ```
 //!
-//! Hubs run as separate `switchboard hub` processes (the binary next to
-//! this example's directory, or `SWITCHBOARD_BIN`), in a private runtime
-//! directory, on loopback.
+//! The comparison run (`cargo xtask bench`) reports the failover times as
+//! a switchboard-only row. Hubs run as separate `switchboard hub`
+//! processes, in a private runtime directory, on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -96,25 +96,6 @@ impl Drop for HubProc {
     }
 }
 
-fn binary() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SWITCHBOARD_BIN") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("switchboard"))
-        .context("no target directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p switchboard --bins --examples`",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 async fn client(id: &str, addr: SocketAddr, reliable: bool) -> Result<Client> {
     Ok(Client::builder(id)
         .addr(addr.to_string())
@@ -133,7 +114,8 @@ fn generation(c: &Client) -> u64 {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile of `sorted` (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -141,10 +123,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// What [`failovers`] measured.
+pub struct Failovers {
+    /// Failover times in ms, sorted.
+    pub times: Vec<f64>,
+    /// Confirmed messages that never arrived.
+    pub lost: u64,
+    /// Messages that arrived twice.
+    pub duplicates: u64,
+    /// Messages published with confirmation.
+    pub sent: u64,
+}
+
 /// Kills the primary `kills` times while a publisher sends numbered
 /// messages with confirmation; returns the failover times (ms) and the
-/// numbers of messages lost and duplicated.
-async fn failovers(bin: &Path, dir: &Path, kills: usize) -> Result<(Vec<f64>, u64, u64, u64)> {
+/// numbers of messages lost and duplicated. `progress` is told after
+/// each kill.
+pub async fn failovers(
+    bin: &Path,
+    dir: &Path,
+    kills: usize,
+    progress: impl Fn(usize, f64),
+) -> Result<Failovers> {
     let service = "bench-failover";
     let mut primary = HubProc::start(bin, dir, service, false)?;
     let addr: SocketAddr = primary.event("ready")?["addr"]
@@ -211,17 +211,12 @@ async fn failovers(bin: &Path, dir: &Path, kills: usize) -> Result<(Vec<f64>, u6
         };
         times.push(first.as_secs_f64() * 1e3);
         standby.event("ready")?;
-        eprint!(
-            "\rkill {}/{kills}: {:.1} ms   ",
-            k + 1,
-            first.as_secs_f64() * 1e3
-        );
+        progress(k + 1, first.as_secs_f64() * 1e3);
         // The promoted standby is the primary; start a new standby.
         let next_standby = HubProc::start(bin, dir, service, true)?;
         next_standby.event("standby")?;
         primary = std::mem::replace(&mut standby, next_standby);
     }
-    eprintln!();
     stop.store(true, Ordering::Relaxed);
     let sent = pubtask.await??;
     // Everything acknowledged arrives.
@@ -235,7 +230,12 @@ async fn failovers(bin: &Path, dir: &Path, kills: usize) -> Result<(Vec<f64>, u6
     drop(primary);
     drop(standby);
     times.sort_by(f64::total_cmp);
-    Ok((times, lost, dup, sent))
+    Ok(Failovers {
+        times,
+        lost,
+        duplicates: dup,
+        sent,
+    })
 }
 
 /// Publishing throughput (messages/s delivered) with and without a
@@ -315,16 +315,9 @@ async fn throughput(
     Ok((got as f64 / secs, got))
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let kills: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
-    let messages: u64 = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(200_000);
-    let bin = binary()?;
+/// The `failover` subcommand: failover times over `kills` kills, then
+/// throughput with and without a standby over `messages` messages.
+pub async fn main(bin: &Path, kills: usize, messages: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = dir.path().join("rt");
     println!(
@@ -332,7 +325,12 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bin.display()
     );
-    let (times, lost, dup, sent) = failovers(&bin, &rt, kills).await?;
+    let f = failovers(bin, &rt, kills, |k, ms| {
+        eprint!("\rkill {k}/{kills}: {ms:.1} ms   ")
+    })
+    .await?;
+    eprintln!();
+    let (times, lost, dup, sent) = (f.times, f.lost, f.duplicates, f.sent);
     println!(
         "failover (SIGKILL → first message through the new primary), {} kills: p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms; {sent} messages with confirmation: {lost} lost, {dup} duplicates",
         times.len(),
@@ -342,8 +340,8 @@ async fn main() -> Result<()> {
         times.last().copied().unwrap_or(f64::NAN),
     );
     for reliable in [true, false] {
-        let (without, got_without) = throughput(&bin, &rt, false, reliable, messages).await?;
-        let (with, got_with) = throughput(&bin, &rt, true, reliable, messages).await?;
+        let (without, got_without) = throughput(bin, &rt, false, reliable, messages).await?;
+        let (with, got_with) = throughput(bin, &rt, true, reliable, messages).await?;
         println!(
             "pub/sub 1→1 64 B, {messages} msgs, {}: {:.0} msgs/s without a standby ({got_without} delivered), {:.0} with one ({got_with} delivered): {:.2}×",
             if reliable { "reliable, confirmed, BENCH_LANES (64) in flight" } else { "fire-and-forget" },
