@@ -45,7 +45,7 @@ pub fn extras(quick: bool) -> Vec<Extra> {
                 "switchboard only: discovery of a running hub (hint, then a verified probe), {} lookups",
                 n(5, 50)
             ),
-            metric: "p50 ms",
+            metric: "p50 µs",
             lower_is_better: true,
             count: n(5, 50),
         },
@@ -144,12 +144,12 @@ async fn run_once(
     match extra.id {
         "sb-discovery" => {
             let secret = Secret::from_token(token);
-            let mut ms = Vec::with_capacity(n);
+            let mut us = Vec::with_capacity(n);
             for _ in 0..n {
                 let t = Instant::now();
                 let found =
                     switchboard::discover(SERVICE, &secret, false, Duration::from_secs(5)).await?;
-                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                us.push(t.elapsed().as_secs_f64() * 1e6);
                 ensure!(
                     found.iter().any(|h| h.addr == hub.addr),
                     "discovery found {} hub(s), not the one started at {}",
@@ -157,8 +157,8 @@ async fn run_once(
                     hub.addr
                 );
             }
-            ms.sort_by(f64::total_cmp);
-            Ok((failover::percentile(&ms, 0.5), all, None))
+            us.sort_by(f64::total_cmp);
+            Ok((failover::percentile(&us, 0.5), all, None))
         }
         "sb-session" => session(hub.addr, token, n, run)
             .await
