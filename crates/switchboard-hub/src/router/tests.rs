@@ -50,6 +50,11 @@ impl Sim {
     }
 
     fn connect_raw(&mut self, id: &str) -> ConnId {
+        self.connect_as(id, false)
+    }
+
+    /// Connects `id`, asking for reliable delivery or not; nothing read.
+    fn connect_as(&mut self, id: &str, reliable: bool) -> ConnId {
         self.next += 1;
         let conn = ConnId(self.next);
         let outbox = Outbox::new(conn);
@@ -57,6 +62,7 @@ impl Sim {
         let info = proto::ClientInfo {
             client_id: id.into(),
             transport: "tcp".into(),
+            reliable,
             ..Default::default()
         };
         self.router
@@ -1089,18 +1095,7 @@ fn answered_requests_do_not_accumulate_timers() {
 impl Sim {
     /// Connects a client asking for reliable delivery; consumes the Welcome.
     fn connect_reliable(&mut self, id: &str) -> ConnId {
-        self.next += 1;
-        let conn = ConnId(self.next);
-        let outbox = Outbox::new(conn);
-        self.outboxes.insert(conn, outbox.clone());
-        let info = proto::ClientInfo {
-            client_id: id.into(),
-            transport: "tcp".into(),
-            reliable: true,
-            ..Default::default()
-        };
-        self.router
-            .handle(self.now, Input::Connect { conn, info, outbox });
+        let conn = self.connect_as(id, true);
         let got = self.recv(conn);
         assert!(
             matches!(
