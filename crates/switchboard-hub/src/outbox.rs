@@ -150,29 +150,25 @@ impl Out {
 
     /// Appends the length prefix and the protobuf encoding to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
-        match self {
-            Out::Frame(f) => {
-                let len = f.encoded_len();
-                buf.reserve(LENGTH_PREFIX_LEN + len);
-                buf.put_u32(len as u32);
-                // Cannot fail: `BytesMut` grows as needed.
-                let _ = f.encode(&mut FastBuf(buf));
-            }
-            Out::Deliver {
-                seq,
-                acked,
-                sub_id,
-                head,
-                payload,
-            } => Self::encode_deliver([*seq, *acked], *sub_id, head, payload, true, buf),
-        }
+        self.encode_with(true, buf);
     }
 
     /// Appends only the protobuf encoding (no length prefix), e.g. for a
     /// WebSocket message.
     pub fn encode_body(&self, buf: &mut BytesMut) {
+        self.encode_with(false, buf);
+    }
+
+    fn encode_with(&self, prefix: bool, buf: &mut BytesMut) {
         match self {
             Out::Frame(f) => {
+                let len = f.encoded_len();
+                if prefix {
+                    buf.reserve(LENGTH_PREFIX_LEN + len);
+                    buf.put_u32(len as u32);
+                } else {
+                    buf.reserve(len);
+                }
                 // Cannot fail: `BytesMut` grows as needed.
                 let _ = f.encode(&mut FastBuf(buf));
             }
@@ -182,7 +178,7 @@ impl Out {
                 sub_id,
                 head,
                 payload,
-            } => Self::encode_deliver([*seq, *acked], *sub_id, head, payload, false, buf),
+            } => Self::encode_deliver([*seq, *acked], *sub_id, head, payload, prefix, buf),
         }
     }
 

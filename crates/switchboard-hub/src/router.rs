@@ -590,19 +590,12 @@ impl Router {
                     return;
                 };
                 for frame in frames {
-                    let Some(mut c) = self.clients.get_mut(&key) else {
+                    if frame.acked != 0 {
+                        self.on_client_ack(key, frame.acked);
+                    }
+                    let Some(c) = self.clients.get_mut(&key) else {
                         break;
                     };
-                    if frame.acked != 0 && c.reliable && c.acked(frame.acked) {
-                        let id = self.journal.is_on().then(|| c.id.clone());
-                        if let Some(id) = id {
-                            self.journal_client_ack(&id, frame.acked);
-                        }
-                        let Some(again) = self.clients.get_mut(&key) else {
-                            break;
-                        };
-                        c = again;
-                    }
                     if frame.seq != 0
                         && c.reliable
                         && frame.kind.as_ref().is_some_and(replica::logged_kind)
@@ -1324,7 +1317,7 @@ impl Router {
         let Some(c) = self.clients.get_mut(&key) else {
             return;
         };
-        if c.reliable && c.acked(up_to) {
+        if c.reliable && c.acked(up_to) && self.journal.is_on() {
             let id = c.id.clone();
             self.journal_client_ack(&id, up_to);
         }
