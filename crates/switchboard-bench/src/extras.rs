@@ -261,12 +261,9 @@ pub async fn rows(
     if chosen.is_empty() {
         return;
     }
-    let hub = match bin {
-        Some(bin) => tokio::task::block_in_place(|| start_hub(bin, token)),
-        None => Err(anyhow!(
-            "the `switchboard` binary is not built (these rows need hub processes)"
-        )),
-    };
+    let hub = bin
+        .context("the `switchboard` binary is not built (these rows need hub processes)")
+        .and_then(|bin| Ok((tokio::task::block_in_place(|| start_hub(bin, token))?, bin)));
     for extra in chosen {
         let mut values = Vec::new();
         let mut counts = [0u64; 3];
@@ -274,15 +271,14 @@ pub async fn rows(
         let mut note = None;
         for r in 0..runs {
             pb.set_message(format!("{} · run {}/{runs}", extra.id, r + 1));
-            let outcome = match (&hub, bin) {
-                (Ok(hub), Some(bin)) => tokio::time::timeout(
+            let outcome = match &hub {
+                Ok((hub, bin)) => tokio::time::timeout(
                     Duration::from_secs(300),
                     run_once(extra, hub, bin, token, dir, r),
                 )
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("timed out after 300 s"))),
-                (Err(e), _) => Err(anyhow!("{e:#}")),
-                (Ok(_), None) => Err(anyhow!("no hub binary")),
+                Err(e) => Err(anyhow!("{e:#}")),
             };
             match outcome {
                 Ok((v, [s, e, d], n)) => {

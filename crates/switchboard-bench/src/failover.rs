@@ -330,7 +330,12 @@ pub async fn main(bin: &Path, kills: usize, messages: u64) -> Result<()> {
     })
     .await?;
     eprintln!();
-    let (times, lost, dup, sent) = (f.times, f.lost, f.duplicates, f.sent);
+    let Failovers {
+        times,
+        lost,
+        duplicates: dup,
+        sent,
+    } = f;
     println!(
         "failover (SIGKILL → first message through the new primary), {} kills: p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms; {sent} messages with confirmation: {lost} lost, {dup} duplicates",
         times.len(),
