@@ -18,15 +18,17 @@
 
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{connect, take};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use switchboard_hub::gateway::check_body;
-use switchboard_hub::outbox::Taken;
 use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
-use switchboard_hub::{ConnId, HttpConfig, Limits, Outbox};
+use switchboard_hub::{ConnId, HttpConfig, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{check_client_frame, Frame, FrameExt};
 
@@ -53,29 +55,6 @@ const MAX_MESSAGE_CHARS: usize = 512;
 /// A frame made from a body carries at most this much more than the body
 /// (ids, lengths, tags).
 const FRAME_OVERHEAD: usize = 64;
-
-fn take(outbox: &Outbox) -> Vec<Frame> {
-    let mut taken = Taken::default();
-    outbox.take(usize::MAX, &mut taken);
-    taken.frames.into_iter().map(|o| o.into_frame()).collect()
-}
-
-fn connect(router: &mut Router, now: Instant, n: u64, id: &str) -> Arc<Outbox> {
-    let outbox = Outbox::new(ConnId(n));
-    router.handle(
-        now,
-        Input::Connect {
-            conn: ConnId(n),
-            info: proto::ClientInfo {
-                client_id: id.into(),
-                transport: "http".into(),
-                ..Default::default()
-            },
-            outbox: outbox.clone(),
-        },
-    );
-    outbox
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
@@ -141,8 +120,8 @@ fuzz_target!(|data: &[u8]| {
     );
     let now = Instant::now();
     let peer_id = if checked.client == "peer" { "other" } else { "peer" };
-    let peer = connect(&mut router, now, 2, peer_id);
-    let me = connect(&mut router, now, 1, &checked.client);
+    let peer = connect(&mut router, now, 2, peer_id, "http");
+    let me = connect(&mut router, now, 1, &checked.client, "http");
     let mut to_me = take(&me);
     assert!(
         matches!(to_me.first(), Some(Frame { kind: Some(Kind::Welcome(_)), .. })),

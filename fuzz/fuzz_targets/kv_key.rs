@@ -17,14 +17,16 @@
 
 #![no_main]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::{connect, take};
 use libfuzzer_sys::fuzz_target;
-use switchboard_hub::outbox::Taken;
 use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
-use switchboard_hub::{ConnId, Limits, Outbox};
+use switchboard_hub::{ConnId, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{ErrorCode, Frame};
 
@@ -32,28 +34,6 @@ const MAX_KEY: usize = 16;
 
 fn valid(key: &str, allow_empty: bool) -> bool {
     (allow_empty || !key.is_empty()) && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
-}
-
-fn connect(router: &mut Router, now: Instant, n: u64, id: &str) -> Arc<Outbox> {
-    let outbox = Outbox::new(ConnId(n));
-    router.handle(
-        now,
-        Input::Connect {
-            conn: ConnId(n),
-            info: proto::ClientInfo {
-                client_id: id.into(),
-                ..Default::default()
-            },
-            outbox: outbox.clone(),
-        },
-    );
-    outbox
-}
-
-fn take(outbox: &Outbox) -> Vec<Frame> {
-    let mut taken = Taken::default();
-    outbox.take(usize::MAX, &mut taken);
-    taken.frames.into_iter().map(|o| o.into_frame()).collect()
 }
 
 fn send(router: &mut Router, now: Instant, conn: u64, frame: Frame) {
@@ -105,8 +85,8 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(HubStats::default()),
     );
     let now = Instant::now();
-    let watcher = connect(&mut router, now, 1, "watcher");
-    let writer = connect(&mut router, now, 2, "writer");
+    let watcher = connect(&mut router, now, 1, "watcher", "");
+    let writer = connect(&mut router, now, 2, "writer", "");
     take(&watcher);
     take(&writer);
 

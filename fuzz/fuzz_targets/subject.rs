@@ -12,14 +12,16 @@
 
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::{connect, take};
 use libfuzzer_sys::fuzz_target;
-use switchboard_hub::outbox::Taken;
 use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
 use switchboard_hub::subject::{validate_pattern, validate_topic};
-use switchboard_hub::{ConnId, Limits, Outbox};
+use switchboard_hub::{ConnId, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::Frame;
 
@@ -38,28 +40,6 @@ fn reference(pattern: &str, topic: &str) -> bool {
         }
     }
     p.len() == t.len()
-}
-
-fn connect(router: &mut Router, now: Instant, n: u64, id: &str) -> Arc<Outbox> {
-    let outbox = Outbox::new(ConnId(n));
-    router.handle(
-        now,
-        Input::Connect {
-            conn: ConnId(n),
-            info: proto::ClientInfo {
-                client_id: id.into(),
-                ..Default::default()
-            },
-            outbox: outbox.clone(),
-        },
-    );
-    outbox
-}
-
-fn take(outbox: &Outbox) -> Vec<Frame> {
-    let mut taken = Taken::default();
-    outbox.take(usize::MAX, &mut taken);
-    taken.frames.into_iter().map(|o| o.into_frame()).collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -99,8 +79,8 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(HubStats::default()),
     );
     let now = Instant::now();
-    let sub = connect(&mut router, now, 1, "sub");
-    let publisher = connect(&mut router, now, 2, "pub");
+    let sub = connect(&mut router, now, 1, "sub", "");
+    let publisher = connect(&mut router, now, 2, "pub", "");
     take(&sub);
     take(&publisher);
     router.handle(
