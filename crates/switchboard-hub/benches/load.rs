@@ -122,6 +122,7 @@ impl Conn {
             sub_id: 1,
             pattern: pattern.into(),
             queue_group: String::new(),
+            ..Default::default()
         })
         .await?;
         let f = self.recv().await?;

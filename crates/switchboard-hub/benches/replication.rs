@@ -52,6 +52,7 @@ fn setup(log: bool) -> (Router, Vec<Arc<Outbox>>) {
                 sub_id: 1,
                 pattern: "t.*".into(),
                 queue_group: String::new(),
+                ..Default::default()
             }
             .into();
             router.handle(

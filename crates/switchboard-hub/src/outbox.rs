@@ -681,6 +681,7 @@ mod tests {
                 from: "alice".into(),
                 payload: Bytes::copy_from_slice(payload),
                 reply_to: String::new(),
+                ..Default::default()
             });
             assert_eq!(out.encoded_len(), expected.encoded_len());
             let mut buf = BytesMut::new();

@@ -268,11 +268,7 @@ pub struct PresenceEvent {
     pub reason: String,
 }
 
-/// `Hello.features` / `Welcome.features` entry asking for reliable delivery.
-pub const FEATURE_RELIABLE: &str = "reliable";
-/// `Welcome.features` entry: the connection continues the client's earlier
-/// state (see [`Input::Resume`]).
-pub const FEATURE_RESUMED: &str = "resumed";
+pub use switchboard_wire::{FEATURE_RELIABLE, FEATURE_RESUMED};
 
 /// Presence events kept for [`Inspection::presence`].
 const RECENT_PRESENCE: usize = 50;
@@ -867,6 +863,7 @@ impl Router {
                         sub_id: *sub_id,
                         pattern: s.pattern.clone(),
                         queue_group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
+                        service: false,
                     })
                     .collect();
                 subscriptions.sort_by_key(|s| s.sub_id);
@@ -893,6 +890,7 @@ impl Router {
                         .iter()
                         .map(|(_, o)| o.clone().into_frame())
                         .collect(),
+                    listen: None,
                 }
             })
             .collect();
@@ -1936,6 +1934,7 @@ impl Router {
             id: 0,
             from: self.sender_id(conn),
             payload: b.payload,
+            headers: b.headers,
         });
         let targets: Vec<(ConnId, Arc<Outbox>)> = self
             .clients

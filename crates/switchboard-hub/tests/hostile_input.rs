@@ -515,6 +515,7 @@ async fn unusual_names_are_handled_or_refused_clearly() -> Result<()> {
         sub_id: 4,
         pattern: format!("{max_topic}c"),
         queue_group: String::new(),
+        ..Default::default()
     })
     .await?;
     c.expect_error(id, ErrorCode::InvalidArgument).await?;
@@ -525,6 +526,7 @@ async fn unusual_names_are_handled_or_refused_clearly() -> Result<()> {
             sub_id: 9,
             pattern: bad.into(),
             queue_group: String::new(),
+            ..Default::default()
         })
         .await?;
         c.expect_error(id, ErrorCode::InvalidArgument).await?;

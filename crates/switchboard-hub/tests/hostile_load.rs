@@ -212,6 +212,7 @@ async fn per_client_limits_answer_with_errors_and_others_keep_flowing() -> Resul
                 sub_id: i + 1,
                 pattern: format!("t.{i}"),
                 queue_group: String::new(),
+                ..Default::default()
             }
             .into()
         },

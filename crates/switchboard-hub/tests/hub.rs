@@ -410,6 +410,7 @@ async fn pubsub_wildcards_queue_groups_and_invalid_patterns() -> Result<()> {
         sub_id: 40,
         pattern: "metrics.>.cpu".into(),
         queue_group: String::new(),
+        ..Default::default()
     })
     .await?;
     let msg = star.expect_error(40, ErrorCode::InvalidArgument).await?;

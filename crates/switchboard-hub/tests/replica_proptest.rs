@@ -135,6 +135,7 @@ fn to_frame(f: &F) -> Frame {
             sub_id: *sub_id,
             pattern: PATTERNS[*p].into(),
             queue_group: if *g { "workers".into() } else { String::new() },
+            ..Default::default()
         }
         .into(),
         F::Unsub(sub_id) => proto::Unsubscribe {

@@ -18,6 +18,7 @@ fn publish(payload_len: usize) -> Frame {
         from: "svc-orders-7".into(),
         payload: Bytes::from(vec![0x5A; payload_len]),
         reply_to: String::new(),
+        ..Default::default()
     })
     .with_seq(1_000_000)
 }

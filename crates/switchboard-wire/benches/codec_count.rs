@@ -35,6 +35,7 @@ fn main() {
         from: "svc-orders-7".into(),
         payload: Bytes::from(vec![0x5A; payload_len]),
         reply_to: String::new(),
+        ..Default::default()
     })
     .with_seq(1_000_000);
     let mut codec = FrameCodec::default();

@@ -8,7 +8,7 @@
 //! (the envelope's `seq` and `acked`, then the `deliver` body with each
 //! field at most once) directly, and its strings point into the receive
 //! buffer like the payload does; anything else (another kind, a repeated or
-//! unknown field, an odd wire type, a varint longer than 9 bytes, invalid
+//! unknown field, headers, an odd wire type, a varint longer than 9 bytes, invalid
 //! UTF-8) returns `None` and the caller decodes with prost. Whenever it
 //! returns a delivery, it is the frame prost would decode from the same
 //! bytes.
@@ -51,6 +51,7 @@ impl From<Delivery> for Frame {
                 from: d.from.into(),
                 payload: d.payload,
                 reply_to: d.reply_to.into(),
+                headers: Vec::new(),
             })),
         }
     }
@@ -203,6 +204,7 @@ pub fn decode_publish(b: &[u8], shared: Option<&Bytes>) -> Option<Frame> {
             from: owned(from)?,
             payload,
             reply_to: owned(reply_to)?,
+            headers: Vec::new(),
         })),
     })
 }
@@ -219,6 +221,7 @@ mod tests {
             from: "alice".into(),
             payload: Bytes::from_static(&[7; 100]),
             reply_to: "inbox.1".into(),
+            headers: Vec::new(),
         })
         .with_seq(1 << 40);
         f.acked = 5;

@@ -68,6 +68,8 @@ frame_kinds! {
     Subscribe: Subscribe = 45 => "subscribe",
     Unsubscribe: Unsubscribe = 46 => "unsubscribe",
     Deliver: Deliver = 47 => "deliver",
+    Cancel: Cancel = 48 => "cancel",
+    Listen: Listen = 49 => "listen",
     KvSet: KvSet = 60 => "kv_set",
     KvGet: KvGet = 61 => "kv_get",
     KvDelete: KvDelete = 62 => "kv_delete",
@@ -120,6 +122,8 @@ pub fn is_logged_kind(kind: &Kind) -> bool {
             | Kind::KvWatch(_)
             | Kind::KvUnwatch(_)
             | Kind::PresenceWatch(_)
+            | Kind::Cancel(_)
+            | Kind::Listen(_)
     )
 }
 

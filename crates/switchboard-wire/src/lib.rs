@@ -41,6 +41,7 @@
 mod codec;
 pub mod fast;
 mod frames;
+pub mod headers;
 pub mod peek;
 
 /// Messages generated from `proto/switchboard/v1/switchboard.proto`.
@@ -59,6 +60,7 @@ pub use codec::{
 };
 pub use fast::{decode_delivery, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
+pub use headers::{check_headers, HeaderError};
 pub use peek::check_client_frame;
 pub use proto::frame::Kind;
 pub use proto::{ErrorCode, Frame};
@@ -70,6 +72,19 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Magic number that starts every discovery [`proto::Probe`]: "SBD1" as a
 /// big-endian `u32`.
 pub const PROBE_MAGIC: u32 = 0x5342_4431;
+
+/// Feature a client lists in `Hello.features` (and a hub in
+/// `Welcome.features`) to sequence both directions (reliable delivery).
+pub const FEATURE_RELIABLE: &str = "reliable";
+
+/// Feature a hub lists in `Welcome.features` when it continued the
+/// client's previous reliable session.
+pub const FEATURE_RESUMED: &str = "resumed";
+
+/// Feature a client lists in `Hello.features` when it says with
+/// [`proto::Listen`] whether it takes direct messages and requests; until it
+/// does, a `Direct` or `Request` to it is refused with `NOT_LISTENING`.
+pub const FEATURE_LISTEN: &str = "listen";
 
 /// Length of the random nonces in probes and handshakes, in bytes.
 pub const NONCE_LEN: usize = 16;

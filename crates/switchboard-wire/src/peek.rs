@@ -37,6 +37,8 @@ const CLIENT_KINDS: &[(u32, &str, usize)] = &[
     (44, "publish", usize::MAX),
     (45, "subscribe", 64 * 1024),
     (46, "unsubscribe", 64),
+    (48, "cancel", 64),
+    (49, "listen", 64),
     (60, "kv_set", usize::MAX),
     (61, "kv_get", 64 * 1024),
     (62, "kv_delete", 64 * 1024),
@@ -60,6 +62,8 @@ pub struct PeekedKind {
     pub tag: u32,
     /// Length of the kind's encoded body in bytes.
     pub len: usize,
+    /// Offset of the kind's body (after its length prefix) in the frame.
+    pub start: usize,
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
@@ -100,11 +104,16 @@ fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
 /// `oneof` once).
 pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
     let mut pos = 0;
-    let mut found = PeekedKind { tag: 0, len: 0 };
+    let mut found = PeekedKind {
+        tag: 0,
+        len: 0,
+        start: 0,
+    };
     while pos < body.len() {
         let key = read_varint(body, &mut pos)?;
         let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
         let start = pos;
+        let mut value_start = pos;
         match key & 7 {
             0 => {
                 read_varint(body, &mut pos)?;
@@ -112,6 +121,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
             1 => skip(body, &mut pos, 8)?,
             2 => {
                 let len = read_varint(body, &mut pos)?;
+                value_start = pos;
                 skip(body, &mut pos, len)?;
             }
             5 => skip(body, &mut pos, 4)?,
@@ -126,6 +136,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         found = PeekedKind {
             tag,
             len: pos - start,
+            start: value_start,
         };
     }
     Ok(found)
@@ -149,13 +160,68 @@ pub fn check_client_frame(body: &[u8]) -> Result<(), WireError> {
             len: peeked.len as u64,
             limit: *max,
         }),
-        Some(_) => Ok(()),
+        Some(_) => check_headers_field(peeked, body),
         None if crate::frames::is_known_tag(peeked.tag) => Err(WireError::Rejected {
             kind: crate::frames::tag_name(peeked.tag),
             reason: "clients may not send this kind of frame",
         }),
         None => Ok(()),
     }
+}
+
+/// Field number of `headers` inside the kinds that carry them, by the
+/// kind's `Frame` field number.
+fn headers_field(kind_tag: u32) -> Option<u32> {
+    match kind_tag {
+        40 => Some(5), // direct
+        41 => Some(7), // request
+        42 => Some(6), // reply
+        43 => Some(4), // broadcast
+        44 => Some(6), // publish
+        _ => None,
+    }
+}
+
+/// Counts the headers of a kind that carries them, without decoding: an
+/// empty `Header` costs 2 bytes on the wire but a whole struct in memory, so
+/// more than [`MAX_HEADERS`](crate::headers::MAX_HEADERS) of them (or more
+/// than their byte bound) are refused before decoding.
+fn check_headers_field(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError> {
+    let Some(field) = headers_field(peeked.tag) else {
+        return Ok(());
+    };
+    let kind = &body[peeked.start..peeked.start + peeked.len.min(body.len() - peeked.start)];
+    let (mut pos, mut count, mut bytes) = (0usize, 0usize, 0usize);
+    while pos < kind.len() {
+        let key = read_varint(kind, &mut pos)?;
+        match key & 7 {
+            0 => {
+                read_varint(kind, &mut pos)?;
+            }
+            1 => skip(kind, &mut pos, 8)?,
+            2 => {
+                let len = read_varint(kind, &mut pos)?;
+                skip(kind, &mut pos, len)?;
+                if key >> 3 == u64::from(field) {
+                    count += 1;
+                    bytes = bytes.saturating_add(len as usize);
+                }
+            }
+            5 => skip(kind, &mut pos, 4)?,
+            _ => return Err(malformed("unsupported protobuf wire type")),
+        }
+    }
+    // Each header's encoding adds at most a few bytes of field keys and
+    // lengths to its key and value.
+    let limit = crate::headers::MAX_HEADER_BYTES + 8 * crate::headers::MAX_HEADERS;
+    if count > crate::headers::MAX_HEADERS || bytes > limit {
+        return Err(WireError::FrameTooLarge {
+            direction: Direction::Inbound,
+            len: bytes as u64,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -214,6 +280,38 @@ mod tests {
         };
         let err = check_client_frame(&Frame::from(inform).encode_to_vec()).unwrap_err();
         assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn caps_headers_before_decoding() {
+        let header = proto::Header {
+            key: "k".into(),
+            value: bytes::Bytes::from_static(b"v"),
+        };
+        let mut publish = proto::Publish {
+            topic: "a".into(),
+            headers: vec![header.clone(); crate::headers::MAX_HEADERS],
+            ..Default::default()
+        };
+        check_client_frame(&Frame::from(publish.clone()).encode_to_vec()).unwrap();
+        publish.headers.push(header.clone());
+        let err = check_client_frame(&Frame::from(publish).encode_to_vec()).unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+        let empty = proto::Direct {
+            to: "x".into(),
+            headers: vec![proto::Header::default(); 100_000],
+            ..Default::default()
+        };
+        assert!(check_client_frame(&Frame::from(empty).encode_to_vec()).is_err());
+        let big = proto::Request {
+            to: "x".into(),
+            headers: vec![proto::Header {
+                key: "k".into(),
+                value: vec![0u8; 2 * crate::headers::MAX_HEADER_BYTES].into(),
+            }],
+            ..Default::default()
+        };
+        assert!(check_client_frame(&Frame::from(big).encode_to_vec()).is_err());
     }
 
     #[test]

@@ -402,6 +402,7 @@ impl SendReq {
             to: self.to,
             from: from.to_owned(),
             payload: self.payload.bytes()?,
+            headers: Vec::new(),
         }))
     }
 }
@@ -421,6 +422,7 @@ impl RequestReq {
             timeout_ms: u32::try_from(timeout_ms).unwrap_or(u32::MAX),
             payload: self.payload.bytes()?,
             method: self.method.unwrap_or_default(),
+            ..Default::default()
         });
         Ok((frame, timeout_ms))
     }
@@ -461,6 +463,7 @@ impl ReplyReq {
             from: from.to_owned(),
             payload: self.payload.bytes()?,
             is_error: self.is_error,
+            headers: Vec::new(),
         }))
     }
 }
@@ -471,6 +474,7 @@ impl BroadcastReq {
             id,
             from: from.to_owned(),
             payload: self.payload.bytes()?,
+            headers: Vec::new(),
         }))
     }
 }
@@ -483,6 +487,7 @@ impl PublishReq {
             from: from.to_owned(),
             payload: self.payload.bytes()?,
             reply_to: self.reply_to.unwrap_or_default(),
+            headers: Vec::new(),
         }))
     }
 }
@@ -494,6 +499,7 @@ impl SubscribeReq {
             sub_id: id,
             pattern: self.pattern,
             queue_group: self.queue_group.unwrap_or_default(),
+            service: false,
         })
     }
 }

@@ -116,6 +116,7 @@ impl Sim {
                 sub_id,
                 pattern: pattern.into(),
                 queue_group: group.into(),
+                ..Default::default()
             },
         );
         assert_eq!(self.recv_one(conn), Frame::ok(1000 + sub_id));
@@ -202,6 +203,7 @@ fn direct_messages() {
             to: "b".into(),
             from: "forged".into(),
             payload: "hi".into(),
+            ..Default::default()
         },
     );
     assert_eq!(sim.recv_one(a), Frame::ok(7));
@@ -346,6 +348,7 @@ fn broadcast_reaches_everyone_but_the_sender() {
             id: 3,
             from: String::new(),
             payload: "all".into(),
+            ..Default::default()
         },
     );
     assert_eq!(sim.recv_one(a), Frame::ok(3));
@@ -416,6 +419,7 @@ fn pubsub_wildcards_and_validation() {
                 sub_id: 50,
                 pattern: bad.into(),
                 queue_group: String::new(),
+                ..Default::default()
             },
         );
         assert_eq!(
@@ -444,6 +448,7 @@ fn pubsub_wildcards_and_validation() {
             sub_id: 1,
             pattern: "x".into(),
             queue_group: String::new(),
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -965,6 +970,7 @@ fn limits_are_enforced_per_client() {
             sub_id: 3,
             pattern: "z".into(),
             queue_group: String::new(),
+            ..Default::default()
         },
     );
     assert_eq!(
@@ -1222,6 +1228,7 @@ fn acknowledgements_carried_by_client_frames_free_the_retransmit_buffer() {
         sub_id: 1,
         pattern: "t".into(),
         queue_group: String::new(),
+        ..Default::default()
     };
     sim.send(a, Frame::from(sub).with_seq(1));
     let ok = sim.recv_one(a);

@@ -206,6 +206,7 @@ impl TestClient {
             sub_id,
             pattern: pattern.into(),
             queue_group: group.into(),
+            ..Default::default()
         })
         .await?;
         let f = self.expect().await?;

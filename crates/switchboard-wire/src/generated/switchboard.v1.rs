@@ -20,7 +20,7 @@ pub struct Frame {
     /// What the frame carries. A frame without a kind is a protocol violation.
     #[prost(
         oneof = "frame::Kind",
-        tags = "10, 11, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 40, 41, 42, 43, 44, 45, 46, 47, 60, 61, 62, 63, 64, 65, 66, 70, 71, 72, 73, 80, 90, 91, 92, 93, 94, 100, 101"
+        tags = "10, 11, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 60, 61, 62, 63, 64, 65, 66, 70, 71, 72, 73, 80, 90, 91, 92, 93, 94, 100, 101"
     )]
     pub kind: ::core::option::Option<frame::Kind>,
 }
@@ -74,6 +74,10 @@ pub mod frame {
         Unsubscribe(super::Unsubscribe),
         #[prost(message, tag = "47")]
         Deliver(super::Deliver),
+        #[prost(message, tag = "48")]
+        Cancel(super::Cancel),
+        #[prost(message, tag = "49")]
+        Listen(super::Listen),
         /// ---- key/value state ----
         #[prost(message, tag = "60")]
         KvSet(super::KvSet),
@@ -339,7 +343,7 @@ pub struct Ok {
     pub id: u64,
 }
 /// One-way message to one client.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Direct {
     /// Correlation id; when non-zero the hub answers `Ok` once queued to the
     /// target, or `Error` (e.g. NO_SUCH_CLIENT). 0 means fire-and-forget.
@@ -355,9 +359,12 @@ pub struct Direct {
     /// Opaque payload.
     #[prost(bytes = "bytes", tag = "4")]
     pub payload: ::prost::bytes::Bytes,
+    /// Application headers, passed through unchanged (see `Header`).
+    #[prost(message, repeated, tag = "5")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
 }
 /// A request to one client that expects exactly one `Reply` or `Error`.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Request {
     /// Correlation id chosen by the requester; the reply carries it back.
     #[prost(uint64, tag = "1")]
@@ -378,9 +385,23 @@ pub struct Request {
     /// Optional method or subject name, for the target's dispatch.
     #[prost(string, tag = "6")]
     pub method: ::prost::alloc::string::String,
+    /// Application headers, passed through unchanged (see `Header`).
+    #[prost(message, repeated, tag = "7")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
+    /// When non-empty, the request goes to a *service* instead of a client id
+    /// (`to` is then ignored and must be empty): the hub picks one of the
+    /// service subscriptions (`Subscribe.service`) whose pattern matches this
+    /// subject, round-robin, and answers NO_RESPONDERS at once when none
+    /// matches. Same syntax as a topic.
+    #[prost(string, tag = "8")]
+    pub service: ::prost::alloc::string::String,
+    /// Set by the hub on a request delivered through a service subscription:
+    /// that subscription's `sub_id` (0 for a request to the client id).
+    #[prost(uint64, tag = "9")]
+    pub sub_id: u64,
 }
 /// The answer to a `Request`, sent by the target back through the hub.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Reply {
     /// The request's correlation id, unchanged.
     #[prost(uint64, tag = "1")]
@@ -398,9 +419,12 @@ pub struct Reply {
     /// then holds a UTF-8 explanation.
     #[prost(bool, tag = "5")]
     pub is_error: bool,
+    /// Application headers, passed through unchanged (see `Header`).
+    #[prost(message, repeated, tag = "6")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
 }
 /// One-way message to every connected client except the sender.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Broadcast {
     /// Correlation id; non-zero asks for an `Ok`.
     #[prost(uint64, tag = "1")]
@@ -411,10 +435,13 @@ pub struct Broadcast {
     /// Opaque payload.
     #[prost(bytes = "bytes", tag = "3")]
     pub payload: ::prost::bytes::Bytes,
+    /// Application headers, passed through unchanged (see `Header`).
+    #[prost(message, repeated, tag = "4")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
 }
 /// Publish to a topic. Topics are `.`-separated segments of non-empty UTF-8
 /// without spaces, `*` or `>`.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Publish {
     /// Correlation id; non-zero asks for an `Ok` once routed.
     #[prost(uint64, tag = "1")]
@@ -431,6 +458,9 @@ pub struct Publish {
     /// Optional topic the subscribers should answer to.
     #[prost(string, tag = "5")]
     pub reply_to: ::prost::alloc::string::String,
+    /// Application headers, passed through unchanged (see `Header`).
+    #[prost(message, repeated, tag = "6")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
 }
 /// Subscribe to topics matching a pattern: `*` matches exactly one segment,
 /// `>` (last segment only) matches one or more remaining segments.
@@ -449,6 +479,12 @@ pub struct Subscribe {
     /// share messages, each going to one member.
     #[prost(string, tag = "4")]
     pub queue_group: ::prost::alloc::string::String,
+    /// A service subscription: it receives no publishes, only requests sent to
+    /// a matching service subject (`Request.service`), each delivered as a
+    /// `Request` carrying this `sub_id`. Requests are spread round-robin over
+    /// all matching service subscriptions of all clients.
+    #[prost(bool, tag = "5")]
+    pub service: bool,
 }
 /// Remove a subscription.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -461,7 +497,7 @@ pub struct Unsubscribe {
     pub sub_id: u64,
 }
 /// A published message delivered to a subscriber.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Deliver {
     /// Subscription that matched.
     #[prost(uint64, tag = "1")]
@@ -478,6 +514,52 @@ pub struct Deliver {
     /// The publisher's `reply_to`, if any.
     #[prost(string, tag = "5")]
     pub reply_to: ::prost::alloc::string::String,
+    /// The publisher's headers, unchanged.
+    #[prost(message, repeated, tag = "6")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
+}
+/// One application header: a string key and an opaque value. Keys are 1 to
+/// 256 bytes of UTF-8 without control characters; a frame carries at most 64
+/// headers of at most 64 KiB together (keys and values); more is refused with
+/// INVALID_ARGUMENT or LIMIT_EXCEEDED. Order is kept; a key may repeat. The
+/// hub never looks at headers except to check these bounds.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Header {
+    /// Name, e.g. "trace-id".
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    /// Value, opaque bytes.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: ::prost::bytes::Bytes,
+}
+/// The requester gives up waiting for request `id` (its call was cancelled).
+/// The hub forgets the request: no TIMEOUT or TARGET_GONE follows, and a late
+/// reply is dropped. Nothing is answered; an unknown id is ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Cancel {
+    /// Correlation id of the abandoned `Request`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+/// What a client takes besides its subscriptions, for clients that announced
+/// the "listen" feature in `Hello.features`. Such a client starts out taking
+/// neither direct messages nor requests: a `Direct` or `Request` to it is
+/// refused with NOT_LISTENING (nothing is queued) and broadcasts skip it,
+/// until it sends `Listen` with the flag on. A client without the feature
+/// takes both, always. Each `Listen` replaces both flags; the hub answers
+/// `Ok` when `id` is non-zero. Frames already queued to the client stay
+/// queued.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Listen {
+    /// Correlation id; non-zero asks for an `Ok`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Take `Direct` and `Broadcast` messages.
+    #[prost(bool, tag = "2")]
+    pub messages: bool,
+    /// Take `Request`s addressed to this client id.
+    #[prost(bool, tag = "3")]
+    pub requests: bool,
 }
 /// Set a key (optionally only if its version matches).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -862,6 +944,10 @@ pub struct ClientState {
     /// Whether it watches presence.
     #[prost(bool, tag = "7")]
     pub presence_watch: bool,
+    /// For a client with the "listen" feature: what it takes now (`id`
+    /// unused). Absent for a client without the feature.
+    #[prost(message, optional, tag = "8")]
+    pub listen: ::core::option::Option<Listen>,
 }
 /// One key/value entry.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1067,6 +1153,12 @@ pub enum ErrorCode {
     Forbidden = 18,
     /// A bug or unexpected condition on the sending side.
     Internal = 19,
+    /// The target is connected but does not take this kind of message now: it
+    /// announced the "listen" feature and has not said (`Listen`) that it reads
+    /// direct messages or serves requests. Nothing was queued.
+    NotListening = 20,
+    /// A request to a service found no responder subscribed to it.
+    NoResponders = 21,
 }
 impl ErrorCode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1095,6 +1187,8 @@ impl ErrorCode {
             Self::SlowConsumer => "SLOW_CONSUMER",
             Self::Forbidden => "FORBIDDEN",
             Self::Internal => "INTERNAL",
+            Self::NotListening => "NOT_LISTENING",
+            Self::NoResponders => "NO_RESPONDERS",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1120,6 +1214,8 @@ impl ErrorCode {
             "SLOW_CONSUMER" => Some(Self::SlowConsumer),
             "FORBIDDEN" => Some(Self::Forbidden),
             "INTERNAL" => Some(Self::Internal),
+            "NOT_LISTENING" => Some(Self::NotListening),
+            "NO_RESPONDERS" => Some(Self::NoResponders),
             _ => None,
         }
     }

@@ -18,7 +18,7 @@ use switchboard_wire::{Frame, Kind};
 pub const MAX_NESTING: u32 = 2;
 
 /// Number of variants of [`Kind`].
-pub const KIND_COUNT: usize = 40;
+pub const KIND_COUNT: usize = 42;
 
 /// Position of a kind in the `oneof` (same order as the `.proto` file).
 ///
@@ -47,6 +47,8 @@ pub fn kind_index(kind: &Kind) -> usize {
         Kind::Subscribe(_) => 18,
         Kind::Unsubscribe(_) => 19,
         Kind::Deliver(_) => 20,
+        Kind::Cancel(_) => 40,
+        Kind::Listen(_) => 41,
         Kind::KvSet(_) => 21,
         Kind::KvGet(_) => 22,
         Kind::KvDelete(_) => 23,
@@ -93,6 +95,8 @@ pub fn one_of_every_kind() -> Vec<Frame> {
         Kind::Subscribe(Default::default()),
         Kind::Unsubscribe(Default::default()),
         Kind::Deliver(Default::default()),
+        Kind::Cancel(Default::default()),
+        Kind::Listen(Default::default()),
         Kind::KvSet(Default::default()),
         Kind::KvGet(Default::default()),
         Kind::KvDelete(Default::default()),
@@ -190,16 +194,25 @@ fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
     )
 }
 
+/// Arbitrary application headers (mostly none).
+pub fn headers() -> impl Strategy<Value = Vec<proto::Header>> + Clone {
+    prop_oneof![
+        3 => Just(Vec::new()),
+        1 => vec((text(), payload()).prop_map(|(key, value)| proto::Header { key, value }), 0..4),
+    ]
+}
+
 /// Arbitrary `Publish` bodies.
 #[allow(dead_code)]
 pub fn publish() -> impl Strategy<Value = proto::Publish> + Clone {
-    (any::<u64>(), text(), text(), payload(), text()).prop_map(
-        |(id, topic, from, payload, reply_to)| proto::Publish {
+    (any::<u64>(), text(), text(), payload(), text(), headers()).prop_map(
+        |(id, topic, from, payload, reply_to, headers)| proto::Publish {
             id,
             topic,
             from,
             payload,
             reply_to,
+            headers,
         },
     )
 }
@@ -207,24 +220,36 @@ pub fn publish() -> impl Strategy<Value = proto::Publish> + Clone {
 /// Arbitrary `Deliver` bodies.
 #[allow(dead_code)]
 pub fn deliver() -> impl Strategy<Value = proto::Deliver> + Clone {
-    (any::<u64>(), text(), text(), payload(), text()).prop_map(
-        |(sub_id, topic, from, payload, reply_to)| proto::Deliver {
+    (any::<u64>(), text(), text(), payload(), text(), headers()).prop_map(
+        |(sub_id, topic, from, payload, reply_to, headers)| proto::Deliver {
             sub_id,
             topic,
             from,
             payload,
             reply_to,
+            headers,
         },
     )
 }
 
 fn subscribe() -> impl Strategy<Value = proto::Subscribe> + Clone {
-    (any::<u64>(), any::<u64>(), text(), text()).prop_map(|(id, sub_id, pattern, queue_group)| {
-        proto::Subscribe {
+    (any::<u64>(), any::<u64>(), text(), text(), any::<bool>()).prop_map(
+        |(id, sub_id, pattern, queue_group, service)| proto::Subscribe {
             id,
             sub_id,
             pattern,
             queue_group,
+            service,
+        },
+    )
+}
+
+fn listen() -> impl Strategy<Value = proto::Listen> + Clone {
+    (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(id, messages, requests)| {
+        proto::Listen {
+            id,
+            messages,
+            requests,
         }
     })
 }
@@ -359,9 +384,19 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
         any::<u64>(),
         nested_many,
         any::<bool>(),
+        proptest::option::of(listen()),
     )
         .prop_map(
-            |(info, subscriptions, watches, last_received, next_send, unacked, presence_watch)| {
+            |(
+                info,
+                subscriptions,
+                watches,
+                last_received,
+                next_send,
+                unacked,
+                presence_watch,
+                listen,
+            )| {
                 proto::ClientState {
                     info,
                     subscriptions,
@@ -370,6 +405,7 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
                     next_send,
                     unacked,
                     presence_watch,
+                    listen,
                 }
             },
         );
@@ -507,65 +543,76 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
             .prop_map(|id| Kind::Ok(proto::Ok { id }))
             .boxed(),
         // ---- messaging ----
-        (any::<u64>(), text(), text(), payload())
-            .prop_map(|(id, to, from, payload)| {
+        (any::<u64>(), text(), text(), payload(), headers())
+            .prop_map(|(id, to, from, payload, headers)| {
                 Kind::Direct(proto::Direct {
                     id,
                     to,
                     from,
                     payload,
+                    headers,
                 })
             })
+            .boxed(),
+        (
+            (any::<u64>(), text(), text(), any::<u32>(), payload()),
+            (text(), headers(), text(), any::<u64>()),
+        )
+            .prop_map(
+                |((id, to, from, timeout_ms, payload), (method, headers, service, sub_id))| {
+                    Kind::Request(proto::Request {
+                        id,
+                        to,
+                        from,
+                        timeout_ms,
+                        payload,
+                        method,
+                        headers,
+                        service,
+                        sub_id,
+                    })
+                },
+            )
             .boxed(),
         (
             any::<u64>(),
             text(),
             text(),
-            any::<u32>(),
             payload(),
-            text(),
+            any::<bool>(),
+            headers(),
         )
-            .prop_map(|(id, to, from, timeout_ms, payload, method)| {
-                Kind::Request(proto::Request {
-                    id,
-                    to,
-                    from,
-                    timeout_ms,
-                    payload,
-                    method,
-                })
-            })
-            .boxed(),
-        (any::<u64>(), text(), text(), payload(), any::<bool>())
-            .prop_map(|(id, to, from, payload, is_error)| {
+            .prop_map(|(id, to, from, payload, is_error, headers)| {
                 Kind::Reply(proto::Reply {
                     id,
                     to,
                     from,
                     payload,
                     is_error,
+                    headers,
                 })
             })
             .boxed(),
-        (any::<u64>(), text(), payload())
-            .prop_map(|(id, from, payload)| Kind::Broadcast(proto::Broadcast { id, from, payload }))
-            .boxed(),
-        (any::<u64>(), text(), text(), payload(), text())
-            .prop_map(|(id, topic, from, payload, reply_to)| {
-                Kind::Publish(proto::Publish {
+        (any::<u64>(), text(), payload(), headers())
+            .prop_map(|(id, from, payload, headers)| {
+                Kind::Broadcast(proto::Broadcast {
                     id,
-                    topic,
                     from,
                     payload,
-                    reply_to,
+                    headers,
                 })
             })
             .boxed(),
+        publish().prop_map(Kind::Publish).boxed(),
         subscribe().prop_map(Kind::Subscribe).boxed(),
         (any::<u64>(), any::<u64>())
             .prop_map(|(id, sub_id)| Kind::Unsubscribe(proto::Unsubscribe { id, sub_id }))
             .boxed(),
         deliver().prop_map(Kind::Deliver).boxed(),
+        any::<u64>()
+            .prop_map(|id| Kind::Cancel(proto::Cancel { id }))
+            .boxed(),
+        listen().prop_map(Kind::Listen).boxed(),
         // ---- key/value ----
         (
             any::<u64>(),

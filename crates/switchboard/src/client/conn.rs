@@ -629,6 +629,7 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
                     sub_id,
                     pattern,
                     queue_group,
+                    ..Default::default()
                 }
                 .into()
             },

@@ -10,13 +10,7 @@ use std::collections::VecDeque;
 
 use switchboard_wire::Frame;
 
-/// The feature a client lists in `Hello.features` (and a hub in
-/// `Welcome.features`) to sequence both directions.
-pub const FEATURE_RELIABLE: &str = "reliable";
-
-/// The feature a hub lists in `Welcome.features` when it continued the
-/// client's previous session.
-pub const FEATURE_RESUMED: &str = "resumed";
+pub(crate) use switchboard_wire::{FEATURE_RELIABLE, FEATURE_RESUMED};
 
 /// Default most frames kept for retransmission.
 pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;

@@ -55,6 +55,7 @@ impl Subscription {
                     sub_id,
                     pattern: pattern.to_string(),
                     queue_group: group.to_string(),
+                    ..Default::default()
                 }
                 .into()
             })
