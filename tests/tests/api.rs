@@ -4,22 +4,26 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use switchboard::{Client, ClientError, Hub, MessageKind, PresenceEvent};
+use switchboard::{
+    Client, ClientError, ClientEvent, Hub, MessageKind, Overflow, PresenceEvent, SubscribeOptions,
+};
 use switchboard_tests::{client, hub, within, TOKEN};
 
 #[tokio::test]
 async fn request_reply_and_error_replies() -> anyhow::Result<()> {
     let hub = hub().await?;
     let server = client(&hub, "upper").await?;
-    let _serving = server.serve(|req| async move {
-        if req.payload().as_ref() == b"fail" {
-            return Err("refusing to shout".to_string());
-        }
-        if req.payload().as_ref() == b"panic" {
-            panic!("handler bug");
-        }
-        Ok(String::from_utf8_lossy(req.payload()).to_uppercase().into())
-    });
+    let _serving = server
+        .serve(|req| async move {
+            if req.payload().as_ref() == b"fail" {
+                return Err("refusing to shout".to_string());
+            }
+            if req.payload().as_ref() == b"panic" {
+                panic!("handler bug");
+            }
+            Ok(String::from_utf8_lossy(req.payload()).to_uppercase().into())
+        })
+        .await?;
     let asker = client(&hub, "asker").await?;
     let reply = within(asker.request("upper", "hello")).await??;
     assert_eq!(&reply[..], b"HELLO");
@@ -44,7 +48,7 @@ async fn request_reply_and_error_replies() -> anyhow::Result<()> {
 async fn requests_stream_and_method() -> anyhow::Result<()> {
     let hub = hub().await?;
     let server = client(&hub, "stream-server").await?;
-    let mut requests = server.requests();
+    let mut requests = server.requests().await?;
     tokio::spawn(async move {
         while let Some(req) = requests.next().await {
             let answer = format!("{}:{}:{}", req.from(), req.method(), req.payload().len());
@@ -73,7 +77,7 @@ async fn request_errors_are_typed_and_immediate() -> anyhow::Result<()> {
 
     // A target that never answers: Timeout after the requested time.
     let silent = client(&hub, "silent").await?;
-    let mut requests = silent.requests();
+    let mut requests = silent.requests().await?;
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Some(r) = requests.next().await {
@@ -134,8 +138,8 @@ async fn direct_and_broadcast_messages() -> anyhow::Result<()> {
     let a = client(&hub, "a").await?;
     let b = client(&hub, "b").await?;
     let c = client(&hub, "c").await?;
-    let mut b_msgs = b.messages();
-    let mut c_msgs = c.messages();
+    let mut b_msgs = b.messages().await?;
+    let mut c_msgs = c.messages().await?;
 
     a.send("b", "to b").await?;
     let m = within(b_msgs.next()).await?.expect("a message");
@@ -382,7 +386,7 @@ async fn id_takeover_closes_the_older_client() -> anyhow::Result<()> {
     }
     // The newer one works.
     let peer = client(&hub, "peer").await?;
-    let mut msgs = second.messages();
+    let mut msgs = second.messages().await?;
     peer.send("dup", "hi").await?;
     assert_eq!(
         &within(msgs.next()).await?.expect("message").payload[..],
@@ -406,7 +410,8 @@ async fn hub_builder_runs_with_defaults_for_a_private_service() -> anyhow::Resul
 }
 
 #[tokio::test]
-async fn a_subscriber_that_never_reads_stalls_no_one() -> anyhow::Result<()> {
+async fn a_subscriber_that_never_reads_stalls_no_one_else_and_loses_nothing() -> anyhow::Result<()>
+{
     let hub = hub().await?;
     let addr = hub.local_addr().to_string();
     let lazy = Client::builder("lazy")
@@ -415,19 +420,16 @@ async fn a_subscriber_that_never_reads_stalls_no_one() -> anyhow::Result<()> {
         .stream_capacity(16)
         .connect()
         .await?;
-    let _never_read = lazy.subscribe("flood").await?;
+    let mut unread = lazy.subscribe("flood").await?;
     let eager = client(&hub, "eager").await?;
     let mut eager_sub = eager.subscribe("flood").await?;
-    let echo = client(&hub, "echo").await?;
-    let _serving = echo.serve(|req| async move { Ok::<_, String>(req.payload().clone()) });
     let publisher = client(&hub, "publisher").await?;
 
     for i in 0..1000u32 {
-        publisher
-            .publish_nowait("flood", i.to_be_bytes().to_vec())
-            .await?;
+        publisher.publish("flood", i.to_be_bytes().to_vec()).await?;
     }
-    // The reading subscriber gets everything, in order.
+    // The reading subscriber gets everything, in order, while the lazy
+    // one's full stream holds its connection back.
     within(async {
         for i in 0..1000u32 {
             let m = eager_sub.next().await.expect("delivery");
@@ -435,10 +437,62 @@ async fn a_subscriber_that_never_reads_stalls_no_one() -> anyhow::Result<()> {
         }
     })
     .await?;
-    // The lazy client's full stream costs it messages, not its replies.
+    // Nothing was dropped for the lazy one: it reads everything later.
+    within(async {
+        for i in 0..1000u32 {
+            let m = unread.next().await.expect("delivery");
+            assert_eq!(&m.payload[..], &i.to_be_bytes());
+        }
+    })
+    .await?;
+    assert_eq!((lazy.dropped(), unread.dropped()), (0, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_drop_policy_keeps_replies_flowing_and_counts_every_drop() -> anyhow::Result<()> {
+    let hub = hub().await?;
+    let lazy = client(&hub, "lazy").await?;
+    let mut events = lazy.events();
+    let options = SubscribeOptions::default()
+        .capacity(16)
+        .overflow(Overflow::DropNewest);
+    let mut never_read = lazy.subscribe_with("flood", options).await?;
+    let echo = client(&hub, "echo").await?;
+    let _serving = echo
+        .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
+        .await?;
+    let publisher = client(&hub, "publisher").await?;
+    for i in 0..1000u32 {
+        publisher.publish("flood", i.to_be_bytes().to_vec()).await?;
+    }
+    // Its replies are not held up by the full subscription.
     let reply = within(lazy.request("echo", "still here")).await??;
     assert_eq!(&reply[..], b"still here");
-    assert!(lazy.dropped() >= 1000 - 16, "dropped {}", lazy.dropped());
+    // The first 16 are kept, the rest dropped, and each drop announced.
+    let mut announced = 0;
+    within(async {
+        while announced < 1000 - 16 {
+            match events.recv().await {
+                Some(ClientEvent::SlowConsumer {
+                    sub_id, dropped, ..
+                }) => {
+                    assert_eq!(sub_id, never_read.id());
+                    announced += dropped;
+                }
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(announced, 1000 - 16);
+    assert_eq!(never_read.dropped(), 1000 - 16);
+    assert_eq!(lazy.dropped(), 1000 - 16);
+    for i in 0..16u32 {
+        let m = within(never_read.next()).await?.expect("kept");
+        assert_eq!(&m.payload[..], &i.to_be_bytes());
+    }
     Ok(())
 }
 
@@ -464,7 +518,7 @@ async fn a_dropped_request_stream_or_request_answers_at_once() -> anyhow::Result
     let asker = client(&hub, "asker").await?;
 
     // A request taken from the stream and dropped unanswered.
-    let mut requests = server.requests();
+    let mut requests = server.requests().await?;
     let dropper = tokio::spawn(async move {
         let req = requests.next().await;
         drop(req);

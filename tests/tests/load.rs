@@ -24,21 +24,19 @@ async fn thousand_concurrent_clients_exchange_requests() -> anyhow::Result<()> {
         }
     });
     let clients: Vec<Client> = futures::future::try_join_all(connects).await?;
-    let servers: Vec<_> = clients
-        .iter()
-        .map(|c| {
-            let me = c.id().to_string();
-            c.serve(move |req| {
-                let me = me.clone();
-                async move {
-                    let mut out = me.into_bytes();
-                    out.push(b':');
-                    out.extend_from_slice(req.payload());
-                    Ok::<_, String>(out.into())
-                }
-            })
+    let servers = futures::future::try_join_all(clients.iter().map(|c| {
+        let me = c.id().to_string();
+        c.serve(move |req| {
+            let me = me.clone();
+            async move {
+                let mut out = me.into_bytes();
+                out.push(b':');
+                out.extend_from_slice(req.payload());
+                Ok::<_, String>(out.into())
+            }
         })
-        .collect();
+    }))
+    .await?;
     assert_eq!(hub.status().clients, CLIENTS as u64);
 
     let work = clients.iter().enumerate().map(|(i, c)| async move {

@@ -42,12 +42,14 @@ async fn clients_resubscribe_and_rewatch_after_a_hub_restart() -> anyhow::Result
     let publisher = connect("publisher").await?;
     let mut sub = sub_client.subscribe("news.>").await?;
     let mut watch = sub_client.kv().watch("token").await?;
-    let _serving = server.serve(|req| async move { Ok::<_, String>(req.payload().clone()) });
+    let _serving = server
+        .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
+        .await?;
 
     // A request held by a handler that never answers fails with
     // Disconnected when the hub goes away.
     let slow = connect("slow").await?;
-    let mut slow_requests = slow.requests();
+    let mut slow_requests = slow.requests().await?;
     let held = tokio::spawn(async move { slow_requests.next().await });
     let in_flight = {
         let publisher = publisher.clone();

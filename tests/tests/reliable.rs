@@ -254,7 +254,7 @@ async fn wait_state(
 async fn frames_are_numbered_in_order_and_kept_until_acknowledged() -> anyhow::Result<()> {
     let hub = FakeHub::new().await?;
     let (client, mut conn) = connect(&hub, builder(&hub, "numbered"), &["reliable"]).await?;
-    assert_eq!(conn.hello.features, ["reliable"]);
+    assert_eq!(conn.hello.features, ["reliable", "listen"]);
     assert!(
         conn.hello.resume.is_none(),
         "a first connection resumes nothing"
@@ -436,7 +436,7 @@ async fn a_resumed_session_resends_what_the_hub_lacks_and_keeps_commands_waiting
     let during = tokio::spawn(async move { c.publish("news.c", "during").await });
 
     let h = hub.accept(1).await?;
-    assert_eq!(h.hello.features, ["reliable"]);
+    assert_eq!(h.hello.features, ["reliable", "listen"]);
     let resume = h.hello.resume.expect("the client asks to resume");
     assert_eq!(resume.last_received, 1);
     assert_eq!(resume.epoch, 1);
@@ -696,7 +696,7 @@ async fn a_client_that_gives_up_says_it_found_only_an_old_primary() -> anyhow::R
 async fn without_the_hubs_consent_nothing_is_sequenced() -> anyhow::Result<()> {
     let hub = FakeHub::new().await?;
     let (client, mut conn) = connect(&hub, builder(&hub, "plain"), &[]).await?;
-    assert_eq!(conn.hello.features, ["reliable"]);
+    assert_eq!(conn.hello.features, ["reliable", "listen"]);
     assert!(!client.is_reliable());
     let c = client.clone();
     let publish = tokio::spawn(async move { c.publish("t", "x").await });
@@ -708,7 +708,7 @@ async fn without_the_hubs_consent_nothing_is_sequenced() -> anyhow::Result<()> {
 
     // A client that does not ask for it does not get it either.
     let (client, conn) = connect(&hub, builder(&hub, "off").reliable(false), &["reliable"]).await?;
-    assert!(conn.hello.features.is_empty());
+    assert_eq!(conn.hello.features, ["listen"]);
     assert!(!client.is_reliable());
     Ok(())
 }
@@ -949,7 +949,7 @@ async fn a_request_in_flight_across_a_cut_is_served_once_and_answered() -> anyho
         .token(TOKEN)
         .connect()
         .await?;
-    let mut requests = server.requests();
+    let mut requests = server.requests().await?;
     let asked = {
         let requester = requester.clone();
         tokio::spawn(async move {
@@ -1060,7 +1060,7 @@ async fn a_real_hub_acknowledges_through_answers_and_after_the_delay() -> anyhow
     };
     let server = connect("acked-server").await?;
     let requester = connect("acked-requester").await?;
-    let mut requests = server.requests();
+    let mut requests = server.requests().await?;
     for round in 0..20u32 {
         let r = requester.clone();
         let asked = tokio::spawn(async move {

@@ -88,7 +88,9 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
 
     // Request/reply: an echo server and four sequential requesters.
     let echo = client(&hub, "echo").await?;
-    let _serving = echo.serve(|req| async move { Ok::<_, String>(req.payload().clone()) });
+    let _serving = echo
+        .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
+        .await?;
     for tag in 0..4u64 {
         let c = client(&hub, &format!("asker-{tag}")).await?;
         let (stop, counts) = (stop.clone(), counts.clone());
@@ -108,7 +110,7 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
 
     // Confirmed direct messages from two senders to one sink, in order.
     let sink = client(&hub, "sink").await?;
-    let mut sink_messages = sink.messages();
+    let mut sink_messages = sink.messages().await?;
     let sink_done = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for tag in 0..2u64 {

@@ -514,7 +514,7 @@ impl ReqRep for Switchboard {
 
     async fn responder(&self, service: String) -> Result<Self::Responder> {
         let client = self.connect_as(&service, 65_536).await?;
-        let mut requests = client.requests();
+        let mut requests = client.requests().await?;
         let task = tokio::spawn(async move {
             while let Some(req) = requests.recv().await {
                 let payload = req.payload().clone();

@@ -23,13 +23,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .token("example")
         .connect()
         .await?;
-    let _serving = calc.serve(|req| async move {
-        let text = String::from_utf8_lossy(req.payload()).to_string();
-        let (a, b) = text.split_once('+').ok_or("expected a+b")?;
-        let sum: i64 = a.trim().parse::<i64>().map_err(|e| e.to_string())?
-            + b.trim().parse::<i64>().map_err(|e| e.to_string())?;
-        Ok::<_, String>(sum.to_string().into())
-    });
+    let _serving = calc
+        .serve(|req| async move {
+            let text = String::from_utf8_lossy(req.payload()).to_string();
+            let (a, b) = text.split_once('+').ok_or("expected a+b")?;
+            let sum: i64 = a.trim().parse::<i64>().map_err(|e| e.to_string())?
+                + b.trim().parse::<i64>().map_err(|e| e.to_string())?;
+            Ok::<_, String>(sum.to_string().into())
+        })
+        .await?;
 
     let user = Client::builder("user")
         .addr(&addr)

@@ -76,6 +76,17 @@ pub enum ClientError {
     /// The key or object does not exist.
     #[error("{0}")]
     Missing(String),
+    /// The target is connected but does not take this kind of message now
+    /// (it has not asked for [`Client::messages`](crate::Client::messages)
+    /// or is not serving requests); nothing was queued for it.
+    #[error("{0}")]
+    NotListening(String),
+    /// A request to a service found no responder.
+    #[error("{0}")]
+    NoResponders(String),
+    /// The hub does not allow this client to do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The replier's application answered with an error.
     #[error("the replier failed: {0}")]
     Remote(String),
@@ -124,6 +135,9 @@ impl ClientError {
             ClientError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             ClientError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             ClientError::Missing(_) => ErrorCode::NotFound,
+            ClientError::NotListening(_) => ErrorCode::NotListening,
+            ClientError::NoResponders(_) => ErrorCode::NoResponders,
+            ClientError::Forbidden(_) => ErrorCode::Forbidden,
             ClientError::TakenOver(_) => ErrorCode::IdTakenOver,
             ClientError::Fenced(_) => ErrorCode::Fenced,
             ClientError::Hub { code, .. } => *code,
@@ -155,6 +169,9 @@ impl ClientError {
             ErrorCode::InvalidArgument => ClientError::InvalidArgument(message),
             ErrorCode::LimitExceeded => ClientError::LimitExceeded(message),
             ErrorCode::NotFound => ClientError::Missing(message),
+            ErrorCode::NotListening => ClientError::NotListening(message),
+            ErrorCode::NoResponders => ClientError::NoResponders(message),
+            ErrorCode::Forbidden => ClientError::Forbidden(message),
             ErrorCode::IdTakenOver => ClientError::TakenOver(message),
             ErrorCode::Fenced => ClientError::Fenced(message),
             code => ClientError::Hub { code, message },

@@ -31,7 +31,7 @@
 //! let _serving = server.serve(|req| async move {
 //!     let text = String::from_utf8_lossy(req.payload()).to_uppercase();
 //!     Ok::<_, String>(text.into())
-//! });
+//! }).await?;
 //!
 //! // ...another one asks.
 //! let client = Client::builder("asker").addr(&addr).token("s3cret").connect().await?;
@@ -60,9 +60,10 @@ pub use switchboard_wire as wire;
 pub use bytes::Bytes;
 pub use bytestring::ByteString;
 pub use client::{
-    Client, ClientBuilder, ClientInfo, ConnectionState, HubStatus, IncomingRequest, Kv, KvEntry,
-    KvEvent, KvWatch, Message, MessageKind, Messages, Presence, PresenceEvent, Requests,
-    ServeHandle, SessionLink, Subscription, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESUME_WAIT,
+    Client, ClientBuilder, ClientEvent, ClientInfo, CloseReport, ConnectionState, Events, Headers,
+    HubStatus, IncomingRequest, Kv, KvEntry, KvEvent, KvWatch, Message, MessageKind, Messages,
+    Overflow, Presence, PresenceEvent, Reply, RequestOptions, Requests, ServeHandle, ServeOptions,
+    SessionLink, SubscribeOptions, Subscription, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESUME_WAIT,
     DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES, MAX_CLIENT_ID_LEN,
 };
 pub use discover::discover;

@@ -265,10 +265,13 @@ async fn requests_outstanding_at_the_kill_get_an_answer_or_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut primary, _standby, addr) = pair(dir.path(), "fo-requests");
     let server = client("doubler", addr).await;
-    let _serving = server.serve(|req| async move {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        Ok::<_, String>(count(number(req.payload()) * 2))
-    });
+    let _serving = server
+        .serve(|req| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, String>(count(number(req.payload()) * 2))
+        })
+        .await
+        .expect("serve");
     let requester = client("asker", addr).await;
     let total = 400u64;
     let answered = Arc::new(AtomicU64::new(0));

@@ -135,7 +135,9 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
 
     // Request/reply, sequential and concurrent.
     let server = client(&addr, &token, format!("bench-server-{pid}")).await?;
-    let _serving = server.serve(|req| async move { Ok::<_, String>(req.payload().clone()) });
+    let _serving = server
+        .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
+        .await?;
     let requester = client(&addr, &token, format!("bench-req-{pid}")).await?;
     let target = server.id().to_string();
     let mut lat = Vec::with_capacity(a.requests as usize);

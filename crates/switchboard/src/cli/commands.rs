@@ -255,7 +255,7 @@ pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::R
 
 pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
-    let mut requests = client.requests();
+    let mut requests = client.requests().await?;
     ready(g, "serving", &client)?;
     let json_out = g.json;
     loop {
@@ -352,7 +352,7 @@ fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
 
 pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
-    let mut messages = client.messages();
+    let mut messages = client.messages().await?;
     ready(g, "listening", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {

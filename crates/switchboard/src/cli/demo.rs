@@ -99,10 +99,12 @@ pub async fn run(json_out: bool) -> anyhow::Result<()> {
 
     // 2. Request/reply.
     out.section(2, "request/reply");
-    let _serving = worker.serve(|req| async move {
-        let text = String::from_utf8_lossy(req.payload()).to_string();
-        Ok::<_, String>(format!("thumbnail of {text} ready").into())
-    });
+    let _serving = worker
+        .serve(|req| async move {
+            let text = String::from_utf8_lossy(req.payload()).to_string();
+            Ok::<_, String>(format!("thumbnail of {text} ready").into())
+        })
+        .await?;
     let t = Instant::now();
     let reply = ui.request("worker", "photo-17.jpg").await?;
     out.line(

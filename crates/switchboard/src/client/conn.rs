@@ -20,11 +20,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
+use super::queue::{Pushed, Queue};
 use super::reliable::{Inbound, FEATURE_RELIABLE, FEATURE_RESUMED};
 use super::streams::IncomingRequest;
-use super::types::{ConnectionState, Message, MessageKind, PresenceEvent};
-use super::{ConnTx, Shared, Target};
-use crate::ClientError;
+use super::types::{ConnectionState, Headers, KvEvent, Message, MessageKind, PresenceEvent};
+use super::{ConnTx, Shared, SubSink, Target};
+use crate::{ClientError, ClientEvent};
+use switchboard_wire::FEATURE_LISTEN;
 
 /// Largest frame accepted from a hub before it has proven itself.
 const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
@@ -191,9 +193,12 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
             last_received: shared.in_last.load(Ordering::Relaxed),
             epoch: seen,
         });
-        (vec![FEATURE_RELIABLE.to_string()], resume)
+        (
+            vec![FEATURE_RELIABLE.to_string(), FEATURE_LISTEN.to_string()],
+            resume,
+        )
     } else {
-        (Vec::new(), None)
+        (vec![FEATURE_LISTEN.to_string()], None)
     };
     send(
         &mut writer,
@@ -325,6 +330,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
             }
             End::Lost { reason, .. } => reason,
         };
+        shared.emit(ClientEvent::Disconnected {
+            reason: reason.clone(),
+        });
         tracing::debug!(client = %shared.cfg.id, %reason, "connection lost");
         if !shared.cfg.reconnect {
             set_closed(&shared, &format!("connection lost: {reason}"));
@@ -376,6 +384,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
                     Ok(c) => break c,
                     Err(e) => {
                         tracing::debug!(client = %shared.cfg.id, error = %e, attempt, "reconnect failed");
+                        if e.is_fenced() {
+                            shared.emit(ClientEvent::Fenced { message: e.to_string() });
+                        }
                         last_error = format!("; last attempt: {e}");
                     }
                 },
@@ -393,19 +404,40 @@ fn set_closed(shared: &Shared, reason: &str) {
     let mut reg = shared.reg.lock();
     reg.conn = None;
     reg.pending.clear();
+    reg.lost_at_close = (reg.out.len(), reg.out.bytes());
     reg.out.clear();
     reg.holding = false;
     reg.resumable = false;
-    // End every stream: nothing will arrive on them any more.
-    reg.subs.clear();
-    reg.watches.clear();
-    reg.presence.clear();
-    reg.messages = None;
-    reg.requests = None;
+    // End every stream after what it holds: nothing will arrive any more.
+    for (_, sub) in reg.subs.drain() {
+        match sub.sink {
+            SubSink::Messages(q) => q.close_tx(),
+            SubSink::Requests(q) => q.close_tx(),
+        }
+    }
+    for (_, w) in reg.watches.drain() {
+        w.queue.close_tx();
+    }
+    for (_, p) in reg.presence.drain() {
+        p.close_tx();
+    }
+    if let Some(q) = reg.messages.take() {
+        q.close_tx();
+    }
+    if let Some(q) = reg.requests.take() {
+        q.close_tx();
+    }
     reg.sessions.clear();
     reg.session_any = None;
+    let (lost, _) = reg.lost_at_close;
     drop(reg);
+    if lost > 0 {
+        tracing::warn!(client = %shared.cfg.id, frames = lost, "closed with frames the hub had not acknowledged");
+    }
     shared.state.send_replace(ConnectionState::Closed {
+        reason: reason.to_string(),
+    });
+    shared.emit(ClientEvent::Closed {
         reason: reason.to_string(),
     });
     shared.wake.notify_waiters();
@@ -465,6 +497,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
             max_frame,
             generation,
             reliable,
+            listen: has_feature(&conn.welcome, FEATURE_LISTEN),
         });
         (replay, resumed)
     };
@@ -517,6 +550,11 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
                     generation,
                     resumed,
                 });
+                shared.emit(match (generation, resumed) {
+                    (1, _) => ClientEvent::Connected { addr: conn.addr },
+                    (_, true) => ClientEvent::Resumed { addr: conn.addr, generation },
+                    (_, false) => ClientEvent::StateLost { addr: conn.addr, generation },
+                });
             }
             r = &mut reader => break r.unwrap_or_else(|e| End::lost(format!("reader failed: {e}"))),
             w = &mut writer => break End::lost(match w {
@@ -527,6 +565,11 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
             _ = close.wait_for(|c| *c) => break End::Closed,
             now = ticker.tick() => {
                 let now_ms = now.duration_since(base).as_millis() as u64;
+                if shared.reader_blocked.load(Ordering::Relaxed) {
+                    // The reader waits for the application, not the hub:
+                    // the hub is not silent, we are not listening.
+                    last_rx.store(now_ms, Ordering::Relaxed);
+                }
                 let silent = now_ms.saturating_sub(last_rx.load(Ordering::Relaxed));
                 if Duration::from_millis(silent) > interval * 3 {
                     break End::lost(format!(
@@ -606,22 +649,28 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
     if !again {
         return;
     }
-    let (subs, watches, presence) = {
+    let (subs, watches, presence, listen) = {
         let reg = shared.reg.lock();
-        let subs: Vec<(u64, String, String)> = reg
+        let subs: Vec<(u64, String, String, bool)> = reg
             .subs
             .iter()
-            .map(|(id, s)| (*id, s.pattern.clone(), s.group.clone()))
+            .map(|(id, s)| (*id, s.pattern.clone(), s.group.clone(), s.service))
             .collect();
         let watches: Vec<(u64, String, bool)> = reg
             .watches
             .iter()
             .map(|(id, w)| (*id, w.key.clone(), w.prefix))
             .collect();
-        (subs, watches, !reg.presence.is_empty())
+        let listen = reg.messages.is_some() || reg.requests.is_some();
+        (subs, watches, !reg.presence.is_empty(), listen)
     };
+    if listen {
+        if let Err(e) = shared.sync_listen().await {
+            tracing::warn!(client = %shared.cfg.id, error = %e, "could not restore listening");
+        }
+    }
     let mut jobs = Vec::new();
-    for (sub_id, pattern, queue_group) in subs {
+    for (sub_id, pattern, queue_group, service) in subs {
         jobs.push(futures::future::Either::Left(shared.command_ok(
             move |id| {
                 proto::Subscribe {
@@ -629,7 +678,7 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
                     sub_id,
                     pattern,
                     queue_group,
-                    ..Default::default()
+                    service,
                 }
                 .into()
             },
@@ -776,11 +825,15 @@ async fn read_loop(
     let ack_timer = tokio::time::sleep(ACK_DELAY);
     tokio::pin!(ack_timer);
     let mut armed = false;
+    let mut slow = Slow::new();
     loop {
         let next = match reader.next().now_or_never() {
             Some(next) => next,
             None => {
                 // Nothing more buffered: the batch is done.
+                if !slow.is_empty() {
+                    announce_drops(&shared, &mut slow);
+                }
                 inbound.acked(carried.load(Ordering::Relaxed));
                 if inbound.ack_due() {
                     send_ack(&mut inbound, &tx);
@@ -839,10 +892,51 @@ async fn read_loop(
             peer_acked = acked;
             shared.acknowledged(acked);
         }
-        if !inbound.accept(seq) {
+        if inbound.is_duplicate(seq) {
             // Sent again after a resume; already handled.
             continue;
         }
+        let route = match frame {
+            Incoming::Delivery(d) => route_delivery(&shared, d),
+            Incoming::Frame(f) => match f.kind {
+                Some(Kind::Goodbye(g)) => {
+                    if g.code == ErrorCode::IdTakenOver as i32 {
+                        return End::TakenOver;
+                    }
+                    if g.code == ErrorCode::Fenced as i32 {
+                        shared.emit(ClientEvent::Fenced {
+                            message: g.message.clone(),
+                        });
+                    }
+                    goodbye = Some(g);
+                    Route::Nowhere
+                }
+                Some(Kind::Error(e)) if e.id == 0 => {
+                    tracing::warn!(client = %shared.cfg.id, code = e.code, message = %e.message, "hub reported a connection error");
+                    shared.emit(ClientEvent::HubError {
+                        code: ErrorCode::try_from(e.code)
+                            .map(|c| c.as_str_name().to_string())
+                            .unwrap_or_else(|_| e.code.to_string()),
+                        message: e.message,
+                    });
+                    Route::Nowhere
+                }
+                Some(Kind::Ack(a)) => {
+                    shared.acknowledged(a.up_to);
+                    Route::Nowhere
+                }
+                Some(kind) => dispatch(&shared, kind, &tx),
+                None => {
+                    tracing::debug!(client = %shared.cfg.id, "ignoring a frame of an unknown kind");
+                    Route::Nowhere
+                }
+            },
+        };
+        // The application's stream takes it (waiting while the stream is
+        // full) before the frame counts as received: only then may it be
+        // acknowledged.
+        route.deliver(&shared, &mut slow).await;
+        inbound.accept(seq);
         if seq != 0 {
             shared
                 .in_last
@@ -851,55 +945,157 @@ async fn read_loop(
                 send_ack(&mut inbound, &tx);
             }
         }
-        let kind = match frame {
-            Incoming::Delivery(d) => {
-                deliver(&shared, d);
-                continue;
-            }
-            Incoming::Frame(f) => f.kind,
-        };
-        match kind {
-            Some(Kind::Goodbye(g)) => {
-                if g.code == ErrorCode::IdTakenOver as i32 {
-                    return End::TakenOver;
+    }
+}
+
+/// Subscriptions whose drop policy dropped messages not yet announced.
+type Slow = std::collections::HashMap<u64, (String, Arc<Queue<Message>>)>;
+
+/// Announces the drops of `slow` subscriptions as events.
+fn announce_drops(shared: &Shared, slow: &mut Slow) {
+    for (sub_id, (pattern, queue)) in slow.drain() {
+        let dropped = queue.take_unannounced();
+        if dropped > 0 {
+            shared.emit(ClientEvent::SlowConsumer {
+                sub_id,
+                pattern,
+                dropped,
+            });
+        }
+    }
+}
+
+/// Where one frame from the hub goes.
+enum Route {
+    /// Handled already (answers, acks, pings) or nowhere to go.
+    Nowhere,
+    /// A publish for subscription `sub_id`; `last` when it ends the
+    /// subscription ([`Subscription::unsubscribe_after`]).
+    ///
+    /// [`Subscription::unsubscribe_after`]: crate::Subscription::unsubscribe_after
+    Publish {
+        queue: Arc<Queue<Message>>,
+        msg: Message,
+        sub_id: u64,
+        pattern: String,
+        last: bool,
+    },
+    /// A direct or broadcast message, to the messages stream if any.
+    Message(Option<Arc<Queue<Message>>>, Message),
+    /// A request for a requests or service stream.
+    Request(Arc<Queue<IncomingRequest>>, IncomingRequest),
+    /// A key change for a watch.
+    Kv(Arc<Queue<KvEvent>>, KvEvent),
+    /// A presence event for every presence stream.
+    Presence(Vec<Arc<Queue<PresenceEvent>>>, PresenceEvent),
+}
+
+/// Pushes into `queue`, marking the reader as blocked while it waits.
+async fn push<T>(shared: &Shared, queue: &Queue<T>, item: T) -> Pushed {
+    if !queue.is_full() {
+        return queue.push(item).await;
+    }
+    shared.reader_blocked.store(true, Ordering::Relaxed);
+    let pushed = queue.push(item).await;
+    shared.reader_blocked.store(false, Ordering::Relaxed);
+    pushed
+}
+
+impl Route {
+    async fn deliver(self, shared: &Arc<Shared>, slow: &mut Slow) {
+        match self {
+            Route::Nowhere => {}
+            Route::Publish {
+                queue,
+                msg,
+                sub_id,
+                pattern,
+                last,
+            } => {
+                if push(shared, &queue, msg).await == Pushed::Dropped {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    slow.entry(sub_id).or_insert((pattern, queue.clone()));
                 }
-                goodbye = Some(g);
+                if last {
+                    queue.close_tx();
+                }
             }
-            Some(Kind::Error(e)) if e.id == 0 => {
-                tracing::warn!(client = %shared.cfg.id, code = e.code, message = %e.message, "hub reported a connection error");
+            Route::Message(Some(queue), msg) => {
+                if push(shared, &queue, msg).await == Pushed::Closed {
+                    undelivered(shared, "messages");
+                }
             }
-            Some(Kind::Ack(a)) => shared.acknowledged(a.up_to),
-            Some(kind) => dispatch(&shared, kind, &tx),
-            None => {
-                tracing::debug!(client = %shared.cfg.id, "ignoring a frame of an unknown kind");
+            Route::Message(None, _) => undelivered(shared, "messages"),
+            Route::Request(queue, req) => {
+                if let Pushed::Closed = push(shared, &queue, req).await {
+                    // Dropping the request answered it with an error reply.
+                }
+            }
+            Route::Kv(queue, event) => {
+                push(shared, &queue, event).await;
+            }
+            Route::Presence(queues, event) => {
+                for queue in queues {
+                    push(shared, &queue, event.clone()).await;
+                }
             }
         }
     }
 }
 
-fn count_drop(shared: &Shared, n: u64) {
-    shared.dropped.fetch_add(n, Ordering::Relaxed);
+/// A message with no stream to take it (the application dropped its
+/// stream while the hub still sent to it): counted and announced.
+fn undelivered(shared: &Shared, stream: &'static str) {
+    shared.dropped.fetch_add(1, Ordering::Relaxed);
+    shared.emit(ClientEvent::Undelivered { stream, dropped: 1 });
 }
 
-/// Hands a delivery to its subscription's stream (dropped and counted
-/// when the stream is full; ignored when the subscription is gone).
-fn deliver(shared: &Shared, d: Delivery) {
-    let reg = shared.reg.lock();
-    if let Some(sub) = reg.subs.get(&d.sub_id) {
-        let msg = Message {
-            kind: MessageKind::Publish,
-            from: d.from,
-            topic: d.topic,
-            reply_to: d.reply_to,
-            payload: d.payload,
-        };
-        if sub.tx.try_send(msg).is_err() {
-            count_drop(shared, 1);
+/// Finds the subscription of a delivery; counts down
+/// [`unsubscribe_after`](crate::Subscription::unsubscribe_after).
+fn route_publish(shared: &Arc<Shared>, sub_id: u64, msg: Message) -> Route {
+    let mut reg = shared.reg.lock();
+    let Some(sub) = reg.subs.get_mut(&sub_id) else {
+        // Unsubscribed meanwhile.
+        return Route::Nowhere;
+    };
+    let SubSink::Messages(queue) = &sub.sink else {
+        return Route::Nowhere;
+    };
+    let queue = queue.clone();
+    let pattern = sub.pattern.clone();
+    let mut last = false;
+    if let Some(left) = sub.remaining.as_mut() {
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            last = true;
+            reg.subs.remove(&sub_id);
+            drop(reg);
+            let id = shared.next_id();
+            shared.post_detached(proto::Unsubscribe { id, sub_id }.into());
         }
+    }
+    Route::Publish {
+        queue,
+        msg,
+        sub_id,
+        pattern,
+        last,
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
+fn route_delivery(shared: &Arc<Shared>, d: Delivery) -> Route {
+    let msg = Message {
+        kind: MessageKind::Publish,
+        from: d.from,
+        topic: d.topic,
+        reply_to: d.reply_to,
+        payload: d.payload,
+        headers: Headers::default(),
+    };
+    route_publish(shared, d.sub_id, msg)
+}
+
+fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route {
     let mut reg = shared.reg.lock();
     match kind {
         Kind::Ok(m) => answer(&mut reg, m.id, Kind::Ok(m)),
@@ -909,18 +1105,16 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
         Kind::ClientList(m) => answer(&mut reg, m.id, Kind::ClientList(m)),
         Kind::Status(m) => answer(&mut reg, m.id, Kind::Status(m)),
         Kind::Deliver(d) => {
-            if let Some(sub) = reg.subs.get(&d.sub_id) {
-                let msg = Message {
-                    kind: MessageKind::Publish,
-                    from: d.from.into(),
-                    topic: d.topic.into(),
-                    reply_to: d.reply_to.into(),
-                    payload: d.payload,
-                };
-                if sub.tx.try_send(msg).is_err() {
-                    count_drop(shared, 1);
-                }
-            }
+            drop(reg);
+            let msg = Message {
+                kind: MessageKind::Publish,
+                from: d.from.into(),
+                topic: d.topic.into(),
+                reply_to: d.reply_to.into(),
+                payload: d.payload,
+                headers: Headers::from_wire(d.headers),
+            };
+            return route_publish(shared, d.sub_id, msg);
         }
         Kind::Direct(d) => {
             let msg = Message {
@@ -929,8 +1123,9 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                 topic: ByteString::new(),
                 reply_to: ByteString::new(),
                 payload: d.payload,
+                headers: Headers::from_wire(d.headers),
             };
-            deliver_message(shared, &mut reg, msg);
+            return Route::Message(reg.messages.clone(), msg);
         }
         Kind::Broadcast(b) => {
             let msg = Message {
@@ -939,53 +1134,34 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                 topic: ByteString::new(),
                 reply_to: ByteString::new(),
                 payload: b.payload,
+                headers: Headers::from_wire(b.headers),
             };
-            deliver_message(shared, &mut reg, msg);
+            return Route::Message(reg.messages.clone(), msg);
         }
         Kind::Request(r) => {
-            let (id, from) = (r.id, r.from.clone());
-            let Some(requests) = reg.requests.clone() else {
-                drop(reg);
-                shared.post_now(error_reply(
-                    id,
-                    from,
-                    format!("client {:?} does not serve requests", shared.cfg.id),
-                ));
-                return;
+            let target = if r.sub_id != 0 {
+                match reg.subs.get(&r.sub_id).map(|s| &s.sink) {
+                    Some(SubSink::Requests(q)) => Some(q.clone()),
+                    _ => None,
+                }
+            } else {
+                reg.requests.clone()
             };
             drop(reg);
-            let req = IncomingRequest::new(shared, r);
-            if let Err(e) = requests.try_send(req) {
-                // Answer at once rather than leaving the requester waiting.
-                let (mut req, why) = match e {
-                    mpsc::error::TrySendError::Full(r) => (
-                        r,
-                        format!("client {:?} is overloaded; retry later", shared.cfg.id),
-                    ),
-                    mpsc::error::TrySendError::Closed(r) => {
-                        let mut reg = shared.reg.lock();
-                        if reg
-                            .requests
-                            .as_ref()
-                            .is_some_and(|t| t.same_channel(&requests))
-                        {
-                            reg.requests = None;
-                        }
-                        (
-                            r,
-                            format!("client {:?} does not serve requests", shared.cfg.id),
-                        )
-                    }
-                };
-                req.disarm();
-                shared.post_now(error_reply(id, from, why));
-            }
+            let Some(queue) = target else {
+                let (id, from) = (r.id, r.from);
+                shared.post_detached(error_reply(
+                    id,
+                    from,
+                    format!("client {:?} does not serve these requests", shared.cfg.id),
+                ));
+                return Route::Nowhere;
+            };
+            return Route::Request(queue, IncomingRequest::new(shared, r));
         }
         Kind::KvUpdate(u) => {
             if let Some(w) = reg.watches.get(&u.watch_id) {
-                if w.tx.try_send(u.into()).is_err() {
-                    count_drop(shared, 1);
-                }
+                return Route::Kv(w.queue.clone(), u.into());
             }
         }
         Kind::Presence(p) => {
@@ -1003,13 +1179,18 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                 }
                 PresenceEvent::Joined(client)
             };
-            for tx in reg.presence.values() {
-                if tx.try_send(event.clone()).is_err() {
-                    count_drop(shared, 1);
-                }
+            return Route::Presence(reg.presence.values().cloned().collect(), event);
+        }
+        Kind::Flow(f) => {
+            drop(reg);
+            shared.dropped.fetch_add(f.dropped, Ordering::Relaxed);
+            if f.dropped > 0 {
+                shared.emit(ClientEvent::HubDropped {
+                    dropped: f.dropped,
+                    queue_depth: f.queue_depth,
+                });
             }
         }
-        Kind::Flow(f) => count_drop(shared, f.dropped),
         Kind::Session(s) => {
             let target = reg
                 .sessions
@@ -1018,8 +1199,10 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
                 .map(|(_, tx)| tx.clone());
             drop(reg);
             if let Some(target) = target {
+                // Session links are at-most-once (the session engine
+                // retries); a full link drops and is counted.
                 if target.try_send(s).is_err() {
-                    count_drop(shared, 1);
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -1034,22 +1217,12 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) {
             tracing::debug!(client = %shared.cfg.id, kind = f.kind_name(), "ignoring an unexpected frame");
         }
     }
+    Route::Nowhere
 }
 
 fn answer(reg: &mut super::Registry, id: u64, kind: Kind) {
     if let Some(waiter) = reg.pending.remove(&id) {
         let _ = waiter.tx.send(Frame::from(kind));
-    }
-}
-
-fn deliver_message(shared: &Shared, reg: &mut super::Registry, msg: Message) {
-    match &reg.messages {
-        Some(tx) => {
-            if tx.try_send(msg).is_err() {
-                count_drop(shared, 1);
-            }
-        }
-        None => count_drop(shared, 1),
     }
 }
 

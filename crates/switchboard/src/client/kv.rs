@@ -4,14 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use futures::Stream;
-use switchboard_wire::{proto, Frame, Kind};
-use tokio::sync::mpsc;
-
+use super::queue::{Overflow, Queue};
 use super::types::{KvEntry, KvEvent};
 use super::{unexpected, Shared, WatchEntry};
 use crate::ClientError;
+use bytes::Bytes;
+use futures::Stream;
+use switchboard_wire::{proto, Frame, Kind};
 
 /// The hub's key/value store, from [`Client::kv`](crate::Client::kv).
 ///
@@ -139,10 +138,13 @@ impl Kv {
 }
 
 /// Changes to a watched key or prefix; a [`Stream`] of [`KvEvent`].
+/// [`recv`](KvWatch::recv) is cancel-safe.
 pub struct KvWatch {
     shared: Arc<Shared>,
     watch_id: u64,
-    rx: mpsc::Receiver<KvEvent>,
+    queue: Arc<Queue<KvEvent>>,
+    /// Registered: dropping unwatches.
+    active: bool,
 }
 
 impl std::fmt::Debug for KvWatch {
@@ -156,16 +158,24 @@ impl std::fmt::Debug for KvWatch {
 impl KvWatch {
     async fn start(shared: Arc<Shared>, key: &str, prefix: bool) -> Result<KvWatch, ClientError> {
         let watch_id = shared.next_id();
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
+        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
         shared.reg.lock().watches.insert(
             watch_id,
             WatchEntry {
                 key: key.to_string(),
                 prefix,
-                tx,
+                queue: queue.clone(),
             },
         );
-        let r = shared
+        // From here a dropped call unwatches (the handle's `Drop`).
+        let mut watch = KvWatch {
+            shared,
+            watch_id,
+            queue,
+            active: true,
+        };
+        let r = watch
+            .shared
             .command_ok(|id| {
                 proto::KvWatch {
                     id,
@@ -176,42 +186,44 @@ impl KvWatch {
                 .into()
             })
             .await;
-        if let Err(e) = r {
-            shared.reg.lock().watches.remove(&watch_id);
-            return Err(e);
+        match r {
+            Ok(()) => Ok(watch),
+            Err(e) => {
+                if matches!(
+                    e,
+                    ClientError::InvalidArgument(_)
+                        | ClientError::LimitExceeded(_)
+                        | ClientError::Forbidden(_)
+                ) {
+                    watch.active = false;
+                    watch.shared.reg.lock().watches.remove(&watch_id);
+                }
+                Err(e)
+            }
         }
-        Ok(KvWatch {
-            shared,
-            watch_id,
-            rx,
-        })
     }
 
-    /// Receives the next change; `None` once the client is closed.
+    /// Receives the next change; `None` once the client is closed or
+    /// draining. Cancel-safe.
     pub async fn recv(&mut self) -> Option<KvEvent> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
 }
 
 impl Stream for KvWatch {
     type Item = KvEvent;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<KvEvent>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<KvEvent>> {
+        self.queue.poll_recv(cx)
     }
 }
 
 impl Drop for KvWatch {
     fn drop(&mut self) {
-        let removed = self
-            .shared
-            .reg
-            .lock()
-            .watches
-            .remove(&self.watch_id)
-            .is_some();
-        if removed {
+        self.queue.close_rx();
+        if self.active {
+            self.shared.reg.lock().watches.remove(&self.watch_id);
             let id = self.shared.next_id();
-            self.shared.post_now(
+            self.shared.post_detached(
                 proto::KvUnwatch {
                     id,
                     watch_id: self.watch_id,

@@ -1,7 +1,9 @@
 //! The client: connect to a hub and talk to other clients through it.
 
 mod conn;
+mod events;
 mod kv;
+mod queue;
 mod reliable;
 mod session;
 mod streams;
@@ -19,17 +21,25 @@ use parking_lot::Mutex;
 use switchboard_discovery::Secret;
 use switchboard_wire::{proto, Frame, Kind};
 use tokio::sync::futures::Notified;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::ClientError;
 
+pub use events::{ClientEvent, Events};
 pub use kv::{Kv, KvWatch};
+pub use queue::Overflow;
 pub use session::SessionLink;
-pub use streams::{IncomingRequest, Messages, Presence, Requests, ServeHandle, Subscription};
-pub use types::{
-    ClientInfo, ConnectionState, HubStatus, KvEntry, KvEvent, Message, MessageKind, PresenceEvent,
+pub use streams::{
+    IncomingRequest, Messages, Presence, Requests, ServeHandle, ServeOptions, SubscribeOptions,
+    Subscription,
 };
+pub use types::{
+    ClientInfo, CloseReport, ConnectionState, Headers, HubStatus, KvEntry, KvEvent, Message,
+    MessageKind, PresenceEvent, Reply, RequestOptions,
+};
+
+use queue::Queue;
 
 /// Default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -193,8 +203,19 @@ impl ClientBuilder {
     }
 
     /// Capacity of each incoming stream (subscriptions, watches, messages,
-    /// requests), in items; when an application does not keep up, further
-    /// items are dropped and counted in [`Client::dropped`] (default 4096).
+    /// requests, presence), in items (default 4096). When an application
+    /// does not keep up and a stream is full, the connection stops reading
+    /// until the application takes an item ([`Overflow::Block`]): nothing
+    /// the hub numbered is acknowledged, or lost, before the application's
+    /// stream took it. A subscription may choose a drop policy and its own
+    /// capacity instead ([`SubscribeOptions`]).
+    ///
+    /// Head of line: one connection carries everything, so while one stream
+    /// is full, frames behind it on the connection (replies, other
+    /// streams) wait too, and the hub's queue for this client fills; past
+    /// its limits the hub drops pub/sub deliveries for this client and says
+    /// so ([`ClientEvent::HubDropped`]). Read every stream you open, or
+    /// give slow ones a drop policy.
     pub fn stream_capacity(mut self, capacity: usize) -> Self {
         self.cfg.stream_capacity = capacity.max(1);
         self
@@ -284,6 +305,7 @@ impl ClientBuilder {
         let (cfg_frames, cfg_bytes) = (cfg.retain_frames, cfg.retain_bytes);
         let (state_tx, _) = watch::channel(ConnectionState::Connecting);
         let (close_tx, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(events::EVENTS_CAPACITY);
         let shared = Arc::new(Shared {
             cfg,
             secret,
@@ -298,6 +320,9 @@ impl ClientBuilder {
             in_last: AtomicU64::new(0),
             max_epoch: AtomicU64::new(0),
             wake: Notify::new(),
+            events,
+            listen_lock: tokio::sync::Mutex::new(()),
+            reader_blocked: std::sync::atomic::AtomicBool::new(false),
         });
         let first = conn::connect_once(&shared, None, shared.cfg.connect_timeout).await?;
         let mut state = shared.state.subscribe();
@@ -320,18 +345,33 @@ pub(crate) struct ConnTx {
     pub generation: u64,
     /// Whether both sides agreed on reliable delivery.
     pub reliable: bool,
+    /// Whether the hub takes `Listen` (directs and requests reach this
+    /// client only while it says it reads them).
+    pub listen: bool,
+}
+
+/// Where a subscription's items go.
+pub(crate) enum SubSink {
+    /// Publishes, as messages.
+    Messages(Arc<Queue<Message>>),
+    /// A service subscription: requests.
+    Requests(Arc<Queue<IncomingRequest>>),
 }
 
 pub(crate) struct SubEntry {
     pub pattern: String,
     pub group: String,
-    pub tx: mpsc::Sender<Message>,
+    pub service: bool,
+    pub sink: SubSink,
+    /// Deliveries still taken before the subscription ends by itself
+    /// ([`Subscription::unsubscribe_after`]).
+    pub remaining: Option<u64>,
 }
 
 pub(crate) struct WatchEntry {
     pub key: String,
     pub prefix: bool,
-    pub tx: mpsc::Sender<KvEvent>,
+    pub queue: Arc<Queue<KvEvent>>,
 }
 
 /// A command waiting for its answer.
@@ -349,10 +389,12 @@ pub(crate) struct Registry {
     pub pending: HashMap<u64, Pending>,
     pub subs: HashMap<u64, SubEntry>,
     pub watches: HashMap<u64, WatchEntry>,
-    pub presence: HashMap<u64, mpsc::Sender<PresenceEvent>>,
+    pub presence: HashMap<u64, Arc<Queue<PresenceEvent>>>,
     pub known_clients: BTreeMap<String, ClientInfo>,
-    pub messages: Option<mpsc::Sender<Message>>,
-    pub requests: Option<mpsc::Sender<IncomingRequest>>,
+    /// Direct and broadcast messages, while a [`Messages`] stream exists.
+    pub messages: Option<Arc<Queue<Message>>>,
+    /// Requests to this client id, while a [`Requests`] stream exists.
+    pub requests: Option<Arc<Queue<IncomingRequest>>>,
     pub sessions: HashMap<String, (u64, mpsc::Sender<proto::Session>)>,
     pub session_any: Option<(u64, mpsc::Sender<proto::Session>)>,
     /// Sequence counter and frames kept until the hub acknowledges them.
@@ -365,6 +407,8 @@ pub(crate) struct Registry {
     /// Connections lost so far (tells a resume timer whether its loss is
     /// still the current one).
     pub losses: u64,
+    /// Frames and bytes not acknowledged when the client closed.
+    pub lost_at_close: (usize, usize),
 }
 
 /// What a sending call waits for.
@@ -401,6 +445,14 @@ pub(crate) struct Shared {
     /// Woken when the connection changes, the resume window ends, the
     /// client closes or acknowledgements free retention space.
     pub wake: Notify,
+    /// [`ClientEvent`]s for [`Client::events`].
+    pub events: broadcast::Sender<ClientEvent>,
+    /// Held while a `Listen` is computed and queued, so they leave in the
+    /// order of the changes they report.
+    pub listen_lock: tokio::sync::Mutex<()>,
+    /// The reader waits for room in a full stream (the hub is not silent,
+    /// the application is slow).
+    pub reader_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -567,36 +619,92 @@ impl Shared {
             .await
     }
 
-    /// Queues a frame without waiting (sequenced when reliable); drops it
-    /// when the send queue or the retention buffer is full (used from
-    /// `Drop` impls and the reader). While disconnected, a frame of a
-    /// logged kind is kept for the next connection if the session may be
-    /// resumed, else dropped.
-    pub fn post_now(&self, mut frame: Frame) {
+    /// Queues a frame that must not be lost for want of room (unregistering
+    /// a dropped stream): at once when possible, else from a task that
+    /// waits as [`post`](Self::post) does. Needs a tokio runtime for the
+    /// second case; without one the frame is dropped (the client is being
+    /// torn down).
+    pub fn post_detached(self: &Arc<Self>, frame: Frame) {
+        if let Some(frame) = self.try_post(frame) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let shared = self.clone();
+                rt.spawn(async move {
+                    let _ = shared.post(frame).await;
+                });
+            }
+        }
+    }
+
+    /// [`post_now`](Self::post_now), giving the frame back when the send
+    /// queue or the retention buffer has no room.
+    fn try_post(&self, mut frame: Frame) -> Option<Frame> {
         let len = prost::Message::encoded_len(&frame);
         let logged = frame.kind.as_ref().is_some_and(reliable::logged_kind);
         let mut reg = self.reg.lock();
         let Some(conn) = reg.conn.clone() else {
-            // Sent with the kept frames if the session resumes; forgotten
-            // with them if it does not.
             if logged && reg.resumable && reg.out.has_room(len) {
                 reg.out.push(&mut frame, len);
+                return None;
             }
-            return;
+            // A fresh session restores state from the registry instead.
+            return (logged && reg.resumable).then_some(frame);
         };
         if len > conn.max_frame {
-            return;
+            return None;
         }
         let Ok(permit) = conn.tx.try_reserve() else {
-            return;
+            return Some(frame);
         };
         if logged && conn.reliable {
             if !reg.out.has_room(len) {
-                return;
+                return Some(frame);
             }
             reg.out.push(&mut frame, len);
         }
         permit.send(frame);
+        None
+    }
+
+    /// Reports `event` to every [`Events`] stream.
+    pub fn emit(&self, event: ClientEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Tells the hub what this client takes now (`Listen`), if the hub
+    /// supports it, and waits for its `Ok`. Concurrent calls are queued in
+    /// the order of the changes they report.
+    pub async fn sync_listen(self: &Arc<Self>) -> Result<(), ClientError> {
+        let _order = self.listen_lock.lock().await;
+        let (messages, requests, supported) = {
+            let reg = self.reg.lock();
+            (
+                reg.messages.is_some(),
+                reg.requests.is_some(),
+                reg.conn.as_ref().is_none_or(|c| c.listen),
+            )
+        };
+        if !supported {
+            return Ok(());
+        }
+        self.command_ok(|id| {
+            proto::Listen {
+                id,
+                messages,
+                requests,
+            }
+            .into()
+        })
+        .await
+    }
+
+    /// [`sync_listen`](Self::sync_listen) from a task (for `Drop`).
+    pub fn sync_listen_detached(self: &Arc<Self>) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = self.clone();
+            rt.spawn(async move {
+                let _ = shared.sync_listen().await;
+            });
+        }
     }
 
     /// The hub acknowledged every sequenced frame up to `up_to`.
@@ -610,17 +718,28 @@ impl Shared {
     /// Sends the command built by `make` with a fresh correlation id and
     /// waits for its answer, turning `Error` answers into typed errors.
     pub async fn command(
-        &self,
+        self: &Arc<Self>,
         timeout: Duration,
         make: impl FnOnce(u64) -> Frame,
     ) -> Result<Frame, ClientError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id();
         let frame = make(id);
+        let cancel = matches!(frame.kind, Some(Kind::Request(_)));
         let (tx, rx) = oneshot::channel();
         self.enqueue(frame, Some((id, tx)), Delivery::Reliable, deadline)
             .await?;
-        let answer = match tokio::time::timeout_at(deadline, rx).await {
+        // From here the command is on its way: a caller that stops waiting
+        // (a dropped future) forgets it, and a request is cancelled at the
+        // hub so it leaves nothing behind there.
+        let guard = Waiting {
+            shared: self,
+            id,
+            cancel,
+        };
+        let answer = tokio::time::timeout_at(deadline, rx).await;
+        std::mem::forget(guard);
+        let answer = match answer {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => return Err(self.down_error()),
             Err(_) => {
@@ -642,10 +761,31 @@ impl Shared {
     }
 
     /// [`command`](Self::command) expecting a plain `Ok`.
-    pub async fn command_ok(&self, make: impl FnOnce(u64) -> Frame) -> Result<(), ClientError> {
+    pub async fn command_ok(
+        self: &Arc<Self>,
+        make: impl FnOnce(u64) -> Frame,
+    ) -> Result<(), ClientError> {
         match self.command(self.cfg.request_timeout, make).await?.kind {
             Some(Kind::Ok(_)) => Ok(()),
             other => Err(unexpected("ok", other)),
+        }
+    }
+}
+
+/// A command's answer being waited for; dropped early (the caller's future
+/// was dropped), it forgets the command and cancels a request at the hub.
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    id: u64,
+    cancel: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let waiting = self.shared.reg.lock().pending.remove(&self.id).is_some();
+        if waiting && self.cancel {
+            self.shared
+                .post_detached(proto::Cancel { id: self.id }.into());
         }
     }
 }
@@ -771,15 +911,32 @@ impl Client {
 
     /// Sends `payload` to client `to` and waits until the hub has queued it
     /// for the target. Fails with [`ClientError::NoSuchClient`] when the
-    /// target is not connected.
+    /// target is not connected and with [`ClientError::NotListening`] when
+    /// it does not read direct messages (it has no
+    /// [`messages`](Self::messages) stream). Cancel-safe in that a dropped
+    /// call leaves nothing registered; the message may or may not have been
+    /// sent.
     pub async fn send(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.send_with_headers(to, payload, Headers::new()).await
+    }
+
+    /// [`send`](Self::send) with headers.
+    pub async fn send_with_headers(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> Result<(), ClientError> {
         let payload = payload.into();
+        let headers = headers.to_wire();
+        Headers::check(&headers)?;
         self.shared()
             .command_ok(|id| {
                 proto::Direct {
                     id,
                     to: to.to_string(),
                     payload,
+                    headers,
                     ..Default::default()
                 }
                 .into()
@@ -800,7 +957,8 @@ impl Client {
     }
 
     /// Sends a request to client `to` and waits for its reply, up to the
-    /// client's default request timeout.
+    /// client's default request timeout. Cancel-safe: a dropped call
+    /// cancels the request at the hub (a late reply is discarded).
     pub async fn request(&self, to: &str, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         self.request_with(to, "", payload, self.shared().cfg.request_timeout)
             .await
@@ -810,8 +968,9 @@ impl Client {
     /// answers [`ClientError::Timeout`] when the target does not reply in
     /// time; a local timer a little longer guards against a silent hub.
     /// An unknown target gives [`ClientError::NoSuchClient`] at once, a
+    /// target that serves no requests [`ClientError::NotListening`], a
     /// target that leaves meanwhile [`ClientError::TargetGone`], and an
-    /// error reply [`ClientError::Remote`].
+    /// error reply [`ClientError::Remote`]. Cancel-safe.
     pub async fn request_with(
         &self,
         to: &str,
@@ -819,10 +978,50 @@ impl Client {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Bytes, ClientError> {
-        let payload = payload.into();
+        let options = RequestOptions::default().method(method).timeout(timeout);
+        self.request_inner(to, "", payload.into(), options)
+            .await
+            .map(|r| r.payload)
+    }
+
+    /// Sends a request with [`RequestOptions`] (timeout, method, headers)
+    /// and returns the whole [`Reply`], headers included. Cancel-safe.
+    pub async fn request_with_options(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        options: RequestOptions,
+    ) -> Result<Reply, ClientError> {
+        self.request_inner(to, "", payload.into(), options).await
+    }
+
+    /// Sends a request to a *service*: the hub gives it to one of the
+    /// clients serving a matching service ([`Client::serve_service`]),
+    /// round-robin, and fails it at once with
+    /// [`ClientError::NoResponders`] when none does. Cancel-safe.
+    pub async fn request_service(
+        &self,
+        service: &str,
+        payload: impl Into<Bytes>,
+        options: RequestOptions,
+    ) -> Result<Reply, ClientError> {
+        self.request_inner("", service, payload.into(), options)
+            .await
+    }
+
+    async fn request_inner(
+        &self,
+        to: &str,
+        service: &str,
+        payload: Bytes,
+        options: RequestOptions,
+    ) -> Result<Reply, ClientError> {
+        let timeout = options.timeout.unwrap_or(self.shared().cfg.request_timeout);
         let timeout_ms = u32::try_from(timeout.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
+        let headers = options.headers.to_wire();
+        Headers::check(&headers)?;
         let local = timeout + Duration::from_millis(250);
         let answer = self
             .shared()
@@ -832,12 +1031,19 @@ impl Client {
                     to: to.to_string(),
                     timeout_ms,
                     payload,
-                    method: method.to_string(),
+                    method: options.method,
+                    headers,
+                    service: service.to_string(),
                     ..Default::default()
                 }
                 .into()
             })
             .await;
+        let target = if service.is_empty() {
+            format!("{to:?}")
+        } else {
+            format!("service {service:?}")
+        };
         match answer {
             Ok(Frame {
                 kind: Some(Kind::Reply(r)),
@@ -848,27 +1054,43 @@ impl Client {
                         String::from_utf8_lossy(&r.payload).into_owned(),
                     ))
                 } else {
-                    Ok(r.payload)
+                    Ok(Reply {
+                        from: r.from,
+                        payload: r.payload,
+                        headers: Headers::from_wire(r.headers),
+                    })
                 }
             }
             Ok(other) => Err(unexpected("reply", other.kind)),
             Err(ClientError::Timeout(_)) => Err(ClientError::Timeout(format!(
-                "no reply from {to:?} within {} ms",
+                "no reply from {target} within {} ms",
                 timeout.as_millis()
             ))),
             Err(e) => Err(e),
         }
     }
 
-    /// Broadcasts `payload` to every other connected client and waits for
-    /// the hub's confirmation.
+    /// Broadcasts `payload` to every other connected client that reads
+    /// direct messages, and waits for the hub's confirmation.
     pub async fn broadcast(&self, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.broadcast_with_headers(payload, Headers::new()).await
+    }
+
+    /// [`broadcast`](Self::broadcast) with headers.
+    pub async fn broadcast_with_headers(
+        &self,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> Result<(), ClientError> {
         let payload = payload.into();
+        let headers = headers.to_wire();
+        Headers::check(&headers)?;
         self.shared()
             .command_ok(|id| {
                 proto::Broadcast {
                     id,
                     payload,
+                    headers,
                     ..Default::default()
                 }
                 .into()
@@ -879,13 +1101,49 @@ impl Client {
     /// Publishes `payload` to `topic` and waits until the hub has routed it
     /// (an invalid topic fails with [`ClientError::InvalidArgument`]).
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
-        let payload = payload.into();
+        self.publish_full(topic, "", payload.into(), Vec::new())
+            .await
+    }
+
+    /// [`publish`](Self::publish) with headers.
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> Result<(), ClientError> {
+        let headers = headers.to_wire();
+        Headers::check(&headers)?;
+        self.publish_full(topic, "", payload.into(), headers).await
+    }
+
+    /// [`publish`](Self::publish) naming a topic subscribers should answer
+    /// to ([`Message::reply_to`]).
+    pub async fn publish_with_reply(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.publish_full(topic, reply_to, payload.into(), Vec::new())
+            .await
+    }
+
+    async fn publish_full(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        payload: Bytes,
+        headers: Vec<proto::Header>,
+    ) -> Result<(), ClientError> {
         self.shared()
             .command_ok(|id| {
                 proto::Publish {
                     id,
                     topic: topic.to_string(),
                     payload,
+                    reply_to: reply_to.to_string(),
+                    headers,
                     ..Default::default()
                 }
                 .into()
@@ -909,46 +1167,139 @@ impl Client {
     /// matches one segment, a final `>` one or more). Messages arrive on the
     /// returned stream; dropping it unsubscribes. The subscription is
     /// restored automatically after a reconnect.
+    ///
+    /// Cancel-safe: a call dropped before it returns leaves no subscription
+    /// behind (locally or at the hub).
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
-        self.subscribe_group(pattern, "").await
+        self.subscribe_with(pattern, SubscribeOptions::default())
+            .await
     }
 
     /// Subscribes as a member of queue group `group`: each message matching
-    /// `pattern` goes to one member of the group only.
+    /// `pattern` goes to one member of the group only. Cancel-safe.
     pub async fn subscribe_group(
         &self,
         pattern: &str,
         group: &str,
     ) -> Result<Subscription, ClientError> {
-        Subscription::start(self.shared().clone(), pattern, group).await
+        self.subscribe_with(pattern, SubscribeOptions::default().queue_group(group))
+            .await
     }
 
-    /// Incoming direct and broadcast messages. Calling it again replaces
-    /// the earlier stream (which then ends). Messages that arrive while no
-    /// stream exists are dropped.
-    pub fn messages(&self) -> Messages {
-        Messages::start(self.shared())
+    /// Subscribes with options: queue group, the stream's capacity and
+    /// overflow policy, and a number of messages after which the
+    /// subscription ends by itself. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn run(client: switchboard::Client) -> Result<(), switchboard::ClientError> {
+    /// use switchboard::{Overflow, SubscribeOptions};
+    /// // A dashboard that only wants the latest readings.
+    /// let mut readings = client
+    ///     .subscribe_with(
+    ///         "sensors.>",
+    ///         SubscribeOptions::default().capacity(64).overflow(Overflow::DropOldest),
+    ///     )
+    ///     .await?;
+    /// while let Some(msg) = readings.recv().await {
+    ///     println!("{}: {} bytes ({} dropped so far)", msg.topic, msg.payload.len(), readings.dropped());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, ClientError> {
+        Subscription::start(self.shared().clone(), pattern, options).await
     }
 
-    /// Incoming requests, each answered with
-    /// [`IncomingRequest::reply`]. Calling it again (or
-    /// [`serve`](Self::serve)) replaces the earlier stream. While no stream
-    /// exists, requests are answered at once with an error reply.
-    pub fn requests(&self) -> Requests {
-        Requests::start(self.shared())
+    /// Incoming direct and broadcast messages. Until this is called the hub
+    /// refuses direct messages to this client with
+    /// [`ClientError::NotListening`] (their senders learn it at once) and
+    /// leaves it out of broadcasts; once it returns, every direct message
+    /// confirmed to its sender reaches this stream. Calling it again
+    /// replaces the earlier stream, which ends after what it already holds.
+    /// Dropping the stream stops listening. Cancel-safe.
+    pub async fn messages(&self) -> Result<Messages, ClientError> {
+        Messages::start(self.shared().clone()).await
     }
 
-    /// Answers every incoming request with `handler`, each in its own task.
+    /// Incoming requests to this client's id, each answered with
+    /// [`IncomingRequest::reply`]. Until this (or [`serve`](Self::serve))
+    /// is called, requests to this client fail at once with
+    /// [`ClientError::NotListening`]. Calling it again (or `serve`)
+    /// replaces the earlier stream. While no stream exists, requests are
+    /// refused. Cancel-safe.
+    pub async fn requests(&self) -> Result<Requests, ClientError> {
+        Requests::start(self.shared().clone()).await
+    }
+
+    /// Answers every incoming request with `handler`, each in its own task
+    /// (at most 1,024 at once; see [`serve_with`](Self::serve_with)).
     /// `Ok(bytes)` becomes the reply; `Err(e)` an error reply carrying
-    /// `e.to_string()`; a panicking handler an error reply too. At most 1024
-    /// requests run at once; more wait in the stream. Serving stops when the returned handle is dropped.
-    pub fn serve<F, Fut, E>(&self, handler: F) -> ServeHandle
+    /// `e.to_string()`; a panicking handler an error reply too. Serving
+    /// stops when the returned handle is dropped or
+    /// [stopped](ServeHandle::stop). Cancel-safe.
+    pub async fn serve<F, Fut, E>(&self, handler: F) -> Result<ServeHandle, ClientError>
     where
         F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        ServeHandle::start(self.requests(), handler)
+        self.serve_with(ServeOptions::default(), handler).await
+    }
+
+    /// [`serve`](Self::serve) with options: how many requests run at once,
+    /// and how long a handler may run before the requester gets an error
+    /// reply (the handler is then dropped). Cancel-safe.
+    pub async fn serve_with<F, Fut, E>(
+        &self,
+        options: ServeOptions,
+        handler: F,
+    ) -> Result<ServeHandle, ClientError>
+    where
+        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let requests = self.requests().await?;
+        Ok(ServeHandle::start(
+            self.shared().clone(),
+            requests,
+            options,
+            handler,
+        ))
+    }
+
+    /// Requests sent to service `name` (or a service subject matching the
+    /// pattern `name`, with `*` and `>`) by
+    /// [`request_service`](Self::request_service): the hub spreads them
+    /// round-robin over every client serving a matching service. Dropping
+    /// the stream stops serving. Cancel-safe.
+    pub async fn service(&self, name: &str) -> Result<Requests, ClientError> {
+        Requests::start_service(self.shared().clone(), name).await
+    }
+
+    /// Answers requests to service `name` with `handler`, like
+    /// [`serve_with`](Self::serve_with). Cancel-safe.
+    pub async fn serve_service<F, Fut, E>(
+        &self,
+        name: &str,
+        options: ServeOptions,
+        handler: F,
+    ) -> Result<ServeHandle, ClientError>
+    where
+        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let requests = self.service(name).await?;
+        Ok(ServeHandle::start(
+            self.shared().clone(),
+            requests,
+            options,
+            handler,
+        ))
     }
 
     /// The key/value store shared by all clients of the hub.
@@ -1022,9 +1373,134 @@ impl Client {
         }
     }
 
-    /// Closes the connection (telling the hub goodbye) and stops
-    /// reconnecting. Calls in flight fail with [`ClientError::Closed`].
-    pub async fn close(&self) {
+    /// Events of this client's connection and streams (connected,
+    /// disconnected, resumed, state lost, slow consumer, hub drops, hub
+    /// errors, fenced, closed), from now on; see [`ClientEvent`].
+    pub fn events(&self) -> Events {
+        Events::new(self.shared().events.subscribe())
+    }
+
+    /// Waits until everything this client sent so far is taken over by the
+    /// hub: with reliable delivery, until the hub acknowledged every
+    /// numbered frame (across a resume, too); then one round trip, so
+    /// unnumbered frames queued before the call (the `*_nowait` calls) were
+    /// read by the hub as well. Fails with [`ClientError::Timeout`] after
+    /// the request timeout. Cancel-safe.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let shared = self.shared();
+        let deadline = Instant::now() + shared.cfg.request_timeout;
+        loop {
+            let notified = shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let kept = shared.reg.lock().out.len();
+            if kept == 0 {
+                break;
+            }
+            if *shared.close.borrow() {
+                return Err(ClientError::Closed);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ClientError::Timeout(format!(
+                    "{kept} frames still not acknowledged by the hub"
+                )));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        shared
+            .command(left, |id| proto::StatusRequest { id }.into())
+            .await
+            .map(|_| ())
+    }
+
+    /// Ends the client gracefully within `timeout`: stops new deliveries
+    /// (unsubscribes, ends watches and the presence watch, stops taking
+    /// direct messages and requests), lets the application take what its
+    /// streams already hold (each stream ends after its last item), waits
+    /// until everything sent is acknowledged ([`flush`](Self::flush)), then
+    /// closes. The report says what was left when the time ran out.
+    /// Dropping the call part-way leaves the client draining but open.
+    pub async fn drain(&self, timeout: Duration) -> CloseReport {
+        let shared = self.shared();
+        let deadline = Instant::now() + timeout;
+        let (subs, watches, presence, queues) = {
+            let mut reg = shared.reg.lock();
+            let subs: Vec<u64> = reg.subs.keys().copied().collect();
+            let watches: Vec<u64> = reg.watches.keys().copied().collect();
+            let presence = !reg.presence.is_empty();
+            let mut queues: Vec<Box<dyn Fn() -> usize + Send>> = Vec::new();
+            for (_, sub) in reg.subs.drain() {
+                match sub.sink {
+                    SubSink::Messages(q) => {
+                        q.close_tx();
+                        queues.push(Box::new(move || q.len()));
+                    }
+                    SubSink::Requests(q) => {
+                        q.close_tx();
+                        queues.push(Box::new(move || q.len()));
+                    }
+                }
+            }
+            for (_, w) in reg.watches.drain() {
+                w.queue.close_tx();
+                queues.push(Box::new(move || w.queue.len()));
+            }
+            for (_, p) in reg.presence.drain() {
+                p.close_tx();
+                queues.push(Box::new(move || p.len()));
+            }
+            if let Some(q) = reg.messages.take() {
+                q.close_tx();
+                queues.push(Box::new(move || q.len()));
+            }
+            if let Some(q) = reg.requests.take() {
+                q.close_tx();
+                queues.push(Box::new(move || q.len()));
+            }
+            (subs, watches, presence, queues)
+        };
+        // (kind, id): 0 unsubscribe, 1 unwatch, 2 presence.
+        let mut stops: Vec<(u8, u64)> = Vec::new();
+        stops.extend(subs.into_iter().map(|s| (0, s)));
+        stops.extend(watches.into_iter().map(|w| (1, w)));
+        if presence {
+            stops.push((2, 0));
+        }
+        let stops = stops.into_iter().map(|(kind, target)| {
+            shared.command_ok(move |id| match kind {
+                0 => proto::Unsubscribe { id, sub_id: target }.into(),
+                1 => proto::KvUnwatch {
+                    id,
+                    watch_id: target,
+                }
+                .into(),
+                _ => proto::PresenceWatch { id, stop: true }.into(),
+            })
+        });
+        let stopping = async {
+            futures::future::join_all(stops).await;
+            let _ = shared.sync_listen().await;
+        };
+        let _ = tokio::time::timeout_at(deadline, stopping).await;
+        // Let the application take what its streams hold.
+        while queues.iter().any(|len| len() > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let undelivered = queues.iter().map(|len| len()).sum();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, self.flush()).await;
+        let mut report = self.close().await;
+        report.undelivered = undelivered;
+        report
+    }
+
+    /// Closes the connection (telling the hub goodbye after the frames
+    /// already queued) and stops reconnecting. Calls in flight fail with
+    /// [`ClientError::Closed`]. The report says how many frames the hub had
+    /// not acknowledged when the connection ended (their fate is unknown);
+    /// call [`flush`](Self::flush) or [`drain`](Self::drain) first to wait
+    /// for them.
+    pub async fn close(&self) -> CloseReport {
         self.shared().close.send_replace(true);
         let mut state = self.state();
         let _ = tokio::time::timeout(
@@ -1032,5 +1508,11 @@ impl Client {
             state.wait_for(|s| matches!(s, ConnectionState::Closed { .. })),
         )
         .await;
+        let (frames, bytes) = self.shared().reg.lock().lost_at_close;
+        CloseReport {
+            unacknowledged: frames,
+            unacknowledged_bytes: bytes,
+            undelivered: 0,
+        }
     }
 }

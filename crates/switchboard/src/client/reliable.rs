@@ -158,6 +158,14 @@ impl Inbound {
         true
     }
 
+    /// Whether a frame with `seq` was taken already (`0 < seq <=
+    /// last_received`): a resent duplicate. The reader checks this first
+    /// and calls [`accept`](Self::accept) only once the application's
+    /// stream took the frame, so nothing is acknowledged before that.
+    pub fn is_duplicate(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.last_received
+    }
+
     /// Whether [`ACK_EVERY`] sequence numbers went by without an
     /// acknowledgement (gaps count: the hub dropped those deliveries, and
     /// acknowledging early costs little).

@@ -1,25 +1,78 @@
-//! Incoming streams: subscriptions, messages, requests, presence.
+//! Incoming streams: subscriptions, messages, requests, serving,
+//! presence. Each stream's handle is made before its registration is
+//! confirmed, so a call dropped part-way undoes it through the handle's
+//! `Drop`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, Stream};
 use switchboard_wire::{proto, Frame, Kind};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::types::{ClientInfo, Message, PresenceEvent};
-use super::{unexpected, Shared, SubEntry};
+use super::queue::{Overflow, Pushed, Queue};
+use super::types::{ClientInfo, Headers, Message, PresenceEvent};
+use super::{unexpected, Shared, SubEntry, SubSink};
 use crate::ClientError;
+
+/// Options of [`Client::subscribe_with`](crate::Client::subscribe_with).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Queue group (empty: none): each message goes to one member.
+    pub queue_group: String,
+    /// The stream's capacity in messages (`None`: the client's
+    /// [`stream_capacity`](crate::ClientBuilder::stream_capacity)).
+    pub capacity: Option<usize>,
+    /// What to do when the stream is full (default
+    /// [`Overflow::Block`]).
+    pub overflow: Overflow,
+    /// End the subscription by itself after this many messages.
+    pub max_messages: Option<u64>,
+}
+
+impl SubscribeOptions {
+    /// Joins queue group `group`.
+    pub fn queue_group(mut self, group: impl Into<String>) -> Self {
+        self.queue_group = group.into();
+        self
+    }
+
+    /// Sets the stream's capacity.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// Sets the overflow policy.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Ends the subscription after `n` messages (see
+    /// [`Subscription::unsubscribe_after`]).
+    pub fn max_messages(mut self, n: u64) -> Self {
+        self.max_messages = Some(n);
+        self
+    }
+}
 
 /// Messages published to topics matching a pattern; a
 /// [`Stream`] of [`Message`]. Dropping it unsubscribes.
+///
+/// [`recv`](Subscription::recv) and the `Stream` are cancel-safe: a
+/// message is taken only when it is returned.
 pub struct Subscription {
     shared: Arc<Shared>,
     sub_id: u64,
     pattern: String,
-    rx: mpsc::Receiver<Message>,
+    queue: Arc<Queue<Message>>,
+    /// Registered (locally, and at the hub unless it refused): dropping
+    /// unsubscribes.
     active: bool,
 }
 
@@ -32,45 +85,74 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// Whether an error is the hub's refusal of a command (so it holds
+/// nothing to undo), rather than an unknown outcome.
+fn refused(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::InvalidArgument(_)
+            | ClientError::LimitExceeded(_)
+            | ClientError::Forbidden(_)
+            | ClientError::Hub { .. }
+    )
+}
+
 impl Subscription {
     pub(crate) async fn start(
         shared: Arc<Shared>,
         pattern: &str,
-        group: &str,
+        options: SubscribeOptions,
     ) -> Result<Subscription, ClientError> {
         let sub_id = shared.next_id();
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
+        let capacity = options.capacity.unwrap_or(shared.cfg.stream_capacity);
+        let queue = Arc::new(Queue::new(capacity, options.overflow));
         shared.reg.lock().subs.insert(
             sub_id,
             SubEntry {
                 pattern: pattern.to_string(),
-                group: group.to_string(),
-                tx,
+                group: options.queue_group.clone(),
+                service: false,
+                sink: SubSink::Messages(queue.clone()),
+                remaining: options.max_messages,
             },
         );
-        let result = shared
+        // From here a dropped call unsubscribes (the handle's `Drop`).
+        let mut sub = Subscription {
+            shared,
+            sub_id,
+            pattern: pattern.to_string(),
+            queue,
+            active: true,
+        };
+        let group = options.queue_group;
+        let result = sub
+            .shared
             .command_ok(|id| {
                 proto::Subscribe {
                     id,
                     sub_id,
                     pattern: pattern.to_string(),
-                    queue_group: group.to_string(),
-                    ..Default::default()
+                    queue_group: group,
+                    service: false,
                 }
                 .into()
             })
             .await;
-        if let Err(e) = result {
-            shared.reg.lock().subs.remove(&sub_id);
-            return Err(e);
+        match result {
+            Ok(()) => Ok(sub),
+            Err(e) => {
+                if refused(&e) {
+                    sub.active = false;
+                    sub.shared.reg.lock().subs.remove(&sub_id);
+                }
+                Err(e)
+            }
         }
-        Ok(Subscription {
-            shared,
-            sub_id,
-            pattern: pattern.to_string(),
-            rx,
-            active: true,
-        })
+    }
+
+    /// The subscription's id (as in [`ClientEvent::SlowConsumer`](crate::ClientEvent::SlowConsumer)).
+    pub fn id(&self) -> u64 {
+        self.sub_id
     }
 
     /// The pattern subscribed to.
@@ -78,36 +160,31 @@ impl Subscription {
         &self.pattern
     }
 
-    /// Receives the next message; `None` once the client is closed.
+    /// Receives the next message; `None` once the subscription ended (the
+    /// client closed, [`unsubscribe_after`](Self::unsubscribe_after) was
+    /// reached, or the client is draining). Cancel-safe.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
 
-    /// Unsubscribes and waits for the hub's confirmation.
-    pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
-        self.active = false;
-        self.shared.reg.lock().subs.remove(&self.sub_id);
-        let sub_id = self.sub_id;
-        self.shared
-            .command_ok(|id| proto::Unsubscribe { id, sub_id }.into())
-            .await
+    /// Messages this subscription dropped because of its overflow policy
+    /// (always 0 with [`Overflow::Block`]).
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
     }
-}
 
-impl Stream for Subscription {
-    type Item = Message;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if self.active {
-            let removed = self.shared.reg.lock().subs.remove(&self.sub_id).is_some();
-            if removed {
+    /// Ends the subscription by itself once `n` more messages were taken
+    /// into the stream (the stream then ends after them); messages the hub
+    /// sent beyond those before it processed the unsubscription are
+    /// discarded. `0` unsubscribes now.
+    pub fn unsubscribe_after(&mut self, n: u64) {
+        let mut reg = self.shared.reg.lock();
+        if n == 0 {
+            if reg.subs.remove(&self.sub_id).is_some() {
+                drop(reg);
+                self.queue.close_tx();
                 let id = self.shared.next_id();
-                self.shared.post_now(
+                self.shared.post_detached(
                     proto::Unsubscribe {
                         id,
                         sub_id: self.sub_id,
@@ -115,34 +192,114 @@ impl Drop for Subscription {
                     .into(),
                 );
             }
+            return;
+        }
+        if let Some(sub) = reg.subs.get_mut(&self.sub_id) {
+            sub.remaining = Some(n);
+        }
+    }
+
+    /// Unsubscribes and waits for the hub's confirmation. Messages already
+    /// in the stream are discarded. Cancel-safe: a dropped call still
+    /// unsubscribes.
+    pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
+        let registered = self.shared.reg.lock().subs.remove(&self.sub_id).is_some();
+        if !registered {
+            self.active = false;
+            return Ok(());
+        }
+        let sub_id = self.sub_id;
+        let shared = self.shared.clone();
+        // Dropped before the hub confirmed: `Drop` sends it again (the hub
+        // ignores an unknown subscription).
+        let result = shared
+            .command_ok(|id| proto::Unsubscribe { id, sub_id }.into())
+            .await;
+        self.active = false;
+        result
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.queue.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.queue.close_rx();
+        if self.active {
+            self.shared.reg.lock().subs.remove(&self.sub_id);
+            let id = self.shared.next_id();
+            self.shared.post_detached(
+                proto::Unsubscribe {
+                    id,
+                    sub_id: self.sub_id,
+                }
+                .into(),
+            );
         }
     }
 }
 
-/// Incoming direct and broadcast messages; a [`Stream`] of [`Message`].
-#[derive(Debug)]
+/// Incoming direct and broadcast messages; a [`Stream`] of [`Message`]
+/// from [`Client::messages`](crate::Client::messages). Dropping it stops
+/// listening. [`recv`](Messages::recv) is cancel-safe.
 pub struct Messages {
-    rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    queue: Arc<Queue<Message>>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages").finish_non_exhaustive()
+    }
 }
 
 impl Messages {
-    pub(crate) fn start(shared: &Shared) -> Messages {
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
-        shared.reg.lock().messages = Some(tx);
-        Messages { rx }
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Messages, ClientError> {
+        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
+        if let Some(old) = shared.reg.lock().messages.replace(queue.clone()) {
+            old.close_tx();
+        }
+        let messages = Messages { shared, queue };
+        messages.shared.sync_listen().await?;
+        Ok(messages)
     }
 
-    /// Receives the next message; `None` once the stream was replaced or
-    /// the client closed.
+    /// Receives the next message; `None` once the stream was replaced, the
+    /// client is draining, or it closed. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
 }
 
 impl Stream for Messages {
     type Item = Message;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.queue.poll_recv(cx)
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        self.queue.close_rx();
+        let current = {
+            let mut reg = self.shared.reg.lock();
+            let current = reg
+                .messages
+                .as_ref()
+                .is_some_and(|q| Arc::ptr_eq(q, &self.queue));
+            if current {
+                reg.messages = None;
+            }
+            current
+        };
+        if current {
+            self.shared.sync_listen_detached();
+        }
     }
 }
 
@@ -156,6 +313,8 @@ pub struct IncomingRequest {
     from: String,
     method: String,
     payload: Bytes,
+    headers: Headers,
+    service: Option<String>,
     timeout_ms: u32,
     armed: bool,
 }
@@ -166,6 +325,7 @@ impl std::fmt::Debug for IncomingRequest {
             .field("id", &self.id)
             .field("from", &self.from)
             .field("method", &self.method)
+            .field("service", &self.service)
             .field("payload_len", &self.payload.len())
             .finish()
     }
@@ -179,13 +339,11 @@ impl IncomingRequest {
             from: r.from,
             method: r.method,
             payload: r.payload,
+            headers: Headers::from_wire(r.headers),
+            service: (!r.service.is_empty()).then_some(r.service),
             timeout_ms: r.timeout_ms,
             armed: true,
         }
-    }
-
-    pub(crate) fn disarm(&mut self) {
-        self.armed = false;
     }
 
     /// The requester's client id.
@@ -201,6 +359,16 @@ impl IncomingRequest {
     /// The request's payload.
     pub fn payload(&self) -> &Bytes {
         &self.payload
+    }
+
+    /// The requester's headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// For a request to a service: the service subject the requester used.
+    pub fn service(&self) -> Option<&str> {
+        self.service.as_deref()
     }
 
     /// How long the requester waits, in milliseconds (0: the hub default).
@@ -220,6 +388,24 @@ impl IncomingRequest {
         self.answer(frame).await
     }
 
+    /// Sends the reply with headers.
+    pub async fn reply_with_headers(
+        self,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> Result<(), ClientError> {
+        let headers = headers.to_wire();
+        Headers::check(&headers)?;
+        let frame = Frame::from(proto::Reply {
+            id: self.id,
+            to: self.from.clone(),
+            payload: payload.into(),
+            headers,
+            ..Default::default()
+        });
+        self.answer(frame).await
+    }
+
     /// Sends an error reply; the requester gets [`ClientError::Remote`]
     /// with `message`.
     pub async fn reply_error(self, message: impl std::fmt::Display) -> Result<(), ClientError> {
@@ -232,7 +418,7 @@ impl Drop for IncomingRequest {
     fn drop(&mut self) {
         if self.armed {
             if let Some(shared) = self.shared.upgrade() {
-                shared.post_now(super::conn::error_reply(
+                shared.post_detached(super::conn::error_reply(
                     self.id,
                     std::mem::take(&mut self.from),
                     "the request was dropped without a reply".to_string(),
@@ -242,60 +428,230 @@ impl Drop for IncomingRequest {
     }
 }
 
-/// Incoming requests; a [`Stream`] of [`IncomingRequest`].
-#[derive(Debug)]
+/// What a [`Requests`] stream receives.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Requests to this client's id.
+    Direct,
+    /// Requests to a service, through this subscription.
+    Service(u64),
+}
+
+/// Incoming requests; a [`Stream`] of [`IncomingRequest`], from
+/// [`Client::requests`](crate::Client::requests) or
+/// [`Client::service`](crate::Client::service). Dropping it stops taking
+/// requests. [`recv`](Requests::recv) is cancel-safe.
 pub struct Requests {
-    rx: mpsc::Receiver<IncomingRequest>,
+    shared: Arc<Shared>,
+    queue: Arc<Queue<IncomingRequest>>,
+    source: Source,
+    /// Registered at the hub (services): dropping unsubscribes.
+    active: bool,
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requests")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Requests {
-    pub(crate) fn start(shared: &Shared) -> Requests {
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
-        shared.reg.lock().requests = Some(tx);
-        Requests { rx }
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Requests, ClientError> {
+        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
+        if let Some(old) = shared.reg.lock().requests.replace(queue.clone()) {
+            old.close_tx();
+        }
+        let requests = Requests {
+            shared,
+            queue,
+            source: Source::Direct,
+            active: true,
+        };
+        requests.shared.sync_listen().await?;
+        Ok(requests)
     }
 
-    /// Receives the next request; `None` once the stream was replaced or
-    /// the client closed.
+    pub(crate) async fn start_service(
+        shared: Arc<Shared>,
+        name: &str,
+    ) -> Result<Requests, ClientError> {
+        let sub_id = shared.next_id();
+        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
+        shared.reg.lock().subs.insert(
+            sub_id,
+            SubEntry {
+                pattern: name.to_string(),
+                group: String::new(),
+                service: true,
+                sink: SubSink::Requests(queue.clone()),
+                remaining: None,
+            },
+        );
+        let mut requests = Requests {
+            shared,
+            queue,
+            source: Source::Service(sub_id),
+            active: true,
+        };
+        let result = requests
+            .shared
+            .command_ok(|id| {
+                proto::Subscribe {
+                    id,
+                    sub_id,
+                    pattern: name.to_string(),
+                    queue_group: String::new(),
+                    service: true,
+                }
+                .into()
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(requests),
+            Err(e) => {
+                if refused(&e) {
+                    requests.active = false;
+                    requests.shared.reg.lock().subs.remove(&sub_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Receives the next request; `None` once the stream was replaced,
+    /// the client is draining, or it closed. Cancel-safe.
     pub async fn recv(&mut self) -> Option<IncomingRequest> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
 }
 
 impl Stream for Requests {
     type Item = IncomingRequest;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<IncomingRequest>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<IncomingRequest>> {
+        self.queue.poll_recv(cx)
     }
 }
 
-/// Most requests a [`ServeHandle`] runs at once; further ones wait.
-const SERVE_CONCURRENCY: usize = 1024;
+impl Drop for Requests {
+    fn drop(&mut self) {
+        // Requests still queued are answered with an error reply as they
+        // are dropped.
+        self.queue.close_rx();
+        match self.source {
+            Source::Direct => {
+                let current = {
+                    let mut reg = self.shared.reg.lock();
+                    let current = reg
+                        .requests
+                        .as_ref()
+                        .is_some_and(|q| Arc::ptr_eq(q, &self.queue));
+                    if current {
+                        reg.requests = None;
+                    }
+                    current
+                };
+                if current {
+                    self.shared.sync_listen_detached();
+                }
+            }
+            Source::Service(sub_id) => {
+                if self.active {
+                    self.shared.reg.lock().subs.remove(&sub_id);
+                    let id = self.shared.next_id();
+                    self.shared
+                        .post_detached(proto::Unsubscribe { id, sub_id }.into());
+                }
+            }
+        }
+    }
+}
+
+/// Options of [`Client::serve_with`](crate::Client::serve_with).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Most requests handled at once (default 1,024); further ones wait in
+    /// the stream, then push back on the connection.
+    pub concurrency: usize,
+    /// Longest a handler may run (default: none). Past it the handler is
+    /// dropped and the requester gets an error reply.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            concurrency: 1024,
+            timeout: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Sets the concurrency (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the handler timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
 
 /// A running request handler from [`Client::serve`](crate::Client::serve);
 /// serving stops when it is dropped or [`stop`](ServeHandle::stop)ped.
 #[must_use = "serving stops when the handle is dropped"]
 #[derive(Debug)]
 pub struct ServeHandle {
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ServeHandle {
-    pub(crate) fn start<F, Fut, E>(mut requests: Requests, handler: F) -> ServeHandle
+    pub(crate) fn start<F, Fut, E>(
+        shared: Arc<Shared>,
+        mut requests: Requests,
+        options: ServeOptions,
+        handler: F,
+    ) -> ServeHandle
     where
         F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        drop(shared);
         let handler = Arc::new(handler);
-        let limit = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+        let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let timeout = options.timeout;
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            while let Some(req) = requests.recv().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    return;
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                let req = tokio::select! {
+                    req = requests.recv() => match req {
+                        Some(req) => req,
+                        None => break,
+                    },
+                    _ = &mut stop_rx => break,
+                    Some(_) = running.join_next(), if !running.is_empty() => continue,
+                };
+                let permit = tokio::select! {
+                    permit = limit.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = &mut stop_rx => {
+                        drop(req);
+                        break;
+                    }
                 };
                 let handler = handler.clone();
-                tokio::spawn(async move {
+                running.spawn(async move {
                     let _permit = permit;
                     let replier = Replier {
                         shared: req.shared.clone(),
@@ -304,18 +660,28 @@ impl ServeHandle {
                     };
                     let mut req = req;
                     req.armed = false;
-                    let result = std::panic::AssertUnwindSafe(handler(req))
-                        .catch_unwind()
-                        .await;
+                    let run = std::panic::AssertUnwindSafe(handler(req)).catch_unwind();
+                    let result = match timeout {
+                        Some(t) => tokio::time::timeout(t, run).await.ok(),
+                        None => Some(run.await),
+                    };
                     let frame = match result {
-                        Ok(Ok(payload)) => Frame::reply(replier.id, replier.to, payload),
-                        Ok(Err(e)) => {
+                        Some(Ok(Ok(payload))) => Frame::reply(replier.id, replier.to, payload),
+                        Some(Ok(Err(e))) => {
                             super::conn::error_reply(replier.id, replier.to, e.to_string())
                         }
-                        Err(_) => super::conn::error_reply(
+                        Some(Err(_)) => super::conn::error_reply(
                             replier.id,
                             replier.to,
                             "the request handler panicked".to_string(),
+                        ),
+                        None => super::conn::error_reply(
+                            replier.id,
+                            replier.to,
+                            format!(
+                                "the request handler did not finish within {} ms",
+                                timeout.unwrap_or_default().as_millis()
+                            ),
                         ),
                     };
                     if let Some(shared) = replier.shared.upgrade() {
@@ -323,17 +689,38 @@ impl ServeHandle {
                     }
                 });
             }
+            // Stop taking requests (the hub refuses new ones), then let
+            // the running handlers finish and reply.
+            drop(requests);
+            while running.join_next().await.is_some() {}
         });
-        ServeHandle { task }
+        ServeHandle {
+            task: Some(task),
+            stop: Some(stop_tx),
+        }
     }
 
-    /// Stops serving; requests arriving afterwards get an error reply.
-    pub fn stop(self) {}
+    /// Stops serving: requests arriving afterwards are refused
+    /// ([`ClientError::NotListening`] for their senders), requests queued
+    /// but not started get an error reply, and the call returns once every
+    /// running handler has finished and its reply is queued. Dropping the
+    /// call part-way leaves the handlers running to completion.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for ServeHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        // Stops taking requests; running handlers finish in the background.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -344,11 +731,12 @@ struct Replier {
 }
 
 /// Clients joining and leaving; a [`Stream`] of [`PresenceEvent`].
+/// [`recv`](Presence::recv) is cancel-safe.
 pub struct Presence {
     shared: Arc<Shared>,
     key: u64,
     current: Vec<ClientInfo>,
-    rx: mpsc::Receiver<PresenceEvent>,
+    queue: Arc<Queue<PresenceEvent>>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -362,13 +750,21 @@ impl std::fmt::Debug for Presence {
 impl Presence {
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Presence, ClientError> {
         let key = shared.next_id();
-        let (tx, rx) = mpsc::channel(shared.cfg.stream_capacity);
+        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
         let first = {
             let mut reg = shared.reg.lock();
             let first = reg.presence.is_empty();
-            reg.presence.insert(key, tx);
+            reg.presence.insert(key, queue.clone());
             first
         };
+        // From here a dropped call ends the watch (the handle's `Drop`).
+        let mut presence = Presence {
+            shared,
+            key,
+            current: Vec::new(),
+            queue,
+        };
+        let shared = presence.shared.clone();
         let answer = if first {
             shared
                 .command(shared.cfg.request_timeout, |id| {
@@ -387,14 +783,8 @@ impl Presence {
                 kind: Some(Kind::ClientList(list)),
                 ..
             }) => list.clients,
-            Ok(other) => {
-                shared.reg.lock().presence.remove(&key);
-                return Err(unexpected("client list", other.kind));
-            }
-            Err(e) => {
-                shared.reg.lock().presence.remove(&key);
-                return Err(e);
-            }
+            Ok(other) => return Err(unexpected("client list", other.kind)),
+            Err(e) => return Err(e),
         };
         if first {
             let mut reg = shared.reg.lock();
@@ -403,12 +793,8 @@ impl Presence {
                 .map(|c| (c.client_id.clone(), c.clone()))
                 .collect();
         }
-        Ok(Presence {
-            shared,
-            key,
-            current,
-            rx,
-        })
+        presence.current = current;
+        Ok(presence)
     }
 
     /// The clients connected when the watch started, sorted by id.
@@ -417,20 +803,22 @@ impl Presence {
     }
 
     /// Receives the next event; `None` once the client is closed.
+    /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<PresenceEvent> {
-        self.rx.recv().await
+        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
 }
 
 impl Stream for Presence {
     type Item = PresenceEvent;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceEvent>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceEvent>> {
+        self.queue.poll_recv(cx)
     }
 }
 
 impl Drop for Presence {
     fn drop(&mut self) {
+        self.queue.close_rx();
         let last = {
             let mut reg = self.shared.reg.lock();
             reg.presence.remove(&self.key).is_some() && reg.presence.is_empty()
@@ -438,7 +826,7 @@ impl Drop for Presence {
         if last {
             let id = self.shared.next_id();
             self.shared
-                .post_now(proto::PresenceWatch { id, stop: true }.into());
+                .post_detached(proto::PresenceWatch { id, stop: true }.into());
         }
     }
 }
@@ -466,9 +854,22 @@ pub(crate) fn presence_resync(shared: &Shared, clients: Vec<ClientInfo>) {
         }
     }
     reg.known_clients = now;
+    let mut lost = 0;
     for event in events {
-        for tx in reg.presence.values() {
-            let _ = tx.try_send(event.clone());
+        for queue in reg.presence.values() {
+            if queue.try_push(event.clone()) == Pushed::Dropped {
+                lost += 1;
+            }
         }
+    }
+    drop(reg);
+    if lost > 0 {
+        shared
+            .dropped
+            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+        shared.emit(crate::ClientEvent::Undelivered {
+            stream: "presence",
+            dropped: lost,
+        });
     }
 }

@@ -68,6 +68,7 @@ pub enum MessageKind {
 /// (`msg.topic == "orders.eu"`); `String::from(msg.topic)` makes an owned
 /// copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// How it arrived.
     pub kind: MessageKind,
@@ -79,6 +80,133 @@ pub struct Message {
     pub reply_to: ByteString,
     /// The payload.
     pub payload: Bytes,
+    /// The sender's headers (empty when it gave none).
+    pub headers: Headers,
+}
+
+/// Application headers of a message, request or reply: string keys with
+/// opaque values, in order; a key may repeat. At most
+/// [`MAX_HEADERS`](switchboard_wire::headers::MAX_HEADERS) (64) headers of
+/// at most 64 KiB together, keys of 1 to 256 bytes without control
+/// characters; more is refused with
+/// [`ClientError::InvalidArgument`](crate::ClientError::InvalidArgument) or
+/// [`LimitExceeded`](crate::ClientError::LimitExceeded).
+///
+/// ```
+/// let mut h = switchboard::Headers::new();
+/// h.insert("trace-id", "abc");
+/// h.append("tag", "a");
+/// h.append("tag", "b");
+/// assert_eq!(h.get("trace-id").map(|v| &v[..]), Some(&b"abc"[..]));
+/// assert_eq!(h.get_all("tag").count(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(String, Bytes)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    /// Sets `key` to `value`, replacing every earlier value of `key`.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Bytes>) -> &mut Self {
+        let key = key.into();
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push((key, value.into()));
+        self
+    }
+
+    /// Adds a value for `key`, keeping earlier ones.
+    pub fn append(&mut self, key: impl Into<String>, value: impl Into<Bytes>) -> &mut Self {
+        self.entries.push((key.into(), value.into()));
+        self
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The first value of `key` as text, if it is UTF-8.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Removes every value of `key`; returns whether there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(k, _)| k != key);
+        self.entries.len() != before
+    }
+
+    /// All headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn from_wire(headers: Vec<proto::Header>) -> Headers {
+        Headers {
+            entries: headers.into_iter().map(|h| (h.key, h.value)).collect(),
+        }
+    }
+
+    pub(crate) fn to_wire(&self) -> Vec<proto::Header> {
+        self.entries
+            .iter()
+            .map(|(key, value)| proto::Header {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+
+    /// Checks the bounds before anything is sent.
+    pub(crate) fn check(wire: &[proto::Header]) -> Result<(), crate::ClientError> {
+        switchboard_wire::check_headers(wire).map_err(|e| match e {
+            switchboard_wire::HeaderError::BadKey { .. } => {
+                crate::ClientError::InvalidArgument(e.to_string())
+            }
+            _ => crate::ClientError::LimitExceeded(e.to_string()),
+        })
+    }
+}
+
+impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Headers {
+        Headers {
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<Bytes>, const N: usize> From<[(K, V); N]> for Headers {
+    fn from(pairs: [(K, V); N]) -> Headers {
+        pairs.into_iter().collect()
+    }
 }
 
 /// A key's value and version as read from the hub.
@@ -148,4 +276,76 @@ impl PresenceEvent {
             PresenceEvent::Left { client, .. } => &client.client_id,
         }
     }
+}
+
+/// What [`Client::close`](crate::Client::close) or
+/// [`Client::drain`](crate::Client::drain) could not finish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Frames sent but not acknowledged by the hub when the connection
+    /// ended: the hub may or may not have them (0 without reliable
+    /// delivery, where nothing is counted).
+    pub unacknowledged: usize,
+    /// Their encoded size in bytes.
+    pub unacknowledged_bytes: usize,
+    /// Items still in the application's streams when `drain` ran out of
+    /// time (always 0 for `close`, which does not wait for the
+    /// application).
+    pub undelivered: usize,
+}
+
+impl CloseReport {
+    /// Whether everything was acknowledged and taken.
+    pub fn is_clean(&self) -> bool {
+        self.unacknowledged == 0 && self.undelivered == 0
+    }
+}
+
+/// Settings of one request, for
+/// [`Client::request_with_options`](crate::Client::request_with_options) and
+/// [`Client::request_service`](crate::Client::request_service).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RequestOptions {
+    /// How long to wait for the reply (`None`: the client's request
+    /// timeout).
+    pub timeout: Option<std::time::Duration>,
+    /// Method name for the target's dispatch (may be empty).
+    pub method: String,
+    /// Headers sent with the request.
+    pub headers: Headers,
+}
+
+impl RequestOptions {
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the method name.
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// Sets the headers.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
+/// A reply to a request, with its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reply {
+    /// Client id of the replier (for a service request: the responder the
+    /// hub picked).
+    pub from: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The replier's headers.
+    pub headers: Headers,
 }
