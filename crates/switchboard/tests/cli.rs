@@ -461,6 +461,12 @@ fn hub_with_http_gateway_and_token_command() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     let token = v["token"].as_str().expect("token").to_string();
     assert!(!token.is_empty());
+    // The derivation of docs/PROTOCOL.md ("Test vector").
+    let o = env.run(&["token", "--token", "correct horse battery staple"]);
+    assert_eq!(
+        stdout(&o),
+        "437894acdad47f933550af34abdc0bb0fc89331f44d712e5739048477098422d"
+    );
 
     let (code, _) = http(http_addr, "GET", "/v1/status", "wrong");
     assert_eq!(code, 401, "a wrong bearer token is refused");
