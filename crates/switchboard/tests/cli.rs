@@ -677,3 +677,47 @@ fn bench_strict_fails_on_drops() {
         );
     }
 }
+
+/// A one-shot command whose hub is killed while it waits for its answer
+/// resumes its session on the standby and gets the answer: the request is
+/// held by the replier until the standby has taken over.
+#[test]
+fn a_request_in_flight_survives_a_takeover() {
+    let env = Env::new();
+    let service = "inflight";
+    let (mut primary, addr) = env.hub(service);
+    let standby = standby(&env, service, &addr);
+    let started = env.path().join("started");
+    let go = env.path().join("go");
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; tr a-z A-Z",
+        started.display(),
+        go.display()
+    );
+    let server = env.spawn(&[
+        "--service",
+        service,
+        "serve",
+        "--id",
+        "held",
+        "--exec",
+        &script,
+    ]);
+    assert!(server.stderr_line().contains("serving as held"));
+    let requester = env.spawn(&["--service", service, "request", "--to", "held", "hello"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    primary.kill9();
+    let ready = standby.event("ready");
+    assert_eq!(ready["addr"], addr.as_str());
+    std::fs::write(&go, b"").expect("let the server answer");
+    let reply = requester.stdout_line();
+    assert!(requester.wait().success());
+    assert_eq!(reply, "HELLO");
+}
