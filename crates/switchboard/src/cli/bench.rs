@@ -10,10 +10,16 @@ use super::Global;
 
 /// What to measure.
 pub struct BenchArgs {
+    /// Messages published in the 1->1 run (the fan-out run publishes this
+    /// divided by the subscribers).
     pub messages: u64,
+    /// Payload bytes.
     pub size: usize,
+    /// Subscribers of the fan-out run.
     pub fanout: u64,
+    /// Requests of each request/reply run.
     pub requests: u64,
+    /// Requests in flight in the concurrent run.
     pub concurrency: u64,
     /// Items each subscriber's stream holds.
     pub capacity: usize,

@@ -45,12 +45,13 @@ pub struct Global {
     /// Connect to this hub address instead of discovering it.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub addr: Option<String>,
-    /// How long a command waits for a hub that does not answer (a standby
-    /// taking over, a hub starting): the --addr address, or the addresses
-    /// of the service's hint files, are tried again with short pauses for
-    /// up to this many seconds before a full discovery or giving up; a
-    /// one-shot command whose connection drops waits as long for it to be
-    /// resumed. 0: try once.
+    /// Seconds to wait for a hub that does not answer (0: try once).
+    ///
+    /// A standby taking over, or a hub starting: the --addr address, or the
+    /// addresses of the service's hint files, are tried again with short
+    /// pauses for up to this long before a full discovery or giving up; a
+    /// one-shot command whose connection drops waits as long for its
+    /// session to be resumed.
     #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
     pub wait: f64,
     /// Output one JSON object per line.
@@ -182,10 +183,13 @@ enum Command {
     Status,
     /// Start a hub and clients in this process and show every pattern.
     Demo,
-    /// Measure pub/sub and request/reply through the client API: on the
-    /// hub given by --addr, or discovered for an explicit --service (both
-    /// with --token or the secret file, as every command); with neither, on
-    /// a hub started in this process.
+    /// Measure pub/sub and request/reply through the client API.
+    ///
+    /// Runs on the hub given by --addr, or discovered for an explicit
+    /// --service (both proving --token or the secret file, as every
+    /// command); with neither, on a hub started in this process. Each
+    /// pub/sub run reports messages published, delivered, dropped and
+    /// missing.
     Bench {
         /// Messages to publish for pub/sub 1->1 (1->N publishes this / N).
         #[arg(long, default_value_t = 200_000)]
