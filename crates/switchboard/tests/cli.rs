@@ -45,6 +45,30 @@ impl Proc {
     fn wait(mut self) -> std::process::ExitStatus {
         wait_timeout(&mut self.child)
     }
+    /// Sends `sig` (e.g. "-STOP") to the process.
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+    /// SIGKILL, and waits until the process is gone (its sockets closed).
+    fn kill9(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+    /// Reads stdout lines until one parses as JSON with `"event": name`.
+    fn event(&self, name: &str) -> serde_json::Value {
+        loop {
+            let line = self.stdout_line();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == name {
+                    return v;
+                }
+            }
+        }
+    }
 }
 
 fn wait_timeout(child: &mut Child) -> std::process::ExitStatus {
@@ -84,6 +108,9 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 /// Private runtime directory and the environment every process gets.
 struct Env {
     dir: tempfile::TempDir,
+    /// Whether processes get `SWITCHBOARD_TOKEN` (else they use the
+    /// per-user secret file in the runtime directory).
+    token: bool,
 }
 
 impl Env {
@@ -95,7 +122,16 @@ impl Env {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
                 .expect("chmod 700");
         }
-        Env { dir }
+        Env { dir, token: true }
+    }
+
+    /// An environment whose processes prove the secret file instead of a
+    /// token.
+    fn with_secret_file() -> Env {
+        Env {
+            token: false,
+            ..Env::new()
+        }
     }
 
     fn path(&self) -> &Path {
@@ -106,14 +142,21 @@ impl Env {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("SWITCHBOARD_RUNTIME_DIR", self.path())
-            .env("SWITCHBOARD_TOKEN", TOKEN)
             .env_remove("SWITCHBOARD_LOG");
+        if self.token {
+            c.env("SWITCHBOARD_TOKEN", TOKEN);
+        } else {
+            c.env_remove("SWITCHBOARD_TOKEN");
+        }
         c
     }
 
     fn spawn(&self, args: &[&str]) -> Proc {
-        let mut child = self
-            .cmd(args)
+        Self::spawn_cmd(self.cmd(args))
+    }
+
+    fn spawn_cmd(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -349,6 +392,7 @@ fn bench_reports_every_run() {
     let o = env.run(&[
         "bench",
         "--json",
+        "--strict",
         "--messages",
         "2000",
         "--fanout",
@@ -359,16 +403,23 @@ fn bench_reports_every_run() {
         "4",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs: Vec<serde_json::Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let runs = bench_runs(&o);
     assert_eq!(runs.len(), 4, "{runs:?}");
     for run in &runs[..2] {
-        let sent = run["sent"].as_u64().expect("sent") * run["subscribers"].as_u64().expect("subs");
-        let delivered = run["delivered"].as_u64().expect("delivered");
-        let dropped = run["dropped"].as_u64().expect("dropped");
-        assert!(delivered > 0 && delivered + dropped >= sent, "{run}");
+        let expected = run["published"].as_u64().expect("published")
+            * run["subscribers"].as_u64().expect("subs");
+        assert_eq!(run["expected"].as_u64(), Some(expected), "{run}");
+        assert_eq!(
+            run["delivered"].as_u64(),
+            Some(expected),
+            "--strict passed: {run}"
+        );
+        assert_eq!(
+            (run["dropped"].as_u64(), run["missing"].as_u64()),
+            (Some(0), Some(0)),
+            "{run}"
+        );
+        assert_eq!(run["in_process"], true, "{run}");
     }
     assert_eq!(runs[2]["requests"], 200);
 }
@@ -410,6 +461,12 @@ fn hub_with_http_gateway_and_token_command() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     let token = v["token"].as_str().expect("token").to_string();
     assert!(!token.is_empty());
+    // The derivation of docs/PROTOCOL.md ("Test vector").
+    let o = env.run(&["token", "--token", "correct horse battery staple"]);
+    assert_eq!(
+        stdout(&o),
+        "437894acdad47f933550af34abdc0bb0fc89331f44d712e5739048477098422d"
+    );
 
     let (code, _) = http(http_addr, "GET", "/v1/status", "wrong");
     assert_eq!(code, 401, "a wrong bearer token is refused");
@@ -418,4 +475,251 @@ fn hub_with_http_gateway_and_token_command() {
     assert!(body.contains("gw"), "status names the service: {body}");
     let (code, _) = http(http_addr, "GET", "/healthz", "");
     assert_eq!(code, 200);
+}
+
+/// Starts `switchboard hub --standby` of `service` and waits until it
+/// follows the primary at `addr` (its "standby" event).
+fn standby(env: &Env, service: &str, addr: &str) -> Proc {
+    let p = env.spawn(&["hub", "--json", "--service", service, "--standby"]);
+    let ev = p.event("standby");
+    assert_eq!(ev["primary"], addr, "the standby follows the primary");
+    p
+}
+
+/// A one-shot command run while a standby takes over from a primary killed
+/// with SIGKILL succeeds against the standby: it keeps trying the hinted
+/// address (or `--addr`) instead of giving up after a full discovery.
+#[test]
+fn one_shot_commands_ride_a_standby_takeover() {
+    let env = Env::new();
+    let service = "takeover";
+    let (mut primary, addr) = env.hub(service);
+    let mut first = standby(&env, service, &addr);
+    let o = env.run(&["--service", service, "kv", "set", "k", "v1"]);
+    assert_eq!(stdout(&o), "version 1", "{}", stderr(&o));
+
+    // 1. The command right after the kill (the standby needs some
+    //    milliseconds to notice and bind the port).
+    primary.kill9();
+    let o = env.run(&["--service", service, "kv", "set", "k", "v2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "version 2");
+    let ready = first.event("ready");
+    assert_eq!(
+        (ready["addr"].as_str(), ready["took_over"].as_bool()),
+        (Some(addr.as_str()), Some(true))
+    );
+    assert_eq!(ready["epoch"], 2);
+
+    // 2. A gap that surely holds the command: the next standby is frozen
+    //    (SIGSTOP) while the primary dies, and thawed only once the
+    //    command said it is trying again. Found through the hint file.
+    let second = standby(&env, service, &addr);
+    second.signal("-STOP");
+    first.kill9();
+    let mut cmd = env.cmd(&["--service", service, "kv", "get", "k"]);
+    cmd.env("SWITCHBOARD_LOG", "info");
+    let getter = Env::spawn_cmd(cmd);
+    while !getter.stderr_line().contains("trying again") {}
+    second.signal("-CONT");
+    let got = getter.stdout_line();
+    assert!(getter.wait().success());
+    assert_eq!(got, "v2", "the standby holds what the primary acknowledged");
+
+    // 3. The same with --addr.
+    let third = standby(&env, service, &addr);
+    third.signal("-STOP");
+    let mut second = second;
+    second.kill9();
+    let mut cmd = env.cmd(&["--addr", &addr, "kv", "set", "k", "v3"]);
+    cmd.env("SWITCHBOARD_LOG", "info");
+    let setter = Env::spawn_cmd(cmd);
+    while !setter.stderr_line().contains("trying again") {}
+    third.signal("-CONT");
+    let got = setter.stdout_line();
+    assert!(setter.wait().success());
+    assert_eq!(got, "version 3");
+    let ready = third.event("ready");
+    assert_eq!(ready["epoch"], 4);
+}
+
+/// `--wait 0` against a dead address fails at once; a short `--wait`
+/// fails after that wait with a message that says so; a stale hint (a hub
+/// killed without a standby) is waited for, then reported.
+#[test]
+fn wait_bounds_the_retries_and_zero_fails_fast() {
+    let env = Env::new();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let t = std::time::Instant::now();
+    let o = env.run(&["--wait", "0", "--addr", &dead, "status"]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(2), "--wait 0 took {took:?}");
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    let t = std::time::Instant::now();
+    let o = env.run(&["--wait", "0.5", "--addr", &dead, "pub", "t", "x"]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("within --wait 500 ms"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(took >= Duration::from_millis(500), "gave up after {took:?}");
+
+    let (mut hub, addr) = env.hub("stale");
+    hub.child.kill().expect("kill the hub");
+    let _ = hub.child.wait();
+    let t = std::time::Instant::now();
+    let o = env.run(&["--wait", "0.4", "--service", "stale", "status"]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no hub of service \"stale\" answered within --wait 400 ms")
+            && err.contains(&addr),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(400), "gave up after {took:?}");
+
+    let o = env.run(&["--wait=-1", "status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--wait must be"), "{}", stderr(&o));
+}
+
+fn bench_runs(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+const SMALL_BENCH: [&str; 9] = [
+    "--json",
+    "--messages",
+    "1000",
+    "--fanout",
+    "2",
+    "--requests",
+    "50",
+    "--concurrency",
+    "2",
+];
+
+/// `bench --addr` without `--token` proves the secret file like every
+/// command; `--service` measures the discovered hub; neither runs a hub in
+/// the process.
+#[test]
+fn bench_uses_the_given_or_discovered_hub() {
+    let env = Env::with_secret_file();
+    let (_hub, addr) = env.hub("benched");
+    let with = |extra: &[&str]| {
+        let mut args = vec!["bench"];
+        args.extend_from_slice(&SMALL_BENCH);
+        args.extend_from_slice(extra);
+        let o = env.run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        bench_runs(&o)
+    };
+    for runs in [with(&["--addr", &addr]), with(&["--service", "benched"])] {
+        assert_eq!(runs.len(), 4, "{runs:?}");
+        for run in &runs {
+            assert_eq!(run["hub"], addr.as_str(), "{run}");
+            assert_eq!(run["in_process"], false, "{run}");
+        }
+    }
+    let runs = with(&[]);
+    assert!(
+        runs.iter()
+            .all(|r| r["in_process"] == true && r["hub"] != addr.as_str()),
+        "{runs:?}"
+    );
+    let o = env.run(&["status", "--service", "benched", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert!(
+        v["msgs_in"].as_u64().unwrap_or(0) > 2 * 1000,
+        "the hub carried both benches: {v}"
+    );
+}
+
+/// `bench --strict` exits 6 when subscribers drop messages (a slow
+/// consumer with a small stream), and the runs say how many.
+#[test]
+fn bench_strict_fails_on_drops() {
+    let env = Env::new();
+    let mut args = vec![
+        "bench",
+        "--strict",
+        "--capacity",
+        "4",
+        "--overflow",
+        "drop-newest",
+        "--consume-delay-us",
+        "1000",
+    ];
+    args.extend_from_slice(&SMALL_BENCH);
+    let o = env.run(&args);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bench --strict"), "{}", stderr(&o));
+    let runs = bench_runs(&o);
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for run in &runs[..2] {
+        let dropped = run["dropped"].as_u64().expect("dropped");
+        let delivered = run["delivered"].as_u64().expect("delivered");
+        assert!(dropped > 0, "{run}");
+        assert_eq!(
+            delivered + dropped + run["missing"].as_u64().expect("missing"),
+            run["expected"].as_u64().expect("expected"),
+            "{run}"
+        );
+    }
+}
+
+/// A one-shot command whose hub is killed while it waits for its answer
+/// resumes its session on the standby and gets the answer: the request is
+/// held by the replier until the standby has taken over.
+#[test]
+fn a_request_in_flight_survives_a_takeover() {
+    let env = Env::new();
+    let service = "inflight";
+    let (mut primary, addr) = env.hub(service);
+    let standby = standby(&env, service, &addr);
+    let started = env.path().join("started");
+    let go = env.path().join("go");
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.01; done; tr a-z A-Z",
+        started.display(),
+        go.display()
+    );
+    let server = env.spawn(&[
+        "--service",
+        service,
+        "serve",
+        "--id",
+        "held",
+        "--exec",
+        &script,
+    ]);
+    assert!(server.stderr_line().contains("serving as held"));
+    let requester = env.spawn(&["--service", service, "request", "--to", "held", "hello"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    primary.kill9();
+    let ready = standby.event("ready");
+    assert_eq!(ready["addr"], addr.as_str());
+    std::fs::write(&go, b"").expect("let the server answer");
+    let reply = requester.stdout_line();
+    assert!(requester.wait().success());
+    assert_eq!(reply, "HELLO");
 }

@@ -64,7 +64,7 @@ pub struct HubOpts {
 }
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
-    let mut b = switchboard::Hub::builder().service(&g.service);
+    let mut b = switchboard::Hub::builder().service(g.service());
     if let Some(listen) = &opts.listen {
         b = b.listen(listen);
     }
@@ -104,13 +104,13 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                             if !announced {
                                 announced = true;
                                 if g.json {
-                                    out(json!({"event": "standby", "service": g.service,
+                                    out(json!({"event": "standby", "service": g.service(),
                                                "primary": primary.to_string(), "epoch": epoch,
                                                "pid": std::process::id()}))?;
                                 } else {
                                     out(format!(
                                         "switchboard standby ready: service {} following {primary} (epoch {epoch}, pid {})",
-                                        g.service,
+                                        g.service(),
                                         std::process::id()
                                     ))?;
                                 }
@@ -134,9 +134,11 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         let http = hub.http_addr().map(|a| a.to_string());
         let epoch = hub.identity().epoch;
         if g.json {
-            out(json!({"event": "ready", "service": g.service, "addr": addr,
+            out(
+                json!({"event": "ready", "service": g.service(), "addr": addr,
                        "http": http, "pid": std::process::id(), "epoch": epoch,
-                       "took_over": standby}))?;
+                       "took_over": standby}),
+            )?;
         } else {
             let gateway = http
                 .map(|h| format!(", http and ws on {h} (dashboard http://{h}/)"))
@@ -144,7 +146,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
             let how = if standby { ", took over" } else { "" };
             out(format!(
                 "switchboard hub ready: service {} on {addr}{gateway} (pid {}, epoch {epoch}{how})",
-                g.service,
+                g.service(),
                 std::process::id()
             ))?;
         }
@@ -163,9 +165,12 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         }
         // An old primary: a newer one serves the service; follow it.
         if g.json {
-            out(json!({"event": "fenced", "service": g.service, "pid": std::process::id()}))?;
+            out(json!({"event": "fenced", "service": g.service(), "pid": std::process::id()}))?;
         } else {
-            eprintln!("a newer primary serves {}; becoming its standby", g.service);
+            eprintln!(
+                "a newer primary serves {}; becoming its standby",
+                g.service()
+            );
         }
         standby = true;
     }
@@ -206,7 +211,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn discover(g: &Global, name: Option<String>, all: bool) -> anyhow::Result<()> {
-    let service = name.unwrap_or_else(|| g.service.clone());
+    let service = name.unwrap_or_else(|| g.service().to_string());
     let hubs = switchboard::discover(&service, &g.secret()?, all, Duration::from_secs(2)).await?;
     for hub in hubs {
         if g.json {
@@ -410,7 +415,8 @@ pub async fn sub(
 
 pub async fn kv_get(g: &Global, key: &str) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
-    let result = client.kv().get(key).await;
+    let kv = client.kv();
+    let result = g.read(&client, || kv.get(key)).await;
     client.close().await;
     match result? {
         Some(e) => {
@@ -501,7 +507,7 @@ pub async fn kv_watch(
 pub async fn clients(g: &Global) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
     let me = client.id().to_string();
-    let result = client.clients().await;
+    let result = g.read(&client, || client.clients()).await;
     client.close().await;
     for c in result?.into_iter().filter(|c| c.client_id != me) {
         if g.json {
@@ -528,7 +534,7 @@ fn role_name(role: i32) -> &'static str {
 
 pub async fn status(g: &Global) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
-    let result = client.status().await;
+    let result = g.read(&client, || client.status()).await;
     client.close().await;
     let s = result?;
     let id = s.identity.clone().unwrap_or_default();

@@ -4,12 +4,13 @@ mod bench;
 mod commands;
 mod demo;
 mod demo_session;
+mod dial;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use switchboard::{Client, ClientError, Secret};
+use switchboard::{Client, ClientBuilder, ClientError, Secret};
 
 /// Exit codes, shown in `--help`.
 const EXIT_CODES: &str = "\
@@ -18,7 +19,8 @@ Exit codes:
   1  usage error, hub or key not found, or another failure
   3  timeout (no reply in time)
   4  no such client (the target id is not connected)
-  5  authentication failure (wrong token or secret, or an unverified hub)";
+  5  authentication failure (wrong token or secret, or an unverified hub)
+  6  bench --strict: a message was dropped or not delivered";
 
 /// Message hub and client for cooperating processes.
 ///
@@ -37,12 +39,21 @@ pub struct Cli {
 /// Options accepted before or after the subcommand.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Service name of the hub.
-    #[arg(long, global = true, default_value = switchboard::DEFAULT_SERVICE, value_name = "NAME")]
-    pub service: String,
+    /// Service name of the hub [default: switchboard].
+    #[arg(long, global = true, value_name = "NAME")]
+    service: Option<String>,
     /// Connect to this hub address instead of discovering it.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub addr: Option<String>,
+    /// Seconds to wait for a hub that does not answer (0: try once).
+    ///
+    /// A standby taking over, or a hub starting: the --addr address, or the
+    /// addresses of the service's hint files, are tried again with short
+    /// pauses for up to this long before a full discovery or giving up; a
+    /// one-shot command whose connection drops waits as long for its
+    /// session to be resumed.
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
+    pub wait: f64,
     /// Output one JSON object per line.
     #[arg(long, global = true)]
     pub json: bool,
@@ -172,8 +183,13 @@ enum Command {
     Status,
     /// Start a hub and clients in this process and show every pattern.
     Demo,
-    /// Measure pub/sub and request/reply through the client API (an
-    /// in-process hub, or the hub given by --addr and --token).
+    /// Measure pub/sub and request/reply through the client API.
+    ///
+    /// Runs on the hub given by --addr, or discovered for an explicit
+    /// --service (both proving --token or the secret file, as every
+    /// command); with neither, on a hub started in this process. Each
+    /// pub/sub run reports messages published, delivered, dropped and
+    /// missing.
     Bench {
         /// Messages to publish for pub/sub 1->1 (1->N publishes this / N).
         #[arg(long, default_value_t = 200_000)]
@@ -190,6 +206,22 @@ enum Command {
         /// Requests in flight for the concurrent request/reply run.
         #[arg(long, default_value_t = 32)]
         concurrency: u64,
+        /// Messages each subscriber's stream holds; when a subscriber falls
+        /// this far behind, `--overflow` decides what happens.
+        #[arg(long, default_value_t = bench::DEFAULT_CAPACITY, value_name = "N")]
+        capacity: usize,
+        /// What a subscriber's full stream does: `block` (push back on the
+        /// connection, nothing dropped), `drop-newest` or `drop-oldest`
+        /// (dropped messages counted).
+        #[arg(long, default_value = "block", value_parser = ["block", "drop-newest", "drop-oldest"])]
+        overflow: String,
+        /// Microseconds each subscriber spends on a message (a slow
+        /// consumer, to see the drop policy at work).
+        #[arg(long, default_value_t = 0, value_name = "US")]
+        consume_delay_us: u64,
+        /// Exit with code 6 when any message was dropped or not delivered.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -228,6 +260,9 @@ enum KvCommand {
 /// Exit code for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if cause.downcast_ref::<bench::Incomplete>().is_some() {
+            return 6;
+        }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Timeout(_) => 3,
@@ -269,11 +304,41 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            let msg = explain(&e);
             eprintln!("switchboard: error: {msg}");
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The one-line message for an error.
+fn explain(e: &anyhow::Error) -> String {
+    let disconnected = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ClientError>(),
+            Some(ClientError::Disconnected)
+        )
+    });
+    if disconnected {
+        // The client's own message speaks to programs using the API.
+        return "the connection to the hub was lost and not resumed within --wait; \
+                the command's outcome is unknown: check, then run it again"
+            .to_string();
+    }
+    // Each cause once: an error whose message already quotes its source
+    // (the operating system's words, say) is not followed by it again.
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if msg.contains(&part) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&part);
+    }
+    msg.replace('\n', " ")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -334,6 +399,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fanout,
             requests,
             concurrency,
+            capacity,
+            overflow,
+            consume_delay_us,
+            strict,
         } => {
             bench::run(
                 &g,
@@ -343,6 +412,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     fanout,
                     requests,
                     concurrency,
+                    capacity,
+                    overflow: match overflow.as_str() {
+                        "drop-newest" => switchboard::Overflow::DropNewest,
+                        "drop-oldest" => switchboard::Overflow::DropOldest,
+                        _ => switchboard::Overflow::Block,
+                    },
+                    consume_delay: Duration::from_micros(consume_delay_us),
+                    strict,
                 },
             )
             .await
@@ -363,17 +440,87 @@ impl Global {
         }
     }
 
+    /// The service name: `--service`, else [`switchboard::DEFAULT_SERVICE`].
+    pub fn service(&self) -> &str {
+        self.service
+            .as_deref()
+            .unwrap_or(switchboard::DEFAULT_SERVICE)
+    }
+
+    /// Whether `--service` was given.
+    pub fn service_given(&self) -> bool {
+        self.service.is_some()
+    }
+
+    /// `--wait` as a duration.
+    pub fn wait(&self) -> anyhow::Result<Duration> {
+        if !(self.wait.is_finite() && (0.0..=3600.0).contains(&self.wait)) {
+            anyhow::bail!(
+                "--wait must be between 0 and 3600 seconds, got {}",
+                self.wait
+            );
+        }
+        Ok(Duration::from_secs_f64(self.wait))
+    }
+
+    /// A client builder for `id` with the secret and the CLI's connection
+    /// policy, without a target. Long-running commands reconnect for as
+    /// long as they run. One-shot commands reconnect too when `--wait` is
+    /// above 0, quickly (25 ms to 250 ms, the last address first), and
+    /// their calls wait up to `--wait` for the session to be resumed, so a
+    /// standby taking over in the middle of a command does not fail it.
+    pub fn builder(&self, id: &str, long_running: bool) -> anyhow::Result<ClientBuilder> {
+        let wait = self.wait()?;
+        let b = Client::builder(id)
+            .secret(self.secret()?)
+            .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
+        Ok(if long_running {
+            b.reconnect(true)
+        } else if wait.is_zero() {
+            b.reconnect(false)
+        } else {
+            b.reconnect(true)
+                .backoff(Duration::from_millis(25), Duration::from_millis(250))
+                .resume_wait(wait)
+        })
+    }
+
+    /// Connects `builder` (from [`builder`](Self::builder), possibly with
+    /// more options) to the hub of `--addr` or `--service`, trying again for
+    /// up to `--wait` while the hub does not answer (see [`dial`]).
+    pub async fn connect_with(&self, builder: ClientBuilder) -> anyhow::Result<Client> {
+        let target = match &self.addr {
+            Some(addr) => dial::Target::Addr(addr),
+            None => dial::Target::Service(self.service()),
+        };
+        dial::connect(builder, target, &self.secret()?, self.wait()?).await
+    }
+
     /// Connects a client as `id`.
     pub async fn connect(&self, id: &str, long_running: bool) -> anyhow::Result<Client> {
-        let mut b = Client::builder(id)
-            .secret(self.secret()?)
-            .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .reconnect(long_running);
-        b = match &self.addr {
-            Some(addr) => b.addr(addr),
-            None => b.service(&self.service),
-        };
-        Ok(b.connect().await?)
+        self.connect_with(self.builder(id, long_running)?).await
+    }
+
+    /// Runs a read that the client does not resend after a lost connection
+    /// (key/value get, client list, status) and, when the connection was
+    /// lost under it, runs it again once the client has reconnected, within
+    /// `--wait`.
+    pub async fn read<T, F, Fut>(&self, client: &Client, read: F) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.wait().unwrap_or_default();
+        loop {
+            match read().await {
+                Err(ClientError::Disconnected) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() || client.wait_connected(left).await.is_err() {
+                        return Err(ClientError::Disconnected);
+                    }
+                }
+                r => return r,
+            }
+        }
     }
 }

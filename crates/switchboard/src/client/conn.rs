@@ -432,7 +432,7 @@ fn set_closed(shared: &Shared, reason: &str) {
     let (lost, _) = reg.lost_at_close;
     drop(reg);
     if lost > 0 {
-        tracing::warn!(client = %shared.cfg.id, frames = lost, "closed with frames the hub had not acknowledged");
+        tracing::debug!(client = %shared.cfg.id, frames = lost, "closed with frames the hub had not acknowledged");
     }
     shared.state.send_replace(ConnectionState::Closed {
         reason: reason.to_string(),
