@@ -960,6 +960,7 @@ fn announce_drops(shared: &Shared, slow: &mut Slow) {
                 sub_id,
                 pattern,
                 dropped,
+                total: queue.dropped(),
             });
         }
     }

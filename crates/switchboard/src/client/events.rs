@@ -58,6 +58,9 @@ pub enum ClientEvent {
         pattern: String,
         /// Messages dropped since the last such event.
         dropped: u64,
+        /// Messages this subscription dropped in all (a reader that missed
+        /// events still learns the whole count from the next one).
+        total: u64,
     },
     /// The hub dropped pub/sub deliveries for this client because its queue
     /// for the client was full (the client did not read fast enough).
