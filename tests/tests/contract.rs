@@ -3,7 +3,6 @@
 //! was lost; calls dropped part-way leave nothing behind; graceful ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
