@@ -38,6 +38,11 @@ pub struct HubHandle {
     fenced: Arc<AtomicBool>,
     /// Weak: a handle must not keep the router's inbox open.
     inbox: mpsc::WeakSender<crate::router::Input>,
+    /// For in-memory connections; weak like the inbox.
+    shared: std::sync::Weak<Shared>,
+    /// Handshakes of in-memory connections in progress.
+    memory_handshakes: Arc<Semaphore>,
+    secret: switchboard_discovery::Secret,
 }
 
 impl Hub {
@@ -71,7 +76,36 @@ impl Hub {
             },
             stats.clone(),
         );
-        serve(config, listener, identity, router, stats).await
+        serve(config, Some(listener), identity, router, stats).await
+    }
+
+    /// Starts a hub that listens on no port and writes no hint: clients
+    /// reach it only through [`HubHandle::connect_in_memory`] (the
+    /// `switchboard` facade's `Hub::in_memory`). It is the same hub, with
+    /// the same router, handshake and limits; only the transport is an
+    /// in-process pipe. For tests and for programs that embed a hub for
+    /// their own tasks. An HTTP gateway, when configured, still listens.
+    pub async fn start_in_memory(config: HubConfig) -> Result<HubHandle, HubError> {
+        check_config(&config)?;
+        let identity = proto::HubIdentity {
+            service: config.service.clone(),
+            instance_id: new_instance_id(),
+            pid: std::process::id(),
+            port: 0,
+            epoch: config.epoch,
+            started_at_ms: now_ms(),
+            role: proto::Role::Primary as i32,
+        };
+        let stats = Arc::new(HubStats::default());
+        let router = Router::new(
+            RouterConfig {
+                identity: identity.clone(),
+                limits: config.limits.clone(),
+                keepalive: config.keepalive,
+            },
+            stats.clone(),
+        );
+        serve(config, None, identity, router, stats).await
     }
 
     /// Starts a hot standby of `config.service`: it finds the primary
@@ -109,19 +143,23 @@ fn check_config(config: &HubConfig) -> Result<(), HubError> {
 }
 
 /// Serves `router` on `listener` as a primary with `identity`: writes the
-/// hint, starts the gateway, the router task and the accept loop.
+/// hint, starts the gateway, the router task and the accept loop. Without
+/// a listener the hub is reached in memory only (no hint either).
 pub(crate) async fn serve(
     config: HubConfig,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     identity: proto::HubIdentity,
     router: Router,
     stats: Arc<HubStats>,
 ) -> Result<HubHandle, HubError> {
-    let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
-        addr: format!("{}", config.bind.ip),
-        source,
-    })?;
-    let hint = if config.write_hint {
+    let local_addr = match &listener {
+        Some(listener) => listener.local_addr().map_err(|source| HubError::Bind {
+            addr: format!("{}", config.bind.ip),
+            source,
+        })?,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let hint = if config.write_hint && listener.is_some() {
         let mut hint = Hint::new(&config.service, local_addr, &identity.instance_id);
         hint.started_at_ms = identity.started_at_ms;
         Some(match &config.hint_dir {
@@ -169,8 +207,22 @@ pub(crate) async fn serve(
         fenced: fenced.clone(),
     };
     tokio::spawn(task.run().instrument(span.clone()));
-    tokio::spawn(accept_loop(listener, shared).instrument(span));
+    let weak = Arc::downgrade(&shared);
+    if let Some(listener) = listener {
+        tokio::spawn(accept_loop(listener, shared).instrument(span));
+    } else {
+        // The handle's weak reference is all that reaches the hub; keep
+        // its state alive until shutdown like the accept loop would.
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            drop(shared);
+        });
+    }
     Ok(HubHandle {
+        shared: weak,
+        memory_handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes.max(1))),
+        secret: config.secret.clone(),
         local_addr,
         http_addr,
         http_token: crate::http_token(&config.secret),
@@ -242,6 +294,35 @@ impl HubHandle {
     /// it as a standby instead).
     pub fn fenced(&self) -> bool {
         self.fenced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Opens a connection to this hub through an in-process pipe: the
+    /// client end of a `tokio::io::duplex`, on which a client performs the
+    /// ordinary handshake (proving [`secret`](Self::secret)). The hub
+    /// serves it like a TCP connection (transport `"memory"`). Fails once
+    /// the hub has stopped, or when too many connections are in the
+    /// handshake.
+    pub fn connect_in_memory(&self) -> Result<tokio::io::DuplexStream, HubError> {
+        let gone = || HubError::Config("the hub has stopped".into());
+        let shared = self.shared.upgrade().ok_or_else(gone)?;
+        if shared.shutdown.is_cancelled() {
+            return Err(gone());
+        }
+        let permit = self.memory_handshakes.clone().try_acquire_owned().map_err(|_| {
+            HubError::Config("too many in-memory connections in the handshake; retry".into())
+        })?;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let conn = shared.alloc_conn();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let span = tracing::debug_span!("conn", id = conn.0, transport = "memory");
+        tokio::spawn(serve_conn(server, peer, conn, shared, permit, "memory").instrument(span));
+        Ok(client)
+    }
+
+    /// The secret clients of this hub prove (for in-memory clients; the
+    /// hub's own process holds it anyway).
+    pub fn secret(&self) -> switchboard_discovery::Secret {
+        self.secret.clone()
     }
 
     /// Waits until the hub has stopped.

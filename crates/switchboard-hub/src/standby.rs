@@ -1040,7 +1040,7 @@ impl Standby {
         config.epoch = epoch;
         *self.stats.repl.peer.lock() = String::new();
         let handle =
-            crate::hub::serve(config, listener, identity, router, self.stats.clone()).await?;
+            crate::hub::serve(config, Some(listener), identity, router, self.stats.clone()).await?;
         tracing::warn!(addr = %local_addr, epoch, clients, ms = started.elapsed().as_millis() as u64, "took over from the failed primary");
         self.state.send_replace(StandbyState::Primary {
             addr: local_addr,
