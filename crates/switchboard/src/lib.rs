@@ -7,14 +7,15 @@
 //! with watches, presence, and ordered TR-069-style sessions.
 //!
 //! This crate is the facade: it re-exports the parts ([`wire`],
-//! [`discovery`], [`session`], `hub`) and adds the async [`Client`] and a
-//! `Hub` builder that runs a hub in-process.
+//! [`discovery`], [`session`], `hub`) and adds the async [`Client`], a typed
+//! layer over it ([`Codec`], [`Client::publish_typed`] and the other
+//! `*_typed` calls) and a `Hub` builder that runs a hub in-process.
 //!
 //! # Features
 //!
 //! | feature | what it adds | on by default |
 //! |---|---|---|
-//! | `client` | [`Client`], [`discover`](fn@discover), the `wire`, `discovery` and `session` re-exports | yes |
+//! | `client` | [`Client`], [`discover`](fn@discover), the typed layer, the `wire`, `discovery` and `session` re-exports | yes |
 //! | `hub` | the in-process `Hub` and `HubBuilder`, the `hub` re-export of `switchboard-hub` (implies `client`) | yes |
 //! | `cli` | the `switchboard` binary (implies `hub`) | yes |
 //! | `mimalloc` | the binary allocates with mimalloc (implies `cli`) | yes |
@@ -96,6 +97,11 @@ pub use switchboard_wire as wire;
 pub use bytes::Bytes;
 #[cfg(feature = "client")]
 pub use bytestring::ByteString;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use client::typed::{
+    Codec, CodecError, DecodeError, Json, Typed, TypedClient, TypedSubscription,
+};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{

@@ -5,6 +5,7 @@ mod kv;
 mod reliable;
 mod session;
 mod streams;
+pub(crate) mod typed;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
