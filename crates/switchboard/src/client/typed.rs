@@ -42,6 +42,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Types that are not serde types, such as prost messages, go through the
 /// byte API instead (`client.publish(topic, msg.encode_to_vec())`).
 ///
+/// A codec is `Clone + Send + Sync + 'static` because each
+/// [`TypedSubscription`] and each request handler of
+/// [`TypedClient::serve`] keeps a copy.
+///
 /// Another serde format is one implementation away:
 ///
 /// ```
