@@ -308,9 +308,13 @@ impl HubHandle {
         if shared.shutdown.is_cancelled() {
             return Err(gone());
         }
-        let permit = self.memory_handshakes.clone().try_acquire_owned().map_err(|_| {
-            HubError::Config("too many in-memory connections in the handshake; retry".into())
-        })?;
+        let permit = self
+            .memory_handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                HubError::Config("too many in-memory connections in the handshake; retry".into())
+            })?;
         let (client, server) = tokio::io::duplex(64 * 1024);
         let conn = shared.alloc_conn();
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -110,6 +110,12 @@ pub enum ClientError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// A payload did not decode as the expected type: a reply to
+    /// [`Client::request_typed`](crate::Client::request_typed) or
+    /// [`TypedClient::request`](crate::TypedClient::request). The message
+    /// names whose payload and the codec's explanation.
+    #[error("cannot decode: {0}")]
+    Decode(String),
     /// The hub broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

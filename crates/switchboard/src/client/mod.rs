@@ -7,6 +7,7 @@ mod queue;
 mod reliable;
 mod session;
 mod streams;
+pub(crate) mod typed;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
