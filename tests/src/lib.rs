@@ -53,13 +53,22 @@ pub async fn hub() -> anyhow::Result<HubHandle> {
         .await?)
 }
 
-/// A client of `hub` with id `id`.
+/// A hub reached in memory only ([`Hub::in_memory`]): no port; its
+/// clients from [`client`] connect through an in-process pipe.
+pub async fn memory_hub() -> anyhow::Result<HubHandle> {
+    Ok(Hub::in_memory().await?)
+}
+
+/// A client of `hub` with id `id` (by address, or in memory for a hub
+/// without a port).
 pub async fn client(hub: &HubHandle, id: &str) -> anyhow::Result<Client> {
-    Ok(Client::builder(id)
-        .addr(hub.local_addr().to_string())
-        .token(TOKEN)
-        .connect()
-        .await?)
+    let builder = Client::builder(id);
+    let builder = if hub.local_addr().port() == 0 {
+        builder.in_memory(hub)
+    } else {
+        builder.addr(hub.local_addr().to_string()).token(TOKEN)
+    };
+    Ok(builder.connect().await?)
 }
 
 /// Runs `fut` with the test time bound.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use switchboard::hub::Limits;
 use switchboard::{Client, ClientEvent, Hub, HubHandle, Overflow, SubscribeOptions};
-use switchboard_tests::{client, hub, within, TOKEN};
+use switchboard_tests::{client, memory_hub, within, TOKEN};
 
 /// Publishing lanes; each publishes its numbers in order, confirmed.
 const LANES: u32 = 8;
@@ -35,6 +35,7 @@ async fn roomy_hub() -> anyhow::Result<HubHandle> {
     Ok(Hub::builder()
         .token(TOKEN)
         .listen("127.0.0.1:0")
+        .http("127.0.0.1:0")
         .write_hint(false)
         .limits(limits)
         .start()
@@ -100,15 +101,33 @@ async fn read_slowly(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_gets_every_confirmed_publish_once_in_order() -> anyhow::Result<()> {
     let hub = roomy_hub().await?;
-    let addr = hub.local_addr().to_string();
     let subscriber = Client::builder("slow")
-        .addr(&addr)
+        .addr(hub.local_addr().to_string())
         .token(TOKEN)
         .stream_capacity(64)
         .connect()
         .await?;
+    slow_subscriber_run(&hub, subscriber).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_subscriber_gets_every_confirmed_publish_once_in_order(
+) -> anyhow::Result<()> {
+    let hub = roomy_hub().await?;
+    let http = hub.http_addr().expect("gateway");
+    let subscriber = Client::builder("slow-ws")
+        .websocket(format!("ws://{http}/v1/ws"))
+        .token(TOKEN)
+        .stream_capacity(64)
+        .connect()
+        .await?;
+    slow_subscriber_run(&hub, subscriber).await
+}
+
+/// The slow reader of [`read_slowly`] against [`LANES`] fast publishers.
+async fn slow_subscriber_run(hub: &HubHandle, subscriber: Client) -> anyhow::Result<()> {
     let mut sub = subscriber.subscribe("contract.block").await?;
-    let publisher = client(&hub, "fast").await?;
+    let publisher = client(hub, "fast").await?;
     let per_lane = total() / LANES;
     let done = AtomicBool::new(false);
     let bound = Duration::from_secs(600);
@@ -181,7 +200,7 @@ async fn drop_newest_tells_exactly_how_many_were_lost() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn slow_consumer_events_name_the_subscription() -> anyhow::Result<()> {
-    let hub = hub().await?;
+    let hub = memory_hub().await?;
     let c = client(&hub, "evented").await?;
     let mut events = c.events();
     let mut oldest = c
@@ -218,7 +237,7 @@ async fn slow_consumer_events_name_the_subscription() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unsubscribe_after_ends_the_stream_after_n() -> anyhow::Result<()> {
-    let hub = hub().await?;
+    let hub = memory_hub().await?;
     let c = client(&hub, "counted").await?;
     let mut sub = c
         .subscribe_with("n.>", SubscribeOptions::default().max_messages(3))
@@ -238,7 +257,7 @@ async fn unsubscribe_after_ends_the_stream_after_n() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn events_follow_the_connection() -> anyhow::Result<()> {
-    let hub = hub().await?;
+    let hub = memory_hub().await?;
     let c = client(&hub, "watched").await?;
     let mut events = c.events();
     c.close().await;
@@ -252,7 +271,7 @@ async fn events_follow_the_connection() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn flush_waits_for_the_hub_and_close_reports_nothing_lost() -> anyhow::Result<()> {
-    let hub = hub().await?;
+    let hub = memory_hub().await?;
     let a = client(&hub, "flusher").await?;
     let b = client(&hub, "sink").await?;
     let mut sub = b.subscribe("f").await?;
@@ -273,7 +292,7 @@ async fn flush_waits_for_the_hub_and_close_reports_nothing_lost() -> anyhow::Res
 
 #[tokio::test]
 async fn drain_lets_the_application_take_what_is_queued() -> anyhow::Result<()> {
-    let hub = hub().await?;
+    let hub = memory_hub().await?;
     let c = client(&hub, "drainer").await?;
     let mut sub = c.subscribe("d").await?;
     let p = client(&hub, "pub").await?;

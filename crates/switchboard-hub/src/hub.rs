@@ -38,11 +38,50 @@ pub struct HubHandle {
     fenced: Arc<AtomicBool>,
     /// Weak: a handle must not keep the router's inbox open.
     inbox: mpsc::WeakSender<crate::router::Input>,
-    /// For in-memory connections; weak like the inbox.
+    /// Opens in-memory connections.
+    memory: MemoryConnector,
+    secret: switchboard_discovery::Secret,
+}
+
+/// Opens in-process connections to a hub (see
+/// [`HubHandle::connect_in_memory`]); cheap to clone, and holding one does
+/// not keep the hub running.
+#[derive(Clone)]
+pub struct MemoryConnector {
+    /// Weak like the handle's inbox.
     shared: std::sync::Weak<Shared>,
     /// Handshakes of in-memory connections in progress.
-    memory_handshakes: Arc<Semaphore>,
-    secret: switchboard_discovery::Secret,
+    handshakes: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for MemoryConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConnector").finish_non_exhaustive()
+    }
+}
+
+impl MemoryConnector {
+    /// Opens a connection through an in-process pipe: the client end of a
+    /// `tokio::io::duplex`, on which a client performs the ordinary
+    /// handshake. The hub serves it like a TCP connection (transport
+    /// `"memory"`). Fails once the hub has stopped, or when too many
+    /// connections are in the handshake.
+    pub fn connect(&self) -> Result<tokio::io::DuplexStream, HubError> {
+        let gone = || HubError::Config("the hub has stopped".into());
+        let shared = self.shared.upgrade().ok_or_else(gone)?;
+        if shared.shutdown.is_cancelled() {
+            return Err(gone());
+        }
+        let permit = self.handshakes.clone().try_acquire_owned().map_err(|_| {
+            HubError::Config("too many in-memory connections in the handshake; retry".into())
+        })?;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let conn = shared.alloc_conn();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let span = tracing::debug_span!("conn", id = conn.0, transport = "memory");
+        tokio::spawn(serve_conn(server, peer, conn, shared, permit, "memory").instrument(span));
+        Ok(client)
+    }
 }
 
 impl Hub {
@@ -220,8 +259,10 @@ pub(crate) async fn serve(
         });
     }
     Ok(HubHandle {
-        shared: weak,
-        memory_handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes.max(1))),
+        memory: MemoryConnector {
+            shared: weak,
+            handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes.max(1))),
+        },
         secret: config.secret.clone(),
         local_addr,
         http_addr,
@@ -296,31 +337,16 @@ impl HubHandle {
         self.fenced.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Opens a connection to this hub through an in-process pipe: the
-    /// client end of a `tokio::io::duplex`, on which a client performs the
-    /// ordinary handshake (proving [`secret`](Self::secret)). The hub
-    /// serves it like a TCP connection (transport `"memory"`). Fails once
-    /// the hub has stopped, or when too many connections are in the
-    /// handshake.
+    /// Opens a connection to this hub through an in-process pipe (see
+    /// [`MemoryConnector::connect`]); the client proves
+    /// [`secret`](Self::secret) as over TCP.
     pub fn connect_in_memory(&self) -> Result<tokio::io::DuplexStream, HubError> {
-        let gone = || HubError::Config("the hub has stopped".into());
-        let shared = self.shared.upgrade().ok_or_else(gone)?;
-        if shared.shutdown.is_cancelled() {
-            return Err(gone());
-        }
-        let permit = self
-            .memory_handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                HubError::Config("too many in-memory connections in the handshake; retry".into())
-            })?;
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let conn = shared.alloc_conn();
-        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-        let span = tracing::debug_span!("conn", id = conn.0, transport = "memory");
-        tokio::spawn(serve_conn(server, peer, conn, shared, permit, "memory").instrument(span));
-        Ok(client)
+        self.memory.connect()
+    }
+
+    /// A connector for in-memory connections that outlives this borrow.
+    pub fn memory_connector(&self) -> MemoryConnector {
+        self.memory.clone()
     }
 
     /// The secret clients of this hub prove (for in-memory clients; the

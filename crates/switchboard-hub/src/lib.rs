@@ -84,7 +84,7 @@ pub use config::{
     HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
 pub use gateway::{http_token, HttpConfig};
-pub use hub::{Hub, HubHandle};
+pub use hub::{Hub, HubHandle, MemoryConnector};
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
 pub use standby::{StandbyHandle, StandbyState};

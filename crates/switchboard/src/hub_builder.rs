@@ -31,6 +31,33 @@ impl Hub {
             heartbeat: None,
         }
     }
+
+    /// Starts a hub reached in memory only, with a random secret: no port,
+    /// no hint file, no secret file. Clients connect with
+    /// [`ClientBuilder::in_memory`](crate::ClientBuilder::in_memory); the
+    /// router, handshake and limits are the same as over TCP. For tests
+    /// and for programs whose tasks talk through an embedded hub.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use switchboard::{Client, Hub};
+    ///
+    /// let hub = Hub::in_memory().await?;
+    /// let a = Client::builder("a").in_memory(&hub).connect().await?;
+    /// let b = Client::builder("b").in_memory(&hub).connect().await?;
+    /// let mut inbox = b.messages().await?;
+    /// a.send("b", "hello").await?;
+    /// assert_eq!(&inbox.recv().await.unwrap().payload[..], b"hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn in_memory() -> Result<HubHandle, HubError> {
+        Hub::builder()
+            .secret(Secret::random())
+            .start_in_memory()
+            .await
+    }
 }
 
 /// Settings of an in-process hub.
@@ -127,6 +154,12 @@ impl HubBuilder {
         primary: Option<SocketAddr>,
     ) -> Result<switchboard_hub::StandbyHandle, HubError> {
         switchboard_hub::Hub::standby(self.config()?, primary).await
+    }
+
+    /// Starts the hub reached in memory only (see [`Hub::in_memory`]):
+    /// the listen address and hint settings are ignored.
+    pub async fn start_in_memory(self) -> Result<HubHandle, HubError> {
+        switchboard_hub::Hub::start_in_memory(self.config()?).await
     }
 
     /// The hub configuration this builder describes.

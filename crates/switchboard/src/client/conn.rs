@@ -15,14 +15,13 @@ use switchboard_wire::{
     proto, Delivery, ErrorCode, Frame, FrameCodec, Incoming, IncomingCodec, Kind, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use super::queue::{Pushed, Queue};
 use super::reliable::{Inbound, FEATURE_RELIABLE, FEATURE_RESUMED};
 use super::streams::IncomingRequest;
+use super::transport::{self, Opened, Rd, Wr};
 use super::types::{ConnectionState, Headers, KvEvent, Message, MessageKind, PresenceEvent};
 use super::{ConnTx, Shared, SubSink, Target};
 use crate::{ClientError, ClientEvent};
@@ -56,8 +55,8 @@ const FLAT_ATTEMPTS: u32 = 3;
 
 /// An authenticated connection, not yet driven.
 pub(crate) struct Connected {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<Rd, FrameCodec>,
+    writer: Wr,
     welcome: proto::Welcome,
     addr: SocketAddr,
     instance_id: String,
@@ -92,6 +91,13 @@ pub(crate) async fn connect_once(
     discovery_deadline: Duration,
 ) -> Result<Connected, ClientError> {
     let cfg = &shared.cfg;
+    if let Target::Dialer(dialer) = &cfg.target {
+        let what = format!("{dialer:?}");
+        return within_connect_timeout(shared, &what, async {
+            handshake(shared, dialer.dial().await?).await
+        })
+        .await;
+    }
     let mut last_err = None;
     if let Some(addr) = preferred {
         match connect_addr(shared, addr).await {
@@ -107,6 +113,7 @@ pub(crate) async fn connect_once(
                 source,
             })?
             .collect::<Vec<_>>(),
+        Target::Dialer(_) => Vec::new(),
         Target::Service(service) => {
             match discover_current(shared, service, discovery_deadline).await {
                 Ok(found) => found,
@@ -139,6 +146,10 @@ pub(crate) async fn connect_once(
                 "address resolved to nothing",
             ),
         },
+        Target::Dialer(d) => ClientError::Connect {
+            addr: format!("{d:?}"),
+            source: std::io::Error::other("no connection"),
+        },
     }))
 }
 
@@ -161,26 +172,29 @@ async fn discover_current(
     Ok(found.into_iter().map(|h| h.addr).collect())
 }
 
-async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
+async fn within_connect_timeout(
+    shared: &Shared,
+    what: &str,
+    connect: impl std::future::Future<Output = Result<Connected, ClientError>>,
+) -> Result<Connected, ClientError> {
     let timeout = shared.cfg.connect_timeout;
-    match tokio::time::timeout(timeout, handshake(shared, addr)).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Timeout(format!(
-            "connecting to {addr} took longer than {} ms",
+            "connecting to {what} took longer than {} ms",
             timeout.as_millis()
         ))),
     }
 }
 
-async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
+    within_connect_timeout(shared, &addr.to_string(), async {
+        handshake(shared, transport::tcp(addr).await?).await
+    })
+    .await
+}
+
+async fn handshake(shared: &Shared, (r, w, addr): Opened) -> Result<Connected, ClientError> {
     let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
     let mut reader = FramedRead::with_capacity(r, codec.clone(), 64 * 1024);
     let mut writer = FramedWrite::new(w, codec);
@@ -262,16 +276,13 @@ async fn handshake(shared: &Shared, addr: SocketAddr) -> Result<Connected, Clien
     })
 }
 
-async fn send(
-    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
-    frame: Frame,
-) -> Result<(), ClientError> {
+async fn send(writer: &mut FramedWrite<Wr, FrameCodec>, frame: Frame) -> Result<(), ClientError> {
     futures::SinkExt::send(writer, frame).await?;
     Ok(())
 }
 
 async fn recv(
-    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    reader: &mut FramedRead<Rd, FrameCodec>,
     addr: SocketAddr,
 ) -> Result<Kind, ClientError> {
     match reader.next().await {
@@ -729,7 +740,7 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
 async fn write_loop(
     replay: Vec<Frame>,
     mut rx: mpsc::Receiver<Frame>,
-    mut w: OwnedWriteHalf,
+    mut w: Wr,
     max_frame: usize,
     acks: Option<(Arc<Shared>, Arc<AtomicU64>)>,
 ) -> std::io::Result<()> {
@@ -811,7 +822,7 @@ fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
 /// [`ACK_EVERY`]: super::reliable::ACK_EVERY
 async fn read_loop(
     shared: Arc<Shared>,
-    mut reader: FramedRead<OwnedReadHalf, IncomingCodec>,
+    mut reader: FramedRead<Rd, IncomingCodec>,
     tx: mpsc::Sender<Frame>,
     base: tokio::time::Instant,
     last_rx: Arc<AtomicU64>,

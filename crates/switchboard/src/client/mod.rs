@@ -7,6 +7,7 @@ mod queue;
 mod reliable;
 mod session;
 mod streams;
+mod transport;
 pub(crate) mod typed;
 mod types;
 
@@ -58,6 +59,8 @@ pub const MAX_CLIENT_ID_LEN: usize = 256;
 enum Target {
     Service(String),
     Addr(String),
+    /// Not a TCP address: an in-memory hub or a WebSocket endpoint.
+    Dialer(transport::Dialer),
 }
 
 /// Settings of a [`Client`], collected by [`ClientBuilder`].
@@ -135,6 +138,27 @@ impl ClientBuilder {
     /// Connects to the hub at `addr` (`host:port`) instead of discovering it.
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.cfg.target = Target::Addr(addr.into());
+        self
+    }
+
+    /// Connects to an in-memory hub ([`Hub::in_memory`](crate::Hub::in_memory)
+    /// or any [`HubHandle`](crate::HubHandle)) through an in-process pipe,
+    /// proving that hub's secret: the same handshake, router and
+    /// semantics as over TCP, without a port. Reconnects re-open the pipe.
+    #[cfg(feature = "hub")]
+    pub fn in_memory(mut self, hub: &switchboard_hub::HubHandle) -> Self {
+        self.cfg.target = Target::Dialer(transport::Dialer::memory(hub.memory_connector()));
+        self.cfg.secret = Some(hub.secret());
+        self
+    }
+
+    /// Connects over WebSocket to a hub's gateway, e.g.
+    /// `ws://127.0.0.1:8080/v1/ws` (the hub's `--http` listener): the same
+    /// frames, one per binary message, with reliable delivery and resume
+    /// as over TCP.
+    #[cfg(feature = "websocket")]
+    pub fn websocket(mut self, url: impl Into<String>) -> Self {
+        self.cfg.target = Target::Dialer(transport::Dialer::websocket(url.into()));
         self
     }
 

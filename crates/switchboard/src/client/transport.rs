@@ -1,0 +1,184 @@
+//! The byte streams a client speaks its frames over: TCP, an in-process
+//! pipe to an in-memory hub, or a WebSocket (one frame per binary message,
+//! bridged to the length-prefixed stream the rest of the client reads).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::ClientError;
+
+/// Reading half of a connection.
+pub(crate) type Rd = Box<dyn AsyncRead + Send + Unpin>;
+/// Writing half of a connection.
+pub(crate) type Wr = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An opened connection: its halves and the address to report.
+pub(crate) type Opened = (Rd, Wr, SocketAddr);
+
+type DialFuture = Pin<Box<dyn Future<Output = Result<Opened, ClientError>> + Send>>;
+
+/// Opens connections to a hub that is not reached by a TCP address.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    what: &'static str,
+    dial: Arc<dyn Fn() -> DialFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer").field("what", &self.what).finish()
+    }
+}
+
+impl Dialer {
+    /// Opens one connection.
+    pub async fn dial(&self) -> Result<Opened, ClientError> {
+        (self.dial)().await
+    }
+
+    /// Connections to an in-memory hub through `connect`.
+    #[cfg(feature = "hub")]
+    pub fn memory(connector: switchboard_hub::MemoryConnector) -> Dialer {
+        Dialer {
+            what: "memory",
+            dial: Arc::new(move || {
+                let connector = connector.clone();
+                Box::pin(async move {
+                    let stream = connector.connect().map_err(|e| ClientError::Connect {
+                        addr: "in-memory hub".to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotConnected, e),
+                    })?;
+                    let (r, w) = tokio::io::split(stream);
+                    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+                    Ok((Box::new(r) as Rd, Box::new(w) as Wr, addr))
+                })
+            }),
+        }
+    }
+
+    /// Connections to the WebSocket endpoint `url` (`ws://host:port/v1/ws`).
+    #[cfg(feature = "websocket")]
+    pub fn websocket(url: String) -> Dialer {
+        Dialer {
+            what: "websocket",
+            dial: Arc::new(move || Box::pin(ws::open(url.clone()))),
+        }
+    }
+}
+
+/// Opens a TCP connection to `addr`.
+pub(crate) async fn tcp(addr: SocketAddr) -> Result<Opened, ClientError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    Ok((Box::new(r), Box::new(w), addr))
+}
+
+#[cfg(feature = "websocket")]
+mod ws {
+    use bytes::{Buf, BytesMut};
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    use super::{Opened, Rd, Wr};
+    use crate::ClientError;
+    use switchboard_wire::{DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
+
+    /// Buffer of the pipe between the socket and the client's reader and
+    /// writer.
+    const BRIDGE_BUFFER: usize = 256 * 1024;
+
+    pub(super) async fn open(url: String) -> Result<Opened, ClientError> {
+        let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: url.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
+        };
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(DEFAULT_MAX_FRAME))
+            .max_frame_size(Some(DEFAULT_MAX_FRAME));
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
+                .await
+                .map_err(|e| connect_error(&e))?;
+        let addr = match socket.get_ref() {
+            MaybeTlsStream::Plain(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                tcp.peer_addr().map_err(|e| connect_error(&e))?
+            }
+            _ => return Err(connect_error(&"unsupported stream")),
+        };
+        let (client_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
+        tokio::spawn(bridge(socket, bridge_side));
+        let (r, w) = tokio::io::split(client_side);
+        Ok((Box::new(r) as Rd, Box::new(w) as Wr, addr))
+    }
+
+    /// Moves frames between the socket (one per binary message) and the
+    /// pipe (length-prefixed) until either side ends.
+    async fn bridge<S>(socket: S, io: tokio::io::DuplexStream)
+    where
+        S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + futures::Sink<Message>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        let (mut ws_tx, mut ws_rx) = socket.split();
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let inbound = async move {
+            while let Some(msg) = ws_rx.next().await {
+                let data = match msg {
+                    Ok(Message::Binary(data)) => data,
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                    Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
+                };
+                let Ok(len) = u32::try_from(data.len()) else {
+                    break;
+                };
+                if wr.write_all(&len.to_be_bytes()).await.is_err()
+                    || wr.write_all(&data).await.is_err()
+                {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        };
+        let outbound = async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            'read: loop {
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                while buf.len() >= LENGTH_PREFIX_LEN {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if buf.len() < LENGTH_PREFIX_LEN + len {
+                        buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
+                        break;
+                    }
+                    buf.advance(LENGTH_PREFIX_LEN);
+                    let frame = buf.split_to(len).freeze();
+                    if ws_tx.send(Message::Binary(frame)).await.is_err() {
+                        break 'read;
+                    }
+                }
+            }
+            let _ = ws_tx.send(Message::Close(None)).await;
+            let _ = ws_tx.close().await;
+        };
+        let inbound = tokio::spawn(inbound);
+        outbound.await;
+        inbound.abort();
+    }
+}
