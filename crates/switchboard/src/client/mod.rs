@@ -60,6 +60,7 @@ enum Target {
     Service(String),
     Addr(String),
     /// Not a TCP address: an in-memory hub or a WebSocket endpoint.
+    #[cfg_attr(not(any(feature = "hub", feature = "websocket")), allow(dead_code))]
     Dialer(transport::Dialer),
 }
 
