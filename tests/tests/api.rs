@@ -339,7 +339,7 @@ async fn wrong_token_impostor_and_bad_ids_are_refused() -> anyhow::Result<()> {
         .await
     {
         Err(e @ (ClientError::HubUnverified { .. } | ClientError::AuthFailed(_))) => {
-            assert_eq!(e.code(), Some(switchboard::wire::ErrorCode::AuthFailed));
+            assert_eq!(e.code(), Some(switchboard::ErrorCode::AuthFailed));
         }
         other => panic!("expected an authentication error, got {other:?}"),
     }

@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             PresenceEvent::Left { client, reason } => {
                 println!("left:   {} ({reason})", client.client_id)
             }
+            other => println!("other:  {other:?}"),
         }
     }
     hub.shutdown().await;

@@ -2,9 +2,23 @@
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use switchboard_discovery::{self as discovery, DiscoverError, DiscoverOptions, FoundHub, Secret};
 
-use crate::ClientError;
+use crate::{ClientError, HubInfo};
+
+/// A hub found by [`discover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveredHub {
+    /// Where it answered.
+    pub addr: SocketAddr,
+    /// Who it proved to be.
+    pub hub: HubInfo,
+    /// How it was found: `"hint"`, `"table"`, `"scan"` or `"direct"`.
+    pub via: String,
+}
 
 /// Finds the verified hubs serving `service` with `secret`, fastest path
 /// first (hint files in the runtime directory, then the OS table of
@@ -14,6 +28,24 @@ use crate::ClientError;
 /// For finer control (hint directories, scan range, IPv6) call
 /// [`discovery::discover`] directly.
 pub async fn discover(
+    service: &str,
+    secret: &Secret,
+    all: bool,
+    deadline: Duration,
+) -> Result<Vec<DiscoveredHub>, ClientError> {
+    Ok(find(service, secret, all, deadline)
+        .await?
+        .into_iter()
+        .map(|h| DiscoveredHub {
+            addr: h.addr,
+            via: h.via.to_string(),
+            hub: h.identity.into(),
+        })
+        .collect())
+}
+
+/// [`discover`] with the discovery crate's results.
+pub(crate) async fn find(
     service: &str,
     secret: &Secret,
     all: bool,

@@ -1,6 +1,122 @@
 //! The client's error type.
 
-use switchboard_wire::{ErrorCode, WireError};
+use switchboard_wire::WireError;
+
+/// A protocol error code, as the hub reports it (see `docs/PROTOCOL.md`,
+/// "Error codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No code, or one this version does not know.
+    Unspecified,
+    /// A frame could not be decoded or broke the protocol's order.
+    BadFrame,
+    /// The peer speaks an unsupported protocol version.
+    UnsupportedVersion,
+    /// The authentication proof was wrong.
+    AuthFailed,
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The target client id is not connected.
+    NoSuchClient,
+    /// No answer within the timeout.
+    Timeout,
+    /// The target left while a request to it was outstanding.
+    TargetGone,
+    /// The target's queue stayed full for the sender's whole timeout.
+    QueueFull,
+    /// A configured limit was reached.
+    LimitExceeded,
+    /// A pattern, key, id or size is not valid.
+    InvalidArgument,
+    /// Compare-and-set found another version.
+    VersionMismatch,
+    /// The key or object does not exist.
+    NotFound,
+    /// Another connection registered the same client id.
+    IdTakenOver,
+    /// The hub is shutting down.
+    ShuttingDown,
+    /// The epoch is older than one already seen.
+    Fenced,
+    /// The frame kind is unknown or not allowed in this direction.
+    Unsupported,
+    /// The client did not read fast enough.
+    SlowConsumer,
+    /// Not allowed.
+    Forbidden,
+    /// A bug or unexpected condition on the sending side.
+    Internal,
+    /// The target does not take this kind of message now.
+    NotListening,
+    /// A request to a service found no responder.
+    NoResponders,
+}
+
+impl ErrorCode {
+    /// The code carried in an `Error` frame's `code` field.
+    pub fn from_wire(code: i32) -> ErrorCode {
+        use switchboard_wire::ErrorCode as W;
+        match W::from_wire(code) {
+            W::Unspecified => ErrorCode::Unspecified,
+            W::BadFrame => ErrorCode::BadFrame,
+            W::UnsupportedVersion => ErrorCode::UnsupportedVersion,
+            W::AuthFailed => ErrorCode::AuthFailed,
+            W::HandshakeTimeout => ErrorCode::HandshakeTimeout,
+            W::NoSuchClient => ErrorCode::NoSuchClient,
+            W::Timeout => ErrorCode::Timeout,
+            W::TargetGone => ErrorCode::TargetGone,
+            W::QueueFull => ErrorCode::QueueFull,
+            W::LimitExceeded => ErrorCode::LimitExceeded,
+            W::InvalidArgument => ErrorCode::InvalidArgument,
+            W::VersionMismatch => ErrorCode::VersionMismatch,
+            W::NotFound => ErrorCode::NotFound,
+            W::IdTakenOver => ErrorCode::IdTakenOver,
+            W::ShuttingDown => ErrorCode::ShuttingDown,
+            W::Fenced => ErrorCode::Fenced,
+            W::Unsupported => ErrorCode::Unsupported,
+            W::SlowConsumer => ErrorCode::SlowConsumer,
+            W::Forbidden => ErrorCode::Forbidden,
+            W::Internal => ErrorCode::Internal,
+            W::NotListening => ErrorCode::NotListening,
+            W::NoResponders => ErrorCode::NoResponders,
+        }
+    }
+
+    /// The protocol's name of the code (`"NO_SUCH_CLIENT"`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::Unspecified => "ERROR_CODE_UNSPECIFIED",
+            ErrorCode::BadFrame => "BAD_FRAME",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::HandshakeTimeout => "HANDSHAKE_TIMEOUT",
+            ErrorCode::NoSuchClient => "NO_SUCH_CLIENT",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::TargetGone => "TARGET_GONE",
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::VersionMismatch => "VERSION_MISMATCH",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::IdTakenOver => "ID_TAKEN_OVER",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Fenced => "FENCED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::NotListening => "NOT_LISTENING",
+            ErrorCode::NoResponders => "NO_RESPONDERS",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Everything a [`Client`](crate::Client) operation can fail with.
 ///

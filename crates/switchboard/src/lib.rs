@@ -106,17 +106,17 @@ pub use client::typed::{
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{
     Client, ClientBuilder, ClientEvent, ClientInfo, CloseReport, ConnectionState, Events, Headers,
-    HubStatus, IncomingRequest, Kv, KvEntry, KvEvent, KvWatch, Message, MessageKind, Messages,
-    Overflow, Presence, PresenceEvent, Reply, RequestOptions, Requests, ServeHandle, ServeOptions,
-    SessionLink, SubscribeOptions, Subscription, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESUME_WAIT,
-    DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES, MAX_CLIENT_ID_LEN,
+    HubInfo, HubStatus, IncomingRequest, Kv, KvEntry, KvEvent, KvWatch, Message, MessageKind,
+    Messages, Overflow, Presence, PresenceEvent, Reply, RequestOptions, Requests, ServeHandle,
+    ServeOptions, SessionLink, SubscribeOptions, Subscription, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RESUME_WAIT, DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES, MAX_CLIENT_ID_LEN,
 };
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-pub use discover::discover;
+pub use discover::{discover, DiscoveredHub};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-pub use error::ClientError;
+pub use error::{ClientError, ErrorCode};
 #[cfg(feature = "hub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
 pub use hub_builder::{Hub, HubBuilder};

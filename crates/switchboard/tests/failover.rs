@@ -381,7 +381,7 @@ async fn the_old_primary_restarted_becomes_a_standby_and_never_serves() {
         .await
         .expect("set through the new primary");
     let status = c.status().await.expect("status");
-    let id = status.identity.unwrap_or_default();
+    let id = status.hub;
     assert_eq!(id.epoch, 2);
     assert!(
         !status.standby_addr.is_empty(),
@@ -415,7 +415,7 @@ async fn a_stopped_primary_that_comes_back_is_fenced() {
     // Clients are served by the new primary, at the new epoch.
     let c = client("fenced-check", new_addr).await;
     let status = c.status().await.expect("status");
-    assert_eq!(status.identity.unwrap_or_default().epoch, 2);
+    assert_eq!(status.hub.epoch, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,9 +216,9 @@ pub async fn discover(g: &Global, name: Option<String>, all: bool) -> anyhow::Re
     for hub in hubs {
         if g.json {
             out(
-                json!({"service": hub.identity.service, "addr": hub.addr.to_string(),
-                       "instance_id": hub.identity.instance_id, "pid": hub.identity.pid,
-                       "via": hub.via.to_string()}),
+                json!({"service": hub.hub.service, "addr": hub.addr.to_string(),
+                       "instance_id": hub.hub.instance_id, "pid": hub.hub.pid,
+                       "via": hub.via}),
             )?;
         } else {
             out(hub.addr)?;
@@ -337,11 +337,7 @@ async fn run_exec(cmd: &str, input: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
-    let kind = match m.kind {
-        MessageKind::Direct => "direct",
-        MessageKind::Broadcast => "broadcast",
-        MessageKind::Publish => "publish",
-    };
+    let kind = m.kind.as_str();
     if json_out {
         let mut v = json!({"kind": kind, "from": m.from, "payload": text(&m.payload)});
         if m.kind == MessageKind::Publish {
@@ -525,19 +521,12 @@ pub async fn clients(g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn role_name(role: i32) -> &'static str {
-    match switchboard::wire::proto::Role::try_from(role) {
-        Ok(switchboard::wire::proto::Role::Standby) => "standby",
-        _ => "primary",
-    }
-}
-
 pub async fn status(g: &Global) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
     let result = g.read(&client, || client.status()).await;
     client.close().await;
     let s = result?;
-    let id = s.identity.clone().unwrap_or_default();
+    let id = s.hub.clone();
     if g.json {
         out(json!({
             "service": id.service, "instance_id": id.instance_id, "pid": id.pid,
@@ -547,7 +536,7 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
             "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
             "dropped": s.dropped, "queue_depth": s.queue_depth,
             "pending_requests": s.pending_requests, "kv_keys": s.kv_keys,
-            "role": role_name(id.role), "standby_addr": s.standby_addr,
+            "role": id.role, "standby_addr": s.standby_addr,
             "repl_lag_changes": s.repl_lag_changes, "repl_lag_bytes": s.repl_lag_bytes,
             "counters": s.counters,
         }))?;
@@ -559,8 +548,7 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
         ))?;
         out(format!(
             "role:             {} (epoch {})",
-            role_name(id.role),
-            id.epoch
+            id.role, id.epoch
         ))?;
         if s.standby_addr.is_empty() {
             out("standby:          none".to_string())?;

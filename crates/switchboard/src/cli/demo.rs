@@ -84,7 +84,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<()> {
             "discovered it by name via the {} in {}, proof verified (instance {})",
             first.via,
             ms(t.elapsed()),
-            first.identity.instance_id
+            first.hub.instance_id
         ),
         json!({"via": first.via.to_string(), "addr": first.addr.to_string()}),
     );
@@ -231,6 +231,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<()> {
                 format!("{} left", client.client_id),
                 json!({"left": client.client_id}),
             ),
+            Some(_) => {}
             None => anyhow::bail!("presence stream ended"),
         }
     }

@@ -162,9 +162,9 @@ async fn discover_current(
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, ClientError> {
     let seen = shared.max_epoch.load(Ordering::Relaxed);
-    let mut found = crate::discover::discover(service, &shared.secret, false, timeout).await?;
+    let mut found = crate::discover::find(service, &shared.secret, false, timeout).await?;
     if found.iter().all(|h| h.identity.epoch < seen) {
-        if let Ok(all) = crate::discover::discover(service, &shared.secret, true, timeout).await {
+        if let Ok(all) = crate::discover::find(service, &shared.secret, true, timeout).await {
             found = all;
         }
     }
@@ -723,7 +723,10 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
             Ok(Frame {
                 kind: Some(Kind::ClientList(list)),
                 ..
-            }) => super::streams::presence_resync(shared, list.clients),
+            }) => super::streams::presence_resync(
+                shared,
+                list.clients.into_iter().map(Into::into).collect(),
+            ),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(client = %shared.cfg.id, error = %e, "could not restore the presence watch")
@@ -1177,7 +1180,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route
             }
         }
         Kind::Presence(p) => {
-            let client = p.client.unwrap_or_default();
+            let client: super::types::ClientInfo = p.client.unwrap_or_default().into();
             let event = if p.kind == proto::PresenceKind::Left as i32 {
                 reg.known_clients.remove(&client.client_id);
                 PresenceEvent::Left {

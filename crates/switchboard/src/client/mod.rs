@@ -37,8 +37,8 @@ pub use streams::{
     Subscription,
 };
 pub use types::{
-    ClientInfo, CloseReport, ConnectionState, Headers, HubStatus, KvEntry, KvEvent, Message,
-    MessageKind, PresenceEvent, Reply, RequestOptions,
+    ClientInfo, CloseReport, ConnectionState, Headers, HubInfo, HubStatus, KvEntry, KvEvent,
+    Message, MessageKind, PresenceEvent, Reply, RequestOptions,
 };
 
 use queue::Queue;
@@ -1350,7 +1350,7 @@ impl Client {
             })
             .await?;
         match answer.kind {
-            Some(Kind::ClientList(list)) => Ok(list.clients),
+            Some(Kind::ClientList(list)) => Ok(list.clients.into_iter().map(Into::into).collect()),
             other => Err(unexpected("client list", other)),
         }
     }
@@ -1364,7 +1364,7 @@ impl Client {
             })
             .await?;
         match answer.kind {
-            Some(Kind::Status(s)) => Ok(s),
+            Some(Kind::Status(s)) => Ok(s.into()),
             other => Err(unexpected("status", other)),
         }
     }

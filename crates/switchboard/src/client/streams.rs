@@ -782,7 +782,11 @@ impl Presence {
             Ok(Frame {
                 kind: Some(Kind::ClientList(list)),
                 ..
-            }) => list.clients,
+            }) => list
+                .clients
+                .into_iter()
+                .map(ClientInfo::from)
+                .collect::<Vec<_>>(),
             Ok(other) => return Err(unexpected("client list", other.kind)),
             Err(e) => return Err(e),
         };

@@ -7,6 +7,7 @@ use switchboard_wire::proto;
 /// State of a client's connection to its hub, observed through
 /// [`Client::state`](crate::Client::state).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectionState {
     /// The first connection is being made.
     Connecting,
@@ -41,6 +42,17 @@ pub enum ConnectionState {
     },
 }
 
+impl MessageKind {
+    /// `"direct"`, `"broadcast"` or `"publish"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageKind::Direct => "direct",
+            MessageKind::Broadcast => "broadcast",
+            MessageKind::Publish => "publish",
+        }
+    }
+}
+
 impl ConnectionState {
     /// Whether the state is [`ConnectionState::Connected`].
     pub fn is_connected(&self) -> bool {
@@ -50,6 +62,7 @@ impl ConnectionState {
 
 /// How a [`Message`] reached this client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MessageKind {
     /// Sent to this client's id.
     Direct,
@@ -211,6 +224,7 @@ impl<K: Into<String>, V: Into<Bytes>, const N: usize> From<[(K, V); N]> for Head
 
 /// A key's value and version as read from the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KvEntry {
     /// Key.
     pub key: String,
@@ -222,6 +236,7 @@ pub struct KvEntry {
 
 /// A change to a watched key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KvEvent {
     /// Key.
     pub key: String,
@@ -249,13 +264,138 @@ impl From<proto::KvUpdate> for KvEvent {
 }
 
 /// A connected client, as listed by the hub.
-pub type ClientInfo = proto::ClientInfo;
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientInfo {
+    /// Its id.
+    pub client_id: String,
+    /// Transport: `"tcp"`, `"ws"`, `"http"` or `"memory"`.
+    pub transport: String,
+    /// Remote address as text.
+    pub addr: String,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// What it says it is (program and version).
+    pub agent: String,
+    /// Whether it uses reliable delivery.
+    pub reliable: bool,
+}
+
+impl From<proto::ClientInfo> for ClientInfo {
+    fn from(c: proto::ClientInfo) -> ClientInfo {
+        ClientInfo {
+            client_id: c.client_id,
+            transport: c.transport,
+            addr: c.addr,
+            connected_at_ms: c.connected_at_ms,
+            agent: c.agent,
+            reliable: c.reliable,
+        }
+    }
+}
+
+/// Who a hub is: from discovery, or a hub's [`HubStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubInfo {
+    /// Service name.
+    pub service: String,
+    /// Random id of the hub process.
+    pub instance_id: String,
+    /// Process id.
+    pub pid: u32,
+    /// Port it listens on (0 for a hub reached in memory only).
+    pub port: u32,
+    /// Epoch: one more after each standby takeover.
+    pub epoch: u64,
+    /// When it started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// `"primary"` or `"standby"`.
+    pub role: &'static str,
+}
+
+impl From<proto::HubIdentity> for HubInfo {
+    fn from(h: proto::HubIdentity) -> HubInfo {
+        HubInfo {
+            role: if h.role == proto::Role::Standby as i32 {
+                "standby"
+            } else {
+                "primary"
+            },
+            service: h.service,
+            instance_id: h.instance_id,
+            pid: h.pid,
+            port: h.port,
+            epoch: h.epoch,
+            started_at_ms: h.started_at_ms,
+        }
+    }
+}
 
 /// Hub status and counters, from [`Client::status`](crate::Client::status).
-pub type HubStatus = proto::Status;
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStatus {
+    /// The hub.
+    pub hub: HubInfo,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Connected clients.
+    pub clients: u64,
+    /// Active subscriptions.
+    pub subscriptions: u64,
+    /// Frames received from clients.
+    pub msgs_in: u64,
+    /// Frames sent to clients.
+    pub msgs_out: u64,
+    /// Bytes received from clients.
+    pub bytes_in: u64,
+    /// Bytes sent to clients.
+    pub bytes_out: u64,
+    /// Pub/sub deliveries dropped for slow consumers.
+    pub dropped: u64,
+    /// Frames queued for all clients.
+    pub queue_depth: u64,
+    /// Requests outstanding through the hub.
+    pub pending_requests: u64,
+    /// Key/value entries.
+    pub kv_keys: u64,
+    /// Address of the attached standby, empty if none.
+    pub standby_addr: String,
+    /// Replication lag in changes.
+    pub repl_lag_changes: u64,
+    /// Replication lag in bytes.
+    pub repl_lag_bytes: u64,
+    /// Further counters by name, sorted.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+impl From<proto::Status> for HubStatus {
+    fn from(s: proto::Status) -> HubStatus {
+        HubStatus {
+            hub: s.identity.unwrap_or_default().into(),
+            uptime_s: s.uptime_s,
+            clients: s.clients,
+            subscriptions: s.subscriptions,
+            msgs_in: s.msgs_in,
+            msgs_out: s.msgs_out,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            dropped: s.dropped,
+            queue_depth: s.queue_depth,
+            pending_requests: s.pending_requests,
+            kv_keys: s.kv_keys,
+            standby_addr: s.standby_addr,
+            repl_lag_changes: s.repl_lag_changes,
+            repl_lag_bytes: s.repl_lag_bytes,
+            counters: s.counters.into_iter().collect(),
+        }
+    }
+}
 
 /// A client joining or leaving the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PresenceEvent {
     /// The client registered.
     Joined(ClientInfo),
