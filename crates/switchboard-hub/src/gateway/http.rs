@@ -929,7 +929,9 @@ impl Gateway {
             addr: peer.to_string(),
             connected_at_ms: switchboard_discovery::now_ms(),
             agent,
+            // HTTP clients take every kind of message, always.
             reliable: false,
+            listen: false,
         };
         let connect = Input::Connect {
             conn: client.conn,
