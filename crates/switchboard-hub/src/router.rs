@@ -1968,7 +1968,7 @@ impl Router {
         } else {
             match self.pick_responder(&mut r) {
                 Ok(picked) => picked,
-                Err(refusal) => return self.send(conn, refusal),
+                Err((code, msg)) => return self.send(conn, err(r.id, code, msg)),
             }
         };
         let Some(client) = self.clients.get_mut(&conn) else {
@@ -2032,7 +2032,7 @@ impl Router {
     /// subscriptions whose pattern matches `r.service`, round-robin,
     /// skipping one whose queue is full while another has room. Sets
     /// `r.to` to its client id and returns `(client, sub_id)`, or the
-    /// refusal to answer.
+    /// error to answer.
     ///
     /// Which responder is picked depends on how full queues are, which a
     /// replica cannot know, so the choice travels in the change log: the
@@ -2040,7 +2040,10 @@ impl Router {
     /// and a replaying router takes that choice. A request that names both
     /// `to` and `service` is refused and logged without either, so it is
     /// refused on replay too.
-    fn pick_responder(&mut self, r: &mut proto::Request) -> Result<(ConnId, u64), Frame> {
+    fn pick_responder(
+        &mut self,
+        r: &mut proto::Request,
+    ) -> Result<(ConnId, u64), (ErrorCode, String)> {
         if !r.to.is_empty() {
             if self.replaying {
                 let held = self.by_id.get(&r.to).copied().filter(|t| {
@@ -2058,7 +2061,7 @@ impl Router {
                 q.service.clear();
             });
             let msg = "a request names either a client ('to') or a service, not both; leave 'to' empty for a service";
-            return Err(err(r.id, ErrorCode::InvalidArgument, msg));
+            return Err((ErrorCode::InvalidArgument, msg.into()));
         }
         // Only valid subjects are cached, so a hit needs no validation.
         let matches = match self.services.cached_matches(&r.service) {
@@ -2069,7 +2072,7 @@ impl Router {
                         "invalid service '{}': it {e}; use '.'-separated segments without spaces or wildcards",
                         shown(&r.service)
                     );
-                    return Err(err(r.id, ErrorCode::InvalidArgument, msg));
+                    return Err((ErrorCode::InvalidArgument, msg));
                 }
                 self.services.matches(&r.service)
             }
@@ -2092,7 +2095,7 @@ impl Router {
                 "no responder is subscribed to service '{}'; start one or retry later",
                 shown(&r.service)
             );
-            return Err(err(r.id, ErrorCode::NoResponders, msg));
+            return Err((ErrorCode::NoResponders, msg));
         }
         if self.service_turns.len() >= SERVICE_TURNS_MAX
             && !self.service_turns.contains_key(&r.service)
