@@ -56,9 +56,13 @@ impl From<Frame> for Out {
 /// shares, in prost's field order around the payload (field 4): topic and
 /// publisher (fields 2 and 3) go before it, reply-to and headers (5 and 6)
 /// after it. A delivery is thus byte for byte what prost would encode.
+///
+/// One shared allocation, cloned per subscriber with one reference count
+/// increment; it keeps [`Out`] small (80 bytes), which every queued frame
+/// pays for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliverHead {
-    bytes: Bytes,
+    bytes: Arc<[u8]>,
     /// Length of the part that goes before the payload.
     split: usize,
 }
@@ -72,8 +76,8 @@ impl DeliverHead {
             .map(|h| prost::encoding::message::encoded_len(6, h))
             .sum();
         let mut buf =
-            BytesMut::with_capacity(topic.len() + from.len() + reply_to.len() + 15 + headers_len);
-        let put_str = |tag: u32, s: &str, buf: &mut BytesMut| {
+            Vec::with_capacity(topic.len() + from.len() + reply_to.len() + 15 + headers_len);
+        let put_str = |tag: u32, s: &str, buf: &mut Vec<u8>| {
             if !s.is_empty() {
                 encode_key(tag, WireType::LengthDelimited, buf);
                 encode_varint(s.len() as u64, buf);
@@ -88,7 +92,7 @@ impl DeliverHead {
             prost::encoding::message::encode(6, h, &mut buf);
         }
         DeliverHead {
-            bytes: buf.freeze(),
+            bytes: buf.into(),
             split,
         }
     }
@@ -264,8 +268,18 @@ impl Out {
         }
         buf.reserve(usize::from(prefix) * LENGTH_PREFIX_LEN + total);
         buf.put_slice(&fixed[..n]);
-        let (before, after) = head.bytes.split_at(head.split);
-        buf.put_slice(before);
+        let shared: &[u8] = &head.bytes;
+        if head.split < shared.len() {
+            // Reply-to or headers follow the payload: the rare case.
+            return Self::put_split(shared, head.split, payload, buf);
+        }
+        buf.put_slice(shared);
+        Self::put_payload(payload, buf);
+    }
+
+    /// `Deliver.payload`, when not empty.
+    #[inline(always)]
+    fn put_payload(payload: &Bytes, buf: &mut BytesMut) {
         if !payload.is_empty() {
             let mut key = [0u8; 11];
             key[0] = 0x22; // Deliver.payload, length-delimited
@@ -273,9 +287,17 @@ impl Out {
             buf.put_slice(&key[..k]);
             buf.put_slice(payload);
         }
-        if !after.is_empty() {
-            buf.put_slice(after);
-        }
+    }
+
+    /// The shared fields around the payload: kept out of line so that the
+    /// plain delivery's path stays as short as it was before headers.
+    #[cold]
+    #[inline(never)]
+    fn put_split(shared: &[u8], split: usize, payload: &Bytes, buf: &mut BytesMut) {
+        let (before, after) = shared.split_at(split);
+        buf.put_slice(before);
+        Self::put_payload(payload, buf);
+        buf.put_slice(after);
     }
 
     /// The frame this entry stands for (decodes a pre-encoded delivery).
@@ -775,6 +797,16 @@ mod tests {
             let (out, expected) = both(d, 0, 0);
             assert_same_as_prost(out, &expected);
         }
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn queued_entries_stay_small() {
+        assert!(
+            std::mem::size_of::<Out>() <= 80,
+            "{}",
+            std::mem::size_of::<Out>()
+        );
     }
 
     #[test]

@@ -538,18 +538,20 @@ fn shown(s: &str) -> String {
     out
 }
 
-/// The application headers of a message kind that carries them, and the
+/// The application headers of a frame that carries some, and the
 /// correlation id a refusal of them answers (0 for a reply, whose id is the
-/// requester's).
+/// requester's). Most frames carry none: they cost no call to
+/// `check_headers`.
 fn headers_of(kind: &Kind) -> Option<(&[proto::Header], u64)> {
-    match kind {
-        Kind::Direct(d) => Some((&d.headers, d.id)),
-        Kind::Request(r) => Some((&r.headers, r.id)),
-        Kind::Reply(r) => Some((&r.headers, 0)),
-        Kind::Broadcast(b) => Some((&b.headers, b.id)),
-        Kind::Publish(p) => Some((&p.headers, p.id)),
-        _ => None,
-    }
+    let (headers, id) = match kind {
+        Kind::Direct(d) => (&d.headers, d.id),
+        Kind::Request(r) => (&r.headers, r.id),
+        Kind::Reply(r) => (&r.headers, 0),
+        Kind::Broadcast(b) => (&b.headers, b.id),
+        Kind::Publish(p) => (&p.headers, p.id),
+        _ => return None,
+    };
+    (!headers.is_empty()).then_some((headers, id))
 }
 
 impl Router {
