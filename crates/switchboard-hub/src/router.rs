@@ -905,8 +905,9 @@ impl Router {
         status
     }
 
-    /// The replicable state: registry, subscriptions, watches and the
-    /// key/value store (deletion markers included).
+    /// The replicable state: registry, subscriptions (service ones too),
+    /// watches, listen flags and the key/value store (deletion markers
+    /// included).
     pub fn snapshot(&self) -> proto::Snapshot {
         let mut clients: Vec<proto::ClientState> = self
             .clients
@@ -1231,8 +1232,9 @@ impl Router {
         self.presence_event(conn, info, proto::PresenceKind::Joined, "");
     }
 
-    /// The `Welcome` for client `info`: its features are the ones of
-    /// `Hello.features` this hub supports.
+    /// The `Welcome` for client `info`: the features it asked for that
+    /// this hub supports, and "resumed" when it continues its earlier
+    /// state.
     fn welcome(&self, info: &proto::ClientInfo, resumed: bool, last_received: u64) -> Frame {
         let mut features = Vec::new();
         if info.reliable {

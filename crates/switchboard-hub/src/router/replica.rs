@@ -32,8 +32,9 @@
 //!
 //! Replaying the log reproduces the replicated state (what
 //! [`Router::snapshot`] shows: registry, subscriptions, queue groups,
-//! watches, presence watchers, key/value entries with versions, deletion
-//! markers and the version floor) because:
+//! service subscriptions, watches, presence watchers, listen flags,
+//! key/value entries with versions, deletion markers and the version
+//! floor) because:
 //!
 //! * the router reads no clock: time only enters as `now`, and only
 //!   decides deadlines and idleness, which are not replicated;
@@ -507,12 +508,13 @@ impl Router {
     }
 
     /// Rebuilds a router from a [`Router::snapshot`] of another (or the
-    /// same) router: registry, subscriptions and queue groups, watches,
-    /// presence watchers, the key/value store with versions, deletion
-    /// markers and version floor, the epoch and the replication sequence
-    /// number. The snapshot's clients become ghosts: registered, with no
-    /// socket, and outboxes that discard what they are sent. A client that
-    /// connects with a ghost's id takes it over as usual.
+    /// same) router: registry, subscriptions (queue groups, services),
+    /// watches, presence watchers, listen flags, the key/value store with
+    /// versions, deletion markers and version floor, the epoch and the
+    /// replication sequence number. The snapshot's clients become ghosts:
+    /// registered, with no socket, and outboxes that discard what they are
+    /// sent. A client that connects with a ghost's id takes it over as
+    /// usual.
     ///
     /// `config` must carry the same limits as the snapshot's router
     /// ([`ReplicaError::ConfigMismatch`] otherwise). Snapshots with
