@@ -1203,6 +1203,7 @@ async fn json_headers_travel_both_ways() -> Result<()> {
         )
         .await?;
     assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()?["error"], "limit_exceeded");
     // Nothing reached tcp: the next frame is the answer to its ping.
     tcp.send(proto::Ping { nonce: 77 }).await?;
     assert_eq!(tcp.expect().await?, Frame::from(proto::Pong { nonce: 77 }));
