@@ -30,7 +30,7 @@ use switchboard_hub::gateway::check_body;
 use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
 use switchboard_hub::{ConnId, HttpConfig, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{check_client_frame, Frame, FrameExt};
+use switchboard_wire::{check_client_frame, check_headers, Frame, FrameExt};
 
 const ROUTES: &[&str] = &[
     "/v1/listen",
@@ -46,7 +46,7 @@ const ROUTES: &[&str] = &[
     "/v1/leave",
 ];
 
-const CODES: &[&str] = &["invalid_argument", "not_found"];
+const CODES: &[&str] = &["invalid_argument", "limit_exceeded", "not_found"];
 
 /// Longest error message, in characters: the longest fixed text plus a
 /// 256-byte client id or a clipped quote of the body.
@@ -55,6 +55,17 @@ const MAX_MESSAGE_CHARS: usize = 512;
 /// A frame made from a body carries at most this much more than the body
 /// (ids, lengths, tags).
 const FRAME_OVERHEAD: usize = 64;
+
+fn headers_of(f: &Frame) -> &[proto::Header] {
+    match &f.kind {
+        Some(Kind::Direct(d)) => &d.headers,
+        Some(Kind::Request(r)) => &r.headers,
+        Some(Kind::Reply(r)) => &r.headers,
+        Some(Kind::Broadcast(b)) => &b.headers,
+        Some(Kind::Publish(p)) => &p.headers,
+        _ => &[],
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
@@ -88,8 +99,17 @@ fuzz_target!(|data: &[u8]| {
     }
     for f in &checked.frames {
         let encoded = f.encode_to_vec();
+        // A key given once with an array of values becomes one header per
+        // value, so headers may outgrow their JSON; they stay within the
+        // protocol's bounds.
+        let headers = headers_of(f);
+        check_headers(headers).unwrap_or_else(|e| panic!("{route}: {e}"));
+        let headers_len: usize = headers
+            .iter()
+            .map(|h| prost::encoding::message::encoded_len(1, h))
+            .sum();
         assert!(
-            encoded.len() <= body.len() + FRAME_OVERHEAD,
+            encoded.len() <= body.len() + FRAME_OVERHEAD + headers_len,
             "{route}: a {}-byte frame from a {}-byte body",
             encoded.len(),
             body.len()

@@ -9,8 +9,9 @@
 //!
 //! Checks: never panics; the registry, subscriptions, pending requests and
 //! key/value store stay within their limits; every request a connected
-//! client sent is answered exactly once (a reply or an error) once time has
-//! run past every deadline; nothing is answered that was never asked.
+//! client sent (to a client id or a service) and did not cancel is answered
+//! exactly once (a reply or an error) once time has run past every
+//! deadline; nothing is answered that was never asked.
 
 #![no_main]
 
@@ -31,6 +32,8 @@ const TOPICS: &[&str] = &[
     "a", "a.b", "a.b.c", "*", "a.*", ">", "a.>", "*.b", "", "a..b", "a b", "ä.ö", "a.*.c", "b",
 ];
 const KEYS: &[&str] = &["k", "k/1", "k/2", "", "ünï", "k/"];
+/// Header sets: none, a repeated key with a binary value, a refused key.
+const HEADERS: &[&[(&str, &[u8])]] = &[&[], &[("k", b"v"), ("k", &[0xff])], &[("", b"")]];
 
 struct Conn {
     conn: ConnId,
@@ -91,12 +94,20 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
     conn.next_id += 1;
     let payload =
         Bytes::copy_from_slice(c.bytes(usize::from(c.0.first().copied().unwrap_or(0) % 96)));
-    let frame: Frame = match sel % 16 {
+    let headers: Vec<proto::Header> = HEADERS[usize::from(c.byte()?) % HEADERS.len()]
+        .iter()
+        .map(|(key, value)| proto::Header {
+            key: (*key).into(),
+            value: Bytes::from_static(value),
+        })
+        .collect();
+    let frame: Frame = match sel % 20 {
         0 => proto::Direct {
             id: u64::from(c.byte()? % 2) * id,
             to: c.pick(IDS).into(),
             from: String::new(),
             payload,
+            headers,
         }
         .into(),
         1 => {
@@ -105,6 +116,7 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
                 to: c.pick(IDS).into(),
                 timeout_ms: u32::from(c.byte()?) * 4,
                 payload,
+                headers,
                 ..Default::default()
             }
             .into();
@@ -140,6 +152,7 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
             topic: c.pick(TOPICS).into(),
             payload,
             reply_to: c.pick(TOPICS).into(),
+            headers,
             ..Default::default()
         }
         .into(),
@@ -148,6 +161,7 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
             sub_id: u64::from(c.byte()? % 8),
             pattern: c.pick(TOPICS).into(),
             queue_group: ["", "g", "h"][usize::from(c.byte()? % 3)].into(),
+            service: c.byte()? % 3 == 0,
         }
         .into(),
         6 => proto::Unsubscribe {
@@ -198,6 +212,55 @@ fn structured(c: &mut Cursor<'_>, conn: &mut Conn) -> Option<Frame> {
             peer: c.pick(IDS).into(),
             session_id: u64::from(c.byte()?),
             body: Some(proto::session::Body::Empty(proto::Empty {})),
+        }
+        .into(),
+        15 => {
+            // A request to a service (sometimes naming a client too,
+            // which is refused): answered exactly once like any request.
+            let to = if c.byte()? % 8 == 0 {
+                c.pick(IDS).into()
+            } else {
+                String::new()
+            };
+            let frame = proto::Request {
+                id,
+                to,
+                service: c.pick(TOPICS).into(),
+                timeout_ms: u32::from(c.byte()?) * 4,
+                payload,
+                headers,
+                ..Default::default()
+            }
+            .into();
+            conn.requests.insert(id, 0);
+            frame
+        }
+        16 => {
+            // Cancel one of this client's requests (or a made-up id): a
+            // cancelled request may go unanswered.
+            let ids: Vec<u64> = conn.requests.keys().copied().collect();
+            let rid = match c.byte()? {
+                0 => u64::from(c.byte()?),
+                n if !ids.is_empty() => ids[usize::from(n) % ids.len()],
+                n => u64::from(n),
+            };
+            conn.requests.remove(&rid);
+            proto::Cancel { id: rid }.into()
+        }
+        17 => {
+            let flags = c.byte()?;
+            proto::Listen {
+                id: u64::from(flags % 2) * id,
+                messages: flags & 2 != 0,
+                requests: flags & 4 != 0,
+            }
+            .into()
+        }
+        18 => proto::Broadcast {
+            id,
+            payload,
+            headers,
+            ..Default::default()
         }
         .into(),
         _ => match c.byte()? % 3 {
@@ -292,6 +355,9 @@ fuzz_target!(|data: &[u8]| {
                 let info = proto::ClientInfo {
                     client_id: c.pick(IDS).into(),
                     transport: "fuzz".into(),
+                    // Some clients take direct messages and requests only
+                    // once they say so (`Listen`).
+                    listen: c.byte().unwrap_or(0) % 4 == 0,
                     ..Default::default()
                 };
                 router.handle(

@@ -8,7 +8,9 @@
 //! valid); and when both are valid, a `Router` delivers a publish on the
 //! topic to a subscription on the pattern exactly when the reference
 //! matcher says it matches (`*` one segment, `>` as the last segment one or
-//! more).
+//! more), and a request to the topic as a service to a service
+//! subscription on the pattern likewise (else `NO_RESPONDERS`), while the
+//! service subscription never gets the publish.
 
 #![no_main]
 
@@ -23,7 +25,7 @@ use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
 use switchboard_hub::subject::{validate_pattern, validate_topic};
 use switchboard_hub::{ConnId, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::Frame;
+use switchboard_wire::{ErrorCode, Frame};
 
 const MAX: usize = 64;
 
@@ -87,21 +89,62 @@ fuzz_target!(|data: &[u8]| {
         now,
         Input::Frames {
             conn: ConnId(1),
-            frames: vec![proto::Subscribe {
-                id: 1,
-                sub_id: 7,
-                pattern: pattern.into(),
-                queue_group: String::new(),
-            }
-            .into()],
+            frames: [false, true]
+                .map(|service| {
+                    proto::Subscribe {
+                        id: 1,
+                        sub_id: 7 + u64::from(service),
+                        pattern: pattern.into(),
+                        queue_group: String::new(),
+                        service,
+                    }
+                    .into()
+                })
+                .to_vec(),
         },
     );
     let answer = take(&sub);
-    assert_eq!(answer.len(), 1);
-    match &answer[0].kind {
-        Some(Kind::Ok(_)) => assert!(pattern_ok, "pattern {pattern:?} accepted"),
-        Some(Kind::Error(_)) => assert!(!pattern_ok, "pattern {pattern:?} refused"),
-        other => panic!("{other:?}"),
+    assert_eq!(answer.len(), 2);
+    for a in &answer {
+        match &a.kind {
+            Some(Kind::Ok(_)) => assert!(pattern_ok, "pattern {pattern:?} accepted"),
+            Some(Kind::Error(_)) => assert!(!pattern_ok, "pattern {pattern:?} refused"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A request to the topic as a service subject reaches the service
+    // subscription exactly when the pattern matches.
+    let request = proto::Request {
+        id: 9,
+        service: topic.into(),
+        ..Default::default()
+    };
+    router.handle(
+        now,
+        Input::Frames {
+            conn: ConnId(2),
+            frames: vec![request.into()],
+        },
+    );
+    let served = take(&sub);
+    let refused = take(&publisher);
+    if topic_ok && pattern_ok && reference(pattern, topic) {
+        assert!(
+            matches!(served.as_slice(), [Frame { kind: Some(Kind::Request(r)), .. }] if r.sub_id == 8),
+            "service {topic:?} pattern {pattern:?}: {served:?}"
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+    } else {
+        assert!(served.is_empty(), "{served:?}");
+        let code = if topic_ok {
+            ErrorCode::NoResponders
+        } else {
+            ErrorCode::InvalidArgument
+        };
+        assert!(
+            matches!(refused.as_slice(), [Frame { kind: Some(Kind::Error(e)), .. }] if e.id == 9 && e.code == code as i32),
+            "service {topic:?} pattern {pattern:?}: {refused:?}"
+        );
     }
     let mut publish = Frame::publish(topic, "x");
     if let Some(Kind::Publish(p)) = publish.kind.as_mut() {

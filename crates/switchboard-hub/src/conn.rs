@@ -346,10 +346,9 @@ pub(crate) async fn serve<S: Stream>(
     }
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
-    let reliable = hello
-        .features
-        .iter()
-        .any(|f| f == crate::router::FEATURE_RELIABLE);
+    let feature = |name: &str| hello.features.iter().any(|f| f == name);
+    let reliable = feature(switchboard_wire::FEATURE_RELIABLE);
+    let listen = feature(switchboard_wire::FEATURE_LISTEN);
     let info = proto::ClientInfo {
         client_id: hello.client_id,
         transport: transport.into(),
@@ -357,6 +356,7 @@ pub(crate) async fn serve<S: Stream>(
         connected_at_ms: switchboard_discovery::now_ms(),
         agent,
         reliable,
+        listen,
     };
     shared.stats.track(&outbox);
     let connect = match hello.resume {

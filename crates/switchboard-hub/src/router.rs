@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{ErrorCode, Frame};
+use switchboard_wire::{check_headers, ErrorCode, Frame};
 
 use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
-use crate::outbox::{encode_deliver_head, Out, Outbox, Pushed, QueueLimits};
+use crate::outbox::{DeliverHead, Out, Outbox, Pushed, QueueLimits};
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 use crate::ConnId;
 
@@ -268,10 +268,14 @@ pub struct PresenceEvent {
     pub reason: String,
 }
 
-pub use switchboard_wire::{FEATURE_RELIABLE, FEATURE_RESUMED};
+pub use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
 
 /// Presence events kept for [`Inspection::presence`].
 const RECENT_PRESENCE: usize = 50;
+
+/// Most service subjects whose round-robin turn is remembered; the turns
+/// are forgotten when more are asked for.
+const SERVICE_TURNS_MAX: usize = 4_096;
 
 /// Fixed facts the router needs.
 #[derive(Debug, Clone)]
@@ -289,6 +293,16 @@ pub struct RouterConfig {
 struct Sub {
     pattern: String,
     group: Option<(String, GroupId)>,
+    /// A service subscription: it takes requests to matching service
+    /// subjects (in the router's service index), never publishes.
+    service: bool,
+}
+
+/// What a client with the "listen" feature takes (see `proto::Listen`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Listening {
+    messages: bool,
+    requests: bool,
 }
 
 #[derive(Debug)]
@@ -334,8 +348,12 @@ struct Client {
     parked: VecDeque<Parked>,
     parked_bytes: usize,
     last_seen: Instant,
-    /// Encoded delivery head of this client's last publish.
-    last_head: Option<(String, Bytes)>,
+    /// Encoded delivery head of this client's last publish (kept only for
+    /// publishes without reply-to and headers).
+    last_head: Option<(String, DeliverHead)>,
+    /// For a client with the "listen" feature: what it takes now; `None`:
+    /// everything.
+    listen: Option<Listening>,
     /// Reliable delivery: frames are numbered both ways.
     reliable: bool,
     /// Highest client-to-hub seq taken (reliable clients).
@@ -363,6 +381,7 @@ impl Client {
         Client {
             id,
             reliable: info.reliable,
+            listen: info.listen.then_some(Listening::default()),
             info,
             outbox,
             subs: IdMap::default(),
@@ -383,6 +402,16 @@ impl Client {
             ack_timer: false,
             detached_until: None,
         }
+    }
+
+    /// Whether it takes `Direct` and `Broadcast` messages now.
+    fn takes_messages(&self) -> bool {
+        self.listen.is_none_or(|l| l.messages)
+    }
+
+    /// Whether it takes `Request`s to its client id now.
+    fn takes_requests(&self) -> bool {
+        self.listen.is_none_or(|l| l.requests)
     }
 
     /// Forgets retransmit-buffer frames up to `up_to`; whether any went.
@@ -421,6 +450,9 @@ struct Counters {
     duplicates: u64,
     resumes: u64,
     resume_expired: u64,
+    not_listening: u64,
+    no_responders: u64,
+    cancels: u64,
 }
 
 /// The hub's routing core. See the module docs.
@@ -436,6 +468,10 @@ pub struct Router {
     clients: IdMap<ConnId, Client>,
     by_id: HashMap<String, ConnId>,
     index: SubIndex,
+    /// Service subscriptions, by pattern (never matched by publishes).
+    services: SubIndex,
+    /// Round-robin position per service subject asked for.
+    service_turns: HashMap<String, usize>,
     groups: IdMap<GroupId, Group>,
     group_ids: HashMap<(String, String), GroupId>,
     next_group: GroupId,
@@ -502,6 +538,22 @@ fn shown(s: &str) -> String {
     out
 }
 
+/// The application headers of a frame that carries some, and the
+/// correlation id a refusal of them answers (0 for a reply, whose id is the
+/// requester's). Most frames carry none: they cost no call to
+/// `check_headers`.
+fn headers_of(kind: &Kind) -> Option<(&[proto::Header], u64)> {
+    let (headers, id) = match kind {
+        Kind::Direct(d) => (&d.headers, d.id),
+        Kind::Request(r) => (&r.headers, r.id),
+        Kind::Reply(r) => (&r.headers, 0),
+        Kind::Broadcast(b) => (&b.headers, b.id),
+        Kind::Publish(p) => (&p.headers, p.id),
+        _ => return None,
+    };
+    (!headers.is_empty()).then_some((headers, id))
+}
+
 impl Router {
     /// A router with no clients and an empty store.
     pub fn new(config: RouterConfig, stats: Arc<HubStats>) -> Router {
@@ -521,6 +573,8 @@ impl Router {
             clients: IdMap::default(),
             by_id: HashMap::new(),
             index: SubIndex::default(),
+            services: SubIndex::default(),
+            service_turns: HashMap::new(),
             groups: IdMap::default(),
             group_ids: HashMap::new(),
             next_group: 1,
@@ -808,6 +862,9 @@ impl Router {
             ("duplicates_dropped", c.duplicates),
             ("resumes", c.resumes),
             ("resume_expired", c.resume_expired),
+            ("not_listening", c.not_listening),
+            ("no_responders", c.no_responders),
+            ("requests_cancelled", c.cancels),
             (
                 "unacked_frames",
                 self.clients.values().map(|c| c.unacked.len() as u64).sum(),
@@ -848,8 +905,9 @@ impl Router {
         status
     }
 
-    /// The replicable state: registry, subscriptions, watches and the
-    /// key/value store (deletion markers included).
+    /// The replicable state: registry, subscriptions (service ones too),
+    /// watches, listen flags and the key/value store (deletion markers
+    /// included).
     pub fn snapshot(&self) -> proto::Snapshot {
         let mut clients: Vec<proto::ClientState> = self
             .clients
@@ -863,7 +921,7 @@ impl Router {
                         sub_id: *sub_id,
                         pattern: s.pattern.clone(),
                         queue_group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
-                        service: false,
+                        service: s.service,
                     })
                     .collect();
                 subscriptions.sort_by_key(|s| s.sub_id);
@@ -890,7 +948,11 @@ impl Router {
                         .iter()
                         .map(|(_, o)| o.clone().into_frame())
                         .collect(),
-                    listen: None,
+                    listen: c.listen.map(|l| proto::Listen {
+                        id: 0,
+                        messages: l.messages,
+                        requests: l.requests,
+                    }),
                 }
             })
             .collect();
@@ -1157,7 +1219,7 @@ impl Router {
             return;
         }
         self.journal_join(&info);
-        let welcome = self.welcome(&id, info.reliable, false, 0);
+        let welcome = self.welcome(&info, false, 0);
         self.clients.insert(
             conn,
             Client::new(id.clone(), info.clone(), outbox.clone(), now),
@@ -1170,16 +1232,22 @@ impl Router {
         self.presence_event(conn, info, proto::PresenceKind::Joined, "");
     }
 
-    fn welcome(&self, id: &str, reliable: bool, resumed: bool, last_received: u64) -> Frame {
+    /// The `Welcome` for client `info`: the features it asked for that
+    /// this hub supports, and "resumed" when it continues its earlier
+    /// state.
+    fn welcome(&self, info: &proto::ClientInfo, resumed: bool, last_received: u64) -> Frame {
         let mut features = Vec::new();
-        if reliable {
+        if info.reliable {
             features.push(FEATURE_RELIABLE.to_owned());
         }
         if resumed {
             features.push(FEATURE_RESUMED.to_owned());
         }
+        if info.listen {
+            features.push(FEATURE_LISTEN.to_owned());
+        }
         Frame::from(proto::Welcome {
-            client_id: id.to_owned(),
+            client_id: info.client_id.clone(),
             features,
             epoch: self.identity.epoch,
             last_received,
@@ -1236,8 +1304,10 @@ impl Router {
         if conn != key {
             self.alias.insert(conn, key);
         }
+        // The "listen" feature stays what it was, like its flags.
         c.info = proto::ClientInfo {
             reliable: true,
+            listen: c.info.listen,
             ..info
         };
         c.last_seen = now;
@@ -1248,6 +1318,7 @@ impl Router {
         let acked = c.acked(received);
         let id = c.id.clone();
         let last_received = c.last_received;
+        let registered = c.info.clone();
         let resend: Vec<Out> = c.unacked.iter().map(|(_, o)| o.clone()).collect();
         self.detached.remove(&key);
         if acked {
@@ -1256,7 +1327,7 @@ impl Router {
         self.rewire(key, &outbox);
         self.counters.resumes += 1;
         let tag = self.tag();
-        let welcome = self.welcome(&id, true, true, last_received);
+        let welcome = self.welcome(&registered, true, last_received);
         let mut over =
             outbox.push_control(Out::from(welcome), &self.q, tag) == Pushed::OverHardLimit;
         for out in resend {
@@ -1280,16 +1351,24 @@ impl Router {
         let Some(client) = self.clients.get(&key) else {
             return;
         };
-        let subs: Vec<(u64, String, Option<GroupId>)> = client
+        let subs: Vec<(u64, String, Option<GroupId>, bool)> = client
             .subs
             .iter()
-            .map(|(id, s)| (*id, s.pattern.clone(), s.group.as_ref().map(|g| g.1)))
+            .map(|(id, s)| {
+                let group = s.group.as_ref().map(|g| g.1);
+                (*id, s.pattern.clone(), group, s.service)
+            })
             .collect();
-        for (sub_id, pattern, group) in subs {
+        for (sub_id, pattern, group, service) in subs {
             match group {
                 None => {
-                    self.index.remove_sub(&pattern, key, sub_id);
-                    self.index.insert(
+                    let index = if service {
+                        &mut self.services
+                    } else {
+                        &mut self.index
+                    };
+                    index.remove_sub(&pattern, key, sub_id);
+                    index.insert(
                         &pattern,
                         Target::Sub {
                             conn: key,
@@ -1441,6 +1520,8 @@ impl Router {
         self.watch_exact.clear();
         self.watch_prefix.clear();
         self.index = SubIndex::default();
+        self.services = SubIndex::default();
+        self.service_turns.clear();
         self.groups.clear();
         self.group_ids.clear();
         self.counters.subscriptions = 0;
@@ -1583,6 +1664,17 @@ impl Router {
                 ),
             );
         };
+        if let Some((headers, id)) = headers_of(&kind) {
+            if let Err(e) = check_headers(headers) {
+                let message = match &kind {
+                    // A reply's id is the requester's: the replier is
+                    // told with id 0 which reply went nowhere.
+                    Kind::Reply(r) => format!("reply to request {} not delivered: {e}", r.id),
+                    _ => e.to_string(),
+                };
+                return self.send(conn, err(id, e.code(), message));
+            }
+        }
         match kind {
             Kind::Publish(p) => self.on_publish(conn, p),
             Kind::Direct(d) => self.on_direct(now, conn, d),
@@ -1653,6 +1745,8 @@ impl Router {
                 self.send(conn, status.into());
             }
             Kind::Session(s) => self.on_session(now, conn, s),
+            Kind::Cancel(c) => self.on_cancel(conn, c.id),
+            Kind::Listen(l) => self.on_listen(conn, l),
             Kind::Ping(p) => self.send(conn, proto::Pong { nonce: p.nonce }.into()),
             Kind::Pong(_) => {}
             Kind::Ack(a) => self.on_client_ack(conn, a.up_to),
@@ -1734,11 +1828,14 @@ impl Router {
             let Some(client) = self.clients.get_mut(&conn) else {
                 return;
             };
+            // Only heads of plain publishes (no reply-to, no headers) are
+            // kept: the next publish may carry others.
+            let plain = p.reply_to.is_empty() && p.headers.is_empty();
             let head = match &client.last_head {
-                Some((topic, head)) if p.reply_to.is_empty() && *topic == p.topic => head.clone(),
+                Some((topic, head)) if plain && *topic == p.topic => head.clone(),
                 _ => {
-                    let head = encode_deliver_head(&p.topic, &client.id, &p.reply_to);
-                    if p.reply_to.is_empty() {
+                    let head = DeliverHead::new(&p.topic, &client.id, &p.reply_to, &p.headers);
+                    if plain {
                         client.last_head = Some((p.topic.clone(), head.clone()));
                     }
                     head
@@ -1820,6 +1917,19 @@ impl Router {
             }
             return;
         };
+        if let Some(t) = self.clients.get(&target).filter(|t| !t.takes_messages()) {
+            self.counters.not_listening += 1;
+            if d.id != 0 {
+                let msg = format!(
+                    "client '{}' does not take direct messages now; retry once it listens",
+                    shown(&t.id)
+                );
+                self.send(conn, err(d.id, ErrorCode::NotListening, msg));
+            } else {
+                self.counters.undeliverable += 1;
+            }
+            return;
+        }
         let waiter = Waiter {
             sender: conn,
             corr: d.id,
@@ -1842,12 +1952,28 @@ impl Router {
                 ),
             );
         }
-        let Some(&target) = self.by_id.get(&r.to) else {
-            let msg = format!(
-                "no client named '{}' is connected; check the id or wait for it to join",
-                shown(&r.to)
-            );
-            return self.send(conn, err(r.id, ErrorCode::NoSuchClient, msg));
+        let (target, sub_id) = if r.service.is_empty() {
+            let Some(&target) = self.by_id.get(&r.to) else {
+                let msg = format!(
+                    "no client named '{}' is connected; check the id or wait for it to join",
+                    shown(&r.to)
+                );
+                return self.send(conn, err(r.id, ErrorCode::NoSuchClient, msg));
+            };
+            if let Some(t) = self.clients.get(&target).filter(|t| !t.takes_requests()) {
+                self.counters.not_listening += 1;
+                let msg = format!(
+                    "client '{}' does not serve requests now; retry once it listens",
+                    shown(&t.id)
+                );
+                return self.send(conn, err(r.id, ErrorCode::NotListening, msg));
+            }
+            (target, 0)
+        } else {
+            match self.pick_responder(&mut r) {
+                Ok(picked) => picked,
+                Err((code, msg)) => return self.send(conn, err(r.id, code, msg)),
+            }
         };
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
@@ -1874,6 +2000,7 @@ impl Router {
         let deadline = now + timeout;
         client.outgoing.insert(r.id);
         r.from = client.id.clone();
+        r.sub_id = sub_id;
         if let Some(t) = self.clients.get_mut(&target) {
             t.incoming.insert((conn, r.id));
         }
@@ -1903,6 +2030,143 @@ impl Router {
             kind: WaitKind::Request,
         };
         self.deliver_waitable(now, target, Out::from(Frame::from(r)), waiter);
+    }
+
+    /// The responder of a service request: one of the service
+    /// subscriptions whose pattern matches `r.service`, round-robin,
+    /// skipping one whose queue is full while another has room. Sets
+    /// `r.to` to its client id and returns `(client, sub_id)`, or the
+    /// error to answer.
+    ///
+    /// Which responder is picked depends on how full queues are, which a
+    /// replica cannot know, so the choice travels in the change log: the
+    /// logged request is amended to name the responder (`to`, `sub_id`),
+    /// and a replaying router takes that choice. A request that names both
+    /// `to` and `service` is refused and logged without either, so it is
+    /// refused on replay too.
+    fn pick_responder(
+        &mut self,
+        r: &mut proto::Request,
+    ) -> Result<(ConnId, u64), (ErrorCode, String)> {
+        if !r.to.is_empty() {
+            if self.replaying {
+                let held = self.by_id.get(&r.to).copied().filter(|t| {
+                    self.clients
+                        .get(t)
+                        .and_then(|c| c.subs.get(&r.sub_id))
+                        .is_some_and(|s| s.service)
+                });
+                if let Some(t) = held {
+                    return Ok((t, r.sub_id));
+                }
+            }
+            self.journal_amend_request(r.id, |q| {
+                q.to.clear();
+                q.service.clear();
+            });
+            let msg = "a request names either a client ('to') or a service, not both; leave 'to' empty for a service";
+            return Err((ErrorCode::InvalidArgument, msg.into()));
+        }
+        // Only valid subjects are cached, so a hit needs no validation.
+        let matches = match self.services.cached_matches(&r.service) {
+            Some(m) => m,
+            None => {
+                if let Err(e) = validate_topic(&r.service, self.limits.max_subject) {
+                    let msg = format!(
+                        "invalid service '{}': it {e}; use '.'-separated segments without spaces or wildcards",
+                        shown(&r.service)
+                    );
+                    return Err((ErrorCode::InvalidArgument, msg));
+                }
+                self.services.matches(&r.service)
+            }
+        };
+        let members: Vec<(ConnId, u64, &Arc<Outbox>)> = matches
+            .iter()
+            .filter_map(|t| match t {
+                Target::Sub {
+                    conn,
+                    sub_id,
+                    outbox,
+                } => Some((*conn, *sub_id, outbox)),
+                Target::Group(_) => None,
+            })
+            .collect();
+        let n = members.len();
+        if n == 0 {
+            self.counters.no_responders += 1;
+            let msg = format!(
+                "no responder is subscribed to service '{}'; start one or retry later",
+                shown(&r.service)
+            );
+            return Err((ErrorCode::NoResponders, msg));
+        }
+        if self.service_turns.len() >= SERVICE_TURNS_MAX
+            && !self.service_turns.contains_key(&r.service)
+        {
+            self.service_turns.clear();
+        }
+        let turn = self.service_turns.entry(r.service.clone()).or_default();
+        let mut pick = *turn % n;
+        for i in 0..n {
+            let cand = (*turn + i) % n;
+            if !members[cand].2.is_full(&self.q) {
+                pick = cand;
+                break;
+            }
+        }
+        *turn = pick + 1;
+        let (target, sub_id, _) = members[pick];
+        r.to = self
+            .clients
+            .get(&target)
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let to = r.to.clone();
+        self.journal_amend_request(r.id, |q| {
+            q.to = to;
+            q.sub_id = sub_id;
+        });
+        Ok((target, sub_id))
+    }
+
+    fn on_cancel(&mut self, conn: ConnId, id: u64) {
+        let Some(p) = self.pending.remove(&(conn, id)) else {
+            return;
+        };
+        self.forget_request(conn, id, Some(p.target));
+        self.counters.cancels += 1;
+        // Still waiting for room at the target: it need not go at all.
+        if let Some(t) = self.clients.get_mut(&p.target) {
+            if !t.parked.is_empty() {
+                t.parked.retain(|q| {
+                    !(q.waiter.kind == WaitKind::Request
+                        && q.waiter.sender == conn
+                        && q.waiter.corr == id)
+                });
+                t.parked_bytes = t.parked.iter().map(|q| q.len).sum();
+                if t.parked.is_empty() {
+                    self.parked_clients.remove(&p.target);
+                }
+            }
+        }
+    }
+
+    fn on_listen(&mut self, conn: ConnId, l: proto::Listen) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let Some(flags) = c.listen.as_mut() else {
+            let msg = "listen needs the \"listen\" feature in Hello.features; without it a client takes direct messages and requests always";
+            return self.send(conn, err(l.id, ErrorCode::Unsupported, msg));
+        };
+        *flags = Listening {
+            messages: l.messages,
+            requests: l.requests,
+        };
+        if l.id != 0 {
+            self.send(conn, Frame::ok(l.id));
+        }
     }
 
     fn on_reply(&mut self, conn: ConnId, mut r: proto::Reply) {
@@ -1939,7 +2203,7 @@ impl Router {
         let targets: Vec<(ConnId, Arc<Outbox>)> = self
             .clients
             .iter()
-            .filter(|(c, _)| **c != conn)
+            .filter(|(c, client)| **c != conn && client.takes_messages())
             .map(|(c, client)| (*c, client.outbox.clone()))
             .collect();
         for (target, outbox) in targets {
@@ -1984,6 +2248,10 @@ impl Router {
             let msg = "invalid queue group: use a short name without spaces or control characters";
             return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
         }
+        if s.service && !s.queue_group.is_empty() {
+            let msg = "a service subscription takes no queue group: requests are spread over all responders already; leave queue_group empty";
+            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
+        }
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -2002,7 +2270,17 @@ impl Router {
             return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
         }
         let outbox = client.outbox.clone();
-        let group = if s.queue_group.is_empty() {
+        let group = if s.service {
+            self.services.insert(
+                &s.pattern,
+                Target::Sub {
+                    conn,
+                    sub_id: s.sub_id,
+                    outbox,
+                },
+            );
+            None
+        } else if s.queue_group.is_empty() {
             self.index.insert(
                 &s.pattern,
                 Target::Sub {
@@ -2042,6 +2320,7 @@ impl Router {
                 Sub {
                     pattern: s.pattern,
                     group,
+                    service: s.service,
                 },
             );
         }
@@ -2051,6 +2330,7 @@ impl Router {
 
     fn remove_sub_entry(&mut self, conn: ConnId, sub_id: u64, sub: &Sub) {
         match &sub.group {
+            None if sub.service => self.services.remove_sub(&sub.pattern, conn, sub_id),
             None => self.index.remove_sub(&sub.pattern, conn, sub_id),
             Some((name, gid)) => {
                 let empty = match self.groups.get_mut(gid) {

@@ -811,6 +811,37 @@ fn refused_bodies() -> Vec<(&'static str, Vec<u8>)> {
             "/v1/subscribe",
             format!(r#"{{"client": "a", "pattern": ["{long}"]}}"#).into_bytes(),
         ),
+        // Headers: a bad key, too many, bad base64, not an object.
+        (
+            "/v1/send",
+            br#"{"client": "a", "to": "b", "headers": {"": "x"}}"#.to_vec(),
+        ),
+        (
+            "/v1/publish",
+            format!(
+                r#"{{"client": "a", "topic": "t", "headers": {{"k": [{}]}}}}"#,
+                vec![r#""v""#; 65].join(",")
+            )
+            .into_bytes(),
+        ),
+        (
+            "/v1/broadcast",
+            br#"{"client": "a", "headers_b64": {"k": "***"}}"#.to_vec(),
+        ),
+        (
+            "/v1/reply",
+            br#"{"client": "a", "id": 3, "to": "b", "headers": ["k", "v"]}"#.to_vec(),
+        ),
+        (
+            "/v1/request",
+            br#"{"client": "a", "to": "b", "headers": {"k": 1}}"#.to_vec(),
+        ),
+        // A request names a client or a service, exactly one.
+        (
+            "/v1/request",
+            br#"{"client": "a", "to": "b", "service": "s"}"#.to_vec(),
+        ),
+        ("/v1/request", br#"{"client": "a"}"#.to_vec()),
     ]
 }
 
@@ -1039,6 +1070,296 @@ async fn a_reply_without_to_never_goes_to_the_wrong_requester() -> Result<()> {
             other => bail!("{name} expected its reply, got {other:?}"),
         }
     }
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_headers_travel_both_ways() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let mut tcp = TestClient::connect(hub.local_addr(), "tcp").await?;
+    tcp.subscribe(1, "t.>", "").await?;
+    let header = |k: &str, v: &[u8]| proto::Header {
+        key: k.into(),
+        value: v.to_vec().into(),
+    };
+    // In document order: `headers` (a repeated key as an array), then
+    // `headers_b64`.
+    let sent = vec![
+        header("trace", b"t1"),
+        header("multi", b"a"),
+        header("multi", b"b"),
+        header("bin", &[0xff, 0]),
+    ];
+    let fields =
+        r#""headers": {"trace": "t1", "multi": ["a", "b"]}, "headers_b64": {"bin": "/wA="}"#;
+    let a = http
+        .raw(
+            "POST",
+            "/v1/send",
+            format!(r#"{{"client": "web", "to": "tcp", "payload": "d", {fields}}}"#).as_bytes(),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    match tcp.expect().await.context("direct")?.kind {
+        Some(Kind::Direct(d)) => assert_eq!(d.headers, sent),
+        other => bail!("expected a direct message, got {other:?}"),
+    }
+    for (route, body) in [
+        ("/v1/publish", r#""topic": "t.x""#),
+        ("/v1/broadcast", r#""payload": "b""#),
+    ] {
+        let a = http
+            .raw(
+                "POST",
+                route,
+                format!(r#"{{"client": "web", {body}, {fields}}}"#).as_bytes(),
+            )
+            .await?;
+        assert_eq!(a.status, 200, "{route}: {}", a.body);
+        let got = match tcp.expect().await.context(route)?.kind {
+            Some(Kind::Deliver(d)) => d.headers,
+            Some(Kind::Broadcast(b)) => b.headers,
+            other => bail!("{route}: got {other:?}"),
+        };
+        assert_eq!(got, sent, "{route}");
+    }
+
+    // A request with headers, answered with headers: the HTTP response
+    // carries them, in the same JSON form.
+    let call = {
+        let http = Http::new(&hub);
+        let body = format!(r#"{{"client": "web", "to": "tcp", "timeout_ms": 5000, {fields}}}"#);
+        tokio::spawn(async move { http.raw("POST", "/v1/request", body.as_bytes()).await })
+    };
+    let req = match tcp.expect().await.context("request")?.kind {
+        Some(Kind::Request(r)) => r,
+        other => bail!("expected a request, got {other:?}"),
+    };
+    assert_eq!(req.headers, sent);
+    tcp.send(proto::Reply {
+        id: req.id,
+        to: req.from,
+        payload: "r".into(),
+        headers: vec![header("status", b"ok"), header("raw", &[0xff])],
+        ..Default::default()
+    })
+    .await?;
+    let a = call.await??;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json()?;
+    assert_eq!(v["headers"], json!({ "status": "ok" }));
+    assert_eq!(v["headers_b64"], json!({ "raw": "/w==" }));
+
+    // What reaches an HTTP client carries them too; its reply sends some.
+    tcp.send(proto::Direct {
+        id: 0,
+        to: "web".into(),
+        headers: sent.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let m = listen_one(&http, "web").await?;
+    assert_eq!(m["kind"], "direct");
+    assert_eq!(m["headers"], json!({ "trace": "t1", "multi": ["a", "b"] }));
+    assert_eq!(m["headers_b64"], json!({ "bin": "/wA=" }));
+    tcp.send(proto::Request {
+        id: 9,
+        to: "web".into(),
+        headers: vec![header("h", b"1")],
+        ..Default::default()
+    })
+    .await?;
+    let m = listen_one(&http, "web").await?;
+    assert_eq!(m["headers"], json!({ "h": "1" }));
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "web", "id": 9, "payload": "x", "headers": { "done": "yes" } }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    match tcp.expect().await.context("reply")?.kind {
+        Some(Kind::Reply(r)) => assert_eq!(r.headers, [header("done", b"yes")]),
+        other => bail!("expected the reply, got {other:?}"),
+    }
+
+    // Out of bounds: refused before anything is sent.
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "web", "to": "tcp", "headers": { "bad\nkey": "x" } }),
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()?["error"], "invalid_argument");
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "web", "to": "tcp", "headers": many }),
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()?["error"], "limit_exceeded");
+    // Nothing reached tcp: the next frame is the answer to its ping.
+    tcp.send(proto::Ping { nonce: 77 }).await?;
+    assert_eq!(tcp.expect().await?, Frame::from(proto::Pong { nonce: 77 }));
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_requests_over_http() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let a = http
+        .post(
+            "/v1/request",
+            json!({ "client": "web", "service": "svc.echo", "payload": "x" }),
+        )
+        .await?;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.json()?["error"], "no_responders");
+
+    // A TCP responder.
+    let mut resp = TestClient::connect(hub.local_addr(), "resp").await?;
+    resp.send(proto::Subscribe {
+        id: 1,
+        sub_id: 7,
+        pattern: "svc.>".into(),
+        service: true,
+        ..Default::default()
+    })
+    .await?;
+    resp.expect().await?;
+    let call = {
+        let http = Http::new(&hub);
+        tokio::spawn(async move {
+            http.post(
+                "/v1/request",
+                json!({ "client": "web", "service": "svc.echo", "payload": "q", "timeout_ms": 5000 }),
+            )
+            .await
+        })
+    };
+    let req = match resp.expect().await?.kind {
+        Some(Kind::Request(r)) => r,
+        other => bail!("expected a request, got {other:?}"),
+    };
+    assert_eq!(
+        (
+            req.to.as_str(),
+            req.from.as_str(),
+            req.service.as_str(),
+            req.sub_id
+        ),
+        ("resp", "web", "svc.echo", 7)
+    );
+    resp.send(proto::Reply {
+        id: req.id,
+        to: req.from,
+        payload: "a".into(),
+        ..Default::default()
+    })
+    .await?;
+    let a = call.await??;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["from"], "resp");
+
+    // An HTTP responder: a service subscription, the request in its
+    // mailbox with the service and subscription, the reply by id.
+    let a = http
+        .post(
+            "/v1/subscribe",
+            json!({ "client": "h-resp", "pattern": "hsvc", "service": true }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let sub_id = a.json()?["sub_id"].as_u64().context("sub id")?;
+    let mut asker = TestClient::connect(hub.local_addr(), "asker").await?;
+    asker
+        .send(proto::Request {
+            id: 3,
+            service: "hsvc".into(),
+            payload: "q".into(),
+            ..Default::default()
+        })
+        .await?;
+    let m = listen_one(&http, "h-resp").await?;
+    assert_eq!(m["kind"], "request");
+    assert_eq!(m["service"], "hsvc");
+    assert_eq!(m["sub_id"], sub_id);
+    let a = http
+        .post(
+            "/v1/reply",
+            json!({ "client": "h-resp", "id": m["id"], "payload": "a" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(matches!(asker.expect().await?.kind, Some(Kind::Reply(r)) if r.id == 3));
+    wait_metric(&http, "switchboard_no_responders_total", 1).await?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_not_listening_is_refused_with_409() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let mut quiet = TestClient::connect_features(
+        hub.local_addr(),
+        "quiet",
+        &Secret::from_token(common::TOKEN),
+        &["listen"],
+    )
+    .await?;
+    let features = &quiet.welcome.as_ref().context("welcomed")?.features;
+    assert!(features.iter().any(|f| f == "listen"), "{features:?}");
+    for route in ["/v1/send", "/v1/request"] {
+        let a = http
+            .post(
+                route,
+                json!({ "client": "web", "to": "quiet", "payload": "x" }),
+            )
+            .await?;
+        assert_eq!(a.status, 409, "{route}: {}", a.body);
+        let v = a.json()?;
+        assert_eq!(v["error"], "not_listening", "{route}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("quiet")),
+            "{route}: {v}"
+        );
+    }
+    quiet
+        .send(proto::Listen {
+            id: 1,
+            messages: true,
+            requests: false,
+        })
+        .await?;
+    assert_eq!(quiet.expect().await?, Frame::ok(1));
+    let a = http
+        .post(
+            "/v1/send",
+            json!({ "client": "web", "to": "quiet", "payload": "x" }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(matches!(quiet.expect().await?.kind, Some(Kind::Direct(_))));
+    wait_metric(&http, "switchboard_not_listening_total", 2).await?;
+    // HTTP clients take everything: a TCP client reaches one at once.
+    register(&http, "web2").await?;
+    quiet
+        .send(proto::Direct {
+            id: 2,
+            to: "web2".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(quiet.expect().await?, Frame::ok(2));
     hub.shutdown().await;
     Ok(())
 }

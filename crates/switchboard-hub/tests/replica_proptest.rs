@@ -75,6 +75,36 @@ enum Op {
     Resume(usize, u64),
 }
 
+/// Headers on a frame: none, valid ones, or a refused set.
+#[derive(Debug, Clone, Copy)]
+enum Headers {
+    None,
+    Valid,
+    Invalid,
+}
+
+impl Headers {
+    fn make(self) -> Vec<proto::Header> {
+        let h = |key: &str| proto::Header {
+            key: key.into(),
+            value: Bytes::from_static(b"v"),
+        };
+        match self {
+            Headers::None => Vec::new(),
+            Headers::Valid => vec![h("trace"), h("trace")],
+            Headers::Invalid => vec![h("")],
+        }
+    }
+}
+
+fn headers_strategy() -> impl Strategy<Value = Headers> {
+    prop_oneof![
+        2 => Just(Headers::None),
+        2 => Just(Headers::Valid),
+        1 => Just(Headers::Invalid),
+    ]
+}
+
 #[derive(Debug, Clone)]
 enum F {
     Sub(u64, usize, bool),
@@ -87,8 +117,15 @@ enum F {
     Presence(bool),
     Request(usize, u64, u32),
     Reply(usize, u64),
-    Direct(usize),
+    Direct(usize, Headers),
     Broadcast,
+    /// A service subscription (with a queue group: refused).
+    Service(u64, usize, bool),
+    /// A request to service `TOPICS[t]` (also naming a client: refused).
+    ServiceRequest(usize, u64, u32, bool),
+    Cancel(u64),
+    Listen(bool, bool),
+    PublishWith(usize, Headers),
     Ping,
     Goodbye,
 }
@@ -106,8 +143,15 @@ fn frame_strategy() -> impl Strategy<Value = F> {
         1 => any::<bool>().prop_map(F::Presence),
         2 => (0..IDS.len(), 0..4u64, 0..400u32).prop_map(|(t, id, ms)| F::Request(t, id, ms)),
         2 => (0..IDS.len(), 0..4u64).prop_map(|(t, id)| F::Reply(t, id)),
-        1 => (0..IDS.len()).prop_map(F::Direct),
+        1 => (0..IDS.len(), headers_strategy()).prop_map(|(t, h)| F::Direct(t, h)),
         1 => Just(F::Broadcast),
+        2 => (0..4u64, 0..PATTERNS.len(), proptest::bool::weighted(0.1))
+            .prop_map(|(s, p, g)| F::Service(s, p, g)),
+        2 => (0..TOPICS.len(), 0..4u64, 0..400u32, proptest::bool::weighted(0.1))
+            .prop_map(|(t, id, ms, to)| F::ServiceRequest(t, id, ms, to)),
+        1 => (0..4u64).prop_map(F::Cancel),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(m, r)| F::Listen(m, r)),
+        1 => (0..TOPICS.len(), headers_strategy()).prop_map(|(t, h)| F::PublishWith(t, h)),
         1 => Just(F::Ping),
         1 => Just(F::Goodbye),
     ]
@@ -185,10 +229,42 @@ fn to_frame(f: &F) -> Frame {
             ..Default::default()
         }
         .into(),
-        F::Direct(t) => proto::Direct {
+        F::Direct(t, h) => proto::Direct {
             id: 8,
             to: IDS[*t].into(),
             payload: Bytes::from_static(b"d"),
+            headers: h.make(),
+            ..Default::default()
+        }
+        .into(),
+        F::Service(sub_id, p, g) => proto::Subscribe {
+            id: 10,
+            sub_id: *sub_id,
+            pattern: PATTERNS[*p].into(),
+            queue_group: if *g { "workers".into() } else { String::new() },
+            service: true,
+        }
+        .into(),
+        F::ServiceRequest(t, id, ms, to) => proto::Request {
+            id: *id,
+            to: if *to { IDS[0].into() } else { String::new() },
+            service: TOPICS[*t].into(),
+            timeout_ms: *ms,
+            payload: Bytes::from_static(b"s"),
+            ..Default::default()
+        }
+        .into(),
+        F::Cancel(id) => proto::Cancel { id: *id }.into(),
+        F::Listen(messages, requests) => proto::Listen {
+            id: 11,
+            messages: *messages,
+            requests: *requests,
+        }
+        .into(),
+        F::PublishWith(t, h) => proto::Publish {
+            topic: TOPICS[*t].into(),
+            payload: Bytes::from_static(b"p"),
+            headers: h.make(),
             ..Default::default()
         }
         .into(),
@@ -226,6 +302,12 @@ struct Primary {
 /// Whether client `i` asks for reliable delivery.
 fn reliable(i: usize) -> bool {
     i % 2 == 0
+}
+
+/// Whether client `i` announces the "listen" feature (one reliable client,
+/// one not).
+fn listens(i: usize) -> bool {
+    i == 1 || i == 2
 }
 
 fn logged(f: &Frame) -> bool {
@@ -283,6 +365,7 @@ impl Primary {
                     client_id: IDS[*i].into(),
                     transport: "tcp".into(),
                     reliable: reliable(*i) && !self.plain,
+                    listen: listens(*i),
                     ..Default::default()
                 };
                 let input = match op {

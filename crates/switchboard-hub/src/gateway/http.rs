@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{ErrorCode, Frame, FrameExt};
+use switchboard_wire::{check_headers, ErrorCode, Frame, FrameExt};
 use tokio::sync::{oneshot, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
@@ -146,16 +146,19 @@ impl ApiError {
     fn from_frame(e: &proto::Error) -> ApiError {
         let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
         let status = match code {
-            ErrorCode::NoSuchClient | ErrorCode::TargetGone | ErrorCode::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::NoSuchClient
+            | ErrorCode::TargetGone
+            | ErrorCode::NotFound
+            | ErrorCode::NoResponders => StatusCode::NOT_FOUND,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::SlowConsumer => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::VersionMismatch => StatusCode::CONFLICT,
-            ErrorCode::Forbidden | ErrorCode::IdTakenOver => StatusCode::CONFLICT,
+            ErrorCode::Forbidden | ErrorCode::IdTakenOver | ErrorCode::NotListening => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::InvalidArgument | ErrorCode::BadFrame | ErrorCode::Unsupported => {
                 StatusCode::BAD_REQUEST
             }
@@ -185,6 +188,8 @@ fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Unsupported => "unsupported",
         ErrorCode::BadFrame => "bad_frame",
         ErrorCode::Forbidden => "forbidden",
+        ErrorCode::NotListening => "not_listening",
+        ErrorCode::NoResponders => "no_responders",
         _ => "internal",
     }
 }
@@ -269,6 +274,127 @@ impl PayloadIn {
     }
 }
 
+/// Application headers given as JSON, like a payload: `headers` maps keys to
+/// UTF-8 values, `headers_b64` to base64 values; a key that repeats maps to
+/// an array of its values. Entries keep their order, `headers` first.
+#[derive(Debug, Default, Deserialize)]
+struct HeadersIn {
+    headers: Option<HeaderObject>,
+    headers_b64: Option<HeaderObject>,
+}
+
+/// A JSON object of header keys to a string or an array of strings, in
+/// document order (a key given twice stays twice).
+#[derive(Debug, Default)]
+struct HeaderObject(Vec<(String, HeaderValues)>);
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeaderValues {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            HeaderValues::One(v) => vec![v],
+            HeaderValues::Many(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = HeaderObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of header keys to strings or arrays of strings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<HeaderObject, A::Error> {
+                // Bounded by the body (each entry takes a few bytes of
+                // it); `check_headers` refuses too many afterwards.
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, HeaderValues>()? {
+                    entries.push(entry);
+                }
+                Ok(HeaderObject(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+impl HeadersIn {
+    /// The headers, checked against the protocol's bounds.
+    fn into_headers(self) -> Result<Vec<proto::Header>, ApiError> {
+        let mut out = Vec::new();
+        for (key, values) in self.headers.unwrap_or_default().0 {
+            for value in values.into_vec() {
+                out.push(proto::Header {
+                    key: key.clone(),
+                    value: bytes::Bytes::from(value),
+                });
+            }
+        }
+        for (key, values) in self.headers_b64.unwrap_or_default().0 {
+            for value in values.into_vec() {
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(value.as_bytes())
+                    .map_err(|e| {
+                        ApiError::bad(format!(
+                            "headers_b64 value of '{}' is not valid base64: {e}",
+                            clipped(&key)
+                        ))
+                    })?;
+                out.push(proto::Header {
+                    key: key.clone(),
+                    value: value.into(),
+                });
+            }
+        }
+        check_headers(&out).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, code_name(e.code()), e.to_string())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Puts `headers` into `obj` as `headers` (UTF-8 values) and `headers_b64`
+/// (the others, base64), the way [`HeadersIn`] reads them; nothing when
+/// there are none.
+fn put_headers(obj: &mut serde_json::Map<String, Value>, headers: &[proto::Header]) {
+    let (mut text, mut b64) = (serde_json::Map::new(), serde_json::Map::new());
+    for h in headers {
+        let (group, value) = match std::str::from_utf8(&h.value) {
+            Ok(s) => (&mut text, s.to_owned()),
+            Err(_) => (
+                &mut b64,
+                base64::engine::general_purpose::STANDARD.encode(&h.value),
+            ),
+        };
+        match group.get_mut(&h.key) {
+            None => {
+                group.insert(h.key.clone(), Value::String(value));
+            }
+            Some(Value::Array(values)) => values.push(Value::String(value)),
+            Some(first) => *first = Value::Array(vec![first.take(), Value::String(value)]),
+        }
+    }
+    if !text.is_empty() {
+        obj.insert("headers".into(), Value::Object(text));
+    }
+    if !b64.is_empty() {
+        obj.insert("headers_b64".into(), Value::Object(b64));
+    }
+}
+
 /// Puts `data` into `obj` as `<name>` (UTF-8) or `<name>_b64`.
 fn put_bytes(obj: &mut serde_json::Map<String, Value>, name: &str, data: &[u8]) {
     match std::str::from_utf8(data) {
@@ -300,17 +426,22 @@ struct SendReq {
     to: String,
     #[serde(flatten)]
     payload: PayloadIn,
+    #[serde(flatten)]
+    headers: HeadersIn,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestReq {
     client: String,
-    to: String,
+    to: Option<String>,
+    service: Option<String>,
     method: Option<String>,
     timeout_ms: Option<u64>,
     #[serde(flatten)]
     payload: PayloadIn,
+    #[serde(flatten)]
+    headers: HeadersIn,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +454,8 @@ struct ReplyReq {
     is_error: bool,
     #[serde(flatten)]
     payload: PayloadIn,
+    #[serde(flatten)]
+    headers: HeadersIn,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +464,8 @@ struct BroadcastReq {
     client: String,
     #[serde(flatten)]
     payload: PayloadIn,
+    #[serde(flatten)]
+    headers: HeadersIn,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +476,8 @@ struct PublishReq {
     reply_to: Option<String>,
     #[serde(flatten)]
     payload: PayloadIn,
+    #[serde(flatten)]
+    headers: HeadersIn,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +486,8 @@ struct SubscribeReq {
     client: String,
     pattern: String,
     queue_group: Option<String>,
+    #[serde(default)]
+    service: bool,
 }
 
 #[derive(Deserialize)]
@@ -402,7 +541,7 @@ impl SendReq {
             to: self.to,
             from: from.to_owned(),
             payload: self.payload.bytes()?,
-            headers: Vec::new(),
+            headers: self.headers.into_headers()?,
         }))
     }
 }
@@ -415,14 +554,25 @@ impl RequestReq {
             .timeout_ms
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)
             .clamp(1, max_ms.max(1));
+        let (to, service) = match (self.to, self.service) {
+            (Some(to), None) => (to, String::new()),
+            (None, Some(service)) => (String::new(), service),
+            _ => {
+                return Err(ApiError::bad(
+                    "give exactly one of 'to' (a client id) and 'service' (a service subject)",
+                ))
+            }
+        };
         let frame = Frame::from(proto::Request {
             id,
-            to: self.to,
+            to,
             from: from.to_owned(),
             timeout_ms: u32::try_from(timeout_ms).unwrap_or(u32::MAX),
             payload: self.payload.bytes()?,
             method: self.method.unwrap_or_default(),
-            ..Default::default()
+            headers: self.headers.into_headers()?,
+            service,
+            sub_id: 0,
         });
         Ok((frame, timeout_ms))
     }
@@ -463,7 +613,7 @@ impl ReplyReq {
             from: from.to_owned(),
             payload: self.payload.bytes()?,
             is_error: self.is_error,
-            headers: Vec::new(),
+            headers: self.headers.into_headers()?,
         }))
     }
 }
@@ -474,7 +624,7 @@ impl BroadcastReq {
             id,
             from: from.to_owned(),
             payload: self.payload.bytes()?,
-            headers: Vec::new(),
+            headers: self.headers.into_headers()?,
         }))
     }
 }
@@ -487,7 +637,7 @@ impl PublishReq {
             from: from.to_owned(),
             payload: self.payload.bytes()?,
             reply_to: self.reply_to.unwrap_or_default(),
-            headers: Vec::new(),
+            headers: self.headers.into_headers()?,
         }))
     }
 }
@@ -499,7 +649,7 @@ impl SubscribeReq {
             sub_id: id,
             pattern: self.pattern,
             queue_group: self.queue_group.unwrap_or_default(),
-            service: false,
+            service: self.service,
         })
     }
 }
@@ -929,7 +1079,9 @@ impl Gateway {
             addr: peer.to_string(),
             connected_at_ms: switchboard_discovery::now_ms(),
             agent,
+            // HTTP clients take every kind of message, always.
             reliable: false,
+            listen: false,
         };
         let connect = Input::Connect {
             conn: client.conn,
@@ -1317,17 +1469,24 @@ fn mail_json(seq: u64, frame: &Frame) -> Value {
         Some(Kind::Direct(d)) => {
             o.insert("from".into(), json!(d.from));
             put_bytes(&mut o, "payload", &d.payload);
+            put_headers(&mut o, &d.headers);
         }
         Some(Kind::Request(r)) => {
             o.insert("id".into(), json!(r.id));
             o.insert("from".into(), json!(r.from));
             o.insert("method".into(), json!(r.method));
             o.insert("timeout_ms".into(), json!(r.timeout_ms));
+            if !r.service.is_empty() {
+                o.insert("service".into(), json!(r.service));
+                o.insert("sub_id".into(), json!(r.sub_id));
+            }
             put_bytes(&mut o, "payload", &r.payload);
+            put_headers(&mut o, &r.headers);
         }
         Some(Kind::Broadcast(b)) => {
             o.insert("from".into(), json!(b.from));
             put_bytes(&mut o, "payload", &b.payload);
+            put_headers(&mut o, &b.headers);
         }
         Some(Kind::Deliver(d)) => {
             o.insert("sub_id".into(), json!(d.sub_id));
@@ -1337,6 +1496,7 @@ fn mail_json(seq: u64, frame: &Frame) -> Value {
                 o.insert("reply_to".into(), json!(d.reply_to));
             }
             put_bytes(&mut o, "payload", &d.payload);
+            put_headers(&mut o, &d.headers);
         }
         Some(Kind::Presence(p)) => {
             let kind = if p.kind == proto::PresenceKind::Joined as i32 {
@@ -1481,6 +1641,7 @@ async fn request(
     o.insert("from".into(), json!(r.from));
     o.insert("is_error".into(), json!(r.is_error));
     put_bytes(&mut o, "payload", &r.payload);
+    put_headers(&mut o, &r.headers);
     ok_json(Value::Object(o))
 }
 
@@ -1798,6 +1959,21 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> ApiResult {
             "switchboard_slow_consumer_disconnects_total",
             "clients disconnected for not reading",
             counter("slow_consumer_disconnects"),
+        ),
+        (
+            "switchboard_not_listening_total",
+            "direct messages and requests refused because the target does not listen",
+            counter("not_listening"),
+        ),
+        (
+            "switchboard_no_responders_total",
+            "service requests that found no responder",
+            counter("no_responders"),
+        ),
+        (
+            "switchboard_requests_cancelled_total",
+            "requests their requester cancelled",
+            counter("requests_cancelled"),
         ),
     ];
     let text = gw.shared.stats.metrics.render(&gauges, &counters);

@@ -16,9 +16,11 @@
 //! * `client_frame`: a frame the router processed for a registered client,
 //!   for every kind that can change state or carries a client's message
 //!   (publish, direct, request, reply, broadcast, session, subscribe,
-//!   unsubscribe, key/value set, delete, watch, unwatch, presence watch);
-//!   read-only kinds (ping, key/value get, status, client list) are not
-//!   logged, nor is `Goodbye` (its `client_left` follows);
+//!   unsubscribe, key/value set, delete, watch, unwatch, presence watch,
+//!   cancel, listen); read-only kinds (ping, key/value get, status, client
+//!   list) are not logged, nor is `Goodbye` (its `client_left` follows). A
+//!   request to a service is logged naming the responder the primary
+//!   picked (see below);
 //! * `client_left`: a client's registration ended, whatever the cause
 //!   (disconnect, goodbye, id takeover, slow consumer, idle timeout).
 //!
@@ -30,8 +32,9 @@
 //!
 //! Replaying the log reproduces the replicated state (what
 //! [`Router::snapshot`] shows: registry, subscriptions, queue groups,
-//! watches, presence watchers, key/value entries with versions, deletion
-//! markers and the version floor) because:
+//! service subscriptions, watches, presence watchers, listen flags,
+//! key/value entries with versions, deletion markers and the version
+//! floor) because:
 //!
 //! * the router reads no clock: time only enters as `now`, and only
 //!   decides deadlines and idleness, which are not replicated;
@@ -43,11 +46,15 @@
 //!   itself does not depend on connection ids;
 //! * the one hidden input, how full a client's outbox is (which the writer
 //!   drains at socket speed), only decides dropped deliveries, parked
-//!   messages, the queue-group member chosen and slow-consumer disconnects.
-//!   The first three affect neither the replicated state nor later
-//!   decisions about it; a slow-consumer disconnect is logged as
-//!   `client_left`, and a replica never disconnects anyone on its own (its
-//!   clients are *ghosts* whose outboxes discard everything);
+//!   messages, the queue-group member chosen, the responder of a service
+//!   request and slow-consumer disconnects. The first three affect neither
+//!   the replicated state nor later decisions about it; the responder
+//!   decides where the request is pending (and so where its reply is
+//!   routed after a takeover), so the logged request is amended to name it
+//!   (`to`, `sub_id`) and a replica takes that choice; a slow-consumer
+//!   disconnect is logged as `client_left`, and a replica never
+//!   disconnects anyone on its own (its clients are *ghosts* whose
+//!   outboxes discard everything);
 //! * connection ids differ between primary and replica: changes name
 //!   clients by client id, and ghosts get ids from [`GHOST_CONN_BASE`] up,
 //!   so they never collide with the ids a hub assigns to sockets;
@@ -64,7 +71,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use switchboard_wire::proto::{self, change::Op};
+use switchboard_wire::proto::{self, change::Op, frame::Kind};
 use switchboard_wire::Frame;
 
 use super::{HubStats, Input, Router, RouterConfig};
@@ -292,6 +299,27 @@ impl Journal {
         });
     }
 
+    /// Rewrites the request of the last change logged, if that is a
+    /// client's `Request` with correlation id `id` (the frame the router
+    /// is handling: see `Router::pick_responder`).
+    pub(crate) fn amend_request(&mut self, id: u64, amend: impl FnOnce(&mut proto::Request)) {
+        let Some(Logged::Change(change)) = self.changes.last_mut() else {
+            return;
+        };
+        let before = change.encoded_len();
+        let Some(Op::ClientFrame(cf)) = change.op.as_mut() else {
+            return;
+        };
+        let Some(Kind::Request(r)) = cf.frame.as_mut().and_then(|f| f.kind.as_mut()) else {
+            return;
+        };
+        if r.id != id {
+            return;
+        }
+        amend(r);
+        self.bytes = self.bytes - before + change.encoded_len();
+    }
+
     fn push(&mut self, op: Op) {
         if self.limits.is_none() {
             return;
@@ -450,6 +478,14 @@ impl Router {
         }
     }
 
+    pub(super) fn journal_amend_request(
+        &mut self,
+        id: u64,
+        amend: impl FnOnce(&mut proto::Request),
+    ) {
+        self.journal.amend_request(id, amend);
+    }
+
     pub(super) fn journal_join(&mut self, info: &proto::ClientInfo) {
         if self.journal.limits.is_some() {
             self.journal.push(Op::ClientJoined(info.clone()));
@@ -472,12 +508,13 @@ impl Router {
     }
 
     /// Rebuilds a router from a [`Router::snapshot`] of another (or the
-    /// same) router: registry, subscriptions and queue groups, watches,
-    /// presence watchers, the key/value store with versions, deletion
-    /// markers and version floor, the epoch and the replication sequence
-    /// number. The snapshot's clients become ghosts: registered, with no
-    /// socket, and outboxes that discard what they are sent. A client that
-    /// connects with a ghost's id takes it over as usual.
+    /// same) router: registry, subscriptions (queue groups, services),
+    /// watches, presence watchers, listen flags, the key/value store with
+    /// versions, deletion markers and version floor, the epoch and the
+    /// replication sequence number. The snapshot's clients become ghosts:
+    /// registered, with no socket, and outboxes that discard what they are
+    /// sent. A client that connects with a ghost's id takes it over as
+    /// usual.
     ///
     /// `config` must carry the same limits as the snapshot's router
     /// ([`ReplicaError::ConfigMismatch`] otherwise). Snapshots with
@@ -561,6 +598,16 @@ impl Router {
                     c.presence = true;
                 }
             }
+            if let (Some(l), Some(c)) = (&cs.listen, r.clients.get_mut(&conn)) {
+                // A client without the feature keeps `None`: the check
+                // below refuses such a snapshot.
+                if let Some(flags) = c.listen.as_mut() {
+                    *flags = super::Listening {
+                        messages: l.messages,
+                        requests: l.requests,
+                    };
+                }
+            }
             if let Some(c) = r.clients.get_mut(&conn) {
                 c.last_received = cs.last_received;
                 c.next_send = cs.next_send.max(1);
@@ -623,14 +670,14 @@ impl Router {
         client.last_seen = now;
         client.last_head = None;
         client.detached_until = None;
-        let reliable = client.reliable;
+        let info = client.info.clone();
         self.detached.remove(&conn);
         self.rewire(conn, &outbox);
         if let Some(k) = self.keepalive {
             self.next_idle_check
                 .get_or_insert(now + k.min(super::IDLE_CHECK));
         }
-        let welcome = self.welcome(client_id, reliable, false, 0);
+        let welcome = self.welcome(&info, false, 0);
         self.send(conn, welcome);
         self.apply_kills();
         Some(conn)

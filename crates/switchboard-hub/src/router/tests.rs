@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::outbox::Taken;
+use bytes::BytesMut;
+use switchboard_wire::headers::MAX_HEADERS;
 
 struct Sim {
     router: Router,
@@ -21,26 +23,26 @@ fn code_of(f: &Frame) -> Option<(u64, ErrorCode)> {
     }
 }
 
+fn config(limits: Limits, keepalive: Option<Duration>) -> RouterConfig {
+    RouterConfig {
+        identity: proto::HubIdentity {
+            service: "test".into(),
+            instance_id: "i1".into(),
+            epoch: 1,
+            ..Default::default()
+        },
+        limits,
+        keepalive,
+    }
+}
+
 impl Sim {
     fn new() -> Sim {
         Sim::with(Limits::default(), None)
     }
 
     fn with(limits: Limits, keepalive: Option<Duration>) -> Sim {
-        let identity = proto::HubIdentity {
-            service: "test".into(),
-            instance_id: "i1".into(),
-            epoch: 1,
-            ..Default::default()
-        };
-        let router = Router::new(
-            RouterConfig {
-                identity,
-                limits,
-                keepalive,
-            },
-            Arc::new(HubStats::default()),
-        );
+        let router = Router::new(config(limits, keepalive), Arc::new(HubStats::default()));
         Sim {
             router,
             now: Instant::now(),
@@ -55,16 +57,20 @@ impl Sim {
 
     /// Connects `id`, asking for reliable delivery or not; nothing read.
     fn connect_as(&mut self, id: &str, reliable: bool) -> ConnId {
-        self.next += 1;
-        let conn = ConnId(self.next);
-        let outbox = Outbox::new(conn);
-        self.outboxes.insert(conn, outbox.clone());
-        let info = proto::ClientInfo {
+        self.connect_info(proto::ClientInfo {
             client_id: id.into(),
             transport: "tcp".into(),
             reliable,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Connects a client described by `info`; nothing read.
+    fn connect_info(&mut self, info: proto::ClientInfo) -> ConnId {
+        self.next += 1;
+        let conn = ConnId(self.next);
+        let outbox = Outbox::new(conn);
+        self.outboxes.insert(conn, outbox.clone());
         self.router
             .handle(self.now, Input::Connect { conn, info, outbox });
         conn
@@ -1253,4 +1259,873 @@ fn acknowledgements_carried_by_client_frames_free_the_retransmit_buffer() {
     publish.acked = 4;
     sim.send(a, publish);
     assert_eq!(sim.unacked_frames(), 0);
+}
+
+// ---- headers ----
+
+fn header(key: &str, value: &[u8]) -> proto::Header {
+    proto::Header {
+        key: key.into(),
+        value: Bytes::copy_from_slice(value),
+    }
+}
+
+/// Headers with a repeated key, an empty value and a binary one.
+fn sample_headers() -> Vec<proto::Header> {
+    vec![
+        header("trace-id", b"t1"),
+        header("bin", &[0, 255, 7]),
+        header("trace-id", b""),
+    ]
+}
+
+fn error_of(f: &Frame) -> (u64, ErrorCode, String) {
+    match &f.kind {
+        Some(Kind::Error(e)) => (e.id, ErrorCode::from_wire(e.code), e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+impl Sim {
+    /// What is queued for `conn`, as queued (deliveries stay pre-encoded).
+    fn take_raw(&mut self, conn: ConnId) -> Vec<Out> {
+        let mut taken = Taken::default();
+        self.outboxes[&conn].take(usize::MAX, &mut taken);
+        std::mem::take(&mut taken.frames)
+    }
+}
+
+#[test]
+fn headers_pass_through_every_kind_unchanged() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let hs = sample_headers();
+    sim.send(
+        a,
+        proto::Direct {
+            id: 1,
+            to: "b".into(),
+            payload: "d".into(),
+            headers: hs.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(1));
+    match sim.recv_one(b).kind {
+        Some(Kind::Direct(d)) => assert_eq!(d.headers, hs),
+        other => panic!("{other:?}"),
+    }
+    sim.send(
+        a,
+        proto::Request {
+            id: 2,
+            to: "b".into(),
+            headers: hs.clone(),
+            ..Default::default()
+        },
+    );
+    match sim.recv_one(b).kind {
+        Some(Kind::Request(r)) => assert_eq!(r.headers, hs),
+        other => panic!("{other:?}"),
+    }
+    let back = vec![header("status", b"fine")];
+    sim.send(
+        b,
+        proto::Reply {
+            id: 2,
+            to: "a".into(),
+            headers: back.clone(),
+            ..Default::default()
+        },
+    );
+    match sim.recv_one(a).kind {
+        Some(Kind::Reply(r)) => assert_eq!(r.headers, back),
+        other => panic!("{other:?}"),
+    }
+    sim.send(
+        a,
+        proto::Broadcast {
+            id: 3,
+            headers: hs.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(3));
+    match sim.recv_one(b).kind {
+        Some(Kind::Broadcast(m)) => assert_eq!(m.headers, hs),
+        other => panic!("{other:?}"),
+    }
+
+    // Publish → Deliver, to a plain subscription and a queue group, with
+    // and without reply-to and headers, in an order that would reuse a
+    // cached head wrongly: prost's bytes exactly, every time.
+    sim.subscribe(b, 1, "t.*", "");
+    let c = sim.connect("c");
+    sim.subscribe(c, 2, "t.>", "g");
+    for (reply_to, headers) in [
+        ("", vec![]),
+        ("", hs.clone()),
+        ("inbox", hs.clone()),
+        ("", vec![]),
+        ("", vec![header("other", b"1")]),
+        ("", vec![]),
+    ] {
+        sim.send(
+            a,
+            proto::Publish {
+                topic: "t.x".into(),
+                payload: "p".into(),
+                reply_to: reply_to.into(),
+                headers: headers.clone(),
+                ..Default::default()
+            },
+        );
+        for (conn, sub_id) in [(b, 1), (c, 2)] {
+            let outs = sim.take_raw(conn);
+            assert_eq!(outs.len(), 1, "{outs:?}");
+            assert!(matches!(outs[0], Out::Deliver { .. }), "pre-encoded");
+            let want = Out::from(Frame::from(proto::Deliver {
+                sub_id,
+                topic: "t.x".into(),
+                from: "a".into(),
+                payload: "p".into(),
+                reply_to: reply_to.into(),
+                headers: headers.clone(),
+            }));
+            let (mut got, mut expected) = (BytesMut::new(), BytesMut::new());
+            outs[0].encode(&mut got);
+            want.encode(&mut expected);
+            assert_eq!(got, expected, "{reply_to:?} {headers:?}");
+        }
+    }
+}
+
+#[test]
+fn header_violations_are_refused_and_the_connection_continues() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let bad_key = vec![header("bad\nkey", b"v")];
+    let bad = check_headers(&bad_key).unwrap_err();
+    let many: Vec<proto::Header> = (0..=MAX_HEADERS)
+        .map(|i| header(&format!("k{i}"), b""))
+        .collect();
+    let too_many = check_headers(&many).unwrap_err();
+    sim.send(
+        a,
+        proto::Direct {
+            id: 4,
+            to: "b".into(),
+            headers: bad_key.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        sim.recv_one(a),
+        Frame::error(4, ErrorCode::InvalidArgument, bad.to_string())
+    );
+    // Fire-and-forget: answered with id 0, like an invalid topic.
+    sim.send(
+        a,
+        proto::Publish {
+            topic: "t".into(),
+            headers: many.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        sim.recv_one(a),
+        Frame::error(0, ErrorCode::LimitExceeded, too_many.to_string())
+    );
+    sim.send(
+        a,
+        proto::Request {
+            id: 5,
+            to: "b".into(),
+            headers: bad_key.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((5, ErrorCode::InvalidArgument))
+    );
+    assert_eq!(sim.router.pending_requests(), 0);
+    sim.send(
+        a,
+        proto::Broadcast {
+            id: 6,
+            headers: many,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((6, ErrorCode::LimitExceeded))
+    );
+    assert!(sim.recv(b).is_empty(), "nothing refused reached b");
+
+    // A reply's id is the requester's: its replier hears with id 0, and
+    // the request still waits for a good reply.
+    sim.send(a, Frame::request(7, "b", "q"));
+    sim.recv(b);
+    sim.send(
+        b,
+        proto::Reply {
+            id: 7,
+            to: "a".into(),
+            headers: bad_key,
+            ..Default::default()
+        },
+    );
+    let (id, code, message) = error_of(&sim.recv_one(b));
+    assert_eq!((id, code), (0, ErrorCode::InvalidArgument));
+    assert!(message.contains("request 7"), "{message}");
+    assert!(sim.recv(a).is_empty());
+    sim.send(b, Frame::reply(7, "a", "fine"));
+    assert!(matches!(sim.recv_one(a).kind, Some(Kind::Reply(r)) if r.id == 7));
+    sim.send(a, Frame::direct("b", "still connected"));
+    assert_eq!(sim.recv(b).len(), 1);
+}
+
+// ---- cancel ----
+
+#[test]
+fn cancel_forgets_the_request() {
+    let mut sim = Sim::new();
+    let req = sim.connect("req");
+    let srv = sim.connect("srv");
+    sim.send(
+        req,
+        proto::Request {
+            id: 1,
+            to: "srv".into(),
+            timeout_ms: 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv(srv).len(), 1);
+    sim.send(req, proto::Cancel { id: 1 });
+    assert!(sim.recv(req).is_empty(), "nothing answers a cancel");
+    assert_eq!(sim.router.pending_requests(), 0);
+    sim.advance(Duration::from_millis(200));
+    assert!(sim.recv(req).is_empty(), "no TIMEOUT");
+    sim.send(srv, Frame::reply(1, "req", "late"));
+    assert!(sim.recv(req).is_empty(), "the late reply is dropped");
+    // An unknown id is ignored.
+    sim.send(req, proto::Cancel { id: 99 });
+    assert!(sim.recv(req).is_empty());
+    // No TARGET_GONE either.
+    sim.send(req, Frame::request(2, "srv", "x"));
+    sim.recv(srv);
+    sim.send(req, proto::Cancel { id: 2 });
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: srv,
+            notice: None,
+            reason: "gone".into(),
+        },
+    );
+    sim.advance(Duration::from_secs(60));
+    assert!(sim.recv(req).is_empty(), "no TARGET_GONE, no TIMEOUT");
+    let counters = sim.router.status(sim.now, 0).counters;
+    assert_eq!(counters["requests_cancelled"], 2);
+    assert_eq!(counters["replies_dropped"], 1);
+    assert_eq!(counters["requests_timed_out"], 0);
+}
+
+#[test]
+fn a_cancelled_request_waiting_for_room_is_not_delivered() {
+    let limits = Limits {
+        queue_frames: 1,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let req = sim.connect("req");
+    let srv = sim.connect("srv");
+    sim.send(req, Frame::direct("srv", "fills the queue"));
+    sim.send(
+        req,
+        proto::Request {
+            id: 3,
+            to: "srv".into(),
+            timeout_ms: 1_000,
+            ..Default::default()
+        },
+    );
+    let parked = |sim: &Sim| sim.router.status(sim.now, 0).counters["parked_now"];
+    assert_eq!(parked(&sim), 1);
+    sim.send(req, proto::Cancel { id: 3 });
+    assert_eq!(parked(&sim), 0);
+    assert_eq!(sim.router.pending_requests(), 0);
+    assert_eq!(sim.recv(srv).len(), 1, "only the direct message");
+    sim.router.handle(sim.now, Input::Drained { conn: srv });
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.recv(srv).is_empty());
+    assert!(sim.recv(req).is_empty());
+}
+
+// ---- listen ----
+
+impl Sim {
+    /// Connects a client with the "listen" feature; checks its Welcome
+    /// lists the feature.
+    fn connect_listening(&mut self, id: &str, reliable: bool) -> ConnId {
+        let conn = self.connect_info(proto::ClientInfo {
+            client_id: id.into(),
+            transport: "tcp".into(),
+            reliable,
+            listen: true,
+            ..Default::default()
+        });
+        match self.recv_one(conn).kind {
+            Some(Kind::Welcome(w)) => {
+                assert!(w.features.iter().any(|f| f == FEATURE_LISTEN), "{w:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        conn
+    }
+}
+
+fn listen(id: u64, messages: bool, requests: bool) -> proto::Listen {
+    proto::Listen {
+        id,
+        messages,
+        requests,
+    }
+}
+
+#[test]
+fn listen_gates_direct_messages_requests_and_broadcasts() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let l = sim.connect_listening("l", false);
+    let plain = sim.connect("plain");
+    sim.send(
+        a,
+        proto::Direct {
+            id: 1,
+            to: "l".into(),
+            payload: "x".into(),
+            ..Default::default()
+        },
+    );
+    let (id, code, message) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (1, ErrorCode::NotListening));
+    assert!(message.contains("'l'"), "names the target: {message}");
+    sim.send(a, Frame::direct("l", "dropped"));
+    assert!(sim.recv(a).is_empty(), "fire-and-forget: dropped quietly");
+    sim.send(a, Frame::request(2, "l", "q"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((2, ErrorCode::NotListening))
+    );
+    assert_eq!(sim.router.pending_requests(), 0, "nothing left pending");
+    sim.send(
+        a,
+        proto::Broadcast {
+            id: 3,
+            payload: "all".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(3));
+    assert_eq!(sim.recv(plain).len(), 1);
+    assert!(sim.recv(l).is_empty(), "nothing reached l");
+
+    // Messages on, requests still off.
+    sim.send(l, listen(4, true, false));
+    assert_eq!(sim.recv_one(l), Frame::ok(4));
+    sim.send(
+        a,
+        proto::Direct {
+            id: 5,
+            to: "l".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(5));
+    sim.send(
+        a,
+        proto::Broadcast {
+            id: 6,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(6));
+    let kinds: Vec<&str> = sim.recv(l).iter().map(|f| f.kind_name()).collect();
+    assert_eq!(kinds, ["direct", "broadcast"]);
+    assert_eq!(sim.recv(plain).len(), 1);
+    sim.send(a, Frame::request(7, "l", "q"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((7, ErrorCode::NotListening))
+    );
+
+    // Requests on too; id 0 asks for no answer.
+    sim.send(l, listen(0, true, true));
+    assert!(sim.recv(l).is_empty());
+    sim.send(a, Frame::request(8, "l", "q"));
+    assert!(matches!(sim.recv_one(l).kind, Some(Kind::Request(r)) if r.id == 8));
+
+    // Frames already queued stay when it stops listening.
+    sim.send(a, Frame::direct("l", "queued"));
+    sim.send(l, listen(9, false, false));
+    let got = sim.recv(l);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[0].kind, Some(Kind::Direct(d)) if d.payload == "queued"));
+    assert_eq!(got[1], Frame::ok(9));
+
+    // A client without the feature takes everything and cannot opt out.
+    sim.send(plain, listen(10, false, false));
+    assert_eq!(
+        code_of(&sim.recv_one(plain)),
+        Some((10, ErrorCode::Unsupported))
+    );
+    sim.send(
+        a,
+        proto::Direct {
+            id: 11,
+            to: "plain".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(11));
+    let counters = sim.router.status(sim.now, 0).counters;
+    assert_eq!(counters["not_listening"], 4);
+    assert_eq!(counters["undeliverable"], 1);
+}
+
+#[test]
+fn listen_flags_survive_resume_snapshot_and_restore() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let l = sim.connect_listening("l", true);
+    sim.send(l, Frame::from(listen(1, true, false)).with_seq(1));
+    assert_eq!(sim.recv_one(l).kind, Frame::ok(1).kind);
+
+    // The flags are replicated state: only a client with the feature has
+    // them.
+    let snap = sim.router.snapshot();
+    let state = |id: &str| {
+        snap.clients
+            .iter()
+            .find(|c| c.info.as_ref().is_some_and(|i| i.client_id == id))
+            .cloned()
+            .expect("in the snapshot")
+    };
+    assert_eq!(state("l").listen, Some(listen(0, true, false)));
+    assert!(state("l").info.is_some_and(|i| i.listen));
+    assert_eq!(state("a").listen, None);
+    let mut restored = Router::restore(
+        sim.now,
+        &snap,
+        config(Limits::default(), None),
+        Arc::new(HubStats::default()),
+    )
+    .expect("restores");
+    assert_eq!(restored.snapshot(), snap);
+    let x = ConnId(100);
+    let outbox = Outbox::new(x);
+    restored.handle(
+        sim.now,
+        Input::Connect {
+            conn: x,
+            info: proto::ClientInfo {
+                client_id: "x".into(),
+                ..Default::default()
+            },
+            outbox: outbox.clone(),
+        },
+    );
+    let direct = proto::Direct {
+        id: 2,
+        to: "l".into(),
+        ..Default::default()
+    };
+    restored.handle(
+        sim.now,
+        Input::Frames {
+            conn: x,
+            frames: vec![direct.clone().into(), Frame::request(3, "l", "q")],
+        },
+    );
+    let mut taken = Taken::default();
+    outbox.take(usize::MAX, &mut taken);
+    let got: Vec<Frame> = taken.frames.drain(..).map(Out::into_frame).collect();
+    assert_eq!(got[1], Frame::ok(2), "{got:?}");
+    assert_eq!(code_of(&got[2]), Some((3, ErrorCode::NotListening)));
+
+    // A resume keeps them.
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: l,
+            notice: None,
+            reason: "cut".into(),
+        },
+    );
+    let l2 = ConnId(50);
+    let outbox = Outbox::new(l2);
+    sim.outboxes.insert(l2, outbox.clone());
+    sim.router.handle(
+        sim.now,
+        Input::Resume {
+            conn: l2,
+            info: proto::ClientInfo {
+                client_id: "l".into(),
+                reliable: true,
+                listen: true,
+                ..Default::default()
+            },
+            outbox,
+            resume: proto::Resume {
+                last_received: 1,
+                epoch: 1,
+            },
+        },
+    );
+    match sim.recv_one(l2).kind {
+        Some(Kind::Welcome(w)) => assert_eq!(w.features, ["reliable", "resumed", "listen"]),
+        other => panic!("{other:?}"),
+    }
+    sim.send(a, direct);
+    assert_eq!(sim.recv_one(a), Frame::ok(2));
+    sim.send(a, Frame::request(3, "l", "q"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((3, ErrorCode::NotListening))
+    );
+    let listens: Vec<_> = sim
+        .router
+        .snapshot()
+        .clients
+        .iter()
+        .map(|c| c.listen)
+        .collect();
+    assert_eq!(listens, [None, Some(listen(0, true, false))]);
+}
+
+// ---- service requests ----
+
+impl Sim {
+    fn subscribe_service(&mut self, conn: ConnId, sub_id: u64, pattern: &str) {
+        self.send(
+            conn,
+            proto::Subscribe {
+                id: 1000 + sub_id,
+                sub_id,
+                pattern: pattern.into(),
+                service: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(self.recv_one(conn), Frame::ok(1000 + sub_id));
+    }
+}
+
+fn service_request(id: u64, service: &str) -> proto::Request {
+    proto::Request {
+        id,
+        service: service.into(),
+        payload: "q".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn service_requests_go_round_robin_to_matching_responders() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    // The requests-side Listen flag does not apply to service requests.
+    let c = sim.connect_listening("c", false);
+    sim.subscribe_service(b, 1, "svc.>");
+    sim.subscribe_service(b, 2, "svc.echo");
+    sim.subscribe_service(c, 3, "svc.*");
+    sim.subscribe_service(c, 4, "other");
+
+    // Service subscriptions take no publishes.
+    sim.send(
+        a,
+        proto::Publish {
+            id: 1,
+            topic: "svc.echo".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(1));
+    assert!(sim.recv(b).is_empty() && sim.recv(c).is_empty());
+
+    let mut picked = Vec::new();
+    for id in 10..16 {
+        sim.send(
+            a,
+            proto::Request {
+                headers: sample_headers(),
+                ..service_request(id, "svc.echo")
+            },
+        );
+        for (conn, name) in [(b, "b"), (c, "c")] {
+            for f in sim.recv(conn) {
+                let Some(Kind::Request(r)) = f.kind else {
+                    panic!("{f:?}")
+                };
+                assert_eq!(
+                    (r.id, r.to.as_str(), r.from.as_str(), r.service.as_str()),
+                    (id, name, "a", "svc.echo")
+                );
+                assert_eq!(r.headers, sample_headers());
+                picked.push((name, r.sub_id));
+                sim.send(conn, Frame::reply(id, "a", name));
+            }
+        }
+        match sim.recv_one(a).kind {
+            Some(Kind::Reply(r)) => {
+                assert_eq!((r.id, r.from.as_str()), (id, picked[picked.len() - 1].0))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(picked.len(), 6);
+    let mut first: Vec<_> = picked[..3].to_vec();
+    assert_eq!(picked[3..], first[..], "the same turn again");
+    first.sort();
+    assert_eq!(
+        first,
+        [("b", 1), ("b", 2), ("c", 3)],
+        "each responder once a turn"
+    );
+    assert_eq!(sim.router.pending_requests(), 0);
+}
+
+#[test]
+fn service_requests_refused_clearly() {
+    let limits = Limits {
+        max_subscriptions: 2,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    sim.send(a, service_request(1, "svc.x"));
+    let (id, code, message) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (1, ErrorCode::NoResponders));
+    assert!(message.contains("svc.x"), "{message}");
+    sim.send(
+        a,
+        proto::Request {
+            to: "b".into(),
+            ..service_request(2, "svc.x")
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((2, ErrorCode::InvalidArgument))
+    );
+    sim.send(a, service_request(3, "svc.*"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((3, ErrorCode::InvalidArgument))
+    );
+    for (pattern, group) in [("svc.x", "g"), ("bad pattern", ""), ("a.>.b", "")] {
+        sim.send(
+            b,
+            proto::Subscribe {
+                id: 4,
+                sub_id: 9,
+                pattern: pattern.into(),
+                queue_group: group.into(),
+                service: true,
+            },
+        );
+        assert_eq!(
+            code_of(&sim.recv_one(b)),
+            Some((4, ErrorCode::InvalidArgument)),
+            "{pattern} {group}"
+        );
+    }
+    assert!(sim.recv(b).is_empty());
+    // Service subscriptions count toward the limit and are in the snapshot.
+    sim.subscribe_service(b, 1, "svc.x");
+    sim.subscribe(b, 2, "t", "");
+    sim.send(
+        b,
+        proto::Subscribe {
+            id: 5,
+            sub_id: 3,
+            pattern: "svc.y".into(),
+            service: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(b)),
+        Some((5, ErrorCode::LimitExceeded))
+    );
+    let snap = sim.router.snapshot();
+    let subs = &snap.clients[1].subscriptions;
+    assert_eq!(
+        subs[0],
+        proto::Subscribe {
+            id: 0,
+            sub_id: 1,
+            pattern: "svc.x".into(),
+            queue_group: String::new(),
+            service: true,
+        }
+    );
+    assert!(!subs[1].service);
+    assert_eq!(sim.router.status(sim.now, 0).subscriptions, 2);
+    // Unsubscribed like any subscription.
+    sim.send(b, proto::Unsubscribe { id: 6, sub_id: 1 });
+    assert_eq!(sim.recv_one(b), Frame::ok(6));
+    sim.send(a, service_request(7, "svc.x"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((7, ErrorCode::NoResponders))
+    );
+    assert_eq!(sim.router.status(sim.now, 0).counters["no_responders"], 2);
+    assert_eq!(sim.router.pending_requests(), 0);
+}
+
+/// Which of `conns` got a request, and its id.
+fn who_got(sim: &mut Sim, conns: &[ConnId]) -> (ConnId, u64) {
+    let mut got = None;
+    for conn in conns {
+        for f in sim.recv(*conn) {
+            match f.kind {
+                Some(Kind::Request(r)) => {
+                    assert!(got.is_none(), "one responder only");
+                    got = Some((*conn, r.id));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    got.expect("a responder got it")
+}
+
+#[test]
+fn a_service_request_is_pending_to_its_responder() {
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let c = sim.connect("c");
+    sim.subscribe_service(b, 1, "svc");
+    sim.subscribe_service(c, 1, "svc");
+    let timed = |id| proto::Request {
+        timeout_ms: 100,
+        ..service_request(id, "svc")
+    };
+
+    // The responder leaves: TARGET_GONE.
+    sim.send(a, timed(1));
+    let (chosen, _) = who_got(&mut sim, &[b, c]);
+    let other = if chosen == b { c } else { b };
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: chosen,
+            notice: None,
+            reason: "gone".into(),
+        },
+    );
+    assert_eq!(code_of(&sim.recv_one(a)), Some((1, ErrorCode::TargetGone)));
+
+    // Cancelled: no timeout, the late reply is dropped.
+    sim.send(a, timed(2));
+    assert_eq!(who_got(&mut sim, &[other]), (other, 2));
+    sim.send(a, proto::Cancel { id: 2 });
+    sim.advance(Duration::from_millis(200));
+    let name = if other == b { "b" } else { "c" };
+    sim.send(other, Frame::reply(2, "a", "late"));
+    assert!(sim.recv(a).is_empty());
+
+    // Unanswered: TIMEOUT. Answered by someone else: dropped.
+    sim.send(a, timed(3));
+    who_got(&mut sim, &[other]);
+    let x = sim.connect("x");
+    sim.send(x, Frame::reply(3, "a", "not asked"));
+    assert!(sim.recv(a).is_empty());
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(code_of(&sim.recv_one(a)), Some((3, ErrorCode::Timeout)));
+
+    sim.send(a, timed(4));
+    who_got(&mut sim, &[other]);
+    sim.send(other, Frame::reply(4, "a", "ok"));
+    assert!(matches!(sim.recv_one(a).kind, Some(Kind::Reply(r)) if r.from == name));
+    let counters = sim.router.status(sim.now, 0).counters;
+    assert_eq!(counters["replies_dropped"], 2);
+    assert_eq!(counters["requests_cancelled"], 1);
+}
+
+#[test]
+fn a_full_responder_is_skipped_while_another_has_room() {
+    let limits = Limits {
+        queue_frames: 1,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let c = sim.connect("c");
+    sim.subscribe_service(b, 1, "svc");
+    sim.subscribe_service(c, 1, "svc");
+    sim.send(a, Frame::direct("b", "fills b's queue"));
+    for id in 1..=2 {
+        sim.send(a, service_request(id, "svc"));
+        assert_eq!(who_got(&mut sim, &[c]), (c, id), "b is full");
+    }
+    assert_eq!(sim.recv(b).len(), 1, "only the direct message");
+}
+
+#[test]
+fn the_responder_picked_travels_in_the_change_log() {
+    let limits = Limits {
+        queue_frames: 1,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits.clone(), None);
+    let stats = || Arc::new(HubStats::default());
+    let empty = sim.router.snapshot();
+    let mut replica = Replica::new(sim.now, &empty, config(limits, None), stats()).unwrap();
+    sim.router.enable_change_log(ChangeLogLimits::default());
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let c = sim.connect("c");
+    sim.subscribe_service(b, 1, "svc");
+    sim.subscribe_service(c, 2, "svc");
+    // b's queue is full: the primary picks c; the replica, whose ghosts
+    // never fill, must not pick b.
+    sim.send(a, Frame::direct("b", "fills b's queue"));
+    sim.send(a, service_request(1, "svc"));
+    assert_eq!(who_got(&mut sim, &[c]), (c, 1));
+    // Both `to` and `service`: refused, and refused on replay too.
+    sim.send(
+        a,
+        proto::Request {
+            to: "c".into(),
+            sub_id: 2,
+            ..service_request(2, "svc")
+        },
+    );
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((2, ErrorCode::InvalidArgument))
+    );
+    let mut changes = Vec::new();
+    sim.router.take_changes(&mut changes).unwrap();
+    for change in changes {
+        assert!(replica.apply(sim.now, change).unwrap());
+    }
+    let r = replica.router();
+    assert_eq!(r.snapshot(), sim.router.snapshot());
+    assert_eq!(r.pending.len(), 1, "only the accepted request");
+    let (key, p) = r.pending.iter().next().unwrap();
+    assert_eq!((r.clients[&key.0].id.as_str(), key.1), ("a", 1));
+    assert_eq!(r.clients[&p.target].id, "c", "the primary's choice");
 }

@@ -65,8 +65,19 @@ impl TestClient {
 
     /// Full handshake; fails unless the hub welcomes the client.
     pub async fn connect_with(addr: SocketAddr, id: &str, secret: &Secret) -> Result<TestClient> {
+        Self::connect_features(addr, id, secret, &[]).await
+    }
+
+    /// Full handshake asking for `features`; fails unless the hub welcomes
+    /// the client.
+    pub async fn connect_features(
+        addr: SocketAddr,
+        id: &str,
+        secret: &Secret,
+        features: &[&str],
+    ) -> Result<TestClient> {
         let mut c = Self::connect_raw(addr).await?;
-        match c.handshake(id, secret).await? {
+        match c.handshake_features(id, secret, features).await? {
             Some(f) => bail!("handshake refused: {f:?}"),
             None => Ok(c),
         }
@@ -75,12 +86,23 @@ impl TestClient {
     /// Runs the handshake; returns the hub's refusal frame (an empty frame
     /// when the hub closed without one), `None` once welcomed.
     pub async fn handshake(&mut self, id: &str, secret: &Secret) -> Result<Option<Frame>> {
+        self.handshake_features(id, secret, &[]).await
+    }
+
+    /// [`TestClient::handshake`] asking for `features`.
+    pub async fn handshake_features(
+        &mut self,
+        id: &str,
+        secret: &Secret,
+        features: &[&str],
+    ) -> Result<Option<Frame>> {
         let client_nonce = nonce();
         self.send(proto::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_id: id.into(),
             client_nonce: client_nonce.to_vec().into(),
             agent: "hub tests".into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
             ..Default::default()
         })
         .await?;

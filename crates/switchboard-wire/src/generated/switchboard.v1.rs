@@ -716,6 +716,10 @@ pub struct ClientInfo {
     /// "reliable"): its frames carry sequence numbers both ways.
     #[prost(bool, tag = "6")]
     pub reliable: bool,
+    /// Whether it announced the "listen" feature (`Hello.features` holds
+    /// "listen"): it may refuse direct messages and requests (see `Listen`).
+    #[prost(bool, tag = "7")]
+    pub listen: bool,
 }
 /// Ask for the list of connected clients.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -182,16 +182,28 @@ fn hub_identity() -> impl Strategy<Value = proto::HubIdentity> + Clone {
 }
 
 fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
-    (text(), text(), text(), any::<u64>(), text(), any::<bool>()).prop_map(
-        |(client_id, transport, addr, connected_at_ms, agent, reliable)| proto::ClientInfo {
-            client_id,
-            transport,
-            addr,
-            connected_at_ms,
-            agent,
-            reliable,
-        },
+    (
+        text(),
+        text(),
+        text(),
+        any::<u64>(),
+        text(),
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(client_id, transport, addr, connected_at_ms, agent, reliable, listen)| {
+                proto::ClientInfo {
+                    client_id,
+                    transport,
+                    addr,
+                    connected_at_ms,
+                    agent,
+                    reliable,
+                    listen,
+                }
+            },
+        )
 }
 
 /// Arbitrary application headers (mostly none).
