@@ -138,6 +138,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(served.is_empty(), "{served:?}");
         let code = if topic_ok {
             ErrorCode::NoResponders
+        } else if topic.is_empty() {
+            // No service: a request to client id "".
+            ErrorCode::NoSuchClient
         } else {
             ErrorCode::InvalidArgument
         };
