@@ -123,11 +123,11 @@ async fn request_errors_are_typed_and_immediate() -> anyhow::Result<()> {
         other => panic!("expected TargetGone, got {other:?}"),
     }
 
-    // A client without a handler answers with an error reply at once.
+    // A client that serves no requests is refused by the hub at once.
     let _plain = client(&hub, "plain").await?;
     match within(asker.request("plain", "x")).await? {
-        Err(ClientError::Remote(msg)) => assert!(msg.contains("does not serve"), "{msg}"),
-        other => panic!("expected a remote error, got {other:?}"),
+        Err(ClientError::NotListening(msg)) => assert!(msg.contains("plain"), "{msg}"),
+        other => panic!("expected not listening, got {other:?}"),
     }
     Ok(())
 }
@@ -498,7 +498,8 @@ async fn a_drop_policy_keeps_replies_flowing_and_counts_every_drop() -> anyhow::
 async fn oversized_payloads_are_refused_locally() -> anyhow::Result<()> {
     let hub = hub().await?;
     let a = client(&hub, "big-a").await?;
-    let _b = client(&hub, "big-b").await?;
+    let b = client(&hub, "big-b").await?;
+    let _inbox = b.messages().await?;
     let huge = vec![0u8; switchboard::wire::DEFAULT_MAX_FRAME + 1];
     match a.send("big-b", huge).await {
         Err(ClientError::InvalidArgument(msg)) => assert!(msg.contains("limit"), "{msg}"),

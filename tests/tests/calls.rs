@@ -216,7 +216,9 @@ async fn serve_options_bound_concurrency_and_time_and_stop_waits() -> anyhow::Re
         other => panic!("expected the handler's timeout, got {other:?}"),
     }
 
-    // stop() returns once the running handler has replied.
+    // stop() returns once the running handler has replied. (The handler
+    // dropped at its timeout never counted itself out.)
+    running.store(0, Ordering::SeqCst);
     finished.store(false, Ordering::SeqCst);
     let slow = {
         let asker = asker.clone();

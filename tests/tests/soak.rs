@@ -188,14 +188,22 @@ async fn mixed_soak_loses_nothing_and_leaks_nothing() -> Result<()> {
             anyhow::Ok((c, got, last))
         }));
     }
-    // A small stream: the lazy client's backlog overflows and is dropped.
+    // A small stream that drops by choice: the lazy client's backlog
+    // overflows and is dropped, counted (a blocking one would only hold its
+    // own connection back).
     let lazy = Client::builder("lazy")
         .addr(hub.local_addr().to_string())
         .token(switchboard_tests::TOKEN)
-        .stream_capacity(16)
         .connect()
         .await?;
-    let _lazy_sub = lazy.subscribe("fan.>").await?;
+    let _lazy_sub = lazy
+        .subscribe_with(
+            "fan.>",
+            switchboard::SubscribeOptions::default()
+                .capacity(16)
+                .overflow(switchboard::Overflow::DropNewest),
+        )
+        .await?;
     {
         let (stop, counts, publisher) = (stop.clone(), counts.clone(), publisher.clone());
         tasks.push(tokio::spawn(async move {
