@@ -326,30 +326,41 @@ async fn abrupt_disconnects_at_every_handshake_step_leak_nothing() -> Result<()>
         s.write_all(&hello_bytes[..cut]).await?;
         drop(s);
     }
-    // Cut after the Challenge, and at every byte of the Auth.
+    // Cut after the Challenge, and at every byte of the Auth. With only
+    // four handshake slots, a new connection can meet all of them still
+    // held by cut connections the hub has not yet seen close; it is then
+    // closed on accept (by design) and tried again, within the test bound.
     for cut in 0..=40usize {
-        let mut c = TestClient::connect_raw(addr).await?;
-        let client_nonce = nonce();
-        c.send(hello("cut", &client_nonce)).await?;
-        let challenge = match c.expect().await?.kind {
-            Some(Kind::Challenge(ch)) => ch,
-            other => bail!("{other:?}"),
-        };
-        let auth = encode(proto::Auth {
-            proof: client_proof(&secret, &challenge.hub_nonce, &client_nonce, "cut")
-                .to_vec()
-                .into(),
-        });
-        let cut = cut.min(auth.len());
-        c.send_bytes(&auth[..cut]).await?;
-        drop(c);
+        until_accepted(|| async {
+            let mut c = TestClient::connect_raw(addr).await?;
+            let client_nonce = nonce();
+            c.send(hello("cut", &client_nonce)).await?;
+            let challenge = match c.expect().await?.kind {
+                Some(Kind::Challenge(ch)) => ch,
+                other => bail!("{other:?}"),
+            };
+            let auth = encode(proto::Auth {
+                proof: client_proof(&secret, &challenge.hub_nonce, &client_nonce, "cut")
+                    .to_vec()
+                    .into(),
+            });
+            let cut = cut.min(auth.len());
+            c.send_bytes(&auth[..cut]).await?;
+            drop(c);
+            Ok(())
+        })
+        .await?;
     }
     // Cut right after Welcome, and mid-frame after Welcome.
     for i in 0..20 {
-        let mut c = TestClient::connect(addr, &format!("cut-{i}")).await?;
-        let publish = encode(Frame::publish("t", vec![1u8; 100]));
-        c.send_bytes(&publish[..i * 5]).await?;
-        drop(c);
+        until_accepted(|| async {
+            let mut c = TestClient::connect(addr, &format!("cut-{i}")).await?;
+            let publish = encode(Frame::publish("t", vec![1u8; 100]));
+            c.send_bytes(&publish[..i * 5]).await?;
+            drop(c);
+            Ok(())
+        })
+        .await?;
     }
     ok.round().await?;
     // Every slot came back and every registration went away.
@@ -365,6 +376,23 @@ async fn abrupt_disconnects_at_every_handshake_step_leak_nothing() -> Result<()>
     ok.round().await?;
     hub.shutdown().await;
     Ok(())
+}
+
+/// Runs `attempt` until it succeeds, for at most [`WAIT`]: for connections
+/// the hub may close on accept while its handshake slots are all held.
+async fn until_accepted<F, Fut>(mut attempt: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() >= WAIT => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

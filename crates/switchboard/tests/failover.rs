@@ -483,3 +483,78 @@ async fn a_session_in_progress_at_the_kill_continues_and_loses_nothing() {
     let _ = agent.shutdown().await;
     manager.shutdown().await;
 }
+
+/// The client's delivery contract across a failover: a subscriber whose
+/// stream holds 64 messages and whose application reads slowly gets every
+/// confirmed publish once, in order, although the primary is killed with
+/// SIGKILL while it is far behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_loses_nothing_across_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut primary, _standby, addr) = pair(dir.path(), "fo-slow");
+    let subscriber = Client::builder("slow")
+        .addr(addr.to_string())
+        .token(TOKEN)
+        .resume_wait(Duration::from_secs(20))
+        .stream_capacity(64)
+        .connect()
+        .await
+        .expect("connect");
+    let mut sub = subscriber.subscribe("slow.>").await.expect("subscribe");
+    let publisher = client("fast", addr).await;
+    const LANES: u64 = 4;
+    let per_lane = (messages() / 10).clamp(1_000, 10_000);
+    let total = LANES * per_lane;
+    let sent = Arc::new(AtomicU64::new(0));
+    let publishing = {
+        let (publisher, sent) = (publisher.clone(), sent.clone());
+        tokio::spawn(async move {
+            let lanes = (0..LANES).map(|lane| {
+                let (publisher, sent) = (publisher.clone(), sent.clone());
+                async move {
+                    for n in 0..per_lane {
+                        let topic = format!("slow.{lane}");
+                        publisher
+                            .publish(&topic, count(n))
+                            .await
+                            .expect("a confirmed publish");
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            futures::future::join_all(lanes).await;
+        })
+    };
+    let mut next = [0u64; LANES as usize];
+    let mut got = 0u64;
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while got < total {
+        assert!(Instant::now() < deadline, "{got} of {total} in time");
+        if !killed && sent.load(Ordering::Relaxed) >= total / 3 {
+            primary.kill9();
+            killed = true;
+        }
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("a message in time")
+            .expect("the subscription goes on");
+        let lane: usize = m.topic[5..].parse().expect("lane");
+        assert_eq!(number(&m.payload), next[lane], "lane {lane} in order, once");
+        next[lane] += 1;
+        got += 1;
+        // Far slower than the publishers until they are done.
+        if !publishing.is_finished() && got % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(killed, "the primary was killed during the run");
+    publishing.await.expect("publishers");
+    assert_eq!(subscriber.dropped(), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing more, nothing twice"
+    );
+}
