@@ -295,3 +295,50 @@ async fn calls_dropped_part_way_leave_nothing_at_the_hub() -> anyhow::Result<()>
     drop(held);
     Ok(())
 }
+
+#[tokio::test]
+async fn listening_and_headers_over_websocket() -> anyhow::Result<()> {
+    let hub = switchboard::Hub::builder()
+        .token(switchboard_tests::TOKEN)
+        .listen("127.0.0.1:0")
+        .http("127.0.0.1:0")
+        .write_hint(false)
+        .start()
+        .await?;
+    let url = format!("ws://{}/v1/ws", hub.http_addr().expect("gateway"));
+    let web = switchboard::Client::builder("web")
+        .websocket(&url)
+        .token(switchboard_tests::TOKEN)
+        .connect()
+        .await?;
+    let tcp = client(&hub, "tcp").await?;
+    // Not listening yet: refused at once, in both directions.
+    assert!(matches!(
+        tcp.send("web", "x").await,
+        Err(ClientError::NotListening(_))
+    ));
+    assert!(matches!(
+        web.send("tcp", "x").await,
+        Err(ClientError::NotListening(_))
+    ));
+    let mut web_inbox = web.messages().await?;
+    let mut tcp_inbox = tcp.messages().await?;
+    let headers = Headers::from([("via", "ws")]);
+    tcp.send_with_headers("web", "to web", headers.clone())
+        .await?;
+    web.send_with_headers("tcp", "to tcp", headers.clone())
+        .await?;
+    let m = within(web_inbox.next()).await?.expect("message");
+    assert_eq!((&m.payload[..], &m.headers), (&b"to web"[..], &headers));
+    let m = within(tcp_inbox.next()).await?.expect("message");
+    assert_eq!((&m.payload[..], &m.headers), (&b"to tcp"[..], &headers));
+    assert_eq!(
+        within(tcp.clients())
+            .await??
+            .iter()
+            .find(|c| c.client_id == "web")
+            .map(|c| c.transport.clone()),
+        Some("ws".to_string())
+    );
+    Ok(())
+}

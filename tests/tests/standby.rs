@@ -18,10 +18,18 @@ async fn a_standby_joining_under_load_ends_with_the_primarys_state() -> anyhow::
     for n in 0..4 {
         let c = client(&primary, &format!("worker-{n}")).await?;
         // Subscriptions and watches for the snapshot to carry, and streams
-        // that keep numbered deliveries flowing to these clients.
-        let sub = c.subscribe("load.>").await?;
-        let watch = c.kv().watch_prefix("load.").await?;
-        keep.push((sub, watch));
+        // that keep numbered deliveries flowing to these clients (read, so
+        // a full stream never holds the client's answers back).
+        let mut sub = c.subscribe("load.>").await?;
+        let mut watch = c.kv().watch_prefix("load.").await?;
+        keep.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = sub.recv() => if m.is_none() { break },
+                    e = watch.recv() => if e.is_none() { break },
+                }
+            }
+        }));
         let stop = stop.clone();
         load.push(tokio::spawn(async move {
             let mut i = 0u64;
@@ -82,6 +90,8 @@ async fn a_standby_joining_under_load_ends_with_the_primarys_state() -> anyhow::
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(keep);
+    for reader in keep {
+        reader.abort();
+    }
     Ok(())
 }

@@ -864,6 +864,45 @@ impl Drop for ClientInner {
 /// hub of a lower one (an old primary that a standby replaced): such a hub
 /// fails the attempt with [`ClientError::Fenced`] and the client looks
 /// further.
+///
+/// # Delivery
+///
+/// A message the hub confirmed to its sender reaches this client's
+/// stream, or the application is told: a numbered frame is acknowledged to
+/// the hub only once the stream took it; a full stream pushes back
+/// ([`Overflow::Block`], the default) or drops by the subscription's
+/// announced policy ([`SubscribeOptions::overflow`],
+/// [`ClientEvent::SlowConsumer`]); direct messages and requests are refused
+/// to their senders ([`ClientError::NotListening`]) until
+/// [`messages`](Client::messages) / [`requests`](Client::requests) /
+/// [`serve`](Client::serve) is called. See [`Client::events`].
+///
+/// # Cancel safety
+///
+/// Every async method may be dropped at any await point (a `select!`
+/// branch that loses, a timeout):
+///
+/// * registering calls — [`subscribe`](Client::subscribe) and its
+///   variants, [`messages`](Client::messages),
+///   [`requests`](Client::requests), [`serve`](Client::serve) and its
+///   variants, [`service`](Client::service), [`presence`](Client::presence),
+///   [`Kv::watch`] and [`Kv::watch_prefix`] — are undone, locally and at
+///   the hub, when dropped before they return;
+/// * requests ([`request`](Client::request) and its variants) are cancelled
+///   at the hub (a late reply is discarded);
+/// * sending calls ([`send`](Client::send), [`publish`](Client::publish),
+///   [`broadcast`](Client::broadcast), their variants, [`Kv::set`],
+///   [`Kv::cas`], [`Kv::delete`]) leave nothing registered, but the message
+///   or change may or may not have been sent (once queued, reliable
+///   delivery delivers it);
+/// * reads ([`Kv::get`], [`clients`](Client::clients),
+///   [`status`](Client::status)), [`flush`](Client::flush) and
+///   [`wait_connected`](Client::wait_connected) change nothing;
+/// * every stream's `recv()` and `Stream::poll_next` take an item only when
+///   they return it;
+/// * [`close`](Client::close) closes anyway; [`drain`](Client::drain)
+///   dropped part-way leaves the client draining but open;
+///   [`ServeHandle::stop`] dropped part-way lets the handlers finish.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
