@@ -97,24 +97,7 @@ impl Hub {
             addr: format!("{}", config.bind.ip),
             source,
         })?;
-        let identity = proto::HubIdentity {
-            service: config.service.clone(),
-            instance_id: new_instance_id(),
-            pid: std::process::id(),
-            port: u32::from(local_addr.port()),
-            epoch: config.epoch,
-            started_at_ms: now_ms(),
-            role: proto::Role::Primary as i32,
-        };
-        let stats = Arc::new(HubStats::default());
-        let router = Router::new(
-            RouterConfig {
-                identity: identity.clone(),
-                limits: config.limits.clone(),
-                keepalive: config.keepalive,
-            },
-            stats.clone(),
-        );
+        let (identity, router, stats) = new_primary(&config, local_addr.port());
         serve(config, Some(listener), identity, router, stats).await
     }
 
@@ -126,24 +109,7 @@ impl Hub {
     /// their own tasks. An HTTP gateway, when configured, still listens.
     pub async fn start_in_memory(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
-        let identity = proto::HubIdentity {
-            service: config.service.clone(),
-            instance_id: new_instance_id(),
-            pid: std::process::id(),
-            port: 0,
-            epoch: config.epoch,
-            started_at_ms: now_ms(),
-            role: proto::Role::Primary as i32,
-        };
-        let stats = Arc::new(HubStats::default());
-        let router = Router::new(
-            RouterConfig {
-                identity: identity.clone(),
-                limits: config.limits.clone(),
-                keepalive: config.keepalive,
-            },
-            stats.clone(),
-        );
+        let (identity, router, stats) = new_primary(&config, 0);
         serve(config, None, identity, router, stats).await
     }
 
@@ -158,6 +124,30 @@ impl Hub {
         check_config(&config)?;
         Ok(crate::standby::start(config, primary))
     }
+}
+
+/// The identity, router and counters of a new primary listening on `port`
+/// (0: in memory only).
+fn new_primary(config: &HubConfig, port: u16) -> (proto::HubIdentity, Router, Arc<HubStats>) {
+    let identity = proto::HubIdentity {
+        service: config.service.clone(),
+        instance_id: new_instance_id(),
+        pid: std::process::id(),
+        port: u32::from(port),
+        epoch: config.epoch,
+        started_at_ms: now_ms(),
+        role: proto::Role::Primary as i32,
+    };
+    let stats = Arc::new(HubStats::default());
+    let router = Router::new(
+        RouterConfig {
+            identity: identity.clone(),
+            limits: config.limits.clone(),
+            keepalive: config.keepalive,
+        },
+        stats.clone(),
+    );
+    (identity, router, stats)
 }
 
 fn check_config(config: &HubConfig) -> Result<(), HubError> {

@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bridge;
 mod codec;
 pub mod fast;
 mod frames;

@@ -992,7 +992,6 @@ enum Route {
         queue: Arc<Queue<Message>>,
         msg: Message,
         sub_id: u64,
-        pattern: String,
         last: bool,
     },
     /// A direct or broadcast message, to the messages stream if any.
@@ -1007,9 +1006,10 @@ enum Route {
 
 /// Pushes into `queue`, marking the reader as blocked while it waits.
 async fn push<T>(shared: &Shared, queue: &Queue<T>, item: T) -> Pushed {
-    if !queue.is_full() {
-        return queue.push(item).await;
-    }
+    let item = match queue.offer(item) {
+        Ok(pushed) => return pushed,
+        Err(item) => item,
+    };
     shared.reader_blocked.store(true, Ordering::Relaxed);
     let pushed = queue.push(item).await;
     shared.reader_blocked.store(false, Ordering::Relaxed);
@@ -1024,12 +1024,20 @@ impl Route {
                 queue,
                 msg,
                 sub_id,
-                pattern,
                 last,
             } => {
                 if push(shared, &queue, msg).await == Pushed::Dropped {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    slow.entry(sub_id).or_insert((pattern, queue.clone()));
+                    slow.entry(sub_id).or_insert_with(|| {
+                        let pattern = shared
+                            .reg
+                            .lock()
+                            .subs
+                            .get(&sub_id)
+                            .map(|s| s.pattern.clone())
+                            .unwrap_or_default();
+                        (pattern, queue.clone())
+                    });
                 }
                 if last {
                     queue.close_tx();
@@ -1077,7 +1085,6 @@ fn route_publish(shared: &Arc<Shared>, sub_id: u64, msg: Message) -> Route {
         return Route::Nowhere;
     };
     let queue = queue.clone();
-    let pattern = sub.pattern.clone();
     let mut last = false;
     if let Some(left) = sub.remaining.as_mut() {
         *left = left.saturating_sub(1);
@@ -1093,7 +1100,6 @@ fn route_publish(shared: &Arc<Shared>, sub_id: u64, msg: Message) -> Route {
         queue,
         msg,
         sub_id,
-        pattern,
         last,
     }
 }

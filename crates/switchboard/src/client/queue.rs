@@ -98,13 +98,32 @@ impl<T> Queue<T> {
     /// or, with [`Overflow::Block`], drops the item (counted) — for callers
     /// that must not wait.
     pub fn try_push(&self, item: T) -> Pushed {
+        match self.offer(item) {
+            Ok(pushed) => pushed,
+            Err(item) => {
+                drop(item);
+                let mut s = self.state.lock();
+                s.dropped += 1;
+                s.unannounced += 1;
+                Pushed::Dropped
+            }
+        }
+    }
+
+    /// Queues `item` if there is room, or drops by the policy; gives the
+    /// item back only when the policy is [`Overflow::Block`] and the queue
+    /// is full (the caller then waits with [`push`](Self::push)).
+    pub fn offer(&self, item: T) -> Result<Pushed, T> {
         let mut s = self.state.lock();
         if s.rx_closed {
-            return Pushed::Closed;
+            return Ok(Pushed::Closed);
         }
         if s.items.len() < s.capacity {
             Self::put(&mut s, item);
-            return Pushed::Taken;
+            return Ok(Pushed::Taken);
+        }
+        if s.overflow == Overflow::Block {
+            return Err(item);
         }
         s.dropped += 1;
         s.unannounced += 1;
@@ -112,16 +131,16 @@ impl<T> Queue<T> {
             s.items.pop_front();
             Self::put(&mut s, item);
         }
-        Pushed::Dropped
+        Ok(Pushed::Dropped)
     }
 
     /// Queues `item`; with [`Overflow::Block`] waits for room (cancel-safe:
     /// a cancelled push queued nothing).
     pub async fn push(&self, item: T) -> Pushed {
-        if self.state.lock().overflow != Overflow::Block {
-            return self.try_push(item);
-        }
-        let mut item = Some(item);
+        let mut item = match self.offer(item) {
+            Ok(pushed) => return pushed,
+            Err(item) => Some(item),
+        };
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
@@ -140,12 +159,6 @@ impl<T> Queue<T> {
             }
             notified.await;
         }
-    }
-
-    /// Whether a push would have to wait or drop now.
-    pub fn is_full(&self) -> bool {
-        let s = self.state.lock();
-        s.items.len() >= s.capacity
     }
 
     /// The next item; `None` once the producer closed and the queue is

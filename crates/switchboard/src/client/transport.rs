@@ -85,15 +85,13 @@ pub(crate) async fn tcp(addr: SocketAddr) -> Result<Opened, ClientError> {
 
 #[cfg(feature = "websocket")]
 mod ws {
-    use bytes::{Buf, BytesMut};
     use futures::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::MaybeTlsStream;
 
     use super::{Opened, Rd, Wr};
     use crate::ClientError;
-    use switchboard_wire::{DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
+    use switchboard_wire::DEFAULT_MAX_FRAME;
 
     /// Buffer of the pipe between the socket and the client's reader and
     /// writer.
@@ -125,7 +123,9 @@ mod ws {
     }
 
     /// Moves frames between the socket (one per binary message) and the
-    /// pipe (length-prefixed) until either side ends.
+    /// pipe (length-prefixed) until either side ends
+    /// (`switchboard_wire::bridge`): pings and pongs are skipped; text, a
+    /// close or an error end the connection.
     async fn bridge<S>(socket: S, io: tokio::io::DuplexStream)
     where
         S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
@@ -134,51 +134,38 @@ mod ws {
             + Unpin
             + 'static,
     {
-        let (mut ws_tx, mut ws_rx) = socket.split();
-        let (mut rd, mut wr) = tokio::io::split(io);
-        let inbound = async move {
-            while let Some(msg) = ws_rx.next().await {
-                let data = match msg {
-                    Ok(Message::Binary(data)) => data,
-                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-                    Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
-                };
-                let Ok(len) = u32::try_from(data.len()) else {
-                    break;
-                };
-                if wr.write_all(&len.to_be_bytes()).await.is_err()
-                    || wr.write_all(&data).await.is_err()
-                {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        };
-        let outbound = async move {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            'read: loop {
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                while buf.len() >= LENGTH_PREFIX_LEN {
-                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    if buf.len() < LENGTH_PREFIX_LEN + len {
-                        buf.reserve(LENGTH_PREFIX_LEN + len - buf.len());
-                        break;
-                    }
-                    buf.advance(LENGTH_PREFIX_LEN);
-                    let frame = buf.split_to(len).freeze();
-                    if ws_tx.send(Message::Binary(frame)).await.is_err() {
-                        break 'read;
-                    }
-                }
-            }
-            let _ = ws_tx.send(Message::Close(None)).await;
-            let _ = ws_tx.close().await;
-        };
-        let inbound = tokio::spawn(inbound);
-        outbound.await;
-        inbound.abort();
+        let (mut ws_tx, ws_rx) = socket.split();
+        let incoming = ws_rx
+            .take_while(|msg| {
+                std::future::ready(matches!(
+                    msg,
+                    Ok(Message::Binary(_)
+                        | Message::Ping(_)
+                        | Message::Pong(_)
+                        | Message::Frame(_))
+                ))
+            })
+            .filter_map(|msg| {
+                std::future::ready(match msg {
+                    Ok(Message::Binary(data)) => Some(data),
+                    _ => None,
+                })
+            });
+        let mut outgoing = (&mut ws_tx).with(|frame: bytes::Bytes| {
+            std::future::ready(Ok::<_, <S as futures::Sink<Message>>::Error>(
+                Message::Binary(frame),
+            ))
+        });
+        let (rd, wr) = tokio::io::split(io);
+        switchboard_wire::bridge::bridge(
+            Box::pin(incoming),
+            &mut outgoing,
+            rd,
+            wr,
+            DEFAULT_MAX_FRAME,
+        )
+        .await;
+        let _ = ws_tx.send(Message::Close(None)).await;
+        let _ = ws_tx.close().await;
     }
 }
