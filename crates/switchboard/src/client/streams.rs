@@ -258,12 +258,47 @@ impl std::fmt::Debug for Messages {
     }
 }
 
+/// The registry's slot of a listening stream (messages or requests).
+type Slot<T> = fn(&mut super::Registry) -> &mut Option<Arc<Queue<T>>>;
+
+fn messages_slot(reg: &mut super::Registry) -> &mut Option<Arc<Queue<Message>>> {
+    &mut reg.messages
+}
+
+fn requests_slot(reg: &mut super::Registry) -> &mut Option<Arc<Queue<IncomingRequest>>> {
+    &mut reg.requests
+}
+
+/// A new queue in `slot`; the queue it replaces ends after what it holds.
+fn listen_on<T>(shared: &Shared, slot: Slot<T>) -> Arc<Queue<T>> {
+    let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
+    if let Some(old) = slot(&mut shared.reg.lock()).replace(queue.clone()) {
+        old.close_tx();
+    }
+    queue
+}
+
+/// A listening stream's handle is gone: its items are dropped, and if it
+/// was still the current one the hub is told this client stops listening.
+fn stop_listening<T>(shared: &Arc<Shared>, queue: &Arc<Queue<T>>, slot: Slot<T>) {
+    queue.close_rx();
+    let current = {
+        let mut reg = shared.reg.lock();
+        let slot = slot(&mut reg);
+        let current = slot.as_ref().is_some_and(|q| Arc::ptr_eq(q, queue));
+        if current {
+            *slot = None;
+        }
+        current
+    };
+    if current {
+        shared.sync_listen_detached();
+    }
+}
+
 impl Messages {
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Messages, ClientError> {
-        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
-        if let Some(old) = shared.reg.lock().messages.replace(queue.clone()) {
-            old.close_tx();
-        }
+        let queue = listen_on(&shared, messages_slot);
         let messages = Messages { shared, queue };
         messages.shared.sync_listen().await?;
         Ok(messages)
@@ -285,21 +320,7 @@ impl Stream for Messages {
 
 impl Drop for Messages {
     fn drop(&mut self) {
-        self.queue.close_rx();
-        let current = {
-            let mut reg = self.shared.reg.lock();
-            let current = reg
-                .messages
-                .as_ref()
-                .is_some_and(|q| Arc::ptr_eq(q, &self.queue));
-            if current {
-                reg.messages = None;
-            }
-            current
-        };
-        if current {
-            self.shared.sync_listen_detached();
-        }
+        stop_listening(&self.shared, &self.queue, messages_slot);
     }
 }
 
@@ -459,10 +480,7 @@ impl std::fmt::Debug for Requests {
 
 impl Requests {
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Requests, ClientError> {
-        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
-        if let Some(old) = shared.reg.lock().requests.replace(queue.clone()) {
-            old.close_tx();
-        }
+        let queue = listen_on(&shared, requests_slot);
         let requests = Requests {
             shared,
             queue,
@@ -538,25 +556,10 @@ impl Drop for Requests {
     fn drop(&mut self) {
         // Requests still queued are answered with an error reply as they
         // are dropped.
-        self.queue.close_rx();
         match self.source {
-            Source::Direct => {
-                let current = {
-                    let mut reg = self.shared.reg.lock();
-                    let current = reg
-                        .requests
-                        .as_ref()
-                        .is_some_and(|q| Arc::ptr_eq(q, &self.queue));
-                    if current {
-                        reg.requests = None;
-                    }
-                    current
-                };
-                if current {
-                    self.shared.sync_listen_detached();
-                }
-            }
+            Source::Direct => stop_listening(&self.shared, &self.queue, requests_slot),
             Source::Service(sub_id) => {
+                self.queue.close_rx();
                 if self.active {
                     self.shared.reg.lock().subs.remove(&sub_id);
                     let id = self.shared.next_id();
