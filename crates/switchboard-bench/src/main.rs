@@ -16,6 +16,7 @@ mod idle;
 mod procs;
 mod raw;
 mod report;
+mod slow;
 mod stats;
 mod workload;
 
@@ -101,6 +102,10 @@ enum Cmd {
         #[arg(default_value_t = 5000)]
         rounds: usize,
     },
+    /// Messages lost by a slow subscriber: confirmed publishes from
+    /// several lanes to one subscriber that reads slowly, checked per lane,
+    /// against an in-process hub; one line (or one JSON object).
+    SlowSubscriber(slow::Args),
     /// The raw TCP baseline server (started by the benchmark itself).
     #[command(hide = true)]
     RawServer,
@@ -898,6 +903,12 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?;
         return rt.block_on(gateways::main(*rounds));
+    }
+    if let Some(Cmd::SlowSubscriber(args)) = &cli.cmd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(slow::main(args.clone()));
     }
     if let Some(Cmd::Render { json }) = &cli.cmd {
         let docs = docs_dir(&cli);
