@@ -947,9 +947,12 @@ impl Client {
         }
     }
 
-    /// Items dropped so far because an incoming stream was full (this
-    /// client's streams) or the hub's queue for this client was full (as the
-    /// hub reported in `Flow` notices).
+    /// Items lost so far, in all: dropped by subscriptions with a drop
+    /// policy ([`Overflow::DropNewest`], [`Overflow::DropOldest`]), dropped
+    /// by the hub because its queue for this client was full (its `Flow`
+    /// notices), and messages that arrived for a stream the application had
+    /// just dropped. Each is also announced on [`events`](Client::events).
+    /// Always 0 while every stream blocks and the hub's queue has room.
     pub fn dropped(&self) -> u64 {
         self.shared().dropped.load(Ordering::Relaxed)
     }
