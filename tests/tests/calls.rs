@@ -210,7 +210,8 @@ async fn serve_options_bound_concurrency_and_time_and_stop_waits() -> anyhow::Re
     for r in within(futures::future::join_all(calls)).await? {
         assert_eq!(&r?[..], b"done");
     }
-    assert_eq!(most.load(Ordering::SeqCst), 2, "at most two at once");
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "at most two at once: {most}");
     match within(asker.request("bounded", "hang")).await? {
         Err(ClientError::Remote(msg)) => assert!(msg.contains("did not finish"), "{msg}"),
         other => panic!("expected the handler's timeout, got {other:?}"),
@@ -273,15 +274,25 @@ async fn calls_dropped_part_way_leave_nothing_at_the_hub() -> anyhow::Result<()>
             _ = tokio::task::yield_now() => {}
         }
     }
-    // Whatever reached the hub was undone there.
+    // Whatever reached the hub was undone there. (An undo that found the
+    // send queue full is queued by a task: it may land after the flush, so
+    // the hub's state is polled, one round trip a time.)
     within(c.flush()).await??;
-    let status = within(c.status()).await??;
-    let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
-    assert_eq!(status.subscriptions, 0, "{status:?}");
-    assert_eq!(status.pending_requests, 0, "{status:?}");
-    assert_eq!(counter("kv_watches"), 0, "{status:?}");
-    assert_eq!(counter("presence_watchers"), 0, "{status:?}");
-    assert_eq!(counter("queue_groups"), 0, "{status:?}");
+    let clean = |s: &switchboard::HubStatus| {
+        let counter = |name: &str| s.counters.get(name).copied().unwrap_or(0);
+        s.subscriptions == 0
+            && s.pending_requests == 0
+            && counter("kv_watches") == 0
+            && counter("presence_watchers") == 0
+            && counter("queue_groups") == 0
+    };
+    let mut status = within(c.status()).await??;
+    let tries = std::time::Instant::now();
+    while !clean(&status) && tries.elapsed() < switchboard_tests::WAIT {
+        tokio::task::yield_now().await;
+        status = within(c.status()).await??;
+    }
+    assert!(clean(&status), "{status:?}");
     // Not listening either.
     assert!(matches!(
         server.send("canceller", "x").await,
