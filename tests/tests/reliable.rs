@@ -1085,3 +1085,56 @@ async fn a_real_hub_acknowledges_through_answers_and_after_the_delay() -> anyhow
     .await?;
     Ok(())
 }
+
+/// A connection cut while the reader waits on a full stream: the frame it
+/// held is sent again on resume and taken once; `unsubscribe_after` counts
+/// it once and still ends the stream.
+#[tokio::test]
+async fn a_cut_while_the_reader_waits_on_a_full_stream_loses_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let hub = hub_with_epoch(1).await?;
+    let proxy = Proxy::start(hub.local_addr()).await?;
+    // While its reader waits on the application, a client notices a dead
+    // connection by its pings failing: ping often.
+    let subscriber = via(&proxy, "blocked")
+        .stream_capacity(1)
+        .keepalive(Duration::from_millis(50))
+        .connect()
+        .await?;
+    let publisher = Client::builder("pub")
+        .addr(hub.local_addr().to_string())
+        .token(TOKEN)
+        .connect()
+        .await?;
+    let mut sub = subscriber
+        .subscribe_with(
+            "b.>",
+            switchboard::SubscribeOptions::default().max_messages(4),
+        )
+        .await?;
+    for i in 0..6u32 {
+        publisher.publish("b.x", i.to_string()).await?;
+    }
+    // The stream holds one; the reader waits with the second.
+    within(async {
+        while subscriber.unacknowledged().0 > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    proxy.cut();
+    wait_state(&subscriber, |s| {
+        matches!(s, ConnectionState::Connected { generation: 2, .. })
+    })
+    .await?;
+    // Four, once each and in order, then the end.
+    assert_eq!(take(&mut sub, 4).await?, vec![0, 1, 2, 3]);
+    assert!(within(sub.next()).await?.is_none(), "the stream ended");
+    within(async {
+        while hub.status().subscriptions != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    Ok(())
+}

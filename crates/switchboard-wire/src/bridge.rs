@@ -48,7 +48,8 @@ pub async fn bridge<In, Out, R, W>(
     let inbound = async {
         while let Some(body) = incoming.next().await {
             if SinkExt::<Bytes>::send(&mut frames_in, body).await.is_err() {
-                break;
+                // The connection side is gone: the bridge is done.
+                return;
             }
         }
         let _ = SinkExt::<Bytes>::close(&mut frames_in).await;

@@ -64,6 +64,8 @@ pub struct PeekedKind {
     pub len: usize,
     /// Offset of the kind's body (after its length prefix) in the frame.
     pub start: usize,
+    /// Offset just past the kind's body.
+    pub end: usize,
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
@@ -108,6 +110,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         tag: 0,
         len: 0,
         start: 0,
+        end: 0,
     };
     while pos < body.len() {
         let key = read_varint(body, &mut pos)?;
@@ -137,6 +140,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
             tag,
             len: pos - start,
             start: value_start,
+            end: pos,
         };
     }
     Ok(found)
@@ -190,7 +194,7 @@ fn check_headers_field(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError>
     let Some(field) = headers_field(peeked.tag) else {
         return Ok(());
     };
-    let kind = &body[peeked.start..peeked.start + peeked.len.min(body.len() - peeked.start)];
+    let kind = &body[peeked.start..peeked.end];
     let (mut pos, mut count, mut bytes) = (0usize, 0usize, 0usize);
     while pos < kind.len() {
         let key = read_varint(kind, &mut pos)?;
@@ -312,6 +316,16 @@ mod tests {
             ..Default::default()
         };
         assert!(check_client_frame(&Frame::from(big).encode_to_vec()).is_err());
+        // Envelope fields after the kind do not count as the kind's.
+        let direct = Frame::from(proto::Direct {
+            to: "x".into(),
+            headers: vec![header; 2],
+            ..Default::default()
+        });
+        let mut body = direct.encode_to_vec();
+        body.extend_from_slice(&[0x08, 0x05, 0x10, 0x07]);
+        check_client_frame(&body).unwrap();
+        assert_eq!(Frame::decode(&body[..]).unwrap().seq, 5);
     }
 
     #[test]

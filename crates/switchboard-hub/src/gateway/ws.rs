@@ -42,7 +42,14 @@ pub(crate) async fn upgrade(
             let bridge = tokio::spawn(bridge(socket, bridge_side, max));
             let conn = gw.shared.alloc_conn();
             crate::conn::serve(conn_side, peer, conn, gw.shared.clone(), permit, "ws").await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), bridge).await;
+            let mut bridge = bridge;
+            if tokio::time::timeout(Duration::from_secs(2), &mut bridge)
+                .await
+                .is_err()
+            {
+                // A peer that stopped reading holds the socket: cut it.
+                bridge.abort();
+            }
         })
         .into_response()
 }

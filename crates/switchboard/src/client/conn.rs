@@ -485,6 +485,10 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     } else {
         conn.welcome.max_frame as usize
     };
+    let max_frame = match &shared.cfg.target {
+        Target::Dialer(d) => d.max_frame().map_or(max_frame, |m| m.min(max_frame)),
+        _ => max_frame,
+    };
     let reliable = shared.cfg.reliable && has_feature(&conn.welcome, FEATURE_RELIABLE);
     let (replay, resumed) = {
         let mut reg = shared.reg.lock();
@@ -680,33 +684,50 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
             tracing::warn!(client = %shared.cfg.id, error = %e, "could not restore listening");
         }
     }
+    // A stream the application drops while its registration is being
+    // restored sent its undo before the restore: the restore is undone
+    // again once confirmed, so the hub keeps nothing the client dropped.
     let mut jobs = Vec::new();
     for (sub_id, pattern, queue_group, service) in subs {
-        jobs.push(futures::future::Either::Left(shared.command_ok(
-            move |id| {
-                proto::Subscribe {
-                    id,
-                    sub_id,
-                    pattern,
-                    queue_group,
-                    service,
-                }
-                .into()
-            },
-        )));
+        jobs.push(futures::future::Either::Left(async move {
+            shared
+                .command_ok(move |id| {
+                    proto::Subscribe {
+                        id,
+                        sub_id,
+                        pattern,
+                        queue_group,
+                        service,
+                    }
+                    .into()
+                })
+                .await?;
+            if !shared.reg.lock().subs.contains_key(&sub_id) {
+                let id = shared.next_id();
+                shared.post_detached(proto::Unsubscribe { id, sub_id }.into());
+            }
+            Ok::<(), ClientError>(())
+        }));
     }
     for (watch_id, key, prefix) in watches {
-        jobs.push(futures::future::Either::Right(shared.command_ok(
-            move |id| {
-                proto::KvWatch {
-                    id,
-                    watch_id,
-                    key,
-                    prefix,
-                }
-                .into()
-            },
-        )));
+        jobs.push(futures::future::Either::Right(async move {
+            shared
+                .command_ok(move |id| {
+                    proto::KvWatch {
+                        id,
+                        watch_id,
+                        key,
+                        prefix,
+                    }
+                    .into()
+                })
+                .await?;
+            if !shared.reg.lock().watches.contains_key(&watch_id) {
+                let id = shared.next_id();
+                shared.post_detached(proto::KvUnwatch { id, watch_id }.into());
+            }
+            Ok::<(), ClientError>(())
+        }));
     }
     for r in futures::future::join_all(jobs).await {
         if let Err(e) = r {
@@ -992,7 +1013,7 @@ enum Route {
         queue: Arc<Queue<Message>>,
         msg: Message,
         sub_id: u64,
-        last: bool,
+        counted: bool,
     },
     /// A direct or broadcast message, to the messages stream if any.
     Message(Option<Arc<Queue<Message>>>, Message),
@@ -1006,14 +1027,27 @@ enum Route {
 
 /// Pushes into `queue`, marking the reader as blocked while it waits.
 async fn push<T>(shared: &Shared, queue: &Queue<T>, item: T) -> Pushed {
-    let item = match queue.offer(item) {
-        Ok(pushed) => return pushed,
-        Err(item) => item,
-    };
+    push_with(shared, queue, item, |_| {}).await
+}
+
+/// [`push`], calling `on_put` on the item when it is really queued.
+async fn push_with<T>(
+    shared: &Shared,
+    queue: &Queue<T>,
+    item: T,
+    on_put: impl FnOnce(&mut T),
+) -> Pushed {
+    /// Clears the flag however the wait ends (the reader is aborted while
+    /// it waits when the connection drops).
+    struct Blocked<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Blocked<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
     shared.reader_blocked.store(true, Ordering::Relaxed);
-    let pushed = queue.push(item).await;
-    shared.reader_blocked.store(false, Ordering::Relaxed);
-    pushed
+    let _blocked = Blocked(&shared.reader_blocked);
+    queue.push_with(item, on_put).await
 }
 
 impl Route {
@@ -1024,9 +1058,13 @@ impl Route {
                 queue,
                 msg,
                 sub_id,
-                last,
+                counted,
             } => {
-                if push(shared, &queue, msg).await == Pushed::Dropped {
+                let pushed = push(shared, &queue, msg).await;
+                if counted {
+                    count_down(shared, sub_id, &queue);
+                }
+                if pushed == Pushed::Dropped {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                     slow.entry(sub_id).or_insert_with(|| {
                         let pattern = shared
@@ -1039,9 +1077,6 @@ impl Route {
                         (pattern, queue.clone())
                     });
                 }
-                if last {
-                    queue.close_tx();
-                }
             }
             Route::Message(Some(queue), msg) => {
                 if push(shared, &queue, msg).await == Pushed::Closed {
@@ -1050,8 +1085,16 @@ impl Route {
             }
             Route::Message(None, _) => undelivered(shared, "messages"),
             Route::Request(queue, req) => {
-                if let Pushed::Closed = push(shared, &queue, req).await {
-                    // Dropping the request answered it with an error reply.
+                // Armed (an unanswered drop replies with an error) only
+                // once the stream took it: a reader aborted while it waits
+                // drops it silently, and the hub sends it again on resume.
+                let (id, from) = (req.id(), req.from().to_string());
+                if push_with(shared, &queue, req, IncomingRequest::arm).await == Pushed::Closed {
+                    shared.post_detached(error_reply(
+                        id,
+                        from,
+                        format!("client {:?} does not serve these requests", shared.cfg.id),
+                    ));
                 }
             }
             Route::Kv(queue, event) => {
@@ -1073,35 +1116,43 @@ fn undelivered(shared: &Shared, stream: &'static str) {
     shared.emit(ClientEvent::Undelivered { stream, dropped: 1 });
 }
 
-/// Finds the subscription of a delivery; counts down
-/// [`unsubscribe_after`](crate::Subscription::unsubscribe_after).
+/// Finds the subscription of a delivery.
 fn route_publish(shared: &Arc<Shared>, sub_id: u64, msg: Message) -> Route {
-    let mut reg = shared.reg.lock();
-    let Some(sub) = reg.subs.get_mut(&sub_id) else {
+    let reg = shared.reg.lock();
+    let Some(sub) = reg.subs.get(&sub_id) else {
         // Unsubscribed meanwhile.
         return Route::Nowhere;
     };
     let SubSink::Messages(queue) = &sub.sink else {
         return Route::Nowhere;
     };
-    let queue = queue.clone();
-    let mut last = false;
-    if let Some(left) = sub.remaining.as_mut() {
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            last = true;
-            reg.subs.remove(&sub_id);
-            drop(reg);
-            let id = shared.next_id();
-            shared.post_detached(proto::Unsubscribe { id, sub_id }.into());
-        }
-    }
     Route::Publish {
-        queue,
+        queue: queue.clone(),
         msg,
         sub_id,
-        last,
+        counted: sub.remaining.is_some(),
     }
+}
+
+/// After a delivery reached its stream: counts down
+/// [`unsubscribe_after`](crate::Subscription::unsubscribe_after), and at
+/// zero ends the subscription (the stream ends after what it holds). Done
+/// only once the push finished, so a delivery sent again after a lost
+/// connection is counted once.
+fn count_down(shared: &Arc<Shared>, sub_id: u64, queue: &Queue<Message>) {
+    let mut reg = shared.reg.lock();
+    let Some(left) = reg.subs.get_mut(&sub_id).and_then(|s| s.remaining.as_mut()) else {
+        return;
+    };
+    *left = left.saturating_sub(1);
+    if *left > 0 {
+        return;
+    }
+    reg.subs.remove(&sub_id);
+    drop(reg);
+    queue.close_tx();
+    let id = shared.next_id();
+    shared.post_detached(proto::Unsubscribe { id, sub_id }.into());
 }
 
 fn route_delivery(shared: &Arc<Shared>, d: Delivery) -> Route {
@@ -1178,7 +1229,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route
                 ));
                 return Route::Nowhere;
             };
-            return Route::Request(queue, IncomingRequest::new(shared, r));
+            return Route::Request(queue, IncomingRequest::new(shared, r, false));
         }
         Kind::KvUpdate(u) => {
             if let Some(w) = reg.watches.get(&u.watch_id) {

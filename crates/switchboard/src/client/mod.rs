@@ -887,7 +887,9 @@ impl Drop for ClientInner {
 ///   [`requests`](Client::requests), [`serve`](Client::serve) and its
 ///   variants, [`service`](Client::service), [`presence`](Client::presence),
 ///   [`Kv::watch`] and [`Kv::watch_prefix`] — are undone, locally and at
-///   the hub, when dropped before they return;
+///   the hub, when dropped before they return (a `messages`, `requests` or
+///   `serve` call that replaced an earlier stream leaves that stream
+///   ended);
 /// * requests ([`request`](Client::request) and its variants) are cancelled
 ///   at the hub (a late reply is discarded);
 /// * sending calls ([`send`](Client::send), [`publish`](Client::publish),
@@ -1287,7 +1289,9 @@ impl Client {
     /// leaves it out of broadcasts; once it returns, every direct message
     /// confirmed to its sender reaches this stream. Calling it again
     /// replaces the earlier stream, which ends after what it already holds.
-    /// Dropping the stream stops listening. Cancel-safe.
+    /// Dropping the stream stops listening. Cancel-safe: dropped before it
+    /// returns, it stops listening (a stream it replaced has ended
+    /// already).
     pub async fn messages(&self) -> Result<Messages, ClientError> {
         Messages::start(self.shared().clone()).await
     }

@@ -114,11 +114,20 @@ impl<T> Queue<T> {
     /// item back only when the policy is [`Overflow::Block`] and the queue
     /// is full (the caller then waits with [`push`](Self::push)).
     pub fn offer(&self, item: T) -> Result<Pushed, T> {
+        self.offer_with(item, |_| {})
+    }
+
+    /// [`offer`](Self::offer), calling `on_put` on the item (under the
+    /// queue's lock) only when it is really queued.
+    fn offer_with(&self, mut item: T, on_put: impl FnOnce(&mut T)) -> Result<Pushed, T> {
         let mut s = self.state.lock();
-        if s.rx_closed {
+        // A closed producer side means the stream ended (replaced, drained,
+        // closed): its consumer will not look again.
+        if s.rx_closed || s.tx_closed {
             return Ok(Pushed::Closed);
         }
         if s.items.len() < s.capacity {
+            on_put(&mut item);
             Self::put(&mut s, item);
             return Ok(Pushed::Taken);
         }
@@ -129,6 +138,7 @@ impl<T> Queue<T> {
         s.unannounced += 1;
         if s.overflow == Overflow::DropOldest {
             s.items.pop_front();
+            on_put(&mut item);
             Self::put(&mut s, item);
         }
         Ok(Pushed::Dropped)
@@ -136,8 +146,17 @@ impl<T> Queue<T> {
 
     /// Queues `item`; with [`Overflow::Block`] waits for room (cancel-safe:
     /// a cancelled push queued nothing).
+    #[cfg(test)]
     pub async fn push(&self, item: T) -> Pushed {
-        let mut item = match self.offer(item) {
+        self.push_with(item, |_| {}).await
+    }
+
+    /// [`push`](Self::push), calling `on_put` on the item (under the
+    /// queue's lock) only when it is really queued: a push cancelled while
+    /// it waits drops the item as it was given.
+    pub async fn push_with(&self, item: T, on_put: impl FnOnce(&mut T)) -> Pushed {
+        let mut on_put = Some(on_put);
+        let mut item = match self.offer_with(item, |i| (on_put.take().expect("once"))(i)) {
             Ok(pushed) => return pushed,
             Err(item) => Some(item),
         };
@@ -147,11 +166,12 @@ impl<T> Queue<T> {
             notified.as_mut().enable();
             {
                 let mut s = self.state.lock();
-                if s.rx_closed {
+                if s.rx_closed || s.tx_closed {
                     return Pushed::Closed;
                 }
                 if s.items.len() < s.capacity {
-                    if let Some(item) = item.take() {
+                    if let (Some(mut item), Some(on_put)) = (item.take(), on_put.take()) {
+                        on_put(&mut item);
                         Self::put(&mut s, item);
                     }
                     return Pushed::Taken;
@@ -264,6 +284,8 @@ mod tests {
         q.close_tx();
         assert_eq!(recv(&q), Poll::Ready(Some(1)));
         assert_eq!(recv(&q), Poll::Ready(None));
+        // Nothing is taken after the end: its consumer will not look again.
+        assert_eq!(q.try_push(2), Pushed::Closed);
         let q = Queue::new(4, Overflow::Block);
         q.try_push(1);
         q.close_rx();

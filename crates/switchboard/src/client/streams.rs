@@ -353,7 +353,9 @@ impl std::fmt::Debug for IncomingRequest {
 }
 
 impl IncomingRequest {
-    pub(crate) fn new(shared: &Arc<Shared>, r: proto::Request) -> IncomingRequest {
+    /// A request received; `armed`: dropping it unanswered sends an error
+    /// reply (set once the application's stream holds it).
+    pub(crate) fn new(shared: &Arc<Shared>, r: proto::Request, armed: bool) -> IncomingRequest {
         IncomingRequest {
             shared: Arc::downgrade(shared),
             id: r.id,
@@ -363,8 +365,18 @@ impl IncomingRequest {
             headers: Headers::from_wire(r.headers),
             service: (!r.service.is_empty()).then_some(r.service),
             timeout_ms: r.timeout_ms,
-            armed: true,
+            armed,
         }
+    }
+
+    /// From now on, dropping it unanswered sends an error reply.
+    pub(crate) fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// The request's correlation id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The requester's client id.
@@ -627,7 +639,6 @@ impl ServeHandle {
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        drop(shared);
         let handler = Arc::new(handler);
         let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
         let timeout = options.timeout;
@@ -692,9 +703,14 @@ impl ServeHandle {
                     }
                 });
             }
-            // Stop taking requests (the hub refuses new ones), then let
-            // the running handlers finish and reply.
+            // Stop taking requests and wait (boundedly) until the hub
+            // knows, so requests after `stop` are refused by the hub; then
+            // let the running handlers finish and reply.
+            let direct = matches!(requests.source, Source::Direct);
             drop(requests);
+            if direct {
+                let _ = tokio::time::timeout(Duration::from_secs(5), shared.sync_listen()).await;
+            }
             while running.join_next().await.is_some() {}
         });
         ServeHandle {

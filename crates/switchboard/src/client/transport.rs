@@ -35,6 +35,12 @@ impl std::fmt::Debug for Dialer {
 }
 
 impl Dialer {
+    /// The largest frame the transport carries, when it has its own limit
+    /// (the connection then never sends more, whatever the hub allows).
+    pub fn max_frame(&self) -> Option<usize> {
+        (self.what == "websocket").then_some(switchboard_wire::DEFAULT_MAX_FRAME)
+    }
+
     /// Opens one connection.
     pub async fn dial(&self) -> Result<Opened, ClientError> {
         (self.dial)().await
