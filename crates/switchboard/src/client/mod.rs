@@ -348,6 +348,7 @@ impl ClientBuilder {
             wake: Notify::new(),
             events,
             listen_lock: tokio::sync::Mutex::new(()),
+            presence_lock: tokio::sync::Mutex::new(()),
             reader_blocked: std::sync::atomic::AtomicBool::new(false),
         });
         let first = conn::connect_once(&shared, None, shared.cfg.connect_timeout).await?;
@@ -476,6 +477,10 @@ pub(crate) struct Shared {
     /// Held while a `Listen` is computed and queued, so they leave in the
     /// order of the changes they report.
     pub listen_lock: tokio::sync::Mutex<()>,
+    /// Held while the presence watch is started or stopped at the hub, so
+    /// a stop decided for the last watcher never overtakes the start of a
+    /// new one.
+    pub presence_lock: tokio::sync::Mutex<()>,
     /// The reader waits for room in a full stream (the hub is not silent,
     /// the application is slow).
     pub reader_blocked: std::sync::atomic::AtomicBool,

@@ -770,6 +770,8 @@ impl Presence {
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Presence, ClientError> {
         let key = shared.next_id();
         let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
+        let order = shared.clone();
+        let _order = order.presence_lock.lock().await;
         let first = {
             let mut reg = shared.reg.lock();
             let first = reg.presence.is_empty();
@@ -846,10 +848,28 @@ impl Drop for Presence {
             let mut reg = self.shared.reg.lock();
             reg.presence.remove(&self.key).is_some() && reg.presence.is_empty()
         };
-        if last {
-            let id = self.shared.next_id();
-            self.shared
-                .post_detached(proto::PresenceWatch { id, stop: true }.into());
+        if !last {
+            return;
+        }
+        // Stopped by a task that takes the presence lock and looks again:
+        // a watch started meanwhile keeps the hub's watch on.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let shared = self.shared.clone();
+                rt.spawn(async move {
+                    let _order = shared.presence_lock.lock().await;
+                    if shared.reg.lock().presence.is_empty() {
+                        let _ = shared
+                            .command_ok(|id| proto::PresenceWatch { id, stop: true }.into())
+                            .await;
+                    }
+                });
+            }
+            Err(_) => {
+                let id = self.shared.next_id();
+                self.shared
+                    .post_detached(proto::PresenceWatch { id, stop: true }.into());
+            }
         }
     }
 }
