@@ -1030,13 +1030,13 @@ async fn push<T>(shared: &Shared, queue: &Queue<T>, item: T) -> Pushed {
     push_with(shared, queue, item, |_| {}).await
 }
 
-/// [`push`], calling `on_put` on the item when it is really queued.
-async fn push_with<T>(
-    shared: &Shared,
-    queue: &Queue<T>,
-    item: T,
-    on_put: impl FnOnce(&mut T),
-) -> Pushed {
+/// [`push`], calling `on_put` on the item when it is really queued. The
+/// common case (room, or a drop policy) takes one lock and no wait.
+async fn push_with<T>(shared: &Shared, queue: &Queue<T>, item: T, on_put: fn(&mut T)) -> Pushed {
+    let item = match queue.offer_with(item, on_put) {
+        Ok(pushed) => return pushed,
+        Err(item) => item,
+    };
     /// Clears the flag however the wait ends (the reader is aborted while
     /// it waits when the connection drops).
     struct Blocked<'a>(&'a std::sync::atomic::AtomicBool);

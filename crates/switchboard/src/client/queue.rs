@@ -119,7 +119,7 @@ impl<T> Queue<T> {
 
     /// [`offer`](Self::offer), calling `on_put` on the item (under the
     /// queue's lock) only when it is really queued.
-    fn offer_with(&self, mut item: T, on_put: impl FnOnce(&mut T)) -> Result<Pushed, T> {
+    pub fn offer_with(&self, mut item: T, on_put: fn(&mut T)) -> Result<Pushed, T> {
         let mut s = self.state.lock();
         // A closed producer side means the stream ended (replaced, drained,
         // closed): its consumer will not look again.
@@ -154,9 +154,8 @@ impl<T> Queue<T> {
     /// [`push`](Self::push), calling `on_put` on the item (under the
     /// queue's lock) only when it is really queued: a push cancelled while
     /// it waits drops the item as it was given.
-    pub async fn push_with(&self, item: T, on_put: impl FnOnce(&mut T)) -> Pushed {
-        let mut on_put = Some(on_put);
-        let mut item = match self.offer_with(item, |i| (on_put.take().expect("once"))(i)) {
+    pub async fn push_with(&self, item: T, on_put: fn(&mut T)) -> Pushed {
+        let mut item = match self.offer_with(item, on_put) {
             Ok(pushed) => return pushed,
             Err(item) => Some(item),
         };
@@ -170,7 +169,7 @@ impl<T> Queue<T> {
                     return Pushed::Closed;
                 }
                 if s.items.len() < s.capacity {
-                    if let (Some(mut item), Some(on_put)) = (item.take(), on_put.take()) {
+                    if let Some(mut item) = item.take() {
                         on_put(&mut item);
                         Self::put(&mut s, item);
                     }
