@@ -1114,11 +1114,6 @@ impl Client {
                 .into()
             })
             .await;
-        let target = if service.is_empty() {
-            format!("{to:?}")
-        } else {
-            format!("service {service:?}")
-        };
         match answer {
             Ok(Frame {
                 kind: Some(Kind::Reply(r)),
@@ -1137,10 +1132,17 @@ impl Client {
                 }
             }
             Ok(other) => Err(unexpected("reply", other.kind)),
-            Err(ClientError::Timeout(_)) => Err(ClientError::Timeout(format!(
-                "no reply from {target} within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(ClientError::Timeout(_)) => {
+                let target = if service.is_empty() {
+                    format!("{to:?}")
+                } else {
+                    format!("service {service:?}")
+                };
+                Err(ClientError::Timeout(format!(
+                    "no reply from {target} within {} ms",
+                    timeout.as_millis()
+                )))
+            }
             Err(e) => Err(e),
         }
     }
