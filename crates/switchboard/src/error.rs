@@ -272,6 +272,19 @@ impl ClientError {
         matches!(self, ClientError::NotFound { .. })
     }
 
+    /// Whether the hub refused the command (a bad argument, a limit, a
+    /// permission, or another hub error): it then holds nothing of it,
+    /// unlike a timeout or a lost connection, whose outcome is unknown.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::InvalidArgument(_)
+                | ClientError::LimitExceeded(_)
+                | ClientError::Forbidden(_)
+                | ClientError::Hub { .. }
+        )
+    }
+
     /// Whether the error is [`ClientError::Fenced`]: a hub of an older
     /// epoch than one already seen.
     pub fn is_fenced(&self) -> bool {

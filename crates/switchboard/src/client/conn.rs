@@ -691,15 +691,8 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
     for (sub_id, pattern, queue_group, service) in subs {
         jobs.push(futures::future::Either::Left(async move {
             shared
-                .command_ok(move |id| {
-                    proto::Subscribe {
-                        id,
-                        sub_id,
-                        pattern,
-                        queue_group,
-                        service,
-                    }
-                    .into()
+                .command_ok(|id| {
+                    super::streams::subscribe_frame(id, sub_id, &pattern, &queue_group, service)
                 })
                 .await?;
             if !shared.reg.lock().subs.contains_key(&sub_id) {

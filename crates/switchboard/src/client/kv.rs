@@ -189,12 +189,7 @@ impl KvWatch {
         match r {
             Ok(()) => Ok(watch),
             Err(e) => {
-                if matches!(
-                    e,
-                    ClientError::InvalidArgument(_)
-                        | ClientError::LimitExceeded(_)
-                        | ClientError::Forbidden(_)
-                ) {
+                if e.is_refusal() {
                     watch.active = false;
                     watch.shared.reg.lock().watches.remove(&watch_id);
                 }

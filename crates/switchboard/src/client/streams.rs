@@ -85,16 +85,44 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-/// Whether an error is the hub's refusal of a command (so it holds
-/// nothing to undo), rather than an unknown outcome.
-fn refused(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::InvalidArgument(_)
-            | ClientError::LimitExceeded(_)
-            | ClientError::Forbidden(_)
-            | ClientError::Hub { .. }
-    )
+/// Asks the hub for subscription `sub_id`, already registered locally; on
+/// the hub's refusal forgets it locally too (the hub holds nothing to
+/// undo). On any other error the outcome is unknown and the caller's
+/// handle undoes it when dropped.
+async fn confirm_sub(
+    shared: &Arc<Shared>,
+    sub_id: u64,
+    pattern: &str,
+    group: &str,
+    service: bool,
+) -> Result<(), ClientError> {
+    let result = shared
+        .command_ok(|id| subscribe_frame(id, sub_id, pattern, group, service))
+        .await;
+    if let Err(e) = &result {
+        if e.is_refusal() {
+            shared.reg.lock().subs.remove(&sub_id);
+        }
+    }
+    result
+}
+
+/// The `Subscribe` frame of a subscription.
+pub(crate) fn subscribe_frame(
+    id: u64,
+    sub_id: u64,
+    pattern: &str,
+    group: &str,
+    service: bool,
+) -> Frame {
+    proto::Subscribe {
+        id,
+        sub_id,
+        pattern: pattern.to_string(),
+        queue_group: group.to_string(),
+        service,
+    }
+    .into()
 }
 
 impl Subscription {
@@ -124,30 +152,12 @@ impl Subscription {
             queue,
             active: true,
         };
-        let group = options.queue_group;
-        let result = sub
-            .shared
-            .command_ok(|id| {
-                proto::Subscribe {
-                    id,
-                    sub_id,
-                    pattern: pattern.to_string(),
-                    queue_group: group,
-                    service: false,
-                }
-                .into()
-            })
-            .await;
-        match result {
-            Ok(()) => Ok(sub),
-            Err(e) => {
-                if refused(&e) {
-                    sub.active = false;
-                    sub.shared.reg.lock().subs.remove(&sub_id);
-                }
-                Err(e)
-            }
+        let shared = sub.shared.clone();
+        if let Err(e) = confirm_sub(&shared, sub_id, pattern, &options.queue_group, false).await {
+            sub.active = !e.is_refusal();
+            return Err(e);
         }
+        Ok(sub)
     }
 
     /// The subscription's id (as in [`ClientEvent::SlowConsumer`](crate::ClientEvent::SlowConsumer)).
@@ -525,29 +535,12 @@ impl Requests {
             source: Source::Service(sub_id),
             active: true,
         };
-        let result = requests
-            .shared
-            .command_ok(|id| {
-                proto::Subscribe {
-                    id,
-                    sub_id,
-                    pattern: name.to_string(),
-                    queue_group: String::new(),
-                    service: true,
-                }
-                .into()
-            })
-            .await;
-        match result {
-            Ok(()) => Ok(requests),
-            Err(e) => {
-                if refused(&e) {
-                    requests.active = false;
-                    requests.shared.reg.lock().subs.remove(&sub_id);
-                }
-                Err(e)
-            }
+        let shared = requests.shared.clone();
+        if let Err(e) = confirm_sub(&shared, sub_id, name, "", true).await {
+            requests.active = !e.is_refusal();
+            return Err(e);
         }
+        Ok(requests)
     }
 
     /// Receives the next request; `None` once the stream was replaced,

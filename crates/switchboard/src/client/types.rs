@@ -196,12 +196,9 @@ impl Headers {
 
     /// Checks the bounds before anything is sent.
     pub(crate) fn check(wire: &[proto::Header]) -> Result<(), crate::ClientError> {
-        switchboard_wire::check_headers(wire).map_err(|e| match e {
-            switchboard_wire::HeaderError::BadKey { .. } => {
-                crate::ClientError::InvalidArgument(e.to_string())
-            }
-            _ => crate::ClientError::LimitExceeded(e.to_string()),
-        })
+        // The hub's own answer to the same headers, refused early.
+        switchboard_wire::check_headers(wire)
+            .map_err(|e| crate::ClientError::from_hub(e.code() as i32, e.to_string()))
     }
 }
 
