@@ -420,24 +420,7 @@ fn set_closed(shared: &Shared, reason: &str) {
     reg.holding = false;
     reg.resumable = false;
     // End every stream after what it holds: nothing will arrive any more.
-    for (_, sub) in reg.subs.drain() {
-        match sub.sink {
-            SubSink::Messages(q) => q.close_tx(),
-            SubSink::Requests(q) => q.close_tx(),
-        }
-    }
-    for (_, w) in reg.watches.drain() {
-        w.queue.close_tx();
-    }
-    for (_, p) in reg.presence.drain() {
-        p.close_tx();
-    }
-    if let Some(q) = reg.messages.take() {
-        q.close_tx();
-    }
-    if let Some(q) = reg.requests.take() {
-        q.close_tx();
-    }
+    reg.end_streams();
     reg.sessions.clear();
     reg.session_any = None;
     let (lost, _) = reg.lost_at_close;
@@ -942,9 +925,7 @@ async fn read_loop(
                 Some(Kind::Error(e)) if e.id == 0 => {
                     tracing::warn!(client = %shared.cfg.id, code = e.code, message = %e.message, "hub reported a connection error");
                     shared.emit(ClientEvent::HubError {
-                        code: ErrorCode::try_from(e.code)
-                            .map(|c| c.as_str_name().to_string())
-                            .unwrap_or_else(|_| e.code.to_string()),
+                        code: crate::ErrorCode::from_wire(e.code),
                         message: e.message,
                     });
                     Route::Nowhere

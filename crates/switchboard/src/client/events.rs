@@ -82,8 +82,8 @@ pub enum ClientEvent {
     },
     /// The hub reported an error about the whole connection.
     HubError {
-        /// The hub's error code name (e.g. `"LIMIT_EXCEEDED"`).
-        code: String,
+        /// The hub's error code.
+        code: crate::ErrorCode,
         /// Its message.
         message: String,
     },

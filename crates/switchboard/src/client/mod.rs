@@ -438,6 +438,48 @@ pub(crate) struct Registry {
     pub lost_at_close: (usize, usize),
 }
 
+impl Registry {
+    /// Queues `frame` (`len` bytes encoded; `logged`: of a kind reliable
+    /// delivery numbers) on the current connection if the send queue and,
+    /// for a numbered frame, the retention buffer have room now (taking
+    /// the frame). Returns whether it was numbered; `None` (the frame
+    /// left in place) when there is no room or no connection.
+    fn queue_now(&mut self, frame: &mut Frame, len: usize, logged: bool) -> Option<bool> {
+        let conn = self.conn.as_ref()?;
+        let sequenced = logged && conn.reliable;
+        if sequenced && !self.out.has_room(len) {
+            return None;
+        }
+        let permit = conn.tx.try_reserve().ok()?;
+        if sequenced {
+            self.out.push(frame, len);
+        }
+        permit.send(std::mem::take(frame));
+        Some(sequenced)
+    }
+
+    /// Ends every stream: each ends for its reader after what it holds, and
+    /// takes nothing more. Returns, per stream, how much it still holds.
+    pub fn end_streams(&mut self) -> Vec<Box<dyn Fn() -> usize + Send>> {
+        fn ended<T: Send + Sync + 'static>(q: Arc<Queue<T>>) -> Box<dyn Fn() -> usize + Send> {
+            q.close_tx();
+            Box::new(move || q.len())
+        }
+        let mut held = Vec::new();
+        for (_, sub) in self.subs.drain() {
+            held.push(match sub.sink {
+                SubSink::Messages(q) => ended(q),
+                SubSink::Requests(q) => ended(q),
+            });
+        }
+        held.extend(self.watches.drain().map(|(_, w)| ended(w.queue)));
+        held.extend(self.presence.drain().map(|(_, p)| ended(p)));
+        held.extend(self.messages.take().map(ended));
+        held.extend(self.requests.take().map(ended));
+        held
+    }
+}
+
 /// What a sending call waits for.
 #[derive(Clone, Copy)]
 enum Wait {
@@ -540,22 +582,16 @@ impl Shared {
         // The common case: connected with room in the send queue. One lock,
         // no timer and no clone of the connection's sender.
         {
-            let mut guard = self.reg.lock();
-            let reg = &mut *guard;
+            let mut reg = self.reg.lock();
             if let Some(conn) = &reg.conn {
                 Self::check_size(len, conn)?;
-                let sequenced = logged && conn.reliable;
-                if !sequenced || reg.out.has_room(len) {
-                    if let Ok(permit) = conn.tx.try_reserve() {
-                        if sequenced {
-                            reg.out.push(&mut frame, len);
-                        }
-                        if let Some((id, tx)) = waiter.take() {
-                            reg.pending.insert(id, Pending { tx, sequenced });
-                        }
-                        permit.send(frame);
-                        return Ok(());
+                if let Some(sequenced) = reg.queue_now(&mut frame, len, logged) {
+                    // Under the same lock: the reader cannot see the answer
+                    // before the waiter is registered.
+                    if let Some((id, tx)) = waiter.take() {
+                        reg.pending.insert(id, Pending { tx, sequenced });
                     }
+                    return Ok(());
                 }
             }
         }
@@ -672,28 +708,19 @@ impl Shared {
         let len = prost::Message::encoded_len(&frame);
         let logged = frame.kind.as_ref().is_some_and(reliable::logged_kind);
         let mut reg = self.reg.lock();
-        let Some(conn) = reg.conn.clone() else {
-            if logged && reg.resumable && reg.out.has_room(len) {
+        match &reg.conn {
+            Some(conn) if len > conn.max_frame => None,
+            Some(_) => reg
+                .queue_now(&mut frame, len, logged)
+                .is_none()
+                .then_some(frame),
+            None if logged && reg.resumable && reg.out.has_room(len) => {
                 reg.out.push(&mut frame, len);
-                return None;
+                None
             }
             // A fresh session restores state from the registry instead.
-            return (logged && reg.resumable).then_some(frame);
-        };
-        if len > conn.max_frame {
-            return None;
+            None => (logged && reg.resumable).then_some(frame),
         }
-        let Ok(permit) = conn.tx.try_reserve() else {
-            return Some(frame);
-        };
-        if logged && conn.reliable {
-            if !reg.out.has_room(len) {
-                return Some(frame);
-            }
-            reg.out.push(&mut frame, len);
-        }
-        permit.send(frame);
-        None
     }
 
     /// Reports `event` to every [`Events`] stream.
@@ -1507,57 +1534,25 @@ impl Client {
             let subs: Vec<u64> = reg.subs.keys().copied().collect();
             let watches: Vec<u64> = reg.watches.keys().copied().collect();
             let presence = !reg.presence.is_empty();
-            let mut queues: Vec<Box<dyn Fn() -> usize + Send>> = Vec::new();
-            for (_, sub) in reg.subs.drain() {
-                match sub.sink {
-                    SubSink::Messages(q) => {
-                        q.close_tx();
-                        queues.push(Box::new(move || q.len()));
-                    }
-                    SubSink::Requests(q) => {
-                        q.close_tx();
-                        queues.push(Box::new(move || q.len()));
-                    }
-                }
-            }
-            for (_, w) in reg.watches.drain() {
-                w.queue.close_tx();
-                queues.push(Box::new(move || w.queue.len()));
-            }
-            for (_, p) in reg.presence.drain() {
-                p.close_tx();
-                queues.push(Box::new(move || p.len()));
-            }
-            if let Some(q) = reg.messages.take() {
-                q.close_tx();
-                queues.push(Box::new(move || q.len()));
-            }
-            if let Some(q) = reg.requests.take() {
-                q.close_tx();
-                queues.push(Box::new(move || q.len()));
-            }
-            (subs, watches, presence, queues)
+            (subs, watches, presence, reg.end_streams())
         };
-        // (kind, id): 0 unsubscribe, 1 unwatch, 2 presence.
-        let mut stops: Vec<(u8, u64)> = Vec::new();
-        stops.extend(subs.into_iter().map(|s| (0, s)));
-        stops.extend(watches.into_iter().map(|w| (1, w)));
-        if presence {
-            stops.push((2, 0));
-        }
-        let stops = stops.into_iter().map(|(kind, target)| {
-            shared.command_ok(move |id| match kind {
-                0 => proto::Unsubscribe { id, sub_id: target }.into(),
-                1 => proto::KvUnwatch {
-                    id,
-                    watch_id: target,
-                }
-                .into(),
-                _ => proto::PresenceWatch { id, stop: true }.into(),
-            })
-        });
+        let unsubscribes = subs
+            .into_iter()
+            .map(|sub_id| shared.command_ok(move |id| proto::Unsubscribe { id, sub_id }.into()));
+        let unwatches = watches
+            .into_iter()
+            .map(|watch_id| shared.command_ok(move |id| proto::KvUnwatch { id, watch_id }.into()));
         let stopping = async {
-            futures::future::join_all(stops).await;
+            futures::future::join(
+                futures::future::join_all(unsubscribes),
+                futures::future::join_all(unwatches),
+            )
+            .await;
+            if presence {
+                let _ = shared
+                    .command_ok(|id| proto::PresenceWatch { id, stop: true }.into())
+                    .await;
+            }
             let _ = shared.sync_listen().await;
         };
         let _ = tokio::time::timeout_at(deadline, stopping).await;
