@@ -25,6 +25,8 @@ type DialFuture = Pin<Box<dyn Future<Output = Result<Opened, ClientError>> + Sen
 #[derive(Clone)]
 pub(crate) struct Dialer {
     what: &'static str,
+    /// The largest frame the transport carries, when it has its own limit.
+    max_frame: Option<usize>,
     dial: Arc<dyn Fn() -> DialFuture + Send + Sync>,
 }
 
@@ -38,7 +40,7 @@ impl Dialer {
     /// The largest frame the transport carries, when it has its own limit
     /// (the connection then never sends more, whatever the hub allows).
     pub fn max_frame(&self) -> Option<usize> {
-        (self.what == "websocket").then_some(switchboard_wire::DEFAULT_MAX_FRAME)
+        self.max_frame
     }
 
     /// Opens one connection.
@@ -51,6 +53,7 @@ impl Dialer {
     pub fn memory(connector: switchboard_hub::MemoryConnector) -> Dialer {
         Dialer {
             what: "memory",
+            max_frame: None,
             dial: Arc::new(move || {
                 let connector = connector.clone();
                 Box::pin(async move {
@@ -71,6 +74,7 @@ impl Dialer {
     pub fn websocket(url: String) -> Dialer {
         Dialer {
             what: "websocket",
+            max_frame: Some(switchboard_wire::DEFAULT_MAX_FRAME),
             dial: Arc::new(move || Box::pin(ws::open(url.clone()))),
         }
     }
