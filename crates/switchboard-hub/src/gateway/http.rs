@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::HttpConfig;
 use crate::config::HubError;
-use crate::conn::{validate_client_id, Shared};
 use crate::outbox::{Outbox, Taken};
 use crate::router::{Input, Inspection};
+use crate::shared::Shared;
 use crate::ConnId;
+use switchboard_wire::validate_client_id;
 
 /// Every route, `(method, path)`, as the OpenAPI document must list them.
 pub(crate) const ROUTES: &[(&str, &str)] = &[

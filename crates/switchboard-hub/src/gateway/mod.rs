@@ -14,7 +14,6 @@ use switchboard_discovery::{client_proof, Secret};
 
 pub(crate) mod dashboard;
 pub(crate) mod http;
-pub mod metrics;
 pub(crate) mod ws;
 
 /// Domain label of the HTTP bearer token derivation.
