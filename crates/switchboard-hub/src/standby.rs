@@ -2,8 +2,9 @@
 //! to an attached standby and holds every outgoing frame until the
 //! standby holds what produced it), the primary's end of the replication
 //! link, fencing, and the standby itself (mirror, failure detection,
-//! takeover). The design and the protocol are in the project's
-//! `ARCHITECTURE.md`, "Hot standby".
+//! takeover). The design is in the project's `ARCHITECTURE.md`, "Hot
+//! standby"; the link's frames in its `docs/PROTOCOL.md`, "The
+//! replication link".
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
