@@ -30,9 +30,9 @@
 //!   connections, `/metrics`, a JSON status and a live dashboard; see
 //!   [`gateway`].
 //!
-//! The handshake, the limits and the concurrency design are described in
-//! the project's `ARCHITECTURE.md`; every limit and its default is on
-//! [`Limits`].
+//! The handshake and the limits a client meets are described in the
+//! project's `docs/PROTOCOL.md`, the concurrency design in its
+//! `ARCHITECTURE.md`; every limit and its default is on [`Limits`].
 //!
 //! # Id takeover
 //!

@@ -5,7 +5,8 @@
 //! the router like any TCP client (its own [`Outbox`](crate::Outbox),
 //! transport `"http"`), turns each HTTP call into native frames, and moves
 //! what the router queues for it into a bounded mailbox that long polls
-//! drain. See `ARCHITECTURE.md` (Gateways) for endpoints, auth and limits.
+//! drain. Endpoints, auth and limits: the project's `docs/PROTOCOL.md`
+//! ("HTTP gateway").
 
 use std::net::SocketAddr;
 use std::time::Duration;

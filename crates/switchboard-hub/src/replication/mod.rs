@@ -2,7 +2,7 @@
 //! fencing of an old primary ([`fencing`]), and the standby itself
 //! ([`follower`]). The primary's router task (`router_task.rs`) drives the
 //! link. The design is in the project's `ARCHITECTURE.md`, "Hot standby";
-//! the link's frames in `docs/PROTOCOL.md`.
+//! the link's frames in its `docs/PROTOCOL.md`, "The replication link".
 
 pub(crate) mod fencing;
 pub(crate) mod follower;

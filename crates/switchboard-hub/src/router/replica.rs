@@ -1,7 +1,7 @@
 //! Replication of the router's state: snapshot, restore, change log and
-//! replica. This is the groundwork of the hot standby; the replication
-//! link, takeover and client resume are not built yet (see the project's
-//! `ARCHITECTURE.md`, "Hot standby (design)").
+//! replica, the state-machine half of the hot standby (the replication
+//! link and the takeover are the hub's standby code; see the project's
+//! `ARCHITECTURE.md`, "Hot standby").
 //!
 //! # State-machine replication
 //!
