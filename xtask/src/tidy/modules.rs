@@ -10,10 +10,17 @@
 //! file it names (an inline `mod` stays in its file), following `use`
 //! re-exports to the module that defines the item: `crate::Foo` is an edge
 //! to `foo.rs` when the root only says `pub use foo::Foo`, but to the root
-//! when the root defines `Foo` itself. `mod x;` alone is no edge. A file
-//! naming its parent's own items while the parent names the file's items is
-//! a circle too. Tarjan's algorithm finds the strongly connected files; each
-//! circle is reported with every edge inside it and the names that tie it.
+//! when the root defines `Foo` itself. `mod x;` alone is no edge, and
+//! neither is a path from a module to one of its own ancestors
+//! (`super::Router`, `crate::ConnId` defined in the root): the items of a
+//! module are in scope for what it contains, like the fields of a struct
+//! for its methods, and a parent that names its children's items while the
+//! children use the parent's types is one room, not a circle. The circles
+//! that make code hard to read and to move are between siblings and
+//! cousins (`conn.rs → standby.rs → hub.rs → conn.rs`), and those are
+//! found wherever they pass through a parent. Tarjan's algorithm finds the
+//! strongly connected files; each circle is reported with every edge inside
+//! it and the names that tie it.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -275,6 +282,8 @@ type Edges = BTreeMap<usize, (usize, BTreeSet<String>)>;
 /// Walks one file and records the edges its paths make.
 struct Refs<'a> {
     index: &'a Index,
+    /// Module path of every file of the tree, by index.
+    modules: &'a [Vec<String>],
     file: usize,
     module: Vec<String>,
     edges: Edges,
@@ -286,7 +295,9 @@ impl Refs<'_> {
         let Some((target, label)) = self.index.target(res, glob) else {
             return;
         };
-        if target != self.file {
+        let to = &self.modules[target];
+        let ancestor = to.len() < self.module.len() && self.module.starts_with(to);
+        if target != self.file && !ancestor {
             let edge = self.edges.entry(target).or_insert((line, BTreeSet::new()));
             edge.0 = edge.0.min(line);
             edge.1.insert(label);
@@ -364,6 +375,7 @@ pub(crate) fn check(trees: &[CrateTree]) -> Vec<Finding> {
     let mut findings = Vec::new();
     for tree in trees {
         let index = Index::new(&tree.files);
+        let modules: Vec<Vec<String>> = tree.files.iter().map(|f| f.module.clone()).collect();
         let edges: Vec<Edges> = tree
             .files
             .iter()
@@ -371,6 +383,7 @@ pub(crate) fn check(trees: &[CrateTree]) -> Vec<Finding> {
             .map(|(i, file)| {
                 let mut refs = Refs {
                     index: &index,
+                    modules: &modules,
                     file: i,
                     module: file.module.clone(),
                     edges: Edges::new(),

@@ -153,21 +153,59 @@ fn circle_of_two_files_is_found() {
 }
 
 #[test]
-fn child_naming_its_parents_items_is_a_circle() {
+fn child_naming_its_ancestors_items_is_no_edge() {
     let found = circles(&[
-        ("src/lib.rs", "pub mod router;\n"),
+        (
+            "src/lib.rs",
+            "pub mod router;
+pub struct ConnId;
+",
+        ),
         (
             "src/router/mod.rs",
-            "mod registry;\npub use registry::Registry;\npub struct Router;\n",
+            "mod registry;
+pub use registry::Registry;
+pub struct Router;
+",
         ),
         (
             "src/router/registry.rs",
-            "use super::Router;\npub struct Registry(Router);\n",
+            "use super::Router;
+use crate::ConnId;
+pub struct Registry(Router, ConnId);
+",
+        ),
+    ]);
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn siblings_in_a_circle_through_their_parent_are_found() {
+    // a → parent's re-export of b → b, and b → a: a circle of siblings.
+    let found = circles(&[
+        (
+            "src/lib.rs",
+            "mod a;
+mod b;
+pub use b::B;
+",
+        ),
+        (
+            "src/a.rs",
+            "pub struct A;
+pub fn f() -> crate::B { crate::B }
+",
+        ),
+        (
+            "src/b.rs",
+            "pub struct B;
+pub fn g() -> crate::a::A { crate::a::A }
+",
         ),
     ]);
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(found[0].contains("src/router/registry.rs:1 -> src/router/mod.rs: Router"));
-    assert!(found[0].contains("src/router/mod.rs:2 -> src/router/registry.rs: Registry"));
+    assert!(found[0].contains("src/a.rs:2 -> src/b.rs: B"), "{found:#?}");
+    assert!(found[0].contains("src/b.rs:2 -> src/a.rs: A"), "{found:#?}");
 }
 
 #[test]
