@@ -15,13 +15,17 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::io::DuplexStream;
 
-use super::http::Gateway;
+use super::Gateway;
+
+/// WebSocket connections in the handshake at once (each may buffer one
+/// message of up to `max_frame` bytes before authentication).
+pub(super) const MAX_HANDSHAKES: usize = 64;
 
 /// Buffer of the in-memory stream between a socket and its connection.
 const BRIDGE_BUFFER: usize = 256 * 1024;
 
 /// `GET /v1/ws`: upgrades to a WebSocket carrying native frames.
-pub(crate) async fn upgrade(
+pub(super) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
