@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use common::{connect, take};
 use libfuzzer_sys::fuzz_target;
-use switchboard_hub::router::{HubStats, Input, Router, RouterConfig};
+use switchboard_hub::router::{Input, Router, RouterConfig};
+use switchboard_hub::stats::HubStats;
 use switchboard_hub::{ConnId, Limits};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{ErrorCode, Frame};

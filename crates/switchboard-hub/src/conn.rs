@@ -2,33 +2,29 @@
 //! then a reader and a writer per connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
-use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof, Secret};
+use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
-    check_client_frame, Direction, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN,
-    NONCE_LEN, PROTOCOL_VERSION,
+    check_client_frame, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN, NONCE_LEN,
+    PROTOCOL_VERSION,
 };
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf,
-};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
-use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{flow_notice, Gate, Outbox, Taken};
-use crate::router::{HubStats, Input};
-use crate::{ConnId, Limits};
-
-/// Longest client id, bytes.
-pub(crate) const MAX_CLIENT_ID: usize = 256;
+use crate::outbox::{flow_notice, Outbox, Taken};
+use crate::router::Input;
+use crate::shared::Shared;
+use crate::stats::HubStats;
+use crate::transport::Stream;
+use crate::ConnId;
+use switchboard_wire::validate_client_id;
 
 /// Frames at least this large are decoded in place from the read buffer;
 /// smaller ones are copied out, so a small payload retained in a slow
@@ -50,97 +46,6 @@ const MAX_BATCH: usize = 1024;
 
 /// How long a rejected connection may take to accept its error frame.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What every connection needs to know.
-pub(crate) struct Shared {
-    pub identity: proto::HubIdentity,
-    pub secret: Secret,
-    pub limits: Limits,
-    pub handshake_timeout: Duration,
-    pub inbox: mpsc::Sender<Input>,
-    pub stats: Arc<HubStats>,
-    pub shutdown: CancellationToken,
-    /// Last connection id handed out (ids are shared by all transports).
-    pub next_conn: AtomicU64,
-    /// Holds frames back until the standby holds their changes.
-    pub gate: Arc<Gate>,
-    /// Where standby replication links are handed to the router task.
-    pub standby: mpsc::Sender<crate::standby::Attach>,
-    /// Told when a client shows an epoch above this hub's (this hub may
-    /// be an old primary).
-    pub higher_epoch: Arc<tokio::sync::Notify>,
-    /// Replication heartbeat interval and misses.
-    pub heartbeat: (Duration, u32),
-}
-
-impl Shared {
-    /// A fresh connection id.
-    pub fn alloc_conn(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-}
-
-/// A byte stream carrying length-prefixed frames: a TCP socket, or the
-/// in-memory side of a WebSocket bridge.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The reading half.
-    type Read: AsyncRead + Unpin + Send + 'static;
-    /// The writing half.
-    type Write: AsyncWrite + Unpin + Send + 'static;
-    /// Splits the stream for the reader and writer tasks.
-    fn halves(self) -> (Self::Read, Self::Write);
-    /// Writes what fits without waiting (a closing connection's last words).
-    fn try_write(w: &mut Self::Write, buf: &[u8]);
-    /// Waits until the reading half has bytes (or an error or the end) to
-    /// read, so an idle connection needs no read buffer while it waits;
-    /// returns at once where the stream cannot tell.
-    fn readable(r: &Self::Read) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl Stream for TcpStream {
-    type Read = OwnedReadHalf;
-    type Write = OwnedWriteHalf;
-    fn halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
-        self.into_split()
-    }
-    fn try_write(w: &mut OwnedWriteHalf, buf: &[u8]) {
-        let _ = w.try_write(buf);
-    }
-    async fn readable(r: &OwnedReadHalf) {
-        // An error shows again in the read that follows.
-        let _ = r.readable().await;
-    }
-}
-
-impl Stream for DuplexStream {
-    type Read = ReadHalf<DuplexStream>;
-    type Write = WriteHalf<DuplexStream>;
-    fn halves(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
-    fn try_write(w: &mut Self::Write, buf: &[u8]) {
-        use futures::FutureExt;
-        let _ = w.write(buf).now_or_never();
-    }
-    async fn readable(_: &Self::Read) {}
-}
-
-/// Checks a client id: 1 to 256 bytes of UTF-8 without control characters.
-pub(crate) fn validate_client_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("client id is empty; choose a name of 1 to 256 bytes".into());
-    }
-    if id.len() > MAX_CLIENT_ID {
-        return Err(format!(
-            "client id is {} bytes, more than {MAX_CLIENT_ID}; choose a shorter name",
-            id.len()
-        ));
-    }
-    if id.chars().any(char::is_control) {
-        return Err("client id contains a control character; use printable text".into());
-    }
-    Ok(())
-}
 
 enum Handshake {
     /// Authenticated: register this client.
@@ -342,7 +247,7 @@ pub(crate) async fn serve<S: Stream>(
     };
     tracing::debug!(client = %hello.client_id, "authenticated");
     if hello.role == proto::Role::Standby as i32 {
-        return crate::standby::serve_link(stream, buf, peer, hello, shared).await;
+        return crate::replication::link::serve_link(stream, buf, peer, hello, shared).await;
     }
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
@@ -404,24 +309,10 @@ enum Decoded {
 /// carry lists and decode to far more memory than their bytes) are never
 /// decoded from a client.
 fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireError> {
-    if buf.len() < LENGTH_PREFIX_LEN {
+    let Some(len) = switchboard_wire::whole_frame(buf, max)? else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > max {
-        return Err(WireError::FrameTooLarge {
-            direction: Direction::Inbound,
-            len: len as u64,
-            limit: max,
-        });
-    }
+    };
     let total = LENGTH_PREFIX_LEN + len;
-    if buf.len() < total {
-        // Grow with the bytes actually arriving, one read chunk at a time,
-        // never by the whole announced length up front.
-        buf.reserve((total - buf.len()).min(READ_CHUNK));
-        return Ok(None);
-    }
     let refusal = match check_client_frame(&buf[LENGTH_PREFIX_LEN..total]) {
         Ok(()) => None,
         Err(WireError::Rejected { kind, .. }) if kind != "unknown" => Some(Frame::error(

@@ -72,22 +72,31 @@
 mod config;
 mod conn;
 pub mod gateway;
+mod handle;
 mod hub;
+mod ids;
 mod kv;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
+mod primary;
+mod replication;
 pub mod router;
-mod standby;
+mod router_task;
+mod shared;
+pub mod stats;
 pub mod subject;
+mod transport;
 
 pub use config::{
     HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
 pub use gateway::{http_token, HttpConfig};
-pub use hub::{Hub, HubHandle, MemoryConnector};
+pub use handle::{HubHandle, MemoryConnector};
+pub use hub::Hub;
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
-pub use standby::{StandbyHandle, StandbyState};
+pub use replication::follower::{StandbyHandle, StandbyState};
 
 /// Identifies one connection to the hub (assigned by the hub, never reused
 /// while the hub runs).

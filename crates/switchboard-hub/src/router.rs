@@ -7,20 +7,20 @@
 //! standby can rebuild the same state by replaying the same inputs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{check_headers, ErrorCode, Frame};
+use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY, ACK_EVERY};
 
+use crate::ids::{IdMap, IdSet};
 use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
 use crate::outbox::{DeliverHead, Out, Outbox, Pushed, QueueLimits};
+use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 use crate::ConnId;
 
@@ -34,141 +34,6 @@ const PARK_RETRY: Duration = Duration::from_millis(5);
 
 /// How often idle clients are looked for, when a keepalive is configured.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
-
-/// How long a reliable client's frames may go unacknowledged when no frame
-/// to it carries the acknowledgement (`Frame.acked`); then a separate
-/// `Ack` goes out.
-pub const ACK_DELAY: Duration = Duration::from_millis(10);
-
-/// A separate `Ack` goes out at once after a batch when this many frames
-/// (by seq) are unacknowledged.
-pub const ACK_EVERY: u64 = 64;
-
-/// A cheap hasher for the router's integer keys (connection ids are
-/// assigned by the hub, not chosen by clients).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
-
-/// Counters shared between the router, the transports and
-/// [`HubHandle::status`](crate::HubHandle::status).
-#[derive(Debug, Default)]
-pub struct HubStats {
-    /// Bytes received from clients (counted by transports).
-    pub bytes_in: AtomicU64,
-    /// Frames written to clients (counted by transports).
-    pub msgs_out: AtomicU64,
-    /// Bytes written to clients (counted by transports).
-    pub bytes_out: AtomicU64,
-    msgs_in: AtomicU64,
-    clients: AtomicU64,
-    subscriptions: AtomicU64,
-    pending: AtomicU64,
-    kv_keys: AtomicU64,
-    dropped: AtomicU64,
-    outboxes: Mutex<IdMap<ConnId, Arc<Outbox>>>,
-    /// Replication: the attached standby, lag, role.
-    pub repl: ReplStats,
-    /// Counters by frame kind and the request latency histogram (for
-    /// `/metrics`).
-    pub metrics: crate::gateway::metrics::Metrics,
-}
-
-impl HubStats {
-    /// Registers a connection's outbox so its depth counts in the status.
-    pub fn track(&self, outbox: &Arc<Outbox>) {
-        self.outboxes.lock().insert(outbox.conn(), outbox.clone());
-    }
-
-    /// Forgets a connection's outbox.
-    pub fn untrack(&self, conn: ConnId) {
-        self.outboxes.lock().remove(&conn);
-    }
-
-    /// Sum of all tracked outboxes' depths, frames.
-    pub fn queue_depth(&self) -> u64 {
-        self.outboxes
-            .lock()
-            .values()
-            .map(|o| o.depth() as u64)
-            .sum()
-    }
-
-    /// A status from the shared counters (as last published by the router).
-    pub fn status(&self, identity: &proto::HubIdentity, uptime: Duration) -> proto::Status {
-        let mut status = proto::Status {
-            id: 0,
-            identity: Some(identity.clone()),
-            uptime_s: uptime.as_secs(),
-            clients: self.clients.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
-            msgs_in: self.msgs_in.load(Ordering::Relaxed),
-            msgs_out: self.msgs_out.load(Ordering::Relaxed),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            queue_depth: self.queue_depth(),
-            pending_requests: self.pending.load(Ordering::Relaxed),
-            kv_keys: self.kv_keys.load(Ordering::Relaxed),
-            ..Default::default()
-        };
-        self.repl.fill(&mut status);
-        status
-    }
-}
-
-/// Replication figures, set by the hub's replication link.
-#[derive(Debug, Default)]
-pub struct ReplStats {
-    /// Address of the attached standby ("" when none); on a standby, the
-    /// primary it follows.
-    pub peer: Mutex<String>,
-    /// Last change logged (primary) or applied (standby).
-    pub seq: AtomicU64,
-    /// Last change the standby acknowledged.
-    pub acked: AtomicU64,
-    /// Bytes of changes sent to the standby.
-    pub bytes_sent: AtomicU64,
-    /// Bytes of changes the standby acknowledged.
-    pub bytes_acked: AtomicU64,
-}
-
-impl ReplStats {
-    fn fill(&self, status: &mut proto::Status) {
-        status.standby_addr = self.peer.lock().clone();
-        if !status.standby_addr.is_empty() {
-            let seq = self.seq.load(Ordering::Relaxed);
-            let acked = self.acked.load(Ordering::Relaxed);
-            status.repl_lag_changes = seq.saturating_sub(acked);
-            status.repl_lag_bytes = self
-                .bytes_sent
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.bytes_acked.load(Ordering::Relaxed));
-        }
-        status
-            .counters
-            .insert("repl_seq".into(), self.seq.load(Ordering::Relaxed));
-    }
-}
 
 /// What the router is told.
 #[derive(Debug)]

@@ -83,6 +83,78 @@ impl WireError {
     }
 }
 
+/// Most bytes [`split_frame`] reserves ahead for a frame still arriving:
+/// the buffer grows with the bytes that actually come, never by a whole
+/// announced length up front (a hostile prefix costs nothing).
+pub const FRAME_GROW_CHUNK: usize = 128 * 1024;
+
+/// Takes the next whole frame body (its length prefix removed) out of
+/// `src`, or `None` while fewer bytes are buffered. The announced length
+/// is checked against `max` before anything is reserved; the body shares
+/// `src`'s allocation (decoders slice `bytes` and string fields out of it
+/// without copying). This is the one parser of the length prefix: every
+/// byte-stream reader in the project calls it.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use switchboard_wire::{put_frame, split_frame, Frame};
+///
+/// let mut buf = BytesMut::new();
+/// put_frame(&Frame::publish("a.b", "hi"), &mut buf);
+/// let body = split_frame(&mut buf, 1024)?.expect("whole");
+/// assert!(buf.is_empty());
+/// assert_eq!(switchboard_wire::decode_frame(body, 1024)?, Frame::publish("a.b", "hi"));
+/// # Ok::<(), switchboard_wire::WireError>(())
+/// ```
+pub fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<Bytes>, WireError> {
+    let Some(len) = whole_frame(src, max)? else {
+        return Ok(None);
+    };
+    src.advance(LENGTH_PREFIX_LEN);
+    Ok(Some(src.split_to(len).freeze()))
+}
+
+/// The body length of the frame at the start of `src` when the whole frame
+/// is buffered (then `src[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len]` is
+/// its body), `None` while it is still arriving: then room for at most
+/// [`FRAME_GROW_CHUNK`] more bytes is reserved. The announced length is
+/// checked against `max` first. For readers that decode small frames in
+/// place instead of splitting them off ([`split_frame`] is this plus the
+/// split).
+pub fn whole_frame(src: &mut BytesMut, max: usize) -> Result<Option<usize>, WireError> {
+    if src.len() < LENGTH_PREFIX_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    if len > max {
+        return Err(WireError::FrameTooLarge {
+            direction: Direction::Inbound,
+            len: len as u64,
+            limit: max,
+        });
+    }
+    let total = LENGTH_PREFIX_LEN + len;
+    if src.len() < total {
+        // Bounded by the limit checked above, and by one chunk per call.
+        src.reserve((total - src.len()).min(FRAME_GROW_CHUNK));
+        return Ok(None);
+    }
+    Ok(Some(len))
+}
+
+/// Appends `frame` with its length prefix to `dst`, with no size limit
+/// (for links whose limits are checked elsewhere, and for tests; a
+/// connection's writer uses [`FrameCodec`], which checks its outbound
+/// limit). The one writer of the length prefix beside the codec and the
+/// hand encoders.
+pub fn put_frame(frame: &Frame, dst: &mut BytesMut) {
+    let len = frame.encoded_len();
+    dst.reserve(LENGTH_PREFIX_LEN + len);
+    dst.put_u32(len as u32);
+    // Cannot fail: capacity was reserved above.
+    let _ = frame.encode(&mut FastBuf(dst));
+}
+
 /// tokio-util codec for length-prefixed [`Frame`]s.
 ///
 /// Each frame is a 4-byte big-endian length `n` followed by `n` bytes of
@@ -157,27 +229,7 @@ impl FrameCodec {
     /// Takes the next whole frame body (length prefix removed) out of
     /// `src`, checking the announced length against the inbound limit.
     fn next_body(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
-        if src.len() < LENGTH_PREFIX_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > self.max_inbound {
-            return Err(WireError::FrameTooLarge {
-                direction: Direction::Inbound,
-                len: len as u64,
-                limit: self.max_inbound,
-            });
-        }
-        let total = LENGTH_PREFIX_LEN + len;
-        if src.len() < total {
-            // Bounded by the limit checked above.
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(LENGTH_PREFIX_LEN);
-        // Freezing lets the decoders slice `bytes` and string fields out of
-        // the buffer without copying them.
-        Ok(Some(src.split_to(len).freeze()))
+        split_frame(src, self.max_inbound)
     }
 
     /// Refuses a frame body of `len` bytes over the outbound limit.

@@ -56,8 +56,8 @@ pub mod proto {
 }
 
 pub use codec::{
-    put_varint, Direction, FastBuf, FrameCodec, Incoming, IncomingCodec, WireError,
-    DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN,
+    put_frame, put_varint, split_frame, whole_frame, Direction, FastBuf, FrameCodec, Incoming,
+    IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK, LENGTH_PREFIX_LEN,
 };
 pub use fast::{decode_delivery, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
@@ -86,6 +86,43 @@ pub const FEATURE_RESUMED: &str = "resumed";
 /// [`proto::Listen`] whether it takes direct messages and requests; until it
 /// does, a `Direct` or `Request` to it is refused with `NOT_LISTENING`.
 pub const FEATURE_LISTEN: &str = "listen";
+
+/// Longest client id, in bytes of UTF-8 (see [`validate_client_id`]).
+pub const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// Checks a client id: 1 to [`MAX_CLIENT_ID_LEN`] bytes of UTF-8 without
+/// control characters. The error says what is wrong and how to mend it.
+///
+/// ```
+/// assert!(switchboard_wire::validate_client_id("worker-1").is_ok());
+/// assert!(switchboard_wire::validate_client_id("").is_err());
+/// assert!(switchboard_wire::validate_client_id("a\nb").is_err());
+/// ```
+pub fn validate_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!(
+            "client id is empty; choose a name of 1 to {MAX_CLIENT_ID_LEN} bytes"
+        ));
+    }
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err(format!(
+            "client id is {} bytes, more than {MAX_CLIENT_ID_LEN}; choose a shorter name",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("client id contains a control character; use printable text".into());
+    }
+    Ok(())
+}
+
+/// Reliable delivery: a receiver acknowledges at the latest after this many
+/// sequence numbers taken without an acknowledgement going out...
+pub const ACK_EVERY: u64 = 64;
+
+/// ...or this long after it took a sequenced frame, unless a frame going
+/// the other way carried the acknowledgement first (`Frame.acked`).
+pub const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Length of the random nonces in probes and handshakes, in bytes.
 pub const NONCE_LEN: usize = 16;

@@ -18,8 +18,8 @@ use switchboard_wire::Frame;
 
 use super::api::{parse, put_bytes, put_headers, ApiError, HeadersIn, PayloadIn};
 use super::{HttpConfig, ANSWER_TIMEOUT};
-use crate::conn::validate_client_id;
 use crate::Limits;
+use switchboard_wire::validate_client_id;
 
 /// Default timeout of a request made over HTTP.
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;

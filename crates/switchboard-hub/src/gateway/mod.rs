@@ -15,7 +15,7 @@
 //! * `views`: the router's view (`Input::Inspect`) and its JSON;
 //! * `mailbox`, `virtual_client`: HTTP clients as virtual connections;
 //! * `auth`: the loopback guard and the bearer token;
-//! * [`metrics`], `dashboard`, `ws`: `/metrics`, the dashboard, `/v1/ws`;
+//! * `metrics`, `dashboard`, `ws`: `/metrics`, the dashboard, `/v1/ws`;
 //! * `routes`: the router of paths to handlers, and the API handlers.
 
 use std::collections::HashMap;
@@ -28,14 +28,14 @@ use parking_lot::Mutex;
 use switchboard_discovery::{client_proof, Secret};
 
 use crate::config::HubError;
-use crate::conn::Shared;
+use crate::shared::Shared;
 
 mod api;
 mod auth;
 mod calls;
 mod dashboard;
 mod mailbox;
-pub mod metrics;
+mod metrics;
 mod routes;
 mod views;
 mod virtual_client;

@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::api::ApiError;
 use super::mailbox::Mailbox;
 use super::{Gateway, HttpConfig, ANSWER_TIMEOUT};
-use crate::conn::validate_client_id;
 use crate::outbox::{Outbox, Taken};
 use crate::router::Input;
 use crate::ConnId;
+use switchboard_wire::validate_client_id;
 
 /// Requests received by one HTTP client whose sender is remembered for a
 /// reply without `to`.

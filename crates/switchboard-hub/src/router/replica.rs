@@ -86,9 +86,6 @@ pub const GHOST_CONN_BASE: u64 = 1 << 63;
 /// Snapshot `config` key holding the key/value version floor.
 pub(crate) const KV_FLOOR_KEY: &str = "kv_version_floor";
 
-/// Longest client id a replicated `ClientInfo` may carry, bytes.
-const MAX_CLIENT_ID: usize = 256;
-
 /// Bounds of the change log a primary buffers between two
 /// [`Router::take_changes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,13 +357,8 @@ fn ghost_outbox(conn: ConnId) -> Arc<Outbox> {
 }
 
 fn validate_client_id(id: &str) -> Result<(), ReplicaError> {
-    if id.is_empty() || id.len() > MAX_CLIENT_ID || id.chars().any(char::is_control) {
-        return Err(ReplicaError::Invalid(format!(
-            "client id '{}' is empty, too long or holds a control character",
-            super::shown(id)
-        )));
-    }
-    Ok(())
+    switchboard_wire::validate_client_id(id)
+        .map_err(|why| ReplicaError::Invalid(format!("client id '{}': {why}", super::shown(id))))
 }
 
 fn sorted_clients(snapshot: &proto::Snapshot) -> Vec<proto::ClientState> {

@@ -25,7 +25,7 @@ use super::transport::{self, Opened, Rd, Wr};
 use super::types::{ConnectionState, Headers, KvEvent, Message, MessageKind, PresenceEvent};
 use super::{ConnTx, Shared, SubSink, Target};
 use crate::{ClientError, ClientEvent};
-use switchboard_wire::FEATURE_LISTEN;
+use switchboard_wire::{ACK_DELAY, FEATURE_LISTEN};
 
 /// Largest frame accepted from a hub before it has proven itself.
 const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
@@ -40,11 +40,6 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// How soon the reader tries again to queue an acknowledgement that found
 /// the send queue full.
 const ACK_RETRY: Duration = Duration::from_millis(10);
-
-/// How long frames from the hub may wait for an acknowledgement when no
-/// frame this client sends carries one (`Frame.acked`); then a separate
-/// `Ack` goes out.
-const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// Discovery deadline of the first reconnect attempts.
 const EARLY_DISCOVERY: Duration = Duration::from_millis(250);
@@ -819,7 +814,8 @@ fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
 /// goes out every [`ACK_EVERY`] frames, or [`ACK_DELAY`] after a batch
 /// when nothing sent meanwhile carried the acknowledgement.
 ///
-/// [`ACK_EVERY`]: super::reliable::ACK_EVERY
+/// [`ACK_EVERY`]: switchboard_wire::ACK_EVERY
+/// [`ACK_DELAY`]: switchboard_wire::ACK_DELAY
 async fn read_loop(
     shared: Arc<Shared>,
     mut reader: FramedRead<Rd, IncomingCodec>,

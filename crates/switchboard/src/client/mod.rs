@@ -52,7 +52,7 @@ pub const DEFAULT_RESUME_WAIT: Duration = Duration::from_secs(5);
 pub use reliable::{DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES};
 
 /// Largest client id, in bytes.
-pub const MAX_CLIENT_ID_LEN: usize = 256;
+pub use switchboard_wire::MAX_CLIENT_ID_LEN;
 
 /// Where a client finds its hub.
 #[derive(Debug, Clone)]

@@ -18,8 +18,7 @@ pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;
 /// Default most bytes (encoded) kept for retransmission.
 pub const DEFAULT_RETAIN_BYTES: usize = 64 * 1024 * 1024;
 
-/// Acknowledge at least every this many frames within one long read batch.
-pub(crate) const ACK_EVERY: u32 = 64;
+use switchboard_wire::ACK_EVERY;
 
 pub(crate) use switchboard_wire::is_logged_kind as logged_kind;
 
@@ -170,7 +169,7 @@ impl Inbound {
     /// acknowledgement (gaps count: the hub dropped those deliveries, and
     /// acknowledging early costs little).
     pub fn ack_due(&self) -> bool {
-        self.last_received - self.acked >= u64::from(ACK_EVERY)
+        self.last_received - self.acked >= ACK_EVERY
     }
 
     /// The `Ack.up_to` owed now, if the last acknowledgement sent does not
@@ -305,14 +304,14 @@ mod tests {
     #[test]
     fn acks_are_due_every_64_frames_in_a_long_batch() {
         let mut inb = Inbound::starting_at(0);
-        for seq in 1..ACK_EVERY as u64 {
+        for seq in 1..ACK_EVERY {
             inb.accept(seq);
             assert!(!inb.ack_due());
         }
-        inb.accept(ACK_EVERY as u64);
+        inb.accept(ACK_EVERY);
         assert!(inb.ack_due());
-        assert_eq!(inb.owed_ack(), Some(ACK_EVERY as u64));
-        inb.acked(ACK_EVERY as u64);
+        assert_eq!(inb.owed_ack(), Some(ACK_EVERY));
+        inb.acked(ACK_EVERY);
         assert!(!inb.ack_due());
         // Duplicates and unsequenced frames do not count.
         for _ in 0..100 {
@@ -321,12 +320,12 @@ mod tests {
         }
         assert!(!inb.ack_due());
         // A gap counts as the frames it skipped.
-        inb.accept(2 * ACK_EVERY as u64);
+        inb.accept(2 * ACK_EVERY);
         assert!(inb.ack_due());
         // A carried acknowledgement (a frame's `acked`) counts like an Ack.
-        inb.acked(2 * ACK_EVERY as u64 - 1);
+        inb.acked(2 * ACK_EVERY - 1);
         assert!(!inb.ack_due());
-        assert_eq!(inb.owed_ack(), Some(2 * ACK_EVERY as u64));
+        assert_eq!(inb.owed_ack(), Some(2 * ACK_EVERY));
     }
 
     #[test]

@@ -1,50 +1,36 @@
-//! Hot standby: the primary's router task (which ships the change log
-//! to an attached standby and holds every outgoing frame until the
-//! standby holds what produced it), the primary's end of the replication
-//! link, fencing, and the standby itself (mirror, failure detection,
-//! takeover). The design and the protocol are in the project's
-//! `ARCHITECTURE.md`, "Hot standby".
+//! The standby: finds the primary, opens the replication link, mirrors
+//! the primary's state in a [`Replica`], and takes over (binding the
+//! primary's port with a higher epoch) when the primary dies.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use prost::Message;
 use switchboard_discovery::{
     bind, client_proof, discover, new_instance_id, nonce, now_ms, probe, runtime_dir,
-    verify_hub_proof, BindOptions, DiscoverOptions, HintGuard, PortChoice,
+    verify_hub_proof, BindOptions, DiscoverOptions, PortChoice,
 };
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard_wire::{put_frame, Frame, FrameCodec, PROTOCOL_VERSION};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
-use crate::conn::{Shared, Stream};
-use crate::router::{ChangeLogLimits, HubStats, Input, Replica, Router, RouterConfig};
-use crate::HubHandle;
-
-/// Most inputs the router task takes from its inbox per wake-up.
-const ROUTER_BATCH: usize = 64;
-
-/// Encoded batches queued for the link's writer.
-const LINK_QUEUE: usize = 256;
+use crate::handle::HubHandle;
+use crate::router::{Replica, RouterConfig};
+use crate::stats::HubStats;
 
 /// Largest frame a standby accepts from its (authenticated) primary: a
 /// snapshot holds the whole state.
 const LINK_MAX_FRAME: usize = 1 << 30;
-
-/// Largest frame a primary accepts from its standby (acks, heartbeats).
-const STANDBY_MAX_FRAME: usize = 64 * 1024;
 
 /// Changes a standby buffers before their commit point arrives.
 const MAX_PENDING_CHANGES: usize = 1 << 20;
@@ -55,446 +41,6 @@ const BIND_RETRY: Duration = Duration::from_millis(250);
 /// How long a standby waits for a verified answer from a primary whose
 /// link broke before it takes over.
 const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How long a primary that lost its standby looks for a newer primary.
-const FENCE_CHECK: Duration = Duration::from_millis(500);
-
-/// A standby link handed to the router task by the connection that
-/// authenticated it.
-pub(crate) struct Attach {
-    addr: String,
-    out: mpsc::Sender<Bytes>,
-    alive: CancellationToken,
-    commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
-}
-
-struct Link {
-    out: mpsc::Sender<Bytes>,
-    alive: CancellationToken,
-    commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
-}
-
-fn put_frame(frame: &Frame, buf: &mut BytesMut) {
-    let len = frame.encoded_len();
-    buf.reserve(4 + len);
-    buf.put_u32(len as u32);
-    // Cannot fail: `BytesMut` grows.
-    let _ = frame.encode(buf);
-}
-
-fn heartbeat(epoch: u64, repl_seq: u64, role: proto::Role) -> Frame {
-    Frame::from(proto::Heartbeat {
-        epoch,
-        repl_seq,
-        time_ms: now_ms(),
-        role: role as i32,
-    })
-}
-
-/// The parts of [`Shared`] the router task uses.
-pub(crate) struct TaskShared {
-    pub shutdown: CancellationToken,
-    pub stats: Arc<HubStats>,
-    pub gate: Arc<crate::outbox::Gate>,
-    pub higher_epoch: Arc<tokio::sync::Notify>,
-    pub secret: switchboard_discovery::Secret,
-}
-
-impl TaskShared {
-    pub(crate) fn of(shared: &Shared) -> TaskShared {
-        TaskShared {
-            shutdown: shared.shutdown.clone(),
-            stats: shared.stats.clone(),
-            gate: shared.gate.clone(),
-            higher_epoch: shared.higher_epoch.clone(),
-            secret: shared.secret.clone(),
-        }
-    }
-}
-
-/// The task that owns a primary's router.
-pub(crate) struct RouterTask {
-    pub router: Router,
-    pub inbox: mpsc::Receiver<Input>,
-    pub standby: mpsc::Receiver<Attach>,
-    /// What the router task needs of the hub's shared state (not the
-    /// whole [`Shared`]: its inbox sender would keep the inbox open).
-    pub shared: TaskShared,
-    pub hint: Arc<Mutex<Option<HintGuard>>>,
-    pub closed: watch::Sender<bool>,
-    pub local_addr: SocketAddr,
-    pub hint_dir: Option<PathBuf>,
-    pub fenced: Arc<AtomicBool>,
-}
-
-impl RouterTask {
-    pub(crate) async fn run(mut self) {
-        let mut batch = Vec::with_capacity(ROUTER_BATCH);
-        let mut shutting_down = false;
-        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
-        let sleep = tokio::time::sleep_until(far());
-        tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
-        let mut link: Option<Link> = None;
-        let mut check: Option<oneshot::Receiver<bool>> = None;
-        // Outputs are held while a check after a lost standby runs.
-        let mut holding = false;
-        let shutdown = self.shared.shutdown.clone();
-        loop {
-            let deadline = self.router.next_deadline();
-            if deadline != armed {
-                armed = deadline;
-                sleep
-                    .as_mut()
-                    .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
-            }
-            let lost = async {
-                match &link {
-                    Some(l) => l.alive.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let checking = check.is_some();
-            let checked = async {
-                match check.as_mut() {
-                    Some(rx) => rx.await.unwrap_or(false),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled(), if !shutting_down => {
-                    shutting_down = true;
-                    tracing::info!("hub shutting down");
-                    self.router.set_handover(link.is_some());
-                    self.router.handle(Instant::now(), Input::Shutdown);
-                    if let Some(guard) = self.hint.lock().take() {
-                        if let Err(e) = guard.remove() {
-                            tracing::warn!(error = %e, "could not remove the hint");
-                        }
-                    }
-                }
-                n = self.inbox.recv_many(&mut batch, ROUTER_BATCH) => {
-                    if n == 0 {
-                        break;
-                    }
-                    let now = Instant::now();
-                    for input in batch.drain(..) {
-                        self.router.handle(now, input);
-                    }
-                    if self.router.next_deadline().is_some_and(|d| d <= now) {
-                        self.router.handle(now, Input::Tick);
-                    }
-                }
-                _ = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    self.router.handle(Instant::now(), Input::Tick);
-                }
-                Some(attach) = self.standby.recv() => {
-                    if link.is_some() || holding || shutting_down {
-                        let mut buf = BytesMut::new();
-                        put_frame(&Frame::error(
-                            0,
-                            ErrorCode::Unsupported,
-                            "this hub already has a standby (or is checking its epoch); one standby per primary",
-                        ), &mut buf);
-                        let _ = attach.out.try_send(buf.freeze());
-                        drop(attach);
-                    } else {
-                        link = self.attach(attach).await;
-                    }
-                }
-                _ = lost => {
-                    link = None;
-                    *self.shared.stats.repl.peer.lock() = String::new();
-                    tracing::warn!("standby lost; checking for a newer primary before going on alone");
-                    holding = true;
-                    check = Some(self.start_fence_check());
-                }
-                fenced = checked => {
-                    check = None;
-                    if fenced {
-                        self.step_down();
-                    } else {
-                        if holding {
-                            tracing::info!("no newer primary; serving without a standby");
-                        }
-                        holding = false;
-                        self.router.disable_change_log();
-                        self.router.set_gating(false);
-                        self.shared.gate.open_all();
-                    }
-                }
-                _ = self.shared.higher_epoch.notified(), if !checking && !shutting_down => {
-                    tracing::warn!("a client has seen a higher epoch; checking for a newer primary");
-                    check = Some(self.start_fence_check());
-                }
-            }
-            match &link {
-                Some(l) if !l.alive.is_cancelled() => {
-                    let mut buf = BytesMut::new();
-                    let bytes = match self.router.take_encoded(&mut buf) {
-                        Err(_) => {
-                            tracing::warn!(
-                                "change log overflowed; sending the standby a fresh snapshot"
-                            );
-                            Some(self.snapshot_bytes(false))
-                        }
-                        Ok(0) => None,
-                        Ok(_) => {
-                            put_frame(
-                                &heartbeat(
-                                    self.epoch(),
-                                    self.router.repl_seq(),
-                                    proto::Role::Primary,
-                                ),
-                                &mut buf,
-                            );
-                            Some(buf.freeze())
-                        }
-                    };
-                    if let Some(bytes) = bytes {
-                        self.ship(l, bytes).await;
-                    }
-                }
-                _ if holding => {
-                    // No standby to take them: keep the log short.
-                    self.router.discard_changes();
-                }
-                _ => {}
-            }
-            self.router.publish_stats();
-        }
-        if let Some(guard) = self.hint.lock().take() {
-            let _ = guard.remove();
-        }
-        tracing::info!("hub stopped");
-        let _ = self.closed.send(true);
-    }
-
-    fn epoch(&self) -> u64 {
-        self.router.identity().epoch
-    }
-
-    async fn ship(&self, link: &Link, bytes: Bytes) {
-        let repl = &self.shared.stats.repl;
-        let total = repl
-            .bytes_sent
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed)
-            + bytes.len() as u64;
-        link.commits
-            .lock()
-            .push_back((self.router.repl_seq(), total));
-        tokio::select! {
-            _ = link.out.send(bytes) => {}
-            _ = link.alive.cancelled() => {}
-        }
-    }
-
-    fn snapshot_bytes(&self, hello: bool) -> Bytes {
-        let mut buf = BytesMut::new();
-        if hello {
-            put_frame(
-                &Frame::from(proto::ReplHello {
-                    instance_id: self.router.identity().instance_id.clone(),
-                    epoch: self.epoch(),
-                    addr: self.local_addr.to_string(),
-                }),
-                &mut buf,
-            );
-        }
-        let mut snap = self.router.snapshot();
-        snap.addr = self.local_addr.to_string();
-        put_frame(&Frame::from(snap), &mut buf);
-        put_frame(
-            &heartbeat(self.epoch(), self.router.repl_seq(), proto::Role::Primary),
-            &mut buf,
-        );
-        buf.freeze()
-    }
-
-    async fn attach(&mut self, attach: Attach) -> Option<Link> {
-        tracing::info!(standby = %attach.addr, "standby attached; sending a snapshot");
-        self.router.enable_change_log(ChangeLogLimits::default());
-        // Changes before the snapshot are in it.
-        self.router.discard_changes();
-        let bytes = self.snapshot_bytes(true);
-        let repl = &self.shared.stats.repl;
-        repl.acked.store(0, Ordering::Relaxed);
-        repl.bytes_acked
-            .store(repl.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
-        *repl.peer.lock() = attach.addr.clone();
-        let link = Link {
-            out: attach.out,
-            alive: attach.alive,
-            commits: attach.commits,
-        };
-        self.shared.gate.close_at(self.router.repl_seq());
-        self.router.set_gating(true);
-        self.ship(&link, bytes).await;
-        Some(link)
-    }
-
-    fn start_fence_check(&self) -> oneshot::Receiver<bool> {
-        let (tx, rx) = oneshot::channel();
-        let identity = self.router.identity().clone();
-        let secret = self.shared.secret.clone();
-        let hint_dir = self.hint_dir.clone();
-        tokio::spawn(async move {
-            let newer = newer_primary(&identity, &secret, hint_dir).await;
-            if let Some(hub) = &newer {
-                tracing::warn!(addr = %hub.addr, epoch = hub.identity.epoch, "a primary with a higher epoch serves this service");
-            }
-            let _ = tx.send(newer.is_some());
-        });
-        rx
-    }
-
-    /// An old primary: stop serving for good (outputs stay held, so
-    /// nothing more is acknowledged); the owner may restart it as a
-    /// standby.
-    fn step_down(&mut self) {
-        tracing::error!("fenced: a newer primary serves this service; this hub stops serving");
-        self.fenced.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
-    }
-}
-
-/// A hub of `identity.service` other than `identity` with a higher epoch,
-/// found through the hint files and the listening table.
-async fn newer_primary(
-    identity: &proto::HubIdentity,
-    secret: &switchboard_discovery::Secret,
-    hint_dir: Option<PathBuf>,
-) -> Option<switchboard_discovery::FoundHub> {
-    let opts = DiscoverOptions {
-        hint_dirs: hint_dir.into_iter().collect(),
-        all: true,
-        use_scan: false,
-        deadline: FENCE_CHECK,
-        probe_timeout: Duration::from_millis(200),
-        secret: Some(secret.clone()),
-        ..DiscoverOptions::default()
-    };
-    let found = discover(&identity.service, &opts).await.ok()?;
-    found.into_iter().find(|h| {
-        h.identity.instance_id != identity.instance_id
-            && h.identity.epoch > identity.epoch
-            && h.identity.role == proto::Role::Primary as i32
-    })
-}
-
-/// The primary's end of a replication link, after the standby
-/// authenticated with `Hello{role: STANDBY}`.
-pub(crate) async fn serve_link<S: Stream>(
-    stream: S,
-    mut buf: BytesMut,
-    peer: SocketAddr,
-    hello: proto::Hello,
-    shared: Arc<Shared>,
-) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-    let alive = CancellationToken::new();
-    let commits = Arc::new(Mutex::new(VecDeque::new()));
-    let attach = Attach {
-        addr: peer.to_string(),
-        out: tx,
-        alive: alive.clone(),
-        commits: commits.clone(),
-    };
-    tracing::info!(standby = %hello.client_id, %peer, "standby connected");
-    if shared.standby.send(attach).await.is_err() {
-        return;
-    }
-    let (interval, misses) = shared.heartbeat;
-    let (mut rd, mut wr) = stream.halves();
-    let epoch = shared.identity.epoch;
-    let writer = async {
-        // The first frames are the router's ReplHello and snapshot.
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut wrote = false;
-        loop {
-            tokio::select! {
-                m = rx.recv() => {
-                    let Some(bytes) = m else { break };
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                    wrote = true;
-                }
-                _ = ticker.tick() => {
-                    if !std::mem::take(&mut wrote) {
-                        // Liveness only: repl_seq 0 is no commit point.
-                        let mut b = BytesMut::new();
-                        put_frame(&heartbeat(epoch, 0, proto::Role::Primary), &mut b);
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let repl = &shared.stats.repl;
-    let gate = &shared.gate;
-    let reader = async {
-        let mut codec = FrameCodec::new().max_inbound(STANDBY_MAX_FRAME);
-        let silence = interval * misses;
-        loop {
-            let frame = loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => break Some(f),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bad frame from the standby");
-                        break None;
-                    }
-                }
-                buf.reserve(4096);
-                match tokio::time::timeout(silence, rd.read_buf(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => break None,
-                    Err(_) => {
-                        tracing::warn!(
-                            ms = silence.as_millis() as u64,
-                            "standby silent; dropping it"
-                        );
-                        break None;
-                    }
-                }
-            };
-            let Some(frame) = frame else { break };
-            match frame.kind {
-                Some(Kind::ReplAck(a)) => {
-                    repl.acked.fetch_max(a.repl_seq, Ordering::Relaxed);
-                    let mut c = commits.lock();
-                    while c.front().is_some_and(|(seq, _)| *seq <= a.repl_seq) {
-                        if let Some((_, bytes)) = c.pop_front() {
-                            repl.bytes_acked.store(bytes, Ordering::Relaxed);
-                        }
-                    }
-                    drop(c);
-                    gate.release(a.repl_seq);
-                }
-                Some(Kind::Heartbeat(_)) => {}
-                Some(Kind::Error(e)) => {
-                    tracing::warn!(message = %e.message, "the standby reported an error");
-                    break;
-                }
-                _ => {}
-            }
-        }
-    };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
-        _ = alive.cancelled() => {}
-        _ = shared.shutdown.cancelled() => {}
-    }
-    alive.cancel();
-    tracing::info!(%peer, "standby link closed");
-}
 
 /// What a standby is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1040,7 +586,8 @@ impl Standby {
         config.epoch = epoch;
         *self.stats.repl.peer.lock() = String::new();
         let handle =
-            crate::hub::serve(config, Some(listener), identity, router, self.stats.clone()).await?;
+            crate::primary::serve(config, Some(listener), identity, router, self.stats.clone())
+                .await?;
         tracing::warn!(addr = %local_addr, epoch, clients, ms = started.elapsed().as_millis() as u64, "took over from the failed primary");
         self.state.send_replace(StandbyState::Primary {
             addr: local_addr,

@@ -1,0 +1,234 @@
+//! The primary's end of a replication link: the connection task that
+//! carries the router task's encoded changes to the standby and its
+//! acknowledgements back (releasing the [`Gate`](crate::outbox::Gate)),
+//! and the router task's handle on it ([`Link`]): snapshot and change
+//! shipping. The protocol is in `docs/PROTOCOL.md`; the design in the
+//! project's `ARCHITECTURE.md`, "Hot standby".
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use switchboard_discovery::now_ms;
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{put_frame, ErrorCode, Frame, FrameCodec};
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+use crate::shared::{Attach, Shared};
+use crate::stats::ReplStats;
+use crate::transport::Stream;
+
+/// Largest frame a primary accepts from its standby (acks, heartbeats).
+const STANDBY_MAX_FRAME: usize = 64 * 1024;
+
+/// Encoded batches queued for the link's writer.
+const LINK_QUEUE: usize = 256;
+
+/// The router task's end of an attached standby link.
+pub(crate) struct Link {
+    out: mpsc::Sender<Bytes>,
+    alive: CancellationToken,
+    commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
+}
+
+impl Link {
+    /// Takes over the link a connection handed to the router task.
+    pub(crate) fn new(attach: Attach) -> Link {
+        Link {
+            out: attach.out,
+            alive: attach.alive,
+            commits: attach.commits,
+        }
+    }
+
+    /// Cancelled when the link is lost.
+    pub(crate) fn alive(&self) -> &CancellationToken {
+        &self.alive
+    }
+
+    /// Queues `bytes` (changes up to `repl_seq`, or a snapshot) for the
+    /// standby, remembering where the commit point `repl_seq` ends so its
+    /// acknowledgement can be counted in bytes.
+    pub(crate) async fn ship(&self, repl: &ReplStats, repl_seq: u64, bytes: Bytes) {
+        let total = repl
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed)
+            + bytes.len() as u64;
+        self.commits.lock().push_back((repl_seq, total));
+        tokio::select! {
+            _ = self.out.send(bytes) => {}
+            _ = self.alive.cancelled() => {}
+        }
+    }
+}
+
+/// Refuses a second standby (or one arriving while the primary checks
+/// its epoch): the link gets an error and closes.
+pub(crate) fn refuse(attach: Attach) {
+    let mut buf = BytesMut::new();
+    put_frame(
+        &Frame::error(
+            0,
+            ErrorCode::Unsupported,
+            "this hub already has a standby (or is checking its epoch); one standby per primary",
+        ),
+        &mut buf,
+    );
+    let _ = attach.out.try_send(buf.freeze());
+}
+
+/// The opening of a link (`ReplHello` when `hello`), a snapshot of
+/// `router`'s state and its commit point, encoded.
+pub(crate) fn snapshot_bytes(router: &Router, local_addr: SocketAddr, hello: bool) -> Bytes {
+    let epoch = router.identity().epoch;
+    let mut buf = BytesMut::new();
+    if hello {
+        put_frame(
+            &Frame::from(proto::ReplHello {
+                instance_id: router.identity().instance_id.clone(),
+                epoch,
+                addr: local_addr.to_string(),
+            }),
+            &mut buf,
+        );
+    }
+    let mut snap = router.snapshot();
+    snap.addr = local_addr.to_string();
+    put_frame(&Frame::from(snap), &mut buf);
+    put_frame(
+        &heartbeat(epoch, router.repl_seq(), proto::Role::Primary),
+        &mut buf,
+    );
+    buf.freeze()
+}
+
+/// A replication heartbeat: liveness, and with `repl_seq` above 0 a
+/// commit point.
+pub(crate) fn heartbeat(epoch: u64, repl_seq: u64, role: proto::Role) -> Frame {
+    Frame::from(proto::Heartbeat {
+        epoch,
+        repl_seq,
+        time_ms: now_ms(),
+        role: role as i32,
+    })
+}
+
+/// The primary's end of a replication link, after the standby
+/// authenticated with `Hello{role: STANDBY}`.
+pub(crate) async fn serve_link<S: Stream>(
+    stream: S,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    hello: proto::Hello,
+    shared: Arc<Shared>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let alive = CancellationToken::new();
+    let commits = Arc::new(Mutex::new(VecDeque::new()));
+    let attach = Attach {
+        addr: peer.to_string(),
+        out: tx,
+        alive: alive.clone(),
+        commits: commits.clone(),
+    };
+    tracing::info!(standby = %hello.client_id, %peer, "standby connected");
+    if shared.standby.send(attach).await.is_err() {
+        return;
+    }
+    let (interval, misses) = shared.heartbeat;
+    let (mut rd, mut wr) = stream.halves();
+    let epoch = shared.identity.epoch;
+    let writer = async {
+        // The first frames are the router's ReplHello and snapshot.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wrote = false;
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(bytes) = m else { break };
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                    wrote = true;
+                }
+                _ = ticker.tick() => {
+                    if !std::mem::take(&mut wrote) {
+                        // Liveness only: repl_seq 0 is no commit point.
+                        let mut b = BytesMut::new();
+                        put_frame(&heartbeat(epoch, 0, proto::Role::Primary), &mut b);
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let repl = &shared.stats.repl;
+    let gate = &shared.gate;
+    let reader = async {
+        let mut codec = FrameCodec::new().max_inbound(STANDBY_MAX_FRAME);
+        let silence = interval * misses;
+        loop {
+            let frame = loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad frame from the standby");
+                        break None;
+                    }
+                }
+                buf.reserve(4096);
+                match tokio::time::timeout(silence, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => break None,
+                    Err(_) => {
+                        tracing::warn!(
+                            ms = silence.as_millis() as u64,
+                            "standby silent; dropping it"
+                        );
+                        break None;
+                    }
+                }
+            };
+            let Some(frame) = frame else { break };
+            match frame.kind {
+                Some(Kind::ReplAck(a)) => {
+                    repl.acked.fetch_max(a.repl_seq, Ordering::Relaxed);
+                    let mut c = commits.lock();
+                    while c.front().is_some_and(|(seq, _)| *seq <= a.repl_seq) {
+                        if let Some((_, bytes)) = c.pop_front() {
+                            repl.bytes_acked.store(bytes, Ordering::Relaxed);
+                        }
+                    }
+                    drop(c);
+                    gate.release(a.repl_seq);
+                }
+                Some(Kind::Heartbeat(_)) => {}
+                Some(Kind::Error(e)) => {
+                    tracing::warn!(message = %e.message, "the standby reported an error");
+                    break;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = alive.cancelled() => {}
+        _ = shared.shutdown.cancelled() => {}
+    }
+    alive.cancel();
+    tracing::info!(%peer, "standby link closed");
+}
