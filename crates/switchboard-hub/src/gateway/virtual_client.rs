@@ -22,6 +22,7 @@ use super::mailbox::Mailbox;
 use super::{Gateway, HttpConfig, ANSWER_TIMEOUT};
 use crate::outbox::{Outbox, Taken};
 use crate::router::Input;
+use crate::transport::{drain, Drain};
 use crate::ConnId;
 use switchboard_wire::validate_client_id;
 
@@ -354,39 +355,41 @@ impl HttpClient {
 }
 
 /// Moves what the router queues for an HTTP client to its waiting calls
-/// and its mailbox, until the router closes the outbox.
+/// and its mailbox, until the router closes the outbox; then ends the
+/// client's calls and polls and forgets it.
 async fn pump(gw: Arc<Gateway>, client: Arc<HttpClient>) {
-    let outbox = client.outbox.clone();
-    let cancel = outbox.cancelled().clone();
-    let mut taken = Taken::default();
-    let batch = gw.shared.limits.write_batch_bytes;
-    loop {
-        outbox.take(batch, &mut taken);
-        if taken.killed {
-            break;
-        }
-        if taken.want_drained {
-            let _ = gw
-                .shared
-                .inbox
-                .try_send(Input::Drained { conn: client.conn });
-        }
+    let batch_bytes = gw.shared.limits.write_batch_bytes;
+    let mut pump = Pump {
+        gw: &gw,
+        client: &client,
+    };
+    drain(&client.outbox, batch_bytes, &gw.shared.inbox, &mut pump).await;
+    client.gone.cancel();
+    if let Some(tx) = client.welcome.lock().take() {
+        let _ = tx.send(Err(ApiError::shutting_down()));
+    }
+    // Calls still waiting get `gone` when their senders drop here.
+    client.state.lock().waiters.clear();
+    client.notify.notify_waiters();
+    gw.shared.stats.untrack(client.conn);
+    let mut map = gw.clients.lock();
+    if map.get(&client.id).is_some_and(|c| c.conn == client.conn) {
+        map.remove(&client.id);
+    }
+}
+
+/// An HTTP client's consumer of its outbox.
+struct Pump<'a> {
+    gw: &'a Gateway,
+    client: &'a HttpClient,
+}
+
+impl Drain for Pump<'_> {
+    async fn batch(&mut self, taken: &mut Taken) -> bool {
+        let (gw, client) = (self.gw, self.client);
         if taken.dropped > 0 {
             client.state.lock().mailbox.count_dropped(taken.dropped);
             client.notify.notify_waiters();
-        }
-        if taken.frames.is_empty() {
-            if taken.close {
-                break;
-            }
-            if taken.held != 0 && !outbox.gate().wait(&outbox, taken.held) {
-                continue;
-            }
-            tokio::select! {
-                _ = outbox.notified() => {}
-                _ = cancel.cancelled() => {}
-            }
-            continue;
         }
         let mut slow = None;
         for out in taken.frames.drain(..) {
@@ -415,21 +418,7 @@ async fn pump(gw: Arc<Gateway>, client: Arc<HttpClient>) {
                 })
                 .await;
         }
-        if taken.close {
-            break;
-        }
-    }
-    client.gone.cancel();
-    if let Some(tx) = client.welcome.lock().take() {
-        let _ = tx.send(Err(ApiError::shutting_down()));
-    }
-    // Calls still waiting get `gone` when their senders drop here.
-    client.state.lock().waiters.clear();
-    client.notify.notify_waiters();
-    gw.shared.stats.untrack(client.conn);
-    let mut map = gw.clients.lock();
-    if map.get(&client.id).is_some_and(|c| c.conn == client.conn) {
-        map.remove(&client.id);
+        true
     }
 }
 
