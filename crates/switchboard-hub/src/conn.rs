@@ -282,9 +282,9 @@ pub(crate) async fn serve<T: Transport>(
     shared.stats.untrack(conn);
 }
 
-/// One frame taken from the read buffer.
+/// One frame received from a client.
 enum Decoded {
-    /// A decoded frame, and its length on the wire.
+    /// A decoded frame, and its length with a length prefix.
     Frame(Frame, usize),
     /// A whole frame refused without decoding (a kind clients may not send,
     /// or over its kind's size cap); the notice tells the client why.
