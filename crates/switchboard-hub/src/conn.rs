@@ -1,41 +1,29 @@
-//! The stream transports (TCP, and WebSocket through a bridge): handshake,
-//! then a reader and a writer per connection.
+//! A native connection, on any [`Transport`] (TCP, WebSocket, in-memory
+//! pipes): the handshake, then a reader task (check each frame's kind
+//! before decoding it, hand frames to the router in batches) and a writer
+//! task (drain the outbox, one encoded batch per send).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use prost::Message;
 use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
-    check_client_frame, ErrorCode, Frame, FrameCodec, WireError, LENGTH_PREFIX_LEN, NONCE_LEN,
-    PROTOCOL_VERSION,
+    check_client_frame, put_frame, validate_client_id, ErrorCode, Frame, WireError,
+    LENGTH_PREFIX_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::Input;
 use crate::shared::Shared;
 use crate::stats::HubStats;
-use crate::transport::Stream;
+use crate::transport::{drain, Body, Drain, FrameRx, FrameTx, Transport, READ_CHUNK};
 use crate::ConnId;
-use switchboard_wire::validate_client_id;
-
-/// Frames at least this large are decoded in place from the read buffer;
-/// smaller ones are copied out, so a small payload retained in a slow
-/// client's queue never pins a large read buffer.
-const ZERO_COPY_MIN: usize = 32 * 1024;
-
-/// Largest read: the read buffer grows up to this while reads fill it.
-const READ_CHUNK: usize = 128 * 1024;
-
-/// Smallest read, and the step a light connection reads with.
-const MIN_READ_CHUNK: usize = 8 * 1024;
 
 /// A write batch smaller than this gives its buffer back afterwards, so an
 /// idle connection holds no write buffer.
@@ -47,6 +35,9 @@ const MAX_BATCH: usize = 1024;
 /// How long a rejected connection may take to accept its error frame.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a finished writer waits for its transport to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
+
 enum Handshake {
     /// Authenticated: register this client.
     Accepted(proto::Hello),
@@ -54,25 +45,22 @@ enum Handshake {
     Close(Option<Frame>),
 }
 
-async fn read_frame<S: Stream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<Frame>, WireError> {
+/// Reads one handshake frame (at most `max` bytes); `None` at the end of
+/// the input.
+async fn read_frame<R: FrameRx>(rx: &mut R, max: usize) -> Result<Option<Frame>, WireError> {
     loop {
-        match decode_one(buf, max)? {
+        match rx.next_frame(max, decode_client)?.transpose()? {
             Some(Decoded::Frame(frame, _)) => return Ok(Some(frame)),
             // Not a handshake frame: reported like any other wrong frame.
             Some(Decoded::Refused(_)) => return Ok(Some(Frame::default())),
             None => {}
         }
-        buf.reserve(1024);
-        if stream.read_buf(buf).await? == 0 {
-            if buf.is_empty() {
+        if rx.receive().await? == 0 {
+            if rx.buffered() == 0 {
                 return Ok(None);
             }
             return Err(WireError::Truncated {
-                buffered: buf.len(),
+                buffered: rx.buffered(),
             });
         }
     }
@@ -92,8 +80,8 @@ fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
     Frame::error(0, e.code(), message)
 }
 
-async fn handshake<S: Stream>(stream: &mut S, buf: &mut BytesMut, shared: &Shared) -> Handshake {
-    let first = match read_frame(stream, buf, shared.limits.pre_auth_max_frame).await {
+async fn handshake<R: FrameRx, W: FrameTx>(rx: &mut R, tx: &mut W, shared: &Shared) -> Handshake {
+    let first = match read_frame(rx, shared.limits.pre_auth_max_frame).await {
         Ok(Some(f)) => f,
         Ok(None) => return Handshake::Close(None),
         Err(WireError::Io(_)) => return Handshake::Close(None),
@@ -160,10 +148,10 @@ async fn handshake<S: Stream>(stream: &mut S, buf: &mut BytesMut, shared: &Share
         .to_vec()
         .into(),
     };
-    if write_frame(stream, &Frame::from(challenge)).await.is_err() {
+    if write_frame(tx, &Frame::from(challenge)).await.is_err() {
         return Handshake::Close(None);
     }
-    let auth = match read_frame(stream, buf, shared.limits.pre_auth_max_frame).await {
+    let auth = match read_frame(rx, shared.limits.pre_auth_max_frame).await {
         Ok(Some(Frame {
             kind: Some(Kind::Auth(auth)),
             ..
@@ -195,45 +183,46 @@ async fn handshake<S: Stream>(stream: &mut S, buf: &mut BytesMut, shared: &Share
     Handshake::Accepted(hello)
 }
 
-async fn write_frame<S: Stream>(stream: &mut S, frame: &Frame) -> Result<(), WireError> {
+async fn write_frame<W: FrameTx>(tx: &mut W, frame: &Frame) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    FrameCodec::new().encode(frame, &mut out)?;
-    stream.write_all(&out).await?;
-    Ok(())
+    put_frame(frame, &mut out);
+    tx.send(&mut out).await
 }
 
-async fn reject<S: Stream>(mut stream: S, frame: Option<Frame>) {
+/// Writes `frame`, if any, to a connection refused in the handshake, and
+/// closes it.
+async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
     if let Some(frame) = frame {
         let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, async {
-            let _ = write_frame(&mut stream, &frame).await;
-            let _ = stream.shutdown().await;
+            let _ = write_frame(&mut tx, &frame).await;
+            tx.close().await;
         })
         .await;
     }
 }
 
 /// Serves one accepted connection to its end; `transport` names it in the
-/// registry (`tcp`, `ws`).
-pub(crate) async fn serve<S: Stream>(
-    mut stream: S,
+/// registry (`tcp`, `ws`, `memory`).
+pub(crate) async fn serve<T: Transport>(
+    carrier: T,
     peer: SocketAddr,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
     transport: &'static str,
 ) {
-    let mut buf = BytesMut::with_capacity(1024);
+    let (mut rx, mut tx) = carrier.split();
     let outcome = tokio::select! {
         r = tokio::time::timeout(
             shared.handshake_timeout,
-            handshake(&mut stream, &mut buf, &shared),
+            handshake(&mut rx, &mut tx, &shared),
         ) => r,
         _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
     };
     drop(permit);
     let hello = match outcome {
         Ok(Handshake::Accepted(hello)) => hello,
-        Ok(Handshake::Close(frame)) => return reject(stream, frame).await,
+        Ok(Handshake::Close(frame)) => return reject(tx, frame).await,
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
             let ms = shared.handshake_timeout.as_millis();
@@ -242,12 +231,12 @@ pub(crate) async fn serve<S: Stream>(
                 ErrorCode::HandshakeTimeout,
                 format!("handshake not completed within {ms} ms; send Hello and Auth promptly"),
             );
-            return reject(stream, Some(frame)).await;
+            return reject(tx, Some(frame)).await;
         }
     };
     tracing::debug!(client = %hello.client_id, "authenticated");
     if hello.role == proto::Role::Standby as i32 {
-        return crate::replication::link::serve_link(stream, buf, peer, hello, shared).await;
+        return crate::replication::link::serve_link(rx, tx, peer, hello, shared).await;
     }
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
@@ -281,39 +270,35 @@ pub(crate) async fn serve<S: Stream>(
         shared.stats.untrack(conn);
         return;
     }
-    let (rd, wr) = stream.halves();
-    let writer = tokio::spawn(write_loop::<S>(
-        wr,
+    let writer = tokio::spawn(write_loop(
+        tx,
         outbox.clone(),
-        conn,
         shared.inbox.clone(),
         shared.stats.clone(),
         shared.limits.write_batch_bytes,
     ));
-    read_loop::<S>(rd, buf, conn, &outbox, &shared).await;
+    read_loop(rx, conn, &outbox, &shared).await;
     let _ = writer.await;
     shared.stats.untrack(conn);
 }
 
-/// One frame taken from the read buffer.
+/// One frame received from a client.
 enum Decoded {
-    /// A decoded frame, and its length on the wire.
+    /// A decoded frame, and its length with a length prefix.
     Frame(Frame, usize),
     /// A whole frame refused without decoding (a kind clients may not send,
     /// or over its kind's size cap); the notice tells the client why.
     Refused(Frame),
 }
 
-/// Takes one frame from `buf`, if a whole one is there. The frame's kind is
-/// checked before it is decoded, so kinds that only the hub sends (which
-/// carry lists and decode to far more memory than their bytes) are never
-/// decoded from a client.
-fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireError> {
-    let Some(len) = switchboard_wire::whole_frame(buf, max)? else {
-        return Ok(None);
-    };
-    let total = LENGTH_PREFIX_LEN + len;
-    let refusal = match check_client_frame(&buf[LENGTH_PREFIX_LEN..total]) {
+/// Checks and decodes one frame body received from a client. The frame's
+/// kind is checked before it is decoded, so kinds that only the hub sends
+/// (which carry lists and decode to far more memory than their bytes) are
+/// never decoded from a client.
+fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
+    let bytes = body.as_slice();
+    let total = LENGTH_PREFIX_LEN + bytes.len();
+    let refusal = match check_client_frame(bytes) {
         Ok(()) => None,
         Err(WireError::Rejected { kind, .. }) if kind != "unknown" => Some(Frame::error(
             0,
@@ -329,49 +314,38 @@ fn decode_one(buf: &mut BytesMut, max: usize) -> Result<Option<Decoded>, WireErr
         Err(_) => None,
     };
     if let Some(notice) = refusal {
-        buf.advance(total);
-        return Ok(Some(Decoded::Refused(notice)));
+        return Ok(Decoded::Refused(notice));
     }
     // Publishes, the bulk of client traffic, are decoded by hand (the same
     // frame prost would decode; anything unusual goes to prost).
-    let frame = if len >= ZERO_COPY_MIN {
-        buf.advance(LENGTH_PREFIX_LEN);
-        let body = buf.split_to(len).freeze();
-        match switchboard_wire::decode_publish(&body, Some(&body)) {
+    let frame = match body {
+        Body::Owned(body) => match switchboard_wire::decode_publish(&body, Some(&body)) {
             Some(frame) => frame,
             None => Frame::decode(body)?,
-        }
-    } else {
-        let body = &buf[LENGTH_PREFIX_LEN..total];
-        let frame = match switchboard_wire::decode_publish(body, None) {
+        },
+        Body::Borrowed(body) => match switchboard_wire::decode_publish(body, None) {
             Some(frame) => frame,
             None => Frame::decode(body)?,
-        };
-        buf.advance(total);
-        frame
+        },
     };
-    Ok(Some(Decoded::Frame(frame, total)))
+    Ok(Decoded::Frame(frame, total))
 }
 
-async fn read_loop<S: Stream>(
-    mut rd: S::Read,
-    mut buf: BytesMut,
-    conn: ConnId,
-    outbox: &Outbox,
-    shared: &Shared,
-) {
+/// Hands what the client sends to the router, in batches, until the
+/// connection ends or the outbox is killed; then reports the disconnect.
+async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared: &Shared) {
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
-    // Bytes the next read asks for: doubled while reads fill it, halved
-    // while they use less than a quarter.
-    let mut chunk = MIN_READ_CHUNK;
     let (notice, reason) = 'conn: loop {
         // Sized for the buffered bytes so the batch rarely reallocates.
-        let mut frames = Vec::with_capacity((buf.len() / 64).clamp(1, MAX_BATCH));
+        let mut frames = Vec::with_capacity((rx.buffered() / 64).clamp(1, MAX_BATCH));
         let mut failure = None;
         let mut refused = None;
         loop {
-            match decode_one(&mut buf, max) {
+            match rx
+                .next_frame(max, decode_client)
+                .and_then(Option::transpose)
+            {
                 Ok(Some(Decoded::Frame(frame, len))) => {
                     shared.stats.metrics.frame_in(&frame, len);
                     frames.push(frame);
@@ -425,32 +399,14 @@ async fn read_loop<S: Stream>(
         if more {
             continue;
         }
-        if buf.is_empty() && chunk == MIN_READ_CHUNK {
-            // A light or idle connection holds no read buffer while it
-            // waits (a busy one keeps its large buffer).
-            if buf.capacity() > 0 {
-                buf = BytesMut::new();
-            }
-            tokio::select! {
-                _ = S::readable(&rd) => {}
-                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
-            }
-        }
-        buf.reserve(chunk);
-        let spare = buf.capacity() - buf.len();
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) if buf.is_empty() => break 'conn (None, "disconnected".to_owned()),
+            r = rx.receive() => match r {
+                Ok(0) if rx.buffered() == 0 => break 'conn (None, "disconnected".to_owned()),
                 Ok(0) => {
-                    let e = WireError::Truncated { buffered: buf.len() };
+                    let e = WireError::Truncated { buffered: rx.buffered() };
                     break 'conn (Some(wire_error_frame(&e, "")), e.to_string());
                 }
                 Ok(n) => {
-                    if n >= spare {
-                        chunk = (chunk * 2).min(READ_CHUNK);
-                    } else if n < chunk / 4 {
-                        chunk = (chunk / 2).max(MIN_READ_CHUNK);
-                    }
                     shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => break 'conn (None, format!("read error: {e}")),
@@ -469,56 +425,52 @@ async fn read_loop<S: Stream>(
         .await;
 }
 
-async fn write_loop<S: Stream>(
-    mut wr: S::Write,
+/// Writes what the router queues for the client until the outbox closes
+/// or is killed, or the transport fails; then closes the transport and
+/// stops the reader.
+async fn write_loop<W: FrameTx>(
+    tx: W,
     outbox: Arc<Outbox>,
-    conn: ConnId,
-    inbox: mpsc::Sender<Input>,
+    inbox: tokio::sync::mpsc::Sender<Input>,
     stats: Arc<HubStats>,
     batch_bytes: usize,
 ) {
     let cancel = outbox.cancelled().clone();
-    let mut taken = Taken::default();
-    // Allocated with the first batch; given back after small batches.
-    let mut buf = BytesMut::new();
-    loop {
-        outbox.take(batch_bytes, &mut taken);
-        if taken.killed {
-            if let Some(last) = outbox.take_last_words() {
-                buf.clear();
-                crate::Out::from(last).encode(&mut buf);
-                S::try_write(&mut wr, &buf);
-            }
-            break;
-        }
-        if taken.want_drained {
-            let _ = inbox.try_send(Input::Drained { conn });
-        }
-        if taken.frames.is_empty() && taken.dropped == 0 {
-            if taken.close {
-                break;
-            }
-            if taken.held != 0 && !outbox.gate().wait(&outbox, taken.held) {
-                // Released meanwhile: take again.
-                continue;
-            }
-            tokio::select! {
-                _ = outbox.notified() => {}
-                _ = cancel.cancelled() => {}
-            }
-            continue;
-        }
+    let mut writer = Writer {
+        tx,
+        // Allocated with the first batch; given back after small batches.
+        buf: BytesMut::new(),
+        stats,
+        cancel: cancel.clone(),
+    };
+    drain(&outbox, batch_bytes, &inbox, &mut writer).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.tx.close()).await;
+    // Stops the reader too.
+    cancel.cancel();
+}
+
+/// A connection's writer: each batch encoded into one buffer, sent at once.
+struct Writer<W> {
+    tx: W,
+    buf: BytesMut,
+    stats: Arc<HubStats>,
+    cancel: CancellationToken,
+}
+
+impl<W: FrameTx> Drain for Writer<W> {
+    async fn batch(&mut self, taken: &mut Taken) -> bool {
+        let (buf, stats) = (&mut self.buf, &self.stats);
         buf.clear();
         let mut n = taken.frames.len() as u64;
         if taken.dropped > 0 {
-            flow_notice(taken.dropped, taken.remaining).encode(&mut buf);
+            flow_notice(taken.dropped, taken.remaining).encode(buf);
             n += 1;
         }
         // Deliveries are counted once per batch.
         let (mut delivers, mut deliver_bytes) = (0u64, 0usize);
         for out in taken.frames.drain(..) {
             let before = buf.len();
-            out.encode(&mut buf);
+            out.encode(buf);
             match &out {
                 crate::Out::Frame(f) => stats.metrics.frame_out(f.kind_name(), buf.len() - before),
                 crate::Out::Deliver { .. } => {
@@ -528,27 +480,29 @@ async fn write_loop<S: Stream>(
             }
         }
         stats.metrics.delivers_out(delivers, deliver_bytes as u64);
+        let len = buf.len();
         tokio::select! {
-            r = wr.write_all(&buf) => {
+            r = self.tx.send(buf) => {
                 if r.is_err() {
-                    break;
+                    return false;
                 }
             }
             // Killed mid-write: the stream is no longer at a frame boundary.
-            _ = cancel.cancelled() => break,
+            _ = self.cancel.cancelled() => return false,
         }
         stats.msgs_out.fetch_add(n, Ordering::Relaxed);
-        stats
-            .bytes_out
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if taken.close {
-            break;
+        stats.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        if len < WRITE_KEEP || buf.capacity() > 4 * READ_CHUNK {
+            *buf = BytesMut::new();
         }
-        if buf.len() < WRITE_KEEP || buf.capacity() > 4 * READ_CHUNK {
-            buf = BytesMut::new();
+        true
+    }
+
+    fn killed(&mut self, outbox: &Outbox) {
+        if let Some(last) = outbox.take_last_words() {
+            self.buf.clear();
+            crate::Out::from(last).encode(&mut self.buf);
+            self.tx.try_send(&mut self.buf);
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(100), wr.shutdown()).await;
-    // Stops the reader too.
-    cancel.cancel();
 }

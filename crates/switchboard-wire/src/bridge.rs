@@ -1,10 +1,11 @@
 //! Frames between a message transport and a byte stream.
 //!
-//! WebSocket carries one frame body per binary message; the connection code
-//! of hubs and clients reads and writes length-prefixed frames on a byte
+//! WebSocket carries one frame body per binary message; the client's
+//! connection code reads and writes length-prefixed frames on a byte
 //! stream. [`bridge`] joins the two through a `tokio::io::duplex` pipe, so
 //! a WebSocket connection runs the very code a TCP connection runs. Used by
-//! the hub's `/v1/ws` gateway and the client's WebSocket transport.
+//! the client's WebSocket transport (the hub serves WebSocket messages
+//! directly, as a message transport).
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};

@@ -9,7 +9,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::http::{client_json, inspect, status_json, Gateway};
+use super::views::{client_json, inspect, status_json};
+use super::Gateway;
 use crate::router::Inspection;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -37,22 +38,22 @@ fn asset(body: &'static str, mime: &'static str) -> Response {
 }
 
 /// `GET /`.
-pub(crate) async fn page() -> Response {
+pub(super) async fn page() -> Response {
     asset(PAGE, "text/html; charset=utf-8")
 }
 
 /// `GET /dashboard.js`.
-pub(crate) async fn script() -> Response {
+pub(super) async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
 /// `GET /dashboard.css`.
-pub(crate) async fn style() -> Response {
+pub(super) async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }
 
 /// The dashboard's view of the hub, as JSON.
-pub(crate) fn view_json(i: &Inspection) -> Value {
+fn view_json(i: &Inspection) -> Value {
     let clients: Vec<Value> = i.clients.iter().map(client_json).collect();
     let topics: Vec<Value> = i
         .topics
@@ -81,7 +82,7 @@ pub(crate) fn view_json(i: &Inspection) -> Value {
 }
 
 /// `GET /v1/feed`: a WebSocket sending the view as JSON text twice a second.
-pub(crate) async fn feed(State(gw): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn feed(State(gw): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(4096)
         .on_upgrade(move |socket| run_feed(gw, socket))
         .into_response()

@@ -7,15 +7,43 @@
 //! what the router queues for it into a bounded mailbox that long polls
 //! drain. Endpoints, auth and limits: the project's `docs/PROTOCOL.md`
 //! ("HTTP gateway").
+//!
+//! Rooms, each importing only those above it:
+//!
+//! * `api`: the error answer, reading bodies, payloads and headers in JSON;
+//! * `calls`: each POST body, the frame it becomes and the JSON it answers
+//!   (the `ApiCall` trait), and [`check_body`];
+//! * `views`: the router's view (`Input::Inspect`) and its JSON;
+//! * `mailbox`, `virtual_client`: HTTP clients as virtual connections;
+//! * `auth`: the loopback guard and the bearer token;
+//! * `metrics`, `dashboard`, `ws`: `/metrics`, the dashboard, `/v1/ws`;
+//! * `routes`: the router of paths to handlers, and the API handlers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchboard_discovery::{client_proof, Secret};
 
-pub(crate) mod dashboard;
-pub(crate) mod http;
-pub(crate) mod ws;
+use crate::config::HubError;
+use crate::shared::Shared;
+
+mod api;
+mod auth;
+mod calls;
+mod dashboard;
+mod mailbox;
+mod metrics;
+mod routes;
+mod views;
+mod virtual_client;
+mod ws;
+
+#[doc(hidden)]
+pub use calls::{check_body, CheckedBody};
 
 /// Domain label of the HTTP bearer token derivation.
 const TOKEN_LABEL: &[u8] = b"switchboard/v1/http-token";
@@ -83,15 +111,70 @@ impl HttpConfig {
     }
 }
 
-pub(crate) use http::start;
-#[doc(hidden)]
-pub use http::{check_body, CheckedBody};
-
 /// Every route the gateway serves, as `(method, path)`; the OpenAPI
 /// document lists exactly these (checked by a test).
 pub fn routes() -> &'static [(&'static str, &'static str)] {
-    http::ROUTES
+    routes::ROUTES
 }
 
 /// The OpenAPI 3 document of the gateway (also served at `/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// How long a call other than a request waits for the router's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's shared state, the state of every handler.
+struct Gateway {
+    shared: Arc<Shared>,
+    cfg: HttpConfig,
+    /// The bearer token ([`http_token`]).
+    token: String,
+    /// Whether the listener is on loopback (then the loopback guard runs).
+    loopback: bool,
+    /// Registered HTTP clients by client id.
+    clients: Mutex<HashMap<String, Arc<virtual_client::HttpClient>>>,
+    /// Polls held at once, all clients.
+    polls: AtomicUsize,
+    /// WebSocket connections still in the handshake.
+    ws_handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+/// Binds the gateway's listener and serves it until the hub shuts down.
+pub(crate) async fn start(
+    cfg: HttpConfig,
+    shared: Arc<Shared>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HubError> {
+    let bind_error = |source: std::io::Error| HubError::Bind {
+        addr: cfg.addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let gw = Arc::new(Gateway {
+        token: http_token(&shared.secret),
+        loopback: local_addr.ip().is_loopback(),
+        shared,
+        cfg,
+        clients: Mutex::new(HashMap::new()),
+        polls: AtomicUsize::new(0),
+        ws_handshakes: Arc::new(tokio::sync::Semaphore::new(ws::MAX_HANDSHAKES)),
+    });
+    let app = routes::router(gw.clone());
+    let shutdown = gw.shared.shutdown.clone();
+    tokio::spawn(virtual_client::reap_idle(gw.clone()));
+    tracing::info!(addr = %local_addr, "http gateway listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "http gateway stopped");
+        }
+    });
+    Ok((local_addr, task))
+}

@@ -14,17 +14,14 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use switchboard_discovery::now_ms;
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{put_frame, ErrorCode, Frame, FrameCodec};
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
+use switchboard_wire::{decode_frame, put_frame, ErrorCode, Frame};
 use tokio::sync::mpsc;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
 use crate::shared::{Attach, Shared};
 use crate::stats::ReplStats;
-use crate::transport::Stream;
+use crate::transport::{Body, FrameRx, FrameTx};
 
 /// Largest frame a primary accepts from its standby (acks, heartbeats).
 const STANDBY_MAX_FRAME: usize = 64 * 1024;
@@ -123,9 +120,9 @@ pub(crate) fn heartbeat(epoch: u64, repl_seq: u64, role: proto::Role) -> Frame {
 
 /// The primary's end of a replication link, after the standby
 /// authenticated with `Hello{role: STANDBY}`.
-pub(crate) async fn serve_link<S: Stream>(
-    stream: S,
-    mut buf: BytesMut,
+pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
+    mut rd: R,
+    mut wr: W,
     peer: SocketAddr,
     hello: proto::Hello,
     shared: Arc<Shared>,
@@ -144,7 +141,6 @@ pub(crate) async fn serve_link<S: Stream>(
         return;
     }
     let (interval, misses) = shared.heartbeat;
-    let (mut rd, mut wr) = stream.halves();
     let epoch = shared.identity.epoch;
     let writer = async {
         // The first frames are the router's ReplHello and snapshot.
@@ -155,7 +151,7 @@ pub(crate) async fn serve_link<S: Stream>(
             tokio::select! {
                 m = rx.recv() => {
                     let Some(bytes) = m else { break };
-                    if wr.write_all(&bytes).await.is_err() {
+                    if wr.send(&mut BytesMut::from(bytes)).await.is_err() {
                         break;
                     }
                     wrote = true;
@@ -165,7 +161,7 @@ pub(crate) async fn serve_link<S: Stream>(
                         // Liveness only: repl_seq 0 is no commit point.
                         let mut b = BytesMut::new();
                         put_frame(&heartbeat(epoch, 0, proto::Role::Primary), &mut b);
-                        if wr.write_all(&b).await.is_err() {
+                        if wr.send(&mut b).await.is_err() {
                             break;
                         }
                     }
@@ -176,20 +172,19 @@ pub(crate) async fn serve_link<S: Stream>(
     let repl = &shared.stats.repl;
     let gate = &shared.gate;
     let reader = async {
-        let mut codec = FrameCodec::new().max_inbound(STANDBY_MAX_FRAME);
         let silence = interval * misses;
+        let decode = |body: Body<'_>| decode_frame(body.into_bytes(), STANDBY_MAX_FRAME);
         loop {
             let frame = loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => break Some(f),
+                match rd.next_frame(STANDBY_MAX_FRAME, decode) {
+                    Ok(Some(Ok(f))) => break Some(f),
                     Ok(None) => {}
-                    Err(e) => {
+                    Ok(Some(Err(e))) | Err(e) => {
                         tracing::warn!(error = %e, "bad frame from the standby");
                         break None;
                     }
                 }
-                buf.reserve(4096);
-                match tokio::time::timeout(silence, rd.read_buf(&mut buf)).await {
+                match tokio::time::timeout(silence, rd.receive()).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => break None,
                     Err(_) => {

@@ -1,0 +1,113 @@
+//! Taking frames from an [`Outbox`] until it closes: the loop every consumer
+//! of an outbox runs (a connection's writer, an HTTP client's pump).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::outbox::{Outbox, Taken};
+use crate::router::Input;
+
+/// What a consumer does with what it takes from an outbox.
+pub(crate) trait Drain: Send {
+    /// Handles one batch: `taken.dropped` pub/sub deliveries were dropped
+    /// before `taken.frames` (either may be empty, not both). `false`
+    /// stops the drain (the consumer failed).
+    fn batch(&mut self, taken: &mut Taken) -> impl Future<Output = bool> + Send;
+
+    /// The outbox was killed: the drain stops; `outbox` may hold last
+    /// words ([`Outbox::take_last_words`]) worth one try.
+    fn killed(&mut self, _outbox: &Outbox) {}
+}
+
+/// Takes batches of about `batch_bytes` from `outbox` into `consumer`
+/// until the outbox closes (after its last frames) or is killed, or the
+/// consumer fails. Meanwhile tells the router when a take made room it
+/// waits for (`Input::Drained`, through `inbox`), and waits for the
+/// standby to hold what the next frame depends on ([`Gate`]).
+///
+/// [`Gate`]: crate::outbox::Gate
+pub(crate) async fn drain(
+    outbox: &Arc<Outbox>,
+    batch_bytes: usize,
+    inbox: &mpsc::Sender<Input>,
+    consumer: &mut impl Drain,
+) {
+    let cancel = outbox.cancelled().clone();
+    let mut taken = Taken::default();
+    loop {
+        outbox.take(batch_bytes, &mut taken);
+        if taken.killed {
+            consumer.killed(outbox);
+            return;
+        }
+        if taken.want_drained {
+            let _ = inbox.try_send(Input::Drained {
+                conn: outbox.conn(),
+            });
+        }
+        if taken.frames.is_empty() && taken.dropped == 0 {
+            if taken.close {
+                return;
+            }
+            if taken.held != 0 && !outbox.gate().wait(outbox, taken.held) {
+                // Released meanwhile: take again.
+                continue;
+            }
+            tokio::select! {
+                _ = outbox.notified() => {}
+                _ = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        if !consumer.batch(&mut taken).await || taken.close {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_wire::{proto, Frame};
+
+    use super::*;
+    use crate::ConnId;
+
+    /// Collects what it is given.
+    #[derive(Default)]
+    struct Collect {
+        frames: Vec<Frame>,
+        last_words: Option<Frame>,
+    }
+
+    impl Drain for Collect {
+        async fn batch(&mut self, taken: &mut Taken) -> bool {
+            self.frames
+                .extend(taken.frames.drain(..).map(crate::Out::into_frame));
+            true
+        }
+
+        fn killed(&mut self, outbox: &Outbox) {
+            self.last_words = outbox.take_last_words();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closing_outbox_is_drained_to_its_end_and_a_killed_one_leaves_last_words() {
+        let (inbox, _router) = mpsc::channel(1);
+        let ping = Frame::from(proto::Ping { nonce: 7 });
+        let outbox = Outbox::new(ConnId(1));
+        outbox.close(Some(ping.clone()));
+        let mut seen = Collect::default();
+        drain(&outbox, 1024, &inbox, &mut seen).await;
+        assert_eq!((seen.frames, seen.last_words), (vec![ping.clone()], None));
+
+        let outbox = Outbox::new(ConnId(2));
+        let mut seen = Collect::default();
+        let waiting = drain(&outbox, 1024, &inbox, &mut seen);
+        outbox.kill(Some(ping.clone()));
+        waiting.await;
+        assert_eq!((seen.frames, seen.last_words), (vec![], Some(ping)));
+    }
+}
