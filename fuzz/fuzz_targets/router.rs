@@ -390,6 +390,7 @@ fuzz_target!(|data: &[u8]| {
                         let body = c.bytes(len).to_vec();
                         match check_client_frame(&body) {
                             Err(WireError::Rejected { .. })
+                            | Err(WireError::Malformed { .. })
                             | Err(WireError::FrameTooLarge { .. }) => continue,
                             _ => {}
                         }

@@ -300,7 +300,7 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
     let total = LENGTH_PREFIX_LEN + bytes.len();
     let refusal = match check_client_frame(bytes) {
         Ok(()) => None,
-        Err(WireError::Rejected { kind, .. }) if kind != "unknown" => Some(Frame::error(
+        Err(WireError::Rejected { kind, .. }) => Some(Frame::error(
             0,
             ErrorCode::Unsupported,
             format!("a client may not send '{kind}' frames to the hub; it was ignored"),
@@ -310,8 +310,10 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
             ErrorCode::LimitExceeded,
             format!("frame body of {len} bytes exceeds the limit of {limit} bytes for its kind; it was ignored"),
         )),
-        // A malformed layout: decoding fails below with a precise error.
-        Err(_) => None,
+        // A broken layout (two kind fields among them, which prost would
+        // decode as the last one, past the kind check): the connection
+        // ends with BAD_FRAME like any undecodable frame.
+        Err(e) => return Err(e),
     };
     if let Some(notice) = refusal {
         return Ok(Decoded::Refused(notice));

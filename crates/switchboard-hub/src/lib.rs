@@ -88,10 +88,11 @@ pub mod stats;
 pub mod subject;
 mod transport;
 
+pub use config::HttpConfig;
 pub use config::{
     HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
-pub use gateway::{http_token, HttpConfig};
+pub use gateway::http_token;
 pub use handle::{HubHandle, MemoryConnector};
 pub use hub::Hub;
 pub use limits::Limits;

@@ -184,6 +184,35 @@ async fn random_bytes_before_and_after_auth_never_hurt_a_bystander() -> Result<(
     Ok(())
 }
 
+/// A frame with two kind fields (a `Ping`, then a `Snapshot`, which prost
+/// would decode as the last one) must not slip a hub-only kind past the
+/// check made before decoding: it ends only its own connection, with
+/// `BAD_FRAME`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_with_two_kinds_is_malformed() -> Result<()> {
+    let hub = start().await;
+    let addr = hub.local_addr();
+    let mut ok = Bystanders::new(&hub).await?;
+    let mut c = TestClient::connect(addr, "two-kinds").await?;
+    let ping = encode(proto::Ping { nonce: 1 });
+    let snapshot = encode(proto::Snapshot {
+        repl_seq: 7,
+        ..Default::default()
+    });
+    // Two bodies, one prefix: strip each body's own prefix.
+    let mut body = ping[4..].to_vec();
+    body.extend_from_slice(&snapshot[4..]);
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    c.send_bytes(&bytes).await?;
+    let msg = c.expect_error(0, ErrorCode::BadFrame).await?;
+    assert!(msg.contains("more than one kind"), "{msg}");
+    assert!(c.expect_closed().await?.is_empty());
+    ok.round().await?;
+    hub.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_in_the_wrong_order_are_refused() -> Result<()> {
     let hub = start().await;

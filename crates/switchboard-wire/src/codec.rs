@@ -58,12 +58,20 @@ pub enum WireError {
         buffered: usize,
     },
     /// The frame was refused before decoding: a kind this side does not
-    /// accept from the peer, or a malformed field layout.
+    /// accept from the peer.
     #[error("{kind} frame refused: {reason}")]
     Rejected {
-        /// Name of the frame's kind (`"unknown"` when it could not be told).
+        /// Name of the frame's kind.
         kind: &'static str,
         /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The frame's field layout is broken (a bad field header, a group
+    /// encoding, a length past the end, two kind fields), found before
+    /// decoding: the peer does not speak the protocol.
+    #[error("malformed frame: {reason}")]
+    Malformed {
+        /// What is wrong.
         reason: &'static str,
     },
     /// The underlying transport failed.
@@ -76,7 +84,9 @@ impl WireError {
     pub fn code(&self) -> crate::ErrorCode {
         match self {
             WireError::FrameTooLarge { .. } => crate::ErrorCode::LimitExceeded,
-            WireError::Decode(_) | WireError::Truncated { .. } => crate::ErrorCode::BadFrame,
+            WireError::Decode(_) | WireError::Truncated { .. } | WireError::Malformed { .. } => {
+                crate::ErrorCode::BadFrame
+            }
             WireError::Rejected { .. } => crate::ErrorCode::Unsupported,
             WireError::Io(_) => crate::ErrorCode::Internal,
         }

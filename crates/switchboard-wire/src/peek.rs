@@ -82,10 +82,7 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
 }
 
 fn malformed(reason: &'static str) -> WireError {
-    WireError::Rejected {
-        kind: "unknown",
-        reason,
-    }
+    WireError::Malformed { reason }
 }
 
 fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
@@ -99,11 +96,15 @@ fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Walks the top-level fields of an encoded `Frame` body and returns its kind.
+/// Walks the top-level fields of an encoded `Frame` body and returns its kind:
+/// the kind field a decoder will keep.
 ///
-/// Fails on malformed field headers, on deprecated group encodings and on a
-/// frame that carries more than one kind field (a correct encoder writes the
-/// `oneof` once).
+/// Fields this version does not know (a newer peer's kinds or fields) are
+/// skipped as a decoder skips them; the first of them is returned only
+/// when the frame has no known kind. Fails on malformed field headers, on
+/// deprecated group encodings and on a frame that carries more than one
+/// known kind field (a correct encoder writes the `oneof` once, and a
+/// decoder would keep the last, past any check made on the first).
 pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
     let mut pos = 0;
     let mut found = PeekedKind {
@@ -112,6 +113,7 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         start: 0,
         end: 0,
     };
+    let mut unknown = None;
     while pos < body.len() {
         let key = read_varint(body, &mut pos)?;
         let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
@@ -133,15 +135,25 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         if tag == SEQ_TAG || tag == ACKED_TAG {
             continue;
         }
-        if found.tag != 0 {
-            return Err(malformed("frame carries more than one kind"));
-        }
-        found = PeekedKind {
+        let field = PeekedKind {
             tag,
             len: pos - start,
             start: value_start,
             end: pos,
         };
+        if !crate::frames::is_known_tag(tag) {
+            unknown.get_or_insert(field);
+            continue;
+        }
+        if found.tag != 0 {
+            return Err(malformed("frame carries more than one kind"));
+        }
+        found = field;
+    }
+    if found.tag == 0 {
+        if let Some(field) = unknown {
+            return Ok(field);
+        }
     }
     Ok(found)
 }
@@ -233,6 +245,27 @@ mod tests {
     use super::*;
     use crate::{proto, Frame};
     use prost::Message;
+
+    #[test]
+    fn two_known_kinds_are_malformed_unknown_fields_are_skipped() {
+        let ping = Frame::from(proto::Ping { nonce: 1 }).encode_to_vec();
+        let snapshot = Frame::from(proto::Snapshot {
+            repl_seq: 7,
+            ..Default::default()
+        })
+        .encode_to_vec();
+        let both = [ping.clone(), snapshot].concat();
+        assert!(matches!(
+            check_client_frame(&both),
+            Err(WireError::Malformed { .. })
+        ));
+        // An unknown field 99 after a known kind: the kind is the known one.
+        let with_unknown = [ping.clone(), vec![0x98, 0x06, 0x2a]].concat();
+        assert_eq!(peek_kind(&with_unknown).unwrap().tag, 26);
+        assert_eq!(peek_kind(&ping).unwrap().tag, 26);
+        // Only an unknown kind (field 200): it is the kind.
+        assert_eq!(peek_kind(&[0xC2, 0x0C, 0x00]).unwrap().tag, 200);
+    }
 
     #[test]
     fn client_kind_table_matches_the_proto() {

@@ -17,7 +17,8 @@ use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::Frame;
 
 use super::api::{parse, put_bytes, put_headers, ApiError, HeadersIn, PayloadIn};
-use super::{HttpConfig, ANSWER_TIMEOUT};
+use super::ANSWER_TIMEOUT;
+use crate::config::HttpConfig;
 use crate::Limits;
 use switchboard_wire::validate_client_id;
 

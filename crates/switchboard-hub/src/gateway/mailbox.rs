@@ -11,7 +11,7 @@ use switchboard_wire::{ErrorCode, Frame};
 
 use super::api::{code_name, put_bytes, put_headers};
 use super::views::client_json;
-use super::HttpConfig;
+use crate::config::HttpConfig;
 
 /// Messages waiting for a poll, numbered from 1 (`seq`).
 #[derive(Default)]

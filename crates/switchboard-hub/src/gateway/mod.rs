@@ -28,7 +28,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use switchboard_discovery::{client_proof, Secret};
 
-use crate::config::HubError;
+use crate::config::{HttpConfig, HubError};
 use crate::shared::Shared;
 
 mod api;
@@ -59,56 +59,6 @@ pub fn http_token(secret: &Secret) -> String {
     // never equal a handshake proof.
     let mac = client_proof(secret, TOKEN_LABEL, b"", "http");
     mac.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Settings of the HTTP/WebSocket listener ([`HubConfig::http`](crate::HubConfig::http)).
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// Where to listen (`127.0.0.1:0` picks a free loopback port).
-    pub addr: SocketAddr,
-    /// How long a listen request is held when nothing arrives (default
-    /// 25 s; a request may ask for less, or up to `max_poll_timeout`).
-    pub poll_timeout: Duration,
-    /// Longest hold a listen request may ask for (default 120 s).
-    pub max_poll_timeout: Duration,
-    /// An HTTP client that has no poll held and made no call for this long
-    /// is deregistered (presence: left, reason `idle`) (default 60 s).
-    pub idle_timeout: Duration,
-    /// Largest request body, bytes (default 2 MiB); larger → 413.
-    pub max_body: usize,
-    /// Polls held at once for one client id (default 4); more → 429.
-    pub max_polls_per_client: usize,
-    /// Polls held at once in total (default 1,024); more → 429.
-    pub max_polls: usize,
-    /// Messages waiting in one HTTP client's mailbox between polls (default
-    /// 10,000). When full, the oldest pub/sub delivery, broadcast or
-    /// presence event is dropped (reported as `dropped` on the next poll);
-    /// when only direct messages and requests wait, the client is
-    /// disconnected as a slow consumer.
-    pub mailbox_messages: usize,
-    /// The same bound in payload bytes (default 16 MiB).
-    pub mailbox_bytes: usize,
-    /// Longest a request made over HTTP may wait for its answer (default
-    /// 300 s; the request's own `timeout_ms` applies first).
-    pub max_request_timeout: Duration,
-}
-
-impl HttpConfig {
-    /// Defaults, listening on `addr`.
-    pub fn new(addr: SocketAddr) -> HttpConfig {
-        HttpConfig {
-            addr,
-            poll_timeout: Duration::from_secs(25),
-            max_poll_timeout: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(60),
-            max_body: 2 * 1024 * 1024,
-            max_polls_per_client: 4,
-            max_polls: 1024,
-            mailbox_messages: 10_000,
-            mailbox_bytes: 16 * 1024 * 1024,
-            max_request_timeout: Duration::from_secs(300),
-        }
-    }
 }
 
 /// Every route the gateway serves, as `(method, path)`; the OpenAPI
