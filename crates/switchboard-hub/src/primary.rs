@@ -70,6 +70,7 @@ pub(crate) async fn serve(
         standby: standby_tx,
         higher_epoch: Arc::new(Notify::new()),
         heartbeat: (config.heartbeat_interval, config.heartbeat_misses),
+        keepalive: config.keepalive,
     });
     let http_addr = match config.http.clone() {
         Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),

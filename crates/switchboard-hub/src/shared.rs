@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub higher_epoch: Arc<tokio::sync::Notify>,
     /// Replication heartbeat interval and misses.
     pub heartbeat: (Duration, u32),
+    /// The keepalive interval the router holds clients to (`None`: off).
+    pub keepalive: Option<Duration>,
 }
 
 impl Shared {

@@ -491,6 +491,45 @@ async fn messages_between_polls_wait_in_order_and_http_clients_are_full_citizens
     Ok(())
 }
 
+/// A client that only long-polls sends the hub no frame; the gateway keeps
+/// it alive for the router's keepalive while its poll is held.
+#[tokio::test]
+async fn a_client_that_only_long_polls_outlives_the_keepalive() -> Result<()> {
+    let mut config = common::config();
+    config.keepalive = Some(Duration::from_millis(100));
+    config.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap()));
+    let hub = Hub::start(config).await?;
+    let http = Http::new(&hub);
+    register(&http, "patient").await?;
+    // Held for 8 keepalive intervals (the router cuts after 3 silent ones).
+    let a = http
+        .post(
+            "/v1/listen",
+            json!({ "client": "patient", "timeout_ms": 800 }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["messages"], json!([]), "{}", a.body);
+    // Still registered: a message sent now waits for its next poll.
+    let mut sender = TestClient::connect(hub.local_addr(), "sender").await?;
+    sender
+        .send(proto::Direct {
+            id: 1,
+            to: "patient".into(),
+            payload: "still there?".into(),
+            ..Default::default()
+        })
+        .await?;
+    match sender.expect().await?.kind {
+        Some(Kind::Ok(ok)) if ok.id == 1 => {}
+        other => bail!("the direct message was not taken: {other:?}"),
+    }
+    let m = listen_one(&http, "patient").await?;
+    assert_eq!(m["kind"], "direct", "{m}");
+    hub.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn idle_http_clients_are_deregistered() -> Result<()> {
     let hub = start_with(|h| h.idle_timeout = Duration::from_millis(300)).await;

@@ -423,13 +423,41 @@ impl Drain for Pump<'_> {
 }
 
 /// Deregisters HTTP clients with no poll held and no call for the idle
-/// timeout.
+/// timeout; for clients that hold a poll, sends the router a `Ping` every
+/// half keepalive interval, so a client that only waits (and sends no
+/// frame) is not taken for a vanished one.
 pub(super) async fn reap_idle(gw: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(REAP_EVERY.min(gw.cfg.idle_timeout));
+    let ping_every = gw.shared.keepalive.map(|k| k / 2);
+    let every = REAP_EVERY
+        .min(gw.cfg.idle_timeout)
+        .min(ping_every.unwrap_or(REAP_EVERY))
+        .max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(every);
+    let mut pinged = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = gw.shared.shutdown.cancelled() => return,
+        }
+        if ping_every.is_some_and(|every| pinged.elapsed() >= every) {
+            pinged = Instant::now();
+            let waiting: Vec<ConnId> = gw
+                .clients
+                .lock()
+                .values()
+                .filter(|c| c.polls.load(Ordering::Relaxed) > 0 && !c.gone.is_cancelled())
+                .map(|c| c.conn)
+                .collect();
+            for conn in waiting {
+                let ping = Frame::from(proto::Ping { nonce: 0 });
+                let input = Input::Frames {
+                    conn,
+                    frames: vec![ping],
+                };
+                if gw.shared.inbox.send(input).await.is_err() {
+                    return;
+                }
+            }
         }
         let idle: Vec<Arc<HttpClient>> = gw
             .clients
