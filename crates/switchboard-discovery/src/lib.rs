@@ -57,6 +57,12 @@
 //! impostor's proof does not verify. The same hub proof appears in the
 //! connection handshake's `Challenge`.
 //!
+//! # Connection handshake
+//!
+//! [`handshake::ClientHandshake`] is the client side of the connection
+//! handshake (`Hello`, `Challenge`, `Auth`, `Welcome`) without I/O: the
+//! client library and a standby hub drive it over their own connections.
+//!
 //! # The secret
 //!
 //! Every proof is keyed by a [`Secret`]: the 32 bytes of the per-user file
@@ -128,6 +134,7 @@
 
 mod bind;
 mod discover;
+pub mod handshake;
 mod hint;
 mod probe;
 pub mod proof;
