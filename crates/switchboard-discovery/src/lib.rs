@@ -153,8 +153,8 @@ pub use discover::{
     DEFAULT_PROBE_TIMEOUT, DEFAULT_SCAN_RANGE,
 };
 pub use hint::{
-    new_instance_id, now_ms, validate_service, Hint, HintGuard, HINT_SUFFIX, MAX_HINT_FILE,
-    MAX_NAME_LEN,
+    new_instance_id, now_ms, validate_service, Hint, HintGuard, DEFAULT_SERVICE, HINT_SUFFIX,
+    MAX_HINT_FILE, MAX_NAME_LEN,
 };
 pub use probe::{
     answer_probe, check_reply, encode_probe, probe, ProbeError, MAX_PROBE_LEN, MAX_REPLY_LEN,
