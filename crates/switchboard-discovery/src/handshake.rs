@@ -128,8 +128,10 @@ pub struct Welcomed {
     pub identity: proto::HubIdentity,
 }
 
-/// Why the handshake failed. Nothing but `Hello` was sent to a hub refused
-/// before `Auth` ([`Unverified`](Self::Unverified),
+/// Why the handshake failed: the refusals of `docs/PROTOCOL.md` (an
+/// `Error` frame, a `Goodbye` in place of `Welcome`), a hub this client
+/// refuses, or frames out of order. Nothing but `Hello` was sent to a hub
+/// refused before `Auth` ([`Unverified`](Self::Unverified),
 /// [`WrongService`](Self::WrongService), [`Fenced`](Self::Fenced) at the
 /// `Challenge`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -150,6 +152,10 @@ pub enum HandshakeError {
         /// The service in the hub's identity.
         found: String,
     },
+    /// The hub said goodbye in place of `Welcome` (`SHUTTING_DOWN`: it is
+    /// going away).
+    #[error("the hub said goodbye during the handshake: {}", .0.message)]
+    Goodbye(proto::Goodbye),
     /// The hub's epoch is below one already seen: an old primary that a
     /// standby replaced.
     #[error("the hub has epoch {epoch}, below epoch {seen} already seen")]
@@ -231,6 +237,7 @@ impl ClientHandshake {
             (State::Challenge | State::Welcome(_), Kind::Error(e)) => {
                 Err(HandshakeError::Refused(e))
             }
+            (State::Welcome(_), Kind::Goodbye(g)) => Err(HandshakeError::Goodbye(g)),
             (state, kind) => Err(HandshakeError::Unexpected {
                 expected: match state {
                     State::Challenge => "challenge",

@@ -274,6 +274,27 @@ fn an_error_in_place_of_challenge_or_welcome_is_a_refusal() {
 }
 
 #[test]
+fn a_hub_shutting_down_says_goodbye_in_place_of_welcome() {
+    let (mut handshake, _) = start(params());
+    auth_of(
+        handshake
+            .on_frame(challenge(&secret(), &identity(1)))
+            .unwrap(),
+    );
+    let err = handshake
+        .on_frame(Frame::goodbye(ErrorCode::ShuttingDown, "hub shutting down"))
+        .unwrap_err();
+    assert!(matches!(
+        &err,
+        HandshakeError::Goodbye(g) if g.code == ErrorCode::ShuttingDown as i32
+    ));
+    assert_eq!(
+        err.to_string(),
+        "the hub said goodbye during the handshake: hub shutting down"
+    );
+}
+
+#[test]
 fn frames_out_of_order_or_unknown_are_protocol_errors() {
     let (mut handshake, _) = start(params());
     let err = handshake
@@ -292,11 +313,11 @@ fn frames_out_of_order_or_unknown_are_protocol_errors() {
     );
     assert_eq!(
         handshake
-            .on_frame(Frame::goodbye(ErrorCode::ShuttingDown, "bye"))
+            .on_frame(challenge(&secret(), &identity(1)))
             .unwrap_err(),
         HandshakeError::Unexpected {
             expected: "welcome",
-            got: "goodbye"
+            got: "challenge"
         }
     );
 
