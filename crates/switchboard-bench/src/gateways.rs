@@ -1,8 +1,8 @@
 //! Request/reply round trips through each transport of one hub: native TCP,
 //! WebSocket, and the HTTP long-poll gateway (requester and responder on the
 //! same transport, one request outstanding at a time). Clients speak the
-//! protocol directly (handshake with proofs, frames), so the figures are the
-//! hub's, not a client library's.
+//! protocol directly (the sans-IO handshake of `switchboard_discovery`,
+//! then frames), so the figures are the hub's, not a client library's.
 //!
 //! ```text
 //! cargo run --release -p switchboard-bench -- gateways [ROUNDS]
@@ -19,10 +19,11 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde_json::{json, Value};
-use switchboard::discovery::{client_proof, nonce, BindOptions, PortChoice, Secret};
+use switchboard::discovery::handshake::{ClientHandshake, HandshakeParams, Step};
+use switchboard::discovery::{nonce, BindOptions, PortChoice, Secret};
 use switchboard::hub::{HttpConfig, Hub};
 use switchboard::wire::proto::{self, frame::Kind};
-use switchboard::wire::{Frame, FrameCodec, PROTOCOL_VERSION};
+use switchboard::wire::{Frame, FrameCodec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,27 +75,19 @@ impl Conn {
     }
 
     async fn handshake(mut self, id: &str, token: &str) -> Result<Conn> {
-        let secret = Secret::from_token(token);
-        let n = nonce();
-        self.send(proto::Hello {
-            protocol_version: PROTOCOL_VERSION,
+        let params = HandshakeParams {
             client_id: id.into(),
-            client_nonce: n.to_vec().into(),
-            ..Default::default()
-        })
-        .await?;
-        let Some(Kind::Challenge(c)) = self.recv().await?.kind else {
-            bail!("no challenge");
+            ..HandshakeParams::default()
         };
-        let proof = client_proof(&secret, &c.hub_nonce, &n, id);
-        self.send(proto::Auth {
-            proof: proof.to_vec().into(),
-        })
-        .await?;
-        let Some(Kind::Welcome(_)) = self.recv().await?.kind else {
-            bail!("not welcomed");
-        };
-        Ok(self)
+        let (mut handshake, hello) =
+            ClientHandshake::new(params, &Secret::from_token(token), nonce());
+        self.send(hello).await?;
+        loop {
+            match handshake.on_frame(self.recv().await?)? {
+                Step::Send(frame) | Step::SendLast(frame, _) => self.send(frame).await?,
+                Step::Done(_) => return Ok(self),
+            }
+        }
     }
 }
 

@@ -918,7 +918,7 @@ fn main() -> Result<()> {
         let mut report: Report =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         report.notes = static_notes();
-        report::write_docs(&docs, &report)?;
+        report::write_docs(&docs, &report, &chart::svg(&report))?;
         println!(
             "rewrote the docs in {} from {}",
             docs.display(),
@@ -977,7 +977,7 @@ fn main() -> Result<()> {
     let write = cli.write || (!cli.quick && !cli.no_write);
     if write {
         let docs = docs_dir(&cli);
-        report::write_docs(&docs, &report)
+        report::write_docs(&docs, &report, &chart::svg(&report))
             .with_context(|| format!("writing into {}", docs.display()))?;
         println!(
             "wrote {0}/BENCHMARKS.md, {0}/bench.json, {0}/bench.svg",

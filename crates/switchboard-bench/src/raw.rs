@@ -1,5 +1,5 @@
 //! The raw TCP baseline: a length-prefixed (`u32` big-endian) stream and an
-//! echo, with the server in a separate process (`switchboard-bench
+//! echo (the framing and the frame limit of the switchboard wire), with the server in a separate process (`switchboard-bench
 //! raw-server`), so every figure pays the same cross-process wake-ups a hub
 //! does.
 //!
@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
+use switchboard::wire::{DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::workload::{Latencies, Throughput};
-
-/// Largest frame the raw server accepts.
-const MAX_FRAME: usize = 16 << 20;
 
 /// Serves sink and echo connections on `listener` forever.
 pub async fn serve(listener: TcpListener) -> Result<()> {
@@ -40,7 +38,7 @@ async fn serve_one(mut sock: TcpStream) -> Result<()> {
             let mut count = 0u64;
             let (mut first, mut last) = (None, None);
             let mut need: usize = 0; // body bytes of the current frame still to skip
-            let mut prefix = [0u8; 4];
+            let mut prefix = [0u8; LENGTH_PREFIX_LEN];
             let mut have_prefix = 0usize;
             loop {
                 buf.clear();
@@ -60,15 +58,17 @@ async fn serve_one(mut sock: TcpStream) -> Result<()> {
                         }
                         continue;
                     }
-                    let take = (4 - have_prefix).min(data.len());
+                    let take = (LENGTH_PREFIX_LEN - have_prefix).min(data.len());
                     prefix[have_prefix..have_prefix + take].copy_from_slice(&data[..take]);
                     have_prefix += take;
                     data = &data[take..];
-                    if have_prefix == 4 {
+                    if have_prefix == LENGTH_PREFIX_LEN {
                         have_prefix = 0;
                         let len = u32::from_be_bytes(prefix) as usize;
-                        if len > MAX_FRAME {
-                            bail!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit");
+                        if len > DEFAULT_MAX_FRAME {
+                            bail!(
+                                "frame of {len} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit"
+                            );
                         }
                         if len == 0 {
                             count += 1;
@@ -100,16 +100,16 @@ async fn serve_one(mut sock: TcpStream) -> Result<()> {
                 return Ok(());
             }
             let mut complete = 0;
-            while buf.len() - complete >= 4 {
+            while buf.len() - complete >= LENGTH_PREFIX_LEN {
                 let p = &buf[complete..];
                 let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-                if len > MAX_FRAME {
-                    bail!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit");
+                if len > DEFAULT_MAX_FRAME {
+                    bail!("frame of {len} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit");
                 }
-                if p.len() < 4 + len {
+                if p.len() < LENGTH_PREFIX_LEN + len {
                     break;
                 }
-                complete += 4 + len;
+                complete += LENGTH_PREFIX_LEN + len;
             }
             if complete > 0 {
                 sock.write_all(&buf[..complete]).await?;
@@ -128,7 +128,7 @@ async fn serve_one(mut sock: TcpStream) -> Result<()> {
 }
 
 fn frame(payload: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(4 + payload);
+    let mut f = Vec::with_capacity(LENGTH_PREFIX_LEN + payload);
     f.extend_from_slice(&(payload as u32).to_be_bytes());
     f.extend((0..payload).map(|i| (i % 251) as u8));
     f

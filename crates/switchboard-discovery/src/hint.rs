@@ -34,6 +34,9 @@ pub const MAX_HINT_FILE: u64 = 4096;
 /// Longest service name or instance id, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// Service name used when none is given.
+pub const DEFAULT_SERVICE: &str = "switchboard";
+
 /// A hub's rendezvous hint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hint {

@@ -57,6 +57,12 @@
 //! impostor's proof does not verify. The same hub proof appears in the
 //! connection handshake's `Challenge`.
 //!
+//! # Connection handshake
+//!
+//! [`handshake::ClientHandshake`] is the client side of the connection
+//! handshake (`Hello`, `Challenge`, `Auth`, `Welcome`) without I/O: the
+//! client library and a standby hub drive it over their own connections.
+//!
 //! # The secret
 //!
 //! Every proof is keyed by a [`Secret`]: the 32 bytes of the per-user file
@@ -128,6 +134,7 @@
 
 mod bind;
 mod discover;
+pub mod handshake;
 mod hint;
 mod probe;
 pub mod proof;
@@ -146,8 +153,8 @@ pub use discover::{
     DEFAULT_PROBE_TIMEOUT, DEFAULT_SCAN_RANGE,
 };
 pub use hint::{
-    new_instance_id, now_ms, validate_service, Hint, HintGuard, HINT_SUFFIX, MAX_HINT_FILE,
-    MAX_NAME_LEN,
+    new_instance_id, now_ms, validate_service, Hint, HintGuard, DEFAULT_SERVICE, HINT_SUFFIX,
+    MAX_HINT_FILE, MAX_NAME_LEN,
 };
 pub use probe::{
     answer_probe, check_reply, encode_probe, probe, ProbeError, MAX_PROBE_LEN, MAX_REPLY_LEN,

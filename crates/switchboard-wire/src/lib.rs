@@ -124,5 +124,11 @@ pub const ACK_EVERY: u64 = 64;
 /// the other way carried the acknowledgement first (`Frame.acked`).
 pub const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Keepalive: a peer from which nothing arrived for this many keepalive
+/// intervals is taken as gone. A hub disconnects such a client
+/// (`Goodbye{TIMEOUT}`, interval `Welcome.keepalive_ms`); a client
+/// reconnects from such a hub (interval: its ping interval).
+pub const KEEPALIVE_MISSES: u32 = 3;
+
 /// Length of the random nonces in probes and handshakes, in bytes.
 pub const NONCE_LEN: usize = 16;

@@ -123,9 +123,9 @@ pub use hub_builder::{Hub, HubBuilder};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use switchboard_discovery::Secret;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use switchboard_discovery::DEFAULT_SERVICE;
 #[cfg(feature = "hub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
 pub use switchboard_hub::{HubError, HubHandle};
-
-/// Service name used when none is given.
-pub const DEFAULT_SERVICE: &str = "switchboard";

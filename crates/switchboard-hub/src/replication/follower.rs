@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use switchboard_discovery::handshake::{
+    ClientHandshake, HandshakeError, HandshakeParams, Step, HANDSHAKE_MAX_FRAME,
+};
 use switchboard_discovery::{
-    bind, client_proof, discover, new_instance_id, nonce, now_ms, probe, runtime_dir,
-    verify_hub_proof, BindOptions, DiscoverOptions, PortChoice,
+    bind, discover, new_instance_id, nonce, now_ms, probe, runtime_dir, BindOptions,
+    DiscoverOptions, PortChoice,
 };
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{put_frame, Frame, FrameCodec, PROTOCOL_VERSION};
+use switchboard_wire::{put_frame, Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -296,7 +299,8 @@ impl Standby {
             .map(|h| h.addr)
     }
 
-    /// Connects and authenticates as a standby.
+    /// Connects and authenticates as a standby: the client handshake
+    /// without a `Welcome` (the replication link follows the `Auth`).
     async fn connect(&self, addr: SocketAddr) -> Result<LinkConn, String> {
         let timeout = self.config.handshake_timeout;
         let work = async {
@@ -305,61 +309,34 @@ impl Standby {
                 .map_err(|e| format!("connect: {e}"))?;
             let _ = stream.set_nodelay(true);
             let (rd, mut wr) = stream.into_split();
-            let mut reader = FramedRead::new(rd, FrameCodec::new().max_inbound(LINK_MAX_FRAME));
-            let client_nonce = nonce();
-            let hello = Frame::from(proto::Hello {
-                protocol_version: PROTOCOL_VERSION,
-                features: Vec::new(),
+            // The primary's frames are bounded as any hub's until it proved
+            // itself; a snapshot may be large.
+            let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
+            let mut reader = FramedRead::new(rd, codec);
+            let params = HandshakeParams {
                 client_id: self.instance_id.clone(),
-                client_nonce: client_nonce.to_vec().into(),
                 agent: format!("switchboard-hub {} standby", env!("CARGO_PKG_VERSION")),
-                transport: String::new(),
-                resume: None,
-                role: proto::Role::Standby as i32,
-            });
-            let mut buf = BytesMut::new();
-            put_frame(&hello, &mut buf);
-            wr.write_all(&buf)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let challenge = match reader.next().await {
-                Some(Ok(Frame {
-                    kind: Some(Kind::Challenge(c)),
-                    ..
-                })) => c,
-                Some(Ok(Frame {
-                    kind: Some(Kind::Error(e)),
-                    ..
-                })) => return Err(format!("refused: {}", e.message)),
-                other => return Err(format!("unexpected answer to Hello: {other:?}")),
+                standby: true,
+                service: Some(self.config.service.clone()),
+                ..HandshakeParams::default()
             };
-            let identity = challenge.identity.clone().unwrap_or_default();
-            if identity.service != self.config.service
-                || !verify_hub_proof(
-                    &self.config.secret,
-                    &client_nonce,
-                    &challenge.hub_nonce,
-                    &identity,
-                    &challenge.proof,
-                )
-            {
-                return Err("the hub could not prove it holds the secret of this service".into());
+            let (mut handshake, hello) = ClientHandshake::new(params, &self.config.secret, nonce());
+            write_frame(&mut wr, &hello).await?;
+            loop {
+                let frame = match reader.next().await {
+                    Some(Ok(frame)) => frame,
+                    other => return Err(format!("unexpected answer to Hello: {other:?}")),
+                };
+                match handshake.on_frame(frame).map_err(refusal)? {
+                    Step::Send(frame) => write_frame(&mut wr, &frame).await?,
+                    Step::SendLast(auth, _) => {
+                        write_frame(&mut wr, &auth).await?;
+                        break;
+                    }
+                    Step::Done(_) => break,
+                }
             }
-            let auth = Frame::from(proto::Auth {
-                proof: client_proof(
-                    &self.config.secret,
-                    &challenge.hub_nonce,
-                    &client_nonce,
-                    &self.instance_id,
-                )
-                .to_vec()
-                .into(),
-            });
-            buf.clear();
-            put_frame(&auth, &mut buf);
-            wr.write_all(&buf)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
+            reader.decoder_mut().set_max_inbound(LINK_MAX_FRAME);
             Ok(LinkConn { reader, writer: wr })
         };
         tokio::time::timeout(timeout, work)
@@ -595,6 +572,26 @@ impl Standby {
         });
         Ok(handle)
     }
+}
+
+/// Why the primary was not followed, from a failed handshake.
+fn refusal(e: HandshakeError) -> String {
+    match e {
+        HandshakeError::Refused(e) => format!("refused: {}", e.message),
+        HandshakeError::Unverified | HandshakeError::WrongService { .. } => {
+            "the hub could not prove it holds the secret of this service".into()
+        }
+        other => format!("unexpected answer to Hello: {other}"),
+    }
+}
+
+async fn write_frame(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &Frame,
+) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    put_frame(frame, &mut buf);
+    wr.write_all(&buf).await.map_err(|e| format!("write: {e}"))
 }
 
 /// Binds the failed primary's address, retrying briefly while its socket

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::json;
 use switchboard::{Bytes, Client, Hub, HubHandle, Secret};
 
-use super::Global;
+use super::global::Global;
 
 /// What to measure.
 pub struct BenchArgs {

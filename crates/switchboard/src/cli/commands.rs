@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::json;
 use switchboard::{Bytes, Client, ClientError, IncomingRequest, Message, MessageKind};
 
-use super::Global;
+use super::global::Global;
 
 /// The payload argument, or standard input for `-`.
 fn payload(arg: &str) -> anyhow::Result<Bytes> {

@@ -4,13 +4,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::queue::{Overflow, Queue};
-use super::types::{KvEntry, KvEvent};
-use super::{unexpected, Shared, WatchEntry};
-use crate::ClientError;
 use bytes::Bytes;
 use futures::Stream;
 use switchboard_wire::{proto, Frame, Kind};
+
+use super::queue::{Overflow, Queue};
+use super::registry::WatchEntry;
+use super::shared::{unexpected, Shared};
+use super::types::{KvEntry, KvEvent};
+use crate::ClientError;
 
 /// The hub's key/value store, from [`Client::kv`](crate::Client::kv).
 ///

@@ -10,8 +10,6 @@ use std::collections::VecDeque;
 
 use switchboard_wire::Frame;
 
-pub(crate) use switchboard_wire::{FEATURE_RELIABLE, FEATURE_RESUMED};
-
 /// Default most frames kept for retransmission.
 pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;
 

@@ -16,8 +16,9 @@ use switchboard_wire::{Frame, Kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+use super::handle::Client;
+use super::shared::Shared;
 use super::types::ConnectionState;
-use super::{Client, Shared};
 use crate::ClientError;
 
 /// The client's current connection as a duplex of `Session` frames, for

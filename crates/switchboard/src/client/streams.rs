@@ -1,21 +1,19 @@
-//! Incoming streams: subscriptions, messages, requests, serving,
-//! presence. Each stream's handle is made before its registration is
-//! confirmed, so a call dropped part-way undoes it through the handle's
-//! `Drop`.
+//! Incoming streams: subscriptions, messages and requests. Each stream's
+//! handle is made before its registration is confirmed, so a call dropped
+//! part-way undoes it through the handle's `Drop`.
 
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{FutureExt, Stream};
-use switchboard_wire::{proto, Frame, Kind};
-use tokio::sync::Semaphore;
+use futures::Stream;
+use switchboard_wire::{proto, Frame};
 
-use super::queue::{Overflow, Pushed, Queue};
-use super::types::{ClientInfo, Headers, Message, PresenceEvent};
-use super::{unexpected, Shared, SubEntry, SubSink};
+use super::queue::{Overflow, Queue};
+use super::registry::{Registry, SubEntry, SubSink};
+use super::request::IncomingRequest;
+use super::shared::Shared;
+use super::types::Message;
 use crate::ClientError;
 
 /// Options of [`Client::subscribe_with`](crate::Client::subscribe_with).
@@ -160,7 +158,9 @@ impl Subscription {
         Ok(sub)
     }
 
-    /// The subscription's id (as in [`ClientEvent::SlowConsumer`](crate::ClientEvent::SlowConsumer)).
+    /// The subscription's id (as in [`ClientEvent::SlowConsumer`]).
+    ///
+    /// [`ClientEvent::SlowConsumer`]: crate::ClientEvent::SlowConsumer
     pub fn id(&self) -> u64 {
         self.sub_id
     }
@@ -269,13 +269,13 @@ impl std::fmt::Debug for Messages {
 }
 
 /// The registry's slot of a listening stream (messages or requests).
-type Slot<T> = fn(&mut super::Registry) -> &mut Option<Arc<Queue<T>>>;
+type Slot<T> = fn(&mut Registry) -> &mut Option<Arc<Queue<T>>>;
 
-fn messages_slot(reg: &mut super::Registry) -> &mut Option<Arc<Queue<Message>>> {
+fn messages_slot(reg: &mut Registry) -> &mut Option<Arc<Queue<Message>>> {
     &mut reg.messages
 }
 
-fn requests_slot(reg: &mut super::Registry) -> &mut Option<Arc<Queue<IncomingRequest>>> {
+fn requests_slot(reg: &mut Registry) -> &mut Option<Arc<Queue<IncomingRequest>>> {
     &mut reg.requests
 }
 
@@ -331,143 +331,6 @@ impl Stream for Messages {
 impl Drop for Messages {
     fn drop(&mut self) {
         stop_listening(&self.shared, &self.queue, messages_slot);
-    }
-}
-
-/// A request from another client, to be answered with
-/// [`reply`](IncomingRequest::reply) or
-/// [`reply_error`](IncomingRequest::reply_error). Dropping it unanswered
-/// sends an error reply, so the requester never waits in vain.
-pub struct IncomingRequest {
-    shared: Weak<Shared>,
-    id: u64,
-    from: String,
-    method: String,
-    payload: Bytes,
-    headers: Headers,
-    service: Option<String>,
-    timeout_ms: u32,
-    armed: bool,
-}
-
-impl std::fmt::Debug for IncomingRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IncomingRequest")
-            .field("id", &self.id)
-            .field("from", &self.from)
-            .field("method", &self.method)
-            .field("service", &self.service)
-            .field("payload_len", &self.payload.len())
-            .finish()
-    }
-}
-
-impl IncomingRequest {
-    /// A request received; `armed`: dropping it unanswered sends an error
-    /// reply (set once the application's stream holds it).
-    pub(crate) fn new(shared: &Arc<Shared>, r: proto::Request, armed: bool) -> IncomingRequest {
-        IncomingRequest {
-            shared: Arc::downgrade(shared),
-            id: r.id,
-            from: r.from,
-            method: r.method,
-            payload: r.payload,
-            headers: Headers::from_wire(r.headers),
-            service: (!r.service.is_empty()).then_some(r.service),
-            timeout_ms: r.timeout_ms,
-            armed,
-        }
-    }
-
-    /// From now on, dropping it unanswered sends an error reply.
-    pub(crate) fn arm(&mut self) {
-        self.armed = true;
-    }
-
-    /// The request's correlation id.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The requester's client id.
-    pub fn from(&self) -> &str {
-        &self.from
-    }
-
-    /// The method name the requester gave (may be empty).
-    pub fn method(&self) -> &str {
-        &self.method
-    }
-
-    /// The request's payload.
-    pub fn payload(&self) -> &Bytes {
-        &self.payload
-    }
-
-    /// The requester's headers.
-    pub fn headers(&self) -> &Headers {
-        &self.headers
-    }
-
-    /// For a request to a service: the service subject the requester used.
-    pub fn service(&self) -> Option<&str> {
-        self.service.as_deref()
-    }
-
-    /// How long the requester waits, in milliseconds (0: the hub default).
-    pub fn timeout_ms(&self) -> u32 {
-        self.timeout_ms
-    }
-
-    async fn answer(mut self, frame: Frame) -> Result<(), ClientError> {
-        self.armed = false;
-        let shared = self.shared.upgrade().ok_or(ClientError::Closed)?;
-        shared.post(frame).await
-    }
-
-    /// Sends the reply.
-    pub async fn reply(self, payload: impl Into<Bytes>) -> Result<(), ClientError> {
-        let frame = Frame::reply(self.id, self.from.clone(), payload.into());
-        self.answer(frame).await
-    }
-
-    /// Sends the reply with headers.
-    pub async fn reply_with_headers(
-        self,
-        payload: impl Into<Bytes>,
-        headers: Headers,
-    ) -> Result<(), ClientError> {
-        let headers = headers.to_wire();
-        Headers::check(&headers)?;
-        let frame = Frame::from(proto::Reply {
-            id: self.id,
-            to: self.from.clone(),
-            payload: payload.into(),
-            headers,
-            ..Default::default()
-        });
-        self.answer(frame).await
-    }
-
-    /// Sends an error reply; the requester gets [`ClientError::Remote`]
-    /// with `message`.
-    pub async fn reply_error(self, message: impl std::fmt::Display) -> Result<(), ClientError> {
-        let frame = super::conn::error_reply(self.id, self.from.clone(), message.to_string());
-        self.answer(frame).await
-    }
-}
-
-impl Drop for IncomingRequest {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Some(shared) = self.shared.upgrade() {
-                shared.post_detached(super::conn::error_reply(
-                    self.id,
-                    std::mem::take(&mut self.from),
-                    "the request was dropped without a reply".to_string(),
-                ));
-            }
-        }
     }
 }
 
@@ -548,6 +411,12 @@ impl Requests {
     pub async fn recv(&mut self) -> Option<IncomingRequest> {
         futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
     }
+
+    /// Whether it takes the requests to this client's id (not a
+    /// service's).
+    pub(crate) fn is_direct(&self) -> bool {
+        matches!(self.source, Source::Direct)
+    }
 }
 
 impl Stream for Requests {
@@ -573,339 +442,5 @@ impl Drop for Requests {
                 }
             }
         }
-    }
-}
-
-/// Options of [`Client::serve_with`](crate::Client::serve_with).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ServeOptions {
-    /// Most requests handled at once (default 1,024); further ones wait in
-    /// the stream, then push back on the connection.
-    pub concurrency: usize,
-    /// Longest a handler may run (default: none). Past it the handler is
-    /// dropped and the requester gets an error reply.
-    pub timeout: Option<Duration>,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            concurrency: 1024,
-            timeout: None,
-        }
-    }
-}
-
-impl ServeOptions {
-    /// Sets the concurrency (at least 1).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// Sets the handler timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-}
-
-/// A running request handler from [`Client::serve`](crate::Client::serve);
-/// serving stops when it is dropped or [`stop`](ServeHandle::stop)ped.
-#[must_use = "serving stops when the handle is dropped"]
-#[derive(Debug)]
-pub struct ServeHandle {
-    task: Option<tokio::task::JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl ServeHandle {
-    pub(crate) fn start<F, Fut, E>(
-        shared: Arc<Shared>,
-        mut requests: Requests,
-        options: ServeOptions,
-        handler: F,
-    ) -> ServeHandle
-    where
-        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));
-        let timeout = options.timeout;
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let mut running = tokio::task::JoinSet::new();
-            loop {
-                let req = tokio::select! {
-                    req = requests.recv() => match req {
-                        Some(req) => req,
-                        None => break,
-                    },
-                    _ = &mut stop_rx => break,
-                    Some(_) = running.join_next(), if !running.is_empty() => continue,
-                };
-                let permit = tokio::select! {
-                    permit = limit.clone().acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = &mut stop_rx => {
-                        drop(req);
-                        break;
-                    }
-                };
-                let handler = handler.clone();
-                running.spawn(async move {
-                    let _permit = permit;
-                    let replier = Replier {
-                        shared: req.shared.clone(),
-                        id: req.id,
-                        to: req.from.clone(),
-                    };
-                    let mut req = req;
-                    req.armed = false;
-                    let run = std::panic::AssertUnwindSafe(handler(req)).catch_unwind();
-                    let result = match timeout {
-                        Some(t) => tokio::time::timeout(t, run).await.ok(),
-                        None => Some(run.await),
-                    };
-                    let frame = match result {
-                        Some(Ok(Ok(payload))) => Frame::reply(replier.id, replier.to, payload),
-                        Some(Ok(Err(e))) => {
-                            super::conn::error_reply(replier.id, replier.to, e.to_string())
-                        }
-                        Some(Err(_)) => super::conn::error_reply(
-                            replier.id,
-                            replier.to,
-                            "the request handler panicked".to_string(),
-                        ),
-                        None => super::conn::error_reply(
-                            replier.id,
-                            replier.to,
-                            format!(
-                                "the request handler did not finish within {} ms",
-                                timeout.unwrap_or_default().as_millis()
-                            ),
-                        ),
-                    };
-                    if let Some(shared) = replier.shared.upgrade() {
-                        let _ = shared.post(frame).await;
-                    }
-                });
-            }
-            // Stop taking requests and wait (boundedly) until the hub
-            // knows, so requests after `stop` are refused by the hub; then
-            // let the running handlers finish and reply.
-            let direct = matches!(requests.source, Source::Direct);
-            drop(requests);
-            if direct {
-                let _ = tokio::time::timeout(Duration::from_secs(5), shared.sync_listen()).await;
-            }
-            while running.join_next().await.is_some() {}
-        });
-        ServeHandle {
-            task: Some(task),
-            stop: Some(stop_tx),
-        }
-    }
-
-    /// Stops serving: requests arriving afterwards are refused
-    /// ([`ClientError::NotListening`] for their senders), requests queued
-    /// but not started get an error reply, and the call returns once every
-    /// running handler has finished and its reply is queued. Dropping the
-    /// call part-way leaves the handlers running to completion.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ServeHandle {
-    fn drop(&mut self) {
-        // Stops taking requests; running handlers finish in the background.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-struct Replier {
-    shared: Weak<Shared>,
-    id: u64,
-    to: String,
-}
-
-/// Clients joining and leaving; a [`Stream`] of [`PresenceEvent`].
-/// [`recv`](Presence::recv) is cancel-safe.
-pub struct Presence {
-    shared: Arc<Shared>,
-    key: u64,
-    current: Vec<ClientInfo>,
-    queue: Arc<Queue<PresenceEvent>>,
-}
-
-impl std::fmt::Debug for Presence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Presence")
-            .field("current", &self.current.len())
-            .finish()
-    }
-}
-
-impl Presence {
-    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Presence, ClientError> {
-        let key = shared.next_id();
-        let queue = Arc::new(Queue::new(shared.cfg.stream_capacity, Overflow::Block));
-        let order = shared.clone();
-        let _order = order.presence_lock.lock().await;
-        let first = {
-            let mut reg = shared.reg.lock();
-            let first = reg.presence.is_empty();
-            reg.presence.insert(key, queue.clone());
-            first
-        };
-        // From here a dropped call ends the watch (the handle's `Drop`).
-        let mut presence = Presence {
-            shared,
-            key,
-            current: Vec::new(),
-            queue,
-        };
-        let shared = presence.shared.clone();
-        let answer = if first {
-            shared
-                .command(shared.cfg.request_timeout, |id| {
-                    proto::PresenceWatch { id, stop: false }.into()
-                })
-                .await
-        } else {
-            shared
-                .command(shared.cfg.request_timeout, |id| {
-                    proto::ListClients { id }.into()
-                })
-                .await
-        };
-        let current = match answer {
-            Ok(Frame {
-                kind: Some(Kind::ClientList(list)),
-                ..
-            }) => list
-                .clients
-                .into_iter()
-                .map(ClientInfo::from)
-                .collect::<Vec<_>>(),
-            Ok(other) => return Err(unexpected("client list", other.kind)),
-            Err(e) => return Err(e),
-        };
-        if first {
-            let mut reg = shared.reg.lock();
-            reg.known_clients = current
-                .iter()
-                .map(|c| (c.client_id.clone(), c.clone()))
-                .collect();
-        }
-        presence.current = current;
-        Ok(presence)
-    }
-
-    /// The clients connected when the watch started, sorted by id.
-    pub fn current(&self) -> &[ClientInfo] {
-        &self.current
-    }
-
-    /// Receives the next event; `None` once the client is closed.
-    /// Cancel-safe.
-    pub async fn recv(&mut self) -> Option<PresenceEvent> {
-        futures::future::poll_fn(|cx| self.queue.poll_recv(cx)).await
-    }
-}
-
-impl Stream for Presence {
-    type Item = PresenceEvent;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceEvent>> {
-        self.queue.poll_recv(cx)
-    }
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.queue.close_rx();
-        let last = {
-            let mut reg = self.shared.reg.lock();
-            reg.presence.remove(&self.key).is_some() && reg.presence.is_empty()
-        };
-        if !last {
-            return;
-        }
-        // Stopped by a task that takes the presence lock and looks again:
-        // a watch started meanwhile keeps the hub's watch on.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let shared = self.shared.clone();
-                rt.spawn(async move {
-                    let _order = shared.presence_lock.lock().await;
-                    if shared.reg.lock().presence.is_empty() {
-                        let _ = shared
-                            .command_ok(|id| proto::PresenceWatch { id, stop: true }.into())
-                            .await;
-                    }
-                });
-            }
-            Err(_) => {
-                let id = self.shared.next_id();
-                self.shared
-                    .post_detached(proto::PresenceWatch { id, stop: true }.into());
-            }
-        }
-    }
-}
-
-/// After a reconnect: reports the difference between the clients known
-/// before and the hub's current list as presence events.
-pub(crate) fn presence_resync(shared: &Shared, clients: Vec<ClientInfo>) {
-    let mut reg = shared.reg.lock();
-    let now: std::collections::BTreeMap<String, ClientInfo> = clients
-        .into_iter()
-        .map(|c| (c.client_id.clone(), c))
-        .collect();
-    let mut events = Vec::new();
-    for (id, c) in &reg.known_clients {
-        if !now.contains_key(id) {
-            events.push(PresenceEvent::Left {
-                client: c.clone(),
-                reason: "left while this client was disconnected".to_string(),
-            });
-        }
-    }
-    for (id, c) in &now {
-        if !reg.known_clients.contains_key(id) {
-            events.push(PresenceEvent::Joined(c.clone()));
-        }
-    }
-    reg.known_clients = now;
-    let mut lost = 0;
-    for event in events {
-        for queue in reg.presence.values() {
-            if queue.try_push(event.clone()) == Pushed::Dropped {
-                lost += 1;
-            }
-        }
-    }
-    drop(reg);
-    if lost > 0 {
-        shared
-            .dropped
-            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
-        shared.emit(crate::ClientEvent::Undelivered {
-            stream: "presence",
-            dropped: lost,
-        });
     }
 }

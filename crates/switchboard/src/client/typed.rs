@@ -17,7 +17,11 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Client, IncomingRequest, Message, MessageKind, ServeHandle, Subscription};
+use super::handle::Client;
+use super::request::IncomingRequest;
+use super::serve::ServeHandle;
+use super::streams::Subscription;
+use super::types::{Message, MessageKind};
 use crate::ClientError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
