@@ -44,6 +44,14 @@ pub(crate) const CORES: &[Core] = &[
         ],
         except: &[],
     },
+    Core {
+        name: "client handshake",
+        paths: &[
+            "crates/switchboard-discovery/src/handshake.rs",
+            "crates/switchboard-discovery/src/handshake/",
+        ],
+        except: &[],
+    },
 ];
 
 /// What the code of a core must not contain.
