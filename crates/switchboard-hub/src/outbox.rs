@@ -19,7 +19,7 @@ use switchboard_wire::{proto, put_varint, FastBuf, Frame, LENGTH_PREFIX_LEN};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ConnId;
+use crate::ids::ConnId;
 
 /// Field number of `Frame.deliver`.
 const FRAME_DELIVER_FIELD: u32 = 47;

@@ -10,9 +10,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use switchboard_wire::proto;
 
+use crate::ids::ConnId;
 use crate::ids::IdMap;
 use crate::outbox::Outbox;
-use crate::ConnId;
 
 /// Counters shared between the router, the transports and
 /// [`HubHandle::status`](crate::HubHandle::status).

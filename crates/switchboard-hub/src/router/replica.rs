@@ -75,9 +75,9 @@ use switchboard_wire::proto::{self, change::Op, frame::Kind};
 use switchboard_wire::Frame;
 
 use super::{HubStats, Input, Router, RouterConfig};
+use crate::ids::ConnId;
 use crate::kv::KvStore;
 use crate::outbox::{Out, Outbox};
-use crate::ConnId;
 
 /// Connection ids of ghost clients (restored from a snapshot or joined
 /// through the change log) start here; hubs number sockets from 1.

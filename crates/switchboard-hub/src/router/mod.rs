@@ -16,13 +16,13 @@ use bytes::Bytes;
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY, ACK_EVERY};
 
+use crate::ids::ConnId;
 use crate::ids::{IdMap, IdSet};
 use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
 use crate::outbox::{DeliverHead, Out, Outbox, Pushed, QueueLimits};
 use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
-use crate::ConnId;
 
 /// How long a closing connection may take to write its last frames before
 /// it is cut.
