@@ -44,6 +44,7 @@ pub mod fast;
 mod frames;
 pub mod headers;
 pub mod peek;
+pub mod reliable;
 
 /// Messages generated from `proto/switchboard/v1/switchboard.proto`.
 ///
