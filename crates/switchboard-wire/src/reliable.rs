@@ -270,7 +270,11 @@ mod tests {
         inb.acked(11);
         assert_eq!(inb.owed_ack(), None);
         inb.acked(3);
-        assert_eq!(inb.owed_ack(), None, "an older acknowledgement changes nothing");
+        assert_eq!(
+            inb.owed_ack(),
+            None,
+            "an older acknowledgement changes nothing"
+        );
         inb.accept(10 + ACK_EVERY);
         assert!(!inb.ack_due());
         inb.accept(11 + ACK_EVERY);

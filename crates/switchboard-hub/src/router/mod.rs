@@ -12,28 +12,30 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY, ACK_EVERY};
 
 use crate::ids::ConnId;
+
+mod common;
+
+pub use common::CLOSE_GRACE;
+use common::{
+    err, headers_of, shown, validate_client_key, WaitKind, Waiter, IDLE_CHECK, PARK_RETRY,
+};
+
+mod error;
+mod journal;
+
 use crate::ids::{IdMap, IdSet};
 use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
 use crate::outbox::{DeliverHead, Out, Outbox, Pushed, QueueLimits};
 use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
-
-/// How long a closing connection may take to write its last frames before
-/// it is cut.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// How often the router retries messages waiting for room in a full queue
-/// when no drain notice arrives.
-const PARK_RETRY: Duration = Duration::from_millis(5);
-
-/// How often idle clients are looked for, when a keepalive is configured.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+use journal::Journal;
+pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 
 /// What the router is told.
 #[derive(Debug)]
@@ -174,21 +176,6 @@ struct Listening {
 struct Group {
     members: Vec<(ConnId, u64, Arc<Outbox>)>,
     next: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WaitKind {
-    Direct,
-    Request,
-    Session,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Waiter {
-    sender: ConnId,
-    corr: u64,
-    deadline: Instant,
-    kind: WaitKind,
 }
 
 #[derive(Debug)]
@@ -355,7 +342,7 @@ pub struct Router {
     recent_presence: VecDeque<PresenceEvent>,
     presence_seq: u64,
     /// Replication change log (see [`replica`]).
-    journal: replica::Journal,
+    journal: Journal,
     /// A standby is attached: frames are tagged for the [`Gate`](crate::outbox::Gate).
     gating: bool,
     /// A standby's replica: frames are not numbered here (the primary's
@@ -372,51 +359,6 @@ pub struct Router {
     /// At shutdown a standby takes over: connections close without a
     /// goodbye, so reliable clients resume on it.
     handover: bool,
-}
-
-fn err(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::error(id, code, message)
-}
-
-fn validate_client_key(key: &str, max: usize, allow_empty: bool) -> Result<(), String> {
-    if key.is_empty() && !allow_empty {
-        return Err("key is empty; use a non-empty key".into());
-    }
-    if key.len() > max {
-        return Err(format!(
-            "key is {} bytes, more than the limit of {max}; use a shorter key",
-            key.len()
-        ));
-    }
-    if key.chars().any(char::is_control) {
-        return Err("key contains a control character; use printable text".into());
-    }
-    Ok(())
-}
-
-/// Cuts a client-supplied name for use in an error message.
-fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(64).filter(|c| !c.is_control()).collect();
-    if s.chars().count() > 64 {
-        out.push('…');
-    }
-    out
-}
-
-/// The application headers of a frame that carries some, and the
-/// correlation id a refusal of them answers (0 for a reply, whose id is the
-/// requester's). Most frames carry none: they cost no call to
-/// `check_headers`.
-fn headers_of(kind: &Kind) -> Option<(&[proto::Header], u64)> {
-    let (headers, id) = match kind {
-        Kind::Direct(d) => (&d.headers, d.id),
-        Kind::Request(r) => (&r.headers, r.id),
-        Kind::Reply(r) => (&r.headers, 0),
-        Kind::Broadcast(b) => (&b.headers, b.id),
-        Kind::Publish(p) => (&p.headers, p.id),
-        _ => return None,
-    };
-    (!headers.is_empty()).then_some((headers, id))
 }
 
 impl Router {
@@ -457,7 +399,7 @@ impl Router {
             counters: Counters::default(),
             recent_presence: VecDeque::new(),
             presence_seq: 0,
-            journal: replica::Journal::default(),
+            journal: Journal::default(),
             gating: false,
             replaying: false,
             alias: IdMap::default(),
@@ -513,7 +455,10 @@ impl Router {
                     };
                     if frame.seq != 0
                         && c.reliable
-                        && frame.kind.as_ref().is_some_and(replica::logged_kind)
+                        && frame
+                            .kind
+                            .as_ref()
+                            .is_some_and(switchboard_wire::is_logged_kind)
                     {
                         if frame.seq <= c.last_received {
                             // Resent after a resume: already taken.
@@ -523,7 +468,11 @@ impl Router {
                         c.last_received = frame.seq;
                         c.ack_due = true;
                     }
-                    self.journal_frame(key, &frame);
+                    if self.journal.is_on() {
+                        if let Some(c) = self.clients.get(&key) {
+                            self.journal.frame(&c.id, &frame);
+                        }
+                    }
                     self.on_frame(now, key, frame);
                     self.apply_kills();
                 }
@@ -655,12 +604,51 @@ impl Router {
                         self.to_kill.push(key);
                     }
                     if self.journal.is_on() {
-                        self.journal.push_sent(&c.id, out.clone());
+                        self.journal.sent(&c.id, out.clone());
                     }
                 }
             }
         }
         self.tag()
+    }
+
+    /// Starts logging changes (see [`replica`]); they are numbered on from
+    /// [`Router::repl_seq`]. Already logging: only the limits change.
+    pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
+        self.journal.enable(limits);
+    }
+
+    /// Stops logging changes and discards the ones not taken.
+    pub fn disable_change_log(&mut self) {
+        self.journal.disable();
+    }
+
+    /// Sequence number of the last change logged (or of the snapshot this
+    /// router was restored from); [`Router::snapshot`] reports it.
+    pub fn repl_seq(&self) -> u64 {
+        self.journal.repl_seq()
+    }
+
+    /// Moves the changes logged since the last call onto `out`, in order.
+    /// When more piled up than the [`ChangeLogLimits`] allow, they were
+    /// discarded and this says how many: the standby must start again from
+    /// a fresh snapshot (logging goes on).
+    pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
+        self.journal.take(out)
+    }
+
+    /// Drops the changes logged since the last take without converting
+    /// them (they are in a snapshot, or nobody will receive them); logging
+    /// goes on.
+    pub fn discard_changes(&mut self) {
+        self.journal.discard();
+    }
+
+    /// Like [`Router::take_changes`], but appends the changes to `buf` as
+    /// length-prefixed `Frame{change}`s, ready for the replication link;
+    /// returns how many.
+    pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
+        self.journal.take_encoded(buf)
     }
 
     /// Starts (or stops) holding every frame until the standby holds the
@@ -1083,7 +1071,7 @@ impl Router {
             self.closing.push_back((now + CLOSE_GRACE, outbox));
             return;
         }
-        self.journal_join(&info);
+        self.journal.joined(&info);
         let welcome = self.welcome(&info, false, 0);
         self.clients.insert(
             conn,
@@ -1187,7 +1175,7 @@ impl Router {
         let resend: Vec<Out> = c.unacked.iter().map(|(_, o)| o.clone()).collect();
         self.detached.remove(&key);
         if acked {
-            self.journal_client_ack(&id, received);
+            self.journal.client_ack(&id, received);
         }
         self.rewire(key, &outbox);
         self.counters.resumes += 1;
@@ -1261,7 +1249,7 @@ impl Router {
         };
         if c.reliable && c.acked(up_to) && self.journal.is_on() {
             let id = c.id.clone();
-            self.journal_client_ack(&id, up_to);
+            self.journal.client_ack(&id, up_to);
         }
     }
 
@@ -1312,7 +1300,7 @@ impl Router {
         }
         self.alias.remove(&client.outbox.conn());
         self.detached.remove(&conn);
-        self.journal_leave(&client.id);
+        self.journal.left(&client.id);
         for (sub_id, sub) in &client.subs {
             self.remove_sub_entry(conn, *sub_id, sub);
         }
@@ -1925,7 +1913,7 @@ impl Router {
                     return Ok((t, r.sub_id));
                 }
             }
-            self.journal_amend_request(r.id, |q| {
+            self.journal.amend_request(r.id, |q| {
                 q.to.clear();
                 q.service.clear();
             });
@@ -1988,7 +1976,7 @@ impl Router {
             .map(|c| c.id.clone())
             .unwrap_or_default();
         let to = r.to.clone();
-        self.journal_amend_request(r.id, |q| {
+        self.journal.amend_request(r.id, |q| {
             q.to = to;
             q.sub_id = sub_id;
         });
@@ -2436,7 +2424,8 @@ impl Router {
 }
 
 mod replica;
-pub use replica::{ChangeLogLimits, ChangeLogOverflow, Replica, ReplicaError, GHOST_CONN_BASE};
+pub use error::ReplicaError;
+pub use replica::{Replica, GHOST_CONN_BASE};
 
 #[cfg(test)]
 mod tests;

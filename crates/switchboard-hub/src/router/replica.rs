@@ -69,11 +69,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
-use prost::Message;
-use switchboard_wire::proto::{self, change::Op, frame::Kind};
-use switchboard_wire::Frame;
+use switchboard_wire::is_logged_kind as logged_kind;
+use switchboard_wire::proto::{self, change::Op};
 
+use super::error::ReplicaError;
 use super::{HubStats, Input, Router, RouterConfig};
 use crate::ids::ConnId;
 use crate::kv::KvStore;
@@ -85,268 +84,6 @@ pub const GHOST_CONN_BASE: u64 = 1 << 63;
 
 /// Snapshot `config` key holding the key/value version floor.
 pub(crate) const KV_FLOOR_KEY: &str = "kv_version_floor";
-
-/// Bounds of the change log a primary buffers between two
-/// [`Router::take_changes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChangeLogLimits {
-    /// Most changes buffered.
-    pub max_changes: usize,
-    /// Most bytes buffered (encoded size of the changes).
-    pub max_bytes: usize,
-}
-
-impl Default for ChangeLogLimits {
-    fn default() -> Self {
-        ChangeLogLimits {
-            max_changes: 65_536,
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-/// Changes were discarded because they were not taken in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the change log overflowed and {lost} changes were discarded; send the standby a fresh snapshot")]
-pub struct ChangeLogOverflow {
-    /// How many changes were discarded.
-    pub lost: u64,
-}
-
-/// Why a snapshot could not be restored or a change not applied. After an
-/// error from [`Replica::apply`] the replica refuses further changes: it
-/// needs a fresh snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplicaError {
-    /// A change was skipped.
-    #[error(
-        "change {got} arrived but {expected} was expected; resynchronise from a fresh snapshot"
-    )]
-    Gap {
-        /// The sequence number due.
-        expected: u64,
-        /// The one received.
-        got: u64,
-    },
-    /// A change names a client the replica does not hold.
-    #[error("a change names client '{0}', which this replica does not hold; resynchronise from a fresh snapshot")]
-    UnknownClient(String),
-    /// Malformed replication data.
-    #[error("invalid replication data: {0}; resynchronise from a fresh snapshot")]
-    Invalid(String),
-    /// The primary runs with other limits.
-    #[error("limit '{key}' is {theirs} on the primary but {ours} here; start the standby with the primary's limits")]
-    ConfigMismatch {
-        /// The limit's name.
-        key: String,
-        /// This router's value.
-        ours: String,
-        /// The primary's value.
-        theirs: String,
-    },
-    /// The snapshot belongs to another service.
-    #[error("the snapshot is of service '{theirs}' but this hub serves '{ours}'; pair hubs of the same service")]
-    ServiceMismatch {
-        /// This hub's service.
-        ours: String,
-        /// The snapshot's service.
-        theirs: String,
-    },
-    /// The data uses a part of replication not built yet.
-    #[error("{0} cannot be replicated yet; run without a standby")]
-    Unsupported(&'static str),
-    /// Replaying did not reproduce the primary's state.
-    #[error(
-        "the replica's state differs from the primary's: {0}; resynchronise from a fresh snapshot"
-    )]
-    Diverged(String),
-    /// An earlier error stopped the replica.
-    #[error("this replica stopped after an earlier error; resynchronise from a fresh snapshot")]
-    Stopped,
-}
-
-/// One logged change. A `sent` frame is kept as the queued [`Out`] and
-/// encoded straight onto the link, never decoded into a `Frame`.
-#[derive(Debug)]
-enum Logged {
-    Change(proto::Change),
-    Sent {
-        repl_seq: u64,
-        client_id: String,
-        out: Out,
-    },
-}
-
-/// Field numbers used to encode a `sent` change by hand.
-const FRAME_CHANGE_FIELD: u32 = 92;
-const CHANGE_SENT_FIELD: u32 = 13;
-
-impl Logged {
-    fn into_change(self) -> proto::Change {
-        match self {
-            Logged::Change(c) => c,
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => proto::Change {
-                repl_seq,
-                op: Some(Op::Sent(Box::new(proto::ClientFrame {
-                    client_id,
-                    frame: Some(Box::new(out.into_frame())),
-                }))),
-            },
-        }
-    }
-
-    /// Length of the whole link frame: the `Frame{change}` body.
-    fn sent_lens(repl_seq: u64, client_id: &str, out: &Out) -> (usize, usize, usize, usize) {
-        use prost::encoding::encoded_len_varint as v;
-        let inner = out.encoded_len();
-        let id = if client_id.is_empty() {
-            0
-        } else {
-            1 + v(client_id.len() as u64) + client_id.len()
-        };
-        let cf = id + 1 + v(inner as u64) + inner;
-        let change = 1 + v(repl_seq) + 1 + v(cf as u64) + cf;
-        let frame = 2 + v(change as u64) + change;
-        (frame, change, cf, inner)
-    }
-
-    /// Appends the length-prefixed link frame carrying this change.
-    fn encode(&self, buf: &mut BytesMut) {
-        use prost::encoding::{encode_key, encode_varint, WireType};
-        match self {
-            Logged::Change(c) => {
-                let frame = Frame::from(c.clone());
-                let len = frame.encoded_len();
-                buf.reserve(4 + len);
-                buf.put_u32(len as u32);
-                let _ = frame.encode(buf);
-            }
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => {
-                let (frame, change, cf, inner) = Self::sent_lens(*repl_seq, client_id, out);
-                buf.reserve(4 + frame);
-                buf.put_u32(frame as u32);
-                encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(change as u64, buf);
-                encode_key(1, WireType::Varint, buf);
-                encode_varint(*repl_seq, buf);
-                encode_key(CHANGE_SENT_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(cf as u64, buf);
-                if !client_id.is_empty() {
-                    encode_key(1, WireType::LengthDelimited, buf);
-                    encode_varint(client_id.len() as u64, buf);
-                    buf.put_slice(client_id.as_bytes());
-                }
-                encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(inner as u64, buf);
-                out.encode_body(buf);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Logged::Change(c) => c.encoded_len(),
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => Self::sent_lens(*repl_seq, client_id, out).0,
-        }
-    }
-}
-
-/// The primary's side of the change log, kept in the router.
-#[derive(Debug, Default)]
-pub(crate) struct Journal {
-    /// `Some` while changes are logged.
-    limits: Option<ChangeLogLimits>,
-    /// Sequence number of the last change (or the snapshot restored).
-    seq: u64,
-    changes: Vec<Logged>,
-    bytes: usize,
-    /// Changes discarded since the last take.
-    lost: u64,
-}
-
-impl Journal {
-    pub(crate) fn repl_seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub(crate) fn is_on(&self) -> bool {
-        self.limits.is_some()
-    }
-
-    pub(crate) fn push_sent(&mut self, client_id: &str, out: Out) {
-        if self.limits.is_none() {
-            return;
-        }
-        self.push_logged(Logged::Sent {
-            repl_seq: self.seq + 1,
-            client_id: client_id.to_owned(),
-            out,
-        });
-    }
-
-    /// Rewrites the request of the last change logged, if that is a
-    /// client's `Request` with correlation id `id` (the frame the router
-    /// is handling: see `Router::pick_responder`).
-    pub(crate) fn amend_request(&mut self, id: u64, amend: impl FnOnce(&mut proto::Request)) {
-        let Some(Logged::Change(change)) = self.changes.last_mut() else {
-            return;
-        };
-        let before = change.encoded_len();
-        let Some(Op::ClientFrame(cf)) = change.op.as_mut() else {
-            return;
-        };
-        let Some(Kind::Request(r)) = cf.frame.as_mut().and_then(|f| f.kind.as_mut()) else {
-            return;
-        };
-        if r.id != id {
-            return;
-        }
-        amend(r);
-        self.bytes = self.bytes - before + change.encoded_len();
-    }
-
-    fn push(&mut self, op: Op) {
-        if self.limits.is_none() {
-            return;
-        }
-        self.push_logged(Logged::Change(proto::Change {
-            repl_seq: self.seq + 1,
-            op: Some(op),
-        }));
-    }
-
-    fn push_logged(&mut self, change: Logged) {
-        let Some(limits) = self.limits else { return };
-        self.seq += 1;
-        if self.lost > 0 {
-            self.lost += 1;
-            return;
-        }
-        let len = change.len();
-        if self.changes.len() >= limits.max_changes || self.bytes + len > limits.max_bytes {
-            self.lost = self.changes.len() as u64 + 1;
-            self.changes = Vec::new();
-            self.bytes = 0;
-            return;
-        }
-        self.bytes += len;
-        self.changes.push(change);
-    }
-}
-
-pub(super) use switchboard_wire::is_logged_kind as logged_kind;
 
 /// An outbox that discards everything pushed to it: a ghost never fills,
 /// so it never parks, drops or gets disconnected for being slow.
@@ -371,69 +108,6 @@ fn sorted_clients(snapshot: &proto::Snapshot) -> Vec<proto::ClientState> {
 }
 
 impl Router {
-    /// Starts logging changes (see the module docs); they are numbered on
-    /// from [`Router::repl_seq`]. Already logging: only the limits change.
-    pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
-        self.journal.limits = Some(limits);
-    }
-
-    /// Stops logging changes and discards the ones not taken.
-    pub fn disable_change_log(&mut self) {
-        self.journal.limits = None;
-        self.journal.changes = Vec::new();
-        self.journal.bytes = 0;
-        self.journal.lost = 0;
-    }
-
-    /// Sequence number of the last change logged (or of the snapshot this
-    /// router was restored from); [`Router::snapshot`] reports it.
-    pub fn repl_seq(&self) -> u64 {
-        self.journal.repl_seq()
-    }
-
-    /// Moves the changes logged since the last call onto `out`, in order.
-    /// When more piled up than the [`ChangeLogLimits`] allow, they were
-    /// discarded and this says how many: the standby must start again from
-    /// a fresh snapshot (logging goes on).
-    pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
-        let j = &mut self.journal;
-        j.bytes = 0;
-        if j.lost > 0 {
-            let lost = std::mem::take(&mut j.lost);
-            return Err(ChangeLogOverflow { lost });
-        }
-        out.extend(j.changes.drain(..).map(Logged::into_change));
-        Ok(())
-    }
-
-    /// Drops the changes logged since the last take without converting
-    /// them (they are in a snapshot, or nobody will receive them); logging
-    /// goes on.
-    pub fn discard_changes(&mut self) {
-        let j = &mut self.journal;
-        j.changes.clear();
-        j.bytes = 0;
-        j.lost = 0;
-    }
-
-    /// Like [`Router::take_changes`], but appends the changes to `buf` as
-    /// length-prefixed `Frame{change}`s, ready for the replication link;
-    /// returns how many.
-    pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
-        let j = &mut self.journal;
-        j.bytes = 0;
-        if j.lost > 0 {
-            let lost = std::mem::take(&mut j.lost);
-            j.changes.clear();
-            return Err(ChangeLogOverflow { lost });
-        }
-        let n = j.changes.len();
-        for c in j.changes.drain(..) {
-            c.encode(buf);
-        }
-        Ok(n)
-    }
-
     /// Refuses key/value entries this router's limits would never have
     /// let in.
     fn check_kv_entries(&self, entries: &[proto::KvEntry]) -> Result<(), ReplicaError> {
@@ -455,48 +129,6 @@ impl Router {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn journal_frame(&mut self, conn: ConnId, frame: &Frame) {
-        if self.journal.limits.is_none() || !frame.kind.as_ref().is_some_and(logged_kind) {
-            return;
-        }
-        if let Some(c) = self.clients.get(&conn) {
-            let op = Op::ClientFrame(Box::new(proto::ClientFrame {
-                client_id: c.id.clone(),
-                frame: Some(Box::new(frame.clone())),
-            }));
-            self.journal.push(op);
-        }
-    }
-
-    pub(super) fn journal_amend_request(
-        &mut self,
-        id: u64,
-        amend: impl FnOnce(&mut proto::Request),
-    ) {
-        self.journal.amend_request(id, amend);
-    }
-
-    pub(super) fn journal_join(&mut self, info: &proto::ClientInfo) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientJoined(info.clone()));
-        }
-    }
-
-    pub(super) fn journal_client_ack(&mut self, id: &str, up_to: u64) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientAck(proto::ClientAck {
-                client_id: id.to_owned(),
-                up_to,
-            }));
-        }
-    }
-
-    pub(super) fn journal_leave(&mut self, id: &str) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientLeft(id.to_owned()));
-        }
     }
 
     /// Rebuilds a router from a [`Router::snapshot`] of another (or the
@@ -619,7 +251,7 @@ impl Router {
                 }
             }
         }
-        r.journal.seq = snapshot.repl_seq;
+        r.journal.set_repl_seq(snapshot.repl_seq);
         r.replaying = false;
         // Whatever the router refused (an invalid pattern, a duplicate
         // id, a limit) shows up as a difference here.
@@ -876,7 +508,7 @@ impl Replica {
             }
             Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
         }
-        r.journal.seq = seq;
+        r.journal.set_repl_seq(seq);
         // Local timers only: request timeouts and closing ghosts.
         if r.next_deadline().is_some_and(|t| t <= now) {
             r.handle(now, Input::Tick);
