@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY, ACK_EVERY};
+use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY};
 
 use crate::ids::ConnId;
 
@@ -27,15 +27,18 @@ use common::{
 
 mod error;
 mod journal;
+mod output;
+mod reliable;
 
 use crate::ids::{IdMap, IdSet};
 use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
-use crate::outbox::{DeliverHead, Out, Outbox, Pushed, QueueLimits};
+use crate::outbox::{DeliverHead, Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
-use journal::Journal;
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
+use output::Output;
+use reliable::{AckNext, Reliable};
 
 /// What the router is told.
 #[derive(Debug)]
@@ -189,7 +192,6 @@ struct Parked {
 struct Client {
     id: String,
     info: proto::ClientInfo,
-    outbox: Arc<Outbox>,
     subs: IdMap<u64, Sub>,
     watches: IdMap<u64, (String, bool)>,
     presence: bool,
@@ -206,36 +208,17 @@ struct Client {
     /// For a client with the "listen" feature: what it takes now; `None`:
     /// everything.
     listen: Option<Listening>,
-    /// Reliable delivery: frames are numbered both ways.
-    reliable: bool,
-    /// Highest client-to-hub seq taken (reliable clients).
-    last_received: u64,
-    /// Next hub-to-client seq to assign (reliable clients; from 1).
-    next_send: u64,
-    /// Sequenced frames sent and not yet acknowledged, with their encoded
-    /// lengths, in seq order.
-    unacked: VecDeque<(usize, Out)>,
-    unacked_bytes: usize,
-    /// Took sequenced frames in the current batch.
-    ack_due: bool,
-    /// Highest `last_received` carried to the client (by `Frame.acked` or
-    /// an `Ack`).
-    ack_sent: u64,
-    /// Waits in the router's `ack_timers`.
-    ack_timer: bool,
     /// Lost its connection (or its hub took over): leaves at this time
     /// unless it resumes.
     detached_until: Option<Instant>,
 }
 
 impl Client {
-    fn new(id: String, info: proto::ClientInfo, outbox: Arc<Outbox>, now: Instant) -> Client {
+    fn new(id: String, info: proto::ClientInfo, now: Instant) -> Client {
         Client {
             id,
-            reliable: info.reliable,
             listen: info.listen.then_some(Listening::default()),
             info,
-            outbox,
             subs: IdMap::default(),
             watches: IdMap::default(),
             presence: false,
@@ -245,13 +228,6 @@ impl Client {
             parked_bytes: 0,
             last_seen: now,
             last_head: None,
-            last_received: 0,
-            next_send: 1,
-            unacked: VecDeque::new(),
-            unacked_bytes: 0,
-            ack_due: false,
-            ack_sent: 0,
-            ack_timer: false,
             detached_until: None,
         }
     }
@@ -265,18 +241,6 @@ impl Client {
     fn takes_requests(&self) -> bool {
         self.listen.is_none_or(|l| l.requests)
     }
-
-    /// Forgets retransmit-buffer frames up to `up_to`; whether any went.
-    fn acked(&mut self, up_to: u64) -> bool {
-        let mut any = false;
-        while self.unacked.front().is_some_and(|(_, o)| o.seq() <= up_to) {
-            if let Some((len, _)) = self.unacked.pop_front() {
-                self.unacked_bytes -= len;
-                any = true;
-            }
-        }
-        any
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,7 +253,6 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Counters {
     msgs_in: u64,
-    dropped: u64,
     subscriptions: u64,
     undeliverable: u64,
     replies_dropped: u64,
@@ -312,7 +275,6 @@ struct Counters {
 pub struct Router {
     identity: proto::HubIdentity,
     limits: Limits,
-    q: QueueLimits,
     keepalive: Option<Duration>,
     stats: Arc<HubStats>,
     started: Option<Instant>,
@@ -335,24 +297,18 @@ pub struct Router {
     presence: IdSet<ConnId>,
     parked_clients: IdSet<ConnId>,
     closing: VecDeque<(Instant, Arc<Outbox>)>,
-    to_kill: Vec<ConnId>,
     next_idle_check: Option<Instant>,
     shutting_down: bool,
     counters: Counters,
     recent_presence: VecDeque<PresenceEvent>,
     presence_seq: u64,
-    /// Replication change log (see [`replica`]).
-    journal: Journal,
-    /// A standby is attached: frames are tagged for the [`Gate`](crate::outbox::Gate).
-    gating: bool,
-    /// A standby's replica: frames are not numbered here (the primary's
-    /// numbering arrives as `sent` changes).
-    replaying: bool,
     /// Connections attached to a client registered under another
     /// connection id (resumed clients), transport id → registry id.
     alias: IdMap<ConnId, ConnId>,
     /// Clients waiting to resume.
     detached: IdSet<ConnId>,
+    /// The clients' links: outboxes, reliable numbering, the change log.
+    output: Output,
     /// Reliable clients owed an `Ack` at these times (in time order: the
     /// delay is constant), unless a frame to them carries it first.
     ack_timers: VecDeque<(Instant, ConnId)>,
@@ -372,7 +328,6 @@ impl Router {
         Router {
             identity: config.identity,
             limits: config.limits,
-            q,
             keepalive: config.keepalive,
             stats,
             started: None,
@@ -393,15 +348,12 @@ impl Router {
             presence: IdSet::default(),
             parked_clients: IdSet::default(),
             closing: VecDeque::new(),
-            to_kill: Vec::new(),
             next_idle_check: None,
             shutting_down: false,
             counters: Counters::default(),
             recent_presence: VecDeque::new(),
             presence_seq: 0,
-            journal: Journal::default(),
-            gating: false,
-            replaying: false,
+            output: Output::new(q),
             alias: IdMap::default(),
             detached: IdSet::default(),
             ack_timers: VecDeque::new(),
@@ -448,29 +400,27 @@ impl Router {
                 };
                 for frame in frames {
                     if frame.acked != 0 {
-                        self.on_client_ack(key, frame.acked);
+                        self.output.client_acked(key, frame.acked);
                     }
-                    let Some(c) = self.clients.get_mut(&key) else {
+                    let Some(link) = self.output.get_mut(key) else {
                         break;
                     };
                     if frame.seq != 0
-                        && c.reliable
+                        && link.reliable.is_on()
                         && frame
                             .kind
                             .as_ref()
                             .is_some_and(switchboard_wire::is_logged_kind)
+                        && !link.reliable.take(frame.seq)
                     {
-                        if frame.seq <= c.last_received {
-                            // Resent after a resume: already taken.
-                            self.counters.duplicates += 1;
-                            continue;
-                        }
-                        c.last_received = frame.seq;
-                        c.ack_due = true;
+                        // Resent after a resume: already taken.
+                        self.counters.duplicates += 1;
+                        continue;
                     }
-                    if self.journal.is_on() {
-                        if let Some(c) = self.clients.get(&key) {
-                            self.journal.frame(&c.id, &frame);
+                    if self.output.journal.is_on() {
+                        let link = self.output.get(key).map(|l| l.id.clone());
+                        if let Some(id) = link {
+                            self.output.journal.frame(&id, &frame);
                         }
                     }
                     self.on_frame(now, key, frame);
@@ -519,18 +469,21 @@ impl Router {
     /// connection are ignored).
     fn resolve(&self, conn: ConnId) -> Option<ConnId> {
         let key = self.alias.get(&conn).copied().unwrap_or(conn);
-        let c = self.clients.get(&key)?;
-        (c.outbox.conn() == conn).then_some(key)
+        let link = self.output.get(key)?;
+        (link.outbox.conn() == conn).then_some(key)
     }
 
     fn disconnected(&mut self, now: Instant, key: ConnId, notice: Option<Frame>, reason: &str) {
         let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
-        let outbox = client.outbox.clone();
+        let Some(link) = self.output.get(key) else {
+            return;
+        };
+        let outbox = link.outbox.clone();
         outbox.close(notice);
         self.closing.push_back((now + CLOSE_GRACE, outbox));
-        if client.reliable && !self.replaying {
+        if link.reliable.is_on() && !self.output.replaying() {
             // Kept while it reconnects: frames for it are numbered and
             // kept in its retransmit buffer (the closed outbox discards
             // them), and it leaves when the resume window ends.
@@ -543,90 +496,32 @@ impl Router {
     }
 
     /// After a batch from a reliable client: nothing when a frame to it
-    /// carried the acknowledgement; an `Ack` now when [`ACK_EVERY`] frames
-    /// wait for one; else an `Ack` in [`ACK_DELAY`] unless a frame carries
-    /// it first.
+    /// carried the acknowledgement; an `Ack` now when
+    /// [`ACK_EVERY`](switchboard_wire::ACK_EVERY) frames wait for one; else
+    /// an `Ack` in [`ACK_DELAY`] unless a frame carries it first.
     fn flush_ack(&mut self, now: Instant, key: ConnId) {
-        let Some(c) = self.clients.get_mut(&key) else {
-            return;
-        };
-        if !std::mem::take(&mut c.ack_due) || self.replaying || c.ack_sent >= c.last_received {
-            return;
+        match self.output.after_batch(key) {
+            AckNext::Nothing => {}
+            AckNext::Now => self.output.send_ack(key),
+            AckNext::Later => self.ack_timers.push_back((now + ACK_DELAY, key)),
         }
-        if c.last_received - c.ack_sent >= ACK_EVERY {
-            self.send_ack(key);
-        } else if !c.ack_timer {
-            c.ack_timer = true;
-            self.ack_timers.push_back((now + ACK_DELAY, key));
-        }
-    }
-
-    /// Sends a separate `Ack` for everything taken from `key`.
-    fn send_ack(&mut self, key: ConnId) {
-        let Some(c) = self.clients.get_mut(&key) else {
-            return;
-        };
-        c.ack_sent = c.last_received;
-        let ack = Frame::from(proto::Ack {
-            up_to: c.last_received,
-        });
-        self.send(key, ack);
-    }
-
-    /// The release tag for frames queued now (see [`Gate`](crate::outbox::Gate)).
-    fn tag(&self) -> u64 {
-        if self.gating {
-            self.journal.repl_seq()
-        } else {
-            0
-        }
-    }
-
-    /// Numbers `out` for a reliable client `key`, logs it for the standby
-    /// and keeps it until the client acknowledges it; returns the tag to
-    /// queue it with.
-    fn stamp(&mut self, key: ConnId, out: &mut Out) -> u64 {
-        if !self.replaying && out.is_sequenced() {
-            if let Some(c) = self.clients.get_mut(&key) {
-                if c.reliable {
-                    let seq = c.next_send;
-                    c.next_send += 1;
-                    out.set_seq(seq);
-                    // Every frame carries the acknowledgement (not only a
-                    // new one): a dropped delivery never takes the only
-                    // copy with it, the newer frames kept carry as much.
-                    out.set_acked(c.last_received);
-                    c.ack_sent = c.last_received;
-                    let len = out.encoded_len();
-                    c.unacked.push_back((len, out.clone()));
-                    c.unacked_bytes += len;
-                    if c.unacked_bytes > self.limits.queue_hard_bytes {
-                        self.to_kill.push(key);
-                    }
-                    if self.journal.is_on() {
-                        self.journal.sent(&c.id, out.clone());
-                    }
-                }
-            }
-        }
-        self.tag()
     }
 
     /// Starts logging changes (see [`replica`]); they are numbered on from
     /// [`Router::repl_seq`]. Already logging: only the limits change.
     pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
-        self.journal.enable(limits);
+        self.output.journal.enable(limits);
     }
 
     /// Stops logging changes and discards the ones not taken.
     pub fn disable_change_log(&mut self) {
-        self.journal.disable();
+        self.output.journal.disable();
     }
 
     /// Sequence number of the last change logged (or of the snapshot this
     /// router was restored from); [`Router::snapshot`] reports it.
     pub fn repl_seq(&self) -> u64 {
-        self.journal.repl_seq()
+        self.output.journal.repl_seq()
     }
 
     /// Moves the changes logged since the last call onto `out`, in order.
@@ -634,27 +529,27 @@ impl Router {
     /// discarded and this says how many: the standby must start again from
     /// a fresh snapshot (logging goes on).
     pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
-        self.journal.take(out)
+        self.output.journal.take(out)
     }
 
     /// Drops the changes logged since the last take without converting
     /// them (they are in a snapshot, or nobody will receive them); logging
     /// goes on.
     pub fn discard_changes(&mut self) {
-        self.journal.discard();
+        self.output.journal.discard();
     }
 
     /// Like [`Router::take_changes`], but appends the changes to `buf` as
     /// length-prefixed `Frame{change}`s, ready for the replication link;
     /// returns how many.
     pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
-        self.journal.take_encoded(buf)
+        self.output.journal.take_encoded(buf)
     }
 
     /// Starts (or stops) holding every frame until the standby holds the
     /// changes that produced it.
     pub fn set_gating(&mut self, on: bool) {
-        self.gating = on;
+        self.output.set_gating(on);
     }
 
     /// When the router next needs an [`Input::Tick`], if ever.
@@ -686,7 +581,9 @@ impl Router {
     /// Copies the router's gauges into the shared [`HubStats`].
     pub fn publish_stats(&self) {
         let s = &self.stats;
-        s.repl.seq.store(self.journal.repl_seq(), Ordering::Relaxed);
+        s.repl
+            .seq
+            .store(self.output.journal.repl_seq(), Ordering::Relaxed);
         s.msgs_in.store(self.counters.msgs_in, Ordering::Relaxed);
         s.clients
             .store(self.clients.len() as u64, Ordering::Relaxed);
@@ -696,7 +593,7 @@ impl Router {
             .store(self.pending.len() as u64, Ordering::Relaxed);
         s.kv_keys
             .store(self.kv.live_keys() as u64, Ordering::Relaxed);
-        s.dropped.store(self.counters.dropped, Ordering::Relaxed);
+        s.dropped.store(self.output.dropped(), Ordering::Relaxed);
     }
 
     /// The hub's status and counters at `now`.
@@ -720,7 +617,10 @@ impl Router {
             ("requests_cancelled", c.cancels),
             (
                 "unacked_frames",
-                self.clients.values().map(|c| c.unacked.len() as u64).sum(),
+                self.output
+                    .links()
+                    .map(|(_, l)| l.reliable.unacked_len() as u64)
+                    .sum(),
             ),
             (
                 "parked_now",
@@ -747,8 +647,12 @@ impl Router {
             msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
             bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.stats.bytes_out.load(Ordering::Relaxed),
-            dropped: c.dropped,
-            queue_depth: self.clients.values().map(|c| c.outbox.depth() as u64).sum(),
+            dropped: self.output.dropped(),
+            queue_depth: self
+                .output
+                .links()
+                .map(|(_, l)| l.outbox.depth() as u64)
+                .sum(),
             pending_requests: self.pending.len() as u64,
             kv_keys: self.kv.live_keys() as u64,
             counters,
@@ -764,8 +668,10 @@ impl Router {
     pub fn snapshot(&self) -> proto::Snapshot {
         let mut clients: Vec<proto::ClientState> = self
             .clients
-            .values()
-            .map(|c| {
+            .iter()
+            .map(|(conn, c)| {
+                let link = self.output.get(*conn);
+                let reliable = link.map(|l| &l.reliable);
                 let mut subscriptions: Vec<proto::Subscribe> = c
                     .subs
                     .iter()
@@ -794,13 +700,11 @@ impl Router {
                     subscriptions,
                     watches,
                     presence_watch: c.presence,
-                    last_received: c.last_received,
-                    next_send: if c.reliable { c.next_send } else { 0 },
-                    unacked: c
-                        .unacked
-                        .iter()
-                        .map(|(_, o)| o.clone().into_frame())
-                        .collect(),
+                    last_received: reliable.map_or(0, Reliable::last_received),
+                    next_send: reliable.map_or(0, Reliable::next_send),
+                    unacked: reliable
+                        .map(|r| r.unacked().map(|o| o.clone().into_frame()).collect())
+                        .unwrap_or_default(),
                     listen: c.listen.map(|l| proto::Listen {
                         id: 0,
                         messages: l.messages,
@@ -839,7 +743,7 @@ impl Router {
         .collect();
         proto::Snapshot {
             epoch: self.identity.epoch,
-            repl_seq: self.journal.repl_seq(),
+            repl_seq: self.output.journal.repl_seq(),
             clients,
             kv: self.kv.entries(),
             config,
@@ -851,62 +755,25 @@ impl Router {
     // ---- sending ----
 
     fn send(&mut self, conn: ConnId, frame: Frame) {
-        if let Some(c) = self.clients.get(&conn) {
-            let outbox = c.outbox.clone();
-            self.send_out(conn, &outbox, Out::from(frame));
-        }
-    }
-
-    fn send_out(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
-        let tag = self.stamp(conn, &mut out);
-        if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
-            self.to_kill.push(conn);
-        }
-    }
-
-    fn send_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
-        let tag = self.stamp(conn, &mut out);
-        let dropped = outbox.push_droppable(out, &self.q, tag);
-        self.counters.dropped += dropped;
+        self.output.send(conn, frame);
     }
 
     fn apply_kills(&mut self) {
-        while !self.to_kill.is_empty() {
-            // In client id order, not connection order, so the departures
-            // (and the replication log) do not depend on connection ids.
-            let clients = &self.clients;
-            let id = |c: &ConnId| clients.get(c).map(|c| c.id.as_str());
-            self.to_kill.sort_unstable_by(|a, b| id(b).cmp(&id(a)));
-            let Some(conn) = self.to_kill.pop() else {
-                break;
-            };
-            if let Some(c) = self.clients.get(&conn) {
-                let outbox = c.outbox.clone();
-                let limit = self.limits.queue_hard_bytes;
-                tracing::warn!(client = %c.id, limit, "disconnecting slow consumer");
-                outbox.kill(Some(Frame::goodbye(
-                    ErrorCode::SlowConsumer,
-                    format!(
-                        "outbound queue exceeded {limit} bytes because frames were not read; read faster or subscribe to less"
-                    ),
-                )));
-                self.counters.slow_consumers += 1;
-                self.leave(conn, "slow consumer");
-            }
+        while let Some(conn) = self.output.next_slow_consumer() {
+            self.counters.slow_consumers += 1;
+            self.leave(conn, "slow consumer");
         }
     }
 
     /// Delivers a frame that may wait for room; answers or fails the waiter.
-    fn deliver_waitable(&mut self, now: Instant, target: ConnId, mut out: Out, waiter: Waiter) {
-        let Some(t) = self.clients.get_mut(&target) else {
+    fn deliver_waitable(&mut self, now: Instant, target: ConnId, out: Out, waiter: Waiter) {
+        let (Some(t), Some(outbox)) = (self.clients.get_mut(&target), self.output.outbox(target))
+        else {
             return self.fail_waiter(waiter, ErrorCode::TargetGone, "the target left");
         };
-        if t.parked.is_empty() && !t.outbox.is_full(&self.q) {
-            let outbox = t.outbox.clone();
-            let tag = self.stamp(target, &mut out);
-            if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
-                self.to_kill.push(target);
-            }
+        if t.parked.is_empty() && !outbox.is_full(self.output.q()) {
+            let outbox = outbox.clone();
+            self.output.push(target, &outbox, out);
             return self.waiter_done(waiter);
         }
         let len = out.encoded_len();
@@ -922,7 +789,7 @@ impl Router {
         }
         t.parked_bytes += len;
         t.parked.push_back(Parked { out, len, waiter });
-        t.outbox.request_drained();
+        outbox.request_drained();
         self.parked_clients.insert(target);
         self.counters.parked_total += 1;
         let _ = now;
@@ -981,13 +848,15 @@ impl Router {
     fn retry_parked(&mut self, now: Instant, conn: ConnId) {
         let mut ready = Vec::new();
         let mut expired = Vec::new();
-        let Some(t) = self.clients.get_mut(&conn) else {
+        let (Some(t), Some(outbox)) = (self.clients.get_mut(&conn), self.output.outbox(conn))
+        else {
             self.parked_clients.remove(&conn);
             return;
         };
-        let room = self.q.frames.saturating_sub(t.outbox.depth());
-        let outbox = t.outbox.clone();
-        if !outbox.is_full(&self.q) {
+        let q = self.output.q();
+        let room = q.frames.saturating_sub(outbox.depth());
+        let outbox = outbox.clone();
+        if !outbox.is_full(q) {
             while ready.len() < room.max(1) {
                 let Some(p) = t.parked.pop_front() else { break };
                 t.parked_bytes -= p.len;
@@ -1009,14 +878,11 @@ impl Router {
         if t.parked.is_empty() {
             self.parked_clients.remove(&conn);
         } else {
-            t.outbox.request_drained();
+            outbox.request_drained();
         }
         let target = shown(&t.id);
-        for mut p in ready {
-            let tag = self.stamp(conn, &mut p.out);
-            if outbox.push_control(p.out, &self.q, tag) == Pushed::OverHardLimit {
-                self.to_kill.push(conn);
-            }
+        for p in ready {
+            self.output.push(conn, &outbox, p.out);
             self.waiter_done(p.waiter);
         }
         let why =
@@ -1045,8 +911,7 @@ impl Router {
         }
         let id = info.client_id.clone();
         if let Some(&old) = self.by_id.get(&id) {
-            if let Some(c) = self.clients.get(&old) {
-                let old_outbox = c.outbox.clone();
+            if let Some(old_outbox) = self.output.outbox(old).cloned() {
                 tracing::info!(client = %id, "client id taken over by a new connection");
                 old_outbox.close(Some(Frame::goodbye(
                     ErrorCode::IdTakenOver,
@@ -1071,13 +936,13 @@ impl Router {
             self.closing.push_back((now + CLOSE_GRACE, outbox));
             return;
         }
-        self.journal.joined(&info);
+        self.output.journal.joined(&info);
         let welcome = self.welcome(&info, false, 0);
-        self.clients.insert(
-            conn,
-            Client::new(id.clone(), info.clone(), outbox.clone(), now),
-        );
-        self.send_out(conn, &outbox, Out::from(welcome));
+        self.clients
+            .insert(conn, Client::new(id.clone(), info.clone(), now));
+        self.output
+            .insert(conn, id.clone(), outbox.clone(), info.reliable);
+        self.output.push(conn, &outbox, Out::from(welcome));
         self.by_id.insert(id, conn);
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
@@ -1125,7 +990,7 @@ impl Router {
             Some(key)
                 if info.reliable
                     && !self.shutting_down
-                    && self.clients.get(&key).is_some_and(|c| c.reliable) =>
+                    && self.output.get(key).is_some_and(|l| l.reliable.is_on()) =>
             {
                 self.reattach(now, key, conn, info, outbox, resume.last_received);
             }
@@ -1146,10 +1011,10 @@ impl Router {
         outbox: Arc<Outbox>,
         received: u64,
     ) {
-        let Some(c) = self.clients.get_mut(&key) else {
+        let (Some(c), Some(link)) = (self.clients.get_mut(&key), self.output.get_mut(key)) else {
             return;
         };
-        let old = std::mem::replace(&mut c.outbox, outbox.clone());
+        let old = std::mem::replace(&mut link.outbox, outbox.clone());
         // An older connection of the same client, if still open, is
         // replaced without a word (the client itself moved on).
         old.kill(None);
@@ -1166,29 +1031,18 @@ impl Router {
         c.last_seen = now;
         c.last_head = None;
         c.detached_until = None;
-        c.ack_due = false;
-        c.ack_sent = c.last_received;
-        let acked = c.acked(received);
+        let acked = link.reliable.resume(received);
         let id = c.id.clone();
-        let last_received = c.last_received;
+        let last_received = link.reliable.last_received();
         let registered = c.info.clone();
-        let resend: Vec<Out> = c.unacked.iter().map(|(_, o)| o.clone()).collect();
         self.detached.remove(&key);
         if acked {
-            self.journal.client_ack(&id, received);
+            self.output.journal.client_ack(&id, received);
         }
         self.rewire(key, &outbox);
         self.counters.resumes += 1;
-        let tag = self.tag();
         let welcome = self.welcome(&registered, true, last_received);
-        let mut over =
-            outbox.push_control(Out::from(welcome), &self.q, tag) == Pushed::OverHardLimit;
-        for out in resend {
-            over |= outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit;
-        }
-        if over {
-            self.to_kill.push(key);
-        }
+        self.output.resend(key, welcome);
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
@@ -1243,16 +1097,6 @@ impl Router {
         }
     }
 
-    fn on_client_ack(&mut self, key: ConnId, up_to: u64) {
-        let Some(c) = self.clients.get_mut(&key) else {
-            return;
-        };
-        if c.reliable && c.acked(up_to) && self.journal.is_on() {
-            let id = c.id.clone();
-            self.journal.client_ack(&id, up_to);
-        }
-    }
-
     fn presence_event(
         &mut self,
         about: ConnId,
@@ -1298,9 +1142,11 @@ impl Router {
         if self.by_id.get(&client.id) == Some(&conn) {
             self.by_id.remove(&client.id);
         }
-        self.alias.remove(&client.outbox.conn());
+        if let Some(link) = self.output.remove(conn) {
+            self.alias.remove(&link.outbox.conn());
+        }
         self.detached.remove(&conn);
-        self.journal.left(&client.id);
+        self.output.journal.left(&client.id);
         for (sub_id, sub) in &client.subs {
             self.remove_sub_entry(conn, *sub_id, sub);
         }
@@ -1354,17 +1200,18 @@ impl Router {
 
     fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
-        for c in self.clients.values() {
-            c.outbox.close((!self.handover).then(|| {
+        for (_, link) in self.output.links() {
+            link.outbox.close((!self.handover).then(|| {
                 Frame::goodbye(
                     ErrorCode::ShuttingDown,
                     "the hub is shutting down; reconnect later",
                 )
             }));
             self.closing
-                .push_back((now + CLOSE_GRACE, c.outbox.clone()));
+                .push_back((now + CLOSE_GRACE, link.outbox.clone()));
         }
         self.clients.clear();
+        self.output.clear();
         self.by_id.clear();
         self.pending.clear();
         self.timeouts.clear();
@@ -1386,11 +1233,16 @@ impl Router {
                 break;
             }
             self.ack_timers.pop_front();
-            if let Some(c) = self.clients.get_mut(&key) {
-                c.ack_timer = false;
-                if c.last_received > c.ack_sent && c.detached_until.is_none() {
-                    self.send_ack(key);
-                }
+            let owed = self
+                .output
+                .get_mut(key)
+                .and_then(|l| l.reliable.timer_fired());
+            let attached = self
+                .clients
+                .get(&key)
+                .is_some_and(|c| c.detached_until.is_none());
+            if owed.is_some() && attached {
+                self.output.send_ack(key);
             }
         }
         while let Some(Reverse((deadline, requester, id))) = self.timeouts.peek().copied() {
@@ -1476,8 +1328,7 @@ impl Router {
                 idle.sort_unstable();
                 let idle: Vec<ConnId> = idle.into_iter().map(|(_, conn)| conn).collect();
                 for conn in idle {
-                    if let Some(c) = self.clients.get(&conn) {
-                        let outbox = c.outbox.clone();
+                    if let Some(outbox) = self.output.outbox(conn).cloned() {
                         outbox.close(Some(Frame::goodbye(
                             ErrorCode::Timeout,
                             format!(
@@ -1602,10 +1453,9 @@ impl Router {
             Kind::Listen(l) => self.on_listen(conn, l),
             Kind::Ping(p) => self.send(conn, proto::Pong { nonce: p.nonce }.into()),
             Kind::Pong(_) => {}
-            Kind::Ack(a) => self.on_client_ack(conn, a.up_to),
+            Kind::Ack(a) => self.output.client_acked(conn, a.up_to),
             Kind::Goodbye(_) => {
-                if let Some(c) = self.clients.get(&conn) {
-                    let outbox = c.outbox.clone();
+                if let Some(outbox) = self.output.outbox(conn).cloned() {
                     outbox.close(None);
                     self.closing.push_back((now + CLOSE_GRACE, outbox));
                     self.leave(conn, "said goodbye");
@@ -1656,10 +1506,7 @@ impl Router {
     }
 
     fn sender_id(&self, conn: ConnId) -> String {
-        self.clients
-            .get(&conn)
-            .map(|c| c.id.clone())
-            .unwrap_or_default()
+        self.output.id(conn).to_owned()
     }
 
     fn on_publish(&mut self, conn: ConnId, p: proto::Publish) {
@@ -1717,7 +1564,7 @@ impl Router {
                             head: head.clone(),
                             payload,
                         };
-                        self.send_droppable(*target, outbox, out);
+                        self.output.push_droppable(*target, outbox, out);
                     }
                     Target::Group(gid) => {
                         let Some(group) = self.groups.get_mut(gid) else {
@@ -1732,7 +1579,7 @@ impl Router {
                         let mut pick = group.next % n;
                         for i in 0..n {
                             let cand = (group.next + i) % n;
-                            if !group.members[cand].2.is_full(&self.q) {
+                            if !group.members[cand].2.is_full(self.output.q()) {
                                 pick = cand;
                                 break;
                             }
@@ -1747,7 +1594,7 @@ impl Router {
                             head: head.clone(),
                             payload,
                         };
-                        self.send_droppable(member, &outbox, out);
+                        self.output.push_droppable(member, &outbox, out);
                     }
                 }
             }
@@ -1902,7 +1749,7 @@ impl Router {
         r: &mut proto::Request,
     ) -> Result<(ConnId, u64), (ErrorCode, String)> {
         if !r.to.is_empty() {
-            if self.replaying {
+            if self.output.replaying() {
                 let held = self.by_id.get(&r.to).copied().filter(|t| {
                     self.clients
                         .get(t)
@@ -1913,7 +1760,7 @@ impl Router {
                     return Ok((t, r.sub_id));
                 }
             }
-            self.journal.amend_request(r.id, |q| {
+            self.output.journal.amend_request(r.id, |q| {
                 q.to.clear();
                 q.service.clear();
             });
@@ -1963,7 +1810,7 @@ impl Router {
         let mut pick = *turn % n;
         for i in 0..n {
             let cand = (*turn + i) % n;
-            if !members[cand].2.is_full(&self.q) {
+            if !members[cand].2.is_full(self.output.q()) {
                 pick = cand;
                 break;
             }
@@ -1976,7 +1823,7 @@ impl Router {
             .map(|c| c.id.clone())
             .unwrap_or_default();
         let to = r.to.clone();
-        self.journal.amend_request(r.id, |q| {
+        self.output.journal.amend_request(r.id, |q| {
             q.to = to;
             q.sub_id = sub_id;
         });
@@ -2057,10 +1904,11 @@ impl Router {
             .clients
             .iter()
             .filter(|(c, client)| **c != conn && client.takes_messages())
-            .map(|(c, client)| (*c, client.outbox.clone()))
+            .filter_map(|(c, _)| Some((*c, self.output.outbox(*c)?.clone())))
             .collect();
         for (target, outbox) in targets {
-            self.send_droppable(target, &outbox, Out::from(frame.clone()));
+            self.output
+                .push_droppable(target, &outbox, Out::from(frame.clone()));
         }
         if b.id != 0 {
             self.send(conn, Frame::ok(b.id));
@@ -2122,7 +1970,9 @@ impl Router {
             );
             return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
         }
-        let outbox = client.outbox.clone();
+        let Some(outbox) = self.output.outbox(conn).cloned() else {
+            return;
+        };
         let group = if s.service {
             self.services.insert(
                 &s.pattern,
@@ -2368,8 +2218,10 @@ impl Router {
             return self.send(conn, err(w.id, ErrorCode::LimitExceeded, msg));
         }
         client.watches.insert(w.watch_id, (w.key.clone(), w.prefix));
-        let outbox = client.outbox.clone();
-        self.send_out(conn, &outbox, Out::from(Frame::ok(w.id)));
+        let Some(outbox) = self.output.outbox(conn).cloned() else {
+            return;
+        };
+        self.output.push(conn, &outbox, Out::from(Frame::ok(w.id)));
         let initial: Vec<proto::KvUpdate> = if w.prefix {
             self.kv
                 .prefixed(&w.key)
@@ -2398,7 +2250,8 @@ impl Router {
             }
         };
         for update in initial {
-            self.send_out(conn, &outbox, Out::from(Frame::from(update)));
+            self.output
+                .push(conn, &outbox, Out::from(Frame::from(update)));
         }
         if w.prefix {
             self.watch_prefix.push((w.key, conn, w.watch_id));

@@ -76,7 +76,7 @@ use super::error::ReplicaError;
 use super::{HubStats, Input, Router, RouterConfig};
 use crate::ids::ConnId;
 use crate::kv::KvStore;
-use crate::outbox::{Out, Outbox};
+use crate::outbox::Outbox;
 
 /// Connection ids of ghost clients (restored from a snapshot or joined
 /// through the change log) start here; hubs number sockets from 1.
@@ -187,7 +187,7 @@ impl Router {
         r.identity.epoch = snapshot.epoch;
         // What the rebuilding sends is not numbered: the numbering comes
         // from the snapshot.
-        r.replaying = true;
+        r.output.set_replaying(true);
         for (i, cs) in snapshot.clients.iter().enumerate() {
             let info = cs.info.clone().ok_or_else(|| {
                 ReplicaError::Invalid("a client state without client info".into())
@@ -232,27 +232,20 @@ impl Router {
                     };
                 }
             }
-            if let Some(c) = r.clients.get_mut(&conn) {
-                c.last_received = cs.last_received;
-                c.next_send = cs.next_send.max(1);
-                let mut last = 0;
-                for f in &cs.unacked {
-                    if !c.reliable || f.seq <= last || f.seq >= c.next_send {
-                        return Err(ReplicaError::Invalid(format!(
-                            "client '{}' has unacknowledged frames out of order or beyond its next seq",
-                            super::shown(&id)
-                        )));
-                    }
-                    last = f.seq;
-                    let out = Out::from(f.clone());
-                    let len = out.encoded_len();
-                    c.unacked_bytes += len;
-                    c.unacked.push_back((len, out));
+            if let Some(link) = r.output.get_mut(conn) {
+                if !link
+                    .reliable
+                    .restore(cs.last_received, cs.next_send, &cs.unacked)
+                {
+                    return Err(ReplicaError::Invalid(format!(
+                        "client '{}' has unacknowledged frames out of order or beyond its next seq",
+                        super::shown(&id)
+                    )));
                 }
             }
         }
-        r.journal.set_repl_seq(snapshot.repl_seq);
-        r.replaying = false;
+        r.output.journal.set_repl_seq(snapshot.repl_seq);
+        r.output.set_replaying(false);
         // Whatever the router refused (an invalid pattern, a duplicate
         // id, a limit) shows up as a difference here.
         let got = r.snapshot();
@@ -276,7 +269,7 @@ impl Router {
     pub fn ghost_conn(&self, client_id: &str) -> Option<ConnId> {
         let conn = *self.by_id.get(client_id)?;
         // A ghost's outbox was never open; a claimed one is.
-        let ghost = conn.0 >= GHOST_CONN_BASE && !self.clients.get(&conn)?.outbox.is_open();
+        let ghost = conn.0 >= GHOST_CONN_BASE && !self.output.outbox(conn)?.is_open();
         ghost.then_some(conn)
     }
 
@@ -290,7 +283,7 @@ impl Router {
     pub fn claim(&mut self, now: Instant, client_id: &str, outbox: Arc<Outbox>) -> Option<ConnId> {
         let conn = self.ghost_conn(client_id)?;
         let client = self.clients.get_mut(&conn)?;
-        client.outbox = outbox.clone();
+        self.output.get_mut(conn)?.outbox = outbox.clone();
         client.last_seen = now;
         client.last_head = None;
         client.detached_until = None;
@@ -329,7 +322,7 @@ impl Replica {
     ) -> Result<Replica, ReplicaError> {
         config.keepalive = None;
         let mut router = Router::restore(now, snapshot, config, stats)?;
-        router.replaying = true;
+        router.output.set_replaying(true);
         Ok(Replica {
             router,
             next_ghost: GHOST_CONN_BASE + snapshot.clients.len() as u64,
@@ -370,7 +363,7 @@ impl Replica {
         keepalive: Option<std::time::Duration>,
     ) -> Router {
         let mut r = self.router;
-        r.replaying = false;
+        r.output.set_replaying(false);
         r.identity = identity;
         r.keepalive = keepalive;
         let until = now + r.limits.resume_window;
@@ -478,37 +471,32 @@ impl Replica {
                 let Some(&conn) = r.by_id.get(&cf.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
-                let Some(c) = r.clients.get_mut(&conn) else {
+                let Some(link) = r.output.get_mut(conn) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
                 let frame = cf
                     .frame
                     .ok_or_else(|| ReplicaError::Invalid("a sent change without a frame".into()))?;
-                if !c.reliable || frame.seq < c.next_send {
+                let seq = frame.seq;
+                if !link.reliable.record_sent(*frame) {
                     return Err(ReplicaError::Invalid(format!(
-                        "frame {} sent to client '{}' is not reliable or not above its last ({})",
-                        frame.seq,
-                        super::shown(&c.id),
-                        c.next_send.saturating_sub(1)
+                        "frame {seq} sent to client '{}' is not reliable or not above its last ({})",
+                        super::shown(&link.id),
+                        link.reliable.last_sent()
                     )));
                 }
-                c.next_send = frame.seq + 1;
-                let out = Out::from(*frame);
-                let len = out.encoded_len();
-                c.unacked_bytes += len;
-                c.unacked.push_back((len, out));
             }
             Some(Op::ClientAck(a)) => {
                 let Some(&conn) = r.by_id.get(&a.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&a.client_id)));
                 };
-                if let Some(c) = r.clients.get_mut(&conn) {
-                    c.acked(a.up_to);
+                if let Some(link) = r.output.get_mut(conn) {
+                    link.reliable.acked(a.up_to);
                 }
             }
             Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
         }
-        r.journal.set_repl_seq(seq);
+        r.output.journal.set_repl_seq(seq);
         // Local timers only: request timeouts and closing ghosts.
         if r.next_deadline().is_some_and(|t| t <= now) {
             r.handle(now, Input::Tick);

@@ -4,6 +4,7 @@ use super::*;
 use crate::outbox::Taken;
 use bytes::BytesMut;
 use switchboard_wire::headers::MAX_HEADERS;
+use switchboard_wire::ACK_EVERY;
 
 struct Sim {
     router: Router,
