@@ -28,6 +28,7 @@ use common::{
 mod error;
 mod journal;
 mod output;
+mod presence;
 mod reliable;
 
 use crate::ids::{IdMap, IdSet};
@@ -38,6 +39,8 @@ use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 use output::Output;
+use presence::Presence;
+pub use presence::PresenceEvent;
 use reliable::{AckNext, Reliable};
 
 /// What the router is told.
@@ -125,23 +128,7 @@ pub struct Inspection {
     pub presence: Vec<PresenceEvent>,
 }
 
-/// One presence event remembered for [`Inspection::presence`].
-#[derive(Debug, Clone)]
-pub struct PresenceEvent {
-    /// Number of the event since the hub started.
-    pub seq: u64,
-    /// Joined (true) or left.
-    pub joined: bool,
-    /// The client.
-    pub client: proto::ClientInfo,
-    /// Why it left.
-    pub reason: String,
-}
-
 pub use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
-
-/// Presence events kept for [`Inspection::presence`].
-const RECENT_PRESENCE: usize = 50;
 
 /// Most service subjects whose round-robin turn is remembered; the turns
 /// are forgotten when more are asked for.
@@ -194,7 +181,6 @@ struct Client {
     info: proto::ClientInfo,
     subs: IdMap<u64, Sub>,
     watches: IdMap<u64, (String, bool)>,
-    presence: bool,
     /// Request ids outstanding from this client.
     outgoing: IdSet<u64>,
     /// Requests outstanding to this client, `(requester, id)`.
@@ -221,7 +207,6 @@ impl Client {
             info,
             subs: IdMap::default(),
             watches: IdMap::default(),
-            presence: false,
             outgoing: IdSet::default(),
             incoming: IdSet::default(),
             parked: VecDeque::new(),
@@ -294,14 +279,12 @@ pub struct Router {
     kv: KvStore,
     watch_exact: HashMap<String, Vec<(ConnId, u64)>>,
     watch_prefix: Vec<(String, ConnId, u64)>,
-    presence: IdSet<ConnId>,
+    presence: Presence,
     parked_clients: IdSet<ConnId>,
     closing: VecDeque<(Instant, Arc<Outbox>)>,
     next_idle_check: Option<Instant>,
     shutting_down: bool,
     counters: Counters,
-    recent_presence: VecDeque<PresenceEvent>,
-    presence_seq: u64,
     /// Connections attached to a client registered under another
     /// connection id (resumed clients), transport id → registry id.
     alias: IdMap<ConnId, ConnId>,
@@ -345,14 +328,12 @@ impl Router {
             kv: KvStore::default(),
             watch_exact: HashMap::new(),
             watch_prefix: Vec::new(),
-            presence: IdSet::default(),
+            presence: Presence::default(),
             parked_clients: IdSet::default(),
             closing: VecDeque::new(),
             next_idle_check: None,
             shutting_down: false,
             counters: Counters::default(),
-            recent_presence: VecDeque::new(),
-            presence_seq: 0,
             output: Output::new(q),
             alias: IdMap::default(),
             detached: IdSet::default(),
@@ -631,7 +612,7 @@ impl Router {
                 "kv_watches",
                 self.clients.values().map(|c| c.watches.len() as u64).sum(),
             ),
-            ("presence_watchers", self.presence.len() as u64),
+            ("presence_watchers", self.presence.watchers() as u64),
             ("queue_groups", self.groups.len() as u64),
         ]
         .into_iter()
@@ -699,7 +680,7 @@ impl Router {
                     info: Some(c.info.clone()),
                     subscriptions,
                     watches,
-                    presence_watch: c.presence,
+                    presence_watch: self.presence.is_watching(*conn),
                     last_received: reliable.map_or(0, Reliable::last_received),
                     next_send: reliable.map_or(0, Reliable::next_send),
                     unacked: reliable
@@ -947,7 +928,13 @@ impl Router {
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
-        self.presence_event(conn, info, proto::PresenceKind::Joined, "");
+        self.presence.event(
+            &mut self.output,
+            conn,
+            info,
+            proto::PresenceKind::Joined,
+            "",
+        );
     }
 
     /// The `Welcome` for client `info`: the features it asked for that
@@ -1097,42 +1084,6 @@ impl Router {
         }
     }
 
-    fn presence_event(
-        &mut self,
-        about: ConnId,
-        info: proto::ClientInfo,
-        kind: proto::PresenceKind,
-        reason: &str,
-    ) {
-        self.presence_seq += 1;
-        if self.recent_presence.len() >= RECENT_PRESENCE {
-            self.recent_presence.pop_front();
-        }
-        self.recent_presence.push_back(PresenceEvent {
-            seq: self.presence_seq,
-            joined: kind == proto::PresenceKind::Joined,
-            client: info.clone(),
-            reason: reason.to_owned(),
-        });
-        if self.presence.is_empty() {
-            return;
-        }
-        let frame = Frame::from(proto::Presence {
-            client: Some(info),
-            kind: kind as i32,
-            reason: reason.to_owned(),
-        });
-        let watchers: Vec<ConnId> = self
-            .presence
-            .iter()
-            .copied()
-            .filter(|c| *c != about)
-            .collect();
-        for w in watchers {
-            self.send(w, frame.clone());
-        }
-    }
-
     /// Unregisters `conn` and cleans up everything it owned. Its outbox must
     /// already be closed or killed by the caller.
     fn leave(&mut self, conn: ConnId, reason: &str) {
@@ -1154,7 +1105,7 @@ impl Router {
         for (watch_id, (key, prefix)) in &client.watches {
             self.remove_watch_entry(conn, *watch_id, key, *prefix);
         }
-        self.presence.remove(&conn);
+        self.presence.unwatch(conn);
         self.parked_clients.remove(&conn);
         // Requests this client made: forget them (answers have nobody to go to).
         for id in &client.outgoing {
@@ -1195,7 +1146,13 @@ impl Router {
             }
         }
         tracing::debug!(client = %client.id, reason, "client left");
-        self.presence_event(conn, client.info, proto::PresenceKind::Left, reason);
+        self.presence.event(
+            &mut self.output,
+            conn,
+            client.info,
+            proto::PresenceKind::Left,
+            reason,
+        );
     }
 
     fn shutdown(&mut self, now: Instant) {
@@ -1426,16 +1383,10 @@ impl Router {
             }
             Kind::PresenceWatch(p) => {
                 if p.stop {
-                    self.presence.remove(&conn);
-                    if let Some(c) = self.clients.get_mut(&conn) {
-                        c.presence = false;
-                    }
+                    self.presence.unwatch(conn);
                     self.send(conn, Frame::ok(p.id));
                 } else {
-                    self.presence.insert(conn);
-                    if let Some(c) = self.clients.get_mut(&conn) {
-                        c.presence = true;
-                    }
+                    self.presence.watch(conn);
                     let list = self.client_list(p.id);
                     self.send(conn, list);
                 }
@@ -1494,7 +1445,7 @@ impl Router {
             status: self.status(now, 0),
             clients,
             topics,
-            presence: self.recent_presence.iter().cloned().collect(),
+            presence: self.presence.recent().cloned().collect(),
         }
     }
 

@@ -217,10 +217,7 @@ impl Router {
                 r.on_kv_watch(conn, w);
             }
             if cs.presence_watch {
-                r.presence.insert(conn);
-                if let Some(c) = r.clients.get_mut(&conn) {
-                    c.presence = true;
-                }
+                r.presence.watch(conn);
             }
             if let (Some(l), Some(c)) = (&cs.listen, r.clients.get_mut(&conn)) {
                 // A client without the feature keeps `None`: the check
