@@ -75,7 +75,6 @@ pub mod gateway;
 mod handle;
 mod hub;
 mod ids;
-mod kv;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;

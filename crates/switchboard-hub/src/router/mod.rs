@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY};
 
@@ -21,23 +21,23 @@ use crate::ids::ConnId;
 mod common;
 
 pub use common::CLOSE_GRACE;
-use common::{
-    err, headers_of, shown, validate_client_key, WaitKind, Waiter, IDLE_CHECK, PARK_RETRY,
-};
+use common::{err, headers_of, shown, WaitKind, Waiter, IDLE_CHECK, PARK_RETRY};
 
 mod error;
 mod journal;
+mod kv;
+mod kvstore;
 mod output;
 mod presence;
 mod reliable;
 
 use crate::ids::{IdMap, IdSet};
-use crate::kv::{KvError, KvStore};
 use crate::limits::Limits;
 use crate::outbox::{DeliverHead, Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
+use kv::Kv;
 use output::Output;
 use presence::Presence;
 pub use presence::PresenceEvent;
@@ -180,7 +180,6 @@ struct Client {
     id: String,
     info: proto::ClientInfo,
     subs: IdMap<u64, Sub>,
-    watches: IdMap<u64, (String, bool)>,
     /// Request ids outstanding from this client.
     outgoing: IdSet<u64>,
     /// Requests outstanding to this client, `(requester, id)`.
@@ -206,7 +205,6 @@ impl Client {
             listen: info.listen.then_some(Listening::default()),
             info,
             subs: IdMap::default(),
-            watches: IdMap::default(),
             outgoing: IdSet::default(),
             incoming: IdSet::default(),
             parked: VecDeque::new(),
@@ -276,9 +274,7 @@ pub struct Router {
     next_group: GroupId,
     pending: IdMap<(ConnId, u64), Pending>,
     timeouts: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
-    kv: KvStore,
-    watch_exact: HashMap<String, Vec<(ConnId, u64)>>,
-    watch_prefix: Vec<(String, ConnId, u64)>,
+    kv: Kv,
     presence: Presence,
     parked_clients: IdSet<ConnId>,
     closing: VecDeque<(Instant, Arc<Outbox>)>,
@@ -325,9 +321,7 @@ impl Router {
             next_group: 1,
             pending: IdMap::default(),
             timeouts: BinaryHeap::new(),
-            kv: KvStore::default(),
-            watch_exact: HashMap::new(),
-            watch_prefix: Vec::new(),
+            kv: Kv::default(),
             presence: Presence::default(),
             parked_clients: IdSet::default(),
             closing: VecDeque::new(),
@@ -573,7 +567,7 @@ impl Router {
         s.pending
             .store(self.pending.len() as u64, Ordering::Relaxed);
         s.kv_keys
-            .store(self.kv.live_keys() as u64, Ordering::Relaxed);
+            .store(self.kv.store().live_keys() as u64, Ordering::Relaxed);
         s.dropped.store(self.output.dropped(), Ordering::Relaxed);
     }
 
@@ -607,11 +601,8 @@ impl Router {
                 "parked_now",
                 self.clients.values().map(|c| c.parked.len() as u64).sum(),
             ),
-            ("kv_tombstones", self.kv.tombstones() as u64),
-            (
-                "kv_watches",
-                self.clients.values().map(|c| c.watches.len() as u64).sum(),
-            ),
+            ("kv_tombstones", self.kv.store().tombstones() as u64),
+            ("kv_watches", self.kv.watch_count() as u64),
             ("presence_watchers", self.presence.watchers() as u64),
             ("queue_groups", self.groups.len() as u64),
         ]
@@ -635,7 +626,7 @@ impl Router {
                 .map(|(_, l)| l.outbox.depth() as u64)
                 .sum(),
             pending_requests: self.pending.len() as u64,
-            kv_keys: self.kv.live_keys() as u64,
+            kv_keys: self.kv.store().live_keys() as u64,
             counters,
             ..Default::default()
         };
@@ -665,17 +656,7 @@ impl Router {
                     })
                     .collect();
                 subscriptions.sort_by_key(|s| s.sub_id);
-                let mut watches: Vec<proto::KvWatch> = c
-                    .watches
-                    .iter()
-                    .map(|(watch_id, (key, prefix))| proto::KvWatch {
-                        id: 0,
-                        watch_id: *watch_id,
-                        key: key.clone(),
-                        prefix: *prefix,
-                    })
-                    .collect();
-                watches.sort_by_key(|w| w.watch_id);
+                let watches = self.kv.watches_of(*conn);
                 proto::ClientState {
                     info: Some(c.info.clone()),
                     subscriptions,
@@ -717,7 +698,7 @@ impl Router {
             ("kv_max_key", l.kv_max_key as u64),
             ("kv_max_keys", l.kv_max_keys as u64),
             ("kv_max_tombstones", l.kv_max_tombstones as u64),
-            (replica::KV_FLOOR_KEY, self.kv.floor()),
+            (replica::KV_FLOOR_KEY, self.kv.store().floor()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_string()))
@@ -726,7 +707,7 @@ impl Router {
             epoch: self.identity.epoch,
             repl_seq: self.output.journal.repl_seq(),
             clients,
-            kv: self.kv.entries(),
+            kv: self.kv.store().entries(),
             config,
             addr: String::new(),
             service: self.identity.service.clone(),
@@ -1102,9 +1083,7 @@ impl Router {
             self.remove_sub_entry(conn, *sub_id, sub);
         }
         self.counters.subscriptions -= client.subs.len() as u64;
-        for (watch_id, (key, prefix)) in &client.watches {
-            self.remove_watch_entry(conn, *watch_id, key, *prefix);
-        }
+        self.kv.forget(conn);
         self.presence.unwatch(conn);
         self.parked_clients.remove(&conn);
         // Requests this client made: forget them (answers have nobody to go to).
@@ -1174,8 +1153,7 @@ impl Router {
         self.timeouts.clear();
         self.presence.clear();
         self.parked_clients.clear();
-        self.watch_exact.clear();
-        self.watch_prefix.clear();
+        self.kv.clear_watches();
         self.index = SubIndex::default();
         self.services = SubIndex::default();
         self.service_turns.clear();
@@ -1344,43 +1322,11 @@ impl Router {
             Kind::Broadcast(b) => self.on_broadcast(conn, b),
             Kind::Subscribe(s) => self.on_subscribe(conn, s),
             Kind::Unsubscribe(u) => self.on_unsubscribe(conn, u),
-            Kind::KvSet(s) => self.on_kv_set(conn, s),
-            Kind::KvGet(g) => {
-                let cur = self.kv.get(&g.key);
-                self.send(
-                    conn,
-                    proto::KvValue {
-                        id: g.id,
-                        key: g.key,
-                        value: cur.value,
-                        version: cur.version,
-                        found: cur.found,
-                    }
-                    .into(),
-                );
-            }
-            Kind::KvDelete(d) => self.on_kv_delete(conn, d),
-            Kind::KvWatch(w) => self.on_kv_watch(conn, w),
-            Kind::KvUnwatch(u) => {
-                let found = self
-                    .clients
-                    .get_mut(&conn)
-                    .and_then(|c| c.watches.remove(&u.watch_id));
-                match found {
-                    Some((key, prefix)) => {
-                        self.remove_watch_entry(conn, u.watch_id, &key, prefix);
-                        self.send(conn, Frame::ok(u.id));
-                    }
-                    None => self.send(
-                        conn,
-                        err(
-                            u.id,
-                            ErrorCode::NotFound,
-                            format!("no watch with id {} on this connection", u.watch_id),
-                        ),
-                    ),
-                }
-            }
+            Kind::KvSet(s) => self.kv.set(&mut self.output, conn, s, &self.limits),
+            Kind::KvGet(g) => self.kv.get(&mut self.output, conn, g),
+            Kind::KvDelete(d) => self.kv.delete(&mut self.output, conn, d, &self.limits),
+            Kind::KvWatch(w) => self.kv.watch(&mut self.output, conn, w, &self.limits),
+            Kind::KvUnwatch(u) => self.kv.unwatch(&mut self.output, conn, u),
             Kind::PresenceWatch(p) => {
                 if p.stop {
                     self.presence.unwatch(conn);
@@ -2017,211 +1963,6 @@ impl Router {
             None => {
                 let msg = format!("no subscription with id {} on this connection", u.sub_id);
                 self.send(conn, err(u.id, ErrorCode::NotFound, msg));
-            }
-        }
-    }
-
-    // ---- key/value ----
-
-    fn kv_changed(&mut self, key: &str, value: Bytes, version: u64, deleted: bool, by: &str) {
-        let mut targets: Vec<(ConnId, u64)> =
-            self.watch_exact.get(key).cloned().unwrap_or_default();
-        targets.extend(
-            self.watch_prefix
-                .iter()
-                .filter(|(p, _, _)| key.starts_with(p.as_str()))
-                .map(|(_, c, w)| (*c, *w)),
-        );
-        for (conn, watch_id) in targets {
-            let frame = proto::KvUpdate {
-                watch_id,
-                key: key.to_owned(),
-                value: value.clone(),
-                version,
-                deleted,
-                by: by.to_owned(),
-            };
-            self.send(conn, frame.into());
-        }
-    }
-
-    fn version_mismatch(key: &str, expect: u64, current: u64, found: bool) -> String {
-        let key = shown(key);
-        match (found, expect) {
-            (true, 0) => {
-                format!("key '{key}' already exists at version {current}; read it and retry")
-            }
-            (true, _) => {
-                format!("key '{key}' is at version {current}, not {expect}; read it and retry")
-            }
-            (false, _) => {
-                format!("key '{key}' does not exist (expected version {expect}); read it and retry")
-            }
-        }
-    }
-
-    fn on_kv_set(&mut self, conn: ConnId, s: proto::KvSet) {
-        if let Err(e) = validate_client_key(&s.key, self.limits.kv_max_key, false) {
-            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, e));
-        }
-        if s.value.len() > self.limits.kv_max_value {
-            let msg = format!(
-                "value of {} bytes exceeds the limit of {} bytes; store something smaller",
-                s.value.len(),
-                self.limits.kv_max_value
-            );
-            return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
-        }
-        match self.kv.set(
-            &s.key,
-            s.value.clone(),
-            s.expect_version,
-            self.limits.kv_max_keys,
-        ) {
-            Ok(version) => {
-                let by = self.sender_id(conn);
-                self.send(
-                    conn,
-                    proto::KvValue {
-                        id: s.id,
-                        key: s.key.clone(),
-                        value: Bytes::new(),
-                        version,
-                        found: true,
-                    }
-                    .into(),
-                );
-                self.kv_changed(&s.key, s.value, version, false, &by);
-            }
-            Err(KvError::VersionMismatch { current, found }) => {
-                let msg =
-                    Self::version_mismatch(&s.key, s.expect_version.unwrap_or(0), current, found);
-                self.send(conn, err(s.id, ErrorCode::VersionMismatch, msg));
-            }
-            Err(KvError::TooManyKeys) => {
-                let msg = format!(
-                    "the store holds {} keys, its limit; delete some first",
-                    self.kv.live_keys()
-                );
-                self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
-            }
-            Err(KvError::NotFound) => {
-                self.send(conn, err(s.id, ErrorCode::NotFound, "key does not exist"));
-            }
-        }
-    }
-
-    fn on_kv_delete(&mut self, conn: ConnId, d: proto::KvDelete) {
-        match self
-            .kv
-            .delete(&d.key, d.expect_version, self.limits.kv_max_tombstones)
-        {
-            Ok(version) => {
-                let by = self.sender_id(conn);
-                self.send(
-                    conn,
-                    proto::KvValue {
-                        id: d.id,
-                        key: d.key.clone(),
-                        value: Bytes::new(),
-                        version,
-                        found: false,
-                    }
-                    .into(),
-                );
-                self.kv_changed(&d.key, Bytes::new(), version, true, &by);
-            }
-            Err(KvError::NotFound) => {
-                let msg = format!(
-                    "key '{}' does not exist; nothing was deleted",
-                    shown(&d.key)
-                );
-                self.send(conn, err(d.id, ErrorCode::NotFound, msg));
-            }
-            Err(KvError::VersionMismatch { current, found }) => {
-                let msg =
-                    Self::version_mismatch(&d.key, d.expect_version.unwrap_or(0), current, found);
-                self.send(conn, err(d.id, ErrorCode::VersionMismatch, msg));
-            }
-            Err(KvError::TooManyKeys) => {}
-        }
-    }
-
-    fn on_kv_watch(&mut self, conn: ConnId, w: proto::KvWatch) {
-        if let Err(e) = validate_client_key(&w.key, self.limits.kv_max_key, w.prefix) {
-            return self.send(conn, err(w.id, ErrorCode::InvalidArgument, e));
-        }
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        if client.watches.contains_key(&w.watch_id) {
-            let msg = format!(
-                "watch id {} is already in use on this connection; pick another id or unwatch first",
-                w.watch_id
-            );
-            return self.send(conn, err(w.id, ErrorCode::InvalidArgument, msg));
-        }
-        if client.watches.len() >= self.limits.max_watches {
-            let msg = format!(
-                "this connection already has {} watches, the limit; unwatch some first",
-                client.watches.len()
-            );
-            return self.send(conn, err(w.id, ErrorCode::LimitExceeded, msg));
-        }
-        client.watches.insert(w.watch_id, (w.key.clone(), w.prefix));
-        let Some(outbox) = self.output.outbox(conn).cloned() else {
-            return;
-        };
-        self.output.push(conn, &outbox, Out::from(Frame::ok(w.id)));
-        let initial: Vec<proto::KvUpdate> = if w.prefix {
-            self.kv
-                .prefixed(&w.key)
-                .map(|(k, v, version)| proto::KvUpdate {
-                    watch_id: w.watch_id,
-                    key: k.to_owned(),
-                    value: v.clone(),
-                    version,
-                    deleted: false,
-                    by: String::new(),
-                })
-                .collect()
-        } else {
-            let cur = self.kv.get(&w.key);
-            if cur.found {
-                vec![proto::KvUpdate {
-                    watch_id: w.watch_id,
-                    key: w.key.clone(),
-                    value: cur.value,
-                    version: cur.version,
-                    deleted: false,
-                    by: String::new(),
-                }]
-            } else {
-                Vec::new()
-            }
-        };
-        for update in initial {
-            self.output
-                .push(conn, &outbox, Out::from(Frame::from(update)));
-        }
-        if w.prefix {
-            self.watch_prefix.push((w.key, conn, w.watch_id));
-        } else {
-            self.watch_exact
-                .entry(w.key)
-                .or_default()
-                .push((conn, w.watch_id));
-        }
-    }
-
-    fn remove_watch_entry(&mut self, conn: ConnId, watch_id: u64, key: &str, prefix: bool) {
-        if prefix {
-            self.watch_prefix
-                .retain(|(k, c, w)| !(*c == conn && *w == watch_id && k == key));
-        } else if let Some(list) = self.watch_exact.get_mut(key) {
-            list.retain(|(c, w)| !(*c == conn && *w == watch_id));
-            if list.is_empty() {
-                self.watch_exact.remove(key);
             }
         }
     }

@@ -73,9 +73,9 @@ use switchboard_wire::is_logged_kind as logged_kind;
 use switchboard_wire::proto::{self, change::Op};
 
 use super::error::ReplicaError;
+use super::kvstore::KvStore;
 use super::{HubStats, Input, Router, RouterConfig};
 use crate::ids::ConnId;
-use crate::kv::KvStore;
 use crate::outbox::Outbox;
 
 /// Connection ids of ghost clients (restored from a snapshot or joined
@@ -183,7 +183,7 @@ impl Router {
             })?,
         };
         r.check_kv_entries(&snapshot.kv)?;
-        r.kv = KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?;
+        r.kv.set_store(KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?);
         r.identity.epoch = snapshot.epoch;
         // What the rebuilding sends is not numbered: the numbering comes
         // from the snapshot.
@@ -214,7 +214,7 @@ impl Router {
             }
             for w in &cs.watches {
                 let w = proto::KvWatch { id: 0, ..w.clone() };
-                r.on_kv_watch(conn, w);
+                r.kv.watch(&mut r.output, conn, w, &r.limits);
             }
             if cs.presence_watch {
                 r.presence.watch(conn);

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::outbox::Taken;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use switchboard_wire::headers::MAX_HEADERS;
 use switchboard_wire::ACK_EVERY;
 
