@@ -29,18 +29,19 @@ mod kv;
 mod kvstore;
 mod output;
 mod presence;
+mod pubsub;
 mod reliable;
 
 use crate::ids::{IdMap, IdSet};
 use crate::limits::Limits;
-use crate::outbox::{DeliverHead, Out, Outbox, QueueLimits};
+use crate::outbox::{Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
-use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 use kv::Kv;
 use output::Output;
 use presence::Presence;
 pub use presence::PresenceEvent;
+use pubsub::PubSub;
 use reliable::{AckNext, Reliable};
 
 /// What the router is told.
@@ -130,10 +131,6 @@ pub struct Inspection {
 
 pub use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
 
-/// Most service subjects whose round-robin turn is remembered; the turns
-/// are forgotten when more are asked for.
-const SERVICE_TURNS_MAX: usize = 4_096;
-
 /// Fixed facts the router needs.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -146,26 +143,11 @@ pub struct RouterConfig {
     pub keepalive: Option<Duration>,
 }
 
-#[derive(Debug)]
-struct Sub {
-    pattern: String,
-    group: Option<(String, GroupId)>,
-    /// A service subscription: it takes requests to matching service
-    /// subjects (in the router's service index), never publishes.
-    service: bool,
-}
-
 /// What a client with the "listen" feature takes (see `proto::Listen`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Listening {
     messages: bool,
     requests: bool,
-}
-
-#[derive(Debug)]
-struct Group {
-    members: Vec<(ConnId, u64, Arc<Outbox>)>,
-    next: usize,
 }
 
 #[derive(Debug)]
@@ -179,7 +161,6 @@ struct Parked {
 struct Client {
     id: String,
     info: proto::ClientInfo,
-    subs: IdMap<u64, Sub>,
     /// Request ids outstanding from this client.
     outgoing: IdSet<u64>,
     /// Requests outstanding to this client, `(requester, id)`.
@@ -187,9 +168,6 @@ struct Client {
     parked: VecDeque<Parked>,
     parked_bytes: usize,
     last_seen: Instant,
-    /// Encoded delivery head of this client's last publish (kept only for
-    /// publishes without reply-to and headers).
-    last_head: Option<(String, DeliverHead)>,
     /// For a client with the "listen" feature: what it takes now; `None`:
     /// everything.
     listen: Option<Listening>,
@@ -204,13 +182,11 @@ impl Client {
             id,
             listen: info.listen.then_some(Listening::default()),
             info,
-            subs: IdMap::default(),
             outgoing: IdSet::default(),
             incoming: IdSet::default(),
             parked: VecDeque::new(),
             parked_bytes: 0,
             last_seen: now,
-            last_head: None,
             detached_until: None,
         }
     }
@@ -236,7 +212,6 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Counters {
     msgs_in: u64,
-    subscriptions: u64,
     undeliverable: u64,
     replies_dropped: u64,
     timeouts: u64,
@@ -249,7 +224,6 @@ struct Counters {
     resumes: u64,
     resume_expired: u64,
     not_listening: u64,
-    no_responders: u64,
     cancels: u64,
 }
 
@@ -264,14 +238,7 @@ pub struct Router {
     last_now: Option<Instant>,
     clients: IdMap<ConnId, Client>,
     by_id: HashMap<String, ConnId>,
-    index: SubIndex,
-    /// Service subscriptions, by pattern (never matched by publishes).
-    services: SubIndex,
-    /// Round-robin position per service subject asked for.
-    service_turns: HashMap<String, usize>,
-    groups: IdMap<GroupId, Group>,
-    group_ids: HashMap<(String, String), GroupId>,
-    next_group: GroupId,
+    pubsub: PubSub,
     pending: IdMap<(ConnId, u64), Pending>,
     timeouts: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
     kv: Kv,
@@ -313,12 +280,7 @@ impl Router {
             last_now: None,
             clients: IdMap::default(),
             by_id: HashMap::new(),
-            index: SubIndex::default(),
-            services: SubIndex::default(),
-            service_turns: HashMap::new(),
-            groups: IdMap::default(),
-            group_ids: HashMap::new(),
-            next_group: 1,
+            pubsub: PubSub::default(),
             pending: IdMap::default(),
             timeouts: BinaryHeap::new(),
             kv: Kv::default(),
@@ -563,7 +525,7 @@ impl Router {
         s.clients
             .store(self.clients.len() as u64, Ordering::Relaxed);
         s.subscriptions
-            .store(self.counters.subscriptions, Ordering::Relaxed);
+            .store(self.pubsub.count(), Ordering::Relaxed);
         s.pending
             .store(self.pending.len() as u64, Ordering::Relaxed);
         s.kv_keys
@@ -588,7 +550,7 @@ impl Router {
             ("resumes", c.resumes),
             ("resume_expired", c.resume_expired),
             ("not_listening", c.not_listening),
-            ("no_responders", c.no_responders),
+            ("no_responders", self.pubsub.no_responders()),
             ("requests_cancelled", c.cancels),
             (
                 "unacked_frames",
@@ -604,7 +566,7 @@ impl Router {
             ("kv_tombstones", self.kv.store().tombstones() as u64),
             ("kv_watches", self.kv.watch_count() as u64),
             ("presence_watchers", self.presence.watchers() as u64),
-            ("queue_groups", self.groups.len() as u64),
+            ("queue_groups", self.pubsub.groups() as u64),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -614,7 +576,7 @@ impl Router {
             identity: Some(self.identity.clone()),
             uptime_s: uptime.as_secs(),
             clients: self.clients.len() as u64,
-            subscriptions: c.subscriptions,
+            subscriptions: self.pubsub.count(),
             msgs_in: c.msgs_in,
             msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
             bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
@@ -644,18 +606,7 @@ impl Router {
             .map(|(conn, c)| {
                 let link = self.output.get(*conn);
                 let reliable = link.map(|l| &l.reliable);
-                let mut subscriptions: Vec<proto::Subscribe> = c
-                    .subs
-                    .iter()
-                    .map(|(sub_id, s)| proto::Subscribe {
-                        id: 0,
-                        sub_id: *sub_id,
-                        pattern: s.pattern.clone(),
-                        queue_group: s.group.as_ref().map(|g| g.0.clone()).unwrap_or_default(),
-                        service: s.service,
-                    })
-                    .collect();
-                subscriptions.sort_by_key(|s| s.sub_id);
+                let subscriptions = self.pubsub.subscriptions_of(*conn);
                 let watches = self.kv.watches_of(*conn);
                 proto::ClientState {
                     info: Some(c.info.clone()),
@@ -997,7 +948,6 @@ impl Router {
             ..info
         };
         c.last_seen = now;
-        c.last_head = None;
         c.detached_until = None;
         let acked = link.reliable.resume(received);
         let id = c.id.clone();
@@ -1007,7 +957,8 @@ impl Router {
         if acked {
             self.output.journal.client_ack(&id, received);
         }
-        self.rewire(key, &outbox);
+        self.pubsub.forget_head(key);
+        self.pubsub.rewire(key, &outbox);
         self.counters.resumes += 1;
         let welcome = self.welcome(&registered, true, last_received);
         self.output.resend(key, welcome);
@@ -1017,51 +968,6 @@ impl Router {
         tracing::debug!(client = %id, received, "client resumed");
         if self.parked_clients.contains(&key) {
             self.retry_parked(now, key);
-        }
-    }
-
-    /// Points the subscription index and queue groups of client `key` at
-    /// `outbox`.
-    fn rewire(&mut self, key: ConnId, outbox: &Arc<Outbox>) {
-        let Some(client) = self.clients.get(&key) else {
-            return;
-        };
-        let subs: Vec<(u64, String, Option<GroupId>, bool)> = client
-            .subs
-            .iter()
-            .map(|(id, s)| {
-                let group = s.group.as_ref().map(|g| g.1);
-                (*id, s.pattern.clone(), group, s.service)
-            })
-            .collect();
-        for (sub_id, pattern, group, service) in subs {
-            match group {
-                None => {
-                    let index = if service {
-                        &mut self.services
-                    } else {
-                        &mut self.index
-                    };
-                    index.remove_sub(&pattern, key, sub_id);
-                    index.insert(
-                        &pattern,
-                        Target::Sub {
-                            conn: key,
-                            sub_id,
-                            outbox: outbox.clone(),
-                        },
-                    );
-                }
-                Some(gid) => {
-                    if let Some(g) = self.groups.get_mut(&gid) {
-                        for m in &mut g.members {
-                            if m.0 == key && m.1 == sub_id {
-                                m.2 = outbox.clone();
-                            }
-                        }
-                    }
-                }
-            }
         }
     }
 
@@ -1079,10 +985,7 @@ impl Router {
         }
         self.detached.remove(&conn);
         self.output.journal.left(&client.id);
-        for (sub_id, sub) in &client.subs {
-            self.remove_sub_entry(conn, *sub_id, sub);
-        }
-        self.counters.subscriptions -= client.subs.len() as u64;
+        self.pubsub.forget(conn);
         self.kv.forget(conn);
         self.presence.unwatch(conn);
         self.parked_clients.remove(&conn);
@@ -1154,12 +1057,7 @@ impl Router {
         self.presence.clear();
         self.parked_clients.clear();
         self.kv.clear_watches();
-        self.index = SubIndex::default();
-        self.services = SubIndex::default();
-        self.service_turns.clear();
-        self.groups.clear();
-        self.group_ids.clear();
-        self.counters.subscriptions = 0;
+        self.pubsub.clear();
     }
 
     fn tick(&mut self, now: Instant) {
@@ -1315,13 +1213,18 @@ impl Router {
             }
         }
         match kind {
-            Kind::Publish(p) => self.on_publish(conn, p),
+            Kind::Publish(p) => {
+                self.pubsub
+                    .publish(&mut self.output, conn, p, self.limits.max_subject);
+            }
             Kind::Direct(d) => self.on_direct(now, conn, d),
             Kind::Request(r) => self.on_request(now, conn, r),
             Kind::Reply(r) => self.on_reply(conn, r),
             Kind::Broadcast(b) => self.on_broadcast(conn, b),
-            Kind::Subscribe(s) => self.on_subscribe(conn, s),
-            Kind::Unsubscribe(u) => self.on_unsubscribe(conn, u),
+            Kind::Subscribe(s) => self
+                .pubsub
+                .subscribe(&mut self.output, conn, s, &self.limits),
+            Kind::Unsubscribe(u) => self.pubsub.unsubscribe(&mut self.output, conn, u),
             Kind::KvSet(s) => self.kv.set(&mut self.output, conn, s, &self.limits),
             Kind::KvGet(g) => self.kv.get(&mut self.output, conn, g),
             Kind::KvDelete(d) => self.kv.delete(&mut self.output, conn, d, &self.limits),
@@ -1378,19 +1281,10 @@ impl Router {
         let mut clients: Vec<proto::ClientInfo> =
             self.clients.values().map(|c| c.info.clone()).collect();
         clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        let mut topics: HashMap<&str, u64> = HashMap::new();
-        for c in self.clients.values() {
-            for sub in c.subs.values() {
-                *topics.entry(sub.pattern.as_str()).or_default() += 1;
-            }
-        }
-        let mut topics: Vec<(String, u64)> =
-            topics.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        topics.sort();
         Inspection {
             status: self.status(now, 0),
             clients,
-            topics,
+            topics: self.pubsub.topics(),
             presence: self.presence.recent().cloned().collect(),
         }
     }
@@ -1404,101 +1298,6 @@ impl Router {
 
     fn sender_id(&self, conn: ConnId) -> String {
         self.output.id(conn).to_owned()
-    }
-
-    fn on_publish(&mut self, conn: ConnId, p: proto::Publish) {
-        // Only valid topics are cached, so a hit needs no validation.
-        let matches = match self.index.cached_matches(&p.topic) {
-            Some(m) => m,
-            None => {
-                if let Err(e) = validate_topic(&p.topic, self.limits.max_subject) {
-                    let msg = format!(
-                        "invalid topic '{}': it {e}; use '.'-separated segments without spaces or wildcards",
-                        shown(&p.topic)
-                    );
-                    return self.send(conn, err(p.id, ErrorCode::InvalidArgument, msg));
-                }
-                self.index.matches(&p.topic)
-            }
-        };
-        if !matches.is_empty() {
-            let Some(client) = self.clients.get_mut(&conn) else {
-                return;
-            };
-            // Only heads of plain publishes (no reply-to, no headers) are
-            // kept: the next publish may carry others.
-            let plain = p.reply_to.is_empty() && p.headers.is_empty();
-            let head = match &client.last_head {
-                Some((topic, head)) if plain && *topic == p.topic => head.clone(),
-                _ => {
-                    let head = DeliverHead::new(&p.topic, &client.id, &p.reply_to, &p.headers);
-                    if plain {
-                        client.last_head = Some((p.topic.clone(), head.clone()));
-                    }
-                    head
-                }
-            };
-            let mut payload = p.payload;
-            let last = matches.len() - 1;
-            for (i, target) in matches.iter().enumerate() {
-                // The last target takes the payload itself: a single
-                // subscriber costs no reference-count traffic at all.
-                let payload = if i == last {
-                    std::mem::take(&mut payload)
-                } else {
-                    payload.clone()
-                };
-                match target {
-                    Target::Sub {
-                        conn: target,
-                        sub_id,
-                        outbox,
-                    } => {
-                        let out = Out::Deliver {
-                            seq: 0,
-                            acked: 0,
-                            sub_id: *sub_id,
-                            head: head.clone(),
-                            payload,
-                        };
-                        self.output.push_droppable(*target, outbox, out);
-                    }
-                    Target::Group(gid) => {
-                        let Some(group) = self.groups.get_mut(gid) else {
-                            continue;
-                        };
-                        let n = group.members.len();
-                        if n == 0 {
-                            continue;
-                        }
-                        // Round-robin, skipping members whose queue is full
-                        // when another has room.
-                        let mut pick = group.next % n;
-                        for i in 0..n {
-                            let cand = (group.next + i) % n;
-                            if !group.members[cand].2.is_full(self.output.q()) {
-                                pick = cand;
-                                break;
-                            }
-                        }
-                        group.next = pick + 1;
-                        let (member, sub_id, outbox) = &group.members[pick];
-                        let (member, sub_id, outbox) = (*member, *sub_id, outbox.clone());
-                        let out = Out::Deliver {
-                            seq: 0,
-                            acked: 0,
-                            sub_id,
-                            head: head.clone(),
-                            payload,
-                        };
-                        self.output.push_droppable(member, &outbox, out);
-                    }
-                }
-            }
-        }
-        if p.id != 0 {
-            self.send(conn, Frame::ok(p.id));
-        }
     }
 
     fn on_direct(&mut self, now: Instant, conn: ConnId, mut d: proto::Direct) {
@@ -1567,7 +1366,12 @@ impl Router {
             }
             (target, 0)
         } else {
-            match self.pick_responder(&mut r) {
+            let named = self.by_id.get(&r.to).copied();
+            let max = self.limits.max_subject;
+            match self
+                .pubsub
+                .pick_responder(&mut self.output, &mut r, named, max)
+            {
                 Ok(picked) => picked,
                 Err((code, msg)) => return self.send(conn, err(r.id, code, msg)),
             }
@@ -1627,104 +1431,6 @@ impl Router {
             kind: WaitKind::Request,
         };
         self.deliver_waitable(now, target, Out::from(Frame::from(r)), waiter);
-    }
-
-    /// The responder of a service request: one of the service
-    /// subscriptions whose pattern matches `r.service`, round-robin,
-    /// skipping one whose queue is full while another has room. Sets
-    /// `r.to` to its client id and returns `(client, sub_id)`, or the
-    /// error to answer.
-    ///
-    /// Which responder is picked depends on how full queues are, which a
-    /// replica cannot know, so the choice travels in the change log: the
-    /// logged request is amended to name the responder (`to`, `sub_id`),
-    /// and a replaying router takes that choice. A request that names both
-    /// `to` and `service` is refused and logged without either, so it is
-    /// refused on replay too.
-    fn pick_responder(
-        &mut self,
-        r: &mut proto::Request,
-    ) -> Result<(ConnId, u64), (ErrorCode, String)> {
-        if !r.to.is_empty() {
-            if self.output.replaying() {
-                let held = self.by_id.get(&r.to).copied().filter(|t| {
-                    self.clients
-                        .get(t)
-                        .and_then(|c| c.subs.get(&r.sub_id))
-                        .is_some_and(|s| s.service)
-                });
-                if let Some(t) = held {
-                    return Ok((t, r.sub_id));
-                }
-            }
-            self.output.journal.amend_request(r.id, |q| {
-                q.to.clear();
-                q.service.clear();
-            });
-            let msg = "a request names either a client ('to') or a service, not both; leave 'to' empty for a service";
-            return Err((ErrorCode::InvalidArgument, msg.into()));
-        }
-        // Only valid subjects are cached, so a hit needs no validation.
-        let matches = match self.services.cached_matches(&r.service) {
-            Some(m) => m,
-            None => {
-                if let Err(e) = validate_topic(&r.service, self.limits.max_subject) {
-                    let msg = format!(
-                        "invalid service '{}': it {e}; use '.'-separated segments without spaces or wildcards",
-                        shown(&r.service)
-                    );
-                    return Err((ErrorCode::InvalidArgument, msg));
-                }
-                self.services.matches(&r.service)
-            }
-        };
-        let members: Vec<(ConnId, u64, &Arc<Outbox>)> = matches
-            .iter()
-            .filter_map(|t| match t {
-                Target::Sub {
-                    conn,
-                    sub_id,
-                    outbox,
-                } => Some((*conn, *sub_id, outbox)),
-                Target::Group(_) => None,
-            })
-            .collect();
-        let n = members.len();
-        if n == 0 {
-            self.counters.no_responders += 1;
-            let msg = format!(
-                "no responder is subscribed to service '{}'; start one or retry later",
-                shown(&r.service)
-            );
-            return Err((ErrorCode::NoResponders, msg));
-        }
-        if self.service_turns.len() >= SERVICE_TURNS_MAX
-            && !self.service_turns.contains_key(&r.service)
-        {
-            self.service_turns.clear();
-        }
-        let turn = self.service_turns.entry(r.service.clone()).or_default();
-        let mut pick = *turn % n;
-        for i in 0..n {
-            let cand = (*turn + i) % n;
-            if !members[cand].2.is_full(self.output.q()) {
-                pick = cand;
-                break;
-            }
-        }
-        *turn = pick + 1;
-        let (target, sub_id, _) = members[pick];
-        r.to = self
-            .clients
-            .get(&target)
-            .map(|c| c.id.clone())
-            .unwrap_or_default();
-        let to = r.to.clone();
-        self.output.journal.amend_request(r.id, |q| {
-            q.to = to;
-            q.sub_id = sub_id;
-        });
-        Ok((target, sub_id))
     }
 
     fn on_cancel(&mut self, conn: ConnId, id: u64) {
@@ -1828,143 +1534,6 @@ impl Router {
             kind: WaitKind::Session,
         };
         self.deliver_waitable(now, target, Out::from(Frame::from(s)), waiter);
-    }
-
-    fn on_subscribe(&mut self, conn: ConnId, s: proto::Subscribe) {
-        if let Err(e) = validate_pattern(&s.pattern, self.limits.max_subject) {
-            let msg = format!(
-                "invalid pattern '{}': it {e}; use '.'-separated segments, '*' for one segment, '>' as the last for the rest",
-                shown(&s.pattern)
-            );
-            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
-        }
-        if s.queue_group.len() > self.limits.max_subject
-            || s.queue_group
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            let msg = "invalid queue group: use a short name without spaces or control characters";
-            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
-        }
-        if s.service && !s.queue_group.is_empty() {
-            let msg = "a service subscription takes no queue group: requests are spread over all responders already; leave queue_group empty";
-            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
-        }
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        if client.subs.contains_key(&s.sub_id) {
-            let msg = format!(
-                "subscription id {} is already in use on this connection; pick another id or unsubscribe first",
-                s.sub_id
-            );
-            return self.send(conn, err(s.id, ErrorCode::InvalidArgument, msg));
-        }
-        if client.subs.len() >= self.limits.max_subscriptions {
-            let msg = format!(
-                "this connection already has {} subscriptions, the limit; unsubscribe some first",
-                client.subs.len()
-            );
-            return self.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
-        }
-        let Some(outbox) = self.output.outbox(conn).cloned() else {
-            return;
-        };
-        let group = if s.service {
-            self.services.insert(
-                &s.pattern,
-                Target::Sub {
-                    conn,
-                    sub_id: s.sub_id,
-                    outbox,
-                },
-            );
-            None
-        } else if s.queue_group.is_empty() {
-            self.index.insert(
-                &s.pattern,
-                Target::Sub {
-                    conn,
-                    sub_id: s.sub_id,
-                    outbox,
-                },
-            );
-            None
-        } else {
-            let key = (s.pattern.clone(), s.queue_group.clone());
-            let gid = match self.group_ids.get(&key) {
-                Some(g) => *g,
-                None => {
-                    let g = self.next_group;
-                    self.next_group += 1;
-                    self.group_ids.insert(key, g);
-                    self.groups.insert(
-                        g,
-                        Group {
-                            members: Vec::new(),
-                            next: 0,
-                        },
-                    );
-                    self.index.insert(&s.pattern, Target::Group(g));
-                    g
-                }
-            };
-            if let Some(g) = self.groups.get_mut(&gid) {
-                g.members.push((conn, s.sub_id, outbox));
-            }
-            Some((s.queue_group.clone(), gid))
-        };
-        if let Some(client) = self.clients.get_mut(&conn) {
-            client.subs.insert(
-                s.sub_id,
-                Sub {
-                    pattern: s.pattern,
-                    group,
-                    service: s.service,
-                },
-            );
-        }
-        self.counters.subscriptions += 1;
-        self.send(conn, Frame::ok(s.id));
-    }
-
-    fn remove_sub_entry(&mut self, conn: ConnId, sub_id: u64, sub: &Sub) {
-        match &sub.group {
-            None if sub.service => self.services.remove_sub(&sub.pattern, conn, sub_id),
-            None => self.index.remove_sub(&sub.pattern, conn, sub_id),
-            Some((name, gid)) => {
-                let empty = match self.groups.get_mut(gid) {
-                    Some(g) => {
-                        g.members.retain(|(c, s, _)| !(*c == conn && *s == sub_id));
-                        g.members.is_empty()
-                    }
-                    None => false,
-                };
-                if empty {
-                    self.groups.remove(gid);
-                    self.group_ids.remove(&(sub.pattern.clone(), name.clone()));
-                    self.index.remove_group(&sub.pattern, *gid);
-                }
-            }
-        }
-    }
-
-    fn on_unsubscribe(&mut self, conn: ConnId, u: proto::Unsubscribe) {
-        let sub = self
-            .clients
-            .get_mut(&conn)
-            .and_then(|c| c.subs.remove(&u.sub_id));
-        match sub {
-            Some(sub) => {
-                self.remove_sub_entry(conn, u.sub_id, &sub);
-                self.counters.subscriptions -= 1;
-                self.send(conn, Frame::ok(u.id));
-            }
-            None => {
-                let msg = format!("no subscription with id {} on this connection", u.sub_id);
-                self.send(conn, err(u.id, ErrorCode::NotFound, msg));
-            }
-        }
     }
 }
 

@@ -210,7 +210,7 @@ impl Router {
             }
             for s in &cs.subscriptions {
                 let s = proto::Subscribe { id: 0, ..s.clone() };
-                r.on_subscribe(conn, s);
+                r.pubsub.subscribe(&mut r.output, conn, s, &r.limits);
             }
             for w in &cs.watches {
                 let w = proto::KvWatch { id: 0, ..w.clone() };
@@ -282,11 +282,11 @@ impl Router {
         let client = self.clients.get_mut(&conn)?;
         self.output.get_mut(conn)?.outbox = outbox.clone();
         client.last_seen = now;
-        client.last_head = None;
         client.detached_until = None;
         let info = client.info.clone();
         self.detached.remove(&conn);
-        self.rewire(conn, &outbox);
+        self.pubsub.forget_head(conn);
+        self.pubsub.rewire(conn, &outbox);
         if let Some(k) = self.keepalive {
             self.next_idle_check
                 .get_or_insert(now + k.min(super::IDLE_CHECK));
