@@ -7,7 +7,7 @@
 //! standby can rebuild the same state by replaying the same inputs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ mod kvstore;
 mod output;
 mod presence;
 mod pubsub;
+mod registry;
 mod reliable;
 
 use crate::ids::{IdMap, IdSet};
@@ -42,6 +43,7 @@ use output::Output;
 use presence::Presence;
 pub use presence::PresenceEvent;
 use pubsub::PubSub;
+use registry::Registry;
 use reliable::{AckNext, Reliable};
 
 /// What the router is told.
@@ -143,65 +145,6 @@ pub struct RouterConfig {
     pub keepalive: Option<Duration>,
 }
 
-/// What a client with the "listen" feature takes (see `proto::Listen`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Listening {
-    messages: bool,
-    requests: bool,
-}
-
-#[derive(Debug)]
-struct Parked {
-    out: Out,
-    len: usize,
-    waiter: Waiter,
-}
-
-#[derive(Debug)]
-struct Client {
-    id: String,
-    info: proto::ClientInfo,
-    /// Request ids outstanding from this client.
-    outgoing: IdSet<u64>,
-    /// Requests outstanding to this client, `(requester, id)`.
-    incoming: IdSet<(ConnId, u64)>,
-    parked: VecDeque<Parked>,
-    parked_bytes: usize,
-    last_seen: Instant,
-    /// For a client with the "listen" feature: what it takes now; `None`:
-    /// everything.
-    listen: Option<Listening>,
-    /// Lost its connection (or its hub took over): leaves at this time
-    /// unless it resumes.
-    detached_until: Option<Instant>,
-}
-
-impl Client {
-    fn new(id: String, info: proto::ClientInfo, now: Instant) -> Client {
-        Client {
-            id,
-            listen: info.listen.then_some(Listening::default()),
-            info,
-            outgoing: IdSet::default(),
-            incoming: IdSet::default(),
-            parked: VecDeque::new(),
-            parked_bytes: 0,
-            last_seen: now,
-            detached_until: None,
-        }
-    }
-
-    /// Whether it takes `Direct` and `Broadcast` messages now.
-    fn takes_messages(&self) -> bool {
-        self.listen.is_none_or(|l| l.messages)
-    }
-
-    /// Whether it takes `Request`s to its client id now.
-    fn takes_requests(&self) -> bool {
-        self.listen.is_none_or(|l| l.requests)
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     target: ConnId,
@@ -236,8 +179,7 @@ pub struct Router {
     stats: Arc<HubStats>,
     started: Option<Instant>,
     last_now: Option<Instant>,
-    clients: IdMap<ConnId, Client>,
-    by_id: HashMap<String, ConnId>,
+    registry: Registry,
     pubsub: PubSub,
     pending: IdMap<(ConnId, u64), Pending>,
     timeouts: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
@@ -248,11 +190,6 @@ pub struct Router {
     next_idle_check: Option<Instant>,
     shutting_down: bool,
     counters: Counters,
-    /// Connections attached to a client registered under another
-    /// connection id (resumed clients), transport id → registry id.
-    alias: IdMap<ConnId, ConnId>,
-    /// Clients waiting to resume.
-    detached: IdSet<ConnId>,
     /// The clients' links: outboxes, reliable numbering, the change log.
     output: Output,
     /// Reliable clients owed an `Ack` at these times (in time order: the
@@ -278,8 +215,7 @@ impl Router {
             stats,
             started: None,
             last_now: None,
-            clients: IdMap::default(),
-            by_id: HashMap::new(),
+            registry: Registry::default(),
             pubsub: PubSub::default(),
             pending: IdMap::default(),
             timeouts: BinaryHeap::new(),
@@ -291,8 +227,6 @@ impl Router {
             shutting_down: false,
             counters: Counters::default(),
             output: Output::new(q),
-            alias: IdMap::default(),
-            detached: IdSet::default(),
             ack_timers: VecDeque::new(),
             handover: false,
         }
@@ -311,7 +245,7 @@ impl Router {
 
     /// Registered clients.
     pub fn client_count(&self) -> usize {
-        self.clients.len()
+        self.registry.len()
     }
 
     /// Requests outstanding.
@@ -376,7 +310,7 @@ impl Router {
             }
             Input::Refused { conn, notice } => {
                 if let Some(key) = self.resolve(conn) {
-                    if let Some(c) = self.clients.get_mut(&key) {
+                    if let Some(c) = self.registry.get_mut(key) {
                         c.last_seen = now;
                         self.counters.msgs_in += 1;
                         self.counters.unsupported += 1;
@@ -405,16 +339,13 @@ impl Router {
     /// transport is still the one attached to it (inputs of a replaced
     /// connection are ignored).
     fn resolve(&self, conn: ConnId) -> Option<ConnId> {
-        let key = self.alias.get(&conn).copied().unwrap_or(conn);
+        let key = self.registry.key_of(conn);
         let link = self.output.get(key)?;
         (link.outbox.conn() == conn).then_some(key)
     }
 
     fn disconnected(&mut self, now: Instant, key: ConnId, notice: Option<Frame>, reason: &str) {
-        let Some(client) = self.clients.get_mut(&key) else {
-            return;
-        };
-        let Some(link) = self.output.get(key) else {
+        let (Some(client), Some(link)) = (self.registry.get(key), self.output.get(key)) else {
             return;
         };
         let outbox = link.outbox.clone();
@@ -424,9 +355,8 @@ impl Router {
             // Kept while it reconnects: frames for it are numbered and
             // kept in its retransmit buffer (the closed outbox discards
             // them), and it leaves when the resume window ends.
-            client.detached_until = Some(now + self.limits.resume_window);
-            self.detached.insert(key);
-            tracing::debug!(client = %client.id, reason, "reliable client detached; waiting for it to resume");
+            tracing::debug!(client = %client.id(), reason, "reliable client detached; waiting for it to resume");
+            self.registry.detach(key, now + self.limits.resume_window);
         } else {
             self.leave(key, reason);
         }
@@ -507,10 +437,8 @@ impl Router {
         if let Some((t, _)) = self.ack_timers.front() {
             consider(*t);
         }
-        for key in &self.detached {
-            if let Some(t) = self.clients.get(key).and_then(|c| c.detached_until) {
-                consider(t);
-            }
+        if let Some(t) = self.registry.next_expiry() {
+            consider(t);
         }
         next
     }
@@ -523,7 +451,7 @@ impl Router {
             .store(self.output.journal.repl_seq(), Ordering::Relaxed);
         s.msgs_in.store(self.counters.msgs_in, Ordering::Relaxed);
         s.clients
-            .store(self.clients.len() as u64, Ordering::Relaxed);
+            .store(self.registry.len() as u64, Ordering::Relaxed);
         s.subscriptions
             .store(self.pubsub.count(), Ordering::Relaxed);
         s.pending
@@ -561,7 +489,10 @@ impl Router {
             ),
             (
                 "parked_now",
-                self.clients.values().map(|c| c.parked.len() as u64).sum(),
+                self.registry
+                    .iter()
+                    .map(|(_, c)| c.parked.len() as u64)
+                    .sum(),
             ),
             ("kv_tombstones", self.kv.store().tombstones() as u64),
             ("kv_watches", self.kv.watch_count() as u64),
@@ -575,7 +506,7 @@ impl Router {
             id,
             identity: Some(self.identity.clone()),
             uptime_s: uptime.as_secs(),
-            clients: self.clients.len() as u64,
+            clients: self.registry.len() as u64,
             subscriptions: self.pubsub.count(),
             msgs_in: c.msgs_in,
             msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
@@ -601,7 +532,7 @@ impl Router {
     /// included).
     pub fn snapshot(&self) -> proto::Snapshot {
         let mut clients: Vec<proto::ClientState> = self
-            .clients
+            .registry
             .iter()
             .map(|(conn, c)| {
                 let link = self.output.get(*conn);
@@ -680,7 +611,7 @@ impl Router {
 
     /// Delivers a frame that may wait for room; answers or fails the waiter.
     fn deliver_waitable(&mut self, now: Instant, target: ConnId, out: Out, waiter: Waiter) {
-        let (Some(t), Some(outbox)) = (self.clients.get_mut(&target), self.output.outbox(target))
+        let (Some(t), Some(outbox)) = (self.registry.get_mut(target), self.output.outbox(target))
         else {
             return self.fail_waiter(waiter, ErrorCode::TargetGone, "the target left");
         };
@@ -693,7 +624,7 @@ impl Router {
         if t.parked.len() >= self.limits.max_parked_frames
             || t.parked_bytes + len > self.limits.max_parked_bytes
         {
-            let id = shown(&t.id);
+            let id = shown(t.id());
             return self.fail_waiter(
                 waiter,
                 ErrorCode::QueueFull,
@@ -701,7 +632,7 @@ impl Router {
             );
         }
         t.parked_bytes += len;
-        t.parked.push_back(Parked { out, len, waiter });
+        t.parked.push_back(registry::Parked { out, len, waiter });
         outbox.request_drained();
         self.parked_clients.insert(target);
         self.counters.parked_total += 1;
@@ -742,15 +673,15 @@ impl Router {
     /// Removes the bookkeeping of request `(requester, id)` (already removed
     /// from `pending`).
     fn forget_request(&mut self, requester: ConnId, id: u64, target: Option<ConnId>) {
-        if let Some(r) = self.clients.get_mut(&requester) {
+        if let Some(r) = self.registry.get_mut(requester) {
             r.outgoing.remove(&id);
         }
         if let Some(t) = target {
-            if let Some(t) = self.clients.get_mut(&t) {
+            if let Some(t) = self.registry.get_mut(t) {
                 t.incoming.remove(&(requester, id));
             }
         } else {
-            for c in self.clients.values_mut() {
+            for (_, c) in self.registry.iter_mut() {
                 if c.incoming.remove(&(requester, id)) {
                     break;
                 }
@@ -761,7 +692,7 @@ impl Router {
     fn retry_parked(&mut self, now: Instant, conn: ConnId) {
         let mut ready = Vec::new();
         let mut expired = Vec::new();
-        let (Some(t), Some(outbox)) = (self.clients.get_mut(&conn), self.output.outbox(conn))
+        let (Some(t), Some(outbox)) = (self.registry.get_mut(conn), self.output.outbox(conn))
         else {
             self.parked_clients.remove(&conn);
             return;
@@ -793,7 +724,7 @@ impl Router {
         } else {
             outbox.request_drained();
         }
-        let target = shown(&t.id);
+        let target = shown(t.id());
         for p in ready {
             self.output.push(conn, &outbox, p.out);
             self.waiter_done(p.waiter);
@@ -823,7 +754,7 @@ impl Router {
             return;
         }
         let id = info.client_id.clone();
-        if let Some(&old) = self.by_id.get(&id) {
+        if let Some(old) = self.registry.lookup(&id) {
             if let Some(old_outbox) = self.output.outbox(old).cloned() {
                 tracing::info!(client = %id, "client id taken over by a new connection");
                 old_outbox.close(Some(Frame::goodbye(
@@ -837,13 +768,13 @@ impl Router {
                 self.counters.takeovers += 1;
                 self.leave(old, "taken over by a new connection");
             }
-        } else if self.clients.len() >= self.limits.max_clients {
+        } else if self.registry.len() >= self.limits.max_clients {
             outbox.close(Some(err(
                 0,
                 ErrorCode::LimitExceeded,
                 format!(
                     "the hub already serves {} clients, its limit; try again later or raise the limit",
-                    self.clients.len()
+                    self.registry.len()
                 ),
             )));
             self.closing.push_back((now + CLOSE_GRACE, outbox));
@@ -851,12 +782,9 @@ impl Router {
         }
         self.output.journal.joined(&info);
         let welcome = self.welcome(&info, false, 0);
-        self.clients
-            .insert(conn, Client::new(id.clone(), info.clone(), now));
-        self.output
-            .insert(conn, id.clone(), outbox.clone(), info.reliable);
+        self.registry.register(conn, info.clone(), now);
+        self.output.insert(conn, id, outbox.clone(), info.reliable);
         self.output.push(conn, &outbox, Out::from(welcome));
-        self.by_id.insert(id, conn);
         if let Some(k) = self.keepalive {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
@@ -904,7 +832,7 @@ impl Router {
         outbox: Arc<Outbox>,
         resume: proto::Resume,
     ) {
-        let key = self.by_id.get(&info.client_id).copied();
+        let key = self.registry.lookup(&info.client_id);
         match key {
             Some(key)
                 if info.reliable
@@ -930,30 +858,25 @@ impl Router {
         outbox: Arc<Outbox>,
         received: u64,
     ) {
-        let (Some(c), Some(link)) = (self.clients.get_mut(&key), self.output.get_mut(key)) else {
+        let (Some(c), Some(link)) = (self.registry.get_mut(key), self.output.get_mut(key)) else {
             return;
         };
         let old = std::mem::replace(&mut link.outbox, outbox.clone());
         // An older connection of the same client, if still open, is
         // replaced without a word (the client itself moved on).
         old.kill(None);
-        self.alias.remove(&old.conn());
-        if conn != key {
-            self.alias.insert(conn, key);
-        }
         // The "listen" feature stays what it was, like its flags.
         c.info = proto::ClientInfo {
             reliable: true,
             listen: c.info.listen,
             ..info
         };
-        c.last_seen = now;
-        c.detached_until = None;
         let acked = link.reliable.resume(received);
-        let id = c.id.clone();
+        let id = c.id().to_owned();
         let last_received = link.reliable.last_received();
         let registered = c.info.clone();
-        self.detached.remove(&key);
+        self.registry.realias(old.conn(), conn, key);
+        self.registry.attach(key, now);
         if acked {
             self.output.journal.client_ack(&id, received);
         }
@@ -974,17 +897,11 @@ impl Router {
     /// Unregisters `conn` and cleans up everything it owned. Its outbox must
     /// already be closed or killed by the caller.
     fn leave(&mut self, conn: ConnId, reason: &str) {
-        let Some(client) = self.clients.remove(&conn) else {
+        let via = self.output.remove(conn).map(|l| l.outbox.conn());
+        let Some(client) = self.registry.remove(conn, via) else {
             return;
         };
-        if self.by_id.get(&client.id) == Some(&conn) {
-            self.by_id.remove(&client.id);
-        }
-        if let Some(link) = self.output.remove(conn) {
-            self.alias.remove(&link.outbox.conn());
-        }
-        self.detached.remove(&conn);
-        self.output.journal.left(&client.id);
+        self.output.journal.left(client.id());
         self.pubsub.forget(conn);
         self.kv.forget(conn);
         self.presence.unwatch(conn);
@@ -992,14 +909,14 @@ impl Router {
         // Requests this client made: forget them (answers have nobody to go to).
         for id in &client.outgoing {
             if let Some(p) = self.pending.remove(&(conn, *id)) {
-                if let Some(t) = self.clients.get_mut(&p.target) {
+                if let Some(t) = self.registry.get_mut(p.target) {
                     t.incoming.remove(&(conn, *id));
                 }
             }
         }
         if !client.outgoing.is_empty() {
             for t in self.parked_clients.clone() {
-                if let Some(t) = self.clients.get_mut(&t) {
+                if let Some(t) = self.registry.get_mut(t) {
                     t.parked
                         .retain(|p| p.waiter.kind != WaitKind::Request || p.waiter.sender != conn);
                     t.parked_bytes = t.parked.iter().map(|p| p.len).sum();
@@ -1009,25 +926,25 @@ impl Router {
         // Requests to this client: their requesters learn it left.
         let gone = format!(
             "client '{}' left before answering ({reason}); retry when it is back",
-            shown(&client.id)
+            shown(client.id())
         );
         let mut incoming: Vec<(ConnId, u64)> = client.incoming.iter().copied().collect();
         incoming.sort_unstable();
         for (requester, id) in incoming {
             if self.pending.remove(&(requester, id)).is_some() {
-                if let Some(r) = self.clients.get_mut(&requester) {
+                if let Some(r) = self.registry.get_mut(requester) {
                     r.outgoing.remove(&id);
                 }
                 self.send(requester, err(id, ErrorCode::TargetGone, gone.clone()));
             }
         }
+        tracing::debug!(client = %client.id(), reason, "client left");
         // Other messages waiting for it.
         for p in client.parked {
             if p.waiter.kind != WaitKind::Request {
                 self.fail_waiter(p.waiter, ErrorCode::TargetGone, &gone);
             }
         }
-        tracing::debug!(client = %client.id, reason, "client left");
         self.presence.event(
             &mut self.output,
             conn,
@@ -1049,9 +966,8 @@ impl Router {
             self.closing
                 .push_back((now + CLOSE_GRACE, link.outbox.clone()));
         }
-        self.clients.clear();
+        self.registry.clear();
         self.output.clear();
-        self.by_id.clear();
         self.pending.clear();
         self.timeouts.clear();
         self.presence.clear();
@@ -1071,8 +987,8 @@ impl Router {
                 .get_mut(key)
                 .and_then(|l| l.reliable.timer_fired());
             let attached = self
-                .clients
-                .get(&key)
+                .registry
+                .get(key)
                 .is_some_and(|c| c.detached_until.is_none());
             if owed.is_some() && attached {
                 self.output.send_ack(key);
@@ -1097,9 +1013,9 @@ impl Router {
                     self.forget_request(requester, id, Some(p.target));
                     self.counters.timeouts += 1;
                     let target = self
-                        .clients
-                        .get(&p.target)
-                        .map(|c| shown(&c.id))
+                        .registry
+                        .get(p.target)
+                        .map(|c| shown(c.id()))
                         .unwrap_or_default();
                     self.send(
                         requester,
@@ -1126,41 +1042,14 @@ impl Router {
                 outbox.kill(None);
             }
         }
-        if !self.detached.is_empty() {
-            let mut expired: Vec<(&str, ConnId)> = self
-                .detached
-                .iter()
-                .filter_map(|k| {
-                    let c = self.clients.get(k)?;
-                    c.detached_until
-                        .is_some_and(|t| t <= now)
-                        .then_some((c.id.as_str(), *k))
-                })
-                .collect();
-            expired.sort_unstable();
-            let expired: Vec<ConnId> = expired.into_iter().map(|(_, k)| k).collect();
-            for key in expired {
-                self.counters.resume_expired += 1;
-                self.leave(key, "did not resume");
-            }
+        for key in self.registry.expired(now) {
+            self.counters.resume_expired += 1;
+            self.leave(key, "did not resume");
         }
         if let (Some(k), Some(t)) = (self.keepalive, self.next_idle_check) {
             if t <= now {
                 let limit = k * 3;
-                let mut idle: Vec<(&str, ConnId)> = self
-                    .clients
-                    .iter()
-                    .filter(|(_, c)| {
-                        c.detached_until.is_none()
-                            && now.saturating_duration_since(c.last_seen) > limit
-                    })
-                    .map(|(conn, c)| (c.id.as_str(), *conn))
-                    .collect();
-                // In client id order, not connection order: the departures
-                // (and the change log) must not depend on connection ids.
-                idle.sort_unstable();
-                let idle: Vec<ConnId> = idle.into_iter().map(|(_, conn)| conn).collect();
-                for conn in idle {
+                for conn in self.registry.idle(now, limit) {
                     if let Some(outbox) = self.output.outbox(conn).cloned() {
                         outbox.close(Some(Frame::goodbye(
                             ErrorCode::Timeout,
@@ -1174,7 +1063,7 @@ impl Router {
                         self.leave(conn, "idle");
                     }
                 }
-                self.next_idle_check = if self.clients.is_empty() {
+                self.next_idle_check = if self.registry.len() == 0 {
                     None
                 } else {
                     Some(now + k.min(IDLE_CHECK))
@@ -1187,7 +1076,7 @@ impl Router {
 
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
         self.counters.msgs_in += 1;
-        if let Some(c) = self.clients.get_mut(&conn) {
+        if let Some(c) = self.registry.get_mut(conn) {
             c.last_seen = now;
         }
         let Some(kind) = frame.kind else {
@@ -1236,12 +1125,12 @@ impl Router {
                     self.send(conn, Frame::ok(p.id));
                 } else {
                     self.presence.watch(conn);
-                    let list = self.client_list(p.id);
+                    let list = self.registry.client_list(p.id);
                     self.send(conn, list);
                 }
             }
             Kind::ListClients(l) => {
-                let list = self.client_list(l.id);
+                let list = self.registry.client_list(l.id);
                 self.send(conn, list);
             }
             Kind::StatusRequest(s) => {
@@ -1278,22 +1167,12 @@ impl Router {
 
     /// The operators' view at `now`.
     pub fn inspect(&self, now: Instant) -> Inspection {
-        let mut clients: Vec<proto::ClientInfo> =
-            self.clients.values().map(|c| c.info.clone()).collect();
-        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         Inspection {
             status: self.status(now, 0),
-            clients,
+            clients: self.registry.infos(),
             topics: self.pubsub.topics(),
             presence: self.presence.recent().cloned().collect(),
         }
-    }
-
-    fn client_list(&self, id: u64) -> Frame {
-        let mut clients: Vec<proto::ClientInfo> =
-            self.clients.values().map(|c| c.info.clone()).collect();
-        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        proto::ClientList { id, clients }.into()
     }
 
     fn sender_id(&self, conn: ConnId) -> String {
@@ -1301,7 +1180,7 @@ impl Router {
     }
 
     fn on_direct(&mut self, now: Instant, conn: ConnId, mut d: proto::Direct) {
-        let Some(&target) = self.by_id.get(&d.to) else {
+        let Some(target) = self.registry.lookup(&d.to) else {
             if d.id != 0 {
                 let msg = format!(
                     "no client named '{}' is connected; check the id or wait for it to join",
@@ -1313,12 +1192,12 @@ impl Router {
             }
             return;
         };
-        if let Some(t) = self.clients.get(&target).filter(|t| !t.takes_messages()) {
+        if let Some(t) = self.registry.get(target).filter(|t| !t.takes_messages()) {
             self.counters.not_listening += 1;
             if d.id != 0 {
                 let msg = format!(
                     "client '{}' does not take direct messages now; retry once it listens",
-                    shown(&t.id)
+                    shown(t.id())
                 );
                 self.send(conn, err(d.id, ErrorCode::NotListening, msg));
             } else {
@@ -1349,24 +1228,24 @@ impl Router {
             );
         }
         let (target, sub_id) = if r.service.is_empty() {
-            let Some(&target) = self.by_id.get(&r.to) else {
+            let Some(target) = self.registry.lookup(&r.to) else {
                 let msg = format!(
                     "no client named '{}' is connected; check the id or wait for it to join",
                     shown(&r.to)
                 );
                 return self.send(conn, err(r.id, ErrorCode::NoSuchClient, msg));
             };
-            if let Some(t) = self.clients.get(&target).filter(|t| !t.takes_requests()) {
+            if let Some(t) = self.registry.get(target).filter(|t| !t.takes_requests()) {
                 self.counters.not_listening += 1;
                 let msg = format!(
                     "client '{}' does not serve requests now; retry once it listens",
-                    shown(&t.id)
+                    shown(t.id())
                 );
                 return self.send(conn, err(r.id, ErrorCode::NotListening, msg));
             }
             (target, 0)
         } else {
-            let named = self.by_id.get(&r.to).copied();
+            let named = self.registry.lookup(&r.to);
             let max = self.limits.max_subject;
             match self
                 .pubsub
@@ -1376,7 +1255,7 @@ impl Router {
                 Err((code, msg)) => return self.send(conn, err(r.id, code, msg)),
             }
         };
-        let Some(client) = self.clients.get_mut(&conn) else {
+        let Some(client) = self.registry.get_mut(conn) else {
             return;
         };
         if client.outgoing.contains(&r.id) {
@@ -1400,9 +1279,9 @@ impl Router {
         };
         let deadline = now + timeout;
         client.outgoing.insert(r.id);
-        r.from = client.id.clone();
+        r.from = client.id().to_owned();
         r.sub_id = sub_id;
-        if let Some(t) = self.clients.get_mut(&target) {
+        if let Some(t) = self.registry.get_mut(target) {
             t.incoming.insert((conn, r.id));
         }
         self.pending.insert(
@@ -1440,7 +1319,7 @@ impl Router {
         self.forget_request(conn, id, Some(p.target));
         self.counters.cancels += 1;
         // Still waiting for room at the target: it need not go at all.
-        if let Some(t) = self.clients.get_mut(&p.target) {
+        if let Some(t) = self.registry.get_mut(p.target) {
             if !t.parked.is_empty() {
                 t.parked.retain(|q| {
                     !(q.waiter.kind == WaitKind::Request
@@ -1456,14 +1335,14 @@ impl Router {
     }
 
     fn on_listen(&mut self, conn: ConnId, l: proto::Listen) {
-        let Some(c) = self.clients.get_mut(&conn) else {
+        let Some(c) = self.registry.get_mut(conn) else {
             return;
         };
         let Some(flags) = c.listen.as_mut() else {
             let msg = "listen needs the \"listen\" feature in Hello.features; without it a client takes direct messages and requests always";
             return self.send(conn, err(l.id, ErrorCode::Unsupported, msg));
         };
-        *flags = Listening {
+        *flags = registry::Listening {
             messages: l.messages,
             requests: l.requests,
         };
@@ -1473,7 +1352,7 @@ impl Router {
     }
 
     fn on_reply(&mut self, conn: ConnId, mut r: proto::Reply) {
-        let Some(&requester) = self.by_id.get(&r.to) else {
+        let Some(requester) = self.registry.lookup(&r.to) else {
             self.counters.replies_dropped += 1;
             return;
         };
@@ -1504,7 +1383,7 @@ impl Router {
             headers: b.headers,
         });
         let targets: Vec<(ConnId, Arc<Outbox>)> = self
-            .clients
+            .registry
             .iter()
             .filter(|(c, client)| **c != conn && client.takes_messages())
             .filter_map(|(c, _)| Some((*c, self.output.outbox(*c)?.clone())))
@@ -1519,7 +1398,7 @@ impl Router {
     }
 
     fn on_session(&mut self, now: Instant, conn: ConnId, mut s: proto::Session) {
-        let Some(&target) = self.by_id.get(&s.peer) else {
+        let Some(target) = self.registry.lookup(&s.peer) else {
             let msg = format!(
                 "no client named '{}' is connected; the session frame was not delivered",
                 shown(&s.peer)

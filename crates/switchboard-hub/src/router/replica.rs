@@ -193,7 +193,7 @@ impl Router {
                 ReplicaError::Invalid("a client state without client info".into())
             })?;
             validate_client_id(&info.client_id)?;
-            if r.by_id.contains_key(&info.client_id) {
+            if r.registry.lookup(&info.client_id).is_some() {
                 return Err(ReplicaError::Invalid(format!(
                     "client '{}' appears twice",
                     super::shown(&info.client_id)
@@ -202,7 +202,7 @@ impl Router {
             let conn = ConnId(GHOST_CONN_BASE + i as u64);
             let id = info.client_id.clone();
             r.on_connect(now, conn, info, ghost_outbox(conn));
-            if r.by_id.get(&id) != Some(&conn) {
+            if r.registry.lookup(&id) != Some(conn) {
                 return Err(ReplicaError::Diverged(format!(
                     "client '{}' could not be registered",
                     super::shown(&id)
@@ -219,11 +219,11 @@ impl Router {
             if cs.presence_watch {
                 r.presence.watch(conn);
             }
-            if let (Some(l), Some(c)) = (&cs.listen, r.clients.get_mut(&conn)) {
+            if let (Some(l), Some(c)) = (&cs.listen, r.registry.get_mut(conn)) {
                 // A client without the feature keeps `None`: the check
                 // below refuses such a snapshot.
                 if let Some(flags) = c.listen.as_mut() {
-                    *flags = super::Listening {
+                    *flags = super::registry::Listening {
                         messages: l.messages,
                         requests: l.requests,
                     };
@@ -264,7 +264,7 @@ impl Router {
     /// The connection id of `client_id` if a ghost holds it (a client
     /// restored from a snapshot or replicated, with no socket yet).
     pub fn ghost_conn(&self, client_id: &str) -> Option<ConnId> {
-        let conn = *self.by_id.get(client_id)?;
+        let conn = self.registry.lookup(client_id)?;
         // A ghost's outbox was never open; a claimed one is.
         let ghost = conn.0 >= GHOST_CONN_BASE && !self.output.outbox(conn)?.is_open();
         ghost.then_some(conn)
@@ -279,12 +279,9 @@ impl Router {
     /// held by a ghost (a normal `Input::Connect` takes it over then).
     pub fn claim(&mut self, now: Instant, client_id: &str, outbox: Arc<Outbox>) -> Option<ConnId> {
         let conn = self.ghost_conn(client_id)?;
-        let client = self.clients.get_mut(&conn)?;
+        let info = self.registry.get(conn)?.info.clone();
         self.output.get_mut(conn)?.outbox = outbox.clone();
-        client.last_seen = now;
-        client.detached_until = None;
-        let info = client.info.clone();
-        self.detached.remove(&conn);
+        self.registry.attach(conn, now);
         self.pubsub.forget_head(conn);
         self.pubsub.rewire(conn, &outbox);
         if let Some(k) = self.keepalive {
@@ -364,13 +361,12 @@ impl Replica {
         r.identity = identity;
         r.keepalive = keepalive;
         let until = now + r.limits.resume_window;
-        let keys: Vec<ConnId> = r.clients.keys().copied().collect();
+        let keys: Vec<ConnId> = r.registry.iter().map(|(k, _)| *k).collect();
         for key in keys {
-            if let Some(c) = r.clients.get_mut(&key) {
-                c.detached_until = Some(until);
+            r.registry.detach(key, until);
+            if let Some(c) = r.registry.get_mut(key) {
                 c.last_seen = now;
             }
-            r.detached.insert(key);
         }
         if let Some(k) = keepalive {
             r.next_idle_check = Some(now + k.min(super::IDLE_CHECK));
@@ -418,7 +414,7 @@ impl Replica {
                 ))
             }
             Some(Op::ClientFrame(cf)) => {
-                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                let Some(conn) = r.registry.lookup(&cf.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
                 let frame = cf
@@ -444,7 +440,7 @@ impl Replica {
                 let id = info.client_id.clone();
                 let outbox = ghost_outbox(conn);
                 r.handle(now, Input::Connect { conn, info, outbox });
-                if r.by_id.get(&id) != Some(&conn) {
+                if r.registry.lookup(&id) != Some(conn) {
                     return Err(ReplicaError::Diverged(format!(
                         "client '{}' could not be registered",
                         super::shown(&id)
@@ -452,7 +448,7 @@ impl Replica {
                 }
             }
             Some(Op::ClientLeft(id)) => {
-                let Some(&conn) = r.by_id.get(&id) else {
+                let Some(conn) = r.registry.lookup(&id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&id)));
                 };
                 r.handle(
@@ -465,7 +461,7 @@ impl Replica {
                 );
             }
             Some(Op::Sent(cf)) => {
-                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                let Some(conn) = r.registry.lookup(&cf.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
                 let Some(link) = r.output.get_mut(conn) else {
@@ -484,7 +480,7 @@ impl Replica {
                 }
             }
             Some(Op::ClientAck(a)) => {
-                let Some(&conn) = r.by_id.get(&a.client_id) else {
+                let Some(conn) = r.registry.lookup(&a.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&a.client_id)));
                 };
                 if let Some(link) = r.output.get_mut(conn) {

@@ -3,6 +3,7 @@
 use super::*;
 use crate::outbox::Taken;
 use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use switchboard_wire::headers::MAX_HEADERS;
 use switchboard_wire::ACK_EVERY;
 
@@ -2127,6 +2128,7 @@ fn the_responder_picked_travels_in_the_change_log() {
     assert_eq!(r.snapshot(), sim.router.snapshot());
     assert_eq!(r.pending.len(), 1, "only the accepted request");
     let (key, p) = r.pending.iter().next().unwrap();
-    assert_eq!((r.clients[&key.0].id.as_str(), key.1), ("a", 1));
-    assert_eq!(r.clients[&p.target].id, "c", "the primary's choice");
+    let id = |conn| r.registry.get(conn).map(|c| c.id());
+    assert_eq!((id(key.0).unwrap(), key.1), ("a", 1));
+    assert_eq!(id(p.target).unwrap(), "c", "the primary's choice");
 }
