@@ -6,8 +6,7 @@
 //! the crate docs); tests drive it directly with a simulated clock, and a
 //! standby can rebuild the same state by replaying the same inputs.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use crate::ids::ConnId;
 mod common;
 
 pub use common::CLOSE_GRACE;
-use common::{err, headers_of, shown, WaitKind, Waiter, IDLE_CHECK, PARK_RETRY};
+use common::{err, headers_of, shown, IDLE_CHECK, PARK_RETRY};
 
 mod error;
 mod journal;
@@ -32,8 +31,8 @@ mod presence;
 mod pubsub;
 mod registry;
 mod reliable;
+mod requests;
 
-use crate::ids::{IdMap, IdSet};
 use crate::limits::Limits;
 use crate::outbox::{Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
@@ -45,6 +44,7 @@ pub use presence::PresenceEvent;
 use pubsub::PubSub;
 use registry::Registry;
 use reliable::{AckNext, Reliable};
+use requests::Requests;
 
 /// What the router is told.
 #[derive(Debug)]
@@ -145,29 +145,15 @@ pub struct RouterConfig {
     pub keepalive: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    target: ConnId,
-    deadline: Instant,
-    started: Instant,
-}
-
 #[derive(Debug, Default)]
 struct Counters {
     msgs_in: u64,
-    undeliverable: u64,
-    replies_dropped: u64,
-    timeouts: u64,
-    queue_full: u64,
     slow_consumers: u64,
     takeovers: u64,
     unsupported: u64,
-    parked_total: u64,
     duplicates: u64,
     resumes: u64,
     resume_expired: u64,
-    not_listening: u64,
-    cancels: u64,
 }
 
 /// The hub's routing core. See the module docs.
@@ -181,11 +167,9 @@ pub struct Router {
     last_now: Option<Instant>,
     registry: Registry,
     pubsub: PubSub,
-    pending: IdMap<(ConnId, u64), Pending>,
-    timeouts: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
+    requests: Requests,
     kv: Kv,
     presence: Presence,
-    parked_clients: IdSet<ConnId>,
     closing: VecDeque<(Instant, Arc<Outbox>)>,
     next_idle_check: Option<Instant>,
     shutting_down: bool,
@@ -217,11 +201,9 @@ impl Router {
             last_now: None,
             registry: Registry::default(),
             pubsub: PubSub::default(),
-            pending: IdMap::default(),
-            timeouts: BinaryHeap::new(),
+            requests: Requests::default(),
             kv: Kv::default(),
             presence: Presence::default(),
-            parked_clients: IdSet::default(),
             closing: VecDeque::new(),
             next_idle_check: None,
             shutting_down: false,
@@ -250,7 +232,7 @@ impl Router {
 
     /// Requests outstanding.
     pub fn pending_requests(&self) -> usize {
-        self.pending.len()
+        self.requests.pending_len()
     }
 
     /// Processes one input at time `now`.
@@ -320,7 +302,7 @@ impl Router {
             }
             Input::Drained { conn } => {
                 if let Some(key) = self.resolve(conn) {
-                    self.retry_parked(now, key);
+                    self.requests.drained(&mut self.output, now, key);
                 }
             }
             Input::Tick => self.tick(now),
@@ -421,12 +403,12 @@ impl Router {
 
     /// When the router next needs an [`Input::Tick`], if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.timeouts.peek().map(|Reverse((t, _, _))| *t);
+        let mut next = self.requests.next_timeout();
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if let Some((t, _)) = self.closing.front() {
             consider(*t);
         }
-        if !self.parked_clients.is_empty() {
+        if self.requests.has_parked() {
             if let Some(now) = self.last_now {
                 consider(now + PARK_RETRY);
             }
@@ -455,7 +437,7 @@ impl Router {
         s.subscriptions
             .store(self.pubsub.count(), Ordering::Relaxed);
         s.pending
-            .store(self.pending.len() as u64, Ordering::Relaxed);
+            .store(self.requests.pending_len() as u64, Ordering::Relaxed);
         s.kv_keys
             .store(self.kv.store().live_keys() as u64, Ordering::Relaxed);
         s.dropped.store(self.output.dropped(), Ordering::Relaxed);
@@ -465,21 +447,22 @@ impl Router {
     pub fn status(&self, now: Instant, id: u64) -> proto::Status {
         let uptime = self.started.map_or(Duration::ZERO, |s| now - s);
         let c = &self.counters;
+        let r = self.requests.counters();
         let counters = [
-            ("undeliverable", c.undeliverable),
-            ("replies_dropped", c.replies_dropped),
-            ("requests_timed_out", c.timeouts),
-            ("queue_full", c.queue_full),
+            ("undeliverable", r.undeliverable),
+            ("replies_dropped", r.replies_dropped),
+            ("requests_timed_out", r.timeouts),
+            ("queue_full", r.queue_full),
             ("slow_consumer_disconnects", c.slow_consumers),
             ("takeovers", c.takeovers),
             ("unsupported_frames", c.unsupported),
-            ("parked_total", c.parked_total),
+            ("parked_total", r.parked_total),
             ("duplicates_dropped", c.duplicates),
             ("resumes", c.resumes),
             ("resume_expired", c.resume_expired),
-            ("not_listening", c.not_listening),
+            ("not_listening", r.not_listening),
             ("no_responders", self.pubsub.no_responders()),
-            ("requests_cancelled", c.cancels),
+            ("requests_cancelled", r.cancels),
             (
                 "unacked_frames",
                 self.output
@@ -487,13 +470,7 @@ impl Router {
                     .map(|(_, l)| l.reliable.unacked_len() as u64)
                     .sum(),
             ),
-            (
-                "parked_now",
-                self.registry
-                    .iter()
-                    .map(|(_, c)| c.parked.len() as u64)
-                    .sum(),
-            ),
+            ("parked_now", self.requests.parked_now() as u64),
             ("kv_tombstones", self.kv.store().tombstones() as u64),
             ("kv_watches", self.kv.watch_count() as u64),
             ("presence_watchers", self.presence.watchers() as u64),
@@ -518,7 +495,7 @@ impl Router {
                 .links()
                 .map(|(_, l)| l.outbox.depth() as u64)
                 .sum(),
-            pending_requests: self.pending.len() as u64,
+            pending_requests: self.requests.pending_len() as u64,
             kv_keys: self.kv.store().live_keys() as u64,
             counters,
             ..Default::default()
@@ -606,133 +583,6 @@ impl Router {
         while let Some(conn) = self.output.next_slow_consumer() {
             self.counters.slow_consumers += 1;
             self.leave(conn, "slow consumer");
-        }
-    }
-
-    /// Delivers a frame that may wait for room; answers or fails the waiter.
-    fn deliver_waitable(&mut self, now: Instant, target: ConnId, out: Out, waiter: Waiter) {
-        let (Some(t), Some(outbox)) = (self.registry.get_mut(target), self.output.outbox(target))
-        else {
-            return self.fail_waiter(waiter, ErrorCode::TargetGone, "the target left");
-        };
-        if t.parked.is_empty() && !outbox.is_full(self.output.q()) {
-            let outbox = outbox.clone();
-            self.output.push(target, &outbox, out);
-            return self.waiter_done(waiter);
-        }
-        let len = out.encoded_len();
-        if t.parked.len() >= self.limits.max_parked_frames
-            || t.parked_bytes + len > self.limits.max_parked_bytes
-        {
-            let id = shown(t.id());
-            return self.fail_waiter(
-                waiter,
-                ErrorCode::QueueFull,
-                &format!("client '{id}' is not reading and too many messages already wait for it; retry later"),
-            );
-        }
-        t.parked_bytes += len;
-        t.parked.push_back(registry::Parked { out, len, waiter });
-        outbox.request_drained();
-        self.parked_clients.insert(target);
-        self.counters.parked_total += 1;
-        let _ = now;
-    }
-
-    fn waiter_done(&mut self, waiter: Waiter) {
-        if waiter.kind == WaitKind::Direct && waiter.corr != 0 {
-            self.send(waiter.sender, Frame::ok(waiter.corr));
-        }
-    }
-
-    fn fail_waiter(&mut self, waiter: Waiter, code: ErrorCode, why: &str) {
-        if code == ErrorCode::QueueFull {
-            self.counters.queue_full += 1;
-        }
-        match waiter.kind {
-            WaitKind::Request => {
-                if self.pending.remove(&(waiter.sender, waiter.corr)).is_none() {
-                    return;
-                }
-                self.forget_request(waiter.sender, waiter.corr, None);
-                self.send(waiter.sender, err(waiter.corr, code, why));
-            }
-            WaitKind::Direct if waiter.corr != 0 => {
-                self.send(waiter.sender, err(waiter.corr, code, why));
-            }
-            WaitKind::Direct => self.counters.undeliverable += 1,
-            WaitKind::Session => {
-                self.send(
-                    waiter.sender,
-                    err(0, code, format!("session frame not delivered: {why}")),
-                );
-            }
-        }
-    }
-
-    /// Removes the bookkeeping of request `(requester, id)` (already removed
-    /// from `pending`).
-    fn forget_request(&mut self, requester: ConnId, id: u64, target: Option<ConnId>) {
-        if let Some(r) = self.registry.get_mut(requester) {
-            r.outgoing.remove(&id);
-        }
-        if let Some(t) = target {
-            if let Some(t) = self.registry.get_mut(t) {
-                t.incoming.remove(&(requester, id));
-            }
-        } else {
-            for (_, c) in self.registry.iter_mut() {
-                if c.incoming.remove(&(requester, id)) {
-                    break;
-                }
-            }
-        }
-    }
-
-    fn retry_parked(&mut self, now: Instant, conn: ConnId) {
-        let mut ready = Vec::new();
-        let mut expired = Vec::new();
-        let (Some(t), Some(outbox)) = (self.registry.get_mut(conn), self.output.outbox(conn))
-        else {
-            self.parked_clients.remove(&conn);
-            return;
-        };
-        let q = self.output.q();
-        let room = q.frames.saturating_sub(outbox.depth());
-        let outbox = outbox.clone();
-        if !outbox.is_full(q) {
-            while ready.len() < room.max(1) {
-                let Some(p) = t.parked.pop_front() else { break };
-                t.parked_bytes -= p.len;
-                ready.push(p);
-            }
-        }
-        if !t.parked.is_empty() {
-            let mut kept = VecDeque::with_capacity(t.parked.len());
-            for p in t.parked.drain(..) {
-                if p.waiter.deadline <= now {
-                    t.parked_bytes -= p.len;
-                    expired.push(p.waiter);
-                } else {
-                    kept.push_back(p);
-                }
-            }
-            t.parked = kept;
-        }
-        if t.parked.is_empty() {
-            self.parked_clients.remove(&conn);
-        } else {
-            outbox.request_drained();
-        }
-        let target = shown(t.id());
-        for p in ready {
-            self.output.push(conn, &outbox, p.out);
-            self.waiter_done(p.waiter);
-        }
-        let why =
-            format!("client '{target}' did not read its queue within the timeout; retry later");
-        for w in expired {
-            self.fail_waiter(w, ErrorCode::QueueFull, &why);
         }
     }
 
@@ -889,9 +739,7 @@ impl Router {
             self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
         }
         tracing::debug!(client = %id, received, "client resumed");
-        if self.parked_clients.contains(&key) {
-            self.retry_parked(now, key);
-        }
+        self.requests.retry_one(&mut self.output, now, key);
     }
 
     /// Unregisters `conn` and cleans up everything it owned. Its outbox must
@@ -905,46 +753,13 @@ impl Router {
         self.pubsub.forget(conn);
         self.kv.forget(conn);
         self.presence.unwatch(conn);
-        self.parked_clients.remove(&conn);
-        // Requests this client made: forget them (answers have nobody to go to).
-        for id in &client.outgoing {
-            if let Some(p) = self.pending.remove(&(conn, *id)) {
-                if let Some(t) = self.registry.get_mut(p.target) {
-                    t.incoming.remove(&(conn, *id));
-                }
-            }
-        }
-        if !client.outgoing.is_empty() {
-            for t in self.parked_clients.clone() {
-                if let Some(t) = self.registry.get_mut(t) {
-                    t.parked
-                        .retain(|p| p.waiter.kind != WaitKind::Request || p.waiter.sender != conn);
-                    t.parked_bytes = t.parked.iter().map(|p| p.len).sum();
-                }
-            }
-        }
         // Requests to this client: their requesters learn it left.
         let gone = format!(
             "client '{}' left before answering ({reason}); retry when it is back",
             shown(client.id())
         );
-        let mut incoming: Vec<(ConnId, u64)> = client.incoming.iter().copied().collect();
-        incoming.sort_unstable();
-        for (requester, id) in incoming {
-            if self.pending.remove(&(requester, id)).is_some() {
-                if let Some(r) = self.registry.get_mut(requester) {
-                    r.outgoing.remove(&id);
-                }
-                self.send(requester, err(id, ErrorCode::TargetGone, gone.clone()));
-            }
-        }
         tracing::debug!(client = %client.id(), reason, "client left");
-        // Other messages waiting for it.
-        for p in client.parked {
-            if p.waiter.kind != WaitKind::Request {
-                self.fail_waiter(p.waiter, ErrorCode::TargetGone, &gone);
-            }
-        }
+        self.requests.client_left(&mut self.output, conn, &gone);
         self.presence.event(
             &mut self.output,
             conn,
@@ -968,10 +783,8 @@ impl Router {
         }
         self.registry.clear();
         self.output.clear();
-        self.pending.clear();
-        self.timeouts.clear();
+        self.requests.clear();
         self.presence.clear();
-        self.parked_clients.clear();
         self.kv.clear_watches();
         self.pubsub.clear();
     }
@@ -994,45 +807,8 @@ impl Router {
                 self.output.send_ack(key);
             }
         }
-        while let Some(Reverse((deadline, requester, id))) = self.timeouts.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.timeouts.pop();
-            // Waiting in a full queue until now: that is the clearer error.
-            if let Some(p) = self.pending.get(&(requester, id)) {
-                if p.deadline == deadline && self.parked_clients.contains(&p.target) {
-                    let target = p.target;
-                    self.retry_parked(now, target);
-                }
-            }
-            match self.pending.get(&(requester, id)) {
-                Some(p) if p.deadline == deadline => {
-                    let p = *p;
-                    self.pending.remove(&(requester, id));
-                    self.forget_request(requester, id, Some(p.target));
-                    self.counters.timeouts += 1;
-                    let target = self
-                        .registry
-                        .get(p.target)
-                        .map(|c| shown(c.id()))
-                        .unwrap_or_default();
-                    self.send(
-                        requester,
-                        err(
-                            id,
-                            ErrorCode::Timeout,
-                            format!("no reply from '{target}' within the request timeout; retry or raise timeout_ms"),
-                        ),
-                    );
-                }
-                _ => {}
-            }
-        }
-        let parked: Vec<ConnId> = self.parked_clients.iter().copied().collect();
-        for conn in parked {
-            self.retry_parked(now, conn);
-        }
+        self.requests.expire(&mut self.output, now);
+        self.requests.retry_all(&mut self.output, now);
         while let Some((deadline, _)) = self.closing.front() {
             if *deadline > now {
                 break;
@@ -1106,10 +882,23 @@ impl Router {
                 self.pubsub
                     .publish(&mut self.output, conn, p, self.limits.max_subject);
             }
-            Kind::Direct(d) => self.on_direct(now, conn, d),
-            Kind::Request(r) => self.on_request(now, conn, r),
-            Kind::Reply(r) => self.on_reply(conn, r),
-            Kind::Broadcast(b) => self.on_broadcast(conn, b),
+            Kind::Direct(d) => {
+                let (out, registry) = (&mut self.output, &self.registry);
+                self.requests
+                    .direct(out, registry, now, conn, d, &self.limits);
+            }
+            Kind::Request(r) => {
+                let (out, registry) = (&mut self.output, &self.registry);
+                self.requests
+                    .request(out, registry, &mut self.pubsub, now, conn, r, &self.limits);
+            }
+            Kind::Reply(r) => {
+                let (out, registry) = (&mut self.output, &self.registry);
+                if let Some(took) = self.requests.reply(out, registry, now, conn, r) {
+                    self.stats.metrics.request_latency.observe(took);
+                }
+            }
+            Kind::Broadcast(b) => self.registry.broadcast(&mut self.output, conn, b),
             Kind::Subscribe(s) => self
                 .pubsub
                 .subscribe(&mut self.output, conn, s, &self.limits),
@@ -1137,9 +926,13 @@ impl Router {
                 let status = self.status(now, s.id);
                 self.send(conn, status.into());
             }
-            Kind::Session(s) => self.on_session(now, conn, s),
-            Kind::Cancel(c) => self.on_cancel(conn, c.id),
-            Kind::Listen(l) => self.on_listen(conn, l),
+            Kind::Session(s) => {
+                let (out, registry) = (&mut self.output, &self.registry);
+                self.requests
+                    .session(out, registry, now, conn, s, &self.limits);
+            }
+            Kind::Cancel(c) => self.requests.cancel(conn, c.id),
+            Kind::Listen(l) => self.registry.listen(&mut self.output, conn, l),
             Kind::Ping(p) => self.send(conn, proto::Pong { nonce: p.nonce }.into()),
             Kind::Pong(_) => {}
             Kind::Ack(a) => self.output.client_acked(conn, a.up_to),
@@ -1173,246 +966,6 @@ impl Router {
             topics: self.pubsub.topics(),
             presence: self.presence.recent().cloned().collect(),
         }
-    }
-
-    fn sender_id(&self, conn: ConnId) -> String {
-        self.output.id(conn).to_owned()
-    }
-
-    fn on_direct(&mut self, now: Instant, conn: ConnId, mut d: proto::Direct) {
-        let Some(target) = self.registry.lookup(&d.to) else {
-            if d.id != 0 {
-                let msg = format!(
-                    "no client named '{}' is connected; check the id or wait for it to join",
-                    shown(&d.to)
-                );
-                self.send(conn, err(d.id, ErrorCode::NoSuchClient, msg));
-            } else {
-                self.counters.undeliverable += 1;
-            }
-            return;
-        };
-        if let Some(t) = self.registry.get(target).filter(|t| !t.takes_messages()) {
-            self.counters.not_listening += 1;
-            if d.id != 0 {
-                let msg = format!(
-                    "client '{}' does not take direct messages now; retry once it listens",
-                    shown(t.id())
-                );
-                self.send(conn, err(d.id, ErrorCode::NotListening, msg));
-            } else {
-                self.counters.undeliverable += 1;
-            }
-            return;
-        }
-        let waiter = Waiter {
-            sender: conn,
-            corr: d.id,
-            deadline: now + self.limits.default_request_timeout,
-            kind: WaitKind::Direct,
-        };
-        d.from = self.sender_id(conn);
-        d.id = 0;
-        self.deliver_waitable(now, target, Out::from(Frame::from(d)), waiter);
-    }
-
-    fn on_request(&mut self, now: Instant, conn: ConnId, mut r: proto::Request) {
-        if r.id == 0 {
-            return self.send(
-                conn,
-                err(
-                    0,
-                    ErrorCode::InvalidArgument,
-                    "request id 0 is reserved; number requests from 1",
-                ),
-            );
-        }
-        let (target, sub_id) = if r.service.is_empty() {
-            let Some(target) = self.registry.lookup(&r.to) else {
-                let msg = format!(
-                    "no client named '{}' is connected; check the id or wait for it to join",
-                    shown(&r.to)
-                );
-                return self.send(conn, err(r.id, ErrorCode::NoSuchClient, msg));
-            };
-            if let Some(t) = self.registry.get(target).filter(|t| !t.takes_requests()) {
-                self.counters.not_listening += 1;
-                let msg = format!(
-                    "client '{}' does not serve requests now; retry once it listens",
-                    shown(t.id())
-                );
-                return self.send(conn, err(r.id, ErrorCode::NotListening, msg));
-            }
-            (target, 0)
-        } else {
-            let named = self.registry.lookup(&r.to);
-            let max = self.limits.max_subject;
-            match self
-                .pubsub
-                .pick_responder(&mut self.output, &mut r, named, max)
-            {
-                Ok(picked) => picked,
-                Err((code, msg)) => return self.send(conn, err(r.id, code, msg)),
-            }
-        };
-        let Some(client) = self.registry.get_mut(conn) else {
-            return;
-        };
-        if client.outgoing.contains(&r.id) {
-            let msg = format!(
-                "request id {} is already outstanding on this connection; use a fresh id",
-                r.id
-            );
-            return self.send(conn, err(r.id, ErrorCode::InvalidArgument, msg));
-        }
-        if client.outgoing.len() >= self.limits.max_pending_requests {
-            let msg = format!(
-                "{} requests are already outstanding, the limit; wait for answers before sending more",
-                client.outgoing.len()
-            );
-            return self.send(conn, err(r.id, ErrorCode::LimitExceeded, msg));
-        }
-        let timeout = if r.timeout_ms == 0 {
-            self.limits.default_request_timeout
-        } else {
-            Duration::from_millis(u64::from(r.timeout_ms))
-        };
-        let deadline = now + timeout;
-        client.outgoing.insert(r.id);
-        r.from = client.id().to_owned();
-        r.sub_id = sub_id;
-        if let Some(t) = self.registry.get_mut(target) {
-            t.incoming.insert((conn, r.id));
-        }
-        self.pending.insert(
-            (conn, r.id),
-            Pending {
-                target,
-                deadline,
-                started: now,
-            },
-        );
-        // Answered requests leave their heap entries behind until their
-        // deadline; rebuild when those dominate so memory follows the
-        // outstanding requests, not the request rate.
-        if self.timeouts.len() > 2 * self.pending.len() + 4_096 {
-            self.timeouts = self
-                .pending
-                .iter()
-                .map(|((c, id), p)| Reverse((p.deadline, *c, *id)))
-                .collect();
-        }
-        self.timeouts.push(Reverse((deadline, conn, r.id)));
-        let waiter = Waiter {
-            sender: conn,
-            corr: r.id,
-            deadline,
-            kind: WaitKind::Request,
-        };
-        self.deliver_waitable(now, target, Out::from(Frame::from(r)), waiter);
-    }
-
-    fn on_cancel(&mut self, conn: ConnId, id: u64) {
-        let Some(p) = self.pending.remove(&(conn, id)) else {
-            return;
-        };
-        self.forget_request(conn, id, Some(p.target));
-        self.counters.cancels += 1;
-        // Still waiting for room at the target: it need not go at all.
-        if let Some(t) = self.registry.get_mut(p.target) {
-            if !t.parked.is_empty() {
-                t.parked.retain(|q| {
-                    !(q.waiter.kind == WaitKind::Request
-                        && q.waiter.sender == conn
-                        && q.waiter.corr == id)
-                });
-                t.parked_bytes = t.parked.iter().map(|q| q.len).sum();
-                if t.parked.is_empty() {
-                    self.parked_clients.remove(&p.target);
-                }
-            }
-        }
-    }
-
-    fn on_listen(&mut self, conn: ConnId, l: proto::Listen) {
-        let Some(c) = self.registry.get_mut(conn) else {
-            return;
-        };
-        let Some(flags) = c.listen.as_mut() else {
-            let msg = "listen needs the \"listen\" feature in Hello.features; without it a client takes direct messages and requests always";
-            return self.send(conn, err(l.id, ErrorCode::Unsupported, msg));
-        };
-        *flags = registry::Listening {
-            messages: l.messages,
-            requests: l.requests,
-        };
-        if l.id != 0 {
-            self.send(conn, Frame::ok(l.id));
-        }
-    }
-
-    fn on_reply(&mut self, conn: ConnId, mut r: proto::Reply) {
-        let Some(requester) = self.registry.lookup(&r.to) else {
-            self.counters.replies_dropped += 1;
-            return;
-        };
-        match self.pending.get(&(requester, r.id)) {
-            Some(p) if p.target == conn => {}
-            _ => {
-                // Late (timed out), duplicate or not asked for.
-                self.counters.replies_dropped += 1;
-                return;
-            }
-        }
-        if let (Some(p), Some(now)) = (self.pending.remove(&(requester, r.id)), self.last_now) {
-            self.stats
-                .metrics
-                .request_latency
-                .observe(now.saturating_duration_since(p.started));
-        }
-        self.forget_request(requester, r.id, Some(conn));
-        r.from = self.sender_id(conn);
-        self.send(requester, r.into());
-    }
-
-    fn on_broadcast(&mut self, conn: ConnId, b: proto::Broadcast) {
-        let frame = Frame::from(proto::Broadcast {
-            id: 0,
-            from: self.sender_id(conn),
-            payload: b.payload,
-            headers: b.headers,
-        });
-        let targets: Vec<(ConnId, Arc<Outbox>)> = self
-            .registry
-            .iter()
-            .filter(|(c, client)| **c != conn && client.takes_messages())
-            .filter_map(|(c, _)| Some((*c, self.output.outbox(*c)?.clone())))
-            .collect();
-        for (target, outbox) in targets {
-            self.output
-                .push_droppable(target, &outbox, Out::from(frame.clone()));
-        }
-        if b.id != 0 {
-            self.send(conn, Frame::ok(b.id));
-        }
-    }
-
-    fn on_session(&mut self, now: Instant, conn: ConnId, mut s: proto::Session) {
-        let Some(target) = self.registry.lookup(&s.peer) else {
-            let msg = format!(
-                "no client named '{}' is connected; the session frame was not delivered",
-                shown(&s.peer)
-            );
-            return self.send(conn, err(0, ErrorCode::NoSuchClient, msg));
-        };
-        s.peer = self.sender_id(conn);
-        let waiter = Waiter {
-            sender: conn,
-            corr: 0,
-            deadline: now + self.limits.default_request_timeout,
-            kind: WaitKind::Session,
-        };
-        self.deliver_waitable(now, target, Out::from(Frame::from(s)), waiter);
     }
 }
 

@@ -4,12 +4,13 @@
 //! (detached); what each takes ("listen" flags) and when it was last heard
 //! from.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use switchboard_wire::{proto, Frame};
+use switchboard_wire::{proto, ErrorCode, Frame};
 
-use super::common::Waiter;
+use super::common::err;
+use super::output::Output;
 use crate::ids::{ConnId, IdMap, IdSet};
 use crate::outbox::Out;
 
@@ -20,25 +21,11 @@ pub(super) struct Listening {
     pub requests: bool,
 }
 
-/// A message waiting for room at its target.
-#[derive(Debug)]
-pub(super) struct Parked {
-    pub out: Out,
-    pub len: usize,
-    pub waiter: Waiter,
-}
-
 /// A registered client.
 #[derive(Debug)]
 pub(super) struct Client {
     /// Who it is (the registration's, kept across resumes).
     pub info: proto::ClientInfo,
-    /// Request ids outstanding from this client.
-    pub outgoing: IdSet<u64>,
-    /// Requests outstanding to this client, `(requester, id)`.
-    pub incoming: IdSet<(ConnId, u64)>,
-    pub parked: VecDeque<Parked>,
-    pub parked_bytes: usize,
     /// When a whole frame last came from it.
     pub last_seen: Instant,
     /// For a client with the "listen" feature: what it takes now; `None`:
@@ -54,10 +41,6 @@ impl Client {
         Client {
             listen: info.listen.then_some(Listening::default()),
             info,
-            outgoing: IdSet::default(),
-            incoming: IdSet::default(),
-            parked: VecDeque::new(),
-            parked_bytes: 0,
             last_seen: now,
             detached_until: None,
         }
@@ -110,11 +93,6 @@ impl Registry {
     /// Every client, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&ConnId, &Client)> + '_ {
         self.clients.iter()
-    }
-
-    /// Every client, to change, in no particular order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&ConnId, &mut Client)> + '_ {
-        self.clients.iter_mut()
     }
 
     /// The connection id client `id` is registered under.
@@ -241,5 +219,46 @@ impl Registry {
             clients: self.infos(),
         }
         .into()
+    }
+
+    /// `Listen`: what client `conn` takes from now on (only with the
+    /// "listen" feature).
+    pub fn listen(&mut self, out: &mut Output, conn: ConnId, l: proto::Listen) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let Some(flags) = c.listen.as_mut() else {
+            let msg = "listen needs the \"listen\" feature in Hello.features; without it a client takes direct messages and requests always";
+            return out.send(conn, err(l.id, ErrorCode::Unsupported, msg));
+        };
+        *flags = Listening {
+            messages: l.messages,
+            requests: l.requests,
+        };
+        if l.id != 0 {
+            out.send(conn, Frame::ok(l.id));
+        }
+    }
+
+    /// `Broadcast`: to every client but the sender that takes messages (a
+    /// full queue drops its oldest deliveries and broadcasts).
+    pub fn broadcast(&self, out: &mut Output, conn: ConnId, b: proto::Broadcast) {
+        let frame = Frame::from(proto::Broadcast {
+            id: 0,
+            from: out.id(conn).to_owned(),
+            payload: b.payload,
+            headers: b.headers,
+        });
+        for (&target, client) in &self.clients {
+            if target == conn || !client.takes_messages() {
+                continue;
+            }
+            if let Some(outbox) = out.outbox(target).cloned() {
+                out.push_droppable(target, &outbox, Out::from(frame.clone()));
+            }
+        }
+        if b.id != 0 {
+            out.send(conn, Frame::ok(b.id));
+        }
     }
 }

@@ -1100,9 +1100,9 @@ fn answered_requests_do_not_accumulate_timers() {
     }
     assert_eq!(sim.router.pending_requests(), 0);
     assert!(
-        sim.router.timeouts.len() <= 4_097,
+        sim.router.requests.timeouts_len() <= 4_097,
         "{}",
-        sim.router.timeouts.len()
+        sim.router.requests.timeouts_len()
     );
 }
 
@@ -2126,8 +2126,8 @@ fn the_responder_picked_travels_in_the_change_log() {
     }
     let r = replica.router();
     assert_eq!(r.snapshot(), sim.router.snapshot());
-    assert_eq!(r.pending.len(), 1, "only the accepted request");
-    let (key, p) = r.pending.iter().next().unwrap();
+    assert_eq!(r.requests.pending_len(), 1, "only the accepted request");
+    let (key, p) = r.requests.pending().next().unwrap();
     let id = |conn| r.registry.get(conn).map(|c| c.id());
     assert_eq!((id(key.0).unwrap(), key.1), ("a", 1));
     assert_eq!(id(p.target).unwrap(), "c", "the primary's choice");
