@@ -6,21 +6,20 @@
 //! the crate docs); tests drive it directly with a simulated clock, and a
 //! standby can rebuild the same state by replaying the same inputs.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{check_headers, ErrorCode, Frame, ACK_DELAY};
+use switchboard_wire::{check_headers, ErrorCode, Frame};
 
 use crate::ids::ConnId;
 
 mod common;
 
 pub use common::CLOSE_GRACE;
-use common::{err, headers_of, shown, IDLE_CHECK, PARK_RETRY};
+use common::{err, headers_of, shown, PARK_RETRY};
 
 mod error;
 mod journal;
@@ -32,6 +31,7 @@ mod pubsub;
 mod registry;
 mod reliable;
 mod requests;
+mod timers;
 
 use crate::limits::Limits;
 use crate::outbox::{Out, Outbox, QueueLimits};
@@ -45,6 +45,7 @@ use pubsub::PubSub;
 use registry::Registry;
 use reliable::{AckNext, Reliable};
 use requests::Requests;
+use timers::Timers;
 
 /// What the router is told.
 #[derive(Debug)]
@@ -170,15 +171,11 @@ pub struct Router {
     requests: Requests,
     kv: Kv,
     presence: Presence,
-    closing: VecDeque<(Instant, Arc<Outbox>)>,
-    next_idle_check: Option<Instant>,
+    timers: Timers,
     shutting_down: bool,
     counters: Counters,
     /// The clients' links: outboxes, reliable numbering, the change log.
     output: Output,
-    /// Reliable clients owed an `Ack` at these times (in time order: the
-    /// delay is constant), unless a frame to them carries it first.
-    ack_timers: VecDeque<(Instant, ConnId)>,
     /// At shutdown a standby takes over: connections close without a
     /// goodbye, so reliable clients resume on it.
     handover: bool,
@@ -204,12 +201,10 @@ impl Router {
             requests: Requests::default(),
             kv: Kv::default(),
             presence: Presence::default(),
-            closing: VecDeque::new(),
-            next_idle_check: None,
+            timers: Timers::default(),
             shutting_down: false,
             counters: Counters::default(),
             output: Output::new(q),
-            ack_timers: VecDeque::new(),
             handover: false,
         }
     }
@@ -331,8 +326,7 @@ impl Router {
             return;
         };
         let outbox = link.outbox.clone();
-        outbox.close(notice);
-        self.closing.push_back((now + CLOSE_GRACE, outbox));
+        self.timers.close(now, outbox, notice);
         if link.reliable.is_on() && !self.output.replaying() {
             // Kept while it reconnects: frames for it are numbered and
             // kept in its retransmit buffer (the closed outbox discards
@@ -347,12 +341,13 @@ impl Router {
     /// After a batch from a reliable client: nothing when a frame to it
     /// carried the acknowledgement; an `Ack` now when
     /// [`ACK_EVERY`](switchboard_wire::ACK_EVERY) frames wait for one; else
-    /// an `Ack` in [`ACK_DELAY`] unless a frame carries it first.
+    /// an `Ack` in [`ACK_DELAY`](switchboard_wire::ACK_DELAY) unless a frame
+    /// carries it first.
     fn flush_ack(&mut self, now: Instant, key: ConnId) {
         match self.output.after_batch(key) {
             AckNext::Nothing => {}
             AckNext::Now => self.output.send_ack(key),
-            AckNext::Later => self.ack_timers.push_back((now + ACK_DELAY, key)),
+            AckNext::Later => self.timers.ack_later(now, key),
         }
     }
 
@@ -403,26 +398,20 @@ impl Router {
 
     /// When the router next needs an [`Input::Tick`], if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.requests.next_timeout();
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if let Some((t, _)) = self.closing.front() {
-            consider(*t);
-        }
-        if self.requests.has_parked() {
-            if let Some(now) = self.last_now {
-                consider(now + PARK_RETRY);
-            }
-        }
-        if let Some(t) = self.next_idle_check {
-            consider(t);
-        }
-        if let Some((t, _)) = self.ack_timers.front() {
-            consider(*t);
-        }
-        if let Some(t) = self.registry.next_expiry() {
-            consider(t);
-        }
-        next
+        let parked = self
+            .requests
+            .has_parked()
+            .then_some(self.last_now)
+            .flatten();
+        [
+            self.requests.next_timeout(),
+            self.timers.next(),
+            parked.map(|now| now + PARK_RETRY),
+            self.registry.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Copies the router's gauges into the shared [`HubStats`].
@@ -596,48 +585,44 @@ impl Router {
         outbox: Arc<Outbox>,
     ) {
         if self.shutting_down {
-            outbox.close(Some(Frame::goodbye(
+            let bye = Frame::goodbye(
                 ErrorCode::ShuttingDown,
                 "the hub is shutting down; reconnect later",
-            )));
-            self.closing.push_back((now + CLOSE_GRACE, outbox));
-            return;
+            );
+            return self.timers.close(now, outbox, Some(bye));
         }
         let id = info.client_id.clone();
         if let Some(old) = self.registry.lookup(&id) {
             if let Some(old_outbox) = self.output.outbox(old).cloned() {
                 tracing::info!(client = %id, "client id taken over by a new connection");
-                old_outbox.close(Some(Frame::goodbye(
+                let bye = Frame::goodbye(
                     ErrorCode::IdTakenOver,
                     format!(
                         "client id '{}' was registered by a newer connection; give each process its own id",
                         shown(&id)
                     ),
-                )));
-                self.closing.push_back((now + CLOSE_GRACE, old_outbox));
+                );
+                self.timers.close(now, old_outbox, Some(bye));
                 self.counters.takeovers += 1;
                 self.leave(old, "taken over by a new connection");
             }
         } else if self.registry.len() >= self.limits.max_clients {
-            outbox.close(Some(err(
+            let refusal = err(
                 0,
                 ErrorCode::LimitExceeded,
                 format!(
                     "the hub already serves {} clients, its limit; try again later or raise the limit",
                     self.registry.len()
                 ),
-            )));
-            self.closing.push_back((now + CLOSE_GRACE, outbox));
-            return;
+            );
+            return self.timers.close(now, outbox, Some(refusal));
         }
         self.output.journal.joined(&info);
         let welcome = self.welcome(&info, false, 0);
         self.registry.register(conn, info.clone(), now);
         self.output.insert(conn, id, outbox.clone(), info.reliable);
         self.output.push(conn, &outbox, Out::from(welcome));
-        if let Some(k) = self.keepalive {
-            self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
-        }
+        self.timers.watch_idle(now, self.keepalive);
         self.presence.event(
             &mut self.output,
             conn,
@@ -735,9 +720,7 @@ impl Router {
         self.counters.resumes += 1;
         let welcome = self.welcome(&registered, true, last_received);
         self.output.resend(key, welcome);
-        if let Some(k) = self.keepalive {
-            self.next_idle_check.get_or_insert(now + k.min(IDLE_CHECK));
-        }
+        self.timers.watch_idle(now, self.keepalive);
         tracing::debug!(client = %id, received, "client resumed");
         self.requests.retry_one(&mut self.output, now, key);
     }
@@ -772,14 +755,13 @@ impl Router {
     fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
         for (_, link) in self.output.links() {
-            link.outbox.close((!self.handover).then(|| {
+            let bye = (!self.handover).then(|| {
                 Frame::goodbye(
                     ErrorCode::ShuttingDown,
                     "the hub is shutting down; reconnect later",
                 )
-            }));
-            self.closing
-                .push_back((now + CLOSE_GRACE, link.outbox.clone()));
+            });
+            self.timers.close(now, link.outbox.clone(), bye);
         }
         self.registry.clear();
         self.output.clear();
@@ -790,11 +772,7 @@ impl Router {
     }
 
     fn tick(&mut self, now: Instant) {
-        while let Some(&(deadline, key)) = self.ack_timers.front() {
-            if deadline > now {
-                break;
-            }
-            self.ack_timers.pop_front();
+        while let Some(key) = self.timers.due_ack(now) {
             let owed = self
                 .output
                 .get_mut(key)
@@ -809,42 +787,29 @@ impl Router {
         }
         self.requests.expire(&mut self.output, now);
         self.requests.retry_all(&mut self.output, now);
-        while let Some((deadline, _)) = self.closing.front() {
-            if *deadline > now {
-                break;
-            }
-            if let Some((_, outbox)) = self.closing.pop_front() {
-                // Harmless if the writer already finished.
-                outbox.kill(None);
-            }
-        }
+        self.timers.cut_closing(now);
         for key in self.registry.expired(now) {
             self.counters.resume_expired += 1;
             self.leave(key, "did not resume");
         }
-        if let (Some(k), Some(t)) = (self.keepalive, self.next_idle_check) {
-            if t <= now {
-                let limit = k * 3;
-                for conn in self.registry.idle(now, limit) {
-                    if let Some(outbox) = self.output.outbox(conn).cloned() {
-                        outbox.close(Some(Frame::goodbye(
-                            ErrorCode::Timeout,
-                            format!(
-                                "no traffic for {} ms; send a Ping at least every {} ms",
-                                limit.as_millis(),
-                                k.as_millis()
-                            ),
-                        )));
-                        self.closing.push_back((now + CLOSE_GRACE, outbox));
-                        self.leave(conn, "idle");
-                    }
+        if let Some(k) = self.timers.idle_due(now, self.keepalive) {
+            let limit = k * 3;
+            for conn in self.registry.idle(now, limit) {
+                if let Some(outbox) = self.output.outbox(conn).cloned() {
+                    let bye = Frame::goodbye(
+                        ErrorCode::Timeout,
+                        format!(
+                            "no traffic for {} ms; send a Ping at least every {} ms",
+                            limit.as_millis(),
+                            k.as_millis()
+                        ),
+                    );
+                    self.timers.close(now, outbox, Some(bye));
+                    self.leave(conn, "idle");
                 }
-                self.next_idle_check = if self.registry.len() == 0 {
-                    None
-                } else {
-                    Some(now + k.min(IDLE_CHECK))
-                };
             }
+            let clients = self.registry.len() > 0;
+            self.timers.plan_idle(now, self.keepalive, clients);
         }
     }
 
@@ -938,8 +903,7 @@ impl Router {
             Kind::Ack(a) => self.output.client_acked(conn, a.up_to),
             Kind::Goodbye(_) => {
                 if let Some(outbox) = self.output.outbox(conn).cloned() {
-                    outbox.close(None);
-                    self.closing.push_back((now + CLOSE_GRACE, outbox));
+                    self.timers.close(now, outbox, None);
                     self.leave(conn, "said goodbye");
                 }
             }

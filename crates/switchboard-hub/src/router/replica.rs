@@ -284,10 +284,7 @@ impl Router {
         self.registry.attach(conn, now);
         self.pubsub.forget_head(conn);
         self.pubsub.rewire(conn, &outbox);
-        if let Some(k) = self.keepalive {
-            self.next_idle_check
-                .get_or_insert(now + k.min(super::IDLE_CHECK));
-        }
+        self.timers.watch_idle(now, self.keepalive);
         let welcome = self.welcome(&info, false, 0);
         self.send(conn, welcome);
         self.apply_kills();
@@ -368,9 +365,7 @@ impl Replica {
                 c.last_seen = now;
             }
         }
-        if let Some(k) = keepalive {
-            r.next_idle_check = Some(now + k.min(super::IDLE_CHECK));
-        }
+        r.timers.plan_idle(now, keepalive, true);
         r
     }
 

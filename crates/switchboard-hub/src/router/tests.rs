@@ -5,7 +5,7 @@ use crate::outbox::Taken;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use switchboard_wire::headers::MAX_HEADERS;
-use switchboard_wire::ACK_EVERY;
+use switchboard_wire::{ACK_DELAY, ACK_EVERY};
 
 struct Sim {
     router: Router,
