@@ -31,6 +31,7 @@ mod pubsub;
 mod registry;
 mod reliable;
 mod requests;
+mod snapshot;
 mod timers;
 
 use crate::limits::Limits;
@@ -43,7 +44,7 @@ use presence::Presence;
 pub use presence::PresenceEvent;
 use pubsub::PubSub;
 use registry::Registry;
-use reliable::{AckNext, Reliable};
+use reliable::AckNext;
 use requests::Requests;
 use timers::Timers;
 
@@ -493,75 +494,6 @@ impl Router {
         status
     }
 
-    /// The replicable state: registry, subscriptions (service ones too),
-    /// watches, listen flags and the key/value store (deletion markers
-    /// included).
-    pub fn snapshot(&self) -> proto::Snapshot {
-        let mut clients: Vec<proto::ClientState> = self
-            .registry
-            .iter()
-            .map(|(conn, c)| {
-                let link = self.output.get(*conn);
-                let reliable = link.map(|l| &l.reliable);
-                let subscriptions = self.pubsub.subscriptions_of(*conn);
-                let watches = self.kv.watches_of(*conn);
-                proto::ClientState {
-                    info: Some(c.info.clone()),
-                    subscriptions,
-                    watches,
-                    presence_watch: self.presence.is_watching(*conn),
-                    last_received: reliable.map_or(0, Reliable::last_received),
-                    next_send: reliable.map_or(0, Reliable::next_send),
-                    unacked: reliable
-                        .map(|r| r.unacked().map(|o| o.clone().into_frame()).collect())
-                        .unwrap_or_default(),
-                    listen: c.listen.map(|l| proto::Listen {
-                        id: 0,
-                        messages: l.messages,
-                        requests: l.requests,
-                    }),
-                }
-            })
-            .collect();
-        clients.sort_by(|a, b| {
-            let id = |c: &proto::ClientState| c.info.as_ref().map(|i| i.client_id.clone());
-            id(a).cmp(&id(b))
-        });
-        let l = &self.limits;
-        let config = [
-            ("max_frame", l.max_frame as u64),
-            ("queue_frames", l.queue_frames as u64),
-            ("queue_bytes", l.queue_bytes as u64),
-            ("queue_hard_bytes", l.queue_hard_bytes as u64),
-            (
-                "default_request_timeout_ms",
-                l.default_request_timeout.as_millis() as u64,
-            ),
-            ("max_subscriptions", l.max_subscriptions as u64),
-            ("max_watches", l.max_watches as u64),
-            ("max_pending_requests", l.max_pending_requests as u64),
-            ("max_clients", l.max_clients as u64),
-            ("max_subject", l.max_subject as u64),
-            ("kv_max_value", l.kv_max_value as u64),
-            ("kv_max_key", l.kv_max_key as u64),
-            ("kv_max_keys", l.kv_max_keys as u64),
-            ("kv_max_tombstones", l.kv_max_tombstones as u64),
-            (replica::KV_FLOOR_KEY, self.kv.store().floor()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_string()))
-        .collect();
-        proto::Snapshot {
-            epoch: self.identity.epoch,
-            repl_seq: self.output.journal.repl_seq(),
-            clients,
-            kv: self.kv.store().entries(),
-            config,
-            addr: String::new(),
-            service: self.identity.service.clone(),
-        }
-    }
-
     // ---- sending ----
 
     fn send(&mut self, conn: ConnId, frame: Frame) {
@@ -935,7 +867,8 @@ impl Router {
 
 mod replica;
 pub use error::ReplicaError;
-pub use replica::{Replica, GHOST_CONN_BASE};
+pub use replica::Replica;
+pub use snapshot::GHOST_CONN_BASE;
 
 #[cfg(test)]
 mod tests;
