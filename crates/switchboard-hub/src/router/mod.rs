@@ -6,16 +6,18 @@
 //! the crate docs); tests drive it directly with a simulated clock, and a
 //! standby can rebuild the same state by replaying the same inputs.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{check_headers, ErrorCode, Frame};
+use switchboard_wire::{
+    check_headers, ErrorCode, Frame, FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED,
+};
 
 use crate::ids::ConnId;
 
+mod api;
 mod common;
 
 pub use common::CLOSE_GRACE;
@@ -32,11 +34,13 @@ mod registry;
 mod reliable;
 mod requests;
 mod snapshot;
+mod status;
 mod timers;
 
 use crate::limits::Limits;
 use crate::outbox::{Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
+pub use api::{Input, Inspection, RouterConfig};
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 use kv::Kv;
 use output::Output;
@@ -47,105 +51,6 @@ use registry::Registry;
 use reliable::AckNext;
 use requests::Requests;
 use timers::Timers;
-
-/// What the router is told.
-#[derive(Debug)]
-pub enum Input {
-    /// A connection finished its handshake and wants to be registered as
-    /// `info.client_id`. The router answers with `Welcome` on `outbox` (or
-    /// closes it when the hub is full or shutting down).
-    Connect {
-        /// The connection.
-        conn: ConnId,
-        /// Who it is; `client_id` must already be validated.
-        info: proto::ClientInfo,
-        /// Its outbound queue.
-        outbox: Arc<Outbox>,
-    },
-    /// Like [`Input::Connect`], for a reliable client that reconnects and
-    /// wants to continue where it stopped (`Hello.resume`). When the
-    /// router holds the client's state it attaches the connection to it
-    /// and resends what the client has not received; otherwise this is a
-    /// plain registration.
-    Resume {
-        /// The connection.
-        conn: ConnId,
-        /// Who it is (`reliable` set).
-        info: proto::ClientInfo,
-        /// Its outbound queue.
-        outbox: Arc<Outbox>,
-        /// Where the client stands.
-        resume: proto::Resume,
-    },
-    /// Frames received from a registered connection, in order.
-    Frames {
-        /// The connection.
-        conn: ConnId,
-        /// The frames.
-        frames: Vec<Frame>,
-    },
-    /// The connection ended or broke the protocol. `notice` (e.g. an
-    /// `Error` frame) is queued before the outbox closes.
-    Disconnected {
-        /// The connection.
-        conn: ConnId,
-        /// Last frame to send, if any.
-        notice: Option<Frame>,
-        /// Why, for presence events and logs.
-        reason: String,
-    },
-    /// A whole frame from the connection was refused before decoding (a
-    /// kind clients may not send, or over its kind's size cap): `notice`
-    /// goes to the client, in order with the answers to its other frames.
-    Refused {
-        /// The connection.
-        conn: ConnId,
-        /// The `Error` frame to send.
-        notice: Frame,
-    },
-    /// The connection's outbox has room again.
-    Drained {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// Time passed: expire timeouts and retry waiting messages.
-    Tick,
-    /// Tell every client goodbye and stop accepting registrations.
-    Shutdown,
-    /// Send the router's current view (for the status endpoints and the
-    /// dashboard); a dropped receiver is ignored.
-    Inspect(tokio::sync::oneshot::Sender<Inspection>),
-    /// Send [`Router::snapshot`] (for tests and operators comparing a
-    /// primary with its standby); a dropped receiver is ignored.
-    Snapshot(tokio::sync::oneshot::Sender<proto::Snapshot>),
-}
-
-/// The router's view for operators, answered to [`Input::Inspect`].
-#[derive(Debug, Clone, Default)]
-pub struct Inspection {
-    /// Status and counters.
-    pub status: proto::Status,
-    /// Registered clients, sorted by id.
-    pub clients: Vec<proto::ClientInfo>,
-    /// Subscription patterns with their subscriber counts, sorted.
-    pub topics: Vec<(String, u64)>,
-    /// The latest presence events, oldest first.
-    pub presence: Vec<PresenceEvent>,
-}
-
-pub use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
-
-/// Fixed facts the router needs.
-#[derive(Debug, Clone)]
-pub struct RouterConfig {
-    /// Who the hub is (sent in `Welcome` and `Status`).
-    pub identity: proto::HubIdentity,
-    /// Limits.
-    pub limits: Limits,
-    /// When set, clients are told to send traffic at least this often and
-    /// are disconnected after three silent intervals.
-    pub keepalive: Option<Duration>,
-}
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -413,85 +318,6 @@ impl Router {
         .into_iter()
         .flatten()
         .min()
-    }
-
-    /// Copies the router's gauges into the shared [`HubStats`].
-    pub fn publish_stats(&self) {
-        let s = &self.stats;
-        s.repl
-            .seq
-            .store(self.output.journal.repl_seq(), Ordering::Relaxed);
-        s.msgs_in.store(self.counters.msgs_in, Ordering::Relaxed);
-        s.clients
-            .store(self.registry.len() as u64, Ordering::Relaxed);
-        s.subscriptions
-            .store(self.pubsub.count(), Ordering::Relaxed);
-        s.pending
-            .store(self.requests.pending_len() as u64, Ordering::Relaxed);
-        s.kv_keys
-            .store(self.kv.store().live_keys() as u64, Ordering::Relaxed);
-        s.dropped.store(self.output.dropped(), Ordering::Relaxed);
-    }
-
-    /// The hub's status and counters at `now`.
-    pub fn status(&self, now: Instant, id: u64) -> proto::Status {
-        let uptime = self.started.map_or(Duration::ZERO, |s| now - s);
-        let c = &self.counters;
-        let r = self.requests.counters();
-        let counters = [
-            ("undeliverable", r.undeliverable),
-            ("replies_dropped", r.replies_dropped),
-            ("requests_timed_out", r.timeouts),
-            ("queue_full", r.queue_full),
-            ("slow_consumer_disconnects", c.slow_consumers),
-            ("takeovers", c.takeovers),
-            ("unsupported_frames", c.unsupported),
-            ("parked_total", r.parked_total),
-            ("duplicates_dropped", c.duplicates),
-            ("resumes", c.resumes),
-            ("resume_expired", c.resume_expired),
-            ("not_listening", r.not_listening),
-            ("no_responders", self.pubsub.no_responders()),
-            ("requests_cancelled", r.cancels),
-            (
-                "unacked_frames",
-                self.output
-                    .links()
-                    .map(|(_, l)| l.reliable.unacked_len() as u64)
-                    .sum(),
-            ),
-            ("parked_now", self.requests.parked_now() as u64),
-            ("kv_tombstones", self.kv.store().tombstones() as u64),
-            ("kv_watches", self.kv.watch_count() as u64),
-            ("presence_watchers", self.presence.watchers() as u64),
-            ("queue_groups", self.pubsub.groups() as u64),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let mut status = proto::Status {
-            id,
-            identity: Some(self.identity.clone()),
-            uptime_s: uptime.as_secs(),
-            clients: self.registry.len() as u64,
-            subscriptions: self.pubsub.count(),
-            msgs_in: c.msgs_in,
-            msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
-            bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.stats.bytes_out.load(Ordering::Relaxed),
-            dropped: self.output.dropped(),
-            queue_depth: self
-                .output
-                .links()
-                .map(|(_, l)| l.outbox.depth() as u64)
-                .sum(),
-            pending_requests: self.requests.pending_len() as u64,
-            kv_keys: self.kv.store().live_keys() as u64,
-            counters,
-            ..Default::default()
-        };
-        self.stats.repl.fill(&mut status);
-        status
     }
 
     // ---- sending ----
@@ -853,22 +679,10 @@ impl Router {
             }
         }
     }
-
-    /// The operators' view at `now`.
-    pub fn inspect(&self, now: Instant) -> Inspection {
-        Inspection {
-            status: self.status(now, 0),
-            clients: self.registry.infos(),
-            topics: self.pubsub.topics(),
-            presence: self.presence.recent().cloned().collect(),
-        }
-    }
 }
 
-mod replica;
 pub use error::ReplicaError;
-pub use replica::Replica;
-pub use snapshot::GHOST_CONN_BASE;
+pub mod replica;
 
 #[cfg(test)]
 mod tests;

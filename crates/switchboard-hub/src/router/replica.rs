@@ -1,7 +1,9 @@
-//! Replication of the router's state: snapshot, restore, change log and
-//! replica. This is the groundwork of the hot standby; the replication
-//! link, takeover and client resume are not built yet (see the project's
-//! `ARCHITECTURE.md`, "Hot standby (design)").
+//! A standby's copy of the primary's router ([`Replica`]), kept current by
+//! the primary's change log, and the ghosts it holds until their clients
+//! come back ([`Router::ghost_conn`], [`Router::claim`]). It sits above the
+//! [`Router`]: the replica feeds a router the primary's inputs. The log is
+//! written by `journal.rs`, the snapshot it starts from by `snapshot.rs`;
+//! the link that carries both is `crate::replication`.
 //!
 //! # State-machine replication
 //!
@@ -22,7 +24,10 @@
 //!   request to a service is logged naming the responder the primary
 //!   picked (see below);
 //! * `client_left`: a client's registration ended, whatever the cause
-//!   (disconnect, goodbye, id takeover, slow consumer, idle timeout).
+//!   (disconnect, goodbye, id takeover, slow consumer, idle timeout);
+//! * `sent` and `client_ack`: the hub-to-client numbering of reliable
+//!   clients, copied rather than recomputed (a frame numbered and kept for
+//!   retransmission; an acknowledgement that trimmed the buffer).
 //!
 //! `Shutdown` is not logged: a primary shutting down ends replication.
 //! [`Router::claim`] is not logged either: which socket serves a client is
@@ -62,9 +67,8 @@
 //!   refuses a snapshot whose limits differ from its own.
 //!
 //! Frames the router sends to clients are not reproduced exactly (counters
-//! in `Status`, flow control, timeouts are local). Hub-to-client sequence
-//! numbers and unacknowledged frames will be replicated explicitly with the
-//! `sent` and `client_ack` changes, which this module does not apply yet.
+//! in `Status`, flow control, timeouts are local); what a reliable client
+//! may still be sent again is, through `sent` and `client_ack`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,10 +77,12 @@ use switchboard_wire::is_logged_kind as logged_kind;
 use switchboard_wire::proto::{self, change::Op};
 
 use super::error::ReplicaError;
-use super::snapshot::{ghost_outbox, validate_client_id, GHOST_CONN_BASE};
-use super::{HubStats, Input, Router, RouterConfig};
+pub use super::snapshot::GHOST_CONN_BASE;
+use super::snapshot::{ghost_outbox, validate_client_id};
+use super::{Input, Router, RouterConfig};
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
+use crate::stats::HubStats;
 
 impl Router {
     /// The connection id of `client_id` if a ghost holds it (a client

@@ -1,11 +1,12 @@
 //! Deterministic tests of the routing core: a simulated clock, no sockets.
 
+use super::replica::Replica;
 use super::*;
 use crate::outbox::Taken;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use switchboard_wire::headers::MAX_HEADERS;
-use switchboard_wire::{ACK_DELAY, ACK_EVERY};
+use switchboard_wire::{ACK_DELAY, ACK_EVERY, FEATURE_LISTEN};
 
 struct Sim {
     router: Router,
