@@ -15,11 +15,11 @@ use switchboard_wire::{
     PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 
 use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::Input;
+use crate::router_task::Inbox;
 use crate::shared::Shared;
 use crate::stats::HubStats;
 use crate::transport::Stream;
@@ -473,7 +473,7 @@ async fn write_loop<S: Stream>(
     mut wr: S::Write,
     outbox: Arc<Outbox>,
     conn: ConnId,
-    inbox: mpsc::Sender<Input>,
+    inbox: Inbox,
     stats: Arc<HubStats>,
     batch_bytes: usize,
 ) {

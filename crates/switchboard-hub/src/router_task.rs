@@ -1,9 +1,11 @@
-//! The task that owns a primary's [`Router`]: it feeds the router the
-//! inputs the connections send, the time (as ticks at the router's next
-//! deadline), shutdown, and answers inspections; it attaches a standby and
-//! ships the change log to it (holding every outgoing frame at the
-//! [`Gate`] until the standby holds what produced it), and runs the
-//! fencing check when the standby is lost.
+//! The task that owns a primary's [`Router`], its driver: it feeds the
+//! router the inputs the connections send ([`Inbox`]), the time (as ticks
+//! at the router's next deadline) and shutdown, and answers inspections
+//! and snapshot requests by asking the router itself ([`Command`]); it
+//! attaches a standby and ships the change log to it (holding every
+//! outgoing frame at the [`Gate`] until the standby holds what produced
+//! it), and runs the fencing check when the standby is lost. The router
+//! itself sees none of this: no channel, no clock, no task.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,12 +24,77 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::Gate;
 use crate::replication::fencing;
 use crate::replication::link::{self, Link};
-use crate::router::{ChangeLogLimits, Input, Router};
+use crate::router::{ChangeLogLimits, Input, Inspection, Router};
 use crate::shared::{Attach, Shared};
 use crate::stats::HubStats;
 
 /// Most inputs the router task takes from its inbox per wake-up.
 const ROUTER_BATCH: usize = 64;
+
+/// What the router task is sent, in one ordered channel: inputs for the
+/// router, and questions the task answers by asking the router (a dropped
+/// receiver is ignored).
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// An input for the router.
+    Input(Input),
+    /// Send [`Router::inspect`] (for the status endpoints and the
+    /// dashboard).
+    Inspect(oneshot::Sender<Inspection>),
+    /// Send [`Router::snapshot`] (for tests and operators comparing a
+    /// primary with its standby).
+    Snapshot(oneshot::Sender<proto::Snapshot>),
+}
+
+impl From<Input> for Command {
+    fn from(input: Input) -> Command {
+        Command::Input(input)
+    }
+}
+
+/// The sending end of the router task's bounded inbox (`router_inbox`
+/// commands); a full inbox makes senders wait.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbox(mpsc::Sender<Command>);
+
+/// An [`Inbox`] that does not keep the router task running.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakInbox(mpsc::WeakSender<Command>);
+
+/// The router task is gone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Closed;
+
+impl Inbox {
+    /// An inbox holding at most `capacity` commands, and its receiving end
+    /// for the router task.
+    pub(crate) fn channel(capacity: usize) -> (Inbox, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Inbox(tx), rx)
+    }
+
+    /// Sends an input or a command, waiting while the inbox is full.
+    pub(crate) async fn send(&self, command: impl Into<Command>) -> Result<(), Closed> {
+        self.0.send(command.into()).await.map_err(|_| Closed)
+    }
+
+    /// Sends an input or a command if the inbox has room now.
+    pub(crate) fn try_send(&self, command: impl Into<Command>) -> Result<(), Closed> {
+        self.0.try_send(command.into()).map_err(|_| Closed)
+    }
+
+    /// A sender that does not keep the inbox open.
+    pub(crate) fn downgrade(&self) -> WeakInbox {
+        WeakInbox(self.0.downgrade())
+    }
+}
+
+impl WeakInbox {
+    /// The inbox, while the router task runs.
+    pub(crate) fn upgrade(&self) -> Option<Inbox> {
+        self.0.upgrade().map(Inbox)
+    }
+}
 
 /// The parts of [`Shared`] the router task uses.
 pub(crate) struct TaskShared {
@@ -53,7 +120,7 @@ impl TaskShared {
 /// The task that owns a primary's router.
 pub(crate) struct RouterTask {
     pub router: Router,
-    pub inbox: mpsc::Receiver<Input>,
+    pub inbox: mpsc::Receiver<Command>,
     pub standby: mpsc::Receiver<Attach>,
     /// What the router task needs of the hub's shared state (not the
     /// whole [`Shared`]: its inbox sender would keep the inbox open).
@@ -117,8 +184,16 @@ impl RouterTask {
                         break;
                     }
                     let now = Instant::now();
-                    for input in batch.drain(..) {
-                        self.router.handle(now, input);
+                    for command in batch.drain(..) {
+                        match command {
+                            Command::Input(input) => self.router.handle(now, input),
+                            Command::Inspect(reply) => {
+                                let _ = reply.send(self.router.inspect(now));
+                            }
+                            Command::Snapshot(reply) => {
+                                let _ = reply.send(self.router.snapshot());
+                            }
+                        }
                     }
                     if self.router.next_deadline().is_some_and(|d| d <= now) {
                         self.router.handle(now, Input::Tick);

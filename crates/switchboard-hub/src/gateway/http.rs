@@ -27,6 +27,7 @@ use super::HttpConfig;
 use crate::config::HubError;
 use crate::outbox::{Outbox, Taken};
 use crate::router::{Input, Inspection};
+use crate::router_task::Command;
 use crate::shared::Shared;
 use crate::ConnId;
 use switchboard_wire::validate_client_id;
@@ -1812,7 +1813,7 @@ async fn leave(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejectio
 /// Asks the router for its current view (clients, topics, presence).
 pub(crate) async fn inspect(gw: &Gateway) -> Result<Inspection, ApiError> {
     let (tx, rx) = oneshot::channel();
-    if gw.shared.inbox.send(Input::Inspect(tx)).await.is_err() {
+    if gw.shared.inbox.send(Command::Inspect(tx)).await.is_err() {
         return Err(shutting_down());
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {

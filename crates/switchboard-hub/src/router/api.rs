@@ -76,15 +76,9 @@ pub enum Input {
     Tick,
     /// Tell every client goodbye and stop accepting registrations.
     Shutdown,
-    /// Send the router's current view (for the status endpoints and the
-    /// dashboard); a dropped receiver is ignored.
-    Inspect(tokio::sync::oneshot::Sender<Inspection>),
-    /// Send [`Router::snapshot`] (for tests and operators comparing a
-    /// primary with its standby); a dropped receiver is ignored.
-    Snapshot(tokio::sync::oneshot::Sender<proto::Snapshot>),
 }
 
-/// The router's view for operators, answered to [`Input::Inspect`].
+/// The router's view for operators ([`Router::inspect`](super::Router::inspect)).
 #[derive(Debug, Clone, Default)]
 pub struct Inspection {
     /// Status and counters.

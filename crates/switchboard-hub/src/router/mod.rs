@@ -208,12 +208,6 @@ impl Router {
             }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
-            Input::Inspect(reply) => {
-                let _ = reply.send(self.inspect(now));
-            }
-            Input::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot());
-            }
         }
         self.apply_kills();
     }
