@@ -5,19 +5,25 @@
 //! uncontended lock and wakes the writer only when the queue goes from
 //! empty to non-empty. The writer takes a whole batch under one lock,
 //! encodes it into one buffer and writes it with one system call.
+//!
+//! Like the router, this is std-only: the writer waits with
+//! [`Outbox::notified`] and [`Outbox::cancelled`], plain futures on
+//! atomics and wakers that any executor can poll.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use switchboard_wire::proto::frame::Kind;
 use switchboard_wire::{proto, put_varint, FastBuf, Frame, LENGTH_PREFIX_LEN};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::ids::ConnId;
 
@@ -315,6 +321,137 @@ impl Out {
     }
 }
 
+/// Wakes the one task that writes an outbox's frames: a flag that stays
+/// set until [`Notified`] sees it, so a wake-up before the writer waits is
+/// not lost.
+#[derive(Debug, Default)]
+struct Wakeup {
+    waker: AtomicWaker,
+    woken: AtomicBool,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// What [`Outbox::notified`] returns: resolves once the outbox was woken
+/// since it last resolved.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Notified<'a> {
+    wakeup: &'a Wakeup,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let wakeup = self.wakeup;
+        if wakeup.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        wakeup.waker.register(cx.waker());
+        // Woken between the check and the registration: not lost.
+        if wakeup.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// Set once, when an outbox is killed or its transport gives up: every
+/// task waiting in [`Cancel::cancelled`] wakes (the connection's reader
+/// and writer both stop). Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    done: AtomicBool,
+    /// Waiting futures' wakers, by key.
+    waiting: Mutex<Vec<(u64, Waker)>>,
+    next_key: AtomicU64,
+}
+
+impl Cancel {
+    /// Sets the flag and wakes every waiter; later calls do nothing.
+    pub fn cancel(&self) {
+        if self.0.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let waiting = std::mem::take(&mut *self.0.waiting.lock());
+        for (_, waker) in waiting {
+            waker.wake();
+        }
+    }
+
+    /// Whether the flag is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.done.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the flag is set.
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled {
+            cancel: self,
+            key: None,
+        }
+    }
+}
+
+/// What [`Cancel::cancelled`] returns.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancelled<'a> {
+    cancel: &'a Cancel,
+    /// Its entry among the waiters, once polled.
+    key: Option<u64>,
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = &self.cancel.0;
+        if inner.done.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut waiting = inner.waiting.lock();
+        // `cancel` sets the flag before it takes the waiters: checked again
+        // under the lock, a waiter is either seen here or woken there.
+        if inner.done.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        match self.key {
+            Some(key) => {
+                if let Some((_, waker)) = waiting.iter_mut().find(|(k, _)| *k == key) {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                }
+            }
+            None => {
+                let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                waiting.push((key, cx.waker().clone()));
+                drop(waiting);
+                self.key = Some(key);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.cancel.0.waiting.lock().retain(|(k, _)| *k != key);
+        }
+    }
+}
+
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
@@ -395,8 +532,8 @@ pub struct Outbox {
     conn: ConnId,
     inner: Mutex<Inner>,
     depth: AtomicUsize,
-    notify: Notify,
-    cancel: CancellationToken,
+    wakeup: Wakeup,
+    cancel: Cancel,
     gate: Arc<Gate>,
     /// Tag the writer waits for (see [`Gate::wait`]).
     held: AtomicU64,
@@ -424,8 +561,8 @@ impl Outbox {
                 last_words: None,
             }),
             depth: AtomicUsize::new(0),
-            notify: Notify::new(),
-            cancel: CancellationToken::new(),
+            wakeup: Wakeup::default(),
+            cancel: Cancel::default(),
             held: AtomicU64::new(0),
         })
     }
@@ -456,18 +593,22 @@ impl Outbox {
 
     /// Cancelled when the outbox is killed (slow consumer, shutdown of a
     /// stuck connection): transports stop reading and writing at once.
-    pub fn cancelled(&self) -> &CancellationToken {
+    pub fn cancelled(&self) -> &Cancel {
         &self.cancel
     }
 
-    /// Waits until something may have been queued (or the outbox closed).
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Resolves once something may have been queued (or the outbox closed,
+    /// or the gate released what it held) since it last resolved. For the
+    /// one task that writes this outbox's frames.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified {
+            wakeup: &self.wakeup,
+        }
     }
 
     fn wake_if(&self, was_empty: bool) {
         if was_empty {
-            self.notify.notify_one();
+            self.wakeup.wake();
         }
     }
 
@@ -571,7 +712,7 @@ impl Outbox {
         inner.state = State::Closing;
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
-        self.notify.notify_one();
+        self.wakeup.wake();
     }
 
     /// Closes now, discarding the queue; `last` is written if the writer is
@@ -589,7 +730,7 @@ impl Outbox {
         self.depth.store(0, Ordering::Relaxed);
         drop(inner);
         self.cancel.cancel();
-        self.notify.notify_one();
+        self.wakeup.wake();
     }
 
     /// The frame left for a killed outbox's writer to try, once.
@@ -680,7 +821,7 @@ impl Gate {
             ready
         };
         for outbox in waiting {
-            outbox.notify.notify_one();
+            outbox.wakeup.wake();
         }
     }
 
@@ -883,6 +1024,38 @@ mod tests {
         assert_eq!(taken.frames.len(), 2);
         assert_eq!(taken.held, 0);
         assert!(!gate.wait(&outbox, 12));
+    }
+
+    #[tokio::test]
+    async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
+        let outbox = Outbox::new(ConnId(1));
+        let cancel = outbox.cancelled().clone();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let cancel = cancel.clone();
+                tokio::spawn(async move { cancel.cancelled().await })
+            })
+            .collect();
+        // A waiter dropped before the kill leaves nothing behind.
+        let dropped = cancel.clone();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(5), dropped.cancelled())
+                .await
+                .is_err()
+        );
+        tokio::task::yield_now().await;
+        assert!(!cancel.is_cancelled());
+        outbox.kill(None);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("woken by the kill")
+                .expect("no panic");
+        }
+        assert!(cancel.is_cancelled());
+        cancel.cancelled().await;
+        // The writer was woken too.
+        outbox.notified().await;
     }
 
     #[test]
