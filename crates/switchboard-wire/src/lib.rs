@@ -40,6 +40,7 @@
 
 pub mod bridge;
 mod codec;
+pub mod deliver;
 pub mod fast;
 mod frames;
 pub mod headers;

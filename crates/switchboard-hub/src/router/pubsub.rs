@@ -13,8 +13,9 @@ use super::common::{err, shown};
 use super::output::Output;
 use crate::ids::{ConnId, IdMap};
 use crate::limits::Limits;
-use crate::outbox::{DeliverHead, Out, Outbox};
+use crate::outbox::{Out, Outbox};
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
+use switchboard_wire::deliver::DeliverHead;
 
 /// Most service subjects whose round-robin turn is remembered; the turns
 /// are forgotten when more are asked for.
