@@ -17,9 +17,9 @@ use switchboard_wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Encoder;
 
+use crate::inbox::Inbox;
 use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::Input;
-use crate::router_task::Inbox;
 use crate::shared::Shared;
 use crate::stats::HubStats;
 use crate::transport::Stream;

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::config::HubError;
 use crate::conn::serve as serve_conn;
-use crate::router_task::{Command, WeakInbox};
+use crate::inbox::{Command, WeakInbox};
 use crate::shared::Shared;
 use crate::stats::HubStats;
 

@@ -75,6 +75,7 @@ pub mod gateway;
 mod handle;
 mod hub;
 mod ids;
+mod inbox;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;

@@ -18,9 +18,10 @@ use tracing::Instrument;
 use crate::config::{HubConfig, HubError};
 use crate::conn::serve as serve_conn;
 use crate::handle::{HubHandle, MemoryConnector};
+use crate::inbox::Inbox;
 use crate::outbox::Gate;
 use crate::router::Router;
-use crate::router_task::{Inbox, RouterTask, TaskShared};
+use crate::router_task::{RouterTask, TaskShared};
 use crate::shared::Shared;
 use crate::stats::HubStats;
 

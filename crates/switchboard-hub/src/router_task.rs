@@ -1,5 +1,5 @@
 //! The task that owns a primary's [`Router`], its driver: it feeds the
-//! router the inputs the connections send ([`Inbox`]), the time (as ticks
+//! router the inputs the connections send (its [`Inbox`](crate::inbox::Inbox)), the time (as ticks
 //! at the router's next deadline) and shutdown, and answers inspections
 //! and snapshot requests by asking the router itself ([`Command`]); it
 //! attaches a standby and ships the change log to it (holding every
@@ -21,80 +21,16 @@ use switchboard_wire::put_frame;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::inbox::Command;
 use crate::outbox::Gate;
 use crate::replication::fencing;
 use crate::replication::link::{self, Link};
-use crate::router::{ChangeLogLimits, Input, Inspection, Router};
+use crate::router::{ChangeLogLimits, Input, Router};
 use crate::shared::{Attach, Shared};
 use crate::stats::HubStats;
 
 /// Most inputs the router task takes from its inbox per wake-up.
 const ROUTER_BATCH: usize = 64;
-
-/// What the router task is sent, in one ordered channel: inputs for the
-/// router, and questions the task answers by asking the router (a dropped
-/// receiver is ignored).
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// An input for the router.
-    Input(Input),
-    /// Send [`Router::inspect`] (for the status endpoints and the
-    /// dashboard).
-    Inspect(oneshot::Sender<Inspection>),
-    /// Send [`Router::snapshot`] (for tests and operators comparing a
-    /// primary with its standby).
-    Snapshot(oneshot::Sender<proto::Snapshot>),
-}
-
-impl From<Input> for Command {
-    fn from(input: Input) -> Command {
-        Command::Input(input)
-    }
-}
-
-/// The sending end of the router task's bounded inbox (`router_inbox`
-/// commands); a full inbox makes senders wait.
-#[derive(Debug, Clone)]
-pub(crate) struct Inbox(mpsc::Sender<Command>);
-
-/// An [`Inbox`] that does not keep the router task running.
-#[derive(Debug, Clone)]
-pub(crate) struct WeakInbox(mpsc::WeakSender<Command>);
-
-/// The router task is gone.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Closed;
-
-impl Inbox {
-    /// An inbox holding at most `capacity` commands, and its receiving end
-    /// for the router task.
-    pub(crate) fn channel(capacity: usize) -> (Inbox, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Inbox(tx), rx)
-    }
-
-    /// Sends an input or a command, waiting while the inbox is full.
-    pub(crate) async fn send(&self, command: impl Into<Command>) -> Result<(), Closed> {
-        self.0.send(command.into()).await.map_err(|_| Closed)
-    }
-
-    /// Sends an input or a command if the inbox has room now.
-    pub(crate) fn try_send(&self, command: impl Into<Command>) -> Result<(), Closed> {
-        self.0.try_send(command.into()).map_err(|_| Closed)
-    }
-
-    /// A sender that does not keep the inbox open.
-    pub(crate) fn downgrade(&self) -> WeakInbox {
-        WeakInbox(self.0.downgrade())
-    }
-}
-
-impl WeakInbox {
-    /// The inbox, while the router task runs.
-    pub(crate) fn upgrade(&self) -> Option<Inbox> {
-        self.0.upgrade().map(Inbox)
-    }
-}
 
 /// The parts of [`Shared`] the router task uses.
 pub(crate) struct TaskShared {

@@ -13,8 +13,8 @@ use switchboard_wire::proto;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::inbox::Inbox;
 use crate::outbox::Gate;
-use crate::router_task::Inbox;
 use crate::stats::HubStats;
 use crate::{ConnId, Limits};
 

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::HttpConfig;
 use crate::config::HubError;
+use crate::inbox::Command;
 use crate::outbox::{Outbox, Taken};
 use crate::router::{Input, Inspection};
-use crate::router_task::Command;
 use crate::shared::Shared;
 use crate::ConnId;
 use switchboard_wire::validate_client_id;
