@@ -58,6 +58,12 @@ impl HubStats {
             .sum()
     }
 
+    /// Records how long a request took from `Request` to `Reply` (the
+    /// router measures it; `/metrics` shows the histogram).
+    pub fn observe_request_latency(&self, took: Duration) {
+        self.metrics.request_latency.observe(took);
+    }
+
     /// A status from the shared counters (as last published by the router).
     pub fn status(&self, identity: &proto::HubIdentity, uptime: Duration) -> proto::Status {
         let mut status = proto::Status {

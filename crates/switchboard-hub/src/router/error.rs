@@ -2,7 +2,7 @@
 //! (see [`replica`](super::replica)).
 
 /// Why a snapshot could not be restored or a change not applied. After an
-/// error from [`Replica::apply`] the replica refuses further changes: it
+/// error from [`Replica::apply`](super::replica::Replica::apply) the replica refuses further changes: it
 /// needs a fresh snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {

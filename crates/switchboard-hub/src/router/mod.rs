@@ -1,10 +1,44 @@
 //! The routing core: a sans-IO state machine that owns every piece of hub
-//! state and turns [`Input`]s into frames pushed onto clients' [`Outbox`]es.
+//! state and turns [`Input`]s into frames pushed onto clients'
+//! [`Outbox`]es.
 //!
 //! It never touches sockets, spawns tasks or reads clocks: the caller passes
-//! the current time into [`Router::handle`]. One task owns the router (see
-//! the crate docs); tests drive it directly with a simulated clock, and a
-//! standby can rebuild the same state by replaying the same inputs.
+//! the current time into [`Router::handle`] and calls it again with
+//! [`Input::Tick`] at [`Router::next_deadline`]. Its inputs, outputs and
+//! state are std types (the outboxes are std-only too). One task owns the
+//! router (`router_task.rs`, the driver); tests drive it directly with a
+//! simulated clock, and a standby rebuilds the same state by replaying the
+//! same inputs ([`replica`]).
+//!
+//! # Rooms
+//!
+//! The state is split by who owns it; each room is a struct with its state
+//! and the methods on it, and imports only the leaves below it:
+//!
+//! * `registry.rs`: who is registered (by connection and client id),
+//!   aliases of resumed connections, detached clients, listen flags,
+//!   idleness; `Listen` and `Broadcast`.
+//! * `output.rs`: each client's link (outbox and reliable numbering, from
+//!   `reliable.rs`) and how frames are pushed: queue limits, the standby
+//!   gate's tag, the change log (`journal.rs`), slow consumers. Every frame
+//!   to a client goes through it.
+//! * `pubsub.rs`: subscriptions, queue groups, service subscriptions;
+//!   `Publish` fan-out and the service responder pick.
+//! * `requests.rs`: pending requests and their deadlines, messages parked
+//!   at full queues; `Direct`, `Request`, `Session`, `Reply`, `Cancel`.
+//! * `kv.rs` (on the store in `kvstore.rs`): key/value frames and watches.
+//! * `presence.rs`: presence watchers and recent events.
+//! * `timers.rs`: acknowledgements owed, closing outboxes, idle checks.
+//! * Leaves: `api.rs` (the public vocabulary), `common.rs`, `error.rs`.
+//!
+//! This file composes them and holds what spans rooms: dispatching frames,
+//! joining, resuming and leaving, shutdown and the tick. Above the
+//! [`Router`] sit `status.rs` (what it shows), `snapshot.rs` (snapshot and
+//! restore) and [`replica`]; nothing below names them.
+//!
+//! The router keeps an `Arc<HubStats>` (std atomics): it reads the
+//! transports' counters for `Status`, records request latency, and copies
+//! its gauges there when the driver calls [`Router::publish_stats`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,32 +187,14 @@ impl Router {
                     return;
                 };
                 for frame in frames {
-                    if frame.acked != 0 {
-                        self.output.client_acked(key, frame.acked);
-                    }
-                    let Some(link) = self.output.get_mut(key) else {
-                        break;
-                    };
-                    if frame.seq != 0
-                        && link.reliable.is_on()
-                        && frame
-                            .kind
-                            .as_ref()
-                            .is_some_and(switchboard_wire::is_logged_kind)
-                        && !link.reliable.take(frame.seq)
-                    {
-                        // Resent after a resume: already taken.
-                        self.counters.duplicates += 1;
-                        continue;
-                    }
-                    if self.output.journal.is_on() {
-                        let link = self.output.get(key).map(|l| l.id.clone());
-                        if let Some(id) = link {
-                            self.output.journal.frame(&id, &frame);
+                    match self.output.take_in(key, &frame) {
+                        None => break,
+                        Some(false) => self.counters.duplicates += 1,
+                        Some(true) => {
+                            self.on_frame(now, key, frame);
+                            self.apply_kills();
                         }
                     }
-                    self.on_frame(now, key, frame);
-                    self.apply_kills();
                 }
                 self.flush_ack(now, key);
             }
@@ -612,7 +628,7 @@ impl Router {
             Kind::Reply(r) => {
                 let (out, registry) = (&mut self.output, &self.registry);
                 if let Some(took) = self.requests.reply(out, registry, now, conn, r) {
-                    self.stats.metrics.request_latency.observe(took);
+                    self.stats.observe_request_latency(took);
                 }
             }
             Kind::Broadcast(b) => self.registry.broadcast(&mut self.output, conn, b),

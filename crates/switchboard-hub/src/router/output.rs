@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use switchboard_wire::{ErrorCode, Frame};
+use switchboard_wire::{is_logged_kind, ErrorCode, Frame};
 
 use super::journal::Journal;
 use super::reliable::{ack_frame, AckNext, Reliable};
@@ -196,6 +196,28 @@ impl Output {
         if over {
             self.to_kill.push(key);
         }
+    }
+
+    /// Takes frame `frame` from client `key` in: its acknowledgement
+    /// (`Frame.acked`) is applied, a numbered frame of a logged kind from a
+    /// reliable client is taken in order (`Some(false)`: a duplicate,
+    /// resent after a resume, to drop), and the frame is logged for the
+    /// standby. `None` when the client is gone (the rest of its batch is
+    /// dropped).
+    pub fn take_in(&mut self, key: ConnId, frame: &Frame) -> Option<bool> {
+        if frame.acked != 0 {
+            self.client_acked(key, frame.acked);
+        }
+        let link = self.links.get_mut(&key)?;
+        if frame.seq != 0
+            && link.reliable.is_on()
+            && frame.kind.as_ref().is_some_and(is_logged_kind)
+            && !link.reliable.take(frame.seq)
+        {
+            return Some(false);
+        }
+        self.journal.frame(&link.id, frame);
+        Some(true)
     }
 
     /// A reliable client acknowledged everything up to `up_to`.
