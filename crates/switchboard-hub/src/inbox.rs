@@ -12,6 +12,9 @@ use crate::router::{Input, Inspection};
 /// router, and questions the task answers by asking the router (a dropped
 /// receiver is ignored).
 #[derive(Debug)]
+// Inputs travel by value, as they did before questions shared their
+// channel; boxing them would cost an allocation per batch of frames.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// An input for the router.
     Input(Input),
