@@ -34,7 +34,8 @@
 //! This file composes them and holds what spans rooms: dispatching frames,
 //! joining, resuming and leaving, shutdown and the tick. Above the
 //! [`Router`] sit `status.rs` (what it shows), `snapshot.rs` (snapshot and
-//! restore) and [`replica`]; nothing below names them.
+//! restore) and [`replica`] (the change log's surface, the standby's
+//! replica, ghosts); nothing below names them.
 //!
 //! The router keeps an `Arc<HubStats>` (std atomics): it reads the
 //! transports' counters for `Status`, records request latency, and copies
@@ -43,7 +44,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
     check_headers, ErrorCode, Frame, FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED,
@@ -147,12 +147,6 @@ impl Router {
             output: Output::new(q),
             handover: false,
         }
-    }
-
-    /// Whether a standby will take over when this router shuts down (see
-    /// [`Input::Shutdown`]): clients are then not told goodbye.
-    pub fn set_handover(&mut self, on: bool) {
-        self.handover = on;
     }
 
     /// The hub identity the router announces.
@@ -265,51 +259,6 @@ impl Router {
             AckNext::Now => self.output.send_ack(key),
             AckNext::Later => self.timers.ack_later(now, key),
         }
-    }
-
-    /// Starts logging changes (see [`replica`]); they are numbered on from
-    /// [`Router::repl_seq`]. Already logging: only the limits change.
-    pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
-        self.output.journal.enable(limits);
-    }
-
-    /// Stops logging changes and discards the ones not taken.
-    pub fn disable_change_log(&mut self) {
-        self.output.journal.disable();
-    }
-
-    /// Sequence number of the last change logged (or of the snapshot this
-    /// router was restored from); [`Router::snapshot`] reports it.
-    pub fn repl_seq(&self) -> u64 {
-        self.output.journal.repl_seq()
-    }
-
-    /// Moves the changes logged since the last call onto `out`, in order.
-    /// When more piled up than the [`ChangeLogLimits`] allow, they were
-    /// discarded and this says how many: the standby must start again from
-    /// a fresh snapshot (logging goes on).
-    pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
-        self.output.journal.take(out)
-    }
-
-    /// Drops the changes logged since the last take without converting
-    /// them (they are in a snapshot, or nobody will receive them); logging
-    /// goes on.
-    pub fn discard_changes(&mut self) {
-        self.output.journal.discard();
-    }
-
-    /// Like [`Router::take_changes`], but appends the changes to `buf` as
-    /// length-prefixed `Frame{change}`s, ready for the replication link;
-    /// returns how many.
-    pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
-        self.output.journal.take_encoded(buf)
-    }
-
-    /// Starts (or stops) holding every frame until the standby holds the
-    /// changes that produced it.
-    pub fn set_gating(&mut self, on: bool) {
-        self.output.set_gating(on);
     }
 
     /// When the router next needs an [`Input::Tick`], if ever.

@@ -1,9 +1,12 @@
-//! A standby's copy of the primary's router ([`Replica`]), kept current by
-//! the primary's change log, and the ghosts it holds until their clients
-//! come back ([`Router::ghost_conn`], [`Router::claim`]). It sits above the
-//! [`Router`]: the replica feeds a router the primary's inputs. The log is
-//! written by `journal.rs`, the snapshot it starts from by `snapshot.rs`;
-//! the link that carries both is `crate::replication`.
+//! Replication at the router's surface: on a primary, the change log its
+//! router task ships ([`Router::enable_change_log`], [`Router::take_encoded`])
+//! and the gate tags ([`Router::set_gating`]); on a standby, the copy of the
+//! primary's router ([`Replica`]) kept current by that log, and the ghosts
+//! it holds until their clients come back ([`Router::ghost_conn`],
+//! [`Router::claim`]). It sits above the [`Router`]: the replica feeds a
+//! router the primary's inputs. The log is written by `journal.rs`, the
+//! snapshot it starts from by `snapshot.rs`; the link that carries both is
+//! `crate::replication`.
 //!
 //! # State-machine replication
 //!
@@ -73,16 +76,74 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use switchboard_wire::is_logged_kind as logged_kind;
 use switchboard_wire::proto::{self, change::Op};
 
 use super::error::ReplicaError;
+use super::journal::{ChangeLogLimits, ChangeLogOverflow};
 pub use super::snapshot::GHOST_CONN_BASE;
 use super::snapshot::{ghost_outbox, validate_client_id};
 use super::{Input, Router, RouterConfig};
 use crate::ids::ConnId;
 use crate::outbox::Outbox;
 use crate::stats::HubStats;
+
+/// The primary's side: the change log its router task ships to the
+/// standby, the gate that holds frames until the standby has them, and the
+/// handover at shutdown.
+impl Router {
+    /// Starts logging changes (see the module docs); they are numbered on from
+    /// [`Router::repl_seq`]. Already logging: only the limits change.
+    pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
+        self.output.journal.enable(limits);
+    }
+
+    /// Stops logging changes and discards the ones not taken.
+    pub fn disable_change_log(&mut self) {
+        self.output.journal.disable();
+    }
+
+    /// Sequence number of the last change logged (or of the snapshot this
+    /// router was restored from); [`Router::snapshot`] reports it.
+    pub fn repl_seq(&self) -> u64 {
+        self.output.journal.repl_seq()
+    }
+
+    /// Moves the changes logged since the last call onto `out`, in order.
+    /// When more piled up than the [`ChangeLogLimits`] allow, they were
+    /// discarded and this says how many: the standby must start again from
+    /// a fresh snapshot (logging goes on).
+    pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
+        self.output.journal.take(out)
+    }
+
+    /// Drops the changes logged since the last take without converting
+    /// them (they are in a snapshot, or nobody will receive them); logging
+    /// goes on.
+    pub fn discard_changes(&mut self) {
+        self.output.journal.discard();
+    }
+
+    /// Like [`Router::take_changes`], but appends the changes to `buf` as
+    /// length-prefixed `Frame{change}`s, ready for the replication link;
+    /// returns how many.
+    pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
+        self.output.journal.take_encoded(buf)
+    }
+
+    /// Starts (or stops) holding every frame until the standby holds the
+    /// changes that produced it.
+    pub fn set_gating(&mut self, on: bool) {
+        self.output.set_gating(on);
+    }
+
+    /// Whether a standby will take over when this router shuts down (see
+    /// [`Input::Shutdown`]): clients are then not told goodbye.
+    pub fn set_handover(&mut self, on: bool) {
+        self.handover = on;
+    }
+}
 
 impl Router {
     /// The connection id of `client_id` if a ghost holds it (a client
