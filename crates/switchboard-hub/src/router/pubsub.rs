@@ -381,8 +381,7 @@ impl PubSub {
                     head: head.clone(),
                     payload,
                 };
-                let outbox = outbox.clone();
-                out.push_droppable(target, &outbox, deliver);
+                out.push_droppable(target, outbox, deliver);
             }
         }
         if p.id != 0 {
