@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use switchboard_wire::{proto, ErrorCode, Frame};
 
-use super::common::{err, shown, validate_client_key};
+use super::common::{err, shown};
 use super::kvstore::{KvError, KvStore};
 use super::output::Output;
 use crate::ids::{ConnId, IdMap};
@@ -316,4 +316,21 @@ fn version_mismatch(key: &str, expect: u64, current: u64, found: bool) -> String
             format!("key '{key}' does not exist (expected version {expect}); read it and retry")
         }
     }
+}
+
+/// Checks a key/value key chosen by a client; the error says what to mend.
+fn validate_client_key(key: &str, max: usize, allow_empty: bool) -> Result<(), String> {
+    if key.is_empty() && !allow_empty {
+        return Err("key is empty; use a non-empty key".into());
+    }
+    if key.len() > max {
+        return Err(format!(
+            "key is {} bytes, more than the limit of {max}; use a shorter key",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains a control character; use printable text".into());
+    }
+    Ok(())
 }

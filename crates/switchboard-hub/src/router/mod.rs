@@ -55,7 +55,7 @@ mod api;
 mod common;
 
 pub use common::CLOSE_GRACE;
-use common::{err, headers_of, shown, PARK_RETRY};
+use common::{err, shown, PARK_RETRY};
 
 mod error;
 mod journal;
@@ -638,6 +638,22 @@ impl Router {
             }
         }
     }
+}
+
+/// The application headers of a frame that carries some, and the
+/// correlation id a refusal of them answers (0 for a reply, whose id is the
+/// requester's). Most frames carry none: they cost no call to
+/// `check_headers`.
+fn headers_of(kind: &Kind) -> Option<(&[proto::Header], u64)> {
+    let (headers, id) = match kind {
+        Kind::Direct(d) => (&d.headers, d.id),
+        Kind::Request(r) => (&r.headers, r.id),
+        Kind::Reply(r) => (&r.headers, 0),
+        Kind::Broadcast(b) => (&b.headers, b.id),
+        Kind::Publish(p) => (&p.headers, p.id),
+        _ => return None,
+    };
+    (!headers.is_empty()).then_some((headers, id))
 }
 
 pub use error::ReplicaError;

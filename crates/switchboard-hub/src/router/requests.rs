@@ -10,13 +10,32 @@ use std::time::{Duration, Instant};
 
 use switchboard_wire::{proto, ErrorCode, Frame};
 
-use super::common::{err, shown, WaitKind, Waiter};
+use super::common::{err, shown};
 use super::output::Output;
 use super::pubsub::PubSub;
 use super::registry::Registry;
 use crate::ids::{ConnId, IdMap, IdSet};
 use crate::limits::Limits;
 use crate::outbox::Out;
+
+/// What kind of message a [`Waiter`] waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitKind {
+    Direct,
+    Request,
+    Session,
+}
+
+/// The sender of a message that may wait for room at its target, told
+/// when it goes out or fails.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    sender: ConnId,
+    /// The sender's correlation id (0: fire-and-forget).
+    corr: u64,
+    deadline: Instant,
+    kind: WaitKind,
+}
 
 /// A request outstanding to its target.
 #[derive(Debug, Clone, Copy)]
