@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_hub::outbox::Taken;
-use switchboard_hub::router::{ChangeLogLimits, Input, Replica, Router, RouterConfig};
+use switchboard_hub::router::replica::Replica;
+use switchboard_hub::router::{ChangeLogLimits, Input, Router, RouterConfig};
 use switchboard_hub::stats::HubStats;
 use switchboard_hub::{ConnId, Limits, Outbox};
 use switchboard_wire::{proto, Frame};

@@ -16,8 +16,8 @@ use switchboard_wire::{
     check_client_frame, put_frame, validate_client_id, ErrorCode, Frame, WireError,
     LENGTH_PREFIX_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
-use tokio_util::sync::CancellationToken;
 
+use crate::inbox::Inbox;
 use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::Input;
 use crate::shared::Shared;
@@ -433,7 +433,7 @@ async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared:
 async fn write_loop<W: FrameTx>(
     tx: W,
     outbox: Arc<Outbox>,
-    inbox: tokio::sync::mpsc::Sender<Input>,
+    inbox: Inbox,
     stats: Arc<HubStats>,
     batch_bytes: usize,
 ) {
@@ -456,7 +456,7 @@ struct Writer<W> {
     tx: W,
     buf: BytesMut,
     stats: Arc<HubStats>,
-    cancel: CancellationToken,
+    cancel: crate::outbox::Cancel,
 }
 
 impl<W: FrameTx> Drain for Writer<W> {

@@ -8,13 +8,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use switchboard_discovery::HintGuard;
 use switchboard_wire::proto;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::HubError;
 use crate::conn::serve as serve_conn;
-use crate::router::Input;
+use crate::inbox::{Command, WeakInbox};
 use crate::shared::Shared;
 use crate::stats::HubStats;
 
@@ -33,7 +33,7 @@ pub struct HubHandle {
     pub(crate) hint: Arc<Mutex<Option<HintGuard>>>,
     pub(crate) fenced: Arc<AtomicBool>,
     /// Weak: a handle must not keep the router's inbox open.
-    pub(crate) inbox: mpsc::WeakSender<Input>,
+    pub(crate) inbox: WeakInbox,
     /// Opens in-memory connections.
     pub(crate) memory: MemoryConnector,
     pub(crate) secret: switchboard_discovery::Secret,
@@ -123,7 +123,7 @@ impl HubHandle {
     pub async fn snapshot(&self) -> Option<proto::Snapshot> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inbox = self.inbox.upgrade()?;
-        inbox.send(Input::Snapshot(tx)).await.ok()?;
+        inbox.send(Command::Snapshot(tx)).await.ok()?;
         rx.await.ok()
     }
 

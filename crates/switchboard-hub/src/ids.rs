@@ -1,9 +1,20 @@
-//! Hash maps keyed by the hub's own integer ids (connection ids, group
-//! ids), with a cheap hasher: the keys are assigned by the hub, not
-//! chosen by clients.
+//! The hub's own integer ids: [`ConnId`], and hash maps keyed by such ids
+//! (connection ids, group ids) with a cheap hasher: the keys are assigned
+//! by the hub, not chosen by clients.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+
+/// Identifies one connection to the hub (assigned by the hub, never reused
+/// while the hub runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
 
 /// A cheap hasher for the router's integer keys (connection ids are
 /// assigned by the hub, not chosen by clients).

@@ -75,7 +75,7 @@ pub mod gateway;
 mod handle;
 mod hub;
 mod ids;
-mod kv;
+mod inbox;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
@@ -95,17 +95,7 @@ pub use config::{
 pub use gateway::http_token;
 pub use handle::{HubHandle, MemoryConnector};
 pub use hub::Hub;
+pub use ids::ConnId;
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
 pub use replication::follower::{StandbyHandle, StandbyState};
-
-/// Identifies one connection to the hub (assigned by the hub, never reused
-/// while the hub runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "c{}", self.0)
-    }
-}

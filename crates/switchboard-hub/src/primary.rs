@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::config::{HubConfig, HubError};
 use crate::conn::serve as serve_conn;
 use crate::handle::{HubHandle, MemoryConnector};
+use crate::inbox::Inbox;
 use crate::outbox::Gate;
 use crate::router::Router;
 use crate::router_task::{RouterTask, TaskShared};
@@ -51,7 +52,7 @@ pub(crate) async fn serve(
     } else {
         None
     };
-    let (inbox_tx, inbox_rx) = mpsc::channel(config.limits.router_inbox.max(1));
+    let (inbox_tx, inbox_rx) = Inbox::channel(config.limits.router_inbox);
     let (standby_tx, standby_rx) = mpsc::channel(4);
     let shutdown = CancellationToken::new();
     let (closed_tx, closed_rx) = watch::channel(false);

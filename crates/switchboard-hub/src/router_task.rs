@@ -1,9 +1,11 @@
-//! The task that owns a primary's [`Router`]: it feeds the router the
-//! inputs the connections send, the time (as ticks at the router's next
-//! deadline), shutdown, and answers inspections; it attaches a standby and
-//! ships the change log to it (holding every outgoing frame at the
-//! [`Gate`] until the standby holds what produced it), and runs the
-//! fencing check when the standby is lost.
+//! The task that owns a primary's [`Router`], its driver: it feeds the
+//! router the inputs the connections send (its [`Inbox`](crate::inbox::Inbox)), the time (as ticks
+//! at the router's next deadline) and shutdown, and answers inspections
+//! and snapshot requests by asking the router itself ([`Command`]); it
+//! attaches a standby and ships the change log to it (holding every
+//! outgoing frame at the [`Gate`] until the standby holds what produced
+//! it), and runs the fencing check when the standby is lost. The router
+//! itself sees none of this: no channel, no clock, no task.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use switchboard_wire::put_frame;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::inbox::Command;
 use crate::outbox::Gate;
 use crate::replication::fencing;
 use crate::replication::link::{self, Link};
@@ -53,7 +56,7 @@ impl TaskShared {
 /// The task that owns a primary's router.
 pub(crate) struct RouterTask {
     pub router: Router,
-    pub inbox: mpsc::Receiver<Input>,
+    pub inbox: mpsc::Receiver<Command>,
     pub standby: mpsc::Receiver<Attach>,
     /// What the router task needs of the hub's shared state (not the
     /// whole [`Shared`]: its inbox sender would keep the inbox open).
@@ -117,8 +120,16 @@ impl RouterTask {
                         break;
                     }
                     let now = Instant::now();
-                    for input in batch.drain(..) {
-                        self.router.handle(now, input);
+                    for command in batch.drain(..) {
+                        match command {
+                            Command::Input(input) => self.router.handle(now, input),
+                            Command::Inspect(reply) => {
+                                let _ = reply.send(self.router.inspect(now));
+                            }
+                            Command::Snapshot(reply) => {
+                                let _ = reply.send(self.router.snapshot());
+                            }
+                        }
                     }
                     if self.router.next_deadline().is_some_and(|d| d <= now) {
                         self.router.handle(now, Input::Tick);

@@ -13,8 +13,8 @@ use switchboard_wire::proto;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::inbox::Inbox;
 use crate::outbox::Gate;
-use crate::router::Input;
 use crate::stats::HubStats;
 use crate::{ConnId, Limits};
 
@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     pub secret: Secret,
     pub limits: Limits,
     pub handshake_timeout: Duration,
-    pub inbox: mpsc::Sender<Input>,
+    pub inbox: Inbox,
     pub stats: Arc<HubStats>,
     pub shutdown: CancellationToken,
     /// Last connection id handed out (ids are shared by all transports).

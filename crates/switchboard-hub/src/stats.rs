@@ -10,9 +10,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use switchboard_wire::proto;
 
+use crate::ids::ConnId;
 use crate::ids::IdMap;
 use crate::outbox::Outbox;
-use crate::ConnId;
 
 /// Counters shared between the router, the transports and
 /// [`HubHandle::status`](crate::HubHandle::status).
@@ -56,6 +56,12 @@ impl HubStats {
             .values()
             .map(|o| o.depth() as u64)
             .sum()
+    }
+
+    /// Records how long a request took from `Request` to `Reply` (the
+    /// router measures it; `/metrics` shows the histogram).
+    pub fn observe_request_latency(&self, took: Duration) {
+        self.metrics.request_latency.observe(took);
     }
 
     /// A status from the shared counters (as last published by the router).

@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::ids::ConnId;
 use crate::outbox::Outbox;
-use crate::ConnId;
 
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -40,10 +40,12 @@
 
 pub mod bridge;
 mod codec;
+pub mod deliver;
 pub mod fast;
 mod frames;
 pub mod headers;
 pub mod peek;
+pub mod reliable;
 
 /// Messages generated from `proto/switchboard/v1/switchboard.proto`.
 ///

@@ -3,10 +3,13 @@
 //!
 //! The rules, each in its own module with its table as constants:
 //!
-//! - `sans-io` ([`sans_io`]): the session core (`switchboard-session/src/`
-//!   but `driver/`) and the router core (`switchboard-hub/src/router.rs`,
-//!   `router/`, `outbox.rs`) name no `tokio*`, `std::net`, `Instant::now`,
-//!   `SystemTime::now`, `spawn`, `async` or `.await` in code.
+//! - `sans-io` ([`sans_io`]): the cores listed in `sans_io::CORES` — the
+//!   session core (`switchboard-session/src/` but `driver/`), the router
+//!   core (`switchboard-hub/src/router/`, `outbox/`), the wire's
+//!   reliable-delivery core and delivery encoder, and the client handshake
+//!   (`switchboard-discovery/src/handshake*`) — name no `tokio*`,
+//!   `std::net`, `Instant::now`, `SystemTime::now`, `spawn`, `async` or
+//!   `.await` in code.
 //! - `crate-layers` ([`layers`]): each workspace package depends only on the
 //!   workspace crates its row of the layer table allows (dev-dependencies:
 //!   its level or below); a package without a row is a finding.

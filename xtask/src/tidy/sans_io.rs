@@ -38,9 +38,16 @@ pub(crate) const CORES: &[Core] = &[
     Core {
         name: "router core",
         paths: &[
-            "crates/switchboard-hub/src/router.rs",
             "crates/switchboard-hub/src/router/",
-            "crates/switchboard-hub/src/outbox.rs",
+            "crates/switchboard-hub/src/outbox/",
+        ],
+        except: &[],
+    },
+    Core {
+        name: "reliable-delivery core",
+        paths: &[
+            "crates/switchboard-wire/src/reliable.rs",
+            "crates/switchboard-wire/src/deliver.rs",
         ],
         except: &[],
     },

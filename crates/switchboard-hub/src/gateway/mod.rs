@@ -13,7 +13,7 @@
 //! * `api`: the error answer, reading bodies, payloads and headers in JSON;
 //! * `calls`: each POST body, the frame it becomes and the JSON it answers
 //!   (the `ApiCall` trait), and [`check_body`];
-//! * `views`: the router's view (`Input::Inspect`) and its JSON;
+//! * `views`: the router's view (`Command::Inspect`) and its JSON;
 //! * `mailbox`, `virtual_client`: HTTP clients as virtual connections;
 //! * `auth`: the loopback guard and the bearer token;
 //! * `metrics`, `dashboard`, `ws`: `/metrics`, the dashboard, `/v1/ws`;

@@ -1,4 +1,4 @@
-//! The router's view of the hub (`Input::Inspect`) and its JSON shapes,
+//! The router's view of the hub (`Command::Inspect`) and its JSON shapes,
 //! shared by the API routes, the metrics and the dashboard.
 
 use serde_json::{json, Value};
@@ -7,12 +7,13 @@ use tokio::sync::oneshot;
 
 use super::api::ApiError;
 use super::{Gateway, ANSWER_TIMEOUT};
-use crate::router::{Input, Inspection};
+use crate::inbox::Command;
+use crate::router::Inspection;
 
 /// Asks the router for its current view (clients, topics, presence).
 pub(super) async fn inspect(gw: &Gateway) -> Result<Inspection, ApiError> {
     let (tx, rx) = oneshot::channel();
-    if gw.shared.inbox.send(Input::Inspect(tx)).await.is_err() {
+    if gw.shared.inbox.send(Command::Inspect(tx)).await.is_err() {
         return Err(ApiError::shutting_down());
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {

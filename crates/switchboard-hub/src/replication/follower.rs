@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
 use crate::handle::HubHandle;
-use crate::router::{Replica, RouterConfig};
+use crate::router::replica::Replica;
+use crate::router::RouterConfig;
 use crate::stats::HubStats;
 
 /// Largest frame a standby accepts from its (authenticated) primary: a

@@ -1,7 +1,12 @@
-//! Replication of the router's state: snapshot, restore, change log and
-//! replica, the state-machine half of the hot standby (the replication
-//! link and the takeover are the hub's standby code; see the project's
-//! `ARCHITECTURE.md`, "Hot standby").
+//! Replication at the router's surface: on a primary, the change log its
+//! router task ships ([`Router::enable_change_log`], [`Router::take_encoded`])
+//! and the gate tags ([`Router::set_gating`]); on a standby, the copy of the
+//! primary's router ([`Replica`]) kept current by that log, and the ghosts
+//! it holds until their clients come back ([`Router::ghost_conn`],
+//! [`Router::claim`]). It sits above the [`Router`]: the replica feeds a
+//! router the primary's inputs. The log is written by `journal.rs`, the
+//! snapshot it starts from by `snapshot.rs`; the link that carries both is
+//! `crate::replication`.
 //!
 //! # State-machine replication
 //!
@@ -22,7 +27,10 @@
 //!   request to a service is logged naming the responder the primary
 //!   picked (see below);
 //! * `client_left`: a client's registration ended, whatever the cause
-//!   (disconnect, goodbye, id takeover, slow consumer, idle timeout).
+//!   (disconnect, goodbye, id takeover, slow consumer, idle timeout);
+//! * `sent` and `client_ack`: the hub-to-client numbering of reliable
+//!   clients, copied rather than recomputed (a frame numbered and kept for
+//!   retransmission; an acknowledgement that trimmed the buffer).
 //!
 //! `Shutdown` is not logged: a primary shutting down ends replication.
 //! [`Router::claim`] is not logged either: which socket serves a client is
@@ -62,333 +70,44 @@
 //!   refuses a snapshot whose limits differ from its own.
 //!
 //! Frames the router sends to clients are not reproduced exactly (counters
-//! in `Status`, flow control, timeouts are local). Hub-to-client sequence
-//! numbers and unacknowledged frames will be replicated explicitly with the
-//! `sent` and `client_ack` changes, which this module does not apply yet.
+//! in `Status`, flow control, timeouts are local); what a reliable client
+//! may still be sent again is, through `sent` and `client_ack`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
-use prost::Message;
-use switchboard_wire::proto::{self, change::Op, frame::Kind};
-use switchboard_wire::Frame;
+use bytes::BytesMut;
+use switchboard_wire::is_logged_kind as logged_kind;
+use switchboard_wire::proto::{self, change::Op};
 
-use super::{HubStats, Input, Router, RouterConfig};
-use crate::kv::KvStore;
-use crate::outbox::{Out, Outbox};
-use crate::ConnId;
+use super::error::ReplicaError;
+use super::journal::{ChangeLogLimits, ChangeLogOverflow};
+pub use super::snapshot::GHOST_CONN_BASE;
+use super::snapshot::{ghost_outbox, validate_client_id};
+use super::{Input, Router, RouterConfig};
+use crate::ids::ConnId;
+use crate::outbox::Outbox;
+use crate::stats::HubStats;
 
-/// Connection ids of ghost clients (restored from a snapshot or joined
-/// through the change log) start here; hubs number sockets from 1.
-pub const GHOST_CONN_BASE: u64 = 1 << 63;
-
-/// Snapshot `config` key holding the key/value version floor.
-pub(crate) const KV_FLOOR_KEY: &str = "kv_version_floor";
-
-/// Bounds of the change log a primary buffers between two
-/// [`Router::take_changes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChangeLogLimits {
-    /// Most changes buffered.
-    pub max_changes: usize,
-    /// Most bytes buffered (encoded size of the changes).
-    pub max_bytes: usize,
-}
-
-impl Default for ChangeLogLimits {
-    fn default() -> Self {
-        ChangeLogLimits {
-            max_changes: 65_536,
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-/// Changes were discarded because they were not taken in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the change log overflowed and {lost} changes were discarded; send the standby a fresh snapshot")]
-pub struct ChangeLogOverflow {
-    /// How many changes were discarded.
-    pub lost: u64,
-}
-
-/// Why a snapshot could not be restored or a change not applied. After an
-/// error from [`Replica::apply`] the replica refuses further changes: it
-/// needs a fresh snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplicaError {
-    /// A change was skipped.
-    #[error(
-        "change {got} arrived but {expected} was expected; resynchronise from a fresh snapshot"
-    )]
-    Gap {
-        /// The sequence number due.
-        expected: u64,
-        /// The one received.
-        got: u64,
-    },
-    /// A change names a client the replica does not hold.
-    #[error("a change names client '{0}', which this replica does not hold; resynchronise from a fresh snapshot")]
-    UnknownClient(String),
-    /// Malformed replication data.
-    #[error("invalid replication data: {0}; resynchronise from a fresh snapshot")]
-    Invalid(String),
-    /// The primary runs with other limits.
-    #[error("limit '{key}' is {theirs} on the primary but {ours} here; start the standby with the primary's limits")]
-    ConfigMismatch {
-        /// The limit's name.
-        key: String,
-        /// This router's value.
-        ours: String,
-        /// The primary's value.
-        theirs: String,
-    },
-    /// The snapshot belongs to another service.
-    #[error("the snapshot is of service '{theirs}' but this hub serves '{ours}'; pair hubs of the same service")]
-    ServiceMismatch {
-        /// This hub's service.
-        ours: String,
-        /// The snapshot's service.
-        theirs: String,
-    },
-    /// The data uses a part of replication not built yet.
-    #[error("{0} cannot be replicated yet; run without a standby")]
-    Unsupported(&'static str),
-    /// Replaying did not reproduce the primary's state.
-    #[error(
-        "the replica's state differs from the primary's: {0}; resynchronise from a fresh snapshot"
-    )]
-    Diverged(String),
-    /// An earlier error stopped the replica.
-    #[error("this replica stopped after an earlier error; resynchronise from a fresh snapshot")]
-    Stopped,
-}
-
-/// One logged change. A `sent` frame is kept as the queued [`Out`] and
-/// encoded straight onto the link, never decoded into a `Frame`.
-#[derive(Debug)]
-enum Logged {
-    Change(proto::Change),
-    Sent {
-        repl_seq: u64,
-        client_id: String,
-        out: Out,
-    },
-}
-
-/// Field numbers used to encode a `sent` change by hand.
-const FRAME_CHANGE_FIELD: u32 = 92;
-const CHANGE_SENT_FIELD: u32 = 13;
-
-impl Logged {
-    fn into_change(self) -> proto::Change {
-        match self {
-            Logged::Change(c) => c,
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => proto::Change {
-                repl_seq,
-                op: Some(Op::Sent(Box::new(proto::ClientFrame {
-                    client_id,
-                    frame: Some(Box::new(out.into_frame())),
-                }))),
-            },
-        }
-    }
-
-    /// Length of the whole link frame: the `Frame{change}` body.
-    fn sent_lens(repl_seq: u64, client_id: &str, out: &Out) -> (usize, usize, usize, usize) {
-        use prost::encoding::encoded_len_varint as v;
-        let inner = out.encoded_len();
-        let id = if client_id.is_empty() {
-            0
-        } else {
-            1 + v(client_id.len() as u64) + client_id.len()
-        };
-        let cf = id + 1 + v(inner as u64) + inner;
-        let change = 1 + v(repl_seq) + 1 + v(cf as u64) + cf;
-        let frame = 2 + v(change as u64) + change;
-        (frame, change, cf, inner)
-    }
-
-    /// Appends the length-prefixed link frame carrying this change.
-    fn encode(&self, buf: &mut BytesMut) {
-        use prost::encoding::{encode_key, encode_varint, WireType};
-        match self {
-            Logged::Change(c) => {
-                let frame = Frame::from(c.clone());
-                let len = frame.encoded_len();
-                buf.reserve(4 + len);
-                buf.put_u32(len as u32);
-                let _ = frame.encode(buf);
-            }
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => {
-                let (frame, change, cf, inner) = Self::sent_lens(*repl_seq, client_id, out);
-                buf.reserve(4 + frame);
-                buf.put_u32(frame as u32);
-                encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(change as u64, buf);
-                encode_key(1, WireType::Varint, buf);
-                encode_varint(*repl_seq, buf);
-                encode_key(CHANGE_SENT_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(cf as u64, buf);
-                if !client_id.is_empty() {
-                    encode_key(1, WireType::LengthDelimited, buf);
-                    encode_varint(client_id.len() as u64, buf);
-                    buf.put_slice(client_id.as_bytes());
-                }
-                encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(inner as u64, buf);
-                out.encode_body(buf);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Logged::Change(c) => c.encoded_len(),
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => Self::sent_lens(*repl_seq, client_id, out).0,
-        }
-    }
-}
-
-/// The primary's side of the change log, kept in the router.
-#[derive(Debug, Default)]
-pub(crate) struct Journal {
-    /// `Some` while changes are logged.
-    limits: Option<ChangeLogLimits>,
-    /// Sequence number of the last change (or the snapshot restored).
-    seq: u64,
-    changes: Vec<Logged>,
-    bytes: usize,
-    /// Changes discarded since the last take.
-    lost: u64,
-}
-
-impl Journal {
-    pub(crate) fn repl_seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub(crate) fn is_on(&self) -> bool {
-        self.limits.is_some()
-    }
-
-    pub(crate) fn push_sent(&mut self, client_id: &str, out: Out) {
-        if self.limits.is_none() {
-            return;
-        }
-        self.push_logged(Logged::Sent {
-            repl_seq: self.seq + 1,
-            client_id: client_id.to_owned(),
-            out,
-        });
-    }
-
-    /// Rewrites the request of the last change logged, if that is a
-    /// client's `Request` with correlation id `id` (the frame the router
-    /// is handling: see `Router::pick_responder`).
-    pub(crate) fn amend_request(&mut self, id: u64, amend: impl FnOnce(&mut proto::Request)) {
-        let Some(Logged::Change(change)) = self.changes.last_mut() else {
-            return;
-        };
-        let before = change.encoded_len();
-        let Some(Op::ClientFrame(cf)) = change.op.as_mut() else {
-            return;
-        };
-        let Some(Kind::Request(r)) = cf.frame.as_mut().and_then(|f| f.kind.as_mut()) else {
-            return;
-        };
-        if r.id != id {
-            return;
-        }
-        amend(r);
-        self.bytes = self.bytes - before + change.encoded_len();
-    }
-
-    fn push(&mut self, op: Op) {
-        if self.limits.is_none() {
-            return;
-        }
-        self.push_logged(Logged::Change(proto::Change {
-            repl_seq: self.seq + 1,
-            op: Some(op),
-        }));
-    }
-
-    fn push_logged(&mut self, change: Logged) {
-        let Some(limits) = self.limits else { return };
-        self.seq += 1;
-        if self.lost > 0 {
-            self.lost += 1;
-            return;
-        }
-        let len = change.len();
-        if self.changes.len() >= limits.max_changes || self.bytes + len > limits.max_bytes {
-            self.lost = self.changes.len() as u64 + 1;
-            self.changes = Vec::new();
-            self.bytes = 0;
-            return;
-        }
-        self.bytes += len;
-        self.changes.push(change);
-    }
-}
-
-pub(super) use switchboard_wire::is_logged_kind as logged_kind;
-
-/// An outbox that discards everything pushed to it: a ghost never fills,
-/// so it never parks, drops or gets disconnected for being slow.
-fn ghost_outbox(conn: ConnId) -> Arc<Outbox> {
-    let outbox = Outbox::new(conn);
-    outbox.kill(None);
-    outbox
-}
-
-fn validate_client_id(id: &str) -> Result<(), ReplicaError> {
-    switchboard_wire::validate_client_id(id)
-        .map_err(|why| ReplicaError::Invalid(format!("client id '{}': {why}", super::shown(id))))
-}
-
-fn sorted_clients(snapshot: &proto::Snapshot) -> Vec<proto::ClientState> {
-    let mut clients = snapshot.clients.clone();
-    clients.sort_by(|a, b| {
-        let id = |c: &proto::ClientState| c.info.as_ref().map(|i| i.client_id.clone());
-        id(a).cmp(&id(b))
-    });
-    clients
-}
-
+/// The primary's side: the change log its router task ships to the
+/// standby, the gate that holds frames until the standby has them, and the
+/// handover at shutdown.
 impl Router {
-    /// Starts logging changes (see the module docs); they are numbered on
-    /// from [`Router::repl_seq`]. Already logging: only the limits change.
+    /// Starts logging changes (see the module docs); they are numbered on from
+    /// [`Router::repl_seq`]. Already logging: only the limits change.
     pub fn enable_change_log(&mut self, limits: ChangeLogLimits) {
-        self.journal.limits = Some(limits);
+        self.output.journal.enable(limits);
     }
 
     /// Stops logging changes and discards the ones not taken.
     pub fn disable_change_log(&mut self) {
-        self.journal.limits = None;
-        self.journal.changes = Vec::new();
-        self.journal.bytes = 0;
-        self.journal.lost = 0;
+        self.output.journal.disable();
     }
 
     /// Sequence number of the last change logged (or of the snapshot this
     /// router was restored from); [`Router::snapshot`] reports it.
     pub fn repl_seq(&self) -> u64 {
-        self.journal.repl_seq()
+        self.output.journal.repl_seq()
     }
 
     /// Moves the changes logged since the last call onto `out`, in order.
@@ -396,245 +115,33 @@ impl Router {
     /// discarded and this says how many: the standby must start again from
     /// a fresh snapshot (logging goes on).
     pub fn take_changes(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
-        let j = &mut self.journal;
-        j.bytes = 0;
-        if j.lost > 0 {
-            let lost = std::mem::take(&mut j.lost);
-            return Err(ChangeLogOverflow { lost });
-        }
-        out.extend(j.changes.drain(..).map(Logged::into_change));
-        Ok(())
+        self.output.journal.take(out)
     }
 
     /// Drops the changes logged since the last take without converting
     /// them (they are in a snapshot, or nobody will receive them); logging
     /// goes on.
     pub fn discard_changes(&mut self) {
-        let j = &mut self.journal;
-        j.changes.clear();
-        j.bytes = 0;
-        j.lost = 0;
+        self.output.journal.discard();
     }
 
     /// Like [`Router::take_changes`], but appends the changes to `buf` as
     /// length-prefixed `Frame{change}`s, ready for the replication link;
     /// returns how many.
     pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
-        let j = &mut self.journal;
-        j.bytes = 0;
-        if j.lost > 0 {
-            let lost = std::mem::take(&mut j.lost);
-            j.changes.clear();
-            return Err(ChangeLogOverflow { lost });
-        }
-        let n = j.changes.len();
-        for c in j.changes.drain(..) {
-            c.encode(buf);
-        }
-        Ok(n)
+        self.output.journal.take_encoded(buf)
     }
 
-    /// Refuses key/value entries this router's limits would never have
-    /// let in.
-    fn check_kv_entries(&self, entries: &[proto::KvEntry]) -> Result<(), ReplicaError> {
-        let l = &self.limits;
-        let markers = entries.iter().filter(|e| e.deleted).count();
-        let live = entries.len() - markers;
-        if live > l.kv_max_keys || markers > l.kv_max_tombstones {
-            return Err(ReplicaError::Invalid(format!(
-                "{live} keys and {markers} deletion markers exceed the limits of {} and {}",
-                l.kv_max_keys, l.kv_max_tombstones
-            )));
-        }
-        for e in entries {
-            if e.key.is_empty() || e.key.len() > l.kv_max_key || e.value.len() > l.kv_max_value {
-                return Err(ReplicaError::Invalid(format!(
-                    "key/value entry '{}' is empty or over the key or value size limit",
-                    super::shown(&e.key)
-                )));
-            }
-        }
-        Ok(())
+    /// Starts (or stops) holding every frame until the standby holds the
+    /// changes that produced it.
+    pub fn set_gating(&mut self, on: bool) {
+        self.output.set_gating(on);
     }
 
-    pub(super) fn journal_frame(&mut self, conn: ConnId, frame: &Frame) {
-        if self.journal.limits.is_none() || !frame.kind.as_ref().is_some_and(logged_kind) {
-            return;
-        }
-        if let Some(c) = self.clients.get(&conn) {
-            let op = Op::ClientFrame(Box::new(proto::ClientFrame {
-                client_id: c.id.clone(),
-                frame: Some(Box::new(frame.clone())),
-            }));
-            self.journal.push(op);
-        }
-    }
-
-    pub(super) fn journal_amend_request(
-        &mut self,
-        id: u64,
-        amend: impl FnOnce(&mut proto::Request),
-    ) {
-        self.journal.amend_request(id, amend);
-    }
-
-    pub(super) fn journal_join(&mut self, info: &proto::ClientInfo) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientJoined(info.clone()));
-        }
-    }
-
-    pub(super) fn journal_client_ack(&mut self, id: &str, up_to: u64) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientAck(proto::ClientAck {
-                client_id: id.to_owned(),
-                up_to,
-            }));
-        }
-    }
-
-    pub(super) fn journal_leave(&mut self, id: &str) {
-        if self.journal.limits.is_some() {
-            self.journal.push(Op::ClientLeft(id.to_owned()));
-        }
-    }
-
-    /// Rebuilds a router from a [`Router::snapshot`] of another (or the
-    /// same) router: registry, subscriptions (queue groups, services),
-    /// watches, presence watchers, listen flags, the key/value store with
-    /// versions, deletion markers and version floor, the epoch and the
-    /// replication sequence number. The snapshot's clients become ghosts:
-    /// registered, with no socket, and outboxes that discard what they are
-    /// sent. A client that connects with a ghost's id takes it over as
-    /// usual.
-    ///
-    /// `config` must carry the same limits as the snapshot's router
-    /// ([`ReplicaError::ConfigMismatch`] otherwise). Snapshots with
-    /// per-client sequence numbers or unacknowledged frames are refused
-    /// ([`ReplicaError::Unsupported`]): the router does not number frames
-    /// yet.
-    pub fn restore(
-        now: Instant,
-        snapshot: &proto::Snapshot,
-        config: RouterConfig,
-        stats: Arc<HubStats>,
-    ) -> Result<Router, ReplicaError> {
-        let mut r = Router::new(config, stats);
-        if snapshot.service != r.identity.service {
-            return Err(ReplicaError::ServiceMismatch {
-                ours: r.identity.service.clone(),
-                theirs: snapshot.service.clone(),
-            });
-        }
-        let ours = r.snapshot().config;
-        for (key, theirs) in &snapshot.config {
-            if key == KV_FLOOR_KEY {
-                continue;
-            }
-            if let Some(ours) = ours.get(key) {
-                if ours != theirs {
-                    return Err(ReplicaError::ConfigMismatch {
-                        key: key.clone(),
-                        ours: ours.clone(),
-                        theirs: theirs.clone(),
-                    });
-                }
-            }
-        }
-        let floor = match snapshot.config.get(KV_FLOOR_KEY) {
-            None => 0,
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                ReplicaError::Invalid(format!(
-                    "{KV_FLOOR_KEY} '{}' is not a number",
-                    super::shown(v)
-                ))
-            })?,
-        };
-        r.check_kv_entries(&snapshot.kv)?;
-        r.kv = KvStore::restore(&snapshot.kv, floor).map_err(ReplicaError::Invalid)?;
-        r.identity.epoch = snapshot.epoch;
-        // What the rebuilding sends is not numbered: the numbering comes
-        // from the snapshot.
-        r.replaying = true;
-        for (i, cs) in snapshot.clients.iter().enumerate() {
-            let info = cs.info.clone().ok_or_else(|| {
-                ReplicaError::Invalid("a client state without client info".into())
-            })?;
-            validate_client_id(&info.client_id)?;
-            if r.by_id.contains_key(&info.client_id) {
-                return Err(ReplicaError::Invalid(format!(
-                    "client '{}' appears twice",
-                    super::shown(&info.client_id)
-                )));
-            }
-            let conn = ConnId(GHOST_CONN_BASE + i as u64);
-            let id = info.client_id.clone();
-            r.on_connect(now, conn, info, ghost_outbox(conn));
-            if r.by_id.get(&id) != Some(&conn) {
-                return Err(ReplicaError::Diverged(format!(
-                    "client '{}' could not be registered",
-                    super::shown(&id)
-                )));
-            }
-            for s in &cs.subscriptions {
-                let s = proto::Subscribe { id: 0, ..s.clone() };
-                r.on_subscribe(conn, s);
-            }
-            for w in &cs.watches {
-                let w = proto::KvWatch { id: 0, ..w.clone() };
-                r.on_kv_watch(conn, w);
-            }
-            if cs.presence_watch {
-                r.presence.insert(conn);
-                if let Some(c) = r.clients.get_mut(&conn) {
-                    c.presence = true;
-                }
-            }
-            if let (Some(l), Some(c)) = (&cs.listen, r.clients.get_mut(&conn)) {
-                // A client without the feature keeps `None`: the check
-                // below refuses such a snapshot.
-                if let Some(flags) = c.listen.as_mut() {
-                    *flags = super::Listening {
-                        messages: l.messages,
-                        requests: l.requests,
-                    };
-                }
-            }
-            if let Some(c) = r.clients.get_mut(&conn) {
-                c.last_received = cs.last_received;
-                c.next_send = cs.next_send.max(1);
-                let mut last = 0;
-                for f in &cs.unacked {
-                    if !c.reliable || f.seq <= last || f.seq >= c.next_send {
-                        return Err(ReplicaError::Invalid(format!(
-                            "client '{}' has unacknowledged frames out of order or beyond its next seq",
-                            super::shown(&id)
-                        )));
-                    }
-                    last = f.seq;
-                    let out = Out::from(f.clone());
-                    let len = out.encoded_len();
-                    c.unacked_bytes += len;
-                    c.unacked.push_back((len, out));
-                }
-            }
-        }
-        r.journal.seq = snapshot.repl_seq;
-        r.replaying = false;
-        // Whatever the router refused (an invalid pattern, a duplicate
-        // id, a limit) shows up as a difference here.
-        let got = r.snapshot();
-        if got.clients != sorted_clients(snapshot) {
-            return Err(ReplicaError::Diverged(
-                "the restored clients, subscriptions or watches differ from the snapshot's".into(),
-            ));
-        }
-        if got.kv != snapshot.kv {
-            return Err(ReplicaError::Diverged(
-                "the restored key/value entries differ from the snapshot's".into(),
-            ));
-        }
-        Ok(r)
+    /// Whether a standby will take over when this router shuts down (see
+    /// [`Input::Shutdown`]): clients are then not told goodbye.
+    pub fn set_handover(&mut self, on: bool) {
+        self.handover = on;
     }
 }
 
@@ -642,9 +149,9 @@ impl Router {
     /// The connection id of `client_id` if a ghost holds it (a client
     /// restored from a snapshot or replicated, with no socket yet).
     pub fn ghost_conn(&self, client_id: &str) -> Option<ConnId> {
-        let conn = *self.by_id.get(client_id)?;
+        let conn = self.registry.lookup(client_id)?;
         // A ghost's outbox was never open; a claimed one is.
-        let ghost = conn.0 >= GHOST_CONN_BASE && !self.clients.get(&conn)?.outbox.is_open();
+        let ghost = conn.0 >= GHOST_CONN_BASE && !self.output.outbox(conn)?.is_open();
         ghost.then_some(conn)
     }
 
@@ -657,18 +164,12 @@ impl Router {
     /// held by a ghost (a normal `Input::Connect` takes it over then).
     pub fn claim(&mut self, now: Instant, client_id: &str, outbox: Arc<Outbox>) -> Option<ConnId> {
         let conn = self.ghost_conn(client_id)?;
-        let client = self.clients.get_mut(&conn)?;
-        client.outbox = outbox.clone();
-        client.last_seen = now;
-        client.last_head = None;
-        client.detached_until = None;
-        let info = client.info.clone();
-        self.detached.remove(&conn);
-        self.rewire(conn, &outbox);
-        if let Some(k) = self.keepalive {
-            self.next_idle_check
-                .get_or_insert(now + k.min(super::IDLE_CHECK));
-        }
+        let info = self.registry.get(conn)?.info.clone();
+        self.output.get_mut(conn)?.outbox = outbox.clone();
+        self.registry.attach(conn, now);
+        self.pubsub.forget_head(conn);
+        self.pubsub.rewire(conn, &outbox);
+        self.timers.watch_idle(now, self.keepalive);
         let welcome = self.welcome(&info, false, 0);
         self.send(conn, welcome);
         self.apply_kills();
@@ -697,7 +198,7 @@ impl Replica {
     ) -> Result<Replica, ReplicaError> {
         config.keepalive = None;
         let mut router = Router::restore(now, snapshot, config, stats)?;
-        router.replaying = true;
+        router.output.set_replaying(true);
         Ok(Replica {
             router,
             next_ghost: GHOST_CONN_BASE + snapshot.clients.len() as u64,
@@ -738,21 +239,18 @@ impl Replica {
         keepalive: Option<std::time::Duration>,
     ) -> Router {
         let mut r = self.router;
-        r.replaying = false;
+        r.output.set_replaying(false);
         r.identity = identity;
         r.keepalive = keepalive;
         let until = now + r.limits.resume_window;
-        let keys: Vec<ConnId> = r.clients.keys().copied().collect();
+        let keys: Vec<ConnId> = r.registry.iter().map(|(k, _)| *k).collect();
         for key in keys {
-            if let Some(c) = r.clients.get_mut(&key) {
-                c.detached_until = Some(until);
+            r.registry.detach(key, until);
+            if let Some(c) = r.registry.get_mut(key) {
                 c.last_seen = now;
             }
-            r.detached.insert(key);
         }
-        if let Some(k) = keepalive {
-            r.next_idle_check = Some(now + k.min(super::IDLE_CHECK));
-        }
+        r.timers.plan_idle(now, keepalive, true);
         r
     }
 
@@ -796,7 +294,7 @@ impl Replica {
                 ))
             }
             Some(Op::ClientFrame(cf)) => {
-                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                let Some(conn) = r.registry.lookup(&cf.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
                 let frame = cf
@@ -822,7 +320,7 @@ impl Replica {
                 let id = info.client_id.clone();
                 let outbox = ghost_outbox(conn);
                 r.handle(now, Input::Connect { conn, info, outbox });
-                if r.by_id.get(&id) != Some(&conn) {
+                if r.registry.lookup(&id) != Some(conn) {
                     return Err(ReplicaError::Diverged(format!(
                         "client '{}' could not be registered",
                         super::shown(&id)
@@ -830,7 +328,7 @@ impl Replica {
                 }
             }
             Some(Op::ClientLeft(id)) => {
-                let Some(&conn) = r.by_id.get(&id) else {
+                let Some(conn) = r.registry.lookup(&id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&id)));
                 };
                 r.handle(
@@ -843,40 +341,35 @@ impl Replica {
                 );
             }
             Some(Op::Sent(cf)) => {
-                let Some(&conn) = r.by_id.get(&cf.client_id) else {
+                let Some(conn) = r.registry.lookup(&cf.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
-                let Some(c) = r.clients.get_mut(&conn) else {
+                let Some(link) = r.output.get_mut(conn) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
                 };
                 let frame = cf
                     .frame
                     .ok_or_else(|| ReplicaError::Invalid("a sent change without a frame".into()))?;
-                if !c.reliable || frame.seq < c.next_send {
+                let seq = frame.seq;
+                if !link.reliable.record_sent(*frame) {
                     return Err(ReplicaError::Invalid(format!(
-                        "frame {} sent to client '{}' is not reliable or not above its last ({})",
-                        frame.seq,
-                        super::shown(&c.id),
-                        c.next_send.saturating_sub(1)
+                        "frame {seq} sent to client '{}' is not reliable or not above its last ({})",
+                        super::shown(&link.id),
+                        link.reliable.last_sent()
                     )));
                 }
-                c.next_send = frame.seq + 1;
-                let out = Out::from(*frame);
-                let len = out.encoded_len();
-                c.unacked_bytes += len;
-                c.unacked.push_back((len, out));
             }
             Some(Op::ClientAck(a)) => {
-                let Some(&conn) = r.by_id.get(&a.client_id) else {
+                let Some(conn) = r.registry.lookup(&a.client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&a.client_id)));
                 };
-                if let Some(c) = r.clients.get_mut(&conn) {
-                    c.acked(a.up_to);
+                if let Some(link) = r.output.get_mut(conn) {
+                    link.reliable.acked(a.up_to);
                 }
             }
             Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
         }
-        r.journal.seq = seq;
+        r.output.journal.set_repl_seq(seq);
         // Local timers only: request timeouts and closing ghosts.
         if r.next_deadline().is_some_and(|t| t <= now) {
             r.handle(now, Input::Tick);

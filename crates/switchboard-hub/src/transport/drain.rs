@@ -4,8 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
+use crate::inbox::Inbox;
 use crate::outbox::{Outbox, Taken};
 use crate::router::Input;
 
@@ -31,7 +30,7 @@ pub(crate) trait Drain: Send {
 pub(crate) async fn drain(
     outbox: &Arc<Outbox>,
     batch_bytes: usize,
-    inbox: &mpsc::Sender<Input>,
+    inbox: &Inbox,
     consumer: &mut impl Drain,
 ) {
     let cancel = outbox.cancelled().clone();
@@ -95,7 +94,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closing_outbox_is_drained_to_its_end_and_a_killed_one_leaves_last_words() {
-        let (inbox, _router) = mpsc::channel(1);
+        let (inbox, _router) = Inbox::channel(1);
         let ping = Frame::from(proto::Ping { nonce: 7 });
         let outbox = Outbox::new(ConnId(1));
         outbox.close(Some(ping.clone()));

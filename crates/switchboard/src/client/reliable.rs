@@ -1,14 +1,16 @@
-//! Sequencing state of reliable delivery, without I/O.
+//! Sequencing state of reliable delivery, without I/O, on the core the hub
+//! shares ([`switchboard_wire::reliable`]).
 //!
 //! [`Outbound`] numbers the frames of logged kinds this client sends and
-//! keeps them until the hub acknowledges them; [`Inbound`] tracks the
-//! highest sequence number taken from the hub, drops duplicates and decides
-//! when to acknowledge. Both outlive a connection: a resumed connection
-//! continues where the previous one stopped.
+//! keeps them (bounded) until the hub acknowledges them; [`Inbound`] tracks
+//! the highest sequence number taken from the hub, drops duplicates and
+//! decides when to acknowledge. Both outlive a connection: a resumed
+//! connection continues where the previous one stopped.
 
-use std::collections::VecDeque;
-
+use switchboard_wire::reliable::Retransmit;
 use switchboard_wire::Frame;
+
+pub(crate) use switchboard_wire::reliable::Inbound;
 
 /// Default most frames kept for retransmission.
 pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;
@@ -16,21 +18,12 @@ pub const DEFAULT_RETAIN_FRAMES: usize = 65_536;
 /// Default most bytes (encoded) kept for retransmission.
 pub const DEFAULT_RETAIN_BYTES: usize = 64 * 1024 * 1024;
 
-use switchboard_wire::ACK_EVERY;
-
 pub(crate) use switchboard_wire::is_logged_kind as logged_kind;
 
-struct Kept {
-    seq: u64,
-    bytes: usize,
-    frame: Frame,
-}
-
-/// Client → hub: the sequence counter and the retention buffer.
+/// Client → hub: the sequence counter and the retention buffer (the shared
+/// [`Retransmit`] core), bounded.
 pub(crate) struct Outbound {
-    next_seq: u64,
-    kept: VecDeque<Kept>,
-    kept_bytes: usize,
+    kept: Retransmit<Frame>,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -41,9 +34,7 @@ impl Outbound {
     /// empty buffer, so nothing is refused for good).
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbound {
         Outbound {
-            next_seq: 1,
-            kept: VecDeque::new(),
-            kept_bytes: 0,
+            kept: Retransmit::default(),
             max_frames: max_frames.max(1),
             max_bytes,
         }
@@ -53,7 +44,7 @@ impl Outbound {
     pub fn has_room(&self, bytes: usize) -> bool {
         self.kept.is_empty()
             || (self.kept.len() < self.max_frames
-                && self.kept_bytes.saturating_add(bytes) <= self.max_bytes)
+                && self.kept.bytes().saturating_add(bytes) <= self.max_bytes)
     }
 
     /// Numbers `frame` with the next sequence number and keeps a copy.
@@ -61,43 +52,29 @@ impl Outbound {
     /// before anything else can be numbered (under the same lock), so
     /// sequence order is wire order.
     pub fn push(&mut self, frame: &mut Frame, bytes: usize) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.kept.number();
         frame.seq = seq;
-        self.kept.push_back(Kept {
-            seq,
-            bytes,
-            frame: frame.clone(),
-        });
-        self.kept_bytes += bytes;
+        self.kept.keep(seq, bytes, frame.clone());
         seq
     }
 
     /// Forgets every kept frame with `seq <= up_to`; returns how many.
     pub fn ack(&mut self, up_to: u64) -> usize {
-        let mut n = 0;
-        while self.kept.front().is_some_and(|k| k.seq <= up_to) {
-            if let Some(k) = self.kept.pop_front() {
-                self.kept_bytes -= k.bytes;
-                n += 1;
-            }
-        }
-        n
+        self.kept.ack(up_to)
     }
 
     /// For a resumed connection: forgets what the hub holds (`seq <=
     /// last_received`) and returns copies of the rest, in order, to be sent
     /// before any new frame.
     pub fn replay_after(&mut self, last_received: u64) -> Vec<Frame> {
-        self.ack(last_received);
-        self.kept.iter().map(|k| k.frame.clone()).collect()
+        self.kept.ack(last_received);
+        self.kept.iter().cloned().collect()
     }
 
     /// Forgets every kept frame (a fresh session: their outcome is
     /// unknown). The counter continues.
     pub fn clear(&mut self) {
         self.kept.clear();
-        self.kept_bytes = 0;
     }
 
     /// Frames kept.
@@ -107,13 +84,13 @@ impl Outbound {
 
     /// Bytes kept.
     pub fn bytes(&self) -> usize {
-        self.kept_bytes
+        self.kept.bytes()
     }
 
     /// The sequence number the next frame gets.
     #[cfg(test)]
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.kept.next_seq()
     }
 }
 
@@ -123,76 +100,10 @@ impl Default for Outbound {
     }
 }
 
-/// Hub → client: the highest sequence number taken, and what was
-/// acknowledged.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Inbound {
-    last_received: u64,
-    acked: u64,
-}
-
-impl Inbound {
-    /// Starts from `last_received` (0 for a fresh session), with
-    /// everything up to it taken as acknowledged.
-    pub fn starting_at(last_received: u64) -> Inbound {
-        Inbound {
-            last_received,
-            acked: last_received,
-        }
-    }
-
-    /// Whether a frame with `seq` is to be handled: `false` for a duplicate
-    /// (`0 < seq <= last_received`). Unsequenced frames (`seq = 0`) are
-    /// always handled; gaps are allowed.
-    pub fn accept(&mut self, seq: u64) -> bool {
-        if seq == 0 {
-            return true;
-        }
-        if seq <= self.last_received {
-            return false;
-        }
-        self.last_received = seq;
-        true
-    }
-
-    /// Whether a frame with `seq` was taken already (`0 < seq <=
-    /// last_received`): a resent duplicate. The reader checks this first
-    /// and calls [`accept`](Self::accept) only once the application's
-    /// stream took the frame, so nothing is acknowledged before that.
-    pub fn is_duplicate(&self, seq: u64) -> bool {
-        seq != 0 && seq <= self.last_received
-    }
-
-    /// Whether [`ACK_EVERY`] sequence numbers went by without an
-    /// acknowledgement (gaps count: the hub dropped those deliveries, and
-    /// acknowledging early costs little).
-    pub fn ack_due(&self) -> bool {
-        self.last_received - self.acked >= ACK_EVERY
-    }
-
-    /// The `Ack.up_to` owed now, if the last acknowledgement sent does not
-    /// cover everything taken. Call [`acked`](Self::acked) once it is
-    /// queued.
-    pub fn owed_ack(&self) -> Option<u64> {
-        (self.last_received > self.acked).then_some(self.last_received)
-    }
-
-    /// Records that `Ack{up_to}` was queued, or that a frame carrying
-    /// `acked = up_to` was written.
-    pub fn acked(&mut self, up_to: u64) {
-        self.acked = self.acked.max(up_to);
-    }
-
-    /// Highest sequence number taken.
-    pub fn last_received(&self) -> u64 {
-        self.last_received
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_wire::{proto, Kind};
+    use switchboard_wire::{proto, Kind, ACK_EVERY};
 
     fn publish(n: u8) -> Frame {
         Frame::publish("t", vec![n])

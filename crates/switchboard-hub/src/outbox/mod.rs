@@ -1,0 +1,430 @@
+//! Per-client outbound queues, shared between the router (which fills them)
+//! and a transport writer (which drains them).
+//!
+//! The router never waits on an [`Outbox`]: pushing takes a short,
+//! uncontended lock and wakes the writer only when the queue goes from
+//! empty to non-empty. The writer takes a whole batch under one lock,
+//! encodes it into one buffer and writes it with one system call.
+//!
+//! Like the router, this is std-only: the writer waits with
+//! [`Outbox::notified`] and [`Outbox::cancelled`], plain futures on
+//! atomics and wakers that any executor can poll.
+
+mod out;
+mod wake;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
+
+pub use out::Out;
+use wake::Wakeup;
+pub use wake::{Cancel, Cancelled, Notified};
+
+use crate::ids::ConnId;
+
+/// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+    pub hard_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    out: Out,
+    len: usize,
+    droppable: bool,
+    /// Replication sequence number the standby must hold before this
+    /// frame may leave (0: none).
+    tag: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Deliver what is queued, then close.
+    Closing,
+    /// Close now; the queue is cleared.
+    Killed,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: VecDeque<Entry>,
+    bytes: usize,
+    droppable: usize,
+    dropped_unreported: u64,
+    dropped_total: u64,
+    state: State,
+    want_drained: bool,
+    /// Frame to write when killed, if the stream is at a frame boundary.
+    last_words: Option<Frame>,
+}
+
+/// Outcome of pushing a frame that must not be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued, but the queue is now above the hard limit: disconnect.
+    OverHardLimit,
+    /// The outbox is closed; nothing was queued.
+    Closed,
+}
+
+/// What a writer got from [`Outbox::take`].
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Frames to write, in order.
+    pub frames: Vec<Out>,
+    /// Pub/sub deliveries dropped since the last take; the writer tells the
+    /// client with a `Flow` notice.
+    pub dropped: u64,
+    /// Frames still queued after this take.
+    pub remaining: usize,
+    /// The router asked to hear when the queue has room (a message is
+    /// waiting for it); the transport sends `Input::Drained`.
+    pub want_drained: bool,
+    /// The outbox is closing and this take emptied it: close the
+    /// connection after writing.
+    pub close: bool,
+    /// The outbox was killed: stop writing now.
+    pub killed: bool,
+    /// Non-zero: the next frame waits until the standby holds change
+    /// `held` (see [`Gate`]); wait with [`Gate::wait`].
+    pub held: u64,
+}
+
+/// The outbound queue of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    conn: ConnId,
+    inner: Mutex<Inner>,
+    depth: AtomicUsize,
+    wakeup: Wakeup,
+    cancel: Cancel,
+    gate: Arc<Gate>,
+    /// Tag the writer waits for (see [`Gate::wait`]).
+    held: AtomicU64,
+}
+
+impl Outbox {
+    /// A new, empty, open outbox for connection `conn`.
+    pub fn new(conn: ConnId) -> Arc<Outbox> {
+        Outbox::gated(conn, Gate::open())
+    }
+
+    /// An outbox whose frames leave only as `gate` releases them.
+    pub fn gated(conn: ConnId, gate: Arc<Gate>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            gate,
+            conn,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                droppable: 0,
+                dropped_unreported: 0,
+                dropped_total: 0,
+                state: State::Open,
+                want_drained: false,
+                last_words: None,
+            }),
+            depth: AtomicUsize::new(0),
+            wakeup: Wakeup::default(),
+            cancel: Cancel::default(),
+            held: AtomicU64::new(0),
+        })
+    }
+
+    fn held_tag(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The gate this outbox's frames pass.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The connection this outbox belongs to.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Frames queued right now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Pub/sub deliveries dropped for this client so far.
+    pub fn dropped_total(&self) -> u64 {
+        self.inner.lock().dropped_total
+    }
+
+    /// Cancelled when the outbox is killed (slow consumer, shutdown of a
+    /// stuck connection): transports stop reading and writing at once.
+    pub fn cancelled(&self) -> &Cancel {
+        &self.cancel
+    }
+
+    /// Resolves once something may have been queued (or the outbox closed,
+    /// or the gate released what it held) since it last resolved. For the
+    /// one task that writes this outbox's frames.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified {
+            wakeup: &self.wakeup,
+        }
+    }
+
+    fn wake_if(&self, was_empty: bool) {
+        if was_empty {
+            self.wakeup.wake();
+        }
+    }
+
+    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64) {
+        let len = LENGTH_PREFIX_LEN + out.encoded_len();
+        inner.bytes += len;
+        inner.droppable += usize::from(droppable);
+        inner.queue.push_back(Entry {
+            out,
+            len,
+            droppable,
+            tag,
+        });
+    }
+
+    fn full(inner: &Inner, limits: &QueueLimits) -> bool {
+        !inner.queue.is_empty()
+            && (inner.queue.len() >= limits.frames || inner.bytes >= limits.bytes)
+    }
+
+    /// Queues a frame that must not be dropped (answers, key/value updates,
+    /// presence, replies).
+    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits, tag: u64) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return Pushed::Closed;
+        }
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, out, false, tag);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        let over = inner.bytes > limits.hard_bytes;
+        drop(inner);
+        self.wake_if(was_empty);
+        if over {
+            Pushed::OverHardLimit
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Queues a pub/sub delivery. When the queue is full, this client's
+    /// oldest deliveries are dropped to make room (or, when nothing queued
+    /// may be dropped, the new one). Returns how many were dropped.
+    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits, tag: u64) -> u64 {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return 0;
+        }
+        let mut dropped = 0;
+        while Self::full(&inner, limits) {
+            if inner.droppable == 0 {
+                inner.dropped_unreported += 1;
+                inner.dropped_total += 1;
+                return 1;
+            }
+            let pos = inner
+                .queue
+                .iter()
+                .position(|e| e.droppable)
+                .unwrap_or_default();
+            if let Some(e) = inner.queue.remove(pos) {
+                inner.bytes -= e.len;
+                inner.droppable -= 1;
+                dropped += 1;
+            }
+        }
+        inner.dropped_unreported += dropped;
+        inner.dropped_total += dropped;
+        let was_empty = inner.queue.is_empty();
+        Self::append(&mut inner, out, true, tag);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wake_if(was_empty);
+        dropped
+    }
+
+    /// Whether a waitable frame would have to wait.
+    pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
+        Self::full(&self.inner.lock(), limits)
+    }
+
+    /// Asks the writer to report when the queue drains.
+    pub(crate) fn request_drained(&self) {
+        self.inner.lock().want_drained = true;
+    }
+
+    /// Whether the outbox still accepts frames.
+    pub fn is_open(&self) -> bool {
+        self.inner.lock().state == State::Open
+    }
+
+    /// Closes after everything queued (and `last`, if given) is written.
+    pub fn close(&self, last: Option<Frame>) {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            return;
+        }
+        if let Some(frame) = last {
+            Self::append(&mut inner, Out::from(frame), false, 0);
+        }
+        inner.state = State::Closing;
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wakeup.wake();
+    }
+
+    /// Closes now, discarding the queue; `last` is written if the writer is
+    /// between frames and the socket has room.
+    pub fn kill(&self, last: Option<Frame>) {
+        let mut inner = self.inner.lock();
+        if inner.state == State::Killed {
+            return;
+        }
+        inner.state = State::Killed;
+        inner.queue.clear();
+        inner.bytes = 0;
+        inner.droppable = 0;
+        inner.last_words = last;
+        self.depth.store(0, Ordering::Relaxed);
+        drop(inner);
+        self.cancel.cancel();
+        self.wakeup.wake();
+    }
+
+    /// The frame left for a killed outbox's writer to try, once.
+    pub fn take_last_words(&self) -> Option<Frame> {
+        self.inner.lock().last_words.take()
+    }
+
+    /// Takes queued frames, at least one and up to about `max_bytes`, into
+    /// `taken.frames` (which is cleared first).
+    pub fn take(&self, max_bytes: usize, taken: &mut Taken) {
+        taken.frames.clear();
+        let mut inner = self.inner.lock();
+        let mut bytes = 0;
+        let released = self.gate.released();
+        taken.held = 0;
+        while let Some(e) = inner.queue.pop_front() {
+            if e.tag > released {
+                taken.held = e.tag;
+                inner.queue.push_front(e);
+                break;
+            }
+            bytes += e.len;
+            inner.bytes -= e.len;
+            inner.droppable -= usize::from(e.droppable);
+            taken.frames.push(e.out);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        taken.dropped = std::mem::take(&mut inner.dropped_unreported);
+        taken.remaining = inner.queue.len();
+        // Reported only when this take made room; otherwise kept for the
+        // next take.
+        taken.want_drained = inner.want_drained && bytes > 0;
+        if taken.want_drained {
+            inner.want_drained = false;
+        }
+        taken.killed = inner.state == State::Killed;
+        taken.close = inner.state == State::Closing && inner.queue.is_empty();
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+    }
+}
+
+/// Holds back frames until the standby holds the changes that produced
+/// them. The router tags each frame it queues with the replication
+/// sequence number of its last change (0 when no standby is attached);
+/// a writer takes a frame only once [`Gate::released`] reached its tag.
+#[derive(Debug)]
+pub struct Gate {
+    released: AtomicU64,
+    waiting: Mutex<Vec<Arc<Outbox>>>,
+}
+
+impl Gate {
+    /// A gate that holds nothing back.
+    pub fn open() -> Arc<Gate> {
+        Arc::new(Gate {
+            released: AtomicU64::new(u64::MAX),
+            waiting: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Highest change the standby holds: frames tagged up to it may leave.
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Starts holding frames tagged above `seq` (a standby attaches).
+    pub fn close_at(&self, seq: u64) {
+        self.released.store(seq, Ordering::Release);
+    }
+
+    /// The standby holds every change up to `seq`: wakes the writers
+    /// waiting for it.
+    pub fn release(&self, seq: u64) {
+        let before = self.released.fetch_max(seq, Ordering::AcqRel);
+        if seq <= before {
+            return;
+        }
+        let waiting: Vec<Arc<Outbox>> = {
+            let mut w = self.waiting.lock();
+            if w.is_empty() {
+                return;
+            }
+            let (ready, still): (Vec<_>, Vec<_>) = w.drain(..).partition(|o| o.held_tag() <= seq);
+            *w = still;
+            ready
+        };
+        for outbox in waiting {
+            outbox.wakeup.wake();
+        }
+    }
+
+    /// Lets every frame go (the standby is gone).
+    pub fn open_all(&self) {
+        self.release(u64::MAX);
+    }
+
+    /// Registers `outbox` to be woken once change `tag` is released;
+    /// `false` when it already is (take again at once).
+    pub fn wait(&self, outbox: &Arc<Outbox>, tag: u64) -> bool {
+        let mut w = self.waiting.lock();
+        if self.released() >= tag {
+            return false;
+        }
+        outbox.held.store(tag, Ordering::Relaxed);
+        if !w.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+            w.push(outbox.clone());
+        }
+        true
+    }
+}
+
+/// Encodes a `Flow` notice about `dropped` deliveries.
+pub(crate) fn flow_notice(dropped: u64, depth: usize) -> Out {
+    Out::from(Frame::from(proto::Flow {
+        dropped,
+        queue_depth: depth as u64,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! [`Out`]: one frame waiting in an outbox, either any [`Frame`] or a
+//! pub/sub delivery pre-encoded by the wire's
+//! [`deliver`](switchboard_wire::deliver) encoder.
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use switchboard_wire::deliver::{DeliverFrame, DeliverHead};
+use switchboard_wire::proto::frame::Kind;
+use switchboard_wire::{put_frame, FastBuf, Frame};
+
+/// One frame waiting in an outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// Any frame (boxed: frames are large and rarely queued in bulk).
+    Frame(Box<Frame>),
+    /// A pub/sub delivery, pre-encoded: the fields shared by every
+    /// subscriber (topic, publisher, reply-to, headers) are encoded once per
+    /// publish into `head`; the payload is shared, never copied.
+    Deliver {
+        /// `Frame.seq` (0: not sequenced).
+        seq: u64,
+        /// `Frame.acked` (0: acknowledges nothing).
+        acked: u64,
+        /// The subscriber's subscription id.
+        sub_id: u64,
+        /// Encoded `Deliver` fields 2, 3, 5 and 6.
+        head: DeliverHead,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+impl From<Frame> for Out {
+    fn from(frame: Frame) -> Out {
+        Out::Frame(Box::new(frame))
+    }
+}
+
+impl Out {
+    /// Sets `Frame.seq`.
+    pub fn set_seq(&mut self, seq: u64) {
+        match self {
+            Out::Frame(f) => f.seq = seq,
+            Out::Deliver { seq: s, .. } => *s = seq,
+        }
+    }
+
+    /// Sets `Frame.acked`: the cumulative acknowledgement it carries.
+    pub fn set_acked(&mut self, up_to: u64) {
+        match self {
+            Out::Frame(f) => f.acked = up_to,
+            Out::Deliver { acked, .. } => *acked = up_to,
+        }
+    }
+
+    /// `Frame.seq`.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Out::Frame(f) => f.seq,
+            Out::Deliver { seq, .. } => *seq,
+        }
+    }
+
+    /// Whether frames like this one are numbered for a reliable client:
+    /// everything but the connection-level kinds.
+    pub fn is_sequenced(&self) -> bool {
+        match self {
+            Out::Deliver { .. } => true,
+            Out::Frame(f) => !matches!(
+                f.kind,
+                Some(
+                    Kind::Welcome(_)
+                        | Kind::Goodbye(_)
+                        | Kind::Ack(_)
+                        | Kind::Pong(_)
+                        | Kind::Flow(_)
+                )
+            ),
+        }
+    }
+
+    /// Length of the protobuf encoding (without the length prefix).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Out::Frame(f) => f.encoded_len(),
+            Out::Deliver {
+                seq,
+                acked,
+                sub_id,
+                head,
+                payload,
+            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encoded_len(),
+        }
+    }
+
+    /// Appends the length prefix and the protobuf encoding to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            Out::Frame(f) => put_frame(f, buf),
+            Out::Deliver {
+                seq,
+                acked,
+                sub_id,
+                head,
+                payload,
+            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encode(buf),
+        }
+    }
+
+    /// Appends only the protobuf encoding (no length prefix), e.g. for a
+    /// WebSocket message.
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        match self {
+            Out::Frame(f) => {
+                buf.reserve(f.encoded_len());
+                // Cannot fail: capacity was reserved above.
+                let _ = f.encode(&mut FastBuf(buf));
+            }
+            Out::Deliver {
+                seq,
+                acked,
+                sub_id,
+                head,
+                payload,
+            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encode_body(buf),
+        }
+    }
+
+    /// The frame this entry stands for (decodes a pre-encoded delivery).
+    pub fn into_frame(self) -> Frame {
+        match self {
+            Out::Frame(f) => *f,
+            deliver => {
+                let mut buf = BytesMut::new();
+                deliver.encode_body(&mut buf);
+                Frame::decode(buf.freeze()).unwrap_or_else(|e| {
+                    Frame::error(0, switchboard_wire::ErrorCode::Internal, e.to_string())
+                })
+            }
+        }
+    }
+}
+
+/// A queued delivery's fields as the wire's encoder takes them.
+#[inline]
+fn deliver_frame<'a>(
+    seq: u64,
+    acked: u64,
+    sub_id: u64,
+    head: &'a DeliverHead,
+    payload: &'a Bytes,
+) -> DeliverFrame<'a> {
+    DeliverFrame {
+        seq,
+        acked,
+        sub_id,
+        head,
+        payload,
+    }
+}

@@ -1,0 +1,173 @@
+//! Tests of the outbound queue: limits, drops, gating, closing, waking.
+
+use bytes::Bytes;
+use switchboard_wire::deliver::DeliverHead;
+use switchboard_wire::{proto, Frame};
+
+use super::*;
+
+const LIMITS: QueueLimits = QueueLimits {
+    frames: 4,
+    bytes: 1 << 20,
+    hard_bytes: 1 << 21,
+};
+
+fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
+    Out::Deliver {
+        seq: 0,
+        acked: 0,
+        sub_id,
+        head: DeliverHead::new("a.b", "pub", "inbox.1", &[]),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn queued_entries_stay_small() {
+    assert!(
+        std::mem::size_of::<Out>() <= 80,
+        "{}",
+        std::mem::size_of::<Out>()
+    );
+}
+
+#[tokio::test]
+async fn gate_holds_frames_until_released() {
+    let gate = Gate::open();
+    gate.close_at(10);
+    let outbox = Outbox::gated(ConnId(1), gate.clone());
+    outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 10);
+    outbox.push_control(Out::from(Frame::ok(2)), &LIMITS, 12);
+    outbox.push_control(Out::from(Frame::ok(3)), &LIMITS, 11);
+    // The first push left a wake-up.
+    outbox.notified().await;
+    let mut taken = Taken::default();
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 1);
+    assert_eq!(taken.held, 12);
+    assert!(gate.wait(&outbox, taken.held));
+    gate.release(11);
+    // Not yet: the writer waits for 12.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(20), outbox.notified())
+            .await
+            .is_err()
+    );
+    gate.release(12);
+    tokio::time::timeout(std::time::Duration::from_secs(5), outbox.notified())
+        .await
+        .expect("woken on release");
+    outbox.take(usize::MAX, &mut taken);
+    // Frames leave in queue order, the one tagged 11 after the one tagged 12.
+    assert_eq!(taken.frames.len(), 2);
+    assert_eq!(taken.held, 0);
+    assert!(!gate.wait(&outbox, 12));
+}
+
+#[tokio::test]
+async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
+    let outbox = Outbox::new(ConnId(1));
+    let cancel = outbox.cancelled().clone();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let cancel = cancel.clone();
+            tokio::spawn(async move { cancel.cancelled().await })
+        })
+        .collect();
+    // A waiter dropped before the kill leaves nothing behind.
+    let dropped = cancel.clone();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(5), dropped.cancelled())
+            .await
+            .is_err()
+    );
+    tokio::task::yield_now().await;
+    assert!(!cancel.is_cancelled());
+    outbox.kill(None);
+    for waiter in waiters {
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the kill")
+            .expect("no panic");
+    }
+    assert!(cancel.is_cancelled());
+    cancel.cancelled().await;
+    // The writer was woken too.
+    outbox.notified().await;
+}
+
+#[test]
+fn drops_oldest_deliveries_only() {
+    let outbox = Outbox::new(ConnId(1));
+    assert_eq!(
+        outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 0),
+        Pushed::Queued
+    );
+    for i in 1..=3 {
+        assert_eq!(outbox.push_droppable(deliver(i, b"x"), &LIMITS, 0), 0);
+    }
+    // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
+    assert_eq!(outbox.push_droppable(deliver(4, b"x"), &LIMITS, 0), 1);
+    assert!(outbox.is_full(&LIMITS));
+    outbox.request_drained();
+    let mut taken = Taken::default();
+    outbox.take(usize::MAX, &mut taken);
+    let ids: Vec<u64> = taken
+        .frames
+        .drain(..)
+        .map(|o| match o.into_frame().kind {
+            Some(proto::frame::Kind::Deliver(d)) => d.sub_id,
+            Some(proto::frame::Kind::Ok(o)) => 100 + o.id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, vec![101, 2, 3, 4]);
+    assert_eq!(taken.dropped, 1);
+    assert!(taken.want_drained);
+    assert_eq!(outbox.dropped_total(), 1);
+}
+
+#[test]
+fn control_frames_never_dropped_and_hard_limit_reported() {
+    let limits = QueueLimits {
+        frames: 1,
+        bytes: 10,
+        hard_bytes: 100,
+    };
+    let outbox = Outbox::new(ConnId(1));
+    let mut over = false;
+    for i in 0..20 {
+        if outbox.push_control(Out::from(Frame::ok(i + 1)), &limits, 0) == Pushed::OverHardLimit {
+            over = true;
+            break;
+        }
+    }
+    assert!(over);
+    // With no delivery to drop, the new delivery is the one dropped.
+    assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0), 1);
+    outbox.kill(Some(Frame::ok(0)));
+    assert_eq!(outbox.depth(), 0);
+    assert!(outbox.cancelled().is_cancelled());
+    assert_eq!(
+        outbox.push_control(Out::from(Frame::ok(5)), &limits, 0),
+        Pushed::Closed
+    );
+}
+
+#[test]
+fn take_respects_batch_bytes_and_close() {
+    let outbox = Outbox::new(ConnId(1));
+    for i in 0..3 {
+        outbox.push_control(Out::from(Frame::ok(i + 1)), &LIMITS, 0);
+    }
+    outbox.close(Some(Frame::ok(99)));
+    let mut taken = Taken::default();
+    outbox.take(1, &mut taken);
+    assert_eq!(taken.frames.len(), 1);
+    assert_eq!(taken.remaining, 3);
+    assert!(!taken.close);
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 3);
+    assert!(taken.close);
+}

@@ -1,0 +1,104 @@
+//! The router's vocabulary with its driver: what it is told ([`Input`]),
+//! what it is built from ([`RouterConfig`]) and what it shows operators
+//! ([`Inspection`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_wire::{proto, Frame};
+
+use super::presence::PresenceEvent;
+use crate::ids::ConnId;
+use crate::limits::Limits;
+use crate::outbox::Outbox;
+
+/// What the router is told.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection finished its handshake and wants to be registered as
+    /// `info.client_id`. The router answers with `Welcome` on `outbox` (or
+    /// closes it when the hub is full or shutting down).
+    Connect {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is; `client_id` must already be validated.
+        info: proto::ClientInfo,
+        /// Its outbound queue.
+        outbox: Arc<Outbox>,
+    },
+    /// Like [`Input::Connect`], for a reliable client that reconnects and
+    /// wants to continue where it stopped (`Hello.resume`). When the
+    /// router holds the client's state it attaches the connection to it
+    /// and resends what the client has not received; otherwise this is a
+    /// plain registration.
+    Resume {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is (`reliable` set).
+        info: proto::ClientInfo,
+        /// Its outbound queue.
+        outbox: Arc<Outbox>,
+        /// Where the client stands.
+        resume: proto::Resume,
+    },
+    /// Frames received from a registered connection, in order.
+    Frames {
+        /// The connection.
+        conn: ConnId,
+        /// The frames.
+        frames: Vec<Frame>,
+    },
+    /// The connection ended or broke the protocol. `notice` (e.g. an
+    /// `Error` frame) is queued before the outbox closes.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Last frame to send, if any.
+        notice: Option<Frame>,
+        /// Why, for presence events and logs.
+        reason: String,
+    },
+    /// A whole frame from the connection was refused before decoding (a
+    /// kind clients may not send, or over its kind's size cap): `notice`
+    /// goes to the client, in order with the answers to its other frames.
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// The `Error` frame to send.
+        notice: Frame,
+    },
+    /// The connection's outbox has room again.
+    Drained {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time passed: expire timeouts and retry waiting messages.
+    Tick,
+    /// Tell every client goodbye and stop accepting registrations.
+    Shutdown,
+}
+
+/// The router's view for operators ([`Router::inspect`](super::Router::inspect)).
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// Status and counters.
+    pub status: proto::Status,
+    /// Registered clients, sorted by id.
+    pub clients: Vec<proto::ClientInfo>,
+    /// Subscription patterns with their subscriber counts, sorted.
+    pub topics: Vec<(String, u64)>,
+    /// The latest presence events, oldest first.
+    pub presence: Vec<PresenceEvent>,
+}
+
+/// Fixed facts the router needs.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Who the hub is (sent in `Welcome` and `Status`).
+    pub identity: proto::HubIdentity,
+    /// Limits.
+    pub limits: Limits,
+    /// When set, clients are told to send traffic at least this often and
+    /// are disconnected after three silent intervals.
+    pub keepalive: Option<Duration>,
+}

@@ -1,0 +1,274 @@
+//! The sending side of the router: each registered client's [`Link`] (its
+//! outbox and reliable numbering) and what every push needs: the queue
+//! limits, the standby gate's tag, the change log that records numbered
+//! frames, and the clients to disconnect because their queues grew past
+//! the hard limit. Rooms send through [`Output`]; nothing else pushes onto
+//! an outbox.
+
+use std::sync::Arc;
+
+use switchboard_wire::{is_logged_kind, ErrorCode, Frame};
+
+use super::journal::Journal;
+use super::reliable::{ack_frame, AckNext, Reliable};
+use crate::ids::{ConnId, IdMap};
+use crate::outbox::{Out, Outbox, Pushed, QueueLimits};
+
+/// A registered client's way out.
+#[derive(Debug)]
+pub(super) struct Link {
+    /// The client id its frames are logged under.
+    pub id: String,
+    /// Its outbound queue (the current connection's, or a ghost's).
+    pub outbox: Arc<Outbox>,
+    /// Reliable delivery's numbering.
+    pub reliable: Reliable,
+}
+
+/// Every client's [`Link`], and how frames are pushed onto them.
+#[derive(Debug)]
+pub(super) struct Output {
+    links: IdMap<ConnId, Link>,
+    q: QueueLimits,
+    /// Replication change log (see [`replica`](super::replica)).
+    pub journal: Journal,
+    /// A standby is attached: frames are tagged for the
+    /// [`Gate`](crate::outbox::Gate).
+    gating: bool,
+    /// A standby's replica: frames are not numbered here (the primary's
+    /// numbering arrives as `sent` changes) and nobody is acknowledged.
+    replaying: bool,
+    /// Clients whose queues passed the hard limit.
+    to_kill: Vec<ConnId>,
+    /// Pub/sub deliveries dropped for slow consumers.
+    dropped: u64,
+}
+
+impl Output {
+    /// No links yet; pushes apply `q`.
+    pub fn new(q: QueueLimits) -> Output {
+        Output {
+            links: IdMap::default(),
+            q,
+            journal: Journal::default(),
+            gating: false,
+            replaying: false,
+            to_kill: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The queue limits pushes apply.
+    pub fn q(&self) -> &QueueLimits {
+        &self.q
+    }
+
+    /// Registers client `id`'s link.
+    pub fn insert(&mut self, conn: ConnId, id: String, outbox: Arc<Outbox>, reliable: bool) {
+        let link = Link {
+            id,
+            outbox,
+            reliable: Reliable::new(reliable),
+        };
+        self.links.insert(conn, link);
+    }
+
+    /// Forgets a client's link.
+    pub fn remove(&mut self, conn: ConnId) -> Option<Link> {
+        self.links.remove(&conn)
+    }
+
+    /// Forgets every link (shutdown).
+    pub fn clear(&mut self) {
+        self.links.clear();
+    }
+
+    /// A client's link.
+    pub fn get(&self, conn: ConnId) -> Option<&Link> {
+        self.links.get(&conn)
+    }
+
+    /// A client's link, to change.
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
+        self.links.get_mut(&conn)
+    }
+
+    /// Every link, in no particular order.
+    pub fn links(&self) -> impl Iterator<Item = (&ConnId, &Link)> + '_ {
+        self.links.iter()
+    }
+
+    /// A client's outbox.
+    pub fn outbox(&self, conn: ConnId) -> Option<&Arc<Outbox>> {
+        self.links.get(&conn).map(|l| &l.outbox)
+    }
+
+    /// A client's id ("" when it is not registered).
+    pub fn id(&self, conn: ConnId) -> &str {
+        self.links.get(&conn).map_or("", |l| l.id.as_str())
+    }
+
+    /// Whether this is a standby's replica.
+    pub fn replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// Marks this router a replica (or the serving router again).
+    pub fn set_replaying(&mut self, on: bool) {
+        self.replaying = on;
+    }
+
+    /// Starts (or stops) tagging frames for the standby gate.
+    pub fn set_gating(&mut self, on: bool) {
+        self.gating = on;
+    }
+
+    /// Pub/sub deliveries dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The release tag for frames queued now (see
+    /// [`Gate`](crate::outbox::Gate)).
+    pub fn tag(&self) -> u64 {
+        if self.gating {
+            self.journal.repl_seq()
+        } else {
+            0
+        }
+    }
+
+    /// Numbers `out` for a reliable client `key`, logs it for the standby
+    /// and keeps it until the client acknowledges it; returns the tag to
+    /// queue it with.
+    fn stamp(&mut self, key: ConnId, out: &mut Out) -> u64 {
+        if !self.replaying && out.is_sequenced() {
+            if let Some(link) = self.links.get_mut(&key) {
+                if link.reliable.is_on() {
+                    if link.reliable.number(out) > self.q.hard_bytes {
+                        self.to_kill.push(key);
+                    }
+                    if self.journal.is_on() {
+                        self.journal.sent(&link.id, out.clone());
+                    }
+                }
+            }
+        }
+        self.tag()
+    }
+
+    /// Sends `frame` to client `conn` (never dropped).
+    pub fn send(&mut self, conn: ConnId, frame: Frame) {
+        if let Some(link) = self.links.get(&conn) {
+            let outbox = link.outbox.clone();
+            self.push(conn, &outbox, Out::from(frame));
+        }
+    }
+
+    /// Sends `out` to client `conn` through `outbox` (never dropped).
+    pub fn push(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+        let tag = self.stamp(conn, &mut out);
+        if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
+            self.to_kill.push(conn);
+        }
+    }
+
+    /// Sends a pub/sub delivery or broadcast to client `conn` through
+    /// `outbox`: a full queue drops its oldest such frames.
+    pub fn push_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+        let tag = self.stamp(conn, &mut out);
+        self.dropped += outbox.push_droppable(out, &self.q, tag);
+    }
+
+    /// A resumed client's new connection: `welcome`, then every frame it
+    /// has not acknowledged, as numbered before.
+    pub fn resend(&mut self, key: ConnId, welcome: Frame) {
+        let Some(link) = self.links.get(&key) else {
+            return;
+        };
+        let tag = self.tag();
+        let outbox = &link.outbox;
+        let mut over =
+            outbox.push_control(Out::from(welcome), &self.q, tag) == Pushed::OverHardLimit;
+        for out in link.reliable.unacked() {
+            over |= outbox.push_control(out.clone(), &self.q, tag) == Pushed::OverHardLimit;
+        }
+        if over {
+            self.to_kill.push(key);
+        }
+    }
+
+    /// Takes frame `frame` from client `key` in: its acknowledgement
+    /// (`Frame.acked`) is applied, a numbered frame of a logged kind from a
+    /// reliable client is taken in order (`Some(false)`: a duplicate,
+    /// resent after a resume, to drop), and the frame is logged for the
+    /// standby. `None` when the client is gone (the rest of its batch is
+    /// dropped).
+    pub fn take_in(&mut self, key: ConnId, frame: &Frame) -> Option<bool> {
+        if frame.acked != 0 {
+            self.client_acked(key, frame.acked);
+        }
+        let link = self.links.get_mut(&key)?;
+        if frame.seq != 0
+            && link.reliable.is_on()
+            && frame.kind.as_ref().is_some_and(is_logged_kind)
+            && !link.reliable.take(frame.seq)
+        {
+            return Some(false);
+        }
+        self.journal.frame(&link.id, frame);
+        Some(true)
+    }
+
+    /// A reliable client acknowledged everything up to `up_to`.
+    pub fn client_acked(&mut self, key: ConnId, up_to: u64) {
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        if link.reliable.is_on() && link.reliable.acked(up_to) && self.journal.is_on() {
+            self.journal.client_ack(&link.id, up_to);
+        }
+    }
+
+    /// After a batch from client `key`: what its acknowledgement needs.
+    pub fn after_batch(&mut self, key: ConnId) -> AckNext {
+        let quiet = self.replaying;
+        self.links
+            .get_mut(&key)
+            .map_or(AckNext::Nothing, |l| l.reliable.after_batch(quiet))
+    }
+
+    /// Sends a separate `Ack` for everything taken from `key`.
+    pub fn send_ack(&mut self, key: ConnId) {
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        let ack = ack_frame(link.reliable.ack_all());
+        self.send(key, ack);
+    }
+
+    /// The next client to disconnect as a slow consumer, in client id
+    /// order (not connection order, so the departures and the change log
+    /// do not depend on connection ids): its outbox is killed with a
+    /// goodbye. `None` when nobody is over the limit.
+    pub fn next_slow_consumer(&mut self) -> Option<ConnId> {
+        while !self.to_kill.is_empty() {
+            let links = &self.links;
+            let id = |c: &ConnId| links.get(c).map(|l| l.id.as_str());
+            self.to_kill.sort_unstable_by(|a, b| id(b).cmp(&id(a)));
+            let conn = self.to_kill.pop()?;
+            if let Some(link) = self.links.get(&conn) {
+                let limit = self.q.hard_bytes;
+                tracing::warn!(client = %link.id, limit, "disconnecting slow consumer");
+                link.outbox.kill(Some(Frame::goodbye(
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "outbound queue exceeded {limit} bytes because frames were not read; read faster or subscribe to less"
+                    ),
+                )));
+                return Some(conn);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,264 @@
+//! The registry: which clients are registered under which connection id,
+//! by client id; which transport connection stands for a resumed client
+//! (aliases); which clients lost their connection and wait to resume
+//! (detached); what each takes ("listen" flags) and when it was last heard
+//! from.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use switchboard_wire::{proto, ErrorCode, Frame};
+
+use super::common::err;
+use super::output::Output;
+use crate::ids::{ConnId, IdMap, IdSet};
+use crate::outbox::Out;
+
+/// What a client with the "listen" feature takes (see `proto::Listen`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Listening {
+    pub messages: bool,
+    pub requests: bool,
+}
+
+/// A registered client.
+#[derive(Debug)]
+pub(super) struct Client {
+    /// Who it is (the registration's, kept across resumes).
+    pub info: proto::ClientInfo,
+    /// When a whole frame last came from it.
+    pub last_seen: Instant,
+    /// For a client with the "listen" feature: what it takes now; `None`:
+    /// everything.
+    pub listen: Option<Listening>,
+    /// Lost its connection (or its hub took over): leaves at this time
+    /// unless it resumes.
+    pub detached_until: Option<Instant>,
+}
+
+impl Client {
+    fn new(info: proto::ClientInfo, now: Instant) -> Client {
+        Client {
+            listen: info.listen.then_some(Listening::default()),
+            info,
+            last_seen: now,
+            detached_until: None,
+        }
+    }
+
+    /// Its client id.
+    pub fn id(&self) -> &str {
+        &self.info.client_id
+    }
+
+    /// Whether it takes `Direct` and `Broadcast` messages now.
+    pub fn takes_messages(&self) -> bool {
+        self.listen.is_none_or(|l| l.messages)
+    }
+
+    /// Whether it takes `Request`s to its client id now.
+    pub fn takes_requests(&self) -> bool {
+        self.listen.is_none_or(|l| l.requests)
+    }
+}
+
+/// Every registered client.
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    clients: IdMap<ConnId, Client>,
+    by_id: HashMap<String, ConnId>,
+    /// Connections attached to a client registered under another
+    /// connection id (resumed clients), transport id → registry id.
+    alias: IdMap<ConnId, ConnId>,
+    /// Clients waiting to resume.
+    detached: IdSet<ConnId>,
+}
+
+impl Registry {
+    /// Registered clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The client registered as `conn`.
+    pub fn get(&self, conn: ConnId) -> Option<&Client> {
+        self.clients.get(&conn)
+    }
+
+    /// The client registered as `conn`, to change.
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Client> {
+        self.clients.get_mut(&conn)
+    }
+
+    /// Every client, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ConnId, &Client)> + '_ {
+        self.clients.iter()
+    }
+
+    /// The connection id client `id` is registered under.
+    pub fn lookup(&self, id: &str) -> Option<ConnId> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The registry id a transport connection's inputs are about (itself,
+    /// unless it resumed a client registered under another id).
+    pub fn key_of(&self, conn: ConnId) -> ConnId {
+        self.alias.get(&conn).copied().unwrap_or(conn)
+    }
+
+    /// Registers `info` as connection `conn` at `now`.
+    pub fn register(&mut self, conn: ConnId, info: proto::ClientInfo, now: Instant) {
+        let id = info.client_id.clone();
+        self.clients.insert(conn, Client::new(info, now));
+        self.by_id.insert(id, conn);
+    }
+
+    /// Unregisters `conn`; its alias (the transport connection `via`)
+    /// goes too.
+    pub fn remove(&mut self, conn: ConnId, via: Option<ConnId>) -> Option<Client> {
+        let client = self.clients.remove(&conn)?;
+        if self.by_id.get(client.id()) == Some(&conn) {
+            self.by_id.remove(client.id());
+        }
+        if let Some(via) = via {
+            self.alias.remove(&via);
+        }
+        self.detached.remove(&conn);
+        Some(client)
+    }
+
+    /// Unregisters everyone (shutdown).
+    pub fn clear(&mut self) {
+        self.clients.clear();
+        self.by_id.clear();
+    }
+
+    /// Transport connection `conn` now stands for client `key`; the
+    /// connection that did (`old`) no longer does.
+    pub fn realias(&mut self, old: ConnId, conn: ConnId, key: ConnId) {
+        self.alias.remove(&old);
+        if conn != key {
+            self.alias.insert(conn, key);
+        }
+    }
+
+    /// Client `key` lost its connection and leaves at `until` unless it
+    /// resumes.
+    pub fn detach(&mut self, key: ConnId, until: Instant) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.detached_until = Some(until);
+            self.detached.insert(key);
+        }
+    }
+
+    /// Client `key` has a connection again (resumed, or claimed).
+    pub fn attach(&mut self, key: ConnId, now: Instant) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.last_seen = now;
+            c.detached_until = None;
+        }
+        self.detached.remove(&key);
+    }
+
+    /// When the first detached client's resume window ends.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.detached
+            .iter()
+            .filter_map(|k| self.clients.get(k)?.detached_until)
+            .min()
+    }
+
+    /// Detached clients whose resume window ended by `now`, in client id
+    /// order (not connection order: departures, and the change log, must
+    /// not depend on connection ids).
+    pub fn expired(&self, now: Instant) -> Vec<ConnId> {
+        if self.detached.is_empty() {
+            return Vec::new();
+        }
+        let mut expired: Vec<(&str, ConnId)> = self
+            .detached
+            .iter()
+            .filter_map(|k| {
+                let c = self.clients.get(k)?;
+                c.detached_until
+                    .is_some_and(|t| t <= now)
+                    .then_some((c.id(), *k))
+            })
+            .collect();
+        expired.sort_unstable();
+        expired.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Attached clients silent for longer than `limit` at `now`, in client
+    /// id order.
+    pub fn idle(&self, now: Instant, limit: Duration) -> Vec<ConnId> {
+        let mut idle: Vec<(&str, ConnId)> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.detached_until.is_none() && now.saturating_duration_since(c.last_seen) > limit
+            })
+            .map(|(conn, c)| (c.id(), *conn))
+            .collect();
+        idle.sort_unstable();
+        idle.into_iter().map(|(_, conn)| conn).collect()
+    }
+
+    /// Every client's info, by client id.
+    pub fn infos(&self) -> Vec<proto::ClientInfo> {
+        let mut clients: Vec<proto::ClientInfo> =
+            self.clients.values().map(|c| c.info.clone()).collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        clients
+    }
+
+    /// The `ClientList` answering correlation id `id`.
+    pub fn client_list(&self, id: u64) -> Frame {
+        proto::ClientList {
+            id,
+            clients: self.infos(),
+        }
+        .into()
+    }
+
+    /// `Listen`: what client `conn` takes from now on (only with the
+    /// "listen" feature).
+    pub fn listen(&mut self, out: &mut Output, conn: ConnId, l: proto::Listen) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let Some(flags) = c.listen.as_mut() else {
+            let msg = "listen needs the \"listen\" feature in Hello.features; without it a client takes direct messages and requests always";
+            return out.send(conn, err(l.id, ErrorCode::Unsupported, msg));
+        };
+        *flags = Listening {
+            messages: l.messages,
+            requests: l.requests,
+        };
+        if l.id != 0 {
+            out.send(conn, Frame::ok(l.id));
+        }
+    }
+
+    /// `Broadcast`: to every client but the sender that takes messages (a
+    /// full queue drops its oldest deliveries and broadcasts).
+    pub fn broadcast(&self, out: &mut Output, conn: ConnId, b: proto::Broadcast) {
+        let frame = Frame::from(proto::Broadcast {
+            id: 0,
+            from: out.id(conn).to_owned(),
+            payload: b.payload,
+            headers: b.headers,
+        });
+        for (&target, client) in &self.clients {
+            if target == conn || !client.takes_messages() {
+                continue;
+            }
+            if let Some(outbox) = out.outbox(target).cloned() {
+                out.push_droppable(target, &outbox, Out::from(frame.clone()));
+            }
+        }
+        if b.id != 0 {
+            out.send(conn, Frame::ok(b.id));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Reliable delivery: acknowledgements carried by frames or sent after
+//! the delay or every `ACK_EVERY` frames; retransmit buffers trimmed.
+
+use super::*;
+
+#[test]
+fn answers_carry_the_acknowledgement_and_no_separate_ack_goes_out() {
+    let mut sim = Sim::new();
+    let a = sim.connect_reliable("a");
+    sim.send(
+        a,
+        Frame::from(proto::Publish {
+            id: 7,
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
+    let got = sim.recv(a);
+    assert_eq!(got.len(), 1, "only the answer: {got:?}");
+    assert_eq!(got[0].kind, Frame::ok(7).kind);
+    assert_eq!(
+        (got[0].seq, got[0].acked),
+        (1, 1),
+        "numbered, and acknowledges seq 1"
+    );
+    sim.advance(ACK_DELAY * 2);
+    assert!(
+        sim.recv(a).is_empty(),
+        "the answer carried it: no Ack later either"
+    );
+}
+
+#[test]
+fn an_unanswered_frame_is_acknowledged_after_the_delay() {
+    let mut sim = Sim::new();
+    let a = sim.connect_reliable("a");
+    let b = sim.connect_reliable("b");
+    // A request to b, then b's reply: the reply gets no answer of its own.
+    sim.send(a, Frame::request(5, "b", "q").with_seq(1));
+    let to_b = sim.recv(b);
+    assert_eq!(to_b.len(), 1, "{to_b:?}");
+    assert_eq!(to_b[0].acked, 0, "b sent nothing yet");
+    assert!(
+        sim.recv(a).is_empty(),
+        "the reply will carry a's acknowledgement"
+    );
+    sim.send(b, Frame::reply(5, "a", "r").with_seq(1));
+    let to_a = sim.recv(a);
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+    assert_eq!(to_a[0].acked, 1, "the reply acknowledges a's request");
+    assert!(sim.recv(b).is_empty(), "nothing for b yet");
+    assert_eq!(
+        sim.router.next_deadline(),
+        Some(sim.now + ACK_DELAY),
+        "b's Ack is scheduled"
+    );
+    sim.advance(ACK_DELAY / 2);
+    assert!(sim.recv(b).is_empty());
+    sim.advance(ACK_DELAY / 2);
+    assert_eq!(acks(&sim.recv(b)), [1]);
+    sim.advance(ACK_DELAY * 3);
+    assert!(sim.recv(b).is_empty(), "one Ack only");
+}
+
+#[test]
+fn a_frame_sent_before_the_delay_carries_the_owed_acknowledgement() {
+    let mut sim = Sim::new();
+    let a = sim.connect_reliable("a");
+    let b = sim.connect_reliable("b");
+    sim.send(a, Frame::request(5, "b", "q").with_seq(1));
+    sim.recv(b);
+    sim.send(b, Frame::reply(5, "a", "r").with_seq(1));
+    sim.recv(a);
+    // Before b's Ack is due, another request reaches b: it carries it.
+    sim.send(a, Frame::request(6, "b", "q2").with_seq(2));
+    let to_b = sim.recv(b);
+    assert_eq!(to_b.len(), 1, "{to_b:?}");
+    assert_eq!(to_b[0].acked, 1);
+    sim.advance(ACK_DELAY * 2);
+    assert!(acks(&sim.recv(b)).is_empty(), "already carried");
+}
+
+#[test]
+fn a_long_unanswered_batch_is_acknowledged_at_once() {
+    let mut sim = Sim::new();
+    let a = sim.connect_reliable("a");
+    let frames: Vec<Frame> = (1..=ACK_EVERY)
+        .map(|seq| Frame::reply(seq, "nobody", "r").with_seq(seq))
+        .collect();
+    sim.router
+        .handle(sim.now, Input::Frames { conn: a, frames });
+    assert_eq!(acks(&sim.recv(a)), [ACK_EVERY]);
+}
+
+#[test]
+fn acknowledgements_carried_by_client_frames_free_the_retransmit_buffer() {
+    let mut sim = Sim::new();
+    let a = sim.connect_reliable("a");
+    let sub = proto::Subscribe {
+        id: 9,
+        sub_id: 1,
+        pattern: "t".into(),
+        queue_group: String::new(),
+        ..Default::default()
+    };
+    sim.send(a, Frame::from(sub).with_seq(1));
+    let ok = sim.recv_one(a);
+    assert_eq!((ok.seq, ok.acked), (1, 1));
+    let p = sim.connect("p");
+    for _ in 0..3 {
+        sim.send(p, Frame::publish("t", "x"));
+    }
+    let got = sim.recv(a);
+    assert_eq!(got.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    assert!(
+        got.iter().all(|f| f.acked == 1),
+        "every frame carries it: {got:?}"
+    );
+    assert_eq!(sim.unacked_frames(), 4, "the Ok and three deliveries");
+    // Any frame from a may carry the acknowledgement, numbered or not.
+    let mut ping = Frame::from(proto::Ping { nonce: 1 });
+    ping.acked = 3;
+    sim.send(a, ping);
+    assert_eq!(sim.unacked_frames(), 1);
+    let mut publish = Frame::publish("other", "y").with_seq(2);
+    publish.acked = 4;
+    sim.send(a, publish);
+    assert_eq!(sim.unacked_frames(), 0);
+}
+
+// ---- headers ----

@@ -1,0 +1,289 @@
+//! Reliable delivery's numbering, one core for both ends: the hub's router
+//! and the client keep the same books, so the rules live here once.
+//!
+//! * [`Inbound`] is the receiving side of one direction: the highest
+//!   sequence number taken, duplicate detection (`0 < seq <=
+//!   last_received`; gaps are allowed) and the acknowledgement owed
+//!   ([`ACK_EVERY`] frames, else within [`ACK_DELAY`](crate::ACK_DELAY)
+//!   unless a frame going the other way carries it in `Frame.acked`).
+//! * [`Retransmit`] is the sending side: the next sequence number and the
+//!   numbered items kept, with their encoded sizes, until a cumulative
+//!   acknowledgement covers them. It is generic over what is kept (the
+//!   client keeps [`Frame`](crate::Frame)s, the hub its queued frames).
+//!
+//! Neither reads a clock: the caller decides when a batch ends and when a
+//! delay has passed.
+
+use std::collections::VecDeque;
+
+use crate::ACK_EVERY;
+
+/// The receiving side of one direction of a reliable connection: what was
+/// taken and what was acknowledged. It outlives a connection: a resumed
+/// connection continues from here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Inbound {
+    last_received: u64,
+    acked: u64,
+}
+
+impl Inbound {
+    /// Starts from `last_received` (0 for a fresh session), with everything
+    /// up to it taken as acknowledged.
+    pub fn starting_at(last_received: u64) -> Inbound {
+        Inbound {
+            last_received,
+            acked: last_received,
+        }
+    }
+
+    /// Whether a frame with `seq` is to be handled: `false` for a duplicate
+    /// (`0 < seq <= last_received`). Unsequenced frames (`seq = 0`) are
+    /// always handled; gaps are allowed (the sender may drop frames and say
+    /// so), and a taken `seq` becomes [`last_received`](Self::last_received).
+    pub fn accept(&mut self, seq: u64) -> bool {
+        if seq == 0 {
+            return true;
+        }
+        if seq <= self.last_received {
+            return false;
+        }
+        self.last_received = seq;
+        true
+    }
+
+    /// Whether a frame with `seq` was taken already (`0 < seq <=
+    /// last_received`): a resent duplicate. For a receiver that takes a
+    /// frame (with [`accept`](Self::accept)) only once it was handed on.
+    pub fn is_duplicate(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.last_received
+    }
+
+    /// Whether [`ACK_EVERY`] sequence numbers went by without an
+    /// acknowledgement: one goes out now, not after the delay (gaps count:
+    /// acknowledging early costs little).
+    pub fn ack_due(&self) -> bool {
+        self.last_received - self.acked >= ACK_EVERY
+    }
+
+    /// The `up_to` an acknowledgement owes now, if the last one sent (or
+    /// carried) does not cover everything taken. Call
+    /// [`acked`](Self::acked) once it is queued.
+    pub fn owed_ack(&self) -> Option<u64> {
+        (self.last_received > self.acked).then_some(self.last_received)
+    }
+
+    /// Records that an acknowledgement of `up_to` went out: an `Ack`, or a
+    /// frame carrying `acked = up_to`. Older ones change nothing.
+    pub fn acked(&mut self, up_to: u64) {
+        self.acked = self.acked.max(up_to);
+    }
+
+    /// Highest sequence number taken.
+    pub fn last_received(&self) -> u64 {
+        self.last_received
+    }
+}
+
+/// One numbered item kept for retransmission.
+#[derive(Debug, Clone)]
+struct Kept<T> {
+    seq: u64,
+    bytes: usize,
+    item: T,
+}
+
+/// The sending side of one direction of a reliable connection: the next
+/// sequence number, and every numbered item (with its size in bytes) until
+/// the peer acknowledges it, in sequence order. It outlives a connection:
+/// what a resumed peer did not take is sent again from here.
+#[derive(Debug, Clone)]
+pub struct Retransmit<T> {
+    next_seq: u64,
+    kept: VecDeque<Kept<T>>,
+    bytes: usize,
+}
+
+impl<T> Default for Retransmit<T> {
+    fn default() -> Self {
+        Retransmit::starting_at(1)
+    }
+}
+
+impl<T> Retransmit<T> {
+    /// An empty buffer whose next sequence number is `next_seq` (at least
+    /// 1: sequence numbers start there, 0 means "not numbered").
+    pub fn starting_at(next_seq: u64) -> Retransmit<T> {
+        Retransmit {
+            next_seq: next_seq.max(1),
+            kept: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The sequence number the next item gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Numbers the next item: returns its sequence number, which the
+    /// caller writes into the item before [`keep`](Self::keep)ing it.
+    pub fn number(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Keeps `item`, numbered `seq`, of `bytes` bytes until an
+    /// acknowledgement covers it. Items are kept in the order they are
+    /// numbered.
+    pub fn keep(&mut self, seq: u64, bytes: usize, item: T) {
+        debug_assert!(self.kept.back().is_none_or(|k| k.seq < seq));
+        self.bytes += bytes;
+        self.kept.push_back(Kept { seq, bytes, item });
+    }
+
+    /// Keeps an item numbered elsewhere (a standby copying its primary's
+    /// numbering): `false`, and nothing kept, when `seq` is below
+    /// [`next_seq`](Self::next_seq); otherwise numbering continues after
+    /// it.
+    pub fn record(&mut self, seq: u64, bytes: usize, item: T) -> bool {
+        if seq < self.next_seq {
+            return false;
+        }
+        self.next_seq = seq + 1;
+        self.keep(seq, bytes, item);
+        true
+    }
+
+    /// Forgets every kept item with `seq <= up_to` (acknowledgements are
+    /// cumulative); returns how many went.
+    pub fn ack(&mut self, up_to: u64) -> usize {
+        let mut n = 0;
+        while self.kept.front().is_some_and(|k| k.seq <= up_to) {
+            if let Some(k) = self.kept.pop_front() {
+                self.bytes -= k.bytes;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The kept items, oldest first.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
+        self.kept.iter().map(|k| &k.item)
+    }
+
+    /// Forgets every kept item; numbering continues.
+    pub fn clear(&mut self) {
+        self.kept.clear();
+        self.bytes = 0;
+    }
+
+    /// Items kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Bytes kept (the sum of the sizes given to [`keep`](Self::keep)).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers and keeps `n` items of `bytes` bytes each.
+    fn fill(out: &mut Retransmit<u64>, n: u64, bytes: usize) {
+        for _ in 0..n {
+            let seq = out.number();
+            out.keep(seq, bytes, seq * 10);
+        }
+    }
+
+    #[test]
+    fn numbers_from_one_and_keeps_until_acknowledged() {
+        let mut out = Retransmit::default();
+        assert_eq!(out.next_seq(), 1);
+        fill(&mut out, 5, 10);
+        assert_eq!((out.len(), out.bytes()), (5, 50));
+        assert_eq!(out.ack(3), 3);
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), [40, 50]);
+        assert_eq!((out.len(), out.bytes()), (2, 20));
+        // Acknowledgements are cumulative; an older one changes nothing.
+        assert_eq!(out.ack(2), 0);
+        assert_eq!(out.ack(u64::MAX), 2);
+        assert!(out.is_empty());
+        assert_eq!((out.bytes(), out.next_seq()), (0, 6));
+    }
+
+    #[test]
+    fn clearing_keeps_the_counter() {
+        let mut out = Retransmit::starting_at(0);
+        assert_eq!(out.next_seq(), 1, "numbering starts at 1");
+        fill(&mut out, 2, 7);
+        out.clear();
+        assert_eq!((out.len(), out.bytes()), (0, 0));
+        assert_eq!(out.number(), 3);
+    }
+
+    #[test]
+    fn recorded_numbers_must_grow() {
+        let mut out = Retransmit::starting_at(5);
+        assert!(!out.record(4, 1, 0), "below the next number");
+        assert!(out.record(5, 1, 0));
+        assert!(out.record(9, 2, 0), "gaps are allowed");
+        assert!(!out.record(9, 1, 0), "the same number twice");
+        assert_eq!((out.len(), out.bytes(), out.next_seq()), (2, 3, 10));
+        assert_eq!(out.ack(8), 1);
+    }
+
+    #[test]
+    fn inbound_drops_duplicates_and_allows_gaps() {
+        let mut inb = Inbound::starting_at(0);
+        assert!(inb.accept(1));
+        assert!(inb.accept(2));
+        assert!(!inb.accept(2), "duplicate");
+        assert!(inb.is_duplicate(1));
+        assert!(!inb.accept(1), "older duplicate");
+        assert!(inb.accept(0), "unsequenced frames always pass");
+        assert!(!inb.is_duplicate(0));
+        assert!(inb.accept(5), "a gap is allowed");
+        assert!(!inb.accept(4), "below the highest taken");
+        assert_eq!(inb.last_received(), 5);
+    }
+
+    #[test]
+    fn acks_are_owed_for_what_is_new_and_due_every_ack_every() {
+        let mut inb = Inbound::starting_at(10);
+        assert_eq!(inb.owed_ack(), None, "a resumed stream starts acknowledged");
+        inb.accept(11);
+        assert_eq!(inb.owed_ack(), Some(11));
+        assert!(!inb.ack_due());
+        inb.acked(11);
+        assert_eq!(inb.owed_ack(), None);
+        inb.acked(3);
+        assert_eq!(
+            inb.owed_ack(),
+            None,
+            "an older acknowledgement changes nothing"
+        );
+        inb.accept(10 + ACK_EVERY);
+        assert!(!inb.ack_due());
+        inb.accept(11 + ACK_EVERY);
+        assert!(inb.ack_due(), "a gap counts as the numbers it skipped");
+        inb.acked(inb.last_received());
+        assert!(!inb.ack_due());
+        // A default receiver is one that has taken nothing.
+        let mut fresh = Inbound::default();
+        assert!(fresh.accept(7));
+        assert_eq!(fresh.owed_ack(), Some(7));
+    }
+}
