@@ -30,6 +30,10 @@
 //! * `presence.rs`: presence watchers and recent events.
 //! * `timers.rs`: acknowledgements owed, closing outboxes, idle checks.
 //! * Leaves: `api.rs` (the public vocabulary), `common.rs`, `error.rs`.
+//! * Seams: [`admission`] (asked before every registration and command;
+//!   the permission check goes there) and [`remote`] (messages for client
+//!   ids registered nowhere here, and every publish and broadcast, for a
+//!   federation of hubs). Both are unset by default and then cost nothing.
 //!
 //! This file composes them and holds what spans rooms: dispatching frames,
 //! joining, resuming and leaving, shutdown and the tick. Above the
@@ -51,6 +55,7 @@ use switchboard_wire::{
 
 use crate::ids::ConnId;
 
+pub mod admission;
 mod api;
 mod common;
 
@@ -66,6 +71,7 @@ mod presence;
 mod pubsub;
 mod registry;
 mod reliable;
+pub mod remote;
 mod requests;
 mod snapshot;
 mod status;
@@ -74,6 +80,7 @@ mod timers;
 use crate::limits::Limits;
 use crate::outbox::{Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
+use admission::Admission;
 pub use api::{Input, Inspection, RouterConfig};
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 use kv::Kv;
@@ -83,7 +90,9 @@ pub use presence::PresenceEvent;
 use pubsub::PubSub;
 use registry::Registry;
 use reliable::AckNext;
+use remote::{Handoff, Remote};
 use requests::Requests;
+use switchboard_wire::FrameExt;
 use timers::Timers;
 
 #[derive(Debug, Default)]
@@ -119,6 +128,12 @@ pub struct Router {
     /// At shutdown a standby takes over: connections close without a
     /// goodbye, so reliable clients resume on it.
     handover: bool,
+    /// Who may register and what they may do (`None`: everyone,
+    /// everything); see [`admission`].
+    admission: Option<Arc<dyn Admission>>,
+    /// Where messages for clients of other hubs go (`None`: a single
+    /// hub); see [`remote`].
+    remote: Option<Arc<dyn Remote>>,
 }
 
 impl Router {
@@ -146,7 +161,21 @@ impl Router {
             counters: Counters::default(),
             output: Output::new(q),
             handover: false,
+            admission: None,
+            remote: None,
         }
+    }
+
+    /// Asks `admission` before every registration and every command (the
+    /// admission seam; see [`admission`]).
+    pub fn set_admission(&mut self, admission: Arc<dyn Admission>) {
+        self.admission = Some(admission);
+    }
+
+    /// Hands messages for unknown client ids, and every publish and
+    /// broadcast, to `remote` (the remote seam; see [`remote`]).
+    pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
+        self.remote = Some(remote);
     }
 
     /// The hub identity the router announces.
@@ -308,6 +337,9 @@ impl Router {
             );
             return self.timers.close(now, outbox, Some(bye));
         }
+        if self.refused_client(now, &info, &outbox) {
+            return;
+        }
         let id = info.client_id.clone();
         if let Some(old) = self.registry.lookup(&id) {
             if let Some(old_outbox) = self.output.outbox(old).cloned() {
@@ -376,6 +408,25 @@ impl Router {
         })
     }
 
+    /// Asks the admission seam whether `info` may register; a refused
+    /// connection is closed with the refusal and nothing else changes.
+    fn refused_client(
+        &mut self,
+        now: Instant,
+        info: &proto::ClientInfo,
+        outbox: &Arc<Outbox>,
+    ) -> bool {
+        let Some(admission) = &self.admission else {
+            return false;
+        };
+        let Err(r) = admission.admit_client(info) else {
+            return false;
+        };
+        self.timers
+            .close(now, outbox.clone(), Some(err(0, r.code, r.message)));
+        true
+    }
+
     fn on_resume(
         &mut self,
         now: Instant,
@@ -384,6 +435,9 @@ impl Router {
         outbox: Arc<Outbox>,
         resume: proto::Resume,
     ) {
+        if self.refused_client(now, &info, &outbox) {
+            return;
+        }
         let key = self.registry.lookup(&info.client_id);
         match key {
             Some(key)
@@ -532,10 +586,46 @@ impl Router {
 
     // ---- frames ----
 
+    /// Asks the admission seam whether `conn`'s client may run `frame`;
+    /// the answer to a refused one.
+    fn refused_command(&self, conn: ConnId, frame: &Frame) -> Option<Frame> {
+        let admission = self.admission.as_ref()?;
+        let client = &self.registry.get(conn)?.info;
+        let r = admission.admit(client, frame).err()?;
+        // A reply's id is the requester's, not the replier's.
+        let id = match frame.kind {
+            Some(Kind::Reply(_)) => 0,
+            _ => frame.correlation_id(),
+        };
+        Some(err(id, r.code, r.message))
+    }
+
+    /// Hands a message for `to`, registered nowhere here, to the remote
+    /// seam; whether another hub took it.
+    fn routed_away(&self, conn: ConnId, to: &str, frame: impl FnOnce() -> Frame) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        if self.registry.lookup(to).is_some() {
+            return false;
+        }
+        remote.route(self.output.id(conn), to, &frame()) == Handoff::Taken
+    }
+
+    /// Hands a publish or broadcast, delivered here, to the remote seam.
+    fn fan_out(&self, conn: ConnId, frame: Option<Frame>) {
+        if let (Some(remote), Some(frame)) = (&self.remote, frame) {
+            remote.fan_out(self.output.id(conn), &frame);
+        }
+    }
+
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
         self.counters.msgs_in += 1;
         if let Some(c) = self.registry.get_mut(conn) {
             c.last_seen = now;
+        }
+        if let Some(refusal) = self.refused_command(conn, &frame) {
+            return self.send(conn, refusal);
         }
         let Some(kind) = frame.kind else {
             self.counters.unsupported += 1;
@@ -561,15 +651,26 @@ impl Router {
         }
         match kind {
             Kind::Publish(p) => {
+                let copy = self.remote.as_ref().map(|_| Frame::from(p.clone()));
                 self.pubsub
                     .publish(&mut self.output, conn, p, self.limits.max_subject);
+                self.fan_out(conn, copy);
             }
             Kind::Direct(d) => {
+                if self.routed_away(conn, &d.to, || Frame::from(d.clone())) {
+                    return;
+                }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
                     .direct(out, registry, now, conn, d, &self.limits);
             }
             Kind::Request(r) => {
+                if r.service.is_empty()
+                    && r.id != 0
+                    && self.routed_away(conn, &r.to, || Frame::from(r.clone()))
+                {
+                    return;
+                }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
                     .request(out, registry, &mut self.pubsub, now, conn, r, &self.limits);
@@ -580,7 +681,11 @@ impl Router {
                     self.stats.observe_request_latency(took);
                 }
             }
-            Kind::Broadcast(b) => self.registry.broadcast(&mut self.output, conn, b),
+            Kind::Broadcast(b) => {
+                let copy = self.remote.as_ref().map(|_| Frame::from(b.clone()));
+                self.registry.broadcast(&mut self.output, conn, b);
+                self.fan_out(conn, copy);
+            }
             Kind::Subscribe(s) => self
                 .pubsub
                 .subscribe(&mut self.output, conn, s, &self.limits),
@@ -609,6 +714,9 @@ impl Router {
                 self.send(conn, status.into());
             }
             Kind::Session(s) => {
+                if self.routed_away(conn, &s.peer, || Frame::from(s.clone())) {
+                    return;
+                }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
                     .session(out, registry, now, conn, s, &self.limits);

@@ -284,4 +284,5 @@ mod pubsub;
 mod registry;
 mod reliable;
 mod requests;
+mod seams;
 mod services;

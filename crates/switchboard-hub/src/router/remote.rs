@@ -1,0 +1,44 @@
+//! The remote seam: the one place where the router hands over what its
+//! own clients cannot take — a message for a client id registered nowhere
+//! on this hub, and every publish and broadcast, for clients of other hubs.
+//!
+//! Without a [`Remote`] (the default) the router behaves as a single hub:
+//! a `Direct`, `Request` or `Session` to an unknown id is answered with
+//! `NO_SUCH_CLIENT`, and publishes reach local subscribers only. A
+//! federation of hubs implements the trait and sets it with
+//! [`Router::set_remote`](super::Router::set_remote); the router learns
+//! nothing about how the frames travel.
+//!
+//! The implementation must not block: it runs on the router task. It
+//! queues the frame for its own task (a channel) and returns. What comes
+//! back from other hubs (answers, deliveries) enters the router as
+//! [`Input`](super::Input)s of a connection the federation registers, the
+//! way the HTTP gateway's virtual clients do.
+
+use std::fmt::Debug;
+
+use switchboard_wire::Frame;
+
+/// What became of a message handed to [`Remote::route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Another hub serves the target: the remote side delivers the frame
+    /// and answers the sender (`Ok`, `Reply`, or an error) when asked to.
+    Taken,
+    /// No hub knows the target: the sender is told `NO_SUCH_CLIENT`, as
+    /// on a single hub.
+    Unknown,
+}
+
+/// Carries frames to clients of other hubs. See the module docs.
+pub trait Remote: Send + Sync + Debug {
+    /// A `Direct`, `Request` (to a client id) or `Session` frame from the
+    /// local client `from` to `to`, a client id registered nowhere on this
+    /// hub. `frame` is as the router received it (the hub's `from` not yet
+    /// filled in).
+    fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff;
+
+    /// A `Publish` or `Broadcast` from the local client `from`, after the
+    /// router delivered it to its own clients.
+    fn fan_out(&self, from: &str, frame: &Frame);
+}

@@ -1,0 +1,181 @@
+//! The admission and remote seams: what the router asks and hands over,
+//! and that without them nothing changes.
+
+use super::*;
+use crate::router::admission::{Admission, Refusal};
+use crate::router::remote::{Handoff, Remote};
+use parking_lot::Mutex;
+
+/// Refuses the client id "intruder", and publishes under `secret.`.
+#[derive(Debug)]
+struct NoSecrets;
+
+impl Admission for NoSecrets {
+    fn admit_client(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
+        match info.client_id.as_str() {
+            "intruder" => Err(Refusal::forbidden("client id 'intruder' is not yours")),
+            _ => Ok(()),
+        }
+    }
+
+    fn admit(&self, client: &proto::ClientInfo, command: &Frame) -> Result<(), Refusal> {
+        match &command.kind {
+            Some(Kind::Publish(p)) if p.topic.starts_with("secret.") => Err(Refusal::forbidden(
+                format!("'{}' may not publish to '{}'", client.client_id, p.topic),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn a_refused_command_gets_forbidden_and_the_connection_stays() {
+    let mut sim = Sim::new();
+    sim.router.set_admission(Arc::new(NoSecrets));
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    sim.subscribe(b, 1, "secret.>", "");
+    sim.subscribe(b, 2, "open.>", "");
+    sim.send(
+        a,
+        proto::Publish {
+            id: 5,
+            topic: "secret.plans".into(),
+            payload: "x".into(),
+            ..Default::default()
+        },
+    );
+    let (id, code, message) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (5, ErrorCode::Forbidden));
+    assert!(message.contains("secret.plans"), "{message}");
+    assert!(sim.recv(b).is_empty(), "the refused publish went nowhere");
+    // The same client goes on: an allowed publish is delivered.
+    sim.send(a, Frame::publish("open.news", "y"));
+    let got = deliveries(&sim.recv(b));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, "open.news");
+}
+
+#[test]
+fn a_refused_client_is_closed_and_takes_over_nothing() {
+    let mut sim = Sim::new();
+    sim.router.set_admission(Arc::new(NoSecrets));
+    let first = sim.connect_raw("intruder");
+    let got = sim.recv(first);
+    let (_, code, message) = error_of(&got[0]);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("intruder"), "{message}");
+    assert_eq!(sim.router.client_count(), 0);
+    sim.connect("a");
+    assert_eq!(sim.router.client_count(), 1);
+}
+
+/// Takes every message for ids starting with "far-", records everything.
+#[derive(Debug, Default)]
+struct Recorder {
+    routed: Mutex<Vec<(String, String, &'static str)>>,
+    fanned: Mutex<Vec<(String, &'static str)>>,
+}
+
+impl Remote for Recorder {
+    fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        self.routed
+            .lock()
+            .push((from.into(), to.into(), frame.kind_name()));
+        if to.starts_with("far-") {
+            Handoff::Taken
+        } else {
+            Handoff::Unknown
+        }
+    }
+
+    fn fan_out(&self, from: &str, frame: &Frame) {
+        self.fanned.lock().push((from.into(), frame.kind_name()));
+    }
+}
+
+#[test]
+fn messages_for_unknown_ids_go_to_the_remote_and_publishes_fan_out() {
+    let mut sim = Sim::new();
+    let remote = Arc::new(Recorder::default());
+    sim.router.set_remote(remote.clone());
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    sim.subscribe(b, 1, "t", "");
+    // Taken by another hub: no answer from this one.
+    sim.send(
+        a,
+        proto::Direct {
+            id: 1,
+            to: "far-x".into(),
+            ..Default::default()
+        },
+    );
+    sim.send(
+        a,
+        proto::Request {
+            id: 2,
+            to: "far-y".into(),
+            ..Default::default()
+        },
+    );
+    assert!(sim.recv(a).is_empty());
+    // Known nowhere: NO_SUCH_CLIENT, as on a single hub.
+    sim.send(
+        a,
+        proto::Direct {
+            id: 3,
+            to: "nobody".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::NoSuchClient);
+    // A local target never reaches the remote.
+    sim.send(
+        a,
+        proto::Direct {
+            id: 4,
+            to: "b".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(4));
+    sim.recv(b);
+    // A publish is delivered here and handed on.
+    sim.send(a, Frame::publish("t", "p"));
+    assert_eq!(deliveries(&sim.recv(b)).len(), 1);
+    assert_eq!(
+        *remote.routed.lock(),
+        vec![
+            ("a".into(), "far-x".into(), "direct"),
+            ("a".into(), "far-y".into(), "request"),
+            ("a".into(), "nobody".into(), "direct"),
+        ]
+    );
+    assert_eq!(*remote.fanned.lock(), vec![("a".into(), "publish")]);
+}
+
+#[test]
+fn without_seams_nothing_is_asked() {
+    // The default router refuses nothing and knows no other hub.
+    let mut sim = Sim::new();
+    let a = sim.connect("intruder");
+    sim.send(
+        a,
+        proto::Direct {
+            id: 1,
+            to: "far-x".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::NoSuchClient);
+    sim.send(
+        a,
+        proto::Publish {
+            id: 2,
+            topic: "secret.plans".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::ok(2));
+}
