@@ -344,23 +344,20 @@ async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared:
         let mut failure = None;
         let mut refused = None;
         loop {
-            match rx
-                .next_frame(max, decode_client)
-                .and_then(Option::transpose)
-            {
-                Ok(Some(Decoded::Frame(frame, len))) => {
+            match rx.next_frame(max, decode_client) {
+                Ok(Some(Ok(Decoded::Frame(frame, len)))) => {
                     shared.stats.metrics.frame_in(&frame, len);
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH {
                         break;
                     }
                 }
-                Ok(Some(Decoded::Refused(notice))) => {
+                Ok(Some(Ok(Decoded::Refused(notice)))) => {
                     refused = Some(notice);
                     break;
                 }
                 Ok(None) => break,
-                Err(e) => {
+                Ok(Some(Err(e))) | Err(e) => {
                     failure = Some(e);
                     break;
                 }

@@ -116,6 +116,7 @@ pub const FRAME_GROW_CHUNK: usize = 128 * 1024;
 /// assert_eq!(switchboard_wire::decode_frame(body, 1024)?, Frame::publish("a.b", "hi"));
 /// # Ok::<(), switchboard_wire::WireError>(())
 /// ```
+#[inline]
 pub fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<Bytes>, WireError> {
     let Some(len) = whole_frame(src, max)? else {
         return Ok(None);
@@ -131,6 +132,7 @@ pub fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Wire
 /// checked against `max` first. For readers that decode small frames in
 /// place instead of splitting them off ([`split_frame`] is this plus the
 /// split).
+#[inline]
 pub fn whole_frame(src: &mut BytesMut, max: usize) -> Result<Option<usize>, WireError> {
     if src.len() < LENGTH_PREFIX_LEN {
         return Ok(None);

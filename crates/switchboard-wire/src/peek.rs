@@ -106,6 +106,7 @@ fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
 /// known kind field (a correct encoder writes the `oneof` once, and a
 /// decoder would keep the last, past any check made on the first).
 pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
+    use crate::frames::is_known_tag;
     let mut pos = 0;
     let mut found = PeekedKind {
         tag: 0,
@@ -113,7 +114,6 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         start: 0,
         end: 0,
     };
-    let mut unknown = None;
     while pos < body.len() {
         let key = read_varint(body, &mut pos)?;
         let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
@@ -141,18 +141,17 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
             start: value_start,
             end: pos,
         };
-        if !crate::frames::is_known_tag(tag) {
-            unknown.get_or_insert(field);
+        if found.tag == 0 {
+            found = field;
             continue;
         }
-        if found.tag != 0 {
-            return Err(malformed("frame carries more than one kind"));
-        }
-        found = field;
-    }
-    if found.tag == 0 {
-        if let Some(field) = unknown {
-            return Ok(field);
+        // A second kind field (rare: only then are tags looked up): two
+        // known kinds are malformed; an unknown one is skipped, and a
+        // known kind after unknown ones is the kind.
+        match (is_known_tag(found.tag), is_known_tag(tag)) {
+            (true, true) => return Err(malformed("frame carries more than one kind")),
+            (false, true) => found = field,
+            _ => {}
         }
     }
     Ok(found)

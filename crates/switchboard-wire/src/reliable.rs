@@ -41,6 +41,7 @@ impl Inbound {
     /// (`0 < seq <= last_received`). Unsequenced frames (`seq = 0`) are
     /// always handled; gaps are allowed (the sender may drop frames and say
     /// so), and a taken `seq` becomes [`last_received`](Self::last_received).
+    #[inline]
     pub fn accept(&mut self, seq: u64) -> bool {
         if seq == 0 {
             return true;
@@ -55,6 +56,7 @@ impl Inbound {
     /// Whether a frame with `seq` was taken already (`0 < seq <=
     /// last_received`): a resent duplicate. For a receiver that takes a
     /// frame (with [`accept`](Self::accept)) only once it was handed on.
+    #[inline]
     pub fn is_duplicate(&self, seq: u64) -> bool {
         seq != 0 && seq <= self.last_received
     }
@@ -62,6 +64,7 @@ impl Inbound {
     /// Whether [`ACK_EVERY`] sequence numbers went by without an
     /// acknowledgement: one goes out now, not after the delay (gaps count:
     /// acknowledging early costs little).
+    #[inline]
     pub fn ack_due(&self) -> bool {
         self.last_received - self.acked >= ACK_EVERY
     }
@@ -69,17 +72,20 @@ impl Inbound {
     /// The `up_to` an acknowledgement owes now, if the last one sent (or
     /// carried) does not cover everything taken. Call
     /// [`acked`](Self::acked) once it is queued.
+    #[inline]
     pub fn owed_ack(&self) -> Option<u64> {
         (self.last_received > self.acked).then_some(self.last_received)
     }
 
     /// Records that an acknowledgement of `up_to` went out: an `Ack`, or a
     /// frame carrying `acked = up_to`. Older ones change nothing.
+    #[inline]
     pub fn acked(&mut self, up_to: u64) {
         self.acked = self.acked.max(up_to);
     }
 
     /// Highest sequence number taken.
+    #[inline]
     pub fn last_received(&self) -> u64 {
         self.last_received
     }
@@ -122,12 +128,14 @@ impl<T> Retransmit<T> {
     }
 
     /// The sequence number the next item gets.
+    #[inline]
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
     /// Numbers the next item: returns its sequence number, which the
     /// caller writes into the item before [`keep`](Self::keep)ing it.
+    #[inline]
     pub fn number(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -137,6 +145,7 @@ impl<T> Retransmit<T> {
     /// Keeps `item`, numbered `seq`, of `bytes` bytes until an
     /// acknowledgement covers it. Items are kept in the order they are
     /// numbered.
+    #[inline]
     pub fn keep(&mut self, seq: u64, bytes: usize, item: T) {
         debug_assert!(self.kept.back().is_none_or(|k| k.seq < seq));
         self.bytes += bytes;
@@ -191,6 +200,7 @@ impl<T> Retransmit<T> {
     }
 
     /// Bytes kept (the sum of the sizes given to [`keep`](Self::keep)).
+    #[inline]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -613,8 +613,9 @@ impl Router {
     }
 
     /// Hands a publish or broadcast, delivered here, to the remote seam.
-    fn fan_out(&self, conn: ConnId, frame: Option<Frame>) {
-        if let (Some(remote), Some(frame)) = (&self.remote, frame) {
+    #[cold]
+    fn fan_out(&self, conn: ConnId, frame: Frame) {
+        if let Some(remote) = &self.remote {
             remote.fan_out(self.output.id(conn), &frame);
         }
     }
@@ -651,10 +652,12 @@ impl Router {
         }
         match kind {
             Kind::Publish(p) => {
-                let copy = self.remote.as_ref().map(|_| Frame::from(p.clone()));
+                let copy = self.remote.is_some().then(|| p.clone());
                 self.pubsub
                     .publish(&mut self.output, conn, p, self.limits.max_subject);
-                self.fan_out(conn, copy);
+                if let Some(p) = copy {
+                    self.fan_out(conn, Frame::from(p));
+                }
             }
             Kind::Direct(d) => {
                 if self.routed_away(conn, &d.to, || Frame::from(d.clone())) {
@@ -682,9 +685,11 @@ impl Router {
                 }
             }
             Kind::Broadcast(b) => {
-                let copy = self.remote.as_ref().map(|_| Frame::from(b.clone()));
+                let copy = self.remote.is_some().then(|| b.clone());
                 self.registry.broadcast(&mut self.output, conn, b);
-                self.fan_out(conn, copy);
+                if let Some(b) = copy {
+                    self.fan_out(conn, Frame::from(b));
+                }
             }
             Kind::Subscribe(s) => self
                 .pubsub
