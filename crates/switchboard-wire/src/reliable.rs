@@ -265,9 +265,55 @@ mod tests {
         assert!(!inb.accept(1), "older duplicate");
         assert!(inb.accept(0), "unsequenced frames always pass");
         assert!(!inb.is_duplicate(0));
-        assert!(inb.accept(5), "a gap is allowed");
+        assert!(inb.accept(0));
+        assert!(inb.accept(5), "a gap (dropped deliveries) is allowed");
         assert!(!inb.accept(4), "below the highest taken");
         assert_eq!(inb.last_received(), 5);
+    }
+
+    #[test]
+    fn acks_are_cumulative_and_only_when_something_is_new() {
+        let mut inb = Inbound::starting_at(10);
+        assert_eq!(inb.owed_ack(), None, "a resumed stream starts acknowledged");
+        assert!(!inb.accept(10));
+        assert_eq!(inb.owed_ack(), None);
+        inb.accept(11);
+        inb.accept(12);
+        assert_eq!(inb.owed_ack(), Some(12));
+        inb.acked(12);
+        assert_eq!(inb.owed_ack(), None);
+        inb.accept(13);
+        assert_eq!(inb.owed_ack(), Some(13));
+        assert_eq!(inb.owed_ack(), Some(13), "owed until queued");
+        inb.acked(13);
+        assert_eq!(inb.owed_ack(), None);
+    }
+
+    #[test]
+    fn acks_are_due_every_64_frames_in_a_long_batch() {
+        let mut inb = Inbound::starting_at(0);
+        for seq in 1..ACK_EVERY {
+            inb.accept(seq);
+            assert!(!inb.ack_due());
+        }
+        inb.accept(ACK_EVERY);
+        assert!(inb.ack_due());
+        assert_eq!(inb.owed_ack(), Some(ACK_EVERY));
+        inb.acked(ACK_EVERY);
+        assert!(!inb.ack_due());
+        // Duplicates and unsequenced frames do not count.
+        for _ in 0..100 {
+            inb.accept(0);
+            inb.accept(1);
+        }
+        assert!(!inb.ack_due());
+        // A gap counts as the frames it skipped.
+        inb.accept(2 * ACK_EVERY);
+        assert!(inb.ack_due());
+        // A carried acknowledgement (a frame's `acked`) counts like an Ack.
+        inb.acked(2 * ACK_EVERY - 1);
+        assert!(!inb.ack_due());
+        assert_eq!(inb.owed_ack(), Some(2 * ACK_EVERY));
     }
 
     #[test]
