@@ -882,16 +882,17 @@ pub struct ConnectionRequestAck {
     #[prost(uint64, tag = "1")]
     pub nonce: u64,
 }
-/// Standby's opening of the replication stream.
+/// The primary's opening of the replication stream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReplHello {
-    /// The standby's instance id.
+    /// The primary's instance id (a standby whose link broke probes the
+    /// primary's address for it before taking over).
     #[prost(string, tag = "1")]
     pub instance_id: ::prost::alloc::string::String,
-    /// Highest epoch the standby has seen.
+    /// The primary's epoch.
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
-    /// Address the standby would serve on after takeover.
+    /// The primary's listening address.
     #[prost(string, tag = "3")]
     pub addr: ::prost::alloc::string::String,
 }
