@@ -79,50 +79,53 @@ impl Out {
         }
     }
 
-    /// Length of the protobuf encoding (without the length prefix).
-    pub fn encoded_len(&self) -> usize {
+    /// A pre-encoded delivery as the wire's encoder takes it, or the frame.
+    #[inline]
+    fn delivery(&self) -> Result<DeliverFrame<'_>, &Frame> {
         match self {
-            Out::Frame(f) => f.encoded_len(),
+            Out::Frame(f) => Err(f),
             Out::Deliver {
                 seq,
                 acked,
                 sub_id,
                 head,
                 payload,
-            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encoded_len(),
+            } => Ok(DeliverFrame {
+                seq: *seq,
+                acked: *acked,
+                sub_id: *sub_id,
+                head,
+                payload,
+            }),
+        }
+    }
+
+    /// Length of the protobuf encoding (without the length prefix).
+    pub fn encoded_len(&self) -> usize {
+        match self.delivery() {
+            Ok(d) => d.encoded_len(),
+            Err(f) => f.encoded_len(),
         }
     }
 
     /// Appends the length prefix and the protobuf encoding to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
-        match self {
-            Out::Frame(f) => put_frame(f, buf),
-            Out::Deliver {
-                seq,
-                acked,
-                sub_id,
-                head,
-                payload,
-            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encode(buf),
+        match self.delivery() {
+            Ok(d) => d.encode(buf),
+            Err(f) => put_frame(f, buf),
         }
     }
 
     /// Appends only the protobuf encoding (no length prefix), e.g. for a
     /// WebSocket message.
     pub fn encode_body(&self, buf: &mut BytesMut) {
-        match self {
-            Out::Frame(f) => {
+        match self.delivery() {
+            Ok(d) => d.encode_body(buf),
+            Err(f) => {
                 buf.reserve(f.encoded_len());
                 // Cannot fail: capacity was reserved above.
                 let _ = f.encode(&mut FastBuf(buf));
             }
-            Out::Deliver {
-                seq,
-                acked,
-                sub_id,
-                head,
-                payload,
-            } => deliver_frame(*seq, *acked, *sub_id, head, payload).encode_body(buf),
         }
     }
 
@@ -138,23 +141,5 @@ impl Out {
                 })
             }
         }
-    }
-}
-
-/// A queued delivery's fields as the wire's encoder takes them.
-#[inline]
-fn deliver_frame<'a>(
-    seq: u64,
-    acked: u64,
-    sub_id: u64,
-    head: &'a DeliverHead,
-    payload: &'a Bytes,
-) -> DeliverFrame<'a> {
-    DeliverFrame {
-        seq,
-        acked,
-        sub_id,
-        head,
-        payload,
     }
 }
