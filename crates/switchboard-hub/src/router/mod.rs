@@ -435,9 +435,6 @@ impl Router {
         outbox: Arc<Outbox>,
         resume: proto::Resume,
     ) {
-        if self.refused_client(now, &info, &outbox) {
-            return;
-        }
         let key = self.registry.lookup(&info.client_id);
         match key {
             Some(key)
@@ -445,7 +442,10 @@ impl Router {
                     && !self.shutting_down
                     && self.output.get(key).is_some_and(|l| l.reliable.is_on()) =>
             {
-                self.reattach(now, key, conn, info, outbox, resume.last_received);
+                // (A plain registration asks in `on_connect`.)
+                if !self.refused_client(now, &info, &outbox) {
+                    self.reattach(now, key, conn, info, outbox, resume.last_received);
+                }
             }
             _ => self.on_connect(now, conn, info, outbox),
         }
