@@ -200,6 +200,7 @@ impl ClientHandshake {
             transport: String::new(),
             resume: params.resume,
             role: role as i32,
+            key_id: secret.key_id().to_vec().into(),
         });
         let handshake = ClientHandshake {
             secret: secret.clone(),

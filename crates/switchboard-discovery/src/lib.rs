@@ -161,7 +161,7 @@ pub use probe::{
 };
 pub use proof::{client_proof, hub_proof, nonce, verify_client_proof, verify_hub_proof};
 pub use secret::{
-    current_uid, ensure_private_dir, runtime_dir, Secret, SecretError, RUNTIME_DIR_ENV,
+    current_uid, ensure_private_dir, runtime_dir, Secret, SecretError, KEY_ID_LEN, RUNTIME_DIR_ENV,
     SECRET_FILE_NAME, SECRET_LEN,
 };
 pub use switchboard_wire::proto;

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 /// Length of a secret key in bytes.
 pub const SECRET_LEN: usize = 32;
 
+/// Length of a key's public name ([`Secret::key_id`], `Hello.key_id`).
+pub const KEY_ID_LEN: usize = 8;
+
 /// Name of the secret file inside the runtime directory.
 pub const SECRET_FILE_NAME: &str = "secret";
 
@@ -196,6 +199,37 @@ impl Secret {
         let mut key = [0u8; SECRET_LEN];
         rand::rng().fill_bytes(&mut key);
         Secret::from_bytes(key)
+    }
+
+    /// The key's public name, sent in `Hello.key_id` so a hub that knows
+    /// several keys (the tokens of a permission policy) picks the right
+    /// one: the first [`KEY_ID_LEN`] bytes of SHA-256("switchboard key id"
+    /// || key). It reveals nothing usable about the key.
+    pub fn key_id(&self) -> [u8; KEY_ID_LEN] {
+        let digest = Sha256::new()
+            .chain_update(b"switchboard key id")
+            .chain_update(self.key)
+            .finalize();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        id
+    }
+
+    /// Whether `self` and `other` hold the same key, compared in constant
+    /// time.
+    pub fn same_key(&self, other: &Secret) -> bool {
+        use subtle::ConstantTimeEq;
+        self.key.ct_eq(&other.key).into()
+    }
+
+    /// The secret of a token whose SHA-256 digest is `digest` (as a
+    /// permission policy stores it): the same key as
+    /// [`Secret::from_token`] of the token itself.
+    pub fn from_token_digest(digest: [u8; SECRET_LEN]) -> Secret {
+        Secret {
+            key: digest,
+            origin: Origin::Token,
+        }
     }
 
     /// The 32-byte HMAC key.

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, DiscoveryError, Secret, SecretError};
 
+use crate::router::admission::Admission;
 use crate::Limits;
 
 /// Default time a new connection has to complete the handshake.
@@ -48,6 +50,11 @@ pub struct HubConfig {
     /// link is taken as dead (default 4: 200 ms). A killed peer's socket
     /// closes at once, which counts too.
     pub heartbeat_misses: u32,
+    /// Who may connect and what each client may do (a permission policy);
+    /// `None` (the default) is single-user mode: whoever holds the secret,
+    /// or connects over the Unix socket as the hub's own user, may do
+    /// everything.
+    pub admission: Option<Arc<dyn Admission>>,
 }
 
 /// Default replication heartbeat interval.
@@ -81,6 +88,7 @@ impl HubConfig {
             http: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
+            admission: None,
         }
     }
 }

@@ -3,14 +3,15 @@
 //! before decoding it, hand frames to the router in batches) and a writer
 //! task (drain the outbox, one encoded batch per send).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use prost::Message;
-use switchboard_discovery::{answer_probe, hub_proof, nonce, verify_client_proof};
+use switchboard_discovery::{
+    answer_probe, current_uid, hub_proof, nonce, verify_client_proof, Secret,
+};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
     check_client_frame, put_frame, validate_client_id, ErrorCode, Frame, WireError,
@@ -19,6 +20,7 @@ use switchboard_wire::{
 
 use crate::inbox::Inbox;
 use crate::outbox::{flow_notice, Outbox, Taken};
+use crate::router::admission::{Identity, Peer, Proof, Refusal};
 use crate::router::Input;
 use crate::shared::Shared;
 use crate::stats::HubStats;
@@ -39,8 +41,8 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
 
 enum Handshake {
-    /// Authenticated: register this client.
-    Accepted(proto::Hello),
+    /// Authenticated: register this client, who proved this.
+    Accepted(proto::Hello, Proof),
     /// Answered a probe, or refused: close (after writing `frame`, if any).
     Close(Option<Frame>),
 }
@@ -80,7 +82,20 @@ fn wire_error_frame(e: &WireError, stage: &str) -> Frame {
     Frame::error(0, e.code(), message)
 }
 
-async fn handshake<R: FrameRx, W: FrameTx>(rx: &mut R, tx: &mut W, shared: &Shared) -> Handshake {
+/// The key a `Hello` names: a token of the policy, or the hub's secret.
+fn key_for(shared: &Shared, key_id: &[u8]) -> (Secret, Proof) {
+    if let Some(token) = shared.admission.as_ref().and_then(|a| a.token(key_id)) {
+        return (token.secret, Proof::Token(token.principal));
+    }
+    (shared.secret.clone(), Proof::HubSecret)
+}
+
+async fn handshake<R: FrameRx, W: FrameTx>(
+    rx: &mut R,
+    tx: &mut W,
+    shared: &Shared,
+    peer: &Peer,
+) -> Handshake {
     let first = match read_frame(rx, shared.limits.pre_auth_max_frame).await {
         Ok(Some(f)) => f,
         Ok(None) => return Handshake::Close(None),
@@ -135,18 +150,14 @@ async fn handshake<R: FrameRx, W: FrameTx>(rx: &mut R, tx: &mut W, shared: &Shar
             )));
         }
     }
+    let (key, proof) = key_for(shared, &hello.key_id);
     let hub_nonce = nonce();
     let challenge = proto::Challenge {
         identity: Some(shared.identity.clone()),
         hub_nonce: hub_nonce.to_vec().into(),
-        proof: hub_proof(
-            &shared.secret,
-            &hello.client_nonce,
-            &hub_nonce,
-            &shared.identity,
-        )
-        .to_vec()
-        .into(),
+        proof: hub_proof(&key, &hello.client_nonce, &hub_nonce, &shared.identity)
+            .to_vec()
+            .into(),
     };
     if write_frame(tx, &Frame::from(challenge)).await.is_err() {
         return Handshake::Close(None);
@@ -166,8 +177,13 @@ async fn handshake<R: FrameRx, W: FrameTx>(rx: &mut R, tx: &mut W, shared: &Shar
         Ok(None) | Err(WireError::Io(_)) => return Handshake::Close(None),
         Err(e) => return Handshake::Close(Some(wire_error_frame(&e, "before authentication"))),
     };
+    // Over the Unix socket a client may skip the proof: its peer
+    // credentials speak for it (peer authentication), if they are enough.
+    if auth.proof.is_empty() && peer.unix.is_some() {
+        return Handshake::Accepted(hello, Proof::PeerOnly);
+    }
     if !verify_client_proof(
-        &shared.secret,
+        &key,
         &hub_nonce,
         &hello.client_nonce,
         &hello.client_id,
@@ -180,7 +196,29 @@ async fn handshake<R: FrameRx, W: FrameTx>(rx: &mut R, tx: &mut W, shared: &Shar
             "authentication failed: the proof does not match this hub's secret; use the same secret file or token as the hub",
         )));
     }
-    Handshake::Accepted(hello)
+    Handshake::Accepted(hello, proof)
+}
+
+/// Who an authenticated connection is: the policy's answer, or in
+/// single-user mode (no policy) everyone who proved the secret, and over
+/// the Unix socket the hub's own user without a proof.
+fn identify(shared: &Shared, peer: &Peer, proof: &Proof) -> Result<Identity, Frame> {
+    let uid = peer.unix.map(|c| c.uid);
+    let refused = |r: Refusal| Frame::error(0, r.code, r.message);
+    match &shared.admission {
+        Some(admission) => admission.identify(peer, proof).map_err(refused),
+        None if *proof == Proof::PeerOnly && uid != Some(current_uid()) => Err(refused(Refusal {
+            code: ErrorCode::AuthFailed,
+            message: format!(
+                "uid {} may not connect without a proof: without a policy this hub admits only its own user on its Unix socket; give the hub's secret or token, or run the hub with a policy that admits this user",
+                uid.unwrap_or_default()
+            ),
+        })),
+        None => Ok(Identity {
+            principal: String::new(),
+            uid,
+        }),
+    }
 }
 
 async fn write_frame<W: FrameTx>(tx: &mut W, frame: &Frame) -> std::io::Result<()> {
@@ -201,27 +239,26 @@ async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
     }
 }
 
-/// Serves one accepted connection to its end; `transport` names it in the
-/// registry (`tcp`, `ws`, `memory`).
+/// Serves one accepted connection to its end; `peer.transport` names it
+/// in the registry (`tcp`, `unix`, `ws`, `memory`, …).
 pub(crate) async fn serve<T: Transport>(
     carrier: T,
-    peer: SocketAddr,
+    peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    transport: &'static str,
 ) {
     let (mut rx, mut tx) = carrier.split();
     let outcome = tokio::select! {
         r = tokio::time::timeout(
             shared.handshake_timeout,
-            handshake(&mut rx, &mut tx, &shared),
+            handshake(&mut rx, &mut tx, &shared, &peer),
         ) => r,
         _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
     };
     drop(permit);
-    let hello = match outcome {
-        Ok(Handshake::Accepted(hello)) => hello,
+    let (hello, proof) = match outcome {
+        Ok(Handshake::Accepted(hello, proof)) => (hello, proof),
         Ok(Handshake::Close(frame)) => return reject(tx, frame).await,
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
@@ -234,9 +271,21 @@ pub(crate) async fn serve<T: Transport>(
             return reject(tx, Some(frame)).await;
         }
     };
-    tracing::debug!(client = %hello.client_id, "authenticated");
+    let identity = match identify(&shared, &peer, &proof) {
+        Ok(identity) => identity,
+        Err(frame) => {
+            tracing::info!(client = %hello.client_id, transport = peer.transport, "connection refused by the policy");
+            return reject(tx, Some(frame)).await;
+        }
+    };
+    tracing::debug!(client = %hello.client_id, principal = %identity.principal, "authenticated");
     if hello.role == proto::Role::Standby as i32 {
-        return crate::replication::link::serve_link(rx, tx, peer, hello, shared).await;
+        if let Some(admission) = &shared.admission {
+            if let Err(r) = admission.admit_standby(&identity) {
+                return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+            }
+        }
+        return crate::replication::link::serve_link(rx, tx, peer.addr, hello, shared).await;
     }
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
@@ -245,12 +294,14 @@ pub(crate) async fn serve<T: Transport>(
     let listen = feature(switchboard_wire::FEATURE_LISTEN);
     let info = proto::ClientInfo {
         client_id: hello.client_id,
-        transport: transport.into(),
-        addr: peer.to_string(),
+        transport: peer.transport.into(),
+        addr: peer.addr,
         connected_at_ms: switchboard_discovery::now_ms(),
         agent,
         reliable,
         listen,
+        principal: identity.principal,
+        uid: identity.uid,
     };
     shared.stats.track(&outbox);
     let connect = match hello.resume {

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::config::HubError;
 use crate::conn::serve as serve_conn;
 use crate::inbox::{Command, WeakInbox};
+use crate::router::admission::Peer;
 use crate::shared::Shared;
 use crate::stats::HubStats;
 
@@ -73,9 +74,14 @@ impl MemoryConnector {
         })?;
         let (client, server) = tokio::io::duplex(64 * 1024);
         let conn = shared.alloc_conn();
-        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let peer = Peer {
+            transport: "memory",
+            addr: "memory".into(),
+            unix: None,
+            cert: None,
+        };
         let span = tracing::debug_span!("conn", id = conn.0, transport = "memory");
-        tokio::spawn(serve_conn(server, peer, conn, shared, permit, "memory").instrument(span));
+        tokio::spawn(serve_conn(server, peer, conn, shared, permit).instrument(span));
         Ok(client)
     }
 }

@@ -20,6 +20,7 @@ use crate::conn::serve as serve_conn;
 use crate::handle::{HubHandle, MemoryConnector};
 use crate::inbox::Inbox;
 use crate::outbox::Gate;
+use crate::router::admission::Peer;
 use crate::router::Router;
 use crate::router_task::{RouterTask, TaskShared};
 use crate::shared::Shared;
@@ -32,9 +33,12 @@ pub(crate) async fn serve(
     config: HubConfig,
     listener: Option<TcpListener>,
     identity: proto::HubIdentity,
-    router: Router,
+    mut router: Router,
     stats: Arc<HubStats>,
 ) -> Result<HubHandle, HubError> {
+    if let Some(admission) = &config.admission {
+        router.set_admission(admission.clone());
+    }
     let local_addr = match &listener {
         Some(listener) => listener.local_addr().map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
@@ -72,6 +76,7 @@ pub(crate) async fn serve(
         higher_epoch: Arc::new(Notify::new()),
         heartbeat: (config.heartbeat_interval, config.heartbeat_misses),
         keepalive: config.keepalive,
+        admission: config.admission.clone(),
     });
     let http_addr = match config.http.clone() {
         Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
@@ -141,7 +146,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
                 tokio::spawn(
-                    serve_conn(stream, peer, conn, shared.clone(), permit, "tcp").instrument(span),
+                    serve_conn(stream, Peer::tcp(peer), conn, shared.clone(), permit)
+                        .instrument(span),
                 );
             }
             Err(e) => {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::inbox::Inbox;
 use crate::outbox::Gate;
+use crate::router::admission::Admission;
 use crate::stats::HubStats;
 use crate::{ConnId, Limits};
 
@@ -40,6 +41,9 @@ pub(crate) struct Shared {
     pub heartbeat: (Duration, u32),
     /// The keepalive interval the router holds clients to (`None`: off).
     pub keepalive: Option<Duration>,
+    /// The permission policy (`None`: single-user mode); the router holds
+    /// the same object.
+    pub admission: Option<Arc<dyn Admission>>,
 }
 
 impl Shared {

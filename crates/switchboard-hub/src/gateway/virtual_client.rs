@@ -131,6 +131,8 @@ impl Gateway {
             // HTTP clients take every kind of message, always.
             reliable: false,
             listen: false,
+            principal: String::new(),
+            uid: None,
         };
         let connect = Input::Connect {
             conn: client.conn,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 
 use super::Gateway;
+use crate::router::admission::Peer;
 use crate::transport::Messages;
 
 /// WebSocket connections in the handshake at once (each may buffer one
@@ -43,7 +44,13 @@ pub(super) async fn upgrade(
             let (incoming, outgoing) = frames(socket);
             let conn = gw.shared.alloc_conn();
             let transport = Messages::new(incoming, outgoing, max);
-            crate::conn::serve(transport, peer, conn, gw.shared.clone(), permit, "ws").await;
+            let peer = Peer {
+                transport: "ws",
+                addr: peer.to_string(),
+                unix: None,
+                cert: None,
+            };
+            crate::conn::serve(transport, peer, conn, gw.shared.clone(), permit).await;
         })
         .into_response()
 }

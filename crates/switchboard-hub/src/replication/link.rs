@@ -123,7 +123,7 @@ pub(crate) fn heartbeat(epoch: u64, repl_seq: u64, role: proto::Role) -> Frame {
 pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     mut rd: R,
     mut wr: W,
-    peer: SocketAddr,
+    peer: String,
     hello: proto::Hello,
     shared: Arc<Shared>,
 ) {
@@ -131,7 +131,7 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     let alive = CancellationToken::new();
     let commits = Arc::new(Mutex::new(VecDeque::new()));
     let attach = Attach {
-        addr: peer.to_string(),
+        addr: peer.clone(),
         out: tx,
         alive: alive.clone(),
         commits: commits.clone(),

@@ -408,8 +408,9 @@ impl Router {
         })
     }
 
-    /// Asks the admission seam whether `info` may register; a refused
-    /// connection is closed with the refusal and nothing else changes.
+    /// Asks the admission seam whether `info` may register, and take the
+    /// id over from its holder if it is held; a refused connection is
+    /// closed with the refusal and nothing else changes.
     fn refused_client(
         &mut self,
         now: Instant,
@@ -419,7 +420,15 @@ impl Router {
         let Some(admission) = &self.admission else {
             return false;
         };
-        let Err(r) = admission.admit_client(info) else {
+        let holder = self
+            .registry
+            .lookup(&info.client_id)
+            .and_then(|key| self.registry.get(key));
+        let verdict = admission.admit_client(info).and_then(|()| match holder {
+            Some(holder) => admission.admit_takeover(info, &holder.info),
+            None => Ok(()),
+        });
+        let Err(r) = verdict else {
             return false;
         };
         self.timers

@@ -214,6 +214,12 @@ pub struct Hello {
     /// opening a replication link.
     #[prost(enumeration = "Role", tag = "8")]
     pub role: i32,
+    /// Which key the client proves itself with: the first 8 bytes of
+    /// SHA-256("switchboard key id" || key). The hub proves itself and checks
+    /// `Auth.proof` with that key (a token a permission policy names); empty,
+    /// or a key the hub does not know, means the hub's own secret.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub key_id: ::prost::bytes::Bytes,
 }
 /// Where a reconnecting client stands.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -720,6 +726,14 @@ pub struct ClientInfo {
     /// "listen"): it may refuse direct messages and requests (see `Listen`).
     #[prost(bool, tag = "7")]
     pub listen: bool,
+    /// The principal of a permission policy it authenticated as; empty in
+    /// single-user mode (no policy).
+    #[prost(string, tag = "8")]
+    pub principal: ::prost::alloc::string::String,
+    /// The Unix user id of its process, when it connected over the hub's Unix
+    /// socket (peer credentials).
+    #[prost(uint32, optional, tag = "9")]
+    pub uid: ::core::option::Option<u32>,
 }
 /// Ask for the list of connected clients.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
