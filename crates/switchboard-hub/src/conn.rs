@@ -202,18 +202,17 @@ async fn handshake<R: FrameRx, W: FrameTx>(
 /// Who an authenticated connection is: the policy's answer, or in
 /// single-user mode (no policy) everyone who proved the secret, and over
 /// the Unix socket the hub's own user without a proof.
-fn identify(shared: &Shared, peer: &Peer, proof: &Proof) -> Result<Identity, Frame> {
+fn identify(shared: &Shared, peer: &Peer, proof: &Proof) -> Result<Identity, Refusal> {
     let uid = peer.unix.map(|c| c.uid);
-    let refused = |r: Refusal| Frame::error(0, r.code, r.message);
     match &shared.admission {
-        Some(admission) => admission.identify(peer, proof).map_err(refused),
-        None if *proof == Proof::PeerOnly && uid != Some(current_uid()) => Err(refused(Refusal {
+        Some(admission) => admission.identify(peer, proof),
+        None if *proof == Proof::PeerOnly && uid != Some(current_uid()) => Err(Refusal {
             code: ErrorCode::AuthFailed,
             message: format!(
                 "uid {} may not connect without a proof: without a policy this hub admits only its own user on its Unix socket; give the hub's secret or token, or run the hub with a policy that admits this user",
                 uid.unwrap_or_default()
             ),
-        })),
+        }),
         None => Ok(Identity {
             principal: String::new(),
             uid,
@@ -273,9 +272,9 @@ pub(crate) async fn serve<T: Transport>(
     };
     let identity = match identify(&shared, &peer, &proof) {
         Ok(identity) => identity,
-        Err(frame) => {
+        Err(r) => {
             tracing::info!(client = %hello.client_id, transport = peer.transport, "connection refused by the policy");
-            return reject(tx, Some(frame)).await;
+            return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
         }
     };
     tracing::debug!(client = %hello.client_id, principal = %identity.principal, "authenticated");
