@@ -3,13 +3,19 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use switchboard_discovery::Secret;
+use switchboard_wire::ErrorCode;
+
 use super::api::ApiError;
 use super::Gateway;
+use crate::router::admission::{Identity, Peer, Proof, Refusal};
 
 /// Whether `host` (a Host header or an origin's host, port allowed) names
 /// this machine's loopback.
@@ -87,12 +93,49 @@ fn check_local(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Middleware on the API routes: the bearer token, compared in constant
-/// time; the live feed (opened by a browser, which cannot set headers on a
-/// WebSocket) may pass it as `?token=`.
+/// Who presents `given` as a bearer token: the hub's own token
+/// ([`http_token`](super::http_token), compared in constant time) is the
+/// hub's secret; with a policy, a principal's token itself is that
+/// principal (found by its key id, keys compared in constant time). The
+/// policy then says who that is, as for a native connection.
+fn bearer_identity(gw: &Gateway, given: &str, peer: &Peer) -> Result<Identity, Refusal> {
+    use subtle::ConstantTimeEq;
+    let hub_token =
+        given.len() == gw.token.len() && bool::from(given.as_bytes().ct_eq(gw.token.as_bytes()));
+    let proof = if hub_token {
+        Proof::HubSecret
+    } else {
+        let key = Secret::from_token(given);
+        let token = gw
+            .shared
+            .admission
+            .as_ref()
+            .and_then(|a| a.token(&key.key_id()))
+            .filter(|t| t.secret.same_key(&key));
+        match token {
+            Some(t) => Proof::Token(t.principal),
+            None => {
+                return Err(Refusal {
+                    code: ErrorCode::AuthFailed,
+                    message: "wrong bearer token".into(),
+                })
+            }
+        }
+    };
+    match &gw.shared.admission {
+        Some(admission) => admission.identify(peer, &proof),
+        None => Ok(Identity::default()),
+    }
+}
+
+/// Middleware on the API routes: the bearer token names the caller (see
+/// [`bearer_identity`]), whose [`Identity`] the handlers find in the
+/// request's extensions; the live feed (opened by a browser, which cannot
+/// set headers on a WebSocket) may pass it as `?token=`.
 pub(super) async fn require_token(
     State(gw): State<Arc<Gateway>>,
-    req: Request,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let header_token = req
@@ -106,23 +149,44 @@ pub(super) async fn require_token(
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     let given = header_token.or(query_token);
-    let ok = given.is_some_and(|t| {
-        use subtle::ConstantTimeEq;
-        t.len() == gw.token.len() && bool::from(t.as_bytes().ct_eq(gw.token.as_bytes()))
-    });
-    if !ok {
-        let msg = if given.is_none() {
-            "missing bearer token; send 'Authorization: Bearer <token>' (print it with 'switchboard token')"
-        } else {
-            "wrong bearer token; use the token of this hub's secret ('switchboard token')"
-        };
-        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"switchboard\""),
-        );
-        return resp;
-    }
+    let peer = Peer {
+        transport: "http",
+        addr: addr.to_string(),
+        unix: None,
+        cert: None,
+    };
+    let identity = match given.map(|t| bearer_identity(&gw, t, &peer)) {
+        Some(Ok(identity)) => Ok(identity),
+        // Known, but refused by the policy.
+        Some(Err(r)) if r.code != ErrorCode::AuthFailed => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            r.message,
+        )),
+        Some(Err(_)) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong bearer token; use the token of this hub's secret ('switchboard token') or a token its policy names",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token; send 'Authorization: Bearer <token>' (print it with 'switchboard token')",
+        )),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(e) if e.status == StatusCode::FORBIDDEN => return e.into_response(),
+        Err(e) => {
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"switchboard\""),
+            );
+            return resp;
+        }
+    };
+    req.extensions_mut().insert(identity);
     next.run(req).await
 }
 

@@ -7,10 +7,12 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Value};
 
 use super::views::{client_json, inspect, status_json};
 use super::Gateway;
+use crate::router::admission::Identity;
 use crate::router::Inspection;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -82,7 +84,14 @@ fn view_json(i: &Inspection) -> Value {
 }
 
 /// `GET /v1/feed`: a WebSocket sending the view as JSON text twice a second.
-pub(super) async fn feed(State(gw): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn feed(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = gw.may_list(&identity) {
+        return e.into_response();
+    }
     ws.max_message_size(4096)
         .on_upgrade(move |socket| run_feed(gw, socket))
         .into_response()

@@ -8,14 +8,20 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
+use axum::Extension;
 
 use super::api::ApiResult;
 use super::views::inspect;
 use super::Gateway;
+use crate::router::admission::Identity;
 
 /// `GET /metrics`: the router's view and these counters, in the Prometheus
 /// text format.
-pub(super) async fn serve(State(gw): State<Arc<Gateway>>) -> ApiResult {
+pub(super) async fn serve(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+) -> ApiResult {
+    gw.may_list(&identity)?;
     let i = inspect(&gw).await?;
     let s = &i.status;
     let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use serde_json::{json, Value};
 use switchboard_wire::{proto, Frame};
 
@@ -23,6 +23,7 @@ use super::calls::{
 };
 use super::views::{client_json, inspect, status_json};
 use super::{dashboard, metrics, ws, Gateway};
+use crate::router::admission::Identity;
 
 /// Every route, `(method, path)`, as the OpenAPI document must list them.
 pub(super) const ROUTES: &[(&str, &str)] = &[
@@ -101,12 +102,13 @@ type Peer = ConnectInfo<SocketAddr>;
 async fn call<Req: ApiCall>(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): Peer,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let mut req: Req = parse(body)?;
     req.check()?;
-    let client = gw.client(req.client(), peer, &headers).await?;
+    let client = gw.client(req.client(), peer, &headers, identity).await?;
     let id = client.next_id();
     let wait = req.wait(&gw.cfg, &gw.shared.limits);
     let frame = req.into_frame(id, &client.id, &gw.cfg)?;
@@ -118,11 +120,12 @@ async fn call<Req: ApiCall>(
 async fn listen(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): Peer,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let req: ListenReq = parse(body)?;
-    let client = gw.client(&req.client, peer, &headers).await?;
+    let client = gw.client(&req.client, peer, &headers, identity).await?;
     let (wait, max) = req.bounds(&gw.cfg);
     ok_json(client.listen(&gw, req.ack, wait, max).await?)
 }
@@ -132,11 +135,12 @@ async fn listen(
 async fn reply(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): Peer,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let req: ReplyReq = parse(body)?;
-    let client = gw.client(&req.client, peer, &headers).await?;
+    let client = gw.client(&req.client, peer, &headers, identity).await?;
     let remembered = client.answering(req.id, req.to.as_deref());
     let frame = req.frame(&client.id, remembered)?;
     let nonce = client.next_id();
@@ -147,9 +151,13 @@ async fn reply(
 }
 
 /// `POST /v1/leave`: deregisters a client now.
-async fn leave(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn leave(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let req: LeaveReq = parse(body)?;
-    if !gw.leave(&req.client).await {
+    if !gw.leave(&req.client, &identity).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -160,13 +168,21 @@ async fn leave(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejectio
 }
 
 /// `GET /v1/status`.
-async fn status(State(gw): State<Arc<Gateway>>) -> ApiResult {
+async fn status(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+) -> ApiResult {
+    gw.may_list(&identity)?;
     let i = inspect(&gw).await?;
     ok_json(status_json(&i))
 }
 
 /// `GET /v1/clients`.
-async fn clients(State(gw): State<Arc<Gateway>>) -> ApiResult {
+async fn clients(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+) -> ApiResult {
+    gw.may_list(&identity)?;
     let i = inspect(&gw).await?;
     let list: Vec<Value> = i.clients.iter().map(client_json).collect();
     ok_json(json!({ "clients": list }))

@@ -21,6 +21,7 @@ use super::api::ApiError;
 use super::mailbox::Mailbox;
 use super::{Gateway, HttpConfig, ANSWER_TIMEOUT};
 use crate::outbox::{Outbox, Taken};
+use crate::router::admission::Identity;
 use crate::router::Input;
 use crate::transport::{drain, Drain};
 use crate::ConnId;
@@ -37,6 +38,9 @@ const REAP_EVERY: Duration = Duration::from_millis(500);
 pub(super) struct HttpClient {
     /// Its client id.
     pub(super) id: String,
+    /// Who registered it (the bearer token's identity); only the same
+    /// principal may act as it.
+    identity: Identity,
     conn: ConnId,
     outbox: Arc<Outbox>,
     registered: OnceCell<Result<(), ApiError>>,
@@ -66,16 +70,21 @@ impl Gateway {
         id: &str,
         peer: SocketAddr,
         headers: &HeaderMap,
+        identity: Identity,
     ) -> Result<Arc<HttpClient>, ApiError> {
         validate_client_id(id).map_err(ApiError::bad)?;
         let client = {
             let mut map = self.clients.lock();
             match map.get(id) {
-                Some(c) if !c.gone.is_cancelled() => c.clone(),
+                Some(c) if !c.gone.is_cancelled() => {
+                    check_holder(c, &identity)?;
+                    c.clone()
+                }
                 _ => {
                     let conn = self.shared.alloc_conn();
                     let c = Arc::new(HttpClient {
                         id: id.to_owned(),
+                        identity,
                         conn,
                         outbox: Outbox::gated(conn, self.shared.gate.clone()),
                         registered: OnceCell::new(),
@@ -131,8 +140,8 @@ impl Gateway {
             // HTTP clients take every kind of message, always.
             reliable: false,
             listen: false,
-            principal: String::new(),
-            uid: None,
+            principal: client.identity.principal.clone(),
+            uid: client.identity.uid,
         };
         let connect = Input::Connect {
             conn: client.conn,
@@ -152,16 +161,50 @@ impl Gateway {
 
     /// Deregisters HTTP client `id` (presence reason `left`); false when no
     /// such client is registered.
-    pub(super) async fn leave(&self, id: &str) -> bool {
+    pub(super) async fn leave(&self, id: &str, identity: &Identity) -> Result<bool, ApiError> {
         let found = self.clients.lock().get(id).cloned();
         match found {
             Some(c) => {
+                check_holder(&c, identity)?;
                 deregister(self, &c, "left").await;
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
+
+    /// Whether `identity` may see the client list, the status, the
+    /// metrics and the live feed: what a `ListClients` needs.
+    pub(super) fn may_list(&self, identity: &Identity) -> Result<(), ApiError> {
+        let Some(admission) = &self.shared.admission else {
+            return Ok(());
+        };
+        let caller = proto::ClientInfo {
+            transport: "http".into(),
+            principal: identity.principal.clone(),
+            uid: identity.uid,
+            ..Default::default()
+        };
+        admission
+            .admit(&caller, &Frame::from(proto::ListClients { id: 0 }))
+            .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.message))
+    }
+}
+
+/// `403` unless `identity` is the principal that registered `client`: an
+/// HTTP client id is not taken over across principals.
+fn check_holder(client: &HttpClient, identity: &Identity) -> Result<(), ApiError> {
+    if client.identity.principal == identity.principal {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "client id '{}' is held by another principal; choose another id",
+            client.id
+        ),
+    ))
 }
 
 impl HttpClient {
