@@ -131,6 +131,25 @@ fn the_key_is_the_sha256_of_the_token() {
 }
 
 #[test]
+fn the_key_id_is_the_head_of_a_labelled_digest() {
+    let s = section();
+    let key = Sha256::digest(TOKEN.as_bytes());
+    let digest = Sha256::new()
+        .chain_update(b"switchboard key id")
+        .chain_update(key)
+        .finalize();
+    let documented = row(
+        &s,
+        "key id = SHA-256(\"switchboard key id\" \\|\\| key)[..8]",
+    );
+    assert_eq!(documented, hex(&digest[..8]));
+    assert_eq!(
+        documented,
+        hex(&switchboard_discovery::Secret::from_token(TOKEN).key_id())
+    );
+}
+
+#[test]
 fn proof_inputs_follow_the_layout_and_give_the_documented_proofs() {
     let s = section();
     let key = unhex(&row(&s, "key = SHA-256(token)"));
