@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, DiscoveryError, Secret, SecretError};
 
+use crate::listen_unix::UnixSocket;
 use crate::router::admission::Admission;
 use crate::Limits;
 
@@ -55,6 +56,9 @@ pub struct HubConfig {
     /// or connects over the Unix socket as the hub's own user, may do
     /// everything.
     pub admission: Option<Arc<dyn Admission>>,
+    /// The Unix domain socket (default: on Unix, `<hint dir or runtime
+    /// dir>/<service>.<instance_id>.sock`, mode 0600); named in the hint.
+    pub unix: UnixSocket,
 }
 
 /// Default replication heartbeat interval.
@@ -89,6 +93,7 @@ impl HubConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
             admission: None,
+            unix: UnixSocket::default(),
         }
     }
 }
