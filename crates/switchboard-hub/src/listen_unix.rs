@@ -75,6 +75,23 @@ impl UnixSocket {
 #[cfg(unix)]
 pub(crate) use imp::bind;
 
+/// Removes the default socket a failed hub left in `dir`, if nothing
+/// answers on it (a standby taking over calls it, as it removes the failed
+/// primary's hint).
+pub(crate) fn remove_stale_default(dir: &Path, service: &str, instance_id: &str) {
+    #[cfg(unix)]
+    {
+        let path = UnixSocket::default_path(dir, service, instance_id);
+        if let Err(std::io::ErrorKind::ConnectionRefused) =
+            std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.kind())
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, service, instance_id);
+}
+
 /// No socket where there are none.
 #[cfg(not(unix))]
 pub(crate) struct Listening(std::convert::Infallible);

@@ -299,26 +299,78 @@ async fn the_hubs_own_user_needs_no_secret() {
     hub.shutdown().await;
 }
 
-#[tokio::test]
-async fn discovery_prefers_the_socket_of_the_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("rt");
+/// Starts `switchboard hub` (with `extra` arguments) for `service` in the
+/// runtime directory `rt`; returns it and a reader of its JSON events.
+fn hub_process(
+    rt: &Path,
+    service: &str,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
     let mut hub = Command::new(BIN)
-        .args(["--json", "--service", "unix-disc", "--token", TOKEN, "hub"])
-        .env("SWITCHBOARD_RUNTIME_DIR", &rt)
+        .args(["--json", "--service", service, "--token", TOKEN, "hub"])
+        .args(extra)
+        .env("SWITCHBOARD_RUNTIME_DIR", rt)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the hub");
-    let ready = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let stdout = hub.stdout.as_mut().expect("stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).expect("a JSON ready line")
-    };
+    let lines = std::io::BufReader::new(hub.stdout.take().expect("stdout")).lines();
+    (hub, lines)
+}
+
+/// The next JSON event named `name`.
+fn event(
+    lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    name: &str,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("JSON");
+        if v["event"] == name {
+            return v;
+        }
+    }
+    panic!("no {name} event");
+}
+
+#[tokio::test]
+async fn a_standby_that_takes_over_opens_its_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = dir.path().join("rt");
+    let (mut primary, mut p_events) = hub_process(&rt, "unix-fo", &[]);
+    let first = event(&mut p_events, "ready");
+    let first = PathBuf::from(first["unix"].as_str().expect("a socket"));
+    let (mut standby, mut s_events) = hub_process(&rt, "unix-fo", &["--standby"]);
+    let out = tokio::task::spawn_blocking(move || {
+        event(&mut s_events, "standby");
+        primary.kill().unwrap();
+        primary.wait().unwrap();
+        (event(&mut s_events, "ready"), s_events)
+    });
+    let (ready, _events) = within(out).await.unwrap();
+    assert_eq!(ready["took_over"], true);
+    let second = PathBuf::from(ready["unix"].as_str().expect("a socket"));
+    assert_ne!(first, second);
+    assert!(!first.exists(), "the failed primary's socket is removed");
+    let client = Client::builder("after").unix(&second).token(TOKEN).connect();
+    let client = within(client).await.expect("connect to the new primary");
+    let clients = within(client.clients()).await.unwrap();
+    assert_eq!(transport_of(&clients, "after"), "unix");
+    let _ = standby.kill();
+    let _ = standby.wait();
+}
+
+#[tokio::test]
+async fn discovery_prefers_the_socket_of_the_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = dir.path().join("rt");
+    let (mut hub, mut events) = hub_process(&rt, "unix-disc", &[]);
+    let ready = event(&mut events, "ready");
     let path = ready["unix"].as_str().expect("the ready line names the socket");
     assert!(Path::new(path).starts_with(&rt), "{path}");
     let hint = switchboard::discovery::Hint::read_all(&rt, "unix-disc");
