@@ -76,8 +76,8 @@ mod handle;
 mod hub;
 mod ids;
 mod inbox;
-mod listen_unix;
 pub mod limits;
+mod listen_unix;
 pub mod metrics;
 pub mod outbox;
 mod primary;
@@ -93,11 +93,11 @@ pub use config::HttpConfig;
 pub use config::{
     HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
+pub use config::{UnixSocket, DEFAULT_UNIX_MODE};
 pub use gateway::http_token;
 pub use handle::{HubHandle, MemoryConnector};
 pub use hub::Hub;
 pub use ids::ConnId;
 pub use limits::Limits;
-pub use listen_unix::{UnixSocket, DEFAULT_UNIX_MODE};
 pub use outbox::{Out, Outbox};
 pub use replication::follower::{StandbyHandle, StandbyState};

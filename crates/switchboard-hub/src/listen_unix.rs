@@ -15,62 +15,9 @@
 //! never reachable with the wrong mode. On shutdown the file is removed if
 //! it is still ours (same device and inode).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Default mode of the socket file: the hub's own user only.
-pub const DEFAULT_UNIX_MODE: u32 = 0o600;
-
-/// Where and how the hub listens on a Unix domain socket
-/// ([`HubConfig::unix`](crate::HubConfig::unix)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnixSocket {
-    /// Whether to listen on a socket at all (default: yes on Unix; always
-    /// off elsewhere). A hub started in memory never does.
-    pub enabled: bool,
-    /// The socket's path. `None` (the default):
-    /// `<hint dir or runtime dir>/<service>.<instance_id>.sock`, and a
-    /// failure to bind it is only a warning (the hub serves over TCP). A
-    /// path given here must be bound, or the hub does not start.
-    pub path: Option<PathBuf>,
-    /// Mode of the socket file (default 0600). Other users can connect
-    /// only with write permission on it (e.g. 0666, for a policy that
-    /// admits them) and search permission on every directory above it, so
-    /// such a socket needs a `path` outside the 0700 runtime directory.
-    pub mode: u32,
-}
-
-impl Default for UnixSocket {
-    fn default() -> Self {
-        UnixSocket {
-            enabled: cfg!(unix),
-            path: None,
-            mode: DEFAULT_UNIX_MODE,
-        }
-    }
-}
-
-impl UnixSocket {
-    /// No socket.
-    pub fn disabled() -> UnixSocket {
-        UnixSocket {
-            enabled: false,
-            ..UnixSocket::default()
-        }
-    }
-
-    /// A socket at `path` (bound, or the hub does not start).
-    pub fn at(path: impl Into<PathBuf>) -> UnixSocket {
-        UnixSocket {
-            path: Some(path.into()),
-            ..UnixSocket::default()
-        }
-    }
-
-    /// The default path of a hub's socket in `dir`.
-    pub fn default_path(dir: &Path, service: &str, instance_id: &str) -> PathBuf {
-        dir.join(format!("{service}.{instance_id}.sock"))
-    }
-}
+use crate::config::UnixSocket;
 
 #[cfg(unix)]
 pub(crate) use imp::bind;
@@ -125,8 +72,7 @@ mod imp {
     use tokio::sync::Semaphore;
     use tracing::Instrument;
 
-    use super::UnixSocket;
-    use crate::config::{HubConfig, HubError};
+    use crate::config::{HubConfig, HubError, UnixSocket};
     use crate::conn::serve as serve_conn;
     use crate::router::admission::{Peer, UnixCred};
     use crate::shared::Shared;
@@ -196,18 +142,24 @@ mod imp {
                     }
                 };
                 let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::warn!(uid = cred.uid, "too many connections in handshake; refusing one");
+                    tracing::warn!(
+                        uid = cred.uid,
+                        "too many connections in handshake; refusing one"
+                    );
                     continue;
                 };
                 let conn = shared.alloc_conn();
-                let span = tracing::debug_span!("conn", id = conn.0, transport = "unix", uid = cred.uid);
+                let span =
+                    tracing::debug_span!("conn", id = conn.0, transport = "unix", uid = cred.uid);
                 let peer = Peer {
                     transport: "unix",
                     addr: addr.clone(),
                     unix: Some(cred),
                     cert: None,
                 };
-                tokio::spawn(serve_conn(stream, peer, conn, shared.clone(), permit).instrument(span));
+                tokio::spawn(
+                    serve_conn(stream, peer, conn, shared.clone(), permit).instrument(span),
+                );
             }
             drop(self.listener);
             remove_if_ours(&self.path, self.file);
@@ -259,7 +211,10 @@ mod imp {
                     tracing::warn!(error = %e, "serving without a unix socket");
                     return Ok(None);
                 }
-                (UnixSocket::default_path(&dir, &config.service, instance_id), false)
+                (
+                    UnixSocket::default_path(&dir, &config.service, instance_id),
+                    false,
+                )
             }
         };
         match bind_at(&path, unix.mode).await {
@@ -284,7 +239,10 @@ mod imp {
         }
         clear_stale(path).await?;
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let suffix: String = switchboard_discovery::nonce()[..4]
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -72,9 +72,14 @@ async fn clients_talk_over_the_socket() {
         .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
         .await
         .unwrap();
-    let asker = within(Client::builder("asker").unix(&socket).token(TOKEN).connect())
-        .await
-        .unwrap();
+    let asker = within(
+        Client::builder("asker")
+            .unix(&socket)
+            .token(TOKEN)
+            .connect(),
+    )
+    .await
+    .unwrap();
     let reply = within(asker.request("echo", "ping")).await.unwrap();
     assert_eq!(&reply[..], b"ping");
     let mut sub = server.subscribe("news.>").await.unwrap();
@@ -249,7 +254,11 @@ async fn other_user_connects(policy: Option<Arc<dyn Admission>>) -> Output {
     let rt = dir.path().join("rt-of-nobody");
     let addr = format!("unix:{}", socket.display());
     let out = tokio::task::spawn_blocking(move || {
-        cli(&rt, Some(OTHER_UID), &["--addr", &addr, "--wait", "0", "clients"])
+        cli(
+            &rt,
+            Some(OTHER_UID),
+            &["--addr", &addr, "--wait", "0", "clients"],
+        )
     })
     .await
     .unwrap();
@@ -289,7 +298,15 @@ async fn the_hubs_own_user_needs_no_secret() {
     let addr = format!("unix:{}", socket.display());
     let out = tokio::task::spawn_blocking({
         let rt = rt.clone();
-        move || cli(&rt, None, &["--addr", &addr, "--wait", "0", "request", "--to", "echo", "hi"])
+        move || {
+            cli(
+                &rt,
+                None,
+                &[
+                    "--addr", &addr, "--wait", "0", "request", "--to", "echo", "hi",
+                ],
+            )
+        }
     })
     .await
     .unwrap();
@@ -357,7 +374,10 @@ async fn a_standby_that_takes_over_opens_its_own_socket() {
     let second = PathBuf::from(ready["unix"].as_str().expect("a socket"));
     assert_ne!(first, second);
     assert!(!first.exists(), "the failed primary's socket is removed");
-    let client = Client::builder("after").unix(&second).token(TOKEN).connect();
+    let client = Client::builder("after")
+        .unix(&second)
+        .token(TOKEN)
+        .connect();
     let client = within(client).await.expect("connect to the new primary");
     let clients = within(client.clients()).await.unwrap();
     assert_eq!(transport_of(&clients, "after"), "unix");
@@ -371,7 +391,9 @@ async fn discovery_prefers_the_socket_of_the_hint() {
     let rt = dir.path().join("rt");
     let (mut hub, mut events) = hub_process(&rt, "unix-disc", &[]);
     let ready = event(&mut events, "ready");
-    let path = ready["unix"].as_str().expect("the ready line names the socket");
+    let path = ready["unix"]
+        .as_str()
+        .expect("the ready line names the socket");
     assert!(Path::new(path).starts_with(&rt), "{path}");
     let hint = switchboard::discovery::Hint::read_all(&rt, "unix-disc");
     assert_eq!(hint.len(), 1);
@@ -394,11 +416,15 @@ async fn discovery_prefers_the_socket_of_the_hint() {
         use std::io::BufRead;
         let mut line = String::new();
         let stderr = serve.stderr.as_mut().expect("stderr");
-        std::io::BufReader::new(stderr).read_line(&mut line).unwrap();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut line)
+            .unwrap();
     }
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("clients").env("SWITCHBOARD_RUNTIME_DIR", &rt2);
+        cmd.args(args)
+            .arg("clients")
+            .env("SWITCHBOARD_RUNTIME_DIR", &rt2);
         cmd.output().expect("clients")
     })
     .await

@@ -86,8 +86,7 @@ impl Global {
     /// standby taking over in the middle of a command does not fail it.
     pub fn builder(&self, id: &str, long_running: bool) -> anyhow::Result<ClientBuilder> {
         let wait = self.wait()?;
-        let b = Client::builder(id)
-            .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
+        let b = Client::builder(id).agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
         // Over a Unix socket without --token the client uses the secret
         // file if there is one, else its peer credentials (see
         // `ClientBuilder::unix`); it creates no secret file.

@@ -306,9 +306,9 @@ impl ClientBuilder {
             (Some(s), _) => Some(s.clone()),
             // Over a Unix socket a missing secret file is no error: the
             // peer credentials speak for the client. None is created.
-            (None, Target::Unix(_)) => switchboard_discovery::runtime_dir()
-                .ok()
-                .and_then(|dir| Secret::load(&dir.join(switchboard_discovery::SECRET_FILE_NAME)).ok()),
+            (None, Target::Unix(_)) => switchboard_discovery::runtime_dir().ok().and_then(|dir| {
+                Secret::load(&dir.join(switchboard_discovery::SECRET_FILE_NAME)).ok()
+            }),
             (None, _) => {
                 Some(Secret::load_default().map_err(|e| ClientError::Secret(e.to_string()))?)
             }

@@ -113,8 +113,14 @@ mod tests {
 
     #[test]
     fn unix_addresses_are_recognised() {
-        assert_eq!(parse_addr("unix:/run/hub.sock"), Some("/run/hub.sock".into()));
-        assert_eq!(parse_addr("unix:///run/hub.sock"), Some("/run/hub.sock".into()));
+        assert_eq!(
+            parse_addr("unix:/run/hub.sock"),
+            Some("/run/hub.sock".into())
+        );
+        assert_eq!(
+            parse_addr("unix:///run/hub.sock"),
+            Some("/run/hub.sock".into())
+        );
         assert_eq!(parse_addr("127.0.0.1:5000"), None);
         assert_eq!(parse_addr("unix:rel.sock"), Some("rel.sock".into()));
     }
