@@ -1,7 +1,9 @@
 //! The switchboard-only rows of the comparison: discovery time,
 //! session-engine RPCs/s, request/reply over WebSocket and over the HTTP
-//! gateway, and failover time. No peer has these features, so the rows
-//! carry no ratios; they run against hub processes like the other rows.
+//! gateway, the Unix socket against TCP loopback (a ratio of the two, both
+//! measured here), and failover time. No peer has these features, so the
+//! rows carry no ratios to peers; they run against hub processes like the
+//! other rows.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -80,6 +82,26 @@ pub fn extras(quick: bool) -> Vec<Extra> {
             count: n(200, 5_000),
         },
         Extra {
+            id: "sb-unix-pubsub",
+            title: format!(
+                "switchboard only: unix socket vs tcp loopback, 1→1 pub/sub throughput, 64 B, {} messages each",
+                n(2_000, 100_000)
+            ),
+            metric: "× (unix/tcp)",
+            lower_is_better: false,
+            count: n(2_000, 100_000),
+        },
+        Extra {
+            id: "sb-unix-reqrep",
+            title: format!(
+                "switchboard only: unix socket vs tcp loopback, request/reply p50, 64 B, {} requests each",
+                n(200, 5_000)
+            ),
+            metric: "× (tcp/unix p50)",
+            lower_is_better: false,
+            count: n(200, 5_000),
+        },
+        Extra {
             id: "sb-failover",
             title: format!(
                 "switchboard only: failover, SIGKILL of the primary → first message through the standby, {} kills per run",
@@ -97,6 +119,8 @@ struct ExtraHub {
     _guard: ProcGuard,
     addr: SocketAddr,
     http: SocketAddr,
+    /// The hub's Unix socket, from its ready line.
+    unix: Option<std::path::PathBuf>,
 }
 
 fn start_hub(bin: &Path, token: &str) -> Result<ExtraHub> {
@@ -126,6 +150,7 @@ fn start_hub(bin: &Path, token: &str) -> Result<ExtraHub> {
     Ok(ExtraHub {
         addr: field("addr")?,
         http: field("http")?,
+        unix: ready["unix"].as_str().map(std::path::PathBuf::from),
         _guard: guard,
     })
 }
@@ -173,6 +198,16 @@ async fn run_once(
             let http_token = switchboard::hub::http_token(&Secret::from_token(token));
             let lat = gateways::http(hub.http, &http_token, n).await?;
             Ok((median_us(lat), all, None))
+        }
+        "sb-unix-pubsub" => {
+            let (ratio, note) =
+                crate::unix::pubsub_ratio(hub.addr, hub.unix.as_deref(), token, n, run).await?;
+            Ok((ratio, all, Some(note)))
+        }
+        "sb-unix-reqrep" => {
+            let (ratio, note) =
+                crate::unix::reqrep_ratio(hub.addr, hub.unix.as_deref(), token, n, run).await?;
+            Ok((ratio, all, Some(note)))
         }
         "sb-failover" => {
             let rt = dir.join(format!("failover-{run}"));

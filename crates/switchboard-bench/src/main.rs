@@ -18,6 +18,7 @@ mod raw;
 mod report;
 mod slow;
 mod stats;
+mod unix;
 mod workload;
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! Finding the hubs of a service: hint files, then the listening table,
 //! then a connect scan; every candidate verified by a probe.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -214,6 +214,8 @@ struct Search<'a> {
     tried: Tried,
     /// The listening table, read once when a scan result needs checking.
     table: Option<Result<table::Table, ()>>,
+    /// Unix sockets named by hints: hinted address → (instance, path).
+    sockets: HashMap<SocketAddr, (String, PathBuf)>,
 }
 
 impl Search<'_> {
@@ -277,10 +279,21 @@ impl Search<'_> {
         match r {
             Ok(identity) => {
                 if self.instances.insert(identity.instance_id.clone()) {
+                    // A hint's socket belongs to the hub that answered on
+                    // the hinted address only if it is the same instance.
+                    let unix = match self.sockets.get(&addr) {
+                        Some((instance, path))
+                            if via == Via::Hint && *instance == identity.instance_id =>
+                        {
+                            Some(path.clone())
+                        }
+                        _ => None,
+                    };
                     self.found.push(FoundHub {
                         addr,
                         identity,
                         via,
+                        unix,
                     });
                 }
                 true
@@ -363,6 +376,10 @@ impl Search<'_> {
             for h in Hint::read_all(dir, self.service) {
                 let target = h.map_err(|e| e.to_string()).and_then(|h| {
                     let target = hint_target(&h, &self.opts.ips);
+                    if let (Ok(a), Some(path)) = (&target, &h.unix) {
+                        self.sockets
+                            .insert(*a, (h.instance_id.clone(), path.clone()));
+                    }
                     target.map_err(|why| format!("hint for {}: {why}", h.addr))
                 });
                 match target {
@@ -572,6 +589,7 @@ pub async fn discover(
             elapsed: Duration::ZERO,
         },
         table: None,
+        sockets: HashMap::new(),
     };
     if opts.use_hints {
         s.hints().await;
@@ -623,6 +641,7 @@ mod tests {
             pid: 1,
             instance_id: "0123456789abcdef".into(),
             started_at_ms: 0,
+            unix: None,
         };
         let ok = |addr: &str, ips: &[IpAddr]| hint_target(&hint(addr), ips).unwrap();
         assert_eq!(ok("127.0.0.1:5000", &v4), "127.0.0.1:5000".parse().unwrap());

@@ -87,7 +87,8 @@ pub struct HandshakeParams {
 /// ```
 #[derive(Debug)]
 pub struct ClientHandshake {
-    secret: Secret,
+    /// `None`: peer authentication ([`ClientHandshake::new_peer`]).
+    secret: Option<Secret>,
     nonce: [u8; NONCE_LEN],
     client_id: String,
     standby: bool,
@@ -186,6 +187,25 @@ impl ClientHandshake {
         secret: &Secret,
         nonce: [u8; NONCE_LEN],
     ) -> (ClientHandshake, Frame) {
+        Self::start(params, Some(secret.clone()), nonce)
+    }
+
+    /// Starts a handshake without a secret, for a connection over a hub's
+    /// Unix socket (peer authentication): the `Hello` names no key, the
+    /// hub's proof is not checked and the `Auth` carries an empty proof, so
+    /// the hub identifies the client by its peer credentials alone. Only
+    /// for a socket whose owner the caller has checked: the owner check
+    /// stands in for the hub's proof. The service and epoch are still
+    /// checked.
+    pub fn new_peer(params: HandshakeParams, nonce: [u8; NONCE_LEN]) -> (ClientHandshake, Frame) {
+        Self::start(params, None, nonce)
+    }
+
+    fn start(
+        params: HandshakeParams,
+        secret: Option<Secret>,
+        nonce: [u8; NONCE_LEN],
+    ) -> (ClientHandshake, Frame) {
         let role = if params.standby {
             proto::Role::Standby
         } else {
@@ -200,10 +220,13 @@ impl ClientHandshake {
             transport: String::new(),
             resume: params.resume,
             role: role as i32,
-            key_id: secret.key_id().to_vec().into(),
+            key_id: secret
+                .as_ref()
+                .map(|s| s.key_id().to_vec().into())
+                .unwrap_or_default(),
         });
         let handshake = ClientHandshake {
-            secret: secret.clone(),
+            secret,
             nonce,
             client_id: params.client_id,
             standby: params.standby,
@@ -252,14 +275,16 @@ impl ClientHandshake {
 
     fn on_challenge(&mut self, challenge: proto::Challenge) -> Result<Step, HandshakeError> {
         let identity = challenge.identity.unwrap_or_default();
-        if !verify_hub_proof(
-            &self.secret,
-            &self.nonce,
-            &challenge.hub_nonce,
-            &identity,
-            &challenge.proof,
-        ) {
-            return Err(HandshakeError::Unverified);
+        if let Some(secret) = &self.secret {
+            if !verify_hub_proof(
+                secret,
+                &self.nonce,
+                &challenge.hub_nonce,
+                &identity,
+                &challenge.proof,
+            ) {
+                return Err(HandshakeError::Unverified);
+            }
         }
         if let Some(wanted) = &self.service {
             if identity.service != *wanted {
@@ -270,14 +295,14 @@ impl ClientHandshake {
             }
         }
         self.check_epoch(identity.epoch)?;
-        let proof = client_proof(
-            &self.secret,
-            &challenge.hub_nonce,
-            &self.nonce,
-            &self.client_id,
-        );
+        let proof = match &self.secret {
+            Some(secret) => {
+                client_proof(secret, &challenge.hub_nonce, &self.nonce, &self.client_id).to_vec()
+            }
+            None => Vec::new(),
+        };
         let auth = Frame::from(proto::Auth {
-            proof: proof.to_vec().into(),
+            proof: proof.into(),
         });
         if self.standby {
             return Ok(Step::SendLast(auth, Box::new(identity)));

@@ -9,6 +9,10 @@
 //!  "pid":4242,"instance_id":"9f3c51d0a2b4e6f8","started_at_ms":1700000000000}
 //! ```
 //!
+//! A hub that listens on a Unix domain socket adds its path,
+//! `"unix":"/run/user/1000/switchboard/switchboard.9f3c51d0a2b4e6f8.sock"`;
+//! a hint without it is read as before.
+//!
 //! Several instances of a service coexist (one file each); discovery reads
 //! every `<service>.*.hint`. A hint is only a candidate address: it is
 //! believed only after the hub at that address answers a probe with a valid
@@ -52,6 +56,10 @@ pub struct Hint {
     pub instance_id: String,
     /// Start time of the hub, ms since the Unix epoch.
     pub started_at_ms: u64,
+    /// The hub's Unix domain socket, an absolute path, when it listens on
+    /// one (absent in hints of older hubs, and of hubs without a socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
 }
 
 /// A fresh random instance id: 16 lowercase hex digits.
@@ -112,6 +120,7 @@ impl Hint {
             pid: std::process::id(),
             instance_id: instance_id.to_owned(),
             started_at_ms: now_ms(),
+            unix: None,
         }
     }
 
@@ -240,6 +249,11 @@ impl Hint {
                 )))
             }
             Err(_) => return Err(bad(format!("address {:?} is not ip:port", hint.addr))),
+        }
+        if let Some(unix) = &hint.unix {
+            if !unix.is_absolute() {
+                return Err(bad(format!("socket path {unix:?} is not absolute")));
+            }
         }
         Ok(hint)
     }
@@ -470,6 +484,37 @@ mod tests {
         h.instance_id = "a.b".into();
         let dir = tempfile::tempdir().unwrap();
         assert!(h.write_in(dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_socket_path_is_optional() {
+        let old = br#"{"service":"svc","addr":"127.0.0.1:50001","port":50001,
+            "pid":1,"instance_id":"abc","started_at_ms":5}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.abc.hint");
+        std::fs::write(&path, old).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let read = Hint::read(&path).unwrap();
+        assert_eq!(read.unix, None);
+        assert_eq!(read.port, 50001);
+        // Written without the field when there is no socket, with it when
+        // there is one.
+        let mut h = hint("svc", 50001);
+        assert!(!serde_json::to_string(&h).unwrap().contains("unix"));
+        h.unix = Some(dir.path().join("svc.sock"));
+        let guard = h.write_in(dir.path()).unwrap();
+        assert_eq!(Hint::read(guard.path()).unwrap().unix, h.unix);
+        // A relative socket path is not a usable hint.
+        h.unix = Some("relative.sock".into());
+        let guard = h.write_in(dir.path()).unwrap();
+        assert!(matches!(
+            Hint::read(guard.path()),
+            Err(DiscoveryError::BadHint { .. })
+        ));
     }
 
     #[test]

@@ -236,4 +236,8 @@ pub struct FoundHub {
     pub identity: proto::HubIdentity,
     /// How it was found.
     pub via: Via,
+    /// The hub's Unix domain socket, named by the hint of the same
+    /// instance (found by hint only). Not verified: a client checks the
+    /// socket file's owner before it trusts it.
+    pub unix: Option<std::path::PathBuf>,
 }

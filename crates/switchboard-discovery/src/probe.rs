@@ -236,6 +236,7 @@ pub async fn probe(
         addr,
         identity,
         via: Via::Direct,
+        unix: None,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Hub configuration and start-up errors.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ pub struct HubConfig {
     /// or connects over the Unix socket as the hub's own user, may do
     /// everything.
     pub admission: Option<Arc<dyn Admission>>,
+    /// The Unix domain socket (default: on Unix, `<hint dir or runtime
+    /// dir>/<service>.<instance_id>.sock`, mode 0600); named in the hint.
+    pub unix: UnixSocket,
 }
 
 /// Default replication heartbeat interval.
@@ -89,6 +92,7 @@ impl HubConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
             admission: None,
+            unix: UnixSocket::default(),
         }
     }
 }
@@ -163,5 +167,60 @@ impl HttpConfig {
             mailbox_bytes: 16 * 1024 * 1024,
             max_request_timeout: Duration::from_secs(300),
         }
+    }
+}
+
+/// Default mode of the socket file: the hub's own user only.
+pub const DEFAULT_UNIX_MODE: u32 = 0o600;
+
+/// Where and how the hub listens on a Unix domain socket
+/// ([`HubConfig::unix`](crate::HubConfig::unix)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    /// Whether to listen on a socket at all (default: yes on Unix; always
+    /// off elsewhere). A hub started in memory never does.
+    pub enabled: bool,
+    /// The socket's path. `None` (the default):
+    /// `<hint dir or runtime dir>/<service>.<instance_id>.sock`, and a
+    /// failure to bind it is only a warning (the hub serves over TCP). A
+    /// path given here must be bound, or the hub does not start.
+    pub path: Option<PathBuf>,
+    /// Mode of the socket file (default 0600). Other users can connect
+    /// only with write permission on it (e.g. 0666, for a policy that
+    /// admits them) and search permission on every directory above it, so
+    /// such a socket needs a `path` outside the 0700 runtime directory.
+    pub mode: u32,
+}
+
+impl Default for UnixSocket {
+    fn default() -> Self {
+        UnixSocket {
+            enabled: cfg!(unix),
+            path: None,
+            mode: DEFAULT_UNIX_MODE,
+        }
+    }
+}
+
+impl UnixSocket {
+    /// No socket.
+    pub fn disabled() -> UnixSocket {
+        UnixSocket {
+            enabled: false,
+            ..UnixSocket::default()
+        }
+    }
+
+    /// A socket at `path` (bound, or the hub does not start).
+    pub fn at(path: impl Into<PathBuf>) -> UnixSocket {
+        UnixSocket {
+            path: Some(path.into()),
+            ..UnixSocket::default()
+        }
+    }
+
+    /// The default path of a hub's socket in `dir`.
+    pub fn default_path(dir: &Path, service: &str, instance_id: &str) -> PathBuf {
+        dir.join(format!("{service}.{instance_id}.sock"))
     }
 }

@@ -24,6 +24,8 @@ use crate::stats::HubStats;
 #[derive(Debug)]
 pub struct HubHandle {
     pub(crate) local_addr: SocketAddr,
+    /// The Unix socket's path, when the hub listens on one.
+    pub(crate) unix_path: Option<std::path::PathBuf>,
     pub(crate) http_addr: Option<SocketAddr>,
     pub(crate) http_token: String,
     pub(crate) identity: proto::HubIdentity,
@@ -90,6 +92,13 @@ impl HubHandle {
     /// The address the hub listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The path of the hub's Unix domain socket, when it listens on one
+    /// ([`HubConfig::unix`](crate::HubConfig::unix)); clients connect to it
+    /// as `unix:<path>`.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.unix_path.as_deref()
     }
 
     /// The address of the HTTP/WebSocket gateway, when

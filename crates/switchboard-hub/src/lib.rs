@@ -77,6 +77,7 @@ mod hub;
 mod ids;
 mod inbox;
 pub mod limits;
+mod listen_unix;
 pub mod metrics;
 pub mod outbox;
 mod primary;
@@ -92,6 +93,7 @@ pub use config::HttpConfig;
 pub use config::{
     HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
+pub use config::{UnixSocket, DEFAULT_UNIX_MODE};
 pub use gateway::http_token;
 pub use handle::{HubHandle, MemoryConnector};
 pub use hub::Hub;

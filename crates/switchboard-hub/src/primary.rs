@@ -46,9 +46,15 @@ pub(crate) async fn serve(
         })?,
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
+    let unix = match &listener {
+        Some(_) => crate::listen_unix::bind(&config, &identity.instance_id).await?,
+        None => None,
+    };
+    let unix_path = unix.as_ref().map(|u| u.path().to_owned());
     let hint = if config.write_hint && listener.is_some() {
         let mut hint = Hint::new(&config.service, local_addr, &identity.instance_id);
         hint.started_at_ms = identity.started_at_ms;
+        hint.unix = unix_path.clone();
         Some(match &config.hint_dir {
             Some(dir) => hint.write_in(dir)?,
             None => hint.write()?,
@@ -83,7 +89,8 @@ pub(crate) async fn serve(
         None => None,
     };
     let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
-    tracing::info!(parent: &span, instance = %identity.instance_id, epoch = identity.epoch, "hub listening");
+    tracing::info!(parent: &span, instance = %identity.instance_id, epoch = identity.epoch,
+                   unix = ?unix_path, "hub listening");
     let task = RouterTask {
         router,
         inbox: inbox_rx,
@@ -97,8 +104,14 @@ pub(crate) async fn serve(
     };
     tokio::spawn(task.run().instrument(span.clone()));
     let weak = Arc::downgrade(&shared);
+    let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes.max(1)));
+    #[cfg(unix)]
+    if let Some(unix) = unix {
+        let accept = unix.accept_loop(shared.clone(), handshakes.clone());
+        tokio::spawn(accept.instrument(span.clone()));
+    }
     if let Some(listener) = listener {
-        tokio::spawn(accept_loop(listener, shared).instrument(span));
+        tokio::spawn(accept_loop(listener, shared, handshakes).instrument(span));
     } else {
         // The handle's weak reference is all that reaches the hub; keep
         // its state alive until shutdown like the accept loop would.
@@ -115,6 +128,7 @@ pub(crate) async fn serve(
         },
         secret: config.secret.clone(),
         local_addr,
+        unix_path,
         http_addr,
         http_token: crate::http_token(&config.secret),
         identity,
@@ -128,8 +142,7 @@ pub(crate) async fn serve(
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes.max(1)));
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handshakes: Arc<Semaphore>) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,

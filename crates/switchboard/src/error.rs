@@ -149,6 +149,15 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A hub's Unix socket failed the checks that let the client trust it
+    /// (its owner, its directory's permissions); nothing was sent to it.
+    #[error("refusing the unix socket {}: {reason}", path.display())]
+    UnsafeSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// What is wrong, and the fix.
+        reason: String,
+    },
     /// The hub refused this client's proof: the secret or token differs.
     #[error("authentication failed: {0}; use the same token or secret as the hub")]
     AuthFailed(String),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
-use switchboard_hub::{HubConfig, HubError, HubHandle, Limits};
+use switchboard_hub::{HubConfig, HubError, HubHandle, Limits, UnixSocket};
 
 /// Starts a hub in this process; see [`Hub::builder`].
 ///
@@ -29,6 +29,7 @@ impl Hub {
             keepalive: None,
             http: None,
             heartbeat: None,
+            unix: None,
         }
     }
 
@@ -71,6 +72,7 @@ pub struct HubBuilder {
     keepalive: Option<Duration>,
     http: Option<String>,
     heartbeat: Option<(Duration, u32)>,
+    unix: Option<UnixSocket>,
 }
 
 impl HubBuilder {
@@ -96,6 +98,13 @@ impl HubBuilder {
     /// Shorthand for [`secret`](Self::secret) with a shared token.
     pub fn token(self, token: &str) -> Self {
         self.secret(Secret::from_token(token))
+    }
+
+    /// The hub's Unix domain socket (default: on Unix, one in the runtime
+    /// directory, mode 0600; [`UnixSocket::disabled`] for none).
+    pub fn unix(mut self, unix: UnixSocket) -> Self {
+        self.unix = Some(unix);
+        self
     }
 
     /// Whether to write the rendezvous hint file (default: yes). Without
@@ -194,6 +203,9 @@ impl HubBuilder {
             config.http = Some(switchboard_hub::HttpConfig::new(addr));
         }
         config.write_hint = self.write_hint;
+        if let Some(unix) = self.unix {
+            config.unix = unix;
+        }
         if let Some(interval) = self.keepalive {
             config.keepalive = Some(interval);
         }

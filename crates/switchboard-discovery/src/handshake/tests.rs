@@ -367,3 +367,52 @@ fn a_standby_is_done_once_it_sends_its_proof() {
     }
     assert_eq!(handshake.expects(), None);
 }
+
+#[test]
+fn peer_authentication_names_no_key_and_sends_an_empty_proof() {
+    let (mut handshake, hello) = ClientHandshake::new_peer(params(), CLIENT_NONCE);
+    let Some(Kind::Hello(hello)) = hello.kind else {
+        panic!("the first frame is not a Hello");
+    };
+    assert!(hello.key_id.is_empty());
+    assert_eq!(hello.client_nonce.as_ref(), CLIENT_NONCE);
+    // The hub's proof is not checked: any key, or none, will do (the
+    // socket owner check stands in for it).
+    let mut c = challenge(&Secret::from_token("the hub's own"), &identity(3));
+    let auth = auth_of(handshake.on_frame(c.clone()).unwrap());
+    assert!(auth.proof.is_empty());
+    let Step::Done(welcomed) = handshake
+        .on_frame(Frame::from(proto::Welcome {
+            epoch: 3,
+            ..Default::default()
+        }))
+        .unwrap()
+    else {
+        panic!("no welcome");
+    };
+    assert_eq!(welcomed.identity, identity(3));
+    // An empty proof is accepted as well.
+    if let Some(Kind::Challenge(ch)) = &mut c.kind {
+        ch.proof = Vec::new().into();
+    }
+    let (mut handshake, _) = ClientHandshake::new_peer(params(), CLIENT_NONCE);
+    assert!(matches!(handshake.on_frame(c).unwrap(), Step::Send(_)));
+}
+
+#[test]
+fn peer_authentication_still_checks_the_service_and_the_epoch() {
+    let mut p = params();
+    p.service = Some("other".into());
+    let (mut handshake, _) = ClientHandshake::new_peer(p, CLIENT_NONCE);
+    assert!(matches!(
+        handshake.on_frame(challenge(&secret(), &identity(1))),
+        Err(HandshakeError::WrongService { .. })
+    ));
+    let mut p = params();
+    p.min_epoch = 5;
+    let (mut handshake, _) = ClientHandshake::new_peer(p, CLIENT_NONCE);
+    assert!(matches!(
+        handshake.on_frame(challenge(&secret(), &identity(4))),
+        Err(HandshakeError::Fenced { epoch: 4, seen: 5 })
+    ));
+}

@@ -548,6 +548,7 @@ impl Standby {
                 switchboard_discovery::Hint::new(&self.config.service, primary, old_instance)
                     .file_name();
             let _ = std::fs::remove_file(dir.join(name));
+            crate::listen_unix::remove_stale_default(&dir, &self.config.service, old_instance);
         }
         let identity = proto::HubIdentity {
             service: self.config.service.clone(),

@@ -61,6 +61,24 @@ pub struct HubOpts {
     pub standby: bool,
     pub primary: Option<String>,
     pub heartbeat: (std::time::Duration, u32),
+    pub unix: switchboard::hub::UnixSocket,
+}
+
+/// The hub's Unix socket from `--unix`, `--unix-mode` and `--no-unix`.
+pub fn unix_socket(
+    path: Option<std::path::PathBuf>,
+    mode: Option<u32>,
+    off: bool,
+) -> switchboard::hub::UnixSocket {
+    let mut unix = switchboard::hub::UnixSocket::default();
+    if off {
+        return switchboard::hub::UnixSocket::disabled();
+    }
+    unix.path = path;
+    if let Some(mode) = mode {
+        unix.mode = mode;
+    }
+    unix
 }
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
@@ -75,6 +93,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         b = b.token(token);
     }
     b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
+    b = b.unix(opts.unix.clone());
     let primary: Option<std::net::SocketAddr> = match &opts.primary {
         Some(p) => Some(
             p.parse()
@@ -132,17 +151,22 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         };
         let addr = hub.local_addr().to_string();
         let http = hub.http_addr().map(|a| a.to_string());
+        let unix = hub.unix_path().map(|p| p.display().to_string());
         let epoch = hub.identity().epoch;
         if g.json {
             out(
                 json!({"event": "ready", "service": g.service(), "addr": addr,
-                       "http": http, "pid": std::process::id(), "epoch": epoch,
+                       "http": http, "unix": unix, "pid": std::process::id(), "epoch": epoch,
                        "took_over": standby}),
             )?;
         } else {
             let gateway = http
                 .map(|h| format!(", http and ws on {h} (dashboard http://{h}/)"))
                 .unwrap_or_default();
+            let gateway = match unix {
+                Some(path) => format!("{gateway}, unix:{path}"),
+                None => gateway,
+            };
             let how = if standby { ", took over" } else { "" };
             out(format!(
                 "switchboard hub ready: service {} on {addr}{gateway} (pid {}, epoch {epoch}{how})",

@@ -106,15 +106,22 @@ impl Pacer {
 
 /// Connects `builder` (id, secret and options set; no target) to the hub
 /// of `target`, trying again for up to `wait` as the module docs say.
+/// `secret` probes the hinted addresses of a service (unused for an
+/// address).
 pub async fn connect(
     builder: ClientBuilder,
     target: Target<'_>,
-    secret: &Secret,
+    secret: Option<&Secret>,
     wait: Duration,
 ) -> anyhow::Result<Client> {
-    match target {
-        Target::Addr(addr) => connect_addr(builder, addr, wait).await,
-        Target::Service(service) => connect_service(builder, service, secret, wait).await,
+    match (target, secret) {
+        (Target::Addr(addr), _) => connect_addr(builder, addr, wait).await,
+        (Target::Service(service), Some(secret)) => {
+            connect_service(builder, service, secret, wait).await
+        }
+        (Target::Service(_), None) => {
+            anyhow::bail!("finding a hub by service needs the secret; give --token or --addr")
+        }
     }
 }
 

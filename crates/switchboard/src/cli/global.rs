@@ -15,7 +15,8 @@ pub struct Global {
     /// Service name of the hub [default: switchboard].
     #[arg(long, global = true, value_name = "NAME")]
     service: Option<String>,
-    /// Connect to this hub address instead of discovering it.
+    /// Connect to this hub address instead of discovering it: HOST:PORT,
+    /// or unix:/PATH for a hub's Unix socket.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub addr: Option<String>,
     /// Seconds to wait for a hub that does not answer (0: try once).
@@ -85,9 +86,16 @@ impl Global {
     /// standby taking over in the middle of a command does not fail it.
     pub fn builder(&self, id: &str, long_running: bool) -> anyhow::Result<ClientBuilder> {
         let wait = self.wait()?;
-        let b = Client::builder(id)
-            .secret(self.secret()?)
-            .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
+        let b = Client::builder(id).agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
+        // Over a Unix socket without --token the client uses the secret
+        // file if there is one, else its peer credentials (see
+        // `ClientBuilder::unix`); it creates no secret file.
+        let unix = self.addr.as_deref().is_some_and(|a| a.starts_with("unix:"));
+        let b = if unix && self.token.is_none() {
+            b
+        } else {
+            b.secret(self.secret()?)
+        };
         Ok(if long_running {
             b.reconnect(true)
         } else if wait.is_zero() {
@@ -107,7 +115,11 @@ impl Global {
             Some(addr) => dial::Target::Addr(addr),
             None => dial::Target::Service(self.service()),
         };
-        dial::connect(builder, target, &self.secret()?, self.wait()?).await
+        let secret = match &self.addr {
+            Some(_) => None,
+            None => Some(self.secret()?),
+        };
+        dial::connect(builder, target, secret.as_ref(), self.wait()?).await
     }
 
     /// Connects a client as `id`.

@@ -71,6 +71,19 @@ enum Command {
         /// (default 4).
         #[arg(long, value_name = "N", default_value_t = 4)]
         heartbeat_misses: u32,
+        /// Listen on the Unix socket at this path (default: one in the
+        /// per-user runtime directory). Local clients prefer it; over it a
+        /// client needs no secret when its user is admitted.
+        #[arg(long, value_name = "PATH", conflicts_with = "no_unix")]
+        unix: Option<std::path::PathBuf>,
+        /// Mode of the Unix socket file, octal (default 600). Other users
+        /// need write permission (e.g. 666, with a policy that admits them)
+        /// and a --unix path outside the private runtime directory.
+        #[arg(long, value_name = "MODE", value_parser = parse_mode, conflicts_with = "no_unix")]
+        unix_mode: Option<u32>,
+        /// Do not listen on a Unix socket.
+        #[arg(long)]
+        no_unix: bool,
     },
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
@@ -323,9 +336,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             primary,
             heartbeat_ms,
             heartbeat_misses,
+            unix,
+            unix_mode,
+            no_unix,
         } => {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
+                unix: commands::unix_socket(unix, unix_mode, no_unix),
                 listen,
                 http,
                 standby,
@@ -395,5 +412,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+    }
+}
+
+/// `--unix-mode`: an octal permission mode such as 600 or 0666.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 600 or 666")),
     }
 }

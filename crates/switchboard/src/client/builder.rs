@@ -52,6 +52,7 @@ impl ClientBuilder {
                 id: id.into(),
                 target: Target::Service(DEFAULT_SERVICE.to_string()),
                 secret: None,
+                unix_owners: Vec::new(),
                 agent: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 connect_timeout: Duration::from_secs(5),
@@ -78,9 +79,38 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the hub at `addr` (`host:port`) instead of discovering it.
+    /// Connects to the hub at `addr` (`host:port`) instead of discovering
+    /// it; `unix:/path` (or `unix:///path`) is the hub's Unix socket, as
+    /// with [`unix`](Self::unix).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
-        self.cfg.target = Target::Addr(addr.into());
+        let addr = addr.into();
+        self.cfg.target = match super::unix::parse_addr(&addr) {
+            Some(path) => Target::Unix(path),
+            None => Target::Addr(addr),
+        };
+        self
+    }
+
+    /// Connects to the hub's Unix domain socket at `path` (Unix only).
+    /// The socket must be owned by this user, root or an owner allowed
+    /// with [`unix_owner`](Self::unix_owner), in a directory that others
+    /// cannot write (or with the sticky bit), else the connection is
+    /// refused with [`ClientError::UnsafeSocket`]. Without a
+    /// [`secret`](Self::secret) or [`token`](Self::token), the per-user
+    /// secret file is used if it exists; when there is none the client
+    /// authenticates by its peer credentials alone (the hub admits its own
+    /// user, or whom its policy admits) and trusts the hub by the socket's
+    /// owner.
+    pub fn unix(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.cfg.target = Target::Unix(path.into());
+        self
+    }
+
+    /// Trusts a hub's Unix socket owned by `uid` too (besides this user and
+    /// root): a hub run by another user for this one. May be called more
+    /// than once.
+    pub fn unix_owner(mut self, uid: u32) -> Self {
+        self.cfg.unix_owners.push(uid);
         self
     }
 
@@ -272,9 +302,16 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client, ClientError> {
         let cfg = self.cfg;
         validate_client_id(&cfg.id).map_err(ClientError::InvalidArgument)?;
-        let secret = match &cfg.secret {
-            Some(s) => s.clone(),
-            None => Secret::load_default().map_err(|e| ClientError::Secret(e.to_string()))?,
+        let secret = match (&cfg.secret, &cfg.target) {
+            (Some(s), _) => Some(s.clone()),
+            // Over a Unix socket a missing secret file is no error: the
+            // peer credentials speak for the client. None is created.
+            (None, Target::Unix(_)) => switchboard_discovery::runtime_dir().ok().and_then(|dir| {
+                Secret::load(&dir.join(switchboard_discovery::SECRET_FILE_NAME)).ok()
+            }),
+            (None, _) => {
+                Some(Secret::load_default().map_err(|e| ClientError::Secret(e.to_string()))?)
+            }
         };
         let shared = Shared::new(cfg, secret);
         let first = connect::connect_once(&shared, None, shared.cfg.connect_timeout).await?;

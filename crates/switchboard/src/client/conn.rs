@@ -44,7 +44,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
     let mut generation = 1u64;
     let mut close = shared.close.subscribe();
     loop {
-        let last_addr = conn.addr;
+        let last = conn.endpoint.clone();
         let end = drive(&shared, conn, generation).await;
         let reason = match end {
             End::Closed => {
@@ -105,7 +105,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
             } else {
                 shared.cfg.connect_timeout
             };
-            let attempt_fut = connect_once(&shared, Some(last_addr), deadline);
+            let attempt_fut = connect_once(&shared, Some(last.clone()), deadline);
             tokio::select! {
                 r = attempt_fut => match r {
                     Ok(c) => break c,

@@ -1,8 +1,10 @@
-//! Making one connection: dialling (a TCP address, an address found by
-//! discovery, or a dialer's transport) and driving the client handshake
+//! Making one connection: dialling (a TCP address, a Unix socket, a hub
+//! found by discovery — over its socket when its hint names one, else over
+//! TCP — or a dialer's transport) and driving the client handshake
 //! ([`ClientHandshake`], the same one a standby hub drives) over it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,7 +19,18 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::shared::{Shared, Target};
 use super::transport::{self, Opened, Rd, Wr};
+use super::unix;
 use crate::ClientError;
+
+/// Where one connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A hub's Unix socket; the TCP address (when known) is the one
+    /// reported.
+    Unix(PathBuf, SocketAddr),
+}
 
 /// An authenticated connection, not yet driven.
 pub(crate) struct Connected {
@@ -25,6 +38,8 @@ pub(crate) struct Connected {
     pub writer: Wr,
     pub welcome: proto::Welcome,
     pub addr: SocketAddr,
+    /// Where it went (tried first when reconnecting).
+    pub endpoint: Endpoint,
     /// The hub's instance id, from the identity it proved.
     pub instance_id: String,
 }
@@ -33,20 +48,28 @@ pub(crate) struct Connected {
 /// fails) to the configured address or a discovered hub.
 pub(crate) async fn connect_once(
     shared: &Shared,
-    preferred: Option<SocketAddr>,
+    preferred: Option<Endpoint>,
     discovery_deadline: Duration,
 ) -> Result<Connected, ClientError> {
     let cfg = &shared.cfg;
-    if let Target::Dialer(dialer) = &cfg.target {
-        let what = format!("{dialer:?}");
-        return within_connect_timeout(shared, &what, async {
-            handshake(shared, dialer.dial().await?).await
-        })
-        .await;
+    match &cfg.target {
+        Target::Dialer(dialer) => {
+            let what = format!("{dialer:?}");
+            return within_connect_timeout(shared, &what, async {
+                let opened = dialer.dial().await?;
+                handshake(shared, opened, None).await
+            })
+            .await;
+        }
+        Target::Unix(path) => {
+            let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
+            return connect_to(shared, Endpoint::Unix(path.clone(), unspecified)).await;
+        }
+        _ => {}
     }
     let mut last_err = None;
-    if let Some(addr) = preferred {
-        match connect_addr(shared, addr).await {
+    if let Some(endpoint) = preferred.clone() {
+        match connect_to(shared, endpoint).await {
             Ok(c) => return Ok(c),
             Err(e) => last_err = Some(e),
         }
@@ -58,8 +81,9 @@ pub(crate) async fn connect_once(
                 addr: addr.clone(),
                 source,
             })?
+            .map(|a| vec![Endpoint::Tcp(a)])
             .collect::<Vec<_>>(),
-        Target::Dialer(_) => Vec::new(),
+        Target::Dialer(_) | Target::Unix(_) => Vec::new(),
         Target::Service(service) => {
             match discover_current(shared, service, discovery_deadline).await {
                 Ok(found) => found,
@@ -69,15 +93,23 @@ pub(crate) async fn connect_once(
             }
         }
     };
-    for addr in candidates {
-        if Some(addr) == preferred {
-            continue;
-        }
-        match connect_addr(shared, addr).await {
-            Ok(c) => return Ok(c),
-            // A hub that refused our proof will keep refusing it.
-            Err(e @ ClientError::AuthFailed(_)) => return Err(e),
-            Err(e) => last_err = Some(e),
+    // One hub per entry: its socket first when it has one, then TCP.
+    for endpoints in candidates {
+        for endpoint in endpoints {
+            if Some(&endpoint) == preferred.as_ref() {
+                continue;
+            }
+            let unix = matches!(endpoint, Endpoint::Unix(..));
+            match connect_to(shared, endpoint).await {
+                Ok(c) => return Ok(c),
+                Err(e) if unix => {
+                    tracing::debug!(error = %e, "the hub's unix socket failed; trying tcp");
+                    last_err = Some(e);
+                }
+                // A hub that refused our proof will keep refusing it.
+                Err(e @ ClientError::AuthFailed(_)) => return Err(e),
+                Err(e) => last_err = Some(e),
+            }
         }
     }
     Err(last_err.unwrap_or_else(|| match &cfg.target {
@@ -96,26 +128,40 @@ pub(crate) async fn connect_once(
             addr: format!("{d:?}"),
             source: std::io::Error::other("no connection"),
         },
+        Target::Unix(path) => ClientError::Connect {
+            addr: format!("unix:{}", path.display()),
+            source: std::io::Error::other("no connection"),
+        },
     }))
 }
 
-/// Hubs of `service`, highest epoch first. When the first hub found has an
-/// epoch below the highest seen (an old primary still running), looks for
-/// all of them.
+/// Hubs of `service`, highest epoch first, each as its endpoints (its
+/// Unix socket first, when its hint names one). When the first hub found
+/// has an epoch below the highest seen (an old primary still running),
+/// looks for all of them.
 async fn discover_current(
     shared: &Shared,
     service: &str,
     timeout: Duration,
-) -> Result<Vec<SocketAddr>, ClientError> {
+) -> Result<Vec<Vec<Endpoint>>, ClientError> {
+    let secret = shared.secret.as_ref().ok_or_else(|| {
+        ClientError::Secret("discovery needs the secret or a token; none was given".into())
+    })?;
     let seen = shared.max_epoch.load(Ordering::Relaxed);
-    let mut found = crate::discover::find(service, &shared.secret, false, timeout).await?;
+    let mut found = crate::discover::find(service, secret, false, timeout).await?;
     if found.iter().all(|h| h.identity.epoch < seen) {
-        if let Ok(all) = crate::discover::find(service, &shared.secret, true, timeout).await {
+        if let Ok(all) = crate::discover::find(service, secret, true, timeout).await {
             found = all;
         }
     }
     found.sort_by_key(|h| std::cmp::Reverse(h.identity.epoch));
-    Ok(found.into_iter().map(|h| h.addr).collect())
+    Ok(found
+        .into_iter()
+        .map(|h| {
+            let unix = h.unix.map(|path| Endpoint::Unix(path, h.addr));
+            unix.into_iter().chain([Endpoint::Tcp(h.addr)]).collect()
+        })
+        .collect())
 }
 
 async fn within_connect_timeout(
@@ -133,20 +179,42 @@ async fn within_connect_timeout(
     }
 }
 
-async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
-    within_connect_timeout(shared, &addr.to_string(), async {
-        handshake(shared, transport::tcp(addr).await?).await
+async fn connect_to(shared: &Shared, endpoint: Endpoint) -> Result<Connected, ClientError> {
+    let what = match &endpoint {
+        Endpoint::Tcp(addr) => addr.to_string(),
+        Endpoint::Unix(path, _) => format!("unix:{}", path.display()),
+    };
+    within_connect_timeout(shared, &what, async {
+        let opened = match &endpoint {
+            Endpoint::Tcp(addr) => transport::tcp(*addr).await?,
+            Endpoint::Unix(path, addr) => unix::open(path, &shared.cfg.unix_owners, *addr).await?,
+        };
+        handshake(shared, opened, Some(endpoint)).await
     })
     .await
 }
 
-/// Runs the client handshake over an opened transport.
-async fn handshake(shared: &Shared, (r, w, addr): Opened) -> Result<Connected, ClientError> {
+/// Runs the client handshake over an opened transport. Without a secret
+/// (a Unix socket only) the client authenticates by its peer credentials.
+async fn handshake(
+    shared: &Shared,
+    (r, w, addr): Opened,
+    endpoint: Option<Endpoint>,
+) -> Result<Connected, ClientError> {
     let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
     let mut reader = FramedRead::with_capacity(r, codec.clone(), 64 * 1024);
     let mut writer = FramedWrite::new(w, codec);
-    let (mut handshake, hello) =
-        ClientHandshake::new(hello(shared), &shared.secret, discovery::nonce());
+    let (mut handshake, hello) = match (&shared.secret, &endpoint) {
+        (Some(secret), _) => ClientHandshake::new(hello(shared), secret, discovery::nonce()),
+        (None, Some(Endpoint::Unix(..))) => {
+            ClientHandshake::new_peer(hello(shared), discovery::nonce())
+        }
+        (None, _) => {
+            return Err(ClientError::Secret(
+                "no secret or token to prove; give one (only a unix socket admits a client without one)".into(),
+            ))
+        }
+    };
     writer.send(hello).await?;
     let welcomed = loop {
         let frame = match reader.next().await {
@@ -172,6 +240,7 @@ async fn handshake(shared: &Shared, (r, w, addr): Opened) -> Result<Connected, C
         writer: writer.into_inner(),
         welcome: welcomed.welcome,
         addr,
+        endpoint: endpoint.unwrap_or(Endpoint::Tcp(addr)),
         instance_id: welcomed.identity.instance_id,
     })
 }

@@ -36,6 +36,7 @@ mod streams;
 mod transport;
 pub(crate) mod typed;
 mod types;
+mod unix;
 
 pub use builder::{ClientBuilder, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESUME_WAIT};
 pub use events::{ClientEvent, Events};

@@ -30,6 +30,8 @@ pub(crate) enum Target {
     Service(String),
     /// A `host:port` address.
     Addr(String),
+    /// A hub's Unix domain socket.
+    Unix(std::path::PathBuf),
     /// Not a TCP address: an in-memory hub or a WebSocket endpoint.
     #[cfg_attr(not(any(feature = "hub", feature = "websocket")), allow(dead_code))]
     Dialer(transport::Dialer),
@@ -42,6 +44,9 @@ pub(crate) struct Config {
     pub id: String,
     pub target: Target,
     pub secret: Option<Secret>,
+    /// Owners of a hub's Unix socket trusted besides the client's own user
+    /// and root.
+    pub unix_owners: Vec<u32>,
     pub agent: String,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -78,7 +83,8 @@ pub(crate) enum Delivery {
 /// State shared by the client handles, its streams and its tasks.
 pub(crate) struct Shared {
     pub cfg: Config,
-    pub secret: Secret,
+    /// `None`: peer authentication over a Unix socket, no proof.
+    pub secret: Option<Secret>,
     next_id: AtomicU64,
     pub state: watch::Sender<ConnectionState>,
     pub close: watch::Sender<bool>,
@@ -107,8 +113,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state of a client about to connect with `cfg`, proving `secret`.
-    pub fn new(cfg: Config, secret: Secret) -> Arc<Shared> {
+    /// The state of a client about to connect with `cfg`, proving `secret`
+    /// (none: peer authentication over a Unix socket).
+    pub fn new(cfg: Config, secret: Option<Secret>) -> Arc<Shared> {
         let out = reliable::Outbound::new(cfg.retain_frames, cfg.retain_bytes);
         Arc::new(Shared {
             cfg,
