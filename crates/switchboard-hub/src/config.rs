@@ -55,6 +55,16 @@ pub struct HubConfig {
     /// or connects over the Unix socket as the hub's own user, may do
     /// everything.
     pub admission: Option<Arc<dyn Admission>>,
+    /// TLS on the native listener and the HTTP/WebSocket listener
+    /// (default: none). With it, the native port still answers plaintext
+    /// discovery probes and refuses any other plaintext connection.
+    pub tls: Option<crate::TlsServer>,
+    /// TLS for the links this hub opens (a standby's link to its primary):
+    /// the CAs it trusts (default: none, plaintext links).
+    pub tls_client: Option<switchboard_discovery::tls::ClientTls>,
+    /// Allow a non-loopback listener without TLS (default false: such a
+    /// configuration is refused; when allowed, every start warns).
+    pub insecure_plaintext: bool,
 }
 
 /// Default replication heartbeat interval.
@@ -89,6 +99,9 @@ impl HubConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
             admission: None,
+            tls: None,
+            tls_client: None,
+            insecure_plaintext: false,
         }
     }
 }

@@ -23,6 +23,7 @@ impl Hub {
     /// serving on the current tokio runtime.
     pub async fn start(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
+        crate::tls::check_exposure(&config, Some(config.bind.ip))?;
         let listener = bind(&config.bind).await.map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
             source,
@@ -43,6 +44,7 @@ impl Hub {
     /// their own tasks. An HTTP gateway, when configured, still listens.
     pub async fn start_in_memory(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
+        crate::tls::check_exposure(&config, None)?;
         let (identity, router, stats) = new_primary(&config, 0);
         primary::serve(config, None, identity, router, stats).await
     }
@@ -56,6 +58,7 @@ impl Hub {
         primary: Option<SocketAddr>,
     ) -> Result<StandbyHandle, HubError> {
         check_config(&config)?;
+        crate::tls::check_exposure(&config, Some(config.bind.ip))?;
         Ok(crate::replication::follower::start(config, primary))
     }
 }

@@ -86,6 +86,7 @@ mod router_task;
 mod shared;
 pub mod stats;
 pub mod subject;
+mod tls;
 mod transport;
 
 pub use config::HttpConfig;
@@ -99,3 +100,5 @@ pub use ids::ConnId;
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
 pub use replication::follower::{StandbyHandle, StandbyState};
+pub use switchboard_discovery::tls::{ClientTls, TlsError};
+pub use tls::TlsServer;

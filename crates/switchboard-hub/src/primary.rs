@@ -25,6 +25,7 @@ use crate::router::Router;
 use crate::router_task::{RouterTask, TaskShared};
 use crate::shared::Shared;
 use crate::stats::HubStats;
+use crate::tls::TlsServer;
 
 /// Serves `router` on `listener` as a primary with `identity`: writes the
 /// hint, starts the gateway, the router task and the accept loop. Without
@@ -79,7 +80,11 @@ pub(crate) async fn serve(
         admission: config.admission.clone(),
     });
     let http_addr = match config.http.clone() {
-        Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
+        Some(http) => Some(
+            crate::gateway::start(http, shared.clone(), config.tls.clone())
+                .await?
+                .0,
+        ),
         None => None,
     };
     let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
@@ -98,7 +103,7 @@ pub(crate) async fn serve(
     tokio::spawn(task.run().instrument(span.clone()));
     let weak = Arc::downgrade(&shared);
     if let Some(listener) = listener {
-        tokio::spawn(accept_loop(listener, shared).instrument(span));
+        tokio::spawn(accept_loop(listener, shared, config.tls.clone()).instrument(span));
     } else {
         // The handle's weak reference is all that reaches the hub; keep
         // its state alive until shutdown like the accept loop would.
@@ -128,7 +133,7 @@ pub(crate) async fn serve(
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsServer>) {
     let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes.max(1)));
     loop {
         let accepted = tokio::select! {
@@ -143,6 +148,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                if let Some(tls) = &tls {
+                    let span = tracing::debug_span!("conn", %peer);
+                    let serve =
+                        crate::tls::serve_native(stream, peer, tls.clone(), shared.clone(), permit);
+                    tokio::spawn(serve.instrument(span));
+                    continue;
+                }
                 let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
                 tokio::spawn(

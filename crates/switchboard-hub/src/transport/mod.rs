@@ -52,6 +52,7 @@ mod stream;
 
 pub(crate) use drain::{drain, Drain};
 pub(crate) use messages::Messages;
+pub(crate) use stream::ByteStream;
 
 /// Largest read of a byte stream, and about the most a message transport
 /// receives at once.
