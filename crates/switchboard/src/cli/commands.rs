@@ -61,6 +61,7 @@ pub struct HubOpts {
     pub standby: bool,
     pub primary: Option<String>,
     pub heartbeat: (std::time::Duration, u32),
+    pub tls: switchboard::HubTls,
 }
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
@@ -75,6 +76,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         b = b.token(token);
     }
     b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
+    b = b.tls(opts.tls.clone());
     let primary: Option<std::net::SocketAddr> = match &opts.primary {
         Some(p) => Some(
             p.parse()

@@ -39,6 +39,8 @@ pub struct Global {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: super::tls_args::TlsGlobal,
 }
 
 impl Global {
@@ -85,9 +87,12 @@ impl Global {
     /// standby taking over in the middle of a command does not fail it.
     pub fn builder(&self, id: &str, long_running: bool) -> anyhow::Result<ClientBuilder> {
         let wait = self.wait()?;
-        let b = Client::builder(id)
+        let mut b = Client::builder(id)
             .secret(self.secret()?)
             .agent(format!("switchboard-cli/{}", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = self.tls.client() {
+            b = b.tls(tls);
+        }
         Ok(if long_running {
             b.reconnect(true)
         } else if wait.is_zero() {

@@ -16,6 +16,7 @@ use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::shared::{Shared, Target};
+use super::tls;
 use super::transport::{self, Opened, Rd, Wr};
 use crate::ClientError;
 
@@ -40,7 +41,7 @@ pub(crate) async fn connect_once(
     if let Target::Dialer(dialer) = &cfg.target {
         let what = format!("{dialer:?}");
         return within_connect_timeout(shared, &what, async {
-            handshake(shared, dialer.dial().await?).await
+            handshake(shared, dialer.dial(shared.cfg.tls.as_ref()).await?).await
         })
         .await;
     }
@@ -52,7 +53,7 @@ pub(crate) async fn connect_once(
         }
     }
     let candidates = match &cfg.target {
-        Target::Addr(addr) => tokio::net::lookup_host(addr.as_str())
+        Target::Addr(addr) => tokio::net::lookup_host(tls_target(shared, addr)?)
             .await
             .map_err(|source| ClientError::Connect {
                 addr: addr.clone(),
@@ -135,9 +136,31 @@ async fn within_connect_timeout(
 
 async fn connect_addr(shared: &Shared, addr: SocketAddr) -> Result<Connected, ClientError> {
     within_connect_timeout(shared, &addr.to_string(), async {
-        handshake(shared, transport::tcp(addr).await?).await
+        let opened = match &shared.cfg.tls {
+            Some(tls) => {
+                let host = match &shared.cfg.target {
+                    Target::Addr(a) => Some(tls::host_of(tls::split_scheme(a).0)),
+                    _ => None,
+                };
+                transport::tls(addr, tls, host).await?
+            }
+            None => transport::tcp(addr).await?,
+        };
+        handshake(shared, opened).await
     })
     .await
+}
+
+/// The `host:port` of a configured address; a `tls://` address needs a
+/// TLS setting.
+fn tls_target<'a>(shared: &Shared, addr: &'a str) -> Result<&'a str, ClientError> {
+    let (host_port, asks_tls) = tls::split_scheme(addr);
+    if asks_tls && shared.cfg.tls.is_none() {
+        return Err(ClientError::InvalidArgument(format!(
+            "{addr} asks for TLS but no CA to trust is set; give one with ClientBuilder::tls (--tls-ca)"
+        )));
+    }
+    Ok(host_port)
 }
 
 /// Runs the client handshake over an opened transport.
@@ -151,6 +174,14 @@ async fn handshake(shared: &Shared, (r, w, addr): Opened) -> Result<Connected, C
     let welcomed = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,
+            // A TLS server that refuses the client's certificate says so
+            // at the client's first read.
+            Some(Err(switchboard_wire::WireError::Io(e))) => {
+                return Err(match tls::alert_after_handshake(&e, &addr.to_string()) {
+                    Some(tls) => tls.into(),
+                    None => e.into(),
+                })
+            }
             Some(Err(e)) => return Err(e.into()),
             None => {
                 return Err(ClientError::Protocol(format!(
