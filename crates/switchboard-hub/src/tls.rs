@@ -386,3 +386,40 @@ pub(crate) async fn dial_link(
     let (rd, wr) = stream.into_split();
     Ok((Box::new(rd), Box::new(wr)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HubConfig;
+    use switchboard_discovery::Secret;
+
+    #[test]
+    fn insecure_plaintext_lets_a_non_loopback_listener_start() {
+        let mut config = HubConfig::with_secret("guard", Secret::from_token("t"));
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        assert!(check_exposure(&config, Some(any)).is_err());
+        assert!(check_exposure(&config, Some("127.0.0.1".parse().unwrap())).is_ok());
+        assert!(check_exposure(&config, Some("::1".parse().unwrap())).is_ok());
+        config.insecure_plaintext = true;
+        assert!(check_exposure(&config, Some(any)).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_gives_its_common_name_and_every_san() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![
+            "svc.example".to_owned(),
+            "10.1.2.3".to_owned(),
+            "::1".to_owned(),
+        ])
+        .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "worker-1");
+        let cert = params.self_signed(&key).unwrap();
+        let id = cert_identity(cert.der()).unwrap();
+        assert_eq!(id.common_name, "worker-1");
+        assert_eq!(id.sans, ["svc.example", "10.1.2.3", "::1"]);
+        assert!(cert_identity(b"not a certificate").is_none());
+    }
+}

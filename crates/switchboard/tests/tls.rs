@@ -410,3 +410,117 @@ async fn a_standby_follows_a_tls_primary_and_takes_over_with_tls() -> Result<()>
     taken.shutdown().await;
     Ok(())
 }
+
+/// Runs the `switchboard` binary with a private runtime directory.
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    c.args(args)
+        .env("SWITCHBOARD_RUNTIME_DIR", dir)
+        .env("SWITCHBOARD_TOKEN", TOKEN)
+        .env_remove("SWITCHBOARD_LOG")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+#[test]
+fn the_cli_serves_and_dials_tls() -> Result<()> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    }
+    let ca = Ca::new("cli CA")?;
+    let (cert, key) = ca.leaf("hub", &["localhost"], false)?;
+    let file = |name: &str, text: &str| -> Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let (ca_file, cert_file, key_file) = (
+        file("ca.pem", &ca.pem())?,
+        file("hub.pem", &cert)?,
+        file("hub.key", &key)?,
+    );
+
+    let refused = cli(dir.path(), &["hub", "--listen", "0.0.0.0:0"]).output()?;
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        text.contains("--insecure-plaintext") && text.contains("--tls-cert"),
+        "{text}"
+    );
+
+    let mut hub = cli(
+        dir.path(),
+        &[
+            "--json",
+            "hub",
+            "--service",
+            "tlscli",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert_file,
+            "--tls-key",
+            &key_file,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()?;
+    let mut ready = String::new();
+    std::io::BufReader::new(hub.stdout.take().expect("stdout")).read_line(&mut ready)?;
+    let ready: serde_json::Value = serde_json::from_str(&ready)?;
+    let port = ready["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    let tls_addr = format!("tls://localhost:{port}");
+    let ok = cli(
+        dir.path(),
+        &[
+            "status", "--addr", &tls_addr, "--tls-ca", &ca_file, "--wait", "0",
+        ],
+    )
+    .output()?;
+    let plain = cli(
+        dir.path(),
+        &[
+            "status",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--wait",
+            "0",
+        ],
+    )
+    .output()?;
+    let wrong = cli(
+        dir.path(),
+        &[
+            "status", "--addr", &tls_addr, "--tls-ca", &cert_file, "--wait", "0",
+        ],
+    )
+    .output()?;
+    let _ = hub.kill();
+    let _ = hub.wait();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && text.contains("requires TLS"),
+        "{text}"
+    );
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(5), "{text}");
+    assert!(text.contains("not signed by a trusted CA"), "{text}");
+    Ok(())
+}
