@@ -330,38 +330,6 @@ impl crate::transport::ByteStream for TlsStream<TcpStream> {
     async fn readable(_: &Self::Read) {}
 }
 
-/// The plaintext guard: a listener on a non-loopback address (the native
-/// one at `native`, when it listens, and the HTTP one) needs TLS, unless
-/// `insecure_plaintext` allows it, and then every start warns.
-pub(crate) fn check_exposure(
-    config: &crate::HubConfig,
-    native: Option<std::net::IpAddr>,
-) -> Result<(), crate::HubError> {
-    if config.tls.is_some() {
-        return Ok(());
-    }
-    let http = config.http.as_ref().map(|h| h.addr.ip());
-    let exposed: Vec<String> = [native.map(|ip| ("native", ip)), http.map(|ip| ("HTTP", ip))]
-        .into_iter()
-        .flatten()
-        .filter(|(_, ip)| !ip.is_loopback())
-        .map(|(what, ip)| format!("the {what} listener on {ip}"))
-        .collect();
-    if exposed.is_empty() {
-        return Ok(());
-    }
-    let exposed = exposed.join(" and ");
-    if config.insecure_plaintext {
-        tracing::warn!(
-            "{exposed} serves plaintext to the network (insecure_plaintext): anyone on the path can read and change the traffic; give a TLS certificate (--tls-cert, --tls-key)"
-        );
-        return Ok(());
-    }
-    Err(crate::HubError::Config(format!(
-        "{exposed} would serve plaintext to the network; give a TLS certificate and key (--tls-cert, --tls-key), or allow plaintext with --insecure-plaintext (insecure_plaintext), or listen on loopback"
-    )))
-}
-
 /// The reading half of a replication link.
 pub(crate) type LinkRd = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// The writing half of a replication link (flush after each write: TLS
@@ -390,19 +358,6 @@ pub(crate) async fn dial_link(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HubConfig;
-    use switchboard_discovery::Secret;
-
-    #[test]
-    fn insecure_plaintext_lets_a_non_loopback_listener_start() {
-        let mut config = HubConfig::with_secret("guard", Secret::from_token("t"));
-        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
-        assert!(check_exposure(&config, Some(any)).is_err());
-        assert!(check_exposure(&config, Some("127.0.0.1".parse().unwrap())).is_ok());
-        assert!(check_exposure(&config, Some("::1".parse().unwrap())).is_ok());
-        config.insecure_plaintext = true;
-        assert!(check_exposure(&config, Some(any)).is_ok());
-    }
 
     #[test]
     fn a_certificate_gives_its_common_name_and_every_san() {

@@ -73,7 +73,7 @@ pub struct Peer {
 
 impl Peer {
     /// A plain TCP connection from `addr`.
-    pub fn tcp(addr: std::net::SocketAddr) -> Peer {
+    pub fn tcp(addr: impl std::fmt::Display) -> Peer {
         Peer {
             transport: "tcp",
             addr: addr.to_string(),

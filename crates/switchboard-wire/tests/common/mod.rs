@@ -201,6 +201,7 @@ fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
                     agent,
                     reliable,
                     listen,
+                    ..Default::default()
                 }
             },
         )
@@ -489,6 +490,7 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
                             epoch,
                         }),
                         role,
+                        ..Default::default()
                     })
                 },
             )
