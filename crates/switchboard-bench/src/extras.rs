@@ -1,7 +1,8 @@
 //! The switchboard-only rows of the comparison: discovery time,
 //! session-engine RPCs/s, request/reply over WebSocket and over the HTTP
-//! gateway, and failover time. No peer has these features, so the rows
-//! carry no ratios; they run against hub processes like the other rows.
+//! gateway, failover time, and what TLS costs (ratios to plaintext, in
+//! `tls_rows`). No peer has these features, so the rows carry no ratios to
+//! peers; they run against hub processes like the other rows.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -76,6 +77,26 @@ pub fn extras(quick: bool) -> Vec<Extra> {
                 n(200, 5_000)
             ),
             metric: "p50 µs",
+            lower_is_better: true,
+            count: n(200, 5_000),
+        },
+        Extra {
+            id: "sb-tls-pubsub",
+            title: format!(
+                "switchboard only: TLS ÷ plaintext, 1→1 pub/sub throughput, 1 KiB, {} messages (goal ≥ 0.75)",
+                n(2_000, 100_000)
+            ),
+            metric: "ratio ×",
+            lower_is_better: false,
+            count: n(2_000, 100_000),
+        },
+        Extra {
+            id: "sb-tls-reqrep",
+            title: format!(
+                "switchboard only: TLS ÷ plaintext, request/reply p50, 64 B, {} requests",
+                n(200, 5_000)
+            ),
+            metric: "ratio ×",
             lower_is_better: true,
             count: n(200, 5_000),
         },
@@ -173,6 +194,13 @@ async fn run_once(
             let http_token = switchboard::hub::http_token(&Secret::from_token(token));
             let lat = gateways::http(hub.http, &http_token, n).await?;
             Ok((median_us(lat), all, None))
+        }
+        "sb-tls-pubsub" | "sb-tls-reqrep" => {
+            let rt = dir.join(format!("tls-{run}"));
+            let tls = tokio::task::block_in_place(|| crate::tls_rows::start(bin, token, &rt))?;
+            let pubsub = extra.id == "sb-tls-pubsub";
+            let (ratio, note) = crate::tls_rows::ratio(&tls, hub.addr, token, n, pubsub).await?;
+            Ok((ratio, all, Some(note)))
         }
         "sb-failover" => {
             let rt = dir.join(format!("failover-{run}"));
