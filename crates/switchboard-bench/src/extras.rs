@@ -1,9 +1,9 @@
 //! The switchboard-only rows of the comparison: discovery time,
 //! session-engine RPCs/s, request/reply over WebSocket and over the HTTP
 //! gateway, the Unix socket against TCP loopback (a ratio of the two, both
-//! measured here), and failover time. No peer has these features, so the
-//! rows carry no ratios to peers; they run against hub processes like the
-//! other rows.
+//! measured here), failover time, and what TLS costs (ratios to plaintext,
+//! in `tls_rows`). No peer has these features, so the rows carry no ratios
+//! to peers; they run against hub processes like the other rows.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,6 +99,26 @@ pub fn extras(quick: bool) -> Vec<Extra> {
             ),
             metric: "× (tcp/unix p50)",
             lower_is_better: false,
+            count: n(200, 5_000),
+        },
+        Extra {
+            id: "sb-tls-pubsub",
+            title: format!(
+                "switchboard only: TLS ÷ plaintext, 1→1 pub/sub throughput, 1 KiB, {} messages (goal ≥ 0.75)",
+                n(2_000, 100_000)
+            ),
+            metric: "ratio ×",
+            lower_is_better: false,
+            count: n(2_000, 100_000),
+        },
+        Extra {
+            id: "sb-tls-reqrep",
+            title: format!(
+                "switchboard only: TLS ÷ plaintext, request/reply p50, 64 B, {} requests",
+                n(200, 5_000)
+            ),
+            metric: "ratio ×",
+            lower_is_better: true,
             count: n(200, 5_000),
         },
         Extra {
@@ -207,6 +227,13 @@ async fn run_once(
         "sb-unix-reqrep" => {
             let (ratio, note) =
                 crate::unix::reqrep_ratio(hub.addr, hub.unix.as_deref(), token, n, run).await?;
+            Ok((ratio, all, Some(note)))
+        }
+        "sb-tls-pubsub" | "sb-tls-reqrep" => {
+            let rt = dir.join(format!("tls-{run}"));
+            let tls = tokio::task::block_in_place(|| crate::tls_rows::start(bin, token, &rt))?;
+            let pubsub = extra.id == "sb-tls-pubsub";
+            let (ratio, note) = crate::tls_rows::ratio(&tls, hub.addr, token, n, pubsub).await?;
             Ok((ratio, all, Some(note)))
         }
         "sb-failover" => {

@@ -18,6 +18,7 @@ mod raw;
 mod report;
 mod slow;
 mod stats;
+mod tls_rows;
 mod unix;
 mod workload;
 

@@ -141,6 +141,7 @@ pub mod proof;
 mod scan;
 mod secret;
 pub mod table;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

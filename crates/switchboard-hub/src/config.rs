@@ -58,6 +58,16 @@ pub struct HubConfig {
     /// The Unix domain socket (default: on Unix, `<hint dir or runtime
     /// dir>/<service>.<instance_id>.sock`, mode 0600); named in the hint.
     pub unix: UnixSocket,
+    /// TLS on the native listener and the HTTP/WebSocket listener
+    /// (default: none). With it, the native port still answers plaintext
+    /// discovery probes and refuses any other plaintext connection.
+    pub tls: Option<crate::TlsServer>,
+    /// TLS for the links this hub opens (a standby's link to its primary):
+    /// the CAs it trusts (default: none, plaintext links).
+    pub tls_client: Option<switchboard_discovery::tls::ClientTls>,
+    /// Allow a non-loopback listener without TLS (default false: such a
+    /// configuration is refused; when allowed, every start warns).
+    pub insecure_plaintext: bool,
 }
 
 /// Default replication heartbeat interval.
@@ -93,6 +103,9 @@ impl HubConfig {
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
             admission: None,
             unix: UnixSocket::default(),
+            tls: None,
+            tls_client: None,
+            insecure_plaintext: false,
         }
     }
 }

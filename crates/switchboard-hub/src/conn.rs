@@ -199,6 +199,43 @@ async fn handshake<R: FrameRx, W: FrameTx>(
     Handshake::Accepted(hello, proof)
 }
 
+/// Serves a plaintext connection on the native port of a TLS hub: a
+/// discovery probe is answered (discovery keeps working), anything else is
+/// refused at once with an error that says to connect with TLS.
+pub(crate) async fn serve_plaintext_on_tls<T: Transport>(
+    carrier: T,
+    peer: Peer,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut rx, tx) = carrier.split();
+    let first = tokio::select! {
+        r = tokio::time::timeout(
+            shared.handshake_timeout,
+            read_frame(&mut rx, shared.limits.pre_auth_max_frame),
+        ) => r,
+        _ = shared.shutdown.cancelled() => return,
+    };
+    drop(permit);
+    let frame = match first {
+        Ok(Ok(Some(Frame {
+            kind: Some(Kind::Probe(probe)),
+            ..
+        }))) => answer_probe(&probe, &shared.identity, &shared.secret).map(Frame::from),
+        Ok(Ok(None)) | Ok(Err(WireError::Io(_))) => None,
+        _ => {
+            tracing::debug!(addr = %peer.addr, "plaintext connection on the TLS port refused");
+            let port = shared.identity.port;
+            Some(Frame::error(
+                0,
+                ErrorCode::Forbidden,
+                format!("this hub requires TLS on this port; connect with tls://HOST:{port}"),
+            ))
+        }
+    };
+    reject(tx, frame).await;
+}
+
 /// Who an authenticated connection is: the policy's answer, or in
 /// single-user mode (no policy) everyone who proved the secret, and over
 /// the Unix socket the hub's own user without a proof.

@@ -23,6 +23,7 @@ impl Hub {
     /// serving on the current tokio runtime.
     pub async fn start(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
+        check_exposure(&config, Some(config.bind.ip))?;
         let listener = bind(&config.bind).await.map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
             source,
@@ -43,6 +44,7 @@ impl Hub {
     /// their own tasks. An HTTP gateway, when configured, still listens.
     pub async fn start_in_memory(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
+        check_exposure(&config, None)?;
         let (identity, router, stats) = new_primary(&config, 0);
         primary::serve(config, None, identity, router, stats).await
     }
@@ -56,6 +58,7 @@ impl Hub {
         primary: Option<SocketAddr>,
     ) -> Result<StandbyHandle, HubError> {
         check_config(&config)?;
+        check_exposure(&config, Some(config.bind.ip))?;
         Ok(crate::replication::follower::start(config, primary))
     }
 }
@@ -103,4 +106,50 @@ fn check_config(config: &HubConfig) -> Result<(), HubError> {
         ));
     }
     Ok(())
+}
+
+/// The plaintext guard: a listener on a non-loopback address (the native
+/// one at `native`, when it listens, and the HTTP one) needs TLS, unless
+/// `insecure_plaintext` allows it, and then every start warns.
+fn check_exposure(config: &HubConfig, native: Option<std::net::IpAddr>) -> Result<(), HubError> {
+    if config.tls.is_some() {
+        return Ok(());
+    }
+    let http = config.http.as_ref().map(|h| h.addr.ip());
+    let exposed: Vec<String> = [native.map(|ip| ("native", ip)), http.map(|ip| ("HTTP", ip))]
+        .into_iter()
+        .flatten()
+        .filter(|(_, ip)| !ip.is_loopback())
+        .map(|(what, ip)| format!("the {what} listener on {ip}"))
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    let exposed = exposed.join(" and ");
+    if config.insecure_plaintext {
+        tracing::warn!(
+            "{exposed} serves plaintext to the network (insecure_plaintext): anyone on the path can read and change the traffic; give a TLS certificate (--tls-cert, --tls-key)"
+        );
+        return Ok(());
+    }
+    Err(HubError::Config(format!(
+        "{exposed} would serve plaintext to the network; give a TLS certificate and key (--tls-cert, --tls-key), or allow plaintext with --insecure-plaintext (insecure_plaintext), or listen on loopback"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_discovery::Secret;
+
+    #[test]
+    fn insecure_plaintext_lets_a_non_loopback_listener_start() {
+        let mut config = HubConfig::with_secret("guard", Secret::from_token("t"));
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        assert!(check_exposure(&config, Some(any)).is_err());
+        assert!(check_exposure(&config, Some("127.0.0.1".parse().unwrap())).is_ok());
+        assert!(check_exposure(&config, Some("::1".parse().unwrap())).is_ok());
+        config.insecure_plaintext = true;
+        assert!(check_exposure(&config, Some(any)).is_ok());
+    }
 }

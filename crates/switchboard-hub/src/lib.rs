@@ -87,6 +87,7 @@ mod router_task;
 mod shared;
 pub mod stats;
 pub mod subject;
+mod tls;
 mod transport;
 
 pub use config::HttpConfig;
@@ -101,3 +102,5 @@ pub use ids::ConnId;
 pub use limits::Limits;
 pub use outbox::{Out, Outbox};
 pub use replication::follower::{StandbyHandle, StandbyState};
+pub use switchboard_discovery::tls::{ClientTls, TlsError};
+pub use tls::TlsServer;

@@ -25,6 +25,7 @@ use crate::router::Router;
 use crate::router_task::{RouterTask, TaskShared};
 use crate::shared::Shared;
 use crate::stats::HubStats;
+use crate::tls::TlsServer;
 
 /// Serves `router` on `listener` as a primary with `identity`: writes the
 /// hint, starts the gateway, the router task and the accept loop. Without
@@ -85,7 +86,11 @@ pub(crate) async fn serve(
         admission: config.admission.clone(),
     });
     let http_addr = match config.http.clone() {
-        Some(http) => Some(crate::gateway::start(http, shared.clone()).await?.0),
+        Some(http) => Some(
+            crate::gateway::start(http, shared.clone(), config.tls.clone())
+                .await?
+                .0,
+        ),
         None => None,
     };
     let span = tracing::info_span!("hub", service = %identity.service, addr = %local_addr);
@@ -111,7 +116,9 @@ pub(crate) async fn serve(
         tokio::spawn(accept.instrument(span.clone()));
     }
     if let Some(listener) = listener {
-        tokio::spawn(accept_loop(listener, shared, handshakes).instrument(span));
+        tokio::spawn(
+            accept_loop(listener, shared, handshakes, config.tls.clone()).instrument(span),
+        );
     } else {
         // The handle's weak reference is all that reaches the hub; keep
         // its state alive until shutdown like the accept loop would.
@@ -142,7 +149,12 @@ pub(crate) async fn serve(
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handshakes: Arc<Semaphore>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    handshakes: Arc<Semaphore>,
+    tls: Option<TlsServer>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -156,6 +168,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handshakes: Arc
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                if let Some(tls) = &tls {
+                    let span = tracing::debug_span!("conn", %peer);
+                    let serve =
+                        crate::tls::serve_native(stream, peer, tls.clone(), shared.clone(), permit);
+                    tokio::spawn(serve.instrument(span));
+                    continue;
+                }
                 let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
                 tokio::spawn(

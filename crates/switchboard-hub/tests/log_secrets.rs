@@ -2,7 +2,8 @@
 //! and span of a run with failed and successful handshakes, wrong and right
 //! HTTP tokens (header and query), a probe and a protocol error is recorded
 //! at every level and searched for the key, the token text, the HTTP bearer
-//! token and the proofs exchanged.
+//! token and the proofs exchanged; and, on a TLS hub, the private key
+//! files' contents, in the logs and in every TLS error.
 //!
 //! Its own test binary, as it installs a global subscriber.
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Result};
 use common::{config, TestClient, WAIT};
 use switchboard_discovery::{client_proof, nonce, Secret};
-use switchboard_hub::{http_token, HttpConfig, Hub};
+use switchboard_hub::{http_token, ClientTls, HttpConfig, Hub, TlsServer};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{PROBE_MAGIC, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,6 +169,44 @@ async fn no_secret_token_or_proof_is_logged() -> Result<()> {
         .contains(" 200 "));
     hub.shutdown().await;
 
+    // TLS: a hub whose key is read from a file, a TLS client that trusts
+    // another CA, a plaintext client on the TLS port, and key files that
+    // do not fit (a key for another certificate, a key given as the
+    // certificate). Neither the logs nor the errors hold the keys.
+    let dir = tempfile::tempdir()?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key_pair)?;
+    let other = rcgen::KeyPair::generate()?;
+    let other_cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&other)?;
+    let (cert_file, key_file, other_file) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("other.pem"),
+    );
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key_pair.serialize_pem())?;
+    std::fs::write(&other_file, other.serialize_pem())?;
+    let mut cfg = config();
+    cfg.tls = Some(TlsServer::from_pem_files(&cert_file, &key_file, None)?);
+    let mut errors = vec![format!("{:?}", cfg.tls)];
+    let hub = Hub::start(cfg).await?;
+    let distrust = ClientTls::new(vec![other_cert.der().clone()], None)?;
+    match distrust.connect(hub.local_addr(), Some("localhost")).await {
+        Ok(_) => bail!("a TLS client that trusts another CA connected"),
+        Err(e) => errors.push(format!("{e} {e:?}")),
+    }
+    let mut c = TestClient::connect_raw(hub.local_addr()).await?;
+    assert!(c.handshake("plain", &secret).await?.is_some());
+    for (chain, key) in [(&cert_file, &other_file), (&key_file, &key_file)] {
+        match TlsServer::from_pem_files(chain, key, None) {
+            Ok(_) => bail!("a TLS setting whose key does not fit was accepted"),
+            Err(e) => errors.push(format!("{e} {e:?}")),
+        }
+    }
+    hub.shutdown().await;
+
     let logged = text.lock().unwrap().clone();
     assert!(
         logged.lines().count() >= 3,
@@ -191,6 +230,27 @@ async fn no_secret_token_or_proof_is_logged() -> Result<()> {
         assert!(
             !logged.contains(n.as_str()),
             "the log holds {n:?}:\n{logged}"
+        );
+    }
+    let key_lines: Vec<String> = [key_pair.serialize_pem(), other.serialize_pem()]
+        .iter()
+        .flat_map(|pem| {
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!key_lines.is_empty());
+    let errors = errors.join("\n");
+    for line in &key_lines {
+        assert!(
+            !logged.contains(line.as_str()),
+            "the log holds a key line:\n{logged}"
+        );
+        assert!(
+            !errors.contains(line.as_str()),
+            "an error holds a key line:\n{errors}"
         );
     }
     Ok(())

@@ -250,6 +250,11 @@ pub enum ClientError {
     /// I/O failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS to the hub failed, or its setting could not be loaded: a
+    /// certificate from an unknown CA, for another name or expired, a port
+    /// that does not speak TLS, a refused client certificate.
+    #[error(transparent)]
+    Tls(#[from] switchboard_discovery::tls::TlsError),
 }
 
 impl ClientError {

@@ -30,6 +30,7 @@ impl Hub {
             http: None,
             heartbeat: None,
             unix: None,
+            tls: None,
         }
     }
 
@@ -73,6 +74,19 @@ pub struct HubBuilder {
     http: Option<String>,
     heartbeat: Option<(Duration, u32)>,
     unix: Option<UnixSocket>,
+    tls: Option<HubTls>,
+}
+
+/// The TLS settings of a [`HubBuilder`] (see [`HubBuilder::tls`]).
+#[derive(Debug, Clone, Default)]
+pub struct HubTls {
+    /// TLS on the native and HTTP listeners.
+    pub server: Option<switchboard_hub::TlsServer>,
+    /// TLS for the standby's link to its primary.
+    pub client: Option<switchboard_hub::ClientTls>,
+    /// Allow plaintext listeners on non-loopback addresses (each start
+    /// warns).
+    pub insecure_plaintext: bool,
 }
 
 impl HubBuilder {
@@ -133,6 +147,15 @@ impl HubBuilder {
     /// one); see `HubHandle::http_addr` and `HubHandle::http_token`.
     pub fn http(mut self, addr: impl Into<String>) -> Self {
         self.http = Some(addr.into());
+        self
+    }
+
+    /// TLS: on the listeners (`server`), on the standby's link
+    /// (`client`), and whether a plaintext listener on a non-loopback
+    /// address is allowed (`insecure_plaintext`; without TLS such a hub
+    /// refuses to start otherwise).
+    pub fn tls(mut self, tls: HubTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -215,6 +238,11 @@ impl HubBuilder {
         if let Some((interval, misses)) = self.heartbeat {
             config.heartbeat_interval = interval;
             config.heartbeat_misses = misses;
+        }
+        if let Some(tls) = self.tls {
+            config.tls = tls.server;
+            config.tls_client = tls.client;
+            config.insecure_plaintext = tls.insecure_plaintext;
         }
         Ok(config)
     }

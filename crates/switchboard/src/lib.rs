@@ -108,7 +108,7 @@ pub use client::{
     Client, ClientBuilder, ClientEvent, ClientInfo, CloseReport, ConnectionState, Events, Headers,
     HubInfo, HubStatus, IncomingRequest, Kv, KvEntry, KvEvent, KvWatch, Message, MessageKind,
     Messages, Overflow, Presence, PresenceEvent, Reply, RequestOptions, Requests, ServeHandle,
-    ServeOptions, SessionLink, SubscribeOptions, Subscription, DEFAULT_REQUEST_TIMEOUT,
+    ServeOptions, SessionLink, SubscribeOptions, Subscription, TlsOptions, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RESUME_WAIT, DEFAULT_RETAIN_BYTES, DEFAULT_RETAIN_FRAMES, MAX_CLIENT_ID_LEN,
 };
 #[cfg(feature = "client")]
@@ -119,7 +119,7 @@ pub use discover::{discover, DiscoveredHub};
 pub use error::{ClientError, ErrorCode};
 #[cfg(feature = "hub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
-pub use hub_builder::{Hub, HubBuilder};
+pub use hub_builder::{Hub, HubBuilder, HubTls};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use switchboard_discovery::Secret;

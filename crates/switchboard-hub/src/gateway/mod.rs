@@ -30,6 +30,7 @@ use switchboard_discovery::{client_proof, Secret};
 
 use crate::config::{HttpConfig, HubError};
 use crate::shared::Shared;
+use crate::tls::{HttpPeer, TlsListener, TlsServer};
 
 mod api;
 mod auth;
@@ -93,6 +94,7 @@ struct Gateway {
 pub(crate) async fn start(
     cfg: HttpConfig,
     shared: Arc<Shared>,
+    tls: Option<TlsServer>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HubError> {
     let bind_error = |source: std::io::Error| HubError::Bind {
         addr: cfg.addr.to_string(),
@@ -102,6 +104,13 @@ pub(crate) async fn start(
         .await
         .map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
+    // Plaintext, or TLS accepted in a task per connection.
+    let listener = match tls {
+        Some(tls) => {
+            Err(TlsListener::new(listener, tls, shared.handshake_timeout).map_err(bind_error)?)
+        }
+        None => Ok(listener),
+    };
     let gw = Arc::new(Gateway {
         token: http_token(&shared.secret),
         loopback: local_addr.ip().is_loopback(),
@@ -116,12 +125,19 @@ pub(crate) async fn start(
     tokio::spawn(virtual_client::reap_idle(gw.clone()));
     tracing::info!(addr = %local_addr, "http gateway listening");
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+        let service = app.into_make_service_with_connect_info::<HttpPeer>();
+        let served = match listener {
+            Ok(plain) => {
+                axum::serve(plain, service)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+            Err(tls) => {
+                axum::serve(tls, service)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::warn!(error = %e, "http gateway stopped");
         }

@@ -1,7 +1,7 @@
 //! The gateway's routes: which handler serves which path behind which
 //! guard, and the handlers of the HTTP API.
 
-use std::net::SocketAddr;
+use crate::tls::HttpPeer;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -95,13 +95,13 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-type Peer = ConnectInfo<SocketAddr>;
+type Peer = ConnectInfo<HttpPeer>;
 
 /// Every call of the common shape ([`ApiCall`]): register the client,
 /// send one frame, wait for its answer, answer JSON.
 async fn call<Req: ApiCall>(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): Peer,
+    ConnectInfo(HttpPeer { addr: peer, .. }): Peer,
     Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -119,7 +119,7 @@ async fn call<Req: ApiCall>(
 /// `POST /v1/listen`: a long poll of the client's mailbox.
 async fn listen(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): Peer,
+    ConnectInfo(HttpPeer { addr: peer, .. }): Peer,
     Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -134,7 +134,7 @@ async fn listen(
 /// when the router took it.
 async fn reply(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): Peer,
+    ConnectInfo(HttpPeer { addr: peer, .. }): Peer,
     Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -5,7 +5,6 @@
 //! writer), so a WebSocket client is a full client.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -17,6 +16,7 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 
 use super::Gateway;
 use crate::router::admission::Peer;
+use crate::tls::HttpPeer;
 use crate::transport::Messages;
 
 /// WebSocket connections in the handshake at once (each may buffer one
@@ -26,7 +26,7 @@ pub(super) const MAX_HANDSHAKES: usize = 64;
 /// `GET /v1/ws`: upgrades to a WebSocket carrying native frames.
 pub(super) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<HttpPeer>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = gw.ws_handshakes.clone().try_acquire_owned() else {
@@ -45,10 +45,10 @@ pub(super) async fn upgrade(
             let conn = gw.shared.alloc_conn();
             let transport = Messages::new(incoming, outgoing, max);
             let peer = Peer {
-                transport: "ws",
-                addr: peer.to_string(),
+                transport: if peer.tls { "wss" } else { "ws" },
+                addr: peer.addr.to_string(),
                 unix: None,
-                cert: None,
+                cert: peer.cert,
             };
             crate::conn::serve(transport, peer, conn, gw.shared.clone(), permit).await;
         })

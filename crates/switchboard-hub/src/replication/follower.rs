@@ -20,7 +20,6 @@ use switchboard_discovery::{
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{put_frame, Frame, FrameCodec};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -208,8 +207,8 @@ enum Followed {
 }
 
 struct LinkConn {
-    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: FramedRead<crate::tls::LinkRd, FrameCodec>,
+    writer: crate::tls::LinkWr,
 }
 
 impl Standby {
@@ -305,11 +304,7 @@ impl Standby {
     async fn connect(&self, addr: SocketAddr) -> Result<LinkConn, String> {
         let timeout = self.config.handshake_timeout;
         let work = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (rd, mut wr) = stream.into_split();
+            let (rd, mut wr) = crate::tls::dial_link(addr, self.config.tls_client.as_ref()).await?;
             // The primary's frames are bounded as any hub's until it proved
             // itself; a snapshot may be large.
             let codec = FrameCodec::new().max_inbound(HANDSHAKE_MAX_FRAME);
@@ -437,7 +432,7 @@ impl Standby {
                     }
                     out.clear();
                     put_frame(&heartbeat(replica.epoch(), 0, proto::Role::Standby), &mut out);
-                    if conn.writer.write_all(&out).await.is_err() {
+                    if conn.writer.write_all(&out).await.is_err() || conn.writer.flush().await.is_err() {
                         return lost(replica);
                     }
                     continue;
@@ -519,7 +514,8 @@ impl Standby {
         conn.writer
             .write_all(&out)
             .await
-            .map_err(|e| format!("write: {e}"))
+            .map_err(|e| format!("write: {e}"))?;
+        conn.writer.flush().await.map_err(|e| format!("write: {e}"))
     }
 
     fn restore(&self, snapshot: &proto::Snapshot) -> Result<Replica, String> {
@@ -587,13 +583,13 @@ fn refusal(e: HandshakeError) -> String {
     }
 }
 
-async fn write_frame(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    frame: &Frame,
-) -> Result<(), String> {
+async fn write_frame(wr: &mut crate::tls::LinkWr, frame: &Frame) -> Result<(), String> {
     let mut buf = BytesMut::new();
     put_frame(frame, &mut buf);
-    wr.write_all(&buf).await.map_err(|e| format!("write: {e}"))
+    wr.write_all(&buf)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    wr.flush().await.map_err(|e| format!("write: {e}"))
 }
 
 /// Binds the failed primary's address, retrying briefly while its socket

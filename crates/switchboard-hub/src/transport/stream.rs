@@ -143,9 +143,11 @@ pub(crate) struct ByteTx<S: ByteStream> {
 }
 
 impl<S: ByteStream> FrameTx for ByteTx<S> {
-    /// One write of the whole batch, as it is.
+    /// One write of the whole batch, as it is (flushed: a TLS stream may
+    /// hold records back until then; for TCP it costs nothing).
     async fn send(&mut self, batch: &mut BytesMut) -> io::Result<()> {
-        self.wr.write_all(batch).await
+        self.wr.write_all(batch).await?;
+        self.wr.flush().await
     }
 
     fn try_send(&mut self, batch: &mut BytesMut) {

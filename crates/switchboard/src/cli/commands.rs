@@ -62,6 +62,7 @@ pub struct HubOpts {
     pub primary: Option<String>,
     pub heartbeat: (std::time::Duration, u32),
     pub unix: switchboard::hub::UnixSocket,
+    pub tls: switchboard::HubTls,
 }
 
 /// The hub's Unix socket from `--unix`, `--unix-mode` and `--no-unix`.
@@ -94,6 +95,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     }
     b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
     b = b.unix(opts.unix.clone());
+    b = b.tls(opts.tls.clone());
     let primary: Option<std::net::SocketAddr> = match &opts.primary {
         Some(p) => Some(
             p.parse()

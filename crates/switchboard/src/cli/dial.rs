@@ -57,6 +57,7 @@ fn retryable(e: &ClientError) -> bool {
             | ClientError::NotFound { .. }
             | ClientError::Disconnected
             | ClientError::Hub { .. }
+            | ClientError::Tls(switchboard::discovery::tls::TlsError::Io { .. })
     )
 }
 

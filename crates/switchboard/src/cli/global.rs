@@ -40,6 +40,8 @@ pub struct Global {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: super::tls_args::TlsGlobal,
 }
 
 impl Global {
@@ -91,11 +93,14 @@ impl Global {
         // file if there is one, else its peer credentials (see
         // `ClientBuilder::unix`); it creates no secret file.
         let unix = self.addr.as_deref().is_some_and(|a| a.starts_with("unix:"));
-        let b = if unix && self.token.is_none() {
+        let mut b = if unix && self.token.is_none() {
             b
         } else {
             b.secret(self.secret()?)
         };
+        if let Some(tls) = self.tls.client() {
+            b = b.tls(tls);
+        }
         Ok(if long_running {
             b.reconnect(true)
         } else if wait.is_zero() {

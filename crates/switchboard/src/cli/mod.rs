@@ -6,11 +6,13 @@ mod demo;
 mod demo_session;
 mod dial;
 mod global;
+mod tls_args;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use switchboard::discovery::tls::TlsError;
 use switchboard::ClientError;
 
 use global::Global;
@@ -22,7 +24,8 @@ Exit codes:
   1  usage error, hub or key not found, or another failure
   3  timeout (no reply in time)
   4  no such client (the target id is not connected)
-  5  authentication failure (wrong token or secret, or an unverified hub)
+  5  authentication failure (wrong token or secret, an unverified hub, or a
+     TLS certificate not trusted or refused)
   6  bench --strict: a message was dropped or not delivered";
 
 /// Message hub and client for cooperating processes.
@@ -84,6 +87,8 @@ enum Command {
         /// Do not listen on a Unix socket.
         #[arg(long)]
         no_unix: bool,
+        #[command(flatten)]
+        tls: tls_args::HubTlsArgs,
     },
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
@@ -252,6 +257,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 ClientError::Timeout(_) => 3,
                 ClientError::NoSuchClient(_) => 4,
                 ClientError::AuthFailed(_) | ClientError::HubUnverified { .. } => 5,
+                // The hub's certificate is not trusted, or ours was refused.
+                ClientError::Tls(t)
+                    if !matches!(t, TlsError::Io { .. } | TlsError::NotTls { .. }) =>
+                {
+                    5
+                }
                 _ => 1,
             };
         }
@@ -339,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             unix,
             unix_mode,
             no_unix,
+            tls,
         } => {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
@@ -351,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::time::Duration::from_millis(heartbeat_ms),
                     heartbeat_misses,
                 ),
+                tls: tls.settings(&g.tls)?,
             };
             commands::hub(&g, opts).await
         }

@@ -35,6 +35,7 @@ pub const DEFAULT_RESUME_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     cfg: Config,
+    tls: Option<super::tls::TlsOptions>,
 }
 
 impl Client {
@@ -67,7 +68,9 @@ impl ClientBuilder {
                 resume_wait: DEFAULT_RESUME_WAIT,
                 retain_frames: reliable::DEFAULT_RETAIN_FRAMES,
                 retain_bytes: reliable::DEFAULT_RETAIN_BYTES,
+                tls: None,
             },
+            tls: None,
         }
     }
 
@@ -132,6 +135,15 @@ impl ClientBuilder {
     #[cfg(feature = "websocket")]
     pub fn websocket(mut self, url: impl Into<String>) -> Self {
         self.cfg.target = Target::Dialer(super::transport::Dialer::websocket(url.into()));
+        self
+    }
+
+    /// Speaks TLS to the hub, trusting and showing what `options` say
+    /// (files are read by [`connect`](Self::connect)). Every connection
+    /// uses it, reconnections too; an address written `tls://host:port`
+    /// asks for TLS and has its certificate checked against `host`.
+    pub fn tls(mut self, options: super::tls::TlsOptions) -> Self {
+        self.tls = Some(options);
         self
     }
 
@@ -300,7 +312,8 @@ impl ClientBuilder {
     /// authentication fails; after that, a dropped connection is re-made in
     /// the background.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let cfg = self.cfg;
+        let mut cfg = self.cfg;
+        cfg.tls = self.tls.map(|o| o.build()).transpose()?;
         validate_client_id(&cfg.id).map_err(ClientError::InvalidArgument)?;
         let secret = match (&cfg.secret, &cfg.target) {
             (Some(s), _) => Some(s.clone()),

@@ -485,6 +485,8 @@ async fn write_loop(
         w.write_all(&buf).await?;
         buf.clear();
     }
+    // A TLS stream may hold records back until flushed (free over TCP).
+    w.flush().await?;
     while let Some(mut frame) = rx.recv().await {
         let mut up_to = stamp(&mut frame);
         encode(&mut codec, frame, &mut buf);
@@ -498,6 +500,7 @@ async fn write_loop(
             }
         }
         w.write_all(&buf).await?;
+        w.flush().await?;
         buf.clear();
         // Published once written: a frame still in the buffer carries
         // nothing yet.

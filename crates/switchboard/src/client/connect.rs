@@ -18,6 +18,7 @@ use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::shared::{Shared, Target};
+use super::tls;
 use super::transport::{self, Opened, Rd, Wr};
 use super::unix;
 use crate::ClientError;
@@ -56,7 +57,7 @@ pub(crate) async fn connect_once(
         Target::Dialer(dialer) => {
             let what = format!("{dialer:?}");
             return within_connect_timeout(shared, &what, async {
-                let opened = dialer.dial().await?;
+                let opened = dialer.dial(shared.cfg.tls.as_ref()).await?;
                 handshake(shared, opened, None).await
             })
             .await;
@@ -75,7 +76,7 @@ pub(crate) async fn connect_once(
         }
     }
     let candidates = match &cfg.target {
-        Target::Addr(addr) => tokio::net::lookup_host(addr.as_str())
+        Target::Addr(addr) => tokio::net::lookup_host(tls_target(shared, addr)?)
             .await
             .map_err(|source| ClientError::Connect {
                 addr: addr.clone(),
@@ -186,12 +187,33 @@ async fn connect_to(shared: &Shared, endpoint: Endpoint) -> Result<Connected, Cl
     };
     within_connect_timeout(shared, &what, async {
         let opened = match &endpoint {
-            Endpoint::Tcp(addr) => transport::tcp(*addr).await?,
+            Endpoint::Tcp(addr) => match &shared.cfg.tls {
+                Some(tls) => {
+                    let host = match &shared.cfg.target {
+                        Target::Addr(a) => Some(tls::host_of(tls::split_scheme(a).0)),
+                        _ => None,
+                    };
+                    transport::tls(*addr, tls, host).await?
+                }
+                None => transport::tcp(*addr).await?,
+            },
             Endpoint::Unix(path, addr) => unix::open(path, &shared.cfg.unix_owners, *addr).await?,
         };
         handshake(shared, opened, Some(endpoint)).await
     })
     .await
+}
+
+/// The `host:port` of a configured address; a `tls://` address needs a
+/// TLS setting.
+fn tls_target<'a>(shared: &Shared, addr: &'a str) -> Result<&'a str, ClientError> {
+    let (host_port, asks_tls) = tls::split_scheme(addr);
+    if asks_tls && shared.cfg.tls.is_none() {
+        return Err(ClientError::InvalidArgument(format!(
+            "{addr} asks for TLS but no CA to trust is set; give one with ClientBuilder::tls (--tls-ca)"
+        )));
+    }
+    Ok(host_port)
 }
 
 /// Runs the client handshake over an opened transport. Without a secret
@@ -219,6 +241,14 @@ async fn handshake(
     let welcomed = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,
+            // A TLS server that refuses the client's certificate says so
+            // at the client's first read.
+            Some(Err(switchboard_wire::WireError::Io(e))) => {
+                return Err(match tls::alert_after_handshake(&e, &addr.to_string()) {
+                    Some(tls) => tls.into(),
+                    None => e.into(),
+                })
+            }
             Some(Err(e)) => return Err(e.into()),
             None => {
                 return Err(ClientError::Protocol(format!(

@@ -33,6 +33,7 @@ mod serve;
 mod session;
 mod shared;
 mod streams;
+mod tls;
 mod transport;
 pub(crate) mod typed;
 mod types;
@@ -49,6 +50,7 @@ pub use request::IncomingRequest;
 pub use serve::{ServeHandle, ServeOptions};
 pub use session::SessionLink;
 pub use streams::{Messages, Requests, SubscribeOptions, Subscription};
+pub use tls::TlsOptions;
 pub use types::{
     ClientInfo, CloseReport, ConnectionState, Headers, HubInfo, HubStatus, KvEntry, KvEvent,
     Message, MessageKind, PresenceEvent, Reply, RequestOptions,

@@ -61,6 +61,9 @@ pub(crate) struct Config {
     pub resume_wait: Duration,
     pub retain_frames: usize,
     pub retain_bytes: usize,
+    /// TLS to the hub (built from [`TlsOptions`](crate::TlsOptions) when
+    /// connecting).
+    pub tls: Option<switchboard_discovery::tls::ClientTls>,
 }
 
 /// What a sending call waits for.

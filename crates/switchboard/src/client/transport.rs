@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use switchboard_discovery::tls::ClientTls;
+
 use crate::ClientError;
 
 /// Reading half of a connection.
@@ -27,7 +29,7 @@ pub(crate) struct Dialer {
     what: &'static str,
     /// The largest frame the transport carries, when it has its own limit.
     max_frame: Option<usize>,
-    dial: Arc<dyn Fn() -> DialFuture + Send + Sync>,
+    dial: Arc<dyn Fn(Option<ClientTls>) -> DialFuture + Send + Sync>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -43,9 +45,9 @@ impl Dialer {
         self.max_frame
     }
 
-    /// Opens one connection.
-    pub async fn dial(&self) -> Result<Opened, ClientError> {
-        (self.dial)().await
+    /// Opens one connection (with `tls` where the transport uses it).
+    pub async fn dial(&self, tls: Option<&ClientTls>) -> Result<Opened, ClientError> {
+        (self.dial)(tls.cloned()).await
     }
 
     /// Connections to an in-memory hub through `connect`.
@@ -54,7 +56,7 @@ impl Dialer {
         Dialer {
             what: "memory",
             max_frame: None,
-            dial: Arc::new(move || {
+            dial: Arc::new(move |_| {
                 let connector = connector.clone();
                 Box::pin(async move {
                     let stream = connector.connect().map_err(|e| ClientError::Connect {
@@ -69,13 +71,14 @@ impl Dialer {
         }
     }
 
-    /// Connections to the WebSocket endpoint `url` (`ws://host:port/v1/ws`).
+    /// Connections to the WebSocket endpoint `url` (`ws://host:port/v1/ws`,
+    /// or `wss://` with the client's TLS setting).
     #[cfg(feature = "websocket")]
     pub fn websocket(url: String) -> Dialer {
         Dialer {
             what: "websocket",
             max_frame: Some(switchboard_wire::DEFAULT_MAX_FRAME),
-            dial: Arc::new(move || Box::pin(ws::open(url.clone()))),
+            dial: Arc::new(move |tls| Box::pin(ws::open(url.clone(), tls))),
         }
     }
 }
@@ -93,6 +96,18 @@ pub(crate) async fn tcp(addr: SocketAddr) -> Result<Opened, ClientError> {
     Ok((Box::new(r), Box::new(w), addr))
 }
 
+/// Opens a TLS connection to `addr`, checking the certificate against
+/// `host` (or the configured server name, or the IP address).
+pub(crate) async fn tls(
+    addr: SocketAddr,
+    tls: &switchboard_discovery::tls::ClientTls,
+    host: Option<&str>,
+) -> Result<Opened, ClientError> {
+    let stream = tls.connect(addr, host).await?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::new(r), Box::new(w), addr))
+}
+
 #[cfg(feature = "websocket")]
 mod ws {
     use futures::{SinkExt, StreamExt};
@@ -107,7 +122,10 @@ mod ws {
     /// writer.
     const BRIDGE_BUFFER: usize = 256 * 1024;
 
-    pub(super) async fn open(url: String) -> Result<Opened, ClientError> {
+    pub(super) async fn open(
+        url: String,
+        tls: Option<super::ClientTls>,
+    ) -> Result<Opened, ClientError> {
         let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
             addr: url.clone(),
             source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
@@ -115,6 +133,14 @@ mod ws {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(DEFAULT_MAX_FRAME))
             .max_frame_size(Some(DEFAULT_MAX_FRAME));
+        if url.starts_with("wss://") {
+            let Some(tls) = tls else {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{url} asks for TLS but no CA to trust is set; give one with ClientBuilder::tls (--tls-ca)"
+                )));
+            };
+            return open_tls(&url, config, &tls).await;
+        }
         let (socket, _) =
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
                 .await
@@ -126,6 +152,37 @@ mod ws {
             }
             _ => return Err(connect_error(&"unsupported stream")),
         };
+        let (client_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
+        tokio::spawn(bridge(socket, bridge_side));
+        let (r, w) = tokio::io::split(client_side);
+        Ok((Box::new(r) as Rd, Box::new(w) as Wr, addr))
+    }
+
+    /// A `wss://` connection: TLS by the client's setting, then the
+    /// WebSocket handshake over it.
+    async fn open_tls(
+        url: &str,
+        config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+        tls: &super::ClientTls,
+    ) -> Result<Opened, ClientError> {
+        let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: url.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
+        };
+        let uri: tokio_tungstenite::tungstenite::http::Uri =
+            url.parse().map_err(|e| connect_error(&e))?;
+        let host = uri.host().ok_or_else(|| connect_error(&"no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(443);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| connect_error(&e))?
+            .next()
+            .ok_or_else(|| connect_error(&"the host resolved to nothing"))?;
+        let stream = tls.connect(addr, Some(host)).await?;
+        let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .map_err(|e| connect_error(&e))?;
         let (client_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
         tokio::spawn(bridge(socket, bridge_side));
         let (r, w) = tokio::io::split(client_side);
