@@ -1,9 +1,11 @@
 //! Running a hub inside this process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
+use switchboard_hub::router::admission::Admission;
 use switchboard_hub::{HubConfig, HubError, HubHandle, Limits};
 
 /// Starts a hub in this process; see [`Hub::builder`].
@@ -29,6 +31,7 @@ impl Hub {
             keepalive: None,
             http: None,
             heartbeat: None,
+            admission: None,
         }
     }
 
@@ -71,6 +74,7 @@ pub struct HubBuilder {
     keepalive: Option<Duration>,
     http: Option<String>,
     heartbeat: Option<(Duration, u32)>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl HubBuilder {
@@ -133,6 +137,15 @@ impl HubBuilder {
     /// socket closes at once, which is noticed sooner.
     pub fn heartbeat(mut self, interval: Duration, misses: u32) -> Self {
         self.heartbeat = Some((interval, misses));
+        self
+    }
+
+    /// Who may connect as whom and do what: a permission policy
+    /// ([`switchboard_hub::Policy`]) or another [`Admission`] (default:
+    /// none, the single-user mode where whoever proves the secret may do
+    /// everything).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
         self
     }
 
@@ -204,6 +217,7 @@ impl HubBuilder {
             config.heartbeat_interval = interval;
             config.heartbeat_misses = misses;
         }
+        config.admission = self.admission;
         Ok(config)
     }
 }

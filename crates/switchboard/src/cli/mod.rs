@@ -6,6 +6,7 @@ mod demo;
 mod demo_session;
 mod dial;
 mod global;
+mod policy;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,7 +24,8 @@ Exit codes:
   3  timeout (no reply in time)
   4  no such client (the target id is not connected)
   5  authentication failure (wrong token or secret, or an unverified hub)
-  6  bench --strict: a message was dropped or not delivered";
+  6  bench --strict: a message was dropped or not delivered
+  2  policy check: the policy file is invalid";
 
 /// Message hub and client for cooperating processes.
 ///
@@ -43,6 +45,8 @@ pub struct Cli {
 enum Command {
     /// Run a hub until SIGINT or SIGTERM; prints one ready line with its address.
     Hub {
+        #[command(flatten)]
+        policy: policy::PolicyArgs,
         /// Address to listen on, e.g. 127.0.0.1:0 (default: a random free
         /// loopback port).
         #[arg(long, value_name = "ADDR")]
@@ -75,6 +79,11 @@ enum Command {
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
     Token,
+    /// Work with permission policy files (see `hub --policy`).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Find hubs of a service and print their addresses.
     Discover {
         /// Service name (default: --service).
@@ -234,6 +243,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<bench::Incomplete>().is_some() {
             return 6;
         }
+        if cause.downcast_ref::<policy::Invalid>().is_some() {
+            return 2;
+        }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Timeout(_) => 3,
@@ -316,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Hub {
+            policy,
             listen,
             http,
             ws,
@@ -326,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
+                policy: policy.policy,
                 listen,
                 http,
                 standby,
@@ -338,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::hub(&g, opts).await
         }
         Command::Token => commands::token(&g),
+        Command::Policy { command } => policy::run(command),
         Command::Discover { name, all } => commands::discover(&g, name, all).await,
         Command::Send { to, payload } => commands::send(&g, &to, &payload).await,
         Command::Request {
