@@ -186,3 +186,13 @@ mod file {
         assert!(message.contains("missing.toml"), "{message}");
     }
 }
+
+#[test]
+fn the_users_guide_example_parses() {
+    let guide = include_str!("../../../../../docs/POLICY.md");
+    let start = guide.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + guide[start..].find("```").expect("its end");
+    let p = policy(&guide[start..end]);
+    let names: Vec<&str> = p.principals().collect();
+    assert_eq!(names, vec![OWNER, "app", "ops", "replica"]);
+}
