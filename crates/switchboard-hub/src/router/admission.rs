@@ -72,8 +72,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A plain TCP connection from `addr`.
-    pub fn tcp(addr: std::net::SocketAddr) -> Peer {
+    /// A plain TCP connection from `addr` (an address value from `core`:
+    /// the router core names no socket).
+    pub fn tcp(addr: core::net::SocketAddr) -> Peer {
         Peer {
             transport: "tcp",
             addr: addr.to_string(),
