@@ -201,6 +201,8 @@ fn client_info() -> impl Strategy<Value = proto::ClientInfo> + Clone {
                     agent,
                     reliable,
                     listen,
+                    principal: String::new(),
+                    uid: None,
                 }
             },
         )
@@ -489,6 +491,7 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
                             epoch,
                         }),
                         role,
+                        key_id: Default::default(),
                     })
                 },
             )
