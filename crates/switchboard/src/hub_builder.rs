@@ -1,9 +1,11 @@
 //! Running a hub inside this process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
+use switchboard_hub::router::admission::Admission;
 use switchboard_hub::{HubConfig, HubError, HubHandle, Limits, UnixSocket};
 
 /// Starts a hub in this process; see [`Hub::builder`].
@@ -31,6 +33,7 @@ impl Hub {
             heartbeat: None,
             unix: None,
             tls: None,
+            admission: None,
         }
     }
 
@@ -75,6 +78,7 @@ pub struct HubBuilder {
     heartbeat: Option<(Duration, u32)>,
     unix: Option<UnixSocket>,
     tls: Option<HubTls>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 /// The TLS settings of a [`HubBuilder`] (see [`HubBuilder::tls`]).
@@ -168,6 +172,15 @@ impl HubBuilder {
         self
     }
 
+    /// Who may connect as whom and do what: a permission policy
+    /// ([`switchboard_hub::Policy`]) or another [`Admission`] (default:
+    /// none, the single-user mode where whoever proves the secret may do
+    /// everything).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
     /// Binds, writes the hint and starts serving; returns a handle with the
     /// bound address and a `shutdown` method. A hot standby may attach to
     /// it at any time (see [`start_standby`](Self::start_standby)).
@@ -244,6 +257,7 @@ impl HubBuilder {
             config.tls_client = tls.client;
             config.insecure_plaintext = tls.insecure_plaintext;
         }
+        config.admission = self.admission;
         Ok(config)
     }
 }

@@ -44,6 +44,12 @@ pub(crate) const CORES: &[Core] = &[
         except: &[],
     },
     Core {
+        name: "permission policy",
+        paths: &["crates/switchboard-hub/src/policy/"],
+        // Reading the policy file.
+        except: &["crates/switchboard-hub/src/policy/load.rs"],
+    },
+    Core {
         name: "reliable-delivery core",
         paths: &[
             "crates/switchboard-wire/src/reliable.rs",

@@ -56,6 +56,7 @@ fn cli_id() -> String {
 
 /// Options of `switchboard hub`.
 pub struct HubOpts {
+    pub policy: Option<std::path::PathBuf>,
     pub listen: Option<String>,
     pub http: Option<String>,
     pub standby: bool,
@@ -84,6 +85,9 @@ pub fn unix_socket(
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     let mut b = switchboard::Hub::builder().service(g.service());
+    if let Some(path) = &opts.policy {
+        b = b.admission(super::policy::load(path)?);
+    }
     if let Some(listen) = &opts.listen {
         b = b.listen(listen);
     }

@@ -6,6 +6,7 @@ mod demo;
 mod demo_session;
 mod dial;
 mod global;
+mod policy;
 mod tls_args;
 
 use std::process::ExitCode;
@@ -26,7 +27,8 @@ Exit codes:
   4  no such client (the target id is not connected)
   5  authentication failure (wrong token or secret, an unverified hub, or a
      TLS certificate not trusted or refused)
-  6  bench --strict: a message was dropped or not delivered";
+  6  bench --strict: a message was dropped or not delivered
+  2  policy check: the policy file is invalid";
 
 /// Message hub and client for cooperating processes.
 ///
@@ -46,6 +48,8 @@ pub struct Cli {
 enum Command {
     /// Run a hub until SIGINT or SIGTERM; prints one ready line with its address.
     Hub {
+        #[command(flatten)]
+        policy: policy::PolicyArgs,
         /// Address to listen on, e.g. 127.0.0.1:0 (default: a random free
         /// loopback port).
         #[arg(long, value_name = "ADDR")]
@@ -93,6 +97,11 @@ enum Command {
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
     Token,
+    /// Work with permission policy files (see `hub --policy`).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Find hubs of a service and print their addresses.
     Discover {
         /// Service name (default: --service).
@@ -252,6 +261,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<bench::Incomplete>().is_some() {
             return 6;
         }
+        if cause.downcast_ref::<policy::Invalid>().is_some() {
+            return 2;
+        }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Timeout(_) => 3,
@@ -340,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
         Command::Hub {
+            policy,
             listen,
             http,
             ws,
@@ -355,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
                 unix: commands::unix_socket(unix, unix_mode, no_unix),
+                policy: policy.policy,
                 listen,
                 http,
                 standby,
@@ -368,6 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::hub(&g, opts).await
         }
         Command::Token => commands::token(&g),
+        Command::Policy { command } => policy::run(command),
         Command::Discover { name, all } => commands::discover(&g, name, all).await,
         Command::Send { to, payload } => commands::send(&g, &to, &payload).await,
         Command::Request {

@@ -280,6 +280,7 @@ fn who_got(sim: &mut Sim, conns: &[ConnId]) -> (ConnId, u64) {
 mod headers;
 mod kv;
 mod listen;
+mod policy;
 mod pubsub;
 mod registry;
 mod reliable;
