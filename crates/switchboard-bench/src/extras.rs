@@ -122,6 +122,17 @@ pub fn extras(quick: bool) -> Vec<Extra> {
             count: n(200, 5_000),
         },
         Extra {
+            id: "sb-policy-pubsub",
+            title: format!(
+                "switchboard only: a {}-rule permission policy ÷ none, 1→1 pub/sub throughput, 64 B, {} messages (goal ≥ 0.95)",
+                crate::policy_rows::RULES,
+                n(2_000, 100_000)
+            ),
+            metric: "ratio ×",
+            lower_is_better: false,
+            count: n(2_000, 100_000),
+        },
+        Extra {
             id: "sb-failover",
             title: format!(
                 "switchboard only: failover, SIGKILL of the primary → first message through the standby, {} kills per run",
@@ -234,6 +245,13 @@ async fn run_once(
             let tls = tokio::task::block_in_place(|| crate::tls_rows::start(bin, token, &rt))?;
             let pubsub = extra.id == "sb-tls-pubsub";
             let (ratio, note) = crate::tls_rows::ratio(&tls, hub.addr, token, n, pubsub).await?;
+            Ok((ratio, all, Some(note)))
+        }
+        "sb-policy-pubsub" => {
+            let rt = dir.join(format!("policy-{run}"));
+            let policy =
+                tokio::task::block_in_place(|| crate::policy_rows::start(bin, token, &rt))?;
+            let (ratio, note) = crate::policy_rows::ratio(&policy, hub.addr, token, n, run).await?;
             Ok((ratio, all, Some(note)))
         }
         "sb-failover" => {

@@ -13,6 +13,7 @@ mod extras;
 mod failover;
 mod gateways;
 mod idle;
+mod policy_rows;
 mod procs;
 mod raw;
 mod report;

@@ -1,7 +1,8 @@
 //! The Unix socket against TCP loopback, on one hub: 1→1 pub/sub
 //! throughput and request/reply p50, each measured over both transports in
 //! the same run (TCP first) and reported as a ratio, above 1 when the
-//! socket is faster.
+//! socket is faster. The two workloads (`pubsub`, `reqrep`) are also what
+//! the policy rows measure, over TCP to a hub with and without a policy.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,7 +18,7 @@ const WINDOW: usize = 64;
 
 /// Where the clients of one measurement connect.
 #[derive(Clone, Copy)]
-enum Via<'a> {
+pub(crate) enum Via<'a> {
     Tcp(SocketAddr),
     Unix(&'a Path),
 }
@@ -34,7 +35,7 @@ impl Via<'_> {
 
 /// Messages/s of `n` 64-byte publishes from one client to one subscriber,
 /// [`WINDOW`] in flight.
-async fn pubsub(via: Via<'_>, token: &str, n: usize, tag: &str) -> Result<f64> {
+pub(crate) async fn pubsub(via: Via<'_>, token: &str, n: usize, tag: &str) -> Result<f64> {
     let publisher = via
         .builder(format!("unix-bench-pub-{tag}"), token)
         .connect()
@@ -69,7 +70,7 @@ async fn pubsub(via: Via<'_>, token: &str, n: usize, tag: &str) -> Result<f64> {
 }
 
 /// Median µs of `n` sequential 64-byte requests to an echoing client.
-async fn reqrep(via: Via<'_>, token: &str, n: usize, tag: &str) -> Result<f64> {
+pub(crate) async fn reqrep(via: Via<'_>, token: &str, n: usize, tag: &str) -> Result<f64> {
     let server_id = format!("unix-bench-echo-{tag}");
     let server = via.builder(server_id.clone(), token).connect().await?;
     let _serving = server
