@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -16,6 +14,7 @@ use switchboard_wire::ErrorCode;
 use super::api::ApiError;
 use super::Gateway;
 use crate::router::admission::{Identity, Peer, Proof, Refusal};
+use crate::tls::HttpPeer;
 
 /// Whether `host` (a Host header or an origin's host, port allowed) names
 /// this machine's loopback.
@@ -134,7 +133,7 @@ fn bearer_identity(gw: &Gateway, given: &str, peer: &Peer) -> Result<Identity, R
 /// set headers on a WebSocket) may pass it as `?token=`.
 pub(super) async fn require_token(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ConnectInfo(from): ConnectInfo<HttpPeer>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -149,11 +148,13 @@ pub(super) async fn require_token(
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
     let given = header_token.or(query_token);
+    // The listener's connect info (as every route's): the address, and
+    // the verified client certificate under mutual TLS.
     let peer = Peer {
         transport: "http",
-        addr: addr.to_string(),
+        addr: from.addr.to_string(),
         unix: None,
-        cert: None,
+        cert: from.cert,
     };
     let identity = match given.map(|t| bearer_identity(&gw, t, &peer)) {
         Some(Ok(identity)) => Ok(identity),
