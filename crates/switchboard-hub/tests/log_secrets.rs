@@ -2,7 +2,9 @@
 //! and span of a run with failed and successful handshakes, wrong and right
 //! HTTP tokens (header and query), a probe and a protocol error is recorded
 //! at every level and searched for the key, the token text, the HTTP bearer
-//! token and the proofs exchanged; and, on a TLS hub, the private key
+//! token and the proofs exchanged; with a policy, a token principal's
+//! token, its SHA-256 and key (native handshake and bearer, right and
+//! wrong); and, on a TLS hub, the private key
 //! files' contents, in the logs and in every TLS error.
 //!
 //! Its own test binary, as it installs a global subscriber.
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Result};
 use common::{config, TestClient, WAIT};
 use switchboard_discovery::{client_proof, nonce, Secret};
-use switchboard_hub::{http_token, ClientTls, HttpConfig, Hub, TlsServer};
+use switchboard_hub::{http_token, ClientTls, HttpConfig, Hub, Policy, TlsServer};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{PROBE_MAGIC, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,6 +79,41 @@ impl Subscriber for Recorder {
     }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
+}
+
+/// A token principal's token in the test policy.
+const APP_TOKEN: &str = "log secrets app token";
+
+/// A native handshake announcing `announced`'s key id and proving `proof`
+/// (the right key or not); the proofs exchanged go to `proofs`. The answer
+/// to `Auth` (`None`: closed without one).
+async fn token_handshake(
+    c: &mut TestClient,
+    id: &str,
+    announced: &Secret,
+    proof: &Secret,
+    proofs: &mut Vec<Vec<u8>>,
+) -> Result<Option<Kind>> {
+    let client_nonce = nonce();
+    c.send(proto::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: id.into(),
+        client_nonce: client_nonce.to_vec().into(),
+        key_id: announced.key_id().to_vec().into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Challenge(ch)) = c.expect().await?.kind else {
+        bail!("no challenge")
+    };
+    proofs.push(ch.proof.to_vec());
+    let mine = client_proof(proof, &ch.hub_nonce, &client_nonce, id);
+    proofs.push(mine.to_vec());
+    c.send(proto::Auth {
+        proof: mine.to_vec().into(),
+    })
+    .await?;
+    Ok(c.recv().await?.and_then(|f| f.kind))
 }
 
 async fn http(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> Result<String> {
@@ -207,6 +244,41 @@ async fn no_secret_token_or_proof_is_logged() -> Result<()> {
     }
     hub.shutdown().await;
 
+    // A policy naming a token principal: a native handshake with its token
+    // (right, and a wrong proof under its key id), and HTTP calls with the
+    // token as the bearer token (right and wrong). Neither the token, its
+    // SHA-256 (the key, as the policy file stores it) nor the key's bytes
+    // are logged.
+    let app_digest = Policy::hash_token(APP_TOKEN);
+    let policy = format!(
+        "[[principal]]\nname = \"app\"\ntoken_sha256 = [\"{app_digest}\"]\nids = [\"app-*\"]\nhttp = true\nclients = true\n"
+    );
+    let mut cfg = config();
+    cfg.secret = Secret::from_bytes(key);
+    cfg.http = Some(HttpConfig::new("127.0.0.1:0".parse()?));
+    cfg.admission = Some(Arc::new(Policy::parse(&policy)?));
+    let hub = Hub::start(cfg).await?;
+    let app_key = Secret::from_token(APP_TOKEN);
+    let app_key_bytes = {
+        use sha2::Digest;
+        sha2::Sha256::digest(APP_TOKEN.as_bytes())
+    };
+    let mut c = TestClient::connect_raw(hub.local_addr()).await?;
+    let answer = token_handshake(&mut c, "app-1", &app_key, &app_key, &mut proofs).await?;
+    assert!(matches!(answer, Some(Kind::Welcome(_))), "{answer:?}");
+    let mut c = TestClient::connect_raw(hub.local_addr()).await?;
+    let wrong = Secret::from_token("not the app token");
+    let answer = token_handshake(&mut c, "app-2", &app_key, &wrong, &mut proofs).await?;
+    assert!(matches!(answer, Some(Kind::Error(_)) | None), "{answer:?}");
+    let http_addr = hub.http_addr().expect("gateway runs");
+    let wrong_app = format!("{APP_TOKEN}x");
+    assert!(http(http_addr, "/v1/status", Some(APP_TOKEN))
+        .await?
+        .contains(" 200 "));
+    let a = http(http_addr, "/v1/status", Some(&wrong_app)).await?;
+    assert!(a.contains(" 401 ") && !a.contains(&wrong_app), "{a}");
+    hub.shutdown().await;
+
     let logged = text.lock().unwrap().clone();
     assert!(
         logged.lines().count() >= 3,
@@ -221,6 +293,13 @@ async fn no_secret_token_or_proof_is_logged() -> Result<()> {
         common::TOKEN.to_owned(),
         bearer.clone(),
         wrong_bearer,
+        APP_TOKEN.to_owned(),
+        wrong_app,
+        app_digest.clone(),
+        app_digest.to_uppercase(),
+        format!("{:?}", &app_key_bytes[..8])
+            .trim_end_matches(']')
+            .to_owned(),
     ];
     for p in &proofs {
         needles.push(hex(p));

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use switchboard::hub::router::admission::{Admission, Identity, Peer, Proof, Refusal};
-use switchboard::hub::{HubConfig, UnixSocket};
+use switchboard::hub::router::admission::Admission;
+use switchboard::hub::{HubConfig, Policy, UnixSocket};
 use switchboard::{Client, ClientError, ClientEvent, HubHandle, Secret};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -224,24 +224,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A policy for the test: admits a client without a proof when it is
-/// `uid`, and everyone who proved the secret.
-#[derive(Debug)]
-struct AdmitUid(u32);
-
-impl Admission for AdmitUid {
-    fn identify(&self, peer: &Peer, proof: &Proof) -> Result<Identity, Refusal> {
-        let uid = peer.unix.map(|c| c.uid);
-        if *proof == Proof::PeerOnly && uid != Some(self.0) {
-            return Err(Refusal::forbidden(format!("uid {uid:?} is not admitted")));
-        }
-        Ok(Identity {
-            principal: format!("uid-{}", uid.unwrap_or_default()),
-            uid,
-        })
-    }
-}
-
 /// A hub with its socket (mode 0666) in a fresh directory others may
 /// search, with `policy`; a process of [`OTHER_UID`] without a secret asks
 /// it for its client list. Returns that process's output.
@@ -277,7 +259,12 @@ async fn another_uid_needs_a_policy() {
     let err = text(&out.stderr);
     assert!(err.contains("without a proof"), "{err}");
     assert!(err.contains(&OTHER_UID.to_string()), "{err}");
-    let out = other_user_connects(Some(Arc::new(AdmitUid(OTHER_UID)))).await;
+    // A real policy naming the uid, with the right to list clients.
+    let policy = format!(
+        "[[principal]]\nname = \"other\"\nunix_uid = [{OTHER_UID}]\nids = [\"*\"]\nclients = true\n"
+    );
+    let policy = Policy::parse(&policy).expect("a valid policy");
+    let out = other_user_connects(Some(Arc::new(policy))).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 

@@ -51,8 +51,8 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::VersionMismatch => StatusCode::CONFLICT,
-            ErrorCode::Forbidden | ErrorCode::IdTakenOver | ErrorCode::NotListening => {
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::VersionMismatch | ErrorCode::IdTakenOver | ErrorCode::NotListening => {
                 StatusCode::CONFLICT
             }
             ErrorCode::InvalidArgument | ErrorCode::BadFrame | ErrorCode::Unsupported => {

@@ -266,7 +266,8 @@ impl From<proto::KvUpdate> for KvEvent {
 pub struct ClientInfo {
     /// Its id.
     pub client_id: String,
-    /// Transport: `"tcp"`, `"ws"`, `"http"` or `"memory"`.
+    /// Transport: `"tcp"`, `"tls"`, `"unix"`, `"ws"`, `"wss"`, `"http"`
+    /// or `"memory"`.
     pub transport: String,
     /// Remote address as text.
     pub addr: String,
@@ -276,6 +277,12 @@ pub struct ClientInfo {
     pub agent: String,
     /// Whether it uses reliable delivery.
     pub reliable: bool,
+    /// The principal of the hub's permission policy it connected as
+    /// (`"owner"` for the hub's own user); empty without a policy.
+    pub principal: String,
+    /// Its process's Unix user id, when it connected over the hub's Unix
+    /// socket (peer credentials).
+    pub uid: Option<u32>,
 }
 
 impl From<proto::ClientInfo> for ClientInfo {
@@ -287,6 +294,8 @@ impl From<proto::ClientInfo> for ClientInfo {
             connected_at_ms: c.connected_at_ms,
             agent: c.agent,
             reliable: c.reliable,
+            principal: c.principal,
+            uid: c.uid,
         }
     }
 }
