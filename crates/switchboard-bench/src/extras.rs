@@ -244,7 +244,8 @@ async fn run_once(
             let rt = dir.join(format!("tls-{run}"));
             let tls = tokio::task::block_in_place(|| crate::tls_rows::start(bin, token, &rt))?;
             let pubsub = extra.id == "sb-tls-pubsub";
-            let (ratio, note) = crate::tls_rows::ratio(&tls, hub.addr, token, n, pubsub).await?;
+            let (ratio, note) =
+                crate::tls_rows::ratio(&tls, hub.addr, token, n, run, pubsub).await?;
             Ok((ratio, all, Some(note)))
         }
         "sb-policy-pubsub" => {
@@ -394,7 +395,11 @@ pub async fn rows(
         };
         let med = f.summary.map_or_else(
             || "failed".to_string(),
-            |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
+            |s| {
+                // Ratios need their second decimal.
+                let p = if f.metric.contains('×') { 2 } else { 1 };
+                format!("{:>12.p$} [{:.p$} – {:.p$}]", s.median, s.min, s.max)
+            },
         );
         pb.suspend(|| {
             println!(

@@ -15,6 +15,7 @@ mod gateways;
 mod idle;
 mod policy_rows;
 mod procs;
+mod ratios;
 mod raw;
 mod report;
 mod slow;

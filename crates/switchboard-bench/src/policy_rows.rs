@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::procs::{self, ProcGuard};
-use crate::unix::{pubsub, Via};
+use crate::ratios::{paired, pubsub, Via};
 
 /// Rules in the policy.
 pub const RULES: usize = 100;
@@ -104,8 +104,20 @@ pub async fn ratio(
     n: usize,
     run: usize,
 ) -> Result<(f64, String)> {
-    let p = pubsub(Via::Tcp(plain), token, n, &format!("plain-{run}")).await?;
-    let q = pubsub(Via::Tcp(policy.addr), token, n, &format!("policy-{run}")).await?;
+    let (p, q) = paired(
+        |r| pubsub(Via::Tcp(plain), token, n, 64, format!("plain-{run}-{r}")),
+        |r| {
+            pubsub(
+                Via::Tcp(policy.addr),
+                token,
+                n,
+                64,
+                format!("policy-{run}-{r}"),
+            )
+        },
+        true,
+    )
+    .await?;
     Ok((
         q / p,
         format!("with a {RULES}-rule policy {q:.0} msgs/s, without {p:.0} msgs/s"),
@@ -131,7 +143,7 @@ mod tests {
         let key = policy.token(&secret.key_id()).expect("the token is known");
         assert_eq!(key.principal, "bench");
         let info = proto::ClientInfo {
-            client_id: "unix-bench-pub-plain-0".into(),
+            client_id: "bench-pub-plain-0-0".into(),
             transport: "tcp".into(),
             principal: "bench".into(),
             ..Default::default()
@@ -144,7 +156,7 @@ mod tests {
             })
         };
         policy
-            .admit(&info, &publish("bench.unix.plain-0"))
+            .admit(&info, &publish("bench.unix.plain-0-0"))
             .expect("the workload's subject, matched by the last rule");
         assert!(policy
             .admit(&info, &publish("bench.unix.forbidden"))

@@ -146,7 +146,9 @@ pub fn human_rate(v: f64) -> String {
 }
 
 fn value(f: &Figure, v: f64) -> String {
-    if f.metric.contains("µs") || f.metric.contains("KiB") {
+    if f.metric.contains('×') {
+        format!("{v:.2}")
+    } else if f.metric.contains("µs") || f.metric.contains("KiB") {
         format!("{v:.1}")
     } else {
         human_rate(v)
