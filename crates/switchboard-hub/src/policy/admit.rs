@@ -291,7 +291,10 @@ fn check(rights: &Rights, name: &str, kind: &Kind) -> Result<(), Refusal> {
     };
     match kind {
         Kind::Publish(p) => {
-            if rights.publish_allow.matches(&p.topic) && !rights.publish_deny.matches(&p.topic) {
+            let may = |topic: &str| {
+                rights.publish_allow.matches(topic) && !rights.publish_deny.matches(topic)
+            };
+            if rights.publish_seen.verdict(&p.topic, may) {
                 Ok(())
             } else {
                 refuse(name, format!("publish to '{}'", clip(&p.topic)))

@@ -97,7 +97,7 @@ use std::sync::Mutex;
 use switchboard_discovery::Secret;
 
 use crate::ids::IdHasher;
-use pattern::{GlobSet, SubjectSet};
+use pattern::{GlobSet, SubjectSet, VerdictCache};
 
 /// The name of the hub's own user, with every right (reserved).
 pub const OWNER: &str = "owner";
@@ -163,6 +163,8 @@ struct Rights {
     ids: Vec<String>,
     publish_allow: SubjectSet,
     publish_deny: SubjectSet,
+    /// Publish verdicts (allow and not deny) on recent topics.
+    publish_seen: VerdictCache,
     subscribe_allow: SubjectSet,
     subscribe_deny: SubjectSet,
     kv_read: Vec<String>,

@@ -169,6 +169,46 @@ impl SubjectSet {
     }
 }
 
+/// Most topics a [`VerdictCache`] remembers; it forgets them all when
+/// full, so a client cycling through endless topics costs a match each
+/// and bounded memory.
+pub const VERDICT_CACHE: usize = 4096;
+
+/// The verdicts of one right on the topics a principal used lately: a
+/// publish on a topic seen before costs one hash lookup instead of a walk
+/// of the rule set. Verdicts never change (a policy is fixed once built).
+#[derive(Debug, Default)]
+pub struct VerdictCache {
+    seen: std::sync::Mutex<FastMap<Box<str>, bool>>,
+}
+
+impl VerdictCache {
+    /// The verdict on `topic`: remembered, or `decide(topic)` (then
+    /// remembered).
+    pub fn verdict(&self, topic: &str, decide: impl FnOnce(&str) -> bool) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&v) = seen.get(topic) {
+            return v;
+        }
+        let v = decide(topic);
+        if seen.len() >= VERDICT_CACHE {
+            seen.clear();
+        }
+        seen.insert(topic.into(), v);
+        v
+    }
+
+    /// Topics remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One piece of a compiled glob: `None` is `*`, any run of bytes (also
 /// none); `Some(b)` the byte `b` itself.
 pub type GlobToken = Option<u8>;

@@ -143,3 +143,22 @@ fn a_hundred_rules_compile_into_one_lookup() {
     assert!(!set.matches("svc42.events"));
     assert_eq!(set.patterns().len(), 100);
 }
+
+#[test]
+fn a_verdict_cache_answers_as_the_matcher_and_stays_bounded() {
+    use crate::policy::pattern::{VerdictCache, VERDICT_CACHE};
+
+    let allow = SubjectSet::new(["orders.*", "logs.>"]);
+    let cache = VerdictCache::default();
+    for topic in ["orders.eu", "orders.eu.x", "logs.a.b", "other", "orders.eu"] {
+        let first = cache.verdict(topic, |t| allow.matches(t));
+        // A second answer comes from memory and must be the same.
+        let again = cache.verdict(topic, |_| !allow.matches(topic));
+        assert_eq!(first, allow.matches(topic), "{topic}");
+        assert_eq!(again, first, "{topic} remembered");
+    }
+    for i in 0..VERDICT_CACHE + 10 {
+        cache.verdict(&format!("t.{i}"), |t| allow.matches(t));
+    }
+    assert!(cache.len() <= VERDICT_CACHE, "{} remembered", cache.len());
+}
