@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     match Policy::parse(text) {
         Ok(policy) => {
             let _ = policy.describe();
-            let peer = Peer::tcp("127.0.0.1:1".parse().unwrap());
+            let peer = Peer::tcp("127.0.0.1:1");
             for name in policy.principals().map(str::to_owned).collect::<Vec<_>>() {
                 let id = policy.identify(&peer, &Proof::Token(name.clone()));
                 let info = proto::ClientInfo {
