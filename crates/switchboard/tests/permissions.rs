@@ -7,8 +7,10 @@
 //! The other transports are in `permissions_transports.rs` and
 //! `permissions_unix.rs`.
 
+mod common;
+use common::{forbidden, within, WAIT};
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use switchboard::hub::{HubConfig, Policy, UnixSocket};
@@ -20,7 +22,6 @@ const APP: &str = "perms app token";
 const WORKER: &str = "perms worker token";
 const ASKER: &str = "perms asker token";
 const RESPONDER: &str = "perms responder token";
-const WAIT: Duration = Duration::from_secs(10);
 
 fn policy() -> String {
     let h = Policy::hash_token;
@@ -61,10 +62,6 @@ ids = ["responder"]
     )
 }
 
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.expect("in time")
-}
-
 /// A hub on loopback TCP (no socket, no hint) with the test policy.
 async fn hub() -> HubHandle {
     let mut config = HubConfig::with_secret("perms", Secret::from_token(OWNER));
@@ -85,19 +82,6 @@ async fn connect(hub: &HubHandle, id: &str, token: &str) -> Result<Client, Clien
             .connect(),
     )
     .await
-}
-
-/// Asserts that `r` is `Forbidden` with a message naming each of `names`.
-#[track_caller]
-fn forbidden<T: std::fmt::Debug>(r: Result<T, ClientError>, names: &[&str]) {
-    match r {
-        Err(ClientError::Forbidden(message)) => {
-            for name in names {
-                assert!(message.contains(name), "{message:?} names no {name:?}");
-            }
-        }
-        other => panic!("expected Forbidden naming {names:?}, got {other:?}"),
-    }
 }
 
 #[tokio::test]

@@ -3,14 +3,16 @@
 //! client certificate naming the principal): the same rights and the same
 //! refusals as over TCP (`permissions.rs`).
 
+mod common;
+use common::{forbidden, within, WAIT};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{json, Value};
 use switchboard::hub::{HttpConfig, HubConfig, Policy, TlsServer, UnixSocket};
-use switchboard::{Client, ClientError, HubHandle, Secret, TlsOptions};
+use switchboard::{Client, HubHandle, Secret, TlsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const OWNER: &str = "transports owner token";
@@ -18,7 +20,6 @@ const APP: &str = "transports app token";
 const WEB: &str = "transports web token";
 const WEB2: &str = "transports second web token";
 const OPS: &str = "transports ops token";
-const WAIT: Duration = Duration::from_secs(10);
 
 fn policy() -> String {
     let h = Policy::hash_token;
@@ -64,10 +65,6 @@ publish = {{ allow = ["devices.>"] }}
     )
 }
 
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.expect("in time")
-}
-
 /// A hub with the test policy and an HTTP listener, or with `tls`.
 async fn hub(tls: Option<TlsServer>) -> HubHandle {
     let mut config = HubConfig::with_secret("perms-tr", Secret::from_token(OWNER));
@@ -79,18 +76,6 @@ async fn hub(tls: Option<TlsServer>) -> HubHandle {
     }
     config.tls = tls;
     switchboard::hub::Hub::start(config).await.expect("hub")
-}
-
-#[track_caller]
-fn forbidden<T: std::fmt::Debug>(r: Result<T, ClientError>, names: &[&str]) {
-    match r {
-        Err(ClientError::Forbidden(message)) => {
-            for name in names {
-                assert!(message.contains(name), "{message:?} names no {name:?}");
-            }
-        }
-        other => panic!("expected Forbidden naming {names:?}, got {other:?}"),
-    }
 }
 
 #[tokio::test]

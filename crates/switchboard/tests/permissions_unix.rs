@@ -7,18 +7,14 @@
 //! directory (no secret file, so the client proves nothing) before any
 //! thread reads the environment.
 
+mod common;
+use common::{forbidden, within, WAIT};
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use switchboard::hub::{HubConfig, Policy, UnixSocket};
 use switchboard::{Client, ClientError, HubHandle, Secret};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.expect("in time")
-}
 
 async fn hub_at(socket: &Path, policy: &str) -> HubHandle {
     let mut config = HubConfig::with_secret("perms-unix", Secret::from_token("unused token"));
@@ -97,16 +93,4 @@ publish = {{ allow = ["local.>"] }}
     within(local.publish("local.news", "3")).await.unwrap();
     local.close().await;
     hub.shutdown().await;
-}
-
-#[track_caller]
-fn forbidden<T: std::fmt::Debug>(r: Result<T, ClientError>, names: &[&str]) {
-    match r {
-        Err(ClientError::Forbidden(message)) => {
-            for name in names {
-                assert!(message.contains(name), "{message:?} names no {name:?}");
-            }
-        }
-        other => panic!("expected Forbidden naming {names:?}, got {other:?}"),
-    }
 }
