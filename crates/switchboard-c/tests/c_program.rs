@@ -3,7 +3,8 @@
 //! against an in-process hub with a Rust client on the other side:
 //! request/reply both ways (one nested), pub/sub both ways, kv both ways,
 //! error codes (bad input, unknown target, timeout, error reply, use after
-//! close, double close). Under valgrind memcheck when `valgrind` is on
+//! close, double close). Also builds and runs `examples/c/hello.c`.
+//! The interop program runs under valgrind memcheck when `valgrind` is on
 //! PATH (no leak, no invalid access). Skipped, with a notice, when no C
 //! compiler is found.
 
@@ -31,7 +32,26 @@ fn on_path(tool: &str) -> bool {
 /// takes a moment).
 fn static_library() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let output = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // What cargo sets for a test run, not for a build: left in, build
+    // scripts that watch it would rebuild for every other invocation.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&key.as_str())
+        {
+            cargo.env_remove(key);
+        }
+    }
+    let output = cargo
         .args([
             "build",
             "--lib",
@@ -62,8 +82,8 @@ fn static_library() -> PathBuf {
     panic!("cargo built no libswitchboard.a");
 }
 
-/// Compiles `tests/c/interop.c` into `out`.
-fn compile(cc: &str, out: &Path) {
+/// Compiles the C file `source` into `out`.
+fn compile(cc: &str, source: &Path, out: &Path) {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = static_library();
     let status = Command::new(cc)
@@ -77,14 +97,14 @@ fn compile(cc: &str, out: &Path) {
             "-o",
         ])
         .arg(out)
-        .arg(crate_dir.join("tests/c/interop.c"))
+        .arg(source)
         .arg("-I")
         .arg(crate_dir.join("include"))
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm"])
         .status()
         .expect("running the C compiler");
-    assert!(status.success(), "compiling interop.c failed");
+    assert!(status.success(), "compiling {} failed", source.display());
 }
 
 /// The Rust side: serves requests, answers publishes, checks kv.
@@ -179,9 +199,33 @@ async fn c_program_interoperates_with_a_rust_client() {
     let exe = dir.join("interop");
     let cc = cc.to_string();
     let exe_for_build = exe.clone();
-    tokio::task::spawn_blocking(move || compile(&cc, &exe_for_build))
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let interop = crate_dir.join("tests/c/interop.c");
+    let hello_source = crate_dir.join("../../examples/c/hello.c");
+    let hello = dir.join("hello");
+    let hello_for_build = hello.clone();
+    tokio::task::spawn_blocking(move || {
+        compile(&cc, &interop, &exe_for_build);
+        compile(&cc, &hello_source, &hello_for_build);
+    })
+    .await
+    .expect("compile");
+
+    // The example runs as the README says.
+    let mut command = Command::new(&hello);
+    command.arg(&addr).arg(TOKEN);
+    let output = tokio::task::spawn_blocking(move || run_bounded(command, Duration::from_secs(60)))
         .await
-        .expect("compile");
+        .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "examples/c/hello.c failed: {output:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "greeting = hello from C\n"
+    );
 
     let mut command = if on_path("valgrind") {
         let mut c = Command::new("valgrind");
