@@ -293,6 +293,7 @@ enum sb_error sb_close(struct sb_client *client);
 
 /**
  * Publishes `data`/`len` (copied) on `topic`; returns once the hub has it.
+ * A payload over the hub's frame limit answers `SB_ERR_INVALID_ARGUMENT`.
  *
  * # Safety
  * `topic` is NUL-terminated; `data` is NULL (with `len` 0) or points to
@@ -302,6 +303,19 @@ enum sb_error sb_publish(struct sb_client *client,
                          const char *topic,
                          const uint8_t *data,
                          size_t len);
+
+/**
+ * Sends `data`/`len` (copied) to client `to` as a direct message; returns
+ * once the hub has queued it for `to`. A target that is not connected
+ * answers `SB_ERR_NO_SUCH_CLIENT`, one not taking direct messages
+ * `SB_ERR_NOT_LISTENING`; a payload over the hub's frame limit
+ * `SB_ERR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `to` is NUL-terminated; `data` is NULL (with `len` 0) or points to
+ * `len` readable bytes.
+ */
+enum sb_error sb_send(struct sb_client *client, const char *to, const uint8_t *data, size_t len);
 
 /**
  * Subscribes to topics matching `pattern` (`*` one segment, final `>` the

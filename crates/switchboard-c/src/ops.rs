@@ -296,6 +296,7 @@ pub unsafe extern "C" fn sb_close(client: *mut sb_client) -> sb_error {
 }
 
 /// Publishes `data`/`len` (copied) on `topic`; returns once the hub has it.
+/// A payload over the hub's frame limit answers `SB_ERR_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// `topic` is NUL-terminated; `data` is NULL (with `len` 0) or points to
@@ -313,6 +314,32 @@ pub unsafe extern "C" fn sb_publish(
         let topic = unsafe { text(topic, "topic") }?;
         let payload = unsafe { payload(data, len) }?;
         runtime::block_on(entry.client.publish(topic, payload))?;
+        Ok(())
+    })
+}
+
+/// Sends `data`/`len` (copied) to client `to` as a direct message; returns
+/// once the hub has queued it for `to`. A target that is not connected
+/// answers `SB_ERR_NO_SUCH_CLIENT`, one not taking direct messages
+/// `SB_ERR_NOT_LISTENING`; a payload over the hub's frame limit
+/// `SB_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `to` is NUL-terminated; `data` is NULL (with `len` 0) or points to
+/// `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn sb_send(
+    client: *mut sb_client,
+    to: *const c_char,
+    data: *const u8,
+    len: usize,
+) -> sb_error {
+    boundary(|| {
+        let entry = entry(client)?;
+        // SAFETY: the contract.
+        let to = unsafe { text(to, "to") }?;
+        let payload = unsafe { payload(data, len) }?;
+        runtime::block_on(entry.client.send(to, payload))?;
         Ok(())
     })
 }

@@ -1,7 +1,8 @@
 //! The C test program `tests/c/interop.c`, compiled with the system C
 //! compiler against `include/switchboard.h` and `libswitchboard.a`, run
 //! against an in-process hub with a Rust client on the other side:
-//! request/reply both ways (one nested), pub/sub both ways, kv both ways,
+//! request/reply both ways (one nested), pub/sub both ways, a direct
+//! message, kv both ways, a payload over the frame limit,
 //! error codes (bad input, unknown target, timeout, error reply, use after
 //! close, double close). Also builds and runs `examples/c/hello.c`.
 //! The interop program runs under valgrind memcheck when `valgrind` is on
@@ -144,6 +145,19 @@ async fn rust_peer(addr: &str, checked: Arc<AtomicBool>) -> Client {
         })
         .await
         .expect("serve");
+    let mut inbox = peer.messages().await.expect("messages");
+    let answerer = peer.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = inbox.recv().await {
+            assert_eq!(&*msg.from, "c-prog");
+            let mut answer = b"got:".to_vec();
+            answer.extend_from_slice(&msg.payload);
+            answerer
+                .publish("to-c.direct", answer)
+                .await
+                .expect("publish");
+        }
+    });
     let mut sub = peer.subscribe("from-c.>").await.expect("subscribe");
     let publisher = peer.clone();
     tokio::spawn(async move {

@@ -129,6 +129,23 @@ int main(int argc, char **argv) {
   CHECK(wait_for(&in, 1));
   CHECK(strcmp(in.last, "echo:hi") == 0);
 
+  /* a direct message to Rust; Rust answers on a topic */
+  CHECK(sb_send(c, "rust-peer", (const uint8_t *)"direct-hi", 9) == SB_OK);
+  CHECK(wait_for(&in, 2));
+  CHECK(strcmp(in.last, "got:direct-hi") == 0);
+  CHECK(sb_send(c, "nobody", (const uint8_t *)"x", 1) == SB_ERR_NO_SUCH_CLIENT);
+
+  /* a payload over the hub's frame limit (16 MiB) */
+  size_t big_len = 16 * 1024 * 1024 + 1;
+  uint8_t *big = calloc(big_len, 1);
+  CHECK(big != NULL);
+  if (big) {
+    CHECK(sb_publish(c, "from-c.big", big, big_len) == SB_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(sb_last_error_message(), "exceeds") != NULL);
+    CHECK(sb_send(c, "rust-peer", big, big_len) == SB_ERR_INVALID_ARGUMENT);
+    free(big);
+  }
+
   /* request/reply, C to Rust */
   sb_bytes reply = {0};
   CHECK(sb_request(c, "rust-peer", (const uint8_t *)"hello", 5, 5000, &reply) == SB_OK);
@@ -162,7 +179,7 @@ int main(int argc, char **argv) {
 
   /* tell Rust we are done; it checks kv and calls us once more */
   CHECK(sb_publish(c, "from-c.done", (const uint8_t *)"done", 4) == SB_OK);
-  CHECK(wait_for(&in, 2));
+  CHECK(wait_for(&in, 3));
   CHECK(strcmp(in.last, "checked") == 0);
 
   CHECK(sb_unsubscribe(sub) == SB_OK);
