@@ -161,8 +161,9 @@ typedef enum sb_error {
 typedef struct sb_client sb_client;
 
 /**
- * A subscription (opaque). Made by `sb_subscribe`, ended by
- * `sb_unsubscribe` (or by `sb_close` of its client).
+ * A subscription or key-value watch (opaque). Made by `sb_subscribe` or
+ * `sb_kv_watch`, ended by `sb_unsubscribe` (or by `sb_close` of its
+ * client).
  */
 typedef struct sb_subscription sb_subscription;
 
@@ -234,6 +235,21 @@ typedef int32_t (*sb_handler_cb)(void *user_data,
                                  const uint8_t *data,
                                  size_t len,
                                  struct sb_bytes *reply);
+
+/**
+ * A key-value watch's callback: one call per change of a watched key, in
+ * order. The first call carries the key's current value (if it exists)
+ * when the watch starts. `key` is NUL-terminated; `data`/`len` the new
+ * value (empty when `deleted` is 1); `version` the version after the
+ * change. Arguments are valid during the call only. It runs like an
+ * `sb_message_cb`: on a library thread, one at a time per watch.
+ */
+typedef void (*sb_kv_watch_cb)(void *user_data,
+                               const char *key,
+                               const uint8_t *data,
+                               size_t len,
+                               uint64_t version,
+                               int32_t deleted);
 
 #ifdef __cplusplus
 extern "C" {
@@ -334,7 +350,7 @@ enum sb_error sb_subscribe(struct sb_client *client,
                            struct sb_subscription **out);
 
 /**
- * Ends a subscription: when this returns no callback of it runs any more
+ * Ends a subscription or a key-value watch: when this returns no callback of it runs any more
  * (called from its own callback: none after that callback returns). A
  * second call, or one after `sb_close` of its client, answers
  * `SB_ERR_CLOSED`; NULL answers `SB_ERR_NULL`.
@@ -401,6 +417,23 @@ enum sb_error sb_kv_get(struct sb_client *client,
                         const char *key,
                         struct sb_bytes *value,
                         uint64_t *version);
+
+/**
+ * Watches `key` (with `prefix` non-zero: every key starting with `key`)
+ * and calls `callback(user_data, ...)` for each change. The watch is
+ * registered at the hub when this returns; `*out` receives its handle,
+ * ended with `sb_unsubscribe` (or `sb_close`).
+ *
+ * # Safety
+ * `key` is NUL-terminated; `out` is valid; `user_data` stays valid until
+ * the watch ends.
+ */
+enum sb_error sb_kv_watch(struct sb_client *client,
+                          const char *key,
+                          int32_t prefix,
+                          sb_kv_watch_cb callback,
+                          void *user_data,
+                          struct sb_subscription **out);
 
 #ifdef __cplusplus
 }  // extern "C"

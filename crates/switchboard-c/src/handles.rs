@@ -16,8 +16,9 @@ pub struct sb_client {
     _opaque: [u8; 0],
 }
 
-/// A subscription (opaque). Made by `sb_subscribe`, ended by
-/// `sb_unsubscribe` (or by `sb_close` of its client).
+/// A subscription or key-value watch (opaque). Made by `sb_subscribe` or
+/// `sb_kv_watch`, ended by `sb_unsubscribe` (or by `sb_close` of its
+/// client).
 pub struct sb_subscription {
     _opaque: [u8; 0],
 }

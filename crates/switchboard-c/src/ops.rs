@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use facade::{Bytes, Client, IncomingRequest};
+use facade::{Bytes, Client, IncomingRequest, KvEvent, KvWatch, Message, Subscription};
 
 use crate::error::{boundary, sb_error, Failure};
 use crate::handles::{sb_client, sb_subscription, ClientEntry, SubEntry, CLIENTS, SUBSCRIPTIONS};
@@ -370,50 +370,92 @@ pub unsafe extern "C" fn sb_subscribe(
         if out.is_null() {
             return Err(Failure::new(sb_error::SB_ERR_NULL, "out is NULL"));
         }
-        let mut sub = runtime::block_on(entry.client.subscribe(pattern))?;
+        let sub = runtime::block_on(entry.client.subscribe(pattern))?;
         let user = UserData(user_data);
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let callback_thread = Arc::new(Mutex::new(None));
-        let seen_thread = callback_thread.clone();
-        let thread = runtime::handle().spawn_blocking(move || {
-            *seen_thread.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(std::thread::current().id());
-            loop {
-                let next = runtime::block_on(async {
-                    tokio::select! {
-                        msg = sub.recv() => msg,
-                        _ = stopped.wait_for(|s| *s) => None,
-                    }
-                });
-                let Some(msg) = next else { break };
-                let topic = CString::new(&*msg.topic).unwrap_or_default();
-                let user = user;
-                // SAFETY: the caller's callback, with arguments valid for the call.
-                unsafe {
-                    callback(
-                        user.0,
-                        topic.as_ptr(),
-                        msg.payload.as_ptr(),
-                        msg.payload.len(),
-                    )
-                };
-            }
-            let _ = runtime::block_on(sub.unsubscribe());
+        let id = deliver(&entry, sub, move |msg: Message| {
+            let topic = CString::new(&*msg.topic).unwrap_or_default();
+            let user = user;
+            // SAFETY: the caller's callback, with arguments valid for the call.
+            unsafe {
+                callback(
+                    user.0,
+                    topic.as_ptr(),
+                    msg.payload.as_ptr(),
+                    msg.payload.len(),
+                )
+            };
         });
-        let id = SUBSCRIPTIONS.insert(SubEntry {
-            stop,
-            thread: Mutex::new(Some(thread)),
-            callback_thread,
-        });
-        entry
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(id);
         // SAFETY: non-NULL, writable.
         unsafe { *out = id as *mut sb_subscription };
         Ok(())
     })
+}
+
+/// A stream whose items a delivery thread hands to a C callback.
+trait Source: Send + 'static {
+    type Item: Send;
+    /// The next item; `None` at the end.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send;
+    /// Ends the stream at the hub.
+    fn finish(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Source for Subscription {
+    type Item = Message;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Message>> + Send {
+        self.recv()
+    }
+    async fn finish(self) {
+        let _ = self.unsubscribe().await;
+    }
+}
+
+impl Source for KvWatch {
+    type Item = KvEvent;
+    fn next(&mut self) -> impl std::future::Future<Output = Option<KvEvent>> + Send {
+        self.recv()
+    }
+    async fn finish(self) {
+        drop(self);
+    }
+}
+
+/// Starts a thread of the blocking pool that calls `callback` with each
+/// item of `source`, in order, until the source ends or the returned
+/// subscription id is stopped; registers it with the client.
+fn deliver<S: Source>(
+    entry: &ClientEntry,
+    mut source: S,
+    mut callback: impl FnMut(S::Item) + Send + 'static,
+) -> usize {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let callback_thread = Arc::new(Mutex::new(None));
+    let seen_thread = callback_thread.clone();
+    let thread = runtime::handle().spawn_blocking(move || {
+        *seen_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
+        loop {
+            let next = runtime::block_on(async {
+                tokio::select! {
+                    item = source.next() => item,
+                    _ = stopped.wait_for(|s| *s) => None,
+                }
+            });
+            let Some(item) = next else { break };
+            callback(item);
+        }
+        runtime::block_on(source.finish());
+    });
+    let id = SUBSCRIPTIONS.insert(SubEntry {
+        stop,
+        thread: Mutex::new(Some(thread)),
+        callback_thread,
+    });
+    entry
+        .subscriptions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(id);
+    id
 }
 
 /// Stops a subscription's delivery and waits for it (unless called from
@@ -435,7 +477,7 @@ fn stop_subscription(id: usize) -> bool {
     true
 }
 
-/// Ends a subscription: when this returns no callback of it runs any more
+/// Ends a subscription or a key-value watch: when this returns no callback of it runs any more
 /// (called from its own callback: none after that callback returns). A
 /// second call, or one after `sb_close` of its client, answers
 /// `SB_ERR_CLOSED`; NULL answers `SB_ERR_NULL`.
@@ -624,6 +666,78 @@ pub unsafe extern "C" fn sb_kv_get(
         if let Some(version) = unsafe { version.as_mut() } {
             *version = found.version;
         }
+        Ok(())
+    })
+}
+
+/// A key-value watch's callback: one call per change of a watched key, in
+/// order. The first call carries the key's current value (if it exists)
+/// when the watch starts. `key` is NUL-terminated; `data`/`len` the new
+/// value (empty when `deleted` is 1); `version` the version after the
+/// change. Arguments are valid during the call only. It runs like an
+/// `sb_message_cb`: on a library thread, one at a time per watch.
+pub type sb_kv_watch_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        key: *const c_char,
+        data: *const u8,
+        len: usize,
+        version: u64,
+        deleted: i32,
+    ),
+>;
+
+/// Watches `key` (with `prefix` non-zero: every key starting with `key`)
+/// and calls `callback(user_data, ...)` for each change. The watch is
+/// registered at the hub when this returns; `*out` receives its handle,
+/// ended with `sb_unsubscribe` (or `sb_close`).
+///
+/// # Safety
+/// `key` is NUL-terminated; `out` is valid; `user_data` stays valid until
+/// the watch ends.
+#[no_mangle]
+pub unsafe extern "C" fn sb_kv_watch(
+    client: *mut sb_client,
+    key: *const c_char,
+    prefix: i32,
+    callback: sb_kv_watch_cb,
+    user_data: *mut c_void,
+    out: *mut *mut sb_subscription,
+) -> sb_error {
+    boundary(|| {
+        let entry = entry(client)?;
+        // SAFETY: the contract.
+        let key = unsafe { text(key, "key") }?;
+        let Some(callback) = callback else {
+            return Err(Failure::new(sb_error::SB_ERR_NULL, "callback is NULL"));
+        };
+        if out.is_null() {
+            return Err(Failure::new(sb_error::SB_ERR_NULL, "out is NULL"));
+        }
+        let kv = entry.client.kv();
+        let watch = if prefix != 0 {
+            runtime::block_on(kv.watch_prefix(key))?
+        } else {
+            runtime::block_on(kv.watch(key))?
+        };
+        let user = UserData(user_data);
+        let id = deliver(&entry, watch, move |event: KvEvent| {
+            let key = CString::new(event.key).unwrap_or_default();
+            let user = user;
+            // SAFETY: the caller's callback, with arguments valid for the call.
+            unsafe {
+                callback(
+                    user.0,
+                    key.as_ptr(),
+                    event.value.as_ptr(),
+                    event.value.len(),
+                    event.version,
+                    i32::from(event.deleted),
+                )
+            };
+        });
+        // SAFETY: non-NULL, writable.
+        unsafe { *out = id as *mut sb_subscription };
         Ok(())
     })
 }

@@ -2,7 +2,8 @@
 //! compiler against `include/switchboard.h` and `libswitchboard.a`, run
 //! against an in-process hub with a Rust client on the other side:
 //! request/reply both ways (one nested), pub/sub both ways, a direct
-//! message, kv both ways, a payload over the frame limit,
+//! message, kv both ways (get, set, a watch seeing Rust's changes), a
+//! payload over the frame limit,
 //! error codes (bad input, unknown target, timeout, error reply, use after
 //! close, double close). Also builds and runs `examples/c/hello.c`.
 //! The interop program runs under valgrind memcheck when `valgrind` is on
@@ -171,6 +172,11 @@ async fn rust_peer(addr: &str, checked: Arc<AtomicBool>) -> Client {
                         .publish("to-c.reply", echo)
                         .await
                         .expect("publish");
+                }
+                "from-c.change" => {
+                    let kv = publisher.kv();
+                    assert_eq!(kv.set("watched/a", "by-rust").await.expect("kv set"), 2);
+                    assert!(kv.delete("watched/a").await.expect("kv delete"));
                 }
                 "from-c.done" => {
                     let entry = publisher.kv().get("c/key").await.expect("kv get");

@@ -44,6 +44,37 @@ static void on_message(void *user_data, const char *topic, const uint8_t *data, 
   pthread_mutex_unlock(&in->lock);
 }
 
+/* Records kv watch events into an inbox as "KEY=VALUE@VERSION" or
+ * "KEY deleted@VERSION". */
+static void on_kv(void *user_data, const char *key, const uint8_t *data, size_t len,
+                  uint64_t version, int32_t deleted) {
+  struct inbox *in = user_data;
+  pthread_mutex_lock(&in->lock);
+  if (deleted)
+    snprintf(in->last, sizeof in->last, "%s deleted@%llu", key, (unsigned long long)version);
+  else
+    snprintf(in->last, sizeof in->last, "%s=%.*s@%llu", key, (int)len, (const char *)data,
+             (unsigned long long)version);
+  in->count++;
+  pthread_cond_signal(&in->changed);
+  pthread_mutex_unlock(&in->lock);
+}
+
+/* Waits up to 20 s for the inbox's last entry to be `text`. */
+static int wait_last(struct inbox *in, const char *text) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 20;
+  pthread_mutex_lock(&in->lock);
+  int rc = 0;
+  while (strcmp(in->last, text) != 0 && rc == 0)
+    rc = pthread_cond_timedwait(&in->changed, &in->lock, &deadline);
+  int ok = strcmp(in->last, text) == 0;
+  if (!ok) fprintf(stderr, "waited for \"%s\", last is \"%s\"\n", text, in->last);
+  pthread_mutex_unlock(&in->lock);
+  return ok;
+}
+
 /* Waits up to 20 s for the inbox to hold `count` messages. */
 static int wait_for(struct inbox *in, int count) {
   struct timespec deadline;
@@ -176,6 +207,18 @@ int main(int argc, char **argv) {
   CHECK(sb_kv_set(c, "c/key", (const uint8_t *)"from-c", 6, &version) == SB_OK);
   CHECK(version == 1);
   CHECK(sb_kv_set(c, "c/key", (const uint8_t *)"from-c-2", 8, NULL) == SB_OK);
+
+  /* kv watch: C's own write, then Rust's change and delete */
+  struct inbox watched = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0};
+  sb_subscription *watch = NULL;
+  CHECK(sb_kv_watch(c, "watched/", 1, on_kv, &watched, &watch) == SB_OK);
+  CHECK(sb_kv_watch(c, "watched/", 1, NULL, &watched, &watch) == SB_ERR_NULL);
+  CHECK(sb_kv_set(c, "watched/a", (const uint8_t *)"w1", 2, NULL) == SB_OK);
+  CHECK(wait_last(&watched, "watched/a=w1@1"));
+  CHECK(sb_publish(c, "from-c.change", (const uint8_t *)"a", 1) == SB_OK);
+  CHECK(wait_last(&watched, "watched/a deleted@3"));
+  CHECK(watched.count == 3); /* w1, Rust's value, the delete */
+  CHECK(sb_unsubscribe(watch) == SB_OK);
 
   /* tell Rust we are done; it checks kv and calls us once more */
   CHECK(sb_publish(c, "from-c.done", (const uint8_t *)"done", 4) == SB_OK);
