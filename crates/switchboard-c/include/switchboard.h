@@ -302,6 +302,10 @@ enum sb_error sb_connect(const struct sb_options *options, struct sb_client **ou
  * with it, a second `sb_close` included, answers `SB_ERR_CLOSED`; NULL
  * answers `SB_ERR_NULL`. Nothing is freed by the caller.
  *
+ * It waits for running `sb_serve` handlers of this client to return, so
+ * a handler of this client must not call it (a subscription callback
+ * may).
+ *
  * # Safety
  * `client` is any value; it is never dereferenced.
  */

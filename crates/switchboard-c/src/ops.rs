@@ -264,6 +264,10 @@ pub unsafe extern "C" fn sb_connect(
 /// with it, a second `sb_close` included, answers `SB_ERR_CLOSED`; NULL
 /// answers `SB_ERR_NULL`. Nothing is freed by the caller.
 ///
+/// It waits for running `sb_serve` handlers of this client to return, so
+/// a handler of this client must not call it (a subscription callback
+/// may).
+///
 /// # Safety
 /// `client` is any value; it is never dereferenced.
 #[no_mangle]
@@ -740,4 +744,89 @@ pub unsafe extern "C" fn sb_kv_watch(
         unsafe { *out = id as *mut sb_subscription };
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ptr::{null, null_mut};
+
+    fn options(id: &CStr) -> sb_options {
+        sb_options {
+            client_id: id.as_ptr(),
+            addr: c"127.0.0.1:1".as_ptr(),
+            token: c"t".as_ptr(),
+            service: null(),
+            connect_timeout_ms: 500,
+        }
+    }
+
+    #[test]
+    fn bad_input_answers_codes() {
+        let mut client = null_mut();
+        unsafe {
+            assert_eq!(sb_connect(null(), &mut client), sb_error::SB_ERR_NULL);
+            assert_eq!(
+                sb_connect(&options(c"ok"), null_mut()),
+                sb_error::SB_ERR_NULL
+            );
+            let bad = CStr::from_bytes_with_nul(b"bad\xff\0").unwrap();
+            assert_eq!(
+                sb_connect(&options(bad), &mut client),
+                sb_error::SB_ERR_UTF8
+            );
+            assert!(client.is_null());
+            assert_eq!(sb_close(null_mut()), sb_error::SB_ERR_NULL);
+            let made_up = 0xdead_0000usize as *mut sb_client;
+            assert_eq!(sb_close(made_up), sb_error::SB_ERR_CLOSED);
+            assert_eq!(
+                sb_publish(made_up, c"t".as_ptr(), null(), 0),
+                sb_error::SB_ERR_CLOSED
+            );
+            let mut reply = sb_bytes {
+                data: null_mut(),
+                len: 0,
+            };
+            assert_eq!(
+                sb_request(made_up, c"x".as_ptr(), null(), 0, 10, &mut reply),
+                sb_error::SB_ERR_CLOSED
+            );
+            assert_eq!(sb_unsubscribe(null_mut()), sb_error::SB_ERR_NULL);
+            assert_eq!(
+                sb_unsubscribe(0xdead_0001usize as *mut sb_subscription),
+                sb_error::SB_ERR_CLOSED
+            );
+            sb_bytes_free(null_mut());
+            sb_bytes_free(&mut reply);
+        }
+    }
+
+    #[test]
+    fn no_hub_is_a_connect_error() {
+        let mut client = null_mut();
+        let code = unsafe { sb_connect(&options(c"lonely"), &mut client) };
+        assert_eq!(code, sb_error::SB_ERR_CONNECT);
+        assert!(client.is_null());
+    }
+
+    #[test]
+    fn reply_buffers_round_trip() {
+        let mut reply = sb_bytes {
+            data: null_mut(),
+            len: 0,
+        };
+        unsafe {
+            assert_eq!(
+                sb_reply_set(&mut reply, b"abc".as_ptr(), 3),
+                sb_error::SB_OK
+            );
+            assert_eq!(std::slice::from_raw_parts(reply.data, reply.len), b"abc");
+            assert_eq!(sb_reply_set(&mut reply, b"de".as_ptr(), 2), sb_error::SB_OK);
+            assert_eq!(reply.len, 2);
+            assert_eq!(sb_reply_set(&mut reply, null(), 1), sb_error::SB_ERR_NULL);
+            sb_bytes_free(&mut reply);
+            assert!(reply.data.is_null());
+            sb_bytes_free(&mut reply);
+        }
+    }
 }
