@@ -770,7 +770,7 @@ mod tests {
                 sb_connect(&options(c"ok"), null_mut()),
                 sb_error::SB_ERR_NULL
             );
-            let bad = CStr::from_bytes_with_nul(b"bad\xff\0").unwrap();
+            let bad = c"bad\xff";
             assert_eq!(
                 sb_connect(&options(bad), &mut client),
                 sb_error::SB_ERR_UTF8
