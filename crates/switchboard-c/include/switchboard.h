@@ -6,12 +6,14 @@
  * Threads: every function may be called from any thread, also at once;
  * calls block the calling thread until done. The library runs one runtime
  * per process (two worker threads plus a blocking pool, started on first
- * use). Callbacks (sb_message_cb, sb_handler_cb) run on the library's
- * blocking-pool threads, never on the caller's; they may call sb_*
- * functions.
+ * use). Callbacks (sb_message_cb, sb_kv_watch_cb, sb_handler_cb) run on
+ * the library's blocking-pool threads, never on the caller's; they may
+ * call sb_* functions (except sb_close of the client whose sb_serve
+ * handler is running).
  *
  * Ownership: handles (sb_client, sb_subscription) are opaque and are ended
- * by sb_close / sb_unsubscribe; a closed handle answers SB_ERR_CLOSED.
+ * by sb_close / sb_unsubscribe; a closed handle answers SB_ERR_CLOSED
+ * (they are ids, never dereferenced: double close is safe).
  * Strings passed in are copied; buffers the library returns (sb_bytes)
  * belong to the caller and are freed with sb_bytes_free.
  *
