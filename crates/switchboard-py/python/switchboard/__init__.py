@@ -1,0 +1,202 @@
+"""switchboard: an asyncio client of the switchboard message hub.
+
+The Rust client (reliable delivery, resume, discovery, the handshake)
+runs underneath on its own threads; every call that waits is awaited and
+does not hold the GIL::
+
+    import switchboard
+
+    async with switchboard.connect("worker-1", addr="127.0.0.1:7000", token="s3cret") as client:
+        await client.publish("orders.new", b"42")
+        reply = await client.request("adder", "1 2", timeout=5)
+"""
+
+from typing import Any, Awaitable, Callable, Generator, Optional, Union
+
+from . import _native
+from ._errors import *  # noqa: F401,F403
+from ._errors import __all__ as _errors_all
+from ._native import Message, Request, Serving
+
+__all__ = ["connect", "Client", "Kv", "Subscription", "Message", "Request", "Serving", "Payload"]
+__all__ += _errors_all
+
+Payload = Union[bytes, bytearray, str]
+"""What a payload may be given as; ``str`` is sent as UTF-8."""
+
+Handler = Callable[[Request], Union[Awaitable[Payload], Payload]]
+
+
+class Kv:
+    """The key/value store shared by all clients of the hub (``client.kv``)."""
+
+    def __init__(self, native: "_native.NativeClient") -> None:
+        self._native = native
+
+    async def get(self, key: str) -> Optional[bytes]:
+        """The value of ``key``, or ``None`` when it is not set."""
+        return await self._native.kv_get(key)
+
+    async def set(self, key: str, value: Payload) -> int:
+        """Sets ``key`` to ``value``; returns the new version (1 on creation)."""
+        return await self._native.kv_set(key, value)
+
+    async def delete(self, key: str) -> bool:
+        """Deletes ``key``; returns whether it existed."""
+        return await self._native.kv_delete(key)
+
+
+class Subscription:
+    """Messages published on topics matching a pattern.
+
+    ``await client.subscribe(p)`` subscribes at once and returns the
+    subscription; ``async for msg in client.subscribe(p)`` subscribes on the
+    first iteration. Iteration ends when the subscription or client ends.
+    """
+
+    def __init__(self, native: "_native.NativeClient", pattern: str) -> None:
+        self._client = native
+        self._pattern = pattern
+        self._sub: Optional[_native.Subscription] = None
+
+    @property
+    def pattern(self) -> str:
+        """The subscribed pattern."""
+        return self._pattern
+
+    async def _start(self) -> "Subscription":
+        if self._sub is None:
+            self._sub = await self._client.subscribe(self._pattern)
+        return self
+
+    def __await__(self) -> Generator[Any, None, "Subscription"]:
+        return self._start().__await__()
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Message:
+        await self._start()
+        assert self._sub is not None
+        msg = await self._sub.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def unsubscribe(self) -> None:
+        """Ends the subscription at the hub."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+class Client:
+    """A client connected to a hub; made by :func:`connect`."""
+
+    def __init__(self, native: "_native.NativeClient") -> None:
+        self._native = native
+        self.kv = Kv(native)
+        """The shared key/value store."""
+
+    @property
+    def id(self) -> str:
+        """The client id."""
+        return self._native.id
+
+    async def publish(self, topic: str, payload: Payload) -> None:
+        """Publishes ``payload`` on ``topic``."""
+        await self._native.publish(topic, payload)
+
+    async def send(self, to: str, payload: Payload) -> None:
+        """Sends a one-way message to client ``to``."""
+        await self._native.send(to, payload)
+
+    async def request(self, to: str, payload: Payload, *, timeout: Optional[float] = None) -> bytes:
+        """Sends a request to client ``to`` and returns its reply.
+
+        Raises :class:`RequestTimeout` after ``timeout`` seconds (default: the
+        client's request timeout), :class:`NoSuchClient` when ``to`` is not
+        connected, :class:`RemoteError` when its handler failed.
+        """
+        return await self._native.request(to, payload, timeout)
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """Messages on topics matching ``pattern`` (``*`` one level, ``>`` the rest)."""
+        return Subscription(self._native, pattern)
+
+    async def serve(self, handler: Handler, *, concurrency: Optional[int] = None) -> Serving:
+        """Answers requests to this client with ``handler(request)``.
+
+        The handler (usually ``async def``) returns the reply as bytes or str;
+        an exception becomes an error reply (:class:`RemoteError` for the
+        requester). Handlers run on the current event loop and may await
+        other requests. Serving lasts until ``stop()`` or :meth:`close`.
+        """
+        return await self._native.serve(handler, concurrency)
+
+    async def close(self) -> None:
+        """Stops the handlers and closes the connection."""
+        await self._native.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class _Connect:
+    """What :func:`connect` returns: awaitable, or an async context manager."""
+
+    def __init__(self, client_id: str, **options: Any) -> None:
+        self._id = client_id
+        self._options = options
+        self._client: Optional[Client] = None
+
+    async def _connect(self) -> Client:
+        o = self._options
+        native = await _native.connect(
+            self._id,
+            o["addr"],
+            o["token"],
+            o["service"],
+            o["request_timeout"],
+            o["connect_timeout"],
+        )
+        return Client(native)
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._connect()
+        return self._client
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def connect(
+    client_id: str,
+    *,
+    addr: Optional[str] = None,
+    token: Optional[str] = None,
+    service: Optional[str] = None,
+    request_timeout: Optional[float] = None,
+    connect_timeout: Optional[float] = None,
+) -> _Connect:
+    """Connects to a hub as ``client_id``.
+
+    ``await switchboard.connect(...)`` gives a :class:`Client`;
+    ``async with switchboard.connect(...) as client`` closes it at the end.
+    Without ``addr`` the hub is found by discovery of ``service`` (default
+    ``"switchboard"``); ``token`` replaces the per-user secret file.
+    """
+    return _Connect(
+        client_id,
+        addr=addr,
+        token=token,
+        service=service,
+        request_timeout=request_timeout,
+        connect_timeout=connect_timeout,
+    )

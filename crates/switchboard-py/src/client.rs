@@ -1,0 +1,369 @@
+//! The native client and the objects it hands to Python.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use switchboard::{Client, IncomingRequest, ServeHandle, ServeOptions};
+
+use crate::{error, payload, seconds};
+
+/// Runs `f` inside the binding's tokio runtime: dropping client objects
+/// may start background tasks, and Python drops them on its own threads.
+fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = pyo3_async_runtimes::tokio::get_runtime().enter();
+    f()
+}
+
+/// A running handler, until it is stopped (then `None`).
+type ServeSlot = Arc<Mutex<Option<ServeHandle>>>;
+
+/// A connected client (`switchboard.Client` wraps it).
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct NativeClient {
+    client: Client,
+    /// Handlers started by `serve` and not stopped: they live as long as
+    /// the client, whether or not Python keeps their `Serving`.
+    serving: Arc<Mutex<Vec<ServeSlot>>>,
+}
+
+impl NativeClient {
+    pub(crate) fn new(client: Client) -> NativeClient {
+        NativeClient {
+            client,
+            serving: Arc::default(),
+        }
+    }
+}
+
+impl Drop for NativeClient {
+    fn drop(&mut self) {
+        let serving = std::mem::take(&mut *self.serving.lock());
+        in_runtime(|| drop(serving));
+    }
+}
+
+#[pymethods]
+impl NativeClient {
+    /// The client id.
+    #[getter]
+    fn id(&self) -> &str {
+        self.client.id()
+    }
+
+    /// Publishes `payload` on `topic`.
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        topic: String,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = payload::from_py(payload)?;
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.publish(&topic, payload).await.map_err(error::to_py)
+        })
+    }
+
+    /// Sends a one-way message to client `to`.
+    fn send<'py>(
+        &self,
+        py: Python<'py>,
+        to: String,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = payload::from_py(payload)?;
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.send(&to, payload).await.map_err(error::to_py)
+        })
+    }
+
+    /// Sends a request to client `to`; the reply's payload as `bytes`.
+    #[pyo3(signature = (to, payload, timeout=None))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        to: String,
+        payload: &Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = payload::from_py(payload)?;
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let reply = match timeout {
+                Some(t) => client.request_with(&to, "", payload, t).await,
+                None => client.request(&to, payload).await,
+            }
+            .map_err(error::to_py)?;
+            Ok(Python::attach(|py| payload::to_py(py, &reply)))
+        })
+    }
+
+    /// Subscribes to `pattern`; resolves to a [`Subscription`].
+    fn subscribe<'py>(&self, py: Python<'py>, pattern: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let sub = client.subscribe(&pattern).await.map_err(error::to_py)?;
+            Ok(Subscription {
+                pattern,
+                inner: Arc::new(tokio::sync::Mutex::new(Some(sub))),
+            })
+        })
+    }
+
+    /// Answers requests with `handler(request)`, a coroutine function (or
+    /// a plain function) returning `bytes` or `str`; an exception becomes
+    /// an error reply. Handlers run on the event loop that called `serve`.
+    #[pyo3(signature = (handler, concurrency=None))]
+    fn serve<'py>(
+        &self,
+        py: Python<'py>,
+        handler: Py<PyAny>,
+        concurrency: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        let handler = Arc::new(handler);
+        let mut options = ServeOptions::default();
+        if let Some(n) = concurrency {
+            options = options.concurrency(n);
+        }
+        let client = self.client.clone();
+        let serving = self.serving.clone();
+        let run = move |req: IncomingRequest| {
+            let handler = handler.clone();
+            let locals = locals.clone();
+            async move {
+                let started = Python::attach(|py| -> PyResult<HandlerFuture> {
+                    let request = Py::new(py, Request::new(py, &req))?;
+                    let out = handler.call1(py, (request,))?.into_bound(py);
+                    if out.hasattr("__await__")? {
+                        Ok(Box::pin(pyo3_async_runtimes::into_future_with_locals(
+                            &locals, out,
+                        )?))
+                    } else {
+                        let value = out.unbind();
+                        Ok(Box::pin(async move { Ok(value) }))
+                    }
+                });
+                let result = match started {
+                    Ok(fut) => fut.await,
+                    Err(e) => Err(e),
+                };
+                Python::attach(|py| result.and_then(|v| payload::from_py(v.bind(py))))
+                    .map_err(|e| Python::attach(|py| describe(py, &e)))
+            }
+        };
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let handle = client
+                .serve_with(options, run)
+                .await
+                .map_err(error::to_py)?;
+            let slot = Arc::new(Mutex::new(Some(handle)));
+            serving.lock().push(slot.clone());
+            Ok(Serving { slot })
+        })
+    }
+
+    /// The value of `key` as `bytes`, or `None`.
+    fn kv_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let kv = self.client.kv();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let entry = kv.get(&key).await.map_err(error::to_py)?;
+            Ok(Python::attach(|py| {
+                entry.map(|e| payload::to_py(py, &e.value))
+            }))
+        })
+    }
+
+    /// Sets `key` to `value`; resolves to the new version.
+    fn kv_set<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let value = payload::from_py(value)?;
+        let kv = self.client.kv();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            kv.set(&key, value).await.map_err(error::to_py)
+        })
+    }
+
+    /// Deletes `key`; resolves to whether it existed.
+    fn kv_delete<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
+        let kv = self.client.kv();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            kv.delete(&key).await.map_err(error::to_py)
+        })
+    }
+
+    /// Stops every handler and closes the connection.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        let serving = std::mem::take(&mut *self.serving.lock());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            for slot in serving {
+                let handle = slot.lock().take();
+                if let Some(h) = handle {
+                    h.stop().await;
+                }
+            }
+            client.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// A Python handler's pending result.
+type HandlerFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
+
+/// A handler's exception as the error reply's text: `Type: message`.
+fn describe(py: Python<'_>, e: &PyErr) -> String {
+    let name = e
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    format!("{name}: {}", e.value(py))
+}
+
+/// A message received on a subscription.
+#[pyclass(frozen, get_all, module = "switchboard._native")]
+pub struct Message {
+    /// The topic it was published on.
+    topic: String,
+    /// The payload.
+    payload: Py<PyBytes>,
+    /// The publisher's client id.
+    sender: String,
+    /// The publisher's reply topic, or `""`.
+    reply_to: String,
+}
+
+#[pymethods]
+impl Message {
+    fn __repr__(&self) -> String {
+        format!("Message(topic={:?}, sender={:?})", self.topic, self.sender)
+    }
+}
+
+/// A request given to a `serve` handler.
+#[pyclass(frozen, get_all, module = "switchboard._native")]
+pub struct Request {
+    /// The requester's client id.
+    sender: String,
+    /// The payload.
+    payload: Py<PyBytes>,
+    /// The method name, or `""`.
+    method: String,
+}
+
+impl Request {
+    fn new(py: Python<'_>, req: &IncomingRequest) -> Request {
+        Request {
+            sender: req.from().to_owned(),
+            payload: payload::to_py(py, req.payload()),
+            method: req.method().to_owned(),
+        }
+    }
+}
+
+#[pymethods]
+impl Request {
+    fn __repr__(&self) -> String {
+        format!(
+            "Request(sender={:?}, method={:?})",
+            self.sender, self.method
+        )
+    }
+}
+
+/// A subscription: `next()` resolves to the next [`Message`], or `None`
+/// once it ended.
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct Subscription {
+    pattern: String,
+    inner: Arc<tokio::sync::Mutex<Option<switchboard::Subscription>>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut sub) = self.inner.try_lock() {
+            let sub = sub.take();
+            in_runtime(|| drop(sub));
+        }
+    }
+}
+
+#[pymethods]
+impl Subscription {
+    /// The subscribed pattern.
+    #[getter]
+    fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The next message, or `None` when the subscription ended.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut guard = inner.lock().await;
+            let Some(sub) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let Some(m) = sub.recv().await else {
+                return Ok(None);
+            };
+            Python::attach(|py| {
+                Py::new(
+                    py,
+                    Message {
+                        topic: m.topic.to_string(),
+                        payload: payload::to_py(py, &m.payload),
+                        sender: m.from.to_string(),
+                        reply_to: m.reply_to.to_string(),
+                    },
+                )
+            })
+            .map(Some)
+        })
+    }
+
+    /// Ends the subscription at the hub.
+    fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let sub = inner.lock().await.take();
+            if let Some(sub) = sub {
+                sub.unsubscribe().await.map_err(error::to_py)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A running handler from `serve`; `stop()` ends it (closing the client
+/// does too).
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct Serving {
+    slot: ServeSlot,
+}
+
+#[pymethods]
+impl Serving {
+    /// Stops taking requests.
+    fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let handle = self.slot.lock().take();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if let Some(h) = handle {
+                h.stop().await;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Python bindings of the switchboard client: the native module
+//! `switchboard._native`, wrapped by the pure-Python package `switchboard`
+//! (`python/switchboard/`), which is the API users see.
+//!
+//! Every call that waits returns an asyncio awaitable
+//! ([`pyo3_async_runtimes`]): the work runs on one tokio runtime per
+//! process, without the GIL; Python handlers run on the caller's event
+//! loop. Errors become the exceptions of `switchboard._errors`.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use switchboard::Client;
+
+mod client;
+mod error;
+mod payload;
+
+pub use client::{Message, NativeClient, Request, Serving, Subscription};
+
+/// Seconds from Python as a [`Duration`]; `what` names the argument.
+pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} must be a finite number of seconds >= 0, not {secs}"
+        ))
+    })
+}
+
+/// Connects to a hub as `client_id`: by address when `addr` is given,
+/// otherwise by discovery of `service`. The token, when given, replaces the
+/// per-user secret file.
+#[pyfunction]
+#[pyo3(signature = (client_id, addr=None, token=None, service=None, request_timeout=None, connect_timeout=None))]
+fn connect<'py>(
+    py: Python<'py>,
+    client_id: String,
+    addr: Option<String>,
+    token: Option<String>,
+    service: Option<String>,
+    request_timeout: Option<f64>,
+    connect_timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut builder = Client::builder(client_id);
+    if let Some(addr) = addr {
+        builder = builder.addr(addr);
+    }
+    if let Some(token) = token {
+        builder = builder.token(&token);
+    }
+    if let Some(service) = service {
+        builder = builder.service(service);
+    }
+    if let Some(t) = request_timeout {
+        builder = builder.request_timeout(seconds("request_timeout", t)?);
+    }
+    if let Some(t) = connect_timeout {
+        builder = builder.connect_timeout(seconds("connect_timeout", t)?);
+    }
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let client = builder.connect().await.map_err(error::to_py)?;
+        Ok(NativeClient::new(client))
+    })
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_class::<NativeClient>()?;
+    m.add_class::<Message>()?;
+    m.add_class::<Request>()?;
+    m.add_class::<Subscription>()?;
+    m.add_class::<Serving>()?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+"""The Python client against a real hub process: every call, errors, CLI interop."""
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+import switchboard
+from switchboard import (
+    AuthFailed,
+    ClientClosed,
+    InvalidArgument,
+    NoSuchClient,
+    RemoteError,
+    RequestTimeout,
+    SwitchboardError,
+)
+
+WAIT = 10  # seconds: upper bound of any single step
+
+
+def connect(hub, client_id, **kw):
+    return switchboard.connect(client_id, addr=hub.addr, token=hub.token, **kw)
+
+
+async def test_connect_async_with_and_close(hub):
+    async with connect(hub, "py-ctx") as client:
+        assert client.id == "py-ctx"
+        await client.publish("nobody.listens", b"x")
+    with pytest.raises(ClientClosed) as e:
+        await client.publish("t", b"x")
+    assert str(e.value) == "the client is closed"
+
+    client = await connect(hub, "py-plain")
+    async with client:
+        await client.publish("t", "x")
+    with pytest.raises(ClientClosed):
+        await client.request("py-plain", b"x")
+
+
+async def test_invalid_id_is_refused(hub):
+    with pytest.raises(InvalidArgument) as e:
+        await connect(hub, "")
+    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, SwitchboardError)
+    assert str(e.value).startswith("invalid argument:")
+
+
+async def test_wrong_token_is_auth_failed(hub):
+    with pytest.raises(AuthFailed) as e:
+        await switchboard.connect("py-badtoken", addr=hub.addr, token="wrong")
+    # the client checks the hub's proof first: a wrong token shows there
+    assert "wrong token" in str(e.value)
+    assert e.value.code == "AUTH_FAILED"
+
+
+async def test_publish_subscribe(hub):
+    async with connect(hub, "py-sub") as sub_client, connect(hub, "py-pub") as pub:
+        sub = await sub_client.subscribe("orders.>")
+        assert sub.pattern == "orders.>"
+        await pub.publish("orders.new", b"\x00\x01bin")
+        await pub.publish("other.topic", b"not for us")
+        await pub.publish("orders.eu.paid", "caf\u00e9")
+        got = []
+        async for msg in sub:
+            got.append(msg)
+            if len(got) == 2:
+                break
+        assert [m.topic for m in got] == ["orders.new", "orders.eu.paid"]
+        assert got[0].payload == b"\x00\x01bin"
+        assert got[1].payload == "caf\u00e9".encode()
+        assert all(m.sender == "py-pub" for m in got)
+        assert all(isinstance(m.payload, bytes) for m in got)
+
+
+async def test_subscribe_lazily_in_async_for(hub):
+    async with connect(hub, "py-lazy") as client:
+        received = asyncio.get_running_loop().create_future()
+
+        async def reader():
+            async for msg in client.subscribe("lazy.*"):
+                received.set_result(msg)
+                return
+
+        task = asyncio.create_task(reader())
+        # publish until the subscription is in place
+        while not received.done():
+            await client.publish("lazy.x", b"hi")
+            await asyncio.wait([received], timeout=0.05)
+        await asyncio.wait_for(task, WAIT)
+        assert received.result().payload == b"hi"
+
+
+async def test_cancelled_next_leaves_subscription_usable(hub):
+    async with connect(hub, "py-cancel") as client:
+        sub = await client.subscribe("cancel.t")
+        it = sub.__aiter__()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(it.__anext__(), 0.2)
+        await client.publish("cancel.t", b"after")
+        msg = await asyncio.wait_for(it.__anext__(), WAIT)
+        assert msg.payload == b"after"
+        await sub.unsubscribe()
+
+
+async def test_request_and_serve(hub):
+    async with connect(hub, "py-server") as server, connect(hub, "py-asker") as asker:
+
+        async def handler(req):
+            assert isinstance(req.payload, bytes)
+            if req.payload == b"fail":
+                raise ValueError("boom")
+            if req.payload == b"bytes":
+                return b"\xffraw"
+            return f"{req.sender}:{req.payload.decode().upper()}"
+
+        serving = await server.serve(handler, concurrency=4)
+        assert await asker.request("py-server", "hello", timeout=WAIT) == b"py-asker:HELLO"
+        assert await asker.request("py-server", b"bytes") == b"\xffraw"
+        with pytest.raises(RemoteError) as e:
+            await asker.request("py-server", "fail", timeout=WAIT)
+        assert "ValueError: boom" in str(e.value)
+        # concurrent requests
+        replies = await asyncio.gather(*(asker.request("py-server", str(i)) for i in range(20)))
+        assert replies == [f"py-asker:{i}".encode() for i in range(20)]
+        await serving.stop()
+
+
+async def test_sync_handler(hub):
+    async with connect(hub, "py-sync-server") as server, connect(hub, "py-sync-asker") as asker:
+        await server.serve(lambda req: req.payload[::-1])
+        assert await asker.request("py-sync-server", b"abc", timeout=WAIT) == b"cba"
+
+
+async def test_handler_that_awaits_a_request(hub):
+    async with connect(hub, "py-backend") as backend, connect(hub, "py-front") as front, connect(
+        hub, "py-caller"
+    ) as caller:
+        await backend.serve(lambda req: b"backend(" + req.payload + b")")
+
+        async def forward(req):
+            inner = await front.request("py-backend", req.payload, timeout=WAIT)
+            return b"front(" + inner + b")"
+
+        await front.serve(forward)
+        reply = await caller.request("py-front", b"x", timeout=WAIT)
+        assert reply == b"front(backend(x))"
+
+
+async def test_unknown_target_and_timeout(hub):
+    async with connect(hub, "py-errs") as client, connect(hub, "py-slow") as slow:
+        with pytest.raises(NoSuchClient) as e:
+            await client.request("nobody-here", b"x", timeout=WAIT)
+        assert e.value.code == "NO_SUCH_CLIENT"
+
+        async def sleepy(req):
+            await asyncio.sleep(5)
+            return b"late"
+
+        await slow.serve(sleepy)
+        with pytest.raises(RequestTimeout) as e:
+            await client.request("py-slow", b"x", timeout=0.3)
+        assert isinstance(e.value, TimeoutError)
+        assert e.value.code == "TIMEOUT"
+        assert str(e.value).startswith("timed out:")
+
+
+async def test_bad_arguments(hub):
+    async with connect(hub, "py-bad") as client:
+        with pytest.raises(TypeError):
+            await client.publish("t", 42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            await client.request("py-bad", b"x", timeout=-1)
+        with pytest.raises(InvalidArgument):
+            await client.subscribe("bad..pattern")
+
+
+async def test_kv(hub):
+    async with connect(hub, "py-kv") as client, connect(hub, "py-kv2") as other:
+        assert await client.kv.get("py.k") is None
+        assert await client.kv.set("py.k", b"v1") == 1
+        assert await client.kv.set("py.k", "v2") == 2
+        assert await other.kv.get("py.k") == b"v2"
+        assert await client.kv.delete("py.k") is True
+        assert await client.kv.delete("py.k") is False
+        assert await other.kv.get("py.k") is None
+
+
+async def test_cli_request_to_python_server(hub):
+    async with connect(hub, "py-for-cli") as server:
+        await server.serve(lambda req: b"py says " + req.payload)
+        proc = await asyncio.create_subprocess_exec(
+            hub.bin, "--addr", hub.addr, "request", "--to", "py-for-cli", "--timeout", "5", "ping",
+            env=hub.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+        assert proc.returncode == 0, err
+        assert out.decode().strip() == "py says ping"
+
+
+async def test_python_request_to_cli_server(hub):
+    proc = await asyncio.create_subprocess_exec(
+        hub.bin, "--addr", hub.addr, "--json", "serve", "--id", "cli-echo", "--echo",
+        env=hub.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        ready = json.loads(await asyncio.wait_for(proc.stderr.readline(), WAIT))
+        assert ready["event"] == "ready"
+        async with connect(hub, "py-to-cli") as client:
+            assert await client.request("cli-echo", "echo me", timeout=WAIT) == b"echo me"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), WAIT)
