@@ -155,7 +155,7 @@ async def test_unknown_target_and_timeout(hub):
         assert e.value.code == "NO_SUCH_CLIENT"
 
         async def sleepy(req):
-            await asyncio.sleep(5)
+            await asyncio.sleep(1.5)  # close() waits for running handlers
             return b"late"
 
         await slow.serve(sleepy)
@@ -174,6 +174,24 @@ async def test_bad_arguments(hub):
             await client.request("py-bad", b"x", timeout=-1)
         with pytest.raises(InvalidArgument):
             await client.subscribe("bad..pattern")
+        with pytest.raises(UnicodeEncodeError):
+            await client.publish("t", "\ud800")  # a lone surrogate is not UTF-8
+    with pytest.raises(TypeError):
+        await switchboard.connect(123, addr=hub.addr, token=hub.token)  # type: ignore[arg-type]
+
+
+async def test_cancelled_request_leaves_client_usable(hub):
+    async with connect(hub, "py-cancel-req") as client, connect(hub, "py-cancel-slow") as slow:
+
+        async def handler(req):
+            if req.payload == b"slow":
+                await asyncio.sleep(1.5)  # close() waits for running handlers
+            return req.payload
+
+        await slow.serve(handler)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.request("py-cancel-slow", b"slow", timeout=WAIT), 0.2)
+        assert await client.request("py-cancel-slow", b"fast", timeout=WAIT) == b"fast"
 
 
 async def test_kv(hub):

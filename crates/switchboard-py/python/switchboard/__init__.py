@@ -129,12 +129,17 @@ class Client:
         The handler (usually ``async def``) returns the reply as bytes or str;
         an exception becomes an error reply (:class:`RemoteError` for the
         requester). Handlers run on the current event loop and may await
-        other requests. Serving lasts until ``stop()`` or :meth:`close`.
+        other requests. Serving lasts until ``stop()`` or :meth:`close`
+        (both wait for running handlers to finish and reply).
         """
         return await self._native.serve(handler, concurrency)
 
     async def close(self) -> None:
-        """Stops the handlers and closes the connection."""
+        """Stops the handlers and closes the connection.
+
+        Requests queued but not started get an error reply; running
+        handlers finish and reply first.
+        """
         await self._native.close()
 
     async def __aenter__(self) -> "Client":
