@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-use switchboard::{Client, IncomingRequest, ServeHandle, ServeOptions};
+use pyo3::types::{PyBytes, PyList, PyMapping};
+use switchboard::{Client, Headers, IncomingRequest, MessageKind, ServeHandle, ServeOptions};
 
 use crate::{error, payload, seconds};
 
@@ -68,17 +68,39 @@ impl NativeClient {
         })
     }
 
-    /// Sends a one-way message to client `to`.
+    /// Sends a one-way message to client `to`, with optional headers (a
+    /// mapping or pairs of `str` keys and payload values).
+    #[pyo3(signature = (to, payload, headers=None))]
     fn send<'py>(
         &self,
         py: Python<'py>,
         to: String,
         payload: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let payload = payload::from_py(payload)?;
+        let headers = headers
+            .map(headers_from_py)
+            .transpose()?
+            .unwrap_or_default();
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.send(&to, payload).await.map_err(error::to_py)
+            client
+                .send_with_headers(&to, payload, headers)
+                .await
+                .map_err(error::to_py)
+        })
+    }
+
+    /// Direct messages (from `send`) and broadcasts to this client, from
+    /// now on; resolves to an [`Inbox`].
+    fn messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let inbox = client.messages().await.map_err(error::to_py)?;
+            Ok(Inbox {
+                inner: Arc::new(tokio::sync::Mutex::new(Some(inbox))),
+            })
         })
     }
 
@@ -202,21 +224,110 @@ impl NativeClient {
         })
     }
 
+    /// Watches `key` (or, with `prefix`, every key starting with it);
+    /// resolves to a [`KvWatch`] that yields the current value first.
+    #[pyo3(signature = (key, prefix=false))]
+    fn kv_watch<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        prefix: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kv = self.client.kv();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let watch = if prefix {
+                kv.watch_prefix(&key).await
+            } else {
+                kv.watch(&key).await
+            }
+            .map_err(error::to_py)?;
+            Ok(KvWatch {
+                inner: Arc::new(tokio::sync::Mutex::new(Some(watch))),
+            })
+        })
+    }
+
+    /// Ends the client gracefully within `timeout` seconds: stops the
+    /// handlers, ends deliveries, lets the streams be read to their end,
+    /// waits until everything sent is acknowledged, then closes. Resolves
+    /// to whether everything was acknowledged and taken in time.
+    #[pyo3(signature = (timeout=5.0))]
+    fn drain<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        let client = self.client.clone();
+        let serving = std::mem::take(&mut *self.serving.lock());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            stop_all(serving).await;
+            Ok(client.drain(timeout).await.is_clean())
+        })
+    }
+
     /// Stops every handler and closes the connection.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         let serving = std::mem::take(&mut *self.serving.lock());
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            for slot in serving {
-                let handle = slot.lock().take();
-                if let Some(h) = handle {
-                    h.stop().await;
-                }
-            }
+            stop_all(serving).await;
             client.close().await;
             Ok(())
         })
     }
+}
+
+/// Stops the handlers in `serving` (waiting for running ones).
+async fn stop_all(serving: Vec<ServeSlot>) {
+    for slot in serving {
+        let handle = slot.lock().take();
+        if let Some(h) = handle {
+            h.stop().await;
+        }
+    }
+}
+
+/// Headers from Python: a mapping, or an iterable of `(key, value)` pairs.
+fn headers_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Headers> {
+    let pairs = match obj.cast::<PyMapping>() {
+        Ok(m) => m.items()?.into_any(),
+        Err(_) => obj.clone(),
+    };
+    let mut headers = Headers::new();
+    for pair in pairs.try_iter()? {
+        let (key, value): (String, Bound<'_, PyAny>) = pair?.extract()?;
+        headers.append(key, payload::from_py(&value)?);
+    }
+    Ok(headers)
+}
+
+/// Headers for Python: a list of `(key, value)` pairs, in order.
+fn headers_to_py(py: Python<'_>, headers: &Headers) -> PyResult<Py<PyList>> {
+    let pairs: Vec<(String, Py<PyBytes>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_owned(), payload::to_py(py, v)))
+        .collect();
+    Ok(PyList::new(py, pairs)?.unbind())
+}
+
+/// A received message as a Python [`Message`].
+fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
+    Python::attach(|py| {
+        let kind = match m.kind {
+            MessageKind::Direct => "direct",
+            MessageKind::Broadcast => "broadcast",
+            MessageKind::Publish => "publish",
+            _ => "other",
+        };
+        Py::new(
+            py,
+            Message {
+                kind,
+                topic: m.topic.to_string(),
+                payload: payload::to_py(py, &m.payload),
+                sender: m.from.to_string(),
+                reply_to: m.reply_to.to_string(),
+                headers: headers_to_py(py, &m.headers)?,
+            },
+        )
+    })
 }
 
 /// A Python handler's pending result.
@@ -235,7 +346,9 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
 /// A message received on a subscription.
 #[pyclass(frozen, get_all, module = "switchboard._native")]
 pub struct Message {
-    /// The topic it was published on.
+    /// How it arrived: `"publish"`, `"direct"` or `"broadcast"`.
+    kind: &'static str,
+    /// The topic it was published on (`""` unless published).
     topic: String,
     /// The payload.
     payload: Py<PyBytes>,
@@ -243,6 +356,8 @@ pub struct Message {
     sender: String,
     /// The publisher's reply topic, or `""`.
     reply_to: String,
+    /// The sender's headers: `(key, value)` pairs in order.
+    headers: Py<PyList>,
 }
 
 #[pymethods]
@@ -319,18 +434,7 @@ impl Subscription {
             let Some(m) = sub.recv().await else {
                 return Ok(None);
             };
-            Python::attach(|py| {
-                Py::new(
-                    py,
-                    Message {
-                        topic: m.topic.to_string(),
-                        payload: payload::to_py(py, &m.payload),
-                        sender: m.from.to_string(),
-                        reply_to: m.reply_to.to_string(),
-                    },
-                )
-            })
-            .map(Some)
+            message_to_py(m).map(Some)
         })
     }
 
@@ -363,6 +467,135 @@ impl Serving {
             if let Some(h) = handle {
                 h.stop().await;
             }
+            Ok(())
+        })
+    }
+}
+
+/// Direct messages and broadcasts to this client: `next()` resolves to the
+/// next [`Message`], or `None` once the inbox ended.
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct Inbox {
+    inner: Arc<tokio::sync::Mutex<Option<switchboard::Messages>>>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if let Ok(mut inbox) = self.inner.try_lock() {
+            let inbox = inbox.take();
+            in_runtime(|| drop(inbox));
+        }
+    }
+}
+
+#[pymethods]
+impl Inbox {
+    /// The next message, or `None` when the inbox ended.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut guard = inner.lock().await;
+            let Some(inbox) = guard.as_mut() else {
+                return Ok(None);
+            };
+            match inbox.recv().await {
+                Some(m) => message_to_py(m).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Stops taking direct messages.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let inbox = inner.lock().await.take();
+            drop(inbox);
+            Ok(())
+        })
+    }
+}
+
+/// A change to a watched key.
+#[pyclass(frozen, get_all, module = "switchboard._native")]
+pub struct KvEvent {
+    /// The key.
+    key: String,
+    /// The new value (`b""` when deleted).
+    value: Py<PyBytes>,
+    /// The version after the change.
+    version: u64,
+    /// Whether the key was deleted.
+    deleted: bool,
+    /// The client id that made the change; `""` for the current value a
+    /// watch starts with.
+    by: String,
+}
+
+#[pymethods]
+impl KvEvent {
+    fn __repr__(&self) -> String {
+        format!(
+            "KvEvent(key={:?}, version={}, deleted={}, by={:?})",
+            self.key,
+            self.version,
+            if self.deleted { "True" } else { "False" },
+            self.by
+        )
+    }
+}
+
+/// Changes to a watched key or prefix: `next()` resolves to the next
+/// [`KvEvent`], or `None` once the watch ended.
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct KvWatch {
+    inner: Arc<tokio::sync::Mutex<Option<switchboard::KvWatch>>>,
+}
+
+impl Drop for KvWatch {
+    fn drop(&mut self) {
+        if let Ok(mut watch) = self.inner.try_lock() {
+            let watch = watch.take();
+            in_runtime(|| drop(watch));
+        }
+    }
+}
+
+#[pymethods]
+impl KvWatch {
+    /// The next change, or `None` when the watch ended.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut guard = inner.lock().await;
+            let Some(watch) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let Some(e) = watch.recv().await else {
+                return Ok(None);
+            };
+            Python::attach(|py| {
+                Py::new(
+                    py,
+                    KvEvent {
+                        key: e.key,
+                        value: payload::to_py(py, &e.value),
+                        version: e.version,
+                        deleted: e.deleted,
+                        by: e.by,
+                    },
+                )
+            })
+            .map(Some)
+        })
+    }
+
+    /// Stops watching.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let watch = inner.lock().await.take();
+            drop(watch);
             Ok(())
         })
     }

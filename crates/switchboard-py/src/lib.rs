@@ -17,7 +17,7 @@ mod client;
 mod error;
 mod payload;
 
-pub use client::{Message, NativeClient, Request, Serving, Subscription};
+pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
 
 /// Seconds from Python as a [`Duration`]; `what` names the argument.
 pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
@@ -73,5 +73,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Request>()?;
     m.add_class::<Subscription>()?;
     m.add_class::<Serving>()?;
+    m.add_class::<Inbox>()?;
+    m.add_class::<KvEvent>()?;
+    m.add_class::<KvWatch>()?;
     Ok(())
 }

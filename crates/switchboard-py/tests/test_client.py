@@ -231,3 +231,42 @@ async def test_python_request_to_cli_server(hub):
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), WAIT)
+
+
+async def test_send_with_headers_to_inbox(hub):
+    async with connect(hub, "py-inbox") as receiver, connect(hub, "py-sender") as sender:
+        with pytest.raises(switchboard.NotListening):
+            await sender.send("py-inbox", b"too early")
+        inbox = await receiver.messages()
+        await sender.send("py-inbox", "hello", headers={"trace-id": "abc"})
+        await sender.send("py-inbox", b"two", headers=[("tag", b"a"), ("tag", "b")])
+        first = await asyncio.wait_for(inbox.__anext__(), WAIT)
+        assert (first.kind, first.sender, first.payload) == ("direct", "py-sender", b"hello")
+        assert first.headers == [("trace-id", b"abc")]
+        second = await asyncio.wait_for(inbox.__anext__(), WAIT)
+        assert second.headers == [("tag", b"a"), ("tag", b"b")]
+        await inbox.close()
+
+
+async def test_kv_watch(hub):
+    async with connect(hub, "py-watcher") as watcher, connect(hub, "py-writer") as writer:
+        await writer.kv.set("watch.a", b"0")
+        async with await watcher.kv.watch("watch.", prefix=True) as changes:
+            current = await asyncio.wait_for(changes.__anext__(), WAIT)
+            assert (current.key, current.value, current.by) == ("watch.a", b"0", "")
+            await writer.kv.set("watch.b", "1")
+            await writer.kv.delete("watch.a")
+            set_b = await asyncio.wait_for(changes.__anext__(), WAIT)
+            assert (set_b.key, set_b.value, set_b.by, set_b.deleted) == ("watch.b", b"1", "py-writer", False)
+            deleted = await asyncio.wait_for(changes.__anext__(), WAIT)
+            assert (deleted.key, deleted.deleted) == ("watch.a", True)
+
+
+async def test_drain(hub):
+    client = await connect(hub, "py-drain")
+    await client.serve(lambda req: req.payload)
+    for i in range(50):
+        await client.publish("drain.t", str(i))
+    assert await client.drain(timeout=WAIT) is True
+    with pytest.raises(ClientClosed):
+        await client.publish("drain.t", b"x")

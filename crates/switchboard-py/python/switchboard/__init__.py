@@ -11,20 +11,87 @@ does not hold the GIL::
         reply = await client.request("adder", "1 2", timeout=5)
 """
 
-from typing import Any, Awaitable, Callable, Generator, Optional, Union
+from typing import Any, Awaitable, Callable, Generator, Iterable, Mapping, Optional, Tuple, Union
 
 from . import _native
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
-from ._native import Message, Request, Serving
+from ._native import KvEvent, Message, Request, Serving
 
-__all__ = ["connect", "Client", "Kv", "Subscription", "Message", "Request", "Serving", "Payload"]
+__all__ = [
+    "connect",
+    "Client",
+    "Kv",
+    "KvWatch",
+    "KvEvent",
+    "Inbox",
+    "Subscription",
+    "Message",
+    "Request",
+    "Serving",
+    "Payload",
+    "Headers",
+]
 __all__ += _errors_all
 
 Payload = Union[bytes, bytearray, str]
 """What a payload may be given as; ``str`` is sent as UTF-8."""
 
 Handler = Callable[[Request], Union[Awaitable[Payload], Payload]]
+
+Headers = Union[Mapping[str, Payload], Iterable[Tuple[str, Payload]]]
+"""Headers to send: a mapping, or ``(key, value)`` pairs (a key may repeat)."""
+
+
+class KvWatch:
+    """Changes to a watched key or prefix, an async iterator of :class:`KvEvent`.
+
+    The first event is the current value (when the key exists, with
+    ``by == ""``), then every change in order. ``async with`` stops the watch
+    at the end.
+    """
+
+    def __init__(self, native: "_native.KvWatch") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "KvWatch":
+        return self
+
+    async def __anext__(self) -> KvEvent:
+        event = await self._native.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def close(self) -> None:
+        """Stops watching."""
+        await self._native.close()
+
+    async def __aenter__(self) -> "KvWatch":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class Inbox:
+    """Direct messages and broadcasts to this client, an async iterator of :class:`Message`."""
+
+    def __init__(self, native: "_native.Inbox") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Inbox":
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = await self._native.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def close(self) -> None:
+        """Stops taking direct messages (senders then get ``NotListening``)."""
+        await self._native.close()
 
 
 class Kv:
@@ -44,6 +111,10 @@ class Kv:
     async def delete(self, key: str) -> bool:
         """Deletes ``key``; returns whether it existed."""
         return await self._native.kv_delete(key)
+
+    async def watch(self, key: str, *, prefix: bool = False) -> KvWatch:
+        """Watches ``key`` (with ``prefix=True``, every key starting with it)."""
+        return KvWatch(await self._native.kv_watch(key, prefix))
 
 
 class Subscription:
@@ -106,9 +177,16 @@ class Client:
         """Publishes ``payload`` on ``topic``."""
         await self._native.publish(topic, payload)
 
-    async def send(self, to: str, payload: Payload) -> None:
-        """Sends a one-way message to client ``to``."""
-        await self._native.send(to, payload)
+    async def send(self, to: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
+        """Sends a one-way message to client ``to`` (which reads it from :meth:`messages`).
+
+        Raises :class:`NotListening` when ``to`` takes no direct messages.
+        """
+        await self._native.send(to, payload, headers)
+
+    async def messages(self) -> Inbox:
+        """Direct messages (:meth:`send`) and broadcasts to this client, from now on."""
+        return Inbox(await self._native.messages())
 
     async def request(self, to: str, payload: Payload, *, timeout: Optional[float] = None) -> bytes:
         """Sends a request to client ``to`` and returns its reply.
@@ -133,6 +211,15 @@ class Client:
         (both wait for running handlers to finish and reply).
         """
         return await self._native.serve(handler, concurrency)
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Ends the client gracefully within ``timeout`` seconds.
+
+        Stops the handlers and new deliveries, lets the streams be read to
+        their end, waits until everything sent is acknowledged, then closes.
+        Returns whether everything was acknowledged and taken in time.
+        """
+        return await self._native.drain(timeout)
 
     async def close(self) -> None:
         """Stops the handlers and closes the connection.
