@@ -31,8 +31,13 @@ pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
 /// Connects to a hub as `client_id`: by address when `addr` is given,
 /// otherwise by discovery of `service`. The token, when given, replaces the
 /// per-user secret file.
+///
+/// `resume_wait` is how long, after losing the hub, the client keeps
+/// looking for it (or its standby) to resume the session; `stream_capacity`
+/// how many items each subscription or inbox holds before pushing back.
 #[pyfunction]
-#[pyo3(signature = (client_id, addr=None, token=None, service=None, request_timeout=None, connect_timeout=None))]
+#[allow(clippy::too_many_arguments)] // Python's keyword arguments
+#[pyo3(signature = (client_id, addr=None, token=None, service=None, request_timeout=None, connect_timeout=None, resume_wait=None, stream_capacity=None))]
 fn connect<'py>(
     py: Python<'py>,
     client_id: String,
@@ -41,6 +46,8 @@ fn connect<'py>(
     service: Option<String>,
     request_timeout: Option<f64>,
     connect_timeout: Option<f64>,
+    resume_wait: Option<f64>,
+    stream_capacity: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = Client::builder(client_id);
     if let Some(addr) = addr {
@@ -57,6 +64,12 @@ fn connect<'py>(
     }
     if let Some(t) = connect_timeout {
         builder = builder.connect_timeout(seconds("connect_timeout", t)?);
+    }
+    if let Some(t) = resume_wait {
+        builder = builder.resume_wait(seconds("resume_wait", t)?);
+    }
+    if let Some(n) = stream_capacity {
+        builder = builder.stream_capacity(n);
     }
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
         let client = builder.connect().await.map_err(error::to_py)?;

@@ -253,6 +253,8 @@ class _Connect:
             o["service"],
             o["request_timeout"],
             o["connect_timeout"],
+            o["resume_wait"],
+            o["stream_capacity"],
         )
         return Client(native)
 
@@ -276,6 +278,8 @@ def connect(
     service: Optional[str] = None,
     request_timeout: Optional[float] = None,
     connect_timeout: Optional[float] = None,
+    resume_wait: Optional[float] = None,
+    stream_capacity: Optional[int] = None,
 ) -> _Connect:
     """Connects to a hub as ``client_id``.
 
@@ -283,6 +287,10 @@ def connect(
     ``async with switchboard.connect(...) as client`` closes it at the end.
     Without ``addr`` the hub is found by discovery of ``service`` (default
     ``"switchboard"``); ``token`` replaces the per-user secret file.
+    Timeouts are in seconds. ``resume_wait`` is how long the client keeps
+    looking for its hub (or the standby that replaced it) to resume after
+    losing it; ``stream_capacity`` how many items each subscription or inbox
+    holds before pushing back on the hub.
     """
     return _Connect(
         client_id,
@@ -291,4 +299,6 @@ def connect(
         service=service,
         request_timeout=request_timeout,
         connect_timeout=connect_timeout,
+        resume_wait=resume_wait,
+        stream_capacity=stream_capacity,
     )

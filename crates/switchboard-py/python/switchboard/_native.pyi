@@ -11,6 +11,8 @@ def connect(
     service: Optional[str] = None,
     request_timeout: Optional[float] = None,
     connect_timeout: Optional[float] = None,
+    resume_wait: Optional[float] = None,
+    stream_capacity: Optional[int] = None,
 ) -> Awaitable[NativeClient]: ...
 
 class Message:
