@@ -13,7 +13,7 @@ use crate::{error, payload, seconds};
 
 /// Runs `f` inside the binding's tokio runtime: dropping client objects
 /// may start background tasks, and Python drops them on its own threads.
-fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
     let _guard = pyo3_async_runtimes::tokio::get_runtime().enter();
     f()
 }
@@ -222,6 +222,31 @@ impl NativeClient {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             kv.delete(&key).await.map_err(error::to_py)
         })
+    }
+
+    /// Presence: the clients connected now, then who joins and leaves;
+    /// resolves to a [`Presence`](crate::observe::Presence).
+    fn presence<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let presence = client.presence().await.map_err(error::to_py)?;
+            Python::attach(|py| crate::observe::Presence::new(py, presence))
+        })
+    }
+
+    /// The clients connected to the hub now, as a list of
+    /// [`ClientInfo`](crate::observe::ClientInfo).
+    fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let clients = client.clients().await.map_err(error::to_py)?;
+            Python::attach(|py| crate::observe::clients_to_py(py, &clients))
+        })
+    }
+
+    /// The client's events from now on.
+    fn events(&self) -> crate::observe::Events {
+        in_runtime(|| crate::observe::Events::new(self.client.events()))
     }
 
     /// Watches `key` (or, with `prefix`, every key starting with it);

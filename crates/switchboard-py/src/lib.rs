@@ -15,9 +15,11 @@ use switchboard::Client;
 
 mod client;
 mod error;
+mod observe;
 mod payload;
 
 pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
+pub use observe::{ClientInfo, Event, Events, Presence, PresenceChange};
 
 /// Seconds from Python as a [`Duration`]; `what` names the argument.
 pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
@@ -89,5 +91,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Inbox>()?;
     m.add_class::<KvEvent>()?;
     m.add_class::<KvWatch>()?;
+    m.add_class::<ClientInfo>()?;
+    m.add_class::<Presence>()?;
+    m.add_class::<PresenceChange>()?;
+    m.add_class::<Event>()?;
+    m.add_class::<Events>()?;
     Ok(())
 }

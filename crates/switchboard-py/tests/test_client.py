@@ -270,3 +270,28 @@ async def test_drain(hub):
     assert await client.drain(timeout=WAIT) is True
     with pytest.raises(ClientClosed):
         await client.publish("drain.t", b"x")
+
+
+async def test_presence_and_clients(hub):
+    async with connect(hub, "py-presence") as watcher:
+        presence = await watcher.presence()
+        assert "py-presence" in [c.client_id for c in presence.current]
+        async with connect(hub, "py-joiner") as joiner:
+            joined = await asyncio.wait_for(presence.__anext__(), WAIT)
+            assert (joined.kind, joined.client.client_id) == ("joined", "py-joiner")
+            ids = [c.client_id for c in await watcher.clients()]
+            assert {"py-presence", "py-joiner"} <= set(ids)
+            info = next(c for c in await watcher.clients() if c.client_id == "py-joiner")
+            assert info.transport == "tcp" and info.reliable is True
+            await joiner.publish("t", b"x")
+        left = await asyncio.wait_for(presence.__anext__(), WAIT)
+        assert (left.kind, left.client.client_id) == ("left", "py-joiner")
+        await presence.close()
+
+
+async def test_events_end_with_closed(hub):
+    client = await connect(hub, "py-events")
+    events = client.events()
+    await client.close()
+    kinds = [e.kind async for e in events]
+    assert kinds[-1] == "closed"

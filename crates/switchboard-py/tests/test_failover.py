@@ -86,6 +86,7 @@ async def test_sigkill_of_the_primary_loses_and_duplicates_nothing():
                             return got
 
                 receiver = asyncio.create_task(receive())
+                events = pub.events()
                 for i in range(MESSAGES // 3):
                     await pub.publish("fo.numbers", str(i))
                 primary.kill9()
@@ -93,6 +94,17 @@ async def test_sigkill_of_the_primary_loses_and_duplicates_nothing():
                     await pub.publish("fo.numbers", str(i))  # confirmed, across the failover
                 took = await standby.event("ready")
                 assert took["addr"] == addr and took["epoch"] == 2
+
+                async def resumed():
+                    kinds = []
+                    async for ev in events:
+                        kinds.append(ev.kind)
+                        if ev.kind == "resumed":
+                            return kinds
+                    return kinds
+
+                kinds = await asyncio.wait_for(resumed(), WAIT)
+                assert kinds[0] == "disconnected" and kinds[-1] == "resumed", kinds
 
                 got = await asyncio.wait_for(receiver, WAIT)
                 assert got == list(range(MESSAGES)), "a loss, a duplicate or a reordering"

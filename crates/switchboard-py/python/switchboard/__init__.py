@@ -11,12 +11,12 @@ does not hold the GIL::
         reply = await client.request("adder", "1 2", timeout=5)
 """
 
-from typing import Any, Awaitable, Callable, Generator, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Generator, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _native
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
-from ._native import KvEvent, Message, Request, Serving
+from ._native import ClientInfo, Event, KvEvent, Message, PresenceChange, Request, Serving
 
 __all__ = [
     "connect",
@@ -31,6 +31,11 @@ __all__ = [
     "Serving",
     "Payload",
     "Headers",
+    "Presence",
+    "PresenceChange",
+    "ClientInfo",
+    "Events",
+    "Event",
 ]
 __all__ += _errors_all
 
@@ -72,6 +77,49 @@ class KvWatch:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+class Presence:
+    """Who is connected: ``current`` (when it started), then an async iterator of
+    :class:`PresenceChange` (``kind`` ``"joined"`` or ``"left"``)."""
+
+    def __init__(self, native: "_native.Presence") -> None:
+        self._native = native
+
+    @property
+    def current(self) -> List[ClientInfo]:
+        """The clients connected when presence started, sorted by id."""
+        return self._native.current
+
+    def __aiter__(self) -> "Presence":
+        return self
+
+    async def __anext__(self) -> PresenceChange:
+        change = await self._native.next()
+        if change is None:
+            raise StopAsyncIteration
+        return change
+
+    async def close(self) -> None:
+        """Stops watching presence."""
+        await self._native.close()
+
+
+class Events:
+    """The client's events (connected, disconnected, resumed, slow consumer, ...),
+    an async iterator of :class:`Event`; it ends after the ``"closed"`` event."""
+
+    def __init__(self, native: "_native.Events") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Events":
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._native.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
 
 
 class Inbox:
@@ -211,6 +259,18 @@ class Client:
         (both wait for running handlers to finish and reply).
         """
         return await self._native.serve(handler, concurrency)
+
+    async def presence(self) -> Presence:
+        """The clients connected now, then who joins and leaves."""
+        return Presence(await self._native.presence())
+
+    async def clients(self) -> List[ClientInfo]:
+        """The clients connected to the hub now."""
+        return await self._native.clients()
+
+    def events(self) -> Events:
+        """The client's events from now on (connection changes, drops, ...)."""
+        return Events(self._native.events())
 
     async def drain(self, timeout: float = 5.0) -> bool:
         """Ends the client gracefully within ``timeout`` seconds.
