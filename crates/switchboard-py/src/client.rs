@@ -244,6 +244,32 @@ impl NativeClient {
         })
     }
 
+    /// The hub's counters (clients, subscriptions, pending requests,
+    /// messages and bytes in and out, ...) as a `dict`.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let st = client.status().await.map_err(error::to_py)?;
+            Python::attach(|py| {
+                let d = pyo3::types::PyDict::new(py);
+                d.set_item("uptime_s", st.uptime_s)?;
+                d.set_item("clients", st.clients)?;
+                d.set_item("subscriptions", st.subscriptions)?;
+                d.set_item("pending_requests", st.pending_requests)?;
+                d.set_item("msgs_in", st.msgs_in)?;
+                d.set_item("msgs_out", st.msgs_out)?;
+                d.set_item("bytes_in", st.bytes_in)?;
+                d.set_item("bytes_out", st.bytes_out)?;
+                d.set_item("dropped", st.dropped)?;
+                d.set_item("queue_depth", st.queue_depth)?;
+                d.set_item("kv_keys", st.kv_keys)?;
+                d.set_item("standby_addr", st.standby_addr)?;
+                d.set_item("counters", st.counters)?;
+                Ok(d.unbind())
+            })
+        })
+    }
+
     /// The client's events from now on.
     fn events(&self) -> crate::observe::Events {
         in_runtime(|| crate::observe::Events::new(self.client.events()))

@@ -295,3 +295,49 @@ async def test_events_end_with_closed(hub):
     await client.close()
     kinds = [e.kind async for e in events]
     assert kinds[-1] == "closed"
+
+
+async def _settles(client, key, want):
+    """Polls the hub's status until `key` equals `want` (bounded)."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        got = (await client.status())[key]
+        if got == want or asyncio.get_running_loop().time() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
+async def test_cancellation_leaves_nothing_registered(hub):
+    async with connect(hub, "py-cancel-obs") as observer, connect(hub, "py-cancel-c") as client, connect(
+        hub, "py-cancel-srv"
+    ) as server:
+
+        async def slow(req):
+            await asyncio.sleep(1.5)
+            return b"late"
+
+        await server.serve(slow)
+        base = await observer.status()
+        # subscribe calls cancelled at every point of their way
+        for delay in [0, 0.0001, 0.001, 0.005, 0.02] * 4:
+            try:
+                await asyncio.wait_for(client.subscribe("cancel.obs.>"), delay)
+            except asyncio.TimeoutError:
+                pass
+        assert await _settles(observer, "subscriptions", base["subscriptions"]) == base["subscriptions"]
+        # a request cancelled while the target handles it
+        task = asyncio.create_task(client.request("py-cancel-srv", b"x", timeout=WAIT))
+        await asyncio.sleep(0.2)
+        assert (await observer.status())["pending_requests"] >= base["pending_requests"] + 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _settles(observer, "pending_requests", base["pending_requests"]) == base["pending_requests"]
+
+
+async def test_oversized_payload_is_refused(hub):
+    async with connect(hub, "py-big") as client:
+        with pytest.raises(InvalidArgument) as e:
+            await client.publish("big", b"x" * (17 * 1024 * 1024))
+        assert "exceeds the hub's limit" in str(e.value)
+        await client.publish("big", b"still works")

@@ -11,7 +11,7 @@ does not hold the GIL::
         reply = await client.request("adder", "1 2", timeout=5)
 """
 
-from typing import Any, Awaitable, Callable, Generator, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _native
 from ._errors import *  # noqa: F401,F403
@@ -267,6 +267,11 @@ class Client:
     async def clients(self) -> List[ClientInfo]:
         """The clients connected to the hub now."""
         return await self._native.clients()
+
+    async def status(self) -> Dict[str, Any]:
+        """The hub's counters: ``clients``, ``subscriptions``, ``pending_requests``,
+        ``msgs_in``, ``msgs_out``, ``dropped``, ``kv_keys``, ... (a ``dict``)."""
+        return await self._native.status()
 
     def events(self) -> Events:
         """The client's events from now on (connection changes, drops, ...)."""
