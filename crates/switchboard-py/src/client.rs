@@ -270,6 +270,29 @@ impl NativeClient {
         })
     }
 
+    /// Runs the session engine's manager over the hub: agents are the
+    /// clients that run an agent for this client's id.
+    fn session_manager(&self) -> crate::session::SessionManager {
+        crate::session::SessionManager::start(&self.client)
+    }
+
+    /// Runs the session engine's agent, reporting to the manager
+    /// `manager_id`; `handler(method, payload)` (a coroutine function or a
+    /// plain one) answers its RPCs one at a time, in order, with `bytes` or
+    /// `str`. An exception becomes a fault: its `fault_code` attribute
+    /// when it has one, else 8002 (internal error).
+    #[pyo3(signature = (manager_id, handler, device_id=None))]
+    fn session_agent(
+        &self,
+        py: Python<'_>,
+        manager_id: String,
+        handler: Py<PyAny>,
+        device_id: Option<String>,
+    ) -> PyResult<crate::session::SessionAgent> {
+        let device_id = device_id.unwrap_or_else(|| self.client.id().to_owned());
+        crate::session::SessionAgent::start(py, &self.client, &manager_id, &device_id, handler)
+    }
+
     /// The client's events from now on.
     fn events(&self) -> crate::observe::Events {
         in_runtime(|| crate::observe::Events::new(self.client.events()))
@@ -382,10 +405,10 @@ fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
 }
 
 /// A Python handler's pending result.
-type HandlerFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
 
 /// A handler's exception as the error reply's text: `Type: message`.
-fn describe(py: Python<'_>, e: &PyErr) -> String {
+pub(crate) fn describe(py: Python<'_>, e: &PyErr) -> String {
     let name = e
         .get_type(py)
         .name()

@@ -17,9 +17,11 @@ mod client;
 mod error;
 mod observe;
 mod payload;
+mod session;
 
 pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
 pub use observe::{ClientInfo, Event, Events, Presence, PresenceChange};
+pub use session::{SessionAgent, SessionManager};
 
 /// Seconds from Python as a [`Duration`]; `what` names the argument.
 pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
@@ -96,5 +98,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PresenceChange>()?;
     m.add_class::<Event>()?;
     m.add_class::<Events>()?;
+    m.add_class::<SessionManager>()?;
+    m.add_class::<SessionAgent>()?;
     Ok(())
 }

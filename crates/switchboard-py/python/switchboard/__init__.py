@@ -36,6 +36,8 @@ __all__ = [
     "ClientInfo",
     "Events",
     "Event",
+    "SessionManager",
+    "SessionAgent",
 ]
 __all__ += _errors_all
 
@@ -120,6 +122,38 @@ class Events:
         if event is None:
             raise StopAsyncIteration
         return event
+
+
+class SessionManager:
+    """The session engine's manager (ACS-like side), from :meth:`Client.session_manager`."""
+
+    def __init__(self, native: "_native.SessionManager") -> None:
+        self._native = native
+
+    async def rpc(self, agent: str, method: str, payload: Payload = b"") -> bytes:
+        """Runs ``method`` on agent ``agent`` (its client id), after the RPCs
+        pushed to it before; returns the result. Raises :class:`Fault` when
+        the agent answered with a fault, :class:`RequestTimeout` without an
+        answer in time."""
+        return await self._native.rpc(agent, method, payload)
+
+    async def close(self) -> None:
+        """Stops the manager."""
+        await self._native.close()
+
+
+class SessionAgent:
+    """The session engine's agent (CPE-like side), from :meth:`Client.session_agent`."""
+
+    def __init__(self, native: "_native.SessionAgent") -> None:
+        self._native = native
+
+    async def close(self) -> None:
+        """Stops the agent."""
+        await self._native.close()
+
+
+RpcHandler = Callable[[str, bytes], Union[Awaitable[Payload], Payload]]
 
 
 class Inbox:
@@ -267,6 +301,23 @@ class Client:
     async def clients(self) -> List[ClientInfo]:
         """The clients connected to the hub now."""
         return await self._native.clients()
+
+    def session_manager(self) -> SessionManager:
+        """Runs the session engine's manager: every client running an agent for
+        this client's id is an agent, named by its client id."""
+        return SessionManager(self._native.session_manager())
+
+    def session_agent(
+        self, manager_id: str, handler: RpcHandler, *, device_id: Optional[str] = None
+    ) -> SessionAgent:
+        """Runs the session engine's agent, reporting to ``manager_id``.
+
+        ``handler(method, payload)`` answers the manager's RPCs one at a time,
+        in order, with bytes or str; an exception answers with a fault (its
+        ``fault_code`` attribute, e.g. from :class:`Fault`, or 8002). Call it
+        from a running event loop: handlers run there.
+        """
+        return SessionAgent(self._native.session_agent(manager_id, handler, device_id))
 
     async def status(self) -> Dict[str, Any]:
         """The hub's counters: ``clients``, ``subscriptions``, ``pending_requests``,

@@ -29,6 +29,8 @@ __all__ = [
     "RemoteError",
     "TakenOver",
     "UnsupportedVersion",
+    "Fault",
+    "SessionError",
 ]
 
 
@@ -117,3 +119,21 @@ class TakenOver(SwitchboardError):
 
 class UnsupportedVersion(SwitchboardError):
     """The hub does not speak this client's protocol version."""
+
+
+class Fault(SwitchboardError):
+    """A session agent answered an RPC with a fault (``fault_code``, e.g. 8000
+    for an unknown method). A session handler may raise it, with
+    ``fault_code`` set, to answer with that code."""
+
+    fault_code: Optional[int] = None
+    """The fault's code."""
+
+    def __init__(self, message: str, fault_code: Optional[int] = None) -> None:
+        super().__init__(message)
+        if fault_code is not None:
+            self.fault_code = fault_code
+
+
+class SessionError(SwitchboardError):
+    """The session engine failed (its queue is full, it stopped, ...)."""
