@@ -7,7 +7,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMapping};
-use switchboard::{Client, Headers, IncomingRequest, MessageKind, ServeHandle, ServeOptions};
+use switchboard::{
+    Client, Headers, IncomingRequest, MessageKind, RequestOptions, ServeHandle, ServeOptions,
+};
 
 use crate::{error, payload, seconds};
 
@@ -54,17 +56,24 @@ impl NativeClient {
         self.client.id()
     }
 
-    /// Publishes `payload` on `topic`.
+    /// Publishes `payload` on `topic`, with optional headers.
+    #[pyo3(signature = (topic, payload, headers=None))]
     fn publish<'py>(
         &self,
         py: Python<'py>,
         topic: String,
         payload: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let payload = payload::from_py(payload)?;
+        let headers = headers.map(headers_from_py).transpose()?;
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.publish(&topic, payload).await.map_err(error::to_py)
+            match headers {
+                Some(h) => client.publish_with_headers(&topic, payload, h).await,
+                None => client.publish(&topic, payload).await,
+            }
+            .map_err(error::to_py)
         })
     }
 
@@ -104,25 +113,41 @@ impl NativeClient {
         })
     }
 
-    /// Sends a request to client `to`; the reply's payload as `bytes`.
-    #[pyo3(signature = (to, payload, timeout=None))]
+    /// Sends a request to client `to` (or, with `service=True`, to one of
+    /// the clients serving the service `to`); the reply's payload as
+    /// `bytes`.
+    #[pyo3(signature = (to, payload, timeout=None, headers=None, method=None, service=false))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn request<'py>(
         &self,
         py: Python<'py>,
         to: String,
         payload: &Bound<'py, PyAny>,
         timeout: Option<f64>,
+        headers: Option<&Bound<'py, PyAny>>,
+        method: Option<String>,
+        service: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let payload = payload::from_py(payload)?;
-        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let mut options = RequestOptions::default();
+        if let Some(t) = timeout {
+            options = options.timeout(seconds("timeout", t)?);
+        }
+        if let Some(h) = headers {
+            options = options.headers(headers_from_py(h)?);
+        }
+        if let Some(m) = method {
+            options = options.method(m);
+        }
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let reply = match timeout {
-                Some(t) => client.request_with(&to, "", payload, t).await,
-                None => client.request(&to, payload).await,
+            let reply = if service {
+                client.request_service(&to, payload, options).await
+            } else {
+                client.request_with_options(&to, payload, options).await
             }
             .map_err(error::to_py)?;
-            Ok(Python::attach(|py| payload::to_py(py, &reply)))
+            Ok(Python::attach(|py| payload::to_py(py, &reply.payload)))
         })
     }
 
@@ -141,12 +166,15 @@ impl NativeClient {
     /// Answers requests with `handler(request)`, a coroutine function (or
     /// a plain function) returning `bytes` or `str`; an exception becomes
     /// an error reply. Handlers run on the event loop that called `serve`.
-    #[pyo3(signature = (handler, concurrency=None))]
+    /// With `service`, answers the requests to that service (a name, or a
+    /// pattern with `*` and `>`) instead of those to this client.
+    #[pyo3(signature = (handler, concurrency=None, service=None))]
     fn serve<'py>(
         &self,
         py: Python<'py>,
         handler: Py<PyAny>,
         concurrency: Option<usize>,
+        service: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
         let handler = Arc::new(handler);
@@ -161,7 +189,7 @@ impl NativeClient {
             let locals = locals.clone();
             async move {
                 let started = Python::attach(|py| -> PyResult<HandlerFuture> {
-                    let request = Py::new(py, Request::new(py, &req))?;
+                    let request = Py::new(py, Request::new(py, &req)?)?;
                     let out = handler.call1(py, (request,))?.into_bound(py);
                     if out.hasattr("__await__")? {
                         Ok(Box::pin(pyo3_async_runtimes::into_future_with_locals(
@@ -181,10 +209,11 @@ impl NativeClient {
             }
         };
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let handle = client
-                .serve_with(options, run)
-                .await
-                .map_err(error::to_py)?;
+            let handle = match service {
+                Some(name) => client.serve_service(&name, options, run).await,
+                None => client.serve_with(options, run).await,
+            }
+            .map_err(error::to_py)?;
             let slot = Arc::new(Mutex::new(Some(handle)));
             serving.lock().push(slot.clone());
             Ok(Serving { slot })
@@ -450,15 +479,21 @@ pub struct Request {
     payload: Py<PyBytes>,
     /// The method name, or `""`.
     method: String,
+    /// The requester's headers: `(key, value)` pairs in order.
+    headers: Py<PyList>,
+    /// The service it was sent to, or `None` when sent to this client.
+    service: Option<String>,
 }
 
 impl Request {
-    fn new(py: Python<'_>, req: &IncomingRequest) -> Request {
-        Request {
+    fn new(py: Python<'_>, req: &IncomingRequest) -> PyResult<Request> {
+        Ok(Request {
             sender: req.from().to_owned(),
             payload: payload::to_py(py, req.payload()),
             method: req.method().to_owned(),
-        }
+            headers: headers_to_py(py, req.headers())?,
+            service: req.service().map(str::to_owned),
+        })
     }
 }
 

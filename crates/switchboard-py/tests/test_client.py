@@ -341,3 +341,36 @@ async def test_oversized_payload_is_refused(hub):
             await client.publish("big", b"x" * (17 * 1024 * 1024))
         assert "exceeds the hub's limit" in str(e.value)
         await client.publish("big", b"still works")
+
+
+async def test_headers_and_method_on_publish_and_request(hub):
+    async with connect(hub, "py-h-server") as server, connect(hub, "py-h-client") as client:
+        seen = []
+
+        async def handler(req):
+            seen.append((req.method, req.headers, req.service))
+            return b"ok"
+
+        await server.serve(handler)
+        reply = await client.request(
+            "py-h-server", b"x", timeout=WAIT, headers={"trace": "t1"}, method="Get"
+        )
+        assert reply == b"ok"
+        assert seen == [("Get", [("trace", b"t1")], None)]
+
+        sub = await server.subscribe("h.topic")
+        await client.publish("h.topic", b"p", headers=[("k", "v")])
+        msg = await asyncio.wait_for(sub.__anext__(), WAIT)
+        assert (msg.kind, msg.headers) == ("publish", [("k", b"v")])
+
+
+async def test_service_requests(hub):
+    async with connect(hub, "py-svc-a") as a, connect(hub, "py-svc-b") as b, connect(
+        hub, "py-svc-client"
+    ) as client:
+        with pytest.raises(switchboard.NoResponders):
+            await client.request_service("py.echo", b"x", timeout=WAIT)
+        await a.serve(lambda req: b"a:" + req.service.encode(), service="py.echo")
+        await b.serve(lambda req: b"b:" + req.service.encode(), service="py.echo")
+        replies = {await client.request_service("py.echo", b"x", timeout=WAIT) for _ in range(6)}
+        assert replies == {b"a:py.echo", b"b:py.echo"}, "round-robin over both servers"

@@ -255,9 +255,9 @@ class Client:
         """The client id."""
         return self._native.id
 
-    async def publish(self, topic: str, payload: Payload) -> None:
-        """Publishes ``payload`` on ``topic``."""
-        await self._native.publish(topic, payload)
+    async def publish(self, topic: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
+        """Publishes ``payload`` on ``topic``; returns once the hub confirmed it."""
+        await self._native.publish(topic, payload, headers)
 
     async def send(self, to: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
         """Sends a one-way message to client ``to`` (which reads it from :meth:`messages`).
@@ -270,29 +270,57 @@ class Client:
         """Direct messages (:meth:`send`) and broadcasts to this client, from now on."""
         return Inbox(await self._native.messages())
 
-    async def request(self, to: str, payload: Payload, *, timeout: Optional[float] = None) -> bytes:
+    async def request(
+        self,
+        to: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+    ) -> bytes:
         """Sends a request to client ``to`` and returns its reply.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (default: the
         client's request timeout), :class:`NoSuchClient` when ``to`` is not
-        connected, :class:`RemoteError` when its handler failed.
+        connected, :class:`NotListening` when it serves no requests,
+        :class:`RemoteError` when its handler failed.
         """
-        return await self._native.request(to, payload, timeout)
+        return await self._native.request(to, payload, timeout, headers, method, False)
+
+    async def request_service(
+        self,
+        service: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+    ) -> bytes:
+        """Sends a request to one of the clients serving ``service`` (round-robin).
+
+        Raises :class:`NoResponders` when none does.
+        """
+        return await self._native.request(service, payload, timeout, headers, method, True)
 
     def subscribe(self, pattern: str) -> Subscription:
         """Messages on topics matching ``pattern`` (``*`` one level, ``>`` the rest)."""
         return Subscription(self._native, pattern)
 
-    async def serve(self, handler: Handler, *, concurrency: Optional[int] = None) -> Serving:
+    async def serve(
+        self, handler: Handler, *, concurrency: Optional[int] = None, service: Optional[str] = None
+    ) -> Serving:
         """Answers requests to this client with ``handler(request)``.
 
         The handler (usually ``async def``) returns the reply as bytes or str;
         an exception becomes an error reply (:class:`RemoteError` for the
         requester). Handlers run on the current event loop and may await
         other requests. Serving lasts until ``stop()`` or :meth:`close`
-        (both wait for running handlers to finish and reply).
+        (both wait for running handlers to finish and reply). With
+        ``service``, answers the requests sent to that service (a name, or a
+        pattern with ``*`` and ``>``) by :meth:`request_service` instead.
         """
-        return await self._native.serve(handler, concurrency)
+        return await self._native.serve(handler, concurrency, service)
 
     async def presence(self) -> Presence:
         """The clients connected now, then who joins and leaves."""
