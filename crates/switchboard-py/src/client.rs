@@ -8,7 +8,8 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMapping};
 use switchboard::{
-    Client, Headers, IncomingRequest, MessageKind, RequestOptions, ServeHandle, ServeOptions,
+    Client, Headers, IncomingRequest, MessageKind, Overflow, RequestOptions, ServeHandle,
+    ServeOptions, SubscribeOptions,
 };
 
 use crate::{error, payload, seconds};
@@ -151,11 +152,49 @@ impl NativeClient {
         })
     }
 
-    /// Subscribes to `pattern`; resolves to a [`Subscription`].
-    fn subscribe<'py>(&self, py: Python<'py>, pattern: String) -> PyResult<Bound<'py, PyAny>> {
+    /// Subscribes to `pattern`; resolves to a [`Subscription`]. Options:
+    /// a queue group (each message goes to one member), the stream's
+    /// capacity, what to do when it is full (`"block"`, the default, pushes
+    /// back; `"drop_newest"` and `"drop_oldest"` drop and count), and a
+    /// number of messages after which the subscription ends by itself.
+    #[pyo3(signature = (pattern, queue_group=None, capacity=None, overflow=None, max_messages=None))]
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        pattern: String,
+        queue_group: Option<String>,
+        capacity: Option<usize>,
+        overflow: Option<&str>,
+        max_messages: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut options = SubscribeOptions::default();
+        if let Some(g) = queue_group {
+            options = options.queue_group(g);
+        }
+        if let Some(c) = capacity {
+            options = options.capacity(c);
+        }
+        if let Some(o) = overflow {
+            options = options.overflow(match o {
+                "block" => Overflow::Block,
+                "drop_newest" => Overflow::DropNewest,
+                "drop_oldest" => Overflow::DropOldest,
+                other => {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "overflow is \"block\", \"drop_newest\" or \"drop_oldest\", not {other:?}"
+                    )))
+                }
+            });
+        }
+        if let Some(n) = max_messages {
+            options = options.max_messages(n);
+        }
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let sub = client.subscribe(&pattern).await.map_err(error::to_py)?;
+            let sub = client
+                .subscribe_with(&pattern, options)
+                .await
+                .map_err(error::to_py)?;
             Ok(Subscription {
                 pattern,
                 inner: Arc::new(tokio::sync::Mutex::new(Some(sub))),

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use switchboard::session::driver::{AgentHandle, ManagerHandle, ManagerOptions, SessionError};
 use switchboard::session::{fault, fault_code, AgentConfig};
 use switchboard::{Bytes, Client};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{describe, in_runtime, HandlerFuture};
 use crate::payload;
@@ -33,25 +34,54 @@ fn session_err(e: SessionError) -> PyErr {
     })
 }
 
+/// An RPC to queue: agent, method, payload, and where its result goes.
+type Push = (
+    String,
+    String,
+    Bytes,
+    oneshot::Sender<Result<Bytes, SessionError>>,
+);
+
 /// The manager side (ACS-like): pushes RPCs to agents by client id; each
-/// agent runs its RPCs one at a time, in order.
+/// agent runs its RPCs one at a time, in the order `rpc` was called.
 #[pyclass(frozen, module = "switchboard._native")]
 pub struct SessionManager {
     handle: ManagerHandle,
+    /// RPCs in call order, queued by one task: awaitables run as separate
+    /// tasks, which would queue them in any order.
+    pushes: mpsc::UnboundedSender<Push>,
 }
 
 impl SessionManager {
     pub(crate) fn start(client: &Client) -> SessionManager {
-        SessionManager {
-            handle: in_runtime(|| client.session_manager(ManagerOptions::default())),
-        }
+        in_runtime(|| {
+            let handle = client.session_manager(ManagerOptions::default());
+            let (pushes, mut rx) = mpsc::unbounded_channel::<Push>();
+            let pusher = handle.clone();
+            tokio::spawn(async move {
+                while let Some((agent, method, payload, reply)) = rx.recv().await {
+                    match pusher.push(agent, method, payload).await {
+                        Ok(pending) => {
+                            tokio::spawn(async move {
+                                let _ = reply.send(pending.await.map(|r| r.payload));
+                            });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            });
+            SessionManager { handle, pushes }
+        })
     }
 }
 
 #[pymethods]
 impl SessionManager {
-    /// Runs `method` with `payload` on agent `agent`; resolves to the
-    /// result's payload as `bytes`.
+    /// Runs `method` with `payload` on agent `agent`, after the RPCs this
+    /// manager was asked for before; resolves to the result's payload as
+    /// `bytes`.
     fn rpc<'py>(
         &self,
         py: Python<'py>,
@@ -60,13 +90,18 @@ impl SessionManager {
         payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let payload = payload::from_py(payload)?;
-        let handle = self.handle.clone();
+        let (reply, result) = oneshot::channel();
+        // Queued now, in call order.
+        let queued = self.pushes.send((agent, method, payload, reply)).is_ok();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let result = handle
-                .rpc(agent, method, payload)
+            if !queued {
+                return Err(session_err(SessionError::Closed));
+            }
+            let result = result
                 .await
+                .unwrap_or(Err(SessionError::Closed))
                 .map_err(session_err)?;
-            Ok(Python::attach(|py| payload::to_py(py, &result.payload)))
+            Ok(Python::attach(|py| payload::to_py(py, &result)))
         })
     }
 

@@ -374,3 +374,29 @@ async def test_service_requests(hub):
         await b.serve(lambda req: b"b:" + req.service.encode(), service="py.echo")
         replies = {await client.request_service("py.echo", b"x", timeout=WAIT) for _ in range(6)}
         assert replies == {b"a:py.echo", b"b:py.echo"}, "round-robin over both servers"
+
+
+async def test_subscribe_options(hub):
+    async with connect(hub, "py-q1") as q1, connect(hub, "py-q2") as q2, connect(hub, "py-qpub") as pub:
+        s1 = await q1.subscribe("q.work", queue_group="workers")
+        s2 = await q2.subscribe("q.work", queue_group="workers")
+        limited = await q1.subscribe("q.work", max_messages=3)
+        for i in range(10):
+            await pub.publish("q.work", str(i))
+        got = [m async for m in limited]  # ends by itself after 3
+        assert [m.payload for m in got] == [b"0", b"1", b"2"]
+        # each message to exactly one member of the group
+        received = []
+        while len(received) < 10:
+            done, _ = await asyncio.wait(
+                [asyncio.ensure_future(s1.__anext__()), asyncio.ensure_future(s2.__anext__())],
+                timeout=WAIT,
+                return_when=asyncio.ALL_COMPLETED,
+            )
+            assert done, "the group stopped receiving"
+            received += [int(t.result().payload) for t in done]
+            if len(received) >= 10:
+                break
+        assert sorted(received) == list(range(10))
+        with pytest.raises(ValueError):
+            await q1.subscribe("q.x", overflow="sometimes")

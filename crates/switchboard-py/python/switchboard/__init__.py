@@ -207,9 +207,10 @@ class Subscription:
     first iteration. Iteration ends when the subscription or client ends.
     """
 
-    def __init__(self, native: "_native.NativeClient", pattern: str) -> None:
+    def __init__(self, native: "_native.NativeClient", pattern: str, options: Dict[str, Any]) -> None:
         self._client = native
         self._pattern = pattern
+        self._options = options
         self._sub: Optional[_native.Subscription] = None
 
     @property
@@ -219,7 +220,7 @@ class Subscription:
 
     async def _start(self) -> "Subscription":
         if self._sub is None:
-            self._sub = await self._client.subscribe(self._pattern)
+            self._sub = await self._client.subscribe(self._pattern, **self._options)
         return self
 
     def __await__(self) -> Generator[Any, None, "Subscription"]:
@@ -303,9 +304,28 @@ class Client:
         """
         return await self._native.request(service, payload, timeout, headers, method, True)
 
-    def subscribe(self, pattern: str) -> Subscription:
-        """Messages on topics matching ``pattern`` (``*`` one level, ``>`` the rest)."""
-        return Subscription(self._native, pattern)
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue_group: Optional[str] = None,
+        capacity: Optional[int] = None,
+        overflow: Optional[str] = None,
+        max_messages: Optional[int] = None,
+    ) -> Subscription:
+        """Messages on topics matching ``pattern`` (``*`` one level, ``>`` the rest).
+
+        ``queue_group``: each message goes to one member of the group.
+        ``capacity``: messages the stream holds (default: the client's
+        ``stream_capacity``). ``overflow`` when it is full: ``"block"`` (the
+        default: push back, nothing lost), ``"drop_newest"`` or
+        ``"drop_oldest"`` (dropped and counted, see :meth:`events`).
+        ``max_messages``: the subscription ends by itself after that many.
+        """
+        options: Dict[str, Any] = dict(
+            queue_group=queue_group, capacity=capacity, overflow=overflow, max_messages=max_messages
+        )
+        return Subscription(self._native, pattern, options)
 
     async def serve(
         self, handler: Handler, *, concurrency: Optional[int] = None, service: Optional[str] = None

@@ -147,7 +147,14 @@ class NativeClient:
         method: Optional[str] = None,
         service: bool = False,
     ) -> Awaitable[bytes]: ...
-    def subscribe(self, pattern: str) -> Awaitable[Subscription]: ...
+    def subscribe(
+        self,
+        pattern: str,
+        queue_group: Optional[str] = None,
+        capacity: Optional[int] = None,
+        overflow: Optional[str] = None,
+        max_messages: Optional[int] = None,
+    ) -> Awaitable[Subscription]: ...
     def serve(
         self, handler: Callable[[Request], Any], concurrency: Optional[int] = None, service: Optional[str] = None
     ) -> Awaitable[Serving]: ...
