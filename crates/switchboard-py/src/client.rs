@@ -1,7 +1,5 @@
 //! The native client and the objects it hands to Python.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -12,14 +10,8 @@ use switchboard::{
     ServeOptions, SubscribeOptions,
 };
 
-use crate::{error, payload, seconds};
-
-/// Runs `f` inside the binding's tokio runtime: dropping client objects
-/// may start background tasks, and Python drops them on its own threads.
-pub(crate) fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = pyo3_async_runtimes::tokio::get_runtime().enter();
-    f()
-}
+use crate::glue::{awaited, describe, in_runtime, seconds, HandlerFuture};
+use crate::{error, payload};
 
 /// A running handler, until it is stopped (then `None`).
 type ServeSlot = Arc<Mutex<Option<ServeHandle>>>;
@@ -229,15 +221,7 @@ impl NativeClient {
             async move {
                 let started = Python::attach(|py| -> PyResult<HandlerFuture> {
                     let request = Py::new(py, Request::new(py, &req)?)?;
-                    let out = handler.call1(py, (request,))?.into_bound(py);
-                    if out.hasattr("__await__")? {
-                        Ok(Box::pin(pyo3_async_runtimes::into_future_with_locals(
-                            &locals, out,
-                        )?))
-                    } else {
-                        let value = out.unbind();
-                        Ok(Box::pin(async move { Ok(value) }))
-                    }
+                    awaited(&locals, handler.call1(py, (request,))?.into_bound(py))
                 });
                 let result = match started {
                     Ok(fut) => fut.await,
@@ -470,19 +454,6 @@ fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
             },
         )
     })
-}
-
-/// A Python handler's pending result.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
-
-/// A handler's exception as the error reply's text: `Type: message`.
-pub(crate) fn describe(py: Python<'_>, e: &PyErr) -> String {
-    let name = e
-        .get_type(py)
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "Exception".into());
-    format!("{name}: {}", e.value(py))
 }
 
 /// A message received on a subscription.

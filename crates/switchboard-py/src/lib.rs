@@ -7,14 +7,14 @@
 //! process, without the GIL; Python handlers run on the caller's event
 //! loop. Errors become the exceptions of `switchboard._errors`.
 
-use std::time::Duration;
-
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use switchboard::Client;
 
+use crate::glue::seconds;
+
 mod client;
 mod error;
+mod glue;
 mod observe;
 mod payload;
 mod session;
@@ -22,15 +22,6 @@ mod session;
 pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
 pub use observe::{ClientInfo, Event, Events, Presence, PresenceChange};
 pub use session::{SessionAgent, SessionManager};
-
-/// Seconds from Python as a [`Duration`]; `what` names the argument.
-pub(crate) fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(secs).map_err(|_| {
-        PyValueError::new_err(format!(
-            "{what} must be a finite number of seconds >= 0, not {secs}"
-        ))
-    })
-}
 
 /// Connects to a hub as `client_id`: by address when `addr` is given,
 /// otherwise by discovery of `service`. The token, when given, replaces the

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use switchboard::{ClientEvent, PresenceEvent};
 
-use crate::client::in_runtime;
+use crate::glue::in_runtime;
 
 /// A client connected to the hub.
 #[pyclass(frozen, get_all, module = "switchboard._native")]

@@ -10,7 +10,7 @@ use switchboard::session::{fault, fault_code, AgentConfig};
 use switchboard::{Bytes, Client};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{describe, in_runtime, HandlerFuture};
+use crate::glue::{awaited, describe, in_runtime, HandlerFuture};
 use crate::payload;
 
 /// A session error as a Python exception: `Fault` (with `fault_code`) when
@@ -145,15 +145,7 @@ impl SessionAgent {
             async move {
                 let started = Python::attach(|py| -> PyResult<HandlerFuture> {
                     let body = payload::to_py(py, &body);
-                    let out = handler.call1(py, (method, body))?.into_bound(py);
-                    if out.hasattr("__await__")? {
-                        Ok(Box::pin(pyo3_async_runtimes::into_future_with_locals(
-                            &locals, out,
-                        )?))
-                    } else {
-                        let value = out.unbind();
-                        Ok(Box::pin(async move { Ok(value) }))
-                    }
+                    awaited(&locals, handler.call1(py, (method, body))?.into_bound(py))
                 });
                 let result = match started {
                     Ok(fut) => fut.await,
