@@ -11,6 +11,8 @@ does not hold the GIL::
         reply = await client.request("adder", "1 2", timeout=5)
 """
 
+import atexit
+import time
 from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _native
@@ -20,6 +22,7 @@ from ._native import ClientInfo, Event, KvEvent, Message, PresenceChange, Reques
 
 __all__ = [
     "connect",
+    "Connecting",
     "Client",
     "Kv",
     "KvWatch",
@@ -400,7 +403,7 @@ class Client:
         await self.close()
 
 
-class _Connect:
+class Connecting:
     """What :func:`connect` returns: awaitable, or an async context manager."""
 
     def __init__(self, client_id: str, **options: Any) -> None:
@@ -434,6 +437,16 @@ class _Connect:
             await self._client.close()
 
 
+_exit_hook = False
+
+
+def _let_native_threads_leave() -> None:
+    """At exit: a Rust thread that resolved an awaitable holds the GIL a moment
+    longer than the code that awaited it; an interpreter that finalizes then
+    aborts. Releasing the GIL briefly, before finalization, lets it finish."""
+    time.sleep(0.02)
+
+
 def connect(
     client_id: str,
     *,
@@ -444,7 +457,7 @@ def connect(
     connect_timeout: Optional[float] = None,
     resume_wait: Optional[float] = None,
     stream_capacity: Optional[int] = None,
-) -> _Connect:
+) -> Connecting:
     """Connects to a hub as ``client_id``.
 
     ``await switchboard.connect(...)`` gives a :class:`Client`;
@@ -456,7 +469,11 @@ def connect(
     losing it; ``stream_capacity`` how many items each subscription or inbox
     holds before pushing back on the hub.
     """
-    return _Connect(
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_let_native_threads_leave)
+        _exit_hook = True
+    return Connecting(
         client_id,
         addr=addr,
         token=token,
