@@ -1,0 +1,485 @@
+"""switchboard: an asyncio client of the switchboard message hub.
+
+The Rust client (reliable delivery, resume, discovery, the handshake)
+runs underneath on its own threads; every call that waits is awaited and
+does not hold the GIL::
+
+    import switchboard
+
+    async with switchboard.connect("worker-1", addr="127.0.0.1:7000", token="s3cret") as client:
+        await client.publish("orders.new", b"42")
+        reply = await client.request("adder", "1 2", timeout=5)
+"""
+
+import atexit
+import time
+from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union
+
+from . import _native
+from ._errors import *  # noqa: F401,F403
+from ._errors import __all__ as _errors_all
+from ._native import ClientInfo, Event, KvEvent, Message, PresenceChange, Request, Serving
+
+__all__ = [
+    "connect",
+    "Connecting",
+    "Client",
+    "Kv",
+    "KvWatch",
+    "KvEvent",
+    "Inbox",
+    "Subscription",
+    "Message",
+    "Request",
+    "Serving",
+    "Payload",
+    "Headers",
+    "Presence",
+    "PresenceChange",
+    "ClientInfo",
+    "Events",
+    "Event",
+    "SessionManager",
+    "SessionAgent",
+]
+__all__ += _errors_all
+
+Payload = Union[bytes, bytearray, str]
+"""What a payload may be given as; ``str`` is sent as UTF-8."""
+
+Handler = Callable[[Request], Union[Awaitable[Payload], Payload]]
+
+Headers = Union[Mapping[str, Payload], Iterable[Tuple[str, Payload]]]
+"""Headers to send: a mapping, or ``(key, value)`` pairs (a key may repeat)."""
+
+
+class KvWatch:
+    """Changes to a watched key or prefix, an async iterator of :class:`KvEvent`.
+
+    The first event is the current value (when the key exists, with
+    ``by == ""``), then every change in order. ``async with`` stops the watch
+    at the end.
+    """
+
+    def __init__(self, native: "_native.KvWatch") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "KvWatch":
+        return self
+
+    async def __anext__(self) -> KvEvent:
+        event = await self._native.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def close(self) -> None:
+        """Stops watching."""
+        await self._native.close()
+
+    async def __aenter__(self) -> "KvWatch":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class Presence:
+    """Who is connected: ``current`` (when it started), then an async iterator of
+    :class:`PresenceChange` (``kind`` ``"joined"`` or ``"left"``)."""
+
+    def __init__(self, native: "_native.Presence") -> None:
+        self._native = native
+
+    @property
+    def current(self) -> List[ClientInfo]:
+        """The clients connected when presence started, sorted by id."""
+        return self._native.current
+
+    def __aiter__(self) -> "Presence":
+        return self
+
+    async def __anext__(self) -> PresenceChange:
+        change = await self._native.next()
+        if change is None:
+            raise StopAsyncIteration
+        return change
+
+    async def close(self) -> None:
+        """Stops watching presence."""
+        await self._native.close()
+
+
+class Events:
+    """The client's events (connected, disconnected, resumed, slow consumer, ...),
+    an async iterator of :class:`Event`; it ends after the ``"closed"`` event."""
+
+    def __init__(self, native: "_native.Events") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Events":
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._native.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+class SessionManager:
+    """The session engine's manager (ACS-like side), from :meth:`Client.session_manager`."""
+
+    def __init__(self, native: "_native.SessionManager") -> None:
+        self._native = native
+
+    async def rpc(self, agent: str, method: str, payload: Payload = b"") -> bytes:
+        """Runs ``method`` on agent ``agent`` (its client id), after the RPCs
+        pushed to it before; returns the result. Raises :class:`Fault` when
+        the agent answered with a fault, :class:`RequestTimeout` without an
+        answer in time."""
+        return await self._native.rpc(agent, method, payload)
+
+    async def close(self) -> None:
+        """Stops the manager."""
+        await self._native.close()
+
+
+class SessionAgent:
+    """The session engine's agent (CPE-like side), from :meth:`Client.session_agent`."""
+
+    def __init__(self, native: "_native.SessionAgent") -> None:
+        self._native = native
+
+    async def close(self) -> None:
+        """Stops the agent."""
+        await self._native.close()
+
+
+RpcHandler = Callable[[str, bytes], Union[Awaitable[Payload], Payload]]
+
+
+class Inbox:
+    """Direct messages and broadcasts to this client, an async iterator of :class:`Message`."""
+
+    def __init__(self, native: "_native.Inbox") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "Inbox":
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = await self._native.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def close(self) -> None:
+        """Stops taking direct messages (senders then get ``NotListening``)."""
+        await self._native.close()
+
+
+class Kv:
+    """The key/value store shared by all clients of the hub (``client.kv``)."""
+
+    def __init__(self, native: "_native.NativeClient") -> None:
+        self._native = native
+
+    async def get(self, key: str) -> Optional[bytes]:
+        """The value of ``key``, or ``None`` when it is not set."""
+        return await self._native.kv_get(key)
+
+    async def set(self, key: str, value: Payload) -> int:
+        """Sets ``key`` to ``value``; returns the new version (1 on creation)."""
+        return await self._native.kv_set(key, value)
+
+    async def delete(self, key: str) -> bool:
+        """Deletes ``key``; returns whether it existed."""
+        return await self._native.kv_delete(key)
+
+    async def watch(self, key: str, *, prefix: bool = False) -> KvWatch:
+        """Watches ``key`` (with ``prefix=True``, every key starting with it)."""
+        return KvWatch(await self._native.kv_watch(key, prefix))
+
+
+class Subscription:
+    """Messages published on topics matching a pattern.
+
+    ``await client.subscribe(p)`` subscribes at once and returns the
+    subscription; ``async for msg in client.subscribe(p)`` subscribes on the
+    first iteration. Iteration ends when the subscription or client ends.
+    """
+
+    def __init__(self, native: "_native.NativeClient", pattern: str, options: Dict[str, Any]) -> None:
+        self._client = native
+        self._pattern = pattern
+        self._options = options
+        self._sub: Optional[_native.Subscription] = None
+
+    @property
+    def pattern(self) -> str:
+        """The subscribed pattern."""
+        return self._pattern
+
+    async def _start(self) -> "Subscription":
+        if self._sub is None:
+            self._sub = await self._client.subscribe(self._pattern, **self._options)
+        return self
+
+    def __await__(self) -> Generator[Any, None, "Subscription"]:
+        return self._start().__await__()
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Message:
+        await self._start()
+        assert self._sub is not None
+        msg = await self._sub.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def unsubscribe(self) -> None:
+        """Ends the subscription at the hub."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+class Client:
+    """A client connected to a hub; made by :func:`connect`."""
+
+    def __init__(self, native: "_native.NativeClient") -> None:
+        self._native = native
+        self.kv = Kv(native)
+        """The shared key/value store."""
+
+    @property
+    def id(self) -> str:
+        """The client id."""
+        return self._native.id
+
+    async def publish(self, topic: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
+        """Publishes ``payload`` on ``topic``; returns once the hub confirmed it."""
+        await self._native.publish(topic, payload, headers)
+
+    async def send(self, to: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
+        """Sends a one-way message to client ``to`` (which reads it from :meth:`messages`).
+
+        Raises :class:`NotListening` when ``to`` takes no direct messages.
+        """
+        await self._native.send(to, payload, headers)
+
+    async def messages(self) -> Inbox:
+        """Direct messages (:meth:`send`) and broadcasts to this client, from now on."""
+        return Inbox(await self._native.messages())
+
+    async def request(
+        self,
+        to: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+    ) -> bytes:
+        """Sends a request to client ``to`` and returns its reply.
+
+        Raises :class:`RequestTimeout` after ``timeout`` seconds (default: the
+        client's request timeout), :class:`NoSuchClient` when ``to`` is not
+        connected, :class:`NotListening` when it serves no requests,
+        :class:`RemoteError` when its handler failed.
+        """
+        return await self._native.request(to, payload, timeout, headers, method, False)
+
+    async def request_service(
+        self,
+        service: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+    ) -> bytes:
+        """Sends a request to one of the clients serving ``service`` (round-robin).
+
+        Raises :class:`NoResponders` when none does.
+        """
+        return await self._native.request(service, payload, timeout, headers, method, True)
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue_group: Optional[str] = None,
+        capacity: Optional[int] = None,
+        overflow: Optional[str] = None,
+        max_messages: Optional[int] = None,
+    ) -> Subscription:
+        """Messages on topics matching ``pattern`` (``*`` one level, ``>`` the rest).
+
+        ``queue_group``: each message goes to one member of the group.
+        ``capacity``: messages the stream holds (default: the client's
+        ``stream_capacity``). ``overflow`` when it is full: ``"block"`` (the
+        default: push back, nothing lost), ``"drop_newest"`` or
+        ``"drop_oldest"`` (dropped and counted, see :meth:`events`).
+        ``max_messages``: the subscription ends by itself after that many.
+        """
+        options: Dict[str, Any] = dict(
+            queue_group=queue_group, capacity=capacity, overflow=overflow, max_messages=max_messages
+        )
+        return Subscription(self._native, pattern, options)
+
+    async def serve(
+        self, handler: Handler, *, concurrency: Optional[int] = None, service: Optional[str] = None
+    ) -> Serving:
+        """Answers requests to this client with ``handler(request)``.
+
+        The handler (usually ``async def``) returns the reply as bytes or str;
+        an exception becomes an error reply (:class:`RemoteError` for the
+        requester). Handlers run on the current event loop and may await
+        other requests. Serving lasts until ``stop()`` or :meth:`close`
+        (both wait for running handlers to finish and reply). With
+        ``service``, answers the requests sent to that service (a name, or a
+        pattern with ``*`` and ``>``) by :meth:`request_service` instead.
+        """
+        return await self._native.serve(handler, concurrency, service)
+
+    async def presence(self) -> Presence:
+        """The clients connected now, then who joins and leaves."""
+        return Presence(await self._native.presence())
+
+    async def clients(self) -> List[ClientInfo]:
+        """The clients connected to the hub now."""
+        return await self._native.clients()
+
+    def session_manager(self) -> SessionManager:
+        """Runs the session engine's manager: every client running an agent for
+        this client's id is an agent, named by its client id."""
+        return SessionManager(self._native.session_manager())
+
+    def session_agent(
+        self, manager_id: str, handler: RpcHandler, *, device_id: Optional[str] = None
+    ) -> SessionAgent:
+        """Runs the session engine's agent, reporting to ``manager_id``.
+
+        ``handler(method, payload)`` answers the manager's RPCs one at a time,
+        in order, with bytes or str; an exception answers with a fault (its
+        ``fault_code`` attribute, e.g. from :class:`Fault`, or 8002). Call it
+        from a running event loop: handlers run there.
+        """
+        return SessionAgent(self._native.session_agent(manager_id, handler, device_id))
+
+    async def status(self) -> Dict[str, Any]:
+        """The hub's counters: ``clients``, ``subscriptions``, ``pending_requests``,
+        ``msgs_in``, ``msgs_out``, ``dropped``, ``kv_keys``, ... (a ``dict``)."""
+        return await self._native.status()
+
+    def events(self) -> Events:
+        """The client's events from now on (connection changes, drops, ...)."""
+        return Events(self._native.events())
+
+    async def drain(self, timeout: float = 5.0) -> bool:
+        """Ends the client gracefully within ``timeout`` seconds.
+
+        Stops the handlers and new deliveries, lets the streams be read to
+        their end, waits until everything sent is acknowledged, then closes.
+        Returns whether everything was acknowledged and taken in time.
+        """
+        return await self._native.drain(timeout)
+
+    async def close(self) -> None:
+        """Stops the handlers and closes the connection.
+
+        Requests queued but not started get an error reply; running
+        handlers finish and reply first.
+        """
+        await self._native.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class Connecting:
+    """What :func:`connect` returns: awaitable, or an async context manager."""
+
+    def __init__(self, client_id: str, **options: Any) -> None:
+        self._id = client_id
+        self._options = options
+        self._client: Optional[Client] = None
+
+    async def _connect(self) -> Client:
+        o = self._options
+        native = await _native.connect(
+            self._id,
+            o["addr"],
+            o["token"],
+            o["service"],
+            o["request_timeout"],
+            o["connect_timeout"],
+            o["resume_wait"],
+            o["stream_capacity"],
+        )
+        return Client(native)
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._connect()
+        return self._client
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+_exit_hook = False
+
+
+def _let_native_threads_leave() -> None:
+    """At exit: a Rust thread that resolved an awaitable holds the GIL a moment
+    longer than the code that awaited it; an interpreter that finalizes then
+    aborts. Releasing the GIL briefly, before finalization, lets it finish."""
+    time.sleep(0.02)
+
+
+def connect(
+    client_id: str,
+    *,
+    addr: Optional[str] = None,
+    token: Optional[str] = None,
+    service: Optional[str] = None,
+    request_timeout: Optional[float] = None,
+    connect_timeout: Optional[float] = None,
+    resume_wait: Optional[float] = None,
+    stream_capacity: Optional[int] = None,
+) -> Connecting:
+    """Connects to a hub as ``client_id``.
+
+    ``await switchboard.connect(...)`` gives a :class:`Client`;
+    ``async with switchboard.connect(...) as client`` closes it at the end.
+    Without ``addr`` the hub is found by discovery of ``service`` (default
+    ``"switchboard"``); ``token`` replaces the per-user secret file.
+    Timeouts are in seconds. ``resume_wait`` is how long the client keeps
+    looking for its hub (or the standby that replaced it) to resume after
+    losing it; ``stream_capacity`` how many items each subscription or inbox
+    holds before pushing back on the hub.
+    """
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_let_native_threads_leave)
+        _exit_hook = True
+    return Connecting(
+        client_id,
+        addr=addr,
+        token=token,
+        service=service,
+        request_timeout=request_timeout,
+        connect_timeout=connect_timeout,
+        resume_wait=resume_wait,
+        stream_capacity=stream_capacity,
+    )
