@@ -61,7 +61,7 @@ impl NativeClient {
         let payload = payload::from_py(payload)?;
         let headers = headers.map(headers_from_py).transpose()?;
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             match headers {
                 Some(h) => client.publish_with_headers(&topic, payload, h).await,
                 None => client.publish(&topic, payload).await,
@@ -80,13 +80,14 @@ impl NativeClient {
         payload: &Bound<'py, PyAny>,
         headers: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        check_target(&to)?;
         let payload = payload::from_py(payload)?;
         let headers = headers
             .map(headers_from_py)
             .transpose()?
             .unwrap_or_default();
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             client
                 .send_with_headers(&to, payload, headers)
                 .await
@@ -98,7 +99,7 @@ impl NativeClient {
     /// now on; resolves to an [`Inbox`].
     fn messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let inbox = client.messages().await.map_err(error::to_py)?;
             Ok(Inbox {
                 inner: Arc::new(tokio::sync::Mutex::new(Some(inbox))),
@@ -121,6 +122,9 @@ impl NativeClient {
         method: Option<String>,
         service: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if !service {
+            check_target(&to)?;
+        }
         let payload = payload::from_py(payload)?;
         let mut options = RequestOptions::default();
         if let Some(t) = timeout {
@@ -133,14 +137,14 @@ impl NativeClient {
             options = options.method(m);
         }
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let reply = if service {
                 client.request_service(&to, payload, options).await
             } else {
                 client.request_with_options(&to, payload, options).await
             }
             .map_err(error::to_py)?;
-            Ok(Python::attach(|py| payload::to_py(py, &reply.payload)))
+            Ok(crate::glue::attach(|py| payload::to_py(py, &reply.payload)))
         })
     }
 
@@ -182,7 +186,7 @@ impl NativeClient {
             options = options.max_messages(n);
         }
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let sub = client
                 .subscribe_with(&pattern, options)
                 .await
@@ -219,7 +223,7 @@ impl NativeClient {
             let handler = handler.clone();
             let locals = locals.clone();
             async move {
-                let started = Python::attach(|py| -> PyResult<HandlerFuture> {
+                let started = crate::glue::attach(|py| -> PyResult<HandlerFuture> {
                     let request = Py::new(py, Request::new(py, &req)?)?;
                     awaited(&locals, handler.call1(py, (request,))?.into_bound(py))
                 });
@@ -227,11 +231,11 @@ impl NativeClient {
                     Ok(fut) => fut.await,
                     Err(e) => Err(e),
                 };
-                Python::attach(|py| result.and_then(|v| payload::from_py(v.bind(py))))
-                    .map_err(|e| Python::attach(|py| describe(py, &e)))
+                crate::glue::attach(|py| result.and_then(|v| payload::from_py(v.bind(py))))
+                    .map_err(|e| crate::glue::attach(|py| describe(py, &e)))
             }
         };
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let handle = match service {
                 Some(name) => client.serve_service(&name, options, run).await,
                 None => client.serve_with(options, run).await,
@@ -246,9 +250,9 @@ impl NativeClient {
     /// The value of `key` as `bytes`, or `None`.
     fn kv_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
         let kv = self.client.kv();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let entry = kv.get(&key).await.map_err(error::to_py)?;
-            Ok(Python::attach(|py| {
+            Ok(crate::glue::attach(|py| {
                 entry.map(|e| payload::to_py(py, &e.value))
             }))
         })
@@ -263,7 +267,7 @@ impl NativeClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let value = payload::from_py(value)?;
         let kv = self.client.kv();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             kv.set(&key, value).await.map_err(error::to_py)
         })
     }
@@ -271,18 +275,19 @@ impl NativeClient {
     /// Deletes `key`; resolves to whether it existed.
     fn kv_delete<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
         let kv = self.client.kv();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            kv.delete(&key).await.map_err(error::to_py)
-        })
+        crate::glue::future_into_py(
+            py,
+            async move { kv.delete(&key).await.map_err(error::to_py) },
+        )
     }
 
     /// Presence: the clients connected now, then who joins and leaves;
     /// resolves to a [`Presence`](crate::observe::Presence).
     fn presence<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let presence = client.presence().await.map_err(error::to_py)?;
-            Python::attach(|py| crate::observe::Presence::new(py, presence))
+            crate::glue::attach(|py| crate::observe::Presence::new(py, presence))
         })
     }
 
@@ -290,9 +295,9 @@ impl NativeClient {
     /// [`ClientInfo`](crate::observe::ClientInfo).
     fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let clients = client.clients().await.map_err(error::to_py)?;
-            Python::attach(|py| crate::observe::clients_to_py(py, &clients))
+            crate::glue::attach(|py| crate::observe::clients_to_py(py, &clients))
         })
     }
 
@@ -300,9 +305,9 @@ impl NativeClient {
     /// messages and bytes in and out, ...) as a `dict`.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let st = client.status().await.map_err(error::to_py)?;
-            Python::attach(|py| {
+            crate::glue::attach(|py| {
                 let d = pyo3::types::PyDict::new(py);
                 d.set_item("uptime_s", st.uptime_s)?;
                 d.set_item("clients", st.clients)?;
@@ -360,7 +365,7 @@ impl NativeClient {
         prefix: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kv = self.client.kv();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let watch = if prefix {
                 kv.watch_prefix(&key).await
             } else {
@@ -382,7 +387,7 @@ impl NativeClient {
         let timeout = seconds("timeout", timeout)?;
         let client = self.client.clone();
         let serving = std::mem::take(&mut *self.serving.lock());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             stop_all(serving).await;
             Ok(client.drain(timeout).await.is_clean())
         })
@@ -392,12 +397,22 @@ impl NativeClient {
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         let serving = std::mem::take(&mut *self.serving.lock());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             stop_all(serving).await;
             client.close().await;
             Ok(())
         })
     }
+}
+
+/// Checks a target client id here, so a bad one is `InvalidArgument`
+/// (with what is wrong) rather than the hub's `NoSuchClient`.
+fn check_target(to: &str) -> PyResult<()> {
+    switchboard::wire::validate_client_id(to).map_err(|m| {
+        error::to_py(switchboard::ClientError::InvalidArgument(format!(
+            "target {m}"
+        )))
+    })
 }
 
 /// Stops the handlers in `serving` (waiting for running ones).
@@ -435,7 +450,7 @@ fn headers_to_py(py: Python<'_>, headers: &Headers) -> PyResult<Py<PyList>> {
 
 /// A received message as a Python [`Message`].
 fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
-    Python::attach(|py| {
+    crate::glue::attach(|py| {
         let kind = match m.kind {
             MessageKind::Direct => "direct",
             MessageKind::Broadcast => "broadcast",
@@ -545,7 +560,7 @@ impl Subscription {
     /// The next message, or `None` when the subscription ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let mut guard = inner.lock().await;
             let Some(sub) = guard.as_mut() else {
                 return Ok(None);
@@ -560,7 +575,7 @@ impl Subscription {
     /// Ends the subscription at the hub.
     fn unsubscribe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let sub = inner.lock().await.take();
             if let Some(sub) = sub {
                 sub.unsubscribe().await.map_err(error::to_py)?;
@@ -582,7 +597,7 @@ impl Serving {
     /// Stops taking requests.
     fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.slot.lock().take();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             if let Some(h) = handle {
                 h.stop().await;
             }
@@ -612,7 +627,7 @@ impl Inbox {
     /// The next message, or `None` when the inbox ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let mut guard = inner.lock().await;
             let Some(inbox) = guard.as_mut() else {
                 return Ok(None);
@@ -627,7 +642,7 @@ impl Inbox {
     /// Stops taking direct messages.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let inbox = inner.lock().await.take();
             drop(inbox);
             Ok(())
@@ -685,7 +700,7 @@ impl KvWatch {
     /// The next change, or `None` when the watch ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let mut guard = inner.lock().await;
             let Some(watch) = guard.as_mut() else {
                 return Ok(None);
@@ -693,7 +708,7 @@ impl KvWatch {
             let Some(e) = watch.recv().await else {
                 return Ok(None);
             };
-            Python::attach(|py| {
+            crate::glue::attach(|py| {
                 Py::new(
                     py,
                     KvEvent {
@@ -712,7 +727,7 @@ impl KvWatch {
     /// Stops watching.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let watch = inner.lock().await.take();
             drop(watch);
             Ok(())

@@ -37,7 +37,7 @@ pub(crate) fn to_py(e: ClientError) -> PyErr {
     let name = class_name(&e);
     let code = e.code().map(|c| c.as_str());
     let message = e.to_string();
-    Python::attach(|py| {
+    crate::glue::attach(|py| {
         let make = || -> PyResult<PyErr> {
             let class = py.import("switchboard._errors")?.getattr(name)?;
             let exc = class.call1((message,))?;

@@ -66,7 +66,7 @@ fn connect<'py>(
     if let Some(n) = stream_capacity {
         builder = builder.stream_capacity(n);
     }
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    crate::glue::future_into_py(py, async move {
         let client = builder.connect().await.map_err(error::to_py)?;
         Ok(NativeClient::new(client))
     })
@@ -75,7 +75,9 @@ fn connect<'py>(
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    glue::init_runtime();
     m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(glue::exiting, m)?)?;
     m.add_class::<NativeClient>()?;
     m.add_class::<Message>()?;
     m.add_class::<Request>()?;

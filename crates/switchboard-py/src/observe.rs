@@ -114,7 +114,7 @@ impl Presence {
     /// The next change, or `None` once the client is closed.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let mut guard = inner.lock().await;
             let Some(p) = guard.as_mut() else {
                 return Ok(None);
@@ -122,7 +122,7 @@ impl Presence {
             let Some(event) = p.recv().await else {
                 return Ok(None);
             };
-            Python::attach(|py| {
+            crate::glue::attach(|py| {
                 let (kind, client, reason) = match event {
                     PresenceEvent::Joined(c) => ("joined", c, String::new()),
                     PresenceEvent::Left { client, reason } => ("left", client, reason),
@@ -145,7 +145,7 @@ impl Presence {
     /// Stops watching presence.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let p = inner.lock().await.take();
             drop(p);
             Ok(())
@@ -269,11 +269,11 @@ impl Events {
     /// The next event, or `None` once the stream ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             let Some(e) = inner.lock().await.recv().await else {
                 return Ok(None);
             };
-            Python::attach(|py| event_to_py(py, e)).map(Some)
+            crate::glue::attach(|py| event_to_py(py, e)).map(Some)
         })
     }
 }

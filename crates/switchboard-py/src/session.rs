@@ -23,7 +23,7 @@ fn session_err(e: SessionError) -> PyErr {
         _ => ("SessionError", None),
     };
     let message = e.to_string();
-    Python::attach(|py| {
+    crate::glue::attach(|py| {
         let make = || -> PyResult<PyErr> {
             let class = py.import("switchboard._errors")?.getattr(name)?;
             let exc = class.call1((message,))?;
@@ -93,7 +93,7 @@ impl SessionManager {
         let (reply, result) = oneshot::channel();
         // Queued now, in call order.
         let queued = self.pushes.send((agent, method, payload, reply)).is_ok();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             if !queued {
                 return Err(session_err(SessionError::Closed));
             }
@@ -101,14 +101,14 @@ impl SessionManager {
                 .await
                 .unwrap_or(Err(SessionError::Closed))
                 .map_err(session_err)?;
-            Ok(Python::attach(|py| payload::to_py(py, &result)))
+            Ok(crate::glue::attach(|py| payload::to_py(py, &result)))
         })
     }
 
     /// Stops the manager.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             handle.shutdown().await;
             Ok(())
         })
@@ -143,7 +143,7 @@ impl SessionAgent {
             let handler = handler.clone();
             let locals = locals.clone();
             async move {
-                let started = Python::attach(|py| -> PyResult<HandlerFuture> {
+                let started = crate::glue::attach(|py| -> PyResult<HandlerFuture> {
                     let body = payload::to_py(py, &body);
                     awaited(&locals, handler.call1(py, (method, body))?.into_bound(py))
                 });
@@ -151,7 +151,7 @@ impl SessionAgent {
                     Ok(fut) => fut.await,
                     Err(e) => Err(e),
                 };
-                Python::attach(|py| {
+                crate::glue::attach(|py| {
                     result
                         .and_then(|v| payload::from_py(v.bind(py)))
                         .map_err(|e| {
@@ -180,7 +180,7 @@ impl SessionAgent {
     /// Stops the agent.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.lock().take();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::glue::future_into_py(py, async move {
             if let Some(h) = handle {
                 // Stopping reports how the agent ended; closing wants it
                 // stopped, whatever that was.

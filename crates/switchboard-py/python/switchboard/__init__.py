@@ -12,7 +12,6 @@ does not hold the GIL::
 """
 
 import atexit
-import time
 from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _native
@@ -441,10 +440,11 @@ _exit_hook = False
 
 
 def _let_native_threads_leave() -> None:
-    """At exit: a Rust thread that resolved an awaitable holds the GIL a moment
-    longer than the code that awaited it; an interpreter that finalizes then
-    aborts. Releasing the GIL briefly, before finalization, lets it finish."""
-    time.sleep(0.02)
+    """At exit, before the interpreter finalizes: waits (without the GIL) for
+    the Rust threads now in Python to leave it, and keeps them out from then
+    on. A Rust thread entering a finalizing interpreter is ended by CPython
+    with ``pthread_exit``, which aborts the process (see ``glue.rs``)."""
+    _native.exiting()
 
 
 def connect(

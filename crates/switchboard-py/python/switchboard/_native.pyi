@@ -14,6 +14,8 @@ def connect(
     resume_wait: Optional[float] = None,
     stream_capacity: Optional[int] = None,
 ) -> Awaitable[NativeClient]: ...
+def exiting() -> None:
+    """Waits for the Rust threads in Python to leave and keeps them out (the atexit hook)."""
 
 class Message:
     """A message received on a subscription or in the inbox."""
