@@ -337,17 +337,29 @@ impl NativeClient {
     /// `manager_id`; `handler(method, payload)` (a coroutine function or a
     /// plain one) answers its RPCs one at a time, in order, with `bytes` or
     /// `str`. An exception becomes a fault: its `fault_code` attribute
-    /// when it has one, else 8002 (internal error).
-    #[pyo3(signature = (manager_id, handler, device_id=None))]
+    /// when it has one, else 8002 (internal error). `device_id` (default:
+    /// the client id) and `parameters` are reported in every `Inform`;
+    /// `response_timeout` is how long the agent waits for the manager
+    /// before the session fails (default 30 s).
+    #[pyo3(signature = (manager_id, handler, device_id=None, parameters=None, response_timeout=None))]
     fn session_agent(
         &self,
         py: Python<'_>,
         manager_id: String,
         handler: Py<PyAny>,
         device_id: Option<String>,
+        parameters: Option<std::collections::BTreeMap<String, String>>,
+        response_timeout: Option<f64>,
     ) -> PyResult<crate::session::SessionAgent> {
         let device_id = device_id.unwrap_or_else(|| self.client.id().to_owned());
-        crate::session::SessionAgent::start(py, &self.client, &manager_id, &device_id, handler)
+        let mut config = switchboard::session::AgentConfig::new(device_id);
+        if let Some(p) = parameters {
+            config.parameters = p;
+        }
+        if let Some(t) = response_timeout {
+            config.response_timeout = seconds("response_timeout", t)?;
+        }
+        crate::session::SessionAgent::start(py, &self.client, &manager_id, config, handler)
     }
 
     /// The client's events from now on.

@@ -21,7 +21,7 @@ mod session;
 
 pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
 pub use observe::{ClientInfo, Event, Events, Presence, PresenceChange};
-pub use session::{SessionAgent, SessionManager};
+pub use session::{SessionAgent, SessionEvents, SessionManager};
 
 /// Connects to a hub as `client_id`: by address when `addr` is given,
 /// otherwise by discovery of `service`. The token, when given, replaces the
@@ -93,5 +93,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Events>()?;
     m.add_class::<SessionManager>()?;
     m.add_class::<SessionAgent>()?;
+    m.add_class::<SessionEvents>()?;
     Ok(())
 }

@@ -165,6 +165,13 @@ pub struct Event {
     data: Py<PyDict>,
 }
 
+impl Event {
+    /// An event of `kind` with the fields `data`.
+    pub(crate) fn new(kind: &'static str, data: Py<PyDict>) -> Event {
+        Event { kind, data }
+    }
+}
+
 #[pymethods]
 impl Event {
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
 use switchboard::session::driver::{AgentHandle, ManagerHandle, ManagerOptions, SessionError};
-use switchboard::session::{fault, fault_code, AgentConfig};
+use switchboard::session::{fault, fault_code, AgentConfig, AgentEvent, ManagerEvent};
 use switchboard::{Bytes, Client};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::observe::Event;
 
 use crate::glue::{awaited, describe, in_runtime, HandlerFuture};
 use crate::payload;
@@ -105,6 +108,25 @@ impl SessionManager {
         })
     }
 
+    /// Asks agent `agent` to open a session now; resolves to `False` when
+    /// it is not connected or already in a session.
+    fn connection_request<'py>(
+        &self,
+        py: Python<'py>,
+        agent: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let handle = self.handle.clone();
+        crate::glue::future_into_py(py, async move {
+            handle.connection_request(agent).await.map_err(session_err)
+        })
+    }
+
+    /// The manager's events from now on (every agent's), as
+    /// [`SessionEvents`].
+    fn events(&self) -> SessionEvents {
+        SessionEvents::new(Source::Manager(self.handle.subscribe()))
+    }
+
     /// Stops the manager.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.clone();
@@ -119,13 +141,19 @@ impl SessionManager {
 /// with a Python function.
 #[pyclass(frozen, module = "switchboard._native")]
 pub struct SessionAgent {
-    handle: Arc<Mutex<Option<AgentHandle>>>,
+    handle: Arc<tokio::sync::Mutex<Option<AgentHandle>>>,
+    /// The agent's events, forwarded from its handle until the agent
+    /// stops: `events()` resubscribes here without waiting for the
+    /// handle's lock (this receiver's own backlog is never read).
+    events: Mutex<broadcast::Receiver<AgentEvent>>,
 }
 
 impl Drop for SessionAgent {
     fn drop(&mut self) {
-        let handle = self.handle.lock().take();
-        in_runtime(|| drop(handle));
+        if let Ok(mut handle) = self.handle.try_lock() {
+            let handle = handle.take();
+            in_runtime(|| drop(handle));
+        }
     }
 }
 
@@ -134,7 +162,7 @@ impl SessionAgent {
         py: Python<'_>,
         client: &Client,
         manager_id: &str,
-        device_id: &str,
+        config: AgentConfig,
         handler: Py<PyAny>,
     ) -> PyResult<SessionAgent> {
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
@@ -167,20 +195,63 @@ impl SessionAgent {
                 })
             }
         };
-        let handle =
-            in_runtime(|| client.session_agent(manager_id, AgentConfig::new(device_id), run));
+        let (tx, events) = broadcast::channel(1024);
+        let handle = in_runtime(|| {
+            let handle = client.session_agent(manager_id, config, run);
+            let mut rx = handle.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
+                            let _ = tx.send(e);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+            handle
+        });
         Ok(SessionAgent {
-            handle: Arc::new(Mutex::new(Some(handle))),
+            handle: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+            events: Mutex::new(events),
         })
     }
 }
 
 #[pymethods]
 impl SessionAgent {
+    /// Reports an event (`code`, e.g. `"4 VALUE CHANGE"`, with an optional
+    /// command key): a session carrying it starts at once.
+    #[pyo3(signature = (code, command_key=String::new()))]
+    fn add_event<'py>(
+        &self,
+        py: Python<'py>,
+        code: String,
+        command_key: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let handle = self.handle.clone();
+        crate::glue::future_into_py(py, async move {
+            let guard = handle.lock().await;
+            let Some(h) = guard.as_ref() else {
+                return Err(session_err(SessionError::Closed));
+            };
+            h.add_event(switchboard::session::Event { code, command_key })
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    /// The agent's events from now on, as [`SessionEvents`].
+    fn events(&self) -> SessionEvents {
+        SessionEvents::new(Source::Agent(self.events.lock().resubscribe()))
+    }
+
     /// Stops the agent.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let handle = self.handle.lock().take();
+        let handle = self.handle.clone();
         crate::glue::future_into_py(py, async move {
+            let handle = handle.lock().await.take();
             if let Some(h) = handle {
                 // Stopping reports how the agent ended; closing wants it
                 // stopped, whatever that was.
@@ -189,4 +260,173 @@ impl SessionAgent {
             Ok(())
         })
     }
+}
+
+/// Where session events come from.
+enum Source {
+    Agent(broadcast::Receiver<AgentEvent>),
+    Manager(broadcast::Receiver<(String, ManagerEvent)>),
+}
+
+/// A session engine's events: `next()` resolves to the next
+/// [`Event`](crate::observe::Event) (`kind` and `data`; a manager's carry
+/// `data["agent"]`), or `None` once an agent stopped (a manager's events
+/// run as long as the manager object lives). A reader that falls
+/// behind gets a `"lagged"` event with the number missed.
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct SessionEvents {
+    inner: Arc<tokio::sync::Mutex<Source>>,
+}
+
+impl SessionEvents {
+    fn new(source: Source) -> SessionEvents {
+        SessionEvents {
+            inner: Arc::new(tokio::sync::Mutex::new(source)),
+        }
+    }
+}
+
+#[pymethods]
+impl SessionEvents {
+    /// The next event, or `None` once the engine stopped.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        crate::glue::future_into_py(py, async move {
+            let mut source = inner.lock().await;
+            let item = match &mut *source {
+                Source::Agent(rx) => rx.recv().await.map(|e| (None, Item::Agent(e))),
+                Source::Manager(rx) => rx.recv().await.map(|(a, e)| (Some(a), Item::Manager(e))),
+            };
+            crate::glue::attach(|py| {
+                let d = PyDict::new(py);
+                let kind = match item {
+                    Ok((agent, item)) => {
+                        if let Some(agent) = agent {
+                            d.set_item("agent", agent)?;
+                        }
+                        match item {
+                            Item::Agent(e) => agent_event(&d, e)?,
+                            Item::Manager(e) => manager_event(&d, e)?,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        d.set_item("missed", n)?;
+                        "lagged"
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                };
+                Py::new(py, Event::new(kind, d.unbind())).map(Some)
+            })
+        })
+    }
+}
+
+/// An event of either side.
+enum Item {
+    Agent(AgentEvent),
+    Manager(ManagerEvent),
+}
+
+/// `(code, command_key)` pairs.
+fn events_to_py<'py>(
+    py: Python<'py>,
+    events: impl IntoIterator<Item = (String, String)>,
+) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, events.into_iter().collect::<Vec<_>>())
+}
+
+/// An agent's event into `d`; its kind.
+fn agent_event(d: &Bound<'_, PyDict>, e: AgentEvent) -> PyResult<&'static str> {
+    let py = d.py();
+    Ok(match e {
+        AgentEvent::SessionStarted {
+            session_id,
+            retry_count,
+            events,
+        } => {
+            d.set_item("session_id", session_id)?;
+            d.set_item("retry_count", retry_count)?;
+            let events = events.into_iter().map(|e| (e.code, e.command_key));
+            d.set_item("events", events_to_py(py, events)?)?;
+            "session_started"
+        }
+        AgentEvent::InformAccepted { session_id } => {
+            d.set_item("session_id", session_id)?;
+            "inform_accepted"
+        }
+        AgentEvent::SessionEnded { session_id } => {
+            d.set_item("session_id", session_id)?;
+            "session_ended"
+        }
+        AgentEvent::SessionFailed {
+            session_id,
+            reason,
+            retry,
+            wait,
+        } => {
+            d.set_item("session_id", session_id)?;
+            d.set_item("reason", reason.to_string())?;
+            d.set_item("retry", retry)?;
+            d.set_item("wait", wait.as_secs_f64())?;
+            "session_failed"
+        }
+        AgentEvent::ConnectionRequested { .. } => "connection_requested",
+        AgentEvent::PushRejected { fault } => {
+            d.set_item("fault_code", fault.code)?;
+            d.set_item("message", fault.message)?;
+            "push_rejected"
+        }
+        other => {
+            d.set_item("description", format!("{other:?}"))?;
+            "other"
+        }
+    })
+}
+
+/// A manager's event into `d`; its kind.
+fn manager_event(d: &Bound<'_, PyDict>, e: ManagerEvent) -> PyResult<&'static str> {
+    let py = d.py();
+    Ok(match e {
+        ManagerEvent::SessionStarted { session_id, inform } => {
+            d.set_item("session_id", session_id)?;
+            d.set_item("device_id", inform.device_id)?;
+            d.set_item("retry_count", inform.retry_count)?;
+            d.set_item("parameters", inform.parameters)?;
+            let events = inform.events.into_iter().map(|e| (e.code, e.command_key));
+            d.set_item("events", events_to_py(py, events)?)?;
+            "session_started"
+        }
+        ManagerEvent::SessionEnded { session_id } => {
+            d.set_item("session_id", session_id)?;
+            "session_ended"
+        }
+        ManagerEvent::SessionFailed { session_id, reason } => {
+            d.set_item("session_id", session_id)?;
+            d.set_item("reason", reason.to_string())?;
+            "session_failed"
+        }
+        ManagerEvent::AgentRequest {
+            id,
+            method,
+            payload,
+        } => {
+            d.set_item("id", id)?;
+            d.set_item("method", method)?;
+            d.set_item("payload", crate::payload::to_py(py, &payload))?;
+            "agent_request"
+        }
+        ManagerEvent::Rejected { fault } => {
+            d.set_item("fault_code", fault.code)?;
+            d.set_item("message", fault.message)?;
+            "rejected"
+        }
+        ManagerEvent::ConnectionRequestAcked { nonce } => {
+            d.set_item("nonce", nonce)?;
+            "connection_request_acked"
+        }
+        other => {
+            d.set_item("description", format!("{other:?}"))?;
+            "other"
+        }
+    })
 }

@@ -40,6 +40,7 @@ __all__ = [
     "Event",
     "SessionManager",
     "SessionAgent",
+    "SessionEvents",
 ]
 __all__ += _errors_all
 
@@ -126,11 +127,50 @@ class Events:
         return event
 
 
+class SessionEvents:
+    """A session engine's events, an async iterator of :class:`Event`. An
+    agent's end after the agent stopped; a manager's run as long as the
+    manager object lives.
+
+    ``kind`` is ``"session_started"`` (``session_id``, ``retry_count``,
+    ``events`` as ``(code, command_key)`` pairs; a manager's also
+    ``device_id`` and ``parameters``), ``"session_ended"``,
+    ``"session_failed"`` (``reason``; an agent's also ``retry`` and ``wait``
+    in seconds), an agent's ``"inform_accepted"``,
+    ``"connection_requested"`` and ``"push_rejected"``, a manager's
+    ``"agent_request"`` (``id``, ``method``, ``payload``; answered with an
+    empty result), ``"rejected"`` and ``"connection_request_acked"``,
+    ``"lagged"`` (``missed``) for a reader that fell behind, or ``"other"``.
+    A manager's events carry the agent's client id as ``data["agent"]``.
+    """
+
+    def __init__(self, native: "_native.SessionEvents") -> None:
+        self._native = native
+
+    def __aiter__(self) -> "SessionEvents":
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._native.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
 class SessionManager:
     """The session engine's manager (ACS-like side), from :meth:`Client.session_manager`."""
 
     def __init__(self, native: "_native.SessionManager") -> None:
         self._native = native
+
+    async def connection_request(self, agent: str) -> bool:
+        """Asks agent ``agent`` to open a session now; ``False`` when it is not
+        connected or already in a session."""
+        return await self._native.connection_request(agent)
+
+    def events(self) -> SessionEvents:
+        """The manager's events from now on, for every agent."""
+        return SessionEvents(self._native.events())
 
     async def rpc(self, agent: str, method: str, payload: Payload = b"") -> bytes:
         """Runs ``method`` on agent ``agent`` (its client id), after the RPCs
@@ -149,6 +189,15 @@ class SessionAgent:
 
     def __init__(self, native: "_native.SessionAgent") -> None:
         self._native = native
+
+    async def add_event(self, code: str, command_key: str = "") -> None:
+        """Reports an event (e.g. ``"4 VALUE CHANGE"``): a session carrying it
+        starts at once."""
+        await self._native.add_event(code, command_key)
+
+    def events(self) -> SessionEvents:
+        """The agent's events from now on."""
+        return SessionEvents(self._native.events())
 
     async def close(self) -> None:
         """Stops the agent."""
@@ -358,16 +407,26 @@ class Client:
         return SessionManager(self._native.session_manager())
 
     def session_agent(
-        self, manager_id: str, handler: RpcHandler, *, device_id: Optional[str] = None
+        self,
+        manager_id: str,
+        handler: RpcHandler,
+        *,
+        device_id: Optional[str] = None,
+        parameters: Optional[Dict[str, str]] = None,
+        response_timeout: Optional[float] = None,
     ) -> SessionAgent:
         """Runs the session engine's agent, reporting to ``manager_id``.
 
         ``handler(method, payload)`` answers the manager's RPCs one at a time,
         in order, with bytes or str; an exception answers with a fault (its
         ``fault_code`` attribute, e.g. from :class:`Fault`, or 8002). Call it
-        from a running event loop: handlers run there.
+        from a running event loop: handlers run there. ``device_id``
+        (default: the client id) and ``parameters`` are reported in every
+        ``Inform``; ``response_timeout`` (seconds, default 30) is how long
+        the agent waits for the manager before the session fails.
         """
-        return SessionAgent(self._native.session_agent(manager_id, handler, device_id))
+        native = self._native.session_agent(manager_id, handler, device_id, parameters, response_timeout)
+        return SessionAgent(native)
 
     async def status(self) -> Dict[str, Any]:
         """The hub's counters: ``clients``, ``subscriptions``, ``pending_requests``,
