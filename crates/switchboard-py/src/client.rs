@@ -34,6 +34,22 @@ impl NativeClient {
     }
 }
 
+impl NativeClient {
+    /// `ClientClosed` once the client is closed: for the calls that start
+    /// something without asking the hub (which would find out only later,
+    /// or never).
+    fn ensure_open(&self) -> PyResult<()> {
+        let closed = matches!(
+            *self.client.state().borrow(),
+            switchboard::ConnectionState::Closed { .. }
+        );
+        if closed {
+            return Err(error::to_py(switchboard::ClientError::Closed));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for NativeClient {
     fn drop(&mut self) {
         let serving = std::mem::take(&mut *self.serving.lock());
@@ -329,8 +345,9 @@ impl NativeClient {
 
     /// Runs the session engine's manager over the hub: agents are the
     /// clients that run an agent for this client's id.
-    fn session_manager(&self) -> crate::session::SessionManager {
-        crate::session::SessionManager::start(&self.client)
+    fn session_manager(&self) -> PyResult<crate::session::SessionManager> {
+        self.ensure_open()?;
+        Ok(crate::session::SessionManager::start(&self.client))
     }
 
     /// Runs the session engine's agent, reporting to the manager
@@ -351,6 +368,7 @@ impl NativeClient {
         parameters: Option<std::collections::BTreeMap<String, String>>,
         response_timeout: Option<f64>,
     ) -> PyResult<crate::session::SessionAgent> {
+        self.ensure_open()?;
         let device_id = device_id.unwrap_or_else(|| self.client.id().to_owned());
         let mut config = switchboard::session::AgentConfig::new(device_id);
         if let Some(p) = parameters {
@@ -363,8 +381,11 @@ impl NativeClient {
     }
 
     /// The client's events from now on.
-    fn events(&self) -> crate::observe::Events {
-        in_runtime(|| crate::observe::Events::new(self.client.events()))
+    fn events(&self) -> PyResult<crate::observe::Events> {
+        self.ensure_open()?;
+        Ok(in_runtime(|| {
+            crate::observe::Events::new(self.client.events())
+        }))
     }
 
     /// Watches `key` (or, with `prefix`, every key starting with it);

@@ -128,6 +128,15 @@ async def test_every_call_after_close_raises_client_closed(hub):
         with pytest.raises(ClientClosed) as e:
             await asyncio.wait_for(_run(call), WAIT)
         assert str(e.value) == "the client is closed", name
+    # the calls that return at once raise at once
+    sync_calls = {
+        "events": lambda: client.events(),
+        "session_manager": lambda: client.session_manager(),
+        "session_agent": lambda: client.session_agent("m", lambda method, payload: b""),
+    }
+    for name, call in sync_calls.items():
+        with pytest.raises(ClientClosed):
+            call()
 
 
 async def _run(call):

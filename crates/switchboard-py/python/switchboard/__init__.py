@@ -403,7 +403,8 @@ class Client:
 
     def session_manager(self) -> SessionManager:
         """Runs the session engine's manager: every client running an agent for
-        this client's id is an agent, named by its client id."""
+        this client's id is an agent, named by its client id. Raises
+        :class:`ClientClosed` when the client is closed."""
         return SessionManager(self._native.session_manager())
 
     def session_agent(
@@ -423,7 +424,8 @@ class Client:
         from a running event loop: handlers run there. ``device_id``
         (default: the client id) and ``parameters`` are reported in every
         ``Inform``; ``response_timeout`` (seconds, default 30) is how long
-        the agent waits for the manager before the session fails.
+        the agent waits for the manager before the session fails. Raises
+        :class:`ClientClosed` when the client is closed.
         """
         native = self._native.session_agent(manager_id, handler, device_id, parameters, response_timeout)
         return SessionAgent(native)
@@ -434,7 +436,9 @@ class Client:
         return await self._native.status()
 
     def events(self) -> Events:
-        """The client's events from now on (connection changes, drops, ...)."""
+        """The client's events from now on (connection changes, drops, ...).
+
+        Raises :class:`ClientClosed` when the client is already closed."""
         return Events(self._native.events())
 
     async def drain(self, timeout: float = 5.0) -> bool:
