@@ -425,6 +425,16 @@ enum sb_error sb_kv_get(struct sb_client *client,
                         uint64_t *version);
 
 /**
+ * Deletes `key` from the hub's key-value store; `*existed` (if not NULL)
+ * receives 1 when the key existed, 0 when it did not (not an error).
+ * Watchers of the key see the delete.
+ *
+ * # Safety
+ * `key` is NUL-terminated; `existed` is NULL or writable.
+ */
+enum sb_error sb_kv_delete(struct sb_client *client, const char *key, int32_t *existed);
+
+/**
  * Watches `key` (with `prefix` non-zero: every key starting with `key`)
  * and calls `callback(user_data, ...)` for each change. The watch is
  * registered at the hub when this returns; `*out` receives its handle,

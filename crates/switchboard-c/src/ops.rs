@@ -133,7 +133,7 @@ fn closed() -> Failure {
     )
 }
 
-fn entry(client: *mut sb_client) -> Result<Arc<ClientEntry>, Failure> {
+pub(crate) fn entry(client: *mut sb_client) -> Result<Arc<ClientEntry>, Failure> {
     if client.is_null() {
         return Err(Failure::new(sb_error::SB_ERR_NULL, "client is NULL"));
     }
@@ -669,6 +669,31 @@ pub unsafe extern "C" fn sb_kv_get(
         // SAFETY: NULL or writable.
         if let Some(version) = unsafe { version.as_mut() } {
             *version = found.version;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes `key` from the hub's key-value store; `*existed` (if not NULL)
+/// receives 1 when the key existed, 0 when it did not (not an error).
+/// Watchers of the key see the delete.
+///
+/// # Safety
+/// `key` is NUL-terminated; `existed` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn sb_kv_delete(
+    client: *mut sb_client,
+    key: *const c_char,
+    existed: *mut i32,
+) -> sb_error {
+    boundary(|| {
+        let entry = entry(client)?;
+        // SAFETY: the contract.
+        let key = unsafe { text(key, "key") }?;
+        let found = runtime::block_on(entry.client.kv().delete(key))?;
+        // SAFETY: NULL or writable.
+        if let Some(existed) = unsafe { existed.as_mut() } {
+            *existed = i32::from(found);
         }
         Ok(())
     })
