@@ -2,13 +2,18 @@
 //! compiler against `include/switchboard.h` and `libswitchboard.a`, run
 //! against an in-process hub with a Rust client on the other side:
 //! request/reply both ways (one nested), pub/sub both ways, a direct
-//! message, kv both ways (get, set, a watch seeing Rust's changes), a
-//! payload over the frame limit,
-//! error codes (bad input, unknown target, timeout, error reply, use after
-//! close, double close). Also builds and runs `examples/c/hello.c`.
-//! The interop program runs under valgrind memcheck when `valgrind` is on
-//! PATH (no leak, no invalid access). Skipped, with a notice, when no C
-//! compiler is found.
+//! message, kv both ways (get, set, delete, a watch seeing Rust's changes,
+//! watches of a key that already has a value), panics inside the library
+//! (a debug-build hook, `src/testing.rs`), and a table of bad input for
+//! every function (NULL pointers, invalid UTF-8, payloads over the frame
+//! limit, use after close, double close). Also builds and runs
+//! `examples/c/hello.c`.
+//!
+//! Two builds of the programs: a plain one, run under valgrind memcheck
+//! when `valgrind` is on PATH (no leak, no invalid access), and one with
+//! AddressSanitizer and UBSan (skipped with a notice when the compiler
+//! cannot build with them, except under `CI`, where that fails). Skipped,
+//! with a notice, when no C compiler is found.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,10 +33,11 @@ fn on_path(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Builds `libswitchboard.a` and returns its path. `cargo test` builds
-/// only the library's rlib for its tests, so the test asks cargo for the
-/// static library itself (same target directory and profile; fresh, it
-/// takes a moment).
+/// Builds `libswitchboard.a` and returns its path. `cargo test` does not
+/// build the library's cdylib or staticlib for an integration test (the
+/// crate has no rlib to link), so the test asks cargo for the static
+/// library itself (same target directory and profile; fresh, it takes a
+/// moment).
 fn static_library() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut cargo = Command::new(env!("CARGO"));
