@@ -93,6 +93,14 @@ static int32_t handler(void *user_data, const char *from, const uint8_t *data, s
                        sb_bytes *reply) {
   (void)user_data;
   (void)from;
+  if (len == 9 && memcmp(data, "big-reply", 9) == 0) {
+    size_t big_len = 16 * 1024 * 1024 + 1;
+    uint8_t *big = calloc(big_len, 1);
+    if (big == NULL) return 1;
+    sb_error e = sb_reply_set(reply, big, big_len);
+    free(big);
+    return e == SB_OK ? 0 : 1;
+  }
   if (len == 4 && memcmp(data, "fail", 4) == 0) {
     sb_reply_set(reply, (const uint8_t *)"refused by C", 12);
     return 1;
@@ -364,6 +372,21 @@ int main(int argc, char **argv) {
   CHECK(sb_request(c, "rust-peer", (const uint8_t *)"call-me-back", 12, 10000, &reply) == SB_OK);
   CHECK_BYTES(reply, "c:ping");
   sb_bytes_free(&reply);
+
+  /* a handler's reply over the frame limit cannot be sent: the requester
+   * gets an error, not the reply and not a hang, and the serving client
+   * keeps working. (The facade drops the oversized reply, so today the
+   * error is the requester's timeout.) */
+  sb_client *other = NULL;
+  sb_options other_options = {.client_id = "c-other", .addr = addr, .token = token};
+  CHECK(sb_connect(&other_options, &other) == SB_OK);
+  sb_error big_reply = sb_request(other, "c-prog", (const uint8_t *)"big-reply", 9, 2000, &reply);
+  CHECK(big_reply == SB_ERR_TIMEOUT || big_reply == SB_ERR_REMOTE);
+  CHECK(reply.data == NULL);
+  CHECK(sb_request(other, "c-prog", (const uint8_t *)"again", 5, 5000, &reply) == SB_OK);
+  CHECK_BYTES(reply, "c:again");
+  sb_bytes_free(&reply);
+  CHECK(sb_close(other) == SB_OK);
 
   /* request errors */
   CHECK(sb_request(c, "nobody", (const uint8_t *)"x", 1, 2000, &reply) == SB_ERR_NO_SUCH_CLIENT);
