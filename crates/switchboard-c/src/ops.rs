@@ -890,6 +890,14 @@ mod tests {
                 sb_request(made_up, c"x".as_ptr(), null(), 0, 10, &mut reply),
                 sb_error::SB_ERR_CLOSED
             );
+            assert_eq!(
+                sb_kv_delete(made_up, c"k".as_ptr(), null_mut()),
+                sb_error::SB_ERR_CLOSED
+            );
+            assert_eq!(
+                sb_kv_delete(null_mut(), c"k".as_ptr(), null_mut()),
+                sb_error::SB_ERR_NULL
+            );
             assert_eq!(sb_unsubscribe(null_mut()), sb_error::SB_ERR_NULL);
             assert_eq!(
                 sb_unsubscribe(0xdead_0001usize as *mut sb_subscription),
