@@ -3,11 +3,12 @@
 //! against an in-process hub with a Rust client on the other side:
 //! request/reply both ways (one nested), pub/sub both ways, a direct
 //! message, kv both ways (get, set, delete, a watch seeing Rust's changes,
-//! watches of a key that already has a value), panics inside the library
-//! (a debug-build hook, `src/testing.rs`), and a table of bad input for
-//! every function (NULL pointers, invalid UTF-8, payloads over the frame
-//! limit, use after close, double close). Also builds and runs
-//! `examples/c/hello.c`.
+//! watches of a key that already has a value), `sb_close` while another
+//! thread waits in `sb_request`, the per-thread last error, panics inside
+//! the library (a debug-build hook, `src/testing.rs`), a handler's reply
+//! over the frame limit, and a table of bad input for every function
+//! (NULL pointers, invalid UTF-8, payloads over the frame limit, use after
+//! close, double close). Also builds and runs `examples/c/hello.c`.
 //!
 //! Two builds of the programs: a plain one, run under valgrind memcheck
 //! when `valgrind` is on PATH (no leak, no invalid access), and one with

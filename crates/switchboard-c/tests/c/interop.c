@@ -306,6 +306,57 @@ static void bad_input(const char *addr, const char *token) {
   free(big);
 }
 
+/* ---- threads ----------------------------------------------------------- */
+
+/* A request made on another thread, for close_while_requesting. */
+struct pending {
+  sb_client *client;
+  sb_error result;
+  sb_bytes reply;
+};
+
+static void *request_slowly(void *arg) {
+  struct pending *p = arg;
+  p->result = sb_request(p->client, "rust-peer", (const uint8_t *)"slow", 4, 10000, &p->reply);
+  return NULL;
+}
+
+static void *fail_on_this_thread(void *arg) {
+  (void)arg;
+  sb_error e = sb_close(NULL);
+  return (void *)(uintptr_t)(e == SB_ERR_NULL && strstr(sb_last_error_message(), "client"));
+}
+
+/* sb_close while another thread waits in sb_request on the same client:
+ * that call ends (with SB_ERR_CLOSED, or the reply if it came first) and
+ * nothing hangs. The last error is per thread. */
+static void threads(const char *addr, const char *token) {
+  sb_client *other = NULL;
+  sb_options options = {.client_id = "c-threaded", .addr = addr, .token = token};
+  CHECK(sb_connect(&options, &other) == SB_OK);
+  if (!other) return;
+  struct pending p = {.client = other, .result = SB_OK};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, request_slowly, &p) == 0);
+  struct timespec pause = {0, 300 * 1000 * 1000};
+  nanosleep(&pause, NULL);
+  CHECK(sb_close(other) == SB_OK);
+  pthread_join(t, NULL);
+  CHECK(p.result == SB_ERR_CLOSED || p.result == SB_OK);
+  sb_bytes_free(&p.reply);
+
+  CHECK(sb_publish(NULL, "t", NULL, 0) == SB_ERR_NULL);
+  CHECK(strcmp(sb_last_error_message(), "client is NULL") == 0);
+  CHECK(sb_kv_get(MADE_UP_CLIENT, "k", &out_bytes, NULL) == SB_ERR_CLOSED);
+  char before[128];
+  snprintf(before, sizeof before, "%s", sb_last_error_message());
+  void *ok = NULL;
+  CHECK(pthread_create(&t, NULL, fail_on_this_thread, NULL) == 0);
+  pthread_join(t, &ok);
+  CHECK(ok != NULL);
+  CHECK(strcmp(sb_last_error_message(), before) == 0); /* not the other thread's */
+}
+
 /* ---- panics ------------------------------------------------------------ */
 
 /* A panic inside the library comes back as SB_ERR_PANIC with its message,
@@ -387,6 +438,8 @@ int main(int argc, char **argv) {
   CHECK_BYTES(reply, "c:again");
   sb_bytes_free(&reply);
   CHECK(sb_close(other) == SB_OK);
+
+  threads(addr, token);
 
   /* request errors */
   CHECK(sb_request(c, "nobody", (const uint8_t *)"x", 1, 2000, &reply) == SB_ERR_NO_SUCH_CLIENT);
