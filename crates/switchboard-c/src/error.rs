@@ -148,6 +148,10 @@ fn set_last(message: &str) {
 /// UTF-8 string owned by the library ("" before any error). It stays valid
 /// until the next `sb_*` call that fails on the same thread; copy it to
 /// keep it. A successful call does not clear it. Never NULL.
+///
+/// Threads: any thread; each thread has its own last error, so an error on
+/// another thread (a callback's, say) never changes it. Ownership: the
+/// string is the library's; do not free it.
 #[no_mangle]
 pub extern "C" fn sb_last_error_message() -> *const c_char {
     LAST.with(|last| last.borrow().as_ptr())

@@ -21,11 +21,13 @@ mod error;
 mod handles;
 mod ops;
 mod runtime;
+#[cfg(debug_assertions)]
+mod testing;
 
 pub use error::{sb_error, sb_last_error_message};
 pub use handles::{sb_client, sb_subscription};
 pub use ops::{
-    sb_bytes, sb_bytes_free, sb_close, sb_connect, sb_handler_cb, sb_kv_get, sb_kv_set,
-    sb_kv_watch, sb_kv_watch_cb, sb_message_cb, sb_options, sb_publish, sb_reply_set, sb_request,
-    sb_send, sb_serve, sb_subscribe, sb_unsubscribe,
+    sb_bytes, sb_bytes_free, sb_close, sb_connect, sb_handler_cb, sb_kv_delete, sb_kv_get,
+    sb_kv_set, sb_kv_watch, sb_kv_watch_cb, sb_message_cb, sb_options, sb_publish, sb_reply_set,
+    sb_request, sb_send, sb_serve, sb_subscribe, sb_unsubscribe,
 };

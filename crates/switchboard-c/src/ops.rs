@@ -42,8 +42,9 @@ pub struct sb_bytes {
 /// A subscription's callback: one call per message, in the order the hub
 /// delivered them. `topic` is NUL-terminated; `data`/`len` the payload
 /// (`data` may be NULL when `len` is 0). Both are valid only during the
-/// call. It runs on a thread of the library's blocking pool, one thread
-/// per subscription, never two calls at once for one subscription; it may
+/// call and stay the library's (copy them to keep them; never free them).
+/// It runs on a thread of the library's blocking pool, one thread per
+/// subscription, never two calls at once for one subscription; it may
 /// call any `sb_*` function, `sb_unsubscribe` of its own subscription
 /// included.
 pub type sb_message_cb = Option<
@@ -51,12 +52,16 @@ pub type sb_message_cb = Option<
 >;
 
 /// A request handler for `sb_serve`: `from` is the requester's id,
-/// `data`/`len` the request payload (valid during the call only). Return 0
-/// and fill `reply` with `sb_reply_set` (left empty: an empty reply), or
-/// return non-zero for an error reply (its text: what `reply` holds, or a
-/// default). Calls run on the library's blocking pool, several at once on
-/// different threads, so `user_data` must be safe to share; a handler may
-/// call any `sb_*` function (a nested `sb_request` works).
+/// `data`/`len` the request payload (valid during the call only, the
+/// library's: copy to keep, never free). Return 0 and fill `reply` with
+/// `sb_reply_set` (left empty: an empty reply), or return non-zero for an
+/// error reply (its text: what `reply` holds, or a default); `reply` is
+/// the library's and freed by it. Calls run on the library's blocking
+/// pool, several at once on different threads, so `user_data` must be
+/// safe to share; a handler may call any `sb_*` function (a nested
+/// `sb_request` works) except `sb_close` of its own client. A reply over
+/// the hub's frame limit is not sent: the requester gets an error (today
+/// its timeout).
 pub type sb_handler_cb = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -133,7 +138,7 @@ fn closed() -> Failure {
     )
 }
 
-fn entry(client: *mut sb_client) -> Result<Arc<ClientEntry>, Failure> {
+pub(crate) fn entry(client: *mut sb_client) -> Result<Arc<ClientEntry>, Failure> {
     if client.is_null() {
         return Err(Failure::new(sb_error::SB_ERR_NULL, "client is NULL"));
     }
@@ -159,6 +164,11 @@ fn fill(out: &mut sb_bytes, bytes: &[u8]) {
 /// Frees a buffer the library returned and sets it to empty (`data` NULL,
 /// `len` 0), so a second call does nothing. NULL does nothing.
 ///
+/// Threads: any thread, but not at once with another use of the same
+/// buffer. Ownership: for buffers the library gave the caller
+/// (`sb_request`'s reply, `sb_kv_get`'s value); never for memory the
+/// caller allocated, nor for a handler's `reply` (the library frees that).
+///
 /// # Safety
 /// `bytes` is NULL or points to an `sb_bytes` filled by this library (or
 /// zeroed).
@@ -182,6 +192,10 @@ pub unsafe extern "C" fn sb_bytes_free(bytes: *mut sb_bytes) {
 
 /// Sets the reply of an `sb_handler_cb` call to a copy of `data`/`len`
 /// (replacing what it held). Only for the `reply` a handler was given.
+///
+/// Threads: only inside the handler's call, on its thread. Ownership:
+/// `data` is copied (the caller keeps it); `reply` stays the library's,
+/// which frees it after the handler returns.
 ///
 /// # Safety
 /// `reply` is the handler's `reply` argument; `data` is NULL (with `len`
@@ -210,6 +224,11 @@ pub unsafe extern "C" fn sb_reply_set(
 ///
 /// Blocks until the handshake is done or fails. On failure `*out` is left
 /// unchanged. May be called from any thread.
+///
+/// Threads: any thread, also several at once (callbacks included).
+/// Ownership: `options` and its strings are read during the call only; the
+/// handle in `*out` is the caller's and is ended with `sb_close` (which
+/// frees everything the library holds for it).
 ///
 /// # Safety
 /// `options` and `out` are NULL or valid; the strings in `options` are NULL
@@ -268,6 +287,12 @@ pub unsafe extern "C" fn sb_connect(
 /// a handler of this client must not call it (a subscription callback
 /// may).
 ///
+/// Threads: any thread, also while other threads use the same client:
+/// their calls then finish or answer `SB_ERR_CLOSED`. Ownership: ends the
+/// handle and every subscription and watch of it; when it returns, no
+/// callback of this client runs any more and the library no longer uses
+/// any `user_data` given for it (the caller may free them).
+///
 /// # Safety
 /// `client` is any value; it is never dereferenced.
 #[no_mangle]
@@ -302,6 +327,10 @@ pub unsafe extern "C" fn sb_close(client: *mut sb_client) -> sb_error {
 /// Publishes `data`/`len` (copied) on `topic`; returns once the hub has it.
 /// A payload over the hub's frame limit answers `SB_ERR_INVALID_ARGUMENT`.
 ///
+/// Threads: any thread, also at once on one client; publishes made one
+/// after another from one thread reach the hub in that order. Ownership:
+/// `topic` and the payload are copied; the caller keeps them.
+///
 /// # Safety
 /// `topic` is NUL-terminated; `data` is NULL (with `len` 0) or points to
 /// `len` readable bytes.
@@ -328,6 +357,9 @@ pub unsafe extern "C" fn sb_publish(
 /// `SB_ERR_NOT_LISTENING`; a payload over the hub's frame limit
 /// `SB_ERR_INVALID_ARGUMENT`.
 ///
+/// Threads: any thread, also at once on one client. Ownership: `to` and
+/// the payload are copied; the caller keeps them.
+///
 /// # Safety
 /// `to` is NUL-terminated; `data` is NULL (with `len` 0) or points to
 /// `len` readable bytes.
@@ -352,6 +384,13 @@ pub unsafe extern "C" fn sb_send(
 /// rest) and calls `callback(user_data, ...)` for each message (see
 /// `sb_message_cb` for its thread). The subscription is active at the hub
 /// when this returns; `*out` receives its handle.
+///
+/// Threads: any thread; `callback` runs on a library thread (see
+/// `sb_message_cb`). Ownership: `pattern` is copied; `user_data` is not the
+/// library's: it must stay valid until `sb_unsubscribe` (or `sb_close` of
+/// the client) returns, after which it is no longer used. The handle in
+/// `*out` is the caller's to end with `sb_unsubscribe`; `sb_close` of the
+/// client ends it too (then `sb_unsubscribe` answers `SB_ERR_CLOSED`).
 ///
 /// # Safety
 /// `pattern` is NUL-terminated; `out` is valid; `user_data` stays valid
@@ -486,6 +525,11 @@ fn stop_subscription(id: usize) -> bool {
 /// second call, or one after `sb_close` of its client, answers
 /// `SB_ERR_CLOSED`; NULL answers `SB_ERR_NULL`.
 ///
+/// Threads: any thread, the subscription's own callback included (then
+/// it does not wait for that callback to return). Ownership: when it
+/// returns (from the own callback: when that callback returns) the
+/// library no longer uses the subscription's `user_data`.
+///
 /// # Safety
 /// `subscription` is any value; it is never dereferenced.
 #[no_mangle]
@@ -507,6 +551,12 @@ pub unsafe extern "C" fn sb_unsubscribe(subscription: *mut sb_subscription) -> s
 /// client's default (30 s). An unknown target answers
 /// `SB_ERR_NO_SUCH_CLIENT`, a target not serving `SB_ERR_NOT_LISTENING`,
 /// an error reply `SB_ERR_REMOTE`, no reply in time `SB_ERR_TIMEOUT`.
+///
+/// Threads: any thread, also at once on one client (each call waits for
+/// its own reply); it may be called from a handler or callback (nested
+/// requests work). Ownership: `to` and the payload are copied; on success
+/// `*reply` receives a buffer the caller owns and frees with
+/// `sb_bytes_free`; on error `*reply` is left unchanged.
 ///
 /// # Safety
 /// `to` is NUL-terminated; `data` is NULL (with `len` 0) or points to
@@ -545,6 +595,12 @@ pub unsafe extern "C" fn sb_request(
 /// (see `sb_handler_cb` for its threads). Requests are accepted when this
 /// returns. A second call replaces the handler. Serving ends with
 /// `sb_close`.
+///
+/// Threads: any thread; the handler runs on library threads, several at
+/// once (see `sb_handler_cb`). Ownership: `user_data` is not the library's:
+/// it must stay valid until `sb_close` of the client returns (or, after a
+/// second `sb_serve`, until that call returns: the old handler is stopped
+/// first).
 ///
 /// # Safety
 /// `user_data` stays valid and shareable across threads until `sb_close`.
@@ -612,6 +668,9 @@ fn call_handler(handler: Handler, user: UserData, req: &IncomingRequest) -> Resu
 /// Sets `key` to `data`/`len` (copied) in the hub's key-value store;
 /// `*version` (if not NULL) receives the key's new version.
 ///
+/// Threads: any thread, also at once on one client. Ownership: `key` and
+/// the value are copied; the caller keeps them.
+///
 /// # Safety
 /// `key` is NUL-terminated; `data` is NULL (with `len` 0) or points to
 /// `len` readable bytes; `version` is NULL or writable.
@@ -640,6 +699,11 @@ pub unsafe extern "C" fn sb_kv_set(
 /// Reads `key` into `*value` (free it with `sb_bytes_free`); `*version`
 /// (if not NULL) receives its version. A missing key answers
 /// `SB_ERR_NOT_FOUND` and leaves `*value` unchanged.
+///
+/// Threads: any thread, also at once on one client. Ownership: `key` is
+/// copied; on success `*value` receives a buffer the caller owns and frees
+/// with `sb_bytes_free` (its old contents are not freed); on error it is
+/// left unchanged.
 ///
 /// # Safety
 /// `key` is NUL-terminated; `value` is valid; `version` is NULL or
@@ -674,11 +738,40 @@ pub unsafe extern "C" fn sb_kv_get(
     })
 }
 
+/// Deletes `key` from the hub's key-value store; `*existed` (if not NULL)
+/// receives 1 when the key existed, 0 when it did not (not an error).
+/// Watchers of the key see the delete.
+///
+/// Threads: any thread, also at once on one client. Ownership: `key` is
+/// copied; the caller keeps it.
+///
+/// # Safety
+/// `key` is NUL-terminated; `existed` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn sb_kv_delete(
+    client: *mut sb_client,
+    key: *const c_char,
+    existed: *mut i32,
+) -> sb_error {
+    boundary(|| {
+        let entry = entry(client)?;
+        // SAFETY: the contract.
+        let key = unsafe { text(key, "key") }?;
+        let found = runtime::block_on(entry.client.kv().delete(key))?;
+        // SAFETY: NULL or writable.
+        if let Some(existed) = unsafe { existed.as_mut() } {
+            *existed = i32::from(found);
+        }
+        Ok(())
+    })
+}
+
 /// A key-value watch's callback: one call per change of a watched key, in
 /// order. The first call carries the key's current value (if it exists)
 /// when the watch starts. `key` is NUL-terminated; `data`/`len` the new
 /// value (empty when `deleted` is 1); `version` the version after the
-/// change. Arguments are valid during the call only. It runs like an
+/// change. Arguments are valid during the call only and stay the
+/// library's (copy to keep, never free). It runs like an
 /// `sb_message_cb`: on a library thread, one at a time per watch.
 pub type sb_kv_watch_cb = Option<
     unsafe extern "C" fn(
@@ -695,6 +788,12 @@ pub type sb_kv_watch_cb = Option<
 /// and calls `callback(user_data, ...)` for each change. The watch is
 /// registered at the hub when this returns; `*out` receives its handle,
 /// ended with `sb_unsubscribe` (or `sb_close`).
+///
+/// Threads: any thread; `callback` runs on a library thread (see
+/// `sb_kv_watch_cb`). Ownership: `key` is copied; `user_data` is not the
+/// library's: it must stay valid until `sb_unsubscribe` (or `sb_close` of
+/// the client) returns. The handle in `*out` is the caller's to end with
+/// `sb_unsubscribe`; `sb_close` of the client ends it too.
 ///
 /// # Safety
 /// `key` is NUL-terminated; `out` is valid; `user_data` stays valid until
@@ -790,6 +889,14 @@ mod tests {
             assert_eq!(
                 sb_request(made_up, c"x".as_ptr(), null(), 0, 10, &mut reply),
                 sb_error::SB_ERR_CLOSED
+            );
+            assert_eq!(
+                sb_kv_delete(made_up, c"k".as_ptr(), null_mut()),
+                sb_error::SB_ERR_CLOSED
+            );
+            assert_eq!(
+                sb_kv_delete(null_mut(), c"k".as_ptr(), null_mut()),
+                sb_error::SB_ERR_NULL
             );
             assert_eq!(sb_unsubscribe(null_mut()), sb_error::SB_ERR_NULL);
             assert_eq!(
