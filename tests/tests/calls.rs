@@ -351,3 +351,36 @@ async fn listening_and_headers_over_websocket() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reply_over_the_frame_limit_reaches_the_requester_as_an_error() -> anyhow::Result<()> {
+    let hub = memory_hub().await?;
+    let server = client(&hub, "bulky").await?;
+    let _serving = server
+        .serve(|req| async move {
+            if &req.payload()[..] == b"big" {
+                Ok::<_, String>(vec![0u8; switchboard::wire::DEFAULT_MAX_FRAME + 1].into())
+            } else {
+                Ok("small".into())
+            }
+        })
+        .await?;
+    let asker = client(&hub, "asker").await?;
+    // Well inside the 30 s default timeout: the requester is told at once.
+    let options = RequestOptions::default().timeout(Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    match within(asker.request_with_options("bulky", "big", options)).await? {
+        Err(ClientError::Remote(msg)) => {
+            assert!(msg.contains("could not send its reply"), "{msg}");
+            assert!(msg.contains("exceeds the hub's limit"), "{msg}");
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(25));
+    // The responder keeps serving.
+    assert_eq!(
+        &within(asker.request("bulky", "again")).await??[..],
+        b"small"
+    );
+    Ok(())
+}

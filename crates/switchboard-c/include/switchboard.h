@@ -234,8 +234,8 @@ typedef void (*sb_message_cb)(void *user_data, const char *topic, const uint8_t 
  * pool, several at once on different threads, so `user_data` must be
  * safe to share; a handler may call any `sb_*` function (a nested
  * `sb_request` works) except `sb_close` of its own client. A reply over
- * the hub's frame limit is not sent: the requester gets an error (today
- * its timeout).
+ * the hub's frame limit is not sent: the requester gets an error reply
+ * saying why (`SB_ERR_REMOTE`) at once.
  */
 typedef int32_t (*sb_handler_cb)(void *user_data,
                                  const char *from,

@@ -60,8 +60,8 @@ pub type sb_message_cb = Option<
 /// pool, several at once on different threads, so `user_data` must be
 /// safe to share; a handler may call any `sb_*` function (a nested
 /// `sb_request` works) except `sb_close` of its own client. A reply over
-/// the hub's frame limit is not sent: the requester gets an error (today
-/// its timeout).
+/// the hub's frame limit is not sent: the requester gets an error reply
+/// saying why (`SB_ERR_REMOTE`) at once.
 pub type sb_handler_cb = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,

@@ -125,7 +125,8 @@ impl IncomingRequest {
     async fn answer(mut self, frame: Frame) -> Result<(), ClientError> {
         self.armed = false;
         let outlet = self.outlet.upgrade().ok_or(ClientError::Closed)?;
-        outlet.answer(frame).await
+        let to = std::mem::take(&mut self.from);
+        answer_or_explain(&*outlet, self.id, to, frame).await
     }
 
     /// Sends the reply.
@@ -186,12 +187,32 @@ impl Replier {
     /// Sends the handler's reply, or an error reply with the message.
     pub(crate) async fn reply(self, result: Result<Bytes, String>) {
         let frame = match result {
-            Ok(payload) => Frame::reply(self.id, self.to, payload),
-            Err(message) => error_reply(self.id, self.to, message),
+            Ok(payload) => Frame::reply(self.id, self.to.clone(), payload),
+            Err(message) => error_reply(self.id, self.to.clone(), message),
         };
         if let Some(outlet) = self.outlet.upgrade() {
-            let _ = outlet.answer(frame).await;
+            let _ = answer_or_explain(&*outlet, self.id, self.to, frame).await;
         }
+    }
+}
+
+/// Sends `frame`, the answer to request `id` from `to`. A reply the client
+/// refuses to send (over the hub's frame limit) becomes an error reply
+/// saying so, so the requester learns why at once instead of waiting for
+/// its timeout; the handler still gets the error.
+async fn answer_or_explain(
+    outlet: &dyn Outlet,
+    id: u64,
+    to: String,
+    frame: Frame,
+) -> Result<(), ClientError> {
+    match outlet.answer(frame).await {
+        Err(ClientError::InvalidArgument(message)) => {
+            let why = format!("the responder could not send its reply: {message}");
+            let _ = outlet.answer(error_reply(id, to, why)).await;
+            Err(ClientError::InvalidArgument(message))
+        }
+        other => other,
     }
 }
 
