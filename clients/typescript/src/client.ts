@@ -1,0 +1,828 @@
+/**
+ * The switchboard client over WebSocket (`GET /v1/ws` on the hub's HTTP
+ * listener): one binary message is one protobuf `Frame`
+ * (docs/PROTOCOL.md, "WebSocket").
+ *
+ * @module
+ */
+
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  ErrorCode,
+  FrameSchema,
+  HeaderSchema,
+  type Frame,
+  type HubIdentity,
+  type Request as RequestMsg,
+} from "./gen/switchboard/v1/switchboard_pb.js";
+import { clientProof, constantTimeEqual, hubProof, keyFromToken, keyId, nonce } from "./auth.js";
+import {
+  Disconnected,
+  HubUnverified,
+  ProtocolError,
+  RemoteError,
+  SwitchboardError,
+  Timeout,
+  errorFromCode,
+} from "./errors.js";
+import { AsyncQueue } from "./queue.js";
+
+type FrameKind = NonNullable<Frame["kind"]["case"]>;
+type KindValue<K extends FrameKind> = Extract<Frame["kind"], { case: K }>["value"];
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A payload: bytes, or a string sent as UTF-8. */
+export type Payload = Uint8Array | string;
+
+/** Headers: `[key, value]` pairs (order kept, keys may repeat), or a record. Values as bytes or UTF-8 strings. */
+export type Headers = ReadonlyArray<readonly [string, Payload]> | Readonly<Record<string, Payload>>;
+
+/** The parts of the WebSocket API this client uses (the browser's, Node 22's global, or the `ws` package's). */
+export interface WebSocketLike {
+  /** Set to `"arraybuffer"` by the client. */
+  binaryType: string;
+  /** The connection state (1 = open). */
+  readonly readyState: number;
+  /** Sends one binary message. */
+  send(data: Uint8Array): void;
+  /** Closes the socket. */
+  close(code?: number, reason?: string): void;
+  /** Called when the socket opens. */
+  onopen: ((ev: unknown) => void) | null;
+  /** Called per message; `data` is an `ArrayBuffer` for binary messages, a string for text. */
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  /** Called when the socket closes. */
+  onclose: ((ev: { code?: number; reason?: string }) => void) | null;
+  /** Called on a socket error. */
+  onerror: ((ev: unknown) => void) | null;
+}
+
+/** A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the `ws` package in Node 20. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Options of {@link Client.connect}. */
+export interface ConnectOptions {
+  /** The hub's WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. */
+  url: string;
+  /** The client id to register under (1 to 256 bytes of UTF-8, no control characters). */
+  clientId: string;
+  /** The shared token (`SWITCHBOARD_TOKEN`); its SHA-256 is the key. Give this or `key`. */
+  token?: string;
+  /** The 32-byte key itself (e.g. a hub's secret file). Give this or `token`. */
+  key?: Uint8Array;
+  /** Free text shown in client lists (default `"@switchboard/client"`). */
+  agent?: string;
+  /** The WebSocket constructor (default: `globalThis.WebSocket`; pass `ws`'s in Node 20). */
+  WebSocket?: WebSocketConstructor;
+  /** How long the connection and handshake may take, ms (default 10,000). */
+  connectTimeoutMs?: number;
+  /** Default timeout of {@link Client.request}, ms (default 30,000). */
+  requestTimeoutMs?: number;
+  /** Largest frame accepted from the hub after `Welcome`, bytes (default 16 MiB; 64 KiB before). */
+  maxFrame?: number;
+  /** Messages buffered for {@link Client.messages} and each subscription before the oldest is dropped (default 8,192). */
+  bufferSize?: number;
+}
+
+/** A message sent to this client directly or by broadcast. */
+export class Message {
+  /**
+   * @param kind - `"direct"` or `"broadcast"`, or `"publish"` for a subscription delivery
+   * @param from - the sender's client id
+   * @param payload - the payload bytes
+   * @param headers - the headers, in order
+   * @param topic - the topic (deliveries only; `""` otherwise)
+   * @param replyTo - the publisher's `reply_to` (deliveries only)
+   */
+  constructor(
+    readonly kind: "direct" | "broadcast" | "publish",
+    readonly from: string,
+    readonly payload: Uint8Array,
+    readonly headers: ReadonlyArray<readonly [string, Uint8Array]>,
+    readonly topic = "",
+    readonly replyTo = "",
+  ) {}
+
+  /** The payload decoded as UTF-8. */
+  text(): string {
+    return decoder.decode(this.payload);
+  }
+}
+
+/** A request this client is asked to answer (see {@link Client.serve}). */
+export class IncomingRequest {
+  /**
+   * @param id - the requester's correlation id
+   * @param from - the requester's client id
+   * @param method - the method name, if the requester gave one
+   * @param payload - the payload bytes
+   * @param headers - the headers, in order
+   * @param service - the service subject, for requests through a service subscription
+   */
+  constructor(
+    readonly id: bigint,
+    readonly from: string,
+    readonly method: string,
+    readonly payload: Uint8Array,
+    readonly headers: ReadonlyArray<readonly [string, Uint8Array]>,
+    readonly service: string,
+  ) {}
+
+  /** The payload decoded as UTF-8. */
+  text(): string {
+    return decoder.decode(this.payload);
+  }
+}
+
+/** What a request handler returns: the reply payload (a thrown error becomes an error reply). */
+export type Handler = (req: IncomingRequest) => Payload | Promise<Payload>;
+
+/** The answer to {@link Client.request}. */
+export class ReplyMessage {
+  /**
+   * @param from - the replier's client id
+   * @param payload - the payload bytes
+   * @param headers - the headers, in order
+   */
+  constructor(
+    readonly from: string,
+    readonly payload: Uint8Array,
+    readonly headers: ReadonlyArray<readonly [string, Uint8Array]>,
+  ) {}
+
+  /** The payload decoded as UTF-8. */
+  text(): string {
+    return decoder.decode(this.payload);
+  }
+}
+
+/** A key's value as read by {@link Client.kvGet}. */
+export interface KvEntry {
+  /** Whether the key exists. */
+  found: boolean;
+  /** The value (empty when not found). */
+  value: Uint8Array;
+  /** The key's version (0 if never set; for a deleted key, the deletion's). */
+  version: bigint;
+}
+
+/** Options of {@link Client.request}. */
+export interface RequestOptions {
+  /** How long the hub waits for the reply, ms (default: the client's `requestTimeoutMs`). */
+  timeoutMs?: number;
+  /** A method name for the replier. */
+  method?: string;
+  /** Headers. */
+  headers?: Headers;
+}
+
+/** A live subscription: iterate it for the messages; leaving the loop unsubscribes. */
+export class Subscription implements AsyncIterable<Message> {
+  /**
+   * @internal
+   * @param id - the subscription id
+   * @param pattern - the pattern subscribed to
+   * @param queue - the buffer the reader fills
+   */
+  constructor(
+    readonly id: bigint,
+    readonly pattern: string,
+    private readonly queue: AsyncQueue<Message>,
+  ) {}
+
+  /** Messages dropped because the buffer was full. */
+  get dropped(): number {
+    return this.queue.dropped;
+  }
+
+  /** Unsubscribes (waiting for the hub's confirmation) and ends the iteration. */
+  async unsubscribe(): Promise<void> {
+    await this.queue.return();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Message> {
+    return this.queue;
+  }
+}
+
+interface Pending {
+  resolve: (f: Frame) => void;
+  reject: (e: SwitchboardError) => void;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+const PRE_WELCOME_MAX = 64 * 1024;
+const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
+
+function bytes(p: Payload): Uint8Array {
+  return typeof p === "string" ? encoder.encode(p) : p;
+}
+
+function toHeaders(h: Headers | undefined) {
+  if (!h) return [];
+  const pairs: ReadonlyArray<readonly [string, Payload]> = Array.isArray(h)
+    ? (h as ReadonlyArray<readonly [string, Payload]>)
+    : Object.entries(h as Record<string, Payload>);
+  return pairs.map(([key, value]) => create(HeaderSchema, { key, value: bytes(value) }));
+}
+
+function fromHeaders(h: ReadonlyArray<{ key: string; value: Uint8Array }>): Array<readonly [string, Uint8Array]> {
+  return h.map((x) => [x.key, x.value] as const);
+}
+
+/**
+ * A connection to a switchboard hub over WebSocket. Create one with
+ * {@link Client.connect}; end it with {@link Client.close}.
+ *
+ * ```ts
+ * const c = await Client.connect({ url: "ws://127.0.0.1:8080/v1/ws", clientId: "web", token });
+ * const reply = await c.request("worker", "hello");
+ * ```
+ */
+export class Client {
+  /** The id the hub registered this client under. */
+  clientId = "";
+  /** The hub's identity from its `Welcome`. */
+  hub: HubIdentity | undefined;
+  /** The hub's epoch. */
+  epoch = 0n;
+  /** Largest frame the hub accepts from this client, bytes. */
+  hubMaxFrame = DEFAULT_MAX_FRAME;
+
+  private ws!: WebSocketLike;
+  private nextId = 1n;
+  private readonly pending = new Map<bigint, Pending>();
+  private readonly subs = new Map<bigint, AsyncQueue<Message>>();
+  private readonly services = new Map<bigint, Handler>();
+  private readonly inbox: AsyncQueue<Message>;
+  private handler: Handler | undefined;
+  private closedWith: SwitchboardError | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private lastHeard = Date.now();
+  private pingEveryMs = 10_000;
+  private readonly closedPromise: Promise<SwitchboardError>;
+  private resolveClosed!: (e: SwitchboardError) => void;
+
+  private constructor(private readonly opts: ConnectOptions) {
+    this.inbox = new AsyncQueue<Message>(opts.bufferSize ?? 8192);
+    this.closedPromise = new Promise((r) => (this.resolveClosed = r));
+  }
+
+  /**
+   * Opens a WebSocket to the hub, runs the handshake (verifying the hub's
+   * proof before proving ourselves) and resolves once the hub sent `Welcome`.
+   *
+   * @param opts - where to connect and how to prove the key
+   * @throws {@link HubUnverified} when the hub's proof does not verify,
+   *   {@link AuthFailed} when the hub refuses ours, {@link Timeout} when the
+   *   handshake takes longer than `connectTimeoutMs`, {@link Disconnected}
+   *   when the socket fails, {@link ProtocolError} on bytes that break the
+   *   protocol, or the error the hub sent.
+   */
+  static async connect(opts: ConnectOptions): Promise<Client> {
+    const c = new Client(opts);
+    await c.handshake();
+    return c;
+  }
+
+  /** Resolves with the reason when the connection ends (after {@link close}: a {@link Disconnected}). */
+  get closed(): Promise<SwitchboardError> {
+    return this.closedPromise;
+  }
+
+  /** Whether the connection is open. */
+  get isOpen(): boolean {
+    return this.closedWith === undefined;
+  }
+
+  private async handshake(): Promise<void> {
+    const o = this.opts;
+    let key: Uint8Array;
+    if (o.key) {
+      if (o.key.length !== 32) throw new SwitchboardError("the key must be 32 bytes");
+      key = o.key;
+    } else if (o.token !== undefined) {
+      key = await keyFromToken(o.token);
+    } else {
+      throw new SwitchboardError("give a token or a key");
+    }
+    const kid = await keyId(key);
+    const WS = o.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new SwitchboardError(
+        "no WebSocket implementation: pass the `WebSocket` option (in Node 20: `import { WebSocket } from \"ws\"`)",
+      );
+    }
+    const clientNonce = nonce();
+    const timeoutMs = o.connectTimeoutMs ?? 10_000;
+
+    await new Promise<void>((resolve, reject) => {
+      let phase: "open" | "challenge" | "welcome" | "done" = "open";
+      let ws: WebSocketLike;
+      const fail = (e: SwitchboardError) => {
+        if (phase === "done") return;
+        phase = "done";
+        clearTimeout(timer);
+        this.closedWith = e;
+        this.resolveClosed(e);
+        try {
+          ws.close();
+        } catch {
+          // already closed
+        }
+        reject(e);
+      };
+      const timer = setTimeout(
+        () => fail(new Timeout(`no Welcome from ${o.url} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      try {
+        ws = new WS(o.url);
+      } catch (e) {
+        clearTimeout(timer);
+        reject(new Disconnected(`cannot open ${o.url}: ${String(e)}`, undefined, { cause: e }));
+        return;
+      }
+      this.ws = ws;
+      ws.binaryType = "arraybuffer";
+      ws.onerror = () => {
+        // The close event follows with the details.
+      };
+      ws.onclose = (ev) =>
+        fail(new Disconnected(`the connection to ${o.url} closed during the handshake (code ${ev?.code ?? "?"})`));
+      ws.onopen = () => {
+        this.sendFrame({
+          case: "hello",
+          value: {
+            protocolVersion: 1,
+            clientId: o.clientId,
+            clientNonce,
+            features: [],
+            agent: o.agent ?? "@switchboard/client",
+            keyId: kid,
+          },
+        });
+        phase = "challenge";
+      };
+      ws.onmessage = (ev) => {
+        let f: Frame;
+        try {
+          f = this.decode(ev.data, PRE_WELCOME_MAX);
+        } catch (e) {
+          fail(e as SwitchboardError);
+          return;
+        }
+        const k = f.kind;
+        if (k.case === "error") return fail(errorFromCode(k.value.code, k.value.message));
+        if (k.case === "goodbye") return fail(errorFromCode(k.value.code, k.value.message));
+        if (phase === "challenge" && k.case === "challenge") {
+          const ch = k.value;
+          phase = "welcome";
+          hubProof(key, clientNonce, ch.hubNonce, ch.identity)
+            .then(async (expected) => {
+              if (phase !== "welcome") return;
+              if (!constantTimeEqual(expected, ch.proof)) {
+                return fail(
+                  new HubUnverified(
+                    `the hub at ${o.url} could not prove the key: wrong token, or not the hub you meant; nothing was sent to it`,
+                  ),
+                );
+              }
+              const proof = await clientProof(key, ch.hubNonce, clientNonce, o.clientId);
+              if (phase !== "welcome") return;
+              this.sendFrame({ case: "auth", value: { proof } });
+            })
+            .catch((e: unknown) => fail(new SwitchboardError(`handshake failed: ${String(e)}`, undefined, { cause: e })));
+          return;
+        }
+        if (phase === "welcome" && k.case === "welcome") {
+          const w = k.value;
+          phase = "done";
+          clearTimeout(timer);
+          this.clientId = w.clientId;
+          this.hub = w.identity;
+          this.epoch = w.epoch;
+          if (w.maxFrame) this.hubMaxFrame = w.maxFrame;
+          if (w.keepaliveMs) this.pingEveryMs = Math.min(10_000, Math.max(50, Math.floor(w.keepaliveMs / 2)));
+          this.attach();
+          resolve();
+          return;
+        }
+        fail(new ProtocolError(`unexpected ${k.case ?? "frame without a kind"} during the handshake`, ErrorCode.BAD_FRAME));
+      };
+    });
+  }
+
+  /** Wires the socket to the running connection after `Welcome`. */
+  private attach(): void {
+    const ws = this.ws;
+    const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
+    ws.onmessage = (ev) => {
+      if (this.closedWith) return;
+      let f: Frame;
+      try {
+        f = this.decode(ev.data, max);
+      } catch (e) {
+        this.shutdown(e as SwitchboardError, true);
+        return;
+      }
+      this.lastHeard = Date.now();
+      try {
+        this.dispatch(f);
+      } catch (e) {
+        this.shutdown(new ProtocolError(`cannot handle a frame: ${String(e)}`, ErrorCode.BAD_FRAME, { cause: e }), true);
+      }
+    };
+    ws.onclose = (ev) =>
+      this.shutdown(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`), false);
+    this.lastHeard = Date.now();
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.lastHeard > 3 * this.pingEveryMs) {
+        this.shutdown(new Disconnected(`nothing heard from the hub for ${3 * this.pingEveryMs} ms`), true);
+        return;
+      }
+      this.sendFrame({ case: "ping", value: { nonce: BigInt(Date.now()) } });
+    }, this.pingEveryMs);
+    (this.pingTimer as { unref?: () => void }).unref?.();
+  }
+
+  private decode(data: unknown, max: number): Frame {
+    if (typeof data === "string") {
+      throw new ProtocolError("the hub sent a text message; the protocol carries binary frames only", ErrorCode.BAD_FRAME);
+    }
+    let buf: Uint8Array;
+    if (data instanceof ArrayBuffer) buf = new Uint8Array(data);
+    else if (ArrayBuffer.isView(data)) buf = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    else throw new ProtocolError("the hub sent a message that is not binary", ErrorCode.BAD_FRAME);
+    if (buf.length > max) {
+      throw new ProtocolError(`the hub sent a frame of ${buf.length} bytes, above the limit of ${max}`, ErrorCode.LIMIT_EXCEEDED);
+    }
+    try {
+      return fromBinary(FrameSchema, buf);
+    } catch (e) {
+      throw new ProtocolError(`the hub sent an undecodable frame (${buf.length} bytes): ${String(e)}`, ErrorCode.BAD_FRAME, {
+        cause: e,
+      });
+    }
+  }
+
+  private sendFrame(kind: Frame["kind"] | { case: FrameKind; value: object }): void {
+    const frame = create(FrameSchema, { kind } as never);
+    this.ws.send(toBinary(FrameSchema, frame));
+  }
+
+  private dispatch(f: Frame): void {
+    const k = f.kind;
+    switch (k.case) {
+      case "ok":
+      case "kvValue":
+      case "clientList":
+      case "status":
+      case "reply":
+        this.answer(k.value.id, f);
+        return;
+      case "error":
+        if (k.value.id === 0n) {
+          // Concerns the connection; a close follows when it is fatal.
+          this.lastConnectionError = errorFromCode(k.value.code, k.value.message);
+          return;
+        }
+        this.answer(k.value.id, f);
+        return;
+      case "deliver": {
+        const d = k.value;
+        this.subs
+          .get(d.subId)
+          ?.push(new Message("publish", d.from, d.payload, fromHeaders(d.headers), d.topic, d.replyTo));
+        return;
+      }
+      case "direct":
+        this.inbox.push(new Message("direct", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
+        return;
+      case "broadcast":
+        this.inbox.push(new Message("broadcast", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
+        return;
+      case "request":
+        this.onRequest(k.value);
+        return;
+      case "ping":
+        this.sendFrame({ case: "pong", value: { nonce: k.value.nonce } });
+        return;
+      case "goodbye":
+        this.shutdown(errorFromCode(k.value.code, k.value.message), true);
+        return;
+      default:
+        // Pong, Flow, Ack and kinds this version does not use or know.
+        return;
+    }
+  }
+
+  private lastConnectionError: SwitchboardError | undefined;
+
+  private answer(id: bigint, f: Frame): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (p.timer) clearTimeout(p.timer);
+    if (f.kind.case === "error") p.reject(errorFromCode(f.kind.value.code, f.kind.value.message));
+    else p.resolve(f);
+  }
+
+  private onRequest(r: RequestMsg): void {
+    const handler = r.subId !== 0n ? this.services.get(r.subId) : this.handler;
+    const req = new IncomingRequest(r.id, r.from, r.method, r.payload, fromHeaders(r.headers), r.service);
+    const reply = (payload: Uint8Array, isError: boolean) => {
+      if (this.closedWith) return;
+      this.sendFrame({ case: "reply", value: { id: r.id, to: r.from, payload, isError } });
+    };
+    if (!handler) {
+      reply(encoder.encode(`${this.clientId} does not serve requests`), true);
+      return;
+    }
+    Promise.resolve()
+      .then(() => handler(req))
+      .then(
+        (p) => reply(bytes(p), false),
+        (e: unknown) => reply(encoder.encode(e instanceof Error ? e.message : String(e)), true),
+      );
+  }
+
+  /** Sends a command with a fresh correlation id and waits for its answer. */
+  private call<K extends FrameKind>(
+    kind: K,
+    value: Omit<Partial<KindValue<K>>, "id" | "$typeName">,
+    timeoutMs?: number,
+    onTimeout?: (id: bigint) => void,
+  ): Promise<Frame> {
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    const id = this.nextId++;
+    return new Promise<Frame>((resolve, reject) => {
+      const p: Pending = { resolve, reject };
+      if (timeoutMs !== undefined) {
+        p.timer = setTimeout(() => {
+          this.pending.delete(id);
+          onTimeout?.(id);
+          reject(new Timeout(`no answer to ${kind} ${id} within ${timeoutMs} ms`, ErrorCode.TIMEOUT));
+        }, timeoutMs);
+      }
+      this.pending.set(id, p);
+      try {
+        this.sendFrame({ case: kind, value: { ...value, id } });
+      } catch (e) {
+        this.pending.delete(id);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e instanceof SwitchboardError ? e : new InvalidArgumentLocal(String(e)));
+      }
+    });
+  }
+
+  /**
+   * Sends a request to a client and waits for its reply.
+   *
+   * @param to - the target client id
+   * @param payload - the request payload
+   * @param opts - timeout, method and headers
+   * @returns the reply
+   * @throws {@link NoSuchClient}, {@link Timeout}, {@link TargetGone},
+   *   {@link RemoteError} (the replier failed), {@link Disconnected}, …
+   */
+  async request(to: string, payload: Payload, opts: RequestOptions = {}): Promise<ReplyMessage> {
+    return this.doRequest({ to }, payload, opts);
+  }
+
+  /**
+   * Sends a request to a service subject; the hub picks one responder
+   * among the clients serving a matching pattern ({@link Client.serveService}).
+   *
+   * @param service - the service subject, e.g. `billing.invoice`
+   * @param payload - the request payload
+   * @param opts - timeout, method and headers
+   * @throws {@link NoResponders} when nobody serves the subject, else as {@link Client.request}
+   */
+  async requestService(service: string, payload: Payload, opts: RequestOptions = {}): Promise<ReplyMessage> {
+    return this.doRequest({ service }, payload, opts);
+  }
+
+  private async doRequest(
+    target: { to?: string; service?: string },
+    payload: Payload,
+    opts: RequestOptions,
+  ): Promise<ReplyMessage> {
+    const timeoutMs = opts.timeoutMs ?? this.opts.requestTimeoutMs ?? 30_000;
+    const f = await this.call(
+      "request",
+      {
+        ...target,
+        payload: bytes(payload),
+        timeoutMs,
+        method: opts.method ?? "",
+        headers: toHeaders(opts.headers),
+      },
+      // The hub answers TIMEOUT at the deadline; this timer is the backstop.
+      timeoutMs + 250,
+      (id) => {
+        if (!this.closedWith) this.sendFrame({ case: "cancel", value: { id } });
+      },
+    );
+    if (f.kind.case !== "reply") throw new ProtocolError(`a request was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    const r = f.kind.value;
+    if (r.isError) throw new RemoteError(decoder.decode(r.payload), r.from);
+    return new ReplyMessage(r.from, r.payload, fromHeaders(r.headers));
+  }
+
+  /**
+   * Answers requests addressed to this client id with `handler`: its return
+   * value is the reply; a thrown error becomes an error reply (the requester
+   * gets a {@link RemoteError}). Replaces an earlier handler; without one,
+   * requests are refused at once with an error reply.
+   *
+   * @param handler - called per request
+   */
+  serve(handler: Handler | undefined): void {
+    this.handler = handler;
+  }
+
+  /**
+   * Serves a service subject pattern (`billing.*`): requests to a matching
+   * subject are spread over every client serving it.
+   *
+   * @param pattern - the subject pattern
+   * @param handler - called per request
+   * @returns a function that stops serving (waits for the hub's confirmation)
+   */
+  async serveService(pattern: string, handler: Handler): Promise<() => Promise<void>> {
+    const subId = this.nextId++;
+    this.services.set(subId, handler);
+    try {
+      await this.call("subscribe", { subId, pattern, service: true });
+    } catch (e) {
+      this.services.delete(subId);
+      throw e;
+    }
+    return async () => {
+      if (!this.services.delete(subId)) return;
+      if (!this.closedWith) await this.call("unsubscribe", { subId });
+    };
+  }
+
+  /**
+   * Sends a one-way message to a client; resolves once the hub queued it.
+   *
+   * @param to - the target client id
+   * @param payload - the payload
+   * @param headers - optional headers
+   * @throws {@link NoSuchClient}, {@link QueueFull}, {@link TargetGone}, {@link Disconnected}, …
+   */
+  async send(to: string, payload: Payload, headers?: Headers): Promise<void> {
+    await this.call("direct", { to, payload: bytes(payload), headers: toHeaders(headers) });
+  }
+
+  /**
+   * Sends a message to every other connected client; resolves once the hub took it.
+   *
+   * @param payload - the payload
+   * @param headers - optional headers
+   */
+  async broadcast(payload: Payload, headers?: Headers): Promise<void> {
+    await this.call("broadcast", { payload: bytes(payload), headers: toHeaders(headers) });
+  }
+
+  /**
+   * The direct and broadcast messages sent to this client, as an async
+   * iterator (one reader). Messages arriving before anyone iterates are
+   * buffered (`bufferSize`, oldest dropped first).
+   */
+  messages(): AsyncIterable<Message> {
+    return { [Symbol.asyncIterator]: () => this.inbox };
+  }
+
+  /**
+   * Publishes a message to a topic; resolves once the hub routed it.
+   *
+   * @param topic - the topic, e.g. `orders.eu.created`
+   * @param payload - the payload
+   * @param opts - headers and a `replyTo` subject for the subscribers
+   * @throws {@link InvalidArgument} for a bad topic, {@link Disconnected}, …
+   */
+  async publish(topic: string, payload: Payload, opts: { headers?: Headers; replyTo?: string } = {}): Promise<void> {
+    await this.call("publish", {
+      topic,
+      payload: bytes(payload),
+      headers: toHeaders(opts.headers),
+      replyTo: opts.replyTo ?? "",
+    });
+  }
+
+  /**
+   * Subscribes to a topic pattern (`*` one segment, a final `>` the rest);
+   * resolves once the hub confirmed. Iterate the result for the messages;
+   * leaving the loop (`break`, `return`, a throw) unsubscribes.
+   *
+   * @param pattern - the pattern, e.g. `orders.*.created`
+   * @param opts - a queue group: each message goes to one member of the group
+   * @throws {@link InvalidArgument} for a bad pattern, {@link LimitExceeded}, …
+   */
+  async subscribe(pattern: string, opts: { queueGroup?: string } = {}): Promise<Subscription> {
+    const subId = this.nextId++;
+    const q: AsyncQueue<Message> = new AsyncQueue<Message>(this.opts.bufferSize ?? 8192, async () => {
+      this.subs.delete(subId);
+      if (!this.closedWith) await this.call("unsubscribe", { subId });
+    });
+    this.subs.set(subId, q);
+    try {
+      await this.call("subscribe", { subId, pattern, queueGroup: opts.queueGroup ?? "" });
+    } catch (e) {
+      this.subs.delete(subId);
+      q.end();
+      throw e;
+    }
+    return new Subscription(subId, pattern, q);
+  }
+
+  /**
+   * Reads a key.
+   *
+   * @param key - the key
+   */
+  async kvGet(key: string): Promise<KvEntry> {
+    const f = await this.call("kvGet", { key });
+    if (f.kind.case !== "kvValue") throw new ProtocolError(`kvGet was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    const v = f.kind.value;
+    return { found: v.found, value: v.value, version: v.version };
+  }
+
+  /**
+   * Sets a key; with `expectVersion`, only if the key's version equals it
+   * (0: only if the key does not exist).
+   *
+   * @param key - the key
+   * @param value - the value (at most 1 MiB)
+   * @param opts - the compare-and-set version
+   * @returns the key's new version
+   * @throws {@link VersionMismatch}, {@link InvalidArgument}, {@link LimitExceeded}, …
+   */
+  async kvSet(key: string, value: Payload, opts: { expectVersion?: bigint } = {}): Promise<bigint> {
+    const f = await this.call("kvSet", { key, value: bytes(value), expectVersion: opts.expectVersion });
+    if (f.kind.case !== "kvValue") throw new ProtocolError(`kvSet was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    return f.kind.value.version;
+  }
+
+  /**
+   * Deletes a key.
+   *
+   * @param key - the key
+   * @param opts - the compare-and-delete version
+   * @returns the deletion's version
+   * @throws {@link NotFound} when the key does not exist, {@link VersionMismatch}, …
+   */
+  async kvDelete(key: string, opts: { expectVersion?: bigint } = {}): Promise<bigint> {
+    const f = await this.call("kvDelete", { key, expectVersion: opts.expectVersion });
+    if (f.kind.case !== "kvValue") throw new ProtocolError(`kvDelete was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    return f.kind.value.version;
+  }
+
+  /**
+   * Leaves: sends `Goodbye`, closes the socket, fails calls still waiting
+   * with {@link Disconnected} and ends every stream. Safe to call twice.
+   */
+  async close(): Promise<void> {
+    if (this.closedWith) return;
+    try {
+      this.sendFrame({ case: "goodbye", value: { code: ErrorCode.ERROR_CODE_UNSPECIFIED, message: "closed by the client" } });
+    } catch {
+      // the socket is already gone
+    }
+    this.shutdown(new Disconnected("the client was closed"), true, true);
+  }
+
+  /** Ends the connection once: fails what waits, ends the streams. */
+  private shutdown(reason: SwitchboardError, closeSocket: boolean, byUser = false): void {
+    if (this.closedWith) return;
+    // A connection-level error just before the close says more than the close.
+    const err = !byUser && reason instanceof Disconnected && this.lastConnectionError ? this.lastConnectionError : reason;
+    this.closedWith = err;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    if (closeSocket) {
+      try {
+        this.ws.close();
+      } catch {
+        // already closed
+      }
+    }
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    const lost = byUser ? err : new Disconnected(`${err.message}; the outcome of calls in flight is unknown`, err.code, { cause: err });
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(lost);
+    }
+    for (const q of this.subs.values()) q.end(byUser ? undefined : err);
+    this.subs.clear();
+    this.inbox.end(byUser ? undefined : err);
+    this.resolveClosed(err);
+  }
+}
+
+class InvalidArgumentLocal extends SwitchboardError {}
