@@ -59,8 +59,12 @@ export interface WebSocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 
-/** A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the `ws` package in Node 20. */
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+/**
+ * A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the
+ * `ws` package in Node 20. Its instances must behave as {@link WebSocketLike}
+ * (the type is loose so that both fit without a cast).
+ */
+export type WebSocketConstructor = new (url: string) => unknown;
 
 /** Options of {@link Client.connect}. */
 export interface ConnectOptions {
@@ -339,7 +343,7 @@ export class Client {
         timeoutMs,
       );
       try {
-        ws = new WS(o.url);
+        ws = new WS(o.url) as WebSocketLike;
       } catch (e) {
         clearTimeout(timer);
         reject(new Disconnected(`cannot open ${o.url}: ${String(e)}`, undefined, { cause: e }));

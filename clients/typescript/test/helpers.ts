@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { WebSocket } from "ws";
-import { Client, type ConnectOptions, type WebSocketConstructor } from "../src/index.js";
+import { Client, type ConnectOptions } from "../src/index.js";
 
 /** The `switchboard` binary: $SWITCHBOARD_BIN, else the workspace's debug build. */
 export const BIN =
@@ -83,7 +83,7 @@ export class Hub {
       url: this.url,
       clientId,
       token: TOKEN,
-      WebSocket: WebSocket as unknown as WebSocketConstructor,
+      WebSocket: WebSocket,
       connectTimeoutMs: 5_000,
       ...extra,
     });

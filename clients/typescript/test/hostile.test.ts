@@ -16,7 +16,6 @@ import {
   ProtocolError,
   SwitchboardError,
   Timeout,
-  type WebSocketConstructor,
 } from "../src/index.js";
 import { within } from "./helpers.js";
 
@@ -63,7 +62,7 @@ async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boo
         url: `ws://127.0.0.1:${port}/v1/ws`,
         clientId: "victim",
         token: TOKEN,
-        WebSocket: WebSocket as unknown as WebSocketConstructor,
+        WebSocket: WebSocket,
         connectTimeoutMs: 2_000,
         ...extra,
       }),
@@ -140,7 +139,7 @@ test("nothing listening: Disconnected", async () => {
   const s = await stub(() => {}, { hello: false, auth: false });
   const url = "ws://127.0.0.1:1/v1/ws";
   await assert.rejects(
-    Client.connect({ url, clientId: "x", token: TOKEN, WebSocket: WebSocket as unknown as WebSocketConstructor, connectTimeoutMs: 2_000 }),
+    Client.connect({ url, clientId: "x", token: TOKEN, WebSocket: WebSocket, connectTimeoutMs: 2_000 }),
     Disconnected,
   );
   await s.close();
