@@ -42,6 +42,8 @@ test("handshake: registered under the id, the hub's identity known", async () =>
   assert.equal(c.clientId, "ts-hello");
   assert.equal(c.hub?.service, "switchboard");
   assert.ok(c.epoch >= 1n);
+  // The identity names the native port, not the HTTP port dialled.
+  assert.equal(c.hub?.port, Number(hub.addr.split(":").pop()));
   assert.ok(c.isOpen);
 });
 
