@@ -11,9 +11,12 @@ import {
   ErrorCode,
   FrameSchema,
   HeaderSchema,
+  PresenceKind,
+  type ClientInfo,
   type Frame,
   type HubIdentity,
   type Request as RequestMsg,
+  type Status,
 } from "./gen/switchboard/v1/switchboard_pb.js";
 import { clientProof, constantTimeEqual, hubProof, keyFromToken, keyId, nonce } from "./auth.js";
 import {
@@ -172,6 +175,30 @@ export interface KvEntry {
   version: bigint;
 }
 
+/** A watched key's value or change (see {@link Client.kvWatch}). */
+export interface KvUpdate {
+  /** The key. */
+  key: string;
+  /** The value (empty when deleted). */
+  value: Uint8Array;
+  /** The key's version after the change. */
+  version: bigint;
+  /** Whether the key was deleted. */
+  deleted: boolean;
+  /** The client that changed it; empty for the current values sent when the watch starts. */
+  by: string;
+}
+
+/** A client joining or leaving (see {@link Client.watchPresence}). */
+export interface PresenceEvent {
+  /** `"joined"` or `"left"`. */
+  kind: "joined" | "left";
+  /** The client. */
+  client: ClientInfo;
+  /** Why it left, for humans (empty when joining). */
+  reason: string;
+}
+
 /** Options of {@link Client.request}. */
 export interface RequestOptions {
   /** How long the hub waits for the reply, ms (default: the client's `requestTimeoutMs`). */
@@ -207,6 +234,29 @@ export class Subscription implements AsyncIterable<Message> {
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Message> {
+    return this.queue;
+  }
+}
+
+/** A stream of items from the hub (a kv watch, presence): iterate it; leaving the loop stops it at the hub. */
+export class Watch<T> implements AsyncIterable<T> {
+  /**
+   * @internal
+   * @param queue - the buffer the reader fills
+   */
+  constructor(private readonly queue: AsyncQueue<T>) {}
+
+  /** Items dropped because the buffer was full. */
+  get dropped(): number {
+    return this.queue.dropped;
+  }
+
+  /** Stops the watch at the hub and ends the iteration. */
+  async stop(): Promise<void> {
+    await this.queue.return();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
     return this.queue;
   }
 }
@@ -260,6 +310,8 @@ export class Client {
   private readonly pending = new Map<bigint, Pending>();
   private readonly subs = new Map<bigint, AsyncQueue<Message>>();
   private readonly services = new Map<bigint, Handler>();
+  private readonly watches = new Map<bigint, AsyncQueue<KvUpdate>>();
+  private presence: AsyncQueue<PresenceEvent> | undefined;
   private readonly inbox: AsyncQueue<Message>;
   private handler: Handler | undefined;
   private closedWith: SwitchboardError | undefined;
@@ -500,6 +552,18 @@ export class Client {
         this.subs
           .get(d.subId)
           ?.push(new Message("publish", d.from, d.payload, fromHeaders(d.headers), d.topic, d.replyTo));
+        return;
+      }
+      case "kvUpdate": {
+        const u = k.value;
+        this.watches.get(u.watchId)?.push({ key: u.key, value: u.value, version: u.version, deleted: u.deleted, by: u.by });
+        return;
+      }
+      case "presence": {
+        const p = k.value;
+        if (p.client) {
+          this.presence?.push({ kind: p.kind === PresenceKind.LEFT ? "left" : "joined", client: p.client, reason: p.reason });
+        }
         return;
       }
       case "direct":
@@ -788,6 +852,71 @@ export class Client {
   }
 
   /**
+   * Watches a key (or every key under a prefix): the stream yields the
+   * current value(s) first (`by` empty), then every change in order.
+   * Leaving the loop, or {@link Watch.stop}, ends the watch at the hub.
+   *
+   * @param key - the key, or the prefix with `prefix: true` (empty: every key)
+   * @param opts - whether `key` is a prefix
+   * @throws {@link InvalidArgument}, {@link LimitExceeded}, …
+   */
+  async kvWatch(key: string, opts: { prefix?: boolean } = {}): Promise<Watch<KvUpdate>> {
+    const watchId = this.nextId++;
+    const q = new AsyncQueue<KvUpdate>(this.opts.bufferSize ?? 8192, async () => {
+      this.watches.delete(watchId);
+      if (!this.closedWith) await this.call("kvUnwatch", { watchId });
+    });
+    this.watches.set(watchId, q);
+    try {
+      await this.call("kvWatch", { watchId, key, prefix: opts.prefix ?? false });
+    } catch (e) {
+      this.watches.delete(watchId);
+      q.end();
+      throw e;
+    }
+    return new Watch(q);
+  }
+
+  /** Every registered client (all transports, this one included), sorted by id. */
+  async listClients(): Promise<ClientInfo[]> {
+    const f = await this.call("listClients", {});
+    if (f.kind.case !== "clientList") throw new ProtocolError(`listClients was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    return f.kind.value.clients;
+  }
+
+  /** The hub's status and counters. */
+  async status(): Promise<Status> {
+    const f = await this.call("statusRequest", {});
+    if (f.kind.case !== "status") throw new ProtocolError(`status was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    return f.kind.value;
+  }
+
+  /**
+   * Watches presence: resolves with the clients registered now (this one
+   * included) and a stream of other clients joining and leaving. Leaving the
+   * loop, or {@link Watch.stop}, ends the watch at the hub. One presence
+   * watch per client at a time.
+   */
+  async watchPresence(): Promise<{ clients: ClientInfo[]; events: Watch<PresenceEvent> }> {
+    if (this.presence && !this.presence.isEnded) throw new SwitchboardError("a presence watch is already running");
+    const q: AsyncQueue<PresenceEvent> = new AsyncQueue<PresenceEvent>(this.opts.bufferSize ?? 8192, async () => {
+      if (this.presence === q) this.presence = undefined;
+      if (!this.closedWith) await this.call("presenceWatch", { stop: true });
+    });
+    this.presence = q;
+    let f: Frame;
+    try {
+      f = await this.call("presenceWatch", {});
+    } catch (e) {
+      this.presence = undefined;
+      q.end();
+      throw e;
+    }
+    if (f.kind.case !== "clientList") throw new ProtocolError(`presenceWatch was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
+    return { clients: f.kind.value.clients, events: new Watch(q) };
+  }
+
+  /**
    * Leaves: sends `Goodbye`, closes the socket, fails calls still waiting
    * with {@link Disconnected} and ends every stream. Safe to call twice.
    */
@@ -822,8 +951,10 @@ export class Client {
       if (p.timer) clearTimeout(p.timer);
       p.reject(lost);
     }
-    for (const q of this.subs.values()) q.end(byUser ? undefined : err);
+    for (const q of [...this.subs.values(), ...this.watches.values()]) q.end(byUser ? undefined : err);
     this.subs.clear();
+    this.watches.clear();
+    this.presence?.end(byUser ? undefined : err);
     this.inbox.end(byUser ? undefined : err);
     this.resolveClosed(err);
   }

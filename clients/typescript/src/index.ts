@@ -11,10 +11,13 @@ export {
   Message,
   ReplyMessage,
   Subscription,
+  Watch,
   type ConnectOptions,
   type Handler,
   type Headers,
   type KvEntry,
+  type KvUpdate,
+  type PresenceEvent,
   type Payload,
   type RequestOptions,
   type WebSocketConstructor,
@@ -22,3 +25,4 @@ export {
 } from "./client.js";
 export * from "./errors.js";
 export { clientProof, hubProof, httpToken, keyFromToken, keyId } from "./auth.js";
+export type { ClientInfo, HubIdentity, Status } from "./gen/switchboard/v1/switchboard_pb.js";

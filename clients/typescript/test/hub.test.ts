@@ -172,6 +172,55 @@ test("kv get/set/delete with versions and compare-and-set", async () => {
   await assert.rejects(c.kvSet("", "x"), InvalidArgument);
 });
 
+test("kv watch: current value, then changes by others; leaving the loop unwatches", async () => {
+  const c = await connect("ts-watcher");
+  const w = await connect("ts-writer");
+  await w.kvSet("watch.a", "1");
+  const watch = await c.kvWatch("watch.", { prefix: true });
+  const seen: string[] = [];
+  const done = (async () => {
+    for await (const u of watch) {
+      seen.push(`${u.key}=${new TextDecoder().decode(u.value)} v${u.version} deleted=${u.deleted} by=${u.by}`);
+      if (seen.length === 3) break;
+    }
+  })();
+  await w.kvSet("watch.b", "2");
+  await w.kvDelete("watch.a");
+  await within(done, 5_000, "watch updates");
+  assert.deepEqual(seen, [
+    "watch.a=1 v1 deleted=false by=",
+    "watch.b=2 v1 deleted=false by=ts-writer",
+    "watch.a= v2 deleted=true by=ts-writer",
+  ]);
+  // Watch ids come from the same counter as subscriptions: the one above is gone at the hub.
+  await assert.rejects(c["call"]("kvUnwatch", { watchId: (c["nextId"] as bigint) - 2n }), NotFound);
+});
+
+test("list clients, status, presence", async () => {
+  const c = await connect("ts-presence");
+  const ids = (await c.listClients()).map((x) => x.clientId);
+  assert.ok(ids.includes("ts-presence"));
+  const me = (await c.listClients()).find((x) => x.clientId === "ts-presence")!;
+  assert.equal(me.transport, "ws");
+  const st = await c.status();
+  assert.equal(st.identity?.service, "switchboard");
+  assert.ok(st.clients >= 1n);
+  const { clients, events } = await c.watchPresence();
+  assert.ok(clients.some((x) => x.clientId === "ts-presence"));
+  const other = await hub.connect("ts-comes-and-goes");
+  await other.close();
+  const got: string[] = [];
+  for await (const e of events) {
+    if (e.client.clientId !== "ts-comes-and-goes") continue;
+    got.push(`${e.kind} ${e.reason}`);
+    if (got.length === 2) break;
+  }
+  assert.deepEqual(got, ["joined ", "left said goodbye"]);
+  // Stopped: a new watch may start.
+  const again = await c.watchPresence();
+  await again.events.stop();
+});
+
 test("close(): calls fail with Disconnected, streams end, closed resolves", async () => {
   const c = await hub.connect("ts-close");
   const peer = await connect("ts-close-peer");
