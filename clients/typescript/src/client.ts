@@ -17,11 +17,16 @@ import {
   type HubIdentity,
   type Request as RequestMsg,
   type Status,
+  type Welcome,
 } from "./gen/switchboard/v1/switchboard_pb.js";
 import { clientProof, constantTimeEqual, hubProof, keyFromToken, keyId, nonce } from "./auth.js";
 import {
+  AuthFailed,
   Disconnected,
+  Fenced,
+  Forbidden,
   HubUnverified,
+  IdTakenOver,
   ProtocolError,
   RemoteError,
   SwitchboardError,
@@ -91,6 +96,14 @@ export interface ConnectOptions {
   maxFrame?: number;
   /** Messages buffered for {@link Client.messages} and each subscription before the oldest is dropped (default 8,192). */
   bufferSize?: number;
+  /**
+   * Ask for reliable delivery (default true): numbered frames both ways,
+   * acknowledgements, and after a lost connection a reconnect that resumes
+   * the session (nothing acknowledged lost, nothing handled twice).
+   */
+  reliable?: boolean;
+  /** How long to keep trying to reconnect after a lost connection, ms (default 30,000, the hub's resume window). */
+  reconnectWindowMs?: number;
 }
 
 /** A message sent to this client directly or by broadcast. */
@@ -265,7 +278,17 @@ interface Pending {
   resolve: (f: Frame) => void;
   reject: (e: SwitchboardError) => void;
   timer?: ReturnType<typeof setTimeout>;
+  /** Sent as a numbered frame: survives a resumed connection. */
+  numbered: boolean;
 }
+
+/** Client kinds that are numbered on a reliable connection (docs/PROTOCOL.md, "Reliable delivery"). */
+const NUMBERED = new Set<string>([
+  "publish", "direct", "request", "reply", "broadcast", "session", "subscribe", "unsubscribe",
+  "kvSet", "kvDelete", "kvWatch", "kvUnwatch", "presenceWatch", "cancel", "listen",
+]);
+const ACK_EVERY = 64n;
+const ACK_DELAY_MS = 10;
 
 const PRE_WELCOME_MAX = 64 * 1024;
 const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
@@ -306,12 +329,25 @@ export class Client {
   hubMaxFrame = DEFAULT_MAX_FRAME;
 
   private ws!: WebSocketLike;
+  private connected = false;
+  private reliableOn = false;
+  private key!: Uint8Array;
+  private kid!: Uint8Array;
+  private outSeq = 0n;
+  private retained: Array<{ seq: bigint; kind: Frame["kind"] }> = [];
+  private lastReceived = 0n;
+  private lastAckSent = 0n;
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Connections lost and resumed (or started afresh) since connecting. */
+  reconnects = 0;
   private nextId = 1n;
   private readonly pending = new Map<bigint, Pending>();
   private readonly subs = new Map<bigint, AsyncQueue<Message>>();
   private readonly services = new Map<bigint, Handler>();
   private readonly watches = new Map<bigint, AsyncQueue<KvUpdate>>();
   private presence: AsyncQueue<PresenceEvent> | undefined;
+  /** Subscriptions and watches by id, to send again after a fresh session. */
+  private readonly registrations = new Map<bigint, { kind: FrameKind; value: object }>();
   private readonly inbox: AsyncQueue<Message>;
   private handler: Handler | undefined;
   private closedWith: SwitchboardError | undefined;
@@ -339,7 +375,24 @@ export class Client {
    */
   static async connect(opts: ConnectOptions): Promise<Client> {
     const c = new Client(opts);
-    await c.handshake();
+    if (opts.key) {
+      if (opts.key.length !== 32) throw new SwitchboardError("the key must be 32 bytes");
+      c.key = opts.key;
+    } else if (opts.token !== undefined) {
+      c.key = await keyFromToken(opts.token);
+    } else {
+      throw new SwitchboardError("give a token or a key");
+    }
+    c.kid = await keyId(c.key);
+    let w: Welcome;
+    try {
+      w = await c.handshake(undefined);
+    } catch (e) {
+      c.closedWith = e as SwitchboardError;
+      c.resolveClosed(e as SwitchboardError);
+      throw e;
+    }
+    c.welcomed(w, false);
     return c;
   }
 
@@ -353,18 +406,11 @@ export class Client {
     return this.closedWith === undefined;
   }
 
-  private async handshake(): Promise<void> {
+  /** Opens a socket and runs the handshake on it; resolves with the `Welcome` (the socket is then `this.ws`). */
+  private async handshake(resume: { lastReceived: bigint; epoch: bigint } | undefined): Promise<Welcome> {
     const o = this.opts;
-    let key: Uint8Array;
-    if (o.key) {
-      if (o.key.length !== 32) throw new SwitchboardError("the key must be 32 bytes");
-      key = o.key;
-    } else if (o.token !== undefined) {
-      key = await keyFromToken(o.token);
-    } else {
-      throw new SwitchboardError("give a token or a key");
-    }
-    const kid = await keyId(key);
+    const key = this.key;
+    const kid = this.kid;
     const WS = o.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) {
       throw new SwitchboardError(
@@ -374,15 +420,13 @@ export class Client {
     const clientNonce = nonce();
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
 
-    await new Promise<void>((resolve, reject) => {
+    return new Promise<Welcome>((resolve, reject) => {
       let phase: "open" | "challenge" | "welcome" | "done" = "open";
       let ws: WebSocketLike;
       const fail = (e: SwitchboardError) => {
         if (phase === "done") return;
         phase = "done";
         clearTimeout(timer);
-        this.closedWith = e;
-        this.resolveClosed(e);
         try {
           ws.close();
         } catch {
@@ -401,23 +445,26 @@ export class Client {
         reject(new Disconnected(`cannot open ${o.url}: ${String(e)}`, undefined, { cause: e }));
         return;
       }
-      this.ws = ws;
       ws.binaryType = "arraybuffer";
+      const send = (kind: Frame["kind"] | { case: FrameKind; value: object }) =>
+        ws.send(toBinary(FrameSchema, create(FrameSchema, { kind } as never)));
       ws.onerror = () => {
         // The close event follows with the details.
       };
       ws.onclose = (ev) =>
         fail(new Disconnected(`the connection to ${o.url} closed during the handshake (code ${ev?.code ?? "?"})`));
       ws.onopen = () => {
-        this.sendFrame({
+        const reliable = o.reliable ?? true;
+        send({
           case: "hello",
           value: {
             protocolVersion: 1,
             clientId: o.clientId,
             clientNonce,
-            features: [],
+            features: reliable ? ["reliable"] : [],
             agent: o.agent ?? "@switchboard/client",
             keyId: kid,
+            resume: reliable ? resume : undefined,
           },
         });
         phase = "challenge";
@@ -439,6 +486,11 @@ export class Client {
           hubProof(key, clientNonce, ch.hubNonce, ch.identity)
             .then(async (expected) => {
               if (phase !== "welcome") return;
+              if ((ch.identity?.epoch ?? 0n) < this.epoch) {
+                return fail(
+                  new Fenced(`the hub at ${o.url} has epoch ${ch.identity?.epoch ?? 0n}, below epoch ${this.epoch} already seen: an old primary`, ErrorCode.FENCED),
+                );
+              }
               if (!constantTimeEqual(expected, ch.proof)) {
                 return fail(
                   new HubUnverified(
@@ -448,22 +500,16 @@ export class Client {
               }
               const proof = await clientProof(key, ch.hubNonce, clientNonce, o.clientId);
               if (phase !== "welcome") return;
-              this.sendFrame({ case: "auth", value: { proof } });
+              send({ case: "auth", value: { proof } });
             })
             .catch((e: unknown) => fail(new SwitchboardError(`handshake failed: ${String(e)}`, undefined, { cause: e })));
           return;
         }
         if (phase === "welcome" && k.case === "welcome") {
-          const w = k.value;
           phase = "done";
           clearTimeout(timer);
-          this.clientId = w.clientId;
-          this.hub = w.identity;
-          this.epoch = w.epoch;
-          if (w.maxFrame) this.hubMaxFrame = w.maxFrame;
-          if (w.keepaliveMs) this.pingEveryMs = Math.min(10_000, Math.max(50, Math.floor(w.keepaliveMs / 2)));
-          this.attach();
-          resolve();
+          this.ws = ws;
+          resolve(k.value);
           return;
         }
         fail(new ProtocolError(`unexpected ${k.case ?? "frame without a kind"} during the handshake`, ErrorCode.BAD_FRAME));
@@ -471,12 +517,45 @@ export class Client {
     });
   }
 
+  /** Takes a `Welcome` over: resumes or starts afresh, then runs the connection. */
+  private welcomed(w: Welcome, reconnected: boolean): void {
+    this.clientId = w.clientId;
+    this.hub = w.identity;
+    if (w.epoch > this.epoch) this.epoch = w.epoch;
+    if (w.maxFrame) this.hubMaxFrame = w.maxFrame;
+    if (w.keepaliveMs) this.pingEveryMs = Math.min(10_000, Math.max(50, Math.floor(w.keepaliveMs / 2)));
+    this.reliableOn = w.features.includes("reliable");
+    const resumed = w.features.includes("resumed");
+    this.connected = true;
+    this.attach();
+    if (resumed) {
+      // The hub holds our session: resend what it did not take, in order, with the original seqs.
+      this.retained = this.retained.filter((r) => r.seq > w.lastReceived);
+      for (const r of this.retained) this.write(r.kind, r.seq);
+      return;
+    }
+    if (!reconnected) return;
+    // A fresh session: what waited has an unknown outcome; register again.
+    this.retained = [];
+    this.lastReceived = 0n;
+    this.lastAckSent = 0n;
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new Disconnected("the hub did not resume the session (a new hub, or the resume window ended): the outcome is unknown"));
+    }
+    const again = (f: () => Promise<unknown>) => void f().catch(() => undefined);
+    for (const r of this.registrations.values()) again(() => this.call(r.kind, r.value as never));
+    if (this.presence && !this.presence.isEnded) again(() => this.call("presenceWatch", {}));
+  }
+
   /** Wires the socket to the running connection after `Welcome`. */
   private attach(): void {
     const ws = this.ws;
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
     ws.onmessage = (ev) => {
-      if (this.closedWith) return;
+      if (this.closedWith || this.ws !== ws || !this.connected) return;
       let f: Frame;
       try {
         f = this.decode(ev.data, max);
@@ -485,23 +564,110 @@ export class Client {
         return;
       }
       this.lastHeard = Date.now();
+      if (f.acked) this.acknowledged(f.acked);
+      if (f.seq !== 0n) {
+        // Sent again after a resume and already handled.
+        if (f.seq <= this.lastReceived) return;
+      }
       try {
         this.dispatch(f);
       } catch (e) {
         this.shutdown(new ProtocolError(`cannot handle a frame: ${String(e)}`, ErrorCode.BAD_FRAME, { cause: e }), true);
+        return;
+      }
+      if (f.seq !== 0n && this.reliableOn) {
+        // Handed to the application (its queue or handler): taken.
+        this.lastReceived = f.seq;
+        this.scheduleAck();
       }
     };
-    ws.onclose = (ev) =>
-      this.shutdown(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`), false);
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.lost(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`));
+    };
     this.lastHeard = Date.now();
+    if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = setInterval(() => {
       if (Date.now() - this.lastHeard > 3 * this.pingEveryMs) {
-        this.shutdown(new Disconnected(`nothing heard from the hub for ${3 * this.pingEveryMs} ms`), true);
+        this.lost(new Disconnected(`nothing heard from the hub for ${3 * this.pingEveryMs} ms`));
         return;
       }
       this.sendFrame({ case: "ping", value: { nonce: BigInt(Date.now()) } });
     }, this.pingEveryMs);
     (this.pingTimer as { unref?: () => void }).unref?.();
+  }
+
+  /** The hub took our frames up to `upTo`: forget them. */
+  private acknowledged(upTo: bigint): void {
+    let n = 0;
+    while (n < this.retained.length && this.retained[n]!.seq <= upTo) n++;
+    if (n > 0) this.retained.splice(0, n);
+  }
+
+  /** Acknowledges at once after 64 seqs, else 10 ms later unless a frame carried it meanwhile. */
+  private scheduleAck(): void {
+    if (this.lastReceived - this.lastAckSent >= ACK_EVERY) {
+      this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
+      return;
+    }
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      if (this.connected && !this.closedWith && this.lastReceived > this.lastAckSent) {
+        this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
+      }
+    }, ACK_DELAY_MS);
+  }
+
+  /** The connection was lost: resume on a new one when reliable, else end. */
+  private lost(reason: SwitchboardError): void {
+    if (this.closedWith || !this.connected) return;
+    this.connected = false;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    try {
+      this.ws.close();
+    } catch {
+      // already closed
+    }
+    if (!this.reliableOn || reason instanceof IdTakenOver) {
+      this.shutdown(reason, false);
+      return;
+    }
+    // Reads that are not numbered are not resent: fail them now.
+    for (const [id, p] of [...this.pending]) {
+      if (p.numbered) continue;
+      this.pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new Disconnected(`${reason.message}; a read is not resent`, reason.code, { cause: reason }));
+    }
+    void this.reconnect(reason);
+  }
+
+  /** Tries to reconnect, with backoff and jitter, until the reconnect window ends. */
+  private async reconnect(reason: SwitchboardError): Promise<void> {
+    const deadline = Date.now() + (this.opts.reconnectWindowMs ?? 30_000);
+    let delay = 50;
+    let last: unknown = reason;
+    while (!this.closedWith && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+      delay = Math.min(delay * 2, 2_000);
+      if (this.closedWith) return;
+      try {
+        const w = await this.handshake({ lastReceived: this.lastReceived, epoch: this.epoch });
+        if (this.closedWith) {
+          this.ws.close();
+          return;
+        }
+        this.reconnects++;
+        this.welcomed(w, true);
+        return;
+      } catch (e) {
+        last = e;
+        if (e instanceof HubUnverified || e instanceof AuthFailed || e instanceof IdTakenOver || e instanceof Forbidden) break;
+      }
+    }
+    const why = last instanceof Error ? last.message : String(last);
+    this.shutdown(new Disconnected(`could not reconnect to ${this.opts.url}: ${why}`, ErrorCode.ERROR_CODE_UNSPECIFIED, { cause: last }), false);
   }
 
   private decode(data: unknown, max: number): Frame {
@@ -524,9 +690,28 @@ export class Client {
     }
   }
 
+  /**
+   * Sends a frame. On a reliable connection numbered kinds get the next seq
+   * and are kept until acknowledged (and written on the resumed connection
+   * if the socket is down now); other kinds need an open socket.
+   */
   private sendFrame(kind: Frame["kind"] | { case: FrameKind; value: object }): void {
-    const frame = create(FrameSchema, { kind } as never);
+    const k = kind as Frame["kind"];
+    if (this.reliableOn && NUMBERED.has(k.case ?? "")) {
+      const seq = ++this.outSeq;
+      this.retained.push({ seq, kind: k });
+      if (this.connected) this.write(k, seq);
+      return;
+    }
+    if (!this.connected) throw new Disconnected("the connection to the hub is down (reconnecting)");
+    this.write(k, 0n);
+  }
+
+  private write(kind: Frame["kind"], seq: bigint): void {
+    const acked = this.reliableOn ? this.lastReceived : 0n;
+    const frame = create(FrameSchema, { seq, acked, kind } as never);
     this.ws.send(toBinary(FrameSchema, frame));
+    if (acked > this.lastAckSent) this.lastAckSent = acked;
   }
 
   private dispatch(f: Frame): void {
@@ -579,7 +764,10 @@ export class Client {
         this.sendFrame({ case: "pong", value: { nonce: k.value.nonce } });
         return;
       case "goodbye":
-        this.shutdown(errorFromCode(k.value.code, k.value.message), true);
+        this.lost(errorFromCode(k.value.code, k.value.message));
+        return;
+      case "ack":
+        this.acknowledged(k.value.upTo);
         return;
       default:
         // Pong, Flow, Ack and kinds this version does not use or know.
@@ -627,7 +815,7 @@ export class Client {
     if (this.closedWith) return Promise.reject(this.closedWith);
     const id = this.nextId++;
     return new Promise<Frame>((resolve, reject) => {
-      const p: Pending = { resolve, reject };
+      const p: Pending = { resolve, reject, numbered: this.reliableOn && NUMBERED.has(kind) };
       if (timeoutMs !== undefined) {
         p.timer = setTimeout(() => {
           this.pending.delete(id);
@@ -723,13 +911,16 @@ export class Client {
   async serveService(pattern: string, handler: Handler): Promise<() => Promise<void>> {
     const subId = this.nextId++;
     this.services.set(subId, handler);
+    this.registrations.set(subId, { kind: "subscribe", value: { subId, pattern, service: true } });
     try {
       await this.call("subscribe", { subId, pattern, service: true });
     } catch (e) {
       this.services.delete(subId);
+      this.registrations.delete(subId);
       throw e;
     }
     return async () => {
+      this.registrations.delete(subId);
       if (!this.services.delete(subId)) return;
       if (!this.closedWith) await this.call("unsubscribe", { subId });
     };
@@ -796,13 +987,17 @@ export class Client {
     const subId = this.nextId++;
     const q: AsyncQueue<Message> = new AsyncQueue<Message>(this.opts.bufferSize ?? 8192, async () => {
       this.subs.delete(subId);
+      this.registrations.delete(subId);
       if (!this.closedWith) await this.call("unsubscribe", { subId });
     });
     this.subs.set(subId, q);
+    const value = { subId, pattern, queueGroup: opts.queueGroup ?? "" };
+    this.registrations.set(subId, { kind: "subscribe", value });
     try {
-      await this.call("subscribe", { subId, pattern, queueGroup: opts.queueGroup ?? "" });
+      await this.call("subscribe", value);
     } catch (e) {
       this.subs.delete(subId);
+      this.registrations.delete(subId);
       q.end();
       throw e;
     }
@@ -864,13 +1059,17 @@ export class Client {
     const watchId = this.nextId++;
     const q = new AsyncQueue<KvUpdate>(this.opts.bufferSize ?? 8192, async () => {
       this.watches.delete(watchId);
+      this.registrations.delete(watchId);
       if (!this.closedWith) await this.call("kvUnwatch", { watchId });
     });
     this.watches.set(watchId, q);
+    const value = { watchId, key, prefix: opts.prefix ?? false };
+    this.registrations.set(watchId, { kind: "kvWatch", value });
     try {
-      await this.call("kvWatch", { watchId, key, prefix: opts.prefix ?? false });
+      await this.call("kvWatch", value);
     } catch (e) {
       this.watches.delete(watchId);
+      this.registrations.delete(watchId);
       q.end();
       throw e;
     }
@@ -923,7 +1122,7 @@ export class Client {
   async close(): Promise<void> {
     if (this.closedWith) return;
     try {
-      this.sendFrame({ case: "goodbye", value: { code: ErrorCode.ERROR_CODE_UNSPECIFIED, message: "closed by the client" } });
+      if (this.connected) this.sendFrame({ case: "goodbye", value: { code: ErrorCode.ERROR_CODE_UNSPECIFIED, message: "closed by the client" } });
     } catch {
       // the socket is already gone
     }
@@ -936,7 +1135,9 @@ export class Client {
     // A connection-level error just before the close says more than the close.
     const err = !byUser && reason instanceof Disconnected && this.lastConnectionError ? this.lastConnectionError : reason;
     this.closedWith = err;
+    this.connected = false;
     if (this.pingTimer) clearInterval(this.pingTimer);
+    if (this.ackTimer) clearTimeout(this.ackTimer);
     if (closeSocket) {
       try {
         this.ws.close();

@@ -240,12 +240,21 @@ test("close(): calls fail with Disconnected, streams end, closed resolves", asyn
 test("the hub going away fails calls with Disconnected and ends streams with it", async () => {
   const own = await Hub.start();
   try {
-    const c = await own.connect("ts-lost");
-    const s = await c.subscribe("lost.>");
+    // Without reliable delivery the loss ends the client at once; with it,
+    // the client tries to resume until its reconnect window ends.
+    const plain = await own.connect("ts-lost", { reliable: false });
+    const reliable = await own.connect("ts-lost-reliable", { reconnectWindowMs: 500 });
+    const s = await plain.subscribe("lost.>");
     const next = s[Symbol.asyncIterator]().next();
+    const waiting = reliable.publish("elsewhere.x", "y").catch((e: unknown) => e);
     own.proc.kill("SIGKILL");
     await assert.rejects(within(next, 5_000, "stream end"), Disconnected);
-    await assert.rejects(c.kvGet("x"), Disconnected);
+    await assert.rejects(plain.kvGet("x"), Disconnected);
+    const reason = await within(reliable.closed, 5_000, "reliable client gives up");
+    assert.ok(reason instanceof Disconnected, String(reason));
+    assert.match(reason.message, /could not reconnect/);
+    const outcome = await waiting;
+    assert.ok(outcome === undefined || outcome instanceof Disconnected);
   } finally {
     await own.stop();
   }
