@@ -329,6 +329,8 @@ export class Client {
   hubMaxFrame = DEFAULT_MAX_FRAME;
 
   private ws!: WebSocketLike;
+  /** Messages that arrived between the `Welcome` and attach(). */
+  private early: unknown[] = [];
   private connected = false;
   private reliableOn = false;
   private key!: Uint8Array;
@@ -408,6 +410,7 @@ export class Client {
 
   /** Opens a socket and runs the handshake on it; resolves with the `Welcome` (the socket is then `this.ws`). */
   private async handshake(resume: { lastReceived: bigint; epoch: bigint } | undefined): Promise<Welcome> {
+    this.early = [];
     const o = this.opts;
     const key = this.key;
     const kid = this.kid;
@@ -470,6 +473,12 @@ export class Client {
         phase = "challenge";
       };
       ws.onmessage = (ev) => {
+        if (phase === "done") {
+          // Frames right behind the Welcome (the `ws` package can deliver
+          // them before the connection is attached): kept for attach().
+          if (this.ws === ws) this.early.push(ev.data);
+          return;
+        }
         let f: Frame;
         try {
           f = this.decode(ev.data, PRE_WELCOME_MAX);
@@ -554,7 +563,7 @@ export class Client {
   private attach(): void {
     const ws = this.ws;
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
-    ws.onmessage = (ev) => {
+    const onmessage = (ev: { data: unknown }) => {
       if (this.closedWith || this.ws !== ws || !this.connected) return;
       let f: Frame;
       try {
@@ -581,6 +590,10 @@ export class Client {
         this.scheduleAck();
       }
     };
+    ws.onmessage = onmessage;
+    const early = this.early;
+    this.early = [];
+    for (const data of early) onmessage({ data });
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.lost(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`));

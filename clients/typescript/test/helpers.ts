@@ -51,7 +51,7 @@ export class Hub {
 
   /** The environment for the hub and the CLI. */
   static env(dir: string): NodeJS.ProcessEnv {
-    return { ...process.env, SWITCHBOARD_RUNTIME_DIR: dir, SWITCHBOARD_TOKEN: TOKEN, SWITCHBOARD_LOG: "warn" };
+    return { ...process.env, SWITCHBOARD_RUNTIME_DIR: dir, SWITCHBOARD_TOKEN: TOKEN, SWITCHBOARD_LOG: "warn", RUST_BACKTRACE: "0" };
   }
 
   /** Starts `switchboard hub` on loopback and waits for its ready line. */
