@@ -97,3 +97,55 @@ test(`failover: SIGKILL of the primary during ${N} confirmed publishes, every me
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a hub restarted without the session: a fresh session, subscriptions and watches sent again, waiting calls failed", { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sb-ts-fresh-"));
+  const http = `127.0.0.1:${await freePort()}`;
+  const procs: ChildProcess[] = [];
+  try {
+    const first = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
+    procs.push(first.proc);
+    const url = `ws://${http}/v1/ws`;
+    const c = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh", connectTimeoutMs: 5_000 });
+    const s = await c.subscribe("fresh.t");
+    const w = await c.kvWatch("fresh.key");
+    const server = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh-server", reliable: false });
+    server.serve(() => new Promise(() => {}));
+    const waiting = c.request("ts-fresh-server", "never answered", { timeoutMs: 20_000 }).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    first.proc.kill("SIGKILL");
+    await new Promise((r) => first.proc.once("exit", r));
+    const second = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
+    procs.push(second.proc);
+    const outcome = await within(waiting, 10_000, "the waiting request fails");
+    assert.ok(outcome instanceof Error && outcome.constructor.name === "Disconnected", String(outcome));
+    assert.match((outcome as Error).message, /outcome is unknown/);
+    const other = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh-pub" });
+    // The subscription and the watch were sent again on the new hub.
+    await within(
+      (async () => {
+        for (;;) {
+          await other.publish("fresh.t", "after");
+          const clients = await other.listClients();
+          if (clients.some((x) => x.clientId === "ts-fresh")) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      10_000,
+      "the client is back",
+    );
+    await other.publish("fresh.t", "after");
+    const m = await within(s[Symbol.asyncIterator]().next(), 5_000, "delivery on the new hub");
+    assert.equal(m.value.text(), "after");
+    await other.kvSet("fresh.key", "v");
+    const u = await within(w[Symbol.asyncIterator]().next(), 5_000, "watch on the new hub");
+    assert.equal(new TextDecoder().decode(u.value.value), "v");
+    assert.ok(c.reconnects >= 1);
+    await c.close();
+    await other.close();
+    await server.close();
+  } finally {
+    for (const p of procs) await stopProcess(p);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
