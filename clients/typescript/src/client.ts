@@ -212,6 +212,16 @@ export interface PresenceEvent {
   reason: string;
 }
 
+/** The connection's state: see {@link Client.state}. */
+export type ClientState = "connected" | "reconnecting" | "closed";
+
+/** What happened to the connection (see {@link Client.events}). */
+export type ClientEvent =
+  | { type: "disconnected"; error: SwitchboardError }
+  | { type: "reconnected"; resumed: boolean; epoch: bigint }
+  | { type: "dropped"; by: "hub"; count: bigint }
+  | { type: "closed"; error: SwitchboardError };
+
 /** Options of {@link Client.request}. */
 export interface RequestOptions {
   /** How long the hub waits for the reply, ms (default: the client's `requestTimeoutMs`). */
@@ -342,6 +352,8 @@ export class Client {
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
   /** Connections lost and resumed (or started afresh) since connecting. */
   reconnects = 0;
+  private readonly listeners = new Set<AsyncQueue<ClientEvent>>();
+  private draining = false;
   private nextId = 1n;
   private readonly pending = new Map<bigint, Pending>();
   private readonly subs = new Map<bigint, AsyncQueue<Message>>();
@@ -403,9 +415,36 @@ export class Client {
     return this.closedPromise;
   }
 
-  /** Whether the connection is open. */
+  /** Whether the client is not closed (connected, or reconnecting). */
   get isOpen(): boolean {
     return this.closedWith === undefined;
+  }
+
+  /** `"connected"`, `"reconnecting"` (a lost connection being resumed) or `"closed"`. */
+  get state(): ClientState {
+    if (this.closedWith) return "closed";
+    return this.connected ? "connected" : "reconnecting";
+  }
+
+  /**
+   * What happens to the connection, as an async iterator: `disconnected`
+   * (a lost connection, being retried), `reconnected` (`resumed` or a fresh
+   * session), `dropped` (the hub dropped deliveries for this slow consumer,
+   * from its `Flow` notices) and `closed` (the last event). Each call gives
+   * an independent stream of the events from then on; leaving the loop
+   * stops it.
+   */
+  events(): AsyncIterable<ClientEvent> {
+    const q: AsyncQueue<ClientEvent> = new AsyncQueue<ClientEvent>(1024, () => {
+      this.listeners.delete(q);
+    });
+    if (this.closedWith) q.end();
+    else this.listeners.add(q);
+    return { [Symbol.asyncIterator]: () => q };
+  }
+
+  private emit(e: ClientEvent): void {
+    for (const q of this.listeners) q.push(e);
   }
 
   /** Opens a socket and runs the handshake on it; resolves with the `Welcome` (the socket is then `this.ws`). */
@@ -537,6 +576,7 @@ export class Client {
     const resumed = w.features.includes("resumed");
     this.connected = true;
     this.attach();
+    if (reconnected) this.emit({ type: "reconnected", resumed, epoch: this.epoch });
     if (resumed) {
       // The hub holds our session: resend what it did not take, in order, with the original seqs.
       this.retained = this.retained.filter((r) => r.seq > w.lastReceived);
@@ -646,6 +686,7 @@ export class Client {
       this.shutdown(reason, false);
       return;
     }
+    this.emit({ type: "disconnected", error: reason });
     // Reads that are not numbered are not resent: fail them now.
     for (const [id, p] of [...this.pending]) {
       if (p.numbered) continue;
@@ -782,6 +823,9 @@ export class Client {
       case "ack":
         this.acknowledged(k.value.upTo);
         return;
+      case "flow":
+        if (k.value.dropped > 0n) this.emit({ type: "dropped", by: "hub", count: k.value.dropped });
+        return;
       default:
         // Pong, Flow, Ack and kinds this version does not use or know.
         return;
@@ -826,6 +870,9 @@ export class Client {
     onTimeout?: (id: bigint) => void,
   ): Promise<Frame> {
     if (this.closedWith) return Promise.reject(this.closedWith);
+    if (this.draining && kind !== "unsubscribe" && kind !== "kvUnwatch" && kind !== "presenceWatch") {
+      return Promise.reject(new Disconnected("the client is draining: it takes no new calls"));
+    }
     const id = this.nextId++;
     return new Promise<Frame>((resolve, reject) => {
       const p: Pending = { resolve, reject, numbered: this.reliableOn && NUMBERED.has(kind) };
@@ -1129,6 +1176,23 @@ export class Client {
   }
 
   /**
+   * Leaves gracefully: takes no new calls, waits (at most `timeoutMs`,
+   * default 30,000) until every call in flight is answered and the hub has
+   * acknowledged every frame sent, then {@link close}s.
+   *
+   * @param timeoutMs - how long to wait before closing anyway
+   */
+  async drain(timeoutMs = 30_000): Promise<void> {
+    if (this.closedWith) return;
+    this.draining = true;
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closedWith && Date.now() < deadline && (this.pending.size > 0 || this.retained.length > 0)) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await this.close();
+  }
+
+  /**
    * Leaves: sends `Goodbye`, closes the socket, fails calls still waiting
    * with {@link Disconnected} and ends every stream. Safe to call twice.
    */
@@ -1170,6 +1234,9 @@ export class Client {
     this.watches.clear();
     this.presence?.end(byUser ? undefined : err);
     this.inbox.end(byUser ? undefined : err);
+    this.emit({ type: "closed", error: err });
+    for (const q of this.listeners) q.end();
+    this.listeners.clear();
     this.resolveClosed(err);
   }
 }

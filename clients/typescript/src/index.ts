@@ -12,6 +12,8 @@ export {
   ReplyMessage,
   Subscription,
   Watch,
+  type ClientEvent,
+  type ClientState,
   type ConnectOptions,
   type Handler,
   type Headers,

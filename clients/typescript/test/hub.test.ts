@@ -221,6 +221,18 @@ test("list clients, status, presence", async () => {
   await again.events.stop();
 });
 
+test("drain(): calls in flight complete, new calls are refused, then the client closes", async () => {
+  const server = await connect("ts-drain-server");
+  server.serve((req) => new Promise((r) => setTimeout(() => r(`late ${req.text()}`), 200)));
+  const c = await hub.connect("ts-drain");
+  const inFlight = c.request("ts-drain-server", "x");
+  const draining = c.drain(5_000);
+  await assert.rejects(c.publish("drain.t", "refused"), Disconnected);
+  assert.equal((await inFlight).text(), "late x");
+  await within(draining, 5_000, "drain");
+  assert.equal(c.state, "closed");
+});
+
 test("close(): calls fail with Disconnected, streams end, closed resolves", async () => {
   const c = await hub.connect("ts-close");
   const peer = await connect("ts-close-peer");

@@ -71,3 +71,33 @@ test("a request in flight survives the requester's and the server's lost connect
   await c.close();
   await server.close();
 });
+
+test("state and events: disconnected, reconnected (resumed), closed", async () => {
+  const c = await hub.connect("ts-events");
+  assert.equal(c.state, "connected");
+  const seen: string[] = [];
+  const reading = (async () => {
+    for await (const e of c.events()) {
+      seen.push(e.type === "reconnected" ? `reconnected resumed=${e.resumed}` : e.type);
+    }
+  })();
+  drop(c);
+  const states = new Set<string>();
+  await within(
+    (async () => {
+      while (!seen.includes("reconnected resumed=true")) {
+        states.add(c.state);
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })(),
+    5_000,
+    "reconnect",
+  );
+  assert.ok(states.has("reconnecting"), [...states].join());
+  assert.equal(c.state, "connected");
+  await c.kvSet("events.k", "v");
+  await c.close();
+  assert.equal(c.state, "closed");
+  await within(reading, 5_000, "events end");
+  assert.deepEqual(seen, ["disconnected", "reconnected resumed=true", "closed"]);
+});
