@@ -104,6 +104,12 @@ export interface ConnectOptions {
   reliable?: boolean;
   /** How long to keep trying to reconnect after a lost connection, ms (default 30,000, the hub's resume window). */
   reconnectWindowMs?: number;
+  /**
+   * Announce the `listen` feature: the hub then refuses direct messages and
+   * requests to this client (`NOT_LISTENING`, at once) until
+   * {@link Client.listen} opts in. Default false: both are always taken.
+   */
+  listen?: boolean;
 }
 
 /** A message sent to this client directly or by broadcast. */
@@ -503,7 +509,7 @@ export class Client {
             protocolVersion: 1,
             clientId: o.clientId,
             clientNonce,
-            features: reliable ? ["reliable"] : [],
+            features: [...(reliable ? ["reliable"] : []), ...(o.listen ? ["listen"] : [])],
             agent: o.agent ?? "@switchboard/client",
             keyId: kid,
             resume: reliable ? resume : undefined,
@@ -984,6 +990,20 @@ export class Client {
       if (!this.services.delete(subId)) return;
       if (!this.closedWith) await this.call("unsubscribe", { subId });
     };
+  }
+
+  /**
+   * Says what this client takes besides its subscriptions, when it was
+   * connected with `listen: true`: `messages` (direct and broadcast) and
+   * `requests` (to its client id). Each call replaces both flags; kept
+   * across a resume and sent again after a fresh session.
+   *
+   * @param flags - what to take
+   * @throws {@link Unsupported} when the client did not announce `listen`
+   */
+  async listen(flags: { messages: boolean; requests: boolean }): Promise<void> {
+    await this.call("listen", { ...flags });
+    this.registrations.set(0n, { kind: "listen", value: { ...flags } });
   }
 
   /**

@@ -10,6 +10,8 @@ import {
   NoResponders,
   NoSuchClient,
   NotFound,
+  NotListening,
+  Unsupported,
   RemoteError,
   Timeout,
   VersionMismatch,
@@ -116,6 +118,24 @@ test("direct and broadcast messages arrive on messages()", async () => {
   assert.equal(m2.kind, "broadcast");
   assert.equal(m2.text(), "everyone");
   await assert.rejects(tx.send("nobody-here", "x"), NoSuchClient);
+});
+
+test("listen: refused with NOT_LISTENING until the client opts in", async () => {
+  const shy = await hub.connect("ts-shy", { listen: true });
+  clients.push(shy);
+  const tx = await connect("ts-to-shy");
+  await assert.rejects(tx.send("ts-shy", "too early"), NotListening);
+  await assert.rejects(tx.request("ts-shy", "too early"), NotListening);
+  shy.serve(() => "now");
+  await shy.listen({ messages: true, requests: true });
+  await tx.send("ts-shy", "welcome");
+  const m = await within(shy.messages()[Symbol.asyncIterator]().next(), 5_000, "direct");
+  assert.equal(m.value.text(), "welcome");
+  assert.equal((await tx.request("ts-shy", "x")).text(), "now");
+  await shy.listen({ messages: false, requests: false });
+  await assert.rejects(tx.send("ts-shy", "again"), NotListening);
+  const plain = await connect("ts-no-listen");
+  await assert.rejects(plain.listen({ messages: true, requests: true }), Unsupported);
 });
 
 test("publish/subscribe as an async iterator; leaving the loop unsubscribes", async () => {
