@@ -4,13 +4,15 @@
 //! `codegen` compiles every `.proto` file under `proto/` with protox (pure
 //! Rust, no system `protoc`), generates Rust with prost-build into a temporary
 //! directory, prepends a header and writes the result to
-//! `crates/switchboard-wire/src/generated/`. With `--check` it compares
+//! `crates/switchboard-wire/src/generated/` (and, with Node, the TypeScript
+//! client's protobuf code: see `ts_codegen`). With `--check` it compares
 //! instead of writing and fails when the checked-in code has drifted.
 //!
 //! `tidy` checks the architecture rules (sans-IO cores, crate layers, no
 //! module circles inside a crate); see the `tidy` module.
 
 mod tidy;
+mod ts_codegen;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   codegen [--check]       generate crates/switchboard-wire/src/generated/ from proto/
                           and crates/switchboard-c/include/switchboard.h
+                          and clients/typescript/src/gen/ (needs Node and
+                          `npm ci` there; skipped with a note otherwise)
                           (--check: fail when the checked-in code has drifted)
   bench [--quick] [args]  build the hub and run the comparison benchmark
                           (--quick: the CI smoke run on the debug build)
@@ -205,6 +209,7 @@ fn codegen(check: bool) -> Result<()> {
             println!("updated {}", path.display());
         }
     }
+    drift.extend(ts_codegen::run(&root, check)?);
     if !drift.is_empty() {
         bail!(
             "generated code is out of date: {}\nrun `cargo xtask codegen` and commit the result",

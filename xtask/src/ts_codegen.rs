@@ -1,0 +1,111 @@
+//! The TypeScript part of `cargo xtask codegen`: `clients/typescript/src/gen/`
+//! from `proto/`, by protoc-gen-es through the buf CLI, both installed by
+//! `npm ci` in `clients/typescript` (its `buf.gen.yaml` holds the options).
+//!
+//! Without Node or without `clients/typescript/node_modules` the step says
+//! what to install and is skipped, so the Rust part still runs on a machine
+//! without Node; `.ci/run` runs `npm ci` before `cargo xtask codegen --check`,
+//! so in CI the check always covers the TypeScript code.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const DIR: &str = "clients/typescript";
+const GEN: &str = "src/gen";
+
+/// Generates (or with `check`, compares) the TypeScript code; returns the
+/// drifted paths (empty when up to date, generated, or skipped).
+pub fn run(root: &Path, check: bool) -> Result<Vec<String>> {
+    let dir = root.join(DIR);
+    let buf = dir.join("node_modules/.bin/buf");
+    let node = Command::new("node").arg("--version").output();
+    if !matches!(node, Ok(ref o) if o.status.success()) || !buf.exists() {
+        println!(
+            "codegen: skipping the TypeScript code in {DIR}/{GEN}: it needs Node >= 20 with npm \
+             (https://nodejs.org, or `apt-get install nodejs npm`) and `npm ci` in {DIR}"
+        );
+        return Ok(Vec::new());
+    }
+    let tmp = tempfile::tempdir()?;
+    // `--output` is the base of the template's `out: src/gen`.
+    let status = Command::new(&buf)
+        .current_dir(&dir)
+        .args([
+            "generate",
+            "../../proto",
+            "--template",
+            "buf.gen.yaml",
+            "--output",
+        ])
+        .arg(tmp.path())
+        .env("PATH", prepend_path(&dir.join("node_modules/.bin"))?)
+        .status()
+        .context("running buf (protoc-gen-es) in clients/typescript")?;
+    if !status.success() {
+        bail!("`buf generate` in {DIR} failed ({status})");
+    }
+    let fresh = files(&tmp.path().join(GEN))?;
+    let current = files(&dir.join(GEN))?;
+    let mut drift = Vec::new();
+    for (rel, contents) in &fresh {
+        let path = dir.join(GEN).join(rel);
+        if current.iter().any(|(r, c)| r == rel && c == contents) {
+            continue;
+        }
+        if check {
+            drift.push(path.display().to_string());
+        } else {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("updated {}", path.display());
+        }
+    }
+    for (rel, _) in &current {
+        if fresh.iter().any(|(r, _)| r == rel) {
+            continue;
+        }
+        let path = dir.join(GEN).join(rel);
+        if check {
+            drift.push(format!("{} (no longer generated)", path.display()));
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            println!("removed {}", path.display());
+        }
+    }
+    Ok(drift)
+}
+
+fn prepend_path(dir: &Path) -> Result<std::ffi::OsString> {
+    let mut paths = vec![dir.to_path_buf()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    Ok(std::env::join_paths(paths)?)
+}
+
+/// Every file under `dir` as (path relative to `dir`, contents), sorted.
+fn files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let path = e?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let contents = std::fs::read(&path)?;
+                out.push((path.strip_prefix(dir)?.to_path_buf(), contents));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
