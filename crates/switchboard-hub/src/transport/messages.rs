@@ -49,6 +49,7 @@ where
         let tx = MessageTx {
             sink: self.sink,
             max_frame: self.max_frame,
+            failed: false,
         };
         (rx, tx)
     }
@@ -125,10 +126,25 @@ where
     }
 }
 
-/// The sending half.
+/// The sending half. Once its sink has failed it is never touched again:
+/// a sink's behaviour after an error is unspecified, and some (futures'
+/// `SinkMapErr`) panic when polled into a second error.
 pub(crate) struct MessageTx<Si> {
     sink: Si,
     max_frame: usize,
+    failed: bool,
+}
+
+impl<Si> MessageTx<Si>
+where
+    Si: Sink<Bytes, Error = io::Error> + Unpin + Send + 'static,
+{
+    async fn send_all(&mut self, batch: &mut BytesMut) -> io::Result<()> {
+        while let Some(body) = split_frame(batch, self.max_frame).map_err(io::Error::other)? {
+            self.sink.feed(body).await?;
+        }
+        self.sink.flush().await
+    }
 }
 
 impl<Si> FrameTx for MessageTx<Si>
@@ -138,23 +154,41 @@ where
     /// One message per frame, split off the batch without a copy, then one
     /// flush. A frame over `max_frame` fails the connection.
     async fn send(&mut self, batch: &mut BytesMut) -> io::Result<()> {
-        while let Some(body) = split_frame(batch, self.max_frame).map_err(io::Error::other)? {
-            self.sink.feed(body).await?;
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection failed earlier",
+            ));
         }
-        self.sink.flush().await
+        let sent = self.send_all(batch).await;
+        self.failed = sent.is_err();
+        sent
     }
 
     fn try_send(&mut self, batch: &mut BytesMut) {
+        if self.failed {
+            return;
+        }
         while let Ok(Some(body)) = split_frame(batch, self.max_frame) {
-            if !matches!(self.sink.feed(body).now_or_never(), Some(Ok(()))) {
-                return;
+            match self.sink.feed(body).now_or_never() {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    self.failed = true;
+                    return;
+                }
+                None => return,
             }
         }
-        let _ = self.sink.flush().now_or_never();
+        if let Some(Err(_)) = self.sink.flush().now_or_never() {
+            self.failed = true;
+        }
     }
 
     async fn close(&mut self) {
-        let _ = self.sink.close().await;
+        if !self.failed {
+            self.failed = true;
+            let _ = self.sink.close().await;
+        }
     }
 }
 
@@ -199,6 +233,28 @@ mod tests {
         batch.put_u32(5);
         batch.put_slice(b"fives");
         assert!(tx.send(&mut batch).await.is_err(), "over the frame limit");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_sink_is_never_polled_again() -> anyhow::Result<()> {
+        // `SinkMapErr` panics when polled into a second error; the sending
+        // half must stop at the first.
+        let (_incoming, received) = mpsc::unbounded::<io::Result<Bytes>>();
+        let (sent, outgoing) = mpsc::unbounded::<Bytes>();
+        drop(outgoing);
+        let (_rx, mut tx) =
+            Messages::new(received, sent.sink_map_err(io::Error::other), 64).split();
+        let frame = |body: &[u8]| {
+            let mut batch = BytesMut::new();
+            batch.put_u32(body.len() as u32);
+            batch.put_slice(body);
+            batch
+        };
+        assert!(tx.send(&mut frame(b"one")).await.is_err());
+        tx.try_send(&mut frame(b"two"));
+        assert!(tx.send(&mut frame(b"three")).await.is_err());
+        tx.close().await;
         Ok(())
     }
 }
