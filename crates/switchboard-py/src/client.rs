@@ -412,8 +412,14 @@ impl NativeClient {
     /// `[m·k^(n−1), m·k^n]`. Limits: `max_rpcs_per_session` (255),
     /// `max_queue` (RPCs queued, 1024; more are refused with fault 8004),
     /// `max_requests` (the agent's own requests waiting, 64) and
-    /// `max_events` (distinct pending events, 64).
-    #[pyo3(signature = (manager_id, handler, device_id=None, parameters=None, response_timeout=None, retry_min_wait=None, retry_multiplier=None, max_rpcs_per_session=None, max_queue=None, max_requests=None, max_events=None))]
+    /// `max_events` (distinct pending events, 64). The driver:
+    /// `task_timeout` (seconds a handler may run before its RPC is
+    /// answered with fault 8002, 25), `reconnect_min`/`reconnect_max`
+    /// (the back-off between connect attempts, 0.05 and 5 s), `journal`
+    /// (a file keeping persistent events across restarts) and
+    /// `boot_event` (report `"1 BOOT"` at start, true; without it a
+    /// manager learns of the agent at its first event).
+    #[pyo3(signature = (manager_id, handler, device_id=None, parameters=None, response_timeout=None, retry_min_wait=None, retry_multiplier=None, max_rpcs_per_session=None, max_queue=None, max_requests=None, max_events=None, task_timeout=None, reconnect_min=None, reconnect_max=None, journal=None, boot_event=true))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn session_agent(
         &self,
@@ -429,6 +435,11 @@ impl NativeClient {
         max_queue: Option<usize>,
         max_requests: Option<usize>,
         max_events: Option<usize>,
+        task_timeout: Option<f64>,
+        reconnect_min: Option<f64>,
+        reconnect_max: Option<f64>,
+        journal: Option<std::path::PathBuf>,
+        boot_event: bool,
     ) -> PyResult<crate::session::SessionAgent> {
         self.ensure_open()?;
         let device_id = device_id.unwrap_or_else(|| self.client.id().to_owned());
@@ -462,7 +473,24 @@ impl NativeClient {
         if let Some(n) = max_events {
             config.max_events = at_least_one("max_events", n)?;
         }
-        crate::session::SessionAgent::start(py, &self.client, &manager_id, config, handler)
+        let mut options = switchboard::session::driver::AgentOptions::new(config);
+        if let Some(t) = task_timeout {
+            options.task_timeout = seconds("task_timeout", t)?;
+        }
+        if let Some(t) = reconnect_min {
+            options.reconnect_min = seconds("reconnect_min", t)?;
+        }
+        if let Some(t) = reconnect_max {
+            options.reconnect_max = seconds("reconnect_max", t)?;
+        }
+        if options.reconnect_max < options.reconnect_min {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "reconnect_max is at least reconnect_min",
+            ));
+        }
+        options.journal = journal;
+        options.boot_event = boot_event;
+        crate::session::SessionAgent::start(py, &self.client, &manager_id, options, handler)
     }
 
     /// The client's events from now on.

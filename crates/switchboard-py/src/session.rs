@@ -6,8 +6,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use switchboard::session::driver::{AgentHandle, ManagerHandle, ManagerOptions, SessionError};
-use switchboard::session::{fault, fault_code, AgentConfig, AgentEvent, ManagerEvent};
+use switchboard::session::driver::{
+    AgentHandle, AgentOptions, ManagerHandle, ManagerOptions, SessionError,
+};
+use switchboard::session::{fault, fault_code, AgentEvent, ManagerEvent};
 use switchboard::{Bytes, Client};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -190,7 +192,7 @@ impl SessionAgent {
         py: Python<'_>,
         client: &Client,
         manager_id: &str,
-        config: AgentConfig,
+        options: AgentOptions,
         handler: Py<PyAny>,
     ) -> PyResult<SessionAgent> {
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
@@ -225,7 +227,7 @@ impl SessionAgent {
         };
         let (tx, events) = broadcast::channel(1024);
         let handle = in_runtime(|| {
-            let handle = client.session_agent(manager_id, config, run);
+            let handle = client.session_agent_with(manager_id, options, run);
             let mut rx = handle.subscribe();
             tokio::spawn(async move {
                 loop {

@@ -237,3 +237,76 @@ async def test_queue_limits_and_pipelining(hub):
         assert faults and all(f.fault_code == 8004 for f in faults), results
         await agent.close()
         await manager.close()
+
+
+async def test_agent_task_timeout_and_no_boot_event(hub):
+    def connect(cid):
+        return switchboard.connect(cid, addr=hub.addr, token=hub.token)
+
+    async with connect("py-acs-task") as acs, connect("py-cpe-task") as cpe:
+        manager = acs.session_manager()
+        events = manager.events()
+
+        async def handler(method, payload):
+            if method == "Slow":
+                await asyncio.sleep(30)
+            return b"quick"
+
+        agent = cpe.session_agent("py-acs-task", handler, task_timeout=0.3, boot_event=False)
+        # without the boot event no session opens by itself; the manager
+        # learns of the agent at its first event
+        with pytest.raises(asyncio.TimeoutError):
+            await _next_of_within(events, "session_started", 0.5)
+        await agent.add_event("4 VALUE CHANGE")
+        started = await _next_of(events, "session_started")
+        assert started.data["events"] == [("4 VALUE CHANGE", "")]
+        # a handler running past task_timeout: fault 8002, and the queue goes on
+        slow = asyncio.ensure_future(manager.rpc("py-cpe-task", "Slow"))
+        quick = asyncio.ensure_future(manager.rpc("py-cpe-task", "Quick"))
+        with pytest.raises(Fault) as e:
+            await asyncio.wait_for(slow, 5)
+        assert e.value.fault_code == 8002
+        assert await asyncio.wait_for(quick, WAIT) == b"quick"
+        with pytest.raises(ValueError):
+            cpe.session_agent("x", handler, reconnect_min=2, reconnect_max=1)
+        await agent.close()
+        await manager.close()
+
+
+async def _next_of_within(events, kind, seconds):
+    async def find():
+        async for e in events:
+            if e.kind == kind:
+                return e
+
+    return await asyncio.wait_for(find(), seconds)
+
+
+async def test_agent_journal_keeps_persistent_events_across_restarts(hub, tmp_path):
+    def connect(cid):
+        return switchboard.connect(cid, addr=hub.addr, token=hub.token)
+
+    journal = tmp_path / "agent.journal"
+    async with connect("py-cpe-journal") as cpe:
+        # no manager yet: the event waits, and is journaled
+        agent = cpe.session_agent(
+            "py-acs-journal", lambda m, p: b"", journal=journal, response_timeout=0.3, retry_min_wait=5
+        )
+        await asyncio.wait_for(agent.add_event("M Download", "cmd-9"), WAIT)
+        for _ in range(100):
+            if journal.exists() and "M Download" in journal.read_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "M Download" in journal.read_text()
+        await agent.close()
+
+    async with connect("py-acs-journal") as acs, connect("py-cpe-journal") as cpe:
+        manager = acs.session_manager()
+        events = manager.events()
+        # a restarted agent with the same journal delivers the event
+        agent = cpe.session_agent("py-acs-journal", lambda m, p: b"", journal=str(journal))
+        started = await _next_of(events, "session_started")
+        while ("M Download", "cmd-9") not in started.data["events"]:
+            started = await _next_of(events, "session_started")
+        await agent.close()
+        await manager.close()

@@ -17,6 +17,7 @@ Replies with headers: a ``serve`` handler returns
 """
 
 import atexit
+import os
 from typing import (
     Any,
     Awaitable,
@@ -549,6 +550,11 @@ class Client:
         max_queue: Optional[int] = None,
         max_requests: Optional[int] = None,
         max_events: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        reconnect_min: Optional[float] = None,
+        reconnect_max: Optional[float] = None,
+        journal: Optional[Union[str, "os.PathLike[str]"]] = None,
+        boot_event: bool = True,
     ) -> SessionAgent:
         """Runs the session engine's agent, reporting to ``manager_id``.
 
@@ -566,8 +572,18 @@ class Client:
         Limits: ``max_rpcs_per_session`` (255), ``max_queue`` (RPCs queued,
         1024; more are answered with fault 8004 without running),
         ``max_requests`` (its own requests waiting, 64), ``max_events``
-        (distinct pending events, 64). Raises :class:`ClientClosed` when
-        the client is closed.
+        (distinct pending events, 64).
+
+        The driver: ``task_timeout`` (seconds a handler may run; past it
+        the RPC is answered with fault 8002 and the queue goes on; default
+        25), ``reconnect_min`` and ``reconnect_max`` (the back-off between
+        attempts to reach the hub, 0.05 and 5 s), ``journal`` (a file
+        keeping persistent events, such as ``"M ..."`` and
+        ``"7 TRANSFER COMPLETE"``, across restarts) and ``boot_event``
+        (report ``"1 BOOT"`` at start, opening the first session at once;
+        without it a manager learns of the agent at its first event, and
+        cannot reach it before).
+        Raises :class:`ClientClosed` when the client is closed.
         """
         native = self._native.session_agent(
             manager_id,
@@ -581,6 +597,11 @@ class Client:
             max_queue,
             max_requests,
             max_events,
+            task_timeout,
+            reconnect_min,
+            reconnect_max,
+            journal,
+            boot_event,
         )
         return SessionAgent(native)
 

@@ -1,5 +1,6 @@
 """Type stubs of the native module (the Rust side of the bindings)."""
 
+import os
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 _Payload = Union[bytes, bytearray, str]
@@ -214,6 +215,11 @@ class NativeClient:
         max_queue: Optional[int] = None,
         max_requests: Optional[int] = None,
         max_events: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        reconnect_min: Optional[float] = None,
+        reconnect_max: Optional[float] = None,
+        journal: Optional[Union[str, "os.PathLike[str]"]] = None,
+        boot_event: bool = True,
     ) -> SessionAgent: ...
     def drain(self, timeout: float = 5.0) -> Awaitable[bool]: ...
     def close(self) -> Awaitable[None]: ...
