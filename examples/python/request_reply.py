@@ -16,11 +16,14 @@ async def main() -> None:
     token = os.environ.get("SWITCHBOARD_TOKEN")
     async with switchboard.connect("py-example", addr=addr, token=token) as client:
 
-        async def shout(req: switchboard.Request) -> bytes:
-            return req.payload.upper()
+        async def shout(req: switchboard.Request) -> switchboard.Reply:
+            # a reply with headers; returning just bytes or str works too
+            return switchboard.Reply(req.payload.upper(), headers={"shouted": "yes"})
 
         await client.serve(shout)
         print(await client.request("py-example", "hello", timeout=5))  # b'HELLO'
+        reply = await client.request("py-example", "hi", timeout=5, full=True)
+        print(reply.payload, reply.header("shouted"))  # b'HI' b'yes'
 
         orders = await client.subscribe("orders.>")
         await client.publish("orders.eu", b"{}")

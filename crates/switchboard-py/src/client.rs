@@ -126,7 +126,9 @@ impl NativeClient {
     /// Sends a request to client `to` (or, with `service=True`, to one of
     /// the clients serving the service `to`); the reply's payload as
     /// `bytes`.
-    #[pyo3(signature = (to, payload, timeout=None, headers=None, method=None, service=false))]
+    /// With `full=True`, resolves to the whole [`Reply`] (payload, the
+    /// replier's headers and id) instead.
+    #[pyo3(signature = (to, payload, timeout=None, headers=None, method=None, service=false, full=false))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn request<'py>(
         &self,
@@ -137,6 +139,7 @@ impl NativeClient {
         headers: Option<&Bound<'py, PyAny>>,
         method: Option<String>,
         service: bool,
+        full: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         if !service {
             check_target(&to)?;
@@ -160,7 +163,18 @@ impl NativeClient {
                 client.request_with_options(&to, payload, options).await
             }
             .map_err(error::to_py)?;
-            Ok(crate::glue::attach(|py| payload::to_py(py, &reply.payload)))
+            crate::glue::attach(|py| -> PyResult<Py<PyAny>> {
+                if full {
+                    let reply = Reply {
+                        payload: reply.payload,
+                        headers: reply.headers,
+                        sender: reply.from,
+                    };
+                    Ok(Py::new(py, reply)?.into_any())
+                } else {
+                    Ok(payload::to_py(py, &reply.payload).into_any())
+                }
+            })
         })
     }
 
@@ -247,14 +261,14 @@ impl NativeClient {
                     Ok(fut) => fut.await,
                     Err(e) => Err(e),
                 };
-                crate::glue::attach(|py| result.and_then(|v| payload::from_py(v.bind(py))))
+                crate::glue::attach(|py| result.and_then(|v| reply_from_py(v.bind(py))))
                     .map_err(|e| crate::glue::attach(|py| describe(py, &e)))
             }
         };
         crate::glue::future_into_py(py, async move {
             let handle = match service {
-                Some(name) => client.serve_service(&name, options, run).await,
-                None => client.serve_with(options, run).await,
+                Some(name) => client.serve_service_with_headers(&name, options, run).await,
+                None => client.serve_with_headers(options, run).await,
             }
             .map_err(error::to_py)?;
             let slot = Arc::new(Mutex::new(Some(handle)));
@@ -344,10 +358,45 @@ impl NativeClient {
     }
 
     /// Runs the session engine's manager over the hub: agents are the
-    /// clients that run an agent for this client's id.
-    fn session_manager(&self) -> PyResult<crate::session::SessionManager> {
+    /// clients that run an agent for this client's id. Options (each
+    /// `None` for the engine's default): `response_timeout` (seconds an
+    /// agent may take to answer, 30), `max_in_flight` (RPCs outstanding
+    /// at once in a session, 1), `max_rpcs_per_session` (255, when the
+    /// agent does not say), `max_queue` (RPCs queued per agent, 10 000),
+    /// `max_agents` (agents tracked, 10 000), `link_queue` (frames waiting
+    /// to be written before the link is dropped, 8192).
+    #[pyo3(signature = (response_timeout=None, max_in_flight=None, max_rpcs_per_session=None, max_queue=None, max_agents=None, link_queue=None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
+    fn session_manager(
+        &self,
+        response_timeout: Option<f64>,
+        max_in_flight: Option<usize>,
+        max_rpcs_per_session: Option<u32>,
+        max_queue: Option<usize>,
+        max_agents: Option<usize>,
+        link_queue: Option<usize>,
+    ) -> PyResult<crate::session::SessionManager> {
         self.ensure_open()?;
-        Ok(crate::session::SessionManager::start(&self.client))
+        let mut options = switchboard::session::driver::ManagerOptions::default();
+        if let Some(t) = response_timeout {
+            options.config.response_timeout = seconds("response_timeout", t)?;
+        }
+        if let Some(n) = max_in_flight {
+            options.config.max_in_flight = at_least_one("max_in_flight", n)?;
+        }
+        if let Some(n) = max_rpcs_per_session {
+            options.config.max_rpcs_per_session = at_least_one("max_rpcs_per_session", n)?;
+        }
+        if let Some(n) = max_queue {
+            options.config.max_queue = at_least_one("max_queue", n)?;
+        }
+        if let Some(n) = max_agents {
+            options.max_agents = at_least_one("max_agents", n)?;
+        }
+        if let Some(n) = link_queue {
+            options.link_queue = at_least_one("link_queue", n)?;
+        }
+        Ok(crate::session::SessionManager::start(&self.client, options))
     }
 
     /// Runs the session engine's agent, reporting to the manager
@@ -357,8 +406,21 @@ impl NativeClient {
     /// when it has one, else 8002 (internal error). `device_id` (default:
     /// the client id) and `parameters` are reported in every `Inform`;
     /// `response_timeout` is how long the agent waits for the manager
-    /// before the session fails (default 30 s).
-    #[pyo3(signature = (manager_id, handler, device_id=None, parameters=None, response_timeout=None))]
+    /// before the session fails (default 30 s). The retry policy after a
+    /// failed session: `retry_min_wait` (seconds, default 5) and
+    /// `retry_multiplier` (default 2.0): retry `n` waits a random time in
+    /// `[m·k^(n−1), m·k^n]`. Limits: `max_rpcs_per_session` (255),
+    /// `max_queue` (RPCs queued, 1024; more are refused with fault 8004),
+    /// `max_requests` (the agent's own requests waiting, 64) and
+    /// `max_events` (distinct pending events, 64). The driver:
+    /// `task_timeout` (seconds a handler may run before its RPC is
+    /// answered with fault 8002, 25), `reconnect_min`/`reconnect_max`
+    /// (the back-off between connect attempts, 0.05 and 5 s), `journal`
+    /// (a file keeping persistent events across restarts) and
+    /// `boot_event` (report `"1 BOOT"` at start, true; without it a
+    /// manager learns of the agent at its first event).
+    #[pyo3(signature = (manager_id, handler, device_id=None, parameters=None, response_timeout=None, retry_min_wait=None, retry_multiplier=None, max_rpcs_per_session=None, max_queue=None, max_requests=None, max_events=None, task_timeout=None, reconnect_min=None, reconnect_max=None, journal=None, boot_event=true))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn session_agent(
         &self,
         py: Python<'_>,
@@ -367,6 +429,17 @@ impl NativeClient {
         device_id: Option<String>,
         parameters: Option<std::collections::BTreeMap<String, String>>,
         response_timeout: Option<f64>,
+        retry_min_wait: Option<f64>,
+        retry_multiplier: Option<f64>,
+        max_rpcs_per_session: Option<u32>,
+        max_queue: Option<usize>,
+        max_requests: Option<usize>,
+        max_events: Option<usize>,
+        task_timeout: Option<f64>,
+        reconnect_min: Option<f64>,
+        reconnect_max: Option<f64>,
+        journal: Option<std::path::PathBuf>,
+        boot_event: bool,
     ) -> PyResult<crate::session::SessionAgent> {
         self.ensure_open()?;
         let device_id = device_id.unwrap_or_else(|| self.client.id().to_owned());
@@ -377,7 +450,47 @@ impl NativeClient {
         if let Some(t) = response_timeout {
             config.response_timeout = seconds("response_timeout", t)?;
         }
-        crate::session::SessionAgent::start(py, &self.client, &manager_id, config, handler)
+        if let Some(t) = retry_min_wait {
+            config.retry.min_wait = seconds("retry_min_wait", t)?;
+        }
+        if let Some(k) = retry_multiplier {
+            if !(1.0..=1000.0).contains(&k) {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "retry_multiplier is between 1 and 1000, not {k}"
+                )));
+            }
+            config.retry.multiplier = (k * 1000.0).round() as u32;
+        }
+        if let Some(n) = max_rpcs_per_session {
+            config.max_rpcs_per_session = at_least_one("max_rpcs_per_session", n)?;
+        }
+        if let Some(n) = max_queue {
+            config.max_queue = at_least_one("max_queue", n)?;
+        }
+        if let Some(n) = max_requests {
+            config.max_requests = at_least_one("max_requests", n)?;
+        }
+        if let Some(n) = max_events {
+            config.max_events = at_least_one("max_events", n)?;
+        }
+        let mut options = switchboard::session::driver::AgentOptions::new(config);
+        if let Some(t) = task_timeout {
+            options.task_timeout = seconds("task_timeout", t)?;
+        }
+        if let Some(t) = reconnect_min {
+            options.reconnect_min = seconds("reconnect_min", t)?;
+        }
+        if let Some(t) = reconnect_max {
+            options.reconnect_max = seconds("reconnect_max", t)?;
+        }
+        if options.reconnect_max < options.reconnect_min {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "reconnect_max is at least reconnect_min",
+            ));
+        }
+        options.journal = journal;
+        options.boot_event = boot_event;
+        crate::session::SessionAgent::start(py, &self.client, &manager_id, options, handler)
     }
 
     /// The client's events from now on.
@@ -458,6 +571,17 @@ async fn stop_all(serving: Vec<ServeSlot>) {
     }
 }
 
+/// `n` when it is at least 1; a `ValueError` naming `what` otherwise.
+fn at_least_one<N: PartialOrd + From<u8> + std::fmt::Display>(what: &str, n: N) -> PyResult<N> {
+    if n >= N::from(1) {
+        Ok(n)
+    } else {
+        Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} is at least 1, not {n}"
+        )))
+    }
+}
+
 /// Headers from Python: a mapping, or an iterable of `(key, value)` pairs.
 fn headers_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Headers> {
     let pairs = match obj.cast::<PyMapping>() {
@@ -470,6 +594,81 @@ fn headers_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Headers> {
         headers.append(key, payload::from_py(&value)?);
     }
     Ok(headers)
+}
+
+/// A serve handler's result: a [`Reply`] (payload and headers), or a
+/// payload (`bytes`, `bytearray` or `str`) without headers.
+fn reply_from_py(obj: &Bound<'_, PyAny>) -> PyResult<(switchboard::Bytes, Headers)> {
+    match obj.cast::<Reply>() {
+        Ok(reply) => {
+            let reply = reply.get();
+            Ok((reply.payload.clone(), reply.headers.clone()))
+        }
+        Err(_) => Ok((payload::from_py(obj)?, Headers::new())),
+    }
+}
+
+/// A reply with headers: what a `serve` handler may return instead of a
+/// bare payload, and what `request(..., full=True)` resolves to.
+#[pyclass(frozen, module = "switchboard._native")]
+pub struct Reply {
+    payload: switchboard::Bytes,
+    headers: Headers,
+    sender: String,
+}
+
+#[pymethods]
+impl Reply {
+    /// A reply of `payload` (`bytes`, `bytearray` or `str`) with `headers`
+    /// (a mapping, or `(key, value)` pairs; a key may repeat).
+    #[new]
+    #[pyo3(signature = (payload, headers=None))]
+    fn py_new(payload: &Bound<'_, PyAny>, headers: Option<&Bound<'_, PyAny>>) -> PyResult<Reply> {
+        Ok(Reply {
+            payload: payload::from_py(payload)?,
+            headers: headers
+                .map(headers_from_py)
+                .transpose()?
+                .unwrap_or_default(),
+            sender: String::new(),
+        })
+    }
+
+    /// The payload.
+    #[getter]
+    fn payload(&self, py: Python<'_>) -> Py<PyBytes> {
+        payload::to_py(py, &self.payload)
+    }
+
+    /// The replier's headers: `(key, value)` pairs in order.
+    #[getter]
+    fn headers(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
+        headers_to_py(py, &self.headers)
+    }
+
+    /// The replier's client id (for a service request, the responder the
+    /// hub picked); `""` for a reply made in Python.
+    #[getter]
+    fn sender(&self) -> &str {
+        &self.sender
+    }
+
+    /// The first value of header `key`, or `None`.
+    fn header(&self, py: Python<'_>, key: &str) -> Option<Py<PyBytes>> {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| payload::to_py(py, v))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Reply(sender={:?}, payload={} bytes, headers={})",
+            self.sender,
+            self.payload.len(),
+            self.headers.iter().count()
+        )
+    }
 }
 
 /// Headers for Python: a list of `(key, value)` pairs, in order.

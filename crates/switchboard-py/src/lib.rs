@@ -19,7 +19,9 @@ mod observe;
 mod payload;
 mod session;
 
-pub use client::{Inbox, KvEvent, KvWatch, Message, NativeClient, Request, Serving, Subscription};
+pub use client::{
+    Inbox, KvEvent, KvWatch, Message, NativeClient, Reply, Request, Serving, Subscription,
+};
 pub use observe::{ClientInfo, Event, Events, Presence, PresenceChange};
 pub use session::{SessionAgent, SessionEvents, SessionManager};
 
@@ -81,6 +83,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_class::<Message>()?;
     m.add_class::<Request>()?;
+    m.add_class::<Reply>()?;
     m.add_class::<Subscription>()?;
     m.add_class::<Serving>()?;
     m.add_class::<Inbox>()?;

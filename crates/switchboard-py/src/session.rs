@@ -6,10 +6,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use switchboard::session::driver::{AgentHandle, ManagerHandle, ManagerOptions, SessionError};
-use switchboard::session::{fault, fault_code, AgentConfig, AgentEvent, ManagerEvent};
+use switchboard::session::driver::{
+    AgentHandle, AgentOptions, ManagerHandle, ManagerOptions, SessionError,
+};
+use switchboard::session::{fault, fault_code, AgentEvent, ManagerEvent};
 use switchboard::{Bytes, Client};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::observe::Event;
 
@@ -53,12 +55,26 @@ pub struct SessionManager {
     /// RPCs in call order, queued by one task: awaitables run as separate
     /// tasks, which would queue them in any order.
     pushes: mpsc::UnboundedSender<Push>,
+    /// Set by `close`, and dropped with the manager: either ends the
+    /// event streams (the handle's event sender outlives both, in clones
+    /// the client keeps for re-attaching after reconnects).
+    closed: watch::Sender<bool>,
+}
+
+impl Drop for SessionManager {
+    fn drop(&mut self) {
+        // A manager nobody can reach any more: stop it.
+        let handle = self.handle.clone();
+        in_runtime(|| {
+            tokio::spawn(async move { handle.shutdown().await });
+        });
+    }
 }
 
 impl SessionManager {
-    pub(crate) fn start(client: &Client) -> SessionManager {
+    pub(crate) fn start(client: &Client, options: ManagerOptions) -> SessionManager {
         in_runtime(|| {
-            let handle = client.session_manager(ManagerOptions::default());
+            let handle = client.session_manager(options);
             let (pushes, mut rx) = mpsc::unbounded_channel::<Push>();
             let pusher = handle.clone();
             tokio::spawn(async move {
@@ -75,7 +91,11 @@ impl SessionManager {
                     }
                 }
             });
-            SessionManager { handle, pushes }
+            SessionManager {
+                handle,
+                pushes,
+                closed: watch::channel(false).0,
+            }
         })
     }
 }
@@ -122,14 +142,19 @@ impl SessionManager {
     }
 
     /// The manager's events from now on (every agent's), as
-    /// [`SessionEvents`].
+    /// [`SessionEvents`]; they end once the manager is closed or dropped.
     fn events(&self) -> SessionEvents {
-        SessionEvents::new(Source::Manager(self.handle.subscribe()))
+        SessionEvents::new(Source::Manager(
+            self.handle.subscribe(),
+            self.closed.subscribe(),
+        ))
     }
 
-    /// Stops the manager.
+    /// Stops the manager: pending RPCs fail, and its event streams end
+    /// (after the events already sent).
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.clone();
+        self.closed.send_replace(true);
         crate::glue::future_into_py(py, async move {
             handle.shutdown().await;
             Ok(())
@@ -141,7 +166,11 @@ impl SessionManager {
 /// with a Python function.
 #[pyclass(frozen, module = "switchboard._native")]
 pub struct SessionAgent {
-    handle: Arc<tokio::sync::Mutex<Option<AgentHandle>>>,
+    /// Read-locked by calls to the running agent (which may wait long: a
+    /// request waits for a session), write-locked by `close`, which first
+    /// sets `closing` to end those waits.
+    handle: Arc<tokio::sync::RwLock<Option<AgentHandle>>>,
+    closing: watch::Sender<bool>,
     /// The agent's events, forwarded from its handle until the agent
     /// stops: `events()` resubscribes here without waiting for the
     /// handle's lock (this receiver's own backlog is never read).
@@ -150,7 +179,8 @@ pub struct SessionAgent {
 
 impl Drop for SessionAgent {
     fn drop(&mut self) {
-        if let Ok(mut handle) = self.handle.try_lock() {
+        self.closing.send_replace(true);
+        if let Ok(mut handle) = self.handle.try_write() {
             let handle = handle.take();
             in_runtime(|| drop(handle));
         }
@@ -162,7 +192,7 @@ impl SessionAgent {
         py: Python<'_>,
         client: &Client,
         manager_id: &str,
-        config: AgentConfig,
+        options: AgentOptions,
         handler: Py<PyAny>,
     ) -> PyResult<SessionAgent> {
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
@@ -197,7 +227,7 @@ impl SessionAgent {
         };
         let (tx, events) = broadcast::channel(1024);
         let handle = in_runtime(|| {
-            let handle = client.session_agent(manager_id, config, run);
+            let handle = client.session_agent_with(manager_id, options, run);
             let mut rx = handle.subscribe();
             tokio::spawn(async move {
                 loop {
@@ -213,7 +243,8 @@ impl SessionAgent {
             handle
         });
         Ok(SessionAgent {
-            handle: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+            handle: Arc::new(tokio::sync::RwLock::new(Some(handle))),
+            closing: watch::channel(false).0,
             events: Mutex::new(events),
         })
     }
@@ -231,14 +262,48 @@ impl SessionAgent {
         command_key: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.clone();
+        let closing = self.closing.subscribe();
         crate::glue::future_into_py(py, async move {
-            let guard = handle.lock().await;
-            let Some(h) = guard.as_ref() else {
-                return Err(session_err(SessionError::Closed));
+            let event = switchboard::session::Event { code, command_key };
+            let run = async move {
+                match handle.read().await.as_ref() {
+                    Some(h) => h.add_event(event).await,
+                    None => Err(SessionError::Closed),
+                }
             };
-            h.add_event(switchboard::session::Event { code, command_key })
-                .await
-                .map_err(session_err)
+            until_closed(closing, run).await.map_err(session_err)
+        })
+    }
+
+    /// Sends a request of the agent's own (`method`, e.g.
+    /// `"TransferComplete"`, with `payload`) in its next session (one
+    /// starts at once) and resolves to the manager's answer as `bytes`
+    /// (a manager of this engine answers with an empty payload and
+    /// reports the request as an `"agent_request"` event).
+    #[pyo3(signature = (method, payload=None))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        payload: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = payload
+            .map(payload::from_py)
+            .transpose()?
+            .unwrap_or_default();
+        let handle = self.handle.clone();
+        let closing = self.closing.subscribe();
+        crate::glue::future_into_py(py, async move {
+            let run = async move {
+                match handle.read().await.as_ref() {
+                    Some(h) => h.request(method, payload).await,
+                    None => Err(SessionError::Closed),
+                }
+            };
+            let result = until_closed(closing, run).await.map_err(session_err)?;
+            Ok(crate::glue::attach(|py| {
+                payload::to_py(py, &result.payload)
+            }))
         })
     }
 
@@ -250,8 +315,9 @@ impl SessionAgent {
     /// Stops the agent.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let handle = self.handle.clone();
+        self.closing.send_replace(true);
         crate::glue::future_into_py(py, async move {
-            let handle = handle.lock().await.take();
+            let handle = handle.write().await.take();
             if let Some(h) = handle {
                 // Stopping reports how the agent ended; closing wants it
                 // stopped, whatever that was.
@@ -262,17 +328,45 @@ impl SessionAgent {
     }
 }
 
+/// Runs `run` (a call on the agent, holding its read lock) until the
+/// agent is closing: then fails with [`SessionError::Closed`], dropping
+/// the call and its lock, so `close` need not wait for it.
+async fn until_closed<T>(
+    mut closing: watch::Receiver<bool>,
+    run: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    tokio::select! {
+        r = run => r,
+        _ = closing.wait_for(|c| *c) => Err(SessionError::Closed),
+    }
+}
+
 /// Where session events come from.
 enum Source {
     Agent(broadcast::Receiver<AgentEvent>),
-    Manager(broadcast::Receiver<(String, ManagerEvent)>),
+    /// A manager's events, and whether it was closed.
+    Manager(
+        broadcast::Receiver<(String, ManagerEvent)>,
+        watch::Receiver<bool>,
+    ),
+}
+
+/// The next of a closed manager's events already sent; `Closed` after
+/// the last.
+fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) -> Result<T, broadcast::error::RecvError> {
+    use broadcast::error::{RecvError, TryRecvError};
+    match rx.try_recv() {
+        Ok(e) => Ok(e),
+        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+        Err(_) => Err(RecvError::Closed),
+    }
 }
 
 /// A session engine's events: `next()` resolves to the next
 /// [`Event`](crate::observe::Event) (`kind` and `data`; a manager's carry
-/// `data["agent"]`), or `None` once an agent stopped (a manager's events
-/// run as long as the manager object lives). A reader that falls
-/// behind gets a `"lagged"` event with the number missed.
+/// `data["agent"]`), or `None` once the agent or manager stopped (was
+/// closed or dropped). A reader that falls behind gets a `"lagged"`
+/// event with the number missed.
 #[pyclass(frozen, module = "switchboard._native")]
 pub struct SessionEvents {
     inner: Arc<tokio::sync::Mutex<Source>>,
@@ -295,7 +389,19 @@ impl SessionEvents {
             let mut source = inner.lock().await;
             let item = match &mut *source {
                 Source::Agent(rx) => rx.recv().await.map(|e| (None, Item::Agent(e))),
-                Source::Manager(rx) => rx.recv().await.map(|(a, e)| (Some(a), Item::Manager(e))),
+                Source::Manager(rx, closed) => {
+                    let next = if *closed.borrow() {
+                        drain(rx)
+                    } else {
+                        tokio::select! {
+                            biased;
+                            r = rx.recv() => r,
+                            // closed, or the manager dropped
+                            _ = closed.wait_for(|c| *c) => drain(rx),
+                        }
+                    };
+                    next.map(|(a, e)| (Some(a), Item::Manager(e)))
+                }
             };
             crate::glue::attach(|py| {
                 let d = PyDict::new(py);

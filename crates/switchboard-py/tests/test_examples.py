@@ -15,7 +15,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[3] / "examples" / "python"
     "name, expected",
     [
         ("walkthrough.py", ["HELLO", 'orders.eu.created {"id":1}', "login.token abc123"]),
-        ("request_reply.py", ["b'HELLO'", "orders.eu py-example b'{}'", "b'fast'"]),
+        ("request_reply.py", ["b'HELLO'", "b'HI' b'yes'", "orders.eu py-example b'{}'", "b'fast'"]),
     ],
 )
 def test_example(hub, name, expected):

@@ -9,15 +9,35 @@ does not hold the GIL::
     async with switchboard.connect("worker-1", addr="127.0.0.1:7000", token="s3cret") as client:
         await client.publish("orders.new", b"42")
         reply = await client.request("adder", "1 2", timeout=5)
+
+Replies with headers: a ``serve`` handler returns
+``switchboard.Reply(payload, headers={...})`` instead of a payload, and
+``await client.request(..., full=True)`` gives the whole :class:`Reply`
+(payload, headers, replier) instead of its payload.
 """
 
 import atexit
-from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union
+import os
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Generator,
+    Iterable,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+    overload,
+)
 
 from . import _native
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
-from ._native import ClientInfo, Event, KvEvent, Message, PresenceChange, Request, Serving
+from ._native import ClientInfo, Event, KvEvent, Message, PresenceChange, Reply, Request, Serving
 
 __all__ = [
     "connect",
@@ -30,6 +50,7 @@ __all__ = [
     "Subscription",
     "Message",
     "Request",
+    "Reply",
     "Serving",
     "Payload",
     "Headers",
@@ -47,7 +68,7 @@ __all__ += _errors_all
 Payload = Union[bytes, bytearray, str]
 """What a payload may be given as; ``str`` is sent as UTF-8."""
 
-Handler = Callable[[Request], Union[Awaitable[Payload], Payload]]
+Handler = Callable[[Request], Union[Awaitable[Union[Payload, Reply]], Payload, Reply]]
 
 Headers = Union[Mapping[str, Payload], Iterable[Tuple[str, Payload]]]
 """Headers to send: a mapping, or ``(key, value)`` pairs (a key may repeat)."""
@@ -128,9 +149,8 @@ class Events:
 
 
 class SessionEvents:
-    """A session engine's events, an async iterator of :class:`Event`. An
-    agent's end after the agent stopped; a manager's run as long as the
-    manager object lives.
+    """A session engine's events, an async iterator of :class:`Event`; they end
+    once the agent or manager is closed (or dropped).
 
     ``kind`` is ``"session_started"`` (``session_id``, ``retry_count``,
     ``events`` as ``(code, command_key)`` pairs; a manager's also
@@ -169,7 +189,9 @@ class SessionManager:
         return await self._native.connection_request(agent)
 
     def events(self) -> SessionEvents:
-        """The manager's events from now on, for every agent."""
+        """The manager's events from now on, for every agent; the stream ends
+        when the manager is closed (after the events sent before) or
+        dropped."""
         return SessionEvents(self._native.events())
 
     async def rpc(self, agent: str, method: str, payload: Payload = b"") -> bytes:
@@ -180,7 +202,8 @@ class SessionManager:
         return await self._native.rpc(agent, method, payload)
 
     async def close(self) -> None:
-        """Stops the manager."""
+        """Stops the manager: RPCs not answered yet fail with
+        :class:`SessionError`, and its event streams end."""
         await self._native.close()
 
 
@@ -194,6 +217,14 @@ class SessionAgent:
         """Reports an event (e.g. ``"4 VALUE CHANGE"``): a session carrying it
         starts at once."""
         await self._native.add_event(code, command_key)
+
+    async def request(self, method: str, payload: Payload = b"") -> bytes:
+        """Sends a request of the agent's own (e.g. ``"TransferComplete"``) in
+        its next session (one starts at once) and returns the manager's
+        answer. A :class:`SessionManager` answers with an empty payload and
+        reports the request as an ``"agent_request"`` event. Raises
+        :class:`SessionError` when the agent is closed meanwhile."""
+        return await self._native.request(method, payload)
 
     def events(self) -> SessionEvents:
         """The agent's events from now on."""
@@ -322,6 +353,11 @@ class Client:
         """Direct messages (:meth:`send`) and broadcasts to this client, from now on."""
         return Inbox(await self._native.messages())
 
+    # request and request_service return the payload (bytes), or with
+    # full=True the whole Reply: one keyword for both methods, and the
+    # common case stays a plain ``bytes``; the overloads give each call
+    # its precise type.
+    @overload
     async def request(
         self,
         to: str,
@@ -330,16 +366,52 @@ class Client:
         timeout: Optional[float] = None,
         headers: Optional[Headers] = None,
         method: Optional[str] = None,
-    ) -> bytes:
-        """Sends a request to client ``to`` and returns its reply.
+        full: Literal[False] = False,
+    ) -> bytes: ...
+    @overload
+    async def request(
+        self,
+        to: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: Literal[True],
+    ) -> Reply: ...
+    @overload
+    async def request(
+        self,
+        to: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: bool,
+    ) -> Union[bytes, Reply]: ...
+    async def request(
+        self,
+        to: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: bool = False,
+    ) -> Union[bytes, Reply]:
+        """Sends a request to client ``to`` and returns its reply's payload, or
+        with ``full=True`` the whole :class:`Reply` (``payload``, the
+        replier's ``headers`` and its id as ``sender``).
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (default: the
         client's request timeout), :class:`NoSuchClient` when ``to`` is not
         connected, :class:`NotListening` when it serves no requests,
         :class:`RemoteError` when its handler failed.
         """
-        return await self._native.request(to, payload, timeout, headers, method, False)
+        return await self._native.request(to, payload, timeout, headers, method, False, full)
 
+    @overload
     async def request_service(
         self,
         service: str,
@@ -348,12 +420,47 @@ class Client:
         timeout: Optional[float] = None,
         headers: Optional[Headers] = None,
         method: Optional[str] = None,
-    ) -> bytes:
-        """Sends a request to one of the clients serving ``service`` (round-robin).
+        full: Literal[False] = False,
+    ) -> bytes: ...
+    @overload
+    async def request_service(
+        self,
+        service: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: Literal[True],
+    ) -> Reply: ...
+    @overload
+    async def request_service(
+        self,
+        service: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: bool,
+    ) -> Union[bytes, Reply]: ...
+    async def request_service(
+        self,
+        service: str,
+        payload: Payload,
+        *,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        method: Optional[str] = None,
+        full: bool = False,
+    ) -> Union[bytes, Reply]:
+        """Sends a request to one of the clients serving ``service`` (round-robin);
+        returns as :meth:`request` does (with ``full=True``, the
+        :class:`Reply`'s ``sender`` is the responder the hub picked).
 
         Raises :class:`NoResponders` when none does.
         """
-        return await self._native.request(service, payload, timeout, headers, method, True)
+        return await self._native.request(service, payload, timeout, headers, method, True, full)
 
     def subscribe(
         self,
@@ -383,8 +490,9 @@ class Client:
     ) -> Serving:
         """Answers requests to this client with ``handler(request)``.
 
-        The handler (usually ``async def``) returns the reply as bytes or str;
-        an exception becomes an error reply (:class:`RemoteError` for the
+        The handler (usually ``async def``) returns the reply as bytes or str,
+        or as a :class:`Reply` to send headers with it
+        (``Reply(payload, headers={"k": "v"})``); an exception becomes an error reply (:class:`RemoteError` for the
         requester). Handlers run on the current event loop and may await
         other requests. Serving lasts until ``stop()`` or :meth:`close`
         (both wait for running handlers to finish and reply). With
@@ -401,11 +509,32 @@ class Client:
         """The clients connected to the hub now."""
         return await self._native.clients()
 
-    def session_manager(self) -> SessionManager:
+    def session_manager(
+        self,
+        *,
+        response_timeout: Optional[float] = None,
+        max_in_flight: Optional[int] = None,
+        max_rpcs_per_session: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        max_agents: Optional[int] = None,
+        link_queue: Optional[int] = None,
+    ) -> SessionManager:
         """Runs the session engine's manager: every client running an agent for
         this client's id is an agent, named by its client id. Raises
-        :class:`ClientClosed` when the client is closed."""
-        return SessionManager(self._native.session_manager())
+        :class:`ClientClosed` when the client is closed.
+
+        Options (``None``: the engine's default): ``response_timeout``
+        (seconds an agent may take to answer, 30), ``max_in_flight`` (RPCs
+        outstanding at once in a session, 1: strictly one after another),
+        ``max_rpcs_per_session`` (255, when the agent does not say),
+        ``max_queue`` (RPCs queued per agent, 10 000; more fail with
+        :class:`SessionError`), ``max_agents`` (agents tracked, 10 000),
+        ``link_queue`` (frames waiting to be written, 8192).
+        """
+        native = self._native.session_manager(
+            response_timeout, max_in_flight, max_rpcs_per_session, max_queue, max_agents, link_queue
+        )
+        return SessionManager(native)
 
     def session_agent(
         self,
@@ -415,6 +544,17 @@ class Client:
         device_id: Optional[str] = None,
         parameters: Optional[Dict[str, str]] = None,
         response_timeout: Optional[float] = None,
+        retry_min_wait: Optional[float] = None,
+        retry_multiplier: Optional[float] = None,
+        max_rpcs_per_session: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        max_requests: Optional[int] = None,
+        max_events: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        reconnect_min: Optional[float] = None,
+        reconnect_max: Optional[float] = None,
+        journal: Optional[Union[str, "os.PathLike[str]"]] = None,
+        boot_event: bool = True,
     ) -> SessionAgent:
         """Runs the session engine's agent, reporting to ``manager_id``.
 
@@ -424,10 +564,45 @@ class Client:
         from a running event loop: handlers run there. ``device_id``
         (default: the client id) and ``parameters`` are reported in every
         ``Inform``; ``response_timeout`` (seconds, default 30) is how long
-        the agent waits for the manager before the session fails. Raises
-        :class:`ClientClosed` when the client is closed.
+        the agent waits for the manager before the session fails.
+
+        After a failed session the agent retries after a random wait in
+        ``[m·k^(n-1), m·k^n]`` for retry ``n``, with ``m = retry_min_wait``
+        (seconds, default 5) and ``k = retry_multiplier`` (default 2.0).
+        Limits: ``max_rpcs_per_session`` (255), ``max_queue`` (RPCs queued,
+        1024; more are answered with fault 8004 without running),
+        ``max_requests`` (its own requests waiting, 64), ``max_events``
+        (distinct pending events, 64).
+
+        The driver: ``task_timeout`` (seconds a handler may run; past it
+        the RPC is answered with fault 8002 and the queue goes on; default
+        25), ``reconnect_min`` and ``reconnect_max`` (the back-off between
+        attempts to reach the hub, 0.05 and 5 s), ``journal`` (a file
+        keeping persistent events, such as ``"M ..."`` and
+        ``"7 TRANSFER COMPLETE"``, across restarts) and ``boot_event``
+        (report ``"1 BOOT"`` at start, opening the first session at once;
+        without it a manager learns of the agent at its first event, and
+        cannot reach it before).
+        Raises :class:`ClientClosed` when the client is closed.
         """
-        native = self._native.session_agent(manager_id, handler, device_id, parameters, response_timeout)
+        native = self._native.session_agent(
+            manager_id,
+            handler,
+            device_id,
+            parameters,
+            response_timeout,
+            retry_min_wait,
+            retry_multiplier,
+            max_rpcs_per_session,
+            max_queue,
+            max_requests,
+            max_events,
+            task_timeout,
+            reconnect_min,
+            reconnect_max,
+            journal,
+            boot_event,
+        )
         return SessionAgent(native)
 
     async def status(self) -> Dict[str, Any]:

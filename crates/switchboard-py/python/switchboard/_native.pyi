@@ -1,5 +1,6 @@
 """Type stubs of the native module (the Rust side of the bindings)."""
 
+import os
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 _Payload = Union[bytes, bytearray, str]
@@ -46,6 +47,19 @@ class Request:
     def headers(self) -> List[Tuple[str, bytes]]: ...
     @property
     def service(self) -> Optional[str]: ...
+
+class Reply:
+    """A reply with headers: what a ``serve`` handler may return instead of a
+    payload, and what ``request(..., full=True)`` gives."""
+
+    def __init__(self, payload: _Payload, headers: Any = None) -> None: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def headers(self) -> List[Tuple[str, bytes]]: ...
+    @property
+    def sender(self) -> str: ...
+    def header(self, key: str) -> Optional[bytes]: ...
 
 class Subscription:
     @property
@@ -133,6 +147,7 @@ class SessionManager:
 
 class SessionAgent:
     def add_event(self, code: str, command_key: str = "") -> Awaitable[None]: ...
+    def request(self, method: str, payload: Optional[_Payload] = None) -> Awaitable[bytes]: ...
     def events(self) -> SessionEvents: ...
     def close(self) -> Awaitable[None]: ...
 
@@ -157,7 +172,8 @@ class NativeClient:
         headers: Any = None,
         method: Optional[str] = None,
         service: bool = False,
-    ) -> Awaitable[bytes]: ...
+        full: bool = False,
+    ) -> Awaitable[Union[bytes, Reply]]: ...
     def subscribe(
         self,
         pattern: str,
@@ -177,7 +193,15 @@ class NativeClient:
     def clients(self) -> Awaitable[List[ClientInfo]]: ...
     def events(self) -> Events: ...
     def status(self) -> Awaitable[Dict[str, Any]]: ...
-    def session_manager(self) -> SessionManager: ...
+    def session_manager(
+        self,
+        response_timeout: Optional[float] = None,
+        max_in_flight: Optional[int] = None,
+        max_rpcs_per_session: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        max_agents: Optional[int] = None,
+        link_queue: Optional[int] = None,
+    ) -> SessionManager: ...
     def session_agent(
         self,
         manager_id: str,
@@ -185,6 +209,17 @@ class NativeClient:
         device_id: Optional[str] = None,
         parameters: Optional[Dict[str, str]] = None,
         response_timeout: Optional[float] = None,
+        retry_min_wait: Optional[float] = None,
+        retry_multiplier: Optional[float] = None,
+        max_rpcs_per_session: Optional[int] = None,
+        max_queue: Optional[int] = None,
+        max_requests: Optional[int] = None,
+        max_events: Optional[int] = None,
+        task_timeout: Optional[float] = None,
+        reconnect_min: Optional[float] = None,
+        reconnect_max: Optional[float] = None,
+        journal: Optional[Union[str, "os.PathLike[str]"]] = None,
+        boot_event: bool = True,
     ) -> SessionAgent: ...
     def drain(self, timeout: float = 5.0) -> Awaitable[bool]: ...
     def close(self) -> Awaitable[None]: ...

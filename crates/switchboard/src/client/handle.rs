@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use switchboard_wire::{proto, Kind};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use super::request::IncomingRequest;
 use super::serve::{ServeHandle, ServeOptions};
 use super::shared::{unexpected, Shared};
 use super::streams::{Messages, Requests, SubscribeOptions, Subscription};
-use super::types::{ClientInfo, CloseReport, ConnectionState, HubStatus};
+use super::types::{ClientInfo, CloseReport, ConnectionState, Headers, HubStatus};
 use crate::ClientError;
 
 /// What the clones of a [`Client`] share; dropping the last one closes the
@@ -285,6 +286,26 @@ impl Client {
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        self.serve_with_headers(options, move |req| {
+            handler(req).map(|r| r.map(|payload| (payload, Headers::new())))
+        })
+        .await
+    }
+
+    /// [`serve_with`](Self::serve_with) with reply headers: the handler's
+    /// `Ok((payload, headers))` becomes the reply, carrying `headers` (as
+    /// [`IncomingRequest::reply_with_headers`] would send them; headers the
+    /// hub would refuse make it an error reply saying why). Cancel-safe.
+    pub async fn serve_with_headers<F, Fut, E>(
+        &self,
+        options: ServeOptions,
+        handler: F,
+    ) -> Result<ServeHandle, ClientError>
+    where
+        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(Bytes, Headers), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let requests = self.requests().await?;
         Ok(ServeHandle::start(
             self.shared().clone(),
@@ -314,6 +335,25 @@ impl Client {
     where
         F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.serve_service_with_headers(name, options, move |req| {
+            handler(req).map(|r| r.map(|payload| (payload, Headers::new())))
+        })
+        .await
+    }
+
+    /// [`serve_service`](Self::serve_service) with reply headers, as in
+    /// [`serve_with_headers`](Self::serve_with_headers). Cancel-safe.
+    pub async fn serve_service_with_headers<F, Fut, E>(
+        &self,
+        name: &str,
+        options: ServeOptions,
+        handler: F,
+    ) -> Result<ServeHandle, ClientError>
+    where
+        F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(Bytes, Headers), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
         let requests = self.service(name).await?;

@@ -184,10 +184,27 @@ pub(crate) struct Replier {
 }
 
 impl Replier {
-    /// Sends the handler's reply, or an error reply with the message.
-    pub(crate) async fn reply(self, result: Result<Bytes, String>) {
+    /// Sends the handler's reply (with its headers, if any), or an error
+    /// reply with the message; headers the hub would refuse turn the reply
+    /// into an error reply saying why.
+    pub(crate) async fn reply(self, result: Result<(Bytes, Headers), String>) {
         let frame = match result {
-            Ok(payload) => Frame::reply(self.id, self.to.clone(), payload),
+            Ok((payload, headers)) if headers.is_empty() => {
+                Frame::reply(self.id, self.to.clone(), payload)
+            }
+            Ok((payload, headers)) => {
+                let headers = headers.to_wire();
+                match Headers::check(&headers) {
+                    Ok(()) => Frame::from(proto::Reply {
+                        id: self.id,
+                        to: self.to.clone(),
+                        payload,
+                        headers,
+                        ..Default::default()
+                    }),
+                    Err(e) => error_reply(self.id, self.to.clone(), e.to_string()),
+                }
+            }
             Err(message) => error_reply(self.id, self.to.clone(), message),
         };
         if let Some(outlet) = self.outlet.upgrade() {

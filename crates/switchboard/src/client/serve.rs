@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::request::IncomingRequest;
 use super::shared::Shared;
 use super::streams::Requests;
+use super::types::Headers;
 
 /// Options of [`Client::serve_with`](crate::Client::serve_with).
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ impl ServeHandle {
     ) -> ServeHandle
     where
         F: Fn(IncomingRequest) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<Bytes, E>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<(Bytes, Headers), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
         let handler = Arc::new(handler);
@@ -105,7 +106,7 @@ impl ServeHandle {
                         None => Some(run.await),
                     };
                     let reply = match result {
-                        Some(Ok(Ok(payload))) => Ok(payload),
+                        Some(Ok(Ok(reply))) => Ok(reply),
                         Some(Ok(Err(e))) => Err(e.to_string()),
                         Some(Err(_)) => Err("the request handler panicked".to_string()),
                         None => Err(format!(

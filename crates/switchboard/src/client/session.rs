@@ -157,7 +157,18 @@ impl Client {
         config: AgentConfig,
         handler: H,
     ) -> AgentHandle {
-        let mut opts = AgentOptions::new(config);
+        self.session_agent_with(manager_id, AgentOptions::new(config), handler)
+    }
+
+    /// [`session_agent`](Self::session_agent) with the driver's settings
+    /// too (`task_timeout`, the reconnect back-off, a journal, the boot
+    /// event, the jitter seed); `opts.peer` is set to `manager_id`.
+    pub fn session_agent_with<H: RpcHandler>(
+        &self,
+        manager_id: &str,
+        mut opts: AgentOptions,
+        handler: H,
+    ) -> AgentHandle {
         opts.peer = Some(manager_id.to_string());
         let client = self.clone();
         let manager = manager_id.to_string();
