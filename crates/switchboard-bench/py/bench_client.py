@@ -46,13 +46,16 @@ async def sb_pubsub(addr: str, token: str, n: int, size: int, tag: str) -> Dict[
     sub = await sub_client.subscribe(topic)
     payload = b"\x07" * size
 
-    async def receive() -> int:
-        got = 0
+    got = 0
+    last = 0.0
+
+    async def receive() -> None:
+        nonlocal got, last
         async for _ in sub:
             got += 1
+            last = time.perf_counter()
             if got == n:
                 break
-        return got
 
     start = time.perf_counter()
     receiver = asyncio.ensure_future(receive())
@@ -61,8 +64,12 @@ async def sb_pubsub(addr: str, token: str, n: int, size: int, tag: str) -> Dict[
         batch = min(WINDOW, n - sent)
         await asyncio.gather(*(pub.publish(topic, payload) for _ in range(batch)))
         sent += batch
-    got = await asyncio.wait_for(receiver, TIMEOUT)
-    elapsed = time.perf_counter() - start
+    try:
+        await asyncio.wait_for(receiver, TIMEOUT)
+    except asyncio.TimeoutError:
+        # Reported as delivered < sent; the rate counts what arrived.
+        print(f"sb-pubsub: {got} of {n} arrived within {TIMEOUT} s", file=sys.stderr)
+    elapsed = (last or time.perf_counter()) - start
     await pub.close()
     await sub_client.close()
     return {"rate": got / elapsed, "sent": sent, "delivered": got}

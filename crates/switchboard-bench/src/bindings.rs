@@ -462,12 +462,16 @@ pub async fn rows(env: &Env<'_>, chosen: &[&str], pb: &ProgressBar, figures: &mu
                         "{} ({goal}; above 1× is better)",
                         note_parts.join(", ")
                     ))
-                } else if a.system == NATS_PY {
+                } else if a.system == NATS_PY && pubsub_row {
                     Some("same interpreter; publishes buffered, not confirmed".to_string())
-                } else if a.system == RUST {
+                } else if a.system == NATS_PY {
+                    Some("same interpreter".to_string())
+                } else if a.system == RUST && pubsub_row {
                     Some(format!(
                         "same workload and hub, {WINDOW} publishes in flight"
                     ))
+                } else if a.system == RUST {
+                    Some("same workload and hub".to_string())
                 } else {
                     None
                 };
