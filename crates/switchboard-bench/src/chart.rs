@@ -127,7 +127,10 @@ fn latency_rows(report: &Report) -> Vec<Row> {
     for g in groups(&report.figures) {
         // Comparisons only: the switchboard-only rows (`sb-*`) stay in the
         // tables.
-        if !g[0].lower_is_better || !g[0].metric.contains("µs") || g[0].workload.starts_with("sb-")
+        if !g[0].lower_is_better
+            || !g[0].metric.contains("µs")
+            || g[0].workload.starts_with("sb-")
+            || g[0].workload.starts_with("bind-")
         {
             continue;
         }

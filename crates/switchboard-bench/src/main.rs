@@ -7,6 +7,7 @@
 //! nothing unless `--write`). Every server is started on a free loopback
 //! port and stopped by PID at the end, also on error and on Ctrl-C.
 
+mod bindings;
 mod chart;
 mod drivers;
 mod extras;
@@ -75,7 +76,8 @@ struct Cli {
     /// binary; without one the hub runs in a child process of this binary).
     #[arg(long)]
     hub_bin: Option<PathBuf>,
-    /// Comma-separated workload ids to run (default: all).
+    /// Comma-separated workload ids to run (default: all; the binding rows
+    /// are bind-py-pubsub, bind-py-reqrep, bind-c-pubsub, bind-c-reqrep).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     #[command(subcommand)]
@@ -476,6 +478,7 @@ fn static_notes() -> Vec<String> {
         "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`). The chart leaves it out of the throughput panel (it is 10–90× off the scale); the tables give its ratios.",
         "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
         "switchboard-only rows (`sb-*`) measure features the peers do not have, against their own hub process (with the HTTP gateway on): discovery through `switchboard::discover`, session-engine RPCs through `Client::session_manager`/`session_agent`, WebSocket and HTTP round trips with protocol-level clients, and failover with a primary and a `--standby` hub killed with SIGKILL (a new standby after each kill).",
+        "binding rows (`bind-*`) run through the Python package and libswitchboard against their own hub process (and nats-server for nats-py): the Python and C sides are programs of their own (`crates/switchboard-bench/py/bench_client.py`, `c/bench_client.c`, built in release: `maturin develop --release`, `gcc -O2`), the Rust client runs the same workload on the same hub, alternately first and last; the binding's note gives its ratios (above 1× is better). 64 switchboard publishes are in flight (Python: gathered batches; C: 64 publishing threads, as `sb_publish` blocks); nats-py publishes are buffered and flushed, not confirmed.",
     ]
     .map(String::from)
     .to_vec()
@@ -765,6 +768,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         &mut figures,
     )
     .await;
+    binding_rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
@@ -777,6 +781,51 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         figures,
         notes: setup.notes.clone(),
     })
+}
+
+/// The binding rows (`bindings.rs`): their own hub and nats-server
+/// processes, so the other rows' servers carry nothing of theirs.
+async fn binding_rows(
+    cli: &Cli,
+    setup: &Setup,
+    runs: usize,
+    pb: &ProgressBar,
+    figures: &mut Vec<Figure>,
+) {
+    let chosen: Vec<&str> = bindings::IDS
+        .iter()
+        .copied()
+        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
+        .collect();
+    if chosen.is_empty() || !wanted(cli, "switchboard") {
+        return;
+    }
+    let ready = Duration::from_secs(10);
+    let hub = match tokio::task::block_in_place(|| start_hub(cli, &setup.token, ready)) {
+        Ok((guard, _)) => guard,
+        Err(e) => {
+            pb.suspend(|| eprintln!("binding rows skipped: the hub did not start: {e:#}"));
+            return;
+        }
+    };
+    let nats = setup
+        .bins
+        .iter()
+        .find(|(k, _)| *k == "nats")
+        .and_then(|(_, exe)| {
+            tokio::task::block_in_place(|| spawn_peer("nats", exe, &setup.dir, ready))
+                .map_err(|e| pb.suspend(|| eprintln!("binding rows: nats-server: {e:#}")))
+                .ok()
+        });
+    let env = bindings::Env {
+        quick: cli.quick,
+        runs,
+        hub: hub.addr(),
+        nats: nats.as_ref().map(|g| g.addr()),
+        token: &setup.token,
+        dir: &setup.dir,
+    };
+    bindings::rows(&env, &chosen, pb, figures).await;
 }
 
 /// The idle-connection rows: each system gets a fresh server, `n` idle
