@@ -1,4 +1,11 @@
-//! The dashboard page (assets compiled into the binary) and its live feed.
+//! The dashboard page (assets compiled into the binary) and the JSON feed.
+//!
+//! The page's script is a client of the hub: it is generated from
+//! `clients/typescript/dashboard/dashboard.ts` (the TypeScript client over
+//! `/v1/ws`, authenticated by the native handshake with the shared token
+//! from the URL fragment or a password field) by `npm run dashboard`, and
+//! checked in; `cargo xtask codegen --check` finds a stale one. The page no
+//! longer reads `/v1/feed`, which stays for other consumers.
 
 use std::sync::Arc;
 use std::time::Duration;
