@@ -11,8 +11,14 @@
 // once) or from a password field. The token itself never crosses the
 // network: the handshake proves it with an HMAC. It is kept in this tab's
 // sessionStorage only when the user ticks "remember in this tab".
+//
+// Topics with subscriber counts have no frame in the native protocol; the
+// page reads them from the HTTP API (`GET /v1/topics`) with the HTTP bearer
+// token derived from the shared token (an HMAC, in an Authorization header,
+// never in a URL). A principal's token of a permission policy is not the
+// hub's token: then the topics table says it is unavailable.
 
-import { Client, type ClientInfo, type KvUpdate, type PresenceEvent, type Status } from "../src/index.js";
+import { Client, httpToken, keyFromToken, type ClientInfo, type KvUpdate, type PresenceEvent, type Status } from "../src/index.js";
 
 const STORE = "switchboard-token";
 const STATUS_EVERY_MS = 1000;
@@ -95,6 +101,24 @@ class View {
     this.renderPresence();
   }
 
+  topics(list: { pattern: string; subscribers: number }[] | string): void {
+    const body = ($("topics") as HTMLTableElement).tBodies[0]!;
+    body.replaceChildren();
+    if (typeof list === "string") {
+      const tr = document.createElement("tr");
+      cell(tr, list, "note").colSpan = 2;
+      body.appendChild(tr);
+      return;
+    }
+    for (const t of list) {
+      const tr = document.createElement("tr");
+      tr.dataset.topic = t.pattern;
+      cell(tr, t.pattern, "t");
+      cell(tr, String(t.subscribers));
+      body.appendChild(tr);
+    }
+  }
+
   kvUpdate(u: KvUpdate): void {
     if (u.deleted) this.kv.delete(u.key);
     else this.kv.set(u.key, u);
@@ -163,10 +187,20 @@ async function run(token: string): Promise<void> {
     return;
   }
   const view = new View(clientId);
+  const bearer = await httpToken(await keyFromToken(token));
+  const topics = async (): Promise<void> => {
+    try {
+      const r = await fetch("/v1/topics", { headers: { authorization: `Bearer ${bearer}` }, cache: "no-store" });
+      view.topics(r.ok ? ((await r.json()) as { topics: { pattern: string; subscribers: number }[] }).topics : `unavailable (HTTP ${r.status})`);
+    } catch {
+      view.topics("unavailable");
+    }
+  };
   const { clients, events } = await client.watchPresence();
   for (const c of clients) view.clients.set(c.clientId, c);
   const kv = await client.kvWatch("", { prefix: true });
   view.status(await client.status());
+  await topics();
   view.renderPresence();
   view.renderKv();
   setState("live", "live");
@@ -184,7 +218,9 @@ async function run(token: string): Promise<void> {
     }
   })();
   const timer = setInterval(() => {
-    if (client.state === "connected") client.status().then((st) => view.status(st), () => {});
+    if (client.state !== "connected") return;
+    client.status().then((st) => view.status(st), () => {});
+    void topics();
   }, STATUS_EVERY_MS);
   const err = await client.closed;
   clearInterval(timer);

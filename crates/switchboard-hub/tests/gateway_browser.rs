@@ -261,6 +261,11 @@ async fn drive(
     .await?;
     assert!(kv.contains("ui"), "changed by: {kv}");
     wait_for(browser, "three keys", "#n-keys", |t| t == "3").await?;
+    // Topics come from `GET /v1/topics` with the derived bearer token.
+    wait_for(browser, "the topic", "tr[data-topic=\"jobs.*\"]", |t| {
+        t.ends_with('2')
+    })
+    .await?;
     wait_for(browser, "the subscriptions", "#n-subs", |t| {
         t.parse::<u64>().is_ok_and(|n| n >= 4)
     })
@@ -272,6 +277,37 @@ async fn drive(
         std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("screenshot saved to {}", path.display());
     }
+
+    // Nothing was stored: a fresh load without the fragment asks for the
+    // token; typed into the form (not remembered), it connects.
+    browser.goto(&format!("http://{http_addr}/")).await?;
+    wait_for(browser, "the token form", "#feed-state", |t| {
+        t == "needs token"
+    })
+    .await?;
+    let stored = browser
+        .execute("return sessionStorage.length + localStorage.length", vec![])
+        .await?;
+    assert_eq!(stored, json!(0), "the page stored something");
+    browser
+        .find(Locator::Id("token-input"))
+        .await?
+        .send_keys(common::TOKEN)
+        .await?;
+    browser
+        .find(Locator::Css("#token-form button"))
+        .await?
+        .click()
+        .await?;
+    wait_for(browser, "a live page", "#feed-state", |t| t == "live").await?;
+    wait_for(browser, "the clients", "#clients", |t| {
+        t.contains("worker-2")
+    })
+    .await?;
+    let stored = browser
+        .execute("return sessionStorage.length", vec![])
+        .await?;
+    assert_eq!(stored, json!(0), "the token was stored unasked");
     drop(workers);
     Ok(())
 }
