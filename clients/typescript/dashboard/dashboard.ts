@@ -18,7 +18,7 @@
 // never in a URL). A principal's token of a permission policy is not the
 // hub's token: then the topics table says it is unavailable.
 
-import { Client, httpToken, keyFromToken, type ClientInfo, type KvUpdate, type PresenceEvent, type Status } from "../src/index.js";
+import { AuthFailed, Client, HubUnverified, httpToken, keyFromToken, type ClientInfo, type KvUpdate, type PresenceEvent, type Status } from "../src/index.js";
 
 const STORE = "switchboard-token";
 const STATUS_EVERY_MS = 1000;
@@ -182,6 +182,12 @@ async function run(token: string): Promise<void> {
   try {
     client = await Client.connect({ url: `${proto}//${location.host}/v1/ws`, clientId, token, agent: "switchboard dashboard" });
   } catch (e) {
+    if (e instanceof AuthFailed || e instanceof HubUnverified) {
+      // A wrong token: ask again rather than retry.
+      sessionStorage.removeItem(STORE);
+      askToken(`wrong token (${e.message})`);
+      return;
+    }
     setState(`cannot connect: ${(e as Error).message}`, "down");
     setTimeout(() => void run(token), 2000);
     return;
@@ -196,10 +202,21 @@ async function run(token: string): Promise<void> {
       view.topics("unavailable");
     }
   };
-  const { clients, events } = await client.watchPresence();
-  for (const c of clients) view.clients.set(c.clientId, c);
-  const kv = await client.kvWatch("", { prefix: true });
-  view.status(await client.status());
+  let events: AsyncIterable<PresenceEvent>;
+  let kv: AsyncIterable<KvUpdate>;
+  try {
+    const presence = await client.watchPresence();
+    for (const c of presence.clients) view.clients.set(c.clientId, c);
+    events = presence.events;
+    kv = await client.kvWatch("", { prefix: true });
+    view.status(await client.status());
+  } catch (e) {
+    // E.g. a principal without the right to list clients or read keys.
+    setState(`cannot watch the hub: ${(e as Error).message}`, "down");
+    await client.close();
+    setTimeout(() => void run(token), 5000);
+    return;
+  }
   await topics();
   view.renderPresence();
   view.renderKv();
@@ -214,7 +231,9 @@ async function run(token: string): Promise<void> {
   void (async () => {
     for await (const ev of client.events()) {
       if (ev.type === "disconnected") setState("reconnecting…", "down");
-      else if (ev.type === "reconnected") setState("live", "live");
+      else if (ev.type === "reconnected" && ev.resumed) setState("live", "live");
+      // A fresh session has lost the presence watch: start the page over.
+      else if (ev.type === "reconnected") void client.close();
     }
   })();
   const timer = setInterval(() => {
@@ -228,23 +247,21 @@ async function run(token: string): Promise<void> {
   setTimeout(() => void run(token), 2000);
 }
 
-function main(): void {
-  const token = initialToken();
-  if (token) {
-    void run(token);
-    return;
-  }
+/** Shows the token form (with `why` as the state), and connects with what the user types. */
+function askToken(why: string): void {
   const form = $("token-form") as HTMLFormElement;
   form.hidden = false;
-  setState("needs token", "");
-  form.addEventListener("submit", (e) => {
+  setState(why, why === "needs token" ? "" : "down");
+  form.onsubmit = (e) => {
     e.preventDefault();
     const t = ($("token-input") as HTMLInputElement).value.trim();
     if (!t) return;
     if (($("token-remember") as HTMLInputElement).checked) sessionStorage.setItem(STORE, t);
     form.hidden = true;
     void run(t);
-  });
+  };
 }
 
-main();
+const token = initialToken();
+if (token) void run(token);
+else askToken("needs token");

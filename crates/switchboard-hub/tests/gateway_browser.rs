@@ -308,6 +308,24 @@ async fn drive(
         .execute("return sessionStorage.length", vec![])
         .await?;
     assert_eq!(stored, json!(0), "the token was stored unasked");
+
+    // A wrong token brings the form back instead of retrying. (From
+    // another page: a fragment change alone does not reload.)
+    browser.goto("about:blank").await?;
+    browser
+        .goto(&format!("http://{http_addr}/#token=not-the-token"))
+        .await?;
+    wait_for(browser, "a refusal", "#feed-state", |t| {
+        t.starts_with("wrong token")
+    })
+    .await?;
+    assert!(
+        browser
+            .find(Locator::Id("token-input"))
+            .await?
+            .is_displayed()
+            .await?
+    );
     drop(workers);
     Ok(())
 }
