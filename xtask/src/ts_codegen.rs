@@ -6,6 +6,11 @@
 //! what to install and is skipped, so the Rust part still runs on a machine
 //! without Node; `.ci/run` runs `npm ci` before `cargo xtask codegen --check`,
 //! so in CI the check always covers the TypeScript code.
+//!
+//! It then rebuilds the hub's dashboard script from
+//! `clients/typescript/dashboard/dashboard.ts` (`scripts/dashboard.mjs`,
+//! esbuild, deterministic output) and compares it with the checked-in
+//! `crates/switchboard-hub/assets/dashboard.js`, or writes it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +19,7 @@ use anyhow::{bail, Context, Result};
 
 const DIR: &str = "clients/typescript";
 const GEN: &str = "src/gen";
+const DASHBOARD: &str = "crates/switchboard-hub/assets/dashboard.js";
 
 /// Generates (or with `check`, compares) the TypeScript code; returns the
 /// drifted paths (empty when up to date, generated, or skipped).
@@ -77,7 +83,38 @@ pub fn run(root: &Path, check: bool) -> Result<Vec<String>> {
             println!("removed {}", path.display());
         }
     }
+    drift.extend(dashboard(root, &dir, check, tmp.path())?);
     Ok(drift)
+}
+
+/// Bundles the dashboard into `tmp` and compares it with (or copies it to)
+/// the checked-in asset; returns the drifted path, if any.
+fn dashboard(root: &Path, dir: &Path, check: bool, tmp: &Path) -> Result<Vec<String>> {
+    let out = tmp.join("dashboard.js");
+    let status = Command::new("node")
+        .current_dir(dir)
+        .arg("scripts/dashboard.mjs")
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .context("running node scripts/dashboard.mjs in clients/typescript")?;
+    if !status.success() {
+        bail!("bundling the dashboard (node scripts/dashboard.mjs in {DIR}) failed ({status})");
+    }
+    let fresh = std::fs::read(&out)?;
+    let path = root.join(DASHBOARD);
+    if std::fs::read(&path).ok().as_deref() == Some(&fresh[..]) {
+        return Ok(Vec::new());
+    }
+    if check {
+        return Ok(vec![format!(
+            "{} (rebuild with `npm run dashboard` in {DIR})",
+            path.display()
+        )]);
+    }
+    std::fs::write(&path, fresh).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated {}", path.display());
+    Ok(Vec::new())
 }
 
 fn prepend_path(dir: &Path) -> Result<std::ffi::OsString> {

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium driven through
-//! chromedriver (WebDriver) loads the page from a running hub, and a client
-//! connecting must appear on it.
+//! chromedriver (WebDriver) loads the page from a running hub; the page is a
+//! client of the hub (the TypeScript client over `/v1/ws`), and clients
+//! joining and leaving, counters and kv keys must show on it live.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them). Without them the test prints a notice and passes, unless `CI` is
@@ -159,23 +160,52 @@ async fn drive(
     http_addr: std::net::SocketAddr,
     token: &str,
 ) -> Result<()> {
+    // The page is a client of the hub: it takes the hub's shared token from
+    // the URL fragment (never sent to the server) and drops it from the
+    // address bar.
+    let fragment = common::TOKEN.replace(' ', "%20");
     browser
-        .goto(&format!("http://{http_addr}/#token={token}"))
+        .goto(&format!("http://{http_addr}/#token={fragment}"))
         .await?;
-    wait_for(browser, "a live feed", "#feed-state", |t| t == "live").await?;
-    wait_for(browser, "no clients", "#n-clients", |t| t == "0").await?;
+    wait_for(browser, "a live page", "#feed-state", |t| t == "live").await?;
+    let url = browser.current_url().await?;
+    assert!(url.fragment().is_none(), "the token stays in {url}");
+    let me = wait_for(browser, "the page itself", "tr.self", |t| {
+        t.contains("this page")
+    })
+    .await?;
+    assert!(me.starts_with("dashboard-") && me.contains("ws"), "{me}");
+    wait_for(browser, "one client", "#n-clients", |t| t == "1").await?;
 
-    // A client connecting appears, with its transport.
+    // A client connecting appears at once, with its transport (presence
+    // watch), and the counters follow (status).
     let mut ui = TestClient::connect(hub.local_addr(), "ui").await?;
     let row = wait_for(browser, "the new client", "tr[data-client=\"ui\"]", |t| {
         t.contains("tcp")
     })
     .await?;
     assert!(row.starts_with("ui"), "row: {row}");
-    wait_for(browser, "one client", "#n-clients", |t| t == "1").await?;
+    wait_for(browser, "two clients", "#n-clients", |t| t == "2").await?;
 
-    // More of the hub for the picture: workers, an HTTP client, topics,
-    // and someone who left.
+    // A client leaving disappears, and the presence log says so.
+    {
+        let temp = TestClient::connect(hub.local_addr(), "probe-cli").await?;
+        wait_for(browser, "probe-cli", "#clients", |t| {
+            t.contains("probe-cli")
+        })
+        .await?;
+        drop(temp);
+    }
+    wait_for(browser, "a departure", "#presence", |t| {
+        t.contains("probe-cli joined") && t.contains("probe-cli left")
+    })
+    .await?;
+    wait_for(browser, "probe-cli gone", "#clients", |t| {
+        !t.contains("probe-cli") && t.contains("ui")
+    })
+    .await?;
+
+    // More of the hub for the picture: workers, an HTTP client, kv keys.
     let mut workers = Vec::new();
     for id in ["worker-1", "worker-2"] {
         let mut w = TestClient::connect(hub.local_addr(), id).await?;
@@ -183,10 +213,6 @@ async fn drive(
         workers.push(w);
     }
     ui.subscribe(1, "events.>", "").await?;
-    {
-        let temp = TestClient::connect(hub.local_addr(), "probe-cli").await?;
-        drop(temp);
-    }
     let body = json!({ "client": "http-agent", "pattern": "events.>" }).to_string();
     let mut s = tokio::net::TcpStream::connect(http_addr).await?;
     let req = format!(
@@ -197,6 +223,20 @@ async fn drive(
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    for (key, value) in [
+        ("config/region", "eu-west"),
+        ("config/replicas", "3"),
+        ("jobs/resize/last", "photo-1182.jpg"),
+    ] {
+        let id = ui.next_id();
+        ui.send(proto::KvSet {
+            id,
+            key: key.into(),
+            value: value.as_bytes().to_vec().into(),
+            expect_version: None,
+        })
+        .await?;
+    }
     for i in 0..200u32 {
         ui.send(proto::Publish {
             topic: "jobs.resize".into(),
@@ -212,12 +252,22 @@ async fn drive(
         |t| t.contains("http"),
     )
     .await?;
+    let kv = wait_for(
+        browser,
+        "a kv key",
+        "tr[data-key=\"config/replicas\"]",
+        |t| t.contains('3'),
+    )
+    .await?;
+    assert!(kv.contains("ui"), "changed by: {kv}");
+    wait_for(browser, "three keys", "#n-keys", |t| t == "3").await?;
+    // Topics come from `GET /v1/topics` with the derived bearer token.
     wait_for(browser, "the topic", "tr[data-topic=\"jobs.*\"]", |t| {
         t.ends_with('2')
     })
     .await?;
-    wait_for(browser, "a departure", "#presence", |t| {
-        t.contains("probe-cli left")
+    wait_for(browser, "the subscriptions", "#n-subs", |t| {
+        t.parse::<u64>().is_ok_and(|n| n >= 4)
     })
     .await?;
 
@@ -227,6 +277,55 @@ async fn drive(
         std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("screenshot saved to {}", path.display());
     }
+
+    // Nothing was stored: a fresh load without the fragment asks for the
+    // token; typed into the form (not remembered), it connects.
+    browser.goto(&format!("http://{http_addr}/")).await?;
+    wait_for(browser, "the token form", "#feed-state", |t| {
+        t == "needs token"
+    })
+    .await?;
+    let stored = browser
+        .execute("return sessionStorage.length + localStorage.length", vec![])
+        .await?;
+    assert_eq!(stored, json!(0), "the page stored something");
+    browser
+        .find(Locator::Id("token-input"))
+        .await?
+        .send_keys(common::TOKEN)
+        .await?;
+    browser
+        .find(Locator::Css("#token-form button"))
+        .await?
+        .click()
+        .await?;
+    wait_for(browser, "a live page", "#feed-state", |t| t == "live").await?;
+    wait_for(browser, "the clients", "#clients", |t| {
+        t.contains("worker-2")
+    })
+    .await?;
+    let stored = browser
+        .execute("return sessionStorage.length", vec![])
+        .await?;
+    assert_eq!(stored, json!(0), "the token was stored unasked");
+
+    // A wrong token brings the form back instead of retrying. (From
+    // another page: a fragment change alone does not reload.)
+    browser.goto("about:blank").await?;
+    browser
+        .goto(&format!("http://{http_addr}/#token=not-the-token"))
+        .await?;
+    wait_for(browser, "a refusal", "#feed-state", |t| {
+        t.starts_with("wrong token")
+    })
+    .await?;
+    assert!(
+        browser
+            .find(Locator::Id("token-input"))
+            .await?
+            .is_displayed()
+            .await?
+    );
     drop(workers);
     Ok(())
 }

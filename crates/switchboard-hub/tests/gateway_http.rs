@@ -477,6 +477,14 @@ async fn messages_between_polls_wait_in_order_and_http_clients_are_full_citizens
     let v = http.get("/v1/status").await?.json()?;
     assert_eq!(v["clients"], 2);
     assert_eq!(v["subscriptions"], 2);
+    let v = http.get("/v1/topics").await?.json()?;
+    assert_eq!(
+        v,
+        json!({ "topics": [
+            { "pattern": "alerts", "subscribers": 1 },
+            { "pattern": "news.>", "subscribers": 1 },
+        ] })
+    );
 
     // Leaving deregisters at once.
     let a = http.post("/v1/leave", json!({ "client": "inbox" })).await?;

@@ -1,4 +1,11 @@
-//! The dashboard page (assets compiled into the binary) and its live feed.
+//! The dashboard page (assets compiled into the binary) and the JSON feed.
+//!
+//! The page's script is a client of the hub: it is generated from
+//! `clients/typescript/dashboard/dashboard.ts` (the TypeScript client over
+//! `/v1/ws`, authenticated by the native handshake with the shared token
+//! from the URL fragment or a password field) by `npm run dashboard`, and
+//! checked in; `cargo xtask codegen --check` finds a stale one. The page no
+//! longer reads `/v1/feed`, which stays for other consumers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +61,33 @@ pub(super) async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }
 
+/// The subscribed patterns with their subscriber counts, as JSON.
+fn topics_json(i: &Inspection) -> Vec<Value> {
+    i.topics
+        .iter()
+        .map(|(pattern, n)| json!({ "pattern": pattern, "subscribers": n }))
+        .collect()
+}
+
+/// `GET /v1/topics`: the subscribed patterns with their subscriber counts
+/// (the native protocol has no frame for them; the page reads them here).
+pub(super) async fn topics(
+    State(gw): State<Arc<Gateway>>,
+    Extension(identity): Extension<Identity>,
+) -> Response {
+    if let Err(e) = gw.may_list(&identity) {
+        return e.into_response();
+    }
+    match inspect(&gw).await {
+        Ok(i) => axum::Json(json!({ "topics": topics_json(&i) })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The dashboard's view of the hub, as JSON.
 fn view_json(i: &Inspection) -> Value {
     let clients: Vec<Value> = i.clients.iter().map(client_json).collect();
-    let topics: Vec<Value> = i
-        .topics
-        .iter()
-        .map(|(pattern, n)| json!({ "pattern": pattern, "subscribers": n }))
-        .collect();
+    let topics = topics_json(i);
     let presence: Vec<Value> = i
         .presence
         .iter()

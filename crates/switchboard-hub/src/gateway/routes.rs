@@ -37,6 +37,7 @@ pub(super) const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/clients"),
     ("get", "/v1/ws"),
     ("get", "/v1/feed"),
+    ("get", "/v1/topics"),
     ("post", "/v1/listen"),
     ("post", "/v1/send"),
     ("post", "/v1/request"),
@@ -70,6 +71,7 @@ pub(super) fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/kv/set", post(call::<KvSetReq>))
         .route("/v1/leave", post(leave))
         .route("/v1/feed", get(dashboard::feed))
+        .route("/v1/topics", get(dashboard::topics))
         .route_layer(middleware::from_fn_with_state(gw.clone(), require_token));
     Router::new()
         .route("/", get(dashboard::page))
