@@ -1,0 +1,546 @@
+/**
+ * The connection under a {@link Client}: its state and events, reliable
+ * delivery (numbered frames, acknowledgements, resend and duplicate
+ * suppression), reconnecting and resuming, routing incoming frames to the
+ * waiting calls and streams, and closing. The calls themselves are in
+ * `client.ts`.
+ *
+ * @module
+ */
+
+import { create, toBinary } from "@bufbuild/protobuf";
+import {
+  ErrorCode,
+  FrameSchema,
+  PresenceKind,
+  type Frame,
+  type HubIdentity,
+  type Request as RequestMsg,
+  type Welcome,
+} from "./gen/switchboard/v1/switchboard_pb.js";
+import { keyId } from "./auth.js";
+import {
+  AuthFailed,
+  Disconnected,
+  Forbidden,
+  HubUnverified,
+  IdTakenOver,
+  ProtocolError,
+  SwitchboardError,
+  Timeout,
+  errorFromCode,
+} from "./errors.js";
+import { ACK_DELAY_MS, ACK_EVERY, DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, type FrameKind, type KindValue } from "./frames.js";
+import { handshake } from "./handshake.js";
+import {
+  IncomingRequest,
+  Message,
+  bytes,
+  encoder,
+  fromHeaders,
+  type Handler,
+  type KvUpdate,
+  type PresenceEvent,
+} from "./messages.js";
+import type { ClientEvent, ClientState, ConnectOptions, WebSocketLike } from "./options.js";
+import { AsyncQueue } from "./queue.js";
+
+interface Pending {
+  resolve: (f: Frame) => void;
+  reject: (e: SwitchboardError) => void;
+  timer?: ReturnType<typeof setTimeout>;
+  /** Sent as a numbered frame: survives a resumed connection. */
+  numbered: boolean;
+}
+
+
+/**
+ * The connection machinery shared by every call of {@link Client}; not
+ * used on its own.
+ */
+export abstract class Connection {
+  /** The id the hub registered this client under. */
+  clientId = "";
+  /** The hub's identity from its `Welcome`. */
+  hub: HubIdentity | undefined;
+  /** The hub's epoch. */
+  epoch = 0n;
+  /** Largest frame the hub accepts from this client, bytes. */
+  hubMaxFrame = DEFAULT_MAX_FRAME;
+
+  private ws!: WebSocketLike;
+  /** Messages that arrived between the `Welcome` and attach(). */
+  private early: unknown[] = [];
+  private connected = false;
+  protected reliableOn = false;
+  private key!: Uint8Array;
+  private kid!: Uint8Array;
+  private outSeq = 0n;
+  private retained: Array<{ seq: bigint; kind: Frame["kind"] }> = [];
+  private lastReceived = 0n;
+  private lastAckSent = 0n;
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Connections lost and resumed (or started afresh) since connecting. */
+  reconnects = 0;
+  private readonly listeners = new Set<AsyncQueue<ClientEvent>>();
+  protected draining = false;
+  protected nextId = 1n;
+  protected readonly pending = new Map<bigint, Pending>();
+  protected readonly subs = new Map<bigint, AsyncQueue<Message>>();
+  protected readonly services = new Map<bigint, Handler>();
+  protected readonly watches = new Map<bigint, AsyncQueue<KvUpdate>>();
+  protected presence: AsyncQueue<PresenceEvent> | undefined;
+  /** Subscriptions and watches by id, to send again after a fresh session. */
+  protected readonly registrations = new Map<bigint, { kind: FrameKind; value: object }>();
+  protected readonly inbox: AsyncQueue<Message>;
+  protected handler: Handler | undefined;
+  protected closedWith: SwitchboardError | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private lastHeard = Date.now();
+  private pingEveryMs = 10_000;
+  private readonly closedPromise: Promise<SwitchboardError>;
+  protected resolveClosed!: (e: SwitchboardError) => void;
+
+  /** @param opts - the connect options */
+  protected constructor(protected readonly opts: ConnectOptions) {
+    this.inbox = new AsyncQueue<Message>(opts.bufferSize ?? 8192);
+    this.closedPromise = new Promise((r) => (this.resolveClosed = r));
+  }
+
+  /** Proves the key on a first connection; rejects (and closes) when that fails. */
+  protected async open(key: Uint8Array): Promise<void> {
+    this.key = key;
+    this.kid = await keyId(key);
+    let w: Welcome;
+    try {
+      w = await this.shake(undefined);
+    } catch (e) {
+      this.closedWith = e as SwitchboardError;
+      this.resolveClosed(e as SwitchboardError);
+      throw e;
+    }
+    this.welcomed(w, false);
+  }
+
+  /** Resolves with the reason when the connection ends (after {@link close}: a {@link Disconnected}). */
+  get closed(): Promise<SwitchboardError> {
+    return this.closedPromise;
+  }
+
+  /** Whether the client is not closed (connected, or reconnecting). */
+  get isOpen(): boolean {
+    return this.closedWith === undefined;
+  }
+
+  /** `"connected"`, `"reconnecting"` (a lost connection being resumed) or `"closed"`. */
+  get state(): ClientState {
+    if (this.closedWith) return "closed";
+    return this.connected ? "connected" : "reconnecting";
+  }
+
+  /**
+   * What happens to the connection, as an async iterator: `disconnected`
+   * (a lost connection, being retried), `reconnected` (`resumed` or a fresh
+   * session), `dropped` (the hub dropped deliveries for this slow consumer,
+   * from its `Flow` notices) and `closed` (the last event). Each call gives
+   * an independent stream of the events from then on; leaving the loop
+   * stops it.
+   */
+  events(): AsyncIterable<ClientEvent> {
+    const q: AsyncQueue<ClientEvent> = new AsyncQueue<ClientEvent>(1024, () => {
+      this.listeners.delete(q);
+    });
+    if (this.closedWith) q.end();
+    else this.listeners.add(q);
+    return { [Symbol.asyncIterator]: () => q };
+  }
+
+  private emit(e: ClientEvent): void {
+    for (const q of this.listeners) q.push(e);
+  }
+
+  /** Runs the handshake on a new socket; on success the socket is `this.ws`. */
+  private async shake(resume: { lastReceived: bigint; epoch: bigint } | undefined): Promise<Welcome> {
+    const r = await handshake({ opts: this.opts, url: this.opts.url, key: this.key, kid: this.kid, epoch: this.epoch, resume });
+    this.ws = r.ws;
+    this.early = r.early;
+    return r.welcome;
+  }
+
+
+  /** Takes a `Welcome` over: resumes or starts afresh, then runs the connection. */
+  private welcomed(w: Welcome, reconnected: boolean): void {
+    this.clientId = w.clientId;
+    this.hub = w.identity;
+    if (w.epoch > this.epoch) this.epoch = w.epoch;
+    if (w.maxFrame) this.hubMaxFrame = w.maxFrame;
+    if (w.keepaliveMs) this.pingEveryMs = Math.min(10_000, Math.max(50, Math.floor(w.keepaliveMs / 2)));
+    this.reliableOn = w.features.includes("reliable");
+    const resumed = w.features.includes("resumed");
+    this.connected = true;
+    this.attach();
+    if (reconnected) this.emit({ type: "reconnected", resumed, epoch: this.epoch });
+    if (resumed) {
+      // The hub holds our session: resend what it did not take, in order, with the original seqs.
+      this.retained = this.retained.filter((r) => r.seq > w.lastReceived);
+      for (const r of this.retained) this.write(r.kind, r.seq);
+      return;
+    }
+    if (!reconnected) return;
+    // A fresh session: what waited has an unknown outcome; register again.
+    this.retained = [];
+    this.lastReceived = 0n;
+    this.lastAckSent = 0n;
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new Disconnected("the hub did not resume the session (a new hub, or the resume window ended): the outcome is unknown"));
+    }
+    const again = (f: () => Promise<unknown>) => void f().catch(() => undefined);
+    for (const r of this.registrations.values()) again(() => this.call(r.kind, r.value as never));
+    if (this.presence && !this.presence.isEnded) again(() => this.call("presenceWatch", {}));
+  }
+
+  /** Wires the socket to the running connection after `Welcome`. */
+  private attach(): void {
+    const ws = this.ws;
+    const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
+    const onmessage = (ev: { data: unknown }) => {
+      if (this.closedWith || this.ws !== ws || !this.connected) return;
+      let f: Frame;
+      try {
+        f = decodeFrame(ev.data, max);
+      } catch (e) {
+        this.shutdown(e as SwitchboardError, true);
+        return;
+      }
+      this.lastHeard = Date.now();
+      if (f.acked) this.acknowledged(f.acked);
+      if (f.seq !== 0n) {
+        // Sent again after a resume and already handled.
+        if (f.seq <= this.lastReceived) return;
+      }
+      try {
+        this.dispatch(f);
+      } catch (e) {
+        this.shutdown(new ProtocolError(`cannot handle a frame: ${String(e)}`, ErrorCode.BAD_FRAME, { cause: e }), true);
+        return;
+      }
+      if (f.seq !== 0n && this.reliableOn) {
+        // Handed to the application (its queue or handler): taken.
+        this.lastReceived = f.seq;
+        this.scheduleAck();
+      }
+    };
+    ws.onmessage = onmessage;
+    const early = this.early;
+    this.early = [];
+    for (const data of early) onmessage({ data });
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.lost(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`));
+    };
+    this.lastHeard = Date.now();
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.lastHeard > 3 * this.pingEveryMs) {
+        this.lost(new Disconnected(`nothing heard from the hub for ${3 * this.pingEveryMs} ms`));
+        return;
+      }
+      this.sendFrame({ case: "ping", value: { nonce: BigInt(Date.now()) } });
+    }, this.pingEveryMs);
+    (this.pingTimer as { unref?: () => void }).unref?.();
+  }
+
+  /** The hub took our frames up to `upTo`: forget them. */
+  private acknowledged(upTo: bigint): void {
+    let n = 0;
+    while (n < this.retained.length && this.retained[n]!.seq <= upTo) n++;
+    if (n > 0) this.retained.splice(0, n);
+  }
+
+  /** Acknowledges at once after 64 seqs, else 10 ms later unless a frame carried it meanwhile. */
+  private scheduleAck(): void {
+    if (this.lastReceived - this.lastAckSent >= ACK_EVERY) {
+      this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
+      return;
+    }
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      if (this.connected && !this.closedWith && this.lastReceived > this.lastAckSent) {
+        this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
+      }
+    }, ACK_DELAY_MS);
+  }
+
+  /** The connection was lost: resume on a new one when reliable, else end. */
+  private lost(reason: SwitchboardError): void {
+    if (this.closedWith || !this.connected) return;
+    this.connected = false;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    try {
+      this.ws.close();
+    } catch {
+      // already closed
+    }
+    if (!this.reliableOn || reason instanceof IdTakenOver) {
+      this.shutdown(reason, false);
+      return;
+    }
+    this.emit({ type: "disconnected", error: reason });
+    // Reads that are not numbered are not resent: fail them now.
+    for (const [id, p] of [...this.pending]) {
+      if (p.numbered) continue;
+      this.pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new Disconnected(`${reason.message}; a read is not resent`, reason.code, { cause: reason }));
+    }
+    void this.reconnect(reason);
+  }
+
+  /** Tries to reconnect, with backoff and jitter, until the reconnect window ends. */
+  private async reconnect(reason: SwitchboardError): Promise<void> {
+    const deadline = Date.now() + (this.opts.reconnectWindowMs ?? 30_000);
+    let delay = 50;
+    let last: unknown = reason;
+    while (!this.closedWith && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+      delay = Math.min(delay * 2, 2_000);
+      if (this.closedWith) return;
+      try {
+        const w = await this.shake({ lastReceived: this.lastReceived, epoch: this.epoch });
+        if (this.closedWith) {
+          this.ws.close();
+          return;
+        }
+        this.reconnects++;
+        this.welcomed(w, true);
+        return;
+      } catch (e) {
+        last = e;
+        if (e instanceof HubUnverified || e instanceof AuthFailed || e instanceof IdTakenOver || e instanceof Forbidden) break;
+      }
+    }
+    const why = last instanceof Error ? last.message : String(last);
+    this.shutdown(new Disconnected(`could not reconnect to ${this.opts.url}: ${why}`, ErrorCode.ERROR_CODE_UNSPECIFIED, { cause: last }), false);
+  }
+
+  /**
+   * Sends a frame. On a reliable connection numbered kinds get the next seq
+   * and are kept until acknowledged (and written on the resumed connection
+   * if the socket is down now); other kinds need an open socket.
+   */
+  protected sendFrame(kind: Frame["kind"] | { case: FrameKind; value: object }): void {
+    const k = kind as Frame["kind"];
+    if (this.reliableOn && NUMBERED.has(k.case ?? "")) {
+      const seq = ++this.outSeq;
+      this.retained.push({ seq, kind: k });
+      if (this.connected) this.write(k, seq);
+      return;
+    }
+    if (!this.connected) throw new Disconnected("the connection to the hub is down (reconnecting)");
+    this.write(k, 0n);
+  }
+
+  private write(kind: Frame["kind"], seq: bigint): void {
+    const acked = this.reliableOn ? this.lastReceived : 0n;
+    const frame = create(FrameSchema, { seq, acked, kind } as never);
+    this.ws.send(toBinary(FrameSchema, frame));
+    if (acked > this.lastAckSent) this.lastAckSent = acked;
+  }
+
+  private dispatch(f: Frame): void {
+    const k = f.kind;
+    switch (k.case) {
+      case "ok":
+      case "kvValue":
+      case "clientList":
+      case "status":
+      case "reply":
+        this.answer(k.value.id, f);
+        return;
+      case "error":
+        if (k.value.id === 0n) {
+          // Concerns the connection; a close follows when it is fatal.
+          this.lastConnectionError = errorFromCode(k.value.code, k.value.message);
+          return;
+        }
+        this.answer(k.value.id, f);
+        return;
+      case "deliver": {
+        const d = k.value;
+        this.subs
+          .get(d.subId)
+          ?.push(new Message("publish", d.from, d.payload, fromHeaders(d.headers), d.topic, d.replyTo));
+        return;
+      }
+      case "kvUpdate": {
+        const u = k.value;
+        this.watches.get(u.watchId)?.push({ key: u.key, value: u.value, version: u.version, deleted: u.deleted, by: u.by });
+        return;
+      }
+      case "presence": {
+        const p = k.value;
+        if (p.client) {
+          this.presence?.push({ kind: p.kind === PresenceKind.LEFT ? "left" : "joined", client: p.client, reason: p.reason });
+        }
+        return;
+      }
+      case "direct":
+        this.inbox.push(new Message("direct", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
+        return;
+      case "broadcast":
+        this.inbox.push(new Message("broadcast", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
+        return;
+      case "request":
+        this.onRequest(k.value);
+        return;
+      case "ping":
+        this.sendFrame({ case: "pong", value: { nonce: k.value.nonce } });
+        return;
+      case "goodbye":
+        this.lost(errorFromCode(k.value.code, k.value.message));
+        return;
+      case "ack":
+        this.acknowledged(k.value.upTo);
+        return;
+      case "flow":
+        if (k.value.dropped > 0n) this.emit({ type: "dropped", by: "hub", count: k.value.dropped });
+        return;
+      default:
+        // Pong, Flow, Ack and kinds this version does not use or know.
+        return;
+    }
+  }
+
+  private lastConnectionError: SwitchboardError | undefined;
+
+  private answer(id: bigint, f: Frame): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (p.timer) clearTimeout(p.timer);
+    if (f.kind.case === "error") p.reject(errorFromCode(f.kind.value.code, f.kind.value.message));
+    else p.resolve(f);
+  }
+
+  private onRequest(r: RequestMsg): void {
+    const handler = r.subId !== 0n ? this.services.get(r.subId) : this.handler;
+    const req = new IncomingRequest(r.id, r.from, r.method, r.payload, fromHeaders(r.headers), r.service);
+    const reply = (payload: Uint8Array, isError: boolean) => {
+      if (this.closedWith) return;
+      this.sendFrame({ case: "reply", value: { id: r.id, to: r.from, payload, isError } });
+    };
+    if (!handler) {
+      reply(encoder.encode(`${this.clientId} does not serve requests`), true);
+      return;
+    }
+    Promise.resolve()
+      .then(() => handler(req))
+      .then(
+        (p) => reply(bytes(p), false),
+        (e: unknown) => reply(encoder.encode(e instanceof Error ? e.message : String(e)), true),
+      );
+  }
+
+  /** Sends a command with a fresh correlation id and waits for its answer. */
+  protected call<K extends FrameKind>(
+    kind: K,
+    value: Omit<Partial<KindValue<K>>, "id" | "$typeName">,
+    timeoutMs?: number,
+    onTimeout?: (id: bigint) => void,
+  ): Promise<Frame> {
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    if (this.draining && kind !== "unsubscribe" && kind !== "kvUnwatch" && kind !== "presenceWatch") {
+      return Promise.reject(new Disconnected("the client is draining: it takes no new calls"));
+    }
+    const id = this.nextId++;
+    return new Promise<Frame>((resolve, reject) => {
+      const p: Pending = { resolve, reject, numbered: this.reliableOn && NUMBERED.has(kind) };
+      if (timeoutMs !== undefined) {
+        p.timer = setTimeout(() => {
+          this.pending.delete(id);
+          onTimeout?.(id);
+          reject(new Timeout(`no answer to ${kind} ${id} within ${timeoutMs} ms`, ErrorCode.TIMEOUT));
+        }, timeoutMs);
+      }
+      this.pending.set(id, p);
+      try {
+        this.sendFrame({ case: kind, value: { ...value, id } });
+      } catch (e) {
+        this.pending.delete(id);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e instanceof SwitchboardError ? e : new InvalidArgumentLocal(String(e)));
+      }
+    });
+  }
+
+  /**
+   * Leaves gracefully: takes no new calls, waits (at most `timeoutMs`,
+   * default 30,000) until every call in flight is answered and the hub has
+   * acknowledged every frame sent, then {@link close}s.
+   *
+   * @param timeoutMs - how long to wait before closing anyway
+   */
+  async drain(timeoutMs = 30_000): Promise<void> {
+    if (this.closedWith) return;
+    this.draining = true;
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closedWith && Date.now() < deadline && (this.pending.size > 0 || this.retained.length > 0)) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await this.close();
+  }
+
+  /**
+   * Leaves: sends `Goodbye`, closes the socket, fails calls still waiting
+   * with {@link Disconnected} and ends every stream. Safe to call twice.
+   */
+  async close(): Promise<void> {
+    if (this.closedWith) return;
+    try {
+      if (this.connected) this.sendFrame({ case: "goodbye", value: { code: ErrorCode.ERROR_CODE_UNSPECIFIED, message: "closed by the client" } });
+    } catch {
+      // the socket is already gone
+    }
+    this.shutdown(new Disconnected("the client was closed"), true, true);
+  }
+
+  /** Ends the connection once: fails what waits, ends the streams. */
+  protected shutdown(reason: SwitchboardError, closeSocket: boolean, byUser = false): void {
+    if (this.closedWith) return;
+    // A connection-level error just before the close says more than the close.
+    const err = !byUser && reason instanceof Disconnected && this.lastConnectionError ? this.lastConnectionError : reason;
+    this.closedWith = err;
+    this.connected = false;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    if (closeSocket) {
+      try {
+        this.ws.close();
+      } catch {
+        // already closed
+      }
+    }
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    const lost = byUser ? err : new Disconnected(`${err.message}; the outcome of calls in flight is unknown`, err.code, { cause: err });
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(lost);
+    }
+    for (const q of [...this.subs.values(), ...this.watches.values()]) q.end(byUser ? undefined : err);
+    this.subs.clear();
+    this.watches.clear();
+    this.presence?.end(byUser ? undefined : err);
+    this.inbox.end(byUser ? undefined : err);
+    this.emit({ type: "closed", error: err });
+    for (const q of this.listeners) q.end();
+    this.listeners.clear();
+    this.resolveClosed(err);
+  }
+}
+
+class InvalidArgumentLocal extends SwitchboardError {}
