@@ -27,7 +27,7 @@ import {
   type PresenceEvent,
   type RequestOptions,
 } from "./messages.js";
-import type { ConnectOptions } from "./options.js";
+import type { ConnectOptions, Overflow, StreamOptions } from "./options.js";
 import { AsyncQueue } from "./queue.js";
 import { Subscription, Watch } from "./streams.js";
 
@@ -231,16 +231,18 @@ export class Client extends Connection {
    * leaving the loop (`break`, `return`, a throw) unsubscribes.
    *
    * @param pattern - the pattern, e.g. `orders.*.created`
-   * @param opts - a queue group: each message goes to one member of the group
+   * @param opts - a queue group (each message goes to one member of the
+   *   group), and the stream's `bufferSize` and `overflow` policy (default:
+   *   the client's; see {@link Overflow})
    * @throws {@link InvalidArgument} for a bad pattern, {@link LimitExceeded}, …
    */
-  async subscribe(pattern: string, opts: { queueGroup?: string } = {}): Promise<Subscription> {
+  async subscribe(pattern: string, opts: { queueGroup?: string } & StreamOptions = {}): Promise<Subscription> {
     const subId = this.nextId++;
-    const q: AsyncQueue<Message> = new AsyncQueue<Message>(this.opts.bufferSize ?? 8192, async () => {
+    const q: AsyncQueue<Message> = this.stream<Message>(async () => {
       this.subs.delete(subId);
       this.registrations.delete(subId);
       if (!this.closedWith) await this.call("unsubscribe", { subId });
-    });
+    }, opts);
     this.subs.set(subId, q);
     const value = { subId, pattern, queueGroup: opts.queueGroup ?? "" };
     this.registrations.set(subId, { kind: "subscribe", value });
@@ -303,16 +305,16 @@ export class Client extends Connection {
    * Leaving the loop, or {@link Watch.stop}, ends the watch at the hub.
    *
    * @param key - the key, or the prefix with `prefix: true` (empty: every key)
-   * @param opts - whether `key` is a prefix
+   * @param opts - whether `key` is a prefix; the stream's `bufferSize` and `overflow`
    * @throws {@link InvalidArgument}, {@link LimitExceeded}, …
    */
-  async kvWatch(key: string, opts: { prefix?: boolean } = {}): Promise<Watch<KvUpdate>> {
+  async kvWatch(key: string, opts: { prefix?: boolean } & StreamOptions = {}): Promise<Watch<KvUpdate>> {
     const watchId = this.nextId++;
-    const q = new AsyncQueue<KvUpdate>(this.opts.bufferSize ?? 8192, async () => {
+    const q = this.stream<KvUpdate>(async () => {
       this.watches.delete(watchId);
       this.registrations.delete(watchId);
       if (!this.closedWith) await this.call("kvUnwatch", { watchId });
-    });
+    }, opts);
     this.watches.set(watchId, q);
     const value = { watchId, key, prefix: opts.prefix ?? false };
     this.registrations.set(watchId, { kind: "kvWatch", value });
@@ -349,7 +351,7 @@ export class Client extends Connection {
    */
   async watchPresence(): Promise<{ clients: ClientInfo[]; events: Watch<PresenceEvent> }> {
     if (this.presence && !this.presence.isEnded) throw new SwitchboardError("a presence watch is already running");
-    const q: AsyncQueue<PresenceEvent> = new AsyncQueue<PresenceEvent>(this.opts.bufferSize ?? 8192, async () => {
+    const q: AsyncQueue<PresenceEvent> = this.stream<PresenceEvent>(async () => {
       if (this.presence === q) this.presence = undefined;
       if (!this.closedWith) await this.call("presenceWatch", { stop: true });
     });

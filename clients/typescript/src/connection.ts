@@ -42,7 +42,7 @@ import {
   type KvUpdate,
   type PresenceEvent,
 } from "./messages.js";
-import type { ClientEvent, ClientState, ConnectOptions, WebSocketLike } from "./options.js";
+import type { ClientEvent, ClientState, ConnectOptions, StreamOptions, WebSocketLike } from "./options.js";
 import { AsyncQueue } from "./queue.js";
 
 interface Pending {
@@ -83,6 +83,10 @@ export abstract class Connection {
   /** Connections lost and resumed (or started afresh) since connecting. */
   reconnects = 0;
   private readonly listeners = new Set<AsyncQueue<ClientEvent>>();
+  /** Frames held behind a full stream with the "block" policy, in order. */
+  private backlog: Frame[] = [];
+  /** Drops per subscription not yet announced. */
+  private readonly unannounced = new Map<bigint, number>();
   protected draining = false;
   protected nextId = 1n;
   protected readonly pending = new Map<bigint, Pending>();
@@ -103,7 +107,7 @@ export abstract class Connection {
 
   /** @param opts - the connect options */
   protected constructor(protected readonly opts: ConnectOptions) {
-    this.inbox = new AsyncQueue<Message>(opts.bufferSize ?? 8192);
+    this.inbox = this.stream<Message>();
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
   }
 
@@ -205,6 +209,8 @@ export abstract class Connection {
   /** Wires the socket to the running connection after `Welcome`. */
   private attach(): void {
     const ws = this.ws;
+    // Frames held on the old socket were not acknowledged: the hub resends them.
+    this.backlog = [];
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
     const onmessage = (ev: { data: unknown }) => {
       if (this.closedWith || this.ws !== ws || !this.connected) return;
@@ -217,20 +223,14 @@ export abstract class Connection {
       }
       this.lastHeard = Date.now();
       if (f.acked) this.acknowledged(f.acked);
-      if (f.seq !== 0n) {
-        // Sent again after a resume and already handled.
-        if (f.seq <= this.lastReceived) return;
-      }
-      try {
-        this.dispatch(f);
-      } catch (e) {
-        this.shutdown(new ProtocolError(`cannot handle a frame: ${String(e)}`, ErrorCode.BAD_FRAME, { cause: e }), true);
+      if (this.backlog.length > 0) {
+        // A full stream with the "block" policy holds everything behind it.
+        this.backlog.push(f);
         return;
       }
-      if (f.seq !== 0n && this.reliableOn) {
-        // Handed to the application (its queue or handler): taken.
-        this.lastReceived = f.seq;
-        this.scheduleAck();
+      if (!this.handle(f)) {
+        this.backlog.push(f);
+        (ws as { pause?: () => void }).pause?.();
       }
     };
     ws.onmessage = onmessage;
@@ -351,7 +351,67 @@ export abstract class Connection {
     if (acked > this.lastAckSent) this.lastAckSent = acked;
   }
 
-  private dispatch(f: Frame): void {
+  /**
+   * Hands one frame on; false when a full stream with the "block" policy
+   * refused it (it is then neither taken nor acknowledged).
+   */
+  private handle(f: Frame): boolean {
+    // Sent again after a resume and already handled.
+    if (f.seq !== 0n && f.seq <= this.lastReceived) return true;
+    try {
+      if (!this.dispatch(f)) return false;
+    } catch (e) {
+      this.shutdown(new ProtocolError(`cannot handle a frame: ${String(e)}`, ErrorCode.BAD_FRAME, { cause: e }), true);
+      return true;
+    }
+    if (f.seq !== 0n && this.reliableOn) {
+      // Handed to the application (its queue or handler): taken.
+      this.lastReceived = f.seq;
+      this.scheduleAck();
+    }
+    return true;
+  }
+
+  /** A stream has room again: hand on the frames held behind a full one, in order. */
+  private readonly unblock = (): void => {
+    while (this.backlog.length > 0) {
+      if (this.closedWith || !this.connected) return;
+      if (!this.handle(this.backlog[0]!)) return;
+      this.backlog.shift();
+    }
+    (this.ws as { resume?: () => void }).resume?.();
+  };
+
+  /** A bounded stream for the application, with this connection's defaults. */
+  protected stream<T>(onReturn?: () => void | Promise<void>, o: StreamOptions = {}): AsyncQueue<T> {
+    const q = new AsyncQueue<T>(Math.max(1, o.bufferSize ?? this.opts.bufferSize ?? 8192), onReturn, o.overflow ?? this.opts.overflow ?? "block");
+    q.onSpace = this.unblock;
+    return q;
+  }
+
+  /** Pushes to a stream: false when it is full and blocks; drops on a subscription are announced. */
+  private put<T>(q: AsyncQueue<T> | undefined, item: T, subId = 0n): boolean {
+    if (!q) return true;
+    const r = q.push(item);
+    if (r === "full") return false;
+    if (r === "dropped" && subId !== 0n) this.noteDrop(subId, q);
+    return true;
+  }
+
+  /** Counts a subscription's drop; one `slowConsumer` event per subscription and turn. */
+  private noteDrop(subId: bigint, q: { readonly dropped: number }): void {
+    const n = this.unannounced.get(subId) ?? 0;
+    this.unannounced.set(subId, n + 1);
+    if (n > 0) return;
+    setTimeout(() => {
+      const dropped = this.unannounced.get(subId) ?? 0;
+      this.unannounced.delete(subId);
+      const reg = this.registrations.get(subId)?.value as { pattern?: string } | undefined;
+      this.emit({ type: "slowConsumer", subId, pattern: reg?.pattern ?? "", dropped, total: q.dropped });
+    }, 0);
+  }
+
+  private dispatch(f: Frame): boolean {
     const k = f.kind;
     switch (k.case) {
       case "ok":
@@ -360,58 +420,52 @@ export abstract class Connection {
       case "status":
       case "reply":
         this.answer(k.value.id, f);
-        return;
+        return true;
       case "error":
         if (k.value.id === 0n) {
           // Concerns the connection; a close follows when it is fatal.
           this.lastConnectionError = errorFromCode(k.value.code, k.value.message);
-          return;
+          return true;
         }
         this.answer(k.value.id, f);
-        return;
+        return true;
       case "deliver": {
         const d = k.value;
-        this.subs
-          .get(d.subId)
-          ?.push(new Message("publish", d.from, d.payload, fromHeaders(d.headers), d.topic, d.replyTo));
-        return;
+        const q = this.subs.get(d.subId);
+        if (!this.put(q, new Message("publish", d.from, d.payload, fromHeaders(d.headers), d.topic, d.replyTo), d.subId)) return false;
+        return true;
       }
       case "kvUpdate": {
         const u = k.value;
-        this.watches.get(u.watchId)?.push({ key: u.key, value: u.value, version: u.version, deleted: u.deleted, by: u.by });
-        return;
+        return this.put(this.watches.get(u.watchId), { key: u.key, value: u.value, version: u.version, deleted: u.deleted, by: u.by });
       }
       case "presence": {
         const p = k.value;
-        if (p.client) {
-          this.presence?.push({ kind: p.kind === PresenceKind.LEFT ? "left" : "joined", client: p.client, reason: p.reason });
-        }
-        return;
+        if (!p.client) return true;
+        return this.put(this.presence, { kind: p.kind === PresenceKind.LEFT ? "left" : "joined", client: p.client, reason: p.reason } as PresenceEvent);
       }
       case "direct":
-        this.inbox.push(new Message("direct", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
-        return;
+        return this.put(this.inbox, new Message("direct", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
       case "broadcast":
-        this.inbox.push(new Message("broadcast", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
-        return;
+        return this.put(this.inbox, new Message("broadcast", k.value.from, k.value.payload, fromHeaders(k.value.headers)));
       case "request":
         this.onRequest(k.value);
-        return;
+        return true;
       case "ping":
         this.sendFrame({ case: "pong", value: { nonce: k.value.nonce } });
-        return;
+        return true;
       case "goodbye":
         this.lost(errorFromCode(k.value.code, k.value.message));
-        return;
+        return true;
       case "ack":
         this.acknowledged(k.value.upTo);
-        return;
+        return true;
       case "flow":
         if (k.value.dropped > 0n) this.emit({ type: "dropped", by: "hub", count: k.value.dropped });
-        return;
+        return true;
       default:
         // Pong, Flow, Ack and kinds this version does not use or know.
-        return;
+        return true;
     }
   }
 

@@ -7,6 +7,9 @@
  */
 
 import type { SwitchboardError } from "./errors.js";
+import type { Overflow } from "./queue.js";
+
+export type { Overflow } from "./queue.js";
 
 /** The parts of the WebSocket API this client uses (the browser's, Node 22's global, or the `ws` package's). */
 export interface WebSocketLike {
@@ -55,8 +58,19 @@ export interface ConnectOptions {
   requestTimeoutMs?: number;
   /** Largest frame accepted from the hub after `Welcome`, bytes (default 16 MiB; 64 KiB before). */
   maxFrame?: number;
-  /** Messages buffered for {@link Client.messages} and each subscription before the oldest is dropped (default 8,192). */
+  /**
+   * Capacity of each incoming stream ({@link Client.messages},
+   * subscriptions, kv watches, presence), in items (default 8,192); a
+   * subscription or watch may set its own.
+   */
   bufferSize?: number;
+  /**
+   * What a full stream does (default `"block"`, as in the Rust client: the
+   * connection holds everything behind it, unacknowledged, until the
+   * application takes an item; nothing is lost). A subscription or watch
+   * may choose `"dropNewest"` or `"dropOldest"` instead: see {@link Overflow}.
+   */
+  overflow?: Overflow;
   /**
    * Ask for reliable delivery (default true): numbered frames both ways,
    * acknowledgements, and after a lost connection a reconnect that resumes
@@ -81,6 +95,14 @@ export type ClientEvent =
   | { type: "disconnected"; error: SwitchboardError }
   | { type: "reconnected"; resumed: boolean; epoch: bigint }
   | { type: "dropped"; by: "hub"; count: bigint }
+  | { type: "slowConsumer"; subId: bigint; pattern: string; dropped: number; total: number }
   | { type: "closed"; error: SwitchboardError };
 
 
+/** A stream's own buffer and overflow policy (see {@link ConnectOptions.overflow}). */
+export interface StreamOptions {
+  /** Capacity in items (default: the client's `bufferSize`). */
+  bufferSize?: number;
+  /** What a full buffer does (default: the client's `overflow`, itself `"block"` by default). */
+  overflow?: Overflow;
+}
