@@ -105,8 +105,19 @@ export abstract class Connection {
   private readonly closedPromise: Promise<SwitchboardError>;
   protected resolveClosed!: (e: SwitchboardError) => void;
 
+  /** The hub URLs, tried in turn (see {@link ConnectOptions.url}). */
+  private readonly urls: string[];
+  private urlIndex = 0;
+
+  /** The URL of the hub this client is connected to (or was, while reconnecting). */
+  get url(): string {
+    return this.urls[this.urlIndex]!;
+  }
+
   /** @param opts - the connect options */
   protected constructor(protected readonly opts: ConnectOptions) {
+    this.urls = typeof opts.url === "string" ? [opts.url] : [...opts.url];
+    if (this.urls.length === 0) throw new SwitchboardError("give at least one URL");
     this.inbox = this.stream<Message>();
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
   }
@@ -115,13 +126,21 @@ export abstract class Connection {
   protected async open(key: Uint8Array): Promise<void> {
     this.key = key;
     this.kid = await keyId(key);
-    let w: Welcome;
-    try {
-      w = await this.shake(undefined);
-    } catch (e) {
-      this.closedWith = e as SwitchboardError;
-      this.resolveClosed(e as SwitchboardError);
-      throw e;
+    // The URLs in turn; the first that answers wins. All failing: the first
+    // error that is not about reaching the hub, else the last.
+    let w: Welcome | undefined;
+    let err: SwitchboardError | undefined;
+    for (let i = 0; i < this.urls.length && !w; i++) {
+      try {
+        w = await this.shake(undefined, i);
+      } catch (e) {
+        if (!err || err instanceof Disconnected || err instanceof Timeout) err = e as SwitchboardError;
+      }
+    }
+    if (!w) {
+      this.closedWith = err!;
+      this.resolveClosed(err!);
+      throw err!;
     }
     this.welcomed(w, false);
   }
@@ -164,8 +183,10 @@ export abstract class Connection {
   }
 
   /** Runs the handshake on a new socket; on success the socket is `this.ws`. */
-  private async shake(resume: { lastReceived: bigint; epoch: bigint } | undefined): Promise<Welcome> {
-    const r = await handshake({ opts: this.opts, url: this.opts.url, key: this.key, kid: this.kid, epoch: this.epoch, resume });
+  private async shake(resume: { lastReceived: bigint; epoch: bigint } | undefined, urlIndex: number): Promise<Welcome> {
+    const url = this.urls[urlIndex]!;
+    const r = await handshake({ opts: this.opts, url, key: this.key, kid: this.kid, epoch: this.epoch, resume });
+    this.urlIndex = urlIndex;
     this.ws = r.ws;
     this.early = r.early;
     return r.welcome;
@@ -305,12 +326,18 @@ export abstract class Connection {
     const deadline = Date.now() + (this.opts.reconnectWindowMs ?? 30_000);
     let delay = 50;
     let last: unknown = reason;
-    while (!this.closedWith && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
-      delay = Math.min(delay * 2, 2_000);
+    // The URL it was connected to first (a standby may take its address
+    // over), then the others in turn; the backoff grows once per round.
+    const n = this.urls.length;
+    const start = this.urlIndex;
+    for (let attempt = 0; !this.closedWith && Date.now() < deadline; attempt++) {
+      if (attempt % n === 0) {
+        await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+        delay = Math.min(delay * 2, 2_000);
+      }
       if (this.closedWith) return;
       try {
-        const w = await this.shake({ lastReceived: this.lastReceived, epoch: this.epoch });
+        const w = await this.shake({ lastReceived: this.lastReceived, epoch: this.epoch }, (start + attempt) % n);
         if (this.closedWith) {
           this.ws.close();
           return;
@@ -320,11 +347,14 @@ export abstract class Connection {
         return;
       } catch (e) {
         last = e;
-        if (e instanceof HubUnverified || e instanceof AuthFailed || e instanceof IdTakenOver || e instanceof Forbidden) break;
+        // Refused for good; with several URLs an address that cannot prove
+        // the key may be another service now: try the others.
+        if (e instanceof AuthFailed || e instanceof IdTakenOver || e instanceof Forbidden) break;
+        if (e instanceof HubUnverified && n === 1) break;
       }
     }
     const why = last instanceof Error ? last.message : String(last);
-    this.shutdown(new Disconnected(`could not reconnect to ${this.opts.url}: ${why}`, ErrorCode.ERROR_CODE_UNSPECIFIED, { cause: last }), false);
+    this.shutdown(new Disconnected(`could not reconnect to ${this.urls.join(", ")}: ${why}`, ErrorCode.ERROR_CODE_UNSPECIFIED, { cause: last }), false);
   }
 
   /**

@@ -40,8 +40,14 @@ export type WebSocketConstructor = new (url: string) => unknown;
 
 /** Options of {@link Client.connect}. */
 export interface ConnectOptions {
-  /** The hub's WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. */
-  url: string;
+  /**
+   * The hub's WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`, or a list of
+   * them (like a NATS server list): connecting tries them in order; after a
+   * lost connection the client tries the URL it was connected to first,
+   * then the others in turn, so it finds a hot standby that took over on a
+   * different HTTP address and resumes the session there.
+   */
+  url: string | readonly string[];
   /** The client id to register under (1 to 256 bytes of UTF-8, no control characters). */
   clientId: string;
   /** The shared token (`SWITCHBOARD_TOKEN`); its SHA-256 is the key. Give this or `key`. */
