@@ -226,6 +226,27 @@ export class Client extends Connection {
   }
 
   /**
+   * Publishes without confirmation: returns once the frame is queued on this
+   * connection (the Rust client's `publish_nowait`), the fastest way to
+   * publish. With reliable delivery the frame is still numbered, kept until
+   * the hub acknowledges it and resent after a resume; {@link flush} waits
+   * for that. The hub's refusal of a bad topic is not reported.
+   *
+   * @param topic - the topic
+   * @param payload - the payload
+   * @param opts - headers and a `replyTo` subject
+   * @throws {@link Disconnected} when closed, draining, or (without reliable delivery) not connected
+   */
+  publishNowait(topic: string, payload: Payload, opts: { headers?: Headers; replyTo?: string } = {}): void {
+    if (this.closedWith) throw this.closedWith;
+    if (this.draining) throw new Disconnected("the client is draining: it takes no new calls");
+    this.sendFrame({
+      case: "publish",
+      value: { id: 0n, topic, payload: bytes(payload), headers: toHeaders(opts.headers), replyTo: opts.replyTo ?? "" },
+    });
+  }
+
+  /**
    * Subscribes to a topic pattern (`*` one segment, a final `>` the rest);
    * resolves once the hub confirmed. Iterate the result for the messages;
    * leaving the loop (`break`, `return`, a throw) unsubscribes.

@@ -30,7 +30,7 @@ import {
   Timeout,
   errorFromCode,
 } from "./errors.js";
-import { ACK_DELAY_MS, ACK_EVERY, DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, type FrameKind, type KindValue } from "./frames.js";
+import { ACK_DELAY_MS, ACK_EVERY, DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
 import { handshake } from "./handshake.js";
 import {
   IncomingRequest,
@@ -83,6 +83,13 @@ export abstract class Connection {
   /** Connections lost and resumed (or started afresh) since connecting. */
   reconnects = 0;
   private readonly listeners = new Set<AsyncQueue<ClientEvent>>();
+  /** {@link flush} calls waiting for the hub's acknowledgement up to a seq. */
+  private ackWaiters: Array<{ upTo: bigint; resolve: () => void }> = [];
+  /** {@link flush} calls waiting for a `Pong`, by nonce. */
+  private readonly pongWaiters = new Map<bigint, () => void>();
+  private nextPing = 1n;
+  /** Whether the socket is corked until the current turn's microtasks run. */
+  private corked = false;
   /** Frames held behind a full stream with the "block" policy, in order. */
   private backlog: Frame[] = [];
   /** Drops per subscription not yet announced. */
@@ -214,6 +221,7 @@ export abstract class Connection {
     if (!reconnected) return;
     // A fresh session: what waited has an unknown outcome; register again.
     this.retained = [];
+    this.wakeAckWaiters();
     this.lastReceived = 0n;
     this.lastAckSent = 0n;
     const pending = [...this.pending.values()];
@@ -279,6 +287,7 @@ export abstract class Connection {
     let n = 0;
     while (n < this.retained.length && this.retained[n]!.seq <= upTo) n++;
     if (n > 0) this.retained.splice(0, n);
+    if (this.ackWaiters.length > 0) this.wakeAckWaiters();
   }
 
   /** Acknowledges at once after 64 seqs, else 10 ms later unless a frame carried it meanwhile. */
@@ -376,9 +385,32 @@ export abstract class Connection {
 
   private write(kind: Frame["kind"], seq: bigint): void {
     const acked = this.reliableOn ? this.lastReceived : 0n;
-    const frame = create(FrameSchema, { seq, acked, kind } as never);
-    this.ws.send(toBinary(FrameSchema, frame));
+    this.cork();
+    if (kind.case === "publish") {
+      this.ws.send(encodePublish(seq, acked, kind.value));
+    } else {
+      this.ws.send(toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never)));
+    }
     if (acked > this.lastAckSent) this.lastAckSent = acked;
+  }
+
+  /**
+   * Frames written in one turn of the event loop leave in one socket write
+   * where the socket allows it (the `ws` package's TCP socket: corked until
+   * the turn's microtasks run). Without it each WebSocket message is its
+   * own system call, which was most of a publisher's time. Browsers batch
+   * on their own.
+   */
+  private cork(): void {
+    if (this.corked) return;
+    const sock = (this.ws as { _socket?: { cork?: () => void; uncork?: () => void } })._socket;
+    if (!sock?.cork || !sock.uncork) return;
+    sock.cork();
+    this.corked = true;
+    queueMicrotask(() => {
+      this.corked = false;
+      sock.uncork!();
+    });
   }
 
   /**
@@ -487,6 +519,14 @@ export abstract class Connection {
       case "goodbye":
         this.lost(errorFromCode(k.value.code, k.value.message));
         return true;
+      case "pong": {
+        const w = this.pongWaiters.get(k.value.nonce);
+        if (w) {
+          this.pongWaiters.delete(k.value.nonce);
+          w();
+        }
+        return true;
+      }
       case "ack":
         this.acknowledged(k.value.upTo);
         return true;
@@ -559,6 +599,62 @@ export abstract class Connection {
         reject(e instanceof SwitchboardError ? e : new InvalidArgumentLocal(String(e)));
       }
     });
+  }
+
+  private wakeAckWaiters(): void {
+    const firstKept = this.retained.length > 0 ? this.retained[0]!.seq : this.outSeq + 1n;
+    const still: typeof this.ackWaiters = [];
+    for (const w of this.ackWaiters) {
+      if (w.upTo < firstKept) w.resolve();
+      else still.push(w);
+    }
+    this.ackWaiters = still;
+  }
+
+  /**
+   * Waits until everything this client sent so far is taken over by the
+   * hub: with reliable delivery, until the hub acknowledged every numbered
+   * frame (across a resume, too); then one round trip (`Ping`/`Pong`), so
+   * frames without a seq sent before the call were read by the hub as well.
+   * The partner of {@link Client.publishNowait}.
+   *
+   * @param timeoutMs - how long to wait (default: the client's `requestTimeoutMs`, 30,000)
+   * @throws {@link Timeout}, or {@link Disconnected} when the client closes meanwhile
+   */
+  async flush(timeoutMs = this.opts.requestTimeoutMs ?? 30_000): Promise<void> {
+    if (this.closedWith) throw this.closedWith;
+    const deadline = Date.now() + timeoutMs;
+    const bounded = <T>(p: Promise<T>, what: string): Promise<T> => {
+      let timer: ReturnType<typeof setTimeout>;
+      return Promise.race([
+        p.finally(() => clearTimeout(timer)),
+        new Promise<T>((_, reject) => {
+          timer = setTimeout(() => reject(new Timeout(`flush: ${what} within ${timeoutMs} ms`, ErrorCode.TIMEOUT)), Math.max(0, deadline - Date.now()));
+        }),
+        this.closedPromise.then((e) => Promise.reject(e)),
+      ]);
+    };
+    const upTo = this.outSeq;
+    if (this.retained.length > 0 && this.retained[0]!.seq <= upTo) {
+      await bounded(new Promise<void>((resolve) => this.ackWaiters.push({ upTo, resolve })), "the hub did not acknowledge everything sent");
+    }
+    // A round trip, on the connection as it is now.
+    for (;;) {
+      if (this.closedWith) throw this.closedWith;
+      if (!this.connected) {
+        await bounded(new Promise((r) => setTimeout(r, 10)), "no connection to the hub");
+        continue;
+      }
+      const nonce = this.nextPing++;
+      const pong = new Promise<void>((resolve) => this.pongWaiters.set(nonce, resolve));
+      this.sendFrame({ case: "ping", value: { nonce } });
+      try {
+        await bounded(pong, "no Pong from the hub");
+        return;
+      } finally {
+        this.pongWaiters.delete(nonce);
+      }
+    }
   }
 
   /**

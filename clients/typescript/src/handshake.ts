@@ -82,7 +82,11 @@ export async function handshake(p: HandshakeParams): Promise<Handshaken> {
       reject(new Disconnected(`cannot open ${p.url}: ${String(e)}`, undefined, { cause: e }));
       return;
     }
-    ws.binaryType = "arraybuffer";
+    // The `ws` package hands binary messages over as Node Buffers without a
+    // copy; elsewhere (browsers, Node 22's WebSocket) the value is ignored
+    // and an ArrayBuffer is asked for.
+    ws.binaryType = "nodebuffer";
+    if (ws.binaryType !== "nodebuffer") ws.binaryType = "arraybuffer";
     const send = (kind: Frame["kind"] | { case: FrameKind; value: object }) =>
       ws.send(toBinary(FrameSchema, create(FrameSchema, { kind } as never)));
     ws.onerror = () => {

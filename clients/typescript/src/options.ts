@@ -13,7 +13,7 @@ export type { Overflow } from "./queue.js";
 
 /** The parts of the WebSocket API this client uses (the browser's, Node 22's global, or the `ws` package's). */
 export interface WebSocketLike {
-  /** Set to `"arraybuffer"` by the client. */
+  /** Set to `"arraybuffer"` by the client (`"nodebuffer"` where it sticks: the `ws` package). */
   binaryType: string;
   /** The connection state (1 = open). */
   readonly readyState: number;

@@ -1,6 +1,6 @@
 // Bounded streams with the Rust client's overflow policies, against a real
 // hub: "block" (the default) loses nothing and holds the connection,
-// "dropNewest" and "dropOldest" drop, count and announce.
+// "dropNewest" and "dropOldest" drop, count and announce. Also publishNowait + flush.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import type { Client, ClientEvent, Message } from "../src/index.js";
@@ -119,4 +119,19 @@ test("block: leaving the loop of a full stream frees the connection", async () =
   }
   // The connection is free again: a call is answered.
   assert.equal((await within(sub.kvGet("overflow.none"), 5_000, "kvGet")).found, false);
+});
+
+test("publishNowait and flush: every message once, in order, without a confirmation each", async () => {
+  const sub = await connect("nowait-sub");
+  const pub = await connect("nowait-pub");
+  const s = await sub.subscribe("nowait.t");
+  for (let i = 0; i < 2_000; i++) pub.publishNowait("nowait.t", String(i));
+  await within(pub.flush(), 10_000, "flush");
+  assert.deepEqual(await take(s[Symbol.asyncIterator](), 2_000), range(0, 2_000));
+  await s.unsubscribe();
+  // Nothing sent: flush is one round trip.
+  await within(pub.flush(), 5_000, "empty flush");
+  await pub.close();
+  assert.throws(() => pub.publishNowait("nowait.t", "closed"), (e: unknown) => e instanceof Error && e.constructor.name === "Disconnected");
+  await assert.rejects(pub.flush(), (e: unknown) => e instanceof Error && e.constructor.name === "Disconnected");
 });
