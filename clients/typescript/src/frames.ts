@@ -59,8 +59,12 @@ const utf8 = new TextEncoder();
 
 /** Bytes of `v` as a varint (v < 2^53). */
 function varintLength(v: number): number {
-  let n = 1;
-  while (v >= 128) {
+  if (v < 128) return 1;
+  if (v < 16384) return 2;
+  if (v < 2097152) return 3;
+  let n = 3;
+  v = Math.floor(v / 2097152);
+  while (v > 0) {
     v = Math.floor(v / 128);
     n++;
   }
@@ -117,17 +121,22 @@ export function encodePublish(seq: bigint, acked: bigint, p: PublishFields): Uin
   const topic = p.topic ? topicBytes(p.topic) : undefined;
   const payload = p.payload && p.payload.length > 0 ? p.payload : undefined;
   const replyTo = p.replyTo ? utf8.encode(p.replyTo) : undefined;
-  const headers = (p.headers ?? []).map((h) => {
-    const key = utf8.encode(h.key);
-    const len = (key.length ? delimited(key.length) : 0) + (h.value.length ? delimited(h.value.length) : 0);
-    return { key, value: h.value, len };
-  });
+  const hs = p.headers;
+  let headers: Array<{ key: Uint8Array; value: Uint8Array; len: number }> | undefined;
   let body = 0;
+  if (hs && hs.length > 0) {
+    headers = [];
+    for (const h of hs) {
+      const key = utf8.encode(h.key);
+      const len = (key.length ? delimited(key.length) : 0) + (h.value.length ? delimited(h.value.length) : 0);
+      headers.push({ key, value: h.value, len });
+      body += delimited(len);
+    }
+  }
   if (id) body += 1 + varintLength(id);
   if (topic) body += delimited(topic.length);
   if (payload) body += delimited(payload.length);
   if (replyTo) body += delimited(replyTo.length);
-  for (const h of headers) body += delimited(h.len);
   const s = Number(seq);
   const a = Number(acked);
   const size = (s ? 1 + varintLength(s) : 0) + (a ? 1 + varintLength(a) : 0) + 2 + varintLength(body) + body;
@@ -148,22 +157,26 @@ export function encodePublish(seq: bigint, acked: bigint, p: PublishFields): Uin
     buf[pos++] = 0x08;
     pos = putVarint(buf, pos, id);
   }
-  const bytesField = (tag: number, b: Uint8Array) => {
-    buf[pos++] = tag;
-    pos = putVarint(buf, pos, b.length);
-    buf.set(b, pos);
-    pos += b.length;
-  };
-  if (topic) bytesField(0x12, topic);
-  if (payload) bytesField(0x22, payload);
-  if (replyTo) bytesField(0x2a, replyTo);
-  for (const h of headers) {
-    buf[pos++] = 0x32; // headers = 6
-    pos = putVarint(buf, pos, h.len);
-    if (h.key.length) bytesField(0x0a, h.key);
-    if (h.value.length) bytesField(0x12, h.value);
+  if (topic) pos = putBytes(buf, pos, 0x12, topic);
+  if (payload) pos = putBytes(buf, pos, 0x22, payload);
+  if (replyTo) pos = putBytes(buf, pos, 0x2a, replyTo);
+  if (headers) {
+    for (const h of headers) {
+      buf[pos++] = 0x32; // headers = 6
+      pos = putVarint(buf, pos, h.len);
+      if (h.key.length) pos = putBytes(buf, pos, 0x0a, h.key);
+      if (h.value.length) pos = putBytes(buf, pos, 0x12, h.value);
+    }
   }
   return buf;
+}
+
+/** Writes a length-delimited field with a one-byte tag; returns the new position. */
+function putBytes(buf: Uint8Array, pos: number, tag: number, b: Uint8Array): number {
+  buf[pos++] = tag;
+  pos = putVarint(buf, pos, b.length);
+  buf.set(b, pos);
+  return pos + b.length;
 }
 
 const utf8d = new TextDecoder();
