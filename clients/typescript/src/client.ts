@@ -201,10 +201,14 @@ export class Client extends Connection {
 
   /**
    * The direct and broadcast messages sent to this client, as an async
-   * iterator (one reader). Messages arriving before anyone iterates are
-   * buffered (`bufferSize`, oldest dropped first).
+   * iterator (one reader). Until this is first called the buffer
+   * (`bufferSize`) drops its oldest message when full, so a client that
+   * never reads its messages (broadcasts reach everyone) does not hold its
+   * connection; from then on the client's `overflow` policy applies
+   * (`"block"` by default: read what you asked for).
    */
   messages(): AsyncIterable<Message> {
+    this.inbox.overflow = this.opts.overflow ?? "block";
     return { [Symbol.asyncIterator]: () => this.inbox };
   }
 

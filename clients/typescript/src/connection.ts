@@ -125,7 +125,8 @@ export abstract class Connection {
   protected constructor(protected readonly opts: ConnectOptions) {
     this.urls = typeof opts.url === "string" ? [opts.url] : [...opts.url];
     if (this.urls.length === 0) throw new SwitchboardError("give at least one URL");
-    this.inbox = this.stream<Message>();
+    // Drops its oldest until messages() is called (then: the client's policy).
+    this.inbox = this.stream<Message>(undefined, { overflow: "dropOldest" });
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
   }
 

@@ -46,7 +46,7 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
   constructor(
     private readonly capacity: number,
     private readonly onReturn?: () => void | Promise<void>,
-    readonly overflow: Overflow = "dropOldest",
+    public overflow: Overflow = "dropOldest",
   ) {}
 
   /**

@@ -135,3 +135,13 @@ test("publishNowait and flush: every message once, in order, without a confirmat
   assert.throws(() => pub.publishNowait("nowait.t", "closed"), (e: unknown) => e instanceof Error && e.constructor.name === "Disconnected");
   await assert.rejects(pub.flush(), (e: unknown) => e instanceof Error && e.constructor.name === "Disconnected");
 });
+
+test("the inbox does not hold the connection of a client that never reads its messages", async () => {
+  const quiet = await connect("ov-quiet", { bufferSize: 2 });
+  const loud = await connect("ov-loud");
+  for (let i = 0; i < 10; i++) await loud.broadcast(String(i));
+  // The quiet client's connection still answers.
+  assert.equal((await within(quiet.kvGet("overflow.none"), 5_000, "kvGet")).found, false);
+  // Reading now: the last two, the rest dropped oldest first.
+  assert.deepEqual(await take(quiet.messages()[Symbol.asyncIterator](), 2), ["8", "9"]);
+});
