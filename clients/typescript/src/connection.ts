@@ -90,6 +90,8 @@ export abstract class Connection {
   private nextPing = 1n;
   /** Whether the socket is corked until the current turn's microtasks run. */
   private corked = false;
+  /** Whether the socket was paused (the `ws` package) because a stream is full. */
+  private paused = false;
   /** Frames held behind a full stream with the "block" policy, in order. */
   private backlog: Frame[] = [];
   /** Drops per subscription not yet announced. */
@@ -241,6 +243,7 @@ export abstract class Connection {
     const ws = this.ws;
     // Frames held on the old socket were not acknowledged: the hub resends them.
     this.backlog = [];
+    this.paused = false;
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
     const onmessage = (ev: { data: unknown }) => {
       if (this.closedWith || this.ws !== ws || !this.connected) return;
@@ -260,7 +263,11 @@ export abstract class Connection {
       }
       if (!this.handle(f)) {
         this.backlog.push(f);
-        (ws as { pause?: () => void }).pause?.();
+        const pausable = ws as { pause?: () => void };
+        if (pausable.pause) {
+          pausable.pause();
+          this.paused = true;
+        }
       }
     };
     ws.onmessage = onmessage;
@@ -442,7 +449,10 @@ export abstract class Connection {
       if (!this.handle(this.backlog[0]!)) return;
       this.backlog.shift();
     }
-    (this.ws as { resume?: () => void }).resume?.();
+    if (this.paused) {
+      this.paused = false;
+      (this.ws as { resume?: () => void }).resume?.();
+    }
   };
 
   /** A bounded stream for the application, with this connection's defaults. */

@@ -101,7 +101,8 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
   next(): Promise<IteratorResult<T>> {
     const item = this.items.shift();
     if (item !== undefined) {
-      if (this.onSpace) queueMicrotask(this.onSpace);
+      // Only a full buffer can have held the connection up.
+      if (this.onSpace && this.items.length + 1 >= this.capacity) queueMicrotask(this.onSpace);
       return Promise.resolve({ value: item, done: false });
     }
     if (this.ended) {
