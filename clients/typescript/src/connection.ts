@@ -30,7 +30,7 @@ import {
   Timeout,
   errorFromCode,
 } from "./errors.js";
-import { ACK_DELAY_MS, ACK_EVERY, DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
+import { DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
 import { handshake } from "./handshake.js";
 import {
   IncomingRequest,
@@ -44,6 +44,7 @@ import {
 } from "./messages.js";
 import type { ClientEvent, ClientState, ConnectOptions, StreamOptions, WebSocketLike } from "./options.js";
 import { AsyncQueue } from "./queue.js";
+import { Reliable } from "./reliable.js";
 
 interface Pending {
   resolve: (f: Frame) => void;
@@ -75,16 +76,14 @@ export abstract class Connection {
   protected reliableOn = false;
   private key!: Uint8Array;
   private kid!: Uint8Array;
-  private outSeq = 0n;
-  private retained: Array<{ seq: bigint; kind: Frame["kind"] }> = [];
-  private lastReceived = 0n;
-  private lastAckSent = 0n;
-  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Reliable delivery's sequence state (reliable.ts). */
+  private readonly rel = new Reliable(
+    (upTo) => this.sendFrame({ case: "ack", value: { upTo } }),
+    () => this.connected && !this.closedWith,
+  );
   /** Connections lost and resumed (or started afresh) since connecting. */
   reconnects = 0;
   private readonly listeners = new Set<AsyncQueue<ClientEvent>>();
-  /** {@link flush} calls waiting for the hub's acknowledgement up to a seq. */
-  private ackWaiters: Array<{ upTo: bigint; resolve: () => void }> = [];
   /** {@link flush} calls waiting for a `Pong`, by nonce. */
   private readonly pongWaiters = new Map<bigint, () => void>();
   private nextPing = 1n;
@@ -217,16 +216,12 @@ export abstract class Connection {
     if (reconnected) this.emit({ type: "reconnected", resumed, epoch: this.epoch });
     if (resumed) {
       // The hub holds our session: resend what it did not take, in order, with the original seqs.
-      this.retained = this.retained.filter((r) => r.seq > w.lastReceived);
-      for (const r of this.retained) this.write(r.kind, r.seq);
+      for (const r of this.rel.toResend(w.lastReceived)) this.write(r.kind, r.seq);
       return;
     }
     if (!reconnected) return;
     // A fresh session: what waited has an unknown outcome; register again.
-    this.retained = [];
-    this.wakeAckWaiters();
-    this.lastReceived = 0n;
-    this.lastAckSent = 0n;
+    this.rel.reset();
     const pending = [...this.pending.values()];
     this.pending.clear();
     for (const p of pending) {
@@ -255,7 +250,7 @@ export abstract class Connection {
         return;
       }
       this.lastHeard = Date.now();
-      if (f.acked) this.acknowledged(f.acked);
+      if (f.acked) this.rel.acknowledged(f.acked);
       if (this.backlog.length > 0) {
         // A full stream with the "block" policy holds everything behind it.
         this.backlog.push(f);
@@ -288,29 +283,6 @@ export abstract class Connection {
       this.sendFrame({ case: "ping", value: { nonce: BigInt(Date.now()) } });
     }, this.pingEveryMs);
     (this.pingTimer as { unref?: () => void }).unref?.();
-  }
-
-  /** The hub took our frames up to `upTo`: forget them. */
-  private acknowledged(upTo: bigint): void {
-    let n = 0;
-    while (n < this.retained.length && this.retained[n]!.seq <= upTo) n++;
-    if (n > 0) this.retained.splice(0, n);
-    if (this.ackWaiters.length > 0) this.wakeAckWaiters();
-  }
-
-  /** Acknowledges at once after 64 seqs, else 10 ms later unless a frame carried it meanwhile. */
-  private scheduleAck(): void {
-    if (this.lastReceived - this.lastAckSent >= ACK_EVERY) {
-      this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
-      return;
-    }
-    if (this.ackTimer) return;
-    this.ackTimer = setTimeout(() => {
-      this.ackTimer = undefined;
-      if (this.connected && !this.closedWith && this.lastReceived > this.lastAckSent) {
-        this.sendFrame({ case: "ack", value: { upTo: this.lastReceived } });
-      }
-    }, ACK_DELAY_MS);
   }
 
   /** The connection was lost: resume on a new one when reliable, else end. */
@@ -354,7 +326,7 @@ export abstract class Connection {
       }
       if (this.closedWith) return;
       try {
-        const w = await this.shake({ lastReceived: this.lastReceived, epoch: this.epoch }, (start + attempt) % n);
+        const w = await this.shake({ lastReceived: this.rel.lastReceived, epoch: this.epoch }, (start + attempt) % n);
         if (this.closedWith) {
           this.ws.close();
           return;
@@ -382,8 +354,7 @@ export abstract class Connection {
   protected sendFrame(kind: Frame["kind"] | { case: FrameKind; value: object }): void {
     const k = kind as Frame["kind"];
     if (this.reliableOn && NUMBERED.has(k.case ?? "")) {
-      const seq = ++this.outSeq;
-      this.retained.push({ seq, kind: k });
+      const seq = this.rel.number(k);
       if (this.connected) this.write(k, seq);
       return;
     }
@@ -392,14 +363,14 @@ export abstract class Connection {
   }
 
   private write(kind: Frame["kind"], seq: bigint): void {
-    const acked = this.reliableOn ? this.lastReceived : 0n;
+    const acked = this.reliableOn ? this.rel.lastReceived : 0n;
     this.cork();
     if (kind.case === "publish") {
       this.ws.send(encodePublish(seq, acked, kind.value));
     } else {
       this.ws.send(toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never)));
     }
-    if (acked > this.lastAckSent) this.lastAckSent = acked;
+    this.rel.carried(acked);
   }
 
   /**
@@ -427,7 +398,7 @@ export abstract class Connection {
    */
   private handle(f: Frame): boolean {
     // Sent again after a resume and already handled.
-    if (f.seq !== 0n && f.seq <= this.lastReceived) return true;
+    if (this.rel.isDuplicate(f.seq)) return true;
     try {
       if (!this.dispatch(f)) return false;
     } catch (e) {
@@ -436,8 +407,7 @@ export abstract class Connection {
     }
     if (f.seq !== 0n && this.reliableOn) {
       // Handed to the application (its queue or handler): taken.
-      this.lastReceived = f.seq;
-      this.scheduleAck();
+      this.rel.took(f.seq);
     }
     return true;
   }
@@ -539,7 +509,7 @@ export abstract class Connection {
         return true;
       }
       case "ack":
-        this.acknowledged(k.value.upTo);
+        this.rel.acknowledged(k.value.upTo);
         return true;
       case "flow":
         if (k.value.dropped > 0n) this.emit({ type: "dropped", by: "hub", count: k.value.dropped });
@@ -612,16 +582,6 @@ export abstract class Connection {
     });
   }
 
-  private wakeAckWaiters(): void {
-    const firstKept = this.retained.length > 0 ? this.retained[0]!.seq : this.outSeq + 1n;
-    const still: typeof this.ackWaiters = [];
-    for (const w of this.ackWaiters) {
-      if (w.upTo < firstKept) w.resolve();
-      else still.push(w);
-    }
-    this.ackWaiters = still;
-  }
-
   /**
    * Waits until everything this client sent so far is taken over by the
    * hub: with reliable delivery, until the hub acknowledged every numbered
@@ -645,10 +605,7 @@ export abstract class Connection {
         this.closedPromise.then((e) => Promise.reject(e)),
       ]);
     };
-    const upTo = this.outSeq;
-    if (this.retained.length > 0 && this.retained[0]!.seq <= upTo) {
-      await bounded(new Promise<void>((resolve) => this.ackWaiters.push({ upTo, resolve })), "the hub did not acknowledge everything sent");
-    }
+    await bounded(this.rel.whenAcknowledged(), "the hub did not acknowledge everything sent");
     // A round trip, on the connection as it is now.
     for (;;) {
       if (this.closedWith) throw this.closedWith;
@@ -679,7 +636,7 @@ export abstract class Connection {
     if (this.closedWith) return;
     this.draining = true;
     const deadline = Date.now() + timeoutMs;
-    while (!this.closedWith && Date.now() < deadline && (this.pending.size > 0 || this.retained.length > 0)) {
+    while (!this.closedWith && Date.now() < deadline && (this.pending.size > 0 || !this.rel.settled)) {
       await new Promise((r) => setTimeout(r, 10));
     }
     await this.close();
@@ -707,7 +664,7 @@ export abstract class Connection {
     this.closedWith = err;
     this.connected = false;
     if (this.pingTimer) clearInterval(this.pingTimer);
-    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.rel.stop();
     if (closeSocket) {
       try {
         this.ws.close();
