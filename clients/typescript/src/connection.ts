@@ -73,6 +73,7 @@ export abstract class Connection {
   /** Messages that arrived between the `Welcome` and attach(). */
   private early: unknown[] = [];
   private connected = false;
+  /** Whether the hub granted reliable delivery. */
   protected reliableOn = false;
   private key!: Uint8Array;
   private kid!: Uint8Array;
@@ -95,22 +96,33 @@ export abstract class Connection {
   private backlog: Frame[] = [];
   /** Drops per subscription not yet announced. */
   private readonly unannounced = new Map<bigint, number>();
+  /** {@link drain} was called: no new calls. */
   protected draining = false;
+  /** The next correlation, subscription or watch id. */
   protected nextId = 1n;
+  /** Calls waiting for their answer, by correlation id. */
   protected readonly pending = new Map<bigint, Pending>();
+  /** Subscriptions' streams, by subscription id. */
   protected readonly subs = new Map<bigint, AsyncQueue<Message>>();
+  /** Service handlers, by subscription id. */
   protected readonly services = new Map<bigint, Handler>();
+  /** Kv watches' streams, by watch id. */
   protected readonly watches = new Map<bigint, AsyncQueue<KvUpdate>>();
+  /** The presence watch's stream, if one runs. */
   protected presence: AsyncQueue<PresenceEvent> | undefined;
   /** Subscriptions and watches by id, to send again after a fresh session. */
   protected readonly registrations = new Map<bigint, { kind: FrameKind; value: object }>();
+  /** Direct and broadcast messages. */
   protected readonly inbox: AsyncQueue<Message>;
+  /** The handler of requests to this client id. */
   protected handler: Handler | undefined;
+  /** Why the client closed, once it did. */
   protected closedWith: SwitchboardError | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private lastHeard = Date.now();
   private pingEveryMs = 10_000;
   private readonly closedPromise: Promise<SwitchboardError>;
+  /** Settles {@link closed}. */
   protected resolveClosed!: (e: SwitchboardError) => void;
 
   /** The hub URLs, tried in turn (see {@link ConnectOptions.url}). */
