@@ -1,11 +1,13 @@
 // `npm run bench`: request/reply p50 and 1->1 pub/sub msgs/s through this
 // client (Node, over the hub's WebSocket), the Rust client on the same hub
 // (`switchboard bench --addr`), and nats.js on nats-server when both are
-// present (`npm install --no-save nats`, nats-server on PATH). Numbers are
+// present (`npm install --no-save nats nats.ws`, nats-server on PATH):
+// nats.js over TCP and nats.ws over nats-server's WebSocket port. Then the
+// ratios against nats.js and the browser bundle's size. Numbers are
 // printed, not asserted. Use a release hub: `cargo build --release -p
 // switchboard --bin switchboard` (else the debug build is used, and says so).
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -22,6 +24,8 @@ const WINDOW = 1_000;
 const payload = new Uint8Array(64);
 const TOKEN = "bench-token";
 
+/** Figures by row: { rr: p50 µs, ps: msgs/s }. */
+const rows = {};
 const p50 = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const fmt = (n) => Math.round(n).toLocaleString("en-US");
 
@@ -67,7 +71,17 @@ async function switchboardRows() {
       for await (const _ of s) if (++n === MESSAGES) break;
     })();
     const ps = await runPubSub(() => c.publish("bench.t", payload), async () => {}, received);
+    // Unconfirmed publishes (still numbered and acknowledged), then a flush: as nats.js's publish + flush.
+    const s2 = await sub.subscribe("bench.n");
+    const received2 = (async () => {
+      let n = 0;
+      for await (const _ of s2) if (++n === MESSAGES) break;
+    })();
+    const psNowait = await runPubSub(() => c.publishNowait("bench.n", payload), () => c.flush(), received2);
+    rows.tsNowait = { rr, ps: psNowait };
+    console.log(`typescript client, publishNowait + flush: pub/sub 1->1 ${fmt(psNowait)} msgs/s`);
     for (const x of [server, c, sub]) await x.close();
+    rows.ts = { rr, ps };
     console.log(`typescript client (Node ${process.version}, WebSocket): request/reply p50 ${p50rr(rr)}, pub/sub 1->1 ${fmt(ps)} msgs/s (confirmed publishes, ${WINDOW} in flight)`);
     const rust = spawnSync(BIN, ["--addr", ready.addr, "bench", "--messages", String(MESSAGES), "--requests", String(REQUESTS), "--fanout", "2"], { env, encoding: "utf8", timeout: 300_000 });
     console.log(`rust client (switchboard bench, TCP), same hub:\n${(rust.stdout || rust.stderr).trim().replace(/^/gm, "  ")}`);
@@ -99,7 +113,17 @@ async function natsRow() {
       s.close(() => r(p));
     });
   });
-  const server = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
+  const wsPort = await new Promise((r) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => r(p));
+    });
+  });
+  // The WebSocket port needs a configuration file.
+  const dir = mkdtempSync(join(tmpdir(), "nats-bench-"));
+  const conf = join(dir, "nats.conf");
+  writeFileSync(conf, `listen: "127.0.0.1:${port}"\nwebsocket {\n  listen: "127.0.0.1:${wsPort}"\n  no_tls: true\n}\n`);
+  const server = spawn("nats-server", ["-c", conf], { stdio: "ignore" });
   try {
     let nc;
     for (let i = 0; i < 50 && !nc; i++) {
@@ -118,14 +142,68 @@ async function natsRow() {
       for await (const _ of sub) if (++n === MESSAGES) break;
     })();
     const ps = await runPubSub(() => pub.publish("bench.t", payload), () => pub.flush(), received);
-    console.log(`nats.js (TCP, nats-server): request/reply p50 ${p50rr(rr)}, pub/sub 1->1 ${fmt(ps)} msgs/s (publish + final flush)`);
+    rows.nats = { rr, ps };
+    console.log(`nats.js ${natsVersion("nats")} (TCP, nats-server): request/reply p50 ${p50rr(rr)}, pub/sub 1->1 ${fmt(ps)} msgs/s (publish + final flush)`);
     await pub.close();
     await nc.close();
+    await natsWsRow(wsPort);
   } finally {
     server.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function natsVersion(pkg) {
+  try {
+    return JSON.parse(readFileSync(new URL(`../node_modules/${pkg}/package.json`, import.meta.url), "utf8")).version;
+  } catch {
+    return "?";
+  }
+}
+
+/** nats.ws over nats-server's WebSocket port (the `ws` package as the global WebSocket in Node 20). */
+async function natsWsRow(wsPort) {
+  let natsWs;
+  try {
+    if (!globalThis.WebSocket) globalThis.WebSocket = WebSocket;
+    natsWs = await import("nats.ws");
+  } catch {
+    console.log("nats.ws: skipped (npm install --no-save nats.ws)");
+    return;
+  }
+  const servers = `ws://127.0.0.1:${wsPort}`;
+  const nc = await natsWs.connect({ servers });
+  const responder = nc.subscribe("bench.wsreq");
+  (async () => {
+    for await (const m of responder) m.respond(m.data);
+  })();
+  const rr = await runReqReply(() => nc.request("bench.wsreq", payload, { timeout: 5_000 }));
+  const pub = await natsWs.connect({ servers });
+  const sub = nc.subscribe("bench.wst");
+  await nc.flush();
+  const received = (async () => {
+    let n = 0;
+    for await (const _ of sub) if (++n === MESSAGES) break;
+  })();
+  const ps = await runPubSub(() => pub.publish("bench.wst", payload), () => pub.flush(), received);
+  rows.natsWs = { rr, ps };
+  console.log(`nats.ws ${natsVersion("nats.ws")} (WebSocket, nats-server): request/reply p50 ${p50rr(rr)}, pub/sub 1->1 ${fmt(ps)} msgs/s (publish + final flush)`);
+  await pub.close();
+  await nc.close();
+}
+
+function ratios() {
+  for (const [label, t] of [["confirmed publish", rows.ts], ["publishNowait", rows.tsNowait]]) {
+    if (!t) continue;
+    for (const [name, r] of [["nats.js (TCP)", rows.nats], ["nats.ws (WebSocket)", rows.natsWs]]) {
+      if (!r) continue;
+      console.log(`typescript client (${label}) vs ${name}: throughput ${(t.ps / r.ps).toFixed(2)}x (goal >= 1.0), p50 ${(t.rr / r.rr).toFixed(2)}x (goal <= 1.0)`);
+    }
+  }
+  spawnSync(process.execPath, [new URL("./bundle.mjs", import.meta.url).pathname], { stdio: "inherit", cwd: new URL("..", import.meta.url).pathname });
 }
 
 if (!BIN.includes("release")) console.log(`note: ${BIN} is a debug build; the figures mean little`);
 await switchboardRows();
 await natsRow();
+ratios();

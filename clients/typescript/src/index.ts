@@ -16,6 +16,8 @@ export {
   type ClientState,
   type ConnectOptions,
   type Handler,
+  type Overflow,
+  type StreamOptions,
   type Headers,
   type KvEntry,
   type KvUpdate,

@@ -48,19 +48,26 @@ function hubProcess(args: string[], dir: string, event: string): Promise<{ proc:
 
 const N = Number(process.env.SWITCHBOARD_TS_FAILOVER_MESSAGES ?? 20_000);
 
-test(`failover: SIGKILL of the primary during ${N} confirmed publishes, every message once, in order`, { timeout: 120_000 }, async () => {
+/**
+ * A primary and a hot standby; SIGKILL of the primary during `N` confirmed
+ * publishes. The standby serves the primary's HTTP address after the
+ * takeover, or (`otherPort`) its own, which the clients know from their URL list.
+ */
+async function failover(otherPort: boolean): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "sb-ts-failover-"));
   const http = `127.0.0.1:${await freePort()}`;
+  const standbyHttp = otherPort ? `127.0.0.1:${await freePort()}` : http;
   const procs: ChildProcess[] = [];
   try {
     const primary = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
     procs.push(primary.proc);
     const addr = String(primary.line.addr);
-    const standby = await hubProcess(["--standby", "--primary", addr, "--http", http, "--no-unix"], dir, "standby");
+    const standby = await hubProcess(["--standby", "--primary", addr, "--http", standbyHttp, "--no-unix"], dir, "standby");
     procs.push(standby.proc);
 
     const url = `ws://${http}/v1/ws`;
-    const opts = { url, token: TOKEN, WebSocket, connectTimeoutMs: 5_000 };
+    const standbyUrl = `ws://${standbyHttp}/v1/ws`;
+    const opts = { url: otherPort ? [url, standbyUrl] : url, token: TOKEN, WebSocket, connectTimeoutMs: 5_000 };
     const sub = await Client.connect({ ...opts, clientId: "ts-failover-sub" });
     const pub = await Client.connect({ ...opts, clientId: "ts-failover-pub" });
     const s = await sub.subscribe("failover.t");
@@ -90,11 +97,35 @@ test(`failover: SIGKILL of the primary during ${N} confirmed publishes, every me
     assert.ok(inOrder, "in order, each once");
     assert.ok(sub.reconnects >= 1 && pub.reconnects >= 1, `reconnects: sub ${sub.reconnects}, pub ${pub.reconnects}`);
     assert.ok(sub.epoch >= 2n, `epoch after the takeover: ${sub.epoch}`);
+    // Where the clients are now: the standby's address.
+    assert.equal(sub.url, standbyUrl);
+    assert.equal(pub.url, standbyUrl);
     await sub.close();
     await pub.close();
   } finally {
     for (const p of procs) await stopProcess(p);
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test(`failover: SIGKILL of the primary during ${N} confirmed publishes, every message once, in order`, { timeout: 120_000 }, async () => {
+  await failover(false);
+});
+
+test(`failover to a standby on another HTTP address (a URL list): SIGKILL of the primary during ${N} confirmed publishes, every message once, in order`, { timeout: 120_000 }, async () => {
+  await failover(true);
+});
+
+test("a URL list: connecting skips an address nobody serves", async () => {
+  const hub = await Hub.start();
+  try {
+    const dead = `ws://127.0.0.1:${await freePort()}/v1/ws`;
+    const c = await Client.connect({ url: [dead, hub.url], clientId: "ts-urls", token: TOKEN, WebSocket, connectTimeoutMs: 5_000 });
+    assert.equal(c.url, hub.url);
+    await c.close();
+    await assert.rejects(Client.connect({ url: [dead], clientId: "ts-urls-2", token: TOKEN, WebSocket, connectTimeoutMs: 5_000 }), (e: unknown) => e instanceof Error && e.constructor.name === "Disconnected");
+  } finally {
+    await hub.stop();
   }
 });
 

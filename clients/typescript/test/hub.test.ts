@@ -292,6 +292,11 @@ test("the hub going away fails calls with Disconnected and ends streams with it"
   }
 });
 
+// Interop with a Rust API client: the CLI (`switchboard request|serve|pub|sub|kv`)
+// is a thin program over `switchboard::Client` (crates/switchboard/src/cli/commands.rs),
+// so these tests are the Rust client talking to this one. The examples under
+// crates/switchboard/examples/ start their own in-process hub and take no address,
+// so they cannot meet a TypeScript client. Request/reply, pub/sub and kv, both directions.
 test("interop: the CLI requests from a TypeScript server, and TypeScript requests from the CLI's server", async () => {
   const server = await connect("ts-for-cli");
   server.serve((req) => `ts got ${req.text()}`);
@@ -336,5 +341,17 @@ test("interop: kv written by TypeScript is read by the CLI and the other way rou
   const w = await hub.cli(["kv", "set", "shared.from.cli", "cli value"]);
   assert.equal(w.code, 0, w.stderr);
   assert.equal(new TextDecoder().decode((await c.kvGet("shared.from.cli")).value), "cli value");
+  // A TypeScript watch sees the Rust client's change, and who made it.
+  const watch = (await c.kvWatch("shared.watched"))[Symbol.asyncIterator]();
+  const cliWrite = await hub.cli(["kv", "set", "shared.watched", "watched value"]);
+  assert.equal(cliWrite.code, 0, cliWrite.stderr);
+  for (;;) {
+    const u = (await within(watch.next(), 5_000, "watch update")).value;
+    if (u.by === "") continue; // the current value (none) first
+    assert.equal(new TextDecoder().decode(u.value), "watched value");
+    assert.notEqual(u.by, c.clientId);
+    break;
+  }
+  await watch.return?.();
   void TOKEN;
 });
