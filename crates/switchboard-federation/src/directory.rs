@@ -47,6 +47,13 @@ pub struct Holder {
     pub epoch: u64,
 }
 
+/// First pause before an id write is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between tries.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries of one release (then the lease releases it).
+const RELEASE_TRIES: usize = 20;
+
 #[derive(Debug)]
 enum Command {
     Join(String),
@@ -72,6 +79,15 @@ pub struct DirectoryStats {
     pub released_dead: AtomicU64,
     /// Entries on the buckets that could not be read (dropped).
     pub malformed: AtomicU64,
+    /// Ids this hub wrote to the bucket.
+    pub written: AtomicU64,
+}
+
+impl DirectoryStats {
+    /// Ids this hub wrote to the bucket.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
 }
 
 /// See the module docs.
@@ -117,14 +133,8 @@ impl Directory {
             stats: DirectoryStats::default(),
         });
         dir.beat().await?;
-        let id_watch = dir.ids.watch_with_history(">").await;
-        let hub_watch = dir.hubs.watch_with_history(">").await;
-        let (id_watch, hub_watch) = match (id_watch, hub_watch) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return Err(FederationError::JetStream(e.to_string())),
-        };
-        spawn(stop.clone(), dir.clone().watch_ids(id_watch));
-        spawn(stop.clone(), dir.clone().watch_hubs(hub_watch));
+        spawn(stop.clone(), dir.clone().watch_ids());
+        spawn(stop.clone(), dir.clone().watch_hubs());
         spawn(stop.clone(), dir.clone().heartbeat());
         spawn(stop.clone(), dir.clone().reaper());
         spawn(stop, dir.clone().commands(rx));
@@ -143,7 +153,7 @@ impl Directory {
 
     /// Whether `hub` is live (this hub always is).
     pub fn is_live(&self, hub: &str) -> bool {
-        hub == self.me || live(&self.state.lock(), hub, self.lease, self.started)
+        hub == self.me || live(&self.state.lock(), &self.me, hub, self.lease, self.started)
     }
 
     /// The counters.
@@ -156,7 +166,7 @@ impl Directory {
     pub fn claim(&self, id: &str) -> Result<(), Refusal> {
         let st = self.state.lock();
         match st.ids.get(id) {
-            Some((h, _)) if h.hub != self.me && live(&st, &h.hub, self.lease, self.started) => {
+            Some((h, _)) if h.hub != self.me && live(&st, &self.me, &h.hub, self.lease, self.started) => {
                 Err(Refusal {
                     code: ErrorCode::IdTakenOver,
                     message: format!(
@@ -246,7 +256,7 @@ impl Directory {
                 st.ids
                     .iter()
                     .filter(|(_, (h, _))| {
-                        h.hub != self.me && !live(&st, &h.hub, self.lease, self.started)
+                        h.hub != self.me && !live(&st, &self.me, &h.hub, self.lease, self.started)
                     })
                     .map(|(id, (_, rev))| (id.clone(), *rev))
                     .collect()
@@ -274,6 +284,9 @@ impl Directory {
         }
     }
 
+    /// Writes `id` as held here, trying again (backing off up to 2 s)
+    /// while the cluster does not answer (a node lost, a leader being
+    /// elected), until written, lost to another hub, or left here.
     async fn register(&self, id: &str) {
         let key = escape(id);
         let value: bytes::Bytes = serde_json::to_vec(&Holder {
@@ -282,76 +295,126 @@ impl Directory {
         })
         .expect("a holder serializes")
         .into();
-        let rev = match self.ids.create(&key, value.clone()).await {
-            Ok(rev) => Ok(rev),
+        let mut backoff = RETRY_MIN;
+        while self.holder(id).as_deref() == Some(self.me.as_str()) {
+            match self.try_register(id, &key, &value).await {
+                Ok(Some(rev)) => {
+                    self.stats.written.fetch_add(1, Ordering::Relaxed);
+                    let mut st = self.state.lock();
+                    if let Some((h, r)) = st.ids.get_mut(id) {
+                        if h.hub == self.me {
+                            *r = (*r).max(rev);
+                        }
+                    }
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(client = %id, error = %e, "federation: could not register an id yet; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One attempt: the revision written, `None` when another live hub
+    /// holds the id (a race lost), or what failed.
+    async fn try_register(
+        &self,
+        id: &str,
+        key: &str,
+        value: &bytes::Bytes,
+    ) -> Result<Option<u64>, String> {
+        match self.ids.create(key, value.clone()).await {
+            Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 // Held: by us (an earlier registration), by a dead hub, or
                 // by a live one that won a race.
-                match self.ids.entry(&key).await {
-                    Ok(Some(entry)) => {
+                match self.ids.entry(key).await.map_err(|e| e.to_string())? {
+                    Some(entry) => {
                         let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
                         match holder {
                             Some(h) if h.hub != self.me && self.is_live(&h.hub) => {
                                 self.stats.races_lost.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(client = %id, hub = %h.hub, "federation: id registered here and on another hub at once; the bucket names the other");
-                                return;
+                                Ok(None)
                             }
                             _ => self
                                 .ids
-                                .update(&key, value, entry.revision)
+                                .update(key, value.clone(), entry.revision)
                                 .await
+                                .map(Some)
                                 .map_err(|e| e.to_string()),
                         }
                     }
-                    Ok(None) => self.ids.put(&key, value).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    None => self
+                        .ids
+                        .put(key, value.clone())
+                        .await
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
                 }
             }
             Err(e) => Err(e.to_string()),
-        };
-        match rev {
-            Ok(rev) => {
-                let mut st = self.state.lock();
-                if let Some((h, r)) = st.ids.get_mut(id) {
-                    if h.hub == self.me {
-                        *r = (*r).max(rev);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(client = %id, error = %e, "federation: could not register an id")
-            }
         }
     }
 
+    /// Deletes `id` when this hub holds it in the bucket and no newer
+    /// connection registered it here; tries again like [`register`](Self::register).
     async fn release(&self, id: &str) {
         let key = escape(id);
-        let Ok(Some(entry)) = self.ids.entry(&key).await else {
-            return;
-        };
-        let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
-        if holder.is_some_and(|h| h.hub == self.me) {
-            // Still registered here again (a new connection of the same
-            // id)? Then keep it.
+        let mut backoff = RETRY_MIN;
+        for _ in 0..RELEASE_TRIES {
+            // Registered here again (a new connection of the same id)?
+            // Then keep it.
             if self.holder(id).as_deref() == Some(self.me.as_str()) {
                 return;
             }
-            if let Err(e) = self
+            let entry = match self.ids.entry(&key).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(client = %id, error = %e, "federation: cannot read an id to release; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
+            if holder.is_none_or(|h| h.hub != self.me) {
+                return;
+            }
+            match self
                 .ids
                 .delete_expect_revision(&key, Some(entry.revision))
                 .await
             {
-                tracing::debug!(client = %id, error = %e, "federation: id not released (changed meanwhile)");
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(client = %id, error = %e, "federation: id not released yet; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
             }
         }
     }
 
-    async fn watch_ids(self: Arc<Self>, mut watch: kv::Watch) {
-        while let Some(next) = watch.next().await {
-            let Ok(entry) = next else { continue };
+    async fn watch_ids(self: Arc<Self>) {
+        let store = self.ids.clone();
+        watch(&store, "ids", |entry| self.on_id(entry)).await;
+    }
+
+    async fn watch_hubs(self: Arc<Self>) {
+        let store = self.hubs.clone();
+        watch(&store, "hubs", |entry| self.on_hub(entry)).await;
+    }
+
+    fn on_id(&self, entry: kv::Entry) {
+        {
             let Some(id) = unescape(&entry.key) else {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             };
             let mut st = self.state.lock();
             match entry.operation {
@@ -388,12 +451,11 @@ impl Directory {
         }
     }
 
-    async fn watch_hubs(self: Arc<Self>, mut watch: kv::Watch) {
-        while let Some(next) = watch.next().await {
-            let Ok(entry) = next else { continue };
+    fn on_hub(&self, entry: kv::Entry) {
+        {
             let Some(hub) = unescape(&entry.key) else {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             };
             let mut st = self.state.lock();
             match entry.operation {
@@ -408,12 +470,48 @@ impl Directory {
     }
 }
 
-/// Whether `hub` is live as `st` saw it: a heartbeat within `lease`; a
-/// hub never heard of is given one lease from this hub's start.
-fn live(st: &State, hub: &str, lease: Duration, started: Instant) -> bool {
-    match st.hubs.get(hub) {
-        Some(seen) => seen.elapsed() < lease,
-        None => started.elapsed() < lease,
+/// Whether `hub` is live as `st` saw it, `me` being this hub: its last
+/// heartbeat arrived less than `lease` before this hub's own last one (a
+/// hub never heard of: less than `lease` after this hub started). Judged
+/// against this hub's own heartbeat, not the clock, so a hub cut off from
+/// the cluster (its watch silent) declares nobody dead.
+fn live(st: &State, me: &str, hub: &str, lease: Duration, started: Instant) -> bool {
+    let own = st.hubs.get(me).copied().unwrap_or(started).max(started);
+    let last = st.hubs.get(hub).copied().unwrap_or(started);
+    own.saturating_duration_since(last) < lease
+}
+
+/// Follows every key of `store` for good: from the start (history 1: the
+/// current values), and after an error or end (a NATS node lost, a
+/// reconnect) again from the revision after the last one seen.
+async fn watch(store: &Store, name: &str, mut on: impl FnMut(kv::Entry)) {
+    let mut last = 0u64;
+    loop {
+        let opened = if last == 0 {
+            store.watch_with_history(">").await
+        } else {
+            store.watch_all_from_revision(last + 1).await
+        };
+        match opened {
+            Ok(mut w) => {
+                while let Some(next) = w.next().await {
+                    match next {
+                        Ok(entry) => {
+                            last = last.max(entry.revision);
+                            on(entry);
+                        }
+                        Err(e) => {
+                            tracing::debug!(bucket = name, error = %e, "federation: watch broke; reopening");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(bucket = name, error = %e, "federation: cannot watch yet; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

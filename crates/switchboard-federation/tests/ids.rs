@@ -91,3 +91,51 @@ async fn a_dead_hubs_ids_are_released_after_its_lease() -> anyhow::Result<()> {
     let _taken = b.client("worker-7").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_unique_when_a_nats_node_is_killed() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let mut cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    let _before = a.client("before-kill").await?;
+    eventually("hub-b sees the first id", || {
+        b.fed.directory().holder("before-kill").is_some()
+    })
+    .await;
+
+    // SIGKILL the node of hub-b: the buckets (3 replicas) keep working on
+    // the other two, and hub-b reconnects to one of them by itself.
+    cluster.nodes[1].kill();
+    let killed = std::time::Instant::now();
+    let _after = a.client("after-kill").await?;
+    eprintln!("client on a after {:?}", killed.elapsed());
+    eventually("hub-a wrote the id", || {
+        a.fed.directory().stats().written() >= 2
+    })
+    .await;
+    eprintln!("written after {:?}", killed.elapsed());
+    eventually(
+        "hub-b, reconnected, sees an id registered after the kill",
+        || b.fed.directory().holder("after-kill").as_deref() == Some("hub-a"),
+    )
+    .await;
+    eprintln!("hub-b caught up after {:?}", killed.elapsed());
+    let refused = b.client("after-kill").await.expect_err("held on hub-a");
+    assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver));
+    assert_eq!(
+        b.fed.directory().holder("before-kill").as_deref(),
+        Some("hub-a"),
+        "what was written before the kill is still there"
+    );
+    // hub-b's own writes reach the others again.
+    let _on_b = b.client("on-b").await?;
+    eventually("hub-a sees hub-b's new id", || {
+        a.fed.directory().holder("on-b").as_deref() == Some("hub-b")
+    })
+    .await;
+    Ok(())
+}

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const TOKEN: &str = "federation-test-token";
 
 /// Upper bound for any single wait in a test.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// The service the test hubs federate.
 pub const SERVICE: &str = "fedtest";
