@@ -8,6 +8,7 @@ use std::time::Duration;
 use switchboard_discovery::{BindOptions, DiscoveryError, Secret, SecretError};
 
 use crate::router::admission::Admission;
+use crate::router::remote::Remote;
 use crate::Limits;
 
 /// Default time a new connection has to complete the handshake.
@@ -55,6 +56,9 @@ pub struct HubConfig {
     /// or connects over the Unix socket as the hub's own user, may do
     /// everything.
     pub admission: Option<Arc<dyn Admission>>,
+    /// Where messages for clients of other hubs go (a federation; see
+    /// [`Remote`]); `None` (the default): this hub stands alone.
+    pub remote: Option<Arc<dyn Remote>>,
     /// The Unix domain socket (default: on Unix, `<hint dir or runtime
     /// dir>/<service>.<instance_id>.sock`, mode 0600); named in the hint.
     pub unix: UnixSocket,
@@ -102,6 +106,7 @@ impl HubConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
             admission: None,
+            remote: None,
             unix: UnixSocket::default(),
             tls: None,
             tls_client: None,

@@ -40,6 +40,9 @@ pub(crate) async fn serve(
     if let Some(admission) = &config.admission {
         router.set_admission(admission.clone());
     }
+    if let Some(remote) = &config.remote {
+        router.set_remote(remote.clone());
+    }
     let local_addr = match &listener {
         Some(listener) => listener.local_addr().map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),

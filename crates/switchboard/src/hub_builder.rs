@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
 use switchboard_hub::router::admission::Admission;
+use switchboard_hub::router::remote::Remote;
 use switchboard_hub::{HubConfig, HubError, HubHandle, Limits, UnixSocket};
 
 /// Starts a hub in this process; see [`Hub::builder`].
@@ -34,6 +35,7 @@ impl Hub {
             unix: None,
             tls: None,
             admission: None,
+            remote: None,
         }
     }
 
@@ -79,6 +81,7 @@ pub struct HubBuilder {
     unix: Option<UnixSocket>,
     tls: Option<HubTls>,
     admission: Option<Arc<dyn Admission>>,
+    remote: Option<Arc<dyn Remote>>,
 }
 
 /// The TLS settings of a [`HubBuilder`] (see [`HubBuilder::tls`]).
@@ -181,6 +184,15 @@ impl HubBuilder {
         self
     }
 
+    /// Hands messages for clients of other hubs to `remote` and asks it
+    /// before each registration (the remote seam): a federation of hubs,
+    /// such as `switchboard_federation::Federation::remote` (re-exported
+    /// as [`federation`](crate::federation) with the `federation` feature).
+    pub fn remote(mut self, remote: Arc<dyn Remote>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
     /// Binds, writes the hint and starts serving; returns a handle with the
     /// bound address and a `shutdown` method. A hot standby may attach to
     /// it at any time (see [`start_standby`](Self::start_standby)).
@@ -258,6 +270,7 @@ impl HubBuilder {
             config.insecure_plaintext = tls.insecure_plaintext;
         }
         config.admission = self.admission;
+        config.remote = self.remote;
         Ok(config)
     }
 }

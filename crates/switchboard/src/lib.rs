@@ -83,6 +83,9 @@ mod hub_builder;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use switchboard_discovery as discovery;
+#[cfg(feature = "federation")]
+#[cfg_attr(docsrs, doc(cfg(feature = "federation")))]
+pub use switchboard_federation as federation;
 #[cfg(feature = "hub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hub")))]
 pub use switchboard_hub as hub;

@@ -723,3 +723,21 @@ fn a_request_in_flight_survives_a_takeover() {
     assert!(requester.wait().success());
     assert_eq!(reply, "HELLO");
 }
+
+#[test]
+fn hub_federate_options_are_checked_before_anything_starts() {
+    let env = Env::new();
+    let o = env.run(&["hub", "--federate", "http://127.0.0.1:4222"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not a NATS URL"), "{}", stderr(&o));
+    let o = env.run(&["hub", "--federate", " , "]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no NATS server given"),
+        "{}",
+        stderr(&o)
+    );
+    // --federate-creds means nothing without --federate: a usage error.
+    let o = env.run(&["hub", "--federate-creds", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}

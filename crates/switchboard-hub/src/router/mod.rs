@@ -341,6 +341,9 @@ impl Router {
             return;
         }
         let id = info.client_id.clone();
+        if self.refused_by_remote(now, &info, &outbox) {
+            return;
+        }
         if let Some(old) = self.registry.lookup(&id) {
             if let Some(old_outbox) = self.output.outbox(old).cloned() {
                 tracing::info!(client = %id, "client id taken over by a new connection");
@@ -367,6 +370,9 @@ impl Router {
             return self.timers.close(now, outbox, Some(refusal));
         }
         self.output.journal.joined(&info);
+        if let Some(remote) = &self.remote {
+            remote.joined(&id);
+        }
         let welcome = self.welcome(&info, false, 0);
         self.registry.register(conn, info.clone(), now);
         self.output.insert(conn, id, outbox.clone(), info.reliable);
@@ -429,6 +435,26 @@ impl Router {
             None => Ok(()),
         });
         let Err(r) = verdict else {
+            return false;
+        };
+        self.timers
+            .close(now, outbox.clone(), Some(err(0, r.code, r.message)));
+        true
+    }
+
+    /// Asks the remote seam whether `info`'s id may register here (it is
+    /// not held by another hub); a refused connection is closed with the
+    /// refusal.
+    fn refused_by_remote(
+        &mut self,
+        now: Instant,
+        info: &proto::ClientInfo,
+        outbox: &Arc<Outbox>,
+    ) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let Err(r) = remote.claim(info) else {
             return false;
         };
         self.timers
@@ -513,6 +539,9 @@ impl Router {
             return;
         };
         self.output.journal.left(client.id());
+        if let Some(remote) = &self.remote {
+            remote.left(client.id());
+        }
         self.pubsub.forget(conn);
         self.kv.forget(conn);
         self.presence.unwatch(conn);

@@ -17,7 +17,9 @@
 
 use std::fmt::Debug;
 
-use switchboard_wire::Frame;
+use switchboard_wire::{proto, Frame};
+
+use super::admission::Refusal;
 
 /// What became of a message handed to [`Remote::route`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,4 +43,26 @@ pub trait Remote: Send + Sync + Debug {
     /// A `Publish` or `Broadcast` from the local client `from`, after the
     /// router delivered it to its own clients.
     fn fan_out(&self, from: &str, frame: &Frame);
+
+    /// Whether `info` may register its id here, asked before a new
+    /// registration (after the admission seam). A federation refuses an
+    /// id another live hub holds; the refusal closes the newcomer, as
+    /// [`Admission::admit_client`](super::admission::Admission::admit_client)'s
+    /// does. The default admits every id.
+    fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
+        let _ = info;
+        Ok(())
+    }
+
+    /// The client `id` registered here (a new registration; a resume of
+    /// a client still held is none).
+    fn joined(&self, id: &str) {
+        let _ = id;
+    }
+
+    /// The client `id` left this hub (closed, taken over, slow, or its
+    /// resume window ended).
+    fn left(&self, id: &str) {
+        let _ = id;
+    }
 }

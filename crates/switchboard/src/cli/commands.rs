@@ -64,6 +64,7 @@ pub struct HubOpts {
     pub heartbeat: (std::time::Duration, u32),
     pub unix: switchboard::hub::UnixSocket,
     pub tls: switchboard::HubTls,
+    pub federate: super::federate::FederateArgs,
 }
 
 /// The hub's Unix socket from `--unix`, `--unix-mode` and `--no-unix`.
@@ -100,6 +101,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
     b = b.unix(opts.unix.clone());
     b = b.tls(opts.tls.clone());
+    b = opts.federate.apply(g.service(), b).await?;
     let primary: Option<std::net::SocketAddr> = match &opts.primary {
         Some(p) => Some(
             p.parse()

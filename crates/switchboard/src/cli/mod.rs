@@ -5,6 +5,7 @@ mod commands;
 mod demo;
 mod demo_session;
 mod dial;
+mod federate;
 mod global;
 mod policy;
 mod tls_args;
@@ -93,6 +94,8 @@ enum Command {
         no_unix: bool,
         #[command(flatten)]
         tls: tls_args::HubTlsArgs,
+        #[command(flatten)]
+        federate: federate::FederateArgs,
     },
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
@@ -364,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             unix_mode,
             no_unix,
             tls,
+            federate,
         } => {
             let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
@@ -378,6 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     heartbeat_misses,
                 ),
                 tls: tls.settings(&g.tls)?,
+                federate,
             };
             commands::hub(&g, opts).await
         }

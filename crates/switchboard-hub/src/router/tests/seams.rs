@@ -179,3 +179,60 @@ fn without_seams_nothing_is_asked() {
     );
     assert_eq!(sim.recv_one(a), Frame::ok(2));
 }
+
+/// Refuses ids another hub holds ("held-" prefix); records joins and
+/// leaves, as a federation's id directory sees them.
+#[derive(Debug, Default)]
+struct Directory {
+    events: Mutex<Vec<String>>,
+}
+
+impl Remote for Directory {
+    fn route(&self, _from: &str, _to: &str, _frame: &Frame) -> Handoff {
+        Handoff::Unknown
+    }
+
+    fn fan_out(&self, _from: &str, _frame: &Frame) {}
+
+    fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
+        if info.client_id.starts_with("held-") {
+            return Err(Refusal {
+                code: ErrorCode::IdTakenOver,
+                message: format!("client id '{}' is registered on hub 'b'", info.client_id),
+            });
+        }
+        Ok(())
+    }
+
+    fn joined(&self, id: &str) {
+        self.events.lock().push(format!("+{id}"));
+    }
+
+    fn left(&self, id: &str) {
+        self.events.lock().push(format!("-{id}"));
+    }
+}
+
+#[test]
+fn the_remote_refuses_ids_held_elsewhere_and_hears_joins_and_leaves() {
+    let mut sim = Sim::new();
+    let remote = Arc::new(Directory::default());
+    sim.router.set_remote(remote.clone());
+    let refused = sim.connect_raw("held-x");
+    let (_, code, message) = error_of(&sim.recv(refused)[0]);
+    assert_eq!(code, ErrorCode::IdTakenOver);
+    assert!(message.contains("hub 'b'"), "{message}");
+    assert_eq!(sim.router.client_count(), 0);
+    let a = sim.connect("a");
+    // A local takeover: the old connection leaves, the new one joins.
+    let _a2 = sim.connect_raw("a");
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: a,
+            notice: None,
+            reason: "closed".into(),
+        },
+    );
+    assert_eq!(*remote.events.lock(), vec!["+a", "-a", "+a"]);
+}

@@ -1,0 +1,568 @@
+//! The id directory: which hub holds which client id, cluster-wide, in a
+//! JetStream KV bucket, and which hubs are live, from a heartbeat bucket.
+//!
+//! - Bucket `sb_<service>_ids`: key = the escaped client id
+//!   ([`subject::escape`](crate::subject::escape)), value = [`Holder`]
+//!   (JSON). A hub `create`s the key when a client joins (it fails when the
+//!   key exists), deletes it (expecting the revision it wrote) when the
+//!   client leaves.
+//! - Bucket `sb_<service>_hubs`: key = the escaped hub name, value = the
+//!   hub's epoch, put every third of the lease.
+//! - Every hub watches both. A hub is live while it heard a heartbeat of
+//!   it within the lease (time measured locally, from when the update
+//!   arrived, so clocks need not agree; a hub seen at start gets one
+//!   lease of grace). Each hub deletes the ids of hubs it finds dead
+//!   (expecting their revision, so a fresh claim is never lost).
+//! - [`Directory::claim`] answers on the router task from the watched
+//!   copy: an id held by another live hub is refused with
+//!   `ID_TAKEN_OVER`, the code a replaced local duplicate gets. Two hubs
+//!   admitting the same id within one watch delay both register it; the
+//!   later `create` fails, is logged and counted (`races_lost`), and the
+//!   bucket names the first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation, Store};
+use async_nats::jetstream::stream;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use switchboard_hub::router::admission::Refusal;
+use switchboard_wire::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::subject::{escape, unescape};
+use crate::{FederationError, FederationOptions, COMMAND_QUEUE};
+
+/// The value of an id's entry: who holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The hub's name.
+    pub hub: String,
+    /// The hub's epoch when it registered the id.
+    pub epoch: u64,
+}
+
+/// First pause before an id write is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between tries.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries of one release (then the lease releases it).
+const RELEASE_TRIES: usize = 20;
+
+#[derive(Debug)]
+enum Command {
+    Join(String),
+    Leave(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// id → (holder, revision), from the watch and our own writes.
+    ids: HashMap<String, (Holder, u64)>,
+    /// hub → when its last heartbeat arrived.
+    hubs: HashMap<String, Instant>,
+}
+
+/// Counters of the directory.
+#[derive(Debug, Default)]
+pub struct DirectoryStats {
+    /// Registrations whose `create` found the id held by another hub.
+    pub races_lost: AtomicU64,
+    /// Commands dropped because the queue towards NATS was full.
+    pub dropped: AtomicU64,
+    /// Ids of dead hubs this hub released.
+    pub released_dead: AtomicU64,
+    /// Entries on the buckets that could not be read (dropped).
+    pub malformed: AtomicU64,
+    /// Ids this hub wrote to the bucket.
+    pub written: AtomicU64,
+}
+
+impl DirectoryStats {
+    /// Ids this hub wrote to the bucket.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Directory {
+    me: String,
+    epoch: u64,
+    lease: Duration,
+    started: Instant,
+    state: Mutex<State>,
+    commands: mpsc::Sender<Command>,
+    ids: Store,
+    hubs: Store,
+    stats: DirectoryStats,
+}
+
+impl Directory {
+    /// Opens the buckets and starts the heartbeat, the watches, the reaper
+    /// and the command task; they stop with `stop`.
+    pub(crate) async fn open(
+        client: async_nats::Client,
+        options: &FederationOptions,
+        stop: CancellationToken,
+    ) -> Result<Arc<Directory>, FederationError> {
+        let js = async_nats::jetstream::new(client.clone());
+        let replicas = options
+            .replicas
+            .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
+        let service = escape(&options.service);
+        let deadline = Instant::now() + options.connect_timeout;
+        let ids = bucket(&js, format!("sb_{service}_ids"), replicas, deadline).await?;
+        let hubs = bucket(&js, format!("sb_{service}_hubs"), replicas, deadline).await?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let dir = Arc::new(Directory {
+            me: options.hub_name.clone(),
+            epoch: options.epoch,
+            lease: options.lease,
+            started: Instant::now(),
+            state: Mutex::new(State::default()),
+            commands: tx,
+            ids,
+            hubs,
+            stats: DirectoryStats::default(),
+        });
+        dir.beat().await?;
+        spawn(stop.clone(), dir.clone().watch_ids());
+        spawn(stop.clone(), dir.clone().watch_hubs());
+        spawn(stop.clone(), dir.clone().heartbeat());
+        spawn(stop.clone(), dir.clone().reaper());
+        spawn(stop, dir.clone().commands(rx));
+        Ok(dir)
+    }
+
+    /// This hub's name.
+    pub fn hub_name(&self) -> &str {
+        &self.me
+    }
+
+    /// The hub holding `id`, as this hub last saw it.
+    pub fn holder(&self, id: &str) -> Option<String> {
+        self.state.lock().ids.get(id).map(|(h, _)| h.hub.clone())
+    }
+
+    /// Whether `hub` is live (this hub always is).
+    pub fn is_live(&self, hub: &str) -> bool {
+        hub == self.me || live(&self.state.lock(), &self.me, hub, self.lease, self.started)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &DirectoryStats {
+        &self.stats
+    }
+
+    /// Whether `id` may register on this hub: refused when another live
+    /// hub holds it. Quick; called on the router task.
+    pub fn claim(&self, id: &str) -> Result<(), Refusal> {
+        let st = self.state.lock();
+        match st.ids.get(id) {
+            Some((h, _)) if h.hub != self.me && live(&st, &self.me, &h.hub, self.lease, self.started) => {
+                Err(Refusal {
+                    code: ErrorCode::IdTakenOver,
+                    message: format!(
+                        "client id '{id}' is registered on hub '{}' of this federation; give each process its own id",
+                        h.hub
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `id` registered here: recorded at once, written to the bucket by the
+    /// command task.
+    pub fn joined(&self, id: &str) {
+        self.state.lock().ids.insert(
+            id.to_owned(),
+            (
+                Holder {
+                    hub: self.me.clone(),
+                    epoch: self.epoch,
+                },
+                0,
+            ),
+        );
+        self.command(Command::Join(id.to_owned()));
+    }
+
+    /// `id` left this hub.
+    pub fn left(&self, id: &str) {
+        {
+            let mut st = self.state.lock();
+            if st.ids.get(id).is_some_and(|(h, _)| h.hub == self.me) {
+                st.ids.remove(id);
+            }
+        }
+        self.command(Command::Leave(id.to_owned()));
+    }
+
+    fn command(&self, c: Command) {
+        if self.commands.try_send(c).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("federation: command queue towards NATS full; an id update was dropped");
+        }
+    }
+
+    /// Deletes every entry this hub holds, and its heartbeat.
+    pub(crate) async fn release_all(&self) {
+        let mine: Vec<String> = {
+            let st = self.state.lock();
+            st.ids
+                .iter()
+                .filter(|(_, (h, _))| h.hub == self.me)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in mine {
+            self.release(&id).await;
+        }
+        let _ = self.hubs.delete(escape(&self.me)).await;
+    }
+
+    async fn beat(&self) -> Result<(), FederationError> {
+        self.hubs
+            .put(escape(&self.me), self.epoch.to_string().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| FederationError::JetStream(e.to_string()))
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.lease / 3);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.beat().await {
+                tracing::warn!(error = %e, "federation: heartbeat failed");
+            }
+        }
+    }
+
+    async fn reaper(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.lease / 3);
+        loop {
+            every.tick().await;
+            let dead: Vec<(String, u64)> = {
+                let st = self.state.lock();
+                st.ids
+                    .iter()
+                    .filter(|(_, (h, _))| {
+                        h.hub != self.me && !live(&st, &self.me, &h.hub, self.lease, self.started)
+                    })
+                    .map(|(id, (_, rev))| (id.clone(), *rev))
+                    .collect()
+            };
+            for (id, rev) in dead {
+                if self
+                    .ids
+                    .delete_expect_revision(escape(&id), Some(rev))
+                    .await
+                    .is_ok()
+                {
+                    self.stats.released_dead.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %id, "federation: released the id of a dead hub");
+                }
+            }
+        }
+    }
+
+    async fn commands(self: Arc<Self>, mut rx: mpsc::Receiver<Command>) {
+        while let Some(c) = rx.recv().await {
+            match c {
+                Command::Join(id) => self.register(&id).await,
+                Command::Leave(id) => self.release(&id).await,
+            }
+        }
+    }
+
+    /// Writes `id` as held here, trying again (backing off up to 2 s)
+    /// while the cluster does not answer (a node lost, a leader being
+    /// elected), until written, lost to another hub, or left here.
+    async fn register(&self, id: &str) {
+        let key = escape(id);
+        let value: bytes::Bytes = serde_json::to_vec(&Holder {
+            hub: self.me.clone(),
+            epoch: self.epoch,
+        })
+        .expect("a holder serializes")
+        .into();
+        let mut backoff = RETRY_MIN;
+        while self.holder(id).as_deref() == Some(self.me.as_str()) {
+            match self.try_register(id, &key, &value).await {
+                Ok(Some(rev)) => {
+                    self.stats.written.fetch_add(1, Ordering::Relaxed);
+                    let mut st = self.state.lock();
+                    if let Some((h, r)) = st.ids.get_mut(id) {
+                        if h.hub == self.me {
+                            *r = (*r).max(rev);
+                        }
+                    }
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(client = %id, error = %e, "federation: could not register an id yet; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One attempt: the revision written, `None` when another live hub
+    /// holds the id (a race lost), or what failed.
+    async fn try_register(
+        &self,
+        id: &str,
+        key: &str,
+        value: &bytes::Bytes,
+    ) -> Result<Option<u64>, String> {
+        match self.ids.create(key, value.clone()).await {
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // Held: by us (an earlier registration), by a dead hub, or
+                // by a live one that won a race.
+                match self.ids.entry(key).await.map_err(|e| e.to_string())? {
+                    Some(entry) => {
+                        let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
+                        match holder {
+                            Some(h) if h.hub != self.me && self.is_live(&h.hub) => {
+                                self.stats.races_lost.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(client = %id, hub = %h.hub, "federation: id registered here and on another hub at once; the bucket names the other");
+                                Ok(None)
+                            }
+                            _ => self
+                                .ids
+                                .update(key, value.clone(), entry.revision)
+                                .await
+                                .map(Some)
+                                .map_err(|e| e.to_string()),
+                        }
+                    }
+                    None => self
+                        .ids
+                        .put(key, value.clone())
+                        .await
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Deletes `id` when this hub holds it in the bucket and no newer
+    /// connection registered it here; tries again like [`register`](Self::register).
+    async fn release(&self, id: &str) {
+        let key = escape(id);
+        let mut backoff = RETRY_MIN;
+        for _ in 0..RELEASE_TRIES {
+            // Registered here again (a new connection of the same id)?
+            // Then keep it.
+            if self.holder(id).as_deref() == Some(self.me.as_str()) {
+                return;
+            }
+            let entry = match self.ids.entry(&key).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(client = %id, error = %e, "federation: cannot read an id to release; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
+            if holder.is_none_or(|h| h.hub != self.me) {
+                return;
+            }
+            match self
+                .ids
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(client = %id, error = %e, "federation: id not released yet; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn watch_ids(self: Arc<Self>) {
+        let store = self.ids.clone();
+        watch(&store, "ids", |entry| self.on_id(entry)).await;
+    }
+
+    async fn watch_hubs(self: Arc<Self>) {
+        let store = self.hubs.clone();
+        watch(&store, "hubs", |entry| self.on_hub(entry)).await;
+    }
+
+    fn on_id(&self, entry: kv::Entry) {
+        {
+            let Some(id) = unescape(&entry.key) else {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut st = self.state.lock();
+            match entry.operation {
+                Operation::Put => match serde_json::from_slice::<Holder>(&entry.value) {
+                    Ok(h) => {
+                        // Our own fresher record (joined, not yet written)
+                        // wins over an older revision of someone else's.
+                        let ours_pending = st.ids.get(&id).is_some_and(|(cur, rev)| {
+                            cur.hub == self.me && *rev == 0 && h.hub != self.me
+                        });
+                        if !ours_pending {
+                            st.ids.insert(id, (h, entry.revision));
+                        }
+                    }
+                    Err(_) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Operation::Delete | Operation::Purge => {
+                    let ours_pending = st
+                        .ids
+                        .get(&id)
+                        .is_some_and(|(cur, rev)| cur.hub == self.me && *rev == 0);
+                    if !ours_pending
+                        && st
+                            .ids
+                            .get(&id)
+                            .is_some_and(|(_, rev)| *rev <= entry.revision)
+                    {
+                        st.ids.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_hub(&self, entry: kv::Entry) {
+        {
+            let Some(hub) = unescape(&entry.key) else {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut st = self.state.lock();
+            match entry.operation {
+                Operation::Put => {
+                    st.hubs.insert(hub, Instant::now());
+                }
+                Operation::Delete | Operation::Purge => {
+                    st.hubs.remove(&hub);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `hub` is live as `st` saw it, `me` being this hub: its last
+/// heartbeat arrived less than `lease` before this hub's own last one (a
+/// hub never heard of: less than `lease` after this hub started). Judged
+/// against this hub's own heartbeat, not the clock, so a hub cut off from
+/// the cluster (its watch silent) declares nobody dead.
+fn live(st: &State, me: &str, hub: &str, lease: Duration, started: Instant) -> bool {
+    let own = st.hubs.get(me).copied().unwrap_or(started).max(started);
+    let last = st.hubs.get(hub).copied().unwrap_or(started);
+    own.saturating_duration_since(last) < lease
+}
+
+/// Follows every key of `store` for good: from the start (history 1: the
+/// current values), and after an error or end (a NATS node lost, a
+/// reconnect) again from the revision after the last one seen.
+async fn watch(store: &Store, name: &str, mut on: impl FnMut(kv::Entry)) {
+    let mut last = 0u64;
+    loop {
+        let opened = if last == 0 {
+            store.watch_with_history(">").await
+        } else {
+            store.watch_all_from_revision(last + 1).await
+        };
+        match opened {
+            Ok(mut w) => {
+                while let Some(next) = w.next().await {
+                    match next {
+                        Ok(entry) => {
+                            last = last.max(entry.revision);
+                            on(entry);
+                        }
+                        Err(e) => {
+                            tracing::debug!(bucket = name, error = %e, "federation: watch broke; reopening");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(bucket = name, error = %e, "federation: cannot watch yet; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn spawn(stop: CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = task => {}
+        }
+    });
+}
+
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: String,
+    replicas: usize,
+    deadline: Instant,
+) -> Result<Store, FederationError> {
+    loop {
+        // The stream a KV bucket is, made here rather than with
+        // `create_key_value`: that one first reads the account info, whose
+        // shape on nats-server 2.9 async-nats no longer parses.
+        let err = match js.get_key_value(&name).await {
+            Ok(store) => return Ok(store),
+            Err(_) => match js
+                .get_or_create_stream(stream::Config {
+                    name: format!("KV_{name}"),
+                    subjects: vec![format!("$KV.{name}.>")],
+                    max_messages_per_subject: 1,
+                    storage: stream::StorageType::File,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    num_replicas: replicas,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => match js.get_key_value(&name).await {
+                    Ok(store) => return Ok(store),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            },
+        };
+        if Instant::now() >= deadline {
+            return Err(FederationError::JetStream(format!(
+                "cannot open or create the KV bucket {name} with {replicas} replica(s): {err}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Test fixture: a 3-node nats-server cluster with JetStream on loopback
+//! (free ports, a temporary store directory per node, ready on
+//! `/healthz?js-enabled-only=true`, killed on drop) and switchboard hubs
+//! each federated through a different node.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::federation::{Federation, FederationOptions};
+use switchboard::{Client, Hub, HubHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Token of the test hubs.
+pub const TOKEN: &str = "federation-test-token";
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The service the test hubs federate.
+pub const SERVICE: &str = "fedtest";
+
+/// `nats-server` on the PATH, or `None` after saying why the test is
+/// skipped. With `CI` set a missing server fails the test instead.
+pub fn nats_server() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("nats-server is not installed, and CI is set: install it (apt-get install -y nats-server)");
+        }
+        eprintln!("SKIPPED: nats-server is not installed (apt-get install -y nats-server); the federation test did not run");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One nats-server of the cluster.
+pub struct Node {
+    /// Its client URL.
+    pub url: String,
+    /// Its monitoring port.
+    pub http_port: u16,
+    child: Option<Child>,
+    config: PathBuf,
+    bin: PathBuf,
+}
+
+impl Node {
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A nats-server cluster on loopback, killed on drop.
+pub struct Cluster {
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with JetStream and waits until each is ready.
+    pub async fn start(bin: &Path, n: usize) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c, _)| format!("\"nats-route://127.0.0.1:{c}\""))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client, cluster, http)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&store)?;
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: sbfed, listen: \"127.0.0.1:{cluster}\", routes: [{}] }}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )?;
+            let child = Command::new(bin)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            nodes.push(Node {
+                url: format!("nats://127.0.0.1:{client}"),
+                http_port: *http,
+                child: Some(child),
+                config,
+                bin: bin.to_owned(),
+            });
+        }
+        let cluster = Cluster { nodes, _dir: dir };
+        for node in &cluster.nodes {
+            wait_ready(node.http_port).await?;
+        }
+        Ok(cluster)
+    }
+}
+
+async fn healthz(port: u16) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+async fn wait_ready(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(body) = healthz(port).await {
+            if body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200") {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nats-server on monitoring port {port} not ready within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A hub federated through one node.
+pub struct FedHub {
+    /// The hub.
+    pub hub: HubHandle,
+    /// Its federation.
+    pub fed: Federation,
+}
+
+impl FedHub {
+    /// Starts a hub named `name` federated through `url`.
+    pub async fn start(name: &str, url: &str, lease: Duration) -> anyhow::Result<FedHub> {
+        let mut opts = FederationOptions::new(SERVICE, vec![url.to_owned()]);
+        opts.hub_name = name.to_owned();
+        opts.replicas = Some(3);
+        opts.lease = lease;
+        let fed = Federation::connect(opts).await?;
+        let hub = Hub::builder()
+            .service(SERVICE)
+            .token(TOKEN)
+            .listen("127.0.0.1:0")
+            .write_hint(false)
+            .unix(switchboard::hub::UnixSocket::disabled())
+            .remote(fed.remote())
+            .start()
+            .await?;
+        Ok(FedHub { hub, fed })
+    }
+
+    /// A client of this hub named `id`, without reconnection.
+    pub async fn client(&self, id: &str) -> Result<Client, switchboard::ClientError> {
+        Client::builder(id)
+            .addr(self.hub.local_addr().to_string())
+            .token(TOKEN)
+            .reconnect(false)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+    }
+}
+
+/// Waits until `check` holds, polling, at most [`WAIT`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

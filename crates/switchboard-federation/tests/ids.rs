@@ -1,0 +1,141 @@
+//! Client ids are unique across federated hubs: three hubs, each on its
+//! own node of a 3-node nats-server cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, nats_server, Cluster, FedHub};
+use switchboard::ErrorCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_held_on_one_hub_is_refused_on_the_others_until_it_leaves() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    let c = FedHub::start("hub-c", &cluster.nodes[2].url, lease).await?;
+
+    // An id with characters NATS treats specially.
+    let id = "dev.1 *>";
+    let holder = a.client(id).await?;
+    for other in [&b, &c] {
+        eventually("the others see hub-a hold the id", || {
+            other.fed.directory().holder(id).as_deref() == Some("hub-a")
+        })
+        .await;
+        let refused = other
+            .client(id)
+            .await
+            .expect_err("a duplicate id is refused");
+        assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver), "{refused}");
+        assert!(refused.to_string().contains("hub-a"), "{refused}");
+    }
+    // Other ids are not affected, on any hub.
+    let _free = b.client("free-on-b").await?;
+
+    // Released on leave: the id may then register on another hub.
+    holder.close().await;
+    eventually("hub-b sees the id released", || {
+        b.fed.directory().holder(id).is_none()
+    })
+    .await;
+    let moved = b.client(id).await?;
+    eventually("hub-a sees hub-b hold the id", || {
+        a.fed.directory().holder(id).as_deref() == Some("hub-b")
+    })
+    .await;
+    let refused = a.client(id).await.expect_err("now held on hub-b");
+    assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver));
+    drop(moved);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hubs_ids_are_released_after_its_lease() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_millis(1500);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+
+    let _held = a.client("worker-7").await?;
+    eventually("hub-b sees hub-a hold the id", || {
+        b.fed.directory().holder("worker-7").as_deref() == Some("hub-a")
+    })
+    .await;
+    assert!(b.client("worker-7").await.is_err());
+
+    // hub-a dies without a word: its router and federation stop, its
+    // heartbeats end, nothing is released.
+    let FedHub { hub, fed } = a;
+    drop(fed);
+    hub.shutdown().await;
+    let died = std::time::Instant::now();
+
+    eventually("hub-b releases hub-a's id after the lease", || {
+        b.fed.directory().holder("worker-7").is_none()
+    })
+    .await;
+    assert!(
+        died.elapsed() >= lease / 2,
+        "released after {:?}, before the lease of {lease:?} could run out",
+        died.elapsed()
+    );
+    assert!(!b.fed.directory().is_live("hub-a"));
+    let _taken = b.client("worker-7").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_unique_when_a_nats_node_is_killed() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let mut cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    let _before = a.client("before-kill").await?;
+    eventually("hub-b sees the first id", || {
+        b.fed.directory().holder("before-kill").is_some()
+    })
+    .await;
+
+    // SIGKILL the node of hub-b: the buckets (3 replicas) keep working on
+    // the other two, and hub-b reconnects to one of them by itself.
+    cluster.nodes[1].kill();
+    let killed = std::time::Instant::now();
+    let _after = a.client("after-kill").await?;
+    eprintln!("client on a after {:?}", killed.elapsed());
+    eventually("hub-a wrote the id", || {
+        a.fed.directory().stats().written() >= 2
+    })
+    .await;
+    eprintln!("written after {:?}", killed.elapsed());
+    eventually(
+        "hub-b, reconnected, sees an id registered after the kill",
+        || b.fed.directory().holder("after-kill").as_deref() == Some("hub-a"),
+    )
+    .await;
+    eprintln!("hub-b caught up after {:?}", killed.elapsed());
+    let refused = b.client("after-kill").await.expect_err("held on hub-a");
+    assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver));
+    assert_eq!(
+        b.fed.directory().holder("before-kill").as_deref(),
+        Some("hub-a"),
+        "what was written before the kill is still there"
+    );
+    // hub-b's own writes reach the others again.
+    let _on_b = b.client("on-b").await?;
+    eventually("hub-a sees hub-b's new id", || {
+        a.fed.directory().holder("on-b").as_deref() == Some("hub-b")
+    })
+    .await;
+    Ok(())
+}
