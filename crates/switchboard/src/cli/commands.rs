@@ -54,38 +54,17 @@ fn cli_id() -> String {
     format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// Options of `switchboard hub`.
+/// Options of `switchboard hub`: the configuration (file and flags) and
+/// the address flags, which override it.
 pub struct HubOpts {
-    pub policy: Option<std::path::PathBuf>,
+    pub config: super::config::FileConfig,
     pub listen: Option<String>,
     pub http: Option<String>,
-    pub standby: bool,
-    pub primary: Option<String>,
-    pub heartbeat: (std::time::Duration, u32),
-    pub unix: switchboard::hub::UnixSocket,
-    pub tls: switchboard::HubTls,
-}
-
-/// The hub's Unix socket from `--unix`, `--unix-mode` and `--no-unix`.
-pub fn unix_socket(
-    path: Option<std::path::PathBuf>,
-    mode: Option<u32>,
-    off: bool,
-) -> switchboard::hub::UnixSocket {
-    let mut unix = switchboard::hub::UnixSocket::default();
-    if off {
-        return switchboard::hub::UnixSocket::disabled();
-    }
-    unix.path = path;
-    if let Some(mode) = mode {
-        unix.mode = mode;
-    }
-    unix
 }
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
-    let mut b = switchboard::Hub::builder().service(g.service());
-    if let Some(path) = &opts.policy {
+    let mut b = opts.config.builder()?;
+    if let Some(path) = &opts.config.hub.policy {
         b = b.admission(super::policy::load(path)?);
     }
     if let Some(listen) = &opts.listen {
@@ -97,19 +76,11 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     if let Some(token) = &g.token {
         b = b.token(token);
     }
-    b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
-    b = b.unix(opts.unix.clone());
-    b = b.tls(opts.tls.clone());
-    let primary: Option<std::net::SocketAddr> = match &opts.primary {
-        Some(p) => Some(
-            p.parse()
-                .map_err(|e| anyhow::anyhow!("invalid --primary {p:?}: {e}; use IP:PORT"))?,
-        ),
-        None => None,
-    };
+    let primary = opts.config.replication.primary;
+    let notify = super::systemd::Notifier::from_env();
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let mut standby = opts.standby;
+    let mut standby = opts.config.replication.standby;
     loop {
         let hub = if standby {
             let handle = b.clone().start_standby(primary).await?;
@@ -128,6 +99,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                         if let switchboard::hub::StandbyState::Following { primary, epoch, .. } = s {
                             if !announced {
                                 announced = true;
+                                notify.ready(&format!("standby of {} following {primary}", g.service()));
                                 if g.json {
                                     out(json!({"event": "standby", "service": g.service(),
                                                "primary": primary.to_string(), "epoch": epoch,
@@ -143,6 +115,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                         }
                     }
                     _ = &mut signal => {
+                        notify.stopping();
                         handle.shutdown();
                         if !g.json {
                             eprintln!("standby stopped");
@@ -159,6 +132,13 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         let http = hub.http_addr().map(|a| a.to_string());
         let unix = hub.unix_path().map(|p| p.display().to_string());
         let epoch = hub.identity().epoch;
+        notify.ready(&format!(
+            "serving {} on {addr}{}",
+            g.service(),
+            http.as_deref()
+                .map(|h| format!(", http on {h}"))
+                .unwrap_or_default()
+        ));
         if g.json {
             out(
                 json!({"event": "ready", "service": g.service(), "addr": addr,
@@ -182,6 +162,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = &mut signal => {
+                notify.stopping();
                 hub.shutdown().await;
                 if !g.json {
                     eprintln!("hub stopped");

@@ -1,0 +1,65 @@
+//! systemd's notify protocol for `switchboard hub` under a `Type=notify`
+//! unit: READY=1 (with STATUS=) once the hub listens, STOPPING=1 when it
+//! shuts down, and WATCHDOG=1 every half `WATCHDOG_USEC` when the unit sets
+//! `WatchdogSec`. Without `NOTIFY_SOCKET` every call does nothing.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+/// Sends the hub's state to the service manager.
+pub struct Notifier {
+    on: bool,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Notifier {
+    /// From the environment (`NOTIFY_SOCKET`, `WATCHDOG_USEC`,
+    /// `WATCHDOG_PID`); starts the watchdog pings when asked for. Must be
+    /// called within the runtime.
+    pub fn from_env() -> Notifier {
+        let on = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let mut usec = 0;
+        let watchdog =
+            (on && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| {
+                let every = Duration::from_micros(usec / 2).max(Duration::from_millis(1));
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        if let Err(e) = sd_notify::notify(false, &[NotifyState::Watchdog]) {
+                            tracing::warn!("cannot send WATCHDOG=1 to the service manager: {e}");
+                        }
+                    }
+                })
+            });
+        Notifier { on, watchdog }
+    }
+
+    fn send(&self, state: &[NotifyState]) {
+        if !self.on {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(false, state) {
+            tracing::warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    /// READY=1 with a status line.
+    pub fn ready(&self, status: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// STOPPING=1: the hub is shutting down.
+    pub fn stopping(&self) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+}
