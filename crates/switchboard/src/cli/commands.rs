@@ -27,11 +27,40 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Puts bytes into a `--json` object unmangled: as the string field `key`
+/// when they are UTF-8, else as `<key>_base64` (standard alphabet, padded)
+/// and no `key`.
+fn put_bytes(v: &mut serde_json::Value, key: &str, b: &[u8]) {
+    use base64::Engine as _;
+    match std::str::from_utf8(b) {
+        Ok(s) => v[key] = json!(s),
+        Err(_) => {
+            v[format!("{key}_base64")] = json!(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+    }
+}
+
+/// `v` with the bytes `b` put in as [`put_bytes`] does.
+fn with_bytes(mut v: serde_json::Value, key: &str, b: &[u8]) -> serde_json::Value {
+    put_bytes(&mut v, key, b);
+    v
+}
+
 /// Prints a line to standard output and flushes it, so readers of a pipe
 /// see it at once.
 fn out(line: impl std::fmt::Display) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Prints bytes as they are (a reply or value need not be text) and a
+/// newline.
+fn out_bytes(b: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(b)?;
+    stdout.write_all(b"\n")?;
     stdout.flush()?;
     Ok(())
 }
@@ -262,9 +291,9 @@ pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::R
     client.close().await;
     let reply = result?;
     if g.json {
-        out(json!({"from": to, "reply": text(&reply)}))?;
+        out(with_bytes(json!({"from": to}), "reply", &reply))?;
     } else {
-        out(text(&reply))?;
+        out_bytes(&reply)?;
     }
     Ok(())
 }
@@ -300,7 +329,11 @@ async fn answer(
 ) -> Result<(), ClientError> {
     let payload = req.payload().clone();
     if json_out {
-        let _ = out(json!({"event": "request", "from": req.from(), "payload": text(&payload)}));
+        let _ = out(with_bytes(
+            json!({"event": "request", "from": req.from()}),
+            "payload",
+            &payload,
+        ));
     }
     if echo {
         return req.reply(payload).await;
@@ -350,7 +383,7 @@ async fn run_exec(cmd: &str, input: &[u8]) -> Result<Vec<u8>, String> {
 fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
     let kind = m.kind.as_str();
     if json_out {
-        let mut v = json!({"kind": kind, "from": m.from, "payload": text(&m.payload)});
+        let mut v = with_bytes(json!({"kind": kind, "from": m.from}), "payload", &m.payload);
         if m.kind == MessageKind::Publish {
             v["topic"] = json!(m.topic);
         }
@@ -428,11 +461,13 @@ pub async fn kv_get(g: &Global, key: &str) -> anyhow::Result<()> {
     match result? {
         Some(e) => {
             if g.json {
-                out(
-                    json!({"key": e.key, "value": text(&e.value), "version": e.version, "found": true}),
-                )?;
+                out(with_bytes(
+                    json!({"key": e.key, "version": e.version, "found": true}),
+                    "value",
+                    &e.value,
+                ))?;
             } else {
-                out(text(&e.value))?;
+                out_bytes(&e.value)?;
             }
             Ok(())
         }
@@ -494,8 +529,12 @@ pub async fn kv_watch(
             ev = watch.next() => {
                 let Some(ev) = ev else { break };
                 if g.json {
-                    out(json!({"key": ev.key, "value": text(&ev.value), "version": ev.version,
-                               "deleted": ev.deleted, "by": ev.by}))?;
+                    out(with_bytes(
+                        json!({"key": ev.key, "version": ev.version,
+                               "deleted": ev.deleted, "by": ev.by}),
+                        "value",
+                        &ev.value,
+                    ))?;
                 } else if ev.deleted {
                     out(format!("{} deleted (version {})", ev.key, ev.version))?;
                 } else {

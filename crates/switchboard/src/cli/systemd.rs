@@ -19,20 +19,18 @@ impl Notifier {
     /// called within the runtime.
     pub fn from_env() -> Notifier {
         let on = std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0;
-        let watchdog =
-            (on && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| {
-                let every = Duration::from_micros(usec / 2).max(Duration::from_millis(1));
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    loop {
-                        tick.tick().await;
-                        if let Err(e) = sd_notify::notify(false, &[NotifyState::Watchdog]) {
-                            tracing::warn!("cannot send WATCHDOG=1 to the service manager: {e}");
-                        }
+        let watchdog = watchdog_usec().filter(|_| on).map(|usec| {
+            let every = Duration::from_micros(usec / 2).max(Duration::from_millis(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = sd_notify::notify(false, &[NotifyState::Watchdog]) {
+                        tracing::warn!("cannot send WATCHDOG=1 to the service manager: {e}");
                     }
-                })
-            });
+                }
+            })
+        });
         Notifier { on, watchdog }
     }
 
@@ -53,6 +51,17 @@ impl Notifier {
     /// STOPPING=1: the hub is shutting down.
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+}
+
+/// `WATCHDOG_USEC` when the watchdog is asked of this process: set and
+/// above 0, and `WATCHDOG_PID` unset or this process's id (as
+/// `sd_watchdog_enabled(3)` reads them).
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then_some(usec),
     }
 }
 
