@@ -36,6 +36,7 @@ impl Hub {
             admission: None,
             http_config: None,
             handshake_timeout: None,
+            listener: None,
         }
     }
 
@@ -83,6 +84,7 @@ pub struct HubBuilder {
     admission: Option<Arc<dyn Admission>>,
     http_config: Option<HttpConfig>,
     handshake_timeout: Option<Duration>,
+    listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// The TLS settings of a [`HubBuilder`] (see [`HubBuilder::tls`]).
@@ -172,6 +174,14 @@ impl HubBuilder {
     pub fn http_config(mut self, http: HttpConfig) -> Self {
         self.http = None;
         self.http_config = Some(http);
+        self
+    }
+
+    /// Serve on this listening TCP socket instead of binding one (the
+    /// listen address is then ignored): e.g. a socket passed by systemd's
+    /// socket activation. Only [`start`](Self::start) uses it.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(Arc::new(listener));
         self
     }
 
@@ -293,6 +303,7 @@ impl HubBuilder {
             config.insecure_plaintext = tls.insecure_plaintext;
         }
         config.admission = self.admission;
+        config.listener = self.listener;
         Ok(config)
     }
 }

@@ -422,3 +422,67 @@ fn completions_and_man_page() {
         "{page}"
     );
 }
+
+#[test]
+fn socket_activation_serves_on_the_passed_listener() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let want = listener.local_addr().expect("addr").to_string();
+    let fd = listener.as_raw_fd();
+    let notify = NotifySocket::bind(env.path());
+    // LISTEN_PID must be the hub's pid: a shell sets it to its own and
+    // execs the hub, which keeps that pid.
+    let mut cmd = env.cmd(&[]);
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(BIN)
+        .args(["hub", "--json", "--no-unix"])
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("SWITCHBOARD_LOG")
+        .env_remove("WATCHDOG_USEC")
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "native")
+        .env("NOTIFY_SOCKET", &notify.path);
+    // SAFETY: between fork and exec only dup2/fcntl, which are
+    // async-signal-safe; the descriptor stays open in the parent.
+    unsafe {
+        sh.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd = sh;
+    let hub = Proc::spawn(cmd);
+    let ready = hub.ready();
+    assert_eq!(ready["addr"], want.as_str(), "{ready}");
+    notify.until("READY=1");
+    drop(listener);
+    // Clients reach it on the passed socket.
+    let o = env.run(&["--addr", &want, "status", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let status = hub.terminate();
+    notify.until("STOPPING=1");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn listen_fds_for_another_process_are_ignored() {
+    let env = Env::new();
+    let mut cmd = env.cmd(&["hub", "--json", "--no-unix"]);
+    // Another pid: not for this hub, which binds its own port.
+    cmd.env("LISTEN_PID", "1").env("LISTEN_FDS", "1");
+    let hub = Proc::spawn(cmd);
+    let ready = hub.ready();
+    assert!(ready["addr"].is_string(), "{ready}");
+    assert!(hub.terminate().success());
+}

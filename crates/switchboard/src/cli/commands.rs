@@ -105,6 +105,17 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     if let Some(token) = &g.token {
         b = b.token(token);
     }
+    // Socket activation: listeners systemd passed replace the addresses.
+    let activated = super::systemd::activated()?;
+    if let Some(native) = activated.native {
+        b = b.listener(native);
+    }
+    if activated.http.is_some() {
+        anyhow::bail!(
+            "systemd passed an HTTP listener, which the hub cannot take yet; \
+             pass only the native one and set [http] listen or --http"
+        );
+    }
     let primary = opts.config.replication.primary;
     let notify = super::systemd::Notifier::from_env();
     let signal = shutdown_signal();

@@ -72,3 +72,50 @@ impl Drop for Notifier {
         }
     }
 }
+
+/// The listening sockets systemd passed (socket activation).
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// The native listener (clients and discovery probes).
+    pub native: Option<std::net::TcpListener>,
+    /// The HTTP/WebSocket listener.
+    pub http: Option<std::net::TcpListener>,
+}
+
+/// Takes the sockets of `LISTEN_FDS` (from fd 3) when `LISTEN_PID` is this
+/// process, and unsets the variables so no child inherits them. With
+/// `LISTEN_FDNAMES` naming one `native` or `http` (a socket unit's
+/// `FileDescriptorName=`), the names decide; otherwise the first socket is
+/// the native listener and the second the HTTP one.
+pub fn activated() -> anyhow::Result<Activated> {
+    use std::os::fd::FromRawFd;
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names(true)
+        .map_err(|e| anyhow::anyhow!("cannot take the sockets systemd passed: {e}"))?
+        .collect();
+    if fds.len() > 2 {
+        anyhow::bail!(
+            "systemd passed {} sockets; the hub takes at most two (native, http)",
+            fds.len()
+        );
+    }
+    let by_name = fds.iter().any(|(_, n)| n == "native" || n == "http");
+    let mut found = Activated::default();
+    for (i, (fd, name)) in fds.into_iter().enumerate() {
+        // SAFETY: systemd passed this descriptor for this process
+        // (LISTEN_PID matched), and nothing else in it owns it.
+        let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        if socket.local_addr().is_err() {
+            anyhow::bail!("socket {fd} ({name}) from systemd is not a TCP listener");
+        }
+        let http = if by_name { name == "http" } else { i == 1 };
+        let slot = if http {
+            &mut found.http
+        } else {
+            &mut found.native
+        };
+        if slot.replace(socket).is_some() {
+            anyhow::bail!("systemd passed two sockets named {name:?}");
+        }
+    }
+    Ok(found)
+}
