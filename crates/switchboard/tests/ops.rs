@@ -327,9 +327,17 @@ fn config_check_names_the_key_and_the_line() {
 #[test]
 fn json_logs_carry_the_connection_span() {
     let env = Env::new();
-    let mut cmd = env.cmd(&["hub", "--json", "--log-format", "json", "--no-unix"]);
-    cmd.env("SWITCHBOARD_LOG", "info");
-    let hub = Proc::spawn(cmd);
+    // The level from the file, the format from the flag.
+    let config = env.write("hub.toml", "[log]\nlevel = \"info\"\nformat = \"text\"\n");
+    let hub = Proc::spawn(env.cmd(&[
+        "hub",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--no-unix",
+    ]));
     let addr = hub.ready()["addr"].as_str().unwrap().to_string();
     let o = env.run(&["--addr", &addr, "kv", "set", "k", "v"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -484,5 +492,67 @@ fn listen_fds_for_another_process_are_ignored() {
     let hub = Proc::spawn(cmd);
     let ready = hub.ready();
     assert!(ready["addr"].is_string(), "{ready}");
+    assert!(hub.terminate().success());
+}
+
+#[test]
+fn tls_from_the_config_file() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let env = Env::new();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let ca_path = env.write("ca.pem", &ca.pem());
+    let cert_path = env.write("hub.pem", &cert.pem());
+    let key_path = env.write("hub.key", &key.serialize_pem());
+    let config = env.write(
+        "hub.toml",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert_path.to_str().unwrap(),
+            key_path.to_str().unwrap()
+        ),
+    );
+    let o = env.run(&["config", "check", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // A key file that is not a key: `config check` loads it and says so.
+    let bad = env.write(
+        "bad.toml",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert_path.to_str().unwrap(),
+            ca_path.to_str().unwrap()
+        ),
+    );
+    let o = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("[tls]"), "{}", text(&o.stderr));
+
+    let hub = Proc::spawn(env.cmd(&[
+        "hub",
+        "--json",
+        "--no-unix",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    let addr = hub.ready()["addr"].as_str().unwrap().to_string();
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "--tls-ca",
+        ca_path.to_str().unwrap(),
+        "status",
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "TLS with the file's certificate: {}",
+        text(&o.stderr)
+    );
+    let o = env.run(&["--addr", &addr, "--wait", "0", "status"]);
+    assert!(!o.status.success(), "plaintext is refused");
     assert!(hub.terminate().success());
 }
