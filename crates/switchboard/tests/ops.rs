@@ -256,6 +256,15 @@ fn flags_and_variables_override_the_file() {
     );
     let config = path.to_str().unwrap();
 
+    // Combinations are checked once the flags are applied.
+    let o = env.run(&["hub", "--config", config, "--primary", "127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs standby"),
+        "{}",
+        text(&o.stderr)
+    );
+
     let hub = Proc::spawn(env.cmd(&[
         "hub",
         "--json",

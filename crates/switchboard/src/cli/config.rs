@@ -361,8 +361,9 @@ impl FileConfig {
         Ok(config)
     }
 
-    /// Settings that are each valid but do not go together.
-    fn check_combinations(&self) -> Result<(), String> {
+    /// Settings that are each valid but do not go together (checked again
+    /// once the flags are applied).
+    pub fn check_combinations(&self) -> Result<(), String> {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("[tls] cert and key go together: set both or neither".into());
         }
@@ -370,7 +371,9 @@ impl FileConfig {
             return Err("[tls] client_ca needs cert and key (the hub's own certificate)".into());
         }
         if self.replication.primary.is_some() && !self.replication.standby {
-            return Err("[replication] primary needs standby = true".into());
+            return Err(
+                "[replication] primary (--primary) needs standby = true (--standby)".into(),
+            );
         }
         if self.replication.heartbeat_ms == 0 || self.replication.heartbeat_misses == 0 {
             return Err("[replication] heartbeat_ms and heartbeat_misses must be above 0".into());

@@ -83,8 +83,9 @@ enum Command {
         /// turns itself into its standby.
         #[arg(long)]
         standby: bool,
-        /// The primary's address (with --standby), instead of discovery.
-        #[arg(long, value_name = "ADDR", requires = "standby")]
+        /// The primary's address (with --standby, or `standby = true` in
+        /// the configuration file), instead of discovery.
+        #[arg(long, value_name = "ADDR")]
         primary: Option<String>,
         /// Replication heartbeat interval, milliseconds (default 50).
         #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -462,10 +463,12 @@ async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
                 file.unix.enabled = false;
             }
             if unix.is_some() {
+                file.unix.enabled = true;
                 file.unix.path = unix;
             }
             file.unix.mode = unix_mode.unwrap_or(file.unix.mode);
             tls.apply(&g.tls, &mut file.tls);
+            file.check_combinations().map_err(config::Invalid)?;
             // --ws without an HTTP listener: one on a free loopback port.
             let http = http
                 .or_else(|| (ws && file.http.listen.is_none()).then(|| "127.0.0.1:0".to_owned()));
