@@ -320,6 +320,9 @@ pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::R
 pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
     let mut requests = client.requests().await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "serving", &client)?;
     let json_out = g.json;
     loop {
@@ -333,7 +336,7 @@ pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> an
                     }
                 });
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     client.close().await;
@@ -417,6 +420,9 @@ fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
 pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
     let mut messages = client.messages().await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "listening", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -426,7 +432,7 @@ pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<
                 print_message(g.json, &m)?;
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     client.close().await;
@@ -455,6 +461,9 @@ pub async fn sub(
     let mut sub = client
         .subscribe_group(pattern, group.as_deref().unwrap_or(""))
         .await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "subscribed", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -464,7 +473,7 @@ pub async fn sub(
                 print_message(g.json, &m)?;
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     drop(sub);
@@ -541,6 +550,9 @@ pub async fn kv_watch(
     } else {
         kv.watch(key).await?
     };
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "watching", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -561,7 +573,7 @@ pub async fn kv_watch(
                 }
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     drop(watch);
