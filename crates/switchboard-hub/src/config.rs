@@ -72,6 +72,11 @@ pub struct HubConfig {
     /// Allow a non-loopback listener without TLS (default false: such a
     /// configuration is refused; when allowed, every start warns).
     pub insecure_plaintext: bool,
+    /// A listening TCP socket to serve on instead of binding `bind`
+    /// (default: none), e.g. one passed by systemd's socket activation.
+    /// Only [`Hub::start`](crate::Hub::start) uses it; a standby taking
+    /// over binds the primary's port.
+    pub listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// Default replication heartbeat interval.
@@ -111,6 +116,7 @@ impl HubConfig {
             tls: None,
             tls_client: None,
             insecure_plaintext: false,
+            listener: None,
         }
     }
 }

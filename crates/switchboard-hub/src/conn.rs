@@ -276,8 +276,29 @@ async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
 }
 
 /// Serves one accepted connection to its end; `peer.transport` names it
-/// in the registry (`tcp`, `unix`, `ws`, `memory`, …).
+/// in the registry (`tcp`, `unix`, `ws`, `memory`, …). Everything logged
+/// for the connection carries a `client` span with its connection id,
+/// transport and (once it said hello) client id.
 pub(crate) async fn serve<T: Transport>(
+    carrier: T,
+    peer: Peer,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "client",
+        conn = conn.0,
+        transport = peer.transport,
+        client_id = tracing::field::Empty
+    );
+    serve_in_span(carrier, peer, conn, shared, permit)
+        .instrument(span)
+        .await
+}
+
+async fn serve_in_span<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
@@ -294,7 +315,10 @@ pub(crate) async fn serve<T: Transport>(
     };
     drop(permit);
     let (hello, proof) = match outcome {
-        Ok(Handshake::Accepted(hello, proof)) => (hello, proof),
+        Ok(Handshake::Accepted(hello, proof)) => {
+            tracing::Span::current().record("client_id", hello.client_id.as_str());
+            (hello, proof)
+        }
         Ok(Handshake::Close(frame)) => return reject(tx, frame).await,
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
@@ -314,7 +338,7 @@ pub(crate) async fn serve<T: Transport>(
             return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
         }
     };
-    tracing::debug!(client = %hello.client_id, principal = %identity.principal, "authenticated");
+    tracing::info!(principal = %identity.principal, "client authenticated");
     if hello.role == proto::Role::Standby as i32 {
         if let Some(admission) = &shared.admission {
             if let Err(r) = admission.admit_standby(&identity) {

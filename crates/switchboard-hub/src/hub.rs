@@ -23,11 +23,26 @@ impl Hub {
     /// serving on the current tokio runtime.
     pub async fn start(config: HubConfig) -> Result<HubHandle, HubError> {
         check_config(&config)?;
-        check_exposure(&config, Some(config.bind.ip))?;
-        let listener = bind(&config.bind).await.map_err(|source| HubError::Bind {
-            addr: format!("{}", config.bind.ip),
-            source,
-        })?;
+        let listener = match &config.listener {
+            Some(given) => {
+                let inherited = |source| HubError::Bind {
+                    addr: "the listener it was given".into(),
+                    source,
+                };
+                let l = given.try_clone().map_err(inherited)?;
+                l.set_nonblocking(true).map_err(inherited)?;
+                let l = tokio::net::TcpListener::from_std(l).map_err(inherited)?;
+                check_exposure(&config, Some(l.local_addr().map_err(inherited)?.ip()))?;
+                l
+            }
+            None => {
+                check_exposure(&config, Some(config.bind.ip))?;
+                bind(&config.bind).await.map_err(|source| HubError::Bind {
+                    addr: format!("{}", config.bind.ip),
+                    source,
+                })?
+            }
+        };
         let local_addr = listener.local_addr().map_err(|source| HubError::Bind {
             addr: format!("{}", config.bind.ip),
             source,

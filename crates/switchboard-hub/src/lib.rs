@@ -93,7 +93,8 @@ mod transport;
 
 pub use config::HttpConfig;
 pub use config::{
-    HubConfig, HubError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
+    HubConfig, HubError, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_MISSES, DEFAULT_KEEPALIVE,
 };
 pub use config::{UnixSocket, DEFAULT_UNIX_MODE};
 pub use gateway::http_token;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use switchboard_discovery::{BindOptions, PortChoice, Secret};
 use switchboard_hub::router::admission::Admission;
 use switchboard_hub::router::remote::Remote;
-use switchboard_hub::{HubConfig, HubError, HubHandle, Limits, UnixSocket};
+use switchboard_hub::{HttpConfig, HubConfig, HubError, HubHandle, Limits, UnixSocket};
 
 /// Starts a hub in this process; see [`Hub::builder`].
 ///
@@ -36,6 +36,9 @@ impl Hub {
             tls: None,
             admission: None,
             remote: None,
+            http_config: None,
+            handshake_timeout: None,
+            listener: None,
         }
     }
 
@@ -75,13 +78,16 @@ pub struct HubBuilder {
     secret: Option<Secret>,
     write_hint: bool,
     limits: Option<Limits>,
-    keepalive: Option<Duration>,
+    keepalive: Option<Option<Duration>>,
     http: Option<String>,
     heartbeat: Option<(Duration, u32)>,
     unix: Option<UnixSocket>,
     tls: Option<HubTls>,
     admission: Option<Arc<dyn Admission>>,
     remote: Option<Arc<dyn Remote>>,
+    http_config: Option<HttpConfig>,
+    handshake_timeout: Option<Duration>,
+    listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// The TLS settings of a [`HubBuilder`] (see [`HubBuilder::tls`]).
@@ -143,9 +149,16 @@ impl HubBuilder {
     }
 
     /// Asks clients to send traffic or a ping at least every `interval`,
-    /// and disconnects clients silent for three intervals (default: off).
+    /// and disconnects clients silent for three intervals (default 30 s).
     pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.keepalive = Some(interval);
+        self.keepalive = Some(Some(interval));
+        self
+    }
+
+    /// Turns the keepalive off: clients are not asked to send pings, and
+    /// a silent client stays connected.
+    pub fn no_keepalive(mut self) -> Self {
+        self.keepalive = Some(None);
         self
     }
 
@@ -154,6 +167,31 @@ impl HubBuilder {
     /// one); see `HubHandle::http_addr` and `HubHandle::http_token`.
     pub fn http(mut self, addr: impl Into<String>) -> Self {
         self.http = Some(addr.into());
+        self
+    }
+
+    /// Serve the HTTP/WebSocket gateway with all of these settings (its
+    /// address, poll and idle timeouts, body and mailbox bounds); replaces
+    /// an earlier [`http`](Self::http), and a later one changes only the
+    /// address.
+    pub fn http_config(mut self, http: HttpConfig) -> Self {
+        self.http = None;
+        self.http_config = Some(http);
+        self
+    }
+
+    /// Serve on this listening TCP socket instead of binding one (the
+    /// listen address is then ignored): e.g. a socket passed by systemd's
+    /// socket activation. Only [`start`](Self::start) uses it.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Time a new connection has to complete the whole handshake (default
+    /// 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
         self
     }
 
@@ -248,14 +286,21 @@ impl HubBuilder {
                     "invalid http address {http:?}: {e}; use IP:PORT such as 127.0.0.1:0"
                 ))
             })?;
-            config.http = Some(switchboard_hub::HttpConfig::new(addr));
+            let mut http = self.http_config.unwrap_or_else(|| HttpConfig::new(addr));
+            http.addr = addr;
+            config.http = Some(http);
+        } else if let Some(http) = self.http_config {
+            config.http = Some(http);
+        }
+        if let Some(timeout) = self.handshake_timeout {
+            config.handshake_timeout = timeout;
         }
         config.write_hint = self.write_hint;
         if let Some(unix) = self.unix {
             config.unix = unix;
         }
-        if let Some(interval) = self.keepalive {
-            config.keepalive = Some(interval);
+        if let Some(keepalive) = self.keepalive {
+            config.keepalive = keepalive;
         }
         if let Some(limits) = self.limits {
             config.limits = limits;
@@ -271,6 +316,7 @@ impl HubBuilder {
         }
         config.admission = self.admission;
         config.remote = self.remote;
+        config.listener = self.listener;
         Ok(config)
     }
 }

@@ -345,14 +345,14 @@ fn hub_and_clients_as_processes() {
 }
 
 #[test]
-fn usage_errors_exit_1_and_help_lists_exit_codes() {
+fn usage_errors_exit_2_and_help_lists_exit_codes() {
     let env = Env::new();
     let o = env.run(&["bogus"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let o = env.run(&["request", "x"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let o = env.run(&["serve", "--id", "x"]);
-    assert_eq!(o.status.code(), Some(1), "serve needs --echo or --exec");
+    assert_eq!(o.status.code(), Some(2), "serve needs --echo or --exec");
     let o = env.run(&["--token", "", "clients"]);
     assert_eq!(o.status.code(), Some(1), "an empty token is refused");
     assert!(stderr(&o).contains("token is empty"), "{}", stderr(&o));
@@ -739,5 +739,5 @@ fn hub_federate_options_are_checked_before_anything_starts() {
     );
     // --federate-creds means nothing without --federate: a usage error.
     let o = env.run(&["hub", "--federate-creds", "/nonexistent"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -27,11 +27,40 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Puts bytes into a `--json` object unmangled: as the string field `key`
+/// when they are UTF-8, else as `<key>_base64` (standard alphabet, padded)
+/// and no `key`.
+fn put_bytes(v: &mut serde_json::Value, key: &str, b: &[u8]) {
+    use base64::Engine as _;
+    match std::str::from_utf8(b) {
+        Ok(s) => v[key] = json!(s),
+        Err(_) => {
+            v[format!("{key}_base64")] = json!(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+    }
+}
+
+/// `v` with the bytes `b` put in as [`put_bytes`] does.
+fn with_bytes(mut v: serde_json::Value, key: &str, b: &[u8]) -> serde_json::Value {
+    put_bytes(&mut v, key, b);
+    v
+}
+
 /// Prints a line to standard output and flushes it, so readers of a pipe
 /// see it at once.
 fn out(line: impl std::fmt::Display) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Prints bytes as they are (a reply or value need not be text) and a
+/// newline.
+fn out_bytes(b: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(b)?;
+    stdout.write_all(b"\n")?;
     stdout.flush()?;
     Ok(())
 }
@@ -54,39 +83,18 @@ fn cli_id() -> String {
     format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// Options of `switchboard hub`.
+/// Options of `switchboard hub`: the configuration (file and flags) and
+/// the address flags, which override it.
 pub struct HubOpts {
-    pub policy: Option<std::path::PathBuf>,
+    pub config: super::config::FileConfig,
     pub listen: Option<String>,
     pub http: Option<String>,
-    pub standby: bool,
-    pub primary: Option<String>,
-    pub heartbeat: (std::time::Duration, u32),
-    pub unix: switchboard::hub::UnixSocket,
-    pub tls: switchboard::HubTls,
     pub federate: super::federate::FederateArgs,
 }
 
-/// The hub's Unix socket from `--unix`, `--unix-mode` and `--no-unix`.
-pub fn unix_socket(
-    path: Option<std::path::PathBuf>,
-    mode: Option<u32>,
-    off: bool,
-) -> switchboard::hub::UnixSocket {
-    let mut unix = switchboard::hub::UnixSocket::default();
-    if off {
-        return switchboard::hub::UnixSocket::disabled();
-    }
-    unix.path = path;
-    if let Some(mode) = mode {
-        unix.mode = mode;
-    }
-    unix
-}
-
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
-    let mut b = switchboard::Hub::builder().service(g.service());
-    if let Some(path) = &opts.policy {
+    let mut b = opts.config.builder()?;
+    if let Some(path) = &opts.config.hub.policy {
         b = b.admission(super::policy::load(path)?);
     }
     if let Some(listen) = &opts.listen {
@@ -98,20 +106,23 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     if let Some(token) = &g.token {
         b = b.token(token);
     }
-    b = b.heartbeat(opts.heartbeat.0, opts.heartbeat.1);
-    b = b.unix(opts.unix.clone());
-    b = b.tls(opts.tls.clone());
+    // Socket activation: listeners systemd passed replace the addresses.
+    let activated = super::systemd::activated()?;
+    if let Some(native) = activated.native {
+        b = b.listener(native);
+    }
+    if activated.http.is_some() {
+        anyhow::bail!(
+            "systemd passed an HTTP listener, which the hub cannot take yet; \
+             pass only the native one and set [http] listen or --http"
+        );
+    }
     b = opts.federate.apply(g.service(), b).await?;
-    let primary: Option<std::net::SocketAddr> = match &opts.primary {
-        Some(p) => Some(
-            p.parse()
-                .map_err(|e| anyhow::anyhow!("invalid --primary {p:?}: {e}; use IP:PORT"))?,
-        ),
-        None => None,
-    };
+    let primary = opts.config.replication.primary;
+    let notify = super::systemd::Notifier::from_env();
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let mut standby = opts.standby;
+    let mut standby = opts.config.replication.standby;
     loop {
         let hub = if standby {
             let handle = b.clone().start_standby(primary).await?;
@@ -130,6 +141,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                         if let switchboard::hub::StandbyState::Following { primary, epoch, .. } = s {
                             if !announced {
                                 announced = true;
+                                notify.ready(&format!("standby of {} following {primary}", g.service()));
                                 if g.json {
                                     out(json!({"event": "standby", "service": g.service(),
                                                "primary": primary.to_string(), "epoch": epoch,
@@ -145,6 +157,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                         }
                     }
                     _ = &mut signal => {
+                        notify.stopping();
                         handle.shutdown();
                         if !g.json {
                             eprintln!("standby stopped");
@@ -161,6 +174,13 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         let http = hub.http_addr().map(|a| a.to_string());
         let unix = hub.unix_path().map(|p| p.display().to_string());
         let epoch = hub.identity().epoch;
+        notify.ready(&format!(
+            "serving {} on {addr}{}",
+            g.service(),
+            http.as_deref()
+                .map(|h| format!(", http on {h}"))
+                .unwrap_or_default()
+        ));
         if g.json {
             out(
                 json!({"event": "ready", "service": g.service(), "addr": addr,
@@ -184,6 +204,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = &mut signal => {
+                notify.stopping();
                 hub.shutdown().await;
                 if !g.json {
                     eprintln!("hub stopped");
@@ -218,27 +239,35 @@ pub fn token(g: &Global) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a hub that said it is
+/// ready (to systemd or on its ready line) must not die of a SIGTERM that
+/// arrives before it waits for one.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -283,9 +312,9 @@ pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::R
     client.close().await;
     let reply = result?;
     if g.json {
-        out(json!({"from": to, "reply": text(&reply)}))?;
+        out(with_bytes(json!({"from": to}), "reply", &reply))?;
     } else {
-        out(text(&reply))?;
+        out_bytes(&reply)?;
     }
     Ok(())
 }
@@ -293,6 +322,9 @@ pub async fn request(g: &Global, to: &str, timeout: f64, arg: &str) -> anyhow::R
 pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
     let mut requests = client.requests().await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "serving", &client)?;
     let json_out = g.json;
     loop {
@@ -306,7 +338,7 @@ pub async fn serve(g: &Global, id: &str, echo: bool, exec: Option<String>) -> an
                     }
                 });
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     client.close().await;
@@ -321,7 +353,11 @@ async fn answer(
 ) -> Result<(), ClientError> {
     let payload = req.payload().clone();
     if json_out {
-        let _ = out(json!({"event": "request", "from": req.from(), "payload": text(&payload)}));
+        let _ = out(with_bytes(
+            json!({"event": "request", "from": req.from()}),
+            "payload",
+            &payload,
+        ));
     }
     if echo {
         return req.reply(payload).await;
@@ -371,7 +407,7 @@ async fn run_exec(cmd: &str, input: &[u8]) -> Result<Vec<u8>, String> {
 fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
     let kind = m.kind.as_str();
     if json_out {
-        let mut v = json!({"kind": kind, "from": m.from, "payload": text(&m.payload)});
+        let mut v = with_bytes(json!({"kind": kind, "from": m.from}), "payload", &m.payload);
         if m.kind == MessageKind::Publish {
             v["topic"] = json!(m.topic);
         }
@@ -386,6 +422,9 @@ fn print_message(json_out: bool, m: &Message) -> anyhow::Result<()> {
 pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<()> {
     let client = g.connect(id, true).await?;
     let mut messages = client.messages().await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "listening", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -395,7 +434,7 @@ pub async fn listen(g: &Global, id: &str, count: Option<u64>) -> anyhow::Result<
                 print_message(g.json, &m)?;
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     client.close().await;
@@ -424,6 +463,9 @@ pub async fn sub(
     let mut sub = client
         .subscribe_group(pattern, group.as_deref().unwrap_or(""))
         .await?;
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "subscribed", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -433,7 +475,7 @@ pub async fn sub(
                 print_message(g.json, &m)?;
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     drop(sub);
@@ -449,11 +491,13 @@ pub async fn kv_get(g: &Global, key: &str) -> anyhow::Result<()> {
     match result? {
         Some(e) => {
             if g.json {
-                out(
-                    json!({"key": e.key, "value": text(&e.value), "version": e.version, "found": true}),
-                )?;
+                out(with_bytes(
+                    json!({"key": e.key, "version": e.version, "found": true}),
+                    "value",
+                    &e.value,
+                ))?;
             } else {
-                out(text(&e.value))?;
+                out_bytes(&e.value)?;
             }
             Ok(())
         }
@@ -508,6 +552,9 @@ pub async fn kv_watch(
     } else {
         kv.watch(key).await?
     };
+    // Handlers first: a SIGTERM right after the ready line stops cleanly.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     ready(g, "watching", &client)?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
@@ -515,8 +562,12 @@ pub async fn kv_watch(
             ev = watch.next() => {
                 let Some(ev) = ev else { break };
                 if g.json {
-                    out(json!({"key": ev.key, "value": text(&ev.value), "version": ev.version,
-                               "deleted": ev.deleted, "by": ev.by}))?;
+                    out(with_bytes(
+                        json!({"key": ev.key, "version": ev.version,
+                               "deleted": ev.deleted, "by": ev.by}),
+                        "value",
+                        &ev.value,
+                    ))?;
                 } else if ev.deleted {
                     out(format!("{} deleted (version {})", ev.key, ev.version))?;
                 } else {
@@ -524,7 +575,7 @@ pub async fn kv_watch(
                 }
                 seen += 1;
             }
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
         }
     }
     drop(watch);

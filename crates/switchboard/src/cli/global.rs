@@ -12,12 +12,18 @@ use super::dial;
 /// Options accepted before or after the subcommand.
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Service name of the hub [default: switchboard].
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Service name of the hub [default: switchboard, or the hub's
+    /// configuration file].
+    #[arg(long, global = true, env = "SWITCHBOARD_SERVICE", value_name = "NAME")]
     service: Option<String>,
     /// Connect to this hub address instead of discovering it: HOST:PORT,
     /// or unix:/PATH for a hub's Unix socket.
-    #[arg(long, global = true, value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_ADDR",
+        value_name = "HOST:PORT"
+    )]
     pub addr: Option<String>,
     /// Seconds to wait for a hub that does not answer (0: try once).
     ///
@@ -42,6 +48,27 @@ pub struct Global {
     pub token: Option<String>,
     #[command(flatten)]
     pub tls: super::tls_args::TlsGlobal,
+    /// Log level (error, warn, info, debug, trace) or filter directives
+    /// such as switchboard_hub=debug,warn [default: warn, or the hub's
+    /// configuration file]. Logs go to standard error.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG", value_name = "LEVEL",
+          value_parser = parse_filter)]
+    pub log_level: Option<String>,
+    /// Log format: text, or json (one object per line, with the fields
+    /// of the enclosing spans) [default: text, or the hub's configuration
+    /// file].
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: Option<super::config::LogFormat>,
+}
+
+/// `--log-level`: a level or filter `tracing` accepts.
+fn parse_filter(s: &str) -> Result<String, String> {
+    super::config::check_filter(s).map(|()| s.to_string())
 }
 
 impl Global {
@@ -62,6 +89,14 @@ impl Global {
         self.service
             .as_deref()
             .unwrap_or(switchboard::DEFAULT_SERVICE)
+    }
+
+    /// Sets the service when neither `--service` nor `SWITCHBOARD_SERVICE`
+    /// gave one (from the hub's configuration file).
+    pub fn default_service(&mut self, service: &str) {
+        if self.service.is_none() {
+            self.service = Some(service.to_string());
+        }
     }
 
     /// Whether `--service` was given.

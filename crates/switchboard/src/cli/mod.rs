@@ -2,18 +2,20 @@
 
 mod bench;
 mod commands;
+mod config;
 mod demo;
 mod demo_session;
 mod dial;
 mod federate;
 mod global;
 mod policy;
+mod systemd;
 mod tls_args;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use switchboard::discovery::tls::TlsError;
 use switchboard::ClientError;
 
@@ -23,13 +25,18 @@ use global::Global;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  usage error, hub or key not found, or another failure
+  1  hub or key not found, or another failure
+  2  usage error; an invalid policy file (policy check) or configuration
+     file (config check, hub --config)
   3  timeout (no reply in time)
   4  no such client (the target id is not connected)
   5  authentication failure (wrong token or secret, an unverified hub, or a
      TLS certificate not trusted or refused)
   6  bench --strict: a message was dropped or not delivered
-  2  policy check: the policy file is invalid";
+
+Environment: SWITCHBOARD_ADDR (--addr), SWITCHBOARD_SERVICE (--service),
+SWITCHBOARD_TOKEN (--token), SWITCHBOARD_LOG (--log-level),
+SWITCHBOARD_LOG_FORMAT (--log-format); a flag overrides its variable.";
 
 /// Message hub and client for cooperating processes.
 ///
@@ -46,9 +53,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 enum Command {
     /// Run a hub until SIGINT or SIGTERM; prints one ready line with its address.
+    ///
+    /// Under systemd (Type=notify) it tells the service manager when it is
+    /// ready (READY=1), stopping (STOPPING=1) and alive (WATCHDOG=1 when
+    /// WatchdogSec is set); see docs/OPERATIONS.md.
     Hub {
+        /// Read settings from this configuration file (TOML; see `config
+        /// default`); flags given here override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
         #[command(flatten)]
         policy: policy::PolicyArgs,
         /// Address to listen on, e.g. 127.0.0.1:0 (default: a random free
@@ -69,16 +85,17 @@ enum Command {
         /// turns itself into its standby.
         #[arg(long)]
         standby: bool,
-        /// The primary's address (with --standby), instead of discovery.
-        #[arg(long, value_name = "ADDR", requires = "standby")]
+        /// The primary's address (with --standby, or `standby = true` in
+        /// the configuration file), instead of discovery.
+        #[arg(long, value_name = "ADDR")]
         primary: Option<String>,
         /// Replication heartbeat interval, milliseconds (default 50).
-        #[arg(long, value_name = "MS", default_value_t = 50)]
-        heartbeat_ms: u64,
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        heartbeat_ms: Option<u64>,
         /// Missed heartbeats before the replication peer counts as dead
         /// (default 4).
-        #[arg(long, value_name = "N", default_value_t = 4)]
-        heartbeat_misses: u32,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        heartbeat_misses: Option<u32>,
         /// Listen on the Unix socket at this path (default: one in the
         /// per-user runtime directory). Local clients prefer it; over it a
         /// client needs no secret when its user is admitted.
@@ -97,6 +114,19 @@ enum Command {
         #[command(flatten)]
         federate: federate::FederateArgs,
     },
+    /// Work with hub configuration files (see `hub --config`).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+    /// Print a shell completion script: `switchboard completions bash >
+    /// /etc/bash_completion.d/switchboard`, or for zsh or fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `switchboard man | man -l -`.
+    Man,
     /// Print the bearer token of the HTTP gateway for this secret (or
     /// --token).
     Token,
@@ -264,7 +294,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<bench::Incomplete>().is_some() {
             return 6;
         }
-        if cause.downcast_ref::<policy::Invalid>().is_some() {
+        if cause.downcast_ref::<policy::Invalid>().is_some()
+            || cause.downcast_ref::<config::Invalid>().is_some()
+        {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
@@ -289,18 +321,27 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
+            // clap's convention: 2 for a usage error, 0 for --help.
+            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // The hub's configuration file, read before logging starts: its [log]
+    // table sets the level and format unless a flag or variable does.
+    let file = match &cli.command {
+        Command::Hub {
+            config: Some(path), ..
+        } => match config::FileConfig::load(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("switchboard: error: {}", explain(&e));
+                return ExitCode::from(exit_code(&e));
+            }
+        },
+        _ => None,
+    };
+    init_logging(&cli.global, file.as_ref().map(|f| &f.log));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -311,7 +352,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = explain(&e);
@@ -319,6 +360,34 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Logs to standard error at `--log-level` (or `SWITCHBOARD_LOG`, or the
+/// configuration file's level) in `--log-format`.
+fn init_logging(g: &Global, file: Option<&config::LogSection>) {
+    let level = g
+        .log_level
+        .clone()
+        .or_else(|| file.map(|f| f.level.clone()))
+        .unwrap_or_else(|| config::DEFAULT_LOG_LEVEL.to_string());
+    let format = g
+        .log_format
+        .or_else(|| file.map(|f| f.format))
+        .unwrap_or(config::LogFormat::Text);
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::DEFAULT_LOG_LEVEL));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Text => builder.try_init(),
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// The one-line message for an error.
@@ -334,6 +403,11 @@ fn explain(e: &anyhow::Error) -> String {
         return "the connection to the hub was lost and not resumed within --wait; \
                 the command's outcome is unknown: check, then run it again"
             .to_string();
+    }
+    // A configuration file's error shows the line it is about, with a
+    // caret under the key: keep its lines.
+    if let Some(invalid) = e.chain().find_map(|c| c.downcast_ref::<config::Invalid>()) {
+        return invalid.to_string();
     }
     // Each cause once: an error whose message already quotes its source
     // (the operating system's words, say) is not followed by it again.
@@ -351,10 +425,11 @@ fn explain(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let g = cli.global;
+async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
+    let mut g = cli.global;
     match cli.command {
         Command::Hub {
+            config: _,
             policy,
             listen,
             http,
@@ -369,22 +444,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             federate,
         } => {
-            let http = http.or_else(|| ws.then(|| "127.0.0.1:0".to_owned()));
+            // The file, then the flags over it.
+            let mut file = file.unwrap_or_default();
+            match g.service_given() {
+                true => file.hub.service = g.service().to_string(),
+                false => g.default_service(&file.hub.service),
+            }
+            if policy.policy.is_some() {
+                file.hub.policy = policy.policy;
+            }
+            let r = &mut file.replication;
+            r.standby |= standby;
+            r.primary =
+                match primary {
+                    Some(p) => Some(p.parse().map_err(|e| {
+                        anyhow::anyhow!("invalid --primary {p:?}: {e}; use IP:PORT")
+                    })?),
+                    None => r.primary,
+                };
+            r.heartbeat_ms = heartbeat_ms.unwrap_or(r.heartbeat_ms);
+            r.heartbeat_misses = heartbeat_misses.unwrap_or(r.heartbeat_misses);
+            if no_unix {
+                file.unix.enabled = false;
+            }
+            if unix.is_some() {
+                file.unix.enabled = true;
+                file.unix.path = unix;
+            }
+            file.unix.mode = unix_mode.unwrap_or(file.unix.mode);
+            tls.apply(&g.tls, &mut file.tls);
+            file.check_combinations().map_err(config::Invalid)?;
+            // --ws without an HTTP listener: one on a free loopback port.
+            let http = http
+                .or_else(|| (ws && file.http.listen.is_none()).then(|| "127.0.0.1:0".to_owned()));
             let opts = commands::HubOpts {
-                unix: commands::unix_socket(unix, unix_mode, no_unix),
-                policy: policy.policy,
+                config: file,
                 listen,
                 http,
-                standby,
-                primary,
-                heartbeat: (
-                    std::time::Duration::from_millis(heartbeat_ms),
-                    heartbeat_misses,
-                ),
-                tls: tls.settings(&g.tls)?,
                 federate,
             };
             commands::hub(&g, opts).await
+        }
+        Command::Config { command } => config::run(command),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "switchboard", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            write_stdout(&page)
         }
         Command::Token => commands::token(&g),
         Command::Policy { command } => policy::run(command),
@@ -445,6 +555,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+    }
+}
+
+/// Writes `bytes` to standard output; a closed pipe (`| head`) is not an
+/// error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }
 

@@ -6,8 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use switchboard::hub::{ClientTls, TlsServer};
-use switchboard::{HubTls, TlsOptions};
+use switchboard::TlsOptions;
 
 /// TLS options accepted before or after the subcommand.
 #[derive(Debug, Args, Clone, Default)]
@@ -52,30 +51,19 @@ pub struct HubTlsArgs {
 }
 
 impl HubTlsArgs {
-    /// The hub's TLS settings from these and the global options.
-    pub fn settings(&self, g: &TlsGlobal) -> anyhow::Result<HubTls> {
-        let server = match (&g.tls_cert, &g.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(
-                cert,
-                key,
-                self.tls_client_ca.as_deref(),
-            )?),
-            _ if self.tls_client_ca.is_some() => {
-                anyhow::bail!(
-                    "--tls-client-ca needs --tls-cert and --tls-key (the hub's own certificate)"
-                )
-            }
-            _ => None,
-        };
-        let client = g
-            .tls_ca
-            .as_deref()
-            .map(ClientTls::from_ca_file)
-            .transpose()?;
-        Ok(HubTls {
-            server,
-            client,
-            insecure_plaintext: self.insecure_plaintext,
-        })
+    /// Puts these and the global TLS options over the configuration
+    /// file's `[tls]` table.
+    pub fn apply(&self, g: &TlsGlobal, file: &mut super::config::TlsSection) {
+        if g.tls_cert.is_some() {
+            file.cert = g.tls_cert.clone();
+            file.key = g.tls_key.clone();
+        }
+        if g.tls_ca.is_some() {
+            file.ca = g.tls_ca.clone();
+        }
+        if self.tls_client_ca.is_some() {
+            file.client_ca = self.tls_client_ca.clone();
+        }
+        file.insecure_plaintext |= self.insecure_plaintext;
     }
 }

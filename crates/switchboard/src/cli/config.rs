@@ -1,0 +1,683 @@
+//! The hub's configuration file (`switchboard hub --config FILE`,
+//! `switchboard config default|check`): every setting the hub has, in TOML.
+//! Flags given on the command line override the file (see
+//! [`HubFlags::apply`](super::HubFlags)); the reference is
+//! `docs/OPERATIONS.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use switchboard::hub::{ClientTls, HttpConfig, Limits, TlsServer, UnixSocket};
+use switchboard::{HubBuilder, HubTls};
+
+/// `switchboard config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a complete configuration file with every setting at its
+    /// default, each explained.
+    Default,
+    /// Check a configuration file (exit 2 if invalid): syntax, unknown
+    /// keys, values, and that the policy and TLS files it names load.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+/// A configuration file was refused (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[hub]`: service, listener, policy, keepalive.
+    pub hub: HubSection,
+    /// `[unix]`: the Unix domain socket.
+    pub unix: UnixSection,
+    /// `[http]`: the HTTP/WebSocket gateway.
+    pub http: HttpSection,
+    /// `[tls]`: certificates.
+    pub tls: TlsSection,
+    /// `[limits]`: limits and queue sizes.
+    pub limits: LimitsSection,
+    /// `[replication]`: standby and heartbeat.
+    pub replication: ReplicationSection,
+    /// `[log]`: level and format.
+    pub log: LogSection,
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSection {
+    /// Service name clients discover the hub by.
+    pub service: String,
+    /// TCP address to listen on (none: a random free loopback port).
+    pub listen: Option<SocketAddr>,
+    /// Permission policy file.
+    pub policy: Option<PathBuf>,
+    /// Write the rendezvous hint file for discovery.
+    pub write_hint: bool,
+    /// Keepalive asked of clients, milliseconds (0: off).
+    pub keepalive_ms: u64,
+    /// Time a connection has for the handshake, milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        HubSection {
+            service: switchboard::DEFAULT_SERVICE.to_string(),
+            listen: None,
+            policy: None,
+            write_hint: true,
+            keepalive_ms: millis(switchboard::hub::DEFAULT_KEEPALIVE),
+            handshake_timeout_ms: millis(switchboard::hub::DEFAULT_HANDSHAKE_TIMEOUT),
+        }
+    }
+}
+
+/// `[unix]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnixSection {
+    /// Listen on a Unix socket at all.
+    pub enabled: bool,
+    /// The socket's path (none: one in the per-user runtime directory).
+    pub path: Option<PathBuf>,
+    /// Mode of the socket file (write it in octal: `0o600`).
+    #[serde(deserialize_with = "de_mode")]
+    pub mode: u32,
+}
+
+impl Default for UnixSection {
+    fn default() -> Self {
+        let d = UnixSocket::default();
+        UnixSection {
+            enabled: true,
+            path: d.path,
+            mode: d.mode,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address of the HTTP/WebSocket listener (none: no gateway).
+    pub listen: Option<SocketAddr>,
+    /// How long a listen request is held, milliseconds.
+    pub poll_timeout_ms: u64,
+    /// Longest hold a listen request may ask for, milliseconds.
+    pub max_poll_timeout_ms: u64,
+    /// An HTTP client idle this long is deregistered, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Polls held at once for one client id.
+    pub max_polls_per_client: usize,
+    /// Polls held at once in total.
+    pub max_polls: usize,
+    /// Messages waiting in one HTTP client's mailbox.
+    pub mailbox_messages: usize,
+    /// Bytes waiting in one HTTP client's mailbox.
+    pub mailbox_bytes: usize,
+    /// Longest wait of a request made over HTTP, milliseconds.
+    pub max_request_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        HttpSection {
+            listen: None,
+            poll_timeout_ms: millis(d.poll_timeout),
+            max_poll_timeout_ms: millis(d.max_poll_timeout),
+            idle_timeout_ms: millis(d.idle_timeout),
+            max_body: d.max_body,
+            max_polls_per_client: d.max_polls_per_client,
+            max_polls: d.max_polls,
+            mailbox_messages: d.mailbox_messages,
+            mailbox_bytes: d.mailbox_bytes,
+            max_request_timeout_ms: millis(d.max_request_timeout),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The hub's certificate chain (PEM); with `key`, TLS on every listener.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// The CA a standby trusts for its primary's certificate.
+    pub ca: Option<PathBuf>,
+    /// Allow a non-loopback listener without TLS.
+    pub insecure_plaintext: bool,
+}
+
+/// `[limits]`: [`Limits`], durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)] // each field is the `Limits` field of the same name
+pub struct LimitsSection {
+    pub max_frame: usize,
+    pub pre_auth_max_frame: usize,
+    pub queue_frames: usize,
+    pub queue_bytes: usize,
+    pub queue_hard_bytes: usize,
+    pub max_parked_frames: usize,
+    pub max_parked_bytes: usize,
+    pub write_batch_bytes: usize,
+    pub max_subscriptions: usize,
+    pub max_watches: usize,
+    pub max_pending_requests: usize,
+    pub max_clients: usize,
+    pub max_handshakes: usize,
+    pub kv_max_value: usize,
+    pub kv_max_key: usize,
+    pub kv_max_keys: usize,
+    pub kv_max_tombstones: usize,
+    pub max_subject: usize,
+    pub default_request_timeout_ms: u64,
+    pub router_inbox: usize,
+    pub resume_window_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            max_frame: l.max_frame,
+            pre_auth_max_frame: l.pre_auth_max_frame,
+            queue_frames: l.queue_frames,
+            queue_bytes: l.queue_bytes,
+            queue_hard_bytes: l.queue_hard_bytes,
+            max_parked_frames: l.max_parked_frames,
+            max_parked_bytes: l.max_parked_bytes,
+            write_batch_bytes: l.write_batch_bytes,
+            max_subscriptions: l.max_subscriptions,
+            max_watches: l.max_watches,
+            max_pending_requests: l.max_pending_requests,
+            max_clients: l.max_clients,
+            max_handshakes: l.max_handshakes,
+            kv_max_value: l.kv_max_value,
+            kv_max_key: l.kv_max_key,
+            kv_max_keys: l.kv_max_keys,
+            kv_max_tombstones: l.kv_max_tombstones,
+            max_subject: l.max_subject,
+            default_request_timeout_ms: millis(l.default_request_timeout),
+            router_inbox: l.router_inbox,
+            resume_window_ms: millis(l.resume_window),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The hub's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            pre_auth_max_frame: self.pre_auth_max_frame,
+            queue_frames: self.queue_frames,
+            queue_bytes: self.queue_bytes,
+            queue_hard_bytes: self.queue_hard_bytes,
+            max_parked_frames: self.max_parked_frames,
+            max_parked_bytes: self.max_parked_bytes,
+            write_batch_bytes: self.write_batch_bytes,
+            max_subscriptions: self.max_subscriptions,
+            max_watches: self.max_watches,
+            max_pending_requests: self.max_pending_requests,
+            max_clients: self.max_clients,
+            max_handshakes: self.max_handshakes,
+            kv_max_value: self.kv_max_value,
+            kv_max_key: self.kv_max_key,
+            kv_max_keys: self.kv_max_keys,
+            kv_max_tombstones: self.kv_max_tombstones,
+            max_subject: self.max_subject,
+            default_request_timeout: Duration::from_millis(self.default_request_timeout_ms),
+            router_inbox: self.router_inbox,
+            resume_window: Duration::from_millis(self.resume_window_ms),
+        }
+    }
+}
+
+/// `[replication]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Run as the hot standby of the service's primary.
+    pub standby: bool,
+    /// The primary's address (with `standby`), instead of discovery.
+    pub primary: Option<SocketAddr>,
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats before the peer counts as dead.
+    pub heartbeat_misses: u32,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            standby: false,
+            primary: None,
+            heartbeat_ms: millis(switchboard::hub::DEFAULT_HEARTBEAT_INTERVAL),
+            heartbeat_misses: switchboard::hub::DEFAULT_HEARTBEAT_MISSES,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A level (`error` … `trace`) or `tracing` filter directives.
+    #[serde(deserialize_with = "de_filter")]
+    pub level: String,
+    /// `text` or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: DEFAULT_LOG_LEVEL.to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The log level when neither `--log-level`, `SWITCHBOARD_LOG` nor the
+/// configuration file sets one.
+pub const DEFAULT_LOG_LEVEL: &str = "warn";
+
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the fields of the enclosing spans.
+    Json,
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let mode = u32::deserialize(d)?;
+    if mode > 0o777 {
+        return Err(serde::de::Error::custom(format!(
+            "mode {mode:#o} is not a permission mode; write one in octal such as 0o600"
+        )));
+    }
+    Ok(mode)
+}
+
+fn de_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let level = String::deserialize(d)?;
+    check_filter(&level).map_err(serde::de::Error::custom)?;
+    Ok(level)
+}
+
+/// Checks a log level or filter (`warn`, `switchboard_hub=debug,info`).
+pub fn check_filter(level: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| {
+            format!("invalid log level {level:?} ({e}); use error, warn, info, debug or trace")
+        })
+}
+
+impl FileConfig {
+    /// Parses a file's text; errors name the key and the line.
+    pub fn parse(text: &str) -> Result<FileConfig, Invalid> {
+        toml::from_str(text).map_err(|e| Invalid(e.to_string().trim_end().to_string()))
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        let config = FileConfig::parse(&text)
+            .map_err(|e| Invalid(format!("{}: {}", path.display(), e.0)))?;
+        config
+            .check_combinations()
+            .map_err(|e| Invalid(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// Settings that are each valid but do not go together (checked again
+    /// once the flags are applied).
+    pub fn check_combinations(&self) -> Result<(), String> {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("[tls] cert and key go together: set both or neither".into());
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            return Err("[tls] client_ca needs cert and key (the hub's own certificate)".into());
+        }
+        if self.replication.primary.is_some() && !self.replication.standby {
+            return Err(
+                "[replication] primary (--primary) needs standby = true (--standby)".into(),
+            );
+        }
+        if self.replication.heartbeat_ms == 0 || self.replication.heartbeat_misses == 0 {
+            return Err("[replication] heartbeat_ms and heartbeat_misses must be above 0".into());
+        }
+        if self.hub.handshake_timeout_ms == 0 {
+            return Err("[hub] handshake_timeout_ms must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// The hub's TLS settings: loads the certificate files.
+    pub fn hub_tls(&self) -> anyhow::Result<HubTls> {
+        let server = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(
+                cert,
+                key,
+                self.tls.client_ca.as_deref(),
+            )?),
+            _ if self.tls.client_ca.is_some() => anyhow::bail!(
+                "--tls-client-ca needs --tls-cert and --tls-key (the hub's own certificate)"
+            ),
+            _ => None,
+        };
+        let client = self
+            .tls
+            .ca
+            .as_deref()
+            .map(ClientTls::from_ca_file)
+            .transpose()?;
+        Ok(HubTls {
+            server,
+            client,
+            insecure_plaintext: self.tls.insecure_plaintext,
+        })
+    }
+
+    /// The Unix socket settings.
+    pub fn unix_socket(&self) -> UnixSocket {
+        if !self.unix.enabled {
+            return UnixSocket::disabled();
+        }
+        UnixSocket {
+            path: self.unix.path.clone(),
+            mode: self.unix.mode,
+            ..UnixSocket::default()
+        }
+    }
+
+    /// A hub builder with every setting of the file but the secret and the
+    /// policy (loaded by the caller).
+    pub fn builder(&self) -> anyhow::Result<HubBuilder> {
+        let mut b = switchboard::Hub::builder()
+            .service(&self.hub.service)
+            .write_hint(self.hub.write_hint)
+            .handshake_timeout(Duration::from_millis(self.hub.handshake_timeout_ms))
+            .limits(self.limits.limits())
+            .heartbeat(
+                Duration::from_millis(self.replication.heartbeat_ms),
+                self.replication.heartbeat_misses,
+            )
+            .unix(self.unix_socket())
+            .tls(self.hub_tls()?);
+        b = match self.hub.keepalive_ms {
+            0 => b.no_keepalive(),
+            ms => b.keepalive(Duration::from_millis(ms)),
+        };
+        if let Some(listen) = self.hub.listen {
+            b = b.listen(listen.to_string());
+        }
+        if let Some(addr) = self.http.listen {
+            let h = &self.http;
+            let mut http = HttpConfig::new(addr);
+            http.poll_timeout = Duration::from_millis(h.poll_timeout_ms);
+            http.max_poll_timeout = Duration::from_millis(h.max_poll_timeout_ms);
+            http.idle_timeout = Duration::from_millis(h.idle_timeout_ms);
+            http.max_body = h.max_body;
+            http.max_polls_per_client = h.max_polls_per_client;
+            http.max_polls = h.max_polls;
+            http.mailbox_messages = h.mailbox_messages;
+            http.mailbox_bytes = h.mailbox_bytes;
+            http.max_request_timeout = Duration::from_millis(h.max_request_timeout_ms);
+            b = b.http_config(http);
+        }
+        Ok(b)
+    }
+}
+
+/// Runs a `switchboard config` subcommand.
+pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    match command {
+        ConfigCommand::Default => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(DEFAULT_FILE.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        ConfigCommand::Check { file } => {
+            let config = FileConfig::load(&file)?;
+            // The files it names must load as the hub would load them.
+            if let Some(policy) = &config.hub.policy {
+                super::policy::load(policy)
+                    .map_err(|e| Invalid(format!("{}: [hub] policy: {e:#}", file.display())))?;
+            }
+            config
+                .hub_tls()
+                .map_err(|e| Invalid(format!("{}: [tls]: {e:#}", file.display())))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}: ok", file.display())?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// What `switchboard config default` prints: every setting at its default.
+/// A test checks that it names every key and parses to the defaults.
+pub const DEFAULT_FILE: &str = r#"# switchboard hub configuration (TOML).
+#
+# Start a hub with it:   switchboard hub --config FILE
+# Check it:              switchboard config check FILE
+# Command-line flags (and SWITCHBOARD_* environment variables) override the
+# values here. Every setting below is at its default; a key left out keeps
+# its default. Unknown keys are errors. Durations are in milliseconds, sizes
+# in bytes. The secret is not configured here: the hub uses the per-user
+# secret file, or SWITCHBOARD_TOKEN / --token. Reference: docs/OPERATIONS.md.
+
+[hub]
+# Service name clients discover the hub by.
+service = "switchboard"
+# TCP address for clients and discovery probes, IP:PORT (port 0: any free
+# port). Left out: a random free loopback port.
+# listen = "127.0.0.1:4222"
+# Permission policy file (docs/POLICY.md). Left out: single-user mode,
+# whoever proves the secret may do everything.
+# policy = "/etc/switchboard/policy.toml"
+# Write the rendezvous hint file clients discover the hub by.
+write_hint = true
+# Clients are asked to send traffic or a ping this often; a client silent
+# for three intervals is disconnected. 0 turns it off.
+keepalive_ms = 30000
+# Time a new connection has to complete the handshake.
+handshake_timeout_ms = 5000
+
+[unix]
+# Listen on a Unix domain socket (local clients prefer it).
+enabled = true
+# Its path. Left out: <runtime dir>/<service>.<instance>.sock.
+# path = "/run/switchboard/hub.sock"
+# Mode of the socket file, octal. Other users need write permission (e.g.
+# 0o666, with a policy that admits them) and a path outside the private
+# runtime directory.
+mode = 0o600
+
+[http]
+# HTTP long-poll clients, WebSocket clients at /v1/ws, /metrics and the
+# dashboard on this address. Left out: no HTTP listener.
+# listen = "127.0.0.1:8222"
+# How long a listen request is held when nothing arrives.
+poll_timeout_ms = 25000
+# Longest hold a listen request may ask for.
+max_poll_timeout_ms = 120000
+# An HTTP client with no poll held and no call for this long is
+# deregistered.
+idle_timeout_ms = 60000
+# Largest request body (larger: 413).
+max_body = 2097152
+# Polls held at once for one client id (more: 429).
+max_polls_per_client = 4
+# Polls held at once in total (more: 429).
+max_polls = 1024
+# Messages waiting in one HTTP client's mailbox between polls.
+mailbox_messages = 10000
+# The same bound in bytes.
+mailbox_bytes = 16777216
+# Longest a request made over HTTP may wait for its answer.
+max_request_timeout_ms = 300000
+
+[tls]
+# The hub's certificate chain and private key (PEM): TLS on every listener.
+# cert = "/etc/switchboard/hub.crt"
+# key = "/etc/switchboard/hub.key"
+# Require client certificates signed by this CA (mutual TLS).
+# client_ca = "/etc/switchboard/clients-ca.crt"
+# The CA a standby trusts for its primary's certificate.
+# ca = "/etc/switchboard/ca.crt"
+# Allow a non-loopback listener without TLS (insecure; warns at start).
+insecure_plaintext = false
+
+[limits]
+# Largest frame from an authenticated client.
+max_frame = 16777216
+# Largest frame before authentication.
+pre_auth_max_frame = 4096
+# One client's outbound queue: frames, then bytes, before it counts as full
+# (pub/sub deliveries then drop that client's oldest).
+queue_frames = 65536
+queue_bytes = 8388608
+# Outbound queue bytes above which the client is disconnected
+# (SLOW_CONSUMER).
+queue_hard_bytes = 67108864
+# Direct messages and requests waiting for room in one full queue: frames,
+# bytes (beyond: QUEUE_FULL for the sender).
+max_parked_frames = 4096
+max_parked_bytes = 16777216
+# Most bytes a connection's writer takes from its queue for one write.
+write_batch_bytes = 262144
+# Per client: subscriptions, key/value watches, outstanding requests.
+max_subscriptions = 10000
+max_watches = 1000
+max_pending_requests = 10000
+# Registered clients, and connections still in the handshake.
+max_clients = 10000
+max_handshakes = 1024
+# Key/value store: largest value, largest key, live keys, deletion markers.
+kv_max_value = 1048576
+kv_max_key = 1024
+kv_max_keys = 100000
+kv_max_tombstones = 100000
+# Longest topic or subscription pattern.
+max_subject = 1024
+# Timeout of a request that names none.
+default_request_timeout_ms = 30000
+# Capacity of the router's inbox, in batches of frames.
+router_inbox = 1024
+# How long a client that lost its connection keeps its session.
+resume_window_ms = 30000
+
+[replication]
+# Run as the hot standby of the service's primary.
+standby = false
+# The primary's address (with standby = true). Left out: discovery.
+# primary = "127.0.0.1:4222"
+# Heartbeat interval between primary and standby, and missed heartbeats
+# before the peer counts as dead.
+heartbeat_ms = 50
+heartbeat_misses = 4
+
+[log]
+# error, warn, info, debug or trace, or filter directives such as
+# "switchboard_hub=debug,warn". SWITCHBOARD_LOG and --log-level override it.
+level = "warn"
+# text, or json: one object per line with the fields of the enclosing spans
+# (hub, conn: connection id, transport, client id). --log-format overrides it.
+format = "text"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_parses_to_the_defaults() {
+        let parsed = FileConfig::parse(DEFAULT_FILE).unwrap();
+        assert_eq!(parsed, FileConfig::default());
+        assert_eq!(parsed.limits.limits(), Limits::default());
+    }
+
+    #[test]
+    fn the_default_file_names_every_key() {
+        // Every key of the configuration, optional ones included, appears in
+        // the default file, set or commented out.
+        let mut all = FileConfig::default();
+        all.hub.listen = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        all.hub.policy = Some("p".into());
+        all.unix.path = Some("u".into());
+        all.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        all.tls.cert = Some("c".into());
+        all.tls.key = Some("k".into());
+        all.tls.client_ca = Some("c".into());
+        all.tls.ca = Some("c".into());
+        all.replication.primary = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let value = toml::Value::try_from(&all).unwrap();
+        let tables = value.as_table().unwrap();
+        for (table, keys) in tables {
+            let header = format!("[{table}]");
+            let start = DEFAULT_FILE
+                .find(&header)
+                .unwrap_or_else(|| panic!("{header}"));
+            let section = &DEFAULT_FILE[start + header.len()..];
+            let section = &section[..section.find("\n[").unwrap_or(section.len())];
+            for key in keys.as_table().unwrap().keys() {
+                let set = format!("\n{key} = ");
+                let commented = format!("\n# {key} = ");
+                assert!(
+                    section.contains(&set) || section.contains(&commented),
+                    "[{table}] {key} is missing from the default file"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let e = FileConfig::parse("[hub]\nservice = \"a\"\nlisten_on = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("line 3"), "{}", e.0);
+        assert!(e.0.contains("listen_on"), "{}", e.0);
+        let e = FileConfig::parse("[limits]\n\nqueue_frames = -1\n").unwrap_err();
+        assert!(e.0.contains("line 3"), "{}", e.0);
+        let e = FileConfig::parse("[unix]\nmode = 0o1777\n").unwrap_err();
+        assert!(e.0.contains("line 2") && e.0.contains("octal"), "{}", e.0);
+        let e = FileConfig::parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(e.0.contains("line 2") && e.0.contains("json"), "{}", e.0);
+        let e = FileConfig::parse("[hub]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.0.contains("line 2"), "{}", e.0);
+    }
+}
