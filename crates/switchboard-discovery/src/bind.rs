@@ -76,7 +76,20 @@ pub async fn bind(opts: &BindOptions) -> io::Result<tokio::net::TcpListener> {
 pub fn bind_std(opts: &BindOptions) -> io::Result<std::net::TcpListener> {
     match &opts.port {
         PortChoice::Fixed(port) => bind_port(opts.ip, *port),
-        PortChoice::Os => bind_port(opts.ip, 0),
+        PortChoice::Os => {
+            // With SO_REUSEADDR the kernel may choose a port whose
+            // TIME_WAIT or bound sockets make `listen` fail with "address
+            // in use"; ask again a few times.
+            let mut last = None;
+            for _ in 0..8 {
+                match bind_port(opts.ip, 0) {
+                    Ok(l) => return Ok(l),
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+        }
         PortChoice::Random { range } => {
             if range.is_empty() {
                 return Err(io::Error::new(
@@ -115,6 +128,9 @@ fn retryable(e: &io::Error) -> bool {
 fn bind_port(ip: IpAddr, port: u16) -> io::Result<std::net::TcpListener> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR, on port 0 too: the connections this listener accepts
+    // inherit it, and only then can a restarted hub or a standby bind the
+    // same port while they linger in TIME_WAIT.
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;

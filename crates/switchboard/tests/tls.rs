@@ -134,10 +134,22 @@ async fn request_reply_and_pubsub_over_tls() -> Result<()> {
     // A reconnect speaks TLS again: a new hub on the same port.
     let port = hub.local_addr().port();
     hub.shutdown().await;
-    let mut config = hub_config(Some(server(&ca, None, false)?), false)?;
-    config.bind.port = switchboard::discovery::PortChoice::Fixed(port);
-    let hub = switchboard::hub::Hub::start(config).await?;
+    // The old hub's connections may still hold the port for a moment after
+    // shutdown returns (their sockets close on their own tasks): bind again
+    // until it is free, within the test bound.
     let deadline = Instant::now() + WAIT;
+    let hub = loop {
+        let mut config = hub_config(Some(server(&ca, None, false)?), false)?;
+        config.bind.port = switchboard::discovery::PortChoice::Fixed(port);
+        match switchboard::hub::Hub::start(config).await {
+            Ok(hub) => break hub,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().contains("in use"), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let clients = loop {
         if let Ok(list) = user.clients().await {
             break list;
