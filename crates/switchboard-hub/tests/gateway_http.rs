@@ -692,7 +692,7 @@ async fn wait_metric(http: &Http, name: &str, want: u64) -> Result<()> {
 }
 
 #[tokio::test]
-async fn metrics_count_kinds_transports_and_request_latency() -> Result<()> {
+async fn metrics_parse_with_one_family_per_quantity_and_base_units() -> Result<()> {
     let hub = start_with(|_| {}).await;
     let http = Http::new(&hub);
     let mut a = TestClient::connect(hub.local_addr(), "a").await?;
@@ -718,20 +718,104 @@ async fn metrics_count_kinds_transports_and_request_latency() -> Result<()> {
     let res = http.get("/metrics").await?;
     assert_eq!(res.status, 200);
     let text = res.body;
-    for line in [
-        "switchboard_clients 3",
-        "switchboard_clients_tcp 2",
-        "switchboard_clients_http 1",
-        "switchboard_messages_in_total{kind=\"request\"} 1",
-        "switchboard_messages_in_total{kind=\"reply\"} 1",
-        "switchboard_request_latency_seconds_count 1",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing '{line}' in\n{text}"
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).context("exposition parses")?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape.samples.iter().find_map(|s| {
+            let matches = s.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v));
+            match (&s.value, matches) {
+                (prometheus_parse::Value::Counter(v), true)
+                | (prometheus_parse::Value::Gauge(v), true)
+                | (prometheus_parse::Value::Untyped(v), true) => Some(*v),
+                (prometheus_parse::Value::Histogram(h), true) => h
+                    .iter()
+                    .find(|b| b.less_than == f64::INFINITY)
+                    .map(|b| b.count),
+                _ => None,
+            }
+        })
+    };
+    // One family per quantity, with labels.
+    assert_eq!(
+        value("switchboard_clients", &[("transport", "tcp")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value("switchboard_clients", &[("transport", "http")]),
+        Some(1.0)
+    );
+    let requests = [("kind", "request")];
+    assert_eq!(
+        value("switchboard_frames_received_total", &requests),
+        Some(1.0)
+    );
+    let replies = [("kind", "reply")];
+    assert_eq!(
+        value("switchboard_frames_received_total", &replies),
+        Some(1.0)
+    );
+    assert!(value("switchboard_received_bytes_total", &requests).is_some_and(|b| b > 0.0));
+    assert!(value("switchboard_sent_bytes_total", &replies).is_some_and(|b| b > 0.0));
+    assert_eq!(value("switchboard_request_latency_seconds", &[]), Some(1.0));
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(value("switchboard_build_info", &version), Some(1.0));
+    assert!(
+        value("switchboard_http_responses_total", &[("class", "2xx")]).is_some_and(|n| n >= 1.0)
+    );
+    // The process's own figures, in base units.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let started = value("process_start_time_seconds", &[]).context("start time")?;
+    assert!(started > now - 3600.0 && started <= now + 1.0, "{started}");
+    if cfg!(target_os = "linux") {
+        assert!(value("process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6));
+        assert!(value("process_cpu_seconds_total", &[]).is_some());
+        assert!(value("process_open_fds", &[]).is_some_and(|n| n >= 3.0));
+    }
+    // Types as declared, and the conventions: counters end in _total,
+    // nothing left of the old near-duplicate names.
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').context("TYPE line")?;
+        assert!(types.insert(name, kind).is_none(), "{name} declared twice");
+    }
+    for (name, kind) in &types {
+        assert_eq!(
+            kind.ends_with("counter"),
+            name.ends_with("_total"),
+            "{name} {kind}"
         );
     }
-    assert!(text.contains("# TYPE switchboard_request_latency_seconds histogram"));
+    for (name, kind) in [
+        ("switchboard_clients", "gauge"),
+        ("switchboard_build_info", "gauge"),
+        ("switchboard_frames_sent_total", "counter"),
+        ("switchboard_dropped_deliveries_total", "counter"),
+        ("switchboard_request_latency_seconds", "histogram"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert_eq!(types.get(name), Some(&kind), "{name}");
+    }
+    for gone in [
+        "switchboard_clients_tcp",
+        "switchboard_messages_received_total",
+        "switchboard_messages_in_total",
+        "switchboard_uptime_seconds",
+    ] {
+        assert!(!types.contains_key(gone), "{gone} is still there");
+    }
+    // Every sample belongs to a declared family.
+    for s in &scrape.samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|x| s.metric.strip_suffix(x).filter(|f| types.contains_key(f)))
+            .unwrap_or(&s.metric);
+        assert!(types.contains_key(family), "undeclared {}", s.metric);
+    }
     hub.shutdown().await;
     Ok(())
 }
