@@ -1494,3 +1494,89 @@ async fn a_client_not_listening_is_refused_with_409() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn http_clients_delete_and_watch_keys() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let set = |key: &str, value: &str| json!({ "client": "w", "key": key, "value": value });
+    http.post("/v1/kv/set", set("cfg/old", "1")).await?;
+    let a = http
+        .post(
+            "/v1/kv/watch",
+            json!({ "client": "w", "key": "cfg/", "prefix": true }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let watch_id = a.json()?["watch_id"].as_u64().context("watch_id")?;
+    // The current value first, then each change, through listen.
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["kind"].as_str(), m["key"].as_str(), m["value"].as_str()),
+        (Some("kv_update"), Some("cfg/old"), Some("1")),
+        "{m}"
+    );
+    assert_eq!(m["watch_id"].as_u64(), Some(watch_id));
+    let mut tcp = TestClient::connect(hub.local_addr(), "writer").await?;
+    tcp.send(proto::KvSet {
+        id: 1,
+        key: "cfg/new".into(),
+        value: "2".into(),
+        expect_version: None,
+    })
+    .await?;
+    tcp.expect().await?;
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["key"].as_str(), m["value"].as_str(), m["by"].as_str()),
+        (Some("cfg/new"), Some("2"), Some("writer")),
+        "{m}"
+    );
+    // Delete: a wrong version is refused, the right one deletes.
+    let del = |v: u64| json!({ "client": "w", "key": "cfg/new", "expect_version": v });
+    let version = m["version"].as_u64().context("version")?;
+    let a = http.post("/v1/kv/delete", del(version + 5)).await?;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = http.post("/v1/kv/delete", del(version)).await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json()?;
+    assert_eq!(v["deleted"], true);
+    assert!(v["version"].as_u64().is_some_and(|n| n > version), "{v}");
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["key"].as_str(), m["deleted"].as_bool()),
+        (Some("cfg/new"), Some(true)),
+        "{m}"
+    );
+    let a = http
+        .post("/v1/kv/get", json!({ "client": "w", "key": "cfg/new" }))
+        .await?;
+    assert_eq!(a.json()?["found"], false);
+    // After unwatch, changes no longer arrive.
+    let a = http
+        .post(
+            "/v1/kv/unwatch",
+            json!({ "client": "w", "watch_id": watch_id }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["unwatched"], true);
+    http.post("/v1/kv/set", set("cfg/later", "3")).await?;
+    let a = http
+        .post("/v1/listen", json!({ "client": "w", "timeout_ms": 300 }))
+        .await?;
+    assert_eq!(a.json()?["messages"], json!([]), "{}", a.body);
+    // Bad bodies are refused before anything reaches the hub.
+    for (path, body) in [
+        ("/v1/kv/delete", json!({ "client": "w" })),
+        (
+            "/v1/kv/watch",
+            json!({ "client": "w", "key": "k", "extra": 1 }),
+        ),
+        ("/v1/kv/unwatch", json!({ "client": "w", "watch_id": "x" })),
+    ] {
+        assert_eq!(http.post(path, body).await?.status, 400, "{path}");
+    }
+    hub.shutdown().await;
+    Ok(())
+}

@@ -450,6 +450,94 @@ impl ApiCall for KvSetReq {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct KvDeleteReq {
+    client: String,
+    key: String,
+    expect_version: Option<u64>,
+}
+
+impl ApiCall for KvDeleteReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvDelete {
+            id,
+            key: self.key,
+            expect_version: self.expect_version,
+        }))
+    }
+
+    /// The deletion's version (a delete of a missing key is one too).
+    fn answer(_: u64, answer: Frame) -> Result<Value, ApiError> {
+        let Some(Kind::KvValue(v)) = answer.kind else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "internal",
+                "unexpected answer to a key/value delete",
+            ));
+        };
+        Ok(json!({ "key": v.key, "deleted": true, "version": v.version }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvWatchReq {
+    client: String,
+    key: String,
+    #[serde(default)]
+    prefix: bool,
+}
+
+impl ApiCall for KvWatchReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// The watch id is the call's correlation id; the updates (current
+    /// values first) arrive through `listen`.
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvWatch {
+            id,
+            watch_id: id,
+            key: self.key,
+            prefix: self.prefix,
+        }))
+    }
+
+    fn answer(id: u64, _: Frame) -> Result<Value, ApiError> {
+        Ok(json!({ "watch_id": id }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvUnwatchReq {
+    client: String,
+    watch_id: u64,
+}
+
+impl ApiCall for KvUnwatchReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvUnwatch {
+            id,
+            watch_id: self.watch_id,
+        }))
+    }
+
+    fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
+        Ok(json!({ "unwatched": true }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LeaveReq {
     pub(super) client: String,
 }
@@ -514,6 +602,9 @@ pub fn check_body(
         "/v1/unsubscribe" => check::<UnsubscribeReq>(body, cfg),
         "/v1/kv/get" => check::<KvGetReq>(body, cfg),
         "/v1/kv/set" => check::<KvSetReq>(body, cfg),
+        "/v1/kv/delete" => check::<KvDeleteReq>(body, cfg),
+        "/v1/kv/watch" => check::<KvWatchReq>(body, cfg),
+        "/v1/kv/unwatch" => check::<KvUnwatchReq>(body, cfg),
         "/v1/leave" => parse::<LeaveReq>(body).map(|req| out(req.client, Vec::new())),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -18,8 +18,8 @@ use switchboard_wire::{proto, Frame};
 use super::api::{clipped, ok_json, parse, ApiError, ApiResult};
 use super::auth::{guard, require_token};
 use super::calls::{
-    ApiCall, BroadcastReq, KvGetReq, KvSetReq, LeaveReq, ListenReq, PublishReq, ReplyReq,
-    RequestReq, SendReq, SubscribeReq, UnsubscribeReq,
+    ApiCall, BroadcastReq, KvDeleteReq, KvGetReq, KvSetReq, KvUnwatchReq, KvWatchReq, LeaveReq,
+    ListenReq, PublishReq, ReplyReq, RequestReq, SendReq, SubscribeReq, UnsubscribeReq,
 };
 use super::views::{client_json, inspect, status_json};
 use super::{dashboard, metrics, ws, Gateway};
@@ -48,6 +48,9 @@ pub(super) const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/unsubscribe"),
     ("post", "/v1/kv/get"),
     ("post", "/v1/kv/set"),
+    ("post", "/v1/kv/delete"),
+    ("post", "/v1/kv/watch"),
+    ("post", "/v1/kv/unwatch"),
     ("post", "/v1/leave"),
 ];
 
@@ -69,6 +72,9 @@ pub(super) fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/unsubscribe", post(call::<UnsubscribeReq>))
         .route("/v1/kv/get", post(call::<KvGetReq>))
         .route("/v1/kv/set", post(call::<KvSetReq>))
+        .route("/v1/kv/delete", post(call::<KvDeleteReq>))
+        .route("/v1/kv/watch", post(call::<KvWatchReq>))
+        .route("/v1/kv/unwatch", post(call::<KvUnwatchReq>))
         .route("/v1/leave", post(leave))
         .route("/v1/feed", get(dashboard::feed))
         .route("/v1/topics", get(dashboard::topics))
