@@ -822,7 +822,7 @@ async fn metrics_parse_with_one_family_per_quantity_and_base_units() -> Result<(
 
 #[tokio::test]
 async fn openapi_document_lists_exactly_the_served_routes() -> Result<()> {
-    let doc: Value = serde_json::from_str(switchboard_hub::gateway::OPENAPI)?;
+    let doc: Value = serde_json::from_str(switchboard_hub::gateway::openapi())?;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().context("paths")? {
@@ -1132,7 +1132,7 @@ async fn an_http_client_that_never_polls_holds_a_bounded_mailbox() -> Result<()>
     for i in 0..12u32 {
         publisher.send(Frame::direct("lazy", i.to_string())).await?;
     }
-    wait_metric(&http, "switchboard_clients_http", 0).await?;
+    wait_metric(&http, "switchboard_clients{transport=\"http\"}", 0).await?;
     let a = http
         .post("/v1/listen", json!({ "client": "lazy", "timeout_ms": 0 }))
         .await?;
@@ -1577,6 +1577,109 @@ async fn http_clients_delete_and_watch_keys() -> Result<()> {
     ] {
         assert_eq!(http.post(path, body).await?.status, 400, "{path}");
     }
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Every `$ref` in `v`, e.g. `#/components/schemas/Message`.
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                out.push(r);
+            }
+            o.values().for_each(|x| refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_schemas_come_from_the_body_types() -> Result<()> {
+    let doc: Value = serde_json::from_str(switchboard_hub::gateway::openapi())?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .context("schemas")?;
+    let fields = |name: &str| -> Vec<String> {
+        let mut f: Vec<String> = schemas[name]["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        f.sort();
+        f
+    };
+    // The bodies list exactly what their serde types read (flattened
+    // payload and headers included), and refuse anything else.
+    assert_eq!(
+        fields("KvSetRequest"),
+        ["client", "expect_version", "key", "value", "value_b64"]
+    );
+    assert_eq!(
+        fields("SendRequest"),
+        [
+            "client",
+            "headers",
+            "headers_b64",
+            "payload",
+            "payload_b64",
+            "to"
+        ]
+    );
+    assert_eq!(fields("KvWatchRequest"), ["client", "key", "prefix"]);
+    let mut bodies = 0;
+    for item in doc["paths"].as_object().context("paths")?.values() {
+        if let Some(body) =
+            item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+        {
+            let name = body.rsplit('/').next().context("name")?;
+            assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+            assert!(
+                schemas[name]["required"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!("client"))),
+                "{name}"
+            );
+            bodies += 1;
+        }
+    }
+    assert_eq!(bodies, 14);
+    // Answers: what the handlers serialize.
+    assert_eq!(fields("KvDeleted"), ["deleted", "key", "version"]);
+    assert_eq!(fields("Error"), ["error", "message"]);
+    // Every reference resolves.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 50);
+    for r in all {
+        let path = r.strip_prefix("#/").context("local ref")?;
+        let mut at = &doc;
+        for part in path.split('/') {
+            at = &at[part];
+        }
+        assert!(!at.is_null(), "{r} does not resolve");
+    }
+
+    // An integer field takes a whole number written as a float (JSON
+    // Schema's integers, and schemathesis's).
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let a = http
+        .post("/v1/subscribe", json!({ "client": "f", "pattern": "a.b" }))
+        .await?;
+    let sub_id = a.json()?["sub_id"].as_u64().context("sub_id")?;
+    let body = format!(r#"{{"client": "f", "sub_id": {sub_id}.0}}"#);
+    let a = http.raw("POST", "/v1/unsubscribe", body.as_bytes()).await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http
+        .raw(
+            "POST",
+            "/v1/unsubscribe",
+            br#"{"client": "f", "sub_id": 1.5}"#,
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
     hub.shutdown().await;
     Ok(())
 }

@@ -26,6 +26,9 @@ use super::views::inspect;
 use super::Gateway;
 use crate::router::admission::Identity;
 
+/// The transports a client may be registered on.
+const TRANSPORTS: [&str; 7] = ["http", "memory", "tcp", "tls", "unix", "ws", "wss"];
+
 /// `GET /metrics`: the figures of one scrape, in the Prometheus text format.
 pub(super) async fn serve(
     State(gw): State<Arc<Gateway>>,
@@ -36,7 +39,9 @@ pub(super) async fn serve(
     let s = &i.status;
     let counter = |k: &str| s.counters.get(k).copied().unwrap_or(0);
     let m = &gw.shared.stats.metrics;
-    let mut clients: BTreeMap<String, u64> = BTreeMap::new();
+    // Every transport has a row, 0 when none of its clients is registered.
+    let mut clients: BTreeMap<String, u64> =
+        TRANSPORTS.iter().map(|t| ((*t).to_owned(), 0)).collect();
     for c in &i.clients {
         *clients.entry(c.transport.clone()).or_default() += 1;
     }

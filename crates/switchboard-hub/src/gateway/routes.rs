@@ -15,6 +15,7 @@ use axum::{Extension, Router};
 use serde_json::{json, Value};
 use switchboard_wire::{proto, Frame};
 
+use super::answers::{as_json, Left, Sent};
 use super::api::{clipped, ok_json, parse, ApiError, ApiResult};
 use super::auth::{guard, require_token};
 use super::calls::{
@@ -25,7 +26,8 @@ use super::views::{client_json, inspect, status_json};
 use super::{dashboard, metrics, ws, Gateway};
 use crate::router::admission::Identity;
 
-/// Every route, `(method, path)`, as the OpenAPI document must list them.
+/// Every route, `(method, path)`, as the OpenAPI document must list them
+/// (a test holds them equal).
 pub(super) const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/dashboard.js"),
@@ -98,7 +100,7 @@ async fn openapi() -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        super::OPENAPI,
+        super::openapi::document(),
     )
         .into_response()
 }
@@ -155,7 +157,7 @@ async fn reply(
     client
         .post(&gw, vec![frame, Frame::from(proto::Ping { nonce })])
         .await?;
-    ok_json(json!({ "sent": true }))
+    ok_json(as_json(Sent { sent: true }))
 }
 
 /// `POST /v1/leave`: deregisters a client now.
@@ -172,7 +174,7 @@ async fn leave(
             format!("no HTTP client '{}' is registered", clipped(&req.client)),
         ));
     }
-    ok_json(json!({ "left": true }))
+    ok_json(as_json(Left { left: true }))
 }
 
 /// `GET /v1/status`.
