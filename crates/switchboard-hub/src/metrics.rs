@@ -156,6 +156,9 @@ pub struct Metrics {
     frames_out: PerKind,
     /// Time from a request reaching the hub to its reply reaching the hub.
     pub request_latency: Histogram,
+    /// Time a message waits in an HTTP client's mailbox until a poll first
+    /// returns it.
+    pub http_mailbox_delay: Histogram,
     /// HTTP gateway requests answered, by outcome class.
     http_responses: [AtomicU64; 5],
     /// Long polls currently held.

@@ -1566,6 +1566,9 @@ async fn http_clients_delete_and_watch_keys() -> Result<()> {
         .post("/v1/listen", json!({ "client": "w", "timeout_ms": 300 }))
         .await?;
     assert_eq!(a.json()?["messages"], json!([]), "{}", a.body);
+    // The three updates waited in the mailbox, each counted once.
+    let waited = metric(&http, "switchboard_http_mailbox_delay_seconds_count").await?;
+    assert_eq!(waited, 3);
     // Bad bodies are refused before anything reaches the hub.
     for (path, body) in [
         ("/v1/kv/delete", json!({ "client": "w" })),

@@ -118,6 +118,7 @@ pub(super) async fn serve(
         sent: m.sent_by_kind(),
         http_responses: m.http_responses_by_class(),
         request_latency: m.request_latency.snapshot(),
+        http_mailbox_delay: m.http_mailbox_delay.snapshot(),
         process: Process::read(s.uptime_s),
     };
     let mut registry = Registry::default();
@@ -158,6 +159,8 @@ struct Scrape {
     http_responses: [(&'static str, u64); 5],
     /// Request latency: per-bucket counts, sum (seconds), count.
     request_latency: (Vec<(f64, u64)>, f64, u64),
+    /// HTTP mailbox delay, the same way.
+    http_mailbox_delay: (Vec<(f64, u64)>, f64, u64),
     /// The process's own figures.
     process: Process,
 }
@@ -334,14 +337,21 @@ impl prometheus_client::collector::Collector for Scrape {
             "class",
             self.http_responses.iter().copied(),
         )?;
-        let (buckets, sum, count) = &self.request_latency;
-        enc.encode_descriptor(
-            &name("request_latency"),
-            "time from a request reaching the hub to its reply reaching the hub",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?
-        .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+        for (n, help, (buckets, sum, count)) in [
+            (
+                "request_latency",
+                "time from a request reaching the hub to its reply reaching the hub",
+                &self.request_latency,
+            ),
+            (
+                "http_mailbox_delay",
+                "time a message waits in an HTTP client's mailbox until a poll first returns it",
+                &self.http_mailbox_delay,
+            ),
+        ] {
+            enc.encode_descriptor(&name(n), help, Some(&Unit::Seconds), MetricType::Histogram)?
+                .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+        }
         let p = &self.process;
         gauge(
             &mut enc,
