@@ -1,7 +1,7 @@
-//! Counters by frame kind and a request latency histogram, rendered in the
-//! Prometheus text format.
+//! Counters by frame kind and a request latency histogram, kept in atomics
+//! on the hot path and read by the gateway's `/metrics` (which renders them
+//! with `prometheus-client`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -95,6 +95,14 @@ impl PerKind {
         self.msgs[i].fetch_add(msgs, Ordering::Relaxed);
         self.bytes[i].fetch_add(bytes, Ordering::Relaxed);
     }
+
+    fn read(&self) -> Vec<(&'static str, u64, u64)> {
+        KINDS
+            .iter()
+            .zip(self.msgs.iter().zip(&self.bytes))
+            .map(|(k, (m, b))| (*k, m.load(Ordering::Relaxed), b.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// A fixed-bucket latency histogram.
@@ -124,30 +132,33 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    /// The buckets `(upper bound in seconds, observations in this bucket
+    /// alone, not cumulative)`, the sum of
+    /// the observations in seconds and their count, read at one moment
+    /// (each atomic on its own; a scrape may see one observation in the
+    /// count and not yet in a bucket).
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let buckets = BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
+            .collect();
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+        (buckets, sum, self.count())
     }
 }
 
-/// Counters the transports and the router feed; rendered by
-/// [`Metrics::render`] for `/metrics`.
+/// Counters the transports and the router feed; the gateway renders them
+/// at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
     frames_in: PerKind,
     frames_out: PerKind,
     /// Time from a request reaching the hub to its reply reaching the hub.
     pub request_latency: Histogram,
+    /// Time a message waits in an HTTP client's mailbox until a poll first
+    /// returns it.
+    pub http_mailbox_delay: Histogram,
     /// HTTP gateway requests answered, by outcome class.
     http_responses: [AtomicU64; 5],
     /// Long polls currently held.
@@ -184,54 +195,26 @@ impl Metrics {
         self.frames_in.msgs[kind_index(kind)].load(Ordering::Relaxed)
     }
 
-    /// Renders these counters and the gauges in `gauges` (name, help,
-    /// value) in the Prometheus text format.
-    pub fn render(&self, gauges: &[(&str, &str, u64)], counters: &[(&str, &str, u64)]) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {v}");
-        }
-        for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {v}");
-        }
-        for (dir, per) in [("in", &self.frames_in), ("out", &self.frames_out)] {
-            for (what, arr, help) in [
-                ("messages", &per.msgs, "frames"),
-                ("bytes", &per.bytes, "bytes of frames"),
-            ] {
-                let name = format!("switchboard_{what}_{dir}_total");
-                let _ = writeln!(out, "# HELP {name} {help} {dir} by frame kind");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                for (kind, n) in KINDS.iter().zip(arr.iter()) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{kind=\"{kind}\"}} {}",
-                        n.load(Ordering::Relaxed)
-                    );
-                }
-            }
-        }
-        let name = "switchboard_http_responses_total";
-        let _ = writeln!(out, "# HELP {name} gateway HTTP responses by status class");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (i, n) in self.http_responses.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{class=\"{}xx\"}} {}",
-                i + 1,
-                n.load(Ordering::Relaxed)
-            );
-        }
-        self.request_latency.render(
-            &mut out,
-            "switchboard_request_latency_seconds",
-            "time from a request reaching the hub to its reply",
-        );
-        out
+    /// Frames and bytes received, by frame kind: `(kind, frames, bytes)`.
+    pub fn received_by_kind(&self) -> Vec<(&'static str, u64, u64)> {
+        self.frames_in.read()
+    }
+
+    /// Frames and bytes sent, by frame kind: `(kind, frames, bytes)`.
+    pub fn sent_by_kind(&self) -> Vec<(&'static str, u64, u64)> {
+        self.frames_out.read()
+    }
+
+    /// Gateway HTTP responses by status class: `(class, count)`, `1xx`..`5xx`.
+    pub fn http_responses_by_class(&self) -> [(&'static str, u64); 5] {
+        let n = |i: usize| self.http_responses[i].load(Ordering::Relaxed);
+        [
+            ("1xx", n(0)),
+            ("2xx", n(1)),
+            ("3xx", n(2)),
+            ("4xx", n(3)),
+            ("5xx", n(4)),
+        ]
     }
 }
 
@@ -255,13 +238,13 @@ mod tests {
         assert_eq!(m.frames_in_of("publish"), 1);
         assert_eq!(m.frames_in_of("other"), 1);
         m.request_latency.observe(Duration::from_millis(3));
-        let text = m.render(&[("switchboard_clients", "clients", 2)], &[]);
-        assert!(text.contains("switchboard_clients 2\n"));
-        assert!(text.contains("switchboard_messages_in_total{kind=\"publish\"} 1\n"));
-        assert!(text.contains("switchboard_bytes_in_total{kind=\"publish\"} 10\n"));
-        assert!(text.contains("switchboard_request_latency_seconds_bucket{le=\"0.005\"} 1\n"));
-        assert!(text.contains("switchboard_request_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
-        assert!(text.contains("switchboard_request_latency_seconds_count 1\n"));
+        let (buckets, sum, count) = m.request_latency.snapshot();
+        assert_eq!(count, 1);
+        assert!((sum - 0.003).abs() < 1e-9);
+        assert!(buckets.contains(&(0.005, 1)));
+        assert!(buckets.contains(&(0.002_5, 0)));
+        let publish = m.received_by_kind().into_iter().find(|k| k.0 == "publish");
+        assert_eq!(publish, Some(("publish", 1, 10)));
     }
 
     #[test]
@@ -270,8 +253,7 @@ mod tests {
         m.frame_out("deliver", 10);
         m.delivers_out(3, 30);
         m.delivers_out(0, 0);
-        let text = m.render(&[], &[]);
-        assert!(text.contains("switchboard_messages_out_total{kind=\"deliver\"} 4\n"));
-        assert!(text.contains("switchboard_bytes_out_total{kind=\"deliver\"} 40\n"));
+        let deliver = m.sent_by_kind().into_iter().find(|k| k.0 == "deliver");
+        assert_eq!(deliver, Some(("deliver", 4, 40)));
     }
 }

@@ -692,7 +692,7 @@ async fn wait_metric(http: &Http, name: &str, want: u64) -> Result<()> {
 }
 
 #[tokio::test]
-async fn metrics_count_kinds_transports_and_request_latency() -> Result<()> {
+async fn metrics_parse_with_one_family_per_quantity_and_base_units() -> Result<()> {
     let hub = start_with(|_| {}).await;
     let http = Http::new(&hub);
     let mut a = TestClient::connect(hub.local_addr(), "a").await?;
@@ -718,27 +718,111 @@ async fn metrics_count_kinds_transports_and_request_latency() -> Result<()> {
     let res = http.get("/metrics").await?;
     assert_eq!(res.status, 200);
     let text = res.body;
-    for line in [
-        "switchboard_clients 3",
-        "switchboard_clients_tcp 2",
-        "switchboard_clients_http 1",
-        "switchboard_messages_in_total{kind=\"request\"} 1",
-        "switchboard_messages_in_total{kind=\"reply\"} 1",
-        "switchboard_request_latency_seconds_count 1",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing '{line}' in\n{text}"
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).context("exposition parses")?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape.samples.iter().find_map(|s| {
+            let matches = s.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v));
+            match (&s.value, matches) {
+                (prometheus_parse::Value::Counter(v), true)
+                | (prometheus_parse::Value::Gauge(v), true)
+                | (prometheus_parse::Value::Untyped(v), true) => Some(*v),
+                (prometheus_parse::Value::Histogram(h), true) => h
+                    .iter()
+                    .find(|b| b.less_than == f64::INFINITY)
+                    .map(|b| b.count),
+                _ => None,
+            }
+        })
+    };
+    // One family per quantity, with labels.
+    assert_eq!(
+        value("switchboard_clients", &[("transport", "tcp")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value("switchboard_clients", &[("transport", "http")]),
+        Some(1.0)
+    );
+    let requests = [("kind", "request")];
+    assert_eq!(
+        value("switchboard_frames_received_total", &requests),
+        Some(1.0)
+    );
+    let replies = [("kind", "reply")];
+    assert_eq!(
+        value("switchboard_frames_received_total", &replies),
+        Some(1.0)
+    );
+    assert!(value("switchboard_received_bytes_total", &requests).is_some_and(|b| b > 0.0));
+    assert!(value("switchboard_sent_bytes_total", &replies).is_some_and(|b| b > 0.0));
+    assert_eq!(value("switchboard_request_latency_seconds", &[]), Some(1.0));
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(value("switchboard_build_info", &version), Some(1.0));
+    assert!(
+        value("switchboard_http_responses_total", &[("class", "2xx")]).is_some_and(|n| n >= 1.0)
+    );
+    // The process's own figures, in base units.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let started = value("process_start_time_seconds", &[]).context("start time")?;
+    assert!(started > now - 3600.0 && started <= now + 1.0, "{started}");
+    if cfg!(target_os = "linux") {
+        assert!(value("process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6));
+        assert!(value("process_cpu_seconds_total", &[]).is_some());
+        assert!(value("process_open_fds", &[]).is_some_and(|n| n >= 3.0));
+    }
+    // Types as declared, and the conventions: counters end in _total,
+    // nothing left of the old near-duplicate names.
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').context("TYPE line")?;
+        assert!(types.insert(name, kind).is_none(), "{name} declared twice");
+    }
+    for (name, kind) in &types {
+        assert_eq!(
+            kind.ends_with("counter"),
+            name.ends_with("_total"),
+            "{name} {kind}"
         );
     }
-    assert!(text.contains("# TYPE switchboard_request_latency_seconds histogram"));
+    for (name, kind) in [
+        ("switchboard_clients", "gauge"),
+        ("switchboard_build_info", "gauge"),
+        ("switchboard_frames_sent_total", "counter"),
+        ("switchboard_dropped_deliveries_total", "counter"),
+        ("switchboard_request_latency_seconds", "histogram"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert_eq!(types.get(name), Some(&kind), "{name}");
+    }
+    for gone in [
+        "switchboard_clients_tcp",
+        "switchboard_messages_received_total",
+        "switchboard_messages_in_total",
+        "switchboard_uptime_seconds",
+    ] {
+        assert!(!types.contains_key(gone), "{gone} is still there");
+    }
+    // Every sample belongs to a declared family.
+    for s in &scrape.samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|x| s.metric.strip_suffix(x).filter(|f| types.contains_key(f)))
+            .unwrap_or(&s.metric);
+        assert!(types.contains_key(family), "undeclared {}", s.metric);
+    }
     hub.shutdown().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn openapi_document_lists_exactly_the_served_routes() -> Result<()> {
-    let doc: Value = serde_json::from_str(switchboard_hub::gateway::OPENAPI)?;
+    let doc: Value = serde_json::from_str(switchboard_hub::gateway::openapi())?;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().context("paths")? {
@@ -1048,7 +1132,7 @@ async fn an_http_client_that_never_polls_holds_a_bounded_mailbox() -> Result<()>
     for i in 0..12u32 {
         publisher.send(Frame::direct("lazy", i.to_string())).await?;
     }
-    wait_metric(&http, "switchboard_clients_http", 0).await?;
+    wait_metric(&http, "switchboard_clients{transport=\"http\"}", 0).await?;
     let a = http
         .post("/v1/listen", json!({ "client": "lazy", "timeout_ms": 0 }))
         .await?;
@@ -1407,6 +1491,198 @@ async fn a_client_not_listening_is_refused_with_409() -> Result<()> {
         })
         .await?;
     assert_eq!(quiet.expect().await?, Frame::ok(2));
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_clients_delete_and_watch_keys() -> Result<()> {
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let set = |key: &str, value: &str| json!({ "client": "w", "key": key, "value": value });
+    http.post("/v1/kv/set", set("cfg/old", "1")).await?;
+    let a = http
+        .post(
+            "/v1/kv/watch",
+            json!({ "client": "w", "key": "cfg/", "prefix": true }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let watch_id = a.json()?["watch_id"].as_u64().context("watch_id")?;
+    // The current value first, then each change, through listen.
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["kind"].as_str(), m["key"].as_str(), m["value"].as_str()),
+        (Some("kv_update"), Some("cfg/old"), Some("1")),
+        "{m}"
+    );
+    assert_eq!(m["watch_id"].as_u64(), Some(watch_id));
+    let mut tcp = TestClient::connect(hub.local_addr(), "writer").await?;
+    tcp.send(proto::KvSet {
+        id: 1,
+        key: "cfg/new".into(),
+        value: "2".into(),
+        expect_version: None,
+    })
+    .await?;
+    tcp.expect().await?;
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["key"].as_str(), m["value"].as_str(), m["by"].as_str()),
+        (Some("cfg/new"), Some("2"), Some("writer")),
+        "{m}"
+    );
+    // Delete: a wrong version is refused, the right one deletes.
+    let del = |v: u64| json!({ "client": "w", "key": "cfg/new", "expect_version": v });
+    let version = m["version"].as_u64().context("version")?;
+    let a = http.post("/v1/kv/delete", del(version + 5)).await?;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let a = http.post("/v1/kv/delete", del(version)).await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json()?;
+    assert_eq!(v["deleted"], true);
+    assert!(v["version"].as_u64().is_some_and(|n| n > version), "{v}");
+    let m = listen_one(&http, "w").await?;
+    assert_eq!(
+        (m["key"].as_str(), m["deleted"].as_bool()),
+        (Some("cfg/new"), Some(true)),
+        "{m}"
+    );
+    let a = http
+        .post("/v1/kv/get", json!({ "client": "w", "key": "cfg/new" }))
+        .await?;
+    assert_eq!(a.json()?["found"], false);
+    // After unwatch, changes no longer arrive.
+    let a = http
+        .post(
+            "/v1/kv/unwatch",
+            json!({ "client": "w", "watch_id": watch_id }),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()?["unwatched"], true);
+    http.post("/v1/kv/set", set("cfg/later", "3")).await?;
+    let a = http
+        .post("/v1/listen", json!({ "client": "w", "timeout_ms": 300 }))
+        .await?;
+    assert_eq!(a.json()?["messages"], json!([]), "{}", a.body);
+    // The three updates waited in the mailbox, each counted once.
+    let waited = metric(&http, "switchboard_http_mailbox_delay_seconds_count").await?;
+    assert_eq!(waited, 3);
+    // Bad bodies are refused before anything reaches the hub.
+    for (path, body) in [
+        ("/v1/kv/delete", json!({ "client": "w" })),
+        (
+            "/v1/kv/watch",
+            json!({ "client": "w", "key": "k", "extra": 1 }),
+        ),
+        ("/v1/kv/unwatch", json!({ "client": "w", "watch_id": "x" })),
+    ] {
+        assert_eq!(http.post(path, body).await?.status, 400, "{path}");
+    }
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Every `$ref` in `v`, e.g. `#/components/schemas/Message`.
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                out.push(r);
+            }
+            o.values().for_each(|x| refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_schemas_come_from_the_body_types() -> Result<()> {
+    let doc: Value = serde_json::from_str(switchboard_hub::gateway::openapi())?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .context("schemas")?;
+    let fields = |name: &str| -> Vec<String> {
+        let mut f: Vec<String> = schemas[name]["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        f.sort();
+        f
+    };
+    // The bodies list exactly what their serde types read (flattened
+    // payload and headers included), and refuse anything else.
+    assert_eq!(
+        fields("KvSetRequest"),
+        ["client", "expect_version", "key", "value", "value_b64"]
+    );
+    assert_eq!(
+        fields("SendRequest"),
+        [
+            "client",
+            "headers",
+            "headers_b64",
+            "payload",
+            "payload_b64",
+            "to"
+        ]
+    );
+    assert_eq!(fields("KvWatchRequest"), ["client", "key", "prefix"]);
+    let mut bodies = 0;
+    for item in doc["paths"].as_object().context("paths")?.values() {
+        if let Some(body) =
+            item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+        {
+            let name = body.rsplit('/').next().context("name")?;
+            assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+            assert!(
+                schemas[name]["required"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!("client"))),
+                "{name}"
+            );
+            bodies += 1;
+        }
+    }
+    assert_eq!(bodies, 14);
+    // Answers: what the handlers serialize.
+    assert_eq!(fields("KvDeleted"), ["deleted", "key", "version"]);
+    assert_eq!(fields("Error"), ["error", "message"]);
+    // Every reference resolves.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 50);
+    for r in all {
+        let path = r.strip_prefix("#/").context("local ref")?;
+        let mut at = &doc;
+        for part in path.split('/') {
+            at = &at[part];
+        }
+        assert!(!at.is_null(), "{r} does not resolve");
+    }
+
+    // An integer field takes a whole number written as a float (JSON
+    // Schema's integers, and schemathesis's).
+    let hub = start_with(|_| {}).await;
+    let http = Http::new(&hub);
+    let a = http
+        .post("/v1/subscribe", json!({ "client": "f", "pattern": "a.b" }))
+        .await?;
+    let sub_id = a.json()?["sub_id"].as_u64().context("sub_id")?;
+    let body = format!(r#"{{"client": "f", "sub_id": {sub_id}.0}}"#);
+    let a = http.raw("POST", "/v1/unsubscribe", body.as_bytes()).await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http
+        .raw(
+            "POST",
+            "/v1/unsubscribe",
+            br#"{"client": "f", "sub_id": 1.5}"#,
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
     hub.shutdown().await;
     Ok(())
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use switchboard_wire::proto;
 use switchboard_wire::{check_headers, ErrorCode};
 
@@ -111,7 +111,10 @@ pub(super) fn code_name(code: ErrorCode) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.code, "message": self.message });
+        let body = super::answers::ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -145,12 +148,53 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
             )
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad(format!(
-            "malformed JSON body: {}; see /openapi.json",
-            clipped(&e.to_string())
-        ))
-    })
+    serde_json::from_slice(&body)
+        .or_else(|e| {
+            // JSON has one number type: `5.0` is the integer 5 to a JSON
+            // Schema validator (and to JavaScript), so it is one here too.
+            // Other errors keep serde's message (with its position).
+            let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+                return Err(e);
+            };
+            if !whole_numbers_as_integers(&mut v) {
+                return Err(e);
+            }
+            serde_json::from_value(v)
+        })
+        .map_err(|e| {
+            ApiError::bad(format!(
+                "malformed JSON body: {}; see /openapi.json",
+                clipped(&e.to_string())
+            ))
+        })
+}
+
+/// Turns every number with no fractional part that fits in `u64` or `i64`
+/// (written like `5.0` or `5e0`) into that integer; tells whether it
+/// changed any.
+fn whole_numbers_as_integers(v: &mut Value) -> bool {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) else {
+                return false;
+            };
+            if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                *v = Value::from(f as u64);
+            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                *v = Value::from(f as i64);
+            } else {
+                return false;
+            }
+            true
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .fold(false, |changed, x| whole_numbers_as_integers(x) | changed),
+        Value::Object(o) => o
+            .values_mut()
+            .fold(false, |changed, x| whole_numbers_as_integers(x) | changed),
+        _ => false,
+    }
 }
 
 /// Cuts text that may quote the client's input (serde quotes unknown field
@@ -169,9 +213,12 @@ pub(super) fn clipped(s: &str) -> String {
 }
 
 /// A payload given as UTF-8 text or as base64.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(super) struct PayloadIn {
+    /// The payload as UTF-8 text.
     pub(super) payload: Option<String>,
+    /// The payload as base64 (give one of `payload`, `payload_b64`).
+    #[schema(format = Byte)]
     pub(super) payload_b64: Option<String>,
 }
 
@@ -195,9 +242,11 @@ impl PayloadIn {
 /// Application headers given as JSON, like a payload: `headers` maps keys to
 /// UTF-8 values, `headers_b64` to base64 values; a key that repeats maps to
 /// an array of its values. Entries keep their order, `headers` first.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(super) struct HeadersIn {
+    #[schema(schema_with = super::answers::headers_ref, required = false)]
     headers: Option<HeaderObject>,
+    #[schema(schema_with = super::answers::headers_b64_ref, required = false)]
     headers_b64: Option<HeaderObject>,
 }
 

@@ -15,7 +15,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::Frame;
+use utoipa::ToSchema;
 
+use super::answers::{
+    as_json, KvDeleted, KvWritten, Published, Queued, Sent, Subscribed, Unsubscribed, Unwatched,
+    Watching,
+};
 use super::api::{parse, put_bytes, put_headers, ApiError, HeadersIn, PayloadIn};
 use super::ANSWER_TIMEOUT;
 use crate::config::HttpConfig;
@@ -54,12 +59,26 @@ pub(super) trait ApiCall: DeserializeOwned + Send + 'static {
     fn answer(id: u64, answer: Frame) -> Result<Value, ApiError>;
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ListenRequest)]
 pub(super) struct ListenReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub(super) client: String,
+    /// How long to hold the poll when nothing waits, milliseconds
+    /// (default 25,000; at most the gateway's maximum, 120,000 by default).
     timeout_ms: Option<u64>,
+    /// Most messages to return (default 100; taken within 1 ..= 10,000).
     max: Option<usize>,
+    /// Acknowledged mode: drop messages up to this `seq` and return the
+    /// rest without removing them until acknowledged; without it, returned
+    /// messages are removed.
     pub(super) ack: Option<u64>,
 }
 
@@ -75,14 +94,24 @@ impl ListenReq {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SendRequest)]
 pub(super) struct SendReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
     to: String,
     #[serde(flatten)]
+    #[schema(inline)]
     payload: PayloadIn,
     #[serde(flatten)]
+    #[schema(inline)]
     headers: HeadersIn,
 }
 
@@ -108,21 +137,36 @@ impl ApiCall for SendReq {
     }
 
     fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
-        Ok(json!({ "queued": true }))
+        Ok(as_json(Queued { queued: true }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RequestRequest)]
 pub(super) struct RequestReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
+    /// The target client id (give exactly one of `to` and `service`).
     to: Option<String>,
+    /// A service subject: one responder among its service subscribers.
     service: Option<String>,
+    /// The method name the responder sees.
     method: Option<String>,
+    /// Milliseconds to wait for the reply (default 30,000; taken within
+    /// 1 ..= the gateway's maximum).
     timeout_ms: Option<u64>,
     #[serde(flatten)]
+    #[schema(inline)]
     payload: PayloadIn,
     #[serde(flatten)]
+    #[schema(inline)]
     headers: HeadersIn,
 }
 
@@ -188,17 +232,31 @@ impl ApiCall for RequestReq {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ReplyRequest)]
 pub(super) struct ReplyReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub(super) client: String,
+    /// The `id` of a request received through `listen`.
     pub(super) id: u64,
+    /// The request's `from`; may be left out when the gateway remembers
+    /// the requester.
     pub(super) to: Option<String>,
+    /// Whether the reply is an error answer.
     #[serde(default)]
     is_error: bool,
     #[serde(flatten)]
+    #[schema(inline)]
     payload: PayloadIn,
     #[serde(flatten)]
+    #[schema(inline)]
     headers: HeadersIn,
 }
 
@@ -246,13 +304,23 @@ impl ReplyReq {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BroadcastRequest)]
 pub(super) struct BroadcastReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
     #[serde(flatten)]
+    #[schema(inline)]
     payload: PayloadIn,
     #[serde(flatten)]
+    #[schema(inline)]
     headers: HeadersIn,
 }
 
@@ -271,19 +339,31 @@ impl ApiCall for BroadcastReq {
     }
 
     fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
-        Ok(json!({ "sent": true }))
+        Ok(as_json(Sent { sent: true }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PublishRequest)]
 pub(super) struct PublishReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
+    /// The topic (dot-separated tokens).
     topic: String,
+    /// A topic replies should go to.
     reply_to: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     payload: PayloadIn,
     #[serde(flatten)]
+    #[schema(inline)]
     headers: HeadersIn,
 }
 
@@ -304,16 +384,28 @@ impl ApiCall for PublishReq {
     }
 
     fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
-        Ok(json!({ "published": true }))
+        Ok(as_json(Published { published: true }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SubscribeRequest)]
 pub(super) struct SubscribeReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
+    /// The topic pattern (`*` one token, `>` the rest).
     pattern: String,
+    /// A queue group: each message goes to one member.
     queue_group: Option<String>,
+    /// A service subscription: requests to `pattern` as a service come
+    /// here.
     #[serde(default)]
     service: bool,
 }
@@ -335,13 +427,21 @@ impl ApiCall for SubscribeReq {
     }
 
     fn answer(id: u64, _: Frame) -> Result<Value, ApiError> {
-        Ok(json!({ "sub_id": id }))
+        Ok(as_json(Subscribed { sub_id: id }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UnsubscribeRequest)]
 pub(super) struct UnsubscribeReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
     sub_id: u64,
 }
@@ -359,13 +459,21 @@ impl ApiCall for UnsubscribeReq {
     }
 
     fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
-        Ok(json!({ "unsubscribed": true }))
+        Ok(as_json(Unsubscribed { unsubscribed: true }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KvGetRequest)]
 pub(super) struct KvGetReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
     key: String,
 }
@@ -398,13 +506,26 @@ impl ApiCall for KvGetReq {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KvSetRequest)]
 pub(super) struct KvSetReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     client: String,
     key: String,
+    /// The value as UTF-8 text.
     value: Option<String>,
+    /// The value as base64 (give one of `value`, `value_b64`).
+    #[schema(format = Byte)]
     value_b64: Option<String>,
+    /// Compare-and-set: fail with 409 unless the key is at this version
+    /// (0: absent).
     expect_version: Option<u64>,
     /// The value, decoded by [`ApiCall::check`].
     #[serde(skip)]
@@ -444,13 +565,144 @@ impl ApiCall for KvSetReq {
                 "unexpected answer to a key/value write",
             ));
         };
-        Ok(json!({ "key": v.key, "version": v.version }))
+        Ok(as_json(KvWritten {
+            key: v.key,
+            version: v.version,
+        }))
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KvDeleteRequest)]
+pub(super) struct KvDeleteReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
+    client: String,
+    key: String,
+    /// Compare-and-delete: fail with 409 unless the key is at this
+    /// version.
+    expect_version: Option<u64>,
+}
+
+impl ApiCall for KvDeleteReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvDelete {
+            id,
+            key: self.key,
+            expect_version: self.expect_version,
+        }))
+    }
+
+    /// The deletion's version (a delete of a missing key is one too).
+    fn answer(_: u64, answer: Frame) -> Result<Value, ApiError> {
+        let Some(Kind::KvValue(v)) = answer.kind else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "internal",
+                "unexpected answer to a key/value delete",
+            ));
+        };
+        Ok(as_json(KvDeleted {
+            key: v.key,
+            deleted: true,
+            version: v.version,
+        }))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = KvWatchRequest)]
+pub(super) struct KvWatchReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
+    client: String,
+    /// The key, or the prefix when `prefix` is true.
+    key: String,
+    /// Watch every key starting with `key`.
+    #[serde(default)]
+    prefix: bool,
+}
+
+impl ApiCall for KvWatchReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// The watch id is the call's correlation id; the updates (current
+    /// values first) arrive through `listen`.
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvWatch {
+            id,
+            watch_id: id,
+            key: self.key,
+            prefix: self.prefix,
+        }))
+    }
+
+    fn answer(id: u64, _: Frame) -> Result<Value, ApiError> {
+        Ok(as_json(Watching { watch_id: id }))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = KvUnwatchRequest)]
+pub(super) struct KvUnwatchReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
+    client: String,
+    watch_id: u64,
+}
+
+impl ApiCall for KvUnwatchReq {
+    fn client(&self) -> &str {
+        &self.client
+    }
+
+    fn into_frame(self, id: u64, _: &str, _: &HttpConfig) -> Result<Frame, ApiError> {
+        Ok(Frame::from(proto::KvUnwatch {
+            id,
+            watch_id: self.watch_id,
+        }))
+    }
+
+    fn answer(_: u64, _: Frame) -> Result<Value, ApiError> {
+        Ok(as_json(Unwatched { unwatched: true }))
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = LeaveRequest)]
 pub(super) struct LeaveReq {
+    /// Your client id (1 to 256 bytes, no control characters); registers
+    /// the HTTP client on first use.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub(super) client: String,
 }
 
@@ -514,6 +766,9 @@ pub fn check_body(
         "/v1/unsubscribe" => check::<UnsubscribeReq>(body, cfg),
         "/v1/kv/get" => check::<KvGetReq>(body, cfg),
         "/v1/kv/set" => check::<KvSetReq>(body, cfg),
+        "/v1/kv/delete" => check::<KvDeleteReq>(body, cfg),
+        "/v1/kv/watch" => check::<KvWatchReq>(body, cfg),
+        "/v1/kv/unwatch" => check::<KvUnwatchReq>(body, cfg),
         "/v1/leave" => parse::<LeaveReq>(body).map(|req| out(req.client, Vec::new())),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -3,6 +3,7 @@
 //! message's JSON.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -12,6 +13,7 @@ use switchboard_wire::{ErrorCode, Frame};
 use super::api::{code_name, put_bytes, put_headers};
 use super::views::client_json;
 use crate::config::HttpConfig;
+use crate::metrics::Histogram;
 
 /// Messages waiting for a poll, numbered from 1 (`seq`).
 #[derive(Default)]
@@ -28,6 +30,11 @@ pub(super) struct Mailbox {
 /// A message waiting in the mailbox.
 struct Mail {
     seq: u64,
+    /// When the message entered the mailbox.
+    queued_at: Instant,
+    /// Whether a poll has returned it (an acknowledged-mode poll may
+    /// return it again).
+    handed_out: bool,
     bytes: usize,
     droppable: bool,
     frame: Frame,
@@ -70,6 +77,8 @@ impl Mailbox {
         self.bytes += bytes;
         self.mail.push_back(Mail {
             seq: self.next_seq,
+            queued_at: Instant::now(),
+            handed_out: false,
             bytes,
             droppable,
             frame,
@@ -82,7 +91,13 @@ impl Mailbox {
     /// removing them; without, removes what it returns. `None` when there
     /// is nothing to report, unless `always` (then an empty answer whose
     /// `ack` covers every message delivered so far).
-    pub(super) fn take(&mut self, ack: Option<u64>, max: usize, always: bool) -> Option<Value> {
+    pub(super) fn take(
+        &mut self,
+        ack: Option<u64>,
+        max: usize,
+        always: bool,
+        delay: &Histogram,
+    ) -> Option<Value> {
         if let Some(ack) = ack {
             while self.mail.front().is_some_and(|m| m.seq <= ack) {
                 if let Some(m) = self.mail.pop_front() {
@@ -97,15 +112,25 @@ impl Mailbox {
         let n = self.mail.len().min(max);
         let mut messages = Vec::with_capacity(n);
         let mut last = 0;
+        // Each message's wait, once: from the mailbox to its first poll.
+        let now = Instant::now();
+        let first_time = |m: &mut Mail| {
+            if !m.handed_out {
+                m.handed_out = true;
+                delay.observe(now.saturating_duration_since(m.queued_at));
+            }
+        };
         if ack.is_some() {
-            for m in self.mail.iter().take(n) {
+            for m in self.mail.iter_mut().take(n) {
+                first_time(m);
                 messages.push(mail_json(m.seq, &m.frame));
                 last = m.seq;
             }
         } else {
             for _ in 0..n {
-                if let Some(m) = self.mail.pop_front() {
+                if let Some(mut m) = self.mail.pop_front() {
                     self.bytes -= m.bytes;
+                    first_time(&mut m);
                     messages.push(mail_json(m.seq, &m.frame));
                     last = m.seq;
                 }

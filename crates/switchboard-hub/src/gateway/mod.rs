@@ -10,6 +10,7 @@
 //!
 //! Rooms, each importing only those above it:
 //!
+//! * `answers`: the JSON answers' types (and their schemas);
 //! * `api`: the error answer, reading bodies, payloads and headers in JSON;
 //! * `calls`: each POST body, the frame it becomes and the JSON it answers
 //!   (the `ApiCall` trait), and [`check_body`];
@@ -17,6 +18,7 @@
 //! * `mailbox`, `virtual_client`: HTTP clients as virtual connections;
 //! * `auth`: the loopback guard and the bearer token;
 //! * `metrics`, `dashboard`, `ws`: `/metrics`, the dashboard, `/v1/ws`;
+//! * `openapi`: the generated OpenAPI document;
 //! * `routes`: the router of paths to handlers, and the API handlers.
 
 use std::collections::HashMap;
@@ -32,12 +34,14 @@ use crate::config::{HttpConfig, HubError};
 use crate::shared::Shared;
 use crate::tls::{HttpPeer, TlsListener, TlsServer};
 
+mod answers;
 mod api;
 mod auth;
 mod calls;
 mod dashboard;
 mod mailbox;
 mod metrics;
+mod openapi;
 mod routes;
 mod views;
 mod virtual_client;
@@ -68,8 +72,12 @@ pub fn routes() -> &'static [(&'static str, &'static str)] {
     routes::ROUTES
 }
 
-/// The OpenAPI 3 document of the gateway (also served at `/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../openapi.json");
+/// The OpenAPI 3.1 document of the gateway, as served at `/openapi.json`:
+/// generated from the gateway's request and answer types and its table of
+/// operations.
+pub fn openapi() -> &'static str {
+    openapi::document()
+}
 
 /// How long a call other than a request waits for the router's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,17 +15,19 @@ use axum::{Extension, Router};
 use serde_json::{json, Value};
 use switchboard_wire::{proto, Frame};
 
+use super::answers::{as_json, Left, Sent};
 use super::api::{clipped, ok_json, parse, ApiError, ApiResult};
 use super::auth::{guard, require_token};
 use super::calls::{
-    ApiCall, BroadcastReq, KvGetReq, KvSetReq, LeaveReq, ListenReq, PublishReq, ReplyReq,
-    RequestReq, SendReq, SubscribeReq, UnsubscribeReq,
+    ApiCall, BroadcastReq, KvDeleteReq, KvGetReq, KvSetReq, KvUnwatchReq, KvWatchReq, LeaveReq,
+    ListenReq, PublishReq, ReplyReq, RequestReq, SendReq, SubscribeReq, UnsubscribeReq,
 };
 use super::views::{client_json, inspect, status_json};
 use super::{dashboard, metrics, ws, Gateway};
 use crate::router::admission::Identity;
 
-/// Every route, `(method, path)`, as the OpenAPI document must list them.
+/// Every route, `(method, path)`, as the OpenAPI document must list them
+/// (a test holds them equal).
 pub(super) const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/dashboard.js"),
@@ -48,6 +50,9 @@ pub(super) const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/unsubscribe"),
     ("post", "/v1/kv/get"),
     ("post", "/v1/kv/set"),
+    ("post", "/v1/kv/delete"),
+    ("post", "/v1/kv/watch"),
+    ("post", "/v1/kv/unwatch"),
     ("post", "/v1/leave"),
 ];
 
@@ -69,6 +74,9 @@ pub(super) fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/unsubscribe", post(call::<UnsubscribeReq>))
         .route("/v1/kv/get", post(call::<KvGetReq>))
         .route("/v1/kv/set", post(call::<KvSetReq>))
+        .route("/v1/kv/delete", post(call::<KvDeleteReq>))
+        .route("/v1/kv/watch", post(call::<KvWatchReq>))
+        .route("/v1/kv/unwatch", post(call::<KvUnwatchReq>))
         .route("/v1/leave", post(leave))
         .route("/v1/feed", get(dashboard::feed))
         .route("/v1/topics", get(dashboard::topics))
@@ -92,7 +100,7 @@ async fn openapi() -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        super::OPENAPI,
+        super::openapi::document(),
     )
         .into_response()
 }
@@ -149,7 +157,7 @@ async fn reply(
     client
         .post(&gw, vec![frame, Frame::from(proto::Ping { nonce })])
         .await?;
-    ok_json(json!({ "sent": true }))
+    ok_json(as_json(Sent { sent: true }))
 }
 
 /// `POST /v1/leave`: deregisters a client now.
@@ -166,7 +174,7 @@ async fn leave(
             format!("no HTTP client '{}' is registered", clipped(&req.client)),
         ));
     }
-    ok_json(json!({ "left": true }))
+    ok_json(as_json(Left { left: true }))
 }
 
 /// `GET /v1/status`.

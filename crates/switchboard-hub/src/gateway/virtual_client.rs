@@ -380,7 +380,8 @@ impl HttpClient {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = self.state.lock().mailbox.take(ack, max, false) {
+            let delay = &gw.shared.stats.metrics.http_mailbox_delay;
+            if let Some(v) = self.state.lock().mailbox.take(ack, max, false, delay) {
                 return Ok(v);
             }
             tokio::select! {
@@ -394,7 +395,8 @@ impl HttpClient {
         // Checked once more under the same lock that fixes `ack`, so a
         // message arriving at the timeout is returned, never acknowledged
         // unseen.
-        let v = self.state.lock().mailbox.take(ack, max, true);
+        let delay = &gw.shared.stats.metrics.http_mailbox_delay;
+        let v = self.state.lock().mailbox.take(ack, max, true, delay);
         Ok(v.unwrap_or(Value::Null))
     }
 }
