@@ -56,10 +56,12 @@ pub type sb_message_cb = Option<
 /// library's: copy to keep, never free). Return 0 and fill `reply` with
 /// `sb_reply_set` (left empty: an empty reply), or return non-zero for an
 /// error reply (its text: what `reply` holds, or a default); `reply` is
-/// the library's and freed by it. Calls run on the library's blocking
-/// pool, several at once on different threads, so `user_data` must be
-/// safe to share; a handler may call any `sb_*` function (a nested
-/// `sb_request` works) except `sb_close` of its own client. A reply over
+/// the library's and freed by it. Calls run on library threads (the
+/// runtime thread that received the request, which hands its other work
+/// to another thread meanwhile), several at once on different threads,
+/// so `user_data` must be safe to share; a handler may call any `sb_*`
+/// function (a nested `sb_request` works) except `sb_close` of its own
+/// client. A reply over
 /// the hub's frame limit is not sent: the requester gets an error reply
 /// saying why (`SB_ERR_REMOTE`) at once.
 pub type sb_handler_cb = Option<
@@ -619,9 +621,12 @@ pub unsafe extern "C" fn sb_serve(
         let serving = runtime::block_on(entry.client.serve(move |req: IncomingRequest| {
             let user = user;
             async move {
-                tokio::task::spawn_blocking(move || call_handler(handler, user, &req))
-                    .await
-                    .map_err(|e| format!("the handler failed: {e}"))?
+                // The handler runs right here, on the runtime thread that
+                // took the request (no hand-over to another thread and
+                // back): `block_in_place` first gives that thread's other
+                // work to another thread, so a slow or blocking handler
+                // (a nested `sb_request`) holds nothing up.
+                tokio::task::block_in_place(move || call_handler(handler, user, &req))
             }
         }))?;
         let old = entry
