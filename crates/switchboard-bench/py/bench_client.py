@@ -11,10 +11,12 @@ which the harness (crates/switchboard-bench/src/bindings.rs) reads:
 
 Pub/sub: one publisher and one subscriber connection in this process;
 messages are counted at the subscriber, the rate runs from the first
-publish to the last arrival. switchboard publishes wait for the hub's
-confirmation, so WINDOW of them are kept in flight (gathered in batches);
-nats-py publishes are buffered without confirmation and flushed at the
-end. Request/reply: an echoing responder and a requester, two connections
+publish to the last arrival. Both sides publish without confirmation:
+switchboard with `publish_nowait` (queued on the connection; the loop
+yields to the event loop every WINDOW publishes so the subscriber's task
+runs), nats-py with `publish` (buffered, flushed at the end). The
+switchboard subscriber iterates the subscription, which takes the
+messages already waiting in batches. Request/reply: an echoing responder and a requester, two connections
 in this process, sequential requests; percentiles of the round trips.
 
 Output: {"rate": msgs/s, "sent": N, "delivered": D} or
@@ -62,8 +64,10 @@ async def sb_pubsub(addr: str, token: str, n: int, size: int, tag: str) -> Dict[
     sent = 0
     while sent < n:
         batch = min(WINDOW, n - sent)
-        await asyncio.gather(*(pub.publish(topic, payload) for _ in range(batch)))
+        for _ in range(batch):
+            await pub.publish_nowait(topic, payload)
         sent += batch
+        await asyncio.sleep(0)
     try:
         await asyncio.wait_for(receiver, TIMEOUT)
     except asyncio.TimeoutError:

@@ -460,8 +460,15 @@ pub async fn rows(env: &Env<'_>, chosen: &[&str], pb: &ProgressBar, figures: &mu
             };
             for (k, a) in accs.iter().enumerate() {
                 let note = if k == 0 && !note_parts.is_empty() {
+                    // Which publish each side uses (the Rust client's is
+                    // confirmed, nats-py's is not).
+                    let kind = if py_row && pubsub_row && m == 0 {
+                        "; publish_nowait: queued, not confirmed, like nats-py's"
+                    } else {
+                        ""
+                    };
                     Some(format!(
-                        "{} (above 1× is better{goal})",
+                        "{} (above 1× is better{goal}){kind}",
                         note_parts.join(", ")
                     ))
                 } else if a.system == NATS_PY && pubsub_row {
@@ -470,7 +477,7 @@ pub async fn rows(env: &Env<'_>, chosen: &[&str], pb: &ProgressBar, figures: &mu
                     Some("same interpreter".to_string())
                 } else if a.system == RUST && pubsub_row {
                     Some(format!(
-                        "same workload and hub, {WINDOW} publishes in flight"
+                        "same workload and hub, {WINDOW} confirmed publishes in flight"
                     ))
                 } else if a.system == RUST {
                     Some("same workload and hub".to_string())

@@ -7,7 +7,7 @@
  * calls block the calling thread until done. The library runs one runtime
  * per process (two worker threads plus a blocking pool, started on first
  * use). Callbacks (sb_message_cb, sb_kv_watch_cb, sb_handler_cb) run on
- * the library's blocking-pool threads, never on the caller's; they may
+ * the library's own threads, never on the caller's; they may
  * call sb_* functions (except sb_close of the client whose sb_serve
  * handler is running).
  *
@@ -230,10 +230,12 @@ typedef void (*sb_message_cb)(void *user_data, const char *topic, const uint8_t 
  * library's: copy to keep, never free). Return 0 and fill `reply` with
  * `sb_reply_set` (left empty: an empty reply), or return non-zero for an
  * error reply (its text: what `reply` holds, or a default); `reply` is
- * the library's and freed by it. Calls run on the library's blocking
- * pool, several at once on different threads, so `user_data` must be
- * safe to share; a handler may call any `sb_*` function (a nested
- * `sb_request` works) except `sb_close` of its own client. A reply over
+ * the library's and freed by it. Calls run on library threads (the
+ * runtime thread that received the request, which hands its other work
+ * to another thread meanwhile), several at once on different threads,
+ * so `user_data` must be safe to share; a handler may call any `sb_*`
+ * function (a nested `sb_request` works) except `sb_close` of its own
+ * client. A reply over
  * the hub's frame limit is not sent: the requester gets an error reply
  * saying why (`SB_ERR_REMOTE`) at once.
  */

@@ -56,10 +56,12 @@ pub type sb_message_cb = Option<
 /// library's: copy to keep, never free). Return 0 and fill `reply` with
 /// `sb_reply_set` (left empty: an empty reply), or return non-zero for an
 /// error reply (its text: what `reply` holds, or a default); `reply` is
-/// the library's and freed by it. Calls run on the library's blocking
-/// pool, several at once on different threads, so `user_data` must be
-/// safe to share; a handler may call any `sb_*` function (a nested
-/// `sb_request` works) except `sb_close` of its own client. A reply over
+/// the library's and freed by it. Calls run on library threads (the
+/// runtime thread that received the request, which hands its other work
+/// to another thread meanwhile), several at once on different threads,
+/// so `user_data` must be safe to share; a handler may call any `sb_*`
+/// function (a nested `sb_request` works) except `sb_close` of its own
+/// client. A reply over
 /// the hub's frame limit is not sent: the requester gets an error reply
 /// saying why (`SB_ERR_REMOTE`) at once.
 pub type sb_handler_cb = Option<
@@ -619,9 +621,12 @@ pub unsafe extern "C" fn sb_serve(
         let serving = runtime::block_on(entry.client.serve(move |req: IncomingRequest| {
             let user = user;
             async move {
-                tokio::task::spawn_blocking(move || call_handler(handler, user, &req))
-                    .await
-                    .map_err(|e| format!("the handler failed: {e}"))?
+                // The handler runs right here, on the runtime thread that
+                // took the request (no hand-over to another thread and
+                // back): `block_in_place` first gives that thread's other
+                // work to another thread, so a slow or blocking handler
+                // (a nested `sb_request`) holds nothing up.
+                tokio::task::block_in_place(move || call_handler(handler, user, &req))
             }
         }))?;
         let old = entry
@@ -914,6 +919,127 @@ mod tests {
         let code = unsafe { sb_connect(&options(c"lonely"), &mut client) };
         assert_eq!(code, sb_error::SB_ERR_CONNECT);
         assert!(client.is_null());
+    }
+
+    /// An echo handler; "slow" sleeps 300 ms first.
+    unsafe extern "C" fn echo(
+        _user: *mut c_void,
+        _from: *const c_char,
+        data: *const u8,
+        len: usize,
+        reply: *mut sb_bytes,
+    ) -> i32 {
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        if bytes == b"slow" {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        unsafe { sb_reply_set(reply, data, len) as i32 }
+    }
+
+    /// Asks the client in `user` (an `sb_client*`) to echo the payload:
+    /// a nested request from inside a handler.
+    unsafe extern "C" fn forward(
+        user: *mut c_void,
+        _from: *const c_char,
+        data: *const u8,
+        len: usize,
+        reply: *mut sb_bytes,
+    ) -> i32 {
+        let client = user as *mut sb_client;
+        unsafe { sb_request(client, c"c-echo".as_ptr(), data, len, 5000, reply) as i32 }
+    }
+
+    #[test]
+    fn handlers_nest_and_run_at_once() {
+        let hub = runtime::block_on(
+            facade::Hub::builder()
+                .listen("127.0.0.1:0")
+                .token("t")
+                .write_hint(false)
+                .unix(facade::hub::UnixSocket::disabled())
+                .start(),
+        )
+        .expect("hub starts");
+        let addr = CString::new(hub.local_addr().to_string()).unwrap();
+        let connect = |id: &CStr| {
+            let mut o = options(id);
+            o.addr = addr.as_ptr();
+            o.connect_timeout_ms = 5000;
+            let mut client = null_mut();
+            assert_eq!(unsafe { sb_connect(&o, &mut client) }, sb_error::SB_OK);
+            client
+        };
+        let (echoer, forwarder, asker) = (connect(c"c-echo"), connect(c"c-fwd"), connect(c"c-ask"));
+        unsafe {
+            assert_eq!(sb_serve(echoer, Some(echo), null_mut()), sb_error::SB_OK);
+            assert_eq!(
+                sb_serve(forwarder, Some(forward), echoer.cast()),
+                sb_error::SB_OK
+            );
+        }
+        let ask = |to: &CStr, payload: &[u8]| {
+            let mut reply = sb_bytes {
+                data: null_mut(),
+                len: 0,
+            };
+            let code = unsafe {
+                sb_request(
+                    asker,
+                    to.as_ptr(),
+                    payload.as_ptr(),
+                    payload.len(),
+                    5000,
+                    &mut reply,
+                )
+            };
+            assert_eq!(code, sb_error::SB_OK);
+            let got = unsafe { std::slice::from_raw_parts(reply.data, reply.len) }.to_vec();
+            unsafe { sb_bytes_free(&mut reply) };
+            got
+        };
+        // A handler's own request, answered by a handler of the same
+        // library.
+        assert_eq!(ask(c"c-fwd", b"hello"), b"hello");
+        // Four slow requests at once take about one handler's time.
+        let asker_id = asker as usize;
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut reply = sb_bytes {
+                        data: null_mut(),
+                        len: 0,
+                    };
+                    let code = unsafe {
+                        sb_request(
+                            asker_id as *mut sb_client,
+                            c"c-echo".as_ptr(),
+                            b"slow".as_ptr(),
+                            4,
+                            5000,
+                            &mut reply,
+                        )
+                    };
+                    unsafe { sb_bytes_free(&mut reply) };
+                    code
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), sb_error::SB_OK);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "handlers ran one after another: {:?}",
+            started.elapsed()
+        );
+        unsafe {
+            for c in [asker, forwarder, echoer] {
+                assert_eq!(sb_close(c), sb_error::SB_OK);
+            }
+        }
+        let _runtime = runtime::handle().enter();
+        drop(hub);
     }
 
     #[test]

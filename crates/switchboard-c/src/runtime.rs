@@ -24,9 +24,10 @@ pub(crate) fn handle() -> &'static Handle {
 /// Runs `future` to completion on the runtime, blocking the calling thread.
 ///
 /// Called from a runtime worker thread (a C callback that was not run on
-/// the blocking pool) this would panic; the boundary turns that into
-/// `SB_ERR_PANIC`. Callbacks run on the blocking pool, where blocking is
-/// allowed.
+/// the blocking pool or inside `block_in_place`) this would panic; the
+/// boundary turns that into `SB_ERR_PANIC`. Callbacks run on the blocking
+/// pool, and `sb_serve` handlers inside `tokio::task::block_in_place`,
+/// where blocking is allowed.
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     handle().block_on(future)
 }

@@ -86,6 +86,39 @@ impl NativeClient {
         })
     }
 
+    /// Publishes `payload` on `topic` without the hub's confirmation
+    /// (the facade's `publish_nowait`): queued on the connection at once
+    /// when the send queue has room, and then `None` is returned (no
+    /// awaitable, no wake-up of the event loop). When the queue is full it
+    /// returns an awaitable that resolves once the message is queued
+    /// (backpressure).
+    fn publish_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        topic: String,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let payload = payload::from_py(payload)?;
+        let client = self.client.clone();
+        use std::future::Future;
+        let mut fut = Box::pin(async move {
+            client
+                .publish_nowait(&topic, payload)
+                .await
+                .map_err(error::to_py)
+        });
+        // One poll here, inside the runtime (the queue may arm a timer):
+        // done at once unless the send queue is full.
+        let first = in_runtime(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            fut.as_mut().poll(&mut cx)
+        });
+        match first {
+            std::task::Poll::Ready(r) => r.map(|()| None),
+            std::task::Poll::Pending => crate::glue::future_into_py(py, fut).map(Some),
+        }
+    }
+
     /// Sends a one-way message to client `to`, with optional headers (a
     /// mapping or pairs of `str` keys and payload values).
     #[pyo3(signature = (to, payload, headers=None))]
@@ -680,9 +713,35 @@ fn headers_to_py(py: Python<'_>, headers: &Headers) -> PyResult<Py<PyList>> {
     Ok(PyList::new(py, pairs)?.unbind())
 }
 
+/// Moves the messages waiting in `sub` into `out` until it holds `max`
+/// (at least one more is never waited for); whether the subscription
+/// ended (and is empty).
+fn drain(
+    sub: &mut switchboard::Subscription,
+    max: usize,
+    out: &mut Vec<switchboard::Message>,
+) -> bool {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while out.len() < max.max(1) {
+        // `recv` is cancel-safe: a pending one dropped loses nothing.
+        match std::pin::pin!(sub.recv()).poll(&mut cx) {
+            std::task::Poll::Ready(Some(m)) => out.push(m),
+            std::task::Poll::Ready(None) => return true,
+            std::task::Poll::Pending => return false,
+        }
+    }
+    false
+}
+
 /// A received message as a Python [`Message`].
 fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
-    crate::glue::attach(|py| {
+    crate::glue::attach(|py| message_to_py_in(py, m))
+}
+
+/// [`message_to_py`] for a caller that holds the GIL.
+fn message_to_py_in(py: Python<'_>, m: switchboard::Message) -> PyResult<Py<Message>> {
+    {
         let kind = match m.kind {
             MessageKind::Direct => "direct",
             MessageKind::Broadcast => "broadcast",
@@ -700,7 +759,7 @@ fn message_to_py(m: switchboard::Message) -> PyResult<Py<Message>> {
                 headers: headers_to_py(py, &m.headers)?,
             },
         )
-    })
+    }
 }
 
 /// A message received on a subscription.
@@ -801,6 +860,52 @@ impl Subscription {
                 return Ok(None);
             };
             message_to_py(m).map(Some)
+        })
+    }
+
+    /// Up to `max` messages already waiting, without waiting: `[]` when
+    /// none is (or another call is receiving), `None` once the
+    /// subscription ended and every message was taken.
+    fn take(&self, py: Python<'_>, max: usize) -> PyResult<Option<Vec<Py<Message>>>> {
+        let Ok(mut guard) = self.inner.try_lock() else {
+            return Ok(Some(Vec::new()));
+        };
+        let Some(sub) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let ended = drain(sub, max, &mut out);
+        if ended && out.is_empty() {
+            return Ok(None);
+        }
+        out.into_iter()
+            .map(|m| message_to_py_in(py, m))
+            .collect::<PyResult<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Waits for the next message, then takes the ones waiting behind it,
+    /// up to `max` in all; resolves to the list, or `None` when the
+    /// subscription ended.
+    fn next_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        crate::glue::future_into_py(py, async move {
+            let mut guard = inner.lock().await;
+            let Some(sub) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let Some(first) = sub.recv().await else {
+                return Ok(None);
+            };
+            let mut out = vec![first];
+            drain(sub, max, &mut out);
+            drop(guard);
+            crate::glue::attach(|py| {
+                out.into_iter()
+                    .map(|m| message_to_py_in(py, m))
+                    .collect::<PyResult<Vec<_>>>()
+                    .map(Some)
+            })
         })
     }
 

@@ -17,11 +17,13 @@ Replies with headers: a ``serve`` handler returns
 """
 
 import atexit
+import collections
 import os
 from typing import (
     Any,
     Awaitable,
     Callable,
+    Deque,
     Dict,
     Generator,
     Iterable,
@@ -281,12 +283,20 @@ class Kv:
         return KvWatch(await self._native.kv_watch(key, prefix))
 
 
+# Most messages a subscription takes from the native stream at once.
+_BATCH = 256
+
+
 class Subscription:
     """Messages published on topics matching a pattern.
 
     ``await client.subscribe(p)`` subscribes at once and returns the
     subscription; ``async for msg in client.subscribe(p)`` subscribes on the
     first iteration. Iteration ends when the subscription or client ends.
+
+    Iteration takes the messages already waiting in one native call (up to
+    256) and returns them one by one without suspending, so a busy
+    subscription wakes the event loop once per batch, not per message.
     """
 
     def __init__(self, native: "_native.NativeClient", pattern: str, options: Dict[str, Any]) -> None:
@@ -294,6 +304,10 @@ class Subscription:
         self._pattern = pattern
         self._options = options
         self._sub: Optional[_native.Subscription] = None
+        # Messages taken from the native stream in one batch and not yet
+        # returned (at most _BATCH - 1): iteration wakes the event loop
+        # once per batch, not once per message.
+        self._buf: Deque[Message] = collections.deque()
 
     @property
     def pattern(self) -> str:
@@ -312,15 +326,30 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
-        await self._start()
-        assert self._sub is not None
-        msg = await self._sub.next()
-        if msg is None:
-            raise StopAsyncIteration
-        return msg
+        buf = self._buf
+        if buf:
+            return buf.popleft()
+        sub = self._sub
+        if sub is None:
+            await self._start()
+            sub = self._sub
+            assert sub is not None
+        # Messages already waiting are taken without an awaitable; only
+        # when none is does iteration wait (for the next one and those
+        # behind it).
+        batch = sub.take(_BATCH)
+        if not batch:
+            if batch is None:
+                raise StopAsyncIteration
+            batch = await sub.next_batch(_BATCH)
+            if batch is None:
+                raise StopAsyncIteration
+        buf.extend(batch)
+        return buf.popleft()
 
     async def unsubscribe(self) -> None:
-        """Ends the subscription at the hub."""
+        """Ends the subscription at the hub; messages not yet returned are discarded."""
+        self._buf.clear()
         if self._sub is not None:
             await self._sub.unsubscribe()
 
@@ -341,6 +370,22 @@ class Client:
     async def publish(self, topic: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
         """Publishes ``payload`` on ``topic``; returns once the hub confirmed it."""
         await self._native.publish(topic, payload, headers)
+
+    async def publish_nowait(self, topic: str, payload: Payload) -> None:
+        """Publishes ``payload`` on ``topic`` without the hub's confirmation.
+
+        Returns once the message is queued on the connection: at once
+        (without suspending) while the send queue has room, else when it
+        has room again. Nothing tells whether the hub routed it (an invalid
+        topic is dropped by the hub); use :meth:`publish` for that. Messages
+        published one after another reach subscribers in that order. The
+        fastest way to publish; a loop of these never yields to the event
+        loop while the queue has room, so a long one should
+        ``await asyncio.sleep(0)`` now and then to let other tasks run.
+        """
+        pending = self._native.publish_nowait(topic, payload)
+        if pending is not None:
+            await pending
 
     async def send(self, to: str, payload: Payload, *, headers: Optional[Headers] = None) -> None:
         """Sends a one-way message to client ``to`` (which reads it from :meth:`messages`).
