@@ -111,6 +111,9 @@ struct Env {
     /// Whether processes get `SWITCHBOARD_TOKEN` (else they use the
     /// per-user secret file in the runtime directory).
     token: bool,
+    /// `SWITCHBOARD_SERVICE` for every process (else unset: the default
+    /// service).
+    service: Option<String>,
 }
 
 impl Env {
@@ -122,7 +125,21 @@ impl Env {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
                 .expect("chmod 700");
         }
-        Env { dir, token: true }
+        Env {
+            dir,
+            token: true,
+            service: None,
+        }
+    }
+
+    /// An environment whose processes use a service of their own, so that
+    /// a discovery scan cannot meet the hubs other tests run on loopback
+    /// at the same time.
+    fn with_own_service() -> Env {
+        Env {
+            service: Some(format!("cli-test-{}", std::process::id())),
+            ..Env::new()
+        }
     }
 
     /// An environment whose processes prove the secret file instead of a
@@ -142,7 +159,12 @@ impl Env {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("SWITCHBOARD_RUNTIME_DIR", self.path())
-            .env_remove("SWITCHBOARD_LOG");
+            .env_remove("SWITCHBOARD_LOG")
+            .env_remove("SWITCHBOARD_ADDR");
+        match &self.service {
+            Some(service) => c.env("SWITCHBOARD_SERVICE", service),
+            None => c.env_remove("SWITCHBOARD_SERVICE"),
+        };
         if self.token {
             c.env("SWITCHBOARD_TOKEN", TOKEN);
         } else {
@@ -222,8 +244,10 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn hub_and_clients_as_processes() {
-    let env = Env::new();
-    let (hub, addr) = env.hub("switchboard");
+    // The last step scans loopback for hubs of the service: its own.
+    let env = Env::with_own_service();
+    let service = env.service.clone().expect("a service");
+    let (hub, addr) = env.hub(&service);
 
     // Discovery through the hint in the private runtime directory.
     let o = env.run(&["discover"]);
