@@ -350,3 +350,79 @@ fn render(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(warn: Option<u64>, crit: Option<u64>, require: bool) -> CheckArgs {
+        CheckArgs {
+            format: None,
+            warn_lag: warn,
+            crit_lag: crit,
+            require_standby: require,
+        }
+    }
+
+    fn primary(standby: &str, lag: u64) -> HubStatus {
+        let mut s = HubStatus::default();
+        s.hub.role = "primary";
+        s.standby_addr = standby.into();
+        s.repl_lag_changes = lag;
+        s
+    }
+
+    #[test]
+    fn lag_thresholds() {
+        let s = primary("127.0.0.1:2", 50);
+        assert_eq!(standby_item(&s, &args(None, None, false)).state, State::Ok);
+        assert_eq!(
+            standby_item(&s, &args(Some(50), Some(100), false)).state,
+            State::Ok
+        );
+        assert_eq!(
+            standby_item(&s, &args(Some(49), Some(100), false)).state,
+            State::Warning
+        );
+        assert_eq!(
+            standby_item(&s, &args(Some(10), Some(49), false)).state,
+            State::Critical
+        );
+        assert_eq!(
+            standby_item(&s, &args(None, Some(49), false)).state,
+            State::Critical
+        );
+    }
+
+    #[test]
+    fn no_standby_and_standby_role() {
+        let s = primary("", 0);
+        assert_eq!(
+            standby_item(&s, &args(Some(1), None, false)).state,
+            State::Ok
+        );
+        assert_eq!(
+            standby_item(&s, &args(None, None, true)).state,
+            State::Warning
+        );
+        let mut s = primary("", 0);
+        s.hub.role = "standby";
+        assert_eq!(standby_item(&s, &args(None, None, true)).state, State::Ok);
+    }
+
+    #[test]
+    fn nagios_line_names_what_is_wrong_with_performance_data() {
+        let s = primary("127.0.0.1:2", 7);
+        let a = args(Some(5), Some(10), false);
+        let items = vec![
+            item("reachable", State::Ok, "connected".into()),
+            standby_item(&s, &a),
+        ];
+        let line = render(Format::Nagios, State::Warning, &items, Some(&s), &a);
+        assert_eq!(
+            line,
+            "SWITCHBOARD WARNING - standby: 127.0.0.1:2 attached, lag 7 changes (0 bytes) \
+             | lag_changes=7;5;10;0; lag_bytes=0B;;;0;\n"
+        );
+    }
+}
