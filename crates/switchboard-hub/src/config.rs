@@ -174,6 +174,10 @@ pub struct HttpConfig {
     /// Longest a request made over HTTP may wait for its answer (default
     /// 300 s; the request's own `timeout_ms` applies first).
     pub max_request_timeout: Duration,
+    /// Serve on this listening socket instead of binding `addr` (e.g. one
+    /// passed by systemd's socket activation); `addr` should then be its
+    /// address. Each start serves a duplicate of it.
+    pub listener: Option<std::sync::Arc<std::net::TcpListener>>,
 }
 
 impl HttpConfig {
@@ -190,6 +194,7 @@ impl HttpConfig {
             mailbox_messages: 10_000,
             mailbox_bytes: 16 * 1024 * 1024,
             max_request_timeout: Duration::from_secs(300),
+            listener: None,
         }
     }
 }

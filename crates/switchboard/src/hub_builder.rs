@@ -180,6 +180,25 @@ impl HubBuilder {
         self
     }
 
+    /// Serve the HTTP/WebSocket gateway on this listening TCP socket
+    /// instead of binding one (e.g. a socket passed by systemd's socket
+    /// activation); keeps the other settings of
+    /// [`http_config`](Self::http_config) and replaces any address given.
+    pub fn http_listener(mut self, listener: std::net::TcpListener) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut http = self
+            .http_config
+            .take()
+            .unwrap_or_else(|| HttpConfig::new(addr));
+        http.addr = addr;
+        http.listener = Some(Arc::new(listener));
+        self.http = None;
+        self.http_config = Some(http);
+        self
+    }
+
     /// Serve on this listening TCP socket instead of binding one (the
     /// listen address is then ignored): e.g. a socket passed by systemd's
     /// socket activation. Only [`start`](Self::start) uses it.

@@ -761,7 +761,8 @@ fn hub_federate_options_are_checked_before_anything_starts() {
         "{}",
         stderr(&o)
     );
-    // --federate-creds means nothing without --federate: a usage error.
+    // --federate-creds means nothing without servers (--federate or the
+    // file's [federation]): a usage error.
     let o = env.run(&["hub", "--federate-creds", "/nonexistent"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

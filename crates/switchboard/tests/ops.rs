@@ -197,7 +197,7 @@ impl NotifySocket {
 }
 
 #[test]
-fn default_config_round_trips_and_starts_a_hub_under_systemd() {
+fn operator_end_to_end_config_systemd_metrics_check_sigterm() {
     let env = Env::new();
     // The default file is accepted as it is, and starts a hub unchanged.
     let o = env.run(&["config", "default"]);
@@ -240,6 +240,23 @@ fn default_config_round_trips_and_starts_a_hub_under_systemd() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = env.run(&["--addr", addr, "kv", "set", "big", "12345"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+
+    // The operator scrapes /metrics (Prometheus text) ...
+    let http = ready["http"].as_str().unwrap();
+    let (code, body) = http_get(http, "/metrics", Some(&token(&env)));
+    assert_eq!(code, 200, "{body}");
+    let families = prometheus_families(&body);
+    assert!(
+        families.iter().any(|f| f.starts_with("switchboard_")),
+        "{families:?}"
+    );
+    // ... and runs the health check.
+    let o = env.run(&["--addr", addr, "check", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let check: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(check["state"], "OK", "{check}");
+    assert_eq!(check["checks"]["reachable"]["state"], "OK", "{check}");
+    assert_eq!(check["checks"]["proof"]["state"], "OK", "{check}");
 
     // SIGTERM: STOPPING=1 and a clean exit.
     let status = hub.terminate();
@@ -379,6 +396,47 @@ fn json_logs_carry_the_connection_span() {
 }
 
 #[test]
+fn client_json_logs_carry_the_client_connection_span() {
+    let env = Env::new();
+    let hub = Proc::spawn(env.cmd(&["hub", "--json", "--no-unix"]));
+    let addr = hub.ready()["addr"].as_str().unwrap().to_string();
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "--log-format",
+        "json",
+        "--log-level",
+        "switchboard=debug",
+        "kv",
+        "set",
+        "k",
+        "v",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stderr = text(&o.stderr);
+    let span = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .find_map(|v| {
+            v["spans"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "client_conn").cloned())
+        })
+        .unwrap_or_else(|| panic!("no client_conn span in {stderr}"));
+    assert_eq!(span["transport"], "tcp", "{span}");
+    assert_eq!(span["conn"], 1, "{span}");
+    assert_eq!(span["hub"], addr.as_str(), "{span}");
+    assert!(
+        span["client_id"].as_str().unwrap().starts_with("cli-"),
+        "{span}"
+    );
+    assert!(hub.terminate().success());
+}
+
+#[test]
 fn binary_payloads_are_base64_in_json() {
     let env = Env::new();
     let hub = Proc::spawn(env.cmd(&["hub", "--json"]));
@@ -440,46 +498,63 @@ fn completions_and_man_page() {
     );
 }
 
-#[test]
-fn socket_activation_serves_on_the_passed_listener() {
-    use std::os::fd::AsRawFd;
+/// Runs `hub ARGS` as systemd would with socket activation: `fds` at 3,
+/// 4, ... with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (a shell
+/// sets it to its own pid and execs the hub, which keeps that pid).
+fn spawn_activated(env: &Env, args: &[&str], fds: &[i32], names: &str, notify: &Path) -> Proc {
     use std::os::unix::process::CommandExt;
-    let env = Env::new();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let want = listener.local_addr().expect("addr").to_string();
-    let fd = listener.as_raw_fd();
-    let notify = NotifySocket::bind(env.path());
-    // LISTEN_PID must be the hub's pid: a shell sets it to its own and
-    // execs the hub, which keeps that pid.
-    let mut cmd = env.cmd(&[]);
+    let cmd = env.cmd(&[]);
     let mut sh = Command::new("sh");
     sh.arg("-c")
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
         .arg(BIN)
-        .args(["hub", "--json", "--no-unix"])
+        .args(args)
         .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .env_remove("SWITCHBOARD_LOG")
         .env_remove("WATCHDOG_USEC")
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "native")
-        .env("NOTIFY_SOCKET", &notify.path);
-    // SAFETY: between fork and exec only dup2/fcntl, which are
-    // async-signal-safe; the descriptor stays open in the parent.
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .env("NOTIFY_SOCKET", notify);
+    let fds = fds.to_vec();
+    // SAFETY: between fork and exec only fcntl and dup2, which are
+    // async-signal-safe; the descriptors stay open in the parent.
     unsafe {
         sh.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            // First out of the way (above 100), then onto 3, 4, ...; dup2
+            // clears close-on-exec on the copy.
+            let mut high = Vec::with_capacity(fds.len());
+            for &fd in &fds {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if h < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+                high.push(h);
+            }
+            for (i, &h) in high.iter().enumerate() {
+                if libc::dup2(h, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    cmd = sh;
-    let hub = Proc::spawn(cmd);
+    Proc::spawn(sh)
+}
+
+#[test]
+fn socket_activation_serves_on_the_passed_listener() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let want = listener.local_addr().expect("addr").to_string();
+    let notify = NotifySocket::bind(env.path());
+    let hub = spawn_activated(
+        &env,
+        &["hub", "--json", "--no-unix"],
+        &[listener.as_raw_fd()],
+        "native",
+        &notify.path,
+    );
     let ready = hub.ready();
     assert_eq!(ready["addr"], want.as_str(), "{ready}");
     notify.until("READY=1");
@@ -490,6 +565,74 @@ fn socket_activation_serves_on_the_passed_listener() {
     let status = hub.terminate();
     notify.until("STOPPING=1");
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn socket_activation_of_the_native_and_http_listeners() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let native = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let native_addr = native.local_addr().expect("addr").to_string();
+    let http_addr = http.local_addr().expect("addr").to_string();
+    let notify = NotifySocket::bind(env.path());
+    // Named in the other order than passed: the names decide.
+    let hub = spawn_activated(
+        &env,
+        &["hub", "--json", "--no-unix"],
+        &[http.as_raw_fd(), native.as_raw_fd()],
+        "http:native",
+        &notify.path,
+    );
+    let ready = hub.ready();
+    assert_eq!(ready["addr"], native_addr.as_str(), "{ready}");
+    assert_eq!(ready["http"], http_addr.as_str(), "{ready}");
+    notify.until("READY=1");
+    drop(native);
+    drop(http);
+    // Both serve: a native client, and the gateway's /metrics.
+    let o = env.run(&["--addr", &native_addr, "status", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (code, body) = http_get(&http_addr, "/metrics", Some(&token(&env)));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("switchboard_"), "{body}");
+    let status = hub.terminate();
+    notify.until("STOPPING=1");
+    assert!(status.success(), "{status:?}");
+}
+
+/// The gateway's bearer token for the test's secret.
+fn token(env: &Env) -> String {
+    let o = env.run(&["token"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+/// A plain HTTP/1.0 GET: the status code and the body.
+fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read the response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 #[test]
@@ -564,4 +707,281 @@ fn tls_from_the_config_file() {
     let o = env.run(&["--addr", &addr, "--wait", "0", "status"]);
     assert!(!o.status.success(), "plaintext is refused");
     assert!(hub.terminate().success());
+}
+
+/// Parses Prometheus text exposition strictly enough to catch a broken
+/// one: every line a `# HELP`/`# TYPE` comment or `name{labels} value`;
+/// returns the names of the families sampled.
+fn prometheus_families(body: &str) -> Vec<String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut names = Vec::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let kind = parts.next().unwrap_or_default();
+            if kind == "HELP" || kind == "TYPE" {
+                let name = parts.next().unwrap_or_default();
+                assert!(valid_name(name), "bad metric name in {line:?}");
+            }
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(i) => {
+                let close = line
+                    .rfind('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
+                (&line[..i], line[close + 1..].trim())
+            }
+            None => line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line:?}")),
+        };
+        assert!(valid_name(series), "bad metric name in {line:?}");
+        let value = rest.split_whitespace().next().unwrap_or_default();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value in {line:?}"
+        );
+        names.push(series.to_string());
+    }
+    names
+}
+
+#[test]
+fn check_reports_in_every_format_with_nagios_exit_codes() {
+    let env = Env::new();
+    let hub = Proc::spawn(env.cmd(&["hub", "--json", "--no-unix"]));
+    let ready = hub.ready();
+    let addr = ready["addr"].as_str().unwrap().to_string();
+
+    let o = env.run(&["--addr", &addr, "check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("OK\n"), "{out}");
+    assert!(out.contains("proof       OK"), "{out}");
+    assert!(out.contains("federation  -        unknown"), "{out}");
+
+    let o = env.run(&["--addr", &addr, "check", "--format", "nagios"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("SWITCHBOARD OK - "),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let o = env.run(&["--addr", &addr, "check", "--format", "prometheus"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let body = text(&o.stdout);
+    let families = prometheus_families(&body);
+    assert!(
+        families.contains(&"switchboard_check_up".to_string()),
+        "{body}"
+    );
+    assert!(
+        body.contains("switchboard_check_state{check=\"proof\"} 0"),
+        "{body}"
+    );
+
+    // --json picks the JSON format.
+    let o = env.run(&["--addr", &addr, "--json", "check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["role"], "primary", "{v}");
+    assert_eq!(v["federation"], "unknown", "{v}");
+    assert_eq!(v["checks"]["standby"]["detail"], "none attached", "{v}");
+
+    // WARNING: a standby is required and none is attached.
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "check",
+        "--require-standby",
+        "--format",
+        "nagios",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).starts_with("SWITCHBOARD WARNING - standby: none attached"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // A standby attached with no lag passes the thresholds, with its lag
+    // as performance data.
+    let standby = Proc::spawn(env.cmd(&[
+        "hub",
+        "--json",
+        "--no-unix",
+        "--standby",
+        "--primary",
+        &addr,
+    ]));
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let o = env.run(&[
+            "--addr",
+            &addr,
+            "check",
+            "--format",
+            "json",
+            "--require-standby",
+            "--warn-lag",
+            "1000",
+            "--crit-lag",
+            "100000",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        if o.status.code() == Some(0) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the standby never attached: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(v["standby"].is_string(), "{v}");
+    assert_eq!(v["lag_changes"], 0, "{v}");
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "check",
+        "--format",
+        "nagios",
+        "--warn-lag",
+        "5",
+        "--crit-lag",
+        "10",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("| lag_changes=0;5;10;0;"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Thresholds the wrong way round: UNKNOWN.
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "check",
+        "--warn-lag",
+        "10",
+        "--crit-lag",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    drop(standby);
+
+    // CRITICAL: a hub that proves another secret (ours is refused), and
+    // no hub at all, in every format.
+    let o = env.run_stdin(
+        {
+            let mut c = env.cmd(&[
+                "--addr", &addr, "--wait", "0", "check", "--format", "nagios",
+            ]);
+            c.env("SWITCHBOARD_TOKEN", "another-token");
+            c
+        },
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).starts_with("SWITCHBOARD CRITICAL - proof: "),
+        "{}",
+        text(&o.stdout)
+    );
+    drop(hub);
+    for format in ["text", "json", "nagios", "prometheus"] {
+        let o = env.run(&["--addr", &addr, "--wait", "0", "check", "--format", format]);
+        assert_eq!(o.status.code(), Some(2), "{format}: {}", text(&o.stdout));
+    }
+    let o = env.run(&[
+        "--addr",
+        &addr,
+        "--wait",
+        "0",
+        "check",
+        "--format",
+        "prometheus",
+    ]);
+    assert!(
+        text(&o.stdout).contains("switchboard_check_up 0"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn federation_table_maps_to_the_federate_flags() {
+    let env = Env::new();
+    // A NATS port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let path = env.write(
+        "fed.toml",
+        &format!("[federation]\nservers = [\"nats://127.0.0.1:{port}\"]\n"),
+    );
+    let config = path.to_str().unwrap();
+    let o = env.run(&["config", "check", config]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The hub tries the file's server ...
+    let o = env.run(&["hub", "--no-unix", "--config", config]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains(&port.to_string()),
+        "{}",
+        text(&o.stderr)
+    );
+    // ... unless a flag says otherwise.
+    let o = env.run(&[
+        "hub",
+        "--no-unix",
+        "--config",
+        config,
+        "--federate",
+        "http://x:1",
+    ]);
+    assert!(
+        text(&o.stderr).contains("\"http://x:1\" is not a NATS URL"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // config check: bad URLs, files that do not exist, creds without servers.
+    let bad = env.write("bad.toml", "[federation]\nservers = [\"x:4222\"]\n");
+    let o = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("[federation] servers"),
+        "{}",
+        text(&o.stderr)
+    );
+    let bad = env.write(
+        "bad2.toml",
+        &format!("[federation]\nservers = [\"nats://127.0.0.1:{port}\"]\ncreds = \"/nonexistent.creds\"\n"),
+    );
+    let o = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("[federation] creds: cannot read /nonexistent.creds"),
+        "{}",
+        text(&o.stderr)
+    );
+    let bad = env.write("bad3.toml", "[federation]\ntls_ca = \"ca.pem\"\n");
+    let o = env.run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("need servers"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = env.run(&["config", "default"]);
+    assert!(
+        text(&o.stdout).contains("[federation]\n"),
+        "{}",
+        text(&o.stdout)
+    );
 }

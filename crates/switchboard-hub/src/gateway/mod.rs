@@ -108,9 +108,16 @@ pub(crate) async fn start(
         addr: cfg.addr.to_string(),
         source,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.addr)
-        .await
-        .map_err(bind_error)?;
+    let listener = match &cfg.listener {
+        Some(given) => {
+            let l = given.try_clone().map_err(bind_error)?;
+            l.set_nonblocking(true).map_err(bind_error)?;
+            tokio::net::TcpListener::from_std(l).map_err(bind_error)?
+        }
+        None => tokio::net::TcpListener::bind(cfg.addr)
+            .await
+            .map_err(bind_error)?,
+    };
     let local_addr = listener.local_addr().map_err(bind_error)?;
     // Plaintext, or TLS accepted in a task per connection.
     let listener = match tls {

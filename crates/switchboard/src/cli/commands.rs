@@ -89,7 +89,6 @@ pub struct HubOpts {
     pub config: super::config::FileConfig,
     pub listen: Option<String>,
     pub http: Option<String>,
-    pub federate: super::federate::FederateArgs,
 }
 
 pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
@@ -111,13 +110,10 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     if let Some(native) = activated.native {
         b = b.listener(native);
     }
-    if activated.http.is_some() {
-        anyhow::bail!(
-            "systemd passed an HTTP listener, which the hub cannot take yet; \
-             pass only the native one and set [http] listen or --http"
-        );
+    if let Some(http) = activated.http {
+        b = b.http_listener(http);
     }
-    b = opts.federate.apply(g.service(), b).await?;
+    b = super::federate::join(&opts.config.federation, g.service(), b).await?;
     let primary = opts.config.replication.primary;
     let notify = super::systemd::Notifier::from_env();
     let signal = shutdown_signal();

@@ -21,7 +21,8 @@ pub enum ConfigCommand {
     /// default, each explained.
     Default,
     /// Check a configuration file (exit 2 if invalid): syntax, unknown
-    /// keys, values, and that the policy and TLS files it names load.
+    /// keys, values, and that the policy, TLS and federation files it
+    /// names load.
     Check {
         /// The configuration file.
         file: PathBuf,
@@ -51,6 +52,22 @@ pub struct FileConfig {
     pub replication: ReplicationSection,
     /// `[log]`: level and format.
     pub log: LogSection,
+    /// `[federation]`: join a federation of hubs over NATS.
+    pub federation: FederationSection,
+}
+
+/// `[federation]`: the `--federate*` flags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// NATS server URLs (`nats://HOST:PORT` or `tls://HOST:PORT`); empty:
+    /// no federation.
+    pub servers: Vec<String>,
+    /// NATS credentials file (JWT and nkey seed).
+    pub creds: Option<PathBuf>,
+    /// CA certificate (PEM) the NATS servers' certificates must chain to;
+    /// with it the connection requires TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `[hub]`.
@@ -378,6 +395,22 @@ impl FileConfig {
         if self.replication.heartbeat_ms == 0 || self.replication.heartbeat_misses == 0 {
             return Err("[replication] heartbeat_ms and heartbeat_misses must be above 0".into());
         }
+        let f = &self.federation;
+        if f.servers.is_empty() && (f.creds.is_some() || f.tls_ca.is_some()) {
+            return Err(
+                "[federation] creds and tls_ca (--federate-creds, --federate-tls-ca) need servers (--federate)"
+                    .into(),
+            );
+        }
+        for server in &f.servers {
+            if !(server.starts_with("nats://") || server.starts_with("tls://"))
+                || server.contains(',')
+            {
+                return Err(format!(
+                    "[federation] servers: {server:?} is not a NATS URL; use nats://HOST:PORT or tls://HOST:PORT"
+                ));
+            }
+        }
         if self.hub.handshake_timeout_ms == 0 {
             return Err("[hub] handshake_timeout_ms must be above 0".into());
         }
@@ -481,6 +514,18 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
             config
                 .hub_tls()
                 .map_err(|e| Invalid(format!("{}: [tls]: {e:#}", file.display())))?;
+            let f = &config.federation;
+            for (key, path) in [("creds", &f.creds), ("tls_ca", &f.tls_ca)] {
+                if let Some(path) = path {
+                    std::fs::File::open(path).map_err(|e| {
+                        Invalid(format!(
+                            "{}: [federation] {key}: cannot read {}: {e}",
+                            file.display(),
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}: ok", file.display())?;
             out.flush()?;
@@ -619,6 +664,17 @@ level = "warn"
 # text, or json: one object per line with the fields of the enclosing spans
 # (hub, conn: connection id, transport, client id). --log-format overrides it.
 format = "text"
+
+[federation]
+# Federate with the hubs of this service on a NATS cluster with JetStream
+# (client ids become unique cluster-wide). Left out: no federation.
+# --federate overrides it.
+# servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+# NATS credentials file (JWT and nkey seed). --federate-creds overrides it.
+# creds = "/etc/switchboard/nats.creds"
+# CA certificate (PEM) the NATS servers' certificates must chain to; with it
+# the connection requires TLS. --federate-tls-ca overrides it.
+# tls_ca = "/etc/switchboard/nats-ca.crt"
 "#;
 
 #[cfg(test)]
@@ -646,6 +702,9 @@ mod tests {
         all.tls.client_ca = Some("c".into());
         all.tls.ca = Some("c".into());
         all.replication.primary = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        all.federation.servers = vec!["nats://h:4222".into()];
+        all.federation.creds = Some("c".into());
+        all.federation.tls_ca = Some("c".into());
         let value = toml::Value::try_from(&all).unwrap();
         let tables = value.as_table().unwrap();
         for (table, keys) in tables {
@@ -679,5 +738,22 @@ mod tests {
         assert!(e.0.contains("line 2") && e.0.contains("json"), "{}", e.0);
         let e = FileConfig::parse("[hub]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(e.0.contains("line 2"), "{}", e.0);
+        let e = FileConfig::parse("[federation]\nservers = \"nats://h:1\"\n").unwrap_err();
+        assert!(e.0.contains("line 2") && e.0.contains("servers"), "{}", e.0);
+    }
+
+    #[test]
+    fn federation_settings_are_checked_together() {
+        let c = FileConfig::parse("[federation]\ncreds = \"x.creds\"\n").unwrap();
+        let e = c.check_combinations().unwrap_err();
+        assert!(e.contains("need servers"), "{e}");
+        let c = FileConfig::parse("[federation]\nservers = [\"h:4222\"]\n").unwrap();
+        let e = c.check_combinations().unwrap_err();
+        assert!(e.contains("\"h:4222\" is not a NATS URL"), "{e}");
+        let c = FileConfig::parse(
+            "[federation]\nservers = [\"nats://a:4222\", \"tls://b:4222\"]\ntls_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        c.check_combinations().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 mod bench;
+mod check;
 mod commands;
 mod config;
 mod demo;
@@ -33,6 +34,7 @@ Exit codes:
   5  authentication failure (wrong token or secret, an unverified hub, or a
      TLS certificate not trusted or refused)
   6  bench --strict: a message was dropped or not delivered
+check exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN instead.
 
 Environment: SWITCHBOARD_ADDR (--addr), SWITCHBOARD_SERVICE (--service),
 SWITCHBOARD_TOKEN (--token), SWITCHBOARD_LOG (--log-level),
@@ -212,6 +214,13 @@ enum Command {
     Clients,
     /// Print the hub's status and counters.
     Status,
+    /// Check the hub's health for a monitoring system: reachable, proof
+    /// verified, standby attached and its lag. Exits 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (Nagios plugin conventions), in every format.
+    Check {
+        #[command(flatten)]
+        args: check::CheckArgs,
+    },
     /// Start a hub and clients in this process and show every pattern.
     Demo,
     /// Measure pub/sub and request/reply through the client API.
@@ -355,6 +364,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli, file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // `check` printed its report; its state is the exit code.
+            if let Some(outcome) = e.downcast_ref::<check::Outcome>() {
+                return ExitCode::from(outcome.0.code());
+            }
             let msg = explain(&e);
             eprintln!("switchboard: error: {msg}");
             ExitCode::from(exit_code(&e))
@@ -473,6 +486,7 @@ async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
             }
             file.unix.mode = unix_mode.unwrap_or(file.unix.mode);
             tls.apply(&g.tls, &mut file.tls);
+            federate.apply_to(&mut file.federation)?;
             file.check_combinations().map_err(config::Invalid)?;
             // --ws without an HTTP listener: one on a free loopback port.
             let http = http
@@ -481,7 +495,6 @@ async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
                 config: file,
                 listen,
                 http,
-                federate,
             };
             commands::hub(&g, opts).await
         }
@@ -523,6 +536,7 @@ async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
         },
         Command::Clients => commands::clients(&g).await,
         Command::Status => commands::status(&g).await,
+        Command::Check { args } => check::run(&g, args).await,
         Command::Demo => demo::run(g.json).await,
         Command::Bench {
             messages,

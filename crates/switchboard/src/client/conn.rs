@@ -15,8 +15,9 @@ use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
+use tracing::Instrument as _;
 
-use super::connect::{connect_once, Connected};
+use super::connect::{connect_once, Connected, Endpoint};
 use super::events::ClientEvent;
 use super::presence;
 use super::reader::{read_loop, End};
@@ -45,7 +46,17 @@ pub(crate) async fn supervise(shared: Arc<Shared>, first: Connected) {
     let mut close = shared.close.subscribe();
     loop {
         let last = conn.endpoint.clone();
-        let end = drive(&shared, conn, generation).await;
+        // Every line logged while this connection lives (its reader and
+        // writer tasks included) carries the client id, the transport and
+        // the connection counter.
+        let span = tracing::info_span!(
+            "client_conn",
+            client_id = %shared.cfg.id,
+            transport = transport_name(&shared, &conn.endpoint),
+            conn = generation,
+            hub = %conn.addr,
+        );
+        let end = drive(&shared, conn, generation).instrument(span).await;
         let reason = match end {
             End::Closed => {
                 set_closed(&shared, "closed by the application");
@@ -176,6 +187,17 @@ fn has_feature(welcome: &proto::Welcome, feature: &str) -> bool {
     welcome.features.iter().any(|f| f == feature)
 }
 
+/// The transport of a connection, for its span: `tcp`, `tls`, `unix`,
+/// `websocket` or `memory`.
+fn transport_name(shared: &Shared, endpoint: &Endpoint) -> &'static str {
+    match (&shared.cfg.target, endpoint) {
+        (Target::Dialer(d), _) => d.what(),
+        (_, Endpoint::Unix(..)) => "unix",
+        (_, Endpoint::Tcp(_)) if shared.cfg.tls.is_some() => "tls",
+        (_, Endpoint::Tcp(_)) => "tcp",
+    }
+}
+
 /// Runs one authenticated connection until it ends.
 async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     let (tx, rx) = mpsc::channel(shared.cfg.send_queue);
@@ -218,28 +240,36 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     shared.wake.notify_waiters();
     if resumed {
         tracing::debug!(client = %shared.cfg.id, resent = replay.len(), "session resumed");
+    } else {
+        tracing::debug!("connected");
     }
     // What this connection's frames acknowledged so far (`Frame.acked`),
     // written by the writer, read by the reader to skip separate Acks.
     let carried =
         reliable.then(|| Arc::new(AtomicU64::new(shared.in_last.load(Ordering::Relaxed))));
-    let mut writer = tokio::spawn(write_loop(
-        replay,
-        rx,
-        conn.writer,
-        max_frame,
-        carried.clone().map(|c| (shared.clone(), c)),
-    ));
+    let mut writer = tokio::spawn(
+        write_loop(
+            replay,
+            rx,
+            conn.writer,
+            max_frame,
+            carried.clone().map(|c| (shared.clone(), c)),
+        )
+        .in_current_span(),
+    );
     let base = tokio::time::Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
-    let mut reader = tokio::spawn(read_loop(
-        shared.clone(),
-        conn.reader.map_decoder(FrameCodec::incoming),
-        tx.clone(),
-        base,
-        last_rx.clone(),
-        carried.unwrap_or_default(),
-    ));
+    let mut reader = tokio::spawn(
+        read_loop(
+            shared.clone(),
+            conn.reader.map_decoder(FrameCodec::incoming),
+            tx.clone(),
+            base,
+            last_rx.clone(),
+            carried.unwrap_or_default(),
+        )
+        .in_current_span(),
+    );
     // Ping at least this often: half the hub's keepalive, or the client's.
     let mut interval = shared.cfg.keepalive;
     if conn.welcome.keepalive_ms > 0 {

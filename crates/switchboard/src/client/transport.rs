@@ -45,6 +45,11 @@ impl Dialer {
         self.max_frame
     }
 
+    /// The transport's name for logs: `memory` or `websocket`.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
     /// Opens one connection (with `tls` where the transport uses it).
     pub async fn dial(&self, tls: Option<&ClientTls>) -> Result<Opened, ClientError> {
         (self.dial)(tls.cloned()).await
