@@ -64,6 +64,7 @@ impl Router {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.drops_by_client())
         .collect();
         let mut status = proto::Status {
             id,
@@ -88,6 +89,17 @@ impl Router {
         };
         self.stats.repl.fill(&mut status);
         status
+    }
+
+    /// `dropped:CLIENT_ID` for each connected client the hub has dropped
+    /// pub/sub deliveries for (slow consumers), with the count since its
+    /// connection.
+    fn drops_by_client(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.output.links().filter_map(|(conn, link)| {
+            let dropped = link.outbox.dropped_total();
+            let client = self.registry.get(*conn)?;
+            (dropped > 0).then(|| (format!("dropped:{}", client.id()), dropped))
+        })
     }
 
     /// The operators' view at `now`.

@@ -179,7 +179,15 @@ fn slow_subscriber_loses_only_its_own_oldest_deliveries() {
         })
         .collect();
     assert_eq!(kept, (92..100).collect::<Vec<_>>(), "the newest are kept");
-    assert_eq!(sim.router.status(sim.now, 0).dropped, 92);
+    let status = sim.router.status(sim.now, 0);
+    assert_eq!(status.dropped, 92);
+    // Per client: only the slow one has a `dropped:` counter.
+    let by_client: Vec<_> = status
+        .counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("dropped:"))
+        .collect();
+    assert_eq!(by_client, [(&"dropped:slow".to_owned(), &92)]);
 }
 
 #[test]
