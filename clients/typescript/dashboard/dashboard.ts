@@ -2,7 +2,10 @@
 // built on this package's own client: it connects over the hub's `/v1/ws`
 // like any other client and shows the hub's status, the clients (live, by
 // presence watch), presence events and the key/value store (live, by kv
-// watch). `npm run dashboard` bundles it into
+// watch). From the status it polls each second it also shows the hub's
+// role and standby (with the replication lag), the slow consumers (the
+// `dropped:CLIENT_ID` counters) and a chart of frames in and out per second
+// over the last five minutes (plain SVG). `npm run dashboard` bundles it into
 // crates/switchboard-hub/assets/dashboard.js, which is checked in.
 //
 // Authentication: the native handshake needs the hub's shared token
@@ -23,6 +26,13 @@ import { AuthFailed, Client, HubUnverified, httpToken, keyFromToken, type Client
 const STORE = "switchboard-token";
 const STATUS_EVERY_MS = 1000;
 const PRESENCE_KEPT = 50;
+/** How far back the rates chart looks. */
+const CHART_SPAN_MS = 5 * 60 * 1000;
+/** The shortest time the rates chart spans. */
+const CHART_MIN_MS = 10 * 1000;
+const CHART_W = 600;
+const CHART_H = 150;
+const ROLES = ["unknown", "primary", "standby"];
 const decoder = new TextDecoder("utf-8", { fatal: false });
 
 const $ = (id: string): HTMLElement => {
@@ -68,6 +78,8 @@ class View {
   readonly kv = new Map<string, KvUpdate>();
   readonly presence: { text: string; kind: string }[] = [];
   last: { status: Status; at: number } | null = null;
+  /** Rates sampled from consecutive statuses: time, frames in and out per second. */
+  readonly samples: { at: number; rin: number; rout: number }[] = [];
 
   constructor(readonly self: string) {}
 
@@ -81,12 +93,87 @@ class View {
     $("n-keys").textContent = String(st.kvKeys);
     if (this.last) {
       const dt = Math.max(0.001, (now - this.last.at) / 1000);
-      $("rate-in").textContent = String(Math.round(Number(st.msgsIn - this.last.status.msgsIn) / dt));
-      $("rate-out").textContent = String(Math.round(Number(st.msgsOut - this.last.status.msgsOut) / dt));
+      const rin = Math.max(0, Math.round(Number(st.msgsIn - this.last.status.msgsIn) / dt));
+      const rout = Math.max(0, Math.round(Number(st.msgsOut - this.last.status.msgsOut) / dt));
+      $("rate-in").textContent = String(rin);
+      $("rate-out").textContent = String(rout);
+      this.samples.push({ at: now, rin, rout });
+      while (this.samples.length > 0 && this.samples[0]!.at < now - CHART_SPAN_MS) this.samples.shift();
+      this.renderChart(now);
     }
     $("uptime").textContent = `up ${st.uptimeS} s`;
     this.last = { status: st, at: now };
+    this.renderHub(st);
+    this.renderSlow(st);
     this.renderClients();
+  }
+
+  /** Role, standby and lag, epoch; federation is not in the status yet. */
+  renderHub(st: Status): void {
+    const role = ROLES[st.identity?.role ?? 0] ?? "unknown";
+    $("hub-role").textContent = role;
+    const standby = $("hub-standby");
+    const lag = $("hub-lag");
+    if (role === "standby") {
+      standby.textContent = st.standbyAddr ? `this hub follows ${st.standbyAddr}` : "this hub is a standby (no primary)";
+      lag.textContent = "–";
+    } else if (st.standbyAddr) {
+      standby.textContent = `${st.standbyAddr} attached`;
+      lag.textContent = `${st.replLagChanges} changes (${st.replLagBytes} bytes)`;
+    } else {
+      standby.textContent = "none attached";
+      lag.textContent = "–";
+    }
+    standby.className = st.standbyAddr ? "ok" : "muted";
+    $("hub-epoch").textContent = String(st.identity?.epoch ?? 0n);
+    // The hub's status carries no federation state yet; the line shows
+    // what the hub reports once it does.
+    $("hub-federation").textContent = "unknown (not reported by this hub)";
+  }
+
+  /** Clients with dropped deliveries (`dropped:CLIENT_ID` counters), most drops first. */
+  renderSlow(st: Status): void {
+    const body = ($("slow") as HTMLTableElement).tBodies[0]!;
+    body.replaceChildren();
+    const slow = Object.entries(st.counters)
+      .filter(([k, v]) => k.startsWith("dropped:") && v > 0n)
+      .map(([k, v]) => ({ client: k.slice("dropped:".length), dropped: v }))
+      .sort((a, b) => (a.dropped === b.dropped ? (a.client < b.client ? -1 : 1) : a.dropped > b.dropped ? -1 : 1));
+    for (const c of slow) {
+      const tr = document.createElement("tr");
+      tr.dataset.slow = c.client;
+      cell(tr, c.client, "t");
+      cell(tr, String(c.dropped), "n");
+      body.appendChild(tr);
+    }
+    if (slow.length === 0) {
+      const tr = document.createElement("tr");
+      cell(tr, "none: every connected client keeps up", "note").colSpan = 2;
+      body.appendChild(tr);
+    }
+    $("slow-disconnects").textContent = String(st.counters["slow_consumer_disconnects"] ?? 0n);
+  }
+
+  /**
+   * Frames in and out per second as two SVG polylines: over the last
+   * CHART_SPAN_MS, or over the time since the first sample while there is
+   * less (at least CHART_MIN_MS), so a young page fills the chart too.
+   */
+  renderChart(now: number): void {
+    const peak = Math.max(1, ...this.samples.map((p) => Math.max(p.rin, p.rout)));
+    const span = Math.min(CHART_SPAN_MS, Math.max(CHART_MIN_MS, now - (this.samples[0]?.at ?? now)));
+    const x = (at: number): number => CHART_W - ((now - at) / span) * CHART_W;
+    const y = (v: number): number => CHART_H - (v / peak) * (CHART_H - 6);
+    const line = (pick: (p: { rin: number; rout: number }) => number): string =>
+      this.samples.map((p) => `${x(p.at).toFixed(1)},${y(pick(p)).toFixed(1)}`).join(" ");
+    $("rates-in").setAttribute("points", line((p) => p.rin));
+    $("rates-out").setAttribute("points", line((p) => p.rout));
+    const svg = $("rates");
+    svg.dataset.samples = String(this.samples.length);
+    $("rates-peak").textContent = `${peak} / s`;
+    const secs = Math.round(span / 1000);
+    const over = secs >= 120 ? `${Math.round(secs / 60)} min` : `${secs} s`;
+    $("rates-caption").textContent = `${this.samples.length} samples, one a second, over the last ${over}; peak ${peak} frames / s`;
   }
 
   presenceEvent(e: PresenceEvent): void {

@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: headless Chromium driven through
 //! chromedriver (WebDriver) loads the page from a running hub; the page is a
 //! client of the hub (the TypeScript client over `/v1/ws`), and clients
-//! joining and leaving, counters and kv keys must show on it live.
+//! joining and leaving, counters and kv keys must show on it live, as must
+//! the hub's role and standby, a slow consumer with its drop count and the
+//! chart of frame rates.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them). Without them the test prints a notice and passes, unless `CI` is
@@ -98,6 +100,9 @@ async fn the_dashboard_shows_clients_live_in_chromium() -> Result<()> {
 
     let mut config = common::config();
     config.http = Some(HttpConfig::new("127.0.0.1:0".parse()?));
+    // A small outbound queue, so a client that never reads soon has
+    // deliveries dropped (the page never holds a megabyte).
+    config.limits.queue_bytes = 1024 * 1024;
     let hub = Hub::start(config).await?;
     let http_addr = hub.http_addr().context("gateway")?;
     let token = http_token(&Secret::from_token(common::TOKEN));
@@ -177,6 +182,22 @@ async fn drive(
     assert!(me.starts_with("dashboard-") && me.contains("ws"), "{me}");
     wait_for(browser, "one client", "#n-clients", |t| t == "1").await?;
 
+    // The hub panel: a primary without a standby; no federation reported.
+    wait_for(browser, "the role", "#hub-role", |t| t == "primary").await?;
+    wait_for(browser, "no standby", "#hub-standby", |t| {
+        t == "none attached"
+    })
+    .await?;
+    wait_for(browser, "the epoch", "#hub-epoch", |t| {
+        t.parse::<u64>().is_ok()
+    })
+    .await?;
+    wait_for(browser, "the federation line", "#hub-federation", |t| {
+        t.starts_with("unknown")
+    })
+    .await?;
+    wait_for(browser, "no slow consumer", "#slow", |t| t.contains("none")).await?;
+
     // A client connecting appears at once, with its transport (presence
     // watch), and the counters follow (status).
     let mut ui = TestClient::connect(hub.local_addr(), "ui").await?;
@@ -245,6 +266,58 @@ async fn drive(
         })
         .await?;
     }
+    // A subscriber that never reads: once the socket buffers and its
+    // queue (1 MiB) are full, the hub drops its oldest deliveries and the
+    // page lists it with the count.
+    let mut slowpoke = TestClient::connect(hub.local_addr(), "slowpoke").await?;
+    slowpoke.subscribe(1, "bulk", "").await?;
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..400 {
+        ui.send(proto::Publish {
+            topic: "bulk".into(),
+            payload: chunk.clone().into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let slow = wait_for(
+        browser,
+        "the slow consumer",
+        "tr[data-slow=\"slowpoke\"]",
+        |t| {
+            t.split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        },
+    )
+    .await?;
+    assert!(slow.starts_with("slowpoke"), "row: {slow}");
+    assert!(
+        !browser
+            .find(Locator::Css("#slow"))
+            .await?
+            .text()
+            .await?
+            .contains("worker-"),
+        "only the slow client is listed"
+    );
+    // The chart: one sample a second, each a point of both lines.
+    wait_for(browser, "a chart", "#rates-caption", |t| {
+        t.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 5)
+    })
+    .await?;
+    let points = browser
+        .execute(
+            "return ['rates-in', 'rates-out'].map(id => document.getElementById(id).points.numberOfItems)",
+            vec![],
+        )
+        .await?;
+    let points: Vec<u64> = serde_json::from_value(points)?;
+    assert!(points.iter().all(|&n| n >= 5), "chart points: {points:?}");
     wait_for(
         browser,
         "the HTTP client",
@@ -327,5 +400,6 @@ async fn drive(
             .await?
     );
     drop(workers);
+    drop(slowpoke);
     Ok(())
 }
