@@ -80,7 +80,19 @@ async function switchboardRows() {
     const psNowait = await runPubSub(() => c.publishNowait("bench.n", payload), () => c.flush(), received2);
     rows.tsNowait = { rr, ps: psNowait };
     console.log(`typescript client, publishNowait + flush: pub/sub 1->1 ${fmt(psNowait)} msgs/s`);
-    for (const x of [server, c, sub]) await x.close();
+    // The same without the stream framing (one frame per WebSocket message).
+    const c1 = await Client.connect({ ...opts, clientId: "bench-client-1", streamFraming: false });
+    const sub1 = await Client.connect({ ...opts, clientId: "bench-sub-1", streamFraming: false });
+    const rr1 = await runReqReply(() => c1.request("bench-server", payload));
+    const s3 = await sub1.subscribe("bench.m");
+    const received3 = (async () => {
+      let n = 0;
+      for await (const _ of s3) if (++n === MESSAGES) break;
+    })();
+    const psMessages = await runPubSub(() => c1.publishNowait("bench.m", payload), () => c1.flush(), received3);
+    rows.tsMessages = { rr: rr1, ps: psMessages };
+    console.log(`typescript client, one frame per message (streamFraming: false): request/reply p50 ${p50rr(rr1)}, publishNowait + flush ${fmt(psMessages)} msgs/s`);
+    for (const x of [server, c, sub, c1, sub1]) await x.close();
     rows.ts = { rr, ps };
     console.log(`typescript client (Node ${process.version}, WebSocket): request/reply p50 ${p50rr(rr)}, pub/sub 1->1 ${fmt(ps)} msgs/s (confirmed publishes, ${WINDOW} in flight)`);
     const rust = spawnSync(BIN, ["--addr", ready.addr, "bench", "--messages", String(MESSAGES), "--requests", String(REQUESTS), "--fanout", "2"], { env, encoding: "utf8", timeout: 300_000 });
@@ -193,7 +205,7 @@ async function natsWsRow(wsPort) {
 }
 
 function ratios() {
-  for (const [label, t] of [["confirmed publish", rows.ts], ["publishNowait", rows.tsNowait]]) {
+  for (const [label, t] of [["confirmed publish", rows.ts], ["publishNowait", rows.tsNowait], ["publishNowait, one frame per message", rows.tsMessages]]) {
     if (!t) continue;
     for (const [name, r] of [["nats.js (TCP)", rows.nats], ["nats.ws (WebSocket)", rows.natsWs]]) {
       if (!r) continue;

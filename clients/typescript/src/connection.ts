@@ -30,7 +30,7 @@ import {
   Timeout,
   errorFromCode,
 } from "./errors.js";
-import { DEFAULT_MAX_FRAME, NUMBERED, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
+import { DEFAULT_MAX_FRAME, NUMBERED, Wire, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
 import { handshake } from "./handshake.js";
 import {
   IncomingRequest,
@@ -72,6 +72,8 @@ export abstract class Connection {
   private ws!: WebSocketLike;
   /** Messages that arrived between the `Welcome` and attach(). */
   private early: unknown[] = [];
+  /** The socket's framing. */
+  private wire!: Wire;
   private connected = false;
   /** Whether the hub granted reliable delivery. */
   protected reliableOn = false;
@@ -209,6 +211,7 @@ export abstract class Connection {
     const r = await handshake({ opts: this.opts, url, key: this.key, kid: this.kid, epoch: this.epoch, resume });
     this.urlIndex = urlIndex;
     this.ws = r.ws;
+    this.wire = r.wire;
     this.early = r.early;
     return r.welcome;
   }
@@ -248,15 +251,18 @@ export abstract class Connection {
   /** Wires the socket to the running connection after `Welcome`. */
   private attach(): void {
     const ws = this.ws;
+    const wire = this.wire;
     // Frames held on the old socket were not acknowledged: the hub resends them.
     this.backlog = [];
     this.paused = false;
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
-    const onmessage = (ev: { data: unknown }) => {
+    wire.max = max;
+    const onframe = (data: unknown) => {
       if (this.closedWith || this.ws !== ws || !this.connected) return;
       let f: Frame;
       try {
-        f = decodeFrame(ev.data, max);
+        if (data instanceof Error) throw data;
+        f = decodeFrame(data, max);
       } catch (e) {
         this.shutdown(e as SwitchboardError, true);
         return;
@@ -277,10 +283,17 @@ export abstract class Connection {
         }
       }
     };
-    ws.onmessage = onmessage;
+    ws.onmessage = (ev: { data: unknown }) => {
+      if (this.closedWith || this.ws !== ws || !this.connected) return;
+      try {
+        wire.receive(ev.data, onframe);
+      } catch (e) {
+        this.shutdown(e as SwitchboardError, true);
+      }
+    };
     const early = this.early;
     this.early = [];
-    for (const data of early) onmessage({ data });
+    for (const data of early) onframe(data);
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.lost(new Disconnected(`the connection to the hub was lost (WebSocket code ${ev?.code ?? "?"})`));
@@ -378,9 +391,9 @@ export abstract class Connection {
     const acked = this.reliableOn ? this.rel.lastReceived : 0n;
     this.cork();
     if (kind.case === "publish") {
-      this.ws.send(encodePublish(seq, acked, kind.value));
+      this.wire.send(encodePublish(seq, acked, kind.value));
     } else {
-      this.ws.send(toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never)));
+      this.wire.send(toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never)));
     }
     this.rel.carried(acked);
   }
@@ -390,10 +403,11 @@ export abstract class Connection {
    * where the socket allows it (the `ws` package's TCP socket: corked until
    * the turn's microtasks run). Without it each WebSocket message is its
    * own system call, which was most of a publisher's time. Browsers batch
-   * on their own.
+   * on their own. The stream framing needs none: a turn's frames are one
+   * message.
    */
   private cork(): void {
-    if (this.corked) return;
+    if (this.corked || this.wire.stream) return;
     const sock = (this.ws as { _socket?: { cork?: () => void; uncork?: () => void } })._socket;
     if (!sock?.cork || !sock.uncork) return;
     sock.cork();
@@ -679,6 +693,8 @@ export abstract class Connection {
     this.rel.stop();
     if (closeSocket) {
       try {
+        // A Goodbye packed this turn leaves before the close.
+        this.wire?.flush();
         this.ws.close();
       } catch {
         // already closed

@@ -1,6 +1,7 @@
 /**
- * Frames on the wire: decoding one WebSocket message into a `Frame` with
- * the size limits, and which kinds are numbered for reliable delivery.
+ * Frames on the wire: the two WebSocket framings ({@link Wire}), decoding
+ * a frame with the size limits, and which kinds are numbered for reliable
+ * delivery.
  *
  * @module
  */
@@ -8,6 +9,7 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { ErrorCode, FrameSchema, type Frame } from "./gen/switchboard/v1/switchboard_pb.js";
 import { ProtocolError } from "./errors.js";
+import type { WebSocketLike } from "./options.js";
 
 /** A frame kind's name (`"publish"`, `"reply"`, …). @internal */
 export type FrameKind = NonNullable<Frame["kind"]["case"]>;
@@ -271,5 +273,127 @@ export function decodeHot(buf: Uint8Array): Frame | undefined {
     return { seq: BigInt(seq), acked: BigInt(acked), kind } as Frame;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * The WebSocket subprotocol of the stream framing (docs/PROTOCOL.md,
+ * "WebSocket"): the binary messages concatenated are the length-prefixed
+ * byte stream of TCP.
+ */
+export const STREAM_PROTOCOL = "switchboard.stream";
+
+/** A packed message is sent once it reaches this many bytes (else at the end of the event-loop turn). @internal */
+export const PACK_BYTES = 64 * 1024;
+
+function tooLarge(len: number, max: number): ProtocolError {
+  return new ProtocolError(`the hub sent a frame of ${len} bytes, above the limit of ${max}`, ErrorCode.LIMIT_EXCEEDED);
+}
+
+/**
+ * One socket's framing. Without the stream framing a message is one frame;
+ * with it (the hub accepted {@link STREAM_PROTOCOL}) the frames written in
+ * one event-loop turn leave as one message of length-prefixed frames, and
+ * received messages are read as a byte stream: a message may hold several
+ * frames, or part of one. @internal
+ */
+export class Wire {
+  /** True when the socket carries the stream framing. */
+  readonly stream: boolean;
+  /** Frame bodies waiting to be packed, and their bytes with prefixes. */
+  private out: Uint8Array[] = [];
+  private outBytes = 0;
+  private scheduled = false;
+  /** The length prefix being read, and how much of it is here. */
+  private readonly head = new Uint8Array(4);
+  private headHave = 0;
+  /** The body being filled across messages, and how much of it is here. */
+  private body: Uint8Array | undefined;
+  private bodyHave = 0;
+  constructor(private readonly ws: WebSocketLike) {
+    this.stream = ws.protocol === STREAM_PROTOCOL;
+  }
+
+  /** Sends one encoded frame (packed with the turn's others in the stream framing). */
+  send(frame: Uint8Array): void {
+    if (!this.stream) {
+      this.ws.send(frame);
+      return;
+    }
+    this.out.push(frame);
+    this.outBytes += 4 + frame.length;
+    if (this.outBytes >= PACK_BYTES) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Sends what is packed now (before a close, so a `Goodbye` leaves first). */
+  flush(): void {
+    this.scheduled = false;
+    if (this.out.length === 0) return;
+    const msg = new Uint8Array(this.outBytes);
+    const view = new DataView(msg.buffer);
+    let at = 0;
+    for (const f of this.out) {
+      view.setUint32(at, f.length);
+      msg.set(f, at + 4);
+      at += 4 + f.length;
+    }
+    this.out = [];
+    this.outBytes = 0;
+    if (this.ws.readyState === 1) this.ws.send(msg);
+  }
+
+  /** Largest frame accepted in the stream framing (set per handshake phase). */
+  max = PRE_WELCOME_MAX;
+
+  /**
+   * Hands each frame a received message completes to `each`: the message
+   * itself without the stream framing; else its bytes are appended to the
+   * stream and split by length prefix (a frame wholly inside the message is
+   * not copied). A length over {@link max} (read before each frame, so
+   * `each` may change it) throws a {@link ProtocolError}
+   * (`LIMIT_EXCEEDED`) before its body is buffered; a text message throws
+   * one (`BAD_FRAME`).
+   */
+  receive(data: unknown, each: (frame: unknown) => void): void {
+    if (!this.stream) return each(data);
+    let buf: Uint8Array;
+    if (typeof data === "string") {
+      throw new ProtocolError("the hub sent a text message; the protocol carries binary frames only", ErrorCode.BAD_FRAME);
+    } else if (data instanceof ArrayBuffer) buf = new Uint8Array(data);
+    else if (ArrayBuffer.isView(data)) buf = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    else throw new ProtocolError("the hub sent a message that is not binary", ErrorCode.BAD_FRAME);
+    let at = 0;
+    while (at < buf.length) {
+      if (this.body) {
+        const take = Math.min(this.body.length - this.bodyHave, buf.length - at);
+        this.body.set(buf.subarray(at, at + take), this.bodyHave);
+        this.bodyHave += take;
+        at += take;
+        if (this.bodyHave === this.body.length) {
+          each(this.body);
+          this.body = undefined;
+        }
+        continue;
+      }
+      const take = Math.min(4 - this.headHave, buf.length - at);
+      this.head.set(buf.subarray(at, at + take), this.headHave);
+      this.headHave += take;
+      at += take;
+      if (this.headHave < 4) break;
+      this.headHave = 0;
+      const len = new DataView(this.head.buffer).getUint32(0);
+      if (len > this.max) throw tooLarge(len, this.max);
+      if (buf.length - at >= len) {
+        each(buf.subarray(at, at + len));
+        at += len;
+      } else {
+        this.body = new Uint8Array(len);
+        this.bodyHave = 0;
+      }
+    }
   }
 }

@@ -10,16 +10,22 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { ErrorCode, FrameSchema, type Frame, type Welcome } from "./gen/switchboard/v1/switchboard_pb.js";
 import { clientProof, constantTimeEqual, hubProof, nonce } from "./auth.js";
 import { Disconnected, Fenced, HubUnverified, ProtocolError, SwitchboardError, Timeout, errorFromCode } from "./errors.js";
-import { PRE_WELCOME_MAX, decodeFrame, type FrameKind } from "./frames.js";
+import { DEFAULT_MAX_FRAME, PRE_WELCOME_MAX, STREAM_PROTOCOL, Wire, decodeFrame, type FrameKind } from "./frames.js";
 import type { ConnectOptions, WebSocketConstructor, WebSocketLike } from "./options.js";
 
 /** What a finished handshake hands over. @internal */
 export interface Handshaken {
   /** The open socket, past the handshake. */
   ws: WebSocketLike;
+  /** The socket's framing (its stream state continues past the `Welcome`). */
+  wire: Wire;
   /** The hub's `Welcome`. */
   welcome: Welcome;
-  /** Messages that arrived right behind the `Welcome`, before the caller took the socket over (filled until then). */
+  /**
+   * Frames that arrived right behind the `Welcome` (in its message, or
+   * before the caller took the socket over; filled until then), or the
+   * error that splitting them met.
+   */
   early: unknown[];
 }
 
@@ -44,6 +50,22 @@ export interface HandshakeParams {
  * the `Welcome`. @internal
  */
 export async function handshake(p: HandshakeParams): Promise<Handshaken> {
+  const offer = p.opts.streamFraming ?? true;
+  try {
+    return await attempt(p, offer);
+  } catch (e) {
+    // The `ws` package refuses a server that accepts none of the offered
+    // subprotocols (browsers and Node 22's WebSocket go on without one):
+    // a hub without the stream framing is asked again without the offer.
+    if (offer && e instanceof NoSubprotocol) return attempt(p, false);
+    throw e;
+  }
+}
+
+/** The server accepted none of the offered subprotocols and the socket refused that. */
+class NoSubprotocol extends Disconnected {}
+
+async function attempt(p: HandshakeParams, offer: boolean): Promise<Handshaken> {
   const o = p.opts;
   const { key, kid, resume } = p;
   const WS = o.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -76,7 +98,7 @@ export async function handshake(p: HandshakeParams): Promise<Handshaken> {
       timeoutMs,
     );
     try {
-      ws = new WS(p.url) as WebSocketLike;
+      ws = (offer ? new WS(p.url, [STREAM_PROTOCOL]) : new WS(p.url)) as WebSocketLike;
     } catch (e) {
       clearTimeout(timer);
       reject(new Disconnected(`cannot open ${p.url}: ${String(e)}`, undefined, { cause: e }));
@@ -87,14 +109,24 @@ export async function handshake(p: HandshakeParams): Promise<Handshaken> {
     // and an ArrayBuffer is asked for.
     ws.binaryType = "nodebuffer";
     if (ws.binaryType !== "nodebuffer") ws.binaryType = "arraybuffer";
+    // The framing is known once the socket is open (the accepted subprotocol).
+    let wire: Wire | undefined;
     const send = (kind: Frame["kind"] | { case: FrameKind; value: object }) =>
-      ws.send(toBinary(FrameSchema, create(FrameSchema, { kind } as never)));
-    ws.onerror = () => {
+      wire!.send(toBinary(FrameSchema, create(FrameSchema, { kind } as never)));
+    let noSubprotocol = false;
+    ws.onerror = (ev) => {
+      // The `ws` package's words when the server selected no subprotocol.
+      noSubprotocol = /no subprotocol/i.test(String((ev as { message?: unknown })?.message ?? ""));
       // The close event follows with the details.
     };
     ws.onclose = (ev) =>
-      fail(new Disconnected(`the connection to ${p.url} closed during the handshake (code ${ev?.code ?? "?"})`));
+      fail(
+        new (noSubprotocol && phase === "open" ? NoSubprotocol : Disconnected)(
+          `the connection to ${p.url} closed during the handshake (code ${ev?.code ?? "?"})`,
+        ),
+      );
     ws.onopen = () => {
+      wire = new Wire(ws);
       const reliable = o.reliable ?? true;
       send({
         case: "hello",
@@ -111,15 +143,25 @@ export async function handshake(p: HandshakeParams): Promise<Handshaken> {
       phase = "challenge";
     };
     ws.onmessage = (ev) => {
-      if (phase === "done") {
+      if (phase === "done" && !welcomed) return;
+      try {
+        wire!.receive(ev.data, onframe);
+      } catch (e) {
         // Frames right behind the Welcome (the `ws` package can deliver
-        // them before the connection is attached): kept for the caller.
-        if (welcomed) early.push(ev.data);
+        // them before the connection is attached) keep the error for the
+        // caller, in order.
+        if (phase === "done") early.push(e);
+        else fail(e as SwitchboardError);
+      }
+    };
+    const onframe = (data: unknown) => {
+      if (phase === "done") {
+        if (welcomed) early.push(data);
         return;
       }
       let f: Frame;
       try {
-        f = decodeFrame(ev.data, PRE_WELCOME_MAX);
+        f = decodeFrame(data, PRE_WELCOME_MAX);
       } catch (e) {
         fail(e as SwitchboardError);
         return;
@@ -156,7 +198,8 @@ export async function handshake(p: HandshakeParams): Promise<Handshaken> {
         phase = "done";
         clearTimeout(timer);
         welcomed = true;
-        resolve({ ws, welcome: k.value, early });
+        wire!.max = o.maxFrame ?? DEFAULT_MAX_FRAME;
+        resolve({ ws, wire: wire!, welcome: k.value, early });
         return;
       }
       fail(new ProtocolError(`unexpected ${k.case ?? "frame without a kind"} during the handshake`, ErrorCode.BAD_FRAME));

@@ -17,6 +17,8 @@ export interface WebSocketLike {
   binaryType: string;
   /** The connection state (1 = open). */
   readonly readyState: number;
+  /** The subprotocol the server accepted (`""` for none). */
+  readonly protocol?: string;
   /** Sends one binary message. */
   send(data: Uint8Array): void;
   /** Closes the socket. */
@@ -36,7 +38,7 @@ export interface WebSocketLike {
  * `ws` package in Node 20. Its instances must behave as {@link WebSocketLike}
  * (the type is loose so that both fit without a cast).
  */
-export type WebSocketConstructor = new (url: string) => unknown;
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown;
 
 /** Options of {@link Client.connect}. */
 export interface ConnectOptions {
@@ -58,6 +60,13 @@ export interface ConnectOptions {
   agent?: string;
   /** The WebSocket constructor (default: `globalThis.WebSocket`; pass `ws`'s in Node 20). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Offer the stream framing (the `switchboard.stream` subprotocol, default
+   * true): the frames written in one event-loop turn leave as one WebSocket
+   * message, which is much cheaper than a message each. A hub that does
+   * not accept it gets one frame per message, as without the offer.
+   */
+  streamFraming?: boolean;
   /** How long the connection and handshake may take, ms (default 10,000). */
   connectTimeoutMs?: number;
   /** Default timeout of {@link Client.request}, ms (default 30,000). */

@@ -31,28 +31,63 @@ function encode(kind: Frame["kind"]): Uint8Array {
 
 type Behaviour = (ws: WebSocket, phase: "hello" | "auth" | "after", frame: Frame | undefined) => void;
 
-/** A stub that runs `behaviour` per client frame; `handshake` makes it answer Hello and Auth correctly first. */
-async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boolean }) {
+/** `body` with its 4-byte length prefix (the stream framing). */
+function prefixed(body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(4 + body.length);
+  new DataView(out.buffer).setUint32(0, body.length);
+  out.set(body, 4);
+  return out;
+}
+
+/**
+ * A stub that runs `behaviour` per client frame; `handshake` makes it
+ * answer Hello and Auth correctly first. Without `stream` it refuses the
+ * stream framing (one frame per message); with it, it accepts it and sends
+ * its handshake frames one byte per message.
+ */
+async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boolean; stream?: boolean }) {
   const key = await keyFromToken(TOKEN);
-  const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  const server = new WebSocketServer({
+    host: "127.0.0.1",
+    port: 0,
+    handleProtocols: (offered) => (handshake.stream && offered.has("switchboard.stream") ? "switchboard.stream" : false),
+  });
   await new Promise((r) => server.once("listening", r));
   server.on("connection", (ws) => {
     let phase: "hello" | "auth" | "after" = "hello";
-    ws.on("message", async (data: Buffer) => {
-      const frame = fromBinary(FrameSchema, new Uint8Array(data));
+    let pending = new Uint8Array(0);
+    const out = (body: Uint8Array) => {
+      if (!handshake.stream) return ws.send(body);
+      for (const b of prefixed(body)) ws.send(new Uint8Array([b]));
+    };
+    const onframe = async (frame: Frame) => {
       if (phase === "hello" && handshake.hello && frame.kind.case === "hello") {
         const hubNonce = nonce();
         const proof = await hubProof(key, frame.kind.value.clientNonce, hubNonce, identity);
-        ws.send(encode({ case: "challenge", value: { identity, hubNonce, proof } } as Frame["kind"]));
+        out(encode({ case: "challenge", value: { identity, hubNonce, proof } } as Frame["kind"]));
         phase = "auth";
         return;
       }
       if (phase === "auth" && handshake.auth && frame.kind.case === "auth") {
-        ws.send(encode({ case: "welcome", value: { clientId: "victim", epoch: 1n, maxFrame: 1 << 24, keepaliveMs: 30_000 } } as Frame["kind"]));
+        out(encode({ case: "welcome", value: { clientId: "victim", epoch: 1n, maxFrame: 1 << 24, keepaliveMs: 30_000 } } as Frame["kind"]));
         phase = "after";
         return;
       }
       behaviour(ws, phase, frame);
+    };
+    ws.on("message", async (data: Buffer) => {
+      if (!handshake.stream) return onframe(fromBinary(FrameSchema, new Uint8Array(data)));
+      const all = new Uint8Array(pending.length + data.length);
+      all.set(pending);
+      all.set(data, pending.length);
+      let at = 0;
+      while (all.length - at >= 4) {
+        const len = new DataView(all.buffer, at).getUint32(0);
+        if (all.length - at - 4 < len) break;
+        await onframe(fromBinary(FrameSchema, all.subarray(at + 4, at + 4 + len)));
+        at += 4 + len;
+      }
+      pending = all.slice(at);
     });
   });
   const port = (server.address() as AddressInfo).port;
@@ -159,6 +194,32 @@ for (const [name, bad, check] of [
     assert.ok(reason instanceof SwitchboardError);
     assert.equal(c.isOpen, false);
     await assert.rejects(c.publish("a", "b"), SwitchboardError);
+    await c.close();
+    await s.close();
+  });
+}
+
+test("stream framing: a Challenge and a Welcome split one byte per message connect", async () => {
+  const s = await stub(() => {}, { hello: true, auth: true, stream: true });
+  const c = await within(s.connect(), 5_000, "connect");
+  assert.equal(c.isOpen, true);
+  await c.close();
+  await s.close();
+});
+
+for (const [name, bad, code] of [
+  ["a length over maxFrame", (ws: WebSocket) => ws.send(prefixed(new Uint8Array(1025)).subarray(0, 4)), "LIMIT_EXCEEDED"],
+  ["garbage", (ws: WebSocket) => ws.send(prefixed(garbage)), "BAD_FRAME"],
+  ["a text message", (ws: WebSocket) => ws.send("hello?"), "BAD_FRAME"],
+] as const) {
+  test(`stream framing: after Welcome, ${name} fails the call in flight with a typed error`, async () => {
+    const s = await stub((ws, phase) => phase === "after" && bad(ws), { hello: true, auth: true, stream: true });
+    const c = await within(s.connect({ maxFrame: 1024 }), 5_000, "connect");
+    await assert.rejects(
+      within(c.kvGet("k"), 5_000, "kvGet"),
+      (e: unknown) => e instanceof Disconnected && e.cause instanceof ProtocolError && e.cause.codeName === code,
+    );
+    assert.ok((await c.closed) instanceof SwitchboardError);
     await c.close();
     await s.close();
   });

@@ -46,6 +46,8 @@ test("pub/sub through repeated connection losses on both sides: every message on
         const st = (c: Client) => { const x = c as unknown as Record<string, unknown>; return JSON.stringify({ open: c.isOpen, connected: x.connected, reconnects: c.reconnects, retained: (x.retained as unknown[]).length, pending: (x.pending as Map<unknown, unknown>).size, lastReceived: String(x.lastReceived), outSeq: String(x.outSeq) }); };
         throw new Error(`${String(e)} pub ${st(pub)} sub ${st(sub)}`);
       });
+      // Paced, so the run spans drops of both sides however fast the client is.
+      await new Promise((r) => setTimeout(r, 8));
     }
   } finally {
     clearInterval(dropPub);

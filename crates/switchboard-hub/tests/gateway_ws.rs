@@ -288,3 +288,156 @@ async fn a_silent_websocket_is_cut_at_the_handshake_timeout() -> Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+/// A socket with the `switchboard.stream` framing: messages concatenated
+/// are the length-prefixed byte stream of TCP.
+struct StreamWs {
+    ws: Ws,
+    buf: bytes::BytesMut,
+}
+
+impl StreamWs {
+    async fn open(hub: &HubHandle) -> Result<StreamWs> {
+        let mut req =
+            format!("ws://{}/v1/ws", hub.http_addr().context("gateway")?).into_client_request()?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "switchboard.stream".parse()?);
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"switchboard.stream"[..]),
+            "the hub accepts the stream framing"
+        );
+        Ok(StreamWs {
+            ws,
+            buf: bytes::BytesMut::new(),
+        })
+    }
+
+    /// Frames, length-prefixed, as one message.
+    fn packed(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            let body = f.encode_to_vec();
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.ws.send(Message::Binary(bytes.to_vec().into())).await?;
+        Ok(())
+    }
+
+    /// Next frame from the stream; `None` when the socket closed.
+    async fn recv(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into()?) as usize;
+                if self.buf.len() >= 4 + len {
+                    let frame = self.buf.split_to(4 + len);
+                    return Ok(Some(Frame::decode(&frame[4..])?));
+                }
+            }
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("timed out waiting for a message")?;
+            match msg {
+                Some(Ok(Message::Binary(b))) => self.buf.extend_from_slice(&b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
+                Some(Ok(other)) => bail!("unexpected message {other:?}"),
+            }
+        }
+    }
+}
+
+/// The stream framing: frames split across messages and many in one, both
+/// ways; the hub packs a batch into one message; a length over `max_frame`
+/// fails the connection with `LIMIT_EXCEEDED`, as on TCP.
+#[tokio::test]
+async fn the_stream_framing_carries_the_tcp_byte_stream() -> Result<()> {
+    let hub = start().await;
+    let mut ws = StreamWs::open(&hub).await?;
+    let secret = Secret::from_token(TOKEN);
+    let client_nonce = nonce();
+    let hello = StreamWs::packed([Frame::from(proto::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: "streamer".into(),
+        client_nonce: client_nonce.to_vec().into(),
+        agent: "ws stream test".into(),
+        ..Default::default()
+    })]);
+    // The Hello cut inside its length prefix and again inside its body.
+    ws.send_raw(&hello[..2]).await?;
+    ws.send_raw(&hello[2..9]).await?;
+    ws.send_raw(&hello[9..]).await?;
+    let Some(Kind::Challenge(challenge)) = ws.recv().await?.and_then(|f| f.kind) else {
+        bail!("expected a challenge");
+    };
+    let proof = client_proof(&secret, &challenge.hub_nonce, &client_nonce, "streamer");
+    // The Auth and two pings in one message.
+    let msg = StreamWs::packed([
+        proto::Auth {
+            proof: proof.to_vec().into(),
+        }
+        .into(),
+        proto::Ping { nonce: 1 }.into(),
+        proto::Ping { nonce: 2 }.into(),
+    ]);
+    ws.send_raw(&msg).await?;
+    assert!(matches!(
+        ws.recv().await?.and_then(|f| f.kind),
+        Some(Kind::Welcome(_))
+    ));
+    for n in [1, 2] {
+        match ws.recv().await?.and_then(|f| f.kind) {
+            Some(Kind::Pong(p)) => assert_eq!(p.nonce, n),
+            other => bail!("expected pong {n}, got {other:?}"),
+        }
+    }
+
+    // A TCP client sees the WebSocket one and talks to it.
+    let mut tcp = TestClient::connect(hub.local_addr(), "tcp-peer").await?;
+    tcp.send(proto::Direct {
+        to: "streamer".into(),
+        payload: vec![9; 100_000].into(),
+        ..Default::default()
+    })
+    .await?;
+    match ws.recv().await?.and_then(|f| f.kind) {
+        Some(Kind::Direct(d)) => assert_eq!(d.payload.len(), 100_000),
+        other => bail!("expected the direct message, got {other:?}"),
+    }
+
+    // A length over the frame limit: LIMIT_EXCEEDED, then the end.
+    let max = common::config().limits.max_frame as u32;
+    ws.send_raw(&(max + 1).to_be_bytes()).await?;
+    match ws.recv().await?.and_then(|f| f.kind) {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::LimitExceeded as i32),
+        other => bail!("expected LIMIT_EXCEEDED, got {other:?}"),
+    }
+    assert!(ws.recv().await?.is_none(), "the connection ends");
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Without the subprotocol nothing changes: no protocol in the response,
+/// one frame per message.
+#[tokio::test]
+async fn without_the_subprotocol_a_message_is_one_frame() -> Result<()> {
+    let hub = start().await;
+    let url = format!("ws://{}/v1/ws", hub.http_addr().context("gateway")?);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url).await?;
+    assert!(resp.headers().get("sec-websocket-protocol").is_none());
+    assert_eq!(handshake(&mut ws, "plain").await?, None);
+    send(&mut ws, proto::Ping { nonce: 7 }).await?;
+    assert!(
+        matches!(recv(&mut ws).await?.and_then(|f| f.kind), Some(Kind::Pong(p)) if p.nonce == 7)
+    );
+    hub.shutdown().await;
+    Ok(())
+}

@@ -1,8 +1,11 @@
-//! WebSocket transport: each binary message carries exactly one native
-//! protobuf `Frame` (no length prefix). The socket is a message
-//! [`Transport`](crate::transport::Transport) served by the same
-//! connection code as TCP (handshake, pre-decode kind check, reader and
-//! writer), so a WebSocket client is a full client.
+//! WebSocket transport, in one of two framings (docs/PROTOCOL.md,
+//! "WebSocket"): by default each binary message carries exactly one native
+//! protobuf `Frame` (no length prefix); a client that offers the
+//! [`STREAM_PROTOCOL`] subprotocol gets it, and then the binary messages
+//! concatenated are the length-prefixed byte stream of TCP. Either way the
+//! socket is a [`Transport`](crate::transport::Transport) served by the
+//! same connection code as TCP (handshake, pre-decode kind check, reader
+//! and writer), so a WebSocket client is a full client.
 
 use std::io;
 use std::sync::Arc;
@@ -17,7 +20,10 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use super::Gateway;
 use crate::router::admission::Peer;
 use crate::tls::HttpPeer;
-use crate::transport::Messages;
+use crate::transport::{FramedMessages, Messages};
+
+/// The subprotocol (`Sec-WebSocket-Protocol`) of the stream framing.
+pub(crate) const STREAM_PROTOCOL: &str = "switchboard.stream";
 
 /// WebSocket connections in the handshake at once (each may buffer one
 /// message of up to `max_frame` bytes before authentication).
@@ -36,28 +42,40 @@ pub(super) async fn upgrade(
         )
             .into_response();
     };
-    // One message is one frame; a frame over the limit fails the socket.
+    // A message holds at most one frame and its prefix; a frame over the
+    // limit fails the socket (in the stream framing: from its prefix).
     let max = gw.shared.limits.max_frame;
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let max_message = max + switchboard_wire::LENGTH_PREFIX_LEN;
+    ws.protocols([STREAM_PROTOCOL])
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
+            let stream = socket
+                .protocol()
+                .is_some_and(|p| p.as_bytes() == STREAM_PROTOCOL.as_bytes());
             let (incoming, outgoing) = frames(socket);
             let conn = gw.shared.alloc_conn();
-            let transport = Messages::new(incoming, outgoing, max);
             let peer = Peer {
                 transport: if peer.tls { "wss" } else { "ws" },
                 addr: peer.addr.to_string(),
                 unix: None,
                 cert: peer.cert,
             };
-            crate::conn::serve(transport, peer, conn, gw.shared.clone(), permit).await;
+            let shared = gw.shared.clone();
+            if stream {
+                let transport = FramedMessages::new(incoming, outgoing);
+                crate::conn::serve(transport, peer, conn, shared, permit).await;
+            } else {
+                let transport = Messages::new(incoming, outgoing, max);
+                crate::conn::serve(transport, peer, conn, shared, permit).await;
+            }
         })
         .into_response()
 }
 
-/// The socket as frame bodies: binary messages are frames, pings and pongs
+/// The socket as binary messages: binary messages are kept, pings and pongs
 /// are skipped, and text, a close or an error end the stream (the hub sees
-/// a disconnect); each body sent is one binary message, and closing sends
+/// a disconnect); each `Bytes` sent is one binary message, and closing sends
 /// a close message.
 fn frames(
     socket: WebSocket,

@@ -15,7 +15,11 @@
 //!   batch with one write;
 //! * **message transports** ([`Messages`]: WebSocket): one message is one
 //!   frame body, without a prefix; the sender strips the prefixes of a
-//!   batch (no copy) and sends one message per frame, flushing once.
+//!   batch (no copy) and sends one message per frame, flushing once;
+//! * **message transports carrying a byte stream** ([`FramedMessages`]:
+//!   WebSocket with the `switchboard.stream` subprotocol): the messages
+//!   concatenated are a byte stream, split with the byte streams' framing;
+//!   the sender sends each batch as one message.
 //!
 //! Frames are counted as they travel on a byte stream (prefix included)
 //! whatever the transport, so the counters mean the same for every
@@ -47,10 +51,12 @@ use bytes::{Bytes, BytesMut};
 use switchboard_wire::WireError;
 
 mod drain;
+mod framed_messages;
 mod messages;
 mod stream;
 
 pub(crate) use drain::{drain, Drain};
+pub(crate) use framed_messages::FramedMessages;
 pub(crate) use messages::Messages;
 pub(crate) use stream::ByteStream;
 

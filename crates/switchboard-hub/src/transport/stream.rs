@@ -80,6 +80,30 @@ impl<S: ByteStream> Transport for S {
     }
 }
 
+/// Takes the next whole frame off a buffer of length-prefixed frames, the
+/// one home of byte-stream framing on the receiving side (byte streams, and
+/// WebSocket's stream framing): refuses a length over `max` before its body
+/// is buffered; decodes a large body split off the buffer (zero-copy), a
+/// small one in place.
+pub(super) fn take_frame<R>(
+    buf: &mut BytesMut,
+    max: usize,
+    decode: impl FnOnce(Body<'_>) -> R,
+) -> Result<Option<R>, WireError> {
+    let Some(len) = whole_frame(buf, max)? else {
+        return Ok(None);
+    };
+    if len >= ZERO_COPY_MIN {
+        buf.advance(LENGTH_PREFIX_LEN);
+        let body = buf.split_to(len).freeze();
+        return Ok(Some(decode(Body::Owned(body))));
+    }
+    let total = LENGTH_PREFIX_LEN + len;
+    let r = decode(Body::Borrowed(&buf[LENGTH_PREFIX_LEN..total]));
+    buf.advance(total);
+    Ok(Some(r))
+}
+
 /// The reading half of a byte stream and its read buffer.
 pub(crate) struct ByteRx<S: ByteStream> {
     rd: S::Read,
@@ -95,18 +119,7 @@ impl<S: ByteStream> FrameRx for ByteRx<S> {
         max: usize,
         decode: impl FnOnce(Body<'_>) -> R,
     ) -> Result<Option<R>, WireError> {
-        let Some(len) = whole_frame(&mut self.buf, max)? else {
-            return Ok(None);
-        };
-        if len >= ZERO_COPY_MIN {
-            self.buf.advance(LENGTH_PREFIX_LEN);
-            let body = self.buf.split_to(len).freeze();
-            return Ok(Some(decode(Body::Owned(body))));
-        }
-        let total = LENGTH_PREFIX_LEN + len;
-        let r = decode(Body::Borrowed(&self.buf[LENGTH_PREFIX_LEN..total]));
-        self.buf.advance(total);
-        Ok(Some(r))
+        take_frame(&mut self.buf, max, decode)
     }
 
     async fn receive(&mut self) -> io::Result<usize> {
