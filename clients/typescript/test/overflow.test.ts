@@ -38,10 +38,16 @@ async function take(it: AsyncIterator<Message>, n: number): Promise<string[]> {
   return out;
 }
 
-/** Waits until the hub has delivered (or the client has dropped) the `n` messages, by a round trip through a kv write. */
-async function settle(c: Client): Promise<void> {
+/**
+ * Waits until the subscription has counted `dropped` drops: after a round
+ * trip through a kv write (the deliveries were queued before its answer),
+ * then polling for at most 5 s, since frames are handed to streams in later
+ * event-loop turns. Fails rather than waits longer.
+ */
+async function settle(c: Client, s: { dropped: number }, dropped: number): Promise<void> {
   await c.kvSet("overflow.settle", "x");
-  await new Promise((r) => setTimeout(r, 50));
+  const deadline = Date.now() + 5_000;
+  while (s.dropped < dropped && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
 }
 
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => String(a + i));
@@ -52,7 +58,7 @@ test("dropNewest: what does not fit is dropped, counted and announced", async ()
   const events = sub.events()[Symbol.asyncIterator]();
   const s = await sub.subscribe("ov.new", { bufferSize: 3, overflow: "dropNewest" });
   await publishN(pub, "ov.new", 10);
-  await settle(sub);
+  await settle(sub, s, 7);
   assert.equal(s.dropped, 7);
   const it = s[Symbol.asyncIterator]();
   assert.deepEqual(await take(it, 3), ["0", "1", "2"]);
@@ -74,7 +80,7 @@ test("dropOldest: the oldest make room, counted", async () => {
   const pub = await connect("ov-pub-old");
   const s = await sub.subscribe("ov.old", { bufferSize: 3, overflow: "dropOldest" });
   await publishN(pub, "ov.old", 10);
-  await settle(sub);
+  await settle(sub, s, 7);
   assert.equal(s.dropped, 7);
   assert.deepEqual(await take(s[Symbol.asyncIterator](), 3), ["7", "8", "9"]);
   await s.unsubscribe();

@@ -4,7 +4,9 @@
 // a sequence of frames. On TCP each frame is a 4-byte big-endian unsigned
 // length followed by that many bytes of a protobuf-encoded `Frame`. On
 // WebSocket each binary message holds exactly one protobuf-encoded `Frame`
-// without the length prefix.
+// without the length prefix, unless the `switchboard.stream` subprotocol was
+// agreed: then the messages, concatenated, are the same byte stream as on
+// TCP (docs/PROTOCOL.md, "WebSocket").
 //
 // Conventions used throughout:
 // - Client ids are UTF-8 strings of 1..=256 bytes chosen by the client.
