@@ -21,18 +21,22 @@
 //! ```
 
 pub mod directory;
+pub mod routing;
 pub mod subject;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchboard_hub::router::admission::Refusal;
-use switchboard_hub::router::remote::{Handoff, Remote};
-use switchboard_wire::{proto, Frame};
+use switchboard_hub::router::remote::{Handoff, Remote, RemotePort};
+use switchboard_wire::{proto, Frame, Kind};
 use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
+use routing::Routing;
+pub use routing::RoutingStats;
 
 /// The default lease: a hub whose heartbeat is this old is taken as dead
 /// and its client ids are released.
@@ -145,6 +149,9 @@ pub struct Federation {
 #[derive(Debug)]
 struct Handle {
     directory: Arc<Directory>,
+    routing: Arc<Routing>,
+    /// This hub's subscription, until the hub attaches its port.
+    inbound: Mutex<Option<async_nats::Subscriber>>,
     stop: CancellationToken,
 }
 
@@ -165,9 +172,22 @@ impl Federation {
         }
         let client = connect_nats(&options).await?;
         let stop = CancellationToken::new();
-        let directory = Directory::open(client, &options, stop.clone()).await?;
+        let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
+        let routing = Routing::new(client, &options.service, directory.clone());
+        let inbound = routing
+            .subscribe()
+            .await
+            .map_err(|e| FederationError::Connect {
+                servers: options.servers.join(","),
+                message: format!("cannot subscribe to this hub's subject: {e}"),
+            })?;
         Ok(Federation {
-            inner: Arc::new(Handle { directory, stop }),
+            inner: Arc::new(Handle {
+                directory,
+                routing,
+                inbound: Mutex::new(Some(inbound)),
+                stop,
+            }),
         })
     }
 
@@ -186,6 +206,11 @@ impl Federation {
         &self.inner.directory
     }
 
+    /// The counters of routing across hubs.
+    pub fn routing_stats(&self) -> &RoutingStats {
+        self.inner.routing.stats()
+    }
+
     /// Releases this hub's ids and its heartbeat entry now (a clean leave),
     /// then stops. Without it the others release them after the lease.
     pub async fn shutdown(self) {
@@ -195,10 +220,14 @@ impl Federation {
 }
 
 impl Remote for Federation {
-    fn route(&self, _from: &str, _to: &str, _frame: &Frame) -> Handoff {
-        // Routing across hubs is not built yet (see ARCHITECTURE.md,
+    fn route(&self, _from: &str, to: &str, frame: &Frame) -> Handoff {
+        // Sessions across hubs are not carried yet (see ARCHITECTURE.md,
         // "Federation"): the sender gets the single-hub answer.
-        Handoff::Unknown
+        let carried = matches!(frame.kind, Some(Kind::Direct(_) | Kind::Request(_)));
+        match self.inner.routing.holder(to) {
+            Some(_) if carried => Handoff::Taken,
+            _ => Handoff::Unknown,
+        }
     }
 
     fn fan_out(&self, _from: &str, _frame: &Frame) {}
@@ -213,6 +242,21 @@ impl Remote for Federation {
 
     fn left(&self, id: &str) {
         self.inner.directory.left(id);
+    }
+
+    fn attach(&self, port: RemotePort) {
+        let Some(inbound) = self.inner.inbound.lock().take() else {
+            tracing::warn!("federation: a second hub attached to one federation; ignored");
+            return;
+        };
+        let routing = self.inner.routing.clone();
+        let stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = routing.run(port, inbound) => {}
+            }
+        });
     }
 }
 

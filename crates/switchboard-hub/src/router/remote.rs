@@ -10,16 +10,132 @@
 //! nothing about how the frames travel.
 //!
 //! The implementation must not block: it runs on the router task. It
-//! queues the frame for its own task (a channel) and returns. What comes
-//! back from other hubs (answers, deliveries) enters the router as
-//! [`Input`](super::Input)s of a connection the federation registers, the
-//! way the HTTP gateway's virtual clients do.
+//! answers from its local view and returns.
+//!
+//! # The port
+//!
+//! When the hub starts it registers one virtual connection for the remote
+//! side, the *port* (client id [`PORT_ID`], transport [`PORT_TRANSPORT`]),
+//! and hands it to [`Remote::attach`] as a [`RemotePort`]. A message
+//! [`Remote::route`] says another hub serves ([`Handoff::Taken`]) is then
+//! delivered by the router to the port, exactly as to a local client: a
+//! `Direct` (with `to` kept and `from` filled in), a `Request` (pending
+//! on the requester with its timeout, so the requester gets `TIMEOUT` as
+//! locally). The port's queue is bounded like every client's: when the
+//! remote side does not keep up, messages park and then fail with
+//! `QUEUE_FULL`, and the router never waits.
+//!
+//! The remote side answers and delivers through the port
+//! ([`PortSender`]): frames from the port keep the `from` they carry (the
+//! client of another hub who sent them); a `Request` from the port is
+//! answered back to the port (whatever its `to` names); a `Reply` for a
+//! request the router handed to the port goes to its local requester; and
+//! [`PortSender::fail`] answers such a request with an error.
+//! Without a port (no [`Remote::attach`] yet) `Taken` messages are
+//! dropped and counted as undeliverable.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
-use switchboard_wire::{proto, Frame};
+use switchboard_wire::{proto, ErrorCode, Frame};
+use tokio::sync::mpsc;
 
 use super::admission::Refusal;
+use super::Input;
+use crate::ids::ConnId;
+use crate::inbox::Inbox;
+use crate::outbox::Outbox;
+
+/// The client id of the port (see the module docs); never claimed or
+/// announced to the remote side.
+pub const PORT_ID: &str = "~remote";
+
+/// The transport name of the port's registration (no client can have
+/// it: transports are named by the hub).
+pub const PORT_TRANSPORT: &str = "remote";
+
+/// Frames the port's reader holds between the router and the remote side;
+/// beyond, the port's outbox fills and the router parks and then fails
+/// messages (`QUEUE_FULL`).
+pub const PORT_BUFFER: usize = 1024;
+
+/// The remote side's end of the port: frames the router delivered to it
+/// ([`RemotePort::recv`]) and a [`PortSender`] for the way back.
+#[derive(Debug)]
+pub struct RemotePort {
+    sender: PortSender,
+    frames: mpsc::Receiver<Frame>,
+}
+
+impl RemotePort {
+    pub(crate) fn new(sender: PortSender, frames: mpsc::Receiver<Frame>) -> RemotePort {
+        RemotePort { sender, frames }
+    }
+
+    /// The next frame the router delivered to the port; `None` when the
+    /// hub stopped.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.frames.recv().await
+    }
+
+    /// Sends into the router as the port.
+    pub fn sender(&self) -> PortSender {
+        self.sender.clone()
+    }
+}
+
+/// Sends frames into the router as the port (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PortSender {
+    inbox: Inbox,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+impl PortSender {
+    pub(crate) fn new(inbox: Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
+        PortSender {
+            inbox,
+            conn,
+            outbox,
+        }
+    }
+
+    /// Hands `frames` to the router, in order, waiting while its inbox is
+    /// full; `false` when the hub stopped.
+    pub async fn send(&self, frames: Vec<Frame>) -> bool {
+        self.inbox
+            .send(Input::Frames {
+                conn: self.conn,
+                frames,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Fails request `id` of the local client `requester`, handed to the
+    /// port earlier, with `code` and `message` (an answer of the other
+    /// hub: `NO_SUCH_CLIENT`, `NOT_LISTENING`, `TARGET_GONE`...). Ignored
+    /// when that request is no longer pending. `false` when the hub
+    /// stopped.
+    pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
+        self.inbox
+            .send(Input::RemoteFailed {
+                conn: self.conn,
+                requester: requester.to_owned(),
+                id,
+                code,
+                message,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Whether the hub still runs the port.
+    pub fn is_open(&self) -> bool {
+        self.outbox.is_open()
+    }
+}
 
 /// What became of a message handed to [`Remote::route`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,5 +180,12 @@ pub trait Remote: Send + Sync + Debug {
     /// resume window ended).
     fn left(&self, id: &str) {
         let _ = id;
+    }
+
+    /// The hub registered the port (see the module docs); called once
+    /// when the hub starts serving. The default drops it (then nothing
+    /// comes back from other hubs).
+    fn attach(&self, port: RemotePort) {
+        let _ = port;
     }
 }

@@ -46,7 +46,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use switchboard_wire::WireError;
 
-mod drain;
+pub(crate) mod drain;
 mod messages;
 mod stream;
 

@@ -1,0 +1,310 @@
+//! Routing across hubs: messages for clients of other hubs, and what other
+//! hubs send here, over core NATS.
+//!
+//! - Every hub subscribes to its own subject `sb.<svc>.h.<hub>` (escaped
+//!   service and hub name). A `Direct` or `Request` for a client another
+//!   live hub holds (the id directory says which) goes there; so do the
+//!   answers to requests (`Reply`, or an `Error` naming the requester).
+//! - A message is the encoded switchboard frame (at most
+//!   [`MAX_MESSAGE`] bytes) with NATS headers [`H_ORIGIN`] (the sending
+//!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
+//! - The router hands such messages to the hub's port (see
+//!   `switchboard_hub::router::remote`): the requester's hub keeps the
+//!   request pending with its timeout, so the requester gets `TIMEOUT`
+//!   exactly as locally. The answering hub sends the request into its
+//!   router under a fresh id of its port and maps the answer back.
+//! - What arrives is checked before anything reaches the router: a
+//!   message that does not decode, is larger than [`MAX_MESSAGE`], is of
+//!   a kind not carried, or names an origin that is not a live member
+//!   (or this hub) is dropped and counted ([`RoutingStats`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use switchboard_hub::router::remote::{PortSender, RemotePort};
+use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
+
+use crate::directory::Directory;
+use crate::subject::{escape, unescape};
+
+/// The NATS header naming the hub a message comes from.
+pub const H_ORIGIN: &str = "Sb-Origin";
+/// The NATS header naming (escaped) the requester an error answer is for.
+pub const H_TO: &str = "Sb-To";
+/// The largest message taken from NATS (encoded frame), bytes; larger ones
+/// are dropped and counted.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Counters of routing across hubs.
+#[derive(Debug, Default)]
+pub struct RoutingStats {
+    /// Messages published to other hubs.
+    pub sent: AtomicU64,
+    /// Messages from other hubs handed to the router.
+    pub received: AtomicU64,
+    /// Messages from NATS that did not decode or were of a kind not
+    /// carried (dropped).
+    pub malformed: AtomicU64,
+    /// Messages from NATS larger than [`MAX_MESSAGE`] (dropped).
+    pub oversized: AtomicU64,
+    /// Messages from NATS whose origin is not a live member, or is this
+    /// hub (dropped).
+    pub foreign: AtomicU64,
+    /// Messages towards NATS dropped because a queue was full or the
+    /// publish failed.
+    pub dropped: AtomicU64,
+}
+
+impl RoutingStats {
+    /// Messages dropped on the way in: malformed, oversized or foreign.
+    pub fn rejected(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+            + self.oversized.load(Ordering::Relaxed)
+            + self.foreign.load(Ordering::Relaxed)
+    }
+}
+
+/// A request from another hub, sent into the router under a port id.
+#[derive(Debug)]
+struct Foreign {
+    origin: String,
+    requester: String,
+    id: u64,
+}
+
+/// The routing state shared by the tasks.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    client: async_nats::Client,
+    service: String,
+    directory: Arc<Directory>,
+    stats: RoutingStats,
+    /// Requests from other hubs, by the id they carry in this router.
+    foreign: Mutex<HashMap<u64, Foreign>>,
+    next_id: AtomicU64,
+}
+
+impl Routing {
+    pub(crate) fn new(
+        client: async_nats::Client,
+        service: &str,
+        directory: Arc<Directory>,
+    ) -> Arc<Routing> {
+        Arc::new(Routing {
+            client,
+            service: escape(service),
+            directory,
+            stats: RoutingStats::default(),
+            foreign: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> &RoutingStats {
+        &self.stats
+    }
+
+    /// The subject of hub `hub`.
+    pub(crate) fn hub_subject(&self, hub: &str) -> String {
+        format!("sb.{}.h.{}", self.service, escape(hub))
+    }
+
+    fn me(&self) -> &str {
+        self.directory.hub_name()
+    }
+
+    /// The live other hub holding `id`, if any.
+    pub(crate) fn holder(&self, id: &str) -> Option<String> {
+        self.directory
+            .holder(id)
+            .filter(|h| h != self.me() && self.directory.is_live(h))
+    }
+
+    /// Subscribes to this hub's subject (before the hub serves, so nothing
+    /// sent to it after `connect` is missed).
+    pub(crate) async fn subscribe(&self) -> Result<async_nats::Subscriber, String> {
+        self.client
+            .subscribe(self.hub_subject(self.me()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs the port: frames the router hands over go to NATS, messages
+    /// from NATS go into the router. Ends when the hub stops.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut port: RemotePort,
+        inbound: async_nats::Subscriber,
+    ) {
+        let sender = port.sender();
+        let out = async {
+            while let Some(frame) = port.recv().await {
+                self.outbound(frame, &sender).await;
+            }
+        };
+        tokio::join!(self.clone().inbound(inbound, sender.clone()), out);
+    }
+
+    /// A frame the router delivered to the port.
+    async fn outbound(&self, frame: Frame, port: &PortSender) {
+        match frame.kind {
+            Some(Kind::Direct(ref d)) => {
+                if let Some(hub) = self.holder(&d.to) {
+                    self.publish(&hub, &frame, None).await;
+                } else {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Kind::Request(ref r)) => match self.holder(&r.to) {
+                Some(hub) => self.publish(&hub, &frame, None).await,
+                None => {
+                    let msg = format!(
+                        "no client named '{}' is connected on any hub of the federation",
+                        r.to
+                    );
+                    port.fail(&r.from, r.id, ErrorCode::NoSuchClient, msg).await;
+                }
+            },
+            Some(Kind::Reply(mut r)) => {
+                let Some(f) = self.foreign.lock().remove(&r.id) else {
+                    return;
+                };
+                r.id = f.id;
+                self.publish(&f.origin, &Frame::from(r), None).await;
+            }
+            Some(Kind::Error(mut e)) if e.id != 0 => {
+                let Some(f) = self.foreign.lock().remove(&e.id) else {
+                    return;
+                };
+                e.id = f.id;
+                self.publish(&f.origin, &Frame::from(e), Some(&f.requester))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn publish(&self, hub: &str, frame: &Frame, to: Option<&str>) {
+        let body = prost::Message::encode_to_vec(frame);
+        if body.len() > MAX_MESSAGE {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(H_ORIGIN, escape(self.me()).as_str());
+        if let Some(to) = to {
+            headers.insert(H_TO, escape(to).as_str());
+        }
+        match self
+            .client
+            .publish_with_headers(self.hub_subject(hub), headers, body.into())
+            .await
+        {
+            Ok(()) => {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "federation: publish failed");
+            }
+        }
+    }
+
+    /// Messages on this hub's subject, checked, into the router.
+    async fn inbound(self: Arc<Self>, mut sub: async_nats::Subscriber, port: PortSender) {
+        while let Some(msg) = sub.next().await {
+            let Some((origin, frame, to)) = self.check(&msg) else {
+                continue;
+            };
+            let ok = match frame.kind {
+                Some(Kind::Direct(_)) => port.send(vec![frame]).await,
+                Some(Kind::Request(mut r)) => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.foreign.lock().insert(
+                        id,
+                        Foreign {
+                            origin,
+                            requester: r.from.clone(),
+                            id: r.id,
+                        },
+                    );
+                    r.id = id;
+                    port.send(vec![Frame::from(r)]).await
+                }
+                Some(Kind::Reply(_)) => port.send(vec![frame]).await,
+                Some(Kind::Error(e)) => match to {
+                    Some(to) => {
+                        port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
+                            .await
+                    }
+                    None => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                },
+                _ => true,
+            };
+            if !ok {
+                return;
+            }
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A message from NATS as (origin, frame, requester of an error
+    /// answer), or `None` after counting why it was dropped.
+    fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
+        if msg.payload.len() > MAX_MESSAGE {
+            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| unescape(v.as_str()))
+        };
+        let origin = match header(H_ORIGIN) {
+            Some(Some(o)) => o,
+            _ => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        if origin == self.me() || !self.directory.is_live(&origin) {
+            self.stats.foreign.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let to = match header(H_TO) {
+            None => None,
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let frame = match decode_frame(msg.payload.clone(), MAX_MESSAGE) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let carried = match &frame.kind {
+            Some(Kind::Direct(d)) => !d.from.is_empty() && d.id == 0,
+            Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
+            Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
+            Some(Kind::Error(e)) => e.id != 0 && to.is_some(),
+            _ => false,
+        };
+        if !carried || frame.seq != 0 {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((origin, frame, to))
+    }
+}
