@@ -181,6 +181,7 @@ impl Federation {
                 servers: options.servers.join(","),
                 message: format!("cannot subscribe to this hub's subject: {e}"),
             })?;
+        spawn_until(stop.clone(), routing.clone().publisher());
         Ok(Federation {
             inner: Arc::new(Handle {
                 directory,
@@ -230,7 +231,17 @@ impl Remote for Federation {
         }
     }
 
-    fn fan_out(&self, _from: &str, _frame: &Frame) {}
+    fn fan_out(&self, from: &str, frame: &Frame) {
+        self.inner.routing.fan_out(from, frame);
+    }
+
+    fn subscribed(&self, pattern: &str) {
+        self.inner.routing.subscribed(pattern);
+    }
+
+    fn unsubscribed(&self, pattern: &str) {
+        self.inner.routing.unsubscribed(pattern);
+    }
 
     fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
         self.inner.directory.claim(&info.client_id)
@@ -269,7 +280,9 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
                 .map_err(|e| FederationError::Config(format!("invalid NATS server URL {s:?}: {e}")))
         })
         .collect::<Result<_, _>>()?;
+    // `no_echo`: this hub's own publishes never come back to it.
     let mut opts = async_nats::ConnectOptions::new()
+        .no_echo()
         .name(format!("switchboard hub {}", options.hub_name))
         .connection_timeout(Duration::from_secs(5));
     if let Some(creds) = &options.creds {
@@ -294,4 +307,16 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
             servers: shown,
             message: e.to_string(),
         })
+}
+
+fn spawn_until(
+    stop: CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = task => {}
+        }
+    });
 }

@@ -179,6 +179,20 @@ impl Router {
     /// broadcast, to `remote` (the remote seam; see [`remote`]).
     pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
         self.remote = Some(remote);
+        self.pubsub.track_patterns();
+    }
+
+    /// Tells the remote seam which subscription patterns came and went.
+    fn report_patterns(&mut self) {
+        if let Some(remote) = &self.remote {
+            for (pattern, added) in self.pubsub.take_changes() {
+                if added {
+                    remote.subscribed(&pattern);
+                } else {
+                    remote.unsubscribed(&pattern);
+                }
+            }
+        }
     }
 
     /// The hub identity the router announces.
@@ -265,6 +279,9 @@ impl Router {
             Input::Shutdown => self.shutdown(now),
         }
         self.apply_kills();
+        if self.remote.is_some() {
+            self.report_patterns();
+        }
     }
 
     /// The registry id of the client a transport's input is about, if that
@@ -719,8 +736,13 @@ impl Router {
         match kind {
             Kind::Publish(p) => {
                 let copy = self.remote.is_some().then(|| p.clone());
-                self.pubsub
-                    .publish(&mut self.output, conn, p, self.limits.max_subject);
+                self.pubsub.publish(
+                    &mut self.output,
+                    conn,
+                    p,
+                    self.limits.max_subject,
+                    from_port,
+                );
                 if let Some(p) = copy {
                     self.fan_out(conn, Frame::from(p));
                 }
@@ -759,7 +781,8 @@ impl Router {
             }
             Kind::Broadcast(b) => {
                 let copy = self.remote.is_some().then(|| b.clone());
-                self.registry.broadcast(&mut self.output, conn, b);
+                self.registry
+                    .broadcast(&mut self.output, conn, b, from_port);
                 if let Some(b) = copy {
                     self.fan_out(conn, Frame::from(b));
                 }

@@ -182,6 +182,19 @@ pub trait Remote: Send + Sync + Debug {
         let _ = id;
     }
 
+    /// A local client subscribed to publishes on `pattern` (plain or in a
+    /// queue group); called once per subscription, so a federation counts
+    /// them to hold one subscription per distinct pattern.
+    fn subscribed(&self, pattern: &str) {
+        let _ = pattern;
+    }
+
+    /// One subscription to `pattern` ended (unsubscribed, or its client
+    /// left).
+    fn unsubscribed(&self, pattern: &str) {
+        let _ = pattern;
+    }
+
     /// The hub registered the port (see the module docs); called once
     /// when the hub starts serving. The default drops it (then nothing
     /// comes back from other hubs).

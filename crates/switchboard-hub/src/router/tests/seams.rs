@@ -75,6 +75,7 @@ fn a_refused_client_is_closed_and_takes_over_nothing() {
 struct Recorder {
     routed: Mutex<Vec<(String, String, &'static str)>>,
     fanned: Mutex<Vec<(String, &'static str)>>,
+    patterns: Mutex<Vec<String>>,
 }
 
 impl Remote for Recorder {
@@ -91,6 +92,14 @@ impl Remote for Recorder {
 
     fn fan_out(&self, from: &str, frame: &Frame) {
         self.fanned.lock().push((from.into(), frame.kind_name()));
+    }
+
+    fn subscribed(&self, pattern: &str) {
+        self.patterns.lock().push(format!("+{pattern}"));
+    }
+
+    fn unsubscribed(&self, pattern: &str) {
+        self.patterns.lock().push(format!("-{pattern}"));
     }
 }
 
@@ -193,6 +202,19 @@ fn messages_for_unknown_ids_go_to_the_port_and_publishes_fan_out() {
     assert_eq!(*remote.fanned.lock(), vec![("a".into(), "publish")]);
     // The port never registers with the remote side.
     assert_eq!(sim.router.client_count(), 3);
+    // Subscription patterns are reported as they come and go (a leave
+    // ends them too).
+    sim.subscribe(a, 2, "t", "g");
+    sim.send(a, proto::Unsubscribe { id: 9, sub_id: 2 });
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: b,
+            notice: None,
+            reason: "closed".into(),
+        },
+    );
+    assert_eq!(*remote.patterns.lock(), vec!["+t", "+t", "-t", "-t"]);
 }
 
 #[test]
