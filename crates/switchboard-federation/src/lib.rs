@@ -76,6 +76,10 @@ pub struct FederationOptions {
     pub lease: Duration,
     /// See [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// The largest message taken from the federation subjects, bytes
+    /// (default [`routing::MAX_MESSAGE`]); larger ones are dropped and
+    /// counted.
+    pub max_message: usize,
 }
 
 impl FederationOptions {
@@ -91,6 +95,7 @@ impl FederationOptions {
             replicas: None,
             lease: DEFAULT_LEASE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message: routing::MAX_MESSAGE,
         }
     }
 
@@ -173,7 +178,12 @@ impl Federation {
         let client = connect_nats(&options).await?;
         let stop = CancellationToken::new();
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
-        let routing = Routing::new(client, &options.service, directory.clone());
+        let routing = Routing::new(
+            client,
+            &options.service,
+            directory.clone(),
+            options.max_message,
+        );
         let inbound = routing
             .subscribe()
             .await

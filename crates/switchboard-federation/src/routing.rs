@@ -6,7 +6,7 @@
 //!   live hub holds (the id directory says which) goes there; so do the
 //!   answers to requests (`Reply`, or an `Error` naming the requester).
 //! - A message is the encoded switchboard frame (at most
-//!   [`MAX_MESSAGE`] bytes) with NATS headers [`H_ORIGIN`] (the sending
+//!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
 //!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
 //! - The router hands such messages to the hub's port (see
 //!   `switchboard_hub::router::remote`): the requester's hub keeps the
@@ -29,7 +29,7 @@
 //!   client's pub/sub deliveries. Directs and requests wait in the port's
 //!   outbox, bounded like every client's (then `QUEUE_FULL`).
 //! - What arrives is checked before anything reaches the router: a
-//!   message that does not decode, is larger than [`MAX_MESSAGE`], is of
+//!   message that does not decode, is larger than the limit, is of
 //!   a kind not carried, or names an origin that is not a live member
 //!   (or this hub) is dropped and counted ([`RoutingStats`]).
 
@@ -59,8 +59,8 @@ pub const FANOUT_QUEUE: usize = 8192;
 /// How many message numbers per sending hub are remembered to drop a
 /// second copy (overlapping patterns).
 pub const DEDUP_WINDOW: u64 = 4096;
-/// The largest message taken from NATS (encoded frame), bytes; larger ones
-/// are dropped and counted.
+/// The default largest message taken from NATS (encoded frame), bytes
+/// (`FederationOptions::max_message`); larger ones are dropped and counted.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Counters of routing across hubs.
@@ -73,7 +73,7 @@ pub struct RoutingStats {
     /// Messages from NATS that did not decode or were of a kind not
     /// carried (dropped).
     pub malformed: AtomicU64,
-    /// Messages from NATS larger than [`MAX_MESSAGE`] (dropped).
+    /// Messages from NATS larger than the limit (dropped).
     pub oversized: AtomicU64,
     /// Messages from NATS whose origin is not a live member, or is this
     /// hub (dropped).
@@ -142,6 +142,7 @@ pub(crate) struct Routing {
     service: String,
     directory: Arc<Directory>,
     stats: RoutingStats,
+    max_message: usize,
     /// Requests from other hubs, by the id they carry in this router.
     foreign: Mutex<HashMap<u64, Foreign>>,
     next_id: AtomicU64,
@@ -161,6 +162,7 @@ impl Routing {
         client: async_nats::Client,
         service: &str,
         directory: Arc<Directory>,
+        max_message: usize,
     ) -> Arc<Routing> {
         let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let (fanout, fanout_rx) = tokio::sync::mpsc::channel(FANOUT_QUEUE);
@@ -169,6 +171,7 @@ impl Routing {
             service: escape(service),
             directory,
             stats: RoutingStats::default(),
+            max_message,
             foreign: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             patterns: Mutex::new(HashMap::new()),
@@ -408,7 +411,7 @@ impl Routing {
 
     async fn publish(&self, hub: &str, frame: &Frame, to: Option<&str>) {
         let body = prost::Message::encode_to_vec(frame);
-        if body.len() > MAX_MESSAGE {
+        if body.len() > self.max_message {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -478,7 +481,7 @@ impl Routing {
     /// A message from NATS as (origin, frame, requester of an error
     /// answer), or `None` after counting why it was dropped.
     fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
-        if msg.payload.len() > MAX_MESSAGE {
+        if msg.payload.len() > self.max_message {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -495,7 +498,7 @@ impl Routing {
                 return None;
             }
         };
-        if origin == self.me() || !self.directory.is_live(&origin) {
+        if origin == self.me() || !self.directory.is_member(&origin) {
             self.stats.foreign.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -507,7 +510,7 @@ impl Routing {
                 return None;
             }
         };
-        let frame = match decode_frame(msg.payload.clone(), MAX_MESSAGE) {
+        let frame = match decode_frame(msg.payload.clone(), self.max_message) {
             Ok(f) => f,
             Err(_) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);

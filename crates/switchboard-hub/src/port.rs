@@ -34,11 +34,11 @@ pub(crate) async fn open(shared: &std::sync::Arc<Shared>, remote: &dyn Remote) {
     if shared.inbox.send(connect).await.is_err() {
         return;
     }
-    let inbox = shared.inbox.clone();
+    let inbox = &shared.inbox;
     let batch = shared.limits.write_batch_bytes;
     let reader = outbox.clone();
-    // The inbox must not keep the router task alive; the reader stops
-    // when the outbox closes at shutdown.
+    // The reader holds the inbox only while it drains: it stops when the
+    // outbox closes at shutdown.
     let weak = inbox.downgrade();
     tokio::spawn(async move {
         let Some(inbox) = weak.upgrade() else { return };

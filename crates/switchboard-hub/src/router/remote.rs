@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use super::admission::Refusal;
 use super::Input;
 use crate::ids::ConnId;
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, WeakInbox};
 use crate::outbox::Outbox;
 
 /// The client id of the port (see the module docs); never claimed or
@@ -87,15 +87,16 @@ impl RemotePort {
 /// Sends frames into the router as the port (see the module docs).
 #[derive(Debug, Clone)]
 pub struct PortSender {
-    inbox: Inbox,
+    /// Weak: the port must not keep the router task running.
+    inbox: WeakInbox,
     conn: ConnId,
     outbox: Arc<Outbox>,
 }
 
 impl PortSender {
-    pub(crate) fn new(inbox: Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
+    pub(crate) fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
         PortSender {
-            inbox,
+            inbox: inbox.downgrade(),
             conn,
             outbox,
         }
@@ -104,7 +105,10 @@ impl PortSender {
     /// Hands `frames` to the router, in order, waiting while its inbox is
     /// full; `false` when the hub stopped.
     pub async fn send(&self, frames: Vec<Frame>) -> bool {
-        self.inbox
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
             .send(Input::Frames {
                 conn: self.conn,
                 frames,
@@ -119,7 +123,10 @@ impl PortSender {
     /// when that request is no longer pending. `false` when the hub
     /// stopped.
     pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
-        self.inbox
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
             .send(Input::RemoteFailed {
                 conn: self.conn,
                 requester: requester.to_owned(),
