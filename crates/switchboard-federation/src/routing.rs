@@ -40,7 +40,7 @@ use std::sync::Arc;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use switchboard_hub::router::remote::{PortSender, RemotePort};
+use switchboard_hub::port::{PortSender, RemotePort};
 use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
 
 use crate::directory::Directory;

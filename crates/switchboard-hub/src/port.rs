@@ -2,16 +2,116 @@
 //! the remote side (a federation of hubs) takes what the router hands it
 //! and sends what other hubs answer (see [`crate::router::remote`]).
 
+use std::sync::Arc;
+
+use switchboard_wire::{ErrorCode, Frame};
 use tokio::sync::mpsc;
 
+use crate::ids::ConnId;
+use crate::inbox::{Inbox, WeakInbox};
 use crate::outbox::{Outbox, Taken};
-use crate::router::remote::{PortSender, Remote, RemotePort, PORT_BUFFER, PORT_ID, PORT_TRANSPORT};
+pub use crate::router::remote::RemotePort;
+use crate::router::remote::{Remote, PORT_ID, PORT_TRANSPORT};
 use crate::router::Input;
 use crate::shared::Shared;
 use crate::transport::{drain, Drain};
 
+/// Frames the port's reader holds between the router and the remote side;
+/// beyond, the port's outbox fills and the router parks and then fails
+/// messages (`QUEUE_FULL`).
+pub const PORT_BUFFER: usize = 1024;
+
+/// What a [`RemotePort`] holds.
+struct PortInner {
+    sender: PortSender,
+    frames: mpsc::Receiver<Frame>,
+}
+
+impl RemotePort {
+    fn new(sender: PortSender, frames: mpsc::Receiver<Frame>) -> RemotePort {
+        RemotePort(Box::new(PortInner { sender, frames }))
+    }
+
+    fn inner(&mut self) -> &mut PortInner {
+        self.0
+            .downcast_mut()
+            .expect("a RemotePort is built by this module")
+    }
+
+    /// The next frame the router delivered to the port; `None` when the
+    /// hub stopped.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.inner().frames.recv().await
+    }
+
+    /// Sends into the router as the port.
+    pub fn sender(&mut self) -> PortSender {
+        self.inner().sender.clone()
+    }
+}
+
+/// Sends frames into the router as the port (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PortSender {
+    /// Weak: the port must not keep the router task running.
+    inbox: WeakInbox,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+impl PortSender {
+    fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
+        PortSender {
+            inbox: inbox.downgrade(),
+            conn,
+            outbox,
+        }
+    }
+
+    /// Hands `frames` to the router, in order, waiting while its inbox is
+    /// full; `false` when the hub stopped.
+    pub async fn send(&self, frames: Vec<Frame>) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::Frames {
+                conn: self.conn,
+                frames,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Fails request `id` of the local client `requester`, handed to the
+    /// port earlier, with `code` and `message` (an answer of the other
+    /// hub: `NO_SUCH_CLIENT`, `NOT_LISTENING`, `TARGET_GONE`...). Ignored
+    /// when that request is no longer pending. `false` when the hub
+    /// stopped.
+    pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteFailed {
+                conn: self.conn,
+                requester: requester.to_owned(),
+                id,
+                code,
+                message,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Whether the hub still runs the port.
+    pub fn is_open(&self) -> bool {
+        self.outbox.is_open()
+    }
+}
+
 /// Registers the port with the router and hands it to `remote`.
-pub(crate) async fn open(shared: &std::sync::Arc<Shared>, remote: &dyn Remote) {
+pub(crate) async fn open(shared: &Arc<Shared>, remote: &dyn Remote) {
     let conn = shared.alloc_conn();
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let info = switchboard_wire::proto::ClientInfo {

@@ -26,25 +26,30 @@
 //! `QUEUE_FULL`, and the router never waits.
 //!
 //! The remote side answers and delivers through the port
-//! ([`PortSender`]): frames from the port keep the `from` they carry (the
+//! (`PortSender`): frames from the port keep the `from` they carry (the
 //! client of another hub who sent them); a `Request` from the port is
 //! answered back to the port (whatever its `to` names); a `Reply` for a
 //! request the router handed to the port goes to its local requester; and
-//! [`PortSender::fail`] answers such a request with an error.
+//! `PortSender::fail` answers such a request with an error.
 //! Without a port (no [`Remote::attach`] yet) `Taken` messages are
 //! dropped and counted as undeliverable.
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
-use switchboard_wire::{proto, ErrorCode, Frame};
-use tokio::sync::mpsc;
+use switchboard_wire::{proto, Frame};
 
 use super::admission::Refusal;
-use super::Input;
-use crate::ids::ConnId;
-use crate::inbox::{Inbox, WeakInbox};
-use crate::outbox::Outbox;
+
+/// The port as the remote side gets it in [`Remote::attach`]: its methods
+/// (`recv`, `sender`) and the `PortSender` are in the hub's `port`
+/// module, which builds it; the router core knows no more of it.
+pub struct RemotePort(pub(crate) Box<dyn std::any::Any + Send>);
+
+impl Debug for RemotePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemotePort")
+    }
+}
 
 /// The client id of the port (see the module docs); never claimed or
 /// announced to the remote side.
@@ -53,96 +58,6 @@ pub const PORT_ID: &str = "~remote";
 /// The transport name of the port's registration (no client can have
 /// it: transports are named by the hub).
 pub const PORT_TRANSPORT: &str = "remote";
-
-/// Frames the port's reader holds between the router and the remote side;
-/// beyond, the port's outbox fills and the router parks and then fails
-/// messages (`QUEUE_FULL`).
-pub const PORT_BUFFER: usize = 1024;
-
-/// The remote side's end of the port: frames the router delivered to it
-/// ([`RemotePort::recv`]) and a [`PortSender`] for the way back.
-#[derive(Debug)]
-pub struct RemotePort {
-    sender: PortSender,
-    frames: mpsc::Receiver<Frame>,
-}
-
-impl RemotePort {
-    pub(crate) fn new(sender: PortSender, frames: mpsc::Receiver<Frame>) -> RemotePort {
-        RemotePort { sender, frames }
-    }
-
-    /// The next frame the router delivered to the port; `None` when the
-    /// hub stopped.
-    pub async fn recv(&mut self) -> Option<Frame> {
-        self.frames.recv().await
-    }
-
-    /// Sends into the router as the port.
-    pub fn sender(&self) -> PortSender {
-        self.sender.clone()
-    }
-}
-
-/// Sends frames into the router as the port (see the module docs).
-#[derive(Debug, Clone)]
-pub struct PortSender {
-    /// Weak: the port must not keep the router task running.
-    inbox: WeakInbox,
-    conn: ConnId,
-    outbox: Arc<Outbox>,
-}
-
-impl PortSender {
-    pub(crate) fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
-        PortSender {
-            inbox: inbox.downgrade(),
-            conn,
-            outbox,
-        }
-    }
-
-    /// Hands `frames` to the router, in order, waiting while its inbox is
-    /// full; `false` when the hub stopped.
-    pub async fn send(&self, frames: Vec<Frame>) -> bool {
-        let Some(inbox) = self.inbox.upgrade() else {
-            return false;
-        };
-        inbox
-            .send(Input::Frames {
-                conn: self.conn,
-                frames,
-            })
-            .await
-            .is_ok()
-    }
-
-    /// Fails request `id` of the local client `requester`, handed to the
-    /// port earlier, with `code` and `message` (an answer of the other
-    /// hub: `NO_SUCH_CLIENT`, `NOT_LISTENING`, `TARGET_GONE`...). Ignored
-    /// when that request is no longer pending. `false` when the hub
-    /// stopped.
-    pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
-        let Some(inbox) = self.inbox.upgrade() else {
-            return false;
-        };
-        inbox
-            .send(Input::RemoteFailed {
-                conn: self.conn,
-                requester: requester.to_owned(),
-                id,
-                code,
-                message,
-            })
-            .await
-            .is_ok()
-    }
-
-    /// Whether the hub still runs the port.
-    pub fn is_open(&self) -> bool {
-        self.outbox.is_open()
-    }
-}
 
 /// What became of a message handed to [`Remote::route`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
