@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use common::{eventually, nats_server, Cluster, FedHub, SERVICE, WAIT};
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, SERVICE, WAIT};
 use prost::Message as _;
 use switchboard::wire::proto;
 use switchboard_federation::routing::{H_MSG, H_ORIGIN, H_TO};
@@ -33,6 +33,7 @@ async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> a
         o.max_message = 64 * 1024;
     })
     .await?;
+    wait_members(&[&a, &b]).await;
     let target = b.client("target").await?;
     let mut inbox = target.messages().await?;
     let mut sub = target.subscribe("t.>").await?;

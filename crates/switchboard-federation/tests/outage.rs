@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{eventually, nats_server, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Result<()> {
@@ -18,6 +18,7 @@ async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Resu
     let lease = Duration::from_secs(5);
     let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
     let publisher = a.client("pub").await?;
     let local = a.client("local").await?;
     let far = b.client("far").await?;

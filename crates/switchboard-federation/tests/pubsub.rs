@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
 use switchboard::{Client, Subscription};
 
 /// Collects `sub`'s messages until none came for a while; their payloads.
@@ -40,6 +40,7 @@ async fn each_subscriber_gets_each_publish_once_across_three_hubs() -> anyhow::R
     let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
     let c = FedHub::start("hub-c", &cluster.nodes[2].url, lease).await?;
+    wait_members(&[&a, &b, &c]).await;
 
     let publisher = a.client("pub.a").await?;
     // On the publisher's own hub, on a hub with overlapping patterns

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, nats_server, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
 use switchboard::{ErrorCode, Headers, RequestOptions, ServeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,6 +17,7 @@ async fn direct_and_request_reply_cross_hubs_both_ways() -> anyhow::Result<()> {
     let lease = Duration::from_secs(5);
     let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
 
     // An id with characters NATS treats specially, on each hub.
     let on_a = a.client("dev.a *>").await?;

@@ -206,6 +206,20 @@ impl FedHub {
     }
 }
 
+/// Waits until every hub of `hubs` heard the others' heartbeats (before
+/// that, messages from them are dropped as from no member).
+pub async fn wait_members(hubs: &[&FedHub]) {
+    eventually("the hubs see each other as members", || {
+        hubs.iter().all(|h| {
+            hubs.iter().all(|o| {
+                o.fed.hub_name() == h.fed.hub_name()
+                    || h.fed.directory().is_member(o.fed.hub_name())
+            })
+        })
+    })
+    .await;
+}
+
 /// Waits until `check` holds, polling, at most [`WAIT`].
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
