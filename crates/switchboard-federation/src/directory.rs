@@ -156,6 +156,14 @@ impl Directory {
         hub == self.me || live(&self.state.lock(), &self.me, hub, self.lease, self.started)
     }
 
+    /// Whether `hub` is a live member heard from: its heartbeat arrived
+    /// (unlike [`is_live`](Self::is_live), a hub never heard of is not
+    /// given the start-up grace). Messages from other origins are dropped.
+    pub fn is_member(&self, hub: &str) -> bool {
+        let st = self.state.lock();
+        st.hubs.contains_key(hub) && live(&st, &self.me, hub, self.lease, self.started)
+    }
+
     /// The counters.
     pub fn stats(&self) -> &DirectoryStats {
         &self.stats

@@ -21,18 +21,22 @@
 //! ```
 
 pub mod directory;
+pub mod routing;
 pub mod subject;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchboard_hub::router::admission::Refusal;
-use switchboard_hub::router::remote::{Handoff, Remote};
-use switchboard_wire::{proto, Frame};
+use switchboard_hub::router::remote::{Handoff, Remote, RemotePort};
+use switchboard_wire::{proto, Frame, Kind};
 use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
+use routing::Routing;
+pub use routing::RoutingStats;
 
 /// The default lease: a hub whose heartbeat is this old is taken as dead
 /// and its client ids are released.
@@ -72,6 +76,10 @@ pub struct FederationOptions {
     pub lease: Duration,
     /// See [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// The largest message taken from the federation subjects, bytes
+    /// (default [`routing::MAX_MESSAGE`]); larger ones are dropped and
+    /// counted.
+    pub max_message: usize,
 }
 
 impl FederationOptions {
@@ -87,6 +95,7 @@ impl FederationOptions {
             replicas: None,
             lease: DEFAULT_LEASE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message: routing::MAX_MESSAGE,
         }
     }
 
@@ -145,6 +154,9 @@ pub struct Federation {
 #[derive(Debug)]
 struct Handle {
     directory: Arc<Directory>,
+    routing: Arc<Routing>,
+    /// This hub's subscription, until the hub attaches its port.
+    inbound: Mutex<Option<async_nats::Subscriber>>,
     stop: CancellationToken,
 }
 
@@ -165,9 +177,28 @@ impl Federation {
         }
         let client = connect_nats(&options).await?;
         let stop = CancellationToken::new();
-        let directory = Directory::open(client, &options, stop.clone()).await?;
+        let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
+        let routing = Routing::new(
+            client,
+            &options.service,
+            directory.clone(),
+            options.max_message,
+        );
+        let inbound = routing
+            .subscribe()
+            .await
+            .map_err(|e| FederationError::Connect {
+                servers: options.servers.join(","),
+                message: format!("cannot subscribe to this hub's subject: {e}"),
+            })?;
+        spawn_until(stop.clone(), routing.clone().publisher());
         Ok(Federation {
-            inner: Arc::new(Handle { directory, stop }),
+            inner: Arc::new(Handle {
+                directory,
+                routing,
+                inbound: Mutex::new(Some(inbound)),
+                stop,
+            }),
         })
     }
 
@@ -186,6 +217,11 @@ impl Federation {
         &self.inner.directory
     }
 
+    /// The counters of routing across hubs.
+    pub fn routing_stats(&self) -> &RoutingStats {
+        self.inner.routing.stats()
+    }
+
     /// Releases this hub's ids and its heartbeat entry now (a clean leave),
     /// then stops. Without it the others release them after the lease.
     pub async fn shutdown(self) {
@@ -195,13 +231,27 @@ impl Federation {
 }
 
 impl Remote for Federation {
-    fn route(&self, _from: &str, _to: &str, _frame: &Frame) -> Handoff {
-        // Routing across hubs is not built yet (see ARCHITECTURE.md,
+    fn route(&self, _from: &str, to: &str, frame: &Frame) -> Handoff {
+        // Sessions across hubs are not carried yet (see ARCHITECTURE.md,
         // "Federation"): the sender gets the single-hub answer.
-        Handoff::Unknown
+        let carried = matches!(frame.kind, Some(Kind::Direct(_) | Kind::Request(_)));
+        match self.inner.routing.holder(to) {
+            Some(_) if carried => Handoff::Taken,
+            _ => Handoff::Unknown,
+        }
     }
 
-    fn fan_out(&self, _from: &str, _frame: &Frame) {}
+    fn fan_out(&self, from: &str, frame: &Frame) {
+        self.inner.routing.fan_out(from, frame);
+    }
+
+    fn subscribed(&self, pattern: &str) {
+        self.inner.routing.subscribed(pattern);
+    }
+
+    fn unsubscribed(&self, pattern: &str) {
+        self.inner.routing.unsubscribed(pattern);
+    }
 
     fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
         self.inner.directory.claim(&info.client_id)
@@ -214,6 +264,21 @@ impl Remote for Federation {
     fn left(&self, id: &str) {
         self.inner.directory.left(id);
     }
+
+    fn attach(&self, port: RemotePort) {
+        let Some(inbound) = self.inner.inbound.lock().take() else {
+            tracing::warn!("federation: a second hub attached to one federation; ignored");
+            return;
+        };
+        let routing = self.inner.routing.clone();
+        let stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = routing.run(port, inbound) => {}
+            }
+        });
+    }
 }
 
 async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client, FederationError> {
@@ -225,7 +290,9 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
                 .map_err(|e| FederationError::Config(format!("invalid NATS server URL {s:?}: {e}")))
         })
         .collect::<Result<_, _>>()?;
+    // `no_echo`: this hub's own publishes never come back to it.
     let mut opts = async_nats::ConnectOptions::new()
+        .no_echo()
         .name(format!("switchboard hub {}", options.hub_name))
         .connection_timeout(Duration::from_secs(5));
     if let Some(creds) = &options.creds {
@@ -250,4 +317,16 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
             servers: shown,
             message: e.to_string(),
         })
+}
+
+fn spawn_until(
+    stop: CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = task => {}
+        }
+    });
 }

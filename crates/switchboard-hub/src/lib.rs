@@ -81,6 +81,7 @@ mod listen_unix;
 pub mod metrics;
 pub mod outbox;
 pub mod policy;
+pub mod port;
 mod primary;
 mod replication;
 pub mod router;

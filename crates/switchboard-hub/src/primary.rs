@@ -111,6 +111,9 @@ pub(crate) async fn serve(
         fenced: fenced.clone(),
     };
     tokio::spawn(task.run().instrument(span.clone()));
+    if let Some(remote) = &config.remote {
+        crate::port::open(&shared, remote.as_ref()).await;
+    }
     let weak = Arc::downgrade(&shared);
     let handshakes = Arc::new(Semaphore::new(config.limits.max_handshakes.max(1)));
     #[cfg(unix)]

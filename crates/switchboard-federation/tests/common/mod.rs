@@ -166,10 +166,21 @@ pub struct FedHub {
 impl FedHub {
     /// Starts a hub named `name` federated through `url`.
     pub async fn start(name: &str, url: &str, lease: Duration) -> anyhow::Result<FedHub> {
+        FedHub::start_with(name, url, lease, |_| {}).await
+    }
+
+    /// Like [`FedHub::start`], with the options changed by `tune`.
+    pub async fn start_with(
+        name: &str,
+        url: &str,
+        lease: Duration,
+        tune: impl FnOnce(&mut FederationOptions),
+    ) -> anyhow::Result<FedHub> {
         let mut opts = FederationOptions::new(SERVICE, vec![url.to_owned()]);
         opts.hub_name = name.to_owned();
         opts.replicas = Some(3);
         opts.lease = lease;
+        tune(&mut opts);
         let fed = Federation::connect(opts).await?;
         let hub = Hub::builder()
             .service(SERVICE)
@@ -193,6 +204,20 @@ impl FedHub {
             .connect()
             .await
     }
+}
+
+/// Waits until every hub of `hubs` heard the others' heartbeats (before
+/// that, messages from them are dropped as from no member).
+pub async fn wait_members(hubs: &[&FedHub]) {
+    eventually("the hubs see each other as members", || {
+        hubs.iter().all(|h| {
+            hubs.iter().all(|o| {
+                o.fed.hub_name() == h.fed.hub_name()
+                    || h.fed.directory().is_member(o.fed.hub_name())
+            })
+        })
+    })
+    .await;
 }
 
 /// Waits until `check` holds, polling, at most [`WAIT`].

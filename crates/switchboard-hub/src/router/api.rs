@@ -72,6 +72,22 @@ pub enum Input {
         /// The connection.
         conn: ConnId,
     },
+    /// The remote side's error answer to request `id` of the local
+    /// client `requester`, which the router handed to the port `conn`
+    /// (see [`remote`](super::remote)); ignored unless that request is
+    /// pending on the port.
+    RemoteFailed {
+        /// The port.
+        conn: ConnId,
+        /// The requesting local client.
+        requester: String,
+        /// Its request id.
+        id: u64,
+        /// The error.
+        code: switchboard_wire::ErrorCode,
+        /// Its message.
+        message: String,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

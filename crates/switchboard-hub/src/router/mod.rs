@@ -91,7 +91,7 @@ use pubsub::PubSub;
 use registry::Registry;
 use reliable::AckNext;
 use remote::{Handoff, Remote};
-use requests::Requests;
+use requests::{Requests, Route};
 use switchboard_wire::FrameExt;
 use timers::Timers;
 
@@ -134,6 +134,8 @@ pub struct Router {
     /// Where messages for clients of other hubs go (`None`: a single
     /// hub); see [`remote`].
     remote: Option<Arc<dyn Remote>>,
+    /// The remote seam's port, once registered (see [`remote`]).
+    port: Option<ConnId>,
 }
 
 impl Router {
@@ -163,6 +165,7 @@ impl Router {
             handover: false,
             admission: None,
             remote: None,
+            port: None,
         }
     }
 
@@ -176,6 +179,20 @@ impl Router {
     /// broadcast, to `remote` (the remote seam; see [`remote`]).
     pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
         self.remote = Some(remote);
+        self.pubsub.track_patterns();
+    }
+
+    /// Tells the remote seam which subscription patterns came and went.
+    fn report_patterns(&mut self) {
+        if let Some(remote) = &self.remote {
+            for (pattern, added) in self.pubsub.take_changes() {
+                if added {
+                    remote.subscribed(&pattern);
+                } else {
+                    remote.unsubscribed(&pattern);
+                }
+            }
+        }
     }
 
     /// The hub identity the router announces.
@@ -245,10 +262,26 @@ impl Router {
                     self.requests.drained(&mut self.output, now, key);
                 }
             }
+            Input::RemoteFailed {
+                conn,
+                requester,
+                id,
+                code,
+                message,
+            } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    let (out, registry) = (&mut self.output, &self.registry);
+                    self.requests
+                        .fail_remote(out, registry, port, &requester, id, code, &message);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
         self.apply_kills();
+        if self.remote.is_some() {
+            self.report_patterns();
+        }
     }
 
     /// The registry id of the client a transport's input is about, if that
@@ -337,11 +370,12 @@ impl Router {
             );
             return self.timers.close(now, outbox, Some(bye));
         }
-        if self.refused_client(now, &info, &outbox) {
+        let is_port = self.remote.is_some() && info.transport == remote::PORT_TRANSPORT;
+        if !is_port && self.refused_client(now, &info, &outbox) {
             return;
         }
         let id = info.client_id.clone();
-        if self.refused_by_remote(now, &info, &outbox) {
+        if !is_port && self.refused_by_remote(now, &info, &outbox) {
             return;
         }
         if let Some(old) = self.registry.lookup(&id) {
@@ -370,8 +404,10 @@ impl Router {
             return self.timers.close(now, outbox, Some(refusal));
         }
         self.output.journal.joined(&info);
-        if let Some(remote) = &self.remote {
-            remote.joined(&id);
+        match &self.remote {
+            Some(_) if is_port => self.port = Some(conn),
+            Some(remote) => remote.joined(&id),
+            None => {}
         }
         let welcome = self.welcome(&info, false, 0);
         self.registry.register(conn, info.clone(), now);
@@ -539,7 +575,9 @@ impl Router {
             return;
         };
         self.output.journal.left(client.id());
-        if let Some(remote) = &self.remote {
+        if self.port == Some(conn) {
+            self.port = None;
+        } else if let Some(remote) = &self.remote {
             remote.left(client.id());
         }
         self.pubsub.forget(conn);
@@ -638,23 +676,27 @@ impl Router {
         Some(err(id, r.code, r.message))
     }
 
-    /// Hands a message for `to`, registered nowhere here, to the remote
-    /// seam; whether another hub took it.
-    fn routed_away(&self, conn: ConnId, to: &str, frame: impl FnOnce() -> Frame) -> bool {
-        let Some(remote) = &self.remote else {
-            return false;
-        };
-        if self.registry.lookup(to).is_some() {
-            return false;
+    /// Asks the remote seam about a message for `to`, registered nowhere
+    /// here: the port to deliver it to when another hub serves `to`.
+    /// What came from the port itself is never handed back.
+    fn routed_away(&self, conn: ConnId, to: &str, frame: impl FnOnce() -> Frame) -> Option<ConnId> {
+        let remote = self.remote.as_ref()?;
+        let port = self.port?;
+        if conn == port || self.registry.lookup(to).is_some() {
+            return None;
         }
-        remote.route(self.output.id(conn), to, &frame()) == Handoff::Taken
+        (remote.route(self.output.id(conn), to, &frame()) == Handoff::Taken).then_some(port)
     }
 
-    /// Hands a publish or broadcast, delivered here, to the remote seam.
+    /// Hands a publish or broadcast, delivered here, to the remote seam
+    /// (never one that came from the port: nothing from other hubs goes
+    /// back out).
     #[cold]
     fn fan_out(&self, conn: ConnId, frame: Frame) {
         if let Some(remote) = &self.remote {
-            remote.fan_out(self.output.id(conn), &frame);
+            if self.port != Some(conn) {
+                remote.fan_out(self.output.id(conn), &frame);
+            }
         }
     }
 
@@ -663,8 +705,11 @@ impl Router {
         if let Some(c) = self.registry.get_mut(conn) {
             c.last_seen = now;
         }
-        if let Some(refusal) = self.refused_command(conn, &frame) {
-            return self.send(conn, refusal);
+        let from_port = self.port == Some(conn);
+        if !from_port {
+            if let Some(refusal) = self.refused_command(conn, &frame) {
+                return self.send(conn, refusal);
+            }
         }
         let Some(kind) = frame.kind else {
             self.counters.unsupported += 1;
@@ -691,40 +736,53 @@ impl Router {
         match kind {
             Kind::Publish(p) => {
                 let copy = self.remote.is_some().then(|| p.clone());
-                self.pubsub
-                    .publish(&mut self.output, conn, p, self.limits.max_subject);
+                self.pubsub.publish(
+                    &mut self.output,
+                    conn,
+                    p,
+                    self.limits.max_subject,
+                    from_port,
+                );
                 if let Some(p) = copy {
                     self.fan_out(conn, Frame::from(p));
                 }
             }
             Kind::Direct(d) => {
-                if self.routed_away(conn, &d.to, || Frame::from(d.clone())) {
-                    return;
-                }
+                let via = self.routed_away(conn, &d.to, || Frame::from(d.clone()));
+                let route = Route { via, from_port };
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
-                    .direct(out, registry, now, conn, d, &self.limits);
+                    .direct(out, registry, now, conn, d, &self.limits, route);
             }
             Kind::Request(r) => {
-                if r.service.is_empty()
-                    && r.id != 0
-                    && self.routed_away(conn, &r.to, || Frame::from(r.clone()))
-                {
-                    return;
-                }
+                let via = if r.service.is_empty() && r.id != 0 {
+                    self.routed_away(conn, &r.to, || Frame::from(r.clone()))
+                } else {
+                    None
+                };
+                let route = Route { via, from_port };
                 let (out, registry) = (&mut self.output, &self.registry);
-                self.requests
-                    .request(out, registry, &mut self.pubsub, now, conn, r, &self.limits);
+                self.requests.request(
+                    out,
+                    registry,
+                    &mut self.pubsub,
+                    now,
+                    conn,
+                    r,
+                    &self.limits,
+                    route,
+                );
             }
             Kind::Reply(r) => {
                 let (out, registry) = (&mut self.output, &self.registry);
-                if let Some(took) = self.requests.reply(out, registry, now, conn, r) {
+                if let Some(took) = self.requests.reply(out, registry, now, conn, r, self.port) {
                     self.stats.observe_request_latency(took);
                 }
             }
             Kind::Broadcast(b) => {
                 let copy = self.remote.is_some().then(|| b.clone());
-                self.registry.broadcast(&mut self.output, conn, b);
+                self.registry
+                    .broadcast(&mut self.output, conn, b, from_port);
                 if let Some(b) = copy {
                     self.fan_out(conn, Frame::from(b));
                 }
@@ -757,7 +815,12 @@ impl Router {
                 self.send(conn, status.into());
             }
             Kind::Session(s) => {
-                if self.routed_away(conn, &s.peer, || Frame::from(s.clone())) {
+                if self
+                    .routed_away(conn, &s.peer, || Frame::from(s.clone()))
+                    .is_some()
+                {
+                    // Sessions across hubs are not carried yet: the remote
+                    // side answers `Unknown` for them.
                     return;
                 }
                 let (out, registry) = (&mut self.output, &self.registry);

@@ -63,6 +63,11 @@ pub(super) struct PubSub {
     count: u64,
     /// Service requests nobody was subscribed to.
     no_responders: u64,
+    /// Whether pattern changes are recorded (for the remote seam).
+    track: bool,
+    /// Patterns of publish subscriptions added (`true`) and removed, in
+    /// order, since the last [`take_changes`](Self::take_changes).
+    changes: Vec<(String, bool)>,
 }
 
 impl Default for PubSub {
@@ -77,11 +82,24 @@ impl Default for PubSub {
             clients: IdMap::default(),
             count: 0,
             no_responders: 0,
+            track: false,
+            changes: Vec::new(),
         }
     }
 }
 
 impl PubSub {
+    /// Records the patterns of publish subscriptions (plain and queue
+    /// group) as they come and go, for [`take_changes`](Self::take_changes).
+    pub fn track_patterns(&mut self) {
+        self.track = true;
+    }
+
+    /// The pattern changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.changes)
+    }
+
     /// Subscriptions held by all clients.
     pub fn count(&self) -> u64 {
         self.count
@@ -220,6 +238,9 @@ impl PubSub {
             }
             Some((s.queue_group.clone(), gid))
         };
+        if self.track && !s.service {
+            self.changes.push((s.pattern.clone(), true));
+        }
         if let Some(client) = self.clients.get_mut(&conn) {
             client.subs.insert(
                 s.sub_id,
@@ -320,6 +341,7 @@ impl PubSub {
         conn: ConnId,
         p: proto::Publish,
         max_subject: usize,
+        from_port: bool,
     ) {
         // Only valid topics are cached, so a hit needs no validation.
         let matches = match self.index.cached_matches(&p.topic) {
@@ -339,11 +361,17 @@ impl PubSub {
             let client = self.clients.entry(conn).or_default();
             // Only heads of plain publishes (no reply-to, no headers) are
             // kept: the next publish may carry others.
-            let plain = p.reply_to.is_empty() && p.headers.is_empty();
+            // A publish from the remote seam's port names its own sender.
+            let plain = p.reply_to.is_empty() && p.headers.is_empty() && !from_port;
+            let from = if from_port {
+                p.from.as_str()
+            } else {
+                out.id(conn)
+            };
             let head = match &client.last_head {
                 Some((topic, head)) if plain && *topic == p.topic => head.clone(),
                 _ => {
-                    let head = DeliverHead::new(&p.topic, out.id(conn), &p.reply_to, &p.headers);
+                    let head = DeliverHead::new(&p.topic, from, &p.reply_to, &p.headers);
                     if plain {
                         client.last_head = Some((p.topic.clone(), head.clone()));
                     }
@@ -480,6 +508,9 @@ impl PubSub {
     }
 
     fn remove_entry(&mut self, conn: ConnId, sub_id: u64, sub: &Sub) {
+        if self.track && !sub.service {
+            self.changes.push((sub.pattern.clone(), false));
+        }
         match &sub.group {
             None if sub.service => self.services.remove_sub(&sub.pattern, conn, sub_id),
             None => self.index.remove_sub(&sub.pattern, conn, sub_id),

@@ -242,10 +242,15 @@ impl Registry {
 
     /// `Broadcast`: to every client but the sender that takes messages (a
     /// full queue drops its oldest deliveries and broadcasts).
-    pub fn broadcast(&self, out: &mut Output, conn: ConnId, b: proto::Broadcast) {
+    pub fn broadcast(&self, out: &mut Output, conn: ConnId, b: proto::Broadcast, from_port: bool) {
         let frame = Frame::from(proto::Broadcast {
             id: 0,
-            from: out.id(conn).to_owned(),
+            // A broadcast from the remote seam's port names its own sender.
+            from: if from_port {
+                b.from
+            } else {
+                out.id(conn).to_owned()
+            },
             payload: b.payload,
             headers: b.headers,
         });

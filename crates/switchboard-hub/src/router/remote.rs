@@ -10,16 +10,54 @@
 //! nothing about how the frames travel.
 //!
 //! The implementation must not block: it runs on the router task. It
-//! queues the frame for its own task (a channel) and returns. What comes
-//! back from other hubs (answers, deliveries) enters the router as
-//! [`Input`](super::Input)s of a connection the federation registers, the
-//! way the HTTP gateway's virtual clients do.
+//! answers from its local view and returns.
+//!
+//! # The port
+//!
+//! When the hub starts it registers one virtual connection for the remote
+//! side, the *port* (client id [`PORT_ID`], transport [`PORT_TRANSPORT`]),
+//! and hands it to [`Remote::attach`] as a [`RemotePort`]. A message
+//! [`Remote::route`] says another hub serves ([`Handoff::Taken`]) is then
+//! delivered by the router to the port, exactly as to a local client: a
+//! `Direct` (with `to` kept and `from` filled in), a `Request` (pending
+//! on the requester with its timeout, so the requester gets `TIMEOUT` as
+//! locally). The port's queue is bounded like every client's: when the
+//! remote side does not keep up, messages park and then fail with
+//! `QUEUE_FULL`, and the router never waits.
+//!
+//! The remote side answers and delivers through the port
+//! (`PortSender`): frames from the port keep the `from` they carry (the
+//! client of another hub who sent them); a `Request` from the port is
+//! answered back to the port (whatever its `to` names); a `Reply` for a
+//! request the router handed to the port goes to its local requester; and
+//! `PortSender::fail` answers such a request with an error.
+//! Without a port (no [`Remote::attach`] yet) `Taken` messages are
+//! dropped and counted as undeliverable.
 
 use std::fmt::Debug;
 
 use switchboard_wire::{proto, Frame};
 
 use super::admission::Refusal;
+
+/// The port as the remote side gets it in [`Remote::attach`]: its methods
+/// (`recv`, `sender`) and the `PortSender` are in the hub's `port`
+/// module, which builds it; the router core knows no more of it.
+pub struct RemotePort(pub(crate) Box<dyn std::any::Any + Send>);
+
+impl Debug for RemotePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemotePort")
+    }
+}
+
+/// The client id of the port (see the module docs); never claimed or
+/// announced to the remote side.
+pub const PORT_ID: &str = "~remote";
+
+/// The transport name of the port's registration (no client can have
+/// it: transports are named by the hub).
+pub const PORT_TRANSPORT: &str = "remote";
 
 /// What became of a message handed to [`Remote::route`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,5 +102,25 @@ pub trait Remote: Send + Sync + Debug {
     /// resume window ended).
     fn left(&self, id: &str) {
         let _ = id;
+    }
+
+    /// A local client subscribed to publishes on `pattern` (plain or in a
+    /// queue group); called once per subscription, so a federation counts
+    /// them to hold one subscription per distinct pattern.
+    fn subscribed(&self, pattern: &str) {
+        let _ = pattern;
+    }
+
+    /// One subscription to `pattern` ended (unsubscribed, or its client
+    /// left).
+    fn unsubscribed(&self, pattern: &str) {
+        let _ = pattern;
+    }
+
+    /// The hub registered the port (see the module docs); called once
+    /// when the hub starts serving. The default drops it (then nothing
+    /// comes back from other hubs).
+    fn attach(&self, port: RemotePort) {
+        let _ = port;
     }
 }

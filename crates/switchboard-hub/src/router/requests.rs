@@ -65,6 +65,16 @@ struct Party {
     parked_bytes: usize,
 }
 
+/// Where a message goes when not to the client its `to` names, and whose
+/// `from` it keeps (see [`remote`](super::remote)).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Route {
+    /// Another hub serves the target: deliver to the remote seam's port.
+    pub via: Option<ConnId>,
+    /// The message came from the port: it names its sender already.
+    pub from_port: bool,
+}
+
 /// What the room counted (for `Status`).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct RequestCounters {
@@ -138,8 +148,9 @@ impl Requests {
         self.parked_clients.clear();
     }
 
-    /// `Direct`: to the client named `d.to`, waiting for room if its queue
-    /// is full; `Ok` when `d.id` asks for it.
+    /// `Direct`: to the client named `d.to` (or to `route.via`), waiting
+    /// for room if its queue is full; `Ok` when `d.id` asks for it.
+    #[allow(clippy::too_many_arguments)]
     pub fn direct(
         &mut self,
         out: &mut Output,
@@ -148,8 +159,9 @@ impl Requests {
         conn: ConnId,
         mut d: proto::Direct,
         limits: &Limits,
+        route: Route,
     ) {
-        let Some(target) = registry.lookup(&d.to) else {
+        let Some(target) = route.via.or_else(|| registry.lookup(&d.to)) else {
             if d.id != 0 {
                 let msg = format!(
                     "no client named '{}' is connected; check the id or wait for it to join",
@@ -180,14 +192,16 @@ impl Requests {
             deadline: now + limits.default_request_timeout,
             kind: WaitKind::Direct,
         };
-        d.from = out.id(conn).to_owned();
+        if !route.from_port {
+            d.from = out.id(conn).to_owned();
+        }
         d.id = 0;
         self.deliver(out, target, Out::from(Frame::from(d)), waiter, limits);
     }
 
-    /// `Request`: to the client named `r.to`, or to a responder of service
-    /// `r.service`; pending until answered, cancelled, timed out or the
-    /// target leaves.
+    /// `Request`: to the client named `r.to` (or to `route.via`), or to a
+    /// responder of service `r.service`; pending until answered,
+    /// cancelled, timed out or the target leaves.
     #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
@@ -198,12 +212,15 @@ impl Requests {
         conn: ConnId,
         mut r: proto::Request,
         limits: &Limits,
+        route: Route,
     ) {
         if r.id == 0 {
             let msg = "request id 0 is reserved; number requests from 1";
             return out.send(conn, err(0, ErrorCode::InvalidArgument, msg));
         }
-        let (target, sub_id) = if r.service.is_empty() {
+        let (target, sub_id) = if let Some(port) = route.via {
+            (port, 0)
+        } else if r.service.is_empty() {
             let Some(target) = registry.lookup(&r.to) else {
                 let msg = format!(
                     "no client named '{}' is connected; check the id or wait for it to join",
@@ -249,7 +266,9 @@ impl Requests {
         };
         let deadline = now + timeout;
         party.outgoing.insert(r.id);
-        r.from = out.id(conn).to_owned();
+        if !route.from_port {
+            r.from = out.id(conn).to_owned();
+        }
         r.sub_id = sub_id;
         self.parties
             .entry(target)
@@ -313,7 +332,10 @@ impl Requests {
     }
 
     /// `Reply`: routed to the requester only if that request is
-    /// outstanding to the replier; returns how long the request took.
+    /// outstanding to the replier; returns how long the request took. A
+    /// request that came from the remote seam's `port` is answered to the
+    /// port (its `to` names a client of another hub), and a reply from
+    /// the port keeps its `from`.
     pub fn reply(
         &mut self,
         out: &mut Output,
@@ -321,27 +343,62 @@ impl Requests {
         now: Instant,
         conn: ConnId,
         mut r: proto::Reply,
+        port: Option<ConnId>,
     ) -> Option<Duration> {
-        let Some(requester) = registry.lookup(&r.to) else {
-            self.counters.replies_dropped += 1;
-            return None;
+        let asked = |requester: ConnId| {
+            self.pending
+                .get(&(requester, r.id))
+                .is_some_and(|p| p.target == conn)
         };
-        match self.pending.get(&(requester, r.id)) {
-            Some(p) if p.target == conn => {}
-            _ => {
-                // Late (timed out), duplicate or not asked for.
-                self.counters.replies_dropped += 1;
-                return None;
-            }
-        }
+        let requester = match registry.lookup(&r.to) {
+            Some(c) if asked(c) => c,
+            _ => match port {
+                Some(p) if asked(p) => p,
+                _ => {
+                    // Late (timed out), duplicate or not asked for.
+                    self.counters.replies_dropped += 1;
+                    return None;
+                }
+            },
+        };
         let took = self
             .pending
             .remove(&(requester, r.id))
             .map(|p| now.saturating_duration_since(p.started));
         self.forget(requester, r.id, Some(conn));
-        r.from = out.id(conn).to_owned();
+        if port != Some(conn) {
+            r.from = out.id(conn).to_owned();
+        }
         out.send(requester, r.into());
         took
+    }
+
+    /// The remote side's error answer to request `id` of the client named
+    /// `requester`, pending on the remote seam's `port`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fail_remote(
+        &mut self,
+        out: &mut Output,
+        registry: &Registry,
+        port: ConnId,
+        requester: &str,
+        id: u64,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let Some(requester) = registry.lookup(requester) else {
+            return;
+        };
+        if self
+            .pending
+            .get(&(requester, id))
+            .is_none_or(|p| p.target != port)
+        {
+            return;
+        }
+        self.pending.remove(&(requester, id));
+        self.forget(requester, id, Some(port));
+        out.send(requester, err(id, code, message));
     }
 
     /// `Cancel`: the requester's request `id` is forgotten (and not

@@ -50,7 +50,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use switchboard_wire::WireError;
 
-mod drain;
+pub(crate) mod drain;
 mod framed_messages;
 mod messages;
 mod stream;

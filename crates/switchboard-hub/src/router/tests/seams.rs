@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::router::admission::{Admission, Refusal};
-use crate::router::remote::{Handoff, Remote};
+use crate::router::remote::{Handoff, Remote, PORT_ID, PORT_TRANSPORT};
 use parking_lot::Mutex;
 
 /// Refuses the client id "intruder", and publishes under `secret.`.
@@ -75,6 +75,7 @@ fn a_refused_client_is_closed_and_takes_over_nothing() {
 struct Recorder {
     routed: Mutex<Vec<(String, String, &'static str)>>,
     fanned: Mutex<Vec<(String, &'static str)>>,
+    patterns: Mutex<Vec<String>>,
 }
 
 impl Remote for Recorder {
@@ -92,17 +93,37 @@ impl Remote for Recorder {
     fn fan_out(&self, from: &str, frame: &Frame) {
         self.fanned.lock().push((from.into(), frame.kind_name()));
     }
+
+    fn subscribed(&self, pattern: &str) {
+        self.patterns.lock().push(format!("+{pattern}"));
+    }
+
+    fn unsubscribed(&self, pattern: &str) {
+        self.patterns.lock().push(format!("-{pattern}"));
+    }
+}
+
+/// Registers the remote seam's port; its Welcome consumed.
+fn port(sim: &mut Sim) -> ConnId {
+    let port = sim.connect_info(proto::ClientInfo {
+        client_id: PORT_ID.into(),
+        transport: PORT_TRANSPORT.into(),
+        ..Default::default()
+    });
+    sim.recv(port);
+    port
 }
 
 #[test]
-fn messages_for_unknown_ids_go_to_the_remote_and_publishes_fan_out() {
+fn messages_for_unknown_ids_go_to_the_port_and_publishes_fan_out() {
     let mut sim = Sim::new();
     let remote = Arc::new(Recorder::default());
     sim.router.set_remote(remote.clone());
+    let port = port(&mut sim);
     let a = sim.connect("a");
     let b = sim.connect("b");
     sim.subscribe(b, 1, "t", "");
-    // Taken by another hub: no answer from this one.
+    // Taken by another hub: delivered to the port, sender named, `to` kept.
     sim.send(
         a,
         proto::Direct {
@@ -111,6 +132,8 @@ fn messages_for_unknown_ids_go_to_the_remote_and_publishes_fan_out() {
             ..Default::default()
         },
     );
+    // Handed to the port: that is what the `Ok` says.
+    assert_eq!(sim.recv_one(a), Frame::ok(1));
     sim.send(
         a,
         proto::Request {
@@ -120,6 +143,15 @@ fn messages_for_unknown_ids_go_to_the_remote_and_publishes_fan_out() {
         },
     );
     assert!(sim.recv(a).is_empty());
+    let got = sim.recv(port);
+    assert!(
+        matches!(&got[0].kind, Some(Kind::Direct(d)) if d.to == "far-x" && d.from == "a"),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1].kind, Some(Kind::Request(r)) if r.to == "far-y" && r.from == "a" && r.id == 2),
+        "{got:?}"
+    );
     // Known nowhere: NO_SUCH_CLIENT, as on a single hub.
     sim.send(
         a,
@@ -153,6 +185,118 @@ fn messages_for_unknown_ids_go_to_the_remote_and_publishes_fan_out() {
         ]
     );
     assert_eq!(*remote.fanned.lock(), vec![("a".into(), "publish")]);
+    // What comes from the port is never handed back: a publish from it
+    // reaches local subscribers only, a message for an unknown id is not
+    // routed again.
+    sim.send(port, Frame::publish("t", "from afar"));
+    assert_eq!(deliveries(&sim.recv(b)).len(), 1);
+    sim.send(
+        port,
+        proto::Direct {
+            to: "far-z".into(),
+            from: "x".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(remote.routed.lock().len(), 3);
+    assert_eq!(*remote.fanned.lock(), vec![("a".into(), "publish")]);
+    // The port never registers with the remote side.
+    assert_eq!(sim.router.client_count(), 3);
+    // Subscription patterns are reported as they come and go (a leave
+    // ends them too).
+    sim.subscribe(a, 2, "t", "g");
+    sim.send(a, proto::Unsubscribe { id: 9, sub_id: 2 });
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: b,
+            notice: None,
+            reason: "closed".into(),
+        },
+    );
+    assert_eq!(*remote.patterns.lock(), vec!["+t", "+t", "-t", "-t"]);
+}
+
+#[test]
+fn answers_come_back_through_the_port() {
+    let mut sim = Sim::new();
+    sim.router.set_remote(Arc::new(Recorder::default()));
+    let port = port(&mut sim);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let request = |id, to: &str| proto::Request {
+        id,
+        to: to.into(),
+        timeout_ms: 1_000,
+        ..Default::default()
+    };
+    // A reply from the port goes to the requester, naming the far replier.
+    sim.send(a, request(1, "far-y"));
+    sim.recv(port);
+    sim.send(
+        port,
+        proto::Reply {
+            id: 1,
+            to: "a".into(),
+            from: "far-y".into(),
+            payload: "hi".into(),
+            ..Default::default()
+        },
+    );
+    let got = sim.recv_one(a);
+    assert!(
+        matches!(&got.kind, Some(Kind::Reply(r)) if r.id == 1 && r.from == "far-y"),
+        "{got:?}"
+    );
+    // An error answer from the far side.
+    sim.send(a, request(2, "far-y"));
+    sim.router.handle(
+        sim.now,
+        Input::RemoteFailed {
+            conn: port,
+            requester: "a".into(),
+            id: 2,
+            code: ErrorCode::NotListening,
+            message: "not listening".into(),
+        },
+    );
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::NotListening);
+    // No answer: TIMEOUT from this hub, and a late reply goes nowhere.
+    sim.send(a, request(3, "far-y"));
+    sim.advance(Duration::from_millis(1_001));
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::Timeout);
+    sim.send(
+        port,
+        proto::Reply {
+            id: 3,
+            to: "a".into(),
+            from: "far-y".into(),
+            ..Default::default()
+        },
+    );
+    assert!(sim.recv(a).is_empty());
+    // A request from the port keeps its sender and its answer goes back
+    // to the port, whatever its `to` says.
+    sim.send(
+        port,
+        proto::Request {
+            id: 7,
+            to: "b".into(),
+            from: "far-x".into(),
+            ..Default::default()
+        },
+    );
+    let got = sim.recv_one(b);
+    assert!(
+        matches!(&got.kind, Some(Kind::Request(r)) if r.from == "far-x" && r.id == 7),
+        "{got:?}"
+    );
+    sim.send(b, Frame::reply(7, "far-x", "back"));
+    let got = sim.recv(port);
+    assert!(
+        matches!(&got[..], [.., f] if matches!(&f.kind, Some(Kind::Reply(r)) if r.id == 7 && r.from == "b" && r.to == "far-x")),
+        "{got:?}"
+    );
 }
 
 #[test]

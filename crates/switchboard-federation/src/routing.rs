@@ -1,0 +1,566 @@
+//! Routing across hubs: messages for clients of other hubs, and what other
+//! hubs send here, over core NATS.
+//!
+//! - Every hub subscribes to its own subject `sb.<svc>.h.<hub>` (escaped
+//!   service and hub name). A `Direct` or `Request` for a client another
+//!   live hub holds (the id directory says which) goes there; so do the
+//!   answers to requests (`Reply`, or an `Error` naming the requester).
+//! - A message is the encoded switchboard frame (at most
+//!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
+//!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
+//! - The router hands such messages to the hub's port (see
+//!   `switchboard_hub::router::remote`): the requester's hub keeps the
+//!   request pending with its timeout, so the requester gets `TIMEOUT`
+//!   exactly as locally. The answering hub sends the request into its
+//!   router under a fresh id of its port and maps the answer back.
+//! - Publish and broadcast: the router reports each local subscription's
+//!   pattern as it comes and goes; the hub holds one NATS subscription per
+//!   distinct pattern (`sb.<svc>.t.<pattern>`, counted), and every hub
+//!   subscribes to `sb.<svc>.b` for broadcasts. A local client's publish
+//!   or broadcast goes out once, with [`H_MSG`] (this run of the hub and a
+//!   sequence number); a hub whose patterns overlap gets a message once
+//!   per matching subscription and keeps only the first (the last
+//!   [`DEDUP_WINDOW`] numbers per sender are remembered). What comes from
+//!   NATS enters the router through the port, and the router never hands
+//!   what came from the port back out, so nothing is published twice.
+//! - The way out never blocks the router: publishes and broadcasts wait in
+//!   a queue of [`FANOUT_QUEUE`] messages; a full queue drops and counts
+//!   ([`RoutingStats::dropped`], logged once per 1,000), like a slow
+//!   client's pub/sub deliveries. Directs and requests wait in the port's
+//!   outbox, bounded like every client's (then `QUEUE_FULL`).
+//! - What arrives is checked before anything reaches the router: a
+//!   message that does not decode, is larger than the limit, is of
+//!   a kind not carried, or names an origin that is not a live member
+//!   (or this hub) is dropped and counted ([`RoutingStats`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use switchboard_hub::port::{PortSender, RemotePort};
+use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
+
+use crate::directory::Directory;
+use crate::subject::{escape, unescape};
+
+/// The NATS header naming the hub a message comes from.
+pub const H_ORIGIN: &str = "Sb-Origin";
+/// The NATS header naming (escaped) the requester an error answer is for.
+pub const H_TO: &str = "Sb-To";
+/// The NATS header numbering a publish or broadcast: `<run>-<seq>`, both
+/// hex, the run random per start of the hub.
+pub const H_MSG: &str = "Sb-Msg";
+/// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
+/// they are dropped and counted.
+pub const FANOUT_QUEUE: usize = 8192;
+/// How many message numbers per sending hub are remembered to drop a
+/// second copy (overlapping patterns).
+pub const DEDUP_WINDOW: u64 = 4096;
+/// The default largest message taken from NATS (encoded frame), bytes
+/// (`FederationOptions::max_message`); larger ones are dropped and counted.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Counters of routing across hubs.
+#[derive(Debug, Default)]
+pub struct RoutingStats {
+    /// Messages published to other hubs.
+    pub sent: AtomicU64,
+    /// Messages from other hubs handed to the router.
+    pub received: AtomicU64,
+    /// Messages from NATS that did not decode or were of a kind not
+    /// carried (dropped).
+    pub malformed: AtomicU64,
+    /// Messages from NATS larger than the limit (dropped).
+    pub oversized: AtomicU64,
+    /// Messages from NATS whose origin is not a live member, or is this
+    /// hub (dropped).
+    pub foreign: AtomicU64,
+    /// Messages towards NATS dropped because a queue was full or the
+    /// publish failed.
+    pub dropped: AtomicU64,
+    /// Second copies of a publish dropped (a hub's patterns overlap).
+    pub duplicates: AtomicU64,
+    /// NATS subscriptions for publish patterns held now.
+    pub patterns: AtomicU64,
+}
+
+impl RoutingStats {
+    /// Messages dropped on the way in: malformed, oversized or foreign.
+    pub fn rejected(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+            + self.oversized.load(Ordering::Relaxed)
+            + self.foreign.load(Ordering::Relaxed)
+    }
+}
+
+/// A request from another hub, sent into the router under a port id.
+#[derive(Debug)]
+struct Foreign {
+    origin: String,
+    requester: String,
+    id: u64,
+}
+
+/// What the pattern task is told.
+#[derive(Debug)]
+enum PatternChange {
+    Add(String),
+    Remove(String),
+}
+
+/// Message numbers seen from one run of one hub.
+#[derive(Debug, Default)]
+struct Seen {
+    max: u64,
+    set: std::collections::HashSet<u64>,
+}
+
+impl Seen {
+    /// Whether `seq` is new; remembers it.
+    fn first(&mut self, seq: u64) -> bool {
+        if seq + DEDUP_WINDOW <= self.max || !self.set.insert(seq) {
+            return false;
+        }
+        if seq > self.max {
+            self.max = seq;
+            if self.set.len() as u64 > 2 * DEDUP_WINDOW {
+                let floor = self.max.saturating_sub(DEDUP_WINDOW);
+                self.set.retain(|s| *s > floor);
+            }
+        }
+        true
+    }
+}
+
+/// The routing state shared by the tasks.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    client: async_nats::Client,
+    service: String,
+    directory: Arc<Directory>,
+    stats: RoutingStats,
+    max_message: usize,
+    /// Requests from other hubs, by the id they carry in this router.
+    foreign: Mutex<HashMap<u64, Foreign>>,
+    next_id: AtomicU64,
+    /// Local subscriptions per pattern.
+    patterns: Mutex<HashMap<String, usize>>,
+    changes: tokio::sync::mpsc::UnboundedSender<PatternChange>,
+    changes_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PatternChange>>>,
+    fanout: tokio::sync::mpsc::Sender<(String, Frame)>,
+    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(String, Frame)>>>,
+    run: u64,
+    seq: AtomicU64,
+    seen: Mutex<HashMap<(String, u64), Seen>>,
+}
+
+impl Routing {
+    pub(crate) fn new(
+        client: async_nats::Client,
+        service: &str,
+        directory: Arc<Directory>,
+        max_message: usize,
+    ) -> Arc<Routing> {
+        let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fanout, fanout_rx) = tokio::sync::mpsc::channel(FANOUT_QUEUE);
+        Arc::new(Routing {
+            client,
+            service: escape(service),
+            directory,
+            stats: RoutingStats::default(),
+            max_message,
+            foreign: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            patterns: Mutex::new(HashMap::new()),
+            changes,
+            changes_rx: Mutex::new(Some(changes_rx)),
+            fanout,
+            fanout_rx: Mutex::new(Some(fanout_rx)),
+            run: rand::random::<u64>() >> 1,
+            seq: AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> &RoutingStats {
+        &self.stats
+    }
+
+    /// The subject of hub `hub`.
+    pub(crate) fn hub_subject(&self, hub: &str) -> String {
+        format!("sb.{}.h.{}", self.service, escape(hub))
+    }
+
+    /// A local subscription to `pattern` began (router task: no waiting).
+    pub(crate) fn subscribed(&self, pattern: &str) {
+        let mut p = self.patterns.lock();
+        let n = p.entry(pattern.to_owned()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let _ = self.changes.send(PatternChange::Add(pattern.to_owned()));
+        }
+    }
+
+    /// A local subscription to `pattern` ended.
+    pub(crate) fn unsubscribed(&self, pattern: &str) {
+        let mut p = self.patterns.lock();
+        if let Some(n) = p.get_mut(pattern) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(pattern);
+                let _ = self.changes.send(PatternChange::Remove(pattern.to_owned()));
+            }
+        }
+    }
+
+    /// A local client's publish or broadcast, for the other hubs (router
+    /// task: queued, or dropped and counted when the queue is full).
+    pub(crate) fn fan_out(&self, from: &str, frame: &Frame) {
+        let (subject, frame) = match &frame.kind {
+            Some(Kind::Publish(p)) => {
+                let mut p = p.clone();
+                p.from = from.to_owned();
+                p.id = 0;
+                (
+                    format!(
+                        "sb.{}.t.{}",
+                        self.service,
+                        crate::subject::topic(&p.topic, false)
+                    ),
+                    Frame::from(p),
+                )
+            }
+            Some(Kind::Broadcast(b)) => {
+                let mut b = b.clone();
+                b.from = from.to_owned();
+                b.id = 0;
+                (format!("sb.{}.b", self.service), Frame::from(b))
+            }
+            _ => return,
+        };
+        if self.fanout.try_send((subject, frame)).is_err() {
+            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "federation: queue towards NATS full; publishes to other hubs dropped"
+                );
+            }
+        }
+    }
+
+    /// Sends the queued publishes and broadcasts to NATS, numbered.
+    pub(crate) async fn publisher(self: Arc<Self>) {
+        let Some(mut rx) = self.fanout_rx.lock().take() else {
+            return;
+        };
+        while let Some((subject, frame)) = rx.recv().await {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(H_ORIGIN, escape(self.me()).as_str());
+            headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
+            let body = prost::Message::encode_to_vec(&frame);
+            match self
+                .client
+                .publish_with_headers(subject, headers, body.into())
+                .await
+            {
+                Ok(()) => {
+                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Holds one NATS subscription per distinct pattern (and the
+    /// broadcast subject); what they get goes into the router.
+    async fn subscriptions(self: Arc<Self>, port: PortSender) {
+        let Some(mut rx) = self.changes_rx.lock().take() else {
+            return;
+        };
+        let mut held: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        match self
+            .client
+            .subscribe(format!("sb.{}.b", self.service))
+            .await
+        {
+            Ok(sub) => {
+                tokio::spawn(self.clone().inbound(sub, port.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "federation: cannot subscribe to broadcasts"),
+        }
+        while let Some(change) = rx.recv().await {
+            match change {
+                PatternChange::Add(pattern) => {
+                    let subject = format!(
+                        "sb.{}.t.{}",
+                        self.service,
+                        crate::subject::topic(&pattern, true)
+                    );
+                    match self.client.subscribe(subject).await {
+                        Ok(sub) => {
+                            let task = tokio::spawn(self.clone().inbound(sub, port.clone()));
+                            if let Some(old) = held.insert(pattern, task) {
+                                old.abort();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
+                        }
+                    }
+                }
+                PatternChange::Remove(pattern) => {
+                    if let Some(task) = held.remove(&pattern) {
+                        task.abort();
+                    }
+                }
+            }
+            self.stats
+                .patterns
+                .store(held.len() as u64, Ordering::Relaxed);
+        }
+        for (_, task) in held {
+            task.abort();
+        }
+    }
+
+    fn me(&self) -> &str {
+        self.directory.hub_name()
+    }
+
+    /// The live other hub holding `id`, if any.
+    pub(crate) fn holder(&self, id: &str) -> Option<String> {
+        self.directory
+            .holder(id)
+            .filter(|h| h != self.me() && self.directory.is_live(h))
+    }
+
+    /// Subscribes to this hub's subject (before the hub serves, so nothing
+    /// sent to it after `connect` is missed).
+    pub(crate) async fn subscribe(&self) -> Result<async_nats::Subscriber, String> {
+        self.client
+            .subscribe(self.hub_subject(self.me()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs the port: frames the router hands over go to NATS, messages
+    /// from NATS go into the router. Ends when the hub stops.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut port: RemotePort,
+        inbound: async_nats::Subscriber,
+    ) {
+        let sender = port.sender();
+        let out = async {
+            while let Some(frame) = port.recv().await {
+                self.outbound(frame, &sender).await;
+            }
+        };
+        tokio::join!(
+            self.clone().inbound(inbound, sender.clone()),
+            self.clone().subscriptions(sender.clone()),
+            out
+        );
+    }
+
+    /// A frame the router delivered to the port.
+    async fn outbound(&self, frame: Frame, port: &PortSender) {
+        match frame.kind {
+            Some(Kind::Direct(ref d)) => {
+                if let Some(hub) = self.holder(&d.to) {
+                    self.publish(&hub, &frame, None).await;
+                } else {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Kind::Request(ref r)) => match self.holder(&r.to) {
+                Some(hub) => self.publish(&hub, &frame, None).await,
+                None => {
+                    let msg = format!(
+                        "no client named '{}' is connected on any hub of the federation",
+                        r.to
+                    );
+                    port.fail(&r.from, r.id, ErrorCode::NoSuchClient, msg).await;
+                }
+            },
+            Some(Kind::Reply(mut r)) => {
+                let Some(f) = self.foreign.lock().remove(&r.id) else {
+                    return;
+                };
+                r.id = f.id;
+                self.publish(&f.origin, &Frame::from(r), None).await;
+            }
+            Some(Kind::Error(mut e)) if e.id != 0 => {
+                let Some(f) = self.foreign.lock().remove(&e.id) else {
+                    return;
+                };
+                e.id = f.id;
+                self.publish(&f.origin, &Frame::from(e), Some(&f.requester))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn publish(&self, hub: &str, frame: &Frame, to: Option<&str>) {
+        let body = prost::Message::encode_to_vec(frame);
+        if body.len() > self.max_message {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(H_ORIGIN, escape(self.me()).as_str());
+        if let Some(to) = to {
+            headers.insert(H_TO, escape(to).as_str());
+        }
+        match self
+            .client
+            .publish_with_headers(self.hub_subject(hub), headers, body.into())
+            .await
+        {
+            Ok(()) => {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "federation: publish failed");
+            }
+        }
+    }
+
+    /// Messages on this hub's subject, checked, into the router.
+    async fn inbound(self: Arc<Self>, mut sub: async_nats::Subscriber, port: PortSender) {
+        while let Some(msg) = sub.next().await {
+            let Some((origin, frame, to)) = self.check(&msg) else {
+                continue;
+            };
+            let ok = match frame.kind {
+                Some(Kind::Direct(_)) => port.send(vec![frame]).await,
+                Some(Kind::Request(mut r)) => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.foreign.lock().insert(
+                        id,
+                        Foreign {
+                            origin,
+                            requester: r.from.clone(),
+                            id: r.id,
+                        },
+                    );
+                    r.id = id;
+                    port.send(vec![Frame::from(r)]).await
+                }
+                Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
+                    port.send(vec![frame]).await
+                }
+                Some(Kind::Error(e)) => match to {
+                    Some(to) => {
+                        port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
+                            .await
+                    }
+                    None => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                },
+                _ => true,
+            };
+            if !ok {
+                return;
+            }
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A message from NATS as (origin, frame, requester of an error
+    /// answer), or `None` after counting why it was dropped.
+    fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
+        if msg.payload.len() > self.max_message {
+            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| unescape(v.as_str()))
+        };
+        let origin = match header(H_ORIGIN) {
+            Some(Some(o)) => o,
+            _ => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        if origin == self.me() || !self.directory.is_member(&origin) {
+            self.stats.foreign.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let to = match header(H_TO) {
+            None => None,
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let frame = match decode_frame(msg.payload.clone(), self.max_message) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        if matches!(frame.kind, Some(Kind::Publish(_) | Kind::Broadcast(_))) {
+            let n = match header(H_MSG) {
+                Some(_) => msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(H_MSG))
+                    .and_then(|v| parse_msg(v.as_str())),
+                None => None,
+            };
+            let Some((run, seq)) = n else {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            let mut seen = self.seen.lock();
+            if seen.len() > 1024 {
+                seen.clear();
+            }
+            if !seen.entry((origin.clone(), run)).or_default().first(seq) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let carried = match &frame.kind {
+            Some(Kind::Publish(p)) => !p.from.is_empty() && p.id == 0,
+            Some(Kind::Broadcast(b)) => !b.from.is_empty() && b.id == 0,
+            Some(Kind::Direct(d)) => !d.from.is_empty() && d.id == 0,
+            Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
+            Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
+            Some(Kind::Error(e)) => e.id != 0 && to.is_some(),
+            _ => false,
+        };
+        if !carried || frame.seq != 0 {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((origin, frame, to))
+    }
+}
+
+/// `<run>-<seq>` (hex) of [`H_MSG`].
+fn parse_msg(v: &str) -> Option<(u64, u64)> {
+    let (run, seq) = v.split_once('-')?;
+    Some((
+        u64::from_str_radix(run, 16).ok()?,
+        u64::from_str_radix(seq, 16).ok()?,
+    ))
+}

@@ -1,0 +1,183 @@
+//! Hostile or broken input on the federation subjects: published by a raw
+//! NATS client, it is dropped and counted, never reaches a client, and the
+//! hubs go on routing.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, SERVICE, WAIT};
+use prost::Message as _;
+use switchboard::wire::proto;
+use switchboard_federation::routing::{H_MSG, H_ORIGIN, H_TO};
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, *v);
+    }
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start_with("hub-b", &cluster.nodes[1].url, lease, |o| {
+        o.max_message = 64 * 1024;
+    })
+    .await?;
+    wait_members(&[&a, &b]).await;
+    let target = b.client("target").await?;
+    let mut inbox = target.messages().await?;
+    let mut sub = target.subscribe("t.>").await?;
+    eventually("hub-b subscribed to t.>", || {
+        b.fed.routing_stats().patterns.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let sender = a.client("sender").await?;
+    eventually("hub-a sees the target", || {
+        a.fed.directory().holder("target").is_some()
+    })
+    .await;
+
+    let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let hub_b = format!("sb.{SERVICE}.h.hub-b");
+    let topic = format!("sb.{SERVICE}.t.t.x");
+    let direct = |from: &str| {
+        proto::Frame::from(proto::Direct {
+            to: "target".into(),
+            from: from.into(),
+            payload: "forged".into(),
+            ..Default::default()
+        })
+        .encode_to_vec()
+    };
+    let publish = proto::Frame::from(proto::Publish {
+        topic: "t.x".into(),
+        from: "forger".into(),
+        payload: "forged".into(),
+        ..Default::default()
+    })
+    .encode_to_vec();
+    let cases: Vec<(&str, String, HeaderMap, Vec<u8>)> = vec![
+        (
+            "no headers",
+            hub_b.clone(),
+            HeaderMap::new(),
+            b"junk".to_vec(),
+        ),
+        (
+            "garbage body",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            vec![0xff; 40],
+        ),
+        (
+            "unknown origin",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-zz")]),
+            direct("x"),
+        ),
+        (
+            "own origin",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-b")]),
+            direct("x"),
+        ),
+        (
+            "bad escape",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub=2")]),
+            direct("x"),
+        ),
+        (
+            "kind not carried",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            proto::Frame::from(proto::Ping { nonce: 1 }).encode_to_vec(),
+        ),
+        (
+            "no sender",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            direct(""),
+        ),
+        (
+            "error for nobody",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            proto::Frame::from(proto::Error {
+                id: 5,
+                code: 1,
+                message: "x".into(),
+            })
+            .encode_to_vec(),
+        ),
+        (
+            "bad requester",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a"), (H_TO, "a b")]),
+            proto::Frame::from(proto::Error {
+                id: 5,
+                code: 1,
+                message: "x".into(),
+            })
+            .encode_to_vec(),
+        ),
+        (
+            "oversized",
+            hub_b.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            vec![0; 100 * 1024],
+        ),
+        (
+            "publish without number",
+            topic.clone(),
+            headers(&[(H_ORIGIN, "hub-a")]),
+            publish.clone(),
+        ),
+        (
+            "publish, bad number",
+            topic.clone(),
+            headers(&[(H_ORIGIN, "hub-a"), (H_MSG, "zz")]),
+            publish.clone(),
+        ),
+        (
+            "publish, unknown origin",
+            topic.clone(),
+            headers(&[(H_ORIGIN, "nobody"), (H_MSG, "1-1")]),
+            publish.clone(),
+        ),
+    ];
+    let n = cases.len() as u64;
+    for (_, subject, h, body) in cases {
+        raw.publish_with_headers(subject, h, body.into()).await?;
+    }
+    raw.flush().await?;
+    let stats = b.fed.routing_stats();
+    eventually("every bad message counted", || stats.rejected() == n).await;
+    assert_eq!(stats.oversized.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.foreign.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), n - 4);
+    assert_eq!(stats.received.load(Ordering::Relaxed), 0);
+
+    // Nothing reached the client; real traffic still flows.
+    sender.send("target", "real").await?;
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await?
+        .expect("a message");
+    assert_eq!((&*m.from, &m.payload[..]), ("sender", &b"real"[..]));
+    sender.publish("t.x", "real topic").await?;
+    let m = tokio::time::timeout(WAIT, sub.recv())
+        .await?
+        .expect("a publish");
+    assert_eq!((&*m.from, &m.payload[..]), ("sender", &b"real topic"[..]));
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! A hub whose NATS node is gone: local traffic goes on, the router never
+//! waits on NATS (publishes for other hubs wait in a bounded queue, or in
+//! the NATS client's own buffer while it reconnects).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let mut cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
+    let publisher = a.client("pub").await?;
+    let local = a.client("local").await?;
+    let far = b.client("far").await?;
+    let mut local_sub = local.subscribe("load.>").await?;
+    let _far_sub = far.subscribe("load.>").await?;
+    eventually("hub-b subscribed", || {
+        b.fed.routing_stats().patterns.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    cluster.nodes[0].kill();
+    const N: usize = 30_000;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < N {
+            match tokio::time::timeout(WAIT, local_sub.recv()).await {
+                Ok(Some(_)) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    let t = Instant::now();
+    for i in 0..N {
+        publisher.publish("load.x", format!("m{i}")).await?;
+    }
+    assert_eq!(reader.await?, N, "every local delivery made");
+    assert!(t.elapsed() < WAIT, "{:?}", t.elapsed());
+    // Local request/reply too.
+    let _serve = local
+        .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
+        .await?;
+    assert_eq!(&publisher.request("local", "ping").await?[..], b"ping");
+    Ok(())
+}

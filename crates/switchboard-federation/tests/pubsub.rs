@@ -1,0 +1,122 @@
+//! Publish/subscribe and broadcast across three hubs, each on its own node
+//! of a 3-node nats-server cluster: every subscriber gets every message
+//! exactly once, whatever hub it is on and however its hub's patterns
+//! overlap.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use switchboard::{Client, Subscription};
+
+/// Collects `sub`'s messages until none came for a while; their payloads.
+async fn collect(sub: &mut Subscription, want: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match tokio::time::timeout(WAIT, sub.recv()).await {
+            Ok(Some(m)) => got.push(format!(
+                "{}:{}",
+                m.from,
+                String::from_utf8_lossy(&m.payload)
+            )),
+            _ => break,
+        }
+    }
+    // Nothing more (no duplicates) within a short quiet period.
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.recv()).await {
+        got.push(format!("extra {}", String::from_utf8_lossy(&m.payload)));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_subscriber_gets_each_publish_once_across_three_hubs() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    let c = FedHub::start("hub-c", &cluster.nodes[2].url, lease).await?;
+    wait_members(&[&a, &b, &c]).await;
+
+    let publisher = a.client("pub.a").await?;
+    // On the publisher's own hub, on a hub with overlapping patterns
+    // (two clients, three subscriptions), and on a third hub.
+    let sa = a.client("sub.a").await?;
+    let sb1 = b.client("sub.b1").await?;
+    let sb2 = b.client("sub.b2").await?;
+    let sc = c.client("sub.c").await?;
+    let mut subs: Vec<(&str, &Client, Subscription)> = vec![
+        ("a t.*", &sa, sa.subscribe("t.*").await?),
+        ("b1 t.>", &sb1, sb1.subscribe("t.>").await?),
+        ("b1 t.x", &sb1, sb1.subscribe("t.x").await?),
+        ("b2 *.x", &sb2, sb2.subscribe("*.x").await?),
+        ("c t.x", &sc, sc.subscribe("t.x").await?),
+    ];
+    // A pattern nobody publishes to, and one that ends again.
+    let other = sc.subscribe("u.>").await?;
+    other.unsubscribe().await?;
+    eventually("the hubs hold their NATS subscriptions", || {
+        a.fed
+            .routing_stats()
+            .patterns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+            && b.fed
+                .routing_stats()
+                .patterns
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 3
+            && c.fed
+                .routing_stats()
+                .patterns
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+    })
+    .await;
+
+    const N: usize = 100;
+    for i in 0..N {
+        publisher.publish("t.x", format!("m{i}")).await?;
+    }
+    // Matched by `t.*` (hub-a) and `t.>` (hub-b) only; its second
+    // segment escaped on NATS.
+    publisher.publish("t.y=1~", "other").await?;
+    let want: Vec<String> = (0..N).map(|i| format!("pub.a:m{i}")).collect();
+    for (name, _, sub) in &mut subs {
+        let also_other = name.starts_with("a ") || name.starts_with("b1 t.>");
+        let mut got = collect(sub, N + usize::from(also_other)).await;
+        if also_other {
+            // These also match "t.y=1~".
+            assert_eq!(got.pop().as_deref(), Some("pub.a:other"), "{name}");
+        }
+        assert_eq!(got, want, "{name}: each message exactly once, in order");
+    }
+    for hub in [&a, &b, &c] {
+        assert_eq!(hub.fed.routing_stats().rejected(), 0);
+    }
+
+    // Broadcast across hubs: every listening client of every hub, once.
+    let mut inboxes = vec![
+        sb1.messages().await?,
+        sc.messages().await?,
+        sa.messages().await?,
+    ];
+    publisher.broadcast("hello all").await?;
+    for inbox in &mut inboxes {
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await?
+            .expect("the broadcast");
+        assert_eq!((&*m.from, &m.payload[..]), ("pub.a", &b"hello all"[..]));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), inbox.recv())
+                .await
+                .is_err(),
+            "once"
+        );
+    }
+    Ok(())
+}

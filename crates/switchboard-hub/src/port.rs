@@ -1,0 +1,164 @@
+//! Registers the remote seam's port: one virtual connection through which
+//! the remote side (a federation of hubs) takes what the router hands it
+//! and sends what other hubs answer (see [`crate::router::remote`]).
+
+use std::sync::Arc;
+
+use switchboard_wire::{ErrorCode, Frame};
+use tokio::sync::mpsc;
+
+use crate::ids::ConnId;
+use crate::inbox::{Inbox, WeakInbox};
+use crate::outbox::{Outbox, Taken};
+pub use crate::router::remote::RemotePort;
+use crate::router::remote::{Remote, PORT_ID, PORT_TRANSPORT};
+use crate::router::Input;
+use crate::shared::Shared;
+use crate::transport::{drain, Drain};
+
+/// Frames the port's reader holds between the router and the remote side;
+/// beyond, the port's outbox fills and the router parks and then fails
+/// messages (`QUEUE_FULL`).
+pub const PORT_BUFFER: usize = 1024;
+
+/// What a [`RemotePort`] holds.
+struct PortInner {
+    sender: PortSender,
+    frames: mpsc::Receiver<Frame>,
+}
+
+impl RemotePort {
+    fn new(sender: PortSender, frames: mpsc::Receiver<Frame>) -> RemotePort {
+        RemotePort(Box::new(PortInner { sender, frames }))
+    }
+
+    fn inner(&mut self) -> &mut PortInner {
+        self.0
+            .downcast_mut()
+            .expect("a RemotePort is built by this module")
+    }
+
+    /// The next frame the router delivered to the port; `None` when the
+    /// hub stopped.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.inner().frames.recv().await
+    }
+
+    /// Sends into the router as the port.
+    pub fn sender(&mut self) -> PortSender {
+        self.inner().sender.clone()
+    }
+}
+
+/// Sends frames into the router as the port (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PortSender {
+    /// Weak: the port must not keep the router task running.
+    inbox: WeakInbox,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+impl PortSender {
+    fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
+        PortSender {
+            inbox: inbox.downgrade(),
+            conn,
+            outbox,
+        }
+    }
+
+    /// Hands `frames` to the router, in order, waiting while its inbox is
+    /// full; `false` when the hub stopped.
+    pub async fn send(&self, frames: Vec<Frame>) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::Frames {
+                conn: self.conn,
+                frames,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Fails request `id` of the local client `requester`, handed to the
+    /// port earlier, with `code` and `message` (an answer of the other
+    /// hub: `NO_SUCH_CLIENT`, `NOT_LISTENING`, `TARGET_GONE`...). Ignored
+    /// when that request is no longer pending. `false` when the hub
+    /// stopped.
+    pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteFailed {
+                conn: self.conn,
+                requester: requester.to_owned(),
+                id,
+                code,
+                message,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Whether the hub still runs the port.
+    pub fn is_open(&self) -> bool {
+        self.outbox.is_open()
+    }
+}
+
+/// Registers the port with the router and hands it to `remote`.
+pub(crate) async fn open(shared: &Arc<Shared>, remote: &dyn Remote) {
+    let conn = shared.alloc_conn();
+    let outbox = Outbox::gated(conn, shared.gate.clone());
+    let info = switchboard_wire::proto::ClientInfo {
+        client_id: PORT_ID.into(),
+        transport: PORT_TRANSPORT.into(),
+        addr: String::new(),
+        connected_at_ms: switchboard_discovery::now_ms(),
+        agent: "remote seam".into(),
+        reliable: false,
+        listen: false,
+        principal: String::new(),
+        uid: None,
+    };
+    let (tx, rx) = mpsc::channel(PORT_BUFFER);
+    let connect = Input::Connect {
+        conn,
+        info,
+        outbox: outbox.clone(),
+    };
+    if shared.inbox.send(connect).await.is_err() {
+        return;
+    }
+    let inbox = &shared.inbox;
+    let batch = shared.limits.write_batch_bytes;
+    let reader = outbox.clone();
+    // The reader holds the inbox only while it drains: it stops when the
+    // outbox closes at shutdown.
+    let weak = inbox.downgrade();
+    tokio::spawn(async move {
+        let Some(inbox) = weak.upgrade() else { return };
+        drain(&reader, batch, &inbox, &mut Forward(tx)).await;
+    });
+    remote.attach(RemotePort::new(PortSender::new(inbox, conn, outbox), rx));
+}
+
+/// Forwards the port's frames to the remote side's channel, waiting while
+/// it is full (the port's outbox then fills: the router parks and fails
+/// messages, never waits).
+struct Forward(mpsc::Sender<switchboard_wire::Frame>);
+
+impl Drain for Forward {
+    async fn batch(&mut self, taken: &mut Taken) -> bool {
+        for out in taken.frames.drain(..) {
+            if self.0.send(out.into_frame()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
