@@ -9,9 +9,10 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::Fuse;
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, Stream, StreamExt};
 use switchboard_wire::WireError;
 
+use super::guarded::Guarded;
 use super::stream::take_frame;
 use super::{Body, FrameRx, FrameTx, Transport, READ_CHUNK};
 
@@ -45,8 +46,7 @@ where
             failed: None,
         };
         let tx = FramedTx {
-            sink: self.sink,
-            failed: false,
+            sink: Guarded::new(self.sink),
         };
         (rx, tx)
     }
@@ -118,10 +118,9 @@ where
 }
 
 /// The sending half: each batch is one message. Once its sink has failed it
-/// is never touched again (see [`MessageTx`](super::messages::MessageTx)).
+/// is never touched again ([`Guarded`]).
 pub(crate) struct FramedTx<Si> {
-    sink: Si,
-    failed: bool,
+    sink: Guarded<Si>,
 }
 
 impl<Si> FrameTx for FramedTx<Si>
@@ -130,43 +129,21 @@ where
 {
     /// The whole batch, prefixes included, as one message (no copy).
     async fn send(&mut self, batch: &mut BytesMut) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection failed earlier",
-            ));
-        }
         if batch.is_empty() {
             return Ok(());
         }
-        let msg = batch.split().freeze();
-        let sent = self.sink.send(msg).await;
-        self.failed = sent.is_err();
-        sent
+        self.sink.feed(batch.split().freeze()).await?;
+        self.sink.flush().await
     }
 
     fn try_send(&mut self, batch: &mut BytesMut) {
-        if self.failed || batch.is_empty() {
-            return;
-        }
-        match self.sink.feed(batch.split().freeze()).now_or_never() {
-            Some(Ok(())) => {}
-            Some(Err(_)) => {
-                self.failed = true;
-                return;
-            }
-            None => return,
-        }
-        if let Some(Err(_)) = self.sink.flush().now_or_never() {
-            self.failed = true;
+        if !batch.is_empty() && self.sink.try_feed(batch.split().freeze()) {
+            self.sink.try_flush();
         }
     }
 
     async fn close(&mut self) {
-        if !self.failed {
-            self.failed = true;
-            let _ = self.sink.close().await;
-        }
+        self.sink.close().await;
     }
 }
 
@@ -174,6 +151,7 @@ where
 mod tests {
     use bytes::BufMut;
     use futures::channel::mpsc;
+    use futures::SinkExt;
     use switchboard_wire::LENGTH_PREFIX_LEN;
 
     use super::*;

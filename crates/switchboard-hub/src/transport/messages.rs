@@ -6,9 +6,10 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::Fuse;
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, Stream, StreamExt};
 use switchboard_wire::{split_frame, Direction, WireError, LENGTH_PREFIX_LEN};
 
+use super::guarded::Guarded;
 use super::{Body, FrameRx, FrameTx, Transport, READ_CHUNK};
 
 /// A message transport: a stream of received bodies (ending at the end of
@@ -47,9 +48,8 @@ where
             failed: None,
         };
         let tx = MessageTx {
-            sink: self.sink,
+            sink: Guarded::new(self.sink),
             max_frame: self.max_frame,
-            failed: false,
         };
         (rx, tx)
     }
@@ -126,25 +126,11 @@ where
     }
 }
 
-/// The sending half. Once its sink has failed it is never touched again:
-/// a sink's behaviour after an error is unspecified, and some (futures'
-/// `SinkMapErr`) panic when polled into a second error.
+/// The sending half. Once its sink has failed it is never touched again
+/// ([`Guarded`]).
 pub(crate) struct MessageTx<Si> {
-    sink: Si,
+    sink: Guarded<Si>,
     max_frame: usize,
-    failed: bool,
-}
-
-impl<Si> MessageTx<Si>
-where
-    Si: Sink<Bytes, Error = io::Error> + Unpin + Send + 'static,
-{
-    async fn send_all(&mut self, batch: &mut BytesMut) -> io::Result<()> {
-        while let Some(body) = split_frame(batch, self.max_frame).map_err(io::Error::other)? {
-            self.sink.feed(body).await?;
-        }
-        self.sink.flush().await
-    }
 }
 
 impl<Si> FrameTx for MessageTx<Si>
@@ -154,41 +140,23 @@ where
     /// One message per frame, split off the batch without a copy, then one
     /// flush. A frame over `max_frame` fails the connection.
     async fn send(&mut self, batch: &mut BytesMut) -> io::Result<()> {
-        if self.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection failed earlier",
-            ));
+        while let Some(body) = split_frame(batch, self.max_frame).map_err(io::Error::other)? {
+            self.sink.feed(body).await?;
         }
-        let sent = self.send_all(batch).await;
-        self.failed = sent.is_err();
-        sent
+        self.sink.flush().await
     }
 
     fn try_send(&mut self, batch: &mut BytesMut) {
-        if self.failed {
-            return;
-        }
         while let Ok(Some(body)) = split_frame(batch, self.max_frame) {
-            match self.sink.feed(body).now_or_never() {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    self.failed = true;
-                    return;
-                }
-                None => return,
+            if !self.sink.try_feed(body) {
+                return;
             }
         }
-        if let Some(Err(_)) = self.sink.flush().now_or_never() {
-            self.failed = true;
-        }
+        self.sink.try_flush();
     }
 
     async fn close(&mut self) {
-        if !self.failed {
-            self.failed = true;
-            let _ = self.sink.close().await;
-        }
+        self.sink.close().await;
     }
 }
 
@@ -196,6 +164,7 @@ where
 mod tests {
     use bytes::BufMut;
     use futures::channel::mpsc;
+    use futures::SinkExt;
 
     use super::*;
 

@@ -52,6 +52,7 @@ use switchboard_wire::WireError;
 
 pub(crate) mod drain;
 mod framed_messages;
+mod guarded;
 mod messages;
 mod stream;
 
