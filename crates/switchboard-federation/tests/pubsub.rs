@@ -114,9 +114,21 @@ async fn each_subscriber_gets_each_publish_once_across_three_hubs() -> anyhow::R
         let mut got = collect(sub, N + usize::from(also_other)).await;
         if also_other {
             // These also match "t.y=1~".
-            assert_eq!(got.pop().as_deref(), Some("pub.a:other"), "{name}");
+            let at = got.iter().position(|m| m == "pub.a:other");
+            got.remove(at.unwrap_or_else(|| panic!("{name}: the escaped topic")));
         }
-        assert_eq!(got, want, "{name}: each message exactly once, in order");
+        if name.starts_with('b') {
+            // Hub-b holds three overlapping NATS subscriptions; copies of
+            // one publish arriving on different ones may interleave
+            // (ARCHITECTURE.md, "Federation": order across hubs is kept
+            // only where one pattern matches). Each message once.
+            let (mut got, mut want) = (got, want.clone());
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{name}: each message exactly once");
+        } else {
+            assert_eq!(got, want, "{name}: each message exactly once, in order");
+        }
     }
     for hub in [&a, &b, &c] {
         assert_eq!(hub.fed.routing_stats().rejected(), 0);
