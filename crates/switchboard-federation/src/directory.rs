@@ -81,6 +81,9 @@ pub struct DirectoryStats {
     pub malformed: AtomicU64,
     /// Ids this hub wrote to the bucket.
     pub written: AtomicU64,
+    /// Ids of this hub's clients another hub released (this hub was cut
+    /// off longer than the lease) and this hub claimed again.
+    pub reclaimed: AtomicU64,
 }
 
 impl DirectoryStats {
@@ -162,6 +165,26 @@ impl Directory {
     pub fn is_member(&self, hub: &str) -> bool {
         let st = self.state.lock();
         st.hubs.contains_key(hub) && live(&st, &self.me, hub, self.lease, self.started)
+    }
+
+    /// The other hubs heard from within their lease, sorted.
+    pub fn members(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let mut m: Vec<String> = st
+            .hubs
+            .keys()
+            .filter(|h| **h != self.me && live(&st, &self.me, h, self.lease, self.started))
+            .cloned()
+            .collect();
+        m.sort();
+        m
+    }
+
+    /// How long ago this hub's own last heartbeat came back from the
+    /// cluster (`None`: none came back yet). Beyond the lease, the other
+    /// hubs take this hub for dead.
+    pub fn lease_age(&self) -> Option<Duration> {
+        self.state.lock().hubs.get(&self.me).map(Instant::elapsed)
     }
 
     /// The counters.
@@ -446,12 +469,26 @@ impl Directory {
                         .ids
                         .get(&id)
                         .is_some_and(|(cur, rev)| cur.hub == self.me && *rev == 0);
-                    if !ours_pending
-                        && st
-                            .ids
-                            .get(&id)
-                            .is_some_and(|(_, rev)| *rev <= entry.revision)
-                    {
+                    let older = st
+                        .ids
+                        .get(&id)
+                        .is_some_and(|(_, rev)| *rev <= entry.revision);
+                    let ours = st.ids.get(&id).is_some_and(|(cur, _)| cur.hub == self.me);
+                    if !ours_pending && older && ours {
+                        // Released by another hub (this one was cut off
+                        // longer than the lease), yet its client is still
+                        // here: claim the id again. (A client that left is
+                        // no longer in `ids`.)
+                        if let Some((_, rev)) = st.ids.get_mut(&id) {
+                            *rev = 0;
+                        }
+                        drop(st);
+                        self.stats.reclaimed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(client = %id, "federation: an id of this hub was released by another; claiming it again");
+                        self.command(Command::Join(id));
+                        return;
+                    }
+                    if !ours_pending && older {
                         st.ids.remove(&id);
                     }
                 }

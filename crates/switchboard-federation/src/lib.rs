@@ -25,12 +25,13 @@ pub mod routing;
 pub mod subject;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use switchboard_hub::router::admission::Refusal;
-use switchboard_hub::router::remote::{Handoff, Remote, RemotePort};
+use switchboard_hub::router::remote::{Handoff, Remote, RemotePort, RemoteStatus};
 use switchboard_wire::{proto, Frame, Kind};
 use tokio_util::sync::CancellationToken;
 
@@ -51,24 +52,39 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// never waits on NATS).
 pub const COMMAND_QUEUE: usize = 65_536;
 
+/// How often the round trip to the NATS server is measured (a ping).
+pub const RTT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How a hub joins the cluster.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows the server URLs without their credentials.
+#[derive(Clone)]
 pub struct FederationOptions {
     /// The switchboard service; hubs of one service form one federation
     /// (bucket and subject names carry it, escaped).
     pub service: String,
-    /// NATS server URLs (`nats://host:port`), any node of the cluster.
+    /// NATS server URLs (`nats://host:port`), any node of the cluster. A
+    /// URL may carry credentials: `nats://USER:PASSWORD@host:port` (user
+    /// and password) or `nats://TOKEN@host:port` (a token),
+    /// percent-encoded; they are taken out of the URL before it is used
+    /// or shown, and every URL that carries some must carry the same.
     pub servers: Vec<String>,
     /// This hub's name in the cluster; unique among the live hubs.
     /// Default: random.
     pub hub_name: String,
     /// The hub's epoch, written with every id it holds.
     pub epoch: u64,
-    /// A NATS credentials file (JWT and nkey seed), if the cluster wants one.
+    /// A NATS credentials file, if the cluster wants one: either a
+    /// `.creds` file (user JWT and nkey seed, as `nsc` writes it) or a
+    /// file holding an nkey user seed (`SU…`, as `nk -gen user` writes
+    /// it); which one is told by the content.
     pub creds: Option<PathBuf>,
     /// A CA certificate (PEM) to verify the servers' TLS certificates;
     /// set, the connection requires TLS.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its private key (PEM files) for servers
+    /// that verify their clients (`tls { verify: true }`).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Replicas of the KV buckets; `None`: as many as the cluster has
     /// servers, at most 3.
     pub replicas: Option<usize>,
@@ -92,6 +108,7 @@ impl FederationOptions {
             epoch: 1,
             creds: None,
             tls_ca: None,
+            tls_client: None,
             replicas: None,
             lease: DEFAULT_LEASE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -116,11 +133,139 @@ impl FederationOptions {
         for s in &servers {
             if !(s.starts_with("nats://") || s.starts_with("tls://")) {
                 return Err(FederationError::Config(format!(
-                    "{s:?} is not a NATS URL; use nats://HOST:PORT or tls://HOST:PORT"
+                    "{:?} is not a NATS URL; use nats://HOST:PORT or tls://HOST:PORT",
+                    redact(s)
                 )));
             }
         }
         Ok(servers)
+    }
+}
+
+impl std::fmt::Debug for FederationOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<String> = self.servers.iter().map(|s| redact(s)).collect();
+        f.debug_struct("FederationOptions")
+            .field("service", &self.service)
+            .field("servers", &servers)
+            .field("hub_name", &self.hub_name)
+            .field("epoch", &self.epoch)
+            .field("creds", &self.creds)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("replicas", &self.replicas)
+            .field("lease", &self.lease)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message", &self.max_message)
+            .finish()
+    }
+}
+
+/// `url` without the credentials it may carry (`nats://host:port`).
+pub fn redact(url: &str) -> String {
+    split_userinfo(url).0
+}
+
+/// `url` split into the URL without its user information and that
+/// information (`USER:PASSWORD` or `TOKEN`, still percent-encoded).
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => (
+            format!("{scheme}://{}", &rest[at + 1..]),
+            Some(rest[..at].to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, FederationError> {
+    let bad = || {
+        FederationError::Config("a NATS URL's credentials are not valid percent-encoding".into())
+    };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Credentials found in the server URLs.
+#[derive(PartialEq, Eq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The server URLs without credentials, and the credentials they carry.
+fn url_auth(servers: &[String]) -> Result<(Vec<String>, Option<UrlAuth>), FederationError> {
+    let mut clean = Vec::new();
+    let mut auth: Option<UrlAuth> = None;
+    for s in servers {
+        let (url, info) = split_userinfo(s);
+        if let Some(info) = info {
+            let this = match info.split_once(':') {
+                Some((u, p)) => UrlAuth::UserPassword(percent_decode(u)?, percent_decode(p)?),
+                None => UrlAuth::Token(percent_decode(&info)?),
+            };
+            if auth.as_ref().is_some_and(|a| *a != this) {
+                return Err(FederationError::Config(
+                    "the NATS URLs carry different credentials; give the same on every URL (or on one)".into(),
+                ));
+            }
+            auth = Some(this);
+        }
+        clean.push(url);
+    }
+    Ok((clean, auth))
+}
+
+/// Reads a credentials file (see [`FederationOptions::creds`]) into `opts`.
+fn load_creds(
+    opts: async_nats::ConnectOptions,
+    path: &std::path::Path,
+) -> Result<async_nats::ConnectOptions, FederationError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        FederationError::Config(format!(
+            "cannot read the NATS credentials file {}: {e}",
+            path.display()
+        ))
+    })?;
+    if text.contains("-----BEGIN NATS USER JWT-----") {
+        return opts.credentials(&text).map_err(|_| {
+            FederationError::Config(format!(
+                "the NATS credentials file {} is not a valid .creds file (user JWT and nkey seed)",
+                path.display()
+            ))
+        });
+    }
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SU"))
+        .filter(|l| {
+            l.len() == 58
+                && l.bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        });
+    match seed {
+        Some(seed) => Ok(opts.nkey(seed.to_owned())),
+        None => Err(FederationError::Config(format!(
+            "the NATS credentials file {} is neither a .creds file (user JWT and nkey seed) nor an nkey user seed (SU...)",
+            path.display()
+        ))),
     }
 }
 
@@ -136,6 +281,15 @@ pub enum FederationError {
         /// The servers tried.
         servers: String,
         /// What went wrong.
+        message: String,
+    },
+    /// A NATS server refused this hub's credentials (or wanted some and
+    /// got none). The message never contains a secret.
+    #[error("federation: the NATS server at {servers} refused to authenticate this hub: {message}; check --federate-creds or the credentials in the URL")]
+    Auth {
+        /// The servers tried (without credentials).
+        servers: String,
+        /// What the server said.
         message: String,
     },
     /// The cluster answered but its JetStream buckets could not be opened.
@@ -157,6 +311,9 @@ struct Handle {
     routing: Arc<Routing>,
     /// This hub's subscription, until the hub attaches its port.
     inbound: Mutex<Option<async_nats::Subscriber>>,
+    client: async_nats::Client,
+    /// The last measured round trip to the server, microseconds.
+    rtt_us: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -178,8 +335,10 @@ impl Federation {
         let client = connect_nats(&options).await?;
         let stop = CancellationToken::new();
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
+        let rtt_us = Arc::new(AtomicU64::new(0));
+        spawn_until(stop.clone(), measure_rtt(client.clone(), rtt_us.clone()));
         let routing = Routing::new(
-            client,
+            client.clone(),
             &options.service,
             directory.clone(),
             options.max_message,
@@ -188,7 +347,12 @@ impl Federation {
             .subscribe()
             .await
             .map_err(|e| FederationError::Connect {
-                servers: options.servers.join(","),
+                servers: options
+                    .servers
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 message: format!("cannot subscribe to this hub's subject: {e}"),
             })?;
         spawn_until(stop.clone(), routing.clone().publisher());
@@ -197,6 +361,8 @@ impl Federation {
                 directory,
                 routing,
                 inbound: Mutex::new(Some(inbound)),
+                client,
+                rtt_us,
                 stop,
             }),
         })
@@ -222,6 +388,40 @@ impl Federation {
         self.inner.routing.stats()
     }
 
+    /// The federation's state now, as the hub's status shows it (see
+    /// [`Remote::status`]).
+    pub fn status(&self) -> RemoteStatus {
+        let info = self.inner.client.server_info();
+        let connected = matches!(
+            self.inner.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        let s = self.routing_stats();
+        let d = self.directory().stats();
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RemoteStatus {
+            connected,
+            server: format!("{} ({}:{})", info.server_name, info.host, info.port),
+            cluster: info.cluster.unwrap_or_default(),
+            rtt_us: n(&self.inner.rtt_us),
+            members: self.directory().members(),
+            lease_age_ms: self.directory().lease_age().map(|a| a.as_millis() as u64),
+            figures: vec![
+                ("patterns", n(&s.patterns)),
+                ("sent", n(&s.sent)),
+                ("received", n(&s.received)),
+                ("dropped", n(&s.dropped)),
+                ("malformed", n(&s.malformed)),
+                ("oversized", n(&s.oversized)),
+                ("foreign", n(&s.foreign)),
+                ("duplicates", n(&s.duplicates)),
+                ("ids_written", d.written()),
+                ("ids_released_dead", n(&d.released_dead)),
+                ("ids_reclaimed", n(&d.reclaimed)),
+            ],
+        }
+    }
+
     /// Releases this hub's ids and its heartbeat entry now (a clean leave),
     /// then stops. Without it the others release them after the lease.
     pub async fn shutdown(self) {
@@ -231,6 +431,10 @@ impl Federation {
 }
 
 impl Remote for Federation {
+    fn status(&self) -> Option<RemoteStatus> {
+        Some(Federation::status(self))
+    }
+
     fn route(&self, _from: &str, to: &str, frame: &Frame) -> Handoff {
         // Sessions across hubs are not carried yet (see ARCHITECTURE.md,
         // "Federation"): the sender gets the single-hub answer.
@@ -282,8 +486,8 @@ impl Remote for Federation {
 }
 
 async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client, FederationError> {
-    let servers: Vec<async_nats::ServerAddr> = options
-        .servers
+    let (clean, auth) = url_auth(&options.servers)?;
+    let servers: Vec<async_nats::ServerAddr> = clean
         .iter()
         .map(|s| {
             s.parse()
@@ -295,28 +499,69 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
         .no_echo()
         .name(format!("switchboard hub {}", options.hub_name))
         .connection_timeout(Duration::from_secs(5));
+    match auth {
+        Some(UrlAuth::UserPassword(user, password)) => {
+            opts = opts.user_and_password(user, password);
+        }
+        Some(UrlAuth::Token(token)) => opts = opts.token(token),
+        None => {}
+    }
     if let Some(creds) = &options.creds {
-        opts = opts.credentials_file(creds).await.map_err(|e| {
-            FederationError::Config(format!(
-                "cannot read the NATS credentials file {}: {e}",
-                creds.display()
-            ))
-        })?;
+        opts = load_creds(opts, creds)?;
     }
     if let Some(ca) = &options.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let shown = options.servers.join(",");
-    tokio::time::timeout(options.connect_timeout, opts.connect(servers))
+    if let Some((cert, key)) = &options.tls_client {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let shown = clean.join(",");
+    let client = tokio::time::timeout(options.connect_timeout, opts.connect(servers))
         .await
         .map_err(|_| FederationError::Connect {
             servers: shown.clone(),
             message: "timed out".into(),
-        })?
-        .map_err(|e| FederationError::Connect {
-            servers: shown,
-            message: e.to_string(),
-        })
+        })?;
+    client.map_err(|e| {
+        use async_nats::ConnectErrorKind as K;
+        match e.kind() {
+            K::AuthorizationViolation | K::Authentication => FederationError::Auth {
+                servers: shown,
+                message: e.to_string(),
+            },
+            _ => FederationError::Connect {
+                servers: shown,
+                message: e.to_string(),
+            },
+        }
+    })
+}
+
+/// Measures the round trip to the server every [`RTT_INTERVAL`] into
+/// `rtt_us`: a request on a subject nobody subscribes to, which the
+/// server itself answers ("no responders"), like a PING and its PONG.
+async fn measure_rtt(client: async_nats::Client, rtt_us: Arc<AtomicU64>) {
+    use async_nats::RequestErrorKind;
+    let subject = format!("_sb_rtt.{}", hex::encode(rand::random::<[u8; 8]>()));
+    loop {
+        let t = std::time::Instant::now();
+        let answered = match tokio::time::timeout(
+            RTT_INTERVAL,
+            client.request(subject.clone(), bytes::Bytes::new()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == RequestErrorKind::NoResponders,
+            Err(_) => false,
+        };
+        if answered {
+            rtt_us.store((t.elapsed().as_micros() as u64).max(1), Ordering::Relaxed);
+        }
+        tokio::time::sleep(RTT_INTERVAL).await;
+    }
 }
 
 fn spawn_until(
@@ -329,4 +574,29 @@ fn spawn_until(
             () = task => {}
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_urls() {
+        assert_eq!(redact("nats://u:p@h:4222"), "nats://h:4222");
+        assert_eq!(redact("tls://tok@h:4222/x@y"), "tls://h:4222/x@y");
+        assert_eq!(redact("nats://h:4222"), "nats://h:4222");
+        let (clean, auth) = url_auth(&["nats://u:p%40ss@a:1".into(), "nats://b:2".into()]).unwrap();
+        assert_eq!(clean, ["nats://a:1", "nats://b:2"]);
+        assert!(auth == Some(UrlAuth::UserPassword("u".into(), "p@ss".into())));
+        let (_, auth) = url_auth(&["nats://t0k@a:1".into()]).unwrap();
+        assert!(auth == Some(UrlAuth::Token("t0k".into())));
+        // (UrlAuth has no Debug, so that no secret can be printed.)
+        let Err(e) = url_auth(&["nats://a:b@a:1".into(), "nats://c@b:2".into()]) else {
+            panic!("different credentials accepted");
+        };
+        assert!(!e.to_string().contains("a:b"), "{e}");
+        assert!(url_auth(&["nats://a:%zz@a:1".into()]).is_err());
+        let o = FederationOptions::new("s", vec!["nats://user:hunter2@h:1".into()]);
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
 }

@@ -41,11 +41,22 @@ pub fn nats_server() -> Option<PathBuf> {
     found
 }
 
+/// A free loopback port, never one handed out before in this process
+/// (tests run in parallel: a port released by one could be handed to
+/// another before the first's server binds it).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One nats-server of the cluster.
@@ -69,6 +80,51 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Starts the server again (killed before if running) with the same
+    /// configuration, ports and store directory, and waits until it is
+    /// ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Some(
+            Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait_ready(self.http_port).await
+    }
+
+    /// One nats-server with JetStream on loopback, with `extra` added to
+    /// its configuration (e.g. an `authorization` or `tls` block); `url`
+    /// uses `scheme` (`nats` or `tls`). Ready when it returns.
+    pub async fn single(bin: &Path, dir: &Path, scheme: &str, extra: &str) -> anyhow::Result<Node> {
+        let (client, http) = (free_port(), free_port());
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store)?;
+        let config = dir.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n\
+                 jetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+                store.display()
+            ),
+        )?;
+        let mut node = Node {
+            url: format!("{scheme}://127.0.0.1:{client}"),
+            http_port: http,
+            child: None,
+            config,
+            bin: bin.to_owned(),
+        };
+        node.restart().await?;
+        Ok(node)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
@@ -85,6 +141,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with JetStream and waits until each is ready.
     pub async fn start(bin: &Path, n: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(bin, n, "").await
+    }
+
+    /// Like [`Cluster::start`], with `cluster_extra` added to each node's
+    /// `cluster` block (e.g. `no_advertise: true`: clients then learn no
+    /// other node and stay cut off while theirs is down).
+    pub async fn start_with(bin: &Path, n: usize, cluster_extra: &str) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -103,7 +166,7 @@ impl Cluster {
                 format!(
                     "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n\
                      jetstream {{ store_dir: \"{}\" }}\n\
-                     cluster {{ name: sbfed, listen: \"127.0.0.1:{cluster}\", routes: [{}] }}\n",
+                     cluster {{ name: sbfed, listen: \"127.0.0.1:{cluster}\", routes: [{}]\n{cluster_extra}\n}}\n",
                     store.display(),
                     routes.join(", ")
                 ),

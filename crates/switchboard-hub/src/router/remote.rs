@@ -70,6 +70,66 @@ pub enum Handoff {
     Unknown,
 }
 
+/// What the remote side reports about itself ([`Remote::status`]); the
+/// router puts it into the hub's status counters as `federation_*`
+/// entries (see [`RemoteStatus::counters`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteStatus {
+    /// Whether the link to the remote side is up now.
+    pub connected: bool,
+    /// The server the link goes to now (no credentials in it).
+    pub server: String,
+    /// The name of the cluster that server belongs to, if it has one.
+    pub cluster: String,
+    /// The last measured round trip to the server, microseconds (0: not
+    /// measured yet).
+    pub rtt_us: u64,
+    /// The other hubs heard from within their lease, sorted.
+    pub members: Vec<String>,
+    /// Milliseconds since this hub's own last heartbeat came back from
+    /// the cluster (`None`: none came back yet).
+    pub lease_age_ms: Option<u64>,
+    /// Counters and gauges of the remote side, by name (e.g. `sent`,
+    /// `dropped`, `patterns`).
+    pub figures: Vec<(&'static str, u64)>,
+}
+
+impl RemoteStatus {
+    /// The status as counter entries: `federation_connected` (0 or 1),
+    /// `federation_rtt_us`, `federation_members`, `federation_lease_age_ms`
+    /// (absent until a heartbeat came back), `federation_<figure>` for each
+    /// figure, and the strings as keys with the value 1:
+    /// `federation_server:URL`, `federation_cluster:NAME`,
+    /// `federation_member:HUB` (like `dropped:CLIENT_ID`).
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let mut c = vec![
+            ("federation_connected".to_owned(), u64::from(self.connected)),
+            ("federation_rtt_us".to_owned(), self.rtt_us),
+            ("federation_members".to_owned(), self.members.len() as u64),
+        ];
+        if let Some(age) = self.lease_age_ms {
+            c.push(("federation_lease_age_ms".to_owned(), age));
+        }
+        c.extend(
+            self.figures
+                .iter()
+                .map(|(k, v)| (format!("federation_{k}"), *v)),
+        );
+        if !self.server.is_empty() {
+            c.push((format!("federation_server:{}", self.server), 1));
+        }
+        if !self.cluster.is_empty() {
+            c.push((format!("federation_cluster:{}", self.cluster), 1));
+        }
+        c.extend(
+            self.members
+                .iter()
+                .map(|m| (format!("federation_member:{m}"), 1)),
+        );
+        c
+    }
+}
+
 /// Carries frames to clients of other hubs. See the module docs.
 pub trait Remote: Send + Sync + Debug {
     /// A `Direct`, `Request` (to a client id) or `Session` frame from the
@@ -115,6 +175,13 @@ pub trait Remote: Send + Sync + Debug {
     /// left).
     fn unsubscribed(&self, pattern: &str) {
         let _ = pattern;
+    }
+
+    /// The remote side's state for the hub's status, quickly from what it
+    /// already knows (called on the router task, at each status request).
+    /// The default: `None`, no remote side to show.
+    fn status(&self) -> Option<RemoteStatus> {
+        None
     }
 
     /// The hub registered the port (see the module docs); called once

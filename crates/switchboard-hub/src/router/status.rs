@@ -65,6 +65,13 @@ impl Router {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .chain(self.drops_by_client())
+        .chain(
+            self.remote
+                .as_ref()
+                .and_then(|r| r.status())
+                .map(|s| s.counters())
+                .unwrap_or_default(),
+        )
         .collect();
         let mut status = proto::Status {
             id,
