@@ -764,7 +764,8 @@ fn check_reports_in_every_format_with_nagios_exit_codes() {
     let out = text(&o.stdout);
     assert!(out.starts_with("OK\n"), "{out}");
     assert!(out.contains("proof       OK"), "{out}");
-    assert!(out.contains("federation  -        unknown"), "{out}");
+    // Not federated: no federation check at all.
+    assert!(!out.contains("federation"), "{out}");
 
     let o = env.run(&["--addr", &addr, "check", "--format", "nagios"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -792,7 +793,8 @@ fn check_reports_in_every_format_with_nagios_exit_codes() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["role"], "primary", "{v}");
-    assert_eq!(v["federation"], "unknown", "{v}");
+    assert_eq!(v["federation"], serde_json::Value::Null, "{v}");
+    assert!(v["checks"].get("federation").is_none(), "{v}");
     assert_eq!(v["checks"]["standby"]["detail"], "none attached", "{v}");
 
     // WARNING: a standby is required and none is attached.
@@ -984,4 +986,161 @@ fn federation_table_maps_to_the_federate_flags() {
         "{}",
         text(&o.stdout)
     );
+}
+
+/// `nats-server` on the PATH (or in /usr/sbin), or `None` after saying
+/// why the test is skipped; with `CI` set a missing server fails.
+fn nats_server() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed, and CI is set"
+        );
+        eprintln!("SKIPPED: nats-server is not installed; the federated status test did not run");
+    }
+    found
+}
+
+#[test]
+fn federation_state_in_status_metrics_and_check() {
+    let Some(bin) = nats_server() else {
+        return;
+    };
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let store = env.path().join("js");
+    let conf = env.write(
+        "nats.conf",
+        &format!(
+            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n\
+             authorization {{ user: hub, password: pw-s3cret }}\n",
+            store.to_str().unwrap()
+        ),
+    );
+    let mut nats = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The password never shows in status, check or metrics.
+    let url = format!("nats://hub:pw-s3cret@127.0.0.1:{port}");
+    let hub = Proc::spawn(env.cmd(&[
+        "hub",
+        "--json",
+        "--no-unix",
+        "--http",
+        "127.0.0.1:0",
+        "--federate",
+        &url,
+    ]));
+    let ready = hub.ready();
+    let addr = ready["addr"].as_str().unwrap().to_string();
+    let http = ready["http"].as_str().unwrap().to_string();
+
+    // status --json: a federation object.
+    let o = env.run(&["--addr", &addr, "--json", "status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let f = &v["federation"];
+    assert_eq!(f["connected"], true, "{v}");
+    assert!(
+        f["server"].as_str().unwrap().contains(&port.to_string()),
+        "{v}"
+    );
+    assert_eq!(f["members"], serde_json::json!([]), "{v}");
+    assert!(!v.to_string().contains("s3cret"), "{v}");
+    assert!(f["sent"].is_u64() && f["foreign"].is_u64(), "{v}");
+    // The text form has a federation line.
+    let o = env.run(&["--addr", &addr, "status"]);
+    assert!(
+        text(&o.stdout).contains("federation:       connected to solo"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // check: the federation check is OK.
+    let o = env.run(&["--addr", &addr, "check", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    let check: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(check["federation"], "OK", "{check}");
+    assert_eq!(check["checks"]["federation"]["state"], "OK", "{check}");
+
+    // /metrics: the federation families, parsed.
+    let bearer = token(&env);
+    let (code, body) = http_get(&http, "/metrics", Some(&bearer));
+    assert_eq!(code, 200, "{body}");
+    let families = prometheus_families(&body);
+    for name in [
+        "switchboard_federation_info",
+        "switchboard_federation_connected",
+        "switchboard_federation_members",
+        "switchboard_federation_rtt_seconds",
+        "switchboard_federation_sent_total",
+        "switchboard_federation_dropped_total",
+        "switchboard_federation_malformed_total",
+        "switchboard_federation_oversized_total",
+        "switchboard_federation_foreign_total",
+    ] {
+        assert!(families.iter().any(|f| f == name), "{name} in {body}");
+    }
+    assert!(
+        body.contains("switchboard_federation_connected 1\n"),
+        "{body}"
+    );
+    assert!(!body.contains("s3cret"), "{body}");
+    // The heartbeat comes back within a third of the lease.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(&http, "/metrics", Some(&bearer));
+        if prometheus_families(&body)
+            .iter()
+            .any(|f| f == "switchboard_federation_lease_age_seconds")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lease age: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The NATS server gone: CRITICAL (exit 2), and the gauge says 0.
+    let _ = nats.kill();
+    let _ = nats.wait();
+    let deadline = Instant::now() + WAIT;
+    let check = loop {
+        let o = env.run(&["--addr", &addr, "check", "--format", "json"]);
+        if o.status.code() == Some(2) {
+            break serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json");
+        }
+        assert!(Instant::now() < deadline, "{}", text(&o.stdout));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        check["checks"]["federation"]["state"], "CRITICAL",
+        "{check}"
+    );
+    assert_eq!(check["checks"]["reachable"]["state"], "OK", "{check}");
+    let (_, body) = http_get(&http, "/metrics", Some(&bearer));
+    assert!(
+        body.contains("switchboard_federation_connected 0\n"),
+        "{body}"
+    );
+    let logged: Vec<String> = hub.stderr.try_iter().collect();
+    assert!(!logged.concat().contains("s3cret"), "{logged:?}");
+    drop(hub);
 }

@@ -120,6 +120,7 @@ pub(super) async fn serve(
         request_latency: m.request_latency.snapshot(),
         http_mailbox_delay: m.http_mailbox_delay.snapshot(),
         process: Process::read(s.uptime_s),
+        federation: Federation::read(&s.counters),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -163,6 +164,135 @@ struct Scrape {
     http_mailbox_delay: (Vec<(f64, u64)>, f64, u64),
     /// The process's own figures.
     process: Process,
+    /// The federation's, when the hub is federated.
+    federation: Option<Federation>,
+}
+
+/// The federation's figures (`switchboard_federation_*`), from the
+/// status counters `federation_*` (see
+/// [`RemoteStatus::counters`](crate::router::remote::RemoteStatus::counters)).
+#[derive(Debug, Default)]
+struct Federation {
+    /// `(server, cluster)` of `switchboard_federation_info`.
+    info: (String, String),
+    /// Unlabelled gauges: name without `switchboard_federation_`, help,
+    /// value.
+    gauges: Vec<(&'static str, &'static str, u64)>,
+    /// The round trip to the NATS server, seconds.
+    rtt: f64,
+    /// Seconds since this hub's last heartbeat came back.
+    lease_age: Option<f64>,
+    /// Counters: name without prefix and `_total`, help, value.
+    counters: Vec<(&'static str, &'static str, u64)>,
+}
+
+impl Federation {
+    /// The figures, or `None` when the status has no `federation_connected`
+    /// (the hub is not federated).
+    fn read(c: &BTreeMap<String, u64>) -> Option<Federation> {
+        let connected = *c.get("federation_connected")?;
+        let n = |k: &str| c.get(&format!("federation_{k}")).copied().unwrap_or(0);
+        let named = |prefix: &str| {
+            c.keys()
+                .find_map(|k| k.strip_prefix(prefix))
+                .unwrap_or("")
+                .to_owned()
+        };
+        Some(Federation {
+            info: (named("federation_server:"), named("federation_cluster:")),
+            gauges: vec![
+                (
+                    "connected",
+                    "1 while the hub is connected to a NATS server",
+                    connected,
+                ),
+                (
+                    "members",
+                    "other hubs of the federation heard from within their lease",
+                    n("members"),
+                ),
+                (
+                    "patterns",
+                    "NATS subscriptions held for publish patterns",
+                    n("patterns"),
+                ),
+            ],
+            rtt: n("rtt_us") as f64 / 1e6,
+            lease_age: c.get("federation_lease_age_ms").map(|ms| *ms as f64 / 1e3),
+            counters: vec![
+                ("sent", "messages published to other hubs", n("sent")),
+                (
+                    "received",
+                    "messages from other hubs handed to the router",
+                    n("received"),
+                ),
+                (
+                    "dropped",
+                    "messages towards NATS dropped (queue full or publish failed)",
+                    n("dropped"),
+                ),
+                (
+                    "malformed",
+                    "messages from NATS dropped: not decodable or of a kind not carried",
+                    n("malformed"),
+                ),
+                (
+                    "oversized",
+                    "messages from NATS dropped: larger than the limit",
+                    n("oversized"),
+                ),
+                (
+                    "foreign",
+                    "messages from NATS dropped: origin not a live member",
+                    n("foreign"),
+                ),
+                (
+                    "duplicates",
+                    "second copies of a publish dropped",
+                    n("duplicates"),
+                ),
+            ],
+        })
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let name = |n: &str| format!("switchboard_federation_{n}");
+        let info_name = name("info");
+        let mut info = enc.encode_descriptor(
+            &info_name,
+            "the NATS server the hub is connected to and its cluster; always 1",
+            None,
+            MetricType::Gauge,
+        )?;
+        info.encode_family(&[
+            ("server", self.info.0.as_str()),
+            ("cluster", self.info.1.as_str()),
+        ])?
+        .encode_gauge(&1u64)?;
+        for (n, help, v) in &self.gauges {
+            gauge(enc, &name(n), help, None, *v)?;
+        }
+        gauge(
+            enc,
+            &name("rtt"),
+            "round trip to the NATS server, last measured",
+            Some(&Unit::Seconds),
+            self.rtt,
+        )?;
+        if let Some(age) = self.lease_age {
+            gauge(
+                enc,
+                &name("lease_age"),
+                "time since this hub's own heartbeat last came back from the cluster",
+                Some(&Unit::Seconds),
+                age,
+            )?;
+        }
+        for (n, help, v) in &self.counters {
+            counter(enc, &name(n), help, None, *v)?;
+        }
+        Ok(())
+    }
 }
 
 /// The process's figures (`process_*`), from `/proc/self` on Linux.
@@ -310,6 +440,9 @@ impl prometheus_client::collector::Collector for Scrape {
         }
         for (n, help, v) in &self.counters {
             counter(&mut enc, &name(n), help, None, *v)?;
+        }
+        if let Some(f) = &self.federation {
+            f.encode(&mut enc)?;
         }
         for (dir, rows) in [("received", &self.received), ("sent", &self.sent)] {
             counter_family(

@@ -96,9 +96,6 @@ impl State {
 #[error("check: {}", .0.name())]
 pub struct Outcome(pub State);
 
-/// What is said of the federation: the hub's status does not report it.
-const FEDERATION: &str = "unknown (the hub's status does not report it)";
-
 /// One check.
 struct Item {
     name: &'static str,
@@ -199,6 +196,7 @@ async fn gather(g: &Global, args: &CheckArgs) -> (Vec<Item>, Option<HubStatus>) 
         }
     };
     items.push(standby_item(&s, args));
+    items.extend(federation_item(&s));
     (items, Some(s))
 }
 
@@ -242,6 +240,38 @@ fn standby_item(s: &HubStatus, args: &CheckArgs) -> Item {
     )
 }
 
+/// `federation`: OK while the hub is connected to a NATS server of its
+/// federation, CRITICAL while not; absent when the hub is not federated
+/// (its status has no `federation_connected` counter).
+fn federation_item(s: &HubStatus) -> Option<Item> {
+    let c = &s.counters;
+    let connected = *c.get("federation_connected")?;
+    let named = |prefix: &str| c.keys().find_map(|k| k.strip_prefix(prefix));
+    let members = c.get("federation_members").copied().unwrap_or(0);
+    if connected == 0 {
+        return Some(item(
+            "federation",
+            State::Critical,
+            format!(
+                "not connected to the NATS cluster (was {}); traffic to other hubs fails",
+                named("federation_server:").unwrap_or("no server")
+            ),
+        ));
+    }
+    let rtt = c.get("federation_rtt_us").copied().unwrap_or(0) as f64 / 1e3;
+    Some(item(
+        "federation",
+        State::Ok,
+        format!(
+            "connected to {}{}, {members} other hub(s), rtt {rtt:.1} ms",
+            named("federation_server:").unwrap_or("?"),
+            named("federation_cluster:")
+                .map(|n| format!(" (cluster {n})"))
+                .unwrap_or_default(),
+        ),
+    ))
+}
+
 fn render(
     format: Format,
     overall: State,
@@ -257,9 +287,6 @@ fn render(
             for i in items {
                 let _ = writeln!(out, "{:<11} {:<8} {}", i.name, i.state.name(), i.detail);
             }
-            // The status the hub reports says nothing of its federation
-            // link: shown, never counted.
-            let _ = writeln!(out, "{:<11} {:<8} {}", "federation", "-", FEDERATION);
         }
         Format::Json => {
             let checks: serde_json::Map<String, serde_json::Value> = items
@@ -279,7 +306,10 @@ fn render(
                 "standby": lag.map(|s| s.standby_addr.clone()),
                 "lag_changes": lag.map(|s| s.repl_lag_changes),
                 "lag_bytes": lag.map(|s| s.repl_lag_bytes),
-                "federation": "unknown",
+                "federation": items
+                    .iter()
+                    .find(|i| i.name == "federation")
+                    .map(|i| i.state.name()),
             });
             let _ = writeln!(out, "{v}");
         }

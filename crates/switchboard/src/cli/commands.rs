@@ -600,6 +600,34 @@ pub async fn clients(g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The federation's state from the status counters `federation_*`
+/// (`RemoteStatus::counters` in the hub): `null` when the hub is not
+/// federated.
+fn federation_json(c: &std::collections::BTreeMap<String, u64>) -> serde_json::Value {
+    let Some(connected) = c.get("federation_connected") else {
+        return serde_json::Value::Null;
+    };
+    let named = |prefix: &str| c.keys().find_map(|k| k.strip_prefix(prefix));
+    let mut figures = serde_json::Map::new();
+    for (k, v) in c {
+        if let Some(name) = k.strip_prefix("federation_") {
+            if !name.contains(':') && name != "connected" && name != "members" {
+                figures.insert(name.to_owned(), json!(v));
+            }
+        }
+    }
+    let mut v = json!({
+        "connected": *connected == 1,
+        "server": named("federation_server:"),
+        "cluster": named("federation_cluster:"),
+        "members": c.keys().filter_map(|k| k.strip_prefix("federation_member:")).collect::<Vec<_>>(),
+    });
+    if let Some(obj) = v.as_object_mut() {
+        obj.extend(figures);
+    }
+    v
+}
+
 pub async fn status(g: &Global) -> anyhow::Result<()> {
     let client = g.connect(&cli_id(), false).await?;
     let result = g.read(&client, || client.status()).await;
@@ -617,6 +645,7 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
             "pending_requests": s.pending_requests, "kv_keys": s.kv_keys,
             "role": id.role, "standby_addr": s.standby_addr,
             "repl_lag_changes": s.repl_lag_changes, "repl_lag_bytes": s.repl_lag_bytes,
+            "federation": federation_json(&s.counters),
             "counters": s.counters,
         }))?;
     } else {
@@ -649,6 +678,34 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
         out(format!("queue depth:      {}", s.queue_depth))?;
         out(format!("pending requests: {}", s.pending_requests))?;
         out(format!("kv keys:          {}", s.kv_keys))?;
+        let f = federation_json(&s.counters);
+        if !f.is_null() {
+            out(format!(
+                "federation:       {} to {}{}, other hubs: [{}], rtt {:.1} ms, lease age {} ms",
+                if f["connected"] == true {
+                    "connected"
+                } else {
+                    "NOT connected"
+                },
+                f["server"].as_str().unwrap_or("?"),
+                f["cluster"]
+                    .as_str()
+                    .map(|c| format!(" (cluster {c})"))
+                    .unwrap_or_default(),
+                f["members"]
+                    .as_array()
+                    .map(|m| m
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                f["rtt_us"].as_u64().unwrap_or(0) as f64 / 1e3,
+                f["lease_age_ms"]
+                    .as_u64()
+                    .map_or("-".to_string(), |a| a.to_string()),
+            ))?;
+        }
         for (name, value) in &s.counters {
             out(format!("{name}: {value}"))?;
         }
