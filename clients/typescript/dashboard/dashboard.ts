@@ -56,6 +56,31 @@ function ago(ms: number, now: number): string {
   return `${Math.round(s / 3600)} h ago`;
 }
 
+/**
+ * The federation line from the status counters `federation_*` (server,
+ * cluster and member hubs are keys with the value 1, like `dropped:ID`).
+ */
+function federationLine(c: { [key: string]: bigint }): string {
+  if (!("federation_connected" in c)) return "not federated";
+  const named = (prefix: string): string[] =>
+    Object.keys(c)
+      .filter((k) => k.startsWith(prefix))
+      .map((k) => k.slice(prefix.length));
+  const server = named("federation_server:")[0] ?? "?";
+  const cluster = named("federation_cluster:")[0];
+  const members = named("federation_member:").sort();
+  const rttMs = Number(c["federation_rtt_us"] ?? 0n) / 1000;
+  const age = c["federation_lease_age_ms"];
+  const state = c["federation_connected"] === 1n ? "connected to" : "NOT connected, last";
+  return (
+    `${state} ${server}${cluster ? ` (cluster ${cluster})` : ""}; ` +
+    `other hubs: ${members.length ? members.join(", ") : "none"}; ` +
+    `rtt ${rttMs.toFixed(1)} ms; lease age ${age === undefined ? "–" : `${age} ms`}; ` +
+    `routed ${c["federation_sent"] ?? 0n} out, ${c["federation_received"] ?? 0n} in, ` +
+    `dropped ${(c["federation_dropped"] ?? 0n) + (c["federation_malformed"] ?? 0n) + (c["federation_oversized"] ?? 0n) + (c["federation_foreign"] ?? 0n)}`
+  );
+}
+
 function setState(text: string, cls: "" | "live" | "down"): void {
   const el = $("feed-state");
   el.textContent = text;
@@ -108,7 +133,7 @@ class View {
     this.renderClients();
   }
 
-  /** Role, standby and lag, epoch; federation is not in the status yet. */
+  /** Role, standby and lag, epoch, federation (from the `federation_*` counters). */
   renderHub(st: Status): void {
     const role = ROLES[st.identity?.role ?? 0] ?? "unknown";
     $("hub-role").textContent = role;
@@ -126,9 +151,13 @@ class View {
     }
     standby.className = st.standbyAddr ? "ok" : "muted";
     $("hub-epoch").textContent = String(st.identity?.epoch ?? 0n);
-    // The hub's status carries no federation state yet; the line shows
-    // what the hub reports once it does.
-    $("hub-federation").textContent = "unknown (not reported by this hub)";
+    const fed = $("hub-federation");
+    fed.textContent = federationLine(st.counters);
+    fed.className = !("federation_connected" in st.counters)
+      ? "muted"
+      : st.counters["federation_connected"] === 1n
+        ? "ok"
+        : "down";
   }
 
   /** Clients with dropped deliveries (`dropped:CLIENT_ID` counters), most drops first. */

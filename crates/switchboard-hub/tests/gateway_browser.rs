@@ -193,7 +193,7 @@ async fn drive(
     })
     .await?;
     wait_for(browser, "the federation line", "#hub-federation", |t| {
-        t.starts_with("unknown")
+        t == "not federated"
     })
     .await?;
     wait_for(browser, "no slow consumer", "#slow", |t| t.contains("none")).await?;
