@@ -60,10 +60,12 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationSection {
-    /// NATS server URLs (`nats://HOST:PORT` or `tls://HOST:PORT`); empty:
-    /// no federation.
+    /// NATS server URLs (`nats://HOST:PORT` or `tls://HOST:PORT`, with
+    /// `USER:PASSWORD@` or `TOKEN@` before the host when the cluster wants
+    /// them); empty: no federation.
     pub servers: Vec<String>,
-    /// NATS credentials file (JWT and nkey seed).
+    /// NATS credentials: a `.creds` file (JWT and nkey seed) or an nkey
+    /// user seed file (`SU...`).
     pub creds: Option<PathBuf>,
     /// CA certificate (PEM) the NATS servers' certificates must chain to;
     /// with it the connection requires TLS.
@@ -406,8 +408,16 @@ impl FileConfig {
             if !(server.starts_with("nats://") || server.starts_with("tls://"))
                 || server.contains(',')
             {
+                // Shown without the credentials it may carry.
+                let shown = match server.split_once("://") {
+                    Some((scheme, rest)) => match rest.rsplit_once('@') {
+                        Some((_, host)) => format!("{scheme}://{host}"),
+                        None => server.clone(),
+                    },
+                    None => server.clone(),
+                };
                 return Err(format!(
-                    "[federation] servers: {server:?} is not a NATS URL; use nats://HOST:PORT or tls://HOST:PORT"
+                    "[federation] servers: {shown:?} is not a NATS URL; use nats://HOST:PORT or tls://HOST:PORT"
                 ));
             }
         }
@@ -668,9 +678,12 @@ format = "text"
 [federation]
 # Federate with the hubs of this service on a NATS cluster with JetStream
 # (client ids become unique cluster-wide). Left out: no federation.
-# --federate overrides it.
+# --federate overrides it. A user and password or a token go before the host
+# (nats://USER:PASSWORD@HOST:PORT, nats://TOKEN@HOST:PORT, percent-encoded);
+# here they stay out of the process list.
 # servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
-# NATS credentials file (JWT and nkey seed). --federate-creds overrides it.
+# NATS credentials: a .creds file (JWT and nkey seed) or an nkey user seed
+# file (SU...), told apart by the content. --federate-creds overrides it.
 # creds = "/etc/switchboard/nats.creds"
 # CA certificate (PEM) the NATS servers' certificates must chain to; with it
 # the connection requires TLS. --federate-tls-ca overrides it.

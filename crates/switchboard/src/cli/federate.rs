@@ -14,11 +14,14 @@ use super::config::{FederationSection, Invalid};
 pub struct FederateArgs {
     /// Federate with the hubs of this service on a NATS cluster with
     /// JetStream: client ids become unique cluster-wide. Comma-separated
-    /// server URLs, e.g. nats://h1:4222,nats://h2:4222.
+    /// server URLs, e.g. nats://h1:4222,nats://h2:4222; a user and
+    /// password or a token go before the host (nats://USER:PASS@h1:4222,
+    /// nats://TOKEN@h1:4222), better in the configuration file than here.
     #[arg(long, value_name = "URLS")]
     pub federate: Option<String>,
-    /// NATS credentials file (JWT and nkey seed) for --federate (or the
-    /// configuration file's [federation] servers).
+    /// NATS credentials for --federate (or the configuration file's
+    /// [federation] servers): a .creds file (JWT and nkey seed) or an nkey
+    /// user seed file (SU...).
     #[arg(long, value_name = "FILE")]
     pub federate_creds: Option<PathBuf>,
     /// CA certificate (PEM) the NATS servers' TLS certificates must chain
