@@ -69,6 +69,23 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Starts the server again after [`Node::kill`], with its ports and
+    /// store directory, and waits until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the node still runs");
+        self.child = Some(
+            Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait_ready(self.http_port).await
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
