@@ -30,6 +30,7 @@ use async_nats::jetstream::stream;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use switchboard_hub::port::PortSender;
 use switchboard_hub::router::admission::Refusal;
 use switchboard_wire::ErrorCode;
 use tokio::sync::mpsc;
@@ -84,6 +85,9 @@ pub struct DirectoryStats {
     /// Ids of this hub's clients another hub released (this hub was cut
     /// off longer than the lease) and this hub claimed again.
     pub reclaimed: AtomicU64,
+    /// Local clients closed after a reconnection because another hub
+    /// registered their id while this hub was cut off.
+    pub taken_back: AtomicU64,
 }
 
 impl DirectoryStats {
@@ -101,6 +105,8 @@ pub struct Directory {
     lease: Duration,
     started: Instant,
     state: Mutex<State>,
+    /// The ids registered on this hub now (as the router reported them).
+    local: Mutex<std::collections::HashSet<String>>,
     commands: mpsc::Sender<Command>,
     ids: Store,
     hubs: Store,
@@ -130,6 +136,7 @@ impl Directory {
             lease: options.lease,
             started: Instant::now(),
             state: Mutex::new(State::default()),
+            local: Mutex::new(Default::default()),
             commands: tx,
             ids,
             hubs,
@@ -213,6 +220,7 @@ impl Directory {
     /// `id` registered here: recorded at once, written to the bucket by the
     /// command task.
     pub fn joined(&self, id: &str) {
+        self.local.lock().insert(id.to_owned());
         self.state.lock().ids.insert(
             id.to_owned(),
             (
@@ -228,6 +236,7 @@ impl Directory {
 
     /// `id` left this hub.
     pub fn left(&self, id: &str) {
+        self.local.lock().remove(id);
         {
             let mut st = self.state.lock();
             if st.ids.get(id).is_some_and(|(h, _)| h.hub == self.me) {
@@ -344,6 +353,66 @@ impl Directory {
                     tracing::warn!(client = %id, error = %e, "federation: could not register an id yet; trying again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// After a reconnection to the cluster: writes each id registered on
+    /// this hub again (after the lease the other hubs released them), and
+    /// closes through `port` with `ID_TAKEN_OVER` each local client whose
+    /// id another live hub holds now. Tries each id again, backing off,
+    /// while the cluster does not answer and the client is still here.
+    pub(crate) async fn reregister(&self, port: &PortSender) {
+        let mine: Vec<String> = self.local.lock().iter().cloned().collect();
+        for id in mine {
+            let key = escape(&id);
+            let value: bytes::Bytes = serde_json::to_vec(&Holder {
+                hub: self.me.clone(),
+                epoch: self.epoch,
+            })
+            .expect("a holder serializes")
+            .into();
+            let mut backoff = RETRY_MIN;
+            while self.local.lock().contains(&id) {
+                match self.try_register(&id, &key, &value).await {
+                    Ok(Some(rev)) => {
+                        self.stats.written.fetch_add(1, Ordering::Relaxed);
+                        let mut st = self.state.lock();
+                        let newer = st
+                            .ids
+                            .get(&id)
+                            .is_some_and(|(h, r)| h.hub != self.me && *r > rev);
+                        if !newer {
+                            st.ids.insert(
+                                id.clone(),
+                                (
+                                    Holder {
+                                        hub: self.me.clone(),
+                                        epoch: self.epoch,
+                                    },
+                                    rev,
+                                ),
+                            );
+                        }
+                        break;
+                    }
+                    Ok(None) => {
+                        let hub = self.holder(&id).unwrap_or_default();
+                        self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(client = %id, hub = %hub, "federation: while this hub was cut off from the cluster, another hub registered one of its client ids; closing the local client");
+                        let message = format!(
+                            "client id '{id}' was registered on hub '{hub}' of this federation while this hub was cut off from the cluster; give each process its own id"
+                        );
+                        port.close_client(&id, ErrorCode::IdTakenOver, message)
+                            .await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(client = %id, error = %e, "federation: could not register an id again yet; trying again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
                 }
             }
         }

@@ -96,6 +96,9 @@ pub struct FederationOptions {
     /// (default [`routing::MAX_MESSAGE`]); larger ones are dropped and
     /// counted.
     pub max_message: usize,
+    /// Whether the NATS client also reconnects to the servers the cluster
+    /// announces (default `true`); `false`: only to `servers`.
+    pub discover_servers: bool,
 }
 
 impl FederationOptions {
@@ -113,6 +116,7 @@ impl FederationOptions {
             lease: DEFAULT_LEASE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message: routing::MAX_MESSAGE,
+            discover_servers: true,
         }
     }
 
@@ -314,6 +318,9 @@ struct Handle {
     client: async_nats::Client,
     /// The last measured round trip to the server, microseconds.
     rtt_us: Arc<AtomicU64>,
+    /// One message per (re)connection to the cluster, until the hub
+    /// attaches its port.
+    connected: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
     stop: CancellationToken,
 }
 
@@ -332,7 +339,8 @@ impl Federation {
                 "the lease must be at least 300 ms".into(),
             ));
         }
-        let client = connect_nats(&options).await?;
+        let (connected_tx, connected) = tokio::sync::mpsc::unbounded_channel();
+        let client = connect_nats(&options, connected_tx).await?;
         let stop = CancellationToken::new();
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
         let rtt_us = Arc::new(AtomicU64::new(0));
@@ -363,6 +371,7 @@ impl Federation {
                 inbound: Mutex::new(Some(inbound)),
                 client,
                 rtt_us,
+                connected: Mutex::new(Some(connected)),
                 stop,
             }),
         })
@@ -381,6 +390,13 @@ impl Federation {
     /// The id directory (who holds which id, which hubs are live).
     pub fn directory(&self) -> &Directory {
         &self.inner.directory
+    }
+
+    /// Whether the hub's connection to the NATS cluster is up now. While
+    /// it is down, messages for clients of other hubs fail at once
+    /// (`NO_SUCH_CLIENT`, naming the cluster as unreachable).
+    pub fn is_connected(&self) -> bool {
+        self.inner.routing.connected()
     }
 
     /// The counters of routing across hubs.
@@ -440,9 +456,22 @@ impl Remote for Federation {
         // "Federation"): the sender gets the single-hub answer.
         let carried = matches!(frame.kind, Some(Kind::Direct(_) | Kind::Request(_)));
         match self.inner.routing.holder(to) {
+            Some(hub) if carried && !self.inner.routing.connected() => {
+                Handoff::Unreachable(format!(
+                    "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
+                ))
+            }
             Some(_) if carried => Handoff::Taken,
             _ => Handoff::Unknown,
         }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.inner
+            .routing
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fan_out(&self, from: &str, frame: &Frame) {
@@ -474,8 +503,22 @@ impl Remote for Federation {
             tracing::warn!("federation: a second hub attached to one federation; ignored");
             return;
         };
+        let mut port = port;
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
+        if let Some(mut connected) = self.inner.connected.lock().take() {
+            // On every reconnection: write this hub's ids again (the
+            // others may have released them after the lease), closing
+            // the local clients whose id another hub took meanwhile.
+            let directory = self.inner.directory.clone();
+            let sender = port.sender();
+            spawn_until(stop.clone(), async move {
+                while connected.recv().await.is_some() {
+                    while connected.try_recv().is_ok() {}
+                    directory.reregister(&sender).await;
+                }
+            });
+        }
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
@@ -485,7 +528,10 @@ impl Remote for Federation {
     }
 }
 
-async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client, FederationError> {
+async fn connect_nats(
+    options: &FederationOptions,
+    connected: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<async_nats::Client, FederationError> {
     let (clean, auth) = url_auth(&options.servers)?;
     let servers: Vec<async_nats::ServerAddr> = clean
         .iter()
@@ -498,7 +544,18 @@ async fn connect_nats(options: &FederationOptions) -> Result<async_nats::Client,
     let mut opts = async_nats::ConnectOptions::new()
         .no_echo()
         .name(format!("switchboard hub {}", options.hub_name))
-        .connection_timeout(Duration::from_secs(5));
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = connected.send(());
+                }
+            }
+        });
+    if !options.discover_servers {
+        opts = opts.ignore_discovered_servers();
+    }
     match auth {
         Some(UrlAuth::UserPassword(user, password)) => {
             opts = opts.user_and_password(user, password);

@@ -79,8 +79,12 @@ pub struct RoutingStats {
     /// hub (dropped).
     pub foreign: AtomicU64,
     /// Messages towards NATS dropped because a queue was full or the
-    /// publish failed.
+    /// publish failed. The hub's `Status` shows them (`dropped` and
+    /// `dropped:~remote`), as it does a slow client's dropped deliveries.
     pub dropped: AtomicU64,
+    /// Of [`dropped`](Self::dropped): publishes and broadcasts dropped
+    /// because the queue towards NATS ([`FANOUT_QUEUE`]) was full.
+    pub queue_full: AtomicU64,
     /// Second copies of a publish dropped (a hub's patterns overlap).
     pub duplicates: AtomicU64,
     /// NATS subscriptions for publish patterns held now.
@@ -242,6 +246,7 @@ impl Routing {
             _ => return,
         };
         if self.fanout.try_send((subject, frame)).is_err() {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 tracing::warn!(
@@ -332,6 +337,11 @@ impl Routing {
 
     fn me(&self) -> &str {
         self.directory.hub_name()
+    }
+
+    /// Whether the NATS connection is up now.
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The live other hub holding `id`, if any.

@@ -104,6 +104,25 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Closes the local client `id` with a `Goodbye` of `code` and
+    /// `message` (its id turned out to be held by another hub), like a
+    /// takeover; ignored when no client `id` is registered. `false` when
+    /// the hub stopped.
+    pub async fn close_client(&self, id: &str, code: ErrorCode, message: String) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteClose {
+                conn: self.conn,
+                id: id.to_owned(),
+                code,
+                message,
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

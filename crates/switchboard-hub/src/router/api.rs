@@ -88,6 +88,20 @@ pub enum Input {
         /// Its message.
         message: String,
     },
+    /// The remote side found the local client `id` registered elsewhere
+    /// as well (another hub of a federation holds the id): the router
+    /// closes it with `code` and `message`, like a local takeover. Only
+    /// from the port `conn`; ignored when no client `id` is registered.
+    RemoteClose {
+        /// The port.
+        conn: ConnId,
+        /// The local client.
+        id: String,
+        /// The `Goodbye` code (`ID_TAKEN_OVER`).
+        code: switchboard_wire::ErrorCode,
+        /// Its message.
+        message: String,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

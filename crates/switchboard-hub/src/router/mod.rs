@@ -275,6 +275,16 @@ impl Router {
                         .fail_remote(out, registry, port, &requester, id, code, &message);
                 }
             }
+            Input::RemoteClose {
+                conn,
+                id,
+                code,
+                message,
+            } => {
+                if self.resolve(conn).is_some_and(|k| Some(k) == self.port) {
+                    self.remote_close(now, &id, code, message);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
@@ -478,6 +488,22 @@ impl Router {
         true
     }
 
+    /// Closes the local client `id` at the remote side's word (another
+    /// hub holds the id), like a takeover.
+    #[cold]
+    fn remote_close(&mut self, now: Instant, id: &str, code: ErrorCode, message: String) {
+        let Some(key) = self.registry.lookup(id).filter(|k| Some(*k) != self.port) else {
+            return;
+        };
+        if let Some(outbox) = self.output.outbox(key).cloned() {
+            tracing::info!(client = %id, "client closed: its id is held by another hub");
+            self.timers
+                .close(now, outbox, Some(Frame::goodbye(code, message)));
+            self.counters.takeovers += 1;
+            self.leave(key, "its id is held by another hub");
+        }
+    }
+
     /// Asks the remote seam whether `info`'s id may register here (it is
     /// not held by another hub); a refused connection is closed with the
     /// refusal.
@@ -679,13 +705,38 @@ impl Router {
     /// Asks the remote seam about a message for `to`, registered nowhere
     /// here: the port to deliver it to when another hub serves `to`.
     /// What came from the port itself is never handed back.
-    fn routed_away(&self, conn: ConnId, to: &str, frame: impl FnOnce() -> Frame) -> Option<ConnId> {
-        let remote = self.remote.as_ref()?;
-        let port = self.port?;
+    /// `Err(message)`: another hub serves `to` but the remote side cannot
+    /// reach it now ([`Handoff::Unreachable`]).
+    fn routed_away(
+        &self,
+        conn: ConnId,
+        to: &str,
+        frame: impl FnOnce() -> Frame,
+    ) -> Result<Option<ConnId>, String> {
+        let (Some(remote), Some(port)) = (self.remote.as_ref(), self.port) else {
+            return Ok(None);
+        };
         if conn == port || self.registry.lookup(to).is_some() {
-            return None;
+            return Ok(None);
         }
-        (remote.route(self.output.id(conn), to, &frame()) == Handoff::Taken).then_some(port)
+        match remote.route(self.output.id(conn), to, &frame()) {
+            Handoff::Taken => Ok(Some(port)),
+            Handoff::Unknown => Ok(None),
+            Handoff::Unreachable(message) => Err(message),
+        }
+    }
+
+    /// Answers message `id` of `conn` (a `Direct` or `Request` for a
+    /// client of another hub the remote side cannot reach now) with
+    /// `NO_SUCH_CLIENT` and `message`; a `Direct` without id is counted
+    /// as undeliverable.
+    #[cold]
+    fn unreachable(&mut self, conn: ConnId, id: u64, message: String) {
+        if id != 0 {
+            self.send(conn, err(id, ErrorCode::NoSuchClient, message));
+        } else {
+            self.requests.count_undeliverable();
+        }
     }
 
     /// Hands a publish or broadcast, delivered here, to the remote seam
@@ -748,7 +799,10 @@ impl Router {
                 }
             }
             Kind::Direct(d) => {
-                let via = self.routed_away(conn, &d.to, || Frame::from(d.clone()));
+                let via = match self.routed_away(conn, &d.to, || Frame::from(d.clone())) {
+                    Ok(via) => via,
+                    Err(message) => return self.unreachable(conn, d.id, message),
+                };
                 let route = Route { via, from_port };
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
@@ -756,7 +810,10 @@ impl Router {
             }
             Kind::Request(r) => {
                 let via = if r.service.is_empty() && r.id != 0 {
-                    self.routed_away(conn, &r.to, || Frame::from(r.clone()))
+                    match self.routed_away(conn, &r.to, || Frame::from(r.clone())) {
+                        Ok(via) => via,
+                        Err(message) => return self.unreachable(conn, r.id, message),
+                    }
                 } else {
                     None
                 };
@@ -817,7 +874,7 @@ impl Router {
             Kind::Session(s) => {
                 if self
                     .routed_away(conn, &s.peer, || Frame::from(s.clone()))
-                    .is_some()
+                    .is_ok_and(|via| via.is_some())
                 {
                     // Sessions across hubs are not carried yet: the remote
                     // side answers `Unknown` for them.

@@ -60,7 +60,7 @@ pub const PORT_ID: &str = "~remote";
 pub const PORT_TRANSPORT: &str = "remote";
 
 /// What became of a message handed to [`Remote::route`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handoff {
     /// Another hub serves the target: the remote side delivers the frame
     /// and answers the sender (`Ok`, `Reply`, or an error) when asked to.
@@ -68,6 +68,11 @@ pub enum Handoff {
     /// No hub knows the target: the sender is told `NO_SUCH_CLIENT`, as
     /// on a single hub.
     Unknown,
+    /// Another hub serves the target, but the remote side cannot reach
+    /// it now (e.g. the federation lost its cluster): the sender is told
+    /// at once, `NO_SUCH_CLIENT` with this message, rather than waiting
+    /// for a timeout. A `Direct` without id is counted as undeliverable.
+    Unreachable(String),
 }
 
 /// What the remote side reports about itself ([`Remote::status`]); the
@@ -182,6 +187,14 @@ pub trait Remote: Send + Sync + Debug {
     /// The default: `None`, no remote side to show.
     fn status(&self) -> Option<RemoteStatus> {
         None
+    }
+
+    /// Messages for other hubs the remote side dropped so far (its way
+    /// out was full, or the send failed); the hub's `Status` adds them
+    /// to `dropped` and shows them as `dropped:~remote`, as it does a
+    /// slow client's dropped deliveries. The default: none.
+    fn dropped(&self) -> u64 {
+        0
     }
 
     /// The hub registered the port (see the module docs); called once

@@ -119,6 +119,12 @@ impl Requests {
         self.timeouts.len()
     }
 
+    /// Counts a message that could not be delivered and had no one to
+    /// tell (a `Direct` without id).
+    pub fn count_undeliverable(&mut self) {
+        self.counters.undeliverable += 1;
+    }
+
     /// What the room counted.
     pub fn counters(&self) -> RequestCounters {
         self.counters

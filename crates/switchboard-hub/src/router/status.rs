@@ -34,7 +34,8 @@ impl Router {
         let uptime = self.started.map_or(Duration::ZERO, |s| now - s);
         let c = &self.counters;
         let r = self.requests.counters();
-        let counters = [
+        let remote_dropped = self.remote.as_ref().map_or(0, |r| r.dropped());
+        let mut counters: std::collections::BTreeMap<String, u64> = [
             ("undeliverable", r.undeliverable),
             ("replies_dropped", r.replies_dropped),
             ("requests_timed_out", r.timeouts),
@@ -73,6 +74,10 @@ impl Router {
                 .unwrap_or_default(),
         )
         .collect();
+        if remote_dropped > 0 {
+            let key = format!("dropped:{}", super::remote::PORT_ID);
+            *counters.entry(key).or_insert(0) += remote_dropped;
+        }
         let mut status = proto::Status {
             id,
             identity: Some(self.identity.clone()),
@@ -83,7 +88,7 @@ impl Router {
             msgs_out: self.stats.msgs_out.load(Ordering::Relaxed),
             bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.stats.bytes_out.load(Ordering::Relaxed),
-            dropped: self.output.dropped(),
+            dropped: self.output.dropped() + remote_dropped,
             queue_depth: self
                 .output
                 .links()

@@ -380,3 +380,94 @@ fn the_remote_refuses_ids_held_elsewhere_and_hears_joins_and_leaves() {
     );
     assert_eq!(*remote.events.lock(), vec!["+a", "-a", "+a"]);
 }
+
+/// Knows ids starting with "far-" on another hub but cannot reach it;
+/// has dropped 7 messages for other hubs.
+#[derive(Debug)]
+struct CutOff;
+
+impl Remote for CutOff {
+    fn route(&self, _from: &str, to: &str, _frame: &Frame) -> Handoff {
+        if to.starts_with("far-") {
+            Handoff::Unreachable(format!("'{to}' is out of reach"))
+        } else {
+            Handoff::Unknown
+        }
+    }
+
+    fn fan_out(&self, _from: &str, _frame: &Frame) {}
+
+    fn dropped(&self) -> u64 {
+        7
+    }
+}
+
+#[test]
+fn unreachable_targets_fail_at_once_and_remote_drops_show_in_status() {
+    let mut sim = Sim::new();
+    sim.router.set_remote(Arc::new(CutOff));
+    let port = port(&mut sim);
+    let a = sim.connect("a");
+    sim.send(
+        a,
+        proto::Direct {
+            id: 1,
+            to: "far-x".into(),
+            ..Default::default()
+        },
+    );
+    let (id, code, message) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (1, ErrorCode::NoSuchClient));
+    assert!(message.contains("out of reach"), "{message}");
+    sim.send(a, Frame::request(2, "far-y", "x"));
+    assert_eq!(
+        code_of(&sim.recv_one(a)),
+        Some((2, ErrorCode::NoSuchClient))
+    );
+    // Without id: nobody to tell, counted.
+    sim.send(
+        a,
+        proto::Direct {
+            to: "far-x".into(),
+            ..Default::default()
+        },
+    );
+    assert!(sim.recv(a).is_empty());
+    assert!(sim.recv(port).is_empty());
+    let status = sim.router.status(sim.now, 0);
+    assert_eq!(status.counters["undeliverable"], 1);
+    assert_eq!(status.counters["dropped:~remote"], 7);
+    assert_eq!(status.dropped, 7);
+}
+
+#[test]
+fn the_port_closes_a_local_client_like_a_takeover() {
+    let mut sim = Sim::new();
+    sim.router.set_remote(Arc::new(CutOff));
+    let port = port(&mut sim);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let close = |conn, id: &str| Input::RemoteClose {
+        conn,
+        id: id.into(),
+        code: ErrorCode::IdTakenOver,
+        message: "held by hub-b".into(),
+    };
+    // Only the port may ask.
+    sim.router.handle(sim.now, close(b, "a"));
+    assert!(sim.outboxes[&a].is_open());
+    sim.router.handle(sim.now, close(port, "a"));
+    match sim.recv(a).last().and_then(|f| f.kind.clone()) {
+        Some(Kind::Goodbye(g)) => {
+            assert_eq!(g.code, ErrorCode::IdTakenOver as i32);
+            assert_eq!(g.message, "held by hub-b");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!sim.outboxes[&a].is_open());
+    assert_eq!(sim.router.client_count(), 2);
+    // An id not registered: nothing happens.
+    sim.router.handle(sim.now, close(port, "nobody"));
+    assert_eq!(sim.router.client_count(), 2);
+    assert_eq!(sim.router.status(sim.now, 0).counters["takeovers"], 1);
+}
