@@ -20,7 +20,11 @@
 //!   or broadcast goes out once, with [`H_MSG`] (this run of the hub and a
 //!   sequence number); a hub whose patterns overlap gets a message once
 //!   per matching subscription and keeps only the first (the last
-//!   [`DEDUP_WINDOW`] numbers per sender are remembered). What comes from
+//!   [`DEDUP_WINDOW`] numbers per sender are remembered). One task takes
+//!   what all these subscriptions got: each time it wakes, everything
+//!   already waiting on any of them, ordered by origin and number, so each
+//!   origin's publishes reach the router in the order they were sent even
+//!   when patterns overlap (the ordered intake). What comes from
 //!   NATS enters the router through the port, and the router never hands
 //!   what came from the port back out, so nothing is published twice.
 //! - The way out never blocks the router: publishes and broadcasts wait in
@@ -38,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::{PortSender, RemotePort};
 use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
@@ -279,55 +283,134 @@ impl Routing {
     }
 
     /// Holds one NATS subscription per distinct pattern (and the
-    /// broadcast subject); what they get goes into the router.
+    /// broadcast subject) and takes what they get in order into the router
+    /// (the ordered intake, see [`Routing::intake`]).
     async fn subscriptions(self: Arc<Self>, port: PortSender) {
         let Some(mut rx) = self.changes_rx.lock().take() else {
             return;
         };
-        let mut held: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        // `None`: the broadcast subject.
+        let mut subs: Vec<(Option<String>, async_nats::Subscriber)> = Vec::new();
         match self
             .client
             .subscribe(format!("sb.{}.b", self.service))
             .await
         {
-            Ok(sub) => {
-                tokio::spawn(self.clone().inbound(sub, port.clone()));
-            }
+            Ok(sub) => subs.push((None, sub)),
             Err(e) => tracing::warn!(error = %e, "federation: cannot subscribe to broadcasts"),
         }
-        while let Some(change) = rx.recv().await {
-            match change {
-                PatternChange::Add(pattern) => {
-                    let subject = format!(
-                        "sb.{}.t.{}",
-                        self.service,
-                        crate::subject::topic(&pattern, true)
-                    );
-                    match self.client.subscribe(subject).await {
-                        Ok(sub) => {
-                            let task = tokio::spawn(self.clone().inbound(sub, port.clone()));
-                            if let Some(old) = held.insert(pattern, task) {
-                                old.abort();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
-                        }
-                    }
-                }
-                PatternChange::Remove(pattern) => {
-                    if let Some(task) = held.remove(&pattern) {
-                        task.abort();
+        loop {
+            enum Wake {
+                Change(Option<PatternChange>),
+                Message(async_nats::Message),
+            }
+            let wake = tokio::select! {
+                change = rx.recv() => Wake::Change(change),
+                msg = next_any(&mut subs) => Wake::Message(msg),
+            };
+            match wake {
+                Wake::Change(None) => return,
+                Wake::Change(Some(change)) => self.change(&mut subs, change).await,
+                Wake::Message(first) => {
+                    if !self.intake(first, &mut subs, &port).await {
+                        return;
                     }
                 }
             }
-            self.stats
-                .patterns
-                .store(held.len() as u64, Ordering::Relaxed);
         }
-        for (_, task) in held {
-            task.abort();
+    }
+
+    /// Subscribes to a new pattern, or drops the subscription of one that
+    /// ended.
+    async fn change(
+        &self,
+        subs: &mut Vec<(Option<String>, async_nats::Subscriber)>,
+        change: PatternChange,
+    ) {
+        match change {
+            PatternChange::Add(pattern) => {
+                let subject = format!(
+                    "sb.{}.t.{}",
+                    self.service,
+                    crate::subject::topic(&pattern, true)
+                );
+                match self.client.subscribe(subject).await {
+                    Ok(sub) => {
+                        subs.retain(|(p, _)| p.as_deref() != Some(&pattern));
+                        subs.push((Some(pattern), sub));
+                    }
+                    Err(e) => {
+                        tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
+                    }
+                }
+            }
+            // Dropping a subscriber unsubscribes it.
+            PatternChange::Remove(pattern) => subs.retain(|(p, _)| p.as_deref() != Some(&pattern)),
         }
+        let held = subs.iter().filter(|(p, _)| p.is_some()).count();
+        self.stats.patterns.store(held as u64, Ordering::Relaxed);
+    }
+
+    /// The ordered intake: with `first` in hand, takes everything already
+    /// waiting on all the subscriptions (rounds of polls that do not wait,
+    /// until one round finds nothing), orders it by origin and message
+    /// number ([`H_MSG`]), drops second copies, and hands it to the router
+    /// in that order. The NATS client's reader pushes messages into the
+    /// subscriptions' queues in the order they came on the connection, so
+    /// when a publish has been taken, every earlier one of the same origin
+    /// has been too (in this batch or an earlier one): the router gets
+    /// each origin's publishes in the order it sent them, however the
+    /// hub's patterns overlap. `false` when the hub stopped.
+    async fn intake(
+        &self,
+        first: async_nats::Message,
+        subs: &mut [(Option<String>, async_nats::Subscriber)],
+        port: &PortSender,
+    ) -> bool {
+        let mut batch = vec![first];
+        loop {
+            let before = batch.len();
+            for (_, sub) in subs.iter_mut() {
+                while let Some(Some(msg)) = sub.next().now_or_never() {
+                    batch.push(msg);
+                }
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
+        let mut checked = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            let number = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(H_MSG))
+                .and_then(|v| parse_msg(v.as_str()));
+            if let Some((origin, frame, to)) = self.check(msg) {
+                checked.push((origin, number, frame, to));
+            }
+        }
+        // Stable: what has no number keeps its place among its origin's.
+        checked.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut frames = Vec::with_capacity(checked.len());
+        for (origin, _, frame, to) in checked {
+            if matches!(frame.kind, Some(Kind::Publish(_) | Kind::Broadcast(_))) {
+                frames.push(frame);
+            } else if !self.deliver(origin, frame, to, port).await {
+                return false;
+            } else {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if frames.is_empty() {
+            return true;
+        }
+        let n = frames.len() as u64;
+        if !port.send(frames).await {
+            return false;
+        }
+        self.stats.received.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     fn me(&self) -> &str {
@@ -441,40 +524,50 @@ impl Routing {
             let Some((origin, frame, to)) = self.check(&msg) else {
                 continue;
             };
-            let ok = match frame.kind {
-                Some(Kind::Direct(_)) => port.send(vec![frame]).await,
-                Some(Kind::Request(mut r)) => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.foreign.lock().insert(
-                        id,
-                        Foreign {
-                            origin,
-                            requester: r.from.clone(),
-                            id: r.id,
-                        },
-                    );
-                    r.id = id;
-                    port.send(vec![Frame::from(r)]).await
-                }
-                Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
-                    port.send(vec![frame]).await
-                }
-                Some(Kind::Error(e)) => match to {
-                    Some(to) => {
-                        port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
-                            .await
-                    }
-                    None => {
-                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                },
-                _ => true,
-            };
-            if !ok {
+            if !self.deliver(origin, frame, to, &port).await {
                 return;
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A checked message into the router; `false` when the hub stopped.
+    async fn deliver(
+        &self,
+        origin: String,
+        frame: Frame,
+        to: Option<String>,
+        port: &PortSender,
+    ) -> bool {
+        match frame.kind {
+            Some(Kind::Direct(_)) => port.send(vec![frame]).await,
+            Some(Kind::Request(mut r)) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                self.foreign.lock().insert(
+                    id,
+                    Foreign {
+                        origin,
+                        requester: r.from.clone(),
+                        id: r.id,
+                    },
+                );
+                r.id = id;
+                port.send(vec![Frame::from(r)]).await
+            }
+            Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
+                port.send(vec![frame]).await
+            }
+            Some(Kind::Error(e)) => match to {
+                Some(to) => {
+                    port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
+                        .await
+                }
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            },
+            _ => true,
         }
     }
 
@@ -554,6 +647,25 @@ impl Routing {
         }
         Some((origin, frame, to))
     }
+}
+
+/// The next message of any of `subs` (a subscription whose stream ended
+/// is dropped); waits forever when there is none.
+async fn next_any(subs: &mut Vec<(Option<String>, async_nats::Subscriber)>) -> async_nats::Message {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < subs.len() {
+            match subs[i].1.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(msg)) => return std::task::Poll::Ready(msg),
+                std::task::Poll::Ready(None) => {
+                    subs.swap_remove(i);
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// `<run>-<seq>` (hex) of [`H_MSG`].
