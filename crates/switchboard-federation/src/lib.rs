@@ -246,11 +246,23 @@ impl Remote for Federation {
     }
 
     fn subscribed(&self, pattern: &str) {
-        self.inner.routing.subscribed(pattern);
+        self.inner.routing.subscribed(pattern, None);
     }
 
     fn unsubscribed(&self, pattern: &str) {
-        self.inner.routing.unsubscribed(pattern);
+        self.inner.routing.unsubscribed(pattern, None);
+    }
+
+    fn subscribed_group(&self, pattern: &str, group: &str) {
+        self.inner.routing.subscribed(pattern, Some(group));
+    }
+
+    fn unsubscribed_group(&self, pattern: &str, group: &str) {
+        self.inner.routing.unsubscribed(pattern, Some(group));
+    }
+
+    fn carries_groups(&self) -> bool {
+        true
     }
 
     fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {

@@ -57,6 +57,11 @@ pub const H_TO: &str = "Sb-To";
 /// The NATS header numbering a publish or broadcast: `<run>-<seq>`, both
 /// hex, the run random per start of the hub.
 pub const H_MSG: &str = "Sb-Msg";
+/// The NATS header listing the queue groups a publish's origin hub
+/// delivered it to itself (its own members come first, as NATS prefers
+/// local queue subscribers): `<pattern>/<group>` escaped, `,`-separated.
+/// A hub the cluster picks for one of these groups drops its copy.
+pub const H_SERVED: &str = "Sb-Served";
 /// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
 /// they are dropped and counted.
 pub const FANOUT_QUEUE: usize = 8192;
@@ -87,8 +92,11 @@ pub struct RoutingStats {
     pub dropped: AtomicU64,
     /// Second copies of a publish dropped (a hub's patterns overlap).
     pub duplicates: AtomicU64,
-    /// NATS subscriptions for publish patterns held now.
+    /// NATS subscriptions for publish patterns (and queue groups) held now.
     pub patterns: AtomicU64,
+    /// Publishes the cluster handed this hub for a queue group that the
+    /// origin hub's own members of the group took already (dropped).
+    pub served_by_origin: AtomicU64,
 }
 
 impl RoutingStats {
@@ -108,11 +116,15 @@ struct Foreign {
     id: u64,
 }
 
+/// A publish subscription as the hub holds it on NATS: a pattern, and
+/// the queue group for a group's (`None`: plain).
+type Lane = (String, Option<String>);
+
 /// What the pattern task is told.
 #[derive(Debug)]
 enum PatternChange {
-    Add(String),
-    Remove(String),
+    Add(Lane),
+    Remove(Lane),
 }
 
 /// Message numbers seen from one run of one hub.
@@ -139,6 +151,10 @@ impl Seen {
     }
 }
 
+/// A publish or broadcast on its way to NATS: subject, frame, and the
+/// [`H_SERVED`] value.
+type Fanned = (String, Frame, Option<String>);
+
 /// The routing state shared by the tasks.
 #[derive(Debug)]
 pub(crate) struct Routing {
@@ -150,12 +166,12 @@ pub(crate) struct Routing {
     /// Requests from other hubs, by the id they carry in this router.
     foreign: Mutex<HashMap<u64, Foreign>>,
     next_id: AtomicU64,
-    /// Local subscriptions per pattern.
-    patterns: Mutex<HashMap<String, usize>>,
+    /// Local subscriptions per pattern (and queue group).
+    patterns: Mutex<HashMap<Lane, usize>>,
     changes: tokio::sync::mpsc::UnboundedSender<PatternChange>,
     changes_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PatternChange>>>,
-    fanout: tokio::sync::mpsc::Sender<(String, Frame)>,
-    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(String, Frame)>>>,
+    fanout: tokio::sync::mpsc::Sender<Fanned>,
+    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Fanned>>>,
     run: u64,
     seq: AtomicU64,
     seen: Mutex<HashMap<(String, u64), Seen>>,
@@ -198,24 +214,27 @@ impl Routing {
         format!("sb.{}.h.{}", self.service, escape(hub))
     }
 
-    /// A local subscription to `pattern` began (router task: no waiting).
-    pub(crate) fn subscribed(&self, pattern: &str) {
+    /// A local subscription to `pattern` (in queue group `group`, if
+    /// any) began (router task: no waiting).
+    pub(crate) fn subscribed(&self, pattern: &str, group: Option<&str>) {
+        let lane = (pattern.to_owned(), group.map(str::to_owned));
         let mut p = self.patterns.lock();
-        let n = p.entry(pattern.to_owned()).or_insert(0);
+        let n = p.entry(lane.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            let _ = self.changes.send(PatternChange::Add(pattern.to_owned()));
+            let _ = self.changes.send(PatternChange::Add(lane));
         }
     }
 
-    /// A local subscription to `pattern` ended.
-    pub(crate) fn unsubscribed(&self, pattern: &str) {
+    /// A local subscription to `pattern` (in `group`) ended.
+    pub(crate) fn unsubscribed(&self, pattern: &str, group: Option<&str>) {
+        let lane = (pattern.to_owned(), group.map(str::to_owned));
         let mut p = self.patterns.lock();
-        if let Some(n) = p.get_mut(pattern) {
+        if let Some(n) = p.get_mut(&lane) {
             *n -= 1;
             if *n == 0 {
-                p.remove(pattern);
-                let _ = self.changes.send(PatternChange::Remove(pattern.to_owned()));
+                p.remove(&lane);
+                let _ = self.changes.send(PatternChange::Remove(lane));
             }
         }
     }
@@ -223,11 +242,27 @@ impl Routing {
     /// A local client's publish or broadcast, for the other hubs (router
     /// task: queued, or dropped and counted when the queue is full).
     pub(crate) fn fan_out(&self, from: &str, frame: &Frame) {
+        let mut served = None;
         let (subject, frame) = match &frame.kind {
             Some(Kind::Publish(p)) => {
                 let mut p = p.clone();
                 p.from = from.to_owned();
                 p.id = 0;
+                // The router gave it to one local member of each
+                // matching local group.
+                let groups: Vec<String> = self
+                    .patterns
+                    .lock()
+                    .keys()
+                    .filter_map(|(pattern, group)| {
+                        let group = group.as_ref()?;
+                        crate::subject::matches(pattern, &p.topic)
+                            .then(|| served_token(pattern, group))
+                    })
+                    .collect();
+                if !groups.is_empty() {
+                    served = Some(groups.join(","));
+                }
                 (
                     format!(
                         "sb.{}.t.{}",
@@ -245,7 +280,7 @@ impl Routing {
             }
             _ => return,
         };
-        if self.fanout.try_send((subject, frame)).is_err() {
+        if self.fanout.try_send((subject, frame, served)).is_err() {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 tracing::warn!(
@@ -261,11 +296,14 @@ impl Routing {
         let Some(mut rx) = self.fanout_rx.lock().take() else {
             return;
         };
-        while let Some((subject, frame)) = rx.recv().await {
+        while let Some((subject, frame, served)) = rx.recv().await {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let mut headers = HeaderMap::new();
             headers.insert(H_ORIGIN, escape(self.me()).as_str());
             headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
+            if let Some(served) = served {
+                headers.insert(H_SERVED, served.as_str());
+            }
             let body = prost::Message::encode_to_vec(&frame);
             match self
                 .client
@@ -290,7 +328,7 @@ impl Routing {
             return;
         };
         // `None`: the broadcast subject.
-        let mut subs: Vec<(Option<String>, async_nats::Subscriber)> = Vec::new();
+        let mut subs: Vec<(Option<Lane>, async_nats::Subscriber)> = Vec::new();
         match self
             .client
             .subscribe(format!("sb.{}.b", self.service))
@@ -302,17 +340,17 @@ impl Routing {
         loop {
             enum Wake {
                 Change(Option<PatternChange>),
-                Message(async_nats::Message),
+                Message(Option<(String, String)>, async_nats::Message),
             }
             let wake = tokio::select! {
                 change = rx.recv() => Wake::Change(change),
-                msg = next_any(&mut subs) => Wake::Message(msg),
+                (group, msg) = next_any(&mut subs) => Wake::Message(group, msg),
             };
             match wake {
                 Wake::Change(None) => return,
                 Wake::Change(Some(change)) => self.change(&mut subs, change).await,
-                Wake::Message(first) => {
-                    if !self.intake(first, &mut subs, &port).await {
+                Wake::Message(group, first) => {
+                    if !self.intake((group, first), &mut subs, &port).await {
                         return;
                     }
                 }
@@ -324,20 +362,28 @@ impl Routing {
     /// ended.
     async fn change(
         &self,
-        subs: &mut Vec<(Option<String>, async_nats::Subscriber)>,
+        subs: &mut Vec<(Option<Lane>, async_nats::Subscriber)>,
         change: PatternChange,
     ) {
         match change {
-            PatternChange::Add(pattern) => {
+            PatternChange::Add(lane) => {
                 let subject = format!(
                     "sb.{}.t.{}",
                     self.service,
-                    crate::subject::topic(&pattern, true)
+                    crate::subject::topic(&lane.0, true)
                 );
-                match self.client.subscribe(subject).await {
+                // A queue group's members on all hubs share one NATS
+                // queue subscription: the subject names service and
+                // pattern, the queue the group (escaped).
+                let sub = match &lane.1 {
+                    None => self.client.subscribe(subject).await,
+                    Some(group) => self.client.queue_subscribe(subject, escape(group)).await,
+                };
+                let pattern = &lane.0;
+                match sub {
                     Ok(sub) => {
-                        subs.retain(|(p, _)| p.as_deref() != Some(&pattern));
-                        subs.push((Some(pattern), sub));
+                        subs.retain(|(p, _)| p.as_ref() != Some(&lane));
+                        subs.push((Some(lane), sub));
                     }
                     Err(e) => {
                         tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
@@ -345,7 +391,7 @@ impl Routing {
                 }
             }
             // Dropping a subscriber unsubscribes it.
-            PatternChange::Remove(pattern) => subs.retain(|(p, _)| p.as_deref() != Some(&pattern)),
+            PatternChange::Remove(lane) => subs.retain(|(p, _)| p.as_ref() != Some(&lane)),
         }
         let held = subs.iter().filter(|(p, _)| p.is_some()).count();
         self.stats.patterns.store(held as u64, Ordering::Relaxed);
@@ -363,16 +409,16 @@ impl Routing {
     /// hub's patterns overlap. `false` when the hub stopped.
     async fn intake(
         &self,
-        first: async_nats::Message,
-        subs: &mut [(Option<String>, async_nats::Subscriber)],
+        first: (Option<(String, String)>, async_nats::Message),
+        subs: &mut [(Option<Lane>, async_nats::Subscriber)],
         port: &PortSender,
     ) -> bool {
         let mut batch = vec![first];
         loop {
             let before = batch.len();
-            for (_, sub) in subs.iter_mut() {
+            for (lane, sub) in subs.iter_mut() {
                 while let Some(Some(msg)) = sub.next().now_or_never() {
-                    batch.push(msg);
+                    batch.push((group_of(lane), msg));
                 }
             }
             if batch.len() == before {
@@ -380,13 +426,37 @@ impl Routing {
             }
         }
         let mut checked = Vec::with_capacity(batch.len());
-        for msg in &batch {
+        for (group, msg) in batch {
+            if let Some((pattern, group)) = group {
+                let token = served_token(&pattern, &group);
+                let served = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(H_SERVED))
+                    .is_some_and(|v| v.as_str().split(',').any(|t| t == token));
+                if served {
+                    self.stats.served_by_origin.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // One member cluster-wide: no order to keep, no copies.
+                if let Some((_, frame, _)) = self.check(&msg, false) {
+                    if let Some(Kind::Publish(p)) = frame.kind {
+                        if !port.publish_group(&pattern, &group, p).await {
+                            return false;
+                        }
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             let number = msg
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(H_MSG))
                 .and_then(|v| parse_msg(v.as_str()));
-            if let Some((origin, frame, to)) = self.check(msg) {
+            if let Some((origin, frame, to)) = self.check(&msg, true) {
                 checked.push((origin, number, frame, to));
             }
         }
@@ -521,7 +591,7 @@ impl Routing {
     /// Messages on this hub's subject, checked, into the router.
     async fn inbound(self: Arc<Self>, mut sub: async_nats::Subscriber, port: PortSender) {
         while let Some(msg) = sub.next().await {
-            let Some((origin, frame, to)) = self.check(&msg) else {
+            let Some((origin, frame, to)) = self.check(&msg, true) else {
                 continue;
             };
             if !self.deliver(origin, frame, to, &port).await {
@@ -573,7 +643,12 @@ impl Routing {
 
     /// A message from NATS as (origin, frame, requester of an error
     /// answer), or `None` after counting why it was dropped.
-    fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
+    /// `dedup`: drop a second copy of a publish or broadcast.
+    fn check(
+        &self,
+        msg: &async_nats::Message,
+        dedup: bool,
+    ) -> Option<(String, Frame, Option<String>)> {
         if msg.payload.len() > self.max_message {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -623,6 +698,9 @@ impl Routing {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
+            if !dedup {
+                return Some((origin, frame, to));
+            }
             let mut seen = self.seen.lock();
             if seen.len() > 1024 {
                 seen.clear();
@@ -649,14 +727,32 @@ impl Routing {
     }
 }
 
-/// The next message of any of `subs` (a subscription whose stream ended
-/// is dropped); waits forever when there is none.
-async fn next_any(subs: &mut Vec<(Option<String>, async_nats::Subscriber)>) -> async_nats::Message {
+/// A queue group as named in [`H_SERVED`].
+fn served_token(pattern: &str, group: &str) -> String {
+    format!("{}/{}", escape(pattern), escape(group))
+}
+
+/// The queue group (pattern, group) of a subscription, if it is one.
+fn group_of(lane: &Option<Lane>) -> Option<(String, String)> {
+    match lane {
+        Some((pattern, Some(group))) => Some((pattern.clone(), group.clone())),
+        _ => None,
+    }
+}
+
+/// The next message of any of `subs` and the queue group it came for (a
+/// subscription whose stream ended is dropped); waits forever when there
+/// is none.
+async fn next_any(
+    subs: &mut Vec<(Option<Lane>, async_nats::Subscriber)>,
+) -> (Option<(String, String)>, async_nats::Message) {
     std::future::poll_fn(|cx| {
         let mut i = 0;
         while i < subs.len() {
             match subs[i].1.poll_next_unpin(cx) {
-                std::task::Poll::Ready(Some(msg)) => return std::task::Poll::Ready(msg),
+                std::task::Poll::Ready(Some(msg)) => {
+                    return std::task::Poll::Ready((group_of(&subs[i].0), msg))
+                }
                 std::task::Poll::Ready(None) => {
                     subs.swap_remove(i);
                 }

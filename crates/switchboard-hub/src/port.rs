@@ -104,6 +104,29 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Hands `publish` (its `from` naming the sender) to one local member
+    /// of queue group `group` on `pattern` (see
+    /// [`Remote::carries_groups`]); `false` when the hub stopped.
+    pub async fn publish_group(
+        &self,
+        pattern: &str,
+        group: &str,
+        publish: switchboard_wire::proto::Publish,
+    ) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteGroup {
+                conn: self.conn,
+                pattern: pattern.to_owned(),
+                group: group.to_owned(),
+                publish,
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -88,6 +88,20 @@ pub enum Input {
         /// Its message.
         message: String,
     },
+    /// A publish the remote side took for the queue group `group` on
+    /// `pattern` (a queue subscription across hubs picked this hub):
+    /// delivered to one local member of that group; ignored unless `conn`
+    /// is the port.
+    RemoteGroup {
+        /// The port.
+        conn: ConnId,
+        /// The group's pattern.
+        pattern: String,
+        /// The group's name.
+        group: String,
+        /// The publish, `from` naming its sender.
+        publish: switchboard_wire::proto::Publish,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

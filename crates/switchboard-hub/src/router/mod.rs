@@ -178,6 +178,9 @@ impl Router {
     /// Hands messages for unknown client ids, and every publish and
     /// broadcast, to `remote` (the remote seam; see [`remote`]).
     pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
+        if remote.carries_groups() {
+            self.pubsub.carry_groups_remotely();
+        }
         self.remote = Some(remote);
         self.pubsub.track_patterns();
     }
@@ -185,11 +188,12 @@ impl Router {
     /// Tells the remote seam which subscription patterns came and went.
     fn report_patterns(&mut self) {
         if let Some(remote) = &self.remote {
-            for (pattern, added) in self.pubsub.take_changes() {
-                if added {
-                    remote.subscribed(&pattern);
-                } else {
-                    remote.unsubscribed(&pattern);
+            for (pattern, group, added) in self.pubsub.take_changes() {
+                match (group, added) {
+                    (None, true) => remote.subscribed(&pattern),
+                    (None, false) => remote.unsubscribed(&pattern),
+                    (Some(group), true) => remote.subscribed_group(&pattern, &group),
+                    (Some(group), false) => remote.unsubscribed_group(&pattern, &group),
                 }
             }
         }
@@ -273,6 +277,18 @@ impl Router {
                     let (out, registry) = (&mut self.output, &self.registry);
                     self.requests
                         .fail_remote(out, registry, port, &requester, id, code, &message);
+                }
+            }
+            Input::RemoteGroup {
+                conn,
+                pattern,
+                group,
+                publish,
+            } => {
+                if self.resolve(conn).is_some_and(|k| Some(k) == self.port) {
+                    self.counters.msgs_in += 1;
+                    self.pubsub
+                        .publish_group(&mut self.output, &pattern, &group, publish);
                 }
             }
             Input::Tick => self.tick(now),

@@ -117,6 +117,30 @@ pub trait Remote: Send + Sync + Debug {
         let _ = pattern;
     }
 
+    /// A local client joined queue group `group` on `pattern`; called
+    /// once per such subscription instead of [`subscribed`](Self::subscribed).
+    /// The default reports it as a plain subscription to `pattern`.
+    fn subscribed_group(&self, pattern: &str, group: &str) {
+        let _ = group;
+        self.subscribed(pattern);
+    }
+
+    /// One member of queue group `group` on `pattern` left it. The
+    /// default reports it as [`unsubscribed`](Self::unsubscribed).
+    fn unsubscribed_group(&self, pattern: &str, group: &str) {
+        let _ = group;
+        self.unsubscribed(pattern);
+    }
+
+    /// Whether this remote side carries queue groups across hubs: then a
+    /// publish from the port reaches local plain subscriptions only, and
+    /// the remote side hands each group the messages the cluster picked
+    /// this hub for (`PortSender::publish_group`). The default: no, each
+    /// hub's groups get a copy of every publish from the port.
+    fn carries_groups(&self) -> bool {
+        false
+    }
+
     /// The hub registered the port (see the module docs); called once
     /// when the hub starts serving. The default drops it (then nothing
     /// comes back from other hubs).
