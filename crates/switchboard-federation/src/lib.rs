@@ -231,12 +231,18 @@ impl Federation {
 }
 
 impl Remote for Federation {
-    fn route(&self, _from: &str, to: &str, frame: &Frame) -> Handoff {
-        // Sessions across hubs are not carried yet (see ARCHITECTURE.md,
-        // "Federation"): the sender gets the single-hub answer.
-        let carried = matches!(frame.kind, Some(Kind::Direct(_) | Kind::Request(_)));
-        match self.inner.routing.holder(to) {
-            Some(_) if carried => Handoff::Taken,
+    fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        let Some(hub) = self.inner.routing.holder(to) else {
+            return Handoff::Unknown;
+        };
+        match frame.kind {
+            Some(Kind::Direct(_) | Kind::Request(_)) => Handoff::Taken,
+            // Carried like a direct, to the holder hub's subject; queued
+            // here (the router does not hand sessions to the port).
+            Some(Kind::Session(_)) => {
+                self.inner.routing.session(&hub, from, to, frame);
+                Handoff::Taken
+            }
             _ => Handoff::Unknown,
         }
     }

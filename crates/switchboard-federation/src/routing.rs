@@ -8,6 +8,12 @@
 //! - A message is the encoded switchboard frame (at most
 //!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
 //!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
+//! - Session frames (a manager on one hub, an agent on another) go to the
+//!   holder hub's subject like a direct, `peer` naming the sender and
+//!   [`H_TO`] the target; they are queued with the publishes and sent by
+//!   one task, so they keep their order (NATS keeps order per publisher
+//!   and subject), and the far hub hands them in with the port's
+//!   `session`.
 //! - The router hands such messages to the hub's port (see
 //!   `switchboard_hub::router::remote`): the requester's hub keeps the
 //!   request pending with its timeout, so the requester gets `TIMEOUT`
@@ -151,9 +157,10 @@ impl Seen {
     }
 }
 
-/// A publish or broadcast on its way to NATS: subject, frame, and the
-/// [`H_SERVED`] value.
-type Fanned = (String, Frame, Option<String>);
+/// A publish, broadcast or session frame on its way to NATS: subject,
+/// frame, and a header to add ([`H_SERVED`], or [`H_TO`] naming a
+/// session frame's target).
+type Fanned = (String, Frame, Option<(&'static str, String)>);
 
 /// The routing state shared by the tasks.
 #[derive(Debug)]
@@ -261,7 +268,7 @@ impl Routing {
                     })
                     .collect();
                 if !groups.is_empty() {
-                    served = Some(groups.join(","));
+                    served = Some((H_SERVED, groups.join(",")));
                 }
                 (
                     format!(
@@ -280,7 +287,28 @@ impl Routing {
             }
             _ => return,
         };
-        if self.fanout.try_send((subject, frame, served)).is_err() {
+        self.enqueue((subject, frame, served));
+    }
+
+    /// A session frame from the local client `from` for `to`, a client of
+    /// the live hub `hub` (router task): queued with the publishes, so one
+    /// task sends them all, in order (NATS keeps order per publisher and
+    /// subject).
+    pub(crate) fn session(&self, hub: &str, from: &str, to: &str, frame: &Frame) {
+        let Some(Kind::Session(s)) = &frame.kind else {
+            return;
+        };
+        let mut s = s.clone();
+        s.peer = from.to_owned();
+        self.enqueue((
+            self.hub_subject(hub),
+            Frame::from(s),
+            Some((H_TO, escape(to))),
+        ));
+    }
+
+    fn enqueue(&self, item: Fanned) {
+        if self.fanout.try_send(item).is_err() {
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
                 tracing::warn!(
@@ -301,8 +329,8 @@ impl Routing {
             let mut headers = HeaderMap::new();
             headers.insert(H_ORIGIN, escape(self.me()).as_str());
             headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
-            if let Some(served) = served {
-                headers.insert(H_SERVED, served.as_str());
+            if let Some((name, value)) = served {
+                headers.insert(name, value.as_str());
             }
             let body = prost::Message::encode_to_vec(&frame);
             match self
@@ -627,6 +655,13 @@ impl Routing {
             Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
                 port.send(vec![frame]).await
             }
+            Some(Kind::Session(s)) => match to {
+                Some(to) => port.session(&to, s).await,
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            },
             Some(Kind::Error(e)) => match to {
                 Some(to) => {
                     port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
@@ -717,6 +752,7 @@ impl Routing {
             Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
             Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
             Some(Kind::Error(e)) => e.id != 0 && to.is_some(),
+            Some(Kind::Session(s)) => !s.peer.is_empty() && to.is_some(),
             _ => false,
         };
         if !carried || frame.seq != 0 {

@@ -127,6 +127,23 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Hands session frame `session` (its `peer` naming the sender, a
+    /// client of another hub) to the local client `to`, in order with
+    /// the port's other inputs; `false` when the hub stopped.
+    pub async fn session(&self, to: &str, session: switchboard_wire::proto::Session) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteSession {
+                conn: self.conn,
+                to: to.to_owned(),
+                session,
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -102,6 +102,17 @@ pub enum Input {
         /// The publish, `from` naming its sender.
         publish: switchboard_wire::proto::Publish,
     },
+    /// A session frame from a client of another hub (its `peer` names
+    /// that client) for the local client `to`; ignored unless `conn` is
+    /// the port.
+    RemoteSession {
+        /// The port.
+        conn: ConnId,
+        /// The local target.
+        to: String,
+        /// The frame, `peer` naming the sender.
+        session: switchboard_wire::proto::Session,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

@@ -291,6 +291,21 @@ impl Router {
                         .publish_group(&mut self.output, &pattern, &group, publish);
                 }
             }
+            Input::RemoteSession { conn, to, session } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    self.counters.msgs_in += 1;
+                    let (out, registry) = (&mut self.output, &self.registry);
+                    self.requests.session(
+                        out,
+                        registry,
+                        now,
+                        port,
+                        session,
+                        &self.limits,
+                        Some(&to),
+                    );
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
@@ -835,13 +850,13 @@ impl Router {
                     .routed_away(conn, &s.peer, || Frame::from(s.clone()))
                     .is_some()
                 {
-                    // Sessions across hubs are not carried yet: the remote
-                    // side answers `Unknown` for them.
+                    // Another hub holds the peer: the remote side took
+                    // the frame (`Remote::route`) and carries it there.
                     return;
                 }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
-                    .session(out, registry, now, conn, s, &self.limits);
+                    .session(out, registry, now, conn, s, &self.limits, None);
             }
             Kind::Cancel(c) => self.requests.cancel(conn, c.id),
             Kind::Listen(l) => self.registry.listen(&mut self.output, conn, l),

@@ -75,7 +75,9 @@ pub trait Remote: Send + Sync + Debug {
     /// A `Direct`, `Request` (to a client id) or `Session` frame from the
     /// local client `from` to `to`, a client id registered nowhere on this
     /// hub. `frame` is as the router received it (the hub's `from` not yet
-    /// filled in).
+    /// filled in). A `Session` the remote side takes ([`Handoff::Taken`])
+    /// is its own to carry (it is not delivered to the port); the far side
+    /// hands it in with `PortSender::session`.
     fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff;
 
     /// A `Publish` or `Broadcast` from the local client `from`, after the
