@@ -544,10 +544,21 @@ impl Routing {
                 self.outbound(frame, &sender).await;
             }
         };
+        let presence = async {
+            let Some(mut rx) = self.directory.take_presence() else {
+                return;
+            };
+            while let Some((id, hub)) = rx.recv().await {
+                if !sender.presence(&id, hub.as_deref()).await {
+                    return;
+                }
+            }
+        };
         tokio::join!(
             self.clone().inbound(inbound, sender.clone()),
             self.clone().subscriptions(sender.clone()),
-            out
+            out,
+            presence
         );
     }
 

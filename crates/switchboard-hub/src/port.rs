@@ -144,6 +144,31 @@ impl PortSender {
             .is_ok()
     }
 
+    /// The client `id` of another hub (`hub`) joined (`Some`) or left
+    /// (`None`) the federation: local presence watchers are told, and
+    /// `ListClients` lists it meanwhile (transport [`PORT_TRANSPORT`],
+    /// `addr` the hub's name). `false` when the hub stopped.
+    pub async fn presence(&self, id: &str, hub: Option<&str>) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        let info = switchboard_wire::proto::ClientInfo {
+            client_id: id.to_owned(),
+            transport: PORT_TRANSPORT.into(),
+            addr: hub.unwrap_or_default().to_owned(),
+            connected_at_ms: switchboard_discovery::now_ms(),
+            ..Default::default()
+        };
+        inbox
+            .send(Input::RemotePresence {
+                conn: self.conn,
+                info,
+                joined: hub.is_some(),
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -113,6 +113,19 @@ pub enum Input {
         /// The frame, `peer` naming the sender.
         session: switchboard_wire::proto::Session,
     },
+    /// A client of another hub joined (`joined`) or left the federation
+    /// (see [`remote`](super::remote)): told to local presence watchers,
+    /// and listed by `ListClients` while it stays; ignored unless `conn`
+    /// is the port.
+    RemotePresence {
+        /// The port.
+        conn: ConnId,
+        /// The client: transport [`PORT_TRANSPORT`](super::remote::PORT_TRANSPORT),
+        /// `addr` naming its hub.
+        info: switchboard_wire::proto::ClientInfo,
+        /// Joined (true) or left.
+        joined: bool,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

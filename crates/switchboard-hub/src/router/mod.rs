@@ -306,6 +306,19 @@ impl Router {
                     );
                 }
             }
+            Input::RemotePresence { conn, info, joined } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    if let Some(info) = self.registry.remote_presence(info, joined) {
+                        let (kind, reason) = if joined {
+                            (proto::PresenceKind::Joined, "")
+                        } else {
+                            (proto::PresenceKind::Left, "left the federation")
+                        };
+                        self.presence
+                            .event(&mut self.output, port, info, kind, reason);
+                    }
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
