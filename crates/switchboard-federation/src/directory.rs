@@ -69,12 +69,17 @@ struct State {
     hubs: HashMap<String, Instant>,
 }
 
+/// A client of another hub joined (id, `Some(hub)`) or left (`None`).
+pub(crate) type PresenceChange = (String, Option<String>);
+
 /// Counters of the directory.
 #[derive(Debug, Default)]
 pub struct DirectoryStats {
     /// Registrations whose `create` found the id held by another hub.
     pub races_lost: AtomicU64,
-    /// Commands dropped because the queue towards NATS was full.
+    /// Commands dropped because the queue towards NATS was full, and
+    /// presence events of other hubs' clients dropped because the queue
+    /// towards the router was full.
     pub dropped: AtomicU64,
     /// Ids of dead hubs this hub released.
     pub released_dead: AtomicU64,
@@ -100,6 +105,10 @@ impl DirectoryStats {
 /// See the module docs.
 #[derive(Debug)]
 pub struct Directory {
+    /// Clients of other hubs joining (`Some(hub)`) and leaving (`None`),
+    /// from the id bucket's watch, for local presence.
+    presence: mpsc::Sender<PresenceChange>,
+    presence_rx: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
     me: String,
     epoch: u64,
     lease: Duration,
@@ -130,7 +139,10 @@ impl Directory {
         let ids = bucket(&js, format!("sb_{service}_ids"), replicas, deadline).await?;
         let hubs = bucket(&js, format!("sb_{service}_hubs"), replicas, deadline).await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (presence, presence_rx) = mpsc::channel(COMMAND_QUEUE);
         let dir = Arc::new(Directory {
+            presence,
+            presence_rx: Mutex::new(Some(presence_rx)),
             me: options.hub_name.clone(),
             epoch: options.epoch,
             lease: options.lease,
@@ -149,6 +161,24 @@ impl Directory {
         spawn(stop.clone(), dir.clone().reaper());
         spawn(stop, dir.clone().commands(rx));
         Ok(dir)
+    }
+
+    /// The presence events of clients of other hubs (id, and the holder
+    /// hub when it joined), once: the routing task hands them to the
+    /// router. Beyond [`COMMAND_QUEUE`] waiting, events are dropped and
+    /// counted.
+    pub(crate) fn take_presence(&self) -> Option<mpsc::Receiver<PresenceChange>> {
+        self.presence_rx.lock().take()
+    }
+
+    fn tell(&self, id: &str, hub: Option<&str>) {
+        if self
+            .presence
+            .try_send((id.to_owned(), hub.map(str::to_owned)))
+            .is_err()
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This hub's name.
@@ -526,6 +556,14 @@ impl Directory {
                             cur.hub == self.me && *rev == 0 && h.hub != self.me
                         });
                         if !ours_pending {
+                            let before = st.ids.get(&id).map(|(cur, _)| cur.hub.clone());
+                            if before.as_deref() != Some(h.hub.as_str()) {
+                                if h.hub != self.me {
+                                    self.tell(&id, Some(&h.hub));
+                                } else if before.is_some() {
+                                    self.tell(&id, None);
+                                }
+                            }
                             st.ids.insert(id, (h, entry.revision));
                         }
                     }
@@ -558,7 +596,11 @@ impl Directory {
                         return;
                     }
                     if !ours_pending && older {
-                        st.ids.remove(&id);
+                        if let Some((gone, _)) = st.ids.remove(&id) {
+                            if gone.hub != self.me {
+                                self.tell(&id, None);
+                            }
+                        }
                     }
                 }
             }

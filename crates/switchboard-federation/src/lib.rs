@@ -451,19 +451,27 @@ impl Remote for Federation {
         Some(Federation::status(self))
     }
 
-    fn route(&self, _from: &str, to: &str, frame: &Frame) -> Handoff {
-        // Sessions across hubs are not carried yet (see ARCHITECTURE.md,
-        // "Federation"): the sender gets the single-hub answer.
-        let carried = matches!(frame.kind, Some(Kind::Direct(_) | Kind::Request(_)));
-        match self.inner.routing.holder(to) {
-            Some(hub) if carried && !self.inner.routing.connected() => {
-                Handoff::Unreachable(format!(
-                    "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
-                ))
-            }
-            Some(_) if carried => Handoff::Taken,
-            _ => Handoff::Unknown,
+    fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        let Some(hub) = self.inner.routing.holder(to) else {
+            return Handoff::Unknown;
+        };
+        if !matches!(
+            frame.kind,
+            Some(Kind::Direct(_) | Kind::Request(_) | Kind::Session(_))
+        ) {
+            return Handoff::Unknown;
         }
+        if !self.inner.routing.connected() {
+            return Handoff::Unreachable(format!(
+                "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
+            ));
+        }
+        if matches!(frame.kind, Some(Kind::Session(_))) {
+            // Carried like a direct, to the holder hub's subject; queued
+            // here (the router does not hand sessions to the port).
+            self.inner.routing.session(&hub, from, to, frame);
+        }
+        Handoff::Taken
     }
 
     fn dropped(&self) -> u64 {
@@ -479,11 +487,23 @@ impl Remote for Federation {
     }
 
     fn subscribed(&self, pattern: &str) {
-        self.inner.routing.subscribed(pattern);
+        self.inner.routing.subscribed(pattern, None);
     }
 
     fn unsubscribed(&self, pattern: &str) {
-        self.inner.routing.unsubscribed(pattern);
+        self.inner.routing.unsubscribed(pattern, None);
+    }
+
+    fn subscribed_group(&self, pattern: &str, group: &str) {
+        self.inner.routing.subscribed(pattern, Some(group));
+    }
+
+    fn unsubscribed_group(&self, pattern: &str, group: &str) {
+        self.inner.routing.unsubscribed(pattern, Some(group));
+    }
+
+    fn carries_groups(&self) -> bool {
+        true
     }
 
     fn claim(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {

@@ -8,6 +8,12 @@
 //! - A message is the encoded switchboard frame (at most
 //!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
 //!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
+//! - Session frames (a manager on one hub, an agent on another) go to the
+//!   holder hub's subject like a direct, `peer` naming the sender and
+//!   [`H_TO`] the target; they are queued with the publishes and sent by
+//!   one task, so they keep their order (NATS keeps order per publisher
+//!   and subject), and the far hub hands them in with the port's
+//!   `session`.
 //! - The router hands such messages to the hub's port (see
 //!   `switchboard_hub::router::remote`): the requester's hub keeps the
 //!   request pending with its timeout, so the requester gets `TIMEOUT`
@@ -20,7 +26,11 @@
 //!   or broadcast goes out once, with [`H_MSG`] (this run of the hub and a
 //!   sequence number); a hub whose patterns overlap gets a message once
 //!   per matching subscription and keeps only the first (the last
-//!   [`DEDUP_WINDOW`] numbers per sender are remembered). What comes from
+//!   [`DEDUP_WINDOW`] numbers per sender are remembered). One task takes
+//!   what all these subscriptions got: each time it wakes, everything
+//!   already waiting on any of them, ordered by origin and number, so each
+//!   origin's publishes reach the router in the order they were sent even
+//!   when patterns overlap (the ordered intake). What comes from
 //!   NATS enters the router through the port, and the router never hands
 //!   what came from the port back out, so nothing is published twice.
 //! - The way out never blocks the router: publishes and broadcasts wait in
@@ -38,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::{PortSender, RemotePort};
 use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
@@ -53,6 +63,11 @@ pub const H_TO: &str = "Sb-To";
 /// The NATS header numbering a publish or broadcast: `<run>-<seq>`, both
 /// hex, the run random per start of the hub.
 pub const H_MSG: &str = "Sb-Msg";
+/// The NATS header listing the queue groups a publish's origin hub
+/// delivered it to itself (its own members come first, as NATS prefers
+/// local queue subscribers): `<pattern>/<group>` escaped, `,`-separated.
+/// A hub the cluster picks for one of these groups drops its copy.
+pub const H_SERVED: &str = "Sb-Served";
 /// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
 /// they are dropped and counted.
 pub const FANOUT_QUEUE: usize = 8192;
@@ -87,8 +102,11 @@ pub struct RoutingStats {
     pub queue_full: AtomicU64,
     /// Second copies of a publish dropped (a hub's patterns overlap).
     pub duplicates: AtomicU64,
-    /// NATS subscriptions for publish patterns held now.
+    /// NATS subscriptions for publish patterns (and queue groups) held now.
     pub patterns: AtomicU64,
+    /// Publishes the cluster handed this hub for a queue group that the
+    /// origin hub's own members of the group took already (dropped).
+    pub served_by_origin: AtomicU64,
 }
 
 impl RoutingStats {
@@ -108,11 +126,15 @@ struct Foreign {
     id: u64,
 }
 
+/// A publish subscription as the hub holds it on NATS: a pattern, and
+/// the queue group for a group's (`None`: plain).
+type Lane = (String, Option<String>);
+
 /// What the pattern task is told.
 #[derive(Debug)]
 enum PatternChange {
-    Add(String),
-    Remove(String),
+    Add(Lane),
+    Remove(Lane),
 }
 
 /// Message numbers seen from one run of one hub.
@@ -139,6 +161,11 @@ impl Seen {
     }
 }
 
+/// A publish, broadcast or session frame on its way to NATS: subject,
+/// frame, and a header to add ([`H_SERVED`], or [`H_TO`] naming a
+/// session frame's target).
+type Fanned = (String, Frame, Option<(&'static str, String)>);
+
 /// The routing state shared by the tasks.
 #[derive(Debug)]
 pub(crate) struct Routing {
@@ -150,12 +177,12 @@ pub(crate) struct Routing {
     /// Requests from other hubs, by the id they carry in this router.
     foreign: Mutex<HashMap<u64, Foreign>>,
     next_id: AtomicU64,
-    /// Local subscriptions per pattern.
-    patterns: Mutex<HashMap<String, usize>>,
+    /// Local subscriptions per pattern (and queue group).
+    patterns: Mutex<HashMap<Lane, usize>>,
     changes: tokio::sync::mpsc::UnboundedSender<PatternChange>,
     changes_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PatternChange>>>,
-    fanout: tokio::sync::mpsc::Sender<(String, Frame)>,
-    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(String, Frame)>>>,
+    fanout: tokio::sync::mpsc::Sender<Fanned>,
+    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Fanned>>>,
     run: u64,
     seq: AtomicU64,
     seen: Mutex<HashMap<(String, u64), Seen>>,
@@ -198,24 +225,27 @@ impl Routing {
         format!("sb.{}.h.{}", self.service, escape(hub))
     }
 
-    /// A local subscription to `pattern` began (router task: no waiting).
-    pub(crate) fn subscribed(&self, pattern: &str) {
+    /// A local subscription to `pattern` (in queue group `group`, if
+    /// any) began (router task: no waiting).
+    pub(crate) fn subscribed(&self, pattern: &str, group: Option<&str>) {
+        let lane = (pattern.to_owned(), group.map(str::to_owned));
         let mut p = self.patterns.lock();
-        let n = p.entry(pattern.to_owned()).or_insert(0);
+        let n = p.entry(lane.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            let _ = self.changes.send(PatternChange::Add(pattern.to_owned()));
+            let _ = self.changes.send(PatternChange::Add(lane));
         }
     }
 
-    /// A local subscription to `pattern` ended.
-    pub(crate) fn unsubscribed(&self, pattern: &str) {
+    /// A local subscription to `pattern` (in `group`) ended.
+    pub(crate) fn unsubscribed(&self, pattern: &str, group: Option<&str>) {
+        let lane = (pattern.to_owned(), group.map(str::to_owned));
         let mut p = self.patterns.lock();
-        if let Some(n) = p.get_mut(pattern) {
+        if let Some(n) = p.get_mut(&lane) {
             *n -= 1;
             if *n == 0 {
-                p.remove(pattern);
-                let _ = self.changes.send(PatternChange::Remove(pattern.to_owned()));
+                p.remove(&lane);
+                let _ = self.changes.send(PatternChange::Remove(lane));
             }
         }
     }
@@ -223,11 +253,27 @@ impl Routing {
     /// A local client's publish or broadcast, for the other hubs (router
     /// task: queued, or dropped and counted when the queue is full).
     pub(crate) fn fan_out(&self, from: &str, frame: &Frame) {
+        let mut served = None;
         let (subject, frame) = match &frame.kind {
             Some(Kind::Publish(p)) => {
                 let mut p = p.clone();
                 p.from = from.to_owned();
                 p.id = 0;
+                // The router gave it to one local member of each
+                // matching local group.
+                let groups: Vec<String> = self
+                    .patterns
+                    .lock()
+                    .keys()
+                    .filter_map(|(pattern, group)| {
+                        let group = group.as_ref()?;
+                        crate::subject::matches(pattern, &p.topic)
+                            .then(|| served_token(pattern, group))
+                    })
+                    .collect();
+                if !groups.is_empty() {
+                    served = Some((H_SERVED, groups.join(",")));
+                }
                 (
                     format!(
                         "sb.{}.t.{}",
@@ -245,7 +291,28 @@ impl Routing {
             }
             _ => return,
         };
-        if self.fanout.try_send((subject, frame)).is_err() {
+        self.enqueue((subject, frame, served));
+    }
+
+    /// A session frame from the local client `from` for `to`, a client of
+    /// the live hub `hub` (router task): queued with the publishes, so one
+    /// task sends them all, in order (NATS keeps order per publisher and
+    /// subject).
+    pub(crate) fn session(&self, hub: &str, from: &str, to: &str, frame: &Frame) {
+        let Some(Kind::Session(s)) = &frame.kind else {
+            return;
+        };
+        let mut s = s.clone();
+        s.peer = from.to_owned();
+        self.enqueue((
+            self.hub_subject(hub),
+            Frame::from(s),
+            Some((H_TO, escape(to))),
+        ));
+    }
+
+    fn enqueue(&self, item: Fanned) {
+        if self.fanout.try_send(item).is_err() {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if n % 1000 == 0 {
@@ -262,11 +329,14 @@ impl Routing {
         let Some(mut rx) = self.fanout_rx.lock().take() else {
             return;
         };
-        while let Some((subject, frame)) = rx.recv().await {
+        while let Some((subject, frame, served)) = rx.recv().await {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let mut headers = HeaderMap::new();
             headers.insert(H_ORIGIN, escape(self.me()).as_str());
             headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
+            if let Some((name, value)) = served {
+                headers.insert(name, value.as_str());
+            }
             let body = prost::Message::encode_to_vec(&frame);
             match self
                 .client
@@ -284,55 +354,166 @@ impl Routing {
     }
 
     /// Holds one NATS subscription per distinct pattern (and the
-    /// broadcast subject); what they get goes into the router.
+    /// broadcast subject) and takes what they get in order into the router
+    /// (the ordered intake, see [`Routing::intake`]).
     async fn subscriptions(self: Arc<Self>, port: PortSender) {
         let Some(mut rx) = self.changes_rx.lock().take() else {
             return;
         };
-        let mut held: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        // `None`: the broadcast subject.
+        let mut subs: Vec<(Option<Lane>, async_nats::Subscriber)> = Vec::new();
         match self
             .client
             .subscribe(format!("sb.{}.b", self.service))
             .await
         {
-            Ok(sub) => {
-                tokio::spawn(self.clone().inbound(sub, port.clone()));
-            }
+            Ok(sub) => subs.push((None, sub)),
             Err(e) => tracing::warn!(error = %e, "federation: cannot subscribe to broadcasts"),
         }
-        while let Some(change) = rx.recv().await {
-            match change {
-                PatternChange::Add(pattern) => {
-                    let subject = format!(
-                        "sb.{}.t.{}",
-                        self.service,
-                        crate::subject::topic(&pattern, true)
-                    );
-                    match self.client.subscribe(subject).await {
-                        Ok(sub) => {
-                            let task = tokio::spawn(self.clone().inbound(sub, port.clone()));
-                            if let Some(old) = held.insert(pattern, task) {
-                                old.abort();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
-                        }
-                    }
-                }
-                PatternChange::Remove(pattern) => {
-                    if let Some(task) = held.remove(&pattern) {
-                        task.abort();
+        loop {
+            enum Wake {
+                Change(Option<PatternChange>),
+                Message(Option<(String, String)>, async_nats::Message),
+            }
+            let wake = tokio::select! {
+                change = rx.recv() => Wake::Change(change),
+                (group, msg) = next_any(&mut subs) => Wake::Message(group, msg),
+            };
+            match wake {
+                Wake::Change(None) => return,
+                Wake::Change(Some(change)) => self.change(&mut subs, change).await,
+                Wake::Message(group, first) => {
+                    if !self.intake((group, first), &mut subs, &port).await {
+                        return;
                     }
                 }
             }
-            self.stats
-                .patterns
-                .store(held.len() as u64, Ordering::Relaxed);
         }
-        for (_, task) in held {
-            task.abort();
+    }
+
+    /// Subscribes to a new pattern, or drops the subscription of one that
+    /// ended.
+    async fn change(
+        &self,
+        subs: &mut Vec<(Option<Lane>, async_nats::Subscriber)>,
+        change: PatternChange,
+    ) {
+        match change {
+            PatternChange::Add(lane) => {
+                let subject = format!(
+                    "sb.{}.t.{}",
+                    self.service,
+                    crate::subject::topic(&lane.0, true)
+                );
+                // A queue group's members on all hubs share one NATS
+                // queue subscription: the subject names service and
+                // pattern, the queue the group (escaped).
+                let sub = match &lane.1 {
+                    None => self.client.subscribe(subject).await,
+                    Some(group) => self.client.queue_subscribe(subject, escape(group)).await,
+                };
+                let pattern = &lane.0;
+                match sub {
+                    Ok(sub) => {
+                        subs.retain(|(p, _)| p.as_ref() != Some(&lane));
+                        subs.push((Some(lane), sub));
+                    }
+                    Err(e) => {
+                        tracing::warn!(pattern = %pattern, error = %e, "federation: cannot subscribe to a pattern");
+                    }
+                }
+            }
+            // Dropping a subscriber unsubscribes it.
+            PatternChange::Remove(lane) => subs.retain(|(p, _)| p.as_ref() != Some(&lane)),
         }
+        let held = subs.iter().filter(|(p, _)| p.is_some()).count();
+        self.stats.patterns.store(held as u64, Ordering::Relaxed);
+    }
+
+    /// The ordered intake: with `first` in hand, takes everything already
+    /// waiting on all the subscriptions (rounds of polls that do not wait,
+    /// until one round finds nothing), orders it by origin and message
+    /// number ([`H_MSG`]), drops second copies, and hands it to the router
+    /// in that order. The NATS client's reader pushes messages into the
+    /// subscriptions' queues in the order they came on the connection, so
+    /// when a publish has been taken, every earlier one of the same origin
+    /// has been too (in this batch or an earlier one): the router gets
+    /// each origin's publishes in the order it sent them, however the
+    /// hub's patterns overlap. `false` when the hub stopped.
+    async fn intake(
+        &self,
+        first: (Option<(String, String)>, async_nats::Message),
+        subs: &mut [(Option<Lane>, async_nats::Subscriber)],
+        port: &PortSender,
+    ) -> bool {
+        let mut batch = vec![first];
+        loop {
+            let before = batch.len();
+            for (lane, sub) in subs.iter_mut() {
+                while let Some(Some(msg)) = sub.next().now_or_never() {
+                    batch.push((group_of(lane), msg));
+                }
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
+        let mut checked = Vec::with_capacity(batch.len());
+        for (group, msg) in batch {
+            if let Some((pattern, group)) = group {
+                let token = served_token(&pattern, &group);
+                let served = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(H_SERVED))
+                    .is_some_and(|v| v.as_str().split(',').any(|t| t == token));
+                if served {
+                    self.stats.served_by_origin.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // One member cluster-wide: no order to keep, no copies.
+                if let Some((_, frame, _)) = self.check(&msg, false) {
+                    if let Some(Kind::Publish(p)) = frame.kind {
+                        if !port.publish_group(&pattern, &group, p).await {
+                            return false;
+                        }
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            let number = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(H_MSG))
+                .and_then(|v| parse_msg(v.as_str()));
+            if let Some((origin, frame, to)) = self.check(&msg, true) {
+                checked.push((origin, number, frame, to));
+            }
+        }
+        // Stable: what has no number keeps its place among its origin's.
+        checked.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut frames = Vec::with_capacity(checked.len());
+        for (origin, _, frame, to) in checked {
+            if matches!(frame.kind, Some(Kind::Publish(_) | Kind::Broadcast(_))) {
+                frames.push(frame);
+            } else if !self.deliver(origin, frame, to, port).await {
+                return false;
+            } else {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if frames.is_empty() {
+            return true;
+        }
+        let n = frames.len() as u64;
+        if !port.send(frames).await {
+            return false;
+        }
+        self.stats.received.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     fn me(&self) -> &str {
@@ -373,10 +554,21 @@ impl Routing {
                 self.outbound(frame, &sender).await;
             }
         };
+        let presence = async {
+            let Some(mut rx) = self.directory.take_presence() else {
+                return;
+            };
+            while let Some((id, hub)) = rx.recv().await {
+                if !sender.presence(&id, hub.as_deref()).await {
+                    return;
+                }
+            }
+        };
         tokio::join!(
             self.clone().inbound(inbound, sender.clone()),
             self.clone().subscriptions(sender.clone()),
-            out
+            out,
+            presence
         );
     }
 
@@ -448,49 +640,71 @@ impl Routing {
     /// Messages on this hub's subject, checked, into the router.
     async fn inbound(self: Arc<Self>, mut sub: async_nats::Subscriber, port: PortSender) {
         while let Some(msg) = sub.next().await {
-            let Some((origin, frame, to)) = self.check(&msg) else {
+            let Some((origin, frame, to)) = self.check(&msg, true) else {
                 continue;
             };
-            let ok = match frame.kind {
-                Some(Kind::Direct(_)) => port.send(vec![frame]).await,
-                Some(Kind::Request(mut r)) => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.foreign.lock().insert(
-                        id,
-                        Foreign {
-                            origin,
-                            requester: r.from.clone(),
-                            id: r.id,
-                        },
-                    );
-                    r.id = id;
-                    port.send(vec![Frame::from(r)]).await
-                }
-                Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
-                    port.send(vec![frame]).await
-                }
-                Some(Kind::Error(e)) => match to {
-                    Some(to) => {
-                        port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
-                            .await
-                    }
-                    None => {
-                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                },
-                _ => true,
-            };
-            if !ok {
+            if !self.deliver(origin, frame, to, &port).await {
                 return;
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// A checked message into the router; `false` when the hub stopped.
+    async fn deliver(
+        &self,
+        origin: String,
+        frame: Frame,
+        to: Option<String>,
+        port: &PortSender,
+    ) -> bool {
+        match frame.kind {
+            Some(Kind::Direct(_)) => port.send(vec![frame]).await,
+            Some(Kind::Request(mut r)) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                self.foreign.lock().insert(
+                    id,
+                    Foreign {
+                        origin,
+                        requester: r.from.clone(),
+                        id: r.id,
+                    },
+                );
+                r.id = id;
+                port.send(vec![Frame::from(r)]).await
+            }
+            Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
+                port.send(vec![frame]).await
+            }
+            Some(Kind::Session(s)) => match to {
+                Some(to) => port.session(&to, s).await,
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            },
+            Some(Kind::Error(e)) => match to {
+                Some(to) => {
+                    port.fail(&to, e.id, ErrorCode::from_wire(e.code), e.message)
+                        .await
+                }
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            },
+            _ => true,
+        }
+    }
+
     /// A message from NATS as (origin, frame, requester of an error
     /// answer), or `None` after counting why it was dropped.
-    fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
+    /// `dedup`: drop a second copy of a publish or broadcast.
+    fn check(
+        &self,
+        msg: &async_nats::Message,
+        dedup: bool,
+    ) -> Option<(String, Frame, Option<String>)> {
         if msg.payload.len() > self.max_message {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -540,6 +754,9 @@ impl Routing {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
+            if !dedup {
+                return Some((origin, frame, to));
+            }
             let mut seen = self.seen.lock();
             if seen.len() > 1024 {
                 seen.clear();
@@ -556,6 +773,7 @@ impl Routing {
             Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
             Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
             Some(Kind::Error(e)) => e.id != 0 && to.is_some(),
+            Some(Kind::Session(s)) => !s.peer.is_empty() && to.is_some(),
             _ => false,
         };
         if !carried || frame.seq != 0 {
@@ -564,6 +782,43 @@ impl Routing {
         }
         Some((origin, frame, to))
     }
+}
+
+/// A queue group as named in [`H_SERVED`].
+fn served_token(pattern: &str, group: &str) -> String {
+    format!("{}/{}", escape(pattern), escape(group))
+}
+
+/// The queue group (pattern, group) of a subscription, if it is one.
+fn group_of(lane: &Option<Lane>) -> Option<(String, String)> {
+    match lane {
+        Some((pattern, Some(group))) => Some((pattern.clone(), group.clone())),
+        _ => None,
+    }
+}
+
+/// The next message of any of `subs` and the queue group it came for (a
+/// subscription whose stream ended is dropped); waits forever when there
+/// is none.
+async fn next_any(
+    subs: &mut Vec<(Option<Lane>, async_nats::Subscriber)>,
+) -> (Option<(String, String)>, async_nats::Message) {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < subs.len() {
+            match subs[i].1.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(msg)) => {
+                    return std::task::Poll::Ready((group_of(&subs[i].0), msg))
+                }
+                std::task::Poll::Ready(None) => {
+                    subs.swap_remove(i);
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// `<run>-<seq>` (hex) of [`H_MSG`].

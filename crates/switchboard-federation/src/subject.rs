@@ -87,6 +87,22 @@ pub fn topic(topic: &str, pattern: bool) -> String {
         .join(".")
 }
 
+/// Whether switchboard pattern `pattern` (`*`: one segment, `>` at the
+/// end: one or more) matches `topic`.
+pub fn matches(pattern: &str, topic: &str) -> bool {
+    let mut t = topic.split('.');
+    for seg in pattern.split('.') {
+        match (seg, t.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (p, Some(x)) if p == x => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
 /// The topic a subject suffix made by [`topic`] (without `pattern`)
 /// stands for; `None` when a token is malformed.
 pub fn untopic(subject: &str) -> Option<String> {
@@ -104,6 +120,17 @@ mod tests {
 
     fn nats_safe(token: &str) -> bool {
         !token.is_empty() && token.bytes().all(|b| plain(b) || b == ESC)
+    }
+
+    #[test]
+    fn patterns_match_as_the_hub_does() {
+        assert!(matches("g.>", "g.work"));
+        assert!(matches("g.>", "g.a.b"));
+        assert!(!matches("g.>", "g"));
+        assert!(matches("*.x", "t.x"));
+        assert!(!matches("*.x", "t.x.y"));
+        assert!(matches("t.x", "t.x"));
+        assert!(!matches("t.x", "t.y"));
     }
 
     proptest! {

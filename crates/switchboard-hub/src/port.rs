@@ -123,6 +123,71 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Hands `publish` (its `from` naming the sender) to one local member
+    /// of queue group `group` on `pattern` (see
+    /// [`Remote::carries_groups`]); `false` when the hub stopped.
+    pub async fn publish_group(
+        &self,
+        pattern: &str,
+        group: &str,
+        publish: switchboard_wire::proto::Publish,
+    ) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteGroup {
+                conn: self.conn,
+                pattern: pattern.to_owned(),
+                group: group.to_owned(),
+                publish,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Hands session frame `session` (its `peer` naming the sender, a
+    /// client of another hub) to the local client `to`, in order with
+    /// the port's other inputs; `false` when the hub stopped.
+    pub async fn session(&self, to: &str, session: switchboard_wire::proto::Session) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteSession {
+                conn: self.conn,
+                to: to.to_owned(),
+                session,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// The client `id` of another hub (`hub`) joined (`Some`) or left
+    /// (`None`) the federation: local presence watchers are told, and
+    /// `ListClients` lists it meanwhile (transport [`PORT_TRANSPORT`],
+    /// `addr` the hub's name). `false` when the hub stopped.
+    pub async fn presence(&self, id: &str, hub: Option<&str>) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        let info = switchboard_wire::proto::ClientInfo {
+            client_id: id.to_owned(),
+            transport: PORT_TRANSPORT.into(),
+            addr: hub.unwrap_or_default().to_owned(),
+            connected_at_ms: switchboard_discovery::now_ms(),
+            ..Default::default()
+        };
+        inbox
+            .send(Input::RemotePresence {
+                conn: self.conn,
+                info,
+                joined: hub.is_some(),
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -102,6 +102,44 @@ pub enum Input {
         /// Its message.
         message: String,
     },
+    /// A publish the remote side took for the queue group `group` on
+    /// `pattern` (a queue subscription across hubs picked this hub):
+    /// delivered to one local member of that group; ignored unless `conn`
+    /// is the port.
+    RemoteGroup {
+        /// The port.
+        conn: ConnId,
+        /// The group's pattern.
+        pattern: String,
+        /// The group's name.
+        group: String,
+        /// The publish, `from` naming its sender.
+        publish: switchboard_wire::proto::Publish,
+    },
+    /// A session frame from a client of another hub (its `peer` names
+    /// that client) for the local client `to`; ignored unless `conn` is
+    /// the port.
+    RemoteSession {
+        /// The port.
+        conn: ConnId,
+        /// The local target.
+        to: String,
+        /// The frame, `peer` naming the sender.
+        session: switchboard_wire::proto::Session,
+    },
+    /// A client of another hub joined (`joined`) or left the federation
+    /// (see [`remote`](super::remote)): told to local presence watchers,
+    /// and listed by `ListClients` while it stays; ignored unless `conn`
+    /// is the port.
+    RemotePresence {
+        /// The port.
+        conn: ConnId,
+        /// The client: transport [`PORT_TRANSPORT`](super::remote::PORT_TRANSPORT),
+        /// `addr` naming its hub.
+        info: switchboard_wire::proto::ClientInfo,
+        /// Joined (true) or left.
+        joined: bool,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

@@ -178,6 +178,9 @@ impl Router {
     /// Hands messages for unknown client ids, and every publish and
     /// broadcast, to `remote` (the remote seam; see [`remote`]).
     pub fn set_remote(&mut self, remote: Arc<dyn Remote>) {
+        if remote.carries_groups() {
+            self.pubsub.carry_groups_remotely();
+        }
         self.remote = Some(remote);
         self.pubsub.track_patterns();
     }
@@ -185,11 +188,12 @@ impl Router {
     /// Tells the remote seam which subscription patterns came and went.
     fn report_patterns(&mut self) {
         if let Some(remote) = &self.remote {
-            for (pattern, added) in self.pubsub.take_changes() {
-                if added {
-                    remote.subscribed(&pattern);
-                } else {
-                    remote.unsubscribed(&pattern);
+            for (pattern, group, added) in self.pubsub.take_changes() {
+                match (group, added) {
+                    (None, true) => remote.subscribed(&pattern),
+                    (None, false) => remote.unsubscribed(&pattern),
+                    (Some(group), true) => remote.subscribed_group(&pattern, &group),
+                    (Some(group), false) => remote.unsubscribed_group(&pattern, &group),
                 }
             }
         }
@@ -283,6 +287,46 @@ impl Router {
             } => {
                 if self.resolve(conn).is_some_and(|k| Some(k) == self.port) {
                     self.remote_close(now, &id, code, message);
+                }
+            }
+            Input::RemoteGroup {
+                conn,
+                pattern,
+                group,
+                publish,
+            } => {
+                if self.resolve(conn).is_some_and(|k| Some(k) == self.port) {
+                    self.counters.msgs_in += 1;
+                    self.pubsub
+                        .publish_group(&mut self.output, &pattern, &group, publish);
+                }
+            }
+            Input::RemoteSession { conn, to, session } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    self.counters.msgs_in += 1;
+                    let (out, registry) = (&mut self.output, &self.registry);
+                    self.requests.session(
+                        out,
+                        registry,
+                        now,
+                        port,
+                        session,
+                        &self.limits,
+                        Some(&to),
+                    );
+                }
+            }
+            Input::RemotePresence { conn, info, joined } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    if let Some(info) = self.registry.remote_presence(info, joined) {
+                        let (kind, reason) = if joined {
+                            (proto::PresenceKind::Joined, "")
+                        } else {
+                            (proto::PresenceKind::Left, "left the federation")
+                        };
+                        self.presence
+                            .event(&mut self.output, port, info, kind, reason);
+                    }
                 }
             }
             Input::Tick => self.tick(now),
@@ -876,13 +920,13 @@ impl Router {
                     .routed_away(conn, &s.peer, || Frame::from(s.clone()))
                     .is_ok_and(|via| via.is_some())
                 {
-                    // Sessions across hubs are not carried yet: the remote
-                    // side answers `Unknown` for them.
+                    // Another hub holds the peer: the remote side took
+                    // the frame (`Remote::route`) and carries it there.
                     return;
                 }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests
-                    .session(out, registry, now, conn, s, &self.limits);
+                    .session(out, registry, now, conn, s, &self.limits, None);
             }
             Kind::Cancel(c) => self.requests.cancel(conn, c.id),
             Kind::Listen(l) => self.registry.listen(&mut self.output, conn, l),

@@ -65,9 +65,14 @@ pub(super) struct PubSub {
     no_responders: u64,
     /// Whether pattern changes are recorded (for the remote seam).
     track: bool,
-    /// Patterns of publish subscriptions added (`true`) and removed, in
-    /// order, since the last [`take_changes`](Self::take_changes).
-    changes: Vec<(String, bool)>,
+    /// Patterns (and queue groups) of publish subscriptions added
+    /// (`true`) and removed, in order, since the last
+    /// [`take_changes`](Self::take_changes).
+    changes: Vec<(String, Option<String>, bool)>,
+    /// Queue groups span hubs (the remote seam carries them): a publish
+    /// from the port reaches plain subscriptions only, and the remote side
+    /// hands each group its messages ([`publish_group`](Self::publish_group)).
+    remote_groups: bool,
 }
 
 impl Default for PubSub {
@@ -84,6 +89,7 @@ impl Default for PubSub {
             no_responders: 0,
             track: false,
             changes: Vec::new(),
+            remote_groups: false,
         }
     }
 }
@@ -95,9 +101,43 @@ impl PubSub {
         self.track = true;
     }
 
-    /// The pattern changes recorded since the last call.
-    pub fn take_changes(&mut self) -> Vec<(String, bool)> {
+    /// The pattern changes recorded since the last call: pattern, queue
+    /// group, added.
+    pub fn take_changes(&mut self) -> Vec<(String, Option<String>, bool)> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Queue groups span hubs from now on (see `remote_groups`).
+    pub fn carry_groups_remotely(&mut self) {
+        self.remote_groups = true;
+    }
+
+    /// A publish the remote side took for queue group `group` on
+    /// `pattern`: delivered to one member of that local group (none: it
+    /// is dropped, the group emptied meanwhile).
+    pub fn publish_group(
+        &mut self,
+        out: &mut Output,
+        pattern: &str,
+        group: &str,
+        p: proto::Publish,
+    ) {
+        let Some(gid) = self.group_ids.get(&(pattern.to_owned(), group.to_owned())) else {
+            return;
+        };
+        let Some((target, sub_id, outbox)) = self.groups.get_mut(gid).and_then(|g| g.pick(out))
+        else {
+            return;
+        };
+        let deliver = Out::Deliver {
+            seq: 0,
+            acked: 0,
+            sub_id,
+            head: DeliverHead::new(&p.topic, &p.from, &p.reply_to, &p.headers),
+            payload: p.payload,
+        };
+        let outbox = outbox.clone();
+        out.push_droppable(target, &outbox, deliver);
     }
 
     /// Subscriptions held by all clients.
@@ -239,7 +279,8 @@ impl PubSub {
             Some((s.queue_group.clone(), gid))
         };
         if self.track && !s.service {
-            self.changes.push((s.pattern.clone(), true));
+            let group = (!s.queue_group.is_empty()).then(|| s.queue_group.clone());
+            self.changes.push((s.pattern.clone(), group, true));
         }
         if let Some(client) = self.clients.get_mut(&conn) {
             client.subs.insert(
@@ -394,6 +435,9 @@ impl PubSub {
                         sub_id,
                         outbox,
                     } => (*conn, *sub_id, outbox),
+                    // Other hubs' members share the group: the remote
+                    // side hands it its own copy.
+                    Target::Group(_) if from_port && self.remote_groups => continue,
                     Target::Group(gid) => match self.groups.get_mut(gid) {
                         Some(group) => match group.pick(out) {
                             Some(m) => m,
@@ -509,7 +553,8 @@ impl PubSub {
 
     fn remove_entry(&mut self, conn: ConnId, sub_id: u64, sub: &Sub) {
         if self.track && !sub.service {
-            self.changes.push((sub.pattern.clone(), false));
+            let group = sub.group.as_ref().map(|g| g.0.clone());
+            self.changes.push((sub.pattern.clone(), group, false));
         }
         match &sub.group {
             None if sub.service => self.services.remove_sub(&sub.pattern, conn, sub_id),

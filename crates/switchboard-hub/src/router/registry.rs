@@ -72,6 +72,9 @@ pub(super) struct Registry {
     alias: IdMap<ConnId, ConnId>,
     /// Clients waiting to resume.
     detached: IdSet<ConnId>,
+    /// Clients of other hubs (from the remote seam's port), listed by
+    /// `ListClients` after the local ones.
+    remote: std::collections::BTreeMap<String, proto::ClientInfo>,
 }
 
 impl Registry {
@@ -212,13 +215,27 @@ impl Registry {
         clients
     }
 
-    /// The `ClientList` answering correlation id `id`.
+    /// The `ClientList` answering correlation id `id`: the local clients,
+    /// then those of other hubs.
     pub fn client_list(&self, id: u64) -> Frame {
-        proto::ClientList {
-            id,
-            clients: self.infos(),
+        let mut clients = self.infos();
+        clients.extend(self.remote.values().cloned());
+        proto::ClientList { id, clients }.into()
+    }
+
+    /// A client of another hub joined (`Some(info)` kept) or left (its
+    /// kept info returned, if it was known).
+    pub fn remote_presence(
+        &mut self,
+        info: proto::ClientInfo,
+        joined: bool,
+    ) -> Option<proto::ClientInfo> {
+        if joined {
+            self.remote.insert(info.client_id.clone(), info.clone());
+            Some(info)
+        } else {
+            self.remote.remove(&info.client_id)
         }
-        .into()
     }
 
     /// `Listen`: what client `conn` takes from now on (only with the

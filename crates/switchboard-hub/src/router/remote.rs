@@ -140,7 +140,9 @@ pub trait Remote: Send + Sync + Debug {
     /// A `Direct`, `Request` (to a client id) or `Session` frame from the
     /// local client `from` to `to`, a client id registered nowhere on this
     /// hub. `frame` is as the router received it (the hub's `from` not yet
-    /// filled in).
+    /// filled in). A `Session` the remote side takes ([`Handoff::Taken`])
+    /// is its own to carry (it is not delivered to the port); the far side
+    /// hands it in with `PortSender::session`.
     fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff;
 
     /// A `Publish` or `Broadcast` from the local client `from`, after the
@@ -195,6 +197,30 @@ pub trait Remote: Send + Sync + Debug {
     /// slow client's dropped deliveries. The default: none.
     fn dropped(&self) -> u64 {
         0
+    }
+
+    /// A local client joined queue group `group` on `pattern`; called
+    /// once per such subscription instead of [`subscribed`](Self::subscribed).
+    /// The default reports it as a plain subscription to `pattern`.
+    fn subscribed_group(&self, pattern: &str, group: &str) {
+        let _ = group;
+        self.subscribed(pattern);
+    }
+
+    /// One member of queue group `group` on `pattern` left it. The
+    /// default reports it as [`unsubscribed`](Self::unsubscribed).
+    fn unsubscribed_group(&self, pattern: &str, group: &str) {
+        let _ = group;
+        self.unsubscribed(pattern);
+    }
+
+    /// Whether this remote side carries queue groups across hubs: then a
+    /// publish from the port reaches local plain subscriptions only, and
+    /// the remote side hands each group the messages the cluster picked
+    /// this hub for (`PortSender::publish_group`). The default: no, each
+    /// hub's groups get a copy of every publish from the port.
+    fn carries_groups(&self) -> bool {
+        false
     }
 
     /// The hub registered the port (see the module docs); called once

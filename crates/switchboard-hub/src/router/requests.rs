@@ -310,7 +310,9 @@ impl Requests {
     }
 
     /// `Session`: to the client named `s.peer`, which then names the
-    /// sender.
+    /// sender; from the remote seam's port, to the client `to`, `s.peer`
+    /// already naming the sender (a client of another hub).
+    #[allow(clippy::too_many_arguments)]
     pub fn session(
         &mut self,
         out: &mut Output,
@@ -319,15 +321,21 @@ impl Requests {
         conn: ConnId,
         mut s: proto::Session,
         limits: &Limits,
+        to: Option<&str>,
     ) {
-        let Some(target) = registry.lookup(&s.peer) else {
+        // From the remote seam's port: `to` names the target and `peer`
+        // already the sender (a client of another hub).
+        let target_id = to.unwrap_or(&s.peer);
+        let Some(target) = registry.lookup(target_id) else {
             let msg = format!(
                 "no client named '{}' is connected; the session frame was not delivered",
-                shown(&s.peer)
+                shown(target_id)
             );
             return out.send(conn, err(0, ErrorCode::NoSuchClient, msg));
         };
-        s.peer = out.id(conn).to_owned();
+        if to.is_none() {
+            s.peer = out.id(conn).to_owned();
+        }
         let waiter = Waiter {
             sender: conn,
             corr: 0,
