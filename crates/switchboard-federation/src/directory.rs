@@ -532,7 +532,9 @@ fn spawn(stop: CancellationToken, task: impl std::future::Future<Output = ()> + 
     });
 }
 
-async fn bucket(
+/// Opens the KV bucket `name`, creating its stream with `replicas` when it
+/// does not exist, trying until `deadline`.
+pub(crate) async fn bucket(
     js: &async_nats::jetstream::Context,
     name: String,
     replicas: usize,

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod directory;
+pub mod kv;
 pub mod routing;
 pub mod subject;
 
@@ -35,6 +36,7 @@ use switchboard_wire::{proto, Frame, Kind};
 use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
+pub use kv::{KvStats, SharedKv};
 use routing::Routing;
 pub use routing::RoutingStats;
 
@@ -80,6 +82,9 @@ pub struct FederationOptions {
     /// (default [`routing::MAX_MESSAGE`]); larger ones are dropped and
     /// counted.
     pub max_message: usize,
+    /// The most live keys the shared key/value store holds (default: the
+    /// hub's default, 100,000); see [`kv`].
+    pub kv_max_keys: usize,
 }
 
 impl FederationOptions {
@@ -96,6 +101,7 @@ impl FederationOptions {
             lease: DEFAULT_LEASE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message: routing::MAX_MESSAGE,
+            kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
         }
     }
 
@@ -155,6 +161,7 @@ pub struct Federation {
 struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
+    kv: Arc<SharedKv>,
     /// This hub's subscription, until the hub attaches its port.
     inbound: Mutex<Option<async_nats::Subscriber>>,
     stop: CancellationToken,
@@ -178,6 +185,18 @@ impl Federation {
         let client = connect_nats(&options).await?;
         let stop = CancellationToken::new();
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
+        let replicas = options
+            .replicas
+            .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
+        let deadline = std::time::Instant::now() + options.connect_timeout;
+        let kv = SharedKv::open(
+            client.clone(),
+            &options.service,
+            replicas,
+            options.kv_max_keys,
+            deadline,
+        )
+        .await?;
         let routing = Routing::new(
             client,
             &options.service,
@@ -196,6 +215,7 @@ impl Federation {
             inner: Arc::new(Handle {
                 directory,
                 routing,
+                kv,
                 inbound: Mutex::new(Some(inbound)),
                 stop,
             }),
@@ -222,6 +242,11 @@ impl Federation {
         self.inner.routing.stats()
     }
 
+    /// The shared key/value store.
+    pub fn kv(&self) -> &SharedKv {
+        &self.inner.kv
+    }
+
     /// Releases this hub's ids and its heartbeat entry now (a clean leave),
     /// then stops. Without it the others release them after the lease.
     pub async fn shutdown(self) {
@@ -245,6 +270,10 @@ impl Remote for Federation {
         self.inner.routing.fan_out(from, frame);
     }
 
+    fn kv(&self, from: &str, frame: &Frame) -> Handoff {
+        self.inner.kv.take(from, frame)
+    }
+
     fn subscribed(&self, pattern: &str) {
         self.inner.routing.subscribed(pattern);
     }
@@ -265,11 +294,15 @@ impl Remote for Federation {
         self.inner.directory.left(id);
     }
 
-    fn attach(&self, port: RemotePort) {
+    fn attach(&self, mut port: RemotePort) {
         let Some(inbound) = self.inner.inbound.lock().take() else {
             tracing::warn!("federation: a second hub attached to one federation; ignored");
             return;
         };
+        spawn_until(
+            self.inner.stop.clone(),
+            self.inner.kv.clone().run(port.sender()),
+        );
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         tokio::spawn(async move {
