@@ -10,7 +10,7 @@
 //! - Version = the JetStream revision (the stream sequence of the key's
 //!   last message): it grows with every change of the key and never
 //!   repeats, but by more than one (the sequence counts all keys).
-//! - The router hands the commands over ([`Remote::kv`]); they queue (at
+//! - The router hands the commands over ([`Remote::kv`](switchboard_hub::router::remote::Remote::kv)); they queue (at
 //!   most [`COMMAND_QUEUE`]; beyond, a command is dropped and counted, and
 //!   its client gets `TIMEOUT` from the router) and run one at a time in
 //!   this module's task, in the order the router handed them over.
@@ -33,7 +33,7 @@
 //!   and tells its watchers in revision order.
 //! - Limits: the router checks key and value against the hub's limits
 //!   before handing a `KvSet` over; the number of live keys
-//!   ([`FederationOptions::kv_max_keys`]) is checked against the keys
+//!   ([`FederationOptions::kv_max_keys`](crate::FederationOptions::kv_max_keys)) is checked against the keys
 //!   this hub's watch saw live (so hubs racing to create the last keys
 //!   may pass it by a few). A value whose envelope is over the cluster's
 //!   `max_payload` is refused with `LIMIT_EXCEEDED`. Entries in the
