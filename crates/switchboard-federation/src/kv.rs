@@ -18,13 +18,15 @@
 //!   leader for the key's last message (`STREAM.MSG.GET`, never a direct
 //!   get, which a replica may answer): it sees every write acknowledged
 //!   before it — linearizable.
-//! - A write is a publish expecting the key's last revision as read
-//!   (`Nats-Expected-Last-Subject-Sequence`; `0`: no message): an
-//!   unconditional `KvSet` or `KvDelete` that loses a race reads again
-//!   and tries again (up to [`WRITE_TRIES`] times); one with
-//!   `expect_version` fails with `VERSION_MISMATCH`, as locally
-//!   (`expect_version: 0` = the key must not exist, a delete marker
-//!   counts as absent; another version = the key must exist at it).
+//! - An unconditional `KvSet` is a plain publish. A `KvDelete` expects
+//!   the key's last revision as read (`Nats-Expected-Last-Subject-Sequence`).
+//!   A compare-and-set (`expect_version`) expects that and the bucket's
+//!   last revision (`Nats-Expected-Last-Sequence`, see `write`). A write
+//!   that loses a race reads again and tries again (up to [`WRITE_TRIES`]
+//!   times); a key that no longer meets `expect_version` fails with
+//!   `VERSION_MISMATCH`, as locally (`expect_version: 0` = the key must
+//!   not exist, a delete marker counts as absent; another version = the
+//!   key must exist at it).
 //! - Watches: each hub watches the whole bucket once (from the start;
 //!   after a break from the revision after the last seen) and sends every
 //!   change into the router through the port as a `KvUpdate`; the router
@@ -66,6 +68,12 @@ use crate::{FederationError, COMMAND_QUEUE};
 
 /// Tries of an unconditional write that keeps losing races.
 pub const WRITE_TRIES: usize = 5;
+
+/// Values the bucket keeps per key: a watch that lags behind the writes
+/// (they come faster than it reads) still sees every one of up to this
+/// many changes of one key; beyond, the oldest are gone and it sees the
+/// later ones (JetStream KV's largest history).
+pub const HISTORY: i64 = 64;
 
 /// The envelope's format byte.
 const ENVELOPE: u8 = 1;
@@ -138,7 +146,9 @@ impl SharedKv {
     ) -> Result<Arc<SharedKv>, FederationError> {
         let js = async_nats::jetstream::new(client.clone());
         let name = format!("sb_{}_kv", escape(service));
-        let store = crate::directory::bucket(&js, name.clone(), replicas, deadline).await?;
+        let store =
+            crate::directory::bucket_with_history(&js, name.clone(), replicas, HISTORY, deadline)
+                .await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         Ok(Arc::new(SharedKv {
             store,
@@ -233,7 +243,11 @@ impl SharedKv {
             ));
         }
         for _ in 0..WRITE_TRIES {
-            let last = self.last().await?;
+            // Only a compare-and-set needs the bucket-wide expectation.
+            let last = match s.expect_version {
+                Some(_) => Some(self.last().await?),
+                None => None,
+            };
             let cur = self.read(&s.key).await?;
             let ok = match s.expect_version {
                 None => true,
@@ -252,8 +266,9 @@ impl SharedKv {
                     ),
                 ));
             }
+            let expect = s.expect_version.map(|_| cur.version);
             match self
-                .write(&s.key, last, cur.version, payload.clone(), false)
+                .write(&s.key, last, expect, payload.clone(), false)
                 .await?
             {
                 Some(version) => {
@@ -265,13 +280,9 @@ impl SharedKv {
                         found: true,
                     })
                 }
-                // Changed since the read: a conditional set reports it
-                // (read again for the message), another tries again.
-                None if s.expect_version.is_some() => {
-                    let cur = self.read(&s.key).await?;
-                    return Err(mismatch(&s.key, s.expect_version.unwrap_or(0), &cur));
-                }
-                None => {}
+                // The bucket or the key moved on since the read: read
+                // again (a changed key is a mismatch), after a short pause.
+                None => pause().await,
             }
         }
         Err(busy(&s.key))
@@ -279,7 +290,10 @@ impl SharedKv {
 
     async fn delete(&self, by: &str, d: proto::KvDelete) -> Result<proto::KvValue, Failure> {
         for _ in 0..WRITE_TRIES {
-            let last = self.last().await?;
+            let last = match d.expect_version {
+                Some(_) => Some(self.last().await?),
+                None => None,
+            };
             let cur = self.read(&d.key).await?;
             if !cur.found {
                 return Err((
@@ -291,7 +305,7 @@ impl SharedKv {
                 return Err(mismatch(&d.key, v, &cur));
             }
             match self
-                .write(&d.key, last, cur.version, envelope(by, &[]), true)
+                .write(&d.key, last, Some(cur.version), envelope(by, &[]), true)
                 .await?
             {
                 Some(version) => {
@@ -303,11 +317,7 @@ impl SharedKv {
                         found: false,
                     })
                 }
-                None if d.expect_version.is_some() => {
-                    let cur = self.read(&d.key).await?;
-                    return Err(mismatch(&d.key, d.expect_version.unwrap_or(0), &cur));
-                }
-                None => {}
+                None => pause().await,
             }
         }
         Err(busy(&d.key))
@@ -363,8 +373,8 @@ impl SharedKv {
     }
 
     /// Publishes `payload` as `key`'s next message if the bucket's last
-    /// revision is still `last` and the key's still `expect`: the new
-    /// revision, or `None` when either moved on.
+    /// revision is still `last` and the key's still `expect` (each when
+    /// given): the new revision, or `None` when either moved on.
     ///
     /// The bucket-wide expectation is what makes compare-and-set safe on
     /// a replicated bucket of nats-server 2.9: its leader checks the
@@ -375,18 +385,22 @@ impl SharedKv {
     async fn write(
         &self,
         key: &str,
-        last: u64,
-        expect: u64,
+        last: Option<u64>,
+        expect: Option<u64>,
         payload: Bytes,
         delete: bool,
     ) -> Result<Option<u64>, Failure> {
         let subject = format!("{}{}", self.prefix, escape(key));
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expect.to_string().as_str(),
-        );
+        if let Some(last) = last {
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+        }
+        if let Some(expect) = expect {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expect.to_string().as_str(),
+            );
+        }
         if delete {
             headers.insert("KV-Operation", "DEL");
         }
@@ -494,6 +508,12 @@ impl SharedKv {
         }
         Some((key, deleted, by, value))
     }
+}
+
+/// A short random pause before a write that lost a race is tried again.
+async fn pause() {
+    let ms = 1 + rand::random::<u64>() % 20;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// The stored form of `value` changed by `by` (see the module docs).

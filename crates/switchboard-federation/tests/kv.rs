@@ -13,7 +13,7 @@ use switchboard::{ClientError, ErrorCode, KvEvent, KvWatch};
 async fn next(w: &mut KvWatch) -> KvEvent {
     tokio::time::timeout(WAIT, w.recv())
         .await
-        .expect("a watch event within the wait")
+        .unwrap_or_else(|_| panic!("no watch event within {WAIT:?}"))
         .expect("the watch is open")
 }
 
