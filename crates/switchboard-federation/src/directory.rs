@@ -680,10 +680,14 @@ fn spawn(stop: CancellationToken, task: impl std::future::Future<Output = ()> + 
     });
 }
 
-async fn bucket(
+/// Opens the KV bucket `name`, creating its stream with `replicas` and a
+/// history of `history` values per key when it does not exist, trying
+/// until `deadline`.
+pub(crate) async fn bucket_with_history(
     js: &async_nats::jetstream::Context,
     name: String,
     replicas: usize,
+    history: i64,
     deadline: Instant,
 ) -> Result<Store, FederationError> {
     loop {
@@ -696,7 +700,7 @@ async fn bucket(
                 .get_or_create_stream(stream::Config {
                     name: format!("KV_{name}"),
                     subjects: vec![format!("$KV.{name}.>")],
-                    max_messages_per_subject: 1,
+                    max_messages_per_subject: history,
                     storage: stream::StorageType::File,
                     allow_rollup: true,
                     deny_delete: true,
@@ -721,4 +725,13 @@ async fn bucket(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: String,
+    replicas: usize,
+    deadline: Instant,
+) -> Result<Store, FederationError> {
+    bucket_with_history(js, name, replicas, 1, deadline).await
 }

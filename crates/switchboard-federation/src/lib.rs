@@ -21,6 +21,7 @@
 //! ```
 
 pub mod directory;
+pub mod kv;
 pub mod routing;
 pub mod subject;
 
@@ -36,6 +37,7 @@ use switchboard_wire::{proto, Frame, Kind};
 use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
+pub use kv::{KvStats, SharedKv};
 use routing::Routing;
 pub use routing::RoutingStats;
 
@@ -99,6 +101,9 @@ pub struct FederationOptions {
     /// Whether the NATS client also reconnects to the servers the cluster
     /// announces (default `true`); `false`: only to `servers`.
     pub discover_servers: bool,
+    /// The most live keys the shared key/value store holds (default: the
+    /// hub's default, 100,000); see [`kv`].
+    pub kv_max_keys: usize,
 }
 
 impl FederationOptions {
@@ -117,6 +122,7 @@ impl FederationOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message: routing::MAX_MESSAGE,
             discover_servers: true,
+            kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
         }
     }
 
@@ -313,6 +319,7 @@ pub struct Federation {
 struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
+    kv: Arc<SharedKv>,
     /// This hub's subscription, until the hub attaches its port.
     inbound: Mutex<Option<async_nats::Subscriber>>,
     client: async_nats::Client,
@@ -345,6 +352,18 @@ impl Federation {
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
         let rtt_us = Arc::new(AtomicU64::new(0));
         spawn_until(stop.clone(), measure_rtt(client.clone(), rtt_us.clone()));
+        let replicas = options
+            .replicas
+            .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
+        let deadline = std::time::Instant::now() + options.connect_timeout;
+        let kv = SharedKv::open(
+            client.clone(),
+            &options.service,
+            replicas,
+            options.kv_max_keys,
+            deadline,
+        )
+        .await?;
         let routing = Routing::new(
             client.clone(),
             &options.service,
@@ -368,6 +387,7 @@ impl Federation {
             inner: Arc::new(Handle {
                 directory,
                 routing,
+                kv,
                 inbound: Mutex::new(Some(inbound)),
                 client,
                 rtt_us,
@@ -438,6 +458,11 @@ impl Federation {
         }
     }
 
+    /// The shared key/value store.
+    pub fn kv(&self) -> &SharedKv {
+        &self.inner.kv
+    }
+
     /// Releases this hub's ids and its heartbeat entry now (a clean leave),
     /// then stops. Without it the others release them after the lease.
     pub async fn shutdown(self) {
@@ -486,6 +511,10 @@ impl Remote for Federation {
         self.inner.routing.fan_out(from, frame);
     }
 
+    fn kv(&self, from: &str, frame: &Frame) -> Handoff {
+        self.inner.kv.take(from, frame)
+    }
+
     fn subscribed(&self, pattern: &str) {
         self.inner.routing.subscribed(pattern, None);
     }
@@ -518,12 +547,15 @@ impl Remote for Federation {
         self.inner.directory.left(id);
     }
 
-    fn attach(&self, port: RemotePort) {
+    fn attach(&self, mut port: RemotePort) {
         let Some(inbound) = self.inner.inbound.lock().take() else {
             tracing::warn!("federation: a second hub attached to one federation; ignored");
             return;
         };
-        let mut port = port;
+        spawn_until(
+            self.inner.stop.clone(),
+            self.inner.kv.clone().run(port.sender()),
+        );
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         if let Some(mut connected) = self.inner.connected.lock().take() {

@@ -188,6 +188,25 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Answers command `id` of the local client `requester`, handed to
+    /// the remote seam's [`Remote::kv`], with `frame` (a `KvValue`).
+    /// Ignored when that command is no longer pending. `false` when the
+    /// hub stopped.
+    pub async fn answer(&self, requester: &str, id: u64, frame: Frame) -> bool {
+        let Some(inbox) = self.inbox.upgrade() else {
+            return false;
+        };
+        inbox
+            .send(Input::RemoteAnswer {
+                conn: self.conn,
+                requester: requester.to_owned(),
+                id,
+                frame,
+            })
+            .await
+            .is_ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -140,6 +140,20 @@ pub enum Input {
         /// Joined (true) or left.
         joined: bool,
     },
+    /// The remote side's answer `frame` (a `KvValue`) to command `id` of
+    /// the local client `requester`, which the router handed to the
+    /// remote seam (see [`Remote::kv`](super::remote::Remote::kv));
+    /// ignored unless that command is pending on the port `conn`.
+    RemoteAnswer {
+        /// The port.
+        conn: ConnId,
+        /// The local client that sent the command.
+        requester: String,
+        /// Its command id.
+        id: u64,
+        /// The answer.
+        frame: switchboard_wire::Frame,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

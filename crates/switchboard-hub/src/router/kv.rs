@@ -96,16 +96,8 @@ impl Kv {
     /// `KvSet`: answered with the new version (not the value); watchers
     /// are told.
     pub fn set(&mut self, out: &mut Output, conn: ConnId, s: proto::KvSet, limits: &Limits) {
-        if let Err(e) = validate_client_key(&s.key, limits.kv_max_key, false) {
-            return out.send(conn, err(s.id, ErrorCode::InvalidArgument, e));
-        }
-        if s.value.len() > limits.kv_max_value {
-            let msg = format!(
-                "value of {} bytes exceeds the limit of {} bytes; store something smaller",
-                s.value.len(),
-                limits.kv_max_value
-            );
-            return out.send(conn, err(s.id, ErrorCode::LimitExceeded, msg));
+        if let Some(refusal) = self.refuse_set(&s, limits) {
+            return out.send(conn, refusal);
         }
         match self.store.set(
             &s.key,
@@ -139,6 +131,42 @@ impl Kv {
             Err(KvError::NotFound) => {
                 out.send(conn, err(s.id, ErrorCode::NotFound, "key does not exist"));
             }
+        }
+    }
+
+    /// The error answer to a `KvSet` whose key or value breaks the
+    /// limits, if it does (checked before the store or the remote seam
+    /// sees it).
+    pub fn refuse_set(&self, s: &proto::KvSet, limits: &Limits) -> Option<Frame> {
+        if let Err(e) = validate_client_key(&s.key, limits.kv_max_key, false) {
+            return Some(err(s.id, ErrorCode::InvalidArgument, e));
+        }
+        if s.value.len() > limits.kv_max_value {
+            let msg = format!(
+                "value of {} bytes exceeds the limit of {} bytes; store something smaller",
+                s.value.len(),
+                limits.kv_max_value
+            );
+            return Some(err(s.id, ErrorCode::LimitExceeded, msg));
+        }
+        None
+    }
+
+    /// A change of the shared store the remote seam reports (see
+    /// [`Remote::kv`](super::remote::Remote::kv)): kept in the local
+    /// store (a cache) and told to the watchers, unless the cache holds
+    /// that key at this version or a later one already.
+    pub fn remote_change(&mut self, out: &mut Output, u: proto::KvUpdate, limits: &Limits) {
+        let applied = self.store.apply(
+            &u.key,
+            u.value.clone(),
+            u.version,
+            u.deleted,
+            limits.kv_max_tombstones,
+        );
+        if applied {
+            let value = if u.deleted { Bytes::new() } else { u.value };
+            self.changed(out, &u.key, value, u.version, u.deleted, &u.by);
         }
     }
 

@@ -162,6 +162,52 @@ impl KvStore {
         Ok(version)
     }
 
+    /// Takes a change made elsewhere (the shared store of a federation):
+    /// `key` at `version`, set to `value` or deleted. `false` (nothing
+    /// changed) when the store holds `key` at `version` or a later one.
+    /// No limit on live keys: the shared store enforces it.
+    pub(crate) fn apply(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        version: u64,
+        deleted: bool,
+        max_tombstones: usize,
+    ) -> bool {
+        let was = match self.map.get(key) {
+            Some(e) if e.version >= version => return false,
+            Some(e) => Some(e.deleted),
+            None => None,
+        };
+        match (was, deleted) {
+            (Some(false), true) => {
+                self.live -= 1;
+                self.tombstones += 1;
+            }
+            (Some(true), false) => {
+                self.live += 1;
+                self.tombstones -= 1;
+            }
+            (None, true) => self.tombstones += 1,
+            (None, false) => self.live += 1,
+            (Some(_), _) => {}
+        }
+        let value = if deleted { Bytes::new() } else { value };
+        self.map.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                version,
+                deleted,
+            },
+        );
+        if deleted {
+            self.deletions.push_back((key.to_owned(), version));
+            self.trim_tombstones(max_tombstones);
+        }
+        true
+    }
+
     fn trim_tombstones(&mut self, max: usize) {
         while self.tombstones > max {
             let Some((key, version)) = self.deletions.pop_front() else {
@@ -338,6 +384,24 @@ mod tests {
             kv.delete("churn", None, 3).unwrap();
         }
         assert!(kv.deletions.len() <= 2 * 16 + 1);
+    }
+
+    #[test]
+    fn changes_from_elsewhere_apply_in_version_order() {
+        let mut kv = KvStore::default();
+        assert!(kv.apply("a", "1".into(), 5, false, 10));
+        assert!(!kv.apply("a", "old".into(), 4, false, 10), "older: ignored");
+        assert!(
+            !kv.apply("a", "1".into(), 5, false, 10),
+            "repeated: ignored"
+        );
+        assert_eq!(kv.get("a").value, Bytes::from("1"));
+        assert!(kv.apply("a", Bytes::new(), 9, true, 10));
+        assert_eq!((kv.live_keys(), kv.tombstones()), (0, 1));
+        assert!(kv.apply("a", "2".into(), 12, false, 10));
+        assert_eq!(kv.get("a").version, 12);
+        assert!(kv.apply("b", Bytes::new(), 13, true, 10));
+        assert_eq!((kv.live_keys(), kv.tombstones()), (1, 1));
     }
 
     #[test]

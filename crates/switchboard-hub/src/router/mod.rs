@@ -329,6 +329,18 @@ impl Router {
                     }
                 }
             }
+            Input::RemoteAnswer {
+                conn,
+                requester,
+                id,
+                frame,
+            } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    let (out, registry) = (&mut self.output, &self.registry);
+                    self.requests
+                        .answer_remote(out, registry, port, &requester, id, frame);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
@@ -795,6 +807,34 @@ impl Router {
         }
     }
 
+    /// Hands a key/value command to the remote seam when it keeps the
+    /// store ([`Remote::kv`]); `true` when it was handled (taken and held
+    /// pending on the port, or refused for an id already outstanding).
+    fn kv_away(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: u64,
+        frame: impl FnOnce() -> Frame,
+    ) -> bool {
+        let (Some(remote), Some(port)) = (&self.remote, self.port) else {
+            return false;
+        };
+        if conn == port {
+            return false;
+        }
+        if let Some(refusal) = self.requests.hold_conflict(conn, id) {
+            self.send(conn, refusal);
+            return true;
+        }
+        if remote.kv(self.output.id(conn), &frame()) != Handoff::Taken {
+            return false;
+        }
+        let timeout = self.limits.default_request_timeout;
+        self.requests.hold_remote(now, conn, id, port, timeout);
+        true
+    }
+
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
         self.counters.msgs_in += 1;
         if let Some(c) = self.registry.get_mut(conn) {
@@ -892,9 +932,27 @@ impl Router {
                 .pubsub
                 .subscribe(&mut self.output, conn, s, &self.limits),
             Kind::Unsubscribe(u) => self.pubsub.unsubscribe(&mut self.output, conn, u),
-            Kind::KvSet(s) => self.kv.set(&mut self.output, conn, s, &self.limits),
-            Kind::KvGet(g) => self.kv.get(&mut self.output, conn, g),
-            Kind::KvDelete(d) => self.kv.delete(&mut self.output, conn, d, &self.limits),
+            Kind::KvSet(s) => {
+                if let Some(refusal) = self.kv.refuse_set(&s, &self.limits) {
+                    return self.send(conn, refusal);
+                }
+                if !self.kv_away(now, conn, s.id, || Frame::from(s.clone())) {
+                    self.kv.set(&mut self.output, conn, s, &self.limits);
+                }
+            }
+            Kind::KvGet(g) => {
+                if !self.kv_away(now, conn, g.id, || Frame::from(g.clone())) {
+                    self.kv.get(&mut self.output, conn, g);
+                }
+            }
+            Kind::KvDelete(d) => {
+                if !self.kv_away(now, conn, d.id, || Frame::from(d.clone())) {
+                    self.kv.delete(&mut self.output, conn, d, &self.limits);
+                }
+            }
+            Kind::KvUpdate(u) if from_port => {
+                self.kv.remote_change(&mut self.output, u, &self.limits);
+            }
             Kind::KvWatch(w) => self.kv.watch(&mut self.output, conn, w, &self.limits),
             Kind::KvUnwatch(u) => self.kv.unwatch(&mut self.output, conn, u),
             Kind::PresenceWatch(p) => {

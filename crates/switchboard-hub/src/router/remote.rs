@@ -223,6 +223,24 @@ pub trait Remote: Send + Sync + Debug {
         false
     }
 
+    /// A `KvSet`, `KvGet` or `KvDelete` from the local client `from`
+    /// (a `KvSet` already checked against the hub's key and value
+    /// limits). [`Handoff::Taken`]: the remote side keeps the key/value
+    /// store; the router holds the command pending on the port with the
+    /// default request timeout (the client gets `TIMEOUT` when no answer
+    /// comes) and the remote side answers it with
+    /// `PortSender::answer` (a `KvValue`) or `PortSender::fail` (the error
+    /// the local store would give). Watches stay in the router: the
+    /// remote side sends every change of the shared store into the
+    /// router through the port as a `KvUpdate` (its `watch_id` ignored),
+    /// which the router keeps in its local store as a cache (the initial
+    /// values of new watches) and tells its watchers. The default,
+    /// [`Handoff::Unknown`], keeps the hub's own store.
+    fn kv(&self, from: &str, frame: &Frame) -> Handoff {
+        let _ = (from, frame);
+        Handoff::Unknown
+    }
+
     /// The hub registered the port (see the module docs); called once
     /// when the hub starts serving. The default drops it (then nothing
     /// comes back from other hubs).

@@ -400,6 +400,21 @@ impl Requests {
         code: ErrorCode,
         message: &str,
     ) {
+        self.answer_remote(out, registry, port, requester, id, err(id, code, message));
+    }
+
+    /// The remote side's answer `frame` to command `id` of the client
+    /// named `requester`, pending on the remote seam's `port` (a request,
+    /// or a key/value command [`hold_remote`](Self::hold_remote) holds).
+    pub fn answer_remote(
+        &mut self,
+        out: &mut Output,
+        registry: &Registry,
+        port: ConnId,
+        requester: &str,
+        id: u64,
+        frame: Frame,
+    ) {
         let Some(requester) = registry.lookup(requester) else {
             return;
         };
@@ -412,7 +427,55 @@ impl Requests {
         }
         self.pending.remove(&(requester, id));
         self.forget(requester, id, Some(port));
-        out.send(requester, err(id, code, message));
+        out.send(requester, frame);
+    }
+
+    /// Why command `id` of `conn` cannot be held pending now (its id is
+    /// outstanding already), as the answer to send.
+    pub fn hold_conflict(&self, conn: ConnId, id: u64) -> Option<Frame> {
+        self.pending.contains_key(&(conn, id)).then(|| {
+            let msg = format!(
+                "command id {id} is already outstanding on this connection; use a fresh id"
+            );
+            err(id, ErrorCode::InvalidArgument, msg)
+        })
+    }
+
+    /// Holds command `id` of `conn` (a key/value command the remote seam
+    /// took) pending on `port` until the remote side answers, or
+    /// `timeout` from `now` (then `TIMEOUT`). Check
+    /// [`hold_conflict`](Self::hold_conflict) first.
+    pub fn hold_remote(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: u64,
+        port: ConnId,
+        timeout: Duration,
+    ) {
+        let deadline = now + timeout;
+        self.parties.entry(conn).or_default().outgoing.insert(id);
+        self.parties
+            .entry(port)
+            .or_default()
+            .incoming
+            .insert((conn, id));
+        self.pending.insert(
+            (conn, id),
+            Pending {
+                target: port,
+                deadline,
+                started: now,
+            },
+        );
+        if self.timeouts.len() > 2 * self.pending.len() + 4_096 {
+            self.timeouts = self
+                .pending
+                .iter()
+                .map(|((c, id), p)| Reverse((p.deadline, *c, *id)))
+                .collect();
+        }
+        self.timeouts.push(Reverse((deadline, conn, id)));
     }
 
     /// `Cancel`: the requester's request `id` is forgotten (and not

@@ -471,3 +471,192 @@ fn the_port_closes_a_local_client_like_a_takeover() {
     assert_eq!(sim.router.client_count(), 2);
     assert_eq!(sim.router.status(sim.now, 0).counters["takeovers"], 1);
 }
+
+/// Keeps the key/value store elsewhere: takes every `KvSet`, `KvGet` and
+/// `KvDelete`, records them.
+#[derive(Debug, Default)]
+struct KvKeeper {
+    taken: Mutex<Vec<(String, &'static str)>>,
+}
+
+impl Remote for KvKeeper {
+    fn route(&self, _: &str, _: &str, _: &Frame) -> Handoff {
+        Handoff::Unknown
+    }
+
+    fn fan_out(&self, _: &str, _: &Frame) {}
+
+    fn kv(&self, from: &str, frame: &Frame) -> Handoff {
+        self.taken.lock().push((from.into(), frame.kind_name()));
+        Handoff::Taken
+    }
+}
+
+#[test]
+fn a_remote_store_answers_kv_commands_and_feeds_watchers() {
+    let mut sim = Sim::new();
+    let keeper = Arc::new(KvKeeper::default());
+    sim.router.set_remote(keeper.clone());
+    let port = port(&mut sim);
+    let a = sim.connect("a");
+    let b = sim.connect("b");
+    let set = |id, key: &str| proto::KvSet {
+        id,
+        key: key.into(),
+        value: "v".into(),
+        expect_version: None,
+    };
+    // Handed to the remote side, answered through the port.
+    sim.send(a, set(1, "k1"));
+    assert!(sim.recv(a).is_empty(), "no local answer");
+    let answer = proto::KvValue {
+        id: 1,
+        key: "k1".into(),
+        version: 41,
+        found: true,
+        ..Default::default()
+    };
+    sim.router.handle(
+        sim.now,
+        Input::RemoteAnswer {
+            conn: port,
+            requester: "a".into(),
+            id: 1,
+            frame: answer.clone().into(),
+        },
+    );
+    assert_eq!(sim.recv_one(a), Frame::from(answer.clone()));
+    // A second answer for the same command goes nowhere.
+    sim.router.handle(
+        sim.now,
+        Input::RemoteAnswer {
+            conn: port,
+            requester: "a".into(),
+            id: 1,
+            frame: answer.into(),
+        },
+    );
+    assert!(sim.recv(a).is_empty());
+    // The remote side's error answer, with the local store's code.
+    sim.send(
+        a,
+        proto::KvDelete {
+            id: 2,
+            key: "k1".into(),
+            expect_version: Some(3),
+        },
+    );
+    sim.router.handle(
+        sim.now,
+        Input::RemoteFailed {
+            conn: port,
+            requester: "a".into(),
+            id: 2,
+            code: ErrorCode::VersionMismatch,
+            message: "at 41".into(),
+        },
+    );
+    assert_eq!(
+        error_of(&sim.recv_one(a)),
+        (2, ErrorCode::VersionMismatch, "at 41".into())
+    );
+    // The hub's limits hold before anything is handed over.
+    sim.send(a, set(3, ""));
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::InvalidArgument);
+    // An id outstanding already is refused; no answer at all: TIMEOUT.
+    sim.send(
+        a,
+        proto::KvGet {
+            id: 4,
+            key: "k1".into(),
+        },
+    );
+    sim.send(
+        a,
+        proto::KvGet {
+            id: 4,
+            key: "k1".into(),
+        },
+    );
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::InvalidArgument);
+    let timeout = sim.router.limits.default_request_timeout;
+    sim.advance(timeout + Duration::from_millis(1));
+    let (id, code, _) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (4, ErrorCode::Timeout));
+    assert_eq!(
+        *keeper.taken.lock(),
+        vec![
+            ("a".into(), "kv_set"),
+            ("a".into(), "kv_delete"),
+            ("a".into(), "kv_get"),
+        ]
+    );
+    // Changes of the shared store come in through the port: watchers are
+    // told once per version, and the local cache serves new watches.
+    sim.send(
+        b,
+        proto::KvWatch {
+            id: 5,
+            watch_id: 1,
+            key: "k".into(),
+            prefix: true,
+        },
+    );
+    assert_eq!(sim.recv_one(b), Frame::ok(5));
+    let change = proto::KvUpdate {
+        watch_id: 0,
+        key: "k1".into(),
+        value: "v".into(),
+        version: 41,
+        deleted: false,
+        by: "far".into(),
+    };
+    sim.send(port, change.clone());
+    sim.send(port, change.clone());
+    let got = sim.recv(b);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        matches!(&got[0].kind, Some(Kind::KvUpdate(u)) if u.watch_id == 1 && u.version == 41 && u.by == "far"),
+        "{got:?}"
+    );
+    sim.send(
+        b,
+        proto::KvWatch {
+            id: 6,
+            watch_id: 2,
+            key: "k1".into(),
+            prefix: false,
+        },
+    );
+    let got = sim.recv(b);
+    assert!(
+        matches!(&got[1].kind, Some(Kind::KvUpdate(u)) if u.watch_id == 2 && u.version == 41 && u.value == "v"),
+        "{got:?}"
+    );
+    // A client may not send such changes.
+    sim.send(a, change);
+    assert_eq!(error_of(&sim.recv_one(a)).1, ErrorCode::Unsupported);
+    assert!(sim.recv(b).is_empty());
+}
+
+#[test]
+fn without_a_remote_store_kv_stays_local() {
+    let mut sim = Sim::new();
+    sim.router.set_remote(Arc::new(Recorder::default()));
+    port(&mut sim);
+    let a = sim.connect("a");
+    sim.send(
+        a,
+        proto::KvSet {
+            id: 1,
+            key: "k".into(),
+            value: "v".into(),
+            expect_version: None,
+        },
+    );
+    let got = sim.recv_one(a);
+    assert!(
+        matches!(&got.kind, Some(Kind::KvValue(v)) if v.id == 1 && v.version == 1),
+        "{got:?}"
+    );
+}
