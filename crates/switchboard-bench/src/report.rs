@@ -346,6 +346,29 @@ mod tests {
     }
 
     #[test]
+    fn tables_give_the_ratio_to_the_relay() {
+        let t = tables(&Report {
+            command: "c".into(),
+            date: "d".into(),
+            quick: true,
+            runs: 1,
+            machine: Machine::detect(),
+            versions: vec![],
+            hub_mode: "h".into(),
+            figures: vec![
+                fig(RELAY, "msgs/s", false, 40.0),
+                fig("switchboard", "msgs/s", false, 10.0),
+            ],
+            notes: vec![],
+        });
+        assert!(t.contains("| vs relay |"), "{t}");
+        assert!(
+            t.contains("| switchboard | 10 | 10 | 10 | 10/10 | – | 0.25× | – |"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn tables_flag_lost_messages() {
         let mut f = fig("mosquitto", "msgs/s", false, 5.0);
         f.delivered = 7;
