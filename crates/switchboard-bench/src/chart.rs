@@ -17,6 +17,7 @@ fn color(system: &str) -> &'static str {
         "mosquitto" => "#9467bd",
         "redis" => "#d62728",
         "raw TCP" => "#7f7f7f",
+        "zero-logic relay" => "#bcbd22",
         _ => "#ff7f0e",
     }
 }

@@ -63,6 +63,21 @@ pub trait Driver: Clone + Send + Sync + 'static {
         topic: &str,
         payload: Bytes,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishes each payload of `batch` to `topic`, in order, and makes
+    /// sure they are on their way (the open-loop rows' catch-up bursts).
+    fn publish_batch(
+        p: &mut Self::Pub,
+        topic: &str,
+        batch: Vec<Bytes>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for b in batch {
+                Self::publish_one(p, topic, b).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Native request/reply of one system.
@@ -166,6 +181,15 @@ impl Driver for Nats {
 
     async fn publish_one(p: &mut Self::Pub, topic: &str, payload: Bytes) -> Result<()> {
         p.publish(async_nats::Subject::from(topic), payload).await?;
+        p.flush().await?;
+        Ok(())
+    }
+
+    async fn publish_batch(p: &mut Self::Pub, topic: &str, batch: Vec<Bytes>) -> Result<()> {
+        let subject = async_nats::Subject::from(topic);
+        for b in batch {
+            p.publish(subject.clone(), b).await?;
+        }
         p.flush().await?;
         Ok(())
     }
@@ -504,6 +528,13 @@ impl Driver for Switchboard {
 
     async fn publish_one(p: &mut Self::Pub, topic: &str, payload: Bytes) -> Result<()> {
         p.publish_nowait(topic, payload).await?;
+        Ok(())
+    }
+
+    async fn publish_batch(p: &mut Self::Pub, topic: &str, batch: Vec<Bytes>) -> Result<()> {
+        for b in batch {
+            p.publish_nowait(topic, b).await?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! `switchboard-bench`: switchboard side by side with nats-server, mosquitto,
 //! redis pub/sub and a raw TCP baseline, in one run on one machine.
 //!
-//! Run it with `cargo xtask bench` (full: median of 3 runs, writes
+//! Run it with `cargo xtask bench` (full: median of 5 runs, writes
 //! `docs/BENCHMARKS.md`, `docs/bench.json` and `docs/bench.svg`) or
 //! `cargo xtask bench --quick` (seconds, small counts, one run, writes
 //! nothing unless `--write`). Every server is started on a free loopback
@@ -9,15 +9,18 @@
 
 mod bindings;
 mod chart;
+mod cpu;
 mod drivers;
 mod extras;
 mod failover;
 mod gateways;
 mod idle;
+mod latency;
 mod policy_rows;
 mod procs;
 mod ratios;
 mod raw;
+mod relay;
 mod report;
 mod slow;
 mod stats;
@@ -35,7 +38,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use drivers::{Mqtt, Nats, Redis, Switchboard};
 use procs::ProcGuard;
-use report::{Figure, Machine, Report, NATS, RAW};
+use report::{Figure, Machine, Report, NATS, RAW, RELAY};
 use stats::{percentile_us, Summary};
 use workload::{Latencies, Limits, PubSubSpec, Throughput};
 
@@ -50,7 +53,7 @@ struct Cli {
     /// not installed, no files written unless --write.
     #[arg(long)]
     quick: bool,
-    /// Runs per figure (the median is reported); default 3, or 1 with --quick.
+    /// Runs per figure (the median is reported); default 5, or 1 with --quick.
     #[arg(long)]
     runs: Option<usize>,
     /// Install missing peers with apt-get (needs root).
@@ -67,7 +70,7 @@ struct Cli {
     #[arg(long)]
     docs: Option<PathBuf>,
     /// Comma-separated systems to run:
-    /// switchboard,switchboard-amo,nats,mosquitto,redis,raw
+    /// switchboard,switchboard-amo,nats,mosquitto,redis,relay,raw
     /// (`switchboard` clients use reliable delivery, the client's default;
     /// `switchboard-amo` clients turn it off).
     #[arg(long, value_delimiter = ',')]
@@ -77,7 +80,9 @@ struct Cli {
     #[arg(long)]
     hub_bin: Option<PathBuf>,
     /// Comma-separated workload ids to run (default: all; the binding rows
-    /// are bind-py-pubsub, bind-py-reqrep, bind-c-pubsub, bind-c-reqrep).
+    /// are bind-py-pubsub, bind-py-reqrep, bind-c-pubsub, bind-c-reqrep;
+    /// the open-loop rows ol-pubsub-1x1 and ol-reqrep need pubsub-1x1-64
+    /// and reqrep-16 for their peaks).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     #[command(subcommand)]
@@ -115,6 +120,9 @@ enum Cmd {
     /// The raw TCP baseline server (started by the benchmark itself).
     #[command(hide = true)]
     RawServer,
+    /// The zero-logic relay (started by the benchmark itself).
+    #[command(hide = true)]
+    RelayServer,
     /// A switchboard hub through the library (used when the `switchboard`
     /// binary is not built).
     #[command(hide = true)]
@@ -133,6 +141,7 @@ enum Sys {
     Mqtt(Mqtt),
     Redis(Redis),
     Raw(std::net::SocketAddr),
+    Relay(relay::Relay),
 }
 
 impl Sys {
@@ -144,6 +153,7 @@ impl Sys {
             Sys::Mqtt(_) => "mosquitto",
             Sys::Redis(_) => "redis",
             Sys::Raw(_) => RAW,
+            Sys::Relay(_) => RELAY,
         }
     }
 
@@ -155,6 +165,7 @@ impl Sys {
             Sys::Mqtt(_) => "mosquitto",
             Sys::Redis(_) => "redis",
             Sys::Raw(_) => "raw",
+            Sys::Relay(_) => "relay",
         }
     }
 }
@@ -163,8 +174,17 @@ impl Sys {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     PubSub(PubSubSpec),
-    ReqSeq { count: u64 },
-    ReqWindow { count: u64, window: usize },
+    ReqSeq {
+        count: u64,
+    },
+    ReqWindow {
+        count: u64,
+        window: usize,
+    },
+    /// Pub/sub one-way latency, one message in flight (`latency.rs`).
+    OneWay {
+        count: u64,
+    },
 }
 
 struct Workload {
@@ -221,10 +241,20 @@ fn workloads(quick: bool) -> Vec<Workload> {
             id: "reqrep-seq",
             title: format!(
                 "request/reply sequential, 64 B, {} requests",
-                q(20_000, 500)
+                q(100_000, 500)
             ),
             kind: Kind::ReqSeq {
-                count: q(20_000, 500),
+                count: q(100_000, 500),
+            },
+        },
+        Workload {
+            id: "pubsub-lat",
+            title: format!(
+                "pub/sub one-way latency 1→1, one in flight, 64 B, {} msgs",
+                q(100_000, 500)
+            ),
+            kind: Kind::OneWay {
+                count: q(100_000, 500),
             },
         },
         Workload {
@@ -244,6 +274,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
 fn supports(sys: &Sys, kind: &Kind) -> bool {
     match (sys, kind) {
         (Sys::Raw(_), Kind::PubSub(s)) => s.pubs == 1 && s.subs_per_topic == 1,
+        (Sys::Raw(_), Kind::OneWay { .. }) => false,
         _ => true,
     }
 }
@@ -258,6 +289,7 @@ fn note(sys: &Sys, kind: &Kind) -> Option<String> {
         Sys::Nats(_) if !req => Some("subscription capacity raised".into()),
         Sys::Raw(_) if req => Some("length-prefixed echo, separate process".into()),
         Sys::Raw(_) => Some("length-prefixed stream, separate process".into()),
+        Sys::Relay(_) => Some("zero-logic relay, separate process".into()),
         _ => None,
     }
 }
@@ -265,58 +297,59 @@ fn note(sys: &Sys, kind: &Kind) -> Option<String> {
 enum Outcome {
     Rate(Throughput),
     Lat(Latencies),
+    /// A throughput row whose per-request latencies are kept too.
+    RateLat(Latencies),
 }
 
 async fn exec(sys: &Sys, kind: Kind, tag: &str, limits: Limits) -> Result<Outcome> {
     use workload::{pubsub, reqrep_emulated, reqrep_native};
+    let ow = |count| latency::oneway_any(sys, count, tag, limits);
     Ok(match (sys, kind) {
+        (_, Kind::OneWay { count }) => Outcome::Lat(ow(count).await?),
+        (Sys::Relay(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
+        (Sys::Relay(d), Kind::ReqSeq { count }) => {
+            Outcome::Lat(reqrep_native(d, count, 1, tag, limits).await?)
+        }
+        (Sys::Relay(d), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(reqrep_native(d, count, window, tag, limits).await?)
+        }
         (Sys::Raw(addr), Kind::PubSub(s)) => {
             Outcome::Rate(raw::stream(*addr, s.payload, s.per_pub, limits.total).await?)
         }
         (Sys::Raw(addr), Kind::ReqSeq { count }) => {
             Outcome::Lat(raw::echo(*addr, count, 1, limits.total).await?)
         }
-        (Sys::Raw(addr), Kind::ReqWindow { count, window }) => Outcome::Rate(
-            raw::echo(*addr, count, window, limits.total)
-                .await?
-                .throughput,
-        ),
+        (Sys::Raw(addr), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(raw::echo(*addr, count, window, limits.total).await?)
+        }
         (Sys::Switchboard(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
         (Sys::Switchboard(d), Kind::ReqSeq { count }) => {
             Outcome::Lat(reqrep_native(d, count, 1, tag, limits).await?)
         }
-        (Sys::Switchboard(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
-            reqrep_native(d, count, window, tag, limits)
-                .await?
-                .throughput,
-        ),
+        (Sys::Switchboard(d), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(reqrep_native(d, count, window, tag, limits).await?)
+        }
         (Sys::Nats(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
         (Sys::Mqtt(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
         (Sys::Redis(d), Kind::PubSub(s)) => Outcome::Rate(pubsub(d, s, tag, limits).await?),
         (Sys::Nats(d), Kind::ReqSeq { count }) => {
             Outcome::Lat(reqrep_native(d, count, 1, tag, limits).await?)
         }
-        (Sys::Nats(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
-            reqrep_native(d, count, window, tag, limits)
-                .await?
-                .throughput,
-        ),
+        (Sys::Nats(d), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(reqrep_native(d, count, window, tag, limits).await?)
+        }
         (Sys::Mqtt(d), Kind::ReqSeq { count }) => {
             Outcome::Lat(reqrep_emulated(d, count, 1, tag, limits).await?)
         }
-        (Sys::Mqtt(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
-            reqrep_emulated(d, count, window, tag, limits)
-                .await?
-                .throughput,
-        ),
+        (Sys::Mqtt(d), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(reqrep_emulated(d, count, window, tag, limits).await?)
+        }
         (Sys::Redis(d), Kind::ReqSeq { count }) => {
             Outcome::Lat(reqrep_emulated(d, count, 1, tag, limits).await?)
         }
-        (Sys::Redis(d), Kind::ReqWindow { count, window }) => Outcome::Rate(
-            reqrep_emulated(d, count, window, tag, limits)
-                .await?
-                .throughput,
-        ),
+        (Sys::Redis(d), Kind::ReqWindow { count, window }) => {
+            Outcome::RateLat(reqrep_emulated(d, count, window, tag, limits).await?)
+        }
     })
 }
 
@@ -336,8 +369,21 @@ struct Setup {
     bins: Vec<(&'static str, PathBuf)>,
     hub_mode: String,
     systems: Vec<Sys>,
+    /// Server process ids by system key (CPU per message, `cpu.rs`).
+    pids: Vec<(&'static str, u32)>,
     versions: Vec<(String, String)>,
     notes: Vec<String>,
+}
+
+impl Setup {
+    /// The server process of `sys`.
+    fn pid(&self, sys: &Sys) -> Option<u32> {
+        let key = match sys.key() {
+            "switchboard-amo" => "switchboard",
+            k => k,
+        };
+        self.pids.iter().find(|(k, _)| *k == key).map(|(_, p)| *p)
+    }
 }
 
 fn wanted(cli: &Cli, key: &str) -> bool {
@@ -363,6 +409,7 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
         bins: Vec::new(),
         hub_mode: "not run".into(),
         systems: Vec::new(),
+        pids: Vec::new(),
         versions: Vec::new(),
         notes: Vec::new(),
     };
@@ -383,6 +430,7 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
                     format!("{} (this workspace)", env!("CARGO_PKG_VERSION")),
                 ));
                 setup.hub_mode = mode;
+                setup.pids.push(("switchboard", guard.pid()));
                 servers.guards.push(guard);
             }
             Err(e) => {
@@ -438,6 +486,7 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
                     "mosquitto" => Sys::Mqtt(Mqtt::new(addr)),
                     _ => Sys::Redis(Redis::new(addr)?),
                 };
+                setup.pids.push((key, guard.pid()));
                 servers.guards.push(guard);
                 setup.systems.push(sys);
             }
@@ -455,6 +504,17 @@ fn start_servers(cli: &Cli, servers: &mut Servers) -> Result<Setup> {
         cmd.arg("raw-server");
         let (guard, _) = procs::spawn_with_ready_line("raw-server", cmd, "READY", ready)?;
         setup.systems.push(Sys::Raw(guard.addr()));
+        setup.pids.push(("raw", guard.pid()));
+        servers.guards.push(guard);
+    }
+    if wanted(cli, "relay") {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("relay-server");
+        let (guard, _) = procs::spawn_with_ready_line("relay-server", cmd, "READY", ready)?;
+        setup
+            .systems
+            .push(Sys::Relay(relay::Relay::new(guard.addr())));
+        setup.pids.push(("relay", guard.pid()));
         servers.guards.push(guard);
     }
     setup.notes = static_notes();
@@ -476,6 +536,8 @@ fn static_notes() -> Vec<String> {
         "redis runs with persistence off (`--save '' --appendonly no`) and no pub/sub output-buffer limit, so slow subscribers are not disconnected; publishers pipeline up to 1000 PUBLISH commands (one flow-control chunk; 16 for 64 KiB payloads).",
         "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.",
         "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`). The chart leaves it out of the throughput panel (it is 10–90× off the scale); the tables give its ratios.",
+        "the zero-logic relay (`switchboard-bench relay-server`, a separate process) is the floor for a hub: it forwards each readable burst of length-prefixed frames from a publisher to every subscriber of the connection's one channel in one write per subscriber, with no routing, headers, acknowledgements or per-message state; request/reply goes requester → relay → responder → relay → requester. `vs relay` is each row's ratio to it; raw TCP stays as the wire's limit.",
+        "`CPU s per M msgs`: user + system CPU seconds of the server process (`/proc/PID/stat`) from right before to right after each throughput run, per million messages delivered; both switchboard rows use the one hub process. Open-loop rows (`ol-*`) offer 10%, 50% and 90% of each system's peak from this run on a fixed schedule and measure latency from the intended send time (coordinated omission corrected).",
         "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
         "switchboard-only rows (`sb-*`) measure features the peers do not have, against their own hub process (with the HTTP gateway on): discovery through `switchboard::discover`, session-engine RPCs through `Client::session_manager`/`session_agent`, WebSocket and HTTP round trips with protocol-level clients, and failover with a primary and a `--standby` hub killed with SIGKILL (a new standby after each kill).",
         "binding rows (`bind-*`) run through the Python package and libswitchboard against their own hub process (and nats-server for nats-py): the Python and C sides are programs of their own (`crates/switchboard-bench/py/bench_client.py`, `c/bench_client.c`, built in release: `maturin develop --release`, `gcc -O2`), the Rust client runs the same workload on the same hub, alternately first and last; the binding's note gives its ratios (above 1× is better). 64 switchboard publishes are in flight (Python: gathered batches; C: 64 publishing threads, as `sb_publish` blocks); nats-py publishes are buffered and flushed, not confirmed.",
@@ -596,7 +658,7 @@ fn utc_now() -> String {
 }
 
 async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
-    let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 3 }).max(1);
+    let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 5 }).max(1);
     let limits = if cli.quick {
         Limits {
             first: Duration::from_secs(3),
@@ -619,7 +681,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         setup
             .systems
             .iter()
-            .filter(|s| !matches!(s, Sys::Raw(_)) && s.key() != "switchboard-amo")
+            .filter(|s| !matches!(s, Sys::Raw(_) | Sys::Relay(_)) && s.key() != "switchboard-amo")
             .count() as u64
     } else {
         0
@@ -657,13 +719,14 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
             .iter()
             .filter(|s| supports(s, &w.kind))
             .collect();
-        let is_lat = matches!(w.kind, Kind::ReqSeq { .. });
-        let metrics: Vec<(&str, bool)> = if is_lat {
-            vec![("p50 µs", true), ("p99 µs", true), ("p999 µs", true)]
-        } else if matches!(w.kind, Kind::PubSub(_)) {
-            vec![("msgs/s", false)]
-        } else {
-            vec![("requests/s", false)]
+        let pct = [("p50 µs", true), ("p99 µs", true), ("p999 µs", true)];
+        let metrics: Vec<(&str, bool)> = match w.kind {
+            Kind::ReqSeq { .. } | Kind::OneWay { .. } => pct.to_vec(),
+            Kind::PubSub(_) => vec![("msgs/s", false), (cpu::METRIC, true)],
+            Kind::ReqWindow { .. } => [("requests/s", false), (cpu::METRIC, true)]
+                .into_iter()
+                .chain(pct)
+                .collect(),
         };
         // per system, per metric: values of each run
         let mut values = vec![vec![Vec::<f64>::new(); metrics.len()]; systems.len()];
@@ -674,17 +737,32 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
             for (i, sys) in systems.iter().enumerate() {
                 pb.set_message(format!("{} · {} · run {}/{runs}", w.id, sys.name(), r + 1));
                 let tag = format!("{}.{}.{r}", w.id, sys.key());
-                match exec(sys, w.kind, &tag, limits).await {
+                let pid = setup.pid(sys);
+                let cpu_before = pid.and_then(cpu::secs);
+                let outcome = exec(sys, w.kind, &tag, limits).await;
+                let cpu_after = pid.and_then(cpu::secs);
+                match outcome {
                     Ok(Outcome::Rate(t)) => {
                         values[i][0].push(t.rate());
+                        if let Some(c) = cpu::per_million(cpu_before, cpu_after, t.delivered) {
+                            values[i][1].push(c);
+                        }
                         counts[i].0 += t.sent;
                         counts[i].1 += t.expected;
                         counts[i].2 += t.delivered;
                         drops[i] += t.reported_drops;
                     }
-                    Ok(Outcome::Lat(mut l)) => {
-                        for (m, q) in [0.5, 0.99, 0.999].iter().enumerate() {
-                            if let Some(v) = percentile_us(&mut l.samples, *q) {
+                    Ok(Outcome::Lat(mut l) | Outcome::RateLat(mut l)) => {
+                        let t = l.throughput;
+                        for (m, (metric, _)) in metrics.iter().enumerate() {
+                            let v = match *metric {
+                                "p50 µs" => percentile_us(&mut l.samples, 0.5),
+                                "p99 µs" => percentile_us(&mut l.samples, 0.99),
+                                "p999 µs" => percentile_us(&mut l.samples, 0.999),
+                                cpu::METRIC => cpu::per_million(cpu_before, cpu_after, t.delivered),
+                                _ => Some(t.rate()),
+                            };
+                            if let Some(v) = v {
                                 values[i][m].push(v);
                             }
                         }
@@ -735,12 +813,15 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
             let raw = figures
                 .iter()
                 .find(|g| g.workload == f.workload && g.metric == f.metric && g.system == RAW);
+            let relay = figures
+                .iter()
+                .find(|g| g.workload == f.workload && g.metric == f.metric && g.system == RELAY);
             let med = f.summary.map_or_else(
                 || "failed".to_string(),
                 |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
             );
             report_so_far.push_str(&format!(
-                "  {:<12} {:<11} {med}  delivered {}/{}{}  vs nats {}  vs raw {}\n",
+                "  {:<12} {:<11} {med}  delivered {}/{}{}  vs nats {}  vs relay {}  vs raw {}\n",
                 f.system,
                 f.metric,
                 f.delivered,
@@ -748,12 +829,16 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
                 if f.lost() { " LOST" } else { "" },
                 nats.and_then(|n| f.ratio_to(n))
                     .map_or("–".into(), |r| format!("{r:.2}×")),
+                relay
+                    .and_then(|n| f.ratio_to(n))
+                    .map_or("–".into(), |r| format!("{r:.2}×")),
                 raw.and_then(|n| f.ratio_to(n))
                     .map_or("–".into(), |r| format!("{r:.2}×")),
             ));
         }
         pb.suspend(|| println!("{}\n{report_so_far}", w.title));
     }
+    open_loop(cli, setup, runs, limits, &pb, &mut figures).await;
     let idle_chosen = cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == "idle");
     if idle_chosen {
         idle_rows(cli, setup, &pb, &mut figures).await;
@@ -781,6 +866,32 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         figures,
         notes: setup.notes.clone(),
     })
+}
+
+/// The open-loop rows (`latency.rs`), after the throughput rows that give
+/// each system's peak.
+async fn open_loop(
+    cli: &Cli,
+    setup: &Setup,
+    runs: usize,
+    limits: Limits,
+    pb: &ProgressBar,
+    figures: &mut Vec<Figure>,
+) {
+    let secs = if cli.quick { 0.2 } else { 3.0 };
+    let systems = latency::open_loop_systems(&setup.systems);
+    let names: Vec<&'static str> = systems.iter().map(|s| s.name()).collect();
+    for w in latency::open_loops(secs) {
+        if !cli.workloads.is_empty() && !cli.workloads.iter().any(|id| id == w.id) {
+            continue;
+        }
+        pb.inc_length((systems.len() * latency::LOADS.len() * runs) as u64);
+        let w = &w;
+        latency::open_loop_rows(w, &names, runs, pb, figures, |i, rate, tag| {
+            latency::open_any(w, systems[i], rate, secs, tag, limits)
+        })
+        .await;
+    }
 }
 
 /// The binding rows (`bindings.rs`): their own hub and nats-server
@@ -840,7 +951,7 @@ async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec
         let key = sys.key();
         // One switchboard idle row: an idle client costs the hub the same
         // either way.
-        if matches!(sys, Sys::Raw(_)) || key == "switchboard-amo" {
+        if matches!(sys, Sys::Raw(_) | Sys::Relay(_)) || key == "switchboard-amo" {
             continue;
         }
         pb.set_message(format!("idle · {} · {n} clients", sys.name()));
@@ -931,14 +1042,17 @@ fn raise_fd_limit() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
-    if let Some(Cmd::RawServer) = cli.cmd {
+    if let Some(Cmd::RawServer | Cmd::RelayServer) = cli.cmd {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
         return rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("READY {}", listener.local_addr()?);
-            raw::serve(listener).await
+            match cli.cmd {
+                Some(Cmd::RelayServer) => relay::serve(listener).await,
+                _ => raw::serve(listener).await,
+            }
         });
     }
     if let Some(Cmd::Failover { kills, messages }) = &cli.cmd {

@@ -20,6 +20,8 @@ pub const END_MARKER: &str = "<!-- comparison:end -->";
 pub const NATS: &str = "nats-server";
 /// See [`NATS`].
 pub const RAW: &str = "raw TCP";
+/// See [`NATS`]: the zero-logic relay (`relay.rs`), the floor of a hub.
+pub const RELAY: &str = "zero-logic relay";
 
 /// One figure of one system in one workload, over all runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +148,7 @@ pub fn human_rate(v: f64) -> String {
 }
 
 fn value(f: &Figure, v: f64) -> String {
-    if f.metric.contains('×') {
+    if f.metric.contains('×') || f.metric.contains("CPU") {
         format!("{v:.2}")
     } else if f.metric.contains("µs") || f.metric.contains("KiB") {
         format!("{v:.1}")
@@ -191,10 +193,11 @@ pub fn tables(report: &Report) -> String {
         let _ = writeln!(s, "\n#### {} — {} ({better})\n", head.title, head.metric);
         let _ = writeln!(
             s,
-            "| system | median | min | max | delivered / expected | vs {NATS} | vs {RAW} | note |"
+            "| system | median | min | max | delivered / expected | vs {NATS} | vs relay | vs {RAW} | note |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
         let nats = find(&g, NATS);
+        let relay = find(&g, RELAY);
         let raw = find(&g, RAW);
         for f in &g {
             let (med, min, max) = match f.summary {
@@ -211,11 +214,12 @@ pub fn tables(report: &Report) -> String {
             }
             let _ = writeln!(
                 s,
-                "| {} | {med} | {min} | {max} | {}/{}{lost} | {} | {} | {note} |",
+                "| {} | {med} | {min} | {max} | {}/{}{lost} | {} | {} | {} | {note} |",
                 f.system,
                 f.delivered,
                 f.expected,
                 ratio_cell(nats.and_then(|n| f.ratio_to(n))),
+                ratio_cell(relay.and_then(|r| f.ratio_to(r))),
                 ratio_cell(raw.and_then(|r| f.ratio_to(r))),
             );
         }
@@ -339,6 +343,29 @@ mod tests {
     fn splice_creates_the_section_when_markers_are_missing() {
         let out = splice("", "body");
         assert!(out.contains(START_MARKER) && out.contains("body") && out.contains(END_MARKER));
+    }
+
+    #[test]
+    fn tables_give_the_ratio_to_the_relay() {
+        let t = tables(&Report {
+            command: "c".into(),
+            date: "d".into(),
+            quick: true,
+            runs: 1,
+            machine: Machine::detect(),
+            versions: vec![],
+            hub_mode: "h".into(),
+            figures: vec![
+                fig(RELAY, "msgs/s", false, 40.0),
+                fig("switchboard", "msgs/s", false, 10.0),
+            ],
+            notes: vec![],
+        });
+        assert!(t.contains("| vs relay |"), "{t}");
+        assert!(
+            t.contains("| switchboard | 10 | 10 | 10 | 10/10 | – | 0.25× | – |"),
+            "{t}"
+        );
     }
 
     #[test]

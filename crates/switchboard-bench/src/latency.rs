@@ -1,0 +1,487 @@
+//! Latency workloads: pub/sub one-way latency, and open-loop latency at
+//! fixed offered loads for pub/sub 1→1 and request/reply.
+//!
+//! One clock: every timestamp is an `Instant` relative to one start taken
+//! in this process, which runs both the publishers and the subscribers.
+//! Pub/sub messages carry their (intended) send time in their first 8
+//! payload bytes, as nanoseconds since that start.
+//!
+//! Open loop: messages (requests) are due on a fixed schedule, `i / rate`
+//! seconds after the start, whether or not earlier ones have arrived; a
+//! sender that falls behind sends everything due at once; latency is
+//! measured from the **intended** send time, so a stall of the server (or
+//! of the sender) shows in every message that should have gone out during
+//! it (the correction for coordinated omission). The sender sleeps while
+//! the next message is more than a millisecond away, and yields (busy
+//! waits) otherwise, so the schedule is kept to a few microseconds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use indicatif::ProgressBar;
+
+use crate::drivers::{Driver, ReqRep};
+use crate::report::Figure;
+use crate::stats::{percentile_us, Summary};
+use crate::workload::{payload, Latencies, Limits, Throughput};
+use crate::Sys;
+
+/// A 64-byte payload stamped with `at` (nanoseconds since the start).
+fn stamped(at: Duration) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u64(at.as_nanos() as u64);
+    b.extend_from_slice(&payload(56));
+    b.freeze()
+}
+
+fn stamp_of(msg: &[u8]) -> Result<Duration> {
+    let head: [u8; 8] = msg
+        .get(..8)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| anyhow!("message of {} bytes has no timestamp", msg.len()))?;
+    Ok(Duration::from_nanos(u64::from_be_bytes(head)))
+}
+
+/// Pub/sub one-way latency, one message in flight: `count` messages from
+/// one publisher to one subscriber, each timestamped in its payload.
+pub async fn oneway<D: Driver>(d: &D, count: u64, tag: &str, limits: Limits) -> Result<Latencies> {
+    let topic = format!("bench.lat.{tag}");
+    let mut sub = d.subscribe(topic.clone(), count + 1).await?;
+    let mut publisher = d.publisher().await?;
+    let start = Instant::now();
+    let deadline = start + limits.total;
+    let mut samples = Vec::with_capacity(count as usize);
+    // one warm-up message: connection set-up is not measured
+    for i in 0..=count {
+        if Instant::now() > deadline {
+            bail!("one-way latency run exceeded its time limit");
+        }
+        D::publish_one(&mut publisher, &topic, stamped(start.elapsed())).await?;
+        let msg = match tokio::time::timeout(limits.first, D::next(&mut sub)).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => bail!("subscription ended"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("message {i} did not arrive within {:?}", limits.first),
+        };
+        let lat = start.elapsed().saturating_sub(stamp_of(&msg)?);
+        if i > 0 {
+            samples.push(lat);
+        }
+    }
+    Ok(Latencies {
+        throughput: Throughput {
+            sent: count,
+            expected: count,
+            delivered: samples.len() as u64,
+            secs: start.elapsed().as_secs_f64(),
+            reported_drops: 0,
+        },
+        samples,
+    })
+}
+
+/// [`oneway`] for any system with a pub/sub driver.
+pub async fn oneway_any(sys: &Sys, count: u64, tag: &str, limits: Limits) -> Result<Latencies> {
+    match sys {
+        Sys::Switchboard(d) => oneway(d, count, tag, limits).await,
+        Sys::Nats(d) => oneway(d, count, tag, limits).await,
+        Sys::Mqtt(d) => oneway(d, count, tag, limits).await,
+        Sys::Redis(d) => oneway(d, count, tag, limits).await,
+        Sys::Relay(d) => oneway(d, count, tag, limits).await,
+        Sys::Raw(_) => bail!("raw TCP has no pub/sub"),
+    }
+}
+
+/// The systems the open-loop rows run: switchboard (reliable), nats-server
+/// and the relay.
+pub fn open_loop_systems(systems: &[Sys]) -> Vec<&Sys> {
+    systems
+        .iter()
+        .filter(|s| matches!(s.key(), "switchboard" | "nats" | "relay"))
+        .collect()
+}
+
+/// One open-loop run of `w` against `sys` at `rate`.
+pub async fn open_any(
+    w: &OpenLoop,
+    sys: &Sys,
+    rate: f64,
+    secs: f64,
+    tag: String,
+    limits: Limits,
+) -> Result<Latencies> {
+    let tag = &tag;
+    match (sys, w.reqrep) {
+        (Sys::Switchboard(d), false) => open_pubsub(d, rate, secs, tag, limits).await,
+        (Sys::Nats(d), false) => open_pubsub(d, rate, secs, tag, limits).await,
+        (Sys::Relay(d), false) => open_pubsub(d, rate, secs, tag, limits).await,
+        (Sys::Switchboard(d), true) => open_reqrep(d, rate, secs, tag, limits).await,
+        (Sys::Nats(d), true) => open_reqrep(d, rate, secs, tag, limits).await,
+        (Sys::Relay(d), true) => open_reqrep(d, rate, secs, tag, limits).await,
+        _ => bail!("{} has no open-loop driver", sys.name()),
+    }
+}
+
+/// Waits until `due` (relative to `start`): sleeps while it is more than
+/// a millisecond away, then yields until it has come.
+async fn wait_until(start: Instant, due: Duration) {
+    loop {
+        let now = start.elapsed();
+        if now >= due {
+            return;
+        }
+        if due - now > Duration::from_millis(1) {
+            tokio::time::sleep(due - now - Duration::from_micros(500)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Open-loop pub/sub 1→1 at `rate` messages/s for `secs`; latency from
+/// each message's intended send time to its arrival.
+pub async fn open_pubsub<D: Driver>(
+    d: &D,
+    rate: f64,
+    secs: f64,
+    tag: &str,
+    limits: Limits,
+) -> Result<Latencies> {
+    let total = ((rate * secs) as u64).max(1);
+    let topic = format!("bench.ol.{tag}");
+    let mut sub = d.subscribe(topic.clone(), total + 1).await?;
+    let mut publisher = d.publisher().await?;
+    // warm-up
+    D::publish_one(&mut publisher, &topic, stamped(Duration::ZERO)).await?;
+    match tokio::time::timeout(limits.first, D::next(&mut sub)).await {
+        Ok(Ok(Some(_))) => {}
+        _ => bail!("the warm-up message did not arrive"),
+    }
+    let start = Instant::now();
+    // what the receiver waits for: lowered when the sender gives up
+    let target = Arc::new(AtomicU64::new(total));
+    let want = target.clone();
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total as usize);
+        let mut quiet = Duration::ZERO;
+        let slice = Duration::from_millis(50);
+        while (samples.len() as u64) < want.load(Ordering::Relaxed) && quiet < limits.idle {
+            match tokio::time::timeout(slice, D::next(&mut sub)).await {
+                Ok(Ok(Some(m))) => {
+                    let now = start.elapsed();
+                    samples.push(now.saturating_sub(stamp_of(&m)?));
+                    quiet = Duration::ZERO;
+                }
+                Ok(_) => break,
+                Err(_) => quiet += slice,
+            }
+        }
+        Ok::<_, anyhow::Error>(samples)
+    });
+    let interval = 1.0 / rate;
+    let give_up = send_deadline(secs);
+    let mut sent = 0u64;
+    while sent < total && start.elapsed() < give_up {
+        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
+            .min(total)
+            .min(sent + MAX_BURST);
+        if due_now > sent {
+            let batch = (sent..due_now)
+                .map(|i| stamped(Duration::from_secs_f64(i as f64 * interval)))
+                .collect();
+            D::publish_batch(&mut publisher, &topic, batch).await?;
+            sent = due_now;
+        } else {
+            wait_until(start, Duration::from_secs_f64(sent as f64 * interval)).await;
+        }
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    target.store(sent, Ordering::Relaxed);
+    let samples = receiver.await??;
+    drop(publisher);
+    Ok(Latencies {
+        throughput: Throughput {
+            sent,
+            expected: sent,
+            delivered: samples.len() as u64,
+            secs: send_secs,
+            reported_drops: 0,
+        },
+        samples,
+    })
+}
+
+/// Open-loop request/reply at `rate` requests/s for `secs`: each request
+/// is sent when due, however many are outstanding; latency from its
+/// intended send time to its reply.
+pub async fn open_reqrep<R: ReqRep>(
+    r: &R,
+    rate: f64,
+    secs: f64,
+    tag: &str,
+    limits: Limits,
+) -> Result<Latencies> {
+    let total = ((rate * secs) as u64).max(1);
+    let service = Arc::new(format!("bench.olsvc.{tag}"));
+    let _responder = r.responder(service.to_string()).await?;
+    let requester = r.requester().await?;
+    let body = payload(64);
+    R::request(&requester, &service, body.clone()).await?;
+    let start = Instant::now();
+    let interval = 1.0 / rate;
+    let mut tasks = tokio::task::JoinSet::new();
+    let give_up = send_deadline(secs);
+    let mut sent = 0u64;
+    while sent < total && start.elapsed() < give_up {
+        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
+            .min(total)
+            .min(sent + MAX_BURST);
+        if due_now > sent {
+            for i in sent..due_now {
+                let intended = Duration::from_secs_f64(i as f64 * interval);
+                let (req, svc, body) = (requester.clone(), service.clone(), body.clone());
+                tasks.spawn(async move {
+                    R::request(&req, &svc, body).await?;
+                    Ok::<_, anyhow::Error>(start.elapsed().saturating_sub(intended))
+                });
+            }
+            sent = due_now;
+        } else {
+            wait_until(start, Duration::from_secs_f64(sent as f64 * interval)).await;
+        }
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    let mut samples = Vec::with_capacity(total as usize);
+    let mut error = None;
+    let deadline = tokio::time::Instant::now() + limits.first;
+    while let Ok(Some(res)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        match res {
+            Ok(Ok(lat)) => samples.push(lat),
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(e) => {
+                error.get_or_insert(e.into());
+            }
+        }
+    }
+    tasks.abort_all();
+    if samples.is_empty() {
+        bail!(
+            "no reply arrived{}",
+            error.map(|e| format!(" ({e:#})")).unwrap_or_default()
+        );
+    }
+    Ok(Latencies {
+        throughput: Throughput {
+            sent,
+            expected: sent,
+            delivered: samples.len() as u64,
+            secs: send_secs,
+            reported_drops: 0,
+        },
+        samples,
+    })
+}
+
+/// Most messages (requests) sent in one catch-up burst.
+const MAX_BURST: u64 = 1000;
+
+/// When an open-loop sender that cannot keep its schedule stops: half the
+/// run's length late (plus half a second). Its figures then measure the
+/// sender as much as the server; the row's note gives the rate it reached.
+fn send_deadline(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs * 1.5 + 0.5)
+}
+
+/// Offered loads of the open-loop rows, as fractions of the system's peak.
+pub const LOADS: [f64; 3] = [0.1, 0.5, 0.9];
+
+/// An open-loop workload: its id, title, and the throughput row (and
+/// metric) in the same run that gives each system's peak.
+pub struct OpenLoop {
+    /// Workload id.
+    pub id: &'static str,
+    /// Human title.
+    pub title: String,
+    /// Request/reply (else pub/sub 1→1).
+    pub reqrep: bool,
+    /// The throughput workload whose median is the peak.
+    pub peak_of: (&'static str, &'static str),
+}
+
+/// The open-loop workloads; `secs` per offered load.
+pub fn open_loops(secs: f64) -> Vec<OpenLoop> {
+    vec![
+        OpenLoop {
+            id: "ol-pubsub-1x1",
+            title: format!(
+                "open loop: pub/sub 1→1, 64 B, {secs} s per offered load (% of the system's pubsub-1x1-64 peak), latency from the intended send time"
+            ),
+            reqrep: false,
+            peak_of: ("pubsub-1x1-64", "msgs/s"),
+        },
+        OpenLoop {
+            id: "ol-reqrep",
+            title: format!(
+                "open loop: request/reply, 64 B, {secs} s per offered load (% of the system's reqrep-16 peak), latency from the intended send time"
+            ),
+            reqrep: true,
+            peak_of: ("reqrep-16", "requests/s"),
+        },
+    ]
+}
+
+/// Runs `w` for every system in `systems` (name, runner) at each of
+/// [`LOADS`] of its peak from `figures`; appends p50/p99/p999 figures per load.
+pub async fn open_loop_rows<F, Fut>(
+    w: &OpenLoop,
+    systems: &[&'static str],
+    runs: usize,
+    pb: &ProgressBar,
+    figures: &mut Vec<Figure>,
+    mut run_one: F,
+) where
+    F: FnMut(usize, f64, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Latencies>>,
+{
+    let mut lines = String::new();
+    for (i, name) in systems.iter().enumerate() {
+        let peak = figures
+            .iter()
+            .find(|f| f.workload == w.peak_of.0 && f.metric == w.peak_of.1 && f.system == *name)
+            .and_then(|f| f.summary)
+            .map(|s| s.median);
+        for load in LOADS {
+            let pct = (load * 100.0).round();
+            let mut values = vec![Vec::new(); 3];
+            let (mut sent, mut expected, mut delivered) = (0, 0, 0);
+            let mut achieved: Vec<f64> = Vec::new();
+            let mut error = None;
+            for r in 0..runs {
+                pb.set_message(format!("{} · {name} · {pct}% · run {}/{runs}", w.id, r + 1));
+                let result = match peak {
+                    Some(p) if p > 0.0 => {
+                        run_one(i, p * load, format!("{}.{i}.{pct}.{r}", w.id)).await
+                    }
+                    _ => Err(anyhow!(
+                        "no peak: run `{}` in the same invocation",
+                        w.peak_of.0
+                    )),
+                };
+                pb.inc(1);
+                match result {
+                    Ok(mut l) => {
+                        for (m, q) in [0.5, 0.99, 0.999].into_iter().enumerate() {
+                            if let Some(v) = percentile_us(&mut l.samples, q) {
+                                values[m].push(v);
+                            }
+                        }
+                        if l.throughput.secs > 0.0 {
+                            achieved.push(l.throughput.sent as f64 / l.throughput.secs);
+                        }
+                        sent += l.throughput.sent;
+                        expected += l.throughput.expected;
+                        delivered += l.throughput.delivered;
+                    }
+                    Err(e) => {
+                        error.get_or_insert(format!("{e:#}"));
+                    }
+                }
+            }
+            for (m, q) in ["p50", "p99", "p999"].into_iter().enumerate() {
+                let summary = Summary::of(&values[m]);
+                if let Some(s) = summary {
+                    lines.push_str(&format!(
+                        "  {name:<12} {pct:>3}% of {:>10.0}/s (sent at {:>10.0}/s)  {q:<5} {:>10.1} µs [{:.1} – {:.1}]  delivered {delivered}/{expected}\n",
+                        peak.unwrap_or(0.0),
+                        Summary::of(&achieved).map_or(0.0, |a| a.median),
+                        s.median,
+                        s.min,
+                        s.max
+                    ));
+                }
+                figures.push(Figure {
+                    workload: w.id.to_string(),
+                    title: w.title.clone(),
+                    metric: format!("{q} µs at {pct}%"),
+                    lower_is_better: true,
+                    system: name.to_string(),
+                    runs: values[m].clone(),
+                    summary,
+                    sent,
+                    expected,
+                    delivered,
+                    error: error.clone(),
+                    note: peak.map(|p| {
+                        let reached = Summary::of(&achieved)
+                            .map(|a| format!(", sent at {:.0}/s", a.median))
+                            .unwrap_or_default();
+                        format!("offered {:.0}/s ({pct}% of {p:.0}/s){reached}", p * load)
+                    }),
+                });
+            }
+            if let Some(e) = &error {
+                lines.push_str(&format!("  {name:<12} {pct:>3}% failed: {e}\n"));
+            }
+        }
+    }
+    pb.suspend(|| println!("{}\n{lines}", w.title));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Relay;
+
+    async fn relay() -> Relay {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(crate::relay::serve(l));
+        Relay::new(addr)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            first: Duration::from_secs(5),
+            idle: Duration::from_secs(2),
+            total: Duration::from_secs(20),
+        }
+    }
+
+    #[test]
+    fn stamps_round_trip() {
+        let d = Duration::from_nanos(123_456_789);
+        let b = stamped(d);
+        assert_eq!(b.len(), 64);
+        assert_eq!(stamp_of(&b).unwrap(), d);
+        assert!(stamp_of(b"short").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oneway_latency_counts_every_message() {
+        let d = relay().await;
+        let l = oneway(&d, 300, "ow", limits()).await.unwrap();
+        assert_eq!(l.samples.len(), 300);
+        assert!(l.samples.iter().all(|s| *s < Duration::from_secs(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_keeps_the_schedule_and_measures_from_intended_times() {
+        let d = relay().await;
+        let started = Instant::now();
+        let l = open_pubsub(&d, 20_000.0, 0.25, "olp", limits())
+            .await
+            .unwrap();
+        assert_eq!(l.samples.len(), 5_000);
+        // the schedule, not the server, sets the pace
+        assert!(started.elapsed() >= Duration::from_millis(240));
+        let r = open_reqrep(&d, 5_000.0, 0.2, "olr", limits())
+            .await
+            .unwrap();
+        assert_eq!(r.samples.len(), 1_000);
+    }
+}
