@@ -10,6 +10,7 @@
 mod bindings;
 mod chart;
 mod drivers;
+mod durable;
 mod extras;
 mod failover;
 mod gateways;
@@ -769,6 +770,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     )
     .await;
     binding_rows(cli, setup, runs, &pb, &mut figures).await;
+    durable::rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
