@@ -20,6 +20,7 @@ mod procs;
 mod ratios;
 mod raw;
 mod report;
+mod scale;
 mod slow;
 mod stats;
 mod tls_rows;
@@ -771,6 +772,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     .await;
     binding_rows(cli, setup, runs, &pb, &mut figures).await;
     durable::rows(cli, setup, runs, &pb, &mut figures).await;
+    scale::rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
