@@ -534,3 +534,29 @@ pub fn print_group(pb: &ProgressBar, title: &str, group: &[Figure]) {
     }
     pb.suspend(|| println!("{title}\n{lines}"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tally_reports_what_arrived() {
+        let t = Tally::default();
+        let base = Instant::now();
+        for _ in 0..5 {
+            t.hit(base);
+        }
+        let (n, secs) = t.finish(5, Duration::from_millis(50)).await;
+        assert_eq!(n, 5);
+        assert!(secs >= 0.0);
+        let (n, _) = t.finish(9, Duration::from_millis(50)).await;
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn a_lost_message_fails_the_run() {
+        assert!(check(10, 9, 1.0).is_err());
+        let r = check(10, 10, 2.0).expect("all delivered");
+        assert_eq!(r.rate(), 5.0);
+    }
+}

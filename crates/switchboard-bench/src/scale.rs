@@ -478,7 +478,9 @@ async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
         .into_iter()
         .collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let me = std::process::id();
     let cpu0 = cpu_secs(pid).context("server CPU")?;
+    let own0 = cpu_secs(me).context("own CPU")?;
     let t0 = Instant::now();
     let publishers = Arc::new(publishers);
     let tasks: Vec<_> = (0..n)
@@ -508,6 +510,7 @@ async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
     let got = settle(expected, Duration::from_secs(3), move || c3.get()).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (cpu_secs(pid).context("server CPU")? - cpu0) / elapsed * 100.0;
+    let own = (cpu_secs(me).context("own CPU")? - own0) / elapsed * 100.0;
     let mut l = lat.lock().map_err(|_| anyhow!("latency lock"))?.clone();
     l.sort_unstable();
     let p = |q: f64| {
@@ -525,7 +528,7 @@ async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
         expected,
         delivered: got,
         note: Some(format!(
-            "{n} connections × 10 msgs/s for {secs} s to one `load.*` subscriber; p50 {:.2} ms, p99 {:.2} ms; server CPU {cpu:.0}% of one core",
+            "{n} connections × 10 msgs/s for {secs} s to one `load.*` subscriber; p50 {:.2} ms, p99 {:.2} ms; server CPU {cpu:.0}% of one core, the benchmark's clients {own:.0}% (when that nears all cores, the clients bound the latency, not the server)",
             p(0.5),
             p(0.99)
         )),
@@ -765,4 +768,40 @@ async fn one(
     };
     tokio::task::block_in_place(|| drop(guard));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_of_self_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_secs(pid).expect("own /proc/PID/stat");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(100) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let after = cpu_secs(pid).expect("own /proc/PID/stat");
+        assert!(after > before, "{before} → {after}");
+    }
+
+    #[test]
+    fn rate_counts_from_the_start_given() {
+        let c = Count::default();
+        c.n.store(1000, Ordering::Relaxed);
+        c.last_ns.store(3_000_000_000, Ordering::Relaxed);
+        assert_eq!(c.rate_since(Duration::from_secs(1)), 500.0);
+        assert_eq!(c.rate_since(Duration::from_secs(5)), 0.0);
+    }
+
+    #[tokio::test]
+    async fn settle_stops_when_nothing_moves() {
+        let t = Instant::now();
+        assert_eq!(settle(10, Duration::from_millis(50), || 3).await, 3);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(settle(10, Duration::from_secs(5), || 10).await, 10);
+    }
 }
