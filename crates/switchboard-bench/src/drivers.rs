@@ -127,7 +127,7 @@ impl Nats {
         }
     }
 
-    async fn connect(&self, sub_capacity: usize) -> Result<async_nats::Client> {
+    pub(crate) async fn connect(&self, sub_capacity: usize) -> Result<async_nats::Client> {
         let opts = async_nats::ConnectOptions::new()
             // the default (64Ki messages) silently drops at full speed
             .subscription_capacity(sub_capacity.max(1024))

@@ -102,6 +102,16 @@ pub fn extras(quick: bool) -> Vec<Extra> {
             count: n(200, 5_000),
         },
         Extra {
+            id: "sb-ws-pubsub",
+            title: format!(
+                "switchboard only: WebSocket ÷ TCP, 1→1 pub/sub throughput (the client over the gateway), 64 B, {} messages each",
+                n(2_000, 100_000)
+            ),
+            metric: "× (ws/tcp)",
+            lower_is_better: false,
+            count: n(2_000, 100_000),
+        },
+        Extra {
             id: "sb-tls-pubsub",
             title: format!(
                 "switchboard only: TLS ÷ plaintext, 1→1 pub/sub throughput, 1 KiB, {} messages (goal ≥ 0.75)",
@@ -239,6 +249,28 @@ async fn run_once(
             let (ratio, note) =
                 crate::unix::reqrep_ratio(hub.addr, hub.unix.as_deref(), token, n, run).await?;
             Ok((ratio, all, Some(note)))
+        }
+        "sb-ws-pubsub" => {
+            use crate::ratios::{paired, pubsub, Via};
+            let (t, w) = paired(
+                |r| {
+                    pubsub(
+                        Via::Tcp(hub.addr),
+                        token,
+                        n,
+                        64,
+                        format!("tcp-ws-{run}-{r}"),
+                    )
+                },
+                |r| pubsub(Via::Ws(hub.http), token, n, 64, format!("ws-{run}-{r}")),
+                true,
+            )
+            .await?;
+            Ok((
+                w / t,
+                all,
+                Some(format!("ws {w:.0} msgs/s, tcp {t:.0} msgs/s")),
+            ))
         }
         "sb-tls-pubsub" | "sb-tls-reqrep" => {
             let rt = dir.join(format!("tls-{run}"));

@@ -24,16 +24,16 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use switchboard::{Bytes, Client, ConnectionState};
 
-const TOKEN: &str = "failover-bench";
+pub(crate) const TOKEN: &str = "failover-bench";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct HubProc {
+pub(crate) struct HubProc {
     child: Child,
     events: mpsc::Receiver<Value>,
 }
 
 impl HubProc {
-    fn start(bin: &Path, dir: &Path, service: &str, standby: bool) -> Result<HubProc> {
+    pub(crate) fn start(bin: &Path, dir: &Path, service: &str, standby: bool) -> Result<HubProc> {
         let mut cmd = Command::new(bin);
         cmd.args(["--json", "--service", service, "--token", TOKEN, "hub"]);
         if standby {
@@ -70,7 +70,7 @@ impl HubProc {
         Ok(HubProc { child, events: rx })
     }
 
-    fn event(&self, name: &str) -> Result<Value> {
+    pub(crate) fn event(&self, name: &str) -> Result<Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -96,7 +96,7 @@ impl Drop for HubProc {
     }
 }
 
-async fn client(id: &str, addr: SocketAddr, reliable: bool) -> Result<Client> {
+pub(crate) async fn client(id: &str, addr: SocketAddr, reliable: bool) -> Result<Client> {
     Ok(Client::builder(id)
         .addr(addr.to_string())
         .token(TOKEN)

@@ -55,9 +55,9 @@ pub enum Proto {
 }
 
 /// A connection kept open only to be measured.
-type Held = Box<dyn std::any::Any + Send>;
+pub(crate) type Held = Box<dyn std::any::Any + Send>;
 
-async fn open(proto: &Proto, addr: SocketAddr, i: usize) -> Result<Held> {
+pub(crate) async fn open(proto: &Proto, addr: SocketAddr, i: usize) -> Result<Held> {
     Ok(match proto {
         Proto::Switchboard(d) => Box::new(d.connect_as(&d.fresh_id("idle"), 16).await?),
         Proto::Nats => {

@@ -11,6 +11,7 @@ mod bindings;
 mod chart;
 mod cpu;
 mod drivers;
+mod durable;
 mod extras;
 mod failover;
 mod gateways;
@@ -22,6 +23,7 @@ mod ratios;
 mod raw;
 mod relay;
 mod report;
+mod scale;
 mod slow;
 mod stats;
 mod tls_rows;
@@ -854,6 +856,8 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     )
     .await;
     binding_rows(cli, setup, runs, &pb, &mut figures).await;
+    durable::rows(cli, setup, runs, &pb, &mut figures).await;
+    scale::rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),

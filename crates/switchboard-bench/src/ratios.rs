@@ -27,6 +27,8 @@ pub enum Via<'a> {
     Unix(&'a Path),
     /// TLS, trusting the CA in this PEM.
     Tls(SocketAddr, &'a str),
+    /// The WebSocket gateway of the hub's HTTP listener at this address.
+    Ws(SocketAddr),
 }
 
 impl Via<'_> {
@@ -36,6 +38,7 @@ impl Via<'_> {
             Via::Tcp(addr) => b.addr(addr.to_string()),
             Via::Unix(path) => b.unix(path),
             Via::Tls(addr, ca) => b.addr(addr.to_string()).tls(TlsOptions::ca_pem(ca)),
+            Via::Ws(http) => b.websocket(format!("ws://{http}/v1/ws")),
         }
     }
 }
