@@ -454,6 +454,12 @@ impl Federation {
                 ("ids_written", d.written()),
                 ("ids_released_dead", n(&d.released_dead)),
                 ("ids_reclaimed", n(&d.reclaimed)),
+                ("ids_taken_back", n(&d.taken_back)),
+                ("queue_full", n(&s.queue_full)),
+                ("group_served_by_origin", n(&s.served_by_origin)),
+                ("kv_changes", self.kv().stats().changes()),
+                ("kv_malformed", self.kv().stats().malformed()),
+                ("kv_dropped", n(&self.kv().stats().dropped)),
             ],
         }
     }
