@@ -171,3 +171,45 @@ fn take_respects_batch_bytes_and_close() {
     assert_eq!(taken.frames.len(), 3);
     assert!(taken.close);
 }
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn the_stamp_costs_no_room_in_an_entry() {
+    // `stamped` fits in the padding after `droppable`.
+    assert_eq!(
+        std::mem::size_of::<Entry>(),
+        std::mem::size_of::<Out>() + 3 * 8
+    );
+}
+
+#[test]
+fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
+    let limits = QueueLimits { frames: 2, ..LIMITS };
+    let outbox = Outbox::new(ConnId(1));
+    let before = Instant::now();
+    outbox.push_control(Out::from(Frame::ok(1)), &limits, 0);
+    outbox.push_control(Out::from(Frame::ok(2)), &limits, 0);
+    let mut taken = Taken::default();
+    // A take of one frame holds the stamped first one.
+    outbox.take(1, &mut taken);
+    let stamped = taken.stamped.expect("the first frame is stamped");
+    assert!(stamped >= before && stamped <= Instant::now());
+    // The second was queued while the first was stamped: not stamped.
+    outbox.take(1, &mut taken);
+    assert_eq!((taken.frames.len(), taken.stamped), (1, None));
+    // Queued after the stamp left: stamped again.
+    outbox.push_droppable(deliver(1, b"x"), &limits, 0);
+    outbox.push_droppable(deliver(1, b"y"), &limits, 0);
+    // Full: drops the stamped oldest delivery, and the frame queued in
+    // its place is stamped instead.
+    let dropped_at = Instant::now();
+    assert_eq!(outbox.push_droppable(deliver(1, b"z"), &limits, 0), 1);
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 2);
+    assert!(taken.stamped.is_some_and(|t| t >= dropped_at));
+    // A killed outbox forgets its stamp.
+    outbox.push_control(Out::from(Frame::ok(3)), &limits, 0);
+    outbox.kill(None);
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.stamped, None);
+}
