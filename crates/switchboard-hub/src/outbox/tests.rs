@@ -184,7 +184,10 @@ fn the_stamp_costs_no_room_in_an_entry() {
 
 #[test]
 fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
-    let limits = QueueLimits { frames: 2, ..LIMITS };
+    let limits = QueueLimits {
+        frames: 2,
+        ..LIMITS
+    };
     let outbox = Outbox::new(ConnId(1));
     let before = Instant::now();
     outbox.push_control(Out::from(Frame::ok(1)), &limits, 0);
