@@ -64,7 +64,8 @@ pub enum Via {
 }
 
 impl Via {
-    /// Every transport, in the order of [`Via::index`].
+    /// Every transport, in declaration order (the order of the
+    /// per-transport arrays).
     pub const ALL: [Via; 8] = [
         Via::Tcp,
         Via::Tls,

@@ -6,8 +6,9 @@
 //! empty to non-empty. The writer takes a whole batch under one lock,
 //! encodes it into one buffer and writes it with one system call.
 //!
-//! One frame at a time is *stamped* with the moment it was queued: the
-//! first frame queued after the previous stamped frame left. The writer
+//! One frame at a time is *stamped* with the moment it was queued (the
+//! router's current time, which it passes in): the first frame queued
+//! after the previous stamped frame left. The writer
 //! gets that moment with the batch that holds the frame
 //! ([`Taken::stamped`]) and reports the wait (the delivery queue delay),
 //! so the clock is read about once per batch on each side, never per
@@ -204,13 +205,13 @@ impl Outbox {
         }
     }
 
-    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64) {
+    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64, now: Option<Instant>) {
         let len = LENGTH_PREFIX_LEN + out.encoded_len();
         inner.bytes += len;
         inner.droppable += usize::from(droppable);
-        let stamped = inner.since.is_none();
+        let stamped = inner.since.is_none() && now.is_some();
         if stamped {
-            inner.since = Some(Instant::now());
+            inner.since = now;
         }
         inner.queue.push_back(Entry {
             out,
@@ -227,14 +228,21 @@ impl Outbox {
     }
 
     /// Queues a frame that must not be dropped (answers, key/value updates,
-    /// presence, replies).
-    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits, tag: u64) -> Pushed {
+    /// presence, replies) at time `now` (`None`: not a candidate for the
+    /// stamp).
+    pub(crate) fn push_control(
+        &self,
+        out: Out,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+    ) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return Pushed::Closed;
         }
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, false, tag);
+        Self::append(&mut inner, out, false, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         let over = inner.bytes > limits.hard_bytes;
         drop(inner);
@@ -248,8 +256,15 @@ impl Outbox {
 
     /// Queues a pub/sub delivery. When the queue is full, this client's
     /// oldest deliveries are dropped to make room (or, when nothing queued
-    /// may be dropped, the new one). Returns how many were dropped.
-    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits, tag: u64) -> u64 {
+    /// may be dropped, the new one). Returns how many were dropped. `now`
+    /// as for [`Outbox::push_control`].
+    pub(crate) fn push_droppable(
+        &self,
+        out: Out,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+    ) -> u64 {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return 0;
@@ -279,7 +294,7 @@ impl Outbox {
         inner.dropped_unreported += dropped;
         inner.dropped_total += dropped;
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, true, tag);
+        Self::append(&mut inner, out, true, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty);
@@ -308,7 +323,7 @@ impl Outbox {
             return;
         }
         if let Some(frame) = last {
-            Self::append(&mut inner, Out::from(frame), false, 0);
+            Self::append(&mut inner, Out::from(frame), false, 0, None);
         }
         inner.state = State::Closing;
         self.depth.store(inner.queue.len(), Ordering::Relaxed);

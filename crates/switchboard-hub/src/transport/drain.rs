@@ -132,12 +132,20 @@ mod tests {
     #[tokio::test]
     async fn a_written_batch_with_the_stamped_frame_is_sampled() {
         let (inbox, _router) = Inbox::channel(1);
-        let before = Instant::now();
+        let limits = crate::outbox::QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+            hard_bytes: 1 << 21,
+        };
+        let queued = Instant::now();
         let outbox = Outbox::new(ConnId(3));
-        outbox.close(Some(Frame::from(proto::Ping { nonce: 1 })));
+        let ping = crate::Out::from(Frame::from(proto::Ping { nonce: 1 }));
+        outbox.push_control(ping.clone(), &limits, 0, Some(queued));
+        outbox.push_control(ping, &limits, 0, Some(Instant::now()));
+        // Last words are never stamped.
+        outbox.close(Some(Frame::from(proto::Ping { nonce: 2 })));
         let mut seen = Collect::default();
-        drain(&outbox, 1024, &inbox, &mut seen).await;
-        assert_eq!(seen.samples.len(), 1);
-        assert!(seen.samples[0] >= before);
+        drain(&outbox, 1, &inbox, &mut seen).await;
+        assert_eq!((seen.frames.len(), seen.samples), (3, vec![queued]));
     }
 }
