@@ -19,6 +19,7 @@ use switchboard_wire::{
 };
 
 use crate::inbox::Inbox;
+use crate::metrics::Via;
 use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::admission::{Identity, Peer, Proof, Refusal};
 use crate::router::Input;
@@ -381,14 +382,16 @@ async fn serve_in_span<T: Transport>(
         shared.stats.untrack(conn);
         return;
     }
+    let via = Via::of(peer.transport);
     let writer = tokio::spawn(write_loop(
         tx,
+        via,
         outbox.clone(),
         shared.inbox.clone(),
         shared.stats.clone(),
         shared.limits.write_batch_bytes,
     ));
-    read_loop(rx, conn, &outbox, &shared).await;
+    read_loop(rx, via, conn, &outbox, &shared).await;
     let _ = writer.await;
     shared.stats.untrack(conn);
 }
@@ -446,7 +449,13 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
 
 /// Hands what the client sends to the router, in batches, until the
 /// connection ends or the outbox is killed; then reports the disconnect.
-async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared: &Shared) {
+async fn read_loop<R: FrameRx>(
+    mut rx: R,
+    via: Via,
+    conn: ConnId,
+    outbox: &Outbox,
+    shared: &Shared,
+) {
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
     let (notice, reason) = 'conn: loop {
@@ -457,7 +466,7 @@ async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared:
         loop {
             match rx.next_frame(max, decode_client) {
                 Ok(Some(Ok(Decoded::Frame(frame, len)))) => {
-                    shared.stats.metrics.frame_in(&frame, len);
+                    shared.stats.metrics.frame_in(via, &frame, len);
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH {
                         break;
@@ -540,6 +549,7 @@ async fn read_loop<R: FrameRx>(mut rx: R, conn: ConnId, outbox: &Outbox, shared:
 /// stops the reader.
 async fn write_loop<W: FrameTx>(
     tx: W,
+    via: Via,
     outbox: Arc<Outbox>,
     inbox: Inbox,
     stats: Arc<HubStats>,
@@ -548,6 +558,7 @@ async fn write_loop<W: FrameTx>(
     let cancel = outbox.cancelled().clone();
     let mut writer = Writer {
         tx,
+        via,
         // Allocated with the first batch; given back after small batches.
         buf: BytesMut::new(),
         stats,
@@ -562,6 +573,8 @@ async fn write_loop<W: FrameTx>(
 /// A connection's writer: each batch encoded into one buffer, sent at once.
 struct Writer<W> {
     tx: W,
+    /// The transport, for the metrics.
+    via: Via,
     buf: BytesMut,
     stats: Arc<HubStats>,
     cancel: crate::outbox::Cancel,
@@ -569,7 +582,7 @@ struct Writer<W> {
 
 impl<W: FrameTx> Drain for Writer<W> {
     async fn batch(&mut self, taken: &mut Taken) -> bool {
-        let (buf, stats) = (&mut self.buf, &self.stats);
+        let (buf, stats, via) = (&mut self.buf, &self.stats, self.via);
         buf.clear();
         let mut n = taken.frames.len() as u64;
         if taken.dropped > 0 {
@@ -582,14 +595,20 @@ impl<W: FrameTx> Drain for Writer<W> {
             let before = buf.len();
             out.encode(buf);
             match &out {
-                crate::Out::Frame(f) => stats.metrics.frame_out(f.kind_name(), buf.len() - before),
+                crate::Out::Frame(f) => {
+                    stats
+                        .metrics
+                        .frame_out(via, f.kind_name(), buf.len() - before);
+                }
                 crate::Out::Deliver { .. } => {
                     delivers += 1;
                     deliver_bytes += buf.len() - before;
                 }
             }
         }
-        stats.metrics.delivers_out(delivers, deliver_bytes as u64);
+        stats
+            .metrics
+            .delivers_out(via, delivers, deliver_bytes as u64);
         let len = buf.len();
         tokio::select! {
             r = self.tx.send(buf) => {
@@ -606,6 +625,12 @@ impl<W: FrameTx> Drain for Writer<W> {
             *buf = BytesMut::new();
         }
         true
+    }
+
+    fn sampled(&mut self, queued: std::time::Instant) {
+        self.stats
+            .metrics
+            .observe_delivery_delay(self.via, queued.elapsed());
     }
 
     fn killed(&mut self, outbox: &Outbox) {

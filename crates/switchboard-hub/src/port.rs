@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
-use switchboard_wire::{ErrorCode, Frame};
+use switchboard_wire::{ErrorCode, Frame, LENGTH_PREFIX_LEN};
 use tokio::sync::mpsc;
 
 use crate::ids::ConnId;
 use crate::inbox::{Inbox, WeakInbox};
+use crate::metrics::Via;
 use crate::outbox::{Outbox, Taken};
 pub use crate::router::remote::RemotePort;
 use crate::router::remote::{Remote, PORT_ID, PORT_TRANSPORT};
 use crate::router::Input;
 use crate::shared::Shared;
+use crate::stats::HubStats;
 use crate::transport::{drain, Drain};
 
 /// Frames the port's reader holds between the router and the remote side;
@@ -57,14 +59,16 @@ pub struct PortSender {
     inbox: WeakInbox,
     conn: ConnId,
     outbox: Arc<Outbox>,
+    stats: Arc<HubStats>,
 }
 
 impl PortSender {
-    fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>) -> PortSender {
+    fn new(inbox: &Inbox, conn: ConnId, outbox: Arc<Outbox>, stats: Arc<HubStats>) -> PortSender {
         PortSender {
             inbox: inbox.downgrade(),
             conn,
             outbox,
+            stats,
         }
     }
 
@@ -74,6 +78,10 @@ impl PortSender {
         let Some(inbox) = self.inbox.upgrade() else {
             return false;
         };
+        for f in &frames {
+            let len = LENGTH_PREFIX_LEN + prost::Message::encoded_len(f);
+            self.stats.metrics.frame_in(Via::Remote, f, len);
+        }
         inbox
             .send(Input::Frames {
                 conn: self.conn,
@@ -240,28 +248,48 @@ pub(crate) async fn open(shared: &Arc<Shared>, remote: &dyn Remote) {
     let inbox = &shared.inbox;
     let batch = shared.limits.write_batch_bytes;
     let reader = outbox.clone();
+    let stats = shared.stats.clone();
     // The reader holds the inbox only while it drains: it stops when the
     // outbox closes at shutdown.
     let weak = inbox.downgrade();
     tokio::spawn(async move {
         let Some(inbox) = weak.upgrade() else { return };
-        drain(&reader, batch, &inbox, &mut Forward(tx)).await;
+        let mut forward = Forward {
+            tx,
+            stats: stats.clone(),
+        };
+        drain(&reader, batch, &inbox, &mut forward).await;
     });
-    remote.attach(RemotePort::new(PortSender::new(inbox, conn, outbox), rx));
+    let sender = PortSender::new(inbox, conn, outbox, shared.stats.clone());
+    remote.attach(RemotePort::new(sender, rx));
 }
 
 /// Forwards the port's frames to the remote side's channel, waiting while
 /// it is full (the port's outbox then fills: the router parks and fails
 /// messages, never waits).
-struct Forward(mpsc::Sender<switchboard_wire::Frame>);
+struct Forward {
+    tx: mpsc::Sender<switchboard_wire::Frame>,
+    stats: Arc<HubStats>,
+}
 
 impl Drain for Forward {
     async fn batch(&mut self, taken: &mut Taken) -> bool {
         for out in taken.frames.drain(..) {
-            if self.0.send(out.into_frame()).await.is_err() {
+            let len = LENGTH_PREFIX_LEN + out.encoded_len();
+            let frame = out.into_frame();
+            self.stats
+                .metrics
+                .frame_out(Via::Remote, frame.kind_name(), len);
+            if self.tx.send(frame).await.is_err() {
                 return false;
             }
         }
         true
+    }
+
+    fn sampled(&mut self, queued: std::time::Instant) {
+        self.stats
+            .metrics
+            .observe_delivery_delay(Via::Remote, queued.elapsed());
     }
 }

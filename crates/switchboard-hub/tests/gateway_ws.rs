@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
-use common::{TestClient, TOKEN, WAIT};
+use common::{sample, scrape, TestClient, TOKEN, WAIT};
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use switchboard_discovery::{client_proof, nonce, verify_hub_proof, Secret};
@@ -438,6 +438,84 @@ async fn without_the_subprotocol_a_message_is_one_frame() -> Result<()> {
     assert!(
         matches!(recv(&mut ws).await?.and_then(|f| f.kind), Some(Kind::Pong(p)) if p.nonce == 7)
     );
+    hub.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn frames_bytes_and_queue_delay_are_counted_per_transport() -> Result<()> {
+    let hub = start().await;
+    let mut ws = open(&hub).await?;
+    assert!(handshake(&mut ws, "browser").await?.is_none());
+    let mut tcp = TestClient::connect(hub.local_addr(), "native").await?;
+    tcp.send(proto::Request {
+        id: 5,
+        to: "browser".into(),
+        payload: "hi".into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Request(r)) = recv(&mut ws).await?.and_then(|f| f.kind) else {
+        bail!("ws expected a request");
+    };
+    send(
+        &mut ws,
+        proto::Reply {
+            id: r.id,
+            to: r.from,
+            payload: "hello".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(matches!(tcp.expect().await?.kind, Some(Kind::Reply(r)) if r.id == 5));
+
+    // The writers record the delay after their write returned, which may
+    // be a moment after the frame arrived.
+    let delay = "switchboard_delivery_queue_delay_seconds";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let m = loop {
+        let m = scrape(&hub).await?;
+        let sampled = |t| sample(&m, delay, &[("transport", t)]).is_some_and(|n| n >= 1.0);
+        if sampled("tcp") && sampled("ws") {
+            break m;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no delivery queue delay sampled for tcp and ws");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let frames = |dir: &str, t: &str, k: &str| {
+        let name = format!("switchboard_frames_{dir}_total");
+        sample(&m, &name, &[("transport", t), ("kind", k)])
+    };
+    let bytes = |dir: &str, t: &str, k: &str| {
+        let name = format!("switchboard_{dir}_bytes_total");
+        sample(&m, &name, &[("transport", t), ("kind", k)])
+    };
+    // The request went in on TCP and out on WebSocket, the reply back.
+    assert_eq!(frames("received", "tcp", "request"), Some(1.0));
+    assert_eq!(frames("sent", "ws", "request"), Some(1.0));
+    assert_eq!(frames("received", "ws", "reply"), Some(1.0));
+    assert_eq!(frames("sent", "tcp", "reply"), Some(1.0));
+    // Each transport that carried frames has a row for every kind.
+    assert_eq!(frames("received", "ws", "request"), Some(0.0));
+    assert_eq!(frames("received", "unix", "request"), None);
+    for (dir, t, k) in [
+        ("received", "tcp", "request"),
+        ("sent", "ws", "request"),
+        ("received", "ws", "reply"),
+        ("sent", "tcp", "reply"),
+    ] {
+        // At least the length prefix and the payload.
+        assert!(
+            bytes(dir, t, k).is_some_and(|b| b >= 6.0),
+            "{dir} {t} {k}: {:?}",
+            bytes(dir, t, k)
+        );
+    }
+    // No transport without traffic has a delay sample.
+    assert!(sample(&m, delay, &[("transport", "unix")]).is_none());
     hub.shutdown().await;
     Ok(())
 }

@@ -24,7 +24,11 @@ use prometheus_client::registry::{Registry, Unit};
 use super::api::{ApiError, ApiResult};
 use super::views::inspect;
 use super::Gateway;
+use crate::metrics::Via;
 use crate::router::admission::Identity;
+
+/// A histogram's per-bucket counts, sum (seconds) and count.
+type Histogram = (Vec<(f64, u64)>, f64, u64);
 
 /// The transports a client may be registered on.
 const TRANSPORTS: [&str; 7] = ["http", "memory", "tcp", "tls", "unix", "ws", "wss"];
@@ -114,11 +118,16 @@ pub(super) async fn serve(
                 counter("slow_consumer_disconnects"),
             ),
         ],
-        received: m.received_by_kind(),
-        sent: m.sent_by_kind(),
+        received: m.received(),
+        sent: m.sent(),
         http_responses: m.http_responses_by_class(),
         request_latency: m.request_latency.snapshot(),
         http_mailbox_delay: m.http_mailbox_delay.snapshot(),
+        delivery_delay: Via::ALL
+            .iter()
+            .map(|v| (v.name(), m.delivery_delay(*v).snapshot()))
+            .filter(|(_, (_, _, count))| *count > 0)
+            .collect(),
         process: Process::read(s.uptime_s),
         federation: Federation::read(&s.counters),
     };
@@ -152,16 +161,18 @@ struct Scrape {
     gauges: Vec<(&'static str, &'static str, u64)>,
     /// Unlabelled counters: name without prefix and `_total`, help, value.
     counters: Vec<(&'static str, &'static str, u64)>,
-    /// `(kind, frames, bytes)` received.
-    received: Vec<(&'static str, u64, u64)>,
-    /// `(kind, frames, bytes)` sent.
-    sent: Vec<(&'static str, u64, u64)>,
+    /// `(transport, kind, frames, bytes)` received.
+    received: Vec<(&'static str, &'static str, u64, u64)>,
+    /// `(transport, kind, frames, bytes)` sent.
+    sent: Vec<(&'static str, &'static str, u64, u64)>,
     /// Gateway responses by status class.
     http_responses: [(&'static str, u64); 5],
     /// Request latency: per-bucket counts, sum (seconds), count.
     request_latency: (Vec<(f64, u64)>, f64, u64),
     /// HTTP mailbox delay, the same way.
     http_mailbox_delay: (Vec<(f64, u64)>, f64, u64),
+    /// Delivery queue delay of each transport with a sample, the same way.
+    delivery_delay: Vec<(&'static str, Histogram)>,
     /// The process's own figures.
     process: Process,
     /// The federation's, when the hub is federated.
@@ -394,6 +405,22 @@ fn counter<V: prometheus_client::encoding::EncodeCounterValue>(
         .encode_counter::<NoLabelSet, V, u64>(&v, None)
 }
 
+/// Writes a counter family labelled by transport and frame kind.
+fn transport_kind_family<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: impl Iterator<Item = (&'a str, &'a str, u64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (transport, kind, n) in rows {
+        m.encode_family(&[("transport", transport), ("kind", kind)])?
+            .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
+    }
+    Ok(())
+}
+
 /// Writes a counter family with one label (`label`) per row.
 fn counter_family<'a>(
     enc: &mut DescriptorEncoder,
@@ -445,21 +472,21 @@ impl prometheus_client::collector::Collector for Scrape {
             f.encode(&mut enc)?;
         }
         for (dir, rows) in [("received", &self.received), ("sent", &self.sent)] {
-            counter_family(
+            transport_kind_family(
                 &mut enc,
                 &name(&format!("frames_{dir}")),
-                &format!("frames {dir} by frame kind"),
+                &format!("frames {dir} by transport and frame kind"),
                 None,
-                "kind",
-                rows.iter().map(|(k, f, _)| (*k, *f)),
+                rows.iter().map(|(t, k, f, _)| (*t, *k, *f)),
             )?;
-            counter_family(
+            transport_kind_family(
                 &mut enc,
                 &name(dir),
-                &format!("bytes of frames {dir} (with their length prefix) by frame kind"),
+                &format!(
+                    "bytes of frames {dir} (with their length prefix) by transport and frame kind"
+                ),
                 Some(&Unit::Bytes),
-                "kind",
-                rows.iter().map(|(k, _, b)| (*k, *b)),
+                rows.iter().map(|(t, k, _, b)| (*t, *k, *b)),
             )?;
         }
         counter_family(
@@ -483,6 +510,18 @@ impl prometheus_client::collector::Collector for Scrape {
             ),
         ] {
             enc.encode_descriptor(&name(n), help, Some(&Unit::Seconds), MetricType::Histogram)?
+                .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+        }
+        let delay_name = name("delivery_queue_delay");
+        let mut delay = enc.encode_descriptor(
+            &delay_name,
+            "time a sampled frame waits in a client's queue from being queued to being written, by transport",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (transport, (buckets, sum, count)) in &self.delivery_delay {
+            delay
+                .encode_family(&[("transport", *transport)])?
                 .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
         }
         let p = &self.process;

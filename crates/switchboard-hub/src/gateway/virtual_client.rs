@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::ApiError;
 use super::mailbox::Mailbox;
 use super::{Gateway, HttpConfig, ANSWER_TIMEOUT};
+use crate::metrics::Via;
 use crate::outbox::{Outbox, Taken};
 use crate::router::admission::Identity;
 use crate::router::Input;
@@ -315,7 +316,7 @@ impl HttpClient {
             use prost::Message;
             frame.encoded_len()
         };
-        gw.shared.stats.metrics.frame_in(&frame, len);
+        gw.shared.stats.metrics.frame_in(Via::Http, &frame, len);
         gw.shared
             .stats
             .bytes_in
@@ -352,7 +353,10 @@ impl HttpClient {
     pub(super) async fn post(&self, gw: &Gateway, frames: Vec<Frame>) -> Result<(), ApiError> {
         for f in &frames {
             use prost::Message;
-            gw.shared.stats.metrics.frame_in(f, f.encoded_len());
+            gw.shared
+                .stats
+                .metrics
+                .frame_in(Via::Http, f, f.encoded_len());
         }
         let input = Input::Frames {
             conn: self.conn,
@@ -442,7 +446,10 @@ impl Drain for Pump<'_> {
         for out in taken.frames.drain(..) {
             let len = out.encoded_len();
             let frame = out.into_frame();
-            gw.shared.stats.metrics.frame_out(frame.kind_name(), len);
+            gw.shared
+                .stats
+                .metrics
+                .frame_out(Via::Http, frame.kind_name(), len);
             gw.shared.stats.msgs_out.fetch_add(1, Ordering::Relaxed);
             gw.shared
                 .stats
@@ -466,6 +473,14 @@ impl Drain for Pump<'_> {
                 .await;
         }
         true
+    }
+
+    fn sampled(&mut self, queued: std::time::Instant) {
+        self.gw
+            .shared
+            .stats
+            .metrics
+            .observe_delivery_delay(Via::Http, queued.elapsed());
     }
 }
 

@@ -6,6 +6,14 @@
 //! empty to non-empty. The writer takes a whole batch under one lock,
 //! encodes it into one buffer and writes it with one system call.
 //!
+//! One frame at a time is *stamped* with the moment it was queued (the
+//! router's current time, which it passes in): the first frame queued
+//! after the previous stamped frame left. The writer
+//! gets that moment with the batch that holds the frame
+//! ([`Taken::stamped`]) and reports the wait (the delivery queue delay),
+//! so the clock is read about once per batch on each side, never per
+//! frame.
+//!
 //! Like the router, this is std-only: the writer waits with
 //! [`Outbox::notified`] and [`Outbox::cancelled`], plain futures on
 //! atomics and wakers that any executor can poll.
@@ -16,6 +24,7 @@ mod wake;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
@@ -39,6 +48,8 @@ struct Entry {
     out: Out,
     len: usize,
     droppable: bool,
+    /// The sampled frame: queued at `Inner::since`.
+    stamped: bool,
     /// Replication sequence number the standby must hold before this
     /// frame may leave (0: none).
     tag: u64,
@@ -64,6 +75,9 @@ struct Inner {
     want_drained: bool,
     /// Frame to write when killed, if the stream is at a frame boundary.
     last_words: Option<Frame>,
+    /// When the stamped frame was queued; `None` while no queued frame is
+    /// stamped (the next one queued will be).
+    since: Option<Instant>,
 }
 
 /// Outcome of pushing a frame that must not be dropped.
@@ -98,6 +112,10 @@ pub struct Taken {
     /// Non-zero: the next frame waits until the standby holds change
     /// `held` (see [`Gate`]); wait with [`Gate::wait`].
     pub held: u64,
+    /// When the stamped frame among `frames` was queued, if this take
+    /// holds it: once the batch is written, the time since is a sample
+    /// of the delivery queue delay.
+    pub stamped: Option<Instant>,
 }
 
 /// The outbound queue of one connection.
@@ -133,6 +151,7 @@ impl Outbox {
                 state: State::Open,
                 want_drained: false,
                 last_words: None,
+                since: None,
             }),
             depth: AtomicUsize::new(0),
             wakeup: Wakeup::default(),
@@ -186,14 +205,19 @@ impl Outbox {
         }
     }
 
-    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64) {
+    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64, now: Option<Instant>) {
         let len = LENGTH_PREFIX_LEN + out.encoded_len();
         inner.bytes += len;
         inner.droppable += usize::from(droppable);
+        let stamped = inner.since.is_none() && now.is_some();
+        if stamped {
+            inner.since = now;
+        }
         inner.queue.push_back(Entry {
             out,
             len,
             droppable,
+            stamped,
             tag,
         });
     }
@@ -204,14 +228,21 @@ impl Outbox {
     }
 
     /// Queues a frame that must not be dropped (answers, key/value updates,
-    /// presence, replies).
-    pub(crate) fn push_control(&self, out: Out, limits: &QueueLimits, tag: u64) -> Pushed {
+    /// presence, replies) at time `now` (`None`: not a candidate for the
+    /// stamp).
+    pub(crate) fn push_control(
+        &self,
+        out: Out,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+    ) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return Pushed::Closed;
         }
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, false, tag);
+        Self::append(&mut inner, out, false, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         let over = inner.bytes > limits.hard_bytes;
         drop(inner);
@@ -225,8 +256,15 @@ impl Outbox {
 
     /// Queues a pub/sub delivery. When the queue is full, this client's
     /// oldest deliveries are dropped to make room (or, when nothing queued
-    /// may be dropped, the new one). Returns how many were dropped.
-    pub(crate) fn push_droppable(&self, out: Out, limits: &QueueLimits, tag: u64) -> u64 {
+    /// may be dropped, the new one). Returns how many were dropped. `now`
+    /// as for [`Outbox::push_control`].
+    pub(crate) fn push_droppable(
+        &self,
+        out: Out,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+    ) -> u64 {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return 0;
@@ -247,12 +285,16 @@ impl Outbox {
                 inner.bytes -= e.len;
                 inner.droppable -= 1;
                 dropped += 1;
+                if e.stamped {
+                    // The sample is lost; the next frame queued is stamped.
+                    inner.since = None;
+                }
             }
         }
         inner.dropped_unreported += dropped;
         inner.dropped_total += dropped;
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, true, tag);
+        Self::append(&mut inner, out, true, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty);
@@ -281,7 +323,7 @@ impl Outbox {
             return;
         }
         if let Some(frame) = last {
-            Self::append(&mut inner, Out::from(frame), false, 0);
+            Self::append(&mut inner, Out::from(frame), false, 0, None);
         }
         inner.state = State::Closing;
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
@@ -300,6 +342,7 @@ impl Outbox {
         inner.queue.clear();
         inner.bytes = 0;
         inner.droppable = 0;
+        inner.since = None;
         inner.last_words = last;
         self.depth.store(0, Ordering::Relaxed);
         drop(inner);
@@ -320,6 +363,7 @@ impl Outbox {
         let mut bytes = 0;
         let released = self.gate.released();
         taken.held = 0;
+        taken.stamped = None;
         while let Some(e) = inner.queue.pop_front() {
             if e.tag > released {
                 taken.held = e.tag;
@@ -329,6 +373,9 @@ impl Outbox {
             bytes += e.len;
             inner.bytes -= e.len;
             inner.droppable -= usize::from(e.droppable);
+            if e.stamped {
+                taken.stamped = inner.since.take();
+            }
             taken.frames.push(e.out);
             if bytes >= max_bytes {
                 break;

@@ -37,9 +37,9 @@ async fn gate_holds_frames_until_released() {
     let gate = Gate::open();
     gate.close_at(10);
     let outbox = Outbox::gated(ConnId(1), gate.clone());
-    outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 10);
-    outbox.push_control(Out::from(Frame::ok(2)), &LIMITS, 12);
-    outbox.push_control(Out::from(Frame::ok(3)), &LIMITS, 11);
+    outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 10, Some(Instant::now()));
+    outbox.push_control(Out::from(Frame::ok(2)), &LIMITS, 12, Some(Instant::now()));
+    outbox.push_control(Out::from(Frame::ok(3)), &LIMITS, 11, Some(Instant::now()));
     // The first push left a wake-up.
     outbox.notified().await;
     let mut taken = Taken::default();
@@ -101,14 +101,20 @@ async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
 fn drops_oldest_deliveries_only() {
     let outbox = Outbox::new(ConnId(1));
     assert_eq!(
-        outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 0),
+        outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 0, Some(Instant::now())),
         Pushed::Queued
     );
     for i in 1..=3 {
-        assert_eq!(outbox.push_droppable(deliver(i, b"x"), &LIMITS, 0), 0);
+        assert_eq!(
+            outbox.push_droppable(deliver(i, b"x"), &LIMITS, 0, Some(Instant::now())),
+            0
+        );
     }
     // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
-    assert_eq!(outbox.push_droppable(deliver(4, b"x"), &LIMITS, 0), 1);
+    assert_eq!(
+        outbox.push_droppable(deliver(4, b"x"), &LIMITS, 0, Some(Instant::now())),
+        1
+    );
     assert!(outbox.is_full(&LIMITS));
     outbox.request_drained();
     let mut taken = Taken::default();
@@ -138,19 +144,28 @@ fn control_frames_never_dropped_and_hard_limit_reported() {
     let outbox = Outbox::new(ConnId(1));
     let mut over = false;
     for i in 0..20 {
-        if outbox.push_control(Out::from(Frame::ok(i + 1)), &limits, 0) == Pushed::OverHardLimit {
+        if outbox.push_control(
+            Out::from(Frame::ok(i + 1)),
+            &limits,
+            0,
+            Some(Instant::now()),
+        ) == Pushed::OverHardLimit
+        {
             over = true;
             break;
         }
     }
     assert!(over);
     // With no delivery to drop, the new delivery is the one dropped.
-    assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0), 1);
+    assert_eq!(
+        outbox.push_droppable(deliver(1, b"x"), &limits, 0, Some(Instant::now())),
+        1
+    );
     outbox.kill(Some(Frame::ok(0)));
     assert_eq!(outbox.depth(), 0);
     assert!(outbox.cancelled().is_cancelled());
     assert_eq!(
-        outbox.push_control(Out::from(Frame::ok(5)), &limits, 0),
+        outbox.push_control(Out::from(Frame::ok(5)), &limits, 0, Some(Instant::now())),
         Pushed::Closed
     );
 }
@@ -159,7 +174,12 @@ fn control_frames_never_dropped_and_hard_limit_reported() {
 fn take_respects_batch_bytes_and_close() {
     let outbox = Outbox::new(ConnId(1));
     for i in 0..3 {
-        outbox.push_control(Out::from(Frame::ok(i + 1)), &LIMITS, 0);
+        outbox.push_control(
+            Out::from(Frame::ok(i + 1)),
+            &LIMITS,
+            0,
+            Some(Instant::now()),
+        );
     }
     outbox.close(Some(Frame::ok(99)));
     let mut taken = Taken::default();
@@ -170,4 +190,52 @@ fn take_respects_batch_bytes_and_close() {
     outbox.take(usize::MAX, &mut taken);
     assert_eq!(taken.frames.len(), 3);
     assert!(taken.close);
+}
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn the_stamp_costs_no_room_in_an_entry() {
+    // `stamped` fits in the padding after `droppable`.
+    assert_eq!(
+        std::mem::size_of::<Entry>(),
+        std::mem::size_of::<Out>() + 3 * 8
+    );
+}
+
+#[test]
+fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
+    let limits = QueueLimits {
+        frames: 2,
+        ..LIMITS
+    };
+    let outbox = Outbox::new(ConnId(1));
+    let before = Instant::now();
+    outbox.push_control(Out::from(Frame::ok(1)), &limits, 0, Some(Instant::now()));
+    outbox.push_control(Out::from(Frame::ok(2)), &limits, 0, Some(Instant::now()));
+    let mut taken = Taken::default();
+    // A take of one frame holds the stamped first one.
+    outbox.take(1, &mut taken);
+    let stamped = taken.stamped.expect("the first frame is stamped");
+    assert!(stamped >= before && stamped <= Instant::now());
+    // The second was queued while the first was stamped: not stamped.
+    outbox.take(1, &mut taken);
+    assert_eq!((taken.frames.len(), taken.stamped), (1, None));
+    // Queued after the stamp left: stamped again.
+    outbox.push_droppable(deliver(1, b"x"), &limits, 0, Some(Instant::now()));
+    outbox.push_droppable(deliver(1, b"y"), &limits, 0, Some(Instant::now()));
+    // Full: drops the stamped oldest delivery, and the frame queued in
+    // its place is stamped instead.
+    let dropped_at = Instant::now();
+    assert_eq!(
+        outbox.push_droppable(deliver(1, b"z"), &limits, 0, Some(Instant::now())),
+        1
+    );
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 2);
+    assert!(taken.stamped.is_some_and(|t| t >= dropped_at));
+    // A killed outbox forgets its stamp.
+    outbox.push_control(Out::from(Frame::ok(3)), &limits, 0, Some(Instant::now()));
+    outbox.kill(None);
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.stamped, None);
 }

@@ -218,6 +218,7 @@ impl Router {
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.started.get_or_insert(now);
         self.last_now = Some(now);
+        self.output.set_now(now);
         match input {
             Input::Connect { conn, info, outbox } => self.on_connect(now, conn, info, outbox),
             Input::Resume {

@@ -6,6 +6,7 @@
 //! an outbox.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use switchboard_wire::{is_logged_kind, ErrorCode, Frame};
 
@@ -42,6 +43,9 @@ pub(super) struct Output {
     to_kill: Vec<ConnId>,
     /// Pub/sub deliveries dropped for slow consumers.
     dropped: u64,
+    /// The time of the input being handled: frames are queued at it
+    /// (the outboxes' delivery delay stamp).
+    now: Option<Instant>,
 }
 
 impl Output {
@@ -55,6 +59,7 @@ impl Output {
             replaying: false,
             to_kill: Vec::new(),
             dropped: 0,
+            now: None,
         }
     }
 
@@ -157,6 +162,12 @@ impl Output {
         self.tag()
     }
 
+    /// Sets the time frames pushed from now on are queued at (the router
+    /// calls it with each input).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
     /// Sends `frame` to client `conn` (never dropped).
     pub fn send(&mut self, conn: ConnId, frame: Frame) {
         if let Some(link) = self.links.get(&conn) {
@@ -168,7 +179,7 @@ impl Output {
     /// Sends `out` to client `conn` through `outbox` (never dropped).
     pub fn push(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
         let tag = self.stamp(conn, &mut out);
-        if outbox.push_control(out, &self.q, tag) == Pushed::OverHardLimit {
+        if outbox.push_control(out, &self.q, tag, self.now) == Pushed::OverHardLimit {
             self.to_kill.push(conn);
         }
     }
@@ -177,7 +188,7 @@ impl Output {
     /// `outbox`: a full queue drops its oldest such frames.
     pub fn push_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
         let tag = self.stamp(conn, &mut out);
-        self.dropped += outbox.push_droppable(out, &self.q, tag);
+        self.dropped += outbox.push_droppable(out, &self.q, tag, self.now);
     }
 
     /// A resumed client's new connection: `welcome`, then every frame it
@@ -188,10 +199,11 @@ impl Output {
         };
         let tag = self.tag();
         let outbox = &link.outbox;
+        let now = self.now;
         let mut over =
-            outbox.push_control(Out::from(welcome), &self.q, tag) == Pushed::OverHardLimit;
+            outbox.push_control(Out::from(welcome), &self.q, tag, now) == Pushed::OverHardLimit;
         for out in link.reliable.unacked() {
-            over |= outbox.push_control(out.clone(), &self.q, tag) == Pushed::OverHardLimit;
+            over |= outbox.push_control(out.clone(), &self.q, tag, now) == Pushed::OverHardLimit;
         }
         if over {
             self.to_kill.push(key);

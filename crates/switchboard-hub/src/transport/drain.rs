@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, Taken};
@@ -18,13 +19,19 @@ pub(crate) trait Drain: Send {
     /// The outbox was killed: the drain stops; `outbox` may hold last
     /// words ([`Outbox::take_last_words`]) worth one try.
     fn killed(&mut self, _outbox: &Outbox) {}
+
+    /// A batch holding the outbox's stamped frame, queued at `queued`, was
+    /// handled (written): the consumer records the delivery queue delay.
+    fn sampled(&mut self, _queued: Instant) {}
 }
 
 /// Takes batches of about `batch_bytes` from `outbox` into `consumer`
 /// until the outbox closes (after its last frames) or is killed, or the
 /// consumer fails. Meanwhile tells the router when a take made room it
-/// waits for (`Input::Drained`, through `inbox`), and waits for the
-/// standby to hold what the next frame depends on ([`Gate`]).
+/// waits for (`Input::Drained`, through `inbox`), waits for the
+/// standby to hold what the next frame depends on ([`Gate`]), and hands
+/// the consumer the stamp of each batch that held the outbox's stamped
+/// frame once the batch is handled ([`Drain::sampled`]).
 ///
 /// [`Gate`]: crate::outbox::Gate
 pub(crate) async fn drain(
@@ -60,7 +67,14 @@ pub(crate) async fn drain(
             }
             continue;
         }
-        if !consumer.batch(&mut taken).await || taken.close {
+        let stamped = taken.stamped;
+        if !consumer.batch(&mut taken).await {
+            return;
+        }
+        if let Some(queued) = stamped {
+            consumer.sampled(queued);
+        }
+        if taken.close {
             return;
         }
     }
@@ -78,6 +92,7 @@ mod tests {
     struct Collect {
         frames: Vec<Frame>,
         last_words: Option<Frame>,
+        samples: Vec<Instant>,
     }
 
     impl Drain for Collect {
@@ -89,6 +104,10 @@ mod tests {
 
         fn killed(&mut self, outbox: &Outbox) {
             self.last_words = outbox.take_last_words();
+        }
+
+        fn sampled(&mut self, queued: Instant) {
+            self.samples.push(queued);
         }
     }
 
@@ -108,5 +127,25 @@ mod tests {
         outbox.kill(Some(ping.clone()));
         waiting.await;
         assert_eq!((seen.frames, seen.last_words), (vec![], Some(ping)));
+    }
+
+    #[tokio::test]
+    async fn a_written_batch_with_the_stamped_frame_is_sampled() {
+        let (inbox, _router) = Inbox::channel(1);
+        let limits = crate::outbox::QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+            hard_bytes: 1 << 21,
+        };
+        let queued = Instant::now();
+        let outbox = Outbox::new(ConnId(3));
+        let ping = crate::Out::from(Frame::from(proto::Ping { nonce: 1 }));
+        outbox.push_control(ping.clone(), &limits, 0, Some(queued));
+        outbox.push_control(ping, &limits, 0, Some(Instant::now()));
+        // Last words are never stamped.
+        outbox.close(Some(Frame::from(proto::Ping { nonce: 2 })));
+        let mut seen = Collect::default();
+        drain(&outbox, 1, &inbox, &mut seen).await;
+        assert_eq!((seen.frames.len(), seen.samples), (3, vec![queued]));
     }
 }

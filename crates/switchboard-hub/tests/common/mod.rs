@@ -252,3 +252,49 @@ impl TestClient {
 pub fn kind(f: &Frame) -> &Kind {
     f.kind.as_ref().expect("frame has a kind")
 }
+
+/// `GET /metrics` with the test token, parsed.
+pub async fn scrape(hub: &HubHandle) -> Result<prometheus_parse::Scrape> {
+    let addr = hub.http_addr().context("gateway")?;
+    let token = switchboard_hub::http_token(&Secret::from_token(TOKEN));
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .context("metrics timed out")??;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("chunked") {
+        bail!("unexpected answer: {head}");
+    }
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).context("exposition parses")
+}
+
+/// A counter's or gauge's value, or a histogram's count, of the sample of
+/// `name` with exactly `labels`.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape.samples.iter().find_map(|s| {
+        let matches = s.metric == name
+            && s.labels.len() == labels.len()
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v));
+        match (&s.value, matches) {
+            (prometheus_parse::Value::Counter(v), true) => Some(*v),
+            (prometheus_parse::Value::Histogram(h), true) => h
+                .iter()
+                .find(|b| b.less_than == f64::INFINITY)
+                .map(|b| b.count),
+            _ => None,
+        }
+    })
+}
