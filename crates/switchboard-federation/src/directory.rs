@@ -96,7 +96,7 @@ pub struct DirectoryStats {
     /// registered their id while this hub was cut off.
     pub taken_back: AtomicU64,
     /// Ids of this hub's name rewritten with this hub's epoch when a
-    /// standby took over (see [`Directory::activate`]).
+    /// standby took over (see `FederationOptions::standby`).
     pub taken_over: AtomicU64,
 }
 
