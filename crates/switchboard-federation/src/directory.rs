@@ -21,7 +21,7 @@
 //!   bucket names the first.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ struct State {
     ids: HashMap<String, (Holder, u64)>,
     /// hub → when its last heartbeat arrived.
     hubs: HashMap<String, Instant>,
+    /// hub → the newest epoch seen for it (heartbeats and id entries).
+    epochs: HashMap<String, u64>,
 }
 
 /// A client of another hub joined (id, `Some(hub)`) or left (`None`).
@@ -93,6 +95,9 @@ pub struct DirectoryStats {
     /// Local clients closed after a reconnection because another hub
     /// registered their id while this hub was cut off.
     pub taken_back: AtomicU64,
+    /// Ids of this hub's name rewritten with this hub's epoch when a
+    /// standby took over (see `FederationOptions::standby`).
+    pub taken_over: AtomicU64,
 }
 
 impl DirectoryStats {
@@ -110,7 +115,14 @@ pub struct Directory {
     presence: mpsc::Sender<PresenceChange>,
     presence_rx: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
     me: String,
-    epoch: u64,
+    /// This hub's epoch; raised when a standby takes over.
+    epoch: AtomicU64,
+    /// Standing by: watching only (no heartbeat, no id writes, no reaping).
+    standby: AtomicBool,
+    /// A newer holder of this hub's name (a standby that took over) was
+    /// seen: this hub no longer serves as that hub.
+    fenced: AtomicBool,
+    fence: tokio::sync::Notify,
     lease: Duration,
     started: Instant,
     state: Mutex<State>,
@@ -144,7 +156,10 @@ impl Directory {
             presence,
             presence_rx: Mutex::new(Some(presence_rx)),
             me: options.hub_name.clone(),
-            epoch: options.epoch,
+            epoch: AtomicU64::new(options.epoch),
+            standby: AtomicBool::new(options.standby),
+            fenced: AtomicBool::new(false),
+            fence: tokio::sync::Notify::new(),
             lease: options.lease,
             started: Instant::now(),
             state: Mutex::new(State::default()),
@@ -154,7 +169,9 @@ impl Directory {
             hubs,
             stats: DirectoryStats::default(),
         });
-        dir.beat().await?;
+        if !options.standby {
+            dir.beat().await?;
+        }
         spawn(stop.clone(), dir.clone().watch_ids());
         spawn(stop.clone(), dir.clone().watch_hubs());
         spawn(stop.clone(), dir.clone().heartbeat());
@@ -189,6 +206,12 @@ impl Directory {
     /// The hub holding `id`, as this hub last saw it.
     pub fn holder(&self, id: &str) -> Option<String> {
         self.state.lock().ids.get(id).map(|(h, _)| h.hub.clone())
+    }
+
+    /// The entry of `id` as this hub last saw it: its holder (hub and
+    /// epoch) and revision (0: written here, not yet confirmed).
+    pub fn holding(&self, id: &str) -> Option<(Holder, u64)> {
+        self.state.lock().ids.get(id).cloned()
     }
 
     /// Whether `hub` is live (this hub always is).
@@ -229,9 +252,194 @@ impl Directory {
         &self.stats
     }
 
+    /// This hub's epoch now (written with every id it holds and in its
+    /// heartbeat; raised when a standby takes over).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether this directory stands by (a hot standby's, before it took
+    /// over): it watches, but neither heartbeats nor writes ids.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    /// Whether a newer holder of this hub's name (a standby that took
+    /// over, with a higher epoch) was seen: this hub is an old primary
+    /// and no longer serves as that hub cluster-wide.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Waits until this hub is fenced (see [`is_fenced`](Self::is_fenced)).
+    pub async fn fenced(&self) {
+        loop {
+            let notified = self.fence.notified();
+            if self.is_fenced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The newest epoch seen for `hub` (its heartbeats and id entries;
+    /// this hub's own epoch for itself), 0 if none.
+    pub fn newest_epoch(&self, hub: &str) -> u64 {
+        let seen = self.state.lock().epochs.get(hub).copied().unwrap_or(0);
+        if hub == self.me {
+            seen.max(self.epoch())
+        } else {
+            seen
+        }
+    }
+
+    /// Records `epoch` for `hub`; a higher one than this hub's own for
+    /// its own name fences this hub (unless it stands by). Lock held.
+    fn saw_epoch(&self, st: &mut State, hub: &str, epoch: u64) {
+        let e = st.epochs.entry(hub.to_owned()).or_insert(0);
+        *e = (*e).max(epoch);
+        if hub == self.me && epoch > self.epoch() && !self.is_standby() {
+            self.fence_now(epoch);
+        }
+    }
+
+    fn fence_now(&self, epoch: u64) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(hub = %self.me, epoch = self.epoch(), newer = epoch, "federation: fenced: a standby took over this hub's name with a higher epoch; this hub stops serving as that hub");
+            self.fence.notify_waiters();
+        }
+    }
+
+    /// A standby takes over: leaves standby mode with the epoch one above
+    /// the newest seen for this hub's name (at least the configured one),
+    /// heartbeats at once, and rewrites each id the bucket shows under
+    /// this hub's name with the new epoch, each an `update` at the
+    /// revision read (the fencing token: a write of the old primary in
+    /// between makes it fail, and it is read and tried again). Returns
+    /// the new epoch.
+    pub(crate) async fn activate(&self) -> u64 {
+        // Read from the buckets, not only from the watches (they may not
+        // have caught up yet when the standby takes over at once).
+        let mut ours: std::collections::BTreeSet<String> = {
+            let st = self.state.lock();
+            st.ids
+                .iter()
+                .filter(|(_, (h, _))| h.hub == self.me)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let mut held = 0;
+        let mut backoff = RETRY_MIN;
+        loop {
+            match self.listed_ids().await {
+                Ok(listed) => {
+                    for (id, h) in listed {
+                        if h.hub == self.me {
+                            held = held.max(h.epoch);
+                            ours.insert(id);
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "federation: cannot list the ids to take over yet; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        let beat = match self.hubs.entry(escape(&self.me)).await {
+            Ok(Some(e)) => std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let epoch = (self.newest_epoch(&self.me).max(held).max(beat) + 1).max(self.epoch());
+        {
+            let mut st = self.state.lock();
+            let e = st.epochs.entry(self.me.clone()).or_insert(0);
+            *e = (*e).max(epoch);
+        }
+        self.epoch.store(epoch, Ordering::Release);
+        self.standby.store(false, Ordering::Release);
+        tracing::warn!(hub = %self.me, epoch, "federation: taking over this hub's name in the cluster");
+        let mut backoff = RETRY_MIN;
+        while let Err(e) = self.beat().await {
+            tracing::warn!(error = %e, "federation: first heartbeat after the takeover failed; trying again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+        let value: bytes::Bytes = serde_json::to_vec(&Holder {
+            hub: self.me.clone(),
+            epoch,
+        })
+        .expect("a holder serializes")
+        .into();
+        for id in ours {
+            self.local.lock().insert(id.clone());
+            let key = escape(&id);
+            let mut backoff = RETRY_MIN;
+            for _ in 0..RELEASE_TRIES {
+                let entry = match self.ids.entry(&key).await {
+                    Ok(Some(entry)) if entry.operation == Operation::Put => entry,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(client = %id, error = %e, "federation: cannot read an id to take over yet");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                };
+                match serde_json::from_slice::<Holder>(&entry.value) {
+                    Ok(h) if h.hub == self.me && h.epoch < epoch => {}
+                    _ => break,
+                }
+                match self.ids.update(&key, value.clone(), entry.revision).await {
+                    Ok(rev) => {
+                        self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                        self.stats.written.fetch_add(1, Ordering::Relaxed);
+                        let mut st = self.state.lock();
+                        let newer = st.ids.get(&id).is_some_and(|(_, r)| *r > rev);
+                        if !newer {
+                            st.ids.insert(
+                                id.clone(),
+                                (
+                                    Holder {
+                                        hub: self.me.clone(),
+                                        epoch,
+                                    },
+                                    rev,
+                                ),
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        // The revision moved (the old primary wrote) or
+                        // the cluster did not answer: read again.
+                        tracing::debug!(client = %id, error = %e, "federation: id not taken over yet; trying again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        epoch
+    }
+
     /// Whether `id` may register on this hub: refused when another live
     /// hub holds it. Quick; called on the router task.
     pub fn claim(&self, id: &str) -> Result<(), Refusal> {
+        if self.is_fenced() {
+            return Err(Refusal {
+                code: ErrorCode::Fenced,
+                message: format!(
+                    "hub '{}' was taken over by its standby (a higher epoch); connect to the new primary",
+                    self.me
+                ),
+            });
+        }
         let st = self.state.lock();
         match st.ids.get(id) {
             Some((h, _)) if h.hub != self.me && live(&st, &self.me, &h.hub, self.lease, self.started) => {
@@ -256,7 +464,7 @@ impl Directory {
             (
                 Holder {
                     hub: self.me.clone(),
-                    epoch: self.epoch,
+                    epoch: self.epoch(),
                 },
                 0,
             ),
@@ -274,6 +482,27 @@ impl Directory {
             }
         }
         self.command(Command::Leave(id.to_owned()));
+    }
+
+    /// Every id in the bucket with its holder, read from the bucket.
+    async fn listed_ids(&self) -> Result<Vec<(String, Holder)>, String> {
+        let mut keys = self.ids.keys().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            let Some(id) = unescape(&key) else { continue };
+            if let Ok(Some(entry)) = self.ids.entry(&key).await {
+                if let Ok(h) = serde_json::from_slice::<Holder>(&entry.value) {
+                    out.push((id, h));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids registered on this hub now.
+    pub(crate) fn local_ids(&self) -> Vec<String> {
+        self.local.lock().iter().cloned().collect()
     }
 
     fn command(&self, c: Command) {
@@ -301,7 +530,7 @@ impl Directory {
 
     async fn beat(&self) -> Result<(), FederationError> {
         self.hubs
-            .put(escape(&self.me), self.epoch.to_string().into())
+            .put(escape(&self.me), self.epoch().to_string().into())
             .await
             .map(|_| ())
             .map_err(|e| FederationError::JetStream(e.to_string()))
@@ -311,6 +540,9 @@ impl Directory {
         let mut every = tokio::time::interval(self.lease / 3);
         loop {
             every.tick().await;
+            if self.is_standby() || self.is_fenced() {
+                continue;
+            }
             if let Err(e) = self.beat().await {
                 tracing::warn!(error = %e, "federation: heartbeat failed");
             }
@@ -321,6 +553,9 @@ impl Directory {
         let mut every = tokio::time::interval(self.lease / 3);
         loop {
             every.tick().await;
+            if self.is_standby() || self.is_fenced() {
+                continue;
+            }
             let dead: Vec<(String, u64)> = {
                 let st = self.state.lock();
                 st.ids
@@ -347,6 +582,9 @@ impl Directory {
 
     async fn commands(self: Arc<Self>, mut rx: mpsc::Receiver<Command>) {
         while let Some(c) = rx.recv().await {
+            if self.is_fenced() {
+                continue;
+            }
             match c {
                 Command::Join(id) => self.register(&id).await,
                 Command::Leave(id) => self.release(&id).await,
@@ -361,7 +599,7 @@ impl Directory {
         let key = escape(id);
         let value: bytes::Bytes = serde_json::to_vec(&Holder {
             hub: self.me.clone(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
         })
         .expect("a holder serializes")
         .into();
@@ -399,7 +637,7 @@ impl Directory {
             let key = escape(&id);
             let value: bytes::Bytes = serde_json::to_vec(&Holder {
                 hub: self.me.clone(),
-                epoch: self.epoch,
+                epoch: self.epoch(),
             })
             .expect("a holder serializes")
             .into();
@@ -419,7 +657,7 @@ impl Directory {
                                 (
                                     Holder {
                                         hub: self.me.clone(),
-                                        epoch: self.epoch,
+                                        epoch: self.epoch(),
                                     },
                                     rev,
                                 ),
@@ -465,6 +703,11 @@ impl Directory {
                     Some(entry) => {
                         let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
                         match holder {
+                            Some(h) if h.hub == self.me && h.epoch > self.epoch() => {
+                                // A standby took this hub's name over.
+                                self.fence_now(h.epoch);
+                                Ok(None)
+                            }
                             Some(h) if h.hub != self.me && self.is_live(&h.hub) => {
                                 self.stats.races_lost.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(client = %id, hub = %h.hub, "federation: id registered here and on another hub at once; the bucket names the other");
@@ -512,7 +755,7 @@ impl Directory {
                 }
             };
             let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
-            if holder.is_none_or(|h| h.hub != self.me) {
+            if holder.is_none_or(|h| h.hub != self.me || h.epoch > self.epoch()) {
                 return;
             }
             match self
@@ -550,6 +793,7 @@ impl Directory {
             match entry.operation {
                 Operation::Put => match serde_json::from_slice::<Holder>(&entry.value) {
                     Ok(h) => {
+                        self.saw_epoch(&mut st, &h.hub, h.epoch);
                         // Our own fresher record (joined, not yet written)
                         // wins over an older revision of someone else's.
                         let ours_pending = st.ids.get(&id).is_some_and(|(cur, rev)| {
@@ -581,7 +825,7 @@ impl Directory {
                         .get(&id)
                         .is_some_and(|(_, rev)| *rev <= entry.revision);
                     let ours = st.ids.get(&id).is_some_and(|(cur, _)| cur.hub == self.me);
-                    if !ours_pending && older && ours {
+                    if !ours_pending && older && ours && !self.is_standby() {
                         // Released by another hub (this one was cut off
                         // longer than the lease), yet its client is still
                         // here: claim the id again. (A client that left is
@@ -616,6 +860,12 @@ impl Directory {
             let mut st = self.state.lock();
             match entry.operation {
                 Operation::Put => {
+                    // The value is the hub's epoch (unreadable: 0).
+                    let epoch = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    self.saw_epoch(&mut st, &hub, epoch);
                     st.hubs.insert(hub, Instant::now());
                 }
                 Operation::Delete | Operation::Purge => {

@@ -104,6 +104,14 @@ pub struct FederationOptions {
     /// The most live keys the shared key/value store holds (default: the
     /// hub's default, 100,000); see [`kv`].
     pub kv_max_keys: usize,
+    /// A hot standby's federation (default `false`): `hub_name` is the
+    /// primary's, and until the hub takes over (when it attaches its
+    /// port) the federation only watches — no heartbeat, no ids, no
+    /// subscriptions. Taking over, it joins under that name with an
+    /// epoch above the primary's and rewrites the primary's ids, which
+    /// fences the old primary cluster-wide (see ARCHITECTURE.md,
+    /// "Federation", Standby).
+    pub standby: bool,
 }
 
 impl FederationOptions {
@@ -123,6 +131,7 @@ impl FederationOptions {
             max_message: routing::MAX_MESSAGE,
             discover_servers: true,
             kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
+            standby: false,
         }
     }
 
@@ -167,6 +176,7 @@ impl std::fmt::Debug for FederationOptions {
             .field("lease", &self.lease)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message", &self.max_message)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -320,8 +330,11 @@ struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
     kv: Arc<SharedKv>,
-    /// This hub's subscription, until the hub attaches its port.
+    /// This hub's subscription, until the hub attaches its port (a
+    /// standby's: none, it subscribes when it takes over).
     inbound: Mutex<Option<async_nats::Subscriber>>,
+    /// Whether a hub attached its port already.
+    attached: std::sync::atomic::AtomicBool,
     client: async_nats::Client,
     /// The last measured round trip to the server, microseconds.
     rtt_us: Arc<AtomicU64>,
@@ -370,25 +383,30 @@ impl Federation {
             directory.clone(),
             options.max_message,
         );
-        let inbound = routing
-            .subscribe()
-            .await
-            .map_err(|e| FederationError::Connect {
-                servers: options
-                    .servers
-                    .iter()
-                    .map(|s| redact(s))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                message: format!("cannot subscribe to this hub's subject: {e}"),
-            })?;
+        // A standby subscribes to the hub's subject only when it takes over.
+        let inbound = if options.standby {
+            None
+        } else {
+            Some(routing.subscribe().await.map_err(|e| {
+                FederationError::Connect {
+                    servers: options
+                        .servers
+                        .iter()
+                        .map(|s| redact(s))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    message: format!("cannot subscribe to this hub's subject: {e}"),
+                }
+            })?)
+        };
         spawn_until(stop.clone(), routing.clone().publisher());
         Ok(Federation {
             inner: Arc::new(Handle {
                 directory,
                 routing,
                 kv,
-                inbound: Mutex::new(Some(inbound)),
+                inbound: Mutex::new(inbound),
+                attached: std::sync::atomic::AtomicBool::new(false),
                 client,
                 rtt_us,
                 connected: Mutex::new(Some(connected)),
@@ -417,6 +435,25 @@ impl Federation {
     /// (`NO_SUCH_CLIENT`, naming the cluster as unreachable).
     pub fn is_connected(&self) -> bool {
         self.inner.routing.connected()
+    }
+
+    /// This hub's epoch in the cluster now (a standby's rises above the
+    /// primary's when it takes over).
+    pub fn epoch(&self) -> u64 {
+        self.inner.directory.epoch()
+    }
+
+    /// Whether this hub was fenced: a standby took over its name with a
+    /// higher epoch. Its federation stopped (no heartbeat, nothing sent
+    /// as that hub), its clients were closed with `FENCED`, and new ones
+    /// are refused with it; the owner should stop the hub.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.directory.is_fenced()
+    }
+
+    /// Waits until this hub is fenced (see [`is_fenced`](Self::is_fenced)).
+    pub async fn fenced(&self) {
+        self.inner.directory.fenced().await;
     }
 
     /// The counters of routing across hubs.
@@ -450,6 +487,7 @@ impl Federation {
                 ("malformed", n(&s.malformed)),
                 ("oversized", n(&s.oversized)),
                 ("foreign", n(&s.foreign)),
+                ("stale", n(&s.stale)),
                 ("duplicates", n(&s.duplicates)),
                 ("ids_written", d.written()),
                 ("ids_released_dead", n(&d.released_dead)),
@@ -460,6 +498,8 @@ impl Federation {
                 ("kv_changes", self.kv().stats().changes()),
                 ("kv_malformed", self.kv().stats().malformed()),
                 ("kv_dropped", n(&self.kv().stats().dropped)),
+                ("ids_taken_over", n(&d.taken_over)),
+                ("epoch", self.epoch()),
             ],
         }
     }
@@ -491,6 +531,11 @@ impl Remote for Federation {
             Some(Kind::Direct(_) | Kind::Request(_) | Kind::Session(_))
         ) {
             return Handoff::Unknown;
+        }
+        if self.inner.directory.is_fenced() {
+            return Handoff::Unreachable(format!(
+                "client '{to}' is on hub '{hub}', but this hub was taken over by its standby and no longer serves in the federation; connect to the new primary"
+            ));
         }
         if !self.inner.routing.connected() {
             return Handoff::Unreachable(format!(
@@ -554,10 +599,32 @@ impl Remote for Federation {
     }
 
     fn attach(&self, mut port: RemotePort) {
-        let Some(inbound) = self.inner.inbound.lock().take() else {
+        if self.inner.attached.swap(true, Ordering::AcqRel) {
             tracing::warn!("federation: a second hub attached to one federation; ignored");
             return;
-        };
+        }
+        let inbound = self.inner.inbound.lock().take();
+        let directory = self.inner.directory.clone();
+        let fence_port = port.sender();
+        let fence_stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            // Fenced: close the local clients with FENCED, then stop the
+            // federation (no heartbeat, nothing sent as this hub).
+            tokio::select! {
+                () = fence_stop.cancelled() => return,
+                () = directory.fenced() => {}
+            }
+            for id in directory.local_ids() {
+                let message = format!(
+                    "hub '{}' was taken over by its standby (a higher epoch); connect to the new primary",
+                    directory.hub_name()
+                );
+                fence_port
+                    .close_client(&id, switchboard_wire::ErrorCode::Fenced, message)
+                    .await;
+            }
+            fence_stop.cancel();
+        });
         spawn_until(
             self.inner.stop.clone(),
             self.inner.kv.clone().run(port.sender()),
@@ -577,10 +644,31 @@ impl Remote for Federation {
                 }
             });
         }
+        let directory = self.inner.directory.clone();
         tokio::spawn(async move {
+            let run = async move {
+                let inbound = match inbound {
+                    Some(inbound) => inbound,
+                    None => {
+                        // A standby taking over: join under the primary's
+                        // name with a higher epoch, then subscribe.
+                        directory.activate().await;
+                        loop {
+                            match routing.subscribe().await {
+                                Ok(sub) => break sub,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "federation: cannot subscribe to this hub's subject yet");
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                            }
+                        }
+                    }
+                };
+                routing.run(port, inbound).await;
+            };
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = routing.run(port, inbound) => {}
+                () = run => {}
             }
         });
     }

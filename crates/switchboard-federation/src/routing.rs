@@ -58,6 +58,11 @@ use crate::subject::{escape, unescape};
 
 /// The NATS header naming the hub a message comes from.
 pub const H_ORIGIN: &str = "Sb-Origin";
+/// The NATS header carrying the sending hub's epoch (decimal). A
+/// message whose epoch is below the newest seen for its origin hub comes
+/// from an old primary a standby replaced: dropped and counted
+/// ([`RoutingStats::stale`]); one without it is malformed.
+pub const H_EPOCH: &str = "Sb-Epoch";
 /// The NATS header naming (escaped) the requester an error answer is for.
 pub const H_TO: &str = "Sb-To";
 /// The NATS header numbering a publish or broadcast: `<run>-<seq>`, both
@@ -100,6 +105,9 @@ pub struct RoutingStats {
     /// Of [`dropped`](Self::dropped): publishes and broadcasts dropped
     /// because the queue towards NATS ([`FANOUT_QUEUE`]) was full.
     pub queue_full: AtomicU64,
+    /// Messages from NATS whose `Sb-Epoch` is below the newest epoch seen
+    /// for their origin hub: sent by an old primary (dropped).
+    pub stale: AtomicU64,
     /// Second copies of a publish dropped (a hub's patterns overlap).
     pub duplicates: AtomicU64,
     /// NATS subscriptions for publish patterns (and queue groups) held now.
@@ -115,6 +123,7 @@ impl RoutingStats {
         self.malformed.load(Ordering::Relaxed)
             + self.oversized.load(Ordering::Relaxed)
             + self.foreign.load(Ordering::Relaxed)
+            + self.stale.load(Ordering::Relaxed)
     }
 }
 
@@ -333,6 +342,7 @@ impl Routing {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let mut headers = HeaderMap::new();
             headers.insert(H_ORIGIN, escape(self.me()).as_str());
+            headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
             headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
             if let Some((name, value)) = served {
                 headers.insert(name, value.as_str());
@@ -619,6 +629,7 @@ impl Routing {
         }
         let mut headers = HeaderMap::new();
         headers.insert(H_ORIGIN, escape(self.me()).as_str());
+        headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
         if let Some(to) = to {
             headers.insert(H_TO, escape(to).as_str());
         }
@@ -725,6 +736,22 @@ impl Routing {
         if origin == self.me() || !self.directory.is_member(&origin) {
             self.stats.foreign.fetch_add(1, Ordering::Relaxed);
             return None;
+        }
+        let epoch = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(H_EPOCH))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        match epoch {
+            None => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Some(e) if e < self.directory.newest_epoch(&origin) => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Some(_) => {}
         }
         let to = match header(H_TO) {
             None => None,

@@ -765,4 +765,11 @@ fn hub_federate_options_are_checked_before_anything_starts() {
     // file's [federation]): a usage error.
     let o = env.run(&["hub", "--federate-creds", "/nonexistent"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A federated standby must be told the primary's name in the
+    // federation (it takes that name over); refused before connecting.
+    let o = env.run(&["hub", "--standby", "--federate", "nats://127.0.0.1:1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--federate-name"), "{}", stderr(&o));
+    let o = env.run(&["hub", "--federate-name", "h1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

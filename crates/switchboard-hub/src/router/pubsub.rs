@@ -97,7 +97,17 @@ impl Default for PubSub {
 impl PubSub {
     /// Records the patterns of publish subscriptions (plain and queue
     /// group) as they come and go, for [`take_changes`](Self::take_changes).
+    /// The subscriptions held already (a standby's router, restored from
+    /// the primary, taking over) are recorded as added first.
     pub fn track_patterns(&mut self) {
+        if !self.track {
+            for client in self.clients.values() {
+                for sub in client.subs.values().filter(|s| !s.service) {
+                    let group = sub.group.as_ref().map(|(g, _)| g.clone());
+                    self.changes.push((sub.pattern.clone(), group, true));
+                }
+            }
+        }
         self.track = true;
     }
 

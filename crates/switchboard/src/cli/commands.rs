@@ -113,7 +113,21 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
     if let Some(http) = activated.http {
         b = b.http_listener(http);
     }
-    b = super::federate::join(&opts.config.federation, g.service(), b).await?;
+    let (built, federation) = super::federate::join(
+        &opts.config.federation,
+        g.service(),
+        opts.config.replication.standby,
+        b,
+    )
+    .await?;
+    b = built;
+    let fenced_in_federation = async {
+        match &federation {
+            Some(f) => f.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(fenced_in_federation);
     let primary = opts.config.replication.primary;
     let notify = super::systemd::Notifier::from_env();
     let signal = shutdown_signal();
@@ -208,6 +222,17 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
                 return Ok(());
             }
             _ = hub.closed() => {}
+            _ = &mut fenced_in_federation => {
+                // A standby took this hub's federation name over: its
+                // clients were closed with FENCED; stop serving.
+                if g.json {
+                    out(json!({"event": "fenced", "service": g.service(), "federation": true, "pid": std::process::id()}))?;
+                } else {
+                    eprintln!("fenced: a standby took this hub's name over in the federation; stopping");
+                }
+                hub.shutdown().await;
+                anyhow::bail!("fenced by a newer primary of this hub in the federation");
+            }
         }
         if !hub.fenced() {
             return Ok(());

@@ -70,6 +70,10 @@ pub struct FederationSection {
     /// CA certificate (PEM) the NATS servers' certificates must chain to;
     /// with it the connection requires TLS.
     pub tls_ca: Option<PathBuf>,
+    /// This hub's name in the federation (default: random). A primary
+    /// and its hot standby (`--standby`) give the same name: the standby
+    /// takes it over, with a higher epoch, when the primary fails.
+    pub hub_name: Option<String>,
 }
 
 /// `[hub]`.
@@ -398,11 +402,15 @@ impl FileConfig {
             return Err("[replication] heartbeat_ms and heartbeat_misses must be above 0".into());
         }
         let f = &self.federation;
-        if f.servers.is_empty() && (f.creds.is_some() || f.tls_ca.is_some()) {
+        if f.servers.is_empty() && (f.creds.is_some() || f.tls_ca.is_some() || f.hub_name.is_some())
+        {
             return Err(
-                "[federation] creds and tls_ca (--federate-creds, --federate-tls-ca) need servers (--federate)"
+                "[federation] creds, tls_ca and hub_name (--federate-creds, --federate-tls-ca, --federate-name) need servers (--federate)"
                     .into(),
             );
+        }
+        if f.hub_name.as_deref() == Some("") {
+            return Err("[federation] hub_name (--federate-name) must not be empty".into());
         }
         for server in &f.servers {
             if !(server.starts_with("nats://") || server.starts_with("tls://"))
@@ -688,6 +696,10 @@ format = "text"
 # CA certificate (PEM) the NATS servers' certificates must chain to; with it
 # the connection requires TLS. --federate-tls-ca overrides it.
 # tls_ca = "/etc/switchboard/nats-ca.crt"
+# This hub's name in the federation (default: random). A primary and its hot
+# standby give the same name; the standby takes it over when the primary
+# fails. --federate-name overrides it.
+# hub_name = "hub-1"
 "#;
 
 #[cfg(test)]
@@ -718,6 +730,7 @@ mod tests {
         all.federation.servers = vec!["nats://h:4222".into()];
         all.federation.creds = Some("c".into());
         all.federation.tls_ca = Some("c".into());
+        all.federation.hub_name = Some("h".into());
         let value = toml::Value::try_from(&all).unwrap();
         let tables = value.as_table().unwrap();
         for (table, keys) in tables {

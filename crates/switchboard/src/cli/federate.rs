@@ -28,6 +28,12 @@ pub struct FederateArgs {
     /// to; with it the connection to NATS requires TLS.
     #[arg(long, value_name = "FILE")]
     pub federate_tls_ca: Option<PathBuf>,
+    /// This hub's name in the federation (default: random). Give a
+    /// primary and its hot standby (--standby) the same name: the standby
+    /// takes the name, the ids and the leases over when the primary
+    /// fails, and the old primary is fenced.
+    #[arg(long, value_name = "NAME")]
+    pub federate_name: Option<String>,
 }
 
 impl FederateArgs {
@@ -53,21 +59,31 @@ impl FederateArgs {
         if self.federate_tls_ca.is_some() {
             file.tls_ca = self.federate_tls_ca;
         }
+        if self.federate_name.is_some() {
+            file.hub_name = self.federate_name;
+        }
         Ok(())
     }
 }
 
 /// Joins the cluster when `[federation]` names servers and sets the hub's
-/// remote seam.
+/// remote seam. `standby`: the hub starts as a hot standby; its
+/// federation only watches until the hub takes over (then it joins under
+/// `hub_name`, which must be the primary's). Returns the federation too,
+/// so the caller can stop the hub when it is fenced.
 #[cfg(feature = "federation")]
 pub async fn join(
     f: &FederationSection,
     service: &str,
+    standby: bool,
     b: switchboard::HubBuilder,
-) -> anyhow::Result<switchboard::HubBuilder> {
+) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     use switchboard::federation::{Federation, FederationOptions};
     if f.servers.is_empty() {
-        return Ok(b);
+        return Ok((b, None));
+    }
+    if standby && f.hub_name.is_none() {
+        anyhow::bail!("a federated standby needs the primary's hub name: give both the same --federate-name (or [federation] hub_name)");
     }
     let mut opts = FederationOptions::new(
         service,
@@ -75,9 +91,39 @@ pub async fn join(
     );
     opts.creds = f.creds.clone();
     opts.tls_ca = f.tls_ca.clone();
+    if let Some(name) = &f.hub_name {
+        opts.hub_name = name.clone();
+    }
+    opts.standby = standby;
     let fed = Federation::connect(opts).await?;
-    tracing::info!(hub = fed.hub_name(), "joined the federation");
-    Ok(b.remote(fed.remote()))
+    tracing::info!(hub = fed.hub_name(), standby, "joined the federation");
+    let b = b.remote(fed.remote());
+    Ok((b, Some(Fenced(fed))))
+}
+
+/// The hub's federation, to learn when it is fenced.
+#[cfg(feature = "federation")]
+pub struct Fenced(switchboard::federation::Federation);
+
+#[cfg(feature = "federation")]
+impl Fenced {
+    /// Waits until a standby took this hub's federation name over with a
+    /// higher epoch (this hub is an old primary).
+    pub async fn wait(&self) {
+        self.0.fenced().await;
+    }
+}
+
+/// Never fenced: this build has no federation (no value exists).
+#[cfg(not(feature = "federation"))]
+pub enum Fenced {}
+
+#[cfg(not(feature = "federation"))]
+impl Fenced {
+    /// Never called: there is no value.
+    pub async fn wait(&self) {
+        match *self {}
+    }
 }
 
 /// Refuses a federation: this build has none.
@@ -85,10 +131,11 @@ pub async fn join(
 pub async fn join(
     f: &FederationSection,
     _service: &str,
+    _standby: bool,
     b: switchboard::HubBuilder,
-) -> anyhow::Result<switchboard::HubBuilder> {
+) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     if !f.servers.is_empty() {
         anyhow::bail!("this switchboard was built without the `federation` feature; --federate and [federation] are not available");
     }
-    Ok(b)
+    Ok((b, None))
 }

@@ -218,6 +218,22 @@ fn messages_for_unknown_ids_go_to_the_port_and_publishes_fan_out() {
 }
 
 #[test]
+fn subscriptions_held_before_the_remote_is_set_are_reported() {
+    // A standby's router, restored from the primary, gets the remote seam
+    // only when it takes over: what it holds then is reported first.
+    let mut sim = Sim::new();
+    let a = sim.connect("a");
+    sim.subscribe(a, 1, "t.>", "");
+    sim.subscribe(a, 2, "u", "");
+    let remote = Arc::new(Recorder::default());
+    sim.router.set_remote(remote.clone());
+    sim.advance(Duration::from_millis(1));
+    let mut got = remote.patterns.lock().clone();
+    got.sort();
+    assert_eq!(got, vec!["+t.>", "+u"]);
+}
+
+#[test]
 fn answers_come_back_through_the_port() {
     let mut sim = Sim::new();
     sim.router.set_remote(Arc::new(Recorder::default()));

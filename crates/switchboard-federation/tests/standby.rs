@@ -1,0 +1,286 @@
+//! A hot standby of a federated hub takes over the hub's name, epoch and
+//! ids in the cluster; an old primary that still runs is fenced
+//! cluster-wide (its messages dropped by the other hubs, its id writes
+//! failing on the moved revision, its clients closed with `FENCED`).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::{eventually, nats_server, Cluster, FedHub, SERVICE, TOKEN, WAIT};
+use prost::Message as _;
+use switchboard::federation::{Federation, FederationOptions};
+use switchboard::hub::StandbyState;
+use switchboard::wire::proto;
+use switchboard::{Client, ErrorCode, Hub};
+use switchboard_federation::directory::Holder;
+use switchboard_federation::routing::{H_EPOCH, H_ORIGIN};
+
+/// The federation of a standby of hub `name`, through `url`.
+async fn standby_federation(name: &str, url: &str, lease: Duration) -> anyhow::Result<Federation> {
+    let mut opts = FederationOptions::new(SERVICE, vec![url.to_owned()]);
+    opts.hub_name = name.to_owned();
+    opts.replicas = Some(3);
+    opts.lease = lease;
+    opts.standby = true;
+    Ok(Federation::connect(opts).await?)
+}
+
+fn hub_builder(fed: &Federation) -> switchboard::HubBuilder {
+    Hub::builder()
+        .service(SERVICE)
+        .token(TOKEN)
+        .listen("127.0.0.1:0")
+        .write_hint(false)
+        .unix(switchboard::hub::UnixSocket::disabled())
+        .remote(fed.remote())
+}
+
+/// A reliable client (it resumes on the standby after a takeover).
+async fn reliable(id: &str, addr: std::net::SocketAddr) -> anyhow::Result<Client> {
+    Ok(Client::builder(id)
+        .addr(addr.to_string())
+        .token(TOKEN)
+        .resume_wait(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(3);
+    let q = FedHub::start("q", &cluster.nodes[1].url, lease).await?;
+
+    // The primary "p" runs on a runtime of its own, so that it can be
+    // killed at once (every task dropped: no goodbye, no release).
+    let p_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let url = cluster.nodes[0].url.clone();
+    p_rt.spawn(async move {
+        match FedHub::start("p", &url, lease).await {
+            Ok(p) => {
+                let _ = tx.send(Ok((p.hub.local_addr(), p.fed.clone())));
+                std::future::pending::<()>().await;
+                drop(p);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    let (p_addr, p_fed) = rx.await??;
+    eventually("q sees p", || q.fed.directory().is_member("p")).await;
+
+    // A client of p with a subscription and a service; a requester on q.
+    let dev = reliable("dev", p_addr).await?;
+    let _serving = dev
+        .serve(|req| async move {
+            Ok::<_, String>([b"dev got ".as_slice(), req.payload()].concat().into())
+        })
+        .await?;
+    let mut news = dev.subscribe("news.>").await?;
+    let req = q.client("req").await?;
+    eventually("q sees dev on p", || {
+        q.fed.directory().holder("dev").as_deref() == Some("p")
+    })
+    .await;
+    assert_eq!(&req.request("dev", "a").await?[..], b"dev got a");
+
+    // The standby: same name, standing by (not a member, no writes).
+    let s_fed = standby_federation("p", &cluster.nodes[2].url, lease).await?;
+    let standby = hub_builder(&s_fed).start_standby(Some(p_addr)).await?;
+    let mut state = standby.watch();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
+    )
+    .await??;
+    assert!(s_fed.directory().is_standby());
+    eventually("the standby's watch shows dev on p", || {
+        s_fed.directory().holder("dev").as_deref() == Some("p")
+    })
+    .await;
+    let p_epoch = p_fed.epoch();
+
+    // Kill p.
+    let killed = Instant::now();
+    p_rt.shutdown_background();
+    let promoted = tokio::time::timeout(WAIT, standby.promoted())
+        .await?
+        .expect("the standby reports its takeover")?;
+    assert_eq!(promoted.local_addr(), p_addr, "the standby took p's port");
+    eventually("the standby took over in the cluster", || {
+        !s_fed.directory().is_standby()
+    })
+    .await;
+    assert_eq!(s_fed.epoch(), p_epoch + 1, "the takeover epoch");
+
+    // Requests from q reach dev again, on the standby.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match req.request("dev", "b").await {
+            Ok(answer) => {
+                assert_eq!(&answer[..], b"dev got b");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "dev not reachable again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!("dev answered q again {:?} after the kill", killed.elapsed());
+    eventually("q sees dev's entry with the new epoch", || {
+        q.fed.directory().holding("dev").is_some_and(|(h, _)| {
+            h == Holder {
+                hub: "p".into(),
+                epoch: p_epoch + 1,
+            }
+        })
+    })
+    .await;
+    assert!(s_fed.directory().stats().taken_over.load(Ordering::Relaxed) >= 1);
+
+    // The subscriptions held by the replicated router reached the
+    // federation on takeover: q's publishes reach dev.
+    eventually("the standby subscribed for news", || {
+        s_fed.routing_stats().patterns.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    req.publish("news.x", "hello").await?;
+    let m = tokio::time::timeout(WAIT, news.recv())
+        .await?
+        .expect("a publish after the takeover");
+    assert_eq!((&*m.from, &m.payload[..]), ("req", &b"hello"[..]));
+
+    // The ids stay held past the lease: the standby heartbeats as p.
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(q.fed.directory().holder("dev").as_deref(), Some("p"));
+    assert_eq!(
+        q.fed
+            .directory()
+            .stats()
+            .released_dead
+            .load(Ordering::Relaxed),
+        0,
+        "nothing released"
+    );
+    assert_eq!(&req.request("dev", "c").await?[..], b"dev got c");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_primary_is_fenced_cluster_wide() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(3);
+    let q = FedHub::start("q", &cluster.nodes[1].url, lease).await?;
+    let p = FedHub::start("p", &cluster.nodes[0].url, lease).await?;
+    eventually("q sees p", || q.fed.directory().is_member("p")).await;
+    let target = q.client("target").await?;
+    let mut inbox = target.messages().await?;
+    let dev = p.client("dev").await?;
+    eventually("p wrote dev", || {
+        p.fed
+            .directory()
+            .holding("dev")
+            .is_some_and(|(_, rev)| rev > 0)
+    })
+    .await;
+    let (_, p_rev) = p.fed.directory().holding("dev").expect("dev");
+    eventually("p sees target", || {
+        p.fed.directory().holder("target").is_some()
+    })
+    .await;
+    dev.send("target", "before").await?;
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await?
+        .expect("a message");
+    assert_eq!(&m.payload[..], b"before");
+
+    // A partition: p keeps running, yet its standby takes over (forced
+    // here: a hub started with the standby's federation takes over at
+    // once).
+    let s_fed = standby_federation("p", &cluster.nodes[2].url, lease).await?;
+    let s_hub = hub_builder(&s_fed).start().await?;
+    eventually("the standby took over", || !s_fed.directory().is_standby()).await;
+    assert_eq!(s_fed.epoch(), 2);
+
+    // p learns it from the watch and fences itself.
+    eventually("p is fenced", || p.fed.is_fenced()).await;
+    let refused = p
+        .client("newcomer")
+        .await
+        .expect_err("a fenced hub refuses");
+    assert_eq!(refused.code(), Some(ErrorCode::Fenced), "{refused}");
+    let state = dev.state();
+    eventually("p's client closed", || !state.borrow().is_connected()).await;
+
+    // p's id write at the revision it held fails: the revision moved.
+    let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let js = async_nats::jetstream::new(raw.clone());
+    let ids = js.get_key_value(format!("sb_{SERVICE}_ids")).await?;
+    let old = serde_json::to_vec(&Holder {
+        hub: "p".into(),
+        epoch: 1,
+    })?;
+    assert!(
+        ids.update("dev", old.into(), p_rev).await.is_err(),
+        "a write at the old primary's revision"
+    );
+    let entry = ids.entry("dev").await?.expect("dev still held");
+    let holder: Holder = serde_json::from_slice(&entry.value)?;
+    assert_eq!(
+        holder,
+        Holder {
+            hub: "p".into(),
+            epoch: 2
+        }
+    );
+
+    // q drops what comes as p with the old epoch, takes the new one.
+    eventually("q saw p's new epoch", || {
+        q.fed.directory().newest_epoch("p") == 2
+    })
+    .await;
+    let direct = |payload: &str| {
+        proto::Frame::from(proto::Direct {
+            to: "target".into(),
+            from: "dev".into(),
+            payload: payload.to_owned().into_bytes().into(),
+            ..Default::default()
+        })
+        .encode_to_vec()
+    };
+    let headers = |epoch: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(H_ORIGIN, "p");
+        h.insert(H_EPOCH, epoch);
+        h
+    };
+    let subject = format!("sb.{SERVICE}.h.q");
+    raw.publish_with_headers(subject.clone(), headers("1"), direct("stale").into())
+        .await?;
+    raw.publish_with_headers(subject, headers("2"), direct("fresh").into())
+        .await?;
+    raw.flush().await?;
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await?
+        .expect("a message");
+    assert_eq!(&m.payload[..], b"fresh", "the stale one was dropped");
+    assert_eq!(q.fed.routing_stats().stale.load(Ordering::Relaxed), 1);
+    s_hub.shutdown().await;
+    Ok(())
+}
