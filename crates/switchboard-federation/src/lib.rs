@@ -22,6 +22,7 @@
 
 pub mod directory;
 pub mod kv;
+pub mod lossless;
 pub mod routing;
 pub mod subject;
 
@@ -38,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
 pub use kv::{KvStats, SharedKv};
+use lossless::Lossless;
+pub use lossless::LosslessStats;
 use routing::Routing;
 pub use routing::RoutingStats;
 
@@ -104,6 +107,12 @@ pub struct FederationOptions {
     /// The most live keys the shared key/value store holds (default: the
     /// hub's default, 100,000); see [`kv`].
     pub kv_max_keys: usize,
+    /// Whether confirmed directs (a `Direct` with an id, as
+    /// `Client::send` sends) to clients of other hubs go over the
+    /// replicated JetStream stream, confirmed after its publish ack
+    /// (default `true`; see [`lossless`]). `false`: over core NATS like
+    /// every other message, confirmed when this hub handed them on.
+    pub lossless: bool,
 }
 
 impl FederationOptions {
@@ -123,6 +132,7 @@ impl FederationOptions {
             max_message: routing::MAX_MESSAGE,
             discover_servers: true,
             kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
+            lossless: true,
         }
     }
 
@@ -167,6 +177,7 @@ impl std::fmt::Debug for FederationOptions {
             .field("lease", &self.lease)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message", &self.max_message)
+            .field("lossless", &self.lossless)
             .finish()
     }
 }
@@ -320,6 +331,8 @@ struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
     kv: Arc<SharedKv>,
+    /// The lossless path, unless turned off.
+    lossless: Option<Arc<Lossless>>,
     /// This hub's subscription, until the hub attaches its port.
     inbound: Mutex<Option<async_nats::Subscriber>>,
     client: async_nats::Client,
@@ -364,6 +377,21 @@ impl Federation {
             deadline,
         )
         .await?;
+        let lossless = if options.lossless {
+            Some(
+                Lossless::open(
+                    client.clone(),
+                    &options.service,
+                    directory.clone(),
+                    replicas,
+                    options.max_message,
+                    deadline,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let routing = Routing::new(
             client.clone(),
             &options.service,
@@ -388,6 +416,7 @@ impl Federation {
                 directory,
                 routing,
                 kv,
+                lossless,
                 inbound: Mutex::new(Some(inbound)),
                 client,
                 rtt_us,
@@ -452,9 +481,41 @@ impl Federation {
                 ("foreign", n(&s.foreign)),
                 ("duplicates", n(&s.duplicates)),
                 ("ids_written", d.written()),
+                (
+                    "lossless_stored",
+                    self.lossless_stats().map_or(0, |l| n(&l.stored)),
+                ),
+                (
+                    "lossless_failed",
+                    self.lossless_stats().map_or(0, |l| n(&l.failed)),
+                ),
+                (
+                    "lossless_delivered",
+                    self.lossless_stats().map_or(0, |l| n(&l.delivered)),
+                ),
+                (
+                    "lossless_undeliverable",
+                    self.lossless_stats().map_or(0, |l| n(&l.undeliverable)),
+                ),
                 ("ids_released_dead", n(&d.released_dead)),
                 ("ids_reclaimed", n(&d.reclaimed)),
             ],
+        }
+    }
+
+    /// The counters of the lossless path (`None`: turned off, see
+    /// [`FederationOptions::lossless`]).
+    pub fn lossless_stats(&self) -> Option<&LosslessStats> {
+        self.inner.lossless.as_ref().map(|l| l.stats())
+    }
+
+    /// Messages on the lossless path waiting for this hub: stored and
+    /// not yet handed to its router, or handed over and not yet
+    /// acknowledged (0 when the path is off).
+    pub async fn lossless_consumer_backlog(&self) -> Result<u64, FederationError> {
+        match &self.inner.lossless {
+            Some(l) => l.backlog().await.map_err(FederationError::JetStream),
+            None => Ok(0),
         }
     }
 
@@ -487,9 +548,7 @@ impl Remote for Federation {
             return Handoff::Unknown;
         }
         if !self.inner.routing.connected() {
-            return Handoff::Unreachable(format!(
-                "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
-            ));
+            return Handoff::Unreachable(cut_off(to, &hub));
         }
         if matches!(frame.kind, Some(Kind::Session(_))) {
             // Carried like a direct, to the holder hub's subject; queued
@@ -497,6 +556,19 @@ impl Remote for Federation {
             self.inner.routing.session(&hub, from, to, frame);
         }
         Handoff::Taken
+    }
+
+    fn confirmed_direct(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        let Some(lossless) = &self.inner.lossless else {
+            return Handoff::Unknown;
+        };
+        let Some(hub) = self.inner.routing.holder(to) else {
+            return Handoff::Unknown;
+        };
+        if !self.inner.routing.connected() {
+            return Handoff::Unreachable(cut_off(to, &hub));
+        }
+        lossless.take(from, &hub, frame)
     }
 
     fn dropped(&self) -> u64 {
@@ -556,6 +628,9 @@ impl Remote for Federation {
             self.inner.stop.clone(),
             self.inner.kv.clone().run(port.sender()),
         );
+        if let Some(lossless) = &self.inner.lossless {
+            spawn_until(self.inner.stop.clone(), lossless.clone().run(port.sender()));
+        }
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         if let Some(mut connected) = self.inner.connected.lock().take() {
@@ -578,6 +653,14 @@ impl Remote for Federation {
             }
         });
     }
+}
+
+/// What the sender of a message for client `to` of hub `hub` is told
+/// while this hub has lost the cluster.
+fn cut_off(to: &str, hub: &str) -> String {
+    format!(
+        "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
+    )
 }
 
 async fn connect_nats(
