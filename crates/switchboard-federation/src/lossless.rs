@@ -67,8 +67,12 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Confirmed directs waiting to be published, at most; beyond, a direct
 /// is refused (`QUEUE_FULL`).
 pub const QUEUE: usize = 8192;
-/// Publishes waiting for their ack at once, at most.
-pub const IN_FLIGHT: usize = 512;
+/// How long the hub keeps trying to store one direct (repeating the
+/// publish while the stream has no leader or does not answer) before its
+/// sender is told `TIMEOUT`.
+pub const STORE_DEADLINE: Duration = Duration::from_secs(10);
+/// The pause before a publish is repeated.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Counters of the lossless path.
 #[derive(Debug, Default)]
@@ -78,6 +82,8 @@ pub struct LosslessStats {
     /// Directs the stream refused (full) or did not acknowledge in time
     /// (their senders told `QUEUE_FULL` or `TIMEOUT`).
     pub failed: AtomicU64,
+    /// Publishes repeated (the stream had no leader or did not answer).
+    pub retried: AtomicU64,
     /// Directs from the stream handed to a local target.
     pub delivered: AtomicU64,
     /// Directs from the stream whose target was not here (dropped,
@@ -221,16 +227,12 @@ impl Lossless {
         tokio::join!(self.publisher(&port), self.consumer(&port));
     }
 
-    async fn publisher(self: &Arc<Self>, port: &PortSender) {
+    async fn publisher(&self, port: &PortSender) {
         let Some(mut rx) = self.queued.lock().take() else {
             return;
         };
-        let room = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let me = escape(self.directory.hub_name());
         while let Some(q) = rx.recv().await {
-            let Ok(permit) = room.clone().acquire_owned().await else {
-                return;
-            };
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let mut headers = HeaderMap::new();
             headers.insert(H_ORIGIN, me.as_str());
@@ -238,7 +240,7 @@ impl Lossless {
                 "Nats-Msg-Id",
                 format!("{me}-{:x}-{seq:x}", self.run).as_str(),
             );
-            let body = prost::Message::encode_to_vec(&q.frame);
+            let body = bytes::Bytes::from(prost::Message::encode_to_vec(&q.frame));
             if body.len() > self.max_message {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let msg = format!(
@@ -249,29 +251,54 @@ impl Lossless {
                     .await;
                 continue;
             }
-            let sent = self
-                .js
-                .publish_with_headers(self.subject(&q.hub), headers, body.into())
-                .await;
-            let (this, port) = (self.clone(), port.clone());
-            tokio::spawn(async move {
-                let outcome = match sent {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
-                };
-                drop(permit);
-                match outcome {
-                    Ok(_) => {
-                        this.stats.stored.fetch_add(1, Ordering::Relaxed);
-                        port.answer(&q.from, q.id, Frame::ok(q.id)).await;
-                    }
-                    Err(e) => {
-                        this.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        let (code, msg) = refusal(&e, &q.hub);
-                        port.fail(&q.from, q.id, code, msg).await;
-                    }
+            match self.store(&q.hub, headers, body).await {
+                Ok(()) => {
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    port.answer(&q.from, q.id, Frame::ok(q.id)).await;
                 }
-            });
+                Err(e) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let (code, msg) = refusal(&e, &q.hub);
+                    port.fail(&q.from, q.id, code, msg).await;
+                }
+            }
+            if !port.is_open() {
+                return;
+            }
+        }
+    }
+
+    /// Publishes one direct to the stream and waits for its ack; a
+    /// publish that failed (no stream leader while one is elected, no
+    /// ack in time) is repeated with the same `Nats-Msg-Id`, so that the
+    /// stream keeps it once, until [`STORE_DEADLINE`]. A full stream is
+    /// not asked again.
+    async fn store(
+        &self,
+        hub: &str,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<(), jetstream::context::PublishError> {
+        let deadline = Instant::now() + STORE_DEADLINE;
+        loop {
+            let r = match self
+                .js
+                .publish_with_headers(self.subject(hub), headers.clone(), body.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(drop),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if is_full(&e) || Instant::now() + RETRY_PAUSE >= deadline => {
+                    return Err(e)
+                }
+                Err(_) => {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
         }
     }
 
@@ -382,12 +409,11 @@ impl Lossless {
 
 /// What the sender of a direct the stream did not store is told.
 fn refusal(e: &jetstream::context::PublishError, hub: &str) -> (ErrorCode, String) {
-    use jetstream::context::PublishErrorKind as K;
     let detail = match std::error::Error::source(e) {
         Some(source) => format!("{e}: {source}"),
         None => e.to_string(),
     };
-    if e.kind() == K::Other && detail.contains("maximum") {
+    if is_full(e) {
         return (
             ErrorCode::QueueFull,
             format!("the federation's message stream is full ({detail}); retry later"),
@@ -399,4 +425,10 @@ fn refusal(e: &jetstream::context::PublishError, hub: &str) -> (ErrorCode, Strin
             "the federation's message stream did not store the message for hub '{hub}' ({detail}); it may or may not arrive; retry"
         ),
     )
+}
+
+/// Whether the stream refused a publish for being full (`discard: new`).
+fn is_full(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::Other
+        && std::error::Error::source(e).is_some_and(|s| s.to_string().contains("maximum"))
 }
