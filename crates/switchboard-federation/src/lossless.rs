@@ -10,7 +10,7 @@
 //!   as `Client::send` does) for a client another live hub holds is taken
 //!   from the router ([`Remote::confirmed_direct`](switchboard_hub::router::remote::Remote::confirmed_direct)),
 //!   which holds it pending on the port. One task publishes the queued
-//!   directs to JetStream in order ([`H_ORIGIN`](crate::routing::H_ORIGIN),
+//!   directs to JetStream in order ([`crate::routing::H_ORIGIN`],
 //!   `Nats-Msg-Id` = `<hub>-<run>-<seq>`, so the stream stores a publish
 //!   repeated within its duplicate window once) and answers each sender
 //!   when its publish ack comes: `Ok` (stored on a majority of the
@@ -291,9 +291,7 @@ impl Lossless {
             };
             match r {
                 Ok(()) => return Ok(()),
-                Err(e) if is_full(&e) || Instant::now() + RETRY_PAUSE >= deadline => {
-                    return Err(e)
-                }
+                Err(e) if is_full(&e) || Instant::now() + RETRY_PAUSE >= deadline => return Err(e),
                 Err(_) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -215,7 +215,7 @@ impl PortSender {
     /// stopped.
     pub async fn deliver_direct(&self, direct: switchboard_wire::proto::Direct) -> Option<bool> {
         let inbox = self.inbox.upgrade()?;
-        let (taken, answer) = tokio::sync::oneshot::channel();
+        let (taken, answer) = futures::channel::oneshot::channel();
         inbox
             .send(Input::RemoteDirect {
                 conn: self.conn,

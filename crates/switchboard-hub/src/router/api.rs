@@ -166,7 +166,7 @@ pub enum Input {
         /// The direct.
         direct: proto::Direct,
         /// Told whether the target took it.
-        taken: tokio::sync::oneshot::Sender<bool>,
+        taken: futures::channel::oneshot::Sender<bool>,
     },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
