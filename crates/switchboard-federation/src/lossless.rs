@@ -9,15 +9,15 @@
 //! - Sending: a `Direct` with an id (its sender asked for a confirmation,
 //!   as `Client::send` does) for a client another live hub holds is taken
 //!   from the router ([`Remote::confirmed_direct`](switchboard_hub::router::remote::Remote::confirmed_direct)),
-//!   which holds it pending on the port. One task publishes the queued
-//!   directs to JetStream in order ([`crate::routing::H_ORIGIN`],
-//!   `Nats-Msg-Id` = `<hub>-<run>-<seq>`, so the stream stores a publish
-//!   repeated within its duplicate window once) and answers each sender
-//!   when its publish ack comes: `Ok` (stored on a majority of the
-//!   stream's replicas), `QUEUE_FULL` when the stream is full (or the
-//!   queue towards it, [`QUEUE`]), `TIMEOUT` when no ack came in time or
-//!   the publish failed otherwise. The hub never publishes a direct twice
-//!   itself: a repeat could overtake the directs sent after it.
+//!   which holds it pending on the port. One task stores the queued
+//!   directs in JetStream one at a time, in order
+//!   ([`crate::routing::H_ORIGIN`], `Nats-Msg-Id` = `<hub>-<run>-<seq>`),
+//!   repeating a failed publish under the same id (the stream keeps it
+//!   once) until [`STORE_DEADLINE`], and answers each sender: `Ok` after
+//!   the publish ack (stored on a majority of the stream's replicas),
+//!   `QUEUE_FULL` when the stream is full (or the queue towards it,
+//!   [`QUEUE`]), `TIMEOUT` when it was not stored in time. One at a
+//!   time, so that a repeat is never overtaken by a later direct.
 //! - Receiving: one durable pull consumer per hub, `sb_<hub>`, on its
 //!   subject (explicit ack, at most [`MAX_ACK_PENDING`] unacknowledged),
 //!   read one message at a time: each is handed to the router through the
