@@ -22,6 +22,7 @@
 
 pub mod directory;
 pub mod kv;
+pub mod lossless;
 pub mod routing;
 pub mod subject;
 
@@ -38,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
 pub use kv::{KvStats, SharedKv};
+use lossless::Lossless;
+pub use lossless::LosslessStats;
 use routing::Routing;
 pub use routing::RoutingStats;
 
@@ -112,6 +115,12 @@ pub struct FederationOptions {
     /// fences the old primary cluster-wide (see ARCHITECTURE.md,
     /// "Federation", Standby).
     pub standby: bool,
+    /// Whether confirmed directs (a `Direct` with an id, as
+    /// `Client::send` sends) to clients of other hubs go over the
+    /// replicated JetStream stream, confirmed after its publish ack
+    /// (default `true`; see [`lossless`]). `false`: over core NATS like
+    /// every other message, confirmed when this hub handed them on.
+    pub lossless: bool,
 }
 
 impl FederationOptions {
@@ -132,6 +141,7 @@ impl FederationOptions {
             discover_servers: true,
             kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
             standby: false,
+            lossless: true,
         }
     }
 
@@ -177,6 +187,7 @@ impl std::fmt::Debug for FederationOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message", &self.max_message)
             .field("standby", &self.standby)
+            .field("lossless", &self.lossless)
             .finish()
     }
 }
@@ -330,6 +341,8 @@ struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
     kv: Arc<SharedKv>,
+    /// The lossless path, unless turned off.
+    lossless: Option<Arc<Lossless>>,
     /// This hub's subscription, until the hub attaches its port (a
     /// standby's: none, it subscribes when it takes over).
     inbound: Mutex<Option<async_nats::Subscriber>>,
@@ -377,6 +390,21 @@ impl Federation {
             deadline,
         )
         .await?;
+        let lossless = if options.lossless {
+            Some(
+                Lossless::open(
+                    client.clone(),
+                    &options.service,
+                    directory.clone(),
+                    replicas,
+                    options.max_message,
+                    deadline,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let routing = Routing::new(
             client.clone(),
             &options.service,
@@ -405,6 +433,7 @@ impl Federation {
                 directory,
                 routing,
                 kv,
+                lossless,
                 inbound: Mutex::new(inbound),
                 attached: std::sync::atomic::AtomicBool::new(false),
                 client,
@@ -490,6 +519,22 @@ impl Federation {
                 ("stale", n(&s.stale)),
                 ("duplicates", n(&s.duplicates)),
                 ("ids_written", d.written()),
+                (
+                    "lossless_stored",
+                    self.lossless_stats().map_or(0, |l| n(&l.stored)),
+                ),
+                (
+                    "lossless_failed",
+                    self.lossless_stats().map_or(0, |l| n(&l.failed)),
+                ),
+                (
+                    "lossless_delivered",
+                    self.lossless_stats().map_or(0, |l| n(&l.delivered)),
+                ),
+                (
+                    "lossless_undeliverable",
+                    self.lossless_stats().map_or(0, |l| n(&l.undeliverable)),
+                ),
                 ("ids_released_dead", n(&d.released_dead)),
                 ("ids_reclaimed", n(&d.reclaimed)),
                 ("ids_taken_back", n(&d.taken_back)),
@@ -501,6 +546,22 @@ impl Federation {
                 ("ids_taken_over", n(&d.taken_over)),
                 ("epoch", self.epoch()),
             ],
+        }
+    }
+
+    /// The counters of the lossless path (`None`: turned off, see
+    /// [`FederationOptions::lossless`]).
+    pub fn lossless_stats(&self) -> Option<&LosslessStats> {
+        self.inner.lossless.as_ref().map(|l| l.stats())
+    }
+
+    /// Messages on the lossless path waiting for this hub: stored and
+    /// not yet handed to its router, or handed over and not yet
+    /// acknowledged (0 when the path is off).
+    pub async fn lossless_consumer_backlog(&self) -> Result<u64, FederationError> {
+        match &self.inner.lossless {
+            Some(l) => l.backlog().await.map_err(FederationError::JetStream),
+            None => Ok(0),
         }
     }
 
@@ -538,9 +599,7 @@ impl Remote for Federation {
             ));
         }
         if !self.inner.routing.connected() {
-            return Handoff::Unreachable(format!(
-                "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
-            ));
+            return Handoff::Unreachable(cut_off(to, &hub));
         }
         if matches!(frame.kind, Some(Kind::Session(_))) {
             // Carried like a direct, to the holder hub's subject; queued
@@ -548,6 +607,19 @@ impl Remote for Federation {
             self.inner.routing.session(&hub, from, to, frame);
         }
         Handoff::Taken
+    }
+
+    fn confirmed_direct(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        let Some(lossless) = &self.inner.lossless else {
+            return Handoff::Unknown;
+        };
+        let Some(hub) = self.inner.routing.holder(to) else {
+            return Handoff::Unknown;
+        };
+        if !self.inner.routing.connected() {
+            return Handoff::Unreachable(cut_off(to, &hub));
+        }
+        lossless.take(from, &hub, frame)
     }
 
     fn dropped(&self) -> u64 {
@@ -629,6 +701,9 @@ impl Remote for Federation {
             self.inner.stop.clone(),
             self.inner.kv.clone().run(port.sender()),
         );
+        if let Some(lossless) = &self.inner.lossless {
+            spawn_until(self.inner.stop.clone(), lossless.clone().run(port.sender()));
+        }
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         if let Some(mut connected) = self.inner.connected.lock().take() {
@@ -672,6 +747,14 @@ impl Remote for Federation {
             }
         });
     }
+}
+
+/// What the sender of a message for client `to` of hub `hub` is told
+/// while this hub has lost the cluster.
+fn cut_off(to: &str, hub: &str) -> String {
+    format!(
+        "client '{to}' is on hub '{hub}', but this hub has lost its connection to the federation's NATS cluster; retry once it is back"
+    )
 }
 
 async fn connect_nats(

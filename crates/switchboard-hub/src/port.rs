@@ -215,6 +215,27 @@ impl PortSender {
             .is_ok()
     }
 
+    /// Hands `direct` (from a client of another hub, its `from` naming
+    /// it, id 0) to the router and waits until the router took it:
+    /// `Some(true)` when the local target was there (the direct is queued
+    /// for it, or waits for room as any direct), `Some(false)` when it
+    /// was not (dropped and counted undeliverable); `None` when the hub
+    /// stopped.
+    pub async fn deliver_direct(&self, direct: switchboard_wire::proto::Direct) -> Option<bool> {
+        let inbox = self.inbox.upgrade()?;
+        let (taken, answer) = futures::channel::oneshot::channel();
+        inbox
+            .send(Input::RemoteDirect {
+                conn: self.conn,
+                direct,
+                taken,
+            })
+            .await
+            .ok()?;
+        drop(inbox);
+        answer.await.ok()
+    }
+
     /// Whether the hub still runs the port.
     pub fn is_open(&self) -> bool {
         self.outbox.is_open()

@@ -154,6 +154,20 @@ pub enum Input {
         /// The answer.
         frame: switchboard_wire::Frame,
     },
+    /// A `Direct` from a client of another hub (`from` naming it, id 0)
+    /// for a local client, handed in by the port `conn`; `taken` is told
+    /// whether the target was there to take it (registered and taking
+    /// direct messages: then it is queued for it, or waits for room like
+    /// any direct), or not (dropped and counted undeliverable). Ignored
+    /// unless `conn` is the port.
+    RemoteDirect {
+        /// The port.
+        conn: ConnId,
+        /// The direct.
+        direct: proto::Direct,
+        /// Told whether the target took it.
+        taken: futures::channel::oneshot::Sender<bool>,
+    },
     /// Time passed: expire timeouts and retry waiting messages.
     Tick,
     /// Tell every client goodbye and stop accepting registrations.

@@ -342,6 +342,28 @@ impl Router {
                         .answer_remote(out, registry, port, &requester, id, frame);
                 }
             }
+            Input::RemoteDirect {
+                conn,
+                direct,
+                taken,
+            } => {
+                if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
+                    self.counters.msgs_in += 1;
+                    let there = self
+                        .registry
+                        .lookup(&direct.to)
+                        .and_then(|k| self.registry.get(k))
+                        .is_some_and(|c| c.takes_messages());
+                    let route = Route {
+                        via: None,
+                        from_port: true,
+                    };
+                    let (out, registry) = (&mut self.output, &self.registry);
+                    self.requests
+                        .direct(out, registry, now, port, direct, &self.limits, route);
+                    let _ = taken.send(there);
+                }
+            }
             Input::Tick => self.tick(now),
             Input::Shutdown => self.shutdown(now),
         }
@@ -836,6 +858,36 @@ impl Router {
         true
     }
 
+    /// Hands a `Direct` with id for a client registered nowhere here to
+    /// the remote seam's confirmed path ([`Remote::confirmed_direct`]);
+    /// `true` when it was handled (taken and held pending on the port,
+    /// answered as unreachable, or refused for an id already outstanding).
+    fn confirmed_away(&mut self, now: Instant, conn: ConnId, d: &proto::Direct) -> bool {
+        let (Some(remote), Some(port)) = (&self.remote, self.port) else {
+            return false;
+        };
+        if conn == port || self.registry.lookup(&d.to).is_some() {
+            return false;
+        }
+        let remote = remote.clone();
+        if let Some(refusal) = self.requests.hold_conflict(conn, d.id) {
+            self.send(conn, refusal);
+            return true;
+        }
+        match remote.confirmed_direct(self.output.id(conn), &d.to, &Frame::from(d.clone())) {
+            Handoff::Taken => {
+                let timeout = self.limits.default_request_timeout;
+                self.requests.hold_remote(now, conn, d.id, port, timeout);
+                true
+            }
+            Handoff::Unknown => false,
+            Handoff::Unreachable(message) => {
+                self.unreachable(conn, d.id, message);
+                true
+            }
+        }
+    }
+
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: Frame) {
         self.counters.msgs_in += 1;
         if let Some(c) = self.registry.get_mut(conn) {
@@ -884,6 +936,9 @@ impl Router {
                 }
             }
             Kind::Direct(d) => {
+                if d.id != 0 && self.confirmed_away(now, conn, &d) {
+                    return;
+                }
                 let via = match self.routed_away(conn, &d.to, || Frame::from(d.clone())) {
                     Ok(via) => via,
                     Err(message) => return self.unreachable(conn, d.id, message),

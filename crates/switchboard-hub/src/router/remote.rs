@@ -241,6 +241,22 @@ pub trait Remote: Send + Sync + Debug {
         Handoff::Unknown
     }
 
+    /// A `Direct` with an id (one its sender wants confirmed) from the
+    /// local client `from` to `to`, a client id registered nowhere on
+    /// this hub; asked before [`route`](Self::route).
+    /// [`Handoff::Taken`]: the remote side carries it on a path of its
+    /// own (e.g. a durable stream) and confirms it itself: the router
+    /// does not answer `Ok` at hand-over but holds the direct pending on
+    /// the port with the default request timeout (the sender gets
+    /// `TIMEOUT` when no answer comes), and the remote side answers with
+    /// `PortSender::answer` (an `Ok`) or `PortSender::fail`.
+    /// [`Handoff::Unreachable`] answers at once as for `route`. The
+    /// default, [`Handoff::Unknown`], leaves it to `route`.
+    fn confirmed_direct(&self, from: &str, to: &str, frame: &Frame) -> Handoff {
+        let _ = (from, to, frame);
+        Handoff::Unknown
+    }
+
     /// The hub registered the port (see the module docs); called once
     /// when the hub starts serving. The default drops it (then nothing
     /// comes back from other hubs).
