@@ -262,6 +262,16 @@ impl Federation {
                     "second copies of a publish dropped",
                     n("duplicates"),
                 ),
+                (
+                    "stale",
+                    "messages from NATS dropped: their origin's epoch is older than the newest seen (a fenced hub)",
+                    n("stale"),
+                ),
+                (
+                    "kv_changes",
+                    "changes of the shared key/value store applied from the cluster",
+                    n("kv_changes"),
+                ),
             ],
         })
     }
