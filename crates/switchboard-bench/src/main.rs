@@ -14,6 +14,7 @@ mod drivers;
 mod durable;
 mod extras;
 mod failover;
+mod federation;
 mod gateways;
 mod idle;
 mod latency;
@@ -83,6 +84,7 @@ struct Cli {
     hub_bin: Option<PathBuf>,
     /// Comma-separated workload ids to run (default: all; the binding rows
     /// are bind-py-pubsub, bind-py-reqrep, bind-c-pubsub, bind-c-reqrep;
+    /// the federation rows fed-reqrep, fed-pubsub, fed-kv;
     /// the open-loop rows ol-pubsub-1x1 and ol-reqrep need pubsub-1x1-64
     /// and reqrep-16 for their peaks).
     #[arg(long, value_delimiter = ',')]
@@ -858,6 +860,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     binding_rows(cli, setup, runs, &pb, &mut figures).await;
     durable::rows(cli, setup, runs, &pb, &mut figures).await;
     scale::rows(cli, setup, runs, &pb, &mut figures).await;
+    federation::rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
