@@ -99,7 +99,9 @@ fn panel(out: &mut String, y0: f64, title: &str, rows: &[Row], reference: Option
 fn throughput_rows(report: &Report) -> Vec<Row> {
     let mut rows = Vec::new();
     for g in groups(&report.figures) {
-        if g[0].lower_is_better {
+        // The federation rows (`fed-*`) compare hops, not servers: they
+        // stay in the tables.
+        if g[0].lower_is_better || g[0].workload.starts_with("fed-") {
             continue;
         }
         let Some(nats) = g.iter().find(|f| f.system == NATS) else {
@@ -132,6 +134,7 @@ fn latency_rows(report: &Report) -> Vec<Row> {
             || !g[0].metric.contains("µs")
             || g[0].workload.starts_with("sb-")
             || g[0].workload.starts_with("bind-")
+            || g[0].workload.starts_with("fed-")
         {
             continue;
         }

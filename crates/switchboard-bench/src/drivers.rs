@@ -448,6 +448,15 @@ impl Switchboard {
         }
     }
 
+    /// A driver for another hub at `addr` that shares this one's id
+    /// counter (federated hubs: ids are unique cluster-wide).
+    pub fn at(&self, addr: std::net::SocketAddr) -> Switchboard {
+        Switchboard {
+            addr: addr.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// The same hub with clients that do not ask for reliable delivery.
     pub fn at_most_once(mut self) -> Switchboard {
         self.reliable = false;

@@ -14,6 +14,7 @@ mod drivers;
 mod durable;
 mod extras;
 mod failover;
+mod federation;
 mod gateways;
 mod idle;
 mod latency;
@@ -83,6 +84,7 @@ struct Cli {
     hub_bin: Option<PathBuf>,
     /// Comma-separated workload ids to run (default: all; the binding rows
     /// are bind-py-pubsub, bind-py-reqrep, bind-c-pubsub, bind-c-reqrep;
+    /// the federation rows fed-reqrep, fed-pubsub, fed-kv;
     /// the open-loop rows ol-pubsub-1x1 and ol-reqrep need pubsub-1x1-64
     /// and reqrep-16 for their peaks).
     #[arg(long, value_delimiter = ',')]
@@ -542,6 +544,7 @@ fn static_notes() -> Vec<String> {
         "`CPU s per M msgs`: user + system CPU seconds of the server process (`/proc/PID/stat`) from right before to right after each throughput run, per million messages delivered; both switchboard rows use the one hub process. Open-loop rows (`ol-*`) offer 10%, 50% and 90% of each system's peak from this run on a fixed schedule and measure latency from the intended send time (coordinated omission corrected).",
         "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
         "switchboard-only rows (`sb-*`) measure features the peers do not have, against their own hub process (with the HTTP gateway on): discovery through `switchboard::discover`, session-engine RPCs through `Client::session_manager`/`session_agent`, WebSocket and HTTP round trips with protocol-level clients, and failover with a primary and a `--standby` hub killed with SIGKILL (a new standby after each kill).",
+        "federation rows (`fed-*`, issue 19) run against their own 3-node nats-server cluster (JetStream on) and two `switchboard hub --federate` processes, hub A on node 1 and hub B on node 2: `switchboard local` has both clients on hub A, `switchboard cross-hub` the sender on hub A and the receiver on hub B, and `nats-server` is nats-server's own routed hop (async-nats, sender on node 1, receiver on node 2). Measurement starts once a probe has crossed the path (interest and ids propagated). The cross-hub row's note gives its ratios to the routed hop and to local (raw quotients: above 1× is slower for latencies); the issue's goal is a cross-hub request/reply p50 ≤ 1.5× the routed one.",
         "binding rows (`bind-*`) run through the Python package and libswitchboard against their own hub process (and nats-server for nats-py): the Python and C sides are programs of their own (`crates/switchboard-bench/py/bench_client.py`, `c/bench_client.c`, built in release: `maturin develop --release`, `gcc -O2`), the Rust client runs the same workload on the same hub, alternately first and last; the binding's note gives its ratios (above 1× is better). 64 switchboard publishes are in flight (Python: gathered batches; C: 64 publishing threads, as `sb_publish` blocks); nats-py publishes are buffered and flushed, not confirmed.",
     ]
     .map(String::from)
@@ -858,6 +861,7 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
     binding_rows(cli, setup, runs, &pb, &mut figures).await;
     durable::rows(cli, setup, runs, &pb, &mut figures).await;
     scale::rows(cli, setup, runs, &pb, &mut figures).await;
+    federation::rows(cli, setup, runs, &pb, &mut figures).await;
     pb.finish_and_clear();
     Ok(Report {
         command: command_line(),
