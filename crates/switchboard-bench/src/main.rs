@@ -134,6 +134,9 @@ enum Cmd {
         /// Shared token.
         #[arg(long)]
         token: String,
+        /// The hub's client limit (default: the hub's own).
+        #[arg(long)]
+        max_clients: Option<usize>,
     },
 }
 
@@ -559,12 +562,29 @@ fn spawn_peer(
     dir: &std::path::Path,
     ready: Duration,
 ) -> Result<ProcGuard> {
+    spawn_peer_with(key, exe, dir, ready, None)
+}
+
+/// [`spawn_peer`], with nats-server's connection limit (65,536 by default)
+/// raised to `max_conns` when given; mosquitto has none by default.
+fn spawn_peer_with(
+    key: &str,
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    ready: Duration,
+    max_conns: Option<usize>,
+) -> Result<ProcGuard> {
     let port = procs::free_port()?;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let log = dir.join(format!("{key}-{port}.log"));
     let mut c = Command::new(exe);
     match key {
         "nats" => {
+            if let Some(n) = max_conns {
+                let conf = dir.join(format!("nats-{port}.conf"));
+                std::fs::write(&conf, format!("max_connections: {n}\n"))?;
+                c.arg("-c").arg(conf);
+            }
             c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         }
         "mosquitto" => {
@@ -608,18 +628,28 @@ fn hub_bin(cli: &Cli) -> Option<PathBuf> {
 /// Starts the hub as its own process: the `switchboard` CLI when it is
 /// built, else this binary's hidden `sb-hub` subcommand.
 fn start_hub(cli: &Cli, token: &str, ready: Duration) -> Result<(ProcGuard, String)> {
+    start_hub_with(cli, token, ready, None)
+}
+
+/// [`start_hub`], with the hub's client limit raised to `max_clients`
+/// when given (a configuration file in `dir`).
+fn start_hub_with(
+    cli: &Cli,
+    token: &str,
+    ready: Duration,
+    max_clients: Option<(usize, &std::path::Path)>,
+) -> Result<(ProcGuard, String)> {
     let exe = std::env::current_exe()?;
     if let Some(bin) = hub_bin(cli) {
         let mut cmd = Command::new(&bin);
-        cmd.args([
-            "--service",
-            "switchboard-bench",
-            "--json",
-            "hub",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("SWITCHBOARD_TOKEN", token);
+        cmd.args(["--service", "switchboard-bench", "--json", "hub"]);
+        if let Some((n, dir)) = max_clients {
+            let conf = dir.join(format!("hub-max-clients-{n}.toml"));
+            std::fs::write(&conf, format!("[limits]\nmax_clients = {n}\n"))?;
+            cmd.arg("--config").arg(conf);
+        }
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env("SWITCHBOARD_TOKEN", token);
         let (guard, _) = procs::spawn_with_ready_line("switchboard hub", cmd, "{", ready)?;
         let mode = format!(
             "separate process: `switchboard --service switchboard-bench --json hub --listen 127.0.0.1:0` with a token ({}), pid {}",
@@ -630,6 +660,9 @@ fn start_hub(cli: &Cli, token: &str, ready: Duration) -> Result<(ProcGuard, Stri
     } else {
         let mut cmd = Command::new(&exe);
         cmd.args(["sb-hub", "--token", token]);
+        if let Some((n, _)) = max_clients {
+            cmd.args(["--max-clients", &n.to_string()]);
+        }
         let (guard, _) = procs::spawn_with_ready_line("switchboard hub", cmd, "READY", ready)?;
         let mode = format!(
             "separate process: `switchboard-bench sb-hub` (the `switchboard::Hub` builder; the `switchboard` binary was not built), pid {}",
@@ -682,15 +715,11 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         .iter()
         .filter(|w| cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == w.id))
         .collect();
-    let idle_steps = if cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == "idle") {
-        setup
-            .systems
-            .iter()
-            .filter(|s| !matches!(s, Sys::Raw(_) | Sys::Relay(_)) && s.key() != "switchboard-amo")
-            .count() as u64
-    } else {
-        0
-    };
+    let idle_steps: u64 = idle_specs(cli.quick)
+        .iter()
+        .filter(|spec| cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == spec.id))
+        .map(|spec| setup.systems.iter().filter(|s| spec.runs_on(s)).count() as u64)
+        .sum();
     let extra_rows: Vec<extras::Extra> = if setup.systems.iter().any(|s| s.key() == "switchboard") {
         extras::extras(cli.quick)
             .into_iter()
@@ -844,9 +873,10 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
         pb.suspend(|| println!("{}\n{report_so_far}", w.title));
     }
     open_loop(cli, setup, runs, limits, &pb, &mut figures).await;
-    let idle_chosen = cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == "idle");
-    if idle_chosen {
-        idle_rows(cli, setup, &pb, &mut figures).await;
+    for spec in idle_specs(cli.quick) {
+        if cli.workloads.is_empty() || cli.workloads.iter().any(|id| id == spec.id) {
+            idle_rows(cli, setup, &pb, &mut figures, &spec).await;
+        }
     }
     extras::rows(
         &extra_rows,
@@ -947,32 +977,115 @@ async fn binding_rows(
     bindings::rows(&env, &chosen, pb, figures).await;
 }
 
+/// One idle-connection workload.
+struct IdleSpec {
+    /// Workload id (`--workloads`).
+    id: &'static str,
+    /// Clients connected.
+    n: usize,
+    /// Spread the clients over loopback source addresses, at most this
+    /// many on each (`None`: all from 127.0.0.1).
+    per_source: Option<usize>,
+    /// Time allowed for connecting them all.
+    limit: Duration,
+    /// Minimal raw-socket switchboard sessions instead of full clients.
+    raw_switchboard: bool,
+    /// Raise the servers' own connection limits to this.
+    max_conns: Option<usize>,
+}
+
+impl IdleSpec {
+    /// Whether system `sys` gets this row (one switchboard row: an idle
+    /// client costs the hub the same with or without reliable delivery;
+    /// redis only in the 10,000-client row).
+    fn runs_on(&self, sys: &Sys) -> bool {
+        !matches!(sys, Sys::Raw(_) | Sys::Relay(_))
+            && sys.key() != "switchboard-amo"
+            && (self.max_conns.is_none() || sys.key() != "redis")
+    }
+}
+
+/// The idle rows: 10,000 full clients, and 100,000 raw sessions spread
+/// over five source addresses (`--quick`: 200 and 400 over two).
+fn idle_specs(quick: bool) -> Vec<IdleSpec> {
+    vec![
+        IdleSpec {
+            id: "idle",
+            n: if quick { 200 } else { 10_000 },
+            per_source: None,
+            limit: Duration::from_secs(if quick { 20 } else { 180 }),
+            raw_switchboard: false,
+            max_conns: None,
+        },
+        IdleSpec {
+            id: "idle-100k",
+            n: if quick { 400 } else { 100_000 },
+            per_source: Some(if quick { 200 } else { 20_000 }),
+            limit: Duration::from_secs(if quick { 30 } else { 900 }),
+            raw_switchboard: true,
+            max_conns: Some(if quick { 1_000 } else { 110_000 }),
+        },
+    ]
+}
+
 /// The idle-connection rows: each system gets a fresh server, `n` idle
 /// clients, and its RSS growth per client (one run).
-async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec<Figure>) {
-    let n = if cli.quick { 200 } else { 10_000 };
-    let limit = Duration::from_secs(if cli.quick { 20 } else { 180 });
+async fn idle_rows(
+    cli: &Cli,
+    setup: &Setup,
+    pb: &ProgressBar,
+    figures: &mut Vec<Figure>,
+    spec: &IdleSpec,
+) {
+    // Each end of every connection is an open file in its process (the
+    // servers inherit this process's limit). Where the hard limit cannot
+    // be raised (no CAP_SYS_RESOURCE), the large row runs with as many
+    // clients as fit, and says so.
+    let files = fd_limit();
+    let fits = (files.saturating_sub(2_000) / 1_000 * 1_000) as usize;
+    let capped = (spec.max_conns.is_some() && fits < spec.n).then_some(fits);
+    let n = capped.unwrap_or(spec.n);
+    let limit = spec.limit;
     let ready = Duration::from_secs(10);
-    let title = format!("{n} idle connected clients, fresh server, 1 run");
+    let title = if let Some(fits) = capped {
+        format!(
+            "{fits} idle connected clients (raw sessions, several source addresses; capped from {} by RLIMIT_NOFILE {files}), fresh server, 1 run",
+            spec.n
+        )
+    } else if spec.raw_switchboard {
+        format!("{n} idle connected clients (raw sessions, several source addresses), fresh server, 1 run")
+    } else {
+        format!("{n} idle connected clients, fresh server, 1 run")
+    };
     let mut lines = String::new();
     for sys in &setup.systems {
         let key = sys.key();
-        // One switchboard idle row: an idle client costs the hub the same
-        // either way.
-        if matches!(sys, Sys::Raw(_) | Sys::Relay(_)) || key == "switchboard-amo" {
+        if !spec.runs_on(sys) {
             continue;
         }
-        pb.set_message(format!("idle · {} · {n} clients", sys.name()));
-        let started = tokio::task::block_in_place(|| match sys {
-            Sys::Switchboard(_) => start_hub(cli, &setup.token, ready).map(|(g, _)| g),
-            _ => match setup.bins.iter().find(|(k, _)| *k == key) {
-                Some((_, exe)) => spawn_peer(key, exe, &setup.dir, ready),
-                None => Err(anyhow!("no {key} binary")),
-            },
-        });
+        pb.set_message(format!("{} · {} · {n} clients", spec.id, sys.name()));
+        let started = if files < n as u64 + 1_000 {
+            Err(anyhow!(
+                "RLIMIT_NOFILE is {files}, the row needs more than {n} open files (run as root, or raise the hard limit)"
+            ))
+        } else {
+            tokio::task::block_in_place(|| match sys {
+                Sys::Switchboard(_) => {
+                    let max = spec.max_conns.map(|m| (m, setup.dir.as_path()));
+                    start_hub_with(cli, &setup.token, ready, max).map(|(g, _)| g)
+                }
+                _ => match setup.bins.iter().find(|(k, _)| *k == key) {
+                    Some((_, exe)) => spawn_peer_with(key, exe, &setup.dir, ready, spec.max_conns),
+                    None => Err(anyhow!("no {key} binary")),
+                },
+            })
+        };
         let result = match started {
             Ok(guard) => {
                 let proto = match sys {
+                    Sys::Switchboard(_) if spec.raw_switchboard => {
+                        idle::Proto::SwitchboardRaw(setup.token.clone())
+                    }
                     Sys::Switchboard(_) => {
                         idle::Proto::Switchboard(Switchboard::new(guard.addr(), &setup.token))
                     }
@@ -980,7 +1093,8 @@ async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec
                     Sys::Mqtt(_) => idle::Proto::Mqtt,
                     _ => idle::Proto::Redis,
                 };
-                let r = idle::run(proto, guard.addr(), guard.pid(), n, limit).await;
+                let r =
+                    idle::run(proto, guard.addr(), guard.pid(), n, spec.per_source, limit).await;
                 tokio::task::block_in_place(|| drop(guard));
                 r
             }
@@ -988,7 +1102,7 @@ async fn idle_rows(cli: &Cli, setup: &Setup, pb: &ProgressBar, figures: &mut Vec
         };
         pb.inc(1);
         let mut fig = Figure {
-            workload: "idle".into(),
+            workload: spec.id.into(),
             title: title.clone(),
             metric: "KiB per client".into(),
             lower_is_better: true,
@@ -1033,18 +1147,56 @@ fn docs_dir(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs"))
 }
 
+/// Open files this process (and the servers it starts, which inherit the
+/// limit) may want: the 100,000-connection row holds 100,000 sockets on
+/// each side.
+const WANTED_FILES: u64 = 1 << 20;
+
+/// Raises `RLIMIT_NOFILE` to [`WANTED_FILES`] (within `fs.nr_open`) where
+/// the process may raise its hard limit (root), else the soft limit to the
+/// hard one.
 fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED_FILES);
+    let want = WANTED_FILES.min(nr_open);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return;
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// This process's soft `RLIMIT_NOFILE`.
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur
 }
 
 fn main() -> Result<()> {
@@ -1101,18 +1253,23 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    if let Some(Cmd::SbHub { token }) = &cli.cmd {
+    if let Some(Cmd::SbHub { token, max_clients }) = &cli.cmd {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
         return rt.block_on(async {
-            let hub = switchboard::Hub::builder()
+            let mut b = switchboard::Hub::builder()
                 .service("switchboard-bench")
                 .token(token)
                 .listen("127.0.0.1:0")
-                .write_hint(false)
-                .start()
-                .await?;
+                .write_hint(false);
+            if let Some(n) = max_clients {
+                b = b.limits(switchboard::hub::Limits {
+                    max_clients: *n,
+                    ..Default::default()
+                });
+            }
+            let hub = b.start().await?;
             println!("READY {}", hub.local_addr());
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
