@@ -16,9 +16,11 @@
 //! - [`Directory::claim`] answers on the router task from the watched
 //!   copy: an id held by another live hub is refused with
 //!   `ID_TAKEN_OVER`, the code a replaced local duplicate gets. Two hubs
-//!   admitting the same id within one watch delay both register it; the
-//!   later `create` fails, is logged and counted (`races_lost`), and the
-//!   bucket names the first.
+//!   admitting the same id within one watch delay both admit it; the
+//!   later `create` fails, is logged and counted (`races_lost`), the
+//!   bucket names the first, and the loser closes its client with
+//!   `Goodbye{ID_TAKEN_OVER}` (as if [`claim`](Directory::claim) had
+//!   refused it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,13 +73,25 @@ struct State {
     epochs: HashMap<String, u64>,
 }
 
+/// What one attempt to write an id found.
+#[derive(Debug)]
+enum Registered {
+    /// Written at this revision.
+    Written(u64),
+    /// Another live hub holds it (this entry, at this revision).
+    Lost(Holder, u64),
+    /// The entry names this hub with a higher epoch: fenced.
+    Fenced,
+}
+
 /// A client of another hub joined (id, `Some(hub)`) or left (`None`).
 pub(crate) type PresenceChange = (String, Option<String>);
 
 /// Counters of the directory.
 #[derive(Debug, Default)]
 pub struct DirectoryStats {
-    /// Registrations whose `create` found the id held by another hub.
+    /// Registrations whose `create` found the id held by another live
+    /// hub (both admitted it at once); the local client was closed.
     pub races_lost: AtomicU64,
     /// Commands dropped because the queue towards NATS was full, and
     /// presence events of other hubs' clients dropped because the queue
@@ -129,6 +143,9 @@ pub struct Directory {
     /// The ids registered on this hub now (as the router reported them).
     local: Mutex<std::collections::HashSet<String>>,
     commands: mpsc::Sender<Command>,
+    /// The hub's port, once it attached: to close a local client whose id
+    /// another hub registered first.
+    port: std::sync::OnceLock<PortSender>,
     ids: Store,
     hubs: Store,
     stats: DirectoryStats,
@@ -165,6 +182,7 @@ impl Directory {
             state: Mutex::new(State::default()),
             local: Mutex::new(Default::default()),
             commands: tx,
+            port: std::sync::OnceLock::new(),
             ids,
             hubs,
             stats: DirectoryStats::default(),
@@ -186,6 +204,12 @@ impl Directory {
     /// counted.
     pub(crate) fn take_presence(&self) -> Option<mpsc::Receiver<PresenceChange>> {
         self.presence_rx.lock().take()
+    }
+
+    /// The hub attached its port: from now on a local client whose id
+    /// another hub registered at the same time is closed through it.
+    pub(crate) fn set_port(&self, port: PortSender) {
+        let _ = self.port.set(port);
     }
 
     fn tell(&self, id: &str, hub: Option<&str>) {
@@ -606,7 +630,7 @@ impl Directory {
         let mut backoff = RETRY_MIN;
         while self.holder(id).as_deref() == Some(self.me.as_str()) {
             match self.try_register(id, &key, &value).await {
-                Ok(Some(rev)) => {
+                Ok(Registered::Written(rev)) => {
                     self.stats.written.fetch_add(1, Ordering::Relaxed);
                     let mut st = self.state.lock();
                     if let Some((h, r)) = st.ids.get_mut(id) {
@@ -616,7 +640,11 @@ impl Directory {
                     }
                     return;
                 }
-                Ok(None) => return,
+                Ok(Registered::Lost(winner, rev)) => {
+                    self.lost_race(id, winner, rev).await;
+                    return;
+                }
+                Ok(Registered::Fenced) => return,
                 Err(e) => {
                     tracing::warn!(client = %id, error = %e, "federation: could not register an id yet; trying again");
                     tokio::time::sleep(backoff).await;
@@ -644,7 +672,7 @@ impl Directory {
             let mut backoff = RETRY_MIN;
             while self.local.lock().contains(&id) {
                 match self.try_register(&id, &key, &value).await {
-                    Ok(Some(rev)) => {
+                    Ok(Registered::Written(rev)) => {
                         self.stats.written.fetch_add(1, Ordering::Relaxed);
                         let mut st = self.state.lock();
                         let newer = st
@@ -665,7 +693,8 @@ impl Directory {
                         }
                         break;
                     }
-                    Ok(None) => {
+                    Ok(Registered::Fenced) => break,
+                    Ok(Registered::Lost(..)) => {
                         let hub = self.holder(&id).unwrap_or_default();
                         self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(client = %id, hub = %hub, "federation: while this hub was cut off from the cluster, another hub registered one of its client ids; closing the local client");
@@ -686,16 +715,47 @@ impl Directory {
         }
     }
 
-    /// One attempt: the revision written, `None` when another live hub
-    /// holds the id (a race lost), or what failed.
+    /// Another live hub registered `id` before this hub's write reached
+    /// the bucket (both admitted it within one watch delay): the bucket's
+    /// entry (`winner` at `rev`) stands, as [`claim`](Self::claim) would
+    /// have refused the local client had it known; that client is closed
+    /// with `ID_TAKEN_OVER`, the code a refused duplicate gets.
+    async fn lost_race(&self, id: &str, winner: Holder, rev: u64) {
+        let hub = winner.hub.clone();
+        {
+            // The watch skipped the winner's entry while ours was
+            // pending: take it now (and tell presence of the join).
+            let mut st = self.state.lock();
+            let pending_ours = st
+                .ids
+                .get(id)
+                .is_none_or(|(h, r)| h.hub == self.me || *r < rev);
+            if pending_ours {
+                st.ids.insert(id.to_owned(), (winner, rev));
+                drop(st);
+                self.tell(id, Some(&hub));
+            }
+        }
+        tracing::warn!(client = %id, hub = %hub, "federation: id admitted here and on another hub at once; the other registered it first; closing the local client");
+        let Some(port) = self.port.get() else {
+            return;
+        };
+        let message = format!(
+            "client id '{id}' is registered on hub '{hub}' of this federation; give each process its own id"
+        );
+        port.close_client(id, ErrorCode::IdTakenOver, message).await;
+    }
+
+    /// One attempt: the revision written, the entry of another live hub
+    /// that holds the id (a race lost), fenced, or what failed.
     async fn try_register(
         &self,
         id: &str,
         key: &str,
         value: &bytes::Bytes,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Registered, String> {
         match self.ids.create(key, value.clone()).await {
-            Ok(rev) => Ok(Some(rev)),
+            Ok(rev) => Ok(Registered::Written(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 // Held: by us (an earlier registration), by a dead hub, or
                 // by a live one that won a race.
@@ -706,18 +766,18 @@ impl Directory {
                             Some(h) if h.hub == self.me && h.epoch > self.epoch() => {
                                 // A standby took this hub's name over.
                                 self.fence_now(h.epoch);
-                                Ok(None)
+                                Ok(Registered::Fenced)
                             }
                             Some(h) if h.hub != self.me && self.is_live(&h.hub) => {
                                 self.stats.races_lost.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(client = %id, hub = %h.hub, "federation: id registered here and on another hub at once; the bucket names the other");
-                                Ok(None)
+                                tracing::debug!(client = %id, hub = %h.hub, "federation: id registered here and on another hub at once; the bucket names the other");
+                                Ok(Registered::Lost(h, entry.revision))
                             }
                             _ => self
                                 .ids
                                 .update(key, value.clone(), entry.revision)
                                 .await
-                                .map(Some)
+                                .map(Registered::Written)
                                 .map_err(|e| e.to_string()),
                         }
                     }
@@ -725,7 +785,7 @@ impl Directory {
                         .ids
                         .put(key, value.clone())
                         .await
-                        .map(Some)
+                        .map(Registered::Written)
                         .map_err(|e| e.to_string()),
                 }
             }

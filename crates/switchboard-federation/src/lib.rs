@@ -677,6 +677,7 @@ impl Remote for Federation {
         }
         let inbound = self.inner.inbound.lock().take();
         let directory = self.inner.directory.clone();
+        directory.set_port(port.sender());
         let fence_port = port.sender();
         let fence_stop = self.inner.stop.clone();
         tokio::spawn(async move {

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, Cluster, FedHub};
-use switchboard::ErrorCode;
+use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use switchboard::{Client, ClientError, ConnectionState, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_held_on_one_hub_is_refused_on_the_others_until_it_leaves() -> anyhow::Result<()> {
@@ -137,5 +137,121 @@ async fn ids_stay_unique_when_a_nats_node_is_killed() -> anyhow::Result<()> {
         a.fed.directory().holder("on-b").as_deref() == Some("hub-b")
     })
     .await;
+    Ok(())
+}
+
+/// Waits until `client` is closed for good; the reason it gives.
+async fn closed(client: &Client) -> String {
+    let mut state = client.state();
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            if let ConnectionState::Closed { reason } = &*state.borrow_and_update() {
+                return reason.clone();
+            }
+            if state.changed().await.is_err() {
+                return String::from("(state gone)");
+            }
+        }
+    })
+    .await;
+    reason.expect("the client was closed in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_hubs_admitting_one_id_at_once_the_loser_closes_its_client() -> anyhow::Result<()> {
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
+
+    // Each id connects on both hubs at the same moment: either one hub
+    // already saw the other's entry (refused at once), or both admitted
+    // it and the bucket decides (the loser's client is closed).
+    const N: usize = 40;
+    let pairs = futures::future::join_all((0..N).map(|i| {
+        let (a, b) = (&a, &b);
+        async move {
+            let id = format!("racer-{i}");
+            let (on_a, on_b) = tokio::join!(a.client(&id), b.client(&id));
+            (id, on_a, on_b)
+        }
+    }))
+    .await;
+    let mut both_admitted = 0;
+    let mut kept = Vec::new();
+    for (id, on_a, on_b) in pairs {
+        let refused = |r: &Result<Client, ClientError>| match r {
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::IdTakenOver), "{id}: {e}");
+                true
+            }
+            Ok(_) => false,
+        };
+        let (ra, rb) = (refused(&on_a), refused(&on_b));
+        assert!(!(ra && rb), "{id} refused on both hubs");
+        // Both hubs come to agree on one holder.
+        eventually("both hubs name one holder", || {
+            let (ha, hb) = (
+                a.fed.directory().holding(&id),
+                b.fed.directory().holding(&id),
+            );
+            matches!((&ha, &hb), (Some((x, rx)), Some((y, ry))) if x == y && *rx > 0 && rx == ry)
+        })
+        .await;
+        let holder = a.fed.directory().holder(&id).expect("held");
+        let (winner, loser) = match holder.as_str() {
+            "hub-a" => (on_a, on_b),
+            "hub-b" => (on_b, on_a),
+            other => panic!("{id} held by {other}"),
+        };
+        let winner =
+            winner.unwrap_or_else(|e| panic!("{id}: the holder's client was refused: {e}"));
+        if let Ok(loser) = loser {
+            // Admitted on both: the loser's client is closed with the
+            // duplicate-id error, like a refused duplicate.
+            both_admitted += 1;
+            let reason = closed(&loser).await;
+            assert!(reason.contains("took over"), "{id}: {reason}");
+        }
+        kept.push((id, winner));
+    }
+    let lost = a
+        .fed
+        .directory()
+        .stats()
+        .races_lost
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + b.fed
+            .directory()
+            .stats()
+            .races_lost
+            .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{both_admitted} of {N} ids admitted on both hubs at once");
+    assert_eq!(
+        lost, both_admitted,
+        "each double admission is one race lost"
+    );
+    // The holders' clients stay, and answer across the hubs.
+    for (id, client) in &kept {
+        assert!(client.state().borrow().is_connected(), "{id} was closed");
+    }
+    // Each holder's client gets a direct from the other hub.
+    let (id, target) = &kept[0];
+    let other = if a.fed.directory().holder(id).as_deref() == Some("hub-a") {
+        &b
+    } else {
+        &a
+    };
+    let probe = other.client("probe").await?;
+    let mut msgs = target.messages().await?;
+    probe.send(id, "still here?").await?;
+    let m = tokio::time::timeout(WAIT, msgs.recv())
+        .await?
+        .expect("a message");
+    assert_eq!(&m.payload[..], b"still here?");
     Ok(())
 }
