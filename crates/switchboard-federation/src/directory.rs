@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::subject::{escape, unescape};
+use crate::throttle::Throttle;
 use crate::{FederationError, FederationOptions, COMMAND_QUEUE};
 
 /// The value of an id's entry: who holds it.
@@ -146,6 +147,8 @@ pub struct Directory {
     /// The hub's port, once it attached: to close a local client whose id
     /// another hub registered first.
     port: std::sync::OnceLock<PortSender>,
+    /// Warnings about dropped id updates (rate-limited).
+    full_log: Throttle,
     ids: Store,
     hubs: Store,
     stats: DirectoryStats,
@@ -183,6 +186,7 @@ impl Directory {
             local: Mutex::new(Default::default()),
             commands: tx,
             port: std::sync::OnceLock::new(),
+            full_log: Throttle::new(),
             ids,
             hubs,
             stats: DirectoryStats::default(),
@@ -532,7 +536,9 @@ impl Directory {
     fn command(&self, c: Command) {
         if self.commands.try_send(c).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("federation: command queue towards NATS full; an id update was dropped");
+            if let Some(n) = self.full_log.hit() {
+                tracing::warn!(dropped = n, "federation: command queue towards NATS full; id updates dropped (count since the last such line)");
+            }
         }
     }
 

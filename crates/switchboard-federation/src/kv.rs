@@ -133,6 +133,8 @@ pub struct SharedKv {
     max_payload: usize,
     limits: Limits,
     stats: KvStats,
+    /// Warnings about dropped commands (rate-limited).
+    full_log: crate::throttle::Throttle,
 }
 
 impl SharedKv {
@@ -161,6 +163,7 @@ impl SharedKv {
             max_payload: client.server_info().max_payload,
             limits: Limits::default(),
             stats: KvStats::default(),
+            full_log: crate::throttle::Throttle::new(),
         }))
     }
 
@@ -184,7 +187,9 @@ impl SharedKv {
         {
             // The client learns it from the router's timeout.
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("federation: key/value queue towards NATS full; a command was dropped");
+            if let Some(n) = self.full_log.hit() {
+                tracing::warn!(dropped = n, "federation: key/value queue towards NATS full; commands dropped (count since the last such line)");
+            }
         }
         Handoff::Taken
     }

@@ -25,6 +25,7 @@ pub mod kv;
 pub mod lossless;
 pub mod routing;
 pub mod subject;
+pub mod throttle;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -35,7 +35,8 @@
 //!   what came from the port back out, so nothing is published twice.
 //! - The way out never blocks the router: publishes and broadcasts wait in
 //!   a queue of [`FANOUT_QUEUE`] messages; a full queue drops and counts
-//!   ([`RoutingStats::dropped`], logged once per 1,000), like a slow
+//!   ([`RoutingStats::dropped`]; a warning at most once a second per
+//!   cause, with the count since the last, see [`crate::throttle`]), like a slow
 //!   client's pub/sub deliveries. Directs and requests wait in the port's
 //!   outbox, bounded like every client's (then `QUEUE_FULL`).
 //! - What arrives is checked before anything reaches the router: a
@@ -55,6 +56,7 @@ use switchboard_wire::{decode_frame, ErrorCode, Frame, Kind};
 
 use crate::directory::Directory;
 use crate::subject::{escape, unescape};
+use crate::throttle::Throttle;
 
 /// The NATS header naming the hub a message comes from.
 pub const H_ORIGIN: &str = "Sb-Origin";
@@ -195,6 +197,9 @@ pub(crate) struct Routing {
     run: u64,
     seq: AtomicU64,
     seen: Mutex<HashMap<(String, u64), Seen>>,
+    /// Warnings about drops: the fan-out queue full, a publish failed.
+    full_log: Throttle,
+    failed_log: Throttle,
 }
 
 impl Routing {
@@ -222,6 +227,8 @@ impl Routing {
             run: rand::random::<u64>() >> 1,
             seq: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
+            full_log: Throttle::new(),
+            failed_log: Throttle::new(),
         })
     }
 
@@ -323,11 +330,11 @@ impl Routing {
     fn enqueue(&self, item: Fanned) {
         if self.fanout.try_send(item).is_err() {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = self.full_log.hit() {
                 tracing::warn!(
-                    dropped = n + 1,
-                    "federation: queue towards NATS full; publishes to other hubs dropped"
+                    dropped = n,
+                    "federation: queue towards NATS full; publishes to other hubs dropped (count since the last such line)"
                 );
             }
         }
@@ -356,10 +363,17 @@ impl Routing {
                 Ok(()) => {
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(e) => self.publish_failed(&e),
             }
+        }
+    }
+
+    /// Counts a message towards NATS the client did not take (and warns,
+    /// rate-limited).
+    fn publish_failed(&self, e: &dyn std::fmt::Display) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.failed_log.hit() {
+            tracing::warn!(dropped = n, error = %e, "federation: publish to NATS failed; messages to other hubs dropped (count since the last such line)");
         }
     }
 
@@ -641,10 +655,7 @@ impl Routing {
             Ok(()) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "federation: publish failed");
-            }
+            Err(e) => self.publish_failed(&e),
         }
     }
 
