@@ -546,6 +546,7 @@ impl Federation {
                 ("kv_dropped", n(&self.kv().stats().dropped)),
                 ("ids_taken_over", n(&d.taken_over)),
                 ("epoch", self.epoch()),
+                ("fenced", u64::from(self.is_fenced())),
             ],
         }
     }
@@ -595,9 +596,7 @@ impl Remote for Federation {
             return Handoff::Unknown;
         }
         if self.inner.directory.is_fenced() {
-            return Handoff::Unreachable(format!(
-                "client '{to}' is on hub '{hub}', but this hub was taken over by its standby and no longer serves in the federation; connect to the new primary"
-            ));
+            return Handoff::Unreachable(fenced_message(to, &hub));
         }
         if !self.inner.routing.connected() {
             return Handoff::Unreachable(cut_off(to, &hub));
@@ -617,6 +616,9 @@ impl Remote for Federation {
         let Some(hub) = self.inner.routing.holder(to) else {
             return Handoff::Unknown;
         };
+        if self.inner.directory.is_fenced() {
+            return Handoff::Unreachable(fenced_message(to, &hub));
+        }
         if !self.inner.routing.connected() {
             return Handoff::Unreachable(cut_off(to, &hub));
         }
@@ -632,6 +634,10 @@ impl Remote for Federation {
     }
 
     fn fan_out(&self, from: &str, frame: &Frame) {
+        // Fenced: nothing more goes out as this hub (its publisher stopped).
+        if self.inner.directory.is_fenced() {
+            return;
+        }
         self.inner.routing.fan_out(from, frame);
     }
 
@@ -749,6 +755,14 @@ impl Remote for Federation {
             }
         });
     }
+}
+
+/// What the sender of a message for client `to` of hub `hub` is told
+/// once this hub is fenced.
+fn fenced_message(to: &str, hub: &str) -> String {
+    format!(
+        "client '{to}' is on hub '{hub}', but this hub was taken over by its standby and no longer serves in the federation; connect to the new primary"
+    )
 }
 
 /// What the sender of a message for client `to` of hub `hub` is told

@@ -227,6 +227,16 @@ async fn a_stale_primary_is_fenced_cluster_wide() -> anyhow::Result<()> {
     assert_eq!(refused.code(), Some(ErrorCode::Fenced), "{refused}");
     let state = dev.state();
     eventually("p's client closed", || !state.borrow().is_connected()).await;
+    // p says so: in its federation's status, which the router puts into
+    // the hub's status counters (`switchboard status`, `check`,
+    // `/metrics`; p refuses clients now, so asked here directly).
+    assert!(p.fed.status().figures.contains(&("fenced", 1)));
+    assert!(p
+        .fed
+        .status()
+        .counters()
+        .contains(&("federation_fenced".to_owned(), 1)));
+    assert!(q.fed.status().figures.contains(&("fenced", 0)));
 
     // p's id write at the revision it held fails: the revision moved.
     let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;

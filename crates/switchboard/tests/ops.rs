@@ -1090,6 +1090,7 @@ fn federation_state_in_status_metrics_and_check() {
         "switchboard_federation_info",
         "switchboard_federation_connected",
         "switchboard_federation_members",
+        "switchboard_federation_fenced",
         "switchboard_federation_rtt_seconds",
         "switchboard_federation_sent_total",
         "switchboard_federation_dropped_total",
@@ -1103,6 +1104,7 @@ fn federation_state_in_status_metrics_and_check() {
         body.contains("switchboard_federation_connected 1\n"),
         "{body}"
     );
+    assert!(body.contains("switchboard_federation_fenced 0\n"), "{body}");
     assert!(!body.contains("s3cret"), "{body}");
     // The heartbeat comes back within a third of the lease.
     let deadline = Instant::now() + WAIT;

@@ -227,6 +227,11 @@ impl Federation {
                     "NATS subscriptions held for publish patterns",
                     n("patterns"),
                 ),
+                (
+                    "fenced",
+                    "1 once a standby took this hub's name over (a higher epoch): the hub no longer serves in the federation",
+                    n("fenced"),
+                ),
             ],
             rtt: n("rtt_us") as f64 / 1e6,
             lease_age: c.get("federation_lease_age_ms").map(|ms| *ms as f64 / 1e3),

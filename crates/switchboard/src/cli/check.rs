@@ -241,13 +241,20 @@ fn standby_item(s: &HubStatus, args: &CheckArgs) -> Item {
 }
 
 /// `federation`: OK while the hub is connected to a NATS server of its
-/// federation, CRITICAL while not; absent when the hub is not federated
+/// federation, CRITICAL while not or once fenced; absent when the hub is not federated
 /// (its status has no `federation_connected` counter).
 fn federation_item(s: &HubStatus) -> Option<Item> {
     let c = &s.counters;
     let connected = *c.get("federation_connected")?;
     let named = |prefix: &str| c.keys().find_map(|k| k.strip_prefix(prefix));
     let members = c.get("federation_members").copied().unwrap_or(0);
+    if c.get("federation_fenced").is_some_and(|f| *f == 1) {
+        return Some(item(
+            "federation",
+            State::Critical,
+            "fenced: a standby took this hub's name over (a higher epoch); it no longer serves in the federation".to_owned(),
+        ));
+    }
     if connected == 0 {
         return Some(item(
             "federation",

@@ -707,7 +707,9 @@ pub async fn status(g: &Global) -> anyhow::Result<()> {
         if !f.is_null() {
             out(format!(
                 "federation:       {} to {}{}, other hubs: [{}], rtt {:.1} ms, lease age {} ms",
-                if f["connected"] == true {
+                if f["fenced"] == 1 {
+                    "FENCED (a standby took this hub's name over; it no longer serves in the federation), was connected"
+                } else if f["connected"] == true {
                     "connected"
                 } else {
                     "NOT connected"
