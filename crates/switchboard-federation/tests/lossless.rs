@@ -226,3 +226,172 @@ async fn consumer_pending(fed: &FedHub, hub: &str) -> anyhow::Result<u64> {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_on_the_stream_is_dropped_counted_and_acknowledged(
+) -> anyhow::Result<()> {
+    use async_nats::HeaderMap;
+    use prost::Message as _;
+    use switchboard::wire::proto;
+    use switchboard_federation::routing::H_ORIGIN;
+
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
+    let sender = a.client("sender").await?;
+    let target = b.client("target").await?;
+    let mut inbox = target.messages().await?;
+    sees(&a, "target", "hub-b").await;
+
+    // Garbage stored on hub-b's subject of the stream by a raw client.
+    let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let js = async_nats::jetstream::new(raw);
+    let subject = format!("sb.{}.m.hub-b", common::SERVICE);
+    let direct = |id: u64, from: &str| {
+        proto::Frame::from(proto::Direct {
+            to: "target".into(),
+            from: from.into(),
+            id,
+            payload: b"garbage".to_vec().into(),
+            ..Default::default()
+        })
+        .encode_to_vec()
+    };
+    let origin = |o: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(H_ORIGIN, o);
+        h
+    };
+    let garbage: Vec<(HeaderMap, Vec<u8>)> = vec![
+        (HeaderMap::new(), direct(0, "x")), // no origin
+        (origin("=zz"), direct(0, "x")),    // origin not escaped
+        (origin("hub-a"), b"\xff\xfe not protobuf".to_vec()),
+        (origin("hub-a"), Vec::new()),     // empty
+        (origin("hub-a"), direct(7, "x")), // carries an id
+        (origin("hub-a"), direct(0, "")),  // names no sender
+        (origin("hub-b"), direct(0, "x")), // from the target hub
+        (
+            origin("hub-a"),
+            proto::Frame::from(proto::Ping { nonce: 1 }).encode_to_vec(),
+        ),
+    ];
+    let bad = garbage.len() as u64;
+    for (headers, body) in garbage {
+        js.publish_with_headers(subject.clone(), headers, body.into())
+            .await?
+            .await?;
+    }
+    // A well-formed confirmed direct after them still arrives, alone.
+    sender.send("target", "after").await?;
+    let m = tokio::time::timeout(WAIT, inbox.recv())
+        .await?
+        .expect("a message");
+    assert_eq!(&m.payload[..], b"after");
+    let stats = b.fed.lossless_stats().expect("on");
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), bad);
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
+    // Acknowledged: nothing waits for the consumer, nothing comes again.
+    assert_eq!(consumer_pending(&b, "hub-b").await?, 0, "acknowledged");
+    assert_eq!(stats.redelivered.load(Ordering::Relaxed), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inbox.recv())
+            .await
+            .is_err(),
+        "no garbage reached the client"
+    );
+    // Hub-b still works both ways.
+    let back = b.client("back").await?;
+    sees(&b, "sender", "hub-a").await;
+    let mut sender_inbox = sender.messages().await?;
+    back.send("sender", "fine").await?;
+    let m = tokio::time::timeout(WAIT, sender_inbox.recv())
+        .await?
+        .expect("a message");
+    assert_eq!(&m.payload[..], b"fine");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_fails_the_confirmed_send_never_confirmed_then_lost() -> anyhow::Result<()> {
+    use async_nats::jetstream::stream;
+    use switchboard::ErrorCode;
+
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    // The stream made beforehand with room for FULL messages only (the
+    // hubs open the stream as they find it): `discard: new` as the hubs
+    // make it, so a full stream refuses.
+    const FULL: usize = 5;
+    let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let js = async_nats::jetstream::new(raw);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: format!("sb_{}_msgs", common::SERVICE),
+                subjects: vec![format!("sb.{}.m.*", common::SERVICE)],
+                storage: stream::StorageType::File,
+                num_replicas: 3,
+                discard: stream::DiscardPolicy::New,
+                max_messages: FULL as i64,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => anyhow::bail!("cannot make the stream: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let lease = Duration::from_secs(5);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
+    let sender = a.client("sender").await?;
+    let target = b.client("target").await?;
+    let mut inbox = target.messages().await?;
+    sees(&a, "target", "hub-b").await;
+
+    for i in 0..FULL {
+        sender.send("target", i.to_string()).await?;
+    }
+    // Full: the next confirmed send fails at once with a clear error.
+    let t = Instant::now();
+    let e = sender
+        .send("target", "one too many")
+        .await
+        .expect_err("the stream is full");
+    assert_eq!(e.code(), Some(ErrorCode::QueueFull), "{e}");
+    assert!(e.to_string().contains("stream is full"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Every confirmed one arrives, in order; the refused one never does.
+    for i in 0..FULL {
+        let m = tokio::time::timeout(WAIT, inbox.recv())
+            .await?
+            .expect("a message");
+        assert_eq!(m.payload, i.to_string().as_bytes(), "in order");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inbox.recv())
+            .await
+            .is_err(),
+        "the refused message was not delivered"
+    );
+    let stats = a.fed.lossless_stats().expect("on");
+    assert_eq!(stats.stored.load(Ordering::Relaxed), FULL as u64);
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.retried.load(Ordering::Relaxed),
+        0,
+        "a full stream is not asked again"
+    );
+    Ok(())
+}
