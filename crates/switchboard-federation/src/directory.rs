@@ -528,6 +528,11 @@ impl Directory {
         Ok(out)
     }
 
+    /// Whether `id` is registered on this hub now.
+    pub(crate) fn is_local(&self, id: &str) -> bool {
+        self.local.lock().contains(id)
+    }
+
     /// The ids registered on this hub now.
     pub(crate) fn local_ids(&self) -> Vec<String> {
         self.local.lock().iter().cloned().collect()

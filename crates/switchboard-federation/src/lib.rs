@@ -24,6 +24,7 @@ pub mod directory;
 pub mod kv;
 pub mod lossless;
 pub mod routing;
+pub mod sessions;
 pub mod subject;
 pub mod throttle;
 
@@ -44,6 +45,7 @@ use lossless::Lossless;
 pub use lossless::LosslessStats;
 use routing::Routing;
 pub use routing::RoutingStats;
+use sessions::Sessions;
 
 /// The default lease: a hub whose heartbeat is this old is taken as dead
 /// and its client ids are released.
@@ -341,6 +343,7 @@ pub struct Federation {
 struct Handle {
     directory: Arc<Directory>,
     routing: Arc<Routing>,
+    sessions: Arc<Sessions>,
     kv: Arc<SharedKv>,
     /// The lossless path, unless turned off.
     lossless: Option<Arc<Lossless>>,
@@ -429,10 +432,17 @@ impl Federation {
             })?)
         };
         spawn_until(stop.clone(), routing.clone().publisher());
+        let sessions = Sessions::new(
+            client.clone(),
+            &options.service,
+            directory.clone(),
+            routing.clone(),
+        );
         Ok(Federation {
             inner: Arc::new(Handle {
                 directory,
                 routing,
+                sessions,
                 kv,
                 lossless,
                 inbound: Mutex::new(inbound),
@@ -604,7 +614,7 @@ impl Remote for Federation {
         if matches!(frame.kind, Some(Kind::Session(_))) {
             // Carried like a direct, to the holder hub's subject; queued
             // here (the router does not hand sessions to the port).
-            self.inner.routing.session(&hub, from, to, frame);
+            self.inner.sessions.send(&hub, from, to, frame);
         }
         Handoff::Taken
     }
@@ -712,6 +722,10 @@ impl Remote for Federation {
         if let Some(lossless) = &self.inner.lossless {
             spawn_until(self.inner.stop.clone(), lossless.clone().run(port.sender()));
         }
+        spawn_until(
+            self.inner.stop.clone(),
+            self.inner.sessions.clone().run(port.sender()),
+        );
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         if let Some(mut connected) = self.inner.connected.lock().take() {

@@ -9,11 +9,11 @@
 //!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
 //!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
 //! - Session frames (a manager on one hub, an agent on another) go to the
-//!   holder hub's subject like a direct, `peer` naming the sender and
-//!   [`H_TO`] the target; they are queued with the publishes and sent by
-//!   one task, so they keep their order (NATS keeps order per publisher
-//!   and subject), and the far hub hands them in with the port's
-//!   `session`.
+//!   holder hub's subject like a direct (sent by [`crate::sessions`]),
+//!   and the far hub hands them in with the port's `session`; one for a
+//!   client no longer here is answered to its sender's hub with an
+//!   `Error` of id 0 (`NO_SUCH_CLIENT`, [`H_TO`] naming the sender), as
+//!   the router answers one locally.
 //! - The router hands such messages to the hub's port (see
 //!   `switchboard_hub::router::remote`): the requester's hub keeps the
 //!   request pending with its timeout, so the requester gets `TIMEOUT`
@@ -308,23 +308,6 @@ impl Routing {
             _ => return,
         };
         self.enqueue((subject, frame, served));
-    }
-
-    /// A session frame from the local client `from` for `to`, a client of
-    /// the live hub `hub` (router task): queued with the publishes, so one
-    /// task sends them all, in order (NATS keeps order per publisher and
-    /// subject).
-    pub(crate) fn session(&self, hub: &str, from: &str, to: &str, frame: &Frame) {
-        let Some(Kind::Session(s)) = &frame.kind else {
-            return;
-        };
-        let mut s = s.clone();
-        s.peer = from.to_owned();
-        self.enqueue((
-            self.hub_subject(hub),
-            Frame::from(s),
-            Some((H_TO, escape(to))),
-        ));
     }
 
     fn enqueue(&self, item: Fanned) {
@@ -699,6 +682,17 @@ impl Routing {
                 port.send(vec![frame]).await
             }
             Some(Kind::Session(s)) => match to {
+                Some(to) if !self.directory.is_local(&to) => {
+                    // Gone before the sender's hub heard of it: tell the
+                    // sender, as a local session frame for no one is.
+                    let message = format!(
+                        "no client named '{to}' is connected on hub '{}'; the session frame was not delivered",
+                        self.me()
+                    );
+                    let e = Frame::error(0, ErrorCode::NoSuchClient, message);
+                    self.publish(&origin, &e, Some(&s.peer)).await;
+                    true
+                }
                 Some(to) => port.session(&to, s).await,
                 None => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -810,7 +804,8 @@ impl Routing {
             Some(Kind::Direct(d)) => !d.from.is_empty() && d.id == 0,
             Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
             Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
-            Some(Kind::Error(e)) => e.id != 0 && to.is_some(),
+            // id 0: a session frame's sender told its target is gone.
+            Some(Kind::Error(_)) => to.is_some(),
             Some(Kind::Session(s)) => !s.peer.is_empty() && to.is_some(),
             _ => false,
         };

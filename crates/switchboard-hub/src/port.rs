@@ -94,8 +94,10 @@ impl PortSender {
     /// Fails request `id` of the local client `requester`, handed to the
     /// port earlier, with `code` and `message` (an answer of the other
     /// hub: `NO_SUCH_CLIENT`, `NOT_LISTENING`, `TARGET_GONE`...). Ignored
-    /// when that request is no longer pending. `false` when the hub
-    /// stopped.
+    /// when that request is no longer pending. With `id` 0: a session
+    /// frame of the local client `requester` the remote side could not
+    /// deliver; the client gets `Error{id: 0}` as for a session frame to
+    /// a client that is not connected. `false` when the hub stopped.
     pub async fn fail(&self, requester: &str, id: u64, code: ErrorCode, message: String) -> bool {
         let Some(inbox) = self.inbox.upgrade() else {
             return false;

@@ -275,9 +275,17 @@ impl Router {
                 message,
             } => {
                 if let Some(port) = self.resolve(conn).filter(|k| Some(*k) == self.port) {
-                    let (out, registry) = (&mut self.output, &self.registry);
-                    self.requests
-                        .fail_remote(out, registry, port, &requester, id, code, &message);
+                    if id == 0 {
+                        // A session frame of `requester` the remote side
+                        // could not deliver: told as a local one is.
+                        if let Some(to) = self.registry.lookup(&requester) {
+                            self.send(to, err(0, code, message));
+                        }
+                    } else {
+                        let (out, registry) = (&mut self.output, &self.registry);
+                        self.requests
+                            .fail_remote(out, registry, port, &requester, id, code, &message);
+                    }
                 }
             }
             Input::RemoteClose {
@@ -1030,13 +1038,16 @@ impl Router {
                 self.send(conn, status.into());
             }
             Kind::Session(s) => {
-                if self
-                    .routed_away(conn, &s.peer, || Frame::from(s.clone()))
-                    .is_ok_and(|via| via.is_some())
-                {
+                match self.routed_away(conn, &s.peer, || Frame::from(s.clone())) {
                     // Another hub holds the peer: the remote side took
                     // the frame (`Remote::route`) and carries it there.
-                    return;
+                    Ok(Some(_)) => return,
+                    // ... but cannot reach it now: told as for a peer
+                    // that is not connected, with the remote side's why.
+                    Err(message) => {
+                        return self.send(conn, err(0, ErrorCode::NoSuchClient, message));
+                    }
+                    Ok(None) => {}
                 }
                 let (out, registry) = (&mut self.output, &self.registry);
                 self.requests

@@ -142,7 +142,10 @@ pub trait Remote: Send + Sync + Debug {
     /// hub. `frame` is as the router received it (the hub's `from` not yet
     /// filled in). A `Session` the remote side takes ([`Handoff::Taken`])
     /// is its own to carry (it is not delivered to the port); the far side
-    /// hands it in with `PortSender::session`.
+    /// hands it in with `PortSender::session`. [`Handoff::Unreachable`]
+    /// answers the sender at once with `NO_SUCH_CLIENT` and the message
+    /// (for a `Session`: `Error{id: 0}`, as for a session frame to a
+    /// client that is not connected).
     fn route(&self, from: &str, to: &str, frame: &Frame) -> Handoff;
 
     /// A `Publish` or `Broadcast` from the local client `from`, after the

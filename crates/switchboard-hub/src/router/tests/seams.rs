@@ -440,6 +440,18 @@ fn unreachable_targets_fail_at_once_and_remote_drops_show_in_status() {
         code_of(&sim.recv_one(a)),
         Some((2, ErrorCode::NoSuchClient))
     );
+    // A session frame: told as for a peer that is not connected, with
+    // the remote side's reason.
+    sim.send(
+        a,
+        proto::Session {
+            peer: "far-z".into(),
+            ..Default::default()
+        },
+    );
+    let (id, code, message) = error_of(&sim.recv_one(a));
+    assert_eq!((id, code), (0, ErrorCode::NoSuchClient));
+    assert!(message.contains("out of reach"), "{message}");
     // Without id: nobody to tell, counted.
     sim.send(
         a,
