@@ -125,20 +125,67 @@ pub async fn open_any(
     }
 }
 
-/// Waits until `due` (relative to `start`): sleeps while it is more than
-/// a millisecond away, then yields until it has come.
-async fn wait_until(start: Instant, due: Duration) {
-    loop {
-        let now = start.elapsed();
-        if now >= due {
-            return;
-        }
-        if due - now > Duration::from_millis(1) {
-            tokio::time::sleep(due - now - Duration::from_micros(500)).await;
+/// Keeps an open-loop schedule on a thread of its own: message `i` is due
+/// `i / rate` seconds after `start`; `send(from, to)` sends messages
+/// `from..to` (everything due, at most [`MAX_BURST`] at once), then the
+/// thread **sleeps** until the next one is due (timer slack lowered to
+/// 1 µs, so a sleep ends within a few microseconds of its time). Nothing
+/// spins: the sender takes CPU only to send, the same for every system,
+/// and the rest of both cores is left to the server and the receiver.
+/// Stops after `total` messages or at `give_up`; returns how many were
+/// sent, the seconds it took, and `send` back.
+fn paced<F>(
+    start: Instant,
+    rate: f64,
+    total: u64,
+    give_up: Duration,
+    mut send: F,
+) -> Result<(u64, f64, F)>
+where
+    F: FnMut(u64, u64) -> Result<()>,
+{
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and changes
+    // only this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+    let interval = 1.0 / rate;
+    let mut sent = 0u64;
+    while sent < total && start.elapsed() < give_up {
+        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
+            .min(total)
+            .min(sent + MAX_BURST);
+        if due_now > sent {
+            send(sent, due_now)?;
+            sent = due_now;
         } else {
-            tokio::task::yield_now().await;
+            let due = Duration::from_secs_f64(sent as f64 * interval);
+            std::thread::sleep(due.saturating_sub(start.elapsed()));
         }
     }
+    Ok((sent, start.elapsed().as_secs_f64(), send))
+}
+
+/// Runs [`paced`] on a new thread and waits for it without blocking the
+/// runtime.
+async fn paced_thread<F>(
+    start: Instant,
+    rate: f64,
+    total: u64,
+    give_up: Duration,
+    send: F,
+) -> Result<(u64, f64, F)>
+where
+    F: FnMut(u64, u64) -> Result<()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("open-loop-sender".into())
+        .spawn(move || {
+            let _ = tx.send(paced(start, rate, total, give_up, send));
+        })?;
+    rx.await
+        .map_err(|_| anyhow!("the open-loop sender thread failed"))?
 }
 
 /// Open-loop pub/sub 1→1 at `rate` messages/s for `secs`; latency from
@@ -182,26 +229,24 @@ pub async fn open_pubsub<D: Driver>(
         Ok::<_, anyhow::Error>(samples)
     });
     let interval = 1.0 / rate;
-    let give_up = send_deadline(secs);
-    let mut sent = 0u64;
-    while sent < total && start.elapsed() < give_up {
-        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
-            .min(total)
-            .min(sent + MAX_BURST);
-        if due_now > sent {
-            let batch = (sent..due_now)
-                .map(|i| stamped(Duration::from_secs_f64(i as f64 * interval)))
-                .collect();
-            D::publish_batch(&mut publisher, &topic, batch).await?;
-            sent = due_now;
-        } else {
-            wait_until(start, Duration::from_secs_f64(sent as f64 * interval)).await;
+    let rt = tokio::runtime::Handle::current();
+    let send = move |from: u64, to: u64| {
+        let batch = (from..to)
+            .map(|i| stamped(Duration::from_secs_f64(i as f64 * interval)))
+            .collect();
+        rt.block_on(D::publish_batch(&mut publisher, &topic, batch))
+    };
+    let sending = paced_thread(start, rate, total, send_deadline(secs), send).await;
+    let (sent, send_secs, send) = match sending {
+        Ok(done) => done,
+        Err(e) => {
+            receiver.abort();
+            return Err(e);
         }
-    }
-    let send_secs = start.elapsed().as_secs_f64();
+    };
     target.store(sent, Ordering::Relaxed);
     let samples = receiver.await??;
-    drop(publisher);
+    drop(send);
     Ok(Latencies {
         throughput: Throughput {
             sent,
@@ -232,43 +277,45 @@ pub async fn open_reqrep<R: ReqRep>(
     R::request(&requester, &service, body.clone()).await?;
     let start = Instant::now();
     let interval = 1.0 / rate;
-    let mut tasks = tokio::task::JoinSet::new();
-    let give_up = send_deadline(secs);
-    let mut sent = 0u64;
-    while sent < total && start.elapsed() < give_up {
-        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
-            .min(total)
-            .min(sent + MAX_BURST);
-        if due_now > sent {
-            for i in sent..due_now {
-                let intended = Duration::from_secs_f64(i as f64 * interval);
-                let (req, svc, body) = (requester.clone(), service.clone(), body.clone());
-                tasks.spawn(async move {
-                    R::request(&req, &svc, body).await?;
-                    Ok::<_, anyhow::Error>(start.elapsed().saturating_sub(intended))
-                });
-            }
-            sent = due_now;
-        } else {
-            wait_until(start, Duration::from_secs_f64(sent as f64 * interval)).await;
+    let rt = tokio::runtime::Handle::current();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    // aborted at the end: requests still unanswered then are lost
+    let tasks = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
+    let spawned = tasks.clone();
+    let send = move |from: u64, to: u64| {
+        let mut spawned = spawned.lock().map_err(|_| anyhow!("poisoned"))?;
+        for i in from..to {
+            let intended = Duration::from_secs_f64(i as f64 * interval);
+            let (req, svc, body) = (requester.clone(), service.clone(), body.clone());
+            let done = done_tx.clone();
+            let task = rt.spawn(async move {
+                let r = R::request(&req, &svc, body).await;
+                let _ = done.send(r.map(|_| start.elapsed().saturating_sub(intended)));
+            });
+            spawned.push(task.abort_handle());
         }
-    }
-    let send_secs = start.elapsed().as_secs_f64();
+        Ok(())
+    };
+    // `send` holds the requester: kept until the replies are in
+    let (sent, send_secs, send) =
+        paced_thread(start, rate, total, send_deadline(secs), send).await?;
     let mut samples = Vec::with_capacity(total as usize);
-    let mut error = None;
+    let (mut error, mut failed) = (None, 0u64);
     let deadline = tokio::time::Instant::now() + limits.first;
-    while let Ok(Some(res)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-        match res {
-            Ok(Ok(lat)) => samples.push(lat),
-            Ok(Err(e)) => {
+    while samples.len() as u64 + failed < sent {
+        match tokio::time::timeout_at(deadline, done.recv()).await {
+            Ok(Some(Ok(lat))) => samples.push(lat),
+            Ok(Some(Err(e))) => {
+                failed += 1;
                 error.get_or_insert(e);
             }
-            Err(e) => {
-                error.get_or_insert(e.into());
-            }
+            Ok(None) | Err(_) => break,
         }
     }
-    tasks.abort_all();
+    if let Ok(tasks) = tasks.lock() {
+        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+    drop(send);
     if samples.is_empty() {
         bail!(
             "no reply arrived{}",
@@ -459,6 +506,49 @@ mod tests {
         assert_eq!(b.len(), 64);
         assert_eq!(stamp_of(&b).unwrap(), d);
         assert!(stamp_of(b"short").is_err());
+    }
+
+    /// CPU time of the calling thread.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a valid pointer to a timespec.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    #[test]
+    fn the_pacer_sleeps_between_messages_and_never_sends_early() {
+        // 2,000 messages/s: one due every 500 µs, 600 in 0.3 s
+        let (rate, total) = (2_000.0, 600);
+        let start = Instant::now();
+        let cpu = thread_cpu();
+        let mut early = 0;
+        let mut calls = 0;
+        let (sent, secs, _) = paced(start, rate, total, Duration::from_secs(20), |from, to| {
+            calls += 1;
+            // message `to - 1` is due at (to - 1) / rate
+            if start.elapsed() < Duration::from_secs_f64((to - 1) as f64 / rate) {
+                early += 1;
+            }
+            assert!(from < to && to - from <= MAX_BURST);
+            Ok(())
+        })
+        .unwrap();
+        let (cpu, wall) = (thread_cpu() - cpu, start.elapsed());
+        assert_eq!(sent, total);
+        assert_eq!(early, 0, "messages went out before they were due");
+        assert!(calls > 1, "everything went out at once");
+        assert!(secs >= (total - 1) as f64 / rate);
+        // a sender that spins until each message is due burns the whole
+        // wall time on its core; one that sleeps, a small share of it
+        assert!(
+            cpu < wall / 2,
+            "the sender used {cpu:?} of CPU in {wall:?}: it spins"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
