@@ -307,20 +307,27 @@ async fn serve_in_span<T: Transport>(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (mut rx, mut tx) = carrier.split();
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(
-            shared.handshake_timeout,
-            handshake(&mut rx, &mut tx, &shared, &peer),
-        ) => r,
-        _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
-    };
+    // The handshake's state (frames, timer) lives in its own allocation,
+    // freed when it ends: the task's future, which lives as long as the
+    // connection, stays the size of its steady state. So do the other
+    // one-off steps below (refusals, the standby link, the registration).
+    let outcome = Box::pin(async {
+        tokio::select! {
+            r = tokio::time::timeout(
+                shared.handshake_timeout,
+                handshake(&mut rx, &mut tx, &shared, &peer),
+            ) => r,
+            _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
+        }
+    })
+    .await;
     drop(permit);
     let (hello, proof) = match outcome {
         Ok(Handshake::Accepted(hello, proof)) => {
             tracing::Span::current().record("client_id", hello.client_id.as_str());
             (hello, proof)
         }
-        Ok(Handshake::Close(frame)) => return reject(tx, frame).await,
+        Ok(Handshake::Close(frame)) => return Box::pin(reject(tx, frame)).await,
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
             let ms = shared.handshake_timeout.as_millis();
@@ -329,25 +336,62 @@ async fn serve_in_span<T: Transport>(
                 ErrorCode::HandshakeTimeout,
                 format!("handshake not completed within {ms} ms; send Hello and Auth promptly"),
             );
-            return reject(tx, Some(frame)).await;
+            return Box::pin(reject(tx, Some(frame))).await;
         }
     };
     let identity = match identify(&shared, &peer, &proof) {
         Ok(identity) => identity,
         Err(r) => {
             tracing::info!(client = %hello.client_id, transport = peer.transport, "connection refused by the policy");
-            return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+            return Box::pin(reject(tx, Some(Frame::error(0, r.code, r.message)))).await;
         }
     };
+    // The proof and the handshake's leftovers are not kept for the
+    // connection's life (see `registration`).
+    drop(proof);
     tracing::info!(principal = %identity.principal, "client authenticated");
     if hello.role == proto::Role::Standby as i32 {
         if let Some(admission) = &shared.admission {
             if let Err(r) = admission.admit_standby(&identity) {
-                return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+                return Box::pin(reject(tx, Some(Frame::error(0, r.code, r.message)))).await;
             }
         }
-        return crate::replication::link::serve_link(rx, tx, peer.addr, hello, shared).await;
+        return Box::pin(crate::replication::link::serve_link(
+            rx, tx, peer.addr, hello, shared,
+        ))
+        .await;
     }
+    let via = Via::of(peer.transport);
+    let (outbox, connect) = registration(hello, identity, peer, conn, &shared);
+    if Box::pin(shared.inbox.send(connect)).await.is_err() {
+        shared.stats.untrack(conn);
+        return;
+    }
+    let writer = tokio::spawn(write_loop(
+        tx,
+        via,
+        outbox.clone(),
+        shared.inbox.clone(),
+        shared.stats.clone(),
+        shared.limits.write_batch_bytes,
+    ));
+    read_loop(rx, via, conn, &outbox, &shared).await;
+    let _ = writer.await;
+    shared.stats.untrack(conn);
+}
+
+/// The outbox of an admitted client, tracked in the stats, and its
+/// registration for the router (`Connect`, or `Resume` for a reliable
+/// client resuming). Takes the `Hello` and the peer by value so that what
+/// the registration does not keep (features, nonces, key id, the peer's
+/// credentials) is freed here rather than held for the connection's life.
+fn registration(
+    hello: proto::Hello,
+    identity: Identity,
+    peer: Peer,
+    conn: ConnId,
+    shared: &Shared,
+) -> (Arc<Outbox>, Input) {
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
     let feature = |name: &str| hello.features.iter().any(|f| f == name);
@@ -378,22 +422,7 @@ async fn serve_in_span<T: Transport>(
             outbox: outbox.clone(),
         },
     };
-    if shared.inbox.send(connect).await.is_err() {
-        shared.stats.untrack(conn);
-        return;
-    }
-    let via = Via::of(peer.transport);
-    let writer = tokio::spawn(write_loop(
-        tx,
-        via,
-        outbox.clone(),
-        shared.inbox.clone(),
-        shared.stats.clone(),
-        shared.limits.write_batch_bytes,
-    ));
-    read_loop(rx, via, conn, &outbox, &shared).await;
-    let _ = writer.await;
-    shared.stats.untrack(conn);
+    (outbox, connect)
 }
 
 /// One frame received from a client.
@@ -459,8 +488,13 @@ async fn read_loop<R: FrameRx>(
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
     let (notice, reason) = 'conn: loop {
-        // Sized for the buffered bytes so the batch rarely reallocates.
-        let mut frames = Vec::with_capacity((rx.buffered() / 64).clamp(1, MAX_BATCH));
+        // Sized for the buffered bytes so the batch rarely reallocates;
+        // nothing buffered, nothing allocated (the wait below would hold
+        // it while the connection idles).
+        let mut frames = match rx.buffered() {
+            0 => Vec::new(),
+            n => Vec::with_capacity((n / 64).clamp(1, MAX_BATCH)),
+        };
         let mut failure = None;
         let mut refused = None;
         loop {
@@ -639,5 +673,29 @@ impl<W: FrameTx> Drain for Writer<W> {
             crate::Out::from(last).encode(&mut self.buf);
             self.tx.try_send(&mut self.buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connection's task lives as long as the connection: its future
+    /// must be about the size of its steady state (the read loop), not
+    /// of the handshake or of the one-off steps around it.
+    #[test]
+    fn the_connection_task_holds_no_handshake_state() {
+        type Tcp = tokio::net::TcpStream;
+        let task = future_size(serve_in_span::<Tcp>);
+        let steady = future_size(read_loop::<<Tcp as Transport>::Rx>);
+        assert!(
+            task <= steady + 256,
+            "task {task} bytes, read loop {steady}"
+        );
     }
 }
