@@ -280,13 +280,15 @@ async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
 /// in the registry (`tcp`, `unix`, `ws`, `memory`, …). Everything logged
 /// for the connection carries a `client` span with its connection id,
 /// transport and (once it said hello) client id.
-pub(crate) async fn serve<T: Transport>(
+/// A plain function returning the future, so that the task holds no copy
+/// of the arguments it hands on.
+pub(crate) fn serve<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) -> impl std::future::Future<Output = ()> {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "client",
@@ -294,28 +296,50 @@ pub(crate) async fn serve<T: Transport>(
         transport = peer.transport,
         client_id = tracing::field::Empty
     );
-    serve_in_span(carrier, peer, conn, shared, permit)
-        .instrument(span)
-        .await
+    serve_in_span(carrier, peer, conn, shared, permit).instrument(span)
 }
 
-async fn serve_in_span<T: Transport>(
+fn serve_in_span<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) -> impl std::future::Future<Output = ()> {
+    // Everything before the read loop (the handshake with its frames and
+    // timer, refusals, the standby link, the registration) runs in its own
+    // allocation, freed when it ends: the task's future, which lives as long
+    // as the connection, holds only the steady state (not even the
+    // arguments the one-off steps consume).
+    let opened = Box::pin(open(carrier, peer, conn, shared.clone(), permit));
+    async move {
+        let Some((rx, via, outbox, writer)) = opened.await else {
+            return;
+        };
+        read_loop(rx, via, conn, &outbox, &shared).await;
+        let _ = writer.await;
+        shared.stats.untrack(conn);
+    }
+}
+
+/// A connection's one-off steps up to the read loop: the handshake, the
+/// policy, a standby link (served here to its end), the registration and
+/// the writer task. `None` when the connection ended on the way.
+async fn open<T: Transport>(
+    carrier: T,
+    peer: Peer,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(T::Rx, Via, Arc<Outbox>, tokio::task::JoinHandle<()>)> {
+    let shared = &shared;
+
     let (mut rx, mut tx) = carrier.split();
-    // The handshake's state (frames, timer) lives in its own allocation,
-    // freed when it ends: the task's future, which lives as long as the
-    // connection, stays the size of its steady state. So do the other
-    // one-off steps below (refusals, the standby link, the registration).
-    let outcome = Box::pin(async {
+    let outcome = (async {
         tokio::select! {
             r = tokio::time::timeout(
                 shared.handshake_timeout,
-                handshake(&mut rx, &mut tx, &shared, &peer),
+                handshake(&mut rx, &mut tx, shared, &peer),
             ) => r,
             _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
         }
@@ -327,7 +351,10 @@ async fn serve_in_span<T: Transport>(
             tracing::Span::current().record("client_id", hello.client_id.as_str());
             (hello, proof)
         }
-        Ok(Handshake::Close(frame)) => return Box::pin(reject(tx, frame)).await,
+        Ok(Handshake::Close(frame)) => {
+            reject(tx, frame).await;
+            return None;
+        }
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
             let ms = shared.handshake_timeout.as_millis();
@@ -336,14 +363,16 @@ async fn serve_in_span<T: Transport>(
                 ErrorCode::HandshakeTimeout,
                 format!("handshake not completed within {ms} ms; send Hello and Auth promptly"),
             );
-            return Box::pin(reject(tx, Some(frame))).await;
+            reject(tx, Some(frame)).await;
+            return None;
         }
     };
-    let identity = match identify(&shared, &peer, &proof) {
+    let identity = match identify(shared, &peer, &proof) {
         Ok(identity) => identity,
         Err(r) => {
             tracing::info!(client = %hello.client_id, transport = peer.transport, "connection refused by the policy");
-            return Box::pin(reject(tx, Some(Frame::error(0, r.code, r.message)))).await;
+            reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+            return None;
         }
     };
     // The proof and the handshake's leftovers are not kept for the
@@ -353,19 +382,18 @@ async fn serve_in_span<T: Transport>(
     if hello.role == proto::Role::Standby as i32 {
         if let Some(admission) = &shared.admission {
             if let Err(r) = admission.admit_standby(&identity) {
-                return Box::pin(reject(tx, Some(Frame::error(0, r.code, r.message)))).await;
+                reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+                return None;
             }
         }
-        return Box::pin(crate::replication::link::serve_link(
-            rx, tx, peer.addr, hello, shared,
-        ))
-        .await;
+        crate::replication::link::serve_link(rx, tx, peer.addr, hello, shared.clone()).await;
+        return None;
     }
     let via = Via::of(peer.transport);
-    let (outbox, connect) = registration(hello, identity, peer, conn, &shared);
-    if Box::pin(shared.inbox.send(connect)).await.is_err() {
+    let (outbox, connect) = registration(hello, identity, peer, conn, shared);
+    if shared.inbox.send(connect).await.is_err() {
         shared.stats.untrack(conn);
-        return;
+        return None;
     }
     let writer = tokio::spawn(write_loop(
         tx,
@@ -375,9 +403,7 @@ async fn serve_in_span<T: Transport>(
         shared.stats.clone(),
         shared.limits.write_batch_bytes,
     ));
-    read_loop(rx, via, conn, &outbox, &shared).await;
-    let _ = writer.await;
-    shared.stats.untrack(conn);
+    Some((rx, via, outbox, writer))
 }
 
 /// The outbox of an admitted client, tracked in the stats, and its
@@ -691,7 +717,7 @@ mod tests {
     #[test]
     fn the_connection_task_holds_no_handshake_state() {
         type Tcp = tokio::net::TcpStream;
-        let task = future_size(serve_in_span::<Tcp>);
+        let task = future_size(serve::<Tcp>);
         let steady = future_size(read_loop::<<Tcp as Transport>::Rx>);
         assert!(
             task <= steady + 256,
