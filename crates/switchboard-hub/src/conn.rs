@@ -280,13 +280,15 @@ async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
 /// in the registry (`tcp`, `unix`, `ws`, `memory`, …). Everything logged
 /// for the connection carries a `client` span with its connection id,
 /// transport and (once it said hello) client id.
-pub(crate) async fn serve<T: Transport>(
+/// A plain function returning the future, so that the task holds no copy
+/// of the arguments it hands on.
+pub(crate) fn serve<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) -> impl std::future::Future<Output = ()> {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "client",
@@ -294,33 +296,65 @@ pub(crate) async fn serve<T: Transport>(
         transport = peer.transport,
         client_id = tracing::field::Empty
     );
-    serve_in_span(carrier, peer, conn, shared, permit)
-        .instrument(span)
-        .await
+    serve_in_span(carrier, peer, conn, shared, permit).instrument(span)
 }
 
-async fn serve_in_span<T: Transport>(
+fn serve_in_span<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) {
+) -> impl std::future::Future<Output = ()> {
+    // Everything before the read loop (the handshake with its frames and
+    // timer, refusals, the standby link, the registration) runs in its own
+    // allocation, freed when it ends: the task's future, which lives as long
+    // as the connection, holds only the steady state (not even the
+    // arguments the one-off steps consume).
+    let opened = Box::pin(open(carrier, peer, conn, shared.clone(), permit));
+    async move {
+        let Some((rx, via, outbox, writer)) = opened.await else {
+            return;
+        };
+        read_loop(rx, via, conn, &outbox, &shared).await;
+        let _ = writer.await;
+        shared.stats.untrack(conn);
+    }
+}
+
+/// A connection's one-off steps up to the read loop: the handshake, the
+/// policy, a standby link (served here to its end), the registration and
+/// the writer task. `None` when the connection ended on the way.
+async fn open<T: Transport>(
+    carrier: T,
+    peer: Peer,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(T::Rx, Via, Arc<Outbox>, tokio::task::JoinHandle<()>)> {
+    let shared = &shared;
+
     let (mut rx, mut tx) = carrier.split();
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(
-            shared.handshake_timeout,
-            handshake(&mut rx, &mut tx, &shared, &peer),
-        ) => r,
-        _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
-    };
+    let outcome = (async {
+        tokio::select! {
+            r = tokio::time::timeout(
+                shared.handshake_timeout,
+                handshake(&mut rx, &mut tx, shared, &peer),
+            ) => r,
+            _ = shared.shutdown.cancelled() => Ok(Handshake::Close(None)),
+        }
+    })
+    .await;
     drop(permit);
     let (hello, proof) = match outcome {
         Ok(Handshake::Accepted(hello, proof)) => {
             tracing::Span::current().record("client_id", hello.client_id.as_str());
             (hello, proof)
         }
-        Ok(Handshake::Close(frame)) => return reject(tx, frame).await,
+        Ok(Handshake::Close(frame)) => {
+            reject(tx, frame).await;
+            return None;
+        }
         Err(_elapsed) => {
             tracing::debug!("handshake timed out");
             let ms = shared.handshake_timeout.as_millis();
@@ -329,25 +363,61 @@ async fn serve_in_span<T: Transport>(
                 ErrorCode::HandshakeTimeout,
                 format!("handshake not completed within {ms} ms; send Hello and Auth promptly"),
             );
-            return reject(tx, Some(frame)).await;
+            reject(tx, Some(frame)).await;
+            return None;
         }
     };
-    let identity = match identify(&shared, &peer, &proof) {
+    let identity = match identify(shared, &peer, &proof) {
         Ok(identity) => identity,
         Err(r) => {
             tracing::info!(client = %hello.client_id, transport = peer.transport, "connection refused by the policy");
-            return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+            reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+            return None;
         }
     };
+    // The proof and the handshake's leftovers are not kept for the
+    // connection's life (see `registration`).
+    drop(proof);
     tracing::info!(principal = %identity.principal, "client authenticated");
     if hello.role == proto::Role::Standby as i32 {
         if let Some(admission) = &shared.admission {
             if let Err(r) = admission.admit_standby(&identity) {
-                return reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+                reject(tx, Some(Frame::error(0, r.code, r.message))).await;
+                return None;
             }
         }
-        return crate::replication::link::serve_link(rx, tx, peer.addr, hello, shared).await;
+        crate::replication::link::serve_link(rx, tx, peer.addr, hello, shared.clone()).await;
+        return None;
     }
+    let via = Via::of(peer.transport);
+    let (outbox, connect) = registration(hello, identity, peer, conn, shared);
+    if shared.inbox.send(connect).await.is_err() {
+        shared.stats.untrack(conn);
+        return None;
+    }
+    let writer = tokio::spawn(write_loop(
+        tx,
+        via,
+        outbox.clone(),
+        shared.inbox.clone(),
+        shared.stats.clone(),
+        shared.limits.write_batch_bytes,
+    ));
+    Some((rx, via, outbox, writer))
+}
+
+/// The outbox of an admitted client, tracked in the stats, and its
+/// registration for the router (`Connect`, or `Resume` for a reliable
+/// client resuming). Takes the `Hello` and the peer by value so that what
+/// the registration does not keep (features, nonces, key id, the peer's
+/// credentials) is freed here rather than held for the connection's life.
+fn registration(
+    hello: proto::Hello,
+    identity: Identity,
+    peer: Peer,
+    conn: ConnId,
+    shared: &Shared,
+) -> (Arc<Outbox>, Input) {
     let outbox = Outbox::gated(conn, shared.gate.clone());
     let agent: String = hello.agent.chars().take(256).collect();
     let feature = |name: &str| hello.features.iter().any(|f| f == name);
@@ -378,22 +448,7 @@ async fn serve_in_span<T: Transport>(
             outbox: outbox.clone(),
         },
     };
-    if shared.inbox.send(connect).await.is_err() {
-        shared.stats.untrack(conn);
-        return;
-    }
-    let via = Via::of(peer.transport);
-    let writer = tokio::spawn(write_loop(
-        tx,
-        via,
-        outbox.clone(),
-        shared.inbox.clone(),
-        shared.stats.clone(),
-        shared.limits.write_batch_bytes,
-    ));
-    read_loop(rx, via, conn, &outbox, &shared).await;
-    let _ = writer.await;
-    shared.stats.untrack(conn);
+    (outbox, connect)
 }
 
 /// One frame received from a client.
@@ -459,8 +514,13 @@ async fn read_loop<R: FrameRx>(
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
     let (notice, reason) = 'conn: loop {
-        // Sized for the buffered bytes so the batch rarely reallocates.
-        let mut frames = Vec::with_capacity((rx.buffered() / 64).clamp(1, MAX_BATCH));
+        // Sized for the buffered bytes so the batch rarely reallocates;
+        // nothing buffered, nothing allocated (the wait below would hold
+        // it while the connection idles).
+        let mut frames = match rx.buffered() {
+            0 => Vec::new(),
+            n => Vec::with_capacity((n / 64).clamp(1, MAX_BATCH)),
+        };
         let mut failure = None;
         let mut refused = None;
         loop {
@@ -639,5 +699,29 @@ impl<W: FrameTx> Drain for Writer<W> {
             crate::Out::from(last).encode(&mut self.buf);
             self.tx.try_send(&mut self.buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connection's task lives as long as the connection: its future
+    /// must be about the size of its steady state (the read loop), not
+    /// of the handshake or of the one-off steps around it.
+    #[test]
+    fn the_connection_task_holds_no_handshake_state() {
+        type Tcp = tokio::net::TcpStream;
+        let task = future_size(serve::<Tcp>);
+        let steady = future_size(read_loop::<<Tcp as Transport>::Rx>);
+        assert!(
+            task <= steady + 256,
+            "task {task} bytes, read loop {steady}"
+        );
     }
 }

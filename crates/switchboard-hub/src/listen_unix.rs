@@ -95,6 +95,12 @@ mod imp {
             // An error shows again in the read that follows.
             let _ = r.readable().await;
         }
+        fn try_read_buf(
+            r: &mut OwnedReadHalf,
+            buf: &mut bytes::BytesMut,
+        ) -> Option<std::io::Result<usize>> {
+            Some(r.try_read_buf(buf))
+        }
     }
 
     /// A bound socket, not yet accepting.

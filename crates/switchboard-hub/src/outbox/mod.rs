@@ -35,6 +35,11 @@ pub use wake::{Cancel, Cancelled, Notified};
 
 use crate::ids::ConnId;
 
+/// An empty queue that held at most this many frames at once gives its
+/// memory back when its writer goes idle ([`Outbox::release_idle`]); a
+/// busier one keeps it for the next burst.
+pub const IDLE_KEEP_FRAMES: usize = 64;
+
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
@@ -73,8 +78,9 @@ struct Inner {
     dropped_total: u64,
     state: State,
     want_drained: bool,
-    /// Frame to write when killed, if the stream is at a frame boundary.
-    last_words: Option<Frame>,
+    /// Frame to write when killed, if the stream is at a frame boundary
+    /// (boxed: rarely set, and every connection's outbox holds the field).
+    last_words: Option<Box<Frame>>,
     /// When the stamped frame was queued; `None` while no queued frame is
     /// stamped (the next one queued will be).
     since: Option<Instant>,
@@ -343,7 +349,7 @@ impl Outbox {
         inner.bytes = 0;
         inner.droppable = 0;
         inner.since = None;
-        inner.last_words = last;
+        inner.last_words = last.map(Box::new);
         self.depth.store(0, Ordering::Relaxed);
         drop(inner);
         self.cancel.cancel();
@@ -352,7 +358,27 @@ impl Outbox {
 
     /// The frame left for a killed outbox's writer to try, once.
     pub fn take_last_words(&self) -> Option<Frame> {
-        self.inner.lock().last_words.take()
+        self.inner.lock().last_words.take().map(|f| *f)
+    }
+
+    /// Gives the queue's memory back if it is empty and no larger than
+    /// [`IDLE_KEEP_FRAMES`]: called by the writer before it waits, so an
+    /// idle connection holds no queue (a busy one keeps its capacity).
+    pub fn release_idle(&self) {
+        let mut inner = self.inner.lock();
+        if inner.queue.is_empty()
+            && inner.queue.capacity() > 0
+            && inner.queue.capacity() <= IDLE_KEEP_FRAMES
+        {
+            inner.queue = VecDeque::new();
+        }
+    }
+
+    /// Capacity of the queue, in frames (for tests of
+    /// [`Outbox::release_idle`]).
+    #[cfg(test)]
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.inner.lock().queue.capacity()
     }
 
     /// Takes queued frames, at least one and up to about `max_bytes`, into

@@ -239,3 +239,29 @@ fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
     outbox.take(usize::MAX, &mut taken);
     assert_eq!(taken.stamped, None);
 }
+
+#[test]
+fn an_idle_outbox_holds_no_queue_memory_and_a_busy_one_keeps_it() {
+    let limits = QueueLimits {
+        frames: 1024,
+        bytes: 1 << 20,
+        hard_bytes: 1 << 21,
+    };
+    let outbox = Outbox::new(ConnId(1));
+    let mut taken = Taken::default();
+    outbox.push_control(Out::from(Frame::ok(1)), &limits, 0, None);
+    // Not empty yet: nothing is given back.
+    outbox.release_idle();
+    assert!(outbox.queue_capacity() > 0);
+    outbox.take(usize::MAX, &mut taken);
+    outbox.release_idle();
+    assert_eq!(outbox.queue_capacity(), 0);
+
+    for n in 0..=IDLE_KEEP_FRAMES as u64 {
+        outbox.push_droppable(deliver(n, b"x"), &limits, 0, None);
+    }
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), IDLE_KEEP_FRAMES + 1);
+    outbox.release_idle();
+    assert!(outbox.queue_capacity() > IDLE_KEEP_FRAMES);
+}

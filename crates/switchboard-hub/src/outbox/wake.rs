@@ -126,6 +126,11 @@ impl Future for Cancelled<'_> {
             }
             None => {
                 let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                // A connection's reader and writer: room for two, not the
+                // four a first push would allocate.
+                if waiting.capacity() == 0 {
+                    waiting.reserve_exact(2);
+                }
                 waiting.push((key, cx.waker().clone()));
                 drop(waiting);
                 self.key = Some(key);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::inbox::Inbox;
-use crate::outbox::{Outbox, Taken};
+use crate::outbox::{Outbox, Taken, IDLE_KEEP_FRAMES};
 use crate::router::Input;
 
 /// What a consumer does with what it takes from an outbox.
@@ -61,6 +61,12 @@ pub(crate) async fn drain(
                 // Released meanwhile: take again.
                 continue;
             }
+            // Going idle: a light connection holds no queue memory while it
+            // waits (a busy one keeps its capacity for the next burst).
+            if taken.frames.capacity() <= IDLE_KEEP_FRAMES {
+                taken.frames = Vec::new();
+            }
+            outbox.release_idle();
             tokio::select! {
                 _ = outbox.notified() => {}
                 _ = cancel.cancelled() => {}

@@ -35,6 +35,12 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// read, so an idle connection needs no read buffer while it waits;
     /// returns at once where the stream cannot tell.
     fn readable(r: &Self::Read) -> impl std::future::Future<Output = ()> + Send;
+    /// Reads into `buf` without waiting (`WouldBlock` when the readiness
+    /// [`readable`](Self::readable) saw was spurious); `None` where the
+    /// stream cannot (the caller reads and waits instead).
+    fn try_read_buf(_r: &mut Self::Read, _buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 impl ByteStream for TcpStream {
@@ -49,6 +55,9 @@ impl ByteStream for TcpStream {
     async fn readable(r: &OwnedReadHalf) {
         // An error shows again in the read that follows.
         let _ = r.readable().await;
+    }
+    fn try_read_buf(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        Some(r.try_read_buf(buf))
     }
 }
 
@@ -125,28 +134,47 @@ impl<S: ByteStream> FrameRx for ByteRx<S> {
     async fn receive(&mut self) -> io::Result<usize> {
         if self.buf.is_empty() && self.chunk == MIN_READ_CHUNK {
             // A light or idle connection holds no read buffer while it
-            // waits (a busy one keeps its large buffer).
-            if self.buf.capacity() > 0 {
-                self.buf = BytesMut::new();
+            // waits (a busy one keeps its large buffer), not even after a
+            // spurious wake-up: the buffer is taken only for a read that
+            // does not wait.
+            loop {
+                if self.buf.capacity() > 0 {
+                    self.buf = BytesMut::new();
+                }
+                S::readable(&self.rd).await;
+                self.buf.reserve(self.chunk);
+                let spare = self.buf.capacity() - self.buf.len();
+                match S::try_read_buf(&mut self.rd, &mut self.buf) {
+                    None => break,
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Some(r) => return Ok(self.adapt(r?, spare)),
+                }
             }
-            S::readable(&self.rd).await;
         }
         self.buf.reserve(self.chunk);
         let spare = self.buf.capacity() - self.buf.len();
         let n = self.rd.read_buf(&mut self.buf).await?;
+        Ok(self.adapt(n, spare))
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl<S: ByteStream> ByteRx<S> {
+    /// Adapts the read size to a read of `n` bytes into `spare` bytes of
+    /// room; returns `n`.
+    fn adapt(&mut self, n: usize, spare: usize) -> usize {
         if n == 0 {
-            return Ok(0);
+            return 0;
         }
         if n >= spare {
             self.chunk = (self.chunk * 2).min(READ_CHUNK);
         } else if n < self.chunk / 4 {
             self.chunk = (self.chunk / 2).max(MIN_READ_CHUNK);
         }
-        Ok(n)
-    }
-
-    fn buffered(&self) -> usize {
-        self.buf.len()
+        n
     }
 }
 
