@@ -78,6 +78,9 @@ pub const H_SERVED: &str = "Sb-Served";
 /// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
 /// they are dropped and counted.
 pub const FANOUT_QUEUE: usize = 8192;
+/// Publishes and broadcasts the publisher takes from [`FANOUT_QUEUE`] per
+/// wake, at most.
+pub const PUBLISH_BATCH: usize = 256;
 /// How many message numbers per sending hub are remembered to drop a
 /// second copy (overlapping patterns).
 pub const DEDUP_WINDOW: u64 = 4096;
@@ -183,6 +186,9 @@ pub(crate) struct Routing {
     client: async_nats::Client,
     service: String,
     directory: Arc<Directory>,
+    /// This hub's name, escaped (the [`H_ORIGIN`] header of everything
+    /// it sends).
+    origin: String,
     stats: RoutingStats,
     max_message: usize,
     /// Requests from other hubs, by the id they carry in this router.
@@ -214,6 +220,7 @@ impl Routing {
         Arc::new(Routing {
             client,
             service: escape(service),
+            origin: escape(directory.hub_name()),
             directory,
             stats: RoutingStats::default(),
             max_message,
@@ -323,30 +330,37 @@ impl Routing {
         }
     }
 
-    /// Sends the queued publishes and broadcasts to NATS, numbered.
+    /// Sends the queued publishes and broadcasts to NATS, numbered: each
+    /// wake takes everything queued (up to [`PUBLISH_BATCH`]) and hands
+    /// it to the NATS client one after the other, which writes what it
+    /// has been given with as few system calls as it can.
     pub(crate) async fn publisher(self: Arc<Self>) {
         let Some(mut rx) = self.fanout_rx.lock().take() else {
             return;
         };
-        while let Some((subject, frame, served)) = rx.recv().await {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut headers = HeaderMap::new();
-            headers.insert(H_ORIGIN, escape(self.me()).as_str());
-            headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
-            headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
-            if let Some((name, value)) = served {
-                headers.insert(name, value.as_str());
-            }
-            let body = prost::Message::encode_to_vec(&frame);
-            match self
-                .client
-                .publish_with_headers(subject, headers, body.into())
-                .await
-            {
-                Ok(()) => {
-                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            // The epoch changes only when a standby takes over: read once
+            // per batch.
+            let epoch = self.directory.epoch().to_string();
+            for (subject, frame, served) in batch.drain(..) {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut headers = self.headers(&epoch);
+                headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
+                if let Some((name, value)) = served {
+                    headers.insert(name, value.as_str());
                 }
-                Err(e) => self.publish_failed(&e),
+                let body = prost::Message::encode_to_vec(&frame);
+                match self
+                    .client
+                    .publish_with_headers(subject, headers, body.into())
+                    .await
+                {
+                    Ok(()) => {
+                        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => self.publish_failed(&e),
+                }
             }
         }
     }
@@ -358,6 +372,15 @@ impl Routing {
         if let Some(n) = self.failed_log.hit() {
             tracing::warn!(dropped = n, error = %e, "federation: publish to NATS failed; messages to other hubs dropped (count since the last such line)");
         }
+    }
+
+    /// The headers every message this hub sends carries: [`H_ORIGIN`]
+    /// and [`H_EPOCH`] (`epoch`, decimal).
+    fn headers(&self, epoch: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(H_ORIGIN, self.origin.as_str());
+        headers.insert(H_EPOCH, epoch);
+        headers
     }
 
     /// Holds one NATS subscription per distinct pattern (and the
@@ -556,9 +579,14 @@ impl Routing {
         inbound: async_nats::Subscriber,
     ) {
         let sender = port.sender();
+        // Taken straight from the port's outbox in this task: no task or
+        // channel between the router and the NATS client.
         let out = async {
-            while let Some(frame) = port.recv().await {
-                self.outbound(frame, &sender).await;
+            let mut frames = Vec::new();
+            while port.recv_many(&mut frames).await {
+                for frame in frames.drain(..) {
+                    self.outbound(frame, &sender).await;
+                }
             }
         };
         let presence = async {
@@ -624,9 +652,7 @@ impl Routing {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(H_ORIGIN, escape(self.me()).as_str());
-        headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
+        let mut headers = self.headers(&self.directory.epoch().to_string());
         if let Some(to) = to {
             headers.insert(H_TO, escape(to).as_str());
         }

@@ -2,10 +2,10 @@
 //! the remote side (a federation of hubs) takes what the router hands it
 //! and sends what other hubs answer (see [`crate::router::remote`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use switchboard_wire::{ErrorCode, Frame, LENGTH_PREFIX_LEN};
-use tokio::sync::mpsc;
 
 use crate::ids::ConnId;
 use crate::inbox::{Inbox, WeakInbox};
@@ -16,22 +16,33 @@ use crate::router::remote::{Remote, PORT_ID, PORT_TRANSPORT};
 use crate::router::Input;
 use crate::shared::Shared;
 use crate::stats::HubStats;
-use crate::transport::{drain, Drain};
-
-/// Frames the port's reader holds between the router and the remote side;
-/// beyond, the port's outbox fills and the router parks and then fails
-/// messages (`QUEUE_FULL`).
-pub const PORT_BUFFER: usize = 1024;
+use crate::transport::drain::{next_batch, Next};
 
 /// What a [`RemotePort`] holds.
 struct PortInner {
     sender: PortSender,
-    frames: mpsc::Receiver<Frame>,
+    /// The port's outbox, which the remote side drains in its own task
+    /// (no task or channel between the router and the remote side).
+    outbox: Arc<Outbox>,
+    /// Bytes taken from the outbox at a time.
+    batch_bytes: usize,
+    taken: Taken,
+    /// Taken and not yet handed out by [`RemotePort::recv`].
+    ready: VecDeque<Frame>,
+    /// The outbox closed or was killed: nothing more comes.
+    done: bool,
 }
 
 impl RemotePort {
-    fn new(sender: PortSender, frames: mpsc::Receiver<Frame>) -> RemotePort {
-        RemotePort(Box::new(PortInner { sender, frames }))
+    fn new(sender: PortSender, outbox: Arc<Outbox>, batch_bytes: usize) -> RemotePort {
+        RemotePort(Box::new(PortInner {
+            sender,
+            outbox,
+            batch_bytes,
+            taken: Taken::default(),
+            ready: VecDeque::new(),
+            done: false,
+        }))
     }
 
     fn inner(&mut self) -> &mut PortInner {
@@ -43,12 +54,73 @@ impl RemotePort {
     /// The next frame the router delivered to the port; `None` when the
     /// hub stopped.
     pub async fn recv(&mut self) -> Option<Frame> {
-        self.inner().frames.recv().await
+        let inner = self.inner();
+        if inner.ready.is_empty() {
+            let mut batch = Vec::new();
+            if !inner.recv_many(&mut batch).await {
+                return None;
+            }
+            inner.ready.extend(batch);
+        }
+        inner.ready.pop_front()
+    }
+
+    /// Waits for what the router delivered to the port and appends all of
+    /// it that is there now (at least one frame, in order) to `frames`;
+    /// `false` when the hub stopped. The caller's task takes the frames
+    /// straight from the port's outbox: while it does not call, the
+    /// outbox fills and the router parks and then fails messages
+    /// (`QUEUE_FULL`), never waiting.
+    pub async fn recv_many(&mut self, frames: &mut Vec<Frame>) -> bool {
+        let inner = self.inner();
+        if !inner.ready.is_empty() {
+            frames.extend(inner.ready.drain(..));
+            return true;
+        }
+        inner.recv_many(frames).await
     }
 
     /// Sends into the router as the port.
     pub fn sender(&mut self) -> PortSender {
         self.inner().sender.clone()
+    }
+}
+
+impl PortInner {
+    async fn recv_many(&mut self, frames: &mut Vec<Frame>) -> bool {
+        let stats = self.sender.stats.clone();
+        loop {
+            if self.done {
+                return false;
+            }
+            let Some(inbox) = self.sender.inbox.upgrade() else {
+                return false;
+            };
+            match next_batch(&self.outbox, self.batch_bytes, &inbox, &mut self.taken).await {
+                Next::Batch => {}
+                Next::Closed | Next::Killed => {
+                    self.done = true;
+                    return false;
+                }
+            }
+            drop(inbox);
+            self.done = self.taken.close;
+            let before = frames.len();
+            for out in self.taken.frames.drain(..) {
+                let len = LENGTH_PREFIX_LEN + out.encoded_len();
+                let frame = out.into_frame();
+                stats.metrics.frame_out(Via::Remote, frame.kind_name(), len);
+                frames.push(frame);
+            }
+            if let Some(queued) = self.taken.stamped.take() {
+                stats
+                    .metrics
+                    .observe_delivery_delay(Via::Remote, queued.elapsed());
+            }
+            if frames.len() > before {
+                return true;
+            }
+        }
     }
 }
 
@@ -259,7 +331,6 @@ pub(crate) async fn open(shared: &Arc<Shared>, remote: &dyn Remote) {
         principal: String::new(),
         uid: None,
     };
-    let (tx, rx) = mpsc::channel(PORT_BUFFER);
     let connect = Input::Connect {
         conn,
         info,
@@ -268,51 +339,7 @@ pub(crate) async fn open(shared: &Arc<Shared>, remote: &dyn Remote) {
     if shared.inbox.send(connect).await.is_err() {
         return;
     }
-    let inbox = &shared.inbox;
+    let sender = PortSender::new(&shared.inbox, conn, outbox.clone(), shared.stats.clone());
     let batch = shared.limits.write_batch_bytes;
-    let reader = outbox.clone();
-    let stats = shared.stats.clone();
-    // The reader holds the inbox only while it drains: it stops when the
-    // outbox closes at shutdown.
-    let weak = inbox.downgrade();
-    tokio::spawn(async move {
-        let Some(inbox) = weak.upgrade() else { return };
-        let mut forward = Forward {
-            tx,
-            stats: stats.clone(),
-        };
-        drain(&reader, batch, &inbox, &mut forward).await;
-    });
-    let sender = PortSender::new(inbox, conn, outbox, shared.stats.clone());
-    remote.attach(RemotePort::new(sender, rx));
-}
-
-/// Forwards the port's frames to the remote side's channel, waiting while
-/// it is full (the port's outbox then fills: the router parks and fails
-/// messages, never waits).
-struct Forward {
-    tx: mpsc::Sender<switchboard_wire::Frame>,
-    stats: Arc<HubStats>,
-}
-
-impl Drain for Forward {
-    async fn batch(&mut self, taken: &mut Taken) -> bool {
-        for out in taken.frames.drain(..) {
-            let len = LENGTH_PREFIX_LEN + out.encoded_len();
-            let frame = out.into_frame();
-            self.stats
-                .metrics
-                .frame_out(Via::Remote, frame.kind_name(), len);
-            if self.tx.send(frame).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn sampled(&mut self, queued: std::time::Instant) {
-        self.stats
-            .metrics
-            .observe_delivery_delay(Via::Remote, queued.elapsed());
-    }
+    remote.attach(RemotePort::new(sender, outbox, batch));
 }

@@ -40,38 +40,15 @@ pub(crate) async fn drain(
     inbox: &Inbox,
     consumer: &mut impl Drain,
 ) {
-    let cancel = outbox.cancelled().clone();
     let mut taken = Taken::default();
     loop {
-        outbox.take(batch_bytes, &mut taken);
-        if taken.killed {
-            consumer.killed(outbox);
-            return;
-        }
-        if taken.want_drained {
-            let _ = inbox.try_send(Input::Drained {
-                conn: outbox.conn(),
-            });
-        }
-        if taken.frames.is_empty() && taken.dropped == 0 {
-            if taken.close {
+        match next_batch(outbox, batch_bytes, inbox, &mut taken).await {
+            Next::Killed => {
+                consumer.killed(outbox);
                 return;
             }
-            if taken.held != 0 && !outbox.gate().wait(outbox, taken.held) {
-                // Released meanwhile: take again.
-                continue;
-            }
-            // Going idle: a light connection holds no queue memory while it
-            // waits (a busy one keeps its capacity for the next burst).
-            if taken.frames.capacity() <= IDLE_KEEP_FRAMES {
-                taken.frames = Vec::new();
-            }
-            outbox.release_idle();
-            tokio::select! {
-                _ = outbox.notified() => {}
-                _ = cancel.cancelled() => {}
-            }
-            continue;
+            Next::Closed => return,
+            Next::Batch => {}
         }
         let stamped = taken.stamped;
         if !consumer.batch(&mut taken).await {
@@ -82,6 +59,61 @@ pub(crate) async fn drain(
         }
         if taken.close {
             return;
+        }
+    }
+}
+
+/// What [`next_batch`] found.
+pub(crate) enum Next {
+    /// `taken` holds frames or dropped deliveries (and `taken.close`
+    /// says whether they are the outbox's last).
+    Batch,
+    /// The outbox closed and is empty.
+    Closed,
+    /// The outbox was killed.
+    Killed,
+}
+
+/// Waits for the next batch of about `batch_bytes` from `outbox` into
+/// `taken` (one step of [`drain`], for a consumer that pulls: it tells
+/// the router of room made and waits for the [`Gate`] the same way).
+///
+/// [`Gate`]: crate::outbox::Gate
+pub(crate) async fn next_batch(
+    outbox: &Arc<Outbox>,
+    batch_bytes: usize,
+    inbox: &Inbox,
+    taken: &mut Taken,
+) -> Next {
+    loop {
+        outbox.take(batch_bytes, taken);
+        if taken.killed {
+            return Next::Killed;
+        }
+        if taken.want_drained {
+            let _ = inbox.try_send(Input::Drained {
+                conn: outbox.conn(),
+            });
+        }
+        if !taken.frames.is_empty() || taken.dropped != 0 {
+            return Next::Batch;
+        }
+        if taken.close {
+            return Next::Closed;
+        }
+        if taken.held != 0 && !outbox.gate().wait(outbox, taken.held) {
+            // Released meanwhile: take again.
+            continue;
+        }
+        // Going idle: a light connection holds no queue memory while it
+        // waits (a busy one keeps its capacity for the next burst).
+        if taken.frames.capacity() <= IDLE_KEEP_FRAMES {
+            taken.frames = Vec::new();
+        }
+        outbox.release_idle();
+        tokio::select! {
+            _ = outbox.notified() => {}
+            _ = outbox.cancelled().cancelled() => {}
         }
     }
 }
