@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_discovery::handshake::{
     ClientHandshake, HandshakeError, HandshakeParams, Step, HANDSHAKE_MAX_FRAME,
@@ -37,6 +37,11 @@ const LINK_MAX_FRAME: usize = 1 << 30;
 
 /// Changes a standby buffers before their commit point arrives.
 const MAX_PENDING_CHANGES: usize = 1 << 20;
+
+/// Most commit groups a standby applies before it acknowledges them, while
+/// more of the primary's frames are already at hand (it acknowledges at
+/// once whenever it would wait for the link).
+const MAX_UNACKED_GROUPS: usize = 64;
 
 /// How long a standby tries to bind the failed primary's port.
 const BIND_RETRY: Duration = Duration::from_millis(250);
@@ -418,8 +423,25 @@ impl Standby {
         let mut out = BytesMut::new();
         let mut snapshots = self.snapshots.lock().await;
         let mut last_rx = Instant::now();
+        // Commit groups applied but not yet acknowledged: one `ReplAck`
+        // covers every group that arrived together.
+        let mut unacked = 0usize;
         loop {
-            let next = tokio::select! {
+            let ready = if unacked > 0 && unacked < MAX_UNACKED_GROUPS {
+                conn.reader.next().now_or_never()
+            } else {
+                None
+            };
+            let next = if let Some(r) = ready {
+                Ok(r)
+            } else {
+                if unacked > 0 {
+                    unacked = 0;
+                    if self.held(&mut conn, &replica, primary).await.is_err() {
+                        return lost(replica);
+                    }
+                }
+                tokio::select! {
                 Some(reply) = snapshots.recv() => {
                     let _ = reply.send(replica.snapshot());
                     continue;
@@ -438,6 +460,7 @@ impl Standby {
                     continue;
                 }
                 _ = self.shutdown.cancelled() => return Followed::Shutdown,
+                }
             };
             let frame = match next {
                 Err(_) => {
@@ -471,9 +494,8 @@ impl Standby {
                             return Followed::Retry(e.to_string());
                         }
                     }
-                    if self.held(&mut conn, &replica, primary).await.is_err() {
-                        return lost(replica);
-                    }
+                    // Acknowledged before the next wait for the link.
+                    unacked += 1;
                 }
                 Some(Kind::Heartbeat(h)) if h.epoch > replica.epoch() => {
                     return Followed::Retry("the primary's epoch changed".into());

@@ -29,6 +29,10 @@ const STANDBY_MAX_FRAME: usize = 64 * 1024;
 /// Encoded batches queued for the link's writer.
 const LINK_QUEUE: usize = 256;
 
+/// Most bytes the link's writer gathers from queued batches into one
+/// write.
+const LINK_WRITE_BYTES: usize = 256 * 1024;
+
 /// The router task's end of an attached standby link.
 pub(crate) struct Link {
     out: mpsc::Sender<Bytes>,
@@ -151,7 +155,15 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             tokio::select! {
                 m = rx.recv() => {
                     let Some(bytes) = m else { break };
-                    if wr.send(&mut BytesMut::from(bytes)).await.is_err() {
+                    // Batches queued meanwhile go in the same write.
+                    let mut batch = BytesMut::from(bytes);
+                    while batch.len() < LINK_WRITE_BYTES {
+                        match rx.try_recv() {
+                            Ok(more) => batch.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if wr.send(&mut batch).await.is_err() {
                         break;
                     }
                     wrote = true;

@@ -7,7 +7,9 @@
 use bytes::{BufMut, BytesMut};
 use prost::Message;
 use switchboard_wire::proto::{self, change::Op, frame::Kind};
-use switchboard_wire::{is_logged_kind, put_frame, Frame};
+use switchboard_wire::{
+    decode_frame, is_logged_kind, put_frame, FastBuf, Frame, LENGTH_PREFIX_LEN,
+};
 
 use crate::outbox::Out;
 
@@ -38,110 +40,111 @@ pub struct ChangeLogOverflow {
     pub lost: u64,
 }
 
-/// One logged change. A `sent` frame is kept as the queued [`Out`] and
-/// encoded straight onto the link, never decoded into a `Frame`.
-#[derive(Debug)]
-enum Logged {
-    Change(proto::Change),
-    Sent {
-        repl_seq: u64,
-        client_id: String,
-        out: Out,
-    },
+/// Field numbers of the link frame a change travels in: `Frame.change`,
+/// and within `Change` its `repl_seq` and each operation.
+const FRAME_CHANGE_FIELD: u32 = 92;
+const CHANGE_SEQ_FIELD: u32 = 1;
+const CHANGE_CLIENT_FRAME_FIELD: u32 = 10;
+const CHANGE_JOINED_FIELD: u32 = 11;
+const CHANGE_LEFT_FIELD: u32 = 12;
+const CHANGE_SENT_FIELD: u32 = 13;
+const CHANGE_CLIENT_ACK_FIELD: u32 = 14;
+/// Field numbers within `ClientFrame` and `ClientAck` (the client id is
+/// field 1 of both).
+const CLIENT_ID_FIELD: u32 = 1;
+const CLIENT_FRAME_FRAME_FIELD: u32 = 2;
+const CLIENT_ACK_UP_TO_FIELD: u32 = 2;
+
+/// Encoded length of a length-delimited field `field` of `len` bytes
+/// (key, length and body); 0 for an empty string field (`proto3` leaves
+/// it out).
+fn delimited_len(field: u32, len: usize, omit_empty: bool) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    if omit_empty && len == 0 {
+        0
+    } else {
+        key_len(field) + encoded_len_varint(len as u64) + len
+    }
 }
 
-/// Field numbers used to encode a `sent` change by hand.
-const FRAME_CHANGE_FIELD: u32 = 92;
-const CHANGE_SENT_FIELD: u32 = 13;
+/// Appends `Frame{change: Change{repl_seq, <field>: body}}` to `buf`,
+/// length-prefixed, where operation `field` is length-delimited and
+/// `body` writes its `body_len` bytes. Returns the bytes appended.
+fn put_change(
+    buf: &mut BytesMut,
+    repl_seq: u64,
+    field: u32,
+    body_len: usize,
+    body: impl FnOnce(&mut FastBuf<'_>),
+) -> usize {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    let change = key_len(CHANGE_SEQ_FIELD)
+        + encoded_len_varint(repl_seq)
+        + delimited_len(field, body_len, false);
+    let frame = delimited_len(FRAME_CHANGE_FIELD, change, false);
+    buf.reserve(LENGTH_PREFIX_LEN + frame);
+    buf.put_u32(frame as u32);
+    let mut b = FastBuf(buf);
+    encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, &mut b);
+    encode_varint(change as u64, &mut b);
+    encode_key(CHANGE_SEQ_FIELD, WireType::Varint, &mut b);
+    encode_varint(repl_seq, &mut b);
+    encode_key(field, WireType::LengthDelimited, &mut b);
+    encode_varint(body_len as u64, &mut b);
+    body(&mut b);
+    LENGTH_PREFIX_LEN + frame
+}
 
-impl Logged {
-    fn into_change(self) -> proto::Change {
-        match self {
-            Logged::Change(c) => c,
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => proto::Change {
-                repl_seq,
-                op: Some(Op::Sent(Box::new(proto::ClientFrame {
-                    client_id,
-                    frame: Some(Box::new(out.into_frame())),
-                }))),
-            },
-        }
+/// Writes a client id as field 1 (left out when empty, as `proto3` does).
+fn put_client_id(b: &mut FastBuf<'_>, client_id: &str) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if !client_id.is_empty() {
+        encode_key(CLIENT_ID_FIELD, WireType::LengthDelimited, b);
+        encode_varint(client_id.len() as u64, b);
+        b.put_slice(client_id.as_bytes());
     }
+}
 
-    /// Lengths of a `sent` change's link frame, outermost first: the
-    /// `Frame{change}` body, the `Change`, the `ClientFrame` and the frame
-    /// sent.
-    fn sent_lens(repl_seq: u64, client_id: &str, out: &Out) -> (usize, usize, usize, usize) {
-        use prost::encoding::encoded_len_varint as v;
-        let inner = out.encoded_len();
-        let id = if client_id.is_empty() {
-            0
-        } else {
-            1 + v(client_id.len() as u64) + client_id.len()
-        };
-        let cf = id + 1 + v(inner as u64) + inner;
-        let change = 1 + v(repl_seq) + 1 + v(cf as u64) + cf;
-        let frame = 2 + v(change as u64) + change;
-        (frame, change, cf, inner)
-    }
-
-    /// Appends the length-prefixed link frame carrying this change.
-    fn encode(self, buf: &mut BytesMut) {
-        use prost::encoding::{encode_key, encode_varint, WireType};
-        match self {
-            Logged::Change(c) => put_frame(&Frame::from(c), buf),
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => {
-                let (frame, change, cf, inner) = Self::sent_lens(repl_seq, &client_id, &out);
-                buf.reserve(4 + frame);
-                buf.put_u32(frame as u32);
-                encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(change as u64, buf);
-                encode_key(1, WireType::Varint, buf);
-                encode_varint(repl_seq, buf);
-                encode_key(CHANGE_SENT_FIELD, WireType::LengthDelimited, buf);
-                encode_varint(cf as u64, buf);
-                if !client_id.is_empty() {
-                    encode_key(1, WireType::LengthDelimited, buf);
-                    encode_varint(client_id.len() as u64, buf);
-                    buf.put_slice(client_id.as_bytes());
-                }
-                encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(inner as u64, buf);
-                out.encode_body(buf);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Logged::Change(c) => c.encoded_len(),
-            Logged::Sent {
-                repl_seq,
-                client_id,
-                out,
-            } => Self::sent_lens(*repl_seq, client_id, out).0,
-        }
-    }
+/// Appends a `ClientFrame` change (`field`: `client_frame` or `sent`) for
+/// `client_id` whose frame is `frame_len` bytes written by `frame`.
+fn put_client_frame(
+    buf: &mut BytesMut,
+    repl_seq: u64,
+    field: u32,
+    client_id: &str,
+    frame_len: usize,
+    frame: impl FnOnce(&mut FastBuf<'_>),
+) -> usize {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let body = delimited_len(CLIENT_ID_FIELD, client_id.len(), true)
+        + delimited_len(CLIENT_FRAME_FRAME_FIELD, frame_len, false);
+    put_change(buf, repl_seq, field, body, |b| {
+        put_client_id(b, client_id);
+        encode_key(CLIENT_FRAME_FRAME_FIELD, WireType::LengthDelimited, b);
+        encode_varint(frame_len as u64, b);
+        frame(b);
+    })
 }
 
 /// The primary's side of the change log, kept in the router. Logging off
-/// (no standby) costs one branch per call.
+/// (no standby) costs one branch per call. Changes are encoded as they
+/// are logged, straight into the link frames the router task ships (no
+/// `Change` built, no client id or frame copied), except a client's
+/// `Request`: it stays a [`proto::Change`] until the next change, because
+/// [`Journal::amend_request`] may still name its responder.
 #[derive(Debug, Default)]
 pub(super) struct Journal {
     /// `Some` while changes are logged.
     limits: Option<ChangeLogLimits>,
     /// Sequence number of the last change (or the snapshot restored).
     seq: u64,
-    changes: Vec<Logged>,
-    bytes: usize,
+    /// The changes logged since the last take, as length-prefixed
+    /// `Frame{change}`s (`request` not included).
+    buf: BytesMut,
+    /// Changes logged since the last take (`request` included).
+    count: usize,
+    /// The last change logged, when it is a client's `Request`.
+    request: Option<proto::Change>,
     /// Changes discarded since the last take.
     lost: u64,
 }
@@ -171,56 +174,105 @@ impl Journal {
     /// Stops logging and discards the changes not taken.
     pub fn disable(&mut self) {
         self.limits = None;
-        self.changes = Vec::new();
-        self.bytes = 0;
+        self.buf = BytesMut::new();
+        self.count = 0;
+        self.request = None;
         self.lost = 0;
     }
 
     /// Logs a frame a client sent, if it is of a logged kind.
     pub fn frame(&mut self, client_id: &str, frame: &Frame) {
-        if self.limits.is_none() || !frame.kind.as_ref().is_some_and(is_logged_kind) {
+        if self.limits.is_none() {
             return;
         }
-        self.push(Op::ClientFrame(Box::new(proto::ClientFrame {
-            client_id: client_id.to_owned(),
-            frame: Some(Box::new(frame.clone())),
-        })));
+        match &frame.kind {
+            Some(Kind::Request(_)) => {
+                let Some(seq) = self.admit(frame.encoded_len() + client_id.len() + 32) else {
+                    return;
+                };
+                self.request = Some(proto::Change {
+                    repl_seq: seq,
+                    op: Some(Op::ClientFrame(Box::new(proto::ClientFrame {
+                        client_id: client_id.to_owned(),
+                        frame: Some(Box::new(frame.clone())),
+                    }))),
+                });
+            }
+            Some(kind) if is_logged_kind(kind) => {
+                let len = frame.encoded_len();
+                let Some(seq) = self.admit(len + client_id.len() + 32) else {
+                    return;
+                };
+                put_client_frame(
+                    &mut self.buf,
+                    seq,
+                    CHANGE_CLIENT_FRAME_FIELD,
+                    client_id,
+                    len,
+                    |b| frame.encode_raw(b),
+                );
+            }
+            _ => {}
+        }
     }
 
     /// Logs a registration the router accepted.
     pub fn joined(&mut self, info: &proto::ClientInfo) {
-        if self.limits.is_some() {
-            self.push(Op::ClientJoined(info.clone()));
+        let len = info.encoded_len();
+        if let Some(seq) = self.admit(len + 16) {
+            put_change(&mut self.buf, seq, CHANGE_JOINED_FIELD, len, |b| {
+                info.encode_raw(b)
+            });
         }
     }
 
     /// Logs the end of a registration.
     pub fn left(&mut self, client_id: &str) {
-        if self.limits.is_some() {
-            self.push(Op::ClientLeft(client_id.to_owned()));
+        if let Some(seq) = self.admit(client_id.len() + 16) {
+            put_change(
+                &mut self.buf,
+                seq,
+                CHANGE_LEFT_FIELD,
+                client_id.len(),
+                |b| b.put_slice(client_id.as_bytes()),
+            );
         }
     }
 
     /// Logs a reliable client's acknowledgement that trimmed its
     /// retransmit buffer.
     pub fn client_ack(&mut self, client_id: &str, up_to: u64) {
-        if self.limits.is_some() {
-            self.push(Op::ClientAck(proto::ClientAck {
-                client_id: client_id.to_owned(),
-                up_to,
-            }));
-        }
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let Some(seq) = self.admit(client_id.len() + 32) else {
+            return;
+        };
+        let up_to_len = if up_to == 0 {
+            0
+        } else {
+            key_len(CLIENT_ACK_UP_TO_FIELD) + encoded_len_varint(up_to)
+        };
+        let body = delimited_len(CLIENT_ID_FIELD, client_id.len(), true) + up_to_len;
+        put_change(&mut self.buf, seq, CHANGE_CLIENT_ACK_FIELD, body, |b| {
+            put_client_id(b, client_id);
+            if up_to != 0 {
+                encode_key(CLIENT_ACK_UP_TO_FIELD, WireType::Varint, b);
+                encode_varint(up_to, b);
+            }
+        });
     }
 
-    /// Logs a sequenced frame queued for a reliable client.
-    pub fn sent(&mut self, client_id: &str, out: Out) {
+    /// Logs a sequenced frame queued for a reliable client (encoded
+    /// straight from the queued [`Out`], never decoded into a `Frame`).
+    pub fn sent(&mut self, client_id: &str, out: &Out) {
         if self.limits.is_none() {
             return;
         }
-        self.push_logged(Logged::Sent {
-            repl_seq: self.seq + 1,
-            client_id: client_id.to_owned(),
-            out,
+        let len = out.encoded_len();
+        let Some(seq) = self.admit(len + client_id.len() + 32) else {
+            return;
+        };
+        put_client_frame(&mut self.buf, seq, CHANGE_SENT_FIELD, client_id, len, |b| {
+            out.encode_body(b.0)
         });
     }
 
@@ -228,10 +280,9 @@ impl Journal {
     /// client's `Request` with correlation id `id` (the frame the router
     /// is handling: see `PubSub::pick_responder`).
     pub fn amend_request(&mut self, id: u64, amend: impl FnOnce(&mut proto::Request)) {
-        let Some(Logged::Change(change)) = self.changes.last_mut() else {
+        let Some(change) = self.request.as_mut() else {
             return;
         };
-        let before = change.encoded_len();
         let Some(Op::ClientFrame(cf)) = change.op.as_mut() else {
             return;
         };
@@ -242,70 +293,205 @@ impl Journal {
             return;
         }
         amend(r);
-        self.bytes = self.bytes - before + change.encoded_len();
     }
 
     /// Moves the changes logged since the last take onto `out`, in order;
     /// an error when some were discarded (see
     /// [`Router::take_changes`](super::Router::take_changes)).
     pub fn take(&mut self, out: &mut Vec<proto::Change>) -> Result<(), ChangeLogOverflow> {
-        self.bytes = 0;
-        if self.lost > 0 {
-            let lost = std::mem::take(&mut self.lost);
-            return Err(ChangeLogOverflow { lost });
+        let mut buf = BytesMut::new();
+        self.take_encoded(&mut buf)?;
+        let mut bytes = buf.freeze();
+        while bytes.len() >= LENGTH_PREFIX_LEN {
+            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let _ = bytes.split_to(LENGTH_PREFIX_LEN);
+            let body = bytes.split_to(len.min(bytes.len()));
+            // The journal wrote these frames itself.
+            if let Ok(Frame {
+                kind: Some(Kind::Change(c)),
+                ..
+            }) = decode_frame(body, usize::MAX)
+            {
+                out.push(*c);
+            }
         }
-        out.extend(self.changes.drain(..).map(Logged::into_change));
         Ok(())
     }
 
     /// Appends the changes logged since the last take to `buf` as
     /// length-prefixed `Frame{change}`s; returns how many.
     pub fn take_encoded(&mut self, buf: &mut BytesMut) -> Result<usize, ChangeLogOverflow> {
-        self.bytes = 0;
         if self.lost > 0 {
             let lost = std::mem::take(&mut self.lost);
-            self.changes.clear();
+            self.discard();
             return Err(ChangeLogOverflow { lost });
         }
-        let n = self.changes.len();
-        for c in self.changes.drain(..) {
-            c.encode(buf);
-        }
-        Ok(n)
+        self.seal();
+        buf.unsplit(self.buf.split());
+        Ok(std::mem::take(&mut self.count))
     }
 
     /// Drops the changes logged since the last take; logging goes on.
     pub fn discard(&mut self) {
-        self.changes.clear();
-        self.bytes = 0;
+        self.buf.clear();
+        self.count = 0;
+        self.request = None;
         self.lost = 0;
     }
 
-    fn push(&mut self, op: Op) {
-        if self.limits.is_none() {
-            return;
+    /// Encodes the request kept for [`Journal::amend_request`].
+    fn seal(&mut self) {
+        if let Some(c) = self.request.take() {
+            put_frame(&Frame::from(c), &mut self.buf);
         }
-        self.push_logged(Logged::Change(proto::Change {
-            repl_seq: self.seq + 1,
-            op: Some(op),
-        }));
     }
 
-    fn push_logged(&mut self, change: Logged) {
-        let Some(limits) = self.limits else { return };
+    /// Numbers the next change, whose link frame takes about `len` bytes;
+    /// `None` when it is not to be written (logging off, or the log
+    /// overflowed: everything since the last take is then discarded and
+    /// counted).
+    fn admit(&mut self, len: usize) -> Option<u64> {
+        let limits = self.limits?;
         self.seq += 1;
         if self.lost > 0 {
             self.lost += 1;
-            return;
+            return None;
         }
-        let len = change.len();
-        if self.changes.len() >= limits.max_changes || self.bytes + len > limits.max_bytes {
-            self.lost = self.changes.len() as u64 + 1;
-            self.changes = Vec::new();
-            self.bytes = 0;
-            return;
+        self.seal();
+        if self.count >= limits.max_changes || self.buf.len() + len > limits.max_bytes {
+            self.lost = self.count as u64 + 1;
+            self.buf = BytesMut::new();
+            self.count = 0;
+            return None;
         }
-        self.bytes += len;
-        self.changes.push(change);
+        self.count += 1;
+        Some(self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use switchboard_wire::deliver::DeliverHead;
+
+    use super::*;
+
+    fn change(repl_seq: u64, op: Op) -> proto::Change {
+        proto::Change {
+            repl_seq,
+            op: Some(op),
+        }
+    }
+
+    /// Each change written by hand is byte for byte what prost writes for
+    /// the same `Frame{change}`.
+    #[test]
+    fn hand_encoded_changes_are_prosts_encoding() {
+        let mut j = Journal::default();
+        j.enable(ChangeLogLimits::default());
+        let publish = Frame {
+            seq: 7,
+            acked: 3,
+            kind: Some(Kind::Publish(proto::Publish {
+                topic: "a.b".into(),
+                payload: Bytes::from_static(b"payload"),
+                id: 9,
+                ..Default::default()
+            })),
+        };
+        let deliver = Out::Deliver {
+            seq: 5,
+            acked: 0,
+            sub_id: 2,
+            head: DeliverHead::new("a.b", "pub", "", &[]),
+            payload: Bytes::from_static(b"payload"),
+        };
+        let info = proto::ClientInfo {
+            client_id: "sub".into(),
+            reliable: true,
+            ..Default::default()
+        };
+        let request = Frame::from(proto::Request {
+            id: 4,
+            service: "svc".into(),
+            ..Default::default()
+        });
+        j.joined(&info);
+        j.frame("pub", &publish);
+        j.frame("", &publish);
+        j.frame("pub", &request);
+        j.amend_request(4, |r| r.to = "responder".into());
+        j.sent("sub", &deliver);
+        j.sent("sub", &Out::from(Frame::ok(9)));
+        j.client_ack("sub", 5);
+        j.client_ack("sub", 0);
+        j.left("sub");
+        j.left("");
+        let mut amended = request.clone();
+        if let Some(Kind::Request(r)) = amended.kind.as_mut() {
+            r.to = "responder".into();
+        }
+        let cf = |id: &str, f: Frame| {
+            Box::new(proto::ClientFrame {
+                client_id: id.into(),
+                frame: Some(Box::new(f)),
+            })
+        };
+        let expected = [
+            change(1, Op::ClientJoined(info.clone())),
+            change(2, Op::ClientFrame(cf("pub", publish.clone()))),
+            change(3, Op::ClientFrame(cf("", publish.clone()))),
+            change(4, Op::ClientFrame(cf("pub", amended))),
+            change(5, Op::Sent(cf("sub", deliver.clone().into_frame()))),
+            change(6, Op::Sent(cf("sub", Frame::ok(9)))),
+            change(
+                7,
+                Op::ClientAck(proto::ClientAck {
+                    client_id: "sub".into(),
+                    up_to: 5,
+                }),
+            ),
+            change(
+                8,
+                Op::ClientAck(proto::ClientAck {
+                    client_id: "sub".into(),
+                    up_to: 0,
+                }),
+            ),
+            change(9, Op::ClientLeft("sub".into())),
+            change(10, Op::ClientLeft(String::new())),
+        ];
+        let mut want = BytesMut::new();
+        for c in &expected {
+            put_frame(&Frame::from(c.clone()), &mut want);
+        }
+        let mut got = BytesMut::new();
+        assert_eq!(j.take_encoded(&mut got), Ok(expected.len()));
+        assert_eq!(got, want);
+        assert_eq!(j.repl_seq(), 10);
+        // And the decoded form, for `take_changes`.
+        j.left("x");
+        let mut out = Vec::new();
+        j.take(&mut out).unwrap();
+        assert_eq!(out, vec![change(11, Op::ClientLeft("x".into()))]);
+    }
+
+    #[test]
+    fn an_overflow_discards_everything_since_the_last_take() {
+        let mut j = Journal::default();
+        j.enable(ChangeLogLimits {
+            max_changes: 2,
+            max_bytes: 1 << 20,
+        });
+        j.left("a");
+        j.frame("a", &Frame::from(proto::Request::default()));
+        j.left("b");
+        j.left("c");
+        let mut buf = BytesMut::new();
+        assert_eq!(j.take_encoded(&mut buf), Err(ChangeLogOverflow { lost: 4 }));
+        assert!(buf.is_empty());
+        j.left("d");
+        assert_eq!(j.take_encoded(&mut buf), Ok(1));
+        assert_eq!(j.repl_seq(), 5);
     }
 }

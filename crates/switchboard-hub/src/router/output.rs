@@ -154,7 +154,7 @@ impl Output {
                         self.to_kill.push(key);
                     }
                     if self.journal.is_on() {
-                        self.journal.sent(&link.id, out.clone());
+                        self.journal.sent(&link.id, out);
                     }
                 }
             }
