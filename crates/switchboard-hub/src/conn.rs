@@ -14,7 +14,7 @@ use switchboard_discovery::{
 };
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{
-    check_client_frame, put_frame, validate_client_id, ErrorCode, Frame, WireError,
+    check_client_frame, put_frame, validate_client_id, ErrorCode, Frame, WireError, ACK_EVERY,
     LENGTH_PREFIX_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 
@@ -513,6 +513,9 @@ async fn read_loop<R: FrameRx>(
 ) {
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
+    // The highest acknowledgement handed to the router ahead of the
+    // frames (`Inbox::send_ack`).
+    let mut acked = 0;
     let (notice, reason) = 'conn: loop {
         // Sized for the buffered bytes so the batch rarely reallocates;
         // nothing buffered, nothing allocated (the wait below would hold
@@ -523,10 +526,21 @@ async fn read_loop<R: FrameRx>(
         };
         let mut failure = None;
         let mut refused = None;
+        // The batch's highest acknowledgement (`Ack`, `Frame.acked`), and
+        // whether an `Ack` frame (taken out of the batch) carried one.
+        let mut up_to = 0;
+        let mut ack_frames = false;
         loop {
             match rx.next_frame(max, decode_client) {
                 Ok(Some(Ok(Decoded::Frame(frame, len)))) => {
                     shared.stats.metrics.frame_in(via, &frame, len);
+                    up_to = up_to.max(frame.acked);
+                    if let Some(Kind::Ack(a)) = &frame.kind {
+                        // It only acknowledges: it goes ahead, below.
+                        up_to = up_to.max(a.up_to);
+                        ack_frames = true;
+                        continue;
+                    }
                     frames.push(frame);
                     if frames.len() >= MAX_BATCH {
                         break;
@@ -545,6 +559,22 @@ async fn read_loop<R: FrameRx>(
         }
         // More may be buffered after a full batch or a refusal.
         let more = frames.len() >= MAX_BATCH || refused.is_some();
+        // An `Ack`, or other frames carrying many new acknowledgements,
+        // go ahead of this batch and of every other connection's batches
+        // still waiting for the router (the frames that carry it apply it
+        // again, which changes nothing); a few more ride with the batch.
+        if up_to > acked && (ack_frames || up_to - acked >= ACK_EVERY) {
+            acked = up_to;
+            tokio::select! {
+                r = shared.inbox.send_ack(conn, up_to) => {
+                    if r.is_err() {
+                        outbox.kill(None);
+                        return;
+                    }
+                }
+                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+            }
+        }
         if !frames.is_empty() {
             tokio::select! {
                 r = shared.inbox.send(Input::Frames { conn, frames }) => {

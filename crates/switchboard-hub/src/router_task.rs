@@ -21,7 +21,7 @@ use switchboard_wire::put_frame;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::Command;
+use crate::inbox::{Command, InboxRx};
 use crate::outbox::Gate;
 use crate::replication::fencing;
 use crate::replication::link::{self, Link};
@@ -56,7 +56,7 @@ impl TaskShared {
 /// The task that owns a primary's router.
 pub(crate) struct RouterTask {
     pub router: Router,
-    pub inbox: mpsc::Receiver<Command>,
+    pub inbox: InboxRx,
     pub standby: mpsc::Receiver<Attach>,
     /// What the router task needs of the hub's shared state (not the
     /// whole [`Shared`]: its inbox sender would keep the inbox open).

@@ -243,6 +243,14 @@ impl Router {
                 }
                 self.flush_ack(now, key);
             }
+            Input::Acked { conn, up_to } => {
+                if let Some(key) = self.resolve(conn) {
+                    if let Some(c) = self.registry.get_mut(key) {
+                        c.last_seen = now;
+                    }
+                    self.output.client_acked(key, up_to);
+                }
+            }
             Input::Disconnected {
                 conn,
                 notice,

@@ -129,4 +129,69 @@ fn acknowledgements_carried_by_client_frames_free_the_retransmit_buffer() {
     assert_eq!(sim.unacked_frames(), 0);
 }
 
+#[test]
+fn an_acknowledgement_taken_ahead_frees_the_retransmit_buffer_of_its_connection_only() {
+    let limits = Limits {
+        queue_hard_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect_reliable("a");
+    sim.send(
+        a,
+        Frame::from(proto::Subscribe {
+            id: 9,
+            sub_id: 1,
+            pattern: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
+    assert_eq!(sim.recv_one(a).seq, 1);
+    let p = sim.connect("p");
+    // A subscriber that reads everything and says so ahead of the other
+    // batches is never over the limit, however far the publisher is
+    // ahead: 100 batches of 64 deliveries, 500 KiB or more in all.
+    let payload = Bytes::from(vec![7u8; 64]);
+    let mut last = 1;
+    for _ in 0..100 {
+        let frames = (0..64)
+            .map(|_| Frame::publish("t", payload.clone()))
+            .collect();
+        sim.router
+            .handle(sim.now, Input::Frames { conn: p, frames });
+        let got = sim.recv(a);
+        assert_eq!(got.len(), 64, "nothing dropped or closed");
+        last = got.last().map_or(0, |f| f.seq);
+        sim.router.handle(
+            sim.now,
+            Input::Acked {
+                conn: a,
+                up_to: last,
+            },
+        );
+        assert_eq!(sim.unacked_frames(), 0);
+    }
+    assert_eq!(last, 1 + 100 * 64);
+    // Another connection's acknowledgement (an older connection of a, or
+    // none at all) frees nothing.
+    sim.send(p, Frame::publish("t", payload.clone()));
+    sim.router.handle(
+        sim.now,
+        Input::Acked {
+            conn: p,
+            up_to: u64::MAX,
+        },
+    );
+    sim.router.handle(
+        sim.now,
+        Input::Acked {
+            conn: ConnId(99),
+            up_to: u64::MAX,
+        },
+    );
+    assert_eq!(sim.unacked_frames(), 1);
+    assert_eq!(sim.recv(a).len(), 1, "a stays connected");
+}
+
 // ---- headers ----
