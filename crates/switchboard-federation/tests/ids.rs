@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, two_hubs, Cluster, FedHub, WAIT};
 use switchboard::{Client, ClientError, ConnectionState, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,14 +159,9 @@ async fn closed(client: &Client) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_hubs_admitting_one_id_at_once_the_loser_closes_its_client() -> anyhow::Result<()> {
-    let Some(bin) = nats_server() else {
+    let Some((_cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
 
     // Each id connects on both hubs at the same moment: either one hub
     // already saw the other's entry (refused at once), or both admitted

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, two_hubs, wait_members, Cluster, FedHub, WAIT};
 use switchboard::Client;
 
 const N: usize = 1000;
@@ -39,14 +39,9 @@ async fn send_all(from: &Client, to: &str, mut midway: impl FnMut()) -> Vec<usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_directs_arrive_once_and_in_order() -> anyhow::Result<()> {
-    let Some(bin) = nats_server() else {
+    let Some((_cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
     let sender = a.client("sender").await?;
     let target = b.client("target").await?;
     let mut inbox = target.messages().await?;
@@ -235,14 +230,9 @@ async fn a_malformed_message_on_the_stream_is_dropped_counted_and_acknowledged(
     use switchboard::wire::proto;
     use switchboard_federation::routing::H_ORIGIN;
 
-    let Some(bin) = nats_server() else {
+    let Some((cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
     let sender = a.client("sender").await?;
     let target = b.client("target").await?;
     let mut inbox = target.messages().await?;

@@ -5,19 +5,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use common::{eventually, two_hubs, WAIT};
 use switchboard::{ErrorCode, Headers, RequestOptions, ServeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_and_request_reply_cross_hubs_both_ways() -> anyhow::Result<()> {
-    let Some(bin) = nats_server() else {
+    let Some((_cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
 
     // An id with characters NATS treats specially, on each hub.
     let on_a = a.client("dev.a *>").await?;

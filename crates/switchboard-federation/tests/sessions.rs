@@ -8,21 +8,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{nats_server, wait_members, Cluster, FedHub, WAIT};
+use common::{nats_server, two_hubs, wait_members, Cluster, FedHub, WAIT};
 use switchboard::session::driver::{ManagerOptions, Methods};
 use switchboard::session::AgentConfig;
 use switchboard::Bytes;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_drives_an_agent_on_another_hub_in_order() -> anyhow::Result<()> {
-    let Some(bin) = nats_server() else {
+    let Some((_cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
 
     let acs = a.client("acs").await?;
     let cpe = b.client("cpe-1").await?;

@@ -51,7 +51,7 @@ pub enum Input {
     /// A reliable client acknowledged everything up to `up_to` (its `Ack`
     /// frames and the `Frame.acked` its other frames carry). Readers send
     /// it ahead of the frames still queued for the router (see
-    /// [`Inbox::send_ack`](crate::inbox::Inbox::send_ack)): it only frees
+    /// the inbox's `send_ack`): it only frees
     /// the client's retransmit buffer, and acknowledgements are cumulative,
     /// so taking it early changes nothing else, and the frames the client
     /// took stop counting against its limit as soon as it says so.
