@@ -618,7 +618,9 @@ pub async fn rows(
             setup
                 .systems
                 .iter()
+                // The relay forwards frames; it has no handshake to churn.
                 .filter(|s| !matches!(s, Sys::Raw(_)) && s.key() != "switchboard-amo")
+                .filter(|s| id != "scale-churn" || !matches!(s, Sys::Relay(_)))
                 .cloned()
                 .collect()
         } else {
