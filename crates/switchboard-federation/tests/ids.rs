@@ -118,9 +118,16 @@ async fn ids_stay_unique_when_a_nats_node_is_killed() -> anyhow::Result<()> {
     })
     .await;
     eprintln!("written after {:?}", killed.elapsed());
+    // An id is refused while its holder is live, and hub-b judges that by
+    // heartbeats: after a recovery longer than the lease, hub-b's own
+    // heartbeat may be newer than the last one of hub-a it saw, until
+    // hub-a's next one arrives.
     eventually(
-        "hub-b, reconnected, sees an id registered after the kill",
-        || b.fed.directory().holder("after-kill").as_deref() == Some("hub-a"),
+        "hub-b, reconnected, sees an id registered after the kill, held by a live hub-a",
+        || {
+            b.fed.directory().holder("after-kill").as_deref() == Some("hub-a")
+                && b.fed.directory().is_live("hub-a")
+        },
     )
     .await;
     eprintln!("hub-b caught up after {:?}", killed.elapsed());
