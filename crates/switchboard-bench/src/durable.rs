@@ -356,11 +356,7 @@ pub async fn rows(
     pb: &ProgressBar,
     figures: &mut Vec<Figure>,
 ) {
-    let chosen: Vec<&str> = IDS
-        .iter()
-        .copied()
-        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
-        .collect();
+    let chosen = crate::chosen(cli, &IDS);
     let bin = crate::hub_bin(cli);
     let exe = |key: &str| {
         setup

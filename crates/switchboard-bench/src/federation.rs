@@ -530,11 +530,7 @@ pub async fn rows(
     pb: &ProgressBar,
     figures: &mut Vec<Figure>,
 ) {
-    let chosen: Vec<&str> = IDS
-        .iter()
-        .copied()
-        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
-        .collect();
+    let chosen = crate::chosen(cli, &IDS);
     if chosen.is_empty() || !crate::wanted(cli, "switchboard") {
         return;
     }

@@ -393,6 +393,15 @@ impl Setup {
     }
 }
 
+/// The workloads of `ids` that `--workloads` selects (all of them when it
+/// names none).
+fn chosen(cli: &Cli, ids: &[&'static str]) -> Vec<&'static str> {
+    ids.iter()
+        .copied()
+        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
+        .collect()
+}
+
 fn wanted(cli: &Cli, key: &str) -> bool {
     cli.only.is_empty() || cli.only.iter().any(|o| o.eq_ignore_ascii_case(key))
 }
@@ -941,11 +950,7 @@ async fn binding_rows(
     pb: &ProgressBar,
     figures: &mut Vec<Figure>,
 ) {
-    let chosen: Vec<&str> = bindings::IDS
-        .iter()
-        .copied()
-        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
-        .collect();
+    let chosen = chosen(cli, &bindings::IDS);
     if chosen.is_empty() || !wanted(cli, "switchboard") {
         return;
     }

@@ -585,11 +585,7 @@ pub async fn rows(
     figures: &mut Vec<Figure>,
 ) {
     let q = |full: u64, quick: u64| if cli.quick { quick } else { full };
-    let chosen: Vec<&str> = IDS
-        .iter()
-        .copied()
-        .filter(|id| cli.workloads.is_empty() || cli.workloads.iter().any(|w| w == id))
-        .collect();
+    let chosen = crate::chosen(cli, &IDS);
     let limits = if cli.quick {
         Limits {
             first: Duration::from_secs(3),
