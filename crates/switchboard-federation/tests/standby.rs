@@ -60,13 +60,18 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
 
     // The primary "p" runs on a runtime of its own, so that it can be
     // killed at once (every task dropped: no goodbye, no release).
-    let p_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    // Held in a guard that shuts it down without waiting on every path, so
+    // an early error is reported as itself (dropping a runtime inside the
+    // test's runtime panics and would hide it).
+    let mut p_rt = Background(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+    ));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let url = cluster.nodes[0].url.clone();
-    p_rt.spawn(async move {
+    p_rt.0.as_ref().expect("running").spawn(async move {
         match FedHub::start("p", &url, lease).await {
             Ok(p) => {
                 let _ = tx.send(Ok((p.hub.local_addr(), p.fed.clone())));
@@ -114,7 +119,7 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
 
     // Kill p.
     let killed = Instant::now();
-    p_rt.shutdown_background();
+    p_rt.kill();
     let promoted = tokio::time::timeout(WAIT, standby.promoted())
         .await?
         .expect("the standby reports its takeover")?;
@@ -293,4 +298,22 @@ async fn a_stale_primary_is_fenced_cluster_wide() -> anyhow::Result<()> {
     assert_eq!(q.fed.routing_stats().stale.load(Ordering::Relaxed), 1);
     s_hub.shutdown().await;
     Ok(())
+}
+
+/// A runtime shut down in the background when killed or dropped.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    /// Drops every task of the runtime at once.
+    fn kill(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
