@@ -122,6 +122,7 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     eventually("hub B sees hub A's ids again", || {
         b.fed.directory().holder("req.a").as_deref() == Some("hub-a")
             && b.fed.directory().holder("sub.a").as_deref() == Some("hub-a")
+            && b.fed.directory().holder("local.a").as_deref() == Some("hub-a")
             && b.fed.directory().holder("dup").as_deref() == Some("hub-b")
     })
     .await;
