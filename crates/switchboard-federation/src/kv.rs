@@ -37,7 +37,13 @@
 //!   before handing a `KvSet` over; the number of live keys
 //!   ([`FederationOptions::kv_max_keys`](crate::FederationOptions::kv_max_keys)) is checked against the keys
 //!   this hub's watch saw live (so hubs racing to create the last keys
-//!   may pass it by a few). A value whose envelope is over the cluster's
+//!   may pass it by a few), and a new key is refused with
+//!   `LIMIT_EXCEEDED`, as locally. Memory stays bounded by it whatever
+//!   others write (a hub with a larger limit, a raw NATS client): this
+//!   hub remembers at most that many live keys, and the router's cache
+//!   keeps at most the hub's `kv_max_keys`; a change of a key beyond
+//!   them reaches the watchers but is not kept ([`KvStats::uncached`],
+//!   a warning at most once a second). A value whose envelope is over the cluster's
 //!   `max_payload` is refused with `LIMIT_EXCEEDED`. Entries in the
 //!   bucket that no hub wrote this way (a key that does not unescape or
 //!   breaks the default key limits, an undecodable envelope, a value over
@@ -88,6 +94,10 @@ pub struct KvStats {
     pub dropped: AtomicU64,
     /// Changes of the bucket sent to the router.
     pub changes: AtomicU64,
+    /// Changes that would have made a live key beyond
+    /// [`FederationOptions::kv_max_keys`](crate::FederationOptions::kv_max_keys):
+    /// passed to the router's watchers, not remembered (see the module docs).
+    pub uncached: AtomicU64,
 }
 
 impl KvStats {
@@ -99,6 +109,11 @@ impl KvStats {
     /// Changes of the bucket sent to the router.
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Changes of keys beyond the key limit, not cached.
+    pub fn uncached(&self) -> u64 {
+        self.uncached.load(Ordering::Relaxed)
     }
 }
 
@@ -135,6 +150,8 @@ pub struct SharedKv {
     stats: KvStats,
     /// Warnings about dropped commands (rate-limited).
     full_log: crate::throttle::Throttle,
+    /// Warnings about keys beyond the limit (rate-limited).
+    over_log: crate::throttle::Throttle,
 }
 
 impl SharedKv {
@@ -164,12 +181,19 @@ impl SharedKv {
             limits: Limits::default(),
             stats: KvStats::default(),
             full_log: crate::throttle::Throttle::new(),
+            over_log: crate::throttle::Throttle::new(),
         }))
     }
 
     /// The counters.
     pub fn stats(&self) -> &KvStats {
         &self.stats
+    }
+
+    /// Live keys this hub's watch remembers (at most
+    /// [`FederationOptions::kv_max_keys`](crate::FederationOptions::kv_max_keys)).
+    pub fn live_keys(&self) -> usize {
+        self.live.lock().len()
     }
 
     /// Takes a command from the router (quick; on the router task).
@@ -478,8 +502,21 @@ impl SharedKv {
             let mut live = self.live.lock();
             if deleted {
                 live.remove(&key);
-            } else {
+            } else if live.len() < self.max_keys || live.contains(&key) {
                 live.insert(key.clone());
+            } else {
+                // Beyond the limit (a hub with a larger one, or another
+                // writer): not remembered, so the set stays bounded; new
+                // keys are refused while it is full.
+                drop(live);
+                self.stats.uncached.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = self.over_log.hit() {
+                    tracing::warn!(
+                        uncached = n,
+                        max_keys = self.max_keys,
+                        "federation: the shared key/value store holds more live keys than this hub's kv_max_keys; changes of keys beyond it are passed to watchers but not cached (count since the last such line)"
+                    );
+                }
             }
         }
         Some(proto::KvUpdate {

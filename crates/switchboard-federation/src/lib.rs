@@ -107,8 +107,9 @@ pub struct FederationOptions {
     /// Whether the NATS client also reconnects to the servers the cluster
     /// announces (default `true`); `false`: only to `servers`.
     pub discover_servers: bool,
-    /// The most live keys the shared key/value store holds (default: the
-    /// hub's default, 100,000); see [`kv`].
+    /// The most live keys the shared key/value store holds and this hub
+    /// caches (default: the hub's default, 100,000; `switchboard hub`
+    /// sets the hub's `kv_max_keys`); see [`kv`].
     pub kv_max_keys: usize,
     /// A hot standby's federation (default `false`): `hub_name` is the
     /// primary's, and until the hub takes over (when it attaches its
@@ -554,6 +555,7 @@ impl Federation {
                 ("kv_changes", self.kv().stats().changes()),
                 ("kv_malformed", self.kv().stats().malformed()),
                 ("kv_dropped", n(&self.kv().stats().dropped)),
+                ("kv_uncached", self.kv().stats().uncached()),
                 ("ids_taken_over", n(&d.taken_over)),
                 ("epoch", self.epoch()),
                 ("fenced", u64::from(self.is_fenced())),

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, nats_server, Cluster, FedHub, WAIT};
+use switchboard::hub::limits::Limits;
 use switchboard::{ClientError, ErrorCode, KvEvent, KvWatch};
 
 /// The next watch event, at most [`WAIT`] away.
@@ -192,5 +193,97 @@ async fn the_kv_keeps_working_when_a_nats_node_is_killed() -> anyhow::Result<()>
         let got = c.kv().get("durable.after").await?.expect("written");
         assert_eq!((&got.value[..], got.version), (&b"2"[..], after));
     }
+    Ok(())
+}
+
+/// The key limit holds across hubs, and what other writers put beyond it
+/// never grows a hub's memory: hubs with `kv_max_keys` 5, a raw NATS
+/// client writing 30 more keys into the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_cache_is_bounded_by_the_key_limit() -> anyhow::Result<()> {
+    const MAX: usize = 5;
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    let lease = Duration::from_secs(5);
+    let limits = Limits {
+        kv_max_keys: MAX,
+        ..Limits::default()
+    };
+    let a = FedHub::start_limited(
+        "hub-a",
+        &cluster.nodes[0].url,
+        lease,
+        limits.clone(),
+        |_| {},
+    )
+    .await?;
+    let b = FedHub::start_limited("hub-b", &cluster.nodes[1].url, lease, limits, |_| {}).await?;
+    let ca = a.client("on-a").await?;
+    let cb = b.client("on-b").await?;
+    let mut watch = cb.kv().watch_prefix("raw").await?;
+
+    for i in 0..MAX {
+        ca.kv().set(&format!("k{i}"), "v").await?;
+    }
+    eventually("hub B saw the keys written on hub A", || {
+        b.fed.kv().live_keys() == MAX
+    })
+    .await;
+    // A new key on hub B: the typed error a local set gets.
+    let refused = cb
+        .kv()
+        .set("one.more", "v")
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), Some(ErrorCode::LimitExceeded), "{refused}");
+    // A key that exists may still change.
+    cb.kv().set("k0", "changed").await?;
+
+    // Another writer ignores the limit: 30 keys more in the bucket.
+    let nats = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let js = async_nats::jetstream::new(nats);
+    const RAW: usize = 30;
+    for i in 0..RAW {
+        // The envelope: format 1, `by` of 3 bytes, the value.
+        js.publish(
+            format!("$KV.sb_fedtest_kv.raw{i}"),
+            b"\x01\x00\x03rawv"[..].into(),
+        )
+        .await?
+        .await?;
+    }
+    // Hub B's watcher sees every change, the last one included ...
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = next(&mut watch).await;
+        if ev.key == format!("raw{}", RAW - 1) {
+            assert_eq!((&ev.value[..], ev.by.as_str()), (&b"v"[..], "raw"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the raw keys never reached the watcher"
+        );
+    }
+    // ... but neither hub keeps more than its limit.
+    eventually("both hubs counted the keys beyond the limit", || {
+        [&a, &b]
+            .iter()
+            .all(|h| h.fed.kv().stats().uncached() >= RAW as u64)
+    })
+    .await;
+    for (h, c) in [(&a, &ca), (&b, &cb)] {
+        assert_eq!(h.fed.kv().live_keys(), MAX);
+        assert_eq!(c.status().await?.kv_keys, MAX as u64, "the router's cache");
+    }
+    // Reads go to the bucket: a key beyond the cache is read all the same.
+    let got = ca.kv().get("raw7").await?.expect("in the bucket");
+    assert_eq!(&got.value[..], b"v");
+    // Deletes free room in the count; a new key then fits again.
+    assert!(cb.kv().delete("k1").await?);
+    eventually("hub A saw the delete", || a.fed.kv().live_keys() == MAX - 1).await;
+    ca.kv().set("fits", "v").await?;
     Ok(())
 }

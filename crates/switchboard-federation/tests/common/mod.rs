@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard::federation::{Federation, FederationOptions};
+use switchboard::hub::limits::Limits;
 use switchboard::{Client, Hub, HubHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -239,15 +240,28 @@ impl FedHub {
         lease: Duration,
         tune: impl FnOnce(&mut FederationOptions),
     ) -> anyhow::Result<FedHub> {
+        FedHub::start_limited(name, url, lease, Limits::default(), tune).await
+    }
+
+    /// Like [`FedHub::start_with`], the hub with `limits`.
+    pub async fn start_limited(
+        name: &str,
+        url: &str,
+        lease: Duration,
+        limits: Limits,
+        tune: impl FnOnce(&mut FederationOptions),
+    ) -> anyhow::Result<FedHub> {
         let mut opts = FederationOptions::new(SERVICE, vec![url.to_owned()]);
         opts.hub_name = name.to_owned();
         opts.replicas = Some(3);
         opts.lease = lease;
+        opts.kv_max_keys = limits.kv_max_keys;
         tune(&mut opts);
         let fed = Federation::connect(opts).await?;
         let hub = Hub::builder()
             .service(SERVICE)
             .token(TOKEN)
+            .limits(limits)
             .listen("127.0.0.1:0")
             .write_hint(false)
             .unix(switchboard::hub::UnixSocket::disabled())

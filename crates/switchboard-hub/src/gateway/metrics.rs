@@ -277,6 +277,11 @@ impl Federation {
                     "changes of the shared key/value store applied from the cluster",
                     n("kv_changes"),
                 ),
+                (
+                    "kv_uncached",
+                    "changes of keys beyond kv_max_keys passed to watchers but not cached",
+                    n("kv_uncached"),
+                ),
             ],
         })
     }

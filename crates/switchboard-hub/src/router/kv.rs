@@ -8,7 +8,7 @@ use bytes::Bytes;
 use switchboard_wire::{proto, ErrorCode, Frame};
 
 use super::common::{err, shown};
-use super::kvstore::{KvError, KvStore};
+use super::kvstore::{Applied, KvError, KvStore};
 use super::output::Output;
 use crate::ids::{ConnId, IdMap};
 use crate::limits::Limits;
@@ -155,16 +155,20 @@ impl Kv {
     /// A change of the shared store the remote seam reports (see
     /// [`Remote::kv`](super::remote::Remote::kv)): kept in the local
     /// store (a cache) and told to the watchers, unless the cache holds
-    /// that key at this version or a later one already.
+    /// that key at this version or a later one already. The cache holds
+    /// at most `kv_max_keys` live keys: a change that would add one more
+    /// is told to the watchers but not kept (a later watch's initial
+    /// values lack it; reads go to the shared store).
     pub fn remote_change(&mut self, out: &mut Output, u: proto::KvUpdate, limits: &Limits) {
         let applied = self.store.apply(
             &u.key,
             u.value.clone(),
             u.version,
             u.deleted,
+            limits.kv_max_keys,
             limits.kv_max_tombstones,
         );
-        if applied {
+        if applied != Applied::Stale {
             let value = if u.deleted { Bytes::new() } else { u.value };
             self.changed(out, &u.key, value, u.version, u.deleted, &u.by);
         }

@@ -24,6 +24,17 @@ struct Entry {
     deleted: bool,
 }
 
+/// What [`KvStore::apply`] did with a change made elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Kept: the store holds the change.
+    Kept,
+    /// Ignored: the store holds the key at that version or a later one.
+    Stale,
+    /// Not kept: it would be a live key beyond the store's limit.
+    Uncached,
+}
+
 /// A key's state as seen by a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Current {
@@ -163,22 +174,29 @@ impl KvStore {
     }
 
     /// Takes a change made elsewhere (the shared store of a federation):
-    /// `key` at `version`, set to `value` or deleted. `false` (nothing
-    /// changed) when the store holds `key` at `version` or a later one.
-    /// No limit on live keys: the shared store enforces it.
+    /// `key` at `version`, set to `value` or deleted. [`Applied::Stale`]
+    /// (nothing changed) when the store holds `key` at `version` or a
+    /// later one; [`Applied::Uncached`] (nothing kept) when the change
+    /// would make the store hold more than `max_keys` live keys — the
+    /// store is then a cache bounded like a local one, whatever other
+    /// hubs or writers put in the shared store.
     pub(crate) fn apply(
         &mut self,
         key: &str,
         value: Bytes,
         version: u64,
         deleted: bool,
+        max_keys: usize,
         max_tombstones: usize,
-    ) -> bool {
+    ) -> Applied {
         let was = match self.map.get(key) {
-            Some(e) if e.version >= version => return false,
+            Some(e) if e.version >= version => return Applied::Stale,
             Some(e) => Some(e.deleted),
             None => None,
         };
+        if !deleted && was != Some(false) && self.live >= max_keys {
+            return Applied::Uncached;
+        }
         match (was, deleted) {
             (Some(false), true) => {
                 self.live -= 1;
@@ -205,7 +223,7 @@ impl KvStore {
             self.deletions.push_back((key.to_owned(), version));
             self.trim_tombstones(max_tombstones);
         }
-        true
+        Applied::Kept
     }
 
     fn trim_tombstones(&mut self, max: usize) {
@@ -389,19 +407,49 @@ mod tests {
     #[test]
     fn changes_from_elsewhere_apply_in_version_order() {
         let mut kv = KvStore::default();
-        assert!(kv.apply("a", "1".into(), 5, false, 10));
-        assert!(!kv.apply("a", "old".into(), 4, false, 10), "older: ignored");
-        assert!(
-            !kv.apply("a", "1".into(), 5, false, 10),
+        let kept = Applied::Kept;
+        assert_eq!(kv.apply("a", "1".into(), 5, false, 10, 10), kept);
+        assert_eq!(
+            kv.apply("a", "old".into(), 4, false, 10, 10),
+            Applied::Stale,
+            "older: ignored"
+        );
+        assert_eq!(
+            kv.apply("a", "1".into(), 5, false, 10, 10),
+            Applied::Stale,
             "repeated: ignored"
         );
         assert_eq!(kv.get("a").value, Bytes::from("1"));
-        assert!(kv.apply("a", Bytes::new(), 9, true, 10));
+        assert_eq!(kv.apply("a", Bytes::new(), 9, true, 10, 10), kept);
         assert_eq!((kv.live_keys(), kv.tombstones()), (0, 1));
-        assert!(kv.apply("a", "2".into(), 12, false, 10));
+        assert_eq!(kv.apply("a", "2".into(), 12, false, 10, 10), kept);
         assert_eq!(kv.get("a").version, 12);
-        assert!(kv.apply("b", Bytes::new(), 13, true, 10));
+        assert_eq!(kv.apply("b", Bytes::new(), 13, true, 10, 10), kept);
         assert_eq!((kv.live_keys(), kv.tombstones()), (1, 1));
+    }
+
+    #[test]
+    fn changes_from_elsewhere_never_grow_past_the_key_limit() {
+        let mut kv = KvStore::default();
+        assert_eq!(kv.apply("a", "1".into(), 1, false, 2, 10), Applied::Kept);
+        assert_eq!(kv.apply("b", "1".into(), 2, false, 2, 10), Applied::Kept);
+        // A third live key is not kept; nor is a deleted key set again.
+        assert_eq!(
+            kv.apply("c", "1".into(), 3, false, 2, 10),
+            Applied::Uncached
+        );
+        assert_eq!(kv.get("c").version, 0);
+        // Live keys change as before; a delete frees room.
+        assert_eq!(kv.apply("a", "2".into(), 4, false, 2, 10), Applied::Kept);
+        assert_eq!(kv.apply("a", Bytes::new(), 5, true, 2, 10), Applied::Kept);
+        assert_eq!(kv.apply("b", Bytes::new(), 6, true, 2, 10), Applied::Kept);
+        assert_eq!(kv.apply("c", "1".into(), 7, false, 2, 10), Applied::Kept);
+        assert_eq!(kv.apply("a", "3".into(), 8, false, 2, 10), Applied::Kept);
+        assert_eq!(
+            kv.apply("b", "3".into(), 9, false, 2, 10),
+            Applied::Uncached
+        );
+        assert_eq!((kv.live_keys(), kv.tombstones()), (2, 1));
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         &opts.config.federation,
         g.service(),
         opts.config.replication.standby,
+        opts.config.limits.kv_max_keys,
         b,
     )
     .await?;

@@ -76,6 +76,7 @@ pub async fn join(
     f: &FederationSection,
     service: &str,
     standby: bool,
+    kv_max_keys: usize,
     b: switchboard::HubBuilder,
 ) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     use switchboard::federation::{Federation, FederationOptions};
@@ -95,6 +96,7 @@ pub async fn join(
         opts.hub_name = name.clone();
     }
     opts.standby = standby;
+    opts.kv_max_keys = kv_max_keys;
     let fed = Federation::connect(opts).await?;
     tracing::info!(hub = fed.hub_name(), standby, "joined the federation");
     let b = b.remote(fed.remote());
@@ -132,6 +134,7 @@ pub async fn join(
     f: &FederationSection,
     _service: &str,
     _standby: bool,
+    _kv_max_keys: usize,
     b: switchboard::HubBuilder,
 ) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     if !f.servers.is_empty() {
