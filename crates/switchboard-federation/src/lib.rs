@@ -540,6 +540,10 @@ impl Federation {
                     self.lossless_stats().map_or(0, |l| n(&l.failed)),
                 ),
                 (
+                    "lossless_queue_full",
+                    self.lossless_stats().map_or(0, |l| n(&l.queue_full)),
+                ),
+                (
                     "lossless_delivered",
                     self.lossless_stats().map_or(0, |l| n(&l.delivered)),
                 ),

@@ -82,6 +82,10 @@ pub struct LosslessStats {
     /// Directs the stream refused (full) or did not acknowledge in time
     /// (their senders told `QUEUE_FULL` or `TIMEOUT`).
     pub failed: AtomicU64,
+    /// Of `failed`: directs refused with `QUEUE_FULL` (the queue towards
+    /// the stream or the stream itself full), each also told to the
+    /// operator by a warning at most once a second.
+    pub queue_full: AtomicU64,
     /// Publishes repeated (the stream had no leader or did not answer).
     pub retried: AtomicU64,
     /// Directs from the stream handed to a local target.
@@ -122,6 +126,8 @@ pub(crate) struct Lossless {
     run: u64,
     seq: AtomicU64,
     stats: LosslessStats,
+    /// Warnings about directs refused with `QUEUE_FULL` (rate-limited).
+    full_log: crate::throttle::Throttle,
 }
 
 impl Lossless {
@@ -178,6 +184,7 @@ impl Lossless {
             run: rand::random::<u64>() >> 1,
             seq: AtomicU64::new(0),
             stats: LosslessStats::default(),
+            full_log: crate::throttle::Throttle::new(),
         }))
     }
 
@@ -207,6 +214,7 @@ impl Lossless {
         };
         if let Err(e) = self.queue.try_send(q) {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            self.refused_full("the queue towards the federation's message stream is full");
             let q = e.into_inner();
             if let Some(port) = self.port.get().cloned() {
                 tokio::spawn(async move {
@@ -218,6 +226,20 @@ impl Lossless {
             }
         }
         Handoff::Taken
+    }
+
+    /// Counts a confirmed direct refused with `QUEUE_FULL` and tells the
+    /// operator (at most one line a second, with the count since the
+    /// previous one): its sender was told, but a full stream or queue is
+    /// the operator's to fix.
+    fn refused_full(&self, why: &str) {
+        self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.full_log.hit() {
+            tracing::warn!(
+                refused = n,
+                "federation: {why}; confirmed messages to other hubs refused with QUEUE_FULL (count since the last such line)"
+            );
+        }
     }
 
     /// Runs the publisher and this hub's consumer, answering and
@@ -258,6 +280,9 @@ impl Lossless {
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if is_full(&e) {
+                        self.refused_full("the federation's message stream is full");
+                    }
                     let (code, msg) = refusal(&e, &q.hub);
                     port.fail(&q.from, q.id, code, msg).await;
                 }

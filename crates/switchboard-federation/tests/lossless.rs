@@ -378,10 +378,19 @@ async fn a_full_stream_fails_the_confirmed_send_never_confirmed_then_lost() -> a
     let stats = a.fed.lossless_stats().expect("on");
     assert_eq!(stats.stored.load(Ordering::Relaxed), FULL as u64);
     assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.queue_full.load(Ordering::Relaxed), 1);
     assert_eq!(
         stats.retried.load(Ordering::Relaxed),
         0,
         "a full stream is not asked again"
+    );
+    // The operator sees it in the hub's status (and so in /metrics).
+    let status = sender.status().await?;
+    assert_eq!(
+        status.counters.get("federation_lossless_queue_full"),
+        Some(&1),
+        "{:?}",
+        status.counters
     );
     Ok(())
 }

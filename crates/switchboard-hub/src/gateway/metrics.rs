@@ -278,6 +278,16 @@ impl Federation {
                     n("kv_changes"),
                 ),
                 (
+                    "lossless_failed",
+                    "confirmed messages to other hubs not stored in the federation's stream (their senders told QUEUE_FULL, TIMEOUT or LIMIT_EXCEEDED)",
+                    n("lossless_failed"),
+                ),
+                (
+                    "lossless_queue_full",
+                    "confirmed messages to other hubs refused with QUEUE_FULL (the federation's stream or the queue towards it full)",
+                    n("lossless_queue_full"),
+                ),
+                (
                     "kv_uncached",
                     "changes of keys beyond kv_max_keys passed to watchers but not cached",
                     n("kv_uncached"),
