@@ -556,6 +556,7 @@ impl Federation {
                 ("ids_taken_back", n(&d.taken_back)),
                 ("queue_full", n(&s.queue_full)),
                 ("group_served_by_origin", n(&s.served_by_origin)),
+                ("session_unconfirmed", n(&s.session_unconfirmed)),
                 ("kv_changes", self.kv().stats().changes()),
                 ("kv_malformed", self.kv().stats().malformed()),
                 ("kv_dropped", n(&self.kv().stats().dropped)),

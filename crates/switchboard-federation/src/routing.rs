@@ -120,6 +120,10 @@ pub struct RoutingStats {
     /// Publishes the cluster handed this hub for a queue group that the
     /// origin hub's own members of the group took already (dropped).
     pub served_by_origin: AtomicU64,
+    /// Session frames the target's hub did not confirm within
+    /// [`sessions::ACK_TIMEOUT`](crate::sessions::ACK_TIMEOUT) (their
+    /// senders told `NO_SUCH_CLIENT`).
+    pub session_unconfirmed: AtomicU64,
 }
 
 impl RoutingStats {
@@ -674,11 +678,31 @@ impl Routing {
             let Some((origin, frame, to)) = self.check(&msg, true) else {
                 continue;
             };
+            let ack = match (&frame.kind, &msg.reply) {
+                (Some(Kind::Session(_)), Some(reply)) => self.session_ack(&origin, reply),
+                _ => None,
+            };
             if !self.deliver(origin, frame, to, &port).await {
                 return;
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = ack {
+                // Taken (handed in, or its sender told the peer is
+                // gone): the sender's hub stops waiting for it.
+                if let Err(e) = self.client.publish(reply, bytes::Bytes::new()).await {
+                    self.publish_failed(&e);
+                }
+            }
         }
+    }
+
+    /// The reply subject of a session frame from `origin`, when it is one
+    /// of that hub's session reply subjects (`sb.<svc>.s.<origin>.…`, see
+    /// [`crate::sessions`]); any other reply subject is never answered, so
+    /// a message cannot make this hub publish where it names.
+    fn session_ack(&self, origin: &str, reply: &str) -> Option<String> {
+        let prefix = format!("sb.{}.s.{}.", self.service, escape(origin));
+        reply.starts_with(&prefix).then(|| reply.to_owned())
     }
 
     /// A checked message into the router; `false` when the hub stopped.

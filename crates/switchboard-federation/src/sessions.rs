@@ -20,9 +20,26 @@
 //!   holds the target (it left before the sender's hub heard of it),
 //!   answers the same error to the sender's hub (an `Error` with id 0
 //!   and [`H_TO`] naming the sender, see `routing`).
+//! - A hub that still holds its subscription but takes nothing (its
+//!   process stopped, or its connection half-dead until the NATS server's
+//!   ping timeout notices, minutes by default) draws no "no responders".
+//!   So the target's hub confirms each session frame it took (handed in,
+//!   or answered as above) with an empty message on the frame's reply
+//!   subject, which ends in the frame's number; a frame not confirmed
+//!   within [`ACK_TIMEOUT`] (checked every [`CHECK_EVERY`]) makes this
+//!   hub tell its sender `NO_SUCH_CLIENT` (one error per sender and
+//!   target per check, counted in
+//!   [`RoutingStats::session_unconfirmed`](crate::RoutingStats::session_unconfirmed)):
+//!   the sender learns within `ACK_TIMEOUT + CHECK_EVERY` that the frame
+//!   may be lost. The confirmation costs one small message back per
+//!   frame, sent without waiting: the sending side never waits for it.
+//!   At most [`MAX_UNCONFIRMED`] frames wait for one; a frame sent beyond
+//!   that is not watched (as before: told only by "no responders").
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -40,9 +57,30 @@ use crate::throttle::Throttle;
 /// dropped and counted.
 pub const QUEUE: usize = 8192;
 
+/// How long the target's hub has to confirm a session frame before its
+/// sender is told it may be lost. Above a loaded hub's usual delay (a
+/// spurious error says only "may not have arrived"), well below a lease.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often frames waiting for confirmation are checked.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Session frames waiting for confirmation, at most.
+pub const MAX_UNCONFIRMED: usize = 8192;
+
 /// A session frame on its way: the target's hub, the sender, the target,
 /// the frame (`peer` naming the sender).
 type Outgoing = (String, String, String, Frame);
+
+/// A session frame sent and not yet confirmed: target's hub, sender,
+/// target, when it went out.
+#[derive(Debug)]
+struct Unconfirmed {
+    hub: String,
+    from: String,
+    to: String,
+    sent: Instant,
+}
 
 /// See the module docs.
 #[derive(Debug)]
@@ -54,6 +92,11 @@ pub(crate) struct Sessions {
     queue: mpsc::Sender<Outgoing>,
     queued: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     full_log: Throttle,
+    /// Frames sent and not yet confirmed, by number (numbers grow with
+    /// the time sent: one task sends).
+    unconfirmed: Mutex<BTreeMap<u64, Unconfirmed>>,
+    /// The last frame number given.
+    seq: AtomicU64,
 }
 
 impl Sessions {
@@ -72,6 +115,8 @@ impl Sessions {
             queue,
             queued: Mutex::new(Some(queued)),
             full_log: Throttle::new(),
+            unconfirmed: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -136,14 +181,29 @@ impl Sessions {
                 headers.insert(H_ORIGIN, me.as_str());
                 headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
                 headers.insert(H_TO, escape(&to).as_str());
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let reply = format!(
-                    "sb.{}.s.{me}.{}.{}",
+                    "sb.{}.s.{me}.{}.{}.{seq:x}",
                     self.service,
                     escape(&from),
                     escape(&to)
                 );
                 let body = prost::Message::encode_to_vec(&frame);
                 let stats = self.routing.stats();
+                {
+                    let mut waiting = self.unconfirmed.lock();
+                    if waiting.len() < MAX_UNCONFIRMED {
+                        waiting.insert(
+                            seq,
+                            Unconfirmed {
+                                hub: hub.clone(),
+                                from,
+                                to,
+                                sent: Instant::now(),
+                            },
+                        );
+                    }
+                }
                 match self
                     .client
                     .publish_with_reply_and_headers(
@@ -155,29 +215,72 @@ impl Sessions {
                     .await
                 {
                     Ok(()) => stats.sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => stats.dropped.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        self.unconfirmed.lock().remove(&seq);
+                        stats.dropped.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         };
-        tokio::join!(send, self.no_responders(replies, &port));
+        tokio::join!(send, self.no_responders(replies, &port), self.expire(&port));
     }
 
-    /// The NATS server's "no responders" answers to this hub's session
-    /// frames: each tells its sender `NO_SUCH_CLIENT`, as locally.
+    /// Tells the senders of frames not confirmed within [`ACK_TIMEOUT`],
+    /// every [`CHECK_EVERY`], until the hub stops.
+    async fn expire(&self, port: &PortSender) {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while port.is_open() {
+            tick.tick().await;
+            let now = Instant::now();
+            // Per sender and target: the target's hub and how many.
+            let mut late: BTreeMap<(String, String), (String, usize)> = BTreeMap::new();
+            {
+                let mut waiting = self.unconfirmed.lock();
+                while let Some(entry) = waiting.first_entry() {
+                    if now.duration_since(entry.get().sent) < ACK_TIMEOUT {
+                        break;
+                    }
+                    let u = entry.remove();
+                    late.entry((u.from, u.to)).or_insert((u.hub, 0)).1 += 1;
+                }
+            }
+            for ((from, to), (hub, n)) in late {
+                self.routing
+                    .stats()
+                    .session_unconfirmed
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                let message = format!(
+                    "client '{to}' is on hub '{hub}', which did not confirm {n} session frame(s) within {ACK_TIMEOUT:?} (stopped, cut off or overloaded); they may not have been delivered"
+                );
+                if !port.fail(&from, 0, ErrorCode::NoSuchClient, message).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers on this hub's session reply subjects: a confirmation (an
+    /// empty message) ends the frame's wait; the NATS server's "no
+    /// responders" tells its sender `NO_SUCH_CLIENT`, as locally.
     async fn no_responders(&self, mut replies: async_nats::Subscriber, port: &PortSender) {
         while let Some(msg) = replies.next().await {
-            if msg.status != Some(async_nats::StatusCode::NO_RESPONDERS) {
-                continue;
-            }
-            // sb.<svc>.s.<me>.<from>.<to>
+            // sb.<svc>.s.<me>.<from>.<to>.<number>
             let mut tokens = msg.subject.split('.').skip(4);
-            let (Some(from), Some(to), None) = (
+            let (Some(from), Some(to), Some(seq), None) = (
                 tokens.next().and_then(unescape),
                 tokens.next().and_then(unescape),
+                tokens.next().and_then(|t| u64::from_str_radix(t, 16).ok()),
                 tokens.next(),
             ) else {
                 continue;
             };
+            // Either answer ends the wait ("no responders" comes at once,
+            // long before the wait would end).
+            self.unconfirmed.lock().remove(&seq);
+            if msg.status != Some(async_nats::StatusCode::NO_RESPONDERS) {
+                continue;
+            }
             let hub = self
                 .directory
                 .holder(&to)

@@ -70,6 +70,8 @@ async fn a_manager_drives_an_agent_on_another_hub_in_order() -> anyhow::Result<(
     for hub in [&a, &b] {
         let stats = hub.fed.routing_stats();
         assert_eq!(stats.rejected(), 0);
+        // Every session frame was confirmed by the far hub in time.
+        assert_eq!(stats.session_unconfirmed.load(Ordering::Relaxed), 0);
         // The session crossed, both ways.
         assert!(stats.sent.load(Ordering::Relaxed) > N as u64);
         assert!(stats.received.load(Ordering::Relaxed) > N as u64);
@@ -196,12 +198,157 @@ async fn a_session_frame_whose_peer_cannot_be_reached_is_refused_at_once() -> an
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), events.recv()).await {}
 
     // 3. The sender's own hub is cut off: refused at once, as a direct
-    // or a request is.
+    // or a request is. (Tries of step 2 that went into the dead route
+    // are told when their confirmation is overdue: skipped here.)
     cluster.nodes[0].kill();
     common::eventually("hub-a lost the cluster", || !a.fed.is_connected()).await;
     session_frame(&acs, "cpe-1").await?;
-    let (code, message) = hub_error(&mut events).await;
+    let (code, message) = loop {
+        let (code, message) = hub_error(&mut events).await;
+        if !message.contains("did not confirm") {
+            break (code, message);
+        }
+    };
     assert_eq!(code, ErrorCode::NoSuchClient, "{message}");
     assert!(message.contains("lost its connection"), "{message}");
+    Ok(())
+}
+
+/// Environment variable naming the NATS server of the child hub process.
+const CHILD_NATS: &str = "SB_TEST_CHILD_HUB_NATS";
+
+/// Not a test of its own: the hub process that
+/// `a_session_frame_into_a_stopped_hub_is_reported_within_the_bound`
+/// starts (this test binary run again) and stops with SIGSTOP. Without
+/// [`CHILD_NATS`] it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by another test"]
+async fn child_hub_process() -> anyhow::Result<()> {
+    let Ok(url) = std::env::var(CHILD_NATS) else {
+        return Ok(());
+    };
+    let lease = Duration::from_secs(60);
+    let b = FedHub::start("hub-b", &url, lease).await?;
+    let _cpe = b.client("cpe-1").await?;
+    println!("CHILD READY");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// A child process, killed on drop.
+struct ChildHub(std::process::Child);
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_frame_into_a_stopped_hub_is_reported_within_the_bound() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    use switchboard::ErrorCode;
+    use switchboard_federation::sessions::{ACK_TIMEOUT, CHECK_EVERY};
+
+    let Some(bin) = nats_server() else {
+        return Ok(());
+    };
+    let cluster = Cluster::start(&bin, 3).await?;
+    // Leases far longer than the test: hub-b stays a live member.
+    let lease = Duration::from_secs(60);
+    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let acs = a.client("acs").await?;
+    // hub-b in a process of its own (this binary, running only
+    // `child_hub_process`).
+    let mut child = ChildHub(
+        Command::new(std::env::current_exe()?)
+            .args(["--exact", "child_hub_process", "--ignored", "--nocapture"])
+            .env(CHILD_NATS, &cluster.nodes[1].url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().expect("piped");
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("CHILD READY"))
+    });
+    assert!(
+        tokio::time::timeout(WAIT, ready).await??,
+        "the child hub started"
+    );
+    common::eventually("hub-a knows hub-b and its client", || {
+        a.fed.directory().is_member("hub-b")
+            && a.fed.directory().holder("cpe-1").as_deref() == Some("hub-b")
+    })
+    .await;
+    let mut events = acs.events();
+
+    // While hub-b runs, its confirmations come back: no error.
+    session_frame(&acs, "cpe-1").await?;
+    let quiet = tokio::time::timeout(ACK_TIMEOUT + Duration::from_secs(1), async {
+        while let Some(ev) = events.recv().await {
+            if let switchboard::ClientEvent::HubError { code, message } = ev {
+                return (code, message);
+            }
+        }
+        std::future::pending().await
+    })
+    .await;
+    assert!(quiet.is_err(), "no error while the hub runs: {quiet:?}");
+    assert_eq!(
+        a.fed
+            .routing_stats()
+            .session_unconfirmed
+            .load(Ordering::Relaxed),
+        0
+    );
+
+    // hub-b's process stopped: NATS keeps its subscription (no "no
+    // responders"), the frame goes nowhere, and the sender is told once
+    // the confirmation is overdue.
+    let pid = child.0.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status()?;
+    assert!(stopped.success());
+    let t = Instant::now();
+    session_frame(&acs, "cpe-1").await?;
+    let (code, message) = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = events.recv().await {
+            if let switchboard::ClientEvent::HubError { code, message } = ev {
+                return Some((code, message));
+            }
+        }
+        None
+    })
+    .await?
+    .expect("an error event");
+    let took = t.elapsed();
+    eprintln!("told after {took:?}: {message}");
+    assert_eq!(code, ErrorCode::NoSuchClient, "{message}");
+    assert!(
+        message.contains("cpe-1")
+            && message.contains("hub-b")
+            && message.contains("did not confirm"),
+        "{message}"
+    );
+    assert!(took >= ACK_TIMEOUT, "not before the bound: {took:?}");
+    assert!(
+        took < ACK_TIMEOUT + CHECK_EVERY + Duration::from_secs(2),
+        "within the bound: {took:?}"
+    );
+    assert!(a.fed.directory().is_live("hub-b"), "still within the lease");
+    assert_eq!(
+        a.fed
+            .routing_stats()
+            .session_unconfirmed
+            .load(Ordering::Relaxed),
+        1
+    );
     Ok(())
 }
