@@ -1146,3 +1146,102 @@ fn federation_state_in_status_metrics_and_check() {
     assert!(!logged.concat().contains("s3cret"), "{logged:?}");
     drop(hub);
 }
+
+/// `switchboard hub --federate … --federate-name p` is fenced when a
+/// standby takes its name over in the federation (started here in this
+/// process with a standby's federation, which takes over as soon as its
+/// hub serves): the process says so and exits non-zero.
+#[test]
+fn a_fenced_federated_hub_exits_non_zero() {
+    use switchboard::federation::{Federation, FederationOptions};
+
+    let Some(bin) = nats_server() else {
+        return;
+    };
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let store = env.path().join("js");
+    let conf = env.write(
+        "nats.conf",
+        &format!(
+            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n",
+            store.to_str().unwrap()
+        ),
+    );
+    let mut nats = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut hub = Proc::spawn(env.cmd(&[
+        "hub",
+        "--no-unix",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--federate",
+        &url,
+        "--federate-name",
+        "p",
+    ]));
+    // The human ready line: the hub joined (heartbeat written).
+    let line = hub
+        .stdout
+        .recv_timeout(WAIT)
+        .expect("a ready line within the wait");
+    assert!(line.contains("switchboard hub ready"), "{line}");
+
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let (fed, standby) = rt.block_on(async {
+        let mut opts = FederationOptions::new(switchboard::DEFAULT_SERVICE, vec![url.clone()]);
+        opts.hub_name = "p".into();
+        opts.standby = true;
+        let fed = Federation::connect(opts).await.expect("the standby joins");
+        let hub = switchboard::Hub::builder()
+            .token(TOKEN)
+            .listen("127.0.0.1:0")
+            .write_hint(false)
+            .unix(switchboard::hub::UnixSocket::disabled())
+            .remote(fed.remote())
+            .start()
+            .await
+            .expect("the standby's hub serves");
+        (fed, hub)
+    });
+    // It takes over once its hub serves (its port attached).
+    let deadline = Instant::now() + WAIT;
+    while fed.directory().is_standby() {
+        assert!(Instant::now() < deadline, "the standby did not take over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fed.epoch(), 2, "one above the fenced hub's");
+
+    // The old primary learns it from the cluster and stops, non-zero.
+    let status = wait_timeout(&mut hub.child);
+    assert!(!status.success(), "{status:?}");
+    let mut stderr = String::new();
+    while let Ok(line) = hub.stderr.recv_timeout(Duration::from_secs(1)) {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    assert!(
+        stderr.contains("fenced: a standby took this hub's name over in the federation"),
+        "{stderr}"
+    );
+    rt.block_on(fed.shutdown());
+    drop(standby);
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
