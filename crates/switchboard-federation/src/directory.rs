@@ -707,13 +707,9 @@ impl Directory {
                     Ok(Registered::Fenced) => break,
                     Ok(Registered::Lost(..)) => {
                         let hub = self.holder(&id).unwrap_or_default();
-                        self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(client = %id, hub = %hub, "federation: while this hub was cut off from the cluster, another hub registered one of its client ids; closing the local client");
-                        let message = format!(
-                            "client id '{id}' was registered on hub '{hub}' of this federation while this hub was cut off from the cluster; give each process its own id"
-                        );
-                        port.close_client(&id, ErrorCode::IdTakenOver, message)
-                            .await;
+                        if let Some(close) = self.take_back(&id, &hub) {
+                            port.close_client(&id, ErrorCode::IdTakenOver, close).await;
+                        }
                         break;
                     }
                     Err(e) => {
@@ -724,6 +720,38 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// Another live hub (`hub`) registered `id`, which a local client
+    /// holds, while this hub was cut off: the local client is to be
+    /// closed with `ID_TAKEN_OVER`. Counted once per client: `None` when
+    /// the id is no longer local here (closed already by the other path,
+    /// or left); else the message to close it with.
+    fn take_back(&self, id: &str, hub: &str) -> Option<String> {
+        if !self.local.lock().remove(id) {
+            return None;
+        }
+        self.stats.taken_back.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %id, hub = %hub, "federation: while this hub was cut off from the cluster, another hub registered one of its client ids; closing the local client");
+        Some(format!(
+            "client id '{id}' was registered on hub '{hub}' of this federation while this hub was cut off from the cluster; give each process its own id"
+        ))
+    }
+
+    /// [`take_back`](Self::take_back) from the id watch (not async): the
+    /// close is sent on a task of its own.
+    fn taken_back(&self, id: &str, hub: &str) {
+        let Some(message) = self.take_back(id, hub) else {
+            return;
+        };
+        let Some(port) = self.port.get().cloned() else {
+            return;
+        };
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            port.close_client(&id, ErrorCode::IdTakenOver, message)
+                .await;
+        });
     }
 
     /// Another live hub registered `id` before this hub's write reached
@@ -860,11 +888,35 @@ impl Directory {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
+            // (Read before the state's lock: never both held.)
+            let here = self.local.lock().contains(&id);
             let mut st = self.state.lock();
             match entry.operation {
                 Operation::Put => match serde_json::from_slice::<Holder>(&entry.value) {
                     Ok(h) => {
                         self.saw_epoch(&mut st, &h.hub, h.epoch);
+                        // Another live hub wrote the id after this hub's
+                        // own written entry, while its client is still
+                        // here: this hub was taken for dead (cut off
+                        // longer than the lease) and the id registered
+                        // there. The hub that kept the cluster wins: the
+                        // local client is closed now, one watch delay
+                        // after the change reached this hub, rather than
+                        // when `reregister` comes to it.
+                        let taken = here
+                            && h.hub != self.me
+                            && st.ids.get(&id).is_some_and(|(cur, rev)| {
+                                cur.hub == self.me && *rev != 0 && *rev < entry.revision
+                            })
+                            && live(&st, &self.me, &h.hub, self.lease, self.started);
+                        if taken {
+                            let hub = h.hub.clone();
+                            st.ids.insert(id.clone(), (h, entry.revision));
+                            drop(st);
+                            self.tell(&id, Some(&hub));
+                            self.taken_back(&id, &hub);
+                            return;
+                        }
                         // Our own fresher record (joined, not yet written)
                         // wins over an older revision of someone else's.
                         let ours_pending = st.ids.get(&id).is_some_and(|(cur, rev)| {
