@@ -257,3 +257,64 @@ async fn of_two_hubs_admitting_one_id_at_once_the_loser_closes_its_client() -> a
     assert_eq!(&m.payload[..], b"still here?");
     Ok(())
 }
+
+/// Another live hub overwrites the entry of an id a client of this hub
+/// holds (as a hub does that took this one for dead, cut off longer than
+/// the lease, before the reaper deleted its entries): the id watch closes
+/// the local client at once with `ID_TAKEN_OVER`, without waiting for a
+/// reconnection, so the two clients of one id do not both stay. Made
+/// here with a raw write of hub-b's entry at the revision hub-a wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_taken_by_another_live_hub_closes_the_local_client_at_once() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use switchboard::ClientEvent;
+    use switchboard_federation::directory::Holder;
+
+    let Some((cluster, a, b)) = common::two_hubs().await? else {
+        return Ok(());
+    };
+    let x = a.client("x").await?;
+    let mut events = x.events();
+    common::eventually("hub-a wrote x and hub-b sees it", || {
+        a.fed
+            .directory()
+            .holding("x")
+            .is_some_and(|(h, rev)| h.hub == "hub-a" && rev > 0)
+            && b.fed.directory().holder("x").as_deref() == Some("hub-a")
+    })
+    .await;
+    let (_, rev) = a.fed.directory().holding("x").expect("held");
+
+    let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
+    let js = async_nats::jetstream::new(raw);
+    let ids = js
+        .get_key_value(format!("sb_{}_ids", common::SERVICE))
+        .await?;
+    let theirs = serde_json::to_vec(&Holder {
+        hub: "hub-b".into(),
+        epoch: 1,
+    })?;
+    ids.update("x", theirs.into(), rev).await?;
+
+    let reason = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(ev) = events.next().await {
+            if let ClientEvent::Closed { reason } = ev {
+                return Some(reason);
+            }
+        }
+        None
+    })
+    .await?
+    .expect("hub-a's x was closed");
+    assert!(reason.contains("took over"), "{reason}");
+    assert_eq!(
+        a.fed
+            .directory()
+            .stats()
+            .taken_back
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(a.fed.directory().holder("x").as_deref(), Some("hub-b"));
+    Ok(())
+}
