@@ -1097,6 +1097,9 @@ fn federation_state_in_status_metrics_and_check() {
         "switchboard_federation_malformed_total",
         "switchboard_federation_oversized_total",
         "switchboard_federation_foreign_total",
+        "switchboard_federation_lossless_failed_total",
+        "switchboard_federation_lossless_queue_full_total",
+        "switchboard_federation_kv_uncached_total",
     ] {
         assert!(families.iter().any(|f| f == name), "{name} in {body}");
     }
