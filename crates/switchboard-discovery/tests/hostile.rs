@@ -606,8 +606,15 @@ async fn an_address_listed_twice_is_probed_once() {
         ..o
     };
     assert!(discover("svc-twice-b", &o).await.is_err());
-    // Give the listener's tasks a moment to log what they read.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The listener's tasks log what they read a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ["svc-twice-a", "svc-twice-b"]
+        .iter()
+        .any(|s| silent.probes_for(s).is_empty())
+    {
+        assert!(Instant::now() < deadline, "the probes were never logged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(silent.probes_for("svc-twice-a").len(), 1);
     assert_eq!(silent.probes_for("svc-twice-b").len(), 1);
 }

@@ -127,6 +127,13 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     })
     .await;
     assert_eq!(a.fed.directory().holder("dup").as_deref(), Some("hub-b"));
+    // Hub A routes to a live holder only, and judges hub B's liveness by
+    // the heartbeats it has seen since it came back.
+    eventually("hub A sees far.b on a live hub B again", || {
+        a.fed.directory().holder("far.b").as_deref() == Some("hub-b")
+            && a.fed.directory().is_live("hub-b")
+    })
+    .await;
 
     // Routing across hubs works again, both ways.
     assert_eq!(&on_a.request("far.b", "y").await?[..], b"b: y");

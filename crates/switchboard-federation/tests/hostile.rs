@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use common::{eventually, nats_server, wait_members, Cluster, FedHub, SERVICE, WAIT};
+use common::{
+    eventually, nats_server, wait_interest, wait_members, Cluster, FedHub, SERVICE, WAIT,
+};
 use prost::Message as _;
 use switchboard::wire::proto;
 use switchboard_federation::routing::{H_MSG, H_ORIGIN, H_TO};
@@ -41,6 +43,12 @@ async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> a
         b.fed.routing_stats().patterns.load(Ordering::Relaxed) == 1
     })
     .await;
+    // The raw client publishes through node 2 and hub-a through node 0:
+    // both must know of hub-b's subscription first (core NATS drops a
+    // publish nobody is known to want).
+    for node in [&cluster.nodes[2], &cluster.nodes[0]] {
+        wait_interest(node.http_port, &format!("sb.{SERVICE}.t.t.>")).await;
+    }
     let sender = a.client("sender").await?;
     eventually("hub-a sees the target", || {
         a.fed.directory().holder("target").is_some()

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, two_hubs, Cluster, FedHub, WAIT};
+use common::{eventually, nats_server, two_hubs, wait_members, Cluster, FedHub, WAIT};
 use switchboard::{Client, ClientError, ConnectionState, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,6 +18,9 @@ async fn an_id_held_on_one_hub_is_refused_on_the_others_until_it_leaves() -> any
     let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
     let c = FedHub::start("hub-c", &cluster.nodes[2].url, lease).await?;
+    // A duplicate is refused while its holder is live, judged by its
+    // heartbeats.
+    wait_members(&[&a, &b, &c]).await;
 
     // An id with characters NATS treats specially.
     let id = "dev.1 *>";
@@ -63,6 +66,7 @@ async fn a_dead_hubs_ids_are_released_after_its_lease() -> anyhow::Result<()> {
     let lease = Duration::from_millis(1500);
     let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
+    wait_members(&[&a, &b]).await;
 
     let _held = a.client("worker-7").await?;
     eventually("hub-b sees hub-a hold the id", || {

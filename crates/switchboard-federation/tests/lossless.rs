@@ -69,6 +69,12 @@ async fn confirmed_directs_arrive_once_and_in_order() -> anyhow::Result<()> {
         b.fed.lossless_stats().expect("on"),
     );
     assert_eq!(sa.stored.load(Ordering::Relaxed), N as u64);
+    // Counted once the router took the message, which may be after the
+    // client has it.
+    eventually("hub-b counted every delivery", || {
+        sb.delivered.load(Ordering::Relaxed) >= N as u64
+    })
+    .await;
     assert_eq!(sb.delivered.load(Ordering::Relaxed), N as u64);
     assert_eq!(sb.undeliverable.load(Ordering::Relaxed), 0);
     // Nothing went over core NATS for them.
@@ -79,6 +85,10 @@ async fn confirmed_directs_arrive_once_and_in_order() -> anyhow::Result<()> {
         .await?
         .expect("a message");
     assert_eq!(&m.payload[..], b"nowait");
+    eventually("hub-b counted the direct received", || {
+        b.fed.routing_stats().received.load(Ordering::Relaxed) >= 1
+    })
+    .await;
     assert_eq!(b.fed.routing_stats().received.load(Ordering::Relaxed), 1);
     Ok(())
 }
@@ -284,6 +294,12 @@ async fn a_malformed_message_on_the_stream_is_dropped_counted_and_acknowledged(
     assert_eq!(&m.payload[..], b"after");
     let stats = b.fed.lossless_stats().expect("on");
     assert_eq!(stats.malformed.load(Ordering::Relaxed), bad);
+    // Counted once the router took it, which may be after the client
+    // has it.
+    eventually("hub-b counted the delivery", || {
+        stats.delivered.load(Ordering::Relaxed) >= 1
+    })
+    .await;
     assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
     // Acknowledged: nothing waits for the consumer, nothing comes again.
     assert_eq!(consumer_pending(&b, "hub-b").await?, 0, "acknowledged");

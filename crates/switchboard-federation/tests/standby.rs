@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use common::{eventually, nats_server, Cluster, FedHub, SERVICE, TOKEN, WAIT};
+use common::{eventually, nats_server, wait_interest, Cluster, FedHub, SERVICE, TOKEN, WAIT};
 use prost::Message as _;
 use switchboard::federation::{Federation, FederationOptions};
 use switchboard::hub::StandbyState;
@@ -131,7 +131,7 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     assert_eq!(s_fed.epoch(), p_epoch + 1, "the takeover epoch");
 
     // Requests from q reach dev again, on the standby.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + WAIT;
     loop {
         match req.request("dev", "b").await {
             Ok(answer) => {
@@ -161,6 +161,13 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     eventually("the standby subscribed for news", || {
         s_fed.routing_stats().patterns.load(Ordering::Relaxed) >= 1
     })
+    .await;
+    // q publishes through node 1: it must know of the standby's
+    // subscription (held through node 2) first.
+    wait_interest(
+        cluster.nodes[1].http_port,
+        &format!("sb.{SERVICE}.t.news.>"),
+    )
     .await;
     req.publish("news.x", "hello").await?;
     let m = tokio::time::timeout(WAIT, news.recv())

@@ -165,7 +165,7 @@ async fn seed_flow_tcp_requests_an_http_listener() -> Result<()> {
         let http = Http::new(&hub);
         tokio::spawn(async move { listen_one(&http, "worker").await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_metric(&http, "switchboard_http_polls_held", 1).await?;
     asker
         .send(proto::Request {
             id: 7,
@@ -628,13 +628,18 @@ async fn hostile_http_input_is_refused_with_clear_statuses() -> Result<()> {
     assert_eq!(local.get("/v1/status").await?.status, 200);
 
     // Two held polls are allowed for one client, a third is refused.
+    // (Held long enough that neither ends by itself on a slow machine
+    // before the third comes; messages end them.)
     register(&http, "p").await?;
     let held: Vec<_> = (0..2)
         .map(|_| {
             let http = Http::new(&hub);
             tokio::spawn(async move {
-                http.post("/v1/listen", json!({ "client": "p", "timeout_ms": 1500 }))
-                    .await
+                http.post(
+                    "/v1/listen",
+                    json!({ "client": "p", "timeout_ms": WAIT.as_millis() as u64 }),
+                )
+                .await
             })
         })
         .collect();
@@ -643,6 +648,18 @@ async fn hostile_http_input_is_refused_with_clear_statuses() -> Result<()> {
         .post("/v1/listen", json!({ "client": "p", "timeout_ms": 10 }))
         .await?;
     assert_eq!(a.status, 429, "{}", a.body);
+    let mut waker = TestClient::connect(hub.local_addr(), "waker").await?;
+    // One message per held poll, the second once the first poll ended.
+    for still_held in [1, 0] {
+        waker
+            .send(proto::Direct {
+                to: "p".into(),
+                payload: "wake".into(),
+                ..Default::default()
+            })
+            .await?;
+        wait_metric(&http, "switchboard_http_polls_held", still_held).await?;
+    }
     for h in held {
         assert_eq!(h.await??.status, 200);
     }
@@ -679,16 +696,19 @@ async fn metric(http: &Http, name: &str) -> Result<u64> {
     Ok(line[name.len() + 1..].trim().parse()?)
 }
 
+/// Waits until metric `name` shows `want`, at most [`WAIT`].
 async fn wait_metric(http: &Http, name: &str, want: u64) -> Result<()> {
-    let mut last = 0;
-    for _ in 0..200 {
-        last = metric(http, name).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = metric(http, name).await?;
         if last == want {
             return Ok(());
         }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{name} stayed at {last}, wanted {want}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bail!("{name} stayed at {last}, wanted {want}")
 }
 
 #[tokio::test]
@@ -873,7 +893,7 @@ async fn an_id_taken_over_by_tcp_and_back() -> Result<()> {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_metric(&http, "switchboard_http_polls_held", 1).await?;
     let mut tcp = TestClient::connect(hub.local_addr(), "dual").await?;
     // The held poll ends: its client was taken over.
     let a = poll.await??;

@@ -26,11 +26,9 @@ async fn handshake_succeeds_and_welcome_describes_the_hub() -> Result<()> {
     assert_eq!(identity, hub.identity());
     assert_eq!(identity.port, u32::from(hub.local_addr().port()));
     assert_eq!(identity.role, proto::Role::Primary as i32);
-    // Give the router a moment to publish its gauges.
-    for _ in 0..100 {
-        if hub.status().clients == 1 {
-            break;
-        }
+    // The router publishes its gauges a moment later.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.status().clients != 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(hub.status().clients, 1);

@@ -297,12 +297,13 @@ async def test_events_end_with_closed(hub):
     assert kinds[-1] == "closed"
 
 
-async def _settles(client, key, want):
-    """Polls the hub's status until `key` equals `want` (bounded)."""
+async def _settles(client, key, want, done=None):
+    """Polls the hub's status until `key` equals `want` (or `done(value)`
+    holds, if given), bounded by WAIT; the last value."""
     deadline = asyncio.get_running_loop().time() + WAIT
     while True:
         got = (await client.status())[key]
-        if got == want or asyncio.get_running_loop().time() > deadline:
+        if (done(got) if done else got == want) or asyncio.get_running_loop().time() > deadline:
             return got
         await asyncio.sleep(0.05)
 
@@ -312,8 +313,10 @@ async def test_cancellation_leaves_nothing_registered(hub):
         hub, "py-cancel-srv"
     ) as server:
 
+        release = asyncio.Event()
+
         async def slow(req):
-            await asyncio.sleep(1.5)
+            await asyncio.wait_for(release.wait(), WAIT)  # close() waits for running handlers
             return b"late"
 
         await server.serve(slow)
@@ -327,11 +330,12 @@ async def test_cancellation_leaves_nothing_registered(hub):
         assert await _settles(observer, "subscriptions", base["subscriptions"]) == base["subscriptions"]
         # a request cancelled while the target handles it
         task = asyncio.create_task(client.request("py-cancel-srv", b"x", timeout=WAIT))
-        await asyncio.sleep(0.2)
-        assert (await observer.status())["pending_requests"] >= base["pending_requests"] + 1
+        want = base["pending_requests"] + 1
+        assert await _settles(observer, "pending_requests", want, lambda n: n >= want) >= want
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        release.set()
         assert await _settles(observer, "pending_requests", base["pending_requests"]) == base["pending_requests"]
 
 

@@ -101,10 +101,13 @@ async def test_drop_newest_still_drops_and_counts(hub):
     async with connect(hub, "fp-drop-sub") as sub_client, connect(hub, "fp-drop-pub") as pub:
         events = sub_client.events()
         sub = await sub_client.subscribe("fp.drop", capacity=4, overflow="drop_newest")
+        end = await sub_client.subscribe("fp.drop.end")
         for i in range(50):
             await pub.publish("fp.drop", str(i))
         await pub.publish("fp.drop.end", b"x")  # routed after the 50
-        await asyncio.sleep(0.3)  # let them all reach the subscriber's stream
+        # it arrives after them on the same connection: all 50 reached the
+        # subscriber's stream (or were dropped there) before it
+        await asyncio.wait_for(end.__aiter__().__anext__(), WAIT)
         got = []
         it = sub.__aiter__()
         while True:

@@ -629,7 +629,13 @@ async fn reconnects_back_off_when_the_peer_hangs_up() -> anyhow::Result<()> {
         },
         Methods::new(),
     );
+    // The window measured; on a slow machine the second attempt may come
+    // after it (then waited for, bounded).
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while connects.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let n = connects.load(Ordering::SeqCst);
     // 50 ms doubling: about 5 attempts in 800 ms; a spinning agent makes thousands.
     assert!((2..=12).contains(&n), "{n} connection attempts in 800 ms");

@@ -195,8 +195,47 @@ impl Cluster {
 }
 
 async fn healthz(port: u16) -> std::io::Result<String> {
+    monitor(port, "/healthz?js-enabled-only=true").await
+}
+
+/// Waits until the node whose monitoring port is `http_port` knows of a
+/// subscription to exactly `subject` held on another node of the cluster
+/// (its routes carry it). A subscription reaches the other nodes a
+/// moment after its own node has it, and core NATS drops what is
+/// published meanwhile: a test that publishes through another node than
+/// the subscriber's waits for this first.
+pub async fn wait_interest(http_port: u16, subject: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(body) = monitor(http_port, "/routez?subs=1").await {
+            let routes = body
+                .split_once("\r\n\r\n")
+                .and_then(|(_, json)| serde_json::from_str::<serde_json::Value>(json).ok());
+            let known = routes
+                .as_ref()
+                .and_then(|r| r["routes"].as_array())
+                .is_some_and(|routes| {
+                    routes.iter().any(|route| {
+                        route["subscriptions_list"]
+                            .as_array()
+                            .is_some_and(|subs| subs.iter().any(|s| s.as_str() == Some(subject)))
+                    })
+                });
+            if known {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node on monitoring port {http_port} never learnt of a subscription to {subject} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn monitor(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
