@@ -12,6 +12,7 @@
 //! [`queue_hard_bytes`](crate::Limits::queue_hard_bytes) until
 //! acknowledged).
 
+use futures::future::{BoxFuture, Either};
 use switchboard_wire::proto;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +71,10 @@ pub(crate) struct InboxRx {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Closed;
 
+/// What [`Inbox::send`] returns: done at once, or waiting for room (boxed).
+pub(crate) type Sending<'a> =
+    Either<std::future::Ready<Result<(), Closed>>, BoxFuture<'a, Result<(), Closed>>>;
+
 impl Inbox {
     /// An inbox holding at most `capacity` commands (and as many
     /// acknowledgements in its lane), and its receiving end for the router
@@ -89,8 +94,22 @@ impl Inbox {
     }
 
     /// Sends an input or a command, waiting while the inbox is full.
-    pub(crate) async fn send(&self, command: impl Into<Command>) -> Result<(), Closed> {
-        self.commands.send(command.into()).await.map_err(|_| Closed)
+    ///
+    /// The command is offered when the call is made, not when the future
+    /// is first polled: only a full inbox makes the future wait, and then
+    /// in an allocation of its own. Connection tasks hold this future in
+    /// their state for their whole life, so it must not carry a slot the
+    /// size of a command (three of them, awaited as an `async fn`).
+    pub(crate) fn send(&self, command: impl Into<Command>) -> Sending<'_> {
+        match self.commands.try_send(command.into()) {
+            Ok(()) => Either::Left(std::future::ready(Ok(()))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Either::Left(std::future::ready(Err(Closed)))
+            }
+            Err(mpsc::error::TrySendError::Full(command)) => Either::Right(Box::pin(async move {
+                self.commands.send(command).await.map_err(|_| Closed)
+            })),
+        }
     }
 
     /// Sends an input or a command if the inbox has room now.
@@ -102,11 +121,14 @@ impl Inbox {
     /// `up_to` ([`Input::Acked`]) in the lane the router task takes first;
     /// when the lane is full it waits its turn in the ordered channel
     /// instead (so the lane's memory stays bounded).
-    pub(crate) async fn send_ack(&self, conn: ConnId, up_to: u64) -> Result<(), Closed> {
+    /// Like [`send`](Inbox::send), offered when called.
+    pub(crate) fn send_ack(&self, conn: ConnId, up_to: u64) -> Sending<'_> {
         match self.acks.try_send(Input::Acked { conn, up_to }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(input)) => self.send(input).await,
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+            Ok(()) => Either::Left(std::future::ready(Ok(()))),
+            Err(mpsc::error::TrySendError::Full(input)) => self.send(input),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Either::Left(std::future::ready(Err(Closed)))
+            }
         }
     }
 
