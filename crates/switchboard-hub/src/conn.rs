@@ -32,6 +32,9 @@ use crate::ConnId;
 /// idle connection holds no write buffer.
 const WRITE_KEEP: usize = 16 * 1024;
 
+/// Room for a `Flow` notice ahead of a batch: a frame of two varints.
+const FLOW_NOTICE_MAX: usize = 32;
+
 /// Most frames handed to the router in one batch.
 const MAX_BATCH: usize = 1024;
 
@@ -676,6 +679,9 @@ impl<W: FrameTx> Drain for Writer<W> {
     async fn batch(&mut self, taken: &mut Taken) -> bool {
         let (buf, stats, via) = (&mut self.buf, &self.stats, self.via);
         buf.clear();
+        // One reservation for the batch (and a `Flow` notice), not a
+        // regrowth and copy every time the buffer fills.
+        buf.reserve(taken.bytes + FLOW_NOTICE_MAX);
         let mut n = taken.frames.len() as u64;
         if taken.dropped > 0 {
             flow_notice(taken.dropped, taken.remaining).encode(buf);

@@ -102,6 +102,9 @@ pub(crate) enum Pushed {
 pub struct Taken {
     /// Frames to write, in order.
     pub frames: Vec<Out>,
+    /// Encoded size of `frames`, length prefixes included: a writer
+    /// reserves its buffer once for the whole batch.
+    pub bytes: usize,
     /// Pub/sub deliveries dropped since the last take; the writer tells the
     /// client with a `Flow` notice.
     pub dropped: u64,
@@ -386,6 +389,10 @@ impl Outbox {
     pub fn take(&self, max_bytes: usize, taken: &mut Taken) {
         taken.frames.clear();
         let mut inner = self.inner.lock();
+        // Room for the batch at once (frames are rarely under 64 bytes).
+        taken
+            .frames
+            .reserve(inner.queue.len().min(max_bytes / 64 + 1));
         let mut bytes = 0;
         let released = self.gate.released();
         taken.held = 0;
@@ -407,6 +414,7 @@ impl Outbox {
                 break;
             }
         }
+        taken.bytes = bytes;
         taken.dropped = std::mem::take(&mut inner.dropped_unreported);
         taken.remaining = inner.queue.len();
         // Reported only when this take made room; otherwise kept for the
