@@ -80,10 +80,11 @@ test("request errors are typed: no such client, remote error, timeout", async ()
   });
   await assert.rejects(c.request("ts-failing", "x"), (e: unknown) => e instanceof RemoteError && e.message === "cannot do that" && e.from === "ts-failing");
   const slow = await connect("ts-slow");
-  slow.serve(() => new Promise((r) => setTimeout(() => r("late"), 1_500)));
+  slow.serve(() => new Promise((r) => setTimeout(() => r("late"), 3_000)));
   const t0 = Date.now();
   await assert.rejects(c.request("ts-slow", "x", { timeoutMs: 300 }), Timeout);
-  assert.ok(Date.now() - t0 < 1_400, "the timeout fired near its deadline");
+  // Before the answer would have come (generous: a loaded machine may be late).
+  assert.ok(Date.now() - t0 < 2_500, "the timeout fired before the late answer");
   const silent = await connect("ts-not-serving");
   await assert.rejects(c.request("ts-not-serving", "x"), RemoteError);
   void silent;
