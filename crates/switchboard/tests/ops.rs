@@ -1007,12 +1007,9 @@ fn nats_server() -> Option<PathBuf> {
     found
 }
 
-#[test]
-fn federation_state_in_status_metrics_and_check() {
-    let Some(bin) = nats_server() else {
-        return;
-    };
-    let env = Env::new();
+/// A single nats-server with JetStream, its store in `env`, `extra`
+/// appended to its configuration; returns once it listens, with its port.
+fn solo_nats(bin: &std::path::Path, env: &Env, extra: &str) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -1021,12 +1018,11 @@ fn federation_state_in_status_metrics_and_check() {
     let conf = env.write(
         "nats.conf",
         &format!(
-            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n\
-             authorization {{ user: hub, password: pw-s3cret }}\n",
+            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{extra}",
             store.to_str().unwrap()
         ),
     );
-    let mut nats = Command::new(bin)
+    let nats = Command::new(bin)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
@@ -1038,6 +1034,20 @@ fn federation_state_in_status_metrics_and_check() {
         assert!(Instant::now() < deadline, "nats-server did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (nats, port)
+}
+
+#[test]
+fn federation_state_in_status_metrics_and_check() {
+    let Some(bin) = nats_server() else {
+        return;
+    };
+    let env = Env::new();
+    let (mut nats, port) = solo_nats(
+        &bin,
+        &env,
+        "authorization { user: hub, password: pw-s3cret }\n",
+    );
     // The password never shows in status, check or metrics.
     let url = format!("nats://hub:pw-s3cret@127.0.0.1:{port}");
     let hub = Proc::spawn(env.cmd(&[
@@ -1162,30 +1172,7 @@ fn a_fenced_federated_hub_exits_non_zero() {
         return;
     };
     let env = Env::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let store = env.path().join("js");
-    let conf = env.write(
-        "nats.conf",
-        &format!(
-            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n",
-            store.to_str().unwrap()
-        ),
-    );
-    let mut nats = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut nats, port) = solo_nats(&bin, &env, "");
     let url = format!("nats://127.0.0.1:{port}");
     let mut hub = Proc::spawn(env.cmd(&[
         "hub",
