@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
 use crate::handle::HubHandle;
-use crate::router::changes::{decode_link_frame, Change, LinkFrame};
+use crate::router::changes::{decode_link_frame, is_change, LinkFrame};
 use crate::router::replica::Replica;
 use crate::router::RouterConfig;
 use crate::stats::HubStats;
@@ -36,7 +36,8 @@ use crate::stats::HubStats;
 /// snapshot holds the whole state.
 const LINK_MAX_FRAME: usize = 1 << 30;
 
-/// Changes a standby buffers before their commit point arrives.
+/// Changes a standby buffers (as the frames received) before their commit
+/// point arrives.
 const MAX_PENDING_CHANGES: usize = 1 << 20;
 
 /// Most commit groups a standby applies before it acknowledges them, while
@@ -445,7 +446,7 @@ impl Standby {
             primary,
             instance_id: hello.instance_id.clone(),
         };
-        let mut pending: Vec<Change> = Vec::new();
+        let mut pending: Vec<Bytes> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
@@ -505,15 +506,16 @@ impl Standby {
                     body
                 }
             };
-            let frame = match decode_link_frame(frame) {
-                Ok(LinkFrame::Change(c)) => {
-                    if pending.len() >= MAX_PENDING_CHANGES {
-                        return Followed::Retry("too many changes without a commit point".into());
-                    }
-                    pending.push(c);
-                    continue;
+            if is_change(&frame) {
+                // Decoded when its group is whole, straight into the replica.
+                if pending.len() >= MAX_PENDING_CHANGES {
+                    return Followed::Retry("too many changes without a commit point".into());
                 }
-                Ok(LinkFrame::Other(f)) => f,
+                pending.push(frame);
+                continue;
+            }
+            let frame = match decode_frame(frame, LINK_MAX_FRAME) {
+                Ok(f) => f,
                 Err(e) => {
                     return Followed::Retry(format!(
                         "the primary sent a frame that does not decode: {e}"
@@ -523,7 +525,18 @@ impl Standby {
             match frame.kind {
                 Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
                     let now = Instant::now();
-                    for c in pending.drain(..) {
+                    for body in pending.drain(..) {
+                        let c = match decode_link_frame(body) {
+                            Ok(LinkFrame::Change(c)) => c,
+                            Ok(LinkFrame::Other(_)) => {
+                                return Followed::Retry("a change frame without a change".into())
+                            }
+                            Err(e) => {
+                                return Followed::Retry(format!(
+                                    "the primary sent a change that does not decode: {e}"
+                                ))
+                            }
+                        };
                         if c.repl_seq > h.repl_seq {
                             return Followed::Retry("a change beyond its commit point".into());
                         }

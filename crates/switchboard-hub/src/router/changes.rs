@@ -26,8 +26,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use prost::Message;
 use switchboard_wire::deliver::DeliverHead;
+use switchboard_wire::peek::peek_kind;
 use switchboard_wire::proto::{self, change::Op, frame::Kind};
-use switchboard_wire::{decode_delivery, decode_frame, Frame, WireError};
+use switchboard_wire::{decode_delivery, decode_frame, decode_publish, Frame, WireError};
 
 use crate::outbox::Out;
 
@@ -338,7 +339,7 @@ fn decode_change(body: &Bytes, range: Range<usize>) -> Result<Change, ChangeErro
                 op = Some(match field {
                     CHANGE_CLIENT_FRAME_FIELD => {
                         let (client_id, frame) = client_frame(body, r)?;
-                        let frame = frame.map(|f| decode_frame(f, usize::MAX)).transpose()?;
+                        let frame = frame.map(client_frame_of).transpose()?;
                         ChangeOp::ClientFrame { client_id, frame }
                     }
                     CHANGE_JOINED_FIELD => {
@@ -443,7 +444,25 @@ fn sent_out(frame: Bytes) -> Result<Out, ChangeError> {
             payload: d.payload,
         });
     }
-    Ok(Out::from(decode_frame(frame, usize::MAX)?))
+    Ok(Out::from(Frame::decode(frame)?))
+}
+
+/// A client's frame: a `Publish` (what clients send most) by hand, its
+/// payload a slice of the buffer; anything else by prost (clients send no
+/// `Deliver`, so the wire crate's decoder of those is not tried).
+fn client_frame_of(frame: Bytes) -> Result<Frame, ChangeError> {
+    if let Some(f) = decode_publish(&frame, Some(&frame)) {
+        return Ok(f);
+    }
+    Ok(Frame::decode(frame)?)
+}
+
+/// Whether `body` is a frame whose kind is a change (the standby keeps
+/// such frames as they are until their commit point, then decodes them
+/// with [`decode_link_frame`]); `false` for any other frame, and for one
+/// whose layout is broken (decoding it then says why).
+pub fn is_change(body: &[u8]) -> bool {
+    peek_kind(body).is_ok_and(|k| k.tag == FRAME_CHANGE_FIELD)
 }
 
 #[cfg(test)]

@@ -263,3 +263,19 @@ proptest! {
         agrees_with_prost(&Bytes::from(longer));
     }
 }
+
+#[test]
+fn changes_are_told_apart_from_other_frames() {
+    for body in samples() {
+        assert!(is_change(&body));
+    }
+    let hb = Frame::from(proto::Heartbeat {
+        repl_seq: 3,
+        ..Default::default()
+    });
+    assert!(!is_change(&hb.encode_to_vec()));
+    assert!(
+        !is_change(&[0xe2, 0x05, 0x7f]),
+        "broken: left to the decoder"
+    );
+}
