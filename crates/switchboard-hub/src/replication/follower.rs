@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_discovery::handshake::{
@@ -18,15 +18,16 @@ use switchboard_discovery::{
     DiscoverOptions, PortChoice,
 };
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{put_frame, Frame, FrameCodec};
+use switchboard_wire::{decode_frame, put_frame, split_frame, Frame, FrameCodec, WireError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
 use crate::handle::HubHandle;
+use crate::router::changes::{decode_link_frame, is_change, LinkFrame};
 use crate::router::replica::Replica;
 use crate::router::RouterConfig;
 use crate::stats::HubStats;
@@ -35,7 +36,8 @@ use crate::stats::HubStats;
 /// snapshot holds the whole state.
 const LINK_MAX_FRAME: usize = 1 << 30;
 
-/// Changes a standby buffers before their commit point arrives.
+/// Changes a standby buffers (as the frames received) before their commit
+/// point arrives.
 const MAX_PENDING_CHANGES: usize = 1 << 20;
 
 /// Most commit groups a standby applies before it acknowledges them, while
@@ -212,8 +214,33 @@ enum Followed {
 }
 
 struct LinkConn {
-    reader: FramedRead<crate::tls::LinkRd, FrameCodec>,
+    reader: FramedRead<crate::tls::LinkRd, LinkCodec>,
     writer: crate::tls::LinkWr,
+}
+
+/// Splits the link's byte stream into frame bodies (up to
+/// [`LINK_MAX_FRAME`]); the standby decodes them with
+/// [`decode_link_frame`], changes by hand.
+struct LinkCodec;
+
+impl Decoder for LinkCodec {
+    type Item = Bytes;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
+        split_frame(src, LINK_MAX_FRAME)
+    }
+}
+
+/// The next frame of the link's opening (decoded by prost), `None` when
+/// the link closed.
+async fn next_frame(
+    reader: &mut FramedRead<crate::tls::LinkRd, LinkCodec>,
+) -> Option<Result<Frame, String>> {
+    Some(match reader.next().await? {
+        Ok(body) => decode_frame(body, LINK_MAX_FRAME).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 impl Standby {
@@ -337,8 +364,10 @@ impl Standby {
                     Step::Done(_) => break,
                 }
             }
-            reader.decoder_mut().set_max_inbound(LINK_MAX_FRAME);
-            Ok(LinkConn { reader, writer: wr })
+            Ok(LinkConn {
+                reader: reader.map_decoder(|_| LinkCodec),
+                writer: wr,
+            })
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -365,14 +394,14 @@ impl Standby {
         let silence = self.config.heartbeat_interval * self.config.heartbeat_misses;
         // The opening: ReplHello, then a snapshot.
         let first = tokio::time::timeout(self.config.handshake_timeout, async {
-            let mut next = conn.reader.next().await;
+            let mut next = next_frame(&mut conn.reader).await;
             // Liveness heartbeats may come first.
             while let Some(Ok(Frame {
                 kind: Some(Kind::Heartbeat(_)),
                 ..
             })) = &next
             {
-                next = conn.reader.next().await;
+                next = next_frame(&mut conn.reader).await;
             }
             let hello = match next {
                 Some(Ok(Frame {
@@ -385,7 +414,7 @@ impl Standby {
                 })) => return Err(format!("the primary refused: {}", e.message)),
                 other => return Err(format!("expected ReplHello, got {other:?}")),
             };
-            match conn.reader.next().await {
+            match next_frame(&mut conn.reader).await {
                 Some(Ok(Frame {
                     kind: Some(Kind::Snapshot(s)),
                     ..
@@ -417,7 +446,7 @@ impl Standby {
             primary,
             instance_id: hello.instance_id.clone(),
         };
-        let mut pending: Vec<proto::Change> = Vec::new();
+        let mut pending: Vec<Bytes> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
@@ -472,25 +501,46 @@ impl Standby {
                     tracing::warn!(error = %e, "replication link broke");
                     return lost(replica);
                 }
-                Ok(Some(Ok(f))) => {
+                Ok(Some(Ok(body))) => {
                     last_rx = Instant::now();
-                    f
+                    body
+                }
+            };
+            if is_change(&frame) {
+                // Decoded when its group is whole, straight into the replica.
+                if pending.len() >= MAX_PENDING_CHANGES {
+                    return Followed::Retry("too many changes without a commit point".into());
+                }
+                pending.push(frame);
+                continue;
+            }
+            let frame = match decode_frame(frame, LINK_MAX_FRAME) {
+                Ok(f) => f,
+                Err(e) => {
+                    return Followed::Retry(format!(
+                        "the primary sent a frame that does not decode: {e}"
+                    ))
                 }
             };
             match frame.kind {
-                Some(Kind::Change(c)) => {
-                    if pending.len() >= MAX_PENDING_CHANGES {
-                        return Followed::Retry("too many changes without a commit point".into());
-                    }
-                    pending.push(*c);
-                }
                 Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
                     let now = Instant::now();
-                    for c in pending.drain(..) {
+                    for body in pending.drain(..) {
+                        let c = match decode_link_frame(body) {
+                            Ok(LinkFrame::Change(c)) => c,
+                            Ok(LinkFrame::Other(_)) => {
+                                return Followed::Retry("a change frame without a change".into())
+                            }
+                            Err(e) => {
+                                return Followed::Retry(format!(
+                                    "the primary sent a change that does not decode: {e}"
+                                ))
+                            }
+                        };
                         if c.repl_seq > h.repl_seq {
                             return Followed::Retry("a change beyond its commit point".into());
                         }
-                        if let Err(e) = replica.apply(now, c) {
+                        if let Err(e) = replica.apply_change(now, c) {
                             return Followed::Retry(e.to_string());
                         }
                     }

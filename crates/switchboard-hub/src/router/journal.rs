@@ -11,6 +11,11 @@ use switchboard_wire::{
     decode_frame, is_logged_kind, put_frame, FastBuf, Frame, LENGTH_PREFIX_LEN,
 };
 
+use super::changes::{
+    CHANGE_CLIENT_ACK_FIELD, CHANGE_CLIENT_FRAME_FIELD, CHANGE_JOINED_FIELD, CHANGE_LEFT_FIELD,
+    CHANGE_SENT_FIELD, CHANGE_SEQ_FIELD, CLIENT_ACK_UP_TO_FIELD, CLIENT_FRAME_FRAME_FIELD,
+    CLIENT_ID_FIELD, FRAME_CHANGE_FIELD,
+};
 use crate::outbox::Out;
 
 /// Bounds of the change log a primary buffers between two
@@ -39,21 +44,6 @@ pub struct ChangeLogOverflow {
     /// How many changes were discarded.
     pub lost: u64,
 }
-
-/// Field numbers of the link frame a change travels in: `Frame.change`,
-/// and within `Change` its `repl_seq` and each operation.
-const FRAME_CHANGE_FIELD: u32 = 92;
-const CHANGE_SEQ_FIELD: u32 = 1;
-const CHANGE_CLIENT_FRAME_FIELD: u32 = 10;
-const CHANGE_JOINED_FIELD: u32 = 11;
-const CHANGE_LEFT_FIELD: u32 = 12;
-const CHANGE_SENT_FIELD: u32 = 13;
-const CHANGE_CLIENT_ACK_FIELD: u32 = 14;
-/// Field numbers within `ClientFrame` and `ClientAck` (the client id is
-/// field 1 of both).
-const CLIENT_ID_FIELD: u32 = 1;
-const CLIENT_FRAME_FRAME_FIELD: u32 = 2;
-const CLIENT_ACK_UP_TO_FIELD: u32 = 2;
 
 /// Encoded length of a length-delimited field `field` of `len` bytes
 /// (key, length and body); 0 for an empty string field (`proto3` leaves

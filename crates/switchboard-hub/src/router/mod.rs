@@ -57,6 +57,7 @@ use crate::ids::ConnId;
 
 pub mod admission;
 mod api;
+pub mod changes;
 mod common;
 
 pub use common::CLOSE_GRACE;

@@ -160,14 +160,13 @@ impl Reliable {
     }
 
     /// Keeps a frame the primary numbered and sent (a replica copying its
-    /// numbering); `false` when the client is not reliable or `frame.seq`
-    /// is not above the last.
-    pub fn record_sent(&mut self, frame: Frame) -> bool {
+    /// numbering), as the queue entry a resume sends again; `false` when
+    /// the client is not reliable or its seq is not above the last.
+    pub fn record_sent(&mut self, out: Out) -> bool {
         if !self.on {
             return false;
         }
-        let seq = frame.seq;
-        let out = Out::from(frame);
+        let seq = out.seq();
         self.sent.record(seq, out.encoded_len(), out)
     }
 

@@ -78,8 +78,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use switchboard_wire::is_logged_kind as logged_kind;
-use switchboard_wire::proto::{self, change::Op};
+use switchboard_wire::proto;
 
+use super::changes::{Change, ChangeOp};
 use super::error::ReplicaError;
 use super::journal::{ChangeLogLimits, ChangeLogOverflow};
 pub use super::snapshot::GHOST_CONN_BASE;
@@ -259,6 +260,12 @@ impl Replica {
     /// [`Replica::repl_seq`]), `true` when applied. Any error stops the
     /// replica.
     pub fn apply(&mut self, now: Instant, change: proto::Change) -> Result<bool, ReplicaError> {
+        self.apply_change(now, Change::from(change))
+    }
+
+    /// [`Replica::apply`] for a change as the standby decodes it from the
+    /// link ([`decode_link_frame`](super::changes::decode_link_frame)).
+    pub fn apply_change(&mut self, now: Instant, change: Change) -> Result<bool, ReplicaError> {
         if self.stopped {
             return Err(ReplicaError::Stopped);
         }
@@ -278,7 +285,7 @@ impl Replica {
         now: Instant,
         seq: u64,
         held: u64,
-        op: Option<Op>,
+        op: Option<ChangeOp>,
     ) -> Result<(), ReplicaError> {
         if seq != held + 1 {
             return Err(ReplicaError::Gap {
@@ -293,12 +300,11 @@ impl Replica {
                     "a change without an operation".into(),
                 ))
             }
-            Some(Op::ClientFrame(cf)) => {
-                let Some(conn) = r.registry.lookup(&cf.client_id) else {
-                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+            Some(ChangeOp::ClientFrame { client_id, frame }) => {
+                let Some(conn) = r.registry.lookup(&client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
                 };
-                let frame = cf
-                    .frame
+                let frame = frame
                     .filter(|f| f.kind.as_ref().is_some_and(logged_kind))
                     .ok_or_else(|| {
                         ReplicaError::Invalid(
@@ -309,11 +315,11 @@ impl Replica {
                     now,
                     Input::Frames {
                         conn,
-                        frames: vec![*frame],
+                        frames: vec![frame],
                     },
                 );
             }
-            Some(Op::ClientJoined(info)) => {
+            Some(ChangeOp::ClientJoined(info)) => {
                 validate_client_id(&info.client_id)?;
                 let conn = ConnId(self.next_ghost);
                 self.next_ghost += 1;
@@ -327,7 +333,7 @@ impl Replica {
                     )));
                 }
             }
-            Some(Op::ClientLeft(id)) => {
+            Some(ChangeOp::ClientLeft(id)) => {
                 let Some(conn) = r.registry.lookup(&id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&id)));
                 };
@@ -340,18 +346,17 @@ impl Replica {
                     },
                 );
             }
-            Some(Op::Sent(cf)) => {
-                let Some(conn) = r.registry.lookup(&cf.client_id) else {
-                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+            Some(ChangeOp::Sent { client_id, out }) => {
+                let Some(conn) = r.registry.lookup(&client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
                 };
                 let Some(link) = r.output.get_mut(conn) else {
-                    return Err(ReplicaError::UnknownClient(super::shown(&cf.client_id)));
+                    return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
                 };
-                let frame = cf
-                    .frame
+                let out = out
                     .ok_or_else(|| ReplicaError::Invalid("a sent change without a frame".into()))?;
-                let seq = frame.seq;
-                if !link.reliable.record_sent(*frame) {
+                let seq = out.seq();
+                if !link.reliable.record_sent(out) {
                     return Err(ReplicaError::Invalid(format!(
                         "frame {seq} sent to client '{}' is not reliable or not above its last ({})",
                         super::shown(&link.id),
@@ -359,15 +364,17 @@ impl Replica {
                     )));
                 }
             }
-            Some(Op::ClientAck(a)) => {
-                let Some(conn) = r.registry.lookup(&a.client_id) else {
-                    return Err(ReplicaError::UnknownClient(super::shown(&a.client_id)));
+            Some(ChangeOp::ClientAck { client_id, up_to }) => {
+                let Some(conn) = r.registry.lookup(&client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
                 };
                 if let Some(link) = r.output.get_mut(conn) {
-                    link.reliable.acked(a.up_to);
+                    link.reliable.acked(up_to);
                 }
             }
-            Some(Op::Kv(_)) => return Err(ReplicaError::Unsupported("a key/value entry change")),
+            Some(ChangeOp::Kv(_)) => {
+                return Err(ReplicaError::Unsupported("a key/value entry change"))
+            }
         }
         r.output.journal.set_repl_seq(seq);
         // Local timers only: request timeouts and closing ghosts.
