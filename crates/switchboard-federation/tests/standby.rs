@@ -99,6 +99,11 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
         q.fed.directory().holder("dev").as_deref() == Some("p")
     })
     .await;
+    // p was just started: its hub subject (held through node 0) must have
+    // reached q's node before q sends it a request, and q's subject p's
+    // node for the answer (core NATS drops what nobody is known to want).
+    wait_interest(cluster.nodes[1].http_port, &format!("sb.{SERVICE}.h.p")).await;
+    wait_interest(cluster.nodes[0].http_port, &format!("sb.{SERVICE}.h.q")).await;
     assert_eq!(&req.request("dev", "a").await?[..], b"dev got a");
 
     // The standby: same name, standing by (not a member, no writes).
