@@ -224,7 +224,8 @@ const CHILD_NATS: &str = "SB_TEST_CHILD_HUB_NATS";
 /// Not a test of its own: the hub process that
 /// `a_session_frame_into_a_stopped_hub_is_reported_within_the_bound`
 /// starts (this test binary run again) and stops with SIGSTOP. Without
-/// [`CHILD_NATS`] it does nothing.
+/// [`CHILD_NATS`] it does nothing. Ignored so that a plain `cargo test`
+/// does not start it; the parent runs it with `--ignored --exact`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run as a child process by another test"]
 async fn child_hub_process() -> anyhow::Result<()> {

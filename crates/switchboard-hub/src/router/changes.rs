@@ -326,9 +326,7 @@ fn decode_change(body: &Bytes, range: Range<usize>) -> Result<Change, ChangeErro
         match field {
             CHANGE_SEQ_FIELD => {
                 expect(field, wire_type, VARINT)?;
-                if repl_seq.replace(varint_in(b, &mut pos, end)?).is_some() {
-                    return Err(ChangeError::Repeated(field));
-                }
+                once(&mut repl_seq, varint_in(b, &mut pos, end)?, field)?;
             }
             CHANGE_CLIENT_FRAME_FIELD..=CHANGE_KV_FIELD => {
                 expect(field, wire_type, DELIMITED)?;
@@ -364,6 +362,14 @@ fn decode_change(body: &Bytes, range: Range<usize>) -> Result<Change, ChangeErro
     })
 }
 
+/// Stores `value` in `slot`, the one occurrence field `field` may have.
+fn once<T>(slot: &mut Option<T>, value: T, field: u32) -> Result<(), ChangeError> {
+    match slot.replace(value) {
+        Some(_) => Err(ChangeError::Repeated(field)),
+        None => Ok(()),
+    }
+}
+
 /// The client id and the frame's bytes of the `ClientFrame` in
 /// `body[range]`.
 fn client_frame(
@@ -381,16 +387,12 @@ fn client_frame(
             CLIENT_ID_FIELD => {
                 expect(field, wire_type, DELIMITED)?;
                 let r = span(b, &mut pos, end)?;
-                if client_id.replace(text(body, r)?).is_some() {
-                    return Err(ChangeError::Repeated(field));
-                }
+                once(&mut client_id, text(body, r)?, field)?;
             }
             CLIENT_FRAME_FRAME_FIELD => {
                 expect(field, wire_type, DELIMITED)?;
                 let r = span(b, &mut pos, end)?;
-                if frame.replace(body.slice(r)).is_some() {
-                    return Err(ChangeError::Repeated(field));
-                }
+                once(&mut frame, body.slice(r), field)?;
             }
             _ => skip(b, &mut pos, end, wire_type)?,
         }
@@ -411,15 +413,11 @@ fn client_ack(body: &Bytes, range: Range<usize>) -> Result<ChangeOp, ChangeError
             CLIENT_ID_FIELD => {
                 expect(field, wire_type, DELIMITED)?;
                 let r = span(b, &mut pos, end)?;
-                if client_id.replace(text(body, r)?).is_some() {
-                    return Err(ChangeError::Repeated(field));
-                }
+                once(&mut client_id, text(body, r)?, field)?;
             }
             CLIENT_ACK_UP_TO_FIELD => {
                 expect(field, wire_type, VARINT)?;
-                if up_to.replace(varint_in(b, &mut pos, end)?).is_some() {
-                    return Err(ChangeError::Repeated(field));
-                }
+                once(&mut up_to, varint_in(b, &mut pos, end)?, field)?;
             }
             _ => skip(b, &mut pos, end, wire_type)?,
         }
