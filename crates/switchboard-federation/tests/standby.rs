@@ -105,6 +105,13 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     wait_interest(cluster.nodes[1].http_port, &format!("sb.{SERVICE}.h.p")).await;
     wait_interest(cluster.nodes[0].http_port, &format!("sb.{SERVICE}.h.q")).await;
     assert_eq!(&req.request("dev", "a").await?[..], b"dev got a");
+    // Shared state before the takeover: a key set by dev, watched on q.
+    let v1 = dev.kv().set("cfg.a", "1").await?;
+    let mut q_watch = req.kv().watch_prefix("cfg.").await?;
+    let first = tokio::time::timeout(WAIT, q_watch.recv())
+        .await?
+        .expect("q's watch starts with the current value");
+    assert_eq!((first.key.as_str(), first.version), ("cfg.a", v1));
 
     // The standby: same name, standing by (not a member, no writes).
     let s_fed = standby_federation("p", &cluster.nodes[2].url, lease).await?;
@@ -122,9 +129,10 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     .await;
     let p_epoch = p_fed.epoch();
 
-    // Kill p.
+    // Kill p; q writes a key while p's clients have no hub.
     let killed = Instant::now();
     p_rt.kill();
+    let during = req.kv().set("cfg.during", "q").await?;
     let promoted = tokio::time::timeout(WAIT, standby.promoted())
         .await?
         .expect("the standby reports its takeover")?;
@@ -160,6 +168,36 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     })
     .await;
     assert!(s_fed.directory().stats().taken_over.load(Ordering::Relaxed) >= 1);
+
+    // The standby serves the shared store as p did: what dev wrote and
+    // what q wrote while p was dead, with their versions; compare-and-set
+    // across hubs on those versions; q's watch sees dev's change once.
+    let a = dev.kv().get("cfg.a").await?.expect("cfg.a survives");
+    assert_eq!((&a.value[..], a.version), (&b"1"[..], v1));
+    let d = dev
+        .kv()
+        .get("cfg.during")
+        .await?
+        .expect("q's write is seen");
+    assert_eq!((&d.value[..], d.version), (&b"q"[..], during));
+    let stale = dev.kv().cas("cfg.a", v1 + 1_000_000, "no").await;
+    assert!(
+        matches!(stale, Err(switchboard::ClientError::VersionMismatch(_))),
+        "a stale version is refused: {stale:?}"
+    );
+    let v2 = dev.kv().cas("cfg.a", v1, "2").await?;
+    assert!(v2 > during, "versions keep growing across the takeover");
+    loop {
+        let e = tokio::time::timeout(WAIT, q_watch.recv())
+            .await?
+            .expect("q's watch keeps running");
+        if e.key == "cfg.a" && e.version == v2 {
+            assert_eq!((&e.value[..], e.by.as_str()), (&b"2"[..], "dev"));
+            break;
+        }
+        assert!(e.version < v2, "in version order: {e:?}");
+    }
+    assert_eq!(req.kv().cas("cfg.a", v2, "3").await?, v2 + 1);
 
     // The subscriptions held by the replicated router reached the
     // federation on takeover: q's publishes reach dev.
