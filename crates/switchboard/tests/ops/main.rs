@@ -1235,3 +1235,5 @@ fn a_fenced_federated_hub_exits_non_zero() {
     let _ = nats.kill();
     let _ = nats.wait();
 }
+
+mod netns;
