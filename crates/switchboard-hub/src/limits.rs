@@ -15,18 +15,22 @@ pub struct Limits {
     pub max_frame: usize,
     /// Largest frame accepted before authentication, bytes (default 4 KiB).
     pub pre_auth_max_frame: usize,
-    /// Outbound queue of one client: frames before it counts as full (default
-    /// 65,536). When full, pub/sub deliveries drop that client's oldest
-    /// deliveries; direct messages and requests wait (see
-    /// [`Limits::max_parked_frames`]).
+    /// Outbound queue of one client: frames before it counts as full, as
+    /// well as [`Limits::queue_bytes`] (default 0: no count limit, the
+    /// queue is bounded in bytes alone).
     pub queue_frames: usize,
     /// Outbound queue of one client: bytes before it counts as full (default
-    /// 8 MiB).
+    /// 16 MiB). Each queued frame counts its encoded size plus the queue's
+    /// entry for it ([`ENTRY_COST`](crate::outbox::ENTRY_COST)), so this
+    /// bounds the queue's memory whatever the frames' size. When full,
+    /// pub/sub deliveries drop that client's oldest deliveries; direct
+    /// messages and requests wait (see [`Limits::max_parked_frames`]).
     pub queue_bytes: usize,
-    /// Outbound queue of one client: bytes above which the client is
-    /// disconnected with `Goodbye{SLOW_CONSUMER}` (default 64 MiB). Only
-    /// frames that are never dropped (answers, key/value updates, presence)
-    /// can push a queue this far.
+    /// Outbound queue of one client: bytes (counted as for
+    /// [`Limits::queue_bytes`]) above which the client is disconnected with
+    /// `Goodbye{SLOW_CONSUMER}` (default 64 MiB). Only frames that are
+    /// never dropped (answers, key/value updates, presence) can push a
+    /// queue this far.
     pub queue_hard_bytes: usize,
     /// Direct messages, requests and session frames waiting for room in one
     /// target's full queue, frames (default 4,096); beyond it the sender gets
@@ -80,8 +84,8 @@ impl Default for Limits {
         Limits {
             max_frame: switchboard_wire::DEFAULT_MAX_FRAME,
             pre_auth_max_frame: 4 * 1024,
-            queue_frames: 65_536,
-            queue_bytes: 8 * 1024 * 1024,
+            queue_frames: 0,
+            queue_bytes: 16 * 1024 * 1024,
             queue_hard_bytes: 64 * 1024 * 1024,
             max_parked_frames: 4_096,
             max_parked_bytes: 16 * 1024 * 1024,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use switchboard_hub::outbox::Taken;
+use switchboard_hub::outbox::{Taken, ENTRY_COST};
 use switchboard_hub::router::replica::Replica;
 use switchboard_hub::router::{ChangeLogLimits, Input, Router, RouterConfig};
 use switchboard_hub::stats::HubStats;
@@ -977,9 +977,10 @@ fn simultaneous_slow_consumer_disconnects_are_logged_in_client_id_order() {
         for i in watchers {
             p.step(&Op::Drain(i));
         }
-        // Each watcher now gets an update just under the 4 KiB hard limit;
-        // the next presence event takes both over it at once.
-        p.step(&Op::Send(2, F::Set(0, None, 4060)));
+        // Each watcher now gets an update just under the 4 KiB hard limit
+        // (which counts the frame's queue entry too); the next presence
+        // event takes both over it at once.
+        p.step(&Op::Send(2, F::Set(0, None, 4060 - ENTRY_COST)));
         let from = p.changes.len();
         p.step(&Op::Disconnect(2));
         let left: Vec<String> = p.changes[from..]

@@ -40,12 +40,38 @@ use crate::ids::ConnId;
 /// busier one keeps it for the next burst.
 pub const IDLE_KEEP_FRAMES: usize = 64;
 
+/// What one queued frame costs an outbox beyond its encoded size, bytes:
+/// the queue's entry for it (the frame's fields, its length, its tag). A
+/// queue's byte count ([`QueueLimits::bytes`], [`QueueLimits::hard_bytes`])
+/// adds it to every frame, so the byte limits bound the queue's memory
+/// however small its frames are.
+pub const ENTRY_COST: usize = std::mem::size_of::<Entry>();
+
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
+    /// Frames before the queue counts as full (`usize::MAX`: no count
+    /// limit, the byte limit alone applies).
     pub frames: usize,
+    /// Bytes (encoded size plus [`ENTRY_COST`] per frame) before the queue
+    /// counts as full.
     pub bytes: usize,
+    /// Bytes (counted the same way) above which the client is disconnected.
     pub hard_bytes: usize,
+}
+
+impl QueueLimits {
+    /// The limits of `limits` (`queue_frames` 0: no count limit).
+    pub fn of(limits: &crate::Limits) -> QueueLimits {
+        QueueLimits {
+            frames: match limits.queue_frames {
+                0 => usize::MAX,
+                n => n,
+            },
+            bytes: limits.queue_bytes.max(1),
+            hard_bytes: limits.queue_hard_bytes,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -216,7 +242,7 @@ impl Outbox {
 
     fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64, now: Option<Instant>) {
         let len = LENGTH_PREFIX_LEN + out.encoded_len();
-        inner.bytes += len;
+        inner.bytes += len + ENTRY_COST;
         inner.droppable += usize::from(droppable);
         let stamped = inner.since.is_none() && now.is_some();
         if stamped {
@@ -291,7 +317,7 @@ impl Outbox {
                 .position(|e| e.droppable)
                 .unwrap_or_default();
             if let Some(e) = inner.queue.remove(pos) {
-                inner.bytes -= e.len;
+                inner.bytes -= e.len + ENTRY_COST;
                 inner.droppable -= 1;
                 dropped += 1;
                 if e.stamped {
@@ -313,6 +339,16 @@ impl Outbox {
     /// Whether a waitable frame would have to wait.
     pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
         Self::full(&self.inner.lock(), limits)
+    }
+
+    /// Room left before the queue counts as full: frames, and bytes as
+    /// [`QueueLimits::bytes`] counts them.
+    pub(crate) fn room(&self, limits: &QueueLimits) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (
+            limits.frames.saturating_sub(inner.queue.len()),
+            limits.bytes.saturating_sub(inner.bytes),
+        )
     }
 
     /// Asks the writer to report when the queue drains.
@@ -404,7 +440,7 @@ impl Outbox {
                 break;
             }
             bytes += e.len;
-            inner.bytes -= e.len;
+            inner.bytes -= e.len + ENTRY_COST;
             inner.droppable -= usize::from(e.droppable);
             if e.stamped {
                 taken.stamped = inner.since.take();

@@ -135,6 +135,25 @@ fn drops_oldest_deliveries_only() {
 }
 
 #[test]
+fn without_a_frame_count_the_byte_limit_counts_each_entry() {
+    let cost = LENGTH_PREFIX_LEN + deliver(1, b"x").encoded_len() + ENTRY_COST;
+    let limits = QueueLimits::of(&crate::Limits {
+        queue_bytes: 10 * cost,
+        ..crate::Limits::default()
+    });
+    assert_eq!(limits.frames, usize::MAX, "no count limit by default");
+    let outbox = Outbox::new(ConnId(1));
+    for i in 0..10 {
+        assert_eq!(outbox.room(&limits), (usize::MAX - i, (10 - i) * cost));
+        assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0, None), 0);
+    }
+    // Ten of them fill it: the eleventh makes room by dropping the oldest.
+    assert!(outbox.is_full(&limits));
+    assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0, None), 1);
+    assert_eq!(outbox.depth(), 10);
+}
+
+#[test]
 fn control_frames_never_dropped_and_hard_limit_reported() {
     let limits = QueueLimits {
         frames: 1,

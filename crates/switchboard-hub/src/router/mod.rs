@@ -142,11 +142,7 @@ pub struct Router {
 impl Router {
     /// A router with no clients and an empty store.
     pub fn new(config: RouterConfig, stats: Arc<HubStats>) -> Router {
-        let q = QueueLimits {
-            frames: config.limits.queue_frames.max(1),
-            bytes: config.limits.queue_bytes.max(1),
-            hard_bytes: config.limits.queue_hard_bytes,
-        };
+        let q = QueueLimits::of(&config.limits);
         Router {
             identity: config.identity,
             limits: config.limits,

@@ -16,7 +16,7 @@ use super::pubsub::PubSub;
 use super::registry::Registry;
 use crate::ids::{ConnId, IdMap, IdSet};
 use crate::limits::Limits;
-use crate::outbox::Out;
+use crate::outbox::{Out, ENTRY_COST};
 
 /// What kind of message a [`Waiter`] waits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -702,11 +702,14 @@ impl Requests {
             return;
         };
         let q = out.q();
-        let room = q.frames.saturating_sub(outbox.depth());
+        let (room, room_bytes) = outbox.room(q);
         if !outbox.is_full(q) {
-            while ready.len() < room.max(1) {
+            // at least one, then while the queue has room for them
+            let mut bytes = 0;
+            while ready.is_empty() || (ready.len() < room && bytes < room_bytes) {
                 let Some(p) = t.parked.pop_front() else { break };
                 t.parked_bytes -= p.len;
+                bytes += p.len + ENTRY_COST;
                 ready.push(p);
             }
         }

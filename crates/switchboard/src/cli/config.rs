@@ -631,12 +631,14 @@ insecure_plaintext = false
 max_frame = 16777216
 # Largest frame before authentication.
 pre_auth_max_frame = 4096
-# One client's outbound queue: frames, then bytes, before it counts as full
-# (pub/sub deliveries then drop that client's oldest).
-queue_frames = 65536
-queue_bytes = 8388608
-# Outbound queue bytes above which the client is disconnected
-# (SLOW_CONSUMER).
+# One client's outbound queue: bytes before it counts as full (pub/sub
+# deliveries then drop that client's oldest); a frame counts its encoded
+# size plus the queue's entry for it. queue_frames also caps it in frames
+# (0: no count limit).
+queue_frames = 0
+queue_bytes = 16777216
+# Outbound queue bytes (counted the same way) above which the client is
+# disconnected (SLOW_CONSUMER).
 queue_hard_bytes = 67108864
 # Direct messages and requests waiting for room in one full queue: frames,
 # bytes (beyond: QUEUE_FULL for the sender).

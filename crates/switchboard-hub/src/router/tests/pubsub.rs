@@ -190,6 +190,79 @@ fn slow_subscriber_loses_only_its_own_oldest_deliveries() {
     assert_eq!(by_client, [(&"dropped:slow".to_owned(), &92)]);
 }
 
+/// Publishes `n` messages of `size` bytes to `topic`, each numbered in its
+/// first four bytes, and returns what the subscriber `sub`'s queue holds:
+/// the numbers kept, the deliveries dropped, and what one delivery counts
+/// against the queue's byte limit.
+fn fill(
+    sim: &mut Sim,
+    p: ConnId,
+    sub: ConnId,
+    topic: &str,
+    size: usize,
+    n: u32,
+) -> (Vec<u32>, u64, usize) {
+    for i in 0..n {
+        let mut body = i.to_be_bytes().to_vec();
+        body.resize(size, 0);
+        sim.send(p, Frame::publish(topic, body));
+    }
+    let mut taken = Taken::default();
+    sim.outboxes[&sub].take(usize::MAX, &mut taken);
+    let cost = taken
+        .frames
+        .first()
+        .map(|o| switchboard_wire::LENGTH_PREFIX_LEN + o.encoded_len() + crate::outbox::ENTRY_COST)
+        .unwrap_or_default();
+    let kept = taken
+        .frames
+        .drain(..)
+        .map(|o| match o.into_frame().kind {
+            Some(Kind::Deliver(d)) => u32::from_be_bytes(d.payload[..4].try_into().unwrap()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (kept, taken.dropped, cost)
+}
+
+#[test]
+fn a_slow_subscriber_queue_is_bounded_in_bytes_whatever_the_frame_size() {
+    // The default: no frame count, bytes alone.
+    let limits = Limits {
+        queue_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    assert_eq!(limits.queue_frames, 0);
+    let mut sim = Sim::with(limits, None);
+    let p = sim.connect("pub");
+    let small = sim.connect("small");
+    let large = sim.connect("large");
+    sim.subscribe(small, 1, "s", "");
+    sim.subscribe(large, 1, "l", "");
+    // 2,000 deliveries of 16 B to one, of 1 KiB to the other.
+    let (kept_small, dropped_small, cost_small) = fill(&mut sim, p, small, "s", 16, 2_000);
+    let (kept_large, dropped_large, cost_large) = fill(&mut sim, p, large, "l", 1024, 2_000);
+    for (kept, dropped, cost) in [
+        (&kept_small, dropped_small, cost_small),
+        (&kept_large, dropped_large, cost_large),
+    ] {
+        // Full once its frames reach the limit: one more frame than fits
+        // under it, the rest dropped (oldest first) and announced.
+        assert_eq!(kept.len(), (64 * 1024usize).div_ceil(cost), "cost {cost}");
+        assert_eq!(dropped, 2_000 - kept.len() as u64);
+        let newest: Vec<u32> = (2_000 - kept.len() as u32..2_000).collect();
+        assert_eq!(kept, &newest, "the newest are kept");
+    }
+    // Small frames get room by their size, not a frame count sized for
+    // large ones; their queue entries count, so memory stays bounded.
+    assert!(kept_small.len() > 2 * kept_large.len());
+    assert!(kept_small.len() < 64 * 1024 / crate::outbox::ENTRY_COST);
+    assert_eq!(
+        sim.router.status(sim.now, 0).dropped,
+        dropped_small + dropped_large
+    );
+}
+
 #[test]
 fn hard_limit_disconnects_slow_consumer() {
     let limits = Limits {
