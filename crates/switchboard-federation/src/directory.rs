@@ -155,8 +155,9 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Opens the buckets and starts the heartbeat, the watches, the reaper
-    /// and the command task; they stop with `stop`.
+    /// Opens the buckets and starts the watches, the reaper and the
+    /// command task (and a standby's heartbeat); they stop with `stop`. A
+    /// primary's heartbeat starts with [`Directory::join`].
     pub(crate) async fn open(
         client: async_nats::Client,
         options: &FederationOptions,
@@ -191,15 +192,31 @@ impl Directory {
             hubs,
             stats: DirectoryStats::default(),
         });
-        if !options.standby {
-            dir.beat().await?;
-        }
         spawn(stop.clone(), dir.clone().watch_ids());
         spawn(stop.clone(), dir.clone().watch_hubs());
-        spawn(stop.clone(), dir.clone().heartbeat());
+        // A standby's heartbeat waits for its takeover; a primary's starts
+        // in `join`, once its subscriptions reached the cluster.
+        if options.standby {
+            spawn(stop.clone(), dir.clone().heartbeat());
+        }
         spawn(stop.clone(), dir.clone().reaper());
         spawn(stop, dir.clone().commands(rx));
         Ok(dir)
+    }
+
+    /// Becomes a live member: the first heartbeat now (its error
+    /// returned), then one every third of the lease until `stop`. Called
+    /// by `Federation::connect` once this hub's subject is subscribed and
+    /// flushed to its server, so that other hubs learn this hub is live
+    /// only after the cluster was told of its interest (see
+    /// ARCHITECTURE.md, "joining").
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+    ) -> Result<(), FederationError> {
+        self.beat().await?;
+        spawn(stop, self.clone().heartbeat());
+        Ok(())
     }
 
     /// The presence events of clients of other hubs (id, and the holder

@@ -61,7 +61,7 @@ use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::limits::Limits;
 use switchboard_hub::port::PortSender;
@@ -232,7 +232,7 @@ impl SharedKv {
                 }
             }
         };
-        tokio::join!(commands, self.watch(&port));
+        crate::join_branches(vec![commands.boxed(), self.watch(&port).boxed()]).await;
     }
 
     async fn command(&self, from: &str, frame: Frame, port: &PortSender) {

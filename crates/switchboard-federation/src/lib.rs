@@ -416,21 +416,33 @@ impl Federation {
             directory.clone(),
             options.max_message,
         );
+        let failed = |message: String| FederationError::Connect {
+            servers: options
+                .servers
+                .iter()
+                .map(|s| redact(s))
+                .collect::<Vec<_>>()
+                .join(","),
+            message,
+        };
         // A standby subscribes to the hub's subject only when it takes over.
         let inbound = if options.standby {
             None
         } else {
-            Some(routing.subscribe().await.map_err(|e| {
-                FederationError::Connect {
-                    servers: options
-                        .servers
-                        .iter()
-                        .map(|s| redact(s))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    message: format!("cannot subscribe to this hub's subject: {e}"),
-                }
-            })?)
+            let inbound = routing
+                .subscribe()
+                .await
+                .map_err(|e| failed(format!("cannot subscribe to this hub's subject: {e}")))?;
+            // Joining (ARCHITECTURE.md, "joining"): the subscription has
+            // reached this hub's server (the flush's PONG comes after the
+            // server took the SUB and queued the interest to its routes)
+            // before the first heartbeat makes this hub live for others.
+            client
+                .flush()
+                .await
+                .map_err(|e| failed(format!("cannot flush this hub's subscription: {e}")))?;
+            directory.join(stop.clone()).await?;
+            Some(inbound)
         };
         spawn_until(stop.clone(), routing.clone().publisher());
         let sessions = Sessions::new(
@@ -885,6 +897,18 @@ async fn measure_rtt(client: async_nats::Client, rtt_us: Arc<AtomicU64>) {
         }
         tokio::time::sleep(RTT_INTERVAL).await;
     }
+}
+
+/// Runs `branches` of one task together until every one has ended.
+/// Unlike `tokio::join!`, which polls every branch each time any of them
+/// wakes the task, a branch is polled only when its own waker fired: a
+/// message on one (say the request path's inbound subscription) does not
+/// poll the others (pattern intake, outbox, presence). Dropping the
+/// future drops every branch, as with `join!`.
+pub(crate) async fn join_branches(branches: Vec<futures::future::BoxFuture<'_, ()>>) {
+    use futures::StreamExt;
+    let mut running: futures::stream::FuturesUnordered<_> = branches.into_iter().collect();
+    while running.next().await.is_some() {}
 }
 
 fn spawn_until(

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::PortSender;
 use switchboard_hub::router::remote::Handoff;
@@ -246,7 +246,11 @@ impl Lossless {
     /// delivering through `port`, until the hub stops.
     pub(crate) async fn run(self: Arc<Self>, port: PortSender) {
         let _ = self.port.set(port.clone());
-        tokio::join!(self.publisher(&port), self.consumer(&port));
+        crate::join_branches(vec![
+            self.publisher(&port).boxed(),
+            self.consumer(&port).boxed(),
+        ])
+        .await;
     }
 
     async fn publisher(&self, port: &PortSender) {

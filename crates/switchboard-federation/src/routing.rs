@@ -5,9 +5,13 @@
 //!   service and hub name). A `Direct` or `Request` for a client another
 //!   live hub holds (the id directory says which) goes there; so do the
 //!   answers to requests (`Reply`, or an `Error` naming the requester).
-//! - A message is the encoded switchboard frame (at most
-//!   `FederationOptions::max_message` bytes, default [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending
-//!   hub) and, on an error answer, [`H_TO`] (the requester, escaped).
+//! - A message on a hub's subject is the encoded switchboard frame (at
+//!   most `FederationOptions::max_message` bytes, default
+//!   [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending hub),
+//!   [`H_EPOCH`] and, on an error answer, [`H_TO`] (the requester,
+//!   escaped). A publish or broadcast carries no NATS headers: its
+//!   payload is an [`Envelope`] (origin, epoch, message number, queue
+//!   groups served) followed by the frame.
 //! - Session frames (a manager on one hub, an agent on another) go to the
 //!   holder hub's subject like a direct (sent by [`crate::sessions`]),
 //!   and the far hub hands them in with the port's `session`; one for a
@@ -23,8 +27,8 @@
 //!   pattern as it comes and goes; the hub holds one NATS subscription per
 //!   distinct pattern (`sb.<svc>.t.<pattern>`, counted), and every hub
 //!   subscribes to `sb.<svc>.b` for broadcasts. A local client's publish
-//!   or broadcast goes out once, with [`H_MSG`] (this run of the hub and a
-//!   sequence number); a hub whose patterns overlap gets a message once
+//!   or broadcast goes out once, numbered in its [`Envelope`] (this run of
+//!   the hub and a sequence number); a hub whose patterns overlap gets a message once
 //!   per matching subscription and keeps only the first (the last
 //!   [`DEDUP_WINDOW`] numbers per sender are remembered). One task takes
 //!   what all these subscriptions got: each time it wakes, everything
@@ -67,14 +71,9 @@ pub const H_ORIGIN: &str = "Sb-Origin";
 pub const H_EPOCH: &str = "Sb-Epoch";
 /// The NATS header naming (escaped) the requester an error answer is for.
 pub const H_TO: &str = "Sb-To";
-/// The NATS header numbering a publish or broadcast: `<run>-<seq>`, both
-/// hex, the run random per start of the hub.
-pub const H_MSG: &str = "Sb-Msg";
-/// The NATS header listing the queue groups a publish's origin hub
-/// delivered it to itself (its own members come first, as NATS prefers
-/// local queue subscribers): `<pattern>/<group>` escaped, `,`-separated.
-/// A hub the cluster picks for one of these groups drops its copy.
-pub const H_SERVED: &str = "Sb-Served";
+/// The first byte of a publish or broadcast on NATS: its [`Envelope`]
+/// (version 1) follows.
+pub const ENVELOPE_V1: u8 = 0xEB;
 /// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
 /// they are dropped and counted.
 pub const FANOUT_QUEUE: usize = 8192;
@@ -179,10 +178,115 @@ impl Seen {
     }
 }
 
-/// A publish, broadcast or session frame on its way to NATS: subject,
-/// frame, and a header to add ([`H_SERVED`], or [`H_TO`] naming a
-/// session frame's target).
-type Fanned = (String, Frame, Option<(&'static str, String)>);
+/// A publish or broadcast on its way to NATS: subject, frame, and the
+/// queue groups its origin served itself ([`Envelope::served`], `""`:
+/// none).
+type Fanned = (String, Frame, String);
+
+/// What a publish or broadcast carries on NATS besides its frame, in
+/// its payload rather than in NATS headers (no header map to build, send
+/// and parse per message). The payload is [`ENVELOPE_V1`], then `epoch`,
+/// `run` and `seq` as protobuf varints, then `origin` and `served`, each
+/// a varint length and that many UTF-8 bytes, then the encoded frame
+/// (the rest of the payload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The sending hub's name, escaped.
+    pub origin: String,
+    /// The sending hub's epoch (see [`H_EPOCH`]).
+    pub epoch: u64,
+    /// The sending hub's run: random per start of the hub.
+    pub run: u64,
+    /// The message's number in that run (from 1): a hub whose patterns
+    /// overlap keeps only the first copy, and takes each origin's
+    /// messages in this order.
+    pub seq: u64,
+    /// The queue groups the origin hub delivered the publish to itself
+    /// (its own members come first, as NATS prefers local queue
+    /// subscribers): `<pattern>/<group>` escaped, `,`-separated, `""` for
+    /// none. A hub the cluster picks for one of these groups drops its
+    /// copy.
+    pub served: String,
+}
+
+impl Envelope {
+    /// The payload: this envelope, then `frame` encoded.
+    pub fn encode(&self, frame: &Frame) -> Vec<u8> {
+        encode_envelope(
+            &self.origin,
+            self.epoch,
+            self.run,
+            self.seq,
+            &self.served,
+            frame,
+        )
+    }
+
+    /// A payload split into its envelope and the frame's bytes; `None`
+    /// when it is not one (another first byte, a varint or length that
+    /// runs past the end, a name that is not UTF-8).
+    pub fn decode(payload: &bytes::Bytes) -> Option<(Envelope, bytes::Bytes)> {
+        let mut rest: &[u8] = payload;
+        let (&first, tail) = rest.split_first()?;
+        if first != ENVELOPE_V1 {
+            return None;
+        }
+        rest = tail;
+        let epoch = prost::encoding::decode_varint(&mut rest).ok()?;
+        let run = prost::encoding::decode_varint(&mut rest).ok()?;
+        let seq = prost::encoding::decode_varint(&mut rest).ok()?;
+        let origin = take_str(&mut rest)?;
+        let served = take_str(&mut rest)?;
+        let at = payload.len() - rest.len();
+        Some((
+            Envelope {
+                origin,
+                epoch,
+                run,
+                seq,
+                served,
+            },
+            payload.slice(at..),
+        ))
+    }
+}
+
+/// [`Envelope::encode`] from borrowed parts (the publisher's per-message
+/// path: one buffer, nothing else allocated).
+fn encode_envelope(
+    origin: &str,
+    epoch: u64,
+    run: u64,
+    seq: u64,
+    served: &str,
+    frame: &Frame,
+) -> Vec<u8> {
+    use prost::encoding::encode_varint;
+    let len = prost::Message::encoded_len(frame);
+    let mut buf = Vec::with_capacity(1 + 4 * 10 + origin.len() + served.len() + len);
+    buf.push(ENVELOPE_V1);
+    encode_varint(epoch, &mut buf);
+    encode_varint(run, &mut buf);
+    encode_varint(seq, &mut buf);
+    encode_varint(origin.len() as u64, &mut buf);
+    buf.extend_from_slice(origin.as_bytes());
+    encode_varint(served.len() as u64, &mut buf);
+    buf.extend_from_slice(served.as_bytes());
+    // A Vec grows as needed: encoding into it cannot fail.
+    let _ = prost::Message::encode(frame, &mut buf);
+    buf
+}
+
+/// A varint length and that many UTF-8 bytes, taken from `rest`.
+fn take_str(rest: &mut &[u8]) -> Option<String> {
+    let n = usize::try_from(prost::encoding::decode_varint(rest).ok()?).ok()?;
+    if n > rest.len() {
+        return None;
+    }
+    let (s, tail) = rest.split_at(n);
+    *rest = tail;
+    String::from_utf8(s.to_vec()).ok()
+}
 
 /// The routing state shared by the tasks.
 #[derive(Debug)]
@@ -280,7 +384,7 @@ impl Routing {
     /// A local client's publish or broadcast, for the other hubs (router
     /// task: queued, or dropped and counted when the queue is full).
     pub(crate) fn fan_out(&self, from: &str, frame: &Frame) {
-        let mut served = None;
+        let mut served = String::new();
         let (subject, frame) = match &frame.kind {
             Some(Kind::Publish(p)) => {
                 let mut p = p.clone();
@@ -298,9 +402,7 @@ impl Routing {
                             .then(|| served_token(pattern, group))
                     })
                     .collect();
-                if !groups.is_empty() {
-                    served = Some((H_SERVED, groups.join(",")));
-                }
+                served = groups.join(",");
                 (
                     format!(
                         "sb.{}.t.{}",
@@ -346,20 +448,11 @@ impl Routing {
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
             // The epoch changes only when a standby takes over: read once
             // per batch.
-            let epoch = self.directory.epoch().to_string();
+            let epoch = self.directory.epoch();
             for (subject, frame, served) in batch.drain(..) {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                let mut headers = self.headers(&epoch);
-                headers.insert(H_MSG, format!("{:x}-{seq:x}", self.run).as_str());
-                if let Some((name, value)) = served {
-                    headers.insert(name, value.as_str());
-                }
-                let body = prost::Message::encode_to_vec(&frame);
-                match self
-                    .client
-                    .publish_with_headers(subject, headers, body.into())
-                    .await
-                {
+                let body = encode_envelope(&self.origin, epoch, self.run, seq, &served, &frame);
+                match self.client.publish(subject, body.into()).await {
                     Ok(()) => {
                         self.stats.sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -467,7 +560,7 @@ impl Routing {
     /// The ordered intake: with `first` in hand, takes everything already
     /// waiting on all the subscriptions (rounds of polls that do not wait,
     /// until one round finds nothing), orders it by origin and message
-    /// number ([`H_MSG`]), drops second copies, and hands it to the router
+    /// number ([`Envelope::run`], [`Envelope::seq`]), drops second copies, and hands it to the router
     /// in that order. The NATS client's reader pushes messages into the
     /// subscriptions' queues in the order they came on the connection, so
     /// when a publish has been taken, every earlier one of the same origin
@@ -495,18 +588,13 @@ impl Routing {
         let mut checked = Vec::with_capacity(batch.len());
         for (group, msg) in batch {
             if let Some((pattern, group)) = group {
-                let token = served_token(&pattern, &group);
-                let served = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(H_SERVED))
-                    .is_some_and(|v| v.as_str().split(',').any(|t| t == token));
-                if served {
-                    self.stats.served_by_origin.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
                 // One member cluster-wide: no order to keep, no copies.
-                if let Some((_, frame, _)) = self.check(&msg, false) {
+                if let Some((_, frame, _, served)) = self.check_fanned(&msg, false) {
+                    let token = served_token(&pattern, &group);
+                    if served.split(',').any(|t| t == token) {
+                        self.stats.served_by_origin.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     if let Some(Kind::Publish(p)) = frame.kind {
                         if !port.publish_group(&pattern, &group, p).await {
                             return false;
@@ -518,27 +606,12 @@ impl Routing {
                 }
                 continue;
             }
-            let number = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(H_MSG))
-                .and_then(|v| parse_msg(v.as_str()));
-            if let Some((origin, frame, to)) = self.check(&msg, true) {
-                checked.push((origin, number, frame, to));
+            if let Some((origin, frame, number, _)) = self.check_fanned(&msg, true) {
+                checked.push((origin, number, frame));
             }
         }
-        // Stable: what has no number keeps its place among its origin's.
         checked.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        let mut frames = Vec::with_capacity(checked.len());
-        for (origin, _, frame, to) in checked {
-            if matches!(frame.kind, Some(Kind::Publish(_) | Kind::Broadcast(_))) {
-                frames.push(frame);
-            } else if !self.deliver(origin, frame, to, port).await {
-                return false;
-            } else {
-                self.stats.received.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let frames: Vec<Frame> = checked.into_iter().map(|(_, _, frame)| frame).collect();
         if frames.is_empty() {
             return true;
         }
@@ -603,12 +676,15 @@ impl Routing {
                 }
             }
         };
-        tokio::join!(
-            self.clone().inbound(inbound, sender.clone()),
-            self.clone().subscriptions(sender.clone()),
-            out,
-            presence
-        );
+        // Each branch polled only when it was woken (the request path
+        // wakes `inbound` and `out`, not the other two).
+        crate::join_branches(vec![
+            self.clone().inbound(inbound, sender.clone()).boxed(),
+            self.clone().subscriptions(sender.clone()).boxed(),
+            out.boxed(),
+            presence.boxed(),
+        ])
+        .await;
     }
 
     /// A frame the router delivered to the port.
@@ -675,7 +751,7 @@ impl Routing {
     /// Messages on this hub's subject, checked, into the router.
     async fn inbound(self: Arc<Self>, mut sub: async_nats::Subscriber, port: PortSender) {
         while let Some(msg) = sub.next().await {
-            let Some((origin, frame, to)) = self.check(&msg, true) else {
+            let Some((origin, frame, to)) = self.check(&msg) else {
                 continue;
             };
             let ack = match (&frame.kind, &msg.reply) {
@@ -728,9 +804,7 @@ impl Routing {
                 r.id = id;
                 port.send(vec![Frame::from(r)]).await
             }
-            Some(Kind::Reply(_) | Kind::Publish(_) | Kind::Broadcast(_)) => {
-                port.send(vec![frame]).await
-            }
+            Some(Kind::Reply(_)) => port.send(vec![frame]).await,
             Some(Kind::Session(s)) => match to {
                 Some(to) if !self.directory.is_local(&to) => {
                     // Gone before the sender's hub heard of it: tell the
@@ -763,14 +837,11 @@ impl Routing {
         }
     }
 
-    /// A message from NATS as (origin, frame, requester of an error
-    /// answer), or `None` after counting why it was dropped.
-    /// `dedup`: drop a second copy of a publish or broadcast.
-    fn check(
-        &self,
-        msg: &async_nats::Message,
-        dedup: bool,
-    ) -> Option<(String, Frame, Option<String>)> {
+    /// A message from NATS on this hub's subject as (origin, frame,
+    /// requester of an error answer), or `None` after counting why it was
+    /// dropped. Publishes and broadcasts come on their own subjects
+    /// ([`Routing::check_fanned`]), never here.
+    fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
         if msg.payload.len() > self.max_message {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -788,26 +859,12 @@ impl Routing {
                 return None;
             }
         };
-        if origin == self.me() || !self.directory.is_member(&origin) {
-            self.stats.foreign.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
         let epoch = msg
             .headers
             .as_ref()
             .and_then(|h| h.get(H_EPOCH))
             .and_then(|v| v.as_str().parse::<u64>().ok());
-        match epoch {
-            None => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Some(e) if e < self.directory.newest_epoch(&origin) => {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Some(_) => {}
-        }
+        let (origin, _) = self.admit(origin, epoch)?;
         let to = match header(H_TO) {
             None => None,
             Some(Some(t)) => Some(t),
@@ -816,41 +873,8 @@ impl Routing {
                 return None;
             }
         };
-        let frame = match decode_frame(msg.payload.clone(), self.max_message) {
-            Ok(f) => f,
-            Err(_) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        if matches!(frame.kind, Some(Kind::Publish(_) | Kind::Broadcast(_))) {
-            let n = match header(H_MSG) {
-                Some(_) => msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(H_MSG))
-                    .and_then(|v| parse_msg(v.as_str())),
-                None => None,
-            };
-            let Some((run, seq)) = n else {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            if !dedup {
-                return Some((origin, frame, to));
-            }
-            let mut seen = self.seen.lock();
-            if seen.len() > 1024 {
-                seen.clear();
-            }
-            if !seen.entry((origin.clone(), run)).or_default().first(seq) {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        }
+        let frame = self.decode(msg.payload.clone())?;
         let carried = match &frame.kind {
-            Some(Kind::Publish(p)) => !p.from.is_empty() && p.id == 0,
-            Some(Kind::Broadcast(b)) => !b.from.is_empty() && b.id == 0,
             Some(Kind::Direct(d)) => !d.from.is_empty() && d.id == 0,
             Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
             Some(Kind::Reply(r)) => !r.from.is_empty() && r.id != 0,
@@ -865,9 +889,92 @@ impl Routing {
         }
         Some((origin, frame, to))
     }
+
+    /// A publish or broadcast from NATS (its [`Envelope`]) as (origin,
+    /// frame, (run, number), served queue groups), or `None` after
+    /// counting why it was dropped. `dedup`: drop a second copy.
+    fn check_fanned(
+        &self,
+        msg: &async_nats::Message,
+        dedup: bool,
+    ) -> Option<(String, Frame, (u64, u64), String)> {
+        if msg.payload.len() > self.max_message {
+            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some((envelope, body)) = Envelope::decode(&msg.payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(origin) = unescape(&envelope.origin) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let (origin, _) = self.admit(origin, Some(envelope.epoch))?;
+        let frame = self.decode(body)?;
+        let carried = match &frame.kind {
+            Some(Kind::Publish(p)) => !p.from.is_empty() && p.id == 0,
+            Some(Kind::Broadcast(b)) => !b.from.is_empty() && b.id == 0,
+            _ => false,
+        };
+        if !carried || frame.seq != 0 {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let number = (envelope.run, envelope.seq);
+        if dedup {
+            let mut seen = self.seen.lock();
+            if seen.len() > 1024 {
+                seen.clear();
+            }
+            if !seen
+                .entry((origin.clone(), number.0))
+                .or_default()
+                .first(number.1)
+            {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        Some((origin, frame, number, envelope.served))
+    }
+
+    /// Whether a message's origin (unescaped) and epoch are admitted: the
+    /// origin a live member other than this hub (else `foreign`), the
+    /// epoch present (else `malformed`) and not below the newest seen for
+    /// the origin (else `stale`); counted when not.
+    fn admit(&self, origin: String, epoch: Option<u64>) -> Option<(String, u64)> {
+        if origin == self.me() || !self.directory.is_member(&origin) {
+            self.stats.foreign.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match epoch {
+            None => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Some(e) if e < self.directory.newest_epoch(&origin) => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Some(e) => Some((origin, e)),
+        }
+    }
+
+    /// A frame from a message's payload (at most the limit), or `None`
+    /// counted as malformed.
+    fn decode(&self, body: bytes::Bytes) -> Option<Frame> {
+        match decode_frame(body, self.max_message) {
+            Ok(f) => Some(f),
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
 }
 
-/// A queue group as named in [`H_SERVED`].
+/// A queue group as named in [`Envelope::served`].
 fn served_token(pattern: &str, group: &str) -> String {
     format!("{}/{}", escape(pattern), escape(group))
 }
@@ -904,11 +1011,56 @@ async fn next_any(
     .await
 }
 
-/// `<run>-<seq>` (hex) of [`H_MSG`].
-fn parse_msg(v: &str) -> Option<(u64, u64)> {
-    let (run, seq) = v.split_once('-')?;
-    Some((
-        u64::from_str_radix(run, 16).ok()?,
-        u64::from_str_radix(seq, 16).ok()?,
-    ))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An envelope comes back as it was sent, with the frame's bytes.
+        #[test]
+        fn envelope_round_trips(
+            origin in "\\PC{0,40}",
+            served in "\\PC{0,40}",
+            epoch: u64,
+            run: u64,
+            seq: u64,
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let env = Envelope { origin, epoch, run, seq, served };
+            let frame = Frame::from(switchboard_wire::proto::Publish {
+                topic: "t.x".into(),
+                from: "c".into(),
+                payload: payload.into(),
+                ..Default::default()
+            });
+            let body = bytes::Bytes::from(env.encode(&frame));
+            let (back, rest) = Envelope::decode(&body).expect("decodes");
+            prop_assert_eq!(back, env);
+            prop_assert_eq!(decode_frame(rest, MAX_MESSAGE).expect("the frame"), frame);
+        }
+
+        /// Any bytes: decoding never panics.
+        #[test]
+        fn envelope_decode_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Envelope::decode(&bytes::Bytes::from(bytes));
+        }
+    }
+
+    #[test]
+    fn a_cut_envelope_is_refused() {
+        let env = Envelope {
+            origin: "hub-a".into(),
+            epoch: 300,
+            run: u64::MAX,
+            seq: 1,
+            served: "p/g".into(),
+        };
+        let full = env.encode(&Frame::default());
+        assert!(Envelope::decode(&bytes::Bytes::from(full.clone())).is_some());
+        // Every cut inside the envelope (the frame here is empty).
+        for end in 0..full.len() {
+            assert!(Envelope::decode(&bytes::Bytes::copy_from_slice(&full[..end])).is_none());
+        }
+    }
 }

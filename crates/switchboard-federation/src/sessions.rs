@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::PortSender;
 use switchboard_wire::{ErrorCode, Frame, Kind};
@@ -222,7 +222,12 @@ impl Sessions {
                 };
             }
         };
-        tokio::join!(send, self.no_responders(replies, &port), self.expire(&port));
+        crate::join_branches(vec![
+            send.boxed(),
+            self.no_responders(replies, &port).boxed(),
+            self.expire(&port).boxed(),
+        ])
+        .await;
     }
 
     /// Tells the senders of frames not confirmed within [`ACK_TIMEOUT`],

@@ -13,7 +13,7 @@ use common::{
 };
 use prost::Message as _;
 use switchboard::wire::proto;
-use switchboard_federation::routing::{H_MSG, H_ORIGIN, H_TO};
+use switchboard_federation::routing::{Envelope, H_EPOCH, H_ORIGIN, H_TO};
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -74,6 +74,18 @@ async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> a
         ..Default::default()
     })
     .encode_to_vec();
+    // The publish in a well-formed envelope under `origin`.
+    let envelope = |origin: &str| {
+        let frame = proto::Frame::decode(&publish[..]).expect("the publish decodes");
+        Envelope {
+            origin: origin.into(),
+            epoch: 1,
+            run: 7,
+            seq: 1,
+            served: String::new(),
+        }
+        .encode(&frame)
+    };
     let cases: Vec<(&str, String, HeaderMap, Vec<u8>)> = vec![
         (
             "no headers",
@@ -146,22 +158,22 @@ async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> a
             vec![0; 100 * 1024],
         ),
         (
-            "publish without number",
+            "publish without envelope (headers only)",
             topic.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
+            headers(&[(H_ORIGIN, "hub-a"), (H_EPOCH, "1")]),
             publish.clone(),
         ),
         (
-            "publish, bad number",
+            "publish, envelope cut short",
             topic.clone(),
-            headers(&[(H_ORIGIN, "hub-a"), (H_MSG, "zz")]),
-            publish.clone(),
+            HeaderMap::new(),
+            envelope("hub-a")[..4].to_vec(),
         ),
         (
             "publish, unknown origin",
             topic.clone(),
-            headers(&[(H_ORIGIN, "nobody"), (H_MSG, "1-1")]),
-            publish.clone(),
+            HeaderMap::new(),
+            envelope("nobody"),
         ),
     ];
     let n = cases.len() as u64;
