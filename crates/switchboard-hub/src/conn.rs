@@ -1,8 +1,17 @@
 //! A native connection, on any [`Transport`] (TCP, WebSocket, in-memory
-//! pipes): the handshake, then a reader task (check each frame's kind
-//! before decoding it, hand frames to the router in batches) and a writer
-//! task (drain the outbox, one encoded batch per send).
+//! pipes): the handshake, then the connection's task as reader (check each
+//! frame's kind before decoding it, hand frames to the router in batches)
+//! and a writer task (drain the outbox, one encoded batch per send) while
+//! there is something to write.
+//!
+//! The writer task is not kept for an idle connection: it ends once its
+//! outbox was empty for [`WRITER_LINGER`] (to two of them), handing the
+//! transport's sending half back to the connection's task, which waits on
+//! the outbox's wake-up and spawns a writer again for the next frame
+//! queued ([`WriterSlot`]). A busy connection keeps its writer, so the hot
+//! path is unchanged; an idle one holds one task, not two.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +29,12 @@ use switchboard_wire::{
 
 use crate::inbox::Inbox;
 use crate::metrics::Via;
-use crate::outbox::{flow_notice, Outbox, Taken};
+use crate::outbox::{flow_notice, Cancel, Outbox, Taken};
 use crate::router::admission::{Identity, Peer, Proof, Refusal};
 use crate::router::Input;
 use crate::shared::Shared;
 use crate::stats::HubStats;
+use crate::transport::drain::Linger;
 use crate::transport::{drain, Body, Drain, FrameRx, FrameTx, Transport, READ_CHUNK};
 use crate::ConnId;
 
@@ -43,6 +53,12 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a finished writer waits for its transport to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A connection's writer task ends after its outbox was empty for this
+/// long (to twice this): an idle connection holds no writer task. Short,
+/// because the hub's memory keeps the high-water mark of writers alive at
+/// once while clients connect; long against the gaps of a busy client.
+pub(crate) const WRITER_LINGER: Duration = Duration::from_millis(100);
 
 enum Handshake {
     /// Authenticated: register this client, who proved this.
@@ -316,25 +332,26 @@ fn serve_in_span<T: Transport>(
     // arguments the one-off steps consume).
     let opened = Box::pin(open(carrier, peer, conn, shared.clone(), permit));
     async move {
-        let Some((rx, via, outbox, writer)) = opened.await else {
+        let Some((rx, tx, via, outbox)) = opened.await else {
             return;
         };
-        read_loop(rx, via, conn, &outbox, &shared).await;
-        let _ = writer.await;
+        let mut writer = WriterSlot::Idle(tx);
+        read_loop(rx, via, conn, &outbox, &shared, &mut writer).await;
+        writer.finish(&outbox, via, &shared).await;
         shared.stats.untrack(conn);
     }
 }
 
 /// A connection's one-off steps up to the read loop: the handshake, the
-/// policy, a standby link (served here to its end), the registration and
-/// the writer task. `None` when the connection ended on the way.
+/// policy, a standby link (served here to its end) and the registration.
+/// `None` when the connection ended on the way.
 async fn open<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Option<(T::Rx, Via, Arc<Outbox>, tokio::task::JoinHandle<()>)> {
+) -> Option<(T::Rx, T::Tx, Via, Arc<Outbox>)> {
     let shared = &shared;
 
     let (mut rx, mut tx) = carrier.split();
@@ -398,15 +415,7 @@ async fn open<T: Transport>(
         shared.stats.untrack(conn);
         return None;
     }
-    let writer = tokio::spawn(write_loop(
-        tx,
-        via,
-        outbox.clone(),
-        shared.inbox.clone(),
-        shared.stats.clone(),
-        shared.limits.write_batch_bytes,
-    ));
-    Some((rx, via, outbox, writer))
+    Some((rx, tx, via, outbox))
 }
 
 /// The outbox of an admitted client, tracked in the stats, and its
@@ -507,12 +516,15 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
 
 /// Hands what the client sends to the router, in batches, until the
 /// connection ends or the outbox is killed; then reports the disconnect.
-async fn read_loop<R: FrameRx>(
+/// Meanwhile tends the connection's `writer` (spawns it for frames
+/// queued, takes the sending half back when it stops idle).
+async fn read_loop<R: FrameRx, W: FrameTx>(
     mut rx: R,
     via: Via,
     conn: ConnId,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     shared: &Shared,
+    writer: &mut WriterSlot<W>,
 ) {
     let max = shared.limits.max_frame;
     let cancel = outbox.cancelled().clone();
@@ -570,37 +582,40 @@ async fn read_loop<R: FrameRx>(
         // again, which changes nothing); a few more ride with the batch.
         if up_to > acked && (ack_frames || up_to - acked >= ACK_EVERY) {
             acked = up_to;
-            tokio::select! {
-                r = shared.inbox.send_ack(conn, up_to) => {
-                    if r.is_err() {
-                        outbox.kill(None);
-                        return;
-                    }
+            let send = shared.inbox.send_ack(conn, up_to);
+            match offer(send, &cancel, writer, outbox, via, shared).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    outbox.kill(None);
+                    return;
                 }
-                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+                None => break 'conn (None, "closed".to_owned()),
             }
         }
         if !frames.is_empty() {
-            tokio::select! {
-                r = shared.inbox.send(Input::Frames { conn, frames }) => {
-                    if r.is_err() {
-                        // The router is gone: nobody will close the outbox.
-                        outbox.kill(None);
-                        return;
-                    }
+            let send = shared.inbox.send(Input::Frames { conn, frames });
+            match offer(send, &cancel, writer, outbox, via, shared).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    // The router is gone: nobody will close the outbox.
+                    outbox.kill(None);
+                    return;
                 }
-                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+                None => break 'conn (None, "closed".to_owned()),
             }
         }
         if let Some(notice) = refused {
-            tokio::select! {
-                r = shared.inbox.send(Input::Refused { conn, notice: *notice }) => {
-                    if r.is_err() {
-                        outbox.kill(None);
-                        return;
-                    }
+            let send = shared.inbox.send(Input::Refused {
+                conn,
+                notice: *notice,
+            });
+            match offer(send, &cancel, writer, outbox, via, shared).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    outbox.kill(None);
+                    return;
                 }
-                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+                None => break 'conn (None, "closed".to_owned()),
             }
         }
         if let Some(e) = failure {
@@ -627,6 +642,8 @@ async fn read_loop<R: FrameRx>(
             },
             // Killed by the router, or the writer failed.
             _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+            // A writer spawned or stopped: wait again.
+            _ = writer.tend(outbox, via, shared) => {}
         }
     };
     let _ = shared
@@ -639,9 +656,100 @@ async fn read_loop<R: FrameRx>(
         .await;
 }
 
+/// Waits for `send` (a command offered to the router) while tending the
+/// connection's writer, so frames queued for the client meanwhile leave;
+/// `None` when the outbox was killed first.
+async fn offer<F: Future, W: FrameTx>(
+    send: F,
+    cancel: &Cancel,
+    writer: &mut WriterSlot<W>,
+    outbox: &Arc<Outbox>,
+    via: Via,
+    shared: &Shared,
+) -> Option<F::Output> {
+    let mut send = std::pin::pin!(send);
+    loop {
+        tokio::select! {
+            r = &mut send => return Some(r),
+            _ = cancel.cancelled() => return None,
+            _ = writer.tend(outbox, via, shared) => {}
+        }
+    }
+}
+
+/// A connection's writer, as its reader task holds it.
+enum WriterSlot<W> {
+    /// No writer task: the sending half waits for the next frame queued.
+    Idle(W),
+    /// A writer task runs; it hands the sending half back if it stops idle.
+    Running(tokio::task::JoinHandle<Option<W>>),
+    /// The writer ended: the outbox closed or was killed, or the transport
+    /// failed (and the reader was told through the outbox's [`Cancel`]).
+    Done,
+}
+
+impl<W: FrameTx> WriterSlot<W> {
+    /// Waits for the writer's next change, and makes it: spawns a writer
+    /// once something was queued (or the outbox closed or was killed),
+    /// takes the sending half back once the writer stopped idle. Pending
+    /// forever once done. Cancel-safe: the change is made in the poll that
+    /// completes.
+    async fn tend(&mut self, outbox: &Arc<Outbox>, via: Via, shared: &Shared) {
+        match self {
+            WriterSlot::Idle(_) => {
+                outbox.notified().await;
+                if let WriterSlot::Idle(tx) = std::mem::replace(self, WriterSlot::Done) {
+                    *self = WriterSlot::Running(tokio::spawn(write_loop(
+                        tx,
+                        via,
+                        outbox.clone(),
+                        shared.inbox.clone(),
+                        shared.stats.clone(),
+                        shared.limits.write_batch_bytes,
+                        Some(WRITER_LINGER),
+                    )));
+                }
+            }
+            WriterSlot::Running(task) => {
+                let stopped = task.await;
+                *self = match stopped {
+                    Ok(Some(tx)) => WriterSlot::Idle(tx),
+                    _ => WriterSlot::Done,
+                };
+            }
+            WriterSlot::Done => std::future::pending().await,
+        }
+    }
+
+    /// After the read loop: writes, in this task (boxed: the task's state
+    /// stays the read loop's size), until the outbox closes or is killed,
+    /// unless a writer task already ended it.
+    async fn finish(self, outbox: &Arc<Outbox>, via: Via, shared: &Shared) {
+        let tx = match self {
+            WriterSlot::Idle(tx) => tx,
+            WriterSlot::Running(task) => match task.await {
+                Ok(Some(tx)) => tx,
+                _ => return,
+            },
+            WriterSlot::Done => return,
+        };
+        Box::pin(write_loop(
+            tx,
+            via,
+            outbox.clone(),
+            shared.inbox.clone(),
+            shared.stats.clone(),
+            shared.limits.write_batch_bytes,
+            None,
+        ))
+        .await;
+    }
+}
+
 /// Writes what the router queues for the client until the outbox closes
 /// or is killed, or the transport fails; then closes the transport and
-/// stops the reader.
+/// stops the reader. With a `linger`, stops earlier once the outbox was
+/// idle that long ([`Linger`]) and hands the sending half back.
 async fn write_loop<W: FrameTx>(
     tx: W,
     via: Via,
@@ -649,7 +757,8 @@ async fn write_loop<W: FrameTx>(
     inbox: Inbox,
     stats: Arc<HubStats>,
     batch_bytes: usize,
-) {
+    linger: Option<Duration>,
+) -> Option<W> {
     let cancel = outbox.cancelled().clone();
     let mut writer = Writer {
         tx,
@@ -659,10 +768,14 @@ async fn write_loop<W: FrameTx>(
         stats,
         cancel: cancel.clone(),
     };
-    drain(&outbox, batch_bytes, &inbox, &mut writer).await;
+    let mut linger = linger.map(Linger::new);
+    if drain(&outbox, batch_bytes, &inbox, &mut writer, linger.as_mut()).await {
+        return Some(writer.tx);
+    }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.tx.close()).await;
     // Stops the reader too.
     cancel.cancel();
+    None
 }
 
 /// A connection's writer: each batch encoded into one buffer, sent at once.
@@ -749,6 +862,11 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// [`future_size`] for six arguments.
+    fn future_size6<A, B, C, D, E, G, F>(_: impl FnOnce(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// A connection's task lives as long as the connection: its future
     /// must be about the size of its steady state (the read loop), not
     /// of the handshake or of the one-off steps around it.
@@ -756,7 +874,7 @@ mod tests {
     fn the_connection_task_holds_no_handshake_state() {
         type Tcp = tokio::net::TcpStream;
         let task = future_size(serve::<Tcp>);
-        let steady = future_size(read_loop::<<Tcp as Transport>::Rx>);
+        let steady = future_size6(read_loop::<<Tcp as Transport>::Rx, <Tcp as Transport>::Tx>);
         assert!(
             task <= steady + 256,
             "task {task} bytes, read loop {steady}"

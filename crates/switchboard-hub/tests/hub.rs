@@ -843,3 +843,64 @@ async fn unusable_configurations_are_refused() {
     cfg.service = "not a service name".into();
     assert!(Hub::start(cfg).await.is_err());
 }
+
+/// Waits (up to [`WAIT`]) until the runtime holds `want` tasks; returns
+/// the last count seen.
+async fn settle_tasks(want: usize) -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let alive = metrics.num_alive_tasks();
+        if alive == want || tokio::time::Instant::now() >= deadline {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An idle connection holds one task, not two: its writer task stops once
+/// its outbox was idle for a moment, and the next frame queued for it
+/// spawns a writer again. Clients idle past that are answered, relayed
+/// to, and taken over (last words, then the close) as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_keeps_one_task_and_still_gets_every_frame() -> Result<()> {
+    const N: usize = 8;
+    let hub = start().await;
+    let addr = hub.local_addr();
+    let base = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut clients = Vec::new();
+    for i in 0..N {
+        clients.push(TestClient::connect(addr, &format!("idle-{i}")).await?);
+    }
+    // Each wrote its `Welcome`; then only the connections' tasks remain.
+    assert_eq!(settle_tasks(base + N).await, base + N);
+
+    for c in &mut clients {
+        c.sync().await?;
+    }
+    assert_eq!(settle_tasks(base + N).await, base + N);
+    clients[0]
+        .send(Frame::direct("idle-1", "after a pause"))
+        .await?;
+    match clients[1].expect().await?.kind {
+        Some(Kind::Direct(d)) => assert_eq!(d.from, "idle-0"),
+        other => bail!("{other:?}"),
+    }
+    assert_eq!(settle_tasks(base + N).await, base + N);
+
+    // Taken over while idle: the old connection gets its last words.
+    let _new = TestClient::connect(addr, "idle-2").await?;
+    let frames = clients[2].expect_closed().await?;
+    match frames.last().and_then(|f| f.kind.clone()) {
+        Some(Kind::Goodbye(g)) => assert_eq!(g.code, ErrorCode::IdTakenOver as i32),
+        other => bail!("{other:?}"),
+    }
+    assert_eq!(settle_tasks(base + N).await, base + N);
+    // Gone while idle: its task ends too.
+    drop(clients.remove(3));
+    assert_eq!(settle_tasks(base + N - 1).await, base + N - 1);
+    hub.shutdown().await;
+    Ok(())
+}

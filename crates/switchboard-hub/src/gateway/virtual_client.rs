@@ -414,7 +414,14 @@ async fn pump(gw: Arc<Gateway>, client: Arc<HttpClient>) {
         gw: &gw,
         client: &client,
     };
-    drain(&client.outbox, batch_bytes, &gw.shared.inbox, &mut pump).await;
+    drain(
+        &client.outbox,
+        batch_bytes,
+        &gw.shared.inbox,
+        &mut pump,
+        None,
+    )
+    .await;
     client.gone.cancel();
     if let Some(tx) = client.welcome.lock().take() {
         let _ = tx.send(Err(ApiError::shutting_down()));

@@ -2,8 +2,11 @@
 //! of an outbox runs (a connection's writer, an HTTP client's pump).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
 
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, Taken, IDLE_KEEP_FRAMES};
@@ -25,9 +28,57 @@ pub(crate) trait Drain: Send {
     fn sampled(&mut self, _queued: Instant) {}
 }
 
+/// How long a consumer that may stop while its outbox is idle keeps
+/// waiting: it stops once a whole `period` passed without a batch, so
+/// after between one and two periods of idleness. One timer, armed once
+/// and re-armed once a period while batches flow (a batch only marks the
+/// linger busy), so the hot path reads no clock for it.
+pub(crate) struct Linger {
+    period: Duration,
+    /// Armed the first time the consumer waits.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A batch was taken since the timer was last armed.
+    busy: bool,
+}
+
+impl Linger {
+    /// A linger of `period`.
+    pub(crate) fn new(period: Duration) -> Linger {
+        Linger {
+            period,
+            sleep: None,
+            busy: false,
+        }
+    }
+
+    /// Resolves once a whole period passed without a batch. Cancel-safe.
+    async fn idle(&mut self) {
+        let Linger {
+            period,
+            sleep,
+            busy,
+        } = self;
+        let sleep = sleep.get_or_insert_with(|| {
+            *busy = false;
+            Box::pin(tokio::time::sleep(*period))
+        });
+        loop {
+            sleep.as_mut().await;
+            if !std::mem::take(busy) {
+                return;
+            }
+            let next = tokio::time::Instant::now() + *period;
+            sleep.as_mut().reset(next);
+        }
+    }
+}
+
 /// Takes batches of about `batch_bytes` from `outbox` into `consumer`
 /// until the outbox closes (after its last frames) or is killed, or the
-/// consumer fails. Meanwhile tells the router when a take made room it
+/// consumer fails; with a `linger`, also once the outbox was idle that
+/// long (`true`: the consumer may be started again, by whoever waits on
+/// [`Outbox::notified`] meanwhile; a frame queued after the last take
+/// leaves that wake-up set, so none is stranded). Meanwhile tells the router when a take made room it
 /// waits for (`Input::Drained`, through `inbox`), waits for the
 /// standby to hold what the next frame depends on ([`Gate`]), and hands
 /// the consumer the stamp of each batch that held the outbox's stamped
@@ -39,26 +90,36 @@ pub(crate) async fn drain(
     batch_bytes: usize,
     inbox: &Inbox,
     consumer: &mut impl Drain,
-) {
+    mut linger: Option<&mut Linger>,
+) -> bool {
     let mut taken = Taken::default();
     loop {
-        match next_batch(outbox, batch_bytes, inbox, &mut taken).await {
-            Next::Killed => {
+        match wait_batch(
+            outbox,
+            batch_bytes,
+            inbox,
+            &mut taken,
+            linger.as_deref_mut(),
+        )
+        .await
+        {
+            None => return true,
+            Some(Next::Killed) => {
                 consumer.killed(outbox);
-                return;
+                return false;
             }
-            Next::Closed => return,
-            Next::Batch => {}
+            Some(Next::Closed) => return false,
+            Some(Next::Batch) => {}
         }
         let stamped = taken.stamped;
         if !consumer.batch(&mut taken).await {
-            return;
+            return false;
         }
         if let Some(queued) = stamped {
             consumer.sampled(queued);
         }
         if taken.close {
-            return;
+            return false;
         }
     }
 }
@@ -86,9 +147,25 @@ pub(crate) async fn next_batch(
     taken: &mut Taken,
 ) -> Next {
     loop {
+        if let Some(next) = wait_batch(outbox, batch_bytes, inbox, taken, None).await {
+            return next;
+        }
+    }
+}
+
+/// [`next_batch`], or `None` once the outbox was idle for `linger`
+/// (never without one). Nothing held back by the gate counts as idle.
+async fn wait_batch(
+    outbox: &Arc<Outbox>,
+    batch_bytes: usize,
+    inbox: &Inbox,
+    taken: &mut Taken,
+    mut linger: Option<&mut Linger>,
+) -> Option<Next> {
+    loop {
         outbox.take(batch_bytes, taken);
         if taken.killed {
-            return Next::Killed;
+            return Some(Next::Killed);
         }
         if taken.want_drained {
             let _ = inbox.try_send(Input::Drained {
@@ -96,10 +173,13 @@ pub(crate) async fn next_batch(
             });
         }
         if !taken.frames.is_empty() || taken.dropped != 0 {
-            return Next::Batch;
+            if let Some(linger) = linger.as_deref_mut() {
+                linger.busy = true;
+            }
+            return Some(Next::Batch);
         }
         if taken.close {
-            return Next::Closed;
+            return Some(Next::Closed);
         }
         if taken.held != 0 && !outbox.gate().wait(outbox, taken.held) {
             // Released meanwhile: take again.
@@ -111,9 +191,16 @@ pub(crate) async fn next_batch(
             taken.frames = Vec::new();
         }
         outbox.release_idle();
+        let idle = async {
+            match linger.as_deref_mut() {
+                Some(linger) if taken.held == 0 => linger.idle().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = outbox.notified() => {}
             _ = outbox.cancelled().cancelled() => {}
+            _ = idle => return None,
         }
     }
 }
@@ -131,12 +218,23 @@ mod tests {
         frames: Vec<Frame>,
         last_words: Option<Frame>,
         samples: Vec<Instant>,
+        /// Queued into the outbox while the first batch is handled.
+        then_queue: Option<(Arc<Outbox>, crate::Out)>,
     }
+
+    const LIMITS: crate::outbox::QueueLimits = crate::outbox::QueueLimits {
+        frames: 8,
+        bytes: 1 << 20,
+        hard_bytes: 1 << 21,
+    };
 
     impl Drain for Collect {
         async fn batch(&mut self, taken: &mut Taken) -> bool {
             self.frames
                 .extend(taken.frames.drain(..).map(crate::Out::into_frame));
+            if let Some((outbox, out)) = self.then_queue.take() {
+                outbox.push_control(out, &LIMITS, 0, None);
+            }
             true
         }
 
@@ -156,15 +254,54 @@ mod tests {
         let outbox = Outbox::new(ConnId(1));
         outbox.close(Some(ping.clone()));
         let mut seen = Collect::default();
-        drain(&outbox, 1024, &inbox, &mut seen).await;
+        drain(&outbox, 1024, &inbox, &mut seen, None).await;
         assert_eq!((seen.frames, seen.last_words), (vec![ping.clone()], None));
 
         let outbox = Outbox::new(ConnId(2));
         let mut seen = Collect::default();
-        let waiting = drain(&outbox, 1024, &inbox, &mut seen);
+        let waiting = drain(&outbox, 1024, &inbox, &mut seen, None);
         outbox.kill(Some(ping.clone()));
         waiting.await;
         assert_eq!((seen.frames, seen.last_words), (vec![], Some(ping)));
+    }
+
+    /// A lingering drain takes what is queued while it runs, stops once
+    /// the outbox was idle for its period (not before), and a frame queued
+    /// after it stopped leaves the outbox's wake-up set for whoever starts
+    /// the next drain: nothing is stranded.
+    #[tokio::test]
+    async fn a_lingering_drain_stops_when_idle_and_strands_nothing() {
+        use std::time::Duration;
+
+        use futures::FutureExt;
+
+        let (inbox, _router) = Inbox::channel(1);
+        let ping = |nonce| crate::Out::from(Frame::from(proto::Ping { nonce }));
+        let period = Duration::from_millis(20);
+        let outbox = Outbox::new(ConnId(4));
+        outbox.push_control(ping(1), &LIMITS, 0, None);
+        let mut seen = Collect {
+            then_queue: Some((outbox.clone(), ping(2))),
+            ..Collect::default()
+        };
+        let started = Instant::now();
+        let mut linger = Linger::new(period);
+        assert!(drain(&outbox, 1024, &inbox, &mut seen, Some(&mut linger)).await);
+        assert!(started.elapsed() >= period, "{:?}", started.elapsed());
+        assert_eq!(
+            seen.frames,
+            vec![ping(1).into_frame(), ping(2).into_frame()]
+        );
+
+        // Stopped and idle: a frame queued now wakes the next drain.
+        assert!(outbox.notified().now_or_never().is_none());
+        outbox.push_control(ping(3), &LIMITS, 0, None);
+        assert!(outbox.notified().now_or_never().is_some());
+        outbox.close(None);
+        let mut next = Collect::default();
+        let mut linger = Linger::new(period);
+        assert!(!drain(&outbox, 1024, &inbox, &mut next, Some(&mut linger)).await);
+        assert_eq!(next.frames, vec![ping(3).into_frame()]);
     }
 
     #[tokio::test]
@@ -183,7 +320,7 @@ mod tests {
         // Last words are never stamped.
         outbox.close(Some(Frame::from(proto::Ping { nonce: 2 })));
         let mut seen = Collect::default();
-        drain(&outbox, 1, &inbox, &mut seen).await;
+        drain(&outbox, 1, &inbox, &mut seen, None).await;
         assert_eq!((seen.frames.len(), seen.samples), (3, vec![queued]));
     }
 }
