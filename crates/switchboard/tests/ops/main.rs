@@ -1236,4 +1236,5 @@ fn a_fenced_federated_hub_exits_non_zero() {
     let _ = nats.wait();
 }
 
+mod killed;
 mod netns;
