@@ -42,9 +42,9 @@ pub const IDLE_KEEP_FRAMES: usize = 64;
 
 /// What one queued frame costs an outbox beyond its encoded size, bytes:
 /// the queue's entry for it (the frame's fields, its length, its tag). A
-/// queue's byte count ([`QueueLimits::bytes`], [`QueueLimits::hard_bytes`])
-/// adds it to every frame, so the byte limits bound the queue's memory
-/// however small its frames are.
+/// queue's byte count (against [`crate::Limits::queue_bytes`] and
+/// [`crate::Limits::queue_hard_bytes`]) adds it to every frame, so the
+/// byte limits bound the queue's memory however small its frames are.
 pub const ENTRY_COST: usize = std::mem::size_of::<Entry>();
 
 /// Queue limits an [`Outbox`] applies (a copy of the hub's limits).
