@@ -531,6 +531,22 @@ async fn read_loop<R: FrameRx, W: FrameTx>(
     // The highest acknowledgement handed to the router ahead of the
     // frames (`Inbox::send_ack`).
     let mut acked = 0;
+    // Offers one input to the router, waiting for room while tending the
+    // writer: a closed connection leaves the loop labelled `$conn`; a
+    // router that is gone kills the outbox (nobody else will close it)
+    // and ends the task.
+    macro_rules! offer_or_leave {
+        ($conn:lifetime, $send:expr) => {
+            match offer($send, &cancel, writer, outbox, via, shared).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    outbox.kill(None);
+                    return;
+                }
+                None => break $conn(None, "closed".to_owned()),
+            }
+        };
+    }
     let (notice, reason) = 'conn: loop {
         // Sized for the buffered bytes so the batch rarely reallocates;
         // nothing buffered, nothing allocated (the wait below would hold
@@ -582,41 +598,19 @@ async fn read_loop<R: FrameRx, W: FrameTx>(
         // again, which changes nothing); a few more ride with the batch.
         if up_to > acked && (ack_frames || up_to - acked >= ACK_EVERY) {
             acked = up_to;
-            let send = shared.inbox.send_ack(conn, up_to);
-            match offer(send, &cancel, writer, outbox, via, shared).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    outbox.kill(None);
-                    return;
-                }
-                None => break 'conn (None, "closed".to_owned()),
-            }
+            offer_or_leave!('conn, shared.inbox.send_ack(conn, up_to));
         }
         if !frames.is_empty() {
-            let send = shared.inbox.send(Input::Frames { conn, frames });
-            match offer(send, &cancel, writer, outbox, via, shared).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    // The router is gone: nobody will close the outbox.
-                    outbox.kill(None);
-                    return;
-                }
-                None => break 'conn (None, "closed".to_owned()),
-            }
+            offer_or_leave!('conn, shared.inbox.send(Input::Frames { conn, frames }));
         }
         if let Some(notice) = refused {
-            let send = shared.inbox.send(Input::Refused {
-                conn,
-                notice: *notice,
-            });
-            match offer(send, &cancel, writer, outbox, via, shared).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
-                    outbox.kill(None);
-                    return;
-                }
-                None => break 'conn (None, "closed".to_owned()),
-            }
+            offer_or_leave!(
+                'conn,
+                shared.inbox.send(Input::Refused {
+                    conn,
+                    notice: *notice,
+                })
+            );
         }
         if let Some(e) = failure {
             tracing::debug!(error = %e, "protocol error");
