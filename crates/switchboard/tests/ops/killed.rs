@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{nats_server, solo_nats, text, Env, Proc, WAIT};
+use std::convert::identity;
+
+use super::{federated_hub, nats_server, solo_nats, text, until_ok, Env, Proc, WAIT};
 
 #[test]
 fn a_killed_federated_hub_process_frees_its_ids_after_its_lease() {
@@ -15,23 +17,8 @@ fn a_killed_federated_hub_process_frees_its_ids_after_its_lease() {
     let env = Env::new();
     let (mut nats, port) = solo_nats(&bin, &env, "");
     let url = format!("nats://127.0.0.1:{port}");
-    let hub = |name: &str| {
-        let hub = Proc::spawn(env.cmd(&[
-            "hub",
-            "--json",
-            "--no-unix",
-            "--listen",
-            "127.0.0.1:0",
-            "--federate",
-            &url,
-            "--federate-name",
-            name,
-        ]));
-        let addr = hub.ready()["addr"].as_str().expect("addr").to_string();
-        (hub, addr)
-    };
-    let (a, a_addr) = hub("a");
-    let (_b, b_addr) = hub("b");
+    let (a, a_addr) = federated_hub(&env, &url, "a", identity);
+    let (_b, b_addr) = federated_hub(&env, &url, "b", identity);
     let _dev = Proc::spawn(env.cmd(&["--addr", &a_addr, "serve", "--id", "dev", "--echo"]));
     let request = |payload: &str| {
         env.run(&[
@@ -45,20 +32,8 @@ fn a_killed_federated_hub_process_frees_its_ids_after_its_lease() {
             payload,
         ])
     };
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let o = request("before");
-        if o.status.success() {
-            assert_eq!(text(&o.stdout).trim_end(), "before");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dev never answered: {}",
-            text(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let answer = until_ok("a request to dev", WAIT, || request("before"));
+    assert_eq!(answer.trim_end(), "before");
 
     // SIGKILL (Proc's drop), then the lease (10 s) runs out unseen.
     let killed = Instant::now();
@@ -85,20 +60,8 @@ fn a_killed_federated_hub_process_frees_its_ids_after_its_lease() {
     }
     // The id is free for a client of b.
     let _dev_b = Proc::spawn(env.cmd(&["--addr", &b_addr, "serve", "--id", "dev", "--echo"]));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let o = request("on b");
-        if o.status.success() {
-            assert_eq!(text(&o.stdout).trim_end(), "on b");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dev on b never answered: {}",
-            text(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let answer = until_ok("a request to dev on b", WAIT, || request("on b"));
+    assert_eq!(answer.trim_end(), "on b");
     let _ = nats.kill();
     let _ = nats.wait();
 }

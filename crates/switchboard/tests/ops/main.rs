@@ -148,6 +148,50 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// A federated hub as `wrap` runs it (`std::convert::identity` here,
+/// in a network namespace in `netns`): `switchboard hub --federate URL
+/// --federate-name NAME` on a free loopback port; once ready, with its
+/// address.
+fn federated_hub(
+    env: &Env,
+    url: &str,
+    name: &str,
+    wrap: impl FnOnce(Command) -> Command,
+) -> (Proc, String) {
+    let hub = Proc::spawn(wrap(env.cmd(&[
+        "hub",
+        "--json",
+        "--no-unix",
+        "--listen",
+        "127.0.0.1:0",
+        "--federate",
+        url,
+        "--federate-name",
+        name,
+    ])));
+    let addr = hub.ready()["addr"].as_str().expect("addr").to_string();
+    (hub, addr)
+}
+
+/// Runs `run` until its command succeeds (a federation fact spreads over
+/// the cluster in a moment), pausing 200 ms between tries, within
+/// `within`; the standard output. `what` names it in the failure.
+fn until_ok(what: &str, within: Duration, mut run: impl FnMut() -> Output) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = run();
+        if o.status.success() {
+            return text(&o.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} kept failing: {}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn wait_timeout(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + WAIT;
     loop {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{nats_server, text, Env, Proc, WAIT};
+use super::{federated_hub, nats_server, text, Env, Proc, WAIT};
 
 /// The hosts' addresses on the bridge.
 const ADDR: [&str; 3] = ["10.213.0.1", "10.213.0.2", "10.213.0.3"];
@@ -191,24 +191,11 @@ fn request(hosts: &Hosts, env: &Env, i: usize, hub: &str, to: &str, payload: &st
     )
 }
 
-/// Runs `args` with the CLI on host `i` until it succeeds (a federation
-/// fact spreads over the cluster in a moment), within `within`; its
-/// standard output.
+/// Runs `args` with the CLI on host `i` until it succeeds, within
+/// `within`; its standard output.
 fn until_ok(hosts: &Hosts, env: &Env, i: usize, args: &[&str], within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let o = cli(hosts, env, i, args);
-        if o.status.success() {
-            return text(&o.stdout);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{}` on host {i} kept failing: {}",
-            args.join(" "),
-            text(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = format!("`{}` on host {i}", args.join(" "));
+    super::until_ok(&what, within, || cli(hosts, env, i, args))
 }
 
 #[test]
@@ -241,23 +228,7 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
     let hubs: Vec<(Proc, String)> = (0..2)
         .map(|i| {
             let url = format!("nats://{}:4222", ADDR[i]);
-            let name = format!("host{i}");
-            let hub = Proc::spawn(hosts.on(
-                i,
-                env.cmd(&[
-                    "hub",
-                    "--json",
-                    "--no-unix",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--federate",
-                    &url,
-                    "--federate-name",
-                    &name,
-                ]),
-            ));
-            let addr = hub.ready()["addr"].as_str().expect("addr").to_string();
-            (hub, addr)
+            federated_hub(&env, &url, &format!("host{i}"), |cmd| hosts.on(i, cmd))
         })
         .collect();
     let (a, b) = (hubs[0].1.as_str(), hubs[1].1.as_str());
