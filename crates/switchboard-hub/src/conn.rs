@@ -693,13 +693,11 @@ impl<W: FrameTx> WriterSlot<W> {
             WriterSlot::Idle(_) => {
                 outbox.notified().await;
                 if let WriterSlot::Idle(tx) = std::mem::replace(self, WriterSlot::Done) {
-                    *self = WriterSlot::Running(tokio::spawn(write_loop(
+                    *self = WriterSlot::Running(tokio::spawn(writing(
                         tx,
                         via,
-                        outbox.clone(),
-                        shared.inbox.clone(),
-                        shared.stats.clone(),
-                        shared.limits.write_batch_bytes,
+                        outbox,
+                        shared,
                         Some(WRITER_LINGER),
                     )));
                 }
@@ -727,17 +725,27 @@ impl<W: FrameTx> WriterSlot<W> {
             },
             WriterSlot::Done => return,
         };
-        Box::pin(write_loop(
-            tx,
-            via,
-            outbox.clone(),
-            shared.inbox.clone(),
-            shared.stats.clone(),
-            shared.limits.write_batch_bytes,
-            None,
-        ))
-        .await;
+        Box::pin(writing(tx, via, outbox, shared, None)).await;
     }
+}
+
+/// [`write_loop`] for a connection of the hub with `shared` state.
+fn writing<W: FrameTx>(
+    tx: W,
+    via: Via,
+    outbox: &Arc<Outbox>,
+    shared: &Shared,
+    linger: Option<Duration>,
+) -> impl Future<Output = Option<W>> + Send + 'static {
+    write_loop(
+        tx,
+        via,
+        outbox.clone(),
+        shared.inbox.clone(),
+        shared.stats.clone(),
+        shared.limits.write_batch_bytes,
+        linger,
+    )
 }
 
 /// Writes what the router queues for the client until the outbox closes

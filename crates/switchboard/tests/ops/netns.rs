@@ -239,17 +239,10 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
 
     // A service on host A answers a requester on host B.
     let _dev = Proc::spawn(hosts.on(0, env.cmd(&["--addr", a, "serve", "--id", "dev", "--echo"])));
-    let args = [
-        "--addr",
-        b,
-        "request",
-        "--timeout",
-        "3",
-        "--to",
-        "dev",
-        "across",
-    ];
-    assert_eq!(until_ok(&hosts, &env, 1, &args, WAIT).trim_end(), "across");
+    let across = super::until_ok("a request from B to dev", WAIT, || {
+        request(&hosts, &env, 1, b, "dev", "across")
+    });
+    assert_eq!(across.trim_end(), "across");
 
     // The id is unique across hosts.
     let twin = cli(
@@ -329,17 +322,11 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
     // what B wrote meanwhile.
     hosts.link(0, true);
     let healed = Instant::now();
-    let args = [
-        "--addr",
-        b,
-        "request",
-        "--timeout",
-        "3",
-        "--to",
-        "dev",
-        "healed",
-    ];
-    let answer = until_ok(&hosts, &env, 1, &args, Duration::from_secs(90));
+    let answer = super::until_ok(
+        "a request to dev once healed",
+        Duration::from_secs(90),
+        || request(&hosts, &env, 1, b, "dev", "healed"),
+    );
     assert_eq!(answer.trim_end(), "healed");
     eprintln!(
         "dev answered host B again {:?} after the link came back",
