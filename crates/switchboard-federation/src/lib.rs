@@ -198,6 +198,7 @@ impl std::fmt::Debug for FederationOptions {
             .field("lease", &self.lease)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message", &self.max_message)
+            .field("queue_bytes", &self.queue_bytes)
             .field("standby", &self.standby)
             .field("lossless", &self.lossless)
             .finish()
