@@ -111,6 +111,13 @@ pub struct FederationOptions {
     /// caches (default: the hub's default, 100,000; `switchboard hub`
     /// sets the hub's `kv_max_keys`); see [`kv`].
     pub kv_max_keys: usize,
+    /// The bytes of publishes and broadcasts for other hubs that may wait
+    /// to go out to NATS (default: a client's outbox, the hub's default
+    /// `queue_bytes`, 16 MiB; `switchboard hub` sets the hub's
+    /// `queue_bytes`). Each counts its subject, encoded frame and queue
+    /// entry ([`routing::FANOUT_ENTRY_COST`]); beyond, they are dropped
+    /// and counted, like a slow client's pub/sub deliveries.
+    pub queue_bytes: usize,
     /// A hot standby's federation (default `false`): `hub_name` is the
     /// primary's, and until the hub takes over (when it attaches its
     /// port) the federation only watches — no heartbeat, no ids, no
@@ -144,6 +151,7 @@ impl FederationOptions {
             max_message: routing::MAX_MESSAGE,
             discover_servers: true,
             kv_max_keys: switchboard_hub::limits::Limits::default().kv_max_keys,
+            queue_bytes: switchboard_hub::limits::Limits::default().queue_bytes,
             standby: false,
             lossless: true,
         }
@@ -190,6 +198,7 @@ impl std::fmt::Debug for FederationOptions {
             .field("lease", &self.lease)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message", &self.max_message)
+            .field("queue_bytes", &self.queue_bytes)
             .field("standby", &self.standby)
             .field("lossless", &self.lossless)
             .finish()
@@ -415,6 +424,7 @@ impl Federation {
             &options.service,
             directory.clone(),
             options.max_message,
+            options.queue_bytes,
         );
         let failed = |message: String| FederationError::Connect {
             servers: options

@@ -38,7 +38,9 @@
 //!   NATS enters the router through the port, and the router never hands
 //!   what came from the port back out, so nothing is published twice.
 //! - The way out never blocks the router: publishes and broadcasts wait in
-//!   a queue of [`FANOUT_QUEUE`] messages; a full queue drops and counts
+//!   a queue bounded in bytes like a client's outbox
+//!   (`FederationOptions::queue_bytes`, 16 MiB by default; each counts its
+//!   subject, encoded frame and [`FANOUT_ENTRY_COST`]); a full queue drops and counts
 //!   ([`RoutingStats::dropped`]; a warning at most once a second per
 //!   cause, with the count since the last, see [`crate::throttle`]), like a slow
 //!   client's pub/sub deliveries. Directs and requests wait in the port's
@@ -49,7 +51,7 @@
 //!   (or this hub) is dropped and counted ([`RoutingStats`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
@@ -74,11 +76,12 @@ pub const H_TO: &str = "Sb-To";
 /// The first byte of a publish or broadcast on NATS: its [`Envelope`]
 /// (version 1) follows.
 pub const ENVELOPE_V1: u8 = 0xEB;
-/// Publishes and broadcasts waiting to go out to NATS, at most; beyond,
-/// they are dropped and counted.
-pub const FANOUT_QUEUE: usize = 8192;
-/// Publishes and broadcasts the publisher takes from [`FANOUT_QUEUE`] per
-/// wake, at most.
+/// What one publish or broadcast waiting to go out to NATS counts against
+/// the queue's byte limit (`FederationOptions::queue_bytes`) besides its
+/// subject, served groups and encoded frame: the queue's entry for it.
+pub const FANOUT_ENTRY_COST: usize = std::mem::size_of::<Fanned>();
+/// Publishes and broadcasts the publisher takes from the queue towards
+/// NATS per wake, at most.
 pub const PUBLISH_BATCH: usize = 256;
 /// How many message numbers per sending hub are remembered to drop a
 /// second copy (overlapping patterns).
@@ -107,7 +110,8 @@ pub struct RoutingStats {
     /// `dropped:~remote`), as it does a slow client's dropped deliveries.
     pub dropped: AtomicU64,
     /// Of [`dropped`](Self::dropped): publishes and broadcasts dropped
-    /// because the queue towards NATS ([`FANOUT_QUEUE`]) was full.
+    /// because the queue towards NATS was full (its byte limit,
+    /// `FederationOptions::queue_bytes`, reached).
     pub queue_full: AtomicU64,
     /// Messages from NATS whose `Sb-Epoch` is below the newest epoch seen
     /// for their origin hub: sent by an old primary (dropped).
@@ -178,10 +182,10 @@ impl Seen {
     }
 }
 
-/// A publish or broadcast on its way to NATS: subject, frame, and the
-/// queue groups its origin served itself ([`Envelope::served`], `""`:
-/// none).
-type Fanned = (String, Frame, String);
+/// A publish or broadcast on its way to NATS: subject, frame, the queue
+/// groups its origin served itself ([`Envelope::served`], `""`: none),
+/// and what it counts against the queue's byte limit.
+type Fanned = (String, Frame, String, usize);
 
 /// What a publish or broadcast carries on NATS besides its frame, in
 /// its payload rather than in NATS headers (no header map to build, send
@@ -306,8 +310,12 @@ pub(crate) struct Routing {
     patterns: Mutex<HashMap<Lane, usize>>,
     changes: tokio::sync::mpsc::UnboundedSender<PatternChange>,
     changes_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PatternChange>>>,
-    fanout: tokio::sync::mpsc::Sender<Fanned>,
-    fanout_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Fanned>>>,
+    /// The queue towards NATS, bounded in bytes by `queue_bytes` (counted
+    /// in `queued`) rather than in entries, like a client's outbox.
+    fanout: tokio::sync::mpsc::UnboundedSender<Fanned>,
+    fanout_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Fanned>>>,
+    queued: AtomicUsize,
+    queue_bytes: usize,
     run: u64,
     seq: AtomicU64,
     seen: Mutex<HashMap<(String, u64), Seen>>,
@@ -322,9 +330,10 @@ impl Routing {
         service: &str,
         directory: Arc<Directory>,
         max_message: usize,
+        queue_bytes: usize,
     ) -> Arc<Routing> {
         let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (fanout, fanout_rx) = tokio::sync::mpsc::channel(FANOUT_QUEUE);
+        let (fanout, fanout_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Routing {
             client,
             service: escape(service),
@@ -339,6 +348,8 @@ impl Routing {
             changes_rx: Mutex::new(Some(changes_rx)),
             fanout,
             fanout_rx: Mutex::new(Some(fanout_rx)),
+            queued: AtomicUsize::new(0),
+            queue_bytes,
             run: rand::random::<u64>() >> 1,
             seq: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
@@ -420,11 +431,22 @@ impl Routing {
             }
             _ => return,
         };
-        self.enqueue((subject, frame, served));
+        let cost =
+            FANOUT_ENTRY_COST + subject.len() + served.len() + prost::Message::encoded_len(&frame);
+        self.enqueue((subject, frame, served, cost));
     }
 
+    /// Queues a publish or broadcast for NATS when the queue's bytes
+    /// stay within the limit; else drops and counts it. The router task
+    /// is the only one adding, so the check and the add cannot race with
+    /// another add (the publisher only takes away).
     fn enqueue(&self, item: Fanned) {
-        if self.fanout.try_send(item).is_err() {
+        let cost = item.3;
+        let fits = self.queued.load(Ordering::Acquire) + cost <= self.queue_bytes;
+        if fits {
+            self.queued.fetch_add(cost, Ordering::AcqRel);
+        }
+        if !fits || self.fanout.send(item).is_err() {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = self.full_log.hit() {
@@ -449,7 +471,9 @@ impl Routing {
             // The epoch changes only when a standby takes over: read once
             // per batch.
             let epoch = self.directory.epoch();
-            for (subject, frame, served) in batch.drain(..) {
+            let taken: usize = batch.iter().map(|item| item.3).sum();
+            self.queued.fetch_sub(taken, Ordering::AcqRel);
+            for (subject, frame, served, _) in batch.drain(..) {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let body = encode_envelope(&self.origin, epoch, self.run, seq, &served, &frame);
                 match self.client.publish(subject, body.into()).await {

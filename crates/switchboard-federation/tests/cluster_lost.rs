@@ -21,9 +21,11 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     let mut cluster = Cluster::start(&bin, 3).await?;
     let lease = Duration::from_secs(2);
     // Hub A reaches the cluster through node 0 only, so killing node 0
-    // cuts it off.
+    // cuts it off. Its queue towards NATS holds 1 MiB, so that the
+    // publishes below overflow it.
     let a = FedHub::start_with("hub-a", &cluster.nodes[0].url, lease, |o| {
         o.discover_servers = false;
+        o.queue_bytes = 1024 * 1024;
     })
     .await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
 
+/// Hub A's queue towards NATS, bytes.
+const QUEUE: usize = 2 * 1024 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Result<()> {
     let Some(bin) = nats_server() else {
@@ -16,7 +19,10 @@ async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Resu
     };
     let mut cluster = Cluster::start(&bin, 3).await?;
     let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
+    let a = FedHub::start_with("hub-a", &cluster.nodes[0].url, lease, |o| {
+        o.queue_bytes = QUEUE;
+    })
+    .await?;
     let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
     wait_members(&[&a, &b]).await;
     let publisher = a.client("pub").await?;
@@ -30,9 +36,10 @@ async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Resu
     .await;
 
     cluster.nodes[0].kill();
-    // Twice what the queue towards NATS holds: more than the queue and
-    // the NATS client's own buffer take while it reconnects.
-    const N: usize = 2 * switchboard_federation::routing::FANOUT_QUEUE;
+    // Twice what hub A's queue towards NATS holds (each publish counts
+    // at least its queue entry): more than the queue and the NATS
+    // client's own buffer take while it reconnects.
+    const N: usize = 2 * QUEUE / switchboard_federation::routing::FANOUT_ENTRY_COST + 1;
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < N {

@@ -295,6 +295,7 @@ impl FedHub {
         opts.replicas = Some(3);
         opts.lease = lease;
         opts.kv_max_keys = limits.kv_max_keys;
+        opts.queue_bytes = limits.queue_bytes;
         tune(&mut opts);
         let fed = Federation::connect(opts).await?;
         let hub = Hub::builder()

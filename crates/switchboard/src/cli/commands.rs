@@ -118,6 +118,7 @@ pub async fn hub(g: &Global, opts: HubOpts) -> anyhow::Result<()> {
         g.service(),
         opts.config.replication.standby,
         opts.config.limits.kv_max_keys,
+        opts.config.limits.queue_bytes,
         b,
     )
     .await?;

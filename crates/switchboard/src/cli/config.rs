@@ -634,7 +634,8 @@ pre_auth_max_frame = 4096
 # One client's outbound queue: bytes before it counts as full (pub/sub
 # deliveries then drop that client's oldest); a frame counts its encoded
 # size plus the queue's entry for it. queue_frames also caps it in frames
-# (0: no count limit).
+# (0: no count limit). A federated hub bounds its queue of publishes
+# towards the NATS cluster by queue_bytes too.
 queue_frames = 0
 queue_bytes = 16777216
 # Outbound queue bytes (counted the same way) above which the client is

@@ -69,14 +69,17 @@ impl FederateArgs {
 /// Joins the cluster when `[federation]` names servers and sets the hub's
 /// remote seam. `standby`: the hub starts as a hot standby; its
 /// federation only watches until the hub takes over (then it joins under
-/// `hub_name`, which must be the primary's). Returns the federation too,
-/// so the caller can stop the hub when it is fenced.
+/// `hub_name`, which must be the primary's). `kv_max_keys` and
+/// `queue_bytes` are the hub's limits, which the federation applies to
+/// the shared store and to the queue towards NATS. Returns the federation
+/// too, so the caller can stop the hub when it is fenced.
 #[cfg(feature = "federation")]
 pub async fn join(
     f: &FederationSection,
     service: &str,
     standby: bool,
     kv_max_keys: usize,
+    queue_bytes: usize,
     b: switchboard::HubBuilder,
 ) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     use switchboard::federation::{Federation, FederationOptions};
@@ -97,6 +100,7 @@ pub async fn join(
     }
     opts.standby = standby;
     opts.kv_max_keys = kv_max_keys;
+    opts.queue_bytes = queue_bytes;
     let fed = Federation::connect(opts).await?;
     tracing::info!(hub = fed.hub_name(), standby, "joined the federation");
     let b = b.remote(fed.remote());
@@ -135,6 +139,7 @@ pub async fn join(
     _service: &str,
     _standby: bool,
     _kv_max_keys: usize,
+    _queue_bytes: usize,
     b: switchboard::HubBuilder,
 ) -> anyhow::Result<(switchboard::HubBuilder, Option<Fenced>)> {
     if !f.servers.is_empty() {
