@@ -365,6 +365,8 @@ struct Handle {
     client: async_nats::Client,
     /// The last measured round trip to the server, microseconds.
     rtt_us: Arc<AtomicU64>,
+    /// What the NATS client said about itself (slow consumers).
+    nats_events: Arc<NatsEvents>,
     /// One message per (re)connection to the cluster, until the hub
     /// attaches its port.
     connected: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
@@ -387,7 +389,8 @@ impl Federation {
             ));
         }
         let (connected_tx, connected) = tokio::sync::mpsc::unbounded_channel();
-        let client = connect_nats(&options, connected_tx).await?;
+        let nats_events = Arc::new(NatsEvents::default());
+        let client = connect_nats(&options, connected_tx, nats_events.clone()).await?;
         let stop = CancellationToken::new();
         let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
         let rtt_us = Arc::new(AtomicU64::new(0));
@@ -472,6 +475,7 @@ impl Federation {
                 attached: std::sync::atomic::AtomicBool::new(false),
                 client,
                 rtt_us,
+                nats_events,
                 connected: Mutex::new(Some(connected)),
                 stop,
             }),
@@ -579,6 +583,10 @@ impl Federation {
                 ("queue_full", n(&s.queue_full)),
                 ("group_served_by_origin", n(&s.served_by_origin)),
                 ("session_unconfirmed", n(&s.session_unconfirmed)),
+                (
+                    "nats_slow_consumer",
+                    n(&self.inner.nats_events.slow_consumer),
+                ),
                 ("kv_changes", self.kv().stats().changes()),
                 ("kv_malformed", self.kv().stats().malformed()),
                 ("kv_dropped", n(&self.kv().stats().dropped)),
@@ -816,9 +824,46 @@ fn cut_off(to: &str, hub: &str) -> String {
     )
 }
 
+/// What the NATS client reports about itself through its events.
+#[derive(Debug, Default)]
+struct NatsEvents {
+    /// Slow-consumer events: the client dropped a message for one of this
+    /// hub's subscriptions because its channel was full (a lower bound of
+    /// such drops: the client drops its own events when they pile up).
+    slow_consumer: AtomicU64,
+    /// Warnings about them (rate-limited).
+    slow_log: throttle::Throttle,
+}
+
+impl NatsEvents {
+    /// Takes one event of the NATS client: counts and tells slow
+    /// consumers (a loss nobody else sees); `true` for a (re)connection.
+    fn take(&self, event: &async_nats::Event) -> bool {
+        match event {
+            async_nats::Event::Connected => return true,
+            async_nats::Event::SlowConsumer(sid) => {
+                self.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = self.slow_log.hit() {
+                    tracing::warn!(
+                        subscription = sid,
+                        events = n,
+                        "federation: the NATS client dropped messages for this hub (a subscription fell behind; count of events since the last such line)"
+                    );
+                }
+            }
+            async_nats::Event::ServerError(e) => {
+                tracing::warn!(error = %e, "federation: the NATS server reported an error");
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
 async fn connect_nats(
     options: &FederationOptions,
     connected: tokio::sync::mpsc::UnboundedSender<()>,
+    events: Arc<NatsEvents>,
 ) -> Result<async_nats::Client, FederationError> {
     let (clean, auth) = url_auth(&options.servers)?;
     let servers: Vec<async_nats::ServerAddr> = clean
@@ -834,12 +879,10 @@ async fn connect_nats(
         .name(format!("switchboard hub {}", options.hub_name))
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let connected = connected.clone();
-            async move {
-                if matches!(event, async_nats::Event::Connected) {
-                    let _ = connected.send(());
-                }
+            if events.take(&event) {
+                let _ = connected.send(());
             }
+            std::future::ready(())
         });
     if !options.discover_servers {
         opts = opts.ignore_discovered_servers();
@@ -936,6 +979,16 @@ fn spawn_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_consumer_events_are_counted_and_connections_told() {
+        let events = NatsEvents::default();
+        assert!(events.take(&async_nats::Event::Connected));
+        assert!(!events.take(&async_nats::Event::SlowConsumer(7)));
+        assert!(!events.take(&async_nats::Event::SlowConsumer(9)));
+        assert!(!events.take(&async_nats::Event::Disconnected));
+        assert_eq!(events.slow_consumer.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn credentials_are_taken_out_of_the_urls() {

@@ -292,6 +292,11 @@ impl Federation {
                     "changes of keys beyond kv_max_keys passed to watchers but not cached",
                     n("kv_uncached"),
                 ),
+                (
+                    "nats_slow_consumer",
+                    "messages from NATS the NATS client dropped because one of this hub's subscriptions fell behind (from its slow-consumer events: a lower bound)",
+                    n("nats_slow_consumer"),
+                ),
             ],
         })
     }
