@@ -91,9 +91,9 @@ mod imp {
         fn try_write(w: &mut OwnedWriteHalf, buf: &[u8]) {
             let _ = w.try_write(buf);
         }
-        async fn readable(r: &OwnedReadHalf) {
-            // An error shows again in the read that follows.
-            let _ = r.readable().await;
+        fn readable(r: &OwnedReadHalf) -> impl std::future::Future<Output = ()> + Send {
+            // The socket's reader slot, as for TCP (`transport::stream`).
+            std::future::poll_fn(move |cx| r.as_ref().poll_read_ready(cx).map(|_| ()))
         }
         fn try_read_buf(
             r: &mut OwnedReadHalf,

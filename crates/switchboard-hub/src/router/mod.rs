@@ -661,7 +661,7 @@ impl Router {
         // replaced without a word (the client itself moved on).
         old.kill(None);
         // The "listen" feature stays what it was, like its flags.
-        c.info = proto::ClientInfo {
+        *c.info = proto::ClientInfo {
             reliable: true,
             listen: c.info.listen,
             ..info
@@ -669,7 +669,7 @@ impl Router {
         let acked = link.reliable.resume(received);
         let id = c.id().to_owned();
         let last_received = link.reliable.last_received();
-        let registered = c.info.clone();
+        let registered = (*c.info).clone();
         self.registry.realias(old.conn(), conn, key);
         self.registry.attach(key, now);
         if acked {
@@ -711,7 +711,7 @@ impl Router {
         self.presence.event(
             &mut self.output,
             conn,
-            client.info,
+            *client.info,
             proto::PresenceKind::Left,
             reason,
         );
