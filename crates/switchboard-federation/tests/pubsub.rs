@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
+use common::{
+    eventually, nats_server, two_hubs, wait_interest, wait_members, Cluster, FedHub, SERVICE, WAIT,
+};
 use switchboard::{Client, Subscription};
 
 /// Collects `sub`'s messages until none came for a while; their payloads.
@@ -155,41 +157,22 @@ async fn each_subscriber_gets_each_publish_once_across_three_hubs() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_crosses_hubs_without_drops_while_nats_keeps_up() -> anyhow::Result<()> {
     use std::sync::atomic::Ordering;
-    let Some(bin) = nats_server() else {
+    let Some((cluster, a, b)) = two_hubs().await? else {
         return Ok(());
     };
-    let cluster = Cluster::start(&bin, 3).await?;
-    let lease = Duration::from_secs(5);
-    let a = FedHub::start("hub-a", &cluster.nodes[0].url, lease).await?;
-    let b = FedHub::start("hub-b", &cluster.nodes[1].url, lease).await?;
-    wait_members(&[&a, &b]).await;
     let publisher = a.client("burst.pub").await?;
     let subscriber = b.client("burst.sub").await?;
     let mut sub = subscriber.subscribe("burst.x").await?;
-    eventually("hub-b subscribed", || {
-        b.fed.routing_stats().patterns.load(Ordering::Relaxed) == 1
-    })
+    // Hub A's node must know of hub B's subscription before the burst.
+    wait_interest(
+        cluster.nodes[0].http_port,
+        &format!("sb.{SERVICE}.t.burst.x"),
+    )
     .await;
-    // Probe until the interest reached hub A's node (`collect` skips
-    // the probes).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no probe crossed the hubs"
-        );
-        publisher.publish("burst.x", "probe").await?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
-            break;
-        }
-    }
     let dropped_before = a.fed.routing_stats().dropped.load(Ordering::Relaxed);
 
     const N: usize = 20_000;
-    let reader = tokio::spawn(async move {
-        let got = collect(&mut sub, N).await;
-        got
-    });
+    let reader = tokio::spawn(async move { collect(&mut sub, N).await });
     for i in 0..N {
         publisher.publish_nowait("burst.x", format!("m{i}")).await?;
     }

@@ -227,6 +227,10 @@ const CHILD_NATS: &str = "SB_TEST_CHILD_HUB_NATS";
 /// [`CHILD_NATS`] it does nothing. Ignored so that a plain `cargo test`
 /// does not start it; the parent runs it with `--ignored --exact`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Ignored because it is not a test: it is the far hub of the SIGSTOP
+// test below, which must run in a process of its own (a stopped process
+// cannot be this one). The parent runs it with `--ignored --exact` and
+// fails if it does not start, so it runs in every `cargo test`.
 #[ignore = "run as a child process by another test"]
 async fn child_hub_process() -> anyhow::Result<()> {
     let Ok(url) = std::env::var(CHILD_NATS) else {
