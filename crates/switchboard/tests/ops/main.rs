@@ -110,11 +110,23 @@ impl Proc {
 
     /// The hub's JSON ready line.
     fn ready(&self) -> serde_json::Value {
-        let line = self
-            .stdout
-            .recv_timeout(WAIT)
-            .expect("a ready line within the wait");
+        let line = self.first_line();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// The first line on standard output, within the wait; a failure
+    /// shows what the process said on standard error.
+    fn first_line(&self) -> String {
+        self.stdout.recv_timeout(WAIT).unwrap_or_else(|e| {
+            let said: Vec<String> =
+                std::iter::from_fn(|| self.stderr.recv_timeout(Duration::from_secs(1)).ok())
+                    .take(200)
+                    .collect();
+            panic!(
+                "no ready line within the wait ({e}); stderr:\n{}",
+                said.join("\n")
+            )
+        })
     }
 
     /// SIGTERM, then the exit status.
@@ -1052,17 +1064,24 @@ fn nats_server() -> Option<PathBuf> {
 }
 
 /// A single nats-server with JetStream, its store in `env`, `extra`
-/// appended to its configuration; returns once it listens, with its port.
+/// appended to its configuration; returns once JetStream is ready (its
+/// monitoring port's `/healthz?js-enabled-only=true` answers 200: a
+/// server that merely listens may still refuse a hub's buckets), with
+/// its client port.
 fn solo_nats(bin: &std::path::Path, env: &Env, extra: &str) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let (port, http) = (free(), free());
     let store = env.path().join("js");
     let conf = env.write(
         "nats.conf",
         &format!(
-            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{extra}",
+            "server_name: solo\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{http}\"\n\
+             jetstream {{ store_dir: {:?} }}\n{extra}",
             store.to_str().unwrap()
         ),
     );
@@ -1073,9 +1092,21 @@ fn solo_nats(bin: &std::path::Path, env: &Env, extra: &str) -> (std::process::Ch
         .stderr(Stdio::null())
         .spawn()
         .expect("start nats-server");
+    let healthy = || -> std::io::Result<bool> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http))?;
+        s.set_read_timeout(Some(WAIT))?;
+        s.write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))
+    };
     let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen");
+    while !healthy().unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server's JetStream not ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (nats, port)
@@ -1231,10 +1262,7 @@ fn a_fenced_federated_hub_exits_non_zero() {
         "p",
     ]));
     // The human ready line: the hub joined (heartbeat written).
-    let line = hub
-        .stdout
-        .recv_timeout(WAIT)
-        .expect("a ready line within the wait");
+    let line = hub.first_line();
     assert!(line.contains("switchboard hub ready"), "{line}");
 
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
