@@ -14,7 +14,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{federated_hub, nats_server, text, Env, Proc, WAIT};
+use super::{federated_hub, nats_server, text, Env, Proc};
+
+/// How long a fact may take to settle across the hosts: a three-node
+/// JetStream cluster forming (or catching up after the link comes back)
+/// over the bridge can take longer than one process's wait
+/// (`super::WAIT`) on a loaded machine.
+const SETTLE: Duration = Duration::from_secs(60);
 
 /// The hosts' addresses on the bridge.
 const ADDR: [&str; 3] = ["10.213.0.1", "10.213.0.2", "10.213.0.3"];
@@ -211,7 +217,7 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
         .map(|i| nats_on(&hosts, i, &bin, &env))
         .collect();
     for i in 0..ADDR.len() {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + SETTLE;
         while !hosts
             .get(i, 8222, "/healthz?js-enabled-only=true")
             .starts_with("HTTP/1.0 200")
@@ -239,7 +245,7 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
 
     // A service on host A answers a requester on host B.
     let _dev = Proc::spawn(hosts.on(0, env.cmd(&["--addr", a, "serve", "--id", "dev", "--echo"])));
-    let across = super::until_ok("a request from B to dev", WAIT, || {
+    let across = super::until_ok("a request from B to dev", SETTLE, || {
         request(&hosts, &env, 1, b, "dev", "across")
     });
     assert_eq!(across.trim_end(), "across");
@@ -262,14 +268,14 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
         &env,
         1,
         &["--addr", b, "kv", "set", "hosts.k", "v1"],
-        WAIT,
+        SETTLE,
     );
     let got = until_ok(
         &hosts,
         &env,
         0,
         &["--addr", a, "kv", "get", "hosts.k"],
-        WAIT,
+        SETTLE,
     );
     assert!(got.contains("v1"), "{got}");
 
@@ -309,13 +315,13 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
         "near",
         "local",
     ];
-    assert_eq!(until_ok(&hosts, &env, 1, &args, WAIT).trim_end(), "local");
+    assert_eq!(until_ok(&hosts, &env, 1, &args, SETTLE).trim_end(), "local");
     until_ok(
         &hosts,
         &env,
         1,
         &["--addr", b, "kv", "set", "hosts.k", "v2"],
-        WAIT,
+        SETTLE,
     );
 
     // Healed: hub A takes its ids back and dev answers B again; A sees
@@ -339,7 +345,7 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
             &env,
             0,
             &["--addr", a, "kv", "get", "hosts.k"],
-            WAIT,
+            SETTLE,
         );
         if got.contains("v2") {
             break;
