@@ -592,6 +592,7 @@ impl Federation {
                 ("kv_dropped", n(&self.kv().stats().dropped)),
                 ("kv_uncached", self.kv().stats().uncached()),
                 ("ids_taken_over", n(&d.taken_over)),
+                ("watch_stalled", n(&d.watch_stalled)),
                 ("epoch", self.epoch()),
                 ("fenced", u64::from(self.is_fenced())),
             ],

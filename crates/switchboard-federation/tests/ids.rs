@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, nats_server, two_hubs, wait_members, Cluster, FedHub, WAIT};
+use common::{
+    eventually, eventually_explained, nats_server, two_hubs, wait_members, Cluster, FedHub, WAIT,
+};
 use switchboard::{Client, ClientError, ConnectionState, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,15 +128,33 @@ async fn ids_stay_unique_when_a_nats_node_is_killed() -> anyhow::Result<()> {
     // heartbeats: after a recovery longer than the lease, hub-b's own
     // heartbeat may be newer than the last one of hub-a it saw, until
     // hub-a's next one arrives.
-    eventually(
+    eventually_explained(
         "hub-b, reconnected, sees an id registered after the kill, held by a live hub-a",
         || {
             b.fed.directory().holder("after-kill").as_deref() == Some("hub-a")
                 && b.fed.directory().is_live("hub-a")
         },
+        || {
+            let d = b.fed.directory();
+            format!(
+                "(hub-b: holder {:?}, hub-a live {}, own lease age {:?}, status {:?})",
+                d.holder("after-kill"),
+                d.is_live("hub-a"),
+                d.lease_age(),
+                b.fed.status()
+            )
+        },
     )
     .await;
-    eprintln!("hub-b caught up after {:?}", killed.elapsed());
+    eprintln!(
+        "hub-b caught up after {:?} (its watches reopened after a silence: {})",
+        killed.elapsed(),
+        b.fed
+            .directory()
+            .stats()
+            .watch_stalled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let refused = b.client("after-kill").await.expect_err("held on hub-a");
     assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver));
     assert_eq!(

@@ -356,10 +356,23 @@ pub async fn wait_members(hubs: &[&FedHub]) {
 }
 
 /// Waits until `check` holds, polling, at most [`WAIT`].
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_explained(what, check, String::new).await;
+}
+
+/// [`eventually`], whose failure also says what `explain` sees then.
+pub async fn eventually_explained(
+    what: &str,
+    mut check: impl FnMut() -> bool,
+    explain: impl Fn() -> String,
+) {
     let deadline = Instant::now() + WAIT;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what} {}",
+            explain()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -297,6 +297,11 @@ impl Federation {
                     "messages from NATS the NATS client dropped because one of this hub's subscriptions fell behind (from its slow-consumer events: a lower bound)",
                     n("nats_slow_consumer"),
                 ),
+                (
+                    "watch_stalled",
+                    "watches of the id and heartbeat buckets found silent while their bucket moved on, and reopened (each also logged as a warning)",
+                    n("watch_stalled"),
+                ),
             ],
         })
     }
