@@ -895,18 +895,36 @@ impl Directory {
     async fn watch_ids(self: Arc<Self>) {
         let store = self.ids.clone();
         let check = self.lease / 3;
-        watch(&store, "ids", check, &self.stats.watch_stalled, |entry| {
-            self.on_id(entry);
-        })
+        let stalled = &self.stats.watch_stalled;
+        crate::watch::follow(
+            &store,
+            "ids",
+            check,
+            stalled,
+            || true,
+            |entry| {
+                self.on_id(entry);
+                std::future::ready(true)
+            },
+        )
         .await;
     }
 
     async fn watch_hubs(self: Arc<Self>) {
         let store = self.hubs.clone();
         let check = self.lease / 3;
-        watch(&store, "hubs", check, &self.stats.watch_stalled, |entry| {
-            self.on_hub(entry);
-        })
+        let stalled = &self.stats.watch_stalled;
+        crate::watch::follow(
+            &store,
+            "hubs",
+            check,
+            stalled,
+            || true,
+            |entry| {
+                self.on_hub(entry);
+                std::future::ready(true)
+            },
+        )
         .await;
     }
 
@@ -1038,125 +1056,6 @@ fn live(st: &State, me: &str, hub: &str, lease: Duration, started: Instant) -> b
     own.saturating_duration_since(last) < lease
 }
 
-/// Follows every key of `store` for good: from the start (history 1: the
-/// current values), and after an error or end (a NATS node lost, a
-/// reconnect) again from the revision after the last one seen.
-///
-/// A watch can also fall silent without an error: the NATS client
-/// recreates its consumer after a reconnect by itself, with waits growing
-/// to 10 s between tries, and reports nothing meanwhile. So every `check`
-/// during which nothing arrived, the bucket's last revision is asked of
-/// the stream; behind it twice in a row (the first may be an update in
-/// flight), the watch is reopened from the last revision seen (at most
-/// once per last revision, so a revision that is gone from the stream
-/// cannot make it reopen for ever). Counted in `stalled`.
-async fn watch(
-    store: &Store,
-    name: &str,
-    check: Duration,
-    stalled: &AtomicU64,
-    mut on: impl FnMut(kv::Entry),
-) {
-    let mut last = 0u64;
-    // Kept across reopenings: at most one reopening per newest revision.
-    let mut silence = Silence::default();
-    loop {
-        let opened = if last == 0 {
-            store.watch_with_history(">").await
-        } else {
-            store.watch_all_from_revision(last + 1).await
-        };
-        match opened {
-            Ok(mut w) => {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                silence.opened();
-                loop {
-                    tokio::select! {
-                        next = w.next() => match next {
-                            Some(Ok(entry)) => {
-                                last = last.max(entry.revision);
-                                silence.heard();
-                                on(entry);
-                            }
-                            Some(Err(e)) => {
-                                tracing::debug!(bucket = name, error = %e, "federation: watch broke; reopening");
-                                break;
-                            }
-                            None => break,
-                        },
-                        _ = tick.tick() => {
-                            if silence.quiet_since_last_check() {
-                                let Ok(info) = store.stream.get_info().await else {
-                                    continue;
-                                };
-                                let newest = info.state.last_sequence;
-                                if silence.stalled(last, newest) {
-                                    stalled.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(bucket = name, seen = last, newest, "federation: watch silent while the bucket moved on; reopening");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(bucket = name, error = %e, "federation: cannot watch yet; retrying");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The stall check of a watch (see [`watch`]): whether it heard anything
-/// since the last check, whether it was behind then, and the newest
-/// revision it was last reopened for.
-#[derive(Debug, Default)]
-struct Silence {
-    heard: bool,
-    behind: bool,
-    reopened_for: u64,
-}
-
-impl Silence {
-    /// A watch was (re)opened: nothing heard yet, not behind.
-    fn opened(&mut self) {
-        self.heard = false;
-        self.behind = false;
-    }
-
-    /// An entry arrived.
-    fn heard(&mut self) {
-        self.heard = true;
-    }
-
-    /// At a check: whether nothing arrived since the previous one (then
-    /// the caller asks the bucket for its newest revision).
-    fn quiet_since_last_check(&mut self) -> bool {
-        if std::mem::take(&mut self.heard) {
-            self.behind = false;
-            return false;
-        }
-        true
-    }
-
-    /// After a quiet period, with `last` the revision seen and `newest`
-    /// the bucket's: whether to reopen (behind at two checks in a row, and
-    /// not already reopened for `newest`).
-    fn stalled(&mut self, last: u64, newest: u64) -> bool {
-        if newest <= last || newest == self.reopened_for {
-            self.behind = false;
-            return false;
-        }
-        if std::mem::replace(&mut self.behind, true) {
-            self.reopened_for = newest;
-            return true;
-        }
-        false
-    }
-}
-
 fn spawn(stop: CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
     tokio::spawn(async move {
         tokio::select! {
@@ -1220,58 +1119,4 @@ async fn bucket(
     deadline: Instant,
 ) -> Result<Store, FederationError> {
     bucket_with_history(js, name, replicas, 1, deadline).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Silence;
-
-    #[test]
-    fn a_watch_hearing_entries_is_never_stalled() {
-        let mut s = Silence::default();
-        s.opened();
-        for _ in 0..5 {
-            s.heard();
-            assert!(!s.quiet_since_last_check());
-        }
-    }
-
-    #[test]
-    fn a_quiet_watch_reopens_only_when_behind_at_two_checks_in_a_row() {
-        let mut s = Silence::default();
-        s.opened();
-        // Quiet and up to date: never stalled.
-        assert!(s.quiet_since_last_check());
-        assert!(!s.stalled(7, 7));
-        assert!(s.quiet_since_last_check());
-        assert!(!s.stalled(7, 7));
-        // Behind once: may be an update in flight.
-        assert!(s.quiet_since_last_check());
-        assert!(!s.stalled(7, 9));
-        // The update arrived: the next check starts over.
-        s.heard();
-        assert!(!s.quiet_since_last_check());
-        assert!(s.quiet_since_last_check());
-        assert!(!s.stalled(9, 10));
-        // Behind again at the next check: reopen.
-        assert!(s.quiet_since_last_check());
-        assert!(s.stalled(9, 10));
-    }
-
-    #[test]
-    fn a_revision_gone_from_the_stream_reopens_once_not_for_ever() {
-        let mut s = Silence::default();
-        s.opened();
-        assert!(!s.stalled(3, 5));
-        assert!(s.stalled(3, 5));
-        // Reopened, and still nothing arrives for revision 5.
-        s.opened();
-        for _ in 0..4 {
-            assert!(s.quiet_since_last_check());
-            assert!(!s.stalled(3, 5));
-        }
-        // A newer revision the watch misses again is worth a reopening.
-        assert!(!s.stalled(3, 6));
-        assert!(s.stalled(3, 6));
-    }
 }

@@ -61,7 +61,7 @@ use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use switchboard_hub::limits::Limits;
 use switchboard_hub::port::PortSender;
@@ -98,6 +98,9 @@ pub struct KvStats {
     /// [`FederationOptions::kv_max_keys`](crate::FederationOptions::kv_max_keys):
     /// passed to the router's watchers, not remembered (see the module docs).
     pub uncached: AtomicU64,
+    /// Times the bucket's watch was found silent while the bucket moved
+    /// on, and reopened.
+    pub watch_stalled: AtomicU64,
 }
 
 impl KvStats {
@@ -148,6 +151,8 @@ pub struct SharedKv {
     max_payload: usize,
     limits: Limits,
     stats: KvStats,
+    /// How often a silent watch asks the bucket whether it moved on.
+    check: Duration,
     /// Warnings about dropped commands (rate-limited).
     full_log: crate::throttle::Throttle,
     /// Warnings about keys beyond the limit (rate-limited).
@@ -161,6 +166,7 @@ impl SharedKv {
         service: &str,
         replicas: usize,
         max_keys: usize,
+        check: Duration,
         deadline: Instant,
     ) -> Result<Arc<SharedKv>, FederationError> {
         let js = async_nats::jetstream::new(client.clone());
@@ -177,6 +183,7 @@ impl SharedKv {
             queued: Mutex::new(Some(rx)),
             live: Mutex::new(HashSet::new()),
             max_keys,
+            check,
             max_payload: client.server_info().max_payload,
             limits: Limits::default(),
             stats: KvStats::default(),
@@ -448,46 +455,25 @@ impl SharedKv {
         }
     }
 
-    /// Follows the whole bucket for good (from the start; after a break,
-    /// from the revision after the last seen) and sends each change into
-    /// the router.
+    /// Follows the whole bucket for good (see [`crate::watch::follow`])
+    /// and sends each change into the router.
     async fn watch(&self, port: &PortSender) {
-        let mut last = 0u64;
-        while port.is_open() {
-            let opened = if last == 0 {
-                self.store.watch_with_history(">").await
-            } else {
-                self.store.watch_all_from_revision(last + 1).await
-            };
-            match opened {
-                Ok(mut w) => {
-                    while let Some(next) = w.next().await {
-                        match next {
-                            Ok(entry) => {
-                                if entry.revision <= last {
-                                    continue;
-                                }
-                                last = entry.revision;
-                                if let Some(update) = self.change(&entry) {
-                                    self.stats.changes.fetch_add(1, Ordering::Relaxed);
-                                    if !port.send(vec![update.into()]).await {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "federation: key/value watch broke; reopening");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "federation: cannot watch the key/value bucket yet; retrying");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let stalled = &self.stats.watch_stalled;
+        crate::watch::follow(
+            &self.store,
+            "kv",
+            self.check,
+            stalled,
+            || port.is_open(),
+            |entry| async move {
+                let Some(update) = self.change(&entry) else {
+                    return true;
+                };
+                self.stats.changes.fetch_add(1, Ordering::Relaxed);
+                port.send(vec![update.into()]).await
+            },
+        )
+        .await;
     }
 
     /// The change an entry of the bucket stands for; `None` (counted) for

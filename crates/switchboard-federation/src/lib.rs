@@ -27,6 +27,7 @@ pub mod routing;
 pub mod sessions;
 pub mod subject;
 pub mod throttle;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -404,6 +405,7 @@ impl Federation {
             &options.service,
             replicas,
             options.kv_max_keys,
+            options.lease / 3,
             deadline,
         )
         .await?;
@@ -592,7 +594,10 @@ impl Federation {
                 ("kv_dropped", n(&self.kv().stats().dropped)),
                 ("kv_uncached", self.kv().stats().uncached()),
                 ("ids_taken_over", n(&d.taken_over)),
-                ("watch_stalled", n(&d.watch_stalled)),
+                (
+                    "watch_stalled",
+                    n(&d.watch_stalled) + n(&self.kv().stats().watch_stalled),
+                ),
                 ("epoch", self.epoch()),
                 ("fenced", u64::from(self.is_fenced())),
             ],

@@ -299,7 +299,7 @@ impl Federation {
                 ),
                 (
                     "watch_stalled",
-                    "watches of the id and heartbeat buckets found silent while their bucket moved on, and reopened (each also logged as a warning)",
+                    "watches of the federation's buckets (ids, heartbeats, key/value) found silent while their bucket moved on, and reopened (each also logged as a warning)",
                     n("watch_stalled"),
                 ),
             ],
