@@ -444,18 +444,14 @@ impl Federation {
         let inbound = if options.standby {
             None
         } else {
-            let inbound = routing
-                .subscribe()
-                .await
-                .map_err(|e| failed(format!("cannot subscribe to this hub's subject: {e}")))?;
             // Joining (ARCHITECTURE.md, "joining"): the subscription has
             // reached this hub's server (the flush's PONG comes after the
             // server took the SUB and queued the interest to its routes)
             // before the first heartbeat makes this hub live for others.
-            client
-                .flush()
+            let inbound = routing
+                .subscribe_flushed()
                 .await
-                .map_err(|e| failed(format!("cannot flush this hub's subscription: {e}")))?;
+                .map_err(|e| failed(format!("cannot subscribe to this hub's subject: {e}")))?;
             directory.join(stop.clone()).await?;
             Some(inbound)
         };
@@ -790,10 +786,13 @@ impl Remote for Federation {
                 let inbound = match inbound {
                     Some(inbound) => inbound,
                     None => {
-                        // A standby taking over: join under the primary's
-                        // name with a higher epoch, then subscribe.
-                        directory.activate().await;
-                        loop {
+                        // A standby taking over: subscribe to the hub's
+                        // subject first (what arrives waits in the
+                        // subscription while the takeover is written: no
+                        // request is lost to a moment without a
+                        // subscriber), then join under the primary's name
+                        // with a higher epoch (which fences the old one).
+                        let sub = loop {
                             match routing.subscribe().await {
                                 Ok(sub) => break sub,
                                 Err(e) => {
@@ -801,7 +800,12 @@ impl Remote for Federation {
                                     tokio::time::sleep(Duration::from_millis(200)).await;
                                 }
                             }
+                        };
+                        if let Err(e) = routing.flush().await {
+                            tracing::warn!(error = %e, "federation: taking over without knowing the subscription arrived");
                         }
+                        directory.activate().await;
+                        sub
                     }
                 };
                 routing.run(port, inbound).await;

@@ -672,6 +672,23 @@ impl Routing {
             .map_err(|e| e.to_string())
     }
 
+    /// [`subscribe`](Self::subscribe), then a flush: once it returns, this
+    /// hub's server took the subscription and queued its interest to its
+    /// routes (ARCHITECTURE.md, "Joining").
+    pub(crate) async fn subscribe_flushed(&self) -> Result<async_nats::Subscriber, String> {
+        let sub = self.subscribe().await?;
+        self.flush().await?;
+        Ok(sub)
+    }
+
+    /// Waits until this hub's server took everything sent to it so far.
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| format!("cannot flush this hub's subscription: {e}"))
+    }
+
     /// Runs the port: frames the router hands over go to NATS, messages
     /// from NATS go into the router. Ends when the hub stops.
     pub(crate) async fn run(
