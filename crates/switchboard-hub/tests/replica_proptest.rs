@@ -1041,3 +1041,56 @@ proptest! {
         prop_assert_eq!(decoded, a.changes);
     }
 }
+
+/// A reliable subscriber that reads nothing: its deliveries beyond the
+/// queue's 16 frames are dropped, logged as `client_dropped`, and the
+/// replica forgets them too (its snapshot, unacknowledged frames
+/// included, ends equal), while the subscriber stays connected.
+#[test]
+fn deliveries_dropped_from_a_reliable_queue_are_forgotten_on_the_replica() {
+    let mut p = Primary::new();
+    p.step(&Op::Connect(0));
+    p.step(&Op::Connect(1));
+    p.step(&Op::Send(0, F::Sub(1, 0, false)));
+    p.step(&Op::Drain(0));
+    let snapshot = p.router.snapshot();
+    for _ in 0..200 {
+        p.step(&Op::Send(1, F::Publish(0, 8)));
+    }
+    let dropped: usize = p
+        .changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Some(proto::change::Op::ClientDropped(d)) => {
+                assert_eq!(d.client_id, "alpha");
+                Some(d.seqs.len())
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(dropped, 200 - 16, "every delivery beyond the queue's 16");
+    assert!(
+        !p.changes
+            .iter()
+            .any(|c| matches!(&c.op, Some(proto::change::Op::ClientLeft(_)))),
+        "not disconnected as a slow consumer"
+    );
+    let want = p.router.snapshot();
+    let alpha = want
+        .clients
+        .iter()
+        .find(|c| c.info.as_ref().is_some_and(|i| i.client_id == "alpha"))
+        .expect("alpha is registered");
+    assert_eq!(
+        alpha.unacked.len(),
+        1 + 16,
+        "the subscription's answer (written, not acknowledged) and what is still queued"
+    );
+    let mut now = Instant::now();
+    let mut replica = Replica::new(now, &snapshot, config(), stats()).expect("restores");
+    for change in &p.changes[snapshot.repl_seq as usize..] {
+        now += Duration::from_millis(1);
+        replica.apply(now, change.clone()).expect("applies");
+    }
+    assert_eq!(replica.snapshot(), want);
+}

@@ -8,7 +8,8 @@
 //!   unless a frame going the other way carries it in `Frame.acked`).
 //! * [`Retransmit`] is the sending side: the next sequence number and the
 //!   numbered items kept, with their encoded sizes, until a cumulative
-//!   acknowledgement covers them. It is generic over what is kept (the
+//!   acknowledgement covers them, or the sender forgets one it dropped
+//!   (a gap the peer was told of). It is generic over what is kept (the
 //!   client keeps [`Frame`](crate::Frame)s, the hub its queued frames).
 //!
 //! Neither reads a clock: the caller decides when a batch ends and when a
@@ -91,12 +92,17 @@ impl Inbound {
     }
 }
 
-/// One numbered item kept for retransmission.
+/// Forgotten entries a [`Retransmit`] leaves in place before it compacts
+/// (above this, once they are half of its entries).
+const COMPACT_AFTER: usize = 64;
+
+/// One numbered item kept for retransmission (`None`: forgotten, a gap
+/// left until an acknowledgement or a compaction removes it).
 #[derive(Debug, Clone)]
 struct Kept<T> {
     seq: u64,
     bytes: usize,
-    item: T,
+    item: Option<T>,
 }
 
 /// The sending side of one direction of a reliable connection: the next
@@ -108,6 +114,8 @@ pub struct Retransmit<T> {
     next_seq: u64,
     kept: VecDeque<Kept<T>>,
     bytes: usize,
+    /// Entries of `kept` whose item was forgotten.
+    forgotten: usize,
 }
 
 impl<T> Default for Retransmit<T> {
@@ -124,6 +132,7 @@ impl<T> Retransmit<T> {
             next_seq: next_seq.max(1),
             kept: VecDeque::new(),
             bytes: 0,
+            forgotten: 0,
         }
     }
 
@@ -149,7 +158,11 @@ impl<T> Retransmit<T> {
     pub fn keep(&mut self, seq: u64, bytes: usize, item: T) {
         debug_assert!(self.kept.back().is_none_or(|k| k.seq < seq));
         self.bytes += bytes;
-        self.kept.push_back(Kept { seq, bytes, item });
+        self.kept.push_back(Kept {
+            seq,
+            bytes,
+            item: Some(item),
+        });
     }
 
     /// Keeps an item numbered elsewhere (a standby copying its primary's
@@ -172,31 +185,67 @@ impl<T> Retransmit<T> {
         while self.kept.front().is_some_and(|k| k.seq <= up_to) {
             if let Some(k) = self.kept.pop_front() {
                 self.bytes -= k.bytes;
-                n += 1;
+                if k.item.is_some() {
+                    n += 1;
+                } else {
+                    self.forgotten -= 1;
+                }
             }
         }
         n
     }
 
+    /// Forgets the item numbered `seq`, if kept: the sender dropped it
+    /// and told the peer so (a gap), so it is never sent again and no
+    /// longer counts in [`bytes`](Self::bytes). Whether it was kept.
+    ///
+    /// Forgotten entries leave with the acknowledgement that passes them;
+    /// once they outnumber the items still kept (a peer that acknowledges
+    /// nothing while its sender drops) they are compacted away, so memory
+    /// stays proportional to what is kept: O(1) amortised per call.
+    pub fn forget(&mut self, seq: u64) -> bool {
+        let Ok(i) = self.kept.binary_search_by_key(&seq, |k| k.seq) else {
+            return false;
+        };
+        let Some(k) = self.kept.get_mut(i) else {
+            return false;
+        };
+        if k.item.take().is_none() {
+            return false;
+        }
+        self.bytes -= std::mem::take(&mut k.bytes);
+        self.forgotten += 1;
+        while self.kept.front().is_some_and(|k| k.item.is_none()) {
+            self.kept.pop_front();
+            self.forgotten -= 1;
+        }
+        if self.forgotten > COMPACT_AFTER && self.forgotten > self.kept.len() / 2 {
+            self.kept.retain(|k| k.item.is_some());
+            self.forgotten = 0;
+        }
+        true
+    }
+
     /// The kept items, oldest first.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
-        self.kept.iter().map(|k| &k.item)
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.kept.iter().filter_map(|k| k.item.as_ref())
     }
 
     /// Forgets every kept item; numbering continues.
     pub fn clear(&mut self) {
         self.kept.clear();
         self.bytes = 0;
+        self.forgotten = 0;
     }
 
-    /// Items kept.
+    /// Items kept (forgotten ones not counted).
     pub fn len(&self) -> usize {
-        self.kept.len()
+        self.kept.len() - self.forgotten
     }
 
     /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
+        self.len() == 0
     }
 
     /// Bytes kept (the sum of the sizes given to [`keep`](Self::keep)).
@@ -232,6 +281,49 @@ mod tests {
         assert_eq!(out.ack(u64::MAX), 2);
         assert!(out.is_empty());
         assert_eq!((out.bytes(), out.next_seq()), (0, 6));
+    }
+
+    #[test]
+    fn forgotten_items_are_never_resent_and_stop_counting() {
+        let mut out = Retransmit::default();
+        fill(&mut out, 5, 10);
+        assert!(out.forget(2));
+        assert!(!out.forget(2), "forgotten once");
+        assert!(!out.forget(9), "never numbered");
+        assert_eq!((out.len(), out.bytes()), (4, 40));
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), [10, 30, 40, 50]);
+        // An acknowledgement counts only the items it removed.
+        assert_eq!(out.ack(3), 2);
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), [40, 50]);
+        // Forgetting the oldest removes it at once.
+        assert!(out.forget(4));
+        assert_eq!((out.len(), out.bytes()), (1, 10));
+        assert_eq!(out.ack(u64::MAX), 1);
+        assert!(out.is_empty());
+        assert_eq!(out.bytes(), 0);
+    }
+
+    #[test]
+    fn forgetting_without_acknowledgements_stays_bounded() {
+        // A peer that acknowledges nothing while every new item displaces
+        // the one before it (a sender dropping for a stalled reader).
+        let mut out = Retransmit::default();
+        // Seq 1 stays (written, not acknowledged): the forgotten ones
+        // cannot leave from the front.
+        fill(&mut out, 2, 10);
+        for _ in 0..100_000 {
+            let seq = out.number();
+            out.keep(seq, 10, seq * 10);
+            assert!(out.forget(seq - 1));
+        }
+        assert!(
+            out.kept.len() <= 2 * COMPACT_AFTER + 4,
+            "{}",
+            out.kept.len()
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out.bytes(), 20);
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), [10, 1_000_020]);
     }
 
     #[test]

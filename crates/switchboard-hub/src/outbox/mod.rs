@@ -291,14 +291,16 @@ impl Outbox {
 
     /// Queues a pub/sub delivery. When the queue is full, this client's
     /// oldest deliveries are dropped to make room (or, when nothing queued
-    /// may be dropped, the new one). Returns how many were dropped. `now`
-    /// as for [`Outbox::push_control`].
+    /// may be dropped, the new one). Returns how many were dropped, and
+    /// appends the seqs of the numbered ones (a reliable client's) to
+    /// `dropped_seqs`, oldest first. `now` as for [`Outbox::push_control`].
     pub(crate) fn push_droppable(
         &self,
         out: Out,
         limits: &QueueLimits,
         tag: u64,
         now: Option<Instant>,
+        dropped_seqs: &mut Vec<u64>,
     ) -> u64 {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
@@ -309,6 +311,9 @@ impl Outbox {
             if inner.droppable == 0 {
                 inner.dropped_unreported += 1;
                 inner.dropped_total += 1;
+                if out.seq() != 0 {
+                    dropped_seqs.push(out.seq());
+                }
                 return 1;
             }
             let pos = inner
@@ -320,6 +325,9 @@ impl Outbox {
                 inner.bytes -= e.len + ENTRY_COST;
                 inner.droppable -= 1;
                 dropped += 1;
+                if e.out.seq() != 0 {
+                    dropped_seqs.push(e.out.seq());
+                }
                 if e.stamped {
                     // The sample is lost; the next frame queued is stamped.
                     inner.since = None;

@@ -98,6 +98,48 @@ async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
 }
 
 #[test]
+fn dropped_numbered_deliveries_are_reported_by_seq() {
+    let limits = QueueLimits {
+        frames: 2,
+        bytes: usize::MAX,
+        hard_bytes: usize::MAX,
+    };
+    let outbox = Outbox::new(ConnId(1));
+    let numbered = |seq: u64| {
+        let mut out = deliver(1, b"x");
+        out.set_seq(seq);
+        out
+    };
+    let mut seqs = Vec::new();
+    for seq in 1..=2 {
+        outbox.push_droppable(numbered(seq), &limits, 0, None, &mut seqs);
+    }
+    assert!(seqs.is_empty());
+    assert_eq!(
+        outbox.push_droppable(numbered(3), &limits, 0, None, &mut seqs),
+        1
+    );
+    assert_eq!(seqs, [1], "the oldest delivery went");
+    // Unnumbered deliveries (a client without reliable delivery) report
+    // no seq.
+    assert_eq!(
+        outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut seqs),
+        1
+    );
+    assert_eq!(seqs, [1, 2]);
+    // Nothing droppable queued: the new delivery itself goes.
+    let control = Outbox::new(ConnId(2));
+    for _ in 0..2 {
+        control.push_control(Out::from(Frame::ok(1)), &limits, 0, None);
+    }
+    assert_eq!(
+        control.push_droppable(numbered(9), &limits, 0, None, &mut seqs),
+        1
+    );
+    assert_eq!(seqs, [1, 2, 9]);
+}
+
+#[test]
 fn drops_oldest_deliveries_only() {
     let outbox = Outbox::new(ConnId(1));
     assert_eq!(
@@ -106,13 +148,25 @@ fn drops_oldest_deliveries_only() {
     );
     for i in 1..=3 {
         assert_eq!(
-            outbox.push_droppable(deliver(i, b"x"), &LIMITS, 0, Some(Instant::now())),
+            outbox.push_droppable(
+                deliver(i, b"x"),
+                &LIMITS,
+                0,
+                Some(Instant::now()),
+                &mut Vec::new()
+            ),
             0
         );
     }
     // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
     assert_eq!(
-        outbox.push_droppable(deliver(4, b"x"), &LIMITS, 0, Some(Instant::now())),
+        outbox.push_droppable(
+            deliver(4, b"x"),
+            &LIMITS,
+            0,
+            Some(Instant::now()),
+            &mut Vec::new()
+        ),
         1
     );
     assert!(outbox.is_full(&LIMITS));
@@ -145,11 +199,17 @@ fn without_a_frame_count_the_byte_limit_counts_each_entry() {
     let outbox = Outbox::new(ConnId(1));
     for i in 0..10 {
         assert_eq!(outbox.room(&limits), (usize::MAX - i, (10 - i) * cost));
-        assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0, None), 0);
+        assert_eq!(
+            outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
+            0
+        );
     }
     // Ten of them fill it: the eleventh makes room by dropping the oldest.
     assert!(outbox.is_full(&limits));
-    assert_eq!(outbox.push_droppable(deliver(1, b"x"), &limits, 0, None), 1);
+    assert_eq!(
+        outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
+        1
+    );
     assert_eq!(outbox.depth(), 10);
 }
 
@@ -177,7 +237,13 @@ fn control_frames_never_dropped_and_hard_limit_reported() {
     assert!(over);
     // With no delivery to drop, the new delivery is the one dropped.
     assert_eq!(
-        outbox.push_droppable(deliver(1, b"x"), &limits, 0, Some(Instant::now())),
+        outbox.push_droppable(
+            deliver(1, b"x"),
+            &limits,
+            0,
+            Some(Instant::now()),
+            &mut Vec::new()
+        ),
         1
     );
     outbox.kill(Some(Frame::ok(0)));
@@ -240,13 +306,31 @@ fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
     outbox.take(1, &mut taken);
     assert_eq!((taken.frames.len(), taken.stamped), (1, None));
     // Queued after the stamp left: stamped again.
-    outbox.push_droppable(deliver(1, b"x"), &limits, 0, Some(Instant::now()));
-    outbox.push_droppable(deliver(1, b"y"), &limits, 0, Some(Instant::now()));
+    outbox.push_droppable(
+        deliver(1, b"x"),
+        &limits,
+        0,
+        Some(Instant::now()),
+        &mut Vec::new(),
+    );
+    outbox.push_droppable(
+        deliver(1, b"y"),
+        &limits,
+        0,
+        Some(Instant::now()),
+        &mut Vec::new(),
+    );
     // Full: drops the stamped oldest delivery, and the frame queued in
     // its place is stamped instead.
     let dropped_at = Instant::now();
     assert_eq!(
-        outbox.push_droppable(deliver(1, b"z"), &limits, 0, Some(Instant::now())),
+        outbox.push_droppable(
+            deliver(1, b"z"),
+            &limits,
+            0,
+            Some(Instant::now()),
+            &mut Vec::new()
+        ),
         1
     );
     outbox.take(usize::MAX, &mut taken);
@@ -277,7 +361,7 @@ fn an_idle_outbox_holds_no_queue_memory_and_a_busy_one_keeps_it() {
     assert_eq!(outbox.queue_capacity(), 0);
 
     for n in 0..=IDLE_KEEP_FRAMES as u64 {
-        outbox.push_droppable(deliver(n, b"x"), &limits, 0, None);
+        outbox.push_droppable(deliver(n, b"x"), &limits, 0, None, &mut Vec::new());
     }
     outbox.take(usize::MAX, &mut taken);
     assert_eq!(taken.frames.len(), IDLE_KEEP_FRAMES + 1);

@@ -42,11 +42,14 @@ pub(super) const CHANGE_LEFT_FIELD: u32 = 12;
 pub(super) const CHANGE_SENT_FIELD: u32 = 13;
 pub(super) const CHANGE_CLIENT_ACK_FIELD: u32 = 14;
 const CHANGE_KV_FIELD: u32 = 15;
+pub(super) const CHANGE_CLIENT_DROPPED_FIELD: u32 = 16;
 /// Field numbers within `ClientFrame` and `ClientAck` (the client id is
 /// field 1 of both).
 pub(super) const CLIENT_ID_FIELD: u32 = 1;
 pub(super) const CLIENT_FRAME_FRAME_FIELD: u32 = 2;
 pub(super) const CLIENT_ACK_UP_TO_FIELD: u32 = 2;
+/// `ClientDropped.seqs` (its client id is field 1 too).
+pub(super) const CLIENT_DROPPED_SEQS_FIELD: u32 = 2;
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -96,6 +99,14 @@ pub enum ChangeOp {
     },
     /// `kv` (no primary logs it; a replica refuses it).
     Kv(proto::KvEntry),
+    /// `client_dropped`: numbered frames dropped from a reliable client's
+    /// queue, to forget.
+    ClientDropped {
+        /// The client id.
+        client_id: ByteString,
+        /// Their seqs.
+        seqs: Vec<u64>,
+    },
 }
 
 impl From<Op> for ChangeOp {
@@ -116,6 +127,10 @@ impl From<Op> for ChangeOp {
                 up_to: a.up_to,
             },
             Op::Kv(e) => ChangeOp::Kv(e),
+            Op::ClientDropped(d) => ChangeOp::ClientDropped {
+                client_id: d.client_id.into(),
+                seqs: d.seqs,
+            },
         }
     }
 }
@@ -353,6 +368,14 @@ fn decode_change(body: &Bytes, range: Range<usize>) -> Result<Change, ChangeErro
                     _ => ChangeOp::Kv(proto::KvEntry::decode(body.slice(r))?),
                 });
             }
+            CHANGE_CLIENT_DROPPED_FIELD => {
+                expect(field, wire_type, DELIMITED)?;
+                if op.is_some() {
+                    return Err(ChangeError::Repeated(field));
+                }
+                let r = span(b, &mut pos, end)?;
+                op = Some(client_dropped(body, r)?);
+            }
             _ => skip(b, &mut pos, end, wire_type)?,
         }
     }
@@ -425,6 +448,43 @@ fn client_ack(body: &Bytes, range: Range<usize>) -> Result<ChangeOp, ChangeError
     Ok(ChangeOp::ClientAck {
         client_id: client_id.unwrap_or_default(),
         up_to: up_to.unwrap_or(0),
+    })
+}
+
+/// The `ClientDropped` in `body[range]`: its seqs packed (as the primary
+/// writes them) or one per field, as protobuf allows; at most one seq per
+/// byte of the frame is allocated.
+fn client_dropped(body: &Bytes, range: Range<usize>) -> Result<ChangeOp, ChangeError> {
+    let b = &body[..];
+    let end = range.end;
+    let mut pos = range.start;
+    let mut client_id = None;
+    let mut seqs = Vec::new();
+    while pos < end {
+        let (field, wire_type) = key(b, &mut pos, end)?;
+        match (field, wire_type) {
+            (CLIENT_ID_FIELD, _) => {
+                expect(field, wire_type, DELIMITED)?;
+                let r = span(b, &mut pos, end)?;
+                once(&mut client_id, text(body, r)?, field)?;
+            }
+            (CLIENT_DROPPED_SEQS_FIELD, DELIMITED) => {
+                let r = span(b, &mut pos, end)?;
+                let mut p = r.start;
+                while p < r.end {
+                    seqs.push(varint_in(b, &mut p, r.end)?);
+                }
+            }
+            (CLIENT_DROPPED_SEQS_FIELD, _) => {
+                expect(field, wire_type, VARINT)?;
+                seqs.push(varint_in(b, &mut pos, end)?);
+            }
+            _ => skip(b, &mut pos, end, wire_type)?,
+        }
+    }
+    Ok(ChangeOp::ClientDropped {
+        client_id: client_id.unwrap_or_default(),
+        seqs,
     })
 }
 

@@ -12,9 +12,10 @@ use switchboard_wire::{
 };
 
 use super::changes::{
-    CHANGE_CLIENT_ACK_FIELD, CHANGE_CLIENT_FRAME_FIELD, CHANGE_JOINED_FIELD, CHANGE_LEFT_FIELD,
-    CHANGE_SENT_FIELD, CHANGE_SEQ_FIELD, CLIENT_ACK_UP_TO_FIELD, CLIENT_FRAME_FRAME_FIELD,
-    CLIENT_ID_FIELD, FRAME_CHANGE_FIELD,
+    CHANGE_CLIENT_ACK_FIELD, CHANGE_CLIENT_DROPPED_FIELD, CHANGE_CLIENT_FRAME_FIELD,
+    CHANGE_JOINED_FIELD, CHANGE_LEFT_FIELD, CHANGE_SENT_FIELD, CHANGE_SEQ_FIELD,
+    CLIENT_ACK_UP_TO_FIELD, CLIENT_DROPPED_SEQS_FIELD, CLIENT_FRAME_FRAME_FIELD, CLIENT_ID_FIELD,
+    FRAME_CHANGE_FIELD,
 };
 use crate::outbox::Out;
 
@@ -251,6 +252,29 @@ impl Journal {
         });
     }
 
+    /// Logs that a reliable client's numbered deliveries `seqs` were
+    /// dropped from its queue (`ClientDropped`, its seqs packed).
+    pub fn client_dropped(&mut self, client_id: &str, seqs: &[u64]) {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+        if self.limits.is_none() || seqs.is_empty() {
+            return;
+        }
+        let packed: usize = seqs.iter().map(|&s| encoded_len_varint(s)).sum();
+        let Some(seq) = self.admit(client_id.len() + packed + 32) else {
+            return;
+        };
+        let body = delimited_len(CLIENT_ID_FIELD, client_id.len(), true)
+            + delimited_len(CLIENT_DROPPED_SEQS_FIELD, packed, false);
+        put_change(&mut self.buf, seq, CHANGE_CLIENT_DROPPED_FIELD, body, |b| {
+            put_client_id(b, client_id);
+            encode_key(CLIENT_DROPPED_SEQS_FIELD, WireType::LengthDelimited, b);
+            encode_varint(packed as u64, b);
+            for &s in seqs {
+                encode_varint(s, b);
+            }
+        });
+    }
+
     /// Logs a sequenced frame queued for a reliable client (encoded
     /// straight from the queued [`Out`], never decoded into a `Frame`).
     pub fn sent(&mut self, client_id: &str, out: &Out) {
@@ -417,6 +441,7 @@ mod tests {
         j.client_ack("sub", 0);
         j.left("sub");
         j.left("");
+        j.client_dropped("sub", &[6, 300]);
         let mut amended = request.clone();
         if let Some(Kind::Request(r)) = amended.kind.as_mut() {
             r.to = "responder".into();
@@ -450,6 +475,13 @@ mod tests {
             ),
             change(9, Op::ClientLeft("sub".into())),
             change(10, Op::ClientLeft(String::new())),
+            change(
+                11,
+                Op::ClientDropped(proto::ClientDropped {
+                    client_id: "sub".into(),
+                    seqs: vec![6, 300],
+                }),
+            ),
         ];
         let mut want = BytesMut::new();
         for c in &expected {
@@ -458,12 +490,12 @@ mod tests {
         let mut got = BytesMut::new();
         assert_eq!(j.take_encoded(&mut got), Ok(expected.len()));
         assert_eq!(got, want);
-        assert_eq!(j.repl_seq(), 10);
+        assert_eq!(j.repl_seq(), 11);
         // And the decoded form, for `take_changes`.
         j.left("x");
         let mut out = Vec::new();
         j.take(&mut out).unwrap();
-        assert_eq!(out, vec![change(11, Op::ClientLeft("x".into()))]);
+        assert_eq!(out, vec![change(12, Op::ClientLeft("x".into()))]);
     }
 
     #[test]

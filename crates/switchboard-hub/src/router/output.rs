@@ -43,6 +43,8 @@ pub(super) struct Output {
     to_kill: Vec<ConnId>,
     /// Pub/sub deliveries dropped for slow consumers.
     dropped: u64,
+    /// Scratch for the seqs one push dropped (kept for its capacity).
+    dropped_seqs: Vec<u64>,
     /// The time of the input being handled: frames are queued at it
     /// (the outboxes' delivery delay stamp).
     now: Option<Instant>,
@@ -59,6 +61,7 @@ impl Output {
             replaying: false,
             to_kill: Vec::new(),
             dropped: 0,
+            dropped_seqs: Vec::new(),
             now: None,
         }
     }
@@ -188,7 +191,37 @@ impl Output {
     /// `outbox`: a full queue drops its oldest such frames.
     pub fn push_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
         let tag = self.stamp(conn, &mut out);
-        self.dropped += outbox.push_droppable(out, &self.q, tag, self.now);
+        let mut seqs = std::mem::take(&mut self.dropped_seqs);
+        self.dropped += outbox.push_droppable(out, &self.q, tag, self.now, &mut seqs);
+        if !seqs.is_empty() {
+            self.forget_dropped(conn, &seqs);
+            seqs.clear();
+        }
+        self.dropped_seqs = seqs;
+    }
+
+    /// A reliable client's numbered deliveries `seqs` were dropped from its
+    /// queue (the client is told how many, and sees the gap): its
+    /// retransmit buffer forgets them, so they neither count against the
+    /// hard limit nor go out again on a resume, and the standby is told
+    /// to forget them the same way (a `client_dropped` change).
+    fn forget_dropped(&mut self, conn: ConnId, seqs: &[u64]) {
+        if self.replaying {
+            // A replica forgets what the primary's change says.
+            return;
+        }
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if !link.reliable.is_on() {
+            return;
+        }
+        for &seq in seqs {
+            link.reliable.forget(seq);
+        }
+        if self.journal.is_on() {
+            self.journal.client_dropped(&link.id, seqs);
+        }
     }
 
     /// A resumed client's new connection: `welcome`, then every frame it
@@ -271,7 +304,19 @@ impl Output {
             let conn = self.to_kill.pop()?;
             if let Some(link) = self.links.get(&conn) {
                 let limit = self.q.hard_bytes;
-                tracing::warn!(client = %link.id, limit, "disconnecting slow consumer");
+                // What passed the limit: the queue, or (a reliable client)
+                // the frames numbered and not yet acknowledged.
+                let queued = link.outbox.depth();
+                let retained_bytes = link.reliable.unacked_bytes();
+                let retained = link.reliable.unacked_len();
+                tracing::warn!(
+                    client = %link.id,
+                    limit,
+                    queued,
+                    retained,
+                    retained_bytes,
+                    "disconnecting slow consumer"
+                );
                 link.outbox.kill(Some(Frame::goodbye(
                     ErrorCode::SlowConsumer,
                     format!(

@@ -79,6 +79,12 @@ impl Reliable {
         self.sent.bytes()
     }
 
+    /// Forgets the frame numbered `seq`: it was dropped from the queue
+    /// (see [`Retransmit::forget`]); whether it was kept.
+    pub fn forget(&mut self, seq: u64) -> bool {
+        self.sent.forget(seq)
+    }
+
     /// Forgets retransmit-buffer frames up to `up_to`; whether any went.
     pub fn acked(&mut self, up_to: u64) -> bool {
         self.sent.ack(up_to) > 0
@@ -137,7 +143,7 @@ impl Reliable {
     }
 
     /// The frames sent and not yet acknowledged, oldest first.
-    pub fn unacked(&self) -> impl ExactSizeIterator<Item = &Out> + '_ {
+    pub fn unacked(&self) -> impl Iterator<Item = &Out> + '_ {
         self.sent.iter()
     }
 
@@ -173,6 +179,13 @@ impl Reliable {
     /// The last seq sent, for messages.
     pub fn last_sent(&self) -> u64 {
         self.sent.next_seq().saturating_sub(1)
+    }
+
+    /// Encoded bytes of the frames waiting for the client's
+    /// acknowledgement (what [`number`](Self::number) compares with the
+    /// hard limit).
+    pub fn unacked_bytes(&self) -> usize {
+        self.sent.bytes()
     }
 
     /// How many frames wait for the client's acknowledgement.

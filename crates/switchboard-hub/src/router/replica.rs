@@ -375,6 +375,16 @@ impl Replica {
             Some(ChangeOp::Kv(_)) => {
                 return Err(ReplicaError::Unsupported("a key/value entry change"))
             }
+            Some(ChangeOp::ClientDropped { client_id, seqs }) => {
+                let Some(conn) = r.registry.lookup(&client_id) else {
+                    return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
+                };
+                if let Some(link) = r.output.get_mut(conn) {
+                    for seq in seqs {
+                        link.reliable.forget(seq);
+                    }
+                }
+            }
         }
         r.output.journal.set_repl_seq(seq);
         // Local timers only: request timeouts and closing ghosts.

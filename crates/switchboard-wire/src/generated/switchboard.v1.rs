@@ -991,7 +991,7 @@ pub struct Change {
     #[prost(uint64, tag = "1")]
     pub repl_seq: u64,
     /// The change.
-    #[prost(oneof = "change::Op", tags = "10, 11, 12, 13, 14, 15")]
+    #[prost(oneof = "change::Op", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub op: ::core::option::Option<change::Op>,
 }
 /// Nested message and enum types in `Change`.
@@ -1018,6 +1018,11 @@ pub mod change {
         /// A key/value entry changed.
         #[prost(message, tag = "15")]
         Kv(super::KvEntry),
+        /// The primary dropped numbered deliveries from a reliable client's
+        /// queue (a slow consumer's gap, announced to it): they are never sent
+        /// again, so the standby forgets them too.
+        #[prost(message, tag = "16")]
+        ClientDropped(super::ClientDropped),
     }
 }
 /// A frame attributed to a client.
@@ -1039,6 +1044,17 @@ pub struct ClientAck {
     /// Highest hub-to-client seq acknowledged.
     #[prost(uint64, tag = "2")]
     pub up_to: u64,
+}
+/// Hub-to-client frames a reliable client will never get (dropped from its
+/// queue; it sees a gap).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientDropped {
+    /// The client id.
+    #[prost(string, tag = "1")]
+    pub client_id: ::prost::alloc::string::String,
+    /// Their seqs, ascending.
+    #[prost(uint64, repeated, tag = "2")]
+    pub seqs: ::prost::alloc::vec::Vec<u64>,
 }
 /// Standby's acknowledgement: every change up to `repl_seq` is held.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

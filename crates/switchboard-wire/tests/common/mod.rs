@@ -433,6 +433,9 @@ pub fn kind_at_depth(depth: u32) -> BoxedStrategy<Kind> {
             proto::ClientAck { client_id, up_to }
         )),
         kv_entry().prop_map(change::Op::Kv),
+        (text(), proptest::collection::vec(any::<u64>(), 0..4)).prop_map(|(client_id, seqs)| {
+            change::Op::ClientDropped(proto::ClientDropped { client_id, seqs })
+        }),
     ];
 
     let kinds: Vec<BoxedStrategy<Kind>> = vec![

@@ -103,6 +103,8 @@ fn samples() -> Vec<Bytes> {
     j.client_ack("", u64::MAX);
     j.left("sub");
     j.left("");
+    j.client_dropped("sub", &[6, 300]);
+    j.client_dropped("", &[u64::MAX]);
     let mut buf = BytesMut::new();
     j.take_encoded(&mut buf).expect("no overflow");
     let mut bodies = Vec::new();
@@ -115,7 +117,7 @@ fn samples() -> Vec<Bytes> {
 #[test]
 fn decodes_every_kind_of_change_as_prost_does() {
     let bodies = samples();
-    assert_eq!(bodies.len(), 13);
+    assert_eq!(bodies.len(), 15);
     let mut kinds = Vec::new();
     for body in &bodies {
         let hand = decode_link_frame(body.clone()).expect("decodes");
@@ -126,7 +128,11 @@ fn decodes_every_kind_of_change_as_prost_does() {
         assert_eq!(plain_frame(hand), plain_frame(by_prost(body).unwrap()));
     }
     kinds.dedup();
-    assert_eq!(kinds.len(), 5, "joined, frame, sent, ack, left in order");
+    assert_eq!(
+        kinds.len(),
+        6,
+        "joined, frame, sent, ack, left, dropped in order"
+    );
 }
 
 #[test]

@@ -195,3 +195,76 @@ fn an_acknowledgement_taken_ahead_frees_the_retransmit_buffer_of_its_connection_
 }
 
 // ---- headers ----
+
+#[test]
+fn deliveries_dropped_for_a_stalled_reliable_subscriber_are_forgotten_not_resent() {
+    // The soft limit holds 4 frames; the hard limit about 20 deliveries'
+    // worth. A reliable subscriber that reads nothing keeps only what is
+    // queued: the dropped deliveries leave its retransmit buffer, so 200
+    // publishes never make it a slow consumer.
+    let limits = Limits {
+        queue_frames: 4,
+        queue_hard_bytes: 2 * 1024,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, None);
+    let a = sim.connect_reliable("a");
+    sim.send(
+        a,
+        Frame::from(proto::Subscribe {
+            id: 9,
+            sub_id: 1,
+            pattern: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
+    assert_eq!(sim.recv_one(a).seq, 1);
+    sim.router
+        .handle(sim.now, Input::Acked { conn: a, up_to: 1 });
+    let p = sim.connect("p");
+    let payload = Bytes::from(vec![7u8; 64]);
+    for _ in 0..200 {
+        sim.send(p, Frame::publish("t", payload.clone()));
+    }
+    let outbox = sim.outboxes[&a].clone();
+    assert!(outbox.is_open(), "not disconnected as a slow consumer");
+    assert_eq!(outbox.dropped_total(), 196, "every drop is counted");
+    assert_eq!(sim.unacked_frames(), 4, "only what is still queued");
+    let snapshot = sim.router.snapshot();
+    let kept: Vec<u64> = snapshot.clients[0].unacked.iter().map(|f| f.seq).collect();
+    assert_eq!(kept, [198, 199, 200, 201]);
+
+    // A resume sends again only what was not dropped.
+    sim.router.handle(
+        sim.now,
+        Input::Disconnected {
+            conn: a,
+            notice: None,
+            reason: "cut".into(),
+        },
+    );
+    let a2 = ConnId(50);
+    let outbox = Outbox::new(a2);
+    sim.outboxes.insert(a2, outbox.clone());
+    sim.router.handle(
+        sim.now,
+        Input::Resume {
+            conn: a2,
+            info: proto::ClientInfo {
+                client_id: "a".into(),
+                reliable: true,
+                ..Default::default()
+            },
+            outbox,
+            resume: proto::Resume {
+                last_received: 1,
+                epoch: 1,
+            },
+        },
+    );
+    let got = sim.recv(a2);
+    assert!(matches!(got[0].kind, Some(Kind::Welcome(_))), "{got:?}");
+    let resent: Vec<u64> = got[1..].iter().map(|f| f.seq).collect();
+    assert_eq!(resent, [198, 199, 200, 201]);
+}
