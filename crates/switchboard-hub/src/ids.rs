@@ -42,9 +42,10 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// A hash map keyed by text that clients choose (client ids, topics),
 /// looked up for every message (a standby looks up two or three client
-/// ids per confirmed publish). foldhash (the default hasher of hashbrown)
-/// takes about a fifth of the instructions of std's SipHash-1-3 for such
-/// short keys. Clients choose these keys, so a fixed hash would let them
+/// ids per confirmed publish). With foldhash (the default hasher of
+/// hashbrown) instead of std's SipHash-1-3 a standby's client id lookup
+/// took about half the instructions (docs/BENCHMARKS.md, "Hot standby").
+/// Clients choose these keys, so a fixed hash would let them
 /// fill one bucket on purpose (HashDoS); every map gets its own random
 /// seed, derived from a per-process random one, which an attacker cannot
 /// compute collisions against without reading the process's state.
