@@ -39,4 +39,18 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A hash map keyed by text that clients choose (client ids, topics),
+/// looked up for every message (a standby looks up two or three client
+/// ids per confirmed publish). With foldhash (the default hasher of
+/// hashbrown) instead of std's SipHash-1-3 a standby's client id lookup
+/// took about half the instructions (docs/BENCHMARKS.md, "Hot standby").
+/// Clients choose these keys, so a fixed hash would let them
+/// fill one bucket on purpose (HashDoS); every map gets its own random
+/// seed, derived from a per-process random one, which an attacker cannot
+/// compute collisions against without reading the process's state.
+/// foldhash does not claim more than that (it is not a keyed PRF like
+/// SipHash): registering ids needs admission, and every map is bounded by
+/// the hub's limits.
+pub(crate) type TextMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;

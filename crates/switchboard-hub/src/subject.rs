@@ -11,10 +11,9 @@
 //! subscription change, so a steady stream of publishes to the same topics
 //! costs one hash lookup each.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, TextMap};
 use crate::outbox::Outbox;
 
 /// Why a topic or pattern was refused.
@@ -111,7 +110,7 @@ impl Target {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: TextMap<Box<str>, Node>,
     star: Option<Box<Node>>,
     /// Patterns ending exactly here.
     here: Vec<Target>,
@@ -177,7 +176,7 @@ const CACHE_MAX: usize = 4_096;
 #[derive(Debug, Default)]
 pub(crate) struct SubIndex {
     root: Node,
-    cache: HashMap<Box<str>, Arc<[Target]>>,
+    cache: TextMap<Box<str>, Arc<[Target]>>,
 }
 
 impl SubIndex {

@@ -18,6 +18,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::deliver::DeliverHead;
 use crate::{proto, Frame, Kind};
 
 /// A `Deliver` frame decoded without copying: the strings and the payload
@@ -65,6 +66,8 @@ const KEY_ACKED: u64 = 2 << 3;
 const KEY_DELIVER: u64 = 47 << 3 | 2;
 /// `Frame.publish`, length-delimited.
 const KEY_PUBLISH: u64 = 44 << 3 | 2;
+/// `Frame.ok`, length-delimited.
+const KEY_OK: u64 = 30 << 3 | 2;
 
 /// Reads a varint of at most 9 bytes (values below 2^63) at `*pos`.
 #[inline]
@@ -173,6 +176,69 @@ pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
         from: text(body, from)?,
         payload: body.slice(payload),
         reply_to: text(body, reply_to)?,
+    })
+}
+
+/// A `Deliver` frame as a hub queues it for a reliable client: the
+/// fields every subscriber shares re-encoded into a [`DeliverHead`], the
+/// payload a slice of the received buffer. No string is built: a standby
+/// keeps the deliveries the primary numbered this way
+/// ([`decode_queued_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedDelivery {
+    /// `Frame.seq`.
+    pub seq: u64,
+    /// `Frame.acked`.
+    pub acked: u64,
+    /// `Deliver.sub_id`.
+    pub sub_id: u64,
+    /// `Deliver.topic`, `from` and `reply_to`, encoded.
+    pub head: DeliverHead,
+    /// `Deliver.payload`.
+    pub payload: Bytes,
+}
+
+/// Decodes `body` (a frame body without its length prefix) if it is a
+/// `Deliver` in the layout [`decode_delivery`] takes, into the parts a
+/// hub's queue keeps; `None` means "decode it with prost". Its strings
+/// are checked to be UTF-8 as prost would, but never copied into their
+/// own allocations.
+pub fn decode_queued_delivery(body: &Bytes) -> Option<QueuedDelivery> {
+    let (seq, acked, range) = envelope(body, KEY_DELIVER)?;
+    let (sub_id, [topic, from, payload, reply_to]) = fields(body, range)?;
+    let text = |r: Range<usize>| std::str::from_utf8(&body[r]).ok();
+    Some(QueuedDelivery {
+        seq,
+        acked,
+        sub_id,
+        head: DeliverHead::new(text(topic)?, text(from)?, text(reply_to)?, &[]),
+        payload: body.slice(payload),
+    })
+}
+
+/// Decodes `b` (a frame body without its length prefix) if it is an `Ok`
+/// (`seq`, `acked` and the `ok` body, each at most once, the body holding
+/// at most its `id`); `None` means "decode it with prost" (which gives the
+/// same frame when this returns one).
+pub fn decode_ok(b: &[u8]) -> Option<Frame> {
+    let (seq, acked, range) = envelope(b, KEY_OK)?;
+    let mut pos = range.start;
+    let mut id = None;
+    while pos < range.end {
+        match varint(b, &mut pos)? {
+            0x08 if id.is_none() => id = Some(varint(b, &mut pos)?),
+            _ => return None,
+        }
+    }
+    if pos > range.end {
+        return None;
+    }
+    Some(Frame {
+        seq,
+        acked,
+        kind: Some(Kind::Ok(proto::Ok {
+            id: id.unwrap_or(0),
+        })),
     })
 }
 
@@ -288,5 +354,59 @@ mod tests {
                 assert_eq!(Frame::decode(body).ok(), Some(f), "cut at {cut}");
             }
         }
+    }
+
+    /// `Ok`s decode as prost decodes them; anything else is left to prost,
+    /// and no prefix of one decodes into something prost would not.
+    #[test]
+    fn oks_decode_as_prost_decodes_them() {
+        for (seq, acked, id) in [(0, 0, 0), (3, 0, 9), (0, 7, 1 << 40), (1 << 50, 2, 1)] {
+            let mut f = Frame::ok(id);
+            f.seq = seq;
+            f.acked = acked;
+            let body = f.encode_to_vec();
+            assert_eq!(decode_ok(&body), Some(f), "{seq} {acked} {id}");
+            for cut in 0..body.len() {
+                if let Some(g) = decode_ok(&body[..cut]) {
+                    assert_eq!(Frame::decode(&body[..cut]).ok(), Some(g), "cut at {cut}");
+                }
+            }
+        }
+        assert_eq!(decode_ok(&deliver().encode_to_vec()), None);
+        let mut twice = Frame::ok(1).encode_to_vec();
+        twice.extend_from_slice(&Frame::ok(2).encode_to_vec());
+        assert_eq!(decode_ok(&twice), None, "merged by prost");
+        // An `Ok` body with a field it does not have.
+        let odd = [0xf2, 0x01, 0x02, 0x10, 0x01];
+        assert_eq!(decode_ok(&odd), None);
+    }
+
+    /// A queued delivery holds what the hub's own queue entry for the
+    /// delivery holds, and refuses what `decode_delivery` refuses.
+    #[test]
+    fn queued_deliveries_match_the_decoded_ones() {
+        let body = Bytes::from(deliver().encode_to_vec());
+        let d = decode_delivery(&body).expect("a delivery");
+        let q = decode_queued_delivery(&body).expect("a queued delivery");
+        assert_eq!((q.seq, q.acked, q.sub_id), (d.seq, d.acked, d.sub_id));
+        assert_eq!(q.payload, d.payload);
+        assert_eq!(
+            q.head,
+            DeliverHead::new(&d.topic, &d.from, &d.reply_to, &[])
+        );
+        let ping = Bytes::from(Frame::from(proto::Ping { nonce: 3 }).encode_to_vec());
+        assert_eq!(decode_queued_delivery(&ping), None);
+        let mut bad = Frame::from(proto::Deliver {
+            topic: "ab".into(),
+            ..Default::default()
+        })
+        .encode_to_vec();
+        let n = bad.len();
+        bad[n - 1] = 0xff;
+        assert_eq!(
+            decode_queued_delivery(&Bytes::from(bad)),
+            None,
+            "invalid UTF-8"
+        );
     }
 }

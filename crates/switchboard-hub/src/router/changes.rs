@@ -25,10 +25,11 @@ use std::ops::Range;
 use bytes::Bytes;
 use bytestring::ByteString;
 use prost::Message;
-use switchboard_wire::deliver::DeliverHead;
 use switchboard_wire::peek::peek_kind;
 use switchboard_wire::proto::{self, change::Op, frame::Kind};
-use switchboard_wire::{decode_delivery, decode_frame, decode_publish, Frame, WireError};
+use switchboard_wire::{
+    decode_frame, decode_ok, decode_publish, decode_queued_delivery, Frame, WireError,
+};
 
 use crate::outbox::Out;
 
@@ -490,17 +491,21 @@ fn client_dropped(body: &Bytes, range: Range<usize>) -> Result<ChangeOp, ChangeE
 
 /// A `sent` frame as the queue entry a retransmit buffer keeps: a
 /// delivery in the hub's layout stays pre-encoded (its shared fields
-/// re-encoded once, the payload a slice of the buffer), anything else is
-/// decoded.
+/// re-encoded once, no string built, the payload a slice of the buffer),
+/// an `Ok` is read by hand, anything else is decoded by prost.
 fn sent_out(frame: Bytes) -> Result<Out, ChangeError> {
-    if let Some(d) = decode_delivery(&frame) {
+    if let Some(d) = decode_queued_delivery(&frame) {
         return Ok(Out::Deliver {
             seq: d.seq,
             acked: d.acked,
             sub_id: d.sub_id,
-            head: DeliverHead::new(&d.topic, &d.from, &d.reply_to, &[]),
+            head: d.head,
             payload: d.payload,
         });
+    }
+    // A publisher's confirmation, the other frame sent most.
+    if let Some(ok) = decode_ok(&frame) {
+        return Ok(Out::from(ok));
     }
     Ok(Out::from(Frame::decode(frame)?))
 }
@@ -518,9 +523,13 @@ fn client_frame_of(frame: Bytes) -> Result<Frame, ChangeError> {
 /// Whether `body` is a frame whose kind is a change (the standby keeps
 /// such frames as they are until their commit point, then decodes them
 /// with [`decode_link_frame`]); `false` for any other frame, and for one
-/// whose layout is broken (decoding it then says why).
+/// whose layout is broken (decoding it then says why). A lone change, as
+/// the primary writes every one, is recognised from its key and length
+/// alone; anything else is peeked.
 pub fn is_change(body: &[u8]) -> bool {
-    peek_kind(body).is_ok_and(|k| k.tag == FRAME_CHANGE_FIELD)
+    let mut pos = 0;
+    matches!(lone_change(body, &mut pos), Some(Ok(_)))
+        || peek_kind(body).is_ok_and(|k| k.tag == FRAME_CHANGE_FIELD)
 }
 
 #[cfg(test)]

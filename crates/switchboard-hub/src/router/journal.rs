@@ -6,9 +6,10 @@
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
+use switchboard_wire::deliver::HandFrame;
 use switchboard_wire::proto::{self, change::Op, frame::Kind};
 use switchboard_wire::{
-    decode_frame, is_logged_kind, put_frame, FastBuf, Frame, LENGTH_PREFIX_LEN,
+    decode_frame, is_logged_kind, put_frame, put_varint, FastBuf, Frame, LENGTH_PREFIX_LEN,
 };
 
 use super::changes::{
@@ -58,40 +59,55 @@ fn delimited_len(field: u32, len: usize, omit_empty: bool) -> usize {
     }
 }
 
+/// Key of length-delimited field `field`, as a varint's value.
+const fn delimited_key(field: u32) -> u64 {
+    (field as u64) << 3 | 2
+}
+
 /// Appends `Frame{change: Change{repl_seq, <field>: body}}` to `buf`,
 /// length-prefixed, where operation `field` is length-delimited and
-/// `body` writes its `body_len` bytes. Returns the bytes appended.
+/// `body` writes its `body_len` bytes. Returns the bytes appended. The
+/// prefix, keys and lengths go through a stack buffer: one `put_slice`
+/// (prost's `encode_varint` into the `BytesMut`, byte by byte, cost more
+/// than the rest of the change).
 fn put_change(
     buf: &mut BytesMut,
     repl_seq: u64,
     field: u32,
     body_len: usize,
-    body: impl FnOnce(&mut FastBuf<'_>),
+    body: impl FnOnce(&mut BytesMut),
 ) -> usize {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    use prost::encoding::{encoded_len_varint, key_len};
     let change = key_len(CHANGE_SEQ_FIELD)
         + encoded_len_varint(repl_seq)
         + delimited_len(field, body_len, false);
     let frame = delimited_len(FRAME_CHANGE_FIELD, change, false);
     buf.reserve(LENGTH_PREFIX_LEN + frame);
-    buf.put_u32(frame as u32);
-    let mut b = FastBuf(buf);
-    encode_key(FRAME_CHANGE_FIELD, WireType::LengthDelimited, &mut b);
-    encode_varint(change as u64, &mut b);
-    encode_key(CHANGE_SEQ_FIELD, WireType::Varint, &mut b);
-    encode_varint(repl_seq, &mut b);
-    encode_key(field, WireType::LengthDelimited, &mut b);
-    encode_varint(body_len as u64, &mut b);
-    body(&mut b);
+    // prefix 4 + key 2 + length 10 + seq key 1 + seq 10 + key 2 + length 10
+    let mut head = [0u8; 39];
+    head[..LENGTH_PREFIX_LEN].copy_from_slice(&(frame as u32).to_be_bytes());
+    let mut n = put_varint(
+        &mut head,
+        LENGTH_PREFIX_LEN,
+        delimited_key(FRAME_CHANGE_FIELD),
+    );
+    n = put_varint(&mut head, n, change as u64);
+    n = put_varint(&mut head, n, u64::from(CHANGE_SEQ_FIELD << 3));
+    n = put_varint(&mut head, n, repl_seq);
+    n = put_varint(&mut head, n, delimited_key(field));
+    n = put_varint(&mut head, n, body_len as u64);
+    buf.put_slice(&head[..n]);
+    body(buf);
     LENGTH_PREFIX_LEN + frame
 }
 
 /// Writes a client id as field 1 (left out when empty, as `proto3` does).
-fn put_client_id(b: &mut FastBuf<'_>, client_id: &str) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
+fn put_client_id(b: &mut BytesMut, client_id: &str) {
     if !client_id.is_empty() {
-        encode_key(CLIENT_ID_FIELD, WireType::LengthDelimited, b);
-        encode_varint(client_id.len() as u64, b);
+        let mut head = [0u8; 11];
+        let n = put_varint(&mut head, 0, delimited_key(CLIENT_ID_FIELD));
+        let n = put_varint(&mut head, n, client_id.len() as u64);
+        b.put_slice(&head[..n]);
         b.put_slice(client_id.as_bytes());
     }
 }
@@ -104,15 +120,16 @@ fn put_client_frame(
     field: u32,
     client_id: &str,
     frame_len: usize,
-    frame: impl FnOnce(&mut FastBuf<'_>),
+    frame: impl FnOnce(&mut BytesMut),
 ) -> usize {
-    use prost::encoding::{encode_key, encode_varint, WireType};
     let body = delimited_len(CLIENT_ID_FIELD, client_id.len(), true)
         + delimited_len(CLIENT_FRAME_FRAME_FIELD, frame_len, false);
     put_change(buf, repl_seq, field, body, |b| {
         put_client_id(b, client_id);
-        encode_key(CLIENT_FRAME_FRAME_FIELD, WireType::LengthDelimited, b);
-        encode_varint(frame_len as u64, b);
+        let mut head = [0u8; 11];
+        let n = put_varint(&mut head, 0, delimited_key(CLIENT_FRAME_FRAME_FIELD));
+        let n = put_varint(&mut head, n, frame_len as u64);
+        b.put_slice(&head[..n]);
         frame(b);
     })
 }
@@ -190,7 +207,8 @@ impl Journal {
                 });
             }
             Some(kind) if is_logged_kind(kind) => {
-                let len = frame.encoded_len();
+                let hand = HandFrame::of(frame);
+                let len = hand.map_or_else(|| frame.encoded_len(), |h| h.encoded_len());
                 let Some(seq) = self.admit(len + client_id.len() + 32) else {
                     return;
                 };
@@ -200,7 +218,10 @@ impl Journal {
                     CHANGE_CLIENT_FRAME_FIELD,
                     client_id,
                     len,
-                    |b| frame.encode_raw(b),
+                    |b| match hand {
+                        Some(h) => h.encode_body(b),
+                        None => frame.encode_raw(&mut FastBuf(b)),
+                    },
                 );
             }
             _ => {}
@@ -212,7 +233,7 @@ impl Journal {
         let len = info.encoded_len();
         if let Some(seq) = self.admit(len + 16) {
             put_change(&mut self.buf, seq, CHANGE_JOINED_FIELD, len, |b| {
-                info.encode_raw(b)
+                info.encode_raw(&mut FastBuf(b))
             });
         }
     }
@@ -246,6 +267,7 @@ impl Journal {
         put_change(&mut self.buf, seq, CHANGE_CLIENT_ACK_FIELD, body, |b| {
             put_client_id(b, client_id);
             if up_to != 0 {
+                let b = &mut FastBuf(b);
                 encode_key(CLIENT_ACK_UP_TO_FIELD, WireType::Varint, b);
                 encode_varint(up_to, b);
             }
@@ -281,13 +303,27 @@ impl Journal {
         if self.limits.is_none() {
             return;
         }
-        let len = out.encoded_len();
+        // A publisher's confirmation is the frame sent most after
+        // deliveries (which `Out` encodes by hand itself).
+        let hand = match out {
+            Out::Frame(f) => HandFrame::of(f),
+            Out::Deliver { .. } => None,
+        };
+        let len = hand.map_or_else(|| out.encoded_len(), |h| h.encoded_len());
         let Some(seq) = self.admit(len + client_id.len() + 32) else {
             return;
         };
-        put_client_frame(&mut self.buf, seq, CHANGE_SENT_FIELD, client_id, len, |b| {
-            out.encode_body(b.0)
-        });
+        put_client_frame(
+            &mut self.buf,
+            seq,
+            CHANGE_SENT_FIELD,
+            client_id,
+            len,
+            |b| match hand {
+                Some(h) => h.encode_body(b),
+                None => out.encode_body(b),
+            },
+        );
     }
 
     /// Rewrites the request of the last change logged, if that is a

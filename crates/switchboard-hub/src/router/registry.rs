@@ -4,14 +4,13 @@
 //! (detached); what each takes ("listen" flags) and when it was last heard
 //! from.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use switchboard_wire::{proto, ErrorCode, Frame};
 
 use super::common::err;
 use super::output::Output;
-use crate::ids::{ConnId, IdMap, IdSet};
+use crate::ids::{ConnId, IdMap, IdSet, TextMap};
 use crate::outbox::Out;
 
 /// What a client with the "listen" feature takes (see `proto::Listen`).
@@ -71,7 +70,7 @@ impl Client {
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     clients: IdMap<ConnId, Client>,
-    by_id: HashMap<String, ConnId>,
+    by_id: TextMap<String, ConnId>,
     /// Connections attached to a client registered under another
     /// connection id (resumed clients), transport id → registry id.
     alias: IdMap<ConnId, ConnId>,
