@@ -512,7 +512,7 @@ impl Router {
             None => {}
         }
         let welcome = self.welcome(&info, false, 0);
-        self.registry.register(conn, info.clone(), now);
+        let id = self.registry.register(conn, info.clone(), now);
         self.output.insert(conn, id, outbox.clone(), info.reliable);
         self.output.push(conn, &outbox, Out::from(welcome));
         self.timers.watch_idle(now, self.keepalive);

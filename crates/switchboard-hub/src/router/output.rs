@@ -18,8 +18,9 @@ use crate::outbox::{Out, Outbox, Pushed, QueueLimits};
 /// A registered client's way out.
 #[derive(Debug)]
 pub(super) struct Link {
-    /// The client id its frames are logged under.
-    pub id: String,
+    /// The client id its frames are logged under (shared with the
+    /// registry's by-id map).
+    pub id: Arc<str>,
     /// Its outbound queue (the current connection's, or a ghost's).
     pub outbox: Arc<Outbox>,
     /// Reliable delivery's numbering.
@@ -72,7 +73,7 @@ impl Output {
     }
 
     /// Registers client `id`'s link.
-    pub fn insert(&mut self, conn: ConnId, id: String, outbox: Arc<Outbox>, reliable: bool) {
+    pub fn insert(&mut self, conn: ConnId, id: Arc<str>, outbox: Arc<Outbox>, reliable: bool) {
         let link = Link {
             id,
             outbox,
@@ -113,7 +114,7 @@ impl Output {
 
     /// A client's id ("" when it is not registered).
     pub fn id(&self, conn: ConnId) -> &str {
-        self.links.get(&conn).map_or("", |l| l.id.as_str())
+        self.links.get(&conn).map_or("", |l| &*l.id)
     }
 
     /// Whether this is a standby's replica.
@@ -299,7 +300,7 @@ impl Output {
     pub fn next_slow_consumer(&mut self) -> Option<ConnId> {
         while !self.to_kill.is_empty() {
             let links = &self.links;
-            let id = |c: &ConnId| links.get(c).map(|l| l.id.as_str());
+            let id = |c: &ConnId| links.get(c).map(|l| &*l.id);
             self.to_kill.sort_unstable_by(|a, b| id(b).cmp(&id(a)));
             let conn = self.to_kill.pop()?;
             if let Some(link) = self.links.get(&conn) {
@@ -327,5 +328,18 @@ impl Output {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered client has a link: an entry of the links' hash
+    /// table, whose every slot (empty ones too) takes an entry's size.
+    #[test]
+    fn a_link_stays_small() {
+        let entry = std::mem::size_of::<(ConnId, Link)>();
+        assert!(entry <= 104, "link entry {entry} bytes");
     }
 }

@@ -4,6 +4,7 @@
 //! (detached); what each takes ("listen" flags) and when it was last heard
 //! from.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_wire::{proto, ErrorCode, Frame};
@@ -70,7 +71,10 @@ impl Client {
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     clients: IdMap<ConnId, Client>,
-    by_id: TextMap<String, ConnId>,
+    /// Client id → connection id. The key is the one copy of the id the
+    /// router keeps besides the `ClientInfo`: the client's
+    /// [`Link`](super::output::Link) shares it.
+    by_id: TextMap<Arc<str>, ConnId>,
     /// Connections attached to a client registered under another
     /// connection id (resumed clients), transport id → registry id.
     alias: IdMap<ConnId, ConnId>,
@@ -113,11 +117,13 @@ impl Registry {
         self.alias.get(&conn).copied().unwrap_or(conn)
     }
 
-    /// Registers `info` as connection `conn` at `now`.
-    pub fn register(&mut self, conn: ConnId, info: proto::ClientInfo, now: Instant) {
-        let id = info.client_id.clone();
+    /// Registers `info` as connection `conn` at `now`; returns the client
+    /// id, shared with the by-id map (one allocation for both).
+    pub fn register(&mut self, conn: ConnId, info: proto::ClientInfo, now: Instant) -> Arc<str> {
+        let id: Arc<str> = Arc::from(info.client_id.as_str());
         self.clients.insert(conn, Client::new(info, now));
-        self.by_id.insert(id, conn);
+        self.by_id.insert(id.clone(), conn);
+        id
     }
 
     /// Unregisters `conn`; its alias (the transport connection `via`)
@@ -310,5 +316,21 @@ mod tests {
         );
         assert_eq!(c.id(), "a");
         assert!(!c.takes_messages() && !c.takes_requests());
+    }
+
+    #[test]
+    fn the_client_id_is_one_allocation_shared_with_the_link() {
+        let mut r = Registry::default();
+        let info = proto::ClientInfo {
+            client_id: "a".into(),
+            ..Default::default()
+        };
+        let id = r.register(ConnId(1), info, Instant::now());
+        // this handle (the link's) and the by-id map's key
+        assert_eq!(Arc::strong_count(&id), 2);
+        assert_eq!(r.lookup("a"), Some(ConnId(1)));
+        assert!(r.remove(ConnId(1), None).is_some());
+        assert_eq!(Arc::strong_count(&id), 1);
+        assert_eq!(r.lookup("a"), None);
     }
 }
