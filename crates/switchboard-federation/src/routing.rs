@@ -5,18 +5,18 @@
 //!   service and hub name). A `Direct` or `Request` for a client another
 //!   live hub holds (the id directory says which) goes there; so do the
 //!   answers to requests (`Reply`, or an `Error` naming the requester).
-//! - A message on a hub's subject is the encoded switchboard frame (at
+//! - Every message carries no NATS headers: its payload is an
+//!   [`Envelope`] (origin, epoch; for a publish or broadcast its number
+//!   and the queue groups served; for an error answer or a session frame
+//!   the client it is for) followed by the encoded switchboard frame (at
 //!   most `FederationOptions::max_message` bytes, default
-//!   [`MAX_MESSAGE`]) with NATS headers [`H_ORIGIN`] (the sending hub),
-//!   [`H_EPOCH`] and, on an error answer, [`H_TO`] (the requester,
-//!   escaped). A publish or broadcast carries no NATS headers: its
-//!   payload is an [`Envelope`] (origin, epoch, message number, queue
-//!   groups served) followed by the frame.
+//!   [`MAX_MESSAGE`]). So no header map is built, written, parsed or
+//!   allocated per message on any routing subject.
 //! - Session frames (a manager on one hub, an agent on another) go to the
 //!   holder hub's subject like a direct (sent by [`crate::sessions`]),
 //!   and the far hub hands them in with the port's `session`; one for a
 //!   client no longer here is answered to its sender's hub with an
-//!   `Error` of id 0 (`NO_SUCH_CLIENT`, [`H_TO`] naming the sender), as
+//!   `Error` of id 0 (`NO_SUCH_CLIENT`, [`Envelope::to`] naming the sender), as
 //!   the router answers one locally.
 //! - The router hands such messages to the hub's port (see
 //!   `switchboard_hub::router::remote`): the requester's hub keeps the
@@ -40,7 +40,7 @@
 //! - The way out never blocks the router: publishes and broadcasts wait in
 //!   a queue bounded in bytes like a client's outbox
 //!   (`FederationOptions::queue_bytes`, 16 MiB by default; each counts its
-//!   subject, encoded frame and [`FANOUT_ENTRY_COST`]); a full queue drops and counts
+//!   subject, payload (envelope and frame) and [`FANOUT_ENTRY_COST`]); a full queue drops and counts
 //!   ([`RoutingStats::dropped`]; a warning at most once a second per
 //!   cause, with the count since the last, see [`crate::throttle`]), like a slow
 //!   client's pub/sub deliveries. Directs and requests wait in the port's
@@ -54,7 +54,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
+use async_nats::Subject;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::{PortSender, RemotePort};
@@ -64,21 +64,20 @@ use crate::directory::Directory;
 use crate::subject::{escape, unescape};
 use crate::throttle::Throttle;
 
-/// The NATS header naming the hub a message comes from.
+/// The NATS header naming the hub a message comes from, on the lossless
+/// stream only (see [`crate::lossless`]); the routing subjects carry the
+/// origin in the [`Envelope`].
 pub const H_ORIGIN: &str = "Sb-Origin";
-/// The NATS header carrying the sending hub's epoch (decimal). A
-/// message whose epoch is below the newest seen for its origin hub comes
-/// from an old primary a standby replaced: dropped and counted
-/// ([`RoutingStats::stale`]); one without it is malformed.
-pub const H_EPOCH: &str = "Sb-Epoch";
-/// The NATS header naming (escaped) the requester an error answer is for.
-pub const H_TO: &str = "Sb-To";
-/// The first byte of a publish or broadcast on NATS: its [`Envelope`]
-/// (version 1) follows.
-pub const ENVELOPE_V1: u8 = 0xEB;
+/// The first byte of every message on the routing subjects: its
+/// [`Envelope`] (version 2) follows. Version 1 (`0xEB`, publishes and
+/// broadcasts only, without [`Envelope::to`]) is no longer taken: a
+/// message of another version is dropped as malformed (the hubs of one
+/// federation run one release).
+pub const ENVELOPE_V2: u8 = 0xEC;
 /// What one publish or broadcast waiting to go out to NATS counts against
 /// the queue's byte limit (`FederationOptions::queue_bytes`) besides its
-/// subject, served groups and encoded frame: the queue's entry for it.
+/// subject and its payload (envelope and frame, encoded when queued): the
+/// queue's entry for it.
 pub const FANOUT_ENTRY_COST: usize = std::mem::size_of::<Fanned>();
 /// Publishes and broadcasts the publisher takes from the queue towards
 /// NATS per wake, at most.
@@ -113,7 +112,7 @@ pub struct RoutingStats {
     /// because the queue towards NATS was full (its byte limit,
     /// `FederationOptions::queue_bytes`, reached).
     pub queue_full: AtomicU64,
-    /// Messages from NATS whose `Sb-Epoch` is below the newest epoch seen
+    /// Messages from NATS whose epoch ([`Envelope::epoch`]) is below the newest epoch seen
     /// for their origin hub: sent by an old primary (dropped).
     pub stale: AtomicU64,
     /// Second copies of a publish dropped (a hub's patterns overlap).
@@ -182,28 +181,36 @@ impl Seen {
     }
 }
 
-/// A publish or broadcast on its way to NATS: subject, frame, the queue
-/// groups its origin served itself ([`Envelope::served`], `""`: none),
-/// and what it counts against the queue's byte limit.
-type Fanned = (String, Frame, String, usize);
+/// A publish or broadcast on its way to NATS: subject, payload (its
+/// envelope and frame, encoded once on the router task into a buffer of
+/// exactly its size), and what it counts against the queue's byte limit.
+/// Small (a few words), so that moving it through the queue and into the
+/// publisher's batch copies little.
+type Fanned = (Subject, bytes::Bytes, usize);
 
-/// What a publish or broadcast carries on NATS besides its frame, in
-/// its payload rather than in NATS headers (no header map to build, send
-/// and parse per message). The payload is [`ENVELOPE_V1`], then `epoch`,
-/// `run` and `seq` as protobuf varints, then `origin` and `served`, each
-/// a varint length and that many UTF-8 bytes, then the encoded frame
-/// (the rest of the payload).
+/// What every message on the routing subjects carries besides its frame,
+/// in its payload rather than in NATS headers (no header map to build,
+/// send and parse per message). The one home of the layout: the payload
+/// is [`ENVELOPE_V2`], then `epoch`, `run` and `seq` as protobuf varints,
+/// then `origin`, `served` and `to`, each a varint length and that many
+/// UTF-8 bytes, then the encoded frame (the rest of the payload).
+/// Directs, requests, answers and session frames (on a hub's subject)
+/// carry `run` and `seq` 0 and `served` empty; publishes and broadcasts
+/// carry `to` empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
     /// The sending hub's name, escaped.
     pub origin: String,
-    /// The sending hub's epoch (see [`H_EPOCH`]).
+    /// The sending hub's epoch. A message whose epoch is below the
+    /// newest seen for its origin hub comes from an old primary a
+    /// standby replaced: dropped and counted ([`RoutingStats::stale`]).
     pub epoch: u64,
-    /// The sending hub's run: random per start of the hub.
+    /// The sending hub's run: random per start of the hub (0 on a hub's
+    /// subject).
     pub run: u64,
-    /// The message's number in that run (from 1): a hub whose patterns
-    /// overlap keeps only the first copy, and takes each origin's
-    /// messages in this order.
+    /// A publish's or broadcast's number in that run (from 1): a hub
+    /// whose patterns overlap keeps only the first copy, and takes each
+    /// origin's messages in this order (0 on a hub's subject).
     pub seq: u64,
     /// The queue groups the origin hub delivered the publish to itself
     /// (its own members come first, as NATS prefers local queue
@@ -211,19 +218,25 @@ pub struct Envelope {
     /// none. A hub the cluster picks for one of these groups drops its
     /// copy.
     pub served: String,
+    /// The client (escaped) an error answer is for (the requester, or a
+    /// session frame's sender) or a session frame is for (the target);
+    /// `""` for none (an escaped name is never empty).
+    pub to: String,
 }
 
 impl Envelope {
-    /// The payload: this envelope, then `frame` encoded.
+    /// The payload: this envelope, then `frame` encoded, in one buffer of
+    /// exactly its size.
     pub fn encode(&self, frame: &Frame) -> Vec<u8> {
-        encode_envelope(
-            &self.origin,
-            self.epoch,
-            self.run,
-            self.seq,
-            &self.served,
-            frame,
-        )
+        Head {
+            origin: &self.origin,
+            epoch: self.epoch,
+            run: self.run,
+            seq: self.seq,
+            served: &self.served,
+            to: &self.to,
+        }
+        .encode(frame)
     }
 
     /// A payload split into its envelope and the frame's bytes; `None`
@@ -232,7 +245,7 @@ impl Envelope {
     pub fn decode(payload: &bytes::Bytes) -> Option<(Envelope, bytes::Bytes)> {
         let mut rest: &[u8] = payload;
         let (&first, tail) = rest.split_first()?;
-        if first != ENVELOPE_V1 {
+        if first != ENVELOPE_V2 {
             return None;
         }
         rest = tail;
@@ -241,6 +254,7 @@ impl Envelope {
         let seq = prost::encoding::decode_varint(&mut rest).ok()?;
         let origin = take_str(&mut rest)?;
         let served = take_str(&mut rest)?;
+        let to = take_str(&mut rest)?;
         let at = payload.len() - rest.len();
         Some((
             Envelope {
@@ -249,36 +263,84 @@ impl Envelope {
                 run,
                 seq,
                 served,
+                to,
             },
             payload.slice(at..),
         ))
     }
 }
 
-/// [`Envelope::encode`] from borrowed parts (the publisher's per-message
-/// path: one buffer, nothing else allocated).
-fn encode_envelope(
-    origin: &str,
+/// An [`Envelope`] of borrowed parts: what the per-message paths encode
+/// from (one buffer of exactly the payload's size, nothing else
+/// allocated; a `Bytes` made of it takes the buffer as it is).
+#[derive(Debug, Clone, Copy)]
+struct Head<'a> {
+    origin: &'a str,
     epoch: u64,
     run: u64,
     seq: u64,
-    served: &str,
-    frame: &Frame,
-) -> Vec<u8> {
-    use prost::encoding::encode_varint;
-    let len = prost::Message::encoded_len(frame);
-    let mut buf = Vec::with_capacity(1 + 4 * 10 + origin.len() + served.len() + len);
-    buf.push(ENVELOPE_V1);
-    encode_varint(epoch, &mut buf);
-    encode_varint(run, &mut buf);
-    encode_varint(seq, &mut buf);
-    encode_varint(origin.len() as u64, &mut buf);
-    buf.extend_from_slice(origin.as_bytes());
-    encode_varint(served.len() as u64, &mut buf);
-    buf.extend_from_slice(served.as_bytes());
-    // A Vec grows as needed: encoding into it cannot fail.
-    let _ = prost::Message::encode(frame, &mut buf);
-    buf
+    served: &'a str,
+    to: &'a str,
+}
+
+impl Head<'_> {
+    /// The payload: this envelope, then `frame` encoded ([`Envelope`]
+    /// gives the layout).
+    fn encode(&self, frame: &Frame) -> Vec<u8> {
+        use prost::encoding::encode_varint;
+        let len = self.len(prost::Message::encoded_len(frame));
+        let mut buf = Vec::with_capacity(len);
+        buf.push(ENVELOPE_V2);
+        encode_varint(self.epoch, &mut buf);
+        encode_varint(self.run, &mut buf);
+        encode_varint(self.seq, &mut buf);
+        for s in [self.origin, self.served, self.to] {
+            encode_varint(s.len() as u64, &mut buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        // A Vec grows as needed: encoding into it cannot fail.
+        let _ = prost::Message::encode(frame, &mut buf);
+        debug_assert_eq!(buf.len(), len);
+        buf
+    }
+
+    /// The payload's length with a frame of `frame_len` bytes.
+    fn len(&self, frame_len: usize) -> usize {
+        use prost::encoding::encoded_len_varint;
+        let text = |s: &str| encoded_len_varint(s.len() as u64) + s.len();
+        1 + encoded_len_varint(self.epoch)
+            + encoded_len_varint(self.run)
+            + encoded_len_varint(self.seq)
+            + text(self.origin)
+            + text(self.served)
+            + text(self.to)
+            + frame_len
+    }
+}
+
+/// Subjects made from names (topics, hub names), kept so that a name
+/// seen before is not escaped and formatted again per message. Bounded:
+/// emptied when it holds [`SubjectCache::MAX`] names.
+#[derive(Debug, Default)]
+struct SubjectCache(Mutex<HashMap<String, Subject>>);
+
+impl SubjectCache {
+    /// Names held at most.
+    const MAX: usize = 4096;
+
+    /// The subject of `name`, made by `make` when not held.
+    fn get(&self, name: &str, make: impl FnOnce() -> String) -> Subject {
+        let mut map = self.0.lock();
+        if let Some(s) = map.get(name) {
+            return s.clone();
+        }
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        let s = Subject::from(make());
+        map.insert(name.to_owned(), s.clone());
+        s
+    }
 }
 
 /// A varint length and that many UTF-8 bytes, taken from `rest`.
@@ -298,9 +360,14 @@ pub(crate) struct Routing {
     client: async_nats::Client,
     service: String,
     directory: Arc<Directory>,
-    /// This hub's name, escaped (the [`H_ORIGIN`] header of everything
-    /// it sends).
+    /// This hub's name, escaped ([`Envelope::origin`] of everything it
+    /// sends).
     origin: String,
+    /// Subjects of hubs (`sb.<svc>.h.<hub>`) and of topics
+    /// (`sb.<svc>.t.<topic>`), and the broadcast subject.
+    hub_subjects: SubjectCache,
+    topic_subjects: SubjectCache,
+    broadcasts: Subject,
     stats: RoutingStats,
     max_message: usize,
     /// Requests from other hubs, by the id they carry in this router.
@@ -338,6 +405,9 @@ impl Routing {
             client,
             service: escape(service),
             origin: escape(directory.hub_name()),
+            hub_subjects: SubjectCache::default(),
+            topic_subjects: SubjectCache::default(),
+            broadcasts: Subject::from(format!("sb.{}.b", escape(service))),
             directory,
             stats: RoutingStats::default(),
             max_message,
@@ -363,8 +433,33 @@ impl Routing {
     }
 
     /// The subject of hub `hub`.
-    pub(crate) fn hub_subject(&self, hub: &str) -> String {
-        format!("sb.{}.h.{}", self.service, escape(hub))
+    pub(crate) fn hub_subject(&self, hub: &str) -> Subject {
+        self.hub_subjects
+            .get(hub, || format!("sb.{}.h.{}", self.service, escape(hub)))
+    }
+
+    /// The envelope of a message to a hub's subject, `to` escaped (`""`:
+    /// none).
+    fn head<'a>(&'a self, epoch: u64, to: &'a str) -> Head<'a> {
+        Head {
+            origin: &self.origin,
+            epoch,
+            run: 0,
+            seq: 0,
+            served: "",
+            to,
+        }
+    }
+
+    /// A frame for hub `hub`'s subject in its envelope (`to` escaped,
+    /// `""` for none), or `None` (counted as dropped) when the frame is
+    /// larger than the limit.
+    pub(crate) fn hub_payload(&self, frame: &Frame, to: &str) -> Option<bytes::Bytes> {
+        if prost::Message::encoded_len(frame) > self.max_message {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.head(self.directory.epoch(), to).encode(frame).into())
     }
 
     /// A local subscription to `pattern` (in queue group `group`, if
@@ -394,13 +489,16 @@ impl Routing {
 
     /// A local client's publish or broadcast, for the other hubs (router
     /// task: queued, or dropped and counted when the queue is full).
+    ///
+    /// The payload (envelope and frame) is encoded here, once, into a
+    /// buffer of exactly its size, and numbered: the queue holds subject,
+    /// payload and cost, and the publisher only hands them to the NATS
+    /// client. Its cost is known before it is encoded, so a publish the
+    /// queue has no room for is never encoded.
     pub(crate) fn fan_out(&self, from: &str, frame: &Frame) {
         let mut served = String::new();
         let (subject, frame) = match &frame.kind {
             Some(Kind::Publish(p)) => {
-                let mut p = p.clone();
-                p.from = from.to_owned();
-                p.id = 0;
                 // The router gave it to one local member of each
                 // matching local group.
                 let groups: Vec<String> = self
@@ -414,39 +512,58 @@ impl Routing {
                     })
                     .collect();
                 served = groups.join(",");
-                (
+                let subject = self.topic_subjects.get(&p.topic, || {
                     format!(
                         "sb.{}.t.{}",
                         self.service,
                         crate::subject::topic(&p.topic, false)
-                    ),
-                    Frame::from(p),
-                )
+                    )
+                });
+                let p = switchboard_wire::proto::Publish {
+                    id: 0,
+                    topic: p.topic.clone(),
+                    from: from.to_owned(),
+                    payload: p.payload.clone(),
+                    reply_to: p.reply_to.clone(),
+                    headers: p.headers.clone(),
+                };
+                (subject, Frame::from(p))
             }
             Some(Kind::Broadcast(b)) => {
-                let mut b = b.clone();
-                b.from = from.to_owned();
-                b.id = 0;
-                (format!("sb.{}.b", self.service), Frame::from(b))
+                let b = switchboard_wire::proto::Broadcast {
+                    id: 0,
+                    from: from.to_owned(),
+                    payload: b.payload.clone(),
+                    headers: b.headers.clone(),
+                };
+                (self.broadcasts.clone(), Frame::from(b))
             }
             _ => return,
         };
+        // The router task is the only one adding, so the check and the
+        // add cannot race with another add (the publisher only takes
+        // away), and numbers are given in the queue's order.
+        let head = Head {
+            origin: &self.origin,
+            epoch: self.directory.epoch(),
+            run: self.run,
+            seq: self.seq.load(Ordering::Relaxed) + 1,
+            served: &served,
+            to: "",
+        };
         let cost =
-            FANOUT_ENTRY_COST + subject.len() + served.len() + prost::Message::encoded_len(&frame);
-        self.enqueue((subject, frame, served, cost));
-    }
-
-    /// Queues a publish or broadcast for NATS when the queue's bytes
-    /// stay within the limit; else drops and counts it. The router task
-    /// is the only one adding, so the check and the add cannot race with
-    /// another add (the publisher only takes away).
-    fn enqueue(&self, item: Fanned) {
-        let cost = item.3;
+            FANOUT_ENTRY_COST + subject.len() + head.len(prost::Message::encoded_len(&frame));
         let fits = self.queued.load(Ordering::Acquire) + cost <= self.queue_bytes;
         if fits {
+            self.seq.store(head.seq, Ordering::Relaxed);
             self.queued.fetch_add(cost, Ordering::AcqRel);
         }
-        if !fits || self.fanout.send(item).is_err() {
+        if !fits
+            || self
+                .fanout
+                .send((subject, head.encode(&frame).into(), cost))
+                .is_err()
+        {
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = self.full_log.hit() {
@@ -468,15 +585,10 @@ impl Routing {
         };
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-            // The epoch changes only when a standby takes over: read once
-            // per batch.
-            let epoch = self.directory.epoch();
-            let taken: usize = batch.iter().map(|item| item.3).sum();
+            let taken: usize = batch.iter().map(|item| item.2).sum();
             self.queued.fetch_sub(taken, Ordering::AcqRel);
-            for (subject, frame, served, _) in batch.drain(..) {
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                let body = encode_envelope(&self.origin, epoch, self.run, seq, &served, &frame);
-                match self.client.publish(subject, body.into()).await {
+            for (subject, payload, _) in batch.drain(..) {
+                match self.client.publish(subject, payload).await {
                     Ok(()) => {
                         self.stats.sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -495,15 +607,6 @@ impl Routing {
         }
     }
 
-    /// The headers every message this hub sends carries: [`H_ORIGIN`]
-    /// and [`H_EPOCH`] (`epoch`, decimal).
-    fn headers(&self, epoch: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(H_ORIGIN, self.origin.as_str());
-        headers.insert(H_EPOCH, epoch);
-        headers
-    }
-
     /// Holds one NATS subscription per distinct pattern (and the
     /// broadcast subject) and takes what they get in order into the router
     /// (the ordered intake, see [`Routing::intake`]).
@@ -513,11 +616,7 @@ impl Routing {
         };
         // `None`: the broadcast subject.
         let mut subs: Vec<(Option<Lane>, async_nats::Subscriber)> = Vec::new();
-        match self
-            .client
-            .subscribe(format!("sb.{}.b", self.service))
-            .await
-        {
+        match self.client.subscribe(self.broadcasts.clone()).await {
             Ok(sub) => subs.push((None, sub)),
             Err(e) => tracing::warn!(error = %e, "federation: cannot subscribe to broadcasts"),
         }
@@ -767,21 +866,14 @@ impl Routing {
         }
     }
 
+    /// Sends `frame` to hub `hub`'s subject in its envelope, `to` (an
+    /// error answer's requester) named in it.
     async fn publish(&self, hub: &str, frame: &Frame, to: Option<&str>) {
-        let body = prost::Message::encode_to_vec(frame);
-        if body.len() > self.max_message {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let to = to.map(escape).unwrap_or_default();
+        let Some(payload) = self.hub_payload(frame, &to) else {
             return;
-        }
-        let mut headers = self.headers(&self.directory.epoch().to_string());
-        if let Some(to) = to {
-            headers.insert(H_TO, escape(to).as_str());
-        }
-        match self
-            .client
-            .publish_with_headers(self.hub_subject(hub), headers, body.into())
-            .await
-        {
+        };
+        match self.client.publish(self.hub_subject(hub), payload).await {
             Ok(()) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -887,34 +979,25 @@ impl Routing {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| unescape(v.as_str()))
+        let Some((envelope, body)) = Envelope::decode(&msg.payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
-        let origin = match header(H_ORIGIN) {
-            Some(Some(o)) => o,
-            _ => {
+        let Some(origin) = unescape(&envelope.origin) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let (origin, _) = self.admit(origin, envelope.epoch)?;
+        let to = if envelope.to.is_empty() {
+            None
+        } else {
+            let Some(to) = unescape(&envelope.to) else {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return None;
-            }
+            };
+            Some(to)
         };
-        let epoch = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(H_EPOCH))
-            .and_then(|v| v.as_str().parse::<u64>().ok());
-        let (origin, _) = self.admit(origin, epoch)?;
-        let to = match header(H_TO) {
-            None => None,
-            Some(Some(t)) => Some(t),
-            Some(None) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-        };
-        let frame = self.decode(msg.payload.clone())?;
+        let frame = self.decode(body)?;
         let carried = match &frame.kind {
             Some(Kind::Direct(d)) => !d.from.is_empty() && d.id == 0,
             Some(Kind::Request(r)) => !r.from.is_empty() && r.id != 0 && r.service.is_empty(),
@@ -951,7 +1034,7 @@ impl Routing {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let (origin, _) = self.admit(origin, Some(envelope.epoch))?;
+        let (origin, _) = self.admit(origin, envelope.epoch)?;
         let frame = self.decode(body)?;
         let carried = match &frame.kind {
             Some(Kind::Publish(p)) => !p.from.is_empty() && p.id == 0,
@@ -982,24 +1065,18 @@ impl Routing {
 
     /// Whether a message's origin (unescaped) and epoch are admitted: the
     /// origin a live member other than this hub (else `foreign`), the
-    /// epoch present (else `malformed`) and not below the newest seen for
-    /// the origin (else `stale`); counted when not.
-    fn admit(&self, origin: String, epoch: Option<u64>) -> Option<(String, u64)> {
+    /// epoch not below the newest seen for the origin (else `stale`);
+    /// counted when not.
+    fn admit(&self, origin: String, epoch: u64) -> Option<(String, u64)> {
         if origin == self.me() || !self.directory.is_member(&origin) {
             self.stats.foreign.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        match epoch {
-            None => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Some(e) if e < self.directory.newest_epoch(&origin) => {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Some(e) => Some((origin, e)),
+        if epoch < self.directory.newest_epoch(&origin) {
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
+        Some((origin, epoch))
     }
 
     /// A frame from a message's payload (at most the limit), or `None`
@@ -1056,29 +1133,62 @@ async fn next_any(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use switchboard_wire::proto;
+
+    /// One frame of every kind the envelope carries, `payload` inside.
+    fn frames(payload: Vec<u8>) -> Vec<Frame> {
+        vec![
+            Frame::from(proto::Publish {
+                topic: "t.x".into(),
+                from: "c".into(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            }),
+            Frame::from(proto::Direct {
+                to: "x y".into(),
+                from: "c".into(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            }),
+            Frame::from(proto::Request {
+                id: 9,
+                to: "x".into(),
+                from: "c".into(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            }),
+            Frame::from(proto::Reply {
+                id: 9,
+                from: "x".into(),
+                payload: payload.into(),
+                ..Default::default()
+            }),
+            Frame::error(9, ErrorCode::NoSuchClient, "gone"),
+        ]
+    }
 
     proptest! {
-        /// An envelope comes back as it was sent, with the frame's bytes.
+        /// An envelope comes back as it was sent, with the frame's bytes,
+        /// whatever the frame; its buffer is exactly its size.
         #[test]
         fn envelope_round_trips(
             origin in "\\PC{0,40}",
             served in "\\PC{0,40}",
+            to in "\\PC{0,40}",
             epoch: u64,
             run: u64,
             seq: u64,
             payload in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
-            let env = Envelope { origin, epoch, run, seq, served };
-            let frame = Frame::from(switchboard_wire::proto::Publish {
-                topic: "t.x".into(),
-                from: "c".into(),
-                payload: payload.into(),
-                ..Default::default()
-            });
-            let body = bytes::Bytes::from(env.encode(&frame));
-            let (back, rest) = Envelope::decode(&body).expect("decodes");
-            prop_assert_eq!(back, env);
-            prop_assert_eq!(decode_frame(rest, MAX_MESSAGE).expect("the frame"), frame);
+            let env = Envelope { origin, epoch, run, seq, served, to };
+            for frame in frames(payload.clone()) {
+                let encoded = env.encode(&frame);
+                prop_assert_eq!(encoded.len(), encoded.capacity());
+                let body = bytes::Bytes::from(encoded);
+                let (back, rest) = Envelope::decode(&body).expect("decodes");
+                prop_assert_eq!(&back, &env);
+                prop_assert_eq!(decode_frame(rest, MAX_MESSAGE).expect("the frame"), frame);
+            }
         }
 
         /// Any bytes: decoding never panics.
@@ -1096,6 +1206,7 @@ mod tests {
             run: u64::MAX,
             seq: 1,
             served: "p/g".into(),
+            to: "req".into(),
         };
         let full = env.encode(&Frame::default());
         assert!(Envelope::decode(&bytes::Bytes::from(full.clone())).is_some());
@@ -1103,5 +1214,53 @@ mod tests {
         for end in 0..full.len() {
             assert!(Envelope::decode(&bytes::Bytes::copy_from_slice(&full[..end])).is_none());
         }
+    }
+
+    #[test]
+    fn another_version_or_a_bad_name_is_refused() {
+        let env = Envelope {
+            origin: "hub-a".into(),
+            epoch: 1,
+            to: "req".into(),
+            ..Default::default()
+        };
+        let full = env.encode(&Frame::default());
+        // Version 1 (no `to`), any other first byte, a bare frame.
+        for first in [0xEB, 0x00, 0x0A, 0xFF] {
+            let mut bad = full.clone();
+            bad[0] = first;
+            assert!(Envelope::decode(&bytes::Bytes::from(bad)).is_none());
+        }
+        // A name that is not UTF-8 (the origin's first byte).
+        let mut bad = full.clone();
+        let at = full.iter().position(|b| *b == b'h').expect("the origin");
+        bad[at] = 0xFF;
+        assert!(Envelope::decode(&bytes::Bytes::from(bad)).is_none());
+        // A length that runs past the end.
+        let mut bad = full[..4].to_vec();
+        bad.push(0x7F);
+        assert!(Envelope::decode(&bytes::Bytes::from(bad)).is_none());
+    }
+
+    #[test]
+    fn a_hub_subject_head_carries_no_number_and_no_groups() {
+        let head = Head {
+            origin: "hub-a",
+            epoch: 2,
+            run: 0,
+            seq: 0,
+            served: "",
+            to: "req",
+        };
+        let frame = Frame::error(3, ErrorCode::Timeout, "late");
+        let body = bytes::Bytes::from(head.encode(&frame));
+        assert_eq!(body.len(), head.len(prost::Message::encoded_len(&frame)));
+        let (env, rest) = Envelope::decode(&body).expect("decodes");
+        assert_eq!((env.run, env.seq, env.served.as_str()), (0, 0, ""));
+        assert_eq!(
+            (env.origin.as_str(), env.epoch, env.to.as_str()),
+            ("hub-a", 2, "req")
+        );
+        assert_eq!(decode_frame(rest, MAX_MESSAGE).expect("the frame"), frame);
     }
 }

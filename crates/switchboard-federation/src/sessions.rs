@@ -2,8 +2,9 @@
 //! arrive.
 //!
 //! - A session frame for a client of another live hub goes to that hub's
-//!   subject (`sb.<svc>.h.<hub>`, like a direct), `peer` naming the
-//!   sender and [`H_TO`] the target. One task sends them, in order (NATS
+//!   subject (`sb.<svc>.h.<hub>`, like a direct, in its
+//!   [`Envelope`](crate::routing::Envelope)), `peer` naming the sender
+//!   and the envelope's `to` the target. One task sends them, in order (NATS
 //!   keeps order per publisher and subject), from a queue of
 //!   [`QUEUE`] frames (full: dropped, counted in
 //!   [`RoutingStats::dropped`](crate::RoutingStats::dropped), warned
@@ -19,7 +20,7 @@
 //!   0), naming the target's hub. A hub that still serves, yet no longer
 //!   holds the target (it left before the sender's hub heard of it),
 //!   answers the same error to the sender's hub (an `Error` with id 0
-//!   and [`H_TO`] naming the sender, see `routing`).
+//!   and the envelope's `to` naming the sender, see `routing`).
 //! - A hub that still holds its subscription but takes nothing (its
 //!   process stopped, or its connection half-dead until the NATS server's
 //!   ping timeout notices, minutes by default) draws no "no responders".
@@ -41,7 +42,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use switchboard_hub::port::PortSender;
@@ -49,7 +49,7 @@ use switchboard_wire::{ErrorCode, Frame, Kind};
 use tokio::sync::mpsc;
 
 use crate::directory::Directory;
-use crate::routing::{Routing, H_EPOCH, H_ORIGIN, H_TO};
+use crate::routing::Routing;
 use crate::subject::{escape, unescape};
 use crate::throttle::Throttle;
 
@@ -177,18 +177,16 @@ impl Sessions {
         let send = async {
             let me = escape(self.directory.hub_name());
             while let Some((hub, from, to, frame)) = rx.recv().await {
-                let mut headers = HeaderMap::new();
-                headers.insert(H_ORIGIN, me.as_str());
-                headers.insert(H_EPOCH, self.directory.epoch().to_string().as_str());
-                headers.insert(H_TO, escape(&to).as_str());
+                let to_escaped = escape(&to);
+                let Some(payload) = self.routing.hub_payload(&frame, &to_escaped) else {
+                    continue;
+                };
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
                 let reply = format!(
-                    "sb.{}.s.{me}.{}.{}.{seq:x}",
+                    "sb.{}.s.{me}.{}.{to_escaped}.{seq:x}",
                     self.service,
                     escape(&from),
-                    escape(&to)
                 );
-                let body = prost::Message::encode_to_vec(&frame);
                 let stats = self.routing.stats();
                 {
                     let mut waiting = self.unconfirmed.lock();
@@ -206,12 +204,7 @@ impl Sessions {
                 }
                 match self
                     .client
-                    .publish_with_reply_and_headers(
-                        self.routing.hub_subject(&hub),
-                        reply,
-                        headers,
-                        body.into(),
-                    )
+                    .publish_with_reply(self.routing.hub_subject(&hub), reply, payload)
                     .await
                 {
                     Ok(()) => stats.sent.fetch_add(1, Ordering::Relaxed),

@@ -7,20 +7,22 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use common::{
     eventually, nats_server, wait_interest, wait_members, Cluster, FedHub, SERVICE, WAIT,
 };
 use prost::Message as _;
 use switchboard::wire::proto;
-use switchboard_federation::routing::{Envelope, H_EPOCH, H_ORIGIN, H_TO};
+use switchboard_federation::routing::{Envelope, H_ORIGIN};
 
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.insert(*k, *v);
+/// `frame` in an envelope from `origin` (epoch 1), `to` named in it.
+fn enveloped(origin: &str, to: &str, frame: &proto::Frame) -> Vec<u8> {
+    Envelope {
+        origin: origin.into(),
+        epoch: 1,
+        to: to.into(),
+        ..Default::default()
     }
-    h
+    .encode(frame)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,114 +67,110 @@ async fn malformed_oversized_and_foreign_messages_are_dropped_and_counted() -> a
             payload: "forged".into(),
             ..Default::default()
         })
-        .encode_to_vec()
     };
+    let error = proto::Frame::from(proto::Error {
+        id: 5,
+        code: 1,
+        message: "x".into(),
+    });
     let publish = proto::Frame::from(proto::Publish {
         topic: "t.x".into(),
         from: "forger".into(),
         payload: "forged".into(),
         ..Default::default()
-    })
-    .encode_to_vec();
+    });
     // The publish in a well-formed envelope under `origin`.
     let envelope = |origin: &str| {
-        let frame = proto::Frame::decode(&publish[..]).expect("the publish decodes");
         Envelope {
             origin: origin.into(),
             epoch: 1,
             run: 7,
             seq: 1,
-            served: String::new(),
+            ..Default::default()
         }
-        .encode(&frame)
+        .encode(&publish)
     };
-    let cases: Vec<(&str, String, HeaderMap, Vec<u8>)> = vec![
+    let well_formed = enveloped("hub-a", "", &direct("x"));
+    // A garbage frame after a well-formed envelope.
+    let mut garbage_frame = enveloped("hub-a", "", &proto::Frame::default());
+    garbage_frame.extend_from_slice(&[0xff; 40]);
+    let mut headed = async_nats::HeaderMap::new();
+    headed.insert(H_ORIGIN, "hub-a");
+    let none = async_nats::HeaderMap::new;
+    let cases: Vec<(&str, String, async_nats::HeaderMap, Vec<u8>)> = vec![
+        ("no envelope", hub_b.clone(), none(), b"junk".to_vec()),
         (
-            "no headers",
+            "a bare frame, its origin in a header (the old layout)",
             hub_b.clone(),
-            HeaderMap::new(),
-            b"junk".to_vec(),
+            headed,
+            direct("x").encode_to_vec(),
         ),
         (
-            "garbage body",
+            "envelope cut short",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
-            vec![0xff; 40],
+            none(),
+            well_formed[..well_formed.len() - direct("x").encoded_len() - 3].to_vec(),
         ),
+        ("garbage frame", hub_b.clone(), none(), garbage_frame),
         (
             "unknown origin",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-zz")]),
-            direct("x"),
+            none(),
+            enveloped("hub-zz", "", &direct("x")),
         ),
         (
             "own origin",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-b")]),
-            direct("x"),
+            none(),
+            enveloped("hub-b", "", &direct("x")),
         ),
         (
             "bad escape",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub=2")]),
-            direct("x"),
+            none(),
+            enveloped("hub=2", "", &direct("x")),
         ),
         (
             "kind not carried",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
-            proto::Frame::from(proto::Ping { nonce: 1 }).encode_to_vec(),
+            none(),
+            enveloped("hub-a", "", &proto::Frame::from(proto::Ping { nonce: 1 })),
         ),
         (
             "no sender",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
-            direct(""),
+            none(),
+            enveloped("hub-a", "", &direct("")),
         ),
         (
             "error for nobody",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
-            proto::Frame::from(proto::Error {
-                id: 5,
-                code: 1,
-                message: "x".into(),
-            })
-            .encode_to_vec(),
+            none(),
+            enveloped("hub-a", "", &error),
         ),
         (
             "bad requester",
             hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a"), (H_TO, "a b")]),
-            proto::Frame::from(proto::Error {
-                id: 5,
-                code: 1,
-                message: "x".into(),
-            })
-            .encode_to_vec(),
+            none(),
+            enveloped("hub-a", "a b", &error),
         ),
+        ("oversized", hub_b.clone(), none(), vec![0; 100 * 1024]),
         (
-            "oversized",
-            hub_b.clone(),
-            headers(&[(H_ORIGIN, "hub-a")]),
-            vec![0; 100 * 1024],
-        ),
-        (
-            "publish without envelope (headers only)",
+            "publish without envelope",
             topic.clone(),
-            headers(&[(H_ORIGIN, "hub-a"), (H_EPOCH, "1")]),
-            publish.clone(),
+            none(),
+            publish.encode_to_vec(),
         ),
         (
             "publish, envelope cut short",
             topic.clone(),
-            HeaderMap::new(),
+            none(),
             envelope("hub-a")[..4].to_vec(),
         ),
         (
             "publish, unknown origin",
             topic.clone(),
-            HeaderMap::new(),
+            none(),
             envelope("nobody"),
         ),
     ];

@@ -116,10 +116,8 @@ async fn hub_error(events: &mut switchboard::Events) -> (switchboard::ErrorCode,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_frame_whose_peer_cannot_be_reached_is_refused_at_once() -> anyhow::Result<()> {
-    use async_nats::HeaderMap;
-    use prost::Message as _;
     use switchboard::ErrorCode;
-    use switchboard_federation::routing::{H_EPOCH, H_ORIGIN, H_TO};
+    use switchboard_federation::routing::Envelope;
 
     let Some(bin) = nats_server() else {
         return Ok(());
@@ -146,16 +144,18 @@ async fn a_session_frame_whose_peer_cannot_be_reached_is_refused_at_once() -> an
     // the sender's hub heard of it; made here with a raw message as from
     // hub-a): hub-b answers, hub-a tells the sender.
     let raw = async_nats::connect(cluster.nodes[2].url.as_str()).await?;
-    let mut h = HeaderMap::new();
-    h.insert(H_ORIGIN, "hub-a");
-    h.insert(H_EPOCH, "1");
-    h.insert(H_TO, "gone");
     let frame = switchboard::wire::proto::Frame::from(switchboard::wire::proto::Session {
         peer: "acs".into(),
         ..Default::default()
-    })
-    .encode_to_vec();
-    raw.publish_with_headers(format!("sb.{}.h.hub-b", common::SERVICE), h, frame.into())
+    });
+    let payload = Envelope {
+        origin: "hub-a".into(),
+        epoch: 1,
+        to: "gone".into(),
+        ..Default::default()
+    }
+    .encode(&frame);
+    raw.publish(format!("sb.{}.h.hub-b", common::SERVICE), payload.into())
         .await?;
     raw.flush().await?;
     let (code, message) = hub_error(&mut events).await;

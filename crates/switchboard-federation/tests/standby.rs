@@ -8,15 +8,13 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use common::{eventually, nats_server, wait_interest, Cluster, FedHub, SERVICE, TOKEN, WAIT};
-use prost::Message as _;
 use switchboard::federation::{Federation, FederationOptions};
 use switchboard::hub::StandbyState;
 use switchboard::wire::proto;
 use switchboard::{Client, ErrorCode, Hub};
 use switchboard_federation::directory::Holder;
-use switchboard_federation::routing::{H_EPOCH, H_ORIGIN};
+use switchboard_federation::routing::Envelope;
 
 /// The federation of a standby of hub `name`, through `url`.
 async fn standby_federation(name: &str, url: &str, lease: Duration) -> anyhow::Result<Federation> {
@@ -320,26 +318,25 @@ async fn a_stale_primary_is_fenced_cluster_wide() -> anyhow::Result<()> {
         q.fed.directory().newest_epoch("p") == 2
     })
     .await;
-    let direct = |payload: &str| {
-        proto::Frame::from(proto::Direct {
+    // A direct as from p with `epoch`, in its envelope.
+    let direct = |payload: &str, epoch: u64| {
+        let frame = proto::Frame::from(proto::Direct {
             to: "target".into(),
             from: "dev".into(),
             payload: payload.to_owned().into_bytes().into(),
             ..Default::default()
-        })
-        .encode_to_vec()
-    };
-    let headers = |epoch: &str| {
-        let mut h = HeaderMap::new();
-        h.insert(H_ORIGIN, "p");
-        h.insert(H_EPOCH, epoch);
-        h
+        });
+        Envelope {
+            origin: "p".into(),
+            epoch,
+            ..Default::default()
+        }
+        .encode(&frame)
     };
     let subject = format!("sb.{SERVICE}.h.q");
-    raw.publish_with_headers(subject.clone(), headers("1"), direct("stale").into())
+    raw.publish(subject.clone(), direct("stale", 1).into())
         .await?;
-    raw.publish_with_headers(subject, headers("2"), direct("fresh").into())
-        .await?;
+    raw.publish(subject, direct("fresh", 2).into()).await?;
     raw.flush().await?;
     let m = tokio::time::timeout(WAIT, inbox.recv())
         .await?
