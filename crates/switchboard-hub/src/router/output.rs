@@ -336,10 +336,12 @@ mod tests {
     use super::*;
 
     /// Every registered client has a link: an entry of the links' hash
-    /// table, whose every slot (empty ones too) takes an entry's size.
+    /// table, whose every slot (empty ones too) takes an entry's size
+    /// (112 bytes: the connection id, the shared client id, the outbox and
+    /// reliable delivery's numbering with its retransmit buffer).
     #[test]
     fn a_link_stays_small() {
         let entry = std::mem::size_of::<(ConnId, Link)>();
-        assert!(entry <= 104, "link entry {entry} bytes");
+        assert!(entry <= 112, "link entry {entry} bytes");
     }
 }
