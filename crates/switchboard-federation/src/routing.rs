@@ -975,19 +975,7 @@ impl Routing {
     /// dropped. Publishes and broadcasts come on their own subjects
     /// ([`Routing::check_fanned`]), never here.
     fn check(&self, msg: &async_nats::Message) -> Option<(String, Frame, Option<String>)> {
-        if msg.payload.len() > self.max_message {
-            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let Some((envelope, body)) = Envelope::decode(&msg.payload) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        let Some(origin) = unescape(&envelope.origin) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        let (origin, _) = self.admit(origin, envelope.epoch)?;
+        let (origin, envelope, body) = self.open(msg)?;
         let to = if envelope.to.is_empty() {
             None
         } else {
@@ -1022,19 +1010,7 @@ impl Routing {
         msg: &async_nats::Message,
         dedup: bool,
     ) -> Option<(String, Frame, (u64, u64), String)> {
-        if msg.payload.len() > self.max_message {
-            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let Some((envelope, body)) = Envelope::decode(&msg.payload) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        let Some(origin) = unescape(&envelope.origin) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        let (origin, _) = self.admit(origin, envelope.epoch)?;
+        let (origin, envelope, body) = self.open(msg)?;
         let frame = self.decode(body)?;
         let carried = match &frame.kind {
             Some(Kind::Publish(p)) => !p.from.is_empty() && p.id == 0,
@@ -1061,6 +1037,27 @@ impl Routing {
             }
         }
         Some((origin, frame, number, envelope.served))
+    }
+
+    /// The first checks of every message from NATS: its size, its
+    /// [`Envelope`] and its origin, a live member at a current epoch; the
+    /// origin, the envelope and the frame's bytes, or `None` after
+    /// counting why it was dropped.
+    fn open(&self, msg: &async_nats::Message) -> Option<(String, Envelope, bytes::Bytes)> {
+        if msg.payload.len() > self.max_message {
+            self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some((envelope, body)) = Envelope::decode(&msg.payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(origin) = unescape(&envelope.origin) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let (origin, _) = self.admit(origin, envelope.epoch)?;
+        Some((origin, envelope, body))
     }
 
     /// Whether a message's origin (unescaped) and epoch are admitted: the

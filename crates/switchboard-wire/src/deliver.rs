@@ -143,20 +143,7 @@ impl DeliverFrame<'_> {
             fixed[..LENGTH_PREFIX_LEN].copy_from_slice(&(total as u32).to_be_bytes());
             n = LENGTH_PREFIX_LEN;
         }
-        if seq != 0 {
-            fixed[n] = 0x08; // Frame.seq, varint
-            n = put_varint(&mut fixed, n + 1, seq);
-        }
-        if acked != 0 {
-            fixed[n] = 0x10; // Frame.acked, varint
-            n = put_varint(&mut fixed, n + 1, acked);
-        }
-        n = put_varint(
-            &mut fixed,
-            n,
-            u64::from(FRAME_DELIVER_FIELD << 3 | WireType::LengthDelimited as u32),
-        );
-        n = put_varint(&mut fixed, n, body as u64);
+        n = put_frame_head(&mut fixed, n, seq, acked, FRAME_DELIVER_FIELD, body);
         if sub_id != 0 {
             fixed[n] = 0x08; // Deliver.sub_id, varint
             n = put_varint(&mut fixed, n + 1, sub_id);
@@ -271,20 +258,7 @@ impl<'a> HandFrame<'a> {
         // seq 11 + acked 11 + kind key 2 + body length 10 + first field 11
         let mut fixed = [0u8; 45];
         let mut n = 0;
-        if seq != 0 {
-            fixed[n] = 0x08; // Frame.seq, varint
-            n = put_varint(&mut fixed, n + 1, seq);
-        }
-        if acked != 0 {
-            fixed[n] = 0x10; // Frame.acked, varint
-            n = put_varint(&mut fixed, n + 1, acked);
-        }
-        n = put_varint(
-            &mut fixed,
-            n,
-            u64::from(field << 3 | WireType::LengthDelimited as u32),
-        );
-        n = put_varint(&mut fixed, n, body as u64);
+        n = put_frame_head(&mut fixed, n, seq, acked, field, body);
         // Field 1 of both kinds: `Publish.id`, `Ok.id`.
         let id = match *self {
             HandFrame::Publish { publish, .. } => publish.id,
@@ -303,6 +277,34 @@ impl<'a> HandFrame<'a> {
             put_str(0x2a, &p.reply_to, buf);
         }
     }
+}
+
+/// Writes a `Frame`'s head into `fixed` from `n`: its `seq` and `acked`
+/// (left out when 0), then the key of its kind (`field`, length-delimited)
+/// and the kind's body length; returns the new end.
+#[inline]
+fn put_frame_head(
+    fixed: &mut [u8],
+    mut n: usize,
+    seq: u64,
+    acked: u64,
+    field: u32,
+    body: usize,
+) -> usize {
+    if seq != 0 {
+        fixed[n] = 0x08; // Frame.seq, varint
+        n = put_varint(fixed, n + 1, seq);
+    }
+    if acked != 0 {
+        fixed[n] = 0x10; // Frame.acked, varint
+        n = put_varint(fixed, n + 1, acked);
+    }
+    n = put_varint(
+        fixed,
+        n,
+        u64::from(field << 3 | WireType::LengthDelimited as u32),
+    );
+    put_varint(fixed, n, body as u64)
 }
 
 /// Encoded length of a string field (left out when empty).

@@ -136,18 +136,7 @@ fn an_acknowledgement_taken_ahead_frees_the_retransmit_buffer_of_its_connection_
         ..Limits::default()
     };
     let mut sim = Sim::with(limits, None);
-    let a = sim.connect_reliable("a");
-    sim.send(
-        a,
-        Frame::from(proto::Subscribe {
-            id: 9,
-            sub_id: 1,
-            pattern: "t".into(),
-            ..Default::default()
-        })
-        .with_seq(1),
-    );
-    assert_eq!(sim.recv_one(a).seq, 1);
+    let a = reliable_subscriber_of_t(&mut sim);
     let p = sim.connect("p");
     // A subscriber that reads everything and says so ahead of the other
     // batches is never over the limit, however far the publisher is
@@ -208,18 +197,7 @@ fn deliveries_dropped_for_a_stalled_reliable_subscriber_are_forgotten_not_resent
         ..Limits::default()
     };
     let mut sim = Sim::with(limits, None);
-    let a = sim.connect_reliable("a");
-    sim.send(
-        a,
-        Frame::from(proto::Subscribe {
-            id: 9,
-            sub_id: 1,
-            pattern: "t".into(),
-            ..Default::default()
-        })
-        .with_seq(1),
-    );
-    assert_eq!(sim.recv_one(a).seq, 1);
+    let a = reliable_subscriber_of_t(&mut sim);
     sim.router
         .handle(sim.now, Input::Acked { conn: a, up_to: 1 });
     let p = sim.connect("p");
@@ -267,4 +245,22 @@ fn deliveries_dropped_for_a_stalled_reliable_subscriber_are_forgotten_not_resent
     assert!(matches!(got[0].kind, Some(Kind::Welcome(_))), "{got:?}");
     let resent: Vec<u64> = got[1..].iter().map(|f| f.seq).collect();
     assert_eq!(resent, [198, 199, 200, 201]);
+}
+
+/// A reliable client "a" subscribed to "t" (its subscribe numbered 1, the
+/// hub's answer numbered 1).
+fn reliable_subscriber_of_t(sim: &mut Sim) -> ConnId {
+    let a = sim.connect_reliable("a");
+    sim.send(
+        a,
+        Frame::from(proto::Subscribe {
+            id: 9,
+            sub_id: 1,
+            pattern: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
+    assert_eq!(sim.recv_one(a).seq, 1);
+    a
 }
