@@ -9,12 +9,14 @@
 //! the shared payload — byte for byte what prost encodes for the same
 //! frame (tested against prost here, and by a proptest on any delivery).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
 use crate::codec::{put_varint, LENGTH_PREFIX_LEN};
+use crate::fast::{envelope, fields, KEY_DELIVER};
 use crate::proto;
 
 /// Field number of `Frame.deliver`.
@@ -365,6 +367,43 @@ fn put_split(shared: &[u8], split: usize, payload: &Bytes, buf: &mut BytesMut) {
     buf.put_slice(after);
 }
 
+/// A `Deliver` frame as a hub queues it for a reliable client: the
+/// fields every subscriber shares re-encoded into a [`DeliverHead`], the
+/// payload a slice of the received buffer. No string is built: a standby
+/// keeps the deliveries the primary numbered this way
+/// ([`decode_queued_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedDelivery {
+    /// `Frame.seq`.
+    pub seq: u64,
+    /// `Frame.acked`.
+    pub acked: u64,
+    /// `Deliver.sub_id`.
+    pub sub_id: u64,
+    /// `Deliver.topic`, `from` and `reply_to`, encoded.
+    pub head: DeliverHead,
+    /// `Deliver.payload`.
+    pub payload: Bytes,
+}
+
+/// Decodes `body` (a frame body without its length prefix) if it is a
+/// `Deliver` in the layout [`decode_delivery`](crate::decode_delivery) takes, into the parts a
+/// hub's queue keeps; `None` means "decode it with prost". Its strings
+/// are checked to be UTF-8 as prost would, but never copied into their
+/// own allocations.
+pub fn decode_queued_delivery(body: &Bytes) -> Option<QueuedDelivery> {
+    let (seq, acked, range) = envelope(body, KEY_DELIVER)?;
+    let (sub_id, [topic, from, payload, reply_to]) = fields(body, range)?;
+    let text = |r: Range<usize>| std::str::from_utf8(&body[r]).ok();
+    Some(QueuedDelivery {
+        seq,
+        acked,
+        sub_id,
+        head: DeliverHead::new(text(topic)?, text(from)?, text(reply_to)?, &[]),
+        payload: body.slice(payload),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -516,5 +555,44 @@ mod tests {
             };
             assert_same_as_prost(d, seq, acked);
         }
+    }
+
+    /// A queued delivery holds what the hub's own queue entry for the
+    /// delivery holds, and refuses what `decode_delivery` refuses.
+    #[test]
+    fn queued_deliveries_match_the_decoded_ones() {
+        let mut f = Frame::from(proto::Deliver {
+            sub_id: 300,
+            topic: "orders.eu".into(),
+            from: "alice".into(),
+            payload: Bytes::from_static(&[7; 100]),
+            reply_to: "inbox.1".into(),
+            headers: Vec::new(),
+        })
+        .with_seq(1 << 40);
+        f.acked = 5;
+        let body = Bytes::from(f.encode_to_vec());
+        let d = crate::decode_delivery(&body).expect("a delivery");
+        let q = decode_queued_delivery(&body).expect("a queued delivery");
+        assert_eq!((q.seq, q.acked, q.sub_id), (d.seq, d.acked, d.sub_id));
+        assert_eq!(q.payload, d.payload);
+        assert_eq!(
+            q.head,
+            DeliverHead::new(&d.topic, &d.from, &d.reply_to, &[])
+        );
+        let ping = Bytes::from(Frame::from(proto::Ping { nonce: 3 }).encode_to_vec());
+        assert_eq!(decode_queued_delivery(&ping), None);
+        let mut bad = Frame::from(proto::Deliver {
+            topic: "ab".into(),
+            ..Default::default()
+        })
+        .encode_to_vec();
+        let n = bad.len();
+        bad[n - 1] = 0xff;
+        assert_eq!(
+            decode_queued_delivery(&Bytes::from(bad)),
+            None,
+            "invalid UTF-8"
+        );
     }
 }

@@ -18,7 +18,6 @@ use std::ops::Range;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::deliver::DeliverHead;
 use crate::{proto, Frame, Kind};
 
 /// A `Deliver` frame decoded without copying: the strings and the payload
@@ -63,7 +62,7 @@ const KEY_SEQ: u64 = 1 << 3;
 /// `Frame.acked`, varint.
 const KEY_ACKED: u64 = 2 << 3;
 /// `Frame.deliver`, length-delimited.
-const KEY_DELIVER: u64 = 47 << 3 | 2;
+pub(crate) const KEY_DELIVER: u64 = 47 << 3 | 2;
 /// `Frame.publish`, length-delimited.
 const KEY_PUBLISH: u64 = 44 << 3 | 2;
 /// `Frame.ok`, length-delimited.
@@ -107,7 +106,7 @@ fn text(body: &Bytes, range: Range<usize>) -> Option<ByteString> {
 
 /// The envelope of a frame whose kind is the length-delimited field
 /// `kind_key`: `(seq, acked, range of the kind's body)`.
-fn envelope(b: &[u8], kind_key: u64) -> Option<(u64, u64, Range<usize>)> {
+pub(crate) fn envelope(b: &[u8], kind_key: u64) -> Option<(u64, u64, Range<usize>)> {
     let mut pos = 0;
     let (mut seq, mut acked, mut kind) = (None, None, None);
     while pos < b.len() {
@@ -124,7 +123,7 @@ fn envelope(b: &[u8], kind_key: u64) -> Option<(u64, u64, Range<usize>)> {
 /// The fields of a `Deliver` or a `Publish` body in `b[range]` (the two
 /// share their layout: 1 a varint, 2–5 strings and bytes), each at most
 /// once: the varint and the ranges of fields 2–5 (empty when absent).
-fn fields(b: &[u8], range: Range<usize>) -> Option<(u64, [Range<usize>; 4])> {
+pub(crate) fn fields(b: &[u8], range: Range<usize>) -> Option<(u64, [Range<usize>; 4])> {
     let end = range.end;
     let mut pos = range.start;
     let mut first = 0;
@@ -176,43 +175,6 @@ pub fn decode_delivery(body: &Bytes) -> Option<Delivery> {
         from: text(body, from)?,
         payload: body.slice(payload),
         reply_to: text(body, reply_to)?,
-    })
-}
-
-/// A `Deliver` frame as a hub queues it for a reliable client: the
-/// fields every subscriber shares re-encoded into a [`DeliverHead`], the
-/// payload a slice of the received buffer. No string is built: a standby
-/// keeps the deliveries the primary numbered this way
-/// ([`decode_queued_delivery`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedDelivery {
-    /// `Frame.seq`.
-    pub seq: u64,
-    /// `Frame.acked`.
-    pub acked: u64,
-    /// `Deliver.sub_id`.
-    pub sub_id: u64,
-    /// `Deliver.topic`, `from` and `reply_to`, encoded.
-    pub head: DeliverHead,
-    /// `Deliver.payload`.
-    pub payload: Bytes,
-}
-
-/// Decodes `body` (a frame body without its length prefix) if it is a
-/// `Deliver` in the layout [`decode_delivery`] takes, into the parts a
-/// hub's queue keeps; `None` means "decode it with prost". Its strings
-/// are checked to be UTF-8 as prost would, but never copied into their
-/// own allocations.
-pub fn decode_queued_delivery(body: &Bytes) -> Option<QueuedDelivery> {
-    let (seq, acked, range) = envelope(body, KEY_DELIVER)?;
-    let (sub_id, [topic, from, payload, reply_to]) = fields(body, range)?;
-    let text = |r: Range<usize>| std::str::from_utf8(&body[r]).ok();
-    Some(QueuedDelivery {
-        seq,
-        acked,
-        sub_id,
-        head: DeliverHead::new(text(topic)?, text(from)?, text(reply_to)?, &[]),
-        payload: body.slice(payload),
     })
 }
 
@@ -379,34 +341,5 @@ mod tests {
         // An `Ok` body with a field it does not have.
         let odd = [0xf2, 0x01, 0x02, 0x10, 0x01];
         assert_eq!(decode_ok(&odd), None);
-    }
-
-    /// A queued delivery holds what the hub's own queue entry for the
-    /// delivery holds, and refuses what `decode_delivery` refuses.
-    #[test]
-    fn queued_deliveries_match_the_decoded_ones() {
-        let body = Bytes::from(deliver().encode_to_vec());
-        let d = decode_delivery(&body).expect("a delivery");
-        let q = decode_queued_delivery(&body).expect("a queued delivery");
-        assert_eq!((q.seq, q.acked, q.sub_id), (d.seq, d.acked, d.sub_id));
-        assert_eq!(q.payload, d.payload);
-        assert_eq!(
-            q.head,
-            DeliverHead::new(&d.topic, &d.from, &d.reply_to, &[])
-        );
-        let ping = Bytes::from(Frame::from(proto::Ping { nonce: 3 }).encode_to_vec());
-        assert_eq!(decode_queued_delivery(&ping), None);
-        let mut bad = Frame::from(proto::Deliver {
-            topic: "ab".into(),
-            ..Default::default()
-        })
-        .encode_to_vec();
-        let n = bad.len();
-        bad[n - 1] = 0xff;
-        assert_eq!(
-            decode_queued_delivery(&Bytes::from(bad)),
-            None,
-            "invalid UTF-8"
-        );
     }
 }
