@@ -46,6 +46,11 @@ pub(crate) async fn follow<F: Future<Output = bool>>(
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 silence.opened();
+                // The bucket's newest revision, asked beside the watch (a
+                // request may wait for its timeout while the connection
+                // is down; the watch's entries must not wait behind it).
+                let mut probe = std::pin::pin!(futures::future::OptionFuture::from(None));
+                let mut probing = false;
                 loop {
                     tokio::select! {
                         next = w.next() => match next {
@@ -66,16 +71,22 @@ pub(crate) async fn follow<F: Future<Output = bool>>(
                             None => break,
                         },
                         _ = tick.tick() => {
-                            if silence.quiet_since_last_check() {
-                                let Ok(info) = store.stream.get_info().await else {
-                                    continue;
-                                };
-                                let newest = info.state.last_sequence;
-                                if silence.stalled(last, newest) {
-                                    stalled.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(bucket = name, seen = last, newest, "federation: watch silent while the bucket moved on; reopening");
-                                    break;
-                                }
+                            if !probing && silence.quiet_since_last_check() {
+                                probe.set(Some(store.stream.get_info()).into());
+                                probing = true;
+                            }
+                        }
+                        Some(info) = &mut probe, if probing => {
+                            probe.set(None.into());
+                            probing = false;
+                            let Ok(info) = info else {
+                                continue;
+                            };
+                            let newest = info.state.last_sequence;
+                            if silence.stalled(last, newest) {
+                                stalled.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(bucket = name, seen = last, newest, "federation: watch silent while the bucket moved on; reopening");
+                                break;
                             }
                         }
                     }
