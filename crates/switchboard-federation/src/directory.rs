@@ -195,8 +195,14 @@ impl Directory {
             hubs,
             stats: DirectoryStats::default(),
         });
-        spawn(stop.clone(), dir.clone().watch_ids());
-        spawn(stop.clone(), dir.clone().watch_hubs());
+        spawn(
+            stop.clone(),
+            dir.clone().watch(dir.ids.clone(), "ids", Self::on_id),
+        );
+        spawn(
+            stop.clone(),
+            dir.clone().watch(dir.hubs.clone(), "hubs", Self::on_hub),
+        );
         // A standby's heartbeat waits for its takeover; a primary's starts
         // in `join`, once its subscriptions reached the cluster.
         if options.standby {
@@ -892,36 +898,17 @@ impl Directory {
         }
     }
 
-    async fn watch_ids(self: Arc<Self>) {
-        let store = self.ids.clone();
-        let check = self.lease / 3;
-        let stalled = &self.stats.watch_stalled;
+    /// Follows one of the directory's buckets, `store` named `bucket` in
+    /// logs, handing each entry to `on` (`Self::on_id` or `Self::on_hub`).
+    async fn watch(self: Arc<Self>, store: Store, bucket: &'static str, on: fn(&Self, kv::Entry)) {
         crate::watch::follow(
             &store,
-            "ids",
-            check,
-            stalled,
+            bucket,
+            self.lease / 3,
+            &self.stats.watch_stalled,
             || true,
             |entry| {
-                self.on_id(entry);
-                std::future::ready(true)
-            },
-        )
-        .await;
-    }
-
-    async fn watch_hubs(self: Arc<Self>) {
-        let store = self.hubs.clone();
-        let check = self.lease / 3;
-        let stalled = &self.stats.watch_stalled;
-        crate::watch::follow(
-            &store,
-            "hubs",
-            check,
-            stalled,
-            || true,
-            |entry| {
-                self.on_hub(entry);
+                on(&self, entry);
                 std::future::ready(true)
             },
         )

@@ -582,13 +582,7 @@ mod tests {
         );
         let ping = Bytes::from(Frame::from(proto::Ping { nonce: 3 }).encode_to_vec());
         assert_eq!(decode_queued_delivery(&ping), None);
-        let mut bad = Frame::from(proto::Deliver {
-            topic: "ab".into(),
-            ..Default::default()
-        })
-        .encode_to_vec();
-        let n = bad.len();
-        bad[n - 1] = 0xff;
+        let bad = crate::test_frames::deliver_with_bad_utf8();
         assert_eq!(
             decode_queued_delivery(&Bytes::from(bad)),
             None,

@@ -300,13 +300,7 @@ mod tests {
         let mut twice = deliver().encode_to_vec();
         twice.extend_from_slice(&Frame::from(proto::Deliver::default()).encode_to_vec());
         assert_eq!(decode(&Bytes::from(twice)), None, "merged by prost");
-        let mut bad = Frame::from(proto::Deliver {
-            topic: "ab".into(),
-            ..Default::default()
-        })
-        .encode_to_vec();
-        let n = bad.len();
-        bad[n - 1] = 0xff;
+        let bad = crate::test_frames::deliver_with_bad_utf8();
         assert_eq!(decode(&Bytes::from(bad.clone())), None);
         assert!(Frame::decode(&bad[..]).is_err(), "invalid UTF-8");
         let truncated = deliver().encode_to_vec();

@@ -135,3 +135,22 @@ pub const KEEPALIVE_MISSES: u32 = 3;
 
 /// Length of the random nonces in probes and handshakes, in bytes.
 pub const NONCE_LEN: usize = 16;
+
+/// Frames shared by the unit tests of several modules.
+#[cfg(test)]
+mod test_frames {
+    use prost::Message;
+
+    /// A `Deliver` frame whose topic's last byte is not UTF-8: prost
+    /// refuses it, so every hand decoder must refuse it too.
+    pub(crate) fn deliver_with_bad_utf8() -> Vec<u8> {
+        let mut bad = crate::Frame::from(crate::proto::Deliver {
+            topic: "ab".into(),
+            ..Default::default()
+        })
+        .encode_to_vec();
+        let n = bad.len();
+        bad[n - 1] = 0xff;
+        bad
+    }
+}
