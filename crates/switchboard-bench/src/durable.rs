@@ -97,10 +97,18 @@ impl Tally {
     }
 }
 
-/// One measured run: messages delivered and the seconds they took.
+/// One measured run: messages delivered, the seconds they took, and the
+/// server's CPU seconds per million delivered ([`crate::cpu::METRIC`]).
 struct Run {
     delivered: u64,
     secs: f64,
+    cpu: Option<f64>,
+}
+
+/// User + system CPU seconds the server processes `pids` used so far (a
+/// primary and its standby count together).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| crate::cpu::secs(p)).sum()
 }
 
 impl Run {
@@ -113,13 +121,20 @@ impl Run {
     }
 }
 
-fn check(n: u64, delivered: u64, secs: f64) -> Result<Run> {
+/// The run, when nothing was lost; `cpu0` is [`cpu_of`] the server
+/// processes `pids` when the publishing began.
+fn check(n: u64, delivered: u64, secs: f64, pids: &[u32], cpu0: Option<f64>) -> Result<Run> {
     ensure!(
         delivered == n,
         "{} of {n} confirmed messages lost",
         n.saturating_sub(delivered)
     );
-    Ok(Run { delivered, secs })
+    let cpu = crate::cpu::per_million(cpu0, cpu_of(pids), delivered);
+    Ok(Run {
+        delivered,
+        secs,
+        cpu,
+    })
 }
 
 async fn switchboard_run(
@@ -140,9 +155,11 @@ async fn switchboard_run(
         .as_str()
         .context("no addr in the hub's ready event")?
         .parse()?;
+    let mut pids = vec![primary.pid()];
     let _standby = if standby {
         let s = tokio::task::block_in_place(|| HubProc::start(bin, &rt, &service, true))?;
         tokio::task::block_in_place(|| s.event("standby"))?;
+        pids.push(s.pid());
         Some(s)
     } else {
         None
@@ -161,6 +178,7 @@ async fn switchboard_run(
         }))
     };
     let p = &publisher;
+    let cpu0 = cpu_of(&pids);
     futures::future::try_join_all((0..WINDOW as u64).map(|lane| {
         let payload = payload.clone();
         async move {
@@ -175,7 +193,7 @@ async fn switchboard_run(
     .await?;
     let (delivered, secs) = tally.finish(n, IDLE).await;
     drop(counter);
-    check(n, delivered, secs)
+    check(n, delivered, secs, &pids, cpu0)
 }
 
 /// Starts `nats-server -js` with its store in `dir`.
@@ -250,6 +268,8 @@ async fn jetstream_run(exe: &Path, dir: &Path, file: bool, payload: Bytes, n: u6
         }))
     };
     let mut acks = FuturesUnordered::new();
+    let pids = [server.pid()];
+    let cpu0 = cpu_of(&pids);
     for _ in 0..n {
         if acks.len() >= WINDOW {
             if let Some(r) = acks.next().await {
@@ -268,6 +288,7 @@ async fn jetstream_run(exe: &Path, dir: &Path, file: bool, payload: Bytes, n: u6
     }
     let (delivered, secs) = tally.finish(n, IDLE).await;
     drop(counter);
+    let run = check(n, delivered, secs, &pids, cpu0);
     let stored = stream
         .info()
         .await
@@ -276,7 +297,7 @@ async fn jetstream_run(exe: &Path, dir: &Path, file: bool, payload: Bytes, n: u6
         .messages;
     ensure!(stored == n, "the stream holds {stored} of {n} messages");
     drop(server);
-    check(n, delivered, secs)
+    run
 }
 
 async fn mqtt_run(exe: &Path, dir: &Path, payload: Bytes, n: u64) -> Result<Run> {
@@ -330,6 +351,8 @@ async fn mqtt_run(exe: &Path, dir: &Path, payload: Bytes, n: u64) -> Result<Run>
             }
         }))
     };
+    let pids = [server.pid()];
+    let cpu0 = cpu_of(&pids);
     for _ in 0..n {
         pub_client
             .publish_bytes("durable/n", QoS::AtLeastOnce, false, payload.clone())
@@ -344,7 +367,7 @@ async fn mqtt_run(exe: &Path, dir: &Path, payload: Bytes, n: u64) -> Result<Run>
     }
     let (delivered, secs) = tally.finish(n, IDLE).await;
     drop((counter, acker));
-    check(n, delivered, secs)
+    check(n, delivered, secs, &pids, cpu0)
 }
 
 /// Runs the chosen durable rows (`chosen` ⊆ [`IDS`]) `runs` times per
@@ -387,8 +410,10 @@ pub async fn rows(
         let systems: Vec<&str> = SYSTEMS.iter().copied().filter(|s| wants(s)).collect();
         pb.inc_length((systems.len() * runs) as u64);
         let mut group = Vec::new();
+        let mut cpu_group = Vec::new();
         for sys in systems {
             let mut values = Vec::new();
+            let mut cpu = Vec::new();
             let mut delivered = 0;
             let mut error = None;
             for r in 0..runs {
@@ -436,6 +461,7 @@ pub async fn rows(
                 {
                     Ok(run) => {
                         values.push(run.rate());
+                        cpu.extend(run.cpu);
                         delivered += run.delivered;
                     }
                     Err(e) => {
@@ -457,11 +483,28 @@ pub async fn rows(
                 sent: n * runs as u64,
                 expected: n * runs as u64,
                 delivered,
-                error,
+                error: error.clone(),
                 note: None,
+            });
+            cpu_group.push(Figure {
+                workload: id.to_string(),
+                title: title.clone(),
+                metric: crate::cpu::METRIC.into(),
+                lower_is_better: true,
+                system: sys.to_string(),
+                summary: Summary::of(&cpu),
+                runs: cpu,
+                sent: n * runs as u64,
+                expected: n * runs as u64,
+                delivered,
+                error,
+                note: sys
+                    .ends_with("standby")
+                    .then(|| "the primary's and the standby's CPU together".to_string()),
             });
         }
         annotate(&mut group);
+        group.extend(cpu_group);
         print_group(pb, &title, &group);
         figures.extend(group);
     }
@@ -551,8 +594,15 @@ mod tests {
 
     #[test]
     fn a_lost_message_fails_the_run() {
-        assert!(check(10, 9, 1.0).is_err());
-        let r = check(10, 10, 2.0).expect("all delivered");
+        assert!(check(10, 9, 1.0, &[], Some(0.0)).is_err());
+        let r = check(10, 10, 2.0, &[], Some(0.0)).expect("all delivered");
         assert_eq!(r.rate(), 5.0);
+        // No server process: no CPU seconds used, none per message.
+        assert_eq!(r.cpu, Some(0.0));
+        let me = [std::process::id()];
+        let r = check(10, 10, 2.0, &me, None).expect("all delivered");
+        assert_eq!(r.cpu, None, "no CPU figure without a start");
+        let r = check(10, 10, 2.0, &me, cpu_of(&me)).expect("all delivered");
+        assert!(r.cpu.is_some_and(|c| c >= 0.0));
     }
 }

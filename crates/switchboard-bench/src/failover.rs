@@ -70,6 +70,11 @@ impl HubProc {
         Ok(HubProc { child, events: rx })
     }
 
+    /// The hub process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn event(&self, name: &str) -> Result<Value> {
         let deadline = Instant::now() + WAIT;
         loop {

@@ -258,8 +258,16 @@ struct Out {
     note: Option<String>,
 }
 
+/// The server's CPU figure of a throughput row: seconds `pid` used since
+/// `before` (its [`crate::cpu::secs`] when the publishing began) per
+/// million messages delivered; none when `/proc` cannot tell.
+fn cpu_figure(pid: u32, before: Option<f64>, delivered: u64) -> Option<(&'static str, bool, f64)> {
+    crate::cpu::per_million(before, crate::cpu::secs(pid), delivered)
+        .map(|c| (crate::cpu::METRIC, true, c))
+}
+
 /// 10,000 topics, one subscription each over `conns` connections.
-async fn topics(t: &Target, n_topics: usize, conns: usize, msgs: u64) -> Result<Out> {
+async fn topics(t: &Target, pid: u32, n_topics: usize, conns: usize, msgs: u64) -> Result<Out> {
     let count = Arc::new(Count::default());
     let base = Instant::now();
     let per_conn = n_topics.div_ceil(conns);
@@ -284,13 +292,18 @@ async fn topics(t: &Target, n_topics: usize, conns: usize, msgs: u64) -> Result<
     let publisher = t.connect(1024).await?;
     let payload = crate::workload::payload(64);
     let start = base.elapsed();
+    let cpu0 = crate::cpu::secs(pid);
     let c2 = count.clone();
     pump(&publisher, &topics, payload, msgs, move || c2.get()).await?;
     let c3 = count.clone();
     let got = settle(msgs, Duration::from_secs(3), move || c3.get()).await;
+    let cpu = cpu_figure(pid, cpu0, got);
     drop(subs);
     Ok(Out {
-        values: vec![("msgs/s", false, count.rate_since(start))],
+        values: [("msgs/s", false, count.rate_since(start))]
+            .into_iter()
+            .chain(cpu)
+            .collect(),
         sent: msgs,
         expected: msgs,
         delivered: got,
@@ -301,8 +314,13 @@ async fn topics(t: &Target, n_topics: usize, conns: usize, msgs: u64) -> Result<
     })
 }
 
-/// Rate of a publisher on `hot.t` whose one subscriber listens on `hot.*`.
-async fn hot_rate(t: &Target, msgs: u64) -> Result<(f64, u64)> {
+/// Rate of a publisher on `hot.t` whose one subscriber listens on `hot.*`,
+/// the messages delivered, and the server's (`pid`) CPU figure.
+async fn hot_rate(
+    t: &Target,
+    pid: u32,
+    msgs: u64,
+) -> Result<(f64, u64, Option<(&'static str, bool, f64)>)> {
     let count = Arc::new(Count::default());
     let base = Instant::now();
     let sub_conn = t.connect(msgs as usize + 1024).await?;
@@ -310,6 +328,7 @@ async fn hot_rate(t: &Target, msgs: u64) -> Result<(f64, u64)> {
     let _sub = sub_conn.sub("hot.*", None, move |_| c.hit(base)).await?;
     let publisher = t.connect(1024).await?;
     let start = base.elapsed();
+    let cpu0 = crate::cpu::secs(pid);
     let c2 = count.clone();
     pump(
         &publisher,
@@ -321,7 +340,7 @@ async fn hot_rate(t: &Target, msgs: u64) -> Result<(f64, u64)> {
     .await?;
     let c3 = count.clone();
     let got = settle(msgs, Duration::from_secs(3), move || c3.get()).await;
-    Ok((count.rate_since(start), got))
+    Ok((count.rate_since(start), got, cpu_figure(pid, cpu0, got)))
 }
 
 /// Adds subscriptions `from..to` (wildcards that never match `hot.t`),
@@ -363,16 +382,19 @@ async fn add_wildcards(
 async fn wildcard(t: &Target, pid: u32, total: usize, msgs: u64) -> Result<Out> {
     let mut held = Vec::new();
     add_wildcards(t, 0, 100, 100, &mut held).await?;
-    let (few, got_few) = hot_rate(t, msgs).await?;
+    let (few, got_few, _) = hot_rate(t, pid, msgs).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = procs::rss_kib(pid).context("server RSS")?;
     add_wildcards(t, 100, total, 5_000, &mut held).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = procs::rss_kib(pid).context("server RSS")?;
-    let (many, got_many) = hot_rate(t, msgs).await?;
+    let (many, got_many, cpu) = hot_rate(t, pid, msgs).await?;
     let per_sub = after.saturating_sub(before) as f64 * 1024.0 / (total - 100) as f64;
     Ok(Out {
-        values: vec![("msgs/s", false, many), ("bytes per subscription", true, per_sub)],
+        values: [("msgs/s", false, many), ("bytes per subscription", true, per_sub)]
+            .into_iter()
+            .chain(cpu)
+            .collect(),
         sent: 2 * msgs,
         expected: 2 * msgs,
         delivered: got_few + got_many,
@@ -385,7 +407,7 @@ async fn wildcard(t: &Target, pid: u32, total: usize, msgs: u64) -> Result<Out> 
     })
 }
 
-async fn queue(t: &Target, workers: usize, msgs: u64) -> Result<Out> {
+async fn queue(t: &Target, pid: u32, workers: usize, msgs: u64) -> Result<Out> {
     let base = Instant::now();
     let total = Arc::new(Count::default());
     let mut per: Vec<Arc<AtomicU64>> = Vec::new();
@@ -405,6 +427,7 @@ async fn queue(t: &Target, workers: usize, msgs: u64) -> Result<Out> {
     }
     let publisher = t.connect(1024).await?;
     let start = base.elapsed();
+    let cpu0 = crate::cpu::secs(pid);
     let t2 = total.clone();
     pump(
         &publisher,
@@ -416,6 +439,7 @@ async fn queue(t: &Target, workers: usize, msgs: u64) -> Result<Out> {
     .await?;
     let t3 = total.clone();
     let got = settle(msgs, Duration::from_secs(3), move || t3.get()).await;
+    let cpu = cpu_figure(pid, cpu0, got);
     // Duplicates would arrive after the last original.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let got = got.max(total.get());
@@ -426,7 +450,10 @@ async fn queue(t: &Target, workers: usize, msgs: u64) -> Result<Out> {
         counts.iter().max().copied().unwrap_or(0),
     );
     Ok(Out {
-        values: vec![("msgs/s", false, total.rate_since(start))],
+        values: [("msgs/s", false, total.rate_since(start))]
+            .into_iter()
+            .chain(cpu)
+            .collect(),
         sent: msgs,
         expected: msgs,
         delivered: got,
@@ -435,19 +462,6 @@ async fn queue(t: &Target, workers: usize, msgs: u64) -> Result<Out> {
             msgs / workers as u64
         )),
     })
-}
-
-/// User + system CPU seconds of `pid` so far.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which is in parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / tck.max(1.0))
 }
 
 async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
@@ -479,8 +493,8 @@ async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
         .collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let me = std::process::id();
-    let cpu0 = cpu_secs(pid).context("server CPU")?;
-    let own0 = cpu_secs(me).context("own CPU")?;
+    let cpu0 = crate::cpu::secs(pid).context("server CPU")?;
+    let own0 = crate::cpu::secs(me).context("own CPU")?;
     let t0 = Instant::now();
     let publishers = Arc::new(publishers);
     let tasks: Vec<_> = (0..n)
@@ -509,8 +523,8 @@ async fn conns(t: &Target, pid: u32, n: usize, secs: u64) -> Result<Out> {
     let c3 = count.clone();
     let got = settle(expected, Duration::from_secs(3), move || c3.get()).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_secs(pid).context("server CPU")? - cpu0) / elapsed * 100.0;
-    let own = (cpu_secs(me).context("own CPU")? - own0) / elapsed * 100.0;
+    let cpu = (crate::cpu::secs(pid).context("server CPU")? - cpu0) / elapsed * 100.0;
+    let own = (crate::cpu::secs(me).context("own CPU")? - own0) / elapsed * 100.0;
     let mut l = lat.lock().map_err(|_| anyhow!("latency lock"))?.clone();
     l.sort_unstable();
     let p = |q: f64| {
@@ -707,9 +721,19 @@ async fn one(
             per_pub: q(2_000, 100),
         };
         let tag = format!("{id}.{}.{run}", sys.key());
-        return match crate::exec(sys, Kind::PubSub(spec), &tag, limits).await? {
+        let pid = setup.pid(sys);
+        let cpu0 = pid.and_then(crate::cpu::secs);
+        let outcome = crate::exec(sys, Kind::PubSub(spec), &tag, limits).await?;
+        let cpu1 = pid.and_then(crate::cpu::secs);
+        return match outcome {
             crate::Outcome::Rate(t) => Ok(Out {
-                values: vec![("msgs/s", false, t.rate())],
+                values: [("msgs/s", false, t.rate())]
+                    .into_iter()
+                    .chain(
+                        crate::cpu::per_million(cpu0, cpu1, t.delivered)
+                            .map(|c| (crate::cpu::METRIC, true, c)),
+                    )
+                    .collect(),
                 sent: t.sent,
                 expected: t.expected,
                 delivered: t.delivered,
@@ -747,6 +771,7 @@ async fn one(
         "scale-topics-10k" => {
             topics(
                 &t,
+                guard.pid(),
                 q(10_000, 100) as usize,
                 q(100, 10) as usize,
                 q(200_000, 2_000),
@@ -762,7 +787,7 @@ async fn one(
             )
             .await
         }
-        "scale-queue-10" => queue(&t, 10, q(100_000, 2_000)).await,
+        "scale-queue-10" => queue(&t, guard.pid(), 10, q(100_000, 2_000)).await,
         "scale-conns-5000" => conns(&t, guard.pid(), q(5_000, 50) as usize, q(10, 2)).await,
         other => Err(anyhow!("unknown scale workload {other} ({})", t.name())),
     };
@@ -773,20 +798,6 @@ async fn one(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_of_self_grows_with_work() {
-        let pid = std::process::id();
-        let before = cpu_secs(pid).expect("own /proc/PID/stat");
-        let t = Instant::now();
-        let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(100) {
-            x = x.wrapping_mul(31).wrapping_add(7);
-        }
-        std::hint::black_box(x);
-        let after = cpu_secs(pid).expect("own /proc/PID/stat");
-        assert!(after > before, "{before} → {after}");
-    }
 
     #[test]
     fn rate_counts_from_the_start_given() {
