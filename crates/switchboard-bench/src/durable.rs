@@ -472,36 +472,29 @@ pub async fn rows(
                 }
                 pb.inc(1);
             }
-            group.push(Figure {
+            let figure = |metric: &str, lower_is_better, values: Vec<f64>, error, note| Figure {
                 workload: id.to_string(),
                 title: title.clone(),
-                metric: "msgs/s".into(),
-                lower_is_better: false,
+                metric: metric.into(),
+                lower_is_better,
                 system: sys.to_string(),
                 summary: Summary::of(&values),
                 runs: values,
                 sent: n * runs as u64,
                 expected: n * runs as u64,
                 delivered,
-                error: error.clone(),
-                note: None,
-            });
-            cpu_group.push(Figure {
-                workload: id.to_string(),
-                title: title.clone(),
-                metric: crate::cpu::METRIC.into(),
-                lower_is_better: true,
-                system: sys.to_string(),
-                summary: Summary::of(&cpu),
-                runs: cpu,
-                sent: n * runs as u64,
-                expected: n * runs as u64,
-                delivered,
                 error,
-                note: sys
-                    .ends_with("standby")
-                    .then(|| "the primary's and the standby's CPU together".to_string()),
-            });
+                note,
+            };
+            group.push(figure("msgs/s", false, values, error.clone(), None));
+            let both = sys.ends_with("standby");
+            cpu_group.push(figure(
+                crate::cpu::METRIC,
+                true,
+                cpu,
+                error,
+                both.then(|| "the primary's and the standby's CPU together".to_string()),
+            ));
         }
         annotate(&mut group);
         group.extend(cpu_group);
