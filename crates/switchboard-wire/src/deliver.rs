@@ -66,6 +66,16 @@ impl DeliverHead {
         }
     }
 
+    /// Whether this head holds exactly `topic`, `from` and `reply_to` (as
+    /// bytes) and no headers: what [`DeliverHead::new`] would encode for
+    /// them, compared without encoding anything.
+    pub fn is(&self, topic: &[u8], from: &[u8], reply_to: &[u8]) -> bool {
+        let b: &[u8] = &self.bytes;
+        let mut pos = 0;
+        let same = same_str(b, &mut pos, 0x12, topic) && same_str(b, &mut pos, 0x1a, from);
+        same && pos == self.split && same_str(b, &mut pos, 0x2a, reply_to) && pos == b.len()
+    }
+
     /// Encoded length of the shared fields.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -253,6 +263,16 @@ impl<'a> HandFrame<'a> {
         envelope_len(seq, acked) + 2 + encoded_len_varint(body as u64) + body
     }
 
+    /// Appends the length prefix and the protobuf encoding to `buf`, as
+    /// [`put_frame`](crate::put_frame) does.
+    #[inline]
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let len = self.encoded_len();
+        buf.reserve(LENGTH_PREFIX_LEN + len);
+        buf.put_u32(len as u32);
+        self.encode_body(buf);
+    }
+
     /// Appends the protobuf encoding (no length prefix) to `buf`.
     #[inline]
     pub fn encode_body(&self, buf: &mut BytesMut) {
@@ -331,6 +351,25 @@ fn put_str(key: u8, s: &str, buf: &mut BytesMut) {
     }
 }
 
+/// Whether `b[*pos..]` starts with string field `s` (one-byte key
+/// `key`), as [`put_str`] writes it (nothing when `s` is empty); moves
+/// `*pos` past it.
+#[inline]
+fn same_str(b: &[u8], pos: &mut usize, key: u8, s: &[u8]) -> bool {
+    if s.is_empty() {
+        return true;
+    }
+    let mut head = [0u8; 11];
+    head[0] = key;
+    let n = put_varint(&mut head, 1, s.len() as u64);
+    let end = *pos + n + s.len();
+    if b.get(*pos..*pos + n) != Some(&head[..n]) || b.get(*pos + n..end) != Some(s) {
+        return false;
+    }
+    *pos = end;
+    true
+}
+
 /// Encoded length of `Frame.seq` and `Frame.acked`.
 #[inline]
 fn envelope_len(seq: u64, acked: u64) -> usize {
@@ -392,14 +431,39 @@ pub struct QueuedDelivery {
 /// are checked to be UTF-8 as prost would, but never copied into their
 /// own allocations.
 pub fn decode_queued_delivery(body: &Bytes) -> Option<QueuedDelivery> {
+    decode_queued_delivery_reusing(body, None)
+}
+
+/// [`decode_queued_delivery`], sharing `last` (one more reference, no
+/// encoding, no UTF-8 check: its bytes were checked when it was built)
+/// when the delivery's topic, publisher and reply-to are the ones `last`
+/// holds, as they are for consecutive deliveries of one topic.
+pub fn decode_queued_delivery_reusing(
+    body: &Bytes,
+    last: Option<&DeliverHead>,
+) -> Option<QueuedDelivery> {
     let (seq, acked, range) = envelope(body, KEY_DELIVER)?;
     let (sub_id, [topic, from, payload, reply_to]) = fields(body, range)?;
-    let text = |r: Range<usize>| std::str::from_utf8(&body[r]).ok();
+    let head = match last {
+        Some(h)
+            if h.is(
+                &body[topic.clone()],
+                &body[from.clone()],
+                &body[reply_to.clone()],
+            ) =>
+        {
+            h.clone()
+        }
+        _ => {
+            let text = |r: Range<usize>| std::str::from_utf8(&body[r]).ok();
+            DeliverHead::new(text(topic)?, text(from)?, text(reply_to)?, &[])
+        }
+    };
     Some(QueuedDelivery {
         seq,
         acked,
         sub_id,
-        head: DeliverHead::new(text(topic)?, text(from)?, text(reply_to)?, &[]),
+        head,
         payload: body.slice(payload),
     })
 }
@@ -448,6 +512,10 @@ mod tests {
                 hand.encode_body(&mut got);
                 assert_eq!(&got[..], &f.encode_to_vec()[..], "{f:?}");
                 assert_eq!(hand.encoded_len(), f.encoded_len());
+                let (mut got, mut want) = (BytesMut::new(), BytesMut::new());
+                hand.encode(&mut got);
+                put_frame(&f, &mut want);
+                assert_eq!(got, want, "length-prefixed: {f:?}");
             }
         }
         let with_headers = Frame::from(proto::Publish {
@@ -530,6 +598,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A head is its own fields and no others (long ones included,
+        /// whose lengths take two bytes).
+        #[test]
+        fn a_head_is_exactly_its_fields(
+            a in proptest::array::uniform3("(|a|b|ab|a{130})"),
+            b in proptest::array::uniform3("(|a|b|ab|a{130})"),
+        ) {
+            let head = DeliverHead::new(&a[0], &a[1], &a[2], &[]);
+            proptest::prop_assert_eq!(
+                head.is(b[0].as_bytes(), b[1].as_bytes(), b[2].as_bytes()),
+                a == b
+            );
+        }
+
         /// Any delivery, headers or not: prost's bytes exactly.
         #[test]
         fn any_delivery_matches_prost(
@@ -580,6 +662,30 @@ mod tests {
             q.head,
             DeliverHead::new(&d.topic, &d.from, &d.reply_to, &[])
         );
+        // Sharing a head that holds the same fields gives the same entry;
+        // a head that differs in any of them is not shared.
+        let same = DeliverHead::new("orders.eu", "alice", "inbox.1", &[]);
+        assert_eq!(
+            decode_queued_delivery_reusing(&body, Some(&same)),
+            Some(q.clone())
+        );
+        for other in [
+            DeliverHead::new("orders.e", "alice", "inbox.1", &[]),
+            DeliverHead::new("orders.eu", "alicf", "inbox.1", &[]),
+            DeliverHead::new("orders.eu", "alice", "", &[]),
+            DeliverHead::new("orders.eu", "alice", "inbox.1", &[header("k", b"v")]),
+            DeliverHead::new("", "", "", &[]),
+        ] {
+            assert!(!other.is(b"orders.eu", b"alice", b"inbox.1"), "{other:?}");
+            assert_eq!(
+                decode_queued_delivery_reusing(&body, Some(&other)),
+                Some(q.clone())
+            );
+        }
+        assert!(same.is(b"orders.eu", b"alice", b"inbox.1"));
+        assert!(DeliverHead::new("", "", "", &[]).is(b"", b"", b""));
+        assert!(!DeliverHead::new("t", "", "", &[]).is(b"", b"t", b""));
+        assert!(!DeliverHead::new("", "", "r", &[]).is(b"", b"", b""));
         let ping = Bytes::from(Frame::from(proto::Ping { nonce: 3 }).encode_to_vec());
         assert_eq!(decode_queued_delivery(&ping), None);
         let bad = crate::test_frames::deliver_with_bad_utf8();

@@ -68,9 +68,22 @@ const KEY_PUBLISH: u64 = 44 << 3 | 2;
 /// `Frame.ok`, length-delimited.
 const KEY_OK: u64 = 30 << 3 | 2;
 
-/// Reads a varint of at most 9 bytes (values below 2^63) at `*pos`.
+/// Reads a varint of at most 9 bytes (values below 2^63) at `*pos`. A
+/// one-byte varint (keys, small lengths and ids: most of them) takes the
+/// short path.
 #[inline]
 fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let byte = *b.get(*pos)?;
+    if byte < 0x80 {
+        *pos += 1;
+        return Some(u64::from(byte));
+    }
+    varint_long(b, pos)
+}
+
+/// [`varint`] of two bytes or more.
+#[inline(never)]
+fn varint_long(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..63).step_by(7) {
         let byte = *b.get(*pos)?;

@@ -61,7 +61,7 @@ pub use codec::{
     put_frame, put_varint, split_frame, whole_frame, Direction, FastBuf, FrameCodec, Incoming,
     IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK, LENGTH_PREFIX_LEN,
 };
-pub use deliver::{decode_queued_delivery, QueuedDelivery};
+pub use deliver::{decode_queued_delivery, decode_queued_delivery_reusing, QueuedDelivery};
 pub use fast::{decode_delivery, decode_ok, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use headers::{check_headers, HeaderError};

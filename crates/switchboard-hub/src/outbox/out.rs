@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
-use switchboard_wire::deliver::{DeliverFrame, DeliverHead};
+use switchboard_wire::deliver::{DeliverFrame, DeliverHead, HandFrame};
 use switchboard_wire::proto::frame::Kind;
 use switchboard_wire::{put_frame, FastBuf, Frame};
 
@@ -104,15 +104,23 @@ impl Out {
     pub fn encoded_len(&self) -> usize {
         match self.delivery() {
             Ok(d) => d.encoded_len(),
-            Err(f) => f.encoded_len(),
+            Err(f) => match HandFrame::of(f) {
+                Some(h) => h.encoded_len(),
+                None => f.encoded_len(),
+            },
         }
     }
 
-    /// Appends the length prefix and the protobuf encoding to `buf`.
+    /// Appends the length prefix and the protobuf encoding to `buf`. A
+    /// publisher's `Ok` (the frame queued most after deliveries) is
+    /// written by the wire crate's hand encoder, prost's bytes exactly.
     pub fn encode(&self, buf: &mut BytesMut) {
         match self.delivery() {
             Ok(d) => d.encode(buf),
-            Err(f) => put_frame(f, buf),
+            Err(f) => match HandFrame::of(f) {
+                Some(h) => h.encode(buf),
+                None => put_frame(f, buf),
+            },
         }
     }
 
@@ -121,11 +129,17 @@ impl Out {
     pub fn encode_body(&self, buf: &mut BytesMut) {
         match self.delivery() {
             Ok(d) => d.encode_body(buf),
-            Err(f) => {
-                buf.reserve(f.encoded_len());
-                // Cannot fail: capacity was reserved above.
-                let _ = f.encode(&mut FastBuf(buf));
-            }
+            Err(f) => match HandFrame::of(f) {
+                Some(h) => {
+                    buf.reserve(h.encoded_len());
+                    h.encode_body(buf);
+                }
+                None => {
+                    buf.reserve(f.encoded_len());
+                    // Cannot fail: capacity was reserved above.
+                    let _ = f.encode(&mut FastBuf(buf));
+                }
+            },
         }
     }
 

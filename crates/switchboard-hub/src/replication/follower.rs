@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
 use crate::handle::HubHandle;
-use crate::router::changes::{decode_link_frame, is_change, LinkFrame};
+use crate::router::changes::{is_change, ChangeDecoder, LinkFrame};
 use crate::router::replica::Replica;
 use crate::router::RouterConfig;
 use crate::stats::HubStats;
@@ -447,6 +447,7 @@ impl Standby {
             instance_id: hello.instance_id.clone(),
         };
         let mut pending: Vec<Bytes> = Vec::new();
+        let mut decoder = ChangeDecoder::default();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
@@ -526,7 +527,7 @@ impl Standby {
                 Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
                     let now = Instant::now();
                     for body in pending.drain(..) {
-                        let c = match decode_link_frame(body) {
+                        let c = match decoder.decode(body) {
                             Ok(LinkFrame::Change(c)) => c,
                             Ok(LinkFrame::Other(_)) => {
                                 return Followed::Retry("a change frame without a change".into())

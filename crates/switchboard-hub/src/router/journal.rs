@@ -39,6 +39,15 @@ impl Default for ChangeLogLimits {
     }
 }
 
+/// Room a batch of changes keeps free at its end for the commit point the
+/// router task appends (a `Heartbeat` frame: epoch, `repl_seq` and role,
+/// under 40 bytes), so that appending it never copies the batch.
+pub(crate) const COMMIT_ROOM: usize = 64;
+
+/// Largest buffer a take hands on to the next batch as its starting
+/// capacity (a burst's large buffer is not kept for every later batch).
+const MAX_NEXT_CAPACITY: usize = 1 << 20;
+
 /// Changes were discarded because they were not taken in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the change log overflowed and {lost} changes were discarded; send the standby a fresh snapshot")]
@@ -82,7 +91,7 @@ fn put_change(
         + encoded_len_varint(repl_seq)
         + delimited_len(field, body_len, false);
     let frame = delimited_len(FRAME_CHANGE_FIELD, change, false);
-    buf.reserve(LENGTH_PREFIX_LEN + frame);
+    buf.reserve(LENGTH_PREFIX_LEN + frame + COMMIT_ROOM);
     // prefix 4 + key 2 + length 10 + seq key 1 + seq 10 + key 2 + length 10
     let mut head = [0u8; 39];
     head[..LENGTH_PREFIX_LEN].copy_from_slice(&(frame as u32).to_be_bytes());
@@ -303,27 +312,15 @@ impl Journal {
         if self.limits.is_none() {
             return;
         }
-        // A publisher's confirmation is the frame sent most after
-        // deliveries (which `Out` encodes by hand itself).
-        let hand = match out {
-            Out::Frame(f) => HandFrame::of(f),
-            Out::Deliver { .. } => None,
-        };
-        let len = hand.map_or_else(|| out.encoded_len(), |h| h.encoded_len());
+        // Deliveries and a publisher's confirmations, the frames sent
+        // most, `Out` encodes by hand itself.
+        let len = out.encoded_len();
         let Some(seq) = self.admit(len + client_id.len() + 32) else {
             return;
         };
-        put_client_frame(
-            &mut self.buf,
-            seq,
-            CHANGE_SENT_FIELD,
-            client_id,
-            len,
-            |b| match hand {
-                Some(h) => h.encode_body(b),
-                None => out.encode_body(b),
-            },
-        );
+        put_client_frame(&mut self.buf, seq, CHANGE_SENT_FIELD, client_id, len, |b| {
+            out.encode_body(b)
+        });
     }
 
     /// Rewrites the request of the last change logged, if that is a
@@ -377,7 +374,19 @@ impl Journal {
             return Err(ChangeLogOverflow { lost });
         }
         self.seal();
-        buf.unsplit(self.buf.split());
+        if self.buf.is_empty() {
+            // Nothing logged: no buffer handed on.
+        } else if buf.is_empty() {
+            // The batch itself, with its free room for the commit point; a
+            // split would leave it none (appending a heartbeat then copied
+            // the whole batch), and would share its allocation with the
+            // next batch.
+            let next =
+                BytesMut::with_capacity((self.buf.len() + COMMIT_ROOM).min(MAX_NEXT_CAPACITY));
+            *buf = std::mem::replace(&mut self.buf, next);
+        } else {
+            buf.unsplit(self.buf.split());
+        }
         Ok(std::mem::take(&mut self.count))
     }
 

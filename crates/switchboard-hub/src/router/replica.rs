@@ -300,26 +300,21 @@ impl Replica {
                     "a change without an operation".into(),
                 ))
             }
-            Some(ChangeOp::ClientFrame { client_id, frame }) => {
+            Some(ChangeOp::ClientFrame { client_id, frames }) => {
                 let Some(conn) = r.registry.lookup(&client_id) else {
                     return Err(ReplicaError::UnknownClient(super::shown(&client_id)));
                 };
-                let frame = frame
-                    .filter(|f| f.kind.as_ref().is_some_and(logged_kind))
-                    .ok_or_else(|| {
-                        ReplicaError::Invalid(
-                            "a client frame of a kind that is not replicated".into(),
-                        )
-                    })?;
-                r.handle(
-                    now,
-                    Input::Frames {
-                        conn,
-                        frames: vec![frame],
-                    },
-                );
+                // One frame, of a logged kind (the list goes to the router
+                // as it is: no frame moved).
+                if !matches!(&frames[..], [f] if f.kind.as_ref().is_some_and(logged_kind)) {
+                    return Err(ReplicaError::Invalid(
+                        "a client frame of a kind that is not replicated".into(),
+                    ));
+                }
+                r.handle(now, Input::Frames { conn, frames });
             }
             Some(ChangeOp::ClientJoined(info)) => {
+                let info = *info;
                 validate_client_id(&info.client_id)?;
                 let conn = ConnId(self.next_ghost);
                 self.next_ghost += 1;

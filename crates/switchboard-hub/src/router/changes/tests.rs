@@ -144,7 +144,7 @@ fn ids_and_payloads_point_into_the_received_buffer() {
     };
     let body = &bodies[1];
     let Ok(LinkFrame::Change(Change {
-        op: Some(ChangeOp::ClientFrame { client_id, frame }),
+        op: Some(ChangeOp::ClientFrame { client_id, frames }),
         ..
     })) = decode_link_frame(body.clone())
     else {
@@ -152,10 +152,10 @@ fn ids_and_payloads_point_into_the_received_buffer() {
     };
     assert_eq!(&*client_id, "pub");
     assert!(inside(body, client_id.as_ptr()));
-    let Some(Frame {
+    let [Frame {
         kind: Some(Kind::Publish(p)),
         ..
-    }) = frame
+    }] = &frames[..]
     else {
         panic!("a publish")
     };
@@ -284,4 +284,41 @@ fn changes_are_told_apart_from_other_frames() {
         !is_change(&[0xe2, 0x05, 0x7f]),
         "broken: left to the decoder"
     );
+}
+
+/// One decoder over many `sent` deliveries (as a standby decodes): each
+/// is what prost decodes, whether its head is the last one's or not.
+#[test]
+fn a_decoder_shares_only_equal_heads() {
+    let mut j = Journal::default();
+    j.enable(ChangeLogLimits::default());
+    let heads = [
+        ("a.b", "pub", ""),
+        ("a.b", "pub", ""),
+        ("a.c", "pub", ""),
+        ("a.c", "pub2", ""),
+        ("a.c", "pub2", "inbox"),
+        ("a.c", "pub2", "inbox"),
+        ("a.b", "pub", ""),
+    ];
+    for (i, (topic, from, reply_to)) in heads.iter().enumerate() {
+        let out = Out::Deliver {
+            seq: i as u64 + 1,
+            acked: 0,
+            sub_id: 1,
+            head: DeliverHead::new(topic, from, reply_to, &[]),
+            payload: Bytes::from_static(b"x"),
+        };
+        j.sent("sub", &out);
+    }
+    let mut buf = BytesMut::new();
+    j.take_encoded(&mut buf).expect("no overflow");
+    let mut decoder = ChangeDecoder::default();
+    let mut n = 0;
+    while let Some(body) = split_frame(&mut buf, usize::MAX).expect("whole frames") {
+        let hand = decoder.decode(body.clone()).expect("decodes");
+        assert_eq!(plain_frame(hand), plain_frame(by_prost(&body).unwrap()));
+        n += 1;
+    }
+    assert_eq!(n, heads.len());
 }
