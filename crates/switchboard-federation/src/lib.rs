@@ -114,7 +114,7 @@ pub struct FederationOptions {
     pub kv_max_keys: usize,
     /// The bytes of publishes and broadcasts for other hubs that may wait
     /// to go out to NATS (default: a client's outbox, the hub's default
-    /// `queue_bytes`, 16 MiB; `switchboard hub` sets the hub's
+    /// `queue_bytes`, 32 MiB; `switchboard hub` sets the hub's
     /// `queue_bytes`). Each counts its subject, payload (envelope and frame) and queue
     /// entry ([`routing::FANOUT_ENTRY_COST`]); beyond, they are dropped
     /// and counted, like a slow client's pub/sub deliveries.

@@ -20,7 +20,9 @@ pub struct Limits {
     /// queue is bounded in bytes alone).
     pub queue_frames: usize,
     /// Outbound queue of one client: bytes before it counts as full (default
-    /// 16 MiB). Each queued frame counts its encoded size plus the queue's
+    /// 32 MiB: about 145 k deliveries of 64 B, half of
+    /// [`Limits::queue_hard_bytes`], so a reliable client's queue plus what
+    /// is in its sockets stays under the hard limit). Each queued frame counts its encoded size plus the queue's
     /// entry for it ([`ENTRY_COST`](crate::outbox::ENTRY_COST)), so this
     /// bounds the queue's memory whatever the frames' size. When full,
     /// pub/sub deliveries drop that client's oldest deliveries; direct
@@ -85,7 +87,7 @@ impl Default for Limits {
             max_frame: switchboard_wire::DEFAULT_MAX_FRAME,
             pre_auth_max_frame: 4 * 1024,
             queue_frames: 0,
-            queue_bytes: 16 * 1024 * 1024,
+            queue_bytes: 32 * 1024 * 1024,
             queue_hard_bytes: 64 * 1024 * 1024,
             max_parked_frames: 4_096,
             max_parked_bytes: 16 * 1024 * 1024,
@@ -104,5 +106,21 @@ impl Default for Limits {
             router_inbox: 1_024,
             resume_window: Duration::from_secs(30),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_soft_limit_leaves_half_the_hard_limit_for_frames_in_flight() {
+        // A reliable client's retransmit buffer counts what is queued and
+        // what was written but not acknowledged against the hard limit: a
+        // queue at the soft limit must leave room for the latter, or a
+        // stalled subscriber is disconnected instead of told of drops.
+        let l = Limits::default();
+        assert!(l.queue_bytes * 2 <= l.queue_hard_bytes);
+        assert!(l.queue_bytes > 0 && l.queue_frames == 0);
     }
 }

@@ -637,7 +637,7 @@ pre_auth_max_frame = 4096
 # (0: no count limit). A federated hub bounds its queue of publishes
 # towards the NATS cluster by queue_bytes too.
 queue_frames = 0
-queue_bytes = 16777216
+queue_bytes = 33554432
 # Outbound queue bytes (counted the same way) above which the client is
 # disconnected (SLOW_CONSUMER).
 queue_hard_bytes = 67108864
