@@ -39,7 +39,7 @@
 //!   what came from the port back out, so nothing is published twice.
 //! - The way out never blocks the router: publishes and broadcasts wait in
 //!   a queue bounded in bytes like a client's outbox
-//!   (`FederationOptions::queue_bytes`, 16 MiB by default; each counts its
+//!   (`FederationOptions::queue_bytes`, the hub's outbox default, 32 MiB; each counts its
 //!   subject, payload (envelope and frame) and [`FANOUT_ENTRY_COST`]); a full queue drops and counts
 //!   ([`RoutingStats::dropped`]; a warning at most once a second per
 //!   cause, with the count since the last, see [`crate::throttle`]), like a slow

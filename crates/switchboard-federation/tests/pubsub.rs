@@ -151,7 +151,7 @@ async fn each_subscriber_gets_each_publish_once_across_three_hubs() -> anyhow::R
 
 /// A burst of publishes larger than the queue towards NATS used to hold
 /// (8,192 entries), sent as fast as the client can: while NATS keeps up,
-/// the queue's byte limit (a client outbox's, 16 MiB) takes the burst,
+/// the queue's byte limit (a client outbox's, 32 MiB) takes the burst,
 /// and every publish reaches the other hub's subscriber once, in order,
 /// nothing dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
