@@ -4,6 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::deliver::HandFrame;
 use crate::fast::Delivery;
 use crate::Frame;
 
@@ -257,11 +258,16 @@ impl FrameCodec {
     }
 
     fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
-        if let Some(crate::Kind::Publish(p)) = &frame.kind {
-            // Headers are rare: prost encodes those publishes.
-            if p.headers.is_empty() {
-                return self.encode_publish(frame.seq, frame.acked, p, dst);
-            }
+        // A publish without headers and an `Ok` are encoded by hand: prost's
+        // generic encoder cost a publisher ~730 instructions per 64-byte
+        // publish.
+        if let Some(hand) = HandFrame::of(frame) {
+            let len = hand.encoded_len();
+            self.check_outbound(len)?;
+            dst.reserve(LENGTH_PREFIX_LEN + len);
+            dst.put_u32(len as u32);
+            hand.encode_body(dst);
+            return Ok(());
         }
         let len = frame.encoded_len();
         self.check_outbound(len)?;
@@ -273,70 +279,17 @@ impl FrameCodec {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(())
     }
+}
 
-    /// Encodes a `Publish` frame without headers by hand, byte for byte
-    /// what prost writes
-    /// (fields in tag order, defaults left out): the fixed fields go
-    /// through a stack buffer, the strings and the payload are copied once.
-    /// prost's generic encoder cost a publisher ~730 instructions per
-    /// 64-byte publish.
-    fn encode_publish(
-        &self,
-        seq: u64,
-        acked: u64,
-        p: &crate::proto::Publish,
-        dst: &mut BytesMut,
-    ) -> Result<(), WireError> {
-        use prost::encoding::encoded_len_varint as vl;
-        let field = |n: usize| if n == 0 { 0 } else { 1 + vl(n as u64) + n };
-        let inner = if p.id == 0 { 0 } else { 1 + vl(p.id) }
-            + field(p.topic.len())
-            + field(p.from.len())
-            + field(p.payload.len())
-            + field(p.reply_to.len());
-        let len = if seq == 0 { 0 } else { 1 + vl(seq) }
-            + if acked == 0 { 0 } else { 1 + vl(acked) }
-            + 2
-            + vl(inner as u64)
-            + inner;
-        self.check_outbound(len)?;
-        dst.reserve(LENGTH_PREFIX_LEN + len);
-        // prefix 4 + seq 11 + acked 11 + kind key 2 + length 10 + id 11
-        let mut fixed = [0u8; 49];
-        fixed[..4].copy_from_slice(&(len as u32).to_be_bytes());
-        let mut n = 4;
-        if seq != 0 {
-            fixed[n] = 0x08;
-            n = put_varint(&mut fixed, n + 1, seq);
-        }
-        if acked != 0 {
-            fixed[n] = 0x10;
-            n = put_varint(&mut fixed, n + 1, acked);
-        }
-        // Frame.publish = 44, length-delimited: key 354 as a varint.
-        fixed[n] = 0xe2;
-        fixed[n + 1] = 0x02;
-        n = put_varint(&mut fixed, n + 2, inner as u64);
-        if p.id != 0 {
-            fixed[n] = 0x08;
-            n = put_varint(&mut fixed, n + 1, p.id);
-        }
-        dst.put_slice(&fixed[..n]);
-        for (key, bytes) in [
-            (0x12, p.topic.as_bytes()),
-            (0x1a, p.from.as_bytes()),
-            (0x22, &p.payload[..]),
-            (0x2a, p.reply_to.as_bytes()),
-        ] {
-            if !bytes.is_empty() {
-                let mut head = [0u8; 11];
-                head[0] = key;
-                let k = put_varint(&mut head, 1, bytes.len() as u64);
-                dst.put_slice(&head[..k]);
-                dst.put_slice(bytes);
-            }
-        }
-        Ok(())
+/// Length of `frame`'s protobuf encoding (without the length prefix),
+/// computed by hand for the kinds with a hand encoder
+/// ([`HandFrame`]): what a sender checks against the frame limit and
+/// counts against its buffers before queueing a frame.
+#[inline]
+pub fn frame_len(frame: &Frame) -> usize {
+    match HandFrame::of(frame) {
+        Some(hand) => hand.encoded_len(),
+        None => frame.encoded_len(),
     }
 }
 
@@ -441,8 +394,10 @@ impl Decoder for FrameCodec {
 pub enum Incoming {
     /// A `Deliver` in the layout a hub writes.
     Delivery(Delivery),
-    /// Anything else, decoded by prost.
-    Frame(Frame),
+    /// Anything else, decoded by prost; boxed, so that a reader moves a
+    /// delivery, the common case, at its own size, not at the size of
+    /// `Frame`'s largest kind.
+    Frame(Box<Frame>),
 }
 
 /// A [`FrameCodec`] for a client's receiving side: deliveries come out as
@@ -470,7 +425,7 @@ impl Decoder for IncomingCodec {
         if let Some(d) = crate::fast::decode_delivery(&body) {
             return Ok(Some(Incoming::Delivery(d)));
         }
-        Ok(Some(Incoming::Frame(Frame::decode(body)?)))
+        Ok(Some(Incoming::Frame(Box::new(Frame::decode(body)?))))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, WireError> {

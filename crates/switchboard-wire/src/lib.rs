@@ -58,8 +58,8 @@ pub mod proto {
 }
 
 pub use codec::{
-    put_frame, put_varint, split_frame, whole_frame, Direction, FastBuf, FrameCodec, Incoming,
-    IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK, LENGTH_PREFIX_LEN,
+    frame_len, put_frame, put_varint, split_frame, whole_frame, Direction, FastBuf, FrameCodec,
+    Incoming, IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK, LENGTH_PREFIX_LEN,
 };
 pub use deliver::{decode_queued_delivery, decode_queued_delivery_reusing, QueuedDelivery};
 pub use fast::{decode_delivery, decode_ok, decode_publish, Delivery};

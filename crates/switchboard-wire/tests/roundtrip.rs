@@ -28,6 +28,10 @@ proptest! {
         prop_assert_eq!(buf.len(), frame.wire_len());
         let announced = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
         prop_assert_eq!(announced, frame.encoded_len());
+        // The length a sender checks before queueing is prost's too.
+        prop_assert_eq!(switchboard_wire::frame_len(&frame), frame.encoded_len());
+        // Kinds with a hand encoder (`Publish`, `Ok`) write prost's bytes.
+        prop_assert_eq!(&buf[4..], &frame.encode_to_vec()[..]);
 
         let decoded = codec.decode(&mut buf).unwrap();
         prop_assert_eq!(decoded.as_ref(), Some(&frame));
@@ -120,6 +124,7 @@ proptest! {
         want.put_u32(frame.encoded_len() as u32);
         want.extend_from_slice(&frame.encode_to_vec());
         prop_assert_eq!(&ours[..], &want[..]);
+        prop_assert_eq!(switchboard_wire::frame_len(&frame), frame.encoded_len());
         // The outbound limit applies as to any frame.
         let mut small = FrameCodec::with_max_frame(frame.encoded_len() - 1);
         prop_assert!(small.encode(&frame, &mut BytesMut::new()).is_err());

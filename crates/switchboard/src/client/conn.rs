@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use rand::Rng;
 use switchboard_wire::{proto, ErrorCode, Frame, FrameCodec, Kind, KEEPALIVE_MISSES};
 use switchboard_wire::{FEATURE_LISTEN, FEATURE_RELIABLE, FEATURE_RESUMED};
@@ -30,6 +31,9 @@ use crate::ClientError;
 
 /// Largest batch the writer collects before one write.
 const WRITE_BATCH: usize = 256 * 1024;
+
+/// Most queued frames the writer takes at once.
+const RECV_BATCH: usize = 64;
 
 /// Discovery deadline of the first reconnect attempts.
 const EARLY_DISCOVERY: Duration = Duration::from_millis(250);
@@ -504,7 +508,7 @@ async fn write_loop(
     };
     for mut frame in replay {
         let up_to = stamp(&mut frame);
-        encode(&mut codec, frame, &mut buf);
+        encode(&mut codec, &frame, &mut buf);
         carried(up_to);
         if buf.len() >= WRITE_BATCH {
             w.write_all(&buf).await?;
@@ -517,30 +521,48 @@ async fn write_loop(
     }
     // A TLS stream may hold records back until flushed (free over TCP).
     w.flush().await?;
-    while let Some(mut frame) = rx.recv().await {
-        let mut up_to = stamp(&mut frame);
-        encode(&mut codec, frame, &mut buf);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(mut frame) => {
-                    up_to = stamp(&mut frame);
-                    encode(&mut codec, frame, &mut buf);
+    // Frames are taken a slice at a time and encoded where they lie (a
+    // `Frame` is large: each move of one is a copy).
+    let mut frames: Vec<Frame> = Vec::with_capacity(RECV_BATCH);
+    let mut up_to = 0;
+    while rx.recv_many(&mut frames, RECV_BATCH).await > 0 {
+        loop {
+            for frame in &mut frames {
+                up_to = stamp(frame);
+                encode(&mut codec, frame, &mut buf);
+                if buf.len() >= WRITE_BATCH {
+                    write_out(&mut w, &mut buf).await?;
+                    carried(up_to);
                 }
-                Err(_) => break,
+            }
+            frames.clear();
+            // Whatever else is queued goes into the same write (`Some(0)`:
+            // closed, and the outer call says so next).
+            match rx.recv_many(&mut frames, RECV_BATCH).now_or_never() {
+                Some(n) if n > 0 => {}
+                _ => break,
             }
         }
-        w.write_all(&buf).await?;
-        w.flush().await?;
-        buf.clear();
-        // Published once written: a frame still in the buffer carries
-        // nothing yet.
-        carried(up_to);
+        if !buf.is_empty() {
+            write_out(&mut w, &mut buf).await?;
+            // Published once written: a frame still in the buffer carries
+            // nothing yet.
+            carried(up_to);
+        }
     }
     let _ = w.shutdown().await;
     Ok(())
 }
 
-fn encode(codec: &mut FrameCodec, frame: Frame, buf: &mut BytesMut) {
+/// Writes and flushes `buf`, leaving it empty (its capacity kept).
+async fn write_out(w: &mut Wr, buf: &mut BytesMut) -> std::io::Result<()> {
+    w.write_all(buf).await?;
+    w.flush().await?;
+    buf.clear();
+    Ok(())
+}
+
+fn encode(codec: &mut FrameCodec, frame: &Frame, buf: &mut BytesMut) {
     if let Err(e) = codec.encode(frame, buf) {
         // Sizes are checked before queueing; this is a last guard.
         tracing::warn!(error = %e, "dropping a frame that cannot be encoded");

@@ -32,6 +32,10 @@ const MAX_KNOWN_CLIENTS: usize = 100_000;
 /// the send queue full.
 const ACK_RETRY: Duration = Duration::from_millis(10);
 
+/// Most frames of one read batch taken before the reader reads the clock
+/// again for the keepalive's last-heard time (it reads it once per batch).
+const CLOCK_EVERY: u32 = 256;
+
 /// Why a driven connection ended.
 pub(crate) enum End {
     /// The connection dropped; `shutting_down` when the hub said so in its
@@ -87,11 +91,15 @@ pub(crate) async fn read_loop(
     tokio::pin!(ack_timer);
     let mut armed = false;
     let mut slow = Slow::new();
+    // Frames still taken before the receive time is read again (0: read
+    // it at the next frame).
+    let mut unclocked = 0u32;
     loop {
         let next = match reader.next().now_or_never() {
             Some(next) => next,
             None => {
                 // Nothing more buffered: the batch is done.
+                unclocked = 0;
                 if !slow.is_empty() {
                     announce_drops(&shared, &mut slow);
                 }
@@ -130,7 +138,14 @@ pub(crate) async fn read_loop(
         };
         let frame = match next {
             Some(Ok(f)) => {
-                last_rx.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                // One clock read per batch (the first frame after a wait),
+                // and at least every `CLOCK_EVERY` frames of a batch that
+                // never ends: a hub that sends is not silent.
+                if unclocked == 0 {
+                    last_rx.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    unclocked = CLOCK_EVERY;
+                }
+                unclocked -= 1;
                 f
             }
             Some(Err(e)) => return End::lost(format!("bad frame from the hub: {e}")),
@@ -158,7 +173,7 @@ pub(crate) async fn read_loop(
             continue;
         }
         let route = match frame {
-            Incoming::Delivery(d) => route_delivery(&shared, d),
+            Incoming::Delivery(d) => deliver_now(&shared, d, &mut slow),
             Incoming::Frame(f) => match f.kind {
                 Some(Kind::Goodbye(g)) => {
                     if g.code == ErrorCode::IdTakenOver as i32 {
@@ -289,16 +304,14 @@ impl Route {
                     count_down(shared, sub_id, &queue);
                 }
                 if pushed == Pushed::Dropped {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    slow.entry(sub_id).or_insert_with(|| {
-                        let pattern = shared
+                    note_drop(shared, slow, sub_id, &queue, || {
+                        shared
                             .reg
                             .lock()
                             .subs
                             .get(&sub_id)
                             .map(|s| s.pattern.clone())
-                            .unwrap_or_default();
-                        (pattern, queue.clone())
+                            .unwrap_or_default()
                     });
                 }
             }
@@ -379,7 +392,26 @@ fn count_down(shared: &Arc<Shared>, sub_id: u64, queue: &Queue<Message>) {
     shared.post_detached(proto::Unsubscribe { id, sub_id }.into());
 }
 
-fn route_delivery(shared: &Arc<Shared>, d: Delivery) -> Route {
+/// Counts a delivery the drop policy of subscription `sub_id` dropped, to
+/// be announced at the end of the batch.
+fn note_drop(
+    shared: &Shared,
+    slow: &mut Slow,
+    sub_id: u64,
+    queue: &Arc<Queue<Message>>,
+    pattern: impl FnOnce() -> String,
+) {
+    shared.dropped.fetch_add(1, Ordering::Relaxed);
+    slow.entry(sub_id)
+        .or_insert_with(|| (pattern(), queue.clone()));
+}
+
+/// Routes a delivery and, in the common case (room in its stream, or a
+/// drop policy), queues it at once under the registry's lock: no [`Route`]
+/// is built and nothing waits. Only a delivery for a full stream that
+/// pushes back comes out as a route to wait on.
+fn deliver_now(shared: &Arc<Shared>, d: Delivery, slow: &mut Slow) -> Route {
+    let sub_id = d.sub_id;
     let msg = Message {
         kind: MessageKind::Publish,
         from: d.from,
@@ -388,7 +420,34 @@ fn route_delivery(shared: &Arc<Shared>, d: Delivery) -> Route {
         payload: d.payload,
         headers: Headers::default(),
     };
-    route_publish(shared, d.sub_id, msg)
+    let reg = shared.reg.lock();
+    let Some(sub) = reg.subs.get(&sub_id) else {
+        // Unsubscribed meanwhile.
+        return Route::Nowhere;
+    };
+    let SubSink::Messages(queue) = &sub.sink else {
+        return Route::Nowhere;
+    };
+    let counted = sub.remaining.is_some();
+    match queue.offer(msg) {
+        Ok(pushed) => {
+            if pushed == Pushed::Dropped {
+                note_drop(shared, slow, sub_id, queue, || sub.pattern.clone());
+            }
+            if counted {
+                let queue = queue.clone();
+                drop(reg);
+                count_down(shared, sub_id, &queue);
+            }
+            Route::Nowhere
+        }
+        Err(msg) => Route::Publish {
+            queue: queue.clone(),
+            msg,
+            sub_id,
+            counted,
+        },
+    }
 }
 
 fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route {

@@ -54,8 +54,9 @@ impl Client {
         to: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
+        let payload = payload.into();
         self.shared()
-            .post_at_most_once(Frame::direct(to, payload.into()))
+            .post_at_most_once_with(|| Frame::direct(to, payload))
             .await
     }
 
@@ -263,8 +264,9 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
+        let payload = payload.into();
         self.shared()
-            .post_at_most_once(Frame::publish(topic, payload.into()))
+            .post_at_most_once_with(|| Frame::publish(topic, payload))
             .await
     }
 }

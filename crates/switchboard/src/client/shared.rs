@@ -176,7 +176,9 @@ impl Shared {
     /// when the connection is reliable, its kind is logged and `delivery`
     /// allows it; registers `waiter` for its answer in the same step.
     ///
-    /// Waits (until `deadline`) for room in the send queue, for room in the
+    /// Waits (until `deadline`; `None`: the request timeout from the
+    /// first wait, so the common path reads no clock) for room in the
+    /// send queue, for room in the
     /// retention buffer, and, within the resume window of a lost reliable
     /// connection, for the next connection.
     async fn enqueue(
@@ -184,9 +186,9 @@ impl Shared {
         mut frame: Frame,
         mut waiter: Option<(u64, oneshot::Sender<Frame>)>,
         delivery: Delivery,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<(), ClientError> {
-        let len = prost::Message::encoded_len(&frame);
+        let len = switchboard_wire::frame_len(&frame);
         let logged = delivery == Delivery::Reliable
             && frame.kind.as_ref().is_some_and(reliable::logged_kind);
         // Armed (registered with `wake`) before the conditions are checked
@@ -209,6 +211,7 @@ impl Shared {
                 }
             }
         }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.cfg.request_timeout);
         loop {
             let found = {
                 let reg = self.reg.lock();
@@ -287,17 +290,35 @@ impl Shared {
     /// Queues a frame that expects no answer, sequenced when reliable
     /// (waits as [`enqueue`](Self::enqueue), up to the request timeout).
     pub async fn post(&self, frame: Frame) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        self.enqueue(frame, None, Delivery::Reliable, deadline)
-            .await
+        self.enqueue(frame, None, Delivery::Reliable, None).await
     }
 
     /// Queues a frame at most once: never sequenced, fails at once while
     /// disconnected.
     pub async fn post_at_most_once(&self, frame: Frame) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.cfg.request_timeout;
-        self.enqueue(frame, None, Delivery::AtMostOnce, deadline)
-            .await
+        self.enqueue(frame, None, Delivery::AtMostOnce, None).await
+    }
+
+    /// [`post_at_most_once`](Self::post_at_most_once) of the frame `make`
+    /// builds. In the common case (connected, room in the send queue) the
+    /// frame is built under the lock, straight into the queue: nothing is
+    /// moved through this call's future, and no clock is read.
+    pub async fn post_at_most_once_with(
+        &self,
+        make: impl FnOnce() -> Frame,
+    ) -> Result<(), ClientError> {
+        {
+            let reg = self.reg.lock();
+            if let Some(conn) = &reg.conn {
+                if let Ok(permit) = conn.tx.try_reserve() {
+                    let frame = make();
+                    Self::check_size(switchboard_wire::frame_len(&frame), conn)?;
+                    permit.send(frame);
+                    return Ok(());
+                }
+            }
+        }
+        self.post_at_most_once(make()).await
     }
 
     /// Queues a frame that must not be lost for want of room (unregistering
@@ -319,7 +340,7 @@ impl Shared {
     /// [`post_now`](Self::post_now), giving the frame back when the send
     /// queue or the retention buffer has no room.
     fn try_post(&self, mut frame: Frame) -> Option<Frame> {
-        let len = prost::Message::encoded_len(&frame);
+        let len = switchboard_wire::frame_len(&frame);
         let logged = frame.kind.as_ref().is_some_and(reliable::logged_kind);
         let mut reg = self.reg.lock();
         match &reg.conn {
@@ -399,7 +420,7 @@ impl Shared {
         let frame = make(id);
         let cancel = matches!(frame.kind, Some(Kind::Request(_)));
         let (tx, rx) = oneshot::channel();
-        self.enqueue(frame, Some((id, tx)), Delivery::Reliable, deadline)
+        self.enqueue(frame, Some((id, tx)), Delivery::Reliable, Some(deadline))
             .await?;
         // From here the command is on its way: a caller that stops waiting
         // (a dropped future) forgets it, and a request is cancelled at the
