@@ -6,14 +6,12 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::deliver::HandFrame;
 use crate::fast::Delivery;
+use crate::layout::LENGTH_PREFIX_LEN;
 use crate::Frame;
 
 /// Default largest frame, in bytes of protobuf (the 4-byte prefix excluded),
 /// for both directions: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
-
-/// Length of the big-endian length prefix before every frame.
-pub const LENGTH_PREFIX_LEN: usize = 4;
 
 /// Which way a frame was travelling when a limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,20 +289,6 @@ pub fn frame_len(frame: &Frame) -> usize {
         Some(hand) => hand.encoded_len(),
         None => frame.encoded_len(),
     }
-}
-
-/// Writes `v` as a protobuf varint into `buf` at `at`; returns the
-/// position after it. For encoders that assemble a frame's fixed fields in
-/// a stack buffer (`buf` must have room for 10 bytes at `at`).
-#[inline]
-pub fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
-    while v >= 0x80 {
-        buf[at] = (v as u8) | 0x80;
-        v >>= 7;
-        at += 1;
-    }
-    buf[at] = v as u8;
-    at + 1
 }
 
 /// A [`BytesMut`] for prost to encode into, writing single bytes (every

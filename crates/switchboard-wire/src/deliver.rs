@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
-use crate::codec::{put_varint, LENGTH_PREFIX_LEN};
 use crate::fast::{envelope, fields, KEY_DELIVER};
+use crate::layout::{put_varint, LENGTH_PREFIX_LEN};
 use crate::proto;
 
 /// Field number of `Frame.deliver`.

@@ -44,6 +44,7 @@ pub mod deliver;
 pub mod fast;
 mod frames;
 pub mod headers;
+mod layout;
 pub mod peek;
 pub mod reliable;
 
@@ -58,13 +59,14 @@ pub mod proto {
 }
 
 pub use codec::{
-    frame_len, put_frame, put_varint, split_frame, whole_frame, Direction, FastBuf, FrameCodec,
-    Incoming, IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK, LENGTH_PREFIX_LEN,
+    frame_len, put_frame, split_frame, whole_frame, Direction, FastBuf, FrameCodec, Incoming,
+    IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK,
 };
 pub use deliver::{decode_queued_delivery, decode_queued_delivery_reusing, QueuedDelivery};
 pub use fast::{decode_delivery, decode_ok, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use headers::{check_headers, HeaderError};
+pub use layout::{put_varint, LENGTH_PREFIX_LEN};
 pub use peek::check_client_frame;
 pub use proto::frame::Kind;
 pub use proto::{ErrorCode, Frame};
