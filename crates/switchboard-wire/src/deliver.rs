@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encoded_len_varint, WireType};
 
 use crate::fast::{envelope, fields, KEY_DELIVER};
 use crate::layout::{put_varint, LENGTH_PREFIX_LEN};
@@ -46,17 +46,10 @@ impl DeliverHead {
             .sum();
         let mut buf =
             Vec::with_capacity(topic.len() + from.len() + reply_to.len() + 15 + headers_len);
-        let put_str = |tag: u32, s: &str, buf: &mut Vec<u8>| {
-            if !s.is_empty() {
-                encode_key(tag, WireType::LengthDelimited, buf);
-                encode_varint(s.len() as u64, buf);
-                buf.put_slice(s.as_bytes());
-            }
-        };
-        put_str(2, topic, &mut buf);
-        put_str(3, from, &mut buf);
+        put_str(KEY_TOPIC, topic, &mut buf);
+        put_str(KEY_FROM, from, &mut buf);
         let split = buf.len();
-        put_str(5, reply_to, &mut buf);
+        put_str(KEY_REPLY_TO, reply_to, &mut buf);
         for h in headers {
             prost::encoding::message::encode(6, h, &mut buf);
         }
@@ -72,8 +65,8 @@ impl DeliverHead {
     pub fn is(&self, topic: &[u8], from: &[u8], reply_to: &[u8]) -> bool {
         let b: &[u8] = &self.bytes;
         let mut pos = 0;
-        let same = same_str(b, &mut pos, 0x12, topic) && same_str(b, &mut pos, 0x1a, from);
-        same && pos == self.split && same_str(b, &mut pos, 0x2a, reply_to) && pos == b.len()
+        let same = same_str(b, &mut pos, KEY_TOPIC, topic) && same_str(b, &mut pos, KEY_FROM, from);
+        same && pos == self.split && same_str(b, &mut pos, KEY_REPLY_TO, reply_to) && pos == b.len()
     }
 
     /// Encoded length of the shared fields.
@@ -293,10 +286,10 @@ impl<'a> HandFrame<'a> {
         buf.reserve(n + body);
         buf.put_slice(&fixed[..n]);
         if let HandFrame::Publish { publish: p, .. } = *self {
-            put_str(0x12, &p.topic, buf);
-            put_str(0x1a, &p.from, buf);
+            put_str(KEY_TOPIC, &p.topic, buf);
+            put_str(KEY_FROM, &p.from, buf);
             put_payload(&p.payload, buf);
-            put_str(0x2a, &p.reply_to, buf);
+            put_str(KEY_REPLY_TO, &p.reply_to, buf);
         }
     }
 }
@@ -339,16 +332,32 @@ fn str_len(s: &str) -> usize {
     }
 }
 
+/// Keys (field number and wire type, one byte) of the string fields
+/// `Deliver` and `Publish` share: the same numbers in both messages.
+const KEY_TOPIC: u8 = 2 << 3 | WireType::LengthDelimited as u8;
+/// See [`KEY_TOPIC`].
+const KEY_FROM: u8 = 3 << 3 | WireType::LengthDelimited as u8;
+/// See [`KEY_TOPIC`].
+const KEY_REPLY_TO: u8 = 5 << 3 | WireType::LengthDelimited as u8;
+
 /// A string field with one-byte key `key`, when not empty.
 #[inline]
-fn put_str(key: u8, s: &str, buf: &mut BytesMut) {
+fn put_str(key: u8, s: &str, buf: &mut impl BufMut) {
     if !s.is_empty() {
-        let mut head = [0u8; 11];
-        head[0] = key;
-        let k = put_varint(&mut head, 1, s.len() as u64);
+        let (head, k) = str_head(key, s.len());
         buf.put_slice(&head[..k]);
         buf.put_slice(s.as_bytes());
     }
+}
+
+/// The key and length that go before a string field of `len` bytes, and
+/// how many bytes of the array they take.
+#[inline]
+fn str_head(key: u8, len: usize) -> ([u8; 11], usize) {
+    let mut head = [0u8; 11];
+    head[0] = key;
+    let k = put_varint(&mut head, 1, len as u64);
+    (head, k)
 }
 
 /// Whether `b[*pos..]` starts with string field `s` (one-byte key
@@ -359,9 +368,7 @@ fn same_str(b: &[u8], pos: &mut usize, key: u8, s: &[u8]) -> bool {
     if s.is_empty() {
         return true;
     }
-    let mut head = [0u8; 11];
-    head[0] = key;
-    let n = put_varint(&mut head, 1, s.len() as u64);
+    let (head, n) = str_head(key, s.len());
     let end = *pos + n + s.len();
     if b.get(*pos..*pos + n) != Some(&head[..n]) || b.get(*pos + n..end) != Some(s) {
         return false;
@@ -643,17 +650,7 @@ mod tests {
     /// delivery holds, and refuses what `decode_delivery` refuses.
     #[test]
     fn queued_deliveries_match_the_decoded_ones() {
-        let mut f = Frame::from(proto::Deliver {
-            sub_id: 300,
-            topic: "orders.eu".into(),
-            from: "alice".into(),
-            payload: Bytes::from_static(&[7; 100]),
-            reply_to: "inbox.1".into(),
-            headers: Vec::new(),
-        })
-        .with_seq(1 << 40);
-        f.acked = 5;
-        let body = Bytes::from(f.encode_to_vec());
+        let body = Bytes::from(crate::test_frames::sample_deliver().encode_to_vec());
         let d = crate::decode_delivery(&body).expect("a delivery");
         let q = decode_queued_delivery(&body).expect("a queued delivery");
         assert_eq!((q.seq, q.acked, q.sub_id), (d.seq, d.acked, d.sub_id));

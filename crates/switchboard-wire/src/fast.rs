@@ -255,19 +255,7 @@ mod tests {
     use super::*;
     use prost::Message;
 
-    fn deliver() -> Frame {
-        let mut f = Frame::from(proto::Deliver {
-            sub_id: 300,
-            topic: "orders.eu".into(),
-            from: "alice".into(),
-            payload: Bytes::from_static(&[7; 100]),
-            reply_to: "inbox.1".into(),
-            headers: Vec::new(),
-        })
-        .with_seq(1 << 40);
-        f.acked = 5;
-        f
-    }
+    use crate::test_frames::sample_deliver as deliver;
 
     #[test]
     fn decodes_what_prost_decodes() {

@@ -143,6 +143,22 @@ pub const NONCE_LEN: usize = 16;
 mod test_frames {
     use prost::Message;
 
+    /// A sequenced `Deliver` with every shared field set and an
+    /// acknowledgement piggybacked: what a reliable subscriber receives.
+    pub(crate) fn sample_deliver() -> crate::Frame {
+        let mut f = crate::Frame::from(crate::proto::Deliver {
+            sub_id: 300,
+            topic: "orders.eu".into(),
+            from: "alice".into(),
+            payload: bytes::Bytes::from_static(&[7; 100]),
+            reply_to: "inbox.1".into(),
+            headers: Vec::new(),
+        })
+        .with_seq(1 << 40);
+        f.acked = 5;
+        f
+    }
+
     /// A `Deliver` frame whose topic's last byte is not UTF-8: prost
     /// refuses it, so every hand decoder must refuse it too.
     pub(crate) fn deliver_with_bad_utf8() -> Vec<u8> {
