@@ -104,10 +104,7 @@ impl Out {
     pub fn encoded_len(&self) -> usize {
         match self.delivery() {
             Ok(d) => d.encoded_len(),
-            Err(f) => match HandFrame::of(f) {
-                Some(h) => h.encoded_len(),
-                None => f.encoded_len(),
-            },
+            Err(f) => switchboard_wire::frame_len(f),
         }
     }
 

@@ -388,7 +388,7 @@ impl ChangeDecoder {
                     expect(field, wire_type, VARINT)?;
                     once(&mut repl_seq, varint_in(b, &mut pos, end)?, field)?;
                 }
-                CHANGE_CLIENT_FRAME_FIELD..=CHANGE_KV_FIELD => {
+                CHANGE_CLIENT_FRAME_FIELD..=CHANGE_KV_FIELD | CHANGE_CLIENT_DROPPED_FIELD => {
                     expect(field, wire_type, DELIMITED)?;
                     if op.is_some() {
                         return Err(ChangeError::Repeated(field));
@@ -413,16 +413,9 @@ impl ChangeDecoder {
                             ChangeOp::Sent { client_id, out }
                         }
                         CHANGE_CLIENT_ACK_FIELD => client_ack(body, r)?,
+                        CHANGE_CLIENT_DROPPED_FIELD => client_dropped(body, r)?,
                         _ => ChangeOp::Kv(Box::new(proto::KvEntry::decode(body.slice(r))?)),
                     });
-                }
-                CHANGE_CLIENT_DROPPED_FIELD => {
-                    expect(field, wire_type, DELIMITED)?;
-                    if op.is_some() {
-                        return Err(ChangeError::Repeated(field));
-                    }
-                    let r = span(b, &mut pos, end)?;
-                    op = Some(client_dropped(body, r)?);
                 }
                 _ => skip(b, &mut pos, end, wire_type)?,
             }
