@@ -154,6 +154,10 @@ pub struct Directory {
     full_log: Throttle,
     ids: Store,
     hubs: Store,
+    /// The newest revision each bucket's watch handed on (see
+    /// [`Directory::caught_up`]).
+    seen_ids: tokio::sync::watch::Sender<u64>,
+    seen_hubs: tokio::sync::watch::Sender<u64>,
     stats: DirectoryStats,
 }
 
@@ -193,16 +197,21 @@ impl Directory {
             full_log: Throttle::new(),
             ids,
             hubs,
+            seen_ids: tokio::sync::watch::Sender::new(0),
+            seen_hubs: tokio::sync::watch::Sender::new(0),
             stats: DirectoryStats::default(),
         });
         spawn(
             stop.clone(),
-            dir.clone().watch(dir.ids.clone(), "ids", Self::on_id),
+            dir.clone()
+                .watch(dir.ids.clone(), "ids", Self::on_id, |d| &d.seen_ids),
         );
         spawn(
             stop.clone(),
-            dir.clone().watch(dir.hubs.clone(), "hubs", Self::on_hub),
+            dir.clone()
+                .watch(dir.hubs.clone(), "hubs", Self::on_hub, |d| &d.seen_hubs),
         );
+        dir.caught_up(deadline).await?;
         // A standby's heartbeat waits for its takeover; a primary's starts
         // in `join`, once its subscriptions reached the cluster.
         if options.standby {
@@ -900,7 +909,13 @@ impl Directory {
 
     /// Follows one of the directory's buckets, `store` named `bucket` in
     /// logs, handing each entry to `on` (`Self::on_id` or `Self::on_hub`).
-    async fn watch(self: Arc<Self>, store: Store, bucket: &'static str, on: fn(&Self, kv::Entry)) {
+    async fn watch(
+        self: Arc<Self>,
+        store: Store,
+        bucket: &'static str,
+        on: fn(&Self, kv::Entry),
+        seen: fn(&Self) -> &tokio::sync::watch::Sender<u64>,
+    ) {
         crate::watch::follow(
             &store,
             bucket,
@@ -908,11 +923,53 @@ impl Directory {
             &self.stats.watch_stalled,
             || true,
             |entry| {
+                let revision = entry.revision;
                 on(&self, entry);
+                seen(&self).send_replace(revision);
                 std::future::ready(true)
             },
         )
         .await;
+    }
+
+    /// Waits (until `deadline`) for both watches to hand on what their
+    /// bucket held when this hub opened it: the live hubs and where every
+    /// id is. Before that, a message from a live hub would be dropped as
+    /// coming from no member, and a request for a client of another hub
+    /// refused as for no client at all.
+    async fn caught_up(&self, deadline: Instant) -> Result<(), FederationError> {
+        for (store, seen, name) in [
+            (&self.hubs, &self.seen_hubs, "hubs"),
+            (&self.ids, &self.seen_ids, "ids"),
+        ] {
+            let late = || {
+                FederationError::JetStream(format!(
+                    "the watch of the {name} bucket did not catch up with it within the connect timeout"
+                ))
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let info = loop {
+                match tokio::time::timeout_at(deadline, store.stream.get_info()).await {
+                    Ok(Ok(info)) => break info,
+                    Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(bucket = name, error = %e, "federation: cannot read the bucket's state yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => return Err(late()),
+                }
+            };
+            // The newest message exists unless the bucket is empty (a
+            // bucket's messages leave oldest first).
+            if info.state.messages == 0 {
+                continue;
+            }
+            let newest = info.state.last_sequence;
+            tokio::time::timeout_at(deadline, seen.subscribe().wait_for(|r| *r >= newest))
+                .await
+                .map_err(|_| late())?
+                .map_err(|_| late())?;
+        }
+        Ok(())
     }
 
     fn on_id(&self, entry: kv::Entry) {

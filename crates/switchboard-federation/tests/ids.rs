@@ -55,6 +55,16 @@ async fn an_id_held_on_one_hub_is_refused_on_the_others_until_it_leaves() -> any
     .await;
     let refused = a.client(id).await.expect_err("now held on hub-b");
     assert_eq!(refused.code(), Some(ErrorCode::IdTakenOver));
+
+    // A hub that joins now knows, as soon as it is connected, the live
+    // hubs (else it would drop their first messages as from no member)
+    // and where every id is (else it would refuse a request for one as
+    // for no client).
+    let d = FedHub::start("hub-d", &cluster.nodes[2].url, lease).await?;
+    let dir = d.fed.directory();
+    assert_eq!(dir.members(), ["hub-a", "hub-b", "hub-c"]);
+    assert_eq!(dir.holder(id).as_deref(), Some("hub-b"));
+    assert_eq!(dir.holder("free-on-b").as_deref(), Some("hub-b"));
     drop(moved);
     Ok(())
 }

@@ -102,7 +102,15 @@ async fn the_standby_of_a_killed_federated_hub_takes_over_its_name_and_ids() -> 
     // node for the answer (core NATS drops what nobody is known to want).
     wait_interest(cluster.nodes[1].http_port, &format!("sb.{SERVICE}.h.p")).await;
     wait_interest(cluster.nodes[0].http_port, &format!("sb.{SERVICE}.h.q")).await;
-    assert_eq!(&req.request("dev", "a").await?[..], b"dev got a");
+    // (On failure: where the request or its answer went.)
+    let answer = req.request("dev", "a").await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; routing of q: {:?}; of p: {:?}",
+            q.fed.routing_stats(),
+            p_fed.routing_stats()
+        )
+    })?;
+    assert_eq!(&answer[..], b"dev got a");
     // Shared state before the takeover: a key set by dev, watched on q.
     let v1 = dev.kv().set("cfg.a", "1").await?;
     let mut q_watch = req.kv().watch_prefix("cfg.").await?;
