@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::link::heartbeat;
 use crate::config::{HubConfig, HubError};
 use crate::handle::HubHandle;
-use crate::router::changes::{is_change, ChangeDecoder, LinkFrame};
+use crate::router::changes::{is_change, Change, ChangeDecoder, LinkFrame};
 use crate::router::replica::Replica;
 use crate::router::RouterConfig;
 use crate::stats::HubStats;
@@ -36,14 +36,39 @@ use crate::stats::HubStats;
 /// snapshot holds the whole state.
 const LINK_MAX_FRAME: usize = 1 << 30;
 
+/// Tells the primary the standby holds every change up to `seq`.
+async fn ack(conn: &mut LinkConn, seq: u64) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    put_frame(&Frame::from(proto::ReplAck { repl_seq: seq }), &mut out);
+    conn.writer
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    conn.writer.flush().await.map_err(|e| format!("write: {e}"))
+}
+
+/// Applies the changes held, in order, into `replica` (an error stops the
+/// replica: the standby starts again from a snapshot).
+fn apply(replica: &mut Replica, held: &mut Vec<Change>) -> Result<(), String> {
+    let now = Instant::now();
+    for c in held.drain(..) {
+        replica.apply_change(now, c).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Changes a standby buffers (as the frames received) before their commit
 /// point arrives.
 const MAX_PENDING_CHANGES: usize = 1 << 20;
 
-/// Most commit groups a standby applies before it acknowledges them, while
+/// Most commit groups a standby holds before it acknowledges them, while
 /// more of the primary's frames are already at hand (it acknowledges at
 /// once whenever it would wait for the link).
 const MAX_UNACKED_GROUPS: usize = 64;
+
+/// Most decoded changes a standby holds, acknowledged or about to be,
+/// before it applies them (it stops reading ahead at this count).
+const MAX_HELD_CHANGES: usize = 8192;
 
 /// How long a standby tries to bind the failed primary's port.
 const BIND_RETRY: Duration = Duration::from_millis(250);
@@ -447,27 +472,41 @@ impl Standby {
             instance_id: hello.instance_id.clone(),
         };
         let mut pending: Vec<Bytes> = Vec::new();
+        // Whole groups decoded, in order, not yet applied; `committed` is
+        // the last change held (decoded or applied).
+        let mut held: Vec<Change> = Vec::new();
+        let mut committed = replica.repl_seq();
         let mut decoder = ChangeDecoder::default();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
         let mut snapshots = self.snapshots.lock().await;
         let mut last_rx = Instant::now();
-        // Commit groups applied but not yet acknowledged: one `ReplAck`
-        // covers every group that arrived together.
+        // Commit groups held but not yet acknowledged: one `ReplAck`
+        // covers every group that arrived together. A group is
+        // acknowledged once it is whole and decoded, before it is applied
+        // (the primary's clients wait for the acknowledgement, not for the
+        // replica's routing); it is applied before the link is read again,
+        // so a takeover never starts with an acknowledged change left out.
         let mut unacked = 0usize;
         loop {
-            let ready = if unacked > 0 && unacked < MAX_UNACKED_GROUPS {
-                conn.reader.next().now_or_never()
-            } else {
-                None
-            };
+            let ready =
+                if unacked > 0 && unacked < MAX_UNACKED_GROUPS && held.len() < MAX_HELD_CHANGES {
+                    conn.reader.next().now_or_never()
+                } else {
+                    None
+                };
             let next = if let Some(r) = ready {
                 Ok(r)
             } else {
                 if unacked > 0 {
                     unacked = 0;
-                    if self.held(&mut conn, &replica, primary).await.is_err() {
+                    let acked = ack(&mut conn, committed).await;
+                    if let Err(e) = apply(&mut replica, &mut held) {
+                        return Followed::Retry(e);
+                    }
+                    self.report(&replica, primary);
+                    if acked.is_err() {
                         return lost(replica);
                     }
                 }
@@ -497,10 +536,19 @@ impl Standby {
                     tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
                     return lost(replica);
                 }
-                Ok(None) => return lost(replica),
+                // (What is held was sent by the primary as committed: applied.)
+                Ok(None) => {
+                    return match apply(&mut replica, &mut held) {
+                        Ok(()) => lost(replica),
+                        Err(e) => Followed::Retry(e),
+                    }
+                }
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "replication link broke");
-                    return lost(replica);
+                    return match apply(&mut replica, &mut held) {
+                        Ok(()) => lost(replica),
+                        Err(e) => Followed::Retry(e),
+                    };
                 }
                 Ok(Some(Ok(body))) => {
                     last_rx = Instant::now();
@@ -508,7 +556,7 @@ impl Standby {
                 }
             };
             if is_change(&frame) {
-                // Decoded when its group is whole, straight into the replica.
+                // Decoded when its group is whole.
                 if pending.len() >= MAX_PENDING_CHANGES {
                     return Followed::Retry("too many changes without a commit point".into());
                 }
@@ -525,7 +573,6 @@ impl Standby {
             };
             match frame.kind {
                 Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
-                    let now = Instant::now();
                     for body in pending.drain(..) {
                         let c = match decoder.decode(body) {
                             Ok(LinkFrame::Change(c)) => c,
@@ -541,22 +588,37 @@ impl Standby {
                         if c.repl_seq > h.repl_seq {
                             return Followed::Retry("a change beyond its commit point".into());
                         }
-                        if let Err(e) = replica.apply_change(now, c) {
-                            return Followed::Retry(e.to_string());
+                        // Checked before it is acknowledged: the next change,
+                        // or one held already (skipped).
+                        if c.repl_seq <= committed {
+                            continue;
                         }
+                        if c.repl_seq != committed + 1 {
+                            return Followed::Retry(format!(
+                                "a gap in the changes: expected {}, got {}",
+                                committed + 1,
+                                c.repl_seq
+                            ));
+                        }
+                        committed = c.repl_seq;
+                        held.push(c);
                     }
-                    // Acknowledged before the next wait for the link.
+                    // Acknowledged (then applied) before the next wait for
+                    // the link.
                     unacked += 1;
                 }
                 Some(Kind::Heartbeat(h)) if h.epoch > replica.epoch() => {
                     return Followed::Retry("the primary's epoch changed".into());
                 }
                 Some(Kind::Snapshot(s)) => {
+                    // Taken after every change sent before it.
                     pending.clear();
+                    held.clear();
                     replica = match self.restore(&s) {
                         Ok(r) => r,
                         Err(e) => return Followed::Retry(e),
                     };
+                    committed = replica.repl_seq();
                     tracing::info!(
                         repl_seq = s.repl_seq,
                         "resynchronised from a fresh snapshot"
@@ -575,6 +637,12 @@ impl Standby {
         replica: &Replica,
         primary: SocketAddr,
     ) -> Result<(), String> {
+        self.report(replica, primary);
+        ack(conn, replica.repl_seq()).await
+    }
+
+    /// Says how far the replica got (stats and [`StandbyState`]).
+    fn report(&self, replica: &Replica, primary: SocketAddr) {
         let seq = replica.repl_seq();
         self.stats.repl.seq.store(seq, Ordering::Relaxed);
         self.state.send_replace(StandbyState::Following {
@@ -582,13 +650,6 @@ impl Standby {
             epoch: replica.epoch(),
             repl_seq: seq,
         });
-        let mut out = BytesMut::new();
-        put_frame(&Frame::from(proto::ReplAck { repl_seq: seq }), &mut out);
-        conn.writer
-            .write_all(&out)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        conn.writer.flush().await.map_err(|e| format!("write: {e}"))
     }
 
     fn restore(&self, snapshot: &proto::Snapshot) -> Result<Replica, String> {
