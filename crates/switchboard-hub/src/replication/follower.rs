@@ -47,6 +47,47 @@ async fn ack(conn: &mut LinkConn, seq: u64) -> Result<(), String> {
     conn.writer.flush().await.map_err(|e| format!("write: {e}"))
 }
 
+/// Takes a whole commit group (its change frames as received, `commit`
+/// its commit point): decodes each, checks that it follows on from
+/// `committed` (one held already is skipped) and does not pass the commit
+/// point, and appends it to `held`; `committed` becomes the last change
+/// held. An error means the link is unusable (the standby starts again).
+fn hold_group(
+    decoder: &mut ChangeDecoder,
+    pending: &mut Vec<Bytes>,
+    commit: u64,
+    committed: &mut u64,
+    held: &mut Vec<Change>,
+) -> Result<(), String> {
+    for body in pending.drain(..) {
+        let c = match decoder.decode(body) {
+            Ok(LinkFrame::Change(c)) => c,
+            Ok(LinkFrame::Other(_)) => return Err("a change frame without a change".into()),
+            Err(e) => {
+                return Err(format!(
+                    "the primary sent a change that does not decode: {e}"
+                ))
+            }
+        };
+        if c.repl_seq > commit {
+            return Err("a change beyond its commit point".into());
+        }
+        if c.repl_seq <= *committed {
+            continue;
+        }
+        if c.repl_seq != *committed + 1 {
+            return Err(format!(
+                "a gap in the changes: expected {}, got {}",
+                *committed + 1,
+                c.repl_seq
+            ));
+        }
+        *committed = c.repl_seq;
+        held.push(c);
+    }
+    Ok(())
+}
+
 /// Applies the changes held, in order, into `replica` (an error stops the
 /// replica: the standby starts again from a snapshot).
 fn apply(replica: &mut Replica, held: &mut Vec<Change>) -> Result<(), String> {
@@ -573,35 +614,14 @@ impl Standby {
             };
             match frame.kind {
                 Some(Kind::Heartbeat(h)) if h.repl_seq > 0 => {
-                    for body in pending.drain(..) {
-                        let c = match decoder.decode(body) {
-                            Ok(LinkFrame::Change(c)) => c,
-                            Ok(LinkFrame::Other(_)) => {
-                                return Followed::Retry("a change frame without a change".into())
-                            }
-                            Err(e) => {
-                                return Followed::Retry(format!(
-                                    "the primary sent a change that does not decode: {e}"
-                                ))
-                            }
-                        };
-                        if c.repl_seq > h.repl_seq {
-                            return Followed::Retry("a change beyond its commit point".into());
-                        }
-                        // Checked before it is acknowledged: the next change,
-                        // or one held already (skipped).
-                        if c.repl_seq <= committed {
-                            continue;
-                        }
-                        if c.repl_seq != committed + 1 {
-                            return Followed::Retry(format!(
-                                "a gap in the changes: expected {}, got {}",
-                                committed + 1,
-                                c.repl_seq
-                            ));
-                        }
-                        committed = c.repl_seq;
-                        held.push(c);
+                    if let Err(e) = hold_group(
+                        &mut decoder,
+                        &mut pending,
+                        h.repl_seq,
+                        &mut committed,
+                        &mut held,
+                    ) {
+                        return Followed::Retry(e);
                     }
                     // Acknowledged (then applied) before the next wait for
                     // the link.
@@ -753,5 +773,75 @@ async fn bind_taken_port(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of a link frame carrying a `client_left` change numbered `seq`.
+    fn left(seq: u64) -> Bytes {
+        let frame = Frame {
+            kind: Some(Kind::Change(Box::new(proto::Change {
+                repl_seq: seq,
+                op: Some(proto::change::Op::ClientLeft(format!("c{seq}"))),
+            }))),
+            ..Default::default()
+        };
+        Bytes::from(prost::Message::encode_to_vec(&frame))
+    }
+
+    fn hold(seqs: &[u64], commit: u64, committed: &mut u64) -> Result<Vec<u64>, String> {
+        let mut pending: Vec<Bytes> = seqs.iter().map(|s| left(*s)).collect();
+        let mut held = Vec::new();
+        hold_group(
+            &mut ChangeDecoder::default(),
+            &mut pending,
+            commit,
+            committed,
+            &mut held,
+        )?;
+        assert!(pending.is_empty(), "the group is taken whole");
+        Ok(held.iter().map(|c| c.repl_seq).collect())
+    }
+
+    #[test]
+    fn a_group_that_follows_on_is_held_in_order() {
+        let mut committed = 4;
+        assert_eq!(hold(&[5, 6, 7], 7, &mut committed), Ok(vec![5, 6, 7]));
+        assert_eq!(committed, 7);
+    }
+
+    #[test]
+    fn changes_held_already_are_skipped() {
+        let mut committed = 6;
+        assert_eq!(hold(&[5, 6, 7], 7, &mut committed), Ok(vec![7]));
+        assert_eq!(committed, 7);
+    }
+
+    #[test]
+    fn a_gap_or_a_change_past_the_commit_point_is_refused_before_it_is_acknowledged() {
+        let mut committed = 4;
+        let gap = hold(&[5, 7], 7, &mut committed).unwrap_err();
+        assert!(gap.contains("expected 6, got 7"), "{gap}");
+        let mut committed = 4;
+        let past = hold(&[5, 6], 5, &mut committed).unwrap_err();
+        assert!(past.contains("beyond its commit point"), "{past}");
+    }
+
+    #[test]
+    fn a_change_that_does_not_decode_is_refused() {
+        // Field 92 (`change`), length 127, and nothing after it.
+        let mut pending = vec![Bytes::from_static(&[0xe2, 0x05, 0x7f])];
+        let err = hold_group(
+            &mut ChangeDecoder::default(),
+            &mut pending,
+            9,
+            &mut 0,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.contains("does not decode"), "{err}");
     }
 }
