@@ -40,6 +40,12 @@ use crate::ids::ConnId;
 /// busier one keeps it for the next burst.
 pub const IDLE_KEEP_FRAMES: usize = 64;
 
+/// Frames an empty queue without memory (new, or given back by
+/// [`Outbox::release_idle`]) makes room for at its first push: one
+/// allocation for a batch, not a regrowth and copy at 4, 8 and 16 frames
+/// every time a busy writer goes idle between batches.
+pub const QUEUE_START_FRAMES: usize = 16;
+
 /// What one queued frame costs an outbox beyond its encoded size, bytes:
 /// the queue's entry for it (the frame's fields, its length, its tag). A
 /// queue's byte count (against [`crate::Limits::queue_bytes`] and
@@ -240,13 +246,25 @@ impl Outbox {
         }
     }
 
-    fn append(inner: &mut Inner, out: Out, droppable: bool, tag: u64, now: Option<Instant>) {
-        let len = LENGTH_PREFIX_LEN + out.encoded_len();
+    /// Queues `out`, whose encoding (without the length prefix) is
+    /// `encoded_len` bytes.
+    fn append(
+        inner: &mut Inner,
+        out: Out,
+        encoded_len: usize,
+        droppable: bool,
+        tag: u64,
+        now: Option<Instant>,
+    ) {
+        let len = LENGTH_PREFIX_LEN + encoded_len;
         inner.bytes += len + ENTRY_COST;
         inner.droppable += usize::from(droppable);
         let stamped = inner.since.is_none() && now.is_some();
         if stamped {
             inner.since = now;
+        }
+        if inner.queue.capacity() == 0 {
+            inner.queue.reserve_exact(QUEUE_START_FRAMES);
         }
         inner.queue.push_back(Entry {
             out,
@@ -277,7 +295,8 @@ impl Outbox {
             return Pushed::Closed;
         }
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, false, tag, now);
+        let encoded_len = out.encoded_len();
+        Self::append(&mut inner, out, encoded_len, false, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         let over = inner.bytes > limits.hard_bytes;
         drop(inner);
@@ -293,10 +312,13 @@ impl Outbox {
     /// oldest deliveries are dropped to make room (or, when nothing queued
     /// may be dropped, the new one). Returns how many were dropped, and
     /// appends the seqs of the numbered ones (a reliable client's) to
-    /// `dropped_seqs`, oldest first. `now` as for [`Outbox::push_control`].
+    /// `dropped_seqs`, oldest first. `now` as for [`Outbox::push_control`];
+    /// `encoded_len` is `out`'s [`Out::encoded_len`] (the router knows it
+    /// already for a numbered delivery).
     pub(crate) fn push_droppable(
         &self,
         out: Out,
+        encoded_len: usize,
         limits: &QueueLimits,
         tag: u64,
         now: Option<Instant>,
@@ -337,16 +359,19 @@ impl Outbox {
         inner.dropped_unreported += dropped;
         inner.dropped_total += dropped;
         let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, true, tag, now);
+        Self::append(&mut inner, out, encoded_len, true, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty);
         dropped
     }
 
-    /// Whether a waitable frame would have to wait.
+    /// Whether a waitable frame would have to wait. An empty queue never
+    /// is, and says so without the lock: only the router queues frames,
+    /// so a depth of 0 it reads is not stale in the direction that
+    /// matters (a queue group's pick asks this of a member per delivery).
     pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
-        Self::full(&self.inner.lock(), limits)
+        self.depth() != 0 && Self::full(&self.inner.lock(), limits)
     }
 
     /// Room left before the queue counts as full: frames, and bytes as
@@ -376,7 +401,9 @@ impl Outbox {
             return;
         }
         if let Some(frame) = last {
-            Self::append(&mut inner, Out::from(frame), false, 0, None);
+            let out = Out::from(frame);
+            let encoded_len = out.encoded_len();
+            Self::append(&mut inner, out, encoded_len, false, 0, None);
         }
         inner.state = State::Closing;
         self.depth.store(inner.queue.len(), Ordering::Relaxed);

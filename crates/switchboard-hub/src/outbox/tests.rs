@@ -112,18 +112,18 @@ fn dropped_numbered_deliveries_are_reported_by_seq() {
     };
     let mut seqs = Vec::new();
     for seq in 1..=2 {
-        outbox.push_droppable(numbered(seq), &limits, 0, None, &mut seqs);
+        outbox.push_measured(numbered(seq), &limits, 0, None, &mut seqs);
     }
     assert!(seqs.is_empty());
     assert_eq!(
-        outbox.push_droppable(numbered(3), &limits, 0, None, &mut seqs),
+        outbox.push_measured(numbered(3), &limits, 0, None, &mut seqs),
         1
     );
     assert_eq!(seqs, [1], "the oldest delivery went");
     // Unnumbered deliveries (a client without reliable delivery) report
     // no seq.
     assert_eq!(
-        outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut seqs),
+        outbox.push_measured(deliver(1, b"x"), &limits, 0, None, &mut seqs),
         1
     );
     assert_eq!(seqs, [1, 2]);
@@ -133,7 +133,7 @@ fn dropped_numbered_deliveries_are_reported_by_seq() {
         control.push_control(Out::from(Frame::ok(1)), &limits, 0, None);
     }
     assert_eq!(
-        control.push_droppable(numbered(9), &limits, 0, None, &mut seqs),
+        control.push_measured(numbered(9), &limits, 0, None, &mut seqs),
         1
     );
     assert_eq!(seqs, [1, 2, 9]);
@@ -148,7 +148,7 @@ fn drops_oldest_deliveries_only() {
     );
     for i in 1..=3 {
         assert_eq!(
-            outbox.push_droppable(
+            outbox.push_measured(
                 deliver(i, b"x"),
                 &LIMITS,
                 0,
@@ -160,7 +160,7 @@ fn drops_oldest_deliveries_only() {
     }
     // Full (4 frames): the oldest delivery (sub 1) goes, the Ok stays.
     assert_eq!(
-        outbox.push_droppable(
+        outbox.push_measured(
             deliver(4, b"x"),
             &LIMITS,
             0,
@@ -200,14 +200,14 @@ fn without_a_frame_count_the_byte_limit_counts_each_entry() {
     for i in 0..10 {
         assert_eq!(outbox.room(&limits), (usize::MAX - i, (10 - i) * cost));
         assert_eq!(
-            outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
+            outbox.push_measured(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
             0
         );
     }
     // Ten of them fill it: the eleventh makes room by dropping the oldest.
     assert!(outbox.is_full(&limits));
     assert_eq!(
-        outbox.push_droppable(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
+        outbox.push_measured(deliver(1, b"x"), &limits, 0, None, &mut Vec::new()),
         1
     );
     assert_eq!(outbox.depth(), 10);
@@ -237,7 +237,7 @@ fn control_frames_never_dropped_and_hard_limit_reported() {
     assert!(over);
     // With no delivery to drop, the new delivery is the one dropped.
     assert_eq!(
-        outbox.push_droppable(
+        outbox.push_measured(
             deliver(1, b"x"),
             &limits,
             0,
@@ -306,14 +306,14 @@ fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
     outbox.take(1, &mut taken);
     assert_eq!((taken.frames.len(), taken.stamped), (1, None));
     // Queued after the stamp left: stamped again.
-    outbox.push_droppable(
+    outbox.push_measured(
         deliver(1, b"x"),
         &limits,
         0,
         Some(Instant::now()),
         &mut Vec::new(),
     );
-    outbox.push_droppable(
+    outbox.push_measured(
         deliver(1, b"y"),
         &limits,
         0,
@@ -324,7 +324,7 @@ fn one_frame_at_a_time_is_stamped_and_a_dropped_stamp_is_replaced() {
     // its place is stamped instead.
     let dropped_at = Instant::now();
     assert_eq!(
-        outbox.push_droppable(
+        outbox.push_measured(
             deliver(1, b"z"),
             &limits,
             0,
@@ -359,12 +359,32 @@ fn an_idle_outbox_holds_no_queue_memory_and_a_busy_one_keeps_it() {
     outbox.take(usize::MAX, &mut taken);
     outbox.release_idle();
     assert_eq!(outbox.queue_capacity(), 0);
+    // The first push after makes room for a batch at once.
+    outbox.push_control(Out::from(Frame::ok(2)), &limits, 0, None);
+    assert_eq!(outbox.queue_capacity(), QUEUE_START_FRAMES);
+    outbox.take(usize::MAX, &mut taken);
+    outbox.release_idle();
 
     for n in 0..=IDLE_KEEP_FRAMES as u64 {
-        outbox.push_droppable(deliver(n, b"x"), &limits, 0, None, &mut Vec::new());
+        outbox.push_measured(deliver(n, b"x"), &limits, 0, None, &mut Vec::new());
     }
     outbox.take(usize::MAX, &mut taken);
     assert_eq!(taken.frames.len(), IDLE_KEEP_FRAMES + 1);
     outbox.release_idle();
     assert!(outbox.queue_capacity() > IDLE_KEEP_FRAMES);
+}
+
+impl Outbox {
+    /// [`Outbox::push_droppable`] measuring `out` itself.
+    fn push_measured(
+        &self,
+        out: Out,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+        dropped_seqs: &mut Vec<u64>,
+    ) -> u64 {
+        let len = out.encoded_len();
+        self.push_droppable(out, len, limits, tag, now, dropped_seqs)
+    }
 }

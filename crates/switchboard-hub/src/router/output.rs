@@ -149,21 +149,24 @@ impl Output {
 
     /// Numbers `out` for a reliable client `key`, logs it for the standby
     /// and keeps it until the client acknowledges it; returns the tag to
-    /// queue it with.
-    fn stamp(&mut self, key: ConnId, out: &mut Out) -> u64 {
+    /// queue it with, and `out`'s encoded length if numbering measured it.
+    fn stamp(&mut self, key: ConnId, out: &mut Out) -> (u64, Option<usize>) {
+        let mut measured = None;
         if !self.replaying && out.is_sequenced() {
             if let Some(link) = self.links.get_mut(&key) {
                 if link.reliable.is_on() {
-                    if link.reliable.number(out) > self.q.hard_bytes {
+                    let (retained, len) = link.reliable.number(out);
+                    if retained > self.q.hard_bytes {
                         self.to_kill.push(key);
                     }
+                    measured = Some(len);
                     if self.journal.is_on() {
                         self.journal.sent(&link.id, out);
                     }
                 }
             }
         }
-        self.tag()
+        (self.tag(), measured)
     }
 
     /// Sets the time frames pushed from now on are queued at (the router
@@ -182,7 +185,7 @@ impl Output {
 
     /// Sends `out` to client `conn` through `outbox` (never dropped).
     pub fn push(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
-        let tag = self.stamp(conn, &mut out);
+        let (tag, _) = self.stamp(conn, &mut out);
         if outbox.push_control(out, &self.q, tag, self.now) == Pushed::OverHardLimit {
             self.to_kill.push(conn);
         }
@@ -191,9 +194,10 @@ impl Output {
     /// Sends a pub/sub delivery or broadcast to client `conn` through
     /// `outbox`: a full queue drops its oldest such frames.
     pub fn push_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
-        let tag = self.stamp(conn, &mut out);
+        let (tag, measured) = self.stamp(conn, &mut out);
+        let len = measured.unwrap_or_else(|| out.encoded_len());
         let mut seqs = std::mem::take(&mut self.dropped_seqs);
-        self.dropped += outbox.push_droppable(out, &self.q, tag, self.now, &mut seqs);
+        self.dropped += outbox.push_droppable(out, len, &self.q, tag, self.now, &mut seqs);
         if !seqs.is_empty() {
             self.forget_dropped(conn, &seqs);
             seqs.clear();

@@ -65,8 +65,9 @@ impl Reliable {
     }
 
     /// Numbers `out` and keeps a copy until the client acknowledges it;
-    /// returns the bytes the retransmit buffer holds now.
-    pub fn number(&mut self, out: &mut Out) -> usize {
+    /// returns the bytes the retransmit buffer holds now, and `out`'s
+    /// encoded length as numbered (what its queue entry counts too).
+    pub fn number(&mut self, out: &mut Out) -> (usize, usize) {
         let seq = self.sent.number();
         out.set_seq(seq);
         // Every frame carries the acknowledgement (not only a new one): a
@@ -75,8 +76,9 @@ impl Reliable {
         let up_to = self.inbound.last_received();
         out.set_acked(up_to);
         self.inbound.acked(up_to);
-        self.sent.keep(seq, out.encoded_len(), out.clone());
-        self.sent.bytes()
+        let len = out.encoded_len();
+        self.sent.keep(seq, len, out.clone());
+        (self.sent.bytes(), len)
     }
 
     /// Forgets the frame numbered `seq`: it was dropped from the queue
