@@ -401,6 +401,20 @@ fn an_idle_outbox_is_one_allocation() {
     let mut again = Box::pin(cancel.cancelled());
     assert!(again.as_mut().poll(&mut cx).is_pending());
     assert_eq!(cancel.spilled_capacity(), 0);
+    // The reader may register while the writer holds the inline slot:
+    // once the writer is gone, the reader moves inline and the list is
+    // given back (else every idle connection kept a list for its one
+    // waiter).
+    let mut writer = Box::pin(cancel.cancelled());
+    drop(again);
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    let mut reader = Box::pin(cancel.cancelled());
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(cancel.spilled_capacity(), 1);
+    drop(writer);
+    outbox.release_idle();
+    assert_eq!(cancel.spilled_capacity(), 0);
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
     outbox.kill(None);
-    assert!(again.as_mut().poll(&mut cx).is_ready());
+    assert!(reader.as_mut().poll(&mut cx).is_ready());
 }

@@ -98,15 +98,23 @@ impl Waiters {
         if self.first.is_none() {
             self.first = Some((key, waker));
         } else {
+            // The usual second waiter is the one writer: room for one, not
+            // the four a first push would allocate.
+            if self.more.capacity() == 0 {
+                self.more.reserve_exact(1);
+            }
             self.more.push((key, waker));
         }
         key
     }
 
-    /// Forgets the waker registered under `key`.
+    /// Forgets the waker registered under `key`. A waiter left in the list
+    /// moves to the inline slot when it frees, so that the list empties
+    /// (and [`Cancel::release_idle`] can give it back) once only one
+    /// waiter is left, whichever registered first.
     fn remove(&mut self, key: u64) {
         match &self.first {
-            Some((k, _)) if *k == key => self.first = None,
+            Some((k, _)) if *k == key => self.first = self.more.pop(),
             _ => self.more.retain(|(k, _)| *k != key),
         }
     }
