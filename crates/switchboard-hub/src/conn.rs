@@ -562,7 +562,7 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
 ) -> impl Future<Output = ()> + use<'a, R, W> {
     async move {
         let max = shared.limits.max_frame;
-        let cancel = outbox.cancelled().clone();
+        let cancel = outbox.cancelled();
         // The highest acknowledgement handed to the router ahead of the
         // frames (`Inbox::send_ack`).
         let mut acked = 0;
@@ -581,7 +581,7 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
                 let sent = match $send {
                     Either::Left(done) => Some(done.into_inner()),
                     Either::Right(wait) => {
-                        Box::pin(offer(wait, &cancel, writer, outbox, via, shared)).await
+                        Box::pin(offer(wait, cancel, writer, outbox, via, shared)).await
                     }
                 };
                 match sent {
@@ -834,14 +834,13 @@ async fn write_loop<W: FrameTx>(
     batch_bytes: usize,
     linger: Option<Duration>,
 ) -> Option<W> {
-    let cancel = outbox.cancelled().clone();
     let mut writer = Writer {
         tx,
         via,
         // Allocated with the first batch; given back after small batches.
         buf: BytesMut::new(),
         stats,
-        cancel: cancel.clone(),
+        outbox: outbox.clone(),
     };
     let mut linger = linger.map(Linger::new);
     if drain(&outbox, batch_bytes, &inbox, &mut writer, linger.as_mut()).await {
@@ -849,7 +848,7 @@ async fn write_loop<W: FrameTx>(
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.tx.close()).await;
     // Stops the reader too.
-    cancel.cancel();
+    outbox.cancelled().cancel();
     None
 }
 
@@ -860,7 +859,8 @@ struct Writer<W> {
     via: Via,
     buf: BytesMut,
     stats: Arc<HubStats>,
-    cancel: crate::outbox::Cancel,
+    /// The outbox drained, for its [`Cancel`].
+    outbox: Arc<Outbox>,
 }
 
 impl<W: FrameTx> Drain for Writer<W> {
@@ -903,7 +903,7 @@ impl<W: FrameTx> Drain for Writer<W> {
                 }
             }
             // Killed mid-write: the stream is no longer at a frame boundary.
-            _ = self.cancel.cancelled() => return false,
+            _ = self.outbox.cancelled().cancelled() => return false,
         }
         stats.msgs_out.fetch_add(n, Ordering::Relaxed);
         stats.bytes_out.fetch_add(len as u64, Ordering::Relaxed);

@@ -437,7 +437,8 @@ impl Outbox {
 
     /// Gives the queue's memory back if it is empty and no larger than
     /// [`IDLE_KEEP_FRAMES`]: called by the writer before it waits, so an
-    /// idle connection holds no queue (a busy one keeps its capacity).
+    /// idle connection holds no queue (a busy one keeps its capacity), nor
+    /// the [`Cancel`]'s list of further waiters.
     pub fn release_idle(&self) {
         let mut inner = self.inner.lock();
         if inner.queue.is_empty()
@@ -446,6 +447,8 @@ impl Outbox {
         {
             inner.queue = VecDeque::new();
         }
+        drop(inner);
+        self.cancel.release_idle();
     }
 
     /// Capacity of the queue, in frames (for tests of

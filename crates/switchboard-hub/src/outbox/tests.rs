@@ -68,17 +68,16 @@ async fn gate_holds_frames_until_released() {
 #[tokio::test]
 async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
     let outbox = Outbox::new(ConnId(1));
-    let cancel = outbox.cancelled().clone();
     let waiters: Vec<_> = (0..3)
         .map(|_| {
-            let cancel = cancel.clone();
-            tokio::spawn(async move { cancel.cancelled().await })
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.cancelled().cancelled().await })
         })
         .collect();
+    let cancel = outbox.cancelled();
     // A waiter dropped before the kill leaves nothing behind.
-    let dropped = cancel.clone();
     assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(5), dropped.cancelled())
+        tokio::time::timeout(std::time::Duration::from_millis(5), cancel.cancelled())
             .await
             .is_err()
     );
@@ -387,4 +386,55 @@ impl Outbox {
         let len = out.encoded_len();
         self.push_droppable(out, len, limits, tag, now, dropped_seqs)
     }
+}
+
+/// Every connection holds its outbox for its life: the outbox, its
+/// `Cancel` and the `Cancel`'s first waiter are one allocation (an idle
+/// connection's reader is that waiter); further waiters' list is given
+/// back when the writer goes idle.
+#[test]
+fn an_idle_outbox_is_one_allocation() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    // The `Arc`'s two counts and the outbox: one 256-byte block.
+    let size = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Outbox>();
+    assert!(size <= 256, "outbox {size} bytes");
+    let outbox = Outbox::new(ConnId(1));
+    let cancel = outbox.cancelled();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut reader = Box::pin(cancel.cancelled());
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
+    // One waiter: nothing allocated for it.
+    assert_eq!(cancel.spilled_capacity(), 0);
+    let mut writer = Box::pin(cancel.cancelled());
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    assert!(cancel.spilled_capacity() > 0);
+    // Re-polled, a waiter keeps its place.
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
+    drop(writer);
+    outbox.release_idle();
+    assert_eq!(cancel.spilled_capacity(), 0);
+    // The first slot is free again once its waiter is gone, and the
+    // kill still wakes whoever waits.
+    drop(reader);
+    let mut again = Box::pin(cancel.cancelled());
+    assert!(again.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(cancel.spilled_capacity(), 0);
+    // The reader may register while the writer holds the inline slot:
+    // once the writer is gone, the reader moves inline and the list is
+    // given back (else every idle connection kept a list for its one
+    // waiter).
+    let mut writer = Box::pin(cancel.cancelled());
+    drop(again);
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    let mut reader = Box::pin(cancel.cancelled());
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(cancel.spilled_capacity(), 1);
+    drop(writer);
+    outbox.release_idle();
+    assert_eq!(cancel.spilled_capacity(), 0);
+    assert!(reader.as_mut().poll(&mut cx).is_pending());
+    outbox.kill(None);
+    assert!(reader.as_mut().poll(&mut cx).is_ready());
 }

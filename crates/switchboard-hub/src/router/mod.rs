@@ -742,10 +742,7 @@ impl Router {
                 .output
                 .get_mut(key)
                 .and_then(|l| l.reliable.timer_fired());
-            let attached = self
-                .registry
-                .get(key)
-                .is_some_and(|c| c.detached_until.is_none());
+            let attached = self.registry.get(key).is_some_and(|c| c.is_attached());
             if owed.is_some() && attached {
                 self.output.send_ack(key);
             }
