@@ -255,17 +255,25 @@ impl FrameCodec {
         Ok(())
     }
 
+    /// Appends `hand` with its length prefix to `dst`, checked against
+    /// the outbound limit as every frame this codec encodes: for a sender
+    /// that holds a frame's parts, not a [`Frame`] (a client's publish
+    /// from a borrowed topic).
+    pub fn encode_hand(&self, hand: &HandFrame<'_>, dst: &mut BytesMut) -> Result<(), WireError> {
+        let len = hand.encoded_len();
+        self.check_outbound(len)?;
+        dst.reserve(LENGTH_PREFIX_LEN + len);
+        dst.put_u32(len as u32);
+        hand.encode_body(dst);
+        Ok(())
+    }
+
     fn encode_ref(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         // A publish without headers and an `Ok` are encoded by hand: prost's
         // generic encoder cost a publisher ~730 instructions per 64-byte
         // publish.
         if let Some(hand) = HandFrame::of(frame) {
-            let len = hand.encoded_len();
-            self.check_outbound(len)?;
-            dst.reserve(LENGTH_PREFIX_LEN + len);
-            dst.put_u32(len as u32);
-            hand.encode_body(dst);
-            return Ok(());
+            return self.encode_hand(&hand, dst);
         }
         let len = frame.encoded_len();
         self.check_outbound(len)?;

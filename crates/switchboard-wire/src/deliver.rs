@@ -177,14 +177,24 @@ const FRAME_PUBLISH_FIELD: u32 = 44;
 /// for byte what prost encodes (tested against prost below).
 #[derive(Debug, Clone, Copy)]
 pub enum HandFrame<'a> {
-    /// `Frame{seq, acked, publish}` whose `Publish` has no headers.
+    /// `Frame{seq, acked, publish}` whose `Publish` has no headers, from
+    /// its parts: a `proto::Publish` ([`HandFrame::of`]) or a client's
+    /// borrowed topic and payload (nothing allocated to publish).
     Publish {
         /// `Frame.seq`.
         seq: u64,
         /// `Frame.acked`.
         acked: u64,
-        /// The publish.
-        publish: &'a proto::Publish,
+        /// `Publish.id`.
+        id: u64,
+        /// `Publish.topic`.
+        topic: &'a str,
+        /// `Publish.from`.
+        from: &'a str,
+        /// `Publish.reply_to`.
+        reply_to: &'a str,
+        /// `Publish.payload`.
+        payload: &'a Bytes,
     },
     /// `Frame{seq, acked, ok{id}}`.
     Ok {
@@ -203,13 +213,15 @@ impl<'a> HandFrame<'a> {
     pub fn of(frame: &'a crate::Frame) -> Option<HandFrame<'a>> {
         let (seq, acked) = (frame.seq, frame.acked);
         match &frame.kind {
-            Some(crate::Kind::Publish(publish)) if publish.headers.is_empty() => {
-                Some(HandFrame::Publish {
-                    seq,
-                    acked,
-                    publish,
-                })
-            }
+            Some(crate::Kind::Publish(p)) if p.headers.is_empty() => Some(HandFrame::Publish {
+                seq,
+                acked,
+                id: p.id,
+                topic: &p.topic,
+                from: &p.from,
+                reply_to: &p.reply_to,
+                payload: &p.payload,
+            }),
             Some(crate::Kind::Ok(ok)) => Some(HandFrame::Ok {
                 seq,
                 acked,
@@ -227,14 +239,18 @@ impl<'a> HandFrame<'a> {
             HandFrame::Publish {
                 seq,
                 acked,
-                publish: p,
+                id,
+                topic,
+                from,
+                reply_to,
+                payload,
             } => {
-                let mut len = str_len(&p.topic) + str_len(&p.from) + str_len(&p.reply_to);
-                if p.id != 0 {
-                    len += 1 + encoded_len_varint(p.id);
+                let mut len = str_len(topic) + str_len(from) + str_len(reply_to);
+                if id != 0 {
+                    len += 1 + encoded_len_varint(id);
                 }
-                if !p.payload.is_empty() {
-                    len += 1 + encoded_len_varint(p.payload.len() as u64) + p.payload.len();
+                if !payload.is_empty() {
+                    len += 1 + encoded_len_varint(payload.len() as u64) + payload.len();
                 }
                 (seq, acked, FRAME_PUBLISH_FIELD, len)
             }
@@ -276,7 +292,7 @@ impl<'a> HandFrame<'a> {
         n = put_frame_head(&mut fixed, n, seq, acked, field, body);
         // Field 1 of both kinds: `Publish.id`, `Ok.id`.
         let id = match *self {
-            HandFrame::Publish { publish, .. } => publish.id,
+            HandFrame::Publish { id, .. } => id,
             HandFrame::Ok { id, .. } => id,
         };
         if id != 0 {
@@ -285,11 +301,18 @@ impl<'a> HandFrame<'a> {
         }
         buf.reserve(n + body);
         buf.put_slice(&fixed[..n]);
-        if let HandFrame::Publish { publish: p, .. } = *self {
-            put_str(KEY_TOPIC, &p.topic, buf);
-            put_str(KEY_FROM, &p.from, buf);
-            put_payload(&p.payload, buf);
-            put_str(KEY_REPLY_TO, &p.reply_to, buf);
+        if let HandFrame::Publish {
+            topic,
+            from,
+            reply_to,
+            payload,
+            ..
+        } = *self
+        {
+            put_str(KEY_TOPIC, topic, buf);
+            put_str(KEY_FROM, from, buf);
+            put_payload(payload, buf);
+            put_str(KEY_REPLY_TO, reply_to, buf);
         }
     }
 }

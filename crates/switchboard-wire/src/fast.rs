@@ -70,13 +70,20 @@ const KEY_OK: u64 = 30 << 3 | 2;
 
 /// Reads a varint of at most 9 bytes (values below 2^63) at `*pos`. A
 /// one-byte varint (keys, small lengths and ids: most of them) takes the
-/// short path.
+/// short path, a two-byte one (lengths and sequence numbers below 16,384)
+/// the next shortest.
 #[inline]
 fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let byte = *b.get(*pos)?;
     if byte < 0x80 {
         *pos += 1;
         return Some(u64::from(byte));
+    }
+    if let Some(&next) = b.get(*pos + 1) {
+        if next < 0x80 {
+            *pos += 2;
+            return Some(u64::from(byte & 0x7f) | u64::from(next) << 7);
+        }
     }
     varint_long(b, pos)
 }
@@ -85,11 +92,13 @@ fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 #[inline(never)]
 fn varint_long(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut value = 0u64;
-    for shift in (0..63).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
+    let mut i = *pos;
+    for shift in [0, 7, 14, 21, 28, 35, 42, 49, 56] {
+        let byte = *b.get(i)?;
+        i += 1;
         value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
+        if byte < 0x80 {
+            *pos = i;
             return Some(value);
         }
     }
@@ -256,6 +265,35 @@ mod tests {
     use prost::Message;
 
     use crate::test_frames::sample_deliver as deliver;
+
+    /// Varints of every length this decoder reads come out as prost
+    /// reads them; a cut one, or one of 10 bytes, does not.
+    #[test]
+    fn varints_read_as_prost_reads_them() {
+        let values = [0, 1, 127, 128, 300, 16_383, 16_384, (1 << 21) - 1, 1 << 21];
+        for v in values
+            .into_iter()
+            .chain((28..63).step_by(7).map(|s| 1 << s))
+        {
+            let mut b = Vec::new();
+            prost::encoding::encode_varint(v, &mut b);
+            let mut pos = 0;
+            assert_eq!(varint(&b, &mut pos), Some(v), "{v}");
+            assert_eq!(pos, b.len());
+            for cut in 0..b.len() {
+                assert_eq!(varint(&b[..cut], &mut 0), None, "{v} cut at {cut}");
+            }
+            // After other bytes, as in a frame.
+            let mut after = vec![0x08];
+            after.extend_from_slice(&b);
+            let mut pos = 1;
+            assert_eq!(varint(&after, &mut pos), Some(v));
+            assert_eq!(pos, after.len());
+        }
+        let mut ten = Vec::new();
+        prost::encoding::encode_varint(u64::MAX, &mut ten);
+        assert_eq!(varint(&ten, &mut 0), None);
+    }
 
     #[test]
     fn decodes_what_prost_decodes() {

@@ -22,7 +22,7 @@ use super::connect::{connect_once, Connected, Endpoint};
 use super::events::ClientEvent;
 use super::presence;
 use super::reader::{read_loop, End};
-use super::registry::ConnTx;
+use super::registry::{ConnTx, Out};
 use super::shared::{Shared, Target};
 use super::streams::subscribe_frame;
 use super::transport::Wr;
@@ -325,7 +325,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
                         silent
                     ));
                 }
-                let _ = tx.try_send(proto::Ping { nonce: silent }.into());
+                let _ = tx.try_send(Frame::from(proto::Ping { nonce: silent }).into());
             }
         }
     };
@@ -359,7 +359,7 @@ async fn drive(shared: &Arc<Shared>, conn: Connected, generation: u64) -> End {
     }
     shared.wake.notify_waiters();
     if matches!(end, End::Closed) {
-        let _ = tx.try_send(Frame::goodbye(ErrorCode::Unspecified, "client closing"));
+        let _ = tx.try_send(Frame::goodbye(ErrorCode::Unspecified, "client closing").into());
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
     }
@@ -484,22 +484,22 @@ async fn resync(shared: &Arc<Shared>, again: bool) {
 /// published for the reader.
 async fn write_loop(
     replay: Vec<Frame>,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Out>,
     mut w: Wr,
     max_frame: usize,
     acks: Option<(Arc<Shared>, Arc<AtomicU64>)>,
 ) -> std::io::Result<()> {
     let mut codec = FrameCodec::with_max_frame(max_frame);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // The acknowledgement a frame written now carries.
+    let acked = || match &acks {
+        Some((shared, _)) => shared.in_last.load(Ordering::Relaxed),
+        None => 0,
+    };
     let stamp = |frame: &mut Frame| -> u64 {
-        match &acks {
-            Some((shared, _)) => {
-                let up_to = shared.in_last.load(Ordering::Relaxed);
-                frame.acked = up_to;
-                up_to
-            }
-            None => 0,
-        }
+        let up_to = acked();
+        frame.acked = up_to;
+        up_to
     };
     let carried = |up_to: u64| {
         if let Some((_, carried)) = &acks {
@@ -523,13 +523,27 @@ async fn write_loop(
     w.flush().await?;
     // Frames are taken a slice at a time and encoded where they lie (a
     // `Frame` is large: each move of one is a copy).
-    let mut frames: Vec<Frame> = Vec::with_capacity(RECV_BATCH);
+    let mut frames: Vec<Out> = Vec::with_capacity(RECV_BATCH);
     let mut up_to = 0;
     while rx.recv_many(&mut frames, RECV_BATCH).await > 0 {
         loop {
-            for frame in &mut frames {
-                up_to = stamp(frame);
-                encode(&mut codec, frame, &mut buf);
+            for out in &mut frames {
+                match out {
+                    Out::Frame(frame) => {
+                        up_to = stamp(frame);
+                        encode(&mut codec, frame, &mut buf);
+                    }
+                    Out::Publish { .. } => {
+                        up_to = acked();
+                        if let Some(hand) = out.hand(up_to) {
+                            if let Err(e) = codec.encode_hand(&hand, &mut buf) {
+                                // Sizes are checked before queueing; this
+                                // is a last guard.
+                                tracing::warn!(error = %e, "dropping a publish that cannot be encoded");
+                            }
+                        }
+                    }
+                }
                 if buf.len() >= WRITE_BATCH {
                     write_out(&mut w, &mut buf).await?;
                     carried(up_to);

@@ -13,11 +13,11 @@ use futures::{FutureExt, StreamExt};
 use switchboard_wire::ACK_DELAY;
 use switchboard_wire::{proto, Delivery, ErrorCode, Frame, Incoming, IncomingCodec, Kind};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 use super::events::ClientEvent;
 use super::queue::{Pushed, Queue};
-use super::registry::{Registry, SubSink};
+use super::registry::{Out, Registry, SubSink};
 use super::reliable::Inbound;
 use super::request::{error_reply, IncomingRequest};
 use super::shared::Shared;
@@ -58,9 +58,9 @@ impl End {
 
 /// Queues the acknowledgement `inbound` owes, if any; it stays owed when
 /// the send queue is full.
-fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
+fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Out>) {
     if let Some(up_to) = inbound.owed_ack() {
-        if tx.try_send(Frame::ack(up_to)).is_ok() {
+        if tx.try_send(Frame::ack(up_to).into()).is_ok() {
             inbound.acked(up_to);
         }
     }
@@ -77,7 +77,7 @@ fn send_ack(inbound: &mut Inbound, tx: &mpsc::Sender<Frame>) {
 pub(crate) async fn read_loop(
     shared: Arc<Shared>,
     mut reader: FramedRead<Rd, IncomingCodec>,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Out>,
     base: tokio::time::Instant,
     last_rx: Arc<AtomicU64>,
     carried: Arc<AtomicU64>,
@@ -94,8 +94,18 @@ pub(crate) async fn read_loop(
     // Frames still taken before the receive time is read again (0: read
     // it at the next frame).
     let mut unclocked = 0u32;
+    // Frames already buffered are decoded straight out of the read buffer
+    // (the reader's own codec never changes while it runs); the stream's
+    // `poll_next` (and its wrapping of every frame) only when the buffer
+    // holds no whole frame.
+    let mut codec = reader.decoder().clone();
     loop {
-        let next = match reader.next().now_or_never() {
+        let buffered = match codec.decode(reader.read_buffer_mut()) {
+            Ok(Some(item)) => Some(Some(Ok(item))),
+            Ok(None) => None,
+            Err(e) => Some(Some(Err(e))),
+        };
+        let next = match buffered.or_else(|| reader.next().now_or_never()) {
             Some(next) => next,
             None => {
                 // Nothing more buffered: the batch is done.
@@ -450,7 +460,7 @@ fn deliver_now(shared: &Arc<Shared>, d: Delivery, slow: &mut Slow) -> Route {
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route {
+fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Out>) -> Route {
     let mut reg = shared.reg.lock();
     match kind {
         Kind::Ok(m) => answer(&mut reg, m.id, Kind::Ok(m)),
@@ -563,7 +573,7 @@ fn dispatch(shared: &Arc<Shared>, kind: Kind, tx: &mpsc::Sender<Frame>) -> Route
         }
         Kind::Ping(p) => {
             drop(reg);
-            let _ = tx.try_send(proto::Pong { nonce: p.nonce }.into());
+            let _ = tx.try_send(Frame::from(proto::Pong { nonce: p.nonce }).into());
         }
         Kind::Pong(_) => {}
         other => {

@@ -264,9 +264,8 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        let payload = payload.into();
         self.shared()
-            .post_at_most_once_with(|| Frame::publish(topic, payload))
+            .publish_at_most_once(topic, payload.into())
             .await
     }
 }

@@ -34,7 +34,7 @@ pub struct SessionLink {
     peer: Option<String>,
     link_id: u64,
     rx: mpsc::Receiver<switchboard_wire::proto::Session>,
-    tx: PollSender<Frame>,
+    tx: PollSender<super::registry::Out>,
 }
 
 impl std::fmt::Debug for SessionLink {
@@ -98,7 +98,7 @@ impl Sink<Frame> for SessionLink {
             )));
         }
         self.tx
-            .send_item(frame)
+            .send_item(frame.into())
             .map_err(|_| ClientError::Disconnected)
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {

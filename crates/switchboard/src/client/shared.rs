@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::events::{ClientEvent, EVENTS_CAPACITY};
-use super::registry::{ConnTx, Pending, Registry};
+use super::registry::{ConnTx, Out, Pending, Registry};
 use super::reliable;
 use super::request::Outlet;
 use super::transport;
@@ -246,7 +246,7 @@ impl Shared {
                                 if let Some((id, tx)) = waiter.take() {
                                     reg.pending.insert(id, Pending { tx, sequenced });
                                 }
-                                permit.send(frame);
+                                permit.send(Out::Frame(frame));
                                 return Ok(());
                             }
                             Wait::Retention
@@ -313,12 +313,53 @@ impl Shared {
                 if let Ok(permit) = conn.tx.try_reserve() {
                     let frame = make();
                     Self::check_size(switchboard_wire::frame_len(&frame), conn)?;
-                    permit.send(frame);
+                    permit.send(Out::Frame(frame));
                     return Ok(());
                 }
             }
         }
         self.post_at_most_once(make()).await
+    }
+
+    /// [`post_at_most_once`](Self::post_at_most_once) of a publish of
+    /// `payload` to `topic` without headers. In the common case (connected,
+    /// room in the send queue, a topic of at most [`INLINE_TOPIC`] bytes)
+    /// it is queued as its parts ([`Out::Publish`]): no `proto::Publish`
+    /// is built, nothing is allocated, and the writer encodes it by hand.
+    ///
+    /// [`INLINE_TOPIC`]: super::registry::INLINE_TOPIC
+    pub async fn publish_at_most_once(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+    ) -> Result<(), ClientError> {
+        let payload_len = payload.len();
+        let payload = match Out::publish(topic, payload) {
+            Ok(out) => {
+                {
+                    let reg = self.reg.lock();
+                    if let Some(conn) = &reg.conn {
+                        if let Ok(permit) = conn.tx.try_reserve() {
+                            // The keys and lengths of a publish without id,
+                            // numbering or reply-to take under 32 bytes:
+                            // only one near the limit is measured.
+                            if topic.len() + payload_len + 32 > conn.max_frame {
+                                let len = out.hand(0).map_or(0, |h| h.encoded_len());
+                                Self::check_size(len, conn)?;
+                            }
+                            permit.send(out);
+                            return Ok(());
+                        }
+                    }
+                }
+                match out {
+                    Out::Publish { payload, .. } => payload,
+                    Out::Frame(frame) => return self.post_at_most_once(frame).await,
+                }
+            }
+            Err(payload) => payload,
+        };
+        self.post_at_most_once(Frame::publish(topic, payload)).await
     }
 
     /// Queues a frame that must not be lost for want of room (unregistering
