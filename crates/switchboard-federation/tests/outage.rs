@@ -12,6 +12,9 @@ use common::{eventually, nats_server, wait_members, Cluster, FedHub, WAIT};
 /// Hub A's queue towards NATS, bytes.
 const QUEUE: usize = 2 * 1024 * 1024;
 
+/// Generous bound on the local publishes while the NATS node is gone.
+const ALL_LOCAL: Duration = Duration::from_secs(240);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Result<()> {
     let Some(bin) = nats_server() else {
@@ -59,7 +62,10 @@ async fn local_traffic_goes_on_when_the_hubs_nats_node_is_gone() -> anyhow::Resu
         "{N} publishes, each delivered locally, in {:?}",
         t.elapsed()
     );
-    assert!(t.elapsed() < WAIT, "{:?}", t.elapsed());
+    // Speed is not the point (a debug build on a loaded 2-core machine
+    // took 63 s): a router that waited on NATS would take far longer —
+    // a publish waiting even 5 ms would add 290 s — or never finish.
+    assert!(t.elapsed() < ALL_LOCAL, "{:?}", t.elapsed());
     // Local request/reply too.
     let _serve = local
         .serve(|req| async move { Ok::<_, String>(req.payload().clone()) })
