@@ -60,7 +60,8 @@ impl Future for Notified<'_> {
 /// connection, not two), and its first waiter (an idle connection's
 /// reader, the only one) inline too: an idle connection allocates nothing
 /// for it. Further waiters (a running writer) go to a list that
-/// [`Cancel::release_idle`] gives back once it is empty.
+/// the outbox gives back once it is empty, when its writer goes idle
+/// ([`Outbox::release_idle`](super::Outbox::release_idle)).
 #[derive(Debug, Default)]
 pub struct Cancel {
     done: AtomicBool,
