@@ -158,17 +158,23 @@ pub struct Directory {
     /// [`Directory::caught_up`]).
     seen_ids: tokio::sync::watch::Sender<u64>,
     seen_hubs: tokio::sync::watch::Sender<u64>,
+    /// Told when this hub's heartbeat reaches the cluster again after
+    /// failing: the hub may have been taken for dead meanwhile, so its
+    /// ids are written again (the same path as a NATS reconnection).
+    rejoined: mpsc::UnboundedSender<()>,
     stats: DirectoryStats,
 }
 
 impl Directory {
     /// Opens the buckets and starts the watches, the reaper and the
     /// command task (and a standby's heartbeat); they stop with `stop`. A
-    /// primary's heartbeat starts with [`Directory::join`].
+    /// primary's heartbeat starts with [`Directory::join`]. `rejoined` is
+    /// told when the heartbeat reaches the cluster again after failing.
     pub(crate) async fn open(
         client: async_nats::Client,
         options: &FederationOptions,
         stop: CancellationToken,
+        rejoined: mpsc::UnboundedSender<()>,
     ) -> Result<Arc<Directory>, FederationError> {
         let js = async_nats::jetstream::new(client.clone());
         let replicas = options
@@ -199,6 +205,7 @@ impl Directory {
             hubs,
             seen_ids: tokio::sync::watch::Sender::new(0),
             seen_hubs: tokio::sync::watch::Sender::new(0),
+            rejoined,
             stats: DirectoryStats::default(),
         });
         spawn(
@@ -606,15 +613,31 @@ impl Directory {
             .map_err(|e| FederationError::JetStream(e.to_string()))
     }
 
+    /// Beats every third of the lease. A beat that fails means the
+    /// cluster may not hear this hub (its node cut off from the others
+    /// while the NATS connection stays up): the other hubs release its
+    /// ids once the lease runs out, and only the id watch would tell it.
+    /// So the first beat that succeeds again tells `rejoined`, and the
+    /// ids are written again whatever the watch shows.
     async fn heartbeat(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.lease / 3);
+        let mut failed = false;
         loop {
             every.tick().await;
             if self.is_standby() || self.is_fenced() {
                 continue;
             }
-            if let Err(e) = self.beat().await {
-                tracing::warn!(error = %e, "federation: heartbeat failed");
+            match self.beat().await {
+                Ok(()) => {
+                    if std::mem::take(&mut failed) {
+                        tracing::info!("federation: the cluster takes this hub's heartbeat again; writing its ids again");
+                        let _ = self.rejoined.send(());
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(error = %e, "federation: heartbeat failed");
+                }
             }
         }
     }

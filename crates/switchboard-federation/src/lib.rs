@@ -368,8 +368,9 @@ struct Handle {
     rtt_us: Arc<AtomicU64>,
     /// What the NATS client said about itself (slow consumers).
     nats_events: Arc<NatsEvents>,
-    /// One message per (re)connection to the cluster, until the hub
-    /// attaches its port.
+    /// One message per (re)connection to the cluster, and per heartbeat
+    /// that reached it again after failing, until the hub attaches its
+    /// port.
     connected: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
     stop: CancellationToken,
 }
@@ -391,9 +392,10 @@ impl Federation {
         }
         let (connected_tx, connected) = tokio::sync::mpsc::unbounded_channel();
         let nats_events = Arc::new(NatsEvents::default());
-        let client = connect_nats(&options, connected_tx, nats_events.clone()).await?;
+        let client = connect_nats(&options, connected_tx.clone(), nats_events.clone()).await?;
         let stop = CancellationToken::new();
-        let directory = Directory::open(client.clone(), &options, stop.clone()).await?;
+        let directory =
+            Directory::open(client.clone(), &options, stop.clone(), connected_tx).await?;
         let rtt_us = Arc::new(AtomicU64::new(0));
         spawn_until(stop.clone(), measure_rtt(client.clone(), rtt_us.clone()));
         let replicas = options
@@ -768,9 +770,11 @@ impl Remote for Federation {
         let routing = self.inner.routing.clone();
         let stop = self.inner.stop.clone();
         if let Some(mut connected) = self.inner.connected.lock().take() {
-            // On every reconnection: write this hub's ids again (the
-            // others may have released them after the lease), closing
-            // the local clients whose id another hub took meanwhile.
+            // On every reconnection to NATS, and when the heartbeat
+            // reaches the cluster again after failing: write this hub's
+            // ids again (the others may have released them after the
+            // lease), closing the local clients whose id another hub took
+            // meanwhile.
             let directory = self.inner.directory.clone();
             let sender = port.sender();
             spawn_until(stop.clone(), async move {

@@ -129,6 +129,13 @@ impl Proc {
         })
     }
 
+    /// What the process wrote on standard error so far, its last `max`
+    /// lines (for a failure's message).
+    fn said(&self, max: usize) -> String {
+        let all: Vec<String> = self.stderr.try_iter().collect();
+        all[all.len().saturating_sub(max)..].join("\n")
+    }
+
     /// SIGTERM, then the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
@@ -188,18 +195,26 @@ fn federated_hub(
 /// Runs `run` until its command succeeds (a federation fact spreads over
 /// the cluster in a moment), pausing 200 ms between tries, within
 /// `within`; the standard output. `what` names it in the failure.
-fn until_ok(what: &str, within: Duration, mut run: impl FnMut() -> Output) -> String {
+fn until_ok(what: &str, within: Duration, run: impl FnMut() -> Output) -> String {
+    until_ok_or(what, within, run, String::new)
+}
+
+/// [`until_ok`], with `context` (what the hubs saw) in the failure.
+fn until_ok_or(
+    what: &str,
+    within: Duration,
+    mut run: impl FnMut() -> Output,
+    context: impl FnOnce() -> String,
+) -> String {
     let deadline = Instant::now() + within;
     loop {
         let o = run();
         if o.status.success() {
             return text(&o.stdout);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} kept failing: {}",
-            text(&o.stderr)
-        );
+        if Instant::now() >= deadline {
+            panic!("{what} kept failing: {}\n{}", text(&o.stderr), context());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }

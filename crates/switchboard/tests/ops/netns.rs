@@ -328,10 +328,24 @@ fn hubs_on_separate_hosts_meet_only_through_the_federation() {
     // what B wrote meanwhile.
     hosts.link(0, true);
     let healed = Instant::now();
-    let answer = super::until_ok(
+    let answer = super::until_ok_or(
         "a request to dev once healed",
         Duration::from_secs(90),
         || request(&hosts, &env, 1, b, "dev", "healed"),
+        || {
+            // Which hub lost track: its federation counters and log.
+            let mut seen = String::new();
+            for (i, (hub, addr)) in hubs.iter().enumerate() {
+                let status = cli(&hosts, &env, i, &["--addr", addr, "status"]);
+                seen += &format!(
+                    "hub on host {i}: status {}\n{}\nits log:\n{}\n",
+                    text(&status.stdout),
+                    text(&status.stderr),
+                    hub.said(80)
+                );
+            }
+            seen
+        },
     );
     assert_eq!(answer.trim_end(), "healed");
     eprintln!(
