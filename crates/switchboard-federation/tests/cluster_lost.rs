@@ -69,7 +69,9 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     assert!(e.to_string().contains("NATS cluster"), "{e}");
     let e = on_a.send("far.b", "x").await.expect_err("cut off");
     assert_eq!(e.code(), Some(ErrorCode::NoSuchClient), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // At once: well within the request's 10 s (generous for a loaded
+    // machine running a debug build).
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // Local traffic goes on.
     assert_eq!(&on_a.request("local.a", "ping").await?[..], b"ping");
 

@@ -89,7 +89,9 @@ async fn direct_and_request_reply_cross_hubs_both_ways() -> anyhow::Result<()> {
     assert_eq!(e.code(), Some(ErrorCode::NoSuchClient), "{e}");
     let e = on_a.send("nobody", "x").await.expect_err("unknown");
     assert_eq!(e.code(), Some(ErrorCode::NoSuchClient), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // At once: far within the default request timeout (generous for a
+    // loaded machine running a debug build).
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
     // Known on the other hub but not serving requests: NOT_LISTENING.
     let idle = b.client("idle.b").await?;
@@ -116,7 +118,9 @@ async fn direct_and_request_reply_cross_hubs_both_ways() -> anyhow::Result<()> {
         .await
         .expect_err("no answer");
     assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // In time: the wait a request without its timeout would see is
+    // WAIT (60 s); the bound leaves a loaded machine room.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // The request did reach it; its late answer goes nowhere.
     let late = tokio::time::timeout(WAIT, slow_reqs.recv())
         .await?
