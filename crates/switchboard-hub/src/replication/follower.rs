@@ -556,7 +556,12 @@ impl Standby {
                     let _ = reply.send(replica.snapshot());
                     continue;
                 }
-                r = tokio::time::timeout(silence, conn.reader.next()) => r,
+                r = tokio::time::timeout(silence, conn.reader.next()) => {
+                    // Heard from the primary (read once per wait: the
+                    // frames already at hand follow without a clock read).
+                    last_rx = Instant::now();
+                    r
+                }
                 _ = ticker.tick() => {
                     if last_rx.elapsed() > silence {
                         tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
@@ -591,10 +596,7 @@ impl Standby {
                         Err(e) => Followed::Retry(e),
                     };
                 }
-                Ok(Some(Ok(body))) => {
-                    last_rx = Instant::now();
-                    body
-                }
+                Ok(Some(Ok(body))) => body,
             };
             if is_change(&frame) {
                 // Decoded when its group is whole.

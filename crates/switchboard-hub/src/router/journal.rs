@@ -48,6 +48,9 @@ pub(crate) const COMMIT_ROOM: usize = 64;
 /// capacity (a burst's large buffer is not kept for every later batch).
 const MAX_NEXT_CAPACITY: usize = 1 << 20;
 
+/// Smallest starting capacity a take hands on to the next batch.
+const MIN_NEXT_CAPACITY: usize = 1 << 10;
+
 /// Changes were discarded because they were not taken in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the change log overflowed and {lost} changes were discarded; send the standby a fresh snapshot")]
@@ -381,8 +384,12 @@ impl Journal {
             // split would leave it none (appending a heartbeat then copied
             // the whole batch), and would share its allocation with the
             // next batch.
-            let next =
-                BytesMut::with_capacity((self.buf.len() + COMMIT_ROOM).min(MAX_NEXT_CAPACITY));
+            // The next batch starts with room for twice this one (a
+            // batch a little larger than the last no longer grows, and so
+            // copies, its buffer while it is written).
+            let next = BytesMut::with_capacity(
+                (2 * (self.buf.len() + COMMIT_ROOM)).clamp(MIN_NEXT_CAPACITY, MAX_NEXT_CAPACITY),
+            );
             *buf = std::mem::replace(&mut self.buf, next);
         } else {
             buf.unsplit(self.buf.split());
