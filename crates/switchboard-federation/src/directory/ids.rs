@@ -35,7 +35,43 @@ enum Registered {
     Fenced,
 }
 
+/// The pauses between tries of one id write: from `RETRY_MIN`,
+/// doubling up to `RETRY_MAX`.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(RETRY_MIN)
+    }
+
+    /// Sleeps the pause, and doubles the next one.
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+    }
+}
+
 impl Directory {
+    /// The ids the copy of the bucket shows held by this hub.
+    fn held_here(&self) -> Vec<String> {
+        let st = self.state.lock();
+        st.ids
+            .iter()
+            .filter(|(_, (h, _))| h.hub == self.me)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The value of an id's entry held by this hub at `epoch`.
+    fn holder_value(&self, epoch: u64) -> bytes::Bytes {
+        serde_json::to_vec(&Holder {
+            hub: self.me.clone(),
+            epoch,
+        })
+        .expect("a holder serializes")
+        .into()
+    }
+
     /// A standby takes over: leaves standby mode with the epoch one above
     /// the newest seen for this hub's name (at least the configured one),
     /// heartbeats at once, and rewrites each id the bucket shows under
@@ -46,16 +82,9 @@ impl Directory {
     pub(crate) async fn activate(&self) -> u64 {
         // Read from the buckets, not only from the watches (they may not
         // have caught up yet when the standby takes over at once).
-        let mut ours: std::collections::BTreeSet<String> = {
-            let st = self.state.lock();
-            st.ids
-                .iter()
-                .filter(|(_, (h, _))| h.hub == self.me)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let mut ours: std::collections::BTreeSet<String> = self.held_here().into_iter().collect();
         let mut held = 0;
-        let mut backoff = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
             match self.listed_ids().await {
                 Ok(listed) => {
@@ -69,8 +98,7 @@ impl Directory {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "federation: cannot list the ids to take over yet; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         }
@@ -90,30 +118,23 @@ impl Directory {
         self.epoch.store(epoch, Ordering::Release);
         self.standby.store(false, Ordering::Release);
         tracing::warn!(hub = %self.me, epoch, "federation: taking over this hub's name in the cluster");
-        let mut backoff = RETRY_MIN;
+        let mut backoff = Backoff::new();
         while let Err(e) = self.beat().await {
             tracing::warn!(error = %e, "federation: first heartbeat after the takeover failed; trying again");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
+            backoff.wait().await;
         }
-        let value: bytes::Bytes = serde_json::to_vec(&Holder {
-            hub: self.me.clone(),
-            epoch,
-        })
-        .expect("a holder serializes")
-        .into();
+        let value = self.holder_value(epoch);
         for id in ours {
             self.local.lock().insert(id.clone());
             let key = escape(&id);
-            let mut backoff = RETRY_MIN;
+            let mut backoff = Backoff::new();
             for _ in 0..RELEASE_TRIES {
                 let entry = match self.ids.entry(&key).await {
                     Ok(Some(entry)) if entry.operation == Operation::Put => entry,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::debug!(client = %id, error = %e, "federation: cannot read an id to take over yet");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        backoff.wait().await;
                         continue;
                     }
                 };
@@ -145,8 +166,7 @@ impl Directory {
                         // The revision moved (the old primary wrote) or
                         // the cluster did not answer: read again.
                         tracing::debug!(client = %id, error = %e, "federation: id not taken over yet; trying again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        backoff.wait().await;
                     }
                 }
             }
@@ -172,14 +192,7 @@ impl Directory {
 
     /// Deletes every entry this hub holds, and its heartbeat.
     pub(crate) async fn release_all(&self) {
-        let mine: Vec<String> = {
-            let st = self.state.lock();
-            st.ids
-                .iter()
-                .filter(|(_, (h, _))| h.hub == self.me)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let mine = self.held_here();
         for id in mine {
             self.release(&id).await;
         }
@@ -203,13 +216,8 @@ impl Directory {
     /// elected), until written, lost to another hub, or left here.
     async fn register(&self, id: &str) {
         let key = escape(id);
-        let value: bytes::Bytes = serde_json::to_vec(&Holder {
-            hub: self.me.clone(),
-            epoch: self.epoch(),
-        })
-        .expect("a holder serializes")
-        .into();
-        let mut backoff = RETRY_MIN;
+        let value = self.holder_value(self.epoch());
+        let mut backoff = Backoff::new();
         while self.holder(id).as_deref() == Some(self.me.as_str()) {
             match self.try_register(id, &key, &value).await {
                 Ok(Registered::Written(rev)) => {
@@ -229,8 +237,7 @@ impl Directory {
                 Ok(Registered::Fenced) => return,
                 Err(e) => {
                     tracing::warn!(client = %id, error = %e, "federation: could not register an id yet; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         }
@@ -245,13 +252,8 @@ impl Directory {
         let mine: Vec<String> = self.local.lock().iter().cloned().collect();
         for id in mine {
             let key = escape(&id);
-            let value: bytes::Bytes = serde_json::to_vec(&Holder {
-                hub: self.me.clone(),
-                epoch: self.epoch(),
-            })
-            .expect("a holder serializes")
-            .into();
-            let mut backoff = RETRY_MIN;
+            let value = self.holder_value(self.epoch());
+            let mut backoff = Backoff::new();
             while self.local.lock().contains(&id) {
                 match self.try_register(&id, &key, &value).await {
                     Ok(Registered::Written(rev)) => {
@@ -285,8 +287,7 @@ impl Directory {
                     }
                     Err(e) => {
                         tracing::debug!(client = %id, error = %e, "federation: could not register an id again yet; trying again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        backoff.wait().await;
                     }
                 }
             }
@@ -407,7 +408,7 @@ impl Directory {
     /// connection registered it here; tries again like [`register`](Self::register).
     async fn release(&self, id: &str) {
         let key = escape(id);
-        let mut backoff = RETRY_MIN;
+        let mut backoff = Backoff::new();
         for _ in 0..RELEASE_TRIES {
             // Registered here again (a new connection of the same id)?
             // Then keep it.
@@ -419,8 +420,7 @@ impl Directory {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!(client = %id, error = %e, "federation: cannot read an id to release; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                     continue;
                 }
             };
@@ -436,8 +436,7 @@ impl Directory {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::debug!(client = %id, error = %e, "federation: id not released yet; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         }
