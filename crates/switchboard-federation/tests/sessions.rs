@@ -327,7 +327,7 @@ async fn a_session_frame_into_a_stopped_hub_is_reported_within_the_bound() -> an
     assert!(stopped.success());
     let t = Instant::now();
     session_frame(&acs, "cpe-1").await?;
-    let (code, message) = tokio::time::timeout(WAIT, async {
+    let told = tokio::time::timeout(WAIT, async {
         while let Some(ev) = events.recv().await {
             if let switchboard::ClientEvent::HubError { code, message } = ev {
                 return Some((code, message));
@@ -335,8 +335,19 @@ async fn a_session_frame_into_a_stopped_hub_is_reported_within_the_bound() -> an
         }
         None
     })
-    .await?
-    .expect("an error event");
+    .await;
+    // Not told: say what hub-a did with the frame (sent, dropped,
+    // reported) and whether the sender was still connected.
+    let Ok(told) = told else {
+        panic!(
+            "not told within {WAIT:?}; hub-a's routing: {:?}; acs: {:?}; hub-b live: {}, holds cpe-1: {:?}",
+            a.fed.routing_stats(),
+            *acs.state().borrow(),
+            a.fed.directory().is_live("hub-b"),
+            a.fed.directory().holder("cpe-1"),
+        )
+    };
+    let (code, message) = told.expect("an error event");
     let took = t.elapsed();
     eprintln!("told after {took:?}: {message}");
     assert_eq!(code, ErrorCode::NoSuchClient, "{message}");
