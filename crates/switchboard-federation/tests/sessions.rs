@@ -218,6 +218,32 @@ async fn a_session_frame_whose_peer_cannot_be_reached_is_refused_at_once() -> an
     Ok(())
 }
 
+/// Waits (within [`WAIT`]) until every thread of process `pid` is
+/// stopped (state `T` in `/proc/PID/task/*/stat`).
+async fn wait_stopped(pid: &str) {
+    let all_stopped = || -> std::io::Result<bool> {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+            // The state follows the command name, which is in parentheses.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if state != Some('T') {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let deadline = Instant::now() + WAIT;
+    while !all_stopped().unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Environment variable naming the NATS server of the child hub process.
 const CHILD_NATS: &str = "SB_TEST_CHILD_HUB_NATS";
 
@@ -325,6 +351,9 @@ async fn a_session_frame_into_a_stopped_hub_is_reported_within_the_bound() -> an
     let pid = child.0.id().to_string();
     let stopped = Command::new("kill").args(["-STOP", &pid]).status()?;
     assert!(stopped.success());
+    // `kill` returns before every thread has stopped: on a loaded machine
+    // the child was seen to confirm a frame sent 4 ms after it returned.
+    wait_stopped(&pid).await;
     let t = Instant::now();
     session_frame(&acs, "cpe-1").await?;
     let told = tokio::time::timeout(WAIT, async {
