@@ -601,7 +601,8 @@ fn read_loop<R: FrameRx, W: FrameTx>(
         // The highest acknowledgement handed to the router ahead of the
         // frames (`Inbox::send_ack`).
         let mut acked = 0;
-        let (notice, reason) = 'conn: loop {
+        // `None`: the router is gone (and the outbox killed).
+        let ended = 'conn: loop {
             // The batch's state lives in this block only, and only one
             // wait (for room in the router's inbox, rare) comes before its
             // end: the wait for input below, where an idle connection's
@@ -675,17 +676,17 @@ fn read_loop<R: FrameRx, W: FrameTx>(
                     Some(Ok(())) => {}
                     Some(Err(_)) => {
                         outbox.kill(None);
-                        return;
+                        break 'conn None;
                     }
-                    None => break 'conn (None, "closed".to_owned()),
+                    None => break 'conn Some((None, "closed".to_owned())),
                 }
                 if let Some(e) = failure {
                     let e = *e;
                     tracing::debug!(error = %e, "protocol error");
-                    break 'conn (
+                    break 'conn Some((
                         Some(wire_error_frame(&e, "after authentication")),
                         e.to_string(),
-                    );
+                    ));
                 }
                 more
             };
@@ -694,47 +695,49 @@ fn read_loop<R: FrameRx, W: FrameTx>(
             }
             tokio::select! {
                 r = rx.receive() => match r {
-                    Ok(0) if rx.buffered() == 0 => break 'conn (None, "disconnected".to_owned()),
+                    Ok(0) if rx.buffered() == 0 => break 'conn Some((None, "disconnected".to_owned())),
                     Ok(0) => {
                         let e = WireError::Truncated { buffered: rx.buffered() };
-                        break 'conn (Some(wire_error_frame(&e, "")), e.to_string());
+                        break 'conn Some((Some(wire_error_frame(&e, "")), e.to_string()));
                     }
                     Ok(n) => {
                         shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e) => break 'conn (None, format!("read error: {e}")),
+                    Err(e) => break 'conn Some((None, format!("read error: {e}"))),
                 },
                 // Killed by the router, or the writer failed.
-                _ = outbox.cancelled().cancelled() => break 'conn (None, "closed".to_owned()),
+                _ = outbox.cancelled().cancelled() => break 'conn Some((None, "closed".to_owned())),
                 // A writer spawned or stopped: wait again.
                 _ = writer.tend(&outbox, via, &shared) => {}
             }
         };
-        Box::pin(leave(notice, reason, writer, outbox, via, shared)).await;
+        Box::pin(leave(ended, writer, outbox, via, shared)).await;
     }
 }
 
-/// After the read loop: reports the disconnect (with the `notice` for the
-/// client, if any, and the `reason`), writes what is left to write, and
-/// leaves the stats. Boxed by the read loop, whose state would otherwise
-/// keep room for this one-off step while the connection idles.
+/// After the read loop: reports how the connection `ended` (the notice
+/// for the client, if any, and the reason; `None` when the router is
+/// gone: nobody to tell), writes what is left to write, and leaves the
+/// stats. Boxed by the read loop, whose state would otherwise keep room
+/// for this one-off step while the connection idles.
 async fn leave<W: FrameTx>(
-    notice: Option<Frame>,
-    reason: String,
+    ended: Option<(Option<Frame>, String)>,
     writer: WriterSlot<W>,
     outbox: Arc<Outbox>,
     via: Via,
     shared: Arc<Shared>,
 ) {
     let conn = outbox.conn();
-    let _ = shared
-        .inbox
-        .send(Input::Disconnected {
-            conn,
-            notice,
-            reason,
-        })
-        .await;
+    if let Some((notice, reason)) = ended {
+        let _ = shared
+            .inbox
+            .send(Input::Disconnected {
+                conn,
+                notice,
+                reason,
+            })
+            .await;
+    }
     writer.finish(&outbox, via, &shared).await;
     shared.stats.untrack(conn);
 }
@@ -771,13 +774,15 @@ fn hand_over<'a>(
         Ok(())
     }
     if let Some(up_to) = ack {
-        if let Either::Right(wait) = inbox.send_ack(conn, up_to) {
-            return Ok(Some(Box::pin(async move {
-                wait.await?;
-                rest(inbox, conn, frames, refused).await
-            })));
+        match inbox.send_ack(conn, up_to) {
+            Either::Left(done) => done.into_inner()?,
+            Either::Right(wait) => {
+                return Ok(Some(Box::pin(async move {
+                    wait.await?;
+                    rest(inbox, conn, frames, refused).await
+                })))
+            }
         }
-        // (Taken, or the router is gone: the next send says which.)
     }
     if !frames.is_empty() {
         match inbox.send(Input::Frames { conn, frames }) {
