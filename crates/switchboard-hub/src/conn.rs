@@ -663,8 +663,8 @@ fn read_loop<R: FrameRx, W: FrameTx>(
                         up_to
                     });
                 // Waiting for room, the writer is tended; a closed
-                // connection leaves the loop; a router that is gone kills
-                // the outbox (nobody else will close it) and ends the task.
+                // connection leaves the loop; so does a router that is
+                // gone, killing the outbox (nobody else will close it).
                 let handed = match hand_over(&shared.inbox, outbox.conn(), ack, frames, refused) {
                     Ok(None) => Some(Ok(())),
                     Ok(Some(wait)) => {
