@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::future::Either;
+use futures::future::{BoxFuture, Either};
 use prost::Message;
 use switchboard_discovery::{
     answer_probe, current_uid, hub_proof, nonce, verify_client_proof, Secret,
@@ -28,9 +28,9 @@ use switchboard_wire::{
     LENGTH_PREFIX_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 
-use crate::inbox::Inbox;
+use crate::inbox::{Closed, Inbox};
 use crate::metrics::Via;
-use crate::outbox::{flow_notice, Cancel, Outbox, Taken};
+use crate::outbox::{flow_notice, Outbox, Taken};
 use crate::router::admission::{Identity, Peer, Proof, Refusal};
 use crate::router::Input;
 use crate::shared::Shared;
@@ -298,16 +298,24 @@ async fn reject<W: FrameTx>(mut tx: W, frame: Option<Frame>) {
 
 /// Serves one accepted connection to its end; `peer.transport` names it
 /// in the registry (`tcp`, `unix`, `ws`, `memory`, …). Everything logged
-/// for the connection carries a `client` span with its connection id,
-/// transport and (once it said hello) client id.
-/// A plain function returning the future, so that the task holds no copy
-/// of the arguments it hands on.
+/// for the connection carries `outer` (the listener's span for it, if
+/// any) and a `client` span with its connection id, transport and (once
+/// it said hello) client id.
+///
+/// A plain function returning the connection's task, which lives as long
+/// as the connection: first the one-off steps before the read loop (the
+/// handshake with its frames and timer, refusals, the standby link, the
+/// registration) in their own allocation, freed when they end; then the
+/// read loop in place of that allocation, holding only the steady state
+/// (not even the arguments the one-off steps consume). An idle hub's
+/// memory per client: `the_connection_task_holds_no_handshake_state`.
 pub(crate) fn serve<T: Transport>(
     carrier: T,
     peer: Peer,
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    outer: tracing::Span,
 ) -> impl std::future::Future<Output = ()> {
     let span = tracing::info_span!(
         "client",
@@ -315,60 +323,90 @@ pub(crate) fn serve<T: Transport>(
         transport = peer.transport,
         client_id = tracing::field::Empty
     );
-    InSpan {
-        span: (!span.is_disabled()).then(|| Box::new(span)),
-        inner: serve_in_span(carrier, peer, conn, shared, permit),
+    let enabled = !span.is_disabled() || !outer.is_disabled();
+    Task {
+        spans: enabled.then(|| Box::new([outer, span])),
+        start: read_loop::<T::Rx, T::Tx>,
+        stage: Stage::Opening {
+            opening: Box::pin(open(carrier, peer, conn, shared, permit)),
+        },
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A future polled in its span, like `tracing::Instrument`'s, with the
-    /// span boxed, and left out when it is disabled (at the hub's default
-    /// log level): a pointer in every connection's task for the life of
-    /// the connection, where a `Span` takes 40 bytes.
-    struct InSpan<F> {
-        span: Option<Box<tracing::Span>>,
+    /// A connection's task ([`serve`]): its one-off steps (`O`, boxed),
+    /// then its read loop (`L`, which `start` makes of what they hand on),
+    /// polled in its spans. The spans are boxed, and left out when both
+    /// are disabled (at the hub's default log level): a pointer in every
+    /// connection's task for the life of the connection, where
+    /// `tracing::Instrument` takes 40 bytes a span.
+    struct Task<O, F, L> {
+        spans: Option<Box<[tracing::Span; 2]>>,
+        start: F,
         #[pin]
-        inner: F,
+        stage: Stage<O, L>,
     }
 }
 
-impl<F: Future> Future for InSpan<F> {
-    type Output = F::Output;
+pin_project_lite::pin_project! {
+    /// Where a connection's task is.
+    #[project = StageProj]
+    enum Stage<O, L> {
+        Opening { opening: std::pin::Pin<Box<O>> },
+        Serving { #[pin] serving: L },
+        Done,
+    }
+}
+
+impl<O, F, L, P> Future for Task<O, F, L>
+where
+    O: Future<Output = Option<P>>,
+    F: Fn(P) -> L,
+    L: Future<Output = ()>,
+{
+    type Output = ();
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        let _entered = this.span.as_deref().map(tracing::Span::enter);
-        this.inner.poll(cx)
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut this = self.project();
+        // Entered outer first, left in the reverse order.
+        let _outer = this.spans.as_deref().map(|[outer, _]| outer.enter());
+        let _span = this.spans.as_deref().map(|[_, span]| span.enter());
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Opening { opening } => match opening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(opened)) => {
+                        let serving = (this.start)(opened);
+                        this.stage.set(Stage::Serving { serving });
+                    }
+                    Poll::Ready(None) => {
+                        this.stage.set(Stage::Done);
+                        return Poll::Ready(());
+                    }
+                },
+                StageProj::Serving { serving } => {
+                    std::task::ready!(serving.poll(cx));
+                    this.stage.set(Stage::Done);
+                    return Poll::Ready(());
+                }
+                StageProj::Done => return Poll::Ready(()),
+            }
+        }
     }
 }
 
-fn serve_in_span<T: Transport>(
-    carrier: T,
-    peer: Peer,
-    conn: ConnId,
-    shared: Arc<Shared>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> impl std::future::Future<Output = ()> {
-    // Everything before the read loop (the handshake with its frames and
-    // timer, refusals, the standby link, the registration) runs in its own
-    // allocation, freed when it ends: the task's future, which lives as long
-    // as the connection, holds only the steady state (not even the
-    // arguments the one-off steps consume).
-    let opened = Box::pin(open(carrier, peer, conn, shared.clone(), permit));
-    async move {
-        let Some((rx, tx, via, outbox)) = opened.await else {
-            return;
-        };
-        let mut writer = WriterSlot::Idle(tx);
-        read_loop(rx, via, conn, &outbox, &shared, &mut writer).await;
-        writer.finish(&outbox, via, &shared).await;
-        shared.stats.untrack(conn);
-    }
-}
+/// What a connection's one-off steps hand on to its read loop.
+type Opened<T> = (
+    <T as Transport>::Rx,
+    <T as Transport>::Tx,
+    Via,
+    Arc<Outbox>,
+    Arc<Shared>,
+);
 
 /// A connection's one-off steps up to the read loop: the handshake, the
 /// policy, a standby link (served here to its end) and the registration.
@@ -379,7 +417,7 @@ async fn open<T: Transport>(
     conn: ConnId,
     shared: Arc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Option<(T::Rx, T::Tx, Via, Arc<Outbox>)> {
+) -> Option<Opened<T>> {
     let shared = &shared;
 
     let (mut rx, mut tx) = carrier.split();
@@ -443,7 +481,7 @@ async fn open<T: Transport>(
         shared.stats.untrack(conn);
         return None;
     }
-    Some((rx, tx, via, outbox))
+    Some((rx, tx, via, outbox, shared.clone()))
 }
 
 /// The outbox of an admitted client, tracked in the stats, and its
@@ -543,61 +581,32 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
 }
 
 /// Hands what the client sends to the router, in batches, until the
-/// connection ends or the outbox is killed; then reports the disconnect.
-/// Meanwhile tends the connection's `writer` (spawns it for frames
-/// queued, takes the sending half back when it stops idle).
+/// connection ends or the outbox is killed; then reports the disconnect,
+/// writes what is left to write and leaves the stats. Meanwhile tends the
+/// connection's writer (spawns it for frames queued, takes the sending
+/// half back when it stops idle).
 ///
 /// A plain function returning an `async move` block, not an `async fn`:
 /// an `async fn` keeps each argument twice in its state (as passed, and
 /// moved into its body), and this state is most of an idle connection's
-/// task.
+/// task. For the same reason nothing that can be read again when needed
+/// (the connection id, the frame limit, the outbox's `Cancel`) is kept
+/// in a local across its waits.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn read_loop<'a, R: FrameRx, W: FrameTx>(
-    mut rx: R,
-    via: Via,
-    conn: ConnId,
-    outbox: &'a Arc<Outbox>,
-    shared: &'a Shared,
-    writer: &'a mut WriterSlot<W>,
-) -> impl Future<Output = ()> + use<'a, R, W> {
+fn read_loop<R: FrameRx, W: FrameTx>(
+    (mut rx, tx, via, outbox, shared): (R, W, Via, Arc<Outbox>, Arc<Shared>),
+) -> impl Future<Output = ()> {
+    let mut writer = WriterSlot::Idle(tx);
     async move {
-        let max = shared.limits.max_frame;
-        let cancel = outbox.cancelled();
         // The highest acknowledgement handed to the router ahead of the
         // frames (`Inbox::send_ack`).
         let mut acked = 0;
-        // Offers one input to the router, waiting for room while tending
-        // the writer: a closed connection leaves the loop labelled
-        // `$conn`; a router that is gone kills the outbox (nobody else
-        // will close it) and ends the task.
-        //
-        // Offered when called, the input is taken at once unless the
-        // inbox is full; only then is there a wait, and it is boxed: held
-        // inline, `offer`'s state (a `select!` over the send, the kill and
-        // the writer) was the largest of the task's future, which an idle
-        // connection keeps for its life (`the_connection_task_holds_no_handshake_state`).
-        macro_rules! offer_or_leave {
-            ($conn:lifetime, $send:expr) => {
-                let sent = match $send {
-                    Either::Left(done) => Some(done.into_inner()),
-                    Either::Right(wait) => {
-                        Box::pin(offer(wait, cancel, writer, outbox, via, shared)).await
-                    }
-                };
-                match sent {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => {
-                        outbox.kill(None);
-                        return;
-                    }
-                    None => break $conn(None, "closed".to_owned()),
-                }
-            };
-        }
-        let (notice, reason) = 'conn: loop {
-            // The batch's state lives in this block only: the wait for input
-            // below, where an idle connection's task spends its life, holds
-            // none of it.
+        // `None`: the router is gone (and the outbox killed).
+        let ended = 'conn: loop {
+            // The batch's state lives in this block only, and only one
+            // wait (for room in the router's inbox, rare) comes before its
+            // end: the wait for input below, where an idle connection's
+            // task spends its life, holds none of it.
             let more = {
                 // Sized for the buffered bytes so the batch rarely reallocates;
                 // nothing buffered, nothing allocated (the wait below would hold
@@ -606,14 +615,17 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
                     0 => Vec::new(),
                     n => Vec::with_capacity((n / 64).clamp(1, MAX_BATCH)),
                 };
-                let mut failure = None;
+                // Boxed, both: rare, and held across the wait for room
+                // below (their room in the task's state would be a frame's
+                // and an error's size).
                 let mut refused = None;
+                let mut failure = None;
                 // The batch's highest acknowledgement (`Ack`, `Frame.acked`), and
                 // whether an `Ack` frame (taken out of the batch) carried one.
                 let mut up_to = 0;
                 let mut ack_frames = false;
                 loop {
-                    match rx.next_frame(max, decode_client) {
+                    match rx.next_frame(shared.limits.max_frame, decode_client) {
                         Ok(Some(Ok(Decoded::Frame(frame, len)))) => {
                             shared.stats.metrics.frame_in(via, &frame, len);
                             up_to = up_to.max(frame.acked);
@@ -629,15 +641,11 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
                             }
                         }
                         Ok(Some(Ok(Decoded::Refused(notice)))) => {
-                            // Boxed: held across the sends below, it would
-                            // otherwise take a frame's size in the task's state.
                             refused = Some(Box::new(notice));
                             break;
                         }
                         Ok(None) => break,
                         Ok(Some(Err(e))) | Err(e) => {
-                            // Boxed, like the refusal: rare, and held
-                            // across the sends below.
                             failure = Some(Box::new(e));
                             break;
                         }
@@ -649,29 +657,36 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
                 // go ahead of this batch and of every other connection's batches
                 // still waiting for the router (the frames that carry it apply it
                 // again, which changes nothing); a few more ride with the batch.
-                if up_to > acked && (ack_frames || up_to - acked >= ACK_EVERY) {
-                    acked = up_to;
-                    let send = shared.inbox.send_ack(conn, up_to);
-                    offer_or_leave!('conn, send);
-                }
-                if !frames.is_empty() {
-                    let send = shared.inbox.send(Input::Frames { conn, frames });
-                    offer_or_leave!('conn, send);
-                }
-                if let Some(notice) = refused {
-                    let send = shared.inbox.send(Input::Refused {
-                        conn,
-                        notice: *notice,
+                let ack =
+                    (up_to > acked && (ack_frames || up_to - acked >= ACK_EVERY)).then(|| {
+                        acked = up_to;
+                        up_to
                     });
-                    offer_or_leave!('conn, send);
+                // Waiting for room, the writer is tended; a closed
+                // connection leaves the loop; so does a router that is
+                // gone, killing the outbox (nobody else will close it).
+                let handed = match hand_over(&shared.inbox, outbox.conn(), ack, frames, refused) {
+                    Ok(None) => Some(Ok(())),
+                    Ok(Some(wait)) => {
+                        Box::pin(offer(wait, &mut writer, &outbox, via, &shared)).await
+                    }
+                    Err(closed) => Some(Err(closed)),
+                };
+                match handed {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => {
+                        outbox.kill(None);
+                        break 'conn None;
+                    }
+                    None => break 'conn Some((None, "closed".to_owned())),
                 }
                 if let Some(e) = failure {
                     let e = *e;
                     tracing::debug!(error = %e, "protocol error");
-                    break 'conn (
+                    break 'conn Some((
                         Some(wire_error_frame(&e, "after authentication")),
                         e.to_string(),
-                    );
+                    ));
                 }
                 more
             };
@@ -680,22 +695,40 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
             }
             tokio::select! {
                 r = rx.receive() => match r {
-                    Ok(0) if rx.buffered() == 0 => break 'conn (None, "disconnected".to_owned()),
+                    Ok(0) if rx.buffered() == 0 => break 'conn Some((None, "disconnected".to_owned())),
                     Ok(0) => {
                         let e = WireError::Truncated { buffered: rx.buffered() };
-                        break 'conn (Some(wire_error_frame(&e, "")), e.to_string());
+                        break 'conn Some((Some(wire_error_frame(&e, "")), e.to_string()));
                     }
                     Ok(n) => {
                         shared.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e) => break 'conn (None, format!("read error: {e}")),
+                    Err(e) => break 'conn Some((None, format!("read error: {e}"))),
                 },
                 // Killed by the router, or the writer failed.
-                _ = cancel.cancelled() => break 'conn (None, "closed".to_owned()),
+                _ = outbox.cancelled().cancelled() => break 'conn Some((None, "closed".to_owned())),
                 // A writer spawned or stopped: wait again.
-                _ = writer.tend(outbox, via, shared) => {}
+                _ = writer.tend(&outbox, via, &shared) => {}
             }
         };
+        Box::pin(leave(ended, writer, outbox, via, shared)).await;
+    }
+}
+
+/// After the read loop: reports how the connection `ended` (the notice
+/// for the client, if any, and the reason; `None` when the router is
+/// gone: nobody to tell), writes what is left to write, and leaves the
+/// stats. Boxed by the read loop, whose state would otherwise keep room
+/// for this one-off step while the connection idles.
+async fn leave<W: FrameTx>(
+    ended: Option<(Option<Frame>, String)>,
+    writer: WriterSlot<W>,
+    outbox: Arc<Outbox>,
+    via: Via,
+    shared: Arc<Shared>,
+) {
+    let conn = outbox.conn();
+    if let Some((notice, reason)) = ended {
         let _ = shared
             .inbox
             .send(Input::Disconnected {
@@ -705,6 +738,73 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
             })
             .await;
     }
+    writer.finish(&outbox, via, &shared).await;
+    shared.stats.untrack(conn);
+}
+
+/// Offers a batch's inputs to the router in their order: an
+/// acknowledgement that goes ahead of the frames (`ack`), the frames, a
+/// refused frame's notice. Each is offered when the one before was taken
+/// (at once, unless the inbox is full); what is left once one must wait
+/// waits in one boxed future, returned. The read loop then holds only
+/// that box across its one wait for room, and no part of the batch
+/// (`the_connection_task_holds_no_handshake_state`). `Err`: the router
+/// is gone.
+fn hand_over<'a>(
+    inbox: &'a Inbox,
+    conn: ConnId,
+    ack: Option<u64>,
+    frames: Vec<Frame>,
+    refused: Option<Box<Frame>>,
+) -> Result<Option<BoxFuture<'a, Result<(), Closed>>>, Closed> {
+    /// The rest of a batch, once a send had to wait.
+    async fn rest(
+        inbox: &Inbox,
+        conn: ConnId,
+        frames: Vec<Frame>,
+        refused: Option<Box<Frame>>,
+    ) -> Result<(), Closed> {
+        if !frames.is_empty() {
+            inbox.send(Input::Frames { conn, frames }).await?;
+        }
+        if let Some(notice) = refused {
+            let notice = *notice;
+            inbox.send(Input::Refused { conn, notice }).await?;
+        }
+        Ok(())
+    }
+    if let Some(up_to) = ack {
+        match inbox.send_ack(conn, up_to) {
+            Either::Left(done) => done.into_inner()?,
+            Either::Right(wait) => {
+                return Ok(Some(Box::pin(async move {
+                    wait.await?;
+                    rest(inbox, conn, frames, refused).await
+                })))
+            }
+        }
+    }
+    if !frames.is_empty() {
+        match inbox.send(Input::Frames { conn, frames }) {
+            Either::Left(done) => done.into_inner()?,
+            Either::Right(wait) => {
+                return Ok(Some(Box::pin(async move {
+                    wait.await?;
+                    rest(inbox, conn, Vec::new(), refused).await
+                })))
+            }
+        }
+    }
+    if let Some(notice) = refused {
+        match inbox.send(Input::Refused {
+            conn,
+            notice: *notice,
+        }) {
+            Either::Left(done) => done.into_inner()?,
+            Either::Right(wait) => return Ok(Some(wait)),
+        }
+    }
+    Ok(None)
 }
 
 /// Waits for `send` (a command offered to the router) while tending the
@@ -715,7 +815,6 @@ fn read_loop<'a, R: FrameRx, W: FrameTx>(
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn offer<'a, F: Future + Unpin, W: FrameTx>(
     mut send: F,
-    cancel: &'a Cancel,
     writer: &'a mut WriterSlot<W>,
     outbox: &'a Arc<Outbox>,
     via: Via,
@@ -725,7 +824,7 @@ fn offer<'a, F: Future + Unpin, W: FrameTx>(
         loop {
             tokio::select! {
                 r = &mut send => return Some(r),
-                _ = cancel.cancelled() => return None,
+                _ = outbox.cancelled().cancelled() => return None,
                 _ = writer.tend(outbox, via, shared) => {}
             }
         }
@@ -933,7 +1032,7 @@ mod tests {
     use super::*;
 
     /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -948,12 +1047,9 @@ mod tests {
     #[test]
     fn the_connection_task_holds_no_handshake_state() {
         type Tcp = tokio::net::TcpStream;
-        let task = future_size(serve::<Tcp>);
-        let steady = future_size6(read_loop::<<Tcp as Transport>::Rx, <Tcp as Transport>::Tx>);
-        assert!(
-            task <= steady + 256,
-            "task {task} bytes, read loop {steady}"
-        );
+        let task = future_size6(serve::<Tcp>);
+        let steady = future_size(read_loop::<<Tcp as Transport>::Rx, <Tcp as Transport>::Tx>);
+        assert!(task <= steady + 16, "task {task} bytes, read loop {steady}");
         // Nor of a frame or a router command held across a wait (the
         // router's inbox sends are offered when called and box only
         // their wait; a refusal notice is boxed): the read loop was
@@ -967,8 +1063,17 @@ mod tests {
         // 512): a wait for room in the router's inbox is boxed (`offer`'s
         // `select!` was the read loop's largest state), and so is a read
         // error held across the sends; `tend` keeps its arguments once;
-        // the span is a pointer, not a `Span` (`InSpan`).
-        assert!(steady <= 320, "read loop {steady} bytes");
-        assert!(task <= 384, "task {task} bytes");
+        // the span is a pointer, not a `Span`. Then 288 → 240 and 352 →
+        // 256 (release: the spawned future 392 → 256 bytes, the cell 512
+        // → 384, which needs the future under 280): the batch crosses one
+        // wait for room at most (`hand_over`), so its locals no longer
+        // take room of their own in every state; the read loop owns the
+        // connection's state and takes the place of the one-off steps'
+        // box (`Task`), not an `async` block around both holding
+        // references and a spent box; nothing that can be read again is
+        // kept across waits; the listener's span joins the `client` span
+        // in one box (`tracing::Instrument` took 40 bytes).
+        assert!(steady <= 256, "read loop {steady} bytes");
+        assert!(task <= 272, "task {task} bytes");
     }
 }

@@ -10,7 +10,6 @@ use switchboard_discovery::HintGuard;
 use switchboard_wire::proto;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::HubError;
 use crate::conn::serve as serve_conn;
@@ -83,7 +82,7 @@ impl MemoryConnector {
             cert: None,
         };
         let span = tracing::debug_span!("conn", id = conn.0, transport = "memory");
-        tokio::spawn(serve_conn(server, peer, conn, shared, permit).instrument(span));
+        tokio::spawn(serve_conn(server, peer, conn, shared, permit, span));
         Ok(client)
     }
 }

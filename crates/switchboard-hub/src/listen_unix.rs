@@ -70,7 +70,6 @@ mod imp {
     use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
     use tokio::net::{UnixListener, UnixStream};
     use tokio::sync::Semaphore;
-    use tracing::Instrument;
 
     use crate::config::{HubConfig, HubError, UnixSocket};
     use crate::conn::serve as serve_conn;
@@ -163,9 +162,7 @@ mod imp {
                     unix: Some(cred),
                     cert: None,
                 };
-                tokio::spawn(
-                    serve_conn(stream, peer, conn, shared.clone(), permit).instrument(span),
-                );
+                tokio::spawn(serve_conn(stream, peer, conn, shared.clone(), permit, span));
             }
             drop(self.listener);
             remove_if_ours(&self.path, self.file);

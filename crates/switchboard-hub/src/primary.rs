@@ -183,10 +183,14 @@ async fn accept_loop(
                 }
                 let conn = shared.alloc_conn();
                 let span = tracing::debug_span!("conn", id = conn.0, %peer);
-                tokio::spawn(
-                    serve_conn(stream, Peer::tcp(peer), conn, shared.clone(), permit)
-                        .instrument(span),
-                );
+                tokio::spawn(serve_conn(
+                    stream,
+                    Peer::tcp(peer),
+                    conn,
+                    shared.clone(),
+                    permit,
+                    span,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly.

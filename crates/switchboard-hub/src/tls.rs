@@ -194,7 +194,7 @@ pub(crate) async fn serve_native(
         unix: None,
         cert: peer_identity(&stream),
     };
-    crate::conn::serve(stream, peer, conn, shared, permit).await;
+    crate::conn::serve(stream, peer, conn, shared, permit, tracing::Span::none()).await;
 }
 
 /// Most TLS handshakes of the HTTP listener running at once; more wait to

@@ -187,7 +187,7 @@ impl Gateway {
             ..Default::default()
         };
         admission
-            .admit(&caller, &Frame::from(proto::ListClients { id: 0 }))
+            .admit((&caller).into(), &Frame::from(proto::ListClients { id: 0 }))
             .map_err(|r| ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.message))
     }
 }

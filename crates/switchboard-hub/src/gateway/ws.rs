@@ -64,10 +64,12 @@ pub(super) async fn upgrade(
             let shared = gw.shared.clone();
             if stream {
                 let transport = FramedMessages::new(incoming, outgoing);
-                crate::conn::serve(transport, peer, conn, shared, permit).await;
+                crate::conn::serve(transport, peer, conn, shared, permit, tracing::Span::none())
+                    .await;
             } else {
                 let transport = Messages::new(incoming, outgoing, max);
-                crate::conn::serve(transport, peer, conn, shared, permit).await;
+                crate::conn::serve(transport, peer, conn, shared, permit, tracing::Span::none())
+                    .await;
             }
         })
         .into_response()

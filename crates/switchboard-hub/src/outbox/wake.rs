@@ -158,7 +158,7 @@ impl Cancel {
 
     /// Capacity of the list of further waiters (for tests).
     #[cfg(test)]
-    pub(super) fn spilled_capacity(&self) -> usize {
+    pub(crate) fn spilled_capacity(&self) -> usize {
         self.waiting.lock().more.capacity()
     }
 }

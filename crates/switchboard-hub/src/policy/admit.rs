@@ -6,7 +6,7 @@ use switchboard_wire::{ErrorCode, Frame};
 
 use super::pattern::{glob_tokens, tokens_match, GlobToken};
 use super::{Policy, Principal, Rights, CN_MEMORY, OWNER};
-use crate::router::admission::{Admission, Identity, Peer, Proof, Refusal, TokenKey};
+use crate::router::admission::{Admission, ClientRef, Identity, Peer, Proof, Refusal, TokenKey};
 
 /// Longest piece of a client's input quoted in a refusal.
 const MAX_QUOTE: usize = 200;
@@ -26,13 +26,13 @@ impl Policy {
 
     /// The rights of `client`'s principal; a client no principal of this
     /// policy vouches for is refused everything.
-    fn rights_of(&self, client: &proto::ClientInfo) -> Result<&Rights, Refusal> {
-        self.principal(&client.principal)
+    fn rights_of(&self, client: ClientRef<'_>) -> Result<&Rights, Refusal> {
+        self.principal(client.principal)
             .map(|p| &p.rights)
             .ok_or_else(|| {
                 Refusal::forbidden(format!(
                     "client '{}' has no principal of this hub's policy; connect with a token, certificate or user the policy names",
-                    clip(&client.client_id)
+                    clip(client.client_id)
                 ))
             })
     }
@@ -202,7 +202,7 @@ impl Admission for Policy {
 
     fn admit_client(&self, info: &proto::ClientInfo) -> Result<(), Refusal> {
         let Some(p) = self.principal(&info.principal) else {
-            return self.rights_of(info).map(|_| ());
+            return self.rights_of(info.into()).map(|_| ());
         };
         if p.rights.all {
             return Ok(());
@@ -258,7 +258,7 @@ impl Admission for Policy {
         )))
     }
 
-    fn admit(&self, client: &proto::ClientInfo, command: &Frame) -> Result<(), Refusal> {
+    fn admit(&self, client: ClientRef<'_>, command: &Frame) -> Result<(), Refusal> {
         if client.principal == OWNER {
             return Ok(());
         }
@@ -269,7 +269,7 @@ impl Admission for Policy {
         let Some(kind) = &command.kind else {
             return Ok(());
         };
-        check(rights, &client.principal, kind)
+        check(rights, client.principal, kind)
     }
 }
 

@@ -27,13 +27,44 @@
 //!
 //! The implementation must be quick and must not block: `admit` runs on the
 //! router task for every frame. It sees the registration's
-//! [`ClientInfo`](proto::ClientInfo), which carries the principal and the
-//! Unix uid [`Admission::identify`] established.
+//! [`ClientInfo`](proto::ClientInfo) (`admit_client`, `admit_takeover`),
+//! or for each command a [`ClientRef`] borrowed from it (`admit`), which
+//! carry the principal and the Unix uid [`Admission::identify`]
+//! established.
 
 use std::fmt::Debug;
 
 use switchboard_discovery::Secret;
 use switchboard_wire::{proto, ErrorCode, Frame};
+
+/// A registered client as [`Admission::admit`] sees it for each command:
+/// borrowed from what the registry keeps (the registry packs a client's
+/// [`ClientInfo`](proto::ClientInfo) into one allocation, so no
+/// `ClientInfo` exists to lend; `From<&ClientInfo>` makes one of a
+/// `ClientInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRef<'a> {
+    /// Its client id.
+    pub client_id: &'a str,
+    /// The principal it authenticated as; empty in single-user mode.
+    pub principal: &'a str,
+    /// Its transport ([`Peer::transport`] when it registered).
+    pub transport: &'a str,
+    /// The Unix user id of its process, when it connected over the hub's
+    /// Unix socket.
+    pub uid: Option<u32>,
+}
+
+impl<'a> From<&'a proto::ClientInfo> for ClientRef<'a> {
+    fn from(info: &'a proto::ClientInfo) -> ClientRef<'a> {
+        ClientRef {
+            client_id: &info.client_id,
+            principal: &info.principal,
+            transport: &info.transport,
+            uid: info.uid,
+        }
+    }
+}
 
 /// Unix peer credentials of a connection on the hub's Unix socket, as the
 /// kernel reports them (`SO_PEERCRED`, `getpeereid`).
@@ -177,7 +208,7 @@ pub trait Admission: Send + Sync + Debug {
     }
 
     /// Whether the registered client `client` may run `command`.
-    fn admit(&self, client: &proto::ClientInfo, command: &Frame) -> Result<(), Refusal> {
+    fn admit(&self, client: ClientRef<'_>, command: &Frame) -> Result<(), Refusal> {
         let _ = (client, command);
         Ok(())
     }

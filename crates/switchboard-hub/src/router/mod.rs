@@ -64,6 +64,7 @@ pub use common::CLOSE_GRACE;
 use common::{err, shown, PARK_RETRY};
 
 mod error;
+mod info;
 mod journal;
 mod kv;
 mod kvstore;
@@ -83,6 +84,7 @@ use crate::outbox::{Out, Outbox, QueueLimits};
 use crate::stats::HubStats;
 use admission::Admission;
 pub use api::{Input, Inspection, RouterConfig};
+use info::Info;
 pub use journal::{ChangeLogLimits, ChangeLogOverflow};
 use kv::Kv;
 use output::Output;
@@ -512,7 +514,7 @@ impl Router {
             None => {}
         }
         let welcome = self.welcome(&info, false, 0);
-        let id = self.registry.register(conn, info.clone(), now);
+        let id = self.registry.register(conn, &info, now);
         self.output.insert(conn, id, outbox.clone(), info.reliable);
         self.output.push(conn, &outbox, Out::from(welcome));
         self.timers.watch_idle(now, self.keepalive);
@@ -569,7 +571,7 @@ impl Router {
             .lookup(&info.client_id)
             .and_then(|key| self.registry.get(key));
         let verdict = admission.admit_client(info).and_then(|()| match holder {
-            Some(holder) => admission.admit_takeover(info, &holder.info),
+            Some(holder) => admission.admit_takeover(info, &holder.info.to_proto()),
             None => Ok(()),
         });
         let Err(r) = verdict else {
@@ -661,15 +663,15 @@ impl Router {
         // replaced without a word (the client itself moved on).
         old.kill(None);
         // The "listen" feature stays what it was, like its flags.
-        *c.info = proto::ClientInfo {
+        let registered = proto::ClientInfo {
             reliable: true,
-            listen: c.info.listen,
+            listen: c.info.listen(),
             ..info
         };
+        c.info = Info::new(&registered);
         let acked = link.reliable.resume(received);
         let id = c.id().to_owned();
         let last_received = link.reliable.last_received();
-        let registered = (*c.info).clone();
         self.registry.realias(old.conn(), conn, key);
         self.registry.attach(key, now);
         if acked {
@@ -711,7 +713,7 @@ impl Router {
         self.presence.event(
             &mut self.output,
             conn,
-            *client.info,
+            client.info.to_proto(),
             proto::PresenceKind::Left,
             reason,
         );
@@ -781,7 +783,7 @@ impl Router {
     /// the answer to a refused one.
     fn refused_command(&self, conn: ConnId, frame: &Frame) -> Option<Frame> {
         let admission = self.admission.as_ref()?;
-        let client = &self.registry.get(conn)?.info;
+        let client = self.registry.get(conn)?.info.view();
         let r = admission.admit(client, frame).err()?;
         // A reply's id is the requester's, not the replier's.
         let id = match frame.kind {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use switchboard_wire::{proto, ErrorCode, Frame};
 
 use super::common::err;
+use super::info::Info;
 use super::output::Output;
 use crate::ids::{ConnId, IdMap, TextMap};
 use crate::outbox::Out;
@@ -23,14 +24,15 @@ pub(super) struct Listening {
 
 /// A registered client.
 ///
-/// Its info is boxed: read only when it registers, resumes, leaves or is
-/// listed, it would otherwise take 144 bytes of every slot of the
-/// registry's hash table, empty ones too (an idle hub's memory per client;
-/// `a_registry_entry_stays_small`).
+/// Its info is packed into one allocation ([`Info`]): read only when it
+/// registers, resumes, leaves or is listed (and its principal per command
+/// under a policy), a `ClientInfo` would otherwise take 144 bytes of every
+/// slot of the registry's hash table, empty ones too (an idle hub's memory
+/// per client; `a_registry_entry_stays_small`).
 #[derive(Debug)]
 pub(super) struct Client {
     /// Who it is (the registration's, kept across resumes).
-    pub info: Box<proto::ClientInfo>,
+    pub info: Info,
     /// When a whole frame last came from it.
     pub last_seen: Instant,
     /// For a client with the "listen" feature: what it takes now; `None`:
@@ -43,10 +45,10 @@ pub(super) struct Client {
 }
 
 impl Client {
-    fn new(info: proto::ClientInfo, now: Instant) -> Client {
+    fn new(info: &proto::ClientInfo, now: Instant) -> Client {
         Client {
             listen: info.listen.then_some(Listening::default()),
-            info: Box::new(info),
+            info: Info::new(info),
             last_seen: now,
             detached: false,
         }
@@ -59,7 +61,7 @@ impl Client {
 
     /// Its client id.
     pub fn id(&self) -> &str {
-        &self.info.client_id
+        self.info.client_id()
     }
 
     /// Whether it takes `Direct` and `Broadcast` messages now.
@@ -125,7 +127,7 @@ impl Registry {
 
     /// Registers `info` as connection `conn` at `now`; returns the client
     /// id, shared with the by-id map (one allocation for both).
-    pub fn register(&mut self, conn: ConnId, info: proto::ClientInfo, now: Instant) -> Arc<str> {
+    pub fn register(&mut self, conn: ConnId, info: &proto::ClientInfo, now: Instant) -> Arc<str> {
         let id: Arc<str> = Arc::from(info.client_id.as_str());
         self.clients.insert(conn, Client::new(info, now));
         self.by_id.insert(id.clone(), conn);
@@ -217,7 +219,7 @@ impl Registry {
     /// Every client's info, by client id.
     pub fn infos(&self) -> Vec<proto::ClientInfo> {
         let mut clients: Vec<proto::ClientInfo> =
-            self.clients.values().map(|c| (*c.info).clone()).collect();
+            self.clients.values().map(|c| c.info.to_proto()).collect();
         clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         clients
     }
@@ -302,11 +304,14 @@ mod tests {
     #[test]
     fn a_registry_entry_stays_small() {
         // 56 bytes when the entry held the resume deadline (an `Instant`
-        // that only a detached client has): 40 without.
+        // that only a detached client has): 40 without; 48 with the info
+        // packed (a slice's pointer and length, 8 bytes more a slot, 13
+        // per client at 10,000; the info itself 144 bytes and five
+        // strings less).
         let entry = std::mem::size_of::<(ConnId, Client)>();
-        assert!(entry <= 40, "registry entry {entry} bytes");
+        assert!(entry <= 48, "registry entry {entry} bytes");
         let c = Client::new(
-            proto::ClientInfo {
+            &proto::ClientInfo {
                 client_id: "a".into(),
                 listen: true,
                 ..Default::default()
@@ -324,7 +329,7 @@ mod tests {
             client_id: "a".into(),
             ..Default::default()
         };
-        let id = r.register(ConnId(1), info, Instant::now());
+        let id = r.register(ConnId(1), &info, Instant::now());
         // this handle (the link's) and the by-id map's key
         assert_eq!(Arc::strong_count(&id), 2);
         assert_eq!(r.lookup("a"), Some(ConnId(1)));

@@ -165,7 +165,7 @@ impl Router {
     /// held by a ghost (a normal `Input::Connect` takes it over then).
     pub fn claim(&mut self, now: Instant, client_id: &str, outbox: Arc<Outbox>) -> Option<ConnId> {
         let conn = self.ghost_conn(client_id)?;
-        let info = (*self.registry.get(conn)?.info).clone();
+        let info = self.registry.get(conn)?.info.to_proto();
         self.output.get_mut(conn)?.outbox = outbox.clone();
         self.registry.attach(conn, now);
         self.pubsub.forget_head(conn);

@@ -63,7 +63,7 @@ impl Router {
                 let subscriptions = self.pubsub.subscriptions_of(*conn);
                 let watches = self.kv.watches_of(*conn);
                 proto::ClientState {
-                    info: Some((*c.info).clone()),
+                    info: Some(c.info.to_proto()),
                     subscriptions,
                     watches,
                     presence_watch: self.presence.is_watching(*conn),

@@ -200,7 +200,13 @@ async fn wait_batch(
         tokio::select! {
             _ = outbox.notified() => {}
             _ = outbox.cancelled().cancelled() => {}
-            _ = idle => return None,
+            _ = idle => {
+                // The writer leaves: its wait on the `Cancel` is gone now
+                // (`select!` dropped it), which may have emptied the list
+                // of further waiters that the release above found in use.
+                outbox.release_idle();
+                return None;
+            }
         }
     }
 }
@@ -268,9 +274,13 @@ mod tests {
     /// A lingering drain takes what is queued while it runs, stops once
     /// the outbox was idle for its period (not before), and a frame queued
     /// after it stopped leaves the outbox's wake-up set for whoever starts
-    /// the next drain: nothing is stranded.
+    /// the next drain: nothing is stranded. Nor does it leave the list of
+    /// further waiters on the kill allocated when the connection's reader
+    /// waited there first (every idle connection kept one).
     #[tokio::test]
     async fn a_lingering_drain_stops_when_idle_and_strands_nothing() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
         use std::time::Duration;
 
         use futures::FutureExt;
@@ -284,9 +294,15 @@ mod tests {
             then_queue: Some((outbox.clone(), ping(2))),
             ..Collect::default()
         };
+        let cancel = outbox.cancelled();
+        let mut reader = Box::pin(cancel.cancelled());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(reader.as_mut().poll(&mut cx).is_pending());
         let started = Instant::now();
         let mut linger = Linger::new(period);
         assert!(drain(&outbox, 1024, &inbox, &mut seen, Some(&mut linger)).await);
+        assert_eq!(cancel.spilled_capacity(), 0);
+        drop(reader);
         assert!(started.elapsed() >= period, "{:?}", started.elapsed());
         assert_eq!(
             seen.frames,

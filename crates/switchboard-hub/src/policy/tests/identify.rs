@@ -185,9 +185,9 @@ fn no_frame_is_refused_to_the_owner() {
     let owner = info("anything", OWNER);
     assert!(p.admit_client(&owner).is_ok());
     assert!(p
-        .admit(&owner, &Frame::publish("orders.secret.x", "p"))
+        .admit((&owner).into(), &Frame::publish("orders.secret.x", "p"))
         .is_ok());
     assert!(p
-        .admit(&owner, &Frame::from(proto::ListClients { id: 1 }))
+        .admit((&owner).into(), &Frame::from(proto::ListClients { id: 1 }))
         .is_ok());
 }

@@ -17,7 +17,7 @@ fn ops() -> proto::ClientInfo {
 /// Asserts that `client` may send `frame`.
 fn allowed(p: &Policy, client: &proto::ClientInfo, frame: impl Into<Frame>) {
     let frame = frame.into();
-    if let Err(e) = p.admit(client, &frame) {
+    if let Err(e) = p.admit(client.into(), &frame) {
         panic!("{frame:?} refused: {}", e.message);
     }
 }
@@ -26,7 +26,7 @@ fn allowed(p: &Policy, client: &proto::ClientInfo, frame: impl Into<Frame>) {
 /// every one of `named`.
 fn denied(p: &Policy, client: &proto::ClientInfo, frame: impl Into<Frame>, named: &[&str]) {
     let frame = frame.into();
-    let (code, message) = refused(p.admit(client, &frame));
+    let (code, message) = refused(p.admit(client.into(), &frame));
     assert_eq!(code, ErrorCode::Forbidden, "{message}");
     for n in named {
         assert!(message.contains(n), "{message:?} does not name {n:?}");
@@ -308,6 +308,6 @@ fn kv_read_and_write_prefixes() {
 fn long_input_is_clipped_in_refusals() {
     let p = example();
     let topic = "x".repeat(10_000);
-    let (_, message) = refused(p.admit(&app(), &Frame::publish(&topic, "p")));
+    let (_, message) = refused(p.admit((&app()).into(), &Frame::publish(&topic, "p")));
     assert!(message.len() < 400, "{} bytes", message.len());
 }

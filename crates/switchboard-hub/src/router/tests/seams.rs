@@ -2,7 +2,7 @@
 //! and that without them nothing changes.
 
 use super::*;
-use crate::router::admission::{Admission, Refusal};
+use crate::router::admission::{Admission, ClientRef, Refusal};
 use crate::router::remote::{Handoff, Remote, PORT_ID, PORT_TRANSPORT};
 use parking_lot::Mutex;
 
@@ -18,7 +18,7 @@ impl Admission for NoSecrets {
         }
     }
 
-    fn admit(&self, client: &proto::ClientInfo, command: &Frame) -> Result<(), Refusal> {
+    fn admit(&self, client: ClientRef<'_>, command: &Frame) -> Result<(), Refusal> {
         match &command.kind {
             Some(Kind::Publish(p)) if p.topic.starts_with("secret.") => Err(Refusal::forbidden(
                 format!("'{}' may not publish to '{}'", client.client_id, p.topic),
