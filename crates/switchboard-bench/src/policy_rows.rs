@@ -156,11 +156,13 @@ mod tests {
             })
         };
         policy
-            .admit(&info, &publish("bench.unix.plain-0-0"))
+            .admit((&info).into(), &publish("bench.unix.plain-0-0"))
             .expect("the workload's subject, matched by the last rule");
         assert!(policy
-            .admit(&info, &publish("bench.unix.forbidden"))
+            .admit((&info).into(), &publish("bench.unix.forbidden"))
             .is_err());
-        assert!(policy.admit(&info, &publish("bench.other")).is_err());
+        assert!(policy
+            .admit((&info).into(), &publish("bench.other"))
+            .is_err());
     }
 }
