@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
                     ..Default::default()
                 };
                 let _ = (id, policy.admit_client(&info));
-                let _ = policy.admit(&info, &Frame::publish("a.b", "x"));
+                let _ = policy.admit((&info).into(), &Frame::publish("a.b", "x"));
             }
         }
         Err(PolicyError::Invalid { line, message, .. }) => {
