@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const TOKEN: &str = "cli-test-token";
@@ -45,13 +45,23 @@ impl Proc {
     fn wait(mut self) -> std::process::ExitStatus {
         wait_timeout(&mut self.child)
     }
-    /// Sends `sig` (e.g. "-STOP") to the process.
+    /// Sends `sig` (e.g. "-STOP") to the process; for `-STOP`, returns
+    /// once every thread of it has stopped (`kill` returns before that:
+    /// on a loaded machine a process was seen still working 4 ms later).
     fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
         let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
+            .args([sig, &pid])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill {sig} failed");
+        if sig == "-STOP" {
+            let deadline = Instant::now() + WAIT;
+            while !all_threads_stopped(&pid) {
+                assert!(Instant::now() < deadline, "process {pid} did not stop");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
     /// SIGKILL, and waits until the process is gone (its sockets closed).
     fn kill9(&mut self) {
@@ -72,13 +82,13 @@ impl Proc {
 }
 
 fn wait_timeout(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
     loop {
         if let Some(status) = child.try_wait().expect("wait for the child") {
             return status;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "process did not exit within {WAIT:?}"
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -772,4 +782,21 @@ fn hub_federate_options_are_checked_before_anything_starts() {
     assert!(stderr(&o).contains("--federate-name"), "{}", stderr(&o));
     let o = env.run(&["hub", "--federate-name", "h1"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/PID/task/*/stat`, after the command name in parentheses).
+fn all_threads_stopped(pid: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.into_iter().all(|task| {
+        task.ok()
+            .and_then(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+            })
+            == Some('T')
+    })
 }
