@@ -162,7 +162,11 @@ impl StandbyHandle {
         self.state.borrow().clone()
     }
 
-    /// Watches the standby's state.
+    /// Watches the standby's state. Watchers are woken when the state
+    /// changes kind, primary or epoch; while following, the `repl_seq` it
+    /// shows advances without waking them (once per group of changes would
+    /// cost the standby a wake-up each): read it with [`state`](Self::state)
+    /// or a `borrow`.
     pub fn watch(&self) -> watch::Receiver<StandbyState> {
         self.state.clone()
     }
@@ -522,7 +526,14 @@ impl Standby {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = BytesMut::new();
         let mut snapshots = self.snapshots.lock().await;
-        let mut last_rx = Instant::now();
+        // Silence is counted in ticks: a tick with nothing heard since the
+        // one before is a miss (no clock read or timer per wait).
+        let mut heard = true;
+        let mut missed = 0u32;
+        // One waiter on the shutdown token for the whole link, not one per
+        // wait.
+        let shutdown = self.shutdown.cancelled();
+        tokio::pin!(shutdown);
         // Commit groups held but not yet acknowledged: one `ReplAck`
         // covers every group that arrived together. A group is
         // acknowledged once it is whole and decoded, before it is applied
@@ -538,7 +549,8 @@ impl Standby {
                     None
                 };
             let next = if let Some(r) = ready {
-                Ok(r)
+                heard = true;
+                r
             } else {
                 if unacked > 0 {
                     unacked = 0;
@@ -556,14 +568,13 @@ impl Standby {
                     let _ = reply.send(replica.snapshot());
                     continue;
                 }
-                r = tokio::time::timeout(silence, conn.reader.next()) => {
-                    // Heard from the primary (read once per wait: the
-                    // frames already at hand follow without a clock read).
-                    last_rx = Instant::now();
+                r = conn.reader.next() => {
+                    heard = true;
                     r
                 }
                 _ = ticker.tick() => {
-                    if last_rx.elapsed() > silence {
+                    missed = if std::mem::take(&mut heard) { 0 } else { missed + 1 };
+                    if missed >= self.config.heartbeat_misses {
                         tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
                         return lost(replica);
                     }
@@ -574,29 +585,25 @@ impl Standby {
                     }
                     continue;
                 }
-                _ = self.shutdown.cancelled() => return Followed::Shutdown,
+                _ = &mut shutdown => return Followed::Shutdown,
                 }
             };
             let frame = match next {
-                Err(_) => {
-                    tracing::warn!(ms = silence.as_millis() as u64, "primary silent");
-                    return lost(replica);
-                }
                 // (What is held was sent by the primary as committed: applied.)
-                Ok(None) => {
+                None => {
                     return match apply(&mut replica, &mut held) {
                         Ok(()) => lost(replica),
                         Err(e) => Followed::Retry(e),
                     }
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "replication link broke");
                     return match apply(&mut replica, &mut held) {
                         Ok(()) => lost(replica),
                         Err(e) => Followed::Retry(e),
                     };
                 }
-                Ok(Some(Ok(body))) => body,
+                Some(Ok(body)) => body,
             };
             if is_change(&frame) {
                 // Decoded when its group is whole.
@@ -667,10 +674,17 @@ impl Standby {
     fn report(&self, replica: &Replica, primary: SocketAddr) {
         let seq = replica.repl_seq();
         self.stats.repl.seq.store(seq, Ordering::Relaxed);
-        self.state.send_replace(StandbyState::Following {
+        let now = StandbyState::Following {
             primary,
             epoch: replica.epoch(),
             repl_seq: seq,
+        };
+        // Only a new primary or epoch (or the first report) wakes watchers.
+        self.state.send_if_modified(|state| {
+            let wake = !matches!(state, StandbyState::Following { primary: p, epoch: e, .. }
+                if *p == primary && *e == replica.epoch());
+            *state = now;
+            wake
         });
     }
 

@@ -146,6 +146,30 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     }
     let (interval, misses) = shared.heartbeat;
     let epoch = shared.identity.epoch;
+    // Silence is counted in ticks of its own (a writer blocked on a full
+    // socket does not stop them): a tick with nothing read from the
+    // standby since the one before is a miss (no timer per read).
+    let heard = std::sync::atomic::AtomicBool::new(true);
+    let silent = async {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut missed = 0u32;
+        loop {
+            ticker.tick().await;
+            missed = if heard.swap(false, Ordering::Relaxed) {
+                0
+            } else {
+                missed + 1
+            };
+            if missed >= misses {
+                tracing::warn!(
+                    ms = (interval * misses).as_millis() as u64,
+                    "standby silent; dropping it"
+                );
+                return;
+            }
+        }
+    };
     let writer = async {
         // The first frames are the router's ReplHello and snapshot.
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -184,7 +208,6 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     let repl = &shared.stats.repl;
     let gate = &shared.gate;
     let reader = async {
-        let silence = interval * misses;
         let decode = |body: Body<'_>| decode_frame(body.into_bytes(), STANDBY_MAX_FRAME);
         loop {
             let frame = loop {
@@ -196,16 +219,9 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
                         break None;
                     }
                 }
-                match tokio::time::timeout(silence, rd.receive()).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => break None,
-                    Err(_) => {
-                        tracing::warn!(
-                            ms = silence.as_millis() as u64,
-                            "standby silent; dropping it"
-                        );
-                        break None;
-                    }
+                match rd.receive().await {
+                    Ok(n) if n > 0 => heard.store(true, Ordering::Relaxed),
+                    _ => break None,
                 }
             };
             let Some(frame) = frame else { break };
@@ -233,6 +249,7 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     tokio::select! {
         _ = writer => {}
         _ = reader => {}
+        _ = silent => {}
         _ = alive.cancelled() => {}
         _ = shared.shutdown.cancelled() => {}
     }
