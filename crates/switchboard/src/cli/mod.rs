@@ -77,6 +77,10 @@ enum Command {
         /// /metrics and the dashboard on this address, e.g. 127.0.0.1:0.
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Worker threads of the hub's runtime (default: one per CPU the
+        /// process may run on; see docs/OPERATIONS.md, "Worker threads").
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=config::MAX_THREADS as i64))]
+        threads: Option<u16>,
         /// Serve WebSocket clients (on the --http listener; without --http,
         /// on a free loopback port).
         #[arg(long)]
@@ -351,10 +355,15 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     init_logging(&cli.global, file.as_ref().map(|f| &f.log));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Hub { threads, .. } = &cli.command {
+        let configured = match threads {
+            Some(n) => usize::from(*n),
+            None => file.as_ref().map_or(0, |f| f.hub.threads),
+        };
+        runtime.worker_threads(config::worker_threads(configured));
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: error: cannot start the runtime: {e}");
@@ -446,6 +455,7 @@ async fn run(cli: Cli, file: Option<config::FileConfig>) -> anyhow::Result<()> {
             policy,
             listen,
             http,
+            threads: _,
             ws,
             standby,
             primary,

@@ -353,6 +353,8 @@ fn flags_and_variables_override_the_file() {
         text(&o.stderr)
     );
 
+    let o = env.run(&["hub", "--config", config, "--threads", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let hub = Proc::spawn(env.cmd(&[
         "hub",
         "--json",
@@ -360,6 +362,8 @@ fn flags_and_variables_override_the_file() {
         config,
         "--service",
         "from-flag",
+        "--threads",
+        "1",
     ]));
     assert_eq!(hub.ready()["service"], "from-flag");
     drop(hub);
@@ -402,6 +406,7 @@ fn config_check_names_the_key_and_the_line() {
         ("[logs]\nlevel = \"info\"\n", &["line 1", "logs"]),
         ("[tls]\ncert = \"x.pem\"\n", &["[tls] cert and key"]),
         ("[hub]\npolicy = \"missing.toml\"\n", &["[hub] policy"]),
+        ("[hub]\nthreads = 5000\n", &["threads must be at most 1024"]),
     ] {
         let path = env.write("bad.toml", file);
         let o = env.run(&["config", "check", path.to_str().unwrap()]);
