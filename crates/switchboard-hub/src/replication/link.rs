@@ -64,6 +64,11 @@ impl Link {
             .fetch_add(bytes.len() as u64, Ordering::Relaxed)
             + bytes.len() as u64;
         self.commits.lock().push_back((repl_seq, total));
+        // Queued at once unless the writer is behind (no waiters built).
+        let bytes = match self.out.try_send(bytes) {
+            Err(mpsc::error::TrySendError::Full(bytes)) => bytes,
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+        };
         tokio::select! {
             _ = self.out.send(bytes) => {}
             _ = self.alive.cancelled() => {}

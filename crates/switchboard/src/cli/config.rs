@@ -119,7 +119,7 @@ pub const MAX_THREADS: usize = 1024;
 ///
 /// Fewer can be faster: on a 2-core machine shared with its clients, one
 /// worker carried confirmed publishes (64 in flight) 1.9 times as fast as
-/// two, while fan-out to 10 subscribers lost 15 % and 5,000 low-rate
+/// two, while fan-out to 10 subscribers lost 17 % and 5,000 low-rate
 /// connections saw twice the p99 (docs/BENCHMARKS.md, "Worker threads").
 pub fn worker_threads(configured: usize) -> usize {
     match configured {
