@@ -240,10 +240,19 @@ impl Outbox {
         }
     }
 
-    fn wake_if(&self, was_empty: bool) {
-        if was_empty {
-            self.wakeup.wake();
+    /// Wakes the writer for a frame tagged `tag` queued into a queue that
+    /// `was_empty`. A frame the gate holds back does not wake it: the
+    /// outbox waits in the gate instead, woken once the standby holds the
+    /// change (a writer woken now would find nothing to take, and wait in
+    /// the gate itself).
+    fn wake_if(self: &Arc<Self>, was_empty: bool, tag: u64) {
+        if !was_empty {
+            return;
         }
+        if tag > self.gate.released() && self.gate.wait(self, tag) {
+            return;
+        }
+        self.wakeup.wake();
     }
 
     /// Queues `out`, whose encoding (without the length prefix) is
@@ -284,7 +293,7 @@ impl Outbox {
     /// presence, replies) at time `now` (`None`: not a candidate for the
     /// stamp).
     pub(crate) fn push_control(
-        &self,
+        self: &Arc<Self>,
         out: Out,
         limits: &QueueLimits,
         tag: u64,
@@ -300,7 +309,7 @@ impl Outbox {
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         let over = inner.bytes > limits.hard_bytes;
         drop(inner);
-        self.wake_if(was_empty);
+        self.wake_if(was_empty, tag);
         if over {
             Pushed::OverHardLimit
         } else {
@@ -316,7 +325,7 @@ impl Outbox {
     /// `encoded_len` is `out`'s [`Out::encoded_len`] (the router knows it
     /// already for a numbered delivery).
     pub(crate) fn push_droppable(
-        &self,
+        self: &Arc<Self>,
         out: Out,
         encoded_len: usize,
         limits: &QueueLimits,
@@ -362,7 +371,7 @@ impl Outbox {
         Self::append(&mut inner, out, encoded_len, true, tag, now);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
-        self.wake_if(was_empty);
+        self.wake_if(was_empty, tag);
         dropped
     }
 

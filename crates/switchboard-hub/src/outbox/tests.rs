@@ -65,6 +65,28 @@ async fn gate_holds_frames_until_released() {
     assert!(!gate.wait(&outbox, 12));
 }
 
+#[test]
+fn a_held_frame_wakes_the_writer_once_released_not_when_queued() {
+    use futures::FutureExt;
+    let gate = Gate::open();
+    gate.close_at(10);
+    let outbox = Outbox::gated(ConnId(1), gate.clone());
+    outbox.push_control(Out::from(Frame::ok(1)), &LIMITS, 11, None);
+    // Nothing to take yet: no wake-up, the outbox waits in the gate.
+    assert!(outbox.notified().now_or_never().is_none());
+    let mut taken = Taken::default();
+    outbox.take(usize::MAX, &mut taken);
+    assert!(taken.frames.is_empty());
+    assert_eq!(taken.held, 11);
+    gate.release(11);
+    assert!(outbox.notified().now_or_never().is_some());
+    outbox.take(usize::MAX, &mut taken);
+    assert_eq!(taken.frames.len(), 1);
+    // A frame the gate lets through wakes the writer at once.
+    outbox.push_control(Out::from(Frame::ok(2)), &LIMITS, 11, None);
+    assert!(outbox.notified().now_or_never().is_some());
+}
+
 #[tokio::test]
 async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
     let outbox = Outbox::new(ConnId(1));
@@ -376,7 +398,7 @@ fn an_idle_outbox_holds_no_queue_memory_and_a_busy_one_keeps_it() {
 impl Outbox {
     /// [`Outbox::push_droppable`] measuring `out` itself.
     fn push_measured(
-        &self,
+        self: &Arc<Self>,
         out: Out,
         limits: &QueueLimits,
         tag: u64,

@@ -187,7 +187,7 @@ impl Output {
     }
 
     /// Sends `out` to client `conn` through `outbox` (never dropped).
-    pub fn push(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+    pub fn push(&mut self, conn: ConnId, outbox: &Arc<Outbox>, mut out: Out) {
         let (tag, _) = self.stamp(conn, &mut out);
         if outbox.push_control(out, &self.q, tag, self.now) == Pushed::OverHardLimit {
             self.to_kill.push(conn);
@@ -196,7 +196,7 @@ impl Output {
 
     /// Sends a pub/sub delivery or broadcast to client `conn` through
     /// `outbox`: a full queue drops its oldest such frames.
-    pub fn push_droppable(&mut self, conn: ConnId, outbox: &Outbox, mut out: Out) {
+    pub fn push_droppable(&mut self, conn: ConnId, outbox: &Arc<Outbox>, mut out: Out) {
         let (tag, measured) = self.stamp(conn, &mut out);
         let len = measured.unwrap_or_else(|| out.encoded_len());
         let mut seqs = std::mem::take(&mut self.dropped_seqs);
