@@ -168,7 +168,8 @@ pub struct Outbox {
     wakeup: Wakeup,
     cancel: Cancel,
     gate: Arc<Gate>,
-    /// Tag the writer waits for (see [`Gate::wait`]).
+    /// Tag the writer waits for, while the outbox is in its gate's list
+    /// (0 when not; see [`Gate::wait`]).
     held: AtomicU64,
 }
 
@@ -555,6 +556,10 @@ impl Gate {
             }
             let (ready, still): (Vec<_>, Vec<_>) = w.drain(..).partition(|o| o.held_tag() <= seq);
             *w = still;
+            for o in &ready {
+                // Out of the list (see `wait`).
+                o.held.store(0, Ordering::Relaxed);
+            }
             ready
         };
         for outbox in waiting {
@@ -574,9 +579,15 @@ impl Gate {
         if self.released() >= tag {
             return false;
         }
-        outbox.held.store(tag, Ordering::Relaxed);
-        if !w.iter().any(|o| Arc::ptr_eq(o, outbox)) {
-            w.push(outbox.clone());
+        // An outbox's `held` is non-zero exactly while it is in the list
+        // (both change under this lock): no search of the list, which
+        // holds every outbox of a fan-out.
+        match outbox.held.load(Ordering::Relaxed) {
+            0 => {
+                outbox.held.store(tag, Ordering::Relaxed);
+                w.push(outbox.clone());
+            }
+            held => outbox.held.store(held.min(tag), Ordering::Relaxed),
         }
         true
     }

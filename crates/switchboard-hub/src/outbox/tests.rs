@@ -87,6 +87,30 @@ fn a_held_frame_wakes_the_writer_once_released_not_when_queued() {
     assert!(outbox.notified().now_or_never().is_some());
 }
 
+#[test]
+fn outboxes_wait_in_the_gate_again_after_each_release() {
+    use futures::FutureExt;
+    let gate = Gate::open();
+    gate.close_at(0);
+    let outboxes: Vec<_> = (0..3)
+        .map(|i| Outbox::gated(ConnId(i), gate.clone()))
+        .collect();
+    let mut taken = Taken::default();
+    for round in 1..=3u64 {
+        for o in &outboxes {
+            o.push_control(Out::from(Frame::ok(round)), &LIMITS, round, None);
+            assert!(o.notified().now_or_never().is_none(), "round {round}");
+        }
+        gate.release(round);
+        for o in &outboxes {
+            assert!(o.notified().now_or_never().is_some(), "round {round}");
+            o.take(usize::MAX, &mut taken);
+            assert_eq!((taken.frames.len(), taken.held), (1, 0), "round {round}");
+        }
+    }
+    assert!(gate.waiting.lock().is_empty());
+}
+
 #[tokio::test]
 async fn a_kill_wakes_every_task_waiting_on_the_outbox() {
     let outbox = Outbox::new(ConnId(1));
