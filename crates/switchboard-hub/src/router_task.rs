@@ -157,7 +157,7 @@ impl RouterTask {
                     check = None;
                     if fenced {
                         self.step_down();
-                    } else {
+                    } else if link.is_none() {
                         if holding {
                             tracing::info!("no newer primary; serving without a standby");
                         }
@@ -165,6 +165,12 @@ impl RouterTask {
                         self.router.disable_change_log();
                         self.router.set_gating(false);
                         self.shared.gate.open_all();
+                    } else {
+                        // A check a client's higher epoch started while a
+                        // standby is attached (it may have attached during
+                        // the check): replication and the gate stay as
+                        // they are.
+                        tracing::info!("no newer primary; the standby stays attached");
                     }
                 }
                 _ = self.shared.higher_epoch.notified(), if !checking && !shutting_down => {

@@ -1,0 +1,90 @@
+//! A primary with a standby attached that hears of a higher epoch (a
+//! client resuming with it) checks for a newer primary; finding none, it
+//! goes on replicating: every change still reaches the standby, and
+//! acknowledgements still wait for it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use common::{config, start, TestClient, WAIT};
+use switchboard_discovery::nonce;
+use switchboard_hub::{Hub, StandbyState};
+use switchboard_wire::proto::{self, frame::Kind};
+use switchboard_wire::{ErrorCode, PROTOCOL_VERSION};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> Result<()> {
+    let primary = start().await;
+    let standby = Hub::standby(config(), Some(primary.local_addr())).await?;
+    let mut state = standby.watch();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
+    )
+    .await??;
+    let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
+    let set = |n: u64| proto::KvSet {
+        id: n + 1,
+        key: format!("k{n}").into(),
+        value: n.to_string().into(),
+        expect_version: None,
+    };
+    let first = set(0);
+    writer.send(first).await?;
+    writer.expect().await?;
+
+    // A client that has seen epoch 99: refused as fenced, and the primary
+    // looks for a newer primary (there is none).
+    let mut old = TestClient::connect_raw(primary.local_addr()).await?;
+    old.send(proto::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: "from-the-future".into(),
+        client_nonce: nonce().to_vec().into(),
+        resume: Some(proto::Resume {
+            epoch: 99,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    match old.expect().await?.kind {
+        Some(Kind::Error(e)) => assert_eq!(e.code, ErrorCode::Fenced as i32, "{}", e.message),
+        other => panic!("expected a Fenced error, got {other:?}"),
+    }
+
+    // Changes go on for longer than the check takes (it gives up after
+    // 500 ms), each acknowledged; the standby must hold every one.
+    let writing = Instant::now();
+    let mut n = 1;
+    while writing.elapsed() < Duration::from_secs(3) {
+        let frame = set(n);
+        writer.send(frame).await?;
+        match writer.expect().await?.kind {
+            Some(Kind::KvValue(_)) | Some(Kind::Ok(_)) => {}
+            other => panic!("set {n}: {other:?}"),
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = primary.snapshot().await.expect("primary snapshot");
+        let s = standby.snapshot().await.expect("standby snapshot");
+        if p.kv == s.kv && p.repl_seq == s.repl_seq {
+            assert_eq!(p.kv.len() as u64, n, "every key set is there");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby stopped following after the check: repl_seq {} vs {}, keys {} vs {}",
+            p.repl_seq,
+            s.repl_seq,
+            p.kv.len(),
+            s.kv.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
