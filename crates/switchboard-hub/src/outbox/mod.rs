@@ -575,6 +575,8 @@ impl Gate {
     /// Registers `outbox` to be woken once change `tag` is released;
     /// `false` when it already is (take again at once).
     pub fn wait(&self, outbox: &Arc<Outbox>, tag: u64) -> bool {
+        // `held` marks membership of this gate's list only.
+        debug_assert!(std::ptr::eq(Arc::as_ptr(&outbox.gate), self));
         let mut w = self.waiting.lock();
         if self.released() >= tag {
             return false;

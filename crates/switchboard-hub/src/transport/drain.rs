@@ -78,7 +78,8 @@ impl Linger {
 /// consumer fails; with a `linger`, also once the outbox was idle that
 /// long (`true`: the consumer may be started again, by whoever waits on
 /// [`Outbox::notified`] meanwhile; a frame queued after the last take
-/// leaves that wake-up set, so none is stranded). Meanwhile tells the router when a take made room it
+/// leaves that wake-up set, or for a frame the gate holds back its
+/// release does, so none is stranded). Meanwhile tells the router when a take made room it
 /// waits for (`Input::Drained`, through `inbox`), waits for the
 /// standby to hold what the next frame depends on ([`Gate`]), and hands
 /// the consumer the stamp of each batch that held the outbox's stamped
@@ -154,7 +155,9 @@ pub(crate) async fn next_batch(
 }
 
 /// [`next_batch`], or `None` once the outbox was idle for `linger`
-/// (never without one). Nothing held back by the gate counts as idle.
+/// (never without one). Frames this writer saw held back by the gate do
+/// not count as idle; frames queued already held never woke it (the gate
+/// wakes the outbox on their release), so it may linger out meanwhile.
 async fn wait_batch(
     outbox: &Arc<Outbox>,
     batch_bytes: usize,
