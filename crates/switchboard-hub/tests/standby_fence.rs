@@ -27,7 +27,7 @@ async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> R
     let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     let set = |n: u64| proto::KvSet {
         id: n + 1,
-        key: format!("k{n}").into(),
+        key: format!("k{n}"),
         value: n.to_string().into(),
         expect_version: None,
     };
