@@ -154,7 +154,16 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     // Silence is counted in ticks of its own (a writer blocked on a full
     // socket does not stop them): a tick with nothing read from the
     // standby since the one before is a miss (no timer per read).
+    // Until its first acknowledgement the standby is quiet for as long as
+    // the snapshot takes to encode, send and restore: it gets the
+    // handshake's time for that, not the heartbeat's.
     let heard = std::sync::atomic::AtomicBool::new(true);
+    let acked = std::sync::atomic::AtomicBool::new(false);
+    let first_misses = misses.max(
+        (shared.handshake_timeout.as_millis() / interval.as_millis().max(1))
+            .try_into()
+            .unwrap_or(u32::MAX),
+    );
     let silent = async {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,9 +175,13 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             } else {
                 missed + 1
             };
-            if missed >= misses {
+            let limit = match acked.load(Ordering::Relaxed) {
+                true => misses,
+                false => first_misses,
+            };
+            if missed >= limit {
                 tracing::warn!(
-                    ms = (interval * misses).as_millis() as u64,
+                    ms = (interval * limit).as_millis() as u64,
                     "standby silent; dropping it"
                 );
                 return;
@@ -232,6 +245,7 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             let Some(frame) = frame else { break };
             match frame.kind {
                 Some(Kind::ReplAck(a)) => {
+                    acked.store(true, Ordering::Relaxed);
                     repl.acked.fetch_max(a.repl_seq, Ordering::Relaxed);
                     let mut c = commits.lock();
                     while c.front().is_some_and(|(seq, _)| *seq <= a.repl_seq) {

@@ -1,15 +1,16 @@
-//! A primary with a standby attached that hears of a higher epoch (a
-//! client resuming with it) checks for a newer primary; finding none, it
-//! goes on replicating: every change still reaches the standby, and
-//! acknowledgements still wait for it.
+//! The primary's end of a standby link: a primary with a standby attached
+//! that hears of a higher epoch (a client resuming with it) checks for a
+//! newer primary and, finding none, goes on replicating; and a standby
+//! that is quiet for long while it takes its first snapshot in is kept.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use anyhow::Result;
-use common::{config, start, TestClient, WAIT};
-use switchboard_discovery::nonce;
+use common::{config, start, TestClient, TOKEN, WAIT};
+use switchboard_discovery::{client_proof, nonce, Secret};
 use switchboard_hub::{Hub, StandbyState};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{ErrorCode, PROTOCOL_VERSION};
@@ -87,4 +88,64 @@ async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> R
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Result<()> {
+    let primary = start().await;
+    let secret = Secret::from_token(TOKEN);
+    let mut link = TestClient::connect_raw(primary.local_addr()).await?;
+    let client_nonce = nonce();
+    link.send(proto::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: "slow-standby".into(),
+        client_nonce: client_nonce.to_vec().into(),
+        role: proto::Role::Standby as i32,
+        key_id: secret.key_id().to_vec().into(),
+        ..Default::default()
+    })
+    .await?;
+    let Some(Kind::Challenge(ch)) = link.expect().await?.kind else {
+        bail!("no challenge")
+    };
+    let proof = client_proof(&secret, &ch.hub_nonce, &client_nonce, "slow-standby");
+    link.send(proto::Auth {
+        proof: proof.to_vec().into(),
+    })
+    .await?;
+    let snapshot = loop {
+        match link.expect().await?.kind {
+            Some(Kind::Snapshot(s)) => break s,
+            Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
+            other => bail!("expected the opening snapshot, got {other:?}"),
+        }
+    };
+    // Silent for five times what the heartbeat allows (4 x 50 ms), as a
+    // standby restoring a large state is; then it acknowledges.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.send(proto::ReplAck {
+        repl_seq: snapshot.repl_seq,
+        ..Default::default()
+    })
+    .await?;
+    // Still attached: a client's change reaches it as a change.
+    let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
+    writer
+        .send(proto::KvSet {
+            id: 1,
+            key: "k".into(),
+            value: "v".into(),
+            expect_version: None,
+        })
+        .await?;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match link.expect().await?.kind {
+                Some(Kind::Change(_)) => return Ok(()),
+                Some(Kind::Heartbeat(_)) => {}
+                other => bail!("expected a change, got {other:?}"),
+            }
+        }
+    })
+    .await?
 }
