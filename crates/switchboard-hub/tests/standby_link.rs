@@ -125,7 +125,6 @@ async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Resul
     tokio::time::sleep(Duration::from_secs(1)).await;
     link.send(proto::ReplAck {
         repl_seq: snapshot.repl_seq,
-        ..Default::default()
     })
     .await?;
     // Still attached: a client's change reaches it as a change.
