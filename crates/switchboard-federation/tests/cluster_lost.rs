@@ -119,10 +119,13 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     .expect("hub A's dup was closed");
     // (The client says why in its own words: ID_TAKEN_OVER.)
     assert!(closed.contains("took over"), "{closed}");
-    assert_eq!(
-        a.fed.directory().stats().taken_back.load(Ordering::Relaxed),
-        1
-    );
+    // Counted once, by whichever path comes to it first: the id write
+    // after the reconnection or the id watch. (The watch may also have
+    // claimed the released id again first, and the claim, losing to hub
+    // B's entry, closed the client before either counted it.)
+    let taken_back = || a.fed.directory().stats().taken_back.load(Ordering::Relaxed);
+    eventually("hub A counted its dup taken back", || taken_back() >= 1).await;
+    assert_eq!(taken_back(), 1);
     eventually("hub B sees hub A's ids again", || {
         b.fed.directory().holder("req.a").as_deref() == Some("hub-a")
             && b.fed.directory().holder("sub.a").as_deref() == Some("hub-a")
