@@ -9,40 +9,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use common::TestClient;
-use switchboard_discovery::{client_proof, nonce, Secret};
 use switchboard_hub::{Hub, Policy};
-use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{ErrorCode, PROTOCOL_VERSION};
+use switchboard_wire::proto::frame::Kind;
+use switchboard_wire::ErrorCode;
 
 const APP: &str = "standby test app token";
 const REPLICA: &str = "standby test replica token";
 
 /// Opens a standby link proving `token`; the first frame after `Auth`.
 async fn standby_link(addr: std::net::SocketAddr, token: &str) -> Result<Kind> {
-    let secret = Secret::from_token(token);
-    let mut c = TestClient::connect_raw(addr).await?;
-    let client_nonce = nonce();
-    c.send(proto::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_id: "a-standby".into(),
-        client_nonce: client_nonce.to_vec().into(),
-        role: proto::Role::Standby as i32,
-        key_id: secret.key_id().to_vec().into(),
-        ..Default::default()
-    })
-    .await?;
-    let Some(Kind::Challenge(ch)) = c.expect().await?.kind else {
-        bail!("no challenge")
-    };
-    let proof = client_proof(&secret, &ch.hub_nonce, &client_nonce, "a-standby");
-    c.send(proto::Auth {
-        proof: proof.to_vec().into(),
-    })
-    .await?;
-    c.expect()
-        .await?
-        .kind
-        .ok_or_else(|| anyhow::anyhow!("an empty frame"))
+    let (_, first) = TestClient::connect_standby(addr, token, "a-standby").await?;
+    first.kind.ok_or_else(|| anyhow::anyhow!("an empty frame"))
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use anyhow::Result;
 use common::{config, start, TestClient, TOKEN, WAIT};
-use switchboard_discovery::{client_proof, nonce, Secret};
+use switchboard_discovery::nonce;
 use switchboard_hub::{Hub, StandbyState};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{ErrorCode, PROTOCOL_VERSION};
@@ -93,32 +93,16 @@ async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> R
 #[tokio::test]
 async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Result<()> {
     let primary = start().await;
-    let secret = Secret::from_token(TOKEN);
-    let mut link = TestClient::connect_raw(primary.local_addr()).await?;
-    let client_nonce = nonce();
-    link.send(proto::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_id: "slow-standby".into(),
-        client_nonce: client_nonce.to_vec().into(),
-        role: proto::Role::Standby as i32,
-        key_id: secret.key_id().to_vec().into(),
-        ..Default::default()
-    })
-    .await?;
-    let Some(Kind::Challenge(ch)) = link.expect().await?.kind else {
-        bail!("no challenge")
-    };
-    let proof = client_proof(&secret, &ch.hub_nonce, &client_nonce, "slow-standby");
-    link.send(proto::Auth {
-        proof: proof.to_vec().into(),
-    })
-    .await?;
+    let (mut link, first) =
+        TestClient::connect_standby(primary.local_addr(), TOKEN, "slow-standby").await?;
+    let mut next = first;
     let snapshot = loop {
-        match link.expect().await?.kind {
+        match next.kind {
             Some(Kind::Snapshot(s)) => break s,
             Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
             other => bail!("expected the opening snapshot, got {other:?}"),
         }
+        next = link.expect().await?;
     };
     // Silent for five times what the heartbeat allows (4 x 50 ms), as a
     // standby restoring a large state is; then it acknowledges.

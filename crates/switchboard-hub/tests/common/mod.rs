@@ -139,6 +139,38 @@ impl TestClient {
         }
     }
 
+    /// Opens a standby link to `addr` (a `Hello` with the standby role)
+    /// as `id`, proving `token`: the link and the first frame after `Auth`
+    /// (`ReplHello` when admitted, an error when not).
+    pub async fn connect_standby(
+        addr: SocketAddr,
+        token: &str,
+        id: &str,
+    ) -> Result<(TestClient, Frame)> {
+        let secret = Secret::from_token(token);
+        let mut c = TestClient::connect_raw(addr).await?;
+        let client_nonce = nonce();
+        c.send(proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: id.into(),
+            client_nonce: client_nonce.to_vec().into(),
+            role: proto::Role::Standby as i32,
+            key_id: secret.key_id().to_vec().into(),
+            ..Default::default()
+        })
+        .await?;
+        let Some(Kind::Challenge(ch)) = c.expect().await?.kind else {
+            bail!("no challenge")
+        };
+        let proof = client_proof(&secret, &ch.hub_nonce, &client_nonce, id);
+        c.send(proto::Auth {
+            proof: proof.to_vec().into(),
+        })
+        .await?;
+        let first = c.expect().await?;
+        Ok((c, first))
+    }
+
     pub fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
