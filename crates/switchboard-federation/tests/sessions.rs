@@ -247,16 +247,15 @@ async fn wait_stopped(pid: &str) {
 /// Environment variable naming the NATS server of the child hub process.
 const CHILD_NATS: &str = "SB_TEST_CHILD_HUB_NATS";
 
-/// Not a test of its own: the hub process that
-/// `a_session_frame_into_a_stopped_hub_is_reported_within_the_bound`
-/// starts (this test binary run again) and stops with SIGSTOP. Without
+/// Not a test of its own: the far hub of
+/// `a_session_frame_into_a_stopped_hub_is_reported_within_the_bound`,
+/// which must run in a process of its own (the parent stops it with
+/// SIGSTOP, and a stopped process cannot be the test's own). Without
 /// [`CHILD_NATS`] it does nothing. Ignored so that a plain `cargo test`
-/// does not start it; the parent runs it with `--ignored --exact`.
+/// does not start it; the parent runs it (this test binary again) with
+/// `--ignored --exact` and fails if it does not start, so it runs in
+/// every `cargo test`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// Ignored because it is not a test: it is the far hub of the SIGSTOP
-// test below, which must run in a process of its own (a stopped process
-// cannot be this one). The parent runs it with `--ignored --exact` and
-// fails if it does not start, so it runs in every `cargo test`.
 #[ignore = "run as a child process by another test"]
 async fn child_hub_process() -> anyhow::Result<()> {
     let Ok(url) = std::env::var(CHILD_NATS) else {
