@@ -29,7 +29,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
 
-pub use out::Out;
+pub use out::{Out, Shared};
 use wake::Wakeup;
 pub use wake::{Cancel, Cancelled, Notified};
 
@@ -116,6 +116,27 @@ struct Inner {
     /// When the stamped frame was queued; `None` while no queued frame is
     /// stamped (the next one queued will be).
     since: Option<Instant>,
+}
+
+/// A delivery held back for a moment to be queued together with others
+/// to the same client ([`Outbox::push_droppable_many`]): its frame, its
+/// encoded length (without the length prefix) and its release tag.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The frame.
+    pub out: Out,
+    /// [`Out::encoded_len`].
+    pub len: usize,
+    /// Replication sequence number the standby must hold before it may
+    /// leave (0: none).
+    pub tag: u64,
+}
+
+impl Staged {
+    /// What the frame counts against the queue's byte limits once queued.
+    pub fn bytes(&self) -> usize {
+        LENGTH_PREFIX_LEN + self.len + ENTRY_COST
+    }
 }
 
 /// Outcome of pushing a frame that must not be dropped.
@@ -338,15 +359,69 @@ impl Outbox {
         if inner.state != State::Open {
             return 0;
         }
+        // An empty queue is never full: when it `was_empty`, `out` went in.
+        let was_empty = inner.queue.is_empty();
+        let dropped =
+            Self::put_droppable(&mut inner, out, encoded_len, limits, tag, now, dropped_seqs);
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wake_if(was_empty, tag);
+        dropped
+    }
+
+    /// [`push_droppable`](Self::push_droppable) for each of `staged` in
+    /// turn, under one lock and with at most one wake-up: a run of
+    /// deliveries to this client (see [`Staged`]). Empties `staged`;
+    /// returns how many were dropped in all.
+    pub(crate) fn push_droppable_many(
+        self: &Arc<Self>,
+        staged: &mut Vec<Staged>,
+        limits: &QueueLimits,
+        now: Option<Instant>,
+        dropped_seqs: &mut Vec<u64>,
+    ) -> u64 {
+        let Some(first_tag) = staged.first().map(|s| s.tag) else {
+            return 0;
+        };
+        let mut inner = self.inner.lock();
+        if inner.state != State::Open {
+            drop(inner);
+            staged.clear();
+            return 0;
+        }
+        let was_empty = inner.queue.is_empty();
         let mut dropped = 0;
-        while Self::full(&inner, limits) {
+        for s in staged.drain(..) {
+            dropped +=
+                Self::put_droppable(&mut inner, s.out, s.len, limits, s.tag, now, dropped_seqs);
+        }
+        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        drop(inner);
+        self.wake_if(was_empty, first_tag);
+        dropped
+    }
+
+    /// Queues the delivery `out`, dropping the oldest deliveries while
+    /// the queue is full, or `out` itself when nothing queued may be
+    /// dropped; returns how many were dropped.
+    fn put_droppable(
+        inner: &mut Inner,
+        out: Out,
+        encoded_len: usize,
+        limits: &QueueLimits,
+        tag: u64,
+        now: Option<Instant>,
+        dropped_seqs: &mut Vec<u64>,
+    ) -> u64 {
+        let mut dropped = 0;
+        while Self::full(inner, limits) {
             if inner.droppable == 0 {
-                inner.dropped_unreported += 1;
-                inner.dropped_total += 1;
+                inner.dropped_unreported += dropped + 1;
+                inner.dropped_total += dropped + 1;
                 if out.seq() != 0 {
                     dropped_seqs.push(out.seq());
                 }
-                return 1;
+                return dropped + 1;
             }
             let pos = inner
                 .queue
@@ -368,11 +443,7 @@ impl Outbox {
         }
         inner.dropped_unreported += dropped;
         inner.dropped_total += dropped;
-        let was_empty = inner.queue.is_empty();
-        Self::append(&mut inner, out, encoded_len, true, tag, now);
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
-        drop(inner);
-        self.wake_if(was_empty, tag);
+        Self::append(inner, out, encoded_len, true, tag, now);
         dropped
     }
 
@@ -382,6 +453,18 @@ impl Outbox {
     /// matters (a queue group's pick asks this of a member per delivery).
     pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
         self.depth() != 0 && Self::full(&self.inner.lock(), limits)
+    }
+
+    /// Whether the queue would be full with `frames` more frames of
+    /// `bytes` bytes (as [`Staged::bytes`] counts them) queued: what
+    /// [`is_full`](Self::is_full) says once a run staged for this client
+    /// is pushed.
+    pub(crate) fn is_full_with(&self, frames: usize, bytes: usize, limits: &QueueLimits) -> bool {
+        if frames == 0 {
+            return self.is_full(limits);
+        }
+        let inner = self.inner.lock();
+        inner.queue.len() + frames >= limits.frames || inner.bytes + bytes >= limits.bytes
     }
 
     /// Room left before the queue counts as full: frames, and bytes as

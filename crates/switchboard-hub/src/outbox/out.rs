@@ -2,6 +2,8 @@
 //! pub/sub delivery pre-encoded by the wire's
 //! [`deliver`](switchboard_wire::deliver) encoder.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use switchboard_wire::deliver::{DeliverFrame, DeliverHead, HandFrame};
@@ -13,9 +15,11 @@ use switchboard_wire::{put_frame, FastBuf, Frame};
 pub enum Out {
     /// Any frame (boxed: frames are large and rarely queued in bulk).
     Frame(Box<Frame>),
-    /// A pub/sub delivery, pre-encoded: the fields shared by every
-    /// subscriber (topic, publisher, reply-to, headers) are encoded once per
-    /// publish into `head`; the payload is shared, never copied.
+    /// A pub/sub delivery, pre-encoded: what every subscriber of one
+    /// publish shares is in `shared`, and only the numbering and the
+    /// subscription id are the subscriber's own (a queued delivery is 40
+    /// bytes, and cloning it for the retransmit buffer one reference
+    /// count increment).
     Deliver {
         /// `Frame.seq` (0: not sequenced).
         seq: u64,
@@ -23,11 +27,27 @@ pub enum Out {
         acked: u64,
         /// The subscriber's subscription id.
         sub_id: u64,
-        /// Encoded `Deliver` fields 2, 3, 5 and 6.
-        head: DeliverHead,
-        /// The payload.
-        payload: Bytes,
+        /// The publish's shared fields and payload.
+        shared: Arc<Shared>,
     },
+}
+
+/// What every subscriber's delivery of one publish shares, in one
+/// allocation per publish.
+#[derive(Debug, PartialEq)]
+pub struct Shared {
+    /// Encoded `Deliver` fields 2, 3, 5 and 6 (topic, publisher,
+    /// reply-to, headers).
+    pub head: DeliverHead,
+    /// The payload (never copied per subscriber).
+    pub payload: Bytes,
+}
+
+impl Shared {
+    /// The shared part of the deliveries of a publish.
+    pub fn new(head: DeliverHead, payload: Bytes) -> Arc<Shared> {
+        Arc::new(Shared { head, payload })
+    }
 }
 
 impl From<Frame> for Out {
@@ -88,14 +108,13 @@ impl Out {
                 seq,
                 acked,
                 sub_id,
-                head,
-                payload,
+                shared,
             } => Ok(DeliverFrame {
                 seq: *seq,
                 acked: *acked,
                 sub_id: *sub_id,
-                head,
-                payload,
+                head: &shared.head,
+                payload: &shared.payload,
             }),
         }
     }

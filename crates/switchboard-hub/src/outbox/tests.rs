@@ -17,8 +17,10 @@ fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
         seq: 0,
         acked: 0,
         sub_id,
-        head: DeliverHead::new("a.b", "pub", "inbox.1", &[]),
-        payload: Bytes::from_static(payload),
+        shared: crate::outbox::Shared::new(
+            DeliverHead::new("a.b", "pub", "inbox.1", &[]),
+            Bytes::from_static(payload),
+        ),
     }
 }
 
@@ -26,7 +28,7 @@ fn deliver(sub_id: u64, payload: &'static [u8]) -> Out {
 #[cfg(target_pointer_width = "64")]
 fn queued_entries_stay_small() {
     assert!(
-        std::mem::size_of::<Out>() <= 80,
+        std::mem::size_of::<Out>() <= 40,
         "{}",
         std::mem::size_of::<Out>()
     );
@@ -483,4 +485,71 @@ fn an_idle_outbox_is_one_allocation() {
     assert!(reader.as_mut().poll(&mut cx).is_pending());
     outbox.kill(None);
     assert!(reader.as_mut().poll(&mut cx).is_ready());
+}
+
+#[test]
+fn a_staged_run_queues_as_the_same_pushes_one_at_a_time_would() {
+    // Into an empty queue, a queue with room, and a full one, with
+    // numbered deliveries and a control frame that may not be dropped.
+    for queued in [0, 2, 4] {
+        let one = Outbox::new(ConnId(1));
+        let many = Outbox::new(ConnId(2));
+        for outbox in [&one, &many] {
+            for i in 0..queued {
+                let mut out = deliver(i, b"old");
+                out.set_seq(i + 1);
+                outbox.push_droppable(out, 10, &LIMITS, 0, None, &mut Vec::new());
+            }
+            outbox.push_control(Out::from(Frame::ok(7)), &LIMITS, 0, None);
+        }
+        let run = |n: u64| -> Vec<Out> {
+            (0..n)
+                .map(|i| {
+                    let mut out = deliver(100 + i, b"new");
+                    out.set_seq(100 + i);
+                    out
+                })
+                .collect()
+        };
+        let (mut seqs_one, mut seqs_many) = (Vec::new(), Vec::new());
+        let mut dropped_one = 0;
+        for out in run(6) {
+            let len = out.encoded_len();
+            dropped_one += one.push_droppable(out, len, &LIMITS, 0, None, &mut seqs_one);
+        }
+        let mut staged: Vec<Staged> = run(6)
+            .into_iter()
+            .map(|out| Staged {
+                len: out.encoded_len(),
+                out,
+                tag: 0,
+            })
+            .collect();
+        let dropped_many = many.push_droppable_many(&mut staged, &LIMITS, None, &mut seqs_many);
+        assert!(staged.is_empty());
+        assert_eq!(dropped_many, dropped_one, "queued {queued}");
+        assert_eq!(seqs_many, seqs_one, "queued {queued}");
+        let (mut a, mut b) = (Taken::default(), Taken::default());
+        one.take(usize::MAX, &mut a);
+        many.take(usize::MAX, &mut b);
+        assert_eq!(b.frames, a.frames, "queued {queued}");
+        assert_eq!((b.dropped, b.bytes), (a.dropped, a.bytes));
+    }
+}
+
+#[test]
+fn a_queue_is_full_counting_what_is_staged_for_it() {
+    let outbox = Outbox::new(ConnId(1));
+    assert!(!outbox.is_full_with(0, 0, &LIMITS));
+    assert!(!outbox.is_full_with(3, 300, &LIMITS));
+    assert!(outbox.is_full_with(4, 400, &LIMITS));
+    outbox.push_droppable(deliver(1, b"x"), 10, &LIMITS, 0, None, &mut Vec::new());
+    assert!(outbox.is_full_with(3, 300, &LIMITS));
+    let bytes = QueueLimits {
+        frames: usize::MAX,
+        bytes: 1000,
+        hard_bytes: 1 << 21,
+    };
+    assert!(!outbox.is_full_with(1, 10, &bytes));
+    assert!(outbox.is_full_with(1, 1000, &bytes));
 }

@@ -32,7 +32,7 @@ use switchboard_wire::{
     decode_frame, decode_ok, decode_publish, decode_queued_delivery_reusing, Frame, WireError,
 };
 
-use crate::outbox::Out;
+use crate::outbox::{Out, Shared};
 
 /// Field numbers of the link frame a change travels in: `Frame.change`,
 /// and within `Change` its `repl_seq` and each operation.
@@ -543,8 +543,7 @@ impl ChangeDecoder {
                 seq: d.seq,
                 acked: d.acked,
                 sub_id: d.sub_id,
-                head: d.head,
-                payload: d.payload,
+                shared: Shared::new(d.head, d.payload),
             });
         }
         // A publisher's confirmation, the other frame sent most.

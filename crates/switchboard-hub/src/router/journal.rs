@@ -469,8 +469,10 @@ mod tests {
             seq: 5,
             acked: 0,
             sub_id: 2,
-            head: DeliverHead::new("a.b", "pub", "", &[]),
-            payload: Bytes::from_static(b"payload"),
+            shared: crate::outbox::Shared::new(
+                DeliverHead::new("a.b", "pub", "", &[]),
+                Bytes::from_static(b"payload"),
+            ),
         };
         let info = proto::ClientInfo {
             client_id: "sub".into(),

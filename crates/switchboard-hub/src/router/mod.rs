@@ -231,6 +231,10 @@ impl Router {
                     return;
                 };
                 for frame in frames {
+                    // A run of publishes queues its deliveries a client
+                    // at a time; anything else sees them queued.
+                    let publish = matches!(frame.kind, Some(Kind::Publish(_)));
+                    self.output.set_staging(publish);
                     match self.output.take_in(key, &frame) {
                         None => break,
                         Some(false) => self.counters.duplicates += 1,
@@ -240,6 +244,7 @@ impl Router {
                         }
                     }
                 }
+                self.output.set_staging(false);
                 self.flush_ack(now, key);
             }
             Input::Acked { conn, up_to } => {

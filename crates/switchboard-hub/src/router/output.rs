@@ -13,7 +13,16 @@ use switchboard_wire::{is_logged_kind, ErrorCode, Frame};
 use super::journal::Journal;
 use super::reliable::{ack_frame, AckNext, Reliable};
 use crate::ids::{ConnId, IdMap};
-use crate::outbox::{Out, Outbox, Pushed, QueueLimits};
+use crate::outbox::{Out, Outbox, Pushed, QueueLimits, Staged};
+
+/// Deliveries staged for one client before they are queued together
+/// ([`Output::set_staging`]); a client with this many staged gets them
+/// queued at once, so a long run neither delays its first deliveries
+/// much nor holds much memory.
+const STAGE_MAX: usize = 64;
+
+/// Emptied stages whose memory is kept for the next run, at most.
+const SPARE_STAGES: usize = 128;
 
 /// A registered client's way out.
 #[derive(Debug)]
@@ -25,6 +34,18 @@ pub(super) struct Link {
     pub outbox: Arc<Outbox>,
     /// Reliable delivery's numbering.
     pub reliable: Reliable,
+    /// Its stage in [`Output::stages`] while deliveries to it are staged.
+    stage: Option<u32>,
+}
+
+/// Deliveries to one client's outbox staged during a run of publishes.
+#[derive(Debug)]
+struct Stage {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    entries: Vec<Staged>,
+    /// What `entries` count against the queue's byte limits.
+    bytes: usize,
 }
 
 /// Every client's [`Link`], and how frames are pushed onto them.
@@ -52,6 +73,12 @@ pub(super) struct Output {
     /// The time of the input being handled: frames are queued at it
     /// (the outboxes' delivery delay stamp).
     now: Option<Instant>,
+    /// Deliveries are staged (see [`Output::set_staging`]).
+    staging: bool,
+    /// The clients with staged deliveries, in the order first staged.
+    stages: Vec<Stage>,
+    /// Emptied stages' entry vectors, for their capacity.
+    spare: Vec<Vec<Staged>>,
 }
 
 impl Output {
@@ -67,6 +94,9 @@ impl Output {
             dropped: 0,
             dropped_seqs: Vec::new(),
             now: None,
+            staging: false,
+            stages: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -81,12 +111,14 @@ impl Output {
             id,
             outbox,
             reliable: Reliable::new(reliable),
+            stage: None,
         };
         self.links.insert(conn, Box::new(link));
     }
 
-    /// Forgets a client's link.
+    /// Forgets a client's link (what was staged for it is queued first).
     pub fn remove(&mut self, conn: ConnId) -> Option<Link> {
+        self.flush_link(conn);
         self.links.remove(&conn).map(|l| *l)
     }
 
@@ -188,6 +220,7 @@ impl Output {
 
     /// Sends `out` to client `conn` through `outbox` (never dropped).
     pub fn push(&mut self, conn: ConnId, outbox: &Arc<Outbox>, mut out: Out) {
+        self.flush_link(conn);
         let (tag, _) = self.stamp(conn, &mut out);
         if outbox.push_control(out, &self.q, tag, self.now) == Pushed::OverHardLimit {
             self.to_kill.push(conn);
@@ -195,12 +228,123 @@ impl Output {
     }
 
     /// Sends a pub/sub delivery or broadcast to client `conn` through
-    /// `outbox`: a full queue drops its oldest such frames.
+    /// `outbox`: a full queue drops its oldest such frames. While
+    /// [staging](Self::set_staging), the delivery waits in the client's
+    /// stage, to be queued with the others of the run.
     pub fn push_droppable(&mut self, conn: ConnId, outbox: &Arc<Outbox>, mut out: Out) {
         let (tag, measured) = self.stamp(conn, &mut out);
         let len = measured.unwrap_or_else(|| out.encoded_len());
+        if self.staging {
+            if let Some(i) = self.stage_of(conn, outbox) {
+                let stage = &mut self.stages[i];
+                let staged = Staged { out, len, tag };
+                stage.bytes += staged.bytes();
+                stage.entries.push(staged);
+                if stage.entries.len() >= STAGE_MAX {
+                    self.flush_stage(i);
+                }
+                return;
+            }
+        }
         let mut seqs = std::mem::take(&mut self.dropped_seqs);
         self.dropped += outbox.push_droppable(out, len, &self.q, tag, self.now, &mut seqs);
+        self.after_drops(conn, seqs);
+    }
+
+    /// Turns staging on or off (off queues everything staged). While on,
+    /// the deliveries [`push_droppable`](Self::push_droppable) is given
+    /// wait in a stage per client and are queued a run at a time: one
+    /// lock of the client's outbox, and one wake-up of its writer, for up
+    /// to [`STAGE_MAX`] deliveries rather than one each (a run of
+    /// publishes in one batch from a client). Whatever else is pushed to
+    /// a client queues its staged deliveries first, so each client sees
+    /// its frames in the order they were pushed; and
+    /// [`is_full`](Self::is_full) counts them.
+    pub fn set_staging(&mut self, on: bool) {
+        if !on && !self.stages.is_empty() {
+            for i in 0..self.stages.len() {
+                self.flush_stage(i);
+            }
+            for stage in self.stages.drain(..) {
+                if let Some(link) = self.links.get_mut(&stage.conn) {
+                    link.stage = None;
+                }
+                if self.spare.len() < SPARE_STAGES {
+                    self.spare.push(stage.entries);
+                }
+            }
+        }
+        self.staging = on;
+    }
+
+    /// Whether client `conn`'s queue, `outbox`, is full, counting what is
+    /// staged for it.
+    pub fn is_full(&self, conn: ConnId, outbox: &Arc<Outbox>) -> bool {
+        let stage = self
+            .links
+            .get(&conn)
+            .and_then(|l| l.stage)
+            .map(|i| &self.stages[i as usize])
+            .filter(|s| Arc::ptr_eq(&s.outbox, outbox));
+        match stage {
+            Some(s) => outbox.is_full_with(s.entries.len(), s.bytes, &self.q),
+            None => outbox.is_full(&self.q),
+        }
+    }
+
+    /// Client `conn`'s stage for deliveries to `outbox`, opened if need
+    /// be; `None` for a client without a link, or whose stage holds
+    /// deliveries to another outbox (the delivery is queued at once).
+    fn stage_of(&mut self, conn: ConnId, outbox: &Arc<Outbox>) -> Option<usize> {
+        let link = self.links.get_mut(&conn)?;
+        if let Some(i) = link.stage {
+            let i = i as usize;
+            return Arc::ptr_eq(&self.stages[i].outbox, outbox).then_some(i);
+        }
+        let i = self.stages.len();
+        let entries = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(STAGE_MAX));
+        self.stages.push(Stage {
+            conn,
+            outbox: outbox.clone(),
+            entries,
+            bytes: 0,
+        });
+        link.stage = Some(u32::try_from(i).ok()?);
+        Some(i)
+    }
+
+    /// Queues what is staged for client `conn`, if anything.
+    fn flush_link(&mut self, conn: ConnId) {
+        if self.stages.is_empty() {
+            return;
+        }
+        if let Some(i) = self.links.get(&conn).and_then(|l| l.stage) {
+            self.flush_stage(i as usize);
+        }
+    }
+
+    /// Queues the deliveries of stage `i` (which stays open, empty).
+    fn flush_stage(&mut self, i: usize) {
+        let stage = &mut self.stages[i];
+        if stage.entries.is_empty() {
+            return;
+        }
+        stage.bytes = 0;
+        let mut seqs = std::mem::take(&mut self.dropped_seqs);
+        self.dropped +=
+            stage
+                .outbox
+                .push_droppable_many(&mut stage.entries, &self.q, self.now, &mut seqs);
+        let conn = stage.conn;
+        self.after_drops(conn, seqs);
+    }
+
+    /// Forgets the numbered deliveries `seqs` a push dropped for `conn`;
+    /// keeps the vector for its capacity.
+    fn after_drops(&mut self, conn: ConnId, mut seqs: Vec<u64>) {
         if !seqs.is_empty() {
             self.forget_dropped(conn, &seqs);
             seqs.clear();
@@ -235,6 +379,7 @@ impl Output {
     /// A resumed client's new connection: `welcome`, then every frame it
     /// has not acknowledged, as numbered before.
     pub fn resend(&mut self, key: ConnId, welcome: Frame) {
+        self.flush_link(key);
         let Some(link) = self.links.get(&key) else {
             return;
         };
@@ -310,6 +455,7 @@ impl Output {
             let id = |c: &ConnId| links.get(c).map(|l| &*l.id);
             self.to_kill.sort_unstable_by(|a, b| id(b).cmp(&id(a)));
             let conn = self.to_kill.pop()?;
+            self.flush_link(conn);
             if let Some(link) = self.links.get(&conn) {
                 let limit = self.q.hard_bytes;
                 // What passed the limit: the queue, or (a reliable client)
@@ -342,13 +488,13 @@ impl Output {
 mod tests {
     use super::*;
 
-    /// Every registered client has a link (104 bytes: the shared client
-    /// id, the outbox and reliable delivery's numbering with its
-    /// retransmit buffer), boxed in the links' hash table.
+    /// Every registered client has a link (112 bytes: the shared client
+    /// id, the outbox, reliable delivery's numbering with its retransmit
+    /// buffer, and its stage), boxed in the links' hash table.
     #[test]
     fn a_link_stays_small() {
         let link = std::mem::size_of::<Link>();
-        assert!(link <= 104, "link {link} bytes");
+        assert!(link <= 112, "link {link} bytes");
     }
 
     /// Every slot of the links' hash table, empty ones too, takes an

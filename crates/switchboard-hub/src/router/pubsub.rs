@@ -13,7 +13,7 @@ use super::common::{err, shown};
 use super::output::Output;
 use crate::ids::{ConnId, IdMap};
 use crate::limits::Limits;
-use crate::outbox::{Out, Outbox};
+use crate::outbox::{Out, Outbox, Shared};
 use crate::subject::{validate_pattern, validate_topic, GroupId, SubIndex, Target};
 use switchboard_wire::deliver::DeliverHead;
 
@@ -143,8 +143,10 @@ impl PubSub {
             seq: 0,
             acked: 0,
             sub_id,
-            head: DeliverHead::new(&p.topic, &p.from, &p.reply_to, &p.headers),
-            payload: p.payload,
+            shared: Shared::new(
+                DeliverHead::new(&p.topic, &p.from, &p.reply_to, &p.headers),
+                p.payload,
+            ),
         };
         let outbox = outbox.clone();
         out.push_droppable(target, &outbox, deliver);
@@ -429,16 +431,8 @@ impl PubSub {
                     head
                 }
             };
-            let mut payload = p.payload;
-            let last = matches.len() - 1;
-            for (i, target) in matches.iter().enumerate() {
-                // The last target takes the payload itself: a single
-                // subscriber costs no reference-count traffic at all.
-                let payload = if i == last {
-                    std::mem::take(&mut payload)
-                } else {
-                    payload.clone()
-                };
+            let shared = Shared::new(head, p.payload);
+            for target in matches.iter() {
                 let (target, sub_id, outbox) = match target {
                     Target::Sub {
                         conn,
@@ -460,8 +454,7 @@ impl PubSub {
                     seq: 0,
                     acked: 0,
                     sub_id,
-                    head: head.clone(),
-                    payload,
+                    shared: shared.clone(),
                 };
                 out.push_droppable(target, outbox, deliver);
             }
@@ -596,7 +589,7 @@ impl Group {
             return None;
         }
         let members = &self.members;
-        let pick = pick_with_room(self.next, n, |i| members[i].2.is_full(out.q()));
+        let pick = pick_with_room(self.next, n, |i| out.is_full(members[i].0, &members[i].2));
         self.next = pick + 1;
         let (member, sub_id, outbox) = &self.members[pick];
         Some((*member, *sub_id, outbox))

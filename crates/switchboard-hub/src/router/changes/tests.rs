@@ -74,8 +74,10 @@ fn samples() -> Vec<Bytes> {
         seq: 5,
         acked: 2,
         sub_id: 300,
-        head: DeliverHead::new("a.b", "pub", "inbox", &[]),
-        payload: Bytes::from_static(&[7; 100]),
+        shared: crate::outbox::Shared::new(
+            DeliverHead::new("a.b", "pub", "inbox", &[]),
+            Bytes::from_static(&[7; 100]),
+        ),
     };
     let info = proto::ClientInfo {
         client_id: "sub".into(),
@@ -169,11 +171,11 @@ fn ids_and_payloads_point_into_the_received_buffer() {
         panic!("a sent frame")
     };
     assert!(inside(body, client_id.as_ptr()));
-    let Some(Out::Deliver { payload, seq, .. }) = out else {
+    let Some(Out::Deliver { shared, seq, .. }) = out else {
         panic!("a delivery kept pre-encoded: {out:?}")
     };
-    assert_eq!((seq, payload.len()), (5, 100));
-    assert!(inside(body, payload.as_ptr()));
+    assert_eq!((seq, shared.payload.len()), (5, 100));
+    assert!(inside(body, shared.payload.as_ptr()));
 }
 
 #[test]
@@ -306,8 +308,10 @@ fn a_decoder_shares_only_equal_heads() {
             seq: i as u64 + 1,
             acked: 0,
             sub_id: 1,
-            head: DeliverHead::new(topic, from, reply_to, &[]),
-            payload: Bytes::from_static(b"x"),
+            shared: crate::outbox::Shared::new(
+                DeliverHead::new(topic, from, reply_to, &[]),
+                Bytes::from_static(b"x"),
+            ),
         };
         j.sent("sub", &out);
     }

@@ -287,3 +287,4 @@ mod reliable;
 mod requests;
 mod seams;
 mod services;
+mod staging;
