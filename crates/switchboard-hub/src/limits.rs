@@ -20,7 +20,7 @@ pub struct Limits {
     /// queue is bounded in bytes alone).
     pub queue_frames: usize,
     /// Outbound queue of one client: bytes before it counts as full (default
-    /// 32 MiB: about 145 k deliveries of 64 B, half of
+    /// 32 MiB: about 170 k deliveries of 64 B, half of
     /// [`Limits::queue_hard_bytes`], so a reliable client's queue plus what
     /// is in its sockets stays under the hard limit). Each queued frame counts its encoded size plus the queue's
     /// entry for it ([`ENTRY_COST`](crate::outbox::ENTRY_COST)), so this

@@ -18,8 +18,19 @@ use crate::outbox::{Out, Outbox, Pushed, QueueLimits, Staged};
 /// Deliveries staged for one client before they are queued together
 /// ([`Output::set_staging`]); a client with this many staged gets them
 /// queued at once, so a long run neither delays its first deliveries
-/// much nor holds much memory.
+/// much nor holds much memory. Lower when the queue limits are small:
+/// a stage is queued once it holds half the queue's frame limit or half
+/// its byte limit, so a whole stage never overflows an empty queue.
 const STAGE_MAX: usize = 64;
+
+/// Bytes (as a queue counts them) of deliveries staged for one client
+/// before they are queued, at most: a few large payloads go at once.
+const STAGE_MAX_BYTES: usize = 256 * 1024;
+
+/// Deliveries staged for all clients together before every stage is
+/// queued: a publish to thousands of subscribers does not hold their
+/// first deliveries back for 64 publishes' fan-out.
+const STAGED_MAX: usize = 4096;
 
 /// Emptied stages whose memory is kept for the next run, at most.
 const SPARE_STAGES: usize = 128;
@@ -52,7 +63,7 @@ struct Stage {
 #[derive(Debug)]
 pub(super) struct Output {
     /// Boxed: every slot of the hash table, empty ones too, takes an
-    /// entry's size (16,384 slots at 10,000 clients), and a link is 104
+    /// entry's size (16,384 slots at 10,000 clients), and a link is 112
     /// bytes; a slot holding a pointer is 16 (`a_link_slot_stays_small`).
     links: IdMap<ConnId, Box<Link>>,
     q: QueueLimits,
@@ -77,6 +88,8 @@ pub(super) struct Output {
     staging: bool,
     /// The clients with staged deliveries, in the order first staged.
     stages: Vec<Stage>,
+    /// Deliveries in all stages.
+    staged: usize,
     /// Emptied stages' entry vectors, for their capacity.
     spare: Vec<Vec<Staged>>,
 }
@@ -96,6 +109,7 @@ impl Output {
             now: None,
             staging: false,
             stages: Vec::new(),
+            staged: 0,
             spare: Vec::new(),
         }
     }
@@ -240,8 +254,14 @@ impl Output {
                 let staged = Staged { out, len, tag };
                 stage.bytes += staged.bytes();
                 stage.entries.push(staged);
-                if stage.entries.len() >= STAGE_MAX {
+                self.staged += 1;
+                let (frames, bytes) = (stage.entries.len(), stage.bytes);
+                if frames >= STAGE_MAX.min(self.q.frames / 2).max(1)
+                    || bytes >= STAGE_MAX_BYTES.min(self.q.bytes / 2)
+                {
                     self.flush_stage(i);
+                } else if self.staged >= STAGED_MAX {
+                    self.flush_stages();
                 }
                 return;
             }
@@ -262,9 +282,7 @@ impl Output {
     /// [`is_full`](Self::is_full) counts them.
     pub fn set_staging(&mut self, on: bool) {
         if !on && !self.stages.is_empty() {
-            for i in 0..self.stages.len() {
-                self.flush_stage(i);
-            }
+            self.flush_stages();
             for stage in self.stages.drain(..) {
                 if let Some(link) = self.links.get_mut(&stage.conn) {
                     link.stage = None;
@@ -278,7 +296,9 @@ impl Output {
     }
 
     /// Whether client `conn`'s queue, `outbox`, is full, counting what is
-    /// staged for it.
+    /// staged for it (conservatively: as if queueing the stage dropped
+    /// nothing, where a full queue of large deliveries could make room
+    /// for small ones).
     pub fn is_full(&self, conn: ConnId, outbox: &Arc<Outbox>) -> bool {
         let stage = self
             .links
@@ -326,6 +346,13 @@ impl Output {
         }
     }
 
+    /// Queues what every stage holds (they stay open, empty).
+    fn flush_stages(&mut self) {
+        for i in 0..self.stages.len() {
+            self.flush_stage(i);
+        }
+    }
+
     /// Queues the deliveries of stage `i` (which stays open, empty).
     fn flush_stage(&mut self, i: usize) {
         let stage = &mut self.stages[i];
@@ -333,6 +360,7 @@ impl Output {
             return;
         }
         stage.bytes = 0;
+        self.staged -= stage.entries.len();
         let mut seqs = std::mem::take(&mut self.dropped_seqs);
         self.dropped +=
             stage
@@ -495,6 +523,70 @@ mod tests {
     fn a_link_stays_small() {
         let link = std::mem::size_of::<Link>();
         assert!(link <= 112, "link {link} bytes");
+    }
+
+    fn delivery(n: u64) -> Out {
+        Out::Deliver {
+            seq: 0,
+            acked: 0,
+            sub_id: n,
+            shared: crate::outbox::Shared::new(
+                switchboard_wire::deliver::DeliverHead::new("t", "p", "", &[]),
+                bytes::Bytes::from_static(b"payload"),
+            ),
+        }
+    }
+
+    /// An output with `n` clients, their outboxes, and staging on.
+    fn staging(limits: &crate::Limits, n: u64) -> (Output, Vec<Arc<Outbox>>) {
+        let mut out = Output::new(QueueLimits::of(limits));
+        let outboxes: Vec<Arc<Outbox>> = (1..=n)
+            .map(|i| {
+                let outbox = Outbox::new(ConnId(i));
+                out.insert(ConnId(i), format!("c{i}").into(), outbox.clone(), false);
+                outbox
+            })
+            .collect();
+        out.set_staging(true);
+        (out, outboxes)
+    }
+
+    #[test]
+    fn a_stage_is_queued_at_half_a_small_queue_so_it_never_overflows_an_empty_one() {
+        let limits = crate::Limits {
+            queue_frames: 8,
+            ..crate::Limits::default()
+        };
+        let (mut out, outboxes) = staging(&limits, 1);
+        for i in 0..3 {
+            out.push_droppable(ConnId(1), &outboxes[0], delivery(i));
+        }
+        assert_eq!(outboxes[0].depth(), 0, "staged");
+        out.push_droppable(ConnId(1), &outboxes[0], delivery(3));
+        assert_eq!(outboxes[0].depth(), 4, "half the frame limit: queued");
+        out.push_droppable(ConnId(1), &outboxes[0], delivery(4));
+        assert_eq!(outboxes[0].depth(), 4);
+        out.set_staging(false);
+        assert_eq!((outboxes[0].depth(), out.dropped()), (5, 0));
+    }
+
+    #[test]
+    fn every_stage_is_queued_once_many_deliveries_are_staged_in_all() {
+        let clients = STAGED_MAX.div_ceil(STAGE_MAX - 1) as u64;
+        let (mut out, outboxes) = staging(&crate::Limits::default(), clients);
+        let mut pushed = 0;
+        'run: for i in 0..STAGE_MAX as u64 - 1 {
+            for (c, outbox) in outboxes.iter().enumerate() {
+                out.push_droppable(ConnId(c as u64 + 1), outbox, delivery(i));
+                pushed += 1;
+                if pushed == STAGED_MAX {
+                    break 'run;
+                }
+            }
+        }
+        let queued: usize = outboxes.iter().map(|o| o.depth()).sum();
+        assert_eq!(queued, STAGED_MAX, "every stage queued, none full");
+        assert_eq!(out.staged, 0);
     }
 
     /// Every slot of the links' hash table, empty ones too, takes an
