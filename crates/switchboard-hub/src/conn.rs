@@ -72,8 +72,12 @@ enum Handshake {
 /// the input.
 async fn read_frame<R: FrameRx>(rx: &mut R, max: usize) -> Result<Option<Frame>, WireError> {
     loop {
-        match rx.next_frame(max, decode_client)?.transpose()? {
-            Some(Decoded::Frame(frame, _)) => return Ok(Some(frame)),
+        let mut one = Vec::with_capacity(1);
+        match rx
+            .next_frame(max, |body| decode_client(body, &mut one))?
+            .transpose()?
+        {
+            Some(Decoded::Frame(_)) => return Ok(one.pop()),
             // Not a handshake frame: reported like any other wrong frame.
             Some(Decoded::Refused(_)) => return Ok(Some(Frame::default())),
             None => {}
@@ -531,18 +535,20 @@ fn registration(
 
 /// One frame received from a client.
 enum Decoded {
-    /// A decoded frame, and its length with a length prefix.
-    Frame(Frame, usize),
+    /// A frame decoded onto the batch, and its length with a length prefix.
+    Frame(usize),
     /// A whole frame refused without decoding (a kind clients may not send,
     /// or over its kind's size cap); the notice tells the client why.
-    Refused(Frame),
+    Refused(Box<Frame>),
 }
 
-/// Checks and decodes one frame body received from a client. The frame's
-/// kind is checked before it is decoded, so kinds that only the hub sends
-/// (which carry lists and decode to far more memory than their bytes) are
-/// never decoded from a client.
-fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
+/// Checks and decodes one frame body received from a client onto the end
+/// of `batch` (a frame is 256 bytes: decoded straight onto the batch it is
+/// not copied again on its way there). The frame's kind is checked before
+/// it is decoded, so kinds that only the hub sends (which carry lists and
+/// decode to far more memory than their bytes) are never decoded from a
+/// client.
+fn decode_client(body: Body<'_>, batch: &mut Vec<Frame>) -> Result<Decoded, WireError> {
     let bytes = body.as_slice();
     let total = LENGTH_PREFIX_LEN + bytes.len();
     let refusal = match check_client_frame(bytes) {
@@ -563,21 +569,21 @@ fn decode_client(body: Body<'_>) -> Result<Decoded, WireError> {
         Err(e) => return Err(e),
     };
     if let Some(notice) = refusal {
-        return Ok(Decoded::Refused(notice));
+        return Ok(Decoded::Refused(Box::new(notice)));
     }
     // Publishes, the bulk of client traffic, are decoded by hand (the same
     // frame prost would decode; anything unusual goes to prost).
-    let frame = match body {
+    match body {
         Body::Owned(body) => match switchboard_wire::decode_publish(&body, Some(&body)) {
-            Some(frame) => frame,
-            None => Frame::decode(body)?,
+            Some(frame) => batch.push(frame),
+            None => batch.push(Frame::decode(body)?),
         },
         Body::Borrowed(body) => match switchboard_wire::decode_publish(body, None) {
-            Some(frame) => frame,
-            None => Frame::decode(body)?,
+            Some(frame) => batch.push(frame),
+            None => batch.push(Frame::decode(body)?),
         },
-    };
-    Ok(Decoded::Frame(frame, total))
+    }
+    Ok(Decoded::Frame(total))
 }
 
 /// Hands what the client sends to the router, in batches, until the
@@ -625,23 +631,27 @@ fn read_loop<R: FrameRx, W: FrameTx>(
                 let mut up_to = 0;
                 let mut ack_frames = false;
                 loop {
-                    match rx.next_frame(shared.limits.max_frame, decode_client) {
-                        Ok(Some(Ok(Decoded::Frame(frame, len)))) => {
-                            shared.stats.metrics.frame_in(via, &frame, len);
+                    let max = shared.limits.max_frame;
+                    match rx.next_frame(max, |body| decode_client(body, &mut frames)) {
+                        Ok(Some(Ok(Decoded::Frame(len)))) => {
+                            let Some(frame) = frames.last() else {
+                                continue;
+                            };
+                            shared.stats.metrics.frame_in(via, frame, len);
                             up_to = up_to.max(frame.acked);
                             if let Some(Kind::Ack(a)) = &frame.kind {
                                 // It only acknowledges: it goes ahead, below.
                                 up_to = up_to.max(a.up_to);
                                 ack_frames = true;
+                                frames.truncate(frames.len() - 1);
                                 continue;
                             }
-                            frames.push(frame);
                             if frames.len() >= MAX_BATCH {
                                 break;
                             }
                         }
                         Ok(Some(Ok(Decoded::Refused(notice)))) => {
-                            refused = Some(Box::new(notice));
+                            refused = Some(notice);
                             break;
                         }
                         Ok(None) => break,
