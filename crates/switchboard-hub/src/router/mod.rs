@@ -919,7 +919,7 @@ impl Router {
                 return self.send(conn, refusal);
             }
         }
-        let Some(kind) = frame.kind.take() else {
+        let Some(kind) = frame.kind.as_mut() else {
             self.counters.unsupported += 1;
             return self.send(
                 conn,
@@ -930,9 +930,9 @@ impl Router {
                 ),
             );
         };
-        if let Some((headers, id)) = headers_of(&kind) {
+        if let Some((headers, id)) = headers_of(kind) {
             if let Err(e) = check_headers(headers) {
-                let message = match &kind {
+                let message = match &*kind {
                     // A reply's id is the requester's: the replier is
                     // told with id 0 which reply went nowhere.
                     Kind::Reply(r) => format!("reply to request {} not delivered: {e}", r.id),
@@ -941,20 +941,29 @@ impl Router {
                 return self.send(conn, err(id, e.code(), message));
             }
         }
-        match kind {
-            Kind::Publish(p) => {
-                let copy = self.remote.is_some().then(|| p.clone());
-                self.pubsub.publish(
-                    &mut self.output,
-                    conn,
-                    p,
-                    self.limits.max_subject,
-                    from_port,
-                );
-                if let Some(p) = copy {
-                    self.fan_out(conn, Frame::from(p));
-                }
+        // Publishes, the bulk of the traffic, are routed where they lie (a
+        // kind is 232 bytes, a publish 136: moving them cost more than
+        // most of the routing).
+        if let Kind::Publish(p) = kind {
+            let copy = self.remote.is_some().then(|| p.clone());
+            self.pubsub.publish(
+                &mut self.output,
+                conn,
+                p,
+                self.limits.max_subject,
+                from_port,
+            );
+            if let Some(p) = copy {
+                self.fan_out(conn, Frame::from(p));
             }
+            return;
+        }
+        let Some(kind) = frame.kind.take() else {
+            return;
+        };
+        match kind {
+            // Routed above.
+            Kind::Publish(_) => {}
             Kind::Direct(d) => {
                 if d.id != 0 && self.confirmed_away(now, conn, &d) {
                     return;

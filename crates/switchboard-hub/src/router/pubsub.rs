@@ -387,12 +387,13 @@ impl PubSub {
     }
 
     /// `Publish`: a delivery to every matching subscription (one member of
-    /// each queue group), then `Ok` when asked for.
+    /// each queue group), then `Ok` when asked for. The publish is read
+    /// where it lies; only its payload is taken.
     pub fn publish(
         &mut self,
         out: &mut Output,
         conn: ConnId,
-        p: proto::Publish,
+        p: &mut proto::Publish,
         max_subject: usize,
         from_port: bool,
     ) {
@@ -431,7 +432,7 @@ impl PubSub {
                     head
                 }
             };
-            let shared = Shared::new(head, p.payload);
+            let shared = Shared::new(head, std::mem::take(&mut p.payload));
             for target in matches.iter() {
                 let (target, sub_id, outbox) = match target {
                     Target::Sub {
