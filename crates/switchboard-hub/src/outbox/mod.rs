@@ -355,18 +355,10 @@ impl Outbox {
         now: Option<Instant>,
         dropped_seqs: &mut Vec<u64>,
     ) -> u64 {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Open {
-            return 0;
-        }
-        // An empty queue is never full: when it `was_empty`, `out` went in.
-        let was_empty = inner.queue.is_empty();
-        let dropped =
-            Self::put_droppable(&mut inner, out, encoded_len, limits, tag, now, dropped_seqs);
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
-        drop(inner);
-        self.wake_if(was_empty, tag);
-        dropped
+        self.put_open(tag, |inner| {
+            Self::put_droppable(inner, out, encoded_len, limits, tag, now, dropped_seqs)
+        })
+        .unwrap_or(0)
     }
 
     /// [`push_droppable`](Self::push_droppable) for each of `staged` in
@@ -383,22 +375,36 @@ impl Outbox {
         let Some(first_tag) = staged.first().map(|s| s.tag) else {
             return 0;
         };
+        let dropped = self.put_open(first_tag, |inner| {
+            staged
+                .drain(..)
+                .map(|s| Self::put_droppable(inner, s.out, s.len, limits, s.tag, now, dropped_seqs))
+                .sum()
+        });
+        // A closed outbox takes nothing.
+        staged.clear();
+        dropped.unwrap_or(0)
+    }
+
+    /// Runs `put` under the lock if the outbox is open (`None` if not),
+    /// then wakes the writer if the queue was empty: the first frame `put`
+    /// queues is tagged `first_tag` (an empty queue is never full, so
+    /// the first frame put into one goes in).
+    fn put_open(
+        self: &Arc<Self>,
+        first_tag: u64,
+        put: impl FnOnce(&mut Inner) -> u64,
+    ) -> Option<u64> {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
-            drop(inner);
-            staged.clear();
-            return 0;
+            return None;
         }
         let was_empty = inner.queue.is_empty();
-        let mut dropped = 0;
-        for s in staged.drain(..) {
-            dropped +=
-                Self::put_droppable(&mut inner, s.out, s.len, limits, s.tag, now, dropped_seqs);
-        }
+        let dropped = put(&mut inner);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty, first_tag);
-        dropped
+        Some(dropped)
     }
 
     /// Queues the delivery `out`, dropping the oldest deliveries while

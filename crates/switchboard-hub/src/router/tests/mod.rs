@@ -277,6 +277,24 @@ fn who_got(sim: &mut Sim, conns: &[ConnId]) -> (ConnId, u64) {
     got.expect("a responder got it")
 }
 
+/// A reliable client "a" subscribed to "t" (its subscribe numbered 1, the
+/// hub's answer numbered 1).
+fn reliable_subscriber_of_t(sim: &mut Sim) -> ConnId {
+    let a = sim.connect_reliable("a");
+    sim.send(
+        a,
+        Frame::from(proto::Subscribe {
+            id: 9,
+            sub_id: 1,
+            pattern: "t".into(),
+            ..Default::default()
+        })
+        .with_seq(1),
+    );
+    assert_eq!(sim.recv_one(a).seq, 1);
+    a
+}
+
 mod headers;
 mod kv;
 mod listen;

@@ -246,21 +246,3 @@ fn deliveries_dropped_for_a_stalled_reliable_subscriber_are_forgotten_not_resent
     let resent: Vec<u64> = got[1..].iter().map(|f| f.seq).collect();
     assert_eq!(resent, [198, 199, 200, 201]);
 }
-
-/// A reliable client "a" subscribed to "t" (its subscribe numbered 1, the
-/// hub's answer numbered 1).
-fn reliable_subscriber_of_t(sim: &mut Sim) -> ConnId {
-    let a = sim.connect_reliable("a");
-    sim.send(
-        a,
-        Frame::from(proto::Subscribe {
-            id: 9,
-            sub_id: 1,
-            pattern: "t".into(),
-            ..Default::default()
-        })
-        .with_seq(1),
-    );
-    assert_eq!(sim.recv_one(a).seq, 1);
-    a
-}

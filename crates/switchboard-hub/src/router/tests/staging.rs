@@ -152,20 +152,12 @@ fn a_reliable_subscriber_in_a_run_is_numbered_in_order_and_told_of_drops() {
     };
     let mut sim = Sim::with(limits, None);
     let p = sim.connect("pub");
-    let r = sim.connect_reliable("r");
-    sim.send(
-        r,
-        Frame::from(proto::Subscribe {
-            id: 9,
-            sub_id: 1,
-            pattern: "t".into(),
-            ..Default::default()
-        })
-        .with_seq(1),
-    );
-    assert_eq!(sim.recv_one(r).seq, 1);
+    let r = reliable_subscriber_of_t(&mut sim);
     sim.send_batch(p, (0..20).map(numbered).collect());
-    let got = sim.recv(r);
+    let mut taken = Taken::default();
+    sim.outboxes[&r].take(usize::MAX, &mut taken);
+    assert_eq!(taken.dropped, 12, "told of the drops");
+    let got: Vec<Frame> = taken.frames.drain(..).map(Out::into_frame).collect();
     let seqs: Vec<u64> = got.iter().map(|f| f.seq).collect();
     // The subscription's Ok took seq 1; 20 deliveries numbered 2..=21, the
     // 12 oldest dropped from the queue.
