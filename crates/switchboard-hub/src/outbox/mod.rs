@@ -321,21 +321,15 @@ impl Outbox {
         tag: u64,
         now: Option<Instant>,
     ) -> Pushed {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Open {
-            return Pushed::Closed;
-        }
-        let was_empty = inner.queue.is_empty();
         let encoded_len = out.encoded_len();
-        Self::append(&mut inner, out, encoded_len, false, tag, now);
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
-        let over = inner.bytes > limits.hard_bytes;
-        drop(inner);
-        self.wake_if(was_empty, tag);
-        if over {
-            Pushed::OverHardLimit
-        } else {
-            Pushed::Queued
+        let over = self.put_open(tag, |inner| {
+            Self::append(inner, out, encoded_len, false, tag, now);
+            inner.bytes > limits.hard_bytes
+        });
+        match over {
+            None => Pushed::Closed,
+            Some(true) => Pushed::OverHardLimit,
+            Some(false) => Pushed::Queued,
         }
     }
 
@@ -386,25 +380,25 @@ impl Outbox {
         dropped.unwrap_or(0)
     }
 
-    /// Runs `put` under the lock if the outbox is open (`None` if not),
-    /// then wakes the writer if the queue was empty: the first frame `put`
-    /// queues is tagged `first_tag` (an empty queue is never full, so
-    /// the first frame put into one goes in).
-    fn put_open(
+    /// Every push: runs `put` under the lock if the outbox is open (`None`
+    /// if not), then wakes the writer if the queue was empty: the first
+    /// frame `put` queues is tagged `first_tag` (an empty queue is never
+    /// full, so the first frame put into one goes in).
+    fn put_open<R>(
         self: &Arc<Self>,
         first_tag: u64,
-        put: impl FnOnce(&mut Inner) -> u64,
-    ) -> Option<u64> {
+        put: impl FnOnce(&mut Inner) -> R,
+    ) -> Option<R> {
         let mut inner = self.inner.lock();
         if inner.state != State::Open {
             return None;
         }
         let was_empty = inner.queue.is_empty();
-        let dropped = put(&mut inner);
+        let r = put(&mut inner);
         self.depth.store(inner.queue.len(), Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty, first_tag);
-        Some(dropped)
+        Some(r)
     }
 
     /// Queues the delivery `out`, dropping the oldest deliveries while
@@ -463,8 +457,9 @@ impl Outbox {
 
     /// Whether the queue would be full with `frames` more frames of
     /// `bytes` bytes (as [`Staged::bytes`] counts them) queued: what
-    /// [`is_full`](Self::is_full) says once a run staged for this client
-    /// is pushed.
+    /// [`is_full`](Self::is_full) would say once a run staged for this
+    /// client is pushed, conservatively (as if pushing it dropped
+    /// nothing).
     pub(crate) fn is_full_with(&self, frames: usize, bytes: usize, limits: &QueueLimits) -> bool {
         if frames == 0 {
             return self.is_full(limits);
