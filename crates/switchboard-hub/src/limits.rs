@@ -79,6 +79,12 @@ pub struct Limits {
     /// registration, subscriptions and queued frames while it reconnects
     /// and resumes (default 30 s). It leaves when the window ends.
     pub resume_window: Duration,
+    /// Changes the primary logs for its standby in one turn of its router
+    /// (one batch of inputs) before it gives up on sending them one by one
+    /// and sends the standby a fresh snapshot instead (default 65,536).
+    pub change_log_changes: usize,
+    /// The same bound in encoded bytes (default 64 MiB).
+    pub change_log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -105,6 +111,8 @@ impl Default for Limits {
             default_request_timeout: Duration::from_secs(30),
             router_inbox: 1_024,
             resume_window: Duration::from_secs(30),
+            change_log_changes: 65_536,
+            change_log_bytes: 64 * 1024 * 1024,
         }
     }
 }

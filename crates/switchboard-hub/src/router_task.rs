@@ -66,6 +66,8 @@ pub(crate) struct RouterTask {
     pub local_addr: SocketAddr,
     pub hint_dir: Option<PathBuf>,
     pub fenced: Arc<AtomicBool>,
+    /// Bounds of the change log while a standby is attached.
+    pub change_log: ChangeLogLimits,
 }
 
 impl RouterTask {
@@ -181,29 +183,24 @@ impl RouterTask {
             match &link {
                 Some(l) if !l.alive().is_cancelled() => {
                     let mut buf = BytesMut::new();
-                    let bytes = match self.router.take_encoded(&mut buf) {
+                    let repl = &self.shared.stats.repl;
+                    let repl_seq = self.router.repl_seq();
+                    match self.router.take_encoded(&mut buf) {
                         Err(_) => {
                             tracing::warn!(
                                 "change log overflowed; sending the standby a fresh snapshot"
                             );
-                            Some(link::snapshot_bytes(&self.router, self.local_addr, false))
+                            let bytes = link::snapshot_bytes(&self.router, self.local_addr, false);
+                            l.resync(repl, repl_seq, bytes).await;
                         }
-                        Ok(0) => None,
+                        Ok(0) => {}
                         Ok(_) => {
                             put_frame(
-                                &link::heartbeat(
-                                    self.epoch(),
-                                    self.router.repl_seq(),
-                                    proto::Role::Primary,
-                                ),
+                                &link::heartbeat(self.epoch(), repl_seq, proto::Role::Primary),
                                 &mut buf,
                             );
-                            Some(buf.freeze())
+                            l.ship(repl, repl_seq, buf.freeze()).await;
                         }
-                    };
-                    if let Some(bytes) = bytes {
-                        l.ship(&self.shared.stats.repl, self.router.repl_seq(), bytes)
-                            .await;
                     }
                 }
                 _ if holding => {
@@ -227,7 +224,7 @@ impl RouterTask {
 
     async fn attach(&mut self, attach: Attach) -> Option<Link> {
         tracing::info!(standby = %attach.addr, "standby attached; sending a snapshot");
-        self.router.enable_change_log(ChangeLogLimits::default());
+        self.router.enable_change_log(self.change_log);
         // Changes before the snapshot are in it.
         self.router.discard_changes();
         let bytes = link::snapshot_bytes(&self.router, self.local_addr, true);

@@ -65,4 +65,8 @@ pub(crate) struct Attach {
     /// Commit points shipped and not yet acknowledged, `(repl_seq, bytes
     /// sent up to it)`.
     pub commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
+    /// The standby is taking a snapshot in: a commit point plus one that
+    /// its acknowledgement reaches when it is done, or 0 when it is not
+    /// (the link allows it the handshake's silence meanwhile).
+    pub restoring: Arc<AtomicU64>,
 }

@@ -1,7 +1,8 @@
 //! The primary's end of a standby link: a primary with a standby attached
 //! that hears of a higher epoch (a client resuming with it) checks for a
 //! newer primary and, finding none, goes on replicating; and a standby
-//! that is quiet for long while it takes its first snapshot in is kept.
+//! that is quiet for long while it takes a snapshot in (its first, or a
+//! fresh one after the change log overflowed) is kept.
 
 mod common;
 
@@ -9,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use anyhow::Result;
+use bytes::BytesMut;
 use common::{config, start, TestClient, TOKEN, WAIT};
 use switchboard_discovery::nonce;
 use switchboard_hub::{Hub, StandbyState};
 use switchboard_wire::proto::{self, frame::Kind};
-use switchboard_wire::{ErrorCode, PROTOCOL_VERSION};
+use switchboard_wire::{put_frame, ErrorCode, Frame, PROTOCOL_VERSION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> Result<()> {
@@ -115,8 +117,93 @@ async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Resul
     let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     writer
         .send(proto::KvSet {
-            id: 1,
-            key: "k".into(),
+            id: 100,
+            key: "last".into(),
+            value: "v".into(),
+            expect_version: None,
+        })
+        .await?;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match link.expect().await?.kind {
+                Some(Kind::Change(_)) => return Ok(()),
+                Some(Kind::Heartbeat(_)) => {}
+                other => bail!("expected a change, got {other:?}"),
+            }
+        }
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<()> {
+    // A change log of 8 changes a turn: 20 key sets in one write
+    // overflow it, and the standby gets a fresh snapshot.
+    let mut config = config();
+    config.limits.change_log_changes = 8;
+    let primary = Hub::start(config).await?;
+    let addr = primary.local_addr();
+    let mut writer = TestClient::connect(addr, "writer").await?;
+
+    let (mut link, first) = TestClient::connect_standby(addr, TOKEN, "restoring-standby").await?;
+    let mut next = first;
+    let opening = loop {
+        match next.kind {
+            Some(Kind::Snapshot(s)) => break s,
+            Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
+            other => bail!("expected the opening snapshot, got {other:?}"),
+        }
+        next = link.expect().await?;
+    };
+    link.send(proto::ReplAck {
+        repl_seq: opening.repl_seq,
+    })
+    .await?;
+
+    let mut sets = BytesMut::new();
+    for n in 0..20u64 {
+        let set = proto::KvSet {
+            id: n + 1,
+            key: format!("k{n}"),
+            value: "v".into(),
+            expect_version: None,
+        };
+        put_frame(&Frame::from(set), &mut sets);
+    }
+    writer.send_bytes(&sets).await?;
+    // Alive (a heartbeat for each of the primary's) until the fresh
+    // snapshot comes.
+    let fresh = tokio::time::timeout(WAIT, async {
+        loop {
+            match link.expect().await?.kind {
+                Some(Kind::Snapshot(s)) => return Ok(s),
+                Some(Kind::Heartbeat(h)) => {
+                    link.send(proto::Heartbeat {
+                        epoch: h.epoch,
+                        role: proto::Role::Standby as i32,
+                        ..Default::default()
+                    })
+                    .await?
+                }
+                Some(Kind::Change(_)) => bail!("the sets' changes fit the log: no overflow"),
+                _ => {}
+            }
+        }
+    })
+    .await??;
+    assert!(fresh.repl_seq > opening.repl_seq);
+    // Silent for five times what the heartbeat allows (4 x 50 ms), as a
+    // standby restoring a large state is; then it acknowledges.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.send(proto::ReplAck {
+        repl_seq: fresh.repl_seq,
+    })
+    .await?;
+    // Still attached: a client's change reaches it as a change.
+    writer
+        .send(proto::KvSet {
+            id: 100,
+            key: "last".into(),
             value: "v".into(),
             expect_version: None,
         })

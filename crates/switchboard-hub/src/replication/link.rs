@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -38,6 +38,7 @@ pub(crate) struct Link {
     out: mpsc::Sender<Bytes>,
     alive: CancellationToken,
     commits: Arc<Mutex<VecDeque<(u64, u64)>>>,
+    restoring: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -47,7 +48,16 @@ impl Link {
             out: attach.out,
             alive: attach.alive,
             commits: attach.commits,
+            restoring: attach.restoring,
         }
+    }
+
+    /// Ships a fresh snapshot (`bytes`, committed at `repl_seq`) in the
+    /// middle of the link: the standby may be quiet until it acknowledges
+    /// `repl_seq`, for as long as the opening snapshot may take.
+    pub(crate) async fn resync(&self, repl: &ReplStats, repl_seq: u64, bytes: Bytes) {
+        self.restoring.store(repl_seq + 1, Ordering::Relaxed);
+        self.ship(repl, repl_seq, bytes).await;
     }
 
     /// Cancelled when the link is lost.
@@ -139,11 +149,14 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
     let alive = CancellationToken::new();
     let commits = Arc::new(Mutex::new(VecDeque::new()));
+    // The opening snapshot: any acknowledgement ends its restore.
+    let restoring = Arc::new(AtomicU64::new(1));
     let attach = Attach {
         addr: peer.clone(),
         out: tx,
         alive: alive.clone(),
         commits: commits.clone(),
+        restoring: restoring.clone(),
     };
     tracing::info!(standby = %hello.client_id, %peer, "standby connected");
     if shared.standby.send(attach).await.is_err() {
@@ -154,12 +167,13 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     // Silence is counted in ticks of its own (a writer blocked on a full
     // socket does not stop them): a tick with nothing read from the
     // standby since the one before is a miss (no timer per read).
-    // Until its first acknowledgement the standby is quiet for as long as
-    // the snapshot takes to encode, send and restore: it gets the
-    // handshake's time for that, not the heartbeat's.
+    // While it takes a snapshot in (the opening one, or a fresh one after
+    // the change log overflowed), until it acknowledges the snapshot's
+    // commit point, the standby is quiet for as long as the snapshot takes
+    // to encode, send and restore: it gets the handshake's time for that,
+    // not the heartbeat's.
     let heard = std::sync::atomic::AtomicBool::new(true);
-    let acked = std::sync::atomic::AtomicBool::new(false);
-    let first_misses = misses.max(
+    let restore_misses = misses.max(
         (shared.handshake_timeout.as_millis() / interval.as_millis().max(1))
             .try_into()
             .unwrap_or(u32::MAX),
@@ -175,9 +189,9 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             } else {
                 missed + 1
             };
-            let limit = match acked.load(Ordering::Relaxed) {
-                true => misses,
-                false => first_misses,
+            let limit = match restoring.load(Ordering::Relaxed) {
+                0 => misses,
+                _ => restore_misses,
             };
             if missed >= limit {
                 tracing::warn!(
@@ -245,7 +259,16 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             let Some(frame) = frame else { break };
             match frame.kind {
                 Some(Kind::ReplAck(a)) => {
-                    acked.store(true, Ordering::Relaxed);
+                    let until = restoring.load(Ordering::Relaxed);
+                    if until != 0 && a.repl_seq.saturating_add(1) >= until {
+                        // (A resync shipped meanwhile set a later point.)
+                        let _ = restoring.compare_exchange(
+                            until,
+                            0,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
                     repl.acked.fetch_max(a.repl_seq, Ordering::Relaxed);
                     let mut c = commits.lock();
                     while c.front().is_some_and(|(seq, _)| *seq <= a.repl_seq) {

@@ -32,9 +32,17 @@ pub struct ChangeLogLimits {
 
 impl Default for ChangeLogLimits {
     fn default() -> Self {
+        ChangeLogLimits::of(&crate::Limits::default())
+    }
+}
+
+impl ChangeLogLimits {
+    /// The bounds a hub's [`Limits`](crate::Limits) set
+    /// (`change_log_changes`, `change_log_bytes`).
+    pub fn of(limits: &crate::Limits) -> Self {
         ChangeLogLimits {
-            max_changes: 65_536,
-            max_bytes: 64 * 1024 * 1024,
+            max_changes: limits.change_log_changes,
+            max_bytes: limits.change_log_bytes,
         }
     }
 }

@@ -238,6 +238,8 @@ pub struct LimitsSection {
     pub default_request_timeout_ms: u64,
     pub router_inbox: usize,
     pub resume_window_ms: u64,
+    pub change_log_changes: usize,
+    pub change_log_bytes: usize,
 }
 
 impl Default for LimitsSection {
@@ -265,6 +267,8 @@ impl Default for LimitsSection {
             default_request_timeout_ms: millis(l.default_request_timeout),
             router_inbox: l.router_inbox,
             resume_window_ms: millis(l.resume_window),
+            change_log_changes: l.change_log_changes,
+            change_log_bytes: l.change_log_bytes,
         }
     }
 }
@@ -294,6 +298,8 @@ impl LimitsSection {
             default_request_timeout: Duration::from_millis(self.default_request_timeout_ms),
             router_inbox: self.router_inbox,
             resume_window: Duration::from_millis(self.resume_window_ms),
+            change_log_changes: self.change_log_changes,
+            change_log_bytes: self.change_log_bytes,
         }
     }
 }
@@ -698,6 +704,10 @@ default_request_timeout_ms = 30000
 router_inbox = 1024
 # How long a client that lost its connection keeps its session.
 resume_window_ms = 30000
+# With a standby attached: changes (and their bytes) one turn of the
+# router may log before the standby gets a fresh snapshot instead.
+change_log_changes = 65536
+change_log_bytes = 67108864
 
 [replication]
 # Run as the hot standby of the service's primary.
