@@ -101,6 +101,9 @@ pub struct ReplStats {
     pub bytes_sent: AtomicU64,
     /// Bytes of changes the standby acknowledged.
     pub bytes_acked: AtomicU64,
+    /// Fresh snapshots sent to an attached standby because the change log
+    /// overflowed (the opening snapshot of a link is not counted).
+    pub resyncs: AtomicU64,
 }
 
 impl ReplStats {
@@ -118,5 +121,9 @@ impl ReplStats {
         status
             .counters
             .insert("repl_seq".into(), self.seq.load(Ordering::Relaxed));
+        status.counters.insert(
+            "standby_resyncs".into(),
+            self.resyncs.load(Ordering::Relaxed),
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! that hears of a higher epoch (a client resuming with it) checks for a
 //! newer primary and, finding none, goes on replicating; and a standby
 //! that is quiet for long while it takes a snapshot in (its first, or a
-//! fresh one after the change log overflowed) is kept.
+//! fresh one after the change log overflowed) is kept; a real standby
+//! sent fresh snapshots mid-stream holds every confirmed change.
 
 mod common;
 
@@ -192,6 +193,7 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
     })
     .await??;
     assert!(fresh.repl_seq > opening.repl_seq);
+    assert!(primary.status().counters["standby_resyncs"] >= 1);
     // Silent for five times what the heartbeat allows (4 x 50 ms), as a
     // standby restoring a large state is; then it acknowledges.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -218,4 +220,76 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
         }
     })
     .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_sent_a_fresh_snapshot_mid_stream_holds_every_change() -> Result<()> {
+    let mut config = config();
+    config.limits.change_log_changes = 8;
+    let primary = Hub::start(config).await?;
+    let standby = Hub::standby(common::config(), Some(primary.local_addr())).await?;
+    let mut state = standby.watch();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
+    )
+    .await??;
+    let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
+    // Rounds of 20 sets in one write each overflow the log (a fresh
+    // snapshot), with single sets between them (changes again).
+    for round in 0..3u64 {
+        let mut sets = BytesMut::new();
+        for n in 0..20u64 {
+            let set = proto::KvSet {
+                id: round * 100 + n + 1,
+                key: format!("r{round}-k{n}"),
+                value: "v".into(),
+                expect_version: None,
+            };
+            put_frame(&Frame::from(set), &mut sets);
+        }
+        writer.send_bytes(&sets).await?;
+        for _ in 0..20 {
+            match writer.expect().await?.kind {
+                Some(Kind::KvValue(_)) | Some(Kind::Ok(_)) => {}
+                other => bail!("set in round {round}: {other:?}"),
+            }
+        }
+        writer
+            .send(proto::KvSet {
+                id: round * 100 + 50,
+                key: format!("r{round}-single"),
+                value: "v".into(),
+                expect_version: None,
+            })
+            .await?;
+        writer.expect().await?;
+    }
+    // Each round of 20 overflowed the log (at least once).
+    assert!(primary.status().counters["standby_resyncs"] >= 3);
+    // Every set was confirmed, so the standby holds it: its state becomes
+    // the primary's (it acknowledges before it applies).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = primary.snapshot().await.expect("primary snapshot");
+        let s = standby.snapshot().await.expect("standby snapshot");
+        assert_eq!(p.kv.len(), 63);
+        if p.kv == s.kv && p.repl_seq == s.repl_seq {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby's state differs: repl_seq {} vs {}, keys {} vs {}",
+            p.repl_seq,
+            s.repl_seq,
+            p.kv.len(),
+            s.kv.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        matches!(*state.borrow(), StandbyState::Following { .. }),
+        "still following"
+    );
+    Ok(())
 }

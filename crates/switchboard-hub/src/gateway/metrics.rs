@@ -117,6 +117,11 @@ pub(super) async fn serve(
                 "clients disconnected for not reading",
                 counter("slow_consumer_disconnects"),
             ),
+            (
+                "standby_resyncs",
+                "fresh snapshots sent to the standby because the change log overflowed",
+                counter("standby_resyncs"),
+            ),
         ],
         received: m.received(),
         sent: m.sent(),

@@ -56,6 +56,7 @@ impl Link {
     /// middle of the link: the standby may be quiet until it acknowledges
     /// `repl_seq`, for as long as the opening snapshot may take.
     pub(crate) async fn resync(&self, repl: &ReplStats, repl_seq: u64, bytes: Bytes) {
+        repl.resyncs.fetch_add(1, Ordering::Relaxed);
         self.restoring.store(repl_seq + 1, Ordering::Relaxed);
         self.ship(repl, repl_seq, bytes).await;
     }
