@@ -120,6 +120,11 @@ fn check_config(config: &HubConfig) -> Result<(), HubError> {
             "heartbeat_interval and heartbeat_misses must be above zero".into(),
         ));
     }
+    if config.limits.change_log_changes == 0 || config.limits.change_log_bytes == 0 {
+        return Err(HubError::Config(
+            "change_log_changes and change_log_bytes must be above zero".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -81,9 +81,12 @@ pub struct Limits {
     pub resume_window: Duration,
     /// Changes the primary logs for its standby in one turn of its router
     /// (one batch of inputs) before it gives up on sending them one by one
-    /// and sends the standby a fresh snapshot instead (default 65,536).
+    /// and sends the standby a fresh snapshot instead (default 65,536;
+    /// at least 1). A small bound means a whole snapshot for every burst,
+    /// and a standby that is quiet while it restores each one is allowed
+    /// the handshake's time instead of the heartbeat's.
     pub change_log_changes: usize,
-    /// The same bound in encoded bytes (default 64 MiB).
+    /// The same bound in encoded bytes (default 64 MiB; at least 1).
     pub change_log_bytes: usize,
 }
 

@@ -96,6 +96,9 @@ async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> R
 #[tokio::test]
 async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Result<()> {
     let primary = start().await;
+    // Connected first: with a standby attached, a client's handshake waits
+    // for the standby's acknowledgement, which this one does not give.
+    let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     let (mut link, first) =
         TestClient::connect_standby(primary.local_addr(), TOKEN, "slow-standby").await?;
     let mut next = first;
@@ -114,8 +117,8 @@ async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Resul
         repl_seq: snapshot.repl_seq,
     })
     .await?;
-    // Still attached: a client's change reaches it as a change.
-    let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
+    // Still attached (answering the primary's heartbeats, which fails once
+    // the primary dropped the link): a client's change reaches it.
     writer
         .send(proto::KvSet {
             id: 100,
@@ -128,7 +131,14 @@ async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Resul
         loop {
             match link.expect().await?.kind {
                 Some(Kind::Change(_)) => return Ok(()),
-                Some(Kind::Heartbeat(_)) => {}
+                Some(Kind::Heartbeat(h)) => {
+                    link.send(proto::Heartbeat {
+                        epoch: h.epoch,
+                        role: proto::Role::Standby as i32,
+                        ..Default::default()
+                    })
+                    .await?
+                }
                 other => bail!("expected a change, got {other:?}"),
             }
         }
@@ -201,7 +211,8 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
         repl_seq: fresh.repl_seq,
     })
     .await?;
-    // Still attached: a client's change reaches it as a change.
+    // Still attached (answering the primary's heartbeats, which fails once
+    // the primary dropped the link): a client's change reaches it.
     writer
         .send(proto::KvSet {
             id: 100,
@@ -214,7 +225,21 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
         loop {
             match link.expect().await?.kind {
                 Some(Kind::Change(_)) => return Ok(()),
-                Some(Kind::Heartbeat(_)) => {}
+                Some(Kind::Heartbeat(h)) => {
+                    link.send(proto::Heartbeat {
+                        epoch: h.epoch,
+                        role: proto::Role::Standby as i32,
+                        ..Default::default()
+                    })
+                    .await?
+                }
+                // (The sets reached the router in more than one turn.)
+                Some(Kind::Snapshot(s)) => {
+                    link.send(proto::ReplAck {
+                        repl_seq: s.repl_seq,
+                    })
+                    .await?
+                }
                 other => bail!("expected a change, got {other:?}"),
             }
         }
