@@ -95,3 +95,60 @@ async fn a_standby_joining_under_load_ends_with_the_primarys_state() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_many_reliable_subscribers_reaches_the_standby_without_a_fresh_snapshot(
+) -> anyhow::Result<()> {
+    // One read batch of publishes (up to 1,024) fanned out to 10 reliable
+    // subscribers logs about 11,000 changes: under the log's 16,384, but
+    // a few batches in one turn of the router are not. The log is sent
+    // whenever it is half full, so the burst never overflows it.
+    let limits = switchboard::hub::Limits {
+        change_log_changes: 16_384,
+        ..Default::default()
+    };
+    let primary = switchboard::Hub::builder()
+        .token(TOKEN)
+        .listen("127.0.0.1:0")
+        .write_hint(false)
+        .limits(limits)
+        .start()
+        .await?;
+    let mut config =
+        HubConfig::with_secret(switchboard::DEFAULT_SERVICE, Secret::from_token(TOKEN));
+    config.write_hint = false;
+    config.bind.port = switchboard::discovery::PortChoice::Os;
+    let standby = switchboard::hub::Hub::standby(config, Some(primary.local_addr())).await?;
+    let mut state = standby.watch();
+    within(state.wait_for(|s| matches!(s, StandbyState::Following { .. }))).await??;
+
+    const SUBSCRIBERS: usize = 10;
+    const MESSAGES: usize = 20_000;
+    let mut readers = Vec::new();
+    let mut subscribers = Vec::new();
+    for n in 0..SUBSCRIBERS {
+        let c = client(&primary, &format!("sub-{n}")).await?;
+        let mut sub = c.subscribe("burst").await?;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < MESSAGES && sub.recv().await.is_some() {
+                got += 1;
+            }
+            got
+        }));
+        subscribers.push(c);
+    }
+    let publisher = client(&primary, "publisher").await?;
+    let payload = Bytes::from_static(&[7; 64]);
+    for _ in 0..MESSAGES {
+        publisher.publish_nowait("burst", payload.clone()).await?;
+    }
+    for r in readers {
+        // A subscriber that falls behind may see drops (announced); the
+        // burst must not make the standby start over.
+        within(r).await??;
+    }
+    assert_eq!(primary.status().counters["standby_resyncs"], 0);
+    assert!(matches!(*state.borrow(), StandbyState::Following { .. }));
+    Ok(())
+}

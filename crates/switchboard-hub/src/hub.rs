@@ -125,6 +125,12 @@ fn check_config(config: &HubConfig) -> Result<(), HubError> {
             "change_log_changes and change_log_bytes must be above zero".into(),
         ));
     }
+    if config.limits.change_log_changes > crate::limits::MAX_CHANGES_PER_COMMIT {
+        return Err(HubError::Config(format!(
+            "change_log_changes is above {}, the most a standby takes between two commit points",
+            crate::limits::MAX_CHANGES_PER_COMMIT
+        )));
+    }
     Ok(())
 }
 

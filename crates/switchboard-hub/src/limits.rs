@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// Most changes one commit point of the replication link may carry: a
+/// standby refuses a longer run of changes without a commit point, so
+/// [`Limits::change_log_changes`] may not exceed it.
+pub const MAX_CHANGES_PER_COMMIT: usize = 1 << 20;
+
 /// Every limit the hub enforces. A client that hits one gets a typed error
 /// (`LIMIT_EXCEEDED`, `QUEUE_FULL`, `SLOW_CONSUMER`, ...) on its own
 /// connection only.
@@ -79,12 +84,14 @@ pub struct Limits {
     /// registration, subscriptions and queued frames while it reconnects
     /// and resumes (default 30 s). It leaves when the window ends.
     pub resume_window: Duration,
-    /// Changes the primary logs for its standby in one turn of its router
-    /// (one batch of inputs) before it gives up on sending them one by one
-    /// and sends the standby a fresh snapshot instead (default 65,536;
-    /// at least 1). A small bound means a whole snapshot for every burst,
-    /// and a standby that is quiet while it restores each one is allowed
-    /// the handshake's time instead of the heartbeat's.
+    /// Changes the primary logs for its standby before it sends them
+    /// (default and most [`MAX_CHANGES_PER_COMMIT`], 1,048,576; at least
+    /// 1). The router sends what is logged after each batch of inputs, and
+    /// after any input that leaves the log a sixteenth full; a single input
+    /// that logs more than the bound (a burst of publishes fanned out to
+    /// many reliable subscribers) makes the primary send the standby a
+    /// fresh snapshot instead, which is costly: the whole state, and the
+    /// handshake's time of silence allowed while the standby restores it.
     pub change_log_changes: usize,
     /// The same bound in encoded bytes (default 64 MiB; at least 1).
     pub change_log_bytes: usize,
@@ -114,7 +121,7 @@ impl Default for Limits {
             default_request_timeout: Duration::from_secs(30),
             router_inbox: 1_024,
             resume_window: Duration::from_secs(30),
-            change_log_changes: 65_536,
+            change_log_changes: MAX_CHANGES_PER_COMMIT,
             change_log_bytes: 64 * 1024 * 1024,
         }
     }

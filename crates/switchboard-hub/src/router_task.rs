@@ -124,7 +124,23 @@ impl RouterTask {
                     let now = Instant::now();
                     for command in batch.drain(..) {
                         match command {
-                            Command::Input(input) => self.router.handle(now, input),
+                            Command::Input(input) => {
+                                self.router.handle(now, input);
+                                // A burst (publishes fanned out to many
+                                // reliable subscribers) goes to the
+                                // standby before the log overflows.
+                                if let Some(l) = &link {
+                                    if self.router.change_log_wants_sending()
+                                        && !l.alive().is_cancelled()
+                                    {
+                                        self.ship_changes(l).await;
+                                        // The link's task, woken on this
+                                        // worker, writes it now rather
+                                        // than after the whole batch.
+                                        tokio::task::yield_now().await;
+                                    }
+                                }
+                            }
                             Command::Inspect(reply) => {
                                 let _ = reply.send(self.router.inspect(now));
                             }
@@ -181,28 +197,7 @@ impl RouterTask {
                 }
             }
             match &link {
-                Some(l) if !l.alive().is_cancelled() => {
-                    let mut buf = BytesMut::new();
-                    let repl = &self.shared.stats.repl;
-                    let repl_seq = self.router.repl_seq();
-                    match self.router.take_encoded(&mut buf) {
-                        Err(_) => {
-                            tracing::warn!(
-                                "change log overflowed; sending the standby a fresh snapshot"
-                            );
-                            let bytes = link::snapshot_bytes(&self.router, self.local_addr, false);
-                            l.resync(repl, repl_seq, bytes).await;
-                        }
-                        Ok(0) => {}
-                        Ok(_) => {
-                            put_frame(
-                                &link::heartbeat(self.epoch(), repl_seq, proto::Role::Primary),
-                                &mut buf,
-                            );
-                            l.ship(repl, repl_seq, buf.freeze()).await;
-                        }
-                    }
-                }
+                Some(l) if !l.alive().is_cancelled() => self.ship_changes(l).await,
                 _ if holding => {
                     // No standby to take them: keep the log short.
                     self.router.discard_changes();
@@ -216,6 +211,30 @@ impl RouterTask {
         }
         tracing::info!("hub stopped");
         let _ = self.closed.send(true);
+    }
+
+    /// Sends the standby the changes logged since the last call, with
+    /// their commit point; a fresh snapshot instead when the log
+    /// overflowed.
+    async fn ship_changes(&mut self, l: &Link) {
+        let mut buf = BytesMut::new();
+        let repl = &self.shared.stats.repl;
+        let repl_seq = self.router.repl_seq();
+        match self.router.take_encoded(&mut buf) {
+            Err(_) => {
+                tracing::warn!("change log overflowed; sending the standby a fresh snapshot");
+                let bytes = link::snapshot_bytes(&self.router, self.local_addr, false);
+                l.resync(repl, repl_seq, bytes).await;
+            }
+            Ok(0) => {}
+            Ok(_) => {
+                put_frame(
+                    &link::heartbeat(self.epoch(), repl_seq, proto::Role::Primary),
+                    &mut buf,
+                );
+                l.ship(repl, repl_seq, buf.freeze()).await;
+            }
+        }
     }
 
     fn epoch(&self) -> u64 {

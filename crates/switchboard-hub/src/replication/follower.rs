@@ -100,7 +100,7 @@ fn apply(replica: &mut Replica, held: &mut Vec<Change>) -> Result<(), String> {
 
 /// Changes a standby buffers (as the frames received) before their commit
 /// point arrives.
-const MAX_PENDING_CHANGES: usize = 1 << 20;
+const MAX_PENDING_CHANGES: usize = crate::limits::MAX_CHANGES_PER_COMMIT;
 
 /// Most commit groups a standby holds before it acknowledges them, while
 /// more of the primary's frames are already at hand (it acknowledges at

@@ -47,6 +47,11 @@ impl ChangeLogLimits {
     }
 }
 
+/// The share of the log's bounds (one `SEND_AT`th) at which the router
+/// task sends the changes without waiting for the end of its batch of
+/// inputs ([`Journal::wants_sending`]).
+pub(crate) const SEND_AT: usize = 16;
+
 /// Room a batch of changes keeps free at its end for the commit point the
 /// router task appends (a `Heartbeat` frame: epoch, `repl_seq` and role,
 /// under 40 bytes), so that appending it never copies the batch.
@@ -192,6 +197,17 @@ impl Journal {
     /// Whether changes are logged.
     pub fn is_on(&self) -> bool {
         self.limits.is_some()
+    }
+
+    /// Whether the changes not yet taken fill [`SEND_AT`] of the log or
+    /// more (by count or bytes): time to send them, so that the next
+    /// input overflows the log only if it alone logs almost all of it.
+    pub fn wants_sending(&self) -> bool {
+        self.limits.is_some_and(|l| {
+            self.lost == 0
+                && (self.count >= l.max_changes / SEND_AT
+                    || self.buf.len() >= l.max_bytes / SEND_AT)
+        })
     }
 
     /// Starts logging (or changes the limits).
@@ -577,5 +593,39 @@ mod tests {
         j.left("d");
         assert_eq!(j.take_encoded(&mut buf), Ok(1));
         assert_eq!(j.repl_seq(), 5);
+    }
+
+    #[test]
+    fn the_log_wants_sending_at_a_sixteenth_of_either_bound() {
+        let mut j = Journal::default();
+        assert!(!j.wants_sending(), "not logging");
+        j.enable(ChangeLogLimits {
+            max_changes: 2 * SEND_AT,
+            max_bytes: 1 << 20,
+        });
+        j.left("a");
+        assert!(!j.wants_sending());
+        j.left("b");
+        assert!(j.wants_sending(), "two of 32 changes");
+        j.take_encoded(&mut BytesMut::new()).unwrap();
+        assert!(!j.wants_sending(), "taken");
+
+        j.enable(ChangeLogLimits {
+            max_changes: 1 << 20,
+            max_bytes: 64 * SEND_AT,
+        });
+        j.left("a-client-id-long-enough-to-pass-sixty-four-bytes-of-change-log");
+        assert!(j.wants_sending(), "64 of 1,024 bytes");
+
+        // After an overflow only a fresh snapshot helps.
+        j.enable(ChangeLogLimits {
+            max_changes: 1,
+            max_bytes: 1 << 20,
+        });
+        j.take_encoded(&mut BytesMut::new()).unwrap();
+        j.left("a");
+        j.left("b");
+        assert!(!j.wants_sending());
+        assert!(j.take_encoded(&mut BytesMut::new()).is_err());
     }
 }

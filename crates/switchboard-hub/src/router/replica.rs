@@ -126,6 +126,13 @@ impl Router {
         self.output.journal.discard();
     }
 
+    /// Whether the change log holds a sixteenth of its bounds or more (see
+    /// [`ChangeLogLimits`]): the router task sends it then without waiting
+    /// for the end of its batch of inputs.
+    pub fn change_log_wants_sending(&self) -> bool {
+        self.output.journal.wants_sending()
+    }
+
     /// Like [`Router::take_changes`], but appends the changes to `buf` as
     /// length-prefixed `Frame{change}`s, ready for the replication link;
     /// returns how many.

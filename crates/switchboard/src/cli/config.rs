@@ -704,9 +704,10 @@ default_request_timeout_ms = 30000
 router_inbox = 1024
 # How long a client that lost its connection keeps its session.
 resume_window_ms = 30000
-# With a standby attached: changes (and their bytes) one turn of the
-# router may log before the standby gets a fresh snapshot instead.
-change_log_changes = 65536
+# With a standby attached: changes (and their bytes) logged before they
+# are sent (at most 1048576); one input logging more makes the standby
+# get a fresh snapshot instead.
+change_log_changes = 1048576
 change_log_bytes = 67108864
 
 [replication]
