@@ -320,8 +320,94 @@ async fn throughput(
     Ok((got as f64 / secs, got))
 }
 
+/// What a fire-and-forget burst fanned out to reliable subscribers did:
+/// deliveries counted, seconds from the first publish to the last
+/// delivery, and the primary's `standby_resyncs` counter afterwards (or
+/// why the status could not be read).
+struct Burst {
+    delivered: u64,
+    secs: f64,
+    resyncs: Result<u64, String>,
+}
+
+/// `messages` fire-and-forget publishes to `subscribers` reliable
+/// subscribers, with or without a standby: the burst a primary must
+/// replicate without falling back to a fresh snapshot.
+async fn burst(
+    bin: &Path,
+    dir: &Path,
+    standby: bool,
+    subscribers: usize,
+    messages: u64,
+) -> Result<Burst> {
+    let service = format!("bench-burst-{standby}");
+    let primary = HubProc::start(bin, dir, &service, false)?;
+    let addr: SocketAddr = primary.event("ready")?["addr"]
+        .as_str()
+        .context("addr")?
+        .parse()?;
+    let _standby = if standby {
+        let s = HubProc::start(bin, dir, &service, true)?;
+        s.event("standby")?;
+        Some(s)
+    } else {
+        None
+    };
+    let mut readers = Vec::new();
+    let mut clients = Vec::new();
+    for n in 0..subscribers {
+        let c = client(&format!("burst-sub-{n}"), addr, true).await?;
+        let mut sub = c.subscribe("burst.n").await?;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            let mut last = Instant::now();
+            while got < messages {
+                match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+                    Ok(Some(_)) => {
+                        got += 1;
+                        last = Instant::now();
+                    }
+                    _ => break,
+                }
+            }
+            (got, last)
+        }));
+        clients.push(c);
+    }
+    let publisher = client("burst-pub", addr, true).await?;
+    let payload = Bytes::from(vec![7u8; 64]);
+    let start = Instant::now();
+    for i in 0..messages {
+        publisher.publish_nowait("burst.n", payload.clone()).await?;
+        if i % 4096 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut delivered = 0;
+    let mut end = start;
+    for r in readers {
+        let (got, last) = r.await?;
+        delivered += got;
+        end = end.max(last);
+    }
+    let resyncs = match publisher.status().await {
+        Ok(status) => status
+            .counters
+            .get("standby_resyncs")
+            .copied()
+            .ok_or_else(|| "not counted by this hub".to_string()),
+        Err(e) => Err(format!("no status: {e}")),
+    };
+    Ok(Burst {
+        delivered,
+        secs: end.duration_since(start).as_secs_f64(),
+        resyncs,
+    })
+}
+
 /// The `failover` subcommand: failover times over `kills` kills, then
-/// throughput with and without a standby over `messages` messages.
+/// throughput with and without a standby over `messages` messages, then
+/// a burst of `messages / 2` fanned out to 100 reliable subscribers.
 pub async fn main(bin: &Path, kills: usize, messages: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = dir.path().join("rt");
@@ -360,5 +446,20 @@ pub async fn main(bin: &Path, kills: usize, messages: u64) -> Result<()> {
             with / without
         );
     }
+    let (subscribers, n) = (100, messages / 2);
+    let without = burst(bin, &rt, false, subscribers, n).await?;
+    let with = burst(bin, &rt, true, subscribers, n).await?;
+    println!(
+        "fan-out 1→{subscribers} 64 B, {n} msgs fire-and-forget, reliable subscribers: {} of {} delivered in {:.1} s without a standby, {} in {:.1} s with one (fresh snapshots sent to the standby: {})",
+        without.delivered,
+        n * subscribers as u64,
+        without.secs,
+        with.delivered,
+        with.secs,
+        match &with.resyncs {
+            Ok(n) => n.to_string(),
+            Err(e) => e.clone(),
+        }
+    );
     Ok(())
 }
