@@ -50,11 +50,8 @@ async fn a_standby_joining_under_load_ends_with_the_primarys_state() -> anyhow::
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut config =
-        HubConfig::with_secret(switchboard::DEFAULT_SERVICE, Secret::from_token(TOKEN));
-    config.write_hint = false;
-    config.bind.port = switchboard::discovery::PortChoice::Os;
-    let standby = switchboard::hub::Hub::standby(config, Some(primary.local_addr())).await?;
+    let standby =
+        switchboard::hub::Hub::standby(standby_config(), Some(primary.local_addr())).await?;
     let mut state = standby.watch();
     within(state.wait_for(|s| matches!(s, StandbyState::Following { .. }))).await??;
     // Traffic goes on while it catches up.
@@ -114,11 +111,8 @@ async fn a_burst_to_many_reliable_subscribers_reaches_the_standby_without_a_fres
         .limits(limits)
         .start()
         .await?;
-    let mut config =
-        HubConfig::with_secret(switchboard::DEFAULT_SERVICE, Secret::from_token(TOKEN));
-    config.write_hint = false;
-    config.bind.port = switchboard::discovery::PortChoice::Os;
-    let standby = switchboard::hub::Hub::standby(config, Some(primary.local_addr())).await?;
+    let standby =
+        switchboard::hub::Hub::standby(standby_config(), Some(primary.local_addr())).await?;
     let mut state = standby.watch();
     within(state.wait_for(|s| matches!(s, StandbyState::Following { .. }))).await??;
 
@@ -151,4 +145,13 @@ async fn a_burst_to_many_reliable_subscribers_reaches_the_standby_without_a_fres
     assert_eq!(primary.status().counters["standby_resyncs"], 0);
     assert!(matches!(*state.borrow(), StandbyState::Following { .. }));
     Ok(())
+}
+
+/// A standby's configuration: the tests' token, no hint, any free port.
+fn standby_config() -> HubConfig {
+    let mut config =
+        HubConfig::with_secret(switchboard::DEFAULT_SERVICE, Secret::from_token(TOKEN));
+    config.write_hint = false;
+    config.bind.port = switchboard::discovery::PortChoice::Os;
+    config
 }

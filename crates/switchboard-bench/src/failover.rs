@@ -243,6 +243,28 @@ pub async fn failovers(
     })
 }
 
+/// A primary serving `service` and, with `standby`, a standby following
+/// it (both stop when dropped); the primary's address.
+fn start_hubs(
+    bin: &Path,
+    dir: &Path,
+    service: &str,
+    standby: bool,
+) -> Result<(Vec<HubProc>, SocketAddr)> {
+    let primary = HubProc::start(bin, dir, service, false)?;
+    let addr: SocketAddr = primary.event("ready")?["addr"]
+        .as_str()
+        .context("addr")?
+        .parse()?;
+    let mut hubs = vec![primary];
+    if standby {
+        let s = HubProc::start(bin, dir, service, true)?;
+        s.event("standby")?;
+        hubs.push(s);
+    }
+    Ok((hubs, addr))
+}
+
 /// Publishing throughput (messages/s delivered) with and without a
 /// standby: `reliable` publishes with confirmation in 64 lanes, else
 /// fire-and-forget.
@@ -253,19 +275,7 @@ async fn throughput(
     reliable: bool,
     n: u64,
 ) -> Result<(f64, u64)> {
-    let service = format!("bench-tp-{standby}-{reliable}");
-    let primary = HubProc::start(bin, dir, &service, false)?;
-    let addr: SocketAddr = primary.event("ready")?["addr"]
-        .as_str()
-        .context("addr")?
-        .parse()?;
-    let _standby = if standby {
-        let s = HubProc::start(bin, dir, &service, true)?;
-        s.event("standby")?;
-        Some(s)
-    } else {
-        None
-    };
+    let (_hubs, addr) = start_hubs(bin, dir, &format!("bench-tp-{standby}-{reliable}"), standby)?;
     let publisher = client("tp-pub", addr, reliable).await?;
     let subscriber = client("tp-sub", addr, reliable).await?;
     let mut sub = subscriber.subscribe("tp.n").await?;
@@ -340,19 +350,7 @@ async fn burst(
     subscribers: usize,
     messages: u64,
 ) -> Result<Burst> {
-    let service = format!("bench-burst-{standby}");
-    let primary = HubProc::start(bin, dir, &service, false)?;
-    let addr: SocketAddr = primary.event("ready")?["addr"]
-        .as_str()
-        .context("addr")?
-        .parse()?;
-    let _standby = if standby {
-        let s = HubProc::start(bin, dir, &service, true)?;
-        s.event("standby")?;
-        Some(s)
-    } else {
-        None
-    };
+    let (_hubs, addr) = start_hubs(bin, dir, &format!("bench-burst-{standby}"), standby)?;
     let mut readers = Vec::new();
     let mut clients = Vec::new();
     for n in 0..subscribers {

@@ -9,12 +9,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use anyhow::Result;
+use anyhow::{bail, Context};
 use bytes::BytesMut;
 use common::{config, start, TestClient, TOKEN, WAIT};
 use switchboard_discovery::nonce;
-use switchboard_hub::{Hub, StandbyState};
+use switchboard_hub::{Hub, HubHandle, StandbyHandle, StandbyState};
 use switchboard_wire::proto::{self, frame::Kind};
 use switchboard_wire::{put_frame, ErrorCode, Frame, PROTOCOL_VERSION};
 
@@ -72,24 +72,8 @@ async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> R
         n += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let p = primary.snapshot().await.expect("primary snapshot");
-        let s = standby.snapshot().await.expect("standby snapshot");
-        if p.kv == s.kv && p.repl_seq == s.repl_seq {
-            assert_eq!(p.kv.len() as u64, n, "every key set is there");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby stopped following after the check: repl_seq {} vs {}, keys {} vs {}",
-            p.repl_seq,
-            s.repl_seq,
-            p.kv.len(),
-            s.kv.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let keys = same_state(&primary, &standby).await?;
+    assert_eq!(keys as u64, n, "every key set is there");
     Ok(())
 }
 
@@ -101,49 +85,8 @@ async fn a_standby_quiet_until_its_first_snapshot_is_restored_is_kept() -> Resul
     let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     let (mut link, first) =
         TestClient::connect_standby(primary.local_addr(), TOKEN, "slow-standby").await?;
-    let mut next = first;
-    let snapshot = loop {
-        match next.kind {
-            Some(Kind::Snapshot(s)) => break s,
-            Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
-            other => bail!("expected the opening snapshot, got {other:?}"),
-        }
-        next = link.expect().await?;
-    };
-    // Silent for five times what the heartbeat allows (4 x 50 ms), as a
-    // standby restoring a large state is; then it acknowledges.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    link.send(proto::ReplAck {
-        repl_seq: snapshot.repl_seq,
-    })
-    .await?;
-    // Still attached (answering the primary's heartbeats, which fails once
-    // the primary dropped the link): a client's change reaches it.
-    writer
-        .send(proto::KvSet {
-            id: 100,
-            key: "last".into(),
-            value: "v".into(),
-            expect_version: None,
-        })
-        .await?;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match link.expect().await?.kind {
-                Some(Kind::Change(_)) => return Ok(()),
-                Some(Kind::Heartbeat(h)) => {
-                    link.send(proto::Heartbeat {
-                        epoch: h.epoch,
-                        role: proto::Role::Standby as i32,
-                        ..Default::default()
-                    })
-                    .await?
-                }
-                other => bail!("expected a change, got {other:?}"),
-            }
-        }
-    })
-    .await?
+    let snapshot = opening_snapshot(&mut link, first).await?;
+    restore_quietly(&mut link, &mut writer, snapshot.repl_seq).await
 }
 
 #[tokio::test]
@@ -157,45 +100,20 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
     let mut writer = TestClient::connect(addr, "writer").await?;
 
     let (mut link, first) = TestClient::connect_standby(addr, TOKEN, "restoring-standby").await?;
-    let mut next = first;
-    let opening = loop {
-        match next.kind {
-            Some(Kind::Snapshot(s)) => break s,
-            Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
-            other => bail!("expected the opening snapshot, got {other:?}"),
-        }
-        next = link.expect().await?;
-    };
+    let opening = opening_snapshot(&mut link, first).await?;
     link.send(proto::ReplAck {
         repl_seq: opening.repl_seq,
     })
     .await?;
 
-    let mut sets = BytesMut::new();
-    for n in 0..20u64 {
-        let set = proto::KvSet {
-            id: n + 1,
-            key: format!("k{n}"),
-            value: "v".into(),
-            expect_version: None,
-        };
-        put_frame(&Frame::from(set), &mut sets);
-    }
-    writer.send_bytes(&sets).await?;
+    writer.send_bytes(&key_sets("k", 1)).await?;
     // Alive (a heartbeat for each of the primary's) until the fresh
     // snapshot comes.
     let fresh = tokio::time::timeout(WAIT, async {
         loop {
             match link.expect().await?.kind {
                 Some(Kind::Snapshot(s)) => return Ok(s),
-                Some(Kind::Heartbeat(h)) => {
-                    link.send(proto::Heartbeat {
-                        epoch: h.epoch,
-                        role: proto::Role::Standby as i32,
-                        ..Default::default()
-                    })
-                    .await?
-                }
+                Some(Kind::Heartbeat(h)) => answer(&mut link, &h).await?,
                 Some(Kind::Change(_)) => bail!("the sets' changes fit the log: no overflow"),
                 _ => {}
             }
@@ -204,47 +122,7 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
     .await??;
     assert!(fresh.repl_seq > opening.repl_seq);
     assert!(primary.status().counters["standby_resyncs"] >= 1);
-    // Silent for five times what the heartbeat allows (4 x 50 ms), as a
-    // standby restoring a large state is; then it acknowledges.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    link.send(proto::ReplAck {
-        repl_seq: fresh.repl_seq,
-    })
-    .await?;
-    // Still attached (answering the primary's heartbeats, which fails once
-    // the primary dropped the link): a client's change reaches it.
-    writer
-        .send(proto::KvSet {
-            id: 100,
-            key: "last".into(),
-            value: "v".into(),
-            expect_version: None,
-        })
-        .await?;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match link.expect().await?.kind {
-                Some(Kind::Change(_)) => return Ok(()),
-                Some(Kind::Heartbeat(h)) => {
-                    link.send(proto::Heartbeat {
-                        epoch: h.epoch,
-                        role: proto::Role::Standby as i32,
-                        ..Default::default()
-                    })
-                    .await?
-                }
-                // (The sets reached the router in more than one turn.)
-                Some(Kind::Snapshot(s)) => {
-                    link.send(proto::ReplAck {
-                        repl_seq: s.repl_seq,
-                    })
-                    .await?
-                }
-                other => bail!("expected a change, got {other:?}"),
-            }
-        }
-    })
-    .await?
+    restore_quietly(&mut link, &mut writer, fresh.repl_seq).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,17 +141,9 @@ async fn a_standby_sent_a_fresh_snapshot_mid_stream_holds_every_change() -> Resu
     // Rounds of 20 sets in one write each overflow the log (a fresh
     // snapshot), with single sets between them (changes again).
     for round in 0..3u64 {
-        let mut sets = BytesMut::new();
-        for n in 0..20u64 {
-            let set = proto::KvSet {
-                id: round * 100 + n + 1,
-                key: format!("r{round}-k{n}"),
-                value: "v".into(),
-                expect_version: None,
-            };
-            put_frame(&Frame::from(set), &mut sets);
-        }
-        writer.send_bytes(&sets).await?;
+        writer
+            .send_bytes(&key_sets(&format!("r{round}-k"), round * 100 + 1))
+            .await?;
         for _ in 0..20 {
             match writer.expect().await?.kind {
                 Some(Kind::KvValue(_)) | Some(Kind::Ok(_)) => {}
@@ -294,27 +164,121 @@ async fn a_standby_sent_a_fresh_snapshot_mid_stream_holds_every_change() -> Resu
     assert!(primary.status().counters["standby_resyncs"] >= 3);
     // Every set was confirmed, so the standby holds it: its state becomes
     // the primary's (it acknowledges before it applies).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let p = primary.snapshot().await.expect("primary snapshot");
-        let s = standby.snapshot().await.expect("standby snapshot");
-        assert_eq!(p.kv.len(), 63);
-        if p.kv == s.kv && p.repl_seq == s.repl_seq {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby's state differs: repl_seq {} vs {}, keys {} vs {}",
-            p.repl_seq,
-            s.repl_seq,
-            p.kv.len(),
-            s.kv.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(same_state(&primary, &standby).await?, 63);
     assert!(
         matches!(*state.borrow(), StandbyState::Following { .. }),
         "still following"
     );
     Ok(())
+}
+
+/// The opening snapshot of a standby link, after the `ReplHello` (and any
+/// heartbeat) before it; `first` is what `connect_standby` returned.
+async fn opening_snapshot(link: &mut TestClient, first: Frame) -> Result<proto::Snapshot> {
+    let mut next = first;
+    loop {
+        match next.kind {
+            Some(Kind::Snapshot(s)) => return Ok(s),
+            Some(Kind::ReplHello(_)) | Some(Kind::Heartbeat(_)) => {}
+            other => bail!("expected the opening snapshot, got {other:?}"),
+        }
+        next = link.expect().await?;
+    }
+}
+
+/// Answers the primary's heartbeat `h` as a live standby does (fails once
+/// the primary dropped the link).
+async fn answer(link: &mut TestClient, h: &proto::Heartbeat) -> Result<()> {
+    link.send(proto::Heartbeat {
+        epoch: h.epoch,
+        role: proto::Role::Standby as i32,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Waits for the next change on the link, answering heartbeats and
+/// acknowledging any further fresh snapshot (a burst that reached the
+/// router in more than one turn).
+async fn expect_change(link: &mut TestClient) -> Result<()> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match link.expect().await?.kind {
+                Some(Kind::Change(_)) => return Ok(()),
+                Some(Kind::Heartbeat(h)) => answer(link, &h).await?,
+                Some(Kind::Snapshot(s)) => {
+                    link.send(proto::ReplAck {
+                        repl_seq: s.repl_seq,
+                    })
+                    .await?
+                }
+                other => bail!("expected a change, got {other:?}"),
+            }
+        }
+    })
+    .await?
+}
+
+/// Twenty `KvSet`s (keys `{prefix}0` to `{prefix}19`, ids from
+/// `first_id`) in one buffer, to be sent in one write: one input of the
+/// router.
+fn key_sets(prefix: &str, first_id: u64) -> BytesMut {
+    let mut sets = BytesMut::new();
+    for n in 0..20u64 {
+        let set = proto::KvSet {
+            id: first_id + n,
+            key: format!("{prefix}{n}"),
+            value: "v".into(),
+            expect_version: None,
+        };
+        put_frame(&Frame::from(set), &mut sets);
+    }
+    sets
+}
+
+/// A standby restoring a snapshot committed at `repl_seq`: silent for five
+/// times what the heartbeat allows (4 x 50 ms), as one restoring a large
+/// state is, then it acknowledges; it must still be attached (answering
+/// the primary's heartbeats fails once the primary dropped the link): a
+/// change of `writer`'s reaches it.
+async fn restore_quietly(
+    link: &mut TestClient,
+    writer: &mut TestClient,
+    repl_seq: u64,
+) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.send(proto::ReplAck { repl_seq }).await?;
+    writer
+        .send(proto::KvSet {
+            id: 100,
+            key: "last".into(),
+            value: "v".into(),
+            expect_version: None,
+        })
+        .await?;
+    expect_change(link).await
+}
+
+/// Waits until the standby holds the primary's key/value state at the
+/// same `repl_seq` (it acknowledges before it applies); the number of
+/// keys.
+async fn same_state(primary: &HubHandle, standby: &StandbyHandle) -> Result<usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = primary.snapshot().await.context("primary snapshot")?;
+        let s = standby.snapshot().await.context("standby snapshot")?;
+        if p.kv == s.kv && p.repl_seq == s.repl_seq {
+            return Ok(p.kv.len());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the standby's state differs: repl_seq {} vs {}, keys {} vs {}",
+                p.repl_seq,
+                s.repl_seq,
+                p.kv.len(),
+                s.kv.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
