@@ -109,7 +109,6 @@ pub(crate) async fn serve(
         local_addr,
         hint_dir: config.hint_dir.clone(),
         fenced: fenced.clone(),
-        change_log: crate::router::ChangeLogLimits::of(&config.limits),
     };
     tokio::spawn(task.run().instrument(span.clone()));
     if let Some(remote) = &config.remote {

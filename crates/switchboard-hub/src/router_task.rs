@@ -25,7 +25,7 @@ use crate::inbox::{Command, InboxRx};
 use crate::outbox::Gate;
 use crate::replication::fencing;
 use crate::replication::link::{self, Link};
-use crate::router::{ChangeLogLimits, Input, Router};
+use crate::router::{Input, Router};
 use crate::shared::{Attach, Shared};
 use crate::stats::HubStats;
 
@@ -66,8 +66,6 @@ pub(crate) struct RouterTask {
     pub local_addr: SocketAddr,
     pub hint_dir: Option<PathBuf>,
     pub fenced: Arc<AtomicBool>,
-    /// Bounds of the change log while a standby is attached.
-    pub change_log: ChangeLogLimits,
 }
 
 impl RouterTask {
@@ -243,7 +241,8 @@ impl RouterTask {
 
     async fn attach(&mut self, attach: Attach) -> Option<Link> {
         tracing::info!(standby = %attach.addr, "standby attached; sending a snapshot");
-        self.router.enable_change_log(self.change_log);
+        self.router
+            .enable_change_log(self.router.change_log_limits());
         // Changes before the snapshot are in it.
         self.router.discard_changes();
         let bytes = link::snapshot_bytes(&self.router, self.local_addr, true);

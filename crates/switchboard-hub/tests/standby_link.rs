@@ -21,13 +21,7 @@ use switchboard_wire::{put_frame, ErrorCode, Frame, PROTOCOL_VERSION};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_higher_epoch_seen_with_a_standby_attached_keeps_replication_on() -> Result<()> {
     let primary = start().await;
-    let standby = Hub::standby(config(), Some(primary.local_addr())).await?;
-    let mut state = standby.watch();
-    tokio::time::timeout(
-        WAIT,
-        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
-    )
-    .await??;
+    let (standby, _) = following(&primary).await?;
     let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     let set = |n: u64| proto::KvSet {
         id: n + 1,
@@ -130,13 +124,7 @@ async fn a_standby_sent_a_fresh_snapshot_mid_stream_holds_every_change() -> Resu
     let mut config = config();
     config.limits.change_log_changes = 8;
     let primary = Hub::start(config).await?;
-    let standby = Hub::standby(common::config(), Some(primary.local_addr())).await?;
-    let mut state = standby.watch();
-    tokio::time::timeout(
-        WAIT,
-        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
-    )
-    .await??;
+    let (standby, state) = following(&primary).await?;
     let mut writer = TestClient::connect(primary.local_addr(), "writer").await?;
     // Rounds of 20 sets in one write each overflow the log (a fresh
     // snapshot), with single sets between them (changes again).
@@ -281,4 +269,18 @@ async fn same_state(primary: &HubHandle, standby: &StandbyHandle) -> Result<usiz
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A standby of `primary`, once it follows it; its state.
+async fn following(
+    primary: &HubHandle,
+) -> Result<(StandbyHandle, tokio::sync::watch::Receiver<StandbyState>)> {
+    let standby = Hub::standby(common::config(), Some(primary.local_addr())).await?;
+    let mut state = standby.watch();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, StandbyState::Following { .. })),
+    )
+    .await??;
+    Ok((standby, state))
 }

@@ -126,6 +126,12 @@ impl Router {
         self.output.journal.discard();
     }
 
+    /// The change log's bounds this router's [`Limits`](crate::Limits)
+    /// set (`change_log_changes`, `change_log_bytes`).
+    pub fn change_log_limits(&self) -> ChangeLogLimits {
+        ChangeLogLimits::of(&self.limits)
+    }
+
     /// Whether the change log holds a sixteenth of its bounds or more (see
     /// [`ChangeLogLimits`]): the router task sends it then without waiting
     /// for the end of its batch of inputs.
