@@ -120,9 +120,9 @@ async fn a_hub_cut_off_fails_fast_and_recovers_on_reconnect() -> anyhow::Result<
     // (The client says why in its own words: ID_TAKEN_OVER.)
     assert!(closed.contains("took over"), "{closed}");
     // Counted once, by whichever path comes to it first: the id write
-    // after the reconnection or the id watch. (The watch may also have
-    // claimed the released id again first, and the claim, losing to hub
-    // B's entry, closed the client before either counted it.)
+    // after the reconnection, the id watch seeing hub B's entry, or the
+    // watch's claim of the released id losing to hub B's entry. (The
+    // count may come just after the client saw its close.)
     let taken_back = || a.fed.directory().stats().taken_back.load(Ordering::Relaxed);
     eventually("hub A counted its dup taken back", || taken_back() >= 1).await;
     assert_eq!(taken_back(), 1);

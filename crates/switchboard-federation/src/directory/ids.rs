@@ -205,7 +205,8 @@ impl Directory {
                 continue;
             }
             match c {
-                Command::Join(id) => self.register(&id).await,
+                Command::Join(id) => self.register(&id, false).await,
+                Command::Reclaim(id) => self.register(&id, true).await,
                 Command::Leave(id) => self.release(&id).await,
             }
         }
@@ -214,7 +215,9 @@ impl Directory {
     /// Writes `id` as held here, trying again (backing off up to 2 s)
     /// while the cluster does not answer (a node lost, a leader being
     /// elected), until written, lost to another hub, or left here.
-    async fn register(&self, id: &str) {
+    /// `reclaim`: the id was written here before and released by another
+    /// hub while this one was cut off; losing it then is a take-back.
+    async fn register(&self, id: &str, reclaim: bool) {
         let key = escape(id);
         let value = self.holder_value(self.epoch());
         let mut backoff = Backoff::new();
@@ -231,7 +234,7 @@ impl Directory {
                     return;
                 }
                 Ok(Registered::Lost(winner, rev)) => {
-                    self.lost_race(id, winner, rev).await;
+                    self.lost_race(id, winner, rev, reclaim).await;
                     return;
                 }
                 Ok(Registered::Fenced) => return,
@@ -330,8 +333,10 @@ impl Directory {
     /// the bucket (both admitted it within one watch delay): the bucket's
     /// entry (`winner` at `rev`) stands, as [`claim`](Self::claim) would
     /// have refused the local client had it known; that client is closed
-    /// with `ID_TAKEN_OVER`, the code a refused duplicate gets.
-    async fn lost_race(&self, id: &str, winner: Holder, rev: u64) {
+    /// with `ID_TAKEN_OVER`, the code a refused duplicate gets. After a
+    /// `reclaim` this is the take-back of [`reregister`](Self::reregister)
+    /// reached first by the watch: counted and closed once, as there.
+    async fn lost_race(&self, id: &str, winner: Holder, rev: u64, reclaim: bool) {
         let hub = winner.hub.clone();
         {
             // The watch skipped the winner's entry while ours was
@@ -347,10 +352,17 @@ impl Directory {
                 self.tell(id, Some(&hub));
             }
         }
-        tracing::warn!(client = %id, hub = %hub, "federation: id admitted here and on another hub at once; the other registered it first; closing the local client");
+        if reclaim {
+            let message = self.take_back(id, &hub);
+            if let (Some(message), Some(port)) = (message, self.port.get()) {
+                port.close_client(id, ErrorCode::IdTakenOver, message).await;
+            }
+            return;
+        }
         let Some(port) = self.port.get() else {
             return;
         };
+        tracing::warn!(client = %id, hub = %hub, "federation: id admitted here and on another hub at once; the other registered it first; closing the local client");
         let message = format!(
             "client id '{id}' is registered on hub '{hub}' of this federation; give each process its own id"
         );

@@ -54,7 +54,13 @@ pub struct Holder {
 
 #[derive(Debug)]
 enum Command {
+    /// A local client joined: write its id.
     Join(String),
+    /// An id of a local client was released by another hub while this
+    /// hub was cut off: write it again. Losing it to another hub's entry
+    /// is a take-back (counted in `taken_back`), not an admission race.
+    Reclaim(String),
+    /// A local client left: delete its id.
     Leave(String),
 }
 
@@ -648,7 +654,7 @@ impl Directory {
                         drop(st);
                         self.stats.reclaimed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(client = %id, "federation: an id of this hub was released by another; claiming it again");
-                        self.command(Command::Join(id));
+                        self.command(Command::Reclaim(id));
                         return;
                     }
                     if !ours_pending && older {
