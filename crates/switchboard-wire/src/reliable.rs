@@ -15,8 +15,7 @@
 //! Neither reads a clock: the caller decides when a batch ends and when a
 //! delay has passed.
 
-use std::collections::VecDeque;
-
+use crate::blocks::Blocks;
 use crate::ACK_EVERY;
 
 /// The receiving side of one direction of a reliable connection: what was
@@ -112,7 +111,9 @@ struct Kept<T> {
 #[derive(Debug, Clone)]
 pub struct Retransmit<T> {
     next_seq: u64,
-    kept: VecDeque<Kept<T>>,
+    /// In blocks: growing never copies what is kept (see
+    /// [`Blocks`]).
+    kept: Blocks<Kept<T>>,
     bytes: usize,
     /// Entries of `kept` whose item was forgotten.
     forgotten: usize,
@@ -130,7 +131,7 @@ impl<T> Retransmit<T> {
     pub fn starting_at(next_seq: u64) -> Retransmit<T> {
         Retransmit {
             next_seq: next_seq.max(1),
-            kept: VecDeque::new(),
+            kept: Blocks::default(),
             bytes: 0,
             forgotten: 0,
         }
@@ -181,17 +182,20 @@ impl<T> Retransmit<T> {
     /// Forgets every kept item with `seq <= up_to` (acknowledgements are
     /// cumulative); returns how many went.
     pub fn ack(&mut self, up_to: u64) -> usize {
-        let mut n = 0;
-        while self.kept.front().is_some_and(|k| k.seq <= up_to) {
-            if let Some(k) = self.kept.pop_front() {
-                self.bytes -= k.bytes;
+        let (mut n, mut bytes, mut forgotten) = (0, 0, 0);
+        self.kept.pop_front_while(
+            |k| k.seq <= up_to,
+            |k| {
+                bytes += k.bytes;
                 if k.item.is_some() {
                     n += 1;
                 } else {
-                    self.forgotten -= 1;
+                    forgotten += 1;
                 }
-            }
-        }
+            },
+        );
+        self.bytes -= bytes;
+        self.forgotten -= forgotten;
         n
     }
 
