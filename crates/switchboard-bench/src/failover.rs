@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use switchboard::{Bytes, Client, ConnectionState};
+use switchboard::{Bytes, Client, ConnectionState, Subscription};
 
 pub(crate) const TOKEN: &str = "failover-bench";
 const WAIT: Duration = Duration::from_secs(30);
@@ -278,23 +278,10 @@ async fn throughput(
     let (_hubs, addr) = start_hubs(bin, dir, &format!("bench-tp-{standby}-{reliable}"), standby)?;
     let publisher = client("tp-pub", addr, reliable).await?;
     let subscriber = client("tp-sub", addr, reliable).await?;
-    let mut sub = subscriber.subscribe("tp.n").await?;
+    let sub = subscriber.subscribe("tp.n").await?;
     let payload = Bytes::from(vec![7u8; 64]);
     let start = Instant::now();
-    let recv = tokio::spawn(async move {
-        let mut got = 0u64;
-        let mut last = Instant::now();
-        while got < n {
-            match tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {
-                Ok(Some(_)) => {
-                    got += 1;
-                    last = Instant::now();
-                }
-                _ => break,
-            }
-        }
-        (got, last)
-    });
+    let recv = tokio::spawn(count(sub, n, Duration::from_secs(2)));
     let lanes: u64 = std::env::var("BENCH_LANES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -330,6 +317,23 @@ async fn throughput(
     Ok((got as f64 / secs, got))
 }
 
+/// Counts what `sub` receives, up to `n`, until nothing came for `idle`:
+/// how many, and when the last arrived.
+async fn count(mut sub: Subscription, n: u64, idle: Duration) -> (u64, Instant) {
+    let mut got = 0u64;
+    let mut last = Instant::now();
+    while got < n {
+        match tokio::time::timeout(idle, sub.recv()).await {
+            Ok(Some(_)) => {
+                got += 1;
+                last = Instant::now();
+            }
+            _ => break,
+        }
+    }
+    (got, last)
+}
+
 /// What a fire-and-forget burst fanned out to reliable subscribers did:
 /// deliveries counted, seconds from the first publish to the last
 /// delivery, and the primary's `standby_resyncs` counter afterwards (or
@@ -355,21 +359,8 @@ async fn burst(
     let mut clients = Vec::new();
     for n in 0..subscribers {
         let c = client(&format!("burst-sub-{n}"), addr, true).await?;
-        let mut sub = c.subscribe("burst.n").await?;
-        readers.push(tokio::spawn(async move {
-            let mut got = 0u64;
-            let mut last = Instant::now();
-            while got < messages {
-                match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
-                    Ok(Some(_)) => {
-                        got += 1;
-                        last = Instant::now();
-                    }
-                    _ => break,
-                }
-            }
-            (got, last)
-        }));
+        let sub = c.subscribe("burst.n").await?;
+        readers.push(tokio::spawn(count(sub, messages, Duration::from_secs(10))));
         clients.push(c);
     }
     let publisher = client("burst-pub", addr, true).await?;
