@@ -38,7 +38,7 @@
 
 #![warn(missing_docs)]
 
-mod blocks;
+pub mod blocks;
 pub mod bridge;
 mod codec;
 pub mod deliver;

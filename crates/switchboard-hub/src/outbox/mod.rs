@@ -21,12 +21,12 @@
 mod out;
 mod wake;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use switchboard_wire::blocks::Blocks;
 use switchboard_wire::{proto, Frame, LENGTH_PREFIX_LEN};
 
 pub use out::{Out, Shared};
@@ -37,7 +37,9 @@ use crate::ids::ConnId;
 
 /// An empty queue that held at most this many frames at once gives its
 /// memory back when its writer goes idle ([`Outbox::release_idle`]); a
-/// busier one keeps it for the next burst.
+/// busier one keeps it for the next burst: one block of at most
+/// [`switchboard_wire::blocks::BLOCK`] frames, however long it grew (the
+/// queue is stored in blocks, and an emptied one keeps only its last).
 pub const IDLE_KEEP_FRAMES: usize = 64;
 
 /// Frames an empty queue without memory (new, or given back by
@@ -74,7 +76,11 @@ impl QueueLimits {
                 0 => usize::MAX,
                 n => n,
             },
-            bytes: limits.queue_bytes.max(1),
+            // At most `u32::MAX` droppable frames fit below it (see
+            // `Inner::droppable`): 240 GiB, beyond any real limit.
+            bytes: limits
+                .queue_bytes
+                .clamp(1, (u32::MAX as usize).saturating_mul(ENTRY_COST)),
             hard_bytes: limits.queue_hard_bytes,
         }
     }
@@ -103,9 +109,17 @@ enum State {
 
 #[derive(Debug)]
 struct Inner {
-    queue: VecDeque<Entry>,
+    /// In blocks: a queue that grows under a burst copies nothing it
+    /// holds, and an emptied one keeps at most one block.
+    queue: Blocks<Entry>,
+    /// Frames in `queue` (kept beside it: read on every push).
+    frames: usize,
     bytes: usize,
-    droppable: usize,
+    /// Droppable frames queued. 32 bits, so that an idle outbox stays
+    /// one 256-byte allocation: a droppable frame is queued only below
+    /// [`QueueLimits::bytes`], which [`QueueLimits::of`] keeps under
+    /// `u32::MAX` frames' worth of [`ENTRY_COST`].
+    droppable: u32,
     dropped_unreported: u64,
     dropped_total: u64,
     state: State,
@@ -206,7 +220,8 @@ impl Outbox {
             gate,
             conn,
             inner: Mutex::new(Inner {
-                queue: VecDeque::new(),
+                queue: Blocks::default(),
+                frames: 0,
                 bytes: 0,
                 droppable: 0,
                 dropped_unreported: 0,
@@ -279,6 +294,7 @@ impl Outbox {
 
     /// Queues `out`, whose encoding (without the length prefix) is
     /// `encoded_len` bytes.
+    #[inline]
     fn append(
         inner: &mut Inner,
         out: Out,
@@ -289,14 +305,15 @@ impl Outbox {
     ) {
         let len = LENGTH_PREFIX_LEN + encoded_len;
         inner.bytes += len + ENTRY_COST;
-        inner.droppable += usize::from(droppable);
+        inner.droppable += u32::from(droppable);
         let stamped = inner.since.is_none() && now.is_some();
         if stamped {
             inner.since = now;
         }
-        if inner.queue.capacity() == 0 {
-            inner.queue.reserve_exact(QUEUE_START_FRAMES);
+        if inner.frames == 0 {
+            inner.queue.reserve_start(QUEUE_START_FRAMES);
         }
+        inner.frames += 1;
         inner.queue.push_back(Entry {
             out,
             len,
@@ -307,8 +324,7 @@ impl Outbox {
     }
 
     fn full(inner: &Inner, limits: &QueueLimits) -> bool {
-        !inner.queue.is_empty()
-            && (inner.queue.len() >= limits.frames || inner.bytes >= limits.bytes)
+        inner.frames != 0 && (inner.frames >= limits.frames || inner.bytes >= limits.bytes)
     }
 
     /// Queues a frame that must not be dropped (answers, key/value updates,
@@ -393,9 +409,9 @@ impl Outbox {
         if inner.state != State::Open {
             return None;
         }
-        let was_empty = inner.queue.is_empty();
+        let was_empty = inner.frames == 0;
         let r = put(&mut inner);
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        self.depth.store(inner.frames, Ordering::Relaxed);
         drop(inner);
         self.wake_if(was_empty, first_tag);
         Some(r)
@@ -423,12 +439,8 @@ impl Outbox {
                 }
                 return dropped + 1;
             }
-            let pos = inner
-                .queue
-                .iter()
-                .position(|e| e.droppable)
-                .unwrap_or_default();
-            if let Some(e) = inner.queue.remove(pos) {
+            if let Some(e) = inner.queue.remove_first(|e| e.droppable) {
+                inner.frames -= 1;
                 inner.bytes -= e.len + ENTRY_COST;
                 inner.droppable -= 1;
                 dropped += 1;
@@ -465,7 +477,7 @@ impl Outbox {
             return self.is_full(limits);
         }
         let inner = self.inner.lock();
-        inner.queue.len() + frames >= limits.frames || inner.bytes + bytes >= limits.bytes
+        inner.frames + frames >= limits.frames || inner.bytes + bytes >= limits.bytes
     }
 
     /// Room left before the queue counts as full: frames, and bytes as
@@ -473,7 +485,7 @@ impl Outbox {
     pub(crate) fn room(&self, limits: &QueueLimits) -> (usize, usize) {
         let inner = self.inner.lock();
         (
-            limits.frames.saturating_sub(inner.queue.len()),
+            limits.frames.saturating_sub(inner.frames),
             limits.bytes.saturating_sub(inner.bytes),
         )
     }
@@ -500,7 +512,7 @@ impl Outbox {
             Self::append(&mut inner, out, encoded_len, false, 0, None);
         }
         inner.state = State::Closing;
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        self.depth.store(inner.frames, Ordering::Relaxed);
         drop(inner);
         self.wakeup.wake();
     }
@@ -513,7 +525,8 @@ impl Outbox {
             return;
         }
         inner.state = State::Killed;
-        inner.queue.clear();
+        inner.queue = Blocks::default();
+        inner.frames = 0;
         inner.bytes = 0;
         inner.droppable = 0;
         inner.since = None;
@@ -535,11 +548,11 @@ impl Outbox {
     /// the [`Cancel`]'s list of further waiters.
     pub fn release_idle(&self) {
         let mut inner = self.inner.lock();
-        if inner.queue.is_empty()
-            && inner.queue.capacity() > 0
-            && inner.queue.capacity() <= IDLE_KEEP_FRAMES
-        {
-            inner.queue = VecDeque::new();
+        if inner.frames == 0 {
+            let capacity = inner.queue.capacity();
+            if capacity > 0 && capacity <= IDLE_KEEP_FRAMES {
+                inner.queue = Blocks::default();
+            }
         }
         drop(inner);
         self.cancel.release_idle();
@@ -558,33 +571,47 @@ impl Outbox {
         taken.frames.clear();
         let mut inner = self.inner.lock();
         // Room for the batch at once (frames are rarely under 64 bytes).
-        taken
-            .frames
-            .reserve(inner.queue.len().min(max_bytes / 64 + 1));
+        taken.frames.reserve(inner.frames.min(max_bytes / 64 + 1));
         let mut bytes = 0;
         let released = self.gate.released();
         taken.held = 0;
         taken.stamped = None;
-        while let Some(e) = inner.queue.pop_front() {
-            if e.tag > released {
-                taken.held = e.tag;
-                inner.queue.push_front(e);
-                break;
-            }
-            bytes += e.len;
-            inner.bytes -= e.len + ENTRY_COST;
-            inner.droppable -= usize::from(e.droppable);
-            if e.stamped {
-                taken.stamped = inner.since.take();
-            }
-            taken.frames.push(e.out);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
+        let Inner {
+            queue,
+            frames,
+            bytes: queued_bytes,
+            droppable,
+            since,
+            ..
+        } = &mut *inner;
+        let held = &mut taken.held;
+        let (out, stamped) = (&mut taken.frames, &mut taken.stamped);
+        queue.pop_front_until(
+            |e| {
+                // At least one frame, then up to `max_bytes`.
+                if bytes > 0 && bytes >= max_bytes {
+                    return false;
+                }
+                if e.tag > released {
+                    *held = e.tag;
+                    return false;
+                }
+                bytes += e.len;
+                true
+            },
+            |e| {
+                *frames -= 1;
+                *queued_bytes -= e.len + ENTRY_COST;
+                *droppable -= u32::from(e.droppable);
+                if e.stamped {
+                    *stamped = since.take();
+                }
+                out.push(e.out);
+            },
+        );
         taken.bytes = bytes;
         taken.dropped = std::mem::take(&mut inner.dropped_unreported);
-        taken.remaining = inner.queue.len();
+        taken.remaining = inner.frames;
         // Reported only when this take made room; otherwise kept for the
         // next take.
         taken.want_drained = inner.want_drained && bytes > 0;
@@ -592,8 +619,8 @@ impl Outbox {
             inner.want_drained = false;
         }
         taken.killed = inner.state == State::Killed;
-        taken.close = inner.state == State::Closing && inner.queue.is_empty();
-        self.depth.store(inner.queue.len(), Ordering::Relaxed);
+        taken.close = inner.state == State::Closing && inner.frames == 0;
+        self.depth.store(inner.frames, Ordering::Relaxed);
     }
 }
 

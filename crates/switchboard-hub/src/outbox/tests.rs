@@ -419,6 +419,25 @@ fn an_idle_outbox_holds_no_queue_memory_and_a_busy_one_keeps_it() {
     assert_eq!(taken.frames.len(), IDLE_KEEP_FRAMES + 1);
     outbox.release_idle();
     assert!(outbox.queue_capacity() > IDLE_KEEP_FRAMES);
+
+    // A long burst: emptied, the queue keeps one block, not its peak.
+    let block = switchboard_wire::blocks::BLOCK;
+    let limits = QueueLimits {
+        frames: usize::MAX,
+        ..limits
+    };
+    for n in 0..(4 * block) as u64 {
+        outbox.push_measured(deliver(n, b"x"), &limits, 0, None, &mut Vec::new());
+    }
+    assert!(outbox.queue_capacity() >= 4 * block);
+    let mut got = 0;
+    while outbox.depth() > 0 {
+        outbox.take(usize::MAX, &mut taken);
+        got += taken.frames.len();
+    }
+    assert_eq!(got, 4 * block);
+    outbox.release_idle();
+    assert!((1..=block).contains(&outbox.queue_capacity()));
 }
 
 impl Outbox {
