@@ -294,7 +294,7 @@ impl Outbox {
 
     /// Queues `out`, whose encoding (without the length prefix) is
     /// `encoded_len` bytes.
-    #[inline]
+    #[inline(always)]
     fn append(
         inner: &mut Inner,
         out: Out,
