@@ -498,10 +498,9 @@ pub async fn rows(env: &Env<'_>, chosen: &[&str], pb: &ProgressBar, figures: &mu
                     error: a.error.clone(),
                     note,
                 };
-                let med = f.summary.map_or_else(
-                    || "failed".to_string(),
-                    |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
-                );
+                let med = f
+                    .summary
+                    .map_or_else(|| "failed".to_string(), |s| s.shown());
                 lines.push_str(&format!(
                     "  {:<24} {:<8} {med}  delivered {}/{}{}\n",
                     f.system,

@@ -547,10 +547,9 @@ fn annotate(group: &mut [Figure]) {
 pub fn print_group(pb: &ProgressBar, title: &str, group: &[Figure]) {
     let mut lines = String::new();
     for f in group {
-        let med = f.summary.map_or_else(
-            || "failed".to_string(),
-            |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
-        );
+        let med = f
+            .summary
+            .map_or_else(|| "failed".to_string(), |s| s.shown());
         lines.push_str(&format!(
             "  {:<32} {:<14} {med}  delivered {}/{}{}{}\n",
             f.system,

@@ -425,14 +425,9 @@ pub async fn rows(
             error,
             note,
         };
-        let med = f.summary.map_or_else(
-            || "failed".to_string(),
-            |s| {
-                // Ratios need their second decimal.
-                let p = if f.metric.contains('×') { 2 } else { 1 };
-                format!("{:>12.p$} [{:.p$} – {:.p$}]", s.median, s.min, s.max)
-            },
-        );
+        let med = f
+            .summary
+            .map_or_else(|| "failed".to_string(), |s| s.shown());
         pb.suspend(|| {
             println!(
                 "{}\n  switchboard  {:<11} {med}{}\n",

@@ -553,7 +553,7 @@ fn static_notes() -> Vec<String> {
         "mosquitto and redis have no request/reply; their rows echo over two topics (one request in flight, or 16 pipelined), which costs the same hops as a native request.",
         "raw TCP is the physical limit of this machine: a length-prefixed stream and an echo, with the server in a separate process (`switchboard-bench raw-server`). The chart leaves it out of the throughput panel (it is 10–90× off the scale); the tables give its ratios.",
         "the zero-logic relay (`switchboard-bench relay-server`, a separate process) is the floor for a hub: it forwards each readable burst of length-prefixed frames from a publisher to every subscriber of the connection's one channel in one write per subscriber, with no routing, headers, acknowledgements or per-message state; request/reply goes requester → relay → responder → relay → requester. `vs relay` is each row's ratio to it; raw TCP stays as the wire's limit.",
-        "`CPU s per M msgs`: user + system CPU seconds of the server process (`/proc/PID/stat`) from right before to right after each throughput run, per million messages delivered; both switchboard rows use the one hub process. The durable and scale rows count it over their publishing phase (setup excluded), a primary and its standby together. Open-loop rows (`ol-*`) offer 10%, 50% and 90% of each system's peak from this run on a fixed schedule and measure latency from the intended send time (coordinated omission corrected).",
+        "`CPU s per M msgs`: CPU seconds of the server process (its CPU-time clock, `clock_getcpuclockid`: user + system, all threads, in nanoseconds) from right before to right after each throughput run, per million messages delivered; both switchboard rows use the one hub process. The durable and scale rows count it over their publishing phase (setup excluded), a primary and its standby together. Open-loop rows (`ol-*`) offer 10%, 50% and 90% of each system's peak from this run on a fixed schedule and measure latency from the intended send time (coordinated omission corrected).",
         "idle clients: one run per system on a fresh server; the figure is the server's RSS growth divided by the clients connected. Peer clients are minimal protocol sessions on raw sockets, switchboard clients are full `switchboard::Client`s.",
         "switchboard-only rows (`sb-*`) measure features the peers do not have, against their own hub process (with the HTTP gateway on): discovery through `switchboard::discover`, session-engine RPCs through `Client::session_manager`/`session_agent`, WebSocket and HTTP round trips with protocol-level clients, and failover with a primary and a `--standby` hub killed with SIGKILL (a new standby after each kill).",
         "federation rows (`fed-*`, issue 19) run against their own 3-node nats-server cluster (JetStream on) and two `switchboard hub --federate` processes, hub A on node 1 and hub B on node 2: `switchboard local` has both clients on hub A, `switchboard cross-hub` the sender on hub A and the receiver on hub B, and `nats-server` is nats-server's own routed hop (async-nats, sender on node 1, receiver on node 2). Measurement starts once a probe has crossed the path (interest and ids propagated). The cross-hub row's note gives its ratios to the routed hop and to local (raw quotients: above 1× is slower for latencies); the issue's goal is a cross-hub request/reply p50 ≤ 1.5× the routed one.",
@@ -859,10 +859,9 @@ async fn run(cli: &Cli, setup: &Setup) -> Result<Report> {
             let relay = figures
                 .iter()
                 .find(|g| g.workload == f.workload && g.metric == f.metric && g.system == RELAY);
-            let med = f.summary.map_or_else(
-                || "failed".to_string(),
-                |s| format!("{:>12.1} [{:.1} – {:.1}]", s.median, s.min, s.max),
-            );
+            let med = f
+                .summary
+                .map_or_else(|| "failed".to_string(), |s| s.shown());
             report_so_far.push_str(&format!(
                 "  {:<12} {:<11} {med}  delivered {}/{}{}  vs nats {}  vs relay {}  vs raw {}\n",
                 f.system,

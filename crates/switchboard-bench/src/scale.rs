@@ -16,8 +16,8 @@
 //!   gives the spread (fewest–most per worker).
 //! - `scale-conns-5000`: 5,000 connections each publishing 10 msgs/s (a
 //!   timestamp in the payload) to one wildcard subscriber, on a fresh
-//!   server: p99 delivery latency and the server's CPU (user + system from
-//!   `/proc/PID/stat`) as % of one core.
+//!   server: p99 delivery latency and the server's CPU (user + system,
+//!   [`crate::cpu::secs`]) as % of one core.
 //! - `scale-churn`: connect + full handshake + disconnect, 16 at a time,
 //!   on a fresh server: connections per second (every system; peers with
 //!   the minimal protocol sessions of `idle.rs`).

@@ -17,6 +17,24 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// `median [min – max]` for the terminal, right-aligned, with the
+    /// decimals small values need (CPU seconds per million are fractions
+    /// of one: 0.28 and 0.25 must not both print as 0.3).
+    pub fn shown(&self) -> String {
+        let big = self.median.abs().max(self.max.abs());
+        let p = if big < 10.0 {
+            3
+        } else if big < 100.0 {
+            2
+        } else {
+            1
+        };
+        format!(
+            "{:>12.p$} [{:.p$} – {:.p$}]",
+            self.median, self.min, self.max
+        )
+    }
+
     /// Summarises `values`; `None` when there are none or any is not finite.
     pub fn of(values: &[f64]) -> Option<Summary> {
         if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
@@ -60,6 +78,9 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         let s = Summary::of(&[4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(s.shown(), "       2.500 [1.000 – 4.000]");
+        let big = Summary::of(&[1_500_000.0, 1_200_000.25]).unwrap();
+        assert_eq!(big.shown(), "   1350000.1 [1200000.2 – 1500000.0]");
         assert!(Summary::of(&[]).is_none());
         assert!(Summary::of(&[1.0, f64::NAN]).is_none());
     }
