@@ -549,9 +549,20 @@ enum Decoded {
 /// decode to far more memory than their bytes) are never decoded from a
 /// client.
 fn decode_client(body: Body<'_>, batch: &mut Vec<Frame>) -> Result<Decoded, WireError> {
-    let bytes = body.as_slice();
-    let total = LENGTH_PREFIX_LEN + bytes.len();
-    let refusal = match check_client_frame(bytes) {
+    let total = LENGTH_PREFIX_LEN + body.as_slice().len();
+    // Publishes, the bulk of client traffic, are decoded by hand (the same
+    // frame prost would decode). What that decoder takes passes the check
+    // below as well, so it is not run for them; anything unusual is
+    // checked, then decoded by prost.
+    let fast = match &body {
+        Body::Owned(b) => switchboard_wire::decode_client_publish(b, Some(b)),
+        Body::Borrowed(b) => switchboard_wire::decode_client_publish(b, None),
+    };
+    if let Some(frame) = fast {
+        batch.push(frame);
+        return Ok(Decoded::Frame(total));
+    }
+    let refusal = match check_client_frame(body.as_slice()) {
         Ok(()) => None,
         Err(WireError::Rejected { kind, .. }) => Some(Frame::error(
             0,
@@ -571,18 +582,10 @@ fn decode_client(body: Body<'_>, batch: &mut Vec<Frame>) -> Result<Decoded, Wire
     if let Some(notice) = refusal {
         return Ok(Decoded::Refused(Box::new(notice)));
     }
-    // Publishes, the bulk of client traffic, are decoded by hand (the same
-    // frame prost would decode; anything unusual goes to prost).
-    match body {
-        Body::Owned(body) => match switchboard_wire::decode_publish(&body, Some(&body)) {
-            Some(frame) => batch.push(frame),
-            None => batch.push(Frame::decode(body)?),
-        },
-        Body::Borrowed(body) => match switchboard_wire::decode_publish(body, None) {
-            Some(frame) => batch.push(frame),
-            None => batch.push(Frame::decode(body)?),
-        },
-    }
+    batch.push(match body {
+        Body::Owned(body) => Frame::decode(body)?,
+        Body::Borrowed(body) => Frame::decode(body)?,
+    });
     Ok(Decoded::Frame(total))
 }
 

@@ -157,6 +157,19 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
     Ok(found)
 }
 
+/// The size limit of a client kind's body, by its `Frame` field number
+/// (`None`: not a kind clients may send).
+pub(crate) const fn client_kind_limit(tag: u32) -> Option<usize> {
+    let mut i = 0;
+    while i < CLIENT_KINDS.len() {
+        if CLIENT_KINDS[i].0 == tag {
+            return Some(CLIENT_KINDS[i].2);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Checks an encoded frame body received by a hub from a client, before it
 /// is decoded: the kind must be one clients may send, within its size limit.
 ///
