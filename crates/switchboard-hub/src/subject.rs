@@ -9,7 +9,8 @@
 //! wildcard branch, so its cost grows with the topic's depth, not with the
 //! number of subscriptions. Results are cached per topic until the next
 //! subscription change, so a steady stream of publishes to the same topics
-//! costs one hash lookup each.
+//! costs one hash lookup each; the cache is bounded in topics and in bytes
+//! (`CACHE_MAX`, `CACHE_BYTES`) and cleared when full.
 
 use std::sync::Arc;
 
@@ -169,7 +170,21 @@ impl Node {
 }
 
 /// Most topics remembered by the match cache; it is cleared when full.
-const CACHE_MAX: usize = 4_096;
+/// Enough for a fleet of devices publishing on a topic each (10,000
+/// topics used to miss every time at 4,096).
+const CACHE_MAX: usize = 16_384;
+
+/// Most bytes the match cache may hold, as [`cache_cost`] counts them; it
+/// is cleared when full. Bounds what publishing many distinct topics can
+/// make the hub hold, whatever their length and however many targets a
+/// wildcard gives each.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// What caching `targets` for `topic` costs: the topic, the targets and
+/// the entry's own overhead (its map slot and two allocation headers).
+fn cache_cost(topic: &str, targets: &[Target]) -> usize {
+    topic.len() + std::mem::size_of_val(targets) + 64
+}
 
 /// The subscription index: a trie over pattern segments plus a per-topic
 /// result cache.
@@ -177,6 +192,8 @@ const CACHE_MAX: usize = 4_096;
 pub(crate) struct SubIndex {
     root: Node,
     cache: TextMap<Box<str>, Arc<[Target]>>,
+    /// What the cache holds, as [`cache_cost`] counts it.
+    cache_bytes: usize,
 }
 
 impl SubIndex {
@@ -187,7 +204,7 @@ impl SubIndex {
         while let Some(seg) = segs.next() {
             if seg == ">" && segs.peek().is_none() {
                 node.rest.push(target);
-                self.cache.clear();
+                self.forget();
                 return;
             }
             node = if seg == "*" {
@@ -197,14 +214,20 @@ impl SubIndex {
             };
         }
         node.here.push(target);
+        self.forget();
+    }
+
+    /// Empties the match cache (the index changed, or the cache is full).
+    fn forget(&mut self) {
         self.cache.clear();
+        self.cache_bytes = 0;
     }
 
     /// Removes subscription `sub_id` of `conn` under `pattern`.
     pub(crate) fn remove_sub(&mut self, pattern: &str, conn: ConnId, sub_id: u64) {
         let segs: Vec<&str> = pattern.split('.').collect();
         self.root.remove(&segs, &|t| t.is(conn, sub_id));
-        self.cache.clear();
+        self.forget();
     }
 
     /// Removes queue group `group` under `pattern`.
@@ -212,7 +235,7 @@ impl SubIndex {
         let segs: Vec<&str> = pattern.split('.').collect();
         self.root
             .remove(&segs, &|t| matches!(t, Target::Group(g) if *g == group));
-        self.cache.clear();
+        self.forget();
     }
 
     /// Everything a valid topic is delivered to. The result is shared until
@@ -225,9 +248,15 @@ impl SubIndex {
         let mut out = Vec::new();
         self.root.collect(&segs, &mut out);
         let out: Arc<[Target]> = out.into();
-        if self.cache.len() >= CACHE_MAX {
-            self.cache.clear();
+        let cost = cache_cost(topic, &out);
+        if cost > CACHE_BYTES {
+            // Larger than the whole cache: not kept.
+            return out;
         }
+        if self.cache.len() >= CACHE_MAX || self.cache_bytes + cost > CACHE_BYTES {
+            self.forget();
+        }
+        self.cache_bytes += cost;
         self.cache.insert(topic.into(), out.clone());
         out
     }
@@ -236,6 +265,12 @@ impl SubIndex {
     /// cached).
     pub(crate) fn cached_matches(&self, topic: &str) -> Option<Arc<[Target]>> {
         self.cache.get(topic).cloned()
+    }
+
+    /// Topics the cache holds, and its bytes (for tests).
+    #[cfg(test)]
+    pub(crate) fn cache_size(&self) -> (usize, usize) {
+        (self.cache.len(), self.cache_bytes)
     }
 
     /// Whether the cache already knows `topic` (for tests).
@@ -347,5 +382,53 @@ mod tests {
             idx.remove_sub(p, ConnId(1), id);
         }
         assert!(idx.root.is_empty(), "removal prunes every node");
+    }
+
+    #[test]
+    fn ten_thousand_topics_stay_cached() {
+        let outbox = Outbox::new(ConnId(1));
+        let mut idx = SubIndex::default();
+        for i in 0..10_000u64 {
+            idx.insert(
+                &format!("dev.{i}"),
+                Target::Sub {
+                    conn: ConnId(1),
+                    sub_id: i,
+                    outbox: outbox.clone(),
+                },
+            );
+        }
+        for i in 0..10_000 {
+            assert_eq!(idx.matches(&format!("dev.{i}")).len(), 1);
+        }
+        // All of them, still: the next round is all hits.
+        assert_eq!(idx.cache_size().0, 10_000);
+        assert!((0..10_000).all(|i| idx.cached(&format!("dev.{i}"))));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_when_a_wildcard_has_many_targets() {
+        let outbox = Outbox::new(ConnId(1));
+        let mut idx = SubIndex::default();
+        for i in 0..1_000 {
+            idx.insert(
+                ">",
+                Target::Sub {
+                    conn: ConnId(1),
+                    sub_id: i,
+                    outbox: outbox.clone(),
+                },
+            );
+        }
+        // Each topic caches 1,000 targets: the byte bound clears the
+        // cache long before the count bound would.
+        let mut most = 0;
+        for i in 0..2_000 {
+            assert_eq!(idx.matches(&format!("t.{i}")).len(), 1_000);
+            let (topics, bytes) = idx.cache_size();
+            assert!(bytes <= CACHE_BYTES, "{bytes} bytes");
+            most = most.max(topics);
+        }
+        assert!(most < 2_000 && most > 100, "{most} topics at most");
     }
 }
