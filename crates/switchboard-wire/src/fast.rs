@@ -259,24 +259,6 @@ pub fn decode_publish(b: &[u8], shared: Option<&Bytes>) -> Option<Frame> {
     })
 }
 
-/// [`decode_publish`] of a frame body a hub received from a client: it
-/// returns a frame only for bytes that
-/// [`check_client_frame`](crate::peek::check_client_frame) passes too (a
-/// publish, which has no size limit of its own, without headers), so a hub
-/// that gets one need not run that check first; `None`: check the frame,
-/// then decode it with prost.
-pub fn decode_client_publish(b: &[u8], shared: Option<&Bytes>) -> Option<Frame> {
-    // Were publishes given a limit, this decoder would have to apply it.
-    const _: () = assert!(
-        matches!(
-            crate::peek::client_kind_limit((KEY_PUBLISH >> 3) as u32),
-            Some(usize::MAX)
-        ),
-        "a limited publish needs its limit checked here"
-    );
-    decode_publish(b, shared)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

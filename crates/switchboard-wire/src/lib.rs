@@ -64,11 +64,12 @@ pub use codec::{
     IncomingCodec, WireError, DEFAULT_MAX_FRAME, FRAME_GROW_CHUNK,
 };
 pub use deliver::{decode_queued_delivery, decode_queued_delivery_reusing, QueuedDelivery};
-pub use fast::{decode_client_publish, decode_delivery, decode_ok, decode_publish, Delivery};
+pub use fast::{decode_delivery, decode_ok, decode_publish, Delivery};
 pub use frames::{decode_frame, encode_frame, is_logged_kind, FrameExt, KIND_NAMES};
 pub use headers::{check_headers, HeaderError};
 pub use layout::{put_varint, LENGTH_PREFIX_LEN};
 pub use peek::check_client_frame;
+pub use peek::decode_client_publish;
 pub use proto::frame::Kind;
 pub use proto::{ErrorCode, Frame};
 
