@@ -99,7 +99,7 @@ mod tests {
             "clock {clock} s, ticks {ticks} s"
         );
         child.wait().expect("child");
-        assert_eq!(clock_secs(u32::MAX), None, "no such process");
+        assert_eq!(clock_secs(u32::MAX), None, "not a valid pid");
     }
 
     #[test]

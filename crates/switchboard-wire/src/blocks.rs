@@ -213,7 +213,7 @@ impl<E> Blocks<E> {
     }
 
     /// Keeps only the entries `keep` holds true for, in order; blocks left
-    /// empty go (but the last one).
+    /// empty go (all of them, when nothing is kept).
     pub fn retain(&mut self, mut keep: impl FnMut(&E) -> bool) {
         for b in &mut self.blocks {
             b.retain(&mut keep);
