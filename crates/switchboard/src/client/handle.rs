@@ -440,7 +440,7 @@ impl Client {
     /// disconnected, resumed, state lost, slow consumer, hub drops, hub
     /// errors, fenced, closed), from now on; see [`ClientEvent`](crate::ClientEvent).
     pub fn events(&self) -> Events {
-        Events::new(self.shared().events.subscribe())
+        Events::new(self.shared().subscribe_events())
     }
 
     /// Waits until everything this client sent so far is taken over by the

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -101,8 +101,12 @@ pub(crate) struct Shared {
     /// Woken when the connection changes, the resume window ends, the
     /// client closes or acknowledgements free retention space.
     pub wake: Notify,
-    /// [`ClientEvent`]s for [`Client::events`](crate::Client::events).
-    pub events: broadcast::Sender<ClientEvent>,
+    /// [`ClientEvent`]s for [`Client::events`](crate::Client::events):
+    /// made by the first call (a channel holds [`EVENTS_CAPACITY`] slots,
+    /// tens of KiB, which a client nobody watches should not pay for);
+    /// until then an event has no reader and goes nowhere, as it would
+    /// with a channel and no receiver.
+    events: OnceLock<broadcast::Sender<ClientEvent>>,
     /// Held while a `Listen` is computed and queued, so they leave in the
     /// order of the changes they report.
     pub listen_lock: tokio::sync::Mutex<()>,
@@ -134,7 +138,7 @@ impl Shared {
             in_last: AtomicU64::new(0),
             max_epoch: AtomicU64::new(0),
             wake: Notify::new(),
-            events: broadcast::channel(EVENTS_CAPACITY).0,
+            events: OnceLock::new(),
             listen_lock: tokio::sync::Mutex::new(()),
             presence_lock: tokio::sync::Mutex::new(()),
             reader_blocked: std::sync::atomic::AtomicBool::new(false),
@@ -401,7 +405,16 @@ impl Shared {
 
     /// Reports `event` to every [`Events`](crate::Events) stream.
     pub fn emit(&self, event: ClientEvent) {
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// A new receiver of every event from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events
+            .get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0)
+            .subscribe()
     }
 
     /// Tells the hub what this client takes now (`Listen`), if the hub
