@@ -37,6 +37,20 @@ fn stamped(at: Duration) -> Bytes {
     b.freeze()
 }
 
+/// Messages stamped with `ats`, each as [`stamped`] makes it, cut from one
+/// buffer: a burst of the open-loop sender is ready after one allocation,
+/// so its first message does not wait for the making of the rest.
+fn stamped_batch(ats: impl Iterator<Item = Duration>) -> Vec<Bytes> {
+    let tail = payload(56);
+    let mut buf = BytesMut::with_capacity(ats.size_hint().0 * 64);
+    for at in ats {
+        buf.put_u64(at.as_nanos() as u64);
+        buf.extend_from_slice(&tail);
+    }
+    let mut all = buf.freeze();
+    (0..all.len() / 64).map(|_| all.split_to(64)).collect()
+}
+
 fn stamp_of(msg: &[u8]) -> Result<Duration> {
     let head: [u8; 8] = msg
         .get(..8)
@@ -125,19 +139,29 @@ pub async fn open_any(
     }
 }
 
-/// Keeps an open-loop schedule on a thread of its own: message `i` is due
-/// `i / rate` seconds after `start`; `send(from, to)` sends messages
-/// `from..to` (everything due, at most [`MAX_BURST`] at once), then the
-/// thread **sleeps** until the next one is due, but at least until
-/// [`PACE_STEP`] after its previous wake-up (timer slack lowered to 1 µs,
+/// Keeps an open-loop schedule on a thread of its own. Message `i` is due
+/// at [`due_at`]: its nominal time `i / rate` rounded up to the next
+/// multiple of [`PACE_STEP`]. `send(from, to)` sends messages `from..to`
+/// (everything due, at most [`MAX_BURST`] at once); then the thread
+/// **sleeps** until the next message is due (timer slack lowered to 1 µs,
 /// so a sleep ends within a few microseconds of its time). At rates above
-/// one message per step the sender thus wakes once a step and sends what
-/// fell due in it as one burst; each message still carries its *intended*
-/// send time, so the wait counts in its latency (coordinated omission stays
-/// corrected). Nothing spins: the sender takes CPU only to send, the same
-/// for every system, and the rest of both cores is left to the server and
-/// the receiver. Stops after `total` messages or at `give_up`; returns how
-/// many were sent, the seconds it took, and `send` back.
+/// one message per step the offered load is thus a burst every step, and
+/// every message of a burst is stamped with the burst's due time: the
+/// measured latency starts when the schedule sends the message. A sender
+/// that falls behind still stamps the due time, so the delay counts
+/// against every message that should have gone out meanwhile
+/// (coordinated omission stays corrected). Nothing spins: the sender
+/// takes CPU only to send, the same for every system, and the rest of
+/// both cores is left to the server and the receiver. Stops after `total`
+/// messages or at `give_up`; returns how many were sent, the seconds it
+/// took, and `send` back.
+///
+/// (Until stop 37 each message was stamped with its nominal time while
+/// the bursts still went out once a step. A message then waited up to a
+/// step in the sender before it was sent, and how long depended on the
+/// system: a `send` that blocks (a flush) kept the sender busy and its
+/// bursts small, one that returns at once left it asleep for the whole
+/// step. That wait was charged to the system.)
 fn paced<F>(
     start: Instant,
     rate: f64,
@@ -155,23 +179,47 @@ where
     }
     let interval = 1.0 / rate;
     let mut sent = 0u64;
-    // when the thread last woke (or started): the next wake-up is at least
-    // a step later
-    let mut woke = start.elapsed();
     while sent < total && start.elapsed() < give_up {
-        let due_now = ((start.elapsed().as_secs_f64() / interval) as u64 + 1)
+        let due_now = due_by(start.elapsed(), interval)
             .min(total)
             .min(sent + MAX_BURST);
         if due_now > sent {
             send(sent, due_now)?;
             sent = due_now;
         } else {
-            let due = Duration::from_secs_f64(sent as f64 * interval).max(woke + PACE_STEP);
+            let due = due_at(sent, interval);
             std::thread::sleep(due.saturating_sub(start.elapsed()));
-            woke = start.elapsed();
         }
     }
     Ok((sent, start.elapsed().as_secs_f64(), send))
+}
+
+/// When message `i` of a schedule of one message every `interval`
+/// seconds is due, and the time it is stamped with: its nominal time
+/// `i × interval` (to the nanosecond) rounded up to a multiple of
+/// [`PACE_STEP`]: never before the nominal time, less than a step after
+/// it.
+fn due_at(i: u64, interval: f64) -> Duration {
+    let step = PACE_STEP.as_nanos() as u64;
+    let nominal = (i as f64 * interval * 1e9).round() as u64;
+    Duration::from_nanos(nominal.div_ceil(step) * step)
+}
+
+/// How many messages of the schedule ([`due_at`]) are due at `now`.
+fn due_by(now: Duration, interval: f64) -> u64 {
+    let step = PACE_STEP.as_nanos() as u64;
+    // the last step boundary reached; messages whose nominal time is not
+    // past it are due
+    let reached = now.as_nanos() as u64 / step * step;
+    let mut n = (reached as f64 / (interval * 1e9)) as u64 + 1;
+    // float rounding: agree with `due_at` exactly
+    while due_at(n, interval) <= now {
+        n += 1;
+    }
+    while n > 0 && due_at(n - 1, interval) > now {
+        n -= 1;
+    }
+    n
 }
 
 /// Runs [`paced`] on a new thread and waits for it without blocking the
@@ -239,9 +287,7 @@ pub async fn open_pubsub<D: Driver>(
     let interval = 1.0 / rate;
     let rt = tokio::runtime::Handle::current();
     let send = move |from: u64, to: u64| {
-        let batch = (from..to)
-            .map(|i| stamped(Duration::from_secs_f64(i as f64 * interval)))
-            .collect();
+        let batch = stamped_batch((from..to).map(|i| due_at(i, interval)));
         rt.block_on(D::publish_batch(&mut publisher, &topic, batch))
     };
     let sending = paced_thread(start, rate, total, send_deadline(secs), send).await;
@@ -293,7 +339,7 @@ pub async fn open_reqrep<R: ReqRep>(
     let send = move |from: u64, to: u64| {
         let mut spawned = spawned.lock().map_err(|_| anyhow!("poisoned"))?;
         for i in from..to {
-            let intended = Duration::from_secs_f64(i as f64 * interval);
+            let intended = due_at(i, interval);
             let (req, svc, body) = (requester.clone(), service.clone(), body.clone());
             let done = done_tx.clone();
             let task = rt.spawn(async move {
@@ -345,10 +391,11 @@ pub async fn open_reqrep<R: ReqRep>(
 /// Most messages (requests) sent in one catch-up burst.
 const MAX_BURST: u64 = 1000;
 
-/// Shortest time between two wake-ups of the open-loop sender (see
-/// [`paced`]): at most 5,000 wake-ups a second whatever the rate, where
-/// sleeping until each message is due woke it every few microseconds and
-/// made it the busiest thread of the harness.
+/// The open-loop schedule's step (see [`paced`]): messages fall due only
+/// on its multiples, so the sender wakes at most 5,000 times a second
+/// whatever the rate, where sleeping until each message's nominal time
+/// woke it every few microseconds and made it the busiest thread of the
+/// harness.
 const PACE_STEP: Duration = Duration::from_micros(200);
 
 /// When an open-loop sender that cannot keep its schedule stops: half the
@@ -520,6 +567,17 @@ mod tests {
         assert_eq!(b.len(), 64);
         assert_eq!(stamp_of(&b).unwrap(), d);
         assert!(stamp_of(b"short").is_err());
+        let ats = [d, Duration::ZERO, Duration::from_micros(200)];
+        let batch = stamped_batch(ats.iter().copied());
+        assert_eq!(batch.len(), 3);
+        for (b, at) in batch.iter().zip(ats) {
+            assert_eq!(
+                *b,
+                stamped(at),
+                "a batch's message differs from one made alone"
+            );
+        }
+        assert!(stamped_batch(std::iter::empty()).is_empty());
     }
 
     /// CPU time of the calling thread.
@@ -565,6 +623,33 @@ mod tests {
             "the sender used {cpu:?} of CPU in {wall:?}: it spins"
         );
         (calls, wall)
+    }
+
+    #[test]
+    fn messages_fall_due_on_the_step_after_their_nominal_time() {
+        let step = PACE_STEP;
+        for rate in [1_000.0, 2_000.0, 7_277.0, 100_000.0, 1_429_167.0] {
+            let interval = 1.0 / rate;
+            let mut last = Duration::ZERO;
+            for i in 0..20_000u64 {
+                let due = due_at(i, interval);
+                let nominal = Duration::from_secs_f64(i as f64 * interval);
+                assert_eq!(due.as_nanos() % step.as_nanos(), 0, "{i} at {rate}/s");
+                assert!(due + Duration::from_nanos(1) >= nominal, "{i} early");
+                assert!(due < nominal + step, "{i} at {rate}/s: {due:?} {nominal:?}");
+                assert!(due >= last, "the schedule goes back");
+                last = due;
+            }
+            // `due_by` counts exactly the messages `due_at` says are due
+            for t in (0..5_000u64).map(|k| Duration::from_micros(k * 37)) {
+                let n = due_by(t, interval);
+                assert!(due_at(n, interval) > t, "{n} due at {t:?}, not counted");
+                assert!(
+                    n == 0 || due_at(n - 1, interval) <= t,
+                    "{n} counted at {t:?}"
+                );
+            }
+        }
     }
 
     #[test]
