@@ -119,8 +119,9 @@ pub const MAX_THREADS: usize = 1024;
 ///
 /// Fewer can be faster: on a 2-core machine shared with its clients, one
 /// worker carried confirmed publishes (64 in flight) 1.9 times as fast as
-/// two, while fan-out to 10 subscribers lost 17 % and 5,000 low-rate
-/// connections saw twice the p99 (docs/BENCHMARKS.md, "Worker threads").
+/// two, while fan-out to 10 subscribers lost 13–17 %, a single request
+/// took twice as long and 5,000 low-rate connections saw two to seven
+/// times the p99 (docs/BENCHMARKS.md, "Worker threads" and "Stop 37").
 pub fn worker_threads(configured: usize) -> usize {
     match configured {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
