@@ -44,7 +44,8 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// looked up for every message (a standby looks up two or three client
 /// ids per confirmed publish). With foldhash (the default hasher of
 /// hashbrown) instead of std's SipHash-1-3 a standby's client id lookup
-/// took about half the instructions (docs/BENCHMARKS.md, "Hot standby").
+/// took about half the instructions (docs/OPTIMISATION-LOG.md, "Hand-encoded
+/// `Publish` and `Ok`, foldhash for client ids").
 /// Clients choose these keys, so a fixed hash would let them
 /// fill one bucket on purpose (HashDoS); every map gets its own random
 /// seed, derived from a per-process random one, which an attacker cannot

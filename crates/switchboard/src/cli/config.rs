@@ -121,7 +121,7 @@ pub const MAX_THREADS: usize = 1024;
 /// worker carried confirmed publishes (64 in flight) 1.9 times as fast as
 /// two, while fan-out to 10 subscribers lost 13–17 %, a single request
 /// took twice as long and 5,000 low-rate connections saw two to seven
-/// times the p99 (docs/BENCHMARKS.md, "Worker threads" and "Stop 37").
+/// times the p99 (docs/OPTIMISATION-LOG.md, "Worker threads" and "Stop 37").
 pub fn worker_threads(configured: usize) -> usize {
     match configured {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
