@@ -289,10 +289,42 @@ pub(crate) struct HttpPeer {
     pub cert: Option<CertIdentity>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+/// The gateway's plaintext listener: every accepted connection gets
+/// `TCP_NODELAY`, as the native and TLS listeners' do. Without it a
+/// WebSocket client's small frames meet Nagle's algorithm and the peer's
+/// delayed acknowledgement, and a request/reply round trip that takes
+/// under a millisecond now and then takes 40 ms.
+pub(crate) struct PlainListener {
+    inner: TcpListener,
+}
+
+/// Wraps `listener` as a [`PlainListener`].
+pub(crate) fn plain_listener(listener: TcpListener) -> PlainListener {
+    PlainListener { inner: listener }
+}
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        // axum's own accept: it retries failed accepts after a pause.
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for HttpPeer
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> HttpPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> HttpPeer {
         HttpPeer {
             addr: *stream.remote_addr(),
             tls: false,
@@ -376,5 +408,16 @@ mod tests {
         assert_eq!(id.common_name, "worker-1");
         assert_eq!(id.sans, ["svc.example", "10.1.2.3", "::1"]);
         assert!(cert_identity(b"not a certificate").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_plain_gateway_listener_turns_nagle_off() {
+        use axum::serve::Listener;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = plain_listener(tcp);
+        let (client, (server, _)) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let _client = client.unwrap();
+        assert!(server.nodelay().unwrap(), "accepted without TCP_NODELAY");
     }
 }

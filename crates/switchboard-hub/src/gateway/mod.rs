@@ -32,7 +32,7 @@ use switchboard_discovery::{client_proof, Secret};
 
 use crate::config::{HttpConfig, HubError};
 use crate::shared::Shared;
-use crate::tls::{HttpPeer, TlsListener, TlsServer};
+use crate::tls::{plain_listener, HttpPeer, TlsListener, TlsServer};
 
 mod answers;
 mod api;
@@ -124,7 +124,7 @@ pub(crate) async fn start(
         Some(tls) => {
             Err(TlsListener::new(listener, tls, shared.handshake_timeout).map_err(bind_error)?)
         }
-        None => Ok(listener),
+        None => Ok(plain_listener(listener)),
     };
     let gw = Arc::new(Gateway {
         token: http_token(&shared.secret),
