@@ -2,7 +2,8 @@
 //! that hears of a higher epoch (a client resuming with it) checks for a
 //! newer primary and, finding none, goes on replicating; and a standby
 //! that is quiet for long while it takes a snapshot in (its first, or a
-//! fresh one after the change log overflowed) is kept; a real standby
+//! fresh one after the change log overflowed) is kept; one that answers
+//! heartbeats but never acknowledges a change is dropped; a real standby
 //! sent fresh snapshots mid-stream holds every confirmed change.
 
 mod common;
@@ -156,6 +157,62 @@ async fn a_standby_sent_a_fresh_snapshot_mid_stream_holds_every_change() -> Resu
     assert!(
         matches!(*state.borrow(), StandbyState::Following { .. }),
         "still following"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_answers_heartbeats_but_never_acknowledges_is_dropped() -> Result<()> {
+    // The allowance for a standby's acknowledgement is the handshake's
+    // time: 1 s here.
+    let mut config = config();
+    config.handshake_timeout = Duration::from_secs(1);
+    let primary = Hub::start(config).await?;
+    let addr = primary.local_addr();
+    let mut writer = TestClient::connect(addr, "writer").await?;
+    let (mut link, first) = TestClient::connect_standby(addr, TOKEN, "mute-standby").await?;
+    let opening = opening_snapshot(&mut link, first).await?;
+    link.send(proto::ReplAck {
+        repl_seq: opening.repl_seq,
+    })
+    .await?;
+    // A confirmed change: held until the standby acknowledges it, which
+    // this one never does, while it answers every heartbeat.
+    let started = Instant::now();
+    writer
+        .send(proto::KvSet {
+            id: 1,
+            key: "k".into(),
+            value: "v".into(),
+            expect_version: None,
+        })
+        .await?;
+    let dropped = tokio::time::timeout(WAIT, async {
+        loop {
+            match link.expect().await {
+                Ok(Frame {
+                    kind: Some(Kind::Heartbeat(h)),
+                    ..
+                }) => {
+                    if answer(&mut link, &h).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "the mute standby was kept for {WAIT:?}");
+    // Dropped after the allowance, not before.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Without a standby the hub answers again: the held confirmation
+    // goes out.
+    let answer = tokio::time::timeout(WAIT, writer.expect()).await??;
+    assert!(
+        matches!(answer.kind, Some(Kind::Ok(_)) | Some(Kind::KvValue(_))),
+        "{answer:?}"
     );
     Ok(())
 }

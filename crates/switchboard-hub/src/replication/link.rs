@@ -173,6 +173,14 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
     // commit point, the standby is quiet for as long as the snapshot takes
     // to encode, send and restore: it gets the handshake's time for that,
     // not the heartbeat's.
+    //
+    // Heard is not enough: a standby that answers heartbeats but never
+    // acknowledges what it was sent would hold every client's outgoing
+    // frames (the gate waits for its acknowledgement) for as long as it
+    // stays connected. While changes wait for their acknowledgement, the
+    // acknowledged point must move within the same allowance as a
+    // restore's (the handshake's time), or the standby is dropped.
+    let repl = &shared.stats.repl;
     let heard = std::sync::atomic::AtomicBool::new(true);
     let restore_misses = misses.max(
         (shared.handshake_timeout.as_millis() / interval.as_millis().max(1))
@@ -183,8 +191,23 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut missed = 0u32;
+        let (mut last_acked, mut stalled) = (repl.acked.load(Ordering::Relaxed), 0u32);
         loop {
             ticker.tick().await;
+            let acked = repl.acked.load(Ordering::Relaxed);
+            stalled = if acked == last_acked && !commits.lock().is_empty() {
+                stalled + 1
+            } else {
+                0
+            };
+            last_acked = acked;
+            if stalled >= restore_misses {
+                tracing::warn!(
+                    ms = (interval * stalled).as_millis() as u64,
+                    "standby acknowledged nothing while changes waited; dropping it"
+                );
+                return;
+            }
             missed = if heard.swap(false, Ordering::Relaxed) {
                 0
             } else {
@@ -238,7 +261,6 @@ pub(crate) async fn serve_link<R: FrameRx, W: FrameTx>(
             }
         }
     };
-    let repl = &shared.stats.repl;
     let gate = &shared.gate;
     let reader = async {
         let decode = |body: Body<'_>| decode_frame(body.into_bytes(), STANDBY_MAX_FRAME);
