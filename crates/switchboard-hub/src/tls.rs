@@ -290,34 +290,114 @@ pub(crate) struct HttpPeer {
 }
 
 /// The gateway's plaintext listener: every accepted connection gets
-/// `TCP_NODELAY`, as the native and TLS listeners' do. Without it a
+/// `TCP_NODELAY`, as the native and TLS listeners' do (without it a
 /// WebSocket client's small frames meet Nagle's algorithm and the peer's
 /// delayed acknowledgement, and a request/reply round trip that takes
-/// under a millisecond now and then takes 40 ms.
+/// under a millisecond now and then takes 40 ms); and at most `cap`
+/// connections are open at once, each holding a permit until it closes:
+/// beyond that, new connections wait in the kernel's backlog, unaccepted,
+/// so idle or half-sent HTTP connections cannot take every file
+/// descriptor of the hub (its native port and its other connections keep
+/// working).
 pub(crate) struct PlainListener {
     inner: TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Wraps `listener` as a [`PlainListener`].
-pub(crate) fn plain_listener(listener: TcpListener) -> PlainListener {
-    PlainListener { inner: listener }
+/// Wraps `listener` as a [`PlainListener`] of at most `cap` connections.
+pub(crate) fn plain_listener(listener: TcpListener, cap: usize) -> PlainListener {
+    PlainListener {
+        inner: listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(cap.max(1))),
+    }
 }
 
 impl axum::serve::Listener for PlainListener {
-    type Io = TcpStream;
+    type Io = Capped<TcpStream>;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Capped<TcpStream>, SocketAddr) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // Never closed: the listener owns the semaphore.
+            Err(_) => std::future::pending().await,
+        };
         // axum's own accept: it retries failed accepts after a pause.
         let (tcp, addr) = axum::serve::Listener::accept(&mut self.inner).await;
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        (tcp, addr)
+        (
+            Capped {
+                io: tcp,
+                _permit: permit,
+            },
+            addr,
+        )
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// A connection that holds its listener's permit until it is dropped.
+pub(crate) struct Capped<S> {
+    io: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[cfg(test)]
+impl<S> Capped<S> {
+    /// The connection.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Capped<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -415,9 +495,35 @@ mod tests {
         use axum::serve::Listener;
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let mut listener = plain_listener(tcp);
+        let mut listener = plain_listener(tcp, 8);
         let (client, (server, _)) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let _client = client.unwrap();
-        assert!(server.nodelay().unwrap(), "accepted without TCP_NODELAY");
+        assert!(
+            server.get_ref().nodelay().unwrap(),
+            "accepted without TCP_NODELAY"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_plain_gateway_listener_holds_at_most_its_cap_of_connections() {
+        use axum::serve::Listener;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = plain_listener(tcp, 2);
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (client, (server, _)) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            clients.push(client.unwrap());
+            held.push(server);
+        }
+        // A third connects (the kernel's backlog) but is not accepted ...
+        clients.push(TcpStream::connect(addr).await.unwrap());
+        let third = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(third.is_err(), "accepted beyond the cap");
+        // ... until one of the two closes.
+        drop(held.pop());
+        let third = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+        assert!(third.is_ok(), "not accepted after a connection closed");
     }
 }

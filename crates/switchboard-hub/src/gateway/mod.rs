@@ -124,7 +124,7 @@ pub(crate) async fn start(
         Some(tls) => {
             Err(TlsListener::new(listener, tls, shared.handshake_timeout).map_err(bind_error)?)
         }
-        None => Ok(plain_listener(listener)),
+        None => Ok(plain_listener(listener, shared.limits.max_clients)),
     };
     let gw = Arc::new(Gateway {
         token: http_token(&shared.secret),

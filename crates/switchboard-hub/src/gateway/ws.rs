@@ -29,6 +29,10 @@ pub(crate) const STREAM_PROTOCOL: &str = "switchboard.stream";
 /// message of up to `max_frame` bytes before authentication).
 pub(super) const MAX_HANDSHAKES: usize = 64;
 
+/// Bytes a WebSocket buffers before it writes them out (the WebSocket
+/// layer's default).
+const WRITE_BUFFER: usize = 128 * 1024;
+
 /// `GET /v1/ws`: upgrades to a WebSocket carrying native frames.
 pub(super) async fn upgrade(
     State(gw): State<Arc<Gateway>>,
@@ -46,9 +50,17 @@ pub(super) async fn upgrade(
     // limit fails the socket (in the stream framing: from its prefix).
     let max = gw.shared.limits.max_frame;
     let max_message = max + switchboard_wire::LENGTH_PREFIX_LEN;
+    // What the socket may buffer unsent: one outgoing message (a writer
+    // batch, which may end in a frame of the largest size) beyond the
+    // write buffer. The WebSocket layer answers every ping with a pong on
+    // its own; unbounded, a peer that pings and never reads would grow
+    // the buffer without end. At the bound, only the latest pong waits.
+    let max_buffered = WRITE_BUFFER + gw.shared.limits.write_batch_bytes + max_message;
     ws.protocols([STREAM_PROTOCOL])
         .max_message_size(max_message)
         .max_frame_size(max_message)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_buffered)
         .on_upgrade(move |socket| async move {
             let stream = socket
                 .protocol()
