@@ -10,8 +10,9 @@
 
 import { ErrorCode, type ClientInfo, type Frame, type Status } from "./gen/switchboard/v1/switchboard_pb.js";
 import { keyFromToken } from "./auth.js";
-import { Disconnected, ProtocolError, RemoteError, SwitchboardError } from "./errors.js";
+import { Disconnected, InvalidArgument, ProtocolError, RemoteError, SwitchboardError } from "./errors.js";
 import { Connection } from "./connection.js";
+import { DEFAULT_REQUEST_TIMEOUT_MS, HUB_DEFAULT_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS } from "./frames.js";
 import {
   ReplyMessage,
   bytes,
@@ -34,6 +35,38 @@ import { Subscription, Watch } from "./streams.js";
 export * from "./messages.js";
 export * from "./options.js";
 export * from "./streams.js";
+
+/** The client's own timer of a request runs this much longer than the hub's deadline (as in the Rust client), ms. */
+const BACKSTOP_MS = 250;
+
+/**
+ * Checks a request timeout before anything is sent: `Request.timeout_ms`
+ * is a `uint32`, so a whole number of ms from 0 (the hub's default) to
+ * 2^32−1.
+ *
+ * @throws {@link InvalidArgument} otherwise, naming the option
+ */
+function checkTimeout(name: string, ms: number): number {
+  if (typeof ms !== "number" || !Number.isInteger(ms) || ms < 0 || ms > MAX_REQUEST_TIMEOUT_MS) {
+    throw new InvalidArgument(
+      `${name} must be a whole number of milliseconds from 0 (the hub's default, ${HUB_DEFAULT_REQUEST_TIMEOUT_MS} ms) to ${MAX_REQUEST_TIMEOUT_MS}, not ${String(ms)}`,
+      ErrorCode.INVALID_ARGUMENT,
+    );
+  }
+  return ms;
+}
+
+/**
+ * Checks a compare-and-set version before anything is sent (a `uint64`).
+ *
+ * @throws {@link InvalidArgument} unless it is a `bigint` from 0 to 2^64−1, or undefined
+ */
+function checkVersion(v: bigint | undefined): bigint | undefined {
+  if (v !== undefined && (typeof v !== "bigint" || v < 0n || v >= 2n ** 64n)) {
+    throw new InvalidArgument(`expectVersion must be a bigint from 0 to 2^64-1, not ${String(v)}`, ErrorCode.INVALID_ARGUMENT);
+  }
+  return v;
+}
 
 /**
  * A connection to a switchboard hub over WebSocket. Create one with
@@ -76,10 +109,14 @@ export class Client extends Connection {
    *
    * @param to - the target client id
    * @param payload - the request payload
-   * @param opts - timeout, method and headers
+   * @param opts - timeout, method, headers, and a `signal` to abandon the call
    * @returns the reply
    * @throws {@link NoSuchClient}, {@link Timeout}, {@link TargetGone},
-   *   {@link RemoteError} (the replier failed), {@link Disconnected}, …
+   *   {@link RemoteError} (the replier failed), {@link Disconnected},
+   *   {@link InvalidArgument} (a timeout that is not a whole number of ms
+   *   from 0 to 2^32−1: nothing is sent), the `signal`'s reason when it
+   *   aborts (as `fetch` does: by default a `DOMException` named
+   *   `"AbortError"`), …
    */
   async request(to: string, payload: Payload, opts: RequestOptions = {}): Promise<ReplyMessage> {
     return this.doRequest({ to }, payload, opts);
@@ -91,7 +128,7 @@ export class Client extends Connection {
    *
    * @param service - the service subject, e.g. `billing.invoice`
    * @param payload - the request payload
-   * @param opts - timeout, method and headers
+   * @param opts - timeout, method, headers, and a `signal` to abandon the call
    * @throws {@link NoResponders} when nobody serves the subject, else as {@link Client.request}
    */
   async requestService(service: string, payload: Payload, opts: RequestOptions = {}): Promise<ReplyMessage> {
@@ -103,7 +140,10 @@ export class Client extends Connection {
     payload: Payload,
     opts: RequestOptions,
   ): Promise<ReplyMessage> {
-    const timeoutMs = opts.timeoutMs ?? this.opts.requestTimeoutMs ?? 30_000;
+    const timeoutMs =
+      opts.timeoutMs !== undefined
+        ? checkTimeout("timeoutMs", opts.timeoutMs)
+        : checkTimeout("requestTimeoutMs", this.opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
     const f = await this.call(
       "request",
       {
@@ -113,11 +153,13 @@ export class Client extends Connection {
         method: opts.method ?? "",
         headers: toHeaders(opts.headers),
       },
-      // The hub answers TIMEOUT at the deadline; this timer is the backstop.
-      timeoutMs + 250,
+      // The hub answers TIMEOUT at the deadline (0: its default); this timer is the backstop.
+      (timeoutMs === 0 ? HUB_DEFAULT_REQUEST_TIMEOUT_MS : timeoutMs) + BACKSTOP_MS,
+      // Given up (the backstop, or the signal): the hub forgets the request.
       (id) => {
         if (!this.closedWith) this.sendFrame({ case: "cancel", value: { id } });
       },
+      opts.signal,
     );
     if (f.kind.case !== "reply") throw new ProtocolError(`a request was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
     const r = f.kind.value;
@@ -302,10 +344,11 @@ export class Client extends Connection {
    * @param value - the value (at most 1 MiB)
    * @param opts - the compare-and-set version
    * @returns the key's new version
-   * @throws {@link VersionMismatch}, {@link InvalidArgument}, {@link LimitExceeded}, …
+   * @throws {@link VersionMismatch}, {@link InvalidArgument} (also for an
+   *   `expectVersion` outside 0 to 2^64−1: nothing is sent), {@link LimitExceeded}, …
    */
   async kvSet(key: string, value: Payload, opts: { expectVersion?: bigint } = {}): Promise<bigint> {
-    const f = await this.call("kvSet", { key, value: bytes(value), expectVersion: opts.expectVersion });
+    const f = await this.call("kvSet", { key, value: bytes(value), expectVersion: checkVersion(opts.expectVersion) });
     if (f.kind.case !== "kvValue") throw new ProtocolError(`kvSet was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
     return f.kind.value.version;
   }
@@ -316,10 +359,11 @@ export class Client extends Connection {
    * @param key - the key
    * @param opts - the compare-and-delete version
    * @returns the deletion's version
-   * @throws {@link NotFound} when the key does not exist, {@link VersionMismatch}, …
+   * @throws {@link NotFound} when the key does not exist, {@link VersionMismatch},
+   *   {@link InvalidArgument} for an `expectVersion` outside 0 to 2^64−1 (nothing is sent), …
    */
   async kvDelete(key: string, opts: { expectVersion?: bigint } = {}): Promise<bigint> {
-    const f = await this.call("kvDelete", { key, expectVersion: opts.expectVersion });
+    const f = await this.call("kvDelete", { key, expectVersion: checkVersion(opts.expectVersion) });
     if (f.kind.case !== "kvValue") throw new ProtocolError(`kvDelete was answered with ${f.kind.case}`, ErrorCode.BAD_FRAME);
     return f.kind.value.version;
   }

@@ -25,12 +25,23 @@ import {
   Forbidden,
   HubUnverified,
   IdTakenOver,
+  InvalidArgument,
   ProtocolError,
   SwitchboardError,
   Timeout,
   errorFromCode,
 } from "./errors.js";
-import { DEFAULT_MAX_FRAME, NUMBERED, Wire, decodeFrame, encodePublish, type FrameKind, type KindValue } from "./frames.js";
+import {
+  DEFAULT_MAX_FRAME,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  MAX_TIMER_MS,
+  NUMBERED,
+  Wire,
+  decodeFrame,
+  encodePublish,
+  type FrameKind,
+  type KindValue,
+} from "./frames.js";
 import { handshake } from "./handshake.js";
 import {
   IncomingRequest,
@@ -49,9 +60,47 @@ import { Reliable } from "./reliable.js";
 interface Pending {
   resolve: (f: Frame) => void;
   reject: (e: SwitchboardError) => void;
-  timer?: ReturnType<typeof setTimeout>;
+  timer?: Timer;
   /** Sent as a numbered frame: survives a resumed connection. */
   numbered: boolean;
+}
+
+/** A cancellable timer made by {@link longTimeout}. @internal */
+export interface Timer {
+  /** Stops the timer; the callback does not run. */
+  cancel(): void;
+}
+
+/**
+ * `setTimeout` for any delay: it takes at most {@link MAX_TIMER_MS}
+ * (about 24.8 days; a longer delay fires after 1 ms with a
+ * `TimeoutOverflowWarning`), so a longer wait is made of several timers in
+ * turn. A negative or non-finite delay counts as 0. @internal
+ *
+ * @param fn - called once the delay has passed
+ * @param ms - the delay, ms
+ */
+export function longTimeout(fn: () => void, ms: number): Timer {
+  let handle: ReturnType<typeof setTimeout>;
+  const arm = (left: number) => {
+    handle = setTimeout(() => (left > MAX_TIMER_MS ? arm(left - MAX_TIMER_MS) : fn()), Math.min(left, MAX_TIMER_MS));
+  };
+  arm(Number.isFinite(ms) && ms > 0 ? ms : 0);
+  return { cancel: () => clearTimeout(handle) };
+}
+
+/**
+ * Encodes a frame; a value protobuf cannot encode (a number out of its
+ * field's range, say) throws an {@link InvalidArgument}.
+ */
+function encode(kind: Frame["kind"], seq: bigint, acked: bigint): Uint8Array {
+  try {
+    if (kind.case === "publish") return encodePublish(seq, acked, kind.value);
+    return toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never));
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new InvalidArgument(`cannot encode the ${kind.case ?? "empty"} frame: ${why}`, ErrorCode.INVALID_ARGUMENT, { cause: e });
+  }
 }
 
 
@@ -96,8 +145,11 @@ export abstract class Connection {
   private paused = false;
   /** Frames held behind a full stream with the "block" policy, in order. */
   private backlog: Frame[] = [];
-  /** Drops per subscription not yet announced. */
-  private readonly unannounced = new Map<bigint, number>();
+  /**
+   * Per subscription with drops: drops not yet announced, and whether a
+   * burst is on (a drop since the stream last took an item without one).
+   */
+  private readonly drops = new Map<bigint, { unannounced: number; burst: boolean; scheduled: boolean }>();
   /** {@link drain} was called: no new calls. */
   protected draining = false;
   /** The next correlation, subscription or watch id. */
@@ -186,9 +238,11 @@ export abstract class Connection {
 
   /**
    * What happens to the connection, as an async iterator: `disconnected`
-   * (a lost connection, being retried), `reconnected` (`resumed` or a fresh
-   * session), `dropped` (the hub dropped deliveries for this slow consumer,
-   * from its `Flow` notices) and `closed` (the last event). Each call gives
+   * (a lost connection, being retried), `reconnected` (`resumed`, or a fresh
+   * session with `unknown` frames sent whose outcome is unknown), `dropped`
+   * (the hub dropped deliveries for this slow consumer, from its `Flow`
+   * notices), `slowConsumer` (a subscription's drop policy dropped
+   * messages: once per burst) and `closed` (the last event). Each call gives
    * an independent stream of the events from then on; leaving the loop
    * stops it.
    */
@@ -228,19 +282,21 @@ export abstract class Connection {
     const resumed = w.features.includes("resumed");
     this.connected = true;
     this.attach();
-    if (reconnected) this.emit({ type: "reconnected", resumed, epoch: this.epoch });
     if (resumed) {
+      if (reconnected) this.emit({ type: "reconnected", resumed, epoch: this.epoch, unknown: 0 });
       // The hub holds our session: resend what it did not take, in order, with the original seqs.
       for (const r of this.rel.toResend(w.lastReceived)) this.write(r.kind, r.seq);
       return;
     }
     if (!reconnected) return;
-    // A fresh session: what waited has an unknown outcome; register again.
-    this.rel.reset();
+    // A fresh session: what waited has an unknown outcome (flush() calls
+    // waiting for kept frames fail too); register again.
+    const unknown = this.rel.reset();
+    this.emit({ type: "reconnected", resumed, epoch: this.epoch, unknown });
     const pending = [...this.pending.values()];
     this.pending.clear();
     for (const p of pending) {
-      if (p.timer) clearTimeout(p.timer);
+      p.timer?.cancel();
       p.reject(new Disconnected("the hub did not resume the session (a new hub, or the resume window ended): the outcome is unknown"));
     }
     const again = (f: () => Promise<unknown>) => void f().catch(() => undefined);
@@ -252,9 +308,16 @@ export abstract class Connection {
   private attach(): void {
     const ws = this.ws;
     const wire = this.wire;
-    // Frames held on the old socket were not acknowledged: the hub resends them.
+    // Numbered frames held on the old socket were not acknowledged: the hub
+    // resends them. The others (Flow, Pong, Ack) it does not: take them now,
+    // so a Flow's drop count still reaches the application.
+    const held = this.backlog;
     this.backlog = [];
     this.paused = false;
+    for (const f of held) {
+      const k = f.kind.case;
+      if (f.seq === 0n && (k === "flow" || k === "pong" || k === "ack")) this.dispatch(f);
+    }
     const max = this.opts.maxFrame ?? DEFAULT_MAX_FRAME;
     wire.max = max;
     const onframe = (data: unknown) => {
@@ -301,7 +364,10 @@ export abstract class Connection {
     this.lastHeard = Date.now();
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = setInterval(() => {
-      if (Date.now() - this.lastHeard > 3 * this.pingEveryMs) {
+      // While this client does not read (a full stream holds the socket
+      // paused), what the hub sends waits unread: that is not silence.
+      if (this.paused) this.lastHeard = Date.now();
+      else if (Date.now() - this.lastHeard > 3 * this.pingEveryMs) {
         this.lost(new Disconnected(`nothing heard from the hub for ${3 * this.pingEveryMs} ms`));
         return;
       }
@@ -329,7 +395,7 @@ export abstract class Connection {
     for (const [id, p] of [...this.pending]) {
       if (p.numbered) continue;
       this.pending.delete(id);
-      if (p.timer) clearTimeout(p.timer);
+      p.timer?.cancel();
       p.reject(new Disconnected(`${reason.message}; a read is not resent`, reason.code, { cause: reason }));
     }
     void this.reconnect(reason);
@@ -374,27 +440,30 @@ export abstract class Connection {
   /**
    * Sends a frame. On a reliable connection numbered kinds get the next seq
    * and are kept until acknowledged (and written on the resumed connection
-   * if the socket is down now); other kinds need an open socket.
+   * if the socket is down now); other kinds need an open socket. The frame
+   * is encoded before it is numbered and kept, so one that cannot be
+   * encoded throws ({@link InvalidArgument}) and leaves nothing behind.
    */
   protected sendFrame(kind: Frame["kind"] | { case: FrameKind; value: object }): void {
     const k = kind as Frame["kind"];
-    if (this.reliableOn && NUMBERED.has(k.case ?? "")) {
-      const seq = this.rel.number(k);
-      if (this.connected) this.write(k, seq);
-      return;
-    }
-    if (!this.connected) throw new Disconnected("the connection to the hub is down (reconnecting)");
-    this.write(k, 0n);
+    const numbered = this.reliableOn && NUMBERED.has(k.case ?? "");
+    if (!numbered && !this.connected) throw new Disconnected("the connection to the hub is down (reconnecting)");
+    const acked = this.reliableOn ? this.rel.lastReceived : 0n;
+    const bytes = encode(k, numbered ? this.rel.outSeq + 1n : 0n, acked);
+    if (numbered) this.rel.number(k);
+    if (this.connected) this.writeEncoded(bytes, acked);
   }
 
+  /** Writes a kept frame again (after a resume), with its original seq. */
   private write(kind: Frame["kind"], seq: bigint): void {
     const acked = this.reliableOn ? this.rel.lastReceived : 0n;
+    this.writeEncoded(encode(kind, seq, acked), acked);
+  }
+
+  /** Writes an encoded frame that carries the acknowledgement `acked`. */
+  private writeEncoded(bytes: Uint8Array, acked: bigint): void {
     this.cork();
-    if (kind.case === "publish") {
-      this.wire.send(encodePublish(seq, acked, kind.value));
-    } else {
-      this.wire.send(toBinary(FrameSchema, create(FrameSchema, { seq, acked, kind } as never)));
-    }
+    this.wire.send(bytes);
     this.rel.carried(acked);
   }
 
@@ -447,6 +516,8 @@ export abstract class Connection {
     }
     if (this.paused) {
       this.paused = false;
+      // The keepalive counts the hub's silence from now on.
+      this.lastHeard = Date.now();
       (this.ws as { resume?: () => void }).resume?.();
     }
   };
@@ -464,17 +535,33 @@ export abstract class Connection {
     const r = q.push(item);
     if (r === "full") return false;
     if (r === "dropped" && subId !== 0n) this.noteDrop(subId, q);
+    else if (this.drops.size > 0 && subId !== 0n) {
+      // Taken without a drop: the stream was below its limit, a burst is over.
+      const d = this.drops.get(subId);
+      if (d) d.burst = false;
+    }
     return true;
   }
 
-  /** Counts a subscription's drop; one `slowConsumer` event per subscription and turn. */
+  /**
+   * Counts a subscription's drop; one `slowConsumer` event per burst (from
+   * the first drop after the stream last took an item without one), at
+   * the end of that event-loop turn, with the drops so far. Drops later in
+   * the same burst are told by the next event (and by the stream's `dropped`).
+   */
   private noteDrop(subId: bigint, q: { readonly dropped: number }): void {
-    const n = this.unannounced.get(subId) ?? 0;
-    this.unannounced.set(subId, n + 1);
-    if (n > 0) return;
+    let d = this.drops.get(subId);
+    if (!d) this.drops.set(subId, (d = { unannounced: 0, burst: false, scheduled: false }));
+    d.unannounced++;
+    if (d.burst) return;
+    d.burst = true;
+    if (d.scheduled) return;
+    d.scheduled = true;
     setTimeout(() => {
-      const dropped = this.unannounced.get(subId) ?? 0;
-      this.unannounced.delete(subId);
+      const dropped = d.unannounced;
+      d.unannounced = 0;
+      d.scheduled = false;
+      if (!d.burst) this.drops.delete(subId);
       const reg = this.registrations.get(subId)?.value as { pattern?: string } | undefined;
       this.emit({ type: "slowConsumer", subId, pattern: reg?.pattern ?? "", dropped, total: q.dropped });
     }, 0);
@@ -552,7 +639,7 @@ export abstract class Connection {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    if (p.timer) clearTimeout(p.timer);
+    p.timer?.cancel();
     if (f.kind.case === "error") p.reject(errorFromCode(f.kind.value.code, f.kind.value.message));
     else p.resolve(f);
   }
@@ -576,34 +663,64 @@ export abstract class Connection {
       );
   }
 
-  /** Sends a command with a fresh correlation id and waits for its answer. */
+  /**
+   * Sends a command with a fresh correlation id and waits for its answer.
+   * Gives up at `timeoutMs` (a {@link Timeout}) or when `signal` aborts
+   * (its reason; already aborted: nothing is sent); either way the call is
+   * forgotten, a late answer ignored, and `onAbandon` runs (a request
+   * sends `Cancel`).
+   */
   protected call<K extends FrameKind>(
     kind: K,
     value: Omit<Partial<KindValue<K>>, "id" | "$typeName">,
     timeoutMs?: number,
-    onTimeout?: (id: bigint) => void,
+    onAbandon?: (id: bigint) => void,
+    signal?: AbortSignal,
   ): Promise<Frame> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (this.draining && kind !== "unsubscribe" && kind !== "kvUnwatch" && kind !== "presenceWatch") {
       return Promise.reject(new Disconnected("the client is draining: it takes no new calls"));
     }
+    if (signal?.aborted) return Promise.reject(signal.reason);
     const id = this.nextId++;
     return new Promise<Frame>((resolve, reject) => {
-      const p: Pending = { resolve, reject, numbered: this.reliableOn && NUMBERED.has(kind) };
+      const onAbort = () => abandon(signal!.reason);
+      const settled = () => signal?.removeEventListener("abort", onAbort);
+      const p: Pending = {
+        resolve: (f) => {
+          settled();
+          resolve(f);
+        },
+        reject: (e) => {
+          settled();
+          reject(e);
+        },
+        numbered: this.reliableOn && NUMBERED.has(kind),
+      };
+      const abandon = (why: unknown) => {
+        if (this.pending.get(id) !== p) return;
+        this.pending.delete(id);
+        p.timer?.cancel();
+        settled();
+        try {
+          onAbandon?.(id);
+        } catch {
+          // the connection is down and the frame cannot be kept: nothing to cancel at the hub
+        }
+        reject(why);
+      };
       if (timeoutMs !== undefined) {
-        p.timer = setTimeout(() => {
-          this.pending.delete(id);
-          onTimeout?.(id);
-          reject(new Timeout(`no answer to ${kind} ${id} within ${timeoutMs} ms`, ErrorCode.TIMEOUT));
-        }, timeoutMs);
+        p.timer = longTimeout(() => abandon(new Timeout(`no answer to ${kind} ${id} within ${timeoutMs} ms`, ErrorCode.TIMEOUT)), timeoutMs);
       }
+      signal?.addEventListener("abort", onAbort, { once: true });
       this.pending.set(id, p);
       try {
         this.sendFrame({ case: kind, value: { ...value, id } });
       } catch (e) {
         this.pending.delete(id);
-        if (p.timer) clearTimeout(p.timer);
-        reject(e instanceof SwitchboardError ? e : new InvalidArgumentLocal(String(e)));
+        p.timer?.cancel();
+        settled();
+        reject(e instanceof SwitchboardError ? e : new InvalidArgument(String(e), ErrorCode.INVALID_ARGUMENT, { cause: e }));
       }
     });
   }
@@ -615,18 +732,26 @@ export abstract class Connection {
    * frames without a seq sent before the call were read by the hub as well.
    * The partner of {@link Client.publishNowait}.
    *
+   * When the connection is lost and the hub starts a fresh session instead
+   * of resuming (a restarted hub, or the resume window ended), the frames
+   * sent and not yet acknowledged are forgotten with an unknown outcome
+   * (as a confirmed publish waiting then fails): flush then rejects with
+   * {@link Disconnected} saying how many (the `reconnected` event's
+   * `unknown` counts them too).
+   *
    * @param timeoutMs - how long to wait (default: the client's `requestTimeoutMs`, 30,000)
-   * @throws {@link Timeout}, or {@link Disconnected} when the client closes meanwhile
+   * @throws {@link Timeout}, or {@link Disconnected} when the client closes
+   *   meanwhile or a fresh session forgot frames it waited for
    */
-  async flush(timeoutMs = this.opts.requestTimeoutMs ?? 30_000): Promise<void> {
+  async flush(timeoutMs = this.opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS): Promise<void> {
     if (this.closedWith) throw this.closedWith;
     const deadline = Date.now() + timeoutMs;
     const bounded = <T>(p: Promise<T>, what: string): Promise<T> => {
-      let timer: ReturnType<typeof setTimeout>;
+      let timer: Timer;
       return Promise.race([
-        p.finally(() => clearTimeout(timer)),
+        p.finally(() => timer.cancel()),
         new Promise<T>((_, reject) => {
-          timer = setTimeout(() => reject(new Timeout(`flush: ${what} within ${timeoutMs} ms`, ErrorCode.TIMEOUT)), Math.max(0, deadline - Date.now()));
+          timer = longTimeout(() => reject(new Timeout(`flush: ${what} within ${timeoutMs} ms`, ErrorCode.TIMEOUT)), deadline - Date.now());
         }),
         this.closedPromise.then((e) => Promise.reject(e)),
       ]);
@@ -704,7 +829,7 @@ export abstract class Connection {
     this.pending.clear();
     const lost = byUser ? err : new Disconnected(`${err.message}; the outcome of calls in flight is unknown`, err.code, { cause: err });
     for (const p of pending) {
-      if (p.timer) clearTimeout(p.timer);
+      p.timer?.cancel();
       p.reject(lost);
     }
     for (const q of [...this.subs.values(), ...this.watches.values()]) q.end(byUser ? undefined : err);
@@ -719,4 +844,3 @@ export abstract class Connection {
   }
 }
 
-class InvalidArgumentLocal extends SwitchboardError {}

@@ -26,6 +26,18 @@ export const ACK_EVERY = 64n;
 /** …or this many ms after the first, unless a frame carried the acknowledgement. */
 export const ACK_DELAY_MS = 10;
 
+/**
+ * The hub's request timeout when a `Request` carries `timeout_ms = 0`, ms
+ * (docs/PROTOCOL.md, "What answers what": 0 means the hub's default, 30 s).
+ */
+export const HUB_DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** The client's default request and flush timeout when `requestTimeoutMs` is not given, ms. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** Largest `Request.timeout_ms` (a `uint32`), ms: about 49.7 days. */
+export const MAX_REQUEST_TIMEOUT_MS = 2 ** 32 - 1;
+/** Largest delay `setTimeout` takes, ms (about 24.8 days); longer waits are made of several timers. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Largest frame accepted before `Welcome`, bytes. */
 export const PRE_WELCOME_MAX = 64 * 1024;
 /** Largest frame accepted after `Welcome` by default, bytes. */

@@ -124,11 +124,24 @@ export interface PresenceEvent {
   reason: string;
 }
 
-/** The connection's state: see {@link Client.state}. */
 /** Options of {@link Client.request}. */
 export interface RequestOptions {
-  /** How long the hub waits for the reply, ms (default: the client's `requestTimeoutMs`). */
+  /**
+   * How long the hub waits for the reply, ms: a whole number from 0 to
+   * 2^32−1, where 0 means the hub's default (30 s); anything else is an
+   * {@link InvalidArgument} before the request is sent. The client gives
+   * up 250 ms after the hub would. Default: the client's `requestTimeoutMs`.
+   */
   timeoutMs?: number;
+  /**
+   * Abandons the call when it aborts: the promise rejects at once with the
+   * signal's `reason` (as `fetch` does; `AbortController.abort()` without a
+   * reason gives a `DOMException` named `"AbortError"`), the call is
+   * forgotten (a late reply is ignored) and the hub is sent `Cancel`, so it
+   * forgets the request too. A signal aborted already rejects before
+   * anything is sent.
+   */
+  signal?: AbortSignal;
   /** A method name for the replier. */
   method?: string;
   /** Headers. */

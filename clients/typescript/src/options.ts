@@ -69,7 +69,11 @@ export interface ConnectOptions {
   streamFraming?: boolean;
   /** How long the connection and handshake may take, ms (default 10,000). */
   connectTimeoutMs?: number;
-  /** Default timeout of {@link Client.request}, ms (default 30,000). */
+  /**
+   * Default timeout of {@link Client.request}, ms (default 30,000; a whole
+   * number from 0, the hub's default of 30 s, to 2^32−1), and of
+   * {@link Client.flush}.
+   */
   requestTimeoutMs?: number;
   /** Largest frame accepted from the hub after `Welcome`, bytes (default 16 MiB; 64 KiB before). */
   maxFrame?: number;
@@ -108,7 +112,20 @@ export type ClientState = "connected" | "reconnecting" | "closed";
 /** What happened to the connection (see {@link Client.events}). */
 export type ClientEvent =
   | { type: "disconnected"; error: SwitchboardError }
-  | { type: "reconnected"; resumed: boolean; epoch: bigint }
+  | {
+      type: "reconnected";
+      /** Whether the hub resumed the session; false: a fresh one (calls waiting for an answer failed with `Disconnected`). */
+      resumed: boolean;
+      /** The hub's epoch. */
+      epoch: bigint;
+      /**
+       * Numbered frames sent and not acknowledged that a fresh session
+       * forgot: their outcome is unknown (the old hub may or may not have
+       * handled them; {@link Client.publishNowait} messages among them are
+       * not resent). 0 when resumed.
+       */
+      unknown: number;
+    }
   | { type: "dropped"; by: "hub"; count: bigint }
   | { type: "slowConsumer"; subId: bigint; pattern: string; dropped: number; total: number }
   | { type: "closed"; error: SwitchboardError };

@@ -10,6 +10,7 @@
  */
 
 import type { Frame } from "./gen/switchboard/v1/switchboard_pb.js";
+import { Disconnected } from "./errors.js";
 import { ACK_DELAY_MS, ACK_EVERY } from "./frames.js";
 
 /** A numbered frame kept until the hub acknowledges it. */
@@ -31,7 +32,7 @@ export class Reliable {
   /** The highest acknowledgement sent to the hub. */
   private lastAckSent = 0n;
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
-  private waiters: Array<{ upTo: bigint; resolve: () => void }> = [];
+  private waiters: Array<{ upTo: bigint; resolve: () => void; reject: (e: Disconnected) => void }> = [];
 
   /**
    * @param sendAck - writes a separate `Ack{up_to}`
@@ -63,12 +64,29 @@ export class Reliable {
     return this.retained;
   }
 
-  /** A fresh session: nothing kept, nothing received. */
-  reset(): void {
+  /**
+   * A fresh session: nothing kept, nothing received. The kept frames'
+   * outcome is unknown (the old hub may or may not have handled them), so
+   * {@link whenAcknowledged} waiters still waiting for some of them fail
+   * with {@link Disconnected}, saying how many.
+   *
+   * @returns how many kept frames were forgotten
+   */
+  reset(): number {
+    const dropped = this.retained;
     this.retained = [];
-    this.wake();
+    for (const w of this.waiters) {
+      const n = dropped.filter((r) => r.seq <= w.upTo).length;
+      w.reject(
+        new Disconnected(
+          `the hub did not resume the session (a new hub, or the resume window ended): the outcome of ${n} sent frame${n === 1 ? "" : "s"} not yet acknowledged is unknown`,
+        ),
+      );
+    }
+    this.waiters = [];
     this.lastReceived = 0n;
     this.lastAckSent = 0n;
+    return dropped.length;
   }
 
   /** Whether a frame from the hub with this seq was handled already (sent again after a resume). */
@@ -100,11 +118,15 @@ export class Reliable {
     return this.retained.length === 0;
   }
 
-  /** Resolves once the hub acknowledged every frame numbered so far. */
+  /**
+   * Resolves once the hub acknowledged every frame numbered so far;
+   * rejects with {@link Disconnected} when a fresh session forgets some of
+   * them ({@link reset}).
+   */
   whenAcknowledged(): Promise<void> {
     const upTo = this.outSeq;
     if (this.retained.length === 0 || this.retained[0]!.seq > upTo) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push({ upTo, resolve }));
+    return new Promise((resolve, reject) => this.waiters.push({ upTo, resolve, reject }));
   }
 
   /** Stops the acknowledgement timer (the connection closed). */

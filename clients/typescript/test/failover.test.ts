@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { WebSocket } from "ws";
-import { Client } from "../src/index.js";
+import { Client, Disconnected, type ClientEvent } from "../src/index.js";
 import { BIN, Hub, TOKEN, stopProcess, within } from "./helpers.js";
 
 process.on("unhandledRejection", (e) => {
@@ -175,6 +175,44 @@ test("a hub restarted without the session: a fresh session, subscriptions and wa
     await c.close();
     await other.close();
     await server.close();
+  } finally {
+    for (const p of procs) await stopProcess(p);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("flush across a hub restart (a fresh session): rejects with Disconnected saying how many frames have an unknown outcome", { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sb-ts-fresh-flush-"));
+  const http = `127.0.0.1:${await freePort()}`;
+  const procs: ChildProcess[] = [];
+  try {
+    const first = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
+    procs.push(first.proc);
+    const url = `ws://${http}/v1/ws`;
+    const c = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh-flush", connectTimeoutMs: 5_000 });
+    const events: ClientEvent[] = [];
+    void (async () => {
+      for await (const e of c.events()) events.push(e);
+    })();
+    first.proc.kill("SIGKILL");
+    await new Promise((r) => first.proc.once("exit", r));
+    // Sent while the hub is down: numbered and kept, never acknowledged.
+    for (let i = 0; i < 10; i++) c.publishNowait("fresh.flush", `lost ${i}`);
+    const flushed = c.flush(20_000).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const second = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
+    procs.push(second.proc);
+    const outcome = await within(flushed, 15_000, "flush across the restart");
+    assert.ok(outcome instanceof Disconnected, String(outcome));
+    assert.match(outcome.message, /outcome of 10 sent frames .*unknown/);
+    const fresh = events.find((e) => e.type === "reconnected");
+    assert.ok(fresh?.type === "reconnected" && !fresh.resumed && fresh.unknown === 10, String(fresh?.type));
+    // The client works on the new hub; a new flush resolves.
+    c.publishNowait("fresh.flush", "after");
+    await within(c.flush(), 5_000, "flush on the new hub");
+    await c.close();
   } finally {
     for (const p of procs) await stopProcess(p);
     rmSync(dir, { recursive: true, force: true });

@@ -3,7 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { FrameSchema, HeaderSchema } from "../src/gen/switchboard/v1/switchboard_pb.js";
-import { encodePublish, type PublishFields } from "../src/frames.js";
+import { MAX_TIMER_MS, encodePublish, type PublishFields } from "../src/frames.js";
+import { longTimeout } from "../src/connection.js";
 
 const cases: Array<[bigint, bigint, PublishFields]> = [
   [0n, 0n, {}],
@@ -48,4 +49,22 @@ test("decodeHot: Deliver, Ok and Ack decode as fromBinary does; anything else fa
   assert.equal(decodeHot(new Uint8Array([0xfa, 0x02, 0x05, 0x08])), undefined);
   assert.equal(decodeHot(new Uint8Array([0x08, 0x01, 0x98, 0x06, 0x01])), undefined);
   assert.equal(decodeHot(new Uint8Array([0xfa, 0x02, 0x02, 0x78, 0x01])), undefined);
+});
+
+test("longTimeout: a delay above setTimeout's limit is waited out in parts, not fired at once", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  let fired = 0;
+  const timer = longTimeout(() => fired++, 2 ** 32 - 1 + 250);
+  t.mock.timers.tick(MAX_TIMER_MS);
+  assert.equal(fired, 0);
+  t.mock.timers.tick(MAX_TIMER_MS);
+  assert.equal(fired, 0);
+  t.mock.timers.tick(251);
+  assert.equal(fired, 1);
+  const cancelled = longTimeout(() => fired++, MAX_TIMER_MS * 3);
+  t.mock.timers.tick(MAX_TIMER_MS + 1);
+  cancelled.cancel();
+  t.mock.timers.tick(MAX_TIMER_MS * 3);
+  assert.equal(fired, 1);
+  timer.cancel();
 });

@@ -1,6 +1,6 @@
 // A real hub process for the tests, and the CLI beside it.
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -54,15 +54,24 @@ export class Hub {
     return { ...process.env, SWITCHBOARD_RUNTIME_DIR: dir, SWITCHBOARD_TOKEN: TOKEN, SWITCHBOARD_LOG: "warn", RUST_BACKTRACE: "0" };
   }
 
-  /** Starts `switchboard hub` on loopback and waits for its ready line. */
-  static async start(): Promise<Hub> {
+  /**
+   * Starts `switchboard hub` on loopback and waits for its ready line;
+   * `config` is the text of a configuration file for it (TOML, e.g.
+   * `[hub]\nkeepalive_ms = 300`).
+   */
+  static async start(config?: string): Promise<Hub> {
     if (!existsSync(BIN)) {
       throw new Error(`${BIN} is missing: run \`cargo build -p switchboard --bin switchboard\` first, or set SWITCHBOARD_BIN`);
     }
     const dir = mkdtempSync(join(tmpdir(), "sb-ts-"));
+    const configArgs: string[] = [];
+    if (config !== undefined) {
+      writeFileSync(join(dir, "hub.toml"), config);
+      configArgs.push("--config", join(dir, "hub.toml"));
+    }
     const proc = spawn(
       BIN,
-      ["--json", "hub", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-unix"],
+      ["--json", "hub", ...configArgs, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-unix"],
       { env: Hub.env(dir), stdio: ["ignore", "pipe", "inherit"] },
     );
     const lines = createInterface({ input: proc.stdout! });

@@ -16,6 +16,7 @@ import {
   ProtocolError,
   SwitchboardError,
   Timeout,
+  type ClientEvent,
 } from "../src/index.js";
 import { within } from "./helpers.js";
 
@@ -45,7 +46,10 @@ function prefixed(body: Uint8Array): Uint8Array {
  * stream framing (one frame per message); with it, it accepts it and sends
  * its handshake frames one byte per message.
  */
-async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boolean; stream?: boolean }) {
+async function stub(
+  behaviour: Behaviour,
+  handshake: { hello: boolean; auth: boolean; stream?: boolean; welcome?: (connection: number) => Record<string, unknown> },
+) {
   const key = await keyFromToken(TOKEN);
   const server = new WebSocketServer({
     host: "127.0.0.1",
@@ -53,7 +57,9 @@ async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boo
     handleProtocols: (offered) => (handshake.stream && offered.has("switchboard.stream") ? "switchboard.stream" : false),
   });
   await new Promise((r) => server.once("listening", r));
+  let connections = 0;
   server.on("connection", (ws) => {
+    const connection = ++connections;
     let phase: "hello" | "auth" | "after" = "hello";
     let pending = new Uint8Array(0);
     const out = (body: Uint8Array) => {
@@ -69,7 +75,8 @@ async function stub(behaviour: Behaviour, handshake: { hello: boolean; auth: boo
         return;
       }
       if (phase === "auth" && handshake.auth && frame.kind.case === "auth") {
-        out(encode({ case: "welcome", value: { clientId: "victim", epoch: 1n, maxFrame: 1 << 24, keepaliveMs: 30_000 } } as Frame["kind"]));
+        const extra = handshake.welcome?.(connection) ?? {};
+        out(encode({ case: "welcome", value: { clientId: "victim", epoch: 1n, maxFrame: 1 << 24, keepaliveMs: 30_000, ...extra } } as Frame["kind"]));
         phase = "after";
         return;
       }
@@ -224,6 +231,52 @@ for (const [name, bad, code] of [
     await s.close();
   });
 }
+
+test("a Flow held behind a full stream is told (a dropped event) when the connection is resumed", async () => {
+  const s = await stub(
+    (ws, phase, frame) => {
+      if (phase !== "after" || frame?.kind.case !== "subscribe") return;
+      const { id, subId } = frame.kind.value;
+      // One message: the answer, three deliveries for a stream of two, then a Flow; then the connection drops.
+      const frames = [
+        toBinary(FrameSchema, create(FrameSchema, { seq: 1n, kind: { case: "ok", value: { id } } } as never)),
+        ...[2n, 3n, 4n].map((seq) =>
+          toBinary(FrameSchema, create(FrameSchema, { seq, kind: { case: "deliver", value: { subId, topic: "held.t", payload: new Uint8Array([Number(seq)]) } } } as never)),
+        ),
+        encode({ case: "flow", value: { dropped: 42n, queueDepth: 0n } } as Frame["kind"]),
+      ];
+      const parts = frames.map(prefixed);
+      const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        all.set(p, at);
+        at += p.length;
+      }
+      ws.send(all, () => setTimeout(() => ws.terminate(), 50));
+    },
+    {
+      hello: true,
+      auth: true,
+      stream: true,
+      welcome: (n) => ({ features: n === 1 ? ["reliable"] : ["reliable", "resumed"], lastReceived: 0n }),
+    },
+  );
+  const c = await within(s.connect({ bufferSize: 2 }), 5_000, "connect");
+  try {
+    const events = c.events()[Symbol.asyncIterator]();
+    await within(c.subscribe("held.t"), 5_000, "subscribe");
+    const seen: string[] = [];
+    for (;;) {
+      const e = (await within(events.next(), 10_000, `events after ${seen.join(", ")}`)).value as ClientEvent;
+      seen.push(e.type === "dropped" ? `dropped ${e.count}` : e.type);
+      if (e.type === "dropped" || e.type === "closed") break;
+    }
+    assert.deepEqual(seen, ["disconnected", "dropped 42"]);
+  } finally {
+    await c.close();
+    await s.close();
+  }
+});
 
 test("no unhandled rejections", async () => {
   await new Promise((r) => setTimeout(r, 50));
