@@ -574,6 +574,21 @@ fn decode_client(body: Body<'_>, batch: &mut Vec<Frame>) -> Result<Decoded, Wire
             ErrorCode::LimitExceeded,
             format!("frame body of {len} bytes exceeds the limit of {limit} bytes for its kind; it was ignored"),
         )),
+        // A reply's id is its requester's: the refusal names it instead.
+        Err(WireError::OverLimit {
+            kind: "reply",
+            id,
+            reason,
+        }) => Some(Frame::error(
+            0,
+            ErrorCode::LimitExceeded,
+            format!("the reply to request {id} was refused: {reason}; it was ignored"),
+        )),
+        Err(WireError::OverLimit { kind, id, reason }) => Some(Frame::error(
+            id,
+            ErrorCode::LimitExceeded,
+            format!("{kind} frame refused: {reason}; it was ignored"),
+        )),
         // A broken layout (two kind fields among them, which prost would
         // decode as the last one, past the kind check): the connection
         // ends with BAD_FRAME like any undecodable frame.

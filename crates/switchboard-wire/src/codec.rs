@@ -65,6 +65,19 @@ pub enum WireError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The frame was refused before decoding: within its kind's size limit,
+    /// but over a bound on what it holds (too many headers, or a body that
+    /// would decode to far more memory than its bytes). `id` is the
+    /// frame's correlation id (0 when it has none).
+    #[error("{kind} frame refused: {reason}")]
+    OverLimit {
+        /// Name of the frame's kind.
+        kind: &'static str,
+        /// The frame's correlation id, 0 when it has none.
+        id: u64,
+        /// What is over which bound.
+        reason: String,
+    },
     /// The frame's field layout is broken (a bad field header, a group
     /// encoding, a length past the end, two kind fields), found before
     /// decoding: the peer does not speak the protocol.
@@ -82,7 +95,9 @@ impl WireError {
     /// The protocol error code a peer should be told for this error.
     pub fn code(&self) -> crate::ErrorCode {
         match self {
-            WireError::FrameTooLarge { .. } => crate::ErrorCode::LimitExceeded,
+            WireError::FrameTooLarge { .. } | WireError::OverLimit { .. } => {
+                crate::ErrorCode::LimitExceeded
+            }
             WireError::Decode(_) | WireError::Truncated { .. } | WireError::Malformed { .. } => {
                 crate::ErrorCode::BadFrame
             }

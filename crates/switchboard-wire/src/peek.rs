@@ -202,6 +202,7 @@ pub fn check_client_frame(body: &[u8]) -> Result<(), WireError> {
             len: peeked.len as u64,
             limit: *max,
         }),
+        Some(_) if peeked.tag == SESSION_TAG => check_session_inform(peeked, body),
         Some(_) => check_headers_field(peeked, body),
         None if crate::frames::is_known_tag(peeked.tag) => Err(WireError::Rejected {
             kind: crate::frames::tag_name(peeked.tag),
@@ -233,12 +234,16 @@ fn check_headers_field(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError>
         return Ok(());
     };
     let kind = &body[peeked.start..peeked.end];
-    let (mut pos, mut count, mut bytes) = (0usize, 0usize, 0usize);
+    let (mut pos, mut count, mut bytes, mut id) = (0usize, 0usize, 0usize, 0u64);
     while pos < kind.len() {
         let key = read_varint(kind, &mut pos)?;
         match key & 7 {
             0 => {
-                read_varint(kind, &mut pos)?;
+                let value = read_varint(kind, &mut pos)?;
+                // Every kind with headers has its correlation id first.
+                if key >> 3 == 1 {
+                    id = value;
+                }
             }
             1 => skip(kind, &mut pos, 8)?,
             2 => {
@@ -256,14 +261,103 @@ fn check_headers_field(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError>
     // Each header's encoding adds at most a few bytes of field keys and
     // lengths to its key and value.
     let limit = crate::headers::MAX_HEADER_BYTES + 8 * crate::headers::MAX_HEADERS;
-    if count > crate::headers::MAX_HEADERS || bytes > limit {
-        return Err(WireError::FrameTooLarge {
-            direction: Direction::Inbound,
-            len: bytes as u64,
-            limit,
-        });
+    let reason = if count > crate::headers::MAX_HEADERS {
+        format!(
+            "{count} headers, more than the {} a frame may carry",
+            crate::headers::MAX_HEADERS
+        )
+    } else if bytes > limit {
+        format!("{bytes} bytes of headers, more than the {limit} a frame may carry")
+    } else {
+        return Ok(());
+    };
+    Err(WireError::OverLimit {
+        kind: crate::frames::tag_name(peeked.tag),
+        id,
+        reason,
+    })
+}
+
+/// `Frame.session`'s field number.
+const SESSION_TAG: u32 = 80;
+
+/// Most bytes of memory a decoded `Inform`'s events and parameters may
+/// take per byte of the session frame that carries them. An event or a
+/// parameter costs a few bytes on the wire (an empty one 2) but a whole
+/// struct in memory (about 48 bytes, a parameter more in its map), so a
+/// frame of empty ones would decode to some 25 times its size; real ones
+/// (event codes such as "1 BOOT", parameter names such as
+/// "Device.DeviceInfo.SoftwareVersion") stay well under this.
+pub const MAX_INFORM_MEMORY_PER_BYTE: usize = 8;
+
+/// Estimated memory of one decoded `Inform` event, bytes.
+const EVENT_MEMORY: usize = std::mem::size_of::<crate::proto::Event>();
+
+/// Estimated memory of one decoded `Inform` parameter (its key and value
+/// and the map's entry), bytes.
+const PARAMETER_MEMORY: usize = 2 * std::mem::size_of::<String>() + 16;
+
+/// Counts the events and parameters of a session frame's `Inform`
+/// without decoding: refused when their decoded memory would exceed
+/// [`MAX_INFORM_MEMORY_PER_BYTE`] times the frame's size.
+fn check_session_inform(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError> {
+    // Session.inform = 10; Inform.events = 2, Inform.parameters = 5.
+    let session = &body[peeked.start..peeked.end];
+    let (mut events, mut parameters) = (0usize, 0usize);
+    let mut pos = 0;
+    while pos < session.len() {
+        let key = read_varint(session, &mut pos)?;
+        let Some((start, end)) = skip_field(session, &mut pos, key)? else {
+            continue;
+        };
+        if key >> 3 != 10 {
+            continue;
+        }
+        let inform = &session[start..end];
+        let mut at = 0;
+        while at < inform.len() {
+            let key = read_varint(inform, &mut at)?;
+            skip_field(inform, &mut at, key)?;
+            match key {
+                k if k == (2 << 3 | 2) => events += 1,
+                k if k == (5 << 3 | 2) => parameters += 1,
+                _ => {}
+            }
+        }
     }
-    Ok(())
+    let memory = events * EVENT_MEMORY + parameters * PARAMETER_MEMORY;
+    if memory <= MAX_INFORM_MEMORY_PER_BYTE * body.len() {
+        return Ok(());
+    }
+    Err(WireError::OverLimit {
+        kind: "session",
+        id: 0,
+        reason: format!(
+            "its Inform's {events} events and {parameters} parameters would take about {memory} bytes \
+             of memory, more than {MAX_INFORM_MEMORY_PER_BYTE} times the frame's {} bytes",
+            body.len()
+        ),
+    })
+}
+
+/// Skips the value of the field whose key was just read; for a
+/// length-delimited field, returns where its bytes start and end.
+fn skip_field(buf: &[u8], pos: &mut usize, key: u64) -> Result<Option<(usize, usize)>, WireError> {
+    match key & 7 {
+        0 => {
+            read_varint(buf, pos)?;
+        }
+        1 => skip(buf, pos, 8)?,
+        2 => {
+            let len = read_varint(buf, pos)?;
+            let start = *pos;
+            skip(buf, pos, len)?;
+            return Ok(Some((start, *pos)));
+        }
+        5 => skip(buf, pos, 4)?,
+        _ => return Err(malformed("unsupported protobuf wire type")),
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -346,12 +440,64 @@ mod tests {
     }
 
     #[test]
+    fn bounds_an_informs_decoded_memory_before_decoding() {
+        let inform = |events: Vec<proto::Event>, parameters: Vec<(&str, &str)>| {
+            Frame::from(proto::Session {
+                peer: "acs".into(),
+                session_id: 1,
+                body: Some(proto::session::Body::Inform(proto::Inform {
+                    device_id: "cpe-1".into(),
+                    events,
+                    parameters: parameters
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    ..Default::default()
+                })),
+            })
+            .encode_to_vec()
+        };
+        let event = |code: &str| proto::Event {
+            code: code.into(),
+            command_key: String::new(),
+        };
+        // A real one passes.
+        let real = inform(
+            vec![event("0 BOOTSTRAP"), event("1 BOOT")],
+            vec![
+                ("Device.DeviceInfo.SoftwareVersion", "4.2.1"),
+                (
+                    "Device.ManagementServer.ConnectionRequestURL",
+                    "http://10.0.0.7:7547/",
+                ),
+            ],
+        );
+        check_client_frame(&real).unwrap();
+        // Many short events still pass; 10,000 empty ones, 2 bytes each
+        // on the wire, are refused.
+        check_client_frame(&inform(vec![event("1 BOOT"); 1_000], vec![])).unwrap();
+        let empty = inform(vec![proto::Event::default(); 10_000], vec![]);
+        assert!(matches!(
+            check_client_frame(&empty),
+            Err(WireError::OverLimit {
+                kind: "session",
+                ..
+            })
+        ));
+        // Parameters likewise: empty keys and values cost a map entry each.
+        let keys: Vec<String> = (0..5_000).map(|i| format!("{i}")).collect();
+        let params = keys.iter().map(|k| (k.as_str(), "")).collect();
+        assert!(check_client_frame(&inform(vec![], params)).is_err());
+    }
+
+    #[test]
     fn caps_headers_before_decoding() {
         let header = proto::Header {
             key: "k".into(),
             value: bytes::Bytes::from_static(b"v"),
         };
         let mut publish = proto::Publish {
+            id: 5,
             topic: "a".into(),
             headers: vec![header.clone(); crate::headers::MAX_HEADERS],
             ..Default::default()
@@ -359,7 +505,17 @@ mod tests {
         check_client_frame(&Frame::from(publish.clone()).encode_to_vec()).unwrap();
         publish.headers.push(header.clone());
         let err = check_client_frame(&Frame::from(publish).encode_to_vec()).unwrap_err();
-        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+        // Named as what it is, with the frame's id for the refusal.
+        match &err {
+            WireError::OverLimit { kind, id, reason } => {
+                assert_eq!((*kind, *id), ("publish", 5));
+                assert!(
+                    reason.starts_with("65 headers, more than the 64"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other}"),
+        }
         let empty = proto::Direct {
             to: "x".into(),
             headers: vec![proto::Header::default(); 100_000],
