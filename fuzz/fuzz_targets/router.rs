@@ -391,7 +391,8 @@ fuzz_target!(|data: &[u8]| {
                         match check_client_frame(&body) {
                             Err(WireError::Rejected { .. })
                             | Err(WireError::Malformed { .. })
-                            | Err(WireError::FrameTooLarge { .. }) => continue,
+                            | Err(WireError::FrameTooLarge { .. })
+                            | Err(WireError::OverLimit { .. }) => continue,
                             _ => {}
                         }
                         match Frame::decode(body.as_slice()) {
