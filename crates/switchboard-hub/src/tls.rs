@@ -205,23 +205,30 @@ const HTTP_HANDSHAKES: usize = 256;
 /// spawns a TLS handshake for each (so a slow handshake never holds up the
 /// next accept); finished ones are handed to axum.
 pub(crate) struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Capped<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `listener` with `tls` until `shared` shuts down.
+    /// Accepts on `listener` with `tls` until `shared` shuts down, at most
+    /// `cap` connections open at once (as [`PlainListener`]: the rest
+    /// wait in the kernel's backlog, unaccepted).
     pub(crate) fn new(
         listener: TcpListener,
         tls: TlsServer,
         handshake_timeout: Duration,
+        cap: usize,
     ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HTTP_HANDSHAKES));
+        let conns = Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
         tokio::spawn(
             async move {
                 loop {
+                    let Ok(open) = conns.clone().acquire_owned().await else {
+                        return;
+                    };
                     let Ok(permit) = handshakes.clone().acquire_owned().await else {
                         return;
                     };
@@ -244,6 +251,10 @@ impl TlsListener {
                         drop(permit);
                         match accepted {
                             Ok(Ok(stream)) => {
+                                let stream = Capped {
+                                    io: stream,
+                                    _permit: open,
+                                };
                                 let _ = tx.send((stream, addr)).await;
                             }
                             Ok(Err(e)) => {
@@ -261,7 +272,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Capped<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -347,7 +358,6 @@ pub(crate) struct Capped<S> {
     _permit: OwnedSemaphorePermit,
 }
 
-#[cfg(test)]
 impl<S> Capped<S> {
     /// The connection.
     pub(crate) fn get_ref(&self) -> &S {
@@ -420,7 +430,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
         HttpPeer {
             addr: *stream.remote_addr(),
             tls: true,
-            cert: peer_identity(stream.io()),
+            cert: peer_identity(stream.io().get_ref()),
         }
     }
 }

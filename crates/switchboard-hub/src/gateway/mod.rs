@@ -122,7 +122,11 @@ pub(crate) async fn start(
     // Plaintext, or TLS accepted in a task per connection.
     let listener = match tls {
         Some(tls) => {
-            Err(TlsListener::new(listener, tls, shared.handshake_timeout).map_err(bind_error)?)
+            let cap = shared.limits.max_clients;
+            Err(
+                TlsListener::new(listener, tls, shared.handshake_timeout, cap)
+                    .map_err(bind_error)?,
+            )
         }
         None => Ok(plain_listener(listener, shared.limits.max_clients)),
     };
