@@ -129,14 +129,31 @@ test("a URL list: connecting skips an address nobody serves", async () => {
   }
 });
 
-test("a hub restarted without the session: a fresh session, subscriptions and watches sent again, waiting calls failed", { timeout: 60_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "sb-ts-fresh-"));
+/**
+ * Runs `body` with a hub on a fixed HTTP port that can be killed and
+ * started again on the same port and runtime directory: `start` starts one
+ * more hub process and returns it. Every process is stopped afterwards.
+ */
+async function restartable(prefix: string, body: (url: string, start: () => Promise<ChildProcess>) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
   const http = `127.0.0.1:${await freePort()}`;
   const procs: ChildProcess[] = [];
+  const start = async () => {
+    const hub = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
+    procs.push(hub.proc);
+    return hub.proc;
+  };
   try {
-    const first = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
-    procs.push(first.proc);
-    const url = `ws://${http}/v1/ws`;
+    await body(`ws://${http}/v1/ws`, start);
+  } finally {
+    for (const p of procs) await stopProcess(p);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a hub restarted without the session: a fresh session, subscriptions and watches sent again, waiting calls failed", { timeout: 60_000 }, async () => {
+  await restartable("sb-ts-fresh-", async (url, start) => {
+    const first = await start();
     const c = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh", connectTimeoutMs: 5_000 });
     const s = await c.subscribe("fresh.t");
     const w = await c.kvWatch("fresh.key");
@@ -144,10 +161,9 @@ test("a hub restarted without the session: a fresh session, subscriptions and wa
     server.serve(() => new Promise(() => {}));
     const waiting = c.request("ts-fresh-server", "never answered", { timeoutMs: 20_000 }).catch((e: unknown) => e);
     await new Promise((r) => setTimeout(r, 100));
-    first.proc.kill("SIGKILL");
-    await new Promise((r) => first.proc.once("exit", r));
-    const second = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
-    procs.push(second.proc);
+    first.kill("SIGKILL");
+    await new Promise((r) => first.once("exit", r));
+    await start();
     const outcome = await within(waiting, 10_000, "the waiting request fails");
     assert.ok(outcome instanceof Error && outcome.constructor.name === "Disconnected", String(outcome));
     assert.match((outcome as Error).message, /outcome is unknown/);
@@ -175,35 +191,26 @@ test("a hub restarted without the session: a fresh session, subscriptions and wa
     await c.close();
     await other.close();
     await server.close();
-  } finally {
-    for (const p of procs) await stopProcess(p);
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("flush across a hub restart (a fresh session): rejects with Disconnected saying how many frames have an unknown outcome", { timeout: 60_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "sb-ts-fresh-flush-"));
-  const http = `127.0.0.1:${await freePort()}`;
-  const procs: ChildProcess[] = [];
-  try {
-    const first = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
-    procs.push(first.proc);
-    const url = `ws://${http}/v1/ws`;
+  await restartable("sb-ts-fresh-flush-", async (url, start) => {
+    const first = await start();
     const c = await Client.connect({ url, token: TOKEN, WebSocket, clientId: "ts-fresh-flush", connectTimeoutMs: 5_000 });
     const events: ClientEvent[] = [];
     void (async () => {
       for await (const e of c.events()) events.push(e);
     })();
-    first.proc.kill("SIGKILL");
-    await new Promise((r) => first.proc.once("exit", r));
+    first.kill("SIGKILL");
+    await new Promise((r) => first.once("exit", r));
     // Sent while the hub is down: numbered and kept, never acknowledged.
     for (let i = 0; i < 10; i++) c.publishNowait("fresh.flush", `lost ${i}`);
     const flushed = c.flush(20_000).then(
       () => undefined,
       (e: unknown) => e,
     );
-    const second = await hubProcess(["--listen", "127.0.0.1:0", "--http", http, "--no-unix"], dir, "ready");
-    procs.push(second.proc);
+    await start();
     const outcome = await within(flushed, 15_000, "flush across the restart");
     assert.ok(outcome instanceof Disconnected, String(outcome));
     assert.match(outcome.message, /outcome of 10 sent frames .*unknown/);
@@ -213,8 +220,5 @@ test("flush across a hub restart (a fresh session): rejects with Disconnected sa
     c.publishNowait("fresh.flush", "after");
     await within(c.flush(), 5_000, "flush on the new hub");
     await c.close();
-  } finally {
-    for (const p of procs) await stopProcess(p);
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

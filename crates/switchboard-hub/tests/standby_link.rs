@@ -94,12 +94,7 @@ async fn a_standby_quiet_while_it_restores_a_fresh_snapshot_is_kept() -> Result<
     let addr = primary.local_addr();
     let mut writer = TestClient::connect(addr, "writer").await?;
 
-    let (mut link, first) = TestClient::connect_standby(addr, TOKEN, "restoring-standby").await?;
-    let opening = opening_snapshot(&mut link, first).await?;
-    link.send(proto::ReplAck {
-        repl_seq: opening.repl_seq,
-    })
-    .await?;
+    let (mut link, opening) = restored_standby(addr, "restoring-standby").await?;
 
     writer.send_bytes(&key_sets("k", 1)).await?;
     // Alive (a heartbeat for each of the primary's) until the fresh
@@ -170,12 +165,7 @@ async fn a_standby_that_answers_heartbeats_but_never_acknowledges_is_dropped() -
     let primary = Hub::start(config).await?;
     let addr = primary.local_addr();
     let mut writer = TestClient::connect(addr, "writer").await?;
-    let (mut link, first) = TestClient::connect_standby(addr, TOKEN, "mute-standby").await?;
-    let opening = opening_snapshot(&mut link, first).await?;
-    link.send(proto::ReplAck {
-        repl_seq: opening.repl_seq,
-    })
-    .await?;
+    let (mut link, _) = restored_standby(addr, "mute-standby").await?;
     // A confirmed change: held until the standby acknowledges it, which
     // this one never does, while it answers every heartbeat.
     let started = Instant::now();
@@ -215,6 +205,21 @@ async fn a_standby_that_answers_heartbeats_but_never_acknowledges_is_dropped() -
         "{answer:?}"
     );
     Ok(())
+}
+
+/// A standby link named `name` to the primary at `addr` that took its
+/// opening snapshot in and acknowledged it; the snapshot.
+async fn restored_standby(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Result<(TestClient, proto::Snapshot)> {
+    let (mut link, first) = TestClient::connect_standby(addr, TOKEN, name).await?;
+    let opening = opening_snapshot(&mut link, first).await?;
+    link.send(proto::ReplAck {
+        repl_seq: opening.repl_seq,
+    })
+    .await?;
+    Ok((link, opening))
 }
 
 /// The opening snapshot of a standby link, after the `ReplHello` (and any
