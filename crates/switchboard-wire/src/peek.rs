@@ -96,6 +96,47 @@ fn skip(buf: &[u8], pos: &mut usize, n: u64) -> Result<(), WireError> {
     Ok(())
 }
 
+/// One field of an encoded message, as [`next_field`] read it.
+struct Field {
+    /// The field's key: its number shifted left by 3, and its wire type.
+    key: u64,
+    /// Where its value starts (after the key).
+    at: usize,
+    /// Where its bytes start: after a length-delimited value's length,
+    /// else [`at`](Self::at).
+    start: usize,
+    /// Just past the value.
+    end: usize,
+    /// A varint's value (0 for the other wire types).
+    varint: u64,
+}
+
+/// Reads the field at `pos` and moves past it. Fails on a broken layout or
+/// a group encoding.
+fn next_field(buf: &[u8], pos: &mut usize) -> Result<Field, WireError> {
+    let key = read_varint(buf, pos)?;
+    let at = *pos;
+    let (mut start, mut varint) = (at, 0);
+    match key & 7 {
+        0 => varint = read_varint(buf, pos)?,
+        1 => skip(buf, pos, 8)?,
+        2 => {
+            let len = read_varint(buf, pos)?;
+            start = *pos;
+            skip(buf, pos, len)?;
+        }
+        5 => skip(buf, pos, 4)?,
+        _ => return Err(malformed("unsupported protobuf wire type")),
+    }
+    Ok(Field {
+        key,
+        at,
+        start,
+        end: *pos,
+        varint,
+    })
+}
+
 /// Walks the top-level fields of an encoded `Frame` body and returns its kind:
 /// the kind field a decoder will keep.
 ///
@@ -115,31 +156,16 @@ pub fn peek_kind(body: &[u8]) -> Result<PeekedKind, WireError> {
         end: 0,
     };
     while pos < body.len() {
-        let key = read_varint(body, &mut pos)?;
-        let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
-        let start = pos;
-        let mut value_start = pos;
-        match key & 7 {
-            0 => {
-                read_varint(body, &mut pos)?;
-            }
-            1 => skip(body, &mut pos, 8)?,
-            2 => {
-                let len = read_varint(body, &mut pos)?;
-                value_start = pos;
-                skip(body, &mut pos, len)?;
-            }
-            5 => skip(body, &mut pos, 4)?,
-            _ => return Err(malformed("unsupported protobuf wire type")),
-        }
+        let f = next_field(body, &mut pos)?;
+        let tag = u32::try_from(f.key >> 3).map_err(|_| malformed("field number out of range"))?;
         if tag == SEQ_TAG || tag == ACKED_TAG {
             continue;
         }
         let field = PeekedKind {
             tag,
-            len: pos - start,
-            start: value_start,
-            end: pos,
+            len: f.end - f.at,
+            start: f.start,
+            end: f.end,
         };
         if found.tag == 0 {
             found = field;
@@ -235,27 +261,15 @@ fn check_headers_field(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError>
     };
     let kind = &body[peeked.start..peeked.end];
     let (mut pos, mut count, mut bytes, mut id) = (0usize, 0usize, 0usize, 0u64);
+    // Every kind with headers has its correlation id first (a varint).
+    let (id_key, headers_key) = (1 << 3, u64::from(field) << 3 | 2);
     while pos < kind.len() {
-        let key = read_varint(kind, &mut pos)?;
-        match key & 7 {
-            0 => {
-                let value = read_varint(kind, &mut pos)?;
-                // Every kind with headers has its correlation id first.
-                if key >> 3 == 1 {
-                    id = value;
-                }
-            }
-            1 => skip(kind, &mut pos, 8)?,
-            2 => {
-                let len = read_varint(kind, &mut pos)?;
-                skip(kind, &mut pos, len)?;
-                if key >> 3 == u64::from(field) {
-                    count += 1;
-                    bytes = bytes.saturating_add(len as usize);
-                }
-            }
-            5 => skip(kind, &mut pos, 4)?,
-            _ => return Err(malformed("unsupported protobuf wire type")),
+        let f = next_field(kind, &mut pos)?;
+        if f.key == id_key {
+            id = f.varint;
+        } else if f.key == headers_key {
+            count += 1;
+            bytes = bytes.saturating_add(f.end - f.start);
         }
     }
     // Each header's encoding adds at most a few bytes of field keys and
@@ -306,21 +320,16 @@ fn check_session_inform(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError
     let (mut events, mut parameters) = (0usize, 0usize);
     let mut pos = 0;
     while pos < session.len() {
-        let key = read_varint(session, &mut pos)?;
-        let Some((start, end)) = skip_field(session, &mut pos, key)? else {
-            continue;
-        };
-        if key >> 3 != 10 {
+        let f = next_field(session, &mut pos)?;
+        if f.key != 10 << 3 | 2 {
             continue;
         }
-        let inform = &session[start..end];
+        let inform = &session[f.start..f.end];
         let mut at = 0;
         while at < inform.len() {
-            let key = read_varint(inform, &mut at)?;
-            skip_field(inform, &mut at, key)?;
-            match key {
-                k if k == (2 << 3 | 2) => events += 1,
-                k if k == (5 << 3 | 2) => parameters += 1,
+            match next_field(inform, &mut at)?.key {
+                k if k == 2 << 3 | 2 => events += 1,
+                k if k == 5 << 3 | 2 => parameters += 1,
                 _ => {}
             }
         }
@@ -338,26 +347,6 @@ fn check_session_inform(peeked: PeekedKind, body: &[u8]) -> Result<(), WireError
             body.len()
         ),
     })
-}
-
-/// Skips the value of the field whose key was just read; for a
-/// length-delimited field, returns where its bytes start and end.
-fn skip_field(buf: &[u8], pos: &mut usize, key: u64) -> Result<Option<(usize, usize)>, WireError> {
-    match key & 7 {
-        0 => {
-            read_varint(buf, pos)?;
-        }
-        1 => skip(buf, pos, 8)?,
-        2 => {
-            let len = read_varint(buf, pos)?;
-            let start = *pos;
-            skip(buf, pos, len)?;
-            return Ok(Some((start, *pos)));
-        }
-        5 => skip(buf, pos, 4)?,
-        _ => return Err(malformed("unsupported protobuf wire type")),
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
