@@ -74,8 +74,11 @@ test("dropNewest: what does not fit is dropped, counted and announced", async ()
   assert.equal(s.dropped, 9);
   const second = (await within(events.next(), 2_000, "second slowConsumer event")).value as ClientEvent;
   assert.ok(second.type === "slowConsumer", second.type);
-  assert.equal(first.dropped + second.dropped, 9);
-  assert.equal(second.total, 9);
+  // The two events account for every drop up to the second one's total;
+  // drops in a later turn of the same burst are only in `total` and
+  // `dropped` until the next event (a burst may span turns).
+  assert.equal(first.dropped + second.dropped, second.total);
+  assert.ok(second.total > first.total && second.total <= 9, JSON.stringify({ ...second, subId: 0 }));
   assert.deepEqual(await take(it, 3), ["0", "1", "2"]);
   await s.unsubscribe();
 });
